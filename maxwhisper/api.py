@@ -1,0 +1,152 @@
+"""The contract every backend speaks: decoding options in, a typed transcription out.
+
+Nothing here imports a backend; `app.py`, the CLI and the benchmark only see these types.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+
+
+class MaxWhisperError(Exception):
+    """An error caused by the user's input or environment; its message is shown as is."""
+
+
+class AudioError(MaxWhisperError):
+    """Empty, unreadable, unsupported or too long audio."""
+
+
+class ModelError(MaxWhisperError):
+    """A model that is not installed, not found, or not a Whisper checkpoint."""
+
+
+class BackendError(MaxWhisperError):
+    """An unknown backend, or one that cannot do what was asked (device, precision)."""
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """openai-whisper's `transcribe()` options, with its defaults except `beam_size` (greedy).
+
+    Every backend receives all of them explicitly, never relying on its own defaults
+    (faster-whisper would otherwise use beam 5).
+    """
+
+    language: str | None = None  # None: English for .en models, detected otherwise
+    task: str = "transcribe"  # or "translate"
+    temperature: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # fallback schedule
+    beam_size: int = 1  # 1 = greedy at temperature 0
+    best_of: int = 5  # samples drawn at temperature > 0
+    patience: float = 1.0
+    without_timestamps: bool = False
+    word_timestamps: bool = False
+    initial_prompt: str | None = None
+    condition_on_previous_text: bool = True
+    compression_ratio_threshold: float | None = 2.4
+    logprob_threshold: float | None = -1.0
+    no_speech_threshold: float | None = 0.6
+    hallucination_silence_threshold: float | None = None
+    suppress_tokens: str = "-1"  # comma-separated ids; -1 = the non-speech symbol set
+    suppress_blank: bool = True
+
+    def __post_init__(self):
+        if self.task not in ("transcribe", "translate"):
+            raise MaxWhisperError(f"task must be 'transcribe' or 'translate', not {self.task!r}")
+        if self.beam_size < 1 or self.best_of < 1:
+            raise MaxWhisperError("beam_size and best_of must be at least 1")
+        if isinstance(self.temperature, (int, float)):
+            object.__setattr__(self, "temperature", (float(self.temperature),))
+        if not self.temperature:
+            raise MaxWhisperError("temperature schedule is empty")
+
+    def replace(self, **changes) -> "DecodeOptions":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Word:
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    id: int
+    seek: int  # window start, in mel frames (10 ms)
+    start: float  # seconds
+    end: float
+    text: str
+    tokens: tuple[int, ...]
+    temperature: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+    words: tuple[Word, ...] | None = None
+
+
+@dataclass
+class Timings:
+    """Seconds. `load_s` and `compile_s` are one-time costs of the loaded model; the rest are
+    this transcription's, with `total_s` the wall time of the whole call (model already loaded).
+    A stage a backend cannot observe separately is None."""
+
+    load_s: float = 0.0
+    compile_s: float = 0.0
+    features_s: float | None = None
+    encode_s: float | None = None
+    decode_s: float | None = None
+    total_s: float = 0.0
+
+
+@dataclass
+class TranscriptionResult:
+    text: str
+    segments: list[Segment]
+    language: str
+    backend: str
+    model: str
+    device: str
+    precision: str
+    audio_s: float
+    timings: Timings
+    options: DecodeOptions
+    language_probability: float | None = None
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor: seconds of audio per second of processing (higher is faster)."""
+        return self.audio_s / self.timings.total_s if self.timings.total_s > 0 else float("inf")
+
+    @property
+    def tokens(self) -> list[int]:
+        return [t for s in self.segments for t in s.tokens]
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["timings"]["audio_s"] = self.audio_s
+        d["timings"]["rtf"] = self.rtf
+        d["options"]["temperature"] = list(self.options.temperature)
+        return d
+
+
+class Transcriber(Protocol):
+    """A loaded model on one backend. Load once, transcribe many times."""
+
+    backend: str  # "max", "openai" or "faster"
+    model: str
+    device: str  # "cpu" or "gpu"
+    precision: str  # "fp32", "fp16", "bf16" or "int8"
+    load_s: float
+    compile_s: float
+
+    def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions()) -> TranscriptionResult:
+        """`audio`: float32 mono samples at 16 kHz (see `maxwhisper.audio.load_audio`)."""
+        ...
+
