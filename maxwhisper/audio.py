@@ -1,0 +1,222 @@
+"""Audio front end: any audio -> 16 kHz mono float32 samples -> Whisper's log-Mel spectrogram.
+
+Numpy and PyAV only (no torch, no librosa, no ffmpeg CLI). Modelled on openai-whisper's
+`whisper/audio.py`, with the same constants and the same log-Mel definition.
+"""
+from __future__ import annotations
+
+import io
+import numbers
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Union
+
+import av
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .api import SAMPLE_RATE, AudioError
+
+# hard-coded audio hyperparameters, as in whisper.audio
+N_FFT = 400
+HOP_LENGTH = 160
+CHUNK_LENGTH = 30
+N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples in a 30-second chunk
+N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 frames in a mel spectrogram input
+
+N_SAMPLES_PER_TOKEN = HOP_LENGTH * 2  # the initial convolutions have stride 2
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 10 ms per audio frame
+TOKENS_PER_SECOND = SAMPLE_RATE // N_SAMPLES_PER_TOKEN  # 20 ms per audio token
+
+AudioSource = Union[str, os.PathLike, bytes, tuple[int, np.ndarray], np.ndarray]
+
+
+def load_audio(source: AudioSource, max_seconds: float | None = None) -> np.ndarray:
+    """Decode `source` to mono 16 kHz float32 samples, shape [n_samples].
+
+    `source` is one of:
+    - a path to an audio (or video) file in any format FFmpeg reads: wav, flac, mp3, ogg, webm, m4a...
+    - the raw bytes of such a file;
+    - a `(sample_rate, samples)` tuple as `gr.Audio(type="numpy")` gives: samples int16, int32 or
+      float in [-1, 1], shape [n] or [n, channels];
+    - a bare array, taken as 16 kHz samples (passed through when it is already float32 mono).
+
+    Files are decoded with PyAV and resampled by FFmpeg's swresample to s16 mono 16 kHz, which is
+    what openai-whisper gets from `ffmpeg -ac 1 -ar 16000 -f s16le`. Arrays are scaled to float,
+    averaged to mono and resampled by the same swresample, in float.
+
+    Raises AudioError for a missing, empty, unreadable or sample-less source, for samples that are
+    NaN or infinite, and for audio longer than `max_seconds` (when given). Silence is valid.
+    """
+    if source is None:
+        raise AudioError("no audio was given")
+    if isinstance(source, (str, os.PathLike)):
+        audio = _decode(_checked_path(source), f"'{Path(source).name}'", max_seconds)
+    elif isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise AudioError("the audio data is empty (0 bytes)")
+        audio = _decode(io.BytesIO(source), "the given bytes", max_seconds)
+    elif isinstance(source, tuple) and len(source) == 2:
+        audio = _from_array(*source, max_seconds)
+    elif isinstance(source, np.ndarray):
+        audio = _from_array(SAMPLE_RATE, source, max_seconds)
+    else:
+        raise AudioError(f"cannot load audio from a {type(source).__name__}")
+    _check_length(len(audio), SAMPLE_RATE, max_seconds)
+    return audio
+
+
+def _checked_path(path: str | os.PathLike) -> str:
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"audio file not found: {path}")
+    if not path.is_file():
+        raise AudioError(f"not a file: {path}")
+    if path.stat().st_size == 0:
+        raise AudioError(f"audio file is empty (0 bytes): {path}")
+    return str(path)
+
+
+def _decode(file: str | io.BytesIO, name: str, max_seconds: float | None) -> np.ndarray:
+    """Decode the first audio stream of a file to s16 mono 16 kHz -> float32 [n_samples]."""
+    chunks = []  # [1, n] int16 each
+    try:
+        with av.open(file, metadata_errors="ignore") as container:
+            if not container.streams.audio:
+                raise AudioError(f"{name} has no audio stream")
+            if max_seconds is not None and container.duration:  # refuse a long file early
+                _check_length(container.duration, av.time_base, max_seconds)
+            stream = container.streams.audio[0]
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+            for packet in container.demux(stream):
+                try:
+                    frames = packet.decode()
+                except av.InvalidDataError:
+                    continue  # skip a corrupt packet and go on, as the ffmpeg CLI does
+                for frame in frames:
+                    frame.pts = None  # a skipped packet leaves a gap in timestamps: ignore it
+                    chunks += [f.to_ndarray() for f in resampler.resample(frame)]
+            chunks += [f.to_ndarray() for f in resampler.resample(None)]  # flush
+    except av.FFmpegError as e:
+        raise AudioError(f"cannot read {name} as audio ({e.strerror})") from e
+    if not chunks:
+        raise AudioError(f"no audio samples could be decoded from {name}")
+    return np.concatenate(chunks, axis=1)[0].astype(np.float32) / 32768.0
+
+
+def _from_array(sample_rate: int, array: np.ndarray, max_seconds: float | None) -> np.ndarray:
+    """[n] or [n, channels] int or float samples at `sample_rate` -> float32 [n'] at 16 kHz."""
+    if not (isinstance(sample_rate, numbers.Integral) and sample_rate > 0):
+        raise AudioError(f"invalid sample rate: {sample_rate!r}")
+    array = np.asarray(array)
+    if array.size == 0:
+        raise AudioError("the audio has no samples")
+    if array.ndim not in (1, 2) or (array.ndim == 2 and array.shape[1] > array.shape[0]):
+        raise AudioError(f"expected samples of shape [n] or [n, channels], got {list(array.shape)}")
+    if np.issubdtype(array.dtype, np.signedinteger):  # int16 / 2**15, int32 / 2**31
+        audio = array.astype(np.float32) / 2.0 ** (8 * array.itemsize - 1)
+    elif np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise AudioError("the audio contains NaN or infinite samples")
+        audio = array.astype(np.float32, copy=False)
+    else:
+        raise AudioError(f"unsupported sample type: {array.dtype}")
+    if audio.ndim == 2:
+        audio = audio.mean(axis=1, dtype=np.float32)
+    _check_length(len(audio), sample_rate, max_seconds)
+    audio = np.ascontiguousarray(audio)
+    return audio if sample_rate == SAMPLE_RATE else _resample(audio, sample_rate)
+
+
+def _resample(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """float32 [n] at `sample_rate` -> float32 [n * 16000 / sample_rate], with FFmpeg's swresample."""
+    frame = av.AudioFrame.from_ndarray(audio[None, :], format="flt", layout="mono")
+    frame.sample_rate = sample_rate
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+    frames = resampler.resample(frame) + resampler.resample(None)
+    return np.concatenate([f.to_ndarray()[0] for f in frames])
+
+
+def _check_length(n: int, rate: int, max_seconds: float | None) -> None:
+    """`n` samples at `rate` per second must be more than none and at most `max_seconds`."""
+    if n == 0:
+        raise AudioError("the audio has no samples")
+    if max_seconds is not None and n / rate > max_seconds:
+        raise AudioError(f"the audio is {n / rate:.1f} s long, more than the {max_seconds:g} s limit")
+
+
+def audio_duration(audio: np.ndarray) -> float:
+    """Seconds of 16 kHz `audio`, shape [n_samples]."""
+    return audio.shape[-1] / SAMPLE_RATE
+
+
+def pad_or_trim(array: np.ndarray, length: int = N_SAMPLES, *, axis: int = -1) -> np.ndarray:
+    """Zero-pad or cut `array` along `axis` to `length` (default: 30 s of samples)."""
+    n = array.shape[axis]
+    if n > length:
+        array = array.take(np.arange(length), axis=axis)
+    elif n < length:
+        pad_widths = [(0, 0)] * array.ndim
+        pad_widths[axis] = (0, length - n)
+        array = np.pad(array, pad_widths)
+    return array
+
+
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale: linear below 1 kHz, logarithmic above (librosa's default, htk=False)."""
+    linear = hz / (200.0 / 3)
+    log = 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (np.log(6.4) / 27)
+    return np.where(hz >= 1000.0, log, linear)
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    return np.where(mel >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27) * (mel - 15.0)), mel * (200.0 / 3))
+
+
+@lru_cache(maxsize=None)
+def mel_filters(n_mels: int) -> np.ndarray:
+    """Mel filterbank, float32 [n_mels, N_FFT // 2 + 1], read-only.
+
+    The Slaney-normalised triangles of `librosa.filters.mel(sr=16000, n_fft=400, n_mels=n_mels)`,
+    from which openai-whisper saved its `assets/mel_filters.npz`.
+    """
+    fft_hz = np.fft.rfftfreq(N_FFT, 1.0 / SAMPLE_RATE)  # [201]
+    edges = np.array([0.0, SAMPLE_RATE / 2])
+    mel_hz = _mel_to_hz(np.linspace(*_hz_to_mel(edges), n_mels + 2))  # [n_mels + 2] band edges
+    widths = np.diff(mel_hz)  # [n_mels + 1]
+    ramps = mel_hz[:, None] - fft_hz[None, :]  # [n_mels + 2, 201]
+    rising = -ramps[:-2] / widths[:-1, None]
+    falling = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(rising, falling))  # [n_mels, 201]
+    weights *= (2.0 / (mel_hz[2:] - mel_hz[:-2]))[:, None]  # Slaney: equal area per band
+    weights = weights.astype(np.float32)
+    weights.setflags(write=False)
+    return weights
+
+
+@lru_cache(maxsize=None)
+def _hann_window() -> np.ndarray:
+    """Periodic Hann window, float32 [N_FFT] (torch.hann_window(N_FFT))."""
+    return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float32)
+
+
+def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, padding: int = 0) -> np.ndarray:
+    """Whisper's log-Mel spectrogram of 16 kHz `audio` [n_samples] -> float32 [n_mels, n_frames].
+
+    n_frames = (n_samples + padding) // HOP_LENGTH. Same definition as
+    `whisper.audio.log_mel_spectrogram`: `padding` zeros appended, torch.stft (periodic Hann,
+    center=True with reflect padding) with its last frame dropped, power, mel, log10 clamped at
+    1e-10, floored at 8 below the maximum, scaled to (x + 4) / 4. Computed in float32 like torch.
+    """
+    audio = np.asarray(audio, dtype=np.float32)
+    if padding > 0:
+        audio = np.pad(audio, (0, padding))
+    padded = np.pad(audio, N_FFT // 2, mode="reflect")
+    frames = sliding_window_view(padded, N_FFT)[::HOP_LENGTH][:-1]  # [n_frames, N_FFT], a view
+    stft = np.fft.rfft(frames * _hann_window(), axis=-1)  # [n_frames, N_FFT // 2 + 1] complex64
+    power = stft.real**2 + stft.imag**2
+    mel_spec = mel_filters(n_mels) @ power.T  # [n_mels, n_frames]
+    log_spec = np.log10(np.maximum(mel_spec, 1e-10))
+    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
+    return (log_spec + 4.0) / 4.0

@@ -1,0 +1,251 @@
+"""maxwhisper.audio against openai-whisper's front end and the ffmpeg CLI (through files it made)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+
+from maxwhisper.api import AudioError
+from maxwhisper.audio import (
+    N_FRAMES,
+    N_SAMPLES,
+    SAMPLE_RATE,
+    audio_duration,
+    load_audio,
+    log_mel_spectrogram,
+    mel_filters,
+    pad_or_trim,
+)
+
+AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
+LSB = 1 / 32768  # one step of 16-bit audio
+
+
+def dominant_hz(audio: np.ndarray) -> float:
+    """Frequency of the strongest FFT bin of 16 kHz `audio`."""
+    return np.argmax(np.abs(np.fft.rfft(audio))) * SAMPLE_RATE / len(audio)
+
+
+def tone(rate: int, seconds: float = 1.0, hz: float = 440.0) -> np.ndarray:
+    """0.5-amplitude sine, float32 [rate * seconds]."""
+    t = np.arange(int(rate * seconds)) / rate
+    return (0.5 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def write_tone(path: Path, codec: str, rate: int, layout: str) -> None:
+    """Encode one second of a 440 Hz sine into `path` with PyAV."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate, layout=layout)
+        channels = stream.codec_context.layout.nb_channels
+        frame = av.AudioFrame.from_ndarray(np.tile(tone(rate), (channels, 1)), format="fltp", layout=layout)
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+
+
+@pytest.fixture(scope="module")
+def jfk() -> np.ndarray:
+    return load_audio(AUDIO / "jfk.flac")
+
+
+def test_import_needs_neither_torch_nor_librosa():
+    code = "import sys, maxwhisper.audio; print(sorted({'torch', 'librosa', 'whisper'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_constants_match_whisper():
+    import whisper.audio as ref
+
+    import maxwhisper.audio as ours
+
+    for name in ["SAMPLE_RATE", "N_FFT", "HOP_LENGTH", "CHUNK_LENGTH", "N_SAMPLES", "N_FRAMES",
+                 "N_SAMPLES_PER_TOKEN", "FRAMES_PER_SECOND", "TOKENS_PER_SECOND"]:
+        assert getattr(ours, name) == getattr(ref, name), name
+
+
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_mel_filters_match_whisper_assets(n_mels):
+    import whisper
+
+    with np.load(Path(whisper.__file__).parent / "assets" / "mel_filters.npz") as f:
+        expected = f[f"mel_{n_mels}"]
+    filters = mel_filters(n_mels)
+    assert filters.shape == expected.shape == (n_mels, 201)
+    assert filters.dtype == np.float32
+    assert np.abs(filters - expected).max() < 1e-6
+    assert mel_filters(n_mels) is filters  # cached
+
+
+@pytest.mark.parametrize("n_mels, padding", [(80, 0), (80, N_SAMPLES), (128, 0), (128, N_SAMPLES)])
+def test_log_mel_matches_whisper(jfk, n_mels, padding):
+    import torch
+    import whisper
+
+    expected = whisper.log_mel_spectrogram(torch.from_numpy(jfk), n_mels=n_mels, padding=padding).numpy()
+    ours = log_mel_spectrogram(jfk, n_mels=n_mels, padding=padding)
+    assert ours.dtype == np.float32
+    assert ours.shape == expected.shape == (n_mels, (len(jfk) + padding) // 160)
+    assert np.abs(ours - expected).max() < 1e-4
+
+
+def test_log_mel_of_long_audio_matches_whisper():
+    import torch
+    import whisper
+
+    lecture = load_audio(AUDIO / "physicsworks.flac")
+    expected = whisper.log_mel_spectrogram(torch.from_numpy(lecture)).numpy()
+    ours = log_mel_spectrogram(lecture)
+    assert ours.shape == expected.shape == (80, 20328)
+    assert np.abs(ours - expected).max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    "name, seconds",
+    [
+        ("jfk.flac", 11.0),  # 44.1 kHz stereo 24-bit
+        ("jfk.wav", 11.0),  # 16 kHz mono s16
+        ("jfk.mp3", 11.0),  # the MP3 decoder drops the encoder delay and padding
+        ("multilingual.mp3", 59.9),  # 24 kHz
+        ("stereo_diarization.wav", 5.0),
+        ("hotwords.mp3", 4.0),  # 44.1 kHz stereo
+    ],
+)
+def test_load_audio_formats(name, seconds):
+    audio = load_audio(AUDIO / name)
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert audio_duration(audio) == pytest.approx(seconds, abs=0.01)
+    assert 0.05 < np.abs(audio).max() <= 1.0
+
+
+def test_flac_decodes_like_ffmpeg_made_wav(jfk):
+    # jfk.wav (whisper.cpp) is evidently `ffmpeg -ar 16000 -ac 1` of this jfk.flac: they agree to 1 LSB
+    wav = load_audio(str(AUDIO / "jfk.wav"))
+    assert abs(audio_duration(jfk) - audio_duration(wav)) < 0.01
+    assert np.corrcoef(jfk, wav)[0, 1] > 0.9999
+    assert np.abs(jfk - wav).max() <= 2 * LSB
+
+
+def test_webm_decodes_like_ffmpeg_cli():
+    # physicsworks.flac was made from this 6-channel 48 kHz Opus file by
+    # `ffmpeg -ac 1 -ar 16000 -sample_fmt s16`, the conversion openai-whisper's load_audio does
+    webm = load_audio(AUDIO / "physicsworks_audio.webm")
+    flac = load_audio(AUDIO / "physicsworks.flac")
+    assert len(webm) == len(flac) == 3252535  # 203.28 s
+    assert np.abs(webm - flac).max() <= 2 * LSB
+
+
+@pytest.mark.parametrize(
+    "suffix, codec, rate, layout, samples_tolerance",
+    [
+        (".m4a", "aac", 44100, "stereo", 1600),  # mp4 as written here keeps AAC's ~45 ms priming
+        (".ogg", "libopus", 48000, "mono", 0),
+    ],
+)
+def test_load_audio_encoded_here(tmp_path, suffix, codec, rate, layout, samples_tolerance):
+    path = tmp_path / f"tone{suffix}"
+    write_tone(path, codec, rate, layout)
+    audio = load_audio(path)
+    assert abs(len(audio) - SAMPLE_RATE) <= samples_tolerance
+    assert dominant_hz(audio) == pytest.approx(440, abs=2)
+    assert np.abs(audio).max() == pytest.approx(0.5, abs=0.05)
+
+
+def test_bytes_decode_like_the_path():
+    path = AUDIO / "jfk.mp3"
+    np.testing.assert_array_equal(load_audio(path.read_bytes()), load_audio(path))
+
+
+def test_damaged_files_decode_what_is_readable(jfk):
+    # like the ffmpeg CLI: corrupt packets are skipped, a truncated file gives what it holds
+    mp3 = bytearray((AUDIO / "jfk.mp3").read_bytes())
+    mp3[5000:9000] = np.random.default_rng(0).bytes(4000)  # ~0.5 s of garbage
+    assert 10.0 < audio_duration(load_audio(bytes(mp3))) < 11.0
+    flac = (AUDIO / "jfk.flac").read_bytes()
+    half = load_audio(flac[: len(flac) // 2])
+    assert 4.0 < audio_duration(half) < 7.0
+    np.testing.assert_array_equal(half[:SAMPLE_RATE], jfk[:SAMPLE_RATE])
+
+
+def test_int16_stereo_tuple_is_downmixed_and_resampled():
+    left = tone(48000, hz=1000)
+    stereo = np.stack([left, 0.5 * left], axis=1)  # [48000, 2]
+    audio = load_audio((48000, (stereo * 32767).astype(np.int16)))
+    assert audio.dtype == np.float32 and audio.shape == (SAMPLE_RATE,)
+    assert dominant_hz(audio) == pytest.approx(1000, abs=1)  # not 3000: it was resampled
+    assert np.abs(audio).max() == pytest.approx(0.75 * 0.5, abs=0.01)  # mean of the channels
+
+
+def test_int32_tuple_matches_the_file(jfk):
+    samples, rate = sf.read(AUDIO / "jfk.flac", dtype="int32")  # [485100, 2] at 44.1 kHz
+    audio = load_audio((rate, samples))
+    assert audio.shape == jfk.shape
+    assert np.abs(audio - jfk).max() < LSB  # same swresample, in float rather than s16
+
+
+def test_float_arrays():
+    audio = tone(SAMPLE_RATE)
+    assert load_audio(audio) is audio  # 16 kHz mono float32: passed through
+    np.testing.assert_array_equal(load_audio((SAMPLE_RATE, audio.astype(np.float64))), audio)
+    np.testing.assert_array_equal(load_audio(np.zeros(SAMPLE_RATE)), np.zeros(SAMPLE_RATE))  # silence is valid
+
+
+def not_audio(tmp: Path) -> Path:
+    path = tmp / "notes.wav"
+    path.write_text("This is a text file, not a WAV file.\n" * 20)
+    return path
+
+
+def empty_file(tmp: Path) -> Path:
+    path = tmp / "empty.flac"
+    path.touch()
+    return path
+
+
+def no_samples_wav(tmp: Path) -> Path:
+    path = tmp / "nothing.wav"
+    sf.write(path, np.zeros(0, np.int16), SAMPLE_RATE)
+    return path
+
+
+@pytest.mark.parametrize(
+    "source, max_seconds, message",
+    [
+        (lambda tmp: tmp / "missing.wav", None, "not found"),
+        (b"", None, "empty"),
+        (empty_file, None, "empty"),
+        (not_audio, None, "cannot read 'notes.wav' as audio"),
+        (np.random.default_rng(0).bytes(10_000), None, "cannot read the given bytes as audio"),
+        (no_samples_wav, None, "no audio samples"),
+        (np.array([0.0, np.nan, 0.0], np.float32), None, "NaN"),
+        ((44100, np.array([[0.0, 0.0], [np.inf, 0.0]])), None, "NaN or infinite"),
+        ((16000, np.zeros((0, 2), np.int16)), None, "no samples"),
+        ((16000, np.zeros((2, 16000), np.int16)), None, "[n, channels]"),
+        ((0, np.zeros(10)), None, "sample rate"),
+        (None, None, "no audio"),
+        (AUDIO / "jfk.flac", 5, "11.0 s long, more than the 5 s limit"),
+        (AUDIO / "physicsworks_audio.webm", 60, "203.3 s long, more than the 60 s limit"),
+        ((48000, np.zeros(48000 * 3, np.int16)), 2.5, "3.0 s long, more than the 2.5 s limit"),
+    ],
+)
+def test_bad_input_raises_audio_error(tmp_path, source, max_seconds, message):
+    if callable(source):  # writes the file into tmp_path
+        source = source(tmp_path)
+    with pytest.raises(AudioError) as error:
+        load_audio(source, max_seconds=max_seconds)
+    assert message in str(error.value)
+    assert isinstance(error.value.__cause__, (type(None), av.FFmpegError))
+
+
+def test_pad_or_trim():
+    audio = np.arange(5, dtype=np.float32)
+    np.testing.assert_array_equal(pad_or_trim(audio, 3), [0, 1, 2])
+    np.testing.assert_array_equal(pad_or_trim(audio, 7), [0, 1, 2, 3, 4, 0, 0])
+    assert pad_or_trim(np.ones(SAMPLE_RATE)).shape == (N_SAMPLES,)
+    mel = np.ones((80, 1100), np.float32)
+    padded = pad_or_trim(mel, N_FRAMES)
+    assert padded.shape == (80, N_FRAMES) and padded[:, 1100:].sum() == 0
+    assert pad_or_trim(np.ones((80, 4000)), N_FRAMES, axis=1).shape == (80, N_FRAMES)
