@@ -1,0 +1,25 @@
+"""Small graphs of single encoder components, built from the same functions as the full model,
+so `maxwhisper.selfcheck` can compare each with openai-whisper's PyTorch module."""
+from __future__ import annotations
+
+from max.dtype import DType
+from max.graph import Graph, TensorType
+
+from .encoder import conv_stem, encoder_block, self_attention
+from .layers import WeightBank
+from .model import MaxWhisper
+
+
+def build_component(model: MaxWhisper, name: str):
+    """Compile one component graph of `model` ("conv_stem", "attention" or "encoder_block"):
+    float32 in ([B, n_mels, frames] for the stem, [B, T, d] otherwise), float32 out."""
+    d, w = model.dims, WeightBank(model.arrays, model.dtype, model.device_ref)
+    in_shape = ["batch", d.n_mels, "frames"] if name == "conv_stem" else ["batch", "ctx", d.n_audio_state]
+    body = {
+        "conv_stem": lambda x: conv_stem(w, x),
+        "attention": lambda x: self_attention(w, "encoder.blocks.0", x, d.n_audio_head),
+        "encoder_block": lambda x: encoder_block(w, "encoder.blocks.0", x, d.n_audio_head),
+    }[name]
+    with Graph(f"whisper_{name}", input_types=[TensorType(DType.float32, in_shape, device=w.device)]) as graph:
+        graph.output(body(graph.inputs[0].tensor.cast(w.dtype)).cast(DType.float32))
+    return model.session.load(graph, weights_registry=w.registry())

@@ -1,0 +1,61 @@
+"""The audio encoder graph, which also projects each decoder layer's cross-attention K/V once
+per window so that decoder steps never recompute them."""
+from __future__ import annotations
+
+from max.dtype import DType
+from max.graph import DeviceRef, Graph, TensorType, TensorValue, ops
+
+from ..checkpoint import ModelDims
+from .layers import WeightBank, dim_value, attention, conv1d, layer_norm, linear, merge_heads, mlp, split_heads
+
+
+def self_attention(w: WeightBank, p: str, x: TensorValue, n_head: int) -> TensorValue:
+    """openai's `block.attn(block.attn_ln(x))`: x [B, T, d] -> [B, T, d], before the residual."""
+    q, k, v = ops.split(linear(w, f"{p}.attn.qkv")(layer_norm(w, f"{p}.attn_ln", x)), [x.shape[-1]] * 3, axis=-1)
+    a = attention(split_heads(q, n_head), ops.transpose(split_heads(k, n_head), -1, -2), split_heads(v, n_head))
+    return linear(w, f"{p}.attn.out")(merge_heads(a))
+
+
+def encoder_block(w: WeightBank, p: str, x: TensorValue, n_head: int) -> TensorValue:
+    """One residual block: x [B, T, d] -> [B, T, d]."""
+    x = x + self_attention(w, p, x, n_head)
+    return x + mlp(w, p, x)
+
+
+def conv_stem(w: WeightBank, mel: TensorValue) -> TensorValue:
+    """mel [B, n_mels, frames] -> [B, frames / 2, d]: two GELU convolutions, the second strided."""
+    x = ops.permute(mel, [0, 2, 1])
+    x = ops.gelu(conv1d(w, "encoder.conv1", x, stride=1))
+    return ops.gelu(conv1d(w, "encoder.conv2", x, stride=2))
+
+
+def encode(w: WeightBank, dims: ModelDims, mel: TensorValue) -> TensorValue:
+    """mel [B, n_mels, frames] (frames <= 2 * n_audio_ctx) -> audio features [B, frames / 2, d]."""
+    x = conv_stem(w, mel)
+    n_ctx = x.shape[1]
+    pos = ops.slice_tensor(w("encoder.positional_embedding"), [(slice(0, dim_value(n_ctx)), n_ctx)])
+    x = x + pos
+    for i in range(dims.n_audio_layer):
+        x = encoder_block(w, f"encoder.blocks.{i}", x, dims.n_audio_head)
+    return layer_norm(w, "encoder.ln_post", x)
+
+
+def cross_kv(w: WeightBank, dims: ModelDims, features: TensorValue) -> tuple[TensorValue, TensorValue]:
+    """features [B, T, d] -> K^T [n_text_layer, B, H, Dh, T] and V [n_text_layer, B, H, T, Dh]."""
+    ks, vs = [], []
+    for i in range(dims.n_text_layer):
+        k, v = ops.split(linear(w, f"decoder.blocks.{i}.cross_attn.kv")(features), [dims.n_text_state] * 2, axis=-1)
+        ks.append(ops.permute(split_heads(k, dims.n_text_head), [0, 1, 3, 2]))
+        vs.append(split_heads(v, dims.n_text_head))
+    return ops.stack(ks), ops.stack(vs)
+
+
+def build_encoder_graph(w: WeightBank, dims: ModelDims) -> Graph:
+    """Inputs: mel float32 [B, n_mels, frames]. Outputs: features float32 [B, T, d], cross K^T
+    [n_text_layer, B, H, Dh, T] and V [n_text_layer, B, H, T, Dh] in the model dtype, with T = frames / 2."""
+    mel_type = TensorType(DType.float32, ["batch", dims.n_mels, "frames"], device=w.device)
+    with Graph("whisper_encoder", input_types=[mel_type]) as graph:
+        features = encode(w, dims, graph.inputs[0].tensor.cast(w.dtype))
+        k, v = cross_kv(w, dims, features)
+        graph.output(features.cast(DType.float32), k, v)
+    return graph

@@ -1,0 +1,96 @@
+"""Whisper's building blocks as MAX Graph ops. Shapes: B batch, T/S sequence, d model width,
+H heads, Dh = d / H. Activations run in the model dtype; layer norm and softmax in float32,
+as openai-whisper does under fp16."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from max.dtype import DType
+from max.graph import DeviceRef, TensorValue, Weight, ops
+
+LN_EPS = 1e-5
+
+
+class WeightBank:
+    """Creates graph `Weight`s by name, with shapes taken from the arrays that will fill them.
+
+    The compiled graph depends only on names, shapes and dtypes, so MAX caches it on disk and
+    reuses it for every checkpoint of the same shape; values arrive through `registry()`.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], dtype: DType, device: DeviceRef):
+        self.arrays, self.dtype, self.device = arrays, dtype, device
+        self.used: dict[str, Weight] = {}
+
+    def __call__(self, name: str) -> Weight:
+        if name not in self.used:
+            self.used[name] = Weight(name, self.dtype, self.arrays[name].shape, device=self.device)
+        return self.used[name]
+
+    def registry(self) -> dict[str, np.ndarray]:
+        """Arrays for the weights this graph used, in the graph's dtype."""
+        np_dtype = {DType.float32: np.float32, DType.float16: np.float16}[self.dtype]
+        return {n: np.ascontiguousarray(self.arrays[n], dtype=np_dtype) for n in sorted(self.used)}
+
+
+def dim_value(dim) -> TensorValue:
+    """A (possibly symbolic) dimension as an int64 scalar tensor, e.g. for slice bounds."""
+    return ops.shape_to_tensor([dim]).reshape([]).cast(DType.int64)
+
+
+Linear = Callable[[TensorValue], TensorValue]
+
+
+def linear(w: WeightBank, prefix: str, bias: bool = True) -> Linear:
+    """x [..., d_in] @ `{prefix}.weight_t` [d_in, d_out] (+ `{prefix}.bias`)."""
+    weight = w(f"{prefix}.weight_t")
+    b = w(f"{prefix}.bias") if bias else None
+    return lambda x: ops.matmul(x, weight) + b if b is not None else ops.matmul(x, weight)
+
+
+def layer_norm(w: WeightBank, prefix: str, x: TensorValue) -> TensorValue:
+    out = ops.layer_norm(x.cast(DType.float32), w(f"{prefix}.weight").cast(DType.float32),
+                         w(f"{prefix}.bias").cast(DType.float32), epsilon=LN_EPS)
+    return out.cast(x.dtype)
+
+
+def split_heads(x: TensorValue, n_head: int) -> TensorValue:
+    """[B, T, d] -> [B, H, T, Dh]"""
+    b, t, d = x.shape
+    return ops.permute(ops.reshape(x, [b, t, n_head, int(d) // n_head]), [0, 2, 1, 3])
+
+
+def merge_heads(x: TensorValue) -> TensorValue:
+    """[B, H, T, Dh] -> [B, T, d]"""
+    b, h, t, dh = x.shape
+    return ops.reshape(ops.permute(x, [0, 2, 1, 3]), [b, t, h * dh])
+
+
+def attention(q: TensorValue, k_t: TensorValue, v: TensorValue, mask: TensorValue | None = None) -> TensorValue:
+    """q [B, H, T, Dh], k_t [B, H, Dh, S] (keys transposed), v [B, H, S, Dh], additive float32 mask
+    broadcastable to [B, H, T, S]. Decoder keys are stored transposed so steps never transpose them.
+
+    Whisper scales q and k each by Dh^-1/4; one Dh^-1/2 on the product is the same up to rounding.
+    """
+    scale = int(q.shape[-1]) ** -0.5
+    scores = (ops.matmul(q, k_t) * scale).cast(DType.float32)
+    if mask is not None:
+        scores = scores + mask
+    return ops.matmul(ops.softmax(scores).cast(v.dtype), v)
+
+
+def mlp(w: WeightBank, prefix: str, x: TensorValue) -> TensorValue:
+    h = layer_norm(w, f"{prefix}.mlp_ln", x)
+    return linear(w, f"{prefix}.mlp.2")(ops.gelu(linear(w, f"{prefix}.mlp.0")(h)))
+
+
+def conv1d(w: WeightBank, prefix: str, x: TensorValue, stride: int) -> TensorValue:
+    """Kernel-3, padding-1 Conv1d as conv2d over an NHWC view with H = 1.
+
+    x [B, T, C_in] -> [B, T / stride, C_out]; `{prefix}.weight_rscf` is [1, 3, C_in, C_out].
+    """
+    b, t, c = x.shape
+    y = ops.conv2d(ops.reshape(x, [b, 1, t, c]), w(f"{prefix}.weight_rscf"), stride=(1, stride),
+                   padding=(0, 0, 1, 1), bias=w(f"{prefix}.bias"))
+    return ops.reshape(y, [b, y.shape[2], y.shape[3]])

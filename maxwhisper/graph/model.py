@@ -1,0 +1,137 @@
+"""Whisper on MAX: compiles the encoder and decoder-step graphs once and runs them.
+
+`MaxWhisper` implements the `WhisperModel` protocol of `maxwhisper.decoding`: `encode()` returns
+features that stay on the device, `inference()` a decoder with its own KV cache buffers.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from max import driver
+from max.dtype import DType
+from max.engine import InferenceSession
+from max.graph import DeviceRef
+
+from ..api import BackendError
+from ..checkpoint import Checkpoint, ModelDims
+from .decoder import build_decoder_graph
+from .encoder import build_encoder_graph
+from .layers import WeightBank
+from .weights import graph_arrays
+
+DTYPES = {"fp32": DType.float32, "fp16": DType.float16}
+
+
+def gpu_available() -> bool:
+    return driver.accelerator_count() > 0
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> "gpu" when MAX sees an accelerator, else "cpu"; "gpu" without one is an error."""
+    if device == "auto":
+        return "gpu" if gpu_available() else "cpu"
+    if device == "gpu" and not gpu_available():
+        raise BackendError("--device gpu: MAX sees no GPU on this machine (use --device cpu or auto)")
+    return device
+
+
+@dataclass
+class AudioFeatures:
+    """Encoder output for n_audio windows, kept on the device."""
+
+    features: driver.Buffer  # float32 [n_audio, T, d]
+    cross_k: driver.Buffer  # K^T [L, n_audio, H, Dh, T]
+    cross_v: driver.Buffer  # [L, n_audio, H, T, Dh]
+
+    @property
+    def n_audio(self) -> int:
+        return self.cross_k.shape[1]
+
+
+class MaxWhisper:
+    def __init__(self, ckpt: Checkpoint, device: str = "cpu", precision: str = "fp32", threads: int | None = None):
+        if precision not in DTYPES or (device == "cpu" and precision != "fp32"):
+            supported = "fp32" if device == "cpu" else "fp32, fp16"
+            raise BackendError(f"MAX on {device} supports precision {supported}, not {precision}"
+                               + (" (half precision is slow on CPU)" if device == "cpu" else ""))
+        self.dims: ModelDims = ckpt.dims
+        self.is_multilingual, self.num_languages = ckpt.is_multilingual, ckpt.num_languages
+        self.device_name, self.precision = device, precision
+        self.device = driver.Accelerator() if device == "gpu" else driver.CPU()
+        self.device_ref = DeviceRef.GPU() if device == "gpu" else DeviceRef.CPU()
+        self.dtype = DTYPES[precision]
+        self.arrays = graph_arrays(ckpt.state, ckpt.dims)
+        if threads not in (None, os.cpu_count()):  # InferenceSession(num_threads=...) aborts in MAX 26.7
+            raise BackendError(f"MAX uses all {os.cpu_count()} CPU threads; it cannot be limited to {threads}")
+        start = time.perf_counter()
+        self.session = InferenceSession(devices=[self.device])
+        enc_w, dec_w = (WeightBank(self.arrays, self.dtype, self.device_ref) for _ in range(2))
+        self.encoder = self.session.load(build_encoder_graph(enc_w, self.dims), weights_registry=enc_w.registry())
+        self.decoder = self.session.load(build_decoder_graph(dec_w, self.dims), weights_registry=dec_w.registry())
+        self.compile_s = time.perf_counter() - start
+
+    def to_device(self, array: np.ndarray) -> driver.Buffer:
+        return driver.Buffer.from_numpy(np.require(array, requirements="C")).to(self.device)
+
+    def encode(self, mel: np.ndarray) -> AudioFeatures:
+        """mel float32 [n_audio, n_mels, frames] -> AudioFeatures (T = frames / 2)."""
+        return AudioFeatures(*self.encoder.execute(self.to_device(mel.astype(np.float32))))
+
+    def features_numpy(self, features: AudioFeatures) -> np.ndarray:
+        return features.features.to(driver.CPU()).to_numpy()
+
+    def inference(self) -> "MaxInference":
+        return MaxInference(self)
+
+
+class MaxInference:
+    """Decoder state for one decoding task: the KV cache buffers and how many tokens they hold."""
+
+    def __init__(self, model: MaxWhisper):
+        self.model = model
+        self.cache: list[driver.Buffer] | None = None
+        self.cached = 0  # tokens already in the cache
+        self.cross: tuple[driver.Buffer, driver.Buffer] | None = None
+        self.np_dtype = np.float16 if model.precision == "fp16" else np.float32
+
+    def _setup(self, batch: int, features: AudioFeatures):
+        d = self.model.dims
+        h, dh, s = d.n_text_head, d.n_text_state // d.n_text_head, d.n_text_ctx
+        self.cache = [self.model.to_device(np.zeros(shape, self.np_dtype))
+                      for _ in range(d.n_text_layer) for shape in ((batch, h, dh, s), (batch, h, s, dh))]
+        self.cross = (features.cross_k, features.cross_v)
+        if batch != features.n_audio:  # beam search / best-of: each audio's group is contiguous
+            group = batch // features.n_audio
+            self.cross = tuple(self.model.to_device(np.repeat(b.to(driver.CPU()).to_numpy(), group, axis=1))
+                               for b in self.cross)
+
+    def logits(self, tokens: np.ndarray, audio_features: AudioFeatures, positions: Sequence[int] = (-1,)) -> np.ndarray:
+        """tokens int [batch, n], the whole sequence so far -> float32 logits [batch, len(positions), n_vocab]."""
+        if self.cache is None:
+            self._setup(tokens.shape[0], audio_features)
+        n_total = tokens.shape[1]
+        new = tokens[:, self.cached:]
+        n = new.shape[1]
+        index = np.array([p % n_total - self.cached for p in positions], np.int64)
+        if n == 0 or index.min() < 0:
+            raise ValueError("logits requested for positions already in the KV cache")
+        pos = np.arange(self.cached, n_total, dtype=np.int64)
+        mask = np.where(np.arange(self.model.dims.n_text_ctx)[None, :] <= pos[:, None], 0.0, -np.inf).astype(np.float32)
+        m = self.model
+        (out,) = m.decoder.execute(
+            m.to_device(new.astype(np.int64)), m.to_device(pos), m.to_device(np.array(self.cached, np.int64)),
+            m.to_device(mask), m.to_device(index), *self.cross, *self.cache)
+        self.cached = n_total
+        return out.to(driver.CPU()).to_numpy()
+
+    def rearrange_kv_cache(self, source_indices: Sequence[int]) -> None:
+        if self.cache is not None and list(source_indices) != list(range(len(source_indices))):
+            idx = np.asarray(source_indices)
+            self.cache = [self.model.to_device(b.to(driver.CPU()).to_numpy()[idx]) for b in self.cache]
+
+    def cleanup_caching(self) -> None:
+        self.cache, self.cross, self.cached = None, None, 0

@@ -1,0 +1,65 @@
+"""openai-whisper state dict -> the arrays the MAX graphs take: explicit renames, fusions and
+transposes, with a strict check that every parameter is used exactly once."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..api import ModelError
+from ..checkpoint import ModelDims
+
+
+def graph_arrays(state: dict[str, np.ndarray], dims: ModelDims) -> dict[str, np.ndarray]:
+    """Linear weights become `*.weight_t` [d_in, d_out] (x @ W^T without a transpose in the graph);
+    q/k/v are fused into `attn.qkv` and cross-attention k/v into `cross_attn.kv` (the key
+    projection has no bias: zeros); conv weights [C_out, C_in, 3] become RSCF `*.weight_rscf`."""
+    used: set[str] = set()
+    out: dict[str, np.ndarray] = {}
+
+    def take(name: str) -> np.ndarray:
+        if name in used:
+            raise ModelError(f"parameter {name} used twice")
+        used.add(name)
+        return state[name]
+
+    def linear(dst: str, *srcs: str, bias: bool = True):
+        ws = [take(f"{s}.weight") for s in srcs]
+        out[f"{dst}.weight_t"] = np.concatenate(ws, axis=0).T
+        if bias:
+            out[f"{dst}.bias"] = np.concatenate(
+                [take(f"{s}.bias") if not s.endswith(".key") else np.zeros(w.shape[0], np.float32)
+                 for s, w in zip(srcs, ws)])
+
+    def copy(name: str, dst: str | None = None):
+        out[dst or name] = take(name)
+
+    def block(p: str, cross: bool):
+        linear(f"{p}.attn.qkv", f"{p}.attn.query", f"{p}.attn.key", f"{p}.attn.value")
+        linear(f"{p}.attn.out", f"{p}.attn.out")
+        if cross:
+            linear(f"{p}.cross_attn.query", f"{p}.cross_attn.query")
+            linear(f"{p}.cross_attn.kv", f"{p}.cross_attn.key", f"{p}.cross_attn.value")
+            linear(f"{p}.cross_attn.out", f"{p}.cross_attn.out")
+        for ln in ("attn_ln", "mlp_ln") + (("cross_attn_ln",) if cross else ()):
+            copy(f"{p}.{ln}.weight"), copy(f"{p}.{ln}.bias")
+        linear(f"{p}.mlp.0", f"{p}.mlp.0")
+        linear(f"{p}.mlp.2", f"{p}.mlp.2")
+
+    for conv in ("encoder.conv1", "encoder.conv2"):
+        w = take(f"{conv}.weight")  # [C_out, C_in, 3] -> [1, 3, C_in, C_out]
+        out[f"{conv}.weight_rscf"] = w.transpose(2, 1, 0)[None]
+        copy(f"{conv}.bias")
+    copy("encoder.positional_embedding")
+    for i in range(dims.n_audio_layer):
+        block(f"encoder.blocks.{i}", cross=False)
+    copy("encoder.ln_post.weight"), copy("encoder.ln_post.bias")
+    embedding = take("decoder.token_embedding.weight")
+    out["decoder.token_embedding.weight"] = embedding
+    out["decoder.token_embedding.weight_t"] = embedding.T  # the tied output projection
+    copy("decoder.positional_embedding")
+    for i in range(dims.n_text_layer):
+        block(f"decoder.blocks.{i}", cross=True)
+    copy("decoder.ln.weight"), copy("decoder.ln.bias")
+
+    if unused := sorted(set(state) - used):
+        raise ModelError(f"parameters not used by the MAX graphs: {unused[:5]}")
+    return out

@@ -1,0 +1,40 @@
+"""The MAX backend: numpy front end and decoding around the MAX Graph network. No PyTorch."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from .api import DecodeOptions, Timings, TranscriptionResult
+from .audio import N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
+from .checkpoint import load_checkpoint
+from .graph.model import MaxWhisper, resolve_device
+from .transcribe import transcribe
+
+
+class MaxTranscriber:
+    backend = "max"
+
+    def __init__(self, model: str = "tiny.en", device: str = "auto", precision: str = "fp32", threads: int | None = None):
+        start = time.perf_counter()
+        self.checkpoint = load_checkpoint(model)
+        self.model, self.device, self.precision = self.checkpoint.name, resolve_device(device), precision
+        self.net = MaxWhisper(self.checkpoint, self.device, precision, threads)
+        self.compile_s = self.net.compile_s
+        self.load_s = time.perf_counter() - start - self.compile_s
+
+    def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
+                   progress: Callable[[float], None] | None = None) -> TranscriptionResult:
+        start = time.perf_counter()
+        mel = log_mel_spectrogram(audio, self.checkpoint.dims.n_mels, padding=N_SAMPLES)
+        features_s = time.perf_counter() - start
+        out = transcribe(self.net, mel, options, progress)
+        total_s = time.perf_counter() - start
+        return TranscriptionResult(
+            text=out.text, segments=out.segments, language=out.language,
+            language_probability=out.language_probability, backend=self.backend, model=self.model,
+            device=self.device, precision=self.precision, audio_s=len(audio) / SAMPLE_RATE, options=options,
+            timings=Timings(load_s=self.load_s, compile_s=self.compile_s, features_s=features_s,
+                            encode_s=out.encode_s, decode_s=out.decode_s, total_s=total_s),
+        )

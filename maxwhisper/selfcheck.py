@@ -1,0 +1,113 @@
+"""Each MAX component checked against openai-whisper's PyTorch module built from the same weights.
+
+Used by the tests, by `python -m maxwhisper selfcheck` and by the app's Component tests tab.
+The reference needs torch and openai-whisper; they are imported here only, when a check runs.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .api import DecodeOptions
+from .audio import N_FRAMES, load_audio, log_mel_spectrogram, pad_or_trim
+from .tokenizer import get_tokenizer
+
+COMPONENTS = ("conv_stem", "attention", "encoder_block", "encoder", "decoder_step", "transcript")
+# max |MAX - reference| / max |reference|: float32 with a different summation order
+RELATIVE_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    passed: bool
+    max_abs_err: float  # for "transcript": the number of tokens that differ
+    rel_err: float
+    seconds: float  # time of the MAX computation (compile excluded)
+    detail: str = ""
+
+
+def default_audio() -> Path:
+    """jfk.flac from the project's shared clips if present, else a clip the gradio package ships."""
+    shared = Path(__file__).resolve().parents[2] / "shared" / "audio" / "jfk.flac"
+    if shared.exists():
+        return shared
+    import importlib.util
+    spec = importlib.util.find_spec("gradio")
+    return Path(spec.origin).parent / "media_assets" / "audio" / "cate_blanch.mp3"
+
+
+def _compare(name: str, ours: np.ndarray, ref: np.ndarray, seconds: float) -> CheckResult:
+    err = float(np.abs(ours - ref).max())
+    rel = err / max(float(np.abs(ref).max()), 1e-12)
+    return CheckResult(name, rel < RELATIVE_TOLERANCE, err, rel, seconds, f"shape {tuple(ours.shape)}")
+
+
+def _timed(fn: Callable, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
+
+
+def run_checks(max_transcriber=None, reference=None, audio_path: str | Path | None = None,
+               components: tuple[str, ...] = COMPONENTS) -> Iterator[CheckResult]:
+    """Yield one CheckResult per component as it finishes.
+
+    max_transcriber: a loaded `MaxTranscriber` (default: tiny.en on CPU, fp32).
+    reference: a loaded `baselines.openai_backend.OpenAITranscriber` of the same model on CPU.
+    """
+    import torch
+
+    from baselines.openai_backend import OpenAITranscriber
+    from .graph.components import build_component
+    from .max_backend import MaxTranscriber
+
+    mx = max_transcriber or MaxTranscriber("tiny.en", device="cpu")
+    ref = reference or OpenAITranscriber(mx.model, device="cpu")
+    net, torch_net = mx.net, ref.net
+    audio = load_audio(audio_path or default_audio())
+    mel = pad_or_trim(log_mel_spectrogram(audio, net.dims.n_mels), N_FRAMES)[None]
+    t_mel = torch.from_numpy(mel)
+
+    with torch.no_grad():
+        enc = torch_net.encoder
+        stem = torch.nn.functional.gelu(enc.conv2(torch.nn.functional.gelu(enc.conv1(t_mel)))).permute(0, 2, 1)
+        block_in = stem + enc.positional_embedding[: stem.shape[1]]
+        refs = {
+            "conv_stem": (mel, stem),
+            "attention": (block_in.numpy(), enc.blocks[0].attn(enc.blocks[0].attn_ln(block_in))[0]),
+            "encoder_block": (block_in.numpy(), enc.blocks[0](block_in)),
+        }
+    for name in components:
+        if name in refs:
+            graph = build_component(net, name)
+            x, expected = refs[name]
+            (out,), seconds = _timed(graph.execute, net.to_device(x))
+            yield _compare(name, out.to_numpy(), expected.numpy(), seconds)
+        elif name == "encoder":
+            features, seconds = _timed(net.encode, mel)
+            with torch.no_grad():
+                yield _compare(name, net.features_numpy(features), enc(t_mel).numpy(), seconds)
+        elif name == "decoder_step":
+            features = net.encode(mel)
+            tok = get_tokenizer(net.is_multilingual, num_languages=net.num_languages, language="en", task="transcribe")
+            tokens = np.array([[*tok.sot_sequence_including_notimestamps, *tok.encode(" And so my fellow Americans")]])
+            n = tokens.shape[1]
+            ours, seconds = _timed(net.inference().logits, tokens, features, tuple(range(n)))
+            with torch.no_grad():
+                expected = torch_net.decoder(torch.from_numpy(tokens), torch.from_numpy(net.features_numpy(features)))
+            yield _compare(name, ours, expected.numpy(), seconds)
+        elif name == "transcript":
+            options = DecodeOptions()
+            result, seconds = _timed(mx.transcribe, audio, options)
+            expected = ref.transcribe(audio, options)
+            ours_t, ref_t = result.tokens, expected.tokens
+            diff = sum(a != b for a, b in zip(ours_t, ref_t)) + abs(len(ours_t) - len(ref_t))
+            yield CheckResult(name, diff == 0, float(diff), diff / max(len(ref_t), 1), seconds,
+                              f"{len(ours_t)} tokens; MAX: {result.text.strip()!r}")
+        else:
+            raise ValueError(f"unknown component {name!r}; valid: {', '.join(COMPONENTS)}")
