@@ -174,8 +174,8 @@ def read_ct2_model_bin(path: Path) -> dict[str, np.ndarray]:
         for _ in range(take("<I")):
             alias, target = string(), string()
             out[alias] = out[target]
-    except struct.error as e:
-        raise ModelError(f"{path}: truncated or corrupt model.bin ({e})") from None
+    except (struct.error, ValueError, UnicodeDecodeError, KeyError) as e:
+        raise ModelError(f"{path}: truncated or corrupt model.bin ({type(e).__name__}: {e})") from None
     return out
 
 
@@ -370,6 +370,8 @@ def load_pt(path: Path) -> Checkpoint:
     if not isinstance(obj, dict) or "dims" not in obj or "model_state_dict" not in obj:
         raise ModelError(f"{path}: not an openai-whisper checkpoint (needs 'dims' and 'model_state_dict')")
     names = {f.name for f in fields(ModelDims)}
+    if not isinstance(obj["dims"], dict) or names - set(obj["dims"]):
+        raise ModelError(f"{path}: not an openai-whisper checkpoint ('dims' must have {sorted(names)})")
     dims = ModelDims(**{k: int(v) for k, v in obj["dims"].items() if k in names})
     state = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in obj["model_state_dict"].items()}
     check_state(state, dims, str(path))

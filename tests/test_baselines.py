@@ -1,0 +1,222 @@
+"""The two reference backends behind the Transcriber contract: right text, same weights, clear errors, timings."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("whisper")
+pytest.importorskip("faster_whisper")
+
+from maxwhisper.api import AudioError, BackendError, DecodeOptions, MaxWhisperError  # noqa: E402
+from maxwhisper.checkpoint import installed_models, load_checkpoint  # noqa: E402
+
+AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
+
+pytestmark = pytest.mark.skipif("tiny.en" not in installed_models(), reason="tiny.en not installed")
+
+
+def manifest_reference(name: str) -> str:
+    """The reference transcript column of the shared audio MANIFEST for `name`."""
+    for line in (AUDIO / "MANIFEST.md").read_text().splitlines():
+        if line.startswith(f"| `{name}` |"):
+            return line.strip().strip("|").split("|")[-1].strip()
+    raise KeyError(name)
+
+
+def normalise(text: str) -> str:
+    from whisper.normalizers import EnglishTextNormalizer
+
+    return EnglishTextNormalizer()(text)
+
+
+@pytest.fixture(scope="session")
+def jfk() -> np.ndarray:
+    from maxwhisper.audio import load_audio
+
+    return load_audio(AUDIO / "jfk.flac")
+
+
+@pytest.fixture(scope="session")
+def openai_tiny():
+    from baselines.openai_backend import OpenAITranscriber
+
+    return OpenAITranscriber(model="tiny.en", device="cpu", precision="fp32", threads=2)
+
+
+@pytest.fixture(scope="session")
+def faster_tiny():
+    from baselines.faster_backend import FasterTranscriber
+
+    return FasterTranscriber(model="tiny.en", device="cpu", precision="fp32", threads=2)
+
+
+@pytest.fixture(scope="session")
+def openai_jfk(openai_tiny, jfk):
+    return openai_tiny.transcribe(jfk, DecodeOptions())
+
+
+@pytest.fixture(scope="session")
+def faster_jfk(faster_tiny, jfk):
+    return faster_tiny.transcribe(jfk, DecodeOptions())
+
+
+JFK = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
+
+
+def test_manifest_reference_is_the_jfk_sentence():
+    assert manifest_reference("jfk.flac") == JFK
+
+
+@pytest.mark.parametrize("which", ["openai_jfk", "faster_jfk"])
+def test_jfk_text(request, which):
+    result = request.getfixturevalue(which)
+    assert normalise(result.text) == normalise(manifest_reference("jfk.flac"))
+    assert result.language == "en"
+    assert result.model == "tiny.en" and result.device == "cpu" and result.precision == "fp32"
+    assert result.audio_s == pytest.approx(11.0, abs=0.01)
+    assert result.segments and result.segments[0].id == 0
+    assert [s.id for s in result.segments] == list(range(len(result.segments)))
+    assert all(0 <= s.start <= s.end <= 11.0 + 1e-6 for s in result.segments)
+    assert "".join(s.text for s in result.segments) == result.text
+    assert result.tokens and all(isinstance(t, int) for t in result.tokens)
+
+
+@pytest.mark.parametrize("which", ["openai_jfk", "faster_jfk"])
+def test_timings_filled_and_consistent(request, which):
+    result = request.getfixturevalue(which)
+    t = result.timings
+    assert t.load_s > 0 and t.compile_s == 0
+    assert t.features_s > 0 and t.encode_s > 0 and t.decode_s >= 0 and t.total_s > 0
+    assert t.total_s >= t.encode_s + t.features_s
+    assert t.decode_s == pytest.approx(t.total_s - t.encode_s - t.features_s, abs=1e-9)
+    assert result.rtf == pytest.approx(result.audio_s / t.total_s)
+    d = result.to_dict()
+    assert d["timings"]["rtf"] == pytest.approx(result.rtf) and d["backend"] == result.backend
+
+
+def test_same_weights_and_same_tokens(openai_tiny, faster_tiny, openai_jfk, faster_jfk):
+    """faster-whisper runs the very CTranslate2 folder load_checkpoint resolved (the weights openai gets)."""
+    ckpt = load_checkpoint("tiny.en")
+    assert Path(faster_tiny.ct2_dir).resolve() == Path(ckpt.ct2_dir).resolve()
+    np.testing.assert_array_equal(
+        openai_tiny.net.decoder.token_embedding.weight.detach().numpy(), ckpt.state["decoder.token_embedding.weight"])
+    # same weights, same greedy rules: the text tokens agree (timestamps may differ: different mel code)
+    def text_tokens(r):
+        return [t for t in r.tokens if t < 50257]
+    assert text_tokens(openai_jfk) == text_tokens(faster_jfk)
+
+
+def test_word_timestamps_and_beam(openai_tiny, faster_tiny, jfk):
+    options = DecodeOptions(word_timestamps=True, beam_size=2, temperature=(0.0,))
+    for t in (openai_tiny, faster_tiny):
+        r = t.transcribe(jfk, options)
+        words = [w for s in r.segments for w in s.words]
+        assert normalise("".join(w.word for w in words)) == normalise(JFK), t.backend
+        assert all(0 <= w.start <= w.end for w in words)
+        assert [w.start for w in words] == sorted(w.start for w in words)
+
+
+def test_without_timestamps(openai_tiny, faster_tiny, jfk):
+    for t in (openai_tiny, faster_tiny):
+        r = t.transcribe(jfk, DecodeOptions(without_timestamps=True, temperature=(0.0,)))
+        assert normalise(r.text) == normalise(JFK), t.backend
+        assert not any(tok >= 50363 for tok in r.tokens), t.backend  # no timestamp tokens
+
+
+@pytest.mark.parametrize("backend", ["openai", "faster"])
+def test_bad_audio_and_options(request, backend):
+    t = request.getfixturevalue(f"{backend}_tiny")
+    with pytest.raises(AudioError):
+        t.transcribe(np.zeros((2, 16000), np.float32))
+    with pytest.raises(AudioError):
+        t.transcribe(np.zeros(0, np.float32))
+    with pytest.raises(MaxWhisperError, match="language"):
+        t.transcribe(np.zeros(16000, np.float32), DecodeOptions(language="xx"))
+    with pytest.raises(MaxWhisperError, match="suppress_tokens"):
+        t.transcribe(np.zeros(16000, np.float32), DecodeOptions(suppress_tokens="a,b"))
+
+
+def test_openai_precision_and_device_errors():
+    import torch
+
+    from baselines.openai_backend import OpenAITranscriber
+
+    for precision in ("int8", "bf16", "fp16"):  # cpu: fp32 only
+        with pytest.raises(BackendError, match="fp32"):
+            OpenAITranscriber(model="tiny.en", device="cpu", precision=precision, threads=2)
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendError, match="GPU"):
+            OpenAITranscriber(model="tiny.en", device="gpu", precision="fp32", threads=2)
+        with pytest.raises(BackendError, match="fp16"):  # auto -> cpu, where fp16 is refused
+            OpenAITranscriber(model="tiny.en", device="auto", precision="fp16", threads=2)
+
+
+def test_faster_precision_and_device_errors():
+    import ctranslate2
+
+    from baselines.faster_backend import FasterTranscriber
+
+    if "float16" not in ctranslate2.get_supported_compute_types("cpu"):
+        with pytest.raises(BackendError, match=re.escape("supported: fp32")):
+            FasterTranscriber(model="tiny.en", device="cpu", precision="fp16", threads=2)
+    with pytest.raises(BackendError):
+        FasterTranscriber(model="tiny.en", device="cpu", precision="fp64", threads=2)
+    if ctranslate2.get_cuda_device_count() == 0:
+        with pytest.raises(BackendError, match="GPU"):
+            FasterTranscriber(model="tiny.en", device="gpu", precision="fp32", threads=2)
+
+
+def test_faster_refuses_a_pt_checkpoint(tmp_path):
+    import torch
+    from dataclasses import asdict
+
+    from whisper.model import ModelDimensions, Whisper
+
+    from baselines.faster_backend import FasterTranscriber
+
+    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=1,
+                           n_vocab=51864, n_text_ctx=448, n_text_state=32, n_text_head=2, n_text_layer=1)
+    torch.save({"dims": asdict(dims), "model_state_dict": Whisper(dims).state_dict()}, tmp_path / "m.pt")
+    with pytest.raises(BackendError, match="CTranslate2"):
+        FasterTranscriber(model=str(tmp_path / "m.pt"), device="cpu", precision="fp32", threads=2)
+
+
+def test_openai_runs_a_pt_checkpoint(tmp_path, jfk):
+    """A random-weight multilingual .pt loads through the same path (the words are noise; the call
+    must work, and language detection must report its probability)."""
+    import torch
+    from dataclasses import asdict
+
+    from whisper.model import ModelDimensions, Whisper
+
+    from baselines.openai_backend import OpenAITranscriber
+
+    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=1,
+                           n_vocab=51865, n_text_ctx=448, n_text_state=32, n_text_head=2, n_text_layer=1)
+    torch.manual_seed(0)
+    model = Whisper(dims)
+    with torch.no_grad():  # openai leaves the decoder's positional embedding as torch.empty (garbage, maybe NaN)
+        for name, p in model.named_parameters():
+            p.copy_(torch.ones_like(p) if name.endswith(("ln.weight", "ln_post.weight")) else torch.randn_like(p) * 0.02)
+    torch.save({"dims": asdict(dims), "model_state_dict": model.state_dict()}, tmp_path / "m.pt")
+    t = OpenAITranscriber(model=str(tmp_path / "m.pt"), device="cpu", precision="fp32", threads=2)
+    r = t.transcribe(jfk[:16000], DecodeOptions(temperature=(0.0,), without_timestamps=True))
+    assert r.model == str(tmp_path / "m.pt") and r.timings.total_s > 0
+    from whisper.tokenizer import LANGUAGES
+
+    assert 0 < r.language_probability <= 1 and r.language in LANGUAGES
+
+
+def test_registry_builds_both():
+    from baselines.faster_backend import FasterTranscriber
+    from baselines.openai_backend import OpenAITranscriber
+    from maxwhisper.registry import available_backends, create_transcriber
+
+    assert {"openai", "faster"} <= set(available_backends())
+    for name, cls in (("openai", OpenAITranscriber), ("faster", FasterTranscriber)):
+        t = create_transcriber(name, model="tiny.en", device="cpu", precision="fp32", threads=2)
+        assert isinstance(t, cls) and t.backend == name and t.model == "tiny.en"
+        assert t.device == "cpu" and t.precision == "fp32" and t.load_s > 0 and t.compile_s == 0

