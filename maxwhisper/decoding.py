@@ -1,0 +1,620 @@
+"""Decoding of 30 s windows in numpy, independent of the network's backend.
+
+A port of `whisper.decoding` (openai-whisper 20250625) that keeps its structure and its numbers:
+with the same logits it picks the same tokens (greedy and beam search) and computes the same
+float32 log probabilities as torch on CPU (to within an ulp, see "numerics" below). Only
+temperature sampling differs, since numpy's random numbers are not torch's; it draws from a
+`numpy.random.Generator`, so runs are reproducible.
+
+The network is behind two small protocols, `WhisperModel` and `Inference`, implemented by the
+MAX backend (`maxwhisper.graph`) and by the PyTorch reference in the tests.
+
+    TokenDecoder     GreedyDecoder (argmax, or sampling at temperature > 0), BeamSearchDecoder
+    LogitFilter      SuppressBlank, SuppressTokens, ApplyTimestampRules
+    SequenceRanker   MaximumLikelihoodRanker
+    DecodingTask     runs one decoding of a batch of windows with all of the above
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Protocol, Sequence
+
+import numpy as np
+
+from .api import MaxWhisperError
+from .audio import CHUNK_LENGTH
+from .checkpoint import ModelDims
+from .tokenizer import Tokenizer, get_tokenizer
+
+
+# --- the seam to the network -----------------------------------------------------------------
+
+class Inference(Protocol):
+    """One decoding's forward passes through the text decoder, with a KV cache."""
+
+    def logits(self, tokens: np.ndarray, audio_features: Any, positions: Sequence[int] = (-1,)) -> np.ndarray:
+        """Logits of the next token after some positions of `tokens`.
+
+        tokens: int64 [batch, n], the whole sequence so far. The KV cache holds the first k
+        tokens from earlier calls; only tokens[:, k:] are run now (all n on the first call).
+        positions: indices into the n tokens (negative allowed), all among the newly run ones.
+        Returns float32 logits [batch, len(positions), n_vocab]. `audio_features` is what
+        `WhisperModel.encode` returned for n_audio windows; batch = n_audio * n_group, each
+        audio's group contiguous (like repeat_interleave): the inference repeats features itself.
+        """
+        ...
+
+    def rearrange_kv_cache(self, source_indices: Sequence[int]) -> None:
+        """Beam search: row i of the cache becomes the old row source_indices[i] (called only
+        when that changes the order)."""
+        ...
+
+    def cleanup_caching(self) -> None:
+        """Drop the KV cache; the next `logits` call starts from an empty cache again."""
+        ...
+
+
+class WhisperModel(Protocol):
+    dims: ModelDims
+    is_multilingual: bool
+    num_languages: int
+
+    def encode(self, mel: np.ndarray) -> Any:
+        """float32 [n_audio, n_mels, 3000] -> opaque audio features for `Inference.logits`."""
+        ...
+
+    def inference(self) -> Inference:
+        """A fresh inference with an empty KV cache."""
+        ...
+
+
+# --- numerics, as torch computes them in float32 ---------------------------------------------
+#
+# Greedy decoding only needs argmax, which is exact. The log probabilities (summed per sequence:
+# beam ranking, avg_logprob for the fallback and no-speech rules) are float32 as in torch, and
+# the sum of exp(x - max) over the vocabulary is accumulated in the order of torch's CPU kernel
+# (ATen SoftMaxKernel.cpp, vec::map_reduce_all: 8 float32 lanes, as on AVX2, each summed in
+# sequence, then a fixed tree across the lanes). A plain or pairwise float32 sum of ~51k terms,
+# mostly tiny next to the largest, differs from torch's by up to ~5e-5; in this order the result
+# is torch's to within an ulp or two (measured in tests/test_decoding.py).
+
+_LANES = 8
+
+
+def _lane_sum(e: np.ndarray) -> np.ndarray:
+    """Sum of float32 e [..., n] over the last axis, in the order of ATen's vec::map_reduce_all."""
+    n = e.shape[-1]
+    if n < _LANES:  # sequential
+        acc = e[..., 0].copy()
+        for i in range(1, n):
+            acc = acc + e[..., i]
+        return acc
+    m = n - n % _LANES
+    # a reduction over a non-contiguous axis: numpy adds row after row, i.e. each lane in sequence
+    lanes = e[..., :m].reshape(*e.shape[:-1], -1, _LANES).sum(axis=-2, dtype=np.float32)
+    if n > m:  # the tail goes into the first lanes
+        lanes[..., : n - m] += e[..., m:]
+    v = lanes[..., :4] + lanes[..., 4:]
+    v = v[..., :2] + v[..., 2:]
+    return v[..., 0] + v[..., 1]
+
+
+def _shift_and_log_sum(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x - max(x) and log(sum(exp(x - max(x)))) over the last axis, in float32."""
+    x = logits.astype(np.float32, copy=False)
+    shifted = x - x.max(axis=-1, keepdims=True)
+    log_sum = np.log(_lane_sum(np.exp(shifted)).astype(np.float64)).astype(np.float32)
+    return shifted, log_sum[..., None]
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """float32 log_softmax over the last axis, as torch's `F.log_softmax(logits.float(), -1)`."""
+    shifted, log_sum = _shift_and_log_sum(logits)
+    return shifted - log_sum
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """float32 softmax over the last axis, as torch's `logits.float().softmax(-1)`."""
+    x = logits.astype(np.float32, copy=False)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e * (np.float32(1) / _lane_sum(e))[..., None]
+
+
+def logsumexp(x: np.ndarray) -> np.float32:
+    """float32 log(sum(exp(x))) of a 1-d array, as torch.logsumexp."""
+    m = x.max()
+    if not np.isfinite(m):
+        return m
+    return np.float32(np.log(np.exp(x - m).astype(np.float64).sum())) + m
+
+
+def compression_ratio(text: str) -> float:
+    """How much zlib compresses the text: high for repetitive (looping) output."""
+    text_bytes = text.encode("utf-8")
+    return len(text_bytes) / len(zlib.compress(text_bytes))
+
+
+# --- options and results ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WindowOptions:
+    """How to decode one window: `whisper.decoding.DecodingOptions` without fp16 and lang_id.
+
+    `maxwhisper.transcribe` builds one per window and temperature from the user-facing
+    `maxwhisper.api.DecodeOptions`.
+    """
+
+    task: str = "transcribe"  # or "translate"
+    language: str | None = None  # None: detected from the audio
+    temperature: float = 0.0
+    sample_len: int | None = None  # most tokens to sample; default n_text_ctx // 2
+    best_of: int | None = None  # independent samples at temperature > 0
+    beam_size: int | None = None  # beams at temperature 0; None: greedy
+    patience: float | None = None  # beam search patience (arxiv:2204.05424)
+    length_penalty: float | None = None  # Google NMT's alpha; None: divide by length
+    prompt: str | tuple[int, ...] | None = None  # previous context, after <|startofprev|>
+    prefix: str | tuple[int, ...] | None = None  # forced start of the current window's text
+    suppress_tokens: str | Iterable[int] | None = "-1"  # "-1": the non-speech symbol set
+    suppress_blank: bool = True
+    without_timestamps: bool = False
+    max_initial_timestamp: float | None = 1.0
+
+
+@dataclass(frozen=True)
+class DecodingResult:
+    language: str
+    language_probs: dict[str, float] | None = None
+    tokens: list[int] = field(default_factory=list)  # sampled tokens, without sot sequence and eot
+    text: str = ""
+    avg_logprob: float = np.nan
+    no_speech_prob: float = np.nan
+    temperature: float = np.nan
+    compression_ratio: float = np.nan
+
+
+# --- language identification ----------------------------------------------------------------
+
+def detect_language(
+    model: WhisperModel, audio_features: Any, n_audio: int = 1, tokenizer: Tokenizer | None = None
+) -> tuple[list[int], list[dict[str, float]]]:
+    """The most probable language token of each window, and the probabilities of all languages
+    (a softmax over the language tokens only), from the logits after <|startoftranscript|>."""
+    if tokenizer is None:
+        tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages)
+    if tokenizer.language is None or tokenizer.language_token not in tokenizer.sot_sequence:
+        raise MaxWhisperError("This model doesn't have language tokens so it can't perform lang id")
+
+    inference = model.inference()
+    try:
+        tokens = np.full((n_audio, 1), tokenizer.sot, dtype=np.int64)
+        logits = np.array(inference.logits(tokens, audio_features, (0,))[:, 0], dtype=np.float32)
+    finally:
+        inference.cleanup_caching()
+
+    mask = np.ones(logits.shape[-1], dtype=bool)
+    mask[list(tokenizer.all_language_tokens)] = False
+    logits[:, mask] = -np.inf
+    language_tokens = logits.argmax(axis=-1).tolist()
+    probs = softmax(logits)
+    language_probs = [
+        {c: float(probs[i, j]) for j, c in zip(tokenizer.all_language_tokens, tokenizer.all_language_codes)}
+        for i in range(n_audio)
+    ]
+    return language_tokens, language_probs
+
+
+# --- ranking finished sequences --------------------------------------------------------------
+
+class SequenceRanker:
+    def rank(self, tokens: list[list[list[int]]], sum_logprobs: list[list[float]]) -> list[int]:
+        """Given groups of candidate sequences and their summed log probabilities, the index of
+        the candidate to keep in each group."""
+        raise NotImplementedError
+
+
+class MaximumLikelihoodRanker(SequenceRanker):
+    """The highest log probability, divided by the length or by Google NMT's length penalty."""
+
+    def __init__(self, length_penalty: float | None):
+        self.length_penalty = length_penalty
+
+    def rank(self, tokens, sum_logprobs):
+        def scores(logprobs, lengths):
+            result = []
+            for logprob, length in zip(logprobs, lengths):
+                if self.length_penalty is None:
+                    penalty = length
+                else:
+                    penalty = ((5 + length) / 6) ** self.length_penalty
+                result.append(logprob / penalty)
+            return result
+
+        lengths = [[len(t) for t in s] for s in tokens]
+        return [int(np.argmax(scores(p, l))) for p, l in zip(sum_logprobs, lengths)]
+
+
+# --- choosing the next token -----------------------------------------------------------------
+
+class TokenDecoder:
+    def reset(self) -> None:
+        """Forget the state of the previous decoding."""
+
+    def update(self, tokens: np.ndarray, logits: np.ndarray, sum_logprobs: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Append the next token to each sequence.
+
+        tokens: int64 [n_batch, n], all tokens so far including the initial ones; logits: float32
+        [n_batch, n_vocab] at the last position, filtered; sum_logprobs: float32 [n_batch],
+        updated in place. Returns the tokens [n_batch, n + 1] and whether all are finished.
+        """
+        raise NotImplementedError
+
+    def finalize(self, tokens: np.ndarray, sum_logprobs: np.ndarray) -> tuple[list[list[list[int]]], list[list[float]]]:
+        """tokens [n_audio, n_group, n], sum_logprobs [n_audio, n_group] -> for each audio, the
+        candidate sequences (each ending with eot) and their summed log probabilities."""
+        raise NotImplementedError
+
+
+class GreedyDecoder(TokenDecoder):
+    """Argmax at temperature 0, otherwise a sample from softmax(logits / temperature)."""
+
+    def __init__(self, temperature: float, eot: int, rng: np.random.Generator):
+        self.temperature = temperature
+        self.eot = eot
+        self.rng = rng
+
+    def update(self, tokens, logits, sum_logprobs):
+        if self.temperature == 0:
+            next_tokens = logits.argmax(axis=-1)
+        else:  # Gumbel-max: argmax(logits / T + Gumbel noise) is a sample of softmax(logits / T)
+            with np.errstate(divide="ignore"):  # a uniform draw of exactly 0 gives -inf: never chosen
+                gumbel = -np.log(-np.log(self.rng.random(logits.shape, dtype=np.float32)))
+            next_tokens = (logits / np.float32(self.temperature) + gumbel).argmax(axis=-1)
+
+        shifted, log_sum = _shift_and_log_sum(logits)  # the chosen token's log_softmax, not all
+        current_logprobs = shifted[np.arange(shifted.shape[0]), next_tokens] - log_sum[:, 0]
+        not_finished = tokens[:, -1] != self.eot
+        sum_logprobs += current_logprobs * not_finished
+
+        next_tokens[~not_finished] = self.eot
+        tokens = np.concatenate([tokens, next_tokens[:, None].astype(tokens.dtype)], axis=-1)
+        completed = bool((tokens[:, -1] == self.eot).all())
+        return tokens, completed
+
+    def finalize(self, tokens, sum_logprobs):
+        # make sure each sequence has at least one eot at the end
+        tokens = np.pad(tokens, ((0, 0), (0, 0), (0, 1)), constant_values=self.eot)
+        return [[t.tolist() for t in group] for group in tokens], sum_logprobs.tolist()
+
+
+def _topk(row: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest values of a 1-d array and their indices, largest first."""
+    idx = np.argpartition(row, -k)[-k:]
+    idx = idx[np.argsort(-row[idx], kind="stable")]
+    return row[idx], idx
+
+
+class BeamSearchDecoder(TokenDecoder):
+    """Beam search, keeping `beam_size` live beams per audio, until round(beam_size * patience)
+    finished candidates are collected."""
+
+    def __init__(self, beam_size: int, eot: int, inference: Inference, patience: float | None = None):
+        self.beam_size = beam_size
+        self.eot = eot
+        self.inference = inference
+        self.patience = patience or 1.0
+        self.max_candidates: int = round(beam_size * self.patience)
+        self.finished_sequences: list[dict[tuple[int, ...], float]] | None = None
+        if self.max_candidates <= 0:
+            raise MaxWhisperError(f"Invalid beam size ({beam_size}) or patience ({patience})")
+
+    def reset(self):
+        self.finished_sequences = None
+
+    def update(self, tokens, logits, sum_logprobs):
+        if tokens.shape[0] % self.beam_size != 0:
+            raise ValueError(f"{tokens.shape}[0] % {self.beam_size} != 0")
+
+        n_audio = tokens.shape[0] // self.beam_size
+        if self.finished_sequences is None:  # the first update
+            self.finished_sequences = [{} for _ in range(n_audio)]
+
+        logprobs = log_softmax(logits)
+        next_tokens, source_indices, finished_sequences = [], [], []
+        for i in range(n_audio):
+            scores, sources, finished = {}, {}, {}
+
+            # 1. the cumulative log probability of each candidate continuation
+            for j in range(self.beam_size):
+                idx = i * self.beam_size + j
+                prefix = tokens[idx].tolist()
+                for logprob, token in zip(*_topk(logprobs[idx], self.beam_size + 1)):
+                    sequence = tuple(prefix + [int(token)])
+                    scores[sequence] = float(sum_logprobs[idx] + logprob)  # float32 sum
+                    sources[sequence] = idx
+
+            # 2. keep the best beam_size unfinished ones; set the finished ones aside
+            saved = 0
+            for sequence in sorted(scores, key=scores.get, reverse=True):
+                if sequence[-1] == self.eot:
+                    finished[sequence] = scores[sequence]
+                else:
+                    sum_logprobs[len(next_tokens)] = scores[sequence]
+                    next_tokens.append(sequence)
+                    source_indices.append(sources[sequence])
+                    saved += 1
+                    if saved == self.beam_size:
+                        break
+            finished_sequences.append(finished)
+
+        tokens = np.array(next_tokens, dtype=np.int64)
+        if source_indices != list(range(len(source_indices))):
+            self.inference.rearrange_kv_cache(source_indices)
+
+        for previously_finished, newly_finished in zip(self.finished_sequences, finished_sequences):
+            for seq in sorted(newly_finished, key=newly_finished.get, reverse=True):
+                if len(previously_finished) >= self.max_candidates:
+                    break  # the candidate list is full
+                previously_finished[seq] = newly_finished[seq]
+
+        # done when every audio has enough finished candidates
+        completed = all(len(sequences) >= self.max_candidates for sequences in self.finished_sequences)
+        return tokens, completed
+
+    def finalize(self, preceding_tokens, sum_logprobs):
+        # when too few sequences finished, add the unfinished ones (best first)
+        for i, sequences in enumerate(self.finished_sequences):
+            if len(sequences) < self.beam_size:
+                for j in list(np.argsort(sum_logprobs[i]))[::-1]:
+                    sequence = preceding_tokens[i, j].tolist() + [self.eot]
+                    sequences[tuple(sequence)] = float(sum_logprobs[i][j])
+                    if len(sequences) >= self.beam_size:
+                        break
+        tokens = [[list(seq) for seq in sequences] for sequences in self.finished_sequences]
+        sum_logprobs = [list(sequences.values()) for sequences in self.finished_sequences]
+        return tokens, sum_logprobs
+
+
+# --- rules on the logits ---------------------------------------------------------------------
+
+class LogitFilter:
+    def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
+        """Mask logits [n_batch, n_vocab] in place, given all tokens so far [n_batch, n]."""
+        raise NotImplementedError
+
+
+class SuppressBlank(LogitFilter):
+    """No blank (a space or eot) as the first sampled token."""
+
+    def __init__(self, tokenizer: Tokenizer, sample_begin: int):
+        self.tokenizer = tokenizer
+        self.sample_begin = sample_begin
+
+    def apply(self, logits, tokens):
+        if tokens.shape[1] == self.sample_begin:
+            logits[:, self.tokenizer.encode(" ") + [self.tokenizer.eot]] = -np.inf
+
+
+class SuppressTokens(LogitFilter):
+    def __init__(self, suppress_tokens: Sequence[int]):
+        self.suppress_tokens = list(suppress_tokens)
+
+    def apply(self, logits, tokens):
+        logits[:, self.suppress_tokens] = -np.inf
+
+
+class ApplyTimestampRules(LogitFilter):
+    """Timestamps come in pairs (except right before eot) and never decrease; the first token is
+    a timestamp no later than max_initial_timestamp; and a timestamp is forced whenever all the
+    timestamps together are more probable than any single text token."""
+
+    def __init__(self, tokenizer: Tokenizer, sample_begin: int, max_initial_timestamp_index: int | None):
+        self.tokenizer = tokenizer
+        self.sample_begin = sample_begin
+        self.max_initial_timestamp_index = max_initial_timestamp_index
+
+    def apply(self, logits, tokens):
+        ts_begin = self.tokenizer.timestamp_begin
+        # <|notimestamps|> is the without_timestamps option's business
+        logits[:, self.tokenizer.no_timestamps] = -np.inf
+
+        for k in range(tokens.shape[0]):
+            sampled_tokens = tokens[k, self.sample_begin:]
+            seq = sampled_tokens.tolist()
+            last_was_timestamp = len(seq) >= 1 and seq[-1] >= ts_begin
+            penultimate_was_timestamp = len(seq) < 2 or seq[-2] >= ts_begin
+
+            if last_was_timestamp:
+                if penultimate_was_timestamp:  # has to be non-timestamp
+                    logits[k, ts_begin:] = -np.inf
+                else:  # cannot be normal text tokens
+                    logits[k, : self.tokenizer.eot] = -np.inf
+
+            timestamps = sampled_tokens[sampled_tokens >= ts_begin]
+            if timestamps.size > 0:
+                # timestamps don't decrease, and each segment has a nonzero length
+                if last_was_timestamp and not penultimate_was_timestamp:
+                    timestamp_last = timestamps[-1]
+                else:
+                    timestamp_last = timestamps[-1] + 1
+                logits[k, ts_begin:timestamp_last] = -np.inf
+
+        if tokens.shape[1] == self.sample_begin:
+            # the first sampled token is a timestamp, no later than max_initial_timestamp
+            logits[:, :ts_begin] = -np.inf
+            if self.max_initial_timestamp_index is not None:
+                last_allowed = ts_begin + self.max_initial_timestamp_index
+                logits[:, last_allowed + 1:] = -np.inf
+
+        # if the timestamps together are more probable than any text token, sample a timestamp
+        # (log_softmax is monotonic: the best text token's log probability is that of its logit)
+        shifted, log_sum = _shift_and_log_sum(logits)
+        for k in range(tokens.shape[0]):
+            timestamp_logprob = logsumexp(shifted[k, ts_begin:] - log_sum[k])
+            max_text_token_logprob = shifted[k, :ts_begin].max() - log_sum[k, 0]
+            if timestamp_logprob > max_text_token_logprob:
+                logits[k, :ts_begin] = -np.inf
+
+
+# --- one decoding ----------------------------------------------------------------------------
+
+class DecodingTask:
+    """Decodes a batch of windows once, at one temperature: `run(audio_features)`."""
+
+    def __init__(self, model: WhisperModel, options: WindowOptions, rng: np.random.Generator | None = None):
+        self.model = model
+        self.options = _verify_options(options)
+        self.tokenizer = get_tokenizer(
+            model.is_multilingual, num_languages=model.num_languages,
+            language=options.language or "en", task=options.task,
+        )
+        tokenizer = self.tokenizer
+
+        self.n_group: int = options.beam_size or options.best_of or 1
+        self.n_ctx: int = model.dims.n_text_ctx
+        self.sample_len: int = options.sample_len or model.dims.n_text_ctx // 2
+
+        self.sot_sequence = tokenizer.sot_sequence
+        if options.without_timestamps:
+            self.sot_sequence = tokenizer.sot_sequence_including_notimestamps
+        self.initial_tokens: tuple[int, ...] = self._initial_tokens()
+        self.sample_begin: int = len(self.initial_tokens)
+        self.sot_index: int = self.initial_tokens.index(tokenizer.sot)
+
+        self.inference = model.inference()
+        self.sequence_ranker = MaximumLikelihoodRanker(options.length_penalty)
+        if options.beam_size is not None:
+            self.decoder: TokenDecoder = BeamSearchDecoder(options.beam_size, tokenizer.eot, self.inference, options.patience)
+        else:
+            self.decoder = GreedyDecoder(options.temperature, tokenizer.eot, rng or np.random.default_rng(0))
+
+        self.logit_filters: list[LogitFilter] = []
+        if options.suppress_blank:
+            self.logit_filters.append(SuppressBlank(tokenizer, self.sample_begin))
+        if options.suppress_tokens:
+            self.logit_filters.append(SuppressTokens(self._suppress_tokens()))
+        if not options.without_timestamps:
+            precision = CHUNK_LENGTH / model.dims.n_audio_ctx  # 0.02 s per timestamp step
+            max_initial_timestamp_index = None
+            if options.max_initial_timestamp:
+                max_initial_timestamp_index = round(options.max_initial_timestamp / precision)
+            self.logit_filters.append(ApplyTimestampRules(tokenizer, self.sample_begin, max_initial_timestamp_index))
+
+    def _initial_tokens(self) -> tuple[int, ...]:
+        """[<|startofprev|> prompt] sot_sequence [prefix]"""
+        tokens = list(self.sot_sequence)
+        if prefix := self.options.prefix:
+            prefix_tokens = self.tokenizer.encode(" " + prefix.strip()) if isinstance(prefix, str) else list(prefix)
+            max_prefix_len = self.n_ctx // 2 - self.sample_len
+            tokens = tokens + prefix_tokens[-max_prefix_len:]
+        if prompt := self.options.prompt:
+            prompt_tokens = self.tokenizer.encode(" " + prompt.strip()) if isinstance(prompt, str) else list(prompt)
+            tokens = [self.tokenizer.sot_prev] + prompt_tokens[-(self.n_ctx // 2 - 1):] + tokens
+        return tuple(tokens)
+
+    def _suppress_tokens(self) -> tuple[int, ...]:
+        suppress_tokens = self.options.suppress_tokens
+        if isinstance(suppress_tokens, str):
+            suppress_tokens = [int(t) for t in suppress_tokens.split(",")]
+        suppress_tokens = list(suppress_tokens)
+        if -1 in suppress_tokens:
+            suppress_tokens = [t for t in suppress_tokens if t >= 0]
+            suppress_tokens.extend(self.tokenizer.non_speech_tokens)
+        t = self.tokenizer
+        # the task and context tokens never appear in the text; no-speech is read separately
+        suppress_tokens.extend([t.transcribe, t.translate, t.sot, t.sot_prev, t.sot_lm, t.no_speech])
+        return tuple(sorted(set(suppress_tokens)))
+
+    def _main_loop(self, audio_features: Any, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[float]]:
+        n_batch = tokens.shape[0]
+        sum_logprobs = np.zeros(n_batch, dtype=np.float32)
+        no_speech_probs = [np.nan] * n_batch
+        try:
+            for i in range(self.sample_len):
+                if i == 0:  # the no-speech probability comes from the logits after sot, same call
+                    logits = self.inference.logits(tokens, audio_features, (self.sot_index, -1))
+                    no_speech_probs = softmax(logits[:, 0])[:, self.tokenizer.no_speech].tolist()
+                else:
+                    logits = self.inference.logits(tokens, audio_features, (-1,))
+                logits = np.array(logits[:, -1], dtype=np.float32)  # a writable copy for the filters
+
+                for logit_filter in self.logit_filters:
+                    logit_filter.apply(logits, tokens)
+
+                tokens, completed = self.decoder.update(tokens, logits, sum_logprobs)
+                if completed or tokens.shape[-1] > self.n_ctx:
+                    break
+        finally:
+            self.inference.cleanup_caching()
+        return tokens, sum_logprobs, no_speech_probs
+
+    def run(self, audio_features: Any, n_audio: int = 1) -> list[DecodingResult]:
+        """Decode the windows whose features `WhisperModel.encode` returned; one result each.
+
+        With `options.language` None the language is detected from the same features and its
+        token written into the sequence."""
+        self.decoder.reset()
+        tokenizer = self.tokenizer
+        tokens = np.tile(np.array(self.initial_tokens, dtype=np.int64), (n_audio, 1))
+
+        language_probs = None
+        languages = [self.options.language] * n_audio
+        if self.options.language is None:
+            language_tokens, language_probs = detect_language(self.model, audio_features, n_audio, tokenizer)
+            languages = [max(probs, key=probs.get) for probs in language_probs]
+            tokens[:, self.sot_index + 1] = language_tokens
+
+        # the group of each audio (beams or samples), contiguous
+        tokens = np.repeat(tokens, self.n_group, axis=0)
+        tokens, sum_logprobs, no_speech_probs = self._main_loop(audio_features, tokens)
+
+        no_speech_probs = no_speech_probs[:: self.n_group]
+        tokens = tokens.reshape(n_audio, self.n_group, -1)
+        sum_logprobs = sum_logprobs.reshape(n_audio, self.n_group)
+
+        # the candidates of each audio, from the first sampled token to before the first eot
+        candidates, candidate_logprobs = self.decoder.finalize(tokens, sum_logprobs)
+        candidates = [[t[self.sample_begin: t.index(tokenizer.eot)] for t in group] for group in candidates]
+
+        selected = self.sequence_ranker.rank(candidates, candidate_logprobs)
+        results = []
+        for i in range(n_audio):
+            chosen = candidates[i][selected[i]]
+            text = tokenizer.decode(chosen).strip()
+            results.append(DecodingResult(
+                language=languages[i],
+                language_probs=language_probs[i] if language_probs else None,
+                tokens=chosen,
+                text=text,
+                avg_logprob=candidate_logprobs[i][selected[i]] / (len(chosen) + 1),
+                no_speech_prob=no_speech_probs[i],
+                temperature=self.options.temperature,
+                compression_ratio=compression_ratio(text),
+            ))
+        return results
+
+
+def _verify_options(options: WindowOptions) -> WindowOptions:
+    if options.beam_size is not None and options.best_of is not None:
+        raise MaxWhisperError("beam_size and best_of can't be given together")
+    if options.temperature == 0 and options.best_of is not None:
+        raise MaxWhisperError("best_of with greedy sampling (T=0) is not compatible")
+    if options.patience is not None and options.beam_size is None:
+        raise MaxWhisperError("patience requires beam_size to be given")
+    if options.length_penalty is not None and not (0 <= options.length_penalty <= 1):
+        raise MaxWhisperError("length_penalty (alpha) should be a value between 0 and 1")
+    return options
+
+
+def decode(
+    model: WhisperModel, mel: np.ndarray, options: WindowOptions = WindowOptions(),
+    rng: np.random.Generator | None = None, **changes,
+) -> DecodingResult | list[DecodingResult]:
+    """Encode and decode 30 s windows: mel [n_mels, 3000] -> one result, [n, n_mels, 3000] -> n."""
+    single = mel.ndim == 2
+    if single:
+        mel = mel[None]
+    if changes:
+        options = replace(options, **changes)
+    results = DecodingTask(model, options, rng).run(model.encode(mel), n_audio=mel.shape[0])
+    return results[0] if single else results

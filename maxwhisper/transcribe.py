@@ -1,0 +1,303 @@
+"""Long-form transcription: the seek loop over 30 s windows of a log-Mel spectrogram.
+
+Follows `whisper.transcribe.transcribe` (openai-whisper 20250625) rule for rule, so that with the
+same model numbers it produces the same segments and tokens:
+
+- each window is decoded at the first temperature of the schedule, and again at the next one
+  while the result looks like a failure (too compressible text, too low average log probability),
+  unless it looks like silence (no-speech probability high and log probability low);
+- a window judged silent (no-speech probability above the threshold, log probability not high
+  enough to overrule it) is skipped whole;
+- the tokens are cut into segments at each pair of consecutive timestamps; the next window starts
+  at the last complete segment's end, or after the whole window when it ends on a single
+  timestamp (nothing more was said) or has no segment boundary;
+- the previous windows' text is the prompt of the next one (`condition_on_previous_text`),
+  forgotten after a window decoded at a temperature above 0.5.
+
+Word timestamps (and `hallucination_silence_threshold`, which needs them) are not implemented yet:
+they will be one more step in `_SeekLoop.window`, after the window's segments are cut, with the
+window's audio features at hand.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .api import DecodeOptions, MaxWhisperError, Segment
+from .audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE
+from .decoding import DecodingResult, DecodingTask, WhisperModel, WindowOptions, detect_language
+from .tokenizer import LANGUAGES, Tokenizer, get_tokenizer, normalize_language
+
+
+@dataclass(frozen=True)
+class TranscribeOutput:
+    segments: list[Segment]
+    text: str
+    language: str
+    language_probability: float | None  # None when the language was given, not detected
+    encode_s: float  # seconds in model.encode
+    decode_s: float  # seconds in the rest of the loop (decoding, segmenting)
+
+
+def transcribe(
+    model: WhisperModel,
+    mel: np.ndarray,
+    options: DecodeOptions,
+    progress: Callable[[float], None] | None = None,
+    *,
+    clip_timestamps: Sequence[float] = (),
+    rng: np.random.Generator | None = None,
+) -> TranscribeOutput:
+    """Transcribe a whole recording.
+
+    mel: float32 [n_mels, n_frames], the log-Mel spectrogram of the audio followed by 30 s of
+    silence, as `log_mel_spectrogram(audio, n_mels, padding=N_SAMPLES)` computes it.
+    progress: called after each window with the fraction of the audio done (0..1).
+    clip_timestamps: start, end, start, end, ... seconds of the parts to transcribe (whisper's
+    option); an odd count means the last part runs to the end. Empty: everything.
+    rng: the random numbers for sampling at temperature > 0 (default: seeded with 0).
+    """
+    _check_request(model, mel, options)
+    t_start = time.perf_counter()
+    clock = _EncodeClock(model)
+    language, language_probability = _language(model, mel, options, clock)
+    loop = _SeekLoop(model, mel, options, language, clock, rng if rng is not None else np.random.default_rng(0))
+
+    for clip_start, clip_end in _seek_clips(clip_timestamps, loop.content_frames):
+        seek = clip_start
+        while seek < clip_end:
+            seek = loop.window(seek, clip_end)
+            if progress is not None:
+                progress(min(seek, loop.content_frames) / loop.content_frames)
+
+    return TranscribeOutput(
+        segments=loop.segments,
+        text=loop.text(),
+        language=language,
+        language_probability=language_probability,
+        encode_s=clock.seconds,
+        decode_s=time.perf_counter() - t_start - clock.seconds,
+    )
+
+
+# --- setup -----------------------------------------------------------------------------------
+
+def _check_request(model: WhisperModel, mel: np.ndarray, options: DecodeOptions) -> None:
+    if options.word_timestamps:
+        raise MaxWhisperError("word timestamps are not implemented yet")
+    if mel.ndim != 2 or mel.shape[0] != model.dims.n_mels or mel.shape[1] < N_FRAMES:
+        raise MaxWhisperError(
+            f"expected a log-Mel spectrogram [{model.dims.n_mels}, n_frames >= {N_FRAMES}] including 30 s of "
+            f"padding, got shape {tuple(mel.shape)}"
+        )
+    try:
+        language = normalize_language(options.language)
+    except ValueError:
+        raise MaxWhisperError(f"unknown language {options.language!r}; use one of {sorted(LANGUAGES)}") from None
+    if not model.is_multilingual:
+        if language not in (None, "en"):
+            raise MaxWhisperError(
+                f"this model is English-only; it cannot transcribe {LANGUAGES[language].title()} ({language!r}). "
+                "Use a multilingual model, or language 'en'."
+            )
+        if options.task == "translate":
+            raise MaxWhisperError("this model is English-only; it cannot translate. Use a multilingual model.")
+    elif language is not None and language not in tuple(LANGUAGES)[: model.num_languages]:
+        raise MaxWhisperError(f"this model does not know the language {language!r}")
+
+
+class _EncodeClock:
+    """Runs model.encode, adding up its time; keeps the last window's features, so the first
+    window can reuse those computed for language detection when its mel is the same."""
+
+    def __init__(self, model: WhisperModel):
+        self.model = model
+        self.seconds = 0.0
+        self._key: tuple[int, int] | None = None
+        self._features: Any = None
+
+    def encode(self, mel: np.ndarray, key: tuple[int, int]) -> Any:
+        """mel [n_mels, N_FRAMES]; key (first frame, number of frames of content) identifies it."""
+        if key != self._key:
+            t = time.perf_counter()
+            self._features = self.model.encode(np.ascontiguousarray(mel[None], dtype=np.float32))
+            self.seconds += time.perf_counter() - t
+            self._key = key
+        return self._features
+
+
+def _language(model: WhisperModel, mel: np.ndarray, options: DecodeOptions, clock: _EncodeClock) -> tuple[str, float | None]:
+    """The requested language; English on English-only models; else detected on the first 30 s."""
+    if options.language is not None:
+        return normalize_language(options.language), None
+    if not model.is_multilingual:
+        return "en", None
+    features = clock.encode(mel[:, :N_FRAMES], (0, N_FRAMES))
+    _, probs = detect_language(model, features)
+    language = max(probs[0], key=probs[0].get)
+    return language, probs[0][language]
+
+
+def _seek_clips(clip_timestamps: Sequence[float], content_frames: int) -> list[tuple[int, int]]:
+    """(start, end) frame ranges to transcribe; ends past the audio are cut to it."""
+    seek_points = [round(ts * FRAMES_PER_SECOND) for ts in clip_timestamps]
+    if len(seek_points) == 0:
+        seek_points.append(0)
+    if len(seek_points) % 2 == 1:
+        seek_points.append(content_frames)
+    return [(start, min(end, content_frames)) for start, end in zip(seek_points[::2], seek_points[1::2])]
+
+
+# --- the windows ------------------------------------------------------------------------------
+
+class _SeekLoop:
+    """The segments so far and what carries over from one window to the next (the prompt)."""
+
+    def __init__(self, model: WhisperModel, mel: np.ndarray, options: DecodeOptions, language: str,
+                 clock: _EncodeClock, rng: np.random.Generator):
+        self.model, self.mel, self.options, self.language = model, mel, options, language
+        self.clock, self.rng = clock, rng
+        self.content_frames = mel.shape[-1] - N_FRAMES
+        self.input_stride = N_FRAMES // model.dims.n_audio_ctx  # mel frames per timestamp step: 2
+        self.tokenizer = get_tokenizer(
+            model.is_multilingual, num_languages=model.num_languages, language=language, task=options.task
+        )
+        self.segments: list[Segment] = []
+        self.all_tokens: list[int] = []  # the initial prompt, then every segment's tokens
+        if options.initial_prompt is not None:
+            self.all_tokens.extend(self.tokenizer.encode(" " + options.initial_prompt.strip()))
+        self.initial_prompt_length = len(self.all_tokens)
+        self.prompt_reset_since = 0  # the next window's prompt is all_tokens[prompt_reset_since:]
+
+    def text(self) -> str:
+        return self.tokenizer.decode(self.all_tokens[self.initial_prompt_length:])
+
+    def window(self, seek: int, clip_end: int) -> int:
+        """Decode the window starting at frame `seek`, add its segments; returns the next seek."""
+        segment_size = min(N_FRAMES, self.content_frames - seek, clip_end - seek)
+        mel_segment = _pad_frames(self.mel[:, seek: seek + segment_size])
+        features = self.clock.encode(mel_segment, (seek, segment_size))
+
+        prompt = tuple(self.all_tokens[self.prompt_reset_since:])
+        result = _decode_with_fallback(self.model, features, self.options, self.language, prompt, self.rng)
+        if _is_silence(result, self.options):
+            return seek + segment_size  # skip the whole window
+
+        pieces, next_seek = _segments_of_window(result.tokens, self.tokenizer, seek, segment_size, self.input_stride)
+        for start, end, tokens in pieces:
+            text = self.tokenizer.decode([t for t in tokens if t < self.tokenizer.eot])
+            if start == end or text.strip() == "":  # instantaneous or textless: kept, but emptied
+                text, tokens = "", []
+            self.segments.append(Segment(
+                id=len(self.segments), seek=seek, start=start, end=end, text=text, tokens=tuple(tokens),
+                temperature=result.temperature, avg_logprob=result.avg_logprob,
+                compression_ratio=result.compression_ratio, no_speech_prob=result.no_speech_prob,
+            ))
+            self.all_tokens.extend(tokens)
+
+        if not self.options.condition_on_previous_text or result.temperature > 0.5:
+            self.prompt_reset_since = len(self.all_tokens)  # no prompt after a high temperature
+        return next_seek
+
+
+def _pad_frames(mel: np.ndarray) -> np.ndarray:
+    """Zero-pad (never trim) a mel slice to N_FRAMES frames, as whisper's pad_or_trim."""
+    if mel.shape[-1] < N_FRAMES:
+        mel = np.pad(mel, ((0, 0), (0, N_FRAMES - mel.shape[-1])))
+    return mel
+
+
+def _window_options(options: DecodeOptions, temperature: float, language: str, prompt: tuple[int, ...]) -> WindowOptions:
+    """The decoding of one window at one temperature: beam search (beam_size > 1) only at
+    temperature 0, best_of samples only above it."""
+    greedy = temperature == 0
+    beam = options.beam_size if greedy and options.beam_size > 1 else None
+    return WindowOptions(
+        task=options.task,
+        language=language,
+        temperature=temperature,
+        best_of=None if greedy else options.best_of,
+        beam_size=beam,
+        patience=options.patience if beam is not None else None,
+        prompt=prompt,
+        suppress_tokens=options.suppress_tokens,
+        suppress_blank=options.suppress_blank,
+        without_timestamps=options.without_timestamps,
+    )
+
+
+def _decode_with_fallback(
+    model: WhisperModel, features: Any, options: DecodeOptions, language: str,
+    prompt: tuple[int, ...], rng: np.random.Generator,
+) -> DecodingResult:
+    """Decode at each temperature of the schedule in turn until the result is not a failure."""
+    result = None
+    for temperature in options.temperature:
+        window_options = _window_options(options, temperature, language, prompt)
+        result = DecodingTask(model, window_options, rng).run(features)[0]
+        if not _needs_fallback(result, options):
+            break
+    return result
+
+
+def _needs_fallback(result: DecodingResult, options: DecodeOptions) -> bool:
+    too_repetitive = (
+        options.compression_ratio_threshold is not None
+        and result.compression_ratio > options.compression_ratio_threshold
+    )
+    too_improbable = options.logprob_threshold is not None and result.avg_logprob < options.logprob_threshold
+    silence = (
+        options.no_speech_threshold is not None
+        and result.no_speech_prob > options.no_speech_threshold
+        and too_improbable
+    )
+    return (too_repetitive or too_improbable) and not silence
+
+
+def _is_silence(result: DecodingResult, options: DecodeOptions) -> bool:
+    """No voice: no-speech probability above the threshold, unless the text is probable enough."""
+    if options.no_speech_threshold is None or result.no_speech_prob <= options.no_speech_threshold:
+        return False
+    return not (options.logprob_threshold is not None and result.avg_logprob > options.logprob_threshold)
+
+
+def _segments_of_window(
+    tokens: list[int], tokenizer: Tokenizer, seek: int, segment_size: int, input_stride: int
+) -> tuple[list[tuple[float, float, list[int]]], int]:
+    """Cut a window's tokens into (start, end, tokens) segments; returns them and the next seek.
+
+    Segments end at consecutive timestamp tokens (<|t1|><|t2|>: the end of one and the start of
+    the next). An unfinished last segment is dropped and decoded again from its start in the
+    next window, unless the window ends with a single timestamp (no speech after it).
+    """
+    time_precision = input_stride * HOP_LENGTH / SAMPLE_RATE  # seconds per timestamp step: 0.02
+    time_offset = float(seek * HOP_LENGTH / SAMPLE_RATE)
+    ts_begin = tokenizer.timestamp_begin
+
+    is_timestamp = [t >= ts_begin for t in tokens]
+    single_timestamp_ending = is_timestamp[-2:] == [False, True]
+    consecutive = [i + 1 for i in range(len(tokens) - 1) if is_timestamp[i] and is_timestamp[i + 1]]
+
+    if consecutive:
+        slices = consecutive + ([len(tokens)] if single_timestamp_ending else [])
+        pieces, last_slice = [], 0
+        for current_slice in slices:
+            sliced = tokens[last_slice:current_slice]
+            start = time_offset + (sliced[0] - ts_begin) * time_precision
+            end = time_offset + (sliced[-1] - ts_begin) * time_precision
+            pieces.append((start, end, sliced))
+            last_slice = current_slice
+        if single_timestamp_ending:
+            return pieces, seek + segment_size
+        # seek to the last complete segment's end
+        return pieces, seek + (tokens[last_slice - 1] - ts_begin) * input_stride
+
+    # no segment boundary: one segment for the whole window, ending at its last timestamp if any
+    duration = segment_size * HOP_LENGTH / SAMPLE_RATE
+    timestamps = [t for t in tokens if t >= ts_begin]
+    if timestamps and timestamps[-1] != ts_begin:
+        duration = (timestamps[-1] - ts_begin) * time_precision
+    return [(time_offset, time_offset + duration, tokens)], seek + segment_size

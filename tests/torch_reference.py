@@ -1,0 +1,114 @@
+"""openai-whisper's PyTorch model behind maxwhisper.decoding's `WhisperModel` protocol.
+
+It exists so that the numpy decoding (and later the MAX backend) can be tested against
+openai-whisper with the same weights and without MAX: `TorchModel` runs whisper's own modules,
+and its `TorchInference` caches keys and values with the decoder's hooks exactly like
+`whisper.decoding.PyTorchInference`, so the logits are bit for bit those of `whisper.transcribe`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Sequence
+
+import numpy as np
+import torch
+from whisper.model import ModelDimensions, Whisper
+
+from maxwhisper.api import DecodeOptions
+from maxwhisper.checkpoint import Checkpoint, ModelDims
+
+
+def build_whisper(ckpt: Checkpoint) -> Whisper:
+    """openai-whisper's module with the checkpoint's weights (strict: every parameter loaded)."""
+    model = Whisper(ModelDimensions(**asdict(ckpt.dims)))
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in ckpt.state.items()}, strict=True)
+    return model.eval()
+
+
+class TorchInference:
+    """`maxwhisper.decoding.Inference` over a `Whisper` module's decoder."""
+
+    def __init__(self, model: Whisper):
+        self.model = model
+        self.kv_cache: dict = {}
+        self.hooks: list = []
+        self.n_cached = 0  # tokens whose keys and values are in the cache
+        self.kv_modules = [b.attn.key for b in model.decoder.blocks] + [b.attn.value for b in model.decoder.blocks]
+
+    @torch.no_grad()
+    def logits(self, tokens: np.ndarray, audio_features: torch.Tensor, positions: Sequence[int] = (-1,)) -> np.ndarray:
+        if not self.kv_cache:
+            self.kv_cache, self.hooks = self.model.install_kv_cache_hooks()
+        n = tokens.shape[1]
+        new = torch.from_numpy(np.ascontiguousarray(tokens[:, self.n_cached:], dtype=np.int64))
+        if audio_features.shape[0] not in (1, tokens.shape[0]):  # batch 1 broadcasts, as in whisper
+            audio_features = audio_features.repeat_interleave(tokens.shape[0] // audio_features.shape[0], dim=0)
+        logits = self.model.decoder(new, audio_features, kv_cache=self.kv_cache)
+        index = [p % n - self.n_cached for p in positions]
+        if min(index) < 0:
+            raise ValueError(f"positions {positions} are not among the {n - self.n_cached} tokens run now")
+        self.n_cached = n
+        return logits[:, index].numpy()
+
+    def rearrange_kv_cache(self, source_indices: Sequence[int]) -> None:
+        if list(source_indices) != list(range(len(source_indices))):
+            for module in self.kv_modules:
+                self.kv_cache[module] = self.kv_cache[module][list(source_indices)].detach()
+
+    def cleanup_caching(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+        self.kv_cache, self.hooks, self.n_cached = {}, [], 0
+
+
+class TorchModel:
+    """`maxwhisper.decoding.WhisperModel` over openai-whisper's PyTorch module (float32, CPU)."""
+
+    def __init__(self, ckpt: Checkpoint, module: Whisper | None = None):
+        self.module = module if module is not None else build_whisper(ckpt)
+        self.dims: ModelDims = ckpt.dims
+        self.is_multilingual = ckpt.is_multilingual
+        self.num_languages = ckpt.num_languages
+
+    @torch.no_grad()
+    def encode(self, mel: np.ndarray) -> torch.Tensor:
+        return self.module.encoder(torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32)))
+
+    def inference(self) -> TorchInference:
+        return TorchInference(self.module)
+
+
+def openai_transcribe(module: Whisper, audio: np.ndarray, options: DecodeOptions, **extra) -> dict:
+    """`whisper.transcribe` with the same options as `maxwhisper.transcribe.transcribe` gets
+    (`extra`: more of its keyword arguments, e.g. clip_timestamps)."""
+    import whisper
+
+    beam = options.beam_size if options.beam_size > 1 else None
+    return whisper.transcribe(
+        module, audio,
+        verbose=None,
+        language=options.language,
+        task=options.task,
+        temperature=options.temperature,
+        beam_size=beam,
+        best_of=options.best_of,
+        patience=options.patience if beam else None,
+        without_timestamps=options.without_timestamps,
+        word_timestamps=options.word_timestamps,
+        initial_prompt=options.initial_prompt,
+        condition_on_previous_text=options.condition_on_previous_text,
+        compression_ratio_threshold=options.compression_ratio_threshold,
+        logprob_threshold=options.logprob_threshold,
+        no_speech_threshold=options.no_speech_threshold,
+        suppress_tokens=options.suppress_tokens,
+        suppress_blank=options.suppress_blank,
+        fp16=False,
+        **extra,
+    )
+
+
+def whisper_mel(audio: np.ndarray, n_mels: int) -> np.ndarray:
+    """The log-Mel spectrogram exactly as `whisper.transcribe` computes it (30 s of padding)."""
+    from whisper.audio import N_SAMPLES, log_mel_spectrogram
+
+    return log_mel_spectrogram(torch.from_numpy(audio), n_mels, padding=N_SAMPLES).numpy()
