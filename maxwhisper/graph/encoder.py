@@ -3,7 +3,7 @@ per window so that decoder steps never recompute them."""
 from __future__ import annotations
 
 from max.dtype import DType
-from max.graph import DeviceRef, Graph, TensorType, TensorValue, ops
+from max.graph import Graph, TensorType, TensorValue, ops
 
 from ..checkpoint import ModelDims
 from .layers import WeightBank, dim_value, attention, conv1d, layer_norm, linear, merge_heads, mlp, split_heads

@@ -67,17 +67,25 @@ def merge_heads(x: TensorValue) -> TensorValue:
     return ops.reshape(ops.permute(x, [0, 2, 1, 3]), [b, t, h * dh])
 
 
-def attention(q: TensorValue, k_t: TensorValue, v: TensorValue, mask: TensorValue | None = None) -> TensorValue:
-    """q [B, H, T, Dh], k_t [B, H, Dh, S] (keys transposed), v [B, H, S, Dh], additive float32 mask
-    broadcastable to [B, H, T, S]. Decoder keys are stored transposed so steps never transpose them.
+def attention_scores(q: TensorValue, k_t: TensorValue) -> TensorValue:
+    """q [B, H, T, Dh], k_t [B, H, Dh, S] (keys transposed) -> float32 scaled scores [B, H, T, S].
 
     Whisper scales q and k each by Dh^-1/4; one Dh^-1/2 on the product is the same up to rounding.
+    Decoder keys are stored transposed so steps never transpose them.
     """
-    scale = int(q.shape[-1]) ** -0.5
-    scores = (ops.matmul(q, k_t) * scale).cast(DType.float32)
+    return (ops.matmul(q, k_t) * (int(q.shape[-1]) ** -0.5)).cast(DType.float32)
+
+
+def attend(scores: TensorValue, v: TensorValue, mask: TensorValue | None = None) -> TensorValue:
+    """softmax(scores + mask) @ v: scores [B, H, T, S], v [B, H, S, Dh], additive float32 mask
+    broadcastable to the scores -> [B, H, T, Dh]."""
     if mask is not None:
         scores = scores + mask
     return ops.matmul(ops.softmax(scores).cast(v.dtype), v)
+
+
+def attention(q: TensorValue, k_t: TensorValue, v: TensorValue, mask: TensorValue | None = None) -> TensorValue:
+    return attend(attention_scores(q, k_t), v, mask)
 
 
 def mlp(w: WeightBank, prefix: str, x: TensorValue) -> TensorValue:

@@ -18,7 +18,7 @@ from max.graph import DeviceRef
 
 from ..api import BackendError
 from ..checkpoint import Checkpoint, ModelDims
-from .decoder import build_decoder_graph
+from .decoder import build_alignment_graph, build_batch_repeat_graph, build_cache_reorder_graph, build_decoder_graph
 from .encoder import build_encoder_graph
 from .layers import WeightBank
 from .weights import graph_arrays
@@ -73,6 +73,7 @@ class MaxWhisper:
         self.encoder = self.session.load(build_encoder_graph(enc_w, self.dims), weights_registry=enc_w.registry())
         self.decoder = self.session.load(build_decoder_graph(dec_w, self.dims), weights_registry=dec_w.registry())
         self.compile_s = time.perf_counter() - start
+        self.lazy_graphs: dict[str, object] = {}  # compiled on first use (word timestamps, beams)
 
     def to_device(self, array: np.ndarray) -> driver.Buffer:
         return driver.Buffer.from_numpy(np.require(array, requirements="C")).to(self.device)
@@ -86,6 +87,34 @@ class MaxWhisper:
 
     def inference(self) -> "MaxInference":
         return MaxInference(self)
+
+    def lazy_graph(self, name: str):
+        """"alignment", "cache_reorder" or "batch_repeat", compiled the first time it is needed."""
+        if name not in self.lazy_graphs:
+            start = time.perf_counter()
+            if name == "alignment":
+                w = WeightBank(self.arrays, self.dtype, self.device_ref)
+                graph, registry = build_alignment_graph(w, self.dims), w.registry()
+            else:
+                build = {"cache_reorder": build_cache_reorder_graph, "batch_repeat": build_batch_repeat_graph}[name]
+                graph, registry = build(self.dims, self.dtype, self.device_ref), {}
+            self.lazy_graphs[name] = self.session.load(graph, weights_registry=registry)
+            self.compile_s += time.perf_counter() - start
+        return self.lazy_graphs[name]
+
+    def alignment(self, tokens: np.ndarray, features: AudioFeatures) -> tuple[np.ndarray, np.ndarray]:
+        """Whole-sequence decoder pass for word timestamps, for one audio window.
+
+        tokens int [n] -> (logits float32 [n, n_vocab], cross-attention scores before softmax
+        float32 [n_text_layer, n_text_head, n, T]). The graph is compiled on first use."""
+        n = len(tokens)
+        mask = np.triu(np.full((n, n), -np.inf, np.float32), 1)
+        cross = features.cross_k, features.cross_v
+        if features.n_audio != 1:
+            raise ValueError("alignment takes the features of one window")
+        logits, scores = self.lazy_graph("alignment").execute(
+            self.to_device(np.asarray(tokens, np.int64)[None]), self.to_device(mask), *cross)
+        return logits.to(driver.CPU()).to_numpy()[0], scores.to(driver.CPU()).to_numpy()[:, 0]
 
 
 class MaxInference:
@@ -105,9 +134,8 @@ class MaxInference:
                       for _ in range(d.n_text_layer) for shape in ((batch, h, dh, s), (batch, h, s, dh))]
         self.cross = (features.cross_k, features.cross_v)
         if batch != features.n_audio:  # beam search / best-of: each audio's group is contiguous
-            group = batch // features.n_audio
-            self.cross = tuple(self.model.to_device(np.repeat(b.to(driver.CPU()).to_numpy(), group, axis=1))
-                               for b in self.cross)
+            index = np.repeat(np.arange(features.n_audio), batch // features.n_audio)
+            self.cross = tuple(self.model.lazy_graph("batch_repeat").execute(self.model.to_device(index), *self.cross))
 
     def logits(self, tokens: np.ndarray, audio_features: AudioFeatures, positions: Sequence[int] = (-1,)) -> np.ndarray:
         """tokens int [batch, n], the whole sequence so far -> float32 logits [batch, len(positions), n_vocab]."""
@@ -130,8 +158,17 @@ class MaxInference:
 
     def rearrange_kv_cache(self, source_indices: Sequence[int]) -> None:
         if self.cache is not None and list(source_indices) != list(range(len(source_indices))):
-            idx = np.asarray(source_indices)
-            self.cache = [self.model.to_device(b.to(driver.CPU()).to_numpy()[idx]) for b in self.cache]
+            index = self.model.to_device(np.asarray(source_indices, np.int64))
+            self.model.lazy_graph("cache_reorder").execute(index, *self.cache)
 
     def cleanup_caching(self) -> None:
         self.cache, self.cross, self.cached = None, None, 0
+
+
+def describe_devices() -> list[str]:
+    """The devices MAX sees, for people: the host CPU and each accelerator by architecture."""
+    names = ["cpu"]
+    for i in range(driver.accelerator_count()):
+        gpu = driver.Accelerator(i)
+        names.append(f"gpu:{i} {gpu.model_name} ({gpu.api}, {gpu.architecture_name})")
+    return names
