@@ -75,8 +75,6 @@ def test_agreement_is_one_minus_wer_floored_at_zero():
 # --- clips --------------------------------------------------------------------------------------
 
 def test_default_clips_and_channel_names():
-    if not (AUDIO / "stereo_diarization.wav").exists():
-        pytest.skip("shared test audio is missing")
     clips = bench.resolve_clips(None)
     assert [c.name for c in clips] == list(bench.DEFAULT_CLIPS)
     left, right = clips[1], clips[2]
@@ -87,8 +85,6 @@ def test_default_clips_and_channel_names():
 
 
 def test_load_clip_takes_one_channel():
-    if not (AUDIO / "stereo_diarization.wav").exists():
-        pytest.skip("shared test audio is missing")
     left = bench.load_clip(bench.parse_clip(str(AUDIO / "stereo_diarization.wav#left")))
     right = bench.load_clip(bench.parse_clip(str(AUDIO / "stereo_diarization.wav#right")))
     both = bench.load_clip(bench.parse_clip(str(AUDIO / "stereo_diarization.wav")))
@@ -238,13 +234,6 @@ def test_bad_arguments_exit_2(tmp_path):
 
 
 def test_quick_end_to_end(tmp_path):
-    from maxwhisper.checkpoint import installed_models
-    from maxwhisper.registry import available_backends
-
-    if set(available_backends()) != {"max", "openai", "faster"} or "tiny.en" not in installed_models():
-        pytest.skip("needs all three backends and tiny.en installed")
-    if not (AUDIO / "jfk.flac").exists():
-        pytest.skip("shared test audio is missing")
     out = _run("--quick", "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     (json_path,) = tmp_path.glob("quick-cpu-*.json")

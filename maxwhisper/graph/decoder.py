@@ -14,7 +14,8 @@ from max.dtype import DType
 from max.graph import BufferType, Graph, TensorType, TensorValue, ops
 
 from ..checkpoint import ModelDims
-from .layers import WeightBank, attend, attention, attention_scores, dim_value, layer_norm, linear, merge_heads, mlp, split_heads
+from .layers import (WeightBank, attend, attention, attention_scores, dim_value, layer_norm, linear_few_rows, merge_heads,
+                     split_heads)
 
 # (this call's K^T [B, H, Dh, n], V [B, H, n, Dh]) -> (K^T, V) over every position attended to
 SelfKV = Callable[[TensorValue, TensorValue], tuple[TensorValue, TensorValue]]
@@ -24,14 +25,19 @@ def decoder_block(w: WeightBank, p: str, dims: ModelDims, x: TensorValue, self_k
                   cross_k: TensorValue, cross_v: TensorValue) -> tuple[TensorValue, TensorValue]:
     """x [B, n, d] -> (x [B, n, d], cross-attention scores float32 [B, H, n, T])."""
     d, h = dims.n_text_state, dims.n_text_head
-    q, k, v = ops.split(linear(w, f"{p}.attn.qkv")(layer_norm(w, f"{p}.attn_ln", x)), [d] * 3, axis=-1)
-    k_t, v = self_kv(ops.permute(split_heads(k, h), [0, 1, 3, 2]), split_heads(v, h))
-    x = x + linear(w, f"{p}.attn.out")(merge_heads(attention(split_heads(q, h), k_t, v, mask)))
 
-    q = linear(w, f"{p}.cross_attn.query")(layer_norm(w, f"{p}.cross_attn_ln", x))
+    def linear(name: str):
+        return linear_few_rows(w, f"{p}.{name}")
+
+    q, k, v = ops.split(linear("attn.qkv")(layer_norm(w, f"{p}.attn_ln", x)), [d] * 3, axis=-1)
+    k_t, v = self_kv(ops.permute(split_heads(k, h), [0, 1, 3, 2]), split_heads(v, h))
+    x = x + linear("attn.out")(merge_heads(attention(split_heads(q, h), k_t, v, mask)))
+
+    q = linear("cross_attn.query")(layer_norm(w, f"{p}.cross_attn_ln", x))
     scores = attention_scores(split_heads(q, h), cross_k)
-    x = x + linear(w, f"{p}.cross_attn.out")(merge_heads(attend(scores, cross_v)))
-    return x + mlp(w, p, x), scores
+    x = x + linear("cross_attn.out")(merge_heads(attend(scores, cross_v)))
+    h_mlp = linear("mlp.0")(layer_norm(w, f"{p}.mlp_ln", x))
+    return x + linear("mlp.2")(ops.gelu(h_mlp)), scores
 
 
 def _embed(w: WeightBank, tokens: TensorValue, positions: TensorValue) -> TensorValue:
@@ -41,7 +47,7 @@ def _embed(w: WeightBank, tokens: TensorValue, positions: TensorValue) -> Tensor
 
 def _logits(w: WeightBank, x: TensorValue) -> TensorValue:
     """final layer norm, then the tied output projection: [B, k, d] -> float32 [B, k, n_vocab]"""
-    return ops.matmul(layer_norm(w, "decoder.ln", x), w("decoder.token_embedding.weight_t")).cast(DType.float32)
+    return linear_few_rows(w, "decoder.token_embedding")(layer_norm(w, "decoder.ln", x)).cast(DType.float32)
 
 
 def _cross_types(dims: ModelDims, w: WeightBank, batch) -> list[TensorType]:

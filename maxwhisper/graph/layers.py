@@ -49,6 +49,23 @@ def linear(w: WeightBank, prefix: str, bias: bool = True) -> Linear:
     return lambda x: ops.matmul(x, weight) + b if b is not None else ops.matmul(x, weight)
 
 
+def linear_few_rows(w: WeightBank, prefix: str) -> Linear:
+    """x [..., d_in] -> [..., d_out] as (W [d_out, d_in] @ x^T)^T + b, for decoder steps.
+
+    With one or a few rows MAX streams W through a matrix-vector product ~1.5x faster this way
+    than x @ W^T (measured on a 2-core AVX2 CPU), and a decoder step is bound by reading weights.
+    """
+    weight, bias = w(f"{prefix}.weight"), w.arrays.get(f"{prefix}.bias")
+    b = w(f"{prefix}.bias") if bias is not None else None
+
+    def apply(x: TensorValue) -> TensorValue:
+        *lead, d_in = x.shape
+        y = ops.transpose(ops.matmul(weight, ops.transpose(ops.reshape(x, [-1, d_in]), 0, 1)), 0, 1)
+        y = ops.reshape(y, [*lead, weight.shape[0]])
+        return y + b if b is not None else y
+    return apply
+
+
 def layer_norm(w: WeightBank, prefix: str, x: TensorValue) -> TensorValue:
     out = ops.layer_norm(x.cast(DType.float32), w(f"{prefix}.weight").cast(DType.float32),
                          w(f"{prefix}.bias").cast(DType.float32), epsilon=LN_EPS)

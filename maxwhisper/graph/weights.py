@@ -9,8 +9,8 @@ from ..checkpoint import ModelDims
 
 
 def graph_arrays(state: dict[str, np.ndarray], dims: ModelDims) -> dict[str, np.ndarray]:
-    """Linear weights become `*.weight_t` [d_in, d_out] (x @ W^T without a transpose in the graph);
-    q/k/v are fused into `attn.qkv` and cross-attention k/v into `cross_attn.kv` (the key
+    """Encoder linear weights become `*.weight_t` [d_in, d_out] (x @ W^T without a transpose in the
+    graph); decoder ones keep [d_out, d_in] `*.weight` for `layers.linear_few_rows`; q/k/v are fused into `attn.qkv` and cross-attention k/v into `cross_attn.kv` (the key
     projection has no bias: zeros); conv weights [C_out, C_in, 3] become RSCF `*.weight_rscf`."""
     used: set[str] = set()
     out: dict[str, np.ndarray] = {}
@@ -23,7 +23,11 @@ def graph_arrays(state: dict[str, np.ndarray], dims: ModelDims) -> dict[str, np.
 
     def linear(dst: str, *srcs: str, bias: bool = True):
         ws = [take(f"{s}.weight") for s in srcs]
-        out[f"{dst}.weight_t"] = np.concatenate(ws, axis=0).T
+        w = np.concatenate(ws, axis=0)
+        if dst.startswith("decoder.") and not dst.endswith("cross_attn.kv"):  # kv runs in the encoder graph
+            out[f"{dst}.weight"] = w
+        else:
+            out[f"{dst}.weight_t"] = w.T
         if bias:
             out[f"{dst}.bias"] = np.concatenate(
                 [take(f"{s}.bias") if not s.endswith(".key") else np.zeros(w.shape[0], np.float32)
@@ -53,8 +57,7 @@ def graph_arrays(state: dict[str, np.ndarray], dims: ModelDims) -> dict[str, np.
         block(f"encoder.blocks.{i}", cross=False)
     copy("encoder.ln_post.weight"), copy("encoder.ln_post.bias")
     embedding = take("decoder.token_embedding.weight")
-    out["decoder.token_embedding.weight"] = embedding
-    out["decoder.token_embedding.weight_t"] = embedding.T  # the tied output projection
+    out["decoder.token_embedding.weight"] = embedding  # also the tied output projection
     copy("decoder.positional_embedding")
     for i in range(dims.n_text_layer):
         block(f"decoder.blocks.{i}", cross=True)
