@@ -22,4 +22,4 @@ def build_component(model: MaxWhisper, name: str):
     }[name]
     with Graph(f"whisper_{name}", input_types=[TensorType(DType.float32, in_shape, device=w.device)]) as graph:
         graph.output(body(graph.inputs[0].tensor.cast(w.dtype)).cast(DType.float32))
-    return model.session.load(graph, weights_registry=w.registry())
+    return model.load_graph(graph, w.registry())

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from max import driver
+from max._mlir_context import ensure_default_mlir_context  # private, but what max.graph itself uses
 from max.dtype import DType
 from max.engine import InferenceSession
 from max.graph import DeviceRef
@@ -70,8 +71,8 @@ class MaxWhisper:
         start = time.perf_counter()
         self.session = InferenceSession(devices=[self.device])
         enc_w, dec_w = (WeightBank(self.arrays, self.dtype, self.device_ref) for _ in range(2))
-        self.encoder = self.session.load(build_encoder_graph(enc_w, self.dims), weights_registry=enc_w.registry())
-        self.decoder = self.session.load(build_decoder_graph(dec_w, self.dims), weights_registry=dec_w.registry())
+        self.encoder = self.load_graph(build_encoder_graph(enc_w, self.dims), enc_w.registry())
+        self.decoder = self.load_graph(build_decoder_graph(dec_w, self.dims), dec_w.registry())
         self.compile_s = time.perf_counter() - start
         self.lazy_graphs: dict[str, object] = {}  # compiled on first use (word timestamps, beams)
 
@@ -88,6 +89,12 @@ class MaxWhisper:
     def inference(self) -> "MaxInference":
         return MaxInference(self)
 
+    def load_graph(self, graph, weights_registry: dict[str, np.ndarray]):
+        # MLIR's current context is per thread and only the main thread has one entered: the app
+        # and its warm-up compile from worker threads
+        with ensure_default_mlir_context():
+            return self.session.load(graph, weights_registry=weights_registry)
+
     def lazy_graph(self, name: str):
         """"alignment", "cache_reorder" or "batch_repeat", compiled the first time it is needed."""
         if name not in self.lazy_graphs:
@@ -98,7 +105,7 @@ class MaxWhisper:
             else:
                 build = {"cache_reorder": build_cache_reorder_graph, "batch_repeat": build_batch_repeat_graph}[name]
                 graph, registry = build(self.dims, self.dtype, self.device_ref), {}
-            self.lazy_graphs[name] = self.session.load(graph, weights_registry=registry)
+            self.lazy_graphs[name] = self.load_graph(graph, registry)
             self.compile_s += time.perf_counter() - start
         return self.lazy_graphs[name]
 

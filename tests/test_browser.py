@@ -1,0 +1,101 @@
+"""The app in a real browser: start `python app.py` on a free port, drive Debian's chromium with
+Playwright, upload jfk.flac, run, and read the three transcripts and the charts back from the page.
+
+Needs /usr/bin/chromium (`apt-get install -y chromium`); never `playwright install`. The app warms
+its models up at start-up: the first MAX compile takes minutes on a cold CPU cache, hence the long
+timeouts. A screenshot goes to artifacts/browser.png.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+AUDIO = ROOT.parent / "shared" / "audio"
+ARTIFACTS = ROOT / "artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+JFK = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
+RUN_TIMEOUT_MS = 15 * 60 * 1000  # the run waits for the warm-up (cold MAX compile: minutes)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    assert CHROMIUM.exists(), "needs Debian's chromium at /usr/bin/chromium (setup.sh installs it as root)"
+    ARTIFACTS.mkdir(exist_ok=True)
+    port = free_port()
+    log = open(ARTIFACTS / "app.log", "wb")
+    env = {**os.environ, "MODULAR_TELEMETRY_ENABLED": "0", "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"the app did not start: see {ARTIFACTS / 'app.log'}")
+            time.sleep(1)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def normalize(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
+
+
+def test_upload_run_and_read_results(app_url):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.goto(app_url, timeout=120_000)
+            expect(page.locator("#status")).to_contain_text("tiny.en", timeout=60_000)  # the warm-up is named
+            page.set_input_files("input[type=file]", str(AUDIO / "jfk.flac"))
+            expect(page.locator("audio, #waveform, .waveform-container").first).to_be_attached(timeout=60_000)
+            page.click("#run")
+            message = page.locator("#message")
+            expect(message).to_contain_text("Finished:", timeout=RUN_TIMEOUT_MS)
+            for backend in ("max", "openai", "faster"):
+                text = page.locator(f"#text-{backend} textarea").input_value()
+                assert JFK in normalize(text), f"{backend}: {page.locator(f'#summary-{backend}').inner_text()}"
+            for plot in ("#timing-plot", "#rtf-plot"):
+                expect(page.locator(f"{plot} .js-plotly-plot")).to_be_visible(timeout=60_000)
+            expect(message).to_contain_text("11.0 s of audio")
+            for ext in ("txt", "srt", "vtt"):
+                expect(page.locator(f"#files-max a[href$='/jfk.max.{ext}']")).to_be_attached()
+            page.wait_for_timeout(1000)  # let the charts finish drawing
+            page.screenshot(path=str(ARTIFACTS / "browser.png"), full_page=True)
+
+            page.get_by_role("tab", name="System").click()
+            expect(page.locator("#system")).to_contain_text("Devices MAX sees")
+            expect(page.locator("#system")).to_contain_text("MAX compile cache")
+            page.get_by_role("tab", name="Benchmarks").click()
+            expect(page.locator("#benchmarks")).to_contain_text(re.compile(r"No committed benchmark results|\.json"))
+        finally:
+            browser.close()
