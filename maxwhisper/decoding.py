@@ -59,6 +59,7 @@ class WhisperModel(Protocol):
     dims: ModelDims
     is_multilingual: bool
     num_languages: int
+    alignment_heads: np.ndarray | None  # [k, 2] (layer, head) for word timing; None: openai's default
 
     def encode(self, mel: np.ndarray) -> Any:
         """float32 [n_audio, n_mels, 3000] -> opaque audio features for `Inference.logits`."""
@@ -66,6 +67,12 @@ class WhisperModel(Protocol):
 
     def inference(self) -> Inference:
         """A fresh inference with an empty KV cache."""
+        ...
+
+    def alignment(self, tokens: np.ndarray, audio_features: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Word timing: the whole sequence tokens int64 [n] through the decoder at once, against
+        the features of one window -> (logits float32 [n, n_vocab], cross-attention scores before
+        the softmax float32 [n_text_layer, n_text_head, n, n_audio_ctx])."""
         ...
 
 

@@ -12,11 +12,10 @@ same model numbers it produces the same segments and tokens:
   at the last complete segment's end, or after the whole window when it ends on a single
   timestamp (nothing more was said) or has no segment boundary;
 - the previous windows' text is the prompt of the next one (`condition_on_previous_text`),
-  forgotten after a window decoded at a temperature above 0.5.
-
-Word timestamps (and `hallucination_silence_threshold`, which needs them) are not implemented yet:
-they will be one more step in `_SeekLoop.window`, after the window's segments are cut, with the
-window's audio features at hand.
+  forgotten after a window decoded at a temperature above 0.5;
+- with word timestamps (`maxwhisper.timing`) the segments take their words' times, the next
+  window starts after the last word, and `hallucination_silence_threshold` drops improbable
+  words surrounded by long silences and skips those silences.
 """
 from __future__ import annotations
 
@@ -26,9 +25,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .api import DecodeOptions, MaxWhisperError, Segment
+from .api import DecodeOptions, MaxWhisperError, Segment, Word
 from .audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE
 from .decoding import DecodingResult, DecodingTask, WhisperModel, WindowOptions, detect_language
+from .timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS, add_word_timestamps
 from .tokenizer import LANGUAGES, Tokenizer, get_tokenizer, normalize_language
 
 
@@ -86,8 +86,6 @@ def transcribe(
 # --- setup -----------------------------------------------------------------------------------
 
 def _check_request(model: WhisperModel, mel: np.ndarray, options: DecodeOptions) -> None:
-    if options.word_timestamps:
-        raise MaxWhisperError("word timestamps are not implemented yet")
     if mel.ndim != 2 or mel.shape[0] != model.dims.n_mels or mel.shape[1] < N_FRAMES:
         raise MaxWhisperError(
             f"expected a log-Mel spectrogram [{model.dims.n_mels}, n_frames >= {N_FRAMES}] including 30 s of "
@@ -171,6 +169,7 @@ class _SeekLoop:
             self.all_tokens.extend(self.tokenizer.encode(" " + options.initial_prompt.strip()))
         self.initial_prompt_length = len(self.all_tokens)
         self.prompt_reset_since = 0  # the next window's prompt is all_tokens[prompt_reset_since:]
+        self.last_speech_timestamp = 0.0  # the end of the last word (word timestamps)
 
     def text(self) -> str:
         return self.tokenizer.decode(self.all_tokens[self.initial_prompt_length:])
@@ -186,21 +185,139 @@ class _SeekLoop:
         if _is_silence(result, self.options):
             return seek + segment_size  # skip the whole window
 
-        pieces, next_seek = _segments_of_window(result.tokens, self.tokenizer, seek, segment_size, self.input_stride)
-        for start, end, tokens in pieces:
-            text = self.tokenizer.decode([t for t in tokens if t < self.tokenizer.eot])
-            if start == end or text.strip() == "":  # instantaneous or textless: kept, but emptied
-                text, tokens = "", []
+        pieces, next_seek, single_timestamp_ending = _segments_of_window(
+            result.tokens, self.tokenizer, seek, segment_size, self.input_stride)
+        segments = [dict(seek=seek, start=start, end=end, tokens=tokens, words=[]) for start, end, tokens in pieces]
+        if self.options.word_timestamps:
+            next_seek, skip = self._word_timestamps(segments, features, seek, segment_size, single_timestamp_ending,
+                                                    next_seek)
+            if skip:
+                return next_seek
+
+        for seg in segments:
+            text = self.tokenizer.decode([t for t in seg["tokens"] if t < self.tokenizer.eot])
+            if seg["start"] == seg["end"] or text.strip() == "":  # instantaneous or textless: kept, but emptied
+                text, seg["tokens"], seg["words"] = "", [], []
+            words = None
+            if self.options.word_timestamps:
+                words = tuple(Word(float(w["start"]), float(w["end"]), w["word"], float(w["probability"]))
+                              for w in seg["words"])
             self.segments.append(Segment(
-                id=len(self.segments), seek=seek, start=start, end=end, text=text, tokens=tuple(tokens),
-                temperature=result.temperature, avg_logprob=result.avg_logprob,
-                compression_ratio=result.compression_ratio, no_speech_prob=result.no_speech_prob,
+                id=len(self.segments), seek=seek, start=seg["start"], end=seg["end"], text=text,
+                tokens=tuple(seg["tokens"]), temperature=result.temperature, avg_logprob=result.avg_logprob,
+                compression_ratio=result.compression_ratio, no_speech_prob=result.no_speech_prob, words=words,
             ))
-            self.all_tokens.extend(tokens)
+            self.all_tokens.extend(seg["tokens"])
 
         if not self.options.condition_on_previous_text or result.temperature > 0.5:
             self.prompt_reset_since = len(self.all_tokens)  # no prompt after a high temperature
         return next_seek
+
+    def _word_timestamps(self, segments: list[dict], features: Any, seek: int, segment_size: int,
+                         single_timestamp_ending: bool, next_seek: int) -> tuple[int, bool]:
+        """Add words to the window's segments (dicts, changed in place); with a
+        hallucination_silence_threshold drop suspected hallucinations. Returns the next seek, and
+        whether to skip the window's segments altogether."""
+        add_word_timestamps(
+            segments=segments, model=self.model, tokenizer=self.tokenizer, features=features,
+            num_frames=segment_size, alignment_heads=self.model.alignment_heads,
+            last_speech_timestamp=self.last_speech_timestamp,
+        )
+        time_offset = seek * HOP_LENGTH / SAMPLE_RATE
+        if not single_timestamp_ending:  # the next window starts after the last word
+            last_word_end = _last_end(segments)
+            if last_word_end is not None and last_word_end > time_offset:
+                next_seek = round(last_word_end * FRAMES_PER_SECOND)
+
+        if self.options.hallucination_silence_threshold is not None:
+            next_seek, skip = self._skip_hallucinations(segments, seek, segment_size, single_timestamp_ending,
+                                                        next_seek)
+            if skip:
+                return next_seek, True
+
+        last_word_end = _last_end(segments)
+        if last_word_end is not None:
+            self.last_speech_timestamp = last_word_end
+        return next_seek, False
+
+    def _skip_hallucinations(self, segments: list[dict], seek: int, segment_size: int,
+                             single_timestamp_ending: bool, next_seek: int) -> tuple[int, bool]:
+        """whisper's hallucination_silence_threshold rules: skip a long silence before a suspected
+        hallucination (improbable, very short or very long words) and drop the hallucination."""
+        threshold = self.options.hallucination_silence_threshold
+        time_offset = seek * HOP_LENGTH / SAMPLE_RATE
+        window_end_time = (seek + N_FRAMES) * HOP_LENGTH / SAMPLE_RATE
+        if not single_timestamp_ending:
+            last_word_end = _last_end(segments)
+            if last_word_end is not None and last_word_end > time_offset:
+                remaining_duration = window_end_time - last_word_end
+                next_seek = round(last_word_end * FRAMES_PER_SECOND) if remaining_duration > threshold \
+                    else seek + segment_size
+
+        # a possible hallucination first in the window: skip the silence before it, decode again from there
+        first_segment = _next_words_segment(segments)
+        if first_segment is not None and _is_segment_anomaly(first_segment):
+            gap = first_segment["start"] - time_offset
+            if gap > threshold:
+                return seek + round(gap * FRAMES_PER_SECOND), True
+
+        # drop a possible hallucination surrounded by silence or more hallucinations, and what follows it
+        content_duration = self.content_frames * HOP_LENGTH / SAMPLE_RATE
+        hal_last_end = self.last_speech_timestamp
+        for si, segment in enumerate(segments):
+            if not segment["words"]:
+                continue
+            if _is_segment_anomaly(segment):
+                next_segment = _next_words_segment(segments[si + 1:])
+                hal_next_start = next_segment["words"][0]["start"] if next_segment is not None \
+                    else time_offset + segment_size * HOP_LENGTH / SAMPLE_RATE
+                silence_before = (segment["start"] - hal_last_end > threshold or segment["start"] < threshold
+                                  or segment["start"] - time_offset < 2.0)
+                silence_after = (hal_next_start - segment["end"] > threshold or _is_segment_anomaly(next_segment)
+                                 or window_end_time - segment["end"] < 2.0)
+                if silence_before and silence_after:
+                    next_seek = round(max(time_offset + 1, segment["start"]) * FRAMES_PER_SECOND)
+                    if content_duration - segment["end"] < threshold:
+                        next_seek = self.content_frames
+                    del segments[si:]
+                    break
+            hal_last_end = segment["end"]
+        return next_seek, False
+
+
+def _last_end(segments: list[dict]) -> float | None:
+    """The end of the last word, else of the last segment; None without segments."""
+    return next((w["end"] for s in reversed(segments) for w in reversed(s["words"])),
+                segments[-1]["end"] if segments else None)
+
+
+_PUNCTUATION = PREPEND_PUNCTUATIONS + APPEND_PUNCTUATIONS
+
+
+def _word_anomaly_score(word: dict) -> float:
+    """How unlike a real word: improbable, very short or very long."""
+    probability = word.get("probability", 0.0)
+    duration = word["end"] - word["start"]
+    score = 0.0
+    if probability < 0.15:
+        score += 1.0
+    if duration < 0.133:
+        score += (0.133 - duration) * 15
+    if duration > 2.0:
+        score += duration - 2.0
+    return score
+
+
+def _is_segment_anomaly(segment: dict | None) -> bool:
+    if segment is None or not segment["words"]:
+        return False
+    words = [w for w in segment["words"] if w["word"] not in _PUNCTUATION][:8]
+    score = sum(_word_anomaly_score(w) for w in words)
+    return score >= 3 or score + 0.01 >= len(words)
+
+
+def _next_words_segment(segments: list[dict]) -> dict | None:
+    return next((s for s in segments if s["words"]), None)
 
 
 def _pad_frames(mel: np.ndarray) -> np.ndarray:
@@ -266,8 +383,9 @@ def _is_silence(result: DecodingResult, options: DecodeOptions) -> bool:
 
 def _segments_of_window(
     tokens: list[int], tokenizer: Tokenizer, seek: int, segment_size: int, input_stride: int
-) -> tuple[list[tuple[float, float, list[int]]], int]:
-    """Cut a window's tokens into (start, end, tokens) segments; returns them and the next seek.
+) -> tuple[list[tuple[float, float, list[int]]], int, bool]:
+    """Cut a window's tokens into (start, end, tokens) segments; returns them, the next seek, and
+    whether the window ends on a single timestamp.
 
     Segments end at consecutive timestamp tokens (<|t1|><|t2|>: the end of one and the start of
     the next). An unfinished last segment is dropped and decoded again from its start in the
@@ -291,13 +409,13 @@ def _segments_of_window(
             pieces.append((start, end, sliced))
             last_slice = current_slice
         if single_timestamp_ending:
-            return pieces, seek + segment_size
+            return pieces, seek + segment_size, True
         # seek to the last complete segment's end
-        return pieces, seek + (tokens[last_slice - 1] - ts_begin) * input_stride
+        return pieces, seek + (tokens[last_slice - 1] - ts_begin) * input_stride, False
 
     # no segment boundary: one segment for the whole window, ending at its last timestamp if any
     duration = segment_size * HOP_LENGTH / SAMPLE_RATE
     timestamps = [t for t in tokens if t >= ts_begin]
     if timestamps and timestamps[-1] != ts_begin:
         duration = (timestamps[-1] - ts_begin) * time_precision
-    return [(time_offset, time_offset + duration, tokens)], seek + segment_size
+    return [(time_offset, time_offset + duration, tokens)], seek + segment_size, single_timestamp_ending

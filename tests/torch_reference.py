@@ -19,9 +19,14 @@ from maxwhisper.checkpoint import Checkpoint, ModelDims
 
 
 def build_whisper(ckpt: Checkpoint) -> Whisper:
-    """openai-whisper's module with the checkpoint's weights (strict: every parameter loaded)."""
+    """openai-whisper's module with the checkpoint's weights (strict: every parameter loaded) and
+    its alignment heads (as baselines/openai_backend.py sets them; openai's default without)."""
     model = Whisper(ModelDimensions(**asdict(ckpt.dims)))
     model.load_state_dict({k: torch.from_numpy(v) for k, v in ckpt.state.items()}, strict=True)
+    if ckpt.alignment_heads is not None:
+        mask = torch.zeros(ckpt.dims.n_text_layer, ckpt.dims.n_text_head, dtype=torch.bool)
+        mask[ckpt.alignment_heads[:, 0], ckpt.alignment_heads[:, 1]] = True
+        model.register_buffer("alignment_heads", mask.to_sparse(), persistent=False)
     return model.eval()
 
 
@@ -69,6 +74,7 @@ class TorchModel:
         self.dims: ModelDims = ckpt.dims
         self.is_multilingual = ckpt.is_multilingual
         self.num_languages = ckpt.num_languages
+        self.alignment_heads = ckpt.alignment_heads
 
     @torch.no_grad()
     def encode(self, mel: np.ndarray) -> torch.Tensor:
@@ -76,6 +82,23 @@ class TorchModel:
 
     def inference(self) -> TorchInference:
         return TorchInference(self.module)
+
+    @torch.no_grad()
+    def alignment(self, tokens: np.ndarray, audio_features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """What `whisper.timing.find_alignment` computes: the logits, and each cross-attention's
+        scores before the softmax as its hooks capture them (outs[-1][0], without SDPA)."""
+        from whisper.model import disable_sdpa
+
+        qks = [None] * self.dims.n_text_layer
+        hooks = [block.cross_attn.register_forward_hook(lambda _, ins, outs, i=i: qks.__setitem__(i, outs[-1][0]))
+                 for i, block in enumerate(self.module.decoder.blocks)]
+        try:
+            with disable_sdpa():
+                logits = self.module.decoder(torch.from_numpy(np.asarray(tokens, np.int64))[None], audio_features)[0]
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return logits.float().numpy(), torch.stack(qks).float().numpy()
 
 
 def openai_transcribe(module: Whisper, audio: np.ndarray, options: DecodeOptions, **extra) -> dict:
