@@ -75,6 +75,38 @@ def _resolve_device(device: str) -> str:
     return device
 
 
+def transcribe_kwargs(options: DecodeOptions, language: str | None, fp16: bool) -> dict:
+    """Every keyword of `whisper.transcribe()` (and the DecodingOptions it forwards), set from
+    `options` explicitly rather than left to openai-whisper's defaults."""
+    greedy = options.beam_size == 1
+    return dict(
+        verbose=None,
+        temperature=tuple(options.temperature),
+        compression_ratio_threshold=options.compression_ratio_threshold,
+        logprob_threshold=options.logprob_threshold,
+        no_speech_threshold=options.no_speech_threshold,
+        condition_on_previous_text=options.condition_on_previous_text,
+        initial_prompt=options.initial_prompt,
+        word_timestamps=options.word_timestamps,
+        hallucination_silence_threshold=options.hallucination_silence_threshold,
+        carry_initial_prompt=False,  # (faster-whisper has no such option)
+        clip_timestamps="0",
+        # **decode_options -> whisper.DecodingOptions
+        fp16=fp16,
+        language=language,
+        task=options.task,
+        beam_size=None if greedy else options.beam_size,
+        best_of=options.best_of,
+        patience=None if greedy else options.patience,  # openai refuses patience without a beam
+        without_timestamps=options.without_timestamps,
+        suppress_tokens=",".join(str(t) for t in parse_suppress_tokens(options.suppress_tokens)),
+        suppress_blank=options.suppress_blank,
+        length_penalty=None,  # rank by log prob / length (faster-whisper: length_penalty=1)
+        max_initial_timestamp=1.0,
+        sample_len=None,  # n_text_ctx // 2 = 224 new tokens per window
+    )
+
+
 class OpenAITranscriber:
     backend = "openai"
 
@@ -153,41 +185,13 @@ class OpenAITranscriber:
         if audio.ndim != 1 or audio.size == 0:
             raise AudioError(f"audio must be non-empty mono samples (1-D), got shape {audio.shape}")
         language = self._language(options.language)
-        suppress = ",".join(str(t) for t in parse_suppress_tokens(options.suppress_tokens))
         with self._lock, torch.no_grad():
             self._encode_s = 0.0
             self._language_probability = None
             _mel_clock.seconds = 0.0
             t0 = time.perf_counter()
             try:
-                out = self.net.transcribe(
-                    audio,
-                    verbose=None,
-                    temperature=tuple(options.temperature),
-                    compression_ratio_threshold=options.compression_ratio_threshold,
-                    logprob_threshold=options.logprob_threshold,
-                    no_speech_threshold=options.no_speech_threshold,
-                    condition_on_previous_text=options.condition_on_previous_text,
-                    initial_prompt=options.initial_prompt,
-                    word_timestamps=options.word_timestamps,
-                    hallucination_silence_threshold=options.hallucination_silence_threshold,
-                    carry_initial_prompt=False,  # (faster-whisper has no such option)
-                    clip_timestamps="0",
-                    # **decode_options -> whisper.DecodingOptions
-                    fp16=self.precision == "fp16",
-                    language=language,
-                    task=options.task,
-                    beam_size=None if options.beam_size == 1 else options.beam_size,
-                    best_of=options.best_of,
-                    # openai refuses patience without a beam; with beam_size None it is unused
-                    patience=None if options.beam_size == 1 else options.patience,
-                    without_timestamps=options.without_timestamps,
-                    suppress_tokens=suppress,
-                    suppress_blank=options.suppress_blank,
-                    length_penalty=None,  # rank by log prob / length (faster-whisper: length_penalty=1)
-                    max_initial_timestamp=1.0,
-                    sample_len=None,  # n_text_ctx // 2 = 224 new tokens per window
-                )
+                out = self.net.transcribe(audio, **transcribe_kwargs(options, language, self.precision == "fp16"))
                 self._sync()
                 total = time.perf_counter() - t0
                 features = _mel_clock.seconds

@@ -102,32 +102,13 @@ class TorchModel:
 
 
 def openai_transcribe(module: Whisper, audio: np.ndarray, options: DecodeOptions, **extra) -> dict:
-    """`whisper.transcribe` with the same options as `maxwhisper.transcribe.transcribe` gets
-    (`extra`: more of its keyword arguments, e.g. clip_timestamps)."""
+    """`whisper.transcribe` with the same options as `maxwhisper.transcribe.transcribe` gets, mapped
+    as the openai backend maps them (`extra`: keyword arguments to override, e.g. clip_timestamps)."""
     import whisper
 
-    beam = options.beam_size if options.beam_size > 1 else None
-    return whisper.transcribe(
-        module, audio,
-        verbose=None,
-        language=options.language,
-        task=options.task,
-        temperature=options.temperature,
-        beam_size=beam,
-        best_of=options.best_of,
-        patience=options.patience if beam else None,
-        without_timestamps=options.without_timestamps,
-        word_timestamps=options.word_timestamps,
-        initial_prompt=options.initial_prompt,
-        condition_on_previous_text=options.condition_on_previous_text,
-        compression_ratio_threshold=options.compression_ratio_threshold,
-        logprob_threshold=options.logprob_threshold,
-        no_speech_threshold=options.no_speech_threshold,
-        suppress_tokens=options.suppress_tokens,
-        suppress_blank=options.suppress_blank,
-        fp16=False,
-        **extra,
-    )
+    from baselines.openai_backend import transcribe_kwargs
+
+    return whisper.transcribe(module, audio, **{**transcribe_kwargs(options, options.language, fp16=False), **extra})
 
 
 def whisper_mel(audio: np.ndarray, n_mels: int) -> np.ndarray:
