@@ -72,6 +72,12 @@ def build_demo(cache: support.ModelCache, max_seconds: float = 600.0) -> gr.Bloc
                     with gr.Row():
                         timestamps = gr.Checkbox(True, label="Segment timestamps")
                         word_timestamps = gr.Checkbox(False, label="Word timestamps")
+                    with gr.Accordion("More decoding options", open=False):
+                        initial_prompt = gr.Textbox(label="Initial prompt", lines=1,
+                                                    placeholder="words or spellings to steer the first window")
+                        condition = gr.Checkbox(True, label="Condition on previous text")
+                        silence = gr.Number(0, minimum=0, label="Hallucination silence threshold, s (0 = off; "
+                                                                "needs word timestamps)")
             message = gr.Markdown(elem_id="message")
             panel_outputs = []
             with gr.Row(equal_height=False):
@@ -109,10 +115,12 @@ def build_demo(cache: support.ModelCache, max_seconds: float = 600.0) -> gr.Bloc
             gr.Button("Refresh").click(lambda: support.system_report(cache), outputs=system, concurrency_limit=None)
 
         def transcribe(audio, chosen, model, device, language, task, beam_size, timestamps, word_timestamps,
-                       reference_text, progress=gr.Progress()):
+                       initial_prompt, condition, silence, reference_text, progress=gr.Progress()):
             options = DecodeOptions(language=None if language == "auto" else language, task=task,
                                     beam_size=int(beam_size), without_timestamps=not timestamps,
-                                    word_timestamps=word_timestamps)
+                                    word_timestamps=word_timestamps, initial_prompt=initial_prompt or None,
+                                    condition_on_previous_text=condition,
+                                    hallucination_silence_threshold=float(silence) if silence else None)
             result = support.run_comparison(audio, chosen, model, device_of(device), options, cache,
                                             max_seconds=max_seconds, reference_text=reference_text,
                                             progress=progress)
@@ -125,7 +133,8 @@ def build_demo(cache: support.ModelCache, max_seconds: float = 600.0) -> gr.Bloc
             return [*outputs, *plots]
 
         run.click(transcribe, [audio, chosen, model, device, language, task, beam_size, timestamps, word_timestamps,
-                               reference_text], [message, *panel_outputs, timing_plot, rtf_plot],
+                               initial_prompt, condition, silence, reference_text],
+                  [message, *panel_outputs, timing_plot, rtf_plot],
                   concurrency_id=HEAVY, concurrency_limit=1)
 
         def checks(model, device):

@@ -159,6 +159,14 @@ def word_diff(reference: str, hypothesis: str) -> tuple[float | None, str]:
     return out.wer, " ".join(parts)
 
 
+def _segment_line(s) -> str:
+    """[start --> end] text, then each word with its time and probability when there are word timestamps."""
+    line = f"[{format_timestamp(s.start)} --> {format_timestamp(s.end)}] {s.text.strip()}"
+    if s.words:
+        line += "\n" + " ".join(f"{w.word.strip()}@{w.start:.2f}s({w.probability:.2f})" for w in s.words)
+    return line
+
+
 def _comparison_html(title: str, reference: str, hypothesis: str, same_tokens: bool | None = None) -> str:
     wer, diff = word_diff(reference, hypothesis)
     score = "WER n/a (the reference has no words)" if wer is None else f"WER {100 * wer:.1f} %"
@@ -262,11 +270,11 @@ def _fill_panel(panel: Panel, ref: TranscriptionResult | None, ref_backend: str 
                         (("features", tm.features_s), ("encode", tm.encode_s), ("decode", tm.decode_s))
                         if value is not None)
     once = f"load {tm.load_s:.1f} s" + (f" + compile {tm.compile_s:.1f} s" if tm.compile_s else "")
+    language = r.language + (f" ({100 * r.language_probability:.1f} %)" if r.language_probability is not None else "")
     panel.summary = (f"**{tm.total_s:.2f} s — {r.rtf:.1f}× real time**  \n{stages}  \n"
-                     f"{r.device} · {r.precision} · language {r.language} · model {once} (once)")
+                     f"{r.device} · {r.precision} · language {language} · model {once} (once)")
     panel.text = r.text.strip() or "(no speech detected)"
-    panel.segments = "\n".join(f"[{format_timestamp(s.start)} --> {format_timestamp(s.end)}] {s.text.strip()}"
-                               for s in r.segments)
+    panel.segments = "\n".join(_segment_line(s) for s in r.segments)
     parts = []
     if panel.backend == ref_backend:
         parts.append(f"<p><b>Reference implementation</b>: the others are compared with {label(ref_backend)}.</p>")

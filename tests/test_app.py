@@ -6,6 +6,7 @@ cache, minutes cold); the error paths use fakes and load nothing.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -53,6 +54,17 @@ def test_three_transcripts_of_jfk(jfk_run):
     assert {t.name for t in comparison.timing_figure.data} == {"features", "encode", "decode", "other", "load",
                                                                 "compile"}
     assert "11.0 s of audio" in comparison.message
+
+
+def test_word_timestamps_and_prompt_reach_the_panels(app_cache, tmp_path):
+    options = DecodeOptions(word_timestamps=True, initial_prompt="President Kennedy's inaugural address.",
+                            condition_on_previous_text=False, hallucination_silence_threshold=2.0)
+    comparison = support.run_comparison(str(AUDIO / "jfk.flac"), ["max", "openai"], "tiny.en", "cpu", options,
+                                        app_cache, max_seconds=600, reference_text="", out_dir=tmp_path)
+    max_panel, openai_panel = comparison.panels["max"], comparison.panels["openai"]
+    assert max_panel.error is None and openai_panel.error is None
+    assert re.search(r"Americans,?@\d+\.\d\ds\(0\.\d\d\)", max_panel.segments), max_panel.segments
+    assert max_panel.segments == openai_panel.segments  # same words, times and probabilities to 2 decimals
 
 
 def test_compared_with_openai_and_the_reference_text(jfk_run):
