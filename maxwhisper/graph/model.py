@@ -62,7 +62,7 @@ class MaxWhisper:
         self.dims: ModelDims = ckpt.dims
         self.is_multilingual, self.num_languages = ckpt.is_multilingual, ckpt.num_languages
         self.alignment_heads = ckpt.alignment_heads  # [k, 2] from config.json; None (a .pt): openai's default
-        self.device_name, self.precision = device, precision
+        self.precision = precision
         self.device = driver.Accelerator() if device == "gpu" else driver.CPU()
         self.device_ref = DeviceRef.GPU() if device == "gpu" else DeviceRef.CPU()
         self.dtype = DTYPES[precision]
