@@ -15,7 +15,6 @@ import importlib
 import os
 import statistics
 import sys
-import time
 import traceback
 from pathlib import Path
 

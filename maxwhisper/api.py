@@ -5,7 +5,7 @@ Nothing here imports a backend; `app.py`, the CLI and the benchmark only see the
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np

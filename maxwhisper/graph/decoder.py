@@ -1,10 +1,12 @@
 """The decoder as graphs: one step against an in-place KV cache, and a whole-sequence pass that
 also returns cross-attention scores (word timestamps).
 
-The step graph's self-attention cache is a pair of preallocated buffers per layer, K^T
-[B, H, Dh, n_text_ctx] and V [B, H, n_text_ctx, Dh], written at `offset` by each call; attention
+The step graph's self-attention cache is a pair of preallocated buffers per layer, K
+[B, H, n_text_ctx, Dh] and V^T [B, H, Dh, n_text_ctx], written at `offset` by each call; attention
 reads all n_text_ctx positions under an additive mask built on the host, so one compiled graph
-serves the prompt and every later step.
+serves the prompt and every later step. Keys and values, cached and cross, are laid out so that
+a step reads them as matrix-vector products (`attention_scores_few_rows`, `attend_few_rows`):
+that made a tiny.en step ~10 % faster than the q @ K^T layout on a 2-core CPU.
 """
 from __future__ import annotations
 
@@ -14,15 +16,15 @@ from max.dtype import DType
 from max.graph import BufferType, Graph, TensorType, TensorValue, ops
 
 from ..checkpoint import ModelDims
-from .layers import (WeightBank, attend, attention, attention_scores, dim_value, layer_norm, linear_few_rows, merge_heads,
-                     split_heads)
+from .layers import (WeightBank, attend_few_rows, attention_scores_few_rows, dim_value, layer_norm, linear_few_rows,
+                     merge_heads, split_heads)
 
-# (this call's K^T [B, H, Dh, n], V [B, H, n, Dh]) -> (K^T, V) over every position attended to
+# (this call's K [B, H, n, Dh], V^T [B, H, Dh, n]) -> (K, V^T) over every position attended to
 SelfKV = Callable[[TensorValue, TensorValue], tuple[TensorValue, TensorValue]]
 
 
 def decoder_block(w: WeightBank, p: str, dims: ModelDims, x: TensorValue, self_kv: SelfKV, mask: TensorValue,
-                  cross_k: TensorValue, cross_v: TensorValue) -> tuple[TensorValue, TensorValue]:
+                  cross_k: TensorValue, cross_v_t: TensorValue) -> tuple[TensorValue, TensorValue]:
     """x [B, n, d] -> (x [B, n, d], cross-attention scores float32 [B, H, n, T])."""
     d, h = dims.n_text_state, dims.n_text_head
 
@@ -30,12 +32,12 @@ def decoder_block(w: WeightBank, p: str, dims: ModelDims, x: TensorValue, self_k
         return linear_few_rows(w, f"{p}.{name}")
 
     q, k, v = ops.split(linear("attn.qkv")(layer_norm(w, f"{p}.attn_ln", x)), [d] * 3, axis=-1)
-    k_t, v = self_kv(ops.permute(split_heads(k, h), [0, 1, 3, 2]), split_heads(v, h))
-    x = x + linear("attn.out")(merge_heads(attention(split_heads(q, h), k_t, v, mask)))
+    k, v_t = self_kv(split_heads(k, h), ops.permute(split_heads(v, h), [0, 1, 3, 2]))
+    x = x + linear("attn.out")(merge_heads(attend_few_rows(attention_scores_few_rows(split_heads(q, h), k), v_t, mask)))
 
     q = linear("cross_attn.query")(layer_norm(w, f"{p}.cross_attn_ln", x))
-    scores = attention_scores(split_heads(q, h), cross_k)
-    x = x + linear("cross_attn.out")(merge_heads(attend(scores, cross_v)))
+    scores = attention_scores_few_rows(split_heads(q, h), cross_k)
+    x = x + linear("cross_attn.out")(merge_heads(attend_few_rows(scores, cross_v_t)))
     h_mlp = linear("mlp.0")(layer_norm(w, f"{p}.mlp_ln", x))
     return x + linear("mlp.2")(ops.gelu(h_mlp)), scores
 
@@ -52,19 +54,19 @@ def _logits(w: WeightBank, x: TensorValue) -> TensorValue:
 
 def _cross_types(dims: ModelDims, w: WeightBank, batch) -> list[TensorType]:
     L, H, dh = dims.n_text_layer, dims.n_text_head, dims.n_text_state // dims.n_text_head
-    return [TensorType(w.dtype, [L, batch, H, dh, "audio_ctx"], device=w.device),
-            TensorType(w.dtype, [L, batch, H, "audio_ctx", dh], device=w.device)]
+    return [TensorType(w.dtype, [L, batch, H, "audio_ctx", dh], device=w.device),
+            TensorType(w.dtype, [L, batch, H, dh, "audio_ctx"], device=w.device)]
 
 
 def build_decoder_graph(w: WeightBank, dims: ModelDims) -> Graph:
     """Inputs: tokens int64 [B, n]; positions int64 [n] (absolute); offset int64 [] (= positions[0]);
     mask float32 [n, n_text_ctx] (0 where a query may attend, -inf elsewhere); logit_index int64 [k]
-    (which of the n positions to project to logits); cross K^T [L, B, H, Dh, T] and V [L, B, H, T, Dh];
-    then per layer the cache buffers K^T [B, H, Dh, n_text_ctx] and V [B, H, n_text_ctx, Dh].
+    (which of the n positions to project to logits); cross K [L, B, H, T, Dh] and V^T [L, B, H, Dh, T];
+    then per layer the cache buffers K [B, H, n_text_ctx, Dh] and V^T [B, H, Dh, n_text_ctx].
     Output: logits float32 [B, k, n_vocab]."""
     L, H, dh, S = dims.n_text_layer, dims.n_text_head, dims.n_text_state // dims.n_text_head, dims.n_text_ctx
     dev, dt = w.device, w.dtype
-    cache_k, cache_v = BufferType(dt, ["batch", H, dh, S], device=dev), BufferType(dt, ["batch", H, S, dh], device=dev)
+    cache_k, cache_v_t = BufferType(dt, ["batch", H, S, dh], device=dev), BufferType(dt, ["batch", H, dh, S], device=dev)
     types = [
         TensorType(DType.int64, ["batch", "n"], device=dev),
         TensorType(DType.int64, ["n"], device=dev),
@@ -72,23 +74,23 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims) -> Graph:
         TensorType(DType.float32, ["n", S], device=dev),
         TensorType(DType.int64, ["k"], device=dev),
         *_cross_types(dims, w, "batch"),
-    ] + [cache_k, cache_v] * L
+    ] + [cache_k, cache_v_t] * L
     with Graph("whisper_decoder_step", input_types=types) as graph:
-        tokens, positions, offset, mask, logit_index, cross_k, cross_v = (v.tensor for v in graph.inputs[:7])
+        tokens, positions, offset, mask, logit_index, cross_k, cross_v_t = (v.tensor for v in graph.inputs[:7])
         caches = graph.inputs[7:]
         x = _embed(w, tokens, positions)
         n = x.shape[1]
         new = (slice(offset, offset + dim_value(n)), n)
 
         def cached(i: int) -> SelfKV:
-            def store_and_load(k_t, v):
-                ops.buffer_store_slice(caches[2 * i], k_t, [slice(None)] * 3 + [new])
-                ops.buffer_store_slice(caches[2 * i + 1], v, [slice(None)] * 2 + [new, slice(None)])
+            def store_and_load(k, v_t):
+                ops.buffer_store_slice(caches[2 * i], k, [slice(None)] * 2 + [new, slice(None)])
+                ops.buffer_store_slice(caches[2 * i + 1], v_t, [slice(None)] * 3 + [new])
                 return ops.buffer_load(caches[2 * i]), ops.buffer_load(caches[2 * i + 1])
             return store_and_load
 
         for i in range(L):
-            x, _ = decoder_block(w, f"decoder.blocks.{i}", dims, x, cached(i), mask, cross_k[i], cross_v[i])
+            x, _ = decoder_block(w, f"decoder.blocks.{i}", dims, x, cached(i), mask, cross_k[i], cross_v_t[i])
         graph.output(_logits(w, ops.gather(x, logit_index, axis=1)))
     return graph
 
@@ -96,20 +98,20 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims) -> Graph:
 def build_alignment_graph(w: WeightBank, dims: ModelDims) -> Graph:
     """The whole token sequence at once, no cache (openai's `model(mel, tokens)` for word timing).
 
-    Inputs: tokens int64 [1, n]; causal mask float32 [n, n]; cross K^T and V as for the step graph.
+    Inputs: tokens int64 [1, n]; causal mask float32 [n, n]; cross K and V^T as for the step graph.
     Outputs: logits float32 [1, n, n_vocab]; cross-attention scores before softmax, float32
     [L, 1, H, n, T] (what openai's alignment hooks capture)."""
     dev = w.device
     types = [TensorType(DType.int64, [1, "n"], device=dev), TensorType(DType.float32, ["n", "n"], device=dev),
              *_cross_types(dims, w, 1)]
     with Graph("whisper_alignment", input_types=types) as graph:
-        tokens, mask, cross_k, cross_v = (v.tensor for v in graph.inputs)
+        tokens, mask, cross_k, cross_v_t = (v.tensor for v in graph.inputs)
         n = tokens.shape[1]
         x = _embed(w, tokens, ops.range(0, dim_value(n), 1, out_dim=n, device=dev, dtype=DType.int64))
         all_scores = []
         for i in range(dims.n_text_layer):
-            x, scores = decoder_block(w, f"decoder.blocks.{i}", dims, x, lambda k_t, v: (k_t, v), mask,
-                                      cross_k[i], cross_v[i])
+            x, scores = decoder_block(w, f"decoder.blocks.{i}", dims, x, lambda k, v_t: (k, v_t), mask,
+                                      cross_k[i], cross_v_t[i])
             all_scores.append(scores)
         graph.output(_logits(w, x), ops.stack(all_scores))
     return graph
@@ -121,7 +123,7 @@ def build_cache_reorder_graph(dims: ModelDims, dtype: DType, device) -> Graph:
     Inputs: source_indices int64 [B]; then the step graph's cache buffers. No outputs."""
     L, H, dh, S = dims.n_text_layer, dims.n_text_head, dims.n_text_state // dims.n_text_head, dims.n_text_ctx
     types = [TensorType(DType.int64, ["batch"], device=device)] + \
-        [BufferType(dtype, ["batch", H, dh, S], device=device), BufferType(dtype, ["batch", H, S, dh], device=device)] * L
+        [BufferType(dtype, ["batch", H, S, dh], device=device), BufferType(dtype, ["batch", H, dh, S], device=device)] * L
     with Graph("whisper_cache_reorder", input_types=types) as graph:
         index = graph.inputs[0].tensor
         for buf in graph.inputs[1:]:
@@ -131,12 +133,12 @@ def build_cache_reorder_graph(dims: ModelDims, dtype: DType, device) -> Graph:
 
 
 def build_batch_repeat_graph(dims: ModelDims, dtype: DType, device) -> Graph:
-    """Cross K^T/V for n_audio windows -> for a batch whose rows are groups of those windows:
-    out[:, i] = in[:, audio_index[i]]. Inputs: audio_index int64 [B], cross K^T, cross V."""
+    """Cross K/V^T for n_audio windows -> for a batch whose rows are groups of those windows:
+    out[:, i] = in[:, audio_index[i]]. Inputs: audio_index int64 [B], cross K, cross V^T."""
     L, H, dh = dims.n_text_layer, dims.n_text_head, dims.n_text_state // dims.n_text_head
     types = [TensorType(DType.int64, ["batch"], device=device),
-             TensorType(dtype, [L, "n_audio", H, dh, "audio_ctx"], device=device),
-             TensorType(dtype, [L, "n_audio", H, "audio_ctx", dh], device=device)]
+             TensorType(dtype, [L, "n_audio", H, "audio_ctx", dh], device=device),
+             TensorType(dtype, [L, "n_audio", H, dh, "audio_ctx"], device=device)]
     with Graph("whisper_batch_repeat", input_types=types) as graph:
         index, k, v = (x.tensor for x in graph.inputs)
         graph.output(ops.gather(k, index, axis=1), ops.gather(v, index, axis=1))

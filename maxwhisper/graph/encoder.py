@@ -41,18 +41,19 @@ def encode(w: WeightBank, dims: ModelDims, mel: TensorValue) -> TensorValue:
 
 
 def cross_kv(w: WeightBank, dims: ModelDims, features: TensorValue) -> tuple[TensorValue, TensorValue]:
-    """features [B, T, d] -> K^T [n_text_layer, B, H, Dh, T] and V [n_text_layer, B, H, T, Dh]."""
+    """features [B, T, d] -> K [n_text_layer, B, H, T, Dh] and V^T [n_text_layer, B, H, Dh, T]
+    (the layouts `attention_scores_few_rows` and `attend_few_rows` read fastest)."""
     ks, vs = [], []
     for i in range(dims.n_text_layer):
         k, v = ops.split(linear(w, f"decoder.blocks.{i}.cross_attn.kv")(features), [dims.n_text_state] * 2, axis=-1)
-        ks.append(ops.permute(split_heads(k, dims.n_text_head), [0, 1, 3, 2]))
-        vs.append(split_heads(v, dims.n_text_head))
+        ks.append(split_heads(k, dims.n_text_head))
+        vs.append(ops.permute(split_heads(v, dims.n_text_head), [0, 1, 3, 2]))
     return ops.stack(ks), ops.stack(vs)
 
 
 def build_encoder_graph(w: WeightBank, dims: ModelDims) -> Graph:
-    """Inputs: mel float32 [B, n_mels, frames]. Outputs: features float32 [B, T, d], cross K^T
-    [n_text_layer, B, H, Dh, T] and V [n_text_layer, B, H, T, Dh] in the model dtype, with T = frames / 2."""
+    """Inputs: mel float32 [B, n_mels, frames]. Outputs: features float32 [B, T, d], cross K
+    [n_text_layer, B, H, T, Dh] and V^T [n_text_layer, B, H, Dh, T] in the model dtype, with T = frames / 2."""
     mel_type = TensorType(DType.float32, ["batch", dims.n_mels, "frames"], device=w.device)
     with Graph("whisper_encoder", input_types=[mel_type]) as graph:
         features = encode(w, dims, graph.inputs[0].tensor.cast(w.dtype))

@@ -105,6 +105,25 @@ def attention(q: TensorValue, k_t: TensorValue, v: TensorValue, mask: TensorValu
     return attend(attention_scores(q, k_t), v, mask)
 
 
+def attention_scores_few_rows(q: TensorValue, k: TensorValue) -> TensorValue:
+    """q [B, H, n, Dh], k [B, H, S, Dh] (keys not transposed) -> float32 scaled scores [B, H, n, S].
+
+    For decoder steps (n small, S up to 1500): k @ q^T streams the keys through MAX's
+    matrix-vector product, like `linear_few_rows`; only the small [.., S, n] result is transposed.
+    """
+    scores = ops.transpose(ops.matmul(k, ops.transpose(q, -1, -2)), -1, -2)
+    return (scores * (int(q.shape[-1]) ** -0.5)).cast(DType.float32)
+
+
+def attend_few_rows(scores: TensorValue, v_t: TensorValue, mask: TensorValue | None = None) -> TensorValue:
+    """softmax(scores + mask) @ v with v stored transposed: scores [B, H, n, S], v_t [B, H, Dh, S]
+    -> [B, H, n, Dh], computed as (v_t @ p^T)^T for the reason in `attention_scores_few_rows`."""
+    if mask is not None:
+        scores = scores + mask
+    p = ops.softmax(scores).cast(v_t.dtype)
+    return ops.transpose(ops.matmul(v_t, ops.transpose(p, -1, -2)), -1, -2)
+
+
 def mlp(w: WeightBank, prefix: str, x: TensorValue) -> TensorValue:
     h = layer_norm(w, f"{prefix}.mlp_ln", x)
     return linear(w, f"{prefix}.mlp.2")(ops.gelu(linear(w, f"{prefix}.mlp.0")(h)))

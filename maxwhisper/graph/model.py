@@ -45,8 +45,8 @@ class AudioFeatures:
     """Encoder output for n_audio windows, kept on the device."""
 
     features: driver.Buffer  # float32 [n_audio, T, d]
-    cross_k: driver.Buffer  # K^T [L, n_audio, H, Dh, T]
-    cross_v: driver.Buffer  # [L, n_audio, H, T, Dh]
+    cross_k: driver.Buffer  # [L, n_audio, H, T, Dh]
+    cross_v_t: driver.Buffer  # V^T [L, n_audio, H, Dh, T]
 
     @property
     def n_audio(self) -> int:
@@ -117,7 +117,7 @@ class MaxWhisper:
         float32 [n_text_layer, n_text_head, n, T]). The graph is compiled on first use."""
         n = len(tokens)
         mask = np.triu(np.full((n, n), -np.inf, np.float32), 1)
-        cross = features.cross_k, features.cross_v
+        cross = features.cross_k, features.cross_v_t
         if features.n_audio != 1:
             raise ValueError("alignment takes the features of one window")
         logits, scores = self.lazy_graph("alignment").execute(
@@ -139,8 +139,8 @@ class MaxInference:
         d = self.model.dims
         h, dh, s = d.n_text_head, d.n_text_state // d.n_text_head, d.n_text_ctx
         self.cache = [self.model.to_device(np.zeros(shape, self.np_dtype))
-                      for _ in range(d.n_text_layer) for shape in ((batch, h, dh, s), (batch, h, s, dh))]
-        self.cross = (features.cross_k, features.cross_v)
+                      for _ in range(d.n_text_layer) for shape in ((batch, h, s, dh), (batch, h, dh, s))]
+        self.cross = (features.cross_k, features.cross_v_t)
         if batch != features.n_audio:  # beam search / best-of: each audio's group is contiguous
             index = np.repeat(np.arange(features.n_audio), batch // features.n_audio)
             self.cross = tuple(self.model.lazy_graph("batch_repeat").execute(self.model.to_device(index), *self.cross))
