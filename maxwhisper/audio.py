@@ -217,8 +217,8 @@ def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, padding: int = 0) -
     frames = sliding_window_view(padded, N_FFT)[::HOP_LENGTH][:-1]  # [n_frames, N_FFT], a view
     filters, window = mel_filters(n_mels), _hann_window()
     mel_spec = np.empty((n_mels, len(frames)), np.float32)
-    # a few thousand frames at a time: the temporaries stay in cache instead of being hundreds
-    # of MB of fresh memory for long audio (5x faster on the 203 s lecture)
+    # FRAMES_PER_CHUNK frames at a time: the temporaries stay in cache instead of being hundreds
+    # of MB of fresh memory for long audio (inside a transcription of the 203 s lecture: ~0.5 s -> ~0.15 s)
     for start in range(0, len(frames), FRAMES_PER_CHUNK):
         stft = np.fft.rfft(frames[start:start + FRAMES_PER_CHUNK] * window, axis=-1)  # complex64
         mel_spec[:, start:start + FRAMES_PER_CHUNK] = filters @ (stft.real**2 + stft.imag**2).T

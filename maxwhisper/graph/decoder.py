@@ -52,10 +52,22 @@ def _logits(w: WeightBank, x: TensorValue) -> TensorValue:
     return linear_few_rows(w, "decoder.token_embedding")(layer_norm(w, "decoder.ln", x)).cast(DType.float32)
 
 
-def _cross_types(dims: ModelDims, w: WeightBank, batch) -> list[TensorType]:
+def cache_shapes(dims: ModelDims, batch) -> list[list]:
+    """One layer's self-attention cache: K [batch, H, n_text_ctx, Dh] and V^T [batch, H, Dh, n_text_ctx]."""
+    H, dh, S = dims.n_text_head, dims.n_text_state // dims.n_text_head, dims.n_text_ctx
+    return [[batch, H, S, dh], [batch, H, dh, S]]
+
+
+def _cache_types(dims: ModelDims, dtype: DType, device) -> list[BufferType]:
+    """Every layer's cache buffers, in graph-input order."""
+    return [BufferType(dtype, shape, device=device) for shape in cache_shapes(dims, "batch")] * dims.n_text_layer
+
+
+def _cross_types(dims: ModelDims, dtype: DType, device, batch) -> list[TensorType]:
+    """Cross-attention K [L, batch, H, T, Dh] and V^T [L, batch, H, Dh, T] (what the encoder graph outputs)."""
     L, H, dh = dims.n_text_layer, dims.n_text_head, dims.n_text_state // dims.n_text_head
-    return [TensorType(w.dtype, [L, batch, H, "audio_ctx", dh], device=w.device),
-            TensorType(w.dtype, [L, batch, H, dh, "audio_ctx"], device=w.device)]
+    return [TensorType(dtype, [L, batch, H, "audio_ctx", dh], device=device),
+            TensorType(dtype, [L, batch, H, dh, "audio_ctx"], device=device)]
 
 
 def build_decoder_graph(w: WeightBank, dims: ModelDims) -> Graph:
@@ -64,17 +76,16 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims) -> Graph:
     (which of the n positions to project to logits); cross K [L, B, H, T, Dh] and V^T [L, B, H, Dh, T];
     then per layer the cache buffers K [B, H, n_text_ctx, Dh] and V^T [B, H, Dh, n_text_ctx].
     Output: logits float32 [B, k, n_vocab]."""
-    L, H, dh, S = dims.n_text_layer, dims.n_text_head, dims.n_text_state // dims.n_text_head, dims.n_text_ctx
-    dev, dt = w.device, w.dtype
-    cache_k, cache_v_t = BufferType(dt, ["batch", H, S, dh], device=dev), BufferType(dt, ["batch", H, dh, S], device=dev)
+    L, S, dev = dims.n_text_layer, dims.n_text_ctx, w.device
     types = [
         TensorType(DType.int64, ["batch", "n"], device=dev),
         TensorType(DType.int64, ["n"], device=dev),
         TensorType(DType.int64, [], device=dev),
         TensorType(DType.float32, ["n", S], device=dev),
         TensorType(DType.int64, ["k"], device=dev),
-        *_cross_types(dims, w, "batch"),
-    ] + [cache_k, cache_v_t] * L
+        *_cross_types(dims, w.dtype, dev, "batch"),
+        *_cache_types(dims, w.dtype, dev),
+    ]
     with Graph("whisper_decoder_step", input_types=types) as graph:
         tokens, positions, offset, mask, logit_index, cross_k, cross_v_t = (v.tensor for v in graph.inputs[:7])
         caches = graph.inputs[7:]
@@ -103,7 +114,7 @@ def build_alignment_graph(w: WeightBank, dims: ModelDims) -> Graph:
     [L, 1, H, n, T] (what openai's alignment hooks capture)."""
     dev = w.device
     types = [TensorType(DType.int64, [1, "n"], device=dev), TensorType(DType.float32, ["n", "n"], device=dev),
-             *_cross_types(dims, w, 1)]
+             *_cross_types(dims, w.dtype, dev, 1)]
     with Graph("whisper_alignment", input_types=types) as graph:
         tokens, mask, cross_k, cross_v_t = (v.tensor for v in graph.inputs)
         n = tokens.shape[1]
@@ -121,9 +132,7 @@ def build_cache_reorder_graph(dims: ModelDims, dtype: DType, device) -> Graph:
     """Beam search bookkeeping on the device: cache[i] = cache[source_indices[i]] for every layer.
 
     Inputs: source_indices int64 [B]; then the step graph's cache buffers. No outputs."""
-    L, H, dh, S = dims.n_text_layer, dims.n_text_head, dims.n_text_state // dims.n_text_head, dims.n_text_ctx
-    types = [TensorType(DType.int64, ["batch"], device=device)] + \
-        [BufferType(dtype, ["batch", H, S, dh], device=device), BufferType(dtype, ["batch", H, dh, S], device=device)] * L
+    types = [TensorType(DType.int64, ["batch"], device=device), *_cache_types(dims, dtype, device)]
     with Graph("whisper_cache_reorder", input_types=types) as graph:
         index = graph.inputs[0].tensor
         for buf in graph.inputs[1:]:
@@ -135,10 +144,7 @@ def build_cache_reorder_graph(dims: ModelDims, dtype: DType, device) -> Graph:
 def build_batch_repeat_graph(dims: ModelDims, dtype: DType, device) -> Graph:
     """Cross K/V^T for n_audio windows -> for a batch whose rows are groups of those windows:
     out[:, i] = in[:, audio_index[i]]. Inputs: audio_index int64 [B], cross K, cross V^T."""
-    L, H, dh = dims.n_text_layer, dims.n_text_head, dims.n_text_state // dims.n_text_head
-    types = [TensorType(DType.int64, ["batch"], device=device),
-             TensorType(dtype, [L, "n_audio", H, "audio_ctx", dh], device=device),
-             TensorType(dtype, [L, "n_audio", H, dh, "audio_ctx"], device=device)]
+    types = [TensorType(DType.int64, ["batch"], device=device), *_cross_types(dims, dtype, device, "n_audio")]
     with Graph("whisper_batch_repeat", input_types=types) as graph:
         index, k, v = (x.tensor for x in graph.inputs)
         graph.output(ops.gather(k, index, axis=1), ops.gather(v, index, axis=1))

@@ -88,7 +88,7 @@ def attention_scores(q: TensorValue, k_t: TensorValue) -> TensorValue:
     """q [B, H, T, Dh], k_t [B, H, Dh, S] (keys transposed) -> float32 scaled scores [B, H, T, S].
 
     Whisper scales q and k each by Dh^-1/4; one Dh^-1/2 on the product is the same up to rounding.
-    Decoder keys are stored transposed so steps never transpose them.
+    (Decoder steps use `attention_scores_few_rows` instead.)
     """
     return (ops.matmul(q, k_t) * (int(q.shape[-1]) ** -0.5)).cast(DType.float32)
 

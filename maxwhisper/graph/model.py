@@ -19,7 +19,8 @@ from max.graph import DeviceRef
 
 from ..api import BackendError
 from ..checkpoint import Checkpoint, ModelDims
-from .decoder import build_alignment_graph, build_batch_repeat_graph, build_cache_reorder_graph, build_decoder_graph
+from .decoder import (build_alignment_graph, build_batch_repeat_graph, build_cache_reorder_graph, build_decoder_graph,
+                      cache_shapes)
 from .encoder import build_encoder_graph
 from .layers import WeightBank
 from .weights import graph_arrays
@@ -137,9 +138,8 @@ class MaxInference:
 
     def _setup(self, batch: int, features: AudioFeatures):
         d = self.model.dims
-        h, dh, s = d.n_text_head, d.n_text_state // d.n_text_head, d.n_text_ctx
         self.cache = [self.model.to_device(np.zeros(shape, self.np_dtype))
-                      for _ in range(d.n_text_layer) for shape in ((batch, h, s, dh), (batch, h, dh, s))]
+                      for _ in range(d.n_text_layer) for shape in cache_shapes(d, batch)]
         self.cross = (features.cross_k, features.cross_v_t)
         if batch != features.n_audio:  # beam search / best-of: each audio's group is contiguous
             index = np.repeat(np.arange(features.n_audio), batch // features.n_audio)
