@@ -33,3 +33,33 @@ def test_greedy_tokens_equal_on_lecture_first_windows(max_tiny_en, openai_tiny_e
     assert len({s.seek for s in ref.segments}) >= 2  # really two windows
     assert ours.tokens == ref.tokens
     assert [s.seek for s in ours.segments] == [s.seek for s in ref.segments]
+
+
+def test_few_row_attention_kernel_matches_numpy():
+    """The Mojo kernel decoder steps use on the CPU: batch 2, rows attending 5, 101 and all 448 keys."""
+    import numpy as np
+    from max import driver
+    from max.dtype import DType
+    from max.engine import InferenceSession
+    from max.graph import DeviceRef, Graph, TensorType
+
+    from maxwhisper.graph.layers import KERNELS, few_row_attention
+
+    b, h, n, s, dh = 2, 6, 3, 448, 64
+    cpu = DeviceRef.CPU()
+    types = [TensorType(DType.float32, shape, device=cpu) for shape in ([b, h, n, dh], [b, h, s, dh], [b, h, dh, s])]
+    with Graph("few_row_attention_test", input_types=[*types, TensorType(DType.int64, [n], device=cpu)],
+               custom_extensions=[KERNELS]) as graph:
+        graph.output(few_row_attention(*(v.tensor for v in graph.inputs)))
+    model = InferenceSession(devices=[driver.CPU()]).load(graph)
+
+    rng = np.random.default_rng(0)
+    q, k, v_t = (rng.standard_normal(t.shape.static_dims, dtype=np.float32) for t in types)
+    limit = np.array([5, 101, 448], np.int64)
+    (out,) = model.execute(*(driver.Buffer.from_numpy(a) for a in (q, k, v_t, limit)))
+
+    scores = np.einsum("bhnd,bhsd->bhns", q, k) / np.sqrt(dh)
+    scores[..., np.arange(s)[None, :] >= limit[:, None]] = -np.inf
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    expected = np.einsum("bhns,bhds->bhnd", p / p.sum(-1, keepdims=True), v_t)
+    np.testing.assert_allclose(out.to_numpy(), expected, atol=2e-6)

@@ -4,12 +4,14 @@ as openai-whisper does under fp16."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from max.dtype import DType
-from max.graph import DeviceRef, TensorValue, Weight, ops
+from max.graph import DeviceRef, TensorType, TensorValue, Weight, ops
 
 LN_EPS = 1e-5
+KERNELS = Path(__file__).parent / "kernels"  # Mojo custom ops: pass as a Graph's custom_extensions
 
 
 class WeightBank:
@@ -122,6 +124,15 @@ def attend_few_rows(scores: TensorValue, v_t: TensorValue, mask: TensorValue | N
         scores = scores + mask
     p = ops.softmax(scores).cast(v_t.dtype)
     return ops.transpose(ops.matmul(v_t, ops.transpose(p, -1, -2)), -1, -2)
+
+
+def few_row_attention(q: TensorValue, k: TensorValue, v_t: TensorValue, limit: TensorValue) -> TensorValue:
+    """`attend_few_rows(attention_scores_few_rows(q, k), v_t, mask)` as one CPU kernel
+    (`kernels/attention.mojo`), float32 only: q [B, H, n, Dh], k [B, H, S, Dh], v_t [B, H, Dh, S],
+    limit int64 [n] (query row i attends keys 0 .. limit[i] - 1, the mask's unmasked prefix)
+    -> [B, H, n, Dh]. It reads each key once per query row: for decoder steps, not prompts."""
+    out = TensorType(DType.float32, q.shape, device=q.device)
+    return ops.custom("few_row_attention", q.device, [q, k, v_t, limit], [out])[0].tensor
 
 
 def mlp(w: WeightBank, prefix: str, x: TensorValue) -> TensorValue:
