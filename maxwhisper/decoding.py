@@ -107,7 +107,11 @@ def _lane_sum(e: np.ndarray) -> np.ndarray:
     return v[..., 0] + v[..., 1]
 
 
-def _shift_and_log_sum(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+# x - max(x) [..., n_vocab] and log(sum(exp(x - max(x)))) [..., 1]: log_softmax = the first - the second
+LogSoftmaxParts = tuple[np.ndarray, np.ndarray]
+
+
+def _shift_and_log_sum(logits: np.ndarray) -> LogSoftmaxParts:
     """x - max(x) and log(sum(exp(x - max(x)))) over the last axis, in float32."""
     x = logits.astype(np.float32, copy=False)
     shifted = x - x.max(axis=-1, keepdims=True)
@@ -247,12 +251,14 @@ class TokenDecoder:
     def reset(self) -> None:
         """Forget the state of the previous decoding."""
 
-    def update(self, tokens: np.ndarray, logits: np.ndarray, sum_logprobs: np.ndarray) -> tuple[np.ndarray, bool]:
+    def update(self, tokens: np.ndarray, logits: np.ndarray, sum_logprobs: np.ndarray,
+               parts: LogSoftmaxParts | None = None) -> tuple[np.ndarray, bool]:
         """Append the next token to each sequence.
 
         tokens: int64 [n_batch, n], all tokens so far including the initial ones; logits: float32
         [n_batch, n_vocab] at the last position, filtered; sum_logprobs: float32 [n_batch],
-        updated in place. Returns the tokens [n_batch, n + 1] and whether all are finished.
+        updated in place; parts: `_shift_and_log_sum(logits)` when a filter already computed it.
+        Returns the tokens [n_batch, n + 1] and whether all are finished.
         """
         raise NotImplementedError
 
@@ -270,7 +276,7 @@ class GreedyDecoder(TokenDecoder):
         self.eot = eot
         self.rng = rng
 
-    def update(self, tokens, logits, sum_logprobs):
+    def update(self, tokens, logits, sum_logprobs, parts=None):
         if self.temperature == 0:
             next_tokens = logits.argmax(axis=-1)
         else:  # Gumbel-max: argmax(logits / T + Gumbel noise) is a sample of softmax(logits / T)
@@ -278,7 +284,7 @@ class GreedyDecoder(TokenDecoder):
                 gumbel = -np.log(-np.log(self.rng.random(logits.shape, dtype=np.float32)))
             next_tokens = (logits / np.float32(self.temperature) + gumbel).argmax(axis=-1)
 
-        shifted, log_sum = _shift_and_log_sum(logits)  # the chosen token's log_softmax, not all
+        shifted, log_sum = parts or _shift_and_log_sum(logits)  # the chosen token's log_softmax, not all
         current_logprobs = shifted[np.arange(shifted.shape[0]), next_tokens] - log_sum[:, 0]
         not_finished = tokens[:, -1] != self.eot
         sum_logprobs += current_logprobs * not_finished
@@ -318,7 +324,7 @@ class BeamSearchDecoder(TokenDecoder):
     def reset(self):
         self.finished_sequences = None
 
-    def update(self, tokens, logits, sum_logprobs):
+    def update(self, tokens, logits, sum_logprobs, parts=None):
         if tokens.shape[0] % self.beam_size != 0:
             raise ValueError(f"{tokens.shape}[0] % {self.beam_size} != 0")
 
@@ -326,7 +332,7 @@ class BeamSearchDecoder(TokenDecoder):
         if self.finished_sequences is None:  # the first update
             self.finished_sequences = [{} for _ in range(n_audio)]
 
-        logprobs = log_softmax(logits)
+        logprobs = parts[0] - parts[1] if parts else log_softmax(logits)
         next_tokens, source_indices, finished_sequences = [], [], []
         for i in range(n_audio):
             scores, sources, finished = {}, {}, {}
@@ -385,8 +391,11 @@ class BeamSearchDecoder(TokenDecoder):
 # --- rules on the logits ---------------------------------------------------------------------
 
 class LogitFilter:
-    def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
-        """Mask logits [n_batch, n_vocab] in place, given all tokens so far [n_batch, n]."""
+    def apply(self, logits: np.ndarray, tokens: np.ndarray) -> LogSoftmaxParts | None:
+        """Mask logits [n_batch, n_vocab] in place, given all tokens so far [n_batch, n].
+
+        A filter that computes `_shift_and_log_sum` of the logits it leaves returns it, so the
+        token decoder need not compute it again (~0.2 ms per step for a 51k vocabulary)."""
         raise NotImplementedError
 
 
@@ -456,11 +465,14 @@ class ApplyTimestampRules(LogitFilter):
         # if the timestamps together are more probable than any text token, sample a timestamp
         # (log_softmax is monotonic: the best text token's log probability is that of its logit)
         shifted, log_sum = _shift_and_log_sum(logits)
+        unchanged = True
         for k in range(tokens.shape[0]):
             timestamp_logprob = logsumexp(shifted[k, ts_begin:] - log_sum[k])
             max_text_token_logprob = shifted[k, :ts_begin].max() - log_sum[k, 0]
             if timestamp_logprob > max_text_token_logprob:
                 logits[k, :ts_begin] = -np.inf
+                unchanged = False
+        return (shifted, log_sum) if unchanged else None
 
 
 # --- one decoding ----------------------------------------------------------------------------
@@ -545,10 +557,11 @@ class DecodingTask:
                     logits = self.inference.logits(tokens, audio_features, (-1,))
                 logits = np.array(logits[:, -1], dtype=np.float32)  # a writable copy for the filters
 
+                parts = None  # valid only from the last filter: an earlier one's, a later one may change
                 for logit_filter in self.logit_filters:
-                    logit_filter.apply(logits, tokens)
+                    parts = logit_filter.apply(logits, tokens)
 
-                tokens, completed = self.decoder.update(tokens, logits, sum_logprobs)
+                tokens, completed = self.decoder.update(tokens, logits, sum_logprobs, parts)
                 if completed or tokens.shape[-1] > self.n_ctx:
                     break
         finally:
