@@ -63,3 +63,11 @@ def test_few_row_attention_kernel_matches_numpy():
     p = np.exp(scores - scores.max(-1, keepdims=True))
     expected = np.einsum("bhns,bhds->bhnd", p / p.sum(-1, keepdims=True), v_t)
     np.testing.assert_allclose(out.to_numpy(), expected, atol=2e-6)
+
+
+def test_few_row_attention_is_used_only_where_the_kernel_fits():
+    from maxwhisper.graph.layers import few_row_attention_fits
+
+    assert few_row_attention_fits(64, 1500) and few_row_attention_fits(16, 448)  # Whisper; the test checkpoint
+    assert not few_row_attention_fits(20, 1500)  # head width not a multiple of the SIMD width
+    assert not few_row_attention_fits(64, 3000)  # more keys than the kernel's score buffer

@@ -19,7 +19,7 @@ from max.graph import BufferType, Graph, TensorType, TensorValue, ops
 
 from ..checkpoint import ModelDims
 from .layers import (KERNELS, WeightBank, attend_few_rows, attention_scores_few_rows, dim_value, few_row_attention,
-                     layer_norm, linear_few_rows, merge_heads, split_heads)
+                     few_row_attention_fits, layer_norm, linear_few_rows, merge_heads, split_heads)
 
 # (this call's K [B, H, n, Dh], V^T [B, H, Dh, n]) -> (K, V^T) over every position attended to
 SelfKV = Callable[[TensorValue, TensorValue], tuple[TensorValue, TensorValue]]
@@ -93,8 +93,9 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims) -> Graph:
         *_cross_types(dims, w.dtype, dev, "batch"),
         *_cache_types(dims, w.dtype, dev),
     ]
-    cpu = dev.is_cpu()
-    with Graph("whisper_decoder_step", input_types=types, custom_extensions=[KERNELS] if cpu else []) as graph:
+    kernel = dev.is_cpu() and few_row_attention_fits(dims.n_text_state // dims.n_text_head,
+                                                     max(dims.n_text_ctx, dims.n_audio_ctx))
+    with Graph("whisper_decoder_step", input_types=types, custom_extensions=[KERNELS] if kernel else []) as graph:
         tokens, positions, offset, mask, logit_index, cross_k, cross_v_t = (v.tensor for v in graph.inputs[:7])
         caches = graph.inputs[7:]
         x = _embed(w, tokens, positions)
@@ -111,7 +112,7 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims) -> Graph:
         def one_row_kernel(plain: Attend, limit: TensorValue) -> Attend:
             """On the CPU, a one-row call (every step after the prompt) runs `few_row_attention`:
             ~2.5x faster than the matmul/softmax ops there; prompts keep the ops."""
-            if not cpu:
+            if not kernel:
                 return plain
             one_row = ops.equal(dim_value(n), ops.constant(1, DType.int64, device=dev))
             return lambda q, k, v_t: ops.cond(

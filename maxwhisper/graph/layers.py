@@ -135,6 +135,11 @@ def few_row_attention(q: TensorValue, k: TensorValue, v_t: TensorValue, limit: T
     return ops.custom("few_row_attention", q.device, [q, k, v_t, limit], [out])[0].tensor
 
 
+def few_row_attention_fits(head_dim: int, max_keys: int) -> bool:
+    """The kernel's limits (MAX_KEYS and the SIMD width in attention.mojo); every Whisper fits."""
+    return head_dim % 8 == 0 and max_keys <= 2048
+
+
 def mlp(w: WeightBank, prefix: str, x: TensorValue) -> TensorValue:
     h = layer_norm(w, f"{prefix}.mlp_ln", x)
     return linear(w, f"{prefix}.mlp.2")(ops.gelu(linear(w, f"{prefix}.mlp.0")(h)))
