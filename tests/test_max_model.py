@@ -43,13 +43,13 @@ def test_few_row_attention_kernel_matches_numpy():
     from max.engine import InferenceSession
     from max.graph import DeviceRef, Graph, TensorType
 
-    from maxwhisper.graph.layers import KERNELS, few_row_attention
+    from maxwhisper.graph.layers import few_row_attention, kernel_library
 
     b, h, n, s, dh = 2, 6, 3, 448, 64
     cpu = DeviceRef.CPU()
     types = [TensorType(DType.float32, shape, device=cpu) for shape in ([b, h, n, dh], [b, h, s, dh], [b, h, dh, s])]
     with Graph("few_row_attention_test", input_types=[*types, TensorType(DType.int64, [n], device=cpu)],
-               custom_extensions=[KERNELS]) as graph:
+               custom_extensions=[kernel_library()]) as graph:
         graph.output(few_row_attention(*(v.tensor for v in graph.inputs)))
     model = InferenceSession(devices=[driver.CPU()]).load(graph)
 
@@ -71,3 +71,21 @@ def test_few_row_attention_is_used_only_where_the_kernel_fits():
     assert few_row_attention_fits(64, 1500) and few_row_attention_fits(16, 448)  # Whisper; the test checkpoint
     assert not few_row_attention_fits(20, 1500)  # head width not a multiple of the SIMD width
     assert not few_row_attention_fits(64, 3000)  # more keys than the kernel's score buffer
+
+
+def test_kernel_library_is_compiled_once_and_a_broken_kernel_is_a_clear_error(tmp_path, monkeypatch):
+    from maxwhisper.graph import layers
+
+    monkeypatch.setenv("MODULAR_CACHE_DIR", str(tmp_path / "cache"))
+    package = layers.kernel_library()
+    assert package.exists() and package.parent == tmp_path / "cache" / "maxwhisper"
+    assert layers.kernel_library() == package and list(package.parent.iterdir()) == [package]
+
+    broken = tmp_path / "kernels"
+    broken.mkdir()
+    (broken / "__init__.mojo").write_text("")
+    (broken / "attention.mojo").write_text("def oops(:\n")
+    monkeypatch.setattr(layers, "KERNELS", broken)
+    with pytest.raises(RuntimeError, match="compiling the Mojo kernels"):
+        layers.kernel_library()
+    assert sorted(p.name for p in package.parent.iterdir()) == [package.name]  # no staging folder left

@@ -18,8 +18,8 @@ from max.dtype import DType
 from max.graph import BufferType, Graph, TensorType, TensorValue, ops
 
 from ..checkpoint import ModelDims
-from .layers import (KERNELS, WeightBank, attend_few_rows, attention_scores_few_rows, dim_value, few_row_attention,
-                     few_row_attention_fits, layer_norm, linear_few_rows, merge_heads, split_heads)
+from .layers import (WeightBank, attend_few_rows, attention_scores_few_rows, dim_value, few_row_attention,
+                     few_row_attention_fits, kernel_library, layer_norm, linear_few_rows, merge_heads, split_heads)
 
 # (this call's K [B, H, n, Dh], V^T [B, H, Dh, n]) -> (K, V^T) over every position attended to
 SelfKV = Callable[[TensorValue, TensorValue], tuple[TensorValue, TensorValue]]
@@ -95,7 +95,7 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims) -> Graph:
     ]
     kernel = dev.is_cpu() and few_row_attention_fits(dims.n_text_state // dims.n_text_head,
                                                      max(dims.n_text_ctx, dims.n_audio_ctx))
-    with Graph("whisper_decoder_step", input_types=types, custom_extensions=[KERNELS] if kernel else []) as graph:
+    with Graph("whisper_decoder_step", input_types=types, custom_extensions=[kernel_library()] if kernel else []) as graph:
         tokens, positions, offset, mask, logit_index, cross_k, cross_v_t = (v.tensor for v in graph.inputs[:7])
         caches = graph.inputs[7:]
         x = _embed(w, tokens, positions)

@@ -3,6 +3,9 @@ H heads, Dh = d / H. Activations run in the model dtype; layer norm and softmax 
 as openai-whisper does under fp16."""
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +14,7 @@ from max.dtype import DType
 from max.graph import DeviceRef, TensorType, TensorValue, Weight, ops
 
 LN_EPS = 1e-5
-KERNELS = Path(__file__).parent / "kernels"  # Mojo custom ops: pass as a Graph's custom_extensions
+KERNELS = Path(__file__).parent / "kernels"  # Mojo custom ops (their source package)
 
 
 class WeightBank:
@@ -124,6 +127,33 @@ def attend_few_rows(scores: TensorValue, v_t: TensorValue, mask: TensorValue | N
         scores = scores + mask
     p = ops.softmax(scores).cast(v_t.dtype)
     return ops.transpose(ops.matmul(v_t, ops.transpose(p, -1, -2)), -1, -2)
+
+
+def kernel_library() -> Path:
+    """`KERNELS` compiled to a Mojo package, once per source and compiler version, for a Graph's
+    `custom_extensions`: given the source folder, MAX recompiles it for every Graph (~2 s)."""
+    digest = hashlib.sha256(importlib.metadata.version("mojo-compiler").encode())
+    for source in sorted(KERNELS.glob("*.mojo")):
+        digest.update(source.name.encode() + source.read_bytes())
+    cache = Path(os.environ.get("MODULAR_CACHE_DIR", Path.home() / ".cache" / "modular")) / "maxwhisper"
+    package = cache / f"kernels_{digest.hexdigest()[:16]}.mojoc"
+    if not package.exists():
+        from mojo.run import subprocess_run_mojo
+
+        # compiled under its final name (the compiler bakes it in), then moved into place atomically
+        staging = cache / f"staging-{os.getpid()}"
+        staging.mkdir(parents=True, exist_ok=True)
+        try:
+            done = subprocess_run_mojo(["precompile", str(KERNELS), "-o", str(staging / package.name)],
+                                       capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"compiling the Mojo kernels in {KERNELS} failed:\n{done.stderr[-2000:]}")
+            os.replace(staging / package.name, package)
+        finally:
+            for leftover in staging.iterdir():
+                leftover.unlink()
+            staging.rmdir()
+    return package
 
 
 def few_row_attention(q: TensorValue, k: TensorValue, v_t: TensorValue, limit: TensorValue) -> TensorValue:
