@@ -557,7 +557,7 @@ class DecodingTask:
                     logits = self.inference.logits(tokens, audio_features, (-1,))
                 logits = np.array(logits[:, -1], dtype=np.float32)  # a writable copy for the filters
 
-                parts = None  # valid only from the last filter: an earlier one's, a later one may change
+                parts = None  # only the last filter's: a later filter may change the logits after an earlier one's
                 for logit_filter in self.logit_filters:
                     parts = logit_filter.apply(logits, tokens)
 
