@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -140,9 +141,10 @@ def kernel_library() -> Path:
     if not package.exists():
         from mojo.run import subprocess_run_mojo
 
-        # compiled under its final name (the compiler bakes it in), then moved into place atomically
-        staging = cache / f"staging-{os.getpid()}"
-        staging.mkdir(parents=True, exist_ok=True)
+        # compiled under its final name (the compiler bakes it in) in a folder of this call's own
+        # (processes and app threads may race on a cold cache), then moved into place atomically
+        cache.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix="staging-", dir=cache))
         try:
             done = subprocess_run_mojo(["precompile", str(KERNELS), "-o", str(staging / package.name)],
                                        capture_output=True, text=True)
