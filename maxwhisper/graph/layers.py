@@ -94,7 +94,8 @@ def attention_scores(q: TensorValue, k_t: TensorValue) -> TensorValue:
     """q [B, H, T, Dh], k_t [B, H, Dh, S] (keys transposed) -> float32 scaled scores [B, H, T, S].
 
     Whisper scales q and k each by Dh^-1/4; one Dh^-1/2 on the product is the same up to rounding.
-    (Decoder steps use `attention_scores_few_rows` instead.)
+    Written `(q @ k^T) * scale` and followed by softmax and `@ v`, MAX's CPU compiler fuses the
+    whole attention into its flash-attention kernel. (Decoder steps use `attention_scores_few_rows`.)
     """
     return (ops.matmul(q, k_t) * (int(q.shape[-1]) ** -0.5)).cast(DType.float32)
 
