@@ -145,17 +145,12 @@ def kernel_library() -> Path:
         # compiled under its final name (the compiler bakes it in) in a folder of this call's own
         # (processes and app threads may race on a cold cache), then moved into place atomically
         cache.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix="staging-", dir=cache))
-        try:
-            done = subprocess_run_mojo(["precompile", str(KERNELS), "-o", str(staging / package.name)],
-                                       capture_output=True, text=True)
+        with tempfile.TemporaryDirectory(prefix="staging-", dir=cache) as staging:
+            staged = Path(staging) / package.name
+            done = subprocess_run_mojo(["precompile", str(KERNELS), "-o", str(staged)], capture_output=True, text=True)
             if done.returncode != 0:
                 raise RuntimeError(f"compiling the Mojo kernels in {KERNELS} failed:\n{done.stderr[-2000:]}")
-            os.replace(staging / package.name, package)
-        finally:
-            for leftover in staging.iterdir():
-                leftover.unlink()
-            staging.rmdir()
+            os.replace(staged, package)
     return package
 
 
