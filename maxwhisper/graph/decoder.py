@@ -93,9 +93,10 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims) -> Graph:
         *_cross_types(dims, w.dtype, dev, "batch"),
         *_cache_types(dims, w.dtype, dev),
     ]
-    kernel = dev.is_cpu() and few_row_attention_fits(dims.n_text_state // dims.n_text_head,
-                                                     max(dims.n_text_ctx, dims.n_audio_ctx))
-    with Graph("whisper_decoder_step", input_types=types, custom_extensions=[kernel_library()] if kernel else []) as graph:
+    use_kernel = dev.is_cpu() and few_row_attention_fits(dims.n_text_state // dims.n_text_head,
+                                                         max(dims.n_text_ctx, dims.n_audio_ctx))
+    with Graph("whisper_decoder_step", input_types=types,
+               custom_extensions=[kernel_library()] if use_kernel else []) as graph:
         tokens, positions, offset, mask, logit_index, cross_k, cross_v_t = (v.tensor for v in graph.inputs[:7])
         caches = graph.inputs[7:]
         x = _embed(w, tokens, positions)
@@ -109,11 +110,12 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims) -> Graph:
                 return ops.buffer_load(caches[2 * i]), ops.buffer_load(caches[2 * i + 1])
             return store_and_load
 
-        def cpu_attention(mask: TensorValue | None, limit: TensorValue) -> Attend:
-            """On the CPU, a one-row call (every step after the prompt) runs `few_row_attention`
-            (~2.5x faster than the ops there); a prompt runs q @ K^T, softmax, @ V, which MAX
-            fuses into its CPU flash attention (~1.5x faster than `masked_attention` for ~200 rows)."""
-            if not kernel:
+        def step_attention(mask: TensorValue | None, limit: TensorValue) -> Attend:
+            """On the CPU (when the kernel fits), a one-row call (every step after the prompt) runs
+            `few_row_attention` (~2.5x faster than the ops there); a prompt runs q @ K^T, softmax,
+            @ V, which MAX fuses into its CPU flash attention (~1.5x faster than `masked_attention`
+            for ~200 rows). Elsewhere (the GPU) every call runs `masked_attention`."""
+            if not use_kernel:
                 return masked_attention(mask)
             one_row = ops.equal(dim_value(n), ops.constant(1, DType.int64, device=dev))
 
@@ -123,9 +125,9 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims) -> Graph:
                 one_row, [TensorType(q.dtype, q.shape, device=dev)],
                 lambda: few_row_attention(q, k, v_t, limit), lambda: prompt(q, k, v_t))[0]
 
-        self_attend = cpu_attention(mask, positions + 1)
+        self_attend = step_attention(mask, positions + 1)
         audio_ctx = cross_k.shape[3]
-        cross_attend = cpu_attention(None, ops.broadcast_to(dim_value(audio_ctx).reshape([1]), [n]))
+        cross_attend = step_attention(None, ops.broadcast_to(dim_value(audio_ctx).reshape([1]), [n]))
         for i in range(L):
             x = decoder_block(w, f"decoder.blocks.{i}", dims, x, cached(i), self_attend, cross_attend,
                               cross_k[i], cross_v_t[i])
