@@ -55,6 +55,22 @@ class Inference(Protocol):
         ...
 
 
+class ChoosingInference(Inference, Protocol):
+    """An inference that also picks the greedy token itself (MAX on the CPU does it inside the
+    step graph), so the host need not look at the logits. `DecodingTask` uses it for greedy
+    decoding at temperature 0 when the inference has this method."""
+
+    def logits_and_choice(self, tokens: np.ndarray, audio_features: Any, positions: Sequence[int],
+                          suppress: np.ndarray, timestamp_begin: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`logits(tokens, audio_features, positions)`, and after the last position the token
+        that the logit filters and `GreedyDecoder` at temperature 0 would pick, with its log
+        probability. suppress: float32 [batch, n_vocab], 0 or -inf, what `LogitFilter.suppress`
+        wrote into zeros; timestamp_begin: the first timestamp token (n_vocab: no timestamp rule).
+        Returns (logits float32 [batch, len(positions), n_vocab], tokens int64 [batch], log
+        probabilities float32 [batch])."""
+        ...
+
+
 class WhisperModel(Protocol):
     dims: ModelDims
     is_multilingual: bool
@@ -285,9 +301,14 @@ class GreedyDecoder(TokenDecoder):
             next_tokens = (logits / np.float32(self.temperature) + gumbel).argmax(axis=-1)
 
         shifted, log_sum = parts or _shift_and_log_sum(logits)  # the chosen token's log_softmax, not all
-        current_logprobs = shifted[np.arange(shifted.shape[0]), next_tokens] - log_sum[:, 0]
+        return self.append(tokens, next_tokens, shifted[np.arange(shifted.shape[0]), next_tokens] - log_sum[:, 0],
+                           sum_logprobs)
+
+    def append(self, tokens: np.ndarray, next_tokens: np.ndarray, logprobs: np.ndarray,
+               sum_logprobs: np.ndarray) -> tuple[np.ndarray, bool]:
+        """`update` once the next tokens [n_batch] and their log probabilities are chosen."""
         not_finished = tokens[:, -1] != self.eot
-        sum_logprobs += current_logprobs * not_finished
+        sum_logprobs += logprobs * not_finished
 
         next_tokens[~not_finished] = self.eot
         tokens = np.concatenate([tokens, next_tokens[:, None].astype(tokens.dtype)], axis=-1)
@@ -391,12 +412,19 @@ class BeamSearchDecoder(TokenDecoder):
 # --- rules on the logits ---------------------------------------------------------------------
 
 class LogitFilter:
+    def suppress(self, logits: np.ndarray, tokens: np.ndarray) -> None:
+        """Set to -inf, in place, the logits [n_batch, n_vocab] of tokens that may not come next,
+        given all tokens so far [n_batch, n]. It looks only at the tokens, so applied to zeros it
+        gives the additive mask that `ChoosingInference.logits_and_choice` takes."""
+        raise NotImplementedError
+
     def apply(self, logits: np.ndarray, tokens: np.ndarray) -> LogSoftmaxParts | None:
-        """Mask logits [n_batch, n_vocab] in place, given all tokens so far [n_batch, n].
+        """Filter logits [n_batch, n_vocab] in place, given all tokens so far [n_batch, n].
 
         A filter that computes `_shift_and_log_sum` of the logits it leaves returns it, so the
         token decoder need not compute it again (~0.2 ms per step for a 51k vocabulary)."""
-        raise NotImplementedError
+        self.suppress(logits, tokens)
+        return None
 
 
 class SuppressBlank(LogitFilter):
@@ -406,7 +434,7 @@ class SuppressBlank(LogitFilter):
         self.tokenizer = tokenizer
         self.sample_begin = sample_begin
 
-    def apply(self, logits, tokens):
+    def suppress(self, logits, tokens):
         if tokens.shape[1] == self.sample_begin:
             logits[:, self.tokenizer.encode(" ") + [self.tokenizer.eot]] = -np.inf
 
@@ -415,7 +443,7 @@ class SuppressTokens(LogitFilter):
     def __init__(self, suppress_tokens: Sequence[int]):
         self.suppress_tokens = list(suppress_tokens)
 
-    def apply(self, logits, tokens):
+    def suppress(self, logits, tokens):
         logits[:, self.suppress_tokens] = -np.inf
 
 
@@ -429,7 +457,7 @@ class ApplyTimestampRules(LogitFilter):
         self.sample_begin = sample_begin
         self.max_initial_timestamp_index = max_initial_timestamp_index
 
-    def apply(self, logits, tokens):
+    def suppress(self, logits, tokens):
         ts_begin = self.tokenizer.timestamp_begin
         # <|notimestamps|> is the without_timestamps option's business
         logits[:, self.tokenizer.no_timestamps] = -np.inf
@@ -462,6 +490,9 @@ class ApplyTimestampRules(LogitFilter):
                 last_allowed = ts_begin + self.max_initial_timestamp_index
                 logits[:, last_allowed + 1:] = -np.inf
 
+    def apply(self, logits, tokens):
+        self.suppress(logits, tokens)
+        ts_begin = self.tokenizer.timestamp_begin
         # if the timestamps together are more probable than any text token, sample a timestamp
         # (log_softmax is monotonic: the best text token's log probability is that of its logit)
         shifted, log_sum = _shift_and_log_sum(logits)
@@ -548,25 +579,46 @@ class DecodingTask:
         n_batch = tokens.shape[0]
         sum_logprobs = np.zeros(n_batch, dtype=np.float32)
         no_speech_probs = [np.nan] * n_batch
+        choose = getattr(self.inference, "logits_and_choice", None)
+        if not (isinstance(self.decoder, GreedyDecoder) and self.decoder.temperature == 0):
+            choose = None
         try:
             for i in range(self.sample_len):
-                if i == 0:  # the no-speech probability comes from the logits after sot, same call
-                    logits = self.inference.logits(tokens, audio_features, (self.sot_index, -1))
-                    no_speech_probs = softmax(logits[:, 0])[:, self.tokenizer.no_speech].tolist()
+                # the no-speech probability comes from the logits after sot, in the first call
+                positions = (self.sot_index, -1) if i == 0 else (-1,)
+                if choose:
+                    logits, next_tokens, logprobs = choose(
+                        tokens, audio_features, positions, self._suppression(tokens), self._timestamp_begin())
                 else:
-                    logits = self.inference.logits(tokens, audio_features, (-1,))
-                logits = np.array(logits[:, -1], dtype=np.float32)  # a writable copy for the filters
+                    logits = self.inference.logits(tokens, audio_features, positions)
+                if i == 0:
+                    no_speech_probs = softmax(logits[:, 0])[:, self.tokenizer.no_speech].tolist()
 
-                parts = None  # only the last filter's: a later filter may change the logits after an earlier one's
-                for logit_filter in self.logit_filters:
-                    parts = logit_filter.apply(logits, tokens)
-
-                tokens, completed = self.decoder.update(tokens, logits, sum_logprobs, parts)
+                if choose:
+                    tokens, completed = self.decoder.append(tokens, next_tokens, logprobs, sum_logprobs)
+                else:
+                    logits = np.array(logits[:, -1], dtype=np.float32)  # a writable copy for the filters
+                    parts = None  # only the last filter's: a later filter may change the logits after an earlier one's
+                    for logit_filter in self.logit_filters:
+                        parts = logit_filter.apply(logits, tokens)
+                    tokens, completed = self.decoder.update(tokens, logits, sum_logprobs, parts)
                 if completed or tokens.shape[-1] > self.n_ctx:
                     break
         finally:
             self.inference.cleanup_caching()
         return tokens, sum_logprobs, no_speech_probs
+
+    def _suppression(self, tokens: np.ndarray) -> np.ndarray:
+        """What the logit filters suppress before the next token: float32 [n_batch, n_vocab], 0 or -inf."""
+        mask = np.zeros((tokens.shape[0], self.model.dims.n_vocab), np.float32)
+        for logit_filter in self.logit_filters:
+            logit_filter.suppress(mask, tokens)
+        return mask
+
+    def _timestamp_begin(self) -> int:
+        """Where the timestamp rule's "timestamps more probable than text" test starts; n_vocab without it."""
+        rules = any(isinstance(f, ApplyTimestampRules) for f in self.logit_filters)
+        return self.tokenizer.timestamp_begin if rules else self.model.dims.n_vocab
 
     def run(self, audio_features: Any, n_audio: int = 1) -> list[DecodingResult]:
         """Decode the windows whose features `WhisperModel.encode` returned; one result each.

@@ -1,6 +1,7 @@
 """The MAX model against openai-whisper on the same weights: components, then whole transcripts."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from maxwhisper.api import DecodeOptions
@@ -35,34 +36,112 @@ def test_greedy_tokens_equal_on_lecture_first_windows(max_tiny_en, openai_tiny_e
     assert [s.seek for s in ours.segments] == [s.seek for s in ref.segments]
 
 
+def _kernel_graph(name, input_types, build):
+    """A one-op CPU graph around one of our Mojo kernels, compiled."""
+    from max import driver
+    from max.engine import InferenceSession
+    from max.graph import Graph
+
+    from maxwhisper.graph.layers import kernel_library
+
+    with Graph(name, input_types=input_types, custom_extensions=[kernel_library()]) as graph:
+        outputs = build(*(v.tensor for v in graph.inputs))
+        graph.output(*outputs)
+    model = InferenceSession(devices=[driver.CPU()]).load(graph)
+    return lambda *arrays: [out.to_numpy() for out in model.execute(*(driver.Buffer.from_numpy(a) for a in arrays))]
+
+
 def test_few_row_attention_kernel_matches_numpy():
     """The Mojo kernel decoder steps use on the CPU: batch 2, rows attending 5, 101 and all 448 keys."""
-    import numpy as np
-    from max import driver
     from max.dtype import DType
-    from max.engine import InferenceSession
-    from max.graph import DeviceRef, Graph, TensorType
+    from max.graph import DeviceRef, TensorType
 
-    from maxwhisper.graph.layers import few_row_attention, kernel_library
+    from maxwhisper.graph.layers import few_row_attention
 
     b, h, n, s, dh = 2, 6, 3, 448, 64
     cpu = DeviceRef.CPU()
     types = [TensorType(DType.float32, shape, device=cpu) for shape in ([b, h, n, dh], [b, h, s, dh], [b, h, dh, s])]
-    with Graph("few_row_attention_test", input_types=[*types, TensorType(DType.int64, [n], device=cpu)],
-               custom_extensions=[kernel_library()]) as graph:
-        graph.output(few_row_attention(*(v.tensor for v in graph.inputs)))
-    model = InferenceSession(devices=[driver.CPU()]).load(graph)
+    run = _kernel_graph("few_row_attention_test", [*types, TensorType(DType.int64, [n], device=cpu)],
+                        lambda *inputs: [few_row_attention(*inputs)])
 
     rng = np.random.default_rng(0)
     q, k, v_t = (rng.standard_normal(t.shape.static_dims, dtype=np.float32) for t in types)
     limit = np.array([5, 101, 448], np.int64)
-    (out,) = model.execute(*(driver.Buffer.from_numpy(a) for a in (q, k, v_t, limit)))
+    (out,) = run(q, k, v_t, limit)
 
     scores = np.einsum("bhnd,bhsd->bhns", q, k) / np.sqrt(dh)
     scores[..., np.arange(s)[None, :] >= limit[:, None]] = -np.inf
     p = np.exp(scores - scores.max(-1, keepdims=True))
     expected = np.einsum("bhns,bhds->bhnd", p / p.sum(-1, keepdims=True), v_t)
-    np.testing.assert_allclose(out.to_numpy(), expected, atol=2e-6)
+    np.testing.assert_allclose(out, expected, atol=2e-6)
+
+
+def test_greedy_choice_kernel_equals_the_host_decoding_path():
+    """The token the step graph picks (`greedy.mojo`) against decoding.py's own classes on the same
+    logits: suppression mask, ApplyTimestampRules' probability rule, GreedyDecoder at T=0."""
+    from max.dtype import DType
+    from max.graph import DeviceRef, TensorType
+
+    from maxwhisper.decoding import ApplyTimestampRules, GreedyDecoder
+    from maxwhisper.graph.layers import greedy_choice
+    from maxwhisper.tokenizer import get_tokenizer
+
+    tokenizer = get_tokenizer(False)
+    v, ts = 51864, tokenizer.timestamp_begin
+    cpu = DeviceRef.CPU()
+    run = _kernel_graph("greedy_choice_test", [TensorType(DType.float32, ["b", "k", v], device=cpu),
+                                               TensorType(DType.float32, ["b", v], device=cpu),
+                                               TensorType(DType.int64, [1], device=cpu)], greedy_choice)
+
+    class ProbabilityRuleOnly(ApplyTimestampRules):  # the masks come from `suppress` here
+        def suppress(self, logits, tokens):
+            pass
+
+    rule = ProbabilityRuleOnly(tokenizer, 1, None)
+    rng = np.random.default_rng(0)
+    rule_fired = ulps = 0
+    for trial in range(60):
+        b = 1 + trial % 3
+        logits = (rng.standard_normal((b, 2, v)) * 3).astype(np.float32)
+        logits[:, :, ts:] += rng.uniform(-6, 4)  # timestamps sometimes more probable than any text token
+        suppress = np.zeros((b, v), np.float32)
+        suppress[:, rng.integers(0, v, 100)] = -np.inf
+        suppress[:, [slice(0, 0), slice(ts, None), slice(None, tokenizer.eot), slice(ts, ts + 700)][trial % 4]] = -np.inf
+        timestamp_begin = ts if trial % 5 else v  # v: without timestamps
+        tokens, logprobs = run(logits, suppress, np.array([timestamp_begin], np.int64))
+
+        x = logits[:, -1] + suppress
+        parts = rule.apply(x, np.zeros((b, 1), np.int64)) if timestamp_begin == ts else None
+        rule_fired += parts is None and timestamp_begin == ts
+        expected_logprobs = np.zeros(b, np.float32)
+        expected, _ = GreedyDecoder(0.0, tokenizer.eot, rng).update(np.zeros((b, 1), np.int64), x, expected_logprobs,
+                                                                    parts)
+        np.testing.assert_array_equal(tokens, expected[:, -1])
+        np.testing.assert_allclose(logprobs, expected_logprobs, rtol=1e-6, atol=3e-7)  # exp differs by an ulp
+        ulps += int((logprobs != expected_logprobs).sum())
+    assert rule_fired >= 10 and ulps < 60  # both branches ran; mostly bit-equal
+
+    tokens, logprobs = run(logits, suppress, np.array([-1], np.int64))  # skipped: calls that want logits only
+    assert (tokens == -1).all() and (logprobs == 0).all()
+
+
+def test_choice_in_the_step_graph_equals_the_host_path(max_tiny_en, lecture_60s_audio):
+    """Greedy decoding with the token picked in the step graph (the CPU default) and with the
+    logits brought to the host and filtered there give the same windows."""
+    from maxwhisper.graph.model import MaxChoosingInference, MaxInference
+
+    net = max_tiny_en.net
+    assert isinstance(net.inference(), MaxChoosingInference)
+    on_device = max_tiny_en.transcribe(lecture_60s_audio, DecodeOptions())
+    net.inference = lambda: MaxInference(net)
+    try:
+        on_host = max_tiny_en.transcribe(lecture_60s_audio, DecodeOptions())
+    finally:
+        del net.inference
+    assert on_device.tokens == on_host.tokens
+    for a, b in zip(on_device.segments, on_host.segments, strict=True):
+        assert (a.start, a.end, a.text) == (b.start, b.end, b.text)
+        assert a.avg_logprob == pytest.approx(b.avg_logprob, abs=1e-6)
 
 
 def test_few_row_attention_is_used_only_where_the_kernel_fits():

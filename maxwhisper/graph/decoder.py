@@ -8,7 +8,8 @@ serves the prompt and every later step. Keys and values, cached and cross, are l
 a step reads them as matrix-vector products (`attention_scores_few_rows`, `attend_few_rows`):
 that made a tiny.en step ~10 % faster than the q @ K^T layout on a 2-core CPU. On the CPU a
 one-row call goes further: its attention is one Mojo kernel (`layers.few_row_attention`) that
-reads only the filled part of the cache.
+reads only the filled part of the cache, and the graph also picks the greedy token
+(`layers.greedy_choice`), so the host need not look at the logits.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from max.graph import BufferType, Graph, TensorType, TensorValue, ops
 
 from ..checkpoint import ModelDims
 from .layers import (WeightBank, attend_few_rows, attention, attention_scores_few_rows, dim_value, few_row_attention,
-                     few_row_attention_fits, kernel_library, layer_norm, linear_few_rows, merge_heads, split_heads)
+                     few_row_attention_fits, greedy_choice, kernel_library, layer_norm, linear_few_rows, merge_heads,
+                     split_heads)
 
 # (this call's K [B, H, n, Dh], V^T [B, H, Dh, n]) -> (K, V^T) over every position attended to
 SelfKV = Callable[[TensorValue, TensorValue], tuple[TensorValue, TensorValue]]
@@ -77,28 +79,39 @@ def _cross_types(dims: ModelDims, dtype: DType, device, batch) -> list[TensorTyp
             TensorType(dtype, [L, batch, H, dh, "audio_ctx"], device=device)]
 
 
+def decoder_kernels_fit(dims: ModelDims) -> bool:
+    """Whether the step graph runs the Mojo kernels: on the CPU, for a model within their limits."""
+    return few_row_attention_fits(dims.n_text_state // dims.n_text_head, max(dims.n_text_ctx, dims.n_audio_ctx))
+
+
 def build_decoder_graph(w: WeightBank, dims: ModelDims) -> Graph:
     """Inputs: tokens int64 [B, n]; positions int64 [n] (absolute); offset int64 [] (= positions[0]);
     mask float32 [n, n_text_ctx] (0 where a query may attend, -inf elsewhere); logit_index int64 [k]
-    (which of the n positions to project to logits); cross K [L, B, H, T, Dh] and V^T [L, B, H, Dh, T];
+    (which of the n positions to project to logits); with the kernels (CPU) suppress float32
+    [B, n_vocab] and timestamp_begin int64 [1]; cross K [L, B, H, T, Dh] and V^T [L, B, H, Dh, T];
     then per layer the cache buffers K [B, H, n_text_ctx, Dh] and V^T [B, H, Dh, n_text_ctx].
-    Output: logits float32 [B, k, n_vocab]."""
+    Outputs: logits float32 [B, k, n_vocab]; with the kernels also the greedy token int64 [B] after
+    the last of the k positions and its log probability float32 [B] (`layers.greedy_choice`)."""
     L, S, dev = dims.n_text_layer, dims.n_text_ctx, w.device
+    use_kernel = dev.is_cpu() and decoder_kernels_fit(dims)
+    choice_types = [TensorType(DType.float32, ["batch", dims.n_vocab], device=dev),
+                    TensorType(DType.int64, [1], device=dev)] if use_kernel else []
     types = [
         TensorType(DType.int64, ["batch", "n"], device=dev),
         TensorType(DType.int64, ["n"], device=dev),
         TensorType(DType.int64, [], device=dev),
         TensorType(DType.float32, ["n", S], device=dev),
         TensorType(DType.int64, ["k"], device=dev),
+        *choice_types,
         *_cross_types(dims, w.dtype, dev, "batch"),
         *_cache_types(dims, w.dtype, dev),
     ]
-    use_kernel = dev.is_cpu() and few_row_attention_fits(dims.n_text_state // dims.n_text_head,
-                                                         max(dims.n_text_ctx, dims.n_audio_ctx))
     with Graph("whisper_decoder_step", input_types=types,
                custom_extensions=[kernel_library()] if use_kernel else []) as graph:
-        tokens, positions, offset, mask, logit_index, cross_k, cross_v_t = (v.tensor for v in graph.inputs[:7])
-        caches = graph.inputs[7:]
+        tokens, positions, offset, mask, logit_index = (v.tensor for v in graph.inputs[:5])
+        choice_inputs = [v.tensor for v in graph.inputs[5:5 + len(choice_types)]]
+        cross_k, cross_v_t = (v.tensor for v in graph.inputs[5 + len(choice_types):7 + len(choice_types)])
+        caches = graph.inputs[7 + len(choice_types):]
         x = _embed(w, tokens, positions)
         n = x.shape[1]
         new = (slice(offset, offset + dim_value(n)), n)
@@ -131,7 +144,8 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims) -> Graph:
         for i in range(L):
             x = decoder_block(w, f"decoder.blocks.{i}", dims, x, cached(i), self_attend, cross_attend,
                               cross_k[i], cross_v_t[i])
-        graph.output(_logits(w, ops.gather(x, logit_index, axis=1)))
+        logits = _logits(w, ops.gather(x, logit_index, axis=1))
+        graph.output(logits, *(greedy_choice(logits, *choice_inputs) if use_kernel else []))
     return graph
 
 

@@ -168,6 +168,15 @@ def few_row_attention_fits(head_dim: int, max_keys: int) -> bool:
     return head_dim % 8 == 0 and max_keys <= 2048
 
 
+def greedy_choice(logits: TensorValue, suppress: TensorValue, timestamp_begin: TensorValue) -> list[TensorValue]:
+    """The greedy token after the last of k positions, as `maxwhisper.decoding` picks it at
+    temperature 0 (`kernels/greedy.mojo`): logits float32 [B, k, V], suppress float32 [B, V] (0 or
+    -inf), timestamp_begin int64 [1] (V: no timestamp rule) -> token int64 [B], log prob float32 [B]."""
+    b = logits.shape[0]
+    out = [TensorType(DType.int64, [b], device=logits.device), TensorType(DType.float32, [b], device=logits.device)]
+    return [v.tensor for v in ops.custom("greedy_choice", logits.device, [logits, suppress, timestamp_begin], out)]
+
+
 def mlp(w: WeightBank, prefix: str, x: TensorValue) -> TensorValue:
     h = layer_norm(w, f"{prefix}.mlp_ln", x)
     return linear(w, f"{prefix}.mlp.2")(ops.gelu(linear(w, f"{prefix}.mlp.0")(h)))

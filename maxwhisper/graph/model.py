@@ -20,7 +20,7 @@ from max.graph import DeviceRef
 from ..api import BackendError
 from ..checkpoint import Checkpoint, ModelDims
 from .decoder import (build_alignment_graph, build_batch_repeat_graph, build_cache_reorder_graph, build_decoder_graph,
-                      cache_shapes)
+                      cache_shapes, decoder_kernels_fit)
 from .encoder import build_encoder_graph
 from .layers import WeightBank
 from .weights import graph_arrays
@@ -67,6 +67,7 @@ class MaxWhisper:
         self.device = driver.Accelerator() if device == "gpu" else driver.CPU()
         self.device_ref = DeviceRef.GPU() if device == "gpu" else DeviceRef.CPU()
         self.dtype = DTYPES[precision]
+        self.decoder_chooses = device == "cpu" and decoder_kernels_fit(ckpt.dims)  # the step graph's greedy choice
         self.arrays = graph_arrays(ckpt.state, ckpt.dims)
         if threads not in (None, os.cpu_count()):  # InferenceSession(num_threads=...) aborts in MAX 26.7
             raise BackendError(f"MAX uses all {os.cpu_count()} CPU threads; it cannot be limited to {threads}")
@@ -89,7 +90,7 @@ class MaxWhisper:
         return features.features.to(driver.CPU()).to_numpy()
 
     def inference(self) -> "MaxInference":
-        return MaxInference(self)
+        return MaxChoosingInference(self) if self.decoder_chooses else MaxInference(self)
 
     def load_graph(self, graph, weights_registry: dict[str, np.ndarray]):
         # MLIR's current context is per thread and only the main thread has one entered: the app
@@ -147,6 +148,14 @@ class MaxInference:
 
     def logits(self, tokens: np.ndarray, audio_features: AudioFeatures, positions: Sequence[int] = (-1,)) -> np.ndarray:
         """tokens int [batch, n], the whole sequence so far -> float32 logits [batch, len(positions), n_vocab]."""
+        no_choice = []
+        if self.model.decoder_chooses:  # the graph's choice inputs; a negative timestamp_begin skips it
+            no_choice = [np.zeros((tokens.shape[0], self.model.dims.n_vocab), np.float32), np.array([-1], np.int64)]
+        return self._step(tokens, audio_features, positions, no_choice)[0].to(driver.CPU()).to_numpy()
+
+    def _step(self, tokens: np.ndarray, audio_features: AudioFeatures, positions: Sequence[int],
+              choice_inputs: list[np.ndarray]) -> list[driver.Buffer]:
+        """One call of the step graph on tokens[:, cached:]; returns its outputs."""
         if self.cache is None:
             self._setup(tokens.shape[0], audio_features)
         n_total = tokens.shape[1]
@@ -158,11 +167,10 @@ class MaxInference:
         pos = np.arange(self.cached, n_total, dtype=np.int64)
         mask = np.where(np.arange(self.model.dims.n_text_ctx)[None, :] <= pos[:, None], 0.0, -np.inf).astype(np.float32)
         m = self.model
-        (out,) = m.decoder.execute(
-            m.to_device(new.astype(np.int64)), m.to_device(pos), m.to_device(np.array(self.cached, np.int64)),
-            m.to_device(mask), m.to_device(index), *self.cross, *self.cache)
+        inputs = [new.astype(np.int64), pos, np.array(self.cached, np.int64), mask, index, *choice_inputs]
+        outputs = m.decoder.execute(*(m.to_device(a) for a in inputs), *self.cross, *self.cache)
         self.cached = n_total
-        return out.to(driver.CPU()).to_numpy()
+        return outputs
 
     def rearrange_kv_cache(self, source_indices: Sequence[int]) -> None:
         if self.cache is not None and list(source_indices) != list(range(len(source_indices))):
@@ -171,6 +179,16 @@ class MaxInference:
 
     def cleanup_caching(self) -> None:
         self.cache, self.cross, self.cached = None, None, 0
+
+
+class MaxChoosingInference(MaxInference):
+    """On the CPU the step graph also picks the greedy token (`decoding.ChoosingInference`)."""
+
+    def logits_and_choice(self, tokens: np.ndarray, audio_features: AudioFeatures, positions: Sequence[int],
+                          suppress: np.ndarray, timestamp_begin: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        logits, token, logprob = self._step(tokens, audio_features, positions,
+                                            [suppress, np.array([timestamp_begin], np.int64)])
+        return logits.to_numpy(), token.to_numpy(), logprob.to_numpy()
 
 
 def describe_devices() -> list[str]:

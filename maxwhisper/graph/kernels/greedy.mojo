@@ -1,0 +1,133 @@
+# Greedy token choice on the CPU, inside the decoder-step graph: the host then reads one token and
+# one log probability per sequence instead of a 51k-wide row, and does no 51k-wide numpy work
+# between steps (~0.5 ms per token, which also let MAX's worker threads cool down).
+# It computes exactly what `maxwhisper.decoding` does on the host for greedy decoding at
+# temperature 0: the suppression mask, openai's "timestamps more probable than any text token"
+# rule, argmax, and the float32 log probability with the exp-sum in torch's lane order.
+import extensibility
+from extensibility import InputTensor, OutputTensor
+from max.algorithm import sync_parallelize
+from max.gpu.host import DeviceContext
+from std.math import exp, log
+from std.utils.numerics import neg_inf
+
+comptime W = 8  # the lanes of torch's float32 CPU sum (vec::map_reduce_all on AVX2)
+
+
+def lane_sum(row: UnsafePointer[Float32, ...], sup: UnsafePointer[Float32, ...], lo: Int, hi: Int, m: Float32) -> Float32:
+    """sum of exp(row + sup - m) over [lo, hi) in ATen's order: lane j % 8 sums element j in
+    sequence (entries before lo add exp(-inf) = 0, which changes no lane), then a fixed tree."""
+    var acc = SIMD[DType.float32, W](0)
+    var start = lo - lo % W
+    var full = hi - hi % W
+    for j in range(start, full, W):
+        var x = row.load[width=W](j) + sup.load[width=W](j)
+        if j < lo:
+            for i in range(W):
+                if j + i < lo:
+                    x[i] = neg_inf[DType.float32]()
+        acc += exp(x - m)
+    for j in range(max(full, lo), hi):
+        acc[j % W] += exp(row[j] + sup[j] - m)
+    var v0 = acc[0] + acc[4]
+    var v1 = acc[1] + acc[5]
+    var v2 = acc[2] + acc[6]
+    var v3 = acc[3] + acc[7]
+    return (v0 + v2) + (v1 + v3)
+
+
+def log_sum(row: UnsafePointer[Float32, ...], sup: UnsafePointer[Float32, ...], lo: Int, hi: Int, m: Float32) -> Float32:
+    """log(sum(exp(x - m))) as decoding.py computes it: the float32 sum's log in float64."""
+    return Float32(log(Float64(lane_sum(row, sup, lo, hi, m))))
+
+
+def masked_max(row: UnsafePointer[Float32, ...], sup: UnsafePointer[Float32, ...], lo: Int, hi: Int) -> Float32:
+    """max of row + sup over [lo, hi); -inf when empty."""
+    var acc = SIMD[DType.float32, W](neg_inf[DType.float32]())
+    var j = lo
+    while j + W <= hi:
+        acc = max(acc, row.load[width=W](j) + sup.load[width=W](j))
+        j += W
+    var m = acc.reduce_max()
+    while j < hi:
+        m = max(m, row[j] + sup[j])
+        j += 1
+    return m
+
+
+def first_index(row: UnsafePointer[Float32, ...], sup: UnsafePointer[Float32, ...], lo: Int, hi: Int, value: Float32) -> Int:
+    """The first j in [lo, hi) with row[j] + sup[j] == value (lo when there is none)."""
+    var j = lo
+    while j + W <= hi:
+        if (row.load[width=W](j) + sup.load[width=W](j)).eq(value).reduce_or():
+            break
+        j += W
+    while j < hi:
+        if row[j] + sup[j] == value:
+            return j
+        j += 1
+    return lo
+
+
+@extensibility.register("greedy_choice")
+struct GreedyChoice:
+    """For each sequence b: x = logits[b, -1] + suppress[b] (suppress: 0 or -inf). If
+    logsumexp(log_softmax(x)[ts:]) > max(log_softmax(x)[:ts]), the text tokens [:ts] are
+    suppressed too (ts = timestamp_begin; n_vocab when there are no timestamps). Then
+    token[b] = argmax(x) (the first of equal maxima) and logprob[b] = log_softmax(x)[token[b]].
+
+    logits float32 [B, k, V], suppress float32 [B, V], timestamp_begin int64 [1]
+    -> token int64 [B], logprob float32 [B]. A negative timestamp_begin skips the choice (for
+    calls that want only the logits; outputs -1 and 0). CPU only.
+    """
+
+    @staticmethod
+    def execute[target: StaticString](
+        token: OutputTensor[dtype=DType.int64, rank=1, ...],
+        logprob: OutputTensor[dtype=DType.float32, rank=1, ...],
+        logits: InputTensor[dtype=DType.float32, rank=3, ...],
+        suppress: InputTensor[dtype=DType.float32, rank=2, ...],
+        timestamp_begin: InputTensor[dtype=DType.int64, rank=1, ...],
+        ctx: DeviceContext,
+    ) raises:
+        comptime if target != "cpu":
+            raise Error("greedy_choice runs on the CPU only")
+        var k = logits.dim_size(1)
+        var v = logits.dim_size(2)
+        var ts = min(Int(timestamp_begin.unsafe_ptr()[0]), v)
+        if ts < 0:
+            for b in range(logits.dim_size(0)):
+                token.unsafe_ptr()[b] = -1
+                logprob.unsafe_ptr()[b] = 0
+            return
+        var lp = logits.unsafe_ptr()
+        var sp = suppress.unsafe_ptr()
+        var tp = token.unsafe_ptr()
+        var op = logprob.unsafe_ptr()
+
+        def choose(b: Int) {var lp, var sp, var tp, var op, var k, var v, var ts}:
+            var row = lp + (b * k + k - 1) * v
+            var sup = sp + b * v
+            # the largest entry among text tokens [0, ts) and among timestamps [ts, v), first index
+            var text_max = masked_max(row, sup, 0, ts)
+            var ts_max = masked_max(row, sup, ts, v)
+            var text_arg = first_index(row, sup, 0, ts, text_max)
+            var ts_arg = first_index(row, sup, ts, v, ts_max)
+            var m = max(text_max, ts_max)
+            var ls = log_sum(row, sup, 0, v, m)
+            var chosen = text_arg if text_max >= ts_max else ts_arg
+            var chosen_max = m
+            if ts < v and ts_max > neg_inf[DType.float32]():
+                # logsumexp of the timestamps' log probabilities, as decoding.logsumexp (float64 sum)
+                var top = (ts_max - m) - ls
+                var total = Float64(0)
+                for j in range(ts, v):
+                    total += Float64(exp(((row[j] + sup[j] - m) - ls) - top))
+                var timestamp_logprob = Float32(log(total)) + top
+                if timestamp_logprob > (text_max - m) - ls:  # sample a timestamp
+                    chosen, chosen_max = ts_arg, ts_max
+                    ls = log_sum(row, sup, ts, v, ts_max)
+            tp[b] = Int64(chosen)
+            op[b] = (row[chosen] + sup[chosen] - chosen_max) - ls
+
+        sync_parallelize(choose, logits.dim_size(0))
