@@ -1,7 +1,7 @@
 """Side-by-side benchmark: MAX-Whisper vs openai-whisper (PyTorch) vs faster-whisper (CTranslate2).
 
     python -m maxwhisper.bench [--backends max,openai,faster] [--models tiny.en] [--devices cpu,gpu]
-                               [--audio FILE|FOLDER|FILE#left ...] [--repeats 5] [--quick]
+                               [--audio FILE|FOLDER|FILE#left ...] [--repeats 5] [--rounds 1] [--quick]
                                [--out benchmarks/results] [--throughput [--batch-sizes 1,2,4,8]]
 
 (`add_arguments(parser)` / `main(args)` are what `python -m maxwhisper bench` wires in.)
@@ -12,6 +12,9 @@ How it measures (see benchmarks/README.md for what the figures mean):
   then for each clip makes one untimed warm-up transcription and N timed ones, and writes its figures
   as JSON. Peak RSS is therefore that implementation's own, and no backend's threads, allocator or
   imports are in another's process.
+- `--rounds R` runs every implementation's worker R times in turn (A B C, A B C, ...) and pools the
+  timed runs: on a shared machine whose speed drifts over minutes, one slow spell then hits every
+  implementation instead of whichever happened to be running.
 - Every implementation gets the same DecodeOptions (openai-whisper's transcribe() defaults, greedy)
   and the same thread count (os.cpu_count(): MAX 26.7 cannot use fewer).
 - The parent process computes WER (whisper's EnglishTextNormalizer + jiwer) against the reference
@@ -568,6 +571,18 @@ def implementation_label(backend: str, precision: str) -> str:
     return f"{BACKEND_LABELS.get(backend, backend)} {precision}"
 
 
+def merge_round(first: dict[str, Any], later: dict[str, Any]) -> None:
+    """Pools a later round's timed runs into the first round's worker output, clip by clip; a clip
+    that failed in any round is reported failed."""
+    for mine, theirs in zip(first["clips"], later["clips"], strict=True):
+        if "error" in mine or "error" in theirs:
+            mine.setdefault("error", theirs.get("error"))
+            continue
+        mine["runs"] += theirs["runs"]
+        mine["deterministic"] = mine["deterministic"] and theirs["deterministic"] and mine["tokens"] == theirs["tokens"]
+        mine["peak_rss_mib"] = max(mine["peak_rss_mib"], theirs["peak_rss_mib"])
+
+
 def make_records(worker: dict[str, Any], threads: int, repeats: int) -> tuple[list[dict], list[dict]]:
     """A worker's output -> one result record per clip (and failure entries for failed clips)."""
     records, failures = [], []
@@ -735,7 +750,9 @@ def markdown_report(doc: dict) -> str:
         (f"Created {doc['created']}{' (quick mode)' if o.get('quick') else ''}. Machine: {m['cpu']}, "
          f"{m['cores']} logical cores, {m['ram_gib']} GiB RAM" + (f", GPU {m['gpu']}" if m.get("gpu") else "")
          + f"; load average at start {m.get('load_average')}."),
-        (f"Threads: {o['threads']} for every implementation. {o['repeats']} timed run(s) after 1 warm-up per clip; "
+        (f"Threads: {o['threads']} for every implementation. "
+         + (f"{o['rounds']} rounds, implementations in turn, each " if o.get("rounds", 1) > 1 else "")
+         + f"{o['repeats']} timed run(s) after 1 warm-up per clip; "
          f"decoding: beam {o['decode']['beam_size']}, temperature fallback {o['decode']['temperature']}."),
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + ".",
         "",
@@ -895,6 +912,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="audio files or folders; FILE#left / FILE#right / FILE#N takes one channel (default: "
                         + ", ".join(DEFAULT_CLIPS) + " from the shared audio folder)")
     p.add_argument("--repeats", type=_positive_int, default=5, help="timed runs per clip after 1 warm-up (default 5)")
+    p.add_argument("--rounds", type=_positive_int, default=1,
+                   help="run the implementations in turn this many times and pool their timed runs (default 1)")
     p.add_argument("--quick", action="store_true",
                    help="CI smoke run: jfk.flac, 1 repeat, tiny.en, cpu, all backends; files are named quick-* and "
                         f"go to {QUICK_OUT} unless --out is given")
@@ -954,7 +973,8 @@ def main(args: argparse.Namespace) -> int:
     machine, vers = machine_info(), versions()
     decode_dict = dataclasses.asdict(options)
     decode_dict["temperature"] = list(options.temperature)
-    common = {"models": args.models, "repeats": args.repeats, "warmup": 1, "threads": threads, "quick": args.quick,
+    common = {"models": args.models, "repeats": args.repeats, "rounds": args.rounds, "warmup": 1, "threads": threads,
+              "quick": args.quick,
               "decode": decode_dict, "clips": [dataclasses.asdict(c) for c in clips]}
     if args.throughput:
         return _main_throughput(args, devices, clips, decode_dict, threads, machine, vers, out_dir)
@@ -967,20 +987,32 @@ def main(args: argparse.Namespace) -> int:
         impls = [(b, p) for b, p in IMPLEMENTATIONS[device] if b in backends
                  and (not args.precisions or p in args.precisions)]
         for model in args.models:
-            for backend, precision in impls:
-                info(f"--- {implementation_label(backend, precision)} {model} on {device} ---")
-                spec = {"kind": "transcribe", "backend": backend, "model": model, "device": device,
-                        "precision": precision, "threads": None if backend == "max" else threads,
-                        "clips": common["clips"], "repeats": args.repeats, "options": decode_dict}
-                t0 = time.perf_counter()
-                worker = run_worker(spec, args.timeout)
-                if not worker.get("ok"):
-                    failures.append({"backend": backend, "model": model, "device": device, "precision": precision,
-                                     "error": worker.get("error", "unknown error")})
-                    continue
-                recs, fails = make_records(worker, threads, args.repeats)
+            workers: dict[tuple[str, str], dict[str, Any]] = {}  # the first round's output, later rounds pooled in
+            for round_index in range(args.rounds):
+                for backend, precision in impls:
+                    if round_index and (backend, precision) not in workers:
+                        continue  # failed to start in the first round
+                    info(f"--- {implementation_label(backend, precision)} {model} on {device}"
+                         + (f", round {round_index + 1} of {args.rounds}" if args.rounds > 1 else "") + " ---")
+                    spec = {"kind": "transcribe", "backend": backend, "model": model, "device": device,
+                            "precision": precision, "threads": None if backend == "max" else threads,
+                            "clips": common["clips"], "repeats": args.repeats, "options": decode_dict}
+                    t0 = time.perf_counter()
+                    worker = run_worker(spec, args.timeout)
+                    worker["wall_s"] = time.perf_counter() - t0
+                    if not worker.get("ok"):
+                        failures.append({"backend": backend, "model": model, "device": device, "precision": precision,
+                                         "error": worker.get("error", "unknown error")})
+                        workers.pop((backend, precision), None)
+                    elif (backend, precision) in workers:
+                        merge_round(workers[backend, precision], worker)
+                        workers[backend, precision]["wall_s"] += worker["wall_s"]
+                    else:
+                        workers[backend, precision] = worker
+            for worker in workers.values():
+                recs, fails = make_records(worker, threads, args.repeats * args.rounds)
                 for r in recs:
-                    r["worker_wall_s"] = time.perf_counter() - t0
+                    r["worker_wall_s"] = worker["wall_s"]
                 records += recs
                 failures += fails
         add_accuracy(records)

@@ -175,6 +175,19 @@ def test_failed_clip_becomes_a_failure():
                                          "precision": "fp32", "error": "AudioError: nope"}]
 
 
+def test_rounds_pool_timed_runs_and_keep_failures_and_nondeterminism():
+    first = _worker("max", "fp32", [("jfk.flac", 11.0, "x", [1], [1.0, 5.0]), ("a.wav", 2.0, "y", [2], [1.0])])
+    later = _worker("max", "fp32", [("jfk.flac", 11.0, "x", [1], [2.0, 3.0]), ("a.wav", 2.0, "y", [3], [1.0])])
+    first["clips"].append({"audio": "bad.wav", "error": "AudioError: nope"})
+    later["clips"].append(dict(first["clips"][0], audio="bad.wav"))
+    bench.merge_round(first, later)
+    recs, fails = bench.make_records(first, threads=2, repeats=4)
+    jfk, a = recs
+    assert jfk["total_s_runs"] == [1.0, 5.0, 2.0, 3.0] and jfk["total_s_median"] == 2.5 and jfk["deterministic"]
+    assert a["deterministic"] is False  # another round gave other tokens
+    assert [f["audio"] for f in fails] == ["bad.wav"]
+
+
 def test_targets():
     targets = bench.compute_targets(_records())
     speed = {t["versus"]: t for t in targets if t["kind"] == "speed"}
@@ -198,6 +211,9 @@ def test_reports_render(tmp_path):
     paths = bench.write_outputs(doc, tmp_path, "cpu-test")
     md = paths["md"].read_text()
     assert md.count("| jfk.flac (11.0 s) |") == 4 and "## Targets" in md and "not supported" in md
+    assert "3 timed run(s)" in md and "rounds" not in md
+    doc["options"]["rounds"] = 2
+    assert "2 rounds, implementations in turn, each 3 timed run(s)" in bench.markdown_report(doc)
     assert json.loads(paths["json"].read_text())["results"][0]["backend"] == "max"
     assert "plotly" in paths["html"].read_text()
 
