@@ -582,13 +582,16 @@ class DecodingTask:
         choose = getattr(self.inference, "logits_and_choice", None)
         if not (isinstance(self.decoder, GreedyDecoder) and self.decoder.temperature == 0):
             choose = None
+        # where the "timestamps more probable than text" rule starts; n_vocab without timestamps
+        rule = any(isinstance(f, ApplyTimestampRules) for f in self.logit_filters)
+        timestamp_begin = self.tokenizer.timestamp_begin if rule else self.model.dims.n_vocab
         try:
             for i in range(self.sample_len):
                 # the no-speech probability comes from the logits after sot, in the first call
                 positions = (self.sot_index, -1) if i == 0 else (-1,)
                 if choose:
                     logits, next_tokens, logprobs = choose(
-                        tokens, audio_features, positions, self._suppression(tokens), self._timestamp_begin())
+                        tokens, audio_features, positions, self._suppression(tokens), timestamp_begin)
                 else:
                     logits = self.inference.logits(tokens, audio_features, positions)
                 if i == 0:
@@ -614,11 +617,6 @@ class DecodingTask:
         for logit_filter in self.logit_filters:
             logit_filter.suppress(mask, tokens)
         return mask
-
-    def _timestamp_begin(self) -> int:
-        """Where the timestamp rule's "timestamps more probable than text" test starts; n_vocab without it."""
-        rules = any(isinstance(f, ApplyTimestampRules) for f in self.logit_filters)
-        return self.tokenizer.timestamp_begin if rules else self.model.dims.n_vocab
 
     def run(self, audio_features: Any, n_audio: int = 1) -> list[DecodingResult]:
         """Decode the windows whose features `WhisperModel.encode` returned; one result each.

@@ -28,6 +28,13 @@ def test_greedy_tokens_equal_on_jfk(max_tiny_en, openai_tiny_en, jfk_audio):
     assert ours.timings.compile_s > 0 and ours.timings.encode_s > 0 and ours.timings.decode_s > 0
 
 
+def test_greedy_tokens_equal_on_jfk_without_timestamps(max_tiny_en, openai_tiny_en, jfk_audio):
+    """The step graph's token choice without the timestamp rule (timestamp_begin = n_vocab)."""
+    options = DecodeOptions(without_timestamps=True)
+    ours, ref = max_tiny_en.transcribe(jfk_audio, options), openai_tiny_en.transcribe(jfk_audio, options)
+    assert ours.tokens == ref.tokens and ours.text == ref.text
+
+
 def test_greedy_tokens_equal_on_lecture_first_windows(max_tiny_en, openai_tiny_en, lecture_60s_audio):
     ours = max_tiny_en.transcribe(lecture_60s_audio, DecodeOptions())
     ref = openai_tiny_en.transcribe(lecture_60s_audio, DecodeOptions())
@@ -168,3 +175,18 @@ def test_kernel_library_is_compiled_once_and_a_broken_kernel_is_a_clear_error(tm
     with pytest.raises(RuntimeError, match="compiling the Mojo kernels"):
         layers.kernel_library()
     assert sorted(p.name for p in package.parent.iterdir()) == [package.name]  # no staging folder left
+
+
+def test_batched_greedy_windows_equal_their_single_decodes(max_tiny_en, jfk_audio, lecture_60s_audio):
+    """Two windows decoded as one batch (the step graph's choice per row; jfk ends first and pads
+    with eot) give each window's own tokens and log probability."""
+    from maxwhisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram
+    from maxwhisper.decoding import decode
+
+    mels = np.stack([log_mel_spectrogram(a, 80, padding=N_SAMPLES)[:, :N_FRAMES] for a in (jfk_audio, lecture_60s_audio)])
+    batch = decode(max_tiny_en.net, mels, language="en")
+    for mel, together in zip(mels, batch, strict=True):
+        alone = decode(max_tiny_en.net, mel, language="en")
+        assert together.tokens == alone.tokens and len(alone.tokens) > 10
+        assert together.avg_logprob == pytest.approx(alone.avg_logprob, abs=1e-6)
+    assert len(batch[0].tokens) != len(batch[1].tokens)
