@@ -583,8 +583,7 @@ class DecodingTask:
         if not (isinstance(self.decoder, GreedyDecoder) and self.decoder.temperature == 0):
             choose = None
         # where the "timestamps more probable than text" rule starts; n_vocab without timestamps
-        rule = any(isinstance(f, ApplyTimestampRules) for f in self.logit_filters)
-        timestamp_begin = self.tokenizer.timestamp_begin if rule else self.model.dims.n_vocab
+        timestamp_begin = self.model.dims.n_vocab if self.options.without_timestamps else self.tokenizer.timestamp_begin
         try:
             for i in range(self.sample_len):
                 # the no-speech probability comes from the logits after sot, in the first call

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from max.dtype import DType
-from max.graph import BufferType, Graph, TensorType, TensorValue, ops
+from max.graph import BufferType, DeviceRef, Graph, TensorType, TensorValue, ops
 
 from ..checkpoint import ModelDims
 from .layers import (WeightBank, attend_few_rows, attention, attention_scores_few_rows, dim_value, few_row_attention,
@@ -79,9 +79,11 @@ def _cross_types(dims: ModelDims, dtype: DType, device, batch) -> list[TensorTyp
             TensorType(dtype, [L, batch, H, dh, "audio_ctx"], device=device)]
 
 
-def decoder_kernels_fit(dims: ModelDims) -> bool:
-    """Whether the step graph runs the Mojo kernels: on the CPU, for a model within their limits."""
-    return few_row_attention_fits(dims.n_text_state // dims.n_text_head, max(dims.n_text_ctx, dims.n_audio_ctx))
+def step_uses_kernels(device: DeviceRef, dims: ModelDims) -> bool:
+    """Whether the step graph runs the Mojo kernels (and so takes and returns the greedy choice):
+    on the CPU, for a model within their limits."""
+    return device.is_cpu() and few_row_attention_fits(dims.n_text_state // dims.n_text_head,
+                                                      max(dims.n_text_ctx, dims.n_audio_ctx))
 
 
 def build_decoder_graph(w: WeightBank, dims: ModelDims) -> Graph:
@@ -93,7 +95,7 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims) -> Graph:
     Outputs: logits float32 [B, k, n_vocab]; with the kernels also the greedy token int64 [B] after
     the last of the k positions and its log probability float32 [B] (`layers.greedy_choice`)."""
     L, S, dev = dims.n_text_layer, dims.n_text_ctx, w.device
-    use_kernel = dev.is_cpu() and decoder_kernels_fit(dims)
+    use_kernel = step_uses_kernels(dev, dims)
     choice_types = [TensorType(DType.float32, ["batch", dims.n_vocab], device=dev),
                     TensorType(DType.int64, [1], device=dev)] if use_kernel else []
     types = [

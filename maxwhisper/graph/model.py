@@ -20,7 +20,7 @@ from max.graph import DeviceRef
 from ..api import BackendError
 from ..checkpoint import Checkpoint, ModelDims
 from .decoder import (build_alignment_graph, build_batch_repeat_graph, build_cache_reorder_graph, build_decoder_graph,
-                      cache_shapes, decoder_kernels_fit)
+                      cache_shapes, step_uses_kernels)
 from .encoder import build_encoder_graph
 from .layers import WeightBank
 from .weights import graph_arrays
@@ -67,7 +67,7 @@ class MaxWhisper:
         self.device = driver.Accelerator() if device == "gpu" else driver.CPU()
         self.device_ref = DeviceRef.GPU() if device == "gpu" else DeviceRef.CPU()
         self.dtype = DTYPES[precision]
-        self.decoder_chooses = device == "cpu" and decoder_kernels_fit(ckpt.dims)  # the step graph's greedy choice
+        self.decoder_chooses = step_uses_kernels(self.device_ref, ckpt.dims)  # the step graph's greedy choice
         self.arrays = graph_arrays(ckpt.state, ckpt.dims)
         if threads not in (None, os.cpu_count()):  # InferenceSession(num_threads=...) aborts in MAX 26.7
             raise BackendError(f"MAX uses all {os.cpu_count()} CPU threads; it cannot be limited to {threads}")
