@@ -234,18 +234,20 @@ def test_translate_german_to_english_equals_openai(max_base, openai_base, multil
 
 # --- any checkpoint by path: a random .pt of another shape ------------------------------------------
 
-@pytest.fixture(scope="session")
-def random_pt(tmp_path_factory) -> Path:
-    """An openai-whisper .pt (fp16, as openai ships them) of RANDOM_DIMS with random weights. The
-    token embeddings are large so that the logits are far apart (no near-ties between MAX and torch)."""
+@pytest.fixture(scope="session", params=["float16", "float32"])
+def random_pt(tmp_path_factory, request) -> Path:
+    """An openai-whisper .pt of RANDOM_DIMS with random weights: float16 as openai ships them (the
+    CPU step graph's linears then read them as float16), and float32 values that are not float16
+    numbers (float32 linears). The token embeddings are large so that the logits are far apart (no
+    near-ties between MAX and torch)."""
     rng = np.random.default_rng(0)
     state = {}
     for name, shape in expected_shapes(RANDOM_DIMS).items():
         scale = 1.0 if name == "decoder.token_embedding.weight" else 0.2
         value = np.ones(shape) if name.endswith("ln.weight") or name.endswith("ln_post.weight") else \
             rng.standard_normal(shape) * scale
-        state[name] = torch.from_numpy(value.astype(np.float16))
-    path = tmp_path_factory.mktemp("checkpoint") / "random-large-v3-layout.pt"
+        state[name] = torch.from_numpy(value.astype(request.param))
+    path = tmp_path_factory.mktemp("checkpoint") / f"random-large-v3-layout-{request.param}.pt"
     torch.save({"dims": asdict(RANDOM_DIMS), "model_state_dict": state}, path)
     return path
 
@@ -253,9 +255,17 @@ def random_pt(tmp_path_factory) -> Path:
 def test_checkpoint_of_another_shape_runs_through_max(random_pt, jfk_audio):
     from maxwhisper.max_backend import MaxTranscriber
 
+    from max.dtype import DType
+    from max.graph import DeviceRef
+
+    from maxwhisper.graph.decoder import step_linears_half
+    from maxwhisper.graph.layers import WeightBank
+
     mx = MaxTranscriber(str(random_pt), device="cpu")
     ref_module = whisper.load_model(str(random_pt), device="cpu")  # openai's own loader
     assert mx.checkpoint.dims == RANDOM_DIMS and mx.checkpoint.alignment_heads is None
+    half = step_linears_half(WeightBank(mx.net.arrays, DType.float32, DeviceRef.CPU()), RANDOM_DIMS)
+    assert half == random_pt.name.endswith("float16.pt")
 
     # one decoder step: the logits after the sot sequence
     mel = log_mel_spectrogram(jfk_audio, 128, padding=N_SAMPLES)[:, :N_FRAMES]

@@ -43,7 +43,7 @@ def test_greedy_tokens_equal_on_lecture_first_windows(max_tiny_en, openai_tiny_e
     assert [s.seek for s in ours.segments] == [s.seek for s in ref.segments]
 
 
-def _kernel_graph(name, input_types, build):
+def _kernel_graph(name, input_types, build, weights=None):
     """A one-op CPU graph around one of our Mojo kernels, compiled."""
     from max import driver
     from max.engine import InferenceSession
@@ -54,7 +54,7 @@ def _kernel_graph(name, input_types, build):
     with Graph(name, input_types=input_types, custom_extensions=[kernel_library()]) as graph:
         outputs = build(*(v.tensor for v in graph.inputs))
         graph.output(*outputs)
-    model = InferenceSession(devices=[driver.CPU()]).load(graph)
+    model = InferenceSession(devices=[driver.CPU()]).load(graph, weights_registry=weights.registry() if weights else {})
     return lambda *arrays: [out.to_numpy() for out in model.execute(*(driver.Buffer.from_numpy(a) for a in arrays))]
 
 
@@ -81,6 +81,40 @@ def test_few_row_attention_kernel_matches_numpy():
     p = np.exp(scores - scores.max(-1, keepdims=True))
     expected = np.einsum("bhns,bhds->bhnd", p / p.sum(-1, keepdims=True), v_t)
     np.testing.assert_allclose(out, expected, atol=2e-6)
+
+
+def test_few_row_linear_kernel_is_the_float32_product_of_float16_weights():
+    """`linear.mojo`: float16-stored weights give float32 products (against float64 numpy), with and
+    without a bias, d_out not a multiple of its 4-row blocks; each output row is bit-identical
+    whatever the number of input rows (1 or 5: the one-row path, pairs and an odd row)."""
+    from max.dtype import DType
+    from max.graph import DeviceRef, TensorType
+
+    from maxwhisper.graph.layers import WeightBank, few_row_linear, float16_exact
+
+    rng = np.random.default_rng(0)
+    d_out, d_in = 1030, 1536
+    arrays = {"lin.weight": (rng.standard_normal((d_out, d_in)) * 0.05).astype(np.float16).astype(np.float32),
+              "lin.bias": rng.standard_normal(d_out).astype(np.float32),
+              "nobias.weight": (rng.standard_normal((d_out, d_in)) * 0.05).astype(np.float16).astype(np.float32)}
+    assert float16_exact(arrays["lin.weight"]) and not float16_exact(arrays["lin.weight"] + np.float32(1e-6))
+    cpu = DeviceRef.CPU()
+    w = WeightBank(arrays, DType.float32, cpu)
+
+    def build(x):
+        return [few_row_linear(w, prefix)(x) for prefix in ("lin", "nobias")]
+
+    run = _kernel_graph("few_row_linear_test", [TensorType(DType.float32, ["m", d_in], device=cpu)], build, w)
+    assert {a.dtype for a in w.registry().values()} == {np.dtype(np.float16), np.dtype(np.float32)}
+
+    x = rng.standard_normal((5, d_in)).astype(np.float32)
+    five = run(x)
+    for prefix, out in zip(("lin", "nobias"), five):
+        expected = x.astype(np.float64) @ arrays[f"{prefix}.weight"].astype(np.float64).T + arrays.get(f"{prefix}.bias", 0)
+        np.testing.assert_allclose(out, expected, rtol=0, atol=2e-5)
+    for row in range(5):
+        for a, b in zip(run(x[row:row + 1]), five):
+            np.testing.assert_array_equal(a[0], b[row])
 
 
 def test_greedy_choice_kernel_equals_the_host_decoding_path():

@@ -19,14 +19,16 @@ from max.dtype import DType
 from max.graph import BufferType, DeviceRef, Graph, TensorType, TensorValue, ops
 
 from ..checkpoint import ModelDims
-from .layers import (WeightBank, attend_few_rows, attention, attention_scores_few_rows, dim_value, few_row_attention,
-                     few_row_attention_fits, greedy_choice, kernel_library, layer_norm, linear_few_rows, merge_heads,
-                     split_heads)
+from .layers import (Linear, WeightBank, attend_few_rows, attention, attention_scores_few_rows, dim_value,
+                     float16_exact, few_row_attention, few_row_attention_fits, few_row_linear, few_row_linear_fits,
+                     greedy_choice, kernel_library, layer_norm, linear_few_rows, merge_heads, split_heads)
 
 # (this call's K [B, H, n, Dh], V^T [B, H, Dh, n]) -> (K, V^T) over every position attended to
 SelfKV = Callable[[TensorValue, TensorValue], tuple[TensorValue, TensorValue]]
 # (q [B, H, n, Dh], K [B, H, S, Dh], V^T [B, H, Dh, S]) -> attention output [B, H, n, Dh]
 Attend = Callable[[TensorValue, TensorValue, TensorValue], TensorValue]
+# (weights, prefix) -> the linear layer `{prefix}.weight` (+ `{prefix}.bias`) as ops or as a kernel
+MakeLinear = Callable[[WeightBank, str], Linear]
 
 
 def masked_attention(mask: TensorValue | None) -> Attend:
@@ -34,12 +36,13 @@ def masked_attention(mask: TensorValue | None) -> Attend:
 
 
 def decoder_block(w: WeightBank, p: str, dims: ModelDims, x: TensorValue, self_kv: SelfKV, self_attend: Attend,
-                  cross_attend: Attend, cross_k: TensorValue, cross_v_t: TensorValue) -> TensorValue:
+                  cross_attend: Attend, cross_k: TensorValue, cross_v_t: TensorValue,
+                  make_linear: MakeLinear = linear_few_rows) -> TensorValue:
     """x [B, n, d] -> x [B, n, d]"""
     d, h = dims.n_text_state, dims.n_text_head
 
     def linear(name: str):
-        return linear_few_rows(w, f"{p}.{name}")
+        return make_linear(w, f"{p}.{name}")
 
     q, k, v = ops.split(linear("attn.qkv")(layer_norm(w, f"{p}.attn_ln", x)), [d] * 3, axis=-1)
     k, v_t = self_kv(split_heads(k, h), ops.permute(split_heads(v, h), [0, 1, 3, 2]))
@@ -56,9 +59,9 @@ def _embed(w: WeightBank, tokens: TensorValue, positions: TensorValue) -> Tensor
         ops.gather(w("decoder.positional_embedding"), positions, axis=0)
 
 
-def _logits(w: WeightBank, x: TensorValue) -> TensorValue:
+def _logits(w: WeightBank, x: TensorValue, make_linear: MakeLinear = linear_few_rows) -> TensorValue:
     """final layer norm, then the tied output projection: [B, k, d] -> float32 [B, k, n_vocab]"""
-    return linear_few_rows(w, "decoder.token_embedding")(layer_norm(w, "decoder.ln", x)).cast(DType.float32)
+    return make_linear(w, "decoder.token_embedding")(layer_norm(w, "decoder.ln", x)).cast(DType.float32)
 
 
 def cache_shapes(dims: ModelDims, batch) -> list[list]:
@@ -86,6 +89,14 @@ def step_uses_kernels(device: DeviceRef, dims: ModelDims) -> bool:
                                                       max(dims.n_text_ctx, dims.n_audio_ctx))
 
 
+def step_linears_half(w: WeightBank, dims: ModelDims) -> bool:
+    """Whether the step graph's linears run `few_row_linear` over float16-stored weights: with the
+    kernels, when every decoder weight is a float16 number (true of Whisper's published
+    checkpoints, whose float32 products are then computed exactly while reading half the bytes)."""
+    return (step_uses_kernels(w.device, dims) and few_row_linear_fits(4 * dims.n_text_state)
+            and all(float16_exact(a) for name, a in w.arrays.items() if name.startswith("decoder.")))
+
+
 def build_decoder_graph(w: WeightBank, dims: ModelDims) -> Graph:
     """Inputs: tokens int64 [B, n]; positions int64 [n] (absolute); offset int64 [] (= positions[0]);
     mask float32 [n, n_text_ctx] (0 where a query may attend, -inf elsewhere); logit_index int64 [k]
@@ -96,6 +107,7 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims) -> Graph:
     the last of the k positions and its log probability float32 [B] (`layers.greedy_choice`)."""
     L, S, dev = dims.n_text_layer, dims.n_text_ctx, w.device
     use_kernel = step_uses_kernels(dev, dims)
+    make_linear = few_row_linear if step_linears_half(w, dims) else linear_few_rows
     choice_types = [TensorType(DType.float32, ["batch", dims.n_vocab], device=dev),
                     TensorType(DType.int64, [1], device=dev)] if use_kernel else []
     types = [
@@ -145,8 +157,8 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims) -> Graph:
         cross_attend = step_attention(None, ops.broadcast_to(dim_value(audio_ctx).reshape([1]), [n]))
         for i in range(L):
             x = decoder_block(w, f"decoder.blocks.{i}", dims, x, cached(i), self_attend, cross_attend,
-                              cross_k[i], cross_v_t[i])
-        logits = _logits(w, ops.gather(x, logit_index, axis=1))
+                              cross_k[i], cross_v_t[i], make_linear)
+        logits = _logits(w, ops.gather(x, logit_index, axis=1), make_linear)
         graph.output(logits, *(greedy_choice(logits, *choice_inputs) if use_kernel else []))
     return graph
 

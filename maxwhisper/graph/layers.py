@@ -27,17 +27,31 @@ class WeightBank:
 
     def __init__(self, arrays: dict[str, np.ndarray], dtype: DType, device: DeviceRef):
         self.arrays, self.dtype, self.device = arrays, dtype, device
-        self.used: dict[str, Weight] = {}
+        self.used: dict[str, tuple[Weight, str]] = {}  # graph name -> (Weight, array name)
 
     def __call__(self, name: str) -> Weight:
-        if name not in self.used:
-            self.used[name] = Weight(name, self.dtype, self.arrays[name].shape, device=self.device)
-        return self.used[name]
+        return self._weight(name, name, self.dtype)
+
+    def half(self, name: str) -> Weight:
+        """The array stored as float16 (for `few_row_linear`; only exact when `float16_exact`)."""
+        return self._weight(f"{name}.fp16", name, DType.float16)
+
+    def _weight(self, graph_name: str, name: str, dtype: DType) -> Weight:
+        if graph_name not in self.used:
+            self.used[graph_name] = Weight(graph_name, dtype, self.arrays[name].shape, device=self.device), name
+        return self.used[graph_name][0]
 
     def registry(self) -> dict[str, np.ndarray]:
-        """Arrays for the weights this graph used, in the graph's dtype."""
-        np_dtype = {DType.float32: np.float32, DType.float16: np.float16}[self.dtype]
-        return {n: np.ascontiguousarray(self.arrays[n], dtype=np_dtype) for n in sorted(self.used)}
+        """Arrays for the weights this graph used, each in its Weight's dtype."""
+        np_dtypes = {DType.float32: np.float32, DType.float16: np.float16}
+        return {n: np.ascontiguousarray(self.arrays[name], dtype=np_dtypes[weight.dtype])
+                for n, (weight, name) in sorted(self.used.items())}
+
+
+def float16_exact(array: np.ndarray) -> bool:
+    """Whether every value is a float16 number (Whisper's published weights are)."""
+    with np.errstate(over="ignore"):
+        return bool(np.array_equal(array.astype(np.float16).astype(array.dtype), array))
 
 
 def dim_value(dim) -> TensorValue:
@@ -70,6 +84,30 @@ def linear_few_rows(w: WeightBank, prefix: str) -> Linear:
         y = ops.reshape(y, [*lead, weight.shape[0]])
         return y + b if b is not None else y
     return apply
+
+
+def few_row_linear(w: WeightBank, prefix: str) -> Linear:
+    """`linear_few_rows` as one CPU kernel (`kernels/linear.mojo`) over the weight stored as
+    float16, widened to float32 in registers: the float32 result for weights that are
+    `float16_exact`, reading half the bytes. float32 x only."""
+    weight = w.half(f"{prefix}.weight")
+    if f"{prefix}.bias" in w.arrays:
+        bias = w(f"{prefix}.bias")
+    else:
+        bias = ops.constant(np.zeros(0, np.float32), DType.float32, device=w.device)
+
+    def apply(x: TensorValue) -> TensorValue:
+        *lead, d_in = x.shape
+        flat = ops.reshape(x, [-1, d_in])
+        out = TensorType(DType.float32, [flat.shape[0], weight.shape[0]], device=x.device)
+        y = ops.custom("few_row_linear", x.device, [flat, weight, bias], [out])[0].tensor
+        return ops.reshape(y, [*lead, weight.shape[0]])
+    return apply
+
+
+def few_row_linear_fits(d_in: int) -> bool:
+    """The kernel's limits (MAX_D_IN and the SIMD width in linear.mojo); every Whisper fits."""
+    return d_in % 8 == 0 and d_in <= 5120
 
 
 def layer_norm(w: WeightBank, prefix: str, x: TensorValue) -> TensorValue:
