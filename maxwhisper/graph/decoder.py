@@ -54,9 +54,11 @@ def decoder_block(w: WeightBank, p: str, dims: ModelDims, x: TensorValue, self_k
     return x + linear("mlp.2")(ops.gelu(h_mlp))
 
 
-def _embed(w: WeightBank, tokens: TensorValue, positions: TensorValue) -> TensorValue:
-    return ops.gather(w("decoder.token_embedding.weight"), tokens, axis=0) + \
-        ops.gather(w("decoder.positional_embedding"), positions, axis=0)
+def _embed(w: WeightBank, tokens: TensorValue, positions: TensorValue, half: bool = False) -> TensorValue:
+    """half: the token embedding is read from its float16 copy, which the output projection of
+    `few_row_linear` already holds (the graph then keeps no float32 copy)."""
+    table = w.half("decoder.token_embedding.weight") if half else w("decoder.token_embedding.weight")
+    return ops.gather(table, tokens, axis=0).cast(w.dtype) + ops.gather(w("decoder.positional_embedding"), positions, axis=0)
 
 
 def _logits(w: WeightBank, x: TensorValue, make_linear: MakeLinear = linear_few_rows) -> TensorValue:
@@ -107,7 +109,8 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims) -> Graph:
     the last of the k positions and its log probability float32 [B] (`layers.greedy_choice`)."""
     L, S, dev = dims.n_text_layer, dims.n_text_ctx, w.device
     use_kernel = step_uses_kernels(dev, dims)
-    make_linear = few_row_linear if step_linears_half(w, dims) else linear_few_rows
+    half = step_linears_half(w, dims)
+    make_linear = few_row_linear if half else linear_few_rows
     choice_types = [TensorType(DType.float32, ["batch", dims.n_vocab], device=dev),
                     TensorType(DType.int64, [1], device=dev)] if use_kernel else []
     types = [
@@ -126,7 +129,7 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims) -> Graph:
         choice_inputs = [v.tensor for v in graph.inputs[5:5 + len(choice_types)]]
         cross_k, cross_v_t = (v.tensor for v in graph.inputs[5 + len(choice_types):7 + len(choice_types)])
         caches = graph.inputs[7 + len(choice_types):]
-        x = _embed(w, tokens, positions)
+        x = _embed(w, tokens, positions, half)
         n = x.shape[1]
         new = (slice(offset, offset + dim_value(n)), n)
 
