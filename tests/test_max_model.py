@@ -193,6 +193,13 @@ def test_few_row_attention_is_used_only_where_the_kernel_fits():
     assert not few_row_attention_fits(64, 3000)  # more keys than the kernel's score buffer
 
 
+def test_few_row_linear_is_used_only_where_the_kernel_fits():
+    from maxwhisper.graph.layers import few_row_linear_fits
+
+    assert few_row_linear_fits(384) and few_row_linear_fits(5120)  # tiny's width, large-v3's MLP width
+    assert not few_row_linear_fits(5128) and not few_row_linear_fits(100)  # above its buffer; not 8-aligned
+
+
 def test_kernel_library_is_compiled_once_and_a_broken_kernel_is_a_clear_error(tmp_path, monkeypatch):
     from maxwhisper.graph import layers
 

@@ -95,7 +95,8 @@ def step_linears_half(w: WeightBank, dims: ModelDims) -> bool:
     """Whether the step graph's linears run `few_row_linear` over float16-stored weights: with the
     kernels, when every decoder weight is a float16 number (true of Whisper's published
     checkpoints, whose float32 products are then computed exactly while reading half the bytes)."""
-    return (step_uses_kernels(w.device, dims) and few_row_linear_fits(4 * dims.n_text_state)
+    d = dims.n_text_state
+    return (step_uses_kernels(w.device, dims) and few_row_linear_fits(d) and few_row_linear_fits(4 * d)
             and all(float16_exact(a) for name, a in w.arrays.items() if name.startswith("decoder.")))
 
 
