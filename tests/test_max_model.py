@@ -90,16 +90,18 @@ def test_few_row_linear_kernel_is_the_float32_product_of_float16_weights():
     from max.dtype import DType
     from max.graph import DeviceRef, TensorType
 
-    from maxwhisper.graph.layers import WeightBank, few_row_linear, float16_exact
+    from maxwhisper.graph.layers import WeightBank, few_row_linear
 
     rng = np.random.default_rng(0)
     d_out, d_in = 1030, 1536
     arrays = {"lin.weight": (rng.standard_normal((d_out, d_in)) * 0.05).astype(np.float16).astype(np.float32),
               "lin.bias": rng.standard_normal(d_out).astype(np.float32),
               "nobias.weight": (rng.standard_normal((d_out, d_in)) * 0.05).astype(np.float16).astype(np.float32)}
-    assert float16_exact(arrays["lin.weight"]) and not float16_exact(arrays["lin.weight"] + np.float32(1e-6))
     cpu = DeviceRef.CPU()
     w = WeightBank(arrays, DType.float32, cpu)
+    assert w.float16_exact("lin.weight") and w.float16_exact("nobias.weight") and not w.float16_exact("lin.bias")
+    off_by_a_bit = WeightBank({"lin.weight": arrays["lin.weight"] + np.float32(1e-6)}, DType.float32, cpu)
+    assert not off_by_a_bit.float16_exact("lin.weight")
 
     def build(x):
         return [few_row_linear(w, prefix)(x) for prefix in ("lin", "nobias")]

@@ -20,7 +20,7 @@ from max.graph import BufferType, DeviceRef, Graph, TensorType, TensorValue, ops
 
 from ..checkpoint import ModelDims
 from .layers import (Linear, WeightBank, attend_few_rows, attention, attention_scores_few_rows, dim_value,
-                     float16_exact, few_row_attention, few_row_attention_fits, few_row_linear, few_row_linear_fits,
+                     few_row_attention, few_row_attention_fits, few_row_linear, few_row_linear_fits,
                      greedy_choice, kernel_library, layer_norm, linear_few_rows, merge_heads, split_heads)
 
 # (this call's K [B, H, n, Dh], V^T [B, H, Dh, n]) -> (K, V^T) over every position attended to
@@ -97,7 +97,7 @@ def step_linears_half(w: WeightBank, dims: ModelDims) -> bool:
     checkpoints, whose float32 products are then computed exactly while reading half the bytes)."""
     d = dims.n_text_state
     return (step_uses_kernels(w.device, dims) and few_row_linear_fits(d) and few_row_linear_fits(4 * d)
-            and all(float16_exact(a) for name, a in w.arrays.items() if name.startswith("decoder.")))
+            and w.float16_exact("decoder."))
 
 
 def build_decoder_graph(w: WeightBank, dims: ModelDims) -> Graph:

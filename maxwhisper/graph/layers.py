@@ -28,6 +28,7 @@ class WeightBank:
     def __init__(self, arrays: dict[str, np.ndarray], dtype: DType, device: DeviceRef):
         self.arrays, self.dtype, self.device = arrays, dtype, device
         self.used: dict[str, tuple[Weight, str]] = {}  # graph name -> (Weight, array name)
+        self.halves: dict[str, np.ndarray] = {}  # array name -> its float16 copy, made once
 
     def __call__(self, name: str) -> Weight:
         return self._weight(name, name, self.dtype)
@@ -36,6 +37,18 @@ class WeightBank:
         """The array stored as float16 (for `few_row_linear`; only exact when `float16_exact`)."""
         return self._weight(f"{name}.fp16", name, DType.float16)
 
+    def float16_exact(self, prefix: str) -> bool:
+        """Whether every value of the arrays named `prefix...` is a float16 number (Whisper's
+        published weights are). The float16 copies it makes are the ones `registry()` gives."""
+        return all(np.array_equal(self._float16(name), array)
+                   for name, array in self.arrays.items() if name.startswith(prefix))
+
+    def _float16(self, name: str) -> np.ndarray:
+        if name not in self.halves:
+            with np.errstate(over="ignore"):  # out of float16's range: inf, and so not exact
+                self.halves[name] = self.arrays[name].astype(np.float16)
+        return self.halves[name]
+
     def _weight(self, graph_name: str, name: str, dtype: DType) -> Weight:
         if graph_name not in self.used:
             self.used[graph_name] = Weight(graph_name, dtype, self.arrays[name].shape, device=self.device), name
@@ -43,15 +56,9 @@ class WeightBank:
 
     def registry(self) -> dict[str, np.ndarray]:
         """Arrays for the weights this graph used, each in its Weight's dtype."""
-        np_dtypes = {DType.float32: np.float32, DType.float16: np.float16}
-        return {n: np.ascontiguousarray(self.arrays[name], dtype=np_dtypes[weight.dtype])
+        return {n: self._float16(name) if weight.dtype == DType.float16 else
+                np.ascontiguousarray(self.arrays[name], dtype=np.float32)
                 for n, (weight, name) in sorted(self.used.items())}
-
-
-def float16_exact(array: np.ndarray) -> bool:
-    """Whether every value is a float16 number (Whisper's published weights are)."""
-    with np.errstate(over="ignore"):
-        return bool(np.array_equal(array.astype(np.float16).astype(array.dtype), array))
 
 
 def dim_value(dim) -> TensorValue:
@@ -89,7 +96,7 @@ def linear_few_rows(w: WeightBank, prefix: str) -> Linear:
 def few_row_linear(w: WeightBank, prefix: str) -> Linear:
     """`linear_few_rows` as one CPU kernel (`kernels/linear.mojo`) over the weight stored as
     float16, widened to float32 in registers: the float32 result for weights that are
-    `float16_exact`, reading half the bytes. float32 x only."""
+    `WeightBank.float16_exact`, reading half the bytes. float32 x only."""
     weight = w.half(f"{prefix}.weight")
     if f"{prefix}.bias" in w.arrays:
         bias = w(f"{prefix}.bias")
