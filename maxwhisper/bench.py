@@ -974,8 +974,7 @@ def main(args: argparse.Namespace) -> int:
     decode_dict = dataclasses.asdict(options)
     decode_dict["temperature"] = list(options.temperature)
     common = {"models": args.models, "repeats": args.repeats, "rounds": args.rounds, "warmup": 1, "threads": threads,
-              "quick": args.quick,
-              "decode": decode_dict, "clips": [dataclasses.asdict(c) for c in clips]}
+              "quick": args.quick, "decode": decode_dict, "clips": [dataclasses.asdict(c) for c in clips]}
     if args.throughput:
         return _main_throughput(args, devices, clips, decode_dict, threads, machine, vers, out_dir)
 
@@ -991,7 +990,7 @@ def main(args: argparse.Namespace) -> int:
             for round_index in range(args.rounds):
                 for backend, precision in impls:
                     if round_index and (backend, precision) not in workers:
-                        continue  # failed to start in the first round
+                        continue  # failed in an earlier round (already reported)
                     info(f"--- {implementation_label(backend, precision)} {model} on {device}"
                          + (f", round {round_index + 1} of {args.rounds}" if args.rounds > 1 else "") + " ---")
                     spec = {"kind": "transcribe", "backend": backend, "model": model, "device": device,
