@@ -119,6 +119,32 @@ def test_few_row_linear_kernel_is_the_float32_product_of_float16_weights():
             np.testing.assert_array_equal(a[0], b[row])
 
 
+def test_packed_linear_kernel_matches_numpy():
+    """`linear.mojo`'s encoder linear against float64 numpy: weights as 16-column panels, 67 rows
+    in work items of 30 (K = 1536), so the last tile has 1 row; one row alone gives the same row."""
+    from max.dtype import DType
+    from max.graph import DeviceRef, TensorType
+
+    from maxwhisper.graph.layers import WeightBank, packed_linear, packed_linear_fits
+
+    rng = np.random.default_rng(0)
+    k, n, m = 1536, 48, 67
+    arrays = {"lin.weight_t": rng.standard_normal((k, n)).astype(np.float32) * 0.05,
+              "lin.bias": rng.standard_normal(n).astype(np.float32)}
+    cpu = DeviceRef.CPU()
+    w = WeightBank(arrays, DType.float32, cpu)
+    run = _kernel_graph("packed_linear_test", [TensorType(DType.float32, ["m", k], device=cpu)],
+                        lambda x: [packed_linear(w, "lin")(x)], w)
+    assert w.registry()["lin.weight_t.panels"].shape == (n // 16, k, 16)
+
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    (out,) = run(x)
+    expected = x.astype(np.float64) @ arrays["lin.weight_t"].astype(np.float64) + arrays["lin.bias"]
+    np.testing.assert_allclose(out, expected, rtol=0, atol=2e-5)
+    np.testing.assert_array_equal(run(x[:1])[0], out[:1])  # one row: a tile of 1
+    assert packed_linear_fits(384) and packed_linear_fits(1536) and not packed_linear_fits(100)
+
+
 def test_greedy_choice_kernel_equals_the_host_decoding_path():
     """The token the step graph picks (`greedy.mojo`) against decoding.py's own classes on the same
     logits: suppression mask, ApplyTimestampRules' probability rule, GreedyDecoder at T=0."""

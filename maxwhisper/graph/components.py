@@ -5,8 +5,8 @@ from __future__ import annotations
 from max.dtype import DType
 from max.graph import Graph, TensorType
 
-from .encoder import conv_stem, encoder_block, self_attention
-from .layers import WeightBank
+from .encoder import conv_stem, encoder_block, encoder_linear, self_attention
+from .layers import WeightBank, kernel_library, packed_linear
 from .model import MaxWhisper
 
 
@@ -15,11 +15,14 @@ def build_component(model: MaxWhisper, name: str):
     float32 in ([B, n_mels, frames] for the stem, [B, T, d] otherwise), float32 out."""
     d, w = model.dims, WeightBank(model.arrays, model.dtype, model.device_ref)
     in_shape = ["batch", d.n_mels, "frames"] if name == "conv_stem" else ["batch", "ctx", d.n_audio_state]
+    make_linear = encoder_linear(w, d)
     body = {
         "conv_stem": lambda x: conv_stem(w, x),
-        "attention": lambda x: self_attention(w, "encoder.blocks.0", x, d.n_audio_head),
-        "encoder_block": lambda x: encoder_block(w, "encoder.blocks.0", x, d.n_audio_head),
+        "attention": lambda x: self_attention(w, "encoder.blocks.0", x, d.n_audio_head, make_linear),
+        "encoder_block": lambda x: encoder_block(w, "encoder.blocks.0", x, d.n_audio_head, make_linear),
     }[name]
-    with Graph(f"whisper_{name}", input_types=[TensorType(DType.float32, in_shape, device=w.device)]) as graph:
+    kernels = [kernel_library()] if make_linear is packed_linear else []
+    with Graph(f"whisper_{name}", input_types=[TensorType(DType.float32, in_shape, device=w.device)],
+               custom_extensions=kernels) as graph:
         graph.output(body(graph.inputs[0].tensor.cast(w.dtype)).cast(DType.float32))
     return model.load_graph(graph, w.registry())

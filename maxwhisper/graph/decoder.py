@@ -19,7 +19,7 @@ from max.dtype import DType
 from max.graph import BufferType, DeviceRef, Graph, TensorType, TensorValue, ops
 
 from ..checkpoint import ModelDims
-from .layers import (Linear, WeightBank, attend_few_rows, attention, attention_scores_few_rows, dim_value,
+from .layers import (MakeLinear, WeightBank, attend_few_rows, attention, attention_scores_few_rows, dim_value,
                      few_row_attention, few_row_attention_fits, few_row_linear, few_row_linear_fits,
                      greedy_choice, kernel_library, layer_norm, linear_few_rows, merge_heads, split_heads)
 
@@ -27,8 +27,6 @@ from .layers import (Linear, WeightBank, attend_few_rows, attention, attention_s
 SelfKV = Callable[[TensorValue, TensorValue], tuple[TensorValue, TensorValue]]
 # (q [B, H, n, Dh], K [B, H, S, Dh], V^T [B, H, Dh, S]) -> attention output [B, H, n, Dh]
 Attend = Callable[[TensorValue, TensorValue, TensorValue], TensorValue]
-# (weights, prefix) -> the linear layer `{prefix}.weight` (+ `{prefix}.bias`) as ops or as a kernel
-MakeLinear = Callable[[WeightBank, str], Linear]
 
 
 def masked_attention(mask: TensorValue | None) -> Attend:

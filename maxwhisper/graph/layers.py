@@ -15,6 +15,7 @@ from max.dtype import DType
 from max.graph import DeviceRef, TensorType, TensorValue, Weight, ops
 
 LN_EPS = 1e-5
+PANEL = 16  # columns per panel of `packed_linear` weights (NR in linear.mojo)
 KERNELS = Path(__file__).parent / "kernels"  # Mojo custom ops (their source package)
 
 
@@ -29,6 +30,7 @@ class WeightBank:
         self.arrays, self.dtype, self.device = arrays, dtype, device
         self.used: dict[str, tuple[Weight, str]] = {}  # graph name -> (Weight, array name)
         self.halves: dict[str, np.ndarray] = {}  # array name -> its float16 copy, made once
+        self.panelled: set[str] = set()  # graph names of `panels` weights
 
     def __call__(self, name: str) -> Weight:
         return self._weight(name, name, self.dtype)
@@ -36,6 +38,12 @@ class WeightBank:
     def half(self, name: str) -> Weight:
         """The array stored as float16 (for `few_row_linear`; only exact when `float16_exact`)."""
         return self._weight(f"{name}.fp16", name, DType.float16)
+
+    def panels(self, name: str) -> Weight:
+        """The float32 array [K, N] as N / 16 column panels [N / 16, K, 16], for `packed_linear`."""
+        k, n = self.arrays[name].shape
+        self.panelled.add(f"{name}.panels")
+        return self._weight(f"{name}.panels", name, DType.float32, (n // PANEL, k, PANEL))
 
     def float16_exact(self, prefix: str) -> bool:
         """Whether every value of the arrays named `prefix...` is a float16 number (Whisper's
@@ -49,16 +57,22 @@ class WeightBank:
                 self.halves[name] = self.arrays[name].astype(np.float16)
         return self.halves[name]
 
-    def _weight(self, graph_name: str, name: str, dtype: DType) -> Weight:
+    def _weight(self, graph_name: str, name: str, dtype: DType, shape: tuple[int, ...] | None = None) -> Weight:
         if graph_name not in self.used:
-            self.used[graph_name] = Weight(graph_name, dtype, self.arrays[name].shape, device=self.device), name
+            shape = shape or self.arrays[name].shape
+            self.used[graph_name] = Weight(graph_name, dtype, shape, device=self.device), name
         return self.used[graph_name][0]
 
     def registry(self) -> dict[str, np.ndarray]:
-        """Arrays for the weights this graph used, each in its Weight's dtype."""
-        return {n: self._float16(name) if weight.dtype == DType.float16 else
-                np.ascontiguousarray(self.arrays[name], dtype=np.float32)
-                for n, (weight, name) in sorted(self.used.items())}
+        """Arrays for the weights this graph used, each in its Weight's dtype and layout."""
+        def array(graph_name: str, weight: Weight, name: str) -> np.ndarray:
+            if graph_name in self.panelled:
+                n_panels, k, _ = weight.shape.static_dims
+                return np.ascontiguousarray(self.arrays[name].reshape(k, n_panels, PANEL).transpose(1, 0, 2), np.float32)
+            if weight.dtype == DType.float16:
+                return self._float16(name)
+            return np.ascontiguousarray(self.arrays[name], dtype=np.float32)
+        return {n: array(n, weight, name) for n, (weight, name) in sorted(self.used.items())}
 
 
 def dim_value(dim) -> TensorValue:
@@ -67,6 +81,8 @@ def dim_value(dim) -> TensorValue:
 
 
 Linear = Callable[[TensorValue], TensorValue]
+# (weights, prefix) -> the linear layer `{prefix}.weight*` (+ `{prefix}.bias`) as ops or as a kernel
+MakeLinear = Callable[["WeightBank", str], Linear]
 
 
 def linear(w: WeightBank, prefix: str, bias: bool = True) -> Linear:
@@ -110,6 +126,25 @@ def few_row_linear(w: WeightBank, prefix: str) -> Linear:
         y = ops.custom("few_row_linear", x.device, [flat, weight, bias], [out])[0].tensor
         return ops.reshape(y, [*lead, weight.shape[0]])
     return apply
+
+
+def packed_linear(w: WeightBank, prefix: str) -> Linear:
+    """`linear` as one CPU kernel (`kernels/linear.mojo`) for many rows (the encoder's 1500):
+    x [..., K] @ `{prefix}.weight_t` [K, N] held as 16-column panels, + `{prefix}.bias`. float32."""
+    panels = w.panels(f"{prefix}.weight_t")
+    bias = w(f"{prefix}.bias")
+
+    def apply(x: TensorValue) -> TensorValue:
+        *lead, d_in = x.shape
+        flat = ops.reshape(x, [-1, d_in])
+        out = TensorType(DType.float32, [flat.shape[0], bias.shape[0]], device=x.device)
+        y = ops.custom("packed_linear", x.device, [flat, panels, bias], [out])[0].tensor
+        return ops.reshape(y, [*lead, bias.shape[0]])
+    return apply
+
+
+def packed_linear_fits(d_out: int) -> bool:
+    return d_out % PANEL == 0
 
 
 def few_row_linear_fits(d_in: int) -> bool:
@@ -222,9 +257,9 @@ def greedy_choice(logits: TensorValue, suppress: TensorValue, timestamp_begin: T
     return [v.tensor for v in ops.custom("greedy_choice", logits.device, [logits, suppress, timestamp_begin], out)]
 
 
-def mlp(w: WeightBank, prefix: str, x: TensorValue) -> TensorValue:
+def mlp(w: WeightBank, prefix: str, x: TensorValue, make_linear: MakeLinear) -> TensorValue:
     h = layer_norm(w, f"{prefix}.mlp_ln", x)
-    return linear(w, f"{prefix}.mlp.2")(ops.gelu(linear(w, f"{prefix}.mlp.0")(h)))
+    return make_linear(w, f"{prefix}.mlp.2")(ops.gelu(make_linear(w, f"{prefix}.mlp.0")(h)))
 
 
 def conv1d(w: WeightBank, prefix: str, x: TensorValue, stride: int) -> TensorValue:
