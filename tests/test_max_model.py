@@ -121,7 +121,10 @@ def test_few_row_linear_kernel_is_the_float32_product_of_float16_weights():
 
 def test_packed_linear_kernel_matches_numpy():
     """`linear.mojo`'s encoder linear against float64 numpy: weights as 16-column panels, 67 rows
-    in work items of 30 (K = 1536), so the last tile has 1 row; one row alone gives the same row."""
+    in work items of 30 (K = 1536), so the last tile has 1 row; plain, with GELU, with a residual;
+    one row alone gives the same row."""
+    from math import erf
+
     from max.dtype import DType
     from max.graph import DeviceRef, TensorType
 
@@ -133,15 +136,22 @@ def test_packed_linear_kernel_matches_numpy():
               "lin.bias": rng.standard_normal(n).astype(np.float32)}
     cpu = DeviceRef.CPU()
     w = WeightBank(arrays, DType.float32, cpu)
-    run = _kernel_graph("packed_linear_test", [TensorType(DType.float32, ["m", k], device=cpu)],
-                        lambda x: [packed_linear(w, "lin")(x)], w)
+
+    def build(x, residual):
+        return [packed_linear(w, "lin")(x), packed_linear(w, "lin", gelu=True)(x), packed_linear(w, "lin")(x, residual)]
+
+    run = _kernel_graph("packed_linear_test", [TensorType(DType.float32, ["m", k], device=cpu),
+                                               TensorType(DType.float32, ["m", n], device=cpu)], build, w)
     assert w.registry()["lin.weight_t.panels"].shape == (n // 16, k, 16)
 
     x = rng.standard_normal((m, k)).astype(np.float32)
-    (out,) = run(x)
+    residual = rng.standard_normal((m, n)).astype(np.float32)
+    plain, gelu, added = run(x, residual)
     expected = x.astype(np.float64) @ arrays["lin.weight_t"].astype(np.float64) + arrays["lin.bias"]
-    np.testing.assert_allclose(out, expected, rtol=0, atol=2e-5)
-    np.testing.assert_array_equal(run(x[:1])[0], out[:1])  # one row: a tile of 1
+    np.testing.assert_allclose(plain, expected, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(gelu, 0.5 * expected * (1 + np.vectorize(erf)(expected / np.sqrt(2))), rtol=0, atol=2e-5)
+    np.testing.assert_allclose(added, residual + expected, rtol=0, atol=2e-5)
+    np.testing.assert_array_equal(run(x[:1], residual[:1])[2], added[:1])  # one row: a tile of 1
     assert packed_linear_fits(384) and packed_linear_fits(1536) and not packed_linear_fits(100)
 
 

@@ -7,21 +7,23 @@ from max.dtype import DType
 from max.graph import Graph, TensorType, TensorValue, ops
 
 from ..checkpoint import ModelDims
-from .layers import (MakeLinear, WeightBank, attention, conv1d, dim_value, layer_norm, linear, merge_heads, mlp,
+from .layers import (MakeEncoderLinear, WeightBank, attention, conv1d, dim_value, layer_norm, linear, merge_heads,
                      kernel_library, packed_linear, packed_linear_fits, split_heads)
 
 
-def self_attention(w: WeightBank, p: str, x: TensorValue, n_head: int, make_linear: MakeLinear) -> TensorValue:
-    """openai's `block.attn(block.attn_ln(x))`: x [B, T, d] -> [B, T, d], before the residual."""
+def self_attention(w: WeightBank, p: str, x: TensorValue, n_head: int, make_linear: MakeEncoderLinear,
+                   residual: TensorValue | None = None) -> TensorValue:
+    """openai's `block.attn(block.attn_ln(x))`: x [B, T, d] -> [B, T, d], + residual if given."""
     q, k, v = ops.split(make_linear(w, f"{p}.attn.qkv")(layer_norm(w, f"{p}.attn_ln", x)), [x.shape[-1]] * 3, axis=-1)
     a = attention(split_heads(q, n_head), ops.transpose(split_heads(k, n_head), -1, -2), split_heads(v, n_head))
-    return make_linear(w, f"{p}.attn.out")(merge_heads(a))
+    return make_linear(w, f"{p}.attn.out")(merge_heads(a), residual)
 
 
-def encoder_block(w: WeightBank, p: str, x: TensorValue, n_head: int, make_linear: MakeLinear) -> TensorValue:
+def encoder_block(w: WeightBank, p: str, x: TensorValue, n_head: int, make_linear: MakeEncoderLinear) -> TensorValue:
     """One residual block: x [B, T, d] -> [B, T, d]."""
-    x = x + self_attention(w, p, x, n_head, make_linear)
-    return x + mlp(w, p, x, make_linear)
+    x = self_attention(w, p, x, n_head, make_linear, residual=x)
+    h = make_linear(w, f"{p}.mlp.0", gelu=True)(layer_norm(w, f"{p}.mlp_ln", x))
+    return make_linear(w, f"{p}.mlp.2")(h, x)
 
 
 def conv_stem(w: WeightBank, mel: TensorValue) -> TensorValue:
@@ -31,7 +33,7 @@ def conv_stem(w: WeightBank, mel: TensorValue) -> TensorValue:
     return ops.gelu(conv1d(w, "encoder.conv2", x, stride=2))
 
 
-def encoder_linear(w: WeightBank, dims: ModelDims) -> MakeLinear:
+def encoder_linear(w: WeightBank, dims: ModelDims) -> MakeEncoderLinear:
     """`packed_linear` on the CPU (every Whisper's widths fit it), MAX's matmul elsewhere."""
     widths = (dims.n_audio_state, 3 * dims.n_audio_state, 4 * dims.n_audio_state, 2 * dims.n_text_state)
     return packed_linear if w.device.is_cpu() and all(map(packed_linear_fits, widths)) else linear

@@ -83,13 +83,22 @@ def dim_value(dim) -> TensorValue:
 Linear = Callable[[TensorValue], TensorValue]
 # (weights, prefix) -> the linear layer `{prefix}.weight*` (+ `{prefix}.bias`) as ops or as a kernel
 MakeLinear = Callable[["WeightBank", str], Linear]
+# the encoder's linears: (x, residual=None) -> residual + act(x @ W + b), made by
+# MakeEncoderLinear (weights, prefix, gelu=False)
+ResidualLinear = Callable[..., TensorValue]
+MakeEncoderLinear = Callable[..., ResidualLinear]
 
 
-def linear(w: WeightBank, prefix: str, bias: bool = True) -> Linear:
-    """x [..., d_in] @ `{prefix}.weight_t` [d_in, d_out] (+ `{prefix}.bias`)."""
-    weight = w(f"{prefix}.weight_t")
-    b = w(f"{prefix}.bias") if bias else None
-    return lambda x: ops.matmul(x, weight) + b if b is not None else ops.matmul(x, weight)
+def linear(w: WeightBank, prefix: str, gelu: bool = False) -> ResidualLinear:
+    """x [..., d_in] @ `{prefix}.weight_t` [d_in, d_out] + `{prefix}.bias`, then GELU if `gelu`,
+    then + residual if given (MAX fuses these into its matmul)."""
+    weight, bias = w(f"{prefix}.weight_t"), w(f"{prefix}.bias")
+
+    def apply(x: TensorValue, residual: TensorValue | None = None) -> TensorValue:
+        y = ops.matmul(x, weight) + bias
+        y = ops.gelu(y) if gelu else y
+        return residual + y if residual is not None else y
+    return apply
 
 
 def linear_few_rows(w: WeightBank, prefix: str) -> Linear:
@@ -128,17 +137,19 @@ def few_row_linear(w: WeightBank, prefix: str) -> Linear:
     return apply
 
 
-def packed_linear(w: WeightBank, prefix: str) -> Linear:
-    """`linear` as one CPU kernel (`kernels/linear.mojo`) for many rows (the encoder's 1500):
-    x [..., K] @ `{prefix}.weight_t` [K, N] held as 16-column panels, + `{prefix}.bias`. float32."""
+def packed_linear(w: WeightBank, prefix: str, gelu: bool = False) -> ResidualLinear:
+    """`linear` as one CPU kernel (`kernels/linear.mojo`) for many rows (the encoder's 1500),
+    GELU and residual included: the weight [K, N] is held as 16-column panels. float32."""
     panels = w.panels(f"{prefix}.weight_t")
     bias = w(f"{prefix}.bias")
+    no_residual = ops.constant(np.zeros((0, 0), np.float32), DType.float32, device=w.device)
 
-    def apply(x: TensorValue) -> TensorValue:
+    def apply(x: TensorValue, residual: TensorValue | None = None) -> TensorValue:
         *lead, d_in = x.shape
         flat = ops.reshape(x, [-1, d_in])
+        add = no_residual if residual is None else ops.reshape(residual, [-1, bias.shape[0]])
         out = TensorType(DType.float32, [flat.shape[0], bias.shape[0]], device=x.device)
-        y = ops.custom("packed_linear", x.device, [flat, panels, bias], [out])[0].tensor
+        y = ops.custom("packed_linear", x.device, [flat, panels, bias, add], [out], parameters={"gelu": gelu})[0].tensor
         return ops.reshape(y, [*lead, bias.shape[0]])
     return apply
 
@@ -255,11 +266,6 @@ def greedy_choice(logits: TensorValue, suppress: TensorValue, timestamp_begin: T
     b = logits.shape[0]
     out = [TensorType(DType.int64, [b], device=logits.device), TensorType(DType.float32, [b], device=logits.device)]
     return [v.tensor for v in ops.custom("greedy_choice", logits.device, [logits, suppress, timestamp_begin], out)]
-
-
-def mlp(w: WeightBank, prefix: str, x: TensorValue, make_linear: MakeLinear) -> TensorValue:
-    h = layer_norm(w, f"{prefix}.mlp_ln", x)
-    return make_linear(w, f"{prefix}.mlp.2")(ops.gelu(make_linear(w, f"{prefix}.mlp.0")(h)))
 
 
 def conv1d(w: WeightBank, prefix: str, x: TensorValue, stride: int) -> TensorValue:

@@ -11,6 +11,7 @@ import extensibility
 from extensibility import InputTensor, OutputTensor
 from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
+from std.math import erf
 from std.memory import UnsafePointer, stack_allocation
 from std.sys.intrinsics import PrefetchOptions, prefetch
 
@@ -140,16 +141,18 @@ comptime F32 = UnsafePointer[Float32, MutAnyOrigin]
 
 @extensibility.register("packed_linear")
 struct PackedLinear:
-    """y = x @ w + bias: x float32 [M, K], panels float32 [N / 16, K, 16] (w [K, N] cut into
-    16-column panels, each contiguous), bias float32 [N] (or [0]: none) -> y float32 [M, N].
+    """y = residual + act(x @ w + bias): x float32 [M, K], panels float32 [N / 16, K, 16] (w [K, N]
+    cut into 16-column panels, each contiguous), bias float32 [N], residual float32 [M, N] (or
+    [0, 0]: none), act GELU (erf form) when `gelu`, else none -> y float32 [M, N].
     A work item is a block of rows: for each panel in turn, its rows in tiles of 6. CPU only."""
 
     @staticmethod
-    def execute[target: StaticString](
+    def execute[target: StaticString, gelu: Bool](
         output: OutputTensor[dtype=DType.float32, rank=2, ...],
         x: InputTensor[dtype=DType.float32, rank=2, ...],
         panels: InputTensor[dtype=DType.float32, rank=3, ...],
         bias: InputTensor[dtype=DType.float32, rank=1, ...],
+        residual: InputTensor[dtype=DType.float32, rank=2, ...],
         ctx: DeviceContext,
     ) raises:
         comptime if target != "cpu":
@@ -162,27 +165,31 @@ struct PackedLinear:
             raise Error("packed_linear: panels are not [N / 16, K, 16] for x [M, K]")
         var xp = x.unsafe_ptr()
         var wp = panels.unsafe_ptr()
+        if bias.dim_size(0) != n:
+            raise Error("packed_linear: bias is not [N]")
         var bp = bias.unsafe_ptr()
-        var has_bias = bias.dim_size(0) == n
+        var rp = residual.unsafe_ptr()
+        var has_residual = residual.dim_size(0) == m and residual.dim_size(1) == n
         var op = output.unsafe_ptr()
         var block = max(MR, BLOCK_FLOATS // kd // MR * MR)
 
-        def rows(item: Int) {var xp, var wp, var bp, var has_bias, var op, var m, var kd, var n, var n_panels, var block}:
+        def rows(item: Int) {var xp, var wp, var bp, var rp, var has_residual, var op, var m, var kd, var n, var n_panels, var block}:
             var r1 = min((item + 1) * block, m)
             for j in range(n_panels):
-                var b = bp.load[width=NR](j * NR) if has_bias else V16(0)
                 var i = item * block
                 while i < r1:
-                    tile(xp + i * kd, min(MR, r1 - i), kd, wp + j * kd * NR, b, op + i * n + j * NR, n)
+                    var at = i * n + j * NR
+                    tile[gelu](xp + i * kd, min(MR, r1 - i), kd, wp + j * kd * NR, bp.load[width=NR](j * NR),
+                               has_residual, rp + at, op + at, n)
                     i += MR
 
         sync_parallelize(rows, (m + block - 1) // block)
 
 
 @always_inline
-def tile(x: F32, rows: Int, kd: Int, panel: F32, bias: V16, y: F32, ldo: Int):
-    """y[r, 0:16] = x[r, :] @ panel + bias for r < rows <= 6 (x rows kd apart, y rows ldo apart);
-    rows past `rows` repeat the last one and are not stored."""
+def tile[gelu: Bool](x: F32, rows: Int, kd: Int, panel: F32, bias: V16, add: Bool, residual: F32, y: F32, ldy: Int):
+    """y[r, 0:16] = (residual[r, 0:16] if add) + act(x[r, :] @ panel + bias) for r < rows <= 6 (x
+    rows kd apart, y and residual rows ldy apart); rows past `rows` repeat the last one, unstored."""
     var x0 = x
     var x1 = x + min(1, rows - 1) * kd
     var x2 = x + min(2, rows - 1) * kd
@@ -203,14 +210,24 @@ def tile(x: F32, rows: Int, kd: Int, panel: F32, bias: V16, y: F32, ldo: Int):
         a3 += V16(x3[k]) * wv
         a4 += V16(x4[k]) * wv
         a5 += V16(x5[k]) * wv
-    y.store(0, a0 + bias)
+    store[gelu](a0 + bias, add, residual, y)
     if rows > 1:
-        y.store(ldo, a1 + bias)
+        store[gelu](a1 + bias, add, residual + ldy, y + ldy)
     if rows > 2:
-        y.store(2 * ldo, a2 + bias)
+        store[gelu](a2 + bias, add, residual + 2 * ldy, y + 2 * ldy)
     if rows > 3:
-        y.store(3 * ldo, a3 + bias)
+        store[gelu](a3 + bias, add, residual + 3 * ldy, y + 3 * ldy)
     if rows > 4:
-        y.store(4 * ldo, a4 + bias)
+        store[gelu](a4 + bias, add, residual + 4 * ldy, y + 4 * ldy)
     if rows > 5:
-        y.store(5 * ldo, a5 + bias)
+        store[gelu](a5 + bias, add, residual + 5 * ldy, y + 5 * ldy)
+
+
+@always_inline
+def store[gelu: Bool](v: V16, add: Bool, residual: F32, y: F32):
+    var out = v
+    comptime if gelu:
+        out = 0.5 * v * (1 + erf(v * 0.7071067811865476))
+    if add:
+        out = residual.load[width=NR](0) + out
+    y.store(0, out)
