@@ -45,8 +45,9 @@ def encode(w: WeightBank, dims: ModelDims, mel: TensorValue) -> TensorValue:
     n_ctx = x.shape[1]
     pos = ops.slice_tensor(w("encoder.positional_embedding"), [(slice(0, dim_value(n_ctx)), n_ctx)])
     x = x + pos
+    make_linear = encoder_linear(w, dims)
     for i in range(dims.n_audio_layer):
-        x = encoder_block(w, f"encoder.blocks.{i}", x, dims.n_audio_head, encoder_linear(w, dims))
+        x = encoder_block(w, f"encoder.blocks.{i}", x, dims.n_audio_head, make_linear)
     return layer_norm(w, "encoder.ln_post", x)
 
 

@@ -155,6 +155,7 @@ def packed_linear(w: WeightBank, prefix: str, gelu: bool = False) -> ResidualLin
 
 
 def packed_linear_fits(d_out: int) -> bool:
+    """Whether the output width is a whole number of panels; every Whisper's widths are."""
     return d_out % PANEL == 0
 
 
