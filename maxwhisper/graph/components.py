@@ -5,8 +5,8 @@ from __future__ import annotations
 from max.dtype import DType
 from max.graph import Graph, TensorType
 
-from .encoder import conv_stem, encoder_block, encoder_linear, self_attention
-from .layers import WeightBank, kernel_library, packed_linear
+from .encoder import conv_stem, encoder_block, encoder_linear, extensions, self_attention
+from .layers import WeightBank
 from .model import MaxWhisper
 
 
@@ -21,8 +21,7 @@ def build_component(model: MaxWhisper, name: str):
         "attention": lambda x: self_attention(w, "encoder.blocks.0", x, d.n_audio_head, make_linear),
         "encoder_block": lambda x: encoder_block(w, "encoder.blocks.0", x, d.n_audio_head, make_linear),
     }[name]
-    kernels = [kernel_library()] if make_linear is packed_linear else []
     with Graph(f"whisper_{name}", input_types=[TensorType(DType.float32, in_shape, device=w.device)],
-               custom_extensions=kernels) as graph:
+               custom_extensions=extensions(make_linear)) as graph:
         graph.output(body(graph.inputs[0].tensor.cast(w.dtype)).cast(DType.float32))
     return model.load_graph(graph, w.registry())

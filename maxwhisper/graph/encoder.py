@@ -39,25 +39,29 @@ def encoder_linear(w: WeightBank, dims: ModelDims) -> MakeEncoderLinear:
     return packed_linear if w.device.is_cpu() and all(map(packed_linear_fits, widths)) else linear
 
 
-def encode(w: WeightBank, dims: ModelDims, mel: TensorValue) -> TensorValue:
+def extensions(make_linear: MakeEncoderLinear) -> list:
+    """A Graph's `custom_extensions` for encoder pieces built with `make_linear`."""
+    return [kernel_library()] if make_linear is packed_linear else []
+
+
+def encode(w: WeightBank, dims: ModelDims, mel: TensorValue, make_linear: MakeEncoderLinear) -> TensorValue:
     """mel [B, n_mels, frames] (frames <= 2 * n_audio_ctx) -> audio features [B, frames / 2, d]."""
     x = conv_stem(w, mel)
     n_ctx = x.shape[1]
     pos = ops.slice_tensor(w("encoder.positional_embedding"), [(slice(0, dim_value(n_ctx)), n_ctx)])
     x = x + pos
-    make_linear = encoder_linear(w, dims)
     for i in range(dims.n_audio_layer):
         x = encoder_block(w, f"encoder.blocks.{i}", x, dims.n_audio_head, make_linear)
     return layer_norm(w, "encoder.ln_post", x)
 
 
-def cross_kv(w: WeightBank, dims: ModelDims, features: TensorValue) -> tuple[TensorValue, TensorValue]:
+def cross_kv(w: WeightBank, dims: ModelDims, features: TensorValue,
+             make_linear: MakeEncoderLinear) -> tuple[TensorValue, TensorValue]:
     """features [B, T, d] -> K [n_text_layer, B, H, T, Dh] and V^T [n_text_layer, B, H, Dh, T]
     (the layouts `attention_scores_few_rows` and `attend_few_rows` read fastest)."""
     ks, vs = [], []
     for i in range(dims.n_text_layer):
-        k, v = ops.split(encoder_linear(w, dims)(w, f"decoder.blocks.{i}.cross_attn.kv")(features),
-                         [dims.n_text_state] * 2, axis=-1)
+        k, v = ops.split(make_linear(w, f"decoder.blocks.{i}.cross_attn.kv")(features), [dims.n_text_state] * 2, axis=-1)
         ks.append(split_heads(k, dims.n_text_head))
         vs.append(ops.permute(split_heads(v, dims.n_text_head), [0, 1, 3, 2]))
     return ops.stack(ks), ops.stack(vs)
@@ -67,9 +71,9 @@ def build_encoder_graph(w: WeightBank, dims: ModelDims) -> Graph:
     """Inputs: mel float32 [B, n_mels, frames]. Outputs: features float32 [B, T, d], cross K
     [n_text_layer, B, H, T, Dh] and V^T [n_text_layer, B, H, Dh, T] in the model dtype, with T = frames / 2."""
     mel_type = TensorType(DType.float32, ["batch", dims.n_mels, "frames"], device=w.device)
-    kernels = [kernel_library()] if encoder_linear(w, dims) is packed_linear else []
-    with Graph("whisper_encoder", input_types=[mel_type], custom_extensions=kernels) as graph:
-        features = encode(w, dims, graph.inputs[0].tensor.cast(w.dtype))
-        k, v = cross_kv(w, dims, features)
+    make_linear = encoder_linear(w, dims)
+    with Graph("whisper_encoder", input_types=[mel_type], custom_extensions=extensions(make_linear)) as graph:
+        features = encode(w, dims, graph.inputs[0].tensor.cast(w.dtype), make_linear)
+        k, v = cross_kv(w, dims, features, make_linear)
         graph.output(features.cast(DType.float32), k, v)
     return graph

@@ -28,22 +28,26 @@ class WeightBank:
 
     def __init__(self, arrays: dict[str, np.ndarray], dtype: DType, device: DeviceRef):
         self.arrays, self.dtype, self.device = arrays, dtype, device
-        self.used: dict[str, tuple[Weight, str]] = {}  # graph name -> (Weight, array name)
+        # graph name -> (Weight, what makes its array in the Weight's dtype and layout)
+        self.used: dict[str, tuple[Weight, Callable[[], np.ndarray]]] = {}
         self.halves: dict[str, np.ndarray] = {}  # array name -> its float16 copy, made once
-        self.panelled: set[str] = set()  # graph names of `panels` weights
 
     def __call__(self, name: str) -> Weight:
-        return self._weight(name, name, self.dtype)
+        def fill() -> np.ndarray:
+            if self.dtype == DType.float16:
+                return self._float16(name)
+            return np.ascontiguousarray(self.arrays[name], dtype=np.float32)
+        return self._weight(name, self.dtype, self.arrays[name].shape, fill)
 
     def half(self, name: str) -> Weight:
         """The array stored as float16 (for `few_row_linear`; only exact when `float16_exact`)."""
-        return self._weight(f"{name}.fp16", name, DType.float16)
+        return self._weight(f"{name}.fp16", DType.float16, self.arrays[name].shape, lambda: self._float16(name))
 
     def panels(self, name: str) -> Weight:
         """The float32 array [K, N] as N / 16 column panels [N / 16, K, 16], for `packed_linear`."""
         k, n = self.arrays[name].shape
-        self.panelled.add(f"{name}.panels")
-        return self._weight(f"{name}.panels", name, DType.float32, (n // PANEL, k, PANEL))
+        return self._weight(f"{name}.panels", DType.float32, (n // PANEL, k, PANEL), lambda: np.ascontiguousarray(
+            self.arrays[name].reshape(k, n // PANEL, PANEL).transpose(1, 0, 2), dtype=np.float32))
 
     def float16_exact(self, prefix: str) -> bool:
         """Whether every value of the arrays named `prefix...` is a float16 number (Whisper's
@@ -57,22 +61,14 @@ class WeightBank:
                 self.halves[name] = self.arrays[name].astype(np.float16)
         return self.halves[name]
 
-    def _weight(self, graph_name: str, name: str, dtype: DType, shape: tuple[int, ...] | None = None) -> Weight:
+    def _weight(self, graph_name: str, dtype: DType, shape, fill: Callable[[], np.ndarray]) -> Weight:
         if graph_name not in self.used:
-            shape = shape or self.arrays[name].shape
-            self.used[graph_name] = Weight(graph_name, dtype, shape, device=self.device), name
+            self.used[graph_name] = Weight(graph_name, dtype, shape, device=self.device), fill
         return self.used[graph_name][0]
 
     def registry(self) -> dict[str, np.ndarray]:
         """Arrays for the weights this graph used, each in its Weight's dtype and layout."""
-        def array(graph_name: str, weight: Weight, name: str) -> np.ndarray:
-            if graph_name in self.panelled:
-                n_panels, k, _ = weight.shape.static_dims
-                return np.ascontiguousarray(self.arrays[name].reshape(k, n_panels, PANEL).transpose(1, 0, 2), np.float32)
-            if weight.dtype == DType.float16:
-                return self._float16(name)
-            return np.ascontiguousarray(self.arrays[name], dtype=np.float32)
-        return {n: array(n, weight, name) for n, (weight, name) in sorted(self.used.items())}
+        return {n: fill() for n, (_, fill) in sorted(self.used.items())}
 
 
 def dim_value(dim) -> TensorValue:
@@ -91,7 +87,7 @@ MakeEncoderLinear = Callable[..., ResidualLinear]
 
 def linear(w: WeightBank, prefix: str, gelu: bool = False) -> ResidualLinear:
     """x [..., d_in] @ `{prefix}.weight_t` [d_in, d_out] + `{prefix}.bias`, then GELU if `gelu`,
-    then + residual if given (MAX fuses these into its matmul)."""
+    then + residual if given."""
     weight, bias = w(f"{prefix}.weight_t"), w(f"{prefix}.bias")
 
     def apply(x: TensorValue, residual: TensorValue | None = None) -> TensorValue:
@@ -142,12 +138,14 @@ def packed_linear(w: WeightBank, prefix: str, gelu: bool = False) -> ResidualLin
     GELU and residual included: the weight [K, N] is held as 16-column panels. float32."""
     panels = w.panels(f"{prefix}.weight_t")
     bias = w(f"{prefix}.bias")
-    no_residual = ops.constant(np.zeros((0, 0), np.float32), DType.float32, device=w.device)
 
     def apply(x: TensorValue, residual: TensorValue | None = None) -> TensorValue:
         *lead, d_in = x.shape
         flat = ops.reshape(x, [-1, d_in])
-        add = no_residual if residual is None else ops.reshape(residual, [-1, bias.shape[0]])
+        if residual is None:  # [0, 0]: the kernel adds none
+            add = ops.constant(np.zeros((0, 0), np.float32), DType.float32, device=x.device)
+        else:
+            add = ops.reshape(residual, [-1, bias.shape[0]])
         out = TensorType(DType.float32, [flat.shape[0], bias.shape[0]], device=x.device)
         y = ops.custom("packed_linear", x.device, [flat, panels, bias, add], [out], parameters={"gelu": gelu})[0].tensor
         return ops.reshape(y, [*lead, bias.shape[0]])
