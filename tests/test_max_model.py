@@ -119,6 +119,68 @@ def test_few_row_linear_kernel_is_the_float32_product_of_float16_weights():
             np.testing.assert_array_equal(a[0], b[row])
 
 
+def test_decoder_layer_step_kernel_matches_numpy():
+    """`decoder_layer.mojo`, one whole decoder block for one token, against float64 numpy: d 64 in
+    4 heads, a cache whose unfilled positions hold NaN (read, they would show), cross-attention
+    over 40 frames; at offset 0 (only this token's key) and 5."""
+    from math import erf
+
+    from max.dtype import DType
+    from max.graph import DeviceRef, TensorType
+
+    from maxwhisper.graph.decoder import LAYER_STEP_VECTORS, LAYER_STEP_WEIGHTS, decoder_layer_step
+    from maxwhisper.graph.layers import WeightBank
+
+    d, h, s, t = 64, 4, 32, 40
+    dh = d // h
+    rng = np.random.default_rng(0)
+    shapes = {"attn.qkv": (3 * d, d), "attn.out": (d, d), "cross_attn.query": (d, d), "cross_attn.out": (d, d),
+              "mlp.0": (4 * d, d), "mlp.2": (d, 4 * d)}
+    arrays = {f"blk.{n}.weight": (rng.standard_normal(shapes[n]) * 0.2).astype(np.float16).astype(np.float32)
+              for n in LAYER_STEP_WEIGHTS}
+    for n in LAYER_STEP_VECTORS:
+        linear = n.removesuffix(".bias")
+        size = shapes[linear][0] if linear in shapes else d  # a linear's bias, else a layer norm's weight or bias
+        arrays[f"blk.{n}"] = (rng.standard_normal(size) * 0.1 + (1 if n.endswith("ln.weight") else 0)).astype(np.float32)
+    cpu = DeviceRef.CPU()
+    w = WeightBank(arrays, DType.float32, cpu)
+    types = [TensorType(DType.float32, shape, device=cpu)
+             for shape in ([1, d], [1, h, s, dh], [1, h, dh, s], [1, h, t, dh], [1, h, dh, t])]
+    run = _kernel_graph("decoder_layer_step_test", [*types, TensorType(DType.int64, [1], device=cpu)],
+                        lambda x, ck, cv, xk, xv, offset: decoder_layer_step(w, "blk", x, ck, cv, xk, xv, offset), w)
+
+    def ln(x, name):
+        return (x - x.mean()) / np.sqrt(x.var() + 1e-5) * arrays[f"blk.{name}.weight"] + arrays[f"blk.{name}.bias"]
+
+    def lin(x, name):
+        return arrays[f"blk.{name}.weight"].astype(np.float64) @ x + arrays[f"blk.{name}.bias"]
+
+    def attend(q, k, v):  # q [H, Dh], k and v [H, keys, Dh]
+        scores = np.einsum("hd,hkd->hk", q, k) / np.sqrt(dh)
+        p = np.exp(scores - scores.max(-1, keepdims=True))
+        return np.einsum("hk,hkd->hd", p / p.sum(-1, keepdims=True), v).ravel()
+
+    x, cache_k, cache_v_t, cross_k, cross_v_t = (rng.standard_normal(t_.shape.static_dims).astype(np.float32)
+                                                 for t_ in types)
+    for offset in (0, 5):
+        ck, cv = cache_k.copy(), cache_v_t.copy()
+        ck[:, :, offset:], cv[..., offset:] = np.nan, np.nan
+        out, k_new, v_new = run(x, ck, cv, cross_k, cross_v_t, np.array([offset], np.int64))
+
+        y = x[0].astype(np.float64)
+        q, k, v = np.split(lin(ln(y, "attn_ln"), "attn.qkv"), 3)
+        keys = np.concatenate([cache_k[0, :, :offset], k.reshape(h, 1, dh)], axis=1)
+        values = np.concatenate([cache_v_t[0, :, :, :offset].transpose(0, 2, 1), v.reshape(h, 1, dh)], axis=1)
+        y = y + lin(attend(q.reshape(h, dh), keys, values), "attn.out")
+        q = lin(ln(y, "cross_attn_ln"), "cross_attn.query").reshape(h, dh)
+        y = y + lin(attend(q, cross_k[0], cross_v_t[0].transpose(0, 2, 1)), "cross_attn.out")
+        hidden = lin(ln(y, "mlp_ln"), "mlp.0")
+        y = y + lin(np.array([0.5 * a * (1 + erf(a / np.sqrt(2))) for a in hidden]), "mlp.2")
+        np.testing.assert_allclose(k_new, k.reshape(h, dh), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(v_new, v.reshape(h, dh), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(out[0], y, rtol=0, atol=5e-5)
+
+
 def test_packed_linear_kernel_matches_numpy():
     """`linear.mojo`'s encoder linear against float64 numpy: weights as 16-column panels, 67 rows
     in work items of 30 (K = 1536), so the last tile has 1 row; plain, with GELU, with a residual;

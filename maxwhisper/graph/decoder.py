@@ -9,7 +9,9 @@ a step reads them as matrix-vector products (`attention_scores_few_rows`, `atten
 that made a tiny.en step ~10 % faster than the q @ K^T layout on a 2-core CPU. On the CPU a
 one-row call goes further: its attention is one Mojo kernel (`layers.few_row_attention`) that
 reads only the filled part of the cache, and the graph also picks the greedy token
-(`layers.greedy_choice`), so the host need not look at the logits.
+(`layers.greedy_choice`), so the host need not look at the logits. One token of one sequence
+(every greedy step after the prompt) has a graph of its own there, one Mojo op per layer
+(`build_token_step_graph`): ~25 ops instead of ~100, a step ~17 % faster.
 """
 from __future__ import annotations
 
@@ -162,6 +164,65 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims) -> Graph:
                               cross_k[i], cross_v_t[i], make_linear)
         logits = _logits(w, ops.gather(x, logit_index, axis=1), make_linear)
         graph.output(logits, *(greedy_choice(logits, *choice_inputs) if use_kernel else []))
+    return graph
+
+
+# what `decoder_layer_step` (kernels/decoder_layer.mojo) takes of a layer, in its order
+LAYER_STEP_WEIGHTS = ("attn.qkv", "attn.out", "cross_attn.query", "cross_attn.out", "mlp.0", "mlp.2")
+LAYER_STEP_VECTORS = ("attn_ln.weight", "attn_ln.bias", "attn.qkv.bias", "attn.out.bias", "cross_attn_ln.weight",
+                      "cross_attn_ln.bias", "cross_attn.query.bias", "cross_attn.out.bias", "mlp_ln.weight",
+                      "mlp_ln.bias", "mlp.0.bias", "mlp.2.bias")
+
+
+def token_step_fits(w: WeightBank, dims: ModelDims) -> bool:
+    """Whether one-token steps of one sequence run `build_token_step_graph`: where the step graph
+    runs float16-stored linears (`step_linears_half`), within decoder_layer.mojo's limits."""
+    d, dh = dims.n_text_state, dims.n_text_state // dims.n_text_head
+    return step_linears_half(w, dims) and d <= 1280 and dh % 8 == 0 and dims.n_audio_ctx <= 2048
+
+
+def decoder_layer_step(w: WeightBank, p: str, x: TensorValue, cache_k: TensorValue, cache_v_t: TensorValue,
+                       cross_k: TensorValue, cross_v_t: TensorValue, offset: TensorValue) -> list[TensorValue]:
+    """One decoder block for one token as one CPU kernel: x [1, d]; the cache K [1, H, S, Dh] and
+    V^T [1, H, Dh, S] holding positions 0 .. offset - 1; cross K [1, H, T, Dh], V^T [1, H, Dh, T];
+    offset int64 [1] -> x [1, d], and this token's key and value [H, Dh]."""
+    weights = w.flat(f"{p}.step_weights", [f"{p}.{n}.weight" for n in LAYER_STEP_WEIGHTS], DType.float16)
+    vectors = w.flat(f"{p}.step_vectors", [f"{p}.{n}" for n in LAYER_STEP_VECTORS], DType.float32)
+    h, dh = cache_k.shape[1], cache_k.shape[3]
+    out = [TensorType(DType.float32, x.shape, device=x.device)] + [TensorType(DType.float32, [h, dh], device=x.device)] * 2
+    results = ops.custom("decoder_layer_step", x.device, [x, weights, vectors, cache_k, cache_v_t, cross_k, cross_v_t,
+                                                          offset], out)
+    return [r.tensor for r in results]
+
+
+def build_token_step_graph(w: WeightBank, dims: ModelDims) -> Graph:
+    """The step graph for one token of one sequence (every greedy step after the prompt) on the
+    CPU: each layer one `decoder_layer_step` kernel instead of ~25 ops, no `ops.cond`.
+
+    Inputs: token int64 [1, 1]; position int64 [1]; offset int64 [] (= position); suppress float32
+    [1, n_vocab]; timestamp_begin int64 [1]; cross K [L, 1, H, T, Dh] and V^T [L, 1, H, Dh, T];
+    then per layer the cache buffers K [1, H, n_text_ctx, Dh] and V^T [1, H, Dh, n_text_ctx].
+    Outputs as `build_decoder_graph`'s: logits float32 [1, 1, n_vocab], token int64 [1], log
+    probability float32 [1]."""
+    dev, d = w.device, dims.n_text_state
+    types = [TensorType(DType.int64, [1, 1], device=dev), TensorType(DType.int64, [1], device=dev),
+             TensorType(DType.int64, [], device=dev), TensorType(DType.float32, [1, dims.n_vocab], device=dev),
+             TensorType(DType.int64, [1], device=dev), *_cross_types(dims, w.dtype, dev, 1),
+             *(BufferType(w.dtype, shape, device=dev) for shape in cache_shapes(dims, 1) * dims.n_text_layer)]
+    with Graph("whisper_token_step", input_types=types, custom_extensions=[kernel_library()]) as graph:
+        token, position, offset, suppress, timestamp_begin, cross_k, cross_v_t = (v.tensor for v in graph.inputs[:7])
+        caches = graph.inputs[7:]
+        x = ops.reshape(_embed(w, token, position, half=True), [1, d])
+        new = (slice(offset, offset + 1), 1)
+        for i in range(dims.n_text_layer):
+            k_buf, v_buf = caches[2 * i], caches[2 * i + 1]
+            x, k, v = decoder_layer_step(w, f"decoder.blocks.{i}", x, ops.buffer_load(k_buf), ops.buffer_load(v_buf),
+                                         cross_k[i], cross_v_t[i], offset.reshape([1]))
+            h, dh = k.shape
+            ops.buffer_store_slice(k_buf, ops.reshape(k, [1, h, 1, dh]), [slice(None)] * 2 + [new, slice(None)])
+            ops.buffer_store_slice(v_buf, ops.reshape(v, [1, h, dh, 1]), [slice(None)] * 3 + [new])
+        logits = _logits(w, ops.reshape(x, [1, 1, d]), few_row_linear)
+        graph.output(logits, *greedy_choice(logits, suppress, timestamp_begin))
     return graph
 
 

@@ -49,6 +49,14 @@ class WeightBank:
         return self._weight(f"{name}.panels", DType.float32, (n // PANEL, k, PANEL), lambda: np.ascontiguousarray(
             self.arrays[name].reshape(k, n // PANEL, PANEL).transpose(1, 0, 2), dtype=np.float32))
 
+    def flat(self, graph_name: str, names: list[str], dtype: DType) -> Weight:
+        """The arrays named, flattened and concatenated in order into one 1-D weight (as float16
+        copies for a float16 weight: only exact when `float16_exact`)."""
+        def fill() -> np.ndarray:
+            parts = [self._float16(n) if dtype == DType.float16 else self.arrays[n] for n in names]
+            return np.concatenate([p.ravel() for p in parts]).astype(dtype.to_numpy())
+        return self._weight(graph_name, dtype, (sum(self.arrays[n].size for n in names),), fill)
+
     def float16_exact(self, prefix: str) -> bool:
         """Whether every value of the arrays named `prefix...` is a float16 number (Whisper's
         published weights are). The float16 copies it makes are the ones `registry()` gives."""

@@ -1,4 +1,4 @@
-"""Whisper on MAX: compiles the encoder and decoder-step graphs once and runs them.
+"""Whisper on MAX: compiles the encoder, decoder-step and (CPU) one-token step graphs once and runs them.
 
 `MaxWhisper` implements the `WhisperModel` protocol of `maxwhisper.decoding`: `encode()` returns
 features that stay on the device, `inference()` a decoder with its own KV cache buffers.
@@ -20,7 +20,7 @@ from max.graph import DeviceRef
 from ..api import BackendError
 from ..checkpoint import Checkpoint, ModelDims
 from .decoder import (build_alignment_graph, build_batch_repeat_graph, build_cache_reorder_graph, build_decoder_graph,
-                      cache_shapes, step_uses_kernels)
+                      build_token_step_graph, cache_shapes, step_uses_kernels, token_step_fits)
 from .encoder import build_encoder_graph
 from .layers import WeightBank
 from .weights import graph_arrays
@@ -73,9 +73,12 @@ class MaxWhisper:
             raise BackendError(f"MAX uses all {os.cpu_count()} CPU threads; it cannot be limited to {threads}")
         start = time.perf_counter()
         self.session = InferenceSession(devices=[self.device])
-        enc_w, dec_w = (WeightBank(self.arrays, self.dtype, self.device_ref) for _ in range(2))
+        enc_w, dec_w, token_w = (WeightBank(self.arrays, self.dtype, self.device_ref) for _ in range(3))
         self.encoder = self.load_graph(build_encoder_graph(enc_w, self.dims), enc_w.registry())
         self.decoder = self.load_graph(build_decoder_graph(dec_w, self.dims), dec_w.registry())
+        self.token_step = None  # one token of one sequence (greedy steps), where it fits
+        if token_step_fits(token_w, self.dims):
+            self.token_step = self.load_graph(build_token_step_graph(token_w, self.dims), token_w.registry())
         self.compile_s = time.perf_counter() - start
         self.lazy_graphs: dict[str, object] = {}  # compiled on first use (word timestamps, beams)
 
@@ -165,10 +168,14 @@ class MaxInference:
         if n == 0 or index.min() < 0:
             raise ValueError("logits requested for positions already in the KV cache")
         pos = np.arange(self.cached, n_total, dtype=np.int64)
-        mask = np.where(np.arange(self.model.dims.n_text_ctx)[None, :] <= pos[:, None], 0.0, -np.inf).astype(np.float32)
         m = self.model
-        inputs = [new.astype(np.int64), pos, np.array(self.cached, np.int64), mask, index, *choice_inputs]
-        outputs = m.decoder.execute(*(m.to_device(a) for a in inputs), *self.cross, *self.cache)
+        if m.token_step is not None and new.shape == (1, 1) and index.tolist() == [0]:
+            inputs = [new.astype(np.int64), pos, np.array(self.cached, np.int64), *choice_inputs]
+            outputs = m.token_step.execute(*(m.to_device(a) for a in inputs), *self.cross, *self.cache)
+        else:
+            mask = np.where(np.arange(m.dims.n_text_ctx)[None, :] <= pos[:, None], 0.0, -np.inf).astype(np.float32)
+            inputs = [new.astype(np.int64), pos, np.array(self.cached, np.int64), mask, index, *choice_inputs]
+            outputs = m.decoder.execute(*(m.to_device(a) for a in inputs), *self.cross, *self.cache)
         self.cached = n_total
         return outputs
 

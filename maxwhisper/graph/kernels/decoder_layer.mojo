@@ -1,0 +1,318 @@
+# One decoder layer for one token of one sequence (a greedy step on the CPU) as a single op. A
+# step is bound by reading weights and cross K/V (~75 MB for tiny.en, ~3.3 ms at this CPU's
+# ~23 GB/s), but as ~100 MAX ops it took ~5.5-6 ms: each op's dispatch and its cold start on
+# a few hundred KB cost more than the bytes. Here a layer is 8 parallel phases over the same
+# arithmetic: the linears are `few_row_linear`'s one-row path (float16-stored weights widened
+# in registers, so the same float32 products), the attentions `few_row_attention`'s.
+import extensibility
+from extensibility import InputTensor, OutputTensor
+from max.algorithm import sync_parallelize
+from max.gpu.host import DeviceContext
+from std.math import erf, exp, sqrt
+from std.memory import stack_allocation
+from std.sys.intrinsics import PrefetchOptions, prefetch
+
+comptime W = 8  # float32 lanes per SIMD vector (AVX2)
+comptime R = 4  # weight rows per block
+comptime AHEAD = 16  # weight rows to prefetch ahead
+comptime LINE = 32  # float16 values per 64-byte cache line
+comptime MAX_D = 1280  # large's width: the scratch vectors live on the stack
+comptime MAX_KEYS = 2048
+comptime EPS = Float32(1e-5)
+comptime F16P = UnsafePointer[Float16, ...]
+comptime F32P = UnsafePointer[Float32, ...]
+
+
+def layer_norm[o: MutOrigin](x: F32P, d: Int, gamma: F32P, beta: F32P, dst: UnsafePointer[Float32, o]):
+    """out = (x - mean) / sqrt(var + eps) * gamma + beta over d values (d % 8 == 0)."""
+    var s = SIMD[DType.float32, W](0)
+    for i in range(0, d, W):
+        s += x.load[width=W](i)
+    var mean = s.reduce_add() / Float32(d)
+    var v = SIMD[DType.float32, W](0)
+    for i in range(0, d, W):
+        var c = x.load[width=W](i) - mean
+        v += c * c
+    var inv = 1 / sqrt(v.reduce_add() / Float32(d) + EPS)
+    for i in range(0, d, W):
+        dst.store(i, (x.load[width=W](i) - mean) * inv * gamma.load[width=W](i) + beta.load[width=W](i))
+
+
+def dot_rows[o: MutOrigin](x: F32P, w: F16P, kd: Int, j0: Int, j1: Int, dst: UnsafePointer[Float32, o]):
+    """out[j - j0] = x . w[j] for weight rows j0 <= j < j1 of w [*, kd] (float16), in
+    `few_row_linear`'s one-row order: 4 rows at a time, 8 lanes each, then a lane sum."""
+    var j = j0
+    while j + R <= j1:
+        var a0 = SIMD[DType.float32, W](0)
+        var a1 = SIMD[DType.float32, W](0)
+        var a2 = SIMD[DType.float32, W](0)
+        var a3 = SIMD[DType.float32, W](0)
+        var w0 = w + j * kd
+        for i in range(0, kd, W):
+            if i % LINE == 0:
+                for r in range(R):
+                    prefetch[PrefetchOptions().for_read().high_locality()](w0 + (AHEAD + r) * kd + i)
+            var xv = x.load[width=W](i)
+            a0 += xv * w0.load[width=W](i).cast[DType.float32]()
+            a1 += xv * w0.load[width=W](kd + i).cast[DType.float32]()
+            a2 += xv * w0.load[width=W](2 * kd + i).cast[DType.float32]()
+            a3 += xv * w0.load[width=W](3 * kd + i).cast[DType.float32]()
+        dst[j - j0] = a0.reduce_add()
+        dst[j - j0 + 1] = a1.reduce_add()
+        dst[j - j0 + 2] = a2.reduce_add()
+        dst[j - j0 + 3] = a3.reduce_add()
+        j += R
+    while j < j1:
+        var a = SIMD[DType.float32, W](0)
+        for i in range(0, kd, W):
+            a += x.load[width=W](i) * w.load[width=W](j * kd + i).cast[DType.float32]()
+        dst[j - j0] = a.reduce_add()
+        j += 1
+
+
+def attend[o: MutOrigin](q: F32P, k: F32P, v_t: F32P, keys: Int, stride: Int, dh: Int, new_k: F32P, new_v: F32P,
+           has_new: Bool, dst: UnsafePointer[Float32, o]):
+    """One head: softmax(q k^T / sqrt(dh)) v over keys 0 .. keys - 1 of k [*, dh] and v_t [dh,
+    stride], plus (has_new) one more key new_k [dh] with value new_v [dh]; out [dh]."""
+    var scale = Float32(1) / sqrt(Float32(dh))
+    var p = stack_allocation[MAX_KEYS + 1, Float32]()
+    var s = 0
+    while s < keys:
+        var a0 = SIMD[DType.float32, W](0)
+        var a1 = SIMD[DType.float32, W](0)
+        var a2 = SIMD[DType.float32, W](0)
+        var a3 = SIMD[DType.float32, W](0)
+        var k0 = k + s * dh
+        var quad = s + 4 <= keys
+        for d in range(0, dh, W):
+            var qv = q.load[width=W](d)
+            a0 += qv * k0.load[width=W](d)
+            if quad:
+                a1 += qv * k0.load[width=W](dh + d)
+                a2 += qv * k0.load[width=W](2 * dh + d)
+                a3 += qv * k0.load[width=W](3 * dh + d)
+        p[s] = a0.reduce_add() * scale
+        if quad:
+            p[s + 1] = a1.reduce_add() * scale
+            p[s + 2] = a2.reduce_add() * scale
+            p[s + 3] = a3.reduce_add() * scale
+            s += 4
+        else:
+            s += 1
+    var n = keys
+    if has_new:
+        var a = SIMD[DType.float32, W](0)
+        for d in range(0, dh, W):
+            a += q.load[width=W](d) * new_k.load[width=W](d)
+        p[keys] = a.reduce_add() * scale
+        n = keys + 1
+
+    var full = n - n % W
+    var mv = SIMD[DType.float32, W](-3.0e38)
+    for j in range(0, full, W):
+        mv = max(mv, p.load[width=W](j))
+    var m = mv.reduce_max()
+    for j in range(full, n):
+        m = max(m, p[j])
+    var tv = SIMD[DType.float32, W](0)
+    for j in range(0, full, W):
+        var e = exp(p.load[width=W](j) - m)
+        p.store(j, e)
+        tv += e
+    var total = tv.reduce_add()
+    for j in range(full, n):
+        var e = exp(p[j] - m)
+        p[j] = e
+        total += e
+    var inv = Float32(1) / total
+
+    var kfull = keys - keys % W
+    var full4 = keys - keys % (4 * W)
+    for d in range(dh):
+        var vr = v_t + d * stride
+        var a0 = SIMD[DType.float32, W](0)
+        var a1 = SIMD[DType.float32, W](0)
+        var a2 = SIMD[DType.float32, W](0)
+        var a3 = SIMD[DType.float32, W](0)
+        for j in range(0, full4, 4 * W):
+            a0 += p.load[width=W](j) * vr.load[width=W](j)
+            a1 += p.load[width=W](j + W) * vr.load[width=W](j + W)
+            a2 += p.load[width=W](j + 2 * W) * vr.load[width=W](j + 2 * W)
+            a3 += p.load[width=W](j + 3 * W) * vr.load[width=W](j + 3 * W)
+        for j in range(full4, kfull, W):
+            a0 += p.load[width=W](j) * vr.load[width=W](j)
+        var sum = ((a0 + a1) + (a2 + a3)).reduce_add()
+        for j in range(kfull, keys):
+            sum += p[j] * vr[j]
+        if has_new:
+            sum += p[keys] * new_v[d]
+        dst[d] = sum * inv
+
+
+@extensibility.register("decoder_layer_step")
+struct DecoderLayerStep:
+    """One residual attention block of the decoder for one token of one sequence:
+    x += attn(ln(x)); x += cross_attn(ln(x)); x += mlp(ln(x)).
+
+    x float32 [1, d]; weights float16 [14 d^2]: attn.qkv [3d, d], attn.out [d, d],
+    cross_attn.query [d, d], cross_attn.out [d, d], mlp.0 [4d, d], mlp.2 [d, 4d], each [d_out,
+    d_in] row-major; vectors float32 [17 d]: attn_ln weight and bias, attn.qkv bias [3d],
+    attn.out bias, cross_attn_ln weight and bias, cross_attn.query bias, cross_attn.out bias,
+    mlp_ln weight and bias, mlp.0 bias [4d], mlp.2 bias; the self-attention cache K [1, H, S, Dh]
+    and V^T [1, H, Dh, S] holding positions 0 .. offset - 1; cross K [1, H, T, Dh] and V^T
+    [1, H, Dh, T]; offset int64 [1].
+    Outputs: x float32 [1, d]; this token's key and value [H, Dh] (for the cache). CPU only.
+    """
+
+    @staticmethod
+    def execute[target: StaticString](
+        x_out: OutputTensor[dtype=DType.float32, rank=2, ...],
+        k_new: OutputTensor[dtype=DType.float32, rank=2, ...],
+        v_new: OutputTensor[dtype=DType.float32, rank=2, ...],
+        x: InputTensor[dtype=DType.float32, rank=2, ...],
+        weights: InputTensor[dtype=DType.float16, rank=1, ...],
+        vectors: InputTensor[dtype=DType.float32, rank=1, ...],
+        cache_k: InputTensor[dtype=DType.float32, rank=4, ...],
+        cache_v_t: InputTensor[dtype=DType.float32, rank=4, ...],
+        cross_k: InputTensor[dtype=DType.float32, rank=4, ...],
+        cross_v_t: InputTensor[dtype=DType.float32, rank=4, ...],
+        offset: InputTensor[dtype=DType.int64, rank=1, ...],
+        ctx: DeviceContext,
+    ) raises:
+        comptime if target != "cpu":
+            raise Error("decoder_layer_step runs on the CPU only")
+        var d = x.dim_size(1)
+        var heads = cache_k.dim_size(1)
+        var s_len = cache_k.dim_size(2)
+        var t_len = cross_k.dim_size(2)
+        var dh = d // heads
+        var pos = Int(offset.unsafe_ptr()[0])
+        if x.dim_size(0) != 1 or d > MAX_D or d % W != 0 or dh % W != 0 or t_len > MAX_KEYS or pos >= s_len:
+            raise Error("decoder_layer_step: one row, d <= 1280, d and Dh multiples of 8, T <= 2048, offset < S")
+        if weights.dim_size(0) != 14 * d * d or vectors.dim_size(0) != 17 * d:
+            raise Error("decoder_layer_step: weights are not [14 d^2] and vectors [17 d]")
+
+        var wp = weights.unsafe_ptr()
+        var vp = vectors.unsafe_ptr()
+        var xo = x_out.unsafe_ptr()
+        var kn = k_new.unsafe_ptr()
+        var vn = v_new.unsafe_ptr()
+        var ck = cache_k.unsafe_ptr()
+        var cv = cache_v_t.unsafe_ptr()
+        var xk = cross_k.unsafe_ptr()
+        var xv = cross_v_t.unsafe_ptr()
+        # scratch shared by the phases: q [d], attention output [d], the MLP's hidden layer [4d]
+        var q = stack_allocation[MAX_D, Float32]()
+        var att = stack_allocation[MAX_D, Float32]()
+        var hidden = stack_allocation[4 * MAX_D, Float32]()
+        for i in range(0, d, W):
+            xo.store(i, x.unsafe_ptr().load[width=W](i))
+
+        # where each weight and vector starts
+        var w_qkv = wp
+        var w_out = w_qkv + 3 * d * d
+        var w_cq = w_out + d * d
+        var w_cout = w_cq + d * d
+        var w_fc1 = w_cout + d * d
+        var w_fc2 = w_fc1 + 4 * d * d
+        var ln1 = vp
+        var b_qkv = ln1 + 2 * d
+        var b_out = b_qkv + 3 * d
+        var ln2 = b_out + d
+        var b_cq = ln2 + 2 * d
+        var b_cout = b_cq + d
+        var ln3 = b_cout + d
+        var b_fc1 = ln3 + 2 * d
+        var b_fc2 = b_fc1 + 4 * d
+
+        def rows_of(n: Int) -> Int:
+            """rows per work item: contiguous blocks of 4-row multiples, up to 16 items"""
+            var items = max(1, min(16, n // 64))
+            return ((n + items - 1) // items + R - 1) // R * R
+
+        # 1. q, k, v = ln1(x) @ W_qkv^T + b
+        var per = rows_of(3 * d)
+        def qkv(item: Int) {var xo, var q, var kn, var vn, var w_qkv, var ln1, var b_qkv, var d, var per}:
+            var xn = stack_allocation[MAX_D, Float32]()
+            layer_norm(xo, d, ln1, ln1 + d, xn)
+            var j0 = item * per
+            var j1 = min(j0 + per, 3 * d)
+            var y = stack_allocation[4 * MAX_D, Float32]()
+            dot_rows(xn, w_qkv, d, j0, j1, y)
+            for j in range(j0, j1):
+                var v = y[j - j0] + b_qkv[j]
+                if j < d:
+                    q[j] = v
+                elif j < 2 * d:
+                    kn[j - d] = v
+                else:
+                    vn[j - 2 * d] = v
+        sync_parallelize(qkv, (3 * d + per - 1) // per)
+
+        # 2. self-attention over the cache and this token
+        def self_head(h: Int) {var q, var kn, var vn, var ck, var cv, var att, var dh, var s_len, var pos}:
+            attend(q + h * dh, ck + h * s_len * dh, cv + h * dh * s_len, pos, s_len, dh, kn + h * dh, vn + h * dh,
+                   True, att + h * dh)
+        sync_parallelize(self_head, heads)
+
+        # 3. x += att @ W_out^T + b, and the same shape of phase for each residual linear below
+        per = rows_of(d)
+        def out_proj(item: Int) {var xo, var att, var w_out, var b_out, var d, var per}:
+            var j0 = item * per
+            var j1 = min(j0 + per, d)
+            var y = stack_allocation[MAX_D, Float32]()
+            dot_rows(att, w_out, d, j0, j1, y)
+            for j in range(j0, j1):
+                xo[j] += y[j - j0] + b_out[j]
+        sync_parallelize(out_proj, (d + per - 1) // per)
+
+        # 4. q = ln2(x) @ W_cq^T + b
+        def cross_query(item: Int) {var xo, var q, var w_cq, var ln2, var b_cq, var d, var per}:
+            var xn = stack_allocation[MAX_D, Float32]()
+            layer_norm(xo, d, ln2, ln2 + d, xn)
+            var j0 = item * per
+            var j1 = min(j0 + per, d)
+            var y = stack_allocation[MAX_D, Float32]()
+            dot_rows(xn, w_cq, d, j0, j1, y)
+            for j in range(j0, j1):
+                q[j] = y[j - j0] + b_cq[j]
+        sync_parallelize(cross_query, (d + per - 1) // per)
+
+        # 5. cross-attention over the audio
+        def cross_head(h: Int) {var q, var xk, var xv, var att, var dh, var t_len}:
+            attend(q + h * dh, xk + h * t_len * dh, xv + h * dh * t_len, t_len, t_len, dh, q, q, False, att + h * dh)
+        sync_parallelize(cross_head, heads)
+
+        # 6. x += att @ W_cout^T + b
+        def cross_out(item: Int) {var xo, var att, var w_cout, var b_cout, var d, var per}:
+            var j0 = item * per
+            var j1 = min(j0 + per, d)
+            var y = stack_allocation[MAX_D, Float32]()
+            dot_rows(att, w_cout, d, j0, j1, y)
+            for j in range(j0, j1):
+                xo[j] += y[j - j0] + b_cout[j]
+        sync_parallelize(cross_out, (d + per - 1) // per)
+
+        # 7. hidden = gelu(ln3(x) @ W_fc1^T + b)
+        var per4 = rows_of(4 * d)
+        def fc1(item: Int) {var xo, var hidden, var w_fc1, var ln3, var b_fc1, var d, var per4}:
+            var xn = stack_allocation[MAX_D, Float32]()
+            layer_norm(xo, d, ln3, ln3 + d, xn)
+            var j0 = item * per4
+            var j1 = min(j0 + per4, 4 * d)
+            var y = stack_allocation[4 * MAX_D, Float32]()
+            dot_rows(xn, w_fc1, d, j0, j1, y)
+            for j in range(j0, j1):
+                var v = y[j - j0] + b_fc1[j]
+                hidden[j] = 0.5 * v * (1 + erf(v * 0.7071067811865476))
+        sync_parallelize(fc1, (4 * d + per4 - 1) // per4)
+
+        # 8. x += hidden @ W_fc2^T + b
+        def fc2(item: Int) {var xo, var hidden, var w_fc2, var b_fc2, var d, var per}:
+            var j0 = item * per
+            var j1 = min(j0 + per, d)
+            var y = stack_allocation[MAX_D, Float32]()
+            dot_rows(hidden, w_fc2, 4 * d, j0, j1, y)
+            for j in range(j0, j1):
+                xo[j] += y[j - j0] + b_fc2[j]
+        sync_parallelize(fc2, (d + per - 1) // per)
