@@ -10,6 +10,7 @@ from std.memory import stack_allocation
 
 comptime MAX_KEYS = 2048
 comptime W = 8  # float32 lanes per SIMD vector (AVX2)
+comptime F32P = UnsafePointer[Float32, ...]
 
 
 @extensibility.register("few_row_attention")
@@ -36,85 +37,95 @@ struct FewRowAttention:
         var s_len = k.dim_size(2)
         if s_len > MAX_KEYS or dh % W != 0:
             raise Error("few_row_attention: more than 2048 keys, or Dh not a multiple of 8")
-        var scale = Float32(1) / sqrt(Float32(dh))
         var qp = q.unsafe_ptr()
         var kp = k.unsafe_ptr()
         var vp = v_t.unsafe_ptr()
         var lp = limit.unsafe_ptr()
         var op = output.unsafe_ptr()
 
-        def row(item: Int) {var qp, var kp, var vp, var lp, var op, var n, var dh, var s_len, var scale}:
+        def row(item: Int) {var qp, var kp, var vp, var lp, var op, var n, var dh, var s_len}:
             var head = item // n  # flat (batch, head) index
             var keys = min(Int(lp[unsafe_offset=item % n]), s_len)
-            var qrow = qp + item * dh
-            var kh = kp + head * s_len * dh
-            var vh = vp + head * dh * s_len
-            var p = stack_allocation[MAX_KEYS, Float32]()
-
-            # scores, four keys at a time (four independent accumulators)
-            var s = 0
-            while s < keys:
-                var a0 = SIMD[DType.float32, W](0)
-                var a1 = SIMD[DType.float32, W](0)
-                var a2 = SIMD[DType.float32, W](0)
-                var a3 = SIMD[DType.float32, W](0)
-                var k0 = kh + s * dh
-                var quad = s + 4 <= keys
-                for d in range(0, dh, W):
-                    var qv = qrow.load[width=W](d)
-                    a0 += qv * k0.load[width=W](d)
-                    if quad:
-                        a1 += qv * k0.load[width=W](dh + d)
-                        a2 += qv * k0.load[width=W](2 * dh + d)
-                        a3 += qv * k0.load[width=W](3 * dh + d)
-                p[s] = a0.reduce_add() * scale
-                if quad:
-                    p[s + 1] = a1.reduce_add() * scale
-                    p[s + 2] = a2.reduce_add() * scale
-                    p[s + 3] = a3.reduce_add() * scale
-                    s += 4
-                else:
-                    s += 1
-
-            # softmax numerators and their sum
-            var full = keys - keys % W
-            var mv = SIMD[DType.float32, W](-3.0e38)
-            for j in range(0, full, W):
-                mv = max(mv, p.load[width=W](j))
-            var m = mv.reduce_max()
-            for j in range(full, keys):
-                m = max(m, p[j])
-            var tv = SIMD[DType.float32, W](0)
-            for j in range(0, full, W):
-                var e = exp(p.load[width=W](j) - m)
-                p.store(j, e)
-                tv += e
-            var total = tv.reduce_add()
-            for j in range(full, keys):
-                var e = exp(p[j] - m)
-                p[j] = e
-                total += e
-            var inv = Float32(1) / total
-
-            # out[d] = p . v_t[d] / total
-            var orow = op + item * dh
-            var full4 = keys - keys % (4 * W)
-            for d in range(dh):
-                var vr = vh + d * s_len
-                var a0 = SIMD[DType.float32, W](0)
-                var a1 = SIMD[DType.float32, W](0)
-                var a2 = SIMD[DType.float32, W](0)
-                var a3 = SIMD[DType.float32, W](0)
-                for j in range(0, full4, 4 * W):
-                    a0 += p.load[width=W](j) * vr.load[width=W](j)
-                    a1 += p.load[width=W](j + W) * vr.load[width=W](j + W)
-                    a2 += p.load[width=W](j + 2 * W) * vr.load[width=W](j + 2 * W)
-                    a3 += p.load[width=W](j + 3 * W) * vr.load[width=W](j + 3 * W)
-                for j in range(full4, full, W):
-                    a0 += p.load[width=W](j) * vr.load[width=W](j)
-                var sum = ((a0 + a1) + (a2 + a3)).reduce_add()
-                for j in range(full, keys):
-                    sum += p[j] * vr[j]
-                orow[d] = sum * inv
+            attend(qp + item * dh, kp + head * s_len * dh, vp + head * dh * s_len, keys, s_len, dh, qp, qp, False,
+                   op + item * dh)
 
         sync_parallelize(row, q.dim_size(0) * q.dim_size(1) * n)
+
+
+def attend[o: MutOrigin](q: F32P, k: F32P, v_t: F32P, keys: Int, stride: Int, dh: Int, new_k: F32P, new_v: F32P,
+           has_new: Bool, dst: UnsafePointer[Float32, o]):
+    """One head: softmax(q k^T / sqrt(dh)) v over keys 0 .. keys - 1 of k [*, dh] and v_t [dh,
+    stride], plus (has_new) one more key new_k [dh] with value new_v [dh] -> dst [dh]."""
+    var scale = Float32(1) / sqrt(Float32(dh))
+    var p = stack_allocation[MAX_KEYS + 1, Float32]()
+    var s = 0
+    while s < keys:
+        var a0 = SIMD[DType.float32, W](0)
+        var a1 = SIMD[DType.float32, W](0)
+        var a2 = SIMD[DType.float32, W](0)
+        var a3 = SIMD[DType.float32, W](0)
+        var k0 = k + s * dh
+        var quad = s + 4 <= keys
+        for d in range(0, dh, W):
+            var qv = q.load[width=W](d)
+            a0 += qv * k0.load[width=W](d)
+            if quad:
+                a1 += qv * k0.load[width=W](dh + d)
+                a2 += qv * k0.load[width=W](2 * dh + d)
+                a3 += qv * k0.load[width=W](3 * dh + d)
+        p[s] = a0.reduce_add() * scale
+        if quad:
+            p[s + 1] = a1.reduce_add() * scale
+            p[s + 2] = a2.reduce_add() * scale
+            p[s + 3] = a3.reduce_add() * scale
+            s += 4
+        else:
+            s += 1
+    var n = keys
+    if has_new:
+        var a = SIMD[DType.float32, W](0)
+        for d in range(0, dh, W):
+            a += q.load[width=W](d) * new_k.load[width=W](d)
+        p[keys] = a.reduce_add() * scale
+        n = keys + 1
+
+    var full = n - n % W
+    var mv = SIMD[DType.float32, W](-3.0e38)
+    for j in range(0, full, W):
+        mv = max(mv, p.load[width=W](j))
+    var m = mv.reduce_max()
+    for j in range(full, n):
+        m = max(m, p[j])
+    var tv = SIMD[DType.float32, W](0)
+    for j in range(0, full, W):
+        var e = exp(p.load[width=W](j) - m)
+        p.store(j, e)
+        tv += e
+    var total = tv.reduce_add()
+    for j in range(full, n):
+        var e = exp(p[j] - m)
+        p[j] = e
+        total += e
+    var inv = Float32(1) / total
+
+    var kfull = keys - keys % W
+    var full4 = keys - keys % (4 * W)
+    for d in range(dh):
+        var vr = v_t + d * stride
+        var a0 = SIMD[DType.float32, W](0)
+        var a1 = SIMD[DType.float32, W](0)
+        var a2 = SIMD[DType.float32, W](0)
+        var a3 = SIMD[DType.float32, W](0)
+        for j in range(0, full4, 4 * W):
+            a0 += p.load[width=W](j) * vr.load[width=W](j)
+            a1 += p.load[width=W](j + W) * vr.load[width=W](j + W)
+            a2 += p.load[width=W](j + 2 * W) * vr.load[width=W](j + 2 * W)
+            a3 += p.load[width=W](j + 3 * W) * vr.load[width=W](j + 3 * W)
+        for j in range(full4, kfull, W):
+            a0 += p.load[width=W](j) * vr.load[width=W](j)
+        var sum = ((a0 + a1) + (a2 + a3)).reduce_add()
+        for j in range(kfull, keys):
+            sum += p[j] * vr[j]
+        if has_new:
+            sum += p[keys] * new_v[d]
+        dst[d] = sum * inv

@@ -8,18 +8,16 @@ import extensibility
 from extensibility import InputTensor, OutputTensor
 from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
-from std.math import erf, exp, sqrt
+from std.math import erf, sqrt
 from std.memory import stack_allocation
-from std.sys.intrinsics import PrefetchOptions, prefetch
+
+from .attention import MAX_KEYS, attend
+from .linear import dot_rows
 
 comptime W = 8  # float32 lanes per SIMD vector (AVX2)
-comptime R = 4  # weight rows per block
-comptime AHEAD = 16  # weight rows to prefetch ahead
-comptime LINE = 32  # float16 values per 64-byte cache line
+comptime R = 4  # weight rows per block of `dot_rows`
 comptime MAX_D = 1280  # large's width: the scratch vectors live on the stack
-comptime MAX_KEYS = 2048
 comptime EPS = Float32(1e-5)
-comptime F16P = UnsafePointer[Float16, ...]
 comptime F32P = UnsafePointer[Float32, ...]
 
 
@@ -36,117 +34,6 @@ def layer_norm[o: MutOrigin](x: F32P, d: Int, gamma: F32P, beta: F32P, dst: Unsa
     var inv = 1 / sqrt(v.reduce_add() / Float32(d) + EPS)
     for i in range(0, d, W):
         dst.store(i, (x.load[width=W](i) - mean) * inv * gamma.load[width=W](i) + beta.load[width=W](i))
-
-
-def dot_rows[o: MutOrigin](x: F32P, w: F16P, kd: Int, j0: Int, j1: Int, dst: UnsafePointer[Float32, o]):
-    """out[j - j0] = x . w[j] for weight rows j0 <= j < j1 of w [*, kd] (float16), in
-    `few_row_linear`'s one-row order: 4 rows at a time, 8 lanes each, then a lane sum."""
-    var j = j0
-    while j + R <= j1:
-        var a0 = SIMD[DType.float32, W](0)
-        var a1 = SIMD[DType.float32, W](0)
-        var a2 = SIMD[DType.float32, W](0)
-        var a3 = SIMD[DType.float32, W](0)
-        var w0 = w + j * kd
-        for i in range(0, kd, W):
-            if i % LINE == 0:
-                for r in range(R):
-                    prefetch[PrefetchOptions().for_read().high_locality()](w0 + (AHEAD + r) * kd + i)
-            var xv = x.load[width=W](i)
-            a0 += xv * w0.load[width=W](i).cast[DType.float32]()
-            a1 += xv * w0.load[width=W](kd + i).cast[DType.float32]()
-            a2 += xv * w0.load[width=W](2 * kd + i).cast[DType.float32]()
-            a3 += xv * w0.load[width=W](3 * kd + i).cast[DType.float32]()
-        dst[j - j0] = a0.reduce_add()
-        dst[j - j0 + 1] = a1.reduce_add()
-        dst[j - j0 + 2] = a2.reduce_add()
-        dst[j - j0 + 3] = a3.reduce_add()
-        j += R
-    while j < j1:
-        var a = SIMD[DType.float32, W](0)
-        for i in range(0, kd, W):
-            a += x.load[width=W](i) * w.load[width=W](j * kd + i).cast[DType.float32]()
-        dst[j - j0] = a.reduce_add()
-        j += 1
-
-
-def attend[o: MutOrigin](q: F32P, k: F32P, v_t: F32P, keys: Int, stride: Int, dh: Int, new_k: F32P, new_v: F32P,
-           has_new: Bool, dst: UnsafePointer[Float32, o]):
-    """One head: softmax(q k^T / sqrt(dh)) v over keys 0 .. keys - 1 of k [*, dh] and v_t [dh,
-    stride], plus (has_new) one more key new_k [dh] with value new_v [dh]; out [dh]."""
-    var scale = Float32(1) / sqrt(Float32(dh))
-    var p = stack_allocation[MAX_KEYS + 1, Float32]()
-    var s = 0
-    while s < keys:
-        var a0 = SIMD[DType.float32, W](0)
-        var a1 = SIMD[DType.float32, W](0)
-        var a2 = SIMD[DType.float32, W](0)
-        var a3 = SIMD[DType.float32, W](0)
-        var k0 = k + s * dh
-        var quad = s + 4 <= keys
-        for d in range(0, dh, W):
-            var qv = q.load[width=W](d)
-            a0 += qv * k0.load[width=W](d)
-            if quad:
-                a1 += qv * k0.load[width=W](dh + d)
-                a2 += qv * k0.load[width=W](2 * dh + d)
-                a3 += qv * k0.load[width=W](3 * dh + d)
-        p[s] = a0.reduce_add() * scale
-        if quad:
-            p[s + 1] = a1.reduce_add() * scale
-            p[s + 2] = a2.reduce_add() * scale
-            p[s + 3] = a3.reduce_add() * scale
-            s += 4
-        else:
-            s += 1
-    var n = keys
-    if has_new:
-        var a = SIMD[DType.float32, W](0)
-        for d in range(0, dh, W):
-            a += q.load[width=W](d) * new_k.load[width=W](d)
-        p[keys] = a.reduce_add() * scale
-        n = keys + 1
-
-    var full = n - n % W
-    var mv = SIMD[DType.float32, W](-3.0e38)
-    for j in range(0, full, W):
-        mv = max(mv, p.load[width=W](j))
-    var m = mv.reduce_max()
-    for j in range(full, n):
-        m = max(m, p[j])
-    var tv = SIMD[DType.float32, W](0)
-    for j in range(0, full, W):
-        var e = exp(p.load[width=W](j) - m)
-        p.store(j, e)
-        tv += e
-    var total = tv.reduce_add()
-    for j in range(full, n):
-        var e = exp(p[j] - m)
-        p[j] = e
-        total += e
-    var inv = Float32(1) / total
-
-    var kfull = keys - keys % W
-    var full4 = keys - keys % (4 * W)
-    for d in range(dh):
-        var vr = v_t + d * stride
-        var a0 = SIMD[DType.float32, W](0)
-        var a1 = SIMD[DType.float32, W](0)
-        var a2 = SIMD[DType.float32, W](0)
-        var a3 = SIMD[DType.float32, W](0)
-        for j in range(0, full4, 4 * W):
-            a0 += p.load[width=W](j) * vr.load[width=W](j)
-            a1 += p.load[width=W](j + W) * vr.load[width=W](j + W)
-            a2 += p.load[width=W](j + 2 * W) * vr.load[width=W](j + 2 * W)
-            a3 += p.load[width=W](j + 3 * W) * vr.load[width=W](j + 3 * W)
-        for j in range(full4, kfull, W):
-            a0 += p.load[width=W](j) * vr.load[width=W](j)
-        var sum = ((a0 + a1) + (a2 + a3)).reduce_add()
-        for j in range(kfull, keys):
-            sum += p[j] * vr[j]
-        if has_new:
-            sum += p[keys] * new_v[d]
-        dst[d] = sum * inv
 
 
 @extensibility.register("decoder_layer_step")

@@ -21,6 +21,8 @@ comptime W = 8  # float32 lanes per SIMD vector (AVX2)
 comptime R = 4  # weight rows per block
 comptime AHEAD = 16  # rows: how far ahead to prefetch weights (the hardware prefetcher alone got ~60 %)
 comptime LINE = 32  # float16 values per 64-byte cache line
+comptime F16P = UnsafePointer[Float16, ...]
+comptime F32P = UnsafePointer[Float32, ...]
 
 
 @extensibility.register("few_row_linear")
@@ -54,35 +56,17 @@ struct FewRowLinear:
 
         def block(item: Int) {var xp, var wp, var bp, var has_bias, var op, var n, var kd, var per, var m_rows}:
             var hi = min((item + 1) * per, n)
+            if m_rows == 1:  # the weights go straight from memory into the products
+                dot_rows(xp, wp, kd, item * per, hi, op + item * per)
+                if has_bias:
+                    for j in range(item * per, hi):
+                        op[j] += bp[j]
+                return
             var wide = stack_allocation[R * MAX_D_IN, Float32]()  # R weight rows widened to float32
             var sums = stack_allocation[2 * R, Float32]()
             var j = item * per
             while j < hi:
                 var rows = min(R, hi - j)
-                if m_rows == 1 and rows == R:
-                    # one input row: the weights go straight from memory into the products
-                    var a0 = SIMD[DType.float32, W](0)
-                    var a1 = SIMD[DType.float32, W](0)
-                    var a2 = SIMD[DType.float32, W](0)
-                    var a3 = SIMD[DType.float32, W](0)
-                    var w0 = wp + j * kd
-                    for i in range(0, kd, W):
-                        if i % LINE == 0:
-                            for r in range(R):
-                                prefetch[PrefetchOptions().for_read().high_locality()](w0 + (AHEAD + r) * kd + i)
-                        var xv = xp.load[width=W](i)
-                        a0 += xv * w0.load[width=W](i).cast[DType.float32]()
-                        a1 += xv * w0.load[width=W](kd + i).cast[DType.float32]()
-                        a2 += xv * w0.load[width=W](2 * kd + i).cast[DType.float32]()
-                        a3 += xv * w0.load[width=W](3 * kd + i).cast[DType.float32]()
-                    sums[0] = a0.reduce_add()
-                    sums[1] = a1.reduce_add()
-                    sums[2] = a2.reduce_add()
-                    sums[3] = a3.reduce_add()
-                    for r in range(R):
-                        op[j + r] = sums[r] + (bp[j + r] if has_bias else Float32(0))
-                    j += R
-                    continue
                 for r in range(R):
                     for i in range(0, kd, W):
                         var v = wp.load[width=W]((j + r) * kd + i).cast[DType.float32]() if r < rows else SIMD[DType.float32, W](0)
@@ -131,6 +115,39 @@ struct FewRowLinear:
                 j += R
 
         sync_parallelize(block, (n + per - 1) // per)
+
+
+def dot_rows[o: MutOrigin](x: F32P, w: F16P, kd: Int, j0: Int, j1: Int, dst: UnsafePointer[Float32, o]):
+    """dst[j - j0] = x . w[j] for weight rows j0 <= j < j1 of w [*, kd] (float16): 4 rows at a
+    time, each an 8-lane float32 sum over kd, then a lane sum (the order of the many-row path)."""
+    var j = j0
+    while j + R <= j1:
+        var a0 = SIMD[DType.float32, W](0)
+        var a1 = SIMD[DType.float32, W](0)
+        var a2 = SIMD[DType.float32, W](0)
+        var a3 = SIMD[DType.float32, W](0)
+        var w0 = w + j * kd
+        for i in range(0, kd, W):
+            if i % LINE == 0:
+                for r in range(R):
+                    prefetch[PrefetchOptions().for_read().high_locality()](w0 + (AHEAD + r) * kd + i)
+            var xv = x.load[width=W](i)
+            a0 += xv * w0.load[width=W](i).cast[DType.float32]()
+            a1 += xv * w0.load[width=W](kd + i).cast[DType.float32]()
+            a2 += xv * w0.load[width=W](2 * kd + i).cast[DType.float32]()
+            a3 += xv * w0.load[width=W](3 * kd + i).cast[DType.float32]()
+        dst[j - j0] = a0.reduce_add()
+        dst[j - j0 + 1] = a1.reduce_add()
+        dst[j - j0 + 2] = a2.reduce_add()
+        dst[j - j0 + 3] = a3.reduce_add()
+        j += R
+    while j < j1:
+        var a = SIMD[DType.float32, W](0)
+        for i in range(0, kd, W):
+            a += x.load[width=W](i) * w.load[width=W](j * kd + i).cast[DType.float32]()
+        dst[j - j0] = a.reduce_add()
+        j += 1
+
 
 
 comptime MR = 6  # rows per register tile of `packed_linear`: 6 rows x 2 vectors = 12 accumulators
