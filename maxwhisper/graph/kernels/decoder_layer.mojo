@@ -12,17 +12,16 @@ from std.math import erf, sqrt
 from std.memory import stack_allocation
 
 from .attention import MAX_KEYS, attend
-from .linear import dot_rows
+from .linear import dot_rows, rows_per_item
 
 comptime W = 8  # float32 lanes per SIMD vector (AVX2)
-comptime R = 4  # weight rows per block of `dot_rows`
 comptime MAX_D = 1280  # large's width: the scratch vectors live on the stack
 comptime EPS = Float32(1e-5)
 comptime F32P = UnsafePointer[Float32, ...]
 
 
 def layer_norm[o: MutOrigin](x: F32P, d: Int, gamma: F32P, beta: F32P, dst: UnsafePointer[Float32, o]):
-    """out = (x - mean) / sqrt(var + eps) * gamma + beta over d values (d % 8 == 0)."""
+    """dst = (x - mean) / sqrt(var + eps) * gamma + beta over d values (d % 8 == 0)."""
     var s = SIMD[DType.float32, W](0)
     for i in range(0, d, W):
         s += x.load[width=W](i)
@@ -112,13 +111,8 @@ struct DecoderLayerStep:
         var b_fc1 = ln3 + 2 * d
         var b_fc2 = b_fc1 + 4 * d
 
-        def rows_of(n: Int) -> Int:
-            """rows per work item: contiguous blocks of 4-row multiples, up to 16 items"""
-            var items = max(1, min(16, n // 64))
-            return ((n + items - 1) // items + R - 1) // R * R
-
         # 1. q, k, v = ln1(x) @ W_qkv^T + b
-        var per = rows_of(3 * d)
+        var per = rows_per_item(3 * d)
         def qkv(item: Int) {var xo, var q, var kn, var vn, var w_qkv, var ln1, var b_qkv, var d, var per}:
             var xn = stack_allocation[MAX_D, Float32]()
             layer_norm(xo, d, ln1, ln1 + d, xn)
@@ -143,7 +137,7 @@ struct DecoderLayerStep:
         sync_parallelize(self_head, heads)
 
         # 3. x += att @ W_out^T + b, and the same shape of phase for each residual linear below
-        per = rows_of(d)
+        per = rows_per_item(d)
         def out_proj(item: Int) {var xo, var att, var w_out, var b_out, var d, var per}:
             var j0 = item * per
             var j1 = min(j0 + per, d)
@@ -181,7 +175,7 @@ struct DecoderLayerStep:
         sync_parallelize(cross_out, (d + per - 1) // per)
 
         # 7. hidden = gelu(ln3(x) @ W_fc1^T + b)
-        var per4 = rows_of(4 * d)
+        var per4 = rows_per_item(4 * d)
         def fc1(item: Int) {var xo, var hidden, var w_fc1, var ln3, var b_fc1, var d, var per4}:
             var xn = stack_allocation[MAX_D, Float32]()
             layer_norm(xo, d, ln3, ln3 + d, xn)

@@ -51,8 +51,7 @@ struct FewRowLinear:
         var bp = bias.unsafe_ptr()
         var has_bias = bias.dim_size(0) == n
         var op = output.unsafe_ptr()
-        var items = max(1, min(16, n // 64))
-        var per = ((n + items - 1) // items + R - 1) // R * R
+        var per = rows_per_item(n)
 
         def block(item: Int) {var xp, var wp, var bp, var has_bias, var op, var n, var kd, var per, var m_rows}:
             var hi = min((item + 1) * per, n)
@@ -117,6 +116,13 @@ struct FewRowLinear:
         sync_parallelize(block, (n + per - 1) // per)
 
 
+def rows_per_item(n: Int) -> Int:
+    """How a linear with n weight rows is cut into work items: contiguous blocks of multiples of
+    4 rows, up to 16 items (so that a thread streams long runs of weights)."""
+    var items = max(1, min(16, n // 64))
+    return ((n + items - 1) // items + R - 1) // R * R
+
+
 def dot_rows[o: MutOrigin](x: F32P, w: F16P, kd: Int, j0: Int, j1: Int, dst: UnsafePointer[Float32, o]):
     """dst[j - j0] = x . w[j] for weight rows j0 <= j < j1 of w [*, kd] (float16): 4 rows at a
     time, each an 8-lane float32 sum over kd, then a lane sum (the order of the many-row path)."""
@@ -147,7 +153,6 @@ def dot_rows[o: MutOrigin](x: F32P, w: F16P, kd: Int, j0: Int, j1: Int, dst: Uns
             a += x.load[width=W](i) * w.load[width=W](j * kd + i).cast[DType.float32]()
         dst[j - j0] = a.reduce_add()
         j += 1
-
 
 
 comptime MR = 6  # rows per register tile of `packed_linear`: 6 rows x 2 vectors = 12 accumulators
