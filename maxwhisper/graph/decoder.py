@@ -72,9 +72,9 @@ def cache_shapes(dims: ModelDims, batch) -> list[list]:
     return [[batch, H, S, dh], [batch, H, dh, S]]
 
 
-def _cache_types(dims: ModelDims, dtype: DType, device) -> list[BufferType]:
+def _cache_types(dims: ModelDims, dtype: DType, device, batch="batch") -> list[BufferType]:
     """Every layer's cache buffers, in graph-input order."""
-    return [BufferType(dtype, shape, device=device) for shape in cache_shapes(dims, "batch")] * dims.n_text_layer
+    return [BufferType(dtype, shape, device=device) for shape in cache_shapes(dims, batch)] * dims.n_text_layer
 
 
 def _cross_types(dims: ModelDims, dtype: DType, device, batch) -> list[TensorType]:
@@ -208,7 +208,7 @@ def build_token_step_graph(w: WeightBank, dims: ModelDims) -> Graph:
     types = [TensorType(DType.int64, [1, 1], device=dev), TensorType(DType.int64, [1], device=dev),
              TensorType(DType.int64, [], device=dev), TensorType(DType.float32, [1, dims.n_vocab], device=dev),
              TensorType(DType.int64, [1], device=dev), *_cross_types(dims, w.dtype, dev, 1),
-             *(BufferType(w.dtype, shape, device=dev) for shape in cache_shapes(dims, 1) * dims.n_text_layer)]
+             *_cache_types(dims, w.dtype, dev, 1)]
     with Graph("whisper_token_step", input_types=types, custom_extensions=[kernel_library()]) as graph:
         token, position, offset, suppress, timestamp_begin, cross_k, cross_v_t = (v.tensor for v in graph.inputs[:7])
         caches = graph.inputs[7:]

@@ -26,11 +26,13 @@ class WeightBank:
     reuses it for every checkpoint of the same shape; values arrive through `registry()`.
     """
 
-    def __init__(self, arrays: dict[str, np.ndarray], dtype: DType, device: DeviceRef):
+    def __init__(self, arrays: dict[str, np.ndarray], dtype: DType, device: DeviceRef,
+                 halves: dict[str, np.ndarray] | None = None):
         self.arrays, self.dtype, self.device = arrays, dtype, device
         # graph name -> (Weight, what makes its array in the Weight's dtype and layout)
         self.used: dict[str, tuple[Weight, Callable[[], np.ndarray]]] = {}
-        self.halves: dict[str, np.ndarray] = {}  # array name -> its float16 copy, made once
+        # array name -> its float16 copy, made once (banks built together may share one: `halves`)
+        self.halves: dict[str, np.ndarray] = {} if halves is None else halves
 
     def __call__(self, name: str) -> Weight:
         def fill() -> np.ndarray:

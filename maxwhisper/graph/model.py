@@ -73,7 +73,8 @@ class MaxWhisper:
             raise BackendError(f"MAX uses all {os.cpu_count()} CPU threads; it cannot be limited to {threads}")
         start = time.perf_counter()
         self.session = InferenceSession(devices=[self.device])
-        enc_w, dec_w, token_w = (WeightBank(self.arrays, self.dtype, self.device_ref) for _ in range(3))
+        halves: dict[str, np.ndarray] = {}  # float16 copies of the weights, made once for the three graphs
+        enc_w, dec_w, token_w = (WeightBank(self.arrays, self.dtype, self.device_ref, halves) for _ in range(3))
         self.encoder = self.load_graph(build_encoder_graph(enc_w, self.dims), enc_w.registry())
         self.decoder = self.load_graph(build_decoder_graph(dec_w, self.dims), dec_w.registry())
         self.token_step = None  # one token of one sequence (greedy steps), where it fits
@@ -169,13 +170,14 @@ class MaxInference:
             raise ValueError("logits requested for positions already in the KV cache")
         pos = np.arange(self.cached, n_total, dtype=np.int64)
         m = self.model
+        inputs = [new.astype(np.int64), pos, np.array(self.cached, np.int64)]
         if m.token_step is not None and new.shape == (1, 1) and index.tolist() == [0]:
-            inputs = [new.astype(np.int64), pos, np.array(self.cached, np.int64), *choice_inputs]
-            outputs = m.token_step.execute(*(m.to_device(a) for a in inputs), *self.cross, *self.cache)
+            graph = m.token_step  # takes no mask and no index: one token, its own logits
         else:
-            mask = np.where(np.arange(m.dims.n_text_ctx)[None, :] <= pos[:, None], 0.0, -np.inf).astype(np.float32)
-            inputs = [new.astype(np.int64), pos, np.array(self.cached, np.int64), mask, index, *choice_inputs]
-            outputs = m.decoder.execute(*(m.to_device(a) for a in inputs), *self.cross, *self.cache)
+            graph = m.decoder
+            inputs += [np.where(np.arange(m.dims.n_text_ctx)[None, :] <= pos[:, None], 0.0, -np.inf).astype(np.float32),
+                       index]
+        outputs = graph.execute(*(m.to_device(a) for a in [*inputs, *choice_inputs]), *self.cross, *self.cache)
         self.cached = n_total
         return outputs
 
