@@ -1,15 +1,18 @@
 # One decoder layer for one token of one sequence (a greedy step on the CPU) as a single op. A
 # step is bound by reading weights and cross K/V (~75 MB for tiny.en, ~3.3 ms at this CPU's
 # ~23 GB/s), but as ~100 MAX ops it took ~5.5-6 ms: each op's dispatch and its cold start on
-# a few hundred KB cost more than the bytes. Here a layer is 8 parallel phases over the same
-# arithmetic: the linears are `few_row_linear`'s one-row path (float16-stored weights widened
-# in registers, so the same float32 products), the attentions `few_row_attention`'s.
+# a few hundred KB cost more than the bytes. Here a layer is 8 phases over the same arithmetic,
+# run by one task per thread: the linears are `few_row_linear`'s one-row path (float16-stored
+# weights widened in registers, so the same float32 products), the attentions
+# `few_row_attention`'s.
 import extensibility
 from extensibility import InputTensor, OutputTensor
 from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
 from std.math import erf, sqrt
+from std.atomic import Atomic
 from std.memory import stack_allocation
+from std.sys import num_logical_cores
 
 from .attention import MAX_KEYS, attend
 from .linear import dot_rows, rows_per_item
@@ -17,6 +20,7 @@ from .linear import dot_rows, rows_per_item
 comptime W = 8  # float32 lanes per SIMD vector (AVX2)
 comptime MAX_D = 1280  # large's width: the scratch vectors live on the stack
 comptime EPS = Float32(1e-5)
+comptime PHASES = 8
 comptime F32P = UnsafePointer[Float32, ...]
 
 
@@ -111,13 +115,26 @@ struct DecoderLayerStep:
         var b_fc1 = ln3 + 2 * d
         var b_fc2 = b_fc1 + 4 * d
 
+        # work items of the phases below: blocks of weight rows for the linears, heads for attention
+        var per3 = rows_per_item(3 * d)
+        var per = rows_per_item(d)
+        var per4 = rows_per_item(4 * d)
+        var items = stack_allocation[PHASES, Int]()
+        items[0] = (3 * d + per3 - 1) // per3
+        items[1] = heads
+        items[2] = (d + per - 1) // per
+        items[3] = items[2]
+        items[4] = heads
+        items[5] = items[2]
+        items[6] = (4 * d + per4 - 1) // per4
+        items[7] = items[2]
+
         # 1. q, k, v = ln1(x) @ W_qkv^T + b
-        var per = rows_per_item(3 * d)
-        def qkv(item: Int) {var xo, var q, var kn, var vn, var w_qkv, var ln1, var b_qkv, var d, var per}:
+        def qkv(item: Int) {var xo, var q, var kn, var vn, var w_qkv, var ln1, var b_qkv, var d, var per3}:
             var xn = stack_allocation[MAX_D, Float32]()
             layer_norm(xo, d, ln1, ln1 + d, xn)
-            var j0 = item * per
-            var j1 = min(j0 + per, 3 * d)
+            var j0 = item * per3
+            var j1 = min(j0 + per3, 3 * d)
             var y = stack_allocation[4 * MAX_D, Float32]()
             dot_rows(xn, w_qkv, d, j0, j1, y)
             for j in range(j0, j1):
@@ -128,16 +145,13 @@ struct DecoderLayerStep:
                     kn[j - d] = v
                 else:
                     vn[j - 2 * d] = v
-        sync_parallelize(qkv, (3 * d + per - 1) // per)
 
         # 2. self-attention over the cache and this token
         def self_head(h: Int) {var q, var kn, var vn, var ck, var cv, var att, var dh, var s_len, var pos}:
             attend(q + h * dh, ck + h * s_len * dh, cv + h * dh * s_len, pos, s_len, dh, kn + h * dh, vn + h * dh,
                    True, att + h * dh)
-        sync_parallelize(self_head, heads)
 
         # 3. x += att @ W_out^T + b, and the same shape of phase for each residual linear below
-        per = rows_per_item(d)
         def out_proj(item: Int) {var xo, var att, var w_out, var b_out, var d, var per}:
             var j0 = item * per
             var j1 = min(j0 + per, d)
@@ -145,7 +159,6 @@ struct DecoderLayerStep:
             dot_rows(att, w_out, d, j0, j1, y)
             for j in range(j0, j1):
                 xo[j] += y[j - j0] + b_out[j]
-        sync_parallelize(out_proj, (d + per - 1) // per)
 
         # 4. q = ln2(x) @ W_cq^T + b
         def cross_query(item: Int) {var xo, var q, var w_cq, var ln2, var b_cq, var d, var per}:
@@ -157,12 +170,10 @@ struct DecoderLayerStep:
             dot_rows(xn, w_cq, d, j0, j1, y)
             for j in range(j0, j1):
                 q[j] = y[j - j0] + b_cq[j]
-        sync_parallelize(cross_query, (d + per - 1) // per)
 
         # 5. cross-attention over the audio
         def cross_head(h: Int) {var q, var xk, var xv, var att, var dh, var t_len}:
             attend(q + h * dh, xk + h * t_len * dh, xv + h * dh * t_len, t_len, t_len, dh, q, q, False, att + h * dh)
-        sync_parallelize(cross_head, heads)
 
         # 6. x += att @ W_cout^T + b
         def cross_out(item: Int) {var xo, var att, var w_cout, var b_cout, var d, var per}:
@@ -172,10 +183,8 @@ struct DecoderLayerStep:
             dot_rows(att, w_cout, d, j0, j1, y)
             for j in range(j0, j1):
                 xo[j] += y[j - j0] + b_cout[j]
-        sync_parallelize(cross_out, (d + per - 1) // per)
 
         # 7. hidden = gelu(ln3(x) @ W_fc1^T + b)
-        var per4 = rows_per_item(4 * d)
         def fc1(item: Int) {var xo, var hidden, var w_fc1, var ln3, var b_fc1, var d, var per4}:
             var xn = stack_allocation[MAX_D, Float32]()
             layer_norm(xo, d, ln3, ln3 + d, xn)
@@ -186,7 +195,6 @@ struct DecoderLayerStep:
             for j in range(j0, j1):
                 var v = y[j - j0] + b_fc1[j]
                 hidden[j] = 0.5 * v * (1 + erf(v * 0.7071067811865476))
-        sync_parallelize(fc1, (4 * d + per4 - 1) // per4)
 
         # 8. x += hidden @ W_fc2^T + b
         def fc2(item: Int) {var xo, var hidden, var w_fc2, var b_fc2, var d, var per}:
@@ -196,4 +204,41 @@ struct DecoderLayerStep:
             dot_rows(hidden, w_fc2, 4 * d, j0, j1, y)
             for j in range(j0, j1):
                 xo[j] += y[j - j0] + b_fc2[j]
-        sync_parallelize(fc2, (d + per - 1) // per)
+
+        # The phases run in order, each one's items shared out among the threads, which wait for
+        # each other only at the end of a phase: one task per thread for the whole layer, since
+        # a `sync_parallelize` per phase costs ~6-20 us here. Items are claimed from a counter,
+        # so a thread that starts late (or never) leaves its share to the others, never a wait.
+        var claimed = stack_allocation[PHASES, Int64]()
+        var done = stack_allocation[PHASES, Int64]()
+        for p in range(PHASES):
+            claimed[p] = 0
+            done[p] = 0
+
+        def worker(thread: Int) {var items, var claimed, var done, var qkv, var self_head, var out_proj,
+                                 var cross_query, var cross_head, var cross_out, var fc1, var fc2}:
+            for p in range(PHASES):
+                while True:
+                    var item = Int(Atomic.fetch_add(claimed + p, 1))
+                    if item >= items[p]:
+                        break
+                    if p == 0:
+                        qkv(item)
+                    elif p == 1:
+                        self_head(item)
+                    elif p == 2:
+                        out_proj(item)
+                    elif p == 3:
+                        cross_query(item)
+                    elif p == 4:
+                        cross_head(item)
+                    elif p == 5:
+                        cross_out(item)
+                    elif p == 6:
+                        fc1(item)
+                    else:
+                        fc2(item)
+                    _ = Atomic.fetch_add(done + p, 1)
+                while Int(Atomic.load(done + p)) < items[p]:
+                    pass  # another thread is finishing an item of this phase
+        sync_parallelize(worker, num_logical_cores())
