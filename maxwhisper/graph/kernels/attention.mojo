@@ -3,10 +3,11 @@
 # V^T once at memory speed. Used through `layers.few_row_attention` for one query row per call.
 import extensibility
 from extensibility import InputTensor, OutputTensor
-from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
 from std.math import exp, sqrt
 from std.memory import stack_allocation
+
+from .threads import share_items
 
 comptime MAX_KEYS = 2048
 comptime W = 8  # float32 lanes per SIMD vector (AVX2)
@@ -49,7 +50,7 @@ struct FewRowAttention:
             attend(qp + item * dh, kp + head * s_len * dh, vp + head * dh * s_len, keys, s_len, dh, qp, qp, False,
                    op + item * dh)
 
-        sync_parallelize(row, q.dim_size(0) * q.dim_size(1) * n)
+        share_items(q.dim_size(0) * q.dim_size(1) * n, row)
 
 
 def attend[o: MutOrigin](q: F32P, k: F32P, v_t: F32P, keys: Int, stride: Int, dh: Int, new_k: F32P, new_v: F32P,

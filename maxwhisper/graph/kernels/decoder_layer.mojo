@@ -2,20 +2,19 @@
 # step is bound by reading weights and cross K/V (~75 MB for tiny.en, ~3.3 ms at this CPU's
 # ~23 GB/s), but as ~100 MAX ops it took ~5.5-6 ms: each op's dispatch and its cold start on
 # a few hundred KB cost more than the bytes. Here a layer is 8 phases over the same arithmetic,
-# run by one task per thread: the linears are `few_row_linear`'s one-row path (float16-stored
+# run by one task per thread (`share_phases`; a `sync_parallelize` per phase cost ~6-20 us
+# here): the linears are `few_row_linear`'s one-row path (float16-stored
 # weights widened in registers, so the same float32 products), the attentions
 # `few_row_attention`'s.
 import extensibility
 from extensibility import InputTensor, OutputTensor
-from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
 from std.math import erf, sqrt
-from std.atomic import Atomic
 from std.memory import stack_allocation
-from std.sys import num_logical_cores
 
 from .attention import MAX_KEYS, attend
 from .linear import dot_rows, rows_per_item
+from .threads import share_phases
 
 comptime W = 8  # float32 lanes per SIMD vector (AVX2)
 comptime MAX_D = 1280  # large's width: the scratch vectors live on the stack
@@ -205,40 +204,22 @@ struct DecoderLayerStep:
             for j in range(j0, j1):
                 xo[j] += y[j - j0] + b_fc2[j]
 
-        # The phases run in order, each one's items shared out among the threads, which wait for
-        # each other only at the end of a phase: one task per thread for the whole layer, since
-        # a `sync_parallelize` per phase costs ~6-20 us here. Items are claimed from a counter,
-        # so a thread that starts late (or never) leaves its share to the others, never a wait.
-        var claimed = stack_allocation[PHASES, Int64]()
-        var done = stack_allocation[PHASES, Int64]()
-        for p in range(PHASES):
-            claimed[p] = 0
-            done[p] = 0
-
-        def worker(thread: Int) {var items, var claimed, var done, var qkv, var self_head, var out_proj,
-                                 var cross_query, var cross_head, var cross_out, var fc1, var fc2}:
-            for p in range(PHASES):
-                while True:
-                    var item = Int(Atomic.fetch_add(claimed + p, 1))
-                    if item >= items[p]:
-                        break
-                    if p == 0:
-                        qkv(item)
-                    elif p == 1:
-                        self_head(item)
-                    elif p == 2:
-                        out_proj(item)
-                    elif p == 3:
-                        cross_query(item)
-                    elif p == 4:
-                        cross_head(item)
-                    elif p == 5:
-                        cross_out(item)
-                    elif p == 6:
-                        fc1(item)
-                    else:
-                        fc2(item)
-                    _ = Atomic.fetch_add(done + p, 1)
-                while Int(Atomic.load(done + p)) < items[p]:
-                    pass  # another thread is finishing an item of this phase
-        sync_parallelize(worker, num_logical_cores())
+        def phase(p: Int, item: Int) {var qkv, var self_head, var out_proj, var cross_query, var cross_head,
+                                       var cross_out, var fc1, var fc2}:
+            if p == 0:
+                qkv(item)
+            elif p == 1:
+                self_head(item)
+            elif p == 2:
+                out_proj(item)
+            elif p == 3:
+                cross_query(item)
+            elif p == 4:
+                cross_head(item)
+            elif p == 5:
+                cross_out(item)
+            elif p == 6:
+                fc1(item)
+            else:
+                fc2(item)
+        share_phases(items, PHASES, phase)

@@ -10,11 +10,12 @@
 # residual add done as the tiles are stored.
 import extensibility
 from extensibility import InputTensor, OutputTensor
-from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
 from std.math import erf
 from std.memory import UnsafePointer, stack_allocation
 from std.sys.intrinsics import PrefetchOptions, prefetch
+
+from .threads import share_items
 
 comptime MAX_D_IN = 5120  # large-v3's MLP width
 comptime W = 8  # float32 lanes per SIMD vector (AVX2)
@@ -113,7 +114,7 @@ struct FewRowLinear:
                     m += 2
                 j += R
 
-        sync_parallelize(block, (n + per - 1) // per)
+        share_items((n + per - 1) // per, block)
 
 
 def rows_per_item(n: Int) -> Int:
@@ -206,7 +207,7 @@ struct PackedLinear:
                                has_residual, rp + at, op + at, n)
                     i += MR
 
-        sync_parallelize(rows, (m + block - 1) // block)
+        share_items((m + block - 1) // block, rows)
 
 
 @always_inline
