@@ -1,22 +1,31 @@
 """The audio encoder graph, which also projects each decoder layer's cross-attention K/V once
 per window so that decoder steps never recompute them. On the CPU its linears run the
-`packed_linear` kernel (~1.2x MAX's float32 matmul for these shapes on a 2-core AVX2 CPU)."""
+`packed_linear` kernel (~1.2x MAX's float32 matmul for these shapes on a 2-core AVX2 CPU) and
+its attention the `encoder_attention` kernel."""
 from __future__ import annotations
 
 from max.dtype import DType
 from max.graph import Graph, TensorType, TensorValue, ops
 
 from ..checkpoint import ModelDims
-from .layers import (MakeEncoderLinear, WeightBank, attention, conv1d, dim_value, layer_norm, linear, merge_heads,
-                     kernel_library, packed_linear, packed_linear_fits, split_heads)
+from .layers import (MakeEncoderLinear, WeightBank, attention, conv1d, dim_value, encoder_attention,
+                     encoder_attention_fits, layer_norm, linear, merge_heads, kernel_library, packed_linear,
+                     packed_linear_fits, split_heads)
 
 
 def self_attention(w: WeightBank, p: str, x: TensorValue, n_head: int, make_linear: MakeEncoderLinear,
                    residual: TensorValue | None = None) -> TensorValue:
-    """openai's `block.attn(block.attn_ln(x))`: x [B, T, d] -> [B, T, d], + residual if given."""
-    q, k, v = ops.split(make_linear(w, f"{p}.attn.qkv")(layer_norm(w, f"{p}.attn_ln", x)), [x.shape[-1]] * 3, axis=-1)
-    a = attention(split_heads(q, n_head), ops.transpose(split_heads(k, n_head), -1, -2), split_heads(v, n_head))
-    return make_linear(w, f"{p}.attn.out")(merge_heads(a), residual)
+    """openai's `block.attn(block.attn_ln(x))`: x [B, T, d] -> [B, T, d], + residual if given.
+    With the CPU kernels the attention is one too (`encoder_attention`), elsewhere MAX's ops."""
+    d = int(x.shape[-1])
+    qkv = make_linear(w, f"{p}.attn.qkv")(layer_norm(w, f"{p}.attn_ln", x))
+    if make_linear is packed_linear and encoder_attention_fits(d, n_head):
+        a = encoder_attention(qkv, n_head)
+    else:
+        q, k, v = ops.split(qkv, [d] * 3, axis=-1)
+        heads = attention(split_heads(q, n_head), ops.transpose(split_heads(k, n_head), -1, -2), split_heads(v, n_head))
+        a = merge_heads(heads)
+    return make_linear(w, f"{p}.attn.out")(a, residual)
 
 
 def encoder_block(w: WeightBank, p: str, x: TensorValue, n_head: int, make_linear: MakeEncoderLinear) -> TensorValue:

@@ -254,6 +254,21 @@ def kernel_library() -> Path:
     return package
 
 
+def encoder_attention(qkv: TensorValue, n_head: int) -> TensorValue:
+    """`attention` of every head as one CPU kernel (`kernels/encoder_attention.mojo`), straight
+    from the fused qkv linear: qkv float32 [B, T, 3d] -> [B, T, d] (heads merged, as
+    `merge_heads` gives them); no head split, key transpose or merge ops around it."""
+    b, t, d3 = qkv.shape
+    out = TensorType(DType.float32, [b, t, int(d3) // 3], device=qkv.device)
+    return ops.custom("encoder_attention", qkv.device, [qkv], [out], parameters={"heads": n_head})[0].tensor
+
+
+def encoder_attention_fits(d: int, n_head: int) -> bool:
+    """The kernel's limits: Dh a multiple of 16 up to 128 (64 in every Whisper)."""
+    dh = d // n_head
+    return dh * n_head == d and dh % 16 == 0 and dh <= 128
+
+
 def few_row_attention(q: TensorValue, k: TensorValue, v_t: TensorValue, limit: TensorValue) -> TensorValue:
     """`attend_few_rows(attention_scores_few_rows(q, k), v_t, mask)` as one CPU kernel
     (`kernels/attention.mojo`), float32 only: q [B, H, n, Dh], k [B, H, S, Dh], v_t [B, H, Dh, S],
