@@ -90,24 +90,7 @@ def attend[o: MutOrigin](q: F32P, k: F32P, v_t: F32P, keys: Int, stride: Int, dh
         p[keys] = a.reduce_add() * scale
         n = keys + 1
 
-    var full = n - n % W
-    var mv = SIMD[DType.float32, W](-3.0e38)
-    for j in range(0, full, W):
-        mv = max(mv, p.load[width=W](j))
-    var m = mv.reduce_max()
-    for j in range(full, n):
-        m = max(m, p[j])
-    var tv = SIMD[DType.float32, W](0)
-    for j in range(0, full, W):
-        var e = exp(p.load[width=W](j) - m)
-        p.store(j, e)
-        tv += e
-    var total = tv.reduce_add()
-    for j in range(full, n):
-        var e = exp(p[j] - m)
-        p[j] = e
-        total += e
-    var inv = Float32(1) / total
+    var inv = Float32(1) / exp_sum(p, n)
 
     var kfull = keys - keys % W
     var full4 = keys - keys % (4 * W)
@@ -130,3 +113,26 @@ def attend[o: MutOrigin](q: F32P, k: F32P, v_t: F32P, keys: Int, stride: Int, dh
         if has_new:
             sum += p[keys] * new_v[d]
         dst[d] = sum * inv
+
+
+def exp_sum[o: MutOrigin](row: UnsafePointer[Float32, o], n: Int) -> Float32:
+    """row[j] = exp(row[j] - max(row)) for j < n, in place; returns their sum (softmax's
+    numerators and denominator)."""
+    var full = n - n % W
+    var mv = SIMD[DType.float32, W](-3.0e38)
+    for j in range(0, full, W):
+        mv = max(mv, row.load[width=W](j))
+    var m = mv.reduce_max()
+    for j in range(full, n):
+        m = max(m, row[j])
+    var tv = SIMD[DType.float32, W](0)
+    for j in range(0, full, W):
+        var e = exp(row.load[width=W](j) - m)
+        row.store(j, e)
+        tv += e
+    var total = tv.reduce_add()
+    for j in range(full, n):
+        var e = exp(row[j] - m)
+        row[j] = e
+        total += e
+    return total

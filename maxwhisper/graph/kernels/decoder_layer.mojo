@@ -3,9 +3,8 @@
 # ~23 GB/s), but as ~100 MAX ops it took ~5.5-6 ms: each op's dispatch and its cold start on
 # a few hundred KB cost more than the bytes. Here a layer is 8 phases over the same arithmetic,
 # run by one task per thread (`share_phases`; a `sync_parallelize` per phase cost ~6-20 us
-# here): the linears are `few_row_linear`'s one-row path (float16-stored
-# weights widened in registers, so the same float32 products), the attentions
-# `few_row_attention`'s.
+# here): the linears are `few_row_linear`'s one-row path (float16-stored weights widened in
+# registers, so the same float32 products), the attentions `few_row_attention`'s.
 import extensibility
 from extensibility import InputTensor, OutputTensor
 from max.gpu.host import DeviceContext

@@ -7,18 +7,17 @@
 import extensibility
 from extensibility import InputTensor, OutputTensor
 from max.gpu.host import DeviceContext
-from std.math import exp, sqrt
+from std.math import sqrt
 from std.memory import alloc, stack_allocation
 
+from .attention import exp_sum
+from .linear import F32, MR, NR, V16, W
 from .threads import share_phases
 
-comptime W = 8  # float32 lanes per SIMD vector (AVX2)
-comptime NR = 2 * W  # keys per panel and per tile column: 2 vectors
-comptime RB = 6  # query rows per register tile: 6 x 2 vectors = 12 accumulators
-comptime ROWS = 4 * RB  # query rows per work item
+# tiles as `packed_linear`'s: MR = 6 query rows x NR = 16 keys (or head dims), 12 accumulators;
+# keys are packed in panels of NR
+comptime ROWS = 4 * MR  # query rows per work item
 comptime MAX_DH = 128
-comptime V16 = SIMD[DType.float32, NR]
-comptime F32 = UnsafePointer[Float32, MutAnyOrigin]
 
 
 @extensibility.register("encoder_attention")
@@ -98,18 +97,18 @@ def rows(q: F32, ldq: Int, n_rows: Int, k_panels: F32, v_panels: F32, dst: F32, 
     """Attention of n_rows <= ROWS query rows (ldq apart) of one head, written ldo apart at dst.
     Rows past n_rows repeat the last one and are not stored."""
     var p = scratch  # scores, then exp(score - max) [ROWS, T_pad]
-    var q_t = p + ROWS * t_pad  # per tile of RB rows, q transposed [Dh, RB] and scaled
+    var q_t = p + ROWS * t_pad  # per tile of MR rows, q transposed [Dh, MR] and scaled
     var acc = q_t + ROWS * MAX_DH  # p @ v [ROWS, Dh]
     var inv_sum = acc + ROWS * MAX_DH  # 1 / the sum of each row's exps
     for i in range(ROWS):
         var row = q + min(i, n_rows - 1) * ldq
         for e in range(dh):
-            q_t[(i // RB) * dh * RB + e * RB + i % RB] = row[e] * scale
+            q_t[(i // MR) * dh * MR + e * MR + i % MR] = row[e] * scale
 
     for c in range(n_panels):  # scores: each panel of 16 keys against the ROWS rows, 6 at a time
         var panel = k_panels + c * dh * NR
-        for t in range(ROWS // RB):
-            var qt = q_t + t * dh * RB
+        for t in range(ROWS // MR):
+            var qt = q_t + t * dh * MR
             var a0 = V16(0)
             var a1 = V16(0)
             var a2 = V16(0)
@@ -118,14 +117,14 @@ def rows(q: F32, ldq: Int, n_rows: Int, k_panels: F32, v_panels: F32, dst: F32, 
             var a5 = V16(0)
             for e in range(dh):
                 var kv = panel.load[width=NR](e * NR)
-                var qe = qt + e * RB
+                var qe = qt + e * MR
                 a0 += V16(qe[0]) * kv
                 a1 += V16(qe[1]) * kv
                 a2 += V16(qe[2]) * kv
                 a3 += V16(qe[3]) * kv
                 a4 += V16(qe[4]) * kv
                 a5 += V16(qe[5]) * kv
-            var at = p + t * RB * t_pad + c * NR
+            var at = p + t * MR * t_pad + c * NR
             at.store(0, a0)
             at.store(t_pad, a1)
             at.store(2 * t_pad, a2)
@@ -133,29 +132,11 @@ def rows(q: F32, ldq: Int, n_rows: Int, k_panels: F32, v_panels: F32, dst: F32, 
             at.store(4 * t_pad, a4)
             at.store(5 * t_pad, a5)
 
-    var full = t_len - t_len % W
-    for i in range(ROWS):  # exp(score - row max), and the row's sum
-        var row = p + i * t_pad
-        var mv = SIMD[DType.float32, W](-3.0e38)
-        for j in range(0, full, W):
-            mv = max(mv, row.load[width=W](j))
-        var m = mv.reduce_max()
-        for j in range(full, t_len):
-            m = max(m, row[j])
-        var sv = SIMD[DType.float32, W](0)
-        for j in range(0, full, W):
-            var e = exp(row.load[width=W](j) - m)
-            row.store(j, e)
-            sv += e
-        var total = sv.reduce_add()
-        for j in range(full, t_len):
-            var e = exp(row[j] - m)
-            row[j] = e
-            total += e
-        inv_sum[i] = 1 / total
+    for i in range(ROWS):  # exp(score - row max), and 1 / the row's sum
+        inv_sum[i] = 1 / exp_sum(p + i * t_pad, t_len)
 
-    for t in range(ROWS // RB):  # p @ v, 16 head dims at a time over every key
-        var pt = p + t * RB * t_pad
+    for t in range(ROWS // MR):  # p @ v, 16 head dims at a time over every key
+        var pt = p + t * MR * t_pad
         for e0 in range(0, dh, NR):
             var panel = v_panels + e0 * t_len
             var a0 = V16(0)
@@ -172,7 +153,7 @@ def rows(q: F32, ldq: Int, n_rows: Int, k_panels: F32, v_panels: F32, dst: F32, 
                 a3 += V16(pt[3 * t_pad + j]) * vv
                 a4 += V16(pt[4 * t_pad + j]) * vv
                 a5 += V16(pt[5 * t_pad + j]) * vv
-            var at = acc + t * RB * dh + e0
+            var at = acc + t * MR * dh + e0
             at.store(0, a0)
             at.store(dh, a1)
             at.store(2 * dh, a2)
