@@ -189,6 +189,8 @@ def run_transcribe(args: argparse.Namespace) -> int:
         tm = result.timings
         info(f"{path}: {result.audio_s:.1f} s of audio in {tm.total_s:.2f} s ({result.rtf:.1f}x real time), "
              f"language {result.language}")
+        for call in result.close_calls:
+            info(f"note: {path}: {call}")
         text = render(result, args.format, audio=path)
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         sys.stdout.flush()

@@ -91,6 +91,28 @@ class Segment:
     words: tuple[Word, ...] | None = None
 
 
+@dataclass(frozen=True)
+class CloseCall:
+    """A threshold decision too close to call: `value` lies within `tolerance` of `threshold`, the
+    difference another implementation's float32 sums may make (`maxwhisper.decoding`'s numerics),
+    and the decision would go the other way at the far side of that band. Reported, not hidden:
+    here this run's `decision` was taken, another implementation may take the other."""
+
+    start: float  # seconds: the start of the 30 s window
+    temperature: float  # of the decoding whose value was compared
+    quantity: str  # "avg_logprob" or "no_speech_prob"
+    value: float
+    threshold: float
+    tolerance: float
+    decision: str  # what this run did, e.g. "fell back to a higher temperature"
+
+    def __str__(self) -> str:
+        name = {"avg_logprob": "logprob_threshold", "no_speech_prob": "no_speech_threshold"}[self.quantity]
+        return (f"window at {self.start:.2f} s, temperature {self.temperature:g}: {self.quantity} {self.value:.6g} "
+                f"is within {self.tolerance:.1e} of {name} {self.threshold:g}; this run {self.decision}, "
+                "an implementation that rounds differently may not")
+
+
 @dataclass
 class Timings:
     """Seconds. `load_s` and `compile_s` are one-time costs of the loaded model; the rest are
@@ -118,6 +140,7 @@ class TranscriptionResult:
     timings: Timings
     options: DecodeOptions
     language_probability: float | None = None
+    close_calls: tuple[CloseCall, ...] = ()  # threshold decisions within rounding of the threshold
 
     @property
     def rtf(self) -> float:

@@ -282,6 +282,10 @@ def _fill_panel(panel: Panel, ref: TranscriptionResult | None, ref_backend: str 
         parts.append(_comparison_html(f"vs {label(ref_backend)}", ref.text, r.text, r.tokens == ref.tokens))
     if reference_text.strip():
         parts.append(_comparison_html("vs your reference text", reference_text, r.text))
+    if r.close_calls:
+        items = "".join(f"<li>{html.escape(str(call))}</li>" for call in r.close_calls)
+        parts.append(f"<p><b>Threshold decisions too close to call</b> (another implementation may decide "
+                     f"them the other way):</p><ul>{items}</ul>")
     panel.diff_html = "".join(parts)
     for ext, writer in (("txt", to_txt), ("srt", to_srt), ("vtt", to_vtt)):
         path = out_dir / f"{stem}.{panel.backend}.{ext}"

@@ -40,7 +40,8 @@ class MaxTranscriber:
         total_s = time.perf_counter() - start - lazy_compile_s
         return TranscriptionResult(
             text=out.text, segments=out.segments, language=out.language,
-            language_probability=out.language_probability, backend=self.backend, model=self.model,
+            language_probability=out.language_probability, close_calls=tuple(out.close_calls),
+            backend=self.backend, model=self.model,
             device=self.device, precision=self.precision, audio_s=len(audio) / SAMPLE_RATE, options=options,
             timings=Timings(load_s=self.load_s, compile_s=self.compile_s, features_s=features_s,
                             encode_s=out.encode_s, decode_s=out.decode_s - lazy_compile_s, total_s=total_s),

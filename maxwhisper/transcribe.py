@@ -8,6 +8,9 @@ same model numbers it produces the same segments and tokens:
   unless it looks like silence (no-speech probability high and log probability low);
 - a window judged silent (no-speech probability above the threshold, log probability not high
   enough to overrule it) is skipped whole;
+- a fallback or silence decision whose log or no-speech probability lies within float32 rounding
+  of its threshold (`decoding.logprob_tolerance`) is reported as a `CloseCall`: another
+  implementation may decide it the other way;
 - the tokens are cut into segments at each pair of consecutive timestamps; the next window starts
   at the last complete segment's end, or after the whole window when it ends on a single
   timestamp (nothing more was said) or has no segment boundary;
@@ -20,14 +23,15 @@ same model numbers it produces the same segments and tokens:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .api import DecodeOptions, MaxWhisperError, Segment, Word
+from .api import CloseCall, DecodeOptions, MaxWhisperError, Segment, Word
 from .audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE
-from .decoding import DecodingResult, DecodingTask, WhisperModel, WindowOptions, detect_language
+from .decoding import (DecodingResult, DecodingTask, WhisperModel, WindowOptions, detect_language,
+                       logprob_tolerance, probability_tolerance)
 from .timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS, add_word_timestamps
 from .tokenizer import LANGUAGES, Tokenizer, get_tokenizer, normalize_language
 
@@ -38,6 +42,7 @@ class TranscribeOutput:
     text: str
     language: str
     language_probability: float | None  # None when the language was given, not detected
+    close_calls: list[CloseCall]  # threshold decisions within rounding of the threshold
     encode_s: float  # seconds in model.encode
     decode_s: float  # seconds in the rest of the loop (decoding, segmenting)
 
@@ -78,6 +83,7 @@ def transcribe(
         text=loop.text(),
         language=language,
         language_probability=language_probability,
+        close_calls=loop.close_calls,
         encode_s=clock.seconds,
         decode_s=time.perf_counter() - t_start - clock.seconds,
     )
@@ -164,6 +170,7 @@ class _SeekLoop:
             model.is_multilingual, num_languages=model.num_languages, language=language, task=options.task
         )
         self.segments: list[Segment] = []
+        self.close_calls: list[CloseCall] = []
         self.all_tokens: list[int] = []  # the initial prompt, then every segment's tokens
         if options.initial_prompt is not None:
             self.all_tokens.extend(self.tokenizer.encode(" " + options.initial_prompt.strip()))
@@ -181,7 +188,10 @@ class _SeekLoop:
         features = self.clock.encode(mel_segment, (seek, segment_size))
 
         prompt = tuple(self.all_tokens[self.prompt_reset_since:])
-        result = _decode_with_fallback(self.model, features, self.options, self.language, prompt, self.rng)
+        start = seek * HOP_LENGTH / SAMPLE_RATE
+        result = self._decode_with_fallback(features, prompt, start)
+        self.close_calls += _close_calls(_is_silence, result, self.options, self.model.dims.n_vocab, start,
+                                         ("kept the window", "skipped the window as silence"))
         if _is_silence(result, self.options):
             return seek + segment_size  # skip the whole window
 
@@ -212,6 +222,20 @@ class _SeekLoop:
         if not self.options.condition_on_previous_text or result.temperature > 0.5:
             self.prompt_reset_since = len(self.all_tokens)  # no prompt after a high temperature
         return next_seek
+
+    def _decode_with_fallback(self, features: Any, prompt: tuple[int, ...], start: float) -> DecodingResult:
+        """Decode at each temperature of the schedule in turn until the result is not a failure."""
+        temperatures = self.options.temperature
+        for i, temperature in enumerate(temperatures):
+            window_options = _window_options(self.options, temperature, self.language, prompt)
+            result = DecodingTask(self.model, window_options, self.rng).run(features)[0]
+            if i == len(temperatures) - 1:
+                break  # the last temperature's result is kept, whatever it looks like
+            self.close_calls += _close_calls(_needs_fallback, result, self.options, self.model.dims.n_vocab, start,
+                                             ("kept this decoding", "fell back to the next temperature"))
+            if not _needs_fallback(result, self.options):
+                break
+        return result
 
     def _word_timestamps(self, segments: list[dict], features: Any, seek: int, segment_size: int,
                          single_timestamp_ending: bool, next_seek: int) -> tuple[int, bool]:
@@ -346,20 +370,6 @@ def _window_options(options: DecodeOptions, temperature: float, language: str, p
     )
 
 
-def _decode_with_fallback(
-    model: WhisperModel, features: Any, options: DecodeOptions, language: str,
-    prompt: tuple[int, ...], rng: np.random.Generator,
-) -> DecodingResult:
-    """Decode at each temperature of the schedule in turn until the result is not a failure."""
-    result = None
-    for temperature in options.temperature:
-        window_options = _window_options(options, temperature, language, prompt)
-        result = DecodingTask(model, window_options, rng).run(features)[0]
-        if not _needs_fallback(result, options):
-            break
-    return result
-
-
 def _needs_fallback(result: DecodingResult, options: DecodeOptions) -> bool:
     too_repetitive = (
         options.compression_ratio_threshold is not None
@@ -379,6 +389,32 @@ def _is_silence(result: DecodingResult, options: DecodeOptions) -> bool:
     if options.no_speech_threshold is None or result.no_speech_prob <= options.no_speech_threshold:
         return False
     return not (options.logprob_threshold is not None and result.avg_logprob > options.logprob_threshold)
+
+
+def _threshold_bands(result: DecodingResult, options: DecodeOptions, n_vocab: int) -> Iterator[tuple[str, float, float]]:
+    """(quantity, threshold, tolerance) of each threshold in use: how far another implementation's
+    float32 value may be from this one's."""
+    if options.logprob_threshold is not None:  # an average of len(tokens) + 1 summed log probabilities
+        total = options.logprob_threshold * (len(result.tokens) + 1)
+        yield "avg_logprob", options.logprob_threshold, logprob_tolerance(n_vocab, total)
+    if options.no_speech_threshold is not None:  # a softmax probability: relative
+        scale = max(result.no_speech_prob, options.no_speech_threshold)
+        yield "no_speech_prob", options.no_speech_threshold, probability_tolerance(n_vocab) * scale
+
+
+def _close_calls(decide: Callable[[DecodingResult, DecodeOptions], bool], result: DecodingResult,
+                 options: DecodeOptions, n_vocab: int, start: float, outcomes: tuple[str, str]) -> list[CloseCall]:
+    """The thresholds near which `decide(result, options)` would go the other way for a value at
+    the other edge of its tolerance band; outcomes: what False and True mean."""
+    decided = decide(result, options)
+    calls = []
+    for quantity, threshold, tolerance in _threshold_bands(result, options, n_vocab):
+        value = getattr(result, quantity)
+        if abs(value - threshold) <= tolerance and any(
+                decide(replace(result, **{quantity: value + d}), options) != decided for d in (-tolerance, tolerance)):
+            calls.append(CloseCall(start=start, temperature=result.temperature, quantity=quantity, value=value,
+                                   threshold=threshold, tolerance=tolerance, decision=outcomes[decided]))
+    return calls
 
 
 def _segments_of_window(

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 import pytest
 
 from maxwhisper import app_support as support
-from maxwhisper.api import DecodeOptions, Segment, Timings, TranscriptionResult
+from maxwhisper.api import CloseCall, DecodeOptions, Segment, Timings, TranscriptionResult
 from maxwhisper.registry import BACKENDS
 
 AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
@@ -108,17 +108,17 @@ def test_component_checks_table(app_cache):
 # --- input errors and failures: fakes, nothing loaded -----------------------------------------
 
 class FakeTranscriber:
-    def __init__(self, backend, text="hello world", error=None):
+    def __init__(self, backend, text="hello world", error=None, close_calls=()):
         self.backend, self.model, self.device, self.precision = backend, "fake", "cpu", "fp32"
         self.load_s, self.compile_s = 0.5, 0.0
-        self.text, self.error = text, error
+        self.text, self.error, self.close_calls = text, error, close_calls
 
     def transcribe(self, audio, options=DecodeOptions()):
         if self.error:
             raise self.error
         seg = Segment(0, 0, 0.0, 1.0, " " + self.text, (1, 2))
         return TranscriptionResult(self.text, [seg], "en", self.backend, "fake", "cpu", "fp32", len(audio) / 16000,
-                                   Timings(0.5, 0.0, None, 0.1, None, 0.2), options)
+                                   Timings(0.5, 0.0, None, 0.1, None, 0.2), options, close_calls=self.close_calls)
 
 
 def no_loading(*args, **kwargs):
@@ -152,6 +152,18 @@ def test_bad_audio_is_a_message_not_an_exception(audio, max_seconds, expected, t
 def test_no_implementation_chosen():
     comparison = support.run_comparison(b"", [], "tiny.en", "cpu", DecodeOptions(), support.ModelCache(no_loading))
     assert "at least one implementation" in comparison.message
+
+
+def test_a_close_threshold_decision_is_shown(tmp_path):
+    call = CloseCall(start=30.0, temperature=0.0, quantity="avg_logprob", value=-1.0001, threshold=-1.0,
+                     tolerance=4e-4, decision="fell back to the next temperature")
+    fakes = {"max": FakeTranscriber("max", close_calls=(call,)), "openai": FakeTranscriber("openai")}
+    comparison = support.run_comparison((16000, np.full(16000, 1000, np.int16)), ["max", "openai"], "fake", "cpu",
+                                        DecodeOptions(), support.ModelCache(lambda backend, **kw: fakes[backend]),
+                                        out_dir=tmp_path)
+    shown = comparison.panels["max"].diff_html
+    assert "too close to call" in shown and "window at 30.00 s" in shown and "logprob_threshold -1" in shown
+    assert "too close to call" not in comparison.panels["openai"].diff_html
 
 
 def test_one_failing_implementation_does_not_hide_the_others(tmp_path):

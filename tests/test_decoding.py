@@ -2,7 +2,9 @@
 
 The network is openai-whisper's own PyTorch module (tests/torch_reference.py) in both runs, fed
 the same mel, so every difference is one of decoding: the tokens, segment times and texts must be
-identical to `whisper.transcribe`'s, and even the log probabilities come out bit for bit equal.
+identical to `whisper.transcribe`'s. Log and no-speech probabilities differ only by how torch's
+float32 sums round, within `maxwhisper.decoding`'s tolerances, whichever kernel torch runs
+(ATEN_CPU_CAPABILITY=avx2, avx512 or default).
 """
 from __future__ import annotations
 
@@ -55,77 +57,69 @@ def _logit_rows(n_vocab=51864, seed=0):
     return rows
 
 
+def _exact_log_softmax(x: np.ndarray) -> np.ndarray:
+    """log_softmax of float32 logits with the shift in float32 (as everyone does) and the rest in
+    float64 through math.fsum: the value ours must round to within an ulp."""
+    import math
+
+    shifted = x - x.max(axis=-1, keepdims=True)
+    log_sums = [math.log(math.fsum(np.exp(row.astype(np.float64)))) for row in shifted]
+    return shifted.astype(np.float64) - np.array(log_sums)[:, None]
+
+
 @pytest.mark.parametrize("n_vocab", [51864, 51865, 51866, 1501, 5])
-def test_log_softmax_and_softmax_match_torch(n_vocab):
+def test_log_softmax_is_exact_to_an_ulp_and_torch_s_within_the_tolerance(n_vocab):
     x = _logit_rows(n_vocab)
-    ref = torch.nn.functional.log_softmax(torch.from_numpy(x), dim=-1).numpy()
     ours = md.log_softmax(x)
-    finite = np.isfinite(ref)
-    assert np.array_equal(np.isfinite(ours), finite)
-    assert np.abs(ours[finite] - ref[finite]).max() <= 4e-6  # an ulp of the largest values at most
-    assert np.mean(ours[finite] == ref[finite]) > 0.9  # mostly bit for bit
-    np.testing.assert_allclose(md.softmax(x), torch.from_numpy(x).softmax(-1).numpy(), rtol=2e-6, atol=1e-12)
+    exact = _exact_log_softmax(x)
+    finite = np.isfinite(exact)
+    assert ours.dtype == np.float32 and np.array_equal(np.isfinite(ours), finite)
+    ulp = np.spacing(np.maximum(np.abs(ours), np.float32(np.log(n_vocab))))
+    assert (np.abs(ours[finite] - exact[finite]) <= ulp[finite]).all()
+
+    print(f"torch's kernel here: {torch.backends.cpu.get_cpu_capability()}")
+    ref = torch.nn.functional.log_softmax(torch.from_numpy(x), dim=-1).numpy()
+    assert np.array_equal(np.isfinite(ref), finite)
+    tolerance = np.array([md.logprob_tolerance(n_vocab, v) for v in np.abs(ref[finite])])
+    assert (np.abs(ours[finite] - ref[finite]) <= tolerance).all()
+    ref_p = torch.from_numpy(x).softmax(-1).numpy()
+    np.testing.assert_allclose(md.softmax(x), ref_p, rtol=md.probability_tolerance(n_vocab), atol=0)
     for row in x:
-        assert md.logsumexp(row) == pytest.approx(torch.logsumexp(torch.from_numpy(row), -1).item(), abs=2e-6)
+        ref_lse = torch.logsumexp(torch.from_numpy(row), -1).item()
+        assert md.logsumexp(row) == pytest.approx(ref_lse, abs=md.logprob_tolerance(n_vocab, ref_lse))
 
 
-def test_compression_ratio_is_whisper_s():
-    from whisper.utils import compression_ratio
-
-    for text in ["", "hello", "so so so so so so so so so so so so so so", "ünïcödé 你好"]:
-        assert md.compression_ratio(text) == compression_ratio(text)
-
-
-# --- the strategy classes, step by step against whisper's ------------------------------------
-
-def _histories(tokenizer, sample_begin, rng, n=40):
-    """Token histories [sample_begin + k] as decoding makes them: text tokens and timestamps."""
-    ts = tokenizer.timestamp_begin
-    out = []
-    for _ in range(n):
-        seq, t = [], 0
-        for _ in range(rng.integers(0, 8)):
-            if rng.random() < 0.4:
-                t += int(rng.integers(0, 40))
-                seq.append(ts + t)
-            else:
-                seq.append(int(rng.integers(0, 50000)))
-        out.append(list(tokenizer.sot_sequence) + seq)
-    return out
+@pytest.fixture(scope="module")
+def jfk_logit_rows(torch_tiny_en, jfk_audio) -> np.ndarray:
+    """tiny.en's logits at each step of its greedy jfk transcript: float32 [n, 51864]."""
+    mel = whisper_mel(jfk_audio, 80)[:, :3000]
+    result = wd.decode(torch_tiny_en.module, torch.from_numpy(mel), wd.DecodingOptions(language="en", fp16=False))
+    sot_sequence = list(get_tokenizer(False).sot_sequence)
+    with torch.no_grad():
+        logits = torch_tiny_en.module.decoder(torch.tensor([sot_sequence + result.tokens]), torch_tiny_en.encode(mel[None]))
+    return logits[0, len(sot_sequence) - 1:].numpy()
 
 
-@pytest.mark.parametrize("multilingual", [False, True])
-def test_apply_timestamp_rules_equal_whisper(multilingual):
-    ours_tok = get_tokenizer(multilingual)
-    ref_tok = whisper.tokenizer.get_tokenizer(multilingual)
-    n_vocab = ours_tok.encoding.n_vocab
-    sample_begin = len(ours_tok.sot_sequence)
-    ours = md.ApplyTimestampRules(ours_tok, sample_begin, 50)
-    ref = wd.ApplyTimestampRules(ref_tok, sample_begin, 50)
-    rng = np.random.default_rng(1)
-    forced = 0
-    for history in _histories(ours_tok, sample_begin, rng):
-        tokens = np.array([history], dtype=np.int64)
-        logits = (rng.standard_normal((1, n_vocab)) * 3).astype(np.float32)
-        logits[0, ours_tok.timestamp_begin:] += rng.uniform(-4, 4)  # sometimes timestamps win
-        a, b = logits.copy(), torch.from_numpy(logits.copy())
-        ours.apply(a, tokens)
-        ref.apply(b, torch.from_numpy(tokens))
-        assert np.array_equal(a, b.numpy())
-        forced += np.isinf(a[0, : ours_tok.timestamp_begin]).all()
-    assert forced > 0  # the logsumexp rule fired at least once
-
-
-def test_suppress_filters_equal_whisper():
-    tok, ref_tok = get_tokenizer(False), whisper.tokenizer.get_tokenizer(False)
-    logits = np.zeros((2, tok.encoding.n_vocab), dtype=np.float32)
-    tokens = np.array([[tok.sot], [tok.sot]], dtype=np.int64)
-    for ours, ref in [(md.SuppressBlank(tok, 1), wd.SuppressBlank(ref_tok, 1)),
-                      (md.SuppressTokens(tok.non_speech_tokens), wd.SuppressTokens(ref_tok.non_speech_tokens))]:
-        a, b = logits.copy(), torch.from_numpy(logits.copy())
-        ours.apply(a, tokens)
-        ref.apply(b, torch.from_numpy(tokens))
-        assert np.array_equal(a, b.numpy())
+@pytest.mark.parametrize("lanes", [8, 16, 32])
+def test_the_tolerance_covers_float32_lane_sums(jfk_logit_rows, lanes):
+    """What torch does with AVX2 (8 lanes), AVX-512 (16) or wider, emulated in numpy on a real
+    decoder's logits (confident rows, where float32 sums lose the most): the normaliser's error
+    stays inside the bound the tolerances use; with 8 lanes it reaches a tenth of it, so the bound
+    is the right size, not idle."""
+    x = jfk_logit_rows
+    n = x.shape[1]
+    shifted = x - x.max(axis=1, keepdims=True)
+    e = np.exp(shifted)  # float32
+    m = n - n % lanes
+    acc = e[:, :m].reshape(len(x), -1, lanes).sum(axis=1, dtype=np.float32)  # each lane in sequence
+    acc[:, : n - m] += e[:, m:]
+    while acc.shape[1] > 1:
+        acc = acc[:, : acc.shape[1] // 2] + acc[:, acc.shape[1] // 2:]
+    error = np.abs(acc[:, 0] / np.exp(shifted.astype(np.float64)).sum(axis=1) - 1)
+    tolerance = md.probability_tolerance(n)
+    print(f"{lanes} lanes over {len(x)} rows: relative error max {error.max():.2e}, tolerance {tolerance:.2e}")
+    assert error.max() <= tolerance
+    assert lanes > 8 or error.max() > tolerance / 10
 
 
 class _RecordingInference:
@@ -154,10 +148,10 @@ def test_beam_search_steps_equal_whisper(beam_size, patience):
         tokens, done = ours.update(tokens, logits, sums)
         ref_tokens, ref_done = ref.update(ref_tokens, torch.from_numpy(logits), ref_sums)
         assert np.array_equal(tokens, ref_tokens.numpy()) and done == ref_done
-        # log_softmax is bit-exact in most rows, else an ulp off (see maxwhisper.decoding)
-        np.testing.assert_allclose(sums, ref_sums.numpy(), rtol=1e-6)
+        tolerance = md.logprob_tolerance(n_vocab, np.abs(sums).max())
+        np.testing.assert_allclose(sums, ref_sums.numpy(), rtol=0, atol=tolerance)
         for a, b in zip(ours.finished_sequences, ref.finished_sequences):
-            assert list(a) == list(b) and list(a.values()) == pytest.approx(list(b.values()), rel=1e-6)
+            assert list(a) == list(b) and list(a.values()) == pytest.approx(list(b.values()), abs=tolerance)
         if done:
             break
     assert ours_inf.rearranged == ref_inf.rearranged
@@ -165,7 +159,8 @@ def test_beam_search_steps_equal_whisper(beam_size, patience):
     seqs, lps = ours.finalize(tokens.reshape(shape), sums.reshape(n_audio, beam_size))
     ref_seqs, ref_lps = ref.finalize(ref_tokens.reshape(shape), ref_sums.reshape(n_audio, beam_size))
     assert seqs == [[t.tolist() for t in group] for group in ref_seqs]
-    assert all(lp == pytest.approx(ref_lp, rel=1e-6) for lp, ref_lp in zip(lps, ref_lps))
+    tolerance = md.logprob_tolerance(n_vocab, np.abs(sums).max())
+    assert all(lp == pytest.approx(ref_lp, abs=tolerance) for lp, ref_lp in zip(lps, ref_lps))
     for penalty in (None, 0.0, 0.6, 1.0):
         ref_rank = wd.MaximumLikelihoodRanker(penalty).rank(ref_seqs, ref_lps)
         assert md.MaximumLikelihoodRanker(penalty).rank(seqs, ref_lps) == [int(i) for i in ref_rank]
@@ -183,7 +178,7 @@ def test_greedy_steps_equal_whisper():
         tokens, done = ours.update(tokens, logits, sums)
         ref_tokens, ref_done = ref.update(ref_tokens, torch.from_numpy(logits), ref_sums)
         assert np.array_equal(tokens, ref_tokens.numpy()) and done == ref_done
-        assert np.array_equal(sums, ref_sums.numpy())
+        np.testing.assert_allclose(sums, ref_sums.numpy(), rtol=0, atol=md.logprob_tolerance(100, np.abs(sums).max()))
 
 
 def test_sampling_is_reproducible_and_follows_the_distribution():
@@ -230,15 +225,25 @@ def test_invalid_window_options_are_rejected(torch_tiny_en):
 
 # --- whole transcriptions against whisper.transcribe -----------------------------------------
 
-def assert_same_transcript(ours: TranscribeOutput, ref: dict):
+def window_tolerances(n_vocab: int, segment) -> tuple[float, float]:
+    """How far a window's avg_logprob (absolute) and no_speech_prob (relative) may be from a float32
+    reference's: an average of at most n_text_ctx / 2 + 1 log probabilities (the sample length)."""
+    return md.logprob_tolerance(n_vocab, segment.avg_logprob * 225), md.probability_tolerance(n_vocab)
+
+
+def assert_same_transcript(ours: TranscribeOutput, ref: dict, n_vocab: int = 51864):
+    """Tokens, times, texts and threshold decisions (temperatures) equal; the probabilities within
+    the tolerance of float32 sums. The decisions can be equal only where none was a close call."""
+    assert not ours.close_calls
     assert ours.language == ref["language"]
     assert [list(s.tokens) for s in ours.segments] == [s["tokens"] for s in ref["segments"]]
     for s, r in zip(ours.segments, ref["segments"]):
         assert (s.id, s.seek, s.start, s.end, s.text, s.temperature) == (
             r["id"], r["seek"], r["start"], r["end"], r["text"], r["temperature"])
-        assert s.avg_logprob == pytest.approx(r["avg_logprob"], rel=1e-6)
+        logprob_tolerance, probability_tolerance = window_tolerances(n_vocab, s)
+        assert s.avg_logprob == pytest.approx(r["avg_logprob"], abs=logprob_tolerance)
         assert s.compression_ratio == r["compression_ratio"]
-        assert s.no_speech_prob == pytest.approx(r["no_speech_prob"], rel=1e-5, abs=1e-9)
+        assert s.no_speech_prob == pytest.approx(r["no_speech_prob"], rel=probability_tolerance, abs=0)
     assert ours.text == ref["text"]
 
 
@@ -302,8 +307,38 @@ def test_decode_one_window_equals_whisper(torch_tiny_en, jfk_audio):
         ours = md.decode(torch_tiny_en, mel, md.WindowOptions(language="en", **options))
         ref = wd.decode(torch_tiny_en.module, torch.from_numpy(mel), wd.DecodingOptions(language="en", fp16=False, **options))
         assert (ours.tokens, ours.text, ours.language) == (ref.tokens, ref.text, ref.language)
-        assert ours.avg_logprob == pytest.approx(ref.avg_logprob, rel=1e-6)
-        assert ours.no_speech_prob == pytest.approx(ref.no_speech_prob, rel=1e-5)
+        logprob_tolerance, probability_tolerance = window_tolerances(51864, ours)
+        assert ours.avg_logprob == pytest.approx(ref.avg_logprob, abs=logprob_tolerance)
+        assert ours.no_speech_prob == pytest.approx(ref.no_speech_prob, rel=probability_tolerance, abs=0)
+
+
+def test_threshold_decisions_equal_whisper_s_or_are_reported_as_close(torch_tiny_en, jfk_audio):
+    """Thresholds placed around the window's own avg_logprob and no_speech_prob: far from the
+    value (3 tolerances) the fallback and the no-speech skip are decided as whisper.transcribe
+    decides them and nothing is reported; within the tolerance a CloseCall says so, whichever way
+    this run went."""
+    first, _ = run_both(torch_tiny_en, jfk_audio, GREEDY)
+    window = first.segments[0]
+    logprob_tol, probability_tol = window_tolerances(51864, window)
+    no_speech_tol = probability_tol * window.no_speech_prob
+    cases = []
+    for k in (-3, -1 / 3, 1 / 3, 3):  # temperature fallback: to 0.2 below the threshold
+        cases.append(("avg_logprob", abs(k) < 1, dict(
+            temperature=(0.0, 0.2), logprob_threshold=window.avg_logprob + k * logprob_tol, no_speech_threshold=None)))
+        cases.append(("no_speech_prob", abs(k) < 1, dict(  # logprob_threshold 0: the skip is the no-speech rule's alone
+            temperature=(0.0,), logprob_threshold=0.0, no_speech_threshold=window.no_speech_prob + k * no_speech_tol)))
+    decided = {"avg_logprob": [], "no_speech_prob": []}  # (fell back, skipped) where not close
+    for quantity, close, changes in cases:
+        ours, ref = run_both(torch_tiny_en, jfk_audio, GREEDY.replace(**changes))
+        calls = [c for c in ours.close_calls if c.quantity == quantity]
+        assert bool(calls) == close, (quantity, changes, ours.close_calls)
+        if close:
+            assert calls[0].start == 0.0 and abs(calls[0].value - calls[0].threshold) <= calls[0].tolerance
+            continue
+        assert [(s.seek, s.temperature) for s in ours.segments] == [(s["seek"], s["temperature"]) for s in ref["segments"]]
+        decided[quantity].append((bool(ours.segments) and ours.segments[0].temperature > 0, not ours.segments))
+    # both sides of each threshold were seen: kept, then fell back; skipped, then kept
+    assert decided == {"avg_logprob": [(False, False), (True, False)], "no_speech_prob": [(False, True), (False, False)]}
 
 
 def test_silence_equals_whisper(torch_tiny_en):
@@ -404,11 +439,12 @@ def random_multilingual():
 def test_random_multilingual_model_equals_whisper(random_multilingual, jfk_audio, changes):
     options = GREEDY.replace(temperature=(0.0,), **changes)  # only greedy can match exactly
     ours, ref = run_both(random_multilingual, jfk_audio, options)
-    assert_same_transcript(ours, ref)
+    n_vocab = random_multilingual.dims.n_vocab
+    assert_same_transcript(ours, ref, n_vocab)
     if options.language is None:
         _, probs = random_multilingual.module.detect_language(
             torch.from_numpy(whisper_mel(jfk_audio, 80)[:, :3000]))
-        assert ours.language_probability == pytest.approx(probs[ours.language], rel=1e-5)
+        assert ours.language_probability == pytest.approx(probs[ours.language], rel=md.probability_tolerance(n_vocab))
 
 
 # --- temperature fallback and the prompt, with a fake network (sampling can't match torch's) ---

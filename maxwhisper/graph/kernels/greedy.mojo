@@ -1,9 +1,9 @@
 # Greedy token choice on the CPU, inside the decoder-step graph: the host then reads one token and
 # one log probability per sequence instead of a 51k-wide row, and does no 51k-wide numpy work
 # between steps (~0.5 ms per token, which also let MAX's worker threads cool down).
-# It computes exactly what `maxwhisper.decoding` does on the host for greedy decoding at
-# temperature 0: the suppression mask, openai's "timestamps more probable than any text token"
-# rule, argmax, and the float32 log probability with the exp-sum in torch's lane order.
+# It computes what `maxwhisper.decoding` does on the host for greedy decoding at temperature 0:
+# the suppression mask, openai's "timestamps more probable than any text token" rule, argmax,
+# and the float32 log probability with exp and its sum in float64, as the host computes them.
 import extensibility
 from extensibility import InputTensor, OutputTensor
 from max.algorithm import sync_parallelize
@@ -11,34 +11,27 @@ from max.gpu.host import DeviceContext
 from std.math import exp, log
 from std.utils.numerics import neg_inf
 
-comptime W = 8  # the lanes of torch's float32 CPU sum (vec::map_reduce_all on AVX2)
+comptime W = 8  # float32 lanes per SIMD vector (AVX2)
 
 
-def lane_sum(row: UnsafePointer[Float32, ...], sup: UnsafePointer[Float32, ...], lo: Int, hi: Int, m: Float32) -> Float32:
-    """sum of exp(row + sup - m) over [lo, hi) in ATen's order: lane j % 8 sums element j in
-    sequence (entries before lo add exp(-inf) = 0, which changes no lane), then a fixed tree."""
-    var acc = SIMD[DType.float32, W](0)
-    var start = lo - lo % W
-    var full = hi - hi % W
-    for j in range(start, full, W):
-        var x = row.load[width=W](j) + sup.load[width=W](j)
-        if j < lo:
-            for i in range(W):
-                if j + i < lo:
-                    x[i] = neg_inf[DType.float32]()
-        acc += exp(x - m)
-    for j in range(max(full, lo), hi):
-        acc[j % W] += exp(row[j] + sup[j] - m)
-    var v0 = acc[0] + acc[4]
-    var v1 = acc[1] + acc[5]
-    var v2 = acc[2] + acc[6]
-    var v3 = acc[3] + acc[7]
-    return (v0 + v2) + (v1 + v3)
+def exp_sum(row: UnsafePointer[Float32, ...], sup: UnsafePointer[Float32, ...], lo: Int, hi: Int, m: Float32) -> Float64:
+    """sum of exp(row + sup - m) over [lo, hi), x - m in float32, exp and sum in float64: exact
+    to float64 rounding, where a float32 sum over 51k terms loses up to ~1e-4 of it."""
+    var acc = SIMD[DType.float64, W](0)
+    var j = lo
+    while j + W <= hi:
+        acc += exp((row.load[width=W](j) + sup.load[width=W](j) - m).cast[DType.float64]())
+        j += W
+    var total = acc.reduce_add()
+    while j < hi:
+        total += exp(Float64(row[j] + sup[j] - m))
+        j += 1
+    return total
 
 
 def log_sum(row: UnsafePointer[Float32, ...], sup: UnsafePointer[Float32, ...], lo: Int, hi: Int, m: Float32) -> Float32:
-    """log(sum(exp(x - m))) as decoding.py computes it: the float32 sum's log in float64."""
-    return Float32(log(Float64(lane_sum(row, sup, lo, hi, m))))
+    """log(sum(exp(x - m))) as decoding.py computes it: the float64 sum's log, rounded to float32."""
+    return Float32(log(exp_sum(row, sup, lo, hi, m)))
 
 
 def masked_max(row: UnsafePointer[Float32, ...], sup: UnsafePointer[Float32, ...], lo: Int, hi: Int) -> Float32:
@@ -122,7 +115,7 @@ struct GreedyChoice:
                 var top = (ts_max - m) - ls
                 var total = Float64(0)
                 for j in range(ts, v):
-                    total += Float64(exp(((row[j] + sup[j] - m) - ls) - top))
+                    total += exp(Float64(((row[j] + sup[j] - m) - ls) - top))
                 var timestamp_logprob = Float32(log(total)) + top
                 if timestamp_logprob > (text_max - m) - ls:  # sample a timestamp
                     chosen, chosen_max = ts_arg, ts_max
