@@ -65,7 +65,37 @@ class _TimedFeatureExtractor:
         return getattr(self._inner, name)
 
 
+def load_cuda12_libraries() -> list[str]:
+    """CTranslate2's CUDA 12 libraries (cuBLAS, cuDNN) from the `nvidia-*-cu12` pip packages, loaded
+    into the process before it opens them: a CUDA 13 PyTorch brings no CUDA 12 libraries, and
+    pip's are not on the loader's path. Returns the files loaded (none where the packages are not
+    installed: then the system's libraries, if any, serve)."""
+    import ctypes
+    import importlib.util
+    from pathlib import Path
+
+    libraries = []
+    for package, pattern in (("nvidia.cublas", "libcublas*.so.12"), ("nvidia.cudnn", "libcudnn*.so.9")):
+        try:
+            spec = importlib.util.find_spec(package)
+        except ModuleNotFoundError:
+            continue
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            libraries += sorted((Path(folder) / "lib").glob(pattern))
+    loaded = []
+    for _ in range(2):  # a library whose dependency was not loaded yet gets a second try
+        for lib in [lib for lib in libraries if lib.name not in loaded]:
+            try:
+                ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+                loaded.append(lib.name)
+            except OSError:
+                pass
+    return loaded
+
+
 def _resolve_device(device: str) -> str:
+    if device in ("auto", "gpu"):
+        load_cuda12_libraries()
     gpus = ctranslate2.get_cuda_device_count()
     if device == "auto":
         return "gpu" if gpus > 0 else "cpu"

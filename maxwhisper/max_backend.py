@@ -16,12 +16,20 @@ from .transcribe import transcribe
 class MaxTranscriber:
     backend = "max"
 
-    def __init__(self, model: str = "tiny.en", device: str = "auto", precision: str = "fp32", threads: int | None = None):
+    def __init__(self, model: str = "tiny.en", device: str = "auto", precision: str = "fp32", threads: int | None = None,
+                 kernels: bool = True):
+        """kernels=False: the portable plan (MAX's ops only, the graphs a GPU runs) on the CPU too."""
         start = time.perf_counter()
         self.checkpoint = load_checkpoint(model)
-        self.model, self.device, self.precision = self.checkpoint.name, resolve_device(device), precision
-        self.net = MaxWhisper(self.checkpoint, self.device, precision, threads)
+        self.device, self.device_note = resolve_device(device)  # note: why "auto" fell back to the CPU
+        self.model, self.precision = self.checkpoint.name, precision
+        self.net = MaxWhisper(self.checkpoint, self.device, precision, threads, kernels)
         self.load_s = time.perf_counter() - start - self.net.compile_s
+
+    @property
+    def plan(self):
+        """The `graph.plan.ExecutionPlan` the model runs under."""
+        return self.net.plan
 
     @property
     def compile_s(self) -> float:

@@ -22,15 +22,20 @@ def available_backends() -> list[str]:
 
 
 def create_transcriber(backend: str, model: str = "tiny.en", device: str = "auto",
-                       precision: str = "fp32", threads: int | None = None) -> Transcriber:
-    """Load `model` on `backend`. Raises BackendError/ModelError with a message meant for people."""
+                       precision: str = "fp32", threads: int | None = None, kernels: bool = True) -> Transcriber:
+    """Load `model` on `backend`. kernels=False: MAX's portable plan (`maxwhisper.graph.plan`).
+    Raises BackendError/ModelError with a message meant for people."""
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     if device not in DEVICES:
         raise BackendError(f"unknown device {device!r}; valid devices: {', '.join(DEVICES)}")
     if precision not in PRECISIONS:
         raise BackendError(f"unknown precision {precision!r}; valid precisions: {', '.join(PRECISIONS)}")
+    if not kernels and backend != "max":
+        raise BackendError("--no-kernels is an option of the MAX backend only")
     module, cls, package, label = BACKENDS[backend]
     if not importlib.util.find_spec(package):
         raise BackendError(f"backend {backend!r} needs {label}, which is not installed (pip install -r requirements.txt)")
-    return getattr(importlib.import_module(module), cls)(model=model, device=device, precision=precision, threads=threads)
+    options = {"kernels": kernels} if backend == "max" else {}
+    return getattr(importlib.import_module(module), cls)(model=model, device=device, precision=precision,
+                                                         threads=threads, **options)

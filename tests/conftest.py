@@ -28,6 +28,20 @@ def max_tiny_en():
 
 
 @pytest.fixture(scope="session")
+def max_tiny_en_portable():
+    """The portable plan on the CPU (`--no-kernels`): MAX's ops only, exactly the graphs a GPU runs."""
+    from maxwhisper.max_backend import MaxTranscriber
+
+    return MaxTranscriber("tiny.en", device="cpu", kernels=False)
+
+
+@pytest.fixture(params=["cpu-kernels", "portable"])
+def max_tiny_en_each_plan(request):
+    """tiny.en under each execution plan: the token-equality tests run on both."""
+    return request.getfixturevalue("max_tiny_en" if request.param == "cpu-kernels" else "max_tiny_en_portable")
+
+
+@pytest.fixture(scope="session")
 def openai_tiny_en():
     from baselines.openai_backend import OpenAITranscriber
 

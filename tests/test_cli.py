@@ -103,6 +103,27 @@ def test_compare_table_shows_errors_in_their_row():
     assert "ERROR" not in rows["faster"] and "Americans" in rows["faster"]
 
 
+def test_no_kernels_prints_the_jfk_sentence():
+    """The portable plan (the graphs a GPU runs) on the CPU, from the command line."""
+    p = cli("transcribe", JFK, "--backend", "max", "--device", "cpu", "--no-kernels", timeout=1200)
+    assert p.returncode == 0, p.stderr
+    assert normalise(p.stdout) == JFK_NORMALISED
+    assert "plan portable (cpu, float32); Mojo kernels: none" in p.stderr
+
+
+def test_gpu_compile_compiles_the_encoder_and_decoder_step_for_an_h100(tmp_path):
+    """No GPU here: MAX compiles for a virtual sm_90 (H100) in fp16; the report says so."""
+    out = tmp_path / "gpu-compile"
+    p = cli("gpu-compile", "--arch", "sm_90", "--precision", "fp16", "--graphs", "encoder,decoder_step",
+            "--output", out, timeout=1800)
+    assert p.returncode == 0, p.stderr + p.stdout
+    rows = json.loads(out.with_suffix(".json").read_text())["graphs"]
+    assert [(r["graph"], r["precision"], r["arch"], r["ok"]) for r in rows] == \
+        [("encoder", "fp16", "sm_90", True), ("decoder_step", "fp16", "sm_90", True)]
+    assert "2 compiled, 0 failed" in p.stdout and "| encoder | fp16 | sm_90 | H100, H200 | ok |" in \
+        out.with_suffix(".md").read_text()
+
+
 # --- errors ---------------------------------------------------------------------------------
 
 def test_unknown_backend():
@@ -138,6 +159,9 @@ def test_unsupported_precision_and_device():
 
 
 def test_bad_flag_values():
+    assert_clean_error(cli("gpu-compile", "--arch", "sm_99"), "unknown architecture sm_99")
+    assert_clean_error(cli("gpu-compile", "--precision", "int8"), "unknown precision int8")
+    assert_clean_error(cli("transcribe", JFK, "--backend", "openai", "--no-kernels"), "MAX backend only")
     assert_clean_error(cli("transcribe", JFK, "--temperature", "hot"), "temperature")
     assert_clean_error(cli("transcribe", JFK, "--beam-size", "0"), "beam")
     assert_clean_error(cli("nosuchcommand"), "invalid choice")

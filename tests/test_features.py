@@ -137,10 +137,10 @@ def test_max_hallucination_silence_threshold_matches_openai(max_tiny_en, openai_
 # --- beam search ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("clip", ["jfk", "lecture_30s"])
-def test_beam_search_tokens_equal_openai(max_tiny_en, openai_tiny_en, jfk_audio, lecture_60s_audio, clip):
+def test_beam_search_tokens_equal_openai(max_tiny_en_each_plan, openai_tiny_en, jfk_audio, lecture_60s_audio, clip):
     audio = jfk_audio if clip == "jfk" else lecture_60s_audio[: 30 * SAMPLE_RATE]
     options = DecodeOptions(beam_size=5)
-    ours, ref = max_tiny_en.transcribe(audio, options), openai_tiny_en.transcribe(audio, options)
+    ours, ref = max_tiny_en_each_plan.transcribe(audio, options), openai_tiny_en.transcribe(audio, options)
     assert ours.tokens == ref.tokens
     assert [(s.start, s.end) for s in ours.segments] == [(s.start, s.end) for s in ref.segments]
 
@@ -215,6 +215,18 @@ def max_base():
 
 
 @pytest.fixture(scope="session")
+def max_base_portable():
+    from maxwhisper.max_backend import MaxTranscriber
+
+    return MaxTranscriber("base", device="cpu", kernels=False)
+
+
+@pytest.fixture(params=["cpu-kernels", "portable"])
+def max_base_each_plan(request):
+    return request.getfixturevalue("max_base" if request.param == "cpu-kernels" else "max_base_portable")
+
+
+@pytest.fixture(scope="session")
 def openai_base():
     from baselines.openai_backend import OpenAITranscriber
 
@@ -222,11 +234,12 @@ def openai_base():
 
 
 @pytest.mark.parametrize("part, language", [(0, "en"), (1, "de")])
-def test_language_probabilities_equal_openai(max_base, openai_base, multilingual_audio, part, language):
+def test_language_probabilities_equal_openai(max_base_each_plan, openai_base, multilingual_audio, part, language):
     """The probabilities of all 99 languages from the first window, given the same mel."""
     audio = multilingual_audio[part * 30 * SAMPLE_RATE: (part + 1) * 30 * SAMPLE_RATE]
     mel = log_mel_spectrogram(audio, 80, padding=N_SAMPLES)[:, :N_FRAMES]
-    _, (ours,) = detect_language(max_base.net, max_base.net.encode(mel[None]))
+    net = max_base_each_plan.net
+    _, (ours,) = detect_language(net, net.encode(mel[None]))
     with torch.no_grad():
         _, ref = openai_base.net.detect_language(torch.from_numpy(mel))
     assert max(ours, key=ours.get) == max(ref, key=ref.get) == language
@@ -234,9 +247,9 @@ def test_language_probabilities_equal_openai(max_base, openai_base, multilingual
     assert max(abs(ours[c] - ref[c]) for c in ref) < 1e-4
 
 
-def test_detected_language_and_first_window_equal_openai(max_base, openai_base, multilingual_audio):
+def test_detected_language_and_first_window_equal_openai(max_base_each_plan, openai_base, multilingual_audio):
     audio = multilingual_audio[: 30 * SAMPLE_RATE]
-    ours, ref = max_base.transcribe(audio, DecodeOptions()), openai_base.transcribe(audio, DecodeOptions())
+    ours, ref = max_base_each_plan.transcribe(audio, DecodeOptions()), openai_base.transcribe(audio, DecodeOptions())
     assert ours.language == ref.language == "en"
     assert ours.language_probability == pytest.approx(ref.language_probability, abs=1e-4)
     assert ours.tokens == ref.tokens
@@ -264,14 +277,18 @@ def random_pt(tmp_path_factory, request) -> Path:
     CPU step graph's linears then read them as float16), and float32 values that are not float16
     numbers (float32 linears). The token embeddings are large so that the logits are far apart (no
     near-ties between MAX and torch)."""
+    return write_random_pt(tmp_path_factory.mktemp("checkpoint"), request.param)
+
+
+def write_random_pt(folder: Path, dtype: str) -> Path:
     rng = np.random.default_rng(0)
     state = {}
     for name, shape in expected_shapes(RANDOM_DIMS).items():
         scale = 1.0 if name == "decoder.token_embedding.weight" else 0.2
         value = np.ones(shape) if name.endswith("ln.weight") or name.endswith("ln_post.weight") else \
             rng.standard_normal(shape) * scale
-        state[name] = torch.from_numpy(value.astype(request.param))
-    path = tmp_path_factory.mktemp("checkpoint") / f"random-large-v3-layout-{request.param}.pt"
+        state[name] = torch.from_numpy(value.astype(dtype))
+    path = folder / f"random-large-v3-layout-{dtype}.pt"
     torch.save({"dims": asdict(RANDOM_DIMS), "model_state_dict": state}, path)
     return path
 
@@ -325,3 +342,44 @@ def test_cli_json_carries_language_and_words(tmp_path):
     assert {"word", "start", "end", "probability"} <= set(words[0])
     assert "".join(w["word"] for w in words).strip() == d["text"].strip()
     assert d["options"]["beam_size"] == 2 and d["options"]["initial_prompt"] == "Kennedy"
+
+
+def test_portable_fp16_runs_end_to_end_on_the_cpu(tmp_path, jfk_audio):
+    """The GPU's fp16 graphs (portable plan), run on the CPU with a small random checkpoint: the
+    dtype plumbing end to end. fp16 keeps 11 significant bits, so each rounding is off by up to
+    2^-11 relative; the logits are checked within FP16_LOGIT_TOLERANCE of their largest value
+    against openai-whisper in float32, and the greedy tokens up to the first place where the
+    reference's two best logits lie closer than that (a near tie fp16 may decide either way)."""
+    from maxwhisper.decoding import WindowOptions, decode
+    from maxwhisper.max_backend import MaxTranscriber
+    from whisper.decoding import DecodingOptions, decode as whisper_decode
+
+    path = write_random_pt(tmp_path, "float16")
+    mx = MaxTranscriber(str(path), device="cpu", precision="fp16", kernels=False)
+    assert mx.plan.name == "portable" and mx.plan.dtype.name == "float16"
+    ref_module = whisper.load_model(str(path), device="cpu")
+
+    mel = log_mel_spectrogram(jfk_audio, 128, padding=N_SAMPLES)[:, :N_FRAMES]
+    sot = list(get_tokenizer(True, num_languages=mx.checkpoint.num_languages, language="en")
+               .sot_sequence_including_notimestamps)
+    ours = decode(mx.net, mel, WindowOptions(language="en", sample_len=24, without_timestamps=True))
+    ref = whisper_decode(ref_module, torch.from_numpy(mel), DecodingOptions(
+        language="en", sample_len=24, without_timestamps=True, fp16=False))
+    sequence = sot + ref.tokens
+    with torch.no_grad():
+        ref_logits = ref_module.decoder(torch.tensor([sequence]), ref_module.encoder(torch.from_numpy(mel[None])))[0]
+    first = len(sot) - 1  # the logits before each sampled token, and before eot
+    ref_logits = ref_logits[first:].numpy()
+    positions = tuple(range(first, len(sequence)))
+    our_logits = mx.net.inference().logits(np.array([sequence], np.int64), mx.net.encode(mel[None]), positions)[0]
+    scale = np.abs(ref_logits).max()
+    print(f"fp16 logits: max error {np.abs(our_logits - ref_logits).max() / scale:.2e} of the largest")
+    assert np.abs(our_logits - ref_logits).max() <= FP16_LOGIT_TOLERANCE * scale
+
+    same = next((i for i, (a, b) in enumerate(zip(ours.tokens, ref.tokens)) if a != b), None)
+    print(f"tokens: {len(ours.tokens)} and {len(ref.tokens)}, first difference at {same}")
+    if same is None:
+        assert ours.tokens == ref.tokens
+    else:  # where they part, the reference's choice and ours were within the fp16 tolerance of each other
+        row = ref_logits[same]
+        assert row[ref.tokens[same]] - row[ours.tokens[same]] <= 2 * FP16_LOGIT_TOLERANCE * scale

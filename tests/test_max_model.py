@@ -19,8 +19,8 @@ def test_component_matches_reference(selfcheck_results, component):
     assert r.passed, f"{component}: max abs error {r.max_abs_err:g}, relative {r.rel_err:g} ({r.detail})"
 
 
-def test_greedy_tokens_equal_on_jfk(max_tiny_en, openai_tiny_en, jfk_audio):
-    ours = max_tiny_en.transcribe(jfk_audio, DecodeOptions())
+def test_greedy_tokens_equal_on_jfk(max_tiny_en_each_plan, openai_tiny_en, jfk_audio):
+    ours = max_tiny_en_each_plan.transcribe(jfk_audio, DecodeOptions())
     ref = openai_tiny_en.transcribe(jfk_audio, DecodeOptions())
     assert ours.tokens == ref.tokens
     assert [(s.start, s.end, s.text) for s in ours.segments] == [(s.start, s.end, s.text) for s in ref.segments]
@@ -35,8 +35,8 @@ def test_greedy_tokens_equal_on_jfk_without_timestamps(max_tiny_en, openai_tiny_
     assert ours.tokens == ref.tokens and ours.text == ref.text
 
 
-def test_greedy_tokens_equal_on_lecture_first_windows(max_tiny_en, openai_tiny_en, lecture_60s_audio):
-    ours = max_tiny_en.transcribe(lecture_60s_audio, DecodeOptions())
+def test_greedy_tokens_equal_on_lecture_first_windows(max_tiny_en_each_plan, openai_tiny_en, lecture_60s_audio):
+    ours = max_tiny_en_each_plan.transcribe(lecture_60s_audio, DecodeOptions())
     ref = openai_tiny_en.transcribe(lecture_60s_audio, DecodeOptions())
     assert len({s.seek for s in ref.segments}) >= 2  # really two windows
     assert ours.tokens == ref.tokens

@@ -1,11 +1,12 @@
 """Small graphs of single encoder components, built from the same functions as the full model,
-so `maxwhisper.selfcheck` can compare each with openai-whisper's PyTorch module."""
+so `maxwhisper.selfcheck` can compare each with openai-whisper's PyTorch module; and a probe of a
+known MAX problem on GPUs."""
 from __future__ import annotations
 
 from max.dtype import DType
-from max.graph import Graph, TensorType
+from max.graph import Graph, TensorType, ops
 
-from .encoder import conv_stem, encoder_block, encoder_linear, extensions, self_attention
+from .encoder import conv_stem, encoder_block, extensions, self_attention
 from .layers import WeightBank
 from .model import MaxWhisper
 
@@ -15,13 +16,26 @@ def build_component(model: MaxWhisper, name: str):
     float32 in ([B, n_mels, frames] for the stem, [B, T, d] otherwise), float32 out."""
     d, w = model.dims, WeightBank(model.arrays, model.dtype, model.device_ref)
     in_shape = ["batch", d.n_mels, "frames"] if name == "conv_stem" else ["batch", "ctx", d.n_audio_state]
-    make_linear = encoder_linear(w, d)
+    plan = model.plan
     body = {
         "conv_stem": lambda x: conv_stem(w, x),
-        "attention": lambda x: self_attention(w, "encoder.blocks.0", x, d.n_audio_head, make_linear),
-        "encoder_block": lambda x: encoder_block(w, "encoder.blocks.0", x, d.n_audio_head, make_linear),
+        "attention": lambda x: self_attention(w, "encoder.blocks.0", x, d.n_audio_head, plan),
+        "encoder_block": lambda x: encoder_block(w, "encoder.blocks.0", x, d.n_audio_head, plan),
     }[name]
     with Graph(f"whisper_{name}", input_types=[TensorType(DType.float32, in_shape, device=w.device)],
-               custom_extensions=extensions(make_linear)) as graph:
+               custom_extensions=extensions(plan)) as graph:
         graph.output(body(graph.inputs[0].tensor.cast(w.dtype)).cast(DType.float32))
     return model.load_graph(graph, w.registry())
+
+
+def build_matvec_probe(model: MaxWhisper):
+    """W [N, K] @ x^T [K, 1] + b, transposed back, in float16 on the model's device: the
+    one-column matmul with a bias that `layers.linear_few_rows` runs on a GPU, and the shape of
+    modular/modular issue 6892 (wrong float16 results on an H100). Inputs W, x [1, K], b; float32 out."""
+    dev = model.device_ref
+    types = [TensorType(DType.float16, ["n", "k"], device=dev), TensorType(DType.float16, [1, "k"], device=dev),
+             TensorType(DType.float16, ["n"], device=dev)]
+    with Graph("whisper_matvec_fp16_probe", input_types=types) as graph:
+        w, x, b = (v.tensor for v in graph.inputs)
+        graph.output((ops.transpose(ops.matmul(w, ops.transpose(x, 0, 1)), 0, 1) + b).cast(DType.float32))
+    return model.load_graph(graph, {})

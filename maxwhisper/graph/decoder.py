@@ -5,13 +5,13 @@ The step graph's self-attention cache is a pair of preallocated buffers per laye
 [B, H, n_text_ctx, Dh] and V^T [B, H, Dh, n_text_ctx], written at `offset` by each call; attention
 reads all n_text_ctx positions under an additive mask built on the host, so one compiled graph
 serves the prompt and every later step. Keys and values, cached and cross, are laid out so that
-a step reads them as matrix-vector products (`attention_scores_few_rows`, `attend_few_rows`):
-that made a tiny.en step ~10 % faster than the q @ K^T layout on a 2-core CPU. On the CPU a
-one-row call goes further: its attention is one Mojo kernel (`layers.few_row_attention`) that
-reads only the filled part of the cache, and the graph also picks the greedy token
-(`layers.greedy_choice`), so the host need not look at the logits. One token of one sequence
-(every greedy step after the prompt) has a graph of its own there, one Mojo op per layer
-(`build_token_step_graph`): ~25 ops instead of ~100, a step ~17 % faster.
+a step reads them as matrix-vector products (`attention_scores_few_rows`, `attend_few_rows`).
+Under the CPU kernels' plan a one-row call goes further: its attention is one Mojo kernel
+(`layers.few_row_attention`) that reads only the filled part of the cache, and the graph also
+picks the greedy token (`layers.greedy_choice`), so the host need not look at the logits. One
+token of one sequence (every greedy step after the prompt) has a graph of its own there, one
+Mojo op per layer (`build_token_step_graph`): ~25 ops instead of ~100. The cache's write offset
+is a host-resident input in every plan: slice bounds must live on the host on a GPU.
 """
 from __future__ import annotations
 
@@ -22,8 +22,11 @@ from max.graph import BufferType, DeviceRef, Graph, TensorType, TensorValue, ops
 
 from ..checkpoint import ModelDims
 from .layers import (MakeLinear, WeightBank, attend_few_rows, attention, attention_scores_few_rows, dim_value,
-                     few_row_attention, few_row_attention_fits, few_row_linear, few_row_linear_fits,
-                     greedy_choice, kernel_library, layer_norm, linear_few_rows, merge_heads, split_heads)
+                     few_row_attention, few_row_linear, greedy_choice, kernel_library, layer_norm, linear_few_rows,
+                     merge_heads, split_heads)
+from .plan import ExecutionPlan
+
+OFFSET_TYPE = TensorType(DType.int64, [], device=DeviceRef.CPU())  # the cache's write offset, on the host
 
 # (this call's K [B, H, n, Dh], V^T [B, H, Dh, n]) -> (K, V^T) over every position attended to
 SelfKV = Callable[[TensorValue, TensorValue], tuple[TensorValue, TensorValue]]
@@ -84,40 +87,23 @@ def _cross_types(dims: ModelDims, dtype: DType, device, batch) -> list[TensorTyp
             TensorType(dtype, [L, batch, H, dh, "audio_ctx"], device=device)]
 
 
-def step_uses_kernels(device: DeviceRef, dims: ModelDims) -> bool:
-    """Whether the step graph runs the Mojo kernels (and so takes and returns the greedy choice):
-    on the CPU, for a model within their limits."""
-    return device.is_cpu() and few_row_attention_fits(dims.n_text_state // dims.n_text_head,
-                                                      max(dims.n_text_ctx, dims.n_audio_ctx))
-
-
-def step_linears_half(w: WeightBank, dims: ModelDims) -> bool:
-    """Whether the step graph's linears run `few_row_linear` over float16-stored weights: with the
-    kernels, when every decoder weight is a float16 number (true of Whisper's published
-    checkpoints, whose float32 products are then computed exactly while reading half the bytes)."""
-    d = dims.n_text_state
-    return (step_uses_kernels(w.device, dims) and few_row_linear_fits(d) and few_row_linear_fits(4 * d)
-            and w.float16_exact("decoder."))
-
-
-def build_decoder_graph(w: WeightBank, dims: ModelDims) -> Graph:
-    """Inputs: tokens int64 [B, n]; positions int64 [n] (absolute); offset int64 [] (= positions[0]);
+def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) -> Graph:
+    """Inputs: tokens int64 [B, n]; positions int64 [n] (absolute); offset int64 [] on the host (= positions[0]);
     mask float32 [n, n_text_ctx] (0 where a query may attend, -inf elsewhere); logit_index int64 [k]
-    (which of the n positions to project to logits); with the kernels (CPU) suppress float32
-    [B, n_vocab] and timestamp_begin int64 [1]; cross K [L, B, H, T, Dh] and V^T [L, B, H, Dh, T];
+    (which of the n positions to project to logits); when the plan's step graph chooses, suppress
+    float32 [B, n_vocab] and timestamp_begin int64 [1]; cross K [L, B, H, T, Dh] and V^T [L, B, H, Dh, T];
     then per layer the cache buffers K [B, H, n_text_ctx, Dh] and V^T [B, H, Dh, n_text_ctx].
-    Outputs: logits float32 [B, k, n_vocab]; with the kernels also the greedy token int64 [B] after
+    Outputs: logits float32 [B, k, n_vocab]; when it chooses also the greedy token int64 [B] after
     the last of the k positions and its log probability float32 [B] (`layers.greedy_choice`)."""
     L, S, dev = dims.n_text_layer, dims.n_text_ctx, w.device
-    use_kernel = step_uses_kernels(dev, dims)
-    half = step_linears_half(w, dims)
-    make_linear = few_row_linear if half else linear_few_rows
+    use_kernel = plan.step_kernels
+    make_linear = few_row_linear if plan.step_linears_half else linear_few_rows
     choice_types = [TensorType(DType.float32, ["batch", dims.n_vocab], device=dev),
                     TensorType(DType.int64, [1], device=dev)] if use_kernel else []
     types = [
         TensorType(DType.int64, ["batch", "n"], device=dev),
         TensorType(DType.int64, ["n"], device=dev),
-        TensorType(DType.int64, [], device=dev),
+        OFFSET_TYPE,
         TensorType(DType.float32, ["n", S], device=dev),
         TensorType(DType.int64, ["k"], device=dev),
         *choice_types,
@@ -130,7 +116,7 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims) -> Graph:
         choice_inputs = [v.tensor for v in graph.inputs[5:5 + len(choice_types)]]
         cross_k, cross_v_t = (v.tensor for v in graph.inputs[5 + len(choice_types):7 + len(choice_types)])
         caches = graph.inputs[7 + len(choice_types):]
-        x = _embed(w, tokens, positions, half)
+        x = _embed(w, tokens, positions, plan.step_linears_half)
         n = x.shape[1]
         new = (slice(offset, offset + dim_value(n)), n)
 
@@ -142,10 +128,9 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims) -> Graph:
             return store_and_load
 
         def step_attention(mask: TensorValue | None, limit: TensorValue) -> Attend:
-            """On the CPU (when the kernel fits), a one-row call (every step after the prompt) runs
-            `few_row_attention` (~2.5x faster than the ops there); a prompt runs q @ K^T, softmax,
-            @ V, which MAX fuses into its CPU flash attention (~1.5x faster than `masked_attention`
-            for ~200 rows). Elsewhere (the GPU) every call runs `masked_attention`."""
+            """With the step kernels, a one-row call (every step after the prompt) runs
+            `few_row_attention`; a prompt runs q @ K^T, softmax, @ V, which MAX fuses into its
+            CPU flash attention. In the portable plan every call runs `masked_attention`."""
             if not use_kernel:
                 return masked_attention(mask)
             one_row = ops.equal(dim_value(n), ops.constant(1, DType.int64, device=dev))
@@ -174,13 +159,6 @@ LAYER_STEP_VECTORS = ("attn_ln.weight", "attn_ln.bias", "attn.qkv.bias", "attn.o
                       "mlp_ln.bias", "mlp.0.bias", "mlp.2.bias")
 
 
-def token_step_fits(w: WeightBank, dims: ModelDims) -> bool:
-    """Whether one-token steps of one sequence run `build_token_step_graph`: where the step graph
-    runs float16-stored linears (`step_linears_half`), within decoder_layer.mojo's limits."""
-    d, dh = dims.n_text_state, dims.n_text_state // dims.n_text_head
-    return step_linears_half(w, dims) and d <= 1280 and dh % 8 == 0 and dims.n_audio_ctx <= 2048
-
-
 def decoder_layer_step(w: WeightBank, p: str, x: TensorValue, cache_k: TensorValue, cache_v_t: TensorValue,
                        cross_k: TensorValue, cross_v_t: TensorValue, offset: TensorValue) -> list[TensorValue]:
     """One decoder block for one token as one CPU kernel: x [1, d]; the cache K [1, H, S, Dh] and
@@ -199,14 +177,14 @@ def build_token_step_graph(w: WeightBank, dims: ModelDims) -> Graph:
     """The step graph for one token of one sequence (every greedy step after the prompt) on the
     CPU: each layer one `decoder_layer_step` kernel instead of ~25 ops, no `ops.cond`.
 
-    Inputs: token int64 [1, 1]; position int64 [1]; offset int64 [] (= position); suppress float32
+    Inputs: token int64 [1, 1]; position int64 [1]; offset int64 [] on the host (= position); suppress float32
     [1, n_vocab]; timestamp_begin int64 [1]; cross K [L, 1, H, T, Dh] and V^T [L, 1, H, Dh, T];
     then per layer the cache buffers K [1, H, n_text_ctx, Dh] and V^T [1, H, Dh, n_text_ctx].
     Outputs as `build_decoder_graph`'s: logits float32 [1, 1, n_vocab], token int64 [1], log
     probability float32 [1]."""
     dev, d = w.device, dims.n_text_state
     types = [TensorType(DType.int64, [1, 1], device=dev), TensorType(DType.int64, [1], device=dev),
-             TensorType(DType.int64, [], device=dev), TensorType(DType.float32, [1, dims.n_vocab], device=dev),
+             OFFSET_TYPE, TensorType(DType.float32, [1, dims.n_vocab], device=dev),
              TensorType(DType.int64, [1], device=dev), *_cross_types(dims, w.dtype, dev, 1),
              *_cache_types(dims, w.dtype, dev, 1)]
     with Graph("whisper_token_step", input_types=types, custom_extensions=[kernel_library()]) as graph:

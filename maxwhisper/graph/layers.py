@@ -68,7 +68,8 @@ class WeightBank:
     def _float16(self, name: str) -> np.ndarray:
         if name not in self.halves:
             with np.errstate(over="ignore"):  # out of float16's range: inf, and so not exact
-                self.halves[name] = self.arrays[name].astype(np.float16)
+                # C order: MAX takes only contiguous weights (arrays may be transposed views)
+                self.halves[name] = np.ascontiguousarray(self.arrays[name], dtype=np.float16)
         return self.halves[name]
 
     def _weight(self, graph_name: str, dtype: DType, shape, fill: Callable[[], np.ndarray]) -> Weight:
@@ -77,8 +78,18 @@ class WeightBank:
         return self.used[graph_name][0]
 
     def registry(self) -> dict[str, np.ndarray]:
-        """Arrays for the weights this graph used, each in its Weight's dtype and layout."""
-        return {n: fill() for n, (_, fill) in sorted(self.used.items())}
+        """Arrays for the weights this graph used, each in its Weight's dtype and shape, C-contiguous
+        (checked here: MAX rejects anything else on a device, but not when compiling for a virtual one)."""
+        arrays = {}
+        for name, (weight, fill) in sorted(self.used.items()):
+            array = fill()
+            shape = tuple(int(d) for d in weight.shape)
+            if array.dtype != weight.dtype.to_numpy() or array.shape != shape or not array.flags.c_contiguous:
+                raise ValueError(f"weight {name}: the array is {array.dtype} {array.shape}"
+                                 f"{'' if array.flags.c_contiguous else ', not C-contiguous'}; "
+                                 f"the graph's Weight is {weight.dtype} {shape}")
+            arrays[name] = array
+        return arrays
 
 
 def dim_value(dim) -> TensorValue:

@@ -1,4 +1,4 @@
-"""Whisper on MAX: compiles the encoder, decoder-step and (CPU) one-token step graphs once and runs them.
+"""Whisper on MAX: compiles the encoder, decoder-step and (CPU kernels) one-token step graphs once and runs them.
 
 `MaxWhisper` implements the `WhisperModel` protocol of `maxwhisper.decoding`: `encode()` returns
 features that stay on the device, `inference()` a decoder with its own KV cache buffers.
@@ -15,30 +15,67 @@ from max import driver
 from max._mlir_context import ensure_default_mlir_context  # private, but what max.graph itself uses
 from max.dtype import DType
 from max.engine import InferenceSession
-from max.graph import DeviceRef
+from max.graph import DeviceRef, Graph
 
 from ..api import BackendError
 from ..checkpoint import Checkpoint, ModelDims
 from .decoder import (build_alignment_graph, build_batch_repeat_graph, build_cache_reorder_graph, build_decoder_graph,
-                      build_token_step_graph, cache_shapes, step_uses_kernels, token_step_fits)
+                      build_token_step_graph, cache_shapes)
 from .encoder import build_encoder_graph
 from .layers import WeightBank
+from .plan import ExecutionPlan, make_plan
 from .weights import graph_arrays
 
 DTYPES = {"fp32": DType.float32, "fp16": DType.float16}
+# every graph a model may run; the first three are compiled at load, the rest on first use
+GRAPHS = ("encoder", "decoder_step", "token_step", "alignment", "cache_reorder", "batch_repeat")
+
+
+def graph_names(plan: ExecutionPlan) -> tuple[str, ...]:
+    """The graphs a model runs under `plan` (the token step graph only with the CPU kernels)."""
+    return tuple(name for name in GRAPHS if name != "token_step" or plan.token_step)
+
+
+def build_graph(name: str, arrays: dict[str, np.ndarray], dims: ModelDims, plan: ExecutionPlan,
+                halves: dict[str, np.ndarray] | None = None) -> tuple[Graph, dict[str, np.ndarray]]:
+    """Graph `name` (one of GRAPHS) under `plan`, and the weights registry that fills it (arrays
+    from `weights.graph_arrays`; halves: float16 copies shared between graphs)."""
+    if name in ("cache_reorder", "batch_repeat"):
+        build = build_cache_reorder_graph if name == "cache_reorder" else build_batch_repeat_graph
+        return build(dims, plan.dtype, plan.device), {}
+    w = WeightBank(arrays, plan.dtype, plan.device, halves)
+    graph = {"encoder": lambda: build_encoder_graph(w, dims, plan),
+             "decoder_step": lambda: build_decoder_graph(w, dims, plan),
+             "token_step": lambda: build_token_step_graph(w, dims),
+             "alignment": lambda: build_alignment_graph(w, dims)}[name]()
+    return graph, w.registry()
+
+
+def gpu_status() -> str | None:
+    """None when MAX can use a GPU here, else one line saying why not (none seen; a GPU MAX cannot
+    open, e.g. under an NVIDIA driver older than MAX needs)."""
+    try:
+        if driver.accelerator_count() == 0:
+            return "MAX sees no GPU on this machine"
+        driver.Accelerator()
+    except Exception as e:  # noqa: BLE001 - whatever the driver says, the CPU still works
+        return f"MAX cannot use the GPU (MAX 26.7 needs an NVIDIA driver 580 or newer): {type(e).__name__}: {e}"
+    return None
 
 
 def gpu_available() -> bool:
-    return driver.accelerator_count() > 0
+    return gpu_status() is None
 
 
-def resolve_device(device: str) -> str:
-    """"auto" -> "gpu" when MAX sees an accelerator, else "cpu"; "gpu" without one is an error."""
+def resolve_device(device: str) -> tuple[str, str | None]:
+    """"auto" -> ("gpu", None) when MAX can use a GPU, else ("cpu", why not); "gpu" without a
+    usable one is an error."""
+    problem = gpu_status() if device in ("auto", "gpu") else None
     if device == "auto":
-        return "gpu" if gpu_available() else "cpu"
-    if device == "gpu" and not gpu_available():
-        raise BackendError("--device gpu: MAX sees no GPU on this machine (use --device cpu or auto)")
-    return device
+        return ("cpu", problem) if problem else ("gpu", None)
+    if device == "gpu" and problem:
+        raise BackendError(f"--device gpu: {problem} (use --device cpu or auto)")
+    return device, None
 
 
 @dataclass
@@ -55,11 +92,14 @@ class AudioFeatures:
 
 
 class MaxWhisper:
-    def __init__(self, ckpt: Checkpoint, device: str = "cpu", precision: str = "fp32", threads: int | None = None):
-        if precision not in DTYPES or (device == "cpu" and precision != "fp32"):
-            supported = "fp32" if device == "cpu" else "fp32, fp16"
-            raise BackendError(f"MAX on {device} supports precision {supported}, not {precision}"
-                               + (" (half precision is slow on CPU)" if device == "cpu" else ""))
+    """kernels=False runs the portable plan on the CPU: MAX's ops only, the graphs a GPU runs."""
+
+    def __init__(self, ckpt: Checkpoint, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
+                 kernels: bool = True):
+        if precision not in DTYPES or (device == "cpu" and precision != "fp32" and kernels):
+            supported = "fp32 (fp16 only with --no-kernels, to test the GPU's graphs: slow)" if device == "cpu" \
+                else "fp32, fp16"
+            raise BackendError(f"MAX on {device} supports precision {supported}, not {precision}")
         self.dims: ModelDims = ckpt.dims
         self.is_multilingual, self.num_languages = ckpt.is_multilingual, ckpt.num_languages
         self.alignment_heads = ckpt.alignment_heads  # [k, 2] from config.json; None (a .pt): openai's default
@@ -67,21 +107,21 @@ class MaxWhisper:
         self.device = driver.Accelerator() if device == "gpu" else driver.CPU()
         self.device_ref = DeviceRef.GPU() if device == "gpu" else DeviceRef.CPU()
         self.dtype = DTYPES[precision]
-        self.decoder_chooses = step_uses_kernels(self.device_ref, ckpt.dims)  # the step graph's greedy choice
         self.arrays = graph_arrays(ckpt.state, ckpt.dims)
+        self.halves: dict[str, np.ndarray] = {}  # float16 copies of the weights, made once for every graph
+        self.plan = make_plan(WeightBank(self.arrays, self.dtype, self.device_ref, self.halves), self.dims, kernels)
         if threads not in (None, os.cpu_count()):  # InferenceSession(num_threads=...) aborts in MAX 26.7
             raise BackendError(f"MAX uses all {os.cpu_count()} CPU threads; it cannot be limited to {threads}")
         start = time.perf_counter()
         self.session = InferenceSession(devices=[self.device])
-        halves: dict[str, np.ndarray] = {}  # float16 copies of the weights, made once for the three graphs
-        enc_w, dec_w, token_w = (WeightBank(self.arrays, self.dtype, self.device_ref, halves) for _ in range(3))
-        self.encoder = self.load_graph(build_encoder_graph(enc_w, self.dims), enc_w.registry())
-        self.decoder = self.load_graph(build_decoder_graph(dec_w, self.dims), dec_w.registry())
-        self.token_step = None  # one token of one sequence (greedy steps), where it fits
-        if token_step_fits(token_w, self.dims):
-            self.token_step = self.load_graph(build_token_step_graph(token_w, self.dims), token_w.registry())
+        self.encoder = self.load_graph(*self.build("encoder"))
+        self.decoder = self.load_graph(*self.build("decoder_step"))
+        self.token_step = self.load_graph(*self.build("token_step")) if self.plan.token_step else None
         self.compile_s = time.perf_counter() - start
         self.lazy_graphs: dict[str, object] = {}  # compiled on first use (word timestamps, beams)
+
+    def build(self, name: str) -> tuple[Graph, dict[str, np.ndarray]]:
+        return build_graph(name, self.arrays, self.dims, self.plan, self.halves)
 
     def to_device(self, array: np.ndarray) -> driver.Buffer:
         return driver.Buffer.from_numpy(np.require(array, requirements="C")).to(self.device)
@@ -90,11 +130,14 @@ class MaxWhisper:
         """mel float32 [n_audio, n_mels, frames] -> AudioFeatures (T = frames / 2)."""
         return AudioFeatures(*self.encoder.execute(self.to_device(mel.astype(np.float32))))
 
+    def to_numpy(self, buffer: driver.Buffer) -> np.ndarray:
+        return buffer.to(driver.CPU()).to_numpy()
+
     def features_numpy(self, features: AudioFeatures) -> np.ndarray:
-        return features.features.to(driver.CPU()).to_numpy()
+        return self.to_numpy(features.features)
 
     def inference(self) -> "MaxInference":
-        return MaxChoosingInference(self) if self.decoder_chooses else MaxInference(self)
+        return MaxChoosingInference(self) if self.plan.decoder_chooses else MaxInference(self)
 
     def load_graph(self, graph, weights_registry: dict[str, np.ndarray]):
         # MLIR's current context is per thread and only the main thread has one entered: the app
@@ -106,13 +149,7 @@ class MaxWhisper:
         """"alignment", "cache_reorder" or "batch_repeat", compiled the first time it is needed."""
         if name not in self.lazy_graphs:
             start = time.perf_counter()
-            if name == "alignment":
-                w = WeightBank(self.arrays, self.dtype, self.device_ref)
-                graph, registry = build_alignment_graph(w, self.dims), w.registry()
-            else:
-                build = {"cache_reorder": build_cache_reorder_graph, "batch_repeat": build_batch_repeat_graph}[name]
-                graph, registry = build(self.dims, self.dtype, self.device_ref), {}
-            self.lazy_graphs[name] = self.load_graph(graph, registry)
+            self.lazy_graphs[name] = self.load_graph(*self.build(name))
             self.compile_s += time.perf_counter() - start
         return self.lazy_graphs[name]
 
@@ -153,7 +190,7 @@ class MaxInference:
     def logits(self, tokens: np.ndarray, audio_features: AudioFeatures, positions: Sequence[int] = (-1,)) -> np.ndarray:
         """tokens int [batch, n], the whole sequence so far -> float32 logits [batch, len(positions), n_vocab]."""
         no_choice = []
-        if self.model.decoder_chooses:  # the graph's choice inputs; a negative timestamp_begin skips it
+        if self.model.plan.decoder_chooses:  # the graph's choice inputs; a negative timestamp_begin skips it
             no_choice = [np.zeros((tokens.shape[0], self.model.dims.n_vocab), np.float32), np.array([-1], np.int64)]
         return self._step(tokens, audio_features, positions, no_choice)[0].to(driver.CPU()).to_numpy()
 
@@ -170,14 +207,16 @@ class MaxInference:
             raise ValueError("logits requested for positions already in the KV cache")
         pos = np.arange(self.cached, n_total, dtype=np.int64)
         m = self.model
-        inputs = [new.astype(np.int64), pos, np.array(self.cached, np.int64)]
+        offset = driver.Buffer.from_numpy(np.array(self.cached, np.int64))  # stays on the host
+        inputs = []
         if m.token_step is not None and new.shape == (1, 1) and index.tolist() == [0]:
             graph = m.token_step  # takes no mask and no index: one token, its own logits
         else:
             graph = m.decoder
-            inputs += [np.where(np.arange(m.dims.n_text_ctx)[None, :] <= pos[:, None], 0.0, -np.inf).astype(np.float32),
-                       index]
-        outputs = graph.execute(*(m.to_device(a) for a in [*inputs, *choice_inputs]), *self.cross, *self.cache)
+            inputs = [np.where(np.arange(m.dims.n_text_ctx)[None, :] <= pos[:, None], 0.0, -np.inf).astype(np.float32),
+                      index]
+        outputs = graph.execute(m.to_device(new.astype(np.int64)), m.to_device(pos), offset,
+                                *(m.to_device(a) for a in [*inputs, *choice_inputs]), *self.cross, *self.cache)
         self.cached = n_total
         return outputs
 
@@ -203,7 +242,10 @@ class MaxChoosingInference(MaxInference):
 def describe_devices() -> list[str]:
     """The devices MAX sees, for people: the host CPU and each accelerator by architecture."""
     names = ["cpu"]
-    for i in range(driver.accelerator_count()):
-        gpu = driver.Accelerator(i)
-        names.append(f"gpu:{i} {gpu.model_name} ({gpu.api}, {gpu.architecture_name})")
+    try:
+        for i in range(driver.accelerator_count()):
+            gpu = driver.Accelerator(i)
+            names.append(f"gpu:{i} {gpu.model_name} ({gpu.api}, {gpu.architecture_name})")
+    except Exception:  # noqa: BLE001 - gpu_status() says why
+        names.append("a GPU MAX cannot use")
     return names

@@ -1,0 +1,112 @@
+"""`python -m maxwhisper gpu-compile`: compiles every graph the GPU path runs for NVIDIA GPUs that
+are not there (MAX's virtual devices), on any machine, CPU-only ones included; a table of graph,
+precision, architecture, result and seconds; exit 1 on any failure.
+
+Each architecture compiles in a child process of its own (`graph.virtual_gpu`); its rows come back
+as JSON lines.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+ARCHS = {"sm_80": "A100", "sm_86": "A10, RTX 3090", "sm_89": "L4, L40, RTX 4090", "sm_90": "H100, H200"}
+PRECISIONS = ("fp32", "fp16")
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", type=_csv, default=["sm_90", "sm_80", "sm_89"],
+                   help=f"comma-separated CUDA architectures ({', '.join(f'{a}: {n}' for a, n in ARCHS.items())})")
+    p.add_argument("--precision", type=_csv, default=list(PRECISIONS), help="comma-separated: fp32, fp16")
+    p.add_argument("--model", default="tiny.en", help="installed model, CTranslate2 folder or .pt (default: tiny.en)")
+    p.add_argument("--graphs", type=_csv, default=None,
+                   help="comma-separated subset: encoder, decoder_step, alignment, cache_reorder, batch_repeat")
+    p.add_argument("--output", type=Path, default=None, help="also write the report to OUTPUT.json and OUTPUT.md")
+
+
+def _check(args: argparse.Namespace) -> None:
+    from .api import MaxWhisperError
+
+    if unknown := [a for a in args.arch if a not in ARCHS]:
+        raise MaxWhisperError(f"unknown architecture {', '.join(unknown)}; known: {', '.join(ARCHS)}")
+    if unknown := [p for p in args.precision if p not in PRECISIONS]:
+        raise MaxWhisperError(f"unknown precision {', '.join(unknown)}; the GPU path runs {', '.join(PRECISIONS)}")
+    from .checkpoint import load_checkpoint
+
+    load_checkpoint(args.model)  # a model that is not installed: its message, before any child starts
+
+
+def _compile_arch(arch: str, args: argparse.Namespace) -> list[dict]:
+    """One child process for `arch`; its rows as they arrive (printed), or one failed row if it died."""
+    request = json.dumps({"arch": arch, "model": args.model, "precisions": args.precision, "graphs": args.graphs})
+    child = subprocess.Popen([sys.executable, "-m", "maxwhisper.gpu_compile", request],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rows = []
+    for line in child.stdout:
+        if line.startswith("{"):
+            rows.append(json.loads(line))
+            r = rows[-1]
+            print(f"{r['graph']:<14} {r['precision']:<5} {r['arch']:<6} {'ok' if r['ok'] else 'FAILED':<7}"
+                  f"{r['seconds']:>8.1f}  {r['error'] or ''}", flush=True)
+    stderr = child.stderr.read()
+    if child.wait() != 0:
+        last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit code {child.returncode}"
+        rows.append({"graph": "(process)", "precision": ",".join(args.precision), "arch": arch, "ok": False,
+                     "seconds": 0.0, "error": last})
+        print(f"{arch}: the compile process failed: {last}", file=sys.stderr)
+    return rows
+
+
+def markdown(doc: dict) -> str:
+    m = doc["machine"]
+    lines = [f"# MAX graphs of the GPU path compiled for virtual NVIDIA GPUs ({doc['model']})", "",
+             f"`{doc['command']}` on {m['cpu']} ({m.get('vector_isa') or 'unknown ISA'}, {m['cores']} cores, "
+             f"no GPU), MAX {doc['versions'].get('max')}. Compiled, not run: a virtual device executes nothing.", "",
+             "| graph | precision | arch | GPUs | result | seconds |", "|---|---|---|---|---|---:|"]
+    for r in doc["graphs"]:
+        result = "ok" if r["ok"] else f"FAILED: {r['error']}"
+        lines.append(f"| {r['graph']} | {r['precision']} | {r['arch']} | {ARCHS.get(r['arch'], '')} | {result} | "
+                     f"{r['seconds']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(args: argparse.Namespace) -> int:
+    from .bench import machine_info, versions
+
+    _check(args)
+    print(f"{'graph':<14} {'prec':<5} {'arch':<6} {'result':<7}{'seconds':>8}", flush=True)
+    rows = [row for arch in args.arch for row in _compile_arch(arch, args)]
+    failed = [r for r in rows if not r["ok"]]
+    print(f"{len(rows) - len(failed)} compiled, {len(failed)} failed", flush=True)
+    if args.output:
+        command = (f"python -m maxwhisper gpu-compile --arch {','.join(args.arch)} --precision "
+                   f"{','.join(args.precision)} --model {args.model}"
+                   + (f" --graphs {','.join(args.graphs)}" if args.graphs else "") + f" --output {args.output}")
+        doc = {"command": command, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "model": args.model, "machine": machine_info(), "versions": versions(), "graphs": rows}
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        args.output.with_suffix(".md").write_text(markdown(doc), encoding="utf-8")
+    return 1 if failed or not rows else 0
+
+
+def _child(request: str) -> int:
+    from .checkpoint import load_checkpoint
+    from .graph.virtual_gpu import compile_for
+
+    r = json.loads(request)
+    for row in compile_for(r["arch"], load_checkpoint(r["model"]), r["precisions"], r["graphs"]):
+        print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1]))

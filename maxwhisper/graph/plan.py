@@ -1,0 +1,69 @@
+"""One model's execution plan: every device, dtype and implementation choice about its MAX graphs,
+made once per model, so that the graph builders and the runtime read it instead of deciding.
+
+Two kinds of plan:
+- "cpu-kernels": on the CPU in float32, the Mojo kernels of `graph/kernels/` wherever the
+  model's shapes fit them (every published Whisper's do);
+- "portable": MAX's own ops only, exactly the graphs a GPU runs, runnable on any device (on the
+  CPU: `--no-kernels`, how those graphs are tested without a GPU).
+Both pass the KV cache's write offset as a host-resident scalar, as slice bounds must be on a GPU.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from max.dtype import DType
+from max.graph import DeviceRef
+
+from ..checkpoint import ModelDims
+from .layers import (WeightBank, encoder_attention_fits, few_row_attention_fits, few_row_linear_fits,
+                     packed_linear_fits)
+
+
+@dataclass(frozen=True)
+class ExecutionPlan:
+    name: str  # "cpu-kernels" or "portable"
+    device: DeviceRef
+    dtype: DType  # weights and activations; layer norm and softmax run in float32
+    encoder_linear_kernel: bool  # `packed_linear` for the encoder's linears and the cross K/V projection
+    encoder_attention_kernel: bool  # `encoder_attention` for the encoder's self-attention
+    step_kernels: bool  # `few_row_attention` for one-row step calls, and the step graph picks the greedy token
+    step_linears_half: bool  # `few_row_linear` over float16-stored decoder weights, in the step graph
+    token_step: bool  # one-token steps of one sequence run the token step graph (`decoder_layer_step`)
+
+    @property
+    def decoder_chooses(self) -> bool:
+        """Whether the step graph also returns the greedy token (`layers.greedy_choice`)."""
+        return self.step_kernels
+
+    def describe(self) -> str:
+        """One line for people: the plan and what it runs."""
+        parts = {"encoder linears": self.encoder_linear_kernel, "encoder attention": self.encoder_attention_kernel,
+                 "step attention and token choice": self.step_kernels,
+                 "float16-stored step linears": self.step_linears_half, "one-token step graph": self.token_step}
+        kernels = ", ".join(name for name, used in parts.items() if used) or "none"
+        device = "cpu" if self.device.is_cpu() else "gpu"
+        return f"{self.name} ({device}, {self.dtype.name}); Mojo kernels: {kernels}"
+
+
+def make_plan(w: WeightBank, dims: ModelDims, kernels: bool = True) -> ExecutionPlan:
+    """The plan for a model whose weights `w` holds (on w.device, in w.dtype). kernels=False, or any
+    device but the CPU, or a dtype but float32, gives the portable plan."""
+    cpu_kernels = kernels and w.device.is_cpu() and w.dtype == DType.float32
+    if not cpu_kernels:
+        return ExecutionPlan("portable", w.device, w.dtype, False, False, False, False, False)
+    d_audio, d_text = dims.n_audio_state, dims.n_text_state
+    head_dim = d_text // dims.n_text_head
+    encoder_linear = all(map(packed_linear_fits, (d_audio, 3 * d_audio, 4 * d_audio, 2 * d_text)))
+    step = few_row_attention_fits(head_dim, max(dims.n_text_ctx, dims.n_audio_ctx))
+    # float16-stored linears compute the float32 products exactly only when every decoder weight is
+    # a float16 number (true of Whisper's published checkpoints)
+    half = step and few_row_linear_fits(d_text) and few_row_linear_fits(4 * d_text) and w.float16_exact("decoder.")
+    return ExecutionPlan(
+        name="cpu-kernels", device=w.device, dtype=w.dtype,
+        encoder_linear_kernel=encoder_linear,
+        encoder_attention_kernel=encoder_linear and encoder_attention_fits(d_audio, dims.n_audio_head),
+        step_kernels=step,
+        step_linears_half=half,
+        token_step=half and d_text <= 1280 and head_dim % 8 == 0 and dims.n_audio_ctx <= 2048,
+    )

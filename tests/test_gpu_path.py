@@ -1,0 +1,91 @@
+"""The GPU path without a GPU: the execution plans, every graph a GPU runs built for
+`DeviceRef.GPU()` (built, not compiled: seconds), the weights handed to MAX, and what happens
+on a machine whose GPU MAX cannot use. The portable graphs' tokens are tested on the CPU in
+tests/test_max_model.py; `gpu-compile` compiles them for virtual GPUs (tests/test_cli.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from max.dtype import DType
+from max.graph import DeviceRef
+
+from maxwhisper.api import BackendError
+from maxwhisper.graph import model as graph_model
+from maxwhisper.graph.layers import WeightBank
+from maxwhisper.graph.model import DTYPES, build_graph, graph_names
+from maxwhisper.graph.plan import make_plan
+from maxwhisper.graph.weights import graph_arrays
+
+PORTABLE_GRAPHS = ("encoder", "decoder_step", "alignment", "cache_reorder", "batch_repeat")
+
+
+@pytest.fixture(scope="module")
+def tiny_arrays(tiny_en_checkpoint):
+    return graph_arrays(tiny_en_checkpoint.state, tiny_en_checkpoint.dims)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_every_gpu_graph_builds_with_weights_of_its_dtype_and_shape(tiny_en_checkpoint, tiny_arrays, precision):
+    """The decoder step's host-resident cache offset and the float16 copies of transposed weights
+    (non-contiguous before) are what kept this from building or loading."""
+    dims, halves = tiny_en_checkpoint.dims, {}
+    plan = make_plan(WeightBank(tiny_arrays, DTYPES[precision], DeviceRef.GPU(), halves), dims)
+    assert plan.name == "portable" and not plan.decoder_chooses and not plan.token_step
+    assert graph_names(plan) == PORTABLE_GRAPHS
+    for name in graph_names(plan):
+        graph, registry = build_graph(name, tiny_arrays, dims, plan, halves)  # registry() checks each array
+        assert "mo.custom" not in str(graph)  # MAX's ops only: no Mojo kernel on the GPU
+        assert bool(registry) == (name in ("encoder", "decoder_step", "alignment"))
+        assert all(a.dtype == DTYPES[precision].to_numpy() and a.flags.c_contiguous for a in registry.values())
+
+
+def test_a_weight_array_that_does_not_match_its_weight_is_refused():
+    w = WeightBank({"lin.weight_t": np.ones((4, 3), np.float32).T}, DType.float16, DeviceRef.GPU())
+    w._weight("transposed", DType.float16, (3, 4), lambda: w.arrays["lin.weight_t"].astype(np.float16))
+    with pytest.raises(ValueError, match="not C-contiguous"):
+        w.registry()
+    w = WeightBank({}, DType.float32, DeviceRef.GPU())
+    w._weight("wrong", DType.float32, (2, 2), lambda: np.zeros((2, 2), np.float16))
+    with pytest.raises(ValueError, match="float16"):
+        w.registry()
+
+
+def test_the_cpu_plan_runs_every_kernel_and_no_kernels_runs_the_gpu_s_graphs(tiny_en_checkpoint, tiny_arrays):
+    dims = tiny_en_checkpoint.dims
+    cpu = make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims)
+    assert cpu.name == "cpu-kernels" and cpu.decoder_chooses and cpu.token_step
+    assert cpu.encoder_linear_kernel and cpu.encoder_attention_kernel and cpu.step_linears_half
+    assert graph_names(cpu) == PORTABLE_GRAPHS[:2] + ("token_step",) + PORTABLE_GRAPHS[2:]
+    portable = make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims, kernels=False)
+    gpu = make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.GPU()), dims)
+    assert (portable.name, graph_names(portable)) == (gpu.name, graph_names(gpu))
+    assert {k: v for k, v in vars(portable).items() if k != "device"} == {k: v for k, v in vars(gpu).items() if k != "device"}
+    not_half = {k: v.astype(np.float32) + np.float32(1e-6) if k.startswith("decoder.") else v
+                for k, v in tiny_arrays.items()}  # decoder weights that are not float16 numbers
+    plan = make_plan(WeightBank(not_half, DType.float32, DeviceRef.CPU()), dims)
+    assert plan.step_kernels and not plan.step_linears_half and not plan.token_step
+
+
+def test_auto_falls_back_to_the_cpu_with_a_reason_when_max_cannot_use_the_gpu(monkeypatch):
+    def broken():
+        raise RuntimeError("CUDA driver version is insufficient")
+
+    monkeypatch.setattr(graph_model.driver, "accelerator_count", lambda: 1)
+    monkeypatch.setattr(graph_model.driver, "Accelerator", broken)
+    device, why = graph_model.resolve_device("auto")
+    assert device == "cpu" and "driver 580" in why and "insufficient" in why
+    with pytest.raises(BackendError, match="--device gpu: MAX cannot use the GPU"):
+        graph_model.resolve_device("gpu")
+    assert graph_model.resolve_device("cpu") == ("cpu", None)
+    assert graph_model.describe_devices() == ["cpu", "a GPU MAX cannot use"]
+    monkeypatch.setattr(graph_model.driver, "accelerator_count", lambda: 0)
+    assert graph_model.resolve_device("auto") == ("cpu", "MAX sees no GPU on this machine")
+
+
+def test_no_kernels_is_an_option_of_the_max_backend_only():
+    from maxwhisper.registry import create_transcriber
+
+    with pytest.raises(BackendError, match="MAX backend only"):
+        create_transcriber("openai", kernels=False)
+    with pytest.raises(BackendError, match="fp16 only with --no-kernels"):
+        create_transcriber("max", device="cpu", precision="fp16")
