@@ -14,18 +14,27 @@ from pathlib import Path
 os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")  # offline compiles otherwise wait on it
 
 import gradio as gr  # noqa: E402
-from gradio.media import get_audio  # noqa: E402
 
 from maxwhisper import app_support as support  # noqa: E402
+
+support.use_persistent_storage()  # a Space's /data keeps MAX's compile cache: before max is imported
+
 from maxwhisper.api import DecodeOptions  # noqa: E402
 from maxwhisper.checkpoint import installed_models  # noqa: E402
 from maxwhisper.graph.model import gpu_available  # noqa: E402
 from maxwhisper.registry import BACKENDS, available_backends  # noqa: E402
 from maxwhisper.tokenizer import LANGUAGES  # noqa: E402
 
-RESULTS_DIR = Path(__file__).resolve().parent / "benchmarks" / "results"
-EXAMPLES = ("cate_blanch.mp3", "heath_ledger.mp3", "cate_blanch_2.mp3")  # speech clips the gradio package ships
-HEAVY = "models"  # concurrency group of the events that run models: one at a time in all
+ROOT = Path(__file__).resolve().parent
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+EXAMPLES_DIR = ROOT / "examples"
+JFK_TEXT = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
+EXAMPLES = (  # (clip in examples/, the model it shows best, reference text); see examples/README.md
+    ("jfk.flac", "tiny.en", JFK_TEXT),
+    ("physicsworks-excerpt.flac", "tiny.en", ""),
+    ("multilingual.mp3", "base", ""),
+)
+RUNS_AT_ONCE = 8  # requests inside the app at once: they take turns (support.Turns) and see their place
 INTRO = """# MAX-Whisper
 OpenAI's Whisper re-implemented on [Modular's MAX Graph](https://docs.modular.com/max/), run side by side with
 [openai-whisper](https://github.com/openai/whisper) (PyTorch) and
@@ -33,7 +42,17 @@ OpenAI's Whisper re-implemented on [Modular's MAX Graph](https://docs.modular.co
 options, the same audio."""
 
 
-def build_demo(cache: support.ModelCache, max_seconds: float = 600.0) -> gr.Blocks:
+def example_rows(models: list[str]) -> list[list]:
+    """[clip path, model, reference text] for each clip in examples/, with the default model where the
+    clip's model is not installed."""
+    return [[str(EXAMPLES_DIR / name), model if model in models else models[0], text]
+            for name, model, text in EXAMPLES if (EXAMPLES_DIR / name).is_file()]
+
+
+def build_demo(cache: support.ModelCache, max_seconds: float = 600.0, turns: support.Turns | None = None,
+               checks: support.ComponentChecks | None = None) -> gr.Blocks:
+    turns = turns or support.Turns()
+    checks = checks or support.ComponentChecks(turns)
     gpu = gpu_available()
     default_device = "gpu" if gpu else "cpu"
     models = installed_models()
@@ -42,25 +61,32 @@ def build_demo(cache: support.ModelCache, max_seconds: float = 600.0) -> gr.Bloc
     def device_of(choice: str) -> str:
         return default_device if choice == "auto" else choice
 
+    def status() -> str:
+        return "  \n".join(part for part in (cache.status(), turns.status()) if part)
+
+    def busy() -> bool:
+        return cache.busy() or turns.busy() or checks.running()
+
     with gr.Blocks(title="MAX-Whisper") as demo:
         gr.Markdown(INTRO)
-        status = gr.Markdown(cache.status(), elem_id="status")
+        status_line = gr.Markdown(status(), elem_id="status")
         timer = gr.Timer(2.0)
 
         with gr.Tab("Transcribe & compare"):
+            headline = gr.Markdown(support.benchmark_headline(RESULTS_DIR), elem_id="headline")
             with gr.Row():
                 with gr.Column(scale=3):
                     audio = gr.Audio(sources=["upload", "microphone"], type="filepath",
                                      label=f"Audio (upload or record, up to {max_seconds:g} s)")
-                    gr.Examples([[get_audio(name)] for name in EXAMPLES], inputs=[audio],
-                                label="Examples (speech clips shipped with gradio)", cache_examples=False)
                     reference_text = gr.Textbox(label="Reference text (optional)", lines=2,
                                                 placeholder="Paste what is said to get each implementation's WER")
                     run = gr.Button("Transcribe with each implementation", variant="primary", elem_id="run")
+                    progress = gr.Markdown(elem_id="progress")
                 with gr.Column(scale=2):
                     chosen = gr.CheckboxGroup([(support.label(b), b) for b in backends], value=backends,
                                               label="Implementations")
                     model = gr.Dropdown(models, value=models[0] if models else None, label="Model (installed)")
+                    model_note = gr.Markdown(elem_id="model-note")
                     device = gr.Radio(["auto", "cpu", "gpu"] if gpu else ["auto", "cpu"], value="auto",
                                       label="Device", info=f"auto = {default_device}" + (
                                           "" if gpu else "; GPU disabled: MAX sees no GPU on this machine"))
@@ -78,12 +104,16 @@ def build_demo(cache: support.ModelCache, max_seconds: float = 600.0) -> gr.Bloc
                         condition = gr.Checkbox(True, label="Condition on previous text")
                         silence = gr.Number(0, minimum=0, label="Hallucination silence threshold, s (0 = off; "
                                                                 "needs word timestamps)")
+            if models and example_rows(models):
+                gr.Examples(example_rows(models), inputs=[audio, model, reference_text], elem_id="examples",
+                            label="Examples (examples/: sources and licences in examples/README.md)",
+                            cache_examples=False)
             message = gr.Markdown(elem_id="message")
             panel_outputs = []
             with gr.Row(equal_height=False):
                 for b in BACKENDS:
                     with gr.Column(visible=False, min_width=260) as column:
-                        gr.Markdown(f"### {support.label(b)}")
+                        gr.Markdown(f"### <span style='color:{support.BACKEND_COLORS[b]}'>{support.label(b)}</span>")
                         panel_outputs += [
                             column,
                             gr.Markdown(elem_id=f"summary-{b}"),
@@ -96,67 +126,83 @@ def build_demo(cache: support.ModelCache, max_seconds: float = 600.0) -> gr.Bloc
             timing_plot = gr.Plot(show_label=False, visible=False, elem_id="timing-plot")
             rtf_plot = gr.Plot(show_label=False, visible=False, elem_id="rtf-plot")
 
-        with gr.Tab("Component tests") as checks_tab:
+        with gr.Tab("Component tests"):
             gr.Markdown("Each MAX component against openai-whisper's PyTorch module built from the same weights "
-                        "(`maxwhisper.selfcheck`), with the model and device chosen on the first tab.")
-            checks_message = gr.Markdown()
-            checks_table = gr.Dataframe(headers=support.CHECK_HEADERS, interactive=False, wrap=True)
+                        "(`maxwhisper.selfcheck`). They run once in the background after start-up, pausing while "
+                        "transcriptions run; the button runs them again with the model and device chosen on the "
+                        "first tab.")
+            checks_message = gr.Markdown(checks.message, elem_id="checks-message")
+            checks_table = gr.Dataframe(checks.rows or None, headers=support.CHECK_HEADERS, interactive=False,
+                                        wrap=True)
             checks_again = gr.Button("Run the checks again")
-            checks_done = gr.State(False)
 
         with gr.Tab("Benchmarks"):
             bench_text = gr.Markdown(elem_id="benchmarks")
             bench_rtf = gr.Plot(show_label=False)
             bench_stages = gr.Plot(show_label=False)
-            bench_table = gr.Dataframe(headers=["file", *support.BENCH_COLUMNS], interactive=False)
+            bench_table = gr.Dataframe(headers=list(support.BENCH_TABLE.values()), interactive=False, wrap=True,
+                                       elem_id="bench-table")
 
         with gr.Tab("System"):
             system = gr.Markdown(elem_id="system")
             gr.Button("Refresh").click(lambda: support.system_report(cache), outputs=system, concurrency_limit=None)
 
+        def shown(comparison: support.Comparison) -> list:
+            outputs = [comparison.message]
+            for b in BACKENDS:
+                p = comparison.panels.get(b, support.Panel(b))
+                outputs += [gr.Column(visible=b in comparison.panels), p.summary, p.text, p.segments, p.diff_html,
+                            p.files]
+            plots = [gr.Plot(fig, visible=fig is not None) for fig in (comparison.timing_figure, comparison.rtf_figure)]
+            return [*outputs, *plots, comparison.headline or gr.skip()]
+
         def transcribe(audio, chosen, model, device, language, task, beam_size, timestamps, word_timestamps,
-                       initial_prompt, condition, silence, reference_text, progress=gr.Progress()):
+                       initial_prompt, condition, silence, reference_text):
             options = DecodeOptions(language=None if language == "auto" else language, task=task,
                                     beam_size=int(beam_size), without_timestamps=not timestamps,
                                     word_timestamps=word_timestamps, initial_prompt=initial_prompt or None,
                                     condition_on_previous_text=condition,
                                     hallucination_silence_threshold=float(silence) if silence else None)
-            result = support.run_comparison(audio, chosen, model, device_of(device), options, cache,
-                                            max_seconds=max_seconds, reference_text=reference_text,
-                                            progress=progress)
-            outputs = [result.message]
-            for b in BACKENDS:
-                p = result.panels.get(b, support.Panel(b))
-                outputs += [gr.Column(visible=b in result.panels), p.summary, p.text, p.segments, p.diff_html,
-                            p.files]
-            plots = [gr.Plot(fig, visible=fig is not None) for fig in (result.timing_figure, result.rtf_figure)]
-            return [*outputs, *plots]
+
+            def run(progress, on_partial):
+                return support.run_comparison(audio, chosen, model, device_of(device), options, cache,
+                                              max_seconds=max_seconds, reference_text=reference_text,
+                                              progress=progress, turns=turns, on_partial=on_partial)
+
+            unchanged = [gr.skip()] * (len(panel_outputs) + 4)
+            for line, comparison in support.watch(run):
+                yield line, *(shown(comparison) if comparison else unchanged)
 
         run.click(transcribe, [audio, chosen, model, device, language, task, beam_size, timestamps, word_timestamps,
                                initial_prompt, condition, silence, reference_text],
-                  [message, *panel_outputs, timing_plot, rtf_plot],
-                  concurrency_id=HEAVY, concurrency_limit=1)
+                  [progress, message, *panel_outputs, timing_plot, rtf_plot, headline],
+                  concurrency_limit=RUNS_AT_ONCE, show_progress="hidden")
+        for control in (model, device, chosen):  # say before a run what it will have to load or compile
+            control.change(lambda chosen, model, device: cache.load_note(chosen, model, device_of(device)),
+                           [chosen, model, device], model_note, concurrency_limit=None, show_progress="hidden")
+        def check_again(model, device):
+            checks.start(model, device_of(device))
 
-        def checks(model, device):
-            for rows, text in support.run_component_checks(cache, model, device_of(device)):
-                yield rows, text, True
+        checks_again.click(check_again, [model, device], concurrency_limit=None, show_progress="hidden")
 
-        def checks_first_time(done, model, device):
-            if not done:
-                yield from checks(model, device)
+        def tick():
+            return status(), checks.rows or None, checks.message, gr.Timer(active=busy())
 
-        checks_tab.select(checks_first_time, [checks_done, model, device],
-                          [checks_table, checks_message, checks_done], concurrency_id=HEAVY, concurrency_limit=1)
-        checks_again.click(checks, [model, device], [checks_table, checks_message, checks_done],
-                           concurrency_id=HEAVY, concurrency_limit=1)
-
-        for event in (run.click, checks_tab.select, checks_again.click):  # the status line follows model loads
+        for event in (run.click, checks_again.click):  # the status line follows loads, runs and checks
             event(lambda: gr.Timer(active=True), outputs=timer, concurrency_limit=None, show_progress="hidden")
-        timer.tick(lambda: (cache.status(), gr.Timer(active=cache.busy())), outputs=[status, timer],
-                   concurrency_limit=None, show_progress="hidden")
-        demo.load(lambda: (support.system_report(cache), *support.benchmark_view(RESULTS_DIR)),
-                  outputs=[system, bench_text, bench_table, bench_rtf, bench_stages], concurrency_limit=None)
+        timer.tick(tick, outputs=[status_line, checks_table, checks_message, timer], concurrency_limit=None,
+                   show_progress="hidden")
+        demo.load(lambda: (support.system_report(cache), *support.benchmark_view(RESULTS_DIR), *tick()[1:3]),
+                  outputs=[system, bench_text, bench_table, bench_rtf, bench_stages, checks_table, checks_message],
+                  concurrency_limit=None)
     return demo
+
+
+def quiet_queue(demo: gr.Blocks) -> None:
+    """Gradio's queue polls every 1 ms while free: ~1,000 wake-ups a second in an idle app. 50 ms
+    (its own setting on Windows) costs a request at most that much delay."""
+    demo._queue.sleep_when_free = 0.05
+    demo._queue.progress_update_sleep_when_free = 0.1
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -172,16 +218,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    cache = support.ModelCache()
+    cache = support.ModelCache(record=support.load_record_path())
+    turns = support.Turns()
+    checks = support.ComponentChecks(turns)
     models = installed_models()
     if args.warm_up and models:
         device = "gpu" if gpu_available() else "cpu"
-        # in the registry's order: MAX first, its compile is the long one
-        cache.warm_up([(b, models[0], device) for b in available_backends()])
-    demo = build_demo(cache, args.max_seconds)
+        # MAX last: the baselines load in seconds and answer while MAX compiles; the checks follow
+        backends = sorted(available_backends(), key=lambda b: b == "max")
+        cache.warm_up([(b, models[0], device) for b in backends], then=lambda: checks.start(models[0], device))
+    demo = build_demo(cache, args.max_seconds, turns, checks)
     demo.queue(default_concurrency_limit=1, max_size=32)
+    quiet_queue(demo)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                allowed_paths=[str(Path(get_audio(EXAMPLES[0])).parent)])
+                allowed_paths=[str(EXAMPLES_DIR)])
 
 
 if __name__ == "__main__":

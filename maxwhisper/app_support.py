@@ -1,27 +1,34 @@
 """The logic behind the Gradio app (`app.py`), kept apart from Gradio so that tests can call it.
 
 - `ModelCache`: transcribers loaded once per (backend, model, device, precision) and reused, with a
-  status line for people while they load (the first MAX compile takes minutes on a CPU);
+  status line for people while they load (the first MAX compile takes minutes on a CPU) and the
+  time each load took, kept beside MAX's compile cache for the next start;
+- `Turns`: one transcription at a time, first come first served, each waiter told its place;
 - `run_comparison`: one request of the Transcribe & compare tab: the same audio through each chosen
-  implementation, one failing without hiding the others; transcripts, word diffs, WER, charts, files;
-- `run_component_checks`: the Component tests tab (`selfcheck.run_checks` as growing table rows);
-- `benchmark_view`: the Benchmarks tab, from the JSON files `maxwhisper.bench` commits;
+  implementation, one failing without hiding the others; transcripts, word diffs, WER, charts,
+  files and a headline; `watch` runs it in a thread and reports its progress as it goes;
+- `ComponentChecks`: the Component tests tab (`selfcheck.run_checks`), run in the background;
+- `benchmark_view`, `benchmark_headline`: the committed results `maxwhisper.bench` writes;
 - `system_report`: the System tab.
 """
 from __future__ import annotations
 
+import dataclasses
 import html
 import importlib.metadata
 import inspect
 import json
 import logging
+import math
 import os
 import platform
+import queue
 import re
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -32,7 +39,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .api import AudioError, DecodeOptions, MaxWhisperError, TranscriptionResult
-from .audio import load_audio
+from .audio import SAMPLE_RATE, load_audio
 from .formats import format_timestamp, to_srt, to_txt, to_vtt
 from .registry import BACKENDS, create_transcriber
 
@@ -40,9 +47,11 @@ log = logging.getLogger(__name__)
 
 REFERENCE_BACKEND = "openai"  # the implementation the others are compared with
 SILENT_PEAK = 1e-4  # -80 dBFS: audio whose loudest sample is quieter than this has nothing to transcribe
-STAGE_COLORS = {"features": "#94a3b8", "encode": "#2563eb", "decode": "#f59e0b", "other": "#d1d5db",
-                "load": "#a78bfa", "compile": "#7c3aed"}
-BACKEND_COLORS = {"max": "#e11d48", "openai": "#16a34a", "faster": "#0891b2"}
+MIN_SECONDS = 0.1  # shorter audio holds no word
+WINDOW_S = 30  # Whisper transcribes in 30 s windows
+STAGE_COLORS = {"features": "#cbd5e1", "encode": "#64748b", "decode": "#f59e0b", "other": "#e5e7eb"}
+BACKEND_COLORS = {"max": "#e11d48", "openai": "#16a34a", "faster": "#0891b2"}  # the same in every chart
+LOAD_RECORD = "maxwhisper-load-times.json"
 
 Progress = Callable[..., None]  # progress(fraction, description), as gr.Progress
 
@@ -51,9 +60,36 @@ def label(backend: str) -> str:
     return BACKENDS[backend][3] if backend in BACKENDS else backend
 
 
+def colored(backend: str, text: str | None = None) -> str:
+    """`text` (default: the backend's label) in the backend's colour, for plotly's tick labels."""
+    return f"<span style='color:{BACKEND_COLORS.get(backend, '#334155')}'><b>{text or label(backend)}</b></span>"
+
+
+def hide_paths(text: str) -> str:
+    """Absolute paths (the server's files) reduced to their file names."""
+    return re.sub(r"(?<![\w.])/(?:[^\s/'\"]+/)+([^\s/'\"]+)", r"\1", text)
+
+
 def error_message(e: BaseException) -> str:
-    """A MaxWhisperError's message is meant for people; anything else is named by its type."""
-    return str(e) if isinstance(e, MaxWhisperError) else f"{type(e).__name__}: {e}"
+    """A MaxWhisperError's message is meant for people; anything else is named by its type. No server paths."""
+    return hide_paths(str(e) if isinstance(e, MaxWhisperError) else f"{type(e).__name__}: {e}")
+
+
+def compile_cache_dir() -> Path:
+    return Path(os.environ.get("MODULAR_CACHE_DIR") or Path.home() / ".cache" / "modular")
+
+
+def load_record_path() -> Path:
+    """Where the app keeps how long each model took to load: beside MAX's compile cache, which decides it."""
+    return compile_cache_dir().parent / LOAD_RECORD
+
+
+def use_persistent_storage(data: Path = Path("/data")) -> None:
+    """On a Space with persistent storage (`/data`, writable), keep MAX's compile cache there so that a
+    restart loads the compiled graphs in seconds. Call before `max` is imported; an explicit
+    MODULAR_CACHE_DIR wins."""
+    if "MODULAR_CACHE_DIR" not in os.environ and data.is_dir() and os.access(data, os.W_OK):
+        os.environ["MODULAR_CACHE_DIR"] = str(data / "modular")
 
 
 # --- models, loaded once ----------------------------------------------------------------------
@@ -63,11 +99,13 @@ class ModelCache:
 
     Thread-safe: callers asking for the same key wait for a single load (a request that arrives
     during the start-up warm-up waits for it instead of compiling again); different keys load
-    independently. A failed load is not kept: the next request tries again.
+    independently. A failed load is not kept: the next request tries again. With `record`, the
+    seconds each load took are kept in that JSON file and quoted while the same key loads again.
     """
 
-    def __init__(self, create: Callable = create_transcriber):
+    def __init__(self, create: Callable = create_transcriber, record: Path | None = None):
         self._create = create
+        self._record = record
         self._lock = threading.Lock()
         self._key_locks: dict[tuple, threading.Lock] = {}
         self._loaded: dict[tuple, object] = {}
@@ -88,23 +126,67 @@ class ModelCache:
                 self._loaded[key] = t
                 once = f"load {t.load_s:.1f} s" + (f" + compile {t.compile_s:.1f} s" if t.compile_s else "")
                 self._state[key] = ("ready", once)
+                self._remember(key, t.load_s + t.compile_s)
             return self._loaded[key]
 
-    def warm_up(self, keys: list[tuple[str, str, str]]) -> threading.Thread:
-        """Load (backend, model, device) for each key in a background thread, in order."""
+    def loaded(self, backend: str, model: str, device: str, precision: str = "fp32") -> bool:
+        return (backend, model, device, precision) in self._loaded
+
+    def warm_up(self, keys: list[tuple[str, str, str]], then: Callable[[], None] | None = None) -> threading.Thread:
+        """Load (backend, model, device) for each key in a background thread, in order; then call `then`."""
         def run():
             for key in keys:
                 try:
                     self.get(*key)
                 except Exception:  # noqa: BLE001 - recorded in the status; a request will show it
                     log.exception("warm-up of %s failed", key)
+            if then is not None:
+                then()
 
         thread = threading.Thread(target=run, name="maxwhisper-warm-up", daemon=True)
         thread.start()
         return thread
 
     def busy(self) -> bool:
-        return any(state == "loading" for state, _ in self._state.values())
+        return any(state == "loading" for state, _ in list(self._state.values()))
+
+    def _load_times(self) -> dict[str, float]:
+        try:
+            return json.loads(self._record.read_text(encoding="utf-8")) if self._record else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _remember(self, key: tuple, seconds: float) -> None:
+        if self._record is None:
+            return
+        times = {**self._load_times(), "/".join(key): round(seconds, 1)}
+        try:
+            self._record.parent.mkdir(parents=True, exist_ok=True)
+            self._record.write_text(json.dumps(times, indent=1), encoding="utf-8")
+        except OSError as e:
+            log.warning("cannot keep the load times in %s: %s", self._record, e)
+
+    def expected_load(self, backend: str, model: str, device: str, precision: str = "fp32") -> str:
+        """Roughly how long loading the key takes here: the last load's time, or what a first load costs."""
+        seconds = self._load_times().get("/".join((backend, model, device, precision)))
+        if seconds is not None:
+            return f"about {math.ceil(seconds)} s" + (" last time here" if backend == "max" else "")
+        if backend == "max":
+            return "the first compile takes minutes on a CPU, seconds once it is in the compile cache"
+        return "seconds"
+
+    def loading_text(self, backend: str, model: str, device: str, precision: str = "fp32") -> str:
+        what = "compiling the MAX graphs" if backend == "max" else "loading"
+        return f"{what} for {model} on {device} ({self.expected_load(backend, model, device, precision)})"
+
+    def load_note(self, backends: list[str], model: str, device: str) -> str:
+        """Markdown telling what the first run with `model` will load first, or "" when all is loaded."""
+        missing = [b for b in BACKENDS if b in backends and not self.loaded(b, model, device)]
+        if not missing:
+            return ""
+        parts = [f"{label(b)}: {self.loading_text(b, model, device)}" for b in missing]
+        return f"⏳ **{model}** is not loaded yet; the first run starts with " + "; ".join(parts) + \
+            ". Other visitors' runs are not held up by it."
 
     def status(self) -> str:
         """One line of Markdown: what is loaded, loading or failed."""
@@ -114,15 +196,59 @@ class ModelCache:
         for (backend, model, device, precision), (state, info) in list(self._state.items()):
             name = f"{label(backend)} · {model} · {device}"
             if state == "loading":
-                what = "compiling the MAX graphs (minutes on a CPU the first time, seconds from the compile cache)" \
-                    if backend == "max" else "loading"
-                parts.append(f"{name}: {what}, {time.monotonic() - info:.0f} s so far…")
+                parts.append(f"{name}: {self.loading_text(backend, model, device, precision)}, "
+                             f"{time.monotonic() - info:.0f} s so far…")
             elif state == "ready":
                 parts.append(f"✓ {name} ({info})")
             else:
                 parts.append(f"✗ {name} failed: {info}")
-        prefix = "**Warming up** (a run waits for this): " if self.busy() else "**Models:** "
+        prefix = "**Loading** (each implementation answers as soon as it is ready): " if self.busy() else "**Models:** "
         return prefix + " · ".join(parts)
+
+
+class Turns:
+    """One transcription at a time, first come first served. A waiter learns its place and what runs
+    (`activity`, set by whoever holds the turn)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._issued = self._served = 0
+        self.activity = ""
+        self.background = ""  # work outside the turns that shares the CPU (e.g. the component checks)
+
+    def busy(self) -> bool:
+        return self._issued > self._served
+
+    def waiting(self) -> int:
+        return max(self._issued - self._served - 1, 0)
+
+    @contextmanager
+    def turn(self, on_wait: Callable[[int, str], None]):
+        """Hold the turn for the `with` block; until then call on_wait(runs ahead, their activity) each second."""
+        with self._cond:
+            ticket = self._issued
+            self._issued += 1
+            while ticket > self._served:
+                on_wait(ticket - self._served, self.activity)
+                self._cond.wait(1.0)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._served += 1
+                self.activity = ""
+                self._cond.notify_all()
+
+    def wait_idle(self) -> None:
+        with self._cond:
+            while self.busy():
+                self._cond.wait(1.0)
+
+    def status(self) -> str:
+        if not self.busy():
+            return ""
+        waiting = self.waiting()
+        return f"**Now running:** {self.activity or 'a transcription'}" + (f" · {waiting} waiting" if waiting else "")
 
 
 # --- text comparison --------------------------------------------------------------------------
@@ -191,14 +317,16 @@ class Panel:
     segments: str = ""  # one "[start --> end] text" line per segment
     diff_html: str = ""  # against the reference implementation and the user's reference text
     files: list[str] = field(default_factory=list)  # TXT, SRT, VTT downloads
+    shared_cpu: str = ""  # background work that ran during the transcription, slowing it
 
 
 @dataclass
 class Comparison:
     message: str  # Markdown status: the input error, or what was run
-    panels: dict[str, Panel] = field(default_factory=dict)  # backend -> panel, in the order run
+    panels: dict[str, Panel] = field(default_factory=dict)  # backend -> panel, in the registry's order
     timing_figure: go.Figure | None = None
     rtf_figure: go.Figure | None = None
+    headline: str = ""  # Markdown: how MAX compared on this audio
 
 
 def check_not_silent(audio: np.ndarray) -> None:
@@ -206,57 +334,181 @@ def check_not_silent(audio: np.ndarray) -> None:
         raise AudioError("the audio is silent (nothing louder than -80 dBFS): there is nothing to transcribe")
 
 
+def check_audio(audio, max_seconds: float | None) -> np.ndarray:
+    """The samples of `audio`, or an AudioError saying why there is nothing to transcribe."""
+    samples = load_audio(audio, max_seconds=max_seconds)
+    if len(samples) < MIN_SECONDS * SAMPLE_RATE:
+        raise AudioError(f"the audio is {len(samples) / SAMPLE_RATE:.2f} s long, too short to hold speech: "
+                         "there is nothing to transcribe")
+    check_not_silent(samples)
+    return samples
+
+
+class _Windows:
+    """'window k of ~n' for a transcription in 30 s windows, from the fraction done after each window."""
+
+    def __init__(self, audio_s: float):
+        self.audio_s, self.finished, self.fraction = audio_s, 0, 0.0
+
+    def advance(self, fraction: float) -> None:
+        self.finished, self.fraction = self.finished + 1, fraction
+
+    def text(self) -> str:
+        if self.fraction >= 1:
+            return f"transcribed in {self.finished} window{'s' if self.finished > 1 else ''}, finishing"
+        current = self.finished + 1
+        expected = max(math.ceil(self.audio_s / WINDOW_S), current)
+        return (f"transcribing, window {current} of ~{expected} "
+                f"({self.fraction * self.audio_s:.0f} of {self.audio_s:.0f} s done)")
+
+
 def run_comparison(audio, backends: list[str], model: str, device: str, options: DecodeOptions,
                    cache: ModelCache, *, max_seconds: float | None = None, reference_text: str = "",
-                   progress: Progress | None = None, out_dir: str | Path | None = None) -> Comparison:
+                   progress: Progress | None = None, out_dir: str | Path | None = None, turns: Turns | None = None,
+                   on_partial: Callable[[Comparison], None] | None = None) -> Comparison:
     """Transcribe `audio` (a path, bytes or `(rate, samples)`) with each backend in `backends`.
 
+    Implementations already loaded run first, so they answer while another still loads or
+    compiles; each transcription waits for its turn in `turns` (shared by all visitors).
+    `on_partial` receives the comparison so far after each implementation but the last.
     Never raises for bad input or a failing backend: an input problem is the returned message, a
     backend's failure is its panel's error while the other panels show their results.
     """
     progress = progress or (lambda fraction, desc=None: None)
+    turns = turns or Turns()
     backends = [b for b in BACKENDS if b in backends]
     if not backends:
         return Comparison("⚠ Choose at least one implementation to run.")
     try:
-        samples = load_audio(audio, max_seconds=max_seconds)
-        check_not_silent(samples)
+        samples = check_audio(audio, max_seconds)
     except MaxWhisperError as e:
-        return Comparison(f"⚠ Cannot use this audio: {e}")
+        return Comparison(f"⚠ Cannot use this audio: {error_message(e)}")
 
-    panels = {}
-    for i, backend in enumerate(backends):
-        panel = panels[backend] = Panel(backend)
-        step = lambda fraction, what, i=i, backend=backend: progress(  # noqa: E731
-            (i + fraction) / len(backends), f"{label(backend)}: {what}")
+    stem = Path(audio).stem if isinstance(audio, (str, os.PathLike)) else "audio"
+    out_dir = Path(out_dir or tempfile.mkdtemp(prefix="maxwhisper-"))
+    order = sorted(backends, key=lambda b: not cache.loaded(b, model, device))  # loaded ones answer first
+    panels = {b: Panel(b, summary="⏳ waiting to run") for b in backends}
+    for i, backend in enumerate(order):
+        def say(what: str, fraction: float = 0.0, i=i, backend=backend) -> None:
+            progress((i + fraction) / len(order), f"{label(backend)}: {what}")
         try:
-            step(0.0, f"loading {model} on {device}" + (" (compiles the graphs on first use)" if backend == "max" else ""))
-            transcriber = cache.get(backend, model, device)
-            step(0.1, "transcribing")
-            kwargs = {}
-            if "progress" in inspect.signature(transcriber.transcribe).parameters:
-                kwargs["progress"] = lambda f: step(0.1 + 0.9 * f, "transcribing")
-            panel.result = transcriber.transcribe(samples, options, **kwargs)
+            panels[backend].result, panels[backend].shared_cpu = _run_one(backend, samples, model, device, options,
+                                                                          cache, turns, say)
         except Exception as e:  # noqa: BLE001 - one implementation failing must not hide the others
             if not isinstance(e, MaxWhisperError):
                 log.exception("%s failed", backend)
-            panel.error = error_message(e)
+            panels[backend].error = error_message(e)
+        if on_partial is not None and i < len(order) - 1:
+            on_partial(_assemble(panels, len(samples), model, device, reference_text, out_dir, stem))
     progress(1.0, "done")
+    return _assemble(panels, len(samples), model, device, reference_text, out_dir, stem)
 
+
+def _run_one(backend: str, samples: np.ndarray, model: str, device: str, options: DecodeOptions, cache: ModelCache,
+             turns: Turns, say: Callable[..., None]) -> tuple[TranscriptionResult, str]:
+    """The result, and the background work that shared the CPU with the transcription ("" if none)."""
+    if not cache.loaded(backend, model, device):
+        say(cache.loading_text(backend, model, device))
+    transcriber = cache.get(backend, model, device)
+
+    def waiting(ahead: int, activity: str) -> None:
+        say(f"waiting for its turn, {ahead} run{'s' if ahead > 1 else ''} ahead" + (f" ({activity})" if activity else ""))
+
+    with turns.turn(waiting):
+        background = turns.background
+        audio_s = len(samples) / SAMPLE_RATE
+        if "progress" not in inspect.signature(transcriber.transcribe).parameters:
+            turns.activity = f"{label(backend)}: transcribing {audio_s:.0f} s of audio"
+            say(f"transcribing {audio_s:.0f} s of audio (this library reports no progress per window)", 0.1)
+            return transcriber.transcribe(samples, options), background or turns.background
+        windows = _Windows(audio_s)
+
+        def report(fraction: float | None = None) -> None:
+            if fraction is not None:
+                windows.advance(fraction)
+            turns.activity = f"{label(backend)}: {windows.text()}"
+            say(windows.text(), 0.1 + 0.9 * windows.fraction)
+
+        report()
+        return transcriber.transcribe(samples, options, progress=report), background or turns.background
+
+
+def _assemble(panels: dict[str, Panel], n_samples: int, model: str, device: str, reference_text: str,
+              out_dir: Path, stem: str) -> Comparison:
+    """The comparison of the panels so far: each filled against the reference, charts, headline, message."""
     results = {b: p.result for b, p in panels.items() if p.result is not None}
     reference = REFERENCE_BACKEND if REFERENCE_BACKEND in results else next(iter(results), None)
-    stem = Path(audio).stem if isinstance(audio, (str, os.PathLike)) else "audio"
-    out_dir = Path(out_dir or tempfile.mkdtemp(prefix="maxwhisper-"))
     for panel in panels.values():
-        _fill_panel(panel, results.get(reference), reference, reference_text, out_dir, stem)
-
-    ran = ", ".join(label(b) for b in results) or "none"
-    message = f"{len(samples) / 16000:.1f} s of audio, model {model}, device {device}. Finished: {ran}."
+        if panel.result is not None or panel.error is not None:
+            _fill_panel(panel, results.get(reference), reference, reference_text, out_dir, stem)
+    pending = [label(b) for b, p in panels.items() if p.result is None and p.error is None]
+    message = f"{n_samples / SAMPLE_RATE:.1f} s of audio, model {model}, device {device}. " + (
+        f"Done so far: {', '.join(label(b) for b in results) or 'none'}; still to run: {', '.join(pending)}."
+        if pending else f"Finished: {', '.join(label(b) for b in results) or 'none'}.")
     failed = [label(b) for b, p in panels.items() if p.error]
     if failed:
         message += f" ⚠ Failed: {', '.join(failed)} (the error is in the panel)."
+    if results and not any(r.text.strip() for r in results.values()):
+        message += " No speech was found in this audio: there was nothing to transcribe."
+    panels = {b: dataclasses.replace(p, files=list(p.files)) for b, p in panels.items()}  # a snapshot
     return Comparison(message, panels, timing_figure(results) if results else None,
-                      rtf_figure(results) if results else None)
+                      rtf_figure(results) if results else None,
+                      "" if pending else run_headline(results, next((p.shared_cpu for p in panels.values()
+                                                                      if p.shared_cpu), "")))
+
+
+def _times(faster: float) -> str:
+    return f"{faster:.2f}× faster than" if faster >= 1 else f"slower ({1 / faster:.2f}× the time) than"
+
+
+def run_headline(results: dict[str, TranscriptionResult], shared_cpu: str = "") -> str:
+    """Markdown: how many times faster MAX was than each other implementation on this audio, and
+    whether their tokens were identical; "" when MAX or every other implementation is missing.
+    `shared_cpu`: the background work some of the runs shared the CPU with, if any."""
+    mx = results.get("max")
+    others = {b: r for b, r in results.items() if b != "max"}
+    if mx is None or not others:
+        return ""
+    shared_cpu = f" ⚠ Some runs shared the CPU with {shared_cpu}: compare again for a fair ratio." if shared_cpu else ""
+    speed = "; ".join(f"{_times(r.timings.total_s / mx.timings.total_s)} {label(b)} ({r.timings.total_s:.2f} s)"
+                      for b, r in others.items())
+    same = [label(b) for b, r in others.items() if r.tokens == mx.tokens]
+    tokens = ("identical tokens to " + " and ".join(same) if same else "tokens differ from every other implementation")
+    if same and len(same) < len(others):
+        tokens += f", not to {' and '.join(label(b) for b in others if label(b) not in same)}"
+    return (f"### On this {mx.audio_s:.1f} s of audio, MAX Graph took {mx.timings.total_s:.2f} s: {speed}.\n"
+            f"MAX's transcript has {tokens}. One run each, model already loaded.{shared_cpu}")
+
+
+def watch(run: Callable[[Progress, Callable[[Comparison], None]], Comparison],
+          poll_s: float = 1.0) -> Iterator[tuple[str, Comparison | None]]:
+    """Call `run(progress, on_partial)` in a thread; yield (progress line, comparison or None) at each
+    progress step and partial comparison, and every `poll_s` s in between, until the final
+    comparison (with an empty line)."""
+    events: queue.Queue = queue.Queue()
+
+    def target():
+        try:
+            result = run(lambda fraction, desc=None: events.put(("progress", desc)),
+                         lambda comparison: events.put(("partial", comparison)))
+        except Exception as e:  # noqa: BLE001 - shown as the message
+            log.exception("run failed")
+            result = Comparison(f"⚠ The run failed: {error_message(e)}")
+        events.put(("done", result))
+
+    threading.Thread(target=target, name="maxwhisper-run", daemon=True).start()
+    start, desc = time.monotonic(), "starting…"
+    while True:
+        try:
+            kind, value = events.get(timeout=poll_s)
+        except queue.Empty:
+            kind, value = "tick", None
+        if kind == "done":
+            yield "", value
+            return
+        if kind == "progress" and value:
+            desc = value
+        yield f"⏳ {time.monotonic() - start:.0f} s · {desc}", value if kind == "partial" else None
 
 
 def _fill_panel(panel: Panel, ref: TranscriptionResult | None, ref_backend: str | None, reference_text: str,
@@ -273,6 +525,8 @@ def _fill_panel(panel: Panel, ref: TranscriptionResult | None, ref_backend: str 
     language = r.language + (f" ({100 * r.language_probability:.1f} %)" if r.language_probability is not None else "")
     panel.summary = (f"**{tm.total_s:.2f} s — {r.rtf:.1f}× real time**  \n{stages}  \n"
                      f"{r.device} · {r.precision} · language {language} · model {once} (once)")
+    if panel.shared_cpu:
+        panel.summary += f"  \n⚠ measured while {panel.shared_cpu} ran in the background: slower than usual"
     panel.text = r.text.strip() or "(no speech detected)"
     panel.segments = "\n".join(_segment_line(s) for s in r.segments)
     parts = []
@@ -287,6 +541,7 @@ def _fill_panel(panel: Panel, ref: TranscriptionResult | None, ref_backend: str 
         parts.append(f"<p><b>Threshold decisions too close to call</b> (another implementation may decide "
                      f"them the other way):</p><ul>{items}</ul>")
     panel.diff_html = "".join(parts)
+    panel.files = []
     for ext, writer in (("txt", to_txt), ("srt", to_srt), ("vtt", to_vtt)):
         path = out_dir / f"{stem}.{panel.backend}.{ext}"
         path.write_text(writer(r), encoding="utf-8")
@@ -301,32 +556,43 @@ def _stage_seconds(r: TranscriptionResult) -> dict[str, float]:
     return stages
 
 
+def _backend_axis(fig: go.Figure, backends: list[str], axis: str = "y", **where) -> None:
+    """The implementations' names on `axis`, each in its colour."""
+    update = fig.update_yaxes if axis == "y" else fig.update_xaxes
+    update(tickvals=[label(b) for b in backends], ticktext=[colored(b) for b in backends], **where)
+
+
 def timing_figure(results: dict[str, TranscriptionResult]) -> go.Figure:
-    """Stacked horizontal bars per implementation: this run's stages, and the one-time load + compile."""
-    names = [label(b) for b in results]
-    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.03,
-                        subplot_titles=("this audio (s)", "model load + compile, once (s)"))
+    """Stacked horizontal bars per implementation: this run's stages. The one-time load and compile
+    are in the title, apart, so that a long compile does not flatten the run times."""
+    backends = list(results)
+    names = [label(b) for b in backends]
+    fig = go.Figure()
     stages = [_stage_seconds(r) for r in results.values()]
     for stage in ("features", "encode", "decode", "other"):
         fig.add_bar(y=names, x=[s[stage] for s in stages], name=stage, orientation="h",
-                    marker_color=STAGE_COLORS[stage], row=1, col=1)
-    for stage in ("load", "compile"):
-        fig.add_bar(y=names, x=[getattr(r.timings, f"{stage}_s") for r in results.values()], name=stage,
-                    orientation="h", marker_color=STAGE_COLORS[stage], row=1, col=2)
-    fig.update_layout(barmode="stack", title="Time per implementation", height=170 + 45 * len(names),
-                      margin=dict(l=10, r=10, t=70, b=10), legend=dict(orientation="h", y=-0.25, traceorder="normal"))
+                    marker_color=STAGE_COLORS[stage])
+    once = " · ".join(f"{label(b)}: load {r.timings.load_s:.1f} s" + (f" + compile {r.timings.compile_s:.1f} s"
+                                                                       if r.timings.compile_s else "")
+                      for b, r in results.items())
+    fig.update_layout(barmode="stack", height=200 + 45 * len(names), margin=dict(l=10, r=10, t=80, b=10),
+                      title=dict(text=f"Time for this audio, by stage (s)<br><sup>Once per model, not included: "
+                                      f"{once}</sup>"),
+                      legend=dict(orientation="h", y=-0.25, traceorder="normal"))
     fig.update_yaxes(autorange="reversed")
+    _backend_axis(fig, backends)
     return fig
 
 
 def rtf_figure(results: dict[str, TranscriptionResult]) -> go.Figure:
-    names = [label(b) for b in results]
+    backends = list(results)
     rtf = [r.rtf for r in results.values()]
-    fig = go.Figure(go.Bar(y=names, x=rtf, orientation="h", text=[f"{x:.1f}×" for x in rtf], textposition="auto",
-                           marker_color=[BACKEND_COLORS.get(b, "#64748b") for b in results]))
+    fig = go.Figure(go.Bar(y=[label(b) for b in backends], x=rtf, orientation="h", text=[f"{x:.1f}×" for x in rtf],
+                           textposition="auto", marker_color=[BACKEND_COLORS.get(b, "#64748b") for b in backends]))
     fig.update_layout(title="Real-time factor (audio s per processing s; higher is faster)",
-                      height=170 + 45 * len(names), margin=dict(l=10, r=10, t=70, b=10))
+                      height=170 + 45 * len(backends), margin=dict(l=10, r=10, t=70, b=10))
     fig.update_yaxes(autorange="reversed")
+    _backend_axis(fig, backends)
     return fig
 
 
@@ -335,12 +601,12 @@ def rtf_figure(results: dict[str, TranscriptionResult]) -> go.Figure:
 CHECK_HEADERS = ["component", "result", "max |MAX - reference|", "relative error", "MAX time (ms)", "detail"]
 
 
-def run_component_checks(cache: ModelCache, model: str, device: str,
-                         components: tuple[str, ...] | None = None) -> Iterator[tuple[list[list], str]]:
+def run_component_checks(cache: ModelCache, model: str, device: str, components: tuple[str, ...] | None = None,
+                         before_each: Callable[[], None] = lambda: None) -> Iterator[tuple[list[list], str]]:
     """Yield (table rows so far, status Markdown) as each of selfcheck's checks finishes.
 
-    Reuses the cached MAX transcriber and openai-whisper on the CPU as the reference.
-    `components`: a subset of selfcheck.COMPONENTS (default: all).
+    Uses the cache's MAX transcriber and openai-whisper on the CPU as the reference.
+    `components`: a subset of selfcheck.COMPONENTS (default: all). `before_each` is called before each check.
     """
     from .selfcheck import COMPONENTS, run_checks
 
@@ -353,7 +619,12 @@ def run_component_checks(cache: ModelCache, model: str, device: str,
         mx = cache.get("max", model, device)
         ref = cache.get(REFERENCE_BACKEND, model, "cpu")
         yield [], f"Running {len(components)} checks (each component graph compiles on first use)…"
-        for check in run_checks(mx, ref, components=components):
+        checks = run_checks(mx, ref, components=components)
+        while True:
+            before_each()
+            check = next(checks, None)
+            if check is None:
+                break
             error = f"{int(check.max_abs_err)} tokens differ" if check.name == "transcript" else f"{check.max_abs_err:.2e}"
             rows.append([check.name, "✓ pass" if check.passed else "✗ FAIL", error, f"{check.rel_err:.2e}",
                          round(1000 * check.seconds, 2), check.detail])
@@ -367,10 +638,54 @@ def run_component_checks(cache: ModelCache, model: str, device: str,
                  f"same weights, float32) in {time.perf_counter() - start:.1f} s.")
 
 
+class ComponentChecks:
+    """The Component tests tab's table, computed in the background on transcribers of its own (so that
+    no transcription waits for it), pausing before each check while transcriptions run. The last
+    table is kept and shown to every visitor at once."""
+
+    def __init__(self, turns: Turns, create: Callable = create_transcriber):
+        self._cache = ModelCache(create)
+        self._turns = turns
+        self._thread: threading.Thread | None = None
+        self.rows: list[list] = []
+        self.message = "The checks start in the background once the models are loaded."
+
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, model: str, device: str, components: tuple[str, ...] | None = None) -> threading.Thread:
+        """Start the checks of `model` on `device` unless some are running; the thread doing them."""
+        if not self.running():
+            self._thread = threading.Thread(target=self._run, args=(model, device, components),
+                                            name="maxwhisper-checks", daemon=True)
+            self._thread.start()
+        return self._thread
+
+    def _run(self, model: str, device: str, components: tuple[str, ...] | None) -> None:
+        self._turns.wait_idle()
+        self._turns.background = "the component checks"
+        try:
+            for self.rows, self.message in run_component_checks(self._cache, model, device, components,
+                                                                self._between_checks):
+                pass
+        finally:
+            self._turns.background = ""
+
+    def _between_checks(self) -> None:
+        """Out of the way while transcriptions run or wait."""
+        self._turns.background = ""
+        self._turns.wait_idle()
+        self._turns.background = "the component checks"
+
+
 # --- committed benchmark results --------------------------------------------------------------
 
 BENCH_COLUMNS = ["audio", "audio_s", "backend", "model", "device", "precision", "total_s_median", "rtf",
-                 "load_s", "compile_s", "features_s", "encode_s", "decode_s", "wer", "agreement"]
+                 "load_s", "compile_s", "features_s", "encode_s", "decode_s", "wer", "agreement",
+                 "tokens_identical_to_openai"]
+BENCH_TABLE = {"audio": "clip", "implementation": "implementation", "total_s_median": "median s", "rtf": "RTF ×",
+               "features_s": "features s", "encode_s": "encode s", "decode_s": "decode s", "load_s": "load s",
+               "compile_s": "compile s", "wer": "WER", "agreement": "= openai words"}  # column -> header
 
 
 @dataclass
@@ -409,8 +724,8 @@ def _num(x, digits: int = 3):
     return round(x, digits) if isinstance(x, (int, float)) else x
 
 
-def benchmark_view(directory: Path) -> tuple[str, list[list], go.Figure | None, go.Figure | None]:
-    """(Markdown naming each file's machine, versions and settings; table rows; RTF chart; stage chart)."""
+def _read_runs(directory: Path) -> tuple[list[BenchmarkRun], list[str]]:
+    """The runs with per-implementation results in `directory`, and a note per unreadable file."""
     files = sorted(Path(directory).glob("*.json")) if Path(directory).is_dir() else []
     runs, notes = [], []
     for path in files:
@@ -418,40 +733,82 @@ def benchmark_view(directory: Path) -> tuple[str, list[list], go.Figure | None, 
             runs.append(read_benchmark(path))
         except (OSError, ValueError, AttributeError, TypeError) as e:
             notes.append(f"- ⚠ `{path.name}` could not be read: {e}")
-    if not any(run.rows for run in runs):
+    return [run for run in runs if run.rows], notes  # e.g. a throughput report: no per-implementation results
+
+
+def benchmark_view(directory: Path) -> tuple[str, list[list], go.Figure | None, go.Figure | None]:
+    """(Markdown naming each file's machine, versions and settings; table rows; RTF chart; stage chart)."""
+    runs, notes = _read_runs(directory)
+    if not runs:
         return "\n".join(["No committed benchmark results yet (`benchmarks/results/*.json`, written by "
                           "`python -m maxwhisper bench`).", *notes]), [], None, None
-    runs = [run for run in runs if run.rows]  # e.g. a throughput report: no per-implementation results
     text = [f"- **`{run.name}`** — machine: {_inline(run.machine)}  \n  versions: {_inline(run.versions)}  \n"
             f"  settings: {_inline(run.options)}" for run in runs] + notes
-    table = [[run.name, *[_num(row[c]) for c in BENCH_COLUMNS]] for run in runs for row in run.rows]
 
     def series(run: BenchmarkRun, row: dict) -> str:
         name = f"{row['backend']} · {row['device']} · {row['precision']}"
         return f"{name} ({run.name})" if len(runs) > 1 else name
 
-    rtf = go.Figure()
-    stage = go.Figure()
-    groups: dict[str, list[dict]] = {}
-    for run in runs:
-        for row in run.rows:
-            groups.setdefault(series(run, row), []).append(row)
-    for name, rows in groups.items():
-        rtf.add_bar(name=name, x=[r["audio"] for r in rows], y=[r["rtf"] for r in rows],
-                    text=[f"{r['rtf']:.1f}×" if isinstance(r["rtf"], (int, float)) else "" for r in rows])
-    rtf.update_layout(title="Real-time factor (higher is faster)", barmode="group", height=420,
+    rows = [(series(run, row), row) for run in runs for row in run.rows]
+    table = [[_num({**row, "implementation": name}[c]) for c in BENCH_TABLE] for name, row in rows]
+    return "\n".join(text), table, _bench_rtf_figure(rows), _bench_stage_figure(rows)
+
+
+def _bench_rtf_figure(rows: list[tuple[str, dict]]) -> go.Figure:
+    """Real-time factor per clip, a bar per implementation in its colour (hatched: not fp32)."""
+    fig = go.Figure()
+    for name in dict.fromkeys(name for name, _ in rows):
+        mine = [r for n, r in rows if n == name]
+        fig.add_bar(name=name, x=[r["audio"] for r in mine], y=[r["rtf"] for r in mine],
+                    marker_color=BACKEND_COLORS.get(mine[0]["backend"], "#64748b"),
+                    marker_pattern_shape="" if mine[0]["precision"] == "fp32" else "/",
+                    text=[f"{r['rtf']:.1f}×" if isinstance(r["rtf"], (int, float)) else "" for r in mine])
+    fig.update_layout(title="Real-time factor (higher is faster)", barmode="group", height=420,
                       yaxis_title="audio seconds per second", margin=dict(l=10, r=10, t=60, b=10))
-    all_rows = [(name, r) for name, rows in groups.items() for r in rows]
-    x = [[r["audio"] for _, r in all_rows], [name.split(" (")[0] for name, _ in all_rows]]
+    return fig
+
+
+def _bench_stage_figure(rows: list[tuple[str, dict]]) -> go.Figure:
+    """Median time by stage, one panel per clip with its own scale (a 5 s clip is not a sliver next to a lecture)."""
+    clips = list(dict.fromkeys(r["audio"] for _, r in rows))
+    fig = make_subplots(rows=1, cols=len(clips), subplot_titles=clips, horizontal_spacing=0.06)
     stages = ("features_s", "encode_s", "decode_s")
-    for key in stages:
-        stage.add_bar(name=key[:-2], x=x, y=[r[key] or 0.0 for _, r in all_rows],
-                      marker_color=STAGE_COLORS[key[:-2]])
-    stage.add_bar(name="other", x=x, marker_color=STAGE_COLORS["other"],
-                  y=[max((r["total_s_median"] or 0.0) - sum(r[k] or 0.0 for k in stages), 0.0) for _, r in all_rows])
-    stage.update_layout(title="Median time per transcription, by stage (s)", barmode="stack", height=460,
-                        margin=dict(l=10, r=10, t=60, b=10))
-    return "\n".join(text), table, rtf, stage
+    for col, clip in enumerate(clips, 1):
+        mine = [(n, r) for n, r in rows if r["audio"] == clip]
+        x = [n for n, _ in mine]
+        for key in stages:
+            fig.add_bar(name=key[:-2], x=x, y=[r[key] or 0.0 for _, r in mine], marker_color=STAGE_COLORS[key[:-2]],
+                        legendgroup=key, showlegend=col == 1, row=1, col=col)
+        fig.add_bar(name="other", x=x, marker_color=STAGE_COLORS["other"], legendgroup="other", showlegend=col == 1,
+                    y=[max((r["total_s_median"] or 0.0) - sum(r[k] or 0.0 for k in stages), 0.0) for _, r in mine],
+                    row=1, col=col)
+        fig.update_xaxes(tickvals=x, ticktext=[colored(r["backend"], n.replace(" · ", "<br>")) for n, r in mine],
+                         row=1, col=col)
+    fig.update_layout(title="Median time per transcription, by stage (s)", barmode="stack", height=480,
+                      margin=dict(l=10, r=10, t=80, b=10), legend=dict(orientation="h", y=-0.3))
+    return fig
+
+
+def benchmark_headline(directory: Path) -> str:
+    """Markdown: the committed benchmark's result on its longest clip, with its machine; "" without one."""
+    runs, _ = _read_runs(directory)
+    for run in runs:
+        clips = {r["audio"]: r["audio_s"] or 0 for r in run.rows if r["backend"] == "max"}
+        if not clips:
+            continue
+        clip = max(clips, key=clips.get)
+        on_clip = [r for r in run.rows if r["audio"] == clip]
+        mx = next(r for r in on_clip if r["backend"] == "max")
+        speed = "; ".join(f"{_times(r['total_s_median'] / mx['total_s_median'])} {label(r['backend'])} "
+                          f"{r['precision']} ({r['total_s_median']:.2f} s)" for r in on_clip if r["backend"] != "max")
+        same = {True: " Its tokens are identical to openai-whisper's.", False: " Its tokens differ from openai-whisper's."}
+        machine = run.machine
+        return (f"### Committed benchmark: on {clip} ({clips[clip]:.0f} s, {mx['model']}), MAX Graph took "
+                f"{mx['total_s_median']:.2f} s: {speed}.\n"
+                f"Medians on {machine.get('cpu', 'a CPU')}, {machine.get('cores', '?')} cores "
+                f"(`{run.name}`).{same.get(mx['tokens_identical_to_openai'], '')} "
+                f"Run a clip to measure on this machine.")
+    return ""
 
 
 # --- system -----------------------------------------------------------------------------------
@@ -474,10 +831,6 @@ def _model_source(name: str) -> str:
         return load_checkpoint(name).source
     except MaxWhisperError as e:
         return str(e)
-
-
-def compile_cache_dir() -> Path:
-    return Path(os.environ.get("MODULAR_CACHE_DIR") or Path.home() / ".cache" / "modular")
 
 
 def _tree_size(path: Path) -> tuple[int, int]:

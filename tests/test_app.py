@@ -6,6 +6,7 @@ cache, minutes cold); the error paths use fakes and load nothing.
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -51,9 +52,11 @@ def test_three_transcripts_of_jfk(jfk_run):
         assert "real time" in panel.summary
         assert panel.segments.startswith("[00:00.000 --> ")
     assert isinstance(comparison.timing_figure, go.Figure) and isinstance(comparison.rtf_figure, go.Figure)
-    assert {t.name for t in comparison.timing_figure.data} == {"features", "encode", "decode", "other", "load",
-                                                                "compile"}
-    assert "11.0 s of audio" in comparison.message
+    assert [t.name for t in comparison.timing_figure.data] == ["features", "encode", "decode", "other"]
+    assert "Once per model, not included: MAX Graph (this project): load" in comparison.timing_figure.layout.title.text
+    assert "11.0 s of audio" in comparison.message and "Finished:" in comparison.message
+    assert comparison.headline.startswith("### On this 11.0 s of audio, MAX Graph took ")
+    assert "identical tokens to openai-whisper (PyTorch) and faster-whisper (CTranslate2)" in comparison.headline
 
 
 def test_word_timestamps_and_prompt_reach_the_panels(app_cache, tmp_path):
@@ -89,7 +92,9 @@ def test_progress_goes_forward_to_done(jfk_run):
     steps = jfk_run[1]
     fractions = [f for f, _ in steps]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
-    assert any("MAX Graph" in desc and "transcribing" in desc for _, desc in steps)
+    assert any(desc.startswith("MAX Graph (this project): transcribing, window 1 of ~1 (0 of 11 s done)")
+               for _, desc in steps)
+    assert "MAX Graph (this project): transcribed in 1 window, finishing" in [d for _, d in steps]
 
 
 def test_component_checks_table(app_cache):
@@ -105,6 +110,19 @@ def test_component_checks_table(app_cache):
     assert [len(r) for r, _ in updates] == [0, 0, 1, 2, 3, 3]  # rows arrive one by one
 
 
+def test_component_checks_wait_for_transcriptions(app_cache):
+    """The background checks start no check while a transcription holds the turn, then fill the table."""
+    turns = support.Turns()
+    checks = support.ComponentChecks(turns, create=lambda backend, model, device, precision: app_cache.get(
+        backend, model, device, precision))
+    with turns.turn(lambda ahead, activity: None):
+        thread = checks.start("tiny.en", "cpu", ("encoder", "decoder_step"))
+        time.sleep(1.0)
+        assert checks.running() and checks.rows == []
+    thread.join(120)
+    assert [r[0] for r in checks.rows] == ["encoder", "decoder_step"] and checks.message.startswith("**2/2 passed**")
+
+
 # --- input errors and failures: fakes, nothing loaded -----------------------------------------
 
 class FakeTranscriber:
@@ -113,12 +131,12 @@ class FakeTranscriber:
         self.load_s, self.compile_s = 0.5, 0.0
         self.text, self.error, self.close_calls = text, error, close_calls
 
-    def transcribe(self, audio, options=DecodeOptions()):
+    def transcribe(self, audio, options=DecodeOptions(), total_s=0.2, tokens=(1, 2)):
         if self.error:
             raise self.error
-        seg = Segment(0, 0, 0.0, 1.0, " " + self.text, (1, 2))
+        seg = Segment(0, 0, 0.0, 1.0, " " + self.text, tokens)
         return TranscriptionResult(self.text, [seg], "en", self.backend, "fake", "cpu", "fp32", len(audio) / 16000,
-                                   Timings(0.5, 0.0, None, 0.1, None, 0.2), options, close_calls=self.close_calls)
+                                   Timings(0.5, 0.0, None, 0.1, None, total_s), options, close_calls=self.close_calls)
 
 
 def no_loading(*args, **kwargs):
@@ -139,13 +157,16 @@ def corrupt_file(tmp_path):
     (corrupt_file, None, "cannot read"),
     ((16000, np.full(3 * 16000, 1000, np.int16)), 2.0, "3.0 s long, more than the 2 s limit"),
     (str(AUDIO / "jfk.flac"), 5.0, "more than the 5 s limit"),
+    ((16000, np.full(1, 1000, np.int16)), None, "0.00 s long, too short to hold speech"),
+    (lambda tmp_path: str((tmp_path / "empty.wav").touch() or tmp_path / "empty.wav"), None,
+     "audio file is empty (0 bytes): empty.wav"),
 ])
 def test_bad_audio_is_a_message_not_an_exception(audio, max_seconds, expected, tmp_path):
     audio = audio(tmp_path) if callable(audio) else audio
     comparison = support.run_comparison(audio, list(BACKENDS), "tiny.en", "cpu", DecodeOptions(),
                                         support.ModelCache(no_loading), max_seconds=max_seconds)
     assert comparison.message.startswith("⚠ Cannot use this audio:")
-    assert expected in comparison.message
+    assert expected in comparison.message and str(tmp_path) not in comparison.message
     assert comparison.panels == {} and comparison.timing_figure is None
 
 
@@ -183,6 +204,140 @@ def test_one_failing_implementation_does_not_hide_the_others(tmp_path):
     assert [t.y for t in comparison.rtf_figure.data][0] == ("openai-whisper (PyTorch)", "faster-whisper (CTranslate2)")
     other = next(t for t in comparison.timing_figure.data if t.name == "other")  # stages not measured
     assert other.x == pytest.approx((0.1, 0.1))
+
+
+def test_loaded_implementations_answer_first_and_show_before_the_rest(tmp_path):
+    """MAX still loading: the baselines run first, and a partial comparison shows them before MAX is done."""
+    fakes = {b: FakeTranscriber(b) for b in BACKENDS}
+    cache = support.ModelCache(lambda backend, **kwargs: fakes[backend])
+    for backend in ("openai", "faster"):
+        cache.get(backend, "fake", "cpu")
+    steps, partials = [], []
+    comparison = support.run_comparison((16000, np.full(16000, 1000, np.int16)), list(BACKENDS), "fake", "cpu",
+                                        DecodeOptions(), cache, out_dir=tmp_path, on_partial=partials.append,
+                                        progress=lambda fraction, desc=None: steps.append(desc))
+    starts = [d.split(":")[0] for d in steps if d != "done"]
+    assert list(dict.fromkeys(starts)) == ["openai-whisper (PyTorch)", "faster-whisper (CTranslate2)",
+                                           "MAX Graph (this project)"]
+    assert any(d.startswith("MAX Graph (this project): compiling the MAX graphs for fake on cpu (the first "
+                            "compile takes minutes") for d in steps)
+    assert "openai-whisper (PyTorch): transcribing 1 s of audio (this library reports no progress per window)" in steps
+    first = partials[0]
+    assert first.panels["openai"].text == "hello world" and first.panels["max"].summary == "⏳ waiting to run"
+    assert "still to run: MAX Graph (this project), faster-whisper (CTranslate2)" in first.message
+    assert first.headline == "" and len(partials) == 2
+    assert list(comparison.panels) == list(BACKENDS) and comparison.message.endswith("faster-whisper (CTranslate2).")
+
+
+def test_headline_says_how_many_times_faster_and_whether_tokens_match():
+    audio = np.zeros(16000 * 10, np.float32)
+    results = {"max": FakeTranscriber("max").transcribe(audio, total_s=0.5),
+               "openai": FakeTranscriber("openai").transcribe(audio, total_s=1.0),
+               "faster": FakeTranscriber("faster").transcribe(audio, total_s=0.4, tokens=(1, 3))}
+    assert support.run_headline(results) == (
+        "### On this 10.0 s of audio, MAX Graph took 0.50 s: 2.00× faster than openai-whisper (PyTorch) (1.00 s); "
+        "slower (1.25× the time) than faster-whisper (CTranslate2) (0.40 s).\n"
+        "MAX's transcript has identical tokens to openai-whisper (PyTorch), not to faster-whisper (CTranslate2). "
+        "One run each, model already loaded.")
+    assert support.run_headline({"openai": results["openai"]}) == ""
+
+
+def test_background_work_during_a_run_is_flagged(tmp_path):
+    fakes = {b: FakeTranscriber(b) for b in ("max", "openai")}
+    turns = support.Turns()
+    turns.background = "the component checks"
+    comparison = support.run_comparison((16000, np.full(16000, 1000, np.int16)), ["max", "openai"], "fake", "cpu",
+                                        DecodeOptions(), support.ModelCache(lambda backend, **kw: fakes[backend]),
+                                        out_dir=tmp_path, turns=turns)
+    assert comparison.panels["max"].summary.endswith(
+        "⚠ measured while the component checks ran in the background: slower than usual")
+    assert comparison.headline.endswith("⚠ Some runs shared the CPU with the component checks: compare again for a "
+                                        "fair ratio.")
+
+
+def test_committed_benchmark_headline():
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    doc = json.loads((results / "cpu-amd-epyc-2c.json").read_text())
+    lecture = {(r["backend"], r["precision"]): r["total_s_median"] for r in doc["results"]
+               if r["audio"] == "physicsworks.flac"}
+    headline = support.benchmark_headline(results)
+    ratio = lecture["openai", "fp32"] / lecture["max", "fp32"]
+    assert headline.startswith(f"### Committed benchmark: on physicsworks.flac (203 s, tiny.en), MAX Graph took "
+                               f"{lecture['max', 'fp32']:.2f} s: {ratio:.2f}× faster than openai-whisper (PyTorch) fp32")
+    assert f"{doc['machine']['cpu']}, {doc['machine']['cores']} cores" in headline
+    assert "tokens are identical to openai-whisper's" in headline
+
+
+def test_no_speech_found_is_said():
+    fakes = {b: FakeTranscriber(b, text="") for b in ("max", "openai")}
+    comparison = support.run_comparison((16000, np.full(16000, 1000, np.int16)), ["max", "openai"], "fake", "cpu",
+                                        DecodeOptions(), support.ModelCache(lambda backend, **kw: fakes[backend]))
+    assert "No speech was found in this audio" in comparison.message
+
+
+def test_turns_first_come_first_served_and_each_waiter_knows_its_place():
+    turns = support.Turns()
+    order, seen = [], []
+
+    def visitor(name):
+        with turns.turn(lambda ahead, activity: seen.append((name, ahead, activity))):
+            order.append(name)
+            time.sleep(0.3)
+
+    with turns.turn(lambda *_: None):
+        turns.activity = "MAX Graph: window 2 of ~7"
+        threads = []
+        for name in ("b", "c"):
+            threads.append(threading.Thread(target=visitor, args=(name,)))
+            threads[-1].start()
+            time.sleep(0.1)
+        assert turns.status() == "**Now running:** MAX Graph: window 2 of ~7 · 2 waiting"
+    for t in threads:
+        t.join()
+    assert order == ["b", "c"] and not turns.busy() and turns.status() == ""
+    assert ("b", 1, "MAX Graph: window 2 of ~7") in seen and ("c", 2, "MAX Graph: window 2 of ~7") in seen
+
+
+def test_watch_reports_progress_partials_and_the_result():
+    def run(progress, on_partial):
+        progress(0.1, "MAX Graph: window 1 of ~2")
+        on_partial(support.Comparison("partial"))
+        time.sleep(1.3)
+        return support.Comparison("final")
+
+    updates = list(support.watch(run, poll_s=0.5))
+    lines = [line for line, _ in updates]
+    assert re.fullmatch(r"⏳ 0 s · MAX Graph: window 1 of ~2", lines[0])
+    assert [c.message for _, c in updates if c] == ["partial", "final"] and lines[-1] == ""
+    assert any(line.startswith("⏳ 1 s · MAX Graph") for line in lines)  # the clock goes on between steps
+
+
+def test_a_load_tells_how_long_it_took_last_time(tmp_path):
+    record = tmp_path / "cache" / "load-times.json"
+    cache = support.ModelCache(lambda backend, **kw: FakeTranscriber(backend), record=record)
+    assert "the first compile takes minutes on a CPU" in cache.load_note(["max", "openai"], "fake", "cpu")
+    assert "openai-whisper (PyTorch): loading for fake on cpu (seconds)" in cache.load_note(["openai"], "fake", "cpu")
+    cache.get("max", "fake", "cpu")
+    assert cache.load_note(["max"], "fake", "cpu") == ""
+    again = support.ModelCache(lambda backend, **kw: FakeTranscriber(backend), record=record)
+    assert "compiling the MAX graphs for fake on cpu (about 1 s last time here)" in again.load_note(["max"], "fake", "cpu")
+
+
+def test_compile_cache_on_persistent_storage(tmp_path, monkeypatch):
+    monkeypatch.delenv("MODULAR_CACHE_DIR", raising=False)
+    support.use_persistent_storage(tmp_path / "missing")
+    assert "MODULAR_CACHE_DIR" not in os.environ
+    support.use_persistent_storage(tmp_path)
+    assert os.environ["MODULAR_CACHE_DIR"] == str(tmp_path / "modular")
+    assert support.load_record_path() == tmp_path / support.LOAD_RECORD
+    monkeypatch.setenv("MODULAR_CACHE_DIR", "/elsewhere")
+    support.use_persistent_storage(tmp_path)
+    assert os.environ["MODULAR_CACHE_DIR"] == "/elsewhere"
+
+
+def test_server_paths_are_hidden():
+    assert support.hide_paths("cannot read /tmp/gradio/0a1b/talk.mp3 here") == "cannot read talk.mp3 here"
+    assert support.error_message(RuntimeError("no file '/srv/app/x.bin'")) == "RuntimeError: no file 'x.bin'"
 
 
 def test_model_cache_loads_each_key_once_across_threads():
@@ -254,9 +409,10 @@ def test_benchmarks_table_and_charts(tmp_path):
     text, table, rtf, stages = support.benchmark_view(tmp_path)
     assert "`cpu-xeon-2c.json`" in text and "cpu `Xeon`" in text and "cores `2`" in text
     assert "decode.beam_size `1`" in text and "max `26.7.0`" in text and "`broken.json` could not be read" in text
-    assert len(table) == 2 and table[0][:4] == ["cpu-xeon-2c.json", "jfk.flac", 11.0, "max"]
-    assert len(table[0]) == 1 + len(support.BENCH_COLUMNS)
+    assert len(table) == 2 and table[0][:4] == ["jfk.flac", "max · cpu · fp32", 0.5, 22.0]
+    assert len(table[0]) == len(support.BENCH_TABLE)
     assert [t.name for t in rtf.data] == ["max · cpu · fp32", "openai · cpu · fp32"]
+    assert [t.marker.color for t in rtf.data] == [support.BACKEND_COLORS["max"], support.BACKEND_COLORS["openai"]]
     assert [t.name for t in stages.data] == ["features", "encode", "decode", "other"]
     assert stages.data[3].y == pytest.approx((0.25, 0.45))
 
@@ -270,9 +426,28 @@ def test_system_report():
     assert "MAX compile cache" in report and "MODULAR_CACHE_DIR" in report
 
 
-def test_app_builds():
+def test_app_builds_with_the_examples():
     import gradio as gr
     import app
 
     demo = app.build_demo(support.ModelCache(no_loading), max_seconds=60)
     assert isinstance(demo, gr.Blocks)
+    rows = app.example_rows(["tiny.en"])
+    assert [Path(r[0]).name for r in rows] == ["jfk.flac", "physicsworks-excerpt.flac", "multilingual.mp3"]
+    assert rows[2][1] == "tiny.en" and app.example_rows(["tiny.en", "base"])[2][1] == "base"
+    for path, _, _ in rows:
+        assert Path(path).stat().st_size < 1.5e6 and Path(path).name in (app.EXAMPLES_DIR / "README.md").read_text()
+
+
+def test_space_front_matter_pins_the_tested_gradio():
+    import gradio
+    from packaging.requirements import Requirement
+
+    root = Path(__file__).resolve().parents[1]
+    front = (root / "README.md").read_text().split("---")[1]
+    fields = dict(line.split(": ", 1) for line in front.strip().splitlines())
+    pinned = [Requirement(line) for line in (root / "requirements.txt").read_text().splitlines()
+              if line.startswith("gradio")][0]
+    assert fields["sdk_version"] == gradio.__version__, "README's sdk_version must be the gradio the tests run with"
+    assert pinned.specifier.contains(fields["sdk_version"])
+    assert fields["python_version"] == '"3.11"'
