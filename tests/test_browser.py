@@ -1,9 +1,10 @@
 """The app in a real browser: start `python app.py` on a free port, drive Debian's chromium with
-Playwright, upload jfk.flac, run, and read the three transcripts and the charts back from the page.
+Playwright; run the lecture excerpt from examples/ and watch its progress and headline, then upload
+jfk.flac, run, and read the three transcripts and the charts back from the page.
 
 Needs /usr/bin/chromium (`apt-get install -y chromium`); never `playwright install`. The app warms
 its models up at start-up: the first MAX compile takes minutes on a cold CPU cache, hence the long
-timeouts. A screenshot goes to artifacts/browser.png.
+timeouts. Screenshots go to artifacts/: browser-progress.png (during a run), browser.png (after).
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url():
+def app():
+    """(URL, process id) of the app, started for this module."""
     assert CHROMIUM.exists(), "needs Debian's chromium at /usr/bin/chromium (setup.sh installs it as root)"
     ARTIFACTS.mkdir(exist_ok=True)
     port = free_port()
@@ -54,7 +56,7 @@ def app_url():
                 proc.kill()
                 pytest.fail(f"the app did not start: see {ARTIFACTS / 'app.log'}")
             time.sleep(1)
-    yield url
+    yield url, proc.pid
     proc.terminate()
     try:
         proc.wait(30)
@@ -63,19 +65,35 @@ def app_url():
     log.close()
 
 
+def cpu_share(pid: int, seconds: float) -> float:
+    """The share of one core a process used over `seconds` (utime + stime from /proc/PID/stat)."""
+    def ticks():
+        return sum(int(x) for x in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13])
+
+    before = ticks()
+    time.sleep(seconds)
+    return (ticks() - before) / os.sysconf("SC_CLK_TCK") / seconds
+
+
 def normalize(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
 
 
-def test_upload_run_and_read_results(app_url):
+def test_upload_run_and_read_results(app):
     from playwright.sync_api import expect, sync_playwright
 
+    app_url, app_pid = app
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1440, "height": 1000})
             page.goto(app_url, timeout=120_000)
             expect(page.locator("#status")).to_contain_text("tiny.en", timeout=60_000)  # the warm-up is named
+            headline = page.locator("#headline")
+            expect(headline).to_contain_text(re.compile(r"Committed benchmark: .* MAX Graph took [\d.]+ s: "
+                                                        r"[\d.]+× faster than openai-whisper"))
+            expect(headline).to_contain_text("AMD EPYC, 2 cores")
+
             page.set_input_files("input[type=file]", str(AUDIO / "jfk.flac"))
             expect(page.locator("audio, #waveform, .waveform-container").first).to_be_attached(timeout=60_000)
             page.click("#run")
@@ -87,15 +105,36 @@ def test_upload_run_and_read_results(app_url):
             for plot in ("#timing-plot", "#rtf-plot"):
                 expect(page.locator(f"{plot} .js-plotly-plot")).to_be_visible(timeout=60_000)
             expect(message).to_contain_text("11.0 s of audio")
+            expect(headline).to_contain_text(re.compile(r"On this 11\.0 s of audio, MAX Graph took [\d.]+ s: .*"
+                                                        r"(faster|slower).* than openai-whisper"))
+            expect(headline).to_contain_text("identical tokens to openai-whisper (PyTorch) and faster-whisper")
             for ext in ("txt", "srt", "vtt"):
                 expect(page.locator(f"#files-max a[href$='/jfk.max.{ext}']")).to_be_attached()
             page.wait_for_timeout(1000)  # let the charts finish drawing
             page.screenshot(path=str(ARTIFACTS / "browser.png"), full_page=True)
+
+            page.locator("#examples").get_by_text("physicsworks-excerpt.flac").click()  # 43 s: two windows
+            page.click("#run")
+            progress = page.locator("#progress")
+            expect(progress).to_contain_text(re.compile(r"Running, \d+ s: MAX Graph \(this project\): transcribing, "
+                                                        r"window [12] of ~2"), timeout=RUN_TIMEOUT_MS)
+            page.screenshot(path=str(ARTIFACTS / "browser-progress.png"))
+            expect(message).to_contain_text(re.compile(r"43\.0 s of audio.*Finished:"), timeout=RUN_TIMEOUT_MS)
+            expect(headline).to_contain_text("On this 43.0 s of audio, MAX Graph took")
+            expect(progress).to_be_empty()
 
             page.get_by_role("tab", name="System").click()
             expect(page.locator("#system")).to_contain_text("Devices MAX sees")
             expect(page.locator("#system")).to_contain_text("MAX compile cache")
             page.get_by_role("tab", name="Benchmarks").click()
             expect(page.locator("#benchmarks")).to_contain_text(re.compile(r"No committed benchmark results|\.json"))
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(ARTIFACTS / "browser-benchmarks.png"), full_page=True)
+
+            page.get_by_role("tab", name="Component tests").click()  # they ran in the background meanwhile
+            expect(page.locator("#checks-message")).to_contain_text(re.compile(r"\d+/\d+ passed"),
+                                                                    timeout=RUN_TIMEOUT_MS)
+            idle = cpu_share(app_pid, 10)
+            assert idle < 0.05, f"the idle app used {100 * idle:.1f} % of a core"
         finally:
             browser.close()
