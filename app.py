@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    cache = support.ModelCache(support.create_quietly, record=support.load_record_path())
+    cache = support.ModelCache(support.create_warmed_up, record=support.load_record_path())
     turns = support.Turns()
     checks = support.ComponentChecks(turns)
     models = installed_models()

@@ -100,9 +100,9 @@ PR_SET_TIMERSLACK = 29  # prctl option (linux/prctl.h)
 POLLER_SLACK_NS = 20_000_000
 
 
-def create_quietly(backend: str, **kwargs):
-    """`create_transcriber`, then for MAX a first execution (1 s of silence) from a thread whose timer
-    slack is 20 ms.
+def create_warmed_up(backend: str, **kwargs):
+    """`create_transcriber`, then one transcription of 1 s of silence, so that no implementation's
+    first-call costs land in a visitor's timings. It runs in a thread whose timer slack is 20 ms:
 
     MAX's runtime starts a thread at the process's first execution that waits 100 µs at a time for
     as long as the process lives: ~6,000 wake-ups a second, ~6 % of a core in an idle app, and no
@@ -110,14 +110,15 @@ def create_quietly(backend: str, **kwargs):
     kernel batch those wake-ups; the threads that run transcriptions keep the default slack.
     """
     transcriber = create_transcriber(backend, **kwargs)
-    if backend == "max" and sys.platform == "linux":
-        def first_execution():
-            ctypes.CDLL(None).prctl(PR_SET_TIMERSLACK, ctypes.c_ulong(POLLER_SLACK_NS), 0, 0, 0)
-            transcriber.transcribe(np.zeros(SAMPLE_RATE, np.float32))
 
-        thread = threading.Thread(target=first_execution, name="maxwhisper-first-execution")
-        thread.start()
-        thread.join()
+    def first_call():
+        if sys.platform == "linux":
+            ctypes.CDLL(None).prctl(PR_SET_TIMERSLACK, ctypes.c_ulong(POLLER_SLACK_NS), 0, 0, 0)
+        transcriber.transcribe(np.zeros(SAMPLE_RATE, np.float32))
+
+    thread = threading.Thread(target=first_call, name="maxwhisper-first-call")
+    thread.start()
+    thread.join()
     return transcriber
 
 
