@@ -324,7 +324,8 @@ def test_a_load_tells_how_long_it_took_last_time(tmp_path):
 
 
 def test_compile_cache_on_persistent_storage(tmp_path, monkeypatch):
-    monkeypatch.delenv("MODULAR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("MODULAR_CACHE_DIR", "")  # recorded, so that the value set below is undone afterwards
+    monkeypatch.delenv("MODULAR_CACHE_DIR")
     support.use_persistent_storage(tmp_path / "missing")
     assert "MODULAR_CACHE_DIR" not in os.environ
     support.use_persistent_storage(tmp_path)
