@@ -442,23 +442,29 @@ def _run_one(backend: str, samples: np.ndarray, model: str, device: str, options
     def waiting(ahead: int, activity: str) -> None:
         say(f"waiting for its turn, {ahead} run{'s' if ahead > 1 else ''} ahead" + (f" ({activity})" if activity else ""))
 
+    def sharing() -> str:
+        """What shares the CPU with the transcription now: background work, or another model loading."""
+        return turns.background or ("a model load or compile" if cache.busy() else "")
+
     with turns.turn(waiting):
-        background = turns.background
+        shared = sharing()
         audio_s = len(samples) / SAMPLE_RATE
         if "progress" not in inspect.signature(transcriber.transcribe).parameters:
             turns.activity = f"{label(backend)}: transcribing {audio_s:.0f} s of audio"
             say(f"transcribing {audio_s:.0f} s of audio (this library reports no progress per window)", 0.1)
-            return transcriber.transcribe(samples, options), background or turns.background
-        windows = _Windows(audio_s)
+            result = transcriber.transcribe(samples, options)
+        else:
+            windows = _Windows(audio_s)
 
-        def report(fraction: float | None = None) -> None:
-            if fraction is not None:
-                windows.advance(fraction)
-            turns.activity = f"{label(backend)}: {windows.text()}"
-            say(windows.text(), 0.1 + 0.9 * windows.fraction)
+            def report(fraction: float | None = None) -> None:
+                if fraction is not None:
+                    windows.advance(fraction)
+                turns.activity = f"{label(backend)}: {windows.text()}"
+                say(windows.text(), 0.1 + 0.9 * windows.fraction)
 
-        report()
-        return transcriber.transcribe(samples, options, progress=report), background or turns.background
+            report()
+            result = transcriber.transcribe(samples, options, progress=report)
+        return result, shared or sharing()
 
 
 def _assemble(panels: dict[str, Panel], n_samples: int, model: str, device: str, reference_text: str,

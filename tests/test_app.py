@@ -255,6 +255,31 @@ def test_background_work_during_a_run_is_flagged(tmp_path):
                                         "fair ratio.")
 
 
+def test_a_load_during_a_run_is_flagged(tmp_path):
+    """MAX compiling beside a baseline's run slows it: the run says so."""
+    release = threading.Event()
+
+    def create(backend, **kwargs):
+        if backend == "max":
+            release.wait(30)
+        return FakeTranscriber(backend)
+
+    cache = support.ModelCache(create)
+    loading = threading.Thread(target=cache.get, args=("max", "fake", "cpu"))
+    loading.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not cache.busy() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        comparison = support.run_comparison((16000, np.full(16000, 1000, np.int16)), ["openai"], "fake", "cpu",
+                                            DecodeOptions(), cache, out_dir=tmp_path)
+    finally:
+        release.set()
+        loading.join()
+    assert comparison.panels["openai"].summary.endswith(
+        "⚠ measured while a model load or compile ran in the background: slower than usual")
+
+
 def test_committed_benchmark_headline():
     results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
     doc = json.loads((results / "cpu-amd-epyc-2c.json").read_text())
