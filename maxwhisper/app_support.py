@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -240,31 +241,34 @@ class Turns:
 
     def __init__(self):
         self._cond = threading.Condition()
-        self._issued = self._served = 0
+        self._queue: deque[object] = deque()  # the turn's holder first, then its waiters in order
         self.activity = ""
         self.background = ""  # work outside the turns that shares the CPU (e.g. the component checks)
 
     def busy(self) -> bool:
-        return self._issued > self._served
+        return bool(self._queue)
 
     def waiting(self) -> int:
-        return max(self._issued - self._served - 1, 0)
+        return max(len(self._queue) - 1, 0)
 
     @contextmanager
     def turn(self, on_wait: Callable[[int, str], None]):
-        """Hold the turn for the `with` block; until then call on_wait(runs ahead, their activity) each second."""
+        """Hold the turn for the `with` block; until then call on_wait(runs ahead, their activity) each second.
+        A waiter that leaves (on_wait raising) gives up its place."""
+        me = object()
         with self._cond:
-            ticket = self._issued
-            self._issued += 1
-            while ticket > self._served:
-                on_wait(ticket - self._served, self.activity)
-                self._cond.wait(1.0)
+            self._queue.append(me)
         try:
+            with self._cond:
+                while self._queue[0] is not me:
+                    on_wait(self._queue.index(me), self.activity)
+                    self._cond.wait(1.0)
             yield
         finally:
             with self._cond:
-                self._served += 1
-                self.activity = ""
+                if self._queue[0] is me:
+                    self.activity = ""
+                self._queue.remove(me)
                 self._cond.notify_all()
 
     def wait_idle(self) -> None:
@@ -357,6 +361,10 @@ class Comparison:
     headline: str = ""  # Markdown: how MAX compared on this audio
 
 
+class Cancelled(Exception):
+    """The visitor left: the run gives up its turn and stops."""
+
+
 def check_not_silent(audio: np.ndarray) -> None:
     if not np.abs(audio).max() >= SILENT_PEAK:
         raise AudioError("the audio is silent (nothing louder than -80 dBFS): there is nothing to transcribe")
@@ -422,6 +430,8 @@ def run_comparison(audio, backends: list[str], model: str, device: str, options:
         try:
             panels[backend].result, panels[backend].shared_cpu = _run_one(backend, samples, model, device, options,
                                                                           cache, turns, say)
+        except Cancelled:
+            raise
         except Exception as e:  # noqa: BLE001 - one implementation failing must not hide the others
             if not isinstance(e, MaxWhisperError):
                 log.exception("%s failed", backend)
@@ -518,31 +528,45 @@ def watch(run: Callable[[Progress, Callable[[Comparison], None]], Comparison],
           poll_s: float = 1.0) -> Iterator[tuple[str, Comparison | None]]:
     """Call `run(progress, on_partial)` in a thread; yield (progress line, comparison or None) at each
     progress step and partial comparison, and every `poll_s` s in between, until the final
-    comparison (with an empty line)."""
+    comparison (with an empty line). Closing the generator (the visitor left) makes the run's next
+    progress report raise Cancelled, so that it leaves its place in the turns and stops."""
     events: queue.Queue = queue.Queue()
+    left = threading.Event()
+
+    def report(kind: str, value) -> None:
+        if left.is_set():
+            raise Cancelled
+        events.put((kind, value))
 
     def target():
+        result = None
         try:
-            result = run(lambda fraction, desc=None: events.put(("progress", desc)),
-                         lambda comparison: events.put(("partial", comparison)))
+            result = run(lambda fraction, desc=None: report("progress", desc),
+                         lambda comparison: report("partial", comparison))
+        except Cancelled:
+            log.info("a visitor left: their run stopped")
         except Exception as e:  # noqa: BLE001 - shown as the message
             log.exception("run failed")
             result = Comparison(f"⚠ The run failed: {error_message(e)}")
-        events.put(("done", result))
+        finally:
+            events.put(("done", result))
 
     threading.Thread(target=target, name="maxwhisper-run", daemon=True).start()
     start, desc = time.monotonic(), "starting…"
-    while True:
-        try:
-            kind, value = events.get(timeout=poll_s)
-        except queue.Empty:
-            kind, value = "tick", None
-        if kind == "done":
-            yield "", value
-            return
-        if kind == "progress" and value:
-            desc = value
-        yield f"**Running, {time.monotonic() - start:.0f} s:** {desc}", value if kind == "partial" else None
+    try:
+        while True:
+            try:
+                kind, value = events.get(timeout=poll_s)
+            except queue.Empty:
+                kind, value = "tick", None
+            if kind == "done":
+                yield "", value
+                return
+            if kind == "progress" and value:
+                desc = value
+            yield f"**Running, {time.monotonic() - start:.0f} s:** {desc}", value if kind == "partial" else None
+    finally:
+        left.set()
 
 
 def _fill_panel(panel: Panel, ref: TranscriptionResult | None, ref_backend: str | None, reference_text: str,

@@ -323,6 +323,45 @@ def test_turns_first_come_first_served_and_each_waiter_knows_its_place():
     assert ("b", 1, "MAX Graph: window 2 of ~7") in seen and ("c", 2, "MAX Graph: window 2 of ~7") in seen
 
 
+def test_a_waiter_that_leaves_gives_up_its_place():
+    turns = support.Turns()
+
+    def leave(ahead, activity):
+        raise support.Cancelled
+
+    with turns.turn(lambda *_: None):
+        with pytest.raises(support.Cancelled):
+            with turns.turn(leave):
+                pass
+        assert turns.waiting() == 0
+    assert not turns.busy()
+
+
+def test_a_visitor_who_leaves_gives_up_their_turn():
+    """Gradio closes the generator when the visitor leaves: the run waiting for its turn stops waiting."""
+    turns = support.Turns()
+    ran = threading.Event()
+
+    def run(progress, on_partial):
+        with turns.turn(lambda ahead, activity: progress(0.0, f"waiting, {ahead} ahead")):
+            ran.set()
+        return support.Comparison("final")
+
+    def until(condition):
+        deadline = time.monotonic() + 10
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return condition()
+
+    with turns.turn(lambda *_: None):
+        updates = support.watch(run, poll_s=0.1)
+        next(updates)
+        assert until(lambda: turns.waiting() == 1)
+        updates.close()
+        assert until(lambda: turns.waiting() == 0)
+    assert not ran.is_set() and not turns.busy()
+
+
 def test_watch_reports_progress_partials_and_the_result():
     def run(progress, on_partial):
         progress(0.1, "MAX Graph: window 1 of ~2")
