@@ -183,7 +183,8 @@ def build_demo(cache: support.ModelCache, max_seconds: float = 600.0, turns: sup
             control.change(lambda chosen, model, device: cache.load_note(chosen, model, device_of(device)),
                            [chosen, model, device], model_note, concurrency_limit=None, show_progress="hidden")
         def check_again(model, device):
-            checks.start(model, device_of(device))
+            if checks.start(model, device_of(device)) is None:
+                gr.Info("The checks are running already: this click started nothing. Click again once they finish.")
 
         checks_again.click(check_again, [model, device], concurrency_limit=None, show_progress="hidden")
 

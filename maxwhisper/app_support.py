@@ -705,19 +705,23 @@ class ComponentChecks:
         self._cache = ModelCache(create)
         self._turns = turns
         self._thread: threading.Thread | None = None
+        self._starting = threading.Lock()
         self.rows: list[list] = []
         self.message = "The checks start in the background once the models are loaded."
 
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self, model: str, device: str, components: tuple[str, ...] | None = None) -> threading.Thread:
-        """Start the checks of `model` on `device` unless some are running; the thread doing them."""
-        if not self.running():
+    def start(self, model: str, device: str, components: tuple[str, ...] | None = None) -> threading.Thread | None:
+        """Start the checks of `model` on `device` in a thread, and return it; None when checks already run."""
+        with self._starting:
+            if self.running():
+                log.info("component checks already running: %s on %s not started", model, device)
+                return None
             self._thread = threading.Thread(target=self._run, args=(model, device, components),
                                             name="maxwhisper-checks", daemon=True)
             self._thread.start()
-        return self._thread
+            return self._thread
 
     def _run(self, model: str, device: str, components: tuple[str, ...] | None) -> None:
         self._turns.wait_idle()
