@@ -243,7 +243,7 @@ class Turns:
         self._cond = threading.Condition()
         self._queue: deque[object] = deque()  # the turn's holder first, then its waiters in order
         self.activity = ""
-        self.background = ""  # work outside the turns that shares the CPU (e.g. the component checks)
+        self._background = ""  # work outside the turns that shares the CPU (e.g. the component checks)
 
     def busy(self) -> bool:
         return bool(self._queue)
@@ -252,9 +252,10 @@ class Turns:
         return max(len(self._queue) - 1, 0)
 
     @contextmanager
-    def turn(self, on_wait: Callable[[int, str], None]):
+    def turn(self, on_wait: Callable[[int, str], None]) -> Iterator[str]:
         """Hold the turn for the `with` block; until then call on_wait(runs ahead, their activity) each second.
-        A waiter that leaves (on_wait raising) gives up its place."""
+        A waiter that leaves (on_wait raising) gives up its place. Yields the background work running
+        beside the turn ("" if none): known when the turn starts, as none is claimed while a turn is held."""
         me = object()
         with self._cond:
             self._queue.append(me)
@@ -263,7 +264,8 @@ class Turns:
                 while self._queue[0] is not me:
                     on_wait(self._queue.index(me), self.activity)
                     self._cond.wait(1.0)
-            yield
+                overlapped = self._background
+            yield overlapped
         finally:
             with self._cond:
                 if self._queue[0] is me:
@@ -271,10 +273,16 @@ class Turns:
                 self._queue.remove(me)
                 self._cond.notify_all()
 
-    def wait_idle(self) -> None:
+    def claim_background(self, what: str) -> None:
+        """Wait until no transcription runs or waits, then mark `what` as running beside the turns."""
         with self._cond:
             while self.busy():
                 self._cond.wait(1.0)
+            self._background = what
+
+    def release_background(self) -> None:
+        with self._cond:
+            self._background = ""
 
     def status(self) -> str:
         if not self.busy():
@@ -452,12 +460,11 @@ def _run_one(backend: str, samples: np.ndarray, model: str, device: str, options
     def waiting(ahead: int, activity: str) -> None:
         say(f"waiting for its turn, {ahead} run{'s' if ahead > 1 else ''} ahead" + (f" ({activity})" if activity else ""))
 
-    def sharing() -> str:
-        """What shares the CPU with the transcription now: background work, or another model loading."""
-        return turns.background or ("a model load or compile" if cache.busy() else "")
+    def loading() -> str:  # loads run outside the turns: asked at the start and the end of the transcription
+        return "a model load or compile" if cache.busy() else ""
 
-    with turns.turn(waiting):
-        shared = sharing()
+    with turns.turn(waiting) as background:
+        shared = background or loading()
         audio_s = len(samples) / SAMPLE_RATE
         if "progress" not in inspect.signature(transcriber.transcribe).parameters:
             turns.activity = f"{label(backend)}: transcribing {audio_s:.0f} s of audio"
@@ -474,7 +481,7 @@ def _run_one(backend: str, samples: np.ndarray, model: str, device: str, options
 
             report()
             result = transcriber.transcribe(samples, options, progress=report)
-        return result, shared or sharing()
+        return result, shared or loading()
 
 
 def _assemble(panels: dict[str, Panel], n_samples: int, model: str, device: str, reference_text: str,
@@ -724,20 +731,18 @@ class ComponentChecks:
             return self._thread
 
     def _run(self, model: str, device: str, components: tuple[str, ...] | None) -> None:
-        self._turns.wait_idle()
-        self._turns.background = "the component checks"
+        self._turns.claim_background("the component checks")
         try:
             for self.rows, self.message in run_component_checks(self._cache, model, device, components,
                                                                 self._between_checks):
                 pass
         finally:
-            self._turns.background = ""
+            self._turns.release_background()
 
     def _between_checks(self) -> None:
         """Out of the way while transcriptions run or wait."""
-        self._turns.background = ""
-        self._turns.wait_idle()
-        self._turns.background = "the component checks"
+        self._turns.release_background()
+        self._turns.claim_background("the component checks")
 
 
 # --- committed benchmark results --------------------------------------------------------------

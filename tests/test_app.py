@@ -246,7 +246,7 @@ def test_headline_says_how_many_times_faster_and_whether_tokens_match():
 def test_background_work_during_a_run_is_flagged(tmp_path):
     fakes = {b: FakeTranscriber(b) for b in ("max", "openai")}
     turns = support.Turns()
-    turns.background = "the component checks"
+    turns.claim_background("the component checks")
     comparison = support.run_comparison((16000, np.full(16000, 1000, np.int16)), ["max", "openai"], "fake", "cpu",
                                         DecodeOptions(), support.ModelCache(lambda backend, **kw: fakes[backend]),
                                         out_dir=tmp_path, turns=turns)
