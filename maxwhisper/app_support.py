@@ -31,6 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -103,24 +104,32 @@ POLLER_SLACK_NS = 20_000_000
 
 def create_warmed_up(backend: str, **kwargs):
     """`create_transcriber`, then one transcription of 1 s of silence, so that no implementation's
-    first-call costs land in a visitor's timings. It runs in a thread whose timer slack is 20 ms:
+    first-call costs land in a visitor's timings; a failure of that transcription is raised.
 
-    MAX's runtime starts a thread at the process's first execution that waits 100 µs at a time for
-    as long as the process lives: ~6,000 wake-ups a second, ~6 % of a core in an idle app, and no
-    setting of max 26.7 changes it. A thread inherits its creator's timer slack, which lets the
-    kernel batch those wake-ups; the threads that run transcriptions keep the default slack.
+    It runs in a thread with a 20 ms timer slack: MAX's runtime starts a thread at the process's
+    first execution that wakes every 100 µs for as long as the process lives, whatever max's
+    settings. A thread inherits its creator's timer slack, which lets the kernel batch those
+    wake-ups; the threads that run transcriptions keep the default slack.
     """
     transcriber = create_transcriber(backend, **kwargs)
 
     def first_call():
-        if sys.platform == "linux":
-            ctypes.CDLL(None).prctl(PR_SET_TIMERSLACK, ctypes.c_ulong(POLLER_SLACK_NS), 0, 0, 0)
+        _set_timer_slack(POLLER_SLACK_NS)
         transcriber.transcribe(np.zeros(SAMPLE_RATE, np.float32))
 
-    thread = threading.Thread(target=first_call, name="maxwhisper-first-call")
-    thread.start()
-    thread.join()
+    with ThreadPoolExecutor(1, thread_name_prefix="maxwhisper-first-call") as pool:
+        pool.submit(first_call).result()
     return transcriber
+
+
+def _set_timer_slack(ns: int) -> None:
+    """The calling thread's timer slack (Linux's prctl); nothing where there is none."""
+    if sys.platform != "linux":
+        return
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_TIMERSLACK, ctypes.c_ulong(ns), 0, 0, 0)
+    except (OSError, AttributeError):
+        log.debug("no prctl: the default timer slack stays")
 
 
 class ModelCache:

@@ -444,6 +444,17 @@ def test_model_cache_does_not_keep_a_failed_load():
     assert cache.get("max", "tiny.en", "cpu").backend == "max" and len(attempts) == 2
 
 
+def test_a_failed_warm_up_is_a_failed_load(monkeypatch):
+    monkeypatch.setattr(support, "create_transcriber",
+                        lambda backend, **kw: FakeTranscriber(backend, error=RuntimeError("no kernel")))
+    cache = support.ModelCache(support.create_warmed_up)
+    with pytest.raises(RuntimeError, match="no kernel"):
+        cache.get("max", "fake", "cpu")
+    assert "✗ MAX Graph (this project) · fake · cpu failed: RuntimeError: no kernel" in cache.status()
+    monkeypatch.setattr(support, "create_transcriber", lambda backend, **kw: FakeTranscriber(backend))
+    assert support.create_warmed_up("max").backend == "max"
+
+
 def test_word_diff():
     assert support.normalize("And so, my fellow Americans — ask NOT! Don't") == "and so my fellow americans ask not don't"
     wer, diff = support.word_diff("the cat sat", "the cat sat")
