@@ -203,9 +203,14 @@ def build_demo(cache: support.ModelCache, max_seconds: float = 600.0, turns: sup
 
 def quiet_queue(demo: gr.Blocks) -> None:
     """Gradio's queue polls every 1 ms while free: ~1,000 wake-ups a second in an idle app. 50 ms
-    (its own setting on Windows) costs a request at most that much delay."""
-    demo._queue.sleep_when_free = 0.05
-    demo._queue.progress_update_sleep_when_free = 0.1
+    (its own setting on Windows) costs a request at most that much delay. Gradio's private settings:
+    where this Gradio lacks them, a warning, and the queue keeps its own."""
+    queue = getattr(demo, "_queue", None)
+    if not all(hasattr(queue, name) for name in ("sleep_when_free", "progress_update_sleep_when_free")):
+        logging.getLogger(__name__).warning("this Gradio's queue has no sleep_when_free: it polls at its own rate")
+        return
+    queue.sleep_when_free = 0.05
+    queue.progress_update_sleep_when_free = 0.1
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -516,6 +516,20 @@ def test_app_builds_with_the_examples():
         assert Path(path).stat().st_size < 1.5e6 and Path(path).name in (app.EXAMPLES_DIR / "README.md").read_text()
 
 
+def test_quiet_queue_without_gradio_s_private_queue(caplog):
+    import app
+
+    class Demo:
+        pass
+
+    app.quiet_queue(Demo())
+    assert "polls at its own rate" in caplog.text
+    demo = app.build_demo(support.ModelCache(no_loading), max_seconds=60)
+    demo.queue()
+    app.quiet_queue(demo)
+    assert demo._queue.sleep_when_free == 0.05
+
+
 def test_space_front_matter_pins_the_tested_gradio():
     import gradio
     from packaging.requirements import Requirement
