@@ -866,25 +866,36 @@ def _bench_stage_figure(rows: list[tuple[str, dict]]) -> go.Figure:
 
 
 def benchmark_headline(directory: Path) -> str:
-    """Markdown: the committed benchmark's result on its longest clip, with its machine; "" without one."""
+    """Markdown: the committed benchmark's result on its longest clip, with its machine; "" without one
+    (a run whose numbers are missing or not numbers is passed over)."""
     runs, _ = _read_runs(directory)
     for run in runs:
-        clips = {r["audio"]: r["audio_s"] or 0 for r in run.rows if r["backend"] == "max"}
-        if not clips:
+        try:
+            headline = _run_headline(run)
+        except (TypeError, ValueError, ZeroDivisionError, AttributeError) as e:
+            log.warning("no headline from %s: %s", run.name, e)
             continue
-        clip = max(clips, key=clips.get)
-        on_clip = [r for r in run.rows if r["audio"] == clip]
-        mx = next(r for r in on_clip if r["backend"] == "max")
-        speed = "; ".join(f"{_times(r['total_s_median'] / mx['total_s_median'])} {label(r['backend'])} "
-                          f"{r['precision']} ({r['total_s_median']:.2f} s)" for r in on_clip if r["backend"] != "max")
-        same = {True: " Its tokens are identical to openai-whisper's.", False: " Its tokens differ from openai-whisper's."}
-        machine = run.machine
-        return (f"### Committed benchmark: on {clip} ({clips[clip]:.0f} s, {mx['model']}), MAX Graph took "
-                f"{mx['total_s_median']:.2f} s: {speed}.\n"
-                f"Medians on {machine.get('cpu', 'a CPU')}, {machine.get('cores', '?')} cores "
-                f"(`{run.name}`).{same.get(mx['tokens_identical_to_openai'], '')} "
-                f"Run a clip to measure on this machine.")
+        if headline:
+            return headline
     return ""
+
+
+def _run_headline(run: BenchmarkRun) -> str:
+    clips = {r["audio"]: r["audio_s"] or 0 for r in run.rows if r["backend"] == "max"}
+    if not clips:
+        return ""
+    clip = max(clips, key=clips.get)
+    on_clip = [r for r in run.rows if r["audio"] == clip]
+    mx = next(r for r in on_clip if r["backend"] == "max")
+    speed = "; ".join(f"{_times(r['total_s_median'] / mx['total_s_median'])} {label(r['backend'])} "
+                      f"{r['precision']} ({r['total_s_median']:.2f} s)" for r in on_clip if r["backend"] != "max")
+    same = {True: " Its tokens are identical to openai-whisper's.", False: " Its tokens differ from openai-whisper's."}
+    machine = run.machine
+    return (f"### Committed benchmark: on {clip} ({clips[clip]:.0f} s, {mx['model']}), MAX Graph took "
+            f"{mx['total_s_median']:.2f} s: {speed}.\n"
+            f"Medians on {machine.get('cpu', 'a CPU')}, {machine.get('cores', '?')} cores "
+            f"(`{run.name}`).{same.get(mx['tokens_identical_to_openai'], '')} "
+            f"Run a clip to measure on this machine.")
 
 
 # --- system -----------------------------------------------------------------------------------

@@ -294,6 +294,15 @@ def test_committed_benchmark_headline():
     assert "tokens are identical to openai-whisper's" in headline
 
 
+@pytest.mark.parametrize("median", [None, 0, "fast"])
+def test_committed_benchmark_headline_with_bad_numbers(tmp_path, median):
+    row = {"audio": "jfk.flac", "audio_s": 11.0, "backend": "max", "model": "tiny.en", "precision": "fp32",
+           "total_s_median": median}
+    doc = {"results": [row, {**row, "backend": "openai", "total_s_median": 1.0}]}
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    assert support.benchmark_headline(tmp_path) == ""
+
+
 def test_no_speech_found_is_said():
     fakes = {b: FakeTranscriber(b, text="") for b in ("max", "openai")}
     comparison = support.run_comparison((16000, np.full(16000, 1000, np.int16)), ["max", "openai"], "fake", "cpu",
