@@ -129,8 +129,9 @@ def build_demo(cache: support.ModelCache, max_seconds: float = 600.0, turns: sup
 
         with gr.Tab("Component tests"):
             gr.Markdown("Each MAX component against openai-whisper's PyTorch module built from the same weights "
-                        "(`maxwhisper.selfcheck`). They run once in the background after start-up, pausing while "
-                        "transcriptions run; the button runs them again with the model and device chosen on the "
+                        "(`maxwhisper.selfcheck`). They run in the background once the start-up warm-up is done "
+                        "(unless the app started with `--no-warm-up`); before each check they wait while "
+                        "transcriptions run or wait. The button runs them with the model and device chosen on the "
                         "first tab.")
             checks_message = gr.Markdown(checks.message, elem_id="checks-message")
             checks_table = gr.Dataframe(checks.rows or None, headers=support.CHECK_HEADERS, interactive=False,
