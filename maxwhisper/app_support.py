@@ -70,8 +70,8 @@ def colored(backend: str, text: str | None = None) -> str:
 
 
 def hide_paths(text: str) -> str:
-    """Absolute paths (the server's files) reduced to their file names."""
-    return re.sub(r"(?<![\w.])/(?:[^\s/'\"]+/)+([^\s/'\"]+)", r"\1", text)
+    """Absolute paths (the server's files) reduced to their file names; URLs kept."""
+    return re.sub(r"(?<![\w.:/])/(?:[^\s/'\"]+/)+([^\s/'\"]+)", r"\1", text)
 
 
 def error_message(e: BaseException) -> str:

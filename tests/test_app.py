@@ -421,6 +421,7 @@ def test_compile_cache_on_persistent_storage(tmp_path, monkeypatch):
 
 def test_server_paths_are_hidden():
     assert support.hide_paths("cannot read /tmp/gradio/0a1b/talk.mp3 here") == "cannot read talk.mp3 here"
+    assert support.hide_paths("see https://github.com/openai/whisper") == "see https://github.com/openai/whisper"
     assert support.error_message(RuntimeError("no file '/srv/app/x.bin'")) == "RuntimeError: no file 'x.bin'"
 
 
