@@ -161,13 +161,12 @@ def build_demo(cache: support.ModelCache, max_seconds: float = 600.0, turns: sup
 
         def transcribe(audio, chosen, model, device, language, task, beam_size, timestamps, word_timestamps,
                        initial_prompt, condition, silence, reference_text):
-            options = DecodeOptions(language=None if language == "auto" else language, task=task,
-                                    beam_size=int(beam_size), without_timestamps=not timestamps,
-                                    word_timestamps=word_timestamps, initial_prompt=initial_prompt or None,
-                                    condition_on_previous_text=condition,
-                                    hallucination_silence_threshold=float(silence) if silence else None)
-
-            def run(progress, on_partial):
+            def run(progress, on_partial):  # inside watch: bad option values become the run's message
+                options = DecodeOptions(language=None if language == "auto" else language, task=task,
+                                        beam_size=int(beam_size), without_timestamps=not timestamps,
+                                        word_timestamps=word_timestamps, initial_prompt=initial_prompt or None,
+                                        condition_on_previous_text=condition,
+                                        hallucination_silence_threshold=float(silence) if silence else None)
                 return support.run_comparison(audio, chosen, model, device_of(device), options, cache,
                                               max_seconds=max_seconds, reference_text=reference_text,
                                               progress=progress, turns=turns, on_partial=on_partial)
