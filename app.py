@@ -105,8 +105,9 @@ def build_demo(cache: support.ModelCache, max_seconds: float = 600.0, turns: sup
                         condition = gr.Checkbox(True, label="Condition on previous text")
                         silence = gr.Number(0, minimum=0, label="Hallucination silence threshold, s (0 = off; "
                                                                 "needs word timestamps)")
-            if models and example_rows(models):
-                gr.Examples(example_rows(models), inputs=[audio, model, reference_text], elem_id="examples",
+            examples = example_rows(models) if models else []
+            if examples:
+                gr.Examples(examples, inputs=[audio, model, reference_text], elem_id="examples",
                             label="Examples (examples/: sources and licences in examples/README.md)",
                             cache_examples=False)
             message = gr.Markdown(elem_id="message")
