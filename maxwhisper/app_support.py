@@ -74,6 +74,11 @@ def hide_paths(text: str) -> str:
     return re.sub(r"(?<![\w.:/])/(?:[^\s/'\"]+/)+([^\s/'\"]+)", r"\1", text)
 
 
+def load_text(load_s: float, compile_s: float | None) -> str:
+    """'load X s', plus ' + compile Y s' when there was a compile."""
+    return f"load {load_s:.1f} s" + (f" + compile {compile_s:.1f} s" if compile_s else "")
+
+
 def error_message(e: BaseException) -> str:
     """A MaxWhisperError's message is meant for people; anything else is named by its type. No server paths."""
     return hide_paths(str(e) if isinstance(e, MaxWhisperError) else f"{type(e).__name__}: {e}")
@@ -162,8 +167,7 @@ class ModelCache:
                     self._state[key] = ("failed", error_message(e))
                     raise
                 self._loaded[key] = t
-                once = f"load {t.load_s:.1f} s" + (f" + compile {t.compile_s:.1f} s" if t.compile_s else "")
-                self._state[key] = ("ready", once)
+                self._state[key] = ("ready", load_text(t.load_s, t.compile_s))
                 self._remember(key, t.load_s + t.compile_s)
             return self._loaded[key]
 
@@ -595,7 +599,7 @@ def _fill_panel(panel: Panel, ref: TranscriptionResult | None, ref_backend: str 
     stages = " · ".join(f"{name} {value:.2f} s" for name, value in
                         (("features", tm.features_s), ("encode", tm.encode_s), ("decode", tm.decode_s))
                         if value is not None)
-    once = f"load {tm.load_s:.1f} s" + (f" + compile {tm.compile_s:.1f} s" if tm.compile_s else "")
+    once = load_text(tm.load_s, tm.compile_s)
     language = r.language + (f" ({100 * r.language_probability:.1f} %)" if r.language_probability is not None else "")
     panel.summary = (f"**{tm.total_s:.2f} s — {r.rtf:.1f}× real time**  \n{stages}  \n"
                      f"{r.device} · {r.precision} · language {language} · model {once} (once)")
@@ -646,9 +650,7 @@ def timing_figure(results: dict[str, TranscriptionResult]) -> go.Figure:
     for stage in ("features", "encode", "decode", "other"):
         fig.add_bar(y=names, x=[s[stage] for s in stages], name=stage, orientation="h",
                     marker_color=STAGE_COLORS[stage])
-    once = " · ".join(f"{label(b)}: load {r.timings.load_s:.1f} s" + (f" + compile {r.timings.compile_s:.1f} s"
-                                                                       if r.timings.compile_s else "")
-                      for b, r in results.items())
+    once = " · ".join(f"{label(b)}: {load_text(r.timings.load_s, r.timings.compile_s)}" for b, r in results.items())
     fig.update_layout(barmode="stack", height=200 + 45 * len(names), margin=dict(l=10, r=10, t=80, b=10),
                       title=dict(text=f"Time for this audio, by stage (s)<br><sup>Once per model, not included: "
                                       f"{once}</sup>"),
