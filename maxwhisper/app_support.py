@@ -634,10 +634,9 @@ def _stage_seconds(r: TranscriptionResult) -> dict[str, float]:
     return stages
 
 
-def _backend_axis(fig: go.Figure, backends: list[str], axis: str = "y", **where) -> None:
-    """The implementations' names on `axis`, each in its colour."""
-    update = fig.update_yaxes if axis == "y" else fig.update_xaxes
-    update(tickvals=[label(b) for b in backends], ticktext=[colored(b) for b in backends], **where)
+def _backend_axis(fig: go.Figure, backends: list[str]) -> None:
+    """The implementations' names on the y axis, each in its colour."""
+    fig.update_yaxes(tickvals=[label(b) for b in backends], ticktext=[colored(b) for b in backends])
 
 
 def timing_figure(results: dict[str, TranscriptionResult]) -> go.Figure:
