@@ -1,5 +1,5 @@
 """Whisper's building blocks as MAX Graph ops. Shapes: B batch, T/S sequence, d model width,
-H heads, Dh = d / H. Activations run in the model dtype; layer norm and softmax in float32,
+H heads, Dh = d / H. Activations run in the model dtype; layer norm and attention in float32,
 as openai-whisper does under fp16."""
 from __future__ import annotations
 
@@ -208,7 +208,16 @@ def attention_scores(q: TensorValue, k_t: TensorValue) -> TensorValue:
     Written `(q @ k^T) * scale` and followed by softmax and `@ v`, MAX's CPU compiler fuses the
     whole attention into its flash-attention kernel. (Decoder steps use `attention_scores_few_rows`.)
     """
+    q, k_t = _widened(q), _widened(k_t)
     return (ops.matmul(q, k_t) * (int(q.shape[-1]) ** -0.5)).cast(DType.float32)
+
+
+def _widened(x: TensorValue) -> TensorValue:
+    """x in float32: under fp16 attention runs in float32 from q, k and v to its output. Its scores
+    are dot products in the hundreds, where float16 keeps only ~0.1-0.5: rounded so, the softmax
+    weights come out several % wrong (PyTorch's attention keeps them in float32 under fp16 too).
+    And MAX fuses q @ k^T, softmax, @ v into one kernel that needs q, k and v of one dtype."""
+    return x.cast(DType.float32) if x.dtype != DType.float32 else x
 
 
 def attend(scores: TensorValue, v: TensorValue, mask: TensorValue | None = None) -> TensorValue:
@@ -216,7 +225,7 @@ def attend(scores: TensorValue, v: TensorValue, mask: TensorValue | None = None)
     broadcastable to the scores -> [B, H, T, Dh]."""
     if mask is not None:
         scores = scores + mask
-    return ops.matmul(ops.softmax(scores).cast(v.dtype), v)
+    return ops.matmul(ops.softmax(scores), _widened(v)).cast(v.dtype)
 
 
 def attention(q: TensorValue, k_t: TensorValue, v: TensorValue, mask: TensorValue | None = None) -> TensorValue:
@@ -229,7 +238,7 @@ def attention_scores_few_rows(q: TensorValue, k: TensorValue) -> TensorValue:
     For decoder steps (n small, S up to 1500): k @ q^T streams the keys through MAX's
     matrix-vector product, like `linear_few_rows`; only the small [.., S, n] result is transposed.
     """
-    scores = ops.transpose(ops.matmul(k, ops.transpose(q, -1, -2)), -1, -2)
+    scores = ops.transpose(ops.matmul(_widened(k), ops.transpose(_widened(q), -1, -2)), -1, -2)
     return (scores * (int(q.shape[-1]) ** -0.5)).cast(DType.float32)
 
 
@@ -238,8 +247,8 @@ def attend_few_rows(scores: TensorValue, v_t: TensorValue, mask: TensorValue | N
     -> [B, H, n, Dh], computed as (v_t @ p^T)^T for the reason in `attention_scores_few_rows`."""
     if mask is not None:
         scores = scores + mask
-    p = ops.softmax(scores).cast(v_t.dtype)
-    return ops.transpose(ops.matmul(v_t, ops.transpose(p, -1, -2)), -1, -2)
+    p = ops.softmax(scores)
+    return ops.transpose(ops.matmul(_widened(v_t), ops.transpose(p, -1, -2)), -1, -2).cast(v_t.dtype)
 
 
 def kernel_library() -> Path:
