@@ -35,10 +35,16 @@ def max_tiny_en_portable():
     return MaxTranscriber("tiny.en", device="cpu", kernels=False)
 
 
-@pytest.fixture(params=["cpu-kernels", "portable"])
-def max_tiny_en_each_plan(request):
-    """tiny.en under each execution plan: the token-equality tests run on both."""
-    return request.getfixturevalue("max_tiny_en" if request.param == "cpu-kernels" else "max_tiny_en_portable")
+def each_plan(fixture: str):
+    """A fixture giving the session's `fixture` (the CPU kernels' plan) and `{fixture}_portable` in
+    turn: the token-equality tests run on both execution plans."""
+    @pytest.fixture(params=["cpu-kernels", "portable"])
+    def either(request):
+        return request.getfixturevalue(fixture if request.param == "cpu-kernels" else f"{fixture}_portable")
+    return either
+
+
+max_tiny_en_each_plan = each_plan("max_tiny_en")
 
 
 @pytest.fixture(scope="session")

@@ -79,7 +79,8 @@ def test_auto_falls_back_to_the_cpu_with_a_reason_when_max_cannot_use_the_gpu(mo
     assert graph_model.resolve_device("cpu") == ("cpu", None)
     assert graph_model.describe_devices() == ["cpu", "a GPU MAX cannot use"]
     monkeypatch.setattr(graph_model.driver, "accelerator_count", lambda: 0)
-    assert graph_model.resolve_device("auto") == ("cpu", "MAX sees no GPU on this machine")
+    assert graph_model.resolve_device("auto") == ("cpu", None)  # no GPU at all: nothing to say
+    assert graph_model.gpu_status() == graph_model.NO_GPU
 
 
 def test_no_kernels_is_an_option_of_the_max_backend_only():

@@ -51,12 +51,15 @@ def build_graph(name: str, arrays: dict[str, np.ndarray], dims: ModelDims, plan:
     return graph, w.registry()
 
 
+NO_GPU = "MAX sees no GPU on this machine"
+
+
 def gpu_status() -> str | None:
-    """None when MAX can use a GPU here, else one line saying why not (none seen; a GPU MAX cannot
+    """None when MAX can use a GPU here, else one line saying why not (NO_GPU; a GPU MAX cannot
     open, e.g. under an NVIDIA driver older than MAX needs)."""
     try:
         if driver.accelerator_count() == 0:
-            return "MAX sees no GPU on this machine"
+            return NO_GPU
         driver.Accelerator()
     except Exception as e:  # noqa: BLE001 - whatever the driver says, the CPU still works
         return f"MAX cannot use the GPU (MAX 26.7 needs an NVIDIA driver 580 or newer): {type(e).__name__}: {e}"
@@ -68,11 +71,11 @@ def gpu_available() -> bool:
 
 
 def resolve_device(device: str) -> tuple[str, str | None]:
-    """"auto" -> ("gpu", None) when MAX can use a GPU, else ("cpu", why not); "gpu" without a
-    usable one is an error."""
+    """"auto" -> ("gpu", None) when MAX can use a GPU, ("cpu", None) when there is none, and
+    ("cpu", why not) when there is one MAX cannot use; "gpu" without a usable one is an error."""
     problem = gpu_status() if device in ("auto", "gpu") else None
     if device == "auto":
-        return ("cpu", problem) if problem else ("gpu", None)
+        return ("cpu", None if problem == NO_GPU else problem) if problem else ("gpu", None)
     if device == "gpu" and problem:
         raise BackendError(f"--device gpu: {problem} (use --device cpu or auto)")
     return device, None
