@@ -55,7 +55,7 @@ def _compile_arch(arch: str, args: argparse.Namespace) -> list[dict]:
             rows.append(json.loads(line))
             r = rows[-1]
             print(f"{r['graph']:<14} {r['precision']:<5} {r['arch']:<6} {'ok' if r['ok'] else 'FAILED':<7}"
-                  f"{r['seconds']:>8.1f}  {r['error'] or ''}", flush=True)
+                  f"{r['seconds']:>8.1f}  {r['error'] or ''}".rstrip(), flush=True)
     stderr = child.stderr.read()
     if child.wait() != 0:
         last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit code {child.returncode}"
@@ -93,8 +93,9 @@ def main(args: argparse.Namespace) -> int:
         doc = {"command": command, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "model": args.model, "machine": machine_info(), "versions": versions(), "graphs": rows}
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-        args.output.with_suffix(".md").write_text(markdown(doc), encoding="utf-8")
+        args.output.parent.joinpath(args.output.name + ".json").write_text(json.dumps(doc, indent=1) + "\n",
+                                                                            encoding="utf-8")
+        args.output.parent.joinpath(args.output.name + ".md").write_text(markdown(doc), encoding="utf-8")
     return 1 if failed or not rows else 0
 
 

@@ -113,15 +113,15 @@ def test_no_kernels_prints_the_jfk_sentence():
 
 def test_gpu_compile_compiles_the_encoder_and_decoder_step_for_an_h100(tmp_path):
     """No GPU here: MAX compiles for a virtual sm_90 (H100) in fp16; the report says so."""
-    out = tmp_path / "gpu-compile"
+    out = tmp_path / "gpu-compile-tiny.en"
     p = cli("gpu-compile", "--arch", "sm_90", "--precision", "fp16", "--graphs", "encoder,decoder_step",
             "--output", out, timeout=1800)
     assert p.returncode == 0, p.stderr + p.stdout
-    rows = json.loads(out.with_suffix(".json").read_text())["graphs"]
+    rows = json.loads((tmp_path / "gpu-compile-tiny.en.json").read_text())["graphs"]
     assert [(r["graph"], r["precision"], r["arch"], r["ok"]) for r in rows] == \
         [("encoder", "fp16", "sm_90", True), ("decoder_step", "fp16", "sm_90", True)]
     assert "2 compiled, 0 failed" in p.stdout and "| encoder | fp16 | sm_90 | H100, H200 | ok |" in \
-        out.with_suffix(".md").read_text()
+        (tmp_path / "gpu-compile-tiny.en.md").read_text()
 
 
 # --- errors ---------------------------------------------------------------------------------
