@@ -69,7 +69,9 @@ def markdown(doc: dict) -> str:
     m = doc["machine"]
     lines = [f"# MAX graphs of the GPU path compiled for virtual NVIDIA GPUs ({doc['model']})", "",
              f"`{doc['command']}` on {m['cpu']} ({m.get('vector_isa') or 'unknown ISA'}, {m['cores']} cores, "
-             f"no GPU), MAX {doc['versions'].get('max')}. Compiled, not run: a virtual device executes nothing.", "",
+             f"no GPU), MAX {doc['versions'].get('max')}. Compiled, not run: a virtual device executes nothing. "
+             "Seconds are what loading the graph took: a compile, or a read from MAX's disk cache where the "
+             "same graph had been compiled before.", "",
              "| graph | precision | arch | GPUs | result | seconds |", "|---|---|---|---|---|---:|"]
     for r in doc["graphs"]:
         result = "ok" if r["ok"] else f"FAILED: {r['error']}"
