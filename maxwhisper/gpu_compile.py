@@ -11,6 +11,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -47,17 +48,20 @@ def _check(args: argparse.Namespace) -> None:
 def _compile_arch(arch: str, args: argparse.Namespace) -> list[dict]:
     """One child process for `arch`; its rows as they arrive (printed), or one failed row if it died."""
     request = json.dumps({"arch": arch, "model": args.model, "precisions": args.precision, "graphs": args.graphs})
-    child = subprocess.Popen([sys.executable, "-m", "maxwhisper.gpu_compile", request],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    rows = []
-    for line in child.stdout:
-        if line.startswith("{"):
-            rows.append(json.loads(line))
-            r = rows[-1]
-            print(f"{r['graph']:<14} {r['precision']:<5} {r['arch']:<6} {'ok' if r['ok'] else 'FAILED':<7}"
-                  f"{r['seconds']:>8.1f}  {r['error'] or ''}".rstrip(), flush=True)
-    stderr = child.stderr.read()
-    if child.wait() != 0:
+    with tempfile.TemporaryFile("w+") as errors:  # a file, not a pipe: MAX's logs cannot fill it and stall the child
+        child = subprocess.Popen([sys.executable, "-m", "maxwhisper.gpu_compile", request],
+                                 stdout=subprocess.PIPE, stderr=errors, text=True)
+        rows = []
+        for line in child.stdout:
+            if line.startswith("{"):
+                rows.append(json.loads(line))
+                r = rows[-1]
+                print(f"{r['graph']:<14} {r['precision']:<5} {r['arch']:<6} {'ok' if r['ok'] else 'FAILED':<7}"
+                      f"{r['seconds']:>8.1f}  {r['error'] or ''}".rstrip(), flush=True)
+        child.wait()
+        errors.seek(0)
+        stderr = errors.read()
+    if child.returncode != 0:
         last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit code {child.returncode}"
         rows.append({"graph": "(process)", "precision": ",".join(args.precision), "arch": arch, "ok": False,
                      "seconds": 0.0, "error": last})
