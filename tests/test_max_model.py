@@ -145,9 +145,9 @@ def test_encoder_attention_kernel_matches_numpy():
 
 
 def test_decoder_layer_step_kernel_matches_numpy():
-    """`decoder_layer.mojo`, one whole decoder block for one token, against float64 numpy: d 64 in
-    4 heads, a cache whose unfilled positions hold NaN (read, they would show), cross-attention
-    over 40 frames; at offset 0 (only this token's key) and 5."""
+    """`decoder_layer.mojo`, one whole decoder block for one new token of each of 3 sequences,
+    against float64 numpy: d 64 in 4 heads, caches whose unfilled positions hold NaN (read, they
+    would show), cross-attention over 40 frames; at offset 0 (only this token's key) and 5."""
     from math import erf
 
     from max.dtype import DType
@@ -156,7 +156,7 @@ def test_decoder_layer_step_kernel_matches_numpy():
     from maxwhisper.graph.decoder import LAYER_STEP_VECTORS, LAYER_STEP_WEIGHTS, decoder_layer_step
     from maxwhisper.graph.layers import WeightBank
 
-    d, h, s, t = 64, 4, 32, 40
+    d, h, s, t, b = 64, 4, 32, 40, 3
     dh = d // h
     rng = np.random.default_rng(0)
     shapes = {"attn.qkv": (3 * d, d), "attn.out": (d, d), "cross_attn.query": (d, d), "cross_attn.out": (d, d),
@@ -170,7 +170,7 @@ def test_decoder_layer_step_kernel_matches_numpy():
     cpu = DeviceRef.CPU()
     w = WeightBank(arrays, DType.float32, cpu)
     types = [TensorType(DType.float32, shape, device=cpu)
-             for shape in ([1, d], [1, h, s, dh], [1, h, dh, s], [1, h, t, dh], [1, h, dh, t])]
+             for shape in ([b, d], [b, h, s, dh], [b, h, dh, s], [b, h, t, dh], [b, h, dh, t])]
     run = _kernel_graph("decoder_layer_step_test", [*types, TensorType(DType.int64, [1], device=cpu)],
                         lambda x, ck, cv, xk, xv, offset: decoder_layer_step(w, "blk", x, ck, cv, xk, xv, offset), w)
 
@@ -192,18 +192,19 @@ def test_decoder_layer_step_kernel_matches_numpy():
         ck[:, :, offset:], cv[..., offset:] = np.nan, np.nan
         out, k_new, v_new = run(x, ck, cv, cross_k, cross_v_t, np.array([offset], np.int64))
 
-        y = x[0].astype(np.float64)
-        q, k, v = np.split(lin(ln(y, "attn_ln"), "attn.qkv"), 3)
-        keys = np.concatenate([cache_k[0, :, :offset], k.reshape(h, 1, dh)], axis=1)
-        values = np.concatenate([cache_v_t[0, :, :, :offset].transpose(0, 2, 1), v.reshape(h, 1, dh)], axis=1)
-        y = y + lin(attend(q.reshape(h, dh), keys, values), "attn.out")
-        q = lin(ln(y, "cross_attn_ln"), "cross_attn.query").reshape(h, dh)
-        y = y + lin(attend(q, cross_k[0], cross_v_t[0].transpose(0, 2, 1)), "cross_attn.out")
-        hidden = lin(ln(y, "mlp_ln"), "mlp.0")
-        y = y + lin(np.array([0.5 * a * (1 + erf(a / np.sqrt(2))) for a in hidden]), "mlp.2")
-        np.testing.assert_allclose(k_new, k.reshape(h, dh), rtol=0, atol=1e-5)
-        np.testing.assert_allclose(v_new, v.reshape(h, dh), rtol=0, atol=1e-5)
-        np.testing.assert_allclose(out[0], y, rtol=0, atol=5e-5)
+        for i in range(b):
+            y = x[i].astype(np.float64)
+            q, k, v = np.split(lin(ln(y, "attn_ln"), "attn.qkv"), 3)
+            keys = np.concatenate([cache_k[i, :, :offset], k.reshape(h, 1, dh)], axis=1)
+            values = np.concatenate([cache_v_t[i, :, :, :offset].transpose(0, 2, 1), v.reshape(h, 1, dh)], axis=1)
+            y = y + lin(attend(q.reshape(h, dh), keys, values), "attn.out")
+            q = lin(ln(y, "cross_attn_ln"), "cross_attn.query").reshape(h, dh)
+            y = y + lin(attend(q, cross_k[i], cross_v_t[i].transpose(0, 2, 1)), "cross_attn.out")
+            hidden = lin(ln(y, "mlp_ln"), "mlp.0")
+            y = y + lin(np.array([0.5 * a * (1 + erf(a / np.sqrt(2))) for a in hidden]), "mlp.2")
+            np.testing.assert_allclose(k_new[i], k, rtol=0, atol=1e-5)
+            np.testing.assert_allclose(v_new[i], v, rtol=0, atol=1e-5)
+            np.testing.assert_allclose(out[i], y, rtol=0, atol=5e-5)
 
 
 def test_packed_linear_kernel_matches_numpy():

@@ -9,8 +9,8 @@ a step reads them as matrix-vector products (`attention_scores_few_rows`, `atten
 Under the CPU kernels' plan a one-row call goes further: its attention is one Mojo kernel
 (`layers.few_row_attention`) that reads only the filled part of the cache, and the graph also
 picks the greedy token (`layers.greedy_choice`), so the host need not look at the logits. One
-token of one sequence (every greedy step after the prompt) has a graph of its own there, one
-Mojo op per layer (`build_token_step_graph`): ~25 ops instead of ~100. The cache's write offset
+new token of each sequence (every step after the prompt, batched or not) has a graph of its own
+there, one Mojo op per layer (`build_token_step_graph`): ~25 ops instead of ~100. The cache's write offset
 is a host-resident input in every plan: slice bounds must live on the host on a GPU.
 """
 from __future__ import annotations
@@ -161,45 +161,46 @@ LAYER_STEP_VECTORS = ("attn_ln.weight", "attn_ln.bias", "attn.qkv.bias", "attn.o
 
 def decoder_layer_step(w: WeightBank, p: str, x: TensorValue, cache_k: TensorValue, cache_v_t: TensorValue,
                        cross_k: TensorValue, cross_v_t: TensorValue, offset: TensorValue) -> list[TensorValue]:
-    """One decoder block for one token as one CPU kernel: x [1, d]; the cache K [1, H, S, Dh] and
-    V^T [1, H, Dh, S] holding positions 0 .. offset - 1; cross K [1, H, T, Dh], V^T [1, H, Dh, T];
-    offset int64 [1] -> x [1, d], and this token's key and value [H, Dh]."""
+    """One decoder block for one new token of each of B sequences as one CPU kernel: x [B, d]; the
+    cache K [B, H, S, Dh] and V^T [B, H, Dh, S] holding positions 0 .. offset - 1; cross K
+    [B, H, T, Dh], V^T [B, H, Dh, T]; offset int64 [1] -> x [B, d], and the new keys and values
+    [B, d]."""
     weights = w.flat(f"{p}.step_weights", [f"{p}.{n}.weight" for n in LAYER_STEP_WEIGHTS], DType.float16)
     vectors = w.flat(f"{p}.step_vectors", [f"{p}.{n}" for n in LAYER_STEP_VECTORS], DType.float32)
-    h, dh = cache_k.shape[1], cache_k.shape[3]
-    out = [TensorType(DType.float32, x.shape, device=x.device)] + [TensorType(DType.float32, [h, dh], device=x.device)] * 2
+    out = [TensorType(DType.float32, x.shape, device=x.device)] * 3
     results = ops.custom("decoder_layer_step", x.device, [x, weights, vectors, cache_k, cache_v_t, cross_k, cross_v_t,
                                                           offset], out)
     return [r.tensor for r in results]
 
 
 def build_token_step_graph(w: WeightBank, dims: ModelDims) -> Graph:
-    """The step graph for one token of one sequence (every greedy step after the prompt) on the
-    CPU: each layer one `decoder_layer_step` kernel instead of ~25 ops, no `ops.cond`.
+    """The step graph for one new token of each of B sequences (every greedy or beam step after
+    the prompt) on the CPU: each layer one `decoder_layer_step` kernel instead of ~25 ops, no
+    `ops.cond`.
 
-    Inputs: token int64 [1, 1]; position int64 [1]; offset int64 [] on the host (= position); suppress float32
-    [1, n_vocab]; timestamp_begin int64 [1]; cross K [L, 1, H, T, Dh] and V^T [L, 1, H, Dh, T];
-    then per layer the cache buffers K [1, H, n_text_ctx, Dh] and V^T [1, H, Dh, n_text_ctx].
-    Outputs as `build_decoder_graph`'s: logits float32 [1, 1, n_vocab], token int64 [1], log
-    probability float32 [1]."""
-    dev, d = w.device, dims.n_text_state
-    types = [TensorType(DType.int64, [1, 1], device=dev), TensorType(DType.int64, [1], device=dev),
-             OFFSET_TYPE, TensorType(DType.float32, [1, dims.n_vocab], device=dev),
-             TensorType(DType.int64, [1], device=dev), *_cross_types(dims, w.dtype, dev, 1),
-             *_cache_types(dims, w.dtype, dev, 1)]
+    Inputs: tokens int64 [B, 1]; position int64 [1]; offset int64 [] on the host (= position);
+    suppress float32 [B, n_vocab]; timestamp_begin int64 [1]; cross K [L, B, H, T, Dh] and V^T
+    [L, B, H, Dh, T]; then per layer the cache buffers K [B, H, n_text_ctx, Dh] and V^T
+    [B, H, Dh, n_text_ctx]. Outputs as `build_decoder_graph`'s: logits float32 [B, 1, n_vocab],
+    tokens int64 [B], log probabilities float32 [B]."""
+    dev, d, h = w.device, dims.n_text_state, dims.n_text_head
+    types = [TensorType(DType.int64, ["batch", 1], device=dev), TensorType(DType.int64, [1], device=dev),
+             OFFSET_TYPE, TensorType(DType.float32, ["batch", dims.n_vocab], device=dev),
+             TensorType(DType.int64, [1], device=dev), *_cross_types(dims, w.dtype, dev, "batch"),
+             *_cache_types(dims, w.dtype, dev)]
     with Graph("whisper_token_step", input_types=types, custom_extensions=[kernel_library()]) as graph:
-        token, position, offset, suppress, timestamp_begin, cross_k, cross_v_t = (v.tensor for v in graph.inputs[:7])
+        tokens, position, offset, suppress, timestamp_begin, cross_k, cross_v_t = (v.tensor for v in graph.inputs[:7])
         caches = graph.inputs[7:]
-        x = ops.reshape(_embed(w, token, position, half=True), [1, d])
+        batch = tokens.shape[0]
+        x = ops.reshape(_embed(w, tokens, position, half=True), [batch, d])
         new = (slice(offset, offset + 1), 1)
         for i in range(dims.n_text_layer):
             k_buf, v_buf = caches[2 * i], caches[2 * i + 1]
             x, k, v = decoder_layer_step(w, f"decoder.blocks.{i}", x, ops.buffer_load(k_buf), ops.buffer_load(v_buf),
                                          cross_k[i], cross_v_t[i], offset.reshape([1]))
-            h, dh = k.shape
-            ops.buffer_store_slice(k_buf, ops.reshape(k, [1, h, 1, dh]), [slice(None)] * 2 + [new, slice(None)])
-            ops.buffer_store_slice(v_buf, ops.reshape(v, [1, h, dh, 1]), [slice(None)] * 3 + [new])
-        logits = _logits(w, ops.reshape(x, [1, 1, d]), few_row_linear)
+            ops.buffer_store_slice(k_buf, ops.reshape(k, [batch, h, 1, d // h]), [slice(None)] * 2 + [new, slice(None)])
+            ops.buffer_store_slice(v_buf, ops.reshape(v, [batch, h, d // h, 1]), [slice(None)] * 3 + [new])
+        logits = _logits(w, ops.reshape(x, [batch, 1, d]), few_row_linear)
         graph.output(logits, *greedy_choice(logits, suppress, timestamp_begin))
     return graph
 

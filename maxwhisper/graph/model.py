@@ -212,8 +212,8 @@ class MaxInference:
         m = self.model
         offset = driver.Buffer.from_numpy(np.array(self.cached, np.int64))  # stays on the host
         inputs = []
-        if m.token_step is not None and new.shape == (1, 1) and index.tolist() == [0]:
-            graph = m.token_step  # takes no mask and no index: one token, its own logits
+        if m.token_step is not None and n == 1 and index.tolist() == [0]:
+            graph = m.token_step  # takes no mask and no index: one new token per sequence, its own logits
         else:
             graph = m.decoder
             inputs = [np.where(np.arange(m.dims.n_text_ctx)[None, :] <= pos[:, None], 0.0, -np.inf).astype(np.float32),

@@ -29,7 +29,7 @@ class ExecutionPlan:
     encoder_attention_kernel: bool  # `encoder_attention` for the encoder's self-attention
     step_kernels: bool  # `few_row_attention` for one-row step calls, and the step graph picks the greedy token
     step_linears_half: bool  # `few_row_linear` over float16-stored decoder weights, in the step graph
-    token_step: bool  # one-token steps of one sequence run the token step graph (`decoder_layer_step`)
+    token_step: bool  # one-new-token steps (any batch) run the token step graph (`decoder_layer_step`)
 
     @property
     def decoder_chooses(self) -> bool:

@@ -1,15 +1,15 @@
-# One decoder layer for one token of one sequence (a greedy step on the CPU) as a single op. A
-# step is bound by reading weights and cross K/V (~75 MB for tiny.en, ~3.3 ms at this CPU's
-# ~23 GB/s), but as ~100 MAX ops it took ~5.5-6 ms: each op's dispatch and its cold start on
-# a few hundred KB cost more than the bytes. Here a layer is 8 phases over the same arithmetic,
-# run by one task per thread (`share_phases`; a `sync_parallelize` per phase cost ~6-20 us
-# here): the linears are `few_row_linear`'s one-row path (float16-stored weights widened in
-# registers, so the same float32 products), the attentions `few_row_attention`'s.
+# One decoder layer for one new token of each of B sequences (a greedy or beam step on the CPU) as
+# a single op. A step is bound by reading weights and cross K/V (~75 MB for tiny.en), but as ~100
+# MAX ops it took well above that floor: each op's dispatch and its cold start on a few hundred KB
+# cost more than the bytes. Here a layer is 8 phases over the same arithmetic, run by one task
+# per thread (`share_phases`, cheaper than a `sync_parallelize` per phase): the linears are `few_row_linear`'s one-row path (float16-stored weights widened in
+# registers, so the same float32 products), the attentions `few_row_attention`'s. With B rows each
+# block of weight rows is multiplied with every row while it is in cache: read from memory once.
 import extensibility
 from extensibility import InputTensor, OutputTensor
 from max.gpu.host import DeviceContext
 from std.math import erf, sqrt
-from std.memory import stack_allocation
+from std.memory import alloc, stack_allocation
 
 from .attention import MAX_KEYS, attend
 from .linear import dot_rows, rows_per_item
@@ -39,17 +39,18 @@ def layer_norm[o: MutOrigin](x: F32P, d: Int, gamma: F32P, beta: F32P, dst: Unsa
 
 @extensibility.register("decoder_layer_step")
 struct DecoderLayerStep:
-    """One residual attention block of the decoder for one token of one sequence:
+    """One residual attention block of the decoder for one new token of each of B sequences:
     x += attn(ln(x)); x += cross_attn(ln(x)); x += mlp(ln(x)).
 
-    x float32 [1, d]; weights float16 [14 d^2]: attn.qkv [3d, d], attn.out [d, d],
+    x float32 [B, d]; weights float16 [14 d^2]: attn.qkv [3d, d], attn.out [d, d],
     cross_attn.query [d, d], cross_attn.out [d, d], mlp.0 [4d, d], mlp.2 [d, 4d], each [d_out,
     d_in] row-major; vectors float32 [17 d]: attn_ln weight and bias, attn.qkv bias [3d],
     attn.out bias, cross_attn_ln weight and bias, cross_attn.query bias, cross_attn.out bias,
-    mlp_ln weight and bias, mlp.0 bias [4d], mlp.2 bias; the self-attention cache K [1, H, S, Dh]
-    and V^T [1, H, Dh, S] holding positions 0 .. offset - 1; cross K [1, H, T, Dh] and V^T
-    [1, H, Dh, T]; offset int64 [1].
-    Outputs: x float32 [1, d]; this token's key and value [H, Dh] (for the cache). CPU only.
+    mlp_ln weight and bias, mlp.0 bias [4d], mlp.2 bias; the self-attention cache K [B, H, S, Dh]
+    and V^T [B, H, Dh, S] holding positions 0 .. offset - 1; cross K [B, H, T, Dh] and V^T
+    [B, H, Dh, T]; offset int64 [1].
+    Outputs: x float32 [B, d]; the new tokens' keys and values [B, d] (H heads of Dh, for the
+    cache). CPU only.
     """
 
     @staticmethod
@@ -69,14 +70,17 @@ struct DecoderLayerStep:
     ) raises:
         comptime if target != "cpu":
             raise Error("decoder_layer_step runs on the CPU only")
+        var nb = x.dim_size(0)
         var d = x.dim_size(1)
         var heads = cache_k.dim_size(1)
         var s_len = cache_k.dim_size(2)
         var t_len = cross_k.dim_size(2)
         var dh = d // heads
         var pos = Int(offset.unsafe_ptr()[0])
-        if x.dim_size(0) != 1 or d > MAX_D or d % W != 0 or dh % W != 0 or t_len > MAX_KEYS or pos >= s_len:
-            raise Error("decoder_layer_step: one row, d <= 1280, d and Dh multiples of 8, T <= 2048, offset < S")
+        if d > MAX_D or d % W != 0 or dh % W != 0 or t_len > MAX_KEYS or pos >= s_len:
+            raise Error("decoder_layer_step: d <= 1280, d and Dh multiples of 8, T <= 2048, offset < S")
+        if cache_k.dim_size(0) != nb or cross_k.dim_size(0) != nb or k_new.dim_size(0) != nb:
+            raise Error("decoder_layer_step: x, the caches, cross K/V and the new keys disagree on B")
         if weights.dim_size(0) != 14 * d * d or vectors.dim_size(0) != 17 * d:
             raise Error("decoder_layer_step: weights are not [14 d^2] and vectors [17 d]")
 
@@ -89,11 +93,11 @@ struct DecoderLayerStep:
         var cv = cache_v_t.unsafe_ptr()
         var xk = cross_k.unsafe_ptr()
         var xv = cross_v_t.unsafe_ptr()
-        # scratch shared by the phases: q [d], attention output [d], the MLP's hidden layer [4d]
-        var q = stack_allocation[MAX_D, Float32]()
-        var att = stack_allocation[MAX_D, Float32]()
-        var hidden = stack_allocation[4 * MAX_D, Float32]()
-        for i in range(0, d, W):
+        # scratch shared by the phases: q [B, d], attention output [B, d], the MLP's hidden layer [B, 4d]
+        var q = alloc[Float32](nb * d)
+        var att = alloc[Float32](nb * d)
+        var hidden = alloc[Float32](nb * 4 * d)
+        for i in range(0, nb * d, W):
             xo.store(i, x.unsafe_ptr().load[width=W](i))
 
         # where each weight and vector starts
@@ -119,89 +123,96 @@ struct DecoderLayerStep:
         var per4 = rows_per_item(4 * d)
         var items = stack_allocation[PHASES, Int]()
         items[0] = (3 * d + per3 - 1) // per3
-        items[1] = heads
+        items[1] = nb * heads
         items[2] = (d + per - 1) // per
         items[3] = items[2]
-        items[4] = heads
+        items[4] = nb * heads
         items[5] = items[2]
         items[6] = (4 * d + per4 - 1) // per4
         items[7] = items[2]
 
         # 1. q, k, v = ln1(x) @ W_qkv^T + b
-        def qkv(item: Int) {var xo, var q, var kn, var vn, var w_qkv, var ln1, var b_qkv, var d, var per3}:
+        def qkv(item: Int) {var xo, var q, var kn, var vn, var w_qkv, var ln1, var b_qkv, var d, var per3, var nb}:
             var xn = stack_allocation[MAX_D, Float32]()
-            layer_norm(xo, d, ln1, ln1 + d, xn)
             var j0 = item * per3
             var j1 = min(j0 + per3, 3 * d)
             var y = stack_allocation[4 * MAX_D, Float32]()
-            dot_rows(xn, w_qkv, d, j0, j1, y)
-            for j in range(j0, j1):
-                var v = y[j - j0] + b_qkv[j]
-                if j < d:
-                    q[j] = v
-                elif j < 2 * d:
-                    kn[j - d] = v
-                else:
-                    vn[j - 2 * d] = v
+            for b in range(nb):
+                layer_norm(xo + b * d, d, ln1, ln1 + d, xn)
+                dot_rows(xn, w_qkv, d, j0, j1, y)
+                for j in range(j0, j1):
+                    var v = y[j - j0] + b_qkv[j]
+                    if j < d:
+                        q[b * d + j] = v
+                    elif j < 2 * d:
+                        kn[b * d + j - d] = v
+                    else:
+                        vn[b * d + j - 2 * d] = v
 
         # 2. self-attention over the cache and this token
-        def self_head(h: Int) {var q, var kn, var vn, var ck, var cv, var att, var dh, var s_len, var pos}:
-            attend(q + h * dh, ck + h * s_len * dh, cv + h * dh * s_len, pos, s_len, dh, kn + h * dh, vn + h * dh,
-                   True, att + h * dh)
+        def self_head(bh: Int) {var q, var kn, var vn, var ck, var cv, var att, var dh, var s_len, var pos}:
+            var o = bh * dh  # row b, head h: b * d + h * dh
+            attend(q + o, ck + bh * s_len * dh, cv + bh * dh * s_len, pos, s_len, dh, kn + o, vn + o, True, att + o)
 
         # 3. x += att @ W_out^T + b, and the same shape of phase for each residual linear below
-        def out_proj(item: Int) {var xo, var att, var w_out, var b_out, var d, var per}:
+        def out_proj(item: Int) {var xo, var att, var w_out, var b_out, var d, var per, var nb}:
             var j0 = item * per
             var j1 = min(j0 + per, d)
             var y = stack_allocation[MAX_D, Float32]()
-            dot_rows(att, w_out, d, j0, j1, y)
-            for j in range(j0, j1):
-                xo[j] += y[j - j0] + b_out[j]
+            for b in range(nb):
+                dot_rows(att + b * d, w_out, d, j0, j1, y)
+                for j in range(j0, j1):
+                    xo[b * d + j] += y[j - j0] + b_out[j]
 
         # 4. q = ln2(x) @ W_cq^T + b
-        def cross_query(item: Int) {var xo, var q, var w_cq, var ln2, var b_cq, var d, var per}:
+        def cross_query(item: Int) {var xo, var q, var w_cq, var ln2, var b_cq, var d, var per, var nb}:
             var xn = stack_allocation[MAX_D, Float32]()
-            layer_norm(xo, d, ln2, ln2 + d, xn)
             var j0 = item * per
             var j1 = min(j0 + per, d)
             var y = stack_allocation[MAX_D, Float32]()
-            dot_rows(xn, w_cq, d, j0, j1, y)
-            for j in range(j0, j1):
-                q[j] = y[j - j0] + b_cq[j]
+            for b in range(nb):
+                layer_norm(xo + b * d, d, ln2, ln2 + d, xn)
+                dot_rows(xn, w_cq, d, j0, j1, y)
+                for j in range(j0, j1):
+                    q[b * d + j] = y[j - j0] + b_cq[j]
 
         # 5. cross-attention over the audio
-        def cross_head(h: Int) {var q, var xk, var xv, var att, var dh, var t_len}:
-            attend(q + h * dh, xk + h * t_len * dh, xv + h * dh * t_len, t_len, t_len, dh, q, q, False, att + h * dh)
+        def cross_head(bh: Int) {var q, var xk, var xv, var att, var dh, var t_len}:
+            var o = bh * dh
+            attend(q + o, xk + bh * t_len * dh, xv + bh * dh * t_len, t_len, t_len, dh, q, q, False, att + o)
 
         # 6. x += att @ W_cout^T + b
-        def cross_out(item: Int) {var xo, var att, var w_cout, var b_cout, var d, var per}:
+        def cross_out(item: Int) {var xo, var att, var w_cout, var b_cout, var d, var per, var nb}:
             var j0 = item * per
             var j1 = min(j0 + per, d)
             var y = stack_allocation[MAX_D, Float32]()
-            dot_rows(att, w_cout, d, j0, j1, y)
-            for j in range(j0, j1):
-                xo[j] += y[j - j0] + b_cout[j]
+            for b in range(nb):
+                dot_rows(att + b * d, w_cout, d, j0, j1, y)
+                for j in range(j0, j1):
+                    xo[b * d + j] += y[j - j0] + b_cout[j]
 
         # 7. hidden = gelu(ln3(x) @ W_fc1^T + b)
-        def fc1(item: Int) {var xo, var hidden, var w_fc1, var ln3, var b_fc1, var d, var per4}:
+        def fc1(item: Int) {var xo, var hidden, var w_fc1, var ln3, var b_fc1, var d, var per4, var nb}:
             var xn = stack_allocation[MAX_D, Float32]()
-            layer_norm(xo, d, ln3, ln3 + d, xn)
             var j0 = item * per4
             var j1 = min(j0 + per4, 4 * d)
             var y = stack_allocation[4 * MAX_D, Float32]()
-            dot_rows(xn, w_fc1, d, j0, j1, y)
-            for j in range(j0, j1):
-                var v = y[j - j0] + b_fc1[j]
-                hidden[j] = 0.5 * v * (1 + erf(v * 0.7071067811865476))
+            for b in range(nb):
+                layer_norm(xo + b * d, d, ln3, ln3 + d, xn)
+                dot_rows(xn, w_fc1, d, j0, j1, y)
+                for j in range(j0, j1):
+                    var v = y[j - j0] + b_fc1[j]
+                    hidden[b * 4 * d + j] = 0.5 * v * (1 + erf(v * 0.7071067811865476))
 
         # 8. x += hidden @ W_fc2^T + b
-        def fc2(item: Int) {var xo, var hidden, var w_fc2, var b_fc2, var d, var per}:
+        def fc2(item: Int) {var xo, var hidden, var w_fc2, var b_fc2, var d, var per, var nb}:
             var j0 = item * per
             var j1 = min(j0 + per, d)
             var y = stack_allocation[MAX_D, Float32]()
-            dot_rows(hidden, w_fc2, 4 * d, j0, j1, y)
-            for j in range(j0, j1):
-                xo[j] += y[j - j0] + b_fc2[j]
+            for b in range(nb):
+                dot_rows(hidden + b * 4 * d, w_fc2, 4 * d, j0, j1, y)
+                for j in range(j0, j1):
+                    xo[b * d + j] += y[j - j0] + b_fc2[j]
 
         def phase(p: Int, item: Int) {var qkv, var self_head, var out_proj, var cross_query, var cross_head,
                                        var cross_out, var fc1, var fc2}:
@@ -222,3 +233,6 @@ struct DecoderLayerStep:
             else:
                 fc2(item)
         share_phases(items, PHASES, phase)
+        q.free()
+        att.free()
+        hidden.free()
