@@ -105,6 +105,10 @@ def build_demo(cache: support.ModelCache, max_seconds: float = 600.0, turns: sup
                         condition = gr.Checkbox(True, label="Condition on previous text")
                         silence = gr.Number(0, minimum=0, label="Hallucination silence threshold, s (0 = off; "
                                                                 "needs word timestamps)")
+                        batch = gr.Dropdown([("off: 30 s windows in sequence, as openai-whisper", 0), 2, 4, 8, 16],
+                                            value=0, label="Batched long-form: speech chunks at a time",
+                                            info="Silero VAD chunks decoded together, no previous text as prompt "
+                                                 "(MAX and faster-whisper; openai-whisper has no such mode)")
             examples = example_rows(models) if models else []
             if examples:
                 gr.Examples(examples, inputs=[audio, model, reference_text], elem_id="examples",
@@ -161,13 +165,14 @@ def build_demo(cache: support.ModelCache, max_seconds: float = 600.0, turns: sup
             return [*outputs, *plots, comparison.headline or (committed if finished else gr.skip())]
 
         def transcribe(audio, chosen, model, device, language, task, beam_size, timestamps, word_timestamps,
-                       initial_prompt, condition, silence, reference_text):
+                       initial_prompt, condition, silence, batch, reference_text):
             def run(progress, on_partial):  # inside watch: bad option values become the run's message
                 options = DecodeOptions(language=None if language == "auto" else language, task=task,
                                         beam_size=int(beam_size), without_timestamps=not timestamps,
                                         word_timestamps=word_timestamps, initial_prompt=initial_prompt or None,
                                         condition_on_previous_text=condition,
-                                        hallucination_silence_threshold=float(silence) if silence else None)
+                                        hallucination_silence_threshold=float(silence) if silence else None,
+                                        batch_size=int(batch) or None)
                 return support.run_comparison(audio, chosen, model, device_of(device), options, cache,
                                               max_seconds=max_seconds, reference_text=reference_text,
                                               progress=progress, turns=turns, on_partial=on_partial)
@@ -177,7 +182,7 @@ def build_demo(cache: support.ModelCache, max_seconds: float = 600.0, turns: sup
                 yield line, *(shown(comparison, line) if comparison else unchanged)
 
         run.click(transcribe, [audio, chosen, model, device, language, task, beam_size, timestamps, word_timestamps,
-                               initial_prompt, condition, silence, reference_text],
+                               initial_prompt, condition, silence, batch, reference_text],
                   [progress, message, *panel_outputs, timing_plot, rtf_plot, headline],
                   concurrency_limit=RUNS_AT_ONCE, show_progress="hidden")
         for control in (model, device, chosen):  # say before a run what it will have to load or compile

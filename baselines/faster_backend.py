@@ -3,7 +3,8 @@
 It loads the CTranslate2 folder that `maxwhisper.checkpoint.load_checkpoint` resolved for the model
 name, the very weights openai-whisper and MAX are built from (a .pt checkpoint has no such folder:
 faster-whisper cannot load it). Every decoding option is passed explicitly; faster-whisper's own
-defaults (beam 5, ...) are never used, and its VAD filter is off.
+defaults (beam 5, ...) are never used, and its VAD filter is off, except in batched transcription
+(a batch_size), which is faster-whisper's `BatchedInferencePipeline` with its Silero VAD chunks.
 
 Stage timings (seconds, summed over the whole call):
 - features_s: the instance's `feature_extractor` (numpy log-mel), wrapped with a stopwatch;
@@ -20,7 +21,7 @@ import time
 
 import ctranslate2
 import numpy as np
-from faster_whisper import WhisperModel
+from faster_whisper import BatchedInferencePipeline, WhisperModel
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 
 from maxwhisper.api import (SAMPLE_RATE, AudioError, BackendError, DecodeOptions, MaxWhisperError, Segment,
@@ -28,13 +29,6 @@ from maxwhisper.api import (SAMPLE_RATE, AudioError, BackendError, DecodeOptions
 from maxwhisper.checkpoint import load_checkpoint
 
 COMPUTE_TYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "int8"}
-
-
-def parse_suppress_tokens(spec: str) -> list[int]:
-    try:
-        return [int(t) for t in spec.split(",") if t.strip()]
-    except ValueError:
-        raise MaxWhisperError(f"suppress_tokens must be comma-separated integers, not {spec!r}") from None
 
 
 class _Stopwatch:
@@ -159,12 +153,11 @@ class FasterTranscriber:
             raise AudioError(f"audio must be non-empty mono samples (1-D), got shape {audio.shape}")
         if options.language is not None and options.language not in _LANGUAGE_CODES:
             raise MaxWhisperError(f"unknown language {options.language!r}; use a code such as en, de, fr")
-        suppress = parse_suppress_tokens(options.suppress_tokens)  # a fresh list: faster-whisper extends it
+        suppress = options.suppress_token_ids()  # a fresh list: faster-whisper extends it
         with self._lock:
             self._features.seconds = self._encode.seconds = 0.0
             t0 = time.perf_counter()
-            segments_gen, info = self.whisper.transcribe(
-                audio,
+            common = dict(
                 language=options.language,
                 task=options.task,
                 beam_size=options.beam_size,
@@ -174,19 +167,24 @@ class FasterTranscriber:
                 compression_ratio_threshold=options.compression_ratio_threshold,
                 log_prob_threshold=options.logprob_threshold,
                 no_speech_threshold=options.no_speech_threshold,
-                condition_on_previous_text=options.condition_on_previous_text,
                 initial_prompt=options.initial_prompt,
                 word_timestamps=options.word_timestamps,
                 without_timestamps=options.without_timestamps,
                 suppress_tokens=suppress,
                 suppress_blank=options.suppress_blank,
-                hallucination_silence_threshold=options.hallucination_silence_threshold,
-                vad_filter=False,
                 # openai-whisper's fixed behaviour, pinned rather than left to faster-whisper's defaults
-                length_penalty=1, repetition_penalty=1, no_repeat_ngram_size=0, prompt_reset_on_temperature=0.5,
-                max_initial_timestamp=1.0, prefix=None, hotwords=None, multilingual=False, clip_timestamps="0",
-                chunk_length=None, max_new_tokens=None, language_detection_segments=1,
+                length_penalty=1, repetition_penalty=1, no_repeat_ngram_size=0, max_initial_timestamp=1.0,
+                prefix=None, hotwords=None, multilingual=False, chunk_length=None, max_new_tokens=None,
+                language_detection_segments=1,
             )
+            if options.batch_size is not None:  # Silero VAD chunks, its default VAD settings, first temperature only
+                segments_gen, info = BatchedInferencePipeline(self.whisper).transcribe(
+                    audio, **common, batch_size=options.batch_size, vad_filter=True)
+            else:
+                segments_gen, info = self.whisper.transcribe(
+                    audio, **common, condition_on_previous_text=options.condition_on_previous_text,
+                    hallucination_silence_threshold=options.hallucination_silence_threshold,
+                    prompt_reset_on_temperature=0.5, vad_filter=False, clip_timestamps="0")
             raw = list(segments_gen)  # the lazy part: decoding happens here
             total = time.perf_counter() - t0
             features, encode = self._features.seconds, self._encode.seconds

@@ -56,14 +56,6 @@ if not getattr(_wt.log_mel_spectrogram, "_maxwhisper_timed", False):
     _wt.log_mel_spectrogram = _timed_log_mel_spectrogram
 
 
-def parse_suppress_tokens(spec: str) -> list[int]:
-    """'-1' / '1,2,3' / '' -> list of ints, with a readable error."""
-    try:
-        return [int(t) for t in spec.split(",") if t.strip()]
-    except ValueError:
-        raise MaxWhisperError(f"suppress_tokens must be comma-separated integers, not {spec!r}") from None
-
-
 def _resolve_device(device: str) -> str:
     if device == "auto":
         return "gpu" if torch.cuda.is_available() else "cpu"
@@ -99,7 +91,7 @@ def transcribe_kwargs(options: DecodeOptions, language: str | None, fp16: bool) 
         best_of=options.best_of,
         patience=None if greedy else options.patience,  # openai refuses patience without a beam
         without_timestamps=options.without_timestamps,
-        suppress_tokens=",".join(str(t) for t in parse_suppress_tokens(options.suppress_tokens)),
+        suppress_tokens=",".join(str(t) for t in options.suppress_token_ids()),
         suppress_blank=options.suppress_blank,
         length_penalty=None,  # rank by log prob / length (faster-whisper: length_penalty=1)
         max_initial_timestamp=1.0,
@@ -184,6 +176,9 @@ class OpenAITranscriber:
         audio = np.asarray(audio, dtype=np.float32)
         if audio.ndim != 1 or audio.size == 0:
             raise AudioError(f"audio must be non-empty mono samples (1-D), got shape {audio.shape}")
+        if options.batch_size is not None:
+            raise BackendError("openai-whisper has no batched transcription; leave the batch size unset, or use "
+                               "the max or faster backend")
         language = self._language(options.language)
         with self._lock, torch.no_grad():
             self._encode_s = 0.0

@@ -18,7 +18,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .api import AudioError, DecodeOptions, MaxWhisperError
+from .api import SAMPLE_RATE, AudioError, DecodeOptions, MaxWhisperError
 from .formats import FORMATS, render
 
 EXIT_USER_ERROR = 2
@@ -116,6 +116,9 @@ def add_decode_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated token ids to suppress; -1 = non-speech symbols (default)")
     g.add_argument("--no-suppress-blank", dest="suppress_blank", action="store_false",
                    help="allow a blank at the start of the output")
+    g.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
+                   help="batched long-form: speech chunks found by Silero VAD, decoded N at a time, without the "
+                        "previous text as prompt (max and faster backends; default: the sequential 30 s windows)")
     g.add_argument("--max-seconds", type=float, default=None, metavar="F", help="refuse audio longer than F seconds")
 
 
@@ -130,7 +133,7 @@ def decode_options(args: argparse.Namespace) -> DecodeOptions:
         compression_ratio_threshold=args.compression_ratio_threshold, logprob_threshold=args.logprob_threshold,
         no_speech_threshold=args.no_speech_threshold,
         hallucination_silence_threshold=args.hallucination_silence_threshold,
-        suppress_tokens=args.suppress_tokens, suppress_blank=args.suppress_blank,
+        suppress_tokens=args.suppress_tokens, suppress_blank=args.suppress_blank, batch_size=args.batch_size,
     )
 
 
@@ -260,7 +263,7 @@ def run_compare(args: argparse.Namespace) -> int:
             kind = "" if isinstance(e, MaxWhisperError) else f"{type(e).__name__}: "
             row = row[:6] + [f"ERROR {kind}{e}".replace("\n", " ")]
         rows.append(row)
-    info(f"{args.audio}: {len(audio) / 16000:.1f} s of audio, model {args.model}, "
+    info(f"{args.audio}: {len(audio) / SAMPLE_RATE:.1f} s of audio, model {args.model}, "
          f"{args.runs} run(s) after {args.warmup} warm-up")
     print(_table(rows, ["backend", "device", "precision", "load+compile s", "total s", "rtf", "text"]))
     return EXIT_FAILURE if failed == len(backends) else 0

@@ -31,10 +31,16 @@ class BackendError(MaxWhisperError):
 
 @dataclass(frozen=True)
 class DecodeOptions:
-    """openai-whisper's `transcribe()` options, with its defaults except `beam_size` (greedy).
+    """openai-whisper's `transcribe()` options, with its defaults except `beam_size` (greedy),
+    plus `batch_size`.
 
     Every backend receives all of them explicitly, never relying on its own defaults
     (faster-whisper would otherwise use beam 5).
+
+    A batch_size switches to batched long-form transcription (`maxwhisper.batched`; on the
+    faster backend its `BatchedInferencePipeline`): speech chunks found by Silero VAD, decoded that
+    many at a time, without the previous text as prompt (condition_on_previous_text does not apply)
+    and without word timestamps.
     """
 
     language: str | None = None  # None: English for .en models, detected otherwise
@@ -53,16 +59,27 @@ class DecodeOptions:
     hallucination_silence_threshold: float | None = None
     suppress_tokens: str = "-1"  # comma-separated ids; -1 = the non-speech symbol set
     suppress_blank: bool = True
+    batch_size: int | None = None  # None: the sequential loop, as openai-whisper; N: batched (see above)
 
     def __post_init__(self):
         if self.task not in ("transcribe", "translate"):
             raise MaxWhisperError(f"task must be 'transcribe' or 'translate', not {self.task!r}")
-        if self.beam_size < 1 or self.best_of < 1:
-            raise MaxWhisperError("beam_size and best_of must be at least 1")
+        if self.beam_size < 1 or self.best_of < 1 or (self.batch_size is not None and self.batch_size < 1):
+            raise MaxWhisperError("beam_size, best_of and batch_size must be at least 1")
+        if self.batch_size is not None and self.word_timestamps:
+            raise MaxWhisperError("word timestamps are not available with batched transcription (--batch-size)")
         if isinstance(self.temperature, (int, float)):
             object.__setattr__(self, "temperature", (float(self.temperature),))
         if not self.temperature:
             raise MaxWhisperError("temperature schedule is empty")
+        self.suppress_token_ids()  # a readable error now rather than in a backend
+
+    def suppress_token_ids(self) -> list[int]:
+        """`suppress_tokens` as a fresh list of ints ('-1' / '1,2,3' / '')."""
+        try:
+            return [int(t) for t in self.suppress_tokens.split(",") if t.strip()]
+        except ValueError:
+            raise MaxWhisperError(f"suppress_tokens must be comma-separated integers, not {self.suppress_tokens!r}") from None
 
     def replace(self, **changes) -> "DecodeOptions":
         return dataclasses.replace(self, **changes)
@@ -79,7 +96,7 @@ class Word:
 @dataclass(frozen=True)
 class Segment:
     id: int
-    seek: int  # window start, in mel frames (10 ms)
+    seek: int  # where its 30 s window (batched: its speech chunk) starts, in mel frames (10 ms)
     start: float  # seconds
     end: float
     text: str

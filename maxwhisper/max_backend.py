@@ -8,6 +8,7 @@ import numpy as np
 
 from .api import DecodeOptions, Timings, TranscriptionResult
 from .audio import N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
+from .batched import transcribe_batched
 from .checkpoint import load_checkpoint
 from .graph.model import MaxWhisper, resolve_device
 from .transcribe import transcribe
@@ -40,9 +41,13 @@ class MaxTranscriber:
                    progress: Callable[[float], None] | None = None) -> TranscriptionResult:
         compile_before = self.compile_s
         start = time.perf_counter()
-        mel = log_mel_spectrogram(audio, self.checkpoint.dims.n_mels, padding=N_SAMPLES)
-        features_s = time.perf_counter() - start
-        out = transcribe(self.net, mel, options, progress)
+        if options.batch_size is not None:  # the log-Mel of each speech chunk is computed in the batched loop
+            features_s = None
+            out = transcribe_batched(self.net, audio, options, progress)
+        else:
+            mel = log_mel_spectrogram(audio, self.checkpoint.dims.n_mels, padding=N_SAMPLES)
+            features_s = time.perf_counter() - start
+            out = transcribe(self.net, mel, options, progress)
         # a graph compiled on first use during decoding is a one-time cost: count it in compile_s only
         lazy_compile_s = self.compile_s - compile_before
         total_s = time.perf_counter() - start - lazy_compile_s

@@ -111,6 +111,18 @@ def test_no_kernels_prints_the_jfk_sentence():
     assert "plan portable (cpu, float32); Mojo kernels: none" in p.stderr
 
 
+def test_batch_size_transcribes_in_batches_and_refuses_what_it_cannot_do():
+    p = cli("transcribe", JFK, "--backend", "max", "--device", "cpu", "--batch-size", "4", "--format", "json",
+            timeout=1200)
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert normalise(d["text"]) == JFK_NORMALISED and d["options"]["batch_size"] == 4
+    assert 0 <= d["segments"][0]["start"] < d["segments"][-1]["end"] <= 11.1
+    assert_clean_error(cli("transcribe", JFK, "--batch-size", "2", "--word-timestamps"), "not available with batched")
+    assert_clean_error(cli("transcribe", JFK, "--backend", "openai", "--batch-size", "2"), "no batched transcription")
+    assert_clean_error(cli("transcribe", JFK, "--batch-size", "0"), "batch")
+
+
 def test_gpu_compile_compiles_the_encoder_and_decoder_step_for_an_h100(tmp_path):
     """No GPU here: MAX compiles for a virtual sm_90 (H100) in fp16; the report says so."""
     out = tmp_path / "gpu-compile-tiny.en"
@@ -175,11 +187,11 @@ def test_decode_options_from_flags():
     args = build_parser().parse_args(["transcribe", "a.wav", "--temperature", "0,0.2", "--temperature", "0.4",
                                       "--logprob-threshold", "none", "--no-condition-on-previous-text",
                                       "--beam-size", "5", "--patience", "2", "--language", "de",
-                                      "--without-timestamps", "--initial-prompt", "Hi."])
+                                      "--without-timestamps", "--initial-prompt", "Hi.", "--batch-size", "8"])
     o = decode_options(args)
     assert o.temperature == (0.0, 0.2, 0.4) and o.logprob_threshold is None
     assert not o.condition_on_previous_text and o.beam_size == 5 and o.patience == 2.0
-    assert o.language == "de" and o.without_timestamps and o.initial_prompt == "Hi."
+    assert o.language == "de" and o.without_timestamps and o.initial_prompt == "Hi." and o.batch_size == 8
     default = decode_options(build_parser().parse_args(["transcribe", "a.wav"]))
     assert default == DecodeOptions()
 

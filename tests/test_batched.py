@@ -1,0 +1,99 @@
+"""Batched long-form transcription (`maxwhisper.batched`, `--batch-size N`): Silero VAD chunks
+decoded N at a time. Each chunk's tokens are openai-whisper's `decode()` of that chunk, on MAX and
+on openai-whisper's own network, and the segments land where the speech is in the recording."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from maxwhisper.api import BackendError, DecodeOptions, MaxWhisperError
+from maxwhisper.audio import N_FRAMES, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
+from maxwhisper.batched import CHUNK_SECONDS, speech_chunks, transcribe_batched
+
+BATCHED = DecodeOptions(batch_size=2, temperature=(0.0,))
+
+
+@pytest.fixture(scope="module")
+def lecture_chunks(lecture_60s_audio):
+    return speech_chunks(lecture_60s_audio)
+
+
+def test_speech_chunks_cover_the_speech_in_at_most_30_s_each(lecture_chunks, lecture_60s_audio):
+    chunks, metadata, time_map = lecture_chunks
+    assert len(chunks) >= 2
+    assert all(0 < len(c) <= CHUNK_SECONDS * SAMPLE_RATE for c in chunks)
+    offsets = [m["offset"] for m in metadata]
+    durations = [m["duration"] for m in metadata]
+    assert offsets == pytest.approx(np.cumsum([0.0] + durations[:-1]).tolist())
+    assert [len(c) / SAMPLE_RATE for c in chunks] == pytest.approx(durations)
+    # the speech-only timeline maps into the recording, in order
+    original = [time_map.get_original_time(t) for t in np.linspace(0, sum(durations), 50)]
+    assert original == sorted(original) and 0 <= original[0] and original[-1] <= len(lecture_60s_audio) / SAMPLE_RATE
+
+
+def _chunk_tokens(result) -> list[list[int]]:
+    """Segments' tokens regrouped by chunk (`seek`: where the chunk starts in the recording)."""
+    groups: dict[int, list[int]] = {}
+    for s in result.segments:
+        groups.setdefault(s.seek, []).extend(s.tokens)
+    return list(groups.values())
+
+
+def test_each_chunk_decodes_as_openai_whisper_decodes_it(max_tiny_en, torch_tiny_en, lecture_chunks,
+                                                         lecture_60s_audio):
+    import torch
+    import whisper
+
+    chunks, _, _ = lecture_chunks
+    mels = np.stack([log_mel_spectrogram(c, 80, padding=N_SAMPLES)[:, :N_FRAMES] for c in chunks])
+    reference = whisper.decode(torch_tiny_en.module, torch.from_numpy(mels), whisper.DecodingOptions(
+        language="en", temperature=0.0, fp16=False, without_timestamps=False))
+    expected = [[t for t in r.tokens] for r in reference]
+
+    ours_max = transcribe_batched(max_tiny_en.net, lecture_60s_audio, BATCHED)
+    ours_torch = transcribe_batched(torch_tiny_en, lecture_60s_audio, BATCHED)
+    assert _chunk_tokens(ours_max) == _chunk_tokens(ours_torch) == expected
+    assert ours_max.text == ours_torch.text
+    assert ours_max.text.split() == " ".join(r.text for r in reference).split()
+
+
+def test_batch_size_does_not_change_the_tokens(max_tiny_en, lecture_60s_audio):
+    one = transcribe_batched(max_tiny_en.net, lecture_60s_audio, dataclasses.replace(BATCHED, batch_size=1))
+    many = transcribe_batched(max_tiny_en.net, lecture_60s_audio, dataclasses.replace(BATCHED, batch_size=8))
+    assert [s.tokens for s in one.segments] == [s.tokens for s in many.segments]
+
+
+def test_segments_lie_in_the_recording_in_order(max_tiny_en, lecture_60s_audio, lecture_chunks):
+    result = max_tiny_en.transcribe(lecture_60s_audio, dataclasses.replace(BATCHED, temperature=DecodeOptions().temperature))
+    duration = len(lecture_60s_audio) / SAMPLE_RATE
+    starts = [s.start for s in result.segments]
+    assert result.segments and starts == sorted(starts)
+    assert all(0 <= s.start <= s.end <= duration + 0.02 for s in result.segments)
+    assert [s.id for s in result.segments] == list(range(len(result.segments)))
+    assert result.text.strip().startswith("Now I want to return to the conservation of mechanical energy.")
+    assert result.timings.encode_s > 0 and result.timings.features_s is None
+
+
+def test_silence_gives_no_segments(max_tiny_en):
+    result = max_tiny_en.transcribe(np.zeros(20 * SAMPLE_RATE, np.float32), DecodeOptions(batch_size=4))
+    assert result.segments == [] and result.text == ""
+
+
+def test_batched_options_are_checked():
+    with pytest.raises(MaxWhisperError, match="word timestamps are not available with batched"):
+        DecodeOptions(batch_size=2, word_timestamps=True)
+    with pytest.raises(MaxWhisperError, match="at least 1"):
+        DecodeOptions(batch_size=0)
+    assert DecodeOptions().batch_size is None  # the sequential loop unless asked
+
+
+def test_openai_backend_refuses_batches_and_faster_runs_its_pipeline(openai_tiny_en, lecture_60s_audio):
+    from baselines.faster_backend import FasterTranscriber
+
+    with pytest.raises(BackendError, match="no batched transcription"):
+        openai_tiny_en.transcribe(lecture_60s_audio, DecodeOptions(batch_size=2))
+    result = FasterTranscriber("tiny.en", device="cpu").transcribe(lecture_60s_audio, BATCHED)
+    assert result.text.strip().startswith("Now I want to return to the conservation of mechanical energy.")
+    assert result.segments[-1].end <= len(lecture_60s_audio) / SAMPLE_RATE + 0.02
