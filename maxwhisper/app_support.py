@@ -45,7 +45,7 @@ from plotly.subplots import make_subplots
 from .api import AudioError, DecodeOptions, MaxWhisperError, TranscriptionResult
 from .audio import SAMPLE_RATE, load_audio
 from .formats import format_timestamp, to_srt, to_txt, to_vtt
-from .registry import BACKENDS, create_transcriber
+from .registry import BACKEND_COLORS, BACKENDS, create_transcriber
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,6 @@ SILENT_PEAK = 1e-4  # -80 dBFS: audio whose loudest sample is quieter than this 
 MIN_SECONDS = 0.1  # shorter audio holds no word
 WINDOW_S = 30  # Whisper transcribes in 30 s windows
 STAGE_COLORS = {"features": "#cbd5e1", "encode": "#64748b", "decode": "#f59e0b", "other": "#e5e7eb"}
-BACKEND_COLORS = {"max": "#e11d48", "openai": "#16a34a", "faster": "#0891b2"}  # the same in every chart
 LOAD_RECORD = "maxwhisper-load-times.json"
 
 Progress = Callable[..., None]  # progress(fraction, description), as gr.Progress

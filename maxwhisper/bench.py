@@ -2,7 +2,7 @@
 
     python -m maxwhisper.bench [--backends max,openai,faster] [--models tiny.en] [--devices cpu,gpu]
                                [--audio FILE|FOLDER|FILE#left ...] [--repeats 5] [--rounds 1] [--quick]
-                               [--out benchmarks/results] [--throughput [--batch-sizes 1,2,4,8]]
+                               [--out benchmarks/results] [--throughput [--batch-sizes 1,8]]
 
 (`add_arguments(parser)` / `main(args)` are what `python -m maxwhisper bench` wires in.)
 
@@ -21,8 +21,9 @@ How it measures (see benchmarks/README.md for what the figures mean):
   transcripts below, agreement with openai-whisper's transcript, the target ratios, and writes
   JSON, Markdown and a Plotly chart per device.
 
-`--throughput` (MAX only) instead cuts a long recording into independent 30 s windows and decodes them
-in batches of 1, 2, 4, 8 through the batched MAX graphs and `maxwhisper.decoding.DecodingTask`.
+`--throughput` instead runs batched long-form transcription (`--batch-size`: Silero VAD speech chunks
+decoded N at a time) of one long recording at batch sizes 1 and 8, MAX against faster-whisper's
+`BatchedInferencePipeline`, with WER against the lecture's whisper-medium transcript.
 """
 from __future__ import annotations
 
@@ -456,74 +457,36 @@ def _sync(net) -> None:
 
 
 def _throughput_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Independent 30 s windows of one clip, encoded and greedily decoded b at a time."""
-    import numpy as np
-
-    from .audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
-    from .decoding import DecodingTask, WindowOptions
+    """Batched long-form transcription (`DecodeOptions.batch_size`) of one clip at each batch size,
+    through the public transcriber API."""
+    from .api import SAMPLE_RATE, DecodeOptions
     from .registry import create_transcriber
 
-    t = create_transcriber("max", model=spec["model"], device=spec["device"], precision=spec["precision"],
+    t = create_transcriber(spec["backend"], model=spec["model"], device=spec["device"], precision=spec["precision"],
                            threads=spec["threads"])
-    net = t.net
     clip = Clip(**spec["clips"][0])
     audio = load_clip(clip)
-    audio_s = len(audio) / 16000
-    n_windows = math.ceil(len(audio) / N_SAMPLES)
-    window_options = WindowOptions(language=None if net.is_multilingual else "en", temperature=0.0)
-    label = f"[max {t.precision} {t.device} throughput]"
-    info(f"{label} loaded {t.model}: load {t.load_s:.2f} s, compile {t.compile_s:.2f} s; "
-         f"{clip.name}: {audio_s:.1f} s = {n_windows} windows of 30 s")
-
-    def mels() -> np.ndarray:  # [n_windows, n_mels, 3000]: openai's framing, without seeking
-        mel = log_mel_spectrogram(audio, net.dims.n_mels, padding=N_SAMPLES)
-        return np.ascontiguousarray(np.stack(
-            [pad_or_trim(mel[:, i * N_FRAMES:(i + 1) * N_FRAMES], N_FRAMES) for i in range(n_windows)]))
-
-    def one_pass(batch: int, limit: int | None = None) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        m = mels()
-        features_s = time.perf_counter() - t0
-        encode_s = decode_s = 0.0
-        tokens: list[list[int]] = []
-        for start in range(0, n_windows if limit is None else min(limit, n_windows), batch):
-            chunk = m[start:start + batch]
-            t1 = time.perf_counter()
-            feats = net.encode(chunk)
-            _sync(net)
-            t2 = time.perf_counter()
-            results = DecodingTask(net, window_options).run(feats, n_audio=chunk.shape[0])
-            encode_s, decode_s = encode_s + t2 - t1, decode_s + time.perf_counter() - t2
-            tokens += [list(map(int, r.tokens)) for r in results]
-        total = time.perf_counter() - t0
-        return {"total_s": total, "features_s": features_s, "encode_s": encode_s, "decode_s": decode_s,
-                "tokens": tokens}
-
+    options = DecodeOptions(**{**spec["options"], "temperature": tuple(spec["options"]["temperature"])})
+    label = f"[{spec['backend']} {t.precision} {t.device} batched]"
+    info(f"{label} loaded {t.model}: load {t.load_s:.2f} s, compile {t.compile_s:.2f} s; {clip.name}")
     rows = []
-    baseline_tokens = None
     for batch in spec["batch_sizes"]:
-        row: dict[str, Any] = {"batch_size": batch, "effective_batch": min(batch, n_windows),
-                               "n_batches": math.ceil(n_windows / batch)}
+        row: dict[str, Any] = {"batch_size": batch}
         try:
-            gc.collect()
-            one_pass(batch, limit=batch)  # warm-up: one batch of this size
+            batched = dataclasses.replace(options, batch_size=batch)
+            t.transcribe(audio, batched)  # warm-up
             runs = []
             for _ in range(spec["repeats"]):
                 gc.collect()
-                runs.append(one_pass(batch))
-            tokens = runs[-1]["tokens"]
-            if baseline_tokens is None:
-                baseline_tokens = tokens
-            s = spread(r["total_s"] for r in runs)
-            n_tokens = sum(len(x) for x in tokens)
-            decode_med = statistics.median(r["decode_s"] for r in runs)
+                runs.append(t.transcribe(audio, batched))
+            s = spread(r.timings.total_s for r in runs)
+            last = runs[-1]
             row.update(
                 total_s_median=s["median"], total_s_min=s["min"], total_s_max=s["max"],
-                features_s=statistics.median(r["features_s"] for r in runs),
-                encode_s=statistics.median(r["encode_s"] for r in runs), decode_s=decode_med,
-                audio_s_per_s=audio_s / s["median"], n_tokens=n_tokens,
-                tokens_per_s=n_tokens / decode_med if decode_med > 0 else None,
-                windows_same_as_batch1=sum(a == b for a, b in zip(tokens, baseline_tokens)),
+                encode_s=median_or_none(r.timings.encode_s for r in runs),
+                decode_s=median_or_none(r.timings.decode_s for r in runs),
+                audio_s_per_s=last.audio_s / s["median"], n_chunks=len({seg.seek for seg in last.segments}),
+                text=last.text, chunk_tokens=[list(seg.tokens) for seg in last.segments],
                 peak_rss_mib=peak_rss_mib(), gpu_mem_mib=gpu_memory_mib() if t.device == "gpu" else None,
             )
             info(f"{label} batch {batch}: median {s['median']:.2f} s, {row['audio_s_per_s']:.1f} audio s/s")
@@ -533,13 +496,9 @@ def _throughput_worker(spec: dict[str, Any]) -> dict[str, Any]:
             if os.environ.get("MAXWHISPER_DEBUG"):
                 traceback.print_exc()
         rows.append(row)
-    texts = []
-    if baseline_tokens is not None:
-        tokenizer = DecodingTask(net, window_options).tokenizer
-        texts = [tokenizer.decode([x for x in w if x < tokenizer.eot]).strip() for w in baseline_tokens]
-    return {"ok": True, "backend": "max", "model": t.model, "device": t.device, "precision": t.precision,
-            "load_s": t.load_s, "compile_s": t.compile_s, "audio": clip.name, "audio_s": audio_s,
-            "n_windows": n_windows, "hop_length": HOP_LENGTH, "rows": rows, "window_texts": texts}
+    return {"ok": True, "backend": spec["backend"], "model": t.model, "device": t.device, "precision": t.precision,
+            "implementation": implementation_label(spec["backend"], t.precision), "load_s": t.load_s,
+            "compile_s": t.compile_s, "audio": clip.name, "audio_s": len(audio) / SAMPLE_RATE, "rows": rows}
 
 
 def worker_main(spec_path: str) -> int:
@@ -765,7 +724,9 @@ def markdown_report(doc: dict) -> str:
         (f"Threads: {o['threads']} for every implementation. "
          + (f"{o['rounds']} rounds, implementations in turn, each " if o.get("rounds", 1) > 1 else "")
          + f"{o['repeats']} timed run(s) after 1 warm-up per clip; "
-         f"decoding: beam {o['decode']['beam_size']}, temperature fallback {o['decode']['temperature']}."),
+         f"decoding: beam {o['decode']['beam_size']}, temperature fallback {o['decode']['temperature']}."
+         + (f" Background load: {o['background_load']} core(s) kept busy by spinning processes."
+            if o.get("background_load") else "")),
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + ".",
         "",
         ("RTF × = audio seconds / median processing second (higher is faster). Stage columns are medians; "
@@ -836,50 +797,106 @@ def write_outputs(doc: dict, out_dir: Path, stem: str, html: bool = True) -> dic
     return paths
 
 
-# --- throughput report --------------------------------------------------------------------------
+# --- batched (throughput) report ------------------------------------------------------------
+
+def pseudo_reference(clip_name: str) -> str | None:
+    """The lecture's whisper-medium transcript (model output, not human: see MANIFEST.md)."""
+    path = audio_dir() / (Path(clip_name).stem + ".whisper-medium.txt")
+    return path.read_text() if path.is_file() else None
+
+
+def add_batched_accuracy(doc: dict) -> None:
+    """Fills each row's wer (against the pseudo-reference), and whether it is token for token its
+    implementation's batch-1 transcript."""
+    t = doc["throughput"]
+    reference = pseudo_reference(t["audio"])
+    for run in t["runs"]:
+        first = next((r for r in run["rows"] if "error" not in r), None)
+        for r in run["rows"]:
+            if "error" in r:
+                continue
+            r["wer"] = wer(reference, r["text"]) if reference else None
+            r["same_tokens_as_first"] = r["chunk_tokens"] == first["chunk_tokens"]
+
+
+def batched_targets(doc: dict) -> list[str]:
+    """issue targets: MAX at batch 8 vs faster-whisper's pipeline at batch 8 (speed >= 2.5x, WER
+    within 0.5 points), and MAX's batch 8 vs its own batch 1 (>= 1.3x)."""
+    def row(backend, batch):
+        run = next((r for r in doc["throughput"]["runs"] if r["backend"] == backend and r["precision"] == "fp32"), None)
+        return next((x for x in run["rows"] if x["batch_size"] == batch and "error" not in x), None) if run else None
+    m8, m1, f8 = row("max", 8), row("max", 1), row("faster", 8)
+    lines = []
+    if m8 and f8:
+        r = ratio(f8["total_s_median"], m8["total_s_median"])
+        lines.append(f"batch 8: MAX {m8['total_s_median']:.2f} s vs faster-whisper fp32 {f8['total_s_median']:.2f} s "
+                     f"-> {_f(r)}x (target >= 2.5x): {'MET' if r and r >= 2.5 else 'NOT MET'}")
+        if m8.get("wer") is not None and f8.get("wer") is not None:
+            d = 100 * (m8["wer"] - f8["wer"])
+            lines.append(f"batch 8 WER vs whisper-medium: MAX {_pct(m8['wer'], 2)}% vs faster-whisper "
+                         f"{_pct(f8['wer'], 2)}% -> {d:+.2f} points (target within 0.5): "
+                         f"{'MET' if abs(d) <= 0.5 else 'NOT MET'}")
+    if m8 and m1:
+        r = ratio(m1["total_s_median"], m8["total_s_median"])
+        lines.append(f"MAX batch 8 vs batch 1: {_f(r)}x (target >= 1.3x): {'MET' if r and r >= 1.3 else 'NOT MET'}")
+    return lines
+
 
 def throughput_markdown(doc: dict) -> str:
-    t = doc["throughput"]
+    t, m = doc["throughput"], doc["machine"]
     lines = [
-        f"# MAX-Whisper batched throughput: {doc['device']}, {t['model']} {t['precision']}",
+        f"# Batched long-form transcription: {doc['device']}, {t['model']}",
         "",
-        f"{t['audio']} ({t['audio_s']:.1f} s) cut into {t['n_windows']} independent 30 s windows, each greedily "
-        "decoded without the previous window's text as prompt and without temperature fallback or seeking: "
-        "a throughput measure, not a transcription. Time includes the log-Mel of the whole clip, encoder and "
-        f"decoder; median of {doc['options']['repeats']} pass(es) after a one-batch warm-up. "
-        f"Machine: {doc['machine']['cpu']}, {doc['machine']['cores']} cores"
-        + (f", GPU {doc['machine']['gpu']}" if doc["machine"].get("gpu") else "") + ".",
+        f"{t['audio']} ({t['audio_s']:.1f} s), transcribed with `--batch-size N`: Silero VAD speech chunks of at most "
+        "30 s, decoded N at a time without the previous text as prompt (MAX: `maxwhisper.batched`; faster-whisper: "
+        "its `BatchedInferencePipeline`, the same VAD). Greedy. Time is the whole call: VAD, log-Mel, encoder and "
+        f"decoder; median of {doc['options']['repeats']} run(s) after one warm-up. WER against the clip's "
+        "whisper-medium transcript (a pseudo-reference: model output). "
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m.get('vector_isa') or 'unknown ISA'}"
+        + (f", GPU {m['gpu']}" if m.get("gpu") else "") + "."
+        + (f" Background load: {doc['options']['background_load']} core(s) kept busy by spinning processes."
+           if doc["options"].get("background_load") else ""),
         "",
-        ("| batch | batches | total s (median) | min–max s | encode s | decode s | audio s / s | × batch 1 "
-         "| tokens/s | windows = batch 1 | peak RSS MiB |"),
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| implementation | batch | chunks | total s (median) | min–max s | encode s | decode s | audio s / s "
+        "| × own first | WER % | = own first | peak RSS MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|",
     ]
-    base = next((r for r in t["rows"] if "error" not in r), None)
-    for r in t["rows"]:
-        label = str(r["batch_size"]) + ("" if r["effective_batch"] == r["batch_size"] else f" ({r['effective_batch']})")
-        if "error" in r:
-            lines.append(f"| {label} | {r['n_batches']} | FAILED: {r['error']} | | | | | | | | |")
-            continue
-        speedup = ratio(r["audio_s_per_s"], base["audio_s_per_s"]) if base else None
-        lines.append(f"| {label} | {r['n_batches']} | {_f(r['total_s_median'], 2)} | {_f(r['total_s_min'], 2)}–"
-                     f"{_f(r['total_s_max'], 2)} | {_f(r['encode_s'], 2)} | {_f(r['decode_s'], 2)} | "
-                     f"{_f(r['audio_s_per_s'], 1)} | {_f(speedup, 2)} | {_f(r['tokens_per_s'], 0)} | "
-                     f"{r['windows_same_as_batch1']}/{t['n_windows']} | {_f(r['peak_rss_mib'], 0)} |")
-    lines += ["", "A batch size above the number of windows runs them all in one batch (shown in brackets)."]
+    for run in t["runs"]:
+        first = next((r for r in run["rows"] if "error" not in r), None)
+        for r in run["rows"]:
+            if "error" in r:
+                lines.append(f"| {run['implementation']} | {r['batch_size']} | | FAILED: {r['error']} | | | | | | | | |")
+                continue
+            same = {True: "yes", False: "no", None: "–"}[r.get("same_tokens_as_first")]
+            lines.append(
+                f"| {run['implementation']} | {r['batch_size']} | {r['n_chunks']} | {_f(r['total_s_median'], 2)} | "
+                f"{_f(r['total_s_min'], 2)}–{_f(r['total_s_max'], 2)} | {_f(r['encode_s'], 2)} | "
+                f"{_f(r['decode_s'], 2)} | {_f(r['audio_s_per_s'], 1)} | "
+                f"{_f(ratio(first['total_s_median'], r['total_s_median']), 2)} | {_pct(r.get('wer'), 2)} | {same} | "
+                f"{_f(r['peak_rss_mib'], 0)} |")
+    for f in doc.get("failures", []):
+        lines.append(f"| {f['implementation']} | | | FAILED: {f['error']} | | | | | | | | |")
+    targets = batched_targets(doc)
+    if targets:
+        lines += ["", "Targets:", ""] + [f"- {x}" for x in targets]
     return "\n".join(lines) + "\n"
 
 
 def write_throughput_html(doc: dict, path: Path) -> None:
     import plotly.graph_objects as go
 
-    rows = [r for r in doc["throughput"]["rows"] if "error" not in r]
-    fig = go.Figure(go.Bar(x=[str(r["batch_size"]) for r in rows], y=[r["audio_s_per_s"] for r in rows],
-                           text=[_f(r["audio_s_per_s"], 1) for r in rows], textposition="auto",
-                           marker_color="#3b75af"))
+    from .registry import BACKEND_COLORS
+
     t = doc["throughput"]
-    fig.update_layout(template="plotly_white", xaxis_title="batch size (30 s windows)",
+    fig = go.Figure()
+    for run in t["runs"]:
+        rows = [r for r in run["rows"] if "error" not in r]
+        fig.add_trace(go.Bar(name=run["implementation"], x=[str(r["batch_size"]) for r in rows],
+                             y=[r["audio_s_per_s"] for r in rows], text=[_f(r["audio_s_per_s"], 1) for r in rows],
+                             textposition="auto", marker_color=BACKEND_COLORS.get(run["backend"])))
+    fig.update_layout(template="plotly_white", barmode="group", xaxis_title="batch size (speech chunks)",
                       yaxis_title="audio seconds per second",
-                      title=f"MAX-Whisper batched throughput, {t['model']} {t['precision']} on {doc['device']} "
+                      title=f"Batched long-form, {t['model']} on {doc['device']} "
                             f"({doc['machine']['gpu'] or doc['machine']['cpu']}), {t['audio']}")
     fig.write_html(str(path), include_plotlyjs="cdn", full_html=True)
 
@@ -932,13 +949,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help=f"output folder (default: {DEFAULT_OUT.relative_to(REPO_ROOT)})")
     p.add_argument("--no-html", dest="html", action="store_false", help="skip the Plotly chart")
+    p.add_argument("--background-load", type=int, default=0, metavar="N",
+                   help="keep N cores busy with spinning processes while measuring (a shared machine); the "
+                        "output names get -loadN")
     p.add_argument("--timeout", type=float, default=3600.0,
                    help="seconds one implementation may take over all clips (default 3600)")
-    g = p.add_argument_group("throughput mode (MAX only)")
+    g = p.add_argument_group("batched mode (max and faster backends)")
     g.add_argument("--throughput", action="store_true",
-                   help="batched encoder+decoder throughput over independent 30 s windows of one long clip "
-                        f"(default {LONG_FORM}), at each --batch-sizes; MAX only")
-    g.add_argument("--batch-sizes", type=_positive_ints, default=[1, 2, 4, 8], help="default 1,2,4,8")
+                   help="batched long-form transcription (--batch-size: Silero VAD chunks, N at a time) of one long "
+                        f"clip (default {LONG_FORM}) at each --batch-sizes, MAX against faster-whisper's pipeline")
+    g.add_argument("--batch-sizes", type=_positive_ints, default=[1, 8], help="default 1,8")
     d = p.add_argument_group("decoding (the same for every implementation)")
     d.add_argument("--beam-size", type=_positive_int, default=1, help="1 = greedy (default)")
     d.add_argument("--temperature", type=_floats, default=None,
@@ -968,6 +988,16 @@ def _decode_options(args):
 
 def main(args: argparse.Namespace) -> int:
     """Runs the benchmark; returns 0 when every implementation ran on every clip, else 1."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.background_load)]
+    try:
+        return _main(args)
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+
+
+def _main(args: argparse.Namespace) -> int:
     from .api import BackendError
     from .registry import BACKENDS
 
@@ -986,6 +1016,7 @@ def main(args: argparse.Namespace) -> int:
     decode_dict = dataclasses.asdict(options)
     decode_dict["temperature"] = list(options.temperature)
     common = {"models": args.models, "repeats": args.repeats, "rounds": args.rounds, "warmup": 1, "threads": threads,
+              "background_load": args.background_load,
               "quick": args.quick, "decode": decode_dict, "clips": [dataclasses.asdict(c) for c in clips]}
     if args.throughput:
         return _main_throughput(args, devices, clips, decode_dict, threads, machine, vers, out_dir)
@@ -1034,7 +1065,7 @@ def main(args: argparse.Namespace) -> int:
                "versions": vers, "options": {**common, "device": device,
                                               "backends": backends, "precisions": args.precisions},
                "results": records, "targets": targets, "failures": failures}
-        stem = ("quick-" if args.quick else "") + device_tag(device, machine)
+        stem = ("quick-" if args.quick else "") + device_tag(device, machine) + _load_suffix(args)
         paths = write_outputs(doc, out_dir, stem, html=args.html)
         print(markdown_table(records))
         if targets:
@@ -1051,46 +1082,54 @@ def main(args: argparse.Namespace) -> int:
     return status
 
 
+def _load_suffix(args) -> str:
+    return f"-load{args.background_load}" if args.background_load else ""
+
+
 def _main_throughput(args, devices, clips, decode_dict, threads, machine, vers, out_dir) -> int:
-    if args.audio:
-        clip = clips[0]
-    else:
-        clip = parse_clip(LONG_FORM, audio_dir())
+    clip = clips[0] if args.audio else parse_clip(LONG_FORM, audio_dir())
+    backends = [b for b in (args.backends or ["max", "faster"]) if b != "openai"]
     status = 0
     for device in devices:
-        precisions = [p for b, p in IMPLEMENTATIONS[device] if b == "max" and (not args.precisions or p in args.precisions)]
+        impls = [(b, p) for b, p in IMPLEMENTATIONS[device] if b in backends
+                 and (not args.precisions or p in args.precisions)]
         for model in args.models:
-            for precision in precisions:
-                info(f"--- MAX throughput {model} {precision} on {device}: {clip.name} ---")
-                spec = {"kind": "throughput", "backend": "max", "model": model, "device": device,
-                        "precision": precision, "threads": None, "clips": [dataclasses.asdict(clip)],
-                        "repeats": args.repeats, "batch_sizes": args.batch_sizes}
+            runs, failures = [], []
+            for backend, precision in impls:
+                info(f"--- {implementation_label(backend, precision)} batched {model} on {device}: {clip.name} ---")
+                spec = {"kind": "throughput", "backend": backend, "model": model, "device": device,
+                        "precision": precision, "threads": None if backend == "max" else threads,
+                        "clips": [dataclasses.asdict(clip)], "repeats": args.repeats,
+                        "batch_sizes": args.batch_sizes, "options": decode_dict}
                 worker = run_worker(spec, args.timeout)
-                stem = ("quick-" if args.quick else "") + f"throughput-{device_tag(device, machine)}-{model}-{precision}"
-                doc = {"schema_version": SCHEMA_VERSION, "device": device,
-                       "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine, "versions": vers,
-                       "options": {"repeats": args.repeats, "batch_sizes": args.batch_sizes, "threads": threads,
-                                   "decode": {"greedy": True, "temperature": 0.0, "condition_on_previous_text": False,
-                                              "fallback": False}},
-                       "throughput": worker if worker.get("ok") else None,
-                       "failures": [] if worker.get("ok") else [{"backend": "max", "model": model, "device": device,
-                                                                 "precision": precision, "error": worker.get("error")}]}
-                out_dir.mkdir(parents=True, exist_ok=True)
-                json_path = out_dir / f"{stem}.json"
-                json_path.write_text(json.dumps(doc, indent=1) + "\n")
-                if not worker.get("ok"):
-                    print(f"FAILED: MAX throughput {model} {precision} on {device}: {worker.get('error')}")
+                if worker.get("ok"):
+                    runs.append(worker)
+                    status |= any("error" in r for r in worker["rows"])
+                else:
+                    failures.append({"implementation": implementation_label(backend, precision),
+                                     "error": worker.get("error")})
+                    print(f"FAILED: {implementation_label(backend, precision)} batched on {device}: {worker.get('error')}")
                     status = 1
-                    continue
-                md = throughput_markdown(doc)
-                (out_dir / f"{stem}.md").write_text(md)
-                if args.html:
-                    write_throughput_html(doc, out_dir / f"{stem}.html")
-                print(md)
-                print(f"wrote {out_dir / stem}.{{json,md{',html' if args.html else ''}}}")
-                if any("error" in r for r in worker["rows"]):
-                    status = 1
-    return status
+            stem = ("quick-" if args.quick else "") + f"batched-{device_tag(device, machine)}-{model}" + _load_suffix(args)
+            doc = {"schema_version": SCHEMA_VERSION, "device": device,
+                   "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine, "versions": vers,
+                   "options": {"repeats": args.repeats, "batch_sizes": args.batch_sizes, "threads": threads,
+                               "background_load": args.background_load, "decode": decode_dict},
+                   "throughput": {"model": model, "audio": clip.name,
+                                  "audio_s": runs[0]["audio_s"] if runs else None, "runs": runs},
+                   "failures": failures}
+            add_batched_accuracy(doc)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
+            if not runs:
+                continue
+            md = throughput_markdown(doc)
+            (out_dir / f"{stem}.md").write_text(md)
+            if args.html:
+                write_throughput_html(doc, out_dir / f"{stem}.html")
+            print(md)
+            print(f"wrote {out_dir / stem}.{{json,md{',html' if args.html else ''}}}")
+    return int(status)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ BACKENDS = {
     "openai": ("baselines.openai_backend", "OpenAITranscriber", "whisper", "openai-whisper (PyTorch)"),
     "faster": ("baselines.faster_backend", "FasterTranscriber", "faster_whisper", "faster-whisper (CTranslate2)"),
 }
+BACKEND_COLORS = {"max": "#e11d48", "openai": "#16a34a", "faster": "#0891b2"}  # the same in every chart
 DEVICES = ("auto", "cpu", "gpu")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 

@@ -218,17 +218,28 @@ def test_reports_render(tmp_path):
     assert "plotly" in paths["html"].read_text()
 
 
-def test_throughput_report_renders(tmp_path):
-    rows = [{"batch_size": b, "effective_batch": min(b, 7), "n_batches": -(-7 // b), "total_s_median": 10.0 / b,
-             "total_s_min": 9.0 / b, "total_s_max": 11.0 / b, "features_s": 0.1, "encode_s": 4.0 / b,
-             "decode_s": 6.0 / b, "audio_s_per_s": 20.3 * b, "n_tokens": 700, "tokens_per_s": 100.0 * b,
-             "windows_same_as_batch1": 7, "peak_rss_mib": 900.0} for b in (1, 2, 4, 8)]
-    rows.append({"batch_size": 16, "effective_batch": 7, "n_batches": 1, "error": "MemoryError: "})
-    doc = {"device": "cpu", "machine": {"cpu": "Test CPU", "cores": 2, "gpu": None}, "options": {"repeats": 1},
-           "throughput": {"model": "tiny.en", "precision": "fp32", "audio": "physicsworks.flac", "audio_s": 203.3,
-                          "n_windows": 7, "rows": rows}}
+def test_batched_report_renders_with_targets_and_wer(tmp_path, monkeypatch):
+    def row(batch, total, text):
+        return {"batch_size": batch, "total_s_median": total, "total_s_min": total * 0.9, "total_s_max": total * 1.1,
+                "encode_s": total / 2, "decode_s": total / 2, "audio_s_per_s": 203.3 / total, "n_chunks": 8,
+                "text": text, "chunk_tokens": [[1, 2]] if batch == 1 else [[1, 3]], "peak_rss_mib": 900.0}
+
+    runs = [{"backend": "max", "precision": "fp32", "implementation": "MAX fp32",
+             "rows": [row(1, 8.0, "the cat sat"), row(8, 4.0, "the cat sat"), {"batch_size": 16, "error": "MemoryError: "}]},
+            {"backend": "faster", "precision": "fp32", "implementation": "faster-whisper fp32",
+             "rows": [row(1, 9.0, "the cat sat"), row(8, 8.0, "a cat sat")]}]
+    doc = {"device": "cpu", "machine": {"cpu": "Test CPU", "cores": 2, "gpu": None, "vector_isa": "AVX2"},
+           "options": {"repeats": 1},
+           "throughput": {"model": "tiny.en", "audio": "lecture.flac", "audio_s": 203.3, "runs": runs}}
+    monkeypatch.setattr(bench, "pseudo_reference", lambda name: "the cat sat")
+    bench.add_batched_accuracy(doc)
+    assert [r.get("wer") for r in runs[1]["rows"]] == [0.0, pytest.approx(1 / 3)]
+    assert [r.get("same_tokens_as_first") for r in runs[0]["rows"][:2]] == [True, False]
     md = bench.throughput_markdown(doc)
-    assert "| 8 (7) | 1 |" in md and "| 4.00 |" in md and "FAILED: MemoryError" in md
+    assert "| MAX fp32 | 8 | 8 | 4.00 |" in md and "| 2.00 |" in md and "FAILED: MemoryError" in md
+    assert "-> 2.00x (target >= 2.5x): NOT MET" in md
+    assert "-> -33.33 points (target within 0.5): NOT MET" in md
+    assert "MAX batch 8 vs batch 1: 2.00x (target >= 1.3x): MET" in md and "AVX2" in md
     bench.write_throughput_html(doc, tmp_path / "t.html")
     assert (tmp_path / "t.html").exists()
 
