@@ -218,7 +218,7 @@ def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, padding: int = 0) -
     filters, window = mel_filters(n_mels), _hann_window()
     mel_spec = np.empty((n_mels, len(frames)), np.float32)
     # FRAMES_PER_CHUNK frames at a time: the temporaries stay in cache instead of being hundreds
-    # of MB of fresh memory for long audio (inside a transcription of the 203 s lecture: ~0.5 s -> ~0.15 s)
+    # of MB of fresh memory for long audio, slow to fault in on a VM (docs/design.md, Front end)
     for start in range(0, len(frames), FRAMES_PER_CHUNK):
         stft = np.fft.rfft(frames[start:start + FRAMES_PER_CHUNK] * window, axis=-1)  # complex64
         mel_spec[:, start:start + FRAMES_PER_CHUNK] = filters @ (stft.real**2 + stft.imag**2).T

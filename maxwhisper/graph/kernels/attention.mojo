@@ -1,5 +1,5 @@
 # Decoder-step attention for the CPU as one kernel: MAX's matmul/softmax ops spend most of a
-# one-row attention on per-op dispatch and 4-D matrix-vector kernels (~12 GB/s); this reads K and
+# one-row attention on per-op dispatch and 4-D matrix-vector kernels; this reads K and
 # V^T once at memory speed. Used through `layers.few_row_attention` for one query row per call.
 import extensibility
 from extensibility import InputTensor, OutputTensor

@@ -1,6 +1,6 @@
 # Greedy token choice on the CPU, inside the decoder-step graph: the host then reads one token and
 # one log probability per sequence instead of a 51k-wide row, and does no 51k-wide numpy work
-# between steps (~0.5 ms per token, which also let MAX's worker threads cool down).
+# between steps (which also let MAX's worker threads cool down).
 # It computes what `maxwhisper.decoding` does on the host for greedy decoding at temperature 0:
 # the suppression mask, openai's "timestamps more probable than any text token" rule, argmax,
 # and the float32 log probability with exp and its sum in float64, as the host computes them.
