@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-import jiwer
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -46,6 +45,7 @@ from .api import AudioError, DecodeOptions, MaxWhisperError, TranscriptionResult
 from .audio import SAMPLE_RATE, load_audio
 from .formats import format_timestamp, to_srt, to_txt, to_vtt
 from .registry import BACKEND_COLORS, BACKENDS, create_transcriber
+from .scoring import word_diff
 
 log = logging.getLogger(__name__)
 
@@ -303,39 +303,7 @@ class Turns:
         return f"**Now running:** {self.activity or 'a transcription'}" + (f" · {waiting} waiting" if waiting else "")
 
 
-# --- text comparison --------------------------------------------------------------------------
-
-def normalize(text: str) -> str:
-    """Lower case words without punctuation (apostrophes inside words kept), single spaces."""
-    text = re.sub(r"[^\w\s']|_", " ", text.lower())
-    return " ".join(w.strip("'") for w in text.split() if w.strip("'"))
-
-
-def word_diff(reference: str, hypothesis: str) -> tuple[float | None, str]:
-    """(WER of `hypothesis` against `reference`, HTML of the word diff), both on normalized words.
-
-    WER is None when the reference has no words. In the diff, words of the reference that the
-    hypothesis lacks are struck through in red, words it has instead or in addition are green.
-    """
-    ref, hyp = normalize(reference), normalize(hypothesis)
-    if not ref:
-        return (0.0 if not hyp else None), html.escape(hyp)
-    out = jiwer.process_words(ref, hyp)
-    ref_words, hyp_words = out.references[0], out.hypotheses[0]
-    parts = []
-    for chunk in out.alignments[0]:
-        removed = " ".join(ref_words[chunk.ref_start_idx:chunk.ref_end_idx])
-        added = " ".join(hyp_words[chunk.hyp_start_idx:chunk.hyp_end_idx])
-        if chunk.type == "equal":
-            parts.append(html.escape(added))
-            continue
-        if chunk.type in ("substitute", "delete"):
-            parts.append(f'<del style="color:#b91c1c">{html.escape(removed)}</del>')
-        if chunk.type in ("substitute", "insert"):
-            parts.append(f'<ins style="color:#15803d;background:#dcfce7;text-decoration:none">'
-                         f'{html.escape(added)}</ins>')
-    return out.wer, " ".join(parts)
-
+# --- text comparison ---------------------------------------------------------------------------
 
 def _segment_line(s) -> str:
     """[start --> end] text, then each word with its time and probability when there are word timestamps."""

@@ -17,7 +17,7 @@ How it measures (see benchmarks/README.md for what the figures mean):
   implementation instead of whichever happened to be running.
 - Every implementation gets the same DecodeOptions (openai-whisper's transcribe() defaults, greedy)
   and the same thread count (os.cpu_count(): MAX 26.7 cannot use fewer).
-- The parent process computes WER (whisper's EnglishTextNormalizer + jiwer) against the reference
+- The parent process computes WER (`maxwhisper.scoring`, as the app) against the reference
   transcripts below, agreement with openai-whisper's transcript, the target ratios, and writes
   JSON, Markdown and a Plotly chart per device.
 
@@ -48,6 +48,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .scoring import agreement, pooled_wer, wer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
@@ -117,59 +119,6 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or denominator is None or denominator <= 0:
         return None
     return numerator / denominator
-
-
-# --- text: normalisation, WER, agreement ------------------------------------------------------
-
-_normalizer = None
-
-
-def normalize(text: str) -> str:
-    """openai-whisper's EnglishTextNormalizer (lower case, no punctuation, spelled-out numbers...)."""
-    global _normalizer
-    if _normalizer is None:
-        # imports torch: only here, in the parent process
-        from whisper.normalizers import EnglishTextNormalizer
-
-        _normalizer = EnglishTextNormalizer()
-    return " ".join(_normalizer(text).split())
-
-
-def word_errors(reference: str, hypothesis: str) -> tuple[int, int] | None:
-    """(substitutions + deletions + insertions, reference words) after normalising both texts;
-    None when the normalised reference has no words (WER undefined)."""
-    import jiwer
-
-    ref, hyp = normalize(reference), normalize(hypothesis)
-    n = len(ref.split())
-    if n == 0:
-        return None
-    if not hyp:
-        return n, n  # everything deleted
-    out = jiwer.process_words(ref, hyp)
-    return out.substitutions + out.deletions + out.insertions, n
-
-
-def wer(reference: str, hypothesis: str) -> float | None:
-    """Word error rate (0..1, can exceed 1 with insertions) of hypothesis against reference."""
-    counts = word_errors(reference, hypothesis)
-    return None if counts is None else counts[0] / counts[1]
-
-
-def pooled_wer(pairs: Iterable[tuple[str, str]]) -> float | None:
-    """WER over several (reference, hypothesis) pairs: all errors / all reference words."""
-    errors = words = 0
-    for reference, hypothesis in pairs:
-        counts = word_errors(reference, hypothesis)
-        if counts is not None:
-            errors, words = errors + counts[0], words + counts[1]
-    return errors / words if words else None
-
-
-def agreement(openai_text: str, text: str) -> float | None:
-    """1 - WER of `text` taking openai-whisper's transcript as the reference, floored at 0."""
-    w = wer(openai_text, text)
-    return None if w is None else max(0.0, 1.0 - w)
 
 
 # --- clips --------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import pytest
 from maxwhisper import app_support as support
 from maxwhisper.api import CloseCall, DecodeOptions, Segment, Timings, TranscriptionResult
 from maxwhisper.registry import BACKENDS
+from maxwhisper.scoring import normalize
 
 AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
 JFK = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
@@ -48,7 +49,7 @@ def test_three_transcripts_of_jfk(jfk_run):
     assert list(comparison.panels) == list(BACKENDS)
     for backend, panel in comparison.panels.items():
         assert panel.error is None, f"{backend}: {panel.error}"
-        assert JFK in support.normalize(panel.text), backend
+        assert JFK in normalize(panel.text), backend
         assert "real time" in panel.summary
         assert panel.segments.startswith("[00:00.000 --> ")
     assert isinstance(comparison.timing_figure, go.Figure) and isinstance(comparison.rtf_figure, go.Figure)
@@ -83,7 +84,7 @@ def test_compared_with_openai_and_the_reference_text(jfk_run):
 def test_downloads(jfk_run):
     files = [Path(f) for f in jfk_run[0].panels["max"].files]
     assert [f.name for f in files] == ["jfk.max.txt", "jfk.max.srt", "jfk.max.vtt"]
-    assert JFK in support.normalize(files[0].read_text())
+    assert JFK in normalize(files[0].read_text())
     assert "00:00:00,000 --> 00:00:07,740" in files[1].read_text()
     assert files[2].read_text().startswith("WEBVTT")
 
@@ -472,18 +473,6 @@ def test_a_failed_warm_up_is_a_failed_load(monkeypatch):
     assert "✗ MAX Graph (this project) · fake · cpu failed: RuntimeError: no kernel" in cache.status()
     monkeypatch.setattr(support, "create_transcriber", lambda backend, **kw: FakeTranscriber(backend))
     assert support.create_warmed_up("max").backend == "max"
-
-
-def test_word_diff():
-    assert support.normalize("And so, my fellow Americans — ask NOT! Don't") == "and so my fellow americans ask not don't"
-    wer, diff = support.word_diff("the cat sat", "the cat sat")
-    assert wer == 0 and diff == "the cat sat"
-    wer, diff = support.word_diff("the cat sat on", "the bat sat on it")
-    assert wer == pytest.approx(0.5)
-    assert '<del style="color:#b91c1c">cat</del>' in diff and ">bat</ins>" in diff and ">it</ins>" in diff
-    assert support.word_diff("", "words") == (None, "words")
-    assert support.word_diff("", "")[0] == 0.0
-    assert support.word_diff("do", "don't")[1].endswith(">don&#x27;t</ins>")  # escaped for HTML
 
 
 # --- benchmarks and system tabs --------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The benchmark harness: statistics, WER/normalisation, clips, accuracy and targets on synthetic
+"""The benchmark harness: statistics, clips, accuracy and targets on synthetic
 records, report rendering, and `--quick` end to end (every backend, a few minutes at most)."""
 from __future__ import annotations
 
@@ -39,37 +39,6 @@ def test_median_or_none_and_ratio():
     assert bench.median_or_none([]) is None
     assert bench.ratio(6.0, 3.0) == 2.0
     assert bench.ratio(1.0, 0.0) is None and bench.ratio(None, 1.0) is None
-
-
-# --- text ---------------------------------------------------------------------------------------
-
-def test_normalisation_ignores_case_punctuation_and_number_spelling():
-    assert bench.normalize(" And so, my fellow Americans!") == "and so my fellow americans"
-    assert bench.normalize("ten dollars") == bench.normalize("$10")
-    assert bench.wer(bench.REFERENCES["jfk.flac"],
-                     " and so my fellow americans ask not what your country can do for you "
-                     "ask what you can do for your country") == 0.0
-
-
-def test_wer_counts_substitutions_deletions_insertions():
-    assert bench.wer("a b c d", "a x c d") == pytest.approx(0.25)
-    assert bench.wer("a b c d", "a b") == pytest.approx(0.5)
-    assert bench.wer("a b", "a b c d") == pytest.approx(1.0)  # two insertions
-    assert bench.wer("a b c", "") == 1.0
-    assert bench.wer("", "anything") is None
-    assert bench.wer(", ; !", "x") is None  # nothing left after normalising
-
-
-def test_pooled_wer_weighs_by_reference_words():
-    # 1 error in 4 words + 1 error in 1 word = 2 / 5, not the mean of 0.25 and 1.0
-    assert bench.pooled_wer([("a b c d", "a b c x"), ("e", "f")]) == pytest.approx(0.4)
-    assert bench.pooled_wer([("", "x")]) is None
-
-
-def test_agreement_is_one_minus_wer_floored_at_zero():
-    assert bench.agreement("a b c d", "a b c d") == 1.0
-    assert bench.agreement("a b c d", "a b c x") == pytest.approx(0.75)
-    assert bench.agreement("a", "b c d e") == 0.0
 
 
 # --- clips --------------------------------------------------------------------------------------

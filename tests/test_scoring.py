@@ -1,0 +1,65 @@
+"""Scoring (maxwhisper.scoring): the normaliser, WER, agreement and the word diff, and that the app
+and the benchmark, which both score with it, report the same WER for the same texts."""
+from __future__ import annotations
+
+import pytest
+
+from maxwhisper import app_support as support
+from maxwhisper import bench, scoring
+
+
+def test_normalisation_ignores_case_punctuation_and_number_spelling():
+    assert scoring.normalize(" And so, my fellow Americans!") == "and so my fellow americans"
+    assert scoring.normalize("ten dollars") == scoring.normalize("$10")
+    assert scoring.wer(bench.REFERENCES["jfk.flac"],
+                       " and so my fellow americans ask not what your country can do for you "
+                       "ask what you can do for your country") == 0.0
+
+
+def test_wer_counts_substitutions_deletions_insertions():
+    assert scoring.wer("a b c d", "a x c d") == pytest.approx(0.25)
+    assert scoring.wer("a b c d", "a b") == pytest.approx(0.5)
+    assert scoring.wer("a b", "a b c d") == pytest.approx(1.0)  # two insertions
+    assert scoring.wer("a b c", "") == 1.0
+    assert scoring.wer("", "anything") is None
+    assert scoring.wer(", ; !", "x") is None  # nothing left after normalising
+
+
+def test_pooled_wer_weighs_by_reference_words():
+    # 1 error in 4 words + 1 error in 1 word = 2 / 5, not the mean of 0.25 and 1.0
+    assert scoring.pooled_wer([("a b c d", "a b c x"), ("e", "f")]) == pytest.approx(0.4)
+    assert scoring.pooled_wer([("", "x")]) is None
+
+
+def test_agreement_is_one_minus_wer_floored_at_zero():
+    assert scoring.agreement("a b c d", "a b c d") == 1.0
+    assert scoring.agreement("a b c d", "a b c x") == pytest.approx(0.75)
+    assert scoring.agreement("a", "b c d e") == 0.0
+
+
+def test_word_diff(monkeypatch):
+    # the app's own normaliser kept "don't"; openai-whisper's, which the benchmark uses, expands it
+    assert scoring.normalize("And so, my fellow Americans — ask NOT! Don't") == "and so my fellow americans ask not do not"
+    wer, diff = scoring.word_diff("the cat sat", "the cat sat")
+    assert wer == 0 and diff == "the cat sat"
+    wer, diff = scoring.word_diff("the cat sat on", "the bat sat on it")
+    assert wer == pytest.approx(0.5)
+    assert '<del style="color:#b91c1c">cat</del>' in diff and ">bat</ins>" in diff and ">it</ins>" in diff
+    assert scoring.word_diff("", "words") == (None, "words")
+    assert scoring.word_diff("", "")[0] == 0.0
+    assert scoring.word_diff("a b", "") == (1.0, '<del style="color:#b91c1c">a b</del>')
+    monkeypatch.setattr(scoring, "normalize", lambda text: text)  # the normaliser leaves no HTML symbol to escape
+    assert scoring.word_diff("do", "don't")[1].endswith(">don&#x27;t</ins>")  # escaped for HTML
+
+
+@pytest.mark.parametrize("reference, hypothesis, expected", [
+    ("It cost ten dollars.", "it cost $10", 0.0),  # the app's former normaliser: 2 errors in 4 words
+    ("Don't stop.", "do not stop", 0.0),  # the app's former normaliser: 2 errors in 2 words
+    ("The cat sat on", "the bat sat on it", 0.5),
+])
+def test_the_app_and_the_benchmark_report_the_same_wer(reference, hypothesis, expected):
+    record = {"audio": "clip.flac", "backend": "max", "precision": "fp32", "text": hypothesis}
+    bench.add_accuracy([record], references={"clip.flac": reference})
+    assert record["wer"] == pytest.approx(expected)
+    shown = support._comparison_html("vs your reference text", reference, hypothesis)
+    assert f"WER {100 * expected:.1f} %" in shown
