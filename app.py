@@ -119,7 +119,7 @@ def build_demo(cache: support.ModelCache, max_seconds: float = 600.0, turns: sup
             with gr.Row(equal_height=False):
                 for b in BACKENDS:
                     with gr.Column(visible=False, min_width=260) as column:
-                        gr.Markdown(f"### <span style='color:{support.BACKEND_COLORS[b]}'>{support.label(b)}</span>")
+                        gr.Markdown(f"### <span style='color:{BACKENDS[b].color}'>{support.label(b)}</span>")
                         panel_outputs += [
                             column,
                             gr.Markdown(elem_id=f"summary-{b}"),

@@ -77,7 +77,9 @@ def add_model_arguments(p: argparse.ArgumentParser, backend: bool = True) -> Non
 
     g = p.add_argument_group("model")
     if backend:
-        g.add_argument("--backend", default="max", choices=list(BACKENDS), help="implementation to run (default: max)")
+        g.add_argument("--backend", default="max", choices=list(BACKENDS),
+                       help="implementation to run (default: max): "
+                            + "; ".join(f"{b.name} = {b.description}" for b in BACKENDS.values()))
     g.add_argument("--model", default="tiny.en",
                    help="installed model name (see `models`), a CTranslate2 folder, or an openai-whisper .pt file "
                         "(default: tiny.en)")

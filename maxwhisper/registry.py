@@ -1,25 +1,52 @@
-"""Backend name -> lazily imported transcriber class. Importing this module loads no backend."""
+"""The backends, one record each, which the CLI, the app and the benchmark read; importing this
+module loads no backend. A new backend is its transcriber's module plus one record in BACKENDS."""
 from __future__ import annotations
 
 import importlib
 import importlib.util
+from dataclasses import dataclass
 
 from .api import BackendError, Transcriber
 
-# name -> (module, class, the package it needs, what it is)
-BACKENDS = {
-    "max": ("maxwhisper.max_backend", "MaxTranscriber", "max", "MAX Graph (this project)"),
-    "openai": ("baselines.openai_backend", "OpenAITranscriber", "whisper", "openai-whisper (PyTorch)"),
-    "faster": ("baselines.faster_backend", "FasterTranscriber", "faster_whisper", "faster-whisper (CTranslate2)"),
-}
-BACKEND_COLORS = {"max": "#e11d48", "openai": "#16a34a", "faster": "#0891b2"}  # the same in every chart
+
+@dataclass(frozen=True)
+class Backend:
+    name: str  # --backend's value
+    label: str  # short, in the benchmark's tables: "MAX fp32"
+    description: str  # in the app and in messages
+    color: str  # the same in every chart
+    module: str  # imported only when a model is loaded on it
+    cls: str  # the Transcriber class in `module`
+    package: str  # the module it needs installed
+    precisions: dict[str, tuple[str, ...]]  # device it supports -> its precisions there, in the benchmark's order
+    batched: bool = False  # takes DecodeOptions.batch_size (bench --throughput)
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return tuple(self.precisions)
+
+
+BACKENDS = {b.name: b for b in (
+    Backend("max", "MAX", "MAX Graph (this project)", "#e11d48", "maxwhisper.max_backend", "MaxTranscriber", "max",
+            {"cpu": ("fp32",), "gpu": ("fp32", "fp16")}, batched=True),
+    Backend("openai", "openai-whisper", "openai-whisper (PyTorch)", "#16a34a", "baselines.openai_backend",
+            "OpenAITranscriber", "whisper", {"cpu": ("fp32",), "gpu": ("fp32", "fp16")}),
+    Backend("faster", "faster-whisper", "faster-whisper (CTranslate2)", "#0891b2", "baselines.faster_backend",
+            "FasterTranscriber", "faster_whisper", {"cpu": ("fp32", "int8"), "gpu": ("fp32", "fp16", "int8")},
+            batched=True),
+)}
 DEVICES = ("auto", "cpu", "gpu")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+OTHER_COLOR = "#64748b"  # a backend no record names (e.g. in an old benchmark file)
+
+
+def color(backend: str) -> str:
+    return BACKENDS[backend].color if backend in BACKENDS else OTHER_COLOR
 
 
 def available_backends() -> list[str]:
     """Backends whose package is installed (they may still fail to load a given model)."""
-    return [name for name, (_, _, package, _) in BACKENDS.items() if importlib.util.find_spec(package)]
+    return [b.name for b in BACKENDS.values() if importlib.util.find_spec(b.package)]
 
 
 def create_transcriber(backend: str, model: str = "tiny.en", device: str = "auto",
@@ -34,9 +61,10 @@ def create_transcriber(backend: str, model: str = "tiny.en", device: str = "auto
         raise BackendError(f"unknown precision {precision!r}; valid precisions: {', '.join(PRECISIONS)}")
     if not kernels and backend != "max":
         raise BackendError("--no-kernels is an option of the MAX backend only")
-    module, cls, package, label = BACKENDS[backend]
-    if not importlib.util.find_spec(package):
-        raise BackendError(f"backend {backend!r} needs {label}, which is not installed (pip install -r requirements.txt)")
+    b = BACKENDS[backend]
+    if not importlib.util.find_spec(b.package):
+        raise BackendError(f"backend {backend!r} needs {b.description}, which is not installed "
+                           "(pip install -r requirements.txt)")
     options = {"kernels": kernels} if backend == "max" else {}
-    return getattr(importlib.import_module(module), cls)(model=model, device=device, precision=precision,
-                                                         threads=threads, **options)
+    return getattr(importlib.import_module(b.module), b.cls)(model=model, device=device, precision=precision,
+                                                             threads=threads, **options)

@@ -497,7 +497,7 @@ def test_benchmarks_table_and_charts(tmp_path):
     assert len(table) == 2 and table[0][:4] == ["jfk.flac", "max · cpu · fp32", 0.5, 22.0]
     assert len(table[0]) == len(support.BENCH_TABLE)
     assert [t.name for t in rtf.data] == ["max · cpu · fp32", "openai · cpu · fp32"]
-    assert [t.marker.color for t in rtf.data] == [support.BACKEND_COLORS["max"], support.BACKEND_COLORS["openai"]]
+    assert [t.marker.color for t in rtf.data] == [BACKENDS["max"].color, BACKENDS["openai"].color]
     assert [t.name for t in stages.data] == ["features", "encode", "decode", "other"]
     assert stages.data[3].y == pytest.approx((0.25, 0.45))
 

@@ -41,6 +41,18 @@ def test_median_or_none_and_ratio():
     assert bench.ratio(1.0, 0.0) is None and bench.ratio(None, 1.0) is None
 
 
+# --- implementations -----------------------------------------------------------------------------
+
+def test_implementations_come_from_the_registry():
+    assert bench.IMPLEMENTATIONS == {
+        "cpu": [("max", "fp32"), ("openai", "fp32"), ("faster", "fp32"), ("faster", "int8")],
+        "gpu": [("max", "fp32"), ("max", "fp16"), ("openai", "fp32"), ("openai", "fp16"),
+                ("faster", "fp32"), ("faster", "fp16"), ("faster", "int8")],
+    }
+    assert bench.implementation_label("faster", "int8") == "faster-whisper int8"
+    assert bench.implementation_label("other", "fp32") == "other fp32"
+
+
 # --- clips --------------------------------------------------------------------------------------
 
 def test_default_clips_and_channel_names():
