@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 
 import ctranslate2
 import numpy as np
@@ -147,7 +148,8 @@ class FasterTranscriber:
         self.whisper.feature_extractor = _TimedFeatureExtractor(self.whisper.feature_extractor, self._features)
         self.whisper.encode = self._encode.wrap(self.whisper.encode)
 
-    def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions()) -> TranscriptionResult:
+    def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
+                   progress: Callable[[float], None] | None = None) -> TranscriptionResult:
         audio = np.asarray(audio, dtype=np.float32)
         if audio.ndim != 1 or audio.size == 0:
             raise AudioError(f"audio must be non-empty mono samples (1-D), got shape {audio.shape}")
@@ -185,7 +187,12 @@ class FasterTranscriber:
                     audio, **common, condition_on_previous_text=options.condition_on_previous_text,
                     hallucination_silence_threshold=options.hallucination_silence_threshold,
                     prompt_reset_on_temperature=0.5, vad_filter=False, clip_timestamps="0")
-            raw = list(segments_gen)  # the lazy part: decoding happens here
+            report = progress or (lambda fraction: None)
+            raw = []
+            for s in segments_gen:  # the lazy part: decoding happens here
+                raw.append(s)
+                report(min(s.end * SAMPLE_RATE / audio.size, 1.0))
+            report(1.0)
             total = time.perf_counter() - t0
             features, encode = self._features.seconds, self._encode.seconds
         segments = [

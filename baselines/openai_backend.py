@@ -14,6 +14,10 @@ Stage timings (seconds, summed over the whole call):
 - encode_s: forward pre/post hooks on `model.encoder` (every encoder pass: decoding, language
   detection, and the extra pass that word timestamps make), with a CUDA sync on GPU.
 - decode_s: total_s - features_s - encode_s (decoder, tokenizer, seek loop, Python overhead).
+
+Progress: `whisper.transcribe()` advances a tqdm bar after each 30 s window (hidden: verbose=None).
+The name that module looks up (`whisper.transcribe.tqdm`) gets a bar that also passes the fraction
+done to the progress callback of our call running in this thread; anyone else's bar is tqdm's own.
 """
 from __future__ import annotations
 
@@ -21,10 +25,13 @@ import importlib
 import os
 import threading
 import time
+import types
+from collections.abc import Callable
 from dataclasses import asdict
 
 import numpy as np
 import torch
+import tqdm
 from whisper.model import ModelDimensions, Whisper
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
@@ -54,6 +61,26 @@ def _timed_log_mel_spectrogram(*args, _original=_wt.log_mel_spectrogram, **kwarg
 if not getattr(_wt.log_mel_spectrogram, "_maxwhisper_timed", False):
     _timed_log_mel_spectrogram._maxwhisper_timed = True
     _wt.log_mel_spectrogram = _timed_log_mel_spectrogram
+
+# --- whisper.transcribe's progress bar, reporting each window (installed once, per-thread) ---
+
+_window_progress = threading.local()  # .report is our call's progress callback while it runs in this thread
+
+
+class _WindowBar(tqdm.tqdm):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.report, self.frames = getattr(_window_progress, "report", None), 0
+
+    def update(self, n=1):
+        self.frames += n
+        if self.report is not None:
+            self.report(min(self.frames / self.total, 1.0))
+        return super().update(n)
+
+
+if _wt.tqdm is tqdm:
+    _wt.tqdm = types.SimpleNamespace(tqdm=_WindowBar)
 
 
 def _resolve_device(device: str) -> str:
@@ -172,7 +199,8 @@ class OpenAITranscriber:
             raise MaxWhisperError(f"unknown language {language!r}; use a code such as en, de, fr")
         return code
 
-    def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions()) -> TranscriptionResult:
+    def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
+                   progress: Callable[[float], None] | None = None) -> TranscriptionResult:
         audio = np.asarray(audio, dtype=np.float32)
         if audio.ndim != 1 or audio.size == 0:
             raise AudioError(f"audio must be non-empty mono samples (1-D), got shape {audio.shape}")
@@ -184,6 +212,7 @@ class OpenAITranscriber:
             self._encode_s = 0.0
             self._language_probability = None
             _mel_clock.seconds = 0.0
+            _window_progress.report = progress
             t0 = time.perf_counter()
             try:
                 out = self.net.transcribe(audio, **transcribe_kwargs(options, language, self.precision == "fp16"))
@@ -191,7 +220,7 @@ class OpenAITranscriber:
                 total = time.perf_counter() - t0
                 features = _mel_clock.seconds
             finally:
-                _mel_clock.seconds = None
+                _mel_clock.seconds = _window_progress.report = None
         encode = self._encode_s
         segments = [
             Segment(

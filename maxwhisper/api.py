@@ -5,6 +5,7 @@ Nothing here imports a backend; `app.py`, the CLI and the benchmark only see the
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -186,7 +187,9 @@ class Transcriber(Protocol):
     load_s: float
     compile_s: float
 
-    def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions()) -> TranscriptionResult:
-        """`audio`: float32 mono samples at 16 kHz (see `maxwhisper.audio.load_audio`)."""
+    def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
+                   progress: Callable[[float], None] | None = None) -> TranscriptionResult:
+        """`audio`: float32 mono samples at 16 kHz (see `maxwhisper.audio.load_audio`). `progress`, if
+        given, is called as the work goes with the fraction of the audio done (0..1)."""
         ...
 

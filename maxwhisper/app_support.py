@@ -17,7 +17,6 @@ import ctypes
 import dataclasses
 import html
 import importlib.metadata
-import inspect
 import json
 import logging
 import math
@@ -368,22 +367,14 @@ def check_audio(audio, max_seconds: float | None) -> np.ndarray:
     return samples
 
 
-class _Windows:
-    """'window k of ~n' for a transcription in 30 s windows, from the fraction done after each window."""
-
-    def __init__(self, audio_s: float):
-        self.audio_s, self.finished, self.fraction = audio_s, 0, 0.0
-
-    def advance(self, fraction: float) -> None:
-        self.finished, self.fraction = self.finished + 1, fraction
-
-    def text(self) -> str:
-        if self.fraction >= 1:
-            return f"transcribed in {self.finished} window{'s' if self.finished > 1 else ''}, finishing"
-        current = self.finished + 1
-        expected = max(math.ceil(self.audio_s / WINDOW_S), current)
-        return (f"transcribing, window {current} of ~{expected} "
-                f"({self.fraction * self.audio_s:.0f} of {self.audio_s:.0f} s done)")
+def progress_text(fraction: float, audio_s: float) -> str:
+    """'window k of ~n' of a transcription in 30 s windows, estimated from the fraction of the audio done
+    (backends report it after each window, or each segment)."""
+    if fraction >= 1:
+        return "transcribed, finishing"
+    expected = max(math.ceil(audio_s / WINDOW_S), 1)
+    current = min(int(fraction * audio_s // WINDOW_S) + 1, expected)
+    return f"transcribing, window {current} of ~{expected} ({fraction * audio_s:.0f} of {audio_s:.0f} s done)"
 
 
 def run_comparison(audio, backends: list[str], model: str, device: str, options: DecodeOptions,
@@ -446,21 +437,14 @@ def _run_one(backend: str, samples: np.ndarray, model: str, device: str, options
     with turns.turn(waiting) as background:
         shared = background or loading()
         audio_s = len(samples) / SAMPLE_RATE
-        if "progress" not in inspect.signature(transcriber.transcribe).parameters:
-            turns.activity = f"{label(backend)}: transcribing {audio_s:.0f} s of audio"
-            say(f"transcribing {audio_s:.0f} s of audio (this library reports no progress per window)", 0.1)
-            result = transcriber.transcribe(samples, options)
-        else:
-            windows = _Windows(audio_s)
 
-            def report(fraction: float | None = None) -> None:
-                if fraction is not None:
-                    windows.advance(fraction)
-                turns.activity = f"{label(backend)}: {windows.text()}"
-                say(windows.text(), 0.1 + 0.9 * windows.fraction)
+        def report(fraction: float = 0.0) -> None:
+            text = progress_text(fraction, audio_s)
+            turns.activity = f"{label(backend)}: {text}"
+            say(text, 0.1 + 0.9 * fraction)
 
-            report()
-            result = transcriber.transcribe(samples, options, progress=report)
+        report()
+        result = transcriber.transcribe(samples, options, progress=report)
         return result, shared or loading()
 
 

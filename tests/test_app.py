@@ -95,7 +95,15 @@ def test_progress_goes_forward_to_done(jfk_run):
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert any(desc.startswith("MAX Graph (this project): transcribing, window 1 of ~1 (0 of 11 s done)")
                for _, desc in steps)
-    assert "MAX Graph (this project): transcribed in 1 window, finishing" in [d for _, d in steps]
+    assert "MAX Graph (this project): transcribed, finishing" in [d for _, d in steps]
+    for backend in ("openai-whisper (PyTorch)", "faster-whisper (CTranslate2)"):  # the baselines report progress too
+        assert f"{backend}: transcribed, finishing" in [d for _, d in steps]
+
+
+def test_progress_text_estimates_the_window_from_the_fraction_done():
+    assert support.progress_text(0.0, 11.0) == "transcribing, window 1 of ~1 (0 of 11 s done)"
+    assert support.progress_text(0.5, 200.0) == "transcribing, window 4 of ~7 (100 of 200 s done)"
+    assert support.progress_text(1.0, 200.0) == "transcribed, finishing"
 
 
 def test_component_checks_table(app_cache):
@@ -139,7 +147,7 @@ class FakeTranscriber:
         self.load_s, self.compile_s = 0.5, 0.0
         self.text, self.error, self.close_calls = text, error, close_calls
 
-    def transcribe(self, audio, options=DecodeOptions(), total_s=0.2, tokens=(1, 2)):
+    def transcribe(self, audio, options=DecodeOptions(), progress=None, total_s=0.2, tokens=(1, 2)):
         if self.error:
             raise self.error
         seg = Segment(0, 0, 0.0, 1.0, " " + self.text, tokens)
@@ -229,7 +237,7 @@ def test_loaded_implementations_answer_first_and_show_before_the_rest(tmp_path):
                                            "MAX Graph (this project)"]
     assert any(d.startswith("MAX Graph (this project): compiling the MAX graphs for fake on cpu (the first "
                             "compile takes minutes") for d in steps)
-    assert "openai-whisper (PyTorch): transcribing 1 s of audio (this library reports no progress per window)" in steps
+    assert "openai-whisper (PyTorch): transcribing, window 1 of ~1 (0 of 1 s done)" in steps
     first = partials[0]
     assert first.panels["openai"].text == "hello world" and first.panels["max"].summary == "*Waiting to run…*"
     assert "still to run: MAX Graph (this project), faster-whisper (CTranslate2)" in first.message

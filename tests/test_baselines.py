@@ -123,6 +123,15 @@ def test_without_timestamps(openai_tiny, faster_tiny, jfk):
         assert not any(tok >= 50363 for tok in r.tokens), t.backend  # no timestamp tokens
 
 
+@pytest.mark.parametrize("backend", ["openai_tiny", "faster_tiny"])
+def test_progress_reports_the_fraction_done(request, backend, jfk):
+    """openai-whisper after each 30 s window, faster-whisper after each segment; 1 at the end."""
+    fractions = []
+    request.getfixturevalue(backend).transcribe(np.concatenate([jfk] * 3), DecodeOptions(temperature=(0.0,)),
+                                                progress=fractions.append)
+    assert len(fractions) >= 2 and fractions == sorted(fractions) and fractions[0] > 0 and fractions[-1] == 1.0
+
+
 @pytest.mark.parametrize("backend", ["openai", "faster"])
 def test_bad_audio_and_options(request, backend):
     t = request.getfixturevalue(f"{backend}_tiny")
