@@ -11,6 +11,7 @@ Other modules (selfcheck, bench) add their entry there.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import statistics
@@ -125,18 +126,13 @@ def add_decode_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def decode_options(args: argparse.Namespace) -> DecodeOptions:
-    temperature = tuple(t for group in args.temperature for t in group) if args.temperature else DecodeOptions().temperature
-    language = None if args.language in (None, "", "auto") else args.language
-    return DecodeOptions(
-        language=language, task=args.task, temperature=temperature, beam_size=args.beam_size,
-        best_of=args.best_of, patience=args.patience, without_timestamps=args.without_timestamps,
-        word_timestamps=args.word_timestamps, initial_prompt=args.initial_prompt,
-        condition_on_previous_text=args.condition_on_previous_text,
-        compression_ratio_threshold=args.compression_ratio_threshold, logprob_threshold=args.logprob_threshold,
-        no_speech_threshold=args.no_speech_threshold,
-        hallucination_silence_threshold=args.hallucination_silence_threshold,
-        suppress_tokens=args.suppress_tokens, suppress_blank=args.suppress_blank, batch_size=args.batch_size,
-    )
+    """DecodeOptions from the parsed flags named as its fields (the CLI's and the benchmark's); a field
+    without a flag keeps its default. Repeated --temperature flags make one schedule."""
+    chosen = {f.name: getattr(args, f.name) for f in dataclasses.fields(DecodeOptions) if hasattr(args, f.name)}
+    chosen["temperature"] = (tuple(t for group in args.temperature for t in group) if args.temperature
+                             else DecodeOptions().temperature)
+    chosen["language"] = None if args.language in (None, "", "auto") else args.language
+    return DecodeOptions(**chosen)
 
 
 def check_files(paths: list[str]) -> None:

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .__main__ import decode_options, temperatures
 from .registry import BACKENDS, color
 from .scoring import agreement, pooled_wer, wer
 
@@ -867,13 +868,6 @@ def _positive_int(text: str) -> int:
     return _positive_ints(text)[0]
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(t) for t in _csv(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backends", type=_csv, default=None,
                    help=f"comma-separated: {','.join(BACKENDS)} (default: all)")
@@ -908,8 +902,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-sizes", type=_positive_ints, default=[1, 8], help="default 1,8")
     d = p.add_argument_group("decoding (the same for every implementation)")
     d.add_argument("--beam-size", type=_positive_int, default=1, help="1 = greedy (default)")
-    d.add_argument("--temperature", type=_floats, default=None,
-                   help="fallback schedule, comma-separated (default 0,0.2,0.4,0.6,0.8,1.0 as openai-whisper)")
+    d.add_argument("--temperature", type=temperatures, action="append", default=None, metavar="T",
+                   help="fallback schedule: repeat the flag or give a comma list (default 0,0.2,0.4,0.6,0.8,1.0 "
+                        "as openai-whisper)")
     d.add_argument("--language", default=None, help="language code (default: English for .en models, else detect)")
 
 
@@ -922,15 +917,6 @@ def _devices(requested: list[str] | None) -> list[str]:
     if bad:
         raise BackendError(f"unknown device(s) {', '.join(bad)}; valid: {', '.join(IMPLEMENTATIONS)}")
     return list(dict.fromkeys(requested))
-
-
-def _decode_options(args):
-    from .api import DecodeOptions
-
-    changes = {"beam_size": args.beam_size, "language": args.language}
-    if args.temperature:
-        changes["temperature"] = args.temperature
-    return DecodeOptions(**changes)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -955,7 +941,7 @@ def _main(args: argparse.Namespace) -> int:
         raise BackendError(f"unknown backend(s) {', '.join(bad)}; valid: {', '.join(BACKENDS)}")
     devices = _devices(args.devices)
     clips = resolve_clips(args.audio, quick=args.quick)
-    options = _decode_options(args)
+    options = decode_options(args)
     out_dir = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
     threads = os.cpu_count() or 1
     machine, vers = machine_info(), versions()

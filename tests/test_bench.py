@@ -53,6 +53,16 @@ def test_implementations_come_from_the_registry():
     assert bench.implementation_label("other", "fp32") == "other fp32"
 
 
+def test_decode_options_from_the_benchmark_s_flags():
+    from maxwhisper.__main__ import decode_options
+    from maxwhisper.api import DecodeOptions
+
+    parser = bench.build_parser()
+    options = decode_options(parser.parse_args(["--temperature", "0,0.2", "--beam-size", "2", "--language", "en"]))
+    assert options == DecodeOptions(temperature=(0.0, 0.2), beam_size=2, language="en")
+    assert decode_options(parser.parse_args([])) == DecodeOptions()
+
+
 # --- clips --------------------------------------------------------------------------------------
 
 def test_default_clips_and_channel_names():
