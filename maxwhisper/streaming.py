@@ -1,0 +1,185 @@
+"""Live transcription: audio arrives in chunks, the text is committed by LocalAgreement-2.
+
+Backend-neutral over the `Transcriber` protocol, so that MAX, faster-whisper and openai-whisper
+stream through the same code. Each update re-transcribes the buffered audio (the stream since
+the last trim, at most ~30 s) with word timestamps at the first temperature of the schedule only,
+prompted with the committed text before the buffer. LocalAgreement-2 (Macháček et al. 2023, ufal/whisper_streaming) commits the words on
+which two consecutive hypotheses agree; committed text never changes, the tentative tail may.
+Once the buffer is longer than `trim_s`, it is cut at the end of the last segment whose words are
+all committed, so that later updates stay short.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from .api import SAMPLE_RATE, DecodeOptions, Transcriber
+
+PROMPT_CHARS = 200  # committed text before the buffer given as prompt (as whisper_streaming)
+OVERLAP_WORDS = 5  # longest repeat of the committed tail looked for at a hypothesis's start
+
+
+@dataclass(frozen=True)
+class StreamWord:
+    start: float  # seconds since the stream began
+    end: float
+    text: str  # as the model wrote it, with its leading space
+
+
+def _key(text: str) -> str:
+    """What two hypotheses must share for a word to count as agreed: case and punctuation aside."""
+    return re.sub(r"[^\w']", "", text.lower())
+
+
+class LocalAgreement:
+    """LocalAgreement-2: a word is committed once two consecutive hypotheses agree on it and on
+    every word before it."""
+
+    def __init__(self):
+        self.committed: list[StreamWord] = []
+        self.tentative: list[StreamWord] = []  # the previous hypothesis beyond the committed words
+
+    def update(self, hypothesis: list[StreamWord]) -> list[StreamWord]:
+        """A new hypothesis (words in stream time); returns the words it commits."""
+        new = self._beyond_committed(hypothesis)
+        agreed = []
+        for previous, word in zip(self.tentative, new):
+            if _key(previous.text) != _key(word.text):
+                break
+            agreed.append(word)
+        self.committed += agreed
+        self.tentative = new[len(agreed):]
+        return agreed
+
+    def finish(self) -> list[StreamWord]:
+        """End of stream: the tentative words are committed as they stand."""
+        done, self.tentative = self.tentative, []
+        self.committed += done
+        return done
+
+    def _beyond_committed(self, hypothesis: list[StreamWord]) -> list[StreamWord]:
+        """The hypothesis without what is committed already: words starting before the last
+        committed word's end (0.1 s of slack), then a repeat of the committed tail at its start."""
+        if not self.committed:
+            return list(hypothesis)
+        last_end = self.committed[-1].end
+        new = [w for w in hypothesis if w.start > last_end - 0.1]
+        if new and abs(new[0].start - last_end) < 1:
+            tail = [_key(w.text) for w in self.committed[-OVERLAP_WORDS:]]
+            for n in range(min(len(tail), len(new)), 0, -1):
+                if tail[-n:] == [_key(w.text) for w in new[:n]]:
+                    return new[n:]
+        return new
+
+
+@dataclass(frozen=True)
+class StreamUpdate:
+    committed: list[StreamWord]  # committed by this update
+    tentative: list[StreamWord]  # the uncommitted tail after it
+    compute_s: float  # seconds the transcription took (its `timings.total_s`)
+
+
+class Streamer:
+    """Feed audio with `push` (float32 mono samples at 16 kHz, any length), then `finish`."""
+
+    def __init__(self, transcriber: Transcriber, options: DecodeOptions = DecodeOptions(), trim_s: float = 15.0):
+        self.transcriber = transcriber
+        # one temperature: a partial buffer often looks like a failed decoding, and falling back
+        # through sampling would multiply an update's time
+        self.options = dataclasses.replace(options, word_timestamps=True, batch_size=None,
+                                           temperature=options.temperature[:1])
+        self.trim_s = trim_s
+        self.policy = LocalAgreement()
+        self.buffer = np.zeros(0, np.float32)
+        self.buffer_start = 0.0  # stream time of buffer[0]
+        self.segment_ends: list[float] = []  # of the last hypothesis, in stream time
+
+    @property
+    def committed_text(self) -> str:
+        return "".join(w.text for w in self.policy.committed).strip()
+
+    def push(self, samples: np.ndarray) -> StreamUpdate:
+        self.buffer = np.concatenate([self.buffer, np.asarray(samples, np.float32)])
+        before = "".join(w.text for w in self.policy.committed if w.end <= self.buffer_start)
+        options = dataclasses.replace(self.options, initial_prompt=before[-PROMPT_CHARS:].strip() or None)
+        result = self.transcriber.transcribe(self.buffer, options)
+        compute_s = result.timings.total_s  # without a graph compiled on first use (MAX's alignment graph)
+        words = [StreamWord(self.buffer_start + w.start, self.buffer_start + w.end, w.word)
+                 for s in result.segments for w in (s.words or ())]
+        self.segment_ends = [self.buffer_start + s.end for s in result.segments]
+        committed = self.policy.update(words)
+        self._trim()
+        return StreamUpdate(committed, list(self.policy.tentative), compute_s)
+
+    def finish(self) -> StreamUpdate:
+        return StreamUpdate(self.policy.finish(), [], 0.0)
+
+    def _trim(self) -> None:
+        """Past trim_s of buffer, cut it at the last segment end that all committed words reach."""
+        if len(self.buffer) / SAMPLE_RATE <= self.trim_s or not self.policy.committed:
+            return
+        done = self.policy.committed[-1].end
+        cuts = [t for t in self.segment_ends[:-1] if self.buffer_start < t <= done + 0.01]
+        if not cuts and len(self.buffer) / SAMPLE_RATE > 25:  # no segment to cut at: the last committed word
+            cuts = [done]
+        if cuts:
+            cut = round((max(cuts) - self.buffer_start) * SAMPLE_RATE)
+            self.buffer = self.buffer[cut:]
+            self.buffer_start += cut / SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class StreamReport:
+    words: list[StreamWord]  # all committed words
+    commit_times: list[float]  # stream time at which each was committed
+    compute_s: float  # seconds spent transcribing, all updates together
+    audio_s: float
+    updates: int
+
+    @property
+    def text(self) -> str:
+        return "".join(w.text for w in self.words).strip()
+
+    @property
+    def latencies(self) -> list[float]:
+        """Per word: when it was committed minus when its audio ended."""
+        return [t - w.end for w, t in zip(self.words, self.commit_times)]
+
+    @property
+    def compute_share(self) -> float:
+        """Seconds of computing per second of audio: above 1, the stream falls behind."""
+        return self.compute_s / self.audio_s if self.audio_s else 0.0
+
+
+def stream_audio(transcriber: Transcriber, audio: np.ndarray, chunk_s: float = 1.0,
+                 options: DecodeOptions = DecodeOptions(), on_update=None) -> StreamReport:
+    """Feed `audio` as if it arrived in real time, chunk_s at a time, with the computing time
+    counted: an update starts when the model is free and takes every chunk that has arrived by
+    then (a chunk that arrives while the model is busy waits). on_update(update, now) is called
+    after each update, `now` being the stream time."""
+    streamer = Streamer(transcriber, options)
+    step = max(1, round(chunk_s * SAMPLE_RATE))
+    arrivals = [(min(i + step, len(audio)), min(i + step, len(audio)) / SAMPLE_RATE)
+                for i in range(0, len(audio), step)]  # (samples available, when)
+    now, fed, compute_s, updates = 0.0, 0, 0.0, 0
+    words, commit_times = [], []
+    while fed < len(audio):
+        now = max(now, next(t for n, t in arrivals if n > fed))  # wait for the next chunk
+        available = max(n for n, t in arrivals if t <= now)
+        update = streamer.push(audio[fed:available])
+        fed, updates = available, updates + 1
+        now += update.compute_s
+        compute_s += update.compute_s
+        words += update.committed
+        commit_times += [now] * len(update.committed)
+        if on_update is not None:
+            on_update(update, now)
+    last = streamer.finish()
+    words += last.committed
+    commit_times += [now] * len(last.committed)
+    if on_update is not None:
+        on_update(last, now)
+    return StreamReport(words, commit_times, compute_s, len(audio) / SAMPLE_RATE, updates)

@@ -1,0 +1,96 @@
+"""Live transcription (`maxwhisper.streaming`): LocalAgreement-2 on scripted hypotheses, the
+stream loop over a scripted transcriber (arrival, prompts, trimming, latency), and MAX on jfk."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from maxwhisper.api import SAMPLE_RATE, DecodeOptions, Segment, Timings, TranscriptionResult, Word
+from maxwhisper.streaming import LocalAgreement, StreamWord, stream_audio
+
+
+def words(text: str, start: float = 0.0, step: float = 0.5) -> list[StreamWord]:
+    return [StreamWord(start + i * step, start + (i + 1) * step, " " + w) for i, w in enumerate(text.split())]
+
+
+def texts(ws: list[StreamWord]) -> str:
+    return "".join(w.text for w in ws).strip()
+
+
+def test_words_are_committed_once_two_hypotheses_agree():
+    policy = LocalAgreement()
+    assert policy.update(words("hello world")) == []
+    assert texts(policy.update(words("Hello, world how"))) == "Hello, world"  # case and punctuation aside
+    assert texts(policy.update(words("hello world how are"))) == "how"
+    assert texts(policy.committed) == "Hello, world how" and texts(policy.tentative) == "are"
+    assert texts(policy.finish()) == "are"
+    assert texts(policy.committed) == "Hello, world how are"
+
+
+def test_disagreement_commits_nothing_and_committed_text_never_changes():
+    policy = LocalAgreement()
+    policy.update(words("I scream"))
+    assert policy.update(words("ice cream")) == []
+    assert texts(policy.update(words("ice cream please"))) == "ice cream"
+    # a later hypothesis that hears the committed words differently cannot change them
+    assert texts(policy.update(words("I scream please now"))) == "please"
+    assert texts(policy.committed) == "ice cream please"
+
+
+def test_a_repeat_of_the_committed_tail_is_not_committed_twice():
+    policy = LocalAgreement()
+    policy.update(words("one two three"))
+    assert texts(policy.update(words("one two three four"))) == "one two three"  # they end at 1.5 s
+    # after a trim the model hears "three" again, timed just inside the committed end's slack
+    again = [StreamWord(1.45, 1.6, " three")] + words("four five", start=1.6)
+    assert texts(policy.update(again)) == "four"
+    assert texts(policy.update(again + words("six", start=2.6))) == "five"
+    assert texts(policy.committed) == "one two three four five"
+
+
+class ScriptedTranscriber:
+    """Hears the words of a script whose audio has arrived: word i spans [i * 0.5, (i + 1) * 0.5) s
+    of the stream. Records the prompts and buffer lengths it was given."""
+
+    backend, model, device, precision, load_s, compile_s = "scripted", "none", "cpu", "fp32", 0.0, 0.0
+
+    def __init__(self, script: str):
+        self.script = script.split()
+        self.calls: list[tuple[float, str | None]] = []
+        self.fed = 0.0  # stream seconds fed so far
+
+    def transcribe(self, audio, options=DecodeOptions(), progress=None):
+        assert options.word_timestamps
+        n = len(audio) / SAMPLE_RATE
+        offset = round(audio[0], 3) if len(audio) else 0.0  # the test writes each sample's stream time
+        self.calls.append((n, options.initial_prompt))
+        heard = [(i, w) for i, w in enumerate(self.script) if i * 0.5 >= offset - 1e-6 and (i + 1) * 0.5 <= offset + n]
+        ws = tuple(Word(i * 0.5 - offset, (i + 1) * 0.5 - offset, " " + w, 0.9) for i, w in heard)
+        segments = [Segment(0, 0, ws[0].start, ws[-1].end, "".join(w.word for w in ws), (), words=ws)] if ws else []
+        return TranscriptionResult("".join(w.word for w in ws), segments, "en", "scripted", "none", "cpu", "fp32", n,
+                                   Timings(total_s=0.25), options)
+
+
+def test_the_stream_commits_the_script_in_order_with_prompts_and_trimming():
+    script = " ".join(f"w{i}" for i in range(80))  # 40 s of "speech"
+    audio = np.arange(40 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE  # each sample holds its own time
+    model = ScriptedTranscriber(script)
+    report = stream_audio(model, audio, chunk_s=1.0)
+    assert report.text == script
+    assert report.updates == 40 and report.audio_s == 40.0 and report.compute_share == pytest.approx(0.25)
+    assert all(lat >= 0 for lat in report.latencies)
+    assert report.commit_times == sorted(report.commit_times)
+    assert max(n for n, _ in model.calls) < 30  # the buffer was trimmed
+    prompts = [p for _, p in model.calls if p]
+    assert prompts and all(p.startswith("w") for p in prompts)
+
+
+def test_max_streams_jfk(max_tiny_en, jfk_audio):
+    from whisper.normalizers import EnglishTextNormalizer
+
+    report = stream_audio(max_tiny_en, jfk_audio, chunk_s=1.0)
+    normalise = EnglishTextNormalizer()
+    assert normalise(report.text) == normalise(
+        "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.")
+    assert report.updates >= 2 and all(lat >= 0 for lat in report.latencies)
+    assert report.compute_share > 0
