@@ -10,6 +10,7 @@ import pytest
 
 from maxwhisper.api import AudioError, BackendError, DecodeOptions, MaxWhisperError
 from maxwhisper.checkpoint import load_checkpoint
+from maxwhisper.scoring import normalize
 
 AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
 
@@ -21,12 +22,6 @@ def manifest_reference(name: str) -> str:
         if line.startswith(f"| `{name}` |"):
             return line.strip().strip("|").split("|")[-1].strip()
     raise KeyError(name)
-
-
-def normalise(text: str) -> str:
-    from whisper.normalizers import EnglishTextNormalizer
-
-    return EnglishTextNormalizer()(text)
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +65,7 @@ def test_manifest_reference_is_the_jfk_sentence():
 @pytest.mark.parametrize("which", ["openai_jfk", "faster_jfk"])
 def test_jfk_text(request, which):
     result = request.getfixturevalue(which)
-    assert normalise(result.text) == normalise(manifest_reference("jfk.flac"))
+    assert normalize(result.text) == normalize(manifest_reference("jfk.flac"))
     assert result.language == "en"
     assert result.model == "tiny.en" and result.device == "cpu" and result.precision == "fp32"
     assert result.audio_s == pytest.approx(11.0, abs=0.01)
@@ -111,7 +106,7 @@ def test_word_timestamps_and_beam(openai_tiny, faster_tiny, jfk):
     for t in (openai_tiny, faster_tiny):
         r = t.transcribe(jfk, options)
         words = [w for s in r.segments for w in s.words]
-        assert normalise("".join(w.word for w in words)) == normalise(JFK), t.backend
+        assert normalize("".join(w.word for w in words)) == normalize(JFK), t.backend
         assert all(0 <= w.start <= w.end for w in words)
         assert [w.start for w in words] == sorted(w.start for w in words)
 
@@ -119,7 +114,7 @@ def test_word_timestamps_and_beam(openai_tiny, faster_tiny, jfk):
 def test_without_timestamps(openai_tiny, faster_tiny, jfk):
     for t in (openai_tiny, faster_tiny):
         r = t.transcribe(jfk, DecodeOptions(without_timestamps=True, temperature=(0.0,)))
-        assert normalise(r.text) == normalise(JFK), t.backend
+        assert normalize(r.text) == normalize(JFK), t.backend
         assert not any(tok >= 50363 for tok in r.tokens), t.backend  # no timestamp tokens
 
 

@@ -10,17 +10,12 @@ from pathlib import Path
 import pytest
 
 from maxwhisper.api import DecodeOptions, Segment, Timings, TranscriptionResult, Word
+from maxwhisper.scoring import normalize
 
 ROOT = Path(__file__).resolve().parents[1]
 AUDIO = ROOT.parent / "shared" / "audio"
 JFK = AUDIO / "jfk.flac"
 
-
-
-def normalise(text: str) -> str:
-    from whisper.normalizers import EnglishTextNormalizer
-
-    return EnglishTextNormalizer()(text)
 
 
 JFK_NORMALISED = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
@@ -54,7 +49,7 @@ def test_openai_json_two_files():
     for line, path in zip(lines, (JFK, AUDIO / "jfk.wav")):
         d = json.loads(line)
         assert d["audio"] == str(path)
-        assert normalise(d["text"]) == JFK_NORMALISED
+        assert normalize(d["text"]) == JFK_NORMALISED
         assert d["backend"] == "openai" and d["model"] == "tiny.en" and d["device"] == "cpu"
         assert d["language"] == "en" and d["audio_s"] == pytest.approx(11.0, abs=0.01)
         assert TIMING_KEYS <= set(d["timings"])
@@ -72,7 +67,7 @@ def test_faster_srt():
     assert blocks[0].splitlines()[0] == "1"
     assert blocks[0].splitlines()[1].startswith("00:00:00,000 --> 00:00:")
     text = " ".join(" ".join(b.splitlines()[2:]) for b in blocks)
-    assert normalise(text) == JFK_NORMALISED
+    assert normalize(text) == JFK_NORMALISED
 
 
 def test_faster_vtt_word_timestamps_and_options():
@@ -107,7 +102,7 @@ def test_no_kernels_prints_the_jfk_sentence():
     """The portable plan (the graphs a GPU runs) on the CPU, from the command line."""
     p = cli("transcribe", JFK, "--backend", "max", "--device", "cpu", "--no-kernels", timeout=1200)
     assert p.returncode == 0, p.stderr
-    assert normalise(p.stdout) == JFK_NORMALISED
+    assert normalize(p.stdout) == JFK_NORMALISED
     assert "plan portable (cpu, float32); Mojo kernels: none" in p.stderr
 
 
@@ -116,7 +111,7 @@ def test_batch_size_transcribes_in_batches_and_refuses_what_it_cannot_do():
             timeout=1200)
     assert p.returncode == 0, p.stderr
     d = json.loads(p.stdout)
-    assert normalise(d["text"]) == JFK_NORMALISED and d["options"]["batch_size"] == 4
+    assert normalize(d["text"]) == JFK_NORMALISED and d["options"]["batch_size"] == 4
     assert 0 <= d["segments"][0]["start"] < d["segments"][-1]["end"] <= 11.1
     assert_clean_error(cli("transcribe", JFK, "--batch-size", "2", "--word-timestamps"), "not available with batched")
     assert_clean_error(cli("transcribe", JFK, "--backend", "openai", "--batch-size", "2"), "no batched transcription")
