@@ -27,13 +27,15 @@ class Backend:
 
 
 BACKENDS = {b.name: b for b in (
-    Backend("max", "MAX", "MAX Graph (this project)", "#e11d48", "maxwhisper.max_backend", "MaxTranscriber", "max",
-            {"cpu": ("fp32",), "gpu": ("fp32", "fp16")}, batched=True),
-    Backend("openai", "openai-whisper", "openai-whisper (PyTorch)", "#16a34a", "baselines.openai_backend",
-            "OpenAITranscriber", "whisper", {"cpu": ("fp32",), "gpu": ("fp32", "fp16")}),
-    Backend("faster", "faster-whisper", "faster-whisper (CTranslate2)", "#0891b2", "baselines.faster_backend",
-            "FasterTranscriber", "faster_whisper", {"cpu": ("fp32", "int8"), "gpu": ("fp32", "fp16", "int8")},
-            batched=True),
+    Backend(name="max", label="MAX", description="MAX Graph (this project)", color="#e11d48",
+            module="maxwhisper.max_backend", cls="MaxTranscriber", package="max",
+            precisions={"cpu": ("fp32",), "gpu": ("fp32", "fp16")}, batched=True),
+    Backend(name="openai", label="openai-whisper", description="openai-whisper (PyTorch)", color="#16a34a",
+            module="baselines.openai_backend", cls="OpenAITranscriber", package="whisper",
+            precisions={"cpu": ("fp32",), "gpu": ("fp32", "fp16")}),
+    Backend(name="faster", label="faster-whisper", description="faster-whisper (CTranslate2)", color="#0891b2",
+            module="baselines.faster_backend", cls="FasterTranscriber", package="faster_whisper",
+            precisions={"cpu": ("fp32", "int8"), "gpu": ("fp32", "fp16", "int8")}, batched=True),
 )}
 DEVICES = ("auto", "cpu", "gpu")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
