@@ -267,6 +267,44 @@ def run_compare(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if failed == len(backends) else 0
 
 
+# --- stream ---------------------------------------------------------------------------------
+
+def add_stream_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("audio", help="an audio file, fed as if it arrived in real time")
+    add_model_arguments(p)
+    p.add_argument("--chunk", type=float, default=1.0, metavar="S", help="seconds of audio per chunk (default 1.0)")
+    add_decode_arguments(p)
+
+
+def run_stream(args: argparse.Namespace) -> int:
+    from .audio import load_audio
+    from .formats import format_timestamp
+    from .streaming import stream_audio
+
+    if not args.chunk > 0:
+        raise MaxWhisperError("--chunk must be a positive number of seconds")
+    options = decode_options(args)
+    check_files([args.audio])
+    transcriber = load_transcriber(args, args.backend)
+    audio = load_audio(args.audio, max_seconds=args.max_seconds)
+
+    def show(update, now: float) -> None:
+        if update.committed:
+            span = f"{format_timestamp(update.committed[0].start)} --> {format_timestamp(update.committed[-1].end)}"
+            print(f"[{span}] (committed at {now:6.2f} s){''.join(w.text for w in update.committed)}", flush=True)
+
+    report = stream_audio(transcriber, audio, args.chunk, options, on_update=show)
+    lat = sorted(report.latencies)
+    if lat:
+        p90 = lat[min(len(lat) - 1, int(0.9 * len(lat)))]
+        info(f"{args.audio}: {report.audio_s:.1f} s in {report.updates} updates; commit latency median "
+             f"{statistics.median(lat):.2f} s, p90 {p90:.2f} s; compute {report.compute_share:.2f} s per audio second")
+    else:
+        info(f"{args.audio}: {report.audio_s:.1f} s in {report.updates} updates; nothing was said")
+    print(report.text)
+    return 0
+
+
 # --- models ---------------------------------------------------------------------------------
 
 def add_models_arguments(p: argparse.ArgumentParser) -> None:
@@ -302,6 +340,8 @@ def run_models(args: argparse.Namespace) -> int:
 COMMANDS = {
     "transcribe": ("transcribe audio files with one backend", add_transcribe_arguments, run_transcribe),
     "compare": ("run every available backend on one file and print a table", add_compare_arguments, run_compare),
+    "stream": ("transcribe a file as a live stream (LocalAgreement-2) and report commit latency",
+               add_stream_arguments, run_stream),
     "models": ("list installed models and where their weights come from", add_models_arguments, run_models),
     "selfcheck": ("check each MAX component against openai-whisper on the same weights",
                   lambda p: _lazy("selfcheck").add_arguments(p), lambda a: _lazy("selfcheck").main(a)),

@@ -94,3 +94,25 @@ def test_max_streams_jfk(max_tiny_en, jfk_audio):
         "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.")
     assert report.updates >= 2 and all(lat >= 0 for lat in report.latencies)
     assert report.compute_share > 0
+
+
+def test_stream_command_prints_committed_text_and_latency():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from whisper.normalizers import EnglishTextNormalizer
+
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, "-m", "maxwhisper", "stream", str(root.parent / "shared" / "audio" / "jfk.flac"),
+                        "--backend", "faster", "--threads", "2"], cwd=root, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert lines[0].startswith("[00:00.000 --> ") and "(committed at" in lines[0]
+    normalise = EnglishTextNormalizer()
+    assert normalise(lines[-1]) == normalise(
+        "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.")
+    assert "commit latency median" in p.stderr and "Traceback" not in p.stderr
+    bad = subprocess.run([sys.executable, "-m", "maxwhisper", "stream", "nope.wav", "--chunk", "0"], cwd=root,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--chunk" in bad.stderr and "Traceback" not in bad.stderr
