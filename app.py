@@ -2,7 +2,7 @@
 
     python app.py [--host 0.0.0.0] [--port 7860] [--share] [--max-seconds 600]
 
-The UI only: the logic lives in `maxwhisper.app_support`, models come from `maxwhisper.registry`.
+The UI only: the logic lives in `app_support.py` beside it, models come from `maxwhisper.registry`.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")  # offline compiles othe
 
 import gradio as gr  # noqa: E402
 
-from maxwhisper import app_support as support  # noqa: E402
+import app_support as support  # noqa: E402
 
 support.use_persistent_storage()  # a Space's /data keeps MAX's compile cache: before max is imported
 

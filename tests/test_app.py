@@ -1,4 +1,4 @@
-"""The app's logic at handler level (maxwhisper.app_support), without a browser.
+"""The app's logic at handler level (app_support.py), without a browser.
 
 The real run loads the three tiny.en transcribers once per session (MAX: ~6 s from the compile
 cache, minutes cold); the error paths use fakes and load nothing.
@@ -16,7 +16,7 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
-from maxwhisper import app_support as support
+import app_support as support
 from maxwhisper.api import CloseCall, DecodeOptions, Segment, Timings, TranscriptionResult
 from maxwhisper.registry import BACKENDS
 from maxwhisper.scoring import normalize

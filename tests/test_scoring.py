@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from maxwhisper import app_support as support
+import app_support as support
 from maxwhisper import bench, scoring
 
 

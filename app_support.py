@@ -40,11 +40,11 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .api import AudioError, DecodeOptions, MaxWhisperError, TranscriptionResult
-from .audio import SAMPLE_RATE, load_audio
-from .formats import format_timestamp, to_srt, to_txt, to_vtt
-from .registry import BACKENDS, color, create_transcriber
-from .scoring import word_diff
+from maxwhisper.api import AudioError, DecodeOptions, MaxWhisperError, TranscriptionResult
+from maxwhisper.audio import SAMPLE_RATE, load_audio
+from maxwhisper.formats import format_timestamp, to_srt, to_txt, to_vtt
+from maxwhisper.registry import BACKENDS, color, create_transcriber
+from maxwhisper.scoring import word_diff
 
 log = logging.getLogger(__name__)
 
@@ -634,7 +634,7 @@ def run_component_checks(cache: ModelCache, model: str, device: str, components:
     Uses the cache's MAX transcriber and openai-whisper on the CPU as the reference.
     `components`: a subset of selfcheck.COMPONENTS (default: all). `before_each` is called before each check.
     """
-    from .selfcheck import COMPONENTS, run_checks
+    from maxwhisper.selfcheck import COMPONENTS, run_checks
 
     components = components or COMPONENTS
 
@@ -864,7 +864,7 @@ def _version(package: str) -> str:
 
 @lru_cache(maxsize=None)
 def _model_source(name: str) -> str:
-    from .checkpoint import load_checkpoint
+    from maxwhisper.checkpoint import load_checkpoint
 
     try:
         return load_checkpoint(name).source
@@ -885,8 +885,8 @@ def _tree_size(path: Path) -> tuple[int, int]:
 
 
 def system_report(cache: ModelCache) -> str:
-    from .checkpoint import MODELS, installed_models
-    from .graph.model import describe_devices, gpu_status
+    from maxwhisper.checkpoint import MODELS, installed_models
+    from maxwhisper.graph.model import describe_devices, gpu_status
 
     installed = installed_models()
     problem = gpu_status()
