@@ -399,12 +399,6 @@ def _transcribe_worker(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _sync(net) -> None:
-    sync = getattr(getattr(net, "device", None), "synchronize", None)
-    if sync is not None:
-        sync()
-
-
 def _throughput_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Batched long-form transcription (`DecodeOptions.batch_size`) of one clip at each batch size,
     through the public transcriber API."""
