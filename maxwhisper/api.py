@@ -68,7 +68,7 @@ class DecodeOptions:
         if self.beam_size < 1 or self.best_of < 1 or (self.batch_size is not None and self.batch_size < 1):
             raise MaxWhisperError("beam_size, best_of and batch_size must be at least 1")
         if self.batch_size is not None and self.word_timestamps:
-            raise MaxWhisperError("word timestamps are not available with batched transcription (--batch-size)")
+            raise MaxWhisperError("word timestamps are not available with batched transcription (a batch size is set)")
         if isinstance(self.temperature, (int, float)):
             object.__setattr__(self, "temperature", (float(self.temperature),))
         if not self.temperature:

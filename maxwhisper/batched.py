@@ -13,12 +13,15 @@ prompted with the text before it, so it cannot batch. This mode, faster-whisper'
 - a window whose decoding looks like a failure is decoded again at the next temperature of the
   schedule, those of a batch together; a window judged silent is skipped;
 - segment times, measured in the chunk's speech-only timeline, are mapped back to the recording.
+  faster-whisper's pipeline drops a chunk's tokens after its last complete segment; here they are
+  a segment running to the chunk's end.
 
 Same weights and the same per-window rules as the sequential loop, but not the same text: the
 windows start elsewhere and see no previous text.
 """
 from __future__ import annotations
 
+import bisect
 import time
 from typing import Callable
 
@@ -36,19 +39,38 @@ TIME_PRECISION = 0.02  # seconds per timestamp token
 MIN_SILENCE_MS = 160  # faster-whisper's BatchedInferencePipeline default: cut at short pauses
 
 
-def speech_chunks(audio: np.ndarray) -> tuple[list[np.ndarray], list[dict], object]:
+class SpeechTimeline:
+    """Maps a time in the speech-only timeline (the speech regions put end to end) back to the
+    recording, in whole samples (a float round trip may fall into the previous region)."""
+
+    def __init__(self, regions: list[dict]):
+        lengths = [r["end"] - r["start"] for r in regions]
+        self.starts = [sum(lengths[:i]) for i in range(len(regions))]  # each region's start in speech samples
+        self.shift = [r["start"] - s for r, s in zip(regions, self.starts)]  # the silence before it
+
+    def original(self, seconds: float, is_end: bool = False) -> float:
+        """The recording's time of `seconds` of speech; an end exactly between two regions stays in
+        the first."""
+        sample = round(seconds * SAMPLE_RATE)
+        i = (bisect.bisect_left if is_end else bisect.bisect_right)(self.starts, sample) - 1
+        return (sample + self.shift[max(i, 0)]) / SAMPLE_RATE
+
+
+def speech_chunks(audio: np.ndarray) -> tuple[list[np.ndarray], list[dict], SpeechTimeline | None]:
     """The speech of `audio` packed into chunks of at most 30 s.
 
     Returns (chunk samples, chunk metadata {"offset": s, "duration": s} in the speech-only
-    timeline, a map from that timeline back to the recording's: `.get_original_time(t)`)."""
-    from faster_whisper.vad import SpeechTimestampsMap, VadOptions, collect_chunks, get_speech_timestamps
+    timeline, the map from that timeline back to the recording)."""
+    from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
 
     regions = get_speech_timestamps(audio, VadOptions(max_speech_duration_s=CHUNK_SECONDS,
                                                       min_silence_duration_ms=MIN_SILENCE_MS))
     if not regions:
         return [], [], None
-    chunks, metadata = collect_chunks(audio, regions, SAMPLE_RATE, max_duration=CHUNK_SECONDS)
-    return chunks, metadata, SpeechTimestampsMap(regions, SAMPLE_RATE)
+    chunks, _ = collect_chunks(audio, regions, SAMPLE_RATE, max_duration=CHUNK_SECONDS)
+    offsets = np.cumsum([0] + [len(c) for c in chunks[:-1]])  # in whole samples
+    metadata = [{"offset": int(o) / SAMPLE_RATE, "duration": len(c) / SAMPLE_RATE} for o, c in zip(offsets, chunks)]
+    return chunks, metadata, SpeechTimeline(regions)
 
 
 def transcribe_batched(
@@ -87,13 +109,15 @@ def transcribe_batched(
     for first in range(0, len(chunks), options.batch_size):
         batch = range(first, min(first + options.batch_size, len(chunks)))
         results = _decode_with_fallback(model, options, language, prompt, mels[batch.start:batch.stop], encode, rng,
-                                        [time_map.get_original_time(metadata[i]["offset"]) for i in batch],
+                                        [time_map.original(metadata[i]["offset"]) for i in batch],
                                         close_calls)
         for i, result in zip(batch, results):
             segments += _chunk_segments(result, tokenizer, metadata[i], time_map, len(segments), options)
             done_s += metadata[i]["duration"]
         if progress is not None:
             progress(done_s / speech_s)
+    if progress is not None and not chunks:
+        progress(1.0)  # no speech: nothing to decode
 
     return TranscribeOutput(
         segments=segments,
@@ -154,18 +178,17 @@ def _chunk_segments(result: DecodingResult, tokenizer, chunk: dict, time_map, fi
     size = round(chunk["duration"] * FRAMES_PER_SECOND)
     pieces, _, _ = _segments_of_window(list(result.tokens), tokenizer, 0, size, 2)
     tail = list(result.tokens[sum(len(p[2]) for p in pieces):])
-    if tail:  # text after the last complete segment (the sequential loop decodes it again): to the chunk's end
-        start = (tail[0] - tokenizer.timestamp_begin) * TIME_PRECISION if tail[0] >= tokenizer.timestamp_begin \
-            else pieces[-1][1]
-        pieces.append((start, chunk["duration"], tail))
-    seek = round(time_map.get_original_time(chunk["offset"]) * FRAMES_PER_SECOND)  # where the chunk starts
+    if tail:  # after the last complete segment, from the timestamp that opened it, to the chunk's end
+        pieces.append(((tail[0] - tokenizer.timestamp_begin) * TIME_PRECISION, chunk["duration"], tail))
+    seek = round(time_map.original(chunk["offset"]) * FRAMES_PER_SECOND)  # where the chunk starts
     segments = []
     for start, end, tokens in pieces:
         text = tokenizer.decode([t for t in tokens if t < tokenizer.eot])
         if not text.strip():
             continue
-        start = time_map.get_original_time(chunk["offset"] + start)
-        end = max(start, time_map.get_original_time(chunk["offset"] + min(end, chunk["duration"]), is_end=True))
+        # a timestamp in the chunk's zero padding would map into the next chunk's speech
+        start = time_map.original(chunk["offset"] + min(start, chunk["duration"]))
+        end = max(start, time_map.original(chunk["offset"] + min(end, chunk["duration"]), is_end=True))
         segments.append(Segment(
             id=first_id + len(segments), seek=seek, start=start, end=end, text=text,
             tokens=tuple(tokens), temperature=result.temperature, avg_logprob=result.avg_logprob,

@@ -858,6 +858,12 @@ def _positive_ints(text: str) -> list[int]:
     return values
 
 
+def _non_negative_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
 def _positive_int(text: str) -> int:
     return _positive_ints(text)[0]
 
@@ -884,7 +890,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help=f"output folder (default: {DEFAULT_OUT.relative_to(REPO_ROOT)})")
     p.add_argument("--no-html", dest="html", action="store_false", help="skip the Plotly chart")
-    p.add_argument("--background-load", type=int, default=0, metavar="N",
+    p.add_argument("--background-load", type=_non_negative_int, default=0, metavar="N",
                    help="keep N cores busy with spinning processes while measuring (a shared machine); the "
                         "output names get -loadN")
     p.add_argument("--timeout", type=float, default=3600.0,

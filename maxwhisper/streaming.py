@@ -104,7 +104,8 @@ class Streamer:
     def push(self, samples: np.ndarray) -> StreamUpdate:
         self.buffer = np.concatenate([self.buffer, np.asarray(samples, np.float32)])
         before = "".join(w.text for w in self.policy.committed if w.end <= self.buffer_start)
-        options = dataclasses.replace(self.options, initial_prompt=before[-PROMPT_CHARS:].strip() or None)
+        prompt = ((self.options.initial_prompt or "") + before)[-PROMPT_CHARS:].strip()
+        options = dataclasses.replace(self.options, initial_prompt=prompt or None)
         result = self.transcriber.transcribe(self.buffer, options)
         compute_s = result.timings.total_s  # without a graph compiled on first use (MAX's alignment graph)
         words = [StreamWord(self.buffer_start + w.start, self.buffer_start + w.end, w.word)
@@ -118,15 +119,18 @@ class Streamer:
         return StreamUpdate(self.policy.finish(), [], 0.0)
 
     def _trim(self) -> None:
-        """Past trim_s of buffer, cut it at the last segment end that all committed words reach."""
-        if len(self.buffer) / SAMPLE_RATE <= self.trim_s or not self.policy.committed:
+        """Past trim_s of buffer, cut it at the last segment end that all committed words reach;
+        past 25 s, at the last committed word, or (nothing committed in it: silence, or text that
+        keeps changing) 5 s before its end."""
+        length = len(self.buffer) / SAMPLE_RATE
+        if length <= self.trim_s:
             return
-        done = self.policy.committed[-1].end
-        cuts = [t for t in self.segment_ends[:-1] if self.buffer_start < t <= done + 0.01]
-        if not cuts and len(self.buffer) / SAMPLE_RATE > 25:  # no segment to cut at: the last committed word
-            cuts = [done]
-        if cuts:
-            cut = round((max(cuts) - self.buffer_start) * SAMPLE_RATE)
+        done = self.policy.committed[-1].end if self.policy.committed else self.buffer_start
+        cuts = [t for t in self.segment_ends[:-1] if self.buffer_start < t <= done]
+        if not cuts and length > 25:
+            cuts = [done if done > self.buffer_start else self.buffer_start + length - 5]
+        cut = round((max(cuts, default=self.buffer_start) - self.buffer_start) * SAMPLE_RATE)
+        if cut > 0:
             self.buffer = self.buffer[cut:]
             self.buffer_start += cut / SAMPLE_RATE
 

@@ -364,7 +364,7 @@ def _window_options(options: DecodeOptions, temperature: float, language: str, p
         beam_size=beam,
         patience=options.patience if beam is not None else None,
         prompt=prompt,
-        suppress_tokens=options.suppress_tokens,
+        suppress_tokens=tuple(options.suppress_token_ids()),
         suppress_blank=options.suppress_blank,
         without_timestamps=options.without_timestamps,
     )

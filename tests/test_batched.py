@@ -10,7 +10,7 @@ import pytest
 
 from maxwhisper.api import BackendError, DecodeOptions, MaxWhisperError
 from maxwhisper.audio import N_FRAMES, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
-from maxwhisper.batched import CHUNK_SECONDS, speech_chunks, transcribe_batched
+from maxwhisper.batched import CHUNK_SECONDS, SpeechTimeline, speech_chunks, transcribe_batched
 
 BATCHED = DecodeOptions(batch_size=2, temperature=(0.0,))
 
@@ -29,8 +29,27 @@ def test_speech_chunks_cover_the_speech_in_at_most_30_s_each(lecture_chunks, lec
     assert offsets == pytest.approx(np.cumsum([0.0] + durations[:-1]).tolist())
     assert [len(c) / SAMPLE_RATE for c in chunks] == pytest.approx(durations)
     # the speech-only timeline maps into the recording, in order
-    original = [time_map.get_original_time(t) for t in np.linspace(0, sum(durations), 50)]
+    original = [time_map.original(t) for t in np.linspace(0, sum(durations), 50)]
     assert original == sorted(original) and 0 <= original[0] and original[-1] <= len(lecture_60s_audio) / SAMPLE_RATE
+
+
+def test_speech_timeline_maps_whole_samples_to_their_region():
+    # regions [0, 1001) and [161001, 200000): speech sample 1001 is the second region's first,
+    # 10.06 s into the recording, though 1001 / 16000 * 16000 rounds down to 1000 in floats
+    timeline = SpeechTimeline([{"start": 0, "end": 1001}, {"start": 161001, "end": 200000}])
+    assert timeline.original(1001 / SAMPLE_RATE) == pytest.approx(161001 / SAMPLE_RATE)
+    assert timeline.original(1001 / SAMPLE_RATE, is_end=True) == pytest.approx(1001 / SAMPLE_RATE)  # the first's end
+    assert timeline.original(0.05) == pytest.approx(0.05) and timeline.original(0.5) == pytest.approx(10.5)
+    assert timeline.original(2.0) == pytest.approx(2.0 + 160000 / SAMPLE_RATE)
+
+
+def test_speech_after_a_long_silence_keeps_its_time(max_tiny_en, jfk_audio):
+    audio = np.concatenate([jfk_audio, np.zeros(10 * SAMPLE_RATE, np.float32), jfk_audio])
+    result = max_tiny_en.transcribe(audio, BATCHED)
+    second = [s for s in result.segments if "ask not" in s.text.lower() or s.start > 11.0]
+    assert result.text.lower().count("fellow americans") == 2
+    assert second and all(s.start >= 20.0 for s in second if s.start > 11.0)
+    assert max(s.end for s in result.segments) <= len(audio) / SAMPLE_RATE + 0.02
 
 
 def _chunk_tokens(result) -> list[list[int]]:

@@ -85,6 +85,19 @@ def test_the_stream_commits_the_script_in_order_with_prompts_and_trimming():
     assert prompts and all(p.startswith("w") for p in prompts)
 
 
+def test_silence_keeps_the_buffer_short_and_the_user_prompt_comes_first():
+    audio = np.arange(40 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
+    silent = ScriptedTranscriber("")
+    report = stream_audio(silent, audio, chunk_s=1.0, options=DecodeOptions(initial_prompt="Physics lecture."))
+    assert report.text == "" and report.words == []
+    assert max(n for n, _ in silent.calls) <= 26  # cut 5 s before its end once past 25 s, though nothing was said
+    assert {prompt for _, prompt in silent.calls} == {"Physics lecture."}
+    talk = ScriptedTranscriber(" ".join(f"w{i}" for i in range(80)))
+    stream_audio(talk, audio, chunk_s=1.0, options=DecodeOptions(initial_prompt="Physics lecture."))
+    later = [p for _, p in talk.calls if p and p != "Physics lecture."]
+    assert later and all(p.startswith("Physics lecture.") or len(p) >= 190 for p in later)
+
+
 def test_max_streams_jfk(max_tiny_en, jfk_audio):
     from whisper.normalizers import EnglishTextNormalizer
 
