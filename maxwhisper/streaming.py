@@ -61,12 +61,13 @@ class LocalAgreement:
         return done
 
     def _beyond_committed(self, hypothesis: list[StreamWord]) -> list[StreamWord]:
-        """The hypothesis without what is committed already: words starting before the last
-        committed word's end (0.1 s of slack), then a repeat of the committed tail at its start."""
+        """The hypothesis without what is committed already: words ending by the last committed
+        word's end, then a repeat of the committed tail at its start. (Word times move by a few
+        tenths of a second between hypotheses: a cut on start times would drop the next word.)"""
         if not self.committed:
             return list(hypothesis)
         last_end = self.committed[-1].end
-        new = [w for w in hypothesis if w.start > last_end - 0.1]
+        new = [w for w in hypothesis if w.end > last_end]
         if new and abs(new[0].start - last_end) < 1:
             tail = [_key(w.text) for w in self.committed[-OVERLAP_WORDS:]]
             for n in range(min(len(tail), len(new)), 0, -1):

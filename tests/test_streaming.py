@@ -48,6 +48,17 @@ def test_a_repeat_of_the_committed_tail_is_not_committed_twice():
     assert texts(policy.committed) == "one two three four five"
 
 
+def test_a_word_whose_time_moved_earlier_is_still_committed():
+    policy = LocalAgreement()
+    policy.update(words("ask not"))
+    assert texts(policy.update(words("ask not what"))) == "ask not"  # "not" ends at 1.0 s
+    # the next hypotheses time "not" and "what" 0.25 s earlier: "what" now starts before 1.0 s
+    shifted = [StreamWord(w.start - 0.25, w.end - 0.25, w.text) for w in words("ask not what your")]
+    assert texts(policy.update(shifted)) == "what"
+    assert texts(policy.update(shifted + words("country", start=1.75))) == "your"
+    assert texts(policy.committed) == "ask not what your"
+
+
 class ScriptedTranscriber:
     """Hears the words of a script whose audio has arrived: word i spans [i * 0.5, (i + 1) * 0.5) s
     of the stream. Records the prompts and buffer lengths it was given."""
