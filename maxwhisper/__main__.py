@@ -346,7 +346,7 @@ COMMANDS = {
     "selfcheck": ("check each MAX component against openai-whisper on the same weights",
                   lambda p: _lazy("selfcheck").add_arguments(p), lambda a: _lazy("selfcheck").main(a)),
     "bench": ("benchmark the backends side by side (speed, WER, agreement)",
-              lambda p: _lazy("bench").add_arguments(p), lambda a: _lazy("bench").main(a)),
+              lambda p: _lazy("bench.cli").add_arguments(p), lambda a: _lazy("bench.cli").main(a)),
     "gpu-compile": ("compile the GPU path's MAX graphs for NVIDIA GPUs that are not there (virtual devices)",
                     lambda p: _lazy("gpu_compile").add_arguments(p), lambda a: _lazy("gpu_compile").main(a)),
 }

@@ -86,7 +86,7 @@ def markdown(doc: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .bench import machine_info, versions
+    from .bench.machine import machine_info, versions
 
     _check(args)
     print(f"{'graph':<14} {'prec':<5} {'arch':<6} {'result':<7}{'seconds':>8}", flush=True)

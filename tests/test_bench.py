@@ -11,53 +11,59 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maxwhisper import bench
+from maxwhisper.bench.cli import build_parser
+from maxwhisper.bench.clips import DEFAULT_CLIPS, LONG_FORM, REFERENCES, audio_dir, load_clip, parse_clip, resolve_clips
+from maxwhisper.bench.machine import device_tag, slug
+from maxwhisper.bench.records import (IMPLEMENTATIONS, add_accuracy, add_batched_accuracy, compute_targets,
+                                      implementation_label, make_records, median_or_none, merge_round, ratio, spread)
+from maxwhisper.bench.report import (markdown_report, targets_text, throughput_markdown, write_outputs,
+                                     write_throughput_html)
 
 REPO = Path(__file__).resolve().parents[1]
-AUDIO = bench.audio_dir()
+AUDIO = audio_dir()
 
 
 # --- statistics ---------------------------------------------------------------------------------
 
 def test_spread_of_several_values():
-    s = bench.spread([4.0, 1.0, 3.0, 2.0])
+    s = spread([4.0, 1.0, 3.0, 2.0])
     assert s["median"] == 2.5 and s["min"] == 1.0 and s["max"] == 4.0 and s["n"] == 4
     assert s["q1"] == pytest.approx(1.75) and s["q3"] == pytest.approx(3.25)
     assert s["iqr"] == pytest.approx(1.5)
 
 
 def test_spread_of_one_value_and_of_none():
-    s = bench.spread([0.7])
+    s = spread([0.7])
     assert s["median"] == s["min"] == s["max"] == s["q1"] == s["q3"] == 0.7 and s["iqr"] == 0.0
     with pytest.raises(ValueError):
-        bench.spread([])
+        spread([])
 
 
 def test_median_or_none_and_ratio():
-    assert bench.median_or_none([3.0, 1.0, 2.0]) == 2.0
-    assert bench.median_or_none([1.0, None]) is None
-    assert bench.median_or_none([]) is None
-    assert bench.ratio(6.0, 3.0) == 2.0
-    assert bench.ratio(1.0, 0.0) is None and bench.ratio(None, 1.0) is None
+    assert median_or_none([3.0, 1.0, 2.0]) == 2.0
+    assert median_or_none([1.0, None]) is None
+    assert median_or_none([]) is None
+    assert ratio(6.0, 3.0) == 2.0
+    assert ratio(1.0, 0.0) is None and ratio(None, 1.0) is None
 
 
 # --- implementations -----------------------------------------------------------------------------
 
 def test_implementations_come_from_the_registry():
-    assert bench.IMPLEMENTATIONS == {
+    assert IMPLEMENTATIONS == {
         "cpu": [("max", "fp32"), ("openai", "fp32"), ("faster", "fp32"), ("faster", "int8")],
         "gpu": [("max", "fp32"), ("max", "fp16"), ("openai", "fp32"), ("openai", "fp16"),
                 ("faster", "fp32"), ("faster", "fp16"), ("faster", "int8")],
     }
-    assert bench.implementation_label("faster", "int8") == "faster-whisper int8"
-    assert bench.implementation_label("other", "fp32") == "other fp32"
+    assert implementation_label("faster", "int8") == "faster-whisper int8"
+    assert implementation_label("other", "fp32") == "other fp32"
 
 
 def test_decode_options_from_the_benchmark_s_flags():
     from maxwhisper.__main__ import decode_options
     from maxwhisper.api import DecodeOptions
 
-    parser = bench.build_parser()
+    parser = build_parser()
     options = decode_options(parser.parse_args(["--temperature", "0,0.2", "--beam-size", "2", "--language", "en"]))
     assert options == DecodeOptions(temperature=(0.0, 0.2), beam_size=2, language="en")
     assert decode_options(parser.parse_args([])) == DecodeOptions()
@@ -66,19 +72,19 @@ def test_decode_options_from_the_benchmark_s_flags():
 # --- clips --------------------------------------------------------------------------------------
 
 def test_default_clips_and_channel_names():
-    clips = bench.resolve_clips(None)
-    assert [c.name for c in clips] == list(bench.DEFAULT_CLIPS)
+    clips = resolve_clips(None)
+    assert [c.name for c in clips] == list(DEFAULT_CLIPS)
     left, right = clips[1], clips[2]
     assert (left.channel, right.channel) == (0, 1) and left.path == right.path
-    assert [c.name for c in bench.resolve_clips(None, quick=True)] == ["jfk.flac"]
-    assert bench.parse_clip(str(AUDIO / "stereo_diarization.wav#1")).name == "stereo_diarization.wav#right"
-    assert all(name in bench.REFERENCES for name in bench.DEFAULT_CLIPS if name != bench.LONG_FORM)
+    assert [c.name for c in resolve_clips(None, quick=True)] == ["jfk.flac"]
+    assert parse_clip(str(AUDIO / "stereo_diarization.wav#1")).name == "stereo_diarization.wav#right"
+    assert all(name in REFERENCES for name in DEFAULT_CLIPS if name != LONG_FORM)
 
 
 def test_load_clip_takes_one_channel():
-    left = bench.load_clip(bench.parse_clip(str(AUDIO / "stereo_diarization.wav#left")))
-    right = bench.load_clip(bench.parse_clip(str(AUDIO / "stereo_diarization.wav#right")))
-    both = bench.load_clip(bench.parse_clip(str(AUDIO / "stereo_diarization.wav")))
+    left = load_clip(parse_clip(str(AUDIO / "stereo_diarization.wav#left")))
+    right = load_clip(parse_clip(str(AUDIO / "stereo_diarization.wav#right")))
+    both = load_clip(parse_clip(str(AUDIO / "stereo_diarization.wav")))
     assert left.dtype == np.float32 and left.shape == right.shape == both.shape == (5 * 16000,)
     assert not np.allclose(left, right)
     np.testing.assert_allclose((left + right) / 2, both, atol=1e-4)  # the downmix is the mean
@@ -88,21 +94,21 @@ def test_audio_folder_and_missing_files(tmp_path):
     from maxwhisper.api import AudioError
 
     with pytest.raises(AudioError):
-        bench.resolve_clips([str(tmp_path / "nope.wav")])
+        resolve_clips([str(tmp_path / "nope.wav")])
     with pytest.raises(AudioError):
-        bench.resolve_clips([str(tmp_path)])  # a folder without audio
+        resolve_clips([str(tmp_path)])  # a folder without audio
     if (AUDIO / "jfk.flac").exists():
-        names = [c.name for c in bench.resolve_clips([str(AUDIO)])]
+        names = [c.name for c in resolve_clips([str(AUDIO)])]
         assert "jfk.flac" in names and "MANIFEST.md" not in names and names == sorted(names)
 
 
 def test_names_of_outputs():
-    assert bench.slug("Intel(R) Xeon(R) Platinum 8480C CPU @ 2.00GHz") == "intel-xeon-platinum-8480c"
-    assert bench.slug("AMD EPYC 7763 64-Core Processor") == "amd-epyc-7763"
+    assert slug("Intel(R) Xeon(R) Platinum 8480C CPU @ 2.00GHz") == "intel-xeon-platinum-8480c"
+    assert slug("AMD EPYC 7763 64-Core Processor") == "amd-epyc-7763"
     machine = {"cpu": "AMD EPYC", "cores": 2, "gpu": "NVIDIA H100 80GB HBM3",
                "gpus": [{"name": "NVIDIA H100 80GB HBM3"}]}
-    assert bench.device_tag("cpu", machine) == "cpu-amd-epyc-2c"
-    assert bench.device_tag("gpu", machine) == "gpu-nvidia-h100-80gb-hbm3"
+    assert device_tag("cpu", machine) == "cpu-amd-epyc-2c"
+    assert device_tag("gpu", machine) == "gpu-nvidia-h100-80gb-hbm3"
 
 
 # --- records, accuracy, targets, rendering (synthetic: no backend runs) ------------------------
@@ -131,10 +137,10 @@ def _records():
     ]:
         w = _worker(backend, precision, [("jfk.flac", 11.0, jfk_text, jfk_tokens, [1.0, 2.0, 3.0]),
                                          (lecture, 203.3, "some lecture text here", [7, 8], [lecture_total] * 3)])
-        recs, fails = bench.make_records(w, threads=2, repeats=3)
+        recs, fails = make_records(w, threads=2, repeats=3)
         assert not fails
         records += recs
-    bench.add_accuracy(records)
+    add_accuracy(records)
     return records
 
 
@@ -161,7 +167,7 @@ def test_make_records_and_accuracy():
 def test_failed_clip_becomes_a_failure():
     w = _worker("max", "fp32", [("jfk.flac", 11.0, "x", [1], [1.0])])
     w["clips"].append({"audio": "bad.wav", "error": "AudioError: nope"})
-    recs, fails = bench.make_records(w, threads=2, repeats=1)
+    recs, fails = make_records(w, threads=2, repeats=1)
     assert len(recs) == 1 and fails == [{"audio": "bad.wav", "backend": "max", "model": "tiny.en", "device": "cpu",
                                          "precision": "fp32", "error": "AudioError: nope"}]
 
@@ -171,8 +177,8 @@ def test_rounds_pool_timed_runs_and_keep_failures_and_nondeterminism():
     later = _worker("max", "fp32", [("jfk.flac", 11.0, "x", [1], [2.0, 3.0]), ("a.wav", 2.0, "y", [3], [1.0])])
     first["clips"].append({"audio": "bad.wav", "error": "AudioError: nope"})
     later["clips"].append(dict(first["clips"][0], audio="bad.wav"))
-    bench.merge_round(first, later)
-    recs, fails = bench.make_records(first, threads=2, repeats=4)
+    merge_round(first, later)
+    recs, fails = make_records(first, threads=2, repeats=4)
     jfk, a = recs
     assert jfk["total_s_runs"] == [1.0, 5.0, 2.0, 3.0] and jfk["total_s_median"] == 2.5 and jfk["deterministic"]
     assert a["deterministic"] is False  # another round gave other tokens
@@ -180,14 +186,14 @@ def test_rounds_pool_timed_runs_and_keep_failures_and_nondeterminism():
 
 
 def test_targets():
-    targets = bench.compute_targets(_records())
+    targets = compute_targets(_records())
     speed = {t["versus"]: t for t in targets if t["kind"] == "speed"}
     assert speed["faster-whisper fp32"]["audio"] == "physicsworks.flac" and speed["faster-whisper fp32"]["long_form"]
     assert speed["faster-whisper fp32"]["ratio"] == pytest.approx(7.0 / 5.0) and speed["faster-whisper fp32"]["met"]
     assert speed["faster-whisper int8"]["ratio"] == pytest.approx(4.0 / 5.0) and not speed["faster-whisper int8"]["met"]
     (w,) = [t for t in targets if t["kind"] == "wer"]
     assert w["audio"] == ["jfk.flac"] and w["delta_points"] == 0.0 and w["met"]
-    text = bench.targets_text(targets)
+    text = targets_text(targets)
     assert "ratio 1.40" in text and "ratio 0.80" in text and "NOT MET" in text
 
 
@@ -197,14 +203,14 @@ def test_reports_render(tmp_path):
            "machine": {"cpu": "Test CPU", "cores": 2, "ram_gib": 8.0, "gpu": None, "gpus": [], "load_average": [0, 0, 0]},
            "versions": {"max": "26.7.0"},
            "options": {"repeats": 3, "threads": 2, "quick": False, "decode": {"beam_size": 1, "temperature": [0.0]}},
-           "results": records, "targets": bench.compute_targets(records),
+           "results": records, "targets": compute_targets(records),
            "failures": [{"backend": "faster", "precision": "fp16", "device": "cpu", "error": "not supported"}]}
-    paths = bench.write_outputs(doc, tmp_path, "cpu-test")
+    paths = write_outputs(doc, tmp_path, "cpu-test")
     md = paths["md"].read_text()
     assert md.count("| jfk.flac (11.0 s) |") == 4 and "## Targets" in md and "not supported" in md
     assert "3 timed run(s)" in md and "rounds" not in md
     doc["options"]["rounds"] = 2
-    assert "2 rounds, implementations in turn, each 3 timed run(s)" in bench.markdown_report(doc)
+    assert "2 rounds, implementations in turn, each 3 timed run(s)" in markdown_report(doc)
     assert json.loads(paths["json"].read_text())["results"][0]["backend"] == "max"
     assert "plotly" in paths["html"].read_text()
 
@@ -222,16 +228,16 @@ def test_batched_report_renders_with_targets_and_wer(tmp_path, monkeypatch):
     doc = {"device": "cpu", "machine": {"cpu": "Test CPU", "cores": 2, "gpu": None, "vector_isa": "AVX2"},
            "options": {"repeats": 1},
            "throughput": {"model": "tiny.en", "audio": "lecture.flac", "audio_s": 203.3, "runs": runs}}
-    monkeypatch.setattr(bench, "pseudo_reference", lambda name: "the cat sat")
-    bench.add_batched_accuracy(doc)
+    monkeypatch.setattr("maxwhisper.bench.records.pseudo_reference", lambda name: "the cat sat")
+    add_batched_accuracy(doc)
     assert [r.get("wer") for r in runs[1]["rows"]] == [0.0, pytest.approx(1 / 3)]
     assert [r.get("same_tokens_as_first") for r in runs[0]["rows"][:2]] == [True, False]
-    md = bench.throughput_markdown(doc)
+    md = throughput_markdown(doc)
     assert "| MAX fp32 | 8 | 8 | 4.00 |" in md and "| 2.00 |" in md and "FAILED: MemoryError" in md
     assert "-> 2.00x (target >= 2.5x): NOT MET" in md
     assert "-> -33.33 points (target within 0.5): NOT MET" in md
     assert "MAX batch 8 vs batch 1: 2.00x (target >= 1.3x): MET" in md and "AVX2" in md
-    bench.write_throughput_html(doc, tmp_path / "t.html")
+    write_throughput_html(doc, tmp_path / "t.html")
     assert (tmp_path / "t.html").exists()
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import pytest
 
 import app_support as support
-from maxwhisper import bench, scoring
+from maxwhisper import scoring
+from maxwhisper.bench.clips import REFERENCES
+from maxwhisper.bench.records import add_accuracy
 
 
 def test_normalisation_ignores_case_punctuation_and_number_spelling():
     assert scoring.normalize(" And so, my fellow Americans!") == "and so my fellow americans"
     assert scoring.normalize("ten dollars") == scoring.normalize("$10")
-    assert scoring.wer(bench.REFERENCES["jfk.flac"],
+    assert scoring.wer(REFERENCES["jfk.flac"],
                        " and so my fellow americans ask not what your country can do for you "
                        "ask what you can do for your country") == 0.0
 
@@ -59,7 +61,7 @@ def test_word_diff(monkeypatch):
 ])
 def test_the_app_and_the_benchmark_report_the_same_wer(reference, hypothesis, expected):
     record = {"audio": "clip.flac", "backend": "max", "precision": "fp32", "text": hypothesis}
-    bench.add_accuracy([record], references={"clip.flac": reference})
+    add_accuracy([record], references={"clip.flac": reference})
     assert record["wer"] == pytest.approx(expected)
     shown = support._comparison_html("vs your reference text", reference, hypothesis)
     assert f"WER {100 * expected:.1f} %" in shown

