@@ -15,6 +15,7 @@ os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")  # offline compiles othe
 
 import gradio as gr  # noqa: E402
 
+import app_live as live_tab  # noqa: E402
 import app_support as support  # noqa: E402
 
 support.use_persistent_storage()  # a Space's /data keeps MAX's compile cache: before max is imported
@@ -50,9 +51,10 @@ def example_rows(models: list[str]) -> list[list]:
 
 
 def build_demo(cache: support.ModelCache, max_seconds: float = 600.0, turns: support.Turns | None = None,
-               checks: support.ComponentChecks | None = None) -> gr.Blocks:
+               checks: support.ComponentChecks | None = None, live: live_tab.LiveStreams | None = None) -> gr.Blocks:
     turns = turns or support.Turns()
     checks = checks or support.ComponentChecks(turns)
+    live = live or live_tab.LiveStreams(support.ModelCache(support.create_warmed_up))
     gpu = gpu_available()
     default_device = "gpu" if gpu else "cpu"
     models = installed_models()
@@ -132,6 +134,21 @@ def build_demo(cache: support.ModelCache, max_seconds: float = 600.0, turns: sup
             timing_plot = gr.Plot(show_label=False, visible=False, elem_id="timing-plot")
             rtf_plot = gr.Plot(show_label=False, visible=False, elem_id="rtf-plot")
 
+        with gr.Tab("Live"):
+            gr.Markdown("Speak into the microphone: the text appears as you talk. Words turn black once two "
+                        "consecutive transcriptions of the audio so far agree on them (LocalAgreement-2) and never "
+                        "change after that; the grey tail may still change. Live streams run beside the "
+                        "comparisons on models of their own, sharing the CPU with them.")
+            with gr.Row():
+                live_backend = gr.Radio([(support.label(b), b) for b in backends], value=backends[0],
+                                        label="Implementation", elem_id="live-backend")
+                live_model = gr.Dropdown(models, value=models[0] if models else None, label="Model (installed)")
+            mic = gr.Audio(sources=["microphone"], type="numpy", streaming=True, label="Microphone",
+                           elem_id="live-mic", waveform_options=gr.WaveformOptions(show_recording_waveform=False))
+            live_text = gr.HTML(elem_id="live-output")
+            live_stats = gr.Markdown(elem_id="live-stats")
+            live_session = gr.State(None, delete_callback=lambda s: s.stop(0) if s else None)
+
         with gr.Tab("Component tests"):
             gr.Markdown("Each MAX component against openai-whisper's PyTorch module built from the same weights "
                         "(`maxwhisper.selfcheck`). They run in the background once the start-up warm-up is done "
@@ -167,12 +184,11 @@ def build_demo(cache: support.ModelCache, max_seconds: float = 600.0, turns: sup
         def transcribe(audio, chosen, model, device, language, task, beam_size, timestamps, word_timestamps,
                        initial_prompt, condition, silence, batch, reference_text):
             def run(progress, on_partial):  # inside watch: bad option values become the run's message
-                options = DecodeOptions(language=None if language == "auto" else language, task=task,
-                                        beam_size=int(beam_size), without_timestamps=not timestamps,
-                                        word_timestamps=word_timestamps, initial_prompt=initial_prompt or None,
-                                        condition_on_previous_text=condition,
-                                        hallucination_silence_threshold=float(silence) if silence else None,
-                                        batch_size=int(batch) or None)
+                options = DecodeOptions.from_values({
+                    "language": language, "task": task, "beam_size": int(beam_size), "without_timestamps": not timestamps,
+                    "word_timestamps": word_timestamps, "initial_prompt": initial_prompt,
+                    "condition_on_previous_text": condition,
+                    "hallucination_silence_threshold": float(silence) if silence else None, "batch_size": int(batch)})
                 return support.run_comparison(audio, chosen, model, device_of(device), options, cache,
                                               max_seconds=max_seconds, reference_text=reference_text,
                                               progress=progress, turns=turns, on_partial=on_partial)
@@ -188,6 +204,28 @@ def build_demo(cache: support.ModelCache, max_seconds: float = 600.0, turns: sup
         for control in (model, device, chosen):  # say before a run what it will have to load or compile
             control.change(lambda chosen, model, device: cache.load_note(chosen, model, device_of(device)),
                            [chosen, model, device], model_note, concurrency_limit=None, show_progress="hidden")
+        def live_chunk(chunk, session, backend, model):
+            if session is None or session.stopped:  # the first chunk of a recording
+                try:
+                    session = live.start(backend, model, default_device)
+                except live_tab.TooManyStreams as e:
+                    return None, "", str(e)
+            if chunk is not None:
+                session.add(chunk)
+            return session, *session.render()
+
+        def live_stop(session):
+            if session is None:
+                return "", ""
+            session.stop()
+            return session.render()
+
+        mic.stream(live_chunk, [mic, live_session, live_backend, live_model], [live_session, live_text, live_stats],
+                   stream_every=1.0, time_limit=int(max_seconds), show_progress="hidden",
+                   concurrency_limit=1, concurrency_id="live-chunks")  # one at a time: in order, and quick
+        mic.stop_recording(live_stop, live_session, [live_text, live_stats], concurrency_limit=None,
+                           show_progress="hidden")
+
         def check_again(model, device):
             if checks.start(model, device_of(device)) is None:
                 gr.Info("The checks are running already: this click started nothing. Click again once they finish.")
@@ -235,13 +273,17 @@ def main(argv: list[str] | None = None) -> None:
     cache = support.ModelCache(support.create_warmed_up, record=support.load_record_path())
     turns = support.Turns()
     checks = support.ComponentChecks(turns)
+    live = live_tab.LiveStreams(support.ModelCache(support.create_warmed_up))
     models = installed_models()
     if args.warm_up and models:
         device = "gpu" if gpu_available() else "cpu"
-        # MAX last: the baselines load in seconds and answer while MAX compiles; the checks follow
+        # MAX last: the baselines load in seconds and answer while MAX compiles; then the Live tab's
+        # MAX (from the compile cache by then) and the checks
         backends = sorted(available_backends(), key=lambda b: b == "max")
-        cache.warm_up([(b, models[0], device) for b in backends], then=lambda: checks.start(models[0], device))
-    demo = build_demo(cache, args.max_seconds, turns, checks)
+        cache.warm_up([(b, models[0], device) for b in backends],
+                      then=lambda: live.cache.warm_up([("max", models[0], device)],
+                                                      then=lambda: checks.start(models[0], device)))
+    demo = build_demo(cache, args.max_seconds, turns, checks, live)
     demo.queue(default_concurrency_limit=1, max_size=32)
     quiet_queue(demo)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share,

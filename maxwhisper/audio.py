@@ -108,8 +108,46 @@ def _decode(file: str | io.BytesIO, name: str, max_seconds: float | None) -> np.
 
 def _from_array(sample_rate: int, array: np.ndarray, max_seconds: float | None) -> np.ndarray:
     """[n] or [n, channels] int or float samples at `sample_rate` -> float32 [n'] at 16 kHz."""
+    _check_rate(sample_rate)
+    audio = _float_mono(array)
+    _check_length(len(audio), sample_rate, max_seconds)
+    return audio if sample_rate == SAMPLE_RATE else _resample(audio, sample_rate)
+
+
+class StreamResampler:
+    """A live stream's chunks ([n] or [n, channels] int or float samples at `sample_rate`) ->
+    float32 mono at 16 kHz. One swresample context for the whole stream: resampling each chunk
+    on its own would put an edge at every chunk boundary."""
+
+    def __init__(self, sample_rate: int):
+        _check_rate(sample_rate)
+        self.sample_rate = sample_rate
+        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+
+    def __call__(self, array: np.ndarray) -> np.ndarray:
+        audio = _float_mono(array)
+        if self.sample_rate == SAMPLE_RATE:
+            return audio
+        frame = av.AudioFrame.from_ndarray(audio[None, :], format="flt", layout="mono")
+        frame.sample_rate = self.sample_rate
+        return self._samples(self._resampler.resample(frame))
+
+    def flush(self) -> np.ndarray:
+        """The samples still inside the resampler, at the end of the stream."""
+        return self._samples(self._resampler.resample(None))
+
+    @staticmethod
+    def _samples(frames) -> np.ndarray:
+        return np.concatenate([f.to_ndarray()[0] for f in frames]) if frames else np.zeros(0, np.float32)
+
+
+def _check_rate(sample_rate) -> None:
     if not (isinstance(sample_rate, numbers.Integral) and sample_rate > 0):
         raise AudioError(f"invalid sample rate: {sample_rate!r}")
+
+
+def _float_mono(array: np.ndarray) -> np.ndarray:
+    """[n] or [n, channels] int or float samples -> float32 [n], contiguous."""
     array = np.asarray(array)
     if array.size == 0:
         raise AudioError("the audio has no samples")
@@ -125,18 +163,13 @@ def _from_array(sample_rate: int, array: np.ndarray, max_seconds: float | None) 
         raise AudioError(f"unsupported sample type: {array.dtype}")
     if audio.ndim == 2:
         audio = audio.mean(axis=1, dtype=np.float32)
-    _check_length(len(audio), sample_rate, max_seconds)
-    audio = np.ascontiguousarray(audio)
-    return audio if sample_rate == SAMPLE_RATE else _resample(audio, sample_rate)
+    return np.ascontiguousarray(audio)
 
 
 def _resample(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """float32 [n] at `sample_rate` -> float32 [n * 16000 / sample_rate], with FFmpeg's swresample."""
-    frame = av.AudioFrame.from_ndarray(audio[None, :], format="flt", layout="mono")
-    frame.sample_rate = sample_rate
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-    frames = resampler.resample(frame) + resampler.resample(None)
-    return np.concatenate([f.to_ndarray()[0] for f in frames])
+    resampler = StreamResampler(sample_rate)
+    return np.concatenate([resampler(audio), resampler.flush()])
 
 
 def _check_length(n: int, rate: int, max_seconds: float | None) -> None:

@@ -249,3 +249,19 @@ def test_pad_or_trim():
     padded = pad_or_trim(mel, N_FRAMES)
     assert padded.shape == (80, N_FRAMES) and padded[:, 1100:].sum() == 0
     assert pad_or_trim(np.ones((80, 4000)), N_FRAMES, axis=1).shape == (80, N_FRAMES)
+
+
+def test_a_stream_resampled_chunk_by_chunk_equals_the_whole_resampled_at_once():
+    from maxwhisper.audio import StreamResampler, _resample
+
+    tone = np.sin(np.arange(3 * 48_000) / 48_000 * 2 * np.pi * 440).astype(np.float32)
+    stream = StreamResampler(48_000)
+    chunks = [stream((tone[i:i + 4800, None].repeat(2, axis=1) * 32767).astype(np.int16))  # stereo int16
+              for i in range(0, len(tone), 4800)]
+    streamed = np.concatenate(chunks + [stream.flush()])
+    whole = _resample(tone, 48_000)
+    assert len(streamed) == len(whole) == 3 * SAMPLE_RATE
+    assert np.abs(streamed - whole).max() < 1e-4  # int16 rounding only: no edge at the chunk boundaries
+    assert len(StreamResampler(SAMPLE_RATE)(np.ones(10, np.float32))) == 10
+    with pytest.raises(AudioError, match="invalid sample rate"):
+        StreamResampler(0)

@@ -1,0 +1,168 @@
+"""The app's Live tab: a microphone stream transcribed as it arrives (`maxwhisper.streaming`).
+
+Gradio calls `LiveSession.add` with each chunk the browser sends (about every second); the
+session's own thread runs the updates, each taking all the audio that arrived while the previous
+one ran, so a slow update makes the next one longer instead of letting chunks pile up. Live
+streams do not queue behind the comparisons (`Turns`): they run beside them on transcribers of
+their own (`LIVE_CACHE`), so both share the CPU's cores, and at most `LIVE_STREAMS` run at once.
+"""
+from __future__ import annotations
+
+import html
+import logging
+import statistics
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+import app_support as support
+from maxwhisper.api import SAMPLE_RATE, DecodeOptions
+from maxwhisper.audio import StreamResampler
+from maxwhisper.streaming import Streamer, StreamWord
+
+log = logging.getLogger(__name__)
+
+LIVE_STREAMS = 2  # live sessions computing at once; one more is told to wait
+IDLE_S = 30.0  # a session that receives nothing for this long ends (its visitor left)
+TENTATIVE_STYLE = "color:#9ca3af"
+
+
+class LiveSession:
+    """One visitor's microphone stream. `add` takes chunks (Gradio's (sample rate, samples)),
+    `stop` ends the stream and waits for the last words; `render` tells where it stands.
+
+    `load` returns the transcriber (it may take a while: the first MAX compile); the stream's
+    clock starts with the first chunk, so a word's commit latency counts the wait for the load."""
+
+    def __init__(self, load: Callable[[], object], options: DecodeOptions = DecodeOptions(),
+                 clock: Callable[[], float] = time.monotonic):
+        self._load, self._options, self._clock = load, options, clock
+        self._cond = threading.Condition()
+        self._pending: list[np.ndarray] = []  # 16 kHz samples not yet given to the streamer
+        self._resampler: StreamResampler | None = None
+        self._stopped = False
+        self.started: float | None = None  # clock time at which the stream's first sample was spoken
+        self.received_s = 0.0  # seconds of audio received
+        self.committed: list[StreamWord] = []
+        self.tentative: list[StreamWord] = []
+        self.latencies: list[float] = []
+        self.compute_s = 0.0
+        self.state = "loading the model"
+        self.error = ""
+        self._thread = threading.Thread(target=self._run, name="maxwhisper-live", daemon=True)
+        self._thread.start()
+
+    def add(self, chunk: tuple[int, np.ndarray]) -> None:
+        sample_rate, samples = chunk
+        with self._cond:
+            if self._stopped:
+                return
+            if self._resampler is None:
+                self._resampler = StreamResampler(sample_rate)
+            audio = self._resampler(samples)
+            now = self._clock()
+            if self.started is None:
+                self.started = now - len(audio) / SAMPLE_RATE
+            self._pending.append(audio)
+            self.received_s += len(audio) / SAMPLE_RATE
+            self._cond.notify_all()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """End the stream: the words still tentative are committed once the audio received is done."""
+        with self._cond:
+            if not self._stopped and self._resampler is not None:
+                self._pending.append(self._resampler.flush())
+            self._stopped = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def waiting_s(self) -> float:
+        """Seconds of audio received and not yet transcribed."""
+        with self._cond:
+            return sum(len(a) for a in self._pending) / SAMPLE_RATE
+
+    def _run(self) -> None:
+        try:
+            streamer = Streamer(self._load(), self._options)
+            self.state = "listening"
+            while True:
+                with self._cond:
+                    if not self._cond.wait_for(lambda: self._pending or self._stopped, IDLE_S):
+                        self._stopped = True  # nothing for IDLE_S: the visitor left
+                    audio = np.concatenate(self._pending) if self._pending else np.zeros(0, np.float32)
+                    self._pending.clear()
+                    last = self._stopped
+                if len(audio):
+                    update = streamer.push(audio)
+                    self.compute_s += update.compute_s
+                    self._commit(update.committed)
+                    self.tentative = update.tentative
+                if last:
+                    self._commit(streamer.finish().committed)
+                    self.tentative = []
+                    self.state = "stopped"
+                    return
+        except Exception as e:  # noqa: BLE001 - the visitor sees it in the tab
+            log.exception("live stream failed")
+            self.error, self.state = support.error_message(e), "failed"
+            with self._cond:
+                self._stopped = True
+
+    def _commit(self, words: list[StreamWord]) -> None:
+        now = self._clock() - self.started if self.started is not None else 0.0
+        self.committed += words
+        self.latencies += [now - w.end for w in words]
+
+    def render(self) -> tuple[str, str]:
+        """(HTML of the committed text and the tentative tail, one Markdown line of figures)."""
+        committed = html.escape("".join(w.text for w in self.committed).strip())
+        tentative = html.escape("".join(w.text for w in self.tentative))
+        text = (f"<div id='live-text' style='font-size:1.25em;line-height:1.6'><span id='live-committed'>"
+                f"{committed}</span><span id='live-tentative' style='{TENTATIVE_STYLE}'>{tentative}</span></div>")
+        if self.error:
+            return text, f"Live transcription stopped: {self.error}"
+        parts = [self.state]
+        if self.latencies:
+            parts.append(f"commit latency: last word {self.latencies[-1]:.1f} s, median "
+                         f"{statistics.median(self.latencies):.1f} s")
+        if self.received_s:
+            parts.append(f"{self.received_s:.0f} s heard; computing {self.compute_s / self.received_s:.2f} s "
+                         "per second of audio")
+        if self.waiting_s >= 2:
+            parts.append(f"catching up: {self.waiting_s:.0f} s of audio waiting")
+        return text, " · ".join(parts)
+
+
+class TooManyStreams(Exception):
+    pass
+
+
+class LiveStreams:
+    """The app's live sessions: at most `limit` running; their transcribers come from `cache`,
+    apart from those of the comparisons."""
+
+    def __init__(self, cache: support.ModelCache, limit: int = LIVE_STREAMS):
+        self.cache, self.limit = cache, limit
+        self._lock = threading.Lock()
+        self._sessions: list[LiveSession] = []
+
+    def start(self, backend: str, model: str, device: str, options: DecodeOptions = DecodeOptions()) -> LiveSession:
+        """A new session; raises TooManyStreams when `limit` sessions run already."""
+        with self._lock:
+            self._sessions = [s for s in self._sessions if s.running]
+            if len(self._sessions) >= self.limit:
+                raise TooManyStreams(f"{self.limit} live streams are running already: try again in a minute")
+            session = LiveSession(lambda: self.cache.get(backend, model, device), options)
+            self._sessions.append(session)
+        return session
