@@ -125,16 +125,6 @@ def add_decode_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-seconds", type=float, default=None, metavar="F", help="refuse audio longer than F seconds")
 
 
-def decode_options(args: argparse.Namespace) -> DecodeOptions:
-    """DecodeOptions from the parsed flags named as its fields (the CLI's and the benchmark's); a field
-    without a flag keeps its default. Repeated --temperature flags make one schedule."""
-    chosen = {f.name: getattr(args, f.name) for f in dataclasses.fields(DecodeOptions) if hasattr(args, f.name)}
-    chosen["temperature"] = (tuple(t for group in args.temperature for t in group) if args.temperature
-                             else DecodeOptions().temperature)
-    chosen["language"] = None if args.language in (None, "", "auto") else args.language
-    return DecodeOptions(**chosen)
-
-
 def check_files(paths: list[str]) -> None:
     """Fail fast, before a model is loaded, on files that are not there."""
     for p in paths:
@@ -173,7 +163,7 @@ def add_transcribe_arguments(p: argparse.ArgumentParser) -> None:
 def run_transcribe(args: argparse.Namespace) -> int:
     from .audio import load_audio
 
-    options = decode_options(args)
+    options = DecodeOptions.from_values(vars(args))
     check_files(args.audio)
     try:
         transcriber = load_transcriber(args, args.backend)
@@ -229,7 +219,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from .audio import load_audio
     from .registry import BACKENDS, available_backends
 
-    options = decode_options(args)
+    options = DecodeOptions.from_values(vars(args))
     check_files([args.audio])
     audio = load_audio(args.audio, max_seconds=args.max_seconds)
     if args.backends:
@@ -283,7 +273,7 @@ def run_stream(args: argparse.Namespace) -> int:
 
     if not args.chunk > 0:
         raise MaxWhisperError("--chunk must be a positive number of seconds")
-    options = decode_options(args)
+    options = DecodeOptions.from_values(vars(args))
     check_files([args.audio])
     transcriber = load_transcriber(args, args.backend)
     audio = load_audio(args.audio, max_seconds=args.max_seconds)

@@ -5,9 +5,9 @@ Nothing here imports a backend; `app.py`, the CLI and the benchmark only see the
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -84,6 +84,25 @@ class DecodeOptions:
 
     def replace(self, **changes) -> "DecodeOptions":
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> "DecodeOptions":
+        """The options as people give them, by field name (the CLI's and the benchmark's parsed
+        flags, the app's controls): other names are ignored, a missing field keeps its default.
+        A language of "" or "auto" means detect, an empty prompt none and a batch size of 0 the
+        sequential loop; temperatures may come in groups (repeated --temperature flags) that make
+        one schedule, None meaning the default schedule."""
+        chosen = {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}
+        groups = chosen.pop("temperature", None)
+        if groups:
+            chosen["temperature"] = tuple(float(t) for g in groups for t in (g if isinstance(g, (list, tuple)) else [g]))
+        if chosen.get("language") in ("", "auto"):
+            chosen["language"] = None
+        if chosen.get("initial_prompt") == "":
+            chosen["initial_prompt"] = None
+        if chosen.get("batch_size") == 0:
+            chosen["batch_size"] = None
+        return cls(**chosen)
 
 
 @dataclass(frozen=True)

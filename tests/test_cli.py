@@ -177,18 +177,21 @@ def test_bad_flag_values():
 # --- in-process: argument parsing and writers --------------------------------------------------
 
 def test_decode_options_from_flags():
-    from maxwhisper.__main__ import build_parser, decode_options
+    from maxwhisper.__main__ import build_parser
 
     args = build_parser().parse_args(["transcribe", "a.wav", "--temperature", "0,0.2", "--temperature", "0.4",
                                       "--logprob-threshold", "none", "--no-condition-on-previous-text",
                                       "--beam-size", "5", "--patience", "2", "--language", "de",
                                       "--without-timestamps", "--initial-prompt", "Hi.", "--batch-size", "8"])
-    o = decode_options(args)
+    o = DecodeOptions.from_values(vars(args))
     assert o.temperature == (0.0, 0.2, 0.4) and o.logprob_threshold is None
     assert not o.condition_on_previous_text and o.beam_size == 5 and o.patience == 2.0
     assert o.language == "de" and o.without_timestamps and o.initial_prompt == "Hi." and o.batch_size == 8
-    default = decode_options(build_parser().parse_args(["transcribe", "a.wav"]))
+    default = DecodeOptions.from_values(vars(build_parser().parse_args(["transcribe", "a.wav"])))
     assert default == DecodeOptions()
+    # the app's controls: "auto" language, empty prompt, batch size 0 (off)
+    app = DecodeOptions.from_values({"language": "auto", "initial_prompt": "", "batch_size": 0, "beam_size": 2})
+    assert app == DecodeOptions(beam_size=2)
 
 
 def _result(words: bool = False) -> TranscriptionResult:
