@@ -18,6 +18,7 @@ from maxwhisper.bench.records import (IMPLEMENTATIONS, add_accuracy, add_batched
                                       implementation_label, make_records, median_or_none, merge_round, ratio, spread)
 from maxwhisper.bench.report import (markdown_report, targets_text, throughput_markdown, write_outputs,
                                      write_throughput_html)
+from maxwhisper.bench.streaming import add_streaming_accuracy, percentile, streaming_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 AUDIO = audio_dir()
@@ -60,13 +61,13 @@ def test_implementations_come_from_the_registry():
 
 
 def test_decode_options_from_the_benchmark_s_flags():
-    from maxwhisper.__main__ import decode_options
     from maxwhisper.api import DecodeOptions
 
     parser = build_parser()
-    options = decode_options(parser.parse_args(["--temperature", "0,0.2", "--beam-size", "2", "--language", "en"]))
+    flags = parser.parse_args(["--temperature", "0,0.2", "--beam-size", "2", "--language", "en"])
+    options = DecodeOptions.from_values(vars(flags))
     assert options == DecodeOptions(temperature=(0.0, 0.2), beam_size=2, language="en")
-    assert decode_options(parser.parse_args([])) == DecodeOptions()
+    assert DecodeOptions.from_values(vars(parser.parse_args([]))) == DecodeOptions()
 
 
 # --- clips --------------------------------------------------------------------------------------
@@ -241,6 +242,29 @@ def test_batched_report_renders_with_targets_and_wer(tmp_path, monkeypatch):
     assert (tmp_path / "t.html").exists()
 
 
+def test_streaming_report_says_the_targets():
+    def row(audio, median, share, text, offline):
+        return {"audio": audio, "audio_s": 11.0, "updates": 9, "compute_s": share * 11, "compute_share": share,
+                "latency_median_s": median, "latency_p90_s": median + 1, "words": 3, "text": text,
+                "offline_text": offline, "offline_s": 0.5}
+
+    runs = [{"backend": "max", "precision": "fp32", "implementation": "MAX fp32",
+             "rows": [row("jfk.flac", 1.5, 0.3, "ask not what", "ask not what")]},
+            {"backend": "faster", "precision": "fp32", "implementation": "faster-whisper fp32",
+             "rows": [row("jfk.flac", 2.0, 0.5, "ask what", "ask not what")]}]
+    add_streaming_accuracy(runs)
+    assert runs[1]["rows"][0]["wer_vs_offline"] == pytest.approx(1 / 3)
+    doc = {"device": "cpu", "created": "now", "machine": {"cpu": "Test CPU", "cores": 2, "vector_isa": "AVX2"},
+           "options": {"background_load": 0}, "failures": [{"implementation": "openai-whisper fp32", "error": "boom"}],
+           "streaming": {"model": "tiny.en", "chunk_s": 1.0, "runs": runs}}
+    md = streaming_markdown(doc)
+    assert "| jfk.flac | MAX fp32 | 9 | 1.50 s | 2.50 s | 0.30 | 0.00 % |" in md and "Test CPU (AVX2)" in md
+    assert "compute share 0.30 < 1): met; median commit latency 1.50 s <= 2.5 s: met" in md
+    assert "median latency below faster-whisper's (1.50 s vs 2.00 s): met" in md
+    assert "FAILED: openai-whisper fp32: boom" in md
+    assert percentile([3.0, 1.0, 2.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0], 0.9) == 10.0 and percentile([], 0.9) is None
+
+
 # --- the command ----------------------------------------------------------------------------------
 
 def _run(*args, timeout=900):
@@ -278,3 +302,13 @@ def test_quick_end_to_end(tmp_path):
     assert next(r for r in results if r["backend"] == "openai")["agreement"] == 1.0
     assert {t["kind"] for t in doc["targets"]} == {"speed", "wer"}
     assert "| jfk.flac (11.0 s) | MAX fp32 |" in out.stdout and "WER on jfk.flac" in out.stdout
+
+
+def test_streaming_end_to_end(tmp_path):
+    out = _run("--streaming", "--quick", "--backends", "faster", "--precisions", "int8", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    (json_path,) = tmp_path.glob("quick-streaming-cpu-*-tiny.en.json")
+    (row,) = json.loads(json_path.read_text())["streaming"]["runs"][0]["rows"]
+    assert row["audio"] == "jfk.flac" and row["updates"] >= 5 and row["latency_median_s"] > 0
+    assert row["wer"] is not None and row["wer_vs_offline"] is not None
+    assert "| jfk.flac | faster-whisper int8 |" in json_path.with_suffix(".md").read_text()

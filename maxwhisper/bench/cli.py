@@ -1,5 +1,5 @@
 """The benchmark's command: its flags (`add_arguments`, which `python -m maxwhisper bench` wires in),
-the runs per device and model (`main`; `--throughput`: the batched mode), and `python -m
+the runs per device and model (`main`; `--throughput`: the batched mode; `--streaming`: see streaming.py), and `python -m
 maxwhisper.bench` (`cli`, which also runs a worker's `--worker SPEC.json`)."""
 from __future__ import annotations
 
@@ -14,13 +14,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..__main__ import decode_options, temperatures
+from ..__main__ import temperatures
+from ..api import DecodeOptions
 from ..registry import BACKENDS
 from .clips import DEFAULT_CLIPS, LONG_FORM, audio_dir, parse_clip, resolve_clips
 from .machine import REPO_ROOT, device_tag, gpus, machine_info, versions
 from .records import (IMPLEMENTATIONS, add_accuracy, add_batched_accuracy, compute_targets, implementation_label,
                       make_records, merge_round)
 from .report import markdown_table, targets_text, throughput_markdown, write_outputs, write_throughput_html
+from .streaming import STREAMING_CLIPS, main_streaming
 from .worker import info, run_worker, worker_main
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
@@ -46,6 +48,16 @@ def _non_negative_int(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
     return int(text)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -84,6 +96,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="batched long-form transcription (--batch-size: Silero VAD chunks, N at a time) of one long "
                         f"clip (default {LONG_FORM}) at each --batch-sizes, MAX against faster-whisper's pipeline")
     g.add_argument("--batch-sizes", type=_positive_ints, default=[1, 8], help="default 1,8")
+    s = p.add_argument_group("streaming mode")
+    s.add_argument("--streaming", action="store_true",
+                   help="stream each clip (default " + ", ".join(STREAMING_CLIPS) + ") through the live "
+                        "transcriber as if it arrived in real time: commit latency, compute share, WER")
+    s.add_argument("--chunk", type=_positive_float, default=1.0, metavar="S", help="seconds of audio per chunk (default 1.0)")
     d = p.add_argument_group("decoding (the same for every implementation)")
     d.add_argument("--beam-size", type=_positive_int, default=1, help="1 = greedy (default)")
     d.add_argument("--temperature", type=temperatures, action="append", default=None, metavar="T",
@@ -125,7 +142,7 @@ def _main(args: argparse.Namespace) -> int:
         raise BackendError(f"unknown backend(s) {', '.join(bad)}; valid: {', '.join(BACKENDS)}")
     devices = _devices(args.devices)
     clips = resolve_clips(args.audio, quick=args.quick)
-    options = decode_options(args)
+    options = DecodeOptions.from_values(vars(args))
     out_dir = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
     threads = os.cpu_count() or 1
     machine, vers = machine_info(), versions()
@@ -136,6 +153,19 @@ def _main(args: argparse.Namespace) -> int:
               "quick": args.quick, "decode": decode_dict, "clips": [dataclasses.asdict(c) for c in clips]}
     if args.throughput:
         return _main_throughput(args, devices, clips, decode_dict, threads, machine, vers, out_dir)
+    if args.streaming:
+        if not (args.audio or args.quick):
+            clips = [parse_clip(name, audio_dir()) for name in STREAMING_CLIPS]
+        status = 0
+        for device in devices:
+            impls = [(b, p) for b, p in IMPLEMENTATIONS[device] if b in backends
+                     and (not args.precisions or p in args.precisions)]
+            for model in args.models:
+                stem = ("quick-" if args.quick else "") + f"streaming-{device_tag(device, machine)}-{model}" \
+                    + _load_suffix(args)
+                status |= main_streaming(args, clips, impls, device, model, decode_dict, threads, machine, vers,
+                                         out_dir, stem)
+        return status
 
     status = 0
     for device in devices:

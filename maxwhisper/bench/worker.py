@@ -124,7 +124,10 @@ def worker_main(spec_path: str) -> int:
     """`python -m maxwhisper.bench --worker SPEC.json`: run one implementation, write JSON to spec['out']."""
     spec = json.loads(Path(spec_path).read_text())
     try:
-        result = (_throughput_worker if spec["kind"] == "throughput" else _transcribe_worker)(spec)
+        from .streaming import streaming_worker  # (it runs workers too: imported here, not at the top)
+
+        kinds = {"transcribe": _transcribe_worker, "throughput": _throughput_worker, "streaming": streaming_worker}
+        result = kinds[spec["kind"]](spec)
     except Exception as e:  # noqa: BLE001 - reported to the parent, which records the failure
         result = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
         info(f"[{spec.get('backend')} {spec.get('precision')} {spec.get('device')}] FAILED: {result['error']}")

@@ -1,0 +1,147 @@
+"""`bench --streaming`: each implementation streams each clip through `maxwhisper.streaming` (the
+same LocalAgreement-2 code for all), as the `stream` command does: commit latency (median, p90),
+the share of time spent computing, and the WER of the streamed text against the implementation's
+own offline transcript and against the clip's reference."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from typing import Any
+
+from ..scoring import wer
+from .clips import REFERENCES, Clip, load_clip, pseudo_reference
+from .records import implementation_label
+from .worker import info, run_worker
+
+STREAMING_CLIPS = ("jfk.flac", "physicsworks.flac")
+LATENCY_TARGET_S = 2.5  # MAX's median commit latency, at most
+WER_TARGET_POINTS = 1.0  # streamed WER - offline WER against the reference, percentage points, at most
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-quantile by the nearest rank below (as the `stream` command's p90)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
+
+
+def streaming_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """In the worker process: per clip, the offline transcript, then the stream."""
+    from ..api import DecodeOptions
+    from ..registry import create_transcriber
+    from ..streaming import stream_audio
+
+    t = create_transcriber(spec["backend"], model=spec["model"], device=spec["device"], precision=spec["precision"],
+                           threads=spec["threads"])
+    options = DecodeOptions(**{**spec["options"], "temperature": tuple(spec["options"]["temperature"])})
+    label = f"[{spec['backend']} {t.precision} {t.device} streaming]"
+    info(f"{label} loaded {t.model}: load {t.load_s:.2f} s, compile {t.compile_s:.2f} s")
+    rows = []
+    for c in spec["clips"]:
+        clip = Clip(**c)
+        audio = load_clip(clip)
+        t.transcribe(audio[:80_000], dataclasses.replace(options, word_timestamps=True))  # first-call costs
+        offline = t.transcribe(audio, options)
+        report = stream_audio(t, audio, spec["chunk_s"], options)
+        latencies = report.latencies
+        rows.append({"audio": clip.name, "audio_s": report.audio_s, "updates": report.updates,
+                     "compute_s": report.compute_s, "compute_share": report.compute_share,
+                     "latency_median_s": statistics.median(latencies) if latencies else None,
+                     "latency_p90_s": percentile(latencies, 0.9), "words": len(report.words),
+                     "text": report.text, "offline_text": offline.text, "offline_s": offline.timings.total_s})
+        info(f"{label} {clip.name}: {report.updates} updates, latency median {_s(rows[-1]['latency_median_s'])}, "
+             f"compute share {report.compute_share:.2f}")
+    return {"ok": True, "backend": spec["backend"], "precision": t.precision, "device": t.device,
+            "implementation": implementation_label(spec["backend"], t.precision), "load_s": t.load_s,
+            "compile_s": t.compile_s, "rows": rows}
+
+
+def add_streaming_accuracy(runs: list[dict]) -> None:
+    for run in runs:
+        for r in run["rows"]:
+            reference = REFERENCES.get(r["audio"]) or pseudo_reference(r["audio"])
+            r["wer_vs_offline"] = wer(r["offline_text"], r["text"])
+            r["wer"] = wer(reference, r["text"]) if reference else None
+            r["offline_wer"] = wer(reference, r["offline_text"]) if reference else None
+
+
+def streaming_targets(runs: list[dict]) -> list[str]:
+    """The issue's aims, said for MAX on each clip."""
+    by = {(run["backend"], r["audio"]): r for run in runs for r in run["rows"]}
+    lines = []
+    for (backend, audio), r in by.items():
+        if backend != "max":
+            continue
+        keeps_up = r["compute_share"] < 1
+        fast = r["latency_median_s"] is not None and r["latency_median_s"] <= LATENCY_TARGET_S
+        lines.append(f"- {audio}: MAX keeps up in real time (compute share {r['compute_share']:.2f} < 1): "
+                     f"{'met' if keeps_up else 'NOT MET'}; median commit latency {_s(r['latency_median_s'])} "
+                     f"<= {LATENCY_TARGET_S} s: {'met' if fast else 'NOT MET'}")
+        if r["wer"] is not None and r["offline_wer"] is not None:
+            gap = 100 * (r["wer"] - r["offline_wer"])
+            lines.append(f"  - streamed WER {100 * r['wer']:.2f} % vs offline {100 * r['offline_wer']:.2f} % against "
+                         f"the reference: {gap:+.2f} points (at most +{WER_TARGET_POINTS:g}): "
+                         f"{'met' if gap <= WER_TARGET_POINTS else 'NOT MET'}")
+        faster = by.get(("faster", audio))
+        if faster and faster["latency_median_s"] is not None and r["latency_median_s"] is not None:
+            lower = r["latency_median_s"] < faster["latency_median_s"]
+            lines.append(f"  - median latency below faster-whisper's ({_s(r['latency_median_s'])} vs "
+                         f"{_s(faster['latency_median_s'])}): {'met' if lower else 'NOT MET'}")
+    return lines
+
+
+def _s(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f} s"
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f} %"
+
+
+def streaming_markdown(doc: dict) -> str:
+    m, s = doc["machine"], doc["streaming"]
+    lines = [f"# Streaming: {s['model']}, {doc['device']}, chunks of {s['chunk_s']:g} s (LocalAgreement-2)", "",
+             f"{m.get('cpu')} ({m.get('vector_isa')}), {m.get('cores')} cores; {doc['created']}; "
+             f"background load {doc['options']['background_load']} core(s)", "",
+             "| clip | implementation | updates | commit latency median | p90 | compute share | "
+             "WER vs own offline | streamed WER | offline WER |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for run in s["runs"]:
+        for r in run["rows"]:
+            lines.append(f"| {r['audio']} | {run['implementation']} | {r['updates']} | {_s(r['latency_median_s'])} | "
+                         f"{_s(r['latency_p90_s'])} | {r['compute_share']:.2f} | {_pct(r['wer_vs_offline'])} | "
+                         f"{_pct(r['wer'])} | {_pct(r['offline_wer'])} |")
+    lines += ["", "Streamed and offline WER are against the clip's reference (jfk: the speech's text; the lecture: "
+              "its whisper-medium transcript). Compute share: seconds spent transcribing per second of audio "
+              "(above 1 the stream falls behind).", "", "Targets:", *streaming_targets(s["runs"])]
+    for f in doc["failures"]:
+        lines.append(f"- FAILED: {f['implementation']}: {f['error']}")
+    return "\n".join(lines) + "\n"
+
+
+def main_streaming(args, clips: list[Clip], impls: list[tuple[str, str]], device: str, model: str, decode_dict: dict,
+                   threads: int, machine: dict, vers: dict, out_dir, stem: str) -> int:
+    runs, failures = [], []
+    for backend, precision in impls:
+        info(f"--- {implementation_label(backend, precision)} streaming {model} on {device} ---")
+        spec = {"kind": "streaming", "backend": backend, "model": model, "device": device, "precision": precision,
+                "threads": None if backend == "max" else threads, "clips": [dataclasses.asdict(c) for c in clips],
+                "chunk_s": args.chunk, "options": decode_dict}
+        worker = run_worker(spec, args.timeout)
+        if worker.get("ok"):
+            runs.append(worker)
+        else:
+            failures.append({"implementation": implementation_label(backend, precision), "error": worker.get("error")})
+    add_streaming_accuracy(runs)
+    doc = {"schema_version": 1, "device": device, "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+           "machine": machine, "versions": vers,
+           "options": {"chunk_s": args.chunk, "threads": threads, "background_load": args.background_load,
+                       "decode": decode_dict},
+           "streaming": {"model": model, "chunk_s": args.chunk, "runs": runs}, "failures": failures}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    md = streaming_markdown(doc)
+    (out_dir / f"{stem}.md").write_text(md)
+    print(md)
+    print(f"wrote {out_dir / stem}.{{json,md}}")
+    return int(bool(failures))
