@@ -54,9 +54,11 @@ class LocalAgreement:
         self.tentative = new[len(agreed):]
         return agreed
 
-    def finish(self) -> list[StreamWord]:
-        """End of stream: the tentative words are committed as they stand."""
-        done, self.tentative = self.tentative, []
+    def finish(self, before: float = float("inf")) -> list[StreamWord]:
+        """The tentative words that end by `before` (all of them: the end of the stream) are
+        committed as they stand."""
+        n = next((i for i, w in enumerate(self.tentative) if w.end > before), len(self.tentative))
+        done, self.tentative = self.tentative[:n], self.tentative[n:]
         self.committed += done
         return done
 
@@ -113,27 +115,35 @@ class Streamer:
                  for s in result.segments for w in (s.words or ())]
         self.segment_ends = [self.buffer_start + s.end for s in result.segments]
         committed = self.policy.update(words)
-        self._trim()
+        committed += self._trim()
         return StreamUpdate(committed, list(self.policy.tentative), compute_s)
 
     def finish(self) -> StreamUpdate:
         return StreamUpdate(self.policy.finish(), [], 0.0)
 
-    def _trim(self) -> None:
+    def _trim(self) -> list[StreamWord]:
         """Past trim_s of buffer, cut it at the last segment end that all committed words reach;
-        past 25 s, at the last committed word, or (nothing committed in it: silence, or text that
-        keeps changing) 5 s before its end."""
+        past 25 s, at the last committed word, or (nothing committed in it: silence, text that
+        keeps changing, or updates so slow that the buffer outgrew its commits) 5 s before its
+        end, committing the tentative words before the cut rather than losing them. Returns the
+        words so committed."""
         length = len(self.buffer) / SAMPLE_RATE
         if length <= self.trim_s:
-            return
+            return []
         done = self.policy.committed[-1].end if self.policy.committed else self.buffer_start
         cuts = [t for t in self.segment_ends[:-1] if self.buffer_start < t <= done]
+        forced = []
         if not cuts and length > 25:
-            cuts = [done if done > self.buffer_start else self.buffer_start + length - 5]
+            if done > self.buffer_start:
+                cuts = [done]
+            else:  # (a word across the cut stays whole in the buffer)
+                forced = self.policy.finish(before=self.buffer_start + length - 5)
+                cuts = [forced[-1].end if forced else self.buffer_start + length - 5]
         cut = round((max(cuts, default=self.buffer_start) - self.buffer_start) * SAMPLE_RATE)
         if cut > 0:
             self.buffer = self.buffer[cut:]
             self.buffer_start += cut / SAMPLE_RATE
+        return forced
 
 
 @dataclass(frozen=True)

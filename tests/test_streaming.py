@@ -2,6 +2,8 @@
 stream loop over a scripted transcriber (arrival, prompts, trimming, latency), and MAX on jfk."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -72,6 +74,23 @@ def test_the_stream_commits_the_script_in_order_with_prompts_and_trimming():
     assert max(n for n, _ in model.calls) < 30  # the buffer was trimmed
     prompts = [p for _, p in model.calls if p]
     assert prompts and all(p.startswith("w") for p in prompts)
+
+
+def test_text_that_never_settles_is_committed_at_the_forced_cut_not_lost():
+    class Unsettled(ScriptedTranscriber):  # every hypothesis spells each word differently
+        def transcribe(self, audio, options=DecodeOptions(), progress=None):
+            result = super().transcribe(audio, options, progress)
+            tag = f"v{len(self.calls)}"
+            segments = [dataclasses.replace(seg, words=tuple(dataclasses.replace(w, word=w.word + tag)
+                                                             for w in seg.words)) for seg in result.segments]
+            return dataclasses.replace(result, segments=segments)
+
+    audio = np.arange(60 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
+    report = stream_audio(Unsettled(" ".join(f"w{i}" for i in range(120))), audio, chunk_s=1.0)
+    heard = [w.text.strip().split("v")[0] for w in report.words]
+    assert heard == [f"w{i}" for i in range(120)]  # every word, once, in order
+    early = [t for w, t in zip(report.words, report.commit_times) if w.end <= 20]
+    assert early and max(early) < 40  # committed at a cut during the stream, not only at its end
 
 
 def test_silence_keeps_the_buffer_short_and_the_user_prompt_comes_first():
