@@ -205,7 +205,7 @@ def build_demo(cache: support.ModelCache, max_seconds: float = 600.0, turns: sup
             control.change(lambda chosen, model, device: cache.load_note(chosen, model, device_of(device)),
                            [chosen, model, device], model_note, concurrency_limit=None, show_progress="hidden")
         def live_chunk(chunk, session, backend, model):
-            if session is None or session.stopped:  # the first chunk of a recording
+            if session is None:  # the first chunk of a recording
                 try:
                     session = live.start(backend, model, default_device)
                 except live_tab.TooManyStreams as e:
@@ -216,15 +216,15 @@ def build_demo(cache: support.ModelCache, max_seconds: float = 600.0, turns: sup
 
         def live_stop(session):
             if session is None:
-                return "", ""
-            session.stop()
-            return session.render()
+                return None, gr.skip(), gr.skip()
+            session.stop(timeout=30)
+            return None, *session.render()  # the next recording starts a new session
 
         mic.stream(live_chunk, [mic, live_session, live_backend, live_model], [live_session, live_text, live_stats],
                    stream_every=1.0, time_limit=int(max_seconds), show_progress="hidden",
                    concurrency_limit=1, concurrency_id="live-chunks")  # one at a time: in order, and quick
-        mic.stop_recording(live_stop, live_session, [live_text, live_stats], concurrency_limit=None,
-                           show_progress="hidden")
+        mic.stop_recording(live_stop, live_session, [live_session, live_text, live_stats], show_progress="hidden",
+                           concurrency_limit=1, concurrency_id="live-chunks")  # after the chunks sent before it
 
         def check_again(model, device):
             if checks.start(model, device_of(device)) is None:

@@ -79,10 +79,6 @@ class LiveSession:
         self._thread.join(timeout)
 
     @property
-    def stopped(self) -> bool:
-        return self._stopped
-
-    @property
     def running(self) -> bool:
         return self._thread.is_alive()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 
 import numpy as np
 
@@ -33,14 +34,15 @@ class Model:
         return getattr(self.transcriber, name)
 
     def transcribe(self, audio: str | os.PathLike | bytes | np.ndarray, options: DecodeOptions | None = None,
-                   **changes) -> TranscriptionResult:
+                   progress: Callable[[float], None] | None = None, **changes) -> TranscriptionResult:
         """`audio`: a file path (anything FFmpeg reads), its bytes, or float32 mono samples at 16 kHz.
         `options` and keyword `changes` (DecodeOptions' fields, e.g. `language="de"`, `beam_size=5`)
-        default to openai-whisper's `transcribe()` options, greedy."""
+        default to openai-whisper's `transcribe()` options, greedy. `progress` is called with the
+        fraction of the audio done (0 to 1) as the transcription goes."""
         from .audio import load_audio
 
         options = dataclasses.replace(options or DecodeOptions(), **changes)
-        return self.transcriber.transcribe(load_audio(audio), options)
+        return self.transcriber.transcribe(load_audio(audio), options, progress=progress)
 
 
 def load_model(name: str = "tiny.en", backend: str = "max", device: str = "auto", precision: str = "fp32",

@@ -36,7 +36,9 @@ def openai_model():
 
 
 def test_transcribe_path(openai_model):
-    result = openai_model.transcribe(str(JFK))
+    fractions = []
+    result = openai_model.transcribe(str(JFK), progress=fractions.append)
+    assert fractions and fractions == sorted(fractions) and fractions[-1] == 1.0
     assert isinstance(result, maxwhisper.TranscriptionResult)
     assert "ask not what your country can do for you" in result.text
     assert result.language == "en" and result.segments and result.timings.total_s > 0
