@@ -204,27 +204,11 @@ def build_demo(cache: support.ModelCache, max_seconds: float = 600.0, turns: sup
         for control in (model, device, chosen):  # say before a run what it will have to load or compile
             control.change(lambda chosen, model, device: cache.load_note(chosen, model, device_of(device)),
                            [chosen, model, device], model_note, concurrency_limit=None, show_progress="hidden")
-        def live_chunk(chunk, session, backend, model):
-            if session is None:  # the first chunk of a recording
-                try:
-                    session = live.start(backend, model, default_device)
-                except live_tab.TooManyStreams as e:
-                    return None, "", str(e)
-            if chunk is not None:
-                session.add(chunk)
-            return session, *session.render()
-
-        def live_stop(session):
-            if session is None:
-                return None, gr.skip(), gr.skip()
-            session.stop(timeout=30)
-            return None, *session.render()  # the next recording starts a new session
-
-        mic.stream(live_chunk, [mic, live_session, live_backend, live_model], [live_session, live_text, live_stats],
-                   stream_every=1.0, time_limit=int(max_seconds), show_progress="hidden",
-                   concurrency_limit=1, concurrency_id="live-chunks")  # one at a time: in order, and quick
-        mic.stop_recording(live_stop, live_session, [live_session, live_text, live_stats], show_progress="hidden",
-                           concurrency_limit=1, concurrency_id="live-chunks")  # after the chunks sent before it
+        mic.stream(lambda chunk, session, backend, model: live.chunk(chunk, session, backend, model, default_device),
+                   [mic, live_session, live_backend, live_model], [live_session, live_text, live_stats],
+                   stream_every=1.0, time_limit=int(max_seconds), show_progress="hidden", concurrency_limit=None)
+        mic.stop_recording(live.stop, live_session, [live_session, live_text, live_stats], show_progress="hidden",
+                           concurrency_limit=None)
 
         def check_again(model, device):
             if checks.start(model, device_of(device)) is None:

@@ -1,10 +1,12 @@
 """The app's Live tab: a microphone stream transcribed as it arrives (`maxwhisper.streaming`).
 
-Gradio calls `LiveSession.add` with each chunk the browser sends (about every second); the
-session's own thread runs the updates, each taking all the audio that arrived while the previous
-one ran, so a slow update makes the next one longer instead of letting chunks pile up. Live
-streams do not queue behind the comparisons (`Turns`): they run beside them on transcribers of
-their own (`LIVE_CACHE`), so both share the CPU's cores, and at most `LIVE_STREAMS` run at once.
+A recording is one Gradio stream event, which calls `LiveStreams.chunk` with each piece the browser
+sends (about every 0.1 s with Gradio 6, whatever `stream_every` says). The recording's
+`LiveSession` runs the updates in a thread of its own, each taking all the audio that arrived
+while the previous one ran, so a slow update makes the next one longer instead of letting chunks
+pile up. Live streams do not queue behind the comparisons (`Turns`): they run beside them on
+transcribers of their own (`LiveStreams.cache`), so both share the CPU's cores; at most
+`LIVE_STREAMS` run at once, and streams on the same transcriber take turns update by update.
 """
 from __future__ import annotations
 
@@ -13,12 +15,12 @@ import logging
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
 import app_support as support
-from maxwhisper.api import SAMPLE_RATE, DecodeOptions
+from maxwhisper.api import SAMPLE_RATE, MaxWhisperError
 from maxwhisper.audio import StreamResampler
 from maxwhisper.streaming import Streamer, StreamWord
 
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 
 LIVE_STREAMS = 2  # live sessions computing at once; one more is told to wait
 IDLE_S = 30.0  # a session that receives nothing for this long ends (its visitor left)
+STOP_WAIT_S = 120.0  # how long a stop shows the session catching up before leaving it to finish alone
 TENTATIVE_STYLE = "color:#9ca3af"
 
 
@@ -33,12 +36,14 @@ class LiveSession:
     """One visitor's microphone stream. `add` takes chunks (Gradio's (sample rate, samples)),
     `stop` ends the stream and waits for the last words; `render` tells where it stands.
 
-    `load` returns the transcriber (it may take a while: the first MAX compile); the stream's
-    clock starts with the first chunk, so a word's commit latency counts the wait for the load."""
+    `load` returns the transcriber (it may take a while: the first MAX compile); `lock` is held
+    around each update (a transcriber shared by several sessions runs one update at a time). The
+    stream's clock starts when the server receives the first chunk, so a word's commit latency
+    counts the wait for the load but not the chunk's way from the browser."""
 
-    def __init__(self, load: Callable[[], object], options: DecodeOptions = DecodeOptions(),
+    def __init__(self, load: Callable[[], object], lock: threading.Lock | None = None,
                  clock: Callable[[], float] = time.monotonic):
-        self._load, self._options, self._clock = load, options, clock
+        self._load, self._lock, self._clock = load, lock or threading.Lock(), clock
         self._cond = threading.Condition()
         self._pending: list[np.ndarray] = []  # 16 kHz samples not yet given to the streamer
         self._resampler: StreamResampler | None = None
@@ -49,15 +54,17 @@ class LiveSession:
         self.tentative: list[StreamWord] = []
         self.latencies: list[float] = []
         self.compute_s = 0.0
+        self.updates = 0
         self.state = "loading the model"
         self.error = ""
         self._thread = threading.Thread(target=self._run, name="maxwhisper-live", daemon=True)
         self._thread.start()
 
     def add(self, chunk: tuple[int, np.ndarray]) -> None:
+        """Raises AudioError for samples that are not audio (bad rate, NaN, wrong shape)."""
         sample_rate, samples = chunk
         with self._cond:
-            if self._stopped:
+            if self._stopped or np.size(samples) == 0:
                 return
             if self._resampler is None:
                 self._resampler = StreamResampler(sample_rate)
@@ -79,6 +86,11 @@ class LiveSession:
         self._thread.join(timeout)
 
     @property
+    def ended(self) -> bool:
+        """Stopped or idle, not failed: the next chunk belongs to a new recording."""
+        return self._stopped and not self.error
+
+    @property
     def running(self) -> bool:
         return self._thread.is_alive()
 
@@ -90,7 +102,7 @@ class LiveSession:
 
     def _run(self) -> None:
         try:
-            streamer = Streamer(self._load(), self._options)
+            streamer = Streamer(self._load())
             self.state = "listening"
             while True:
                 with self._cond:
@@ -100,8 +112,10 @@ class LiveSession:
                     self._pending.clear()
                     last = self._stopped
                 if len(audio):
-                    update = streamer.push(audio)
+                    with self._lock:
+                        update = streamer.push(audio)
                     self.compute_s += update.compute_s
+                    self.updates += 1
                     self._commit(update.committed)
                     self.tentative = update.tentative
                 if last:
@@ -146,19 +160,49 @@ class TooManyStreams(Exception):
 
 class LiveStreams:
     """The app's live sessions: at most `limit` running; their transcribers come from `cache`,
-    apart from those of the comparisons."""
+    apart from those of the comparisons. `chunk` and `stop` are the Live tab's handlers."""
 
     def __init__(self, cache: support.ModelCache, limit: int = LIVE_STREAMS):
         self.cache, self.limit = cache, limit
         self._lock = threading.Lock()
         self._sessions: list[LiveSession] = []
+        self._model_locks: dict[tuple[str, str, str], threading.Lock] = {}
 
-    def start(self, backend: str, model: str, device: str, options: DecodeOptions = DecodeOptions()) -> LiveSession:
+    def start(self, backend: str, model: str, device: str) -> LiveSession:
         """A new session; raises TooManyStreams when `limit` sessions run already."""
         with self._lock:
             self._sessions = [s for s in self._sessions if s.running]
             if len(self._sessions) >= self.limit:
                 raise TooManyStreams(f"{self.limit} live streams are running already: try again in a minute")
-            session = LiveSession(lambda: self.cache.get(backend, model, device), options)
+            lock = self._model_locks.setdefault((backend, model, device), threading.Lock())
+            session = LiveSession(lambda: self.cache.get(backend, model, device), lock)
             self._sessions.append(session)
         return session
+
+    def chunk(self, chunk, session: LiveSession | None, backend: str, model: str,
+              device: str) -> tuple[LiveSession | None, str, str]:
+        """A piece of a recording -> (the session, its text, its figures)."""
+        if session is None or session.ended:  # the first chunk of a recording
+            try:
+                session = self.start(backend, model, device)
+            except TooManyStreams as e:
+                return None, "", str(e)
+        if chunk is not None:
+            try:
+                session.add(chunk)
+            except MaxWhisperError as e:
+                session.stop(timeout=0)
+                return session, session.render()[0], f"Live transcription stopped: {support.error_message(e)}"
+        return session, *session.render()
+
+    def stop(self, session: LiveSession | None) -> Iterator[tuple[None, str, str]]:
+        """The recording stopped: its session finishes the audio it has, shown as it goes."""
+        if session is None:
+            yield None, "", ""
+            return
+        session.stop(timeout=0)
+        deadline = time.monotonic() + STOP_WAIT_S
+        while session.running and time.monotonic() < deadline:
+            yield None, *session.render()
+            time.sleep(0.5)
+        yield None, *session.render()  # None: the next recording starts a new session

@@ -94,7 +94,8 @@ class DecodeOptions:
         one schedule, None meaning the default schedule."""
         chosen = {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}
         groups = chosen.pop("temperature", None)
-        if groups:
+        if groups is not None:
+            groups = groups if isinstance(groups, (list, tuple)) else [groups]
             chosen["temperature"] = tuple(float(t) for g in groups for t in (g if isinstance(g, (list, tuple)) else [g]))
         if chosen.get("language") in ("", "auto"):
             chosen["language"] = None

@@ -13,7 +13,6 @@ class ScriptedTranscriber:
     def __init__(self, script: str):
         self.script = script.split()
         self.calls: list[tuple[float, str | None]] = []
-        self.fed = 0.0  # stream seconds fed so far
 
     def transcribe(self, audio, options=DecodeOptions(), progress=None):
         assert options.word_timestamps

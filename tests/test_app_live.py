@@ -1,6 +1,7 @@
 """The app's Live tab (app_live.py) without a browser: a session over a scripted transcriber (commits,
-the tentative tail, latency on a fake clock, stop, errors, a visitor who leaves), the limit on
-streams at once, and MAX on jfk sent as a browser sends it (48 kHz int16 chunks)."""
+the tentative tail, latency on a fake clock, stop, errors, a visitor who leaves), the tab's handlers
+(a recording's chunks, its stop, the limit on streams at once, sessions sharing a transcriber),
+and MAX on jfk sent as a browser sends it (48 kHz int16 chunks)."""
 from __future__ import annotations
 
 import time
@@ -49,7 +50,7 @@ def test_words_are_committed_as_they_agree_and_the_rest_at_stop():
     assert "w9</span>" in text and f"style='{app_live.TENTATIVE_STYLE}'></span>" in text
     assert figures.startswith("stopped")
     session.add((SAMPLE_RATE, audio[:SAMPLE_RATE]))  # a chunk after the stop is ignored
-    assert session.received_s == 5.0
+    assert session.received_s == 5.0 and session.ended
 
 
 def test_a_failed_load_is_a_message_without_server_paths():
@@ -62,6 +63,7 @@ def test_a_failed_load_is_a_message_without_server_paths():
     _, figures = session.render()
     assert figures.startswith("Live transcription stopped: model 'nope' is not installed")
     assert "/root" not in figures
+    assert not session.ended  # failed: the recording's next chunks do not start it again
     session.stop(timeout=5)  # stopping a failed session is harmless
 
 
@@ -72,18 +74,75 @@ def test_a_session_that_hears_nothing_ends(monkeypatch):
     assert session.render()[1].startswith("stopped")
 
 
-def test_at_most_the_limit_of_streams_run_at_once():
-    class Cache:
-        def get(self, backend, model, device):
-            return ScriptedTranscriber(SCRIPT)
+class Cache:
+    """ModelCache's `get`, handing out one shared transcriber."""
 
-    streams = app_live.LiveStreams(Cache(), limit=2)
+    def __init__(self, transcriber):
+        self.transcriber = transcriber
+
+    def get(self, backend, model, device):
+        return self.transcriber
+
+
+def test_a_recording_through_the_tab_s_handlers():
+    streams = app_live.LiveStreams(Cache(ScriptedTranscriber(SCRIPT)))
+    audio = np.arange(10 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
+    session, text, figures = streams.chunk((SAMPLE_RATE, audio[:SAMPLE_RATE]), None, "max", "tiny.en", "cpu")
+    assert session.running and "live-committed" in text
+    for i in range(1, 4):
+        wait_for(lambda: session.waiting_s == 0)
+        same, _, _ = streams.chunk((SAMPLE_RATE, audio[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE]), session, "max",
+                                   "tiny.en", "cpu")
+        assert same is session
+    assert streams.chunk((SAMPLE_RATE, np.zeros(0, np.int16)), session, "max", "tiny.en", "cpu")[0] is session
+    shown = list(streams.stop(session))
+    assert all(state is None for state, _, _ in shown)  # the next recording starts a new session
+    assert shown[-1][2].startswith("stopped") and "w7</span>" in shown[-1][1]
+    later, _, _ = streams.chunk((SAMPLE_RATE, audio[:SAMPLE_RATE]), session, "max", "tiny.en", "cpu")
+    assert later is not session and later.running  # a stream's late return put the ended session back
+    later.stop(timeout=10)
+    assert list(streams.stop(None)) == [(None, "", "")]
+    bad, _, figures = streams.chunk((0, np.ones(100, np.int16)), None, "max", "tiny.en", "cpu")
+    assert figures.startswith("Live transcription stopped: invalid sample rate")
+    bad.stop(timeout=10)
+
+
+def test_at_most_the_limit_of_streams_run_at_once():
+    streams = app_live.LiveStreams(Cache(ScriptedTranscriber(SCRIPT)), limit=2)
     first, second = streams.start("max", "tiny.en", "cpu"), streams.start("max", "tiny.en", "cpu")
     with pytest.raises(app_live.TooManyStreams, match="2 live streams are running already"):
         streams.start("max", "tiny.en", "cpu")
+    assert streams.chunk(None, None, "max", "tiny.en", "cpu") == (None, "", "2 live streams are running "
+                                                                            "already: try again in a minute")
     first.stop(timeout=10)
     streams.start("max", "tiny.en", "cpu").stop(timeout=10)
     second.stop(timeout=10)
+
+
+def test_sessions_on_one_transcriber_take_turns():
+    class Slow(ScriptedTranscriber):
+        def __init__(self, script):
+            super().__init__(script)
+            self.inside, self.most = 0, 0
+
+        def transcribe(self, audio, options, progress=None):
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+            time.sleep(0.05)
+            self.inside -= 1
+            return super().transcribe(audio, options, progress)
+
+    model = Slow(SCRIPT)
+    streams = app_live.LiveStreams(Cache(model))
+    sessions = [streams.start("max", "tiny.en", "cpu") for _ in range(2)]
+    audio = np.arange(3 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
+    for i in range(3):
+        for s in sessions:
+            s.add((SAMPLE_RATE, audio[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE]))
+        time.sleep(0.02)
+    for s in sessions:
+        s.stop(timeout=30)
+    assert len(model.calls) >= 2 and model.most == 1
 
 
 def as_browser_sends(audio: np.ndarray) -> np.ndarray:
@@ -100,8 +159,11 @@ def test_max_transcribes_jfk_from_browser_chunks(max_tiny_en, jfk_audio):
     session = app_live.LiveSession(lambda: max_tiny_en)
     browser = as_browser_sends(jfk_audio)
     assert browser.dtype == np.int16 and len(browser) == 3 * len(jfk_audio)
-    for i in range(0, len(browser), 48_000):
+    for i in range(0, len(browser), 48_000):  # a second at a time, each transcribed before the next
+        done = session.updates
         session.add((48_000, browser[i:i + 48_000]))
+        wait_for(lambda: session.updates == done + 1, timeout=300)
+    assert session.updates == 11 and session.committed  # words agreed on while the audio came in
     session.stop(timeout=300)
     normalise = EnglishTextNormalizer()
     assert normalise("".join(w.text for w in session.committed)) == normalise(JFK)

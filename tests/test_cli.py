@@ -192,6 +192,7 @@ def test_decode_options_from_flags():
     # the app's controls: "auto" language, empty prompt, batch size 0 (off)
     app = DecodeOptions.from_values({"language": "auto", "initial_prompt": "", "batch_size": 0, "beam_size": 2})
     assert app == DecodeOptions(beam_size=2)
+    assert DecodeOptions.from_values({"temperature": 0}).temperature == (0.0,)  # greedy only, not the default
 
 
 def _result(words: bool = False) -> TranscriptionResult:

@@ -13,6 +13,7 @@ from typing import Any
 from ..scoring import wer
 from .clips import REFERENCES, Clip, load_clip, pseudo_reference
 from .records import implementation_label
+from .report import _f
 from .worker import info, run_worker
 
 STREAMING_CLIPS = ("jfk.flac", "physicsworks.flac")
@@ -93,11 +94,11 @@ def streaming_targets(runs: list[dict]) -> list[str]:
 
 
 def _s(x: float | None) -> str:
-    return "–" if x is None else f"{x:.2f} s"
+    return _f(x, 2, " s")
 
 
 def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.2f} %"
+    return _f(None if x is None else 100 * x, 2, " %")
 
 
 def streaming_markdown(doc: dict) -> str:
