@@ -119,6 +119,8 @@ def test_upload_run_and_read_results(app):
             page.screenshot(path=str(ARTIFACTS / "browser.png"), full_page=True)
 
             page.locator("#examples").get_by_text("physicsworks-excerpt.flac").click()  # 43 s: two windows
+            # the example must be in the audio component before the run (under load a click can beat it)
+            expect(page.locator("a[href$='/physicsworks-excerpt.flac']").first).to_be_attached(timeout=60_000)
             page.click("#run")
             progress = page.locator("#progress")
             expect(progress).to_contain_text(re.compile(r"Running, \d+ s: MAX Graph \(this project\): transcribing, "
