@@ -122,6 +122,8 @@ class LiveSession:
                     self._commit(streamer.finish().committed)
                     self.tentative = []
                     self.state = "stopped"
+                    log.info("live stream ended: %.1f s heard, %d updates, %d words committed", self.received_s,
+                             self.updates, len(self.committed))
                     return
         except Exception as e:  # noqa: BLE001 - the visitor sees it in the tab
             log.exception("live stream failed")
@@ -177,6 +179,7 @@ class LiveStreams:
             lock = self._model_locks.setdefault((backend, model, device), threading.Lock())
             session = LiveSession(lambda: self.cache.get(backend, model, device), lock)
             self._sessions.append(session)
+            log.info("live stream started: %s %s on %s (%d running)", backend, model, device, len(self._sessions))
         return session
 
     def chunk(self, chunk, session: LiveSession | None, backend: str, model: str,
