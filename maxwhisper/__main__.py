@@ -284,11 +284,11 @@ def run_stream(args: argparse.Namespace) -> int:
             print(f"[{span}] (committed at {now:6.2f} s){''.join(w.text for w in update.committed)}", flush=True)
 
     report = stream_audio(transcriber, audio, args.chunk, options, on_update=show)
-    lat = sorted(report.latencies)
-    if lat:
-        p90 = lat[min(len(lat) - 1, int(0.9 * len(lat)))]
+    p90 = report.latency_quantile(0.9)
+    if p90 is not None:
         info(f"{args.audio}: {report.audio_s:.1f} s in {report.updates} updates; commit latency median "
-             f"{statistics.median(lat):.2f} s, p90 {p90:.2f} s; compute {report.compute_share:.2f} s per audio second")
+             f"{statistics.median(report.latencies):.2f} s, p90 {p90:.2f} s; "
+             f"compute {report.compute_share:.2f} s per audio second")
     else:
         info(f"{args.audio}: {report.audio_s:.1f} s in {report.updates} updates; nothing was said")
     print(report.text)

@@ -163,6 +163,16 @@ class StreamReport:
         """Per word: when it was committed minus when its audio ended."""
         return [t - w.end for w, t in zip(self.words, self.commit_times)]
 
+    def latency_quantile(self, q: float) -> float | None:
+        """The q-quantile (0 <= q <= 1) of `latencies` by the nearest rank below, no interpolation:
+        sorted(latencies)[min(n - 1, int(q * n))] for n latencies; None when no word was committed.
+        (q=0.9 is the p90 of the `stream` command and of `bench --streaming`; q=0.5 is the upper of
+        the two middle values when n is even, not statistics.median's average of them.)"""
+        if not 0 <= q <= 1:
+            raise ValueError(f"quantile {q} is not between 0 and 1")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
+
     @property
     def compute_share(self) -> float:
         """Seconds of computing per second of audio: above 1, the stream falls behind."""

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from maxwhisper.api import SAMPLE_RATE, DecodeOptions
-from maxwhisper.streaming import LocalAgreement, StreamWord, stream_audio
+from maxwhisper.streaming import LocalAgreement, StreamReport, StreamWord, stream_audio
 from scripted import ScriptedTranscriber
 
 
@@ -104,6 +104,49 @@ def test_silence_keeps_the_buffer_short_and_the_user_prompt_comes_first():
     stream_audio(talk, audio, chunk_s=1.0, options=DecodeOptions(initial_prompt="Physics lecture."))
     later = [p for _, p in talk.calls if p and p != "Physics lecture."]
     assert later and all(p.startswith("Physics lecture.") or len(p) >= 190 for p in later)
+
+
+def report_with_latencies(latencies: list[float]) -> StreamReport:
+    ws = words(" ".join(f"w{i}" for i in range(len(latencies))))
+    return StreamReport(ws, [w.end + lat for w, lat in zip(ws, latencies)], compute_s=1.0, audio_s=10.0,
+                        updates=len(latencies))
+
+
+def test_latency_quantile_is_the_nearest_rank_below():
+    report = report_with_latencies([3.0, 1.0, 2.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0])
+    assert report.latencies == [3.0, 1.0, 2.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
+    assert report.latency_quantile(0.9) == 10.0  # sorted[int(0.9 * 10)] = sorted[9]
+    assert report.latency_quantile(0.5) == 6.0  # sorted[5]: the upper middle, not the average 5.5
+    assert report.latency_quantile(0.0) == 1.0 and report.latency_quantile(1.0) == 10.0  # (clamped to n - 1)
+    five = report_with_latencies([0.5, 2.5, 1.5, 4.5, 3.5])
+    assert five.latency_quantile(0.9) == 4.5 and five.latency_quantile(0.5) == 2.5 and five.latency_quantile(0.2) == 1.5
+    assert report_with_latencies([]).latency_quantile(0.9) is None  # nothing was committed
+    with pytest.raises(ValueError):
+        report.latency_quantile(90)
+
+
+def test_stream_command_reports_the_median_and_p90_of_the_commit_latency(tmp_path, monkeypatch, capsys):
+    import maxwhisper.__main__ as cli
+    import maxwhisper.audio
+
+    path = tmp_path / "talk.wav"
+    path.write_bytes(b"")  # (only checked to exist: the audio comes from load_audio below)
+    audio = np.arange(12 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
+    script = " ".join(f"w{i}" for i in range(24))
+    monkeypatch.setattr(cli, "load_transcriber", lambda args, backend, kernels=None: ScriptedTranscriber(script))
+    monkeypatch.setattr(maxwhisper.audio, "load_audio", lambda p, max_seconds=None: audio)
+    assert cli.main(["stream", str(path)]) == 0
+    out, err = capsys.readouterr()
+    report = stream_audio(ScriptedTranscriber(script), audio, chunk_s=1.0)
+    lat = sorted(report.latencies)
+    assert len(lat) == 24 and report.latency_quantile(0.9) == lat[21]
+    assert (f"{path}: 12.0 s in {report.updates} updates; commit latency median {(lat[11] + lat[12]) / 2:.2f} s, "
+            f"p90 {lat[21]:.2f} s; compute {report.compute_share:.2f} s per audio second\n") in err
+    assert out.strip().splitlines()[-1] == script
+    silent = ScriptedTranscriber("")
+    monkeypatch.setattr(cli, "load_transcriber", lambda args, backend, kernels=None: silent)
+    assert cli.main(["stream", str(path)]) == 0
+    assert f"{path}: 12.0 s in 12 updates; nothing was said\n" in capsys.readouterr().err
 
 
 def test_max_streams_jfk(max_tiny_en, jfk_audio):

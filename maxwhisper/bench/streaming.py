@@ -21,12 +21,6 @@ LATENCY_TARGET_S = 2.5  # MAX's median commit latency, at most
 WER_TARGET_POINTS = 1.0  # streamed WER - offline WER against the reference, percentage points, at most
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    """The q-quantile by the nearest rank below (as the `stream` command's p90)."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
-
-
 def streaming_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """In the worker process: per clip, the offline transcript, then the stream."""
     from ..api import DecodeOptions
@@ -49,7 +43,7 @@ def streaming_worker(spec: dict[str, Any]) -> dict[str, Any]:
         rows.append({"audio": clip.name, "audio_s": report.audio_s, "updates": report.updates,
                      "compute_s": report.compute_s, "compute_share": report.compute_share,
                      "latency_median_s": statistics.median(latencies) if latencies else None,
-                     "latency_p90_s": percentile(latencies, 0.9), "words": len(report.words),
+                     "latency_p90_s": report.latency_quantile(0.9), "words": len(report.words),
                      "text": report.text, "offline_text": offline.text, "offline_s": offline.timings.total_s})
         info(f"{label} {clip.name}: {report.updates} updates, latency median {_s(rows[-1]['latency_median_s'])}, "
              f"compute share {report.compute_share:.2f}")
