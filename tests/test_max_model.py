@@ -121,19 +121,23 @@ def test_few_row_linear_kernel_is_the_float32_product_of_float16_weights():
 
 def test_encoder_attention_kernel_matches_numpy():
     """`encoder_attention.mojo` against float64 numpy: batch 2, 2 heads of Dh 64 (Whisper's), and
-    T = 37 frames, which leaves the kernel's last 16-key panel and last 24-row work item partial."""
+    T = 37 frames, which leaves the kernel's last 16-key panel and last work item partial; the
+    AVX2 tile (6 rows x 1 panel) and the AVX-512 one (12 x 2: 3 panels are one pair and one alone)
+    give the same numbers bit for bit, whatever this machine's own tile is."""
     from max.dtype import DType
     from max.graph import DeviceRef, TensorType
 
-    from maxwhisper.graph.layers import encoder_attention
+    from maxwhisper.graph.layers import MACHINE_TILE, encoder_attention
 
     b, t, h, dh = 2, 37, 2, 64
     d = h * dh
     rng = np.random.default_rng(0)
     qkv = rng.standard_normal((b, t, 3 * d)).astype(np.float32)
     run = _kernel_graph("encoder_attention_test", [TensorType(DType.float32, [b, "t", 3 * d], device=DeviceRef.CPU())],
-                        lambda x: [encoder_attention(x, h)])
-    (out,) = run(qkv)
+                        lambda x: [encoder_attention(x, h, tile) for tile in (MACHINE_TILE, (6, 1), (12, 2))])
+    out, avx2, avx512 = run(qkv)
+    np.testing.assert_array_equal(avx2, out)
+    np.testing.assert_array_equal(avx512, out)
 
     def heads(x):  # [B, T, d] -> [B, H, T, Dh]
         return x.astype(np.float64).reshape(b, t, h, dh).transpose(0, 2, 1, 3)
@@ -209,14 +213,15 @@ def test_decoder_layer_step_kernel_matches_numpy():
 
 def test_packed_linear_kernel_matches_numpy():
     """`linear.mojo`'s encoder linear against float64 numpy: weights as 16-column panels, 67 rows
-    in work items of 30 (K = 1536), so the last tile has 1 row; plain, with GELU, with a residual;
-    one row alone gives the same row."""
+    (K = 1536), so the last tile is partial; plain, with GELU, with a residual; one row alone gives
+    the same row; the AVX2 tile (6 rows x 1 panel) and the AVX-512 one (12 x 2: 3 panels are one
+    pair and one alone) give the same numbers bit for bit, whatever this machine's own tile is."""
     from math import erf
 
     from max.dtype import DType
     from max.graph import DeviceRef, TensorType
 
-    from maxwhisper.graph.layers import WeightBank, packed_linear, packed_linear_fits
+    from maxwhisper.graph.layers import MACHINE_TILE, WeightBank, packed_linear, packed_linear_fits
 
     rng = np.random.default_rng(0)
     k, n, m = 1536, 48, 67
@@ -225,8 +230,12 @@ def test_packed_linear_kernel_matches_numpy():
     cpu = DeviceRef.CPU()
     w = WeightBank(arrays, DType.float32, cpu)
 
+    tiles = (MACHINE_TILE, (6, 1), (12, 2))
+
     def build(x, residual):
-        return [packed_linear(w, "lin")(x), packed_linear(w, "lin", gelu=True)(x), packed_linear(w, "lin")(x, residual)]
+        return [out for tile in tiles for out in (packed_linear(w, "lin", tile=tile)(x),
+                                                  packed_linear(w, "lin", gelu=True, tile=tile)(x),
+                                                  packed_linear(w, "lin", tile=tile)(x, residual))]
 
     run = _kernel_graph("packed_linear_test", [TensorType(DType.float32, ["m", k], device=cpu),
                                                TensorType(DType.float32, ["m", n], device=cpu)], build, w)
@@ -234,7 +243,9 @@ def test_packed_linear_kernel_matches_numpy():
 
     x = rng.standard_normal((m, k)).astype(np.float32)
     residual = rng.standard_normal((m, n)).astype(np.float32)
-    plain, gelu, added = run(x, residual)
+    plain, gelu, added, *other_tiles = run(x, residual)
+    for i, out in enumerate(other_tiles):
+        np.testing.assert_array_equal(out, (plain, gelu, added)[i % 3])
     expected = x.astype(np.float64) @ arrays["lin.weight_t"].astype(np.float64) + arrays["lin.bias"]
     np.testing.assert_allclose(plain, expected, rtol=0, atol=2e-5)
     np.testing.assert_allclose(gelu, 0.5 * expected * (1 + np.vectorize(erf)(expected / np.sqrt(2))), rtol=0, atol=2e-5)

@@ -16,6 +16,7 @@ from max.graph import DeviceRef, TensorType, TensorValue, Weight, ops
 
 LN_EPS = 1e-5
 PANEL = 16  # columns per panel of `packed_linear` weights (NR in linear.mojo)
+MACHINE_TILE = (0, 0)  # the CPU kernels' register tile as they pick it for the machine's vector width
 KERNELS = Path(__file__).parent / "kernels"  # Mojo custom ops (their source package)
 
 
@@ -154,9 +155,11 @@ def few_row_linear(w: WeightBank, prefix: str) -> Linear:
     return apply
 
 
-def packed_linear(w: WeightBank, prefix: str, gelu: bool = False) -> ResidualLinear:
+def packed_linear(w: WeightBank, prefix: str, gelu: bool = False,
+                  tile: tuple[int, int] = MACHINE_TILE) -> ResidualLinear:
     """`linear` as one CPU kernel (`kernels/linear.mojo`) for many rows (the encoder's 1500),
-    GELU and residual included: the weight [K, N] is held as 16-column panels. float32."""
+    GELU and residual included: the weight [K, N] is held as 16-column panels. float32.
+    `tile` (rows, panels) replaces the register tile the kernel picks for the machine's vectors."""
     panels = w.panels(f"{prefix}.weight_t")
     bias = w(f"{prefix}.bias")
 
@@ -168,7 +171,8 @@ def packed_linear(w: WeightBank, prefix: str, gelu: bool = False) -> ResidualLin
         else:
             add = ops.reshape(residual, [-1, bias.shape[0]])
         out = TensorType(DType.float32, [flat.shape[0], bias.shape[0]], device=x.device)
-        y = ops.custom("packed_linear", x.device, [flat, panels, bias, add], [out], parameters={"gelu": gelu})[0].tensor
+        y = ops.custom("packed_linear", x.device, [flat, panels, bias, add], [out],
+                       parameters={"gelu": gelu, "tile_rows": tile[0], "tile_panels": tile[1]})[0].tensor
         return ops.reshape(y, [*lead, bias.shape[0]])
     return apply
 
@@ -274,13 +278,15 @@ def kernel_library() -> Path:
     return package
 
 
-def encoder_attention(qkv: TensorValue, n_head: int) -> TensorValue:
+def encoder_attention(qkv: TensorValue, n_head: int, tile: tuple[int, int] = MACHINE_TILE) -> TensorValue:
     """`attention` of every head as one CPU kernel (`kernels/encoder_attention.mojo`), straight
     from the fused qkv linear: qkv float32 [B, T, 3d] -> [B, T, d] (heads merged, as
-    `merge_heads` gives them); no head split, key transpose or merge ops around it."""
+    `merge_heads` gives them); no head split, key transpose or merge ops around it. `tile` as
+    `packed_linear`'s."""
     b, t, d3 = qkv.shape
     out = TensorType(DType.float32, [b, t, int(d3) // 3], device=qkv.device)
-    return ops.custom("encoder_attention", qkv.device, [qkv], [out], parameters={"heads": n_head})[0].tensor
+    return ops.custom("encoder_attention", qkv.device, [qkv], [out],
+                      parameters={"heads": n_head, "tile_rows": tile[0], "tile_panels": tile[1]})[0].tensor
 
 
 def encoder_attention_fits(d: int, n_head: int) -> bool:

@@ -1,8 +1,8 @@
 # The encoder's self-attention for the CPU as one kernel, straight from the qkv linear's output
 # to the attention output projection's input: no head split, key transpose or head merge in
 # between. Each head's keys and values are first packed into 16-wide panels, so that both
-# products run register tiles (6 query rows x 16 keys, then 6 rows x 16 head dims) over
-# contiguous memory. It is faster than MAX's fused CPU flash attention over q, k^T, v as the
+# products run `packed_linear`'s register tiles (MR query rows x TILE_PANELS panels of 16 keys,
+# then of 16 head dims) over contiguous memory. It is faster than MAX's fused CPU flash attention over q, k^T, v as the
 # graph's ops lay them out (docs/design.md).
 import extensibility
 from extensibility import InputTensor, OutputTensor
@@ -11,12 +11,9 @@ from std.math import sqrt
 from std.memory import alloc, stack_allocation
 
 from .attention import exp_sum
-from .linear import F32, MR, NR, V16, W
+from .linear import F32, MR, NR, TILE_PANELS, V16, W, accumulate
 from .threads import share_phases
 
-# tiles as `packed_linear`'s: MR = 6 query rows x NR = 16 keys (or head dims), 12 accumulators;
-# keys are packed in panels of NR
-comptime ROWS = 4 * MR  # query rows per work item
 comptime MAX_DH = 128
 
 
@@ -27,18 +24,22 @@ struct EncoderAttention:
     qkv float32 [B, T, 3d] (q, k, v side by side, each with its H heads of Dh side by side, as
     the fused qkv linear gives them) -> float32 [B, T, d] (heads side by side). CPU only.
     Phase 1 packs each head's keys as panels [T / 16, Dh, 16] (zero past T) and its values as
-    [Dh / 16, T, 16]; phase 2 takes ROWS query rows of one head per work item: their scores,
-    an exact softmax (normalised at the end), then p @ v.
+    [Dh / 16, T, 16]; phase 2 takes 4 tiles of query rows of one head per work item: their scores,
+    an exact softmax (normalised at the end), then p @ v. `tile_rows` and `tile_panels` as
+    `packed_linear`'s.
     """
 
     @staticmethod
-    def execute[target: StaticString, heads: Int](
+    def execute[target: StaticString, heads: Int, tile_rows: Int, tile_panels: Int](
         output: OutputTensor[dtype=DType.float32, rank=3, ...],
         qkv: InputTensor[dtype=DType.float32, rank=3, ...],
         ctx: DeviceContext,
     ) raises:
         comptime if target != "cpu":
             raise Error("encoder_attention runs on the CPU only")
+        comptime mr = tile_rows if tile_rows else MR
+        comptime np = tile_panels if tile_panels else TILE_PANELS
+        comptime ROWS = 4 * mr  # query rows per work item
         var batch = qkv.dim_size(0)
         var t_len = qkv.dim_size(1)
         var d = qkv.dim_size(2) // 3
@@ -69,7 +70,7 @@ struct EncoderAttention:
             var h = head % heads
             var r0 = (item % groups) * ROWS
             var scratch = alloc[Float32](ROWS * (t_pad + 2 * MAX_DH + 1)).unsafe_origin_cast[MutAnyOrigin]()
-            rows(src + (b * t_len + r0) * 3 * d + h * dh, 3 * d, min(ROWS, t_len - r0), k_panels + head * t_pad * dh,
+            rows[mr, np](src + (b * t_len + r0) * 3 * d + h * dh, 3 * d, min(ROWS, t_len - r0), k_panels + head * t_pad * dh,
                  v_panels + head * t_len * dh, dst + (b * t_len + r0) * d + h * dh, d, dh, t_len, t_pad, n_panels,
                  scale, scratch)
             scratch.free()
@@ -92,74 +93,61 @@ def pack(x: F32, h: Int, t_len: Int, d: Int, dh: Int, k_panels: F32, v_panels: F
             (v_panels + (e // NR) * t_len * NR + t * NR).store(0, value.load[width=NR](e))
 
 
-def rows(q: F32, ldq: Int, n_rows: Int, k_panels: F32, v_panels: F32, dst: F32, ldo: Int, dh: Int, t_len: Int,
-         t_pad: Int, n_panels: Int, scale: Float32, scratch: F32):
-    """Attention of n_rows <= ROWS query rows (ldq apart) of one head, written ldo apart at dst.
+def rows[mr: Int, np: Int](q: F32, ldq: Int, n_rows: Int, k_panels: F32, v_panels: F32, dst: F32, ldo: Int,
+                           dh: Int, t_len: Int, t_pad: Int, n_panels: Int, scale: Float32, scratch: F32):
+    """Attention of n_rows <= 4 mr query rows (ldq apart) of one head, written ldo apart at dst.
     Rows past n_rows repeat the last one and are not stored."""
+    comptime ROWS = 4 * mr
     var p = scratch  # scores, then exp(score - max) [ROWS, T_pad]
-    var q_t = p + ROWS * t_pad  # per tile of MR rows, q transposed [Dh, MR] and scaled
+    var q_t = p + ROWS * t_pad  # per tile of mr rows, q transposed [Dh, mr] and scaled
     var acc = q_t + ROWS * MAX_DH  # p @ v [ROWS, Dh]
     var inv_sum = acc + ROWS * MAX_DH  # 1 / the sum of each row's exps
     for i in range(ROWS):
         var row = q + min(i, n_rows - 1) * ldq
         for e in range(dh):
-            q_t[(i // MR) * dh * MR + e * MR + i % MR] = row[e] * scale
+            q_t[(i // mr) * dh * mr + e * mr + i % mr] = row[e] * scale
 
-    for c in range(n_panels):  # scores: each panel of 16 keys against the ROWS rows, 6 at a time
-        var panel = k_panels + c * dh * NR
-        for t in range(ROWS // MR):
-            var qt = q_t + t * dh * MR
-            var a0 = V16(0)
-            var a1 = V16(0)
-            var a2 = V16(0)
-            var a3 = V16(0)
-            var a4 = V16(0)
-            var a5 = V16(0)
-            for e in range(dh):
-                var kv = panel.load[width=NR](e * NR)
-                var qe = qt + e * MR
-                a0 += V16(qe[0]) * kv
-                a1 += V16(qe[1]) * kv
-                a2 += V16(qe[2]) * kv
-                a3 += V16(qe[3]) * kv
-                a4 += V16(qe[4]) * kv
-                a5 += V16(qe[5]) * kv
-            var at = p + t * MR * t_pad + c * NR
-            at.store(0, a0)
-            at.store(t_pad, a1)
-            at.store(2 * t_pad, a2)
-            at.store(3 * t_pad, a3)
-            at.store(4 * t_pad, a4)
-            at.store(5 * t_pad, a5)
+    var c = 0
+    while c < n_panels:  # scores: np panels of 16 keys (1 for an odd last) against the rows, mr at a time
+        for t in range(4):
+            if c + np <= n_panels:
+                scores[mr, np](q_t + t * dh * mr, dh, k_panels + c * dh * NR, p + t * mr * t_pad + c * NR, t_pad)
+            else:
+                scores[mr, 1](q_t + t * dh * mr, dh, k_panels + c * dh * NR, p + t * mr * t_pad + c * NR, t_pad)
+        c += np
 
     for i in range(ROWS):  # exp(score - row max), and 1 / the row's sum
         inv_sum[i] = 1 / exp_sum(p + i * t_pad, t_len)
 
-    for t in range(ROWS // MR):  # p @ v, 16 head dims at a time over every key
-        var pt = p + t * MR * t_pad
-        for e0 in range(0, dh, NR):
-            var panel = v_panels + e0 * t_len
-            var a0 = V16(0)
-            var a1 = V16(0)
-            var a2 = V16(0)
-            var a3 = V16(0)
-            var a4 = V16(0)
-            var a5 = V16(0)
-            for j in range(t_len):
-                var vv = panel.load[width=NR](j * NR)
-                a0 += V16(pt[j]) * vv
-                a1 += V16(pt[t_pad + j]) * vv
-                a2 += V16(pt[2 * t_pad + j]) * vv
-                a3 += V16(pt[3 * t_pad + j]) * vv
-                a4 += V16(pt[4 * t_pad + j]) * vv
-                a5 += V16(pt[5 * t_pad + j]) * vv
-            var at = acc + t * MR * dh + e0
-            at.store(0, a0)
-            at.store(dh, a1)
-            at.store(2 * dh, a2)
-            at.store(3 * dh, a3)
-            at.store(4 * dh, a4)
-            at.store(5 * dh, a5)
+    for t in range(4):  # p @ v, np x 16 head dims at a time over every key
+        var e0 = 0
+        while e0 < dh:
+            if e0 + np * NR <= dh:
+                p_v[mr, np](p + t * mr * t_pad, t_pad, v_panels + e0 * t_len, t_len, acc + t * mr * dh + e0, dh)
+                e0 += np * NR
+            else:
+                p_v[mr, 1](p + t * mr * t_pad, t_pad, v_panels + e0 * t_len, t_len, acc + t * mr * dh + e0, dh)
+                e0 += NR
     for i in range(n_rows):
         for e in range(0, dh, W):
             (dst + i * ldo).store(e, acc.load[width=W](i * dh + e) * inv_sum[i])
+
+
+@always_inline
+def scores[mr: Int, np: Int](q_t: F32, dh: Int, k_panels: F32, dst: F32, t_pad: Int):
+    """dst[r, 16 p : 16 p + 16] = q[r] . keys of panel p, for r < mr and p < np (q_t [Dh, mr])."""
+    var acc = stack_allocation[mr * np, V16]()
+    accumulate[mr, np](acc, q_t, 1, mr, mr, k_panels, dh * NR, dh)
+    comptime for r in range(mr):
+        comptime for pn in range(np):
+            dst.store(r * t_pad + pn * NR, acc[r * np + pn])
+
+
+@always_inline
+def p_v[mr: Int, np: Int](p: F32, ldp: Int, v_panels: F32, t_len: Int, dst: F32, ldo: Int):
+    """dst[r, 16 n : 16 n + 16] = p[r] @ the values of panel n, for r < mr and n < np."""
+    var acc = stack_allocation[mr * np, V16]()
+    accumulate[mr, np](acc, p, ldp, 1, mr, v_panels, t_len * NR, t_len)
+    comptime for r in range(mr):
+        comptime for n in range(np):
+            dst.store(r * ldo + n * NR, acc[r * np + n])

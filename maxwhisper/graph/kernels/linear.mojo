@@ -5,20 +5,21 @@
 # bytes. Rows of the output do not depend on how many input rows come along: each is the same
 # float32 sum in the same order.
 # `packed_linear`, for the encoder's 1500-row activations, is bound by arithmetic instead: float32
-# weights packed into 16-column panels feed register tiles of 6 rows x 16 columns (~1.2x the
-# throughput of MAX's float32 matmul on a 2-core AVX2 CPU for Whisper's shapes), with GELU and the
-# residual add done as the tiles are stored.
+# weights packed into 16-column panels feed register tiles sized for the machine's vectors (6 rows x
+# 16 columns with AVX2, 12 x 32 with AVX-512; on a 2-core AVX2 CPU ~1.2x the throughput of MAX's
+# float32 matmul for Whisper's shapes), with GELU and the residual add done as the tiles are stored.
 import extensibility
 from extensibility import InputTensor, OutputTensor
 from max.gpu.host import DeviceContext
 from std.math import erf
 from std.memory import UnsafePointer, stack_allocation
+from std.sys import simd_width_of
 from std.sys.intrinsics import PrefetchOptions, prefetch
 
 from .threads import share_items
 
 comptime MAX_D_IN = 5120  # large-v3's MLP width
-comptime W = 8  # float32 lanes per SIMD vector (AVX2)
+comptime W = 8  # float32 lanes per vector of `few_row_linear`'s sums (their order is part of its results)
 comptime R = 4  # weight rows per block
 comptime AHEAD = 16  # rows: how far ahead to prefetch weights (the hardware prefetcher alone got ~60 %)
 comptime LINE = 32  # float16 values per 64-byte cache line
@@ -156,9 +157,14 @@ def dot_rows[o: MutOrigin](x: F32P, w: F16P, kd: Int, j0: Int, j1: Int, dst: Uns
         j += 1
 
 
-comptime MR = 6  # rows per register tile of `packed_linear`: 6 rows x 2 vectors = 12 accumulators
-comptime NR = 2 * W  # columns per tile, and per packed panel
+comptime NR = 16  # columns per packed panel: one AVX-512 vector, two AVX2 ones
 comptime V16 = SIMD[DType.float32, NR]
+comptime LANES = simd_width_of[DType.float32]()  # of the machine compiled for: 8 with AVX2, 16 with AVX-512
+# The register tile: MR rows x TILE_PANELS panels of accumulators, as many as the registers allow
+# beside the weights: 6 x 16 columns = 12 ymm on AVX2 (16 registers); on AVX-512 (32 registers)
+# 12 x 32 = 24 zmm, so that each weight vector loaded and each row value broadcast feeds more FMAs.
+comptime MR = 12 if LANES >= 16 else 6
+comptime TILE_PANELS = 2 if LANES >= 16 else 1
 comptime BLOCK_FLOATS = 48 * 1024  # a work item's x rows (192 KB) stay in L2 while every panel passes
 comptime F32 = UnsafePointer[Float32, MutAnyOrigin]
 
@@ -168,10 +174,12 @@ struct PackedLinear:
     """y = residual + act(x @ w + bias): x float32 [M, K], panels float32 [N / 16, K, 16] (w [K, N]
     cut into 16-column panels, each contiguous), bias float32 [N], residual float32 [M, N] (or
     [0, 0]: none), act GELU (erf form) when `gelu`, else none -> y float32 [M, N].
-    A work item is a block of rows: for each panel in turn, its rows in tiles of 6. CPU only."""
+    A work item is a block of rows: for each group of `TILE_PANELS` panels in turn, its rows in tiles
+    of `MR`. `tile_rows` and `tile_panels` other than 0 replace MR and TILE_PANELS (tests use them
+    to run another machine's tile: each output is the same sum in the same order either way). CPU only."""
 
     @staticmethod
-    def execute[target: StaticString, gelu: Bool](
+    def execute[target: StaticString, gelu: Bool, tile_rows: Int, tile_panels: Int](
         output: OutputTensor[dtype=DType.float32, rank=2, ...],
         x: InputTensor[dtype=DType.float32, rank=2, ...],
         panels: InputTensor[dtype=DType.float32, rank=3, ...],
@@ -181,6 +189,8 @@ struct PackedLinear:
     ) raises:
         comptime if target != "cpu":
             raise Error("packed_linear runs on the CPU only")
+        comptime mr = tile_rows if tile_rows else MR
+        comptime np = tile_panels if tile_panels else TILE_PANELS
         var m = x.dim_size(0)
         var kd = x.dim_size(1)
         var n_panels = panels.dim_size(0)
@@ -195,56 +205,61 @@ struct PackedLinear:
         var rp = residual.unsafe_ptr()
         var has_residual = residual.dim_size(0) == m and residual.dim_size(1) == n
         var op = output.unsafe_ptr()
-        var block = max(MR, BLOCK_FLOATS // kd // MR * MR)
+        var block = max(mr, BLOCK_FLOATS // kd // mr * mr)
 
         def rows(item: Int) {var xp, var wp, var bp, var rp, var has_residual, var op, var m, var kd, var n, var n_panels, var block}:
             var r1 = min((item + 1) * block, m)
-            for j in range(n_panels):
+            var j = 0
+            while j < n_panels:
                 var i = item * block
                 while i < r1:
                     var at = i * n + j * NR
-                    tile[gelu](xp + i * kd, min(MR, r1 - i), kd, wp + j * kd * NR, bp.load[width=NR](j * NR),
-                               has_residual, rp + at, op + at, n)
-                    i += MR
+                    if j + np <= n_panels:
+                        tile[gelu, mr, np](xp + i * kd, min(mr, r1 - i), kd, wp + j * kd * NR, bp + j * NR,
+                                           has_residual, rp + at, op + at, n)
+                    else:  # the last panel of an odd number
+                        tile[gelu, mr, 1](xp + i * kd, min(mr, r1 - i), kd, wp + j * kd * NR, bp + j * NR,
+                                          has_residual, rp + at, op + at, n)
+                    i += mr
+                j += np
 
         share_items((m + block - 1) // block, rows)
 
 
+comptime V16P = UnsafePointer[V16, MutUntrackedOrigin]  # `stack_allocation`s
+
+
 @always_inline
-def tile[gelu: Bool](x: F32, rows: Int, kd: Int, panel: F32, bias: V16, add: Bool, residual: F32, y: F32, ldy: Int):
-    """y[r, 0:16] = (residual[r, 0:16] if add) + act(x[r, :] @ panel + bias) for r < rows <= 6 (x
-    rows kd apart, y and residual rows ldy apart); rows past `rows` repeat the last one, unstored."""
-    var x0 = x
-    var x1 = x + min(1, rows - 1) * kd
-    var x2 = x + min(2, rows - 1) * kd
-    var x3 = x + min(3, rows - 1) * kd
-    var x4 = x + min(4, rows - 1) * kd
-    var x5 = x + min(5, rows - 1) * kd
-    var a0 = V16(0)
-    var a1 = V16(0)
-    var a2 = V16(0)
-    var a3 = V16(0)
-    var a4 = V16(0)
-    var a5 = V16(0)
-    for k in range(kd):
-        var wv = panel.load[width=NR](k * NR)
-        a0 += V16(x0[k]) * wv
-        a1 += V16(x1[k]) * wv
-        a2 += V16(x2[k]) * wv
-        a3 += V16(x3[k]) * wv
-        a4 += V16(x4[k]) * wv
-        a5 += V16(x5[k]) * wv
-    store[gelu](a0 + bias, add, residual, y)
-    if rows > 1:
-        store[gelu](a1 + bias, add, residual + ldy, y + ldy)
-    if rows > 2:
-        store[gelu](a2 + bias, add, residual + 2 * ldy, y + 2 * ldy)
-    if rows > 3:
-        store[gelu](a3 + bias, add, residual + 3 * ldy, y + 3 * ldy)
-    if rows > 4:
-        store[gelu](a4 + bias, add, residual + 4 * ldy, y + 4 * ldy)
-    if rows > 5:
-        store[gelu](a5 + bias, add, residual + 5 * ldy, y + 5 * ldy)
+def accumulate[mr: Int, np: Int](acc: V16P, a: F32, a_row: Int, a_step: Int, rows: Int, w: F32, w_panel: Int,
+                                 steps: Int):
+    """The register tile of every kernel here: acc[r * np + p] = the sum over k < steps, in order,
+    of a[r * a_row + k * a_step] * w[p * w_panel + k * NR : + NR], for r < mr and p < np. Rows
+    from `rows` on repeat the last one (so a partial tile runs the same code). `acc` is the
+    caller's `stack_allocation`: with every index known at compile time it lives in registers."""
+    var wv = stack_allocation[np, V16]()
+    comptime for i in range(mr * np):
+        acc[i] = V16(0)
+    for k in range(steps):
+        comptime for p in range(np):
+            wv[p] = w.load[width=NR](p * w_panel + k * NR)
+        comptime for r in range(mr):
+            var b = V16(a[min(r, rows - 1) * a_row + k * a_step])
+            comptime for p in range(np):
+                acc[r * np + p] += b * wv[p]
+
+
+@always_inline
+def tile[gelu: Bool, mr: Int, np: Int](x: F32, rows: Int, kd: Int, panel: F32, bias: F32, add: Bool, residual: F32,
+                                       y: F32, ldy: Int):
+    """y[r, 0:16 np] = (residual[r, 0:16 np] if add) + act(x[r, :] @ panels + bias) for r < rows <= mr
+    (x rows kd apart, the np panels [kd, 16] one after another, y and residual rows ldy apart)."""
+    var acc = stack_allocation[mr * np, V16]()
+    accumulate[mr, np](acc, x, kd, 1, rows, panel, kd * NR, kd)
+    comptime for r in range(mr):
+        if r < rows:
+            comptime for p in range(np):
+                store[gelu](acc[r * np + p] + bias.load[width=NR](p * NR), add, residual + r * ldy + p * NR,
+                            y + r * ldy + p * NR)
 
 
 @always_inline
