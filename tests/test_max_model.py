@@ -254,6 +254,28 @@ def test_packed_linear_kernel_matches_numpy():
     assert packed_linear_fits(384) and packed_linear_fits(1536) and not packed_linear_fits(100)
 
 
+@pytest.mark.parametrize("cpu, register, fmas", [("haswell", "ymm", 12), ("skylake-avx512", "zmm", 24)])
+def test_encoder_tile_fills_the_target_s_vector_registers(cpu, register, fmas, tmp_path):
+    """The register tile the encoder kernels pick for a CPU, compiled for an AVX2 and an AVX-512
+    one (`mojo build --emit asm --target-cpu` of tests/tile_asm.mojo; nothing runs, so this
+    machine's own ISA does not matter): its loop is `fmas` FMAs on `register`s (6 rows x 2 ymm,
+    12 rows x 2 zmm), and no vector register is spilled to the stack."""
+    import re
+    from pathlib import Path
+
+    from mojo.run import subprocess_run_mojo
+
+    root = Path(__file__).resolve().parents[1]
+    asm = tmp_path / f"{cpu}.s"
+    done = subprocess_run_mojo(["build", "--emit", "asm", "--target-cpu", cpu, "-I", str(root / "maxwhisper" / "graph"),
+                                "-o", str(asm), str(root / "tests" / "tile_asm.mojo")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    code = asm.read_text()
+    found = re.findall(r"vfmadd\w+\s+%(\w+), %(\w+), %(\w+)", code)
+    assert len(found) == fmas and all(operand.startswith(register) for fma in found for operand in fma), found
+    assert not re.search(r"%[yz]mm\d+, -?\d*\(%rsp\)|\(%rsp\), %[yz]mm", code), "a vector register spilled"
+
+
 def test_greedy_choice_kernel_equals_the_host_decoding_path():
     """The token the step graph picks (`greedy.mojo`) against decoding.py's own classes on the same
     logits: suppression mask, ApplyTimestampRules' probability rule, GreedyDecoder at T=0."""
