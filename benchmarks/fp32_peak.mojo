@@ -30,8 +30,8 @@ def fma_chains(seed: Float32) -> Float32:
 
 
 def main() raises:
-    var cores = min(num_physical_cores(), 64)
-    var sums = stack_allocation[64, Float32]()
+    var cores = min(num_physical_cores(), 1024)
+    var sums = stack_allocation[1024, Float32]()
 
     def run(core: Int) {var sums}:
         sums[core] = fma_chains(Float32(core))

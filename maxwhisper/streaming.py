@@ -164,8 +164,8 @@ class StreamReport:
         return [t - w.end for w, t in zip(self.words, self.commit_times)]
 
     def latency_quantile(self, q: float) -> float | None:
-        """The q-quantile (0 <= q <= 1) of `latencies` by the nearest rank below, no interpolation:
-        sorted(latencies)[min(n - 1, int(q * n))] for n latencies; None when no word was committed.
+        """The q-quantile (0 <= q <= 1) of `latencies` without interpolation: the value at 0-based
+        index floor(q n) of the n sorted latencies (the last for q=1); None when no word was committed.
         (q=0.9 is the p90 of the `stream` command and of `bench --streaming`; q=0.5 is the upper of
         the two middle values when n is even, not statistics.median's average of them.)"""
         if not 0 <= q <= 1:

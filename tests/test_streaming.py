@@ -112,7 +112,7 @@ def report_with_latencies(latencies: list[float]) -> StreamReport:
                         updates=len(latencies))
 
 
-def test_latency_quantile_is_the_nearest_rank_below():
+def test_latency_quantile_is_the_sorted_value_at_index_floor_q_n():
     report = report_with_latencies([3.0, 1.0, 2.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0])
     assert report.latencies == [3.0, 1.0, 2.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
     assert report.latency_quantile(0.9) == 10.0  # sorted[int(0.9 * 10)] = sorted[9]

@@ -2,8 +2,8 @@
 # to the attention output projection's input: no head split, key transpose or head merge in
 # between. Each head's keys and values are first packed into 16-wide panels, so that both
 # products run `packed_linear`'s register tiles (MR query rows x TILE_PANELS panels of 16 keys,
-# then of 16 head dims) over contiguous memory. It is faster than MAX's fused CPU flash attention over q, k^T, v as the
-# graph's ops lay them out (docs/design.md).
+# then of 16 head dims) over contiguous memory. It is faster than MAX's fused CPU flash attention
+# over q, k^T, v as the graph's ops lay them out (docs/design.md).
 import extensibility
 from extensibility import InputTensor, OutputTensor
 from max.gpu.host import DeviceContext
@@ -11,7 +11,7 @@ from std.math import sqrt
 from std.memory import alloc, stack_allocation
 
 from .attention import exp_sum
-from .linear import F32, MR, NR, TILE_PANELS, V16, W, accumulate
+from .linear import F32, MR, NR, TILE_PANELS, V16, accumulate
 from .threads import share_phases
 
 comptime MAX_DH = 128
@@ -102,24 +102,26 @@ def rows[mr: Int, np: Int](q: F32, ldq: Int, n_rows: Int, k_panels: F32, v_panel
     var q_t = p + ROWS * t_pad  # per tile of mr rows, q transposed [Dh, mr] and scaled
     var acc = q_t + ROWS * MAX_DH  # p @ v [ROWS, Dh]
     var inv_sum = acc + ROWS * MAX_DH  # 1 / the sum of each row's exps
-    for i in range(ROWS):
+    var tiles = (n_rows + mr - 1) // mr  # of the 4, those with rows to compute
+    for i in range(tiles * mr):
         var row = q + min(i, n_rows - 1) * ldq
         for e in range(dh):
             q_t[(i // mr) * dh * mr + e * mr + i % mr] = row[e] * scale
 
     var c = 0
-    while c < n_panels:  # scores: np panels of 16 keys (1 for an odd last) against the rows, mr at a time
-        for t in range(4):
-            if c + np <= n_panels:
+    while c < n_panels:  # scores: np panels of 16 keys (the panels left one at a time) against mr rows
+        var whole = c + np <= n_panels
+        for t in range(tiles):
+            if whole:
                 scores[mr, np](q_t + t * dh * mr, dh, k_panels + c * dh * NR, p + t * mr * t_pad + c * NR, t_pad)
             else:
                 scores[mr, 1](q_t + t * dh * mr, dh, k_panels + c * dh * NR, p + t * mr * t_pad + c * NR, t_pad)
-        c += np
+        c += np if whole else 1
 
-    for i in range(ROWS):  # exp(score - row max), and 1 / the row's sum
+    for i in range(tiles * mr):  # exp(score - row max), and 1 / the row's sum
         inv_sum[i] = 1 / exp_sum(p + i * t_pad, t_len)
 
-    for t in range(4):  # p @ v, np x 16 head dims at a time over every key
+    for t in range(tiles):  # p @ v, np x 16 head dims at a time over every key
         var e0 = 0
         while e0 < dh:
             if e0 + np * NR <= dh:
@@ -129,8 +131,8 @@ def rows[mr: Int, np: Int](q: F32, ldq: Int, n_rows: Int, k_panels: F32, v_panel
                 p_v[mr, 1](p + t * mr * t_pad, t_pad, v_panels + e0 * t_len, t_len, acc + t * mr * dh + e0, dh)
                 e0 += NR
     for i in range(n_rows):
-        for e in range(0, dh, W):
-            (dst + i * ldo).store(e, acc.load[width=W](i * dh + e) * inv_sum[i])
+        for e in range(0, dh, NR):
+            (dst + i * ldo).store(e, acc.load[width=NR](i * dh + e) * inv_sum[i])
 
 
 @always_inline

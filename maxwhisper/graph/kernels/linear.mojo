@@ -211,17 +211,18 @@ struct PackedLinear:
             var r1 = min((item + 1) * block, m)
             var j = 0
             while j < n_panels:
+                var whole = j + np <= n_panels  # else the panels left go one at a time
                 var i = item * block
                 while i < r1:
                     var at = i * n + j * NR
-                    if j + np <= n_panels:
+                    if whole:
                         tile[gelu, mr, np](xp + i * kd, min(mr, r1 - i), kd, wp + j * kd * NR, bp + j * NR,
                                            has_residual, rp + at, op + at, n)
-                    else:  # the last panel of an odd number
+                    else:
                         tile[gelu, mr, 1](xp + i * kd, min(mr, r1 - i), kd, wp + j * kd * NR, bp + j * NR,
                                           has_residual, rp + at, op + at, n)
                     i += mr
-                j += np
+                j += np if whole else 1
 
         share_items((m + block - 1) // block, rows)
 
