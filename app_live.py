@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 LIVE_STREAMS = 2  # live sessions computing at once; one more is told to wait
 IDLE_S = 30.0  # a session that receives nothing for this long ends (its visitor left)
 STOP_WAIT_S = 120.0  # how long a stop shows the session catching up before leaving it to finish alone
+LATE_S = 2.0  # a chunk this soon after a stop is that recording's last one arriving late: it starts nothing
 TENTATIVE_STYLE = "color:#9ca3af"
 
 
@@ -48,6 +49,7 @@ class LiveSession:
         self._pending: list[np.ndarray] = []  # 16 kHz samples not yet given to the streamer
         self._resampler: StreamResampler | None = None
         self._stopped = False
+        self.stopped_at: float | None = None  # clock time of `stop`
         self.started: float | None = None  # clock time at which the stream's first sample was spoken
         self.received_s = 0.0  # seconds of audio received
         self.committed: list[StreamWord] = []
@@ -82,8 +84,14 @@ class LiveSession:
             if not self._stopped and self._resampler is not None:
                 self._pending.append(self._resampler.flush())
             self._stopped = True
+            self.stopped_at = self._clock() if self.stopped_at is None else self.stopped_at
             self._cond.notify_all()
         self._thread.join(timeout)
+
+    @property
+    def just_stopped(self) -> bool:
+        """Stopped less than LATE_S ago: a chunk now is the stopped recording's last, sent late."""
+        return self.stopped_at is not None and self._clock() - self.stopped_at < LATE_S
 
     @property
     def ended(self) -> bool:
@@ -185,6 +193,8 @@ class LiveStreams:
     def chunk(self, chunk, session: LiveSession | None, backend: str, model: str,
               device: str) -> tuple[LiveSession | None, str, str]:
         """A piece of a recording -> (the session, its text, its figures)."""
+        if session is not None and session.just_stopped:  # the stopped recording's last chunk, arriving late
+            return session, *session.render()
         if session is None or session.ended:  # the first chunk of a recording
             try:
                 session = self.start(backend, model, device)
@@ -198,14 +208,16 @@ class LiveStreams:
                 return session, session.render()[0], f"Live transcription stopped: {support.error_message(e)}"
         return session, *session.render()
 
-    def stop(self, session: LiveSession | None) -> Iterator[tuple[None, str, str]]:
-        """The recording stopped: its session finishes the audio it has, shown as it goes."""
+    def stop(self, session: LiveSession | None) -> Iterator[tuple[LiveSession | None, str, str]]:
+        """The recording stopped: its session finishes the audio it has, shown as it goes. It stays
+        the tab's session, so that a chunk the browser sent just before the stop and that arrives
+        after it is recognised as late (`chunk`); the next recording starts a new one."""
         if session is None:
             yield None, "", ""
             return
         session.stop(timeout=0)
         deadline = time.monotonic() + STOP_WAIT_S
         while session.running and time.monotonic() < deadline:
-            yield None, *session.render()
+            yield session, *session.render()
             time.sleep(0.5)
-        yield None, *session.render()  # None: the next recording starts a new session
+        yield session, *session.render()

@@ -96,10 +96,14 @@ def test_a_recording_through_the_tab_s_handlers():
         assert same is session
     assert streams.chunk((SAMPLE_RATE, np.zeros(0, np.int16)), session, "max", "tiny.en", "cpu")[0] is session
     shown = list(streams.stop(session))
-    assert all(state is None for state, _, _ in shown)  # the next recording starts a new session
+    assert all(state is session for state, _, _ in shown)
     assert shown[-1][2].startswith("stopped") and "w7</span>" in shown[-1][1]
+    late = streams.chunk((SAMPLE_RATE, audio[:SAMPLE_RATE]), session, "max", "tiny.en", "cpu")
+    assert late == (session, *session.render())  # sent before the stop, arrived after it: starts nothing
+    assert len(streams._sessions) == 1
+    time.sleep(app_live.LATE_S)
     later, _, _ = streams.chunk((SAMPLE_RATE, audio[:SAMPLE_RATE]), session, "max", "tiny.en", "cpu")
-    assert later is not session and later.running  # a stream's late return put the ended session back
+    assert later is not session and later.running  # the next recording
     later.stop(timeout=10)
     assert list(streams.stop(None)) == [(None, "", "")]
     bad, _, figures = streams.chunk((0, np.ones(100, np.int16)), None, "max", "tiny.en", "cpu")
