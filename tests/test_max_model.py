@@ -257,13 +257,114 @@ def test_packed_linear_kernel_matches_numpy():
     assert packed_linear_fits(384) and packed_linear_fits(1536) and not packed_linear_fits(100)
 
 
-@pytest.mark.parametrize("cpu, register, fmas", [("haswell", "ymm", 12), ("skylake-avx512", "zmm", 24)])
-def test_encoder_tile_fills_the_target_s_vector_registers(cpu, register, fmas, tmp_path):
-    """`packed_linear`'s tile as the kernels pick it for a CPU, compiled for an AVX2 and an AVX-512
-    one (`mojo build --emit asm --target-cpu` of tests/tile_asm.mojo; nothing runs, so this
-    machine's own ISA does not matter): its loop is `fmas` FMAs on `register`s (6 rows x 2 ymm,
-    12 rows x 2 zmm), and no vector register is spilled to the stack."""
-    import re
+def _quantized_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x [M, K] as `linear_int8.mojo` quantizes it per row: x ~ scale (q - zero), q uint8 over the
+    row's range with 0 in it -> q (int64), scale [M, 1], zero [M, 1]."""
+    lo, hi = np.minimum(x.min(1, keepdims=True), 0), np.maximum(x.max(1, keepdims=True), 0)
+    scale = np.where(hi > lo, (hi - lo) / np.float32(255), np.float32(1)).astype(np.float32)
+    inv = (np.float32(1) / scale).astype(np.float32)
+    zero = np.clip(np.round(-lo * inv), 0, 255)
+    return np.clip(np.round(x * inv) + zero, 0, 255).astype(np.int64), scale, zero.astype(np.int64)
+
+
+def test_packed_linear_int8_kernel_is_the_exact_int8_product():
+    """`linear_int8.mojo` against numpy's int8 arithmetic: the weight quantized per column
+    (`quantize_int8`), x per row as the kernel does (uint8 with a scale and a zero point), the
+    products summed exactly: within float32 rounding of s_x s_w (sum (q_x - z) q_w) + b computed in
+    float64, plain, with GELU and with a residual; 67 rows (a partial tile), K 1536, 3 panels (a
+    pair and one alone). The machine's tile, the AVX2 one (4 rows x 1 panel) and the AVX-512 VNNI
+    one (12 x 2), with VNNI where this CPU has it and with the instructions of a CPU without it,
+    give the same bits; and the result is within 1 % of the float32 product's largest value."""
+    from math import erf
+
+    from max.dtype import DType
+    from max.graph import DeviceRef, TensorType
+
+    from maxwhisper.graph.layers import MACHINE_TILE, WeightBank, packed_linear_int8
+    from maxwhisper.graph.weights import quantize_int8
+
+    rng = np.random.default_rng(0)
+    k, n, m = 1536, 48, 67
+    arrays = {"lin.weight_t": rng.standard_normal((k, n)).astype(np.float32) * 0.05,
+              "lin.bias": rng.standard_normal(n).astype(np.float32)}
+    w = WeightBank(arrays, DType.float32, DeviceRef.CPU())
+    variants = [(MACHINE_TILE, True), ((4, 1), True), ((12, 2), False), ((4, 1), False)]  # (tile, emulate)
+
+    def build(x, residual):
+        machine = [packed_linear_int8(w, "lin")(x), packed_linear_int8(w, "lin", gelu=True)(x),
+                   packed_linear_int8(w, "lin")(x, residual)]
+        return machine + [packed_linear_int8(w, "lin", tile=tile, emulate=emulate)(x) for tile, emulate in variants]
+
+    cpu = DeviceRef.CPU()
+    run = _kernel_graph("packed_linear_int8_test", [TensorType(DType.float32, ["m", k], device=cpu),
+                                                    TensorType(DType.float32, ["m", n], device=cpu)], build, w)
+    assert w.registry()["lin.weight_t.int8_panels"].shape == (n // 16, k // 4, 16, 4)
+
+    x = (rng.standard_normal((m, k)) + 0.3).astype(np.float32)
+    residual = rng.standard_normal((m, n)).astype(np.float32)
+    plain, gelu, added, *others = run(x, residual)
+    for out in others:
+        np.testing.assert_array_equal(out, plain)
+
+    q_w, s_w = quantize_int8(arrays["lin.weight_t"].T)
+    q_w = q_w.T
+    q_x, s_x, zero = _quantized_rows(x)
+    expected = (s_x.astype(np.float64) * s_w) * ((q_x - zero) @ q_w.astype(np.int64)) + arrays["lin.bias"]
+    top = np.abs(expected).max()
+    np.testing.assert_allclose(plain, expected, rtol=0, atol=2e-6 * top)
+    np.testing.assert_allclose(gelu, 0.5 * expected * (1 + np.vectorize(erf)(expected / np.sqrt(2))), rtol=0,
+                               atol=2e-6 * top)
+    np.testing.assert_allclose(added, residual + expected, rtol=0, atol=2e-6 * top)
+    float_product = x.astype(np.float64) @ arrays["lin.weight_t"] + arrays["lin.bias"]
+    assert np.abs(plain - float_product).max() < 0.01 * np.abs(float_product).max()
+
+
+def test_few_row_linear_int8_kernel_is_the_float32_product_of_int8_weights():
+    """`few_row_linear_int8`: int8 weights with a scale per row, widened to float32 in registers:
+    (x @ q^T) s + b against float64 numpy, d_out not a multiple of its 4-row blocks; each output
+    row bit-identical whatever the number of input rows (1 or 5)."""
+    from max.dtype import DType
+    from max.graph import DeviceRef, TensorType
+
+    from maxwhisper.graph.layers import WeightBank, few_row_linear_int8
+    from maxwhisper.graph.weights import quantize_int8
+
+    rng = np.random.default_rng(0)
+    d_out, d_in = 1030, 1536
+    arrays = {"lin.weight": (rng.standard_normal((d_out, d_in)) * 0.05).astype(np.float32),
+              "lin.bias": rng.standard_normal(d_out).astype(np.float32)}
+    cpu = DeviceRef.CPU()
+    w = WeightBank(arrays, DType.float32, cpu)
+    run = _kernel_graph("few_row_linear_int8_test", [TensorType(DType.float32, ["m", d_in], device=cpu)],
+                        lambda x: [few_row_linear_int8(w, "lin")(x)], w)
+    q, scale = quantize_int8(arrays["lin.weight"])
+    assert w.registry()["lin.weight.int8"].dtype == np.int8
+
+    x = rng.standard_normal((5, d_in)).astype(np.float32)
+    (five,) = run(x)
+    expected = (x.astype(np.float64) @ q.astype(np.float64).T) * scale + arrays["lin.bias"]
+    np.testing.assert_allclose(five, expected, rtol=0, atol=2e-5)
+    for row in range(5):
+        np.testing.assert_array_equal(run(x[row:row + 1])[0][0], five[row])
+
+
+def test_int8_quantization_is_per_output_channel():
+    """`quantize_int8`: each output channel's (row's) largest |w| becomes 127, every weight is
+    within half a step of its scale, an all-zero row stays zero."""
+    from maxwhisper.graph.weights import quantize_int8
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 40)).astype(np.float32) * np.arange(1, 7, dtype=np.float32)[:, None]
+    w[3] = 0
+    q, scale = quantize_int8(w)
+    assert q.dtype == np.int8 and scale.shape == (6,) and scale.dtype == np.float32
+    assert (np.abs(q).max(axis=1) == [127, 127, 127, 0, 127, 127]).all()
+    assert (np.abs(q * scale[:, None] - w) <= scale[:, None] / 2 * (1 + 1e-6)).all()
+
+
+def _tile_assembly(program: str, cpu: str, tmp_path) -> str:
+    """tests/`program` compiled to assembly for `cpu` (`mojo build --emit asm --target-cpu`; nothing
+    runs, so this machine's own ISA does not matter)."""
     from pathlib import Path
 
     from mojo.run import subprocess_run_mojo
@@ -271,12 +372,44 @@ def test_encoder_tile_fills_the_target_s_vector_registers(cpu, register, fmas, t
     root = Path(__file__).resolve().parents[1]
     asm = tmp_path / f"{cpu}.s"
     done = subprocess_run_mojo(["build", "--emit", "asm", "--target-cpu", cpu, "-I", str(root / "maxwhisper" / "graph"),
-                                "-o", str(asm), str(root / "tests" / "tile_asm.mojo")], capture_output=True, text=True)
+                                "-o", str(asm), str(root / "tests" / program)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    code = asm.read_text()
+    return asm.read_text()
+
+
+SPILL = r"%[yz]mm\d+, -?\d*\(%r[sb]p\)|\(%r[sb]p\), %[yz]mm"  # a vector register stored to or loaded from the stack
+
+
+@pytest.mark.parametrize("cpu, register, fmas", [("haswell", "ymm", 12), ("skylake-avx512", "zmm", 24)])
+def test_encoder_tile_fills_the_target_s_vector_registers(cpu, register, fmas, tmp_path):
+    """`packed_linear`'s tile as the kernels pick it for a CPU, compiled for an AVX2 and an AVX-512
+    one (tests/tile_asm.mojo): its loop is `fmas` FMAs on `register`s (6 rows x 2 ymm, 12 rows x 2
+    zmm), and no vector register is spilled to the stack."""
+    import re
+
+    code = _tile_assembly("tile_asm.mojo", cpu, tmp_path)
     found = re.findall(r"vfmadd\w+\s+%(\w+), %(\w+), %(\w+)", code)
     assert len(found) == fmas and all(operand.startswith(register) for fma in found for operand in fma), found
-    assert not re.search(r"%[yz]mm\d+, -?\d*\(%r[sb]p\)|\(%r[sb]p\), %[yz]mm", code), "a vector register spilled"
+    assert not re.search(SPILL, code), "a vector register spilled"
+
+
+@pytest.mark.parametrize("cpu, instruction, register, count", [
+    ("haswell", "vpmaddubsw", "ymm", 16),  # AVX2: 4 rows x 2 ymm, two vpmaddubsw each (even and odd bytes)
+    ("skylake-avx512", "vpmaddubsw", "zmm", 32),  # AVX-512 without VNNI: 8 rows x 2 zmm
+    ("alderlake", "vpdpbusd", "ymm", 12),  # AVX-VNNI: 6 rows x 2 ymm
+    ("znver4", "vpdpbusd", "zmm", 24),  # AVX-512 VNNI: 12 rows x 2 zmm
+])
+def test_int8_encoder_tile_uses_the_target_s_byte_dot_product(cpu, instruction, register, count, tmp_path):
+    """`packed_linear_int8`'s tile as the kernels pick it for a CPU (tests/tile_int8_asm.mojo): with
+    VNNI its loop is `vpdpbusd` on every accumulator, without it `vpmaddubsw` twice per accumulator
+    and no `vpdpbusd`; no vector register is spilled to the stack."""
+    import re
+
+    code = _tile_assembly("tile_int8_asm.mojo", cpu, tmp_path)
+    found = re.findall(rf"{instruction}\s+%(\w+), %(\w+), %(\w+)", code)
+    assert len(found) == count and all(operand.startswith(register) for op in found for operand in op), found
+    assert instruction == "vpdpbusd" or "vpdpbusd" not in code
+    assert not re.search(SPILL, code), "a vector register spilled"
 
 
 def test_greedy_choice_kernel_equals_the_host_decoding_path():

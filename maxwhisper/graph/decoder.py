@@ -22,8 +22,8 @@ from max.graph import BufferType, DeviceRef, Graph, TensorType, TensorValue, ops
 
 from ..checkpoint import ModelDims
 from .layers import (MakeLinear, WeightBank, attend_few_rows, attention, attention_scores_few_rows, dim_value,
-                     few_row_attention, few_row_linear, greedy_choice, kernel_library, layer_norm, linear_few_rows,
-                     merge_heads, split_heads)
+                     few_row_attention, few_row_linear, few_row_linear_int8, greedy_choice, kernel_library, layer_norm,
+                     linear_few_rows, merge_heads, packed_linear_int8, split_heads)
 from .plan import ExecutionPlan
 
 OFFSET_TYPE = TensorType(DType.int64, [], device=DeviceRef.CPU())  # the cache's write offset, on the host
@@ -59,7 +59,8 @@ def decoder_block(w: WeightBank, p: str, dims: ModelDims, x: TensorValue, self_k
 
 def _embed(w: WeightBank, tokens: TensorValue, positions: TensorValue, half: bool = False) -> TensorValue:
     """half: the token embedding is read from its float16 copy, which the output projection of
-    `few_row_linear` already holds (the graph then keeps no float32 copy)."""
+    `few_row_linear` already holds (the graph then keeps no float32 copy; with int8 weights the
+    projection holds int8 numbers and the embedding stays float16)."""
     table = w.half("decoder.token_embedding.weight") if half else w("decoder.token_embedding.weight")
     return ops.gather(table, tokens, axis=0).cast(w.dtype) + ops.gather(w("decoder.positional_embedding"), positions, axis=0)
 
@@ -87,6 +88,21 @@ def _cross_types(dims: ModelDims, dtype: DType, device, batch) -> list[TensorTyp
             TensorType(dtype, [L, batch, H, dh, "audio_ctx"], device=device)]
 
 
+def step_linear(plan: ExecutionPlan) -> MakeLinear:
+    """The step graphs' linears: `few_row_linear` (float16-stored) or `few_row_linear_int8` where
+    the plan says so, MAX's matmul elsewhere."""
+    if not plan.step_linears_kernel:
+        return linear_few_rows
+    return few_row_linear_int8 if plan.int8 else few_row_linear
+
+
+def block_linear(plan: ExecutionPlan) -> MakeLinear:
+    """The step graph's layer linears. With int8 weights the graph's calls are prompts (the token
+    step graph takes every one-token step), tens to hundreds of rows: `packed_linear_int8`'s int8
+    products run them faster than `few_row_linear_int8`'s float32 ones."""
+    return packed_linear_int8 if plan.int8 else step_linear(plan)
+
+
 def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) -> Graph:
     """Inputs: tokens int64 [B, n]; positions int64 [n] (absolute); offset int64 [] on the host (= positions[0]);
     mask float32 [n, n_text_ctx] (0 where a query may attend, -inf elsewhere); logit_index int64 [k]
@@ -97,7 +113,7 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) -> 
     the last of the k positions and its log probability float32 [B] (`layers.greedy_choice`)."""
     L, S, dev = dims.n_text_layer, dims.n_text_ctx, w.device
     use_kernel = plan.step_kernels
-    make_linear = few_row_linear if plan.step_linears_half else linear_few_rows
+    make_linear = step_linear(plan)
     choice_types = [TensorType(DType.float32, ["batch", dims.n_vocab], device=dev),
                     TensorType(DType.int64, [1], device=dev)] if use_kernel else []
     types = [
@@ -116,7 +132,7 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) -> 
         choice_inputs = [v.tensor for v in graph.inputs[5:5 + len(choice_types)]]
         cross_k, cross_v_t = (v.tensor for v in graph.inputs[5 + len(choice_types):7 + len(choice_types)])
         caches = graph.inputs[7 + len(choice_types):]
-        x = _embed(w, tokens, positions, plan.step_linears_half)
+        x = _embed(w, tokens, positions, plan.step_linears_kernel)
         n = x.shape[1]
         new = (slice(offset, offset + dim_value(n)), n)
 
@@ -146,7 +162,7 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) -> 
         cross_attend = step_attention(None, ops.broadcast_to(dim_value(audio_ctx).reshape([1]), [n]))
         for i in range(L):
             x = decoder_block(w, f"decoder.blocks.{i}", dims, x, cached(i), self_attend, cross_attend,
-                              cross_k[i], cross_v_t[i], make_linear)
+                              cross_k[i], cross_v_t[i], block_linear(plan))
         logits = _logits(w, ops.gather(x, logit_index, axis=1), make_linear)
         graph.output(logits, *(greedy_choice(logits, *choice_inputs) if use_kernel else []))
     return graph

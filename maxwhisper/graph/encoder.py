@@ -9,7 +9,7 @@ from max.graph import Graph, TensorType, TensorValue, ops
 
 from ..checkpoint import ModelDims
 from .layers import (MakeEncoderLinear, WeightBank, attention, conv1d, dim_value, encoder_attention, layer_norm,
-                     linear, merge_heads, kernel_library, packed_linear, split_heads)
+                     linear, merge_heads, kernel_library, packed_linear, packed_linear_int8, split_heads)
 from .plan import ExecutionPlan
 
 
@@ -44,8 +44,10 @@ def conv_stem(w: WeightBank, mel: TensorValue) -> TensorValue:
 
 
 def encoder_linear(plan: ExecutionPlan) -> MakeEncoderLinear:
-    """`packed_linear` where the plan says so, MAX's matmul elsewhere."""
-    return packed_linear if plan.encoder_linear_kernel else linear
+    """`packed_linear` (int8: `packed_linear_int8`) where the plan says so, MAX's matmul elsewhere."""
+    if not plan.encoder_linear_kernel:
+        return linear
+    return packed_linear_int8 if plan.int8 else packed_linear
 
 
 def extensions(plan: ExecutionPlan) -> list:

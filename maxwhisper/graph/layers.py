@@ -14,6 +14,8 @@ import numpy as np
 from max.dtype import DType
 from max.graph import DeviceRef, TensorType, TensorValue, Weight, ops
 
+from .weights import quantize_int8
+
 LN_EPS = 1e-5
 PANEL = 16  # columns per panel of `packed_linear` weights (NR in linear.mojo)
 MACHINE_TILE = (0, 0)  # the CPU kernels' register tile as they pick it for the machine's vector width
@@ -28,12 +30,13 @@ class WeightBank:
     """
 
     def __init__(self, arrays: dict[str, np.ndarray], dtype: DType, device: DeviceRef,
-                 halves: dict[str, np.ndarray] | None = None):
+                 copies: dict[tuple[str, str], np.ndarray] | None = None):
         self.arrays, self.dtype, self.device = arrays, dtype, device
         # graph name -> (Weight, what makes its array in the Weight's dtype and layout)
         self.used: dict[str, tuple[Weight, Callable[[], np.ndarray]]] = {}
-        # array name -> its float16 copy, made once (banks built together may share one: `halves`)
-        self.halves: dict[str, np.ndarray] = {} if halves is None else halves
+        # (kind, array name) -> a float16 or int8 copy of the array, made once (banks built together
+        # may share them: `copies`)
+        self.copies: dict[tuple[str, str], np.ndarray] = {} if copies is None else copies
 
     def __call__(self, name: str) -> Weight:
         def fill() -> np.ndarray:
@@ -52,6 +55,26 @@ class WeightBank:
         return self._weight(f"{name}.panels", DType.float32, (n // PANEL, k, PANEL), lambda: np.ascontiguousarray(
             self.arrays[name].reshape(k, n // PANEL, PANEL).transpose(1, 0, 2), dtype=np.float32))
 
+    def int8_panels(self, name: str) -> tuple[Weight, Weight, Weight]:
+        """The linear weight `name` quantized per output channel (`int8`) for `packed_linear_int8`:
+        int8 panels [N / 16, K / 4, 16, 4] of W^T [K, N] (each 4 consecutive k of an output side by
+        side, as `vpdpbusd` takes them), the float32 scales [N] and each output's sum of its int8
+        weights, int32 [N]."""
+        n, k = self._int8(name)[0].shape
+        return (self._weight(f"{name}.int8_panels", DType.int8, (n // PANEL, k // 4, PANEL, 4),
+                             lambda: np.ascontiguousarray(
+                                 self._int8(name)[0].reshape(n // PANEL, PANEL, k // 4, 4).transpose(0, 2, 1, 3))),
+                self._weight(f"{name}.int8_scales", DType.float32, (n,), lambda: self._int8(name)[1]),
+                self._weight(f"{name}.int8_sums", DType.int32, (n,),
+                             lambda: self._int8(name)[0].sum(axis=1, dtype=np.int32)))
+
+    def int8_rows(self, name: str) -> tuple[Weight, Weight]:
+        """The linear weight `name` quantized per output channel (`int8`) for `few_row_linear_int8`:
+        int8 W [N, K] and the float32 scales [N]."""
+        n, k = self._int8(name)[0].shape
+        return (self._weight(f"{name}.int8", DType.int8, (n, k), lambda: self._int8(name)[0]),
+                self._weight(f"{name}.int8_scales", DType.float32, (n,), lambda: self._int8(name)[1]))
+
     def flat(self, graph_name: str, names: list[str], dtype: DType) -> Weight:
         """The arrays named, flattened and concatenated in order into one 1-D weight (as float16
         copies for a float16 weight: only exact when `float16_exact`)."""
@@ -67,11 +90,20 @@ class WeightBank:
                    for name, array in self.arrays.items() if name.startswith(prefix))
 
     def _float16(self, name: str) -> np.ndarray:
-        if name not in self.halves:
+        if ("float16", name) not in self.copies:
             with np.errstate(over="ignore"):  # out of float16's range: inf, and so not exact
                 # C order: MAX takes only contiguous weights (arrays may be transposed views)
-                self.halves[name] = np.ascontiguousarray(self.arrays[name], dtype=np.float16)
-        return self.halves[name]
+                self.copies["float16", name] = np.ascontiguousarray(self.arrays[name], dtype=np.float16)
+        return self.copies["float16", name]
+
+    def _int8(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """The linear weight `name` (W [d_out, d_in]; `*.weight_t` arrays hold W^T) quantized per
+        output channel (`weights.quantize_int8`), made once: int8 W [d_out, d_in], scales [d_out]."""
+        if ("int8", name) not in self.copies:
+            array = self.arrays[name]
+            q, scales = quantize_int8(array.T if name.endswith(".weight_t") else array)
+            self.copies["int8", name], self.copies["int8 scales", name] = np.ascontiguousarray(q), scales
+        return self.copies["int8", name], self.copies["int8 scales", name]
 
     def _weight(self, graph_name: str, dtype: DType, shape, fill: Callable[[], np.ndarray]) -> Weight:
         if graph_name not in self.used:
@@ -140,18 +172,29 @@ def few_row_linear(w: WeightBank, prefix: str) -> Linear:
     """`linear_few_rows` as one CPU kernel (`kernels/linear.mojo`) over the weight stored as
     float16, widened to float32 in registers: the float32 result for weights that are
     `WeightBank.float16_exact`, reading half the bytes. float32 x only."""
-    weight = w.half(f"{prefix}.weight")
+    return _few_row_kernel(w, prefix, "few_row_linear", [w.half(f"{prefix}.weight")])
+
+
+def few_row_linear_int8(w: WeightBank, prefix: str) -> Linear:
+    """`few_row_linear` over the weight quantized per output row to int8 (`WeightBank.int8_rows`):
+    each weight widened to float32 in registers, the row's sum scaled once; a quarter of float32's
+    bytes. float32 x only."""
+    return _few_row_kernel(w, prefix, "few_row_linear_int8", list(w.int8_rows(f"{prefix}.weight")))
+
+
+def _few_row_kernel(w: WeightBank, prefix: str, op: str, weight: list) -> Linear:
     if f"{prefix}.bias" in w.arrays:
         bias = w(f"{prefix}.bias")
     else:
         bias = ops.constant(np.zeros(0, np.float32), DType.float32, device=w.device)
+    d_out = weight[0].shape[0]
 
     def apply(x: TensorValue) -> TensorValue:
         *lead, d_in = x.shape
         flat = ops.reshape(x, [-1, d_in])
-        out = TensorType(DType.float32, [flat.shape[0], weight.shape[0]], device=x.device)
-        y = ops.custom("few_row_linear", x.device, [flat, weight, bias], [out])[0].tensor
-        return ops.reshape(y, [*lead, weight.shape[0]])
+        out = TensorType(DType.float32, [flat.shape[0], d_out], device=x.device)
+        y = ops.custom(op, x.device, [flat, *weight, bias], [out])[0].tensor
+        return ops.reshape(y, [*lead, d_out])
     return apply
 
 
@@ -160,7 +203,21 @@ def packed_linear(w: WeightBank, prefix: str, gelu: bool = False,
     """`linear` as one CPU kernel (`kernels/linear.mojo`) for many rows (the encoder's 1500),
     GELU and residual included: the weight [K, N] is held as 16-column panels. float32.
     `tile` (rows, panels) replaces the register tile the kernel picks for the machine's vectors."""
-    panels = w.panels(f"{prefix}.weight_t")
+    return _packed_kernel(w, prefix, "packed_linear", [w.panels(f"{prefix}.weight_t")],
+                          {"gelu": gelu, "tile_rows": tile[0], "tile_panels": tile[1]})
+
+
+def packed_linear_int8(w: WeightBank, prefix: str, gelu: bool = False, tile: tuple[int, int] = MACHINE_TILE,
+                       emulate: bool = False) -> ResidualLinear:
+    """`packed_linear` in int8 (`kernels/linear_int8.mojo`): the weight quantized per column at load
+    (`WeightBank.int8_panels`), x per row in the kernel, exact int32 sums with the machine's byte
+    dot products. `emulate` runs the instructions of a CPU without VNNI (the same numbers)."""
+    name = f"{prefix}.weight_t" if f"{prefix}.weight_t" in w.arrays else f"{prefix}.weight"  # the decoder's: W
+    return _packed_kernel(w, prefix, "packed_linear_int8", list(w.int8_panels(name)),
+                          {"gelu": gelu, "tile_rows": tile[0], "tile_panels": tile[1], "emulate": emulate})
+
+
+def _packed_kernel(w: WeightBank, prefix: str, op: str, weight: list, parameters: dict) -> ResidualLinear:
     bias = w(f"{prefix}.bias")
 
     def apply(x: TensorValue, residual: TensorValue | None = None) -> TensorValue:
@@ -171,8 +228,7 @@ def packed_linear(w: WeightBank, prefix: str, gelu: bool = False,
         else:
             add = ops.reshape(residual, [-1, bias.shape[0]])
         out = TensorType(DType.float32, [flat.shape[0], bias.shape[0]], device=x.device)
-        y = ops.custom("packed_linear", x.device, [flat, panels, bias, add], [out],
-                       parameters={"gelu": gelu, "tile_rows": tile[0], "tile_panels": tile[1]})[0].tensor
+        y = ops.custom(op, x.device, [flat, *weight, bias, add], [out], parameters=parameters)[0].tensor
         return ops.reshape(y, [*lead, bias.shape[0]])
     return apply
 

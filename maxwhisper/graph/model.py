@@ -26,7 +26,7 @@ from .layers import WeightBank
 from .plan import ExecutionPlan, make_plan
 from .weights import graph_arrays
 
-DTYPES = {"fp32": DType.float32, "fp16": DType.float16}
+DTYPES = {"fp32": DType.float32, "fp16": DType.float16, "int8": DType.float32}  # int8: the weights; activations float32
 # every graph a model may run; the first three are compiled at load, the rest on first use
 GRAPHS = ("encoder", "decoder_step", "token_step", "alignment", "cache_reorder", "batch_repeat")
 
@@ -37,13 +37,13 @@ def graph_names(plan: ExecutionPlan) -> tuple[str, ...]:
 
 
 def build_graph(name: str, arrays: dict[str, np.ndarray], dims: ModelDims, plan: ExecutionPlan,
-                halves: dict[str, np.ndarray] | None = None) -> tuple[Graph, dict[str, np.ndarray]]:
+                copies: dict | None = None) -> tuple[Graph, dict[str, np.ndarray]]:
     """Graph `name` (one of GRAPHS) under `plan`, and the weights registry that fills it (arrays
-    from `weights.graph_arrays`; halves: float16 copies shared between graphs)."""
+    from `weights.graph_arrays`; copies: float16 and int8 copies shared between graphs)."""
     if name in ("cache_reorder", "batch_repeat"):
         build = build_cache_reorder_graph if name == "cache_reorder" else build_batch_repeat_graph
         return build(dims, plan.dtype, plan.device), {}
-    w = WeightBank(arrays, plan.dtype, plan.device, halves)
+    w = WeightBank(arrays, plan.dtype, plan.device, copies)
     graph = {"encoder": lambda: build_encoder_graph(w, dims, plan),
              "decoder_step": lambda: build_decoder_graph(w, dims, plan),
              "token_step": lambda: build_token_step_graph(w, dims),
@@ -99,10 +99,12 @@ class MaxWhisper:
 
     def __init__(self, ckpt: Checkpoint, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
                  kernels: bool = True):
-        if precision not in DTYPES or (device == "cpu" and precision != "fp32" and kernels):
-            supported = "fp32 (fp16 only with --no-kernels, to test the GPU's graphs: slow)" if device == "cpu" \
-                else "fp32, fp16"
-            raise BackendError(f"MAX on {device} supports precision {supported}, not {precision}")
+        supported = {"cpu": ("fp32", "int8") if kernels else ("fp32", "fp16"), "gpu": ("fp32", "fp16")}[device]
+        if precision not in supported:
+            described = "fp32, int8 (fp16 only with --no-kernels, to test the GPU's graphs: slow)" if kernels and \
+                device == "cpu" else ", ".join(supported)
+            raise BackendError(f"MAX on {device}{'' if kernels else ' without kernels'} supports precision {described}, "
+                               f"not {precision}")
         self.dims: ModelDims = ckpt.dims
         self.is_multilingual, self.num_languages = ckpt.is_multilingual, ckpt.num_languages
         self.alignment_heads = ckpt.alignment_heads  # [k, 2] from config.json; None (a .pt): openai's default
@@ -111,8 +113,9 @@ class MaxWhisper:
         self.device_ref = DeviceRef.GPU() if device == "gpu" else DeviceRef.CPU()
         self.dtype = DTYPES[precision]
         self.arrays = graph_arrays(ckpt.state, ckpt.dims)
-        self.halves: dict[str, np.ndarray] = {}  # float16 copies of the weights, made once for every graph
-        self.plan = make_plan(WeightBank(self.arrays, self.dtype, self.device_ref, self.halves), self.dims, kernels)
+        self.copies: dict = {}  # float16 and int8 copies of the weights, made once for every graph
+        self.plan = make_plan(WeightBank(self.arrays, self.dtype, self.device_ref, self.copies), self.dims, kernels,
+                              int8=precision == "int8")
         if threads not in (None, os.cpu_count()):  # InferenceSession(num_threads=...) aborts in MAX 26.7
             raise BackendError(f"MAX uses all {os.cpu_count()} CPU threads; it cannot be limited to {threads}")
         start = time.perf_counter()
@@ -124,7 +127,7 @@ class MaxWhisper:
         self.lazy_graphs: dict[str, object] = {}  # compiled on first use (word timestamps, beams)
 
     def build(self, name: str) -> tuple[Graph, dict[str, np.ndarray]]:
-        return build_graph(name, self.arrays, self.dims, self.plan, self.halves)
+        return build_graph(name, self.arrays, self.dims, self.plan, self.copies)
 
     def to_device(self, array: np.ndarray) -> driver.Buffer:
         return driver.Buffer.from_numpy(np.require(array, requirements="C")).to(self.device)

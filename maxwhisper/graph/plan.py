@@ -3,7 +3,8 @@ made once per model, so that the graph builders and the runtime read it instead 
 
 Two kinds of plan:
 - "cpu-kernels": on the CPU in float32, the Mojo kernels of `graph/kernels/` wherever the
-  model's shapes fit them (every published Whisper's do);
+  model's shapes fit them (every published Whisper's do); with `int8`, the linears' weights
+  quantized to int8 at load and the int8 kernels (`--precision int8`);
 - "portable": MAX's own ops only, exactly the graphs a GPU runs, runnable on any device (on the
   CPU: `--no-kernels`, how those graphs are tested without a GPU).
 Both pass the KV cache's write offset as a host-resident scalar, as slice bounds must be on a GPU.
@@ -28,8 +29,9 @@ class ExecutionPlan:
     encoder_linear_kernel: bool  # `packed_linear` for the encoder's linears and the cross K/V projection
     encoder_attention_kernel: bool  # `encoder_attention` for the encoder's self-attention
     step_kernels: bool  # `few_row_attention` for one-row step calls, and the step graph picks the greedy token
-    step_linears_half: bool  # `few_row_linear` over float16-stored decoder weights, in the step graph
+    step_linears_kernel: bool  # `few_row_linear` over float16-stored (int8: int8) decoder weights, in the step graph
     token_step: bool  # one-new-token steps (any batch) run the token step graph (`decoder_layer_step`)
+    int8: bool = False  # every linear's weights in int8: `packed_linear_int8` in the encoder, `few_row_linear_int8` in steps
 
     @property
     def decoder_chooses(self) -> bool:
@@ -38,32 +40,41 @@ class ExecutionPlan:
 
     def describe(self) -> str:
         """One line for people: the plan and what it runs."""
-        parts = {"encoder linears": self.encoder_linear_kernel, "encoder attention": self.encoder_attention_kernel,
+        weights = "int8" if self.int8 else "float16-stored"
+        parts = {f"{'int8 ' if self.int8 else ''}encoder linears": self.encoder_linear_kernel,
+                 "encoder attention": self.encoder_attention_kernel,
                  "step attention and token choice": self.step_kernels,
-                 "float16-stored step linears": self.step_linears_half, "one-token step graph": self.token_step}
+                 f"{weights} step linears": self.step_linears_kernel, "one-token step graph": self.token_step}
         kernels = ", ".join(name for name, used in parts.items() if used) or "none"
         device = "cpu" if self.device.is_cpu() else "gpu"
-        return f"{self.name} ({device}, {self.dtype.name}); Mojo kernels: {kernels}"
+        return f"{self.name} ({device}, {'int8 weights, ' if self.int8 else ''}{self.dtype.name}); Mojo kernels: {kernels}"
 
 
-def make_plan(w: WeightBank, dims: ModelDims, kernels: bool = True) -> ExecutionPlan:
+def make_plan(w: WeightBank, dims: ModelDims, kernels: bool = True, int8: bool = False) -> ExecutionPlan:
     """The plan for a model whose weights `w` holds (on w.device, in w.dtype). kernels=False, or any
-    device but the CPU, or a dtype but float32, gives the portable plan."""
+    device but the CPU, or a dtype but float32, gives the portable plan. int8: the CPU kernels'
+    plan with int8 weights (ValueError where the kernels do not run or the shapes do not fit them)."""
     cpu_kernels = kernels and w.device.is_cpu() and w.dtype == DType.float32
     if not cpu_kernels:
+        if int8:
+            raise ValueError("int8 weights need the CPU kernels, in float32 on the CPU")
         return ExecutionPlan("portable", w.device, w.dtype, False, False, False, False, False)
     d_audio, d_text = dims.n_audio_state, dims.n_text_state
     head_dim = d_text // dims.n_text_head
     encoder_linear = all(map(packed_linear_fits, (d_audio, 3 * d_audio, 4 * d_audio, 2 * d_text)))
     step = few_row_attention_fits(head_dim, max(dims.n_text_ctx, dims.n_audio_ctx))
+    step_linears = step and few_row_linear_fits(d_text) and few_row_linear_fits(4 * d_text)
+    if int8 and not (encoder_linear and step_linears and d_audio % 4 == 0 and d_text % 4 == 0):
+        raise ValueError(f"int8 weights: the model's widths ({d_audio}, {d_text}) do not fit the int8 kernels")
     # float16-stored linears compute the float32 products exactly only when every decoder weight is
     # a float16 number (true of Whisper's published checkpoints)
-    half = step and few_row_linear_fits(d_text) and few_row_linear_fits(4 * d_text) and w.float16_exact("decoder.")
+    step_linears = step_linears and (int8 or w.float16_exact("decoder."))
     return ExecutionPlan(
         name="cpu-kernels", device=w.device, dtype=w.dtype,
         encoder_linear_kernel=encoder_linear,
         encoder_attention_kernel=encoder_linear and encoder_attention_fits(d_audio, dims.n_audio_head),
         step_kernels=step,
-        step_linears_half=half,
-        token_step=half and d_text <= 1280 and head_dim % 8 == 0 and dims.n_audio_ctx <= 2048,
+        step_linears_kernel=step_linears,
+        token_step=step_linears and not int8 and d_text <= 1280 and head_dim % 8 == 0 and dims.n_audio_ctx <= 2048,
+        int8=int8,
     )

@@ -31,14 +31,14 @@ def compile_for(arch: str, ckpt: Checkpoint, precisions: list[str], graphs: list
     session = InferenceSession(devices=[driver.Accelerator()])
     arrays = graph_arrays(ckpt.state, ckpt.dims)
     for precision in precisions:
-        halves: dict = {}
-        plan = make_plan(WeightBank(arrays, DTYPES[precision], DeviceRef.GPU(), halves), ckpt.dims)
+        copies: dict = {}
+        plan = make_plan(WeightBank(arrays, DTYPES[precision], DeviceRef.GPU(), copies), ckpt.dims)
         for name in graph_names(plan):
             if graphs and name not in graphs:
                 continue
             start, error = time.perf_counter(), None
             try:
-                graph, registry = build_graph(name, arrays, ckpt.dims, plan, halves)
+                graph, registry = build_graph(name, arrays, ckpt.dims, plan, copies)
                 session.load(graph, weights_registry=registry)
             except Exception as e:  # noqa: BLE001 - a failure is the result being reported
                 error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"

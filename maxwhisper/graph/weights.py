@@ -66,3 +66,12 @@ def graph_arrays(state: dict[str, np.ndarray], dims: ModelDims) -> dict[str, np.
     if unused := sorted(set(state) - used):
         raise ModelError(f"parameters not used by the MAX graphs: {unused[:5]}")
     return out
+
+
+def quantize_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A linear's weight W [d_out, d_in] ~ q x scale per output channel: q int8 in [-127, 127],
+    scale float32 [d_out] = max |W[j]| / 127 (1 for an all-zero row), rounded to nearest."""
+    amax = np.abs(w).max(axis=1, keepdims=True).astype(np.float32)
+    scale = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+    q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+    return q, scale.reshape(-1)

@@ -13,7 +13,7 @@ from extensibility import InputTensor, OutputTensor
 from max.gpu.host import DeviceContext
 from std.math import erf
 from std.memory import UnsafePointer, stack_allocation
-from std.sys import simd_width_of
+from std.sys import simd_width_of, size_of
 from std.sys.intrinsics import PrefetchOptions, prefetch
 
 from .threads import share_items
@@ -22,8 +22,6 @@ comptime MAX_D_IN = 5120  # large-v3's MLP width
 comptime W = 8  # float32 lanes per vector of `few_row_linear`'s sums (their order is part of its results)
 comptime R = 4  # weight rows per block
 comptime AHEAD = 16  # rows: how far ahead to prefetch weights (the hardware prefetcher alone got ~60 %)
-comptime LINE = 32  # float16 values per 64-byte cache line
-comptime F16P = UnsafePointer[Float16, ...]
 comptime F32P = UnsafePointer[Float32, ...]
 
 
@@ -43,79 +41,110 @@ struct FewRowLinear:
     ) raises:
         comptime if target != "cpu":
             raise Error("few_row_linear runs on the CPU only")
-        var m_rows = x.dim_size(0)
-        var n = w.dim_size(0)
-        var kd = w.dim_size(1)
-        if kd > MAX_D_IN or kd % W != 0:
-            raise Error("few_row_linear: d_in above 5120 or not a multiple of 8")
-        var xp = x.unsafe_ptr()
-        var wp = w.unsafe_ptr()
-        var bp = bias.unsafe_ptr()
-        var has_bias = bias.dim_size(0) == n
-        var op = output.unsafe_ptr()
-        var per = rows_per_item(n)
+        few_rows(output.unsafe_ptr(), x.unsafe_ptr(), x.dim_size(0), w.unsafe_ptr(), w.dim_size(0), w.dim_size(1),
+                 bias.unsafe_ptr(), bias.unsafe_ptr(), bias.dim_size(0) == w.dim_size(0))  # no scales: unread
 
-        def block(item: Int) {var xp, var wp, var bp, var has_bias, var op, var n, var kd, var per, var m_rows}:
-            var hi = min((item + 1) * per, n)
-            if m_rows == 1:  # the weights go straight from memory into the products
-                dot_rows(xp, wp, kd, item * per, hi, op + item * per)
-                if has_bias:
-                    for j in range(item * per, hi):
-                        op[j] += bp[j]
-                return
-            var wide = stack_allocation[R * MAX_D_IN, Float32]()  # R weight rows widened to float32
-            var sums = stack_allocation[2 * R, Float32]()
-            var j = item * per
-            while j < hi:
-                var rows = min(R, hi - j)
-                for r in range(R):
-                    for i in range(0, kd, W):
-                        var v = wp.load[width=W]((j + r) * kd + i).cast[DType.float32]() if r < rows else SIMD[DType.float32, W](0)
-                        wide.store(r * kd + i, v)
-                # two input rows at a time against the R widened weight rows
-                var m = 0
-                while m < m_rows:
-                    var pair = m + 1 < m_rows
-                    var x0 = xp + m * kd
-                    var x1 = xp + (m + 1 if pair else m) * kd
-                    var a0 = SIMD[DType.float32, W](0)
-                    var a1 = SIMD[DType.float32, W](0)
-                    var a2 = SIMD[DType.float32, W](0)
-                    var a3 = SIMD[DType.float32, W](0)
-                    var b0 = SIMD[DType.float32, W](0)
-                    var b1 = SIMD[DType.float32, W](0)
-                    var b2 = SIMD[DType.float32, W](0)
-                    var b3 = SIMD[DType.float32, W](0)
-                    for i in range(0, kd, W):
-                        var u = x0.load[width=W](i)
-                        var v = x1.load[width=W](i)
-                        var c0 = wide.load[width=W](i)
-                        var c1 = wide.load[width=W](kd + i)
-                        var c2 = wide.load[width=W](2 * kd + i)
-                        var c3 = wide.load[width=W](3 * kd + i)
-                        a0 += u * c0
-                        a1 += u * c1
-                        a2 += u * c2
-                        a3 += u * c3
-                        b0 += v * c0
-                        b1 += v * c1
-                        b2 += v * c2
-                        b3 += v * c3
-                    sums[0] = a0.reduce_add()
-                    sums[1] = a1.reduce_add()
-                    sums[2] = a2.reduce_add()
-                    sums[3] = a3.reduce_add()
-                    sums[4] = b0.reduce_add()
-                    sums[5] = b1.reduce_add()
-                    sums[6] = b2.reduce_add()
-                    sums[7] = b3.reduce_add()
-                    for t in range(2 if pair else 1):
-                        for r in range(rows):
-                            op[(m + t) * n + j + r] = sums[t * R + r] + (bp[j + r] if has_bias else Float32(0))
-                    m += 2
-                j += R
 
-        share_items((n + per - 1) // per, block)
+@extensibility.register("few_row_linear_int8")
+struct FewRowLinearInt8:
+    """`few_row_linear` over int8 weights with a float32 scale per row: y = (x @ w^T) scales + bias,
+    w int8 [d_out, d_in], scales float32 [d_out]; each weight widened to float32 in registers. CPU only."""
+
+    @staticmethod
+    def execute[target: StaticString](
+        output: OutputTensor[dtype=DType.float32, rank=2, ...],
+        x: InputTensor[dtype=DType.float32, rank=2, ...],
+        w: InputTensor[dtype=DType.int8, rank=2, ...],
+        scales: InputTensor[dtype=DType.float32, rank=1, ...],
+        bias: InputTensor[dtype=DType.float32, rank=1, ...],
+        ctx: DeviceContext,
+    ) raises:
+        comptime if target != "cpu":
+            raise Error("few_row_linear_int8 runs on the CPU only")
+        if scales.dim_size(0) != w.dim_size(0):
+            raise Error("few_row_linear_int8: scales are not [d_out]")
+        few_rows(output.unsafe_ptr(), x.unsafe_ptr(), x.dim_size(0), w.unsafe_ptr(), w.dim_size(0), w.dim_size(1),
+                 scales.unsafe_ptr(), bias.unsafe_ptr(), bias.dim_size(0) == w.dim_size(0))
+
+
+def few_rows[wtype: DType](op: UnsafePointer[Float32, MutAnyOrigin], xp: F32P, m_rows: Int, wp: UnsafePointer[Scalar[wtype], ...], n: Int, kd: Int,
+                           sp: F32P, bp: F32P, has_bias: Bool) raises:
+    """op [m_rows, n] = xp [m_rows, kd] @ wp [n, kd]^T (x sp, a scale per row of w, when int8) + bias
+    (when has_bias)."""
+    if kd > MAX_D_IN or kd % W != 0:
+        raise Error("few_row_linear: d_in above 5120 or not a multiple of 8")
+    var per = rows_per_item(n)
+
+    def block(item: Int) {var xp, var wp, var sp, var bp, var has_bias, var op, var n, var kd, var per, var m_rows}:
+        var hi = min((item + 1) * per, n)
+        if m_rows == 1:  # the weights go straight from memory into the products
+            dot_rows(xp, wp, kd, item * per, hi, op + item * per)
+            for j in range(item * per, hi):
+                op[j] = finish[wtype](op[j], sp, bp, has_bias, j)
+            return
+        var wide = stack_allocation[R * MAX_D_IN, Float32]()  # R weight rows widened to float32
+        var sums = stack_allocation[2 * R, Float32]()
+        var j = item * per
+        while j < hi:
+            var rows = min(R, hi - j)
+            for r in range(R):
+                for i in range(0, kd, W):
+                    var v = wp.load[width=W]((j + r) * kd + i).cast[DType.float32]() if r < rows else SIMD[DType.float32, W](0)
+                    wide.store(r * kd + i, v)
+            # two input rows at a time against the R widened weight rows
+            var m = 0
+            while m < m_rows:
+                var pair = m + 1 < m_rows
+                var x0 = xp + m * kd
+                var x1 = xp + (m + 1 if pair else m) * kd
+                var a0 = SIMD[DType.float32, W](0)
+                var a1 = SIMD[DType.float32, W](0)
+                var a2 = SIMD[DType.float32, W](0)
+                var a3 = SIMD[DType.float32, W](0)
+                var b0 = SIMD[DType.float32, W](0)
+                var b1 = SIMD[DType.float32, W](0)
+                var b2 = SIMD[DType.float32, W](0)
+                var b3 = SIMD[DType.float32, W](0)
+                for i in range(0, kd, W):
+                    var u = x0.load[width=W](i)
+                    var v = x1.load[width=W](i)
+                    var c0 = wide.load[width=W](i)
+                    var c1 = wide.load[width=W](kd + i)
+                    var c2 = wide.load[width=W](2 * kd + i)
+                    var c3 = wide.load[width=W](3 * kd + i)
+                    a0 += u * c0
+                    a1 += u * c1
+                    a2 += u * c2
+                    a3 += u * c3
+                    b0 += v * c0
+                    b1 += v * c1
+                    b2 += v * c2
+                    b3 += v * c3
+                sums[0] = a0.reduce_add()
+                sums[1] = a1.reduce_add()
+                sums[2] = a2.reduce_add()
+                sums[3] = a3.reduce_add()
+                sums[4] = b0.reduce_add()
+                sums[5] = b1.reduce_add()
+                sums[6] = b2.reduce_add()
+                sums[7] = b3.reduce_add()
+                for t in range(2 if pair else 1):
+                    for r in range(rows):
+                        op[(m + t) * n + j + r] = finish[wtype](sums[t * R + r], sp, bp, has_bias, j + r)
+                m += 2
+            j += R
+
+    share_items((n + per - 1) // per, block)
+
+
+@always_inline
+def finish[wtype: DType](sum: Float32, scales: F32P, bias: F32P, has_bias: Bool, j: Int) -> Float32:
+    """Output j from its dot product: x scales[j] for int8 weights (one rounding: an FMA with the
+    bias, so that every path computes the same number), + bias[j] when has_bias."""
+    var b = bias[j] if has_bias else Float32(0)
+    comptime if wtype == DType.int8:
+        return sum.fma(scales[j], b)
+    return sum + b
 
 
 def rows_per_item(n: Int) -> Int:
@@ -125,9 +154,12 @@ def rows_per_item(n: Int) -> Int:
     return ((n + items - 1) // items + R - 1) // R * R
 
 
-def dot_rows[o: MutOrigin](x: F32P, w: F16P, kd: Int, j0: Int, j1: Int, dst: UnsafePointer[Float32, o]):
-    """dst[j - j0] = x . w[j] for weight rows j0 <= j < j1 of w [*, kd] (float16): 4 rows at a
-    time, each an 8-lane float32 sum over kd, then a lane sum (the order of the many-row path)."""
+def dot_rows[o: MutOrigin, wtype: DType](x: F32P, w: UnsafePointer[Scalar[wtype], ...], kd: Int, j0: Int, j1: Int,
+                                         dst: UnsafePointer[Float32, o]):
+    """dst[j - j0] = x . w[j] for weight rows j0 <= j < j1 of w [*, kd] (float16 or int8, widened
+    to float32): 4 rows at a time, each an 8-lane float32 sum over kd, then a lane sum (the order of
+    the many-row path)."""
+    comptime line = 64 // size_of[wtype]()  # weights per 64-byte cache line
     var j = j0
     while j + R <= j1:
         var a0 = SIMD[DType.float32, W](0)
@@ -136,7 +168,7 @@ def dot_rows[o: MutOrigin](x: F32P, w: F16P, kd: Int, j0: Int, j1: Int, dst: Uns
         var a3 = SIMD[DType.float32, W](0)
         var w0 = w + j * kd
         for i in range(0, kd, W):
-            if i % LINE == 0:
+            if i % line == 0:
                 for r in range(R):
                     prefetch[PrefetchOptions().for_read().high_locality()](w0 + (AHEAD + r) * kd + i)
             var xv = x.load[width=W](i)

@@ -1,0 +1,216 @@
+# The encoder's linears in int8 for the CPU (`--precision int8`): weights quantized once at load per
+# output column (symmetric int8, a float32 scale per column), activations per row as they arrive
+# (asymmetric uint8: a scale and a zero point per row), products summed exactly in int32 by the
+# machine's byte dot product: `vpdpbusd` (AVX-512 VNNI on zmm, AVX-VNNI on ymm) multiplies 4 uint8 x
+# int8 pairs and adds them to an int32 lane in one instruction, 4x the multiply-adds of a float32
+# FMA. Without VNNI (AVX2, AVX-512 without it) the same int32 sums come from `vpmaddubsw` and
+# `vpmaddwd`, so every machine computes the same numbers.
+import extensibility
+from extensibility import InputTensor, OutputTensor
+from max.gpu.host import DeviceContext
+from std.memory import alloc, stack_allocation
+from std.memory.unsafe import bitcast
+from std.sys import CompilationTarget, llvm_intrinsic
+
+from .linear import LANES, NR, store
+from .threads import share_items
+
+comptime I16 = SIMD[DType.int32, NR]  # one int32 accumulator per column of a panel
+comptime B64 = SIMD[DType.uint8, 4 * NR]  # 4 consecutive k of a panel's 16 columns
+comptime VNNI_ZMM = CompilationTarget.has_vnni() and LANES >= 16
+comptime VNNI_YMM = CompilationTarget.has_vnni() or CompilationTarget._has_feature["avxvnni"]()
+# The register tile, rows x panels of 16 int32 columns: with VNNI as the float32 kernels' (24 zmm of
+# 32, or 12 ymm of 16); the emulation needs 2 more vectors per product and a constant, so fewer rows.
+comptime MR = (12 if VNNI_ZMM else 8) if LANES >= 16 else (6 if VNNI_YMM else 4)
+comptime TILE_PANELS = 2 if LANES >= 16 else 1
+comptime BLOCK_BYTES = 48 * 1024  # a work item's quantized rows stay in L2 while every panel passes
+comptime F32 = UnsafePointer[Float32, MutAnyOrigin]
+comptime U8 = UnsafePointer[UInt8, MutAnyOrigin]
+comptime I8 = UnsafePointer[Int8, MutAnyOrigin]
+comptime I32 = UnsafePointer[Int32, MutAnyOrigin]
+
+
+@always_inline
+def dot4[vnni: Bool](acc: I16, a: B64, b: B64) -> I16:
+    """acc[j] + the sum over i < 4 of a[4j + i] (uint8) x b[4j + i] (the bits of an int8), exact."""
+    comptime if vnni and VNNI_ZMM:
+        return llvm_intrinsic["llvm.x86.avx512.vpdpbusd.512", I16](acc, a, b)
+    elif LANES >= 16:
+        return emulated_dot4[NR](acc, a, b)
+    else:
+        comptime half = NR // 2
+        var lo = half_dot4[vnni](acc.slice[half, offset=0](), a.slice[4 * half, offset=0](), b.slice[4 * half, offset=0]())
+        var hi = half_dot4[vnni](acc.slice[half, offset=half](), a.slice[4 * half, offset=4 * half](),
+                                 b.slice[4 * half, offset=4 * half]())
+        return lo.join(hi)
+
+
+@always_inline
+def half_dot4[vnni: Bool](acc: SIMD[DType.int32, NR // 2], a: SIMD[DType.uint8, 2 * NR],
+                          b: SIMD[DType.uint8, 2 * NR]) -> SIMD[DType.int32, NR // 2]:
+    comptime if vnni and VNNI_YMM:
+        return llvm_intrinsic["llvm.x86.avx512.vpdpbusd.256", SIMD[DType.int32, NR // 2]](acc, a, b)
+    else:
+        return emulated_dot4[NR // 2](acc, a, b)
+
+
+@always_inline
+def emulated_dot4[w: Int](acc: SIMD[DType.int32, w], a: SIMD[DType.uint8, 4 * w],
+                          b: SIMD[DType.uint8, 4 * w]) -> SIMD[DType.int32, w]:
+    """`dot4` without VNNI. `vpmaddubsw` adds two uint8 x int8 products into an int16 and saturates
+    (255 x -128 x 2 does not fit), so a's even and odd bytes go through it apart, one product per
+    int16; `vpmaddwd` against ones then adds int16 pairs into the int32 lanes."""
+    var words = bitcast[DType.int32, w](a)
+    var even = bitcast[DType.uint8, 4 * w](words & 0x00FF00FF)
+    var odd = bitcast[DType.uint8, 4 * w](words & Int32(-16711936))  # 0xFF00FF00
+    var ones = SIMD[DType.int16, 2 * w](1)
+    comptime ubsw = "llvm.x86.avx512.pmaddubs.w.512" if w == 16 else "llvm.x86.avx2.pmadd.ub.sw"
+    comptime wd = "llvm.x86.avx512.pmaddw.d.512" if w == 16 else "llvm.x86.avx2.pmadd.wd"
+    var e = llvm_intrinsic[ubsw, SIMD[DType.int16, 2 * w]](even, b)
+    var o = llvm_intrinsic[ubsw, SIMD[DType.int16, 2 * w]](odd, b)
+    return acc + llvm_intrinsic[wd, SIMD[DType.int32, w]](e, ones) + llvm_intrinsic[wd, SIMD[DType.int32, w]](o, ones)
+
+
+@extensibility.register("packed_linear_int8")
+struct PackedLinearInt8:
+    """y = residual + act(dequantized(x_q @ w_q) + bias), with x float32 [M, K] quantized per row
+    here: x ~ s_x (q_x - z_x), q_x uint8; w ~ w_q s_w, w_q int8 per column. panels int8
+    [N / 16, K / 4, 16, 4] (column j's k = 4g .. 4g + 3 at [j / 16, g, j % 16, :]); scales float32
+    [N]; col_sums int32 [N] (sum over k of w_q[k, j]); bias float32 [N]; residual float32 [M, N] or
+    [0, 0]; GELU when `gelu` -> y float32 [M, N]:
+        y[i, j] = s_x[i] s_w[j] (sum_k q_x[i, k] w_q[k, j] - z_x[i] col_sums[j]) + bias[j].
+    The int32 sums are exact, so the tile (`tile_rows`, `tile_panels`) and `emulate` (the
+    instructions of a machine without VNNI) change no bit of the result. K a multiple of 4. CPU only."""
+
+    @staticmethod
+    def execute[target: StaticString, gelu: Bool, tile_rows: Int, tile_panels: Int, emulate: Bool](
+        output: OutputTensor[dtype=DType.float32, rank=2, ...],
+        x: InputTensor[dtype=DType.float32, rank=2, ...],
+        panels: InputTensor[dtype=DType.int8, rank=4, ...],
+        scales: InputTensor[dtype=DType.float32, rank=1, ...],
+        col_sums: InputTensor[dtype=DType.int32, rank=1, ...],
+        bias: InputTensor[dtype=DType.float32, rank=1, ...],
+        residual: InputTensor[dtype=DType.float32, rank=2, ...],
+        ctx: DeviceContext,
+    ) raises:
+        comptime if target != "cpu":
+            raise Error("packed_linear_int8 runs on the CPU only")
+        comptime mr = tile_rows if tile_rows else MR
+        comptime np = tile_panels if tile_panels else TILE_PANELS
+        var m = x.dim_size(0)
+        var kd = x.dim_size(1)
+        var n_panels = panels.dim_size(0)
+        var n = n_panels * NR
+        if kd % 4 != 0 or panels.dim_size(1) * 4 != kd or panels.dim_size(2) != NR or panels.dim_size(3) != 4:
+            raise Error("packed_linear_int8: panels are not [N / 16, K / 4, 16, 4] for x [M, K], K a multiple of 4")
+        if scales.dim_size(0) != n or col_sums.dim_size(0) != n or bias.dim_size(0) != n:
+            raise Error("packed_linear_int8: scales, col_sums or bias are not [N]")
+        var xp = x.unsafe_ptr()
+        var wp = panels.unsafe_ptr()
+        var sp = scales.unsafe_ptr()
+        var cp = col_sums.unsafe_ptr()
+        var bp = bias.unsafe_ptr()
+        var rp = residual.unsafe_ptr()
+        var has_residual = residual.dim_size(0) == m and residual.dim_size(1) == n
+        var op = output.unsafe_ptr()
+        var block = max(mr, BLOCK_BYTES // kd // mr * mr)
+
+        def rows(item: Int) {var xp, var wp, var sp, var cp, var bp, var rp, var has_residual, var op, var m, var kd,
+                             var n, var n_panels, var block}:
+            var r0 = item * block
+            var count = min(block, m - r0)
+            var q = alloc[UInt8](block * kd).unsafe_origin_cast[MutAnyOrigin]()
+            var row_scale = alloc[Float32](block).unsafe_origin_cast[MutAnyOrigin]()
+            var zero = alloc[Int32](block).unsafe_origin_cast[MutAnyOrigin]()
+            for r in range(count):
+                quantize_row(xp + (r0 + r) * kd, kd, q + r * kd, row_scale + r, zero + r)
+            var j = 0
+            while j < n_panels:
+                var whole = j + np <= n_panels  # else the panels left go one at a time
+                var i = 0
+                while i < count:
+                    var at = (r0 + i) * n + j * NR
+                    var rows_here = min(mr, count - i)
+                    if whole:
+                        tile[gelu, mr, np, not emulate](q + i * kd, rows_here, kd, wp + j * kd * NR, row_scale + i,
+                                                        zero + i, sp + j * NR, cp + j * NR, bp + j * NR,
+                                                        has_residual, rp + at, op + at, n)
+                    else:
+                        tile[gelu, mr, 1, not emulate](q + i * kd, rows_here, kd, wp + j * kd * NR, row_scale + i,
+                                                       zero + i, sp + j * NR, cp + j * NR, bp + j * NR,
+                                                       has_residual, rp + at, op + at, n)
+                    i += mr
+                j += np if whole else 1
+            q.free()
+            row_scale.free()
+            zero.free()
+
+        share_items((m + block - 1) // block, rows)
+
+
+def quantize_row(x: F32, kd: Int, q: U8, scale: F32, zero: I32):
+    """x[:kd] ~ scale (q - zero) with q uint8: the row's range, 0 included, in 255 steps."""
+    comptime W = 16
+    var lo = SIMD[DType.float32, W](0)
+    var hi = SIMD[DType.float32, W](0)
+    var k = 0
+    while k + W <= kd:
+        var v = x.load[width=W](k)
+        lo = min(lo, v)
+        hi = max(hi, v)
+        k += W
+    var mn = lo.reduce_min()
+    var mx = hi.reduce_max()
+    for t in range(k, kd):
+        mn = min(mn, x[t])
+        mx = max(mx, x[t])
+    var s = (mx - mn) / 255 if mx > mn else Float32(1)
+    var inv = 1 / s
+    var z = min(max(round(-mn * inv), Float32(0)), Float32(255))
+    scale[0] = s
+    zero[0] = Int32(z)
+    k = 0
+    while k + W <= kd:
+        var v = min(max(round(x.load[width=W](k) * inv) + z, SIMD[DType.float32, W](0)), SIMD[DType.float32, W](255))
+        q.store(k, v.cast[DType.uint8]())
+        k += W
+    for t in range(k, kd):
+        q[t] = UInt8(min(max(round(x[t] * inv) + z, Float32(0)), Float32(255)))
+
+
+comptime I16P = UnsafePointer[I16, MutUntrackedOrigin]  # `stack_allocation`s
+
+
+@always_inline
+def accumulate[mr: Int, np: Int, vnni: Bool](acc: I16P, q: U8, ldq: Int, rows: Int, w: I8, w_panel: Int,
+                                              groups: Int):
+    """acc[r * np + p] = for r < mr and p < np, the int32 sums over k < 4 groups of
+    q[r * ldq + k] x w[p * w_panel + (k / 4) * 64 + j * 4 + k % 4] for the 16 columns j. Rows from
+    `rows` on repeat the last one."""
+    var wv = stack_allocation[np, B64]()
+    comptime for i in range(mr * np):
+        acc[i] = I16(0)
+    for g in range(groups):
+        comptime for p in range(np):
+            wv[p] = (w + p * w_panel + g * 4 * NR).bitcast[UInt8]().load[width=4 * NR](0)
+        comptime for r in range(mr):
+            var four = (q + min(r, rows - 1) * ldq + 4 * g).bitcast[Int32]()[0]
+            var a = bitcast[DType.uint8, 4 * NR](SIMD[DType.int32, NR](four))
+            comptime for p in range(np):
+                acc[r * np + p] = dot4[vnni](acc[r * np + p], a, wv[p])
+
+
+@always_inline
+def tile[gelu: Bool, mr: Int, np: Int, vnni: Bool](q: U8, rows: Int, kd: Int, panel: I8, row_scale: F32,
+                                                   zero: I32, scale: F32,
+                                                   col_sums: I32, bias: F32, add: Bool,
+                                                   residual: F32, y: F32, ldy: Int):
+    """y[r, 0:16 np] for r < rows <= mr: the np panels [K / 4, 16, 4] one after another."""
+    var acc = stack_allocation[mr * np, I16]()
+    accumulate[mr, np, vnni](acc, q, kd, rows, panel, kd * NR, kd // 4)
+    comptime for r in range(mr):
+        if r < rows:
+            comptime for p in range(np):
+                var exact = acc[r * np + p] - zero[r] * col_sums.load[width=NR](p * NR)
+                var v = exact.cast[DType.float32]() * (scale.load[width=NR](p * NR) * row_scale[r])
+                store[gelu](v + bias.load[width=NR](p * NR), add, residual + r * ldy + p * NR, y + r * ldy + p * NR)
