@@ -29,7 +29,7 @@ class Backend:
 BACKENDS = {b.name: b for b in (
     Backend(name="max", label="MAX", description="MAX Graph (this project)", color="#e11d48",
             module="maxwhisper.max_backend", cls="MaxTranscriber", package="max",
-            precisions={"cpu": ("fp32",), "gpu": ("fp32", "fp16")}, batched=True),
+            precisions={"cpu": ("fp32", "int8"), "gpu": ("fp32", "fp16")}, batched=True),
     Backend(name="openai", label="openai-whisper", description="openai-whisper (PyTorch)", color="#16a34a",
             module="baselines.openai_backend", cls="OpenAITranscriber", package="whisper",
             precisions={"cpu": ("fp32",), "gpu": ("fp32", "fp16")}),

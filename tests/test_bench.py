@@ -110,6 +110,8 @@ def test_names_of_outputs():
                "gpus": [{"name": "NVIDIA H100 80GB HBM3"}]}
     assert device_tag("cpu", machine) == "cpu-amd-epyc-2c"
     assert device_tag("gpu", machine) == "gpu-nvidia-h100-80gb-hbm3"
+    assert device_tag("cpu", {**machine, "vector_isa": "AVX-512 VNNI BF16"}) == "cpu-amd-epyc-avx512-vnni-bf16-2c"
+    assert device_tag("cpu", {**machine, "vector_isa": "AVX2"}) == "cpu-amd-epyc-avx2-2c"
 
 
 # --- records, accuracy, targets, rendering (synthetic: no backend runs) ------------------------
@@ -196,6 +198,34 @@ def test_targets():
     assert w["audio"] == ["jfk.flac"] and w["delta_points"] == 0.0 and w["met"]
     text = targets_text(targets)
     assert "ratio 1.40" in text and "ratio 0.80" in text and "NOT MET" in text
+
+
+def test_int8_targets_compare_like_with_like():
+    """MAX int8 against faster-whisper int8 only: on the lecture 1.5x with VNNI and 1.3x without,
+    on jfk 1.3x; its decoder tokens/s against MAX fp32's, 2x; its WER against openai-whisper fp32."""
+    records = _records()
+    w = _worker("max", "int8", [("jfk.flac", 11.0, JFK_TEXT, [1, 2, 3], [0.5] * 3),
+                                ("physicsworks.flac", 203.3, "some lecture text here", [7, 8], [2.9] * 3)])
+    int8, _ = make_records(w, threads=2, repeats=3)
+    for r in int8:  # decode_s is half the total in `_worker`: tokens/s 2 / 1.45 against MAX fp32's 2 / 2.5
+        r["tokens_per_s"] = 2 / 1.45 if r["audio"] == "physicsworks.flac" else r["tokens_per_s"]
+    records += int8
+    add_accuracy(records)
+    for vnni, lecture_met in ((True, False), (False, True)):
+        targets = [t for t in compute_targets(records, vnni=vnni) if t["max_precision"] == "int8"]
+        speed = {t["audio"]: t for t in targets if t["kind"] == "speed"}
+        assert {t["versus"] for t in speed.values()} == {"faster-whisper int8"}
+        assert speed["physicsworks.flac"]["ratio"] == pytest.approx(4.0 / 2.9)
+        assert speed["physicsworks.flac"]["met"] is lecture_met
+        assert speed["physicsworks.flac"]["target"] == (">= 1.5x" if vnni else ">= 1.3x")
+        assert speed["jfk.flac"]["ratio"] == pytest.approx(2.0 / 0.5) and speed["jfk.flac"]["met"]
+        (decoder,) = [t for t in targets if t["kind"] == "decoder"]
+        assert decoder["ratio"] == pytest.approx(2.5 / 1.45) and not decoder["met"]
+        (wer,) = [t for t in targets if t["kind"] == "wer"]
+        assert wer["versus"] == "openai-whisper fp32" and wer["met"]
+    text = targets_text(targets)
+    assert "decoder tokens/s on physicsworks.flac: MAX int8 1 vs MAX fp32 1 -> ratio 1.72 (target >= 2.0x): NOT MET" \
+        in text
 
 
 def test_reports_render(tmp_path):

@@ -204,7 +204,7 @@ def _main(args: argparse.Namespace) -> int:
                 records += recs
                 failures += fails
         add_accuracy(records)
-        targets = compute_targets(records)
+        targets = compute_targets(records, vnni=device == "cpu" and "VNNI" in (machine.get("vector_isa") or ""))
         machine_now = {**machine, "load_average": load_before,
                        "load_average_end": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
         doc = {"schema_version": SCHEMA_VERSION, "device": device, "created": created, "machine": machine_now,

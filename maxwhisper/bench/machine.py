@@ -57,14 +57,19 @@ def gpus() -> list[dict[str, Any]]:
 
 
 def vector_isa() -> str | None:
-    """The widest x86 vector extension the CPU has (AVX-512, AVX2, AVX), from /proc/cpuinfo's flags."""
+    """The widest x86 vector extension the CPU has (AVX-512, AVX2, AVX) and its dot products, from
+    /proc/cpuinfo's flags: VNNI (int8: AVX-512 VNNI or AVX-VNNI), BF16 (AVX-512 BF16); e.g.
+    "AVX-512 VNNI BF16"."""
     try:
         flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
                       if line.startswith("flags")), [])
     except OSError:
         return None
-    return next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")) if flag in flags),
-                None)
+    widest = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")) if flag in flags),
+                  None)
+    dots = [name for names, name in ((("avx512_vnni", "avx_vnni"), "VNNI"), (("avx512_bf16",), "BF16"))
+            if any(flag in flags for flag in names)]
+    return " ".join([widest, *dots]) if widest else None
 
 
 def machine_info() -> dict[str, Any]:
@@ -115,12 +120,14 @@ def slug(text: str) -> str:
 
 
 def device_tag(device: str, machine: dict[str, Any]) -> str:
-    """The device part of the output names: cpu-<cpu model>-<cores>c, gpu-<gpu model>."""
+    """The device part of the output names: cpu-<cpu model>[-<vector ISA>]-<cores>c (e.g.
+    cpu-amd-epyc-avx512-vnni-bf16-2c), gpu-<gpu model>."""
     if device == "gpu" and machine.get("gpu"):
         return f"gpu-{slug(machine['gpus'][0]['name'])}"
     if device == "gpu":
         return "gpu-unknown"
-    return f"cpu-{slug(machine['cpu'])}-{machine['cores']}c"
+    isa = slug(machine["vector_isa"].replace("-", "")) + "-" if machine.get("vector_isa") else ""
+    return f"cpu-{slug(machine['cpu'])}-{isa}{machine['cores']}c"
 
 
 def peak_rss_mib() -> float:

@@ -45,6 +45,10 @@ def targets_text(targets: list[dict]) -> str:
             lines.append(f"{head}speed on {what}: MAX {t['max_precision']} {t['max_total_s']:.3f} s vs "
                          f"{t['versus']} {t['versus_total_s']:.3f} s -> ratio {_f(t['ratio'])} "
                          f"(target {t['target']}): {ok}")
+        elif t["kind"] == "decoder":
+            lines.append(f"{head}decoder tokens/s on {t['audio']}: MAX {t['max_precision']} "
+                         f"{_f(t['max_tokens_per_s'], 0)} vs {t['versus']} {_f(t['versus_tokens_per_s'], 0)} -> "
+                         f"ratio {_f(t['ratio'])} (target {t['target']}): {ok}")
         else:
             lines.append(f"{head}WER on {', '.join(t['audio'])} (pooled): MAX {t['max_precision']} "
                          f"{_pct(t['max_wer'], 2)}% vs {t['versus']} {_pct(t['versus_wer'], 2)}% -> "
