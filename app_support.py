@@ -40,8 +40,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from maxwhisper.api import AudioError, DecodeOptions, MaxWhisperError, TranscriptionResult
-from maxwhisper.audio import SAMPLE_RATE, load_audio
+from maxwhisper.api import DecodeOptions, MaxWhisperError, TranscriptionResult
+from maxwhisper.audio import SAMPLE_RATE, check_transcribable, load_audio
 from maxwhisper.formats import format_timestamp, to_srt, to_txt, to_vtt
 from maxwhisper.registry import BACKENDS, color, create_transcriber
 from maxwhisper.scoring import word_diff
@@ -49,8 +49,6 @@ from maxwhisper.scoring import word_diff
 log = logging.getLogger(__name__)
 
 REFERENCE_BACKEND = "openai"  # the implementation the others are compared with
-SILENT_PEAK = 1e-4  # -80 dBFS: audio whose loudest sample is quieter than this has nothing to transcribe
-MIN_SECONDS = 0.1  # shorter audio holds no word
 WINDOW_S = 30  # Whisper transcribes in 30 s windows
 STAGE_COLORS = {"features": "#cbd5e1", "encode": "#64748b", "decode": "#f59e0b", "other": "#e5e7eb"}
 LOAD_RECORD = "maxwhisper-load-times.json"
@@ -352,18 +350,10 @@ class Cancelled(Exception):
     """The visitor left: the run gives up its turn and stops."""
 
 
-def check_not_silent(audio: np.ndarray) -> None:
-    if not np.abs(audio).max() >= SILENT_PEAK:
-        raise AudioError("the audio is silent (nothing louder than -80 dBFS): there is nothing to transcribe")
-
-
 def check_audio(audio, max_seconds: float | None) -> np.ndarray:
     """The samples of `audio`, or an AudioError saying why there is nothing to transcribe."""
     samples = load_audio(audio, max_seconds=max_seconds)
-    if len(samples) < MIN_SECONDS * SAMPLE_RATE:
-        raise AudioError(f"the audio is {len(samples) / SAMPLE_RATE:.2f} s long, too short to hold speech: "
-                         "there is nothing to transcribe")
-    check_not_silent(samples)
+    check_transcribable(samples)
     return samples
 
 

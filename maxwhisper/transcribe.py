@@ -97,6 +97,7 @@ def _check_request(model: WhisperModel, mel: np.ndarray, options: DecodeOptions)
             f"expected a log-Mel spectrogram [{model.dims.n_mels}, n_frames >= {N_FRAMES}] including 30 s of "
             f"padding, got shape {tuple(mel.shape)}"
         )
+    options.check_vocabulary(model.dims.n_vocab)
     try:
         language = normalize_language(options.language)
     except ValueError:
