@@ -24,6 +24,15 @@ class AudioError(MaxWhisperError):
     """Empty, unreadable, unsupported or too long audio."""
 
 
+class NothingToTranscribe(AudioError):
+    """Audio that holds nothing to transcribe (`audio.check_transcribable`); `reason` is "no_samples",
+    "too_short" or "silent"."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 class OptionError(MaxWhisperError):
     """A decoding option no backend can decode with; `field` is its DecodeOptions name."""
 
@@ -112,8 +121,10 @@ class DecodeOptions:
             raise OptionError("task", f"task must be 'transcribe' or 'translate', not {self.task!r}")
         if self.language is not None:
             object.__setattr__(self, "language", _language_code(self.language))
-        temperatures = self.temperature if isinstance(self.temperature, (tuple, list)) else (self.temperature,)
-        if not temperatures:
+        temperatures = self.temperature
+        if not isinstance(temperatures, (tuple, list, np.ndarray)):  # one temperature: no fallback
+            temperatures = (temperatures,)
+        if len(temperatures) == 0:
             raise OptionError("temperature", "temperature schedule is empty")
         for t in temperatures:
             if not (_is_number(t) and (t == 0 or MIN_TEMPERATURE <= t < math.inf)):
@@ -147,7 +158,8 @@ class DecodeOptions:
                 raise OptionError(name, f"{name} must be True or False, got {_shown(value)}")
             object.__setattr__(self, name, bool(value))
         if self.initial_prompt is not None and not isinstance(self.initial_prompt, str):
-            raise OptionError("initial_prompt", f"initial_prompt must be text or None, got {_shown(self.initial_prompt)}")
+            raise OptionError("initial_prompt",
+                              f"initial_prompt must be text or None, got {_shown(self.initial_prompt)}")
         if self.batch_size is not None and self.word_timestamps:
             raise OptionError("word_timestamps", "word timestamps are not available with batched transcription "
                               "(a batch size is set)")

@@ -17,7 +17,7 @@ import av
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .api import SAMPLE_RATE, AudioError, MaxWhisperError
+from .api import SAMPLE_RATE, AudioError, MaxWhisperError, NothingToTranscribe
 
 # hard-coded audio hyperparameters, as in whisper.audio
 N_FFT = 400
@@ -192,17 +192,18 @@ def _check_length(n: int, rate: int, max_seconds: float | None) -> None:
 
 
 def check_transcribable(audio: np.ndarray) -> None:
-    """Raises AudioError saying why 16 kHz `audio` holds nothing to transcribe: no samples, shorter
-    than MIN_SECONDS, or silent (no sample louder than SILENT_PEAK, -80 dBFS). The command line, the
-    app and the service refuse such audio; the Python API transcribes it (an empty result for no
-    samples), as openai-whisper and faster-whisper do."""
+    """Raises NothingToTranscribe (an AudioError) saying why 16 kHz `audio` holds nothing to
+    transcribe: no samples, shorter than MIN_SECONDS, or silent (no sample louder than SILENT_PEAK,
+    -80 dBFS). The command line, the app and the service refuse such audio; the Python API
+    transcribes it (an empty result for no samples), as openai-whisper and faster-whisper do."""
     if len(audio) == 0:
-        raise AudioError("the audio has no samples: there is nothing to transcribe")
+        raise NothingToTranscribe("no_samples", "the audio has no samples: there is nothing to transcribe")
     if len(audio) < MIN_SECONDS * SAMPLE_RATE:
-        raise AudioError(f"the audio is {len(audio) / SAMPLE_RATE:.2f} s long, too short to hold speech: "
-                         "there is nothing to transcribe")
+        raise NothingToTranscribe("too_short", f"the audio is {len(audio) / SAMPLE_RATE:.2f} s long, too short to "
+                                               "hold speech: there is nothing to transcribe")
     if not np.abs(audio).max() >= SILENT_PEAK:
-        raise AudioError("the audio is silent (nothing louder than -80 dBFS): there is nothing to transcribe")
+        raise NothingToTranscribe("silent", "the audio is silent (nothing louder than -80 dBFS): there is nothing "
+                                            "to transcribe")
 
 
 def audio_duration(audio: np.ndarray) -> float:

@@ -114,6 +114,7 @@ def test_options_are_stored_as_plain_values_and_their_edges_work():
     assert [type(v) for v in (o.temperature[0], o.beam_size, o.best_of, o.patience, o.no_speech_threshold,
                               o.word_timestamps)] == [float, int, int, float, float, bool]
     assert o.suppress_tokens == "-1,220" and o.language == "de"  # a name or any case: the code
+    assert DecodeOptions(temperature=np.array([0, 0.5], np.float32)).temperature == (0.0, 0.5)
     edges = DecodeOptions(temperature=(0, 0.01, 1e6), beam_size=2, patience=0.5, compression_ratio_threshold=1e-3,
                           logprob_threshold=0, no_speech_threshold=1, hallucination_silence_threshold=0,
                           suppress_tokens="0,51865")

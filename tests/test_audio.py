@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from maxwhisper.api import AudioError, MaxWhisperError
+from maxwhisper.api import AudioError, MaxWhisperError, NothingToTranscribe
 from maxwhisper.audio import (
     N_FRAMES,
     N_SAMPLES,
@@ -257,17 +257,20 @@ def test_max_seconds_must_be_a_positive_finite_number(max_seconds):
         load_audio(tone(SAMPLE_RATE), max_seconds=max_seconds)
 
 
-@pytest.mark.parametrize("samples, message", [
-    (np.zeros(0, np.float32), "the audio has no samples: there is nothing to transcribe"),
-    (tone(SAMPLE_RATE, 0.05), "the audio is 0.05 s long, too short to hold speech: there is nothing to transcribe"),
-    (np.full(1, 0.5, np.float32), "the audio is 0.00 s long, too short to hold speech"),
-    (np.zeros(SAMPLE_RATE, np.float32), "the audio is silent (nothing louder than -80 dBFS): there is nothing to transcribe"),
-    (np.full(SAMPLE_RATE, 0.9e-4, np.float32), "the audio is silent"),  # -81 dBFS
+@pytest.mark.parametrize("samples, reason, message", [
+    (np.zeros(0, np.float32), "no_samples", "the audio has no samples: there is nothing to transcribe"),
+    (tone(SAMPLE_RATE, 0.05), "too_short",
+     "the audio is 0.05 s long, too short to hold speech: there is nothing to transcribe"),
+    (np.full(1, 0.5, np.float32), "too_short", "the audio is 0.00 s long, too short to hold speech"),
+    (np.zeros(SAMPLE_RATE, np.float32), "silent",
+     "the audio is silent (nothing louder than -80 dBFS): there is nothing to transcribe"),
+    (np.full(SAMPLE_RATE, 0.9e-4, np.float32), "silent", "the audio is silent"),  # -81 dBFS
 ], ids=["empty", "50-ms", "one-sample", "zeros", "-81-dBFS"])
-def test_check_transcribable_says_why_there_is_nothing_to_transcribe(samples, message):
-    with pytest.raises(AudioError) as error:
+def test_check_transcribable_says_why_there_is_nothing_to_transcribe(samples, reason, message):
+    with pytest.raises(NothingToTranscribe) as error:
         check_transcribable(samples)
-    assert str(error.value).startswith(message)
+    assert str(error.value).startswith(message) and error.value.reason == reason
+    assert isinstance(error.value, AudioError)
 
 
 def test_check_transcribable_passes_speech_and_the_edges(jfk):

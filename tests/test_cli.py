@@ -221,7 +221,7 @@ def test_argparse_errors_are_two_lines_not_the_usage(capsys):
                                                           "seconds, got '0'"),
                         (["bench", "--timeout", "inf"], "error: argument --timeout: expected a finite number")]:
         code, err = run_main(capsys, *args)
-        command = " ".join(["python -m maxwhisper", *args[:1]]) if args[0] != "nosuchcommand" else "python -m maxwhisper"
+        command = "python -m maxwhisper" + ("" if args[0] == "nosuchcommand" else f" {args[0]}")
         assert code == 2 and err.splitlines() == [err.splitlines()[0], f"see: {command} --help"], err
         assert err.startswith(first), err
 
