@@ -244,3 +244,20 @@ def test_the_serve_command_answers_the_openai_client_and_stops_on_ctrl_c(tmp_pat
             os.killpg(proc.pid, signal.SIGKILL)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+
+
+def test_audio_and_options_are_refused_as_the_command_line_refuses_them():
+    """The library's checks (`audio.check_transcribable`, `DecodeOptions`) as OpenAI errors: the
+    reason becomes the code, the option at fault the param."""
+    from maxwhisper.service.http import _check_speech
+    from maxwhisper.service.openai_api import ApiError, Served, parse_form
+
+    for samples, code in [(np.zeros(0, np.float32), "audio_no_samples"),
+                          (np.full(800, 0.3, np.float32), "audio_too_short"),
+                          (np.zeros(32000, np.float32), "audio_silent")]:
+        with pytest.raises(ApiError) as error:
+            _check_speech(samples)
+        assert (error.value.status, error.value.param, error.value.code) == (400, "file", code)
+    with pytest.raises(ApiError, match="at least 0.01, got 0.001") as error:
+        parse_form({"model": ["whisper-1"], "temperature": ["0.001"]}, "transcribe", Served((("max", "tiny.en"),)))
+    assert (error.value.status, error.value.param) == (422, "temperature")

@@ -16,14 +16,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from ..api import SAMPLE_RATE, AudioError
-from ..audio import load_audio
+from ..api import SAMPLE_RATE, AudioError, NothingToTranscribe
+from ..audio import check_transcribable, load_audio
 from .openai_api import DEFAULT_MODEL_ALIAS, ApiError, parse_form, render
 
 log = logging.getLogger("maxwhisper.service")
-
-SILENT_PEAK = 1e-4  # -80 dBFS
-MIN_SECONDS = 0.1
 
 
 def build_api(ingress) -> FastAPI:
@@ -130,9 +127,8 @@ def _decode(data: bytes) -> np.ndarray:
 
 
 def _check_speech(audio: np.ndarray) -> None:
-    if len(audio) < MIN_SECONDS * SAMPLE_RATE:
-        raise ApiError(400, f"the audio is {len(audio) / SAMPLE_RATE:.2f} s long, too short to hold speech",
-                       param="file", code="audio_too_short")
-    if not np.abs(audio).max() >= SILENT_PEAK:
-        raise ApiError(400, "the audio is silent (nothing louder than -80 dBFS): there is nothing to transcribe",
-                       param="file", code="audio_silent")
+    """The command line's and the app's refusal (`audio.check_transcribable`), as an OpenAI error."""
+    try:
+        check_transcribable(audio)
+    except NothingToTranscribe as e:
+        raise ApiError(400, str(e), param="file", code=f"audio_{e.reason}") from None
