@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import html
 import logging
-import math
 import os
 import queue
 import tempfile
@@ -17,7 +16,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import plotly.graph_objects as go
 
 from maxwhisper.api import DecodeOptions, MaxWhisperError, TranscriptionResult
@@ -30,13 +28,11 @@ from .audio_checks import check_audio
 from .charts import rtf_figure, timing_figure
 from .formatting import error_message, label, load_text
 from .headlines import run_headline
-from .models import ModelCache
-from .turns import Turns
+from .transcriptions import Cancelled, Transcriptions
 
 log = logging.getLogger(__name__)
 
 REFERENCE_BACKEND = "openai"  # the implementation the others are compared with
-WINDOW_S = 30  # Whisper transcribes in 30 s windows
 
 Progress = Callable[..., None]  # progress(fraction, description), as gr.Progress
 
@@ -85,35 +81,20 @@ class Comparison:
     headline: str = ""  # Markdown: how MAX compared on this audio
 
 
-class Cancelled(Exception):
-    """The visitor left: the run gives up its turn and stops."""
-
-
-
-def progress_text(fraction: float, audio_s: float) -> str:
-    """'window k of ~n' of a transcription in 30 s windows, estimated from the fraction of the audio done
-    (backends report it after each window, or each segment)."""
-    if fraction >= 1:
-        return "transcribed, finishing"
-    expected = max(math.ceil(audio_s / WINDOW_S), 1)
-    current = min(int(fraction * audio_s // WINDOW_S) + 1, expected)
-    return f"transcribing, window {current} of ~{expected} ({fraction * audio_s:.0f} of {audio_s:.0f} s done)"
-
-
 def run_comparison(audio, backends: list[str], model: str, device: str, options: DecodeOptions,
-                   cache: ModelCache, *, max_seconds: float | None = None, reference_text: str = "",
-                   progress: Progress | None = None, out_dir: str | Path | None = None, turns: Turns | None = None,
+                   transcriptions: Transcriptions, *, max_seconds: float | None = None, reference_text: str = "",
+                   progress: Progress | None = None, out_dir: str | Path | None = None,
                    on_partial: Callable[[Comparison], None] | None = None) -> Comparison:
-    """Transcribe `audio` (a path, bytes or `(rate, samples)`) with each backend in `backends`.
+    """Transcribe `audio` (a path, bytes or `(rate, samples)`) with each backend in `backends`,
+    through `transcriptions` (shared by all visitors: there each transcription waits for its turn).
 
     Implementations already loaded run first, so they answer while another still loads or
-    compiles; each transcription waits for its turn in `turns` (shared by all visitors).
+    compiles.
     `on_partial` receives the comparison so far after each implementation but the last.
     Never raises for bad input or a failing backend: an input problem is the returned message, a
     backend's failure is its panel's error while the other panels show their results.
     """
     progress = progress or (lambda fraction, desc=None: None)
-    turns = turns or Turns()
     backends = [b for b in BACKENDS if b in backends]
     if not backends:
         return Comparison("⚠ Choose at least one implementation to run.")
@@ -124,14 +105,14 @@ def run_comparison(audio, backends: list[str], model: str, device: str, options:
 
     stem = Path(audio).stem if isinstance(audio, (str, os.PathLike)) else "audio"
     out_dir = Path(out_dir or tempfile.mkdtemp(prefix="maxwhisper-"))
-    order = sorted(backends, key=lambda b: not cache.loaded(b, model, device))  # loaded ones answer first
+    order = sorted(backends, key=lambda b: not transcriptions.loaded(b, model, device))  # loaded ones answer first
     panels = {b: Panel(b, summary="*Waiting to run…*") for b in backends}
     for i, backend in enumerate(order):
-        def say(what: str, fraction: float = 0.0, i=i, backend=backend) -> None:
+        def say(fraction: float, what: str, i=i, backend=backend) -> None:
             progress((i + fraction) / len(order), f"{label(backend)}: {what}")
         try:
-            panels[backend].result, panels[backend].shared_cpu = _run_one(backend, samples, model, device, options,
-                                                                          cache, turns, say)
+            done = transcriptions.transcribe(samples, backend, model, device, options, progress=say)
+            panels[backend].result, panels[backend].shared_cpu = done.result, done.shared_cpu
         except Cancelled:
             raise
         except Exception as e:  # noqa: BLE001 - one implementation failing must not hide the others
@@ -142,33 +123,6 @@ def run_comparison(audio, backends: list[str], model: str, device: str, options:
             on_partial(_assemble(panels, len(samples), model, device, reference_text, out_dir, stem))
     progress(1.0, "done")
     return _assemble(panels, len(samples), model, device, reference_text, out_dir, stem)
-
-
-def _run_one(backend: str, samples: np.ndarray, model: str, device: str, options: DecodeOptions, cache: ModelCache,
-             turns: Turns, say: Callable[..., None]) -> tuple[TranscriptionResult, str]:
-    """The result, and the background work that shared the CPU with the transcription ("" if none)."""
-    if not cache.loaded(backend, model, device):
-        say(cache.loading_text(backend, model, device))
-    transcriber = cache.get(backend, model, device)
-
-    def waiting(ahead: int, activity: str) -> None:
-        say(f"waiting for its turn, {ahead} run{'s' if ahead > 1 else ''} ahead" + (f" ({activity})" if activity else ""))
-
-    def loading() -> str:  # loads run outside the turns: asked at the start and the end of the transcription
-        return "a model load or compile" if cache.busy() else ""
-
-    with turns.turn(waiting) as background:
-        shared = background or loading()
-        audio_s = len(samples) / SAMPLE_RATE
-
-        def report(fraction: float = 0.0) -> None:
-            text = progress_text(fraction, audio_s)
-            turns.activity = f"{label(backend)}: {text}"
-            say(text, 0.1 + 0.9 * fraction)
-
-        report()
-        result = transcriber.transcribe(samples, options, progress=report)
-        return result, shared or loading()
 
 
 def _assemble(panels: dict[str, Panel], n_samples: int, model: str, device: str, reference_text: str,
@@ -193,7 +147,6 @@ def _assemble(panels: dict[str, Panel], n_samples: int, model: str, device: str,
                       rtf_figure(results) if results else None,
                       "" if pending else run_headline(results, next((p.shared_cpu for p in panels.values()
                                                                       if p.shared_cpu), "")))
-
 
 
 def watch(run: Callable[[Progress, Callable[[Comparison], None]], Comparison],

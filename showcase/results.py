@@ -5,6 +5,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"  # what the app shows
 BENCH_COLUMNS = ["audio", "audio_s", "backend", "model", "device", "precision", "total_s_median", "rtf",
                  "load_s", "compile_s", "features_s", "encode_s", "decode_s", "wer", "agreement",
                  "tokens_identical_to_openai"]

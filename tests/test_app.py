@@ -17,16 +17,18 @@ import plotly.graph_objects as go
 import pytest
 
 from maxwhisper.api import CloseCall, DecodeOptions, Segment, Timings, TranscriptionResult
-from maxwhisper.registry import BACKENDS
+from maxwhisper.registry import BACKENDS, create_transcriber
 from maxwhisper.scoring import normalize
 import showcase.models
-from showcase.comparison import Cancelled, Comparison, progress_text, run_comparison, watch
+from showcase.comparison import Comparison, run_comparison, watch
 from showcase.formatting import error_message, hide_paths
 from showcase.headlines import benchmark_headline, run_headline
 from showcase.models import LOAD_RECORD, ModelCache, create_warmed_up, load_record_path, use_persistent_storage
+from showcase.tabs import compare
 from showcase.tabs.benchmarks import BENCH_TABLE, benchmark_view
 from showcase.tabs.checks import CHECK_HEADERS, ComponentChecks, run_component_checks
 from showcase.tabs.system import system_report
+from showcase.transcriptions import Cancelled, LocalTranscriptions, Transcriptions, progress_text
 from showcase.turns import Turns
 
 AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
@@ -34,19 +36,19 @@ JFK = "and so my fellow americans ask not what your country can do for you ask w
 
 
 @pytest.fixture(scope="session")
-def app_cache() -> ModelCache:
-    """A ModelCache with tiny.en loaded on cpu in each of the three implementations."""
-    cache = ModelCache()
+def app_transcriptions() -> LocalTranscriptions:
+    """LocalTranscriptions with tiny.en loaded on cpu in each of the three implementations."""
+    transcriptions = LocalTranscriptions(create_transcriber)
     for backend in BACKENDS:
-        cache.get(backend, "tiny.en", "cpu")
-    return cache
+        transcriptions.models.get(backend, "tiny.en", "cpu")
+    return transcriptions
 
 
 @pytest.fixture(scope="session")
-def jfk_run(app_cache, tmp_path_factory):
+def jfk_run(app_transcriptions, tmp_path_factory):
     steps = []
     comparison = run_comparison(
-        str(AUDIO / "jfk.flac"), list(BACKENDS), "tiny.en", "cpu", DecodeOptions(), app_cache, max_seconds=600,
+        str(AUDIO / "jfk.flac"), list(BACKENDS), "tiny.en", "cpu", DecodeOptions(), app_transcriptions, max_seconds=600,
         reference_text="And so, my fellow Americans: ask not what your country can do for you.",
         progress=lambda fraction, desc=None: steps.append((fraction, desc)), out_dir=tmp_path_factory.mktemp("out"))
     return comparison, steps
@@ -68,11 +70,11 @@ def test_three_transcripts_of_jfk(jfk_run):
     assert "identical tokens to openai-whisper (PyTorch) and faster-whisper (CTranslate2)" in comparison.headline
 
 
-def test_word_timestamps_and_prompt_reach_the_panels(app_cache, tmp_path):
+def test_word_timestamps_and_prompt_reach_the_panels(app_transcriptions, tmp_path):
     options = DecodeOptions(word_timestamps=True, initial_prompt="President Kennedy's inaugural address.",
                             condition_on_previous_text=False, hallucination_silence_threshold=2.0)
     comparison = run_comparison(str(AUDIO / "jfk.flac"), ["max", "openai"], "tiny.en", "cpu", options,
-                                        app_cache, max_seconds=600, reference_text="", out_dir=tmp_path)
+                                app_transcriptions, max_seconds=600, reference_text="", out_dir=tmp_path)
     max_panel, openai_panel = comparison.panels["max"], comparison.panels["openai"]
     assert max_panel.error is None and openai_panel.error is None
     assert re.search(r"Americans,?@\d+\.\d\ds\(0\.\d\d\)", max_panel.segments), max_panel.segments
@@ -114,11 +116,11 @@ def test_progress_text_estimates_the_window_from_the_fraction_done():
     assert progress_text(1.0, 200.0) == "transcribed, finishing"
 
 
-def test_component_checks_table(app_cache):
+def test_component_checks_table(app_transcriptions):
     """The table around selfcheck.run_checks (all components are checked in test_max_model); these
     three reuse the loaded graphs, the others compile their own."""
     components = ("encoder", "decoder_step", "transcript")
-    updates = list(run_component_checks(app_cache, "tiny.en", "cpu", components))
+    updates = list(run_component_checks(app_transcriptions.models, "tiny.en", "cpu", components))
     rows, message = updates[-1]
     assert [r[0] for r in rows] == list(components)
     assert all(r[1] == "✓ pass" for r in rows), rows
@@ -127,14 +129,14 @@ def test_component_checks_table(app_cache):
     assert [len(r) for r, _ in updates] == [0, 0, 1, 2, 3, 3]  # rows arrive one by one
 
 
-def test_component_checks_wait_for_transcriptions(app_cache):
+def test_component_checks_wait_for_transcriptions(app_transcriptions):
     """The background checks start no check while a transcription holds the turn, then fill the table."""
     turns = Turns()
     loads = []
 
     def create(backend, model, device, precision):
         loads.append(backend)
-        return app_cache.get(backend, model, device, precision)
+        return app_transcriptions.models.get(backend, model, device, precision)
 
     checks = ComponentChecks(turns, create=create)
     with turns.turn(lambda ahead, activity: None):
@@ -188,14 +190,14 @@ def corrupt_file(tmp_path):
 def test_bad_audio_is_a_message_not_an_exception(audio, max_seconds, expected, tmp_path):
     audio = audio(tmp_path) if callable(audio) else audio
     comparison = run_comparison(audio, list(BACKENDS), "tiny.en", "cpu", DecodeOptions(),
-                                        ModelCache(no_loading), max_seconds=max_seconds)
+                                LocalTranscriptions(no_loading), max_seconds=max_seconds)
     assert comparison.message.startswith("⚠ Cannot use this audio:")
     assert expected in comparison.message and str(tmp_path) not in comparison.message
     assert comparison.panels == {} and comparison.timing_figure is None
 
 
 def test_no_implementation_chosen():
-    comparison = run_comparison(b"", [], "tiny.en", "cpu", DecodeOptions(), ModelCache(no_loading))
+    comparison = run_comparison(b"", [], "tiny.en", "cpu", DecodeOptions(), LocalTranscriptions(no_loading))
     assert "at least one implementation" in comparison.message
 
 
@@ -204,8 +206,8 @@ def test_a_close_threshold_decision_is_shown(tmp_path):
                      tolerance=4e-4, decision="fell back to the next temperature")
     fakes = {"max": FakeTranscriber("max", close_calls=(call,)), "openai": FakeTranscriber("openai")}
     comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), ["max", "openai"], "fake", "cpu",
-                                        DecodeOptions(), ModelCache(lambda backend, **kw: fakes[backend]),
-                                        out_dir=tmp_path)
+                                DecodeOptions(), LocalTranscriptions(lambda backend, **kw: fakes[backend]),
+                                out_dir=tmp_path)
     shown = comparison.panels["max"].diff_html
     assert "too close to call" in shown and "window at 30.00 s" in shown and "logprob_threshold -1" in shown
     assert "too close to call" not in comparison.panels["openai"].diff_html
@@ -214,10 +216,10 @@ def test_a_close_threshold_decision_is_shown(tmp_path):
 def test_one_failing_implementation_does_not_hide_the_others(tmp_path):
     fakes = {"max": FakeTranscriber("max", error=RuntimeError("kernel exploded")),
              "openai": FakeTranscriber("openai", "hello world"), "faster": FakeTranscriber("faster", "hello word")}
-    cache = ModelCache(lambda backend, **kwargs: fakes[backend])
+    transcriptions = LocalTranscriptions(lambda backend, **kwargs: fakes[backend])
     audio = (16000, np.full(16000, 1000, np.int16))
-    comparison = run_comparison(audio, ["faster", "max", "openai"], "fake", "cpu", DecodeOptions(), cache,
-                                        out_dir=tmp_path)
+    comparison = run_comparison(audio, ["faster", "max", "openai"], "fake", "cpu", DecodeOptions(), transcriptions,
+                                out_dir=tmp_path)
     panels = comparison.panels
     assert list(panels) == ["max", "openai", "faster"]  # shown in the registry's order
     assert panels["max"].error == "RuntimeError: kernel exploded" and "Failed" in panels["max"].summary
@@ -233,13 +235,13 @@ def test_one_failing_implementation_does_not_hide_the_others(tmp_path):
 def test_loaded_implementations_answer_first_and_show_before_the_rest(tmp_path):
     """MAX still loading: the baselines run first, and a partial comparison shows them before MAX is done."""
     fakes = {b: FakeTranscriber(b) for b in BACKENDS}
-    cache = ModelCache(lambda backend, **kwargs: fakes[backend])
+    transcriptions = LocalTranscriptions(lambda backend, **kwargs: fakes[backend])
     for backend in ("openai", "faster"):
-        cache.get(backend, "fake", "cpu")
+        transcriptions.models.get(backend, "fake", "cpu")
     steps, partials = [], []
     comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), list(BACKENDS), "fake", "cpu",
-                                        DecodeOptions(), cache, out_dir=tmp_path, on_partial=partials.append,
-                                        progress=lambda fraction, desc=None: steps.append(desc))
+                                DecodeOptions(), transcriptions, out_dir=tmp_path, on_partial=partials.append,
+                                progress=lambda fraction, desc=None: steps.append(desc))
     starts = [d.split(":")[0] for d in steps if d != "done"]
     assert list(dict.fromkeys(starts)) == ["openai-whisper (PyTorch)", "faster-whisper (CTranslate2)",
                                            "MAX Graph (this project)"]
@@ -271,8 +273,8 @@ def test_background_work_during_a_run_is_flagged(tmp_path):
     turns = Turns()
     turns.claim_background("the component checks")
     comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), ["max", "openai"], "fake", "cpu",
-                                        DecodeOptions(), ModelCache(lambda backend, **kw: fakes[backend]),
-                                        out_dir=tmp_path, turns=turns)
+                                DecodeOptions(), LocalTranscriptions(lambda backend, **kw: fakes[backend], turns=turns),
+                                out_dir=tmp_path)
     assert comparison.panels["max"].summary.endswith(
         "⚠ measured while the component checks ran in the background: slower than usual")
     assert comparison.headline.endswith("⚠ Some runs shared the CPU with the component checks: compare again for a "
@@ -288,15 +290,15 @@ def test_a_load_during_a_run_is_flagged(tmp_path):
             release.wait(30)
         return FakeTranscriber(backend)
 
-    cache = ModelCache(create)
-    loading = threading.Thread(target=cache.get, args=("max", "fake", "cpu"))
+    transcriptions = LocalTranscriptions(create)
+    loading = threading.Thread(target=transcriptions.models.get, args=("max", "fake", "cpu"))
     loading.start()
     try:
         deadline = time.monotonic() + 10
-        while not cache.busy() and time.monotonic() < deadline:
+        while not transcriptions.busy() and time.monotonic() < deadline:
             time.sleep(0.01)
         comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), ["openai"], "fake", "cpu",
-                                            DecodeOptions(), cache, out_dir=tmp_path)
+                                    DecodeOptions(), transcriptions, out_dir=tmp_path)
     finally:
         release.set()
         loading.join()
@@ -329,7 +331,7 @@ def test_committed_benchmark_headline_with_bad_numbers(tmp_path, median):
 def test_no_speech_found_is_said():
     fakes = {b: FakeTranscriber(b, text="") for b in ("max", "openai")}
     comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), ["max", "openai"], "fake", "cpu",
-                                        DecodeOptions(), ModelCache(lambda backend, **kw: fakes[backend]))
+                                DecodeOptions(), LocalTranscriptions(lambda backend, **kw: fakes[backend]))
     assert "No speech was found in this audio" in comparison.message
 
 
@@ -370,6 +372,42 @@ def test_a_waiter_that_leaves_gives_up_its_place():
                 pass
         assert turns.waiting() == 0
     assert not turns.busy()
+
+
+def test_local_transcriptions_say_what_they_do_and_keep_streams_apart():
+    """The seam (showcase.transcriptions) in this process: the load, the place in line, the window,
+    then the result; a visitor who leaves while waiting gives up the place; live streams get
+    transcribers of their own."""
+    transcriptions = LocalTranscriptions(lambda backend, **kw: FakeTranscriber(backend))
+    assert isinstance(transcriptions, Transcriptions)
+    samples = np.full(16000, 0.1, np.float32)
+    steps, done = [], []
+    with transcriptions.turns.turn(lambda *_: None):
+        transcriptions.turns.activity = "another run"
+        thread = threading.Thread(target=lambda: done.append(transcriptions.transcribe(
+            samples, "openai", "fake", "cpu", DecodeOptions(), progress=lambda f, what: steps.append((f, what)))))
+        thread.start()
+        deadline = time.monotonic() + 10
+        while transcriptions.turns.waiting() < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert transcriptions.busy() and "1 waiting" in transcriptions.status()
+    thread.join(10)
+    assert steps[0] == (0.0, "loading for fake on cpu (seconds)")
+    assert (0.0, "waiting for its turn, 1 run ahead (another run)") in steps
+    assert steps[-1] == (0.1, "transcribing, window 1 of ~1 (0 of 1 s done)")
+    assert done[0].result.text == "hello world" and done[0].shared_cpu == ""
+    assert transcriptions.loaded("openai", "fake", "cpu") and not transcriptions.busy()
+
+    def leave(fraction, what):
+        raise Cancelled
+
+    with transcriptions.turns.turn(lambda *_: None):
+        with pytest.raises(Cancelled):
+            transcriptions.transcribe(samples, "openai", "fake", "cpu", DecodeOptions(), progress=leave)
+        assert transcriptions.turns.waiting() == 0
+    stream = transcriptions.transcriber("openai", "fake", "cpu")
+    assert stream is transcriptions.transcriber("openai", "fake", "cpu")
+    assert stream is not transcriptions.models.get("openai", "fake", "cpu")
 
 
 def test_a_visitor_who_leaves_gives_up_their_turn():
@@ -519,7 +557,7 @@ def test_benchmarks_table_and_charts(tmp_path):
 
 
 def test_system_report():
-    report = system_report(ModelCache(no_loading))
+    report = system_report(LocalTranscriptions(no_loading))
     assert "### Devices MAX sees" in report and "- `cpu`" in report
     for package in ("max", "torch", "ctranslate2"):
         assert f"- {package}: `" in report
@@ -531,13 +569,13 @@ def test_app_builds_with_the_examples():
     import gradio as gr
     import app
 
-    demo = app.build_demo(ModelCache(no_loading), max_seconds=60)
+    demo = app.build_demo(LocalTranscriptions(no_loading), max_seconds=60)
     assert isinstance(demo, gr.Blocks)
-    rows = app.example_rows(["tiny.en"])
+    rows = compare.example_rows(["tiny.en"])
     assert [Path(r[0]).name for r in rows] == ["jfk.flac", "physicsworks-excerpt.flac", "multilingual.mp3"]
-    assert rows[2][1] == "tiny.en" and app.example_rows(["tiny.en", "base"])[2][1] == "base"
+    assert rows[2][1] == "tiny.en" and compare.example_rows(["tiny.en", "base"])[2][1] == "base"
     for path, _, _ in rows:
-        assert Path(path).stat().st_size < 1.5e6 and Path(path).name in (app.EXAMPLES_DIR / "README.md").read_text()
+        assert Path(path).stat().st_size < 1.5e6 and Path(path).name in (compare.EXAMPLES_DIR / "README.md").read_text()
 
 
 def test_quiet_queue_without_gradio_s_private_queue(caplog):
@@ -548,7 +586,7 @@ def test_quiet_queue_without_gradio_s_private_queue(caplog):
 
     app.quiet_queue(Demo())
     assert "polls at its own rate" in caplog.text
-    demo = app.build_demo(ModelCache(no_loading), max_seconds=60)
+    demo = app.build_demo(LocalTranscriptions(no_loading), max_seconds=60)
     demo.queue()
     app.quiet_queue(demo)
     assert demo._queue.sleep_when_free == 0.05

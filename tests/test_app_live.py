@@ -74,18 +74,18 @@ def test_a_session_that_hears_nothing_ends(monkeypatch):
     assert session.render()[1].startswith("stopped")
 
 
-class Cache:
-    """ModelCache's `get`, handing out one shared transcriber."""
+class OneTranscriber:
+    """Transcriptions' `transcriber`, handing out one shared transcriber."""
 
     def __init__(self, transcriber):
-        self.transcriber = transcriber
+        self.shared = transcriber
 
-    def get(self, backend, model, device):
-        return self.transcriber
+    def transcriber(self, backend, model, device):
+        return self.shared
 
 
 def test_a_recording_through_the_tab_s_handlers():
-    streams = live.LiveStreams(Cache(ScriptedTranscriber(SCRIPT)))
+    streams = live.LiveStreams(OneTranscriber(ScriptedTranscriber(SCRIPT)))
     audio = np.arange(10 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
     session, text, figures = streams.chunk((SAMPLE_RATE, audio[:SAMPLE_RATE]), None, "max", "tiny.en", "cpu")
     assert session.running and "live-committed" in text
@@ -112,7 +112,7 @@ def test_a_recording_through_the_tab_s_handlers():
 
 
 def test_at_most_the_limit_of_streams_run_at_once():
-    streams = live.LiveStreams(Cache(ScriptedTranscriber(SCRIPT)), limit=2)
+    streams = live.LiveStreams(OneTranscriber(ScriptedTranscriber(SCRIPT)), limit=2)
     first, second = streams.start("max", "tiny.en", "cpu"), streams.start("max", "tiny.en", "cpu")
     with pytest.raises(live.TooManyStreams, match="2 live streams are running already"):
         streams.start("max", "tiny.en", "cpu")
@@ -137,7 +137,7 @@ def test_sessions_on_one_transcriber_take_turns():
             return super().transcribe(audio, options, progress)
 
     model = Slow(SCRIPT)
-    streams = live.LiveStreams(Cache(model))
+    streams = live.LiveStreams(OneTranscriber(model))
     sessions = [streams.start("max", "tiny.en", "cpu") for _ in range(2)]
     audio = np.arange(3 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
     for i in range(3):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gradio as gr
 import plotly.graph_objects as go
 
 from ..charts import bench_rtf_figure, bench_stage_figure
-from ..results import BenchmarkRun, read_runs
+from ..results import RESULTS_DIR, BenchmarkRun, read_runs
+from ..views import View
 
 BENCH_TABLE = {"audio": "clip", "implementation": "implementation", "total_s_median": "median s", "rtf": "RTF ×",
                "features_s": "features s", "encode_s": "encode s", "decode_s": "decode s", "load_s": "load s",
@@ -50,3 +52,14 @@ def benchmark_view(directory: Path) -> tuple[str, list[list], go.Figure | None, 
     rows = [(series(run, row), row) for run in runs for row in run.rows]
     table = [[_num({**row, "implementation": name}[c]) for c in BENCH_TABLE] for name, row in rows]
     return "\n".join(text), table, bench_rtf_figure(rows), bench_stage_figure(rows)
+
+
+def build() -> View:
+    """The tab, inside the page's gr.Blocks: the page fills it when a visitor opens it."""
+    with gr.Tab("Benchmarks"):
+        bench_text = gr.Markdown(elem_id="benchmarks")
+        bench_rtf = gr.Plot(show_label=False)
+        bench_stages = gr.Plot(show_label=False)
+        bench_table = gr.Dataframe(headers=list(BENCH_TABLE.values()), interactive=False, wrap=True,
+                                   elem_id="bench-table")
+    return View([bench_text, bench_table, bench_rtf, bench_stages], lambda: benchmark_view(RESULTS_DIR))

