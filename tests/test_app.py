@@ -596,6 +596,27 @@ def test_app_builds_with_the_examples():
         assert Path(path).stat().st_size < 1.5e6 and Path(path).name in (compare.EXAMPLES_DIR / "README.md").read_text()
 
 
+def test_each_tab_is_a_small_module_that_imports_no_other_tab():
+    """The app's rooms: a tab imports services (showcase/*.py), never another tab; no module of the
+    app is over 400 lines."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    tabs = {path.stem for path in (root / "showcase" / "tabs").glob("*.py")} - {"__init__"}
+    assert tabs == {"compare", "live", "checks", "benchmarks", "system"}
+    for tab in tabs:
+        tree = ast.parse((root / "showcase" / "tabs" / f"{tab}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                named = [node.module or ""] + [f"{node.module or ''}.{a.name}".lstrip(".") for a in node.names]
+                within = node.level == 1 or any(n.startswith("showcase.tabs") for n in named)
+                assert not within, f"{tab} imports another tab (line {node.lineno})"
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("showcase.tabs") for a in node.names), tab
+    for path in [root / "app.py", *(root / "showcase").rglob("*.py")]:
+        assert len(path.read_text().splitlines()) <= 400, path.name
+
+
 def test_quiet_queue_without_gradio_s_private_queue(caplog):
     import app
 
