@@ -49,15 +49,15 @@ def build_demo(transcriptions: Transcriptions, max_seconds: float = 600.0,
         timer = gr.Timer(2.0)
         compare_tab = compare.build(transcriptions, choices, max_seconds)
         live.build(transcriptions, choices, max_seconds)
-        checks_view = checks_tab.build(checks, choices, compare_tab.model, compare_tab.device)
-        views = [system.build(transcriptions), benchmarks.build(), checks_view.view]  # filled as the page opens
+        checks_ui = checks_tab.build(checks, choices, compare_tab.model, compare_tab.device)
+        views = [system.build(transcriptions), benchmarks.build(), checks_ui.view]  # filled as the page opens
 
         def tick():
-            return transcriptions.status(), *checks_view.view.values(), gr.Timer(active=busy())
+            return transcriptions.status(), *checks_ui.view.values(), gr.Timer(active=busy())
 
-        for button in (compare_tab.run, checks_view.again):  # the status line follows loads, runs and checks
+        for button in (compare_tab.run, checks_ui.again):  # the status line follows loads, runs and checks
             button.click(lambda: gr.Timer(active=True), outputs=timer, concurrency_limit=None, show_progress="hidden")
-        timer.tick(tick, outputs=[status_line, *checks_view.view.outputs, timer], concurrency_limit=None,
+        timer.tick(tick, outputs=[status_line, *checks_ui.view.outputs, timer], concurrency_limit=None,
                    show_progress="hidden")
         demo.load(lambda: tuple(value for view in views for value in view.values()),
                   outputs=[output for view in views for output in view.outputs], concurrency_limit=None)
