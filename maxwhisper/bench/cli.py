@@ -22,8 +22,8 @@ from .machine import REPO_ROOT, device_tag, gpus, machine_info, versions
 from .records import (IMPLEMENTATIONS, add_accuracy, add_batched_accuracy, compute_targets, implementation_label,
                       make_records, merge_round)
 from .report import markdown_table, targets_text, throughput_markdown, write_outputs, write_throughput_html
-from .streaming import STREAMING_CLIPS, main_streaming
-from .worker import info, run_worker, worker_main
+from .streaming import STREAMING_CLIPS, main_streaming, streaming_worker
+from .worker import WORKERS, info, run_worker, worker_main
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
 QUICK_OUT = Path(tempfile.gettempdir()) / "maxwhisper-bench"  # --quick without --out: never the committed results
@@ -301,7 +301,7 @@ def cli(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"] and len(argv) == 2:
-        return worker_main(argv[1])
+        return worker_main(argv[1], {**WORKERS, "streaming": streaming_worker})
     args = build_parser().parse_args(argv)
     try:
         return main(args)
