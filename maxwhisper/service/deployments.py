@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -106,27 +106,36 @@ class Ingress:
     def __init__(self, config: ServiceConfig, *handles):
         self.config = config
         self.handles = dict(zip(config.served.pairs, handles))
-        self._ready: dict[str, tuple[float, bool, float]] = {}  # deployment -> (checked at, ready, since)
         self._started = time.monotonic()
+        self._ready: dict[str, tuple[bool, float]] = {}  # deployment -> (a replica is up, since when it was not)
+        threading.Thread(target=self._watch, name="readiness", daemon=True).start()
 
     def __serve_build_asgi_app__(self):
         from .http import build_api
 
         return build_api(self)
 
+    def _watch(self) -> None:
+        """Serve's view of the model deployments, once a second, off the requests' path (asking the
+        controller costs a round trip)."""
+        while True:
+            try:
+                status = serve.status().applications.get(APP_NAME)
+                deployments = status.deployments if status else {}
+                for backend, model in self.config.served.pairs:
+                    name = self.config.deployment_name(backend, model)
+                    deployment = deployments.get(name)
+                    up = bool(deployment and deployment.replica_states.get("RUNNING", 0))
+                    was_up, since = self._ready.get(name, (False, self._started))
+                    self._ready[name] = (up, since if not up and not was_up else time.monotonic())
+            except Exception:  # noqa: BLE001 - the controller may be busy or restarting: ask again
+                log.debug("could not read Serve's status", exc_info=True)
+            time.sleep(1.0)
+
     def model_ready(self, backend: str, model: str) -> tuple[bool, float]:
-        """Whether a replica of the deployment is up, and for how long it has not been (from Serve's
-        status, asked at most once a second)."""
-        name = self.config.deployment_name(backend, model)
-        now = time.monotonic()
-        checked, ready, since = self._ready.get(name, (-math.inf, False, self._started))
-        if now - checked > 1.0:
-            status = serve.status().applications.get(APP_NAME)
-            deployment = status.deployments.get(name) if status else None
-            running = deployment.replica_states.get("RUNNING", 0) if deployment else 0
-            ready, since = running > 0, since if running == 0 else now
-            self._ready[name] = (now, ready, since)
-        return ready, now - since
+        """Whether a replica of the deployment is up, and for how long none has been."""
+        up, since = self._ready.get(self.config.deployment_name(backend, model), (False, self._started))
+        return up, time.monotonic() - since
 
     async def transcribe(self, backend: str, model: str, audio: np.ndarray, options: DecodeOptions) -> TranscriptionResult:
         """The model deployment's result, or ApiError: 503 while it loads or when its replica
