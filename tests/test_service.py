@@ -40,7 +40,8 @@ def _wav(samples: np.ndarray, rate: int = 16000) -> bytes:
 @pytest.fixture(scope="module")
 def service(ray_local):
     """MAX (2 replicas, 4 requests decoded together each) and faster-whisper (2 replicas) serving
-    tiny.en on the session's Ray instance; half a CPU per replica leaves room on 2 CPUs."""
+    tiny.en on the session's Ray instance, with the app at /; half a CPU per replica leaves room
+    on 2 CPUs."""
     from ray import serve
 
     from maxwhisper.service.deployments import APP_NAME, ServiceConfig, application
@@ -48,7 +49,8 @@ def service(ray_local):
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     config = ServiceConfig(backends=("max", "faster"), models=("tiny.en",), device="cpu", replicas=2, max_batch=4,
-                           cpus_per_replica=0.5, max_seconds=60.0, max_upload_mb=2.0, request_timeout_s=300.0)
+                           cpus_per_replica=0.5, max_seconds=60.0, max_upload_mb=2.0, request_timeout_s=300.0,
+                           ui=True)
     serve.run(application(config), name=APP_NAME, route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
@@ -173,6 +175,30 @@ def test_requests_sent_together_are_decoded_together_with_their_own_tokens(servi
         if len(stats) == 2:
             break
     assert sum(s["rows_stepped"] for s in stats.values()) > sum(s["steps"] for s in stats.values())
+
+
+def test_the_app_beside_the_api_transcribes_through_the_model_deployments(service):
+    """`serve --ui`: the Gradio app at /, in Chromium: its status line is the service's, and a
+    comparison of jfk runs on the model deployments (the ingress loads no model of its own)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.goto(f"{service}/", timeout=120_000)
+            expect(page.locator("#status")).to_contain_text("Service (2 replica(s) per model", timeout=60_000)
+            page.set_input_files("input[type=file]", str(AUDIO / "jfk.flac"))
+            expect(page.locator("audio, #waveform, .waveform-container").first).to_be_attached(timeout=60_000)
+            page.click("#run")
+            expect(page.locator("#message")).to_contain_text("Finished:", timeout=300_000)
+            for backend in ("max", "faster"):
+                assert normalize(page.locator(f"#text-{backend} textarea").input_value()) == normalize(JFK)
+        finally:
+            browser.close()
+    assert httpx.get(f"{service}/health").json()["status"] == "ok"  # the API beside it
 
 
 def test_a_killed_replica_is_replaced_and_nothing_hangs(service):

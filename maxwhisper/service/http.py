@@ -115,6 +115,14 @@ def build_api(ingress) -> FastAPI:
         ok = all(d["ready"] for d in deployments)
         return JSONResponse({"status": "ok" if ok else "loading", "models": deployments}, status_code=200 if ok else 503)
 
+    @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    async def elsewhere(request: Request, rest: str):
+        """The API's other paths in its own shape, before anything mounted at / (the app) sees them."""
+        known = {"/v1/audio/transcriptions": "POST", "/v1/audio/translations": "POST", "/v1/models": "GET"}
+        if request.url.path in known:
+            raise ApiError(405, f"{request.method} is not allowed on {request.url.path}: use {known[request.url.path]}")
+        raise ApiError(404, f"no such endpoint: {request.method} {request.url.path}")
+
     return app
 
 
