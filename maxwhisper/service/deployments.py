@@ -117,7 +117,7 @@ class ModelServer:
 
     def stats(self) -> dict:
         """This replica's id and Ray node, and how its MAX model shared work: token step calls and the sequences
-        they carried, windows per encoder call (zeros and [] when nothing is shared)."""
+        they carried, decodings that stepped alone, windows per encoder call (zeros and [] when nothing is shared)."""
         shared = getattr(self.transcriber, "decoder_model", None)
         steps, encoder = getattr(shared, "steps", None), getattr(shared, "encoder", None)
         import ray
@@ -125,6 +125,7 @@ class ModelServer:
         return {"replica": serve.get_replica_context().replica_id.unique_id,
                 "node": ray.get_runtime_context().get_node_id(),
                 "steps": steps.steps if steps else 0, "rows_stepped": steps.rows_stepped if steps else 0,
+                "decodings_alone": steps.decodings_alone if steps else 0,
                 "encoder_batches": list(encoder.batches) if encoder else []}
 
 
