@@ -35,6 +35,15 @@ def max_tiny_en_portable():
     return MaxTranscriber("tiny.en", device="cpu", kernels=False)
 
 
+@pytest.fixture(scope="session")
+def max_tiny_en_int8():
+    """MAX with tiny.en in int8 on the CPU (`--precision int8`): the one int8 model of the session,
+    its three graphs compiled once (minutes cold on 2 cores), then from the disk cache."""
+    from maxwhisper.max_backend import MaxTranscriber
+
+    return MaxTranscriber("tiny.en", device="cpu", precision="int8")
+
+
 def each_plan(fixture: str):
     """A fixture giving the session's `fixture` (the CPU kernels' plan) and `{fixture}_portable` in
     turn: the token-equality tests run on both execution plans."""

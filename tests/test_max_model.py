@@ -158,12 +158,14 @@ def test_encoder_attention_kernel_matches_numpy(dh):
     np.testing.assert_allclose(out, expected, rtol=0, atol=2e-6)
 
 
-def test_decoder_layer_step_kernel_matches_numpy():
+@pytest.mark.parametrize("int8", [False, True])
+def test_decoder_layer_step_kernel_matches_numpy(int8):
     """`decoder_layer.mojo`, one whole decoder block for one new token of each of 3 sequences at
     positions of their own, against float64 numpy: d 64 in 4 heads, caches whose unfilled
     positions hold NaN (read, they would show), cross-attention over 40 frames. Each stepping row's
     new key and value land in its cache at its position and nothing else there changes; a row at
-    a negative position sits the step out, its x and cache untouched."""
+    a negative position sits the step out, its x and cache untouched. int8: the weights quantized
+    per output row (`quantize_int8`), against numpy with those weights."""
     from math import erf
 
     from max.dtype import DType
@@ -171,6 +173,7 @@ def test_decoder_layer_step_kernel_matches_numpy():
 
     from maxwhisper.graph.decoder import LAYER_STEP_VECTORS, LAYER_STEP_WEIGHTS, decoder_layer_step
     from maxwhisper.graph.layers import WeightBank
+    from maxwhisper.graph.weights import quantize_int8
 
     d, h, s, t, b = 64, 4, 32, 40, 3
     dh = d // h
@@ -188,15 +191,19 @@ def test_decoder_layer_step_kernel_matches_numpy():
     types = [TensorType(DType.float32, [b, d], device=cpu), BufferType(DType.float32, [b, h, s, dh], device=cpu),
              BufferType(DType.float32, [b, h, dh, s], device=cpu), TensorType(DType.float32, [b, h, t, dh], device=cpu),
              TensorType(DType.float32, [b, h, dh, t], device=cpu), TensorType(DType.int64, [b], device=cpu)]
-    run = _kernel_graph("decoder_layer_step_test", types,
-                        lambda x, ck, cv, xk, xv, positions: [decoder_layer_step(w, "blk", x, ck, cv, xk, xv, positions)],
-                        w)
+    run = _kernel_graph(f"decoder_layer_step_test{'_int8' if int8 else ''}", types,
+                        lambda x, ck, cv, xk, xv, positions: [decoder_layer_step(w, "blk", x, ck, cv, xk, xv, positions,
+                                                                                 int8)], w)
 
     def ln(x, name):
         return (x - x.mean()) / np.sqrt(x.var() + 1e-5) * arrays[f"blk.{name}.weight"] + arrays[f"blk.{name}.bias"]
 
     def lin(x, name):
-        return arrays[f"blk.{name}.weight"].astype(np.float64) @ x + arrays[f"blk.{name}.bias"]
+        weight = arrays[f"blk.{name}.weight"].astype(np.float64)
+        if int8:
+            q, scale = quantize_int8(arrays[f"blk.{name}.weight"])
+            weight = q * scale[:, None].astype(np.float64)
+        return weight @ x + arrays[f"blk.{name}.bias"]
 
     def attend(q, k, v):  # q [H, Dh], k and v [H, keys, Dh]
         scores = np.einsum("hd,hkd->hk", q, k) / np.sqrt(dh)

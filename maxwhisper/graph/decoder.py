@@ -177,19 +177,22 @@ LAYER_STEP_VECTORS = ("attn_ln.weight", "attn_ln.bias", "attn.qkv.bias", "attn.o
 
 
 def decoder_layer_step(w: WeightBank, p: str, x: TensorValue, cache_k, cache_v_t, cross_k: TensorValue,
-                       cross_v_t: TensorValue, positions: TensorValue) -> TensorValue:
+                       cross_v_t: TensorValue, positions: TensorValue, int8: bool = False) -> TensorValue:
     """One decoder block for one new token of each of B sequences as one CPU kernel: x [B, d]; the
     cache buffers K [B, H, S, Dh] and V^T [B, H, Dh, S], row b holding positions 0 ..
     positions[b] - 1 (the kernel writes the new key and value at positions[b]); cross K
-    [B, H, T, Dh], V^T [B, H, Dh, T]; positions int64 [B], negative for a row left out -> x [B, d]."""
-    weights = w.flat(f"{p}.step_weights", [f"{p}.{n}.weight" for n in LAYER_STEP_WEIGHTS], DType.float16)
-    vectors = w.flat(f"{p}.step_vectors", [f"{p}.{n}" for n in LAYER_STEP_VECTORS], DType.float32)
+    [B, H, T, Dh], V^T [B, H, Dh, T]; positions int64 [B], negative for a row left out -> x [B, d].
+    int8: the weights quantized per output row, their scales after the vectors."""
+    linears = [f"{p}.{n}.weight" for n in LAYER_STEP_WEIGHTS]
+    weights = w.flat(f"{p}.step_weights", linears, DType.int8 if int8 else DType.float16)
+    scales = [f"{name}.int8_scales" for name in linears] if int8 else []
+    vectors = w.flat(f"{p}.step_vectors", [f"{p}.{n}" for n in LAYER_STEP_VECTORS] + scales, DType.float32)
     out = [TensorType(DType.float32, x.shape, device=x.device)]
     return ops.inplace_custom("decoder_layer_step", x.device, [x, weights, vectors, cache_k, cache_v_t, cross_k,
                                                                cross_v_t, positions], out)[0].tensor
 
 
-def build_token_step_graph(w: WeightBank, dims: ModelDims) -> Graph:
+def build_token_step_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) -> Graph:
     """The step graph for one new token of each of some of B sequences (every greedy or beam step
     after the prompt) on the CPU: each layer one `decoder_layer_step` kernel instead of ~25 ops, no
     `ops.cond`. Each sequence has its own position, so decodings of different lengths step
@@ -214,8 +217,8 @@ def build_token_step_graph(w: WeightBank, dims: ModelDims) -> Graph:
         x = ops.reshape(_embed(w, tokens, ops.reshape(table_rows, [batch, 1]), half=True), [batch, d])
         for i in range(dims.n_text_layer):
             x = decoder_layer_step(w, f"decoder.blocks.{i}", x, caches[2 * i], caches[2 * i + 1], cross_k[i],
-                                   cross_v_t[i], positions)
-        logits = _logits(w, ops.reshape(ops.gather(x, rows, axis=0), [rows.shape[0], 1, d]), few_row_linear)
+                                   cross_v_t[i], positions, plan.int8)
+        logits = _logits(w, ops.reshape(ops.gather(x, rows, axis=0), [rows.shape[0], 1, d]), step_linear(plan))
         graph.output(logits, *greedy_choice(logits, suppress, timestamp_begin))
     return graph
 

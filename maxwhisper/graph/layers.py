@@ -76,12 +76,17 @@ class WeightBank:
                 self._weight(f"{name}.int8_scales", DType.float32, (n,), lambda: self._int8(name)[1]))
 
     def flat(self, graph_name: str, names: list[str], dtype: DType) -> Weight:
-        """The arrays named, flattened and concatenated in order into one 1-D weight (as float16
-        copies for a float16 weight: only exact when `float16_exact`)."""
-        def fill() -> np.ndarray:
-            parts = [self._float16(n) if dtype == DType.float16 else self.arrays[n] for n in names]
-            return np.concatenate([p.ravel() for p in parts]).astype(dtype.to_numpy())
-        return self._weight(graph_name, dtype, (sum(self.arrays[n].size for n in names),), fill)
+        """The arrays named, flattened and concatenated in order into one 1-D weight: as float16
+        copies for a float16 weight (only exact when `float16_exact`), quantized per output row
+        for an int8 one; a name "W.int8_scales" is linear weight W's int8 scales."""
+        def part(name: str) -> np.ndarray:
+            if name.endswith(".int8_scales"):
+                return self._int8(name.removesuffix(".int8_scales"))[1]
+            return {DType.float16: self._float16, DType.int8: lambda n: self._int8(n)[0]}.get(
+                dtype, self.arrays.__getitem__)(name)
+        parts = [part(n) for n in names]  # cached: quantizing or copying each once
+        return self._weight(graph_name, dtype, (sum(p.size for p in parts),),
+                            lambda: np.concatenate([p.ravel() for p in parts]).astype(dtype.to_numpy()))
 
     def float16_exact(self, prefix: str) -> bool:
         """Whether every value of the arrays named `prefix...` is a float16 number (Whisper's

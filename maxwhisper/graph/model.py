@@ -47,7 +47,7 @@ def build_graph(name: str, arrays: dict[str, np.ndarray], dims: ModelDims, plan:
     w = WeightBank(arrays, plan.dtype, plan.device, copies)
     graph = {"encoder": lambda: build_encoder_graph(w, dims, plan),
              "decoder_step": lambda: build_decoder_graph(w, dims, plan),
-             "token_step": lambda: build_token_step_graph(w, dims),
+             "token_step": lambda: build_token_step_graph(w, dims, plan),
              "alignment": lambda: build_alignment_graph(w, dims)}[name]()
     return graph, w.registry()
 

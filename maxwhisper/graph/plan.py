@@ -64,7 +64,7 @@ def make_plan(w: WeightBank, dims: ModelDims, kernels: bool = True, int8: bool =
     encoder_linear = all(map(packed_linear_fits, (d_audio, 3 * d_audio, 4 * d_audio, 2 * d_text)))
     step = few_row_attention_fits(head_dim, max(dims.n_text_ctx, dims.n_audio_ctx))
     step_linears = step and few_row_linear_fits(d_text) and few_row_linear_fits(4 * d_text)
-    if int8 and not (encoder_linear and step_linears and d_audio % 4 == 0 and d_text % 4 == 0):
+    if int8 and not (encoder_linear and step_linears and d_audio % 4 == 0 and d_text % 16 == 0):
         raise ValueError(f"int8 weights: the model's widths ({d_audio}, {d_text}) do not fit the int8 kernels")
     # float16-stored linears compute the float32 products exactly only when every decoder weight is
     # a float16 number (true of Whisper's published checkpoints)
@@ -75,6 +75,6 @@ def make_plan(w: WeightBank, dims: ModelDims, kernels: bool = True, int8: bool =
         encoder_attention_kernel=encoder_linear and encoder_attention_fits(d_audio, dims.n_audio_head),
         step_kernels=step,
         step_linears_kernel=step_linears,
-        token_step=step_linears and not int8 and d_text <= 1280 and head_dim % 8 == 0 and dims.n_audio_ctx <= 2048,
+        token_step=step_linears and d_text <= 1280 and head_dim % 8 == 0 and dims.n_audio_ctx <= 2048,
         int8=int8,
     )

@@ -3,7 +3,8 @@
 # MAX ops it took well above that floor: each op's dispatch and its cold start on a few hundred KB
 # cost more than the bytes. Here a layer is 8 phases over the same arithmetic, run by one task
 # per thread (`share_phases`, cheaper than a `sync_parallelize` per phase): the linears are `few_row_linear`'s one-row path (float16-stored weights widened in
-# registers, so the same float32 products), the attentions `few_row_attention`'s. With B rows each
+# registers, so the same float32 products; int8 weights and their scales under --precision int8),
+# the attentions `few_row_attention`'s. With B rows each
 # block of weight rows is multiplied with every row while it is in cache: read from memory once.
 # Each row has its own position, so sequences of different lengths (decodings of different
 # requests) step together; the op writes each row's new key and value into the cache itself.
@@ -14,7 +15,7 @@ from std.math import erf, sqrt
 from std.memory import alloc, stack_allocation
 
 from .attention import MAX_KEYS, attend
-from .linear import dot_rows, rows_per_item
+from .linear import dot_rows, finish, rows_per_item
 from .threads import share_phases
 
 comptime W = 8  # float32 lanes per SIMD vector (AVX2)
@@ -44,11 +45,12 @@ struct DecoderLayerStep:
     """One residual attention block of the decoder for one new token of each of B sequences:
     x += attn(ln(x)); x += cross_attn(ln(x)); x += mlp(ln(x)).
 
-    x float32 [B, d]; weights float16 [14 d^2]: attn.qkv [3d, d], attn.out [d, d],
+    x float32 [B, d]; weights float16 (or int8) [14 d^2]: attn.qkv [3d, d], attn.out [d, d],
     cross_attn.query [d, d], cross_attn.out [d, d], mlp.0 [4d, d], mlp.2 [d, 4d], each [d_out,
-    d_in] row-major; vectors float32 [17 d]: attn_ln weight and bias, attn.qkv bias [3d],
-    attn.out bias, cross_attn_ln weight and bias, cross_attn.query bias, cross_attn.out bias,
-    mlp_ln weight and bias, mlp.0 bias [4d], mlp.2 bias; the self-attention cache K [B, H, S, Dh]
+    d_in] row-major; vectors float32 [17 d] (int8: [28 d]): attn_ln weight and bias, attn.qkv
+    bias [3d], attn.out bias, cross_attn_ln weight and bias, cross_attn.query bias,
+    cross_attn.out bias, mlp_ln weight and bias, mlp.0 bias [4d], mlp.2 bias (int8: then the
+    six weights' scales per output row, [11 d] in the weights' order); the self-attention cache K [B, H, S, Dh]
     and V^T [B, H, Dh, S], row b holding positions 0 .. positions[b] - 1, into which the op writes
     row b's new key and value at positions[b]; cross K [B, H, T, Dh] and V^T [B, H, Dh, T];
     positions int64 [B], a negative one for a row that does not step (left as it is).
@@ -56,10 +58,10 @@ struct DecoderLayerStep:
     """
 
     @staticmethod
-    def execute[target: StaticString](
+    def execute[target: StaticString, wtype: DType](
         x_out: OutputTensor[dtype=DType.float32, rank=2, ...],
         x: InputTensor[dtype=DType.float32, rank=2, ...],
-        weights: InputTensor[dtype=DType.float16, rank=1, ...],
+        weights: InputTensor[dtype=wtype, rank=1, ...],
         vectors: InputTensor[dtype=DType.float32, rank=1, ...],
         cache_k: MutableInputTensor[dtype=DType.float32, rank=4, ...],
         cache_v_t: MutableInputTensor[dtype=DType.float32, rank=4, ...],
@@ -84,8 +86,9 @@ struct DecoderLayerStep:
         for b in range(nb):
             if Int(pp[b]) >= s_len:
                 raise Error("decoder_layer_step: a position is past the cache's end")
-        if weights.dim_size(0) != 14 * d * d or vectors.dim_size(0) != 17 * d:
-            raise Error("decoder_layer_step: weights are not [14 d^2] and vectors [17 d]")
+        comptime n_vectors = 28 if wtype == DType.int8 else 17
+        if weights.dim_size(0) != 14 * d * d or vectors.dim_size(0) != n_vectors * d:
+            raise Error("decoder_layer_step: weights are not [14 d^2] and vectors [17 d] ([28 d] for int8 weights)")
 
         var wp = weights.unsafe_ptr()
         var vp = vectors.unsafe_ptr()
@@ -119,6 +122,12 @@ struct DecoderLayerStep:
         var ln3 = b_cout + d
         var b_fc1 = ln3 + 2 * d
         var b_fc2 = b_fc1 + 4 * d
+        var s_qkv = b_fc2 + d  # int8 weights' scales (read only for int8)
+        var s_out = s_qkv + 3 * d
+        var s_cq = s_out + d
+        var s_cout = s_cq + d
+        var s_fc1 = s_cout + d
+        var s_fc2 = s_fc1 + 4 * d
 
         # work items of the phases below: blocks of weight rows for the linears, heads for attention
         var per3 = rows_per_item(3 * d)
@@ -135,7 +144,7 @@ struct DecoderLayerStep:
         items[7] = items[2]
 
         # 1. q, k, v = ln1(x) @ W_qkv^T + b
-        def qkv(item: Int) {var xo, var q, var kn, var vn, var w_qkv, var ln1, var b_qkv, var d, var per3, var nb, var pp}:
+        def qkv(item: Int) {var xo, var q, var kn, var vn, var w_qkv, var ln1, var b_qkv, var s_qkv, var d, var per3, var nb, var pp}:
             var xn = stack_allocation[MAX_D, Float32]()
             var j0 = item * per3
             var j1 = min(j0 + per3, 3 * d)
@@ -146,7 +155,7 @@ struct DecoderLayerStep:
                 layer_norm(xo + b * d, d, ln1, ln1 + d, xn)
                 dot_rows(xn, w_qkv, d, j0, j1, y)
                 for j in range(j0, j1):
-                    var v = y[j - j0] + b_qkv[j]
+                    var v = finish[wtype](y[j - j0], s_qkv, j, b_qkv[j])
                     if j < d:
                         q[b * d + j] = v
                     elif j < 2 * d:
@@ -168,7 +177,7 @@ struct DecoderLayerStep:
                 v_t_head[i * s_len + pos] = vn[o + i]
 
         # 3. x += att @ W_out^T + b, and the same shape of phase for each residual linear below
-        def out_proj(item: Int) {var xo, var att, var w_out, var b_out, var d, var per, var nb, var pp}:
+        def out_proj(item: Int) {var xo, var att, var w_out, var b_out, var s_out, var d, var per, var nb, var pp}:
             var j0 = item * per
             var j1 = min(j0 + per, d)
             var y = stack_allocation[MAX_D, Float32]()
@@ -177,10 +186,10 @@ struct DecoderLayerStep:
                     continue
                 dot_rows(att + b * d, w_out, d, j0, j1, y)
                 for j in range(j0, j1):
-                    xo[b * d + j] += y[j - j0] + b_out[j]
+                    xo[b * d + j] += finish[wtype](y[j - j0], s_out, j, b_out[j])
 
         # 4. q = ln2(x) @ W_cq^T + b
-        def cross_query(item: Int) {var xo, var q, var w_cq, var ln2, var b_cq, var d, var per, var nb, var pp}:
+        def cross_query(item: Int) {var xo, var q, var w_cq, var ln2, var b_cq, var s_cq, var d, var per, var nb, var pp}:
             var xn = stack_allocation[MAX_D, Float32]()
             var j0 = item * per
             var j1 = min(j0 + per, d)
@@ -191,7 +200,7 @@ struct DecoderLayerStep:
                 layer_norm(xo + b * d, d, ln2, ln2 + d, xn)
                 dot_rows(xn, w_cq, d, j0, j1, y)
                 for j in range(j0, j1):
-                    q[b * d + j] = y[j - j0] + b_cq[j]
+                    q[b * d + j] = finish[wtype](y[j - j0], s_cq, j, b_cq[j])
 
         # 5. cross-attention over the audio
         def cross_head(bh: Int) {var q, var xk, var xv, var att, var dh, var t_len, var pp, var heads}:
@@ -201,7 +210,7 @@ struct DecoderLayerStep:
             attend(q + o, xk + bh * t_len * dh, xv + bh * dh * t_len, t_len, t_len, dh, q, q, False, att + o)
 
         # 6. x += att @ W_cout^T + b
-        def cross_out(item: Int) {var xo, var att, var w_cout, var b_cout, var d, var per, var nb, var pp}:
+        def cross_out(item: Int) {var xo, var att, var w_cout, var b_cout, var s_cout, var d, var per, var nb, var pp}:
             var j0 = item * per
             var j1 = min(j0 + per, d)
             var y = stack_allocation[MAX_D, Float32]()
@@ -210,10 +219,10 @@ struct DecoderLayerStep:
                     continue
                 dot_rows(att + b * d, w_cout, d, j0, j1, y)
                 for j in range(j0, j1):
-                    xo[b * d + j] += y[j - j0] + b_cout[j]
+                    xo[b * d + j] += finish[wtype](y[j - j0], s_cout, j, b_cout[j])
 
         # 7. hidden = gelu(ln3(x) @ W_fc1^T + b)
-        def fc1(item: Int) {var xo, var hidden, var w_fc1, var ln3, var b_fc1, var d, var per4, var nb, var pp}:
+        def fc1(item: Int) {var xo, var hidden, var w_fc1, var ln3, var b_fc1, var s_fc1, var d, var per4, var nb, var pp}:
             var xn = stack_allocation[MAX_D, Float32]()
             var j0 = item * per4
             var j1 = min(j0 + per4, 4 * d)
@@ -224,11 +233,11 @@ struct DecoderLayerStep:
                 layer_norm(xo + b * d, d, ln3, ln3 + d, xn)
                 dot_rows(xn, w_fc1, d, j0, j1, y)
                 for j in range(j0, j1):
-                    var v = y[j - j0] + b_fc1[j]
+                    var v = finish[wtype](y[j - j0], s_fc1, j, b_fc1[j])
                     hidden[b * 4 * d + j] = 0.5 * v * (1 + erf(v * 0.7071067811865476))
 
         # 8. x += hidden @ W_fc2^T + b
-        def fc2(item: Int) {var xo, var hidden, var w_fc2, var b_fc2, var d, var per, var nb, var pp}:
+        def fc2(item: Int) {var xo, var hidden, var w_fc2, var b_fc2, var s_fc2, var d, var per, var nb, var pp}:
             var j0 = item * per
             var j1 = min(j0 + per, d)
             var y = stack_allocation[MAX_D, Float32]()
@@ -237,7 +246,7 @@ struct DecoderLayerStep:
                     continue
                 dot_rows(hidden + b * 4 * d, w_fc2, 4 * d, j0, j1, y)
                 for j in range(j0, j1):
-                    xo[b * d + j] += y[j - j0] + b_fc2[j]
+                    xo[b * d + j] += finish[wtype](y[j - j0], s_fc2, j, b_fc2[j])
 
         def phase(p: Int, item: Int) {var qkv, var self_head, var out_proj, var cross_query, var cross_head,
                                        var cross_out, var fc1, var fc2}:

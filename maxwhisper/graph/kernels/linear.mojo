@@ -71,16 +71,24 @@ def few_rows[wtype: DType](op: UnsafePointer[Float32, MutAnyOrigin], xp: F32P, m
                            sp: F32P, bp: F32P, has_bias: Bool) raises:
     """op [m_rows, n] = xp [m_rows, kd] @ wp [n, kd]^T (x sp, a scale per row of w, when int8) + bias
     (when has_bias)."""
-    if kd > MAX_D_IN or kd % W != 0:
-        raise Error("few_row_linear: d_in above 5120 or not a multiple of 8")
+    if kd > MAX_D_IN or kd % W != 0 or (wtype == DType.int8 and kd % LANES != 0):
+        raise Error("few_row_linear: d_in above 5120 or not a multiple of 8 (int8: of 16)")
     var per = rows_per_item(n)
 
     def block(item: Int) {var xp, var wp, var sp, var bp, var has_bias, var op, var n, var kd, var per, var m_rows}:
         var hi = min((item + 1) * per, n)
+        comptime if wtype == DType.int8:  # every input row against a block of Q weight rows while it is in L1
+            for j in range(item * per, hi, Q):
+                var j1 = min(j + Q, hi)
+                for m in range(m_rows):
+                    dot_rows_int8(xp + m * kd, wp.bitcast[Int8](), kd, j, j1, op + m * n + j)
+                    for i in range(j, j1):
+                        op[m * n + i] = finish[wtype](op[m * n + i], sp, i, bp[i] if has_bias else Float32(0))
+            return
         if m_rows == 1:  # the weights go straight from memory into the products
             dot_rows(xp, wp, kd, item * per, hi, op + item * per)
             for j in range(item * per, hi):
-                op[j] = finish[wtype](op[j], sp, bp, has_bias, j)
+                op[j] = finish[wtype](op[j], sp, j, bp[j] if has_bias else Float32(0))
             return
         var wide = stack_allocation[R * MAX_D_IN, Float32]()  # R weight rows widened to float32
         var sums = stack_allocation[2 * R, Float32]()
@@ -130,7 +138,8 @@ def few_rows[wtype: DType](op: UnsafePointer[Float32, MutAnyOrigin], xp: F32P, m
                 sums[7] = b3.reduce_add()
                 for t in range(2 if pair else 1):
                     for r in range(rows):
-                        op[(m + t) * n + j + r] = finish[wtype](sums[t * R + r], sp, bp, has_bias, j + r)
+                        op[(m + t) * n + j + r] = finish[wtype](sums[t * R + r], sp, j + r,
+                                                                bp[j + r] if has_bias else Float32(0))
                 m += 2
             j += R
 
@@ -138,13 +147,13 @@ def few_rows[wtype: DType](op: UnsafePointer[Float32, MutAnyOrigin], xp: F32P, m
 
 
 @always_inline
-def finish[wtype: DType](sum: Float32, scales: F32P, bias: F32P, has_bias: Bool, j: Int) -> Float32:
-    """Output j from its dot product: x scales[j] for int8 weights (one rounding: an FMA with the
-    bias, so that every path computes the same number), + bias[j] when has_bias."""
-    var b = bias[j] if has_bias else Float32(0)
+def finish[wtype: DType](sum: Float32, scales: F32P, j: Int, bias: Float32) -> Float32:
+    """Output j of a linear from its dot product with weight row j: + bias; with int8 weights
+    x scales[j] first, one rounding (an FMA: the compiler may fuse a multiply and an add, so every
+    path spells it out to compute the same number)."""
     comptime if wtype == DType.int8:
-        return sum.fma(scales[j], b)
-    return sum + b
+        return sum.fma(scales[j], bias)
+    return sum + bias
 
 
 def rows_per_item(n: Int) -> Int:
@@ -157,8 +166,11 @@ def rows_per_item(n: Int) -> Int:
 def dot_rows[o: MutOrigin, wtype: DType](x: F32P, w: UnsafePointer[Scalar[wtype], ...], kd: Int, j0: Int, j1: Int,
                                          dst: UnsafePointer[Float32, o]):
     """dst[j - j0] = x . w[j] for weight rows j0 <= j < j1 of w [*, kd] (float16 or int8, widened
-    to float32): 4 rows at a time, each an 8-lane float32 sum over kd, then a lane sum (the order of
-    the many-row path)."""
+    to float32). float16: 4 rows at a time, each an 8-lane float32 sum over kd, then a lane sum
+    (the order of the many-row path). int8: `dot_rows_int8`."""
+    comptime if wtype == DType.int8:
+        dot_rows_int8(x, w.bitcast[Int8](), kd, j0, j1, dst)
+        return
     comptime line = 64 // size_of[wtype]()  # weights per 64-byte cache line
     var j = j0
     while j + R <= j1:
@@ -187,6 +199,36 @@ def dot_rows[o: MutOrigin, wtype: DType](x: F32P, w: UnsafePointer[Scalar[wtype]
             a += x.load[width=W](i) * w.load[width=W](j * kd + i).cast[DType.float32]()
         dst[j - j0] = a.reduce_add()
         j += 1
+
+
+comptime Q = 8  # int8 weight rows per block of `dot_rows_int8`
+
+
+def dot_rows_int8[o: MutOrigin](x: F32P, w: UnsafePointer[Int8, ...], kd: Int, j0: Int, j1: Int,
+                                dst: UnsafePointer[Float32, o]):
+    """dst[j - j0] = x . w[j] for int8 weight rows j0 <= j < j1 of w [*, kd] (kd a multiple of
+    LANES), each a LANES-lane float32 sum (FMAs, in order over kd) of x times the weights widened,
+    then a lane sum: 8 rows at a time (a partial block repeats its last row), so that the widening
+    and the FMAs have work in flight while the weights stream in; a row's sum does not depend on
+    the rows beside it."""
+    comptime V = SIMD[DType.float32, LANES]
+    var acc = stack_allocation[Q, V]()
+    var j = j0
+    while j < j1:
+        var rows = min(Q, j1 - j)
+        comptime for r in range(Q):
+            acc[r] = V(0)
+        var w0 = w + j * kd
+        for i in range(0, kd, LANES):
+            if i % 64 == 0:
+                for r in range(Q):
+                    prefetch[PrefetchOptions().for_read().high_locality()](w0 + (AHEAD + r) * kd + i)
+            var xv = x.load[width=LANES](i)
+            comptime for r in range(Q):
+                acc[r] = w0.load[width=LANES](min(r, rows - 1) * kd + i).cast[DType.float32]().fma(xv, acc[r])
+        for r in range(rows):
+            dst[j - j0 + r] = acc[r].reduce_add()
+        j += Q
 
 
 comptime NR = 16  # columns per packed panel: one AVX-512 vector, two AVX2 ones
