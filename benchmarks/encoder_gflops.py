@@ -1,13 +1,16 @@
-"""The MAX encoder's float32 throughput against the CPU's peak, and PyTorch's beside it.
+"""The MAX encoder's throughput against the CPU's peak, and a reference implementation's beside it.
 
 One 30 s window of the lecture through `MaxWhisper.encode` (the encoder graph, which also projects
-every decoder layer's cross-attention keys and values) and through openai-whisper's encoder (which
+every decoder layer's cross-attention keys and values) and through the reference's encoder (which
 does not: its first decoder step does), their work counted from the model's dimensions, and the
-peak measured by `benchmarks/fp32_peak.mojo` on all cores:
+peak measured by `benchmarks/peak.mojo` on all cores. fp32: MAX fp32 against openai-whisper's
+encoder (PyTorch) and the float32 FMA peak; int8: MAX int8 against faster-whisper int8's encoder
+(CTranslate2) and the int8 dot-product peak (both run their attention in float32: a third of the
+window's operations):
 
-    .venv/bin/python benchmarks/encoder_gflops.py [--model tiny.en] [--repeats 9]
+    .venv/bin/python benchmarks/encoder_gflops.py [--model tiny.en] [--precision fp32|int8] [--repeats 9]
 
-Prints one Markdown table row; `benchmarks/results/encoder-gflops.md` keeps one per machine.
+Prints one Markdown table row; `benchmarks/results/encoder-gflops.md` keeps one per machine and precision.
 """
 from __future__ import annotations
 
@@ -51,36 +54,44 @@ def median_seconds(run, repeats: int) -> float:
     return statistics.median(times)
 
 
-def fp32_peak_gflops() -> float:
-    """The best of fp32_peak.mojo's three runs."""
+def peak_gops(precision: str) -> float:
+    """The best of peak.mojo's three runs for `precision`."""
     mojo = Path(sys.executable).with_name("mojo")
-    out = subprocess.run([str(mojo), "run", str(ROOT / "benchmarks" / "fp32_peak.mojo")], capture_output=True,
-                         text=True, check=True).stdout
-    return max(float(x) for x in re.findall(r"lanes: ([\d.]+) GFLOP/s", out))
+    out = subprocess.run([str(mojo), "run", "-I", str(ROOT / "maxwhisper" / "graph"), str(ROOT / "benchmarks" / "peak.mojo")],
+                         capture_output=True, text=True, check=True).stdout
+    return max(float(x) for x in re.findall(rf"^{precision}: ([\d.]+) GOP/s", out, re.MULTILINE))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny.en")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "int8"])
     parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
     os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")
-    import torch
 
     ckpt = load_checkpoint(args.model)
     audio = load_audio(str(audio_dir() / "physicsworks.flac"))[: 30 * 16000]
     mel = log_mel_spectrogram(audio, ckpt.dims.n_mels)[None]
-    model = MaxWhisper(ckpt)
+    model = MaxWhisper(ckpt, precision=args.precision)
     max_s = median_seconds(lambda: model.features_numpy(model.encode(mel)), args.repeats)
     del model
-    reference = OpenAITranscriber(args.model)  # all cores, as the benchmark runs it
-    with torch.inference_mode():
-        torch_s = median_seconds(lambda: reference.net.encoder(torch.from_numpy(mel)), args.repeats)
-    max_gflop, torch_gflop, peak = encoder_gflop(ckpt.dims, True), encoder_gflop(ckpt.dims, False), fp32_peak_gflops()
+    if args.precision == "fp32":
+        import torch
+
+        reference = OpenAITranscriber(args.model)  # all cores, as the benchmark runs it
+        with torch.inference_mode():
+            ref_s = median_seconds(lambda: reference.net.encoder(torch.from_numpy(mel)), args.repeats)
+    else:
+        from baselines.faster_backend import FasterTranscriber
+
+        faster = FasterTranscriber(args.model, device="cpu", precision="int8", threads=os.cpu_count())
+        ref_s = median_seconds(lambda: faster.whisper.encode(mel[0]), args.repeats)
+    max_gflop, ref_gflop, peak = encoder_gflop(ckpt.dims, True), encoder_gflop(ckpt.dims, False), peak_gops(args.precision)
     machine = machine_info()
     print(f"| {machine['cpu']}, {machine['cores']} cores, {machine['vector_isa']} | {args.model} | {peak:.0f} | "
           f"{max_gflop:.1f} | {max_s:.3f} | {max_gflop / max_s:.0f} ({100 * max_gflop / max_s / peak:.0f} %) | "
-          f"{torch_gflop:.1f} | {torch_s:.3f} | {torch_gflop / torch_s:.0f} ({100 * torch_gflop / torch_s / peak:.0f} %) |")
+          f"{ref_gflop:.1f} | {ref_s:.3f} | {ref_gflop / ref_s:.0f} ({100 * ref_gflop / ref_s / peak:.0f} %) |")
 
 
 if __name__ == "__main__":
