@@ -81,12 +81,19 @@ class Comparison:
     headline: str = ""  # Markdown: how MAX compared on this audio
 
 
+def backend_precision(backend: str, device: str, precision: str) -> str:
+    """`precision` where `backend` has it on `device`, else fp32 (openai-whisper has no int8)."""
+    return precision if precision in BACKENDS[backend].precisions.get(device, ()) else "fp32"
+
+
 def run_comparison(audio, backends: list[str], model: str, device: str, options: DecodeOptions,
-                   transcriptions: Transcriptions, *, max_seconds: float | None = None, reference_text: str = "",
+                   transcriptions: Transcriptions, *, precision: str = "fp32", max_seconds: float | None = None,
+                   reference_text: str = "",
                    progress: Progress | None = None, out_dir: str | Path | None = None,
                    on_partial: Callable[[Comparison], None] | None = None) -> Comparison:
     """Transcribe `audio` (a path, bytes or `(rate, samples)`) with each backend in `backends`,
-    through `transcriptions` (shared by all visitors: there each transcription waits for its turn).
+    through `transcriptions` (shared by all visitors: there each transcription waits for its turn),
+    each in `precision` where it has it on `device` (`backend_precision`).
 
     Implementations already loaded run first, so they answer while another still loads or
     compiles.
@@ -105,13 +112,15 @@ def run_comparison(audio, backends: list[str], model: str, device: str, options:
 
     stem = Path(audio).stem if isinstance(audio, (str, os.PathLike)) else "audio"
     out_dir = Path(out_dir or tempfile.mkdtemp(prefix="maxwhisper-"))
-    order = sorted(backends, key=lambda b: not transcriptions.loaded(b, model, device))  # loaded ones answer first
+    precisions = {b: backend_precision(b, device, precision) for b in backends}
+    order = sorted(backends, key=lambda b: not transcriptions.loaded(b, model, device, precisions[b]))  # loaded first
     panels = {b: Panel(b, summary="*Waiting to run…*") for b in backends}
     for i, backend in enumerate(order):
         def say(fraction: float, what: str, i=i, backend=backend) -> None:
             progress((i + fraction) / len(order), f"{label(backend)}: {what}")
         try:
-            done = transcriptions.transcribe(samples, backend, model, device, options, progress=say)
+            done = transcriptions.transcribe(samples, backend, model, device, options, precision=precisions[backend],
+                                             progress=say)
             panels[backend].result, panels[backend].shared_cpu = done.result, done.shared_cpu
         except Cancelled:
             raise

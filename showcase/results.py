@@ -14,6 +14,7 @@ BENCH_COLUMNS = ["audio", "audio_s", "backend", "model", "device", "precision", 
 @dataclass
 class BenchmarkRun:
     name: str  # file name
+    created: str  # when the benchmark ran ("YYYY-MM-DD HH:MM:SS UTC"), "" if unknown
     machine: dict
     versions: dict
     options: dict
@@ -25,7 +26,7 @@ def read_benchmark(path: Path) -> BenchmarkRun:
     {"machine": {...}, "versions": {...}, "options": {...}, "results": [{BENCH_COLUMNS...}, ...]}."""
     doc = json.loads(Path(path).read_text(encoding="utf-8"))
     rows = [{c: r.get(c) for c in BENCH_COLUMNS} for r in doc.get("results") or [] if isinstance(r, dict)]
-    return BenchmarkRun(Path(path).name, doc.get("machine") or {}, doc.get("versions") or {},
+    return BenchmarkRun(Path(path).name, str(doc.get("created") or ""), doc.get("machine") or {}, doc.get("versions") or {},
                         doc.get("options") or {}, rows)
 
 

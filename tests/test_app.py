@@ -22,7 +22,7 @@ from maxwhisper.scoring import normalize
 import showcase.models
 from showcase.comparison import Comparison, run_comparison, watch
 from showcase.formatting import error_message, hide_paths
-from showcase.headlines import benchmark_headline, run_headline
+from showcase.headlines import _times, benchmark_headline, run_headline
 from showcase.models import LOAD_RECORD, ModelCache, create_warmed_up, load_record_path, use_persistent_storage
 from showcase.tabs import compare
 from showcase.tabs.benchmarks import BENCH_TABLE, benchmark_view
@@ -161,7 +161,7 @@ class FakeTranscriber:
         if self.error:
             raise self.error
         seg = Segment(0, 0, 0.0, 1.0, " " + self.text, tokens)
-        return TranscriptionResult(self.text, [seg], "en", self.backend, "fake", "cpu", "fp32", len(audio) / 16000,
+        return TranscriptionResult(self.text, [seg], "en", self.backend, "fake", "cpu", self.precision, len(audio) / 16000,
                                    Timings(0.5, 0.0, None, 0.1, None, total_s), options, close_calls=self.close_calls)
 
 
@@ -268,6 +268,26 @@ def test_headline_says_how_many_times_faster_and_whether_tokens_match():
     assert run_headline({"openai": results["openai"]}) == ""
 
 
+def test_int8_run_sets_max_int8_beside_faster_whisper_int8(tmp_path):
+    """The Precision choice int8: MAX and faster-whisper load in int8, openai-whisper (fp32 only) in
+    fp32, and the headline names each one's precision."""
+    created = []
+
+    def create(backend, model, device, precision):
+        created.append((backend, precision))
+        fake = FakeTranscriber(backend)
+        fake.precision = precision
+        return fake
+
+    comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), list(BACKENDS), "fake", "cpu", DecodeOptions(),
+                                LocalTranscriptions(create), precision="int8", out_dir=tmp_path)
+    assert sorted(created) == [("faster", "int8"), ("max", "int8"), ("openai", "fp32")]
+    assert comparison.headline.startswith("### On this 1.0 s of audio, MAX Graph int8 took 0.20 s: ")
+    assert "openai-whisper (PyTorch) fp32 (0.20 s)" in comparison.headline
+    assert "faster-whisper (CTranslate2) int8 (0.20 s)" in comparison.headline
+    assert "· int8 ·" in comparison.panels["max"].summary
+
+
 def test_background_work_during_a_run_is_flagged(tmp_path):
     fakes = {b: FakeTranscriber(b) for b in ("max", "openai")}
     turns = Turns()
@@ -307,16 +327,31 @@ def test_a_load_during_a_run_is_flagged(tmp_path):
 
 
 def test_committed_benchmark_headline():
+    """The newest committed benchmark's lecture, like with like: MAX fp32 against the fp32 rows, MAX
+    int8 against faster-whisper int8."""
     results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
-    doc = json.loads((results / "cpu-amd-epyc-2c.json").read_text())
+    doc = json.loads((results / "cpu-amd-epyc-avx512-vnni-bf16-2c.json").read_text())
     lecture = {(r["backend"], r["precision"]): r["total_s_median"] for r in doc["results"]
                if r["audio"] == "physicsworks.flac"}
     headline = benchmark_headline(results)
-    ratio = lecture["openai", "fp32"] / lecture["max", "fp32"]
-    assert headline.startswith(f"### Committed benchmark: on physicsworks.flac (203 s, tiny.en), MAX Graph took "
-                               f"{lecture['max', 'fp32']:.2f} s: {ratio:.2f}× faster than openai-whisper (PyTorch) fp32")
-    assert f"{doc['machine']['cpu']}, {doc['machine']['cores']} cores" in headline
-    assert "tokens are identical to openai-whisper's" in headline
+    assert headline.startswith("### Committed benchmark on physicsworks.flac (203 s, tiny.en)\n")
+    fp32 = lecture["openai", "fp32"] / lecture["max", "fp32"]
+    assert (f"- MAX Graph fp32 took {lecture['max', 'fp32']:.2f} s: {fp32:.2f}× faster than openai-whisper (PyTorch) "
+            f"fp32 ({lecture['openai', 'fp32']:.2f} s); ") in headline
+    int8 = lecture["faster", "int8"] / lecture["max", "int8"]
+    int8_line = next(line for line in headline.splitlines() if line.startswith("- MAX Graph int8"))
+    assert int8_line.startswith(f"- MAX Graph int8 took {lecture['max', 'int8']:.2f} s: {_times(int8)} faster-whisper")
+    assert "fp32" not in int8_line and "openai-whisper (PyTorch)" not in int8_line
+    assert f"{doc['machine']['cpu']}, {doc['machine']['cores']} cores, {doc['machine']['vector_isa']}" in headline
+
+
+def test_benchmark_headline_is_the_newest_runs(tmp_path):
+    row = {"audio": "jfk.flac", "audio_s": 11.0, "backend": "max", "model": "tiny.en", "precision": "fp32",
+           "total_s_median": 1.0, "tokens_identical_to_openai": True}
+    for name, created, openai_s in (("a.json", "2026-01-02 00:00:00 UTC", 3.0), ("b.json", "2026-01-01 00:00:00 UTC", 2.0)):
+        doc = {"created": created, "results": [row, {**row, "backend": "openai", "total_s_median": openai_s}]}
+        (tmp_path / name).write_text(json.dumps(doc))
+    assert "3.00× faster than openai-whisper (PyTorch) fp32" in benchmark_headline(tmp_path)
 
 
 @pytest.mark.parametrize("median", [None, 0, "fast"])

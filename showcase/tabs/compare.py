@@ -65,6 +65,9 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
                 device = gr.Radio(["auto", "cpu", "gpu"] if choices.gpu else ["auto", "cpu"], value="auto",
                                   label="Device", info=f"auto = {choices.default_device}" + (
                                       "" if choices.gpu else "; GPU disabled: MAX sees no GPU on this machine"))
+                precision = gr.Radio(["fp32", "int8"], value="fp32", label="Precision",
+                                     info="int8: MAX and faster-whisper with int8 weights on the CPU (MAX int8 "
+                                          "against faster-whisper int8); openai-whisper stays fp32")
                 language = gr.Dropdown([("auto (detect; English for .en models)", "auto")] +
                                        [(f"{name} ({code})", code) for code, name in LANGUAGES.items()],
                                        value="auto", label="Language")
@@ -116,7 +119,7 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
         finished = not line  # watch's last update: a run without MAX and another has no headline of its own
         return [*outputs, *plots, result.headline or (committed if finished else gr.skip())]
 
-    def transcribe(audio, chosen, model, device, language, task, beam_size, timestamps, word_timestamps,
+    def transcribe(audio, chosen, model, device, precision, language, task, beam_size, timestamps, word_timestamps,
                    initial_prompt, condition, silence, batch, reference_text):
         def run(progress, on_partial):  # inside watch: bad option values become the run's message
             options = DecodeOptions.from_values({
@@ -125,14 +128,14 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
                 "condition_on_previous_text": condition,
                 "hallucination_silence_threshold": float(silence) if silence else None, "batch_size": int(batch)})
             return run_comparison(audio, chosen, model, choices.device(device), options, transcriptions,
-                                  max_seconds=max_seconds, reference_text=reference_text, progress=progress,
+                                  precision=precision, max_seconds=max_seconds, reference_text=reference_text, progress=progress,
                                   on_partial=on_partial)
 
         unchanged = [gr.skip()] * (len(panel_outputs) + 4)
         for line, result in watch(run):
             yield line, *(shown(result, line) if result else unchanged)
 
-    run.click(transcribe, [audio, chosen, model, device, language, task, beam_size, timestamps, word_timestamps,
+    run.click(transcribe, [audio, chosen, model, device, precision, language, task, beam_size, timestamps, word_timestamps,
                            initial_prompt, condition, silence, batch, reference_text],
               [progress, message, *panel_outputs, timing_plot, rtf_plot, headline],
               concurrency_limit=RUNS_AT_ONCE, show_progress="hidden")
