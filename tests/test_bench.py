@@ -52,7 +52,7 @@ def test_median_or_none_and_ratio():
 
 def test_implementations_come_from_the_registry():
     assert IMPLEMENTATIONS == {
-        "cpu": [("max", "fp32"), ("openai", "fp32"), ("faster", "fp32"), ("faster", "int8")],
+        "cpu": [("max", "fp32"), ("max", "int8"), ("openai", "fp32"), ("faster", "fp32"), ("faster", "int8")],
         "gpu": [("max", "fp32"), ("max", "fp16"), ("openai", "fp32"), ("openai", "fp16"),
                 ("faster", "fp32"), ("faster", "fp16"), ("faster", "int8")],
     }
@@ -322,7 +322,7 @@ def test_quick_end_to_end(tmp_path):
     assert doc["machine"]["cores"] == os.cpu_count() and doc["options"]["threads"] == os.cpu_count()
     assert doc["versions"]["max"] and doc["versions"]["faster-whisper"] and doc["versions"]["openai-whisper"]
     results = doc["results"]
-    assert {(r["backend"], r["precision"]) for r in results} == {("max", "fp32"), ("openai", "fp32"),
+    assert {(r["backend"], r["precision"]) for r in results} == {("max", "fp32"), ("max", "int8"), ("openai", "fp32"),
                                                                  ("faster", "fp32"), ("faster", "int8")}
     for r in results:
         assert r["audio"] == "jfk.flac" and r["device"] == "cpu" and r["audio_s"] == pytest.approx(11.0)
@@ -331,8 +331,8 @@ def test_quick_end_to_end(tmp_path):
         assert r["total_s_median"] > 0 and r["rtf"] > 0 and r["decode_s"] is not None
     assert next(r for r in results if r["backend"] == "max")["compile_s"] > 0
     assert next(r for r in results if r["backend"] == "openai")["agreement"] == 1.0
-    assert {t["kind"] for t in doc["targets"]} == {"speed", "wer"}
-    assert "| jfk.flac (11.0 s) | MAX fp32 |" in out.stdout and "WER on jfk.flac" in out.stdout
+    assert {t["kind"] for t in doc["targets"]} == {"speed", "decoder", "wer"}  # decoder: MAX int8 against MAX fp32
+    assert "| jfk.flac (11.0 s) | MAX fp32 |" in out.stdout and "| jfk.flac (11.0 s) | MAX int8 |" in out.stdout and "WER on jfk.flac" in out.stdout
 
 
 def test_streaming_end_to_end(tmp_path):
