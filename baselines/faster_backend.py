@@ -171,7 +171,7 @@ class FasterTranscriber:
                 no_speech_threshold=options.no_speech_threshold,
                 initial_prompt=options.initial_prompt,
                 word_timestamps=options.word_timestamps,
-                without_timestamps=options.without_timestamps,
+                without_timestamps=options.text_only,
                 suppress_tokens=suppress,
                 suppress_blank=options.suppress_blank,
                 # openai-whisper's fixed behaviour, pinned rather than left to faster-whisper's defaults

@@ -102,7 +102,10 @@ def add_decode_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--temperature", type=temperatures, action="append", default=None, metavar="T",
                    help="fallback schedule: repeat the flag or give a comma list "
                         f"(default: {','.join(f'{t:g}' for t in d.temperature)}); a single 0 means no fallback")
-    g.add_argument("--without-timestamps", action="store_true", help="decode text tokens only")
+    g.add_argument("--without-timestamps", action="store_true", default=None,
+                   help="decode text tokens only (the default with --batch-size: one segment per speech chunk)")
+    g.add_argument("--with-timestamps", dest="without_timestamps", action="store_false",
+                   help="decode timestamps with --batch-size too: segment times, a little less accurate text")
     g.add_argument("--word-timestamps", action="store_true", help="word-level timings (cross-attention + DTW)")
     g.add_argument("--initial-prompt", default=None, metavar="TEXT", help="text to prime the first window")
     g.add_argument("--no-condition-on-previous-text", dest="condition_on_previous_text", action="store_false",

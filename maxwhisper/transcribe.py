@@ -366,7 +366,7 @@ def _window_options(options: DecodeOptions, temperature: float, language: str, p
         prompt=prompt,
         suppress_tokens=tuple(options.suppress_token_ids()),
         suppress_blank=options.suppress_blank,
-        without_timestamps=options.without_timestamps,
+        without_timestamps=options.text_only,
     )
 
 
