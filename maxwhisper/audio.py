@@ -31,6 +31,11 @@ FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 10 ms per audio frame
 TOKENS_PER_SECOND = SAMPLE_RATE // N_SAMPLES_PER_TOKEN  # 20 ms per audio token
 
 AudioSource = Union[str, os.PathLike, bytes, tuple[int, np.ndarray], np.ndarray]
+# the file names taken for audio when a folder is searched: audio and video formats FFmpeg reads
+MEDIA_SUFFIXES = frozenset({
+    ".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".webm", ".m4a", ".m4b", ".mp4", ".aac", ".mkv", ".mka",
+    ".wma", ".aiff", ".aif", ".amr", ".3gp", ".mov", ".avi", ".mpeg", ".mpg", ".mpga", ".ts", ".ac3", ".wv", ".caf",
+})
 
 
 def load_audio(source: AudioSource, max_seconds: float | None = None) -> np.ndarray:
