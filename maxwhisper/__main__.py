@@ -1,4 +1,4 @@
-"""Command line: `python -m maxwhisper {transcribe,compare,models,selfcheck,bench} ...`.
+"""Command line: `python -m maxwhisper {transcribe,compare,models,selfcheck,bench,transcribe-many} ...`.
 
 Results go to stdout, progress and errors to stderr. Exit codes: 0 ok; 2 a user mistake (bad
 arguments, unknown backend/model/device/precision, a missing or unreadable audio file, a GPU that
@@ -342,6 +342,8 @@ COMMANDS = {
               lambda p: _lazy("bench.cli").add_arguments(p), lambda a: _lazy("bench.cli").main(a)),
     "gpu-compile": ("compile the GPU path's MAX graphs for NVIDIA GPUs that are not there (virtual devices)",
                     lambda p: _lazy("gpu_compile").add_arguments(p), lambda a: _lazy("gpu_compile").main(a)),
+    "transcribe-many": ("transcribe a whole archive as a bulk job on Ray Data: resumable, a results table",
+                        lambda p: _lazy("bulk.cli").add_arguments(p), lambda a: _lazy("bulk.cli").main(a)),
 }
 
 
