@@ -124,9 +124,11 @@ def worker_main(spec_path: str) -> int:
     """`python -m maxwhisper.bench --worker SPEC.json`: run one implementation, write JSON to spec['out']."""
     spec = json.loads(Path(spec_path).read_text())
     try:
-        from .streaming import streaming_worker  # (it runs workers too: imported here, not at the top)
+        from .bulk import bulk_reference_worker  # (these run workers too: imported here, not at the top)
+        from .streaming import streaming_worker
 
-        kinds = {"transcribe": _transcribe_worker, "throughput": _throughput_worker, "streaming": streaming_worker}
+        kinds = {"transcribe": _transcribe_worker, "throughput": _throughput_worker, "streaming": streaming_worker,
+                 "bulk_reference": bulk_reference_worker}
         result = kinds[spec["kind"]](spec)
     except Exception as e:  # noqa: BLE001 - reported to the parent, which records the failure
         result = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
