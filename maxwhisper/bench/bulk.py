@@ -136,8 +136,11 @@ def main_bulk(args, impls: list[tuple[str, str]], model: str, decode_dict: dict,
         finally:
             ray.shutdown()
             cluster.shutdown()
+    command = (f"python -m maxwhisper bench --bulk --models {model} --bulk-minutes {args.bulk_minutes:g} "
+               f"--bulk-workers {','.join(map(str, args.bulk_workers))} "
+               f"--batch-sizes {','.join(map(str, args.batch_sizes))}")
     doc = {"schema_version": 1, "device": "cpu", "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-           "machine": machine, "versions": vers,
+           "command": command, "machine": machine, "versions": vers,
            "options": {"batch_sizes": args.batch_sizes, "workers": args.bulk_workers, "decode": decode_dict},
            "bulk": {"model": model, "files": len(files), "audio_s": audio_s, "repeats": repeats,
                     "ray_start_s": starts, "runs": runs, "references": references}}
@@ -198,7 +201,7 @@ def bulk_markdown(doc: dict) -> str:
     starts = b["ray_start_s"]
     lines = [f"# Bulk jobs on Ray Data: {b['model']}, cpu", "",
              f"{m.get('cpu')} ({m.get('vector_isa')}), {m.get('cores')} cores; {doc['created']}. "
-             f"`python -m maxwhisper bench --bulk`: {b['files']} files, {b['audio_s'] / 60:.1f} min of audio "
+             f"`{doc['command']}`: {b['files']} files, {b['audio_s'] / 60:.1f} min of audio "
              f"(the shared clips {b['repeats']} times), each job `transcribe_many` into a fresh folder (txt). "
              f"A job's time includes its workers' start and model load; Ray's start-up is apart: "
              f"{starts.get('local', 0):.1f} s for the local instance, {starts.get('two_nodes', 0):.1f} s for two "
