@@ -42,7 +42,7 @@ import numpy as np
 from .api import CloseCall, DecodeOptions, Segment
 from .audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
 from .decoding import DecodingResult, DecodingTask, WhisperModel, detect_language
-from .tokenizer import get_tokenizer, normalize_language
+from .tokenizer import tokenizer_for
 from .transcribe import (TranscribeOutput, _check_request, _close_calls, _is_silence, _needs_fallback,
                          _segments_of_window, _window_options)
 
@@ -99,7 +99,7 @@ def transcribe_batched(
     any chunk fill the batches together.
 
     progress: called after each batch with the fraction of the speech done (0..1)."""
-    _check_request(model, np.zeros((model.dims.n_mels, N_FRAMES), np.float32), options)  # the options only
+    requested = _check_request(model, np.zeros((model.dims.n_mels, N_FRAMES), np.float32), options)  # the options only
     t_start = time.perf_counter()
     chunks, metadata, time_map = speech_chunks(audio)
     encode_s = 0.0
@@ -116,9 +116,9 @@ def transcribe_batched(
         return np.stack([log_mel_spectrogram(chunks[i][seek * HOP_LENGTH:], model.dims.n_mels,
                                              padding=N_SAMPLES)[:, :N_FRAMES] for i, seek in windows])
 
-    language, language_probability = _language(model, options,
+    language, language_probability = _language(model, requested,
                                                (lambda: encode(window_mels([(0, 0)]))) if chunks else None)
-    tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages, language=language,
+    tokenizer = tokenizer_for(model.is_multilingual, num_languages=model.num_languages, language=language,
                               task=options.task)
     prompt = tuple(tokenizer.encode(" " + options.initial_prompt.strip())) if options.initial_prompt else ()
     rng = np.random.default_rng(0)
@@ -156,12 +156,12 @@ def transcribe_batched(
     )
 
 
-def _language(model: WhisperModel, options: DecodeOptions, first_window: Callable[[], Any] | None
+def _language(model: WhisperModel, requested: str | None, first_window: Callable[[], Any] | None
               ) -> tuple[str, float | None]:
-    """The requested language; English on English-only models; else detected on the first window
+    """The requested language (a code); English on English-only models; else detected on the first window
     (`first_window()`: its encoder features; None without speech)."""
-    if options.language is not None:
-        return normalize_language(options.language), None
+    if requested is not None:
+        return requested, None
     if not model.is_multilingual or first_window is None:
         return "en", None
     _, probs = detect_language(model, first_window())

@@ -142,8 +142,9 @@ def archive(tmp_path_factory):
 
 
 GOOD = ["jfk.flac", "talks/jfk-6s.ogg", "talks/stereo.wav"]
-BAD = {"bad/corrupt.mp3": "archive/bad/corrupt.mp3", "bad/empty.wav": "empty (0 bytes): archive/bad/empty.wav",
-       "bad/silence.wav": "archive/bad/silence.wav: no speech found in 3.0 s of audio"}
+BAD = {"bad/corrupt.mp3": "archive/bad/corrupt.mp3",
+       "bad/empty.wav": "archive/bad/empty.wav: the audio file is empty (0 bytes)",
+       "bad/silence.wav": "archive/bad/silence.wav: the audio is silent"}
 
 
 def test_a_job_transcribes_each_file_once_and_a_rerun_does_only_what_is_left(
@@ -276,7 +277,7 @@ def test_a_job_spreads_over_two_nodes(tmp_path):
     report = json.loads(p.stdout.strip().splitlines()[-1])
     assert (report["transcribed"], report["failed"]) == (6, 1) and len(report["nodes"]) == 2
     rows = {r["output"]: r for r in rows_of(tmp_path / "out")}
-    assert rows.pop("clips/gone.wav")["error"] == f"audio file not found: {tmp_path / 'clips/gone.wav'}"
+    assert rows.pop("clips/gone.wav")["error"] == f"{tmp_path / 'clips/gone.wav'}: audio file not found"
     assert sorted(rows) == [f"clips/{c.name}" for c in copies]
     assert sorted({r["node"] for r in rows.values()}) == report["nodes"]  # both nodes transcribed files
     assert all(normalize(r["text"]) == JFK_WORDS for r in rows.values())

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..__main__ import temperatures
+from ..__main__ import finite_float, positive_seconds, temperatures
 from ..api import DecodeOptions
 from ..registry import BACKENDS
 from .clips import DEFAULT_CLIPS, LONG_FORM, audio_dir, parse_clip, resolve_clips
@@ -23,9 +23,9 @@ from .machine import REPO_ROOT, device_tag, gpus, machine_info, versions
 from .records import (IMPLEMENTATIONS, add_accuracy, add_batched_accuracy, compute_targets, implementation_label,
                       make_records, merge_round)
 from .report import markdown_table, targets_text, throughput_markdown, write_outputs, write_throughput_html
-from .bulk import main_bulk
-from .streaming import STREAMING_CLIPS, main_streaming
-from .worker import info, run_worker, worker_main
+from .bulk import bulk_reference_worker, main_bulk
+from .streaming import STREAMING_CLIPS, main_streaming, streaming_worker
+from .worker import WORKERS, info, run_worker, worker_main
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
 QUICK_OUT = Path(tempfile.gettempdir()) / "maxwhisper-bench"  # --quick without --out: never the committed results
@@ -52,18 +52,15 @@ def _non_negative_int(text: str) -> int:
     return int(text)
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
 def _positive_int(text: str) -> int:
     return _positive_ints(text)[0]
+
+
+def _positive_minutes(text: str) -> float:
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of minutes, got {text!r}")
+    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -91,7 +88,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--background-load", type=_non_negative_int, default=0, metavar="N",
                    help="keep N cores busy with spinning processes while measuring (a shared machine); the "
                         "output names get -loadN")
-    p.add_argument("--timeout", type=float, default=3600.0,
+    p.add_argument("--timeout", type=positive_seconds, default=3600.0,
                    help="seconds one implementation may take over all clips (default 3600)")
     g = p.add_argument_group("batched mode (max and faster backends)")
     g.add_argument("--throughput", action="store_true",
@@ -104,13 +101,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "and --batch-sizes, beside the same files through transcribe() in one process and a job on "
                         "two virtual nodes")
     b.add_argument("--bulk-workers", type=_positive_ints, default=[1, 2], metavar="N,N", help="default 1,2")
-    b.add_argument("--bulk-minutes", type=_positive_float, default=30.0, metavar="M",
+    b.add_argument("--bulk-minutes", type=_positive_minutes, default=30.0, metavar="M",
                    help="at least this much audio (default 30)")
     s = p.add_argument_group("streaming mode")
     s.add_argument("--streaming", action="store_true",
                    help="stream each clip (default " + ", ".join(STREAMING_CLIPS) + ") through the live "
                         "transcriber as if it arrived in real time: commit latency, compute share, WER")
-    s.add_argument("--chunk", type=_positive_float, default=1.0, metavar="S", help="seconds of audio per chunk (default 1.0)")
+    s.add_argument("--chunk", type=positive_seconds, default=1.0, metavar="S", help="seconds of audio per chunk (default 1.0)")
+    v = p.add_argument_group("service mode")
+    v.add_argument("--serve", action="store_true",
+                   help="the HTTP service under load: closed-loop clients against MAX with and without requests "
+                        "decoded together and faster-whisper, behind the same `serve` ingress")
+    v.add_argument("--serve-seconds", type=positive_seconds, default=20.0, metavar="S",
+                   help="seconds of load per clip and concurrency (default 20)")
+    v.add_argument("--serve-concurrency", type=_positive_ints, default=[1, 4, 16], help="clients (default 1,4,16)")
     d = p.add_argument_group("decoding (the same for every implementation)")
     d.add_argument("--beam-size", type=_positive_int, default=1, help="1 = greedy (default)")
     d.add_argument("--temperature", type=temperatures, action="append", default=None, metavar="T",
@@ -168,6 +172,10 @@ def _main(args: argparse.Namespace) -> int:
                  and (not args.precisions or p in args.precisions)]
         return max(main_bulk(args, impls, model, decode_dict, machine, vers, out_dir,
                              f"bulk-{device_tag('cpu', machine)}-{model}") for model in args.models)
+    if args.serve:
+        from .serve import main_serve
+
+        return main_serve(args, out_dir)
     if args.streaming:
         if not (args.audio or args.quick):
             clips = [parse_clip(name, audio_dir()) for name in STREAMING_CLIPS]
@@ -305,7 +313,7 @@ def cli(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"] and len(argv) == 2:
-        return worker_main(argv[1])
+        return worker_main(argv[1], {**WORKERS, "streaming": streaming_worker, "bulk_reference": bulk_reference_worker})
     args = build_parser().parse_args(argv)
     try:
         return main(args)

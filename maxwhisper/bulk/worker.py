@@ -52,14 +52,16 @@ def _for_people(message: str, row: dict) -> str:
 
 def read_audio(row: dict, max_seconds: float | None) -> dict:
     """Ray Data task: `row` plus `audio` (float32 samples as bytes; empty on error), `read_s` and
-    `error` (why the file cannot be read; "" when it can: a column of None would reach the actors as
-    NaN)."""
-    from ..audio import load_audio
+    `error` (why the file cannot be read or holds nothing to transcribe; "" when it can: a column of
+    None would reach the actors as NaN)."""
+    from ..audio import check_transcribable, load_audio
 
     start = time.perf_counter()
     audio, error = b"", ""
     try:
-        audio = load_audio(row["path"], max_seconds=max_seconds).tobytes()
+        samples = load_audio(row["path"], max_seconds=max_seconds)
+        check_transcribable(samples)  # no samples, too short or silent: the command line's and the app's rule
+        audio = samples.tobytes()
     except MaxWhisperError as e:
         error = _for_people(str(e), row)
     except Exception as e:  # noqa: BLE001 - any failure is this file's row, never the job's end
