@@ -190,7 +190,7 @@ def serve_targets(doc: dict) -> list[str]:
     if single and doc.get("in_process_jfk_s"):
         added = single["p50_s"] / doc["in_process_jfk_s"] - 1
         lines.append(f"- one jfk request: {single['p50_s']:.3f} s through the service against "
-                     f"{doc['in_process_jfk_s']:.3f} s in-process, +{100 * added:.1f} % (aim under 5 %): "
+                     f"{doc['in_process_jfk_s']:.3f} s in-process, {100 * added:+.1f} % (aim under 5 %): "
                      f"{'met' if added < 0.05 else 'not met'}")
     return lines
 
