@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .api import SAMPLE_RATE, DecodeOptions, Segment, Transcriber
+from .api import SAMPLE_RATE, DecodeOptions, Segment, Timings, Transcriber
 from .decoding import compression_ratio
 from .transcribe import needs_fallback
 
@@ -105,6 +105,7 @@ class StreamUpdate:
     tentative: list[StreamWord]  # the uncommitted tail after it
     compute_s: float  # seconds the transcription took (its `timings.total_s`)
     held_back: int = 0  # hypothesis segments left out for failing the offline rules
+    timings: Timings | None = None  # the transcription's, by stage (None: `Streamer.finish`)
 
 
 class Streamer:
@@ -140,7 +141,8 @@ class Streamer:
         self.segment_ends = [self.buffer_start + s.end for s in kept]
         committed = self.policy.update(words)
         committed += self._trim()
-        return StreamUpdate(committed, list(self.policy.tentative), compute_s, len(result.segments) - failed)
+        return StreamUpdate(committed, list(self.policy.tentative), compute_s, len(result.segments) - failed,
+                            result.timings)
 
     def finish(self) -> StreamUpdate:
         return StreamUpdate(self.policy.finish(), [], 0.0)
