@@ -341,6 +341,8 @@ COMMANDS = {
                   lambda p: _lazy("selfcheck").add_arguments(p), lambda a: _lazy("selfcheck").main(a)),
     "bench": ("benchmark the backends side by side (speed, WER, agreement)",
               lambda p: _lazy("bench.cli").add_arguments(p), lambda a: _lazy("bench.cli").main(a)),
+    "serve": ("serve OpenAI's audio API over HTTP on Ray Serve (this machine or a Ray cluster)",
+              lambda p: _lazy("service.cli").add_arguments(p), lambda a: _lazy("service.cli").main(a)),
     "gpu-compile": ("compile the GPU path's MAX graphs for NVIDIA GPUs that are not there (virtual devices)",
                     lambda p: _lazy("gpu_compile").add_arguments(p), lambda a: _lazy("gpu_compile").main(a)),
 }

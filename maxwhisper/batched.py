@@ -30,7 +30,7 @@ import numpy as np
 from .api import CloseCall, DecodeOptions, Segment
 from .audio import FRAMES_PER_SECOND, N_FRAMES, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
 from .decoding import DecodingResult, DecodingTask, WhisperModel, detect_language
-from .tokenizer import get_tokenizer, normalize_language
+from .tokenizer import tokenizer_for
 from .transcribe import (TranscribeOutput, _check_request, _close_calls, _is_silence, _needs_fallback,
                          _segments_of_window, _window_options)
 
@@ -82,7 +82,7 @@ def transcribe_batched(
     """Transcribe float32 16 kHz samples in batches of `options.batch_size` speech chunks.
 
     progress: called after each batch with the fraction of the speech done (0..1)."""
-    _check_request(model, np.zeros((model.dims.n_mels, N_FRAMES), np.float32), options)  # the options only
+    requested = _check_request(model, np.zeros((model.dims.n_mels, N_FRAMES), np.float32), options)  # the options only
     t_start = time.perf_counter()
     chunks, metadata, time_map = speech_chunks(audio)
     mels = np.zeros((len(chunks), model.dims.n_mels, N_FRAMES), np.float32)
@@ -97,8 +97,8 @@ def transcribe_batched(
         encode_s += time.perf_counter() - t
         return features
 
-    language, language_probability = _language(model, options, encode, mels)
-    tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages, language=language,
+    language, language_probability = _language(model, requested, encode, mels)
+    tokenizer = tokenizer_for(model.is_multilingual, num_languages=model.num_languages, language=language,
                               task=options.task)
     prompt = tuple(tokenizer.encode(" " + options.initial_prompt.strip())) if options.initial_prompt else ()
     rng = np.random.default_rng(0)
@@ -130,10 +130,10 @@ def transcribe_batched(
     )
 
 
-def _language(model: WhisperModel, options: DecodeOptions, encode, mels: np.ndarray) -> tuple[str, float | None]:
-    """The requested language; English on English-only models; else detected on the first chunk."""
-    if options.language is not None:
-        return normalize_language(options.language), None
+def _language(model: WhisperModel, requested: str | None, encode, mels: np.ndarray) -> tuple[str, float | None]:
+    """The requested language (a code); English on English-only models; else detected on the first chunk."""
+    if requested is not None:
+        return requested, None
     if not model.is_multilingual or len(mels) == 0:
         return "en", None
     _, probs = detect_language(model, encode(mels[:1]))

@@ -26,7 +26,7 @@ import numpy as np
 from .api import MaxWhisperError
 from .audio import CHUNK_LENGTH
 from .checkpoint import ModelDims
-from .tokenizer import Tokenizer, get_tokenizer
+from .tokenizer import Tokenizer, tokenizer_for
 
 
 # --- the seam to the network -----------------------------------------------------------------
@@ -229,7 +229,7 @@ def detect_language(
     """The most probable language token of each window, and the probabilities of all languages
     (a softmax over the language tokens only), from the logits after <|startoftranscript|>."""
     if tokenizer is None:
-        tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages)
+        tokenizer = tokenizer_for(model.is_multilingual, num_languages=model.num_languages)
     if tokenizer.language is None or tokenizer.language_token not in tokenizer.sot_sequence:
         raise MaxWhisperError("This model doesn't have language tokens so it can't perform lang id")
 
@@ -535,7 +535,7 @@ class DecodingTask:
     def __init__(self, model: WhisperModel, options: WindowOptions, rng: np.random.Generator | None = None):
         self.model = model
         self.options = _verify_options(options)
-        self.tokenizer = get_tokenizer(
+        self.tokenizer = tokenizer_for(
             model.is_multilingual, num_languages=model.num_languages,
             language=options.language or "en", task=options.task,
         )

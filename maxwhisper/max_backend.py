@@ -11,6 +11,7 @@ from .audio import N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
 from .batched import transcribe_batched
 from .checkpoint import load_checkpoint
 from .graph.model import MaxWhisper, resolve_device
+from .graph.shared_steps import SharedModel
 from .transcribe import transcribe
 
 
@@ -18,13 +19,18 @@ class MaxTranscriber:
     backend = "max"
 
     def __init__(self, model: str = "tiny.en", device: str = "auto", precision: str = "fp32", threads: int | None = None,
-                 kernels: bool = True):
-        """kernels=False: the portable plan (MAX's ops only, the graphs a GPU runs) on the CPU too."""
+                 kernels: bool = True, max_batch: int = 1):
+        """kernels=False: the portable plan (MAX's ops only, the graphs a GPU runs) on the CPU too.
+        max_batch > 1: transcriptions called from several threads at once share encoder calls and
+        decoder steps, up to that many windows at a time (`graph.shared_steps`); their tokens are
+        those each would get alone."""
         start = time.perf_counter()
         self.checkpoint = load_checkpoint(model)
         self.device, self.device_note = resolve_device(device)  # note: why "auto" fell back to the CPU
         self.model, self.precision = self.checkpoint.name, precision
         self.net = MaxWhisper(self.checkpoint, self.device, precision, threads, kernels)
+        self.max_batch = max_batch
+        self.decoder_model = SharedModel(self.net, max_batch) if max_batch > 1 else self.net
         self.load_s = time.perf_counter() - start - self.net.compile_s
 
     @property
@@ -54,11 +60,11 @@ class MaxTranscriber:
         start = time.perf_counter()
         if options.batch_size is not None:  # the log-Mel of each speech chunk is computed in the batched loop
             features_s = None
-            out = transcribe_batched(self.net, audio, options, progress)
+            out = transcribe_batched(self.decoder_model, audio, options, progress)
         else:
             mel = log_mel_spectrogram(audio, self.checkpoint.dims.n_mels, padding=N_SAMPLES)
             features_s = time.perf_counter() - start
-            out = transcribe(self.net, mel, options, progress, first_window_only=first_window_only)
+            out = transcribe(self.decoder_model, mel, options, progress, first_window_only=first_window_only)
         # a graph compiled on first use during decoding is a one-time cost: count it in compile_s only
         lazy_compile_s = self.compile_s - compile_before
         total_s = time.perf_counter() - start - lazy_compile_s

@@ -52,8 +52,10 @@ def available_backends() -> list[str]:
 
 
 def create_transcriber(backend: str, model: str = "tiny.en", device: str = "auto",
-                       precision: str = "fp32", threads: int | None = None, kernels: bool = True) -> Transcriber:
-    """Load `model` on `backend`. kernels=False: MAX's portable plan (`maxwhisper.graph.plan`).
+                       precision: str = "fp32", threads: int | None = None, kernels: bool = True,
+                       max_batch: int = 1) -> Transcriber:
+    """Load `model` on `backend`. kernels=False: MAX's portable plan (`maxwhisper.graph.plan`);
+    max_batch > 1: MAX decodes transcriptions called from several threads at once together.
     Raises BackendError/ModelError with a message meant for people."""
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
@@ -63,10 +65,12 @@ def create_transcriber(backend: str, model: str = "tiny.en", device: str = "auto
         raise BackendError(f"unknown precision {precision!r}; valid precisions: {', '.join(PRECISIONS)}")
     if not kernels and backend != "max":
         raise BackendError("--no-kernels is an option of the MAX backend only")
+    if max_batch != 1 and backend != "max":
+        raise BackendError("max_batch (requests decoded together) is an option of the MAX backend only")
     b = BACKENDS[backend]
     if not importlib.util.find_spec(b.package):
         raise BackendError(f"backend {backend!r} needs {b.description}, which is not installed "
                            "(pip install -r requirements.txt)")
-    options = {"kernels": kernels} if backend == "max" else {}
+    options = {"kernels": kernels, "max_batch": max_batch} if backend == "max" else {}
     return getattr(importlib.import_module(b.module), b.cls)(model=model, device=device, precision=precision,
                                                              threads=threads, **options)

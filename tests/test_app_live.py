@@ -1,4 +1,4 @@
-"""The app's Live tab (app_live.py) without a browser: a session over a scripted transcriber (commits,
+"""The app's Live tab (showcase/tabs/live.py) without a browser: a session over a scripted transcriber (commits,
 the tentative tail, latency on a fake clock, stop, errors, a visitor who leaves), the tab's handlers
 (a recording's chunks, its stop, the limit on streams at once, sessions sharing a transcriber),
 and MAX on jfk sent as a browser sends it (48 kHz int16 chunks)."""
@@ -10,9 +10,9 @@ import av
 import numpy as np
 import pytest
 
-import app_live
 from maxwhisper.api import SAMPLE_RATE, ModelError
 from scripted import ScriptedTranscriber
+from showcase.tabs import live
 
 SCRIPT = " ".join(f"w{i}" for i in range(20))  # 10 s of "speech": word i spans [i / 2, (i + 1) / 2) s
 JFK = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
@@ -28,7 +28,7 @@ def wait_for(condition, timeout: float = 60.0) -> None:
 def test_words_are_committed_as_they_agree_and_the_rest_at_stop():
     clock = [100.0]
     model = ScriptedTranscriber(SCRIPT)
-    session = app_live.LiveSession(lambda: model, clock=lambda: clock[0])
+    session = live.LiveSession(lambda: model, clock=lambda: clock[0])
     audio = np.arange(10 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE  # each sample holds its stream time
     for i in range(4):
         clock[0] += 1.0
@@ -37,7 +37,7 @@ def test_words_are_committed_as_they_agree_and_the_rest_at_stop():
     wait_for(lambda: len(session.committed) >= 4)
     text, figures = session.render()
     assert "<span id='live-committed'>w0 w1 w2 w3" in text
-    assert f"style='{app_live.TENTATIVE_STYLE}'> w" in text  # the last hypothesis's tail, in grey
+    assert f"style='{live.TENTATIVE_STYLE}'> w" in text  # the last hypothesis's tail, in grey
     assert "listening" in figures and "commit latency: last word" in figures and "4 s heard" in figures
     assert all(lat >= 0 for lat in session.latencies)
 
@@ -47,7 +47,7 @@ def test_words_are_committed_as_they_agree_and_the_rest_at_stop():
     assert not session.running
     assert " ".join(w.text.strip() for w in session.committed) == " ".join(f"w{i}" for i in range(10))
     text, figures = session.render()
-    assert "w9</span>" in text and f"style='{app_live.TENTATIVE_STYLE}'></span>" in text
+    assert "w9</span>" in text and f"style='{live.TENTATIVE_STYLE}'></span>" in text
     assert figures.startswith("stopped")
     session.add((SAMPLE_RATE, audio[:SAMPLE_RATE]))  # a chunk after the stop is ignored
     assert session.received_s == 5.0 and session.ended
@@ -57,7 +57,7 @@ def test_a_failed_load_is_a_message_without_server_paths():
     def load():
         raise ModelError("model 'nope' is not installed in /root/.cache/secret/models")
 
-    session = app_live.LiveSession(load)
+    session = live.LiveSession(load)
     session.add((SAMPLE_RATE, np.zeros(SAMPLE_RATE, np.int16)))
     wait_for(lambda: not session.running)
     _, figures = session.render()
@@ -68,24 +68,24 @@ def test_a_failed_load_is_a_message_without_server_paths():
 
 
 def test_a_session_that_hears_nothing_ends(monkeypatch):
-    monkeypatch.setattr(app_live, "IDLE_S", 0.2)
-    session = app_live.LiveSession(lambda: ScriptedTranscriber(SCRIPT))
+    monkeypatch.setattr(live, "IDLE_S", 0.2)
+    session = live.LiveSession(lambda: ScriptedTranscriber(SCRIPT))
     wait_for(lambda: not session.running, timeout=10)
     assert session.render()[1].startswith("stopped")
 
 
-class Cache:
-    """ModelCache's `get`, handing out one shared transcriber."""
+class OneTranscriber:
+    """Transcriptions' `transcriber`, handing out one shared transcriber."""
 
     def __init__(self, transcriber):
-        self.transcriber = transcriber
+        self.shared = transcriber
 
-    def get(self, backend, model, device):
-        return self.transcriber
+    def transcriber(self, backend, model, device):
+        return self.shared
 
 
 def test_a_recording_through_the_tab_s_handlers():
-    streams = app_live.LiveStreams(Cache(ScriptedTranscriber(SCRIPT)))
+    streams = live.LiveStreams(OneTranscriber(ScriptedTranscriber(SCRIPT)))
     audio = np.arange(10 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
     session, text, figures = streams.chunk((SAMPLE_RATE, audio[:SAMPLE_RATE]), None, "max", "tiny.en", "cpu")
     assert session.running and "live-committed" in text
@@ -101,7 +101,7 @@ def test_a_recording_through_the_tab_s_handlers():
     late = streams.chunk((SAMPLE_RATE, audio[:SAMPLE_RATE]), session, "max", "tiny.en", "cpu")
     assert late == (session, *session.render())  # sent before the stop, arrived after it: starts nothing
     assert len(streams._sessions) == 1
-    time.sleep(app_live.LATE_S)
+    time.sleep(live.LATE_S)
     later, _, _ = streams.chunk((SAMPLE_RATE, audio[:SAMPLE_RATE]), session, "max", "tiny.en", "cpu")
     assert later is not session and later.running  # the next recording
     later.stop(timeout=10)
@@ -112,9 +112,9 @@ def test_a_recording_through_the_tab_s_handlers():
 
 
 def test_at_most_the_limit_of_streams_run_at_once():
-    streams = app_live.LiveStreams(Cache(ScriptedTranscriber(SCRIPT)), limit=2)
+    streams = live.LiveStreams(OneTranscriber(ScriptedTranscriber(SCRIPT)), limit=2)
     first, second = streams.start("max", "tiny.en", "cpu"), streams.start("max", "tiny.en", "cpu")
-    with pytest.raises(app_live.TooManyStreams, match="2 live streams are running already"):
+    with pytest.raises(live.TooManyStreams, match="2 live streams are running already"):
         streams.start("max", "tiny.en", "cpu")
     assert streams.chunk(None, None, "max", "tiny.en", "cpu") == (None, "", "2 live streams are running "
                                                                             "already: try again in a minute")
@@ -137,7 +137,7 @@ def test_sessions_on_one_transcriber_take_turns():
             return super().transcribe(audio, options, progress)
 
     model = Slow(SCRIPT)
-    streams = app_live.LiveStreams(Cache(model))
+    streams = live.LiveStreams(OneTranscriber(model))
     sessions = [streams.start("max", "tiny.en", "cpu") for _ in range(2)]
     audio = np.arange(3 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
     for i in range(3):
@@ -160,7 +160,7 @@ def as_browser_sends(audio: np.ndarray) -> np.ndarray:
 def test_max_transcribes_jfk_from_browser_chunks(max_tiny_en, jfk_audio):
     from whisper.normalizers import EnglishTextNormalizer
 
-    session = app_live.LiveSession(lambda: max_tiny_en)
+    session = live.LiveSession(lambda: max_tiny_en)
     browser = as_browser_sends(jfk_audio)
     assert browser.dtype == np.int16 and len(browser) == 3 * len(jfk_audio)
     for i in range(0, len(browser), 48_000):  # a second at a time, each transcribed before the next

@@ -44,18 +44,25 @@ def test_greedy_tokens_equal_on_lecture_first_windows(max_tiny_en_each_plan, ope
 
 
 def _kernel_graph(name, input_types, build, weights=None):
-    """A one-op CPU graph around one of our Mojo kernels, compiled."""
+    """A one-op CPU graph around one of our Mojo kernels, compiled. The runner returns the outputs,
+    then the contents of the buffer inputs after the call (what the op wrote into them)."""
     from max import driver
     from max.engine import InferenceSession
-    from max.graph import Graph
+    from max.graph import BufferType, Graph
 
     from maxwhisper.graph.layers import kernel_library
 
+    is_buffer = [isinstance(t, BufferType) for t in input_types]
     with Graph(name, input_types=input_types, custom_extensions=[kernel_library()]) as graph:
-        outputs = build(*(v.tensor for v in graph.inputs))
+        outputs = build(*(v.buffer if buffer else v.tensor for v, buffer in zip(graph.inputs, is_buffer)))
         graph.output(*outputs)
     model = InferenceSession(devices=[driver.CPU()]).load(graph, weights_registry=weights.registry() if weights else {})
-    return lambda *arrays: [out.to_numpy() for out in model.execute(*(driver.Buffer.from_numpy(a) for a in arrays))]
+
+    def run(*arrays):
+        inputs = [driver.Buffer.from_numpy(a.copy() if buffer else a) for a, buffer in zip(arrays, is_buffer)]
+        outputs = [out.to_numpy() for out in model.execute(*inputs)]
+        return outputs + [inp.to_numpy() for inp, buffer in zip(inputs, is_buffer) if buffer]
+    return run
 
 
 def test_few_row_attention_kernel_matches_numpy():
@@ -152,13 +159,15 @@ def test_encoder_attention_kernel_matches_numpy(dh):
 
 
 def test_decoder_layer_step_kernel_matches_numpy():
-    """`decoder_layer.mojo`, one whole decoder block for one new token of each of 3 sequences,
-    against float64 numpy: d 64 in 4 heads, caches whose unfilled positions hold NaN (read, they
-    would show), cross-attention over 40 frames; at offset 0 (only this token's key) and 5."""
+    """`decoder_layer.mojo`, one whole decoder block for one new token of each of 3 sequences at
+    positions of their own, against float64 numpy: d 64 in 4 heads, caches whose unfilled
+    positions hold NaN (read, they would show), cross-attention over 40 frames. Each stepping row's
+    new key and value land in its cache at its position and nothing else there changes; a row at
+    a negative position sits the step out, its x and cache untouched."""
     from math import erf
 
     from max.dtype import DType
-    from max.graph import DeviceRef, TensorType
+    from max.graph import BufferType, DeviceRef, TensorType
 
     from maxwhisper.graph.decoder import LAYER_STEP_VECTORS, LAYER_STEP_WEIGHTS, decoder_layer_step
     from maxwhisper.graph.layers import WeightBank
@@ -176,10 +185,12 @@ def test_decoder_layer_step_kernel_matches_numpy():
         arrays[f"blk.{n}"] = (rng.standard_normal(size) * 0.1 + (1 if n.endswith("ln.weight") else 0)).astype(np.float32)
     cpu = DeviceRef.CPU()
     w = WeightBank(arrays, DType.float32, cpu)
-    types = [TensorType(DType.float32, shape, device=cpu)
-             for shape in ([b, d], [b, h, s, dh], [b, h, dh, s], [b, h, t, dh], [b, h, dh, t])]
-    run = _kernel_graph("decoder_layer_step_test", [*types, TensorType(DType.int64, [1], device=cpu)],
-                        lambda x, ck, cv, xk, xv, offset: decoder_layer_step(w, "blk", x, ck, cv, xk, xv, offset), w)
+    types = [TensorType(DType.float32, [b, d], device=cpu), BufferType(DType.float32, [b, h, s, dh], device=cpu),
+             BufferType(DType.float32, [b, h, dh, s], device=cpu), TensorType(DType.float32, [b, h, t, dh], device=cpu),
+             TensorType(DType.float32, [b, h, dh, t], device=cpu), TensorType(DType.int64, [b], device=cpu)]
+    run = _kernel_graph("decoder_layer_step_test", types,
+                        lambda x, ck, cv, xk, xv, positions: [decoder_layer_step(w, "blk", x, ck, cv, xk, xv, positions)],
+                        w)
 
     def ln(x, name):
         return (x - x.mean()) / np.sqrt(x.var() + 1e-5) * arrays[f"blk.{name}.weight"] + arrays[f"blk.{name}.bias"]
@@ -193,90 +204,34 @@ def test_decoder_layer_step_kernel_matches_numpy():
         return np.einsum("hk,hkd->hd", p / p.sum(-1, keepdims=True), v).ravel()
 
     x, cache_k, cache_v_t, cross_k, cross_v_t = (rng.standard_normal(t_.shape.static_dims).astype(np.float32)
-                                                 for t_ in types)
-    for offset in (0, 5):
+                                                 for t_ in types[:5])
+    for positions in ([0, 5, 5], [5, -1, 0], [-1, 3, 31]):
         ck, cv = cache_k.copy(), cache_v_t.copy()
-        ck[:, :, offset:], cv[..., offset:] = np.nan, np.nan
-        out, k_new, v_new = run(x, ck, cv, cross_k, cross_v_t, np.array([offset], np.int64))
+        for i, pos in enumerate(positions):
+            ck[i, :, max(pos, 0):], cv[i, ..., max(pos, 0):] = np.nan, np.nan
+        out, ck_after, cv_after = run(x, ck, cv, cross_k, cross_v_t, np.array(positions, np.int64))
 
-        for i in range(b):
+        for i, pos in enumerate(positions):
+            if pos < 0:
+                np.testing.assert_array_equal(out[i], x[i])
+                np.testing.assert_array_equal(ck_after[i], ck[i])
+                np.testing.assert_array_equal(cv_after[i], cv[i])
+                continue
             y = x[i].astype(np.float64)
             q, k, v = np.split(lin(ln(y, "attn_ln"), "attn.qkv"), 3)
-            keys = np.concatenate([cache_k[i, :, :offset], k.reshape(h, 1, dh)], axis=1)
-            values = np.concatenate([cache_v_t[i, :, :, :offset].transpose(0, 2, 1), v.reshape(h, 1, dh)], axis=1)
+            keys = np.concatenate([cache_k[i, :, :pos], k.reshape(h, 1, dh)], axis=1)
+            values = np.concatenate([cache_v_t[i, :, :, :pos].transpose(0, 2, 1), v.reshape(h, 1, dh)], axis=1)
             y = y + lin(attend(q.reshape(h, dh), keys, values), "attn.out")
             q = lin(ln(y, "cross_attn_ln"), "cross_attn.query").reshape(h, dh)
             y = y + lin(attend(q, cross_k[i], cross_v_t[i].transpose(0, 2, 1)), "cross_attn.out")
             hidden = lin(ln(y, "mlp_ln"), "mlp.0")
             y = y + lin(np.array([0.5 * a * (1 + erf(a / np.sqrt(2))) for a in hidden]), "mlp.2")
-            np.testing.assert_allclose(k_new[i], k, rtol=0, atol=1e-5)
-            np.testing.assert_allclose(v_new[i], v, rtol=0, atol=1e-5)
             np.testing.assert_allclose(out[i], y, rtol=0, atol=5e-5)
-
-
-def test_packed_linear_kernel_matches_numpy():
-    """`linear.mojo`'s encoder linear against float64 numpy: weights as 16-column panels, 67 rows
-    (K = 1536), so the last tile is partial; plain, with GELU, with a residual; one row alone gives
-    the same row; the AVX2 tile (6 rows x 1 panel) and the AVX-512 one (12 x 2: 3 panels are one
-    pair and one alone) give the same numbers bit for bit, whatever this machine's own tile is."""
-    from math import erf
-
-    from max.dtype import DType
-    from max.graph import DeviceRef, TensorType
-
-    from maxwhisper.graph.layers import MACHINE_TILE, WeightBank, packed_linear, packed_linear_fits
-
-    rng = np.random.default_rng(0)
-    k, n, m = 1536, 48, 67
-    arrays = {"lin.weight_t": rng.standard_normal((k, n)).astype(np.float32) * 0.05,
-              "lin.bias": rng.standard_normal(n).astype(np.float32)}
-    cpu = DeviceRef.CPU()
-    w = WeightBank(arrays, DType.float32, cpu)
-
-    tiles = (MACHINE_TILE, (6, 1), (12, 2))
-
-    def build(x, residual):
-        return [out for tile in tiles for out in (packed_linear(w, "lin", tile=tile)(x),
-                                                  packed_linear(w, "lin", gelu=True, tile=tile)(x),
-                                                  packed_linear(w, "lin", tile=tile)(x, residual))]
-
-    run = _kernel_graph("packed_linear_test", [TensorType(DType.float32, ["m", k], device=cpu),
-                                               TensorType(DType.float32, ["m", n], device=cpu)], build, w)
-    assert w.registry()["lin.weight_t.panels"].shape == (n // 16, k, 16)
-
-    x = rng.standard_normal((m, k)).astype(np.float32)
-    residual = rng.standard_normal((m, n)).astype(np.float32)
-    plain, gelu, added, *other_tiles = run(x, residual)
-    for i, out in enumerate(other_tiles):
-        np.testing.assert_array_equal(out, (plain, gelu, added)[i % 3])
-    expected = x.astype(np.float64) @ arrays["lin.weight_t"].astype(np.float64) + arrays["lin.bias"]
-    np.testing.assert_allclose(plain, expected, rtol=0, atol=2e-5)
-    np.testing.assert_allclose(gelu, 0.5 * expected * (1 + np.vectorize(erf)(expected / np.sqrt(2))), rtol=0, atol=2e-5)
-    np.testing.assert_allclose(added, residual + expected, rtol=0, atol=2e-5)
-    np.testing.assert_array_equal(run(x[:1], residual[:1])[2], added[:1])  # one row: a tile of 1
-    assert packed_linear_fits(384) and packed_linear_fits(1536) and not packed_linear_fits(100)
-
-
-@pytest.mark.parametrize("cpu, register, fmas", [("haswell", "ymm", 12), ("skylake-avx512", "zmm", 24)])
-def test_encoder_tile_fills_the_target_s_vector_registers(cpu, register, fmas, tmp_path):
-    """`packed_linear`'s tile as the kernels pick it for a CPU, compiled for an AVX2 and an AVX-512
-    one (`mojo build --emit asm --target-cpu` of tests/tile_asm.mojo; nothing runs, so this
-    machine's own ISA does not matter): its loop is `fmas` FMAs on `register`s (6 rows x 2 ymm,
-    12 rows x 2 zmm), and no vector register is spilled to the stack."""
-    import re
-    from pathlib import Path
-
-    from mojo.run import subprocess_run_mojo
-
-    root = Path(__file__).resolve().parents[1]
-    asm = tmp_path / f"{cpu}.s"
-    done = subprocess_run_mojo(["build", "--emit", "asm", "--target-cpu", cpu, "-I", str(root / "maxwhisper" / "graph"),
-                                "-o", str(asm), str(root / "tests" / "tile_asm.mojo")], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    code = asm.read_text()
-    found = re.findall(r"vfmadd\w+\s+%(\w+), %(\w+), %(\w+)", code)
-    assert len(found) == fmas and all(operand.startswith(register) for fma in found for operand in fma), found
-    assert not re.search(r"%[yz]mm\d+, -?\d*\(%r[sb]p\)|\(%r[sb]p\), %[yz]mm", code), "a vector register spilled"
+            np.testing.assert_allclose(ck_after[i, :, pos], k.reshape(h, dh), rtol=0, atol=1e-5)
+            np.testing.assert_allclose(cv_after[i, :, :, pos], v.reshape(h, dh), rtol=0, atol=1e-5)
+            others = np.arange(s) != pos  # the rest of the row's cache is as it was (NaN where unfilled)
+            np.testing.assert_array_equal(ck_after[i, :, others], ck[i, :, others])
+            np.testing.assert_array_equal(cv_after[i, ..., others], cv[i, ..., others])
 
 
 def test_greedy_choice_kernel_equals_the_host_decoding_path():
@@ -294,7 +249,7 @@ def test_greedy_choice_kernel_equals_the_host_decoding_path():
     cpu = DeviceRef.CPU()
     run = _kernel_graph("greedy_choice_test", [TensorType(DType.float32, ["b", "k", v], device=cpu),
                                                TensorType(DType.float32, ["b", v], device=cpu),
-                                               TensorType(DType.int64, [1], device=cpu)], greedy_choice)
+                                               TensorType(DType.int64, ["t"], device=cpu)], greedy_choice)
 
     class ProbabilityRuleOnly(ApplyTimestampRules):  # the masks come from `suppress` here
         def suppress(self, logits, tokens):
@@ -327,6 +282,15 @@ def test_greedy_choice_kernel_equals_the_host_decoding_path():
 
     tokens, logprobs = run(logits, suppress, np.array([-1], np.int64))  # skipped: calls that want logits only
     assert (tokens == -1).all() and (logprobs == 0).all()
+
+    # one timestamp_begin per sequence (decodings of different requests stepping together) on the last
+    # trial's 3 sequences: each row is chosen as it is alone
+    per_row = np.array([ts, v, -1], np.int64)
+    tokens, logprobs = run(logits, suppress, per_row)
+    for i, row_ts in enumerate(per_row):
+        alone = run(logits[i:i + 1], suppress[i:i + 1], per_row[i:i + 1])
+        assert (tokens[i], logprobs[i]) == (alone[0][0], alone[1][0])
+        assert (tokens[i] == -1) == (row_ts < 0)
 
 
 def test_choice_in_the_step_graph_equals_the_host_path(max_tiny_en, lecture_60s_audio):

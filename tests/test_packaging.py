@@ -18,7 +18,9 @@ def _requirements() -> dict[str, str]:
 
 def test_pixi_toml_parses_and_matches_requirements():
     pixi = tomllib.loads((ROOT / "pixi.toml").read_text())
-    declared = {k.lower(): v for k, v in {**pixi["dependencies"], **pixi["pypi-dependencies"]}.items()}
+    def spec(v):  # {version, extras} -> "[extras]version", as requirements.txt writes it
+        return f"[{','.join(v['extras'])}]{v['version']}" if isinstance(v, dict) else v
+    declared = {k.lower(): spec(v) for k, v in {**pixi["dependencies"], **pixi["pypi-dependencies"]}.items()}
     declared.pop("python")
     assert declared == _requirements()
     assert {"app", "test"} <= set(pixi["tasks"])

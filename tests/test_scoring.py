@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-import app_support as support
 from maxwhisper import scoring
 from maxwhisper.bench.clips import REFERENCES
 from maxwhisper.bench.records import add_accuracy
+from showcase.comparison import comparison_html
 
 
 def test_normalisation_ignores_case_punctuation_and_number_spelling():
@@ -63,5 +63,5 @@ def test_the_app_and_the_benchmark_report_the_same_wer(reference, hypothesis, ex
     record = {"audio": "clip.flac", "backend": "max", "precision": "fp32", "text": hypothesis}
     add_accuracy([record], references={"clip.flac": reference})
     assert record["wer"] == pytest.approx(expected)
-    shown = support._comparison_html("vs your reference text", reference, hypothesis)
+    shown = comparison_html("vs your reference text", reference, hypothesis)
     assert f"WER {100 * expected:.1f} %" in shown

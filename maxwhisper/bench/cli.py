@@ -22,8 +22,8 @@ from .machine import REPO_ROOT, device_tag, gpus, machine_info, versions
 from .records import (IMPLEMENTATIONS, add_accuracy, add_batched_accuracy, compute_targets, implementation_label,
                       make_records, merge_round)
 from .report import markdown_table, targets_text, throughput_markdown, write_outputs, write_throughput_html
-from .streaming import STREAMING_CLIPS, main_streaming
-from .worker import info, run_worker, worker_main
+from .streaming import STREAMING_CLIPS, main_streaming, streaming_worker
+from .worker import WORKERS, info, run_worker, worker_main
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
 QUICK_OUT = Path(tempfile.gettempdir()) / "maxwhisper-bench"  # --quick without --out: never the committed results
@@ -101,6 +101,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="stream each clip (default " + ", ".join(STREAMING_CLIPS) + ") through the live "
                         "transcriber as if it arrived in real time: commit latency, compute share, WER")
     s.add_argument("--chunk", type=_positive_float, default=1.0, metavar="S", help="seconds of audio per chunk (default 1.0)")
+    v = p.add_argument_group("service mode")
+    v.add_argument("--serve", action="store_true",
+                   help="the HTTP service under load: closed-loop clients against MAX with and without requests "
+                        "decoded together and faster-whisper, behind the same `serve` ingress")
+    v.add_argument("--serve-seconds", type=_positive_float, default=20.0, metavar="S",
+                   help="seconds of load per clip and concurrency (default 20)")
+    v.add_argument("--serve-concurrency", type=_positive_ints, default=[1, 4, 16], help="clients (default 1,4,16)")
     d = p.add_argument_group("decoding (the same for every implementation)")
     d.add_argument("--beam-size", type=_positive_int, default=1, help="1 = greedy (default)")
     d.add_argument("--temperature", type=temperatures, action="append", default=None, metavar="T",
@@ -153,6 +160,10 @@ def _main(args: argparse.Namespace) -> int:
               "quick": args.quick, "decode": decode_dict, "clips": [dataclasses.asdict(c) for c in clips]}
     if args.throughput:
         return _main_throughput(args, devices, clips, decode_dict, threads, machine, vers, out_dir)
+    if args.serve:
+        from .serve import main_serve
+
+        return main_serve(args, out_dir)
     if args.streaming:
         if not (args.audio or args.quick):
             clips = [parse_clip(name, audio_dir()) for name in STREAMING_CLIPS]
@@ -290,7 +301,7 @@ def cli(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"] and len(argv) == 2:
-        return worker_main(argv[1])
+        return worker_main(argv[1], {**WORKERS, "streaming": streaming_worker})
     args = build_parser().parse_args(argv)
     try:
         return main(args)

@@ -1,6 +1,8 @@
 """One implementation's subprocess (`python -m maxwhisper.bench --worker SPEC.json`): it loads the
 model once, times its transcriptions (per clip, or batched at each batch size) and writes its figures
-as JSON; `run_worker` is the parent's side."""
+as JSON; `run_worker` is the parent's side. `worker_main` runs the kind of work it is given
+(`WORKERS` here, and `bench.streaming`'s, which uses this module): the command line gives it both,
+so imports go one way."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -120,13 +123,14 @@ def _throughput_worker(spec: dict[str, Any]) -> dict[str, Any]:
             "compile_s": t.compile_s, "audio": clip.name, "audio_s": len(audio) / SAMPLE_RATE, "rows": rows}
 
 
-def worker_main(spec_path: str) -> int:
-    """`python -m maxwhisper.bench --worker SPEC.json`: run one implementation, write JSON to spec['out']."""
+WORKERS = {"transcribe": _transcribe_worker, "throughput": _throughput_worker}  # spec["kind"] -> its work
+
+
+def worker_main(spec_path: str, kinds: Mapping[str, Callable[[dict[str, Any]], dict[str, Any]]]) -> int:
+    """`python -m maxwhisper.bench --worker SPEC.json`: run one implementation with the function
+    `kinds[spec["kind"]]`, write its JSON to spec['out']."""
     spec = json.loads(Path(spec_path).read_text())
     try:
-        from .streaming import streaming_worker  # (it runs workers too: imported here, not at the top)
-
-        kinds = {"transcribe": _transcribe_worker, "throughput": _throughput_worker, "streaming": streaming_worker}
         result = kinds[spec["kind"]](spec)
     except Exception as e:  # noqa: BLE001 - reported to the parent, which records the failure
         result = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}

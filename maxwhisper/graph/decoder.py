@@ -10,8 +10,9 @@ Under the CPU kernels' plan a one-row call goes further: its attention is one Mo
 (`layers.few_row_attention`) that reads only the filled part of the cache, and the graph also
 picks the greedy token (`layers.greedy_choice`), so the host need not look at the logits. One
 new token of each sequence (every step after the prompt, batched or not) has a graph of its own
-there, one Mojo op per layer (`build_token_step_graph`): ~25 ops instead of ~100. The cache's write offset
-is a host-resident input in every plan: slice bounds must live on the host on a GPU.
+there, one Mojo op per layer (`build_token_step_graph`): ~25 ops instead of ~100, each sequence at
+a position of its own, the kernel writing the new keys and values into the cache. The generic
+step graph's write offset is a host-resident input: slice bounds must live on the host on a GPU.
 """
 from __future__ import annotations
 
@@ -159,48 +160,46 @@ LAYER_STEP_VECTORS = ("attn_ln.weight", "attn_ln.bias", "attn.qkv.bias", "attn.o
                       "mlp_ln.bias", "mlp.0.bias", "mlp.2.bias")
 
 
-def decoder_layer_step(w: WeightBank, p: str, x: TensorValue, cache_k: TensorValue, cache_v_t: TensorValue,
-                       cross_k: TensorValue, cross_v_t: TensorValue, offset: TensorValue) -> list[TensorValue]:
+def decoder_layer_step(w: WeightBank, p: str, x: TensorValue, cache_k, cache_v_t, cross_k: TensorValue,
+                       cross_v_t: TensorValue, positions: TensorValue) -> TensorValue:
     """One decoder block for one new token of each of B sequences as one CPU kernel: x [B, d]; the
-    cache K [B, H, S, Dh] and V^T [B, H, Dh, S] holding positions 0 .. offset - 1; cross K
-    [B, H, T, Dh], V^T [B, H, Dh, T]; offset int64 [1] -> x [B, d], and the new keys and values
-    [B, d]."""
+    cache buffers K [B, H, S, Dh] and V^T [B, H, Dh, S], row b holding positions 0 ..
+    positions[b] - 1 (the kernel writes the new key and value at positions[b]); cross K
+    [B, H, T, Dh], V^T [B, H, Dh, T]; positions int64 [B], negative for a row left out -> x [B, d]."""
     weights = w.flat(f"{p}.step_weights", [f"{p}.{n}.weight" for n in LAYER_STEP_WEIGHTS], DType.float16)
     vectors = w.flat(f"{p}.step_vectors", [f"{p}.{n}" for n in LAYER_STEP_VECTORS], DType.float32)
-    out = [TensorType(DType.float32, x.shape, device=x.device)] * 3
-    results = ops.custom("decoder_layer_step", x.device, [x, weights, vectors, cache_k, cache_v_t, cross_k, cross_v_t,
-                                                          offset], out)
-    return [r.tensor for r in results]
+    out = [TensorType(DType.float32, x.shape, device=x.device)]
+    return ops.inplace_custom("decoder_layer_step", x.device, [x, weights, vectors, cache_k, cache_v_t, cross_k,
+                                                               cross_v_t, positions], out)[0].tensor
 
 
 def build_token_step_graph(w: WeightBank, dims: ModelDims) -> Graph:
-    """The step graph for one new token of each of B sequences (every greedy or beam step after
-    the prompt) on the CPU: each layer one `decoder_layer_step` kernel instead of ~25 ops, no
-    `ops.cond`.
+    """The step graph for one new token of each of some of B sequences (every greedy or beam step
+    after the prompt) on the CPU: each layer one `decoder_layer_step` kernel instead of ~25 ops, no
+    `ops.cond`. Each sequence has its own position, so decodings of different lengths step
+    together (`graph.shared_steps`); rows at a negative position sit the step out.
 
-    Inputs: tokens int64 [B, 1]; position int64 [1]; offset int64 [] on the host (= position);
-    suppress float32 [B, n_vocab]; timestamp_begin int64 [1]; cross K [L, B, H, T, Dh] and V^T
-    [L, B, H, Dh, T]; then per layer the cache buffers K [B, H, n_text_ctx, Dh] and V^T
-    [B, H, Dh, n_text_ctx]. Outputs as `build_decoder_graph`'s: logits float32 [B, 1, n_vocab],
-    tokens int64 [B], log probabilities float32 [B]."""
-    dev, d, h = w.device, dims.n_text_state, dims.n_text_head
-    types = [TensorType(DType.int64, ["batch", 1], device=dev), TensorType(DType.int64, [1], device=dev),
-             OFFSET_TYPE, TensorType(DType.float32, ["batch", dims.n_vocab], device=dev),
-             TensorType(DType.int64, [1], device=dev), *_cross_types(dims, w.dtype, dev, "batch"),
+    Inputs: tokens int64 [B, 1]; positions int64 [B] (each row's new token's, -1: not stepping);
+    rows int64 [k], the stepping rows whose logits are wanted; suppress float32 [k, n_vocab];
+    timestamp_begin int64 [k] or [1]; cross K [L, B, H, T, Dh] and V^T [L, B, H, Dh, T]; then per
+    layer the cache buffers K [B, H, n_text_ctx, Dh] and V^T [B, H, Dh, n_text_ctx].
+    Outputs for the k rows: logits float32 [k, 1, n_vocab], tokens int64 [k], log probabilities
+    float32 [k] (as `build_decoder_graph`'s)."""
+    dev, d = w.device, dims.n_text_state
+    types = [TensorType(DType.int64, ["batch", 1], device=dev), TensorType(DType.int64, ["batch"], device=dev),
+             TensorType(DType.int64, ["rows"], device=dev), TensorType(DType.float32, ["rows", dims.n_vocab], device=dev),
+             TensorType(DType.int64, ["rows_or_1"], device=dev), *_cross_types(dims, w.dtype, dev, "batch"),
              *_cache_types(dims, w.dtype, dev)]
     with Graph("whisper_token_step", input_types=types, custom_extensions=[kernel_library()]) as graph:
-        tokens, position, offset, suppress, timestamp_begin, cross_k, cross_v_t = (v.tensor for v in graph.inputs[:7])
-        caches = graph.inputs[7:]
+        tokens, positions, rows, suppress, timestamp_begin, cross_k, cross_v_t = (v.tensor for v in graph.inputs[:7])
+        caches = [v.buffer for v in graph.inputs[7:]]
         batch = tokens.shape[0]
-        x = ops.reshape(_embed(w, tokens, position, half=True), [batch, d])
-        new = (slice(offset, offset + 1), 1)
+        table_rows = ops.max(positions, ops.constant(0, DType.int64, device=dev))  # a row sitting out reads row 0
+        x = ops.reshape(_embed(w, tokens, ops.reshape(table_rows, [batch, 1]), half=True), [batch, d])
         for i in range(dims.n_text_layer):
-            k_buf, v_buf = caches[2 * i], caches[2 * i + 1]
-            x, k, v = decoder_layer_step(w, f"decoder.blocks.{i}", x, ops.buffer_load(k_buf), ops.buffer_load(v_buf),
-                                         cross_k[i], cross_v_t[i], offset.reshape([1]))
-            ops.buffer_store_slice(k_buf, ops.reshape(k, [batch, h, 1, d // h]), [slice(None)] * 2 + [new, slice(None)])
-            ops.buffer_store_slice(v_buf, ops.reshape(v, [batch, h, d // h, 1]), [slice(None)] * 3 + [new])
-        logits = _logits(w, ops.reshape(x, [batch, 1, d]), few_row_linear)
+            x = decoder_layer_step(w, f"decoder.blocks.{i}", x, caches[2 * i], caches[2 * i + 1], cross_k[i],
+                                   cross_v_t[i], positions)
+        logits = _logits(w, ops.reshape(ops.gather(x, rows, axis=0), [rows.shape[0], 1, d]), few_row_linear)
         graph.output(logits, *greedy_choice(logits, suppress, timestamp_begin))
     return graph
 
@@ -245,10 +244,14 @@ def build_cache_reorder_graph(dims: ModelDims, dtype: DType, device) -> Graph:
 
 
 def build_batch_repeat_graph(dims: ModelDims, dtype: DType, device) -> Graph:
-    """Cross K/V^T for n_audio windows -> for a batch whose rows are groups of those windows:
-    out[:, i] = in[:, audio_index[i]]. Inputs: audio_index int64 [B], cross K, cross V^T."""
-    types = [TensorType(DType.int64, ["batch"], device=device), *_cross_types(dims, dtype, device, "n_audio")]
+    """Encoder output for n_audio windows -> for a batch whose rows are any of those windows, in
+    any order and number (beam groups; one caller's share of a shared encoder call):
+    out[i] = in[audio_index[i]] along the window axis. Inputs: audio_index int64 [B], features
+    [n_audio, T, d], cross K, cross V^T; outputs the three."""
+    types = [TensorType(DType.int64, ["batch"], device=device),
+             TensorType(dtype, ["n_audio", "audio_ctx", dims.n_audio_state], device=device),
+             *_cross_types(dims, dtype, device, "n_audio")]
     with Graph("whisper_batch_repeat", input_types=types) as graph:
-        index, k, v = (x.tensor for x in graph.inputs)
-        graph.output(ops.gather(k, index, axis=1), ops.gather(v, index, axis=1))
+        index, features, k, v = (x.tensor for x in graph.inputs)
+        graph.output(ops.gather(features, index, axis=0), ops.gather(k, index, axis=1), ops.gather(v, index, axis=1))
     return graph

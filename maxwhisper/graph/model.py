@@ -6,6 +6,7 @@ features that stay on the device, `inference()` a decoder with its own KV cache 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -122,6 +123,8 @@ class MaxWhisper:
         self.token_step = self.load_graph(*self.build("token_step")) if self.plan.token_step else None
         self.compile_s = time.perf_counter() - start
         self.lazy_graphs: dict[str, object] = {}  # compiled on first use (word timestamps, beams)
+        self._lazy_lock = threading.Lock()
+        self._running = threading.Lock()
 
     def build(self, name: str) -> tuple[Graph, dict[str, np.ndarray]]:
         return build_graph(name, self.arrays, self.dims, self.plan, self.halves)
@@ -131,7 +134,7 @@ class MaxWhisper:
 
     def encode(self, mel: np.ndarray) -> AudioFeatures:
         """mel float32 [n_audio, n_mels, frames] -> AudioFeatures (T = frames / 2)."""
-        return AudioFeatures(*self.encoder.execute(self.to_device(mel.astype(np.float32))))
+        return AudioFeatures(*self.run(self.encoder, self.to_device(mel.astype(np.float32))))
 
     def to_numpy(self, buffer: driver.Buffer) -> np.ndarray:
         return buffer.to(driver.CPU()).to_numpy()
@@ -142,6 +145,12 @@ class MaxWhisper:
     def inference(self) -> "MaxInference":
         return MaxChoosingInference(self) if self.plan.decoder_chooses else MaxInference(self)
 
+    def run(self, graph, *inputs) -> list[driver.Buffer]:
+        """`graph.execute(*inputs)`, one at a time: each call spreads over every core, so calls
+        from several threads (`graph.shared_steps`) would only fight over them."""
+        with self._running:
+            return graph.execute(*inputs)
+
     def load_graph(self, graph, weights_registry: dict[str, np.ndarray]):
         # MLIR's current context is per thread and only the main thread has one entered: the app
         # and its warm-up compile from worker threads
@@ -149,12 +158,14 @@ class MaxWhisper:
             return self.session.load(graph, weights_registry=weights_registry)
 
     def lazy_graph(self, name: str):
-        """"alignment", "cache_reorder" or "batch_repeat", compiled the first time it is needed."""
-        if name not in self.lazy_graphs:
-            start = time.perf_counter()
-            self.lazy_graphs[name] = self.load_graph(*self.build(name))
-            self.compile_s += time.perf_counter() - start
-        return self.lazy_graphs[name]
+        """"alignment", "cache_reorder" or "batch_repeat", compiled the first time it is needed
+        (once, when several threads transcribe at once)."""
+        with self._lazy_lock:
+            if name not in self.lazy_graphs:
+                start = time.perf_counter()
+                self.lazy_graphs[name] = self.load_graph(*self.build(name))
+                self.compile_s += time.perf_counter() - start
+            return self.lazy_graphs[name]
 
     def alignment(self, tokens: np.ndarray, features: AudioFeatures) -> tuple[np.ndarray, np.ndarray]:
         """Whole-sequence decoder pass for word timestamps, for one audio window.
@@ -166,8 +177,8 @@ class MaxWhisper:
         cross = features.cross_k, features.cross_v_t
         if features.n_audio != 1:
             raise ValueError("alignment takes the features of one window")
-        logits, scores = self.lazy_graph("alignment").execute(
-            self.to_device(np.asarray(tokens, np.int64)[None]), self.to_device(mask), *cross)
+        logits, scores = self.run(
+            self.lazy_graph("alignment"), self.to_device(np.asarray(tokens, np.int64)[None]), self.to_device(mask), *cross)
         return logits.to(driver.CPU()).to_numpy()[0], scores.to(driver.CPU()).to_numpy()[:, 0]
 
 
@@ -188,7 +199,8 @@ class MaxInference:
         self.cross = (features.cross_k, features.cross_v_t)
         if batch != features.n_audio:  # beam search / best-of: each audio's group is contiguous
             index = np.repeat(np.arange(features.n_audio), batch // features.n_audio)
-            self.cross = tuple(self.model.lazy_graph("batch_repeat").execute(self.model.to_device(index), *self.cross))
+            self.cross = tuple(self.model.run(
+                self.model.lazy_graph("batch_repeat"), self.model.to_device(index), features.features, *self.cross)[1:])
 
     def logits(self, tokens: np.ndarray, audio_features: AudioFeatures, positions: Sequence[int] = (-1,)) -> np.ndarray:
         """tokens int [batch, n], the whole sequence so far -> float32 logits [batch, len(positions), n_vocab]."""
@@ -210,23 +222,24 @@ class MaxInference:
             raise ValueError("logits requested for positions already in the KV cache")
         pos = np.arange(self.cached, n_total, dtype=np.int64)
         m = self.model
-        offset = driver.Buffer.from_numpy(np.array(self.cached, np.int64))  # stays on the host
-        inputs = []
         if m.token_step is not None and n == 1 and index.tolist() == [0]:
-            graph = m.token_step  # takes no mask and no index: one new token per sequence, its own logits
+            # one new token per sequence, all at the same position, each its own logits
+            batch = tokens.shape[0]
+            inputs = [new.astype(np.int64), np.full(batch, self.cached, np.int64), np.arange(batch, dtype=np.int64),
+                      *choice_inputs]
+            outputs = m.run(m.token_step, *(m.to_device(a) for a in inputs), *self.cross, *self.cache)
         else:
-            graph = m.decoder
-            inputs = [np.where(np.arange(m.dims.n_text_ctx)[None, :] <= pos[:, None], 0.0, -np.inf).astype(np.float32),
-                      index]
-        outputs = graph.execute(m.to_device(new.astype(np.int64)), m.to_device(pos), offset,
-                                *(m.to_device(a) for a in [*inputs, *choice_inputs]), *self.cross, *self.cache)
+            offset = driver.Buffer.from_numpy(np.array(self.cached, np.int64))  # stays on the host
+            mask = np.where(np.arange(m.dims.n_text_ctx)[None, :] <= pos[:, None], 0.0, -np.inf).astype(np.float32)
+            outputs = m.run(m.decoder, m.to_device(new.astype(np.int64)), m.to_device(pos), offset,
+                            *(m.to_device(a) for a in [mask, index, *choice_inputs]), *self.cross, *self.cache)
         self.cached = n_total
         return outputs
 
     def rearrange_kv_cache(self, source_indices: Sequence[int]) -> None:
         if self.cache is not None and list(source_indices) != list(range(len(source_indices))):
             index = self.model.to_device(np.asarray(source_indices, np.int64))
-            self.model.lazy_graph("cache_reorder").execute(index, *self.cache)
+            self.model.run(self.model.lazy_graph("cache_reorder"), index, *self.cache)
 
     def cleanup_caching(self) -> None:
         self.cache, self.cross, self.cached = None, None, 0

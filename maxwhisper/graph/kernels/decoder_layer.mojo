@@ -5,8 +5,10 @@
 # per thread (`share_phases`, cheaper than a `sync_parallelize` per phase): the linears are `few_row_linear`'s one-row path (float16-stored weights widened in
 # registers, so the same float32 products), the attentions `few_row_attention`'s. With B rows each
 # block of weight rows is multiplied with every row while it is in cache: read from memory once.
+# Each row has its own position, so sequences of different lengths (decodings of different
+# requests) step together; the op writes each row's new key and value into the cache itself.
 import extensibility
-from extensibility import InputTensor, OutputTensor
+from extensibility import InputTensor, OutputTensor, _MutableInputTensor as MutableInputTensor
 from max.gpu.host import DeviceContext
 from std.math import erf, sqrt
 from std.memory import alloc, stack_allocation
@@ -47,25 +49,23 @@ struct DecoderLayerStep:
     d_in] row-major; vectors float32 [17 d]: attn_ln weight and bias, attn.qkv bias [3d],
     attn.out bias, cross_attn_ln weight and bias, cross_attn.query bias, cross_attn.out bias,
     mlp_ln weight and bias, mlp.0 bias [4d], mlp.2 bias; the self-attention cache K [B, H, S, Dh]
-    and V^T [B, H, Dh, S] holding positions 0 .. offset - 1; cross K [B, H, T, Dh] and V^T
-    [B, H, Dh, T]; offset int64 [1].
-    Outputs: x float32 [B, d]; the new tokens' keys and values [B, d] (H heads of Dh, for the
-    cache). CPU only.
+    and V^T [B, H, Dh, S], row b holding positions 0 .. positions[b] - 1, into which the op writes
+    row b's new key and value at positions[b]; cross K [B, H, T, Dh] and V^T [B, H, Dh, T];
+    positions int64 [B], a negative one for a row that does not step (left as it is).
+    Output: x float32 [B, d]. CPU only.
     """
 
     @staticmethod
     def execute[target: StaticString](
         x_out: OutputTensor[dtype=DType.float32, rank=2, ...],
-        k_new: OutputTensor[dtype=DType.float32, rank=2, ...],
-        v_new: OutputTensor[dtype=DType.float32, rank=2, ...],
         x: InputTensor[dtype=DType.float32, rank=2, ...],
         weights: InputTensor[dtype=DType.float16, rank=1, ...],
         vectors: InputTensor[dtype=DType.float32, rank=1, ...],
-        cache_k: InputTensor[dtype=DType.float32, rank=4, ...],
-        cache_v_t: InputTensor[dtype=DType.float32, rank=4, ...],
+        cache_k: MutableInputTensor[dtype=DType.float32, rank=4, ...],
+        cache_v_t: MutableInputTensor[dtype=DType.float32, rank=4, ...],
         cross_k: InputTensor[dtype=DType.float32, rank=4, ...],
         cross_v_t: InputTensor[dtype=DType.float32, rank=4, ...],
-        offset: InputTensor[dtype=DType.int64, rank=1, ...],
+        positions: InputTensor[dtype=DType.int64, rank=1, ...],
         ctx: DeviceContext,
     ) raises:
         comptime if target != "cpu":
@@ -76,25 +76,28 @@ struct DecoderLayerStep:
         var s_len = cache_k.dim_size(2)
         var t_len = cross_k.dim_size(2)
         var dh = d // heads
-        var pos = Int(offset.unsafe_ptr()[0])
-        if d > MAX_D or d % W != 0 or dh % W != 0 or t_len > MAX_KEYS or pos >= s_len:
-            raise Error("decoder_layer_step: d <= 1280, d and Dh multiples of 8, T <= 2048, offset < S")
-        if cache_k.dim_size(0) != nb or cross_k.dim_size(0) != nb or k_new.dim_size(0) != nb:
-            raise Error("decoder_layer_step: x, the caches, cross K/V and the new keys disagree on B")
+        var pp = positions.unsafe_ptr()
+        if d > MAX_D or d % W != 0 or dh % W != 0 or t_len > MAX_KEYS:
+            raise Error("decoder_layer_step: d <= 1280, d and Dh multiples of 8, T <= 2048")
+        if cache_k.dim_size(0) != nb or cross_k.dim_size(0) != nb or positions.dim_size(0) != nb:
+            raise Error("decoder_layer_step: x, the caches, cross K/V and the positions disagree on B")
+        for b in range(nb):
+            if Int(pp[b]) >= s_len:
+                raise Error("decoder_layer_step: a position is past the cache's end")
         if weights.dim_size(0) != 14 * d * d or vectors.dim_size(0) != 17 * d:
             raise Error("decoder_layer_step: weights are not [14 d^2] and vectors [17 d]")
 
         var wp = weights.unsafe_ptr()
         var vp = vectors.unsafe_ptr()
         var xo = x_out.unsafe_ptr()
-        var kn = k_new.unsafe_ptr()
-        var vn = v_new.unsafe_ptr()
         var ck = cache_k.unsafe_ptr()
         var cv = cache_v_t.unsafe_ptr()
         var xk = cross_k.unsafe_ptr()
         var xv = cross_v_t.unsafe_ptr()
-        # scratch shared by the phases: q [B, d], attention output [B, d], the MLP's hidden layer [B, 4d]
+        # scratch shared by the phases: q, k and v [B, d], attention output [B, d], the MLP's hidden layer [B, 4d]
         var q = alloc[Float32](nb * d)
+        var kn = alloc[Float32](nb * d)
+        var vn = alloc[Float32](nb * d)
         var att = alloc[Float32](nb * d)
         var hidden = alloc[Float32](nb * 4 * d)
         for i in range(0, nb * d, W):
@@ -132,12 +135,14 @@ struct DecoderLayerStep:
         items[7] = items[2]
 
         # 1. q, k, v = ln1(x) @ W_qkv^T + b
-        def qkv(item: Int) {var xo, var q, var kn, var vn, var w_qkv, var ln1, var b_qkv, var d, var per3, var nb}:
+        def qkv(item: Int) {var xo, var q, var kn, var vn, var w_qkv, var ln1, var b_qkv, var d, var per3, var nb, var pp}:
             var xn = stack_allocation[MAX_D, Float32]()
             var j0 = item * per3
             var j1 = min(j0 + per3, 3 * d)
             var y = stack_allocation[4 * MAX_D, Float32]()
             for b in range(nb):
+                if pp[b] < 0:
+                    continue
                 layer_norm(xo + b * d, d, ln1, ln1 + d, xn)
                 dot_rows(xn, w_qkv, d, j0, j1, y)
                 for j in range(j0, j1):
@@ -149,55 +154,73 @@ struct DecoderLayerStep:
                     else:
                         vn[b * d + j - 2 * d] = v
 
-        # 2. self-attention over the cache and this token
-        def self_head(bh: Int) {var q, var kn, var vn, var ck, var cv, var att, var dh, var s_len, var pos}:
+        # 2. self-attention over the cache and this token, whose key and value then join the cache
+        def self_head(bh: Int) {var q, var kn, var vn, var ck, var cv, var att, var dh, var s_len, var pp, var heads}:
+            var pos = Int(pp[bh // heads])
+            if pos < 0:
+                return
             var o = bh * dh  # row b, head h: b * d + h * dh
-            attend(q + o, ck + bh * s_len * dh, cv + bh * dh * s_len, pos, s_len, dh, kn + o, vn + o, True, att + o)
+            var k_head = ck + bh * s_len * dh
+            var v_t_head = cv + bh * dh * s_len
+            attend(q + o, k_head, v_t_head, pos, s_len, dh, kn + o, vn + o, True, att + o)
+            for i in range(dh):
+                k_head[pos * dh + i] = kn[o + i]
+                v_t_head[i * s_len + pos] = vn[o + i]
 
         # 3. x += att @ W_out^T + b, and the same shape of phase for each residual linear below
-        def out_proj(item: Int) {var xo, var att, var w_out, var b_out, var d, var per, var nb}:
+        def out_proj(item: Int) {var xo, var att, var w_out, var b_out, var d, var per, var nb, var pp}:
             var j0 = item * per
             var j1 = min(j0 + per, d)
             var y = stack_allocation[MAX_D, Float32]()
             for b in range(nb):
+                if pp[b] < 0:
+                    continue
                 dot_rows(att + b * d, w_out, d, j0, j1, y)
                 for j in range(j0, j1):
                     xo[b * d + j] += y[j - j0] + b_out[j]
 
         # 4. q = ln2(x) @ W_cq^T + b
-        def cross_query(item: Int) {var xo, var q, var w_cq, var ln2, var b_cq, var d, var per, var nb}:
+        def cross_query(item: Int) {var xo, var q, var w_cq, var ln2, var b_cq, var d, var per, var nb, var pp}:
             var xn = stack_allocation[MAX_D, Float32]()
             var j0 = item * per
             var j1 = min(j0 + per, d)
             var y = stack_allocation[MAX_D, Float32]()
             for b in range(nb):
+                if pp[b] < 0:
+                    continue
                 layer_norm(xo + b * d, d, ln2, ln2 + d, xn)
                 dot_rows(xn, w_cq, d, j0, j1, y)
                 for j in range(j0, j1):
                     q[b * d + j] = y[j - j0] + b_cq[j]
 
         # 5. cross-attention over the audio
-        def cross_head(bh: Int) {var q, var xk, var xv, var att, var dh, var t_len}:
+        def cross_head(bh: Int) {var q, var xk, var xv, var att, var dh, var t_len, var pp, var heads}:
+            if pp[bh // heads] < 0:
+                return
             var o = bh * dh
             attend(q + o, xk + bh * t_len * dh, xv + bh * dh * t_len, t_len, t_len, dh, q, q, False, att + o)
 
         # 6. x += att @ W_cout^T + b
-        def cross_out(item: Int) {var xo, var att, var w_cout, var b_cout, var d, var per, var nb}:
+        def cross_out(item: Int) {var xo, var att, var w_cout, var b_cout, var d, var per, var nb, var pp}:
             var j0 = item * per
             var j1 = min(j0 + per, d)
             var y = stack_allocation[MAX_D, Float32]()
             for b in range(nb):
+                if pp[b] < 0:
+                    continue
                 dot_rows(att + b * d, w_cout, d, j0, j1, y)
                 for j in range(j0, j1):
                     xo[b * d + j] += y[j - j0] + b_cout[j]
 
         # 7. hidden = gelu(ln3(x) @ W_fc1^T + b)
-        def fc1(item: Int) {var xo, var hidden, var w_fc1, var ln3, var b_fc1, var d, var per4, var nb}:
+        def fc1(item: Int) {var xo, var hidden, var w_fc1, var ln3, var b_fc1, var d, var per4, var nb, var pp}:
             var xn = stack_allocation[MAX_D, Float32]()
             var j0 = item * per4
             var j1 = min(j0 + per4, 4 * d)
             var y = stack_allocation[4 * MAX_D, Float32]()
             for b in range(nb):
+                if pp[b] < 0:
+                    continue
                 layer_norm(xo + b * d, d, ln3, ln3 + d, xn)
                 dot_rows(xn, w_fc1, d, j0, j1, y)
                 for j in range(j0, j1):
@@ -205,11 +228,13 @@ struct DecoderLayerStep:
                     hidden[b * 4 * d + j] = 0.5 * v * (1 + erf(v * 0.7071067811865476))
 
         # 8. x += hidden @ W_fc2^T + b
-        def fc2(item: Int) {var xo, var hidden, var w_fc2, var b_fc2, var d, var per, var nb}:
+        def fc2(item: Int) {var xo, var hidden, var w_fc2, var b_fc2, var d, var per, var nb, var pp}:
             var j0 = item * per
             var j1 = min(j0 + per, d)
             var y = stack_allocation[MAX_D, Float32]()
             for b in range(nb):
+                if pp[b] < 0:
+                    continue
                 dot_rows(hidden + b * 4 * d, w_fc2, 4 * d, j0, j1, y)
                 for j in range(j0, j1):
                     xo[b * d + j] += y[j - j0] + b_fc2[j]
@@ -234,5 +259,7 @@ struct DecoderLayerStep:
                 fc2(item)
         share_phases(items, PHASES, phase)
         q.free()
+        kn.free()
+        vn.free()
         att.free()
         hidden.free()

@@ -69,9 +69,9 @@ struct GreedyChoice:
     suppressed too (ts = timestamp_begin; n_vocab when there are no timestamps). Then
     token[b] = argmax(x) (the first of equal maxima) and logprob[b] = log_softmax(x)[token[b]].
 
-    logits float32 [B, k, V], suppress float32 [B, V], timestamp_begin int64 [1]
-    -> token int64 [B], logprob float32 [B]. A negative timestamp_begin skips the choice (for
-    calls that want only the logits; outputs -1 and 0). CPU only.
+    logits float32 [B, k, V], suppress float32 [B, V], timestamp_begin int64 [B] (each sequence's
+    own) or [1] (all the same) -> token int64 [B], logprob float32 [B]. A negative timestamp_begin
+    skips the choice (for calls that want only the logits; outputs -1 and 0). CPU only.
     """
 
     @staticmethod
@@ -87,18 +87,21 @@ struct GreedyChoice:
             raise Error("greedy_choice runs on the CPU only")
         var k = logits.dim_size(1)
         var v = logits.dim_size(2)
-        var ts = min(Int(timestamp_begin.unsafe_ptr()[0]), v)
-        if ts < 0:
-            for b in range(logits.dim_size(0)):
-                token.unsafe_ptr()[b] = -1
-                logprob.unsafe_ptr()[b] = 0
-            return
+        var per_row = timestamp_begin.dim_size(0) != 1
+        if per_row and timestamp_begin.dim_size(0) != logits.dim_size(0):
+            raise Error("greedy_choice: timestamp_begin is neither [1] nor one per sequence")
         var lp = logits.unsafe_ptr()
         var sp = suppress.unsafe_ptr()
         var tp = token.unsafe_ptr()
         var op = logprob.unsafe_ptr()
+        var tsp = timestamp_begin.unsafe_ptr()
 
-        def choose(b: Int) {var lp, var sp, var tp, var op, var k, var v, var ts}:
+        def choose(b: Int) {var lp, var sp, var tp, var op, var k, var v, var tsp, var per_row}:
+            var ts = min(Int(tsp[b if per_row else 0]), v)
+            if ts < 0:
+                tp[b] = -1
+                op[b] = 0
+                return
             var row = lp + (b * k + k - 1) * v
             var sup = sp + b * v
             # the largest entry among text tokens [0, ts) and among timestamps [ts, v), first index

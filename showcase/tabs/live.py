@@ -1,11 +1,11 @@
-"""The app's Live tab: a microphone stream transcribed as it arrives (`maxwhisper.streaming`).
+"""The Live tab: a microphone stream transcribed as it arrives (`maxwhisper.streaming`).
 
 A recording is one Gradio stream event, which calls `LiveStreams.chunk` with each piece the browser
 sends (about every 0.1 s with Gradio 6, whatever `stream_every` says). The recording's
 `LiveSession` runs the updates in a thread of its own, each taking all the audio that arrived
 while the previous one ran, so a slow update makes the next one longer instead of letting chunks
-pile up. Live streams do not queue behind the comparisons (`Turns`): they run beside them on
-transcribers of their own (`LiveStreams.cache`), so both share the CPU's cores; at most
+pile up. Live streams do not queue behind the comparisons: they run beside them on transcribers
+of their own (`Transcriptions.transcriber`), so both share the CPU's cores; at most
 `LIVE_STREAMS` run at once, and streams on the same transcriber take turns update by update.
 """
 from __future__ import annotations
@@ -17,12 +17,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+import gradio as gr
 import numpy as np
 
-import app_support as support
 from maxwhisper.api import SAMPLE_RATE, MaxWhisperError
 from maxwhisper.audio import StreamResampler
 from maxwhisper.streaming import Streamer, StreamWord
+
+from ..choices import Choices
+from ..formatting import error_message, label
+from ..transcriptions import Transcriptions
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +139,7 @@ class LiveSession:
                     return
         except Exception as e:  # noqa: BLE001 - the visitor sees it in the tab
             log.exception("live stream failed")
-            self.error, self.state = support.error_message(e), "failed"
+            self.error, self.state = error_message(e), "failed"
             with self._cond:
                 self._stopped = True
 
@@ -169,11 +173,12 @@ class TooManyStreams(Exception):
 
 
 class LiveStreams:
-    """The app's live sessions: at most `limit` running; their transcribers come from `cache`,
-    apart from those of the comparisons. `chunk` and `stop` are the Live tab's handlers."""
+    """The app's live sessions: at most `limit` running; their transcribers come from
+    `transcriptions.transcriber`, apart from those of the comparisons. `chunk` and `stop` are the
+    Live tab's handlers."""
 
-    def __init__(self, cache: support.ModelCache, limit: int = LIVE_STREAMS):
-        self.cache, self.limit = cache, limit
+    def __init__(self, transcriptions: Transcriptions, limit: int = LIVE_STREAMS):
+        self.transcriptions, self.limit = transcriptions, limit
         self._lock = threading.Lock()
         self._sessions: list[LiveSession] = []
         self._model_locks: dict[tuple[str, str, str], threading.Lock] = {}
@@ -185,7 +190,7 @@ class LiveStreams:
             if len(self._sessions) >= self.limit:
                 raise TooManyStreams(f"{self.limit} live streams are running already: try again in a minute")
             lock = self._model_locks.setdefault((backend, model, device), threading.Lock())
-            session = LiveSession(lambda: self.cache.get(backend, model, device), lock)
+            session = LiveSession(lambda: self.transcriptions.transcriber(backend, model, device), lock)
             self._sessions.append(session)
             log.info("live stream started: %s %s on %s (%d running)", backend, model, device, len(self._sessions))
         return session
@@ -205,7 +210,7 @@ class LiveStreams:
                 session.add(chunk)
             except MaxWhisperError as e:
                 session.stop(timeout=0)
-                return session, session.render()[0], f"Live transcription stopped: {support.error_message(e)}"
+                return session, session.render()[0], f"Live transcription stopped: {error_message(e)}"
         return session, *session.render()
 
     def stop(self, session: LiveSession | None) -> Iterator[tuple[LiveSession | None, str, str]]:
@@ -221,3 +226,30 @@ class LiveStreams:
             yield session, *session.render()
             time.sleep(0.5)
         yield session, *session.render()
+
+
+def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) -> None:
+    """The tab and its handlers, inside the page's gr.Blocks: its streams get their transcribers from
+    `transcriptions.transcriber`."""
+    live = LiveStreams(transcriptions)
+    with gr.Tab("Live"):
+        gr.Markdown("Speak into the microphone: the text appears as you talk. Words turn black once two "
+                    "consecutive transcriptions of the audio so far agree on them (LocalAgreement-2) and never "
+                    "change after that; the grey tail may still change. Live streams run beside the "
+                    "comparisons on models of their own, sharing the CPU with them.")
+        with gr.Row():
+            live_backend = gr.Radio([(label(b), b) for b in choices.backends], value=choices.backends[0],
+                                    label="Implementation", elem_id="live-backend")
+            live_model = gr.Dropdown(choices.models, value=choices.models[0] if choices.models else None,
+                                     label="Model (installed)")
+        mic = gr.Audio(sources=["microphone"], type="numpy", streaming=True, label="Microphone",
+                       elem_id="live-mic", waveform_options=gr.WaveformOptions(show_recording_waveform=False))
+        live_text = gr.HTML(elem_id="live-output")
+        live_stats = gr.Markdown(elem_id="live-stats")
+        live_session = gr.State(None, delete_callback=lambda s: s.stop(0) if s else None)
+    mic.stream(lambda chunk, session, backend, model: live.chunk(chunk, session, backend, model,
+                                                                 choices.default_device),
+               [mic, live_session, live_backend, live_model], [live_session, live_text, live_stats],
+               stream_every=1.0, time_limit=int(max_seconds), show_progress="hidden", concurrency_limit=None)
+    mic.stop_recording(live.stop, live_session, [live_session, live_text, live_stats], show_progress="hidden",
+                       concurrency_limit=None)

@@ -1,0 +1,260 @@
+"""Concurrent transcriptions on one MAX model decode together.
+
+Each transcription runs in a thread of its own through the unchanged seek loop
+(`maxwhisper.transcribe`, `maxwhisper.batched`), on a `SharedModel` in place of the network:
+
+- encoder calls that arrive while the encoder runs wait, then run as one batch (no wait is
+  added: a lone call runs at once);
+- a greedy decoding at temperature 0 (a window's first and usually only try) runs its prompt
+  through the generic step graph on its own, then moves its rows into a shared KV cache, where
+  every such decoding steps in one call of the token step graph, each row at its own position
+  (`decoder_layer.mojo`); beam search, sampling and language detection run on their own, as
+  without sharing.
+
+A row's arithmetic is the one-row path's whatever else steps beside it, so a transcription's
+tokens do not depend on what it shared steps with. Only the CPU kernels' plan has the token step
+graph; elsewhere only the encoder calls are shared.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from max import driver
+from max.dtype import DType
+
+from .decoder import cache_shapes
+from .model import AudioFeatures, MaxChoosingInference, MaxWhisper
+
+
+class SharedEncoder:
+    """Encoder calls from several threads: the calls that arrive while the encoder runs are run
+    together next, at most `max_windows` windows at a time."""
+
+    def __init__(self, net: MaxWhisper, max_windows: int):
+        self.net, self.max_windows = net, max_windows
+        self._cond = threading.Condition()
+        self._queue: list[_EncodeJob] = []
+        self._running = False
+        self.batches: list[int] = []  # windows per encoder call, for tests and the benchmark
+
+    def encode(self, mel: np.ndarray) -> AudioFeatures:
+        job = _EncodeJob(mel)
+        with self._cond:
+            self._queue.append(job)
+            while not job.done and (self._running or self._queue[0] is not job):
+                self._cond.wait()
+            if job.done:
+                return job.result()
+            batch, total = [], 0
+            while self._queue and (not batch or total + len(self._queue[0].mel) <= self.max_windows):
+                batch.append(self._queue.pop(0))
+                total += len(batch[-1].mel)
+            self._running = True
+        try:
+            self._run(batch)
+        finally:
+            with self._cond:
+                self._running = False
+                self._cond.notify_all()
+        return job.result()
+
+    def _run(self, batch: list[_EncodeJob]) -> None:
+        try:
+            features = self.net.encode(np.concatenate([job.mel for job in batch]))
+        except BaseException as e:  # each caller sees the failure of the call it took part in
+            for job in batch:
+                job.error, job.done = e, True
+            return
+        self.batches.append(sum(len(job.mel) for job in batch))
+        if len(batch) == 1:
+            batch[0].features, batch[0].done = features, True
+            return
+        first = 0
+        for job in batch:
+            index = self.net.to_device(np.arange(first, first + len(job.mel), dtype=np.int64))
+            job.features = AudioFeatures(*self.net.run(self.net.lazy_graph("batch_repeat"), index, features.features,
+                                                       features.cross_k, features.cross_v_t))
+            job.done = True
+            first += len(job.mel)
+
+
+@dataclass
+class _EncodeJob:
+    mel: np.ndarray
+    done: bool = False
+    features: AudioFeatures | None = None
+    error: BaseException | None = None
+
+    def result(self) -> AudioFeatures:
+        if self.error is not None:
+            raise self.error
+        return self.features
+
+
+@dataclass(eq=False)
+class _Member:
+    """A decoding's rows in the shared cache, and its submission for the next step."""
+
+    rows: list[int]
+    cached: int  # tokens each row holds in the cache
+    request: tuple | None = None  # (last tokens [b], suppress [b, V], timestamp_begin)
+    result: tuple | None = None  # (logits [b, 1, V], tokens [b], log probabilities [b])
+    error: BaseException | None = field(default=None, repr=False)
+
+
+class SharedSteps:
+    """A KV cache of `rows` rows shared by the greedy decodings of several threads, stepped
+    together: a step runs once every decoding in it has handed in its next token (the last to
+    hand in, or to leave, runs it), so each call serves all of them."""
+
+    def __init__(self, net: MaxWhisper, rows: int):
+        if net.token_step is None:  # the CPU kernels' plan: the buffers below are host memory
+            raise ValueError("shared steps need the CPU kernels' token step graph")
+        self.net, self.capacity = net, rows
+        d = net.dims
+        heads, dh = d.n_text_head, d.n_text_state // d.n_text_head
+        shapes = [shape for _ in range(d.n_text_layer) for shape in cache_shapes(d, rows)]
+        shapes += [[d.n_text_layer, rows, heads, d.n_audio_ctx, dh], [d.n_text_layer, rows, heads, dh, d.n_audio_ctx]]
+        self._buffers = [driver.Buffer(shape=shape, dtype=DType.float32, device=driver.CPU()) for shape in shapes]
+        self._views = [b.to_numpy() for b in self._buffers]  # the same memory: rows are copied in with numpy
+        for view in self._views:
+            view.fill(0)
+        self._cond = threading.Condition()
+        self._free = list(range(rows))
+        self._members: list[_Member] = []
+        self.steps = 0  # calls of the token step graph, for tests and the benchmark
+        self.rows_stepped = 0
+
+    def join(self, private: MaxChoosingInference) -> _Member | None:
+        """Move a decoding's rows (its cache after the prompt, its cross K/V) into the shared
+        cache, waiting for free rows; None when it has more rows than the cache."""
+        b = private.cache[0].shape[0]
+        if b > self.capacity:
+            return None
+        sources = [c.to_numpy() for c in private.cache] + [x.to_numpy() for x in private.cross]
+        with self._cond:
+            self._cond.wait_for(lambda: len(self._free) >= b)
+            rows, self._free = self._free[:b], self._free[b:]
+            for source, view in zip(sources[:-2], self._views[:-2]):  # the caches [rows, ...]
+                view[rows] = source
+            for source, view in zip(sources[-2:], self._views[-2:]):  # cross K and V^T [L, rows, ...]
+                view[:, rows] = source
+            member = _Member(rows, private.cached)
+            self._members.append(member)
+        return member
+
+    def step(self, member: _Member, tokens: np.ndarray, suppress: np.ndarray,
+             timestamp_begin: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The member's next tokens: tokens int64 [b, n] (n = member.cached + 1), suppress float32
+        [b, n_vocab] -> (logits float32 [b, 1, n_vocab], tokens int64 [b], log probabilities [b])."""
+        if tokens.shape != (len(member.rows), member.cached + 1):
+            raise ValueError("a shared step takes one new token per row after those in the cache")
+        with self._cond:
+            member.request = (tokens[:, -1], suppress, timestamp_begin)
+            self._step_when_all_in()
+            self._cond.wait_for(lambda: member.result is not None or member.error is not None)
+            result, error, member.result, member.error = member.result, member.error, None, None
+        if error is not None:
+            raise error
+        member.cached += 1
+        return result
+
+    def leave(self, member: _Member) -> None:
+        with self._cond:
+            self._members.remove(member)
+            self._free += member.rows
+            self._cond.notify_all()
+            self._step_when_all_in()
+
+    def _step_when_all_in(self) -> None:
+        """Under the lock: one call for every member once each has handed in its token."""
+        if not self._members or any(m.request is None for m in self._members):
+            return
+        members = list(self._members)
+        positions = np.full(self.capacity, -1, np.int64)
+        tokens = np.zeros((self.capacity, 1), np.int64)
+        for m in members:
+            positions[m.rows] = m.cached
+            tokens[m.rows, 0] = m.request[0]
+        rows = np.concatenate([m.rows for m in members]).astype(np.int64)
+        order = np.argsort(rows, kind="stable")  # the graph returns the rows in the order asked
+        suppress = np.concatenate([m.request[1] for m in members])[order]
+        timestamp_begin = np.concatenate([[m.request[2]] * len(m.rows) for m in members]).astype(np.int64)[order]
+        net = self.net
+        try:
+            logits, chosen, logprobs = (o.to_numpy() for o in net.run(
+                net.token_step, *(net.to_device(a) for a in (tokens, positions, rows[order], suppress, timestamp_begin)),
+                *self._buffers[-2:], *self._buffers[:-2]))
+        except BaseException as e:  # noqa: BLE001 - every member of the step sees it
+            for m in members:
+                m.request, m.error = None, e
+            self._cond.notify_all()
+            return
+        self.steps += 1
+        self.rows_stepped += len(rows)
+        where = np.empty_like(order)
+        where[order] = np.arange(len(order))  # position of each member row in the sorted output
+        first = 0
+        for m in members:
+            mine = where[first:first + len(m.rows)]
+            m.result, m.request = (logits[mine], chosen[mine], logprobs[mine]), None
+            first += len(m.rows)
+        self._cond.notify_all()
+
+
+class SharedInference:
+    """`decoding.ChoosingInference` for one decoding on a SharedModel: the prompt on a private
+    inference, then greedy steps in the shared cache; everything else private."""
+
+    def __init__(self, net: MaxWhisper, steps: SharedSteps | None):
+        self.private = MaxChoosingInference(net)
+        self.steps = steps
+        self.member: _Member | None = None
+
+    def logits(self, tokens: np.ndarray, audio_features: AudioFeatures, positions: Sequence[int] = (-1,)) -> np.ndarray:
+        return self.private.logits(tokens, audio_features, positions)
+
+    def logits_and_choice(self, tokens, audio_features, positions, suppress, timestamp_begin):
+        if self.member is not None:
+            return self.steps.step(self.member, tokens, suppress, timestamp_begin)
+        prompt = self.private.cache is None
+        out = self.private.logits_and_choice(tokens, audio_features, positions, suppress, timestamp_begin)
+        if prompt and self.steps is not None:
+            self.member = self.steps.join(self.private)
+            if self.member is not None:
+                self.private.cleanup_caching()
+        return out
+
+    def rearrange_kv_cache(self, source_indices: Sequence[int]) -> None:
+        self.private.rearrange_kv_cache(source_indices)
+
+    def cleanup_caching(self) -> None:
+        if self.member is not None:
+            self.steps.leave(self.member)
+            self.member = None
+        self.private.cleanup_caching()
+
+
+class SharedModel:
+    """`decoding.WhisperModel` over a MaxWhisper for transcriptions running in several threads at
+    once: their encoder calls and greedy steps are shared (see the module's docstring), at most
+    `rows` windows in an encoder call and `rows` sequences in a step."""
+
+    def __init__(self, net: MaxWhisper, rows: int):
+        self.net = net
+        self.dims, self.is_multilingual, self.num_languages = net.dims, net.is_multilingual, net.num_languages
+        self.alignment_heads = net.alignment_heads
+        self.encoder = SharedEncoder(net, rows)
+        self.steps = SharedSteps(net, rows) if net.token_step is not None and net.plan.decoder_chooses else None
+
+    def encode(self, mel: np.ndarray) -> AudioFeatures:
+        return self.encoder.encode(mel)
+
+    def inference(self):
+        return SharedInference(self.net, self.steps) if self.steps is not None else self.net.inference()
+
+    def alignment(self, tokens: np.ndarray, features: AudioFeatures) -> tuple[np.ndarray, np.ndarray]:
+        return self.net.alignment(tokens, features)

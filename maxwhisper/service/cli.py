@@ -1,0 +1,166 @@
+"""`python -m maxwhisper serve`: the transcription service on Ray Serve.
+
+Without --address it starts a Ray instance on this machine (nothing else to install or start);
+with --address it joins an existing Ray cluster and places its replicas there. It prints the URL,
+the deployments and their replicas, and what is still compiling; Ctrl-C shuts it down.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import signal
+import sys
+import time
+
+from ..api import MaxWhisperError
+
+EXAMPLE = """examples:
+  python -m maxwhisper serve                               # MAX tiny.en on this machine, http://127.0.0.1:8000
+  python -m maxwhisper serve --backend max,faster --ui     # two backends, and the app at /
+  python -m maxwhisper serve --address auto --replicas 4   # on a running Ray cluster"""
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+    return parse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..registry import BACKENDS, DEVICES, PRECISIONS
+
+    p.epilog, p.formatter_class = EXAMPLE, argparse.RawDescriptionHelpFormatter
+    p.add_argument("--backend", default="max", help=f"comma-separated backends to serve ({', '.join(BACKENDS)}); "
+                                                     "the first is the default (default: max)")
+    p.add_argument("--model", default="tiny.en", help="comma-separated installed models; the first is what "
+                                                       "'whisper-1' means (default: tiny.en)")
+    p.add_argument("--device", default="auto", choices=list(DEVICES), help="auto: the GPU when there is one")
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
+    p.add_argument("--replicas", type=_positive(int), default=1, help="replicas per model deployment (default 1)")
+    p.add_argument("--max-batch", type=_positive(int), default=8,
+                   help="requests a MAX replica decodes together (default 8; 1: one at a time)")
+    p.add_argument("--cpus-per-replica", type=_positive(float), default=1.0,
+                   help="CPUs Ray reserves per model replica (default 1; MAX uses every core of its machine)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=_positive(int), default=8000)
+    p.add_argument("--address", default=None,
+                   help="a Ray cluster to join (e.g. auto or ray://head:10001); default: a Ray instance of its own")
+    p.add_argument("--ui", action="store_true", help="also serve the Gradio app at /")
+    p.add_argument("--max-seconds", type=_positive(float), default=600.0, help="longest audio accepted (default 600)")
+    p.add_argument("--max-upload-mb", type=_positive(float), default=25.0, help="largest upload (default 25, as OpenAI)")
+    p.add_argument("--request-timeout", type=_positive(float), default=600.0,
+                   help="seconds after which a request is answered 504 (default 600)")
+
+
+def config_of(args: argparse.Namespace, device: str):
+    """The ServiceConfig the arguments ask for, checked before anything starts."""
+    from ..checkpoint import installed_models
+    from ..registry import BACKENDS, available_backends
+    from .deployments import ServiceConfig
+
+    backends = tuple(dict.fromkeys(b.strip() for b in args.backend.split(",") if b.strip()))
+    models = tuple(dict.fromkeys(m.strip() for m in args.model.split(",") if m.strip()))
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown or not backends:
+        raise MaxWhisperError(f"unknown backend(s) {', '.join(unknown) or '(none given)'}; "
+                              f"valid backends: {', '.join(BACKENDS)}")
+    missing = [b for b in backends if b not in available_backends()]
+    if missing:
+        raise MaxWhisperError(f"backend(s) {', '.join(missing)} not installed here (pip install -r requirements.txt)")
+    installed = installed_models()
+    absent = [m for m in models if m not in installed and not os.path.exists(m)]
+    if absent or not models:
+        raise MaxWhisperError(f"model(s) {', '.join(absent) or '(none given)'} not installed; installed: "
+                              f"{', '.join(installed) or 'none'} (`python -m maxwhisper models` says how to add one)")
+    for b in backends:
+        if args.precision not in BACKENDS[b].precisions.get("gpu" if device == "gpu" else "cpu", ()):
+            raise MaxWhisperError(f"backend {b} has no precision {args.precision} on {device}")
+    return ServiceConfig(backends=backends, models=models, device=device, precision=args.precision,
+                         replicas=args.replicas, max_batch=args.max_batch, cpus_per_replica=args.cpus_per_replica,
+                         max_seconds=args.max_seconds, max_upload_mb=args.max_upload_mb,
+                         request_timeout_s=args.request_timeout, ui=args.ui)
+
+
+def _device(requested: str, ray) -> str:
+    """--device auto on a cluster: the GPU when the cluster has one; here: when MAX sees one."""
+    if requested != "auto":
+        return requested
+    if ray.cluster_resources().get("GPU", 0) > 0:
+        return "gpu"
+    return "cpu"
+
+
+def main(args: argparse.Namespace) -> int:
+    os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    import ray
+    from ray import serve
+
+    from .deployments import APP_NAME, application
+
+    config_of(args, "cpu" if args.device == "auto" else args.device)  # mistakes before Ray starts
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even where a shell started it ignoring Ctrl-C
+    signal.signal(signal.SIGTERM, _interrupt)
+    where = f"the Ray cluster at {args.address}" if args.address else "a Ray instance of its own"
+    print(f"starting on {where} ...", file=sys.stderr, flush=True)
+    ray.init(address=args.address, include_dashboard=False, logging_level=logging.WARNING,
+             log_to_driver=False)
+    try:
+        config = config_of(args, _device(args.device, ray))
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve._run(application(config), name=APP_NAME, route_prefix="/", _blocking=False)
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+        print(f"MAX-Whisper service: http://{host}:{args.port}/v1 (OpenAI's audio API)"
+              + (f", the app at http://{host}:{args.port}/" if config.ui else "")
+              + f"; API docs at http://{host}:{args.port}/docs", flush=True)
+        for backend, model in config.served.pairs:
+            print(f"  {config.deployment_name(backend, model)}: {config.replicas} replica(s), "
+                  f"{config.batch_of(backend)} request(s) at once each, {config.precision}", flush=True)
+        _wait_until_ready(serve, APP_NAME, config)
+        print("ready; Ctrl-C stops the service", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping ...", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _wait_until_ready(serve, app: str, config) -> None:
+    """Print what is still loading or compiling every 10 s until every deployment has a replica up."""
+    start, last = time.monotonic(), -math.inf
+    names = [config.deployment_name(b, m) for b, m in config.served.pairs]
+    while True:
+        status = serve.status().applications.get(app)
+        deployments = status.deployments if status else {}
+        waiting = [n for n in names if n not in deployments or not deployments[n].replica_states.get("RUNNING")]
+        failed = [n for n in names if n in deployments and deployments[n].status.value in ("UNHEALTHY", "DEPLOY_FAILED")]
+        if failed:
+            raise MaxWhisperError(f"{', '.join(failed)} failed to start: {_last_line(deployments[failed[0]].message)}")
+        if not waiting:
+            return
+        if time.monotonic() - last >= 10:
+            last = time.monotonic()
+            print(f"  loading {', '.join(waiting)} ({last - start:.0f} s; MAX compiles its graphs the first time, "
+                  "minutes on a few cores; requests get 503 until then)", flush=True)
+        time.sleep(1)
+
+
+def _last_line(message: str) -> str:
+    """A replica's failure as Serve reports it ends with the exception's own line."""
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "no reason given"

@@ -1,0 +1,32 @@
+"""Text for people, shared by the tabs: an implementation's label and colour, load times, error
+messages without the server's paths."""
+from __future__ import annotations
+
+import re
+
+from maxwhisper.api import MaxWhisperError
+from maxwhisper.registry import BACKENDS, color
+
+
+def label(backend: str) -> str:
+    return BACKENDS[backend].description if backend in BACKENDS else backend
+
+
+def colored(backend: str, text: str | None = None) -> str:
+    """`text` (default: the backend's label) in the backend's colour, for plotly's tick labels."""
+    return f"<span style='color:{color(backend)}'><b>{text or label(backend)}</b></span>"
+
+
+def hide_paths(text: str) -> str:
+    """Absolute paths (the server's files) reduced to their file names; URLs kept."""
+    return re.sub(r"(?<![\w.:/])/(?:[^\s/'\"]+/)+([^\s/'\"]+)", r"\1", text)
+
+
+def load_text(load_s: float, compile_s: float | None) -> str:
+    """'load X s', plus ' + compile Y s' when there was a compile."""
+    return f"load {load_s:.1f} s" + (f" + compile {compile_s:.1f} s" if compile_s else "")
+
+
+def error_message(e: BaseException) -> str:
+    """A MaxWhisperError's message is meant for people; anything else is named by its type. No server paths."""
+    return hide_paths(str(e) if isinstance(e, MaxWhisperError) else f"{type(e).__name__}: {e}")

@@ -1,0 +1,71 @@
+"""The Transcribe & compare tab's headline: how MAX compared on this run's audio (`run_headline`),
+or before any run, on the committed benchmark's longest clip (`benchmark_headline`)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from maxwhisper.api import TranscriptionResult
+
+from .formatting import label
+from .results import BenchmarkRun, read_runs
+
+log = logging.getLogger(__name__)
+
+
+def _times(faster: float) -> str:
+    return f"{faster:.2f}× faster than" if faster >= 1 else f"slower ({1 / faster:.2f}× the time) than"
+
+
+def run_headline(results: dict[str, TranscriptionResult], shared_cpu: str = "") -> str:
+    """Markdown: how many times faster MAX was than each other implementation on this audio, and
+    whether their tokens were identical; "" when MAX or every other implementation is missing.
+    `shared_cpu`: the background work some of the runs shared the CPU with, if any."""
+    mx = results.get("max")
+    others = {b: r for b, r in results.items() if b != "max"}
+    if mx is None or not others:
+        return ""
+    shared_cpu = f" ⚠ Some runs shared the CPU with {shared_cpu}: compare again for a fair ratio." if shared_cpu else ""
+    speed = "; ".join(f"{_times(r.timings.total_s / mx.timings.total_s)} {label(b)} ({r.timings.total_s:.2f} s)"
+                      for b, r in others.items())
+    same = [label(b) for b, r in others.items() if r.tokens == mx.tokens]
+    tokens = ("identical tokens to " + " and ".join(same) if same else "tokens differ from every other implementation")
+    if same and len(same) < len(others):
+        tokens += f", not to {' and '.join(label(b) for b in others if label(b) not in same)}"
+    return (f"### On this {mx.audio_s:.1f} s of audio, MAX Graph took {mx.timings.total_s:.2f} s: {speed}.\n"
+            f"MAX's transcript has {tokens}. One run each, model already loaded.{shared_cpu}")
+
+
+
+def benchmark_headline(directory: Path) -> str:
+    """Markdown: the committed benchmark's result on its longest clip, with its machine; "" without one
+    (a run whose numbers are missing or not numbers is passed over)."""
+    runs, _ = read_runs(directory)
+    for run in runs:
+        try:
+            headline = _run_headline(run)
+        except (TypeError, ValueError, ZeroDivisionError, AttributeError) as e:
+            log.warning("no headline from %s: %s", run.name, e)
+            continue
+        if headline:
+            return headline
+    return ""
+
+
+def _run_headline(run: BenchmarkRun) -> str:
+    clips = {r["audio"]: r["audio_s"] or 0 for r in run.rows if r["backend"] == "max"}
+    if not clips:
+        return ""
+    clip = max(clips, key=clips.get)
+    on_clip = [r for r in run.rows if r["audio"] == clip]
+    mx = next(r for r in on_clip if r["backend"] == "max")
+    speed = "; ".join(f"{_times(r['total_s_median'] / mx['total_s_median'])} {label(r['backend'])} "
+                      f"{r['precision']} ({r['total_s_median']:.2f} s)" for r in on_clip if r["backend"] != "max")
+    same = {True: " Its tokens are identical to openai-whisper's.", False: " Its tokens differ from openai-whisper's."}
+    machine = run.machine
+    return (f"### Committed benchmark: on {clip} ({clips[clip]:.0f} s, {mx['model']}), MAX Graph took "
+            f"{mx['total_s_median']:.2f} s: {speed}.\n"
+            f"Medians on {machine.get('cpu', 'a CPU')}, {machine.get('cores', '?')} cores "
+            f"(`{run.name}`).{same.get(mx['tokens_identical_to_openai'], '')} "
+            f"Run a clip to measure on this machine.")
+

@@ -1,0 +1,194 @@
+"""Transcribers loaded once and kept (`ModelCache`), each warmed up by a first transcription
+(`create_warmed_up`), and where MAX's compile cache and the record of load times live.
+
+`ModelCache` keeps, per (backend, model, device, precision), one transcriber for the process, with
+a status line for people while it loads (the first MAX compile takes minutes on a CPU) and the time
+each load took, kept beside MAX's compile cache for the next start.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import math
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from maxwhisper.audio import SAMPLE_RATE
+from maxwhisper.registry import BACKENDS, create_transcriber
+
+from .formatting import error_message, label, load_text
+
+log = logging.getLogger(__name__)
+
+LOAD_RECORD = "maxwhisper-load-times.json"
+
+
+def compile_cache_dir() -> Path:
+    return Path(os.environ.get("MODULAR_CACHE_DIR") or Path.home() / ".cache" / "modular")
+
+
+def load_record_path() -> Path:
+    """Where the app keeps how long each model took to load: beside MAX's compile cache, which decides it."""
+    return compile_cache_dir().parent / LOAD_RECORD
+
+
+def use_persistent_storage(data: Path = Path("/data")) -> None:
+    """On a Space with persistent storage (`/data`, writable), keep MAX's compile cache there so that a
+    restart loads the compiled graphs in seconds. Call before `max` is imported; an explicit
+    MODULAR_CACHE_DIR wins."""
+    if "MODULAR_CACHE_DIR" not in os.environ and data.is_dir() and os.access(data, os.W_OK):
+        os.environ["MODULAR_CACHE_DIR"] = str(data / "modular")
+
+
+PR_SET_TIMERSLACK = 29  # prctl option (linux/prctl.h)
+POLLER_SLACK_NS = 20_000_000
+
+
+def create_warmed_up(backend: str, **kwargs):
+    """`create_transcriber`, then one transcription of 1 s of silence, so that no implementation's
+    first-call costs land in a visitor's timings; a failure of that transcription is raised.
+
+    It runs in a thread with a 20 ms timer slack: MAX's runtime starts a thread at the process's
+    first execution that wakes every 100 µs for as long as the process lives, whatever max's
+    settings. A thread inherits its creator's timer slack, which lets the kernel batch those
+    wake-ups; the threads that run transcriptions keep the default slack.
+    """
+    transcriber = create_transcriber(backend, **kwargs)
+
+    def first_call():
+        _set_timer_slack(POLLER_SLACK_NS)
+        transcriber.transcribe(np.zeros(SAMPLE_RATE, np.float32))
+
+    with ThreadPoolExecutor(1, thread_name_prefix="maxwhisper-first-call") as pool:
+        pool.submit(first_call).result()
+    return transcriber
+
+
+def _set_timer_slack(ns: int) -> None:
+    """The calling thread's timer slack (Linux's prctl); nothing where there is none."""
+    if sys.platform != "linux":
+        return
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_TIMERSLACK, ctypes.c_ulong(ns), 0, 0, 0)
+    except (OSError, AttributeError):
+        log.debug("no prctl: the default timer slack stays")
+
+
+class ModelCache:
+    """Transcribers keyed by (backend, model, device, precision), created once and reused.
+
+    Thread-safe: callers asking for the same key wait for a single load (a request that arrives
+    during the start-up warm-up waits for it instead of compiling again); different keys load
+    independently. A failed load is not kept: the next request tries again. With `record`, the
+    seconds each load took are kept in that JSON file and quoted while the same key loads again.
+    """
+
+    def __init__(self, create: Callable = create_transcriber, record: Path | None = None):
+        self._create = create
+        self._record = record
+        self._lock = threading.Lock()
+        self._key_locks: dict[tuple, threading.Lock] = {}
+        self._loaded: dict[tuple, object] = {}
+        self._state: dict[tuple, tuple[str, float | str]] = {}  # key -> ("loading", t0) / ("ready"|"failed", text)
+
+    def get(self, backend: str, model: str, device: str, precision: str = "fp32"):
+        key = (backend, model, device, precision)
+        with self._lock:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            if key not in self._loaded:
+                self._state[key] = ("loading", time.monotonic())
+                try:
+                    t = self._create(backend, model=model, device=device, precision=precision)
+                except Exception as e:
+                    self._state[key] = ("failed", error_message(e))
+                    raise
+                self._loaded[key] = t
+                self._state[key] = ("ready", load_text(t.load_s, t.compile_s))
+                self._remember(key, t.load_s + t.compile_s)
+            return self._loaded[key]
+
+    def loaded(self, backend: str, model: str, device: str, precision: str = "fp32") -> bool:
+        return (backend, model, device, precision) in self._loaded
+
+    def warm_up(self, keys: list[tuple[str, str, str]], then: Callable[[], None] | None = None) -> threading.Thread:
+        """Load (backend, model, device) for each key in a background thread, in order; then call `then`."""
+        def run():
+            for key in keys:
+                try:
+                    self.get(*key)
+                except Exception:  # noqa: BLE001 - recorded in the status; a request will show it
+                    log.exception("warm-up of %s failed", key)
+            if then is not None:
+                then()
+
+        thread = threading.Thread(target=run, name="maxwhisper-warm-up", daemon=True)
+        thread.start()
+        return thread
+
+    def busy(self) -> bool:
+        return any(state == "loading" for state, _ in list(self._state.values()))
+
+    def _load_times(self) -> dict[str, float]:
+        try:
+            return json.loads(self._record.read_text(encoding="utf-8")) if self._record else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _remember(self, key: tuple, seconds: float) -> None:
+        if self._record is None:
+            return
+        times = {**self._load_times(), "/".join(key): round(seconds, 1)}
+        try:
+            self._record.parent.mkdir(parents=True, exist_ok=True)
+            self._record.write_text(json.dumps(times, indent=1), encoding="utf-8")
+        except OSError as e:
+            log.warning("cannot keep the load times in %s: %s", self._record, e)
+
+    def expected_load(self, backend: str, model: str, device: str, precision: str = "fp32") -> str:
+        """Roughly how long loading the key takes here: the last load's time, or what a first load costs."""
+        seconds = self._load_times().get("/".join((backend, model, device, precision)))
+        if seconds is not None:
+            return f"about {math.ceil(seconds)} s" + (" last time here" if backend == "max" else "")
+        if backend == "max":
+            return "the first compile takes minutes on a CPU, seconds once it is in the compile cache"
+        return "seconds"
+
+    def loading_text(self, backend: str, model: str, device: str, precision: str = "fp32") -> str:
+        what = "compiling the MAX graphs" if backend == "max" else "loading"
+        return f"{what} for {model} on {device} ({self.expected_load(backend, model, device, precision)})"
+
+    def load_note(self, backends: list[str], model: str, device: str) -> str:
+        """Markdown telling what the first run with `model` will load first, or "" when all is loaded."""
+        missing = [b for b in BACKENDS if b in backends and not self.loaded(b, model, device)]
+        if not missing:
+            return ""
+        parts = [f"{label(b)}: {self.loading_text(b, model, device)}" for b in missing]
+        return f"**{model}** is not loaded yet; the first run starts with " + "; ".join(parts) + \
+            ". Other visitors' runs are not held up by it."
+
+    def status(self) -> str:
+        """One line of Markdown: what is loaded, loading or failed."""
+        if not self._state:
+            return "No model loaded yet: the first run loads them."
+        parts = []
+        for (backend, model, device, precision), (state, info) in list(self._state.items()):
+            name = f"{label(backend)} · {model} · {device}"
+            if state == "loading":
+                parts.append(f"{name}: {self.loading_text(backend, model, device, precision)}, "
+                             f"{time.monotonic() - info:.0f} s so far…")
+            elif state == "ready":
+                parts.append(f"✓ {name} ({info})")
+            else:
+                parts.append(f"✗ {name} failed: {info}")
+        prefix = "**Loading** (each implementation answers as soon as it is ready): " if self.busy() else "**Models:** "
+        return prefix + " · ".join(parts)
+

@@ -1,0 +1,43 @@
+"""The committed benchmark results (`benchmarks/results/*.json`, written by `maxwhisper.bench`)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"  # what the app shows
+BENCH_COLUMNS = ["audio", "audio_s", "backend", "model", "device", "precision", "total_s_median", "rtf",
+                 "load_s", "compile_s", "features_s", "encode_s", "decode_s", "wer", "agreement",
+                 "tokens_identical_to_openai"]
+
+
+@dataclass
+class BenchmarkRun:
+    name: str  # file name
+    machine: dict
+    versions: dict
+    options: dict
+    rows: list[dict]  # one per result, with every key of BENCH_COLUMNS (None where missing)
+
+
+def read_benchmark(path: Path) -> BenchmarkRun:
+    """The one place that knows the schema `maxwhisper.bench` writes:
+    {"machine": {...}, "versions": {...}, "options": {...}, "results": [{BENCH_COLUMNS...}, ...]}."""
+    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    rows = [{c: r.get(c) for c in BENCH_COLUMNS} for r in doc.get("results") or [] if isinstance(r, dict)]
+    return BenchmarkRun(Path(path).name, doc.get("machine") or {}, doc.get("versions") or {},
+                        doc.get("options") or {}, rows)
+
+
+
+def read_runs(directory: Path) -> tuple[list[BenchmarkRun], list[str]]:
+    """The runs with per-implementation results in `directory`, and a note per unreadable file."""
+    files = sorted(Path(directory).glob("*.json")) if Path(directory).is_dir() else []
+    runs, notes = [], []
+    for path in files:
+        try:
+            runs.append(read_benchmark(path))
+        except (OSError, ValueError, AttributeError, TypeError) as e:
+            notes.append(f"- ⚠ `{path.name}` could not be read: {e}")
+    return [run for run in runs if run.rows], notes  # e.g. a throughput report: no per-implementation results
+

@@ -1,0 +1,166 @@
+"""The seam between the tabs and the models: the one object through which the Transcribe & compare
+and Live tabs get their transcriptions.
+
+`Transcriptions` says what a tab may ask; `LocalTranscriptions` answers it in this process (models
+loaded once and kept, comparisons taking turns), and another implementation, e.g. one that sends
+the work to a transcription service, can stand behind the same tabs. `app.build_demo` is given one.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from maxwhisper.api import SAMPLE_RATE, DecodeOptions, Transcriber, TranscriptionResult
+
+from .formatting import label
+from .models import ModelCache, create_warmed_up
+from .turns import Turns
+
+WINDOW_S = 30  # Whisper transcribes in 30 s windows
+
+ProgressCallback = Callable[[float, str], None]  # (fraction of this transcription done, what it does now)
+
+
+class Cancelled(Exception):
+    """The visitor left: raised by a progress callback, it makes the transcription give up its place
+    in line or stop, and leaves `Transcriptions.transcribe`."""
+
+
+@dataclass(frozen=True)
+class Transcription:
+    result: TranscriptionResult
+    shared_cpu: str = ""  # for people: the work that ran beside it and slowed it (e.g. "the component checks"); "" none
+
+
+@runtime_checkable
+class Transcriptions(Protocol):
+    """What the tabs ask of the transcriptions. Every method may be called from many threads at once
+    (one per visitor's request), and none may take long except `transcribe` and `transcriber`.
+
+    A model is named by (backend, model, device, precision): a backend of `maxwhisper.registry`
+    ("max", "openai", "faster"), an installed model name ("tiny.en"), "cpu" or "gpu", and a
+    precision the backend has on that device ("fp32" by default).
+    """
+
+    def transcribe(self, samples: np.ndarray, backend: str, model: str, device: str, options: DecodeOptions, *,
+                   precision: str = "fp32", progress: ProgressCallback | None = None) -> Transcription:
+        """One transcription of `samples` (float32 mono at 16 kHz, checked already: not empty, not
+        silent) with `options`, as the Transcribe & compare tab runs it for a visitor.
+
+        `progress(fraction, what)`, if given, is called as the work goes, from any thread: `fraction`
+        is how much of this transcription is done (0 to 1, never going back), `what` says for people
+        what it does now, without the implementation's name (the tab puts it in front), e.g.
+        "compiling the MAX graphs for tiny.en on cpu (about 40 s last time here)" while the model
+        loads, "waiting for its turn, 2 runs ahead (…what runs now…)" while others go first, then
+        "transcribing, window 2 of ~7 (40 of 200 s done)" after each 30 s window and "transcribed,
+        finishing" at 1. While it waits for its turn, it is called about once a second, so that a visitor who
+        leaves is noticed: when the callback raises `Cancelled`, the transcription gives up its
+        place (or stops as soon as it can) and `Cancelled` leaves this method.
+
+        Returns the result and the background work that shared the CPU with it, if any. Raises
+        MaxWhisperError for what the visitor can mend (its message is shown as is) and any other
+        exception for a failure of the implementation (shown with its type); a failed load is
+        raised as well, and a later call loads again.
+        """
+        ...
+
+    def transcriber(self, backend: str, model: str, device: str, precision: str = "fp32") -> Transcriber:
+        """A transcriber (`maxwhisper.api.Transcriber`) that a live stream calls update after update
+        (`maxwhisper.streaming.Streamer`: a few seconds of audio each, with word timestamps), without
+        turns or progress: loaded first if need be, which may take minutes (a first MAX compile);
+        raises as `transcribe` does. The caller runs one transcription at a time on it. Streams must
+        not wait for the comparisons' turns nor run on a model a comparison is using at the same
+        time: the local implementation keeps models apart for them.
+        """
+        ...
+
+    def loaded(self, backend: str, model: str, device: str, precision: str = "fp32") -> bool:
+        """Whether `transcribe` can start on this model without loading it first (a comparison runs
+        the loaded implementations first, so that they answer while another loads)."""
+        ...
+
+    def load_note(self, backends: list[str], model: str, device: str) -> str:
+        """Markdown saying what a first run of `backends` with `model` on `device` will load or
+        compile before it starts, and roughly how long that takes; "" when nothing is to load."""
+        ...
+
+    def status(self) -> str:
+        """Markdown for the page's status line: the models loaded, loading (for how long so far) or
+        failed, what runs now and how many runs wait."""
+        ...
+
+    def busy(self) -> bool:
+        """Whether a load, a run or a wait is under way: while it is, the page shows `status()`
+        again every 2 s."""
+        ...
+
+
+def progress_text(fraction: float, audio_s: float) -> str:
+    """'window k of ~n' of a transcription in 30 s windows, estimated from the fraction of the audio done
+    (backends report it after each window, or each segment)."""
+    if fraction >= 1:
+        return "transcribed, finishing"
+    expected = max(math.ceil(audio_s / WINDOW_S), 1)
+    current = min(int(fraction * audio_s // WINDOW_S) + 1, expected)
+    return f"transcribing, window {current} of ~{expected} ({fraction * audio_s:.0f} of {audio_s:.0f} s done)"
+
+
+class LocalTranscriptions:
+    """`Transcriptions` in this process: the comparisons' transcribers in `models`, one transcription
+    at a time in `turns` (first come first served, each waiter told its place); the live streams'
+    transcribers apart in `stream_models`, so that streams run beside the comparisons instead of
+    waiting for them. `create(backend, model=, device=, precision=)` makes a transcriber (the app's:
+    `create_warmed_up`); `record` keeps how long each load took (`ModelCache`)."""
+
+    def __init__(self, create: Callable = create_warmed_up, *, record: Path | None = None,
+                 turns: Turns | None = None):
+        self.models = ModelCache(create, record=record)
+        self.stream_models = ModelCache(create)
+        self.turns = turns or Turns()
+
+    def transcribe(self, samples: np.ndarray, backend: str, model: str, device: str, options: DecodeOptions, *,
+                   precision: str = "fp32", progress: ProgressCallback | None = None) -> Transcription:
+        say = progress or (lambda fraction, what: None)
+        if not self.models.loaded(backend, model, device, precision):
+            say(0.0, self.models.loading_text(backend, model, device, precision))
+        transcriber = self.models.get(backend, model, device, precision)
+
+        def waiting(ahead: int, activity: str) -> None:
+            say(0.0, f"waiting for its turn, {ahead} run{'s' if ahead > 1 else ''} ahead"
+                     + (f" ({activity})" if activity else ""))
+
+        def loading() -> str:  # loads run outside the turns: asked at the start and the end of the transcription
+            return "a model load or compile" if self.models.busy() else ""
+
+        with self.turns.turn(waiting) as background:
+            shared = background or loading()
+            audio_s = len(samples) / SAMPLE_RATE
+
+            def report(fraction: float = 0.0) -> None:
+                text = progress_text(fraction, audio_s)
+                self.turns.activity = f"{label(backend)}: {text}"
+                say(0.1 + 0.9 * fraction, text)
+
+            report()
+            result = transcriber.transcribe(samples, options, progress=report)
+            return Transcription(result, shared or loading())
+
+    def transcriber(self, backend: str, model: str, device: str, precision: str = "fp32") -> Transcriber:
+        return self.stream_models.get(backend, model, device, precision)
+
+    def loaded(self, backend: str, model: str, device: str, precision: str = "fp32") -> bool:
+        return self.models.loaded(backend, model, device, precision)
+
+    def load_note(self, backends: list[str], model: str, device: str) -> str:
+        return self.models.load_note(backends, model, device)
+
+    def status(self) -> str:
+        return "  \n".join(part for part in (self.models.status(), self.turns.status()) if part)
+
+    def busy(self) -> bool:
+        return self.models.busy() or self.turns.busy()
