@@ -33,12 +33,13 @@ options, the same audio."""
 
 
 def build_demo(transcriptions: Transcriptions, max_seconds: float = 600.0,
-               checks: checks_tab.ComponentChecks | None = None) -> gr.Blocks:
+               checks: checks_tab.ComponentChecks | None = None, choices: Choices | None = None) -> gr.Blocks:
     """The page: a status line over the five tabs. Its tabs transcribe only through `transcriptions`;
     `checks` (default: checks that wait for no transcription) should share the turns of local
-    transcriptions, as `main`'s do."""
+    transcriptions, as `main`'s do; `choices` (default: this machine's) are the models, backends
+    and devices offered."""
     checks = checks or checks_tab.ComponentChecks(Turns())
-    choices = Choices.here()
+    choices = choices or Choices.here()
 
     def busy() -> bool:
         return transcriptions.busy() or checks.running()
@@ -59,8 +60,9 @@ def build_demo(transcriptions: Transcriptions, max_seconds: float = 600.0,
             button.click(lambda: gr.Timer(active=True), outputs=timer, concurrency_limit=None, show_progress="hidden")
         timer.tick(tick, outputs=[status_line, *checks_ui.view.outputs, timer], concurrency_limit=None,
                    show_progress="hidden")
-        demo.load(lambda: tuple(value for view in views for value in view.values()),
-                  outputs=[output for view in views for output in view.outputs], concurrency_limit=None)
+        demo.load(lambda: (transcriptions.status(), *(value for view in views for value in view.values())),
+                  outputs=[status_line, *(output for view in views for output in view.outputs)],
+                  concurrency_limit=None)
     return demo
 
 

@@ -26,7 +26,7 @@ from faster_whisper import BatchedInferencePipeline, WhisperModel
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 
 from maxwhisper.api import (SAMPLE_RATE, AudioError, BackendError, DecodeOptions, MaxWhisperError, Segment,
-                            Timings, TranscriptionResult, Word)
+                            Timings, TranscriptionResult, Word, empty_result)
 from maxwhisper.checkpoint import load_checkpoint
 
 COMPUTE_TYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "int8"}
@@ -142,6 +142,7 @@ class FasterTranscriber:
         self.model = ckpt.name
         self.source = ckpt.source
         self.ct2_dir = ckpt.ct2_dir
+        self.n_vocab = ckpt.dims.n_vocab  # CTranslate2 ignores a suppressed id beyond it: refused instead
         del ckpt
 
         t0 = time.perf_counter()
@@ -175,10 +176,13 @@ class FasterTranscriber:
     def _transcribe(self, audio: np.ndarray, options: DecodeOptions, progress: Callable[[float], None] | None,
                     first_window_only: bool = False) -> TranscriptionResult:
         audio = np.asarray(audio, dtype=np.float32)
-        if audio.ndim != 1 or audio.size == 0:
-            raise AudioError(f"audio must be non-empty mono samples (1-D), got shape {audio.shape}")
+        if audio.ndim != 1:
+            raise AudioError(f"audio must be mono samples (1-D), got shape {audio.shape}")
         if options.language is not None and options.language not in _LANGUAGE_CODES:
             raise MaxWhisperError(f"unknown language {options.language!r}; use a code such as en, de, fr")
+        options.check_vocabulary(self.n_vocab)
+        if audio.size == 0:
+            return empty_result(self, options)
         suppress = options.suppress_token_ids()  # a fresh list: faster-whisper extends it
         with self._lock:
             self._features.seconds = self._encode.seconds = 0.0

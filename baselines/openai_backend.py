@@ -36,7 +36,7 @@ from whisper.model import ModelDimensions, Whisper
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
 from maxwhisper.api import (SAMPLE_RATE, AudioError, BackendError, DecodeOptions, MaxWhisperError, Segment,
-                            Timings, TranscriptionResult, Word)
+                            Timings, TranscriptionResult, Word, empty_result)
 from maxwhisper.checkpoint import load_checkpoint
 
 # the module, not the function of the same name that `whisper/__init__.py` re-exports
@@ -202,12 +202,15 @@ class OpenAITranscriber:
     def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
                    progress: Callable[[float], None] | None = None) -> TranscriptionResult:
         audio = np.asarray(audio, dtype=np.float32)
-        if audio.ndim != 1 or audio.size == 0:
-            raise AudioError(f"audio must be non-empty mono samples (1-D), got shape {audio.shape}")
+        if audio.ndim != 1:
+            raise AudioError(f"audio must be mono samples (1-D), got shape {audio.shape}")
         if options.batch_size is not None:
             raise BackendError("openai-whisper has no batched transcription; leave the batch size unset, or use "
                                "the max or faster backend")
         language = self._language(options.language)
+        options.check_vocabulary(self.dims.n_vocab)
+        if audio.size == 0:
+            return empty_result(self, options)
         with self._lock, torch.no_grad():
             self._encode_s = 0.0
             self._language_probability = None

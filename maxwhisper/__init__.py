@@ -15,9 +15,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .api import DecodeOptions, MaxWhisperError, Segment, Transcriber, TranscriptionResult
+from .api import DecodeOptions, MaxWhisperError, OptionError, Segment, Transcriber, TranscriptionResult
 
-__all__ = ["load_model", "Model", "DecodeOptions", "TranscriptionResult", "Segment", "MaxWhisperError"]
+__all__ = ["load_model", "Model", "DecodeOptions", "TranscriptionResult", "Segment", "MaxWhisperError",
+           "OptionError"]
 
 
 class Model:
@@ -38,7 +39,9 @@ class Model:
         """`audio`: a file path (anything FFmpeg reads), its bytes, or float32 mono samples at 16 kHz.
         `options` and keyword `changes` (DecodeOptions' fields, e.g. `language="de"`, `beam_size=5`)
         default to openai-whisper's `transcribe()` options, greedy. `progress` is called with the
-        fraction of the audio done (0 to 1) as the transcription goes."""
+        fraction of the audio done (0 to 1) as the transcription goes. Audio without samples gives an
+        empty result, as in openai-whisper and faster-whisper; a value no backend can decode with, a
+        0-byte file or data that is not audio raise MaxWhisperError."""
         from .audio import load_audio
 
         options = dataclasses.replace(options or DecodeOptions(), **changes)

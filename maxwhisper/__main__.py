@@ -1,9 +1,10 @@
 """Command line: `python -m maxwhisper {transcribe,compare,models,selfcheck,bench} ...`.
 
 Results go to stdout, progress and errors to stderr. Exit codes: 0 ok; 2 a user mistake (bad
-arguments, unknown backend/model/device/precision, a missing or unreadable audio file, a GPU that
-is not there: the message says what is wrong, no traceback); 1 a failure while loading a model or
-transcribing (set MAXWHISPER_DEBUG=1 to see its traceback).
+arguments or option values, unknown backend/model/device/precision, an audio file that is missing,
+unreadable or holds nothing to transcribe, a GPU that is not there: one line says what is wrong,
+no traceback, and every file is checked before a model loads); 1 a failure while loading a model
+or transcribing (set MAXWHISPER_DEBUG=1 to see its traceback).
 
 Subcommands live in COMMANDS: name -> (help, add_arguments(parser), run(args) -> exit code).
 Other modules (selfcheck, bench) add their entry there.
@@ -13,11 +14,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import math
 import os
 import statistics
 import sys
 import traceback
 from pathlib import Path
+
+import numpy as np
 
 from .api import SAMPLE_RATE, AudioError, DecodeOptions, MaxWhisperError
 from .formats import FORMATS, render
@@ -42,33 +46,58 @@ def _failure(what: str, e: BaseException) -> int:
     return EXIT_FAILURE
 
 
-# --- argument types -------------------------------------------------------------------------
+# --- argument types: they parse and refuse NaN and infinities; DecodeOptions checks the ranges ---
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
 
 def optional_float(text: str) -> float | None:
-    """A float, or none/None to switch the threshold off."""
+    """A finite float, or none/None to switch the threshold off."""
     if text.strip().lower() == "none":
         return None
     try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+        return finite_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a finite number or 'none', got {text!r}") from None
 
 
-def positive_int(text: str) -> int:
+def positive_seconds(text: str) -> float:
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _integer(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _integer(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return _integer(text, 0)
 
 
 def temperatures(text: str) -> list[float]:
     try:
-        return [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or a comma-separated list, got {text!r}") from None
+        return [finite_float(t) for t in text.split(",") if t.strip()]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a finite number or a comma-separated list, got {text!r}") from None
 
 
 # --- shared option groups -------------------------------------------------------------------
@@ -98,7 +127,8 @@ def add_decode_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--task", default=d.task, choices=["transcribe", "translate"])
     g.add_argument("--beam-size", type=positive_int, default=d.beam_size, help="1 = greedy (default)")
     g.add_argument("--best-of", type=positive_int, default=d.best_of, help="samples per fallback temperature > 0")
-    g.add_argument("--patience", type=float, default=d.patience, help="beam search patience (beam size > 1)")
+    g.add_argument("--patience", type=finite_float, default=d.patience,
+                   help="beam search patience (beam size > 1; at least 1/beam size)")
     g.add_argument("--temperature", type=temperatures, action="append", default=None, metavar="T",
                    help="fallback schedule: repeat the flag or give a comma list "
                         f"(default: {','.join(f'{t:g}' for t in d.temperature)}); a single 0 means no fallback")
@@ -122,17 +152,29 @@ def add_decode_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
                    help="batched long-form: speech chunks found by Silero VAD, decoded N at a time, without the "
                         "previous text as prompt (max and faster backends; default: the sequential 30 s windows)")
-    g.add_argument("--max-seconds", type=float, default=None, metavar="F", help="refuse audio longer than F seconds")
+    g.add_argument("--max-seconds", type=positive_seconds, default=None, metavar="F",
+                   help="refuse audio longer than F seconds")
 
 
-def check_files(paths: list[str]) -> None:
-    """Fail fast, before a model is loaded, on files that are not there."""
-    for p in paths:
-        path = Path(p)
-        if not path.exists():
-            raise AudioError(f"audio file not found: {p}")
-        if not path.is_file():
-            raise AudioError(f"not a file: {p}")
+def read_audio(path: str, max_seconds: float | None) -> np.ndarray:
+    """The samples of the file `path`, or an AudioError naming it and saying why there is nothing to
+    transcribe (`maxwhisper.audio.check_transcribable`), as the app and the service refuse such audio."""
+    from .audio import check_transcribable, load_audio
+
+    try:
+        audio = load_audio(path, max_seconds=max_seconds)
+        check_transcribable(audio)
+    except AudioError as e:
+        raise AudioError(f"{path}: {e}") from None
+    return audio
+
+
+def check_files(paths: list[str], max_seconds: float | None = None) -> None:
+    """Fail fast, before a model is loaded: every file is decoded and checked now, and decoded again
+    when its turn comes (decoding takes little time beside transcribing, and holding every file's
+    samples until then could take more memory than the model)."""
+    for path in paths:
+        read_audio(path, max_seconds)
 
 
 def load_transcriber(args: argparse.Namespace, backend: str, kernels: bool | None = None):
@@ -161,10 +203,8 @@ def add_transcribe_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_transcribe(args: argparse.Namespace) -> int:
-    from .audio import load_audio
-
     options = DecodeOptions.from_values(vars(args))
-    check_files(args.audio)
+    check_files(args.audio, args.max_seconds)
     try:
         transcriber = load_transcriber(args, args.backend)
     except MaxWhisperError:
@@ -174,8 +214,11 @@ def run_transcribe(args: argparse.Namespace) -> int:
     status = 0
     for path in args.audio:
         try:
-            audio = load_audio(path, max_seconds=args.max_seconds)
-            result = transcriber.transcribe(audio, options)
+            result = transcriber.transcribe(read_audio(path, args.max_seconds), options)
+        except AudioError as e:  # read_audio's: it names the file
+            info(f"error: {e}")
+            status = max(status, EXIT_USER_ERROR)
+            continue
         except MaxWhisperError as e:
             info(f"error: {path}: {e}")
             status = max(status, EXIT_USER_ERROR)
@@ -202,7 +245,7 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backends", default=None,
                    help="comma-separated subset to run (default: every available backend)")
     p.add_argument("--runs", type=positive_int, default=1, help="timed runs per backend; the median is shown")
-    p.add_argument("--warmup", type=int, default=0, help="untimed runs first (default 0)")
+    p.add_argument("--warmup", type=non_negative_int, default=0, help="untimed runs first (default 0)")
     add_decode_arguments(p)
 
 
@@ -216,12 +259,10 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from .audio import load_audio
     from .registry import BACKENDS, available_backends
 
     options = DecodeOptions.from_values(vars(args))
-    check_files([args.audio])
-    audio = load_audio(args.audio, max_seconds=args.max_seconds)
+    audio = read_audio(args.audio, args.max_seconds)
     if args.backends:
         backends = [b.strip() for b in args.backends.split(",") if b.strip()]
         unknown = [b for b in backends if b not in BACKENDS]
@@ -235,7 +276,7 @@ def run_compare(args: argparse.Namespace) -> int:
         try:
             t = load_transcriber(args, backend, kernels=args.kernels or backend != "max")
             row[1:4] = [t.device, t.precision, f"{t.load_s + t.compile_s:.2f}"]
-            for _ in range(max(args.warmup, 0)):
+            for _ in range(args.warmup):
                 t.transcribe(audio, options)
             results = [t.transcribe(audio, options) for _ in range(args.runs)]
             total = statistics.median(r.timings.total_s for r in results)
@@ -262,21 +303,18 @@ def run_compare(args: argparse.Namespace) -> int:
 def add_stream_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("audio", help="an audio file, fed as if it arrived in real time")
     add_model_arguments(p)
-    p.add_argument("--chunk", type=float, default=1.0, metavar="S", help="seconds of audio per chunk (default 1.0)")
+    p.add_argument("--chunk", type=positive_seconds, default=1.0, metavar="S",
+                   help="seconds of audio per chunk (default 1.0)")
     add_decode_arguments(p)
 
 
 def run_stream(args: argparse.Namespace) -> int:
-    from .audio import load_audio
     from .formats import format_timestamp
     from .streaming import stream_audio
 
-    if not args.chunk > 0:
-        raise MaxWhisperError("--chunk must be a positive number of seconds")
     options = DecodeOptions.from_values(vars(args))
-    check_files([args.audio])
+    audio = read_audio(args.audio, args.max_seconds)
     transcriber = load_transcriber(args, args.backend)
-    audio = load_audio(args.audio, max_seconds=args.max_seconds)
 
     def show(update, now: float, behind: float) -> None:
         if update.committed:
@@ -353,9 +391,17 @@ def _lazy(module: str):
     return importlib.import_module(f"maxwhisper.{module}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors in two lines, the error and where to get help, instead of the whole usage;
+    the subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"error: {message}\nsee: {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m maxwhisper",
-                                     description="Whisper speech recognition on MAX, openai-whisper and faster-whisper")
+    parser = _Parser(prog="python -m maxwhisper",
+                     description="Whisper speech recognition on MAX, openai-whisper and faster-whisper")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (help_text, add_arguments, run) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -365,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # argparse errors: usage on stderr, exit 2
+    args = build_parser().parse_args(argv)  # argparse errors: two lines on stderr, exit 2
     try:
         return args.run(args)
     except MaxWhisperError as e:

@@ -5,6 +5,8 @@ Nothing here imports a backend; `app.py`, the CLI and the benchmark only see the
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -22,12 +24,62 @@ class AudioError(MaxWhisperError):
     """Empty, unreadable, unsupported or too long audio."""
 
 
+class NothingToTranscribe(AudioError):
+    """Audio that holds nothing to transcribe (`audio.check_transcribable`); `reason` is "no_samples",
+    "too_short" or "silent"."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class OptionError(MaxWhisperError):
+    """A decoding option no backend can decode with; `field` is its DecodeOptions name."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 class ModelError(MaxWhisperError):
     """A model that is not installed, not found, or not a Whisper checkpoint."""
 
 
 class BackendError(MaxWhisperError):
     """An unknown backend, or one that cannot do what was asked (device, precision)."""
+
+
+MIN_TEMPERATURE = 0.01  # below it, sampling is greedy decoding in all but name, and 1e-40 overflows float32 logits
+VOCABULARY_LIMIT = 51866  # the largest Whisper vocabulary (large-v3's): no model has a token id at or above it
+
+# what each threshold's value can mean (None switches it off)
+THRESHOLDS = {
+    "compression_ratio_threshold": (lambda v: 0 < v < math.inf, "a finite number above 0 (a gzip compression ratio)"),
+    "logprob_threshold": (lambda v: -math.inf < v <= 0, "a finite number of at most 0 (an average log probability)"),
+    "no_speech_threshold": (lambda v: 0 <= v <= 1, "a probability from 0 to 1"),
+    "hallucination_silence_threshold": (lambda v: 0 <= v < math.inf, "a finite number of seconds, 0 or more"),
+}
+
+
+def _is_number(value: Any) -> bool:
+    """A real number (numpy's included), not a bool or a string; NaN and infinities are numbers here."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _shown(value: Any) -> str:
+    """`value` as a message quotes it: numpy scalars as the plain Python value."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def _language_code(language: Any) -> str:
+    """A language code or name, any case ("de", "German") -> its code, as whisper takes them."""
+    from .tokenizer import normalize_language  # tiktoken: imported only when a language is given
+
+    try:
+        return normalize_language(language)
+    except (ValueError, AttributeError):
+        raise OptionError("language", f"unknown language {_shown(language)}; use a code such as en, de or fr, "
+                          "or a name such as German") from None
 
 
 @dataclass(frozen=True)
@@ -63,24 +115,77 @@ class DecodeOptions:
     batch_size: int | None = None  # None: the sequential loop, as openai-whisper; N: batched (see above)
 
     def __post_init__(self):
+        """Refuses, with one line naming the field and its range, every value no backend can decode
+        with; numbers and ids are stored in their plain Python types, the language as its code."""
         if self.task not in ("transcribe", "translate"):
-            raise MaxWhisperError(f"task must be 'transcribe' or 'translate', not {self.task!r}")
-        if self.beam_size < 1 or self.best_of < 1 or (self.batch_size is not None and self.batch_size < 1):
-            raise MaxWhisperError("beam_size, best_of and batch_size must be at least 1")
+            raise OptionError("task", f"task must be 'transcribe' or 'translate', not {self.task!r}")
+        if self.language is not None:
+            object.__setattr__(self, "language", _language_code(self.language))
+        temperatures = self.temperature
+        if not isinstance(temperatures, (tuple, list, np.ndarray)):  # one temperature: no fallback
+            temperatures = (temperatures,)
+        if len(temperatures) == 0:
+            raise OptionError("temperature", "temperature schedule is empty")
+        for t in temperatures:
+            if not (_is_number(t) and (t == 0 or MIN_TEMPERATURE <= t < math.inf)):
+                raise OptionError("temperature", "temperature must be 0 (greedy) or a finite number of at least "
+                                  f"{MIN_TEMPERATURE:g}, got {_shown(t)}")
+        object.__setattr__(self, "temperature", tuple(float(t) for t in temperatures))
+        for name in ("beam_size", "best_of", "batch_size"):
+            value = getattr(self, name)
+            if value is None and name == "batch_size":
+                continue
+            if not (_is_number(value) and value >= 1 and float(value).is_integer()):
+                raise OptionError(name, f"{name} must be a whole number of at least 1, got {_shown(value)}")
+            object.__setattr__(self, name, int(value))
+        if not (_is_number(self.patience) and 0 < self.patience < math.inf):
+            raise OptionError("patience", f"patience must be a finite number above 0, got {_shown(self.patience)}")
+        if self.beam_size > 1 and self.beam_size * self.patience < 1:  # greedy decoding ignores patience
+            raise OptionError("patience", f"patience must be at least 1/beam_size ({1 / self.beam_size:g} with "
+                              f"beam_size {self.beam_size}: beam search waits for beam_size x patience finished "
+                              f"candidates, at least 1), got {_shown(self.patience)}")
+        object.__setattr__(self, "patience", float(self.patience))
+        for name, (in_range, meaning) in THRESHOLDS.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not (_is_number(value) and in_range(value)):
+                raise OptionError(name, f"{name} must be {meaning}, or None (off), got {_shown(value)}")
+            object.__setattr__(self, name, float(value))
+        for name in ("without_timestamps", "word_timestamps", "condition_on_previous_text", "suppress_blank"):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise OptionError(name, f"{name} must be True or False, got {_shown(value)}")
+            object.__setattr__(self, name, bool(value))
+        if self.initial_prompt is not None and not isinstance(self.initial_prompt, str):
+            raise OptionError("initial_prompt",
+                              f"initial_prompt must be text or None, got {_shown(self.initial_prompt)}")
         if self.batch_size is not None and self.word_timestamps:
-            raise MaxWhisperError("word timestamps are not available with batched transcription (a batch size is set)")
-        if isinstance(self.temperature, (int, float)):
-            object.__setattr__(self, "temperature", (float(self.temperature),))
-        if not self.temperature:
-            raise MaxWhisperError("temperature schedule is empty")
-        self.suppress_token_ids()  # a readable error now rather than in a backend
+            raise OptionError("word_timestamps", "word timestamps are not available with batched transcription "
+                              "(a batch size is set)")
+        if not isinstance(self.suppress_tokens, str):  # an iterable of ids, as openai-whisper takes too
+            try:
+                object.__setattr__(self, "suppress_tokens", ",".join(str(int(t)) for t in self.suppress_tokens))
+            except (TypeError, ValueError):
+                raise OptionError("suppress_tokens", "suppress_tokens must be comma-separated integers or a list "
+                                  f"of them, not {_shown(self.suppress_tokens)}") from None
+        self.check_vocabulary(VOCABULARY_LIMIT, "any Whisper model")
 
     def suppress_token_ids(self) -> list[int]:
         """`suppress_tokens` as a fresh list of ints ('-1' / '1,2,3' / '')."""
         try:
             return [int(t) for t in self.suppress_tokens.split(",") if t.strip()]
         except ValueError:
-            raise MaxWhisperError(f"suppress_tokens must be comma-separated integers, not {self.suppress_tokens!r}") from None
+            raise OptionError("suppress_tokens", "suppress_tokens must be comma-separated integers, not "
+                              f"{self.suppress_tokens!r}") from None
+
+    def check_vocabulary(self, n_vocab: int, whose: str = "this model") -> None:
+        """Refuses a suppressed token id outside a vocabulary of `n_vocab` tokens; every backend calls it
+        with its model's before it decodes (an id valid in large-v3 may be beyond a smaller vocabulary)."""
+        for token in self.suppress_token_ids():
+            if not -1 <= token < n_vocab:
+                raise OptionError("suppress_tokens", f"suppress_tokens: {token} is not a token id of {whose} "
+                                  f"(0 to {n_vocab - 1}, or -1 for the non-speech symbols)")
 
     def replace(self, **changes) -> "DecodeOptions":
         return dataclasses.replace(self, **changes)
@@ -96,7 +201,7 @@ class DecodeOptions:
         groups = chosen.pop("temperature", None)
         if groups is not None:
             groups = groups if isinstance(groups, (list, tuple)) else [groups]
-            chosen["temperature"] = tuple(float(t) for g in groups for t in (g if isinstance(g, (list, tuple)) else [g]))
+            chosen["temperature"] = tuple(t for g in groups for t in (g if isinstance(g, (list, tuple)) else [g]))
         if chosen.get("language") in ("", "auto"):
             chosen["language"] = None
         if chosen.get("initial_prompt") == "":
@@ -195,6 +300,16 @@ class TranscriptionResult:
         d["timings"]["rtf"] = self.rtf
         d["options"]["temperature"] = list(self.options.temperature)
         return d
+
+
+def empty_result(transcriber: "Transcriber", options: DecodeOptions) -> TranscriptionResult:
+    """What every backend returns for audio without samples, as openai-whisper and faster-whisper do: no
+    segments, no text. The model does not run: the language is the requested one, else English (what
+    both detect in nothing)."""
+    return TranscriptionResult(
+        text="", segments=[], language=options.language or "en", backend=transcriber.backend,
+        model=transcriber.model, device=transcriber.device, precision=transcriber.precision, audio_s=0.0,
+        timings=Timings(load_s=transcriber.load_s, compile_s=transcriber.compile_s), options=options)
 
 
 class Transcriber(Protocol):

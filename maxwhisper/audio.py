@@ -6,6 +6,7 @@ Numpy and PyAV only (no torch, no librosa, no ffmpeg CLI). Modelled on openai-wh
 from __future__ import annotations
 
 import io
+import math
 import numbers
 import os
 from functools import lru_cache
@@ -16,7 +17,7 @@ import av
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .api import SAMPLE_RATE, AudioError
+from .api import SAMPLE_RATE, AudioError, MaxWhisperError, NothingToTranscribe
 
 # hard-coded audio hyperparameters, as in whisper.audio
 N_FFT = 400
@@ -29,6 +30,9 @@ N_SAMPLES_PER_TOKEN = HOP_LENGTH * 2  # the initial convolutions have stride 2
 FRAMES_PER_CHUNK = 1000  # log_mel_spectrogram computes the STFT this many frames at a time
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 10 ms per audio frame
 TOKENS_PER_SECOND = SAMPLE_RATE // N_SAMPLES_PER_TOKEN  # 20 ms per audio token
+
+MIN_SECONDS = 0.1  # shorter audio holds no word
+SILENT_PEAK = 1e-4  # -80 dBFS: audio whose loudest sample is quieter than this has nothing to transcribe
 
 AudioSource = Union[str, os.PathLike, bytes, tuple[int, np.ndarray], np.ndarray]
 
@@ -47,13 +51,18 @@ def load_audio(source: AudioSource, max_seconds: float | None = None) -> np.ndar
     what openai-whisper gets from `ffmpeg -ac 1 -ar 16000 -f s16le`. Arrays are scaled to float,
     averaged to mono and resampled by the same swresample, in float.
 
-    Raises AudioError for a missing, empty, unreadable or sample-less source, for samples that are
-    NaN or infinite, and for audio longer than `max_seconds` (when given). Silence is valid.
+    Raises AudioError for what is not audio: no source, a missing or 0-byte file, 0 bytes, data
+    that cannot be decoded, samples that are NaN or infinite; and for audio longer than
+    `max_seconds` (when given, a positive number). Audio without samples (an empty array, a WAV
+    file of none) gives an empty array, silence gives its samples: `check_transcribable` says
+    whether there is anything to transcribe. The messages never name the file: the caller does.
     """
+    if max_seconds is not None and not (isinstance(max_seconds, numbers.Real) and 0 < max_seconds < math.inf):
+        raise MaxWhisperError(f"max_seconds must be a positive finite number of seconds, got {max_seconds!r}")
     if source is None:
         raise AudioError("no audio was given")
     if isinstance(source, (str, os.PathLike)):
-        audio = _decode(_checked_path(source), f"'{Path(source).name}'", max_seconds)
+        audio = _decode(_checked_path(source), "the file", max_seconds)
     elif isinstance(source, (bytes, bytearray)):
         if not source:
             raise AudioError("the audio data is empty (0 bytes)")
@@ -71,17 +80,18 @@ def load_audio(source: AudioSource, max_seconds: float | None = None) -> np.ndar
 def _checked_path(path: str | os.PathLike) -> str:
     path = Path(path)
     if not path.exists():
-        raise AudioError(f"audio file not found: {path}")
+        raise AudioError("audio file not found")
     if not path.is_file():
-        raise AudioError(f"not a file: {path}")
+        raise AudioError("not a file")
     if path.stat().st_size == 0:
-        raise AudioError(f"audio file is empty (0 bytes): {path}")
+        raise AudioError("the audio file is empty (0 bytes)")
     return str(path)
 
 
 def _decode(file: str | io.BytesIO, name: str, max_seconds: float | None) -> np.ndarray:
     """Decode the first audio stream of a file to s16 mono 16 kHz -> float32 [n_samples]."""
     chunks = []  # [1, n] int16 each
+    damaged = 0  # packets that could not be decoded
     try:
         with av.open(file, metadata_errors="ignore") as container:
             if not container.streams.audio:
@@ -94,6 +104,7 @@ def _decode(file: str | io.BytesIO, name: str, max_seconds: float | None) -> np.
                 try:
                     frames = packet.decode()
                 except av.InvalidDataError:
+                    damaged += 1
                     continue  # skip a corrupt packet and go on, as the ffmpeg CLI does
                 for frame in frames:
                     frame.pts = None  # a skipped packet leaves a gap in timestamps: ignore it
@@ -102,7 +113,9 @@ def _decode(file: str | io.BytesIO, name: str, max_seconds: float | None) -> np.
     except av.FFmpegError as e:
         raise AudioError(f"cannot read {name} as audio ({e.strerror})") from e
     if not chunks:
-        raise AudioError(f"no audio samples could be decoded from {name}")
+        if damaged:
+            raise AudioError(f"no audio samples could be decoded from {name}")
+        return np.zeros(0, np.float32)  # an audio stream of no samples
     return np.concatenate(chunks, axis=1)[0].astype(np.float32) / 32768.0
 
 
@@ -111,7 +124,7 @@ def _from_array(sample_rate: int, array: np.ndarray, max_seconds: float | None) 
     _check_rate(sample_rate)
     audio = _float_mono(array)
     _check_length(len(audio), sample_rate, max_seconds)
-    return audio if sample_rate == SAMPLE_RATE else _resample(audio, sample_rate)
+    return audio if sample_rate == SAMPLE_RATE or audio.size == 0 else _resample(audio, sample_rate)
 
 
 class StreamResampler:
@@ -126,7 +139,7 @@ class StreamResampler:
 
     def __call__(self, array: np.ndarray) -> np.ndarray:
         audio = _float_mono(array)
-        if self.sample_rate == SAMPLE_RATE:
+        if self.sample_rate == SAMPLE_RATE or audio.size == 0:
             return audio
         frame = av.AudioFrame.from_ndarray(audio[None, :], format="flt", layout="mono")
         frame.sample_rate = self.sample_rate
@@ -149,10 +162,10 @@ def _check_rate(sample_rate) -> None:
 def _float_mono(array: np.ndarray) -> np.ndarray:
     """[n] or [n, channels] int or float samples -> float32 [n], contiguous."""
     array = np.asarray(array)
-    if array.size == 0:
-        raise AudioError("the audio has no samples")
-    if array.ndim not in (1, 2) or (array.ndim == 2 and array.shape[1] > array.shape[0]):
+    if array.ndim not in (1, 2) or (array.ndim == 2 and array.shape[1] > array.shape[0] > 0):
         raise AudioError(f"expected samples of shape [n] or [n, channels], got {list(array.shape)}")
+    if array.size == 0:
+        return np.zeros(0, np.float32)
     if np.issubdtype(array.dtype, np.signedinteger):  # int16 / 2**15, int32 / 2**31
         audio = array.astype(np.float32) / 2.0 ** (8 * array.itemsize - 1)
     elif np.issubdtype(array.dtype, np.floating):
@@ -173,11 +186,24 @@ def _resample(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 
 
 def _check_length(n: int, rate: int, max_seconds: float | None) -> None:
-    """`n` samples at `rate` per second must be more than none and at most `max_seconds`."""
-    if n == 0:
-        raise AudioError("the audio has no samples")
+    """`n` samples at `rate` per second must be at most `max_seconds`."""
     if max_seconds is not None and n / rate > max_seconds:
         raise AudioError(f"the audio is {n / rate:.1f} s long, more than the {max_seconds:g} s limit")
+
+
+def check_transcribable(audio: np.ndarray) -> None:
+    """Raises NothingToTranscribe (an AudioError) saying why 16 kHz `audio` holds nothing to
+    transcribe: no samples, shorter than MIN_SECONDS, or silent (no sample louder than SILENT_PEAK,
+    -80 dBFS). The command line, the app and the service refuse such audio; the Python API
+    transcribes it (an empty result for no samples), as openai-whisper and faster-whisper do."""
+    if len(audio) == 0:
+        raise NothingToTranscribe("no_samples", "the audio has no samples: there is nothing to transcribe")
+    if len(audio) < MIN_SECONDS * SAMPLE_RATE:
+        raise NothingToTranscribe("too_short", f"the audio is {len(audio) / SAMPLE_RATE:.2f} s long, too short to "
+                                               "hold speech: there is nothing to transcribe")
+    if not np.abs(audio).max() >= SILENT_PEAK:
+        raise NothingToTranscribe("silent", "the audio is silent (nothing louder than -80 dBFS): there is nothing "
+                                            "to transcribe")
 
 
 def audio_duration(audio: np.ndarray) -> float:

@@ -6,13 +6,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .api import DecodeOptions, MaxWhisperError, Timings, TranscriptionResult
+from .api import DecodeOptions, MaxWhisperError, Timings, TranscriptionResult, empty_result
 from .audio import N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
 from .batched import transcribe_batched
 from .checkpoint import load_checkpoint
 from .graph.model import MaxWhisper, resolve_device
 from .graph.shared_steps import SharedModel
-from .transcribe import transcribe
+from .transcribe import _check_request, transcribe
 
 
 class MaxTranscriber:
@@ -56,6 +56,10 @@ class MaxTranscriber:
 
     def _transcribe(self, audio: np.ndarray, options: DecodeOptions, progress: Callable[[float], None] | None,
                     first_window_only: bool = False) -> TranscriptionResult:
+        if len(audio) == 0:  # checked as any request, then nothing to run the model on
+            _check_request(self.net, log_mel_spectrogram(audio, self.checkpoint.dims.n_mels, padding=N_SAMPLES),
+                           options)
+            return empty_result(self, options)
         compile_before = self.compile_s
         start = time.perf_counter()
         if options.batch_size is not None:  # the log-Mel of each speech chunk is computed in the batched loop

@@ -37,7 +37,7 @@ from .audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE
 from .decoding import (DecodingResult, DecodingTask, WhisperModel, WindowOptions, detect_language,
                        logprob_tolerance, probability_tolerance)
 from .timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS, add_word_timestamps
-from .tokenizer import LANGUAGES, Tokenizer, normalize_language, tokenizer_for
+from .tokenizer import LANGUAGES, Tokenizer, tokenizer_for
 
 
 @dataclass(frozen=True)
@@ -101,17 +101,15 @@ def transcribe(
 # --- setup -----------------------------------------------------------------------------------
 
 def _check_request(model: WhisperModel, mel: np.ndarray, options: DecodeOptions) -> str | None:
-    """Refuses what the model cannot do; returns the requested language as its code (None: none
-    requested). The one place a request's language is normalised: the rest pass the code on."""
+    """Refuses what the model cannot do; returns the requested language's code (None: none
+    requested), which DecodeOptions has normalised: the rest pass it on."""
     if mel.ndim != 2 or mel.shape[0] != model.dims.n_mels or mel.shape[1] < N_FRAMES:
         raise MaxWhisperError(
             f"expected a log-Mel spectrogram [{model.dims.n_mels}, n_frames >= {N_FRAMES}] including 30 s of "
             f"padding, got shape {tuple(mel.shape)}"
         )
-    try:
-        language = normalize_language(options.language)
-    except ValueError:
-        raise MaxWhisperError(f"unknown language {options.language!r}; use one of {sorted(LANGUAGES)}") from None
+    options.check_vocabulary(model.dims.n_vocab)
+    language = options.language
     if not model.is_multilingual:
         if language not in (None, "en"):
             raise MaxWhisperError(

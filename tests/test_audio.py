@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from maxwhisper.api import AudioError
+from maxwhisper.api import AudioError, MaxWhisperError, NothingToTranscribe
 from maxwhisper.audio import (
     N_FRAMES,
     N_SAMPLES,
     SAMPLE_RATE,
     audio_duration,
+    check_transcribable,
     load_audio,
     log_mel_spectrogram,
     mel_filters,
@@ -217,12 +218,10 @@ def no_samples_wav(tmp: Path) -> Path:
         (lambda tmp: tmp / "missing.wav", None, "not found"),
         (b"", None, "empty"),
         (empty_file, None, "empty"),
-        (not_audio, None, "cannot read 'notes.wav' as audio"),
+        (not_audio, None, "cannot read the file as audio"),
         (np.random.default_rng(0).bytes(10_000), None, "cannot read the given bytes as audio"),
-        (no_samples_wav, None, "no audio samples"),
         (np.array([0.0, np.nan, 0.0], np.float32), None, "NaN"),
         ((44100, np.array([[0.0, 0.0], [np.inf, 0.0]])), None, "NaN or infinite"),
-        ((16000, np.zeros((0, 2), np.int16)), None, "no samples"),
         ((16000, np.zeros((2, 16000), np.int16)), None, "[n, channels]"),
         ((0, np.zeros(10)), None, "sample rate"),
         (None, None, "no audio"),
@@ -238,6 +237,46 @@ def test_bad_input_raises_audio_error(tmp_path, source, max_seconds, message):
         load_audio(source, max_seconds=max_seconds)
     assert message in str(error.value)
     assert isinstance(error.value.__cause__, (type(None), av.FFmpegError))
+    assert str(tmp_path) not in str(error.value) and "notes" not in str(error.value)  # the caller names the file
+
+
+@pytest.mark.parametrize("source", [
+    np.zeros(0, np.float32),
+    (44100, np.zeros((0, 2), np.int16)),
+    (48000, np.zeros(0)),
+    no_samples_wav,  # a WAV file of no samples: audio, but none
+], ids=["array", "stereo-tuple", "tuple", "wav-file"])
+def test_audio_without_samples_loads_as_no_samples(tmp_path, source):
+    audio = load_audio(source(tmp_path) if callable(source) else source)
+    assert audio.dtype == np.float32 and audio.shape == (0,)
+
+
+@pytest.mark.parametrize("max_seconds", [float("nan"), float("inf"), -5, 0])
+def test_max_seconds_must_be_a_positive_finite_number(max_seconds):
+    with pytest.raises(MaxWhisperError, match="max_seconds must be a positive finite number of seconds"):
+        load_audio(tone(SAMPLE_RATE), max_seconds=max_seconds)
+
+
+@pytest.mark.parametrize("samples, reason, message", [
+    (np.zeros(0, np.float32), "no_samples", "the audio has no samples: there is nothing to transcribe"),
+    (tone(SAMPLE_RATE, 0.05), "too_short",
+     "the audio is 0.05 s long, too short to hold speech: there is nothing to transcribe"),
+    (np.full(1, 0.5, np.float32), "too_short", "the audio is 0.00 s long, too short to hold speech"),
+    (np.zeros(SAMPLE_RATE, np.float32), "silent",
+     "the audio is silent (nothing louder than -80 dBFS): there is nothing to transcribe"),
+    (np.full(SAMPLE_RATE, 0.9e-4, np.float32), "silent", "the audio is silent"),  # -81 dBFS
+], ids=["empty", "50-ms", "one-sample", "zeros", "-81-dBFS"])
+def test_check_transcribable_says_why_there_is_nothing_to_transcribe(samples, reason, message):
+    with pytest.raises(NothingToTranscribe) as error:
+        check_transcribable(samples)
+    assert str(error.value).startswith(message) and error.value.reason == reason
+    assert isinstance(error.value, AudioError)
+
+
+def test_check_transcribable_passes_speech_and_the_edges(jfk):
+    check_transcribable(jfk)
+    check_transcribable(tone(SAMPLE_RATE, 0.1))  # 0.1 s: the shortest
+    check_transcribable(np.full(SAMPLE_RATE, -1.1e-4, np.float32))  # -79 dBFS, negative: loud enough
 
 
 def test_pad_or_trim():
@@ -263,5 +302,6 @@ def test_a_stream_resampled_chunk_by_chunk_equals_the_whole_resampled_at_once():
     assert len(streamed) == len(whole) == 3 * SAMPLE_RATE
     assert np.abs(streamed - whole).max() < 1e-4  # int16 rounding only: no edge at the chunk boundaries
     assert len(StreamResampler(SAMPLE_RATE)(np.ones(10, np.float32))) == 10
+    assert StreamResampler(48_000)(np.zeros(0, np.int16)).shape == (0,)  # an empty chunk adds nothing
     with pytest.raises(AudioError, match="invalid sample rate"):
         StreamResampler(0)

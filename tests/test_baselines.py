@@ -132,8 +132,7 @@ def test_bad_audio_and_options(request, backend):
     t = request.getfixturevalue(f"{backend}_tiny")
     with pytest.raises(AudioError):
         t.transcribe(np.zeros((2, 16000), np.float32))
-    with pytest.raises(AudioError):
-        t.transcribe(np.zeros(0, np.float32))
+    assert t.transcribe(np.zeros(0, np.float32)).segments == []  # no samples: an empty result (tests/test_api.py)
     with pytest.raises(MaxWhisperError, match="language"):
         t.transcribe(np.zeros(16000, np.float32), DecodeOptions(language="xx"))
     with pytest.raises(MaxWhisperError, match="suppress_tokens"):

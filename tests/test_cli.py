@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from maxwhisper.api import DecodeOptions, Segment, Timings, TranscriptionResult, Word
@@ -172,6 +173,100 @@ def test_bad_flag_values():
     assert_clean_error(cli("transcribe", JFK, "--temperature", "hot"), "temperature")
     assert_clean_error(cli("transcribe", JFK, "--beam-size", "0"), "beam")
     assert_clean_error(cli("nosuchcommand"), "invalid choice")
+
+
+# --- hostile input: refused in one line before a model loads (in-process: nothing loads) -----------
+
+def run_main(capsys, *args) -> tuple[int, str]:
+    """`python -m maxwhisper ARGS` in this process: its exit code and stderr."""
+    from maxwhisper.__main__ import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse's errors
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--temperature", "-1"], "error: temperature must be 0 (greedy) or a finite number of at least 0.01, got -1.0"),
+    (["--temperature", "0,nan"], "error: argument --temperature: expected a finite number or a comma-separated list, "
+                                 "got '0,nan'"),
+    (["--suppress-tokens", "999999"], "error: suppress_tokens: 999999 is not a token id of any Whisper model "
+                                      "(0 to 51865, or -1 for the non-speech symbols)"),
+    (["--max-seconds", "-5"], "error: argument --max-seconds: expected a positive number of seconds, got '-5'"),
+    (["--max-seconds", "nan"], "error: argument --max-seconds: expected a finite number, got 'nan'"),
+    (["--beam-size", "2", "--patience", "-1"], "error: patience must be a finite number above 0, got -1.0"),
+    (["--beam-size", "2", "--patience", "0.2"], "error: patience must be at least 1/beam_size (0.5 with beam_size 2"),
+    (["--patience", "inf"], "error: argument --patience: expected a finite number, got 'inf'"),
+    (["--no-speech-threshold", "2"], "error: no_speech_threshold must be a probability from 0 to 1"),
+    (["--logprob-threshold", "nan"], "error: argument --logprob-threshold: expected a finite number or 'none'"),
+    (["--hallucination-silence-threshold=-inf"], "error: argument --hallucination-silence-threshold: expected a "
+                                                    "finite number or 'none'"),
+    (["--language", "xx"], "error: unknown language 'xx'"),
+    (["--beam-size", "nan"], "error: argument --beam-size: expected an integer, got 'nan'"),
+])
+def test_hostile_options_are_refused_in_one_line_before_a_model_loads(capsys, flags, message):
+    code, err = run_main(capsys, "transcribe", JFK, "--backend", "openai", *flags)
+    assert code == 2 and err.startswith(message), err
+    assert "loading" not in err and "Traceback" not in err
+    assert len(err.splitlines()) == (2 if "argument" in message else 1)  # argparse's: the error, where to get help
+
+
+def test_argparse_errors_are_two_lines_not_the_usage(capsys):
+    for args, first in [(["nosuchcommand"], "error: argument COMMAND: invalid choice: 'nosuchcommand'"),
+                        (["transcribe"], "error: the following arguments are required: audio"),
+                        (["compare", JFK, "--warmup", "-1"], "error: argument --warmup: expected an integer >= 0"),
+                        (["stream", JFK, "--chunk", "0"], "error: argument --chunk: expected a positive number of "
+                                                          "seconds, got '0'"),
+                        (["bench", "--timeout", "inf"], "error: argument --timeout: expected a finite number")]:
+        code, err = run_main(capsys, *args)
+        command = "python -m maxwhisper" + ("" if args[0] == "nosuchcommand" else f" {args[0]}")
+        assert code == 2 and err.splitlines() == [err.splitlines()[0], f"see: {command} --help"], err
+        assert err.startswith(first), err
+
+
+def _file(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _wav(path: Path, samples: np.ndarray) -> Path:
+    import soundfile as sf
+
+    sf.write(path, samples.astype(np.float32), 16000)
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: _file(p / "empty.wav", b""), "the audio file is empty (0 bytes)"),
+    (lambda p: _file(p / "notes.wav", b"not audio\n" * 20),
+     "cannot read the file as audio (Invalid data found when processing input)"),
+    (lambda p: p / "missing.wav", "audio file not found"),
+    (lambda p: p, "not a file"),
+    (lambda p: _wav(p / "short.wav", 0.5 * np.sin(np.arange(800) * 0.3)),
+     "the audio is 0.05 s long, too short to hold speech: there is nothing to transcribe"),
+    (lambda p: _wav(p / "one.wav", np.full(1, 0.5)),
+     "the audio is 0.00 s long, too short to hold speech: there is nothing to transcribe"),
+    (lambda p: _wav(p / "silent.wav", np.zeros(32000)),
+     "the audio is silent (nothing louder than -80 dBFS): there is nothing to transcribe"),
+    (lambda p: _wav(p / "nothing.wav", np.zeros(0)), "the audio has no samples: there is nothing to transcribe"),
+], ids=["0-bytes", "not-audio", "missing", "folder", "50-ms", "one-sample", "silent", "no-samples"])
+def test_audio_with_nothing_to_transcribe_is_refused_before_a_model_loads(capsys, tmp_path, make, message):
+    """As the app refuses it (maxwhisper.audio.check_transcribable): `error: FILE: why`, exit 2; a good file
+    beside it is not transcribed."""
+    path = make(tmp_path)
+    for args in (["transcribe", JFK, path, "--backend", "openai"], ["compare", path, "--backends", "openai"],
+                 ["stream", path, "--backend", "openai"]):
+        code, err = run_main(capsys, *args)
+        assert code == 2 and err == f"error: {path}: {message}\n", err
+
+
+def test_a_token_beyond_the_loaded_model_s_vocabulary_is_a_clear_error():
+    """51864 is a token of the multilingual models, not of tiny.en (51864 tokens): refused, not an IndexError."""
+    p = cli("transcribe", JFK, "--backend", "openai", "--suppress-tokens", "51864", "--threads", "2")
+    assert_clean_error(p, "suppress_tokens: 51864 is not a token id of this model (0 to 51863")
+    assert p.returncode == 2 and p.stdout == ""
 
 
 # --- in-process: argument parsing and writers --------------------------------------------------

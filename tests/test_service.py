@@ -40,7 +40,8 @@ def _wav(samples: np.ndarray, rate: int = 16000) -> bytes:
 @pytest.fixture(scope="module")
 def service(ray_local):
     """MAX (2 replicas, 4 requests decoded together each) and faster-whisper (2 replicas) serving
-    tiny.en on the session's Ray instance; half a CPU per replica leaves room on 2 CPUs."""
+    tiny.en on the session's Ray instance, with the app at /; half a CPU per replica leaves room
+    on 2 CPUs."""
     from ray import serve
 
     from maxwhisper.service.deployments import APP_NAME, ServiceConfig, application
@@ -48,7 +49,8 @@ def service(ray_local):
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     config = ServiceConfig(backends=("max", "faster"), models=("tiny.en",), device="cpu", replicas=2, max_batch=4,
-                           cpus_per_replica=0.5, max_seconds=60.0, max_upload_mb=2.0, request_timeout_s=300.0)
+                           cpus_per_replica=0.5, max_seconds=60.0, max_upload_mb=2.0, request_timeout_s=300.0,
+                           ui=True)
     serve.run(application(config), name=APP_NAME, route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
@@ -175,6 +177,30 @@ def test_requests_sent_together_are_decoded_together_with_their_own_tokens(servi
     assert sum(s["rows_stepped"] for s in stats.values()) > sum(s["steps"] for s in stats.values())
 
 
+def test_the_app_beside_the_api_transcribes_through_the_model_deployments(service):
+    """`serve --ui`: the Gradio app at /, in Chromium: its status line is the service's, and a
+    comparison of jfk runs on the model deployments (the ingress loads no model of its own)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.goto(f"{service}/", timeout=120_000)
+            expect(page.locator("#status")).to_contain_text("Service (2 replica(s) per model", timeout=60_000)
+            page.set_input_files("input[type=file]", str(AUDIO / "jfk.flac"))
+            expect(page.locator("audio, #waveform, .waveform-container").first).to_be_attached(timeout=60_000)
+            page.click("#run")
+            expect(page.locator("#message")).to_contain_text("Finished:", timeout=300_000)
+            for backend in ("max", "faster"):
+                assert normalize(page.locator(f"#text-{backend} textarea").input_value()) == normalize(JFK)
+        finally:
+            browser.close()
+    assert httpx.get(f"{service}/health").json()["status"] == "ok"  # the API beside it
+
+
 def test_a_killed_replica_is_replaced_and_nothing_hangs(service):
     """One of the two MAX replicas is killed while requests run: each request either succeeds or
     gets a 503 to retry, within its timeout; requests sent after it succeed; Serve brings the
@@ -244,3 +270,20 @@ def test_the_serve_command_answers_the_openai_client_and_stops_on_ctrl_c(tmp_pat
             os.killpg(proc.pid, signal.SIGKILL)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+
+
+def test_audio_and_options_are_refused_as_the_command_line_refuses_them():
+    """The library's checks (`audio.check_transcribable`, `DecodeOptions`) as OpenAI errors: the
+    reason becomes the code, the option at fault the param."""
+    from maxwhisper.service.http import _check_speech
+    from maxwhisper.service.openai_api import ApiError, Served, parse_form
+
+    for samples, code in [(np.zeros(0, np.float32), "audio_no_samples"),
+                          (np.full(800, 0.3, np.float32), "audio_too_short"),
+                          (np.zeros(32000, np.float32), "audio_silent")]:
+        with pytest.raises(ApiError) as error:
+            _check_speech(samples)
+        assert (error.value.status, error.value.param, error.value.code) == (400, "file", code)
+    with pytest.raises(ApiError, match="at least 0.01, got 0.001") as error:
+        parse_form({"model": ["whisper-1"], "temperature": ["0.001"]}, "transcribe", Served((("max", "tiny.en"),)))
+    assert (error.value.status, error.value.param) == (422, "temperature")

@@ -82,3 +82,17 @@ def test_more_sequences_than_rows_wait_for_free_rows(max_tiny_en, jfk_audio):
         thread.join(timeout=300)
     assert all(r is not None and [s.tokens for s in r] == [s.tokens for s in expected] for r in results)
     assert shared.steps.rows_stepped == shared.steps.steps  # one sequence per step: the cache has one row
+    assert shared.steps.decodings_alone >= 1  # the first past its prompt found the cache empty
+
+
+def test_a_lone_transcription_steps_on_its_own_rows(max_tiny_en, jfk_audio):
+    """One transcription with nothing beside it never touches the shared cache (a lone request
+    costs what it costs without sharing), and the next may go alone again."""
+    from maxwhisper.graph.shared_steps import SharedModel
+
+    shared = SharedModel(max_tiny_en.net, rows=4)
+    mel = _mel(jfk_audio)
+    expected = [s.tokens for s in transcribe(max_tiny_en.net, mel, DecodeOptions()).segments]
+    for _ in range(2):
+        assert [s.tokens for s in transcribe(shared, mel, DecodeOptions()).segments] == expected
+    assert (shared.steps.steps, shared.steps.decodings_alone) == (0, 2)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..__main__ import temperatures
+from ..__main__ import positive_seconds, temperatures
 from ..api import DecodeOptions
 from ..registry import BACKENDS
 from .clips import DEFAULT_CLIPS, LONG_FORM, audio_dir, parse_clip, resolve_clips
@@ -50,16 +50,6 @@ def _non_negative_int(text: str) -> int:
     return int(text)
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
 def _positive_int(text: str) -> int:
     return _positive_ints(text)[0]
 
@@ -89,7 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--background-load", type=_non_negative_int, default=0, metavar="N",
                    help="keep N cores busy with spinning processes while measuring (a shared machine); the "
                         "output names get -loadN")
-    p.add_argument("--timeout", type=float, default=3600.0,
+    p.add_argument("--timeout", type=positive_seconds, default=3600.0,
                    help="seconds one implementation may take over all clips (default 3600)")
     g = p.add_argument_group("batched mode (max and faster backends)")
     g.add_argument("--throughput", action="store_true",
@@ -100,12 +90,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--streaming", action="store_true",
                    help="stream each clip (default " + ", ".join(STREAMING_CLIPS) + ") through the live "
                         "transcriber as if it arrived in real time: commit latency, compute share, WER")
-    s.add_argument("--chunk", type=_positive_float, default=1.0, metavar="S", help="seconds of audio per chunk (default 1.0)")
+    s.add_argument("--chunk", type=positive_seconds, default=1.0, metavar="S", help="seconds of audio per chunk (default 1.0)")
     v = p.add_argument_group("service mode")
     v.add_argument("--serve", action="store_true",
                    help="the HTTP service under load: closed-loop clients against MAX with and without requests "
                         "decoded together and faster-whisper, behind the same `serve` ingress")
-    v.add_argument("--serve-seconds", type=_positive_float, default=20.0, metavar="S",
+    v.add_argument("--serve-seconds", type=positive_seconds, default=20.0, metavar="S",
                    help="seconds of load per clip and concurrency (default 20)")
     v.add_argument("--serve-concurrency", type=_positive_ints, default=[1, 4, 16], help="clients (default 1,4,16)")
     d = p.add_argument_group("decoding (the same for every implementation)")

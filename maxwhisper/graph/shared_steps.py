@@ -9,7 +9,10 @@ Each transcription runs in a thread of its own through the unchanged seek loop
   through the generic step graph on its own, then moves its rows into a shared KV cache, where
   every such decoding steps in one call of the token step graph, each row at its own position
   (`decoder_layer.mojo`); beam search, sampling and language detection run on their own, as
-  without sharing.
+  without sharing;
+- a decoding that finds the shared cache empty, and no other decoding stepping alone, stays on
+  its own rows: a lone request costs what it costs without sharing (no rows copied in, no step
+  sized for the whole cache), and those arriving while it runs share steps among themselves.
 
 A row's arithmetic is the one-row path's whatever else steps beside it, so a transcription's
 tokens do not depend on what it shared steps with. Only the CPU kernels' plan has the token step
@@ -125,8 +128,24 @@ class SharedSteps:
         self._cond = threading.Condition()
         self._free = list(range(rows))
         self._members: list[_Member] = []
+        self._alone = False  # a decoding steps on its own rows (see go_alone)
         self.steps = 0  # calls of the token step graph, for tests and the benchmark
         self.rows_stepped = 0
+        self.decodings_alone = 0
+
+    def go_alone(self) -> bool:
+        """Whether a decoding whose prompt has run may go on stepping on its own rows: true, and
+        then its own until `done_alone`, when no decoding steps in the shared cache or alone."""
+        with self._cond:
+            if self._members or self._alone:
+                return False
+            self._alone = True
+            self.decodings_alone += 1
+            return True
+
+    def done_alone(self) -> None:
+        with self._cond:
+            self._alone = False
 
     def join(self, private: MaxChoosingInference) -> _Member | None:
         """Move a decoding's rows (its cache after the prompt, its cross K/V) into the shared
@@ -213,6 +232,7 @@ class SharedInference:
         self.private = MaxChoosingInference(net)
         self.steps = steps
         self.member: _Member | None = None
+        self.alone = False
 
     def logits(self, tokens: np.ndarray, audio_features: AudioFeatures, positions: Sequence[int] = (-1,)) -> np.ndarray:
         return self.private.logits(tokens, audio_features, positions)
@@ -223,7 +243,8 @@ class SharedInference:
         prompt = self.private.cache is None
         out = self.private.logits_and_choice(tokens, audio_features, positions, suppress, timestamp_begin)
         if prompt and self.steps is not None:
-            self.member = self.steps.join(self.private)
+            self.alone = self.steps.go_alone()
+            self.member = None if self.alone else self.steps.join(self.private)
             if self.member is not None:
                 self.private.cleanup_caching()
         return out
@@ -235,6 +256,9 @@ class SharedInference:
         if self.member is not None:
             self.steps.leave(self.member)
             self.member = None
+        if self.alone:
+            self.steps.done_alone()
+            self.alone = False
         self.private.cleanup_caching()
 
 

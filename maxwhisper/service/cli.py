@@ -13,8 +13,12 @@ import os
 import signal
 import sys
 import time
+import urllib.request
+from pathlib import Path
 
 from ..api import MaxWhisperError
+
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: maxwhisper/, app.py and showcase/ (--ui)
 
 EXAMPLE = """examples:
   python -m maxwhisper serve                               # MAX tiny.en on this machine, http://127.0.0.1:8000
@@ -111,8 +115,11 @@ def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     where = f"the Ray cluster at {args.address}" if args.address else "a Ray instance of its own"
     print(f"starting on {where} ...", file=sys.stderr, flush=True)
-    ray.init(address=args.address, include_dashboard=False, logging_level=logging.WARNING,
-             log_to_driver=False)
+    # on a cluster the checkout travels to every node (their Python environments must have
+    # requirements.txt installed); here the workers import it from this folder
+    code = {"working_dir": str(ROOT), "excludes": [".venv", ".git", "artifacts", "benchmarks", "tests"]}
+    ray.init(address=args.address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+             runtime_env=code if args.address else None)
     try:
         config = config_of(args, _device(args.device, ray))
         serve.start(http_options={"host": args.host, "port": args.port})
@@ -124,7 +131,7 @@ def main(args: argparse.Namespace) -> int:
         for backend, model in config.served.pairs:
             print(f"  {config.deployment_name(backend, model)}: {config.replicas} replica(s), "
                   f"{config.batch_of(backend)} request(s) at once each, {config.precision}", flush=True)
-        _wait_until_ready(serve, APP_NAME, config)
+        _wait_until_ready(serve, APP_NAME, config, f"http://{host}:{args.port}/health")
         print("ready; Ctrl-C stops the service", flush=True)
         while True:
             time.sleep(3600)
@@ -140,8 +147,9 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _wait_until_ready(serve, app: str, config) -> None:
-    """Print what is still loading or compiling every 10 s until every deployment has a replica up."""
+def _wait_until_ready(serve, app: str, config, health: str) -> None:
+    """Print what is still loading or compiling every 10 s until every deployment has a replica up
+    and the ingress says so too (`health`)."""
     start, last = time.monotonic(), -math.inf
     names = [config.deployment_name(b, m) for b, m in config.served.pairs]
     while True:
@@ -151,13 +159,21 @@ def _wait_until_ready(serve, app: str, config) -> None:
         failed = [n for n in names if n in deployments and deployments[n].status.value in ("UNHEALTHY", "DEPLOY_FAILED")]
         if failed:
             raise MaxWhisperError(f"{', '.join(failed)} failed to start: {_last_line(deployments[failed[0]].message)}")
-        if not waiting:
+        if not waiting and _healthy(health):
             return
         if time.monotonic() - last >= 10:
             last = time.monotonic()
             print(f"  loading {', '.join(waiting)} ({last - start:.0f} s; MAX compiles its graphs the first time, "
                   "minutes on a few cores; requests get 503 until then)", flush=True)
         time.sleep(1)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return reply.status == 200
+    except OSError:  # 503 (HTTPError) while the ingress has not seen the replicas yet, or not listening
+        return False
 
 
 def _last_line(message: str) -> str:

@@ -79,9 +79,35 @@ class ModelServer:
     async def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> TranscriptionResult | ApiError:
         """The result, or the ApiError to answer (the transcriber refused the request): returned,
         not raised, so that it crosses to the ingress as it is."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self._transcribe, audio, options, None)
+
+    async def transcribe_events(self, audio: np.ndarray, options: DecodeOptions):
+        """`transcribe` as a stream (a handle called with stream=True; the app's progress): ("started",
+        None) when a thread takes it, ("progress", fraction done) as the transcription goes, then
+        ("result", the result or ApiError)."""
         loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+
+        def progress(fraction: float) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, ("progress", fraction))
+
+        def run():
+            loop.call_soon_threadsafe(events.put_nowait, ("started", None))
+            return self._transcribe(audio, options, progress)
+
+        done = loop.run_in_executor(self.pool, run)
+        while not done.done() or not events.empty():
+            waiting = asyncio.ensure_future(events.get())
+            await asyncio.wait({waiting, done}, return_when=asyncio.FIRST_COMPLETED)
+            if waiting.done():
+                yield waiting.result()
+            else:
+                waiting.cancel()
+        yield "result", done.result()
+
+    def _transcribe(self, audio: np.ndarray, options: DecodeOptions, progress) -> TranscriptionResult | ApiError:
         try:
-            return await loop.run_in_executor(self.pool, self.transcriber.transcribe, audio, options)
+            return self.transcriber.transcribe(audio, options, progress=progress)
         except MaxWhisperError as e:
             return ApiError(422, str(e), code="unprocessable_request")
         except Exception as e:  # noqa: BLE001 - logged here; the client gets a message without internals
@@ -90,12 +116,16 @@ class ModelServer:
                             type="server_error", code="transcription_failed")
 
     def stats(self) -> dict:
-        """This replica's id and how its MAX model shared work: token step calls and the sequences
-        they carried, windows per encoder call (zeros and [] when nothing is shared)."""
+        """This replica's id and Ray node, and how its MAX model shared work: token step calls and the sequences
+        they carried, decodings that stepped alone, windows per encoder call (zeros and [] when nothing is shared)."""
         shared = getattr(self.transcriber, "decoder_model", None)
         steps, encoder = getattr(shared, "steps", None), getattr(shared, "encoder", None)
+        import ray
+
         return {"replica": serve.get_replica_context().replica_id.unique_id,
+                "node": ray.get_runtime_context().get_node_id(),
                 "steps": steps.steps if steps else 0, "rows_stepped": steps.rows_stepped if steps else 0,
+                "decodings_alone": steps.decodings_alone if steps else 0,
                 "encoder_batches": list(encoder.batches) if encoder else []}
 
 
@@ -113,7 +143,8 @@ class Ingress:
     def __serve_build_asgi_app__(self):
         from .http import build_api
 
-        return build_api(self)
+        api = build_api(self)
+        return _with_app(self, api) if self.config.ui else api
 
     def _watch(self) -> None:
         """Serve's view of the model deployments, once a second, off the requests' path (asking the
@@ -159,6 +190,24 @@ class Ingress:
         if isinstance(result, ApiError):
             raise result
         return result
+
+
+def _with_app(ingress: Ingress, api):
+    """The repository's Gradio app (app.py) mounted at / beside the API, built here in the replica
+    (Gradio objects do not pickle), its transcriptions going to the model deployments."""
+    import gradio as gr
+
+    from app import build_demo, quiet_queue
+    from showcase.choices import Choices
+    from showcase.remote import ServiceTranscriptions
+    from showcase.tabs.compare import EXAMPLES_DIR
+
+    config = ingress.config
+    choices = Choices(list(config.served.models), list(config.served.backends), config.device == "gpu")
+    demo = build_demo(ServiceTranscriptions(ingress), config.max_seconds, choices=choices)
+    demo.queue(default_concurrency_limit=1, max_size=64)
+    quiet_queue(demo)
+    return gr.mount_gradio_app(api, demo, path="/", allowed_paths=[str(EXAMPLES_DIR)])
 
 
 def application(config: ServiceConfig) -> serve.Application:

@@ -16,14 +16,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from ..api import SAMPLE_RATE, AudioError
-from ..audio import load_audio
+from ..api import SAMPLE_RATE, AudioError, NothingToTranscribe
+from ..audio import check_transcribable, load_audio
 from .openai_api import DEFAULT_MODEL_ALIAS, ApiError, parse_form, render
 
 log = logging.getLogger("maxwhisper.service")
-
-SILENT_PEAK = 1e-4  # -80 dBFS
-MIN_SECONDS = 0.1
 
 
 def build_api(ingress) -> FastAPI:
@@ -118,6 +115,14 @@ def build_api(ingress) -> FastAPI:
         ok = all(d["ready"] for d in deployments)
         return JSONResponse({"status": "ok" if ok else "loading", "models": deployments}, status_code=200 if ok else 503)
 
+    @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    async def elsewhere(request: Request, rest: str):
+        """The API's other paths in its own shape, before anything mounted at / (the app) sees them."""
+        known = {"/v1/audio/transcriptions": "POST", "/v1/audio/translations": "POST", "/v1/models": "GET"}
+        if request.url.path in known:
+            raise ApiError(405, f"{request.method} is not allowed on {request.url.path}: use {known[request.url.path]}")
+        raise ApiError(404, f"no such endpoint: {request.method} {request.url.path}")
+
     return app
 
 
@@ -130,9 +135,8 @@ def _decode(data: bytes) -> np.ndarray:
 
 
 def _check_speech(audio: np.ndarray) -> None:
-    if len(audio) < MIN_SECONDS * SAMPLE_RATE:
-        raise ApiError(400, f"the audio is {len(audio) / SAMPLE_RATE:.2f} s long, too short to hold speech",
-                       param="file", code="audio_too_short")
-    if not np.abs(audio).max() >= SILENT_PEAK:
-        raise ApiError(400, "the audio is silent (nothing louder than -80 dBFS): there is nothing to transcribe",
-                       param="file", code="audio_silent")
+    """The command line's and the app's refusal (`audio.check_transcribable`), as an OpenAI error."""
+    try:
+        check_transcribable(audio)
+    except NothingToTranscribe as e:
+        raise ApiError(400, str(e), param="file", code=f"audio_{e.reason}") from None

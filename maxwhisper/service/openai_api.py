@@ -122,7 +122,7 @@ def parse_form(form: Mapping[str, Sequence[str]], task: str, served: Served) -> 
     try:
         options = DecodeOptions(**values)
     except MaxWhisperError as e:
-        raise ApiError(422, str(e), code="invalid_value") from None
+        raise ApiError(422, str(e), param=getattr(e, "field", None), code="invalid_value") from None
     return TranscriptionRequest(backend, model, options, response_format, granularities or ("segment",))
 
 
