@@ -319,19 +319,23 @@ def run_stream(args: argparse.Namespace) -> int:
     audio = read_audio(args.audio, args.max_seconds)
     transcriber = load_transcriber(args, args.backend)
 
-    def show(update, now: float) -> None:
+    def show(update, now: float, behind: float) -> None:
         if update.committed:
             span = f"{format_timestamp(update.committed[0].start)} --> {format_timestamp(update.committed[-1].end)}"
-            print(f"[{span}] (committed at {now:6.2f} s){''.join(w.text for w in update.committed)}", flush=True)
+            print(f"[{span}] (committed at {now:6.2f} s, {behind:4.1f} s behind)"
+                  f"{''.join(w.text for w in update.committed)}", flush=True)
 
     report = stream_audio(transcriber, audio, args.chunk, options, on_update=show)
     p90 = report.latency_quantile(0.9)
+    behind = (f"behind the stream median {statistics.median(report.behind):.2f} s, max {max(report.behind):.2f} s "
+              "(audio not yet transcribed as an update ends)")
+    held = f"; {report.held_back} hypothesis segments held back (offline rules)" if report.held_back else ""
     if p90 is not None:
         info(f"{args.audio}: {report.audio_s:.1f} s in {report.updates} updates; commit latency median "
-             f"{statistics.median(report.latencies):.2f} s, p90 {p90:.2f} s; "
-             f"compute {report.compute_share:.2f} s per audio second")
+             f"{statistics.median(report.latencies):.2f} s, p90 {p90:.2f} s; {behind}; "
+             f"compute {report.compute_share:.2f} s per audio second{held}")
     else:
-        info(f"{args.audio}: {report.audio_s:.1f} s in {report.updates} updates; nothing was said")
+        info(f"{args.audio}: {report.audio_s:.1f} s in {report.updates} updates; nothing was said; {behind}{held}")
     print(report.text)
     return 0
 
