@@ -17,7 +17,7 @@ from typing import Any
 
 from .clips import audio_dir
 from .records import implementation_label, ratio
-from .report import _f
+from .report import _f, write_mode_report
 from .worker import info, run_worker
 
 SPEED_TARGET = 1.3  # MAX fp32's audio hours per hour over faster-whisper fp32's, at least
@@ -144,12 +144,7 @@ def main_bulk(args, impls: list[tuple[str, str]], model: str, decode_dict: dict,
            "options": {"batch_sizes": args.batch_sizes, "workers": args.bulk_workers, "decode": decode_dict},
            "bulk": {"model": model, "files": len(files), "audio_s": audio_s, "repeats": repeats,
                     "ray_start_s": starts, "runs": runs, "references": references}}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
-    md = bulk_markdown(doc)
-    (out_dir / f"{stem}.md").write_text(md)
-    print(md)
-    print(f"wrote {out_dir / stem}.{{json,md}}")
+    write_mode_report(doc, bulk_markdown(doc), out_dir, stem)
     return int(any(r["failed"] for r in runs) or len(references) < len(impls) * len(args.batch_sizes))
 
 

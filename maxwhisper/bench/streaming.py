@@ -6,7 +6,6 @@ implementation's own offline transcript and against the clip's reference."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import time
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 from ..scoring import wer
 from .clips import REFERENCES, Clip, load_clip, pseudo_reference
 from .records import implementation_label
-from .report import _f
+from .report import _f, write_mode_report
 from .worker import info, run_worker
 
 STREAMING_CLIPS = ("jfk.flac", "physicsworks.flac")
@@ -161,10 +160,5 @@ def main_streaming(args, clips: list[Clip], impls: list[tuple[str, str]], device
            "options": {"chunk_s": args.chunk, "threads": threads, "background_load": args.background_load,
                        "decode": decode_dict},
            "streaming": {"model": model, "chunk_s": args.chunk, "runs": runs}, "failures": failures}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
-    md = streaming_markdown(doc)
-    (out_dir / f"{stem}.md").write_text(md)
-    print(md)
-    print(f"wrote {out_dir / stem}.{{json,md}}")
+    write_mode_report(doc, streaming_markdown(doc), out_dir, stem)
     return int(bool(failures))
