@@ -102,6 +102,19 @@ def _resolve_device(device: str) -> str:
     return device
 
 
+def _first_window_split(whisper: WhisperModel):
+    """faster-whisper's `_split_segments_by_timestamps`, moving the seek past the window as after
+    a single-timestamp ending, so that the seek loop ends after its first window (unless
+    hallucination_silence_threshold skips a silence in it)."""
+    split = type(whisper)._split_segments_by_timestamps
+
+    def first_window(tokenizer, tokens, time_offset, segment_size, segment_duration, seek):
+        segments, _, _ = split(whisper, tokenizer, tokens, time_offset, segment_size, segment_duration, seek)
+        return segments, seek + segment_size, True
+
+    return first_window
+
+
 class FasterTranscriber:
     backend = "faster"
 
@@ -151,6 +164,17 @@ class FasterTranscriber:
 
     def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
                    progress: Callable[[float], None] | None = None) -> TranscriptionResult:
+        return self._transcribe(audio, options, progress)
+
+    def transcribe_window(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions()) -> TranscriptionResult:
+        """A live stream's hypothesis (`maxwhisper.streaming`), as MAX's: the first 30 s window of
+        `audio` decoded as `transcribe` decodes it, without the seek loop's next window."""
+        if options.batch_size is not None:
+            raise MaxWhisperError("a stream's window is not transcribed in batches: leave batch_size unset")
+        return self._transcribe(np.asarray(audio)[:30 * SAMPLE_RATE], options, None, first_window_only=True)
+
+    def _transcribe(self, audio: np.ndarray, options: DecodeOptions, progress: Callable[[float], None] | None,
+                    first_window_only: bool = False) -> TranscriptionResult:
         audio = np.asarray(audio, dtype=np.float32)
         if audio.ndim != 1:
             raise AudioError(f"audio must be mono samples (1-D), got shape {audio.shape}")
@@ -175,7 +199,7 @@ class FasterTranscriber:
                 no_speech_threshold=options.no_speech_threshold,
                 initial_prompt=options.initial_prompt,
                 word_timestamps=options.word_timestamps,
-                without_timestamps=options.without_timestamps,
+                without_timestamps=options.text_only,
                 suppress_tokens=suppress,
                 suppress_blank=options.suppress_blank,
                 # openai-whisper's fixed behaviour, pinned rather than left to faster-whisper's defaults
@@ -187,15 +211,20 @@ class FasterTranscriber:
                 segments_gen, info = BatchedInferencePipeline(self.whisper).transcribe(
                     audio, **common, batch_size=options.batch_size, vad_filter=True)
             else:
+                if first_window_only:  # an instance attribute shadows the method, until the finally below
+                    self.whisper._split_segments_by_timestamps = _first_window_split(self.whisper)
                 segments_gen, info = self.whisper.transcribe(
                     audio, **common, condition_on_previous_text=options.condition_on_previous_text,
                     hallucination_silence_threshold=options.hallucination_silence_threshold,
                     prompt_reset_on_temperature=0.5, vad_filter=False, clip_timestamps="0")
             report = progress or (lambda fraction: None)
             raw = []
-            for s in segments_gen:  # the lazy part: decoding happens here
-                raw.append(s)
-                report(min(s.end * SAMPLE_RATE / audio.size, 1.0))
+            try:
+                for s in segments_gen:  # the lazy part: decoding happens here
+                    raw.append(s)
+                    report(min(s.end * SAMPLE_RATE / audio.size, 1.0))
+            finally:
+                self.whisper.__dict__.pop("_split_segments_by_timestamps", None)
             report(1.0)
             total = time.perf_counter() - t0
             features, encode = self._features.seconds, self._encode.seconds

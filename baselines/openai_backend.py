@@ -117,7 +117,7 @@ def transcribe_kwargs(options: DecodeOptions, language: str | None, fp16: bool) 
         beam_size=None if greedy else options.beam_size,
         best_of=options.best_of,
         patience=None if greedy else options.patience,  # openai refuses patience without a beam
-        without_timestamps=options.without_timestamps,
+        without_timestamps=options.text_only,
         suppress_tokens=",".join(str(t) for t in options.suppress_token_ids()),
         suppress_blank=options.suppress_blank,
         length_penalty=None,  # rank by log prob / length (faster-whisper: length_penalty=1)

@@ -18,7 +18,7 @@ import numpy as np
 from .api import DecodeOptions, MaxWhisperError, OptionError, Segment, Transcriber, TranscriptionResult
 
 __all__ = ["load_model", "Model", "DecodeOptions", "TranscriptionResult", "Segment", "MaxWhisperError",
-           "OptionError"]
+           "OptionError", "transcribe_many"]
 
 
 class Model:
@@ -57,3 +57,11 @@ def load_model(name: str = "tiny.en", backend: str = "max", device: str = "auto"
     from .registry import create_transcriber
 
     return Model(create_transcriber(backend, model=name, device=device, precision=precision, **kwargs))
+
+
+def transcribe_many(inputs, output, **kwargs):
+    """A bulk job on Ray Data: every file of `inputs` (files, folders, manifests) transcribed into
+    the folder `output`, with a results table; resumable. See `maxwhisper.bulk.transcribe_many`."""
+    from .bulk import transcribe_many as run
+
+    return run(inputs, output, **kwargs)

@@ -1,4 +1,4 @@
-"""Command line: `python -m maxwhisper {transcribe,compare,models,selfcheck,bench} ...`.
+"""Command line: `python -m maxwhisper {transcribe,compare,models,selfcheck,bench,transcribe-many} ...`.
 
 Results go to stdout, progress and errors to stderr. Exit codes: 0 ok; 2 a user mistake (bad
 arguments or option values, unknown backend/model/device/precision, an audio file that is missing,
@@ -132,7 +132,10 @@ def add_decode_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--temperature", type=temperatures, action="append", default=None, metavar="T",
                    help="fallback schedule: repeat the flag or give a comma list "
                         f"(default: {','.join(f'{t:g}' for t in d.temperature)}); a single 0 means no fallback")
-    g.add_argument("--without-timestamps", action="store_true", help="decode text tokens only")
+    g.add_argument("--without-timestamps", action="store_true", default=None,
+                   help="decode text tokens only (the default with --batch-size: one segment per speech chunk)")
+    g.add_argument("--with-timestamps", dest="without_timestamps", action="store_false",
+                   help="decode timestamps with --batch-size too: segment times, a little less accurate text")
     g.add_argument("--word-timestamps", action="store_true", help="word-level timings (cross-attention + DTW)")
     g.add_argument("--initial-prompt", default=None, metavar="TEXT", help="text to prime the first window")
     g.add_argument("--no-condition-on-previous-text", dest="condition_on_previous_text", action="store_false",
@@ -316,19 +319,23 @@ def run_stream(args: argparse.Namespace) -> int:
     audio = read_audio(args.audio, args.max_seconds)
     transcriber = load_transcriber(args, args.backend)
 
-    def show(update, now: float) -> None:
+    def show(update, now: float, behind: float) -> None:
         if update.committed:
             span = f"{format_timestamp(update.committed[0].start)} --> {format_timestamp(update.committed[-1].end)}"
-            print(f"[{span}] (committed at {now:6.2f} s){''.join(w.text for w in update.committed)}", flush=True)
+            print(f"[{span}] (committed at {now:6.2f} s, {behind:4.1f} s behind)"
+                  f"{''.join(w.text for w in update.committed)}", flush=True)
 
     report = stream_audio(transcriber, audio, args.chunk, options, on_update=show)
     p90 = report.latency_quantile(0.9)
+    behind = (f"behind the stream median {statistics.median(report.behind):.2f} s, max {max(report.behind):.2f} s "
+              "(audio not yet transcribed as an update ends)")
+    held = f"; {report.held_back} hypothesis segments held back (offline rules)" if report.held_back else ""
     if p90 is not None:
         info(f"{args.audio}: {report.audio_s:.1f} s in {report.updates} updates; commit latency median "
-             f"{statistics.median(report.latencies):.2f} s, p90 {p90:.2f} s; "
-             f"compute {report.compute_share:.2f} s per audio second")
+             f"{statistics.median(report.latencies):.2f} s, p90 {p90:.2f} s; {behind}; "
+             f"compute {report.compute_share:.2f} s per audio second{held}")
     else:
-        info(f"{args.audio}: {report.audio_s:.1f} s in {report.updates} updates; nothing was said")
+        info(f"{args.audio}: {report.audio_s:.1f} s in {report.updates} updates; nothing was said; {behind}{held}")
     print(report.text)
     return 0
 
@@ -379,6 +386,8 @@ COMMANDS = {
               lambda p: _lazy("service.cli").add_arguments(p), lambda a: _lazy("service.cli").main(a)),
     "gpu-compile": ("compile the GPU path's MAX graphs for NVIDIA GPUs that are not there (virtual devices)",
                     lambda p: _lazy("gpu_compile").add_arguments(p), lambda a: _lazy("gpu_compile").main(a)),
+    "transcribe-many": ("transcribe a whole archive as a bulk job on Ray Data: resumable, a results table",
+                        lambda p: _lazy("bulk.cli").add_arguments(p), lambda a: _lazy("bulk.cli").main(a)),
 }
 
 

@@ -93,7 +93,9 @@ class DecodeOptions:
     A batch_size switches to batched long-form transcription (`maxwhisper.batched`; on the
     faster backend its `BatchedInferencePipeline`): speech chunks found by Silero VAD, decoded that
     many at a time, without the previous text as prompt (condition_on_previous_text does not apply)
-    and without word timestamps.
+    and without word timestamps. There `without_timestamps` defaults to text only, one segment per
+    chunk, as faster-whisper's pipeline: decoding timestamps costs tiny.en a point of WER on the
+    lecture (see `maxwhisper.batched`).
     """
 
     language: str | None = None  # None: English for .en models, detected otherwise
@@ -102,7 +104,7 @@ class DecodeOptions:
     beam_size: int = 1  # 1 = greedy at temperature 0
     best_of: int = 5  # samples drawn at temperature > 0
     patience: float = 1.0
-    without_timestamps: bool = False
+    without_timestamps: bool | None = None  # None: timestamps in the sequential loop, text only when batched
     word_timestamps: bool = False
     initial_prompt: str | None = None
     condition_on_previous_text: bool = True
@@ -154,6 +156,8 @@ class DecodeOptions:
             object.__setattr__(self, name, float(value))
         for name in ("without_timestamps", "word_timestamps", "condition_on_previous_text", "suppress_blank"):
             value = getattr(self, name)
+            if value is None and name == "without_timestamps":  # the mode's default (text_only)
+                continue
             if not isinstance(value, (bool, np.bool_)):
                 raise OptionError(name, f"{name} must be True or False, got {_shown(value)}")
             object.__setattr__(self, name, bool(value))
@@ -186,6 +190,11 @@ class DecodeOptions:
             if not -1 <= token < n_vocab:
                 raise OptionError("suppress_tokens", f"suppress_tokens: {token} is not a token id of {whose} "
                                   f"(0 to {n_vocab - 1}, or -1 for the non-speech symbols)")
+
+    @property
+    def text_only(self) -> bool:
+        """Whether windows are decoded without timestamps: as asked, else only when batched."""
+        return self.batch_size is not None if self.without_timestamps is None else self.without_timestamps
 
     def replace(self, **changes) -> "DecodeOptions":
         return dataclasses.replace(self, **changes)

@@ -35,6 +35,11 @@ MIN_SECONDS = 0.1  # shorter audio holds no word
 SILENT_PEAK = 1e-4  # -80 dBFS: audio whose loudest sample is quieter than this has nothing to transcribe
 
 AudioSource = Union[str, os.PathLike, bytes, tuple[int, np.ndarray], np.ndarray]
+# the file names taken for audio when a folder is searched: audio and video formats FFmpeg reads
+MEDIA_SUFFIXES = frozenset({
+    ".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".webm", ".m4a", ".m4b", ".mp4", ".aac", ".mkv", ".mka",
+    ".wma", ".aiff", ".aif", ".amr", ".3gp", ".mov", ".avi", ".mpeg", ".mpg", ".mpga", ".ts", ".ac3", ".wv", ".caf",
+})
 
 
 def load_audio(source: AudioSource, max_seconds: float | None = None) -> np.ndarray:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .api import DecodeOptions, Timings, TranscriptionResult, empty_result
+from .api import DecodeOptions, MaxWhisperError, Timings, TranscriptionResult, empty_result
 from .audio import N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
 from .batched import transcribe_batched
 from .checkpoint import load_checkpoint
@@ -45,6 +45,17 @@ class MaxTranscriber:
 
     def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
                    progress: Callable[[float], None] | None = None) -> TranscriptionResult:
+        return self._transcribe(audio, options, progress)
+
+    def transcribe_window(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions()) -> TranscriptionResult:
+        """A live stream's hypothesis (`maxwhisper.streaming`): the first 30 s window of `audio`
+        decoded as `transcribe` decodes it, without the seek loop's next window: one encoder pass."""
+        if options.batch_size is not None:
+            raise MaxWhisperError("a stream's window is not transcribed in batches: leave batch_size unset")
+        return self._transcribe(audio[:N_SAMPLES], options, None, first_window_only=True)
+
+    def _transcribe(self, audio: np.ndarray, options: DecodeOptions, progress: Callable[[float], None] | None,
+                    first_window_only: bool = False) -> TranscriptionResult:
         if len(audio) == 0:  # checked as any request, then nothing to run the model on
             _check_request(self.net, log_mel_spectrogram(audio, self.checkpoint.dims.n_mels, padding=N_SAMPLES),
                            options)
@@ -57,7 +68,7 @@ class MaxTranscriber:
         else:
             mel = log_mel_spectrogram(audio, self.checkpoint.dims.n_mels, padding=N_SAMPLES)
             features_s = time.perf_counter() - start
-            out = transcribe(self.decoder_model, mel, options, progress)
+            out = transcribe(self.decoder_model, mel, options, progress, first_window_only=first_window_only)
         # a graph compiled on first use during decoding is a one-time cost: count it in compile_s only
         lazy_compile_s = self.compile_s - compile_before
         total_s = time.perf_counter() - start - lazy_compile_s

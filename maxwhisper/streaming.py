@@ -1,12 +1,18 @@
 """Live transcription: audio arrives in chunks, the text is committed by LocalAgreement-2.
 
 Backend-neutral over the `Transcriber` protocol, so that MAX, faster-whisper and openai-whisper
-stream through the same code. Each update re-transcribes the buffered audio (the stream since
-the last trim, at most ~30 s) with word timestamps at the first temperature of the schedule only,
-prompted with the committed text before the buffer. LocalAgreement-2 (Macháček et al. 2023, ufal/whisper_streaming) commits the words on
-which two consecutive hypotheses agree; committed text never changes, the tentative tail may.
-Once the buffer is longer than `trim_s`, it is cut at the end of the last segment whose words are
-all committed, so that later updates stay short.
+stream through the same code. Each update transcribes the buffered audio (the stream since the
+last cut, at most 30 s heard) again with word timestamps, prompted with the committed text before
+the buffer: with a transcriber's `transcribe_window` (MAX, faster-whisper) its first window alone,
+one encoder pass (what the model leaves after its last segment waits for the next update);
+otherwise (openai-whisper) its whole seek loop, which decodes the audio after the last segment
+again as a window of its own: two or three encoder passes.
+LocalAgreement-2 (Macháček et al. 2023, ufal/whisper_streaming) commits the words on which two
+consecutive hypotheses agree; committed text never changes, the tentative tail may. A hypothesis
+segment that fails the offline loop's rules (after its temperature fallback: too compressible, as a
+repetition loop is, or too improbable) is not part of the hypothesis, nor is what follows it: its
+words wait for more audio. Once the buffer is longer than `trim_s`, it is cut at the end of the
+last segment whose words are all committed, so that later updates stay short.
 """
 from __future__ import annotations
 
@@ -16,10 +22,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .api import SAMPLE_RATE, DecodeOptions, Transcriber
+from .api import SAMPLE_RATE, DecodeOptions, Segment, Timings, Transcriber
+from .decoding import compression_ratio
+from .transcribe import needs_fallback
 
 PROMPT_CHARS = 200  # committed text before the buffer given as prompt (as whisper_streaming)
 OVERLAP_WORDS = 5  # longest repeat of the committed tail looked for at a hypothesis's start
+FORCED_CUT_S = 25.0  # a buffer this long is cut even where nothing in it is committed
+KEEP_S = 5.0  # the audio a forced cut leaves in the buffer
+LOOP_WORDS = 40  # committed words in a row over which `StreamReport.loop_ratio` looks for a loop
 
 
 @dataclass(frozen=True)
@@ -78,11 +89,23 @@ class LocalAgreement:
         return new
 
 
+def fails_offline_rules(segment: Segment, options: DecodeOptions) -> bool:
+    """The offline loop would not keep this segment's decoding: its window's decoding too
+    compressible or too improbable (`transcribe.needs_fallback`; the loop keeps the last
+    temperature's decoding whatever it looks like, a stream does not), or the segment's own text too
+    compressible (a loop inside a window whose text as a whole passed)."""
+    threshold = options.compression_ratio_threshold
+    return (needs_fallback(segment.compression_ratio, segment.avg_logprob, segment.no_speech_prob, options)
+            or (threshold is not None and compression_ratio(segment.text) > threshold))
+
+
 @dataclass(frozen=True)
 class StreamUpdate:
     committed: list[StreamWord]  # committed by this update
     tentative: list[StreamWord]  # the uncommitted tail after it
     compute_s: float  # seconds the transcription took (its `timings.total_s`)
+    held_back: int = 0  # hypothesis segments left out for failing the offline rules
+    timings: Timings | None = None  # the transcription's, by stage (None: `Streamer.finish`)
 
 
 class Streamer:
@@ -90,10 +113,9 @@ class Streamer:
 
     def __init__(self, transcriber: Transcriber, options: DecodeOptions = DecodeOptions(), trim_s: float = 15.0):
         self.transcriber = transcriber
-        # one temperature: a partial buffer often looks like a failed decoding, and falling back
-        # through sampling would multiply an update's time
-        self.options = dataclasses.replace(options, word_timestamps=True, batch_size=None,
-                                           temperature=options.temperature[:1])
+        self.options = dataclasses.replace(options, word_timestamps=True, batch_size=None)
+        window = getattr(transcriber, "transcribe_window", None)
+        self._hypothesis = window if window is not None else transcriber.transcribe
         self.trim_s = trim_s
         self.policy = LocalAgreement()
         self.buffer = np.zeros(0, np.float32)
@@ -109,40 +131,48 @@ class Streamer:
         before = "".join(w.text for w in self.policy.committed if w.end <= self.buffer_start)
         prompt = ((self.options.initial_prompt or "") + before)[-PROMPT_CHARS:].strip()
         options = dataclasses.replace(self.options, initial_prompt=prompt or None)
-        result = self.transcriber.transcribe(self.buffer, options)
+        result = self._hypothesis(self.buffer, options)
         compute_s = result.timings.total_s  # without a graph compiled on first use (MAX's alignment graph)
+        failed = next((i for i, s in enumerate(result.segments) if fails_offline_rules(s, options)),
+                      len(result.segments))
+        kept = result.segments[:failed]
         words = [StreamWord(self.buffer_start + w.start, self.buffer_start + w.end, w.word)
-                 for s in result.segments for w in (s.words or ())]
-        self.segment_ends = [self.buffer_start + s.end for s in result.segments]
+                 for s in kept for w in (s.words or ())]
+        self.segment_ends = [self.buffer_start + s.end for s in kept]
         committed = self.policy.update(words)
         committed += self._trim()
-        return StreamUpdate(committed, list(self.policy.tentative), compute_s)
+        return StreamUpdate(committed, list(self.policy.tentative), compute_s, len(result.segments) - failed,
+                            result.timings)
 
     def finish(self) -> StreamUpdate:
         return StreamUpdate(self.policy.finish(), [], 0.0)
 
     def _trim(self) -> list[StreamWord]:
         """Past trim_s of buffer, cut it at the last segment end that all committed words reach;
-        past 25 s, at the last committed word, or (nothing committed in it: silence, text that
-        keeps changing, or updates so slow that the buffer outgrew its commits) 5 s before its
-        end, committing the tentative words before the cut rather than losing them. Returns the
-        words so committed."""
-        length = len(self.buffer) / SAMPLE_RATE
-        if length <= self.trim_s:
+        past FORCED_CUT_S, at the last committed word, or (nothing committed in it: silence, text
+        that keeps changing, or updates so slow that the buffer outgrew its commits) KEEP_S before
+        its end, committing the tentative words before the cut rather than losing them. No cut
+        goes past the start of a word heard and not committed (word times move between
+        hypotheses: the committed end of a word may lie inside the next one as heard now).
+        Returns the words so committed."""
+        end = self.buffer_start + len(self.buffer) / SAMPLE_RATE
+        if end - self.buffer_start <= self.trim_s:
             return []
         done = self.policy.committed[-1].end if self.policy.committed else self.buffer_start
-        cuts = [t for t in self.segment_ends[:-1] if self.buffer_start < t <= done]
         forced = []
-        if not cuts and length > 25:
+        cut = max((t for t in self.segment_ends[:-1] if t <= done), default=self.buffer_start)
+        if cut <= self.buffer_start and end - self.buffer_start > FORCED_CUT_S:
             if done > self.buffer_start:
-                cuts = [done]
-            else:  # (a word across the cut stays whole in the buffer)
-                forced = self.policy.finish(before=self.buffer_start + length - 5)
-                cuts = [forced[-1].end if forced else self.buffer_start + length - 5]
-        cut = round((max(cuts, default=self.buffer_start) - self.buffer_start) * SAMPLE_RATE)
-        if cut > 0:
-            self.buffer = self.buffer[cut:]
-            self.buffer_start += cut / SAMPLE_RATE
+                cut = done
+            else:
+                forced = self.policy.finish(before=end - KEEP_S)
+                cut = forced[-1].end if forced else end - KEEP_S
+        heard = [w.start for w in self.policy.tentative if w.start > self.buffer_start]
+        cut = min([cut, *heard[:1]])
+        samples = round((cut - self.buffer_start) * SAMPLE_RATE)
+        if samples > 0:
+            self.buffer = self.buffer[samples:]
+            self.buffer_start += samples / SAMPLE_RATE
         return forced
 
 
@@ -153,6 +183,8 @@ class StreamReport:
     compute_s: float  # seconds spent transcribing, all updates together
     audio_s: float
     updates: int
+    behind: list[float] = dataclasses.field(default_factory=list)  # per update: see `stream_audio`
+    held_back: int = 0  # hypothesis segments left out for failing the offline rules, all updates together
 
     @property
     def text(self) -> str:
@@ -178,33 +210,44 @@ class StreamReport:
         """Seconds of computing per second of audio: above 1, the stream falls behind."""
         return self.compute_s / self.audio_s if self.audio_s else 0.0
 
+    @property
+    def loop_ratio(self) -> float:
+        """The highest compression ratio of LOOP_WORDS committed words in a row (all of them when
+        fewer): speech scores below 2, a committed repetition loop far above the offline loop's
+        threshold of 2.4."""
+        texts = [w.text for w in self.words]
+        n = min(LOOP_WORDS, len(texts))
+        return max((compression_ratio("".join(texts[i:i + n])) for i in range(len(texts) - n + 1)), default=0.0)
+
 
 def stream_audio(transcriber: Transcriber, audio: np.ndarray, chunk_s: float = 1.0,
                  options: DecodeOptions = DecodeOptions(), on_update=None) -> StreamReport:
     """Feed `audio` as if it arrived in real time, chunk_s at a time, with the computing time
     counted: an update starts when the model is free and takes every chunk that has arrived by
-    then (a chunk that arrives while the model is busy waits). on_update(update, now) is called
-    after each update, `now` being the stream time."""
+    then (a chunk that arrives while the model is busy waits). How far behind the stream is, when
+    an update ends: the seconds of audio that have arrived and are not yet transcribed.
+    on_update(update, now, behind) is called after each update, `now` being the stream time."""
     streamer = Streamer(transcriber, options)
     step = max(1, round(chunk_s * SAMPLE_RATE))
     arrivals = [(min(i + step, len(audio)), min(i + step, len(audio)) / SAMPLE_RATE)
                 for i in range(0, len(audio), step)]  # (samples available, when)
-    now, fed, compute_s, updates = 0.0, 0, 0.0, 0
-    words, commit_times = [], []
+    now, fed, compute_s, updates, held_back = 0.0, 0, 0.0, 0, 0
+    words, commit_times, behind = [], [], []
     while fed < len(audio):
         now = max(now, next(t for n, t in arrivals if n > fed))  # wait for the next chunk
         available = max(n for n, t in arrivals if t <= now)
         update = streamer.push(audio[fed:available])
-        fed, updates = available, updates + 1
+        fed, updates, held_back = available, updates + 1, held_back + update.held_back
         now += update.compute_s
         compute_s += update.compute_s
         words += update.committed
         commit_times += [now] * len(update.committed)
+        behind.append((max(n for n, t in arrivals if t <= now) - fed) / SAMPLE_RATE)
         if on_update is not None:
-            on_update(update, now)
+            on_update(update, now, behind[-1])
     last = streamer.finish()
     words += last.committed
     commit_times += [now] * len(last.committed)
     if on_update is not None:
-        on_update(last, now)
-    return StreamReport(words, commit_times, compute_s, len(audio) / SAMPLE_RATE, updates)
+        on_update(last, now, 0.0)
+    return StreamReport(words, commit_times, compute_s, len(audio) / SAMPLE_RATE, updates, behind, held_back)

@@ -19,6 +19,10 @@ same model numbers it produces the same segments and tokens:
 - with word timestamps (`maxwhisper.timing`) the segments take their words' times, the next
   window starts after the last word, and `hallucination_silence_threshold` drops improbable
   words surrounded by long silences and skips those silences.
+
+`first_window_only` is live streaming's hypothesis (`maxwhisper.streaming`): the first window
+alone, one encoder pass; the audio after its last segment, which the loop would decode again as a
+window of its own, waits for the stream's next update, which decodes the buffer again anyway.
 """
 from __future__ import annotations
 
@@ -55,6 +59,7 @@ def transcribe(
     *,
     clip_timestamps: Sequence[float] = (),
     rng: np.random.Generator | None = None,
+    first_window_only: bool = False,
 ) -> TranscribeOutput:
     """Transcribe a whole recording.
 
@@ -64,6 +69,7 @@ def transcribe(
     clip_timestamps: start, end, start, end, ... seconds of the parts to transcribe (whisper's
     option); an odd count means the last part runs to the end. Empty: everything.
     rng: the random numbers for sampling at temperature > 0 (default: seeded with 0).
+    first_window_only: decode the first 30 s window only (clip_timestamps do not apply).
     """
     requested = _check_request(model, mel, options)
     t_start = time.perf_counter()
@@ -71,12 +77,15 @@ def transcribe(
     language, language_probability = _language(model, mel, requested, clock)
     loop = _SeekLoop(model, mel, options, language, clock, rng if rng is not None else np.random.default_rng(0))
 
-    for clip_start, clip_end in _seek_clips(clip_timestamps, loop.content_frames):
-        seek = clip_start
-        while seek < clip_end:
-            seek = loop.window(seek, clip_end)
-            if progress is not None:
-                progress(min(seek, loop.content_frames) / loop.content_frames)
+    if first_window_only:
+        loop.window(0, loop.content_frames)
+    else:
+        for clip_start, clip_end in _seek_clips(clip_timestamps, loop.content_frames):
+            seek = clip_start
+            while seek < clip_end:
+                seek = loop.window(seek, clip_end)
+                if progress is not None:
+                    progress(min(seek, loop.content_frames) / loop.content_frames)
 
     return TranscribeOutput(
         segments=loop.segments,
@@ -368,22 +377,29 @@ def _window_options(options: DecodeOptions, temperature: float, language: str, p
         prompt=prompt,
         suppress_tokens=tuple(options.suppress_token_ids()),
         suppress_blank=options.suppress_blank,
-        without_timestamps=options.without_timestamps,
+        without_timestamps=options.text_only,
     )
 
 
-def _needs_fallback(result: DecodingResult, options: DecodeOptions) -> bool:
+def needs_fallback(compression_ratio: float, avg_logprob: float, no_speech_prob: float,
+                   options: DecodeOptions) -> bool:
+    """A decoding that looks like a failure: too compressible (a repetition loop) or too
+    improbable, unless it looks like silence."""
     too_repetitive = (
         options.compression_ratio_threshold is not None
-        and result.compression_ratio > options.compression_ratio_threshold
+        and compression_ratio > options.compression_ratio_threshold
     )
-    too_improbable = options.logprob_threshold is not None and result.avg_logprob < options.logprob_threshold
+    too_improbable = options.logprob_threshold is not None and avg_logprob < options.logprob_threshold
     silence = (
         options.no_speech_threshold is not None
-        and result.no_speech_prob > options.no_speech_threshold
+        and no_speech_prob > options.no_speech_threshold
         and too_improbable
     )
     return (too_repetitive or too_improbable) and not silence
+
+
+def _needs_fallback(result: DecodingResult, options: DecodeOptions) -> bool:
+    return needs_fallback(result.compression_ratio, result.avg_logprob, result.no_speech_prob, options)
 
 
 def _is_silence(result: DecodingResult, options: DecodeOptions) -> bool:

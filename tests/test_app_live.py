@@ -4,6 +4,7 @@ the tentative tail, latency on a fake clock, stop, errors, a visitor who leaves)
 and MAX on jfk sent as a browser sends it (48 kHz int16 chunks)."""
 from __future__ import annotations
 
+import threading
 import time
 
 import av
@@ -33,12 +34,12 @@ def test_words_are_committed_as_they_agree_and_the_rest_at_stop():
     for i in range(4):
         clock[0] += 1.0
         session.add((SAMPLE_RATE, audio[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE]))
-        wait_for(lambda: len(model.calls) == i + 1 and session.waiting_s == 0)
+        wait_for(lambda: len(model.calls) == i + 1 and session.behind_s == 0)
     wait_for(lambda: len(session.committed) >= 4)
     text, figures = session.render()
     assert "<span id='live-committed'>w0 w1 w2 w3" in text
     assert f"style='{live.TENTATIVE_STYLE}'> w" in text  # the last hypothesis's tail, in grey
-    assert "listening" in figures and "commit latency: last word" in figures and "4 s heard" in figures
+    assert "listening" in figures and "commit latency: last word" in figures and "4 s heard, 0.0 s behind" in figures
     assert all(lat >= 0 for lat in session.latencies)
 
     clock[0] += 1.0
@@ -51,6 +52,18 @@ def test_words_are_committed_as_they_agree_and_the_rest_at_stop():
     assert figures.startswith("stopped")
     session.add((SAMPLE_RATE, audio[:SAMPLE_RATE]))  # a chunk after the stop is ignored
     assert session.received_s == 5.0 and session.ended
+
+
+def test_the_figures_say_how_far_behind_the_stream_is():
+    lock = threading.Lock()
+    session = live.LiveSession(lambda: ScriptedTranscriber(SCRIPT), lock)
+    audio = np.arange(3 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
+    with lock:  # the model is busy with another stream's update
+        for i in range(3):
+            session.add((SAMPLE_RATE, audio[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE]))
+        assert session.behind_s == 3.0 and "3 s heard, 3.0 s behind" in session.render()[1]
+    wait_for(lambda: session.behind_s == 0)
+    session.stop(timeout=10)
 
 
 def test_a_failed_load_is_a_message_without_server_paths():
@@ -90,7 +103,7 @@ def test_a_recording_through_the_tab_s_handlers():
     session, text, figures = streams.chunk((SAMPLE_RATE, audio[:SAMPLE_RATE]), None, "max", "tiny.en", "cpu")
     assert session.running and "live-committed" in text
     for i in range(1, 4):
-        wait_for(lambda: session.waiting_s == 0)
+        wait_for(lambda: session.behind_s == 0)
         same, _, _ = streams.chunk((SAMPLE_RATE, audio[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE]), session, "max",
                                    "tiny.en", "cpu")
         assert same is session

@@ -220,3 +220,21 @@ def test_registry_builds_both():
         t = create_transcriber(name, model="tiny.en", device="cpu", precision="fp32", threads=2)
         assert isinstance(t, cls) and t.backend == name and t.model == "tiny.en"
         assert t.device == "cpu" and t.precision == "fp32" and t.load_s > 0 and t.compile_s == 0
+
+
+def test_faster_window_is_the_seek_loop_s_first_window_in_one_encoder_pass(faster_tiny, monkeypatch):
+    """The stream's hypothesis (`maxwhisper.streaming`) on faster-whisper, as MAX's."""
+    from maxwhisper.audio import SAMPLE_RATE, load_audio
+
+    audio = load_audio(AUDIO / "physicsworks.flac")[30 * SAMPLE_RATE:40 * SAMPLE_RATE]  # its end is decoded again
+    options = DecodeOptions(word_timestamps=True, temperature=(0.0,))
+    calls, encode = [], faster_tiny.whisper.encode
+    monkeypatch.setattr(faster_tiny.whisper, "encode", lambda features: calls.append(features.shape) or encode(features))
+    whole = faster_tiny.transcribe(audio, options)
+    assert len(calls) == 2
+    window = faster_tiny.transcribe_window(audio, options)
+    assert len(calls) == 3
+    assert "_split_segments_by_timestamps" not in vars(faster_tiny.whisper)  # the seek loop is faster-whisper's again
+    first = [s for s in whole.segments if s.seek == 0]
+    assert window.segments == first and len(first) < len(whole.segments)
+    assert faster_tiny.transcribe(audio, options).segments == whole.segments

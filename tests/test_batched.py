@@ -1,6 +1,8 @@
 """Batched long-form transcription (`maxwhisper.batched`, `--batch-size N`): Silero VAD chunks
-decoded N at a time. Each chunk's tokens are openai-whisper's `decode()` of that chunk, on MAX and
-on openai-whisper's own network, and the segments land where the speech is in the recording."""
+decoded N at a time. Each window's tokens are openai-whisper's `decode()` of that window, on MAX
+and on openai-whisper's own network; with timestamps a chunk cut in the middle of speech gets a
+window for its last words; the segments land where the speech is in the recording; the default
+loses no words against the sequential loop and faster-whisper's pipeline on the lecture."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,8 +13,12 @@ import pytest
 from maxwhisper.api import BackendError, DecodeOptions, MaxWhisperError
 from maxwhisper.audio import N_FRAMES, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
 from maxwhisper.batched import CHUNK_SECONDS, SpeechTimeline, speech_chunks, transcribe_batched
+from maxwhisper.scoring import normalize, wer
 
-BATCHED = DecodeOptions(batch_size=2, temperature=(0.0,))
+from conftest import AUDIO
+
+BATCHED = DecodeOptions(batch_size=2, temperature=(0.0,))  # text only per chunk: the batched default
+TIMESTAMPS = dataclasses.replace(BATCHED, without_timestamps=False)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +51,7 @@ def test_speech_timeline_maps_whole_samples_to_their_region():
 
 def test_speech_after_a_long_silence_keeps_its_time(max_tiny_en, jfk_audio):
     audio = np.concatenate([jfk_audio, np.zeros(10 * SAMPLE_RATE, np.float32), jfk_audio])
-    result = max_tiny_en.transcribe(audio, BATCHED)
+    result = max_tiny_en.transcribe(audio, TIMESTAMPS)
     second = [s for s in result.segments if "ask not" in s.text.lower() or s.start > 11.0]
     assert result.text.lower().count("fellow americans") == 2
     assert second and all(s.start >= 20.0 for s in second if s.start > 11.0)
@@ -60,28 +66,81 @@ def _chunk_tokens(result) -> list[list[int]]:
     return list(groups.values())
 
 
-def test_each_chunk_decodes_as_openai_whisper_decodes_it(max_tiny_en, torch_tiny_en, lecture_chunks,
-                                                         lecture_60s_audio):
+def _whisper_decode(torch_model, samples: list[np.ndarray], without_timestamps: bool):
+    """openai-whisper's `decode()` of each window, given as its samples."""
     import torch
     import whisper
 
-    chunks, _, _ = lecture_chunks
-    mels = np.stack([log_mel_spectrogram(c, 80, padding=N_SAMPLES)[:, :N_FRAMES] for c in chunks])
-    reference = whisper.decode(torch_tiny_en.module, torch.from_numpy(mels), whisper.DecodingOptions(
-        language="en", temperature=0.0, fp16=False, without_timestamps=False))
-    expected = [[t for t in r.tokens] for r in reference]
+    mels = np.stack([log_mel_spectrogram(s, 80, padding=N_SAMPLES)[:, :N_FRAMES] for s in samples])
+    return whisper.decode(torch_model.module, torch.from_numpy(mels), whisper.DecodingOptions(
+        language="en", temperature=0.0, fp16=False, without_timestamps=without_timestamps))
 
+
+def test_each_chunk_decodes_as_openai_whisper_decodes_it(max_tiny_en, torch_tiny_en, lecture_chunks,
+                                                         lecture_60s_audio):
+    chunks, _, _ = lecture_chunks
+    reference = _whisper_decode(torch_tiny_en, chunks, without_timestamps=True)
     ours_max = transcribe_batched(max_tiny_en.net, lecture_60s_audio, BATCHED)
     ours_torch = transcribe_batched(torch_tiny_en, lecture_60s_audio, BATCHED)
-    assert _chunk_tokens(ours_max) == _chunk_tokens(ours_torch) == expected
+    assert _chunk_tokens(ours_max) == _chunk_tokens(ours_torch) == [list(r.tokens) for r in reference]
+    assert len(ours_max.segments) == len(chunks)  # text only: a segment per chunk
     assert ours_max.text == ours_torch.text
     assert ours_max.text.split() == " ".join(r.text for r in reference).split()
 
 
-def test_batch_size_does_not_change_the_tokens(max_tiny_en, lecture_60s_audio):
-    one = transcribe_batched(max_tiny_en.net, lecture_60s_audio, dataclasses.replace(BATCHED, batch_size=1))
-    many = transcribe_batched(max_tiny_en.net, lecture_60s_audio, dataclasses.replace(BATCHED, batch_size=8))
+@pytest.fixture(scope="module")
+def lecture_75s_audio():
+    """Its second chunk ends in the middle of a sentence."""
+    from maxwhisper.audio import load_audio
+
+    return load_audio(AUDIO / "physicsworks.flac")[:75 * SAMPLE_RATE]
+
+
+def test_a_chunk_cut_in_speech_gets_a_window_for_its_last_words(max_tiny_en, torch_tiny_en, lecture_75s_audio):
+    from maxwhisper.tokenizer import get_tokenizer
+
+    timestamp_begin = get_tokenizer(False).timestamp_begin
+    chunks, _, _ = speech_chunks(lecture_75s_audio)
+    first = _whisper_decode(torch_tiny_en, chunks, without_timestamps=False)
+    # whisper.decode of each chunk alone: some stop at a segment they open (<|t|><|t|><|endoftext|>)
+    cut = [i for i, r in enumerate(first) if r.tokens[-2:] == [r.tokens[-1]] * 2 and r.tokens[-1] >= timestamp_begin]
+    assert cut
+    seek = {i: (first[i].tokens[-1] - timestamp_begin) * 2 for i in cut}  # in mel frames
+    rest = _whisper_decode(torch_tiny_en, [chunks[i][seek[i] * 160:] for i in cut], without_timestamps=False)
+    expected = [list(r.tokens) for r in first]
+    for i, r in zip(cut, rest):
+        expected[i] = expected[i][:-1] + list(r.tokens)  # the open segment is decoded again from its start
+
+    ours = transcribe_batched(max_tiny_en.net, lecture_75s_audio, TIMESTAMPS)
+    assert _chunk_tokens(ours) == expected
+    # no words lost: as many as text only gives (the same speech, decoded without timestamps)
+    text_only = transcribe_batched(max_tiny_en.net, lecture_75s_audio, BATCHED)
+    n_words = len(normalize(ours.text).split())
+    assert abs(n_words - len(normalize(text_only.text).split())) <= 2
+    assert n_words >= len(normalize(" ".join(r.text for r in first)).split()) + 3
+
+
+def test_batch_size_does_not_change_the_tokens(max_tiny_en, lecture_75s_audio):
+    one = transcribe_batched(max_tiny_en.net, lecture_75s_audio, dataclasses.replace(TIMESTAMPS, batch_size=1))
+    many = transcribe_batched(max_tiny_en.net, lecture_75s_audio, dataclasses.replace(TIMESTAMPS, batch_size=8))
     assert [s.tokens for s in one.segments] == [s.tokens for s in many.segments]
+    assert [(s.start, s.end) for s in one.segments] == [(s.start, s.end) for s in many.segments]
+
+
+def test_batched_default_loses_no_words_on_the_lecture(max_tiny_en):
+    """Within 0.5 points of WER of the better of sequential MAX and faster-whisper's
+    BatchedInferencePipeline in its default mode (text only; greedy, as every backend here), on the
+    lecture against its whisper-medium transcript."""
+    from maxwhisper.audio import load_audio
+
+    from baselines.faster_backend import FasterTranscriber
+
+    audio = load_audio(AUDIO / "physicsworks.flac")
+    reference = (AUDIO / "physicsworks.whisper-medium.txt").read_text()
+    batched = wer(reference, max_tiny_en.transcribe(audio, DecodeOptions(batch_size=8)).text)
+    sequential = wer(reference, max_tiny_en.transcribe(audio, DecodeOptions()).text)
+    faster = wer(reference, FasterTranscriber("tiny.en", device="cpu").transcribe(audio, DecodeOptions(batch_size=8)).text)
+    assert batched <= min(sequential, faster) + 0.005, (batched, sequential, faster)
 
 
 def test_segments_lie_in_the_recording_in_order(max_tiny_en, lecture_60s_audio, lecture_chunks):

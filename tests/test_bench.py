@@ -273,26 +273,34 @@ def test_batched_report_renders_with_targets_and_wer(tmp_path, monkeypatch):
 
 
 def test_streaming_report_says_the_targets():
-    def row(audio, median, share, text, offline):
+    def row(audio, median, share, text, offline, loop=1.4):
         return {"audio": audio, "audio_s": 11.0, "updates": 9, "compute_s": share * 11, "compute_share": share,
-                "latency_median_s": median, "latency_p90_s": median + 1, "words": 3, "text": text,
-                "offline_text": offline, "offline_s": 0.5}
+                "encode_s": share * 5.5, "update_median_s": 0.3, "update_p90_s": 0.5, "latency_median_s": median,
+                "latency_p90_s": median + 1, "words": 3, "behind_median_s": 0.0, "behind_max_s": 1.0,
+                "loop_ratio": loop, "held_back": 2, "text": text, "offline_text": offline, "offline_s": 0.5}
 
     runs = [{"backend": "max", "precision": "fp32", "implementation": "MAX fp32",
              "rows": [row("jfk.flac", 1.5, 0.3, "ask not what", "ask not what")]},
             {"backend": "faster", "precision": "fp32", "implementation": "faster-whisper fp32",
              "rows": [row("jfk.flac", 2.0, 0.5, "ask what", "ask not what")]},
             {"backend": "faster", "precision": "int8", "implementation": "faster-whisper int8",
-             "rows": [row("jfk.flac", 1.8, 0.5, "ask not what", "ask not what")]}]
+             "rows": [row("jfk.flac", 1.8, 0.5, "ask not what", "ask not what")]},
+            {"backend": "max", "precision": "fp32", "implementation": "MAX fp32",
+             "rows": [row("lecture.flac", 2.5, 0.7, "3 2 1 3 2 1", "3 2 1", loop=5.9)]}]
     add_streaming_accuracy(runs)
     assert runs[1]["rows"][0]["wer_vs_offline"] == pytest.approx(1 / 3)
     doc = {"device": "cpu", "created": "now", "machine": {"cpu": "Test CPU", "cores": 2, "vector_isa": "AVX2"},
            "options": {"background_load": 0}, "failures": [{"implementation": "openai-whisper fp32", "error": "boom"}],
            "streaming": {"model": "tiny.en", "chunk_s": 1.0, "runs": runs}}
     md = streaming_markdown(doc)
-    assert "| jfk.flac | MAX fp32 | 9 | 1.50 s | 2.50 s | 0.30 | 0.00 % |" in md and "Test CPU (AVX2)" in md
-    assert "compute share 0.30 < 1): met; median commit latency 1.50 s <= 2.5 s: met" in md
-    assert "median latency below faster-whisper's best (1.50 s vs faster-whisper int8 1.80 s): met" in md
+    assert ("| jfk.flac | MAX fp32 | 9 | 1.50 s | 2.50 s | 0.00 s / 1.00 s | 0.30 | 0.30 s / 0.50 s | 50 % | 1.40 | 2 | "
+            "0.00 % |") in md and "Test CPU (AVX2)" in md
+    assert ("- jfk.flac, MAX: compute 0.30 s per audio second <= 0.6: met; commit latency median 1.50 s <= 2 s: met, "
+            "p90 2.50 s <= 3.5 s: met; no loop committed (loop ratio 1.40 <= 2.4): met") in md
+    assert ("median latency against faster-whisper's lowest (faster-whisper int8 1.80 s): 1.20x lower (at least "
+            "1.3x): NOT MET") in md
+    assert ("- lecture.flac, MAX: compute 0.70 s per audio second <= 0.6: NOT MET; commit latency median 2.50 s <= 2 s: "
+            "NOT MET, p90 3.50 s <= 3.5 s: met; no loop committed (loop ratio 5.90 <= 2.4): NOT MET") in md
     assert "FAILED: openai-whisper fp32: boom" in md
 
 
@@ -342,4 +350,6 @@ def test_streaming_end_to_end(tmp_path):
     (row,) = json.loads(json_path.read_text())["streaming"]["runs"][0]["rows"]
     assert row["audio"] == "jfk.flac" and row["updates"] >= 5 and row["latency_median_s"] > 0
     assert row["wer"] is not None and row["wer_vs_offline"] is not None
+    assert row["behind_max_s"] >= row["behind_median_s"] >= 0 and 0 < row["encode_s"] < row["compute_s"]
+    assert row["loop_ratio"] < 2.4 and row["held_back"] >= 0 and 0 < row["update_median_s"] <= row["update_p90_s"]
     assert "| jfk.flac | faster-whisper int8 |" in json_path.with_suffix(".md").read_text()

@@ -283,7 +283,12 @@ def test_decode_options_from_flags():
     assert not o.condition_on_previous_text and o.beam_size == 5 and o.patience == 2.0
     assert o.language == "de" and o.without_timestamps and o.initial_prompt == "Hi." and o.batch_size == 8
     default = DecodeOptions.from_values(vars(build_parser().parse_args(["transcribe", "a.wav"])))
-    assert default == DecodeOptions()
+    assert default == DecodeOptions() and not default.text_only
+    # batched: text only unless timestamps are asked for
+    batched = DecodeOptions.from_values(vars(build_parser().parse_args(["transcribe", "a.wav", "--batch-size", "8"])))
+    assert batched.text_only
+    timed = build_parser().parse_args(["transcribe", "a.wav", "--batch-size", "8", "--with-timestamps"])
+    assert not DecodeOptions.from_values(vars(timed)).text_only
     # the app's controls: "auto" language, empty prompt, batch size 0 (off)
     app = DecodeOptions.from_values({"language": "auto", "initial_prompt": "", "batch_size": 0, "beam_size": 2})
     assert app == DecodeOptions(beam_size=2)

@@ -1,15 +1,21 @@
 """Live transcription (`maxwhisper.streaming`): LocalAgreement-2 on scripted hypotheses, the
-stream loop over a scripted transcriber (arrival, prompts, trimming, latency), and MAX on jfk."""
+stream loop over a scripted transcriber (arrival, prompts, trimming, latency, how far behind,
+loops held back, forced cuts), and MAX on jfk and on the lecture (one encoder pass per update,
+its countdown's repetition loop never committed)."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from maxwhisper.api import SAMPLE_RATE, DecodeOptions
-from maxwhisper.streaming import LocalAgreement, StreamReport, StreamWord, stream_audio
+from maxwhisper.api import SAMPLE_RATE, DecodeOptions, Segment, Word
+from maxwhisper.decoding import compression_ratio
+from maxwhisper.streaming import LocalAgreement, Streamer, StreamReport, StreamWord, fails_offline_rules, stream_audio
 from scripted import ScriptedTranscriber
+
+LECTURE = Path(__file__).resolve().parents[1].parent / "shared" / "audio" / "physicsworks.flac"
 
 
 def words(text: str, start: float = 0.0, step: float = 0.5) -> list[StreamWord]:
@@ -106,6 +112,161 @@ def test_silence_keeps_the_buffer_short_and_the_user_prompt_comes_first():
     assert later and all(p.startswith("Physics lecture.") or len(p) >= 190 for p in later)
 
 
+class Slow(ScriptedTranscriber):
+    """Takes `compute_s` per update."""
+
+    def __init__(self, script: str, compute_s: float):
+        super().__init__(script)
+        self.compute_s = compute_s
+
+    def transcribe(self, audio, options=DecodeOptions(), progress=None):
+        result = super().transcribe(audio, options, progress)
+        return dataclasses.replace(result, timings=dataclasses.replace(result.timings, total_s=self.compute_s))
+
+
+def test_how_far_behind_the_stream_is():
+    audio = np.arange(10 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
+    script = " ".join(f"w{i}" for i in range(20))
+    assert stream_audio(Slow(script, 0.5), audio).behind == [0.0] * 10
+    slow = stream_audio(Slow(script, 2.5), audio)  # each update takes the 2 s or 3 s that arrived meanwhile
+    assert slow.behind == [2.0, 3.0, 2.0, 2.0, 0.0]
+    assert slow.text == script  # late, not lost
+
+
+LOOP = " 3, 2, 1." * 30
+
+
+def loop_segment(start: float, end: float, **values) -> Segment:
+    """A countdown loop as whisper writes one: 90 words over [start, end)."""
+    texts = LOOP.split(" ")[1:]
+    step = (end - start) / len(texts)
+    words = tuple(Word(start + i * step, start + (i + 1) * step, " " + t, 0.9) for i, t in enumerate(texts))
+    return Segment(1, 0, start, end, LOOP, (), words=words, **values)
+
+
+def test_the_offline_rules_on_a_hypothesis_segment():
+    options = DecodeOptions()
+    fine = Segment(0, 0, 0.0, 2.0, " Physics works.", (), avg_logprob=-0.3, compression_ratio=1.2)
+    assert not fails_offline_rules(fine, options)
+    assert compression_ratio(LOOP) > 2.4 and fails_offline_rules(loop_segment(0, 4), options)  # its own text
+    assert fails_offline_rules(dataclasses.replace(fine, compression_ratio=2.5), options)  # its window's
+    assert fails_offline_rules(dataclasses.replace(fine, avg_logprob=-1.5), options)
+    silence = dataclasses.replace(fine, avg_logprob=-1.5, no_speech_prob=0.9)  # as the offline loop: no fallback
+    assert not fails_offline_rules(silence, options)
+    off = DecodeOptions(compression_ratio_threshold=None, logprob_threshold=None)
+    assert not fails_offline_rules(loop_segment(0, 4), off)
+
+
+def test_a_repetition_loop_is_never_committed():
+    class Looping(ScriptedTranscriber):  # every hypothesis ends in the same countdown loop
+        def transcribe(self, audio, options=DecodeOptions(), progress=None):
+            result = super().transcribe(audio, options, progress)
+            n = len(audio) / SAMPLE_RATE
+            return dataclasses.replace(result, segments=[*result.segments, loop_segment(n - 0.5, n)])
+
+    script = " ".join(f"w{i}" for i in range(60))
+    audio = np.arange(30 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
+    updates = []
+    report = stream_audio(Looping(script), audio, on_update=lambda update, now, behind: updates.append(update))
+    assert report.text == script  # every word heard, none of the loop's
+    assert report.held_back == 30 and report.loop_ratio < 2.4
+    assert all("3," not in w.text for u in updates for w in u.tentative)  # not even shown as tentative
+
+
+def test_a_failed_window_waits_for_more_audio():
+    class Failing(ScriptedTranscriber):  # the 5th to 9th updates' windows fail (too improbable)
+        def transcribe(self, audio, options=DecodeOptions(), progress=None):
+            result = super().transcribe(audio, options, progress)
+            if 5 <= len(self.calls) <= 9:
+                return dataclasses.replace(result, segments=[dataclasses.replace(s, avg_logprob=-2.0)
+                                                             for s in result.segments])
+            return result
+
+    script = " ".join(f"w{i}" for i in range(40))
+    audio = np.arange(20 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
+    report = stream_audio(Failing(script), audio)
+    assert report.text == script and report.held_back == 5
+    times = dict(zip((w.text.strip() for w in report.words), report.commit_times))
+    assert times["w6"] >= 10  # heard in the 4th update, committed only once the windows pass again
+
+
+class Respelled:
+    """Hears words of 0.7 s, each update spelled differently, so that no two hypotheses agree:
+    only forced cuts commit anything."""
+
+    backend, model, device, precision, load_s, compile_s = "respelled", "none", "cpu", "fp32", 0.0, 0.0
+
+    def __init__(self):
+        self.calls = 0
+
+    def transcribe(self, audio, options=DecodeOptions(), progress=None):
+        from maxwhisper.api import Timings, TranscriptionResult
+
+        self.calls += 1
+        offset, n = round(float(audio[0]), 3), len(audio) / SAMPLE_RATE
+        first = int(np.ceil(offset / 0.7 - 1e-6))
+        ws = tuple(Word(i * 0.7 - offset, (i + 1) * 0.7 - offset, f" w{i}v{self.calls}", 0.9)
+                   for i in range(first, int((offset + n) / 0.7 + 1e-6)))
+        # (no segment text: so many respelled words compress like a loop)
+        segments = [Segment(0, 0, ws[0].start, ws[-1].end, "", (), words=ws)] if ws else []
+        return TranscriptionResult("", segments, "en", "respelled", "none", "cpu", "fp32", n, Timings(total_s=0.1),
+                                   options)
+
+
+def test_a_forced_cut_never_splits_a_word_and_loses_no_audio():
+    audio = np.arange(70 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
+    streamer = Streamer(Respelled())
+    committed, cuts, longest = [], [], 0
+    for i in range(70):
+        committed += streamer.push(audio[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE]).committed
+        cuts.append(streamer.buffer_start)
+        longest = max(longest, len(streamer.buffer) / SAMPLE_RATE)
+    committed += streamer.finish().committed
+    assert len(set(cuts)) > 3 and longest <= 26
+    assert all(abs(c / 0.7 - round(c / 0.7)) < 1e-3 for c in cuts)  # every cut between two words
+    assert [w.text.split("v")[0] for w in committed] == [f" w{i}" for i in range(100)]  # each word once, in order
+
+
+class Hypotheses(ScriptedTranscriber):
+    """Hears the given hypotheses in turn: lists of (start, end, word), buffer times."""
+
+    def __init__(self, *hypotheses: list[tuple[float, float, str]]):
+        super().__init__("")
+        self.hypotheses = list(hypotheses)
+
+    def transcribe(self, audio, options=DecodeOptions(), progress=None):
+        result = super().transcribe(audio, options, progress)
+        ws = tuple(Word(a, b, " " + w, 0.9) for a, b, w in self.hypotheses.pop(0))
+        return dataclasses.replace(result, segments=[Segment(0, 0, ws[0].start, ws[-1].end, "", (), words=ws)])
+
+
+def test_a_cut_at_the_committed_end_does_not_split_the_next_word_as_heard_now():
+    abc = [(0.0, 0.5, "ask"), (0.5, 1.0, "not"), (1.0, 1.5, "what")]
+    streamer = Streamer(Hypotheses(abc, abc + [(1.5, 2.0, "you")],
+                                   [(0.0, 0.4, "ask"), (0.4, 0.8, "not"), (0.8, 1.2, "what"), (1.2, 2.0, "your")]))
+    silence = np.zeros(10 * SAMPLE_RATE, np.float32)
+    streamer.push(silence)
+    assert texts(streamer.push(silence).committed) == "ask not what"  # "what" ends at 1.5 s
+    streamer.push(silence[:6 * SAMPLE_RATE])  # 26 s buffered: cut, though the latest hypothesis's "your" starts at 1.2 s
+    assert streamer.buffer_start == pytest.approx(1.2) and texts(streamer.policy.tentative) == "your"
+
+
+def test_a_window_transcriber_is_asked_for_one_window():
+    class Windowed(ScriptedTranscriber):
+        windows = 0
+
+        def transcribe(self, audio, options=DecodeOptions(), progress=None):
+            raise AssertionError("the whole seek loop was asked for")
+
+        def transcribe_window(self, audio, options=DecodeOptions()):
+            self.windows += 1
+            return ScriptedTranscriber.transcribe(self, audio, options)
+
+    model = Windowed("w0 w1 w2 w3 w4 w5")
+    report = stream_audio(model, np.arange(3 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE)
+    assert model.windows == 3 and report.text == "w0 w1 w2 w3 w4 w5"
+
+
 def report_with_latencies(latencies: list[float]) -> StreamReport:
     ws = words(" ".join(f"w{i}" for i in range(len(latencies))))
     return StreamReport(ws, [w.end + lat for w, lat in zip(ws, latencies)], compute_s=1.0, audio_s=10.0,
@@ -140,13 +301,16 @@ def test_stream_command_reports_the_median_and_p90_of_the_commit_latency(tmp_pat
     report = stream_audio(ScriptedTranscriber(script), audio, chunk_s=1.0)
     lat = sorted(report.latencies)
     assert len(lat) == 24 and report.latency_quantile(0.9) == lat[21]
+    assert report.behind == [0.0] * 12  # each update (0.25 s) ends before the next chunk arrives
     assert (f"{path}: 12.0 s in {report.updates} updates; commit latency median {(lat[11] + lat[12]) / 2:.2f} s, "
-            f"p90 {lat[21]:.2f} s; compute {report.compute_share:.2f} s per audio second\n") in err
+            f"p90 {lat[21]:.2f} s; behind the stream median 0.00 s, max 0.00 s (audio not yet transcribed as an "
+            f"update ends); compute {report.compute_share:.2f} s per audio second\n") in err
+    assert "(committed at   2.25 s,  0.0 s behind) w0 w1\n" in out
     assert out.strip().splitlines()[-1] == script
     silent = ScriptedTranscriber("")
     monkeypatch.setattr(cli, "load_transcriber", lambda args, backend, kernels=None: silent)
     assert cli.main(["stream", str(path)]) == 0
-    assert f"{path}: 12.0 s in 12 updates; nothing was said\n" in capsys.readouterr().err
+    assert f"{path}: 12.0 s in 12 updates; nothing was said; behind the stream median 0.00 s" in capsys.readouterr().err
 
 
 def test_max_streams_jfk(max_tiny_en, jfk_audio):
@@ -180,3 +344,50 @@ def test_stream_command_prints_committed_text_and_latency():
     bad = subprocess.run([sys.executable, "-m", "maxwhisper", "stream", "nope.wav", "--chunk", "0"], cwd=root,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--chunk" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def counting_encodes(model):
+    """Counts MAX's encoder passes (the instance attribute shadows the method until deleted)."""
+    encode, model.net.calls = model.net.encode, []
+
+    def counted(mel):
+        model.net.calls.append(mel.shape)
+        return encode(mel)
+    model.net.encode = counted
+    return model.net.calls
+
+
+def test_max_window_is_the_seek_loop_s_first_window_in_one_encoder_pass(max_tiny_en, lecture_60s_audio):
+    audio = lecture_60s_audio[30 * SAMPLE_RATE:40 * SAMPLE_RATE]  # the seek loop decodes its end again
+    options = DecodeOptions(word_timestamps=True, temperature=(0.0,))
+    calls = counting_encodes(max_tiny_en)
+    try:
+        whole = max_tiny_en.transcribe(audio, options)
+        assert len(calls) == 2
+        window = max_tiny_en.transcribe_window(audio, options)
+        assert len(calls) == 3
+    finally:
+        del max_tiny_en.net.encode, max_tiny_en.net.calls
+    first = [s for s in whole.segments if s.seek == 0]
+    assert window.segments == first and len(first) < len(whole.segments)
+
+
+@pytest.fixture(scope="module")
+def lecture_audio() -> np.ndarray:
+    from maxwhisper.audio import load_audio
+
+    return load_audio(LECTURE)
+
+
+def test_max_never_commits_the_lecture_countdown_loop(max_tiny_en, lecture_audio):
+    countdown = lecture_audio[189 * SAMPLE_RATE:201 * SAMPLE_RATE]  # at temperature 0 a loop: "I'm going to go to..."
+    greedy = Streamer(max_tiny_en, DecodeOptions(temperature=(0.0,)))
+    hypothesis = max_tiny_en.transcribe_window(countdown, greedy.options)
+    assert any(fails_offline_rules(s, greedy.options) for s in hypothesis.segments)
+    update = greedy.push(countdown)  # the window's decoding fails as a whole: nothing of it is kept
+    assert update.committed == update.tentative == [] and update.held_back == len(hypothesis.segments)
+    assert greedy.finish().committed == []
+
+    report = stream_audio(max_tiny_en, lecture_audio[150 * SAMPLE_RATE:], chunk_s=1.0)  # the last 53 s
+    assert report.loop_ratio < 2.4
+    assert "physics works" in report.text.lower()

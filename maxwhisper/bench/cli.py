@@ -1,6 +1,7 @@
 """The benchmark's command: its flags (`add_arguments`, which `python -m maxwhisper bench` wires in),
-the runs per device and model (`main`; `--throughput`: the batched mode; `--streaming`: see streaming.py), and `python -m
-maxwhisper.bench` (`cli`, which also runs a worker's `--worker SPEC.json`)."""
+the runs per device and model (`main`; `--throughput`: the batched mode; `--streaming`: see
+streaming.py; `--bulk`: see bulk.py), and `python -m maxwhisper.bench` (`cli`, which also runs a
+worker's `--worker SPEC.json`)."""
 from __future__ import annotations
 
 import argparse
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..__main__ import positive_seconds, temperatures
+from ..__main__ import finite_float, positive_seconds, temperatures
 from ..api import DecodeOptions
 from ..registry import BACKENDS
 from .clips import DEFAULT_CLIPS, LONG_FORM, audio_dir, parse_clip, resolve_clips
@@ -22,6 +23,7 @@ from .machine import REPO_ROOT, device_tag, gpus, machine_info, versions
 from .records import (IMPLEMENTATIONS, add_accuracy, add_batched_accuracy, compute_targets, implementation_label,
                       make_records, merge_round)
 from .report import markdown_table, targets_text, throughput_markdown, write_outputs, write_throughput_html
+from .bulk import bulk_reference_worker, main_bulk
 from .streaming import STREAMING_CLIPS, main_streaming, streaming_worker
 from .worker import WORKERS, info, run_worker, worker_main
 
@@ -52,6 +54,13 @@ def _non_negative_int(text: str) -> int:
 
 def _positive_int(text: str) -> int:
     return _positive_ints(text)[0]
+
+
+def _positive_minutes(text: str) -> float:
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of minutes, got {text!r}")
+    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -86,6 +95,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="batched long-form transcription (--batch-size: Silero VAD chunks, N at a time) of one long "
                         f"clip (default {LONG_FORM}) at each --batch-sizes, MAX against faster-whisper's pipeline")
     g.add_argument("--batch-sizes", type=_positive_ints, default=[1, 8], help="default 1,8")
+    b = p.add_argument_group("bulk mode (transcribe-many on Ray Data; max and faster backends, cpu)")
+    b.add_argument("--bulk", action="store_true",
+                   help="bulk jobs over the shared clips repeated to --bulk-minutes of audio, at each of --bulk-workers "
+                        "and --batch-sizes, beside the same files through transcribe() in one process and a job on "
+                        "two virtual nodes")
+    b.add_argument("--bulk-workers", type=_positive_ints, default=[1, 2], metavar="N,N", help="default 1,2")
+    b.add_argument("--bulk-minutes", type=_positive_minutes, default=30.0, metavar="M",
+                   help="at least this much audio (default 30)")
     s = p.add_argument_group("streaming mode")
     s.add_argument("--streaming", action="store_true",
                    help="stream each clip (default " + ", ".join(STREAMING_CLIPS) + ") through the live "
@@ -150,6 +167,11 @@ def _main(args: argparse.Namespace) -> int:
               "quick": args.quick, "decode": decode_dict, "clips": [dataclasses.asdict(c) for c in clips]}
     if args.throughput:
         return _main_throughput(args, devices, clips, decode_dict, threads, machine, vers, out_dir)
+    if args.bulk:
+        impls = [(b, p) for b, p in IMPLEMENTATIONS["cpu"] if b in backends and BACKENDS[b].batched
+                 and (not args.precisions or p in args.precisions)]
+        return max(main_bulk(args, impls, model, decode_dict, machine, vers, out_dir,
+                             f"bulk-{device_tag('cpu', machine)}-{model}") for model in args.models)
     if args.serve:
         from .serve import main_serve
 
@@ -291,7 +313,7 @@ def cli(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"] and len(argv) == 2:
-        return worker_main(argv[1], {**WORKERS, "streaming": streaming_worker})
+        return worker_main(argv[1], {**WORKERS, "streaming": streaming_worker, "bulk_reference": bulk_reference_worker})
     args = build_parser().parse_args(argv)
     try:
         return main(args)

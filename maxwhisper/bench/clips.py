@@ -27,7 +27,6 @@ REFERENCES: dict[str, str] = {
 DEFAULT_CLIPS = ("jfk.flac", "stereo_diarization.wav#left", "stereo_diarization.wav#right", "physicsworks.flac")
 QUICK_CLIPS = ("jfk.flac",)
 LONG_FORM = "physicsworks.flac"  # the clip of the speed target (203 s lecture)
-AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".webm", ".m4a", ".mp4", ".aac", ".mkv", ".wma"}
 CHANNELS = {"left": 0, "right": 1}
 
 
@@ -71,6 +70,7 @@ def parse_clip(spec: str, base: Path | None = None) -> Clip:
 def resolve_clips(specs: Sequence[str] | None, quick: bool = False) -> list[Clip]:
     """--audio values (files, FILE#channel, folders of audio files) or the default set."""
     from ..api import AudioError
+    from ..audio import MEDIA_SUFFIXES
 
     if not specs:
         base = audio_dir()
@@ -78,7 +78,7 @@ def resolve_clips(specs: Sequence[str] | None, quick: bool = False) -> list[Clip
     clips: list[Clip] = []
     for spec in specs:
         if Path(spec).is_dir():
-            files = sorted(p for p in Path(spec).iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+            files = sorted(p for p in Path(spec).iterdir() if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES)
             if not files:
                 raise AudioError(f"no audio files in folder {spec}")
             clips += [parse_clip(str(p)) for p in files]

@@ -130,6 +130,15 @@ def write_html(doc: dict, path: Path) -> None:
     fig.write_html(str(path), include_plotlyjs="cdn", full_html=True)
 
 
+def write_mode_report(doc: dict, markdown: str, out_dir: Path, stem: str) -> None:
+    """A mode's (streaming, service, bulk) results: <stem>.json and its markdown, printed too."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (out_dir / f"{stem}.md").write_text(markdown)
+    print(markdown)
+    print(f"wrote {out_dir / stem}.{{json,md}}")
+
+
 def write_outputs(doc: dict, out_dir: Path, stem: str, html: bool = True) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md"}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import statistics
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .machine import device_tag, machine_info, versions
+from .report import write_mode_report
 from .worker import info
 
 CONCURRENCY = (1, 4, 16)
@@ -151,12 +151,7 @@ def main_serve(args, out_dir) -> int:
                                         "model": "tiny.en", "decode": "openai-whisper's transcribe() defaults, greedy"},
            "in_process_jfk_s": round(alone, 4), "runs": runs, "failures": failures}
     stem = f"serve-{device_tag('cpu', machine)}-tiny.en"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
-    md = serve_markdown(doc)
-    (out_dir / f"{stem}.md").write_text(md)
-    print(md)
-    print(f"wrote {out_dir / stem}.{{json,md}}")
+    write_mode_report(doc, serve_markdown(doc), out_dir, stem)
     return int(bool(failures))
 
 
@@ -190,7 +185,7 @@ def serve_targets(doc: dict) -> list[str]:
     if single and doc.get("in_process_jfk_s"):
         added = single["p50_s"] / doc["in_process_jfk_s"] - 1
         lines.append(f"- one jfk request: {single['p50_s']:.3f} s through the service against "
-                     f"{doc['in_process_jfk_s']:.3f} s in-process, +{100 * added:.1f} % (aim under 5 %): "
+                     f"{doc['in_process_jfk_s']:.3f} s in-process, {100 * added:+.1f} % (aim under 5 %): "
                      f"{'met' if added < 0.05 else 'not met'}")
     return lines
 

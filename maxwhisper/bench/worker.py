@@ -1,8 +1,8 @@
 """One implementation's subprocess (`python -m maxwhisper.bench --worker SPEC.json`): it loads the
 model once, times its transcriptions (per clip, or batched at each batch size) and writes its figures
 as JSON; `run_worker` is the parent's side. `worker_main` runs the kind of work it is given
-(`WORKERS` here, and `bench.streaming`'s, which uses this module): the command line gives it both,
-so imports go one way."""
+(`WORKERS` here, and `bench.streaming`'s and `bench.bulk`'s, which use this module): the command
+line gives it all, so imports go one way."""
 from __future__ import annotations
 
 import dataclasses

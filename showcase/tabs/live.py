@@ -56,6 +56,7 @@ class LiveSession:
         self.stopped_at: float | None = None  # clock time of `stop`
         self.started: float | None = None  # clock time at which the stream's first sample was spoken
         self.received_s = 0.0  # seconds of audio received
+        self.transcribed_s = 0.0  # of which the updates done so far have transcribed
         self.committed: list[StreamWord] = []
         self.tentative: list[StreamWord] = []
         self.latencies: list[float] = []
@@ -107,10 +108,11 @@ class LiveSession:
         return self._thread.is_alive()
 
     @property
-    def waiting_s(self) -> float:
-        """Seconds of audio received and not yet transcribed."""
+    def behind_s(self) -> float:
+        """How far behind the stream is: seconds of audio received and not yet transcribed (waiting,
+        or in the update under way)."""
         with self._cond:
-            return sum(len(a) for a in self._pending) / SAMPLE_RATE
+            return self.received_s - self.transcribed_s
 
     def _run(self) -> None:
         try:
@@ -128,6 +130,8 @@ class LiveSession:
                         update = streamer.push(audio)
                     self.compute_s += update.compute_s
                     self.updates += 1
+                    with self._cond:
+                        self.transcribed_s += len(audio) / SAMPLE_RATE
                     self._commit(update.committed)
                     self.tentative = update.tentative
                 if last:
@@ -161,10 +165,8 @@ class LiveSession:
             parts.append(f"commit latency: last word {self.latencies[-1]:.1f} s, median "
                          f"{statistics.median(self.latencies):.1f} s")
         if self.received_s:
-            parts.append(f"{self.received_s:.0f} s heard; computing {self.compute_s / self.received_s:.2f} s "
-                         "per second of audio")
-        if self.waiting_s >= 2:
-            parts.append(f"catching up: {self.waiting_s:.0f} s of audio waiting")
+            parts.append(f"{self.received_s:.0f} s heard, {self.behind_s:.1f} s behind; computing "
+                         f"{self.compute_s / self.received_s:.2f} s per second of audio")
         return text, " · ".join(parts)
 
 

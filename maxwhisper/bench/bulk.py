@@ -1,0 +1,218 @@
+"""`bench --bulk`: bulk jobs (`maxwhisper.transcribe_many`, Ray Data) over the shared clips repeated
+to at least 30 minutes of audio, for each implementation at 1 and 2 workers and each batch size:
+audio hours per hour. Beside them the same files through `transcribe()` in one process (a worker
+subprocess: model loaded once, files one after another) give the pipeline's overhead, and a job on
+two virtual nodes (`ray.cluster_utils.Cluster`, each with half the cores) shows it spread. Ray's
+start-up is timed apart from the jobs; a job's time includes its workers' model loads."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .clips import audio_dir
+from .records import implementation_label, ratio
+from .report import _f, write_mode_report
+from .worker import info, run_worker
+
+SPEED_TARGET = 1.3  # MAX fp32's audio hours per hour over faster-whisper fp32's, at least
+OVERHEAD_TARGET = 0.10  # the pipeline's time over transcribe() in one process, less than
+
+
+def bulk_clips(folder: Path, minimum_s: float) -> tuple[list[Path], float, int]:
+    """The shared clips linked `repeats` times into `folder` (round-1/jfk.flac, ...), enough for
+    `minimum_s` seconds of audio. Returns (files, seconds of audio, repeats)."""
+    from ..audio import MEDIA_SUFFIXES, SAMPLE_RATE, load_audio
+
+    clips = sorted(p for p in audio_dir().iterdir() if p.suffix.lower() in MEDIA_SUFFIXES)
+    seconds = sum(len(load_audio(p)) / SAMPLE_RATE for p in clips)
+    repeats = max(1, math.ceil(minimum_s / seconds))
+    files = []
+    for r in range(1, repeats + 1):
+        (folder / f"round-{r}").mkdir(parents=True)
+        for clip in clips:
+            (folder / f"round-{r}" / clip.name).symlink_to(clip)
+            files.append(folder / f"round-{r}" / clip.name)
+    return files, seconds * repeats, repeats
+
+
+def bulk_reference_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """In a worker process: the files through `transcribe()` one after another, the model loaded
+    once; timed from loading the model (as a bulk job's time includes its workers' loads)."""
+    from ..api import DecodeOptions
+    from ..audio import load_audio
+    from ..registry import create_transcriber
+
+    options = DecodeOptions(**{**spec["options"], "temperature": tuple(spec["options"]["temperature"])})
+    start = time.perf_counter()
+    t = create_transcriber(spec["backend"], model=spec["model"], device=spec["device"], precision=spec["precision"],
+                           threads=spec["threads"])
+    audio_s = 0.0
+    for path in spec["files"]:
+        result = t.transcribe(load_audio(path), options)
+        audio_s += result.audio_s
+    wall_s = time.perf_counter() - start
+    info(f"[{spec['backend']} {t.precision} one process, batch {options.batch_size}] {audio_s / 3600:.2f} h in "
+         f"{wall_s:.1f} s")
+    return {"ok": True, "implementation": implementation_label(spec["backend"], t.precision),
+            "backend": spec["backend"], "precision": t.precision, "batch_size": options.batch_size,
+            "wall_s": wall_s, "load_s": t.load_s + t.compile_s, "audio_s": audio_s, "rate": audio_s / wall_s}
+
+
+def _job(folder: Path, out: Path, backend: str, precision: str, model: str, workers: int, options,
+         address: str | None = None) -> dict[str, Any]:
+    from ..bulk import transcribe_many
+
+    summary = transcribe_many(folder, out, backend=backend, model=model, device="cpu", precision=precision,
+                              workers=workers, options=options, address=address)
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    timings = [r["timings"] for r in rows]
+    run = {"implementation": implementation_label(backend, precision), "backend": backend, "precision": precision,
+           "workers": workers, "batch_size": options.batch_size, "nodes": 2 if address else 1,
+           "files": summary.files, "failed": summary.failed, "audio_s": summary.audio_s, "wall_s": summary.wall_s,
+           "rate": summary.audio_s / summary.wall_s,
+           "transcribe_s": sum(t["transcribe_s"] or 0 for t in timings),
+           "read_s": sum(t["read_s"] for t in timings), "write_s": sum(t["write_s"] or 0 for t in timings),
+           "node_files": sorted(sum(r["node"] == n for r in rows) for n in {r["node"] for r in rows})}
+    info(f"[{run['implementation']} {workers} worker(s), batch {options.batch_size}, {run['nodes']} node(s)] "
+         f"{summary.audio_s / 3600:.2f} h in {summary.wall_s:.1f} s: {run['rate']:.1f} audio h/h, "
+         f"{summary.failed} failed")
+    return run
+
+
+def main_bulk(args, impls: list[tuple[str, str]], model: str, decode_dict: dict, machine: dict, vers: dict,
+              out_dir: Path, stem: str) -> int:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from ..api import DecodeOptions
+
+    base = DecodeOptions(**{**decode_dict, "temperature": tuple(decode_dict["temperature"])})
+    cores = os.cpu_count() or 1
+    runs, references, starts = [], [], {}
+    with tempfile.TemporaryDirectory(prefix="maxwhisper-bulk-") as tmp:
+        files, audio_s, repeats = bulk_clips(Path(tmp) / "clips", args.bulk_minutes * 60)
+        info(f"--- bulk: {len(files)} files, {audio_s / 60:.1f} min of audio ({repeats} x the shared clips) ---")
+        jobs = Path(tmp) / "jobs"
+        for backend, precision in impls:
+            for batch in args.batch_sizes:
+                options = dataclasses.replace(base, batch_size=batch)
+                spec = {"kind": "bulk_reference", "backend": backend, "model": model, "device": "cpu",
+                        "precision": precision, "threads": None if backend == "max" else cores,
+                        "files": [str(f) for f in files], "options": dataclasses.asdict(options)}
+                reference = run_worker(spec, args.timeout)
+                if reference.get("ok"):
+                    references.append(reference)
+        start = time.perf_counter()
+        ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+        starts["local"] = time.perf_counter() - start
+        try:
+            for backend, precision in impls:
+                for workers in args.bulk_workers:
+                    for batch in args.batch_sizes:
+                        out = jobs / f"{backend}-{precision}-{workers}-{batch}"
+                        runs.append(_job(Path(tmp) / "clips", out, backend, precision, model, workers,
+                                         dataclasses.replace(base, batch_size=batch)))
+        finally:
+            ray.shutdown()
+        start = time.perf_counter()
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": max(cores // 2, 1),
+                                                                 "include_dashboard": False})
+        cluster.add_node(num_cpus=max(cores // 2, 1))
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False)
+        starts["two_nodes"] = time.perf_counter() - start
+        try:
+            for backend, precision in impls:
+                if precision == "fp32":
+                    out = jobs / f"{backend}-{precision}-two-nodes"
+                    runs.append(_job(Path(tmp) / "clips", out, backend, precision, model, 2,
+                                     dataclasses.replace(base, batch_size=max(args.batch_sizes)), cluster.address))
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+    command = (f"python -m maxwhisper bench --bulk --models {model} --bulk-minutes {args.bulk_minutes:g} "
+               f"--bulk-workers {','.join(map(str, args.bulk_workers))} "
+               f"--batch-sizes {','.join(map(str, args.batch_sizes))}")
+    doc = {"schema_version": 1, "device": "cpu", "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+           "command": command, "machine": machine, "versions": vers,
+           "options": {"batch_sizes": args.batch_sizes, "workers": args.bulk_workers, "decode": decode_dict},
+           "bulk": {"model": model, "files": len(files), "audio_s": audio_s, "repeats": repeats,
+                    "ray_start_s": starts, "runs": runs, "references": references}}
+    write_mode_report(doc, bulk_markdown(doc), out_dir, stem)
+    return int(any(r["failed"] for r in runs) or len(references) < len(impls) * len(args.batch_sizes))
+
+
+def _run(runs: list[dict], implementation: str, workers: int, batch: int, nodes: int = 1) -> dict | None:
+    return next((r for r in runs if (r["implementation"], r["workers"], r["batch_size"], r["nodes"])
+                 == (implementation, workers, batch, nodes)), None)
+
+
+def _best(runs: list[dict], implementation: str) -> dict | None:
+    mine = [r for r in runs if r["implementation"] == implementation and r["nodes"] == 1]
+    return max(mine, key=lambda r: r["rate"]) if mine else None
+
+
+def bulk_targets(doc: dict) -> list[str]:
+    b = doc["bulk"]
+    runs, lines = b["runs"], []
+    for r in runs:
+        if r["backend"] != "max" or r["nodes"] != 1:
+            continue
+        f = _run(runs, implementation_label("faster", "fp32"), r["workers"], r["batch_size"])
+        if f:
+            x = ratio(r["rate"], f["rate"])
+            lines.append(f"- {r['workers']} worker(s), batch {r['batch_size']}: {r['implementation']} "
+                         f"{r['rate']:.1f} vs {f['implementation']} {f['rate']:.1f} audio h/h = {_f(x)}x "
+                         f"(at least {SPEED_TARGET}x): {'met' if x and x >= SPEED_TARGET else 'NOT MET'}")
+    best_max = _best(runs, implementation_label("max", "fp32"))
+    for versus, target in (("fp32", SPEED_TARGET), ("int8", 1.0)):
+        other = _best(runs, implementation_label("faster", versus))
+        if best_max and other:
+            x = ratio(best_max["rate"], other["rate"])
+            lines.append(f"- best against best: MAX fp32 {best_max['rate']:.1f} ({best_max['workers']} worker(s), "
+                         f"batch {best_max['batch_size']}) vs faster-whisper {versus} {other['rate']:.1f} "
+                         f"({other['workers']} worker(s), batch {other['batch_size']}) = {_f(x)}x "
+                         f"({'at least' if target > 1 else 'above'} {target:g}x): "
+                         f"{'met' if x and (x >= target if target > 1 else x > target) else 'NOT MET'}")
+    for ref in b["references"]:
+        r = _run(runs, ref["implementation"], 1, ref["batch_size"])
+        if r:
+            overhead = r["wall_s"] / ref["wall_s"] - 1
+            lines.append(f"- pipeline overhead, {ref['implementation']} batch {ref['batch_size']}: 1 worker "
+                         f"{r['wall_s']:.1f} s vs transcribe() in one process {ref['wall_s']:.1f} s = "
+                         f"{100 * overhead:+.1f} % (under {100 * OVERHEAD_TARGET:g} %): "
+                         f"{'met' if overhead < OVERHEAD_TARGET else 'NOT MET'}")
+    return lines
+
+
+def bulk_markdown(doc: dict) -> str:
+    m, b = doc["machine"], doc["bulk"]
+    starts = b["ray_start_s"]
+    lines = [f"# Bulk jobs on Ray Data: {b['model']}, cpu", "",
+             f"{m.get('cpu')} ({m.get('vector_isa')}), {m.get('cores')} cores; {doc['created']}. "
+             f"`{doc['command']}`: {b['files']} files, {b['audio_s'] / 60:.1f} min of audio "
+             f"(the shared clips {b['repeats']} times), each job `transcribe_many` into a fresh folder (txt). "
+             f"A job's time includes its workers' start and model load; Ray's start-up is apart: "
+             f"{starts.get('local', 0):.1f} s for the local instance, {starts.get('two_nodes', 0):.1f} s for two "
+             "virtual nodes (each with half the cores). Audio h/h: hours of audio per hour.", "",
+             "| implementation | nodes | workers | batch | job s | audio h/h | x faster-whisper fp32 | "
+             "transcribing s (sum) | reading s (sum) | files per node | failed |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+    for r in b["runs"]:
+        f = _run(b["runs"], implementation_label("faster", "fp32"), r["workers"], r["batch_size"], r["nodes"])
+        lines.append(f"| {r['implementation']} | {r['nodes']} | {r['workers']} | {r['batch_size']} | "
+                     f"{r['wall_s']:.1f} | {r['rate']:.1f} | {_f(ratio(r['rate'], f['rate']) if f else None)} | "
+                     f"{r['transcribe_s']:.1f} | {r['read_s']:.1f} | {', '.join(map(str, r['node_files']))} | "
+                     f"{r['failed']} |")
+    lines += ["", "The same files through `transcribe()` in one process (model loaded once, files in turn):", "",
+              "| implementation | batch | s | audio h/h |", "|---|---:|---:|---:|"]
+    lines += [f"| {r['implementation']} | {r['batch_size']} | {r['wall_s']:.1f} | {r['rate']:.1f} |"
+              for r in b["references"]]
+    lines += ["", "Targets:", "", *bulk_targets(doc)]
+    return "\n".join(lines) + "\n"

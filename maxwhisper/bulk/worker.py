@@ -1,0 +1,146 @@
+"""The two steps a bulk job runs on Ray Data: `read_audio`, a task that decodes one file to 16 kHz
+samples, and `Transcribe`, the actors that load a model once and transcribe file after file,
+write each file's outputs and return its row of the results table.
+
+Neither raises for a bad file: a file that cannot be read or transcribed becomes a row with status
+"error" and a message for people naming the file as it was given (Ray Data fails the job on an
+exception, and would drop a whole block of good rows with a bad one under `max_errored_blocks`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..api import SAMPLE_RATE, DecodeOptions, MaxWhisperError
+from .table import PARTIAL
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSettings:
+    """What every worker needs: the model, the decoding options, the outputs."""
+
+    backend: str
+    model: str
+    device: str
+    precision: str
+    threads: int | None
+    kernels: bool
+    options: DecodeOptions
+    output: str  # the output folder (shared by every node on a cluster)
+    formats: tuple[str, ...]
+    max_seconds: float | None
+
+    def row_settings(self) -> dict[str, Any]:
+        """The settings a results row records; a rerun redoes rows whose settings differ."""
+        options = dataclasses.asdict(self.options)
+        options["temperature"] = list(self.options.temperature)
+        return {"backend": self.backend, "model": self.model, "precision": self.precision, "options": options}
+
+
+def _for_people(message: str, row: dict) -> str:
+    """A message about `row`'s file that names it as the user gave it, never by the worker's path."""
+    message = message.replace(row["path"], row["name"]).replace(f"'{Path(row['path']).name}'", f"'{row['name']}'")
+    return message if row["name"] in message else f"{row['name']}: {message}"
+
+
+def read_audio(row: dict, max_seconds: float | None) -> dict:
+    """Ray Data task: `row` plus `audio` (float32 samples as bytes; empty on error), `read_s` and
+    `error` (why the file cannot be read or holds nothing to transcribe; "" when it can: a column of
+    None would reach the actors as NaN)."""
+    from ..audio import check_transcribable, load_audio
+
+    start = time.perf_counter()
+    audio, error = b"", ""
+    try:
+        samples = load_audio(row["path"], max_seconds=max_seconds)
+        check_transcribable(samples)  # no samples, too short or silent: the command line's and the app's rule
+        audio = samples.tobytes()
+    except MaxWhisperError as e:
+        error = _for_people(str(e), row)
+    except Exception as e:  # noqa: BLE001 - any failure is this file's row, never the job's end
+        error = _for_people(f"cannot read {row['name']}: {type(e).__name__}: {e}", row)
+    return {**row, "audio": audio, "read_s": time.perf_counter() - start, "error": error}
+
+
+class Transcribe:
+    """Ray Data actor: loads the model once; each call transcribes a batch of read files and returns
+    their rows as JSON (`row`). A model that cannot be loaded gives rows with `fatal` set: the
+    driver stops the job with that message."""
+
+    def __init__(self, settings: JobSettings):
+        from ..registry import create_transcriber
+
+        self.settings = settings
+        self.load_error: str | None = None
+        try:
+            self.transcriber = create_transcriber(settings.backend, model=settings.model, device=settings.device,
+                                                  precision=settings.precision, threads=settings.threads,
+                                                  kernels=settings.kernels)
+        except MaxWhisperError as e:
+            self.load_error = str(e)
+        except Exception as e:  # noqa: BLE001 - reported by the driver as the job's failure
+            self.load_error = f"could not load {settings.model} on {settings.backend}: {type(e).__name__}: {e}"
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        return {"row": [json.dumps(self._transcribe(row), ensure_ascii=False) for row in rows]}
+
+    def _transcribe(self, row: dict) -> dict:
+        s = self.settings
+        out: dict[str, Any] = {
+            "path": row["name"], "output": row["output"], "status": "error", "error": row["error"] or None,
+            "language": None, "duration": None, "text": None, "outputs": [],
+            "timings": {"read_s": float(row["read_s"]), "transcribe_s": None, "write_s": None},
+            **s.row_settings(), "device": None, "node": _node(),
+        }
+        if self.load_error is not None:
+            return {**out, "error": self.load_error, "fatal": True}
+        if row["error"]:
+            return out
+        audio = np.frombuffer(row["audio"], dtype=np.float32).copy()
+        out["duration"] = len(audio) / SAMPLE_RATE
+        try:
+            result = self.transcriber.transcribe(audio, s.options)
+        except MaxWhisperError as e:
+            return {**out, "error": _for_people(str(e), row)}
+        except Exception as e:  # noqa: BLE001 - this file's row, the job goes on
+            if os.environ.get("MAXWHISPER_DEBUG"):
+                traceback.print_exc()
+            return {**out, "error": _for_people(f"transcription failed: {type(e).__name__}: {e}", row)}
+        out.update(language=result.language, text=result.text, device=result.device)
+        out["timings"].update(transcribe_s=result.timings.total_s, encode_s=result.timings.encode_s,
+                              decode_s=result.timings.decode_s)
+        if not result.text.strip():
+            return {**out, "error": f"{row['name']}: no speech found in {out['duration']:.1f} s of audio"}
+        start = time.perf_counter()
+        out["outputs"] = [write_output(Path(s.output), row["output"], fmt, result, row["name"]) for fmt in s.formats]
+        out["timings"]["write_s"] = time.perf_counter() - start
+        return {**out, "status": "ok"}
+
+
+def write_output(folder: Path, relative: str, fmt: str, result, name: str) -> str:
+    """`folder/relative.fmt`, written whole under another name and renamed into place: a job killed
+    meanwhile leaves no half-written output. Returns the path under `folder`."""
+    from ..formats import render
+
+    target = folder / f"{relative}.{fmt}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}{PARTIAL}{os.getpid()}")
+    text = render(result, fmt, audio=name)
+    tmp.write_text(text if text.endswith("\n") or not text else text + "\n", encoding="utf-8")
+    os.replace(tmp, target)
+    return f"{relative}.{fmt}"
+
+
+def _node() -> str | None:
+    """The Ray node this worker runs on."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None

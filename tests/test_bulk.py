@@ -1,0 +1,283 @@
+"""Bulk jobs on Ray Data (`maxwhisper.transcribe_many`, `python -m maxwhisper transcribe-many`):
+the inputs, manifests, results table and progress; on the session's local Ray instance, a folder
+of clips with a corrupt, an empty and a silent file among them, each good file's tokens equal to
+`transcribe()` on it alone, a rerun that skips what is done; the command killed midway and run
+again on the shared clips; a job spread over two virtual nodes."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from maxwhisper.api import DecodeOptions, MaxWhisperError
+from maxwhisper.audio import MEDIA_SUFFIXES
+from maxwhisper.bulk.inputs import collect_inputs
+from maxwhisper.bulk.progress import Progress
+from maxwhisper.bulk.table import ResultsTable, is_done
+from maxwhisper.scoring import normalize
+
+from conftest import AUDIO
+
+ROOT = Path(__file__).resolve().parents[1]
+JFK_WORDS = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
+
+
+def rows_of(output: Path) -> list[dict]:
+    return [json.loads(line) for line in (output / "results.jsonl").read_text().splitlines()]
+
+
+def partial_files(output: Path) -> list[Path]:
+    return [p for p in output.rglob("*") if ".partial-" in p.name]
+
+
+# --- inputs, results table, progress (no Ray) -------------------------------------------------
+
+def test_folders_are_searched_and_mirrored_and_manifests_list_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("a/one.wav", "a/sub/two.MP3", "a/.hidden.wav", "a/notes.txt", "a/out/old.wav", "b/three.flac"):
+        Path(name).parent.mkdir(parents=True, exist_ok=True)
+        Path(name).write_bytes(b"x")
+    files = collect_inputs(["a", "b/three.flac", "a/one.wav"], output="a/out")  # the output folder is left out
+    assert [(f.name, f.relative) for f in files] == [
+        ("a/one.wav", "a/one.wav"), ("a/sub/two.MP3", "a/sub/two.MP3"), ("b/three.flac", "b/three.flac")]
+    assert all(Path(f.path).is_absolute() and f.size == 1 for f in files)
+    assert [f.relative for f in collect_inputs(["a"])] == ["one.wav", "out/old.wav", "sub/two.MP3"]
+
+    Path("lists").mkdir()
+    Path("lists/files.txt").write_text("# the first archive\n../a/one.wav\n\n../a/sub/two.MP3\n")
+    Path("lists/files.csv").write_text("speaker,path\nx,../a/one.wav\ny,../missing.wav\n")
+    Path("lists/files.jsonl").write_text(json.dumps({"path": str(tmp_path / "b/three.flac")}) + "\n\n")
+    assert [f.name for f in collect_inputs(["lists/files.txt"])] == ["a/one.wav", "a/sub/two.MP3"]
+    listed = collect_inputs(["lists/files.csv"])  # a missing file is listed: its row will say so
+    assert [(f.name, f.relative, f.size) for f in listed] == [("a/one.wav", "a/one.wav", 1),
+                                                              ("missing.wav", "missing.wav", 0)]
+    assert [f.name for f in collect_inputs(["lists/files.jsonl"])] == [str(tmp_path / "b/three.flac")]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: None, "input not found: nowhere"),
+    (lambda: Path("nowhere").mkdir(), "no audio or video files in folder nowhere"),
+    (lambda: Path("nowhere.csv").write_text("file\nx.wav\n"), "manifest nowhere.csv has no 'path' column"),
+    (lambda: Path("nowhere.jsonl").write_text('{"path": "a.wav"}\n{oops\n'), "nowhere.jsonl, line 2: not JSON"),
+    (lambda: Path("nowhere.txt").write_text("# nothing\n"), "manifest nowhere.txt lists no files"),
+])
+def test_bad_inputs_are_refused_before_anything_starts(tmp_path, monkeypatch, make, message):
+    monkeypatch.chdir(tmp_path)
+    make()
+    name = next((p.name for p in tmp_path.iterdir()), "nowhere")
+    with pytest.raises(MaxWhisperError, match=message):
+        collect_inputs([name])
+
+
+def test_the_table_drops_a_line_cut_short_and_keeps_one_row_per_file(tmp_path):
+    table = ResultsTable(tmp_path)
+    ok = {"output": "a.wav", "status": "ok", "backend": "max", "model": "tiny.en", "precision": "fp32",
+          "options": {"batch_size": None}}
+    table.append({**ok, "status": "error"})
+    table.append(ok)
+    with open(table.path, "a") as f:
+        f.write('{"output": "b.wav", "sta')  # a job killed while writing a row
+    assert table.read() == [ok]
+    (tmp_path / "a.wav.txt").write_text("text\n")
+    wanted = {k: ok[k] for k in ("backend", "model", "precision", "options")}
+    assert is_done(ok, wanted, tmp_path, ["txt"])
+    assert not is_done(ok, wanted, tmp_path, ["txt", "srt"])  # an output asked for now is missing
+    assert not is_done(ok, {**wanted, "options": {"batch_size": 8}}, tmp_path, ["txt"])
+    table.rewrite([])
+    assert table.read() == []
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere():
+    lines = io.StringIO()
+    progress = Progress(total_files=3, total_bytes=300, stream=lines, interval=0.0)
+    progress.done({"status": "ok", "duration": 1800.0}, 100)
+    progress.done({"status": "error", "duration": None}, 100)
+    progress.close()
+    first, second = lines.getvalue().splitlines()
+    assert first.startswith("1/3 files, 0.50 h of audio, ") and " audio h/h, " in first and first.endswith(" left")
+    assert second.startswith("2/3 files (1 failed), 0.50 h of audio")
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()
+    progress = Progress(total_files=2, total_bytes=200, stream=screen)
+    progress.done({"status": "ok", "duration": 3600.0}, 100)
+    progress.done({"status": "ok", "duration": 3600.0}, 100)
+    progress.close()
+    frames = screen.getvalue().split("\r")[1:]
+    assert frames[0].startswith("[" + "#" * 12 + "." * 12 + "] 1/2 files, 1.00 h of audio")
+    assert frames[1].startswith("[" + "#" * 24 + "] 2/2 files, 2.00 h of audio") and frames[1].endswith("\n")
+
+
+# --- a job on the session's Ray instance -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    """Three clips and three files that must fail, in folders, with a file that is not audio."""
+    from maxwhisper.audio import SAMPLE_RATE, load_audio
+
+    root = tmp_path_factory.mktemp("bulk") / "archive"
+    (root / "talks").mkdir(parents=True)
+    (root / "bad").mkdir()
+    shutil.copy(AUDIO / "jfk.flac", root / "jfk.flac")
+    shutil.copy(AUDIO / "stereo_diarization.wav", root / "talks" / "stereo.wav")
+    sf.write(root / "talks" / "jfk-6s.ogg", load_audio(AUDIO / "jfk.flac")[:6 * SAMPLE_RATE], SAMPLE_RATE)
+    (root / "bad" / "corrupt.mp3").write_bytes(b"ID3" + bytes(range(256)) * 40)
+    (root / "bad" / "empty.wav").write_bytes(b"")
+    sf.write(root / "bad" / "silence.wav", np.zeros(3 * SAMPLE_RATE, np.int16), SAMPLE_RATE)
+    (root / "notes.txt").write_text("not audio")
+    return root
+
+
+GOOD = ["jfk.flac", "talks/jfk-6s.ogg", "talks/stereo.wav"]
+BAD = {"bad/corrupt.mp3": "archive/bad/corrupt.mp3",
+       "bad/empty.wav": "archive/bad/empty.wav: the audio file is empty (0 bytes)",
+       "bad/silence.wav": "archive/bad/silence.wav: the audio is silent"}
+
+
+def test_a_job_transcribes_each_file_once_and_a_rerun_does_only_what_is_left(
+        ray_local, max_tiny_en, archive, tmp_path, monkeypatch):
+    import maxwhisper
+    from maxwhisper.audio import load_audio
+
+    monkeypatch.chdir(archive.parent)
+    out = tmp_path / "out"
+    summary = maxwhisper.transcribe_many("archive", out, device="cpu", formats=["txt", "json"], parquet=True)
+    assert (summary.files, summary.transcribed, summary.failed, summary.skipped) == (6, 3, 3, 0)
+    rows = {r["output"]: r for r in rows_of(out)}
+    assert sorted(rows) == sorted(GOOD + list(BAD))
+    for relative in GOOD:  # each file's tokens are those of transcribe() on it alone
+        row = rows[relative]
+        assert row["status"] == "ok" and row["error"] is None and row["path"] == f"archive/{relative}"
+        assert row["backend"] == "max" and row["model"] == "tiny.en" and row["language"] == "en"
+        assert row["outputs"] == [f"{relative}.txt", f"{relative}.json"] and row["duration"] > 0
+        written = json.loads((out / f"{relative}.json").read_text())
+        alone = max_tiny_en.transcribe(load_audio(archive / relative), DecodeOptions())
+        assert [t for s in written["segments"] for t in s["tokens"]] == alone.tokens
+        assert (out / f"{relative}.txt").read_text() == "".join(f"{s.text.strip()}\n" for s in alone.segments)
+    assert normalize(rows["jfk.flac"]["text"]) == JFK_WORDS
+    for relative, message in BAD.items():  # a message for people, naming the file as given
+        assert rows[relative]["status"] == "error" and message in rows[relative]["error"]
+        assert str(archive) not in rows[relative]["error"] and not rows[relative]["outputs"]
+    assert not partial_files(out)
+    import pyarrow.parquet as pq
+
+    assert sorted(pq.read_table(out / "results.parquet").column("output").to_pylist()) == sorted(rows)
+
+    again = maxwhisper.transcribe_many("archive", out, device="cpu", formats=["txt", "json"])
+    assert (again.transcribed, again.failed, again.skipped) == (0, 3, 3)  # the failed files are tried again
+    assert {r["output"]: r for r in rows_of(out) if r["status"] == "ok"} == \
+        {k: v for k, v in rows.items() if v["status"] == "ok"}  # the rows of the files done are kept as they were
+    batched = maxwhisper.transcribe_many("archive", out, device="cpu", formats=["txt", "json"], batch_size=2)
+    assert (batched.transcribed, batched.failed, batched.skipped) == (3, 3, 0)  # other options: all done again
+    rows = rows_of(out)
+    assert sorted(r["output"] for r in rows) == sorted(GOOD + list(BAD))  # still each file once
+    assert all(r["options"]["batch_size"] == 2 for r in rows)
+
+
+def test_the_command_says_which_files_failed_and_a_model_that_cannot_load_stops_the_job(
+        ray_local, archive, tmp_path, monkeypatch, capsys):
+    import maxwhisper
+    from maxwhisper.__main__ import main
+
+    monkeypatch.chdir(archive.parent)
+    assert main(["transcribe-many", "archive/bad", "--output", str(tmp_path / "bad"), "--backend", "faster"]) == 1
+    err = capsys.readouterr().err
+    assert "3 files: 0 transcribed, 3 failed, 0 already done" in err and "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 3 and all(any(message in line for line in errors) for message in BAD.values())
+    assert str(archive) not in err
+
+    with pytest.raises(MaxWhisperError, match="unknown model 'tiny.xx'"):
+        maxwhisper.transcribe_many(archive / "jfk.flac", tmp_path, backend="faster", model="tiny.xx")
+    assert (tmp_path / "results.jsonl").read_text() == ""  # nothing recorded: a rerun does it all
+    with pytest.raises(MaxWhisperError, match="unknown format"):
+        maxwhisper.transcribe_many(archive / "jfk.flac", tmp_path, formats=["docx"])
+
+
+def test_the_command_killed_midway_and_run_again_transcribes_every_clip_once(tmp_path):
+    """The issue's done-when command on the shared clips, killed (SIGKILL) after its first rows."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "maxwhisper", "transcribe-many", str(AUDIO), "--output", str(out),
+               "--format", "txt,json"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 900
+    while not (out / "results.jsonl").is_file() or len(rows_of(out)) < 2:
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() < deadline, "no rows after 15 minutes"
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    done_first = {r["output"]: r for r in rows_of(out)}
+    clips = sorted(p.name for p in AUDIO.iterdir() if p.suffix in MEDIA_SUFFIXES)
+    assert 2 <= len(done_first) < len(clips)
+    (out / ".jfk.wav.txt.partial-1").write_text("half a transc")  # as a kill while writing would leave
+
+    second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stderr
+    assert "Traceback" not in second.stderr
+    assert f"{len(clips)} files: {len(clips) - len(done_first)} transcribed, 0 failed, {len(done_first)} already done" \
+        in second.stderr
+    rows = rows_of(out)
+    assert sorted(r["output"] for r in rows) == clips  # every clip exactly once
+    assert all(r["status"] == "ok" for r in rows)
+    assert all(done_first[r["output"]] == r for r in rows if r["output"] in done_first)  # not done again
+    for clip in clips:
+        assert (out / f"{clip}.txt").read_text().strip()
+        assert json.loads((out / f"{clip}.json").read_text())["audio"] == str(AUDIO / clip)
+    assert normalize((out / "jfk.wav.txt").read_text()) == JFK_WORDS
+    assert not partial_files(out)
+
+
+# Ray's virtual nodes need a cluster of their own: this runs in a subprocess, beside the session's
+# local instance (one process holds one Ray connection)
+TWO_NODES = """
+import json, sys
+import ray
+from ray.cluster_utils import Cluster
+import maxwhisper
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+cluster.add_node(num_cpus=2)
+cluster.wait_for_nodes()
+try:
+    summary = maxwhisper.transcribe_many(sys.argv[1], sys.argv[2], backend="faster", workers=2,
+                                         address=cluster.address)
+    nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+    print(json.dumps({"transcribed": summary.transcribed, "failed": summary.failed, "nodes": nodes}))
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+
+def test_a_job_spreads_over_two_nodes(tmp_path):
+    manifest = tmp_path / "files.csv"
+    copies = [tmp_path / "clips" / f"jfk-{i}.wav" for i in range(6)]
+    copies[0].parent.mkdir()
+    for copy in copies:
+        shutil.copy(AUDIO / "jfk.wav", copy)
+    manifest.write_text("path\n" + "".join(f"clips/{c.name}\n" for c in copies) + "clips/gone.wav\n")
+    p = subprocess.run([sys.executable, "-c", TWO_NODES, str(manifest), str(tmp_path / "out")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout.strip().splitlines()[-1])
+    assert (report["transcribed"], report["failed"]) == (6, 1) and len(report["nodes"]) == 2
+    rows = {r["output"]: r for r in rows_of(tmp_path / "out")}
+    assert rows.pop("clips/gone.wav")["error"] == f"{tmp_path / 'clips/gone.wav'}: audio file not found"
+    assert sorted(rows) == [f"clips/{c.name}" for c in copies]
+    assert sorted({r["node"] for r in rows.values()}) == report["nodes"]  # both nodes transcribed files
+    assert all(normalize(r["text"]) == JFK_WORDS for r in rows.values())
