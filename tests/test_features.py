@@ -300,7 +300,7 @@ def test_checkpoint_of_another_shape_runs_through_max(random_pt, jfk_audio):
     mx = MaxTranscriber(str(random_pt), device="cpu")
     ref_module = whisper.load_model(str(random_pt), device="cpu")  # openai's own loader
     assert mx.checkpoint.dims == RANDOM_DIMS and mx.checkpoint.alignment_heads is None
-    assert mx.plan.step_linears_half == random_pt.name.endswith("float16.pt")
+    assert mx.plan.step_linears_kernel == random_pt.name.endswith("float16.pt")
 
     # one decoder step: the logits after the sot sequence
     mel = log_mel_spectrogram(jfk_audio, 128, padding=N_SAMPLES)[:, :N_FRAMES]

@@ -54,7 +54,7 @@ def test_the_cpu_plan_runs_every_kernel_and_no_kernels_runs_the_gpu_s_graphs(tin
     dims = tiny_en_checkpoint.dims
     cpu = make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims)
     assert cpu.name == "cpu-kernels" and cpu.decoder_chooses and cpu.token_step
-    assert cpu.encoder_linear_kernel and cpu.encoder_attention_kernel and cpu.step_linears_half
+    assert cpu.encoder_linear_kernel and cpu.encoder_attention_kernel and cpu.step_linears_kernel
     assert graph_names(cpu) == PORTABLE_GRAPHS[:2] + ("token_step",) + PORTABLE_GRAPHS[2:]
     portable = make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims, kernels=False)
     gpu = make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.GPU()), dims)
@@ -63,7 +63,7 @@ def test_the_cpu_plan_runs_every_kernel_and_no_kernels_runs_the_gpu_s_graphs(tin
     not_half = {k: v.astype(np.float32) + np.float32(1e-6) if k.startswith("decoder.") else v
                 for k, v in tiny_arrays.items()}  # decoder weights that are not float16 numbers
     plan = make_plan(WeightBank(not_half, DType.float32, DeviceRef.CPU()), dims)
-    assert plan.step_kernels and not plan.step_linears_half and not plan.token_step
+    assert plan.step_kernels and not plan.step_linears_kernel and not plan.token_step
 
 
 def test_auto_falls_back_to_the_cpu_with_a_reason_when_max_cannot_use_the_gpu(monkeypatch):
