@@ -5,6 +5,7 @@ of clips with a corrupt, an empty and a silent file among them, each good file's
 again on the shared clips; a job spread over two virtual nodes."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -119,6 +120,43 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere():
     frames = screen.getvalue().split("\r")[1:]
     assert frames[0].startswith("[" + "#" * 12 + "." * 12 + "] 1/2 files, 1.00 h of audio")
     assert frames[1].startswith("[" + "#" * 24 + "] 2/2 files, 2.00 h of audio") and frames[1].endswith("\n")
+
+
+def test_a_worker_starts_before_its_model_loads_and_its_first_call_waits_for_the_load(tmp_path, monkeypatch):
+    """Ray Data counts an actor started when its __init__ returns and reads files only from then on:
+    the model loads on a thread meanwhile, and the first call waits for it (or reports its failure)."""
+    import threading
+
+    from maxwhisper import registry
+    from maxwhisper.api import BackendError
+    from maxwhisper.bulk.worker import JobSettings, Transcribe
+
+    release = threading.Event()
+
+    def create_transcriber(backend, **_):
+        assert release.wait(60)
+        if backend == "nope":
+            raise BackendError("unknown backend 'nope'")
+        return object()
+
+    monkeypatch.setattr(registry, "create_transcriber", create_transcriber)
+    settings = JobSettings("faster", "tiny.en", "cpu", "fp32", 1, True, DecodeOptions(), str(tmp_path), ("txt",), None)
+    batch = {"path": np.array([str(tmp_path / "empty.wav")]), "name": np.array(["empty.wav"]),
+             "output": np.array(["empty.wav"]), "audio": np.array([b""], dtype=object), "read_s": np.array([0.1]),
+             "error": np.array(["empty.wav: the audio file is empty (0 bytes)"])}
+    worker, failing = Transcribe(settings), Transcribe(dataclasses.replace(settings, backend="nope"))
+    assert worker.loading.is_alive() and failing.loading.is_alive()  # started, the models still loading
+    calls = {}
+    first = threading.Thread(target=lambda: calls.update(row=json.loads(worker(batch)["row"][0])))
+    first.start()
+    first.join(0.5)
+    assert first.is_alive() and not calls  # the first file waits for the model
+    release.set()
+    first.join(60)
+    assert calls["row"]["status"] == "error" and "fatal" not in calls["row"]
+    assert calls["row"]["error"] == "empty.wav: the audio file is empty (0 bytes)"
+    row = json.loads(failing(batch)["row"][0])
+    assert row["fatal"] and row["error"] == "unknown backend 'nope'"  # the driver stops the job with it
 
 
 # --- a job on the session's Ray instance -----------------------------------------------------

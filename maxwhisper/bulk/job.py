@@ -22,7 +22,7 @@ from .table import RESULTS, ResultsTable, is_done, remove_partial_files
 from .worker import JobSettings, Transcribe, read_audio
 
 READ_CPUS = 0.25  # a read task's CPU request: decoding a file is short beside transcribing it
-WORKER_START_S = 1800  # loading a model may compile its graphs (minutes when MAX's cache is cold)
+WORKER_START_S = 1800  # placing and starting the workers (a cluster may add nodes); their models load after
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -71,24 +72,32 @@ def read_audio(row: dict, max_seconds: float | None) -> dict:
 
 class Transcribe:
     """Ray Data actor: loads the model once; each call transcribes a batch of read files and returns
-    their rows as JSON (`row`). A model that cannot be loaded gives rows with `fatal` set: the
-    driver stops the job with that message."""
+    their rows as JSON (`row`). The model loads on a thread of its own: the actor counts as started
+    as soon as it exists, so Ray Data reads files while the model loads (not after), and the first
+    call waits for the load. A model that cannot be loaded gives rows with `fatal` set: the driver
+    stops the job with that message."""
 
     def __init__(self, settings: JobSettings):
+        self.settings = settings
+        self.transcriber = None
+        self.load_error: str | None = None
+        self.loading = threading.Thread(target=self._load, name="load-model", daemon=True)
+        self.loading.start()
+
+    def _load(self) -> None:
         from ..registry import create_transcriber
 
-        self.settings = settings
-        self.load_error: str | None = None
+        s = self.settings
         try:
-            self.transcriber = create_transcriber(settings.backend, model=settings.model, device=settings.device,
-                                                  precision=settings.precision, threads=settings.threads,
-                                                  kernels=settings.kernels)
+            self.transcriber = create_transcriber(s.backend, model=s.model, device=s.device, precision=s.precision,
+                                                  threads=s.threads, kernels=s.kernels)
         except MaxWhisperError as e:
             self.load_error = str(e)
         except Exception as e:  # noqa: BLE001 - reported by the driver as the job's failure
-            self.load_error = f"could not load {settings.model} on {settings.backend}: {type(e).__name__}: {e}"
+            self.load_error = f"could not load {s.model} on {s.backend}: {type(e).__name__}: {e}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        self.loading.join()
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
         return {"row": [json.dumps(self._transcribe(row), ensure_ascii=False) for row in rows]}
 
