@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from maxwhisper.bench.cli import build_parser
+from maxwhisper.bench.bulk import bulk_markdown
 from maxwhisper.bench.clips import DEFAULT_CLIPS, LONG_FORM, REFERENCES, audio_dir, load_clip, parse_clip, resolve_clips
 from maxwhisper.bench.machine import device_tag, slug
 from maxwhisper.bench.records import (IMPLEMENTATIONS, add_accuracy, add_batched_accuracy, compute_targets,
@@ -302,6 +303,35 @@ def test_streaming_report_says_the_targets():
     assert ("- lecture.flac, MAX: compute 0.70 s per audio second <= 0.6: NOT MET; commit latency median 2.50 s <= 2 s: "
             "NOT MET, p90 3.50 s <= 3.5 s: met; no loop committed (loop ratio 5.90 <= 2.4): NOT MET") in md
     assert "FAILED: openai-whisper fp32: boom" in md
+
+
+def test_bulk_report_says_the_targets():
+    def run(backend, precision, workers, wall_s, nodes=1):
+        return {"implementation": implementation_label(backend, precision), "backend": backend,
+                "precision": precision, "workers": workers, "batch_size": 8, "nodes": nodes, "files": 4, "failed": 0,
+                "audio_s": 3600.0, "wall_s": wall_s, "rate": 3600.0 / wall_s, "transcribe_s": wall_s - 2,
+                "read_s": 1.0, "write_s": 0.1, "node_files": [4] if nodes == 1 else [2, 2]}
+
+    runs = [run("max", "fp32", 1, 60.0), run("max", "fp32", 2, 90.0), run("faster", "fp32", 1, 100.0),
+            run("faster", "fp32", 2, 75.0), run("max", "fp32", 2, 95.0, nodes=2)]
+    references = [{"implementation": "MAX fp32", "backend": "max", "precision": "fp32", "batch_size": 8,
+                   "wall_s": 50.0, "audio_s": 3600.0, "rate": 72.0}]
+    doc = {"created": "now", "command": "python -m maxwhisper bench --bulk",
+           "machine": {"cpu": "Test CPU", "cores": 2, "vector_isa": "AVX2"},
+           "bulk": {"model": "tiny.en", "files": 4, "audio_s": 3600.0, "repeats": 1,
+                    "ray_start_s": {"local": 2.0, "two_nodes": 3.0}, "runs": runs, "references": references}}
+    md = bulk_markdown(doc)
+    assert "| MAX fp32 | 1 | 1 | 8 | 60.0 | 60.0 | 1.67 | 58.0 | 1.0 | 4 | 0 |" in md
+    assert "| MAX fp32 | 2 | 2 | 8 | 95.0 | 37.9 | – | 93.0 | 1.0 | 2, 2 | 0 |" in md  # no faster job on two nodes
+    assert ("- 1 worker(s), batch 8: MAX fp32 60.0 vs faster-whisper fp32 36.0 audio h/h = 1.67x (at least 1.3x): "
+            "met") in md
+    assert ("- 2 worker(s), batch 8: MAX fp32 40.0 vs faster-whisper fp32 48.0 audio h/h = 0.83x (at least 1.3x): "
+            "NOT MET") in md
+    # best against best: MAX's 1 worker against faster-whisper's 2 workers
+    assert ("- best against best: MAX fp32 60.0 (1 worker(s), batch 8) vs faster-whisper fp32 48.0 (2 worker(s), "
+            "batch 8) = 1.25x (at least 1.3x): NOT MET") in md
+    assert ("- pipeline overhead, MAX fp32 batch 8: 1 worker 60.0 s vs transcribe() in one process 50.0 s = +20.0 % "
+            "(under 10 %): NOT MET") in md
 
 
 # --- the command ----------------------------------------------------------------------------------
