@@ -75,25 +75,6 @@ def positive_seconds(text: str) -> float:
     return value
 
 
-def pace_factor(text: str) -> float:
-    value = finite_float(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {text!r}")
-    return value
-
-
-def add_pacing_arguments(p) -> None:
-    """A live stream's arrival and pacing (`maxwhisper.streaming.stream_audio`): the stream command's
-    and `bench --streaming`'s."""
-    from .streaming import CHUNK_S, PACE
-
-    p.add_argument("--chunk", type=positive_seconds, default=CHUNK_S, metavar="S",
-                   help=f"seconds of audio per chunk as it arrives (default {CHUNK_S:g}, as a browser sends it)")
-    p.add_argument("--pace", type=pace_factor, default=PACE, metavar="X",
-                   help=f"an update starts X times its computing time after the previous one started (default "
-                        f"{PACE:g}: the model computes at most 1/X of the time; 1: updates back to back)")
-
-
 def _integer(text: str, least: int) -> int:
     try:
         value = int(text)
@@ -325,7 +306,8 @@ def run_compare(args: argparse.Namespace) -> int:
 def add_stream_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("audio", help="an audio file, fed as if it arrived in real time")
     add_model_arguments(p)
-    add_pacing_arguments(p)
+    p.add_argument("--chunk", type=positive_seconds, default=1.0, metavar="S",
+                   help="seconds of audio per chunk (default 1.0)")
     add_decode_arguments(p)
 
 
@@ -343,7 +325,7 @@ def run_stream(args: argparse.Namespace) -> int:
             print(f"[{span}] (committed at {now:6.2f} s, {behind:4.1f} s behind)"
                   f"{''.join(w.text for w in update.committed)}", flush=True)
 
-    report = stream_audio(transcriber, audio, args.chunk, options, on_update=show, pace=args.pace)
+    report = stream_audio(transcriber, audio, args.chunk, options, on_update=show)
     p90 = report.latency_quantile(0.9)
     behind = (f"behind the stream median {statistics.median(report.behind):.2f} s, max {max(report.behind):.2f} s "
               "(audio not yet transcribed as an update ends)")

@@ -13,13 +13,9 @@ segment that fails the offline loop's rules (after its temperature fallback: too
 repetition loop is, or too improbable) is not part of the hypothesis, nor is what follows it: its
 words wait for more audio. Once the buffer is longer than `trim_s`, it is cut at the end of the
 last segment whose words are all committed, so that later updates stay short.
-Updates are paced to the computing they take (`rest_s`): the next starts PACE times an update's
-computing time after it started, so that a faster model updates more often, and the model computes
-at most 1/PACE of the time, leaving the rest to the app and to other streams.
 """
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import re
 from dataclasses import dataclass
@@ -34,16 +30,7 @@ PROMPT_CHARS = 200  # committed text before the buffer given as prompt (as whisp
 OVERLAP_WORDS = 5  # longest repeat of the committed tail looked for at a hypothesis's start
 FORCED_CUT_S = 25.0  # a buffer this long is cut even where nothing in it is committed
 KEEP_S = 5.0  # the audio a forced cut leaves in the buffer
-SETTLE_S = 0.4  # audio a hypothesis must have heard after a word for its agreement on it to count
 LOOP_WORDS = 40  # committed words in a row over which `StreamReport.loop_ratio` looks for a loop
-PACE = 2.0  # an update's start to the next one's, in multiples of its computing time
-CHUNK_S = 0.1  # how often a microphone's audio arrives (a browser sends it about every 0.1 s)
-
-
-def rest_s(compute_s: float, pace: float = PACE) -> float:
-    """How long the model waits after an update that computed `compute_s` before it starts the
-    next (audio arriving meanwhile waits for it): updates start pace * compute_s apart."""
-    return (pace - 1.0) * compute_s
 
 
 @dataclass(frozen=True)
@@ -60,27 +47,22 @@ def _key(text: str) -> str:
 
 class LocalAgreement:
     """LocalAgreement-2: a word is committed once two consecutive hypotheses agree on it and on
-    every word before it, the earlier of them having heard at least SETTLE_S of audio after it
-    (the last word a hypothesis hears is often cut short: two hypotheses a few tenths of a second
-    apart hear it cut alike, and agree on a wrong or doubled word)."""
+    every word before it."""
 
     def __init__(self):
         self.committed: list[StreamWord] = []
         self.tentative: list[StreamWord] = []  # the previous hypothesis beyond the committed words
-        self.heard_until = float("inf")  # the stream time up to which the previous hypothesis heard audio
 
-    def update(self, hypothesis: list[StreamWord], heard_until: float = float("inf")) -> list[StreamWord]:
-        """A new hypothesis (words in stream time) over the audio heard until `heard_until`;
-        returns the words it commits."""
+    def update(self, hypothesis: list[StreamWord]) -> list[StreamWord]:
+        """A new hypothesis (words in stream time); returns the words it commits."""
         new = self._beyond_committed(hypothesis)
         agreed = []
         for previous, word in zip(self.tentative, new):
-            if _key(previous.text) != _key(word.text) or previous.end > self.heard_until - SETTLE_S:
+            if _key(previous.text) != _key(word.text):
                 break
             agreed.append(word)
         self.committed += agreed
         self.tentative = new[len(agreed):]
-        self.heard_until = heard_until
         return agreed
 
     def finish(self, before: float = float("inf")) -> list[StreamWord]:
@@ -158,9 +140,9 @@ class Streamer:
         words = [StreamWord(self.buffer_start + w.start, self.buffer_start + w.end, w.word)
                  for s in kept for w in (s.words or ())]
         self.segment_ends = [self.buffer_start + s.end for s in kept]
-        first_held = result.segments[failed] if failed < len(result.segments) else None
-        self.held_back = first_held and (self.buffer_start + first_held.start, self.buffer_start + first_held.end)
-        committed = self.policy.update(words, heard_until=self.buffer_start + len(self.buffer) / SAMPLE_RATE)
+        self.held_back = (None if failed == len(result.segments) else
+                          (self.buffer_start + result.segments[failed].start, self.buffer_start + result.segments[failed].end))
+        committed = self.policy.update(words)
         committed += self._trim()
         return StreamUpdate(committed, list(self.policy.tentative), compute_s, len(result.segments) - failed,
                             result.timings)
@@ -246,37 +228,29 @@ class StreamReport:
         return max((compression_ratio("".join(texts[i:i + n])) for i in range(len(texts) - n + 1)), default=0.0)
 
 
-def stream_audio(transcriber: Transcriber, audio: np.ndarray, chunk_s: float = CHUNK_S,
-                 options: DecodeOptions = DecodeOptions(), on_update=None, pace: float = PACE) -> StreamReport:
+def stream_audio(transcriber: Transcriber, audio: np.ndarray, chunk_s: float = 1.0,
+                 options: DecodeOptions = DecodeOptions(), on_update=None) -> StreamReport:
     """Feed `audio` as if it arrived in real time, chunk_s at a time, with the computing time
-    counted: an update starts when the model is free and has rested (`rest_s`, pace >= 1) and a
-    chunk it has not heard has arrived, and takes every chunk that has arrived by then (a chunk that
-    arrives while the model is busy or resting waits). How far behind the stream is, when an update
-    ends: the seconds of audio that have arrived and are not yet transcribed.
+    counted: an update starts when the model is free and takes every chunk that has arrived by
+    then (a chunk that arrives while the model is busy waits). How far behind the stream is, when
+    an update ends: the seconds of audio that have arrived and are not yet transcribed.
     on_update(update, now, behind) is called after each update, `now` being the stream time."""
-    if pace < 1:
-        raise ValueError(f"pace {pace} is below 1: an update cannot start before the previous one ends")
     streamer = Streamer(transcriber, options)
     step = max(1, round(chunk_s * SAMPLE_RATE))
-    counts = [min(i + step, len(audio)) for i in range(0, len(audio), step)]  # samples available at each arrival
-    times = [n / SAMPLE_RATE for n in counts]  # and when
-
-    def arrived(t: float) -> int:
-        return counts[bisect.bisect_right(times, t) - 1]
-
-    now, ready, fed, compute_s, updates, held_back = 0.0, 0.0, 0, 0.0, 0, 0
+    arrivals = [(min(i + step, len(audio)), min(i + step, len(audio)) / SAMPLE_RATE)
+                for i in range(0, len(audio), step)]  # (samples available, when)
+    now, fed, compute_s, updates, held_back = 0.0, 0, 0.0, 0, 0
     words, commit_times, behind = [], [], []
     while fed < len(audio):
-        now = max(ready, times[bisect.bisect_right(counts, fed)])  # rested, and a new chunk is there
-        available = arrived(now)
+        now = max(now, next(t for n, t in arrivals if n > fed))  # wait for the next chunk
+        available = max(n for n, t in arrivals if t <= now)
         update = streamer.push(audio[fed:available])
         fed, updates, held_back = available, updates + 1, held_back + update.held_back
         now += update.compute_s
-        ready = now + rest_s(update.compute_s, pace)
         compute_s += update.compute_s
         words += update.committed
         commit_times += [now] * len(update.committed)
-        behind.append((arrived(now) - fed) / SAMPLE_RATE)
+        behind.append((max(n for n, t in arrivals if t <= now) - fed) / SAMPLE_RATE)
         if on_update is not None:
             on_update(update, now, behind[-1])
     last = streamer.finish()

@@ -4,7 +4,6 @@ the tentative tail, latency on a fake clock, stop, errors, a visitor who leaves)
 and MAX on jfk sent as a browser sends it (48 kHz int16 chunks)."""
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 
@@ -12,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from maxwhisper.api import SAMPLE_RATE, DecodeOptions, ModelError
+from maxwhisper.api import SAMPLE_RATE, ModelError
 from scripted import ScriptedTranscriber
 from showcase.tabs import live
 
@@ -53,29 +52,6 @@ def test_words_are_committed_as_they_agree_and_the_rest_at_stop():
     assert figures.startswith("stopped")
     session.add((SAMPLE_RATE, audio[:SAMPLE_RATE]))  # a chunk after the stop is ignored
     assert session.received_s == 5.0 and session.ended
-
-
-def test_updates_are_paced_to_their_computing_time():
-    class Slow(ScriptedTranscriber):  # says each update computed 1 s: the next starts 2 s after it (PACE 2)
-        def transcribe(self, audio, options=None, progress=None):
-            result = super().transcribe(audio, options or DecodeOptions(), progress)
-            return dataclasses.replace(result, timings=dataclasses.replace(result.timings, total_s=1.0))
-
-    model = Slow(SCRIPT)
-    session = live.LiveSession(lambda: model)
-    audio = np.arange(3 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
-    session.add((SAMPLE_RATE, audio[:SAMPLE_RATE]))
-    wait_for(lambda: len(model.calls) == 1)
-    sent = time.monotonic()
-    session.add((SAMPLE_RATE, audio[SAMPLE_RATE:2 * SAMPLE_RATE]))
-    session.add((SAMPLE_RATE, audio[2 * SAMPLE_RATE:]))
-    wait_for(lambda: len(model.calls) == 2)
-    assert time.monotonic() - sent >= 0.9  # the model rested before the next update
-    assert [n for n, _ in model.calls] == [1.0, 3.0]  # which took both chunks that arrived meanwhile
-    stopping = time.monotonic()
-    session.stop(timeout=10)  # a stop ends the rest at once
-    assert not session.running and time.monotonic() - stopping < 0.9
-    assert " ".join(w.text.strip() for w in session.committed) == " ".join(f"w{i}" for i in range(6))
 
 
 def test_the_figures_say_how_far_behind_the_stream_is():

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..__main__ import add_pacing_arguments, finite_float, positive_seconds, temperatures
+from ..__main__ import finite_float, positive_seconds, temperatures
 from ..api import DecodeOptions
 from ..registry import BACKENDS
 from .clips import DEFAULT_CLIPS, LONG_FORM, audio_dir, parse_clip, resolve_clips
@@ -107,7 +107,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--streaming", action="store_true",
                    help="stream each clip (default " + ", ".join(STREAMING_CLIPS) + ") through the live "
                         "transcriber as if it arrived in real time: commit latency, compute share, WER")
-    add_pacing_arguments(s)
+    s.add_argument("--chunk", type=positive_seconds, default=1.0, metavar="S", help="seconds of audio per chunk (default 1.0)")
     v = p.add_argument_group("service mode")
     v.add_argument("--serve", action="store_true",
                    help="the HTTP service under load: closed-loop clients against MAX with and without requests "

@@ -45,7 +45,7 @@ def streaming_worker(spec: dict[str, Any]) -> dict[str, Any]:
         offline = t.transcribe(audio, options)
         stages = []
         report = stream_audio(t, audio, spec["chunk_s"], options,
-                              on_update=lambda update, now, behind: stages.append(update.timings), pace=spec["pace"])
+                              on_update=lambda update, now, behind: stages.append(update.timings))
         latencies, update_s = report.latencies, sorted(s.total_s for s in stages if s is not None)
         rows.append({"audio": clip.name, "audio_s": report.audio_s, "updates": report.updates,
                      "compute_s": report.compute_s, "compute_share": report.compute_share,
@@ -113,8 +113,7 @@ def _pct(x: float | None) -> str:
 
 def streaming_markdown(doc: dict) -> str:
     m, s = doc["machine"], doc["streaming"]
-    lines = [f"# Streaming: {s['model']}, {doc['device']}, chunks of {s['chunk_s']:g} s, updates paced at "
-             f"{s['pace']:g}x their computing (LocalAgreement-2)", "",
+    lines = [f"# Streaming: {s['model']}, {doc['device']}, chunks of {s['chunk_s']:g} s (LocalAgreement-2)", "",
              f"{m.get('cpu')} ({m.get('vector_isa')}), {m.get('cores')} cores; {doc['created']}; "
              f"background load {doc['options']['background_load']} core(s)", "",
              "| clip | implementation | updates | commit latency median | p90 | behind median / max | compute share | "
@@ -128,12 +127,10 @@ def streaming_markdown(doc: dict) -> str:
                          f"{r['compute_share']:.2f} | {_s(r['update_median_s'])} / {_s(r['update_p90_s'])} | "
                          f"{100 * encoder:.0f} % | {r['loop_ratio']:.2f} | {r['held_back']} | "
                          f"{_pct(r['wer_vs_offline'])} | {_pct(r['wer'])} | {_pct(r['offline_wer'])} |")
-    lines += ["", "Chunks: how often audio arrives; paced: an update starts that many times its computing time "
-              "after the previous one started, once a new chunk has arrived (the model computes at most 1/pace "
-              "of the time). Commit latency: when a word was committed minus when its audio ended. Behind: the "
-              "seconds of audio that had arrived and were not yet transcribed as each update ended. Compute "
-              "share: seconds spent transcribing per second of audio (above 1 the stream falls behind); update: "
-              "one update's seconds; encoder share: of the computing time, in the encoder (the rest: decoding, word "
+    lines += ["", "Commit latency: when a word was committed minus when its audio ended. Behind: the seconds of "
+              "audio that had arrived and were not yet transcribed as each update ended. Compute share: seconds "
+              "spent transcribing per second of audio (above 1 the stream falls behind); update: one update's "
+              "seconds; encoder share: of the computing time, in the encoder (the rest: decoding, word "
               "alignment, the log-Mel). Loop ratio: the highest compression ratio of 40 committed words in a row "
               "(speech below 2; a repetition loop far above the offline loop's threshold of 2.4). Held back: "
               "hypothesis segments that failed the offline rules, never committed. Streamed and offline WER are "
@@ -151,7 +148,7 @@ def main_streaming(args, clips: list[Clip], impls: list[tuple[str, str]], device
         info(f"--- {implementation_label(backend, precision)} streaming {model} on {device} ---")
         spec = {"kind": "streaming", "backend": backend, "model": model, "device": device, "precision": precision,
                 "threads": None if backend == "max" else threads, "clips": [dataclasses.asdict(c) for c in clips],
-                "chunk_s": args.chunk, "pace": args.pace, "options": decode_dict}
+                "chunk_s": args.chunk, "options": decode_dict}
         worker = run_worker(spec, args.timeout)
         if worker.get("ok"):
             runs.append(worker)
@@ -160,8 +157,8 @@ def main_streaming(args, clips: list[Clip], impls: list[tuple[str, str]], device
     add_streaming_accuracy(runs)
     doc = {"schema_version": 1, "device": device, "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
            "machine": machine, "versions": vers,
-           "options": {"chunk_s": args.chunk, "pace": args.pace, "threads": threads,
-                       "background_load": args.background_load, "decode": decode_dict},
-           "streaming": {"model": model, "chunk_s": args.chunk, "pace": args.pace, "runs": runs}, "failures": failures}
+           "options": {"chunk_s": args.chunk, "threads": threads, "background_load": args.background_load,
+                       "decode": decode_dict},
+           "streaming": {"model": model, "chunk_s": args.chunk, "runs": runs}, "failures": failures}
     write_mode_report(doc, streaming_markdown(doc), out_dir, stem)
     return int(bool(failures))

@@ -2,9 +2,8 @@
 
 A recording is one Gradio stream event, which calls `LiveStreams.chunk` with each piece the browser
 sends (about every 0.1 s with Gradio 6, whatever `stream_every` says). The recording's
-`LiveSession` runs the updates in a thread of its own, paced to their computing time as
-`maxwhisper.streaming.stream_audio` paces them (`rest_s`), each taking all the audio that arrived
-since the previous one, so a slow update makes the next one longer instead of letting chunks
+`LiveSession` runs the updates in a thread of its own, each taking all the audio that arrived
+while the previous one ran, so a slow update makes the next one longer instead of letting chunks
 pile up. Live streams do not queue behind the comparisons: they run beside them on transcribers
 of their own (`Transcriptions.transcriber`), so both share the CPU's cores; at most
 `LIVE_STREAMS` run at once, and streams on the same transcriber take turns update by update.
@@ -23,7 +22,7 @@ import numpy as np
 
 from maxwhisper.api import SAMPLE_RATE, MaxWhisperError
 from maxwhisper.audio import StreamResampler
-from maxwhisper.streaming import Streamer, StreamWord, rest_s
+from maxwhisper.streaming import Streamer, StreamWord
 
 from ..choices import Choices
 from ..formatting import error_message, label
@@ -135,9 +134,6 @@ class LiveSession:
                         self.transcribed_s += len(audio) / SAMPLE_RATE
                     self._commit(update.committed)
                     self.tentative = update.tentative
-                    if not last:  # the audio that arrives meanwhile waits for the next update
-                        with self._cond:
-                            self._cond.wait_for(lambda: self._stopped, rest_s(update.compute_s))
                 if last:
                     self._commit(streamer.finish().committed)
                     self.tentative = []
