@@ -121,6 +121,7 @@ class Streamer:
         self.buffer = np.zeros(0, np.float32)
         self.buffer_start = 0.0  # stream time of buffer[0]
         self.segment_ends: list[float] = []  # of the last hypothesis, in stream time
+        self.held_back: tuple[float, float] | None = None  # the last hypothesis's first held-back segment (start, end)
 
     @property
     def committed_text(self) -> str:
@@ -139,6 +140,8 @@ class Streamer:
         words = [StreamWord(self.buffer_start + w.start, self.buffer_start + w.end, w.word)
                  for s in kept for w in (s.words or ())]
         self.segment_ends = [self.buffer_start + s.end for s in kept]
+        self.held_back = (None if failed == len(result.segments) else
+                          (self.buffer_start + result.segments[failed].start, self.buffer_start + result.segments[failed].end))
         committed = self.policy.update(words)
         committed += self._trim()
         return StreamUpdate(committed, list(self.policy.tentative), compute_s, len(result.segments) - failed,
@@ -153,8 +156,10 @@ class Streamer:
         that keeps changing, or updates so slow that the buffer outgrew its commits) KEEP_S before
         its end, committing the tentative words before the cut rather than losing them. No cut
         goes past the start of a word heard and not committed (word times move between
-        hypotheses: the committed end of a word may lie inside the next one as heard now).
-        Returns the words so committed."""
+        hypotheses: the committed end of a word may lie inside the next one as heard now), nor past
+        the start of a held-back segment, whose audio (and what follows it) waits for more context;
+        one at the buffer's start is cut away whole at a forced cut: never committed, and the audio
+        after it is heard again. Returns the words so committed."""
         end = self.buffer_start + len(self.buffer) / SAMPLE_RATE
         if end - self.buffer_start <= self.trim_s:
             return []
@@ -167,6 +172,9 @@ class Streamer:
             else:
                 forced = self.policy.finish(before=end - KEEP_S)
                 cut = forced[-1].end if forced else end - KEEP_S
+                if self.held_back is not None and not forced:
+                    start, stop = self.held_back
+                    cut = min(cut, start) if start > self.buffer_start + 0.01 else stop
         heard = [w.start for w in self.policy.tentative if w.start > self.buffer_start]
         cut = min([cut, *heard[:1]])
         samples = round((cut - self.buffer_start) * SAMPLE_RATE)

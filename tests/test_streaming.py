@@ -227,6 +227,30 @@ def test_a_forced_cut_never_splits_a_word_and_loses_no_audio():
     assert [w.text.split("v")[0] for w in committed] == [f" w{i}" for i in range(100)]  # each word once, in order
 
 
+def test_a_forced_cut_keeps_the_audio_after_a_held_back_segment():
+    class LoopAt2s(ScriptedTranscriber):  # hears the stream's 2-4 s (w4 to w7) as a countdown loop, always
+        def transcribe(self, audio, options=DecodeOptions(), progress=None):
+            result = super().transcribe(audio, options, progress)
+            offset = round(float(audio[0]), 3)
+            ws = [w for s in result.segments for w in s.words]
+            before = tuple(w for w in ws if w.end + offset <= 2 + 1e-6)
+            after = tuple(w for w in ws if w.start + offset >= 4 - 1e-6)
+            segments = [Segment(0, 0, p[0].start, p[-1].end, "".join(w.word for w in p), (), words=p)
+                        for p in (before, after) if p]
+            if any(2 - 1e-6 <= w.start + offset < 4 for w in ws):
+                segments.insert(len(segments) - bool(after), loop_segment(max(0.0, 2 - offset), 4 - offset))
+            return dataclasses.replace(result, segments=segments)
+
+    script = " ".join(f"w{i}" for i in range(80))  # 40 s of "speech"
+    audio = np.arange(40 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
+    model = LoopAt2s(script)
+    report = stream_audio(model, audio)
+    assert report.loop_ratio < 2.4 and not any("3," in w.text for w in report.words)  # the loop never committed
+    assert max(n for n, _ in model.calls) <= 26  # cut past 25 s though nothing after the loop could be committed
+    # the forced cut passed the held-back loop only: every word after it is heard and committed, none lost
+    assert report.text == " ".join(f"w{i}" for i in [0, 1, 2, 3, *range(8, 80)])
+
+
 class Hypotheses(ScriptedTranscriber):
     """Hears the given hypotheses in turn: lists of (start, end, word), buffer times."""
 
