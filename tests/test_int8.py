@@ -19,6 +19,7 @@ def test_int8_plan_runs_every_linear_in_int8(max_tiny_en_int8):
     plan = max_tiny_en_int8.plan
     assert plan.int8 and plan.name == "cpu-kernels" and plan.token_step and plan.encoder_linear_kernel
     assert "int8 encoder linears" in plan.describe() and "int8 step linears" in plan.describe()
+    assert plan.cross_int8 and "int8 weights and cross K/V" in plan.describe()
     assert max_tiny_en_int8.net.copies  # the quantized weights, made once at load
     assert {a.dtype for (kind, _), a in max_tiny_en_int8.net.copies.items() if kind == "int8"} == {np.dtype(np.int8)}
 

@@ -162,10 +162,11 @@ def test_encoder_attention_kernel_matches_numpy(dh):
 def test_decoder_layer_step_kernel_matches_numpy(int8):
     """`decoder_layer.mojo`, one whole decoder block for one new token of each of 3 sequences at
     positions of their own, against float64 numpy: d 64 in 4 heads, caches whose unfilled
-    positions hold NaN (read, they would show), cross-attention over 40 frames. Each stepping row's
+    positions hold NaN (read, they would show), cross-attention over 45 frames. Each stepping row's
     new key and value land in its cache at its position and nothing else there changes; a row at
     a negative position sits the step out, its x and cache untouched. int8: the weights quantized
-    per output row (`quantize_int8`), against numpy with those weights."""
+    per output row (`quantize_int8`), and the cross K/V int8 with a scale per key and per value
+    (`decoder.cross_layout`), against numpy with those weights, keys and values."""
     from math import erf
 
     from max.dtype import DType
@@ -175,7 +176,7 @@ def test_decoder_layer_step_kernel_matches_numpy(int8):
     from maxwhisper.graph.layers import WeightBank
     from maxwhisper.graph.weights import quantize_int8
 
-    d, h, s, t, b = 64, 4, 32, 40, 3
+    d, h, s, t, b = 64, 4, 32, 45, 3
     dh = d // h
     rng = np.random.default_rng(0)
     shapes = {"attn.qkv": (3 * d, d), "attn.out": (d, d), "cross_attn.query": (d, d), "cross_attn.out": (d, d),
@@ -188,12 +189,14 @@ def test_decoder_layer_step_kernel_matches_numpy(int8):
         arrays[f"blk.{n}"] = (rng.standard_normal(size) * 0.1 + (1 if n.endswith("ln.weight") else 0)).astype(np.float32)
     cpu = DeviceRef.CPU()
     w = WeightBank(arrays, DType.float32, cpu)
+    kv = DType.int8 if int8 else DType.float32
+    cross_types = [TensorType(kv, [b, h, t, dh], device=cpu), TensorType(kv, [b, h, dh, t], device=cpu)]
+    cross_types += [TensorType(DType.float32, [b, h, t], device=cpu)] * 2 if int8 else []
     types = [TensorType(DType.float32, [b, d], device=cpu), BufferType(DType.float32, [b, h, s, dh], device=cpu),
-             BufferType(DType.float32, [b, h, dh, s], device=cpu), TensorType(DType.float32, [b, h, t, dh], device=cpu),
-             TensorType(DType.float32, [b, h, dh, t], device=cpu), TensorType(DType.int64, [b], device=cpu)]
+             BufferType(DType.float32, [b, h, dh, s], device=cpu), *cross_types, TensorType(DType.int64, [b], device=cpu)]
     run = _kernel_graph(f"decoder_layer_step_test{'_int8' if int8 else ''}", types,
-                        lambda x, ck, cv, xk, xv, positions: [decoder_layer_step(w, "blk", x, ck, cv, xk, xv, positions,
-                                                                                 int8)], w)
+                        lambda x, ck, cv, *rest: [decoder_layer_step(w, "blk", x, ck, cv, list(rest[:-1]), rest[-1], int8)],
+                        w)
 
     def ln(x, name):
         return (x - x.mean()) / np.sqrt(x.var() + 1e-5) * arrays[f"blk.{name}.weight"] + arrays[f"blk.{name}.bias"]
@@ -210,13 +213,19 @@ def test_decoder_layer_step_kernel_matches_numpy(int8):
         p = np.exp(scores - scores.max(-1, keepdims=True))
         return np.einsum("hk,hkd->hd", p / p.sum(-1, keepdims=True), v).ravel()
 
-    x, cache_k, cache_v_t, cross_k, cross_v_t = (rng.standard_normal(t_.shape.static_dims).astype(np.float32)
-                                                 for t_ in types[:5])
+    x, cache_k, cache_v_t = (rng.standard_normal(t_.shape.static_dims).astype(np.float32) for t_ in types[:3])
+    if int8:
+        cross = [rng.integers(-127, 128, shape).astype(np.int8) for shape in ((b, h, t, dh), (b, h, dh, t))]
+        cross += [rng.uniform(0.002, 0.02, (b, h, t)).astype(np.float32) for _ in range(2)]
+        cross_k, cross_v_t = cross[0] * cross[2][..., None], cross[1] * cross[3][:, :, None, :]  # what they stand for
+    else:
+        cross = [rng.standard_normal(shape).astype(np.float32) for shape in ((b, h, t, dh), (b, h, dh, t))]
+        cross_k, cross_v_t = cross
     for positions in ([0, 5, 5], [5, -1, 0], [-1, 3, 31]):
         ck, cv = cache_k.copy(), cache_v_t.copy()
         for i, pos in enumerate(positions):
             ck[i, :, max(pos, 0):], cv[i, ..., max(pos, 0):] = np.nan, np.nan
-        out, ck_after, cv_after = run(x, ck, cv, cross_k, cross_v_t, np.array(positions, np.int64))
+        out, ck_after, cv_after = run(x, ck, cv, *cross, np.array(positions, np.int64))
 
         for i, pos in enumerate(positions):
             if pos < 0:
@@ -387,6 +396,33 @@ def test_int8_quantization_is_per_output_channel():
     assert q.dtype == np.int8 and scale.shape == (6,) and scale.dtype == np.float32
     assert (np.abs(q).max(axis=1) == [127, 127, 127, 0, 127, 127]).all()
     assert (np.abs(q * scale[:, None] - w) <= scale[:, None] / 2 * (1 + 1e-6)).all()
+
+
+def test_cross_kv_quantization_in_the_graph_is_quantize_int8_per_key_and_value():
+    """`encoder.quantized`, how the int8 encoder graph stores the cross K/V: over the last axis (a
+    key's Dh values) and over the one before (a value's, in V^T), the int8 numbers `quantize_int8`
+    gives the same slices as rows, and its scales but for float32 rounding (MAX may divide by 127 as
+    a multiplication); an all-zero slice is 0 with scale 1."""
+    from max.dtype import DType
+    from max.graph import DeviceRef, TensorType
+
+    from maxwhisper.graph.encoder import quantized
+    from maxwhisper.graph.weights import quantize_int8
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((2, 3, 5, 16)) * rng.uniform(0.1, 10, (2, 3, 5, 1))).astype(np.float32)
+    x[1, 2, 4] = 0
+    x[0, 1, :, 7] = 0
+    types = [TensorType(DType.float32, x.shape, device=DeviceRef.CPU())]
+    run = _kernel_graph("cross_kv_quantization_test", types, lambda t: [*quantized(t, -1), *quantized(t, -2)])
+    q_key, s_key, q_value, s_value = run(x)
+    for q, scale, axes in ((q_key, s_key, (0, 1, 2, 3)), (q_value, s_value, (0, 1, 3, 2))):
+        rows = x.transpose(axes)  # each quantized slice a row
+        expected_q, expected_scale = quantize_int8(rows.reshape(-1, rows.shape[-1]))
+        assert q.dtype == np.int8 and scale.dtype == np.float32 and scale.shape == rows.shape[:-1]
+        np.testing.assert_allclose(scale.ravel(), expected_scale, rtol=2e-7, atol=0)
+        np.testing.assert_array_equal(q.transpose(axes).reshape(expected_q.shape), expected_q)
+    assert s_key[1, 2, 4] == 1 and (q_key[1, 2, 4] == 0).all() and s_value[0, 1, 7] == 1
 
 
 def _tile_assembly(program: str, cpu: str, tmp_path) -> str:

@@ -19,17 +19,32 @@ def _mel(audio: np.ndarray) -> np.ndarray:
 def test_concurrent_transcriptions_share_steps_and_keep_their_tokens(max_tiny_en, jfk_audio, lecture_60s_audio):
     """Five transcriptions at once: greedy with and without a prompt, a window offset by 7 s (its
     sequences are at other positions than the rest), word timestamps (the alignment pass), beam
-    search (decoded on its own). Each has its tokens and segment times from alone; encoder calls
-    were batched, steps carried several sequences, and the shared cache is empty afterwards."""
-    from maxwhisper.graph.shared_steps import SharedModel
-
-    net = max_tiny_en.net
-    shared = SharedModel(net, rows=4)
+    search (decoded on its own), checked as `_check_shared_runs_keep_their_tokens` says."""
     jobs = [(jfk_audio, DecodeOptions()),
             (lecture_60s_audio, DecodeOptions()),
             (jfk_audio, DecodeOptions(initial_prompt="President Kennedy's inaugural address.")),
             (lecture_60s_audio[7 * SAMPLE_RATE:], DecodeOptions(word_timestamps=True)),
             (jfk_audio, DecodeOptions(beam_size=3))]
+    _check_shared_runs_keep_their_tokens(max_tiny_en.net, jobs)
+
+
+def test_int8_transcriptions_share_steps_and_keep_their_tokens(max_tiny_en_int8, jfk_audio, lecture_60s_audio):
+    """The same in int8, whose shared cache also holds the int8 cross K/V and their scales: greedy
+    with and without a prompt, and a window offset by 7 s."""
+    jobs = [(jfk_audio, DecodeOptions()),
+            (lecture_60s_audio, DecodeOptions()),
+            (jfk_audio, DecodeOptions(initial_prompt="President Kennedy's inaugural address.")),
+            (lecture_60s_audio[7 * SAMPLE_RATE:], DecodeOptions())]
+    _check_shared_runs_keep_their_tokens(max_tiny_en_int8.net, jobs)
+
+
+def _check_shared_runs_keep_their_tokens(net, jobs: list[tuple[np.ndarray, DecodeOptions]]) -> None:
+    """The jobs (audio, options) at once on a SharedModel of 4 rows: each has its tokens and segment
+    times from alone; encoder calls were batched, steps carried several sequences, and the shared
+    cache is empty afterwards."""
+    from maxwhisper.graph.shared_steps import SharedModel
+
+    shared = SharedModel(net, rows=4)
     mels = [_mel(audio) for audio, _ in jobs]
     alone = [transcribe(net, mel, options) for mel, (_, options) in zip(mels, jobs)]
 

@@ -6,6 +6,9 @@ The step graph's self-attention cache is a pair of preallocated buffers per laye
 reads all n_text_ctx positions under an additive mask built on the host, so one compiled graph
 serves the prompt and every later step. Keys and values, cached and cross, are laid out so that
 a step reads them as matrix-vector products (`attention_scores_few_rows`, `attend_few_rows`).
+Under --precision int8 the cross K/V come from the encoder graph in int8 with a float32 scale per
+key and per value (`cross_layout`): the token step's kernel reads them as they are, the other
+graphs widen them first (`float_cross`).
 Under the CPU kernels' plan a one-row call goes further: its attention is one Mojo kernel
 (`layers.few_row_attention`) that reads only the filled part of the cache, and the graph also
 picks the greedy token (`layers.greedy_choice`), so the host need not look at the logits. One
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 from max.dtype import DType
 from max.graph import BufferType, DeviceRef, Graph, TensorType, TensorValue, ops
 
@@ -82,11 +86,28 @@ def _cache_types(dims: ModelDims, dtype: DType, device, batch="batch") -> list[B
     return [BufferType(dtype, shape, device=device) for shape in cache_shapes(dims, batch)] * dims.n_text_layer
 
 
-def _cross_types(dims: ModelDims, dtype: DType, device, batch) -> list[TensorType]:
-    """Cross-attention K [L, batch, H, T, Dh] and V^T [L, batch, H, Dh, T] (what the encoder graph outputs)."""
+def cross_layout(dims: ModelDims, dtype: DType, batch, audio_ctx, int8: bool) -> list[tuple[DType, list]]:
+    """The cross-attention tensors that the encoder graph outputs after the features and the
+    decoder graphs take, as (dtype, shape) in order, each with the layers first and the batch
+    second: K [L, batch, H, T, Dh] and V^T [L, batch, H, Dh, T] in `dtype`; int8: K and V^T in int8,
+    then the float32 scales of each key and of each value, [L, batch, H, T] each (`encoder.quantized`)."""
     L, H, dh = dims.n_text_layer, dims.n_text_head, dims.n_text_state // dims.n_text_head
-    return [TensorType(dtype, [L, batch, H, "audio_ctx", dh], device=device),
-            TensorType(dtype, [L, batch, H, dh, "audio_ctx"], device=device)]
+    kv = DType.int8 if int8 else dtype
+    layout = [(kv, [L, batch, H, audio_ctx, dh]), (kv, [L, batch, H, dh, audio_ctx])]
+    return layout + [(DType.float32, [L, batch, H, audio_ctx])] * 2 if int8 else layout
+
+
+def _cross_types(dims: ModelDims, dtype: DType, device, batch, int8: bool) -> list[TensorType]:
+    return [TensorType(t, shape, device=device) for t, shape in cross_layout(dims, dtype, batch, "audio_ctx", int8)]
+
+
+def float_cross(cross: list[TensorValue]) -> tuple[TensorValue, TensorValue]:
+    """Cross K and V^T as the graph's attention ops take them: as they are, or int8 ones times
+    their scales, in float32."""
+    if len(cross) == 2:
+        return cross[0], cross[1]
+    k, v_t, k_scales, v_scales = cross
+    return k.cast(DType.float32) * ops.unsqueeze(k_scales, -1), v_t.cast(DType.float32) * ops.unsqueeze(v_scales, -2)
 
 
 def step_linear(plan: ExecutionPlan) -> MakeLinear:
@@ -108,7 +129,7 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) -> 
     """Inputs: tokens int64 [B, n]; positions int64 [n] (absolute); offset int64 [] on the host (= positions[0]);
     mask float32 [n, n_text_ctx] (0 where a query may attend, -inf elsewhere); logit_index int64 [k]
     (which of the n positions to project to logits); when the plan's step graph chooses, suppress
-    float32 [B, n_vocab] and timestamp_begin int64 [1]; cross K [L, B, H, T, Dh] and V^T [L, B, H, Dh, T];
+    float32 [B, n_vocab] and timestamp_begin int64 [1]; the cross-attention tensors (`cross_layout`);
     then per layer the cache buffers K [B, H, n_text_ctx, Dh] and V^T [B, H, Dh, n_text_ctx].
     Outputs: logits float32 [B, k, n_vocab]; when it chooses also the greedy token int64 [B] after
     the last of the k positions and its log probability float32 [B] (`layers.greedy_choice`)."""
@@ -124,15 +145,17 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) -> 
         TensorType(DType.float32, ["n", S], device=dev),
         TensorType(DType.int64, ["k"], device=dev),
         *choice_types,
-        *_cross_types(dims, w.dtype, dev, "batch"),
+        *_cross_types(dims, w.dtype, dev, "batch", plan.cross_int8),
         *_cache_types(dims, w.dtype, dev),
     ]
+    n_cross = len(types) - 5 - len(choice_types) - 2 * L
     with Graph("whisper_decoder_step", input_types=types,
                custom_extensions=[kernel_library()] if use_kernel else []) as graph:
         tokens, positions, offset, mask, logit_index = (v.tensor for v in graph.inputs[:5])
         choice_inputs = [v.tensor for v in graph.inputs[5:5 + len(choice_types)]]
-        cross_k, cross_v_t = (v.tensor for v in graph.inputs[5 + len(choice_types):7 + len(choice_types)])
-        caches = graph.inputs[7 + len(choice_types):]
+        cross_start = 5 + len(choice_types)
+        cross_k, cross_v_t = float_cross([v.tensor for v in graph.inputs[cross_start:cross_start + n_cross]])
+        caches = graph.inputs[cross_start + n_cross:]
         x = _embed(w, tokens, positions, plan.step_linears_kernel)
         n = x.shape[1]
         new = (slice(offset, offset + dim_value(n)), n)
@@ -176,20 +199,23 @@ LAYER_STEP_VECTORS = ("attn_ln.weight", "attn_ln.bias", "attn.qkv.bias", "attn.o
                       "mlp_ln.bias", "mlp.0.bias", "mlp.2.bias")
 
 
-def decoder_layer_step(w: WeightBank, p: str, x: TensorValue, cache_k, cache_v_t, cross_k: TensorValue,
-                       cross_v_t: TensorValue, positions: TensorValue, int8: bool = False) -> TensorValue:
+def decoder_layer_step(w: WeightBank, p: str, x: TensorValue, cache_k, cache_v_t, cross: list[TensorValue],
+                       positions: TensorValue, int8: bool = False) -> TensorValue:
     """One decoder block for one new token of each of B sequences as one CPU kernel: x [B, d]; the
     cache buffers K [B, H, S, Dh] and V^T [B, H, Dh, S], row b holding positions 0 ..
-    positions[b] - 1 (the kernel writes the new key and value at positions[b]); cross K
-    [B, H, T, Dh], V^T [B, H, Dh, T]; positions int64 [B], negative for a row left out -> x [B, d].
+    positions[b] - 1 (the kernel writes the new key and value at positions[b]); cross: the layer's
+    cross K [B, H, T, Dh] and V^T [B, H, Dh, T], float32, or int8 followed by their scales [B, H, T]
+    (`cross_layout`); positions int64 [B], negative for a row left out -> x [B, d].
     int8: the weights quantized per output row, their scales after the vectors."""
     linears = [f"{p}.{n}.weight" for n in LAYER_STEP_WEIGHTS]
     weights = w.flat(f"{p}.step_weights", linears, DType.int8 if int8 else DType.float16)
     scales = [f"{name}.int8_scales" for name in linears] if int8 else []
     vectors = w.flat(f"{p}.step_vectors", [f"{p}.{n}" for n in LAYER_STEP_VECTORS] + scales, DType.float32)
+    if len(cross) == 2:  # float32 cross K/V: no scales (the kernel reads none)
+        cross = [*cross] + [ops.constant(np.zeros((0, 0, 0), np.float32), DType.float32, device=x.device)] * 2
     out = [TensorType(DType.float32, x.shape, device=x.device)]
-    return ops.inplace_custom("decoder_layer_step", x.device, [x, weights, vectors, cache_k, cache_v_t, cross_k,
-                                                               cross_v_t, positions], out)[0].tensor
+    return ops.inplace_custom("decoder_layer_step", x.device, [x, weights, vectors, cache_k, cache_v_t, *cross,
+                                                               positions], out)[0].tensor
 
 
 def build_token_step_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) -> Graph:
@@ -200,40 +226,43 @@ def build_token_step_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) 
 
     Inputs: tokens int64 [B, 1]; positions int64 [B] (each row's new token's, -1: not stepping);
     rows int64 [k], the stepping rows whose logits are wanted; suppress float32 [k, n_vocab];
-    timestamp_begin int64 [k] or [1]; cross K [L, B, H, T, Dh] and V^T [L, B, H, Dh, T]; then per
+    timestamp_begin int64 [k] or [1]; the cross-attention tensors (`cross_layout`); then per
     layer the cache buffers K [B, H, n_text_ctx, Dh] and V^T [B, H, Dh, n_text_ctx].
     Outputs for the k rows: logits float32 [k, 1, n_vocab], tokens int64 [k], log probabilities
     float32 [k] (as `build_decoder_graph`'s)."""
     dev, d = w.device, dims.n_text_state
     types = [TensorType(DType.int64, ["batch", 1], device=dev), TensorType(DType.int64, ["batch"], device=dev),
              TensorType(DType.int64, ["rows"], device=dev), TensorType(DType.float32, ["rows", dims.n_vocab], device=dev),
-             TensorType(DType.int64, ["rows_or_1"], device=dev), *_cross_types(dims, w.dtype, dev, "batch"),
-             *_cache_types(dims, w.dtype, dev)]
+             TensorType(DType.int64, ["rows_or_1"], device=dev)]
+    cross_types = _cross_types(dims, w.dtype, dev, "batch", plan.cross_int8)
+    types += cross_types + _cache_types(dims, w.dtype, dev)
     with Graph("whisper_token_step", input_types=types, custom_extensions=[kernel_library()]) as graph:
-        tokens, positions, rows, suppress, timestamp_begin, cross_k, cross_v_t = (v.tensor for v in graph.inputs[:7])
-        caches = [v.buffer for v in graph.inputs[7:]]
+        tokens, positions, rows, suppress, timestamp_begin = (v.tensor for v in graph.inputs[:5])
+        cross = [v.tensor for v in graph.inputs[5:5 + len(cross_types)]]
+        caches = [v.buffer for v in graph.inputs[5 + len(cross_types):]]
         batch = tokens.shape[0]
         table_rows = ops.max(positions, ops.constant(0, DType.int64, device=dev))  # a row sitting out reads row 0
         x = ops.reshape(_embed(w, tokens, ops.reshape(table_rows, [batch, 1]), half=True), [batch, d])
         for i in range(dims.n_text_layer):
-            x = decoder_layer_step(w, f"decoder.blocks.{i}", x, caches[2 * i], caches[2 * i + 1], cross_k[i],
-                                   cross_v_t[i], positions, plan.int8)
+            x = decoder_layer_step(w, f"decoder.blocks.{i}", x, caches[2 * i], caches[2 * i + 1],
+                                   [c[i] for c in cross], positions, plan.int8)
         logits = _logits(w, ops.reshape(ops.gather(x, rows, axis=0), [rows.shape[0], 1, d]), step_linear(plan))
         graph.output(logits, *greedy_choice(logits, suppress, timestamp_begin))
     return graph
 
 
-def build_alignment_graph(w: WeightBank, dims: ModelDims) -> Graph:
+def build_alignment_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) -> Graph:
     """The whole token sequence at once, no cache (openai's `model(mel, tokens)` for word timing).
 
-    Inputs: tokens int64 [1, n]; causal mask float32 [n, n]; cross K and V^T as for the step graph.
+    Inputs: tokens int64 [1, n]; causal mask float32 [n, n]; the cross-attention tensors as for the step graph.
     Outputs: logits float32 [1, n, n_vocab]; cross-attention scores before softmax, float32
     [L, 1, H, n, T] (what openai's alignment hooks capture)."""
     dev = w.device
     types = [TensorType(DType.int64, [1, "n"], device=dev), TensorType(DType.float32, ["n", "n"], device=dev),
-             *_cross_types(dims, w.dtype, dev, 1)]
+             *_cross_types(dims, w.dtype, dev, 1, plan.cross_int8)]
     with Graph("whisper_alignment", input_types=types) as graph:
-        tokens, mask, cross_k, cross_v_t = (v.tensor for v in graph.inputs)
+        tokens, mask = (v.tensor for v in graph.inputs[:2])
+        cross_k, cross_v_t = float_cross([v.tensor for v in graph.inputs[2:]])
         n = tokens.shape[1]
         x = _embed(w, tokens, ops.range(0, dim_value(n), 1, out_dim=n, device=dev, dtype=DType.int64))
         all_scores = []
@@ -262,15 +291,15 @@ def build_cache_reorder_graph(dims: ModelDims, dtype: DType, device) -> Graph:
     return graph
 
 
-def build_batch_repeat_graph(dims: ModelDims, dtype: DType, device) -> Graph:
+def build_batch_repeat_graph(dims: ModelDims, dtype: DType, device, cross_int8: bool = False) -> Graph:
     """Encoder output for n_audio windows -> for a batch whose rows are any of those windows, in
     any order and number (beam groups; one caller's share of a shared encoder call):
     out[i] = in[audio_index[i]] along the window axis. Inputs: audio_index int64 [B], features
-    [n_audio, T, d], cross K, cross V^T; outputs the three."""
+    [n_audio, T, d], the cross-attention tensors (`cross_layout`); outputs the features and those."""
     types = [TensorType(DType.int64, ["batch"], device=device),
              TensorType(dtype, ["n_audio", "audio_ctx", dims.n_audio_state], device=device),
-             *_cross_types(dims, dtype, device, "n_audio")]
+             *_cross_types(dims, dtype, device, "n_audio", cross_int8)]
     with Graph("whisper_batch_repeat", input_types=types) as graph:
-        index, features, k, v = (x.tensor for x in graph.inputs)
-        graph.output(ops.gather(features, index, axis=0), ops.gather(k, index, axis=1), ops.gather(v, index, axis=1))
+        index, features, *cross = (x.tensor for x in graph.inputs)
+        graph.output(ops.gather(features, index, axis=0), *(ops.gather(c, index, axis=1) for c in cross))
     return graph

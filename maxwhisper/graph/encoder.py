@@ -1,7 +1,7 @@
 """The audio encoder graph, which also projects each decoder layer's cross-attention K/V once
-per window so that decoder steps never recompute them. With the CPU kernels (the execution
-plan's choice) its linears run the `packed_linear` kernel and its attention `encoder_attention`;
-otherwise MAX's ops."""
+per window so that decoder steps never recompute them (under --precision int8 quantized to int8
+there, a scale per key and per value). With the CPU kernels (the execution plan's choice) its
+linears run the `packed_linear` kernel and its attention `encoder_attention`; otherwise MAX's ops."""
 from __future__ import annotations
 
 from max.dtype import DType
@@ -66,24 +66,40 @@ def encode(w: WeightBank, dims: ModelDims, mel: TensorValue, plan: ExecutionPlan
     return layer_norm(w, "encoder.ln_post", x)
 
 
-def cross_kv(w: WeightBank, dims: ModelDims, features: TensorValue,
-             make_linear: MakeEncoderLinear) -> tuple[TensorValue, TensorValue]:
+def cross_kv(w: WeightBank, dims: ModelDims, features: TensorValue, make_linear: MakeEncoderLinear,
+             int8: bool = False) -> list[TensorValue]:
     """features [B, T, d] -> K [n_text_layer, B, H, T, Dh] and V^T [n_text_layer, B, H, Dh, T]
-    (the layouts `attention_scores_few_rows` and `attend_few_rows` read fastest)."""
+    (the layouts `attention_scores_few_rows` and `attend_few_rows` read fastest); int8: those in
+    int8, then the scales of each key and each value [n_text_layer, B, H, T] (`decoder.cross_layout`)."""
     ks, vs = [], []
     for i in range(dims.n_text_layer):
         k, v = ops.split(make_linear(w, f"decoder.blocks.{i}.cross_attn.kv")(features), [dims.n_text_state] * 2, axis=-1)
         ks.append(split_heads(k, dims.n_text_head))
         vs.append(ops.permute(split_heads(v, dims.n_text_head), [0, 1, 3, 2]))
-    return ops.stack(ks), ops.stack(vs)
+    k, v_t = ops.stack(ks), ops.stack(vs)
+    if not int8:
+        return [k, v_t]
+    (k, k_scales), (v_t, v_scales) = quantized(k, -1), quantized(v_t, -2)
+    return [k, v_t, k_scales, v_scales]
+
+
+def quantized(x: TensorValue, axis: int) -> tuple[TensorValue, TensorValue]:
+    """x ~ q x scale, q int8 in [-127, 127] and a float32 scale per slice along `axis` (max |x| / 127
+    over the slice, 1 for an all-zero one; as `weights.quantize_int8` for weights), rounded to
+    nearest: -> (q, the scales, `axis` dropped). Per key (over Dh) and per value: a key's or a
+    value's error is then a fraction of its own size, ~0.7 % of the whole on Whisper's."""
+    amax = ops.max(ops.abs(x), axis=axis)
+    scale = ops.where(amax > 0, amax / 127, ops.constant(1, DType.float32, device=x.device))
+    q = ops.min(ops.max(ops.round(x / scale), -127), 127).cast(DType.int8)
+    return q, ops.squeeze(scale, axis)
 
 
 def build_encoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) -> Graph:
     """Inputs: mel float32 [B, n_mels, frames]. Outputs: features float32 [B, T, d], cross K
-    [n_text_layer, B, H, T, Dh] and V^T [n_text_layer, B, H, Dh, T] in the model dtype, with T = frames / 2."""
+    [n_text_layer, B, H, T, Dh] and V^T [n_text_layer, B, H, Dh, T] in the model dtype, with T = frames / 2
+    (int8: those in int8 and their scales, `decoder.cross_layout`)."""
     mel_type = TensorType(DType.float32, ["batch", dims.n_mels, "frames"], device=w.device)
     with Graph("whisper_encoder", input_types=[mel_type], custom_extensions=extensions(plan)) as graph:
         features = encode(w, dims, graph.inputs[0].tensor.cast(w.dtype), plan)
-        k, v = cross_kv(w, dims, features, encoder_linear(plan))
-        graph.output(features.cast(DType.float32), k, v)
+        graph.output(features.cast(DType.float32), *cross_kv(w, dims, features, encoder_linear(plan), plan.cross_int8))
     return graph

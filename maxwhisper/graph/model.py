@@ -41,14 +41,15 @@ def build_graph(name: str, arrays: dict[str, np.ndarray], dims: ModelDims, plan:
                 copies: dict | None = None) -> tuple[Graph, dict[str, np.ndarray]]:
     """Graph `name` (one of GRAPHS) under `plan`, and the weights registry that fills it (arrays
     from `weights.graph_arrays`; copies: float16 and int8 copies shared between graphs)."""
-    if name in ("cache_reorder", "batch_repeat"):
-        build = build_cache_reorder_graph if name == "cache_reorder" else build_batch_repeat_graph
-        return build(dims, plan.dtype, plan.device), {}
+    if name == "cache_reorder":
+        return build_cache_reorder_graph(dims, plan.dtype, plan.device), {}
+    if name == "batch_repeat":
+        return build_batch_repeat_graph(dims, plan.dtype, plan.device, plan.cross_int8), {}
     w = WeightBank(arrays, plan.dtype, plan.device, copies)
     graph = {"encoder": lambda: build_encoder_graph(w, dims, plan),
              "decoder_step": lambda: build_decoder_graph(w, dims, plan),
              "token_step": lambda: build_token_step_graph(w, dims, plan),
-             "alignment": lambda: build_alignment_graph(w, dims)}[name]()
+             "alignment": lambda: build_alignment_graph(w, dims, plan)}[name]()
     return graph, w.registry()
 
 
@@ -87,12 +88,12 @@ class AudioFeatures:
     """Encoder output for n_audio windows, kept on the device."""
 
     features: driver.Buffer  # float32 [n_audio, T, d]
-    cross_k: driver.Buffer  # [L, n_audio, H, T, Dh]
-    cross_v_t: driver.Buffer  # V^T [L, n_audio, H, Dh, T]
+    # cross K [L, n_audio, H, T, Dh] and V^T [L, n_audio, H, Dh, T] (int8: and their scales), `decoder.cross_layout`
+    cross: tuple[driver.Buffer, ...]
 
     @property
     def n_audio(self) -> int:
-        return self.cross_k.shape[1]
+        return self.cross[0].shape[1]
 
 
 class MaxWhisper:
@@ -137,7 +138,8 @@ class MaxWhisper:
 
     def encode(self, mel: np.ndarray) -> AudioFeatures:
         """mel float32 [n_audio, n_mels, frames] -> AudioFeatures (T = frames / 2)."""
-        return AudioFeatures(*self.run(self.encoder, self.to_device(mel.astype(np.float32))))
+        features, *cross = self.run(self.encoder, self.to_device(mel.astype(np.float32)))
+        return AudioFeatures(features, tuple(cross))
 
     def to_numpy(self, buffer: driver.Buffer) -> np.ndarray:
         return buffer.to(driver.CPU()).to_numpy()
@@ -177,11 +179,10 @@ class MaxWhisper:
         float32 [n_text_layer, n_text_head, n, T]). The graph is compiled on first use."""
         n = len(tokens)
         mask = np.triu(np.full((n, n), -np.inf, np.float32), 1)
-        cross = features.cross_k, features.cross_v_t
         if features.n_audio != 1:
             raise ValueError("alignment takes the features of one window")
-        logits, scores = self.run(
-            self.lazy_graph("alignment"), self.to_device(np.asarray(tokens, np.int64)[None]), self.to_device(mask), *cross)
+        logits, scores = self.run(self.lazy_graph("alignment"), self.to_device(np.asarray(tokens, np.int64)[None]),
+                                  self.to_device(mask), *features.cross)
         return logits.to(driver.CPU()).to_numpy()[0], scores.to(driver.CPU()).to_numpy()[:, 0]
 
 
@@ -192,14 +193,14 @@ class MaxInference:
         self.model = model
         self.cache: list[driver.Buffer] | None = None
         self.cached = 0  # tokens already in the cache
-        self.cross: tuple[driver.Buffer, driver.Buffer] | None = None
+        self.cross: tuple[driver.Buffer, ...] | None = None
         self.np_dtype = np.float16 if model.precision == "fp16" else np.float32
 
     def _setup(self, batch: int, features: AudioFeatures):
         d = self.model.dims
         self.cache = [self.model.to_device(np.zeros(shape, self.np_dtype))
                       for _ in range(d.n_text_layer) for shape in cache_shapes(d, batch)]
-        self.cross = (features.cross_k, features.cross_v_t)
+        self.cross = features.cross
         if batch != features.n_audio:  # beam search / best-of: each audio's group is contiguous
             index = np.repeat(np.arange(features.n_audio), batch // features.n_audio)
             self.cross = tuple(self.model.run(

@@ -4,7 +4,8 @@ made once per model, so that the graph builders and the runtime read it instead 
 Two kinds of plan:
 - "cpu-kernels": on the CPU in float32, the Mojo kernels of `graph/kernels/` wherever the
   model's shapes fit them (every published Whisper's do); with `int8`, the linears' weights
-  quantized to int8 at load and the int8 kernels (`--precision int8`);
+  quantized to int8 at load and the int8 kernels (`--precision int8`), and the cross-attention
+  keys and values quantized to int8 as the encoder graph makes them (`cross_int8`);
 - "portable": MAX's own ops only, exactly the graphs a GPU runs, runnable on any device (on the
   CPU: `--no-kernels`, how those graphs are tested without a GPU).
 Both pass the KV cache's write offset as a host-resident scalar, as slice bounds must be on a GPU.
@@ -32,6 +33,9 @@ class ExecutionPlan:
     step_linears_kernel: bool  # `few_row_linear` over float16-stored (int8: int8) decoder weights, in the step graph
     token_step: bool  # one-new-token steps (any batch) run the token step graph (`decoder_layer_step`)
     int8: bool = False  # every linear's weights in int8: `packed_linear_int8` in the encoder, `few_row_linear_int8` in steps
+    # the cross-attention K/V in int8 with a float32 scale per key and per value (`decoder.cross_layout`):
+    # a one-token step reads a quarter of their float32 bytes
+    cross_int8: bool = False
 
     @property
     def decoder_chooses(self) -> bool:
@@ -47,7 +51,8 @@ class ExecutionPlan:
                  f"{weights} step linears": self.step_linears_kernel, "one-token step graph": self.token_step}
         kernels = ", ".join(name for name, used in parts.items() if used) or "none"
         device = "cpu" if self.device.is_cpu() else "gpu"
-        return f"{self.name} ({device}, {'int8 weights, ' if self.int8 else ''}{self.dtype.name}); Mojo kernels: {kernels}"
+        int8 = f"int8 weights{' and cross K/V' if self.cross_int8 else ''}, " if self.int8 else ""
+        return f"{self.name} ({device}, {int8}{self.dtype.name}); Mojo kernels: {kernels}"
 
 
 def make_plan(w: WeightBank, dims: ModelDims, kernels: bool = True, int8: bool = False) -> ExecutionPlan:
@@ -69,12 +74,14 @@ def make_plan(w: WeightBank, dims: ModelDims, kernels: bool = True, int8: bool =
     # float16-stored linears compute the float32 products exactly only when every decoder weight is
     # a float16 number (true of Whisper's published checkpoints)
     step_linears = step_linears and (int8 or w.float16_exact("decoder."))
+    token_step = step_linears and d_text <= 1280 and head_dim % 8 == 0 and dims.n_audio_ctx <= 2048
     return ExecutionPlan(
         name="cpu-kernels", device=w.device, dtype=w.dtype,
         encoder_linear_kernel=encoder_linear,
         encoder_attention_kernel=encoder_linear and encoder_attention_fits(d_audio, dims.n_audio_head),
         step_kernels=step,
         step_linears_kernel=step_linears,
-        token_step=step_linears and d_text <= 1280 and head_dim % 8 == 0 and dims.n_audio_ctx <= 2048,
+        token_step=token_step,
         int8=int8,
+        cross_int8=int8 and token_step and head_dim % 16 == 0,  # `attend_int8`'s 16 lanes
     )

@@ -28,7 +28,7 @@ import numpy as np
 from max import driver
 from max.dtype import DType
 
-from .decoder import cache_shapes
+from .decoder import cache_shapes, cross_layout
 from .model import AudioFeatures, MaxChoosingInference, MaxWhisper
 
 
@@ -78,8 +78,9 @@ class SharedEncoder:
         first = 0
         for job in batch:
             index = self.net.to_device(np.arange(first, first + len(job.mel), dtype=np.int64))
-            job.features = AudioFeatures(*self.net.run(self.net.lazy_graph("batch_repeat"), index, features.features,
-                                                       features.cross_k, features.cross_v_t))
+            repeated, *cross = self.net.run(self.net.lazy_graph("batch_repeat"), index, features.features,
+                                            *features.cross)
+            job.features = AudioFeatures(repeated, tuple(cross))
             job.done = True
             first += len(job.mel)
 
@@ -118,10 +119,10 @@ class SharedSteps:
             raise ValueError("shared steps need the CPU kernels' token step graph")
         self.net, self.capacity = net, rows
         d = net.dims
-        heads, dh = d.n_text_head, d.n_text_state // d.n_text_head
-        shapes = [shape for _ in range(d.n_text_layer) for shape in cache_shapes(d, rows)]
-        shapes += [[d.n_text_layer, rows, heads, d.n_audio_ctx, dh], [d.n_text_layer, rows, heads, dh, d.n_audio_ctx]]
-        self._buffers = [driver.Buffer(shape=shape, dtype=DType.float32, device=driver.CPU()) for shape in shapes]
+        layout = [(DType.float32, shape) for _ in range(d.n_text_layer) for shape in cache_shapes(d, rows)]
+        cross = cross_layout(d, DType.float32, rows, d.n_audio_ctx, net.plan.cross_int8)
+        self._n_cross = len(cross)
+        self._buffers = [driver.Buffer(shape=shape, dtype=dtype, device=driver.CPU()) for dtype, shape in layout + cross]
         self._views = [b.to_numpy() for b in self._buffers]  # the same memory: rows are copied in with numpy
         for view in self._views:
             view.fill(0)
@@ -157,9 +158,10 @@ class SharedSteps:
         with self._cond:
             self._cond.wait_for(lambda: len(self._free) >= b)
             rows, self._free = self._free[:b], self._free[b:]
-            for source, view in zip(sources[:-2], self._views[:-2]):  # the caches [rows, ...]
+            n = self._n_cross
+            for source, view in zip(sources[:-n], self._views[:-n]):  # the caches [rows, ...]
                 view[rows] = source
-            for source, view in zip(sources[-2:], self._views[-2:]):  # cross K and V^T [L, rows, ...]
+            for source, view in zip(sources[-n:], self._views[-n:]):  # cross K/V (and scales) [L, rows, ...]
                 view[:, rows] = source
             member = _Member(rows, private.cached)
             self._members.append(member)
@@ -206,7 +208,7 @@ class SharedSteps:
         try:
             logits, chosen, logprobs = (o.to_numpy() for o in net.run(
                 net.token_step, *(net.to_device(a) for a in (tokens, positions, rows[order], suppress, timestamp_begin)),
-                *self._buffers[-2:], *self._buffers[:-2]))
+                *self._buffers[-self._n_cross:], *self._buffers[:-self._n_cross]))
         except BaseException as e:  # noqa: BLE001 - every member of the step sees it
             for m in members:
                 m.request, m.error = None, e

@@ -1,6 +1,8 @@
 # Decoder-step attention for the CPU as one kernel: MAX's matmul/softmax ops spend most of a
 # one-row attention on per-op dispatch and 4-D matrix-vector kernels; this reads K and
 # V^T once at memory speed. Used through `layers.few_row_attention` for one query row per call.
+# `attend_int8` is the cross-attention of `decoder_layer.mojo` under --precision int8, over keys and
+# values stored as int8 with a scale each: a quarter of float32's bytes, which every step reads.
 import extensibility
 from extensibility import InputTensor, OutputTensor
 from max.gpu.host import DeviceContext
@@ -11,7 +13,9 @@ from .threads import share_items
 
 comptime MAX_KEYS = 2048
 comptime W = 8  # float32 lanes per SIMD vector (AVX2)
+comptime W8 = 16  # lanes of `attend_int8`'s sums (its order is its own: no float32 result to match)
 comptime F32P = UnsafePointer[Float32, ...]
+comptime I8P = UnsafePointer[Int8, ...]
 
 
 @extensibility.register("few_row_attention")
@@ -113,6 +117,66 @@ def attend[o: MutOrigin](q: F32P, k: F32P, v_t: F32P, keys: Int, stride: Int, dh
         if has_new:
             sum += p[keys] * new_v[d]
         dst[d] = sum * inv
+
+
+def attend_int8[o: MutOrigin](q: F32P, k: I8P, v_t: I8P, k_scale: F32P, v_scale: F32P, keys: Int, dh: Int,
+                              dst: UnsafePointer[Float32, o]):
+    """`attend` over int8 keys and values, each with a float32 scale of its own (`quantized` in
+    graph/encoder.py): key s is k[s, :] * k_scale[s], and value s is v_t[:, s] * v_scale[s], with
+    k [keys, dh] and v_t [dh, keys] (dh a multiple of 16). The scales come out of the sums: a score
+    is (q . k[s]) k_scale[s], and the softmax weights are multiplied by v_scale before the values."""
+    comptime V = SIMD[DType.float32, W8]
+    var scale = Float32(1) / sqrt(Float32(dh))
+    var p = stack_allocation[MAX_KEYS, Float32]()
+    var s = 0
+    while s < keys:
+        var a0 = V(0)
+        var a1 = V(0)
+        var a2 = V(0)
+        var a3 = V(0)
+        var k0 = k + s * dh
+        var quad = s + 4 <= keys
+        for d in range(0, dh, W8):
+            var qv = q.load[width=W8](d)
+            a0 += qv * k0.load[width=W8](d).cast[DType.float32]()
+            if quad:
+                a1 += qv * k0.load[width=W8](dh + d).cast[DType.float32]()
+                a2 += qv * k0.load[width=W8](2 * dh + d).cast[DType.float32]()
+                a3 += qv * k0.load[width=W8](3 * dh + d).cast[DType.float32]()
+        p[s] = a0.reduce_add() * scale * k_scale[s]
+        if quad:
+            p[s + 1] = a1.reduce_add() * scale * k_scale[s + 1]
+            p[s + 2] = a2.reduce_add() * scale * k_scale[s + 2]
+            p[s + 3] = a3.reduce_add() * scale * k_scale[s + 3]
+            s += 4
+        else:
+            s += 1
+
+    var inv = Float32(1) / exp_sum(p, keys)
+    var full = keys - keys % W8
+    for j in range(0, full, W8):
+        p.store(j, p.load[width=W8](j) * v_scale.load[width=W8](j) * inv)
+    for j in range(full, keys):
+        p[j] = p[j] * v_scale[j] * inv
+
+    var full4 = keys - keys % (4 * W8)
+    for d in range(dh):
+        var vr = v_t + d * keys
+        var a0 = V(0)
+        var a1 = V(0)
+        var a2 = V(0)
+        var a3 = V(0)
+        for j in range(0, full4, 4 * W8):
+            a0 += p.load[width=W8](j) * vr.load[width=W8](j).cast[DType.float32]()
+            a1 += p.load[width=W8](j + W8) * vr.load[width=W8](j + W8).cast[DType.float32]()
+            a2 += p.load[width=W8](j + 2 * W8) * vr.load[width=W8](j + 2 * W8).cast[DType.float32]()
+            a3 += p.load[width=W8](j + 3 * W8) * vr.load[width=W8](j + 3 * W8).cast[DType.float32]()
+        for j in range(full4, full, W8):
+            a0 += p.load[width=W8](j) * vr.load[width=W8](j).cast[DType.float32]()
+        var sum = ((a0 + a1) + (a2 + a3)).reduce_add()
+        for j in range(full, keys):
+            sum += p[j] * Float32(vr[j])
+        dst[d] = sum
 
 
 def exp_sum[o: MutOrigin](row: UnsafePointer[Float32, o], n: Int) -> Float32:

@@ -4,7 +4,8 @@
 # cost more than the bytes. Here a layer is 8 phases over the same arithmetic, run by one task
 # per thread (`share_phases`, cheaper than a `sync_parallelize` per phase): the linears are `few_row_linear`'s one-row path (float16-stored weights widened in
 # registers, so the same float32 products; int8 weights and their scales under --precision int8),
-# the attentions `few_row_attention`'s. With B rows each
+# the attentions `few_row_attention`'s (the cross-attention's `attend_int8` over int8 keys and values
+# under --precision int8). With B rows each
 # block of weight rows is multiplied with every row while it is in cache: read from memory once.
 # Each row has its own position, so sequences of different lengths (decodings of different
 # requests) step together; the op writes each row's new key and value into the cache itself.
@@ -14,7 +15,7 @@ from max.gpu.host import DeviceContext
 from std.math import erf, sqrt
 from std.memory import alloc, stack_allocation
 
-from .attention import MAX_KEYS, attend
+from .attention import MAX_KEYS, W8, attend, attend_int8
 from .linear import dot_rows, finish, rows_per_item
 from .threads import share_phases
 
@@ -52,21 +53,25 @@ struct DecoderLayerStep:
     cross_attn.out bias, mlp_ln weight and bias, mlp.0 bias [4d], mlp.2 bias (int8: then the
     six weights' scales per output row, [11 d] in the weights' order); the self-attention cache K [B, H, S, Dh]
     and V^T [B, H, Dh, S], row b holding positions 0 .. positions[b] - 1, into which the op writes
-    row b's new key and value at positions[b]; cross K [B, H, T, Dh] and V^T [B, H, Dh, T];
-    positions int64 [B], a negative one for a row that does not step (left as it is).
+    row b's new key and value at positions[b]; cross K [B, H, T, Dh] and V^T [B, H, Dh, T], float32
+    or (--precision int8) int8 with float32 scales per key and per value, K scales and V scales
+    [B, H, T] ([0, 0, 0] for float32 ones: unread); positions int64 [B], a negative one for a row
+    that does not step (left as it is).
     Output: x float32 [B, d]. CPU only.
     """
 
     @staticmethod
-    def execute[target: StaticString, wtype: DType](
+    def execute[target: StaticString, wtype: DType, ctype: DType](
         x_out: OutputTensor[dtype=DType.float32, rank=2, ...],
         x: InputTensor[dtype=DType.float32, rank=2, ...],
         weights: InputTensor[dtype=wtype, rank=1, ...],
         vectors: InputTensor[dtype=DType.float32, rank=1, ...],
         cache_k: MutableInputTensor[dtype=DType.float32, rank=4, ...],
         cache_v_t: MutableInputTensor[dtype=DType.float32, rank=4, ...],
-        cross_k: InputTensor[dtype=DType.float32, rank=4, ...],
-        cross_v_t: InputTensor[dtype=DType.float32, rank=4, ...],
+        cross_k: InputTensor[dtype=ctype, rank=4, ...],
+        cross_v_t: InputTensor[dtype=ctype, rank=4, ...],
+        cross_k_scales: InputTensor[dtype=DType.float32, rank=3, ...],
+        cross_v_scales: InputTensor[dtype=DType.float32, rank=3, ...],
         positions: InputTensor[dtype=DType.int64, rank=1, ...],
         ctx: DeviceContext,
     ) raises:
@@ -83,6 +88,17 @@ struct DecoderLayerStep:
             raise Error("decoder_layer_step: d <= 1280, d and Dh multiples of 8, T <= 2048")
         if cache_k.dim_size(0) != nb or cross_k.dim_size(0) != nb or positions.dim_size(0) != nb:
             raise Error("decoder_layer_step: x, the caches, cross K/V and the positions disagree on B")
+        comptime if ctype == DType.int8:
+            var k_ok = (cross_k_scales.dim_size(0) == nb and cross_k_scales.dim_size(1) == heads
+                        and cross_k_scales.dim_size(2) == t_len)
+            var v_ok = (cross_v_scales.dim_size(0) == nb and cross_v_scales.dim_size(1) == heads
+                        and cross_v_scales.dim_size(2) == t_len)
+            if not (k_ok and v_ok):
+                raise Error("decoder_layer_step: int8 cross K/V need scales [B, H, T]")
+            if dh % W8 != 0:
+                raise Error("decoder_layer_step: int8 cross K/V need Dh a multiple of 16")
+        elif ctype != DType.float32:
+            raise Error("decoder_layer_step: cross K/V are float32 or int8")
         for b in range(nb):
             if Int(pp[b]) >= s_len:
                 raise Error("decoder_layer_step: a position is past the cache's end")
@@ -97,6 +113,8 @@ struct DecoderLayerStep:
         var cv = cache_v_t.unsafe_ptr()
         var xk = cross_k.unsafe_ptr()
         var xv = cross_v_t.unsafe_ptr()
+        var xks = cross_k_scales.unsafe_ptr()
+        var xvs = cross_v_scales.unsafe_ptr()
         # scratch shared by the phases: q, k and v [B, d], attention output [B, d], the MLP's hidden layer [B, 4d]
         var q = alloc[Float32](nb * d)
         var kn = alloc[Float32](nb * d)
@@ -203,11 +221,17 @@ struct DecoderLayerStep:
                     q[b * d + j] = finish[wtype](y[j - j0], s_cq, j, b_cq[j])
 
         # 5. cross-attention over the audio
-        def cross_head(bh: Int) {var q, var xk, var xv, var att, var dh, var t_len, var pp, var heads}:
+        def cross_head(bh: Int) {var q, var xk, var xv, var xks, var xvs, var att, var dh, var t_len, var pp,
+                                 var heads}:
             if pp[bh // heads] < 0:
                 return
             var o = bh * dh
-            attend(q + o, xk + bh * t_len * dh, xv + bh * dh * t_len, t_len, t_len, dh, q, q, False, att + o)
+            comptime if ctype == DType.int8:
+                attend_int8(q + o, xk.bitcast[Int8]() + bh * t_len * dh, xv.bitcast[Int8]() + bh * dh * t_len,
+                            xks + bh * t_len, xvs + bh * t_len, t_len, dh, att + o)
+            else:
+                attend(q + o, xk.bitcast[Float32]() + bh * t_len * dh, xv.bitcast[Float32]() + bh * dh * t_len,
+                       t_len, t_len, dh, q, q, False, att + o)
 
         # 6. x += att @ W_cout^T + b
         def cross_out(item: Int) {var xo, var att, var w_cout, var b_cout, var s_cout, var d, var per, var nb, var pp}:
