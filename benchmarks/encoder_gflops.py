@@ -6,9 +6,10 @@ does not: its first decoder step does), their work counted from the model's dime
 peak measured by `benchmarks/peak.mojo` on all cores. fp32: MAX fp32 against openai-whisper's
 encoder (PyTorch) and the float32 FMA peak; int8: MAX int8 against faster-whisper int8's encoder
 (CTranslate2) and the int8 dot-product peak (both run their attention in float32: a third of the
-window's operations):
+window's operations); bf16 (a CPU with AVX512_BF16): MAX bf16 against openai-whisper's encoder under
+PyTorch's CPU autocast to bfloat16 and the `vdpbf16ps` peak:
 
-    .venv/bin/python benchmarks/encoder_gflops.py [--model tiny.en] [--precision fp32|int8] [--repeats 9]
+    .venv/bin/python benchmarks/encoder_gflops.py [--model tiny.en] [--precision fp32|int8|bf16] [--repeats 9]
 
 Prints one Markdown table row; `benchmarks/results/encoder-gflops.md` keeps one per machine and precision.
 """
@@ -65,7 +66,7 @@ def peak_gops(precision: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny.en")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "int8"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "int8", "bf16"])
     parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
     os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")
@@ -76,11 +77,11 @@ def main() -> None:
     model = MaxWhisper(ckpt, precision=args.precision)
     max_s = median_seconds(lambda: model.features_numpy(model.encode(mel)), args.repeats)
     del model
-    if args.precision == "fp32":
+    if args.precision in ("fp32", "bf16"):
         import torch
 
         reference = OpenAITranscriber(args.model)  # all cores, as the benchmark runs it
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
             ref_s = median_seconds(lambda: reference.net.encoder(torch.from_numpy(mel)), args.repeats)
     else:
         from baselines.faster_backend import FasterTranscriber

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
 from .api import BackendError, Transcriber
 
@@ -26,10 +28,30 @@ class Backend:
         return tuple(self.precisions)
 
 
+@cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (avx2, avx512_vnni, avx512_bf16, ...);
+    empty where there is no /proc/cpuinfo."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return frozenset()
+    return frozenset(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+
+
+BF16_MISSING = "--precision bf16 needs a CPU with AVX512_BF16 (vdpbf16ps), which this one has not: use fp32 or int8"
+
+
+def has_bf16() -> bool:
+    """Whether the CPU has bfloat16 dot products (AVX512_BF16), which MAX bf16 needs."""
+    return "avx512_bf16" in cpu_flags()
+
+
 BACKENDS = {b.name: b for b in (
     Backend(name="max", label="MAX", description="MAX Graph (this project)", color="#e11d48",
             module="maxwhisper.max_backend", cls="MaxTranscriber", package="max",
-            precisions={"cpu": ("fp32", "int8"), "gpu": ("fp32", "fp16")}, batched=True),
+            precisions={"cpu": ("fp32", "int8", "bf16") if has_bf16() else ("fp32", "int8"), "gpu": ("fp32", "fp16")},
+            batched=True),
     Backend(name="openai", label="openai-whisper", description="openai-whisper (PyTorch)", color="#16a34a",
             module="baselines.openai_backend", cls="OpenAITranscriber", package="whisper",
             precisions={"cpu": ("fp32",), "gpu": ("fp32", "fp16")}),

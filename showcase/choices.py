@@ -24,6 +24,13 @@ class Choices:
     def default_device(self) -> str:
         return "gpu" if self.gpu else "cpu"
 
+    @property
+    def precisions(self) -> list[str]:
+        """The Precision choices: MAX's on the CPU (bf16 only where the CPU has AVX512_BF16)."""
+        from maxwhisper.registry import BACKENDS
+
+        return list(BACKENDS["max"].precisions["cpu"])
+
     def device(self, choice: str) -> str:
         """The device a control's choice means: "auto" is the default device."""
         return self.default_device if choice == "auto" else choice

@@ -268,9 +268,9 @@ def test_headline_says_how_many_times_faster_and_whether_tokens_match():
     assert run_headline({"openai": results["openai"]}) == ""
 
 
-def test_int8_run_sets_max_int8_beside_faster_whisper_int8(tmp_path):
-    """The Precision choice int8: MAX and faster-whisper load in int8, openai-whisper (fp32 only) in
-    fp32, and the headline names each one's precision."""
+def _run_in_precision(precision: str, tmp_path):
+    """A comparison of every backend (fakes) run with the Precision choice `precision`: the
+    (backend, precision) each was loaded in, and the comparison."""
     created = []
 
     def create(backend, model, device, precision):
@@ -280,12 +280,35 @@ def test_int8_run_sets_max_int8_beside_faster_whisper_int8(tmp_path):
         return fake
 
     comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), list(BACKENDS), "fake", "cpu", DecodeOptions(),
-                                LocalTranscriptions(create), precision="int8", out_dir=tmp_path)
+                                LocalTranscriptions(create), precision=precision, out_dir=tmp_path)
+    return created, comparison
+
+
+def test_int8_run_sets_max_int8_beside_faster_whisper_int8(tmp_path):
+    """The Precision choice int8: MAX and faster-whisper load in int8, openai-whisper (fp32 only) in
+    fp32, and the headline names each one's precision."""
+    created, comparison = _run_in_precision("int8", tmp_path)
     assert sorted(created) == [("faster", "int8"), ("max", "int8"), ("openai", "fp32")]
     assert comparison.headline.startswith("### On this 1.0 s of audio, MAX Graph int8 took 0.20 s: ")
     assert "openai-whisper (PyTorch) fp32 (0.20 s)" in comparison.headline
     assert "faster-whisper (CTranslate2) int8 (0.20 s)" in comparison.headline
     assert "· int8 ·" in comparison.panels["max"].summary
+
+
+def test_bf16_run_sets_max_bf16_beside_the_fp32_rows(tmp_path):
+    """The Precision choice bf16, offered where the CPU has AVX512_BF16 (MAX's CPU precisions in the
+    registry): MAX loads in bf16, openai-whisper and faster-whisper (no bf16 on the CPU) in fp32.
+    Where the CPU has none, the app offers no bf16 and a bf16 run would load MAX in fp32."""
+    from maxwhisper.registry import has_bf16
+    from showcase.choices import Choices
+
+    assert ("bf16" in Choices([], [], False).precisions) == has_bf16()
+    created, comparison = _run_in_precision("bf16", tmp_path)
+    max_precision = "bf16" if has_bf16() else "fp32"
+    assert sorted(created) == [("faster", "fp32"), ("max", max_precision), ("openai", "fp32")]
+    if has_bf16():
+        assert comparison.headline.startswith("### On this 1.0 s of audio, MAX Graph bf16 took 0.20 s: ")
+        assert "faster-whisper (CTranslate2) fp32 (0.20 s)" in comparison.headline
 
 
 def test_background_work_during_a_run_is_flagged(tmp_path):

@@ -52,8 +52,11 @@ def test_median_or_none_and_ratio():
 # --- implementations -----------------------------------------------------------------------------
 
 def test_implementations_come_from_the_registry():
+    from maxwhisper.registry import has_bf16
+
+    max_cpu = [("max", "fp32"), ("max", "int8")] + ([("max", "bf16")] if has_bf16() else [])  # bf16: AVX512_BF16
     assert IMPLEMENTATIONS == {
-        "cpu": [("max", "fp32"), ("max", "int8"), ("openai", "fp32"), ("faster", "fp32"), ("faster", "int8")],
+        "cpu": [*max_cpu, ("openai", "fp32"), ("faster", "fp32"), ("faster", "int8")],
         "gpu": [("max", "fp32"), ("max", "fp16"), ("openai", "fp32"), ("openai", "fp16"),
                 ("faster", "fp32"), ("faster", "fp16"), ("faster", "int8")],
     }
@@ -360,8 +363,7 @@ def test_quick_end_to_end(tmp_path):
     assert doc["machine"]["cores"] == os.cpu_count() and doc["options"]["threads"] == os.cpu_count()
     assert doc["versions"]["max"] and doc["versions"]["faster-whisper"] and doc["versions"]["openai-whisper"]
     results = doc["results"]
-    assert {(r["backend"], r["precision"]) for r in results} == {("max", "fp32"), ("max", "int8"), ("openai", "fp32"),
-                                                                 ("faster", "fp32"), ("faster", "int8")}
+    assert {(r["backend"], r["precision"]) for r in results} == set(IMPLEMENTATIONS["cpu"])
     for r in results:
         assert r["audio"] == "jfk.flac" and r["device"] == "cpu" and r["audio_s"] == pytest.approx(11.0)
         assert isinstance(r["wer"], float) and 0.0 <= r["wer"] < 0.5

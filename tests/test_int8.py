@@ -24,18 +24,37 @@ def test_int8_plan_runs_every_linear_in_int8(max_tiny_en_int8):
     assert {a.dtype for (kind, _), a in max_tiny_en_int8.net.copies.items() if kind == "int8"} == {np.dtype(np.int8)}
 
 
-def test_int8_wer_on_the_clips_with_references_is_within_half_a_point_of_fp32(max_tiny_en, max_tiny_en_int8):
+def assert_wer_within_tolerance_of_fp32(fp32_model, reduced_model, tolerance_points: float) -> None:
+    """The reduced-precision model's pooled WER on the shared clips with references is at most
+    `tolerance_points` percentage points above the fp32 model's (each transcript says its precision)."""
     clips = [parse_clip(name, audio_dir()) for name in REFERENCES if (audio_dir() / name.split("#")[0]).exists()]
     assert len(clips) >= 3
-    pairs = {"fp32": [], "int8": []}
+    pairs = {"fp32": [], reduced_model.precision: []}
     for clip in clips:
         audio = load_clip(clip)
-        for precision, model in (("fp32", max_tiny_en), ("int8", max_tiny_en_int8)):
+        for precision, model in (("fp32", fp32_model), (reduced_model.precision, reduced_model)):
             result = model.transcribe(audio, DecodeOptions())
             assert result.precision == precision
             pairs[precision].append((REFERENCES[clip.name], result.text))
-    fp32, int8 = pooled_wer(pairs["fp32"]), pooled_wer(pairs["int8"])
-    assert 100 * (int8 - fp32) <= WER_TOLERANCE_POINTS, (pairs["int8"], pairs["fp32"])
+    fp32, reduced = pooled_wer(pairs["fp32"]), pooled_wer(pairs[reduced_model.precision])
+    assert 100 * (reduced - fp32) <= tolerance_points, (pairs[reduced_model.precision], pairs["fp32"])
+
+
+def assert_batched_windows_equal_single_decodes(net, *audios: np.ndarray) -> None:
+    """The windows decoded as one batch give each window's own tokens and log probability."""
+    from maxwhisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram
+    from maxwhisper.decoding import decode
+
+    mels = np.stack([log_mel_spectrogram(a, 80, padding=N_SAMPLES)[:, :N_FRAMES] for a in audios])
+    batch = decode(net, mels, language="en")
+    for mel, together in zip(mels, batch, strict=True):
+        alone = decode(net, mel, language="en")
+        assert together.tokens == alone.tokens and len(alone.tokens) > 10
+        assert together.avg_logprob == pytest.approx(alone.avg_logprob, abs=1e-6)
+
+
+def test_int8_wer_on_the_clips_with_references_is_within_half_a_point_of_fp32(max_tiny_en, max_tiny_en_int8):
+    assert_wer_within_tolerance_of_fp32(max_tiny_en, max_tiny_en_int8, WER_TOLERANCE_POINTS)
 
 
 def test_int8_agrees_with_fp32_on_the_lecture(max_tiny_en, max_tiny_en_int8, lecture_60s_audio):
@@ -50,16 +69,7 @@ def test_int8_batched_windows_equal_their_single_decodes(max_tiny_en_int8, jfk_a
     """In int8 too a row's arithmetic does not depend on the rows beside it: two windows decoded as
     one batch give each window's own tokens (prompt rows quantized one by one, one-token steps and
     the output projection row by row)."""
-    from maxwhisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram
-    from maxwhisper.decoding import decode
-
-    net = max_tiny_en_int8.net
-    mels = np.stack([log_mel_spectrogram(a, 80, padding=N_SAMPLES)[:, :N_FRAMES] for a in (jfk_audio, lecture_60s_audio)])
-    batch = decode(net, mels, language="en")
-    for mel, together in zip(mels, batch, strict=True):
-        alone = decode(net, mel, language="en")
-        assert together.tokens == alone.tokens and len(alone.tokens) > 10
-        assert together.avg_logprob == pytest.approx(alone.avg_logprob, abs=1e-6)
+    assert_batched_windows_equal_single_decodes(max_tiny_en_int8.net, jfk_audio, lecture_60s_audio)
 
 
 def test_int8_beam_search_and_word_timestamps(max_tiny_en_int8, jfk_audio):

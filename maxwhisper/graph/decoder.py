@@ -28,7 +28,7 @@ from max.graph import BufferType, DeviceRef, Graph, TensorType, TensorValue, ops
 from ..checkpoint import ModelDims
 from .layers import (MakeLinear, WeightBank, attend_few_rows, attention, attention_scores_few_rows, dim_value,
                      few_row_attention, few_row_linear, few_row_linear_int8, greedy_choice, kernel_library, layer_norm,
-                     linear_few_rows, merge_heads, packed_linear_int8, split_heads)
+                     linear_few_rows, merge_heads, packed_linear_bf16, packed_linear_int8, split_heads)
 from .plan import ExecutionPlan
 
 OFFSET_TYPE = TensorType(DType.int64, [], device=DeviceRef.CPU())  # the cache's write offset, on the host
@@ -121,8 +121,9 @@ def step_linear(plan: ExecutionPlan) -> MakeLinear:
 def block_linear(plan: ExecutionPlan) -> MakeLinear:
     """The step graph's layer linears. With int8 weights the graph's calls are prompts (the token
     step graph takes every one-token step), tens to hundreds of rows: `packed_linear_int8`'s int8
-    products run them faster than `few_row_linear_int8`'s float32 ones."""
-    return packed_linear_int8 if plan.int8 else step_linear(plan)
+    products run them faster than `few_row_linear_int8`'s float32 ones; with bf16 linears
+    `packed_linear_bf16` runs them (the one-token steps stay float32, over float16-stored weights)."""
+    return packed_linear_int8 if plan.int8 else packed_linear_bf16 if plan.bf16 else step_linear(plan)
 
 
 def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) -> Graph:

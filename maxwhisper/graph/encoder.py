@@ -9,7 +9,8 @@ from max.graph import Graph, TensorType, TensorValue, ops
 
 from ..checkpoint import ModelDims
 from .layers import (MakeEncoderLinear, WeightBank, attention, conv1d, dim_value, encoder_attention, layer_norm,
-                     linear, merge_heads, kernel_library, packed_linear, packed_linear_int8, split_heads)
+                     linear, merge_heads, kernel_library, packed_linear, packed_linear_bf16, packed_linear_int8,
+                     split_heads)
 from .plan import ExecutionPlan
 
 
@@ -44,10 +45,11 @@ def conv_stem(w: WeightBank, mel: TensorValue) -> TensorValue:
 
 
 def encoder_linear(plan: ExecutionPlan) -> MakeEncoderLinear:
-    """`packed_linear` (int8: `packed_linear_int8`) where the plan says so, MAX's matmul elsewhere."""
+    """`packed_linear` (int8: `packed_linear_int8`, bf16: `packed_linear_bf16`) where the plan says
+    so, MAX's matmul elsewhere."""
     if not plan.encoder_linear_kernel:
         return linear
-    return packed_linear_int8 if plan.int8 else packed_linear
+    return packed_linear_int8 if plan.int8 else packed_linear_bf16 if plan.bf16 else packed_linear
 
 
 def extensions(plan: ExecutionPlan) -> list:

@@ -14,7 +14,7 @@ import numpy as np
 from max.dtype import DType
 from max.graph import DeviceRef, TensorType, TensorValue, Weight, ops
 
-from .weights import quantize_int8
+from .weights import bfloat16_bits, quantize_int8
 
 LN_EPS = 1e-5
 PANEL = 16  # columns per panel of `packed_linear` weights (NR in linear.mojo)
@@ -67,6 +67,16 @@ class WeightBank:
                 self._weight(f"{name}.int8_scales", DType.float32, (n,), lambda: self._int8(name)[1]),
                 self._weight(f"{name}.int8_sums", DType.int32, (n,),
                              lambda: self._int8(name)[0].sum(axis=1, dtype=np.int32)))
+
+    def bf16_panels(self, name: str) -> Weight:
+        """The linear weight `name` rounded to bfloat16 for `packed_linear_bf16`: W^T [K, N] as
+        panels [N / 16, K / 2, 16, 2] (each 2 consecutive k of an output side by side, as `vdpbf16ps`
+        takes them), the bfloat16 bits as uint16."""
+        w_t = self.arrays[name] if name.endswith(".weight_t") else self.arrays[name].T
+        k, n = w_t.shape
+        return self._weight(f"{name}.bf16_panels", DType.uint16, (n // PANEL, k // 2, PANEL, 2),
+                            lambda: np.ascontiguousarray(
+                                bfloat16_bits(w_t).reshape(k // 2, 2, n // PANEL, PANEL).transpose(2, 0, 3, 1)))
 
     def int8_rows(self, name: str) -> tuple[Weight, Weight]:
         """The linear weight `name` quantized per output channel (`int8`) for `few_row_linear_int8`:
@@ -220,6 +230,16 @@ def packed_linear_int8(w: WeightBank, prefix: str, gelu: bool = False, tile: tup
     name = f"{prefix}.weight_t" if f"{prefix}.weight_t" in w.arrays else f"{prefix}.weight"  # the decoder's: W
     return _packed_kernel(w, prefix, "packed_linear_int8", list(w.int8_panels(name)),
                           {"gelu": gelu, "tile_rows": tile[0], "tile_panels": tile[1], "emulate": emulate})
+
+
+def packed_linear_bf16(w: WeightBank, prefix: str, gelu: bool = False,
+                       tile: tuple[int, int] = MACHINE_TILE) -> ResidualLinear:
+    """`packed_linear` in bfloat16 (`kernels/linear_bf16.mojo`, AVX512_BF16 only): the weight rounded
+    to bfloat16 at load (`WeightBank.bf16_panels`), x per row in the kernel, float32 sums of the
+    exact products by `vdpbf16ps`."""
+    name = f"{prefix}.weight_t" if f"{prefix}.weight_t" in w.arrays else f"{prefix}.weight"  # the decoder's: W
+    return _packed_kernel(w, prefix, "packed_linear_bf16", [w.bf16_panels(name)],
+                          {"gelu": gelu, "tile_rows": tile[0], "tile_panels": tile[1]})
 
 
 def _packed_kernel(w: WeightBank, prefix: str, op: str, weight: list, parameters: dict) -> ResidualLinear:

@@ -20,6 +20,7 @@ from max.graph import DeviceRef, Graph
 
 from ..api import BackendError
 from ..checkpoint import Checkpoint, ModelDims
+from ..registry import BF16_MISSING, has_bf16
 from .decoder import (build_alignment_graph, build_batch_repeat_graph, build_cache_reorder_graph, build_decoder_graph,
                       build_token_step_graph, cache_shapes)
 from .encoder import build_encoder_graph
@@ -27,7 +28,8 @@ from .layers import WeightBank
 from .plan import ExecutionPlan, make_plan
 from .weights import graph_arrays
 
-DTYPES = {"fp32": DType.float32, "fp16": DType.float16, "int8": DType.float32}  # int8: the weights; activations float32
+# int8: the weights; bf16: the encoder's and the prompts' linears; activations float32 between them
+DTYPES = {"fp32": DType.float32, "fp16": DType.float16, "int8": DType.float32, "bf16": DType.float32}
 # every graph a model may run; the first three are compiled at load, the rest on first use
 GRAPHS = ("encoder", "decoder_step", "token_step", "alignment", "cache_reorder", "batch_repeat")
 
@@ -101,12 +103,14 @@ class MaxWhisper:
 
     def __init__(self, ckpt: Checkpoint, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
                  kernels: bool = True):
-        supported = {"cpu": ("fp32", "int8") if kernels else ("fp32", "fp16"), "gpu": ("fp32", "fp16")}[device]
+        supported = {"cpu": ("fp32", "int8", "bf16") if kernels else ("fp32", "fp16"), "gpu": ("fp32", "fp16")}[device]
         if precision not in supported:
-            described = "fp32, int8 (fp16 only with --no-kernels, to test the GPU's graphs: slow)" if kernels and \
-                device == "cpu" else ", ".join(supported)
-            raise BackendError(f"MAX on {device}{'' if kernels else ' without kernels'} supports precision {described}, "
-                               f"not {precision}")
+            described = "fp32, int8, bf16 (fp16 only with --no-kernels, to test the GPU's graphs: slow)" if kernels \
+                and device == "cpu" else ", ".join(supported)
+            raise BackendError(f"MAX on {device}{'' if kernels else ' without kernels'} supports precision "
+                               f"{described}, not {precision}")
+        if precision == "bf16" and not has_bf16():
+            raise BackendError(BF16_MISSING)
         self.dims: ModelDims = ckpt.dims
         self.is_multilingual, self.num_languages = ckpt.is_multilingual, ckpt.num_languages
         self.alignment_heads = ckpt.alignment_heads  # [k, 2] from config.json; None (a .pt): openai's default
@@ -117,7 +121,7 @@ class MaxWhisper:
         self.arrays = graph_arrays(ckpt.state, ckpt.dims)
         self.copies: dict = {}  # float16 and int8 copies of the weights, made once for every graph
         self.plan = make_plan(WeightBank(self.arrays, self.dtype, self.device_ref, self.copies), self.dims, kernels,
-                              int8=precision == "int8")
+                              int8=precision == "int8", bf16=precision == "bf16")
         if threads not in (None, os.cpu_count()):  # InferenceSession(num_threads=...) aborts in MAX 26.7
             raise BackendError(f"MAX uses all {os.cpu_count()} CPU threads; it cannot be limited to {threads}")
         start = time.perf_counter()

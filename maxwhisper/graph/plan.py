@@ -5,7 +5,9 @@ Two kinds of plan:
 - "cpu-kernels": on the CPU in float32, the Mojo kernels of `graph/kernels/` wherever the
   model's shapes fit them (every published Whisper's do); with `int8`, the linears' weights
   quantized to int8 at load and the int8 kernels (`--precision int8`), and the cross-attention
-  keys and values quantized to int8 as the encoder graph makes them (`cross_int8`);
+  keys and values quantized to int8 as the encoder graph makes them (`cross_int8`); with `bf16`,
+  the encoder's and the prompts' linears in bfloat16 with `vdpbf16ps` (`--precision bf16`,
+  AVX512_BF16 only);
 - "portable": MAX's own ops only, exactly the graphs a GPU runs, runnable on any device (on the
   CPU: `--no-kernels`, how those graphs are tested without a GPU).
 Both pass the KV cache's write offset as a host-resident scalar, as slice bounds must be on a GPU.
@@ -36,6 +38,9 @@ class ExecutionPlan:
     # the cross-attention K/V in int8 with a float32 scale per key and per value (`decoder.cross_layout`):
     # a one-token step reads a quarter of their float32 bytes
     cross_int8: bool = False
+    # the encoder's and the prompts' linears in bfloat16 (`packed_linear_bf16`); one-token steps stay
+    # float32 over float16-stored weights (as many bytes as bfloat16 ones, and exact)
+    bf16: bool = False
 
     @property
     def decoder_chooses(self) -> bool:
@@ -45,24 +50,29 @@ class ExecutionPlan:
     def describe(self) -> str:
         """One line for people: the plan and what it runs."""
         weights = "int8" if self.int8 else "float16-stored"
-        parts = {f"{'int8 ' if self.int8 else ''}encoder linears": self.encoder_linear_kernel,
+        packed = "int8 " if self.int8 else "bf16 " if self.bf16 else ""
+        parts = {f"{packed}encoder linears": self.encoder_linear_kernel,
                  "encoder attention": self.encoder_attention_kernel,
                  "step attention and token choice": self.step_kernels,
                  f"{weights} step linears": self.step_linears_kernel, "one-token step graph": self.token_step}
         kernels = ", ".join(name for name, used in parts.items() if used) or "none"
         device = "cpu" if self.device.is_cpu() else "gpu"
         int8 = f"int8 weights{' and cross K/V' if self.cross_int8 else ''}, " if self.int8 else ""
-        return f"{self.name} ({device}, {int8}{self.dtype.name}); Mojo kernels: {kernels}"
+        reduced = int8 or ("bf16 encoder and prompt linears, " if self.bf16 else "")
+        return f"{self.name} ({device}, {reduced}{self.dtype.name}); Mojo kernels: {kernels}"
 
 
-def make_plan(w: WeightBank, dims: ModelDims, kernels: bool = True, int8: bool = False) -> ExecutionPlan:
+def make_plan(w: WeightBank, dims: ModelDims, kernels: bool = True, int8: bool = False,
+              bf16: bool = False) -> ExecutionPlan:
     """The plan for a model whose weights `w` holds (on w.device, in w.dtype). kernels=False, or any
     device but the CPU, or a dtype but float32, gives the portable plan. int8: the CPU kernels'
-    plan with int8 weights (ValueError where the kernels do not run or the shapes do not fit them)."""
+    plan with int8 weights, bf16: with bfloat16 encoder and prompt linears (ValueError where the
+    kernels do not run or the shapes do not fit them; whether the CPU has AVX512_BF16 is the caller's
+    to check)."""
     cpu_kernels = kernels and w.device.is_cpu() and w.dtype == DType.float32
     if not cpu_kernels:
-        if int8:
-            raise ValueError("int8 weights need the CPU kernels, in float32 on the CPU")
+        if int8 or bf16:
+            raise ValueError(f"{'int8' if int8 else 'bf16'} linears need the CPU kernels, in float32 on the CPU")
         return ExecutionPlan("portable", w.device, w.dtype, False, False, False, False, False)
     d_audio, d_text = dims.n_audio_state, dims.n_text_state
     head_dim = d_text // dims.n_text_head
@@ -71,6 +81,8 @@ def make_plan(w: WeightBank, dims: ModelDims, kernels: bool = True, int8: bool =
     step_linears = step and few_row_linear_fits(d_text) and few_row_linear_fits(4 * d_text)
     if int8 and not (encoder_linear and step_linears and d_audio % 4 == 0 and d_text % 16 == 0):
         raise ValueError(f"int8 weights: the model's widths ({d_audio}, {d_text}) do not fit the int8 kernels")
+    if bf16 and not (encoder_linear and step and packed_linear_fits(d_text) and d_audio % 2 == 0 and d_text % 2 == 0):
+        raise ValueError(f"bf16 linears: the model's widths ({d_audio}, {d_text}) do not fit the bf16 kernel")
     # float16-stored linears compute the float32 products exactly only when every decoder weight is
     # a float16 number (true of Whisper's published checkpoints)
     step_linears = step_linears and (int8 or w.float16_exact("decoder."))
@@ -84,4 +96,5 @@ def make_plan(w: WeightBank, dims: ModelDims, kernels: bool = True, int8: bool =
         token_step=token_step,
         int8=int8,
         cross_int8=int8 and token_step and head_dim % 16 == 0,  # `attend_int8`'s 16 lanes
+        bf16=bf16,
     )

@@ -67,7 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def config_of(args: argparse.Namespace, device: str):
     """The ServiceConfig the arguments ask for, checked before anything starts."""
     from ..checkpoint import installed_models
-    from ..registry import BACKENDS, available_backends
+    from ..registry import BACKENDS, BF16_MISSING, available_backends, has_bf16
     from .deployments import ServiceConfig
 
     backends = tuple(dict.fromkeys(b.strip() for b in args.backend.split(",") if b.strip()))
@@ -85,6 +85,8 @@ def config_of(args: argparse.Namespace, device: str):
         raise MaxWhisperError(f"model(s) {', '.join(absent) or '(none given)'} not installed; installed: "
                               f"{', '.join(installed) or 'none'} (`python -m maxwhisper models` says how to add one)")
     for b in backends:
+        if b == "max" and args.precision == "bf16" and device != "gpu" and not has_bf16():
+            raise MaxWhisperError(BF16_MISSING)
         if args.precision not in BACKENDS[b].precisions.get("gpu" if device == "gpu" else "cpu", ()):
             raise MaxWhisperError(f"backend {b} has no precision {args.precision} on {device}")
     return ServiceConfig(backends=backends, models=models, device=device, precision=args.precision,

@@ -65,9 +65,11 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
                 device = gr.Radio(["auto", "cpu", "gpu"] if choices.gpu else ["auto", "cpu"], value="auto",
                                   label="Device", info=f"auto = {choices.default_device}" + (
                                       "" if choices.gpu else "; GPU disabled: MAX sees no GPU on this machine"))
-                precision = gr.Radio(["fp32", "int8"], value="fp32", label="Precision",
+                precision = gr.Radio(choices.precisions, value="fp32", label="Precision",
                                      info="int8: MAX and faster-whisper with int8 weights on the CPU (MAX int8 "
-                                          "against faster-whisper int8); openai-whisper stays fp32")
+                                          "against faster-whisper int8); openai-whisper stays fp32"
+                                          + ("; bf16 (CPUs with AVX512_BF16): MAX's encoder and prompt linears in "
+                                             "bfloat16, the others in fp32" if "bf16" in choices.precisions else ""))
                 language = gr.Dropdown([("auto (detect; English for .en models)", "auto")] +
                                        [(f"{name} ({code})", code) for code, name in LANGUAGES.items()],
                                        value="auto", label="Language")
