@@ -5,6 +5,7 @@ its countdown's repetition loop never committed)."""
 from __future__ import annotations
 
 import dataclasses
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,8 @@ import pytest
 
 from maxwhisper.api import SAMPLE_RATE, DecodeOptions, Segment, Word
 from maxwhisper.decoding import compression_ratio
-from maxwhisper.streaming import LocalAgreement, Streamer, StreamReport, StreamWord, fails_offline_rules, stream_audio
+from maxwhisper.streaming import (BUDGET, SETTLE_S, STEP_S, LocalAgreement, Streamer, StreamReport, StreamWord,
+                                  fails_offline_rules, stream_audio)
 from scripted import ScriptedTranscriber
 
 LECTURE = Path(__file__).resolve().parents[1].parent / "shared" / "audio" / "physicsworks.flac"
@@ -68,13 +70,61 @@ def test_a_word_whose_time_moved_earlier_is_still_committed():
     assert texts(policy.committed) == "ask not what your"
 
 
+def test_agreement_counts_only_for_words_the_later_hypothesis_heard_settle_s_after():
+    policy = LocalAgreement()
+    policy.update(words("ask not what"), heard_until=1.6)
+    # "what" ends at 1.5 s, less than SETTLE_S before the end of what the later hypothesis heard
+    assert texts(policy.update(words("ask not what"), heard_until=1.5 + SETTLE_S / 2)) == "ask not"
+    assert texts(policy.update(words("ask not what your"), heard_until=2.0)) == "what"
+
+
+def test_a_committed_word_heard_again_with_moved_times_is_not_committed_twice():
+    policy = LocalAgreement()
+    policy.update(words("ask not what"))
+    assert texts(policy.update(words("ask not what"))) == "ask not what"  # "what" ends at 1.5 s
+    # heard again as a longer word ending a little later and starting over 1 s before that end
+    again = [StreamWord(0.2, 1.55, " what"), *words("your country", start=1.55)]
+    assert texts(policy.update(again)) == ""
+    assert texts(policy.update(again)) == "your country"
+    # the end of a committed word heard as another word ("my" -> "am I"): not a new word
+    policy = LocalAgreement()
+    policy.update(words("so my"))
+    assert texts(policy.update(words("so my fellow"))) == "so my"  # "my" ends at 1.0 s
+    am_i = [StreamWord(0.5, 0.9, " am"), StreamWord(0.9, 1.05, " I"), *words("fellow Americans", start=1.05)]
+    assert texts(policy.update(am_i)) == "fellow"
+    assert texts(policy.committed) == "so my fellow"
+
+
+def test_a_cheap_update_hears_each_chunk_in_two_steps_and_commits_sooner():
+    audio = np.arange(10 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
+    script = " ".join(f"w{i}" for i in range(20))
+    cheap, costly = Slow(script, 0.2), Slow(script, 0.4)
+    fast, slow = stream_audio(cheap, audio), stream_audio(costly, audio)
+    assert fast.text == slow.text == script
+    # 2 x 0.2 s fits in BUDGET of a 1 s chunk: after the first chunk (no cost known yet), each is
+    # heard up to its middle, then whole; 0.4 s does not fit twice
+    assert fast.updates == 1 + 2 * 9 and slow.updates == 10
+    assert [n for n, _ in cheap.calls[:5]] == [1.0, 1.5, 2.0, 2.5, 3.0]
+    assert fast.compute_share == pytest.approx(0.2 * 19 / 10) and fast.compute_share <= BUDGET
+    assert statistics.median(fast.latencies) < statistics.median(slow.latencies)
+
+
+def test_the_steps_fit_the_budget_and_keep_step_s_of_audio_apart():
+    streamer = Streamer(ScriptedTranscriber(""))
+    assert streamer.steps(1.0) == 1  # no update yet: its cost is unknown
+    for cost, new_s, steps in [(0.2, 1.0, 2), (0.35, 1.0, 1), (0.1, 1.0, 2), (0.1, 3.0, 6), (0.5, 0.3, 1)]:
+        streamer.last_compute_s = cost
+        assert streamer.steps(new_s) == steps
+        assert steps == 1 or (steps * cost <= BUDGET * new_s and new_s / steps >= STEP_S)
+
+
 def test_the_stream_commits_the_script_in_order_with_prompts_and_trimming():
     script = " ".join(f"w{i}" for i in range(80))  # 40 s of "speech"
     audio = np.arange(40 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE  # each sample holds its own time
     model = ScriptedTranscriber(script)
     report = stream_audio(model, audio, chunk_s=1.0)
     assert report.text == script
-    assert report.updates == 40 and report.audio_s == 40.0 and report.compute_share == pytest.approx(0.25)
+    assert report.updates == 40 and report.audio_s == 40.0 and report.compute_share == pytest.approx(0.4)
     assert all(lat >= 0 for lat in report.latencies)
     assert report.commit_times == sorted(report.commit_times)
     assert max(n for n, _ in model.calls) < 30  # the buffer was trimmed
@@ -325,11 +375,11 @@ def test_stream_command_reports_the_median_and_p90_of_the_commit_latency(tmp_pat
     report = stream_audio(ScriptedTranscriber(script), audio, chunk_s=1.0)
     lat = sorted(report.latencies)
     assert len(lat) == 24 and report.latency_quantile(0.9) == lat[21]
-    assert report.behind == [0.0] * 12  # each update (0.25 s) ends before the next chunk arrives
+    assert report.behind == [0.0] * 12  # each update (0.4 s) ends before the next chunk arrives
     assert (f"{path}: 12.0 s in {report.updates} updates; commit latency median {(lat[11] + lat[12]) / 2:.2f} s, "
             f"p90 {lat[21]:.2f} s; behind the stream median 0.00 s, max 0.00 s (audio not yet transcribed as an "
             f"update ends); compute {report.compute_share:.2f} s per audio second\n") in err
-    assert "(committed at   2.25 s,  0.0 s behind) w0 w1\n" in out
+    assert "(committed at   2.40 s,  0.0 s behind) w0 w1\n" in out
     assert out.strip().splitlines()[-1] == script
     silent = ScriptedTranscriber("")
     monkeypatch.setattr(cli, "load_transcriber", lambda args, backend, kernels=None: silent)

@@ -127,13 +127,13 @@ class LiveSession:
                     last = self._stopped
                 if len(audio):
                     with self._lock:
-                        update = streamer.push(audio)
-                    self.compute_s += update.compute_s
-                    self.updates += 1
+                        for update in streamer.feed(audio):  # committed as each step ends
+                            self.compute_s += update.compute_s
+                            self.updates += 1
+                            self._commit(update.committed)
+                            self.tentative = update.tentative
                     with self._cond:
                         self.transcribed_s += len(audio) / SAMPLE_RATE
-                    self._commit(update.committed)
-                    self.tentative = update.tentative
                 if last:
                     self._commit(streamer.finish().committed)
                     self.tentative = []
