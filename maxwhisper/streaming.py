@@ -11,8 +11,8 @@ LocalAgreement-2 (Macháček et al. 2023, ufal/whisper_streaming) commits the wo
 consecutive hypotheses agree, the later of them having heard SETTLE_S of audio after the word;
 committed text never changes, the tentative tail may. Updates are paced to the computing they take
 (`Streamer.feed`): where two updates at the last one's cost take at most BUDGET of the new audio's
-duration, the new audio is heard in two steps (a hypothesis over its first half, then one over all
-of it), so that a cheaper model gets more hypotheses, closer together, and commits sooner. A hypothesis
+duration, the new audio is heard in two steps (a hypothesis over all but its last STEP_S, then one
+over all of it), so that a cheaper model gets more hypotheses, closer together, and commits sooner. A hypothesis
 segment that fails the offline loop's rules (after its temperature fallback: too compressible, as a
 repetition loop is, or too improbable) is not part of the hypothesis, nor is what follows it: its
 words wait for more audio. Once the buffer is longer than `trim_s`, it is cut at the end of the
@@ -37,7 +37,7 @@ FORCED_CUT_S = 25.0  # a buffer this long is cut even where nothing in it is com
 KEEP_S = 5.0  # the audio a forced cut leaves in the buffer
 SETTLE_S = 0.3  # audio the later of two agreeing hypotheses must have heard after a word
 BUDGET = 0.6  # the share of the new audio's duration that `Streamer.feed`'s hypotheses may take
-STEP_S = 0.5  # the least new audio between two hypotheses of `Streamer.feed`
+STEP_S = 0.5  # the new audio that the second of `Streamer.feed`'s two hypotheses hears beyond the first
 LOOP_WORDS = 40  # committed words in a row over which `StreamReport.loop_ratio` looks for a loop
 
 
@@ -150,21 +150,21 @@ class Streamer:
         return self._update(len(self.buffer))
 
     def feed(self, samples: np.ndarray) -> Iterator[StreamUpdate]:
-        """The new `samples` heard in `steps` hypotheses (each over the buffer up to a further part of
-        them, the last over all of it), each update yielded as it ends."""
+        """The new `samples` heard in one hypothesis, or in two when `two_steps`: over the buffer up
+        to STEP_S before their end, then over all of it; each update yielded as it ends."""
         samples = np.asarray(samples, np.float32)
-        n = self.steps(len(samples) / SAMPLE_RATE)
+        two = self.two_steps(len(samples) / SAMPLE_RATE)
         self.buffer = np.concatenate([self.buffer, samples])
-        for k in range(n - 1, -1, -1):
-            yield self._update(len(self.buffer) - round(k * len(samples) / n))
+        if two:
+            yield self._update(len(self.buffer) - round(STEP_S * SAMPLE_RATE))
+        yield self._update(len(self.buffer))
 
-    def steps(self, new_s: float) -> int:
-        """How many hypotheses `new_s` seconds of new audio get: as many as fit in BUDGET of its
-        duration at the last update's cost, at least STEP_S of audio apart; one before any update."""
-        if self.last_compute_s is None:
-            return 1
-        affordable = BUDGET * new_s / max(self.last_compute_s, 1e-6)
-        return max(1, min(int(affordable), int(new_s / STEP_S + 1e-9)))
+    def two_steps(self, new_s: float) -> bool:
+        """Whether `new_s` seconds of new audio are heard in two steps: at least 2 x STEP_S of them,
+        and two updates at the last update's cost within BUDGET of their duration (never before the
+        first update, whose cost is not known)."""
+        return (self.last_compute_s is not None and new_s >= 2 * STEP_S - 1e-9
+                and 2 * self.last_compute_s <= BUDGET * new_s)
 
     def _update(self, heard: int) -> StreamUpdate:
         """A hypothesis over buffer[:heard], then the agreement and the trim."""

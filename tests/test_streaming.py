@@ -109,13 +109,18 @@ def test_a_cheap_update_hears_each_chunk_in_two_steps_and_commits_sooner():
     assert statistics.median(fast.latencies) < statistics.median(slow.latencies)
 
 
-def test_the_steps_fit_the_budget_and_keep_step_s_of_audio_apart():
+def test_two_steps_where_two_updates_fit_the_budget_and_the_second_hears_step_s_more():
     streamer = Streamer(ScriptedTranscriber(""))
-    assert streamer.steps(1.0) == 1  # no update yet: its cost is unknown
-    for cost, new_s, steps in [(0.2, 1.0, 2), (0.35, 1.0, 1), (0.1, 1.0, 2), (0.1, 3.0, 6), (0.5, 0.3, 1)]:
+    assert not streamer.two_steps(1.0)  # no update yet: its cost is unknown
+    for cost, new_s, two in [(0.2, 1.0, True), (0.35, 1.0, False), (0.1, 0.9, False), (0.1, 10.0, True)]:
         streamer.last_compute_s = cost
-        assert streamer.steps(new_s) == steps
-        assert steps == 1 or (steps * cost <= BUDGET * new_s and new_s / steps >= STEP_S)
+        assert streamer.two_steps(new_s) == two
+    heard = ScriptedTranscriber("")
+    streamer = Streamer(heard)
+    streamer.push(np.zeros(SAMPLE_RATE, np.float32))
+    streamer.last_compute_s = 0.1
+    assert len(list(streamer.feed(np.zeros(10 * SAMPLE_RATE, np.float32)))) == 2  # a backlog: still two
+    assert [n for n, _ in heard.calls] == [1.0, 11.0 - STEP_S, 11.0]
 
 
 def test_the_stream_commits_the_script_in_order_with_prompts_and_trimming():
