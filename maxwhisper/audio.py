@@ -275,15 +275,19 @@ def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, padding: int = 0) -
     1e-10, floored at 8 below the maximum, scaled to (x + 4) / 4. Computed in float32 like torch.
     """
     audio = np.asarray(audio, dtype=np.float32)
+    n_audio = len(audio)
     if padding > 0:
         audio = np.pad(audio, (0, padding))
     padded = np.pad(audio, N_FFT // 2, mode="reflect")
     frames = sliding_window_view(padded, N_FFT)[::HOP_LENGTH][:-1]  # [n_frames, N_FFT], a view
     filters, window = mel_filters(n_mels), _hann_window()
-    mel_spec = np.empty((n_mels, len(frames)), np.float32)
+    mel_spec = np.zeros((n_mels, len(frames)), np.float32)
+    # chunks of frames wholly in the appended zeros (centred half a window past the audio, the
+    # reflection at the end all zeros too) have no power: left at zero, as computing them would give
+    heard = len(frames) if padding < N_FFT // 2 else min(len(frames), -(-(n_audio + N_FFT // 2) // HOP_LENGTH))
     # FRAMES_PER_CHUNK frames at a time: the temporaries stay in cache instead of being hundreds
     # of MB of fresh memory for long audio, slow to fault in on a VM (docs/design.md, Front end)
-    for start in range(0, len(frames), FRAMES_PER_CHUNK):
+    for start in range(0, heard, FRAMES_PER_CHUNK):
         stft = np.fft.rfft(frames[start:start + FRAMES_PER_CHUNK] * window, axis=-1)  # complex64
         mel_spec[:, start:start + FRAMES_PER_CHUNK] = filters @ (stft.real**2 + stft.imag**2).T
     log_spec = np.log10(np.maximum(mel_spec, 1e-10))

@@ -93,6 +93,15 @@ def test_log_mel_matches_whisper(jfk, n_mels, padding):
     assert np.abs(ours - expected).max() < 1e-4
 
 
+@pytest.mark.parametrize("seconds", [0.01, 9.98, 10.0, 10.02, 12.0])
+def test_log_mel_with_padding_equals_the_audio_with_its_zeros_appended(seconds):
+    # (the chunks of frames wholly in the padding are not computed: they must come out the same)
+    audio = np.random.default_rng(0).standard_normal(round(seconds * 16000)).astype(np.float32) * 0.1
+    padded = log_mel_spectrogram(audio, padding=N_SAMPLES)
+    assert np.array_equal(padded, log_mel_spectrogram(np.pad(audio, (0, N_SAMPLES))))
+    assert np.all(padded[:, -1000:] == padded.min())  # the last 10 s: silence, at the floor
+
+
 def test_log_mel_of_long_audio_matches_whisper():
     import torch
     import whisper
