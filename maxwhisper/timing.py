@@ -29,14 +29,25 @@ def default_alignment_heads(n_text_layer: int, n_text_head: int) -> np.ndarray:
 
 
 def median_filter(x: np.ndarray, filter_width: int) -> np.ndarray:
-    """Median over a window of `filter_width` (odd) along the last axis, reflect-padded."""
+    """Median over a window of `filter_width` (odd) along the last axis, reflect-padded. The window's
+    values sorted by an odd-even transposition network of elementwise minima and maxima (NaN taken
+    as the largest, as a sort puts it last), the middle one kept."""
     pad_width = filter_width // 2
     if x.shape[-1] <= pad_width:  # too short to reflect
         return x
     assert filter_width > 0 and filter_width % 2 == 1, "`filter_width` should be an odd number"
     x = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad_width, pad_width)], mode="reflect")
-    windows = np.lib.stride_tricks.sliding_window_view(x, filter_width, axis=-1)
-    return np.partition(windows, pad_width, axis=-1)[..., pad_width]
+    nan = np.isnan(x)
+    has_nan = bool(nan.any())
+    if has_nan:
+        x = np.where(nan, np.inf, x).astype(x.dtype, copy=False)
+    n = x.shape[-1] - 2 * pad_width
+    values = [x[..., i:i + n] for i in range(filter_width)]
+    for round_ in range(filter_width):
+        for i in range(round_ % 2, filter_width - 1, 2):
+            values[i], values[i + 1] = np.minimum(values[i], values[i + 1]), np.maximum(values[i], values[i + 1])
+    median = values[pad_width]
+    return np.where(np.isposinf(median), np.nan, median).astype(x.dtype, copy=False) if has_nan else median
 
 
 def backtrace(trace: np.ndarray) -> np.ndarray:

@@ -92,6 +92,9 @@ def test_median_filter_equals_whisper():
     x = np.random.default_rng(0).standard_normal((6, 25, 550)).astype(np.float32)
     np.testing.assert_array_equal(median_filter(x, 7), whisper_median_filter(torch.from_numpy(x), 7).numpy())
     np.testing.assert_array_equal(median_filter(x[..., :3], 7), x[..., :3])  # too short: unchanged
+    x[0, :, 5], x[1, 3, :], x[2, 4, 10:13] = np.nan, np.nan, np.nan  # frames no token attends to
+    np.testing.assert_array_equal(median_filter(x, 7), whisper_median_filter(torch.from_numpy(x), 7).numpy())
+    assert median_filter(x, 7).dtype == np.float32
 
 
 def test_default_alignment_heads_are_whisper_s():
