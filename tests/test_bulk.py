@@ -159,6 +159,33 @@ def test_a_worker_starts_before_its_model_loads_and_its_first_call_waits_for_the
     assert row["fatal"] and row["error"] == "unknown backend 'nope'"  # the driver stops the job with it
 
 
+# --- the workers' CPUs and threads ------------------------------------------------------------
+
+def test_workers_are_sized_on_the_cpus_that_a_job_just_ended_lets_go(ray_local):
+    """Ray frees a finished job's actors' CPUs a moment after it ends: the next job's workers wait
+    for them (sized on that moment they got a third of the machine), but not for CPUs held on."""
+    import threading
+
+    from maxwhisper.bulk.job import READ_CPUS, _worker_resources
+
+    @ray_local.remote(num_cpus=1)
+    class Holder:
+        def ready(self):
+            return True
+
+    free = ray_local.available_resources()["CPU"]
+    ending = Holder.remote()
+    assert ray_local.get(ending.ready.remote())
+    threading.Timer(0.5, ray_local.kill, args=(ending,)).start()
+    assert _worker_resources("cpu", 1) == (free - READ_CPUS, 0.0)
+    staying = Holder.remote()
+    assert ray_local.get(staying.ready.remote())
+    try:
+        assert _worker_resources("cpu", 2) == ((free - 1 - READ_CPUS) / 2, 0.0)
+    finally:
+        ray_local.kill(staying)
+
+
 # --- a job on the session's Ray instance -----------------------------------------------------
 
 @pytest.fixture(scope="module")

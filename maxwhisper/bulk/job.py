@@ -22,6 +22,7 @@ from .table import RESULTS, ResultsTable, is_done, remove_partial_files
 from .worker import JobSettings, Transcribe, read_audio
 
 READ_CPUS = 0.25  # a read task's CPU request: decoding a file is short beside transcribing it
+SETTLE_S = 3.0  # how long a job waits for CPUs that a job just ended still holds
 WORKER_START_S = 1800  # placing and starting the workers (a cluster may add nodes); their models load after
 
 
@@ -182,6 +183,19 @@ def _pipeline(files: list[InputFile], settings: JobSettings, workers: int):
     return dataset
 
 
+def _settled_free_cpus(total: float) -> float:
+    """The cluster's free CPUs once the actors of a job that just ended have let theirs go (Ray
+    frees them a moment after the job; sized on that moment, a job's workers got a third of the
+    machine and their BLAS one thread). Waits up to SETTLE_S for all of `total`, then takes what is
+    free: on a busy cluster, the CPUs that others hold stay theirs."""
+    import ray
+
+    deadline = time.perf_counter() + SETTLE_S
+    while (free := ray.available_resources().get("CPU", 0)) < total and time.perf_counter() < deadline:
+        time.sleep(0.1)
+    return free
+
+
 def _worker_resources(device: str, workers: int) -> tuple[float, float]:
     """CPUs and GPUs each worker asks Ray for: a node's free CPUs, less a read task's, shared by the
     workers it will hold (so a node keeps room for reading: Ray Data deadlocks otherwise), and a GPU
@@ -191,7 +205,7 @@ def _worker_resources(device: str, workers: int) -> tuple[float, float]:
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
     if not nodes:
         raise MaxWhisperError("the Ray cluster has no node with CPUs")
-    free = min(min(n["CPU"] for n in nodes), ray.available_resources().get("CPU", 0) / len(nodes))
+    free = min(min(n["CPU"] for n in nodes), _settled_free_cpus(sum(n["CPU"] for n in nodes)) / len(nodes))
     cpus = max((free - READ_CPUS) / math.ceil(workers / len(nodes)), 0.1)
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0
     if device == "gpu" and not has_gpus:
