@@ -58,7 +58,7 @@ def transcribe_many(inputs: str | os.PathLike | Sequence[str | os.PathLike], out
     Runs on a local Ray instance started for the job (or the one this process already has), or on
     the cluster at `address` (every node must see `output` and the inputs at the same paths, and
     have this package installed). `workers` actors each load the model once; `threads` per worker
-    (faster and openai backends; MAX uses all cores). `options` and keyword `changes` are
+    (default: a node's cores shared by the workers it holds). `options` and keyword `changes` are
     DecodeOptions' fields (`batch_size=8`: batched long-form). A file that fails is a row with
     status "error"; a rerun into the same `output` skips the files done with the same settings.
     `progress=True` reports on stderr. Raises MaxWhisperError for bad arguments, and for a model
@@ -163,8 +163,8 @@ def _pipeline(files: list[InputFile], settings: JobSettings, workers: int):
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notices (progress bars off, execution done)
     cpus, gpus = _worker_resources(settings.device, workers)
     threads = settings.threads or max(1, math.floor(cpus + READ_CPUS))
-    if settings.backend != "max":  # MAX uses every core: it cannot be limited
-        settings = dataclasses.replace(settings, threads=threads)
+    # every backend's threads per worker: two workers on a node, each on every core, would fight over them
+    settings = dataclasses.replace(settings, threads=threads)
     items = [{"path": f.path, "name": f.name, "output": f.relative} for f in files]
     dataset = (ray.data.from_items(items, override_num_blocks=len(items))  # a block per file: a task each
                .map(read_audio, fn_kwargs={"max_seconds": settings.max_seconds}, num_cpus=READ_CPUS)
