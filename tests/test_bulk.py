@@ -189,6 +189,9 @@ def test_max_runs_on_the_threads_asked_for_and_they_may_run_on_every_core():
     assert one["threads"] == every["threads"] - (len(os.sched_getaffinity(0)) - 1)  # a pool of 1 thread, not all
     assert all(cores == sorted(os.sched_getaffinity(0)) for cores in one["cores"])  # none pinned to one core
     assert "already runs on 1 CPU threads in this process; it cannot change to 2" in one["again"]
+    cores = len(os.sched_getaffinity(0))
+    more = run(str(cores + 2))  # more threads than cores: every core, and asking more again is the same
+    assert more["threads"] == every["threads"] and "again" not in more
 
 
 def test_workers_are_sized_on_the_cpus_that_a_job_just_ended_lets_go(ray_local):

@@ -95,13 +95,13 @@ def cpu_device(threads: int | None = None) -> driver.CPU:
     affinity is narrowed while it is made and widened back for every thread after: the pool has
     `threads` threads that run on any core. Once per process: a later different count is an error."""
     allowed = os.sched_getaffinity(0)
-    wanted = len(allowed) if threads is None else threads
+    wanted = len(allowed) if threads is None else min(threads, len(allowed))  # more threads than cores: every core
     if _cpu_threads:
         if threads is not None and wanted != _cpu_threads[0]:
             raise BackendError(f"MAX already runs on {_cpu_threads[0]} CPU threads in this process; "
                                f"it cannot change to {threads}")
         return driver.CPU()
-    if wanted >= len(allowed):
+    if wanted == len(allowed):
         device = driver.CPU()
     else:
         os.sched_setaffinity(0, sorted(allowed)[:wanted])
@@ -110,7 +110,7 @@ def cpu_device(threads: int | None = None) -> driver.CPU:
         finally:
             for thread in os.listdir("/proc/self/task"):
                 os.sched_setaffinity(int(thread), allowed)
-    _cpu_threads.append(min(wanted, len(allowed)))
+    _cpu_threads.append(wanted)
     return device
 
 
