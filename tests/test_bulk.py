@@ -159,6 +159,66 @@ def test_a_worker_starts_before_its_model_loads_and_its_first_call_waits_for_the
     assert row["fatal"] and row["error"] == "unknown backend 'nope'"  # the driver stops the job with it
 
 
+# --- the workers' CPUs and threads ------------------------------------------------------------
+
+MAX_THREADS = """
+import json, os, sys
+from maxwhisper.graph.model import cpu_device
+from max.engine import InferenceSession
+threads = int(sys.argv[1]) if len(sys.argv) > 1 else None
+InferenceSession(devices=[cpu_device(threads)])
+counts = {"threads": len(os.listdir("/proc/self/task")), "cores": [sorted(os.sched_getaffinity(int(t)))
+          for t in os.listdir("/proc/self/task")]}
+try:
+    cpu_device(threads + 1 if threads else 1)
+except Exception as e:
+    counts["again"] = str(e)
+print(json.dumps(counts))
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: no fewer threads to ask MAX for")
+def test_max_runs_on_the_threads_asked_for_and_they_may_run_on_every_core():
+    def run(*args):
+        p = subprocess.run([sys.executable, "-c", MAX_THREADS, *args], cwd=ROOT, capture_output=True, text=True,
+                           timeout=300, env={**os.environ, "MODULAR_TELEMETRY_ENABLED": "0"})
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout.strip().splitlines()[-1])
+
+    every, one = run(), run("1")
+    assert one["threads"] == every["threads"] - (len(os.sched_getaffinity(0)) - 1)  # a pool of 1 thread, not all
+    assert all(cores == sorted(os.sched_getaffinity(0)) for cores in one["cores"])  # none pinned to one core
+    assert "already runs on 1 CPU threads in this process; it cannot change to 2" in one["again"]
+    cores = len(os.sched_getaffinity(0))
+    more = run(str(cores + 2))  # more threads than cores: every core, and asking more again is the same
+    assert more["threads"] == every["threads"] and "again" not in more
+
+
+def test_workers_are_sized_on_the_cpus_that_a_job_just_ended_lets_go(ray_local):
+    """Ray frees a finished job's actors' CPUs a moment after it ends: the next job's workers wait
+    for them (sized on that moment they got a third of the machine), but not for CPUs held on."""
+    import threading
+
+    from maxwhisper.bulk.job import READ_CPUS, _worker_resources
+
+    @ray_local.remote(num_cpus=1)
+    class Holder:
+        def ready(self):
+            return True
+
+    free = ray_local.available_resources()["CPU"]
+    ending = Holder.remote()
+    assert ray_local.get(ending.ready.remote())
+    threading.Timer(0.5, ray_local.kill, args=(ending,)).start()
+    assert _worker_resources("cpu", 1) == (free - READ_CPUS, 0.0)
+    staying = Holder.remote()
+    assert ray_local.get(staying.ready.remote())
+    try:
+        assert _worker_resources("cpu", 2) == ((free - 1 - READ_CPUS) / 2, 0.0)
+    finally:
+        ray_local.kill(staying)
+
+
 # --- a job on the session's Ray instance -----------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,13 @@ def service(ray_local):
                            cpus_per_replica=0.5, max_seconds=60.0, max_upload_mb=2.0, request_timeout_s=300.0,
                            ui=True)
     serve.run(application(config), name=APP_NAME, route_prefix="/")
-    yield f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}"
+    # as `serve` does before it says ready: the ingress learns that the replicas are up from Serve's
+    # status, read once a second, so for a moment after serve.run it still answers 503
+    deadline = time.monotonic() + 120
+    while httpx.get(f"{url}/health", timeout=TIMEOUT).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    yield url
     serve.shutdown()
 
 

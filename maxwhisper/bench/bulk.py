@@ -116,7 +116,7 @@ def main_bulk(args, impls: list[tuple[str, str]], model: str, decode_dict: dict,
             for batch in args.batch_sizes:
                 options = dataclasses.replace(base, batch_size=batch)
                 spec = {"kind": "bulk_reference", "backend": backend, "model": model, "device": "cpu",
-                        "precision": precision, "threads": None if backend == "max" else cores,
+                        "precision": precision, "threads": cores,
                         "files": [str(f) for f in files], "options": dataclasses.asdict(options)}
                 reference = run_worker(spec, args.timeout)
                 if reference.get("ok"):

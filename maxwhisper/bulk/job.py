@@ -22,6 +22,7 @@ from .table import RESULTS, ResultsTable, is_done, remove_partial_files
 from .worker import JobSettings, Transcribe, read_audio
 
 READ_CPUS = 0.25  # a read task's CPU request: decoding a file is short beside transcribing it
+SETTLE_S = 3.0  # how long a job waits for CPUs that a job just ended still holds
 WORKER_START_S = 1800  # placing and starting the workers (a cluster may add nodes); their models load after
 
 
@@ -57,7 +58,7 @@ def transcribe_many(inputs: str | os.PathLike | Sequence[str | os.PathLike], out
     Runs on a local Ray instance started for the job (or the one this process already has), or on
     the cluster at `address` (every node must see `output` and the inputs at the same paths, and
     have this package installed). `workers` actors each load the model once; `threads` per worker
-    (faster and openai backends; MAX uses all cores). `options` and keyword `changes` are
+    (default: a node's cores shared by the workers it holds). `options` and keyword `changes` are
     DecodeOptions' fields (`batch_size=8`: batched long-form). A file that fails is a row with
     status "error"; a rerun into the same `output` skips the files done with the same settings.
     `progress=True` reports on stderr. Raises MaxWhisperError for bad arguments, and for a model
@@ -162,8 +163,8 @@ def _pipeline(files: list[InputFile], settings: JobSettings, workers: int):
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notices (progress bars off, execution done)
     cpus, gpus = _worker_resources(settings.device, workers)
     threads = settings.threads or max(1, math.floor(cpus + READ_CPUS))
-    if settings.backend != "max":  # MAX uses every core: it cannot be limited
-        settings = dataclasses.replace(settings, threads=threads)
+    # every backend's threads per worker: two workers on a node, each on every core, would fight over them
+    settings = dataclasses.replace(settings, threads=threads)
     items = [{"path": f.path, "name": f.name, "output": f.relative} for f in files]
     dataset = (ray.data.from_items(items, override_num_blocks=len(items))  # a block per file: a task each
                .map(read_audio, fn_kwargs={"max_seconds": settings.max_seconds}, num_cpus=READ_CPUS)
@@ -182,6 +183,19 @@ def _pipeline(files: list[InputFile], settings: JobSettings, workers: int):
     return dataset
 
 
+def _settled_free_cpus(total: float) -> float:
+    """The cluster's free CPUs once the actors of a job that just ended have let theirs go (Ray
+    frees them a moment after the job; sized on that moment, a job's workers got a third of the
+    machine and their BLAS one thread). Waits up to SETTLE_S for all of `total`, then takes what is
+    free: on a busy cluster, the CPUs that others hold stay theirs."""
+    import ray
+
+    deadline = time.perf_counter() + SETTLE_S
+    while (free := ray.available_resources().get("CPU", 0)) < total and time.perf_counter() < deadline:
+        time.sleep(0.1)
+    return free
+
+
 def _worker_resources(device: str, workers: int) -> tuple[float, float]:
     """CPUs and GPUs each worker asks Ray for: a node's free CPUs, less a read task's, shared by the
     workers it will hold (so a node keeps room for reading: Ray Data deadlocks otherwise), and a GPU
@@ -191,7 +205,7 @@ def _worker_resources(device: str, workers: int) -> tuple[float, float]:
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
     if not nodes:
         raise MaxWhisperError("the Ray cluster has no node with CPUs")
-    free = min(min(n["CPU"] for n in nodes), ray.available_resources().get("CPU", 0) / len(nodes))
+    free = min(min(n["CPU"] for n in nodes), _settled_free_cpus(sum(n["CPU"] for n in nodes)) / len(nodes))
     cpus = max((free - READ_CPUS) / math.ceil(workers / len(nodes)), 0.1)
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0
     if device == "gpu" and not has_gpus:

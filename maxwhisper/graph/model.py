@@ -85,6 +85,35 @@ def resolve_device(device: str) -> tuple[str, str | None]:
     return device, None
 
 
+_cpu_threads: list[int] = []  # the CPU threads MAX runs on in this process, once its CPU device exists
+
+
+def cpu_device(threads: int | None = None) -> driver.CPU:
+    """MAX's CPU device, its threads limited to `threads` (None: every core the process may use).
+    MAX sizes its thread pool from the process's CPU affinity when the first CPU device is made
+    (`InferenceSession(num_threads=...)` aborts in MAX 26.7: another device exists by then), so the
+    affinity is narrowed while it is made and widened back for every thread after: the pool has
+    `threads` threads that run on any core. Once per process: a later different count is an error."""
+    allowed = os.sched_getaffinity(0)
+    wanted = len(allowed) if threads is None else min(threads, len(allowed))  # more threads than cores: every core
+    if _cpu_threads:
+        if threads is not None and wanted != _cpu_threads[0]:
+            raise BackendError(f"MAX already runs on {_cpu_threads[0]} CPU threads in this process; "
+                               f"it cannot change to {threads}")
+        return driver.CPU()
+    if wanted == len(allowed):
+        device = driver.CPU()
+    else:
+        os.sched_setaffinity(0, sorted(allowed)[:wanted])
+        try:
+            device = driver.CPU()
+        finally:
+            for thread in os.listdir("/proc/self/task"):
+                os.sched_setaffinity(int(thread), allowed)
+    _cpu_threads.append(wanted)
+    return device
+
+
 @dataclass
 class AudioFeatures:
     """Encoder output for n_audio windows, kept on the device."""
@@ -115,15 +144,13 @@ class MaxWhisper:
         self.is_multilingual, self.num_languages = ckpt.is_multilingual, ckpt.num_languages
         self.alignment_heads = ckpt.alignment_heads  # [k, 2] from config.json; None (a .pt): openai's default
         self.precision = precision
-        self.device = driver.Accelerator() if device == "gpu" else driver.CPU()
+        self.device = driver.Accelerator() if device == "gpu" else cpu_device(threads)
         self.device_ref = DeviceRef.GPU() if device == "gpu" else DeviceRef.CPU()
         self.dtype = DTYPES[precision]
         self.arrays = graph_arrays(ckpt.state, ckpt.dims)
         self.copies: dict = {}  # float16 and int8 copies of the weights, made once for every graph
         self.plan = make_plan(WeightBank(self.arrays, self.dtype, self.device_ref, self.copies), self.dims, kernels,
                               int8=precision == "int8", bf16=precision == "bf16")
-        if threads not in (None, os.cpu_count()):  # InferenceSession(num_threads=...) aborts in MAX 26.7
-            raise BackendError(f"MAX uses all {os.cpu_count()} CPU threads; it cannot be limited to {threads}")
         start = time.perf_counter()
         self.session = InferenceSession(devices=[self.device])
         self.encoder = self.load_graph(*self.build("encoder"))
