@@ -13,10 +13,17 @@ committed text never changes, the tentative tail may. Updates are paced to the c
 (`Streamer.feed`): where two updates at the last one's cost take at most BUDGET of the new audio's
 duration, the new audio is heard in two steps (a hypothesis over all but its last STEP_S, then one
 over all of it), so that a cheaper model gets more hypotheses, closer together, and commits sooner. A hypothesis
-segment that fails the offline loop's rules (after its temperature fallback: too compressible, as a
-repetition loop is, or too improbable) is not part of the hypothesis, nor is what follows it: its
-words wait for more audio. Once the buffer is longer than `trim_s`, it is cut at the end of the
-last segment whose words are all committed, so that later updates stay short.
+segment that fails the offline loop's rules (too compressible, as a repetition loop is, or too
+improbable) is not part of the hypothesis, nor is what follows it: its words wait for more audio.
+A stream does not fall back through the temperature schedule as the offline loop does: each update
+decodes once, at the schedule's first temperature (greedy by default), so that an update with
+`transcribe_window` costs one encoder pass and one decoding of at most the model's sample length.
+The offline fallback would add a decoding of best_of samples per further temperature (five with the
+default schedule) to exactly the updates whose decoding already ran long (a loop runs to the sample
+length), while the next update, a chunk later, decodes the same audio again with more of it heard;
+and sampled hypotheses are random, so two in a row seldom agree to commit anything. Once the buffer
+is longer than `trim_s`, it is cut at the end of the last segment whose words are all committed, so
+that later updates stay short.
 """
 from __future__ import annotations
 
@@ -129,7 +136,8 @@ class Streamer:
 
     def __init__(self, transcriber: Transcriber, options: DecodeOptions = DecodeOptions(), trim_s: float = 15.0):
         self.transcriber = transcriber
-        self.options = dataclasses.replace(options, word_timestamps=True, batch_size=None)
+        self.options = dataclasses.replace(options, word_timestamps=True, batch_size=None,
+                                           temperature=options.temperature[:1])  # no fallback: see the module's doc
         window = getattr(transcriber, "transcribe_window", None)
         self._hypothesis = window if window is not None else transcriber.transcribe
         self.trim_s = trim_s

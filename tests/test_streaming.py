@@ -1,7 +1,7 @@
 """Live transcription (`maxwhisper.streaming`): LocalAgreement-2 on scripted hypotheses, the
 stream loop over a scripted transcriber (arrival, prompts, trimming, latency, how far behind,
 loops held back, forced cuts), and MAX on jfk and on the lecture (one encoder pass per update,
-its countdown's repetition loop never committed)."""
+its countdown's repetition loop never committed and decoded once per update)."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from maxwhisper.api import SAMPLE_RATE, DecodeOptions, Segment, Word
-from maxwhisper.decoding import compression_ratio
+from maxwhisper.decoding import DecodingTask, compression_ratio
 from maxwhisper.streaming import (BUDGET, SETTLE_S, STEP_S, LocalAgreement, Streamer, StreamReport, StreamWord,
                                   fails_offline_rules, stream_audio)
 from scripted import ScriptedTranscriber
@@ -458,14 +458,26 @@ def lecture_audio() -> np.ndarray:
     return load_audio(LECTURE)
 
 
-def test_max_never_commits_the_lecture_countdown_loop(max_tiny_en, lecture_audio):
+def test_max_never_commits_the_lecture_countdown_loop_and_decodes_it_once(max_tiny_en, lecture_audio, monkeypatch):
     countdown = lecture_audio[189 * SAMPLE_RATE:201 * SAMPLE_RATE]  # at temperature 0 a loop: "I'm going to go to..."
-    greedy = Streamer(max_tiny_en, DecodeOptions(temperature=(0.0,)))
-    hypothesis = max_tiny_en.transcribe_window(countdown, greedy.options)
-    assert any(fails_offline_rules(s, greedy.options) for s in hypothesis.segments)
-    update = greedy.push(countdown)  # the window's decoding fails as a whole: nothing of it is kept
+    streamer = Streamer(max_tiny_en, DecodeOptions())  # the offline schedule: 6 temperatures, best_of 5
+    assert streamer.options.temperature == (0.0,)
+    hypothesis = max_tiny_en.transcribe_window(countdown, streamer.options)
+    assert any(fails_offline_rules(s, streamer.options) for s in hypothesis.segments)
+    decodings, run = [], DecodingTask.run
+
+    def counted(task, *args, **kwargs):
+        decodings.append(task.options)
+        return run(task, *args, **kwargs)
+    monkeypatch.setattr(DecodingTask, "run", counted)
+    encodes = counting_encodes(max_tiny_en)
+    try:
+        update = streamer.push(countdown)  # the window's decoding fails as a whole: nothing of it is kept
+    finally:
+        del max_tiny_en.net.encode, max_tiny_en.net.calls
+    assert len(encodes) == 1 and [d.temperature for d in decodings] == [0.0]  # no fallback: one decoding
     assert update.committed == update.tentative == [] and update.held_back == len(hypothesis.segments)
-    assert greedy.finish().committed == []
+    assert streamer.finish().committed == []
 
     report = stream_audio(max_tiny_en, lecture_audio[150 * SAMPLE_RATE:], chunk_s=1.0)  # the last 53 s
     assert report.loop_ratio < 2.4

@@ -237,8 +237,10 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
     with gr.Tab("Live"):
         gr.Markdown("Speak into the microphone: the text appears as you talk. Words turn black once two "
                     "consecutive transcriptions of the audio so far agree on them (LocalAgreement-2) and never "
-                    "change after that; the grey tail may still change. Live streams run beside the "
-                    "comparisons on models of their own, sharing the CPU with them.")
+                    "change after that; the grey tail may still change. Each transcription is decoded once, "
+                    "greedily, without the temperature fallback of a file's transcription: a stretch that looks "
+                    "like a repetition loop is not committed but waits for more audio. Live streams run beside "
+                    "the comparisons on models of their own, sharing the CPU with them.")
         with gr.Row():
             live_backend = gr.Radio([(label(b), b) for b in choices.backends], value=choices.backends[0],
                                     label="Implementation", elem_id="live-backend")
