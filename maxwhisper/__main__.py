@@ -309,6 +309,9 @@ def add_stream_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk", type=positive_seconds, default=1.0, metavar="S",
                    help="seconds of audio per chunk (default 1.0)")
     add_decode_arguments(p)
+    p.epilog = ("Each update decodes once, at the first --temperature (greedy by default), without the offline "
+                "fallback: a hypothesis segment that fails the offline rules (compression ratio, log probability) "
+                "is not committed and waits for more audio.")
 
 
 def run_stream(args: argparse.Namespace) -> int:

@@ -8,16 +8,28 @@ one encoder pass (what the model leaves after its last segment waits for the nex
 otherwise (openai-whisper) its whole seek loop, which decodes the audio after the last segment
 again as a window of its own: two or three encoder passes.
 LocalAgreement-2 (Macháček et al. 2023, ufal/whisper_streaming) commits the words on which two
-consecutive hypotheses agree; committed text never changes, the tentative tail may. A hypothesis
-segment that fails the offline loop's rules (after its temperature fallback: too compressible, as a
-repetition loop is, or too improbable) is not part of the hypothesis, nor is what follows it: its
-words wait for more audio. Once the buffer is longer than `trim_s`, it is cut at the end of the
-last segment whose words are all committed, so that later updates stay short.
+consecutive hypotheses agree, the later of them having heard SETTLE_S of audio after the word;
+committed text never changes, the tentative tail may. Updates are paced to the computing they take
+(`Streamer.feed`): where two updates at the last one's cost take at most BUDGET of the new audio's
+duration, the new audio is heard in two steps (a hypothesis over all but its last STEP_S, then one
+over all of it), so that a cheaper model gets more hypotheses, closer together, and commits sooner. A hypothesis
+segment that fails the offline loop's rules (too compressible, as a repetition loop is, or too
+improbable) is not part of the hypothesis, nor is what follows it: its words wait for more audio.
+A stream does not fall back through the temperature schedule as the offline loop does: each update
+decodes once, at the schedule's first temperature (greedy by default), so that an update with
+`transcribe_window` costs one encoder pass and one decoding of at most the model's sample length.
+The offline fallback would add a decoding of best_of samples per further temperature (five with the
+default schedule) to exactly the updates whose decoding already ran long (a loop runs to the sample
+length), while the next update, a chunk later, decodes the same audio again with more of it heard;
+and sampled hypotheses are random, so two in a row seldom agree to commit anything. Once the buffer
+is longer than `trim_s`, it is cut at the end of the last segment whose words are all committed, so
+that later updates stay short.
 """
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +42,9 @@ PROMPT_CHARS = 200  # committed text before the buffer given as prompt (as whisp
 OVERLAP_WORDS = 5  # longest repeat of the committed tail looked for at a hypothesis's start
 FORCED_CUT_S = 25.0  # a buffer this long is cut even where nothing in it is committed
 KEEP_S = 5.0  # the audio a forced cut leaves in the buffer
+SETTLE_S = 0.3  # audio the later of two agreeing hypotheses must have heard after a word
+BUDGET = 0.6  # the share of the new audio's duration that `Streamer.feed`'s hypotheses may take
+STEP_S = 0.5  # the new audio that the second of `Streamer.feed`'s two hypotheses hears beyond the first
 LOOP_WORDS = 40  # committed words in a row over which `StreamReport.loop_ratio` looks for a loop
 
 
@@ -47,18 +62,21 @@ def _key(text: str) -> str:
 
 class LocalAgreement:
     """LocalAgreement-2: a word is committed once two consecutive hypotheses agree on it and on
-    every word before it."""
+    every word before it, the later hypothesis having heard at least SETTLE_S of audio after it
+    (the last word a hypothesis hears may be cut short: two hypotheses close together can hear it
+    cut alike and agree on a wrong word)."""
 
     def __init__(self):
         self.committed: list[StreamWord] = []
         self.tentative: list[StreamWord] = []  # the previous hypothesis beyond the committed words
 
-    def update(self, hypothesis: list[StreamWord]) -> list[StreamWord]:
-        """A new hypothesis (words in stream time); returns the words it commits."""
+    def update(self, hypothesis: list[StreamWord], heard_until: float = float("inf")) -> list[StreamWord]:
+        """A new hypothesis (words in stream time) over the audio heard until `heard_until` (stream
+        time); returns the words it commits."""
         new = self._beyond_committed(hypothesis)
         agreed = []
         for previous, word in zip(self.tentative, new):
-            if _key(previous.text) != _key(word.text):
+            if _key(previous.text) != _key(word.text) or word.end > heard_until - SETTLE_S:
                 break
             agreed.append(word)
         self.committed += agreed
@@ -75,13 +93,17 @@ class LocalAgreement:
 
     def _beyond_committed(self, hypothesis: list[StreamWord]) -> list[StreamWord]:
         """The hypothesis without what is committed already: words ending by the last committed
-        word's end, then a repeat of the committed tail at its start. (Word times move by a few
-        tenths of a second between hypotheses: a cut on start times would drop the next word.)"""
+        word's end, a first word lying mostly before it (the end of a committed word heard a little
+        later, or heard as another word), then a repeat of the committed tail at its start. (Word
+        times move by a few tenths of a second between hypotheses: a cut on start times would drop
+        the next word.)"""
         if not self.committed:
             return list(hypothesis)
         last_end = self.committed[-1].end
         new = [w for w in hypothesis if w.end > last_end]
-        if new and abs(new[0].start - last_end) < 1:
+        if new and (new[0].start + new[0].end) / 2 < last_end:
+            new = new[1:]
+        if new and new[0].start - last_end < 1:
             tail = [_key(w.text) for w in self.committed[-OVERLAP_WORDS:]]
             for n in range(min(len(tail), len(new)), 0, -1):
                 if tail[-n:] == [_key(w.text) for w in new[:n]]:
@@ -106,6 +128,7 @@ class StreamUpdate:
     compute_s: float  # seconds the transcription took (its `timings.total_s`)
     held_back: int = 0  # hypothesis segments left out for failing the offline rules
     timings: Timings | None = None  # the transcription's, by stage (None: `Streamer.finish`)
+    heard_until: float | None = None  # stream time up to which the hypothesis heard (None: `Streamer.finish`)
 
 
 class Streamer:
@@ -113,7 +136,8 @@ class Streamer:
 
     def __init__(self, transcriber: Transcriber, options: DecodeOptions = DecodeOptions(), trim_s: float = 15.0):
         self.transcriber = transcriber
-        self.options = dataclasses.replace(options, word_timestamps=True, batch_size=None)
+        self.options = dataclasses.replace(options, word_timestamps=True, batch_size=None,
+                                           temperature=options.temperature[:1])  # no fallback: see the module's doc
         window = getattr(transcriber, "transcribe_window", None)
         self._hypothesis = window if window is not None else transcriber.transcribe
         self.trim_s = trim_s
@@ -122,18 +146,42 @@ class Streamer:
         self.buffer_start = 0.0  # stream time of buffer[0]
         self.segment_ends: list[float] = []  # of the last hypothesis, in stream time
         self.held_back: tuple[float, float] | None = None  # the last hypothesis's first held-back segment (start, end)
+        self.last_compute_s: float | None = None  # the last update's computing time
 
     @property
     def committed_text(self) -> str:
         return "".join(w.text for w in self.policy.committed).strip()
 
     def push(self, samples: np.ndarray) -> StreamUpdate:
+        """One hypothesis over all the buffered audio, the new `samples` included."""
         self.buffer = np.concatenate([self.buffer, np.asarray(samples, np.float32)])
+        return self._update(len(self.buffer))
+
+    def feed(self, samples: np.ndarray) -> Iterator[StreamUpdate]:
+        """The new `samples` heard in one hypothesis, or in two when `two_steps`: over the buffer up
+        to STEP_S before their end, then over all of it; each update yielded as it ends."""
+        samples = np.asarray(samples, np.float32)
+        two = self.two_steps(len(samples) / SAMPLE_RATE)
+        self.buffer = np.concatenate([self.buffer, samples])
+        if two:
+            yield self._update(len(self.buffer) - round(STEP_S * SAMPLE_RATE))
+        yield self._update(len(self.buffer))
+
+    def two_steps(self, new_s: float) -> bool:
+        """Whether `new_s` seconds of new audio are heard in two steps: at least 2 x STEP_S of them,
+        and two updates at the last update's cost within BUDGET of their duration (never before the
+        first update, whose cost is not known)."""
+        return (self.last_compute_s is not None and new_s >= 2 * STEP_S - 1e-9
+                and 2 * self.last_compute_s <= BUDGET * new_s)
+
+    def _update(self, heard: int) -> StreamUpdate:
+        """A hypothesis over buffer[:heard], then the agreement and the trim."""
         before = "".join(w.text for w in self.policy.committed if w.end <= self.buffer_start)
         prompt = ((self.options.initial_prompt or "") + before)[-PROMPT_CHARS:].strip()
         options = dataclasses.replace(self.options, initial_prompt=prompt or None)
-        result = self._hypothesis(self.buffer, options)
+        result = self._hypothesis(self.buffer[:heard], options)
         compute_s = result.timings.total_s  # without a graph compiled on first use (MAX's alignment graph)
+        self.last_compute_s = compute_s
         failed = next((i for i, s in enumerate(result.segments) if fails_offline_rules(s, options)),
                       len(result.segments))
         kept = result.segments[:failed]
@@ -142,10 +190,11 @@ class Streamer:
         self.segment_ends = [self.buffer_start + s.end for s in kept]
         self.held_back = (None if failed == len(result.segments) else
                           (self.buffer_start + result.segments[failed].start, self.buffer_start + result.segments[failed].end))
-        committed = self.policy.update(words)
+        heard_until = self.buffer_start + heard / SAMPLE_RATE
+        committed = self.policy.update(words, heard_until)
         committed += self._trim()
         return StreamUpdate(committed, list(self.policy.tentative), compute_s, len(result.segments) - failed,
-                            result.timings)
+                            result.timings, heard_until)
 
     def finish(self) -> StreamUpdate:
         return StreamUpdate(self.policy.finish(), [], 0.0)
@@ -231,9 +280,9 @@ class StreamReport:
 def stream_audio(transcriber: Transcriber, audio: np.ndarray, chunk_s: float = 1.0,
                  options: DecodeOptions = DecodeOptions(), on_update=None) -> StreamReport:
     """Feed `audio` as if it arrived in real time, chunk_s at a time, with the computing time
-    counted: an update starts when the model is free and takes every chunk that has arrived by
-    then (a chunk that arrives while the model is busy waits). How far behind the stream is, when
-    an update ends: the seconds of audio that have arrived and are not yet transcribed.
+    counted: the model, once free, takes every chunk that has arrived by then (a chunk that arrives
+    while the model is busy waits) and hears it in `Streamer.feed`'s steps. How far behind the
+    stream is, when an update ends: the seconds of audio that have arrived and are not yet transcribed.
     on_update(update, now, behind) is called after each update, `now` being the stream time."""
     streamer = Streamer(transcriber, options)
     step = max(1, round(chunk_s * SAMPLE_RATE))
@@ -244,15 +293,16 @@ def stream_audio(transcriber: Transcriber, audio: np.ndarray, chunk_s: float = 1
     while fed < len(audio):
         now = max(now, next(t for n, t in arrivals if n > fed))  # wait for the next chunk
         available = max(n for n, t in arrivals if t <= now)
-        update = streamer.push(audio[fed:available])
-        fed, updates, held_back = available, updates + 1, held_back + update.held_back
-        now += update.compute_s
-        compute_s += update.compute_s
-        words += update.committed
-        commit_times += [now] * len(update.committed)
-        behind.append((max(n for n, t in arrivals if t <= now) - fed) / SAMPLE_RATE)
-        if on_update is not None:
-            on_update(update, now, behind[-1])
+        for update in streamer.feed(audio[fed:available]):
+            updates, held_back = updates + 1, held_back + update.held_back
+            now += update.compute_s
+            compute_s += update.compute_s
+            words += update.committed
+            commit_times += [now] * len(update.committed)
+            behind.append(max(n for n, t in arrivals if t <= now) / SAMPLE_RATE - update.heard_until)
+            if on_update is not None:
+                on_update(update, now, behind[-1])
+        fed = available
     last = streamer.finish()
     words += last.committed
     commit_times += [now] * len(last.committed)

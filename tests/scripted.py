@@ -23,4 +23,4 @@ class ScriptedTranscriber:
         ws = tuple(Word(i * 0.5 - offset, (i + 1) * 0.5 - offset, " " + w, 0.9) for i, w in heard)
         segments = [Segment(0, 0, ws[0].start, ws[-1].end, "".join(w.word for w in ws), (), words=ws)] if ws else []
         return TranscriptionResult("".join(w.word for w in ws), segments, "en", "scripted", "none", "cpu", "fp32", n,
-                                   Timings(total_s=0.25), options)
+                                   Timings(total_s=0.4), options)

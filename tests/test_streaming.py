@@ -1,18 +1,20 @@
 """Live transcription (`maxwhisper.streaming`): LocalAgreement-2 on scripted hypotheses, the
 stream loop over a scripted transcriber (arrival, prompts, trimming, latency, how far behind,
 loops held back, forced cuts), and MAX on jfk and on the lecture (one encoder pass per update,
-its countdown's repetition loop never committed)."""
+its countdown's repetition loop never committed and decoded once per update)."""
 from __future__ import annotations
 
 import dataclasses
+import statistics
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from maxwhisper.api import SAMPLE_RATE, DecodeOptions, Segment, Word
-from maxwhisper.decoding import compression_ratio
-from maxwhisper.streaming import LocalAgreement, Streamer, StreamReport, StreamWord, fails_offline_rules, stream_audio
+from maxwhisper.decoding import DecodingTask, compression_ratio
+from maxwhisper.streaming import (BUDGET, SETTLE_S, STEP_S, LocalAgreement, Streamer, StreamReport, StreamWord,
+                                  fails_offline_rules, stream_audio)
 from scripted import ScriptedTranscriber
 
 LECTURE = Path(__file__).resolve().parents[1].parent / "shared" / "audio" / "physicsworks.flac"
@@ -68,13 +70,66 @@ def test_a_word_whose_time_moved_earlier_is_still_committed():
     assert texts(policy.committed) == "ask not what your"
 
 
+def test_agreement_counts_only_for_words_the_later_hypothesis_heard_settle_s_after():
+    policy = LocalAgreement()
+    policy.update(words("ask not what"), heard_until=1.6)
+    # "what" ends at 1.5 s, less than SETTLE_S before the end of what the later hypothesis heard
+    assert texts(policy.update(words("ask not what"), heard_until=1.5 + SETTLE_S / 2)) == "ask not"
+    assert texts(policy.update(words("ask not what your"), heard_until=2.0)) == "what"
+
+
+def test_a_committed_word_heard_again_with_moved_times_is_not_committed_twice():
+    policy = LocalAgreement()
+    policy.update(words("ask not what"))
+    assert texts(policy.update(words("ask not what"))) == "ask not what"  # "what" ends at 1.5 s
+    # heard again as a longer word ending a little later and starting over 1 s before that end
+    again = [StreamWord(0.2, 1.55, " what"), *words("your country", start=1.55)]
+    assert texts(policy.update(again)) == ""
+    assert texts(policy.update(again)) == "your country"
+    # the end of a committed word heard as another word ("my" -> "am I"): not a new word
+    policy = LocalAgreement()
+    policy.update(words("so my"))
+    assert texts(policy.update(words("so my fellow"))) == "so my"  # "my" ends at 1.0 s
+    am_i = [StreamWord(0.5, 0.9, " am"), StreamWord(0.9, 1.05, " I"), *words("fellow Americans", start=1.05)]
+    assert texts(policy.update(am_i)) == "fellow"
+    assert texts(policy.committed) == "so my fellow"
+
+
+def test_a_cheap_update_hears_each_chunk_in_two_steps_and_commits_sooner():
+    audio = np.arange(10 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
+    script = " ".join(f"w{i}" for i in range(20))
+    cheap, costly = Slow(script, 0.2), Slow(script, 0.4)
+    fast, slow = stream_audio(cheap, audio), stream_audio(costly, audio)
+    assert fast.text == slow.text == script
+    # 2 x 0.2 s fits in BUDGET of a 1 s chunk: after the first chunk (no cost known yet), each is
+    # heard up to its middle, then whole; 0.4 s does not fit twice
+    assert fast.updates == 1 + 2 * 9 and slow.updates == 10
+    assert [n for n, _ in cheap.calls[:5]] == [1.0, 1.5, 2.0, 2.5, 3.0]
+    assert fast.compute_share == pytest.approx(0.2 * 19 / 10) and fast.compute_share <= BUDGET
+    assert statistics.median(fast.latencies) < statistics.median(slow.latencies)
+
+
+def test_two_steps_where_two_updates_fit_the_budget_and_the_second_hears_step_s_more():
+    streamer = Streamer(ScriptedTranscriber(""))
+    assert not streamer.two_steps(1.0)  # no update yet: its cost is unknown
+    for cost, new_s, two in [(0.2, 1.0, True), (0.35, 1.0, False), (0.1, 0.9, False), (0.1, 10.0, True)]:
+        streamer.last_compute_s = cost
+        assert streamer.two_steps(new_s) == two
+    heard = ScriptedTranscriber("")
+    streamer = Streamer(heard)
+    streamer.push(np.zeros(SAMPLE_RATE, np.float32))
+    streamer.last_compute_s = 0.1
+    assert len(list(streamer.feed(np.zeros(10 * SAMPLE_RATE, np.float32)))) == 2  # a backlog: still two
+    assert [n for n, _ in heard.calls] == [1.0, 11.0 - STEP_S, 11.0]
+
+
 def test_the_stream_commits_the_script_in_order_with_prompts_and_trimming():
     script = " ".join(f"w{i}" for i in range(80))  # 40 s of "speech"
     audio = np.arange(40 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE  # each sample holds its own time
     model = ScriptedTranscriber(script)
     report = stream_audio(model, audio, chunk_s=1.0)
     assert report.text == script
-    assert report.updates == 40 and report.audio_s == 40.0 and report.compute_share == pytest.approx(0.25)
+    assert report.updates == 40 and report.audio_s == 40.0 and report.compute_share == pytest.approx(0.4)
     assert all(lat >= 0 for lat in report.latencies)
     assert report.commit_times == sorted(report.commit_times)
     assert max(n for n, _ in model.calls) < 30  # the buffer was trimmed
@@ -325,11 +380,11 @@ def test_stream_command_reports_the_median_and_p90_of_the_commit_latency(tmp_pat
     report = stream_audio(ScriptedTranscriber(script), audio, chunk_s=1.0)
     lat = sorted(report.latencies)
     assert len(lat) == 24 and report.latency_quantile(0.9) == lat[21]
-    assert report.behind == [0.0] * 12  # each update (0.25 s) ends before the next chunk arrives
+    assert report.behind == [0.0] * 12  # each update (0.4 s) ends before the next chunk arrives
     assert (f"{path}: 12.0 s in {report.updates} updates; commit latency median {(lat[11] + lat[12]) / 2:.2f} s, "
             f"p90 {lat[21]:.2f} s; behind the stream median 0.00 s, max 0.00 s (audio not yet transcribed as an "
             f"update ends); compute {report.compute_share:.2f} s per audio second\n") in err
-    assert "(committed at   2.25 s,  0.0 s behind) w0 w1\n" in out
+    assert "(committed at   2.40 s,  0.0 s behind) w0 w1\n" in out
     assert out.strip().splitlines()[-1] == script
     silent = ScriptedTranscriber("")
     monkeypatch.setattr(cli, "load_transcriber", lambda args, backend, kernels=None: silent)
@@ -403,14 +458,26 @@ def lecture_audio() -> np.ndarray:
     return load_audio(LECTURE)
 
 
-def test_max_never_commits_the_lecture_countdown_loop(max_tiny_en, lecture_audio):
+def test_max_never_commits_the_lecture_countdown_loop_and_decodes_it_once(max_tiny_en, lecture_audio, monkeypatch):
     countdown = lecture_audio[189 * SAMPLE_RATE:201 * SAMPLE_RATE]  # at temperature 0 a loop: "I'm going to go to..."
-    greedy = Streamer(max_tiny_en, DecodeOptions(temperature=(0.0,)))
-    hypothesis = max_tiny_en.transcribe_window(countdown, greedy.options)
-    assert any(fails_offline_rules(s, greedy.options) for s in hypothesis.segments)
-    update = greedy.push(countdown)  # the window's decoding fails as a whole: nothing of it is kept
+    streamer = Streamer(max_tiny_en, DecodeOptions())  # the offline schedule: 6 temperatures, best_of 5
+    assert streamer.options.temperature == (0.0,)
+    hypothesis = max_tiny_en.transcribe_window(countdown, streamer.options)
+    assert any(fails_offline_rules(s, streamer.options) for s in hypothesis.segments)
+    decodings, run = [], DecodingTask.run
+
+    def counted(task, *args, **kwargs):
+        decodings.append(task.options)
+        return run(task, *args, **kwargs)
+    monkeypatch.setattr(DecodingTask, "run", counted)
+    encodes = counting_encodes(max_tiny_en)
+    try:
+        update = streamer.push(countdown)  # the window's decoding fails as a whole: nothing of it is kept
+    finally:
+        del max_tiny_en.net.encode, max_tiny_en.net.calls
+    assert len(encodes) == 1 and [d.temperature for d in decodings] == [0.0]  # no fallback: one decoding
     assert update.committed == update.tentative == [] and update.held_back == len(hypothesis.segments)
-    assert greedy.finish().committed == []
+    assert streamer.finish().committed == []
 
     report = stream_audio(max_tiny_en, lecture_audio[150 * SAMPLE_RATE:], chunk_s=1.0)  # the last 53 s
     assert report.loop_ratio < 2.4

@@ -127,13 +127,13 @@ class LiveSession:
                     last = self._stopped
                 if len(audio):
                     with self._lock:
-                        update = streamer.push(audio)
-                    self.compute_s += update.compute_s
-                    self.updates += 1
+                        for update in streamer.feed(audio):  # committed as each step ends
+                            self.compute_s += update.compute_s
+                            self.updates += 1
+                            self._commit(update.committed)
+                            self.tentative = update.tentative
                     with self._cond:
                         self.transcribed_s += len(audio) / SAMPLE_RATE
-                    self._commit(update.committed)
-                    self.tentative = update.tentative
                 if last:
                     self._commit(streamer.finish().committed)
                     self.tentative = []
@@ -237,8 +237,10 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
     with gr.Tab("Live"):
         gr.Markdown("Speak into the microphone: the text appears as you talk. Words turn black once two "
                     "consecutive transcriptions of the audio so far agree on them (LocalAgreement-2) and never "
-                    "change after that; the grey tail may still change. Live streams run beside the "
-                    "comparisons on models of their own, sharing the CPU with them.")
+                    "change after that; the grey tail may still change. Each transcription is decoded once, "
+                    "greedily, without the temperature fallback of a file's transcription: a stretch that looks "
+                    "like a repetition loop is not committed but waits for more audio. Live streams run beside "
+                    "the comparisons on models of their own, sharing the CPU with them.")
         with gr.Row():
             live_backend = gr.Radio([(label(b), b) for b in choices.backends], value=choices.backends[0],
                                     label="Implementation", elem_id="live-backend")
