@@ -23,6 +23,11 @@ from .worker import JobSettings, Transcribe, read_audio
 
 READ_CPUS = 0.25  # a read task's CPU request: decoding a file is short beside transcribing it
 SETTLE_S = 3.0  # how long a job waits for CPUs that a job just ended still holds
+# MAX's sequential loop (no batch size): a worker transcribes this many files at once on a model
+# that runs their encoder calls and decoder steps together (`graph.shared_steps`), each file's
+# tokens those it gets alone. Batched long-form fills its steps with a file's windows: there, files
+# sharing steps measured slower (batch 8), and a worker takes one file at a time.
+FILES_AT_ONCE = 4
 WORKER_START_S = 1800  # placing and starting the workers (a cluster may add nodes); their models load after
 
 
@@ -164,7 +169,8 @@ def _pipeline(files: list[InputFile], settings: JobSettings, workers: int):
     cpus, gpus = _worker_resources(settings.device, workers)
     threads = settings.threads or max(1, math.floor(cpus + READ_CPUS))
     # every backend's threads per worker: two workers on a node, each on every core, would fight over them
-    settings = dataclasses.replace(settings, threads=threads)
+    at_once = files_at_once(settings)
+    settings = dataclasses.replace(settings, threads=threads, files_at_once=at_once)
     items = [{"path": f.path, "name": f.name, "output": f.relative} for f in files]
     dataset = (ray.data.from_items(items, override_num_blocks=len(items))  # a block per file: a task each
                .map(read_audio, fn_kwargs={"max_seconds": settings.max_seconds}, num_cpus=READ_CPUS)
@@ -172,8 +178,10 @@ def _pipeline(files: list[InputFile], settings: JobSettings, workers: int):
                             # Ray sets OMP_NUM_THREADS to the whole CPUs asked for (here 1): numpy's BLAS (the
                             # log-Mel, the decoding's numpy) ran on one thread, a job 15-75 % slower
                             runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}},
-                            # a file in progress and the next one read: no worker idles, none hoards files
-                            compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=2)))
+                            # the files in progress and one more read: no worker idles, none hoards files
+                            compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=at_once + 1,
+                                                               max_concurrent_calls_per_actor=at_once,
+                                                               enable_true_multi_threading=at_once > 1)))
     context = dataset.context  # this job's copy of Ray Data's settings
     context.enable_progress_bars = False  # ours show files and audio hours
     context.print_on_execution_start = False
@@ -181,6 +189,11 @@ def _pipeline(files: list[InputFile], settings: JobSettings, workers: int):
     # the work), and a cluster that cannot hold them fails the job instead of waiting forever
     context.wait_for_min_actors_s = WORKER_START_S
     return dataset
+
+
+def files_at_once(settings: JobSettings) -> int:
+    """How many files a worker transcribes at once: FILES_AT_ONCE for MAX's sequential loop, else 1."""
+    return FILES_AT_ONCE if settings.backend == "max" and settings.options.batch_size is None else 1
 
 
 def _settled_free_cpus(total: float) -> float:

@@ -37,6 +37,7 @@ class JobSettings:
     output: str  # the output folder (shared by every node on a cluster)
     formats: tuple[str, ...]
     max_seconds: float | None
+    files_at_once: int = 1  # files a worker transcribes at once (MAX shares their encoder calls and steps)
 
     def row_settings(self) -> dict[str, Any]:
         """The settings a results row records; a rerun redoes rows whose settings differ."""
@@ -72,9 +73,9 @@ def read_audio(row: dict, max_seconds: float | None) -> dict:
 
 class Transcribe:
     """Ray Data actor: loads the model once; each call transcribes a batch of read files and returns
-    their rows as JSON (`row`). The model loads on a thread of its own: the actor counts as started
-    as soon as it exists, so Ray Data reads files while the model loads (not after), and the first
-    call waits for the load. A model that cannot be loaded gives rows with `fatal` set: the driver
+    their rows as JSON (`row`); `settings.files_at_once` calls run at once, on threads of their own.
+    The model loads on a thread of its own: the actor counts as started as soon as it exists, so Ray
+    Data reads files while the model loads (not after), and the first call waits for the load. A model that cannot be loaded gives rows with `fatal` set: the driver
     stops the job with that message."""
 
     def __init__(self, settings: JobSettings):
@@ -90,7 +91,7 @@ class Transcribe:
         s = self.settings
         try:
             self.transcriber = create_transcriber(s.backend, model=s.model, device=s.device, precision=s.precision,
-                                                  threads=s.threads, kernels=s.kernels)
+                                                  threads=s.threads, kernels=s.kernels, max_batch=s.files_at_once)
         except MaxWhisperError as e:
             self.load_error = str(e)
         except Exception as e:  # noqa: BLE001 - reported by the driver as the job's failure
