@@ -158,6 +158,40 @@ def test_encoder_attention_kernel_matches_numpy(dh):
     np.testing.assert_allclose(out, expected, rtol=0, atol=2e-6)
 
 
+@pytest.mark.parametrize("n", [5, 50])
+def test_cross_attention_int8_kernel_matches_numpy(n):
+    """`cross_attention_int8.mojo` (a prompt's cross-attention under --precision int8) against
+    float64 numpy over the same widened keys and values: batch 2, 3 heads of Dh 64, T = 37 frames
+    (its last 16-key panel partial), n = 5 query rows (one work item per head) or 50 (two, the last
+    partial); the AVX2 and AVX-512 tiles give the same numbers bit for bit."""
+    from max.dtype import DType
+    from max.graph import DeviceRef, TensorType
+
+    from maxwhisper.graph.layers import MACHINE_TILE, cross_attention_int8
+
+    b, h, t, dh = 2, 3, 37, 64
+    rng = np.random.default_rng(n)
+    q = rng.standard_normal((b, h, n, dh)).astype(np.float32)
+    k = rng.integers(-127, 128, (b, h, t, dh)).astype(np.int8)
+    v_t = rng.integers(-127, 128, (b, h, dh, t)).astype(np.int8)
+    k_scales, v_scales = (rng.uniform(0.001, 0.03, (b, h, t)).astype(np.float32) for _ in range(2))
+    cpu = DeviceRef.CPU()
+    types = [TensorType(DType.float32, [b, h, "n", dh], device=cpu), TensorType(DType.int8, [b, h, t, dh], device=cpu),
+             TensorType(DType.int8, [b, h, dh, t], device=cpu), TensorType(DType.float32, [b, h, t], device=cpu),
+             TensorType(DType.float32, [b, h, t], device=cpu)]
+    run = _kernel_graph("cross_attention_int8_test", types, lambda *x: [
+        cross_attention_int8(*x, tile=tile) for tile in (MACHINE_TILE, (6, 1), (12, 2))])
+    out, avx2, avx512 = run(q, k, v_t, k_scales, v_scales)
+    np.testing.assert_array_equal(avx2, out)
+    np.testing.assert_array_equal(avx512, out)
+
+    keys = (k.astype(np.float32) * k_scales[..., None]).astype(np.float64)  # widened in float32, as the kernel does
+    values = (v_t.astype(np.float32) * v_scales[..., None, :]).astype(np.float64).transpose(0, 1, 3, 2)
+    scores = q.astype(np.float64) @ keys.transpose(0, 1, 3, 2) / np.sqrt(dh)
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    np.testing.assert_allclose(out, (p / p.sum(-1, keepdims=True)) @ values, rtol=0, atol=2e-6)
+
+
 @pytest.mark.parametrize("int8", [False, True])
 def test_decoder_layer_step_kernel_matches_numpy(int8):
     """`decoder_layer.mojo`, one whole decoder block for one new token of each of 3 sequences at

@@ -7,8 +7,8 @@ reads all n_text_ctx positions under an additive mask built on the host, so one 
 serves the prompt and every later step. Keys and values, cached and cross, are laid out so that
 a step reads them as matrix-vector products (`attention_scores_few_rows`, `attend_few_rows`).
 Under --precision int8 the cross K/V come from the encoder graph in int8 with a float32 scale per
-key and per value (`cross_layout`): the token step's kernel reads them as they are, the other
-graphs widen them first (`float_cross`).
+key and per value (`cross_layout`): the token step's kernel and the step graph's
+`cross_attention_int8` read them as they are, the alignment graph widens them first (`float_cross`).
 Under the CPU kernels' plan a one-row call goes further: its attention is one Mojo kernel
 (`layers.few_row_attention`) that reads only the filled part of the cache, and the graph also
 picks the greedy token (`layers.greedy_choice`), so the host need not look at the logits. One
@@ -26,8 +26,8 @@ from max.dtype import DType
 from max.graph import BufferType, DeviceRef, Graph, TensorType, TensorValue, ops
 
 from ..checkpoint import ModelDims
-from .layers import (MakeLinear, WeightBank, attend_few_rows, attention, attention_scores_few_rows, dim_value,
-                     few_row_attention, few_row_linear, few_row_linear_int8, greedy_choice, kernel_library, layer_norm,
+from .layers import (MakeLinear, WeightBank, attend_few_rows, attention, attention_scores_few_rows,
+                     cross_attention_int8, dim_value, few_row_attention, few_row_linear, few_row_linear_int8, greedy_choice, kernel_library, layer_norm,
                      linear_few_rows, merge_heads, packed_linear_bf16, packed_linear_int8, split_heads)
 from .plan import ExecutionPlan
 
@@ -155,7 +155,8 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) -> 
         tokens, positions, offset, mask, logit_index = (v.tensor for v in graph.inputs[:5])
         choice_inputs = [v.tensor for v in graph.inputs[5:5 + len(choice_types)]]
         cross_start = 5 + len(choice_types)
-        cross_k, cross_v_t = float_cross([v.tensor for v in graph.inputs[cross_start:cross_start + n_cross]])
+        cross = [v.tensor for v in graph.inputs[cross_start:cross_start + n_cross]]
+        cross_k, cross_v_t = cross[:2] if plan.cross_int8 else float_cross(cross)
         caches = graph.inputs[cross_start + n_cross:]
         x = _embed(w, tokens, positions, plan.step_linears_kernel)
         n = x.shape[1]
@@ -182,11 +183,16 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) -> 
                 one_row, [TensorType(q.dtype, q.shape, device=dev)],
                 lambda: few_row_attention(q, k, v_t, limit), lambda: prompt(q, k, v_t))[0]
 
+        def int8_cross_attention(i: int) -> Attend:
+            """Layer i's cross-attention over the int8 keys and values as they are (`cross_attention_int8`)."""
+            return lambda q, k, v_t: cross_attention_int8(q, k, v_t, cross[2][i], cross[3][i])
+
         self_attend = step_attention(mask, positions + 1)
         audio_ctx = cross_k.shape[3]
         cross_attend = step_attention(None, ops.broadcast_to(dim_value(audio_ctx).reshape([1]), [n]))
         for i in range(L):
-            x = decoder_block(w, f"decoder.blocks.{i}", dims, x, cached(i), self_attend, cross_attend,
+            x = decoder_block(w, f"decoder.blocks.{i}", dims, x, cached(i), self_attend,
+                              int8_cross_attention(i) if plan.cross_int8 else cross_attend,
                               cross_k[i], cross_v_t[i], block_linear(plan))
         logits = _logits(w, ops.gather(x, logit_index, axis=1), make_linear)
         graph.output(logits, *(greedy_choice(logits, *choice_inputs) if use_kernel else []))

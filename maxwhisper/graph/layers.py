@@ -376,6 +376,18 @@ def encoder_attention_fits(d: int, n_head: int) -> bool:
     return dh * n_head == d and dh % 16 == 0 and dh <= 128
 
 
+def cross_attention_int8(q: TensorValue, k: TensorValue, v_t: TensorValue, k_scales: TensorValue,
+                         v_scales: TensorValue, tile: tuple[int, int] = MACHINE_TILE) -> TensorValue:
+    """A prompt's cross-attention over int8 keys and values with their scales, as one CPU kernel
+    (`kernels/cross_attention_int8.mojo`): q float32 [B, H, n, Dh], k int8 [B, H, T, Dh], v_t int8
+    [B, H, Dh, T], k_scales and v_scales float32 [B, H, T] (`decoder.cross_layout`) -> float32
+    [B, H, n, Dh]. The keys and values are widened as `decoder.float_cross` widens them; `tile` as
+    `packed_linear`'s."""
+    out = TensorType(DType.float32, q.shape, device=q.device)
+    return ops.custom("cross_attention_int8", q.device, [q, k, v_t, k_scales, v_scales], [out],
+                      parameters={"tile_rows": tile[0], "tile_panels": tile[1]})[0].tensor
+
+
 def few_row_attention(q: TensorValue, k: TensorValue, v_t: TensorValue, limit: TensorValue) -> TensorValue:
     """`attend_few_rows(attention_scores_few_rows(q, k), v_t, mask)` as one CPU kernel
     (`kernels/attention.mojo`), float32 only: q [B, H, n, Dh], k [B, H, S, Dh], v_t [B, H, Dh, S],
