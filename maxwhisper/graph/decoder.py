@@ -27,8 +27,9 @@ from max.graph import BufferType, DeviceRef, Graph, TensorType, TensorValue, ops
 
 from ..checkpoint import ModelDims
 from .layers import (MakeLinear, WeightBank, attend_few_rows, attention, attention_scores_few_rows,
-                     cross_attention_int8, dim_value, few_row_attention, few_row_linear, few_row_linear_int8, greedy_choice, kernel_library, layer_norm,
-                     linear_few_rows, merge_heads, packed_linear_bf16, packed_linear_int8, split_heads)
+                     cross_attention_int8, dim_value, few_row_attention, few_row_linear, few_row_linear_int8,
+                     greedy_choice, kernel_library, layer_norm, linear_few_rows, merge_heads, packed_linear_bf16,
+                     packed_linear_int8, split_heads)
 from .plan import ExecutionPlan
 
 OFFSET_TYPE = TensorType(DType.int64, [], device=DeviceRef.CPU())  # the cache's write offset, on the host
