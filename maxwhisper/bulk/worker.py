@@ -75,8 +75,9 @@ class Transcribe:
     """Ray Data actor: loads the model once; each call transcribes a batch of read files and returns
     their rows as JSON (`row`); `settings.files_at_once` calls run at once, on threads of their own.
     The model loads on a thread of its own: the actor counts as started as soon as it exists, so Ray
-    Data reads files while the model loads (not after), and the first call waits for the load. A model that cannot be loaded gives rows with `fatal` set: the driver
-    stops the job with that message."""
+    Data reads files while the model loads (not after), and the first call waits for the load. A
+    model that cannot be loaded gives rows with `fatal` set: the driver stops the job with that
+    message."""
 
     def __init__(self, settings: JobSettings):
         self.settings = settings
