@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .api import SAMPLE_RATE, DecodeOptions, Segment, Timings, Transcriber
+from .audio import N_SAMPLES
 from .decoding import compression_ratio
 from .transcribe import needs_fallback
 
@@ -132,7 +133,8 @@ class StreamUpdate:
 
 
 class Streamer:
-    """Feed audio with `push` (float32 mono samples at 16 kHz, any length), then `finish`."""
+    """Feed audio with `feed` (float32 mono samples at 16 kHz, any length; `push` for one
+    hypothesis whatever its cost), then `finish`."""
 
     def __init__(self, transcriber: Transcriber, options: DecodeOptions = DecodeOptions(), trim_s: float = 15.0):
         self.transcriber = transcriber
@@ -140,6 +142,7 @@ class Streamer:
                                            temperature=options.temperature[:1])  # no fallback: see the module's doc
         window = getattr(transcriber, "transcribe_window", None)
         self._hypothesis = window if window is not None else transcriber.transcribe
+        self.audible = N_SAMPLES if window is not None else None  # samples of the buffer a hypothesis hears
         self.trim_s = trim_s
         self.policy = LocalAgreement()
         self.buffer = np.zeros(0, np.float32)
@@ -159,12 +162,16 @@ class Streamer:
 
     def feed(self, samples: np.ndarray) -> Iterator[StreamUpdate]:
         """The new `samples` heard in one hypothesis, or in two when `two_steps`: over the buffer up
-        to STEP_S before their end, then over all of it; each update yielded as it ends."""
+        to STEP_S before their end, then over all of it; each update yielded as it ends (a
+        generator: nothing is heard until it is iterated; no samples, no update)."""
         samples = np.asarray(samples, np.float32)
+        if not len(samples):
+            return
         two = self.two_steps(len(samples) / SAMPLE_RATE)
         self.buffer = np.concatenate([self.buffer, samples])
-        if two:
-            yield self._update(len(self.buffer) - round(STEP_S * SAMPLE_RATE))
+        first = len(self.buffer) - round(STEP_S * SAMPLE_RATE)
+        if two and (self.audible is None or first < self.audible):  # else both would hear the same window
+            yield self._update(first)
         yield self._update(len(self.buffer))
 
     def two_steps(self, new_s: float) -> bool:
@@ -190,7 +197,7 @@ class Streamer:
         self.segment_ends = [self.buffer_start + s.end for s in kept]
         self.held_back = (None if failed == len(result.segments) else
                           (self.buffer_start + result.segments[failed].start, self.buffer_start + result.segments[failed].end))
-        heard_until = self.buffer_start + heard / SAMPLE_RATE
+        heard_until = self.buffer_start + min(heard, self.audible or heard) / SAMPLE_RATE
         committed = self.policy.update(words, heard_until)
         committed += self._trim()
         return StreamUpdate(committed, list(self.policy.tentative), compute_s, len(result.segments) - failed,
@@ -224,8 +231,8 @@ class Streamer:
                 if self.held_back is not None and not forced:
                     start, stop = self.held_back
                     cut = min(cut, start) if start > self.buffer_start + 0.01 else stop
-        heard = [w.start for w in self.policy.tentative if w.start > self.buffer_start]
-        cut = min([cut, *heard[:1]])
+        pending_starts = [w.start for w in self.policy.tentative if w.start > self.buffer_start]
+        cut = min([cut, *pending_starts[:1]])
         samples = round((cut - self.buffer_start) * SAMPLE_RATE)
         if samples > 0:
             self.buffer = self.buffer[samples:]

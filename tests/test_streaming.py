@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from maxwhisper.api import SAMPLE_RATE, DecodeOptions, Segment, Word
+from maxwhisper.audio import N_SAMPLES
 from maxwhisper.decoding import DecodingTask, compression_ratio
 from maxwhisper.streaming import (BUDGET, SETTLE_S, STEP_S, LocalAgreement, Streamer, StreamReport, StreamWord,
                                   fails_offline_rules, stream_audio)
@@ -121,6 +122,19 @@ def test_two_steps_where_two_updates_fit_the_budget_and_the_second_hears_step_s_
     streamer.last_compute_s = 0.1
     assert len(list(streamer.feed(np.zeros(10 * SAMPLE_RATE, np.float32)))) == 2  # a backlog: still two
     assert [n for n, _ in heard.calls] == [1.0, 11.0 - STEP_S, 11.0]
+
+
+def test_a_window_hears_30_s_at_most_so_a_longer_buffer_is_one_step_and_no_samples_no_update():
+    class Windowed(ScriptedTranscriber):
+        def transcribe_window(self, audio, options=DecodeOptions()):  # as MAX's: the first 30 s only
+            return self.transcribe(audio[:N_SAMPLES], options)
+
+    streamer = Streamer(Windowed(""))
+    streamer.push(np.zeros(SAMPLE_RATE, np.float32))
+    streamer.last_compute_s = 0.1  # two steps would fit, but both would hear the same 30 s
+    updates = list(streamer.feed(np.zeros(32 * SAMPLE_RATE, np.float32)))
+    assert len(updates) == 1 and updates[0].heard_until == pytest.approx(30.0)  # not 33: SETTLE_S counts from 30
+    assert list(streamer.feed(np.zeros(0, np.float32))) == []
 
 
 def test_the_stream_commits_the_script_in_order_with_prompts_and_trimming():

@@ -23,10 +23,11 @@ from .worker import JobSettings, Transcribe, read_audio
 
 READ_CPUS = 0.25  # a read task's CPU request: decoding a file is short beside transcribing it
 SETTLE_S = 3.0  # how long a job waits for CPUs that a job just ended still holds
-# MAX's sequential loop (no batch size): a worker transcribes this many files at once on a model
-# that runs their encoder calls and decoder steps together (`graph.shared_steps`), each file's
-# tokens those it gets alone. Batched long-form fills its steps with a file's windows: there, files
-# sharing steps measured slower (batch 8), and a worker takes one file at a time.
+# MAX's sequential loop (no batch size) on the CPU: a worker transcribes this many files at once on
+# a model that runs their encoder calls and greedy decoder steps together (`graph.shared_steps`),
+# each file's tokens those it gets alone. Batched long-form fills its steps with a file's windows:
+# there, files sharing steps measured slower (batch 8), and a worker takes one file at a time; so
+# does a GPU worker and one without the CPU kernels (no shared steps; not measured).
 FILES_AT_ONCE = 4
 WORKER_START_S = 1800  # placing and starting the workers (a cluster may add nodes); their models load after
 
@@ -169,7 +170,7 @@ def _pipeline(files: list[InputFile], settings: JobSettings, workers: int):
     cpus, gpus = _worker_resources(settings.device, workers)
     threads = settings.threads or max(1, math.floor(cpus + READ_CPUS))
     # every backend's threads per worker: two workers on a node, each on every core, would fight over them
-    at_once = files_at_once(settings)
+    at_once = files_at_once(settings, on_gpu=gpus > 0)
     settings = dataclasses.replace(settings, threads=threads, files_at_once=at_once)
     items = [{"path": f.path, "name": f.name, "output": f.relative} for f in files]
     dataset = (ray.data.from_items(items, override_num_blocks=len(items))  # a block per file: a task each
@@ -191,9 +192,11 @@ def _pipeline(files: list[InputFile], settings: JobSettings, workers: int):
     return dataset
 
 
-def files_at_once(settings: JobSettings) -> int:
-    """How many files a worker transcribes at once: FILES_AT_ONCE for MAX's sequential loop, else 1."""
-    return FILES_AT_ONCE if settings.backend == "max" and settings.options.batch_size is None else 1
+def files_at_once(settings: JobSettings, on_gpu: bool) -> int:
+    """How many files a worker transcribes at once: FILES_AT_ONCE for MAX's sequential loop on the
+    CPU with its kernels, else 1."""
+    shares_steps = settings.backend == "max" and settings.kernels and not on_gpu
+    return FILES_AT_ONCE if shares_steps and settings.options.batch_size is None else 1
 
 
 def _settled_free_cpus(total: float) -> float:

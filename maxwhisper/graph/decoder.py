@@ -10,7 +10,8 @@ Under --precision int8 the cross K/V come from the encoder graph in int8 with a 
 key and per value (`cross_layout`): the token step's kernel and the step graph's
 `cross_attention_int8` read them as they are, the alignment graph widens them first (`float_cross`).
 Under the CPU kernels' plan a one-row call goes further: its attention is one Mojo kernel
-(`layers.few_row_attention`) that reads only the filled part of the cache, and the graph also
+(`layers.few_row_attention`, its cross-attention `cross_attention_int8` under int8) that reads only
+the filled part of the cache, and the graph also
 picks the greedy token (`layers.greedy_choice`), so the host need not look at the logits. One
 new token of each sequence (every step after the prompt, batched or not) has a graph of its own
 there, one Mojo op per layer (`build_token_step_graph`): ~25 ops instead of ~100, each sequence at

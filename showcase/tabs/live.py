@@ -126,12 +126,16 @@ class LiveSession:
                     self._pending.clear()
                     last = self._stopped
                 if len(audio):
-                    with self._lock:
-                        for update in streamer.feed(audio):  # committed as each step ends
-                            self.compute_s += update.compute_s
-                            self.updates += 1
-                            self._commit(update.committed)
-                            self.tentative = update.tentative
+                    steps = streamer.feed(audio)
+                    while True:
+                        with self._lock:  # one step at a time: another stream on the model waits one update
+                            update = next(steps, None)
+                        if update is None:
+                            break
+                        self.compute_s += update.compute_s
+                        self.updates += 1
+                        self._commit(update.committed)  # committed as each step ends
+                        self.tentative = update.tentative
                     with self._cond:
                         self.transcribed_s += len(audio) / SAMPLE_RATE
                 if last:
