@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")
 
 from maxwhisper.api import DecodeOptions  # noqa: E402
-from maxwhisper.audio import MEDIA_SUFFIXES, SAMPLE_RATE, load_audio  # noqa: E402
-from maxwhisper.bench.clips import audio_dir  # noqa: E402
+from maxwhisper.audio import SAMPLE_RATE, load_audio  # noqa: E402
+from maxwhisper.bench.bulk import shared_clips  # noqa: E402
 from maxwhisper.registry import create_transcriber  # noqa: E402
 
 
@@ -34,7 +34,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--batch-size", type=int, default=None)
     args = p.parse_args()
-    clips = sorted(c for c in audio_dir().iterdir() if c.suffix.lower() in MEDIA_SUFFIXES)
+    clips = shared_clips()
     start = time.perf_counter()
     t = create_transcriber(args.backend, model="tiny.en", device="cpu", precision=args.precision, threads=args.threads)
     print(f"{args.backend} {args.precision}, {args.threads} threads, batch {args.batch_size}: model ready in "

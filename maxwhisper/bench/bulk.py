@@ -24,12 +24,19 @@ SPEED_TARGET = 1.3  # MAX fp32's audio hours per hour over faster-whisper fp32's
 OVERHEAD_TARGET = 0.10  # the pipeline's time over transcribe() in one process, less than
 
 
+def shared_clips() -> list[Path]:
+    """The shared clips' media files, sorted: the set a bulk benchmark repeats."""
+    from ..audio import MEDIA_SUFFIXES
+
+    return sorted(p for p in audio_dir().iterdir() if p.suffix.lower() in MEDIA_SUFFIXES)
+
+
 def bulk_clips(folder: Path, minimum_s: float) -> tuple[list[Path], float, int]:
     """The shared clips linked `repeats` times into `folder` (round-1/jfk.flac, ...), enough for
     `minimum_s` seconds of audio. Returns (files, seconds of audio, repeats)."""
-    from ..audio import MEDIA_SUFFIXES, SAMPLE_RATE, load_audio
+    from ..audio import SAMPLE_RATE, load_audio
 
-    clips = sorted(p for p in audio_dir().iterdir() if p.suffix.lower() in MEDIA_SUFFIXES)
+    clips = shared_clips()
     seconds = sum(len(load_audio(p)) / SAMPLE_RATE for p in clips)
     repeats = max(1, math.ceil(minimum_s / seconds))
     files = []
