@@ -22,6 +22,8 @@ def test_int8_plan_runs_every_linear_in_int8(max_tiny_en_int8):
     assert plan.cross_int8 and "int8 weights and cross K/V" in plan.describe()
     assert max_tiny_en_int8.net.copies  # the quantized weights, made once at load
     assert {a.dtype for (kind, _), a in max_tiny_en_int8.net.copies.items() if kind == "int8"} == {np.dtype(np.int8)}
+    # the output projection's 4-bit copy for `vocab_projection_int4`'s first pass, and only its
+    assert [name for kind, name in max_tiny_en_int8.net.copies if kind == "int4"] == ["decoder.token_embedding.weight"]
 
 
 def assert_wer_within_tolerance_of_fp32(fp32_model, reduced_model, tolerance_points: float) -> None:

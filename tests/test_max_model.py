@@ -418,6 +418,46 @@ def test_few_row_linear_int8_kernel_is_the_float32_product_of_int8_weights():
         np.testing.assert_array_equal(run(x[row:row + 1])[0][0], five[row])
 
 
+def test_vocab_projection_int4_kernel_is_int8_near_the_top_and_the_4_bit_product_elsewhere():
+    """`vocab_projection_int4` against float64 numpy: each logit is either `few_row_linear_int8`'s
+    bit for bit, or the 4-bit pass's (x quantized per row to int8 times the 4-bit weights with their
+    group scales); every logit the 4-bit pass puts within the margin of the row's largest is the
+    int8 one, and so is the argmax; N not a multiple of the 16-row panels; a row's logits the same alone as among 3."""
+    from max.dtype import DType
+    from max.graph import DeviceRef, TensorType
+
+    from maxwhisper.graph.layers import INT4_GROUP, WeightBank, few_row_linear_int8, vocab_projection_int4
+    from maxwhisper.graph.weights import quantize_int4_groups
+
+    rng = np.random.default_rng(0)
+    n, k, margin = 5003, 384, 6.0
+    arrays = {"proj.weight": (rng.standard_normal((n, k)) * 0.05).astype(np.float32)}
+    cpu = DeviceRef.CPU()
+    w = WeightBank(arrays, DType.float32, cpu)
+    types = [TensorType(DType.float32, ["m", k], device=cpu)]
+    run = _kernel_graph("vocab_projection_int4_test", types, lambda x: [vocab_projection_int4(w, "proj")(x)], w)
+    x = (rng.standard_normal((3, k)) * 3).astype(np.float32)
+    x[1, :40] *= 4  # a row with a few large values, as a layer norm's output has
+    reference = WeightBank(arrays, DType.float32, cpu, copies=w.copies)  # a graph's weights are its own
+    (int8,) = _kernel_graph("vocab_projection_int8_reference", types,
+                            lambda x: [few_row_linear_int8(reference, "proj")(x)], reference)(x)
+    (three,) = run(x)
+
+    q4, group_scales = quantize_int4_groups(arrays["proj.weight"], INT4_GROUP)
+    weights4 = ((q4.astype(np.float64) - 8).reshape(n, -1, INT4_GROUP) * group_scales[..., None]).reshape(n, k)
+    x_scale = np.abs(x).max(axis=1, keepdims=True).astype(np.float32) / np.float32(127)
+    coarse = (np.rint(x / x_scale).astype(np.float64) @ weights4.T) * x_scale
+    exact = three == int8
+    np.testing.assert_allclose(three[~exact], coarse[~exact], rtol=1e-5, atol=1e-4)
+    assert np.abs(coarse - int8).max() < margin / 2  # here, as on Whisper's logits, well within the margin
+    near_top = coarse >= coarse.max(axis=1, keepdims=True) - margin + 1e-3  # by the 4-bit pass
+    assert exact[near_top].all() and near_top.sum(axis=1).min() >= 1
+    assert (~exact).sum() > 0.9 * exact.size  # most logits are the 4-bit pass's
+    np.testing.assert_array_equal(three.argmax(axis=1), int8.argmax(axis=1))
+    for row in range(3):
+        np.testing.assert_array_equal(run(x[row:row + 1])[0][0], three[row])
+
+
 def test_int8_quantization_is_per_output_channel():
     """`quantize_int8`: each output channel's (row's) largest |w| becomes 127, every weight is
     within half a step of its scale, an all-zero row stays zero."""
@@ -500,13 +540,31 @@ def test_int8_encoder_tile_uses_the_target_s_byte_dot_product(cpu, instruction, 
     """`packed_linear_int8`'s tile as the kernels pick it for a CPU (tests/tile_int8_asm.mojo): with
     VNNI its loop is `vpdpbusd` on every accumulator, without it `vpmaddubsw` twice per accumulator
     and no `vpdpbusd`; no vector register is spilled to the stack."""
+    assert_byte_dot_products(_tile_assembly("tile_int8_asm.mojo", cpu, tmp_path), instruction, register, count)
+
+
+def assert_byte_dot_products(code: str, instruction: str, register: str, count: int) -> None:
+    """The assembly has `count` `instruction`s, all on `register`s, `vpdpbusd` only if that is the
+    instruction, and no vector register spilled to the stack."""
     import re
 
-    code = _tile_assembly("tile_int8_asm.mojo", cpu, tmp_path)
     found = re.findall(rf"{instruction}\s+%(\w+), %(\w+), %(\w+)", code)
     assert len(found) == count and all(operand.startswith(register) for op in found for operand in op), found
     assert instruction == "vpdpbusd" or "vpdpbusd" not in code
     assert not re.search(SPILL, code), "a vector register spilled"
+
+
+@pytest.mark.parametrize("cpu, instruction, register, count", [
+    ("haswell", "vpmaddubsw", "ymm", 8),  # AVX2: 1 panel, 2 accumulators of 2 ymm, two vpmaddubsw each
+    ("skylake-avx512", "vpmaddubsw", "zmm", 16),  # AVX-512 without VNNI: 4 panels x 2 zmm accumulators
+    ("alderlake", "vpdpbusd", "ymm", 4),  # AVX-VNNI: 1 panel x 2 accumulators of 2 ymm
+    ("znver4", "vpdpbusd", "zmm", 8),  # AVX-512 VNNI: 4 panels x 2 zmm
+])
+def test_vocab_projection_first_pass_uses_the_target_s_byte_dot_product(cpu, instruction, register, count, tmp_path):
+    """`vocab_projection_int4`'s 4-bit pass as the kernel picks it for a CPU
+    (tests/vocab_int4_asm.mojo): `count` byte dot products on `register`s per 8 weights of its
+    panels (VNNI's `vpdpbusd`, else `vpmaddubsw` and no `vpdpbusd`), no vector register spilled."""
+    assert_byte_dot_products(_tile_assembly("vocab_int4_asm.mojo", cpu, tmp_path), instruction, register, count)
 
 
 def test_greedy_choice_kernel_equals_the_host_decoding_path():

@@ -30,7 +30,7 @@ from ..checkpoint import ModelDims
 from .layers import (MakeLinear, WeightBank, attend_few_rows, attention, attention_scores_few_rows,
                      cross_attention_int8, dim_value, few_row_attention, few_row_linear, few_row_linear_int8,
                      greedy_choice, kernel_library, layer_norm, linear_few_rows, merge_heads, packed_linear_bf16,
-                     packed_linear_int8, split_heads)
+                     packed_linear_int8, split_heads, vocab_projection_int4)
 from .plan import ExecutionPlan
 
 OFFSET_TYPE = TensorType(DType.int64, [], device=DeviceRef.CPU())  # the cache's write offset, on the host
@@ -120,6 +120,12 @@ def step_linear(plan: ExecutionPlan) -> MakeLinear:
     return few_row_linear_int8 if plan.int8 else few_row_linear
 
 
+def projection_linear(plan: ExecutionPlan) -> MakeLinear:
+    """The step graphs' output projection: with int8 weights `vocab_projection_int4` (a 4-bit pass
+    over the vocabulary, the logits near each row's largest again in int8), else `step_linear`'s."""
+    return vocab_projection_int4 if plan.int8 else step_linear(plan)
+
+
 def block_linear(plan: ExecutionPlan) -> MakeLinear:
     """The step graph's layer linears. With int8 weights the graph's calls are prompts (the token
     step graph takes every one-token step), tens to hundreds of rows: `packed_linear_int8`'s int8
@@ -138,7 +144,6 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) -> 
     the last of the k positions and its log probability float32 [B] (`layers.greedy_choice`)."""
     L, S, dev = dims.n_text_layer, dims.n_text_ctx, w.device
     use_kernel = plan.step_kernels
-    make_linear = step_linear(plan)
     choice_types = [TensorType(DType.float32, ["batch", dims.n_vocab], device=dev),
                     TensorType(DType.int64, [1], device=dev)] if use_kernel else []
     types = [
@@ -190,13 +195,13 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) -> 
             return lambda q, k, v_t: cross_attention_int8(q, k, v_t, cross[2][i], cross[3][i])
 
         self_attend = step_attention(mask, positions + 1)
-        audio_ctx = cross_k.shape[3]
-        cross_attend = step_attention(None, ops.broadcast_to(dim_value(audio_ctx).reshape([1]), [n]))
+        if not plan.cross_int8:
+            cross_attend = step_attention(None, ops.broadcast_to(dim_value(cross_k.shape[3]).reshape([1]), [n]))
         for i in range(L):
             x = decoder_block(w, f"decoder.blocks.{i}", dims, x, cached(i), self_attend,
                               int8_cross_attention(i) if plan.cross_int8 else cross_attend,
                               cross_k[i], cross_v_t[i], block_linear(plan))
-        logits = _logits(w, ops.gather(x, logit_index, axis=1), make_linear)
+        logits = _logits(w, ops.gather(x, logit_index, axis=1), projection_linear(plan))
         graph.output(logits, *(greedy_choice(logits, *choice_inputs) if use_kernel else []))
     return graph
 
@@ -255,7 +260,7 @@ def build_token_step_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) 
         for i in range(dims.n_text_layer):
             x = decoder_layer_step(w, f"decoder.blocks.{i}", x, caches[2 * i], caches[2 * i + 1],
                                    [c[i] for c in cross], positions, plan.int8)
-        logits = _logits(w, ops.reshape(ops.gather(x, rows, axis=0), [rows.shape[0], 1, d]), step_linear(plan))
+        logits = _logits(w, ops.reshape(ops.gather(x, rows, axis=0), [rows.shape[0], 1, d]), projection_linear(plan))
         graph.output(logits, *greedy_choice(logits, suppress, timestamp_begin))
     return graph
 

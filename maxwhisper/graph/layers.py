@@ -14,10 +14,11 @@ import numpy as np
 from max.dtype import DType
 from max.graph import DeviceRef, TensorType, TensorValue, Weight, ops
 
-from .weights import bfloat16_bits, quantize_int8
+from .weights import bfloat16_bits, quantize_int4_groups, quantize_int8
 
 LN_EPS = 1e-5
 PANEL = 16  # columns per panel of `packed_linear` weights (NR in linear.mojo)
+INT4_GROUP = 64  # weights per scale of `vocab_projection_int4`'s 4-bit copy (G4 in vocab_projection.mojo)
 MACHINE_TILE = (0, 0)  # the CPU kernels' register tile as they pick it for the machine's vector width
 KERNELS = Path(__file__).parent / "kernels"  # Mojo custom ops (their source package)
 
@@ -84,6 +85,31 @@ class WeightBank:
         n, k = self._int8(name)[0].shape
         return (self._weight(f"{name}.int8", DType.int8, (n, k), lambda: self._int8(name)[0]),
                 self._weight(f"{name}.int8_scales", DType.float32, (n,), lambda: self._int8(name)[1]))
+
+    def int4_panels(self, name: str) -> tuple[Weight, Weight]:
+        """The linear weight `name` W [N, K] (K a multiple of 64) as `vocab_projection_int4`'s 4-bit
+        copy (`quantize_int4_groups`): N padded with zero rows to P = ceil(N / 16) panels of 16 rows;
+        nibbles uint8 [P, K / 8, 64], byte 4c + i of block t holding row c's weights k = 8t + i
+        (low nibble) and 8t + 4 + i (high); the group scales float32 [P, K / 64, 16]."""
+        n, k = self.arrays[name].shape
+        panels = -(-n // PANEL)
+
+        def padded() -> tuple[np.ndarray, np.ndarray]:
+            if ("int4", name) not in self.copies:
+                q, scales = quantize_int4_groups(self.arrays[name], INT4_GROUP)
+                pad = panels * PANEL - n
+                self.copies["int4", name] = np.pad(q, ((0, pad), (0, 0)), constant_values=8)
+                self.copies["int4 scales", name] = np.pad(scales, ((0, pad), (0, 0)), constant_values=1)
+            return self.copies["int4", name], self.copies["int4 scales", name]
+
+        def nibbles() -> np.ndarray:
+            q = padded()[0].reshape(panels, PANEL, k // 8, 2, 4).transpose(0, 2, 1, 3, 4)
+            return np.ascontiguousarray((q[:, :, :, 0] | (q[:, :, :, 1] << 4)).reshape(panels, k // 8, 4 * PANEL))
+
+        return (self._weight(f"{name}.int4_nibbles", DType.uint8, (panels, k // 8, 4 * PANEL), nibbles),
+                self._weight(f"{name}.int4_scales", DType.float32, (panels, k // INT4_GROUP, PANEL),
+                             lambda: np.ascontiguousarray(
+                                 padded()[1].reshape(panels, PANEL, k // INT4_GROUP).transpose(0, 2, 1))))
 
     def flat(self, graph_name: str, names: list[str], dtype: DType) -> Weight:
         """The arrays named, flattened and concatenated in order into one 1-D weight: as float16
@@ -195,6 +221,25 @@ def few_row_linear_int8(w: WeightBank, prefix: str) -> Linear:
     each weight widened to float32 in registers, the row's sum scaled once; a quarter of float32's
     bytes. float32 x only."""
     return _few_row_kernel(w, prefix, "few_row_linear_int8", list(w.int8_rows(f"{prefix}.weight")))
+
+
+def vocab_projection_int4(w: WeightBank, prefix: str) -> Linear:
+    """`few_row_linear_int8` for the output projection (no bias) in two passes
+    (`kernels/vocab_projection.mojo`): every logit from a 4-bit copy of the weight
+    (`WeightBank.int4_panels`, x quantized per row to int8), then those within a margin of each
+    row's largest again from the int8 rows, as `few_row_linear_int8` computes them. float32 x only."""
+    if f"{prefix}.bias" in w.arrays:
+        raise ValueError(f"vocab_projection_int4: {prefix} has a bias")
+    weight = [*w.int4_panels(f"{prefix}.weight"), *w.int8_rows(f"{prefix}.weight")]
+    d_out = weight[2].shape[0]
+
+    def apply(x: TensorValue) -> TensorValue:
+        *lead, d_in = x.shape
+        flat = ops.reshape(x, [-1, d_in])
+        out = TensorType(DType.float32, [flat.shape[0], d_out], device=x.device)
+        y = ops.custom("vocab_projection_int4", x.device, [flat, *weight], [out])[0].tensor
+        return ops.reshape(y, [*lead, d_out])
+    return apply
 
 
 def _few_row_kernel(w: WeightBank, prefix: str, op: str, weight: list) -> Linear:

@@ -42,7 +42,7 @@ def graph_names(plan: ExecutionPlan) -> tuple[str, ...]:
 def build_graph(name: str, arrays: dict[str, np.ndarray], dims: ModelDims, plan: ExecutionPlan,
                 copies: dict | None = None) -> tuple[Graph, dict[str, np.ndarray]]:
     """Graph `name` (one of GRAPHS) under `plan`, and the weights registry that fills it (arrays
-    from `weights.graph_arrays`; copies: float16 and int8 copies shared between graphs)."""
+    from `weights.graph_arrays`; copies: float16, int8 and int4 copies shared between graphs)."""
     if name == "cache_reorder":
         return build_cache_reorder_graph(dims, plan.dtype, plan.device), {}
     if name == "batch_repeat":
@@ -148,7 +148,7 @@ class MaxWhisper:
         self.device_ref = DeviceRef.GPU() if device == "gpu" else DeviceRef.CPU()
         self.dtype = DTYPES[precision]
         self.arrays = graph_arrays(ckpt.state, ckpt.dims)
-        self.copies: dict = {}  # float16 and int8 copies of the weights, made once for every graph
+        self.copies: dict = {}  # float16, int8 and int4 copies of the weights, made once for every graph
         self.plan = make_plan(WeightBank(self.arrays, self.dtype, self.device_ref, self.copies), self.dims, kernels,
                               int8=precision == "int8", bf16=precision == "bf16")
         start = time.perf_counter()

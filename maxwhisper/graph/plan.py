@@ -79,7 +79,7 @@ def make_plan(w: WeightBank, dims: ModelDims, kernels: bool = True, int8: bool =
     encoder_linear = all(map(packed_linear_fits, (d_audio, 3 * d_audio, 4 * d_audio, 2 * d_text)))
     step = few_row_attention_fits(head_dim, max(dims.n_text_ctx, dims.n_audio_ctx))
     step_linears = step and few_row_linear_fits(d_text) and few_row_linear_fits(4 * d_text)
-    if int8 and not (encoder_linear and step_linears and d_audio % 4 == 0 and d_text % 16 == 0):
+    if int8 and not (encoder_linear and step_linears and d_audio % 4 == 0 and d_text % 64 == 0):
         raise ValueError(f"int8 weights: the model's widths ({d_audio}, {d_text}) do not fit the int8 kernels")
     if bf16 and not (encoder_linear and step and packed_linear_fits(d_text) and d_audio % 2 == 0 and d_text % 2 == 0):
         raise ValueError(f"bf16 linears: the model's widths ({d_audio}, {d_text}) do not fit the bf16 kernel")

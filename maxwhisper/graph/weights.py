@@ -77,6 +77,18 @@ def quantize_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, scale.reshape(-1)
 
 
+def quantize_int4_groups(w: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """W [d_out, d_in] ~ q x scale per `group` consecutive weights of a row: q in [-8, 7], returned
+    + 8 as uint8 in [0, 15]; scale float32 [d_out, d_in / group] = max |W[j, g]| / 7 (1 for an
+    all-zero group), rounded to nearest."""
+    n, k = w.shape
+    groups = w.reshape(n, k // group, group).astype(np.float32)
+    amax = np.abs(groups).max(axis=2, keepdims=True)
+    scale = np.where(amax > 0, amax / np.float32(7), np.float32(1)).astype(np.float32)
+    q = np.clip(np.rint(groups / scale), -8, 7).astype(np.int16) + 8
+    return q.reshape(n, k).astype(np.uint8), scale.reshape(n, k // group)
+
+
 def bfloat16_bits(a: np.ndarray) -> np.ndarray:
     """float32 values rounded to bfloat16 (to nearest, ties to even, as the CPU's conversions do),
     as the bits of each bfloat16, uint16 (numpy has no bfloat16 type). Finite values only."""
