@@ -309,14 +309,15 @@ def test_streaming_report_says_the_targets():
 
 
 def test_bulk_report_says_the_targets():
-    def run(backend, precision, workers, wall_s, nodes=1):
+    def run(backend, precision, workers, wall_s, nodes=1, batch=8):
         return {"implementation": implementation_label(backend, precision), "backend": backend,
-                "precision": precision, "workers": workers, "batch_size": 8, "nodes": nodes, "files": 4, "failed": 0,
+                "precision": precision, "workers": workers, "batch_size": batch, "nodes": nodes, "files": 4, "failed": 0,
                 "audio_s": 3600.0, "wall_s": wall_s, "rate": 3600.0 / wall_s, "transcribe_s": wall_s - 2,
                 "read_s": 1.0, "write_s": 0.1, "node_files": [4] if nodes == 1 else [2, 2]}
 
     runs = [run("max", "fp32", 1, 60.0), run("max", "fp32", 2, 90.0), run("faster", "fp32", 1, 100.0),
-            run("faster", "fp32", 2, 75.0), run("max", "fp32", 2, 95.0, nodes=2)]
+            run("faster", "fp32", 2, 75.0), run("max", "fp32", 2, 95.0, nodes=2),
+            run("max", "fp32", 1, 80.0, batch=None), run("faster", "fp32", 1, 120.0, batch=None)]
     references = [{"implementation": "MAX fp32", "backend": "max", "precision": "fp32", "batch_size": 8,
                    "wall_s": 50.0, "audio_s": 3600.0, "rate": 72.0}]
     doc = {"created": "now", "command": "python -m maxwhisper bench --bulk",
@@ -330,6 +331,9 @@ def test_bulk_report_says_the_targets():
             "met") in md
     assert ("- 2 worker(s), batch 8: MAX fp32 40.0 vs faster-whisper fp32 48.0 audio h/h = 0.83x (at least 1.3x): "
             "NOT MET") in md
+    assert "| MAX fp32 | 1 | 1 | none | 80.0 | 45.0 | 1.50 |" in md  # the sequential loop
+    assert ("- 1 worker(s), batch none: MAX fp32 45.0 vs faster-whisper fp32 30.0 audio h/h = 1.50x (at least 1.3x): "
+            "met") in md
     # best against best: MAX's 1 worker against faster-whisper's 2 workers
     assert ("- best against best: MAX fp32 60.0 (1 worker(s), batch 8) vs faster-whisper fp32 48.0 (2 worker(s), "
             "batch 8) = 1.25x (at least 1.3x): NOT MET") in md

@@ -394,3 +394,26 @@ def test_a_job_spreads_over_two_nodes(tmp_path):
     assert sorted(rows) == [f"clips/{c.name}" for c in copies]
     assert sorted({r["node"] for r in rows.values()}) == report["nodes"]  # both nodes transcribed files
     assert all(normalize(r["text"]) == JFK_WORDS for r in rows.values())
+
+
+def test_reads_run_below_workers_of_several_threads_and_back_for_single_threaded_ones(tmp_path):
+    """A task process reads for jobs of both kinds: its niceness follows the job's workers."""
+    import threading
+
+    from maxwhisper.bulk.worker import READ_NICE, read_audio
+
+    clip = next(p for p in sorted(Path("../shared/audio").iterdir()) if p.suffix == ".flac")
+    row = {"path": str(clip), "name": clip.name, "output": clip.name}
+    niceness = []
+
+    def reads():  # a thread of its own (Linux: niceness per thread), as a task process's thread
+        for below in (True, False):
+            out = read_audio(row, None, below_workers=below)
+            assert out["error"] == "" and out["audio"]
+            niceness.append(os.getpriority(os.PRIO_PROCESS, 0))
+
+    thread = threading.Thread(target=reads)
+    thread.start()
+    thread.join()
+    normal = os.getpriority(os.PRIO_PROCESS, 0)
+    assert niceness == [max(normal, READ_NICE), normal]

@@ -678,6 +678,36 @@ def test_kernel_library_is_compiled_once_and_a_broken_kernel_is_a_clear_error(tm
     assert sorted(p.name for p in package.parent.iterdir()) == [package.name]  # no staging folder left
 
 
+def test_a_compiled_cpu_graph_is_kept_on_disk_and_the_next_load_uses_it(tmp_path, monkeypatch):
+    from max import driver
+    from max.dtype import DType
+    from max.engine import InferenceSession
+    from max.graph import DeviceRef, Graph, TensorType
+
+    from maxwhisper.graph import compiled
+
+    monkeypatch.setattr(compiled, "cache_folder", lambda: tmp_path)
+
+    def scale(k: float) -> Graph:
+        with Graph("scale", input_types=[TensorType(DType.float32, [4], DeviceRef.CPU())]) as graph:
+            graph.output(graph.inputs[0].tensor * k)
+        return graph
+
+    session = InferenceSession(devices=[driver.CPU()])
+    first = compiled.compile_cpu_graph(session, scale(2.0))
+    path = compiled.artifact_path(scale(2.0))  # the same graph built again: the same artifact
+    assert path.parent == tmp_path / "graphs" and [p.name for p in path.parent.iterdir()] == [path.name]
+    assert compiled.artifact_path(scale(3.0)) != path  # another constant: another artifact
+
+    compiles, compile = [], session.compile
+    monkeypatch.setattr(session, "compile", lambda model, **kw: compiles.append(model) or compile(model, **kw))
+    again = compiled.compile_cpu_graph(session, scale(2.0))
+    assert compiles == [str(path)]  # loaded from the artifact, not compiled
+    x = np.arange(4, dtype=np.float32)
+    for c in (first, again):
+        assert np.array_equal(session.init(c).execute(driver.Buffer.from_numpy(x))[0].to_numpy(), 2 * x)
+
+
 def test_batched_greedy_windows_equal_their_single_decodes(max_tiny_en, jfk_audio, lecture_60s_audio):
     """Two windows decoded as one batch (the step graph's choice per row; jfk ends first and pads
     with eot) give each window's own tokens and log probability."""

@@ -1,6 +1,6 @@
 """`bench --bulk`: bulk jobs (`maxwhisper.transcribe_many`, Ray Data) over the shared clips repeated
-to at least 30 minutes of audio, for each implementation at 1 and 2 workers and each batch size:
-audio hours per hour. Beside them the same files through `transcribe()` in one process (a worker
+to at least 30 minutes of audio, for each implementation at 1 and 2 workers, without a batch size
+(the sequential loop, the command's default) and at each batch size: audio hours per hour. Beside them the same files through `transcribe()` in one process (a worker
 subprocess: model loaded once, files one after another) give the pipeline's overhead, and a job on
 two virtual nodes (`ray.cluster_utils.Cluster`, each with half the cores) shows it spread. Ray's
 start-up is timed apart from the jobs; a job's time includes its workers' model loads."""
@@ -64,7 +64,7 @@ def bulk_reference_worker(spec: dict[str, Any]) -> dict[str, Any]:
         result = t.transcribe(load_audio(path), options)
         audio_s += result.audio_s
     wall_s = time.perf_counter() - start
-    info(f"[{spec['backend']} {t.precision} one process, batch {options.batch_size}] {audio_s / 3600:.2f} h in "
+    info(f"[{spec['backend']} {t.precision} one process, batch {_batch(options.batch_size)}] {audio_s / 3600:.2f} h in "
          f"{wall_s:.1f} s")
     return {"ok": True, "implementation": implementation_label(spec["backend"], t.precision),
             "backend": spec["backend"], "precision": t.precision, "batch_size": options.batch_size,
@@ -86,7 +86,7 @@ def _job(folder: Path, out: Path, backend: str, precision: str, model: str, work
            "transcribe_s": sum(t["transcribe_s"] or 0 for t in timings),
            "read_s": sum(t["read_s"] for t in timings), "write_s": sum(t["write_s"] or 0 for t in timings),
            "node_files": sorted(sum(r["node"] == n for r in rows) for n in {r["node"] for r in rows})}
-    info(f"[{run['implementation']} {workers} worker(s), batch {options.batch_size}, {run['nodes']} node(s)] "
+    info(f"[{run['implementation']} {workers} worker(s), batch {_batch(options.batch_size)}, {run['nodes']} node(s)] "
          f"{summary.audio_s / 3600:.2f} h in {summary.wall_s:.1f} s: {run['rate']:.1f} audio h/h, "
          f"{summary.failed} failed")
     return run
@@ -113,6 +113,7 @@ def main_bulk(args, impls: list[tuple[str, str]], model: str, decode_dict: dict,
     from ..api import DecodeOptions
 
     base = DecodeOptions(**{**decode_dict, "temperature": tuple(decode_dict["temperature"])})
+    batches = [None, *args.batch_sizes]  # None: the sequential loop, transcribe-many's default
     cores = os.cpu_count() or 1
     runs, references, starts = [], [], {}
     with tempfile.TemporaryDirectory(prefix="maxwhisper-bulk-") as tmp:
@@ -120,7 +121,7 @@ def main_bulk(args, impls: list[tuple[str, str]], model: str, decode_dict: dict,
         info(f"--- bulk: {len(files)} files, {audio_s / 60:.1f} min of audio ({repeats} x the shared clips) ---")
         jobs = Path(tmp) / "jobs"
         for backend, precision in impls:
-            for batch in args.batch_sizes:
+            for batch in batches:
                 options = dataclasses.replace(base, batch_size=batch)
                 spec = {"kind": "bulk_reference", "backend": backend, "model": model, "device": "cpu",
                         "precision": precision, "threads": cores,
@@ -135,8 +136,8 @@ def main_bulk(args, impls: list[tuple[str, str]], model: str, decode_dict: dict,
         try:
             for backend, precision in impls:
                 for workers in args.bulk_workers:
-                    for batch in args.batch_sizes:
-                        out = jobs / f"{backend}-{precision}-{workers}-{batch}"
+                    for batch in batches:
+                        out = jobs / f"{backend}-{precision}-{workers}-{batch or 'sequential'}"
                         runs.append(_job(Path(tmp) / "clips", out, backend, precision, model, workers,
                                          dataclasses.replace(base, batch_size=batch)))
         finally:
@@ -167,10 +168,14 @@ def main_bulk(args, impls: list[tuple[str, str]], model: str, decode_dict: dict,
            "bulk": {"model": model, "files": len(files), "audio_s": audio_s, "repeats": repeats,
                     "ray_start_s": starts, "runs": runs, "references": references}}
     write_mode_report(doc, bulk_markdown(doc), out_dir, stem)
-    return int(any(r["failed"] for r in runs) or len(references) < len(impls) * len(args.batch_sizes))
+    return int(any(r["failed"] for r in runs) or len(references) < len(impls) * len(batches))
 
 
-def _run(runs: list[dict], implementation: str, workers: int, batch: int, nodes: int = 1) -> dict | None:
+def _batch(batch: int | None) -> str:
+    return "none" if batch is None else str(batch)
+
+
+def _run(runs: list[dict], implementation: str, workers: int, batch: int | None, nodes: int = 1) -> dict | None:
     return next((r for r in runs if (r["implementation"], r["workers"], r["batch_size"], r["nodes"])
                  == (implementation, workers, batch, nodes)), None)
 
@@ -189,7 +194,7 @@ def bulk_targets(doc: dict) -> list[str]:
         f = _run(runs, implementation_label("faster", "fp32"), r["workers"], r["batch_size"])
         if f:
             x = ratio(r["rate"], f["rate"])
-            lines.append(f"- {r['workers']} worker(s), batch {r['batch_size']}: {r['implementation']} "
+            lines.append(f"- {r['workers']} worker(s), batch {_batch(r['batch_size'])}: {r['implementation']} "
                          f"{r['rate']:.1f} vs {f['implementation']} {f['rate']:.1f} audio h/h = {_f(x)}x "
                          f"(at least {SPEED_TARGET}x): {'met' if x and x >= SPEED_TARGET else 'NOT MET'}")
     for versus, target in (("fp32", SPEED_TARGET), ("int8", 1.0)):
@@ -199,15 +204,15 @@ def bulk_targets(doc: dict) -> list[str]:
         if mine and other:
             x = ratio(mine["rate"], other["rate"])
             lines.append(f"- best against best: {mine['implementation']} {mine['rate']:.1f} ({mine['workers']} worker(s), "
-                         f"batch {mine['batch_size']}) vs faster-whisper {versus} {other['rate']:.1f} "
-                         f"({other['workers']} worker(s), batch {other['batch_size']}) = {_f(x)}x "
+                         f"batch {_batch(mine['batch_size'])}) vs faster-whisper {versus} {other['rate']:.1f} "
+                         f"({other['workers']} worker(s), batch {_batch(other['batch_size'])}) = {_f(x)}x "
                          f"({'at least' if target > 1 else 'above'} {target:g}x): "
                          f"{'met' if x and (x >= target if target > 1 else x > target) else 'NOT MET'}")
     for ref in b["references"]:
         r = _run(runs, ref["implementation"], 1, ref["batch_size"])
         if r:
             overhead = r["wall_s"] / ref["wall_s"] - 1
-            lines.append(f"- pipeline overhead, {ref['implementation']} batch {ref['batch_size']}: 1 worker "
+            lines.append(f"- pipeline overhead, {ref['implementation']} batch {_batch(ref['batch_size'])}: 1 worker "
                          f"{r['wall_s']:.1f} s vs transcribe() in one process {ref['wall_s']:.1f} s = "
                          f"{100 * overhead:+.1f} % (under {100 * OVERHEAD_TARGET:g} %): "
                          f"{'met' if overhead < OVERHEAD_TARGET else 'NOT MET'}")
@@ -223,19 +228,21 @@ def bulk_markdown(doc: dict) -> str:
              f"(the shared clips {b['repeats']} times), each job `transcribe_many` into a fresh folder (txt). "
              f"A job's time includes its workers' start and model load; Ray's start-up is apart: "
              f"{starts.get('local', 0):.1f} s for the local instance, {starts.get('two_nodes', 0):.1f} s for two "
-             "virtual nodes (each with half the cores). Audio h/h: hours of audio per hour.", "",
+             "virtual nodes (each with half the cores). Batch none: the sequential loop (the command's default; "
+             "a MAX worker on the CPU transcribes four files at once, sharing their encoder calls and decoder "
+             "steps). Audio h/h: hours of audio per hour.", "",
              "| implementation | nodes | workers | batch | job s | audio h/h | x faster-whisper fp32 | "
              "transcribing s (sum) | reading s (sum) | files per node | failed |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in b["runs"]:
         f = _run(b["runs"], implementation_label("faster", "fp32"), r["workers"], r["batch_size"], r["nodes"])
-        lines.append(f"| {r['implementation']} | {r['nodes']} | {r['workers']} | {r['batch_size']} | "
+        lines.append(f"| {r['implementation']} | {r['nodes']} | {r['workers']} | {_batch(r['batch_size'])} | "
                      f"{r['wall_s']:.1f} | {r['rate']:.1f} | {_f(ratio(r['rate'], f['rate']) if f else None)} | "
                      f"{r['transcribe_s']:.1f} | {r['read_s']:.1f} | {', '.join(map(str, r['node_files']))} | "
                      f"{r['failed']} |")
     lines += ["", "The same files through `transcribe()` in one process (model loaded once, files in turn):", "",
               "| implementation | batch | s | audio h/h |", "|---|---:|---:|---:|"]
-    lines += [f"| {r['implementation']} | {r['batch_size']} | {r['wall_s']:.1f} | {r['rate']:.1f} |"
+    lines += [f"| {r['implementation']} | {_batch(r['batch_size'])} | {r['wall_s']:.1f} | {r['rate']:.1f} |"
               for r in b["references"]]
     lines += ["", "Targets:", "", *bulk_targets(doc)]
     return "\n".join(lines) + "\n"

@@ -98,7 +98,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b = p.add_argument_group("bulk mode (transcribe-many on Ray Data; max and faster backends, cpu)")
     b.add_argument("--bulk", action="store_true",
                    help="bulk jobs over the shared clips repeated to --bulk-minutes of audio, at each of --bulk-workers "
-                        "and --batch-sizes, beside the same files through transcribe() in one process and a job on "
+                        "without a batch size and at each --batch-sizes, beside the same files through transcribe() in one process and a job on "
                         "two virtual nodes")
     b.add_argument("--bulk-workers", type=_positive_ints, default=[1, 2], metavar="N,N", help="default 1,2")
     b.add_argument("--bulk-minutes", type=_positive_minutes, default=30.0, metavar="M",

@@ -174,7 +174,8 @@ def _pipeline(files: list[InputFile], settings: JobSettings, workers: int):
     settings = dataclasses.replace(settings, threads=threads, files_at_once=at_once)
     items = [{"path": f.path, "name": f.name, "output": f.relative} for f in files]
     dataset = (ray.data.from_items(items, override_num_blocks=len(items))  # a block per file: a task each
-               .map(read_audio, fn_kwargs={"max_seconds": settings.max_seconds}, num_cpus=READ_CPUS)
+               .map(read_audio, fn_kwargs={"max_seconds": settings.max_seconds, "below_workers": threads > 1},
+                    num_cpus=READ_CPUS)
                .map_batches(Transcribe, fn_constructor_args=(settings,), batch_size=1, num_cpus=cpus, num_gpus=gpus,
                             # Ray sets OMP_NUM_THREADS to the whole CPUs asked for (here 1): numpy's BLAS (the
                             # log-Mel, the decoding's numpy) ran on one thread, a job 15-75 % slower

@@ -52,12 +52,22 @@ def _for_people(message: str, row: dict) -> str:
     return message if row["name"] in message else f"{row['name']}: {message}"
 
 
-def read_audio(row: dict, max_seconds: float | None) -> dict:
+READ_NICE = 10  # the read tasks' niceness below workers of several threads
+
+
+def read_audio(row: dict, max_seconds: float | None, below_workers: bool = False) -> dict:
     """Ray Data task: `row` plus `audio` (float32 samples as bytes; empty on error), `read_s` and
     `error` (why the file cannot be read or holds nothing to transcribe; "" when it can: a column of
-    None would reach the actors as NaN)."""
+    None would reach the actors as NaN).
+
+    `below_workers`: read at a lower priority than the workers, for workers of several threads: a
+    read that takes a core from one of them stalls all its threads at their next join, so reads
+    take what the workers leave (a worker waiting for its next file leaves its cores). A
+    single-threaded worker loses only the core's time, and a read below it waits for that worker's
+    next file to end: there the reads keep the workers' priority."""
     from ..audio import check_transcribable, load_audio
 
+    _read_priority(below_workers)
     start = time.perf_counter()
     audio, error = b"", ""
     try:
@@ -69,6 +79,22 @@ def read_audio(row: dict, max_seconds: float | None) -> dict:
     except Exception as e:  # noqa: BLE001 - any failure is this file's row, never the job's end
         error = _for_people(f"cannot read {row['name']}: {type(e).__name__}: {e}", row)
     return {**row, "audio": audio, "read_s": time.perf_counter() - start, "error": error}
+
+
+_normal_priority: list[int] = []  # this task process's niceness before its first read
+
+
+def _read_priority(below_workers: bool) -> None:
+    """This thread's niceness (Linux: per thread) for a read: READ_NICE below the workers, else its
+    own (a task process may read for jobs of both kinds)."""
+    if not hasattr(os, "setpriority"):
+        return
+    if not _normal_priority:
+        _normal_priority.append(os.getpriority(os.PRIO_PROCESS, 0))
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, max(_normal_priority[0], READ_NICE) if below_workers else _normal_priority[0])
+    except PermissionError:  # back up needs a privilege: the read runs lower, as it would in the other job
+        pass
 
 
 class Transcribe:

@@ -381,13 +381,18 @@ def attend_few_rows(scores: TensorValue, v_t: TensorValue, mask: TensorValue | N
     return ops.transpose(ops.matmul(_widened(v_t), ops.transpose(p, -1, -2)), -1, -2).cast(v_t.dtype)
 
 
+def cache_folder() -> Path:
+    """This project's folder in MAX's cache (compiled kernels and graphs)."""
+    return Path(os.environ.get("MODULAR_CACHE_DIR", Path.home() / ".cache" / "modular")) / "maxwhisper"
+
+
 def kernel_library() -> Path:
     """`KERNELS` compiled to a Mojo package, once per source and compiler version, for a Graph's
     `custom_extensions`: given the source folder, MAX recompiles it for every Graph."""
     digest = hashlib.sha256(importlib.metadata.version("mojo-compiler").encode())
     for source in sorted(KERNELS.glob("*.mojo")):
         digest.update(source.name.encode() + source.read_bytes())
-    cache = Path(os.environ.get("MODULAR_CACHE_DIR", Path.home() / ".cache" / "modular")) / "maxwhisper"
+    cache = cache_folder()
     package = cache / f"kernels_{digest.hexdigest()[:16]}.mojoc"
     if not package.exists():
         from mojo.run import subprocess_run_mojo

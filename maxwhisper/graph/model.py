@@ -21,6 +21,7 @@ from max.graph import DeviceRef, Graph
 from ..api import BackendError
 from ..checkpoint import Checkpoint, ModelDims
 from ..registry import BF16_MISSING, has_bf16
+from .compiled import compile_cpu_graph
 from .decoder import (build_alignment_graph, build_batch_repeat_graph, build_cache_reorder_graph, build_decoder_graph,
                       build_token_step_graph, cache_shapes)
 from .encoder import build_encoder_graph
@@ -191,6 +192,8 @@ class MaxWhisper:
         # MLIR's current context is per thread and only the main thread has one entered: the app
         # and its warm-up compile from worker threads
         with ensure_default_mlir_context():
+            if self.device_ref.is_cpu():
+                return self.session.init(compile_cpu_graph(self.session, graph), weights_registry=weights_registry)
             return self.session.load(graph, weights_registry=weights_registry)
 
     def lazy_graph(self, name: str):

@@ -1,0 +1,64 @@
+"""Compiled CPU graphs kept on disk as MAX artifacts (`.mef`), so that a process loads a model's
+graphs without compiling them again.
+
+MAX's own compile cache still takes most of a second per graph on a hit (the three graphs a model
+loads: most of a model's start, paid by every bulk worker and every command); an exported artifact
+loads in milliseconds and runs the same code. An artifact is found by a digest of everything its
+code depends on: the graph's text (its ops, shapes, dtypes and constants; the weights are the
+registry's, bound after loading), the Mojo kernel package it calls (named by its own digest), the
+MAX version and the CPU it was compiled for. Only for the CPU device: a GPU compiles through MAX's
+cache as before.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import platform
+import tempfile
+from functools import cache
+from pathlib import Path
+
+from max.engine import InferenceSession
+from max.graph import Graph
+
+from .layers import cache_folder, kernel_library
+
+
+@cache
+def _cpu() -> str:
+    """The CPU that compiled code is specialised for: its model and instruction set flags."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.machine() + platform.processor()
+    fields = ("model name", "flags", "Features", "CPU part")  # x86 and ARM spellings
+    return "\n".join(sorted({line for line in lines if line.split(":")[0].strip() in fields}))
+
+
+def artifact_path(graph: Graph) -> Path:
+    """Where the artifact of `graph` compiled for this CPU lives."""
+    digest = hashlib.sha256()
+    for part in (importlib.metadata.version("max"), _cpu(), kernel_library().name, str(graph)):
+        digest.update(part.encode() + b"\0")
+    return cache_folder() / "graphs" / f"{graph.name}_{digest.hexdigest()[:24]}.mef"
+
+
+def compile_cpu_graph(session: InferenceSession, graph: Graph):
+    """`graph` compiled for `session` (on the CPU): from its artifact when one was exported, else
+    compiled and its artifact exported for the next process."""
+    path = artifact_path(graph)
+    if path.exists():
+        return session.compile(str(path))
+    compiled = session.compile(graph)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # written under a name of its own and renamed into place: processes may race on a cold cache
+    fd, staged = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        compiled.export_mef(staged)
+        os.replace(staged, path)
+    finally:
+        if os.path.exists(staged):
+            os.unlink(staged)
+    return compiled
