@@ -707,6 +707,18 @@ def test_a_compiled_cpu_graph_is_kept_on_disk_and_the_next_load_uses_it(tmp_path
     for c in (first, again):
         assert np.array_equal(session.init(c).execute(driver.Buffer.from_numpy(x))[0].to_numpy(), 2 * x)
 
+    path.write_bytes(b"not an artifact")  # damaged: compiled again and written anew
+    mended = compiled.compile_cpu_graph(session, scale(2.0))
+    assert np.array_equal(session.init(mended).execute(driver.Buffer.from_numpy(x))[0].to_numpy(), 2 * x)
+    assert path.read_bytes() != b"not an artifact"
+
+    unwritable = tmp_path / "a file"  # a cache folder that cannot be written (even by root)
+    unwritable.write_text("")
+    monkeypatch.setattr(compiled, "cache_folder", lambda: unwritable)
+    with pytest.warns(UserWarning, match="could not keep the compiled graph scale on disk"):
+        unkept = compiled.compile_cpu_graph(session, scale(2.0))
+    assert np.array_equal(session.init(unkept).execute(driver.Buffer.from_numpy(x))[0].to_numpy(), 2 * x)
+
 
 def test_batched_greedy_windows_equal_their_single_decodes(max_tiny_en, jfk_audio, lecture_60s_audio):
     """Two windows decoded as one batch (the step graph's choice per row; jfk ends first and pads

@@ -11,11 +11,13 @@ cache as before.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import os
 import platform
 import tempfile
+import warnings
 from functools import cache
 from pathlib import Path
 
@@ -49,16 +51,28 @@ def compile_cpu_graph(session: InferenceSession, graph: Graph):
     compiled and its artifact exported for the next process."""
     path = artifact_path(graph)
     if path.exists():
-        return session.compile(str(path))
+        try:
+            return session.compile(str(path))
+        except Exception:  # an unreadable artifact (a damaged disk, a copied cache) is compiled again
+            with contextlib.suppress(OSError):
+                path.unlink()
     compiled = session.compile(graph)
+    try:
+        _export(compiled, path)
+    except Exception as error:  # a read-only or full cache: the next process compiles again
+        warnings.warn(f"could not keep the compiled graph {graph.name} on disk: {error}", stacklevel=2)
+    return compiled
+
+
+def _export(compiled, path: Path) -> None:
+    """`compiled`'s artifact written to `path`, under a name of its own and renamed into place:
+    processes may race on a cold cache."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # written under a name of its own and renamed into place: processes may race on a cold cache
     fd, staged = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
         compiled.export_mef(staged)
         os.replace(staged, path)
     finally:
-        if os.path.exists(staged):
+        with contextlib.suppress(OSError):
             os.unlink(staged)
-    return compiled
