@@ -457,6 +457,7 @@ def test_max_window_is_the_seek_loop_s_first_window_in_one_encoder_pass(max_tiny
     try:
         whole = max_tiny_en.transcribe(audio, options)
         assert len(calls) == 2
+        max_tiny_en.draft = ()  # a draft's pass rounds the log probabilities apart (tested below)
         window = max_tiny_en.transcribe_window(audio, options)
         assert len(calls) == 3
     finally:
@@ -496,3 +497,38 @@ def test_max_never_commits_the_lecture_countdown_loop_and_decodes_it_once(max_ti
     report = stream_audio(max_tiny_en, lecture_audio[150 * SAMPLE_RATE:], chunk_s=1.0)  # the last 53 s
     assert report.loop_ratio < 2.4
     assert "physics works" in report.text.lower()
+
+
+def test_max_window_checks_the_last_hypothesis_as_a_draft_and_decodes_the_same(max_tiny_en, lecture_60s_audio,
+                                                                             monkeypatch):
+    from maxwhisper.graph.model import MaxInference
+
+    audio = lecture_60s_audio[30 * SAMPLE_RATE:40 * SAMPLE_RATE]
+    options = DecodeOptions(word_timestamps=True, temperature=(0.0,), initial_prompt="Physics works.")
+    steps, step = [], MaxInference._step
+
+    def counted(inference, tokens, *args):
+        steps.append(tokens.shape[1] - inference.cached)  # tokens run by this call
+        return step(inference, tokens, *args)
+    monkeypatch.setattr(MaxInference, "_step", counted)
+
+    def window(heard_s: float, draft: tuple[int, ...]):
+        max_tiny_en.draft = draft
+        steps.clear()
+        return max_tiny_en.transcribe_window(audio[:round(heard_s * SAMPLE_RATE)], options), list(steps)
+
+    window(9.7, ())
+    draft = max_tiny_en.draft  # what the hypothesis over 9.7 s decoded
+    alone, alone_steps = window(10.0, ())
+    drafted, drafted_steps = window(10.0, draft)
+    wrong, _ = window(10.0, tuple(reversed(draft)))
+    assert len(alone_steps) > 20  # a call per token after the prompt's
+
+    def decoded(result):
+        return [(s.tokens, s.start, s.end, s.words) for s in result.segments]
+    assert decoded(drafted) == decoded(alone) == decoded(wrong)  # the model's tokens, words and times
+    for result in drafted, wrong:  # log probabilities from other calls of the decoder: rounded apart
+        assert [s.avg_logprob for s in result.segments] == pytest.approx([s.avg_logprob for s in alone.segments],
+                                                                          abs=1e-4)
+    # the tokens the last hypothesis decoded run in the prompt's call: few calls follow it
+    assert drafted_steps[0] > len(draft) and len(drafted_steps) < len(alone_steps) / 2
