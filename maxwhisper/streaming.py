@@ -94,17 +94,19 @@ class LocalAgreement:
 
     def _beyond_committed(self, hypothesis: list[StreamWord]) -> list[StreamWord]:
         """The hypothesis without what is committed already: words ending by the last committed
-        word's end, a first word lying mostly before it (the end of a committed word heard a little
-        later, or heard as another word), then a repeat of the committed tail at its start. (Word
-        times move by a few tenths of a second between hypotheses: a cut on start times would drop
-        the next word.)"""
+        word's end, a first word lying mostly before it unless the word before it is the last
+        committed one (else the end of a committed word heard a little later, or heard as another
+        word: "my" as "am I"), then a repeat of the committed tail at its start. (Word times move by
+        a few tenths of a second between hypotheses: a cut on start times would drop the next word.)"""
         if not self.committed:
             return list(hypothesis)
-        last_end = self.committed[-1].end
-        new = [w for w in hypothesis if w.end > last_end]
-        if new and (new[0].start + new[0].end) / 2 < last_end:
+        last = self.committed[-1]
+        before = [w for w in hypothesis if w.end <= last.end]
+        new = [w for w in hypothesis if w.end > last.end]
+        heard_as_committed = bool(before) and _key(before[-1].text) == _key(last.text)
+        if new and (new[0].start + new[0].end) / 2 < last.end and not heard_as_committed:
             new = new[1:]
-        if new and new[0].start - last_end < 1:
+        if new and new[0].start - last.end < 1:
             tail = [_key(w.text) for w in self.committed[-OVERLAP_WORDS:]]
             for n in range(min(len(tail), len(new)), 0, -1):
                 if tail[-n:] == [_key(w.text) for w in new[:n]]:

@@ -96,6 +96,18 @@ def test_a_committed_word_heard_again_with_moved_times_is_not_committed_twice():
     assert texts(policy.committed) == "so my fellow"
 
 
+def test_a_short_next_word_overlapping_the_committed_end_is_still_committed():
+    policy = LocalAgreement()
+    policy.update(words("this is"))
+    assert texts(policy.update(words("this is a"))) == "this is"  # "is" ends at 1.0 s
+    # heard again, "is" ends 0.15 s sooner and "a" lies mostly before the committed end: a new
+    # word all the same, as the word before it is the committed one
+    moved = [StreamWord(0.0, 0.5, " this"), StreamWord(0.5, 0.85, " is"), StreamWord(0.85, 1.1, " a"),
+             *words("ball", start=1.1)]
+    assert texts(policy.update(moved) + policy.update(moved + words("today", start=1.6))) == "a ball"
+    assert texts(policy.committed) == "this is a ball"
+
+
 def test_a_cheap_update_hears_each_chunk_in_two_steps_and_commits_sooner():
     audio = np.arange(10 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
     script = " ".join(f"w{i}" for i in range(20))
