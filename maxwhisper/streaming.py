@@ -12,8 +12,10 @@ consecutive hypotheses agree, the later of them having heard SETTLE_S of audio a
 committed text never changes, the tentative tail may. Updates are paced to the computing they take
 (`Streamer.feed`): where two updates at the last one's cost take at most BUDGET of the new audio's
 duration, the new audio is heard in two steps (a hypothesis over all but its last STEP_S, then one
-over all of it), so that a cheaper model gets more hypotheses, closer together, and commits sooner. A hypothesis
-segment that fails the offline loop's rules (too compressible, as a repetition loop is, or too
+over all of it, which can agree at once on the words the first heard whole), so that a cheaper model
+gets more hypotheses and commits sooner. A stream's MAX hypothesis checks the tokens of the last one
+as a draft in one decoder pass (`MaxTranscriber.transcribe_window`), which makes its update cheaper.
+A hypothesis segment that fails the offline loop's rules (too compressible, as a repetition loop is, or too
 improbable) is not part of the hypothesis, nor is what follows it: its words wait for more audio.
 A stream does not fall back through the temperature schedule as the offline loop does: each update
 decodes once, at the schedule's first temperature (greedy by default), so that an update with
@@ -45,7 +47,9 @@ FORCED_CUT_S = 25.0  # a buffer this long is cut even where nothing in it is com
 KEEP_S = 5.0  # the audio a forced cut leaves in the buffer
 SETTLE_S = 0.3  # audio the later of two agreeing hypotheses must have heard after a word
 BUDGET = 0.6  # the share of the new audio's duration that `Streamer.feed`'s hypotheses may take
-STEP_S = 0.5  # the new audio that the second of `Streamer.feed`'s two hypotheses hears beyond the first
+# the new audio that the second of `Streamer.feed`'s two hypotheses hears beyond the first: SETTLE_S,
+# so that it can agree at once on every word that the first heard whole
+STEP_S = SETTLE_S
 LOOP_WORDS = 40  # committed words in a row over which `StreamReport.loop_ratio` looks for a loop
 
 

@@ -115,9 +115,9 @@ def test_a_cheap_update_hears_each_chunk_in_two_steps_and_commits_sooner():
     fast, slow = stream_audio(cheap, audio), stream_audio(costly, audio)
     assert fast.text == slow.text == script
     # 2 x 0.2 s fits in BUDGET of a 1 s chunk: after the first chunk (no cost known yet), each is
-    # heard up to its middle, then whole; 0.4 s does not fit twice
+    # heard up to STEP_S before its end, then whole; 0.4 s does not fit twice
     assert fast.updates == 1 + 2 * 9 and slow.updates == 10
-    assert [n for n, _ in cheap.calls[:5]] == [1.0, 1.5, 2.0, 2.5, 3.0]
+    assert [n for n, _ in cheap.calls[:5]] == pytest.approx([1.0, 2.0 - STEP_S, 2.0, 3.0 - STEP_S, 3.0])
     assert fast.compute_share == pytest.approx(0.2 * 19 / 10) and fast.compute_share <= BUDGET
     assert statistics.median(fast.latencies) < statistics.median(slow.latencies)
 
@@ -125,7 +125,7 @@ def test_a_cheap_update_hears_each_chunk_in_two_steps_and_commits_sooner():
 def test_two_steps_where_two_updates_fit_the_budget_and_the_second_hears_step_s_more():
     streamer = Streamer(ScriptedTranscriber(""))
     assert not streamer.two_steps(1.0)  # no update yet: its cost is unknown
-    for cost, new_s, two in [(0.2, 1.0, True), (0.35, 1.0, False), (0.1, 0.9, False), (0.1, 10.0, True)]:
+    for cost, new_s, two in [(0.2, 1.0, True), (0.35, 1.0, False), (0.1, 2 * STEP_S - 0.1, False), (0.1, 10.0, True)]:
         streamer.last_compute_s = cost
         assert streamer.two_steps(new_s) == two
     heard = ScriptedTranscriber("")
