@@ -47,9 +47,9 @@ FORCED_CUT_S = 25.0  # a buffer this long is cut even where nothing in it is com
 KEEP_S = 5.0  # the audio a forced cut leaves in the buffer
 SETTLE_S = 0.3  # audio the later of two agreeing hypotheses must have heard after a word
 BUDGET = 0.6  # the share of the new audio's duration that `Streamer.feed`'s hypotheses may take
-# the new audio that the second of `Streamer.feed`'s two hypotheses hears beyond the first: SETTLE_S,
-# so that it can agree at once on every word that the first heard whole
-STEP_S = SETTLE_S
+# the new audio that the second of `Streamer.feed`'s two hypotheses hears beyond the first: more than
+# SETTLE_S, because the first's last word may be cut short, and two hypotheses that close can agree on it
+STEP_S = 0.5
 LOOP_WORDS = 40  # committed words in a row over which `StreamReport.loop_ratio` looks for a loop
 
 
