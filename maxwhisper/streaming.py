@@ -156,6 +156,7 @@ class Streamer:
         self.segment_ends: list[float] = []  # of the last hypothesis, in stream time
         self.held_back: tuple[float, float] | None = None  # the last hypothesis's first held-back segment (start, end)
         self.last_compute_s: float | None = None  # the last update's computing time
+        self.draft: tuple[int, ...] = ()  # MAX: the tokens of this stream's last hypothesis, the next one's draft
 
     @property
     def committed_text(self) -> str:
@@ -192,7 +193,12 @@ class Streamer:
         before = "".join(w.text for w in self.policy.committed if w.end <= self.buffer_start)
         prompt = ((self.options.initial_prompt or "") + before)[-PROMPT_CHARS:].strip()
         options = dataclasses.replace(self.options, initial_prompt=prompt or None)
+        drafts = hasattr(self.transcriber, "draft")  # the draft is the stream's: another stream's never leaks in
+        if drafts:
+            self.transcriber.draft = self.draft
         result = self._hypothesis(self.buffer[:heard], options)
+        if drafts:
+            self.draft = self.transcriber.draft
         compute_s = result.timings.total_s  # without a graph compiled on first use (MAX's alignment graph)
         self.last_compute_s = compute_s
         failed = next((i for i, s in enumerate(result.segments) if fails_offline_rules(s, options)),

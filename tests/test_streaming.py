@@ -544,3 +544,26 @@ def test_max_window_checks_the_last_hypothesis_as_a_draft_and_decodes_the_same(m
                                                                           abs=1e-4)
     # the tokens the last hypothesis decoded run in the prompt's call: few calls follow it
     assert drafted_steps[0] > len(draft) and len(drafted_steps) < len(alone_steps) / 2
+
+
+def test_a_stream_s_draft_is_its_own_last_hypothesis_never_another_stream_s():
+    """MAX's transcriber keeps the draft per thread; two streams fed from one thread (the stream
+    command and the benchmark, clip after clip) each start from no draft and go on from their own."""
+
+    class Drafting(ScriptedTranscriber):
+        def __init__(self, script):
+            super().__init__(script)
+            self.draft, self.drafts_given = (), []
+
+        def transcribe_window(self, audio, options=DecodeOptions()):
+            self.drafts_given.append(self.draft)
+            self.draft = (len(self.drafts_given),)  # "the tokens this hypothesis decoded"
+            return self.transcribe(audio, options)
+
+    model = Drafting("a b c d")
+    first, second = Streamer(model), Streamer(model)
+    list(first.feed(np.zeros(SAMPLE_RATE, np.float32)))
+    list(second.feed(np.zeros(SAMPLE_RATE, np.float32)))
+    list(first.feed(np.zeros(SAMPLE_RATE, np.float32)))
+    assert model.drafts_given[:2] == [(), ()]  # each stream's first hypothesis: no draft
+    assert model.drafts_given[2] == (1,) and first.draft == (3,) and second.draft == (2,)
