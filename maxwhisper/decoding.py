@@ -56,6 +56,15 @@ class Inference(Protocol):
         ...
 
 
+class RewindingInference(Inference, Protocol):
+    """An inference whose KV cache can forget its last tokens (MAX): `DecodingTask` checks a draft
+    with it (`WindowOptions.draft`)."""
+
+    def rewind(self, n: int) -> None:
+        """Keep the first n tokens in the KV cache; the next `logits` call runs the tokens after them."""
+        ...
+
+
 class ChoosingInference(Inference, Protocol):
     """An inference that also picks the greedy token itself (MAX on the CPU does it inside the
     step graph), so the host need not look at the logits. `DecodingTask` uses it for greedy
@@ -169,6 +178,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
+def softmax_at(logits: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """softmax(logits)[i, index[i]] for each row i of logits [n, k]: the same float32 values,
+    without dividing the whole array."""
+    _, e = _shift_and_exp(logits)
+    return (e[np.arange(len(index)), index] / e.sum(axis=-1)).astype(np.float32)
+
+
 def logsumexp(x: np.ndarray) -> np.float32:
     """float32 log(sum(exp(x))) of a 1-d array, the sum in float64."""
     m = x.max()
@@ -207,6 +223,10 @@ class WindowOptions:
     suppress_blank: bool = True
     without_timestamps: bool = False
     max_initial_timestamp: float | None = 1.0
+    # tokens the greedy decoding at temperature 0 is expected to begin with (a live stream's last
+    # hypothesis): checked in one forward pass, the decoding going on token by token from the
+    # first the model would not choose (`DecodingTask`); ignored otherwise
+    draft: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -606,7 +626,12 @@ class DecodingTask:
         # where the "timestamps more probable than text" rule starts; n_vocab without timestamps
         timestamp_begin = self.model.dims.n_vocab if self.options.without_timestamps else self.tokenizer.timestamp_begin
         try:
-            for i in range(self.sample_len):
+            first = 0
+            if self._checks_draft(tokens):
+                tokens, completed, no_speech_logits = self._check_draft(audio_features, tokens, sum_logprobs)
+                no_speech_probs = softmax(no_speech_logits)[:, self.tokenizer.no_speech].tolist()
+                first = self.sample_len if completed else tokens.shape[1] - self.sample_begin
+            for i in range(first, self.sample_len):
                 # the no-speech probability comes from the logits after sot, in the first call
                 positions = (self.sot_index, -1) if i == 0 else (-1,)
                 if choose:
@@ -630,6 +655,35 @@ class DecodingTask:
         finally:
             self.inference.cleanup_caching()
         return tokens, sum_logprobs, no_speech_probs
+
+    def _checks_draft(self, tokens: np.ndarray) -> bool:
+        return (bool(self.options.draft) and tokens.shape[0] == 1 and hasattr(self.inference, "rewind")
+                and isinstance(self.decoder, GreedyDecoder) and self.decoder.temperature == 0)
+
+    def _check_draft(self, audio_features: Any, tokens: np.ndarray,
+                     sum_logprobs: np.ndarray) -> tuple[np.ndarray, bool, np.ndarray]:
+        """Greedy decoding's first steps in one forward pass over the initial tokens and the draft:
+        the logits after each of the draft's prefixes, filtered and chosen from as a step would,
+        each choice checked against the draft's next token. Returns the tokens up to the first
+        choice that differs from the draft (or the choice after all of it) included, whether that
+        completes the decoding, and the logits after sot (the no-speech probability's). The KV cache
+        is rewound to the tokens before the last choice, which the next step runs."""
+        n = tokens.shape[1]
+        room = min(self.sample_len - 1, self.n_ctx - n - 1)
+        draft = np.array(self.options.draft[:room], np.int64)[None]
+        positions = (self.sot_index, *range(n - 1, n + draft.shape[1]))
+        logits = self.inference.logits(np.concatenate([tokens, draft], axis=1), audio_features, positions)
+        completed = False
+        for i in range(draft.shape[1] + 1):
+            step_logits = np.array(logits[:, 1 + i], dtype=np.float32)
+            parts = None
+            for logit_filter in self.logit_filters:
+                parts = logit_filter.apply(step_logits, tokens)
+            tokens, completed = self.decoder.update(tokens, step_logits, sum_logprobs, parts)
+            if completed or i == draft.shape[1] or tokens[0, -1] != draft[0, i]:
+                break
+        self.inference.rewind(tokens.shape[1] - 1)
+        return tokens, completed, logits[:, 0]
 
     def _suppression(self, tokens: np.ndarray) -> np.ndarray:
         """What the logit filters suppress before the next token: float32 [n_batch, n_vocab], 0 or -inf."""

@@ -1,6 +1,7 @@
 """The MAX backend: numpy front end and decoding around the MAX Graph network. No PyTorch."""
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -32,6 +33,16 @@ class MaxTranscriber:
         self.max_batch = max_batch
         self.decoder_model = SharedModel(self.net, max_batch) if max_batch > 1 else self.net
         self.load_s = time.perf_counter() - start - self.net.compile_s
+        self._window_tokens = threading.local()  # per thread: the app runs each live stream in a thread of its own
+
+    @property
+    def draft(self) -> tuple[int, ...]:
+        """The tokens that the last `transcribe_window` called from this thread decoded."""
+        return getattr(self._window_tokens, "tokens", ())
+
+    @draft.setter
+    def draft(self, tokens: tuple[int, ...]) -> None:
+        self._window_tokens.tokens = tokens
 
     @property
     def plan(self):
@@ -49,7 +60,10 @@ class MaxTranscriber:
 
     def transcribe_window(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions()) -> TranscriptionResult:
         """A live stream's hypothesis (`maxwhisper.streaming`): the first 30 s window of `audio`
-        decoded as `transcribe` decodes it, without the seek loop's next window: one encoder pass."""
+        decoded as `transcribe` decodes it, without the seek loop's next window: one encoder pass.
+        The tokens the last call from this thread decoded are this one's draft (`transcribe.transcribe`): a stream's
+        next hypothesis mostly begins as its last one did, so the decoder steps token by token only
+        from where the two differ."""
         if options.batch_size is not None:
             raise MaxWhisperError("a stream's window is not transcribed in batches: leave batch_size unset")
         return self._transcribe(audio[:N_SAMPLES], options, None, first_window_only=True)
@@ -68,7 +82,10 @@ class MaxTranscriber:
         else:
             mel = log_mel_spectrogram(audio, self.checkpoint.dims.n_mels, padding=N_SAMPLES)
             features_s = time.perf_counter() - start
-            out = transcribe(self.decoder_model, mel, options, progress, first_window_only=first_window_only)
+            out = transcribe(self.decoder_model, mel, options, progress, first_window_only=first_window_only,
+                             draft=self.draft if first_window_only else ())
+            if first_window_only:
+                self.draft = out.decoded
         # a graph compiled on first use during decoding is a one-time cost: count it in compile_s only
         lazy_compile_s = self.compile_s - compile_before
         total_s = time.perf_counter() - start - lazy_compile_s

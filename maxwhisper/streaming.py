@@ -12,8 +12,10 @@ consecutive hypotheses agree, the later of them having heard SETTLE_S of audio a
 committed text never changes, the tentative tail may. Updates are paced to the computing they take
 (`Streamer.feed`): where two updates at the last one's cost take at most BUDGET of the new audio's
 duration, the new audio is heard in two steps (a hypothesis over all but its last STEP_S, then one
-over all of it), so that a cheaper model gets more hypotheses, closer together, and commits sooner. A hypothesis
-segment that fails the offline loop's rules (too compressible, as a repetition loop is, or too
+over all of it, which can agree at once on the words the first heard whole), so that a cheaper model
+gets more hypotheses and commits sooner. A stream's MAX hypothesis checks the tokens of the last one
+as a draft in one decoder pass (`MaxTranscriber.transcribe_window`), which makes its update cheaper.
+A hypothesis segment that fails the offline loop's rules (too compressible, as a repetition loop is, or too
 improbable) is not part of the hypothesis, nor is what follows it: its words wait for more audio.
 A stream does not fall back through the temperature schedule as the offline loop does: each update
 decodes once, at the schedule's first temperature (greedy by default), so that an update with
@@ -45,7 +47,9 @@ FORCED_CUT_S = 25.0  # a buffer this long is cut even where nothing in it is com
 KEEP_S = 5.0  # the audio a forced cut leaves in the buffer
 SETTLE_S = 0.3  # audio the later of two agreeing hypotheses must have heard after a word
 BUDGET = 0.6  # the share of the new audio's duration that `Streamer.feed`'s hypotheses may take
-STEP_S = 0.5  # the new audio that the second of `Streamer.feed`'s two hypotheses hears beyond the first
+# the new audio that the second of `Streamer.feed`'s two hypotheses hears beyond the first: more than
+# SETTLE_S, because the first's last word may be cut short, and two hypotheses that close can agree on it
+STEP_S = 0.5
 LOOP_WORDS = 40  # committed words in a row over which `StreamReport.loop_ratio` looks for a loop
 
 
@@ -94,17 +98,19 @@ class LocalAgreement:
 
     def _beyond_committed(self, hypothesis: list[StreamWord]) -> list[StreamWord]:
         """The hypothesis without what is committed already: words ending by the last committed
-        word's end, a first word lying mostly before it (the end of a committed word heard a little
-        later, or heard as another word), then a repeat of the committed tail at its start. (Word
-        times move by a few tenths of a second between hypotheses: a cut on start times would drop
-        the next word.)"""
+        word's end, a first word lying mostly before it unless the word before it is the last
+        committed one (else the end of a committed word heard a little later, or heard as another
+        word: "my" as "am I"), then a repeat of the committed tail at its start. (Word times move by
+        a few tenths of a second between hypotheses: a cut on start times would drop the next word.)"""
         if not self.committed:
             return list(hypothesis)
-        last_end = self.committed[-1].end
-        new = [w for w in hypothesis if w.end > last_end]
-        if new and (new[0].start + new[0].end) / 2 < last_end:
+        last = self.committed[-1]
+        before = [w for w in hypothesis if w.end <= last.end]
+        new = [w for w in hypothesis if w.end > last.end]
+        heard_as_committed = bool(before) and _key(before[-1].text) == _key(last.text)
+        if new and (new[0].start + new[0].end) / 2 < last.end and not heard_as_committed:
             new = new[1:]
-        if new and new[0].start - last_end < 1:
+        if new and new[0].start - last.end < 1:
             tail = [_key(w.text) for w in self.committed[-OVERLAP_WORDS:]]
             for n in range(min(len(tail), len(new)), 0, -1):
                 if tail[-n:] == [_key(w.text) for w in new[:n]]:
@@ -150,6 +156,7 @@ class Streamer:
         self.segment_ends: list[float] = []  # of the last hypothesis, in stream time
         self.held_back: tuple[float, float] | None = None  # the last hypothesis's first held-back segment (start, end)
         self.last_compute_s: float | None = None  # the last update's computing time
+        self.draft: tuple[int, ...] = ()  # MAX: the tokens of this stream's last hypothesis, the next one's draft
 
     @property
     def committed_text(self) -> str:
@@ -186,7 +193,12 @@ class Streamer:
         before = "".join(w.text for w in self.policy.committed if w.end <= self.buffer_start)
         prompt = ((self.options.initial_prompt or "") + before)[-PROMPT_CHARS:].strip()
         options = dataclasses.replace(self.options, initial_prompt=prompt or None)
+        drafts = hasattr(self.transcriber, "draft")  # the draft is the stream's: another stream's never leaks in
+        if drafts:
+            self.transcriber.draft = self.draft
         result = self._hypothesis(self.buffer[:heard], options)
+        if drafts:
+            self.draft = self.transcriber.draft
         compute_s = result.timings.total_s  # without a graph compiled on first use (MAX's alignment graph)
         self.last_compute_s = compute_s
         failed = next((i for i, s in enumerate(result.segments) if fails_offline_rules(s, options)),

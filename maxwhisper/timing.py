@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .audio import HOP_LENGTH, SAMPLE_RATE, TOKENS_PER_SECOND
-from .decoding import WhisperModel, softmax
+from .decoding import WhisperModel, softmax, softmax_at
 from .tokenizer import Tokenizer
 
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
@@ -117,8 +117,7 @@ def find_alignment(
     logits, scores = model.alignment(np.array(tokens, dtype=np.int64), features)
 
     sampled_logits = logits[len(tokenizer.sot_sequence):, : tokenizer.eot]
-    token_probs = softmax(sampled_logits)
-    text_token_probs = token_probs[np.arange(len(text_tokens)), text_tokens].tolist()
+    text_token_probs = softmax_at(sampled_logits[:len(text_tokens)], np.array(text_tokens)).tolist()
 
     weights = scores[alignment_heads[:, 0], alignment_heads[:, 1]]  # heads x tokens x frames
     weights = softmax(weights[:, :, : num_frames // 2] * np.float32(qk_scale))

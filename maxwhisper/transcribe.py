@@ -22,7 +22,9 @@ same model numbers it produces the same segments and tokens:
 
 `first_window_only` is live streaming's hypothesis (`maxwhisper.streaming`): the first window
 alone, one encoder pass; the audio after its last segment, which the loop would decode again as a
-window of its own, waits for the stream's next update, which decodes the buffer again anyway.
+window of its own, waits for the stream's next update, which decodes the buffer again anyway. Its
+`draft`, the tokens the stream's last hypothesis decoded, is checked in one decoder pass
+(`WindowOptions.draft`): the decoding steps token by token only from where it differs.
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ class TranscribeOutput:
     close_calls: list[CloseCall]  # threshold decisions within rounding of the threshold
     encode_s: float  # seconds in model.encode
     decode_s: float  # seconds in the rest of the loop (decoding, segmenting)
+    decoded: tuple[int, ...] = ()  # the last window's decoded tokens (`first_window_only`: the next draft)
 
 
 def transcribe(
@@ -60,6 +63,7 @@ def transcribe(
     clip_timestamps: Sequence[float] = (),
     rng: np.random.Generator | None = None,
     first_window_only: bool = False,
+    draft: Sequence[int] = (),
 ) -> TranscribeOutput:
     """Transcribe a whole recording.
 
@@ -69,7 +73,8 @@ def transcribe(
     clip_timestamps: start, end, start, end, ... seconds of the parts to transcribe (whisper's
     option); an odd count means the last part runs to the end. Empty: everything.
     rng: the random numbers for sampling at temperature > 0 (default: seeded with 0).
-    first_window_only: decode the first 30 s window only (clip_timestamps do not apply).
+    first_window_only: decode the first 30 s window only (clip_timestamps do not apply), greedily
+    beginning with the `draft` tokens where the model chooses them.
     """
     requested = _check_request(model, mel, options)
     t_start = time.perf_counter()
@@ -78,7 +83,7 @@ def transcribe(
     loop = _SeekLoop(model, mel, options, language, clock, rng if rng is not None else np.random.default_rng(0))
 
     if first_window_only:
-        loop.window(0, loop.content_frames)
+        loop.window(0, loop.content_frames, tuple(draft))
     else:
         for clip_start, clip_end in _seek_clips(clip_timestamps, loop.content_frames):
             seek = clip_start
@@ -95,6 +100,7 @@ def transcribe(
         close_calls=loop.close_calls,
         encode_s=clock.seconds,
         decode_s=time.perf_counter() - t_start - clock.seconds,
+        decoded=loop.decoded,
     )
 
 
@@ -188,19 +194,22 @@ class _SeekLoop:
         self.initial_prompt_length = len(self.all_tokens)
         self.prompt_reset_since = 0  # the next window's prompt is all_tokens[prompt_reset_since:]
         self.last_speech_timestamp = 0.0  # the end of the last word (word timestamps)
+        self.decoded: tuple[int, ...] = ()  # the last window's decoded tokens
 
     def text(self) -> str:
         return self.tokenizer.decode(self.all_tokens[self.initial_prompt_length:])
 
-    def window(self, seek: int, clip_end: int) -> int:
-        """Decode the window starting at frame `seek`, add its segments; returns the next seek."""
+    def window(self, seek: int, clip_end: int, draft: tuple[int, ...] = ()) -> int:
+        """Decode the window starting at frame `seek` (greedily beginning with `draft` where the
+        model chooses it), add its segments; returns the next seek."""
         segment_size = min(N_FRAMES, self.content_frames - seek, clip_end - seek)
         mel_segment = _pad_frames(self.mel[:, seek: seek + segment_size])
         features = self.clock.encode(mel_segment, (seek, segment_size))
 
         prompt = tuple(self.all_tokens[self.prompt_reset_since:])
         start = seek * HOP_LENGTH / SAMPLE_RATE
-        result = self._decode_with_fallback(features, prompt, start)
+        result = self._decode_with_fallback(features, prompt, start, draft)
+        self.decoded = tuple(result.tokens)
         self.close_calls += _close_calls(_is_silence, result, self.options, self.model.dims.n_vocab, start,
                                          ("kept the window", "skipped the window as silence"))
         if _is_silence(result, self.options):
@@ -234,11 +243,12 @@ class _SeekLoop:
             self.prompt_reset_since = len(self.all_tokens)  # no prompt after a high temperature
         return next_seek
 
-    def _decode_with_fallback(self, features: Any, prompt: tuple[int, ...], start: float) -> DecodingResult:
+    def _decode_with_fallback(self, features: Any, prompt: tuple[int, ...], start: float,
+                              draft: tuple[int, ...] = ()) -> DecodingResult:
         """Decode at each temperature of the schedule in turn until the result is not a failure."""
         temperatures = self.options.temperature
         for i, temperature in enumerate(temperatures):
-            window_options = _window_options(self.options, temperature, self.language, prompt)
+            window_options = replace(_window_options(self.options, temperature, self.language, prompt), draft=draft)
             result = DecodingTask(self.model, window_options, self.rng).run(features)[0]
             if i == len(temperatures) - 1:
                 break  # the last temperature's result is kept, whatever it looks like

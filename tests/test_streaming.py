@@ -96,6 +96,18 @@ def test_a_committed_word_heard_again_with_moved_times_is_not_committed_twice():
     assert texts(policy.committed) == "so my fellow"
 
 
+def test_a_short_next_word_overlapping_the_committed_end_is_still_committed():
+    policy = LocalAgreement()
+    policy.update(words("this is"))
+    assert texts(policy.update(words("this is a"))) == "this is"  # "is" ends at 1.0 s
+    # heard again, "is" ends 0.15 s sooner and "a" lies mostly before the committed end: a new
+    # word all the same, as the word before it is the committed one
+    moved = [StreamWord(0.0, 0.5, " this"), StreamWord(0.5, 0.85, " is"), StreamWord(0.85, 1.1, " a"),
+             *words("ball", start=1.1)]
+    assert texts(policy.update(moved) + policy.update(moved + words("today", start=1.6))) == "a ball"
+    assert texts(policy.committed) == "this is a ball"
+
+
 def test_a_cheap_update_hears_each_chunk_in_two_steps_and_commits_sooner():
     audio = np.arange(10 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
     script = " ".join(f"w{i}" for i in range(20))
@@ -103,9 +115,9 @@ def test_a_cheap_update_hears_each_chunk_in_two_steps_and_commits_sooner():
     fast, slow = stream_audio(cheap, audio), stream_audio(costly, audio)
     assert fast.text == slow.text == script
     # 2 x 0.2 s fits in BUDGET of a 1 s chunk: after the first chunk (no cost known yet), each is
-    # heard up to its middle, then whole; 0.4 s does not fit twice
+    # heard up to STEP_S before its end, then whole; 0.4 s does not fit twice
     assert fast.updates == 1 + 2 * 9 and slow.updates == 10
-    assert [n for n, _ in cheap.calls[:5]] == [1.0, 1.5, 2.0, 2.5, 3.0]
+    assert [n for n, _ in cheap.calls[:5]] == pytest.approx([1.0, 2.0 - STEP_S, 2.0, 3.0 - STEP_S, 3.0])
     assert fast.compute_share == pytest.approx(0.2 * 19 / 10) and fast.compute_share <= BUDGET
     assert statistics.median(fast.latencies) < statistics.median(slow.latencies)
 
@@ -113,7 +125,7 @@ def test_a_cheap_update_hears_each_chunk_in_two_steps_and_commits_sooner():
 def test_two_steps_where_two_updates_fit_the_budget_and_the_second_hears_step_s_more():
     streamer = Streamer(ScriptedTranscriber(""))
     assert not streamer.two_steps(1.0)  # no update yet: its cost is unknown
-    for cost, new_s, two in [(0.2, 1.0, True), (0.35, 1.0, False), (0.1, 0.9, False), (0.1, 10.0, True)]:
+    for cost, new_s, two in [(0.2, 1.0, True), (0.35, 1.0, False), (0.1, 2 * STEP_S - 0.1, False), (0.1, 10.0, True)]:
         streamer.last_compute_s = cost
         assert streamer.two_steps(new_s) == two
     heard = ScriptedTranscriber("")
@@ -457,6 +469,7 @@ def test_max_window_is_the_seek_loop_s_first_window_in_one_encoder_pass(max_tiny
     try:
         whole = max_tiny_en.transcribe(audio, options)
         assert len(calls) == 2
+        max_tiny_en.draft = ()  # a draft's pass rounds the log probabilities apart (tested below)
         window = max_tiny_en.transcribe_window(audio, options)
         assert len(calls) == 3
     finally:
@@ -496,3 +509,61 @@ def test_max_never_commits_the_lecture_countdown_loop_and_decodes_it_once(max_ti
     report = stream_audio(max_tiny_en, lecture_audio[150 * SAMPLE_RATE:], chunk_s=1.0)  # the last 53 s
     assert report.loop_ratio < 2.4
     assert "physics works" in report.text.lower()
+
+
+def test_max_window_checks_the_last_hypothesis_as_a_draft_and_decodes_the_same(max_tiny_en, lecture_60s_audio,
+                                                                             monkeypatch):
+    from maxwhisper.graph.model import MaxInference
+
+    audio = lecture_60s_audio[30 * SAMPLE_RATE:40 * SAMPLE_RATE]
+    options = DecodeOptions(word_timestamps=True, temperature=(0.0,), initial_prompt="Physics works.")
+    steps, step = [], MaxInference._step
+
+    def counted(inference, tokens, *args):
+        steps.append(tokens.shape[1] - inference.cached)  # tokens run by this call
+        return step(inference, tokens, *args)
+    monkeypatch.setattr(MaxInference, "_step", counted)
+
+    def window(heard_s: float, draft: tuple[int, ...]):
+        max_tiny_en.draft = draft
+        steps.clear()
+        return max_tiny_en.transcribe_window(audio[:round(heard_s * SAMPLE_RATE)], options), list(steps)
+
+    window(9.7, ())
+    draft = max_tiny_en.draft  # what the hypothesis over 9.7 s decoded
+    alone, alone_steps = window(10.0, ())
+    drafted, drafted_steps = window(10.0, draft)
+    wrong, _ = window(10.0, tuple(reversed(draft)))
+    assert len(alone_steps) > 20  # a call per token after the prompt's
+
+    def decoded(result):
+        return [(s.tokens, s.start, s.end, s.words) for s in result.segments]
+    assert decoded(drafted) == decoded(alone) == decoded(wrong)  # the model's tokens, words and times
+    for result in drafted, wrong:  # log probabilities from other calls of the decoder: rounded apart
+        assert [s.avg_logprob for s in result.segments] == pytest.approx([s.avg_logprob for s in alone.segments],
+                                                                          abs=1e-4)
+    # the tokens the last hypothesis decoded run in the prompt's call: few calls follow it
+    assert drafted_steps[0] > len(draft) and len(drafted_steps) < len(alone_steps) / 2
+
+
+def test_a_stream_s_draft_is_its_own_last_hypothesis_never_another_stream_s():
+    """MAX's transcriber keeps the draft per thread; two streams fed from one thread (the stream
+    command and the benchmark, clip after clip) each start from no draft and go on from their own."""
+
+    class Drafting(ScriptedTranscriber):
+        def __init__(self, script):
+            super().__init__(script)
+            self.draft, self.drafts_given = (), []
+
+        def transcribe_window(self, audio, options=DecodeOptions()):
+            self.drafts_given.append(self.draft)
+            self.draft = (len(self.drafts_given),)  # "the tokens this hypothesis decoded"
+            return self.transcribe(audio, options)
+
+    model = Drafting("a b c d")
+    first, second = Streamer(model), Streamer(model)
+    list(first.feed(np.zeros(SAMPLE_RATE, np.float32)))
+    list(second.feed(np.zeros(SAMPLE_RATE, np.float32)))
+    list(first.feed(np.zeros(SAMPLE_RATE, np.float32)))
+    assert model.drafts_given[:2] == [(), ()]  # each stream's first hypothesis: no draft
+    assert model.drafts_given[2] == (1,) and first.draft == (3,) and second.draft == (2,)

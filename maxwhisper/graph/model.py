@@ -279,6 +279,11 @@ class MaxInference:
             index = self.model.to_device(np.asarray(source_indices, np.int64))
             self.model.run(self.model.lazy_graph("cache_reorder"), index, *self.cache)
 
+    def rewind(self, n: int) -> None:
+        """Positions from n on are written again by the next calls (attention reads only those
+        before each query's position)."""
+        self.cached = min(self.cached, n)
+
     def cleanup_caching(self) -> None:
         self.cache, self.cross, self.cached = None, None, 0
 
