@@ -319,7 +319,9 @@ def test_bulk_report_says_the_targets():
             run("faster", "fp32", 2, 75.0), run("max", "fp32", 2, 95.0, nodes=2),
             run("max", "fp32", 1, 80.0, batch=None), run("faster", "fp32", 1, 120.0, batch=None)]
     references = [{"implementation": "MAX fp32", "backend": "max", "precision": "fp32", "batch_size": 8,
-                   "wall_s": 50.0, "audio_s": 3600.0, "rate": 72.0}]
+                   "wall_s": 50.0, "audio_s": 3600.0, "rate": 72.0},
+                  {"implementation": "MAX fp32", "backend": "max", "precision": "fp32", "batch_size": None,
+                   "wall_s": 70.0, "audio_s": 3600.0, "rate": 51.4}]
     doc = {"created": "now", "command": "python -m maxwhisper bench --bulk",
            "machine": {"cpu": "Test CPU", "cores": 2, "vector_isa": "AVX2"},
            "bulk": {"model": "tiny.en", "files": 4, "audio_s": 3600.0, "repeats": 1,
@@ -339,6 +341,7 @@ def test_bulk_report_says_the_targets():
             "batch 8) = 1.25x (at least 1.3x): NOT MET") in md
     assert ("- pipeline overhead, MAX fp32 batch 8: 1 worker 60.0 s vs transcribe() in one process 50.0 s = +20.0 % "
             "(under 10 %): NOT MET") in md
+    assert "pipeline overhead, MAX fp32 batch none" not in md  # four files at once against one at a time
 
 
 # --- the command ----------------------------------------------------------------------------------
