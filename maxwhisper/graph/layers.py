@@ -231,15 +231,7 @@ def vocab_projection_int4(w: WeightBank, prefix: str) -> Linear:
     if f"{prefix}.bias" in w.arrays:
         raise ValueError(f"vocab_projection_int4: {prefix} has a bias")
     weight = [*w.int4_panels(f"{prefix}.weight"), *w.int8_rows(f"{prefix}.weight")]
-    d_out = weight[2].shape[0]
-
-    def apply(x: TensorValue) -> TensorValue:
-        *lead, d_in = x.shape
-        flat = ops.reshape(x, [-1, d_in])
-        out = TensorType(DType.float32, [flat.shape[0], d_out], device=x.device)
-        y = ops.custom("vocab_projection_int4", x.device, [flat, *weight], [out])[0].tensor
-        return ops.reshape(y, [*lead, d_out])
-    return apply
+    return _row_kernel("vocab_projection_int4", weight, weight[2].shape[0])  # d_out: the int8 rows'
 
 
 def _few_row_kernel(w: WeightBank, prefix: str, op: str, weight: list) -> Linear:
@@ -247,13 +239,16 @@ def _few_row_kernel(w: WeightBank, prefix: str, op: str, weight: list) -> Linear
         bias = w(f"{prefix}.bias")
     else:
         bias = ops.constant(np.zeros(0, np.float32), DType.float32, device=w.device)
-    d_out = weight[0].shape[0]
+    return _row_kernel(op, [*weight, bias], weight[0].shape[0])
 
+
+def _row_kernel(op: str, inputs: list, d_out: int) -> Linear:
+    """x [..., d_in] -> op(x's rows, *inputs) [..., d_out]: the rows flattened for the kernel and back."""
     def apply(x: TensorValue) -> TensorValue:
         *lead, d_in = x.shape
         flat = ops.reshape(x, [-1, d_in])
         out = TensorType(DType.float32, [flat.shape[0], d_out], device=x.device)
-        y = ops.custom(op, x.device, [flat, *weight, bias], [out])[0].tensor
+        y = ops.custom(op, x.device, [flat, *inputs], [out])[0].tensor
         return ops.reshape(y, [*lead, d_out])
     return apply
 

@@ -4,9 +4,9 @@
 # reads a 4-bit copy of the rows instead (a float32 scale per 64 weights: 11 MB), the activation
 # row quantized to int8, and sums with the machine's byte dot product (`dot4`: `vpdpbusd` with
 # VNNI). The second recomputes from the int8 rows every logit the first put within MARGIN of the
-# row's largest, in `few_row_linear_int8`'s arithmetic: those logits, the argmax among them, are
-# its numbers bit for bit; the others keep the first pass's values (off by about a logit at most
-# on Whisper's vocabulary, and MARGIN below the largest).
+# row's largest first-pass logit (before any suppression), in `few_row_linear_int8`'s arithmetic:
+# those logits are its numbers bit for bit, so the row's int8 argmax is exact whenever it lies
+# within MARGIN of that largest; the others keep the first pass's 4-bit values.
 import extensibility
 from extensibility import InputTensor, OutputTensor
 from max.gpu.host import DeviceContext
@@ -18,7 +18,8 @@ from .linear_int8 import B64, I8, I16, I32, dot4
 from .threads import share_phases
 
 comptime G4 = 64  # weights per scale of the 4-bit copy (along d_in)
-comptime MARGIN = Float32(6)  # logits; the 4-bit pass's largest error on the lecture's steps was 1.9
+comptime MARGIN = Float32(6)  # logits; on the lecture's steps the int8 argmax lay at most 1.9 below the
+# 4-bit pass's largest (docs/design.md, "int8 on the CPU")
 # panels summed together, a low- and a high-nibble accumulator each: 8 independent `vpdpbusd` chains
 # on AVX-512 hide its latency; with 16 ymm registers (2 per accumulator) more than one panel spills
 comptime NP4 = 4 if LANES >= 16 else 1
