@@ -209,6 +209,22 @@ def test_max_runs_on_the_threads_asked_for_and_they_may_run_on_every_core():
     assert more["threads"] == every["threads"] and "again" not in more
 
 
+def test_single_threaded_workers_do_not_spin_and_max_starts_with_their_environment():
+    """A MAX pool of one thread sleeps at once after a call (its 200 us spin takes a core another
+    worker or a read wants); MAX aborts unless both names of the setting agree, so a worker's
+    environment must start it. Workers of several threads keep the spin (their threads wait for
+    each other between ops)."""
+    from maxwhisper.bulk.job import _worker_env
+
+    single, several = _worker_env(1), _worker_env(2)
+    assert single["OMP_NUM_THREADS"] == "1" and several == {"OMP_NUM_THREADS": "2"}
+    assert single["MODULAR_THREAD_BUSY_WAIT_US"] == single["MODULAR_RUNTIME_THREAD_BUSY_WAIT_TIME_US"] == "0"
+    p = subprocess.run([sys.executable, "-c", MAX_THREADS, "1"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "MODULAR_TELEMETRY_ENABLED": "0", **single})
+    assert p.returncode == 0, p.stderr
+    assert "already runs on 1 CPU threads" in json.loads(p.stdout.strip().splitlines()[-1])["again"]
+
+
 def test_workers_are_sized_on_the_cpus_that_a_job_just_ended_lets_go(ray_local):
     """Ray frees a finished job's actors' CPUs a moment after it ends: the next job's workers wait
     for them (sized on that moment they got a third of the machine), but not for CPUs held on."""

@@ -1,8 +1,9 @@
 """`bench --bulk`: bulk jobs (`maxwhisper.transcribe_many`, Ray Data) over the shared clips repeated
 to at least 30 minutes of audio, for each implementation at 1 and 2 workers, without a batch size
-(the sequential loop, the command's default) and at each batch size: audio hours per hour. Beside them the same files through `transcribe()` in one process (a worker
-subprocess: model loaded once, files one after another) give the pipeline's overhead, and a job on
-two virtual nodes (`ray.cluster_utils.Cluster`, each with half the cores) shows it spread. Ray's
+(the sequential loop, the command's default) and at each batch size: audio hours per hour. Right
+before each one-worker job, the same files through `transcribe()` in one process (a worker
+subprocess: model loaded once, the files in turn, as many at once as the job's worker takes) give
+the pipeline's overhead, timed back to back with it; and a job on two virtual nodes (`ray.cluster_utils.Cluster`, each with half the cores) shows it spread. Ray's
 start-up is timed apart from the jobs; a job's time includes its workers' model loads."""
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ import json
 import math
 import os
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+from ..bulk.job import FILES_AT_ONCE, files_at_once
 from .clips import audio_dir
 from .records import implementation_label, ratio
 from .report import _f, write_mode_report
@@ -49,26 +54,39 @@ def bulk_clips(folder: Path, minimum_s: float) -> tuple[list[Path], float, int]:
 
 
 def bulk_reference_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """In a worker process: the files through `transcribe()` one after another, the model loaded
-    once; timed from loading the model (as a bulk job's time includes its workers' loads)."""
+    """In a worker process: the files through `transcribe()` in turn, the model loaded once, on
+    `files_at_once` threads (each takes the next file, as a bulk worker's calls do); timed from
+    loading the model (as a bulk job's time includes its workers' loads)."""
     from ..api import DecodeOptions
     from ..audio import load_audio
     from ..registry import create_transcriber
 
     options = DecodeOptions(**{**spec["options"], "temperature": tuple(spec["options"]["temperature"])})
+    at_once = spec.get("files_at_once", 1)
     start = time.perf_counter()
     t = create_transcriber(spec["backend"], model=spec["model"], device=spec["device"], precision=spec["precision"],
-                           threads=spec["threads"])
-    audio_s = 0.0
-    for path in spec["files"]:
-        result = t.transcribe(load_audio(path), options)
-        audio_s += result.audio_s
+                           threads=spec["threads"], max_batch=at_once)
+    todo = list(spec["files"])
+    lock = threading.Lock()
+
+    def transcribe_files() -> float:
+        seconds = 0.0
+        while True:
+            with lock:
+                if not todo:
+                    return seconds
+                path = todo.pop(0)
+            seconds += t.transcribe(load_audio(path), options).audio_s
+
+    with ThreadPoolExecutor(at_once) as pool:
+        audio_s = sum(pool.map(lambda _: transcribe_files(), range(at_once)))
     wall_s = time.perf_counter() - start
     info(f"[{spec['backend']} {t.precision} one process, batch {_batch(options.batch_size)}] {audio_s / 3600:.2f} h in "
          f"{wall_s:.1f} s")
     return {"ok": True, "implementation": implementation_label(spec["backend"], t.precision),
             "backend": spec["backend"], "precision": t.precision, "batch_size": options.batch_size,
-            "wall_s": wall_s, "load_s": t.load_s + t.compile_s, "audio_s": audio_s, "rate": audio_s / wall_s}
+            "files_at_once": at_once, "wall_s": wall_s, "load_s": t.load_s + t.compile_s, "audio_s": audio_s,
+            "rate": audio_s / wall_s}
 
 
 def _job(folder: Path, out: Path, backend: str, precision: str, model: str, workers: int, options,
@@ -81,7 +99,7 @@ def _job(folder: Path, out: Path, backend: str, precision: str, model: str, work
     timings = [r["timings"] for r in rows]
     run = {"implementation": implementation_label(backend, precision), "backend": backend, "precision": precision,
            "workers": workers, "batch_size": options.batch_size, "nodes": 2 if address else 1,
-           "files": summary.files, "failed": summary.failed, "audio_s": summary.audio_s, "wall_s": summary.wall_s,
+           "files_at_once": _files_at_once(backend, options), "files": summary.files, "failed": summary.failed, "audio_s": summary.audio_s, "wall_s": summary.wall_s,
            "rate": summary.audio_s / summary.wall_s,
            "transcribe_s": sum(t["transcribe_s"] or 0 for t in timings),
            "read_s": sum(t["read_s"] for t in timings), "write_s": sum(t["write_s"] or 0 for t in timings),
@@ -90,6 +108,11 @@ def _job(folder: Path, out: Path, backend: str, precision: str, model: str, work
          f"{summary.audio_s / 3600:.2f} h in {summary.wall_s:.1f} s: {run['rate']:.1f} audio h/h, "
          f"{summary.failed} failed")
     return run
+
+
+def _files_at_once(backend: str, options) -> int:
+    """How many files a CPU worker of this job transcribes at once (`bulk.job.files_at_once`)."""
+    return files_at_once(SimpleNamespace(backend=backend, kernels=True, options=options), on_gpu=False)
 
 
 def _start_ray_data() -> None:
@@ -120,15 +143,6 @@ def main_bulk(args, impls: list[tuple[str, str]], model: str, decode_dict: dict,
         files, audio_s, repeats = bulk_clips(Path(tmp) / "clips", args.bulk_minutes * 60)
         info(f"--- bulk: {len(files)} files, {audio_s / 60:.1f} min of audio ({repeats} x the shared clips) ---")
         jobs = Path(tmp) / "jobs"
-        for backend, precision in impls:
-            for batch in batches:
-                options = dataclasses.replace(base, batch_size=batch)
-                spec = {"kind": "bulk_reference", "backend": backend, "model": model, "device": "cpu",
-                        "precision": precision, "threads": cores,
-                        "files": [str(f) for f in files], "options": dataclasses.asdict(options)}
-                reference = run_worker(spec, args.timeout)
-                if reference.get("ok"):
-                    references.append(reference)
         start = time.perf_counter()
         ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
         _start_ray_data()
@@ -137,9 +151,17 @@ def main_bulk(args, impls: list[tuple[str, str]], model: str, decode_dict: dict,
             for backend, precision in impls:
                 for workers in args.bulk_workers:
                     for batch in batches:
+                        options = dataclasses.replace(base, batch_size=batch)
+                        if workers == 1:  # its reference right before it, on the same machine state
+                            spec = {"kind": "bulk_reference", "backend": backend, "model": model, "device": "cpu",
+                                    "precision": precision, "threads": cores, "files": [str(f) for f in files],
+                                    "files_at_once": _files_at_once(backend, options),
+                                    "options": dataclasses.asdict(options)}
+                            reference = run_worker(spec, args.timeout)
+                            if reference.get("ok"):
+                                references.append(reference)
                         out = jobs / f"{backend}-{precision}-{workers}-{batch or 'sequential'}"
-                        runs.append(_job(Path(tmp) / "clips", out, backend, precision, model, workers,
-                                         dataclasses.replace(base, batch_size=batch)))
+                        runs.append(_job(Path(tmp) / "clips", out, backend, precision, model, workers, options))
         finally:
             ray.shutdown()
         start = time.perf_counter()
@@ -168,7 +190,8 @@ def main_bulk(args, impls: list[tuple[str, str]], model: str, decode_dict: dict,
            "bulk": {"model": model, "files": len(files), "audio_s": audio_s, "repeats": repeats,
                     "ray_start_s": starts, "runs": runs, "references": references}}
     write_mode_report(doc, bulk_markdown(doc), out_dir, stem)
-    return int(any(r["failed"] for r in runs) or len(references) < len(impls) * len(batches))
+    return int(any(r["failed"] for r in runs)
+               or len(references) < len(impls) * len(batches) * (1 in args.bulk_workers))
 
 
 def _batch(batch: int | None) -> str:
@@ -191,12 +214,16 @@ def bulk_targets(doc: dict) -> list[str]:
     for r in runs:
         if r["backend"] != "max" or r["nodes"] != 1:
             continue
-        f = _run(runs, implementation_label("faster", "fp32"), r["workers"], r["batch_size"])
+        # like with like: faster-whisper in MAX's precision where it ran in it (int8: ahead of it), else fp32
+        f = _run(runs, implementation_label("faster", r["precision"]), r["workers"], r["batch_size"])
+        target = 1.0 if f and r["precision"] != "fp32" else SPEED_TARGET
+        f = f or _run(runs, implementation_label("faster", "fp32"), r["workers"], r["batch_size"])
         if f:
             x = ratio(r["rate"], f["rate"])
             lines.append(f"- {r['workers']} worker(s), batch {_batch(r['batch_size'])}: {r['implementation']} "
                          f"{r['rate']:.1f} vs {f['implementation']} {f['rate']:.1f} audio h/h = {_f(x)}x "
-                         f"(at least {SPEED_TARGET}x): {'met' if x and x >= SPEED_TARGET else 'NOT MET'}")
+                         f"({'at least' if target > 1 else 'above'} {target:g}x): "
+                         f"{'met' if x and (x >= target if target > 1 else x > target) else 'NOT MET'}")
     for versus, target in (("fp32", SPEED_TARGET), ("int8", 1.0)):
         # like with like: MAX in faster-whisper's precision where it ran in it, else MAX fp32
         mine = _best(runs, implementation_label("max", versus)) or _best(runs, implementation_label("max", "fp32"))
@@ -210,8 +237,10 @@ def bulk_targets(doc: dict) -> list[str]:
                          f"{'met' if x and (x >= target if target > 1 else x > target) else 'NOT MET'}")
     for ref in b["references"]:
         r = _run(runs, ref["implementation"], 1, ref["batch_size"])
-        # MAX's sequential job takes FILES_AT_ONCE files at once, its reference one at a time: unlike things
-        if r and not (ref["backend"] == "max" and ref["batch_size"] is None):
+        # like with like: the reference takes as many files at once as the job's worker (older results
+        # recorded neither: there MAX's sequential job took FILES_AT_ONCE, its reference one)
+        old_default = FILES_AT_ONCE if ref["backend"] == "max" and ref["batch_size"] is None else 1
+        if r and ref.get("files_at_once", 1) == r.get("files_at_once", old_default):
             overhead = r["wall_s"] / ref["wall_s"] - 1
             lines.append(f"- pipeline overhead, {ref['implementation']} batch {_batch(ref['batch_size'])}: 1 worker "
                          f"{r['wall_s']:.1f} s vs transcribe() in one process {ref['wall_s']:.1f} s = "
@@ -241,9 +270,10 @@ def bulk_markdown(doc: dict) -> str:
                      f"{r['wall_s']:.1f} | {r['rate']:.1f} | {_f(ratio(r['rate'], f['rate']) if f else None)} | "
                      f"{r['transcribe_s']:.1f} | {r['read_s']:.1f} | {', '.join(map(str, r['node_files']))} | "
                      f"{r['failed']} |")
-    lines += ["", "The same files through `transcribe()` in one process (model loaded once, files in turn):", "",
-              "| implementation | batch | s | audio h/h |", "|---|---:|---:|---:|"]
-    lines += [f"| {r['implementation']} | {_batch(r['batch_size'])} | {r['wall_s']:.1f} | {r['rate']:.1f} |"
-              for r in b["references"]]
+    lines += ["", "The same files through `transcribe()` in one process (model loaded once, the files in turn, as many "
+              "at once as the one-worker job's worker takes; each timed right before that job, Ray up and idle):", "",
+              "| implementation | batch | files at once | s | audio h/h |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['implementation']} | {_batch(r['batch_size'])} | {r.get('files_at_once', 1)} | {r['wall_s']:.1f} | "
+              f"{r['rate']:.1f} |" for r in b["references"]]
     lines += ["", "Targets:", "", *bulk_targets(doc)]
     return "\n".join(lines) + "\n"

@@ -177,9 +177,7 @@ def _pipeline(files: list[InputFile], settings: JobSettings, workers: int):
                .map(read_audio, fn_kwargs={"max_seconds": settings.max_seconds, "below_workers": threads > 1},
                     num_cpus=READ_CPUS)
                .map_batches(Transcribe, fn_constructor_args=(settings,), batch_size=1, num_cpus=cpus, num_gpus=gpus,
-                            # Ray sets OMP_NUM_THREADS to the whole CPUs asked for (here 1): numpy's BLAS (the
-                            # log-Mel, the decoding's numpy) ran on one thread, a job 15-75 % slower
-                            runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}},
+                            runtime_env={"env_vars": _worker_env(threads)},
                             # the files in progress and one more read: no worker idles, none hoards files
                             compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=at_once + 1,
                                                                max_concurrent_calls_per_actor=at_once,
@@ -191,6 +189,18 @@ def _pipeline(files: list[InputFile], settings: JobSettings, workers: int):
     # the work), and a cluster that cannot hold them fails the job instead of waiting forever
     context.wait_for_min_actors_s = WORKER_START_S
     return dataset
+
+
+def _worker_env(threads: int) -> dict[str, str]:
+    """A worker's environment. Ray sets OMP_NUM_THREADS to the whole CPUs asked for (here 1): numpy's
+    BLAS (the log-Mel, the decoding's numpy) ran on one thread, a job 15-75 % slower. A MAX pool of
+    one thread spins 200 us for the next call after each one by default, on a core that another
+    worker or a read wants: single-threaded workers sleep at once instead (MAX reads the setting
+    under both names and aborts unless they agree; `docs/design.md`)."""
+    env = {"OMP_NUM_THREADS": str(threads)}
+    if threads == 1:
+        env |= dict.fromkeys(("MODULAR_THREAD_BUSY_WAIT_US", "MODULAR_RUNTIME_THREAD_BUSY_WAIT_TIME_US"), "0")
+    return env
 
 
 def files_at_once(settings: JobSettings, on_gpu: bool) -> int:

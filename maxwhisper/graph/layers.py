@@ -3,6 +3,7 @@ H heads, Dh = d / H. Activations run in the model dtype; layer norm and attentio
 as openai-whisper does under fp16."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import os
@@ -381,14 +382,21 @@ def cache_folder() -> Path:
     return Path(os.environ.get("MODULAR_CACHE_DIR", Path.home() / ".cache" / "modular")) / "maxwhisper"
 
 
-def kernel_library() -> Path:
-    """`KERNELS` compiled to a Mojo package, once per source and compiler version, for a Graph's
-    `custom_extensions`: given the source folder, MAX recompiles it for every Graph."""
+@functools.cache
+def _kernels_digest() -> str:
+    """The kernel sources' and the compiler's digest: read and hashed once per process (every graph
+    built or loaded asks for the package)."""
     digest = hashlib.sha256(importlib.metadata.version("mojo-compiler").encode())
     for source in sorted(KERNELS.glob("*.mojo")):
         digest.update(source.name.encode() + source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def kernel_library() -> Path:
+    """`KERNELS` compiled to a Mojo package, once per source and compiler version, for a Graph's
+    `custom_extensions`: given the source folder, MAX recompiles it for every Graph."""
     cache = cache_folder()
-    package = cache / f"kernels_{digest.hexdigest()[:16]}.mojoc"
+    package = cache / f"kernels_{_kernels_digest()}.mojoc"
     if not package.exists():
         from mojo.run import subprocess_run_mojo
 
