@@ -179,10 +179,15 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def softmax_at(logits: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """softmax(logits)[i, index[i]] for each row i of logits [n, k]: the same float32 values,
-    without dividing the whole array."""
-    _, e = _shift_and_exp(logits)
-    return (e[np.arange(len(index)), index] / e.sum(axis=-1)).astype(np.float32)
+    """softmax(logits)[i, index[i]] for each row i of logits [n, k], without dividing the whole
+    array: the normaliser sums float32 exps in float64 (`softmax`'s, summed from float64 exps,
+    within a float32 exp's rounding of it: far inside `probability_tolerance`), the chosen term's exp
+    in float64. (Word probabilities: a whole window's text, so float64 exps would cost several
+    times more.)"""
+    x = logits.astype(np.float32, copy=False)
+    shifted = x - x.max(axis=-1, keepdims=True)
+    chosen = np.exp(shifted[np.arange(len(index)), index], dtype=np.float64)
+    return (chosen / np.exp(shifted, out=shifted).sum(axis=-1, dtype=np.float64)).astype(np.float32)
 
 
 def logsumexp(x: np.ndarray) -> np.float32:
