@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import ctranslate2
 import numpy as np
@@ -166,12 +166,14 @@ class FasterTranscriber:
                    progress: Callable[[float], None] | None = None) -> TranscriptionResult:
         return self._transcribe(audio, options, progress)
 
-    def transcribe_window(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions()) -> TranscriptionResult:
-        """A live stream's hypothesis (`maxwhisper.streaming`), as MAX's: the first 30 s window of
-        `audio` decoded as `transcribe` decodes it, without the seek loop's next window."""
+    def transcribe_window(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
+                          draft: Sequence[int] = ()) -> tuple[TranscriptionResult, tuple[int, ...]]:
+        """A live stream's hypothesis (`maxwhisper.api.WindowTranscriber`), as MAX's: the first 30 s
+        window of `audio` decoded as `transcribe` decodes it, without the seek loop's next window.
+        No draft is checked: the tokens returned are none."""
         if options.batch_size is not None:
             raise MaxWhisperError("a stream's window is not transcribed in batches: leave batch_size unset")
-        return self._transcribe(np.asarray(audio)[:30 * SAMPLE_RATE], options, None, first_window_only=True)
+        return self._transcribe(np.asarray(audio)[:30 * SAMPLE_RATE], options, None, first_window_only=True), ()
 
     def _transcribe(self, audio: np.ndarray, options: DecodeOptions, progress: Callable[[float], None] | None,
                     first_window_only: bool = False) -> TranscriptionResult:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -337,3 +337,15 @@ class Transcriber(Protocol):
         given, is called as the work goes with the fraction of the audio done (0..1)."""
         ...
 
+
+
+class WindowTranscriber(Transcriber, Protocol):
+    """A transcriber that a live stream (`maxwhisper.streaming`) asks for one window per hypothesis."""
+
+    def transcribe_window(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
+                          draft: Sequence[int] = ()) -> tuple[TranscriptionResult, tuple[int, ...]]:
+        """The first 30 s window of `audio` decoded as `transcribe` decodes it, without the seek
+        loop's next window: one encoder pass. `draft`: the tokens the stream's last hypothesis
+        decoded, which a backend may check in one decoder pass. Returns the result and the tokens
+        this window decoded, the next hypothesis's draft (empty where the backend takes none)."""
+        ...

@@ -179,10 +179,15 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def softmax_at(logits: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """softmax(logits)[i, index[i]] for each row i of logits [n, k]: the same float32 values,
-    without dividing the whole array."""
-    _, e = _shift_and_exp(logits)
-    return (e[np.arange(len(index)), index] / e.sum(axis=-1)).astype(np.float32)
+    """softmax(logits)[i, index[i]] for each row i of logits [n, k], without dividing the whole
+    array: the normaliser sums float32 exps in float64 (`softmax`'s, summed from float64 exps,
+    within a float32 exp's rounding of it: far inside `probability_tolerance`), the chosen term's exp
+    in float64. (Word probabilities: a whole window's text, so float64 exps would cost several
+    times more.)"""
+    x = logits.astype(np.float32, copy=False)
+    shifted = x - x.max(axis=-1, keepdims=True)
+    chosen = np.exp(shifted[np.arange(len(index)), index], dtype=np.float64)
+    return (chosen / np.exp(shifted, out=shifted).sum(axis=-1, dtype=np.float64)).astype(np.float32)
 
 
 def logsumexp(x: np.ndarray) -> np.float32:
@@ -645,16 +650,21 @@ class DecodingTask:
                 if choose:
                     tokens, completed = self.decoder.append(tokens, next_tokens, logprobs, sum_logprobs)
                 else:
-                    logits = np.array(logits[:, -1], dtype=np.float32)  # a writable copy for the filters
-                    parts = None  # only the last filter's: a later filter may change the logits after an earlier one's
-                    for logit_filter in self.logit_filters:
-                        parts = logit_filter.apply(logits, tokens)
-                    tokens, completed = self.decoder.update(tokens, logits, sum_logprobs, parts)
+                    tokens, completed = self._choose(logits[:, -1], tokens, sum_logprobs)
                 if completed or tokens.shape[-1] > self.n_ctx:
                     break
         finally:
             self.inference.cleanup_caching()
         return tokens, sum_logprobs, no_speech_probs
+
+    def _choose(self, logits: np.ndarray, tokens: np.ndarray, sum_logprobs: np.ndarray) -> tuple[np.ndarray, bool]:
+        """One step's choice on the host: the logits after the last token [n_batch, n_vocab] filtered,
+        then the decoder's update (the tokens with the choice appended, whether all are complete)."""
+        logits = np.array(logits, dtype=np.float32)  # a writable copy for the filters
+        parts = None  # only the last filter's: a later filter may change the logits after an earlier one's
+        for logit_filter in self.logit_filters:
+            parts = logit_filter.apply(logits, tokens)
+        return self.decoder.update(tokens, logits, sum_logprobs, parts)
 
     def _checks_draft(self, tokens: np.ndarray) -> bool:
         return (bool(self.options.draft) and tokens.shape[0] == 1 and hasattr(self.inference, "rewind")
@@ -675,11 +685,7 @@ class DecodingTask:
         logits = self.inference.logits(np.concatenate([tokens, draft], axis=1), audio_features, positions)
         completed = False
         for i in range(draft.shape[1] + 1):
-            step_logits = np.array(logits[:, 1 + i], dtype=np.float32)
-            parts = None
-            for logit_filter in self.logit_filters:
-                parts = logit_filter.apply(step_logits, tokens)
-            tokens, completed = self.decoder.update(tokens, step_logits, sum_logprobs, parts)
+            tokens, completed = self._choose(logits[:, 1 + i], tokens, sum_logprobs)
             if completed or i == draft.shape[1] or tokens[0, -1] != draft[0, i]:
                 break
         self.inference.rewind(tokens.shape[1] - 1)

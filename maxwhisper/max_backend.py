@@ -1,9 +1,8 @@
 """The MAX backend: numpy front end and decoding around the MAX Graph network. No PyTorch."""
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -33,16 +32,6 @@ class MaxTranscriber:
         self.max_batch = max_batch
         self.decoder_model = SharedModel(self.net, max_batch) if max_batch > 1 else self.net
         self.load_s = time.perf_counter() - start - self.net.compile_s
-        self._window_tokens = threading.local()  # per thread: the app runs each live stream in a thread of its own
-
-    @property
-    def draft(self) -> tuple[int, ...]:
-        """The tokens that the last `transcribe_window` called from this thread decoded."""
-        return getattr(self._window_tokens, "tokens", ())
-
-    @draft.setter
-    def draft(self, tokens: tuple[int, ...]) -> None:
-        self._window_tokens.tokens = tokens
 
     @property
     def plan(self):
@@ -56,36 +45,38 @@ class MaxTranscriber:
 
     def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
                    progress: Callable[[float], None] | None = None) -> TranscriptionResult:
-        return self._transcribe(audio, options, progress)
+        return self._transcribe(audio, options, progress)[0]
 
-    def transcribe_window(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions()) -> TranscriptionResult:
+    def transcribe_window(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
+                          draft: Sequence[int] = ()) -> tuple[TranscriptionResult, tuple[int, ...]]:
         """A live stream's hypothesis (`maxwhisper.streaming`): the first 30 s window of `audio`
         decoded as `transcribe` decodes it, without the seek loop's next window: one encoder pass.
-        The tokens the last call from this thread decoded are this one's draft (`transcribe.transcribe`): a stream's
+        `draft`: the tokens the stream's last hypothesis decoded (`transcribe.transcribe`): a stream's
         next hypothesis mostly begins as its last one did, so the decoder steps token by token only
-        from where the two differ."""
+        from where the two differ. Returns the result and the tokens this window decoded (the next draft)."""
         if options.batch_size is not None:
             raise MaxWhisperError("a stream's window is not transcribed in batches: leave batch_size unset")
-        return self._transcribe(audio[:N_SAMPLES], options, None, first_window_only=True)
+        return self._transcribe(audio[:N_SAMPLES], options, None, window_draft=tuple(draft))
 
     def _transcribe(self, audio: np.ndarray, options: DecodeOptions, progress: Callable[[float], None] | None,
-                    first_window_only: bool = False) -> TranscriptionResult:
+                    window_draft: tuple[int, ...] | None = None) -> tuple[TranscriptionResult, tuple[int, ...]]:
+        """The result and the tokens its last window decoded; window_draft not None: the first window
+        only (`transcribe_window`), with that draft."""
         if len(audio) == 0:  # checked as any request, then nothing to run the model on
             _check_request(self.net, log_mel_spectrogram(audio, self.checkpoint.dims.n_mels, padding=N_SAMPLES),
                            options)
-            return empty_result(self, options)
+            return empty_result(self, options), ()
         compile_before = self.compile_s
         start = time.perf_counter()
         if options.batch_size is not None:  # the log-Mel of each speech chunk is computed in the batched loop
-            features_s = None
+            features_s, decoded = None, ()
             out = transcribe_batched(self.decoder_model, audio, options, progress)
         else:
             mel = log_mel_spectrogram(audio, self.checkpoint.dims.n_mels, padding=N_SAMPLES)
             features_s = time.perf_counter() - start
-            out = transcribe(self.decoder_model, mel, options, progress, first_window_only=first_window_only,
-                             draft=self.draft if first_window_only else ())
-            if first_window_only:
-                self.draft = out.decoded
+            out = transcribe(self.decoder_model, mel, options, progress, first_window_only=window_draft is not None,
+                             draft=window_draft or ())
+            decoded = out.decoded
         # a graph compiled on first use during decoding is a one-time cost: count it in compile_s only
         lazy_compile_s = self.compile_s - compile_before
         total_s = time.perf_counter() - start - lazy_compile_s
@@ -96,4 +87,4 @@ class MaxTranscriber:
             device=self.device, precision=self.precision, audio_s=len(audio) / SAMPLE_RATE, options=options,
             timings=Timings(load_s=self.load_s, compile_s=self.compile_s, features_s=features_s,
                             encode_s=out.encode_s, decode_s=out.decode_s - lazy_compile_s, total_s=total_s),
-        )
+        ), decoded

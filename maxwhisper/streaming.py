@@ -3,7 +3,7 @@
 Backend-neutral over the `Transcriber` protocol, so that MAX, faster-whisper and openai-whisper
 stream through the same code. Each update transcribes the buffered audio (the stream since the
 last cut, at most 30 s heard) again with word timestamps, prompted with the committed text before
-the buffer: with a transcriber's `transcribe_window` (MAX, faster-whisper) its first window alone,
+the buffer: with a `WindowTranscriber`'s `transcribe_window` (MAX, faster-whisper) its first window alone,
 one encoder pass (what the model leaves after its last segment waits for the next update);
 otherwise (openai-whisper) its whole seek loop, which decodes the audio after the last segment
 again as a window of its own: two or three encoder passes.
@@ -13,8 +13,9 @@ committed text never changes, the tentative tail may. Updates are paced to the c
 (`Streamer.feed`): where two updates at the last one's cost take at most BUDGET of the new audio's
 duration, the new audio is heard in two steps (a hypothesis over all but its last STEP_S, then one
 over all of it, which can agree at once on the words the first heard whole), so that a cheaper model
-gets more hypotheses and commits sooner. A stream's MAX hypothesis checks the tokens of the last one
-as a draft in one decoder pass (`MaxTranscriber.transcribe_window`), which makes its update cheaper.
+gets more hypotheses and commits sooner. A stream passes the tokens its last window decoded to the
+next as a draft: MAX checks them in one decoder pass (`MaxTranscriber.transcribe_window`), which
+makes its update cheaper.
 A hypothesis segment that fails the offline loop's rules (too compressible, as a repetition loop is, or too
 improbable) is not part of the hypothesis, nor is what follows it: its words wait for more audio.
 A stream does not fall back through the temperature schedule as the offline loop does: each update
@@ -146,9 +147,8 @@ class Streamer:
         self.transcriber = transcriber
         self.options = dataclasses.replace(options, word_timestamps=True, batch_size=None,
                                            temperature=options.temperature[:1])  # no fallback: see the module's doc
-        window = getattr(transcriber, "transcribe_window", None)
-        self._hypothesis = window if window is not None else transcriber.transcribe
-        self.audible = N_SAMPLES if window is not None else None  # samples of the buffer a hypothesis hears
+        self.windowed = hasattr(transcriber, "transcribe_window")  # a `WindowTranscriber`
+        self.audible = N_SAMPLES if self.windowed else None  # samples of the buffer a hypothesis hears
         self.trim_s = trim_s
         self.policy = LocalAgreement()
         self.buffer = np.zeros(0, np.float32)
@@ -156,7 +156,7 @@ class Streamer:
         self.segment_ends: list[float] = []  # of the last hypothesis, in stream time
         self.held_back: tuple[float, float] | None = None  # the last hypothesis's first held-back segment (start, end)
         self.last_compute_s: float | None = None  # the last update's computing time
-        self.draft: tuple[int, ...] = ()  # MAX: the tokens of this stream's last hypothesis, the next one's draft
+        self.draft: tuple[int, ...] = ()  # the tokens this stream's last window decoded, the next one's draft
 
     @property
     def committed_text(self) -> str:
@@ -193,12 +193,10 @@ class Streamer:
         before = "".join(w.text for w in self.policy.committed if w.end <= self.buffer_start)
         prompt = ((self.options.initial_prompt or "") + before)[-PROMPT_CHARS:].strip()
         options = dataclasses.replace(self.options, initial_prompt=prompt or None)
-        drafts = hasattr(self.transcriber, "draft")  # the draft is the stream's: another stream's never leaks in
-        if drafts:
-            self.transcriber.draft = self.draft
-        result = self._hypothesis(self.buffer[:heard], options)
-        if drafts:
-            self.draft = self.transcriber.draft
+        if self.windowed:
+            result, self.draft = self.transcriber.transcribe_window(self.buffer[:heard], options, self.draft)
+        else:
+            result = self.transcriber.transcribe(self.buffer[:heard], options)
         compute_s = result.timings.total_s  # without a graph compiled on first use (MAX's alignment graph)
         self.last_compute_s = compute_s
         failed = next((i for i, s in enumerate(result.segments) if fails_offline_rules(s, options)),

@@ -72,22 +72,25 @@ def dtw(x: np.ndarray) -> np.ndarray:
     """Dynamic time warping of the cost matrix x [N, M] (whisper's `dtw_cpu`, same tie rules and
     float32 accumulated cost). Vectorised over anti-diagonals: in the flattened (N+1) x (M+1)
     cost array, cell (i, k - i) of diagonal k is at i * M + k, so each diagonal and its three
-    predecessors are strided slices."""
+    predecessors are strided slices; x is laid out once by diagonals (row k - 2 of `by_diagonal`
+    holds x[i - 1, k - i - 1] at column i - 1), so each diagonal's x is a slice too."""
     N, M = x.shape
     cost = np.full((N + 1) * (M + 1), np.inf, dtype=np.float32)
     trace = np.full((N + 1) * (M + 1), -1, dtype=np.int8)
     cost[0] = 0
-    x = np.asarray(x, dtype=np.float64)
+    skewed = np.zeros((N, M + N), dtype=np.float64)  # row i shifted right by i in the flat array below
+    skewed[:, :M] = x
+    by_diagonal = skewed.ravel()[:N * (M + N - 1)].reshape(N, M + N - 1).T.copy()
     for k in range(2, N + M + 1):
         i0, i1 = max(1, k - M), min(N, k - 1)  # rows of this diagonal's cells
-        here = slice(i0 * M + k, i1 * M + k + 1, M)
         c0 = cost[(i0 - 1) * M + k - 2: (i1 - 1) * M + k - 1: M]  # (i - 1, j - 1)
         c1 = cost[(i0 - 1) * M + k - 1: (i1 - 1) * M + k: M]  # (i - 1, j)
         c2 = cost[i0 * M + k - 1: i1 * M + k: M]  # (i, j - 1)
-        t = np.where((c0 < c1) & (c0 < c2), 0, np.where((c1 < c0) & (c1 < c2), 1, 2))
-        c = np.choose(t, (c0, c1, c2))
-        rows = np.arange(i0, i1 + 1)
-        cost[here] = x[rows - 1, k - rows - 1] + c
+        # whisper's rules: c0 if below both others, else c1 if below both others, else c2 (ties
+        # included); a NaN compares below nothing, as in `dtw_cpu`
+        t = np.where(c0 < np.minimum(c1, c2), 0, np.where(c1 < np.minimum(c0, c2), 1, 2))
+        here = slice(i0 * M + k, i1 * M + k + 1, M)
+        cost[here] = by_diagonal[k - 2, i0 - 1:i1] + np.choose(t, (c0, c1, c2))
         trace[here] = t
     return backtrace(trace.reshape(N + 1, M + 1))
 

@@ -248,7 +248,7 @@ class _SeekLoop:
         """Decode at each temperature of the schedule in turn until the result is not a failure."""
         temperatures = self.options.temperature
         for i, temperature in enumerate(temperatures):
-            window_options = replace(_window_options(self.options, temperature, self.language, prompt), draft=draft)
+            window_options = _window_options(self.options, temperature, self.language, prompt, draft)
             result = DecodingTask(self.model, window_options, self.rng).run(features)[0]
             if i == len(temperatures) - 1:
                 break  # the last temperature's result is kept, whatever it looks like
@@ -372,9 +372,10 @@ def _pad_frames(mel: np.ndarray) -> np.ndarray:
     return mel
 
 
-def _window_options(options: DecodeOptions, temperature: float, language: str, prompt: tuple[int, ...]) -> WindowOptions:
+def _window_options(options: DecodeOptions, temperature: float, language: str, prompt: tuple[int, ...],
+                    draft: tuple[int, ...] = ()) -> WindowOptions:
     """The decoding of one window at one temperature: beam search (beam_size > 1) only at
-    temperature 0, best_of samples only above it."""
+    temperature 0, best_of samples only above it; the `draft` (`WindowOptions.draft`) is checked by greedy decoding only."""
     greedy = temperature == 0
     beam = options.beam_size if greedy and options.beam_size > 1 else None
     return WindowOptions(
@@ -388,6 +389,7 @@ def _window_options(options: DecodeOptions, temperature: float, language: str, p
         suppress_tokens=tuple(options.suppress_token_ids()),
         suppress_blank=options.suppress_blank,
         without_timestamps=options.text_only,
+        draft=draft,
     )
 
 

@@ -232,7 +232,8 @@ def test_faster_window_is_the_seek_loop_s_first_window_in_one_encoder_pass(faste
     monkeypatch.setattr(faster_tiny.whisper, "encode", lambda features: calls.append(features.shape) or encode(features))
     whole = faster_tiny.transcribe(audio, options)
     assert len(calls) == 2
-    window = faster_tiny.transcribe_window(audio, options)
+    window, decoded = faster_tiny.transcribe_window(audio, options)
+    assert decoded == ()  # faster-whisper checks no draft
     assert len(calls) == 3
     assert "_split_segments_by_timestamps" not in vars(faster_tiny.whisper)  # the seek loop is faster-whisper's again
     first = [s for s in whole.segments if s.seek == 0]

@@ -138,8 +138,8 @@ def test_two_steps_where_two_updates_fit_the_budget_and_the_second_hears_step_s_
 
 def test_a_window_hears_30_s_at_most_so_a_longer_buffer_is_one_step_and_no_samples_no_update():
     class Windowed(ScriptedTranscriber):
-        def transcribe_window(self, audio, options=DecodeOptions()):  # as MAX's: the first 30 s only
-            return self.transcribe(audio[:N_SAMPLES], options)
+        def transcribe_window(self, audio, options=DecodeOptions(), draft=()):  # as MAX's: the first 30 s only
+            return self.transcribe(audio[:N_SAMPLES], options), ()
 
     streamer = Streamer(Windowed(""))
     streamer.push(np.zeros(SAMPLE_RATE, np.float32))
@@ -363,9 +363,9 @@ def test_a_window_transcriber_is_asked_for_one_window():
         def transcribe(self, audio, options=DecodeOptions(), progress=None):
             raise AssertionError("the whole seek loop was asked for")
 
-        def transcribe_window(self, audio, options=DecodeOptions()):
+        def transcribe_window(self, audio, options=DecodeOptions(), draft=()):
             self.windows += 1
-            return ScriptedTranscriber.transcribe(self, audio, options)
+            return ScriptedTranscriber.transcribe(self, audio, options), ()
 
     model = Windowed("w0 w1 w2 w3 w4 w5")
     report = stream_audio(model, np.arange(3 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE)
@@ -469,8 +469,7 @@ def test_max_window_is_the_seek_loop_s_first_window_in_one_encoder_pass(max_tiny
     try:
         whole = max_tiny_en.transcribe(audio, options)
         assert len(calls) == 2
-        max_tiny_en.draft = ()  # a draft's pass rounds the log probabilities apart (tested below)
-        window = max_tiny_en.transcribe_window(audio, options)
+        window, _ = max_tiny_en.transcribe_window(audio, options)
         assert len(calls) == 3
     finally:
         del max_tiny_en.net.encode, max_tiny_en.net.calls
@@ -489,7 +488,7 @@ def test_max_never_commits_the_lecture_countdown_loop_and_decodes_it_once(max_ti
     countdown = lecture_audio[189 * SAMPLE_RATE:201 * SAMPLE_RATE]  # at temperature 0 a loop: "I'm going to go to..."
     streamer = Streamer(max_tiny_en, DecodeOptions())  # the offline schedule: 6 temperatures, best_of 5
     assert streamer.options.temperature == (0.0,)
-    hypothesis = max_tiny_en.transcribe_window(countdown, streamer.options)
+    hypothesis, _ = max_tiny_en.transcribe_window(countdown, streamer.options)
     assert any(fails_offline_rules(s, streamer.options) for s in hypothesis.segments)
     decodings, run = [], DecodingTask.run
 
@@ -525,15 +524,15 @@ def test_max_window_checks_the_last_hypothesis_as_a_draft_and_decodes_the_same(m
     monkeypatch.setattr(MaxInference, "_step", counted)
 
     def window(heard_s: float, draft: tuple[int, ...]):
-        max_tiny_en.draft = draft
         steps.clear()
-        return max_tiny_en.transcribe_window(audio[:round(heard_s * SAMPLE_RATE)], options), list(steps)
+        result, decoded = max_tiny_en.transcribe_window(audio[:round(heard_s * SAMPLE_RATE)], options, draft)
+        return result, decoded, list(steps)
 
-    window(9.7, ())
-    draft = max_tiny_en.draft  # what the hypothesis over 9.7 s decoded
-    alone, alone_steps = window(10.0, ())
-    drafted, drafted_steps = window(10.0, draft)
-    wrong, _ = window(10.0, tuple(reversed(draft)))
+    _, draft, _ = window(9.7, ())  # what the hypothesis over 9.7 s decoded
+    alone, decoded, alone_steps = window(10.0, ())
+    drafted, drafted_decoded, drafted_steps = window(10.0, draft)
+    wrong, wrong_decoded, _ = window(10.0, tuple(reversed(draft)))
+    assert decoded == drafted_decoded == wrong_decoded != ()  # the next draft, whatever this one was
     assert len(alone_steps) > 20  # a call per token after the prompt's
 
     def decoded(result):
@@ -547,18 +546,17 @@ def test_max_window_checks_the_last_hypothesis_as_a_draft_and_decodes_the_same(m
 
 
 def test_a_stream_s_draft_is_its_own_last_hypothesis_never_another_stream_s():
-    """MAX's transcriber keeps the draft per thread; two streams fed from one thread (the stream
-    command and the benchmark, clip after clip) each start from no draft and go on from their own."""
+    """Two streams fed from one transcriber (the stream command and the benchmark, clip after clip;
+    the app's streams side by side) each start from no draft and go on from their own."""
 
     class Drafting(ScriptedTranscriber):
         def __init__(self, script):
             super().__init__(script)
-            self.draft, self.drafts_given = (), []
+            self.drafts_given = []
 
-        def transcribe_window(self, audio, options=DecodeOptions()):
-            self.drafts_given.append(self.draft)
-            self.draft = (len(self.drafts_given),)  # "the tokens this hypothesis decoded"
-            return self.transcribe(audio, options)
+        def transcribe_window(self, audio, options=DecodeOptions(), draft=()):
+            self.drafts_given.append(tuple(draft))
+            return self.transcribe(audio, options), (len(self.drafts_given),)  # "the tokens this window decoded"
 
     model = Drafting("a b c d")
     first, second = Streamer(model), Streamer(model)
