@@ -383,11 +383,11 @@ def cache_folder() -> Path:
 
 
 @functools.cache
-def _kernels_digest() -> str:
-    """The kernel sources' and the compiler's digest: read and hashed once per process (every graph
-    built or loaded asks for the package)."""
+def _kernels_digest(folder: Path) -> str:
+    """The digest of a folder's kernel sources and the compiler: read and hashed once per process and
+    folder (every graph built or loaded asks for the package)."""
     digest = hashlib.sha256(importlib.metadata.version("mojo-compiler").encode())
-    for source in sorted(KERNELS.glob("*.mojo")):
+    for source in sorted(folder.glob("*.mojo")):
         digest.update(source.name.encode() + source.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -396,7 +396,7 @@ def kernel_library() -> Path:
     """`KERNELS` compiled to a Mojo package, once per source and compiler version, for a Graph's
     `custom_extensions`: given the source folder, MAX recompiles it for every Graph."""
     cache = cache_folder()
-    package = cache / f"kernels_{_kernels_digest()}.mojoc"
+    package = cache / f"kernels_{_kernels_digest(KERNELS)}.mojoc"
     if not package.exists():
         from mojo.run import subprocess_run_mojo
 
