@@ -2,7 +2,7 @@
 `maxwhisper.streaming.stream_audio`), after one untimed transcription, with each update's seconds
 split into its stages, and each committed word's latency split into its parts:
 
-    .venv/bin/python benchmarks/streaming_stages.py [--precision fp32] [--clip physicsworks.flac]
+    .venv/bin/python benchmarks/streaming_stages.py [--precision fp32] [--clip physicsworks.flac] [--chunk 1.0]
 
 Update stages (medians over the updates): the log-Mel, the encoder, the decoding (of it the draft's
 check: one decoder call over the prompt and the last hypothesis's tokens, and the choices made from
@@ -33,7 +33,7 @@ os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")
 from maxwhisper import decoding, max_backend, timing, transcribe  # noqa: E402
 from maxwhisper.api import DecodeOptions  # noqa: E402
 from maxwhisper.audio import load_audio  # noqa: E402
-from maxwhisper.bench.clips import REFERENCES, pseudo_reference  # noqa: E402
+from maxwhisper.bench.clips import REFERENCES, audio_dir, pseudo_reference  # noqa: E402
 from maxwhisper.graph.model import MaxWhisper  # noqa: E402
 from maxwhisper.registry import create_transcriber  # noqa: E402
 from maxwhisper.scoring import wer  # noqa: E402
@@ -67,7 +67,7 @@ def main() -> None:
     p.add_argument("--chunk", type=float, default=1.0)
     args = p.parse_args()
     t = create_transcriber("max", model="tiny.en", device="cpu", precision=args.precision)
-    audio = load_audio(ROOT.parent / "shared" / "audio" / args.clip)
+    audio = load_audio(audio_dir() / args.clip)
     t.transcribe(audio[:80_000], DecodeOptions(word_timestamps=True))  # first-call costs, as the benchmark
     seconds: dict[str, float] = defaultdict(float)
     for name, (owner, attribute) in STAGES.items():

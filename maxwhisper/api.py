@@ -338,7 +338,6 @@ class Transcriber(Protocol):
         ...
 
 
-
 class WindowTranscriber(Transcriber, Protocol):
     """A transcriber that a live stream (`maxwhisper.streaming`) asks for one window per hypothesis."""
 

@@ -180,10 +180,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def softmax_at(logits: np.ndarray, index: np.ndarray) -> np.ndarray:
     """softmax(logits)[i, index[i]] for each row i of logits [n, k], without dividing the whole
-    array: the normaliser sums float32 exps in float64 (`softmax`'s, summed from float64 exps,
-    within a float32 exp's rounding of it: far inside `probability_tolerance`), the chosen term's exp
-    in float64. (Word probabilities: a whole window's text, so float64 exps would cost several
-    times more.)"""
+    array. The normaliser sums float32 exps in float64 (numpy's float32 exp is within ~3 float32 ulps
+    of the float64 exps `softmax` sums: far inside `probability_tolerance`); the chosen term's exp is
+    float64. (Word probabilities cover a whole window's text: float64 exps cost several times more.)"""
     x = logits.astype(np.float32, copy=False)
     shifted = x - x.max(axis=-1, keepdims=True)
     chosen = np.exp(shifted[np.arange(len(index)), index], dtype=np.float64)
@@ -650,14 +649,15 @@ class DecodingTask:
                 if choose:
                     tokens, completed = self.decoder.append(tokens, next_tokens, logprobs, sum_logprobs)
                 else:
-                    tokens, completed = self._choose(logits[:, -1], tokens, sum_logprobs)
+                    tokens, completed = self._choose_on_host(logits[:, -1], tokens, sum_logprobs)
                 if completed or tokens.shape[-1] > self.n_ctx:
                     break
         finally:
             self.inference.cleanup_caching()
         return tokens, sum_logprobs, no_speech_probs
 
-    def _choose(self, logits: np.ndarray, tokens: np.ndarray, sum_logprobs: np.ndarray) -> tuple[np.ndarray, bool]:
+    def _choose_on_host(self, logits: np.ndarray, tokens: np.ndarray,
+                        sum_logprobs: np.ndarray) -> tuple[np.ndarray, bool]:
         """One step's choice on the host: the logits after the last token [n_batch, n_vocab] filtered,
         then the decoder's update (the tokens with the choice appended, whether all are complete)."""
         logits = np.array(logits, dtype=np.float32)  # a writable copy for the filters
@@ -685,7 +685,7 @@ class DecodingTask:
         logits = self.inference.logits(np.concatenate([tokens, draft], axis=1), audio_features, positions)
         completed = False
         for i in range(draft.shape[1] + 1):
-            tokens, completed = self._choose(logits[:, 1 + i], tokens, sum_logprobs)
+            tokens, completed = self._choose_on_host(logits[:, 1 + i], tokens, sum_logprobs)
             if completed or i == draft.shape[1] or tokens[0, -1] != draft[0, i]:
                 break
         self.inference.rewind(tokens.shape[1] - 1)

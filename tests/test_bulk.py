@@ -223,6 +223,10 @@ def test_single_threaded_workers_do_not_spin_and_max_starts_with_their_environme
                        timeout=300, env={**os.environ, "MODULAR_TELEMETRY_ENABLED": "0", **single})
     assert p.returncode == 0, p.stderr
     assert "already runs on 1 CPU threads" in json.loads(p.stdout.strip().splitlines()[-1])["again"]
+    for name in single.keys() - {"OMP_NUM_THREADS"}:  # MAX reads each name: one set alone aborts it
+        p = subprocess.run([sys.executable, "-c", MAX_THREADS, "1"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=300, env={**os.environ, "MODULAR_TELEMETRY_ENABLED": "0", name: "0"})
+        assert p.returncode != 0, name
 
 
 def test_workers_are_sized_on_the_cpus_that_a_job_just_ended_lets_go(ray_local):

@@ -86,6 +86,8 @@ def test_dtw_equals_whisper(shape):
     x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32).astype(np.float64)
     x[:, ::3] = np.round(x[:, ::3])  # ties, decided by whisper's rules
     np.testing.assert_array_equal(dtw(x), dtw_cpu(x))
+    x[::2, ::5], x[0, -1] = np.nan, np.inf  # frames no token attends to, as the median filter's test has
+    np.testing.assert_array_equal(dtw(x), dtw_cpu(x))
 
 
 def test_median_filter_equals_whisper():

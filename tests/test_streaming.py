@@ -535,9 +535,9 @@ def test_max_window_checks_the_last_hypothesis_as_a_draft_and_decodes_the_same(m
     assert decoded == drafted_decoded == wrong_decoded != ()  # the next draft, whatever this one was
     assert len(alone_steps) > 20  # a call per token after the prompt's
 
-    def decoded(result):
+    def text_and_times(result):
         return [(s.tokens, s.start, s.end, s.words) for s in result.segments]
-    assert decoded(drafted) == decoded(alone) == decoded(wrong)  # the model's tokens, words and times
+    assert text_and_times(drafted) == text_and_times(alone) == text_and_times(wrong)  # the model's tokens, words and times
     for result in drafted, wrong:  # log probabilities from other calls of the decoder: rounded apart
         assert [s.avg_logprob for s in result.segments] == pytest.approx([s.avg_logprob for s in alone.segments],
                                                                           abs=1e-4)
