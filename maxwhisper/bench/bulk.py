@@ -3,8 +3,9 @@ to at least 30 minutes of audio, for each implementation at 1 and 2 workers, wit
 (the sequential loop, the command's default) and at each batch size: audio hours per hour. Right
 before each one-worker job, the same files through `transcribe()` in one process (a worker
 subprocess: model loaded once, the files in turn, as many at once as the job's worker takes) give
-the pipeline's overhead, timed back to back with it; and a job on two virtual nodes (`ray.cluster_utils.Cluster`, each with half the cores) shows it spread. Ray's
-start-up is timed apart from the jobs; a job's time includes its workers' model loads."""
+the pipeline's overhead, timed back to back with it; and a job on two virtual nodes
+(`ray.cluster_utils.Cluster`, each with half the cores) shows it spread. Ray's start-up is timed
+apart from the jobs; a job's time includes its workers' model loads."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +13,6 @@ import json
 import math
 import os
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -66,20 +66,8 @@ def bulk_reference_worker(spec: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     t = create_transcriber(spec["backend"], model=spec["model"], device=spec["device"], precision=spec["precision"],
                            threads=spec["threads"], max_batch=at_once)
-    todo = list(spec["files"])
-    lock = threading.Lock()
-
-    def transcribe_files() -> float:
-        seconds = 0.0
-        while True:
-            with lock:
-                if not todo:
-                    return seconds
-                path = todo.pop(0)
-            seconds += t.transcribe(load_audio(path), options).audio_s
-
-    with ThreadPoolExecutor(at_once) as pool:
-        audio_s = sum(pool.map(lambda _: transcribe_files(), range(at_once)))
+    with ThreadPoolExecutor(at_once) as pool:  # each thread takes the next file as it ends one
+        audio_s = sum(pool.map(lambda path: t.transcribe(load_audio(path), options).audio_s, spec["files"]))
     wall_s = time.perf_counter() - start
     info(f"[{spec['backend']} {t.precision} one process, batch {_batch(options.batch_size)}] {audio_s / 3600:.2f} h in "
          f"{wall_s:.1f} s")
@@ -99,7 +87,8 @@ def _job(folder: Path, out: Path, backend: str, precision: str, model: str, work
     timings = [r["timings"] for r in rows]
     run = {"implementation": implementation_label(backend, precision), "backend": backend, "precision": precision,
            "workers": workers, "batch_size": options.batch_size, "nodes": 2 if address else 1,
-           "files_at_once": _files_at_once(backend, options), "files": summary.files, "failed": summary.failed, "audio_s": summary.audio_s, "wall_s": summary.wall_s,
+           "files_at_once": _files_at_once(backend, options), "files": summary.files, "failed": summary.failed,
+           "audio_s": summary.audio_s, "wall_s": summary.wall_s,
            "rate": summary.audio_s / summary.wall_s,
            "transcribe_s": sum(t["transcribe_s"] or 0 for t in timings),
            "read_s": sum(t["read_s"] for t in timings), "write_s": sum(t["write_s"] or 0 for t in timings),
@@ -208,6 +197,12 @@ def _best(runs: list[dict], implementation: str) -> dict | None:
     return max(mine, key=lambda r: r["rate"]) if mine else None
 
 
+def _verdict(x: float | None, target: float) -> str:
+    """A speed ratio's target and whether it is met: at least `target` above 1, else above it."""
+    met = x is not None and (x >= target if target > 1 else x > target)
+    return f"({'at least' if target > 1 else 'above'} {target:g}x): {'met' if met else 'NOT MET'}"
+
+
 def bulk_targets(doc: dict) -> list[str]:
     b = doc["bulk"]
     runs, lines = b["runs"], []
@@ -222,8 +217,7 @@ def bulk_targets(doc: dict) -> list[str]:
             x = ratio(r["rate"], f["rate"])
             lines.append(f"- {r['workers']} worker(s), batch {_batch(r['batch_size'])}: {r['implementation']} "
                          f"{r['rate']:.1f} vs {f['implementation']} {f['rate']:.1f} audio h/h = {_f(x)}x "
-                         f"({'at least' if target > 1 else 'above'} {target:g}x): "
-                         f"{'met' if x and (x >= target if target > 1 else x > target) else 'NOT MET'}")
+                         + _verdict(x, target))
     for versus, target in (("fp32", SPEED_TARGET), ("int8", 1.0)):
         # like with like: MAX in faster-whisper's precision where it ran in it, else MAX fp32
         mine = _best(runs, implementation_label("max", versus)) or _best(runs, implementation_label("max", "fp32"))
@@ -233,8 +227,7 @@ def bulk_targets(doc: dict) -> list[str]:
             lines.append(f"- best against best: {mine['implementation']} {mine['rate']:.1f} ({mine['workers']} worker(s), "
                          f"batch {_batch(mine['batch_size'])}) vs faster-whisper {versus} {other['rate']:.1f} "
                          f"({other['workers']} worker(s), batch {_batch(other['batch_size'])}) = {_f(x)}x "
-                         f"({'at least' if target > 1 else 'above'} {target:g}x): "
-                         f"{'met' if x and (x >= target if target > 1 else x > target) else 'NOT MET'}")
+                         + _verdict(x, target))
     for ref in b["references"]:
         r = _run(runs, ref["implementation"], 1, ref["batch_size"])
         # like with like: the reference takes as many files at once as the job's worker (older results
