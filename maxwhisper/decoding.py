@@ -486,7 +486,7 @@ class SuppressBlank(LogitFilter):
 
 class SuppressTokens(LogitFilter):
     def __init__(self, suppress_tokens: Sequence[int]):
-        self.suppress_tokens = np.array(suppress_tokens, np.int64)  # an index array once, not a list each step
+        self.suppress_tokens = list(suppress_tokens)
 
     def suppress(self, logits, tokens):
         logits[:, self.suppress_tokens] = -np.inf

@@ -229,12 +229,6 @@ class MaxInference:
         self.cached = 0  # tokens already in the cache
         self.cross: tuple[driver.Buffer, ...] | None = None
         self.np_dtype = np.float16 if model.precision == "fp16" else np.float32
-        # the token step graph's tokens [B, 1], positions [B] and rows [B], written in place before each
-        # step, and those and the cross K/V and cache buffers as the graph takes them: a step then
-        # makes no arrays or buffers (host work right after a step, its caches cold, costs several
-        # times what it does alone)
-        self.step_tokens = self.step_positions = np.zeros(0, np.int64)
-        self.step_buffers: list[driver.Buffer] = []
 
     def _setup(self, batch: int, features: AudioFeatures):
         d = self.model.dims
@@ -245,11 +239,6 @@ class MaxInference:
             index = np.repeat(np.arange(features.n_audio), batch // features.n_audio)
             self.cross = tuple(self.model.run(
                 self.model.lazy_graph("batch_repeat"), self.model.to_device(index), features.features, *self.cross)[1:])
-        if self.model.token_step is not None:
-            self.step_tokens, self.step_positions = np.zeros((batch, 1), np.int64), np.zeros(batch, np.int64)
-            self.step_buffers = [self.model.to_device(a) for a in
-                                 (self.step_tokens, self.step_positions, np.arange(batch, dtype=np.int64))]
-            self.step_buffers += [*self.cross, *self.cache]
 
     def logits(self, tokens: np.ndarray, audio_features: AudioFeatures, positions: Sequence[int] = (-1,)) -> np.ndarray:
         """tokens int [batch, n], the whole sequence so far -> float32 logits [batch, len(positions), n_vocab]."""
@@ -266,18 +255,18 @@ class MaxInference:
         n_total = tokens.shape[1]
         new = tokens[:, self.cached:]
         n = new.shape[1]
-        index = [p % n_total - self.cached for p in positions]
-        if n == 0 or min(index) < 0:
+        index = np.array([p % n_total - self.cached for p in positions], np.int64)
+        if n == 0 or index.min() < 0:
             raise ValueError("logits requested for positions already in the KV cache")
+        pos = np.arange(self.cached, n_total, dtype=np.int64)
         m = self.model
-        if m.token_step is not None and n == 1 and index == [0]:
+        if m.token_step is not None and n == 1 and index.tolist() == [0]:
             # one new token per sequence, all at the same position, each its own logits
-            self.step_tokens[:] = new
-            self.step_positions.fill(self.cached)
-            b = self.step_buffers
-            outputs = m.run(m.token_step, *b[:3], *(m.to_device(a) for a in choice_inputs), *b[3:])
+            batch = tokens.shape[0]
+            inputs = [new.astype(np.int64), np.full(batch, self.cached, np.int64), np.arange(batch, dtype=np.int64),
+                      *choice_inputs]
+            outputs = m.run(m.token_step, *(m.to_device(a) for a in inputs), *self.cross, *self.cache)
         else:
-            index, pos = np.array(index, np.int64), np.arange(self.cached, n_total, dtype=np.int64)
             offset = driver.Buffer.from_numpy(np.array(self.cached, np.int64))  # stays on the host
             mask = np.where(np.arange(m.dims.n_text_ctx)[None, :] <= pos[:, None], 0.0, -np.inf).astype(np.float32)
             outputs = m.run(m.decoder, m.to_device(new.astype(np.int64)), m.to_device(pos), offset,
@@ -296,7 +285,7 @@ class MaxInference:
         self.cached = min(self.cached, n)
 
     def cleanup_caching(self) -> None:
-        self.cache, self.cross, self.cached, self.step_buffers = None, None, 0, []
+        self.cache, self.cross, self.cached = None, None, 0
 
 
 class MaxChoosingInference(MaxInference):
