@@ -159,19 +159,17 @@ def test_a_worker_starts_before_its_model_loads_and_its_first_call_waits_for_the
     assert row["fatal"] and row["error"] == "unknown backend 'nope'"  # the driver stops the job with it
 
 
-def test_max_workers_transcribe_several_files_at_once_unless_batched(tmp_path):
+def test_max_workers_transcribe_several_files_at_once_unless_batched():
     """MAX's sequential loop on the CPU shares encoder calls and steps between files (the job test
     checks each file's tokens against transcribe() on it alone); batched long-form, faster-whisper,
     a GPU worker and one without the kernels take one."""
     from maxwhisper.bulk.job import FILES_AT_ONCE, files_at_once
-    from maxwhisper.bulk.worker import JobSettings
 
-    settings = JobSettings("max", "tiny.en", "cpu", "fp32", 1, True, DecodeOptions(), str(tmp_path), ("txt",), None)
-    assert files_at_once(settings, on_gpu=False) == FILES_AT_ONCE > 1
-    assert files_at_once(dataclasses.replace(settings, options=DecodeOptions(batch_size=8)), on_gpu=False) == 1
-    assert files_at_once(dataclasses.replace(settings, backend="faster"), on_gpu=False) == 1
-    assert files_at_once(dataclasses.replace(settings, kernels=False), on_gpu=False) == 1  # no shared steps
-    assert files_at_once(settings, on_gpu=True) == 1  # not measured on a GPU
+    assert files_at_once("max", None, kernels=True, on_gpu=False) == FILES_AT_ONCE > 1
+    assert files_at_once("max", 8, kernels=True, on_gpu=False) == 1
+    assert files_at_once("faster", None, kernels=True, on_gpu=False) == 1
+    assert files_at_once("max", None, kernels=False, on_gpu=False) == 1  # no shared steps
+    assert files_at_once("max", None, kernels=True, on_gpu=True) == 1  # not measured on a GPU
 
 
 # --- the workers' CPUs and threads ------------------------------------------------------------
