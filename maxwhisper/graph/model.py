@@ -24,7 +24,7 @@ from max.graph import DeviceRef, Graph
 from ..api import BackendError
 from ..checkpoint import Checkpoint, ModelDims
 from ..registry import BF16_MISSING, has_bf16
-from .compiled import compile_cpu_graph
+from .compiled import artifact_path, compile_cpu_graph, custom_ops_unchecked
 from .decoder import (build_alignment_graph, build_batch_repeat_graph, build_cache_reorder_graph, build_decoder_graph,
                       build_token_step_graph, cache_shapes)
 from .encoder import build_encoder_graph
@@ -181,9 +181,9 @@ class MaxWhisper:
                               int8=precision == "int8", bf16=precision == "bf16")
         start = time.perf_counter()
         self.session = InferenceSession(devices=[self.device])
-        self.encoder = self.load_graph(*self.build("encoder"))
-        self.decoder = self.load_graph(*self.build("decoder_step"))
-        self.token_step = self.load_graph(*self.build("token_step")) if self.plan.token_step else None
+        self.encoder = self.built_and_loaded("encoder")
+        self.decoder = self.built_and_loaded("decoder_step")
+        self.token_step = self.built_and_loaded("token_step") if self.plan.token_step else None
         self.compile_s = time.perf_counter() - start
         self.lazy_graphs: dict[str, object] = {}  # compiled on first use (word timestamps, beams)
         self._lazy_lock = threading.Lock()
@@ -228,13 +228,24 @@ class MaxWhisper:
                 return self.session.init(compile_cpu_graph(self.session, graph), weights_registry=weights_registry)
             return self.session.load(graph, weights_registry=weights_registry)
 
+    def built_and_loaded(self, name: str):
+        """Graph `name` built and loaded. On the CPU, built first without checking its custom ops
+        (`compiled.custom_ops_unchecked`): loaded so when its compiled artifact exists, else built
+        again with the check and compiled."""
+        if self.device_ref.is_cpu():
+            with custom_ops_unchecked():
+                graph, registry = self.build(name)
+            if artifact_path(graph).exists():
+                return self.load_graph(graph, registry)
+        return self.load_graph(*self.build(name))
+
     def lazy_graph(self, name: str):
         """"alignment", "cache_reorder" or "batch_repeat", compiled the first time it is needed
         (once, when several threads transcribe at once)."""
         with self._lazy_lock:
             if name not in self.lazy_graphs:
                 start = time.perf_counter()
-                self.lazy_graphs[name] = self.load_graph(*self.build(name))
+                self.lazy_graphs[name] = self.built_and_loaded(name)
                 self.compile_s += time.perf_counter() - start
             return self.lazy_graphs[name]
 
