@@ -159,19 +159,17 @@ def test_a_worker_starts_before_its_model_loads_and_its_first_call_waits_for_the
     assert row["fatal"] and row["error"] == "unknown backend 'nope'"  # the driver stops the job with it
 
 
-def test_max_workers_transcribe_several_files_at_once_unless_batched(tmp_path):
+def test_max_workers_transcribe_several_files_at_once_unless_batched():
     """MAX's sequential loop on the CPU shares encoder calls and steps between files (the job test
     checks each file's tokens against transcribe() on it alone); batched long-form, faster-whisper,
     a GPU worker and one without the kernels take one."""
     from maxwhisper.bulk.job import FILES_AT_ONCE, files_at_once
-    from maxwhisper.bulk.worker import JobSettings
 
-    settings = JobSettings("max", "tiny.en", "cpu", "fp32", 1, True, DecodeOptions(), str(tmp_path), ("txt",), None)
-    assert files_at_once(settings, on_gpu=False) == FILES_AT_ONCE > 1
-    assert files_at_once(dataclasses.replace(settings, options=DecodeOptions(batch_size=8)), on_gpu=False) == 1
-    assert files_at_once(dataclasses.replace(settings, backend="faster"), on_gpu=False) == 1
-    assert files_at_once(dataclasses.replace(settings, kernels=False), on_gpu=False) == 1  # no shared steps
-    assert files_at_once(settings, on_gpu=True) == 1  # not measured on a GPU
+    assert files_at_once("max", None, kernels=True, on_gpu=False) == FILES_AT_ONCE > 1
+    assert files_at_once("max", 8, kernels=True, on_gpu=False) == 1
+    assert files_at_once("faster", None, kernels=True, on_gpu=False) == 1
+    assert files_at_once("max", None, kernels=False, on_gpu=False) == 1  # no shared steps
+    assert files_at_once("max", None, kernels=True, on_gpu=True) == 1  # not measured on a GPU
 
 
 # --- the workers' CPUs and threads ------------------------------------------------------------
@@ -227,6 +225,47 @@ def test_single_threaded_workers_do_not_spin_and_max_starts_with_their_environme
         p = subprocess.run([sys.executable, "-c", MAX_THREADS, "1"], cwd=ROOT, capture_output=True, text=True,
                            timeout=300, env={**os.environ, "MODULAR_TELEMETRY_ENABLED": "0", name: "0"})
         assert p.returncode != 0, name
+
+
+RUNTIME_THREAD = """
+import json, os, sys, time
+import maxwhisper.graph.model
+from maxwhisper.audio import load_audio
+from maxwhisper.registry import create_transcriber
+if sys.argv[2] == "default":  # the kernel's default timer slack, 50 us
+    maxwhisper.graph.model.RUNTIME_THREAD_SLACK_NS = 50_000
+t = create_transcriber("max", model="tiny.en", device="cpu", threads=1)
+t.transcribe(load_audio(sys.argv[1]))
+
+def wakeups():
+    counts = {}
+    for tid in os.listdir("/proc/self/task"):
+        for line in open(f"/proc/self/task/{tid}/status"):
+            if line.startswith("voluntary_ctxt_switches:"):
+                counts[tid] = int(line.split()[1])
+    return counts
+
+before = wakeups()
+time.sleep(1)
+after = wakeups()
+print(json.dumps(max(after[tid] - before.get(tid, 0) for tid in after)))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timer slack and /proc are Linux's")
+def test_max_s_polling_thread_wakes_rarely_once_a_model_has_run():
+    """MAX starts a thread at a process's first graph call that waits 0.5 ms at a time, idle or
+    not; the model's first call gives it a coarse timer slack, so an idle process's busiest thread
+    wakes a few dozen times a second, not ~2000 (with the kernel's default slack)."""
+    def busiest(slack: str) -> int:
+        p = subprocess.run([sys.executable, "-c", RUNTIME_THREAD, str(AUDIO / "jfk.flac"), slack], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "MODULAR_TELEMETRY_ENABLED": "0"})
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout.strip().splitlines()[-1])
+
+    assert busiest("coarse") < 300
+    assert busiest("default") > 1000  # the thread is there, and the check sees it
 
 
 def test_workers_are_sized_on_the_cpus_that_a_job_just_ended_lets_go(ray_local):

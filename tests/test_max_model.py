@@ -720,6 +720,39 @@ def test_a_compiled_cpu_graph_is_kept_on_disk_and_the_next_load_uses_it(tmp_path
     assert np.array_equal(session.init(unkept).execute(driver.Buffer.from_numpy(x))[0].to_numpy(), 2 * x)
 
 
+def test_a_graph_built_without_the_custom_op_check_is_the_same_graph(max_tiny_en):
+    """A model builds its CPU graphs first without MAX's check of each custom op against the kernel
+    package (`compiled.custom_ops_unchecked`) and loads them so when their artifact exists: the
+    unchecked graph is the same text, so it finds the artifact; outside the context, and on other
+    threads meanwhile, an op the package lacks is still refused."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from max.dtype import DType
+    from max.graph import DeviceRef, Graph, TensorType, ops
+
+    from maxwhisper.graph.compiled import custom_ops_unchecked
+    from maxwhisper.graph.layers import kernel_library
+
+    net = max_tiny_en.net
+    for name in ("encoder", "decoder_step"):
+        with custom_ops_unchecked():
+            unchecked, _ = net.build(name)
+        assert str(unchecked) == str(net.build(name)[0])
+
+    def unknown_op() -> Graph:
+        t = TensorType(DType.float32, [4], DeviceRef.CPU())
+        with Graph("unknown_op", input_types=[t], custom_extensions=[kernel_library()]) as graph:
+            graph.output(ops.custom("no_such_kernel", DeviceRef.CPU(), [graph.inputs[0]], [t])[0])
+        return graph
+
+    with pytest.raises(Exception, match="no_such_kernel"):
+        unknown_op()
+    with custom_ops_unchecked():
+        unknown_op()
+        with ThreadPoolExecutor(1) as other, pytest.raises(Exception, match="no_such_kernel"):
+            other.submit(unknown_op).result()
+
+
 def test_batched_greedy_windows_equal_their_single_decodes(max_tiny_en, jfk_audio, lecture_60s_audio):
     """Two windows decoded as one batch (the step graph's choice per row; jfk ends first and pads
     with eot) give each window's own tokens and log probability."""

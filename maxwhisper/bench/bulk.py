@@ -16,7 +16,6 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from ..bulk.job import FILES_AT_ONCE, files_at_once
@@ -87,8 +86,8 @@ def _job(folder: Path, out: Path, backend: str, precision: str, model: str, work
     timings = [r["timings"] for r in rows]
     run = {"implementation": implementation_label(backend, precision), "backend": backend, "precision": precision,
            "workers": workers, "batch_size": options.batch_size, "nodes": 2 if address else 1,
-           "files_at_once": _files_at_once(backend, options), "files": summary.files, "failed": summary.failed,
-           "audio_s": summary.audio_s, "wall_s": summary.wall_s,
+           "files_at_once": files_at_once(backend, options.batch_size, kernels=True, on_gpu=False),
+           "files": summary.files, "failed": summary.failed, "audio_s": summary.audio_s, "wall_s": summary.wall_s,
            "rate": summary.audio_s / summary.wall_s,
            "transcribe_s": sum(t["transcribe_s"] or 0 for t in timings),
            "read_s": sum(t["read_s"] for t in timings), "write_s": sum(t["write_s"] or 0 for t in timings),
@@ -97,11 +96,6 @@ def _job(folder: Path, out: Path, backend: str, precision: str, model: str, work
          f"{summary.audio_s / 3600:.2f} h in {summary.wall_s:.1f} s: {run['rate']:.1f} audio h/h, "
          f"{summary.failed} failed")
     return run
-
-
-def _files_at_once(backend: str, options) -> int:
-    """How many files a CPU worker of this job transcribes at once (`bulk.job.files_at_once`)."""
-    return files_at_once(SimpleNamespace(backend=backend, kernels=True, options=options), on_gpu=False)
 
 
 def _start_ray_data() -> None:
@@ -144,7 +138,7 @@ def main_bulk(args, impls: list[tuple[str, str]], model: str, decode_dict: dict,
                         if workers == 1:  # its reference right before it, on the same machine state
                             spec = {"kind": "bulk_reference", "backend": backend, "model": model, "device": "cpu",
                                     "precision": precision, "threads": cores, "files": [str(f) for f in files],
-                                    "files_at_once": _files_at_once(backend, options),
+                                    "files_at_once": files_at_once(backend, batch, kernels=True, on_gpu=False),
                                     "options": dataclasses.asdict(options)}
                             reference = run_worker(spec, args.timeout)
                             if reference.get("ok"):
@@ -224,9 +218,10 @@ def bulk_targets(doc: dict) -> list[str]:
         other = _best(runs, implementation_label("faster", versus))
         if mine and other:
             x = ratio(mine["rate"], other["rate"])
-            lines.append(f"- best against best: {mine['implementation']} {mine['rate']:.1f} ({mine['workers']} worker(s), "
-                         f"batch {_batch(mine['batch_size'])}) vs faster-whisper {versus} {other['rate']:.1f} "
-                         f"({other['workers']} worker(s), batch {_batch(other['batch_size'])}) = {_f(x)}x "
+            lines.append(f"- best against best: {mine['implementation']} {mine['rate']:.1f} "
+                         f"({mine['workers']} worker(s), batch {_batch(mine['batch_size'])}) "
+                         f"vs faster-whisper {versus} {other['rate']:.1f} ({other['workers']} worker(s), "
+                         f"batch {_batch(other['batch_size'])}) = {_f(x)}x "
                          + _verdict(x, target))
     for ref in b["references"]:
         r = _run(runs, ref["implementation"], 1, ref["batch_size"])
@@ -266,7 +261,7 @@ def bulk_markdown(doc: dict) -> str:
     lines += ["", "The same files through `transcribe()` in one process (model loaded once, the files in turn, as many "
               "at once as the one-worker job's worker takes; each timed right before that job, Ray up and idle):", "",
               "| implementation | batch | files at once | s | audio h/h |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {r['implementation']} | {_batch(r['batch_size'])} | {r.get('files_at_once', 1)} | {r['wall_s']:.1f} | "
-              f"{r['rate']:.1f} |" for r in b["references"]]
+    lines += [f"| {r['implementation']} | {_batch(r['batch_size'])} | {r.get('files_at_once', 1)} | "
+              f"{r['wall_s']:.1f} | {r['rate']:.1f} |" for r in b["references"]]
     lines += ["", "Targets:", "", *bulk_targets(doc)]
     return "\n".join(lines) + "\n"

@@ -170,7 +170,7 @@ def _pipeline(files: list[InputFile], settings: JobSettings, workers: int):
     cpus, gpus = _worker_resources(settings.device, workers)
     threads = settings.threads or max(1, math.floor(cpus + READ_CPUS))
     # every backend's threads per worker: two workers on a node, each on every core, would fight over them
-    at_once = files_at_once(settings, on_gpu=gpus > 0)
+    at_once = files_at_once(settings.backend, settings.options.batch_size, settings.kernels, on_gpu=gpus > 0)
     settings = dataclasses.replace(settings, threads=threads, files_at_once=at_once)
     items = [{"path": f.path, "name": f.name, "output": f.relative} for f in files]
     dataset = (ray.data.from_items(items, override_num_blocks=len(items))  # a block per file: a task each
@@ -203,11 +203,11 @@ def _worker_env(threads: int) -> dict[str, str]:
     return env
 
 
-def files_at_once(settings: JobSettings, on_gpu: bool) -> int:
-    """How many files a worker transcribes at once: FILES_AT_ONCE for MAX's sequential loop on the
-    CPU with its kernels, else 1."""
-    shares_steps = settings.backend == "max" and settings.kernels and not on_gpu
-    return FILES_AT_ONCE if shares_steps and settings.options.batch_size is None else 1
+def files_at_once(backend: str, batch_size: int | None, kernels: bool, on_gpu: bool) -> int:
+    """How many files a worker transcribes at once: FILES_AT_ONCE for MAX's sequential loop
+    (`batch_size` None) on the CPU with its kernels, else 1."""
+    shares_steps = backend == "max" and kernels and not on_gpu
+    return FILES_AT_ONCE if shares_steps and batch_size is None else 1
 
 
 def _settled_free_cpus(total: float) -> float:

@@ -17,12 +17,14 @@ import importlib.metadata
 import os
 import platform
 import tempfile
+import threading
 import warnings
 from functools import cache
 from pathlib import Path
 
 from max.engine import InferenceSession
 from max.graph import Graph
+from max.graph.graph import KernelLibrary
 
 from .layers import cache_folder, kernel_library
 
@@ -44,6 +46,29 @@ def artifact_path(graph: Graph) -> Path:
     for part in (importlib.metadata.version("max"), _cpu(), kernel_library().name, str(graph)):
         digest.update(part.encode() + b"\0")
     return cache_folder() / "graphs" / f"{graph.name}_{digest.hexdigest()[:24]}.mef"
+
+
+_unchecked = threading.local()  # .on: graphs built on this thread skip MAX's custom op check
+
+
+@contextlib.contextmanager
+def custom_ops_unchecked():
+    """Graphs built on this thread meanwhile skip MAX's check of each custom op against the kernel
+    package: the check reads the whole package first, most of a model's load in a new process, and
+    a graph whose artifact exists was checked when it was compiled from the same text and package."""
+    _unchecked.on = True
+    try:
+        yield
+    finally:
+        _unchecked.on = False
+
+
+def _check_custom_op(library: KernelLibrary, op, check=KernelLibrary.verify_custom_op) -> None:
+    if not getattr(_unchecked, "on", False):
+        check(library, op)
+
+
+KernelLibrary.verify_custom_op = _check_custom_op  # private to MAX: graphs check their ops through it
 
 
 def compile_cpu_graph(session: InferenceSession, graph: Graph):
