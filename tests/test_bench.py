@@ -188,6 +188,7 @@ def test_rounds_pool_timed_runs_and_keep_failures_and_nondeterminism():
     recs, fails = make_records(first, threads=2, repeats=4)
     jfk, a = recs
     assert jfk["total_s_runs"] == [1.0, 5.0, 2.0, 3.0] and jfk["total_s_median"] == 2.5 and jfk["deterministic"]
+    assert jfk["decode_s_runs"] == [0.5, 2.5, 1.0, 1.5] and jfk["decode_s"] == 1.25  # each run's, in order
     assert a["deterministic"] is False  # another round gave other tokens
     assert [f["audio"] for f in fails] == ["bad.wav"]
 
