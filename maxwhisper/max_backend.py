@@ -56,12 +56,14 @@ class MaxTranscriber:
         from where the two differ. Returns the result and the tokens this window decoded (the next draft)."""
         if options.batch_size is not None:
             raise MaxWhisperError("a stream's window is not transcribed in batches: leave batch_size unset")
-        return self._transcribe(audio[:N_SAMPLES], options, None, window_draft=tuple(draft))
+        return self._transcribe(audio[:N_SAMPLES], options, None, first_window_only=True, draft=tuple(draft))
 
     def _transcribe(self, audio: np.ndarray, options: DecodeOptions, progress: Callable[[float], None] | None,
-                    window_draft: tuple[int, ...] | None = None) -> tuple[TranscriptionResult, tuple[int, ...]]:
-        """The result and the tokens its last window decoded; window_draft not None: the first window
-        only (`transcribe_window`), with that draft."""
+                    first_window_only: bool = False, draft: tuple[int, ...] = ()
+                    ) -> tuple[TranscriptionResult, tuple[int, ...]]:
+        """The result and the tokens its last window decoded. first_window_only: the first window alone
+        (`transcribe_window`), beginning with the `draft` tokens where the model chooses them; the
+        whole seek loop otherwise, which takes no draft."""
         if len(audio) == 0:  # checked as any request, then nothing to run the model on
             _check_request(self.net, log_mel_spectrogram(audio, self.checkpoint.dims.n_mels, padding=N_SAMPLES),
                            options)
@@ -74,8 +76,8 @@ class MaxTranscriber:
         else:
             mel = log_mel_spectrogram(audio, self.checkpoint.dims.n_mels, padding=N_SAMPLES)
             features_s = time.perf_counter() - start
-            out = transcribe(self.decoder_model, mel, options, progress, first_window_only=window_draft is not None,
-                             draft=window_draft or ())
+            out = transcribe(self.decoder_model, mel, options, progress, first_window_only=first_window_only,
+                             draft=draft)
             decoded = out.decoded
         # a graph compiled on first use during decoding is a one-time cost: count it in compile_s only
         lazy_compile_s = self.compile_s - compile_before

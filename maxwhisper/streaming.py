@@ -25,8 +25,9 @@ The offline fallback would add a decoding of best_of samples per further tempera
 default schedule) to exactly the updates whose decoding already ran long (a loop runs to the sample
 length), while the next update, a chunk later, decodes the same audio again with more of it heard;
 and sampled hypotheses are random, so two in a row seldom agree to commit anything. Once the buffer
-is longer than `trim_s`, it is cut at the end of the last segment whose words are all committed, so
-that later updates stay short.
+is longer than `trim_s`, it is cut at the end of the last segment whose words are all committed and
+that leaves CONTEXT_S of audio in the buffer, so that later updates stay short and still hear the
+words before the ones they are to commit.
 """
 from __future__ import annotations
 
@@ -46,6 +47,10 @@ PROMPT_CHARS = 200  # committed text before the buffer given as prompt (as whisp
 OVERLAP_WORDS = 5  # longest repeat of the committed tail looked for at a hypothesis's start
 FORCED_CUT_S = 25.0  # a buffer this long is cut even where nothing in it is committed
 KEEP_S = 5.0  # the audio a forced cut leaves in the buffer
+# the audio a cut at a segment end leaves in the buffer, at least: a hypothesis over a buffer cut just
+# before the next words hears them with almost no audio before them, and two such can agree on a word
+# misheard ("So that when it comes back" heard as "So, it's when it comes back" on the lecture)
+CONTEXT_S = 5.0
 SETTLE_S = 0.3  # audio the later of two agreeing hypotheses must have heard after a word
 BUDGET = 0.6  # the share of the new audio's duration that `Streamer.feed`'s hypotheses may take
 # the new audio that the second of `Streamer.feed`'s two hypotheses hears beyond the first: more than
@@ -217,10 +222,11 @@ class Streamer:
         return StreamUpdate(self.policy.finish(), [], 0.0)
 
     def _trim(self) -> list[StreamWord]:
-        """Past trim_s of buffer, cut it at the last segment end that all committed words reach;
-        past FORCED_CUT_S, at the last committed word, or (nothing committed in it: silence, text
-        that keeps changing, or updates so slow that the buffer outgrew its commits) KEEP_S before
-        its end, committing the tentative words before the cut rather than losing them. No cut
+        """Past trim_s of buffer, cut it at the last segment end that all committed words reach and
+        that leaves CONTEXT_S of audio in the buffer (the committed words in it are heard again, as
+        context for the next); past FORCED_CUT_S, at the last committed word, or (nothing committed in
+        it: silence, text that keeps changing, or updates so slow that the buffer outgrew its
+        commits) KEEP_S before its end, committing the tentative words before the cut rather than losing them. No cut
         goes past the start of a word heard and not committed (word times move between
         hypotheses: the committed end of a word may lie inside the next one as heard now), nor past
         the start of a held-back segment, whose audio (and what follows it) waits for more context;
@@ -231,7 +237,7 @@ class Streamer:
             return []
         done = self.policy.committed[-1].end if self.policy.committed else self.buffer_start
         forced = []
-        cut = max((t for t in self.segment_ends[:-1] if t <= done), default=self.buffer_start)
+        cut = max((t for t in self.segment_ends[:-1] if t <= min(done, end - CONTEXT_S)), default=self.buffer_start)
         if cut <= self.buffer_start and end - self.buffer_start > FORCED_CUT_S:
             if done > self.buffer_start:
                 cut = done

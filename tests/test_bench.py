@@ -300,11 +300,12 @@ def test_streaming_report_says_the_targets():
     md = streaming_markdown(doc)
     assert ("| jfk.flac | MAX fp32 | 9 | 1.50 s | 2.50 s | 0.00 s / 1.00 s | 0.30 | 0.30 s / 0.50 s | 50 % | 1.40 | 2 | "
             "0.00 % |") in md and "Test CPU (AVX2)" in md
-    assert ("- jfk.flac, MAX: compute 0.30 s per audio second <= 0.6: met; commit latency median 1.50 s <= 2 s: met, "
-            "p90 2.50 s <= 3.5 s: met; no loop committed (loop ratio 1.40 <= 2.4): met") in md
-    assert ("median latency against faster-whisper's lowest (faster-whisper int8 1.80 s): 1.20x lower (at least "
-            "1.3x): NOT MET") in md
-    assert ("- lecture.flac, MAX: compute 0.70 s per audio second <= 0.6: NOT MET; commit latency median 2.50 s <= 2 s: "
+    assert ("- jfk.flac, MAX fp32: compute 0.30 s per audio second <= 0.6: met; commit latency median 1.50 s <= 2 s: "
+            "met, p90 2.50 s <= 3.5 s: met; no loop committed (loop ratio 1.40 <= 2.4): met") in md
+    # like with like (fp32 against fp32), and faster-whisper's lowest said beside it
+    assert "  - median latency against faster-whisper fp32 (2.00 s): 1.33x lower (at least 1.3x): met" in md
+    assert "  - median latency against faster-whisper's lowest (faster-whisper int8 1.80 s): 1.20x lower\n" in md
+    assert ("- lecture.flac, MAX fp32: compute 0.70 s per audio second <= 0.6: NOT MET; commit latency median 2.50 s <= 2 s: "
             "NOT MET, p90 3.50 s <= 3.5 s: met; no loop committed (loop ratio 5.90 <= 2.4): NOT MET") in md
     assert "FAILED: openai-whisper fp32: boom" in md
 

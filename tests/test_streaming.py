@@ -14,7 +14,7 @@ import pytest
 from maxwhisper.api import SAMPLE_RATE, DecodeOptions, Segment, Word
 from maxwhisper.audio import N_SAMPLES
 from maxwhisper.decoding import DecodingTask, compression_ratio
-from maxwhisper.streaming import (BUDGET, SETTLE_S, STEP_S, LocalAgreement, Streamer, StreamReport, StreamWord,
+from maxwhisper.streaming import (BUDGET, CONTEXT_S, SETTLE_S, STEP_S, LocalAgreement, Streamer, StreamReport, StreamWord,
                                   fails_offline_rules, stream_audio)
 from scripted import ScriptedTranscriber
 
@@ -292,6 +292,29 @@ class Respelled:
         segments = [Segment(0, 0, ws[0].start, ws[-1].end, "", (), words=ws)] if ws else []
         return TranscriptionResult("", segments, "en", "respelled", "none", "cpu", "fp32", n, Timings(total_s=0.1),
                                    options)
+
+
+def test_a_cut_at_a_segment_end_leaves_context_s_of_audio_before_the_words_to_commit():
+    class Sentences(ScriptedTranscriber):  # a segment every 4 words (2 s)
+        def transcribe(self, audio, options=DecodeOptions(), progress=None):
+            result = super().transcribe(audio, options, progress)
+            ws = result.segments[0].words if result.segments else ()
+            groups = [ws[i:i + 4] for i in range(0, len(ws), 4)]
+            return dataclasses.replace(result, segments=[Segment(0, 0, g[0].start, g[-1].end, "", (), words=g)
+                                                         for g in groups])
+
+    audio = np.arange(60 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
+    streamer = Streamer(Sentences(" ".join(f"w{i}" for i in range(120))))
+    committed, starts, kept = [], [0.0], []
+    for i in range(60):
+        committed += streamer.push(audio[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE]).committed
+        if streamer.buffer_start != starts[-1]:
+            starts.append(streamer.buffer_start)
+            kept.append(len(streamer.buffer) / SAMPLE_RATE)
+    committed += streamer.finish().committed
+    assert len(starts) > 3 and all(abs(s / 2 - round(s / 2)) < 1e-3 for s in starts)  # at segment ends
+    assert min(kept) >= CONTEXT_S  # with the committed words before the next ones still heard
+    assert [w.text for w in committed] == [f" w{i}" for i in range(120)]  # each word once, in order
 
 
 def test_a_forced_cut_never_splits_a_word_and_loses_no_audio():
