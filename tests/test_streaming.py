@@ -14,8 +14,8 @@ import pytest
 from maxwhisper.api import SAMPLE_RATE, DecodeOptions, Segment, Word
 from maxwhisper.audio import N_SAMPLES
 from maxwhisper.decoding import DecodingTask, compression_ratio
-from maxwhisper.streaming import (BUDGET, CONTEXT_S, SETTLE_S, STEP_S, LocalAgreement, Streamer, StreamReport, StreamWord,
-                                  fails_offline_rules, stream_audio)
+from maxwhisper.streaming import (BUDGET, CONTEXT_S, SETTLE_S, STEP_S, LocalAgreement, Streamer, StreamReport,
+                                  StreamWord, fails_offline_rules, stream_audio)
 from scripted import ScriptedTranscriber
 
 LECTURE = Path(__file__).resolve().parents[1].parent / "shared" / "audio" / "physicsworks.flac"
