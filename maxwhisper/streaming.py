@@ -222,16 +222,15 @@ class Streamer:
         return StreamUpdate(self.policy.finish(), [], 0.0)
 
     def _trim(self) -> list[StreamWord]:
-        """Past trim_s of buffer, cut it at the last segment end that all committed words reach and
-        that leaves CONTEXT_S of audio in the buffer (the committed words in it are heard again, as
-        context for the next); past FORCED_CUT_S, at the last committed word, or (nothing committed in
-        it: silence, text that keeps changing, or updates so slow that the buffer outgrew its
-        commits) KEEP_S before its end, committing the tentative words before the cut rather than losing them. No cut
-        goes past the start of a word heard and not committed (word times move between
-        hypotheses: the committed end of a word may lie inside the next one as heard now), nor past
-        the start of a held-back segment, whose audio (and what follows it) waits for more context;
-        one at the buffer's start is cut away whole at a forced cut: never committed, and the audio
-        after it is heard again. Returns the words so committed."""
+        """Past trim_s of buffer, cut it at the last segment end that all committed words reach and that
+        leaves CONTEXT_S of audio in the buffer (the committed words in it are heard again, as context for
+        the next); past FORCED_CUT_S, at the last committed word, or (nothing committed in it: silence, text
+        that keeps changing, or updates so slow that the buffer outgrew its commits) KEEP_S before its end,
+        committing the tentative words before the cut rather than losing them. No cut goes past the start of
+        a word heard and not committed (word times move between hypotheses: the committed end of a word may
+        lie inside the next one as heard now), nor past the start of a held-back segment, whose audio (and
+        what follows it) waits for more context; one at the buffer's start is cut away whole at a forced
+        cut: never committed, and the audio after it is heard again. Returns the words so committed."""
         end = self.buffer_start + len(self.buffer) / SAMPLE_RATE
         if end - self.buffer_start <= self.trim_s:
             return []

@@ -305,9 +305,18 @@ def test_streaming_report_says_the_targets():
     # like with like (fp32 against fp32), and faster-whisper's lowest said beside it
     assert "  - median latency against faster-whisper fp32 (2.00 s): 1.33x lower (at least 1.3x): met" in md
     assert "  - median latency against faster-whisper's lowest (faster-whisper int8 1.80 s): 1.20x lower\n" in md
-    assert ("- lecture.flac, MAX fp32: compute 0.70 s per audio second <= 0.6: NOT MET; commit latency median 2.50 s <= 2 s: "
-            "NOT MET, p90 3.50 s <= 3.5 s: met; no loop committed (loop ratio 5.90 <= 2.4): NOT MET") in md
+    assert ("- lecture.flac, MAX fp32: compute 0.70 s per audio second <= 0.6: NOT MET; commit latency median "
+            "2.50 s <= 2 s: NOT MET, p90 3.50 s <= 3.5 s: met; no loop committed (loop ratio 5.90 <= 2.4): NOT MET") in md
     assert "FAILED: openai-whisper fp32: boom" in md
+
+
+def test_a_ratio_just_under_its_target_is_not_printed_as_reaching_it():
+    from maxwhisper.bench.report import ratio_text
+
+    assert ratio_text(1.2975, 1.3) == "1.297"  # not "1.30": the report beside it says NOT MET
+    assert ratio_text(1.2994, 1.3) == "1.299"
+    assert ratio_text(1.304, 1.3) == ratio_text(1.3, 1.3) == "1.30"
+    assert ratio_text(1.25, 1.3) == "1.25" and ratio_text(None, 1.3) == "–"
 
 
 def test_bulk_report_says_the_targets():

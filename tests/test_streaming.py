@@ -5,6 +5,7 @@ its countdown's repetition loop never committed and decoded once per update)."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import statistics
 from pathlib import Path
 
@@ -14,8 +15,8 @@ import pytest
 from maxwhisper.api import SAMPLE_RATE, DecodeOptions, Segment, Word
 from maxwhisper.audio import N_SAMPLES
 from maxwhisper.decoding import DecodingTask, compression_ratio
-from maxwhisper.streaming import (BUDGET, CONTEXT_S, SETTLE_S, STEP_S, LocalAgreement, Streamer, StreamReport, StreamWord,
-                                  fails_offline_rules, stream_audio)
+from maxwhisper.streaming import (BUDGET, CONTEXT_S, SETTLE_S, STEP_S, LocalAgreement, Streamer, StreamReport,
+                                  StreamWord, fails_offline_rules, stream_audio)
 from scripted import ScriptedTranscriber
 
 LECTURE = Path(__file__).resolve().parents[1].parent / "shared" / "audio" / "physicsworks.flac"
@@ -294,16 +295,24 @@ class Respelled:
                                    options)
 
 
-def test_a_cut_at_a_segment_end_leaves_context_s_of_audio_before_the_words_to_commit():
+@pytest.mark.parametrize("drift_s", [0.0, 0.2])
+def test_a_cut_at_a_segment_end_leaves_context_s_of_audio_before_the_words_to_commit(drift_s):
+    """drift_s: every other hypothesis hears each word that much later, so the committed words heard
+    again after a cut end past where they were committed."""
     class Sentences(ScriptedTranscriber):  # a segment every 4 words (2 s)
         def transcribe(self, audio, options=DecodeOptions(), progress=None):
             result = super().transcribe(audio, options, progress)
             ws = result.segments[0].words if result.segments else ()
+            shift = drift_s * (len(self.calls) % 2)
+            ws = [dataclasses.replace(w, start=w.start + shift, end=min(w.end + shift, len(audio) / SAMPLE_RATE))
+                  for w in ws]
+            heard.append((round(audio[0], 3) if len(audio) else 0.0, options.initial_prompt))
             groups = [ws[i:i + 4] for i in range(0, len(ws), 4)]
-            return dataclasses.replace(result, segments=[Segment(0, 0, g[0].start, g[-1].end, "", (), words=g)
+            return dataclasses.replace(result, segments=[Segment(0, 0, g[0].start, g[-1].end, "", (), words=tuple(g))
                                                          for g in groups])
 
     audio = np.arange(60 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
+    heard = []  # (buffer start s, prompt) of each hypothesis
     streamer = Streamer(Sentences(" ".join(f"w{i}" for i in range(120))))
     committed, starts, kept = [], [0.0], []
     for i in range(60):
@@ -315,6 +324,10 @@ def test_a_cut_at_a_segment_end_leaves_context_s_of_audio_before_the_words_to_co
     assert len(starts) > 3 and all(abs(s / 2 - round(s / 2)) < 1e-3 for s in starts)  # at segment ends
     assert min(kept) >= CONTEXT_S  # with the committed words before the next ones still heard
     assert [w.text for w in committed] == [f" w{i}" for i in range(120)]  # each word once, in order
+    assert sum(1 for _, prompt in heard if prompt) > 10
+    for start, prompt in heard:  # the prompt is what was committed before the buffer, none of what it holds
+        said = [int(w) for w in re.findall(r"w(\d+)", prompt or "")]
+        assert not said or max(said) < start / 0.5 + 1e-6
 
 
 def test_a_forced_cut_never_splits_a_word_and_loses_no_audio():

@@ -21,7 +21,7 @@ from typing import Any
 from ..bulk.job import FILES_AT_ONCE, files_at_once
 from .clips import audio_dir
 from .records import implementation_label, ratio
-from .report import _f, write_mode_report
+from .report import _f, ratio_text, write_mode_report
 from .worker import info, run_worker
 
 SPEED_TARGET = 1.3  # MAX fp32's audio hours per hour over faster-whisper fp32's, at least
@@ -210,8 +210,8 @@ def bulk_targets(doc: dict) -> list[str]:
         if f:
             x = ratio(r["rate"], f["rate"])
             lines.append(f"- {r['workers']} worker(s), batch {_batch(r['batch_size'])}: {r['implementation']} "
-                         f"{r['rate']:.1f} vs {f['implementation']} {f['rate']:.1f} audio h/h = {_f(x)}x "
-                         + _verdict(x, target))
+                         f"{r['rate']:.1f} vs {f['implementation']} {f['rate']:.1f} audio h/h = "
+                         f"{ratio_text(x, target)}x " + _verdict(x, target))
     for versus, target in (("fp32", SPEED_TARGET), ("int8", 1.0)):
         # like with like: MAX in faster-whisper's precision where it ran in it, else MAX fp32
         mine = _best(runs, implementation_label("max", versus)) or _best(runs, implementation_label("max", "fp32"))
@@ -221,7 +221,7 @@ def bulk_targets(doc: dict) -> list[str]:
             lines.append(f"- best against best: {mine['implementation']} {mine['rate']:.1f} "
                          f"({mine['workers']} worker(s), batch {_batch(mine['batch_size'])}) "
                          f"vs faster-whisper {versus} {other['rate']:.1f} ({other['workers']} worker(s), "
-                         f"batch {_batch(other['batch_size'])}) = {_f(x)}x "
+                         f"batch {_batch(other['batch_size'])}) = {ratio_text(x, target)}x "
                          + _verdict(x, target))
     for ref in b["references"]:
         r = _run(runs, ref["implementation"], 1, ref["batch_size"])

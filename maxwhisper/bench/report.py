@@ -16,6 +16,17 @@ def _f(x: float | None, digits: int = 2, suffix: str = "") -> str:
     return f"{x:.{digits}f}{suffix}"
 
 
+def ratio_text(x: float | None, target: float) -> str:
+    """A speed ratio to two decimals, or to as many more as it takes (cut, not rounded) not to show a
+    ratio under `target` as reaching it: 1.2975 against 1.3 is "1.297", not "1.30"."""
+    if x is None or not math.isfinite(x):
+        return "–"
+    digits = 2
+    while x < target <= round(x, digits):
+        digits += 1
+    return f"{x:.2f}" if digits == 2 else f"{math.floor(x * 10 ** digits) / 10 ** digits:.{digits}f}"
+
+
 def _pct(x: float | None, digits: int = 1) -> str:
     return "–" if x is None else f"{100 * x:.{digits}f}"
 

@@ -13,7 +13,7 @@ from typing import Any
 from ..scoring import wer
 from .clips import REFERENCES, Clip, load_clip, pseudo_reference
 from .records import implementation_label
-from .report import _f, write_mode_report
+from .report import _f, ratio_text, write_mode_report
 from .worker import info, run_worker
 
 STREAMING_CLIPS = ("jfk.flac", "physicsworks.flac")
@@ -82,11 +82,12 @@ def streaming_targets(runs: list[dict]) -> list[str]:
         if run["backend"] != "max":
             continue
         median, p90 = r["latency_median_s"], r["latency_p90_s"]
-        lines.append(f"- {r['audio']}, {run['implementation']}: compute {r['compute_share']:.2f} s per audio second <= "
-                     f"{COMPUTE_TARGET}: {_met(r['compute_share'] <= COMPUTE_TARGET)}; commit latency median {_s(median)} "
-                     f"<= {LATENCY_TARGET_S:g} s: {_met(median is not None and median <= LATENCY_TARGET_S)}, p90 {_s(p90)} "
-                     f"<= {P90_TARGET_S:g} s: {_met(p90 is not None and p90 <= P90_TARGET_S)}; no loop committed "
-                     f"(loop ratio {r['loop_ratio']:.2f} <= {LOOP_TARGET}): {_met(r['loop_ratio'] <= LOOP_TARGET)}")
+        lines.append(f"- {r['audio']}, {run['implementation']}: compute {r['compute_share']:.2f} s per audio second "
+                     f"<= {COMPUTE_TARGET}: {_met(r['compute_share'] <= COMPUTE_TARGET)}; commit latency median "
+                     f"{_s(median)} <= {LATENCY_TARGET_S:g} s: "
+                     f"{_met(median is not None and median <= LATENCY_TARGET_S)}, p90 {_s(p90)} <= {P90_TARGET_S:g} s: "
+                     f"{_met(p90 is not None and p90 <= P90_TARGET_S)}; no loop committed (loop ratio "
+                     f"{r['loop_ratio']:.2f} <= {LOOP_TARGET}): {_met(r['loop_ratio'] <= LOOP_TARGET)}")
         if r["wer"] is not None and r["offline_wer"] is not None:
             gap = 100 * (r["wer"] - r["offline_wer"])
             lines.append(f"  - streamed WER {100 * r['wer']:.2f} % vs offline {100 * r['offline_wer']:.2f} % against "
@@ -99,8 +100,9 @@ def streaming_targets(runs: list[dict]) -> list[str]:
         same = [(latency, name) for latency, name, precision in faster if precision == run["precision"]]
         if same:
             latency, name = same[0]
-            lines.append(f"  - median latency against {name} ({_s(latency)}): {latency / median:.2f}x lower (at least "
-                         f"{FASTER_TARGET}x): {_met(latency / median >= FASTER_TARGET)}")
+            lines.append(f"  - median latency against {name} ({_s(latency)}): "
+                         f"{ratio_text(latency / median, FASTER_TARGET)}x lower (at least {FASTER_TARGET}x): "
+                         f"{_met(latency / median >= FASTER_TARGET)}")
         best, name, _ = min(faster)
         if not same or name != same[0][1]:
             lines.append(f"  - median latency against faster-whisper's lowest ({name} {_s(best)}): "

@@ -56,19 +56,23 @@ def custom_ops_unchecked():
     """Graphs built on this thread meanwhile skip MAX's check of each custom op against the kernel
     package: the check reads the whole package first, most of a model's load in a new process, and
     a graph whose artifact exists was checked when it was compiled from the same text and package."""
+    before = getattr(_unchecked, "on", False)
     _unchecked.on = True
     try:
         yield
     finally:
-        _unchecked.on = False
+        _unchecked.on = before
 
 
-def _check_custom_op(library: KernelLibrary, op, check=KernelLibrary.verify_custom_op) -> None:
-    if not getattr(_unchecked, "on", False):
-        check(library, op)
+# private to MAX: graphs check their ops through it. A MAX without it keeps its own check (every
+# graph is then built checked, only slower to load)
+_verify_custom_op = getattr(KernelLibrary, "verify_custom_op", None)
+if _verify_custom_op is not None:
+    def _check_custom_op(library: KernelLibrary, op) -> None:
+        if not getattr(_unchecked, "on", False):
+            _verify_custom_op(library, op)
 
-
-KernelLibrary.verify_custom_op = _check_custom_op  # private to MAX: graphs check their ops through it
+    KernelLibrary.verify_custom_op = _check_custom_op
 
 
 def compile_cpu_graph(session: InferenceSession, graph: Graph):

@@ -40,8 +40,9 @@ GRAPHS = ("encoder", "decoder_step", "token_step", "alignment", "cache_reorder",
 
 # MAX starts a thread at a process's first graph call that wakes every 0.5 ms on a timed wait, busy
 # or idle, on CPU time that the pool's threads or another worker want. Nothing in MAX sets that
-# period; a thread inherits its creator's timer slack (Linux), so the first graph call runs with this
-# slack and that thread wakes about every 10 ms instead (docs/design.md: what it saved).
+# period; a thread inherits its creator's timer slack (Linux), so each model's first graph call runs
+# with this slack (the process's first starts the thread), and that thread wakes about every 10 ms
+# instead (docs/design.md: what it saved).
 RUNTIME_THREAD_SLACK_NS = 10_000_000
 _PR_SET_TIMERSLACK, _PR_GET_TIMERSLACK = 29, 30
 
@@ -230,8 +231,9 @@ class MaxWhisper:
 
     def built_and_loaded(self, name: str):
         """Graph `name` built and loaded. On the CPU, built first without checking its custom ops
-        (`compiled.custom_ops_unchecked`): loaded so when its compiled artifact exists, else built
-        again with the check and compiled."""
+        (`compiled.custom_ops_unchecked`) and loaded so when its compiled artifact exists (an
+        unreadable one is compiled again from that same text); else built again with the check and
+        compiled."""
         if self.device_ref.is_cpu():
             with custom_ops_unchecked():
                 graph, registry = self.build(name)
