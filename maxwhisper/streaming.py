@@ -236,7 +236,8 @@ class Streamer:
             return []
         done = self.policy.committed[-1].end if self.policy.committed else self.buffer_start
         forced = []
-        cut = max((t for t in self.segment_ends[:-1] if t <= min(done, end - CONTEXT_S)), default=self.buffer_start)
+        latest = min(done, end - CONTEXT_S)  # the latest segment end a cut may take
+        cut = max((t for t in self.segment_ends[:-1] if t <= latest), default=self.buffer_start)
         if cut <= self.buffer_start and end - self.buffer_start > FORCED_CUT_S:
             if done > self.buffer_start:
                 cut = done

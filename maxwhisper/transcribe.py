@@ -375,7 +375,8 @@ def _pad_frames(mel: np.ndarray) -> np.ndarray:
 def _window_options(options: DecodeOptions, temperature: float, language: str, prompt: tuple[int, ...],
                     draft: tuple[int, ...] = ()) -> WindowOptions:
     """The decoding of one window at one temperature: beam search (beam_size > 1) only at
-    temperature 0, best_of samples only above it; the `draft` (`WindowOptions.draft`) is checked by greedy decoding only."""
+    temperature 0, best_of samples only above it; the `draft` (`WindowOptions.draft`) is checked by
+    greedy decoding only."""
     greedy = temperature == 0
     beam = options.beam_size if greedy and options.beam_size > 1 else None
     return WindowOptions(

@@ -306,7 +306,8 @@ def test_streaming_report_says_the_targets():
     assert "  - median latency against faster-whisper fp32 (2.00 s): 1.33x lower (at least 1.3x): met" in md
     assert "  - median latency against faster-whisper's lowest (faster-whisper int8 1.80 s): 1.20x lower\n" in md
     assert ("- lecture.flac, MAX fp32: compute 0.70 s per audio second <= 0.6: NOT MET; commit latency median "
-            "2.50 s <= 2 s: NOT MET, p90 3.50 s <= 3.5 s: met; no loop committed (loop ratio 5.90 <= 2.4): NOT MET") in md
+            "2.50 s <= 2 s: NOT MET, p90 3.50 s <= 3.5 s: met; no loop committed (loop ratio 5.90 <= 2.4): "
+            "NOT MET") in md
     assert "FAILED: openai-whisper fp32: boom" in md
 
 

@@ -573,7 +573,8 @@ def test_max_window_checks_the_last_hypothesis_as_a_draft_and_decodes_the_same(m
 
     def text_and_times(result):
         return [(s.tokens, s.start, s.end, s.words) for s in result.segments]
-    assert text_and_times(drafted) == text_and_times(alone) == text_and_times(wrong)  # the model's tokens, words and times
+    # the model's tokens, words and times
+    assert text_and_times(drafted) == text_and_times(alone) == text_and_times(wrong)
     for result in drafted, wrong:  # log probabilities from other calls of the decoder: rounded apart
         assert [s.avg_logprob for s in result.segments] == pytest.approx([s.avg_logprob for s in alone.segments],
                                                                           abs=1e-4)
