@@ -463,11 +463,6 @@ class LogitFilter:
         gives the additive mask that `ChoosingInference.logits_and_choice` takes."""
         raise NotImplementedError
 
-    def state(self, tokens: np.ndarray) -> Any:
-        """What `suppress` reads of the tokens, hashable: equal states suppress the same logits
-        (so that a greedy decoding builds its mask again only when the state changes)."""
-        return tokens.shape, tokens.tobytes()
-
     def apply(self, logits: np.ndarray, tokens: np.ndarray) -> LogSoftmaxParts | None:
         """Filter logits [n_batch, n_vocab] in place, given all tokens so far [n_batch, n].
 
@@ -488,9 +483,6 @@ class SuppressBlank(LogitFilter):
         if tokens.shape[1] == self.sample_begin:
             logits[:, self.tokenizer.encode(" ") + [self.tokenizer.eot]] = -np.inf
 
-    def state(self, tokens):
-        return tokens.shape[1] == self.sample_begin
-
 
 class SuppressTokens(LogitFilter):
     def __init__(self, suppress_tokens: Sequence[int]):
@@ -498,9 +490,6 @@ class SuppressTokens(LogitFilter):
 
     def suppress(self, logits, tokens):
         logits[:, self.suppress_tokens] = -np.inf
-
-    def state(self, tokens):
-        return None  # the same tokens at every step
 
 
 class ApplyTimestampRules(LogitFilter):
@@ -513,36 +502,30 @@ class ApplyTimestampRules(LogitFilter):
         self.sample_begin = sample_begin
         self.max_initial_timestamp_index = max_initial_timestamp_index
 
-    def _row_state(self, sampled_tokens: np.ndarray) -> tuple[bool, bool, int | None]:
-        """What the pairing and monotonic rules read of one sequence's sampled tokens: whether the
-        last and the one before it were timestamps (before the first token, as if it were), and
-        the first timestamp token allowed (None: any)."""
-        ts_begin = self.tokenizer.timestamp_begin
-        n = len(sampled_tokens)
-        last_was_timestamp = n >= 1 and bool(sampled_tokens[-1] >= ts_begin)
-        penultimate_was_timestamp = n < 2 or bool(sampled_tokens[-2] >= ts_begin)
-        timestamps = sampled_tokens[sampled_tokens >= ts_begin]
-        if timestamps.size == 0:
-            return last_was_timestamp, penultimate_was_timestamp, None
-        # timestamps don't decrease, and each segment has a nonzero length
-        if last_was_timestamp and not penultimate_was_timestamp:
-            return last_was_timestamp, penultimate_was_timestamp, int(timestamps[-1])
-        return last_was_timestamp, penultimate_was_timestamp, int(timestamps[-1]) + 1
-
     def suppress(self, logits, tokens):
         ts_begin = self.tokenizer.timestamp_begin
         # <|notimestamps|> is the without_timestamps option's business
         logits[:, self.tokenizer.no_timestamps] = -np.inf
 
         for k in range(tokens.shape[0]):
-            last_was_timestamp, penultimate_was_timestamp, timestamp_last = self._row_state(
-                tokens[k, self.sample_begin:])
+            sampled_tokens = tokens[k, self.sample_begin:]
+            seq = sampled_tokens.tolist()
+            last_was_timestamp = len(seq) >= 1 and seq[-1] >= ts_begin
+            penultimate_was_timestamp = len(seq) < 2 or seq[-2] >= ts_begin
+
             if last_was_timestamp:
                 if penultimate_was_timestamp:  # has to be non-timestamp
                     logits[k, ts_begin:] = -np.inf
                 else:  # cannot be normal text tokens
                     logits[k, : self.tokenizer.eot] = -np.inf
-            if timestamp_last is not None:
+
+            timestamps = sampled_tokens[sampled_tokens >= ts_begin]
+            if timestamps.size > 0:
+                # timestamps don't decrease, and each segment has a nonzero length
+                if last_was_timestamp and not penultimate_was_timestamp:
+                    timestamp_last = timestamps[-1]
+                else:
+                    timestamp_last = timestamps[-1] + 1
                 logits[k, ts_begin:timestamp_last] = -np.inf
 
         if tokens.shape[1] == self.sample_begin:
@@ -551,10 +534,6 @@ class ApplyTimestampRules(LogitFilter):
             if self.max_initial_timestamp_index is not None:
                 last_allowed = ts_begin + self.max_initial_timestamp_index
                 logits[:, last_allowed + 1:] = -np.inf
-
-    def state(self, tokens):
-        sampled = tokens[:, self.sample_begin:]
-        return tokens.shape[1] == self.sample_begin, tuple(self._row_state(row) for row in sampled)
 
     def apply(self, logits, tokens):
         self.suppress(logits, tokens)
@@ -605,7 +584,6 @@ class DecodingTask:
             self.decoder = GreedyDecoder(options.temperature, tokenizer.eot, rng or np.random.default_rng(0))
 
         self.logit_filters: list[LogitFilter] = []
-        self._last_suppression: tuple[Any, np.ndarray | None] = (None, None)  # (filters' state, mask)
         if options.suppress_blank:
             self.logit_filters.append(SuppressBlank(tokenizer, self.sample_begin))
         if options.suppress_tokens:
@@ -714,17 +692,11 @@ class DecodingTask:
         return tokens, completed, logits[:, 0]
 
     def _suppression(self, tokens: np.ndarray) -> np.ndarray:
-        """What the logit filters suppress before the next token: float32 [n_batch, n_vocab], 0 or
-        -inf, read-only. Most steps leave the filters' state as it was (a text token after a text
-        token): those get the last step's array again instead of a new one built and sent."""
-        state = (tokens.shape[0], *(f.state(tokens) for f in self.logit_filters))
-        if self._last_suppression[0] != state:
-            mask = np.zeros((tokens.shape[0], self.model.dims.n_vocab), np.float32)
-            for logit_filter in self.logit_filters:
-                logit_filter.suppress(mask, tokens)
-            mask.flags.writeable = False
-            self._last_suppression = (state, mask)
-        return self._last_suppression[1]
+        """What the logit filters suppress before the next token: float32 [n_batch, n_vocab], 0 or -inf."""
+        mask = np.zeros((tokens.shape[0], self.model.dims.n_vocab), np.float32)
+        for logit_filter in self.logit_filters:
+            logit_filter.suppress(mask, tokens)
+        return mask
 
     def run(self, audio_features: Any, n_audio: int = 1) -> list[DecodingResult]:
         """Decode the windows whose features `WhisperModel.encode` returned; one result each.

@@ -487,30 +487,6 @@ class _RandomLogitsModel:
         return Inference()
 
 
-def test_suppression_mask_is_built_again_only_when_the_filters_state_changes():
-    """`DecodingTask._suppression` (what the step graph's token choice takes) at every step of two
-    sequences through timestamp pairs, text and a lone timestamp before eot: equal to the filters
-    applied to zeros, and the last step's array itself while no filter's state moved."""
-    tokenizer = get_tokenizer(False)
-    ts, text = tokenizer.timestamp_begin, 440
-    task = md.DecodingTask(_RandomLogitsModel(), md.WindowOptions(language="en"))
-    sampled = np.array([[ts, text, text, text, ts + 40, ts + 40, text, text, text, ts + 90],
-                        [ts + 3, text, text, text, ts + 20, ts + 25, text, text, text, text]], np.int64)
-    tokens = np.concatenate([np.tile(np.array(task.initial_tokens, np.int64), (2, 1)), sampled], axis=1)
-    reused, previous = 0, None
-    for n in range(task.sample_begin, tokens.shape[1] + 1):
-        prefix = tokens[:, :n]
-        mask = task._suppression(prefix)
-        expected = np.zeros((2, 51864), np.float32)
-        for logit_filter in task.logit_filters:
-            logit_filter.suppress(expected, prefix)
-        np.testing.assert_array_equal(mask, expected)
-        assert not mask.flags.writeable
-        reused += mask is previous
-        previous = mask
-    assert reused == 2  # a third text token in a row in both rows (after 3 and after 8 sampled tokens)
-
-
 @pytest.mark.parametrize("schedule,prompt_kept", [((0.0, 0.2, 0.4), True), ((0.0, 0.6), False)])
 def test_fallback_runs_the_schedule_and_resets_the_prompt_above_half(schedule, prompt_kept):
     model = _RandomLogitsModel()

@@ -211,16 +211,12 @@ class MaxWhisper:
     def inference(self) -> "MaxInference":
         return MaxChoosingInference(self) if self.plan.decoder_chooses else MaxInference(self)
 
-    def run(self, graph, *inputs: driver.Buffer) -> list[driver.Buffer]:
+    def run(self, graph, *inputs) -> list[driver.Buffer]:
         """`graph.execute(*inputs)`, one at a time: each call spreads over every core, so calls
-        from several threads (`graph.shared_steps`) would only fight over them. Every input here
-        is already a contiguous Buffer, so the call goes straight to what `execute` ends in
-        (`_execute_device_tensors`, private), past its checks and conversions of each input: a
-        token step has ~17 inputs, and Python right after a step runs several times slower than
-        alone (the step's reads evict the interpreter's code and data from the caches)."""
+        from several threads (`graph.shared_steps`) would only fight over them."""
         with self._running:
             if self._ran:
-                return graph._execute_device_tensors(list(inputs))
+                return graph.execute(*inputs)
             self._ran = True
             with timer_slack(RUNTIME_THREAD_SLACK_NS):  # the thread MAX starts now polls less often
                 return graph.execute(*inputs)
@@ -284,8 +280,6 @@ class MaxInference:
         self.cache = [self.model.to_device(np.zeros(shape, self.np_dtype))
                       for _ in range(d.n_text_layer) for shape in cache_shapes(d, batch)]
         self.cross = features.cross
-        if self.model.token_step is not None:  # the token step's rows input: every row
-            self.rows = self.model.to_device(np.arange(batch, dtype=np.int64))
         if batch != features.n_audio:  # beam search / best-of: each audio's group is contiguous
             index = np.repeat(np.arange(features.n_audio), batch // features.n_audio)
             self.cross = tuple(self.model.run(
@@ -295,33 +289,33 @@ class MaxInference:
         """tokens int [batch, n], the whole sequence so far -> float32 logits [batch, len(positions), n_vocab]."""
         no_choice = []
         if self.model.plan.decoder_chooses:  # the graph's choice inputs; a negative timestamp_begin skips it
-            no_choice = [self.model.to_device(a) for a in (np.zeros((tokens.shape[0], self.model.dims.n_vocab),
-                                                                     np.float32), np.array([-1], np.int64))]
+            no_choice = [np.zeros((tokens.shape[0], self.model.dims.n_vocab), np.float32), np.array([-1], np.int64)]
         return self._step(tokens, audio_features, positions, no_choice)[0].to(driver.CPU()).to_numpy()
 
     def _step(self, tokens: np.ndarray, audio_features: AudioFeatures, positions: Sequence[int],
-              choice_inputs: list[driver.Buffer]) -> list[driver.Buffer]:
+              choice_inputs: list[np.ndarray]) -> list[driver.Buffer]:
         """One call of the step graph on tokens[:, cached:]; returns its outputs."""
         if self.cache is None:
             self._setup(tokens.shape[0], audio_features)
         n_total = tokens.shape[1]
+        new = tokens[:, self.cached:]
+        n = new.shape[1]
+        index = np.array([p % n_total - self.cached for p in positions], np.int64)
+        if n == 0 or index.min() < 0:
+            raise ValueError("logits requested for positions already in the KV cache")
+        pos = np.arange(self.cached, n_total, dtype=np.int64)
         m = self.model
-        if (m.token_step is not None and n_total == self.cached + 1 and len(positions) == 1
-                and positions[0] % n_total == self.cached):
+        if m.token_step is not None and n == 1 and index.tolist() == [0]:
             # one new token per sequence, all at the same position, each its own logits
-            new, at = np.ascontiguousarray(tokens[:, -1:], np.int64), np.full(tokens.shape[0], self.cached, np.int64)
-            outputs = m.run(m.token_step, m.to_device(new), m.to_device(at), self.rows, *choice_inputs,
-                            *self.cross, *self.cache)
+            batch = tokens.shape[0]
+            inputs = [new.astype(np.int64), np.full(batch, self.cached, np.int64), np.arange(batch, dtype=np.int64),
+                      *choice_inputs]
+            outputs = m.run(m.token_step, *(m.to_device(a) for a in inputs), *self.cross, *self.cache)
         else:
-            new = tokens[:, self.cached:]
-            index = np.array([p % n_total - self.cached for p in positions], np.int64)
-            if new.shape[1] == 0 or index.min() < 0:
-                raise ValueError("logits requested for positions already in the KV cache")
-            pos = np.arange(self.cached, n_total, dtype=np.int64)
             offset = driver.Buffer.from_numpy(np.array(self.cached, np.int64))  # stays on the host
             mask = np.where(np.arange(m.dims.n_text_ctx)[None, :] <= pos[:, None], 0.0, -np.inf).astype(np.float32)
             outputs = m.run(m.decoder, m.to_device(new.astype(np.int64)), m.to_device(pos), offset,
-                            m.to_device(mask), m.to_device(index), *choice_inputs, *self.cross, *self.cache)
+                            *(m.to_device(a) for a in [mask, index, *choice_inputs]), *self.cross, *self.cache)
         self.cached = n_total
         return outputs
 
@@ -342,26 +336,11 @@ class MaxInference:
 class MaxChoosingInference(MaxInference):
     """On the CPU the step graph also picks the greedy token (`decoding.ChoosingInference`)."""
 
-    def __init__(self, model: MaxWhisper):
-        super().__init__(model)
-        # the last choice inputs and their buffers: a decoding passes the same suppression array
-        # while its filters' state stays the same (`DecodingTask._suppression`), and one timestamp_begin
-        self.suppress: tuple[np.ndarray | None, driver.Buffer | None] = (None, None)
-        self.timestamp_begin: tuple[int | None, driver.Buffer | None] = (None, None)
-
     def logits_and_choice(self, tokens: np.ndarray, audio_features: AudioFeatures, positions: Sequence[int],
                           suppress: np.ndarray, timestamp_begin: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if suppress is not self.suppress[0]:  # a buffer shares its array's memory: the same array, the same buffer
-            self.suppress = (suppress, self.model.to_device(suppress))
-        if timestamp_begin != self.timestamp_begin[0]:
-            self.timestamp_begin = (timestamp_begin, self.model.to_device(np.array([timestamp_begin], np.int64)))
         logits, token, logprob = self._step(tokens, audio_features, positions,
-                                            [self.suppress[1], self.timestamp_begin[1]])
+                                            [suppress, np.array([timestamp_begin], np.int64)])
         return logits.to_numpy(), token.to_numpy(), logprob.to_numpy()
-
-    def cleanup_caching(self) -> None:
-        super().cleanup_caching()
-        self.suppress = self.timestamp_begin = (None, None)
 
 
 def describe_devices() -> list[str]:
