@@ -172,6 +172,20 @@ def test_max_workers_transcribe_several_files_at_once_unless_batched():
     assert files_at_once("max", None, kernels=True, on_gpu=True) == 1  # not measured on a GPU
 
 
+
+def test_a_job_hands_out_its_largest_files_first_to_workers_taking_one_at_a_time():
+    """Longest first, the size standing for the length: the job ends on its smallest files, so no
+    worker is left alone on a long recording at the end. Workers taking several files at once get
+    them in the given order."""
+    from maxwhisper.bulk.job import handed_out
+
+    files = collect_inputs([str(AUDIO)])
+    order = handed_out(files, at_once=1)
+    assert sorted(f.relative for f in order) == sorted(f.relative for f in files)
+    assert [f.size for f in order] == sorted((f.size for f in files), reverse=True)
+    assert order[0].size > order[-1].size and order != files  # the folder's order is not by size
+    assert handed_out(files, at_once=4) == files
+
 # --- the workers' CPUs and threads ------------------------------------------------------------
 
 MAX_THREADS = """

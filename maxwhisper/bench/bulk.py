@@ -164,8 +164,9 @@ def main_bulk(args, impls: list[tuple[str, str]], model: str, decode_dict: dict,
         finally:
             ray.shutdown()
             cluster.shutdown()
-    command = (f"python -m maxwhisper bench --bulk --models {model} --bulk-minutes {args.bulk_minutes:g} "
-               f"--bulk-workers {','.join(map(str, args.bulk_workers))} "
+    command = (f"python -m maxwhisper bench --bulk --backends {','.join(dict.fromkeys(b for b, _ in impls))} "
+               f"--precisions {','.join(dict.fromkeys(p for _, p in impls))} --models {model} "
+               f"--bulk-minutes {args.bulk_minutes:g} --bulk-workers {','.join(map(str, args.bulk_workers))} "
                f"--batch-sizes {','.join(map(str, args.batch_sizes))}")
     doc = {"schema_version": 1, "device": "cpu", "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
            "command": command, "machine": machine, "versions": vers,

@@ -172,7 +172,7 @@ def _pipeline(files: list[InputFile], settings: JobSettings, workers: int):
     # every backend's threads per worker: two workers on a node, each on every core, would fight over them
     at_once = files_at_once(settings.backend, settings.options.batch_size, settings.kernels, on_gpu=gpus > 0)
     settings = dataclasses.replace(settings, threads=threads, files_at_once=at_once)
-    items = [{"path": f.path, "name": f.name, "output": f.relative} for f in files]
+    items = [{"path": f.path, "name": f.name, "output": f.relative} for f in handed_out(files, at_once)]
     dataset = (ray.data.from_items(items, override_num_blocks=len(items))  # a block per file: a task each
                .map(read_audio, fn_kwargs={"max_seconds": settings.max_seconds, "below_workers": threads > 1},
                     num_cpus=READ_CPUS)
@@ -189,6 +189,16 @@ def _pipeline(files: list[InputFile], settings: JobSettings, workers: int):
     # the work), and a cluster that cannot hold them fails the job instead of waiting forever
     context.wait_for_min_actors_s = WORKER_START_S
     return dataset
+
+
+def handed_out(files: list[InputFile], at_once: int) -> list[InputFile]:
+    """The order a job hands out its files. To workers taking one file at a time: largest first
+    (ties in the given order), so that the job's last files are its smallest and the workers end
+    together, instead of one transcribing a long recording while the others wait; the size stands
+    for the length (within one format, as in most archives, it does). To workers taking several at
+    once (MAX's sequential loop): the given order; largest first measured much slower there with
+    one worker of two threads (`benchmarks/results/bulk-fp32-int8/README.md`)."""
+    return sorted(files, key=lambda f: f.size, reverse=True) if at_once == 1 else list(files)
 
 
 def _worker_env(threads: int) -> dict[str, str]:
