@@ -11,8 +11,9 @@ work: the token probabilities, the attention weights' normalisation, the words),
 Latency parts (means and medians over the committed words): from the word's end to the arrival of
 the chunk that takes the first hypothesis SETTLE_S past it; from that arrival to the start of that
 hypothesis (the model busy with the update before, or with the chunk's first step); from there to the
-start of the hypothesis that commits the word (the first did not agree with the one before it); the
-committing hypothesis's own computing. Then the words by the step that committed them (the first of
+start of the hypothesis that commits the word (the next at the earliest, as each of the two that
+agree must have heard SETTLE_S past it; later where they did not agree); the committing
+hypothesis's own computing. Then the words by the step that committed them (the first of
 a chunk's two steps, the second, or a chunk's one step).
 """
 from __future__ import annotations

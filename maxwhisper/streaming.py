@@ -8,7 +8,7 @@ one encoder pass (what the model leaves after its last segment waits for the nex
 otherwise (openai-whisper) its whole seek loop, which decodes the audio after the last segment
 again as a window of its own: two or three encoder passes.
 LocalAgreement-2 (Macháček et al. 2023, ufal/whisper_streaming) commits the words on which two
-consecutive hypotheses agree, the later of them having heard SETTLE_S of audio after the word;
+consecutive hypotheses agree, each of them having heard SETTLE_S of audio after the word;
 committed text never changes, the tentative tail may. Updates are paced to the computing they take
 (`Streamer.feed`): where two updates at the last one's cost take at most BUDGET of the new audio's
 duration, the new audio is heard in two steps (a hypothesis over all but its last STEP_S, then one
@@ -51,10 +51,11 @@ KEEP_S = 5.0  # the audio a forced cut leaves in the buffer
 # before the next words hears them with almost no audio before them, and two such can agree on a word
 # misheard ("So that when it comes back" heard as "So, it's when it comes back" on the lecture)
 CONTEXT_S = 5.0
-SETTLE_S = 0.3  # audio the later of two agreeing hypotheses must have heard after a word
+SETTLE_S = 0.3  # audio each of two agreeing hypotheses must have heard after a word
 BUDGET = 0.6  # the share of the new audio's duration that `Streamer.feed`'s hypotheses may take
-# the new audio that the second of `Streamer.feed`'s two hypotheses hears beyond the first: more than
-# SETTLE_S, because the first's last word may be cut short, and two hypotheses that close can agree on it
+# the new audio that the second of `Streamer.feed`'s two hypotheses hears beyond the first: a word that
+# the first heard SETTLE_S past, the second hears SETTLE_S + STEP_S past (with steps of 0.3 or 0.2 s,
+# lecture streams with simulated update times committed more words wrong)
 STEP_S = 0.5
 LOOP_WORDS = 40  # committed words in a row over which `StreamReport.loop_ratio` looks for a loop
 
@@ -73,13 +74,14 @@ def _key(text: str) -> str:
 
 class LocalAgreement:
     """LocalAgreement-2: a word is committed once two consecutive hypotheses agree on it and on
-    every word before it, the later hypothesis having heard at least SETTLE_S of audio after it
-    (the last word a hypothesis hears may be cut short: two hypotheses close together can hear it
-    cut alike and agree on a wrong word)."""
+    every word before it, each of them having heard at least SETTLE_S of audio after it: the words a
+    hypothesis hears last are heard with little of what follows them, and two hypotheses, one of
+    which heard a word so, can agree on it misheard ("so that when" as "so it's" on the lecture)."""
 
     def __init__(self):
         self.committed: list[StreamWord] = []
         self.tentative: list[StreamWord] = []  # the previous hypothesis beyond the committed words
+        self.tentative_heard_until = float("inf")  # stream time up to which the previous hypothesis heard
 
     def update(self, hypothesis: list[StreamWord], heard_until: float = float("inf")) -> list[StreamWord]:
         """A new hypothesis (words in stream time) over the audio heard until `heard_until` (stream
@@ -87,11 +89,13 @@ class LocalAgreement:
         new = self._beyond_committed(hypothesis)
         agreed = []
         for previous, word in zip(self.tentative, new):
-            if _key(previous.text) != _key(word.text) or word.end > heard_until - SETTLE_S:
+            if (_key(previous.text) != _key(word.text) or previous.end > self.tentative_heard_until - SETTLE_S
+                    or word.end > heard_until - SETTLE_S):
                 break
             agreed.append(word)
         self.committed += agreed
         self.tentative = new[len(agreed):]
+        self.tentative_heard_until = heard_until
         return agreed
 
     def finish(self, before: float = float("inf")) -> list[StreamWord]:

@@ -72,12 +72,21 @@ def test_a_word_whose_time_moved_earlier_is_still_committed():
     assert texts(policy.committed) == "ask not what your"
 
 
-def test_agreement_counts_only_for_words_the_later_hypothesis_heard_settle_s_after():
+def test_agreement_counts_only_for_words_each_hypothesis_heard_settle_s_after():
     policy = LocalAgreement()
-    policy.update(words("ask not what"), heard_until=1.6)
+    policy.update(words("ask not what"), heard_until=2.0)
     # "what" ends at 1.5 s, less than SETTLE_S before the end of what the later hypothesis heard
     assert texts(policy.update(words("ask not what"), heard_until=1.5 + SETTLE_S / 2)) == "ask not"
-    assert texts(policy.update(words("ask not what your"), heard_until=2.0)) == "what"
+    assert texts(policy.update(words("ask not what your"), heard_until=2.0)) == ""  # the one before heard too little
+    assert texts(policy.update(words("ask not what your"), heard_until=2.5)) == "what"
+    # "so that when" (0.5 s a word): two hypotheses that hear "that" wrong agree on it, the first having heard
+    # less than SETTLE_S after it; the hypotheses after them hear more and get it right
+    policy = LocalAgreement()
+    policy.update(words("so it's"), heard_until=1.0 + SETTLE_S / 2)
+    assert texts(policy.update(words("so it's"), heard_until=1.0 + 2 * SETTLE_S)) == "so"
+    assert texts(policy.update(words("so that when"), heard_until=1.7)) == ""
+    assert texts(policy.update(words("so that when it"), heard_until=2.3)) == "that"
+    assert texts(policy.committed) == "so that"
 
 
 def test_a_committed_word_heard_again_with_moved_times_is_not_committed_twice():
@@ -446,7 +455,9 @@ def test_stream_command_reports_the_median_and_p90_of_the_commit_latency(tmp_pat
     assert (f"{path}: 12.0 s in {report.updates} updates; commit latency median {(lat[11] + lat[12]) / 2:.2f} s, "
             f"p90 {lat[21]:.2f} s; behind the stream median 0.00 s, max 0.00 s (audio not yet transcribed as an "
             f"update ends); compute {report.compute_share:.2f} s per audio second\n") in err
-    assert "(committed at   2.40 s,  0.0 s behind) w0 w1\n" in out
+    # w1 ends where the first hypothesis stopped hearing: the second and third commit it
+    assert "(committed at   2.40 s,  0.0 s behind) w0\n" in out
+    assert "(committed at   3.40 s,  0.0 s behind) w1 w2\n" in out
     assert out.strip().splitlines()[-1] == script
     silent = ScriptedTranscriber("")
     monkeypatch.setattr(cli, "load_transcriber", lambda args, backend, kernels=None: silent)
