@@ -247,8 +247,9 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p, backend=False)
     p.add_argument("--backends", default=None,
                    help="comma-separated subset to run (default: every available backend)")
-    p.add_argument("--runs", type=positive_int, default=1, help="timed runs per backend; the median is shown")
-    p.add_argument("--warmup", type=non_negative_int, default=0, help="untimed runs first (default 0)")
+    p.add_argument("--runs", type=positive_int, default=1, help="timed runs per backend; the median is shown (default 1)")
+    # a backend's first transcription pays one-off costs (memory, caches, lazy set-up): not what a run costs
+    p.add_argument("--warmup", type=non_negative_int, default=1, help="untimed runs first (default 1)")
     add_decode_arguments(p)
 
 

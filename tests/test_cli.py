@@ -97,6 +97,7 @@ def test_compare_table_shows_errors_in_their_row():
     assert set(rows) == {"openai", "faster"}
     assert "ERROR" in rows["openai"] and "int8" in rows["openai"]
     assert "ERROR" not in rows["faster"] and "Americans" in rows["faster"]
+    assert "1 run(s) after 1 warm-up" in p.stderr  # the first, cold, transcription is not the one timed
 
 
 def test_no_kernels_prints_the_jfk_sentence():
