@@ -266,6 +266,8 @@ def test_headline_says_how_many_times_faster_and_whether_tokens_match():
         "MAX's transcript has identical tokens to openai-whisper (PyTorch), not to faster-whisper (CTranslate2). "
         "One run each, model already loaded.")
     assert run_headline({"openai": results["openai"]}) == ""
+    tie = {"max": results["max"], "faster": FakeTranscriber("faster").transcribe(audio, total_s=0.499)}
+    assert "MAX Graph took 0.50 s: as fast as faster-whisper (CTranslate2) (0.50 s)." in run_headline(tie)
 
 
 def _run_in_precision(precision: str, tmp_path):
