@@ -20,6 +20,7 @@ from maxwhisper.api import CloseCall, DecodeOptions, Segment, Timings, Transcrip
 from maxwhisper.registry import BACKENDS, create_transcriber
 from maxwhisper.scoring import normalize
 import showcase.models
+from showcase.charts import BAR_PX
 from showcase.comparison import Comparison, run_comparison, watch
 from showcase.formatting import error_message, hide_paths
 from showcase.headlines import _times, benchmark_headline, run_headline
@@ -613,7 +614,10 @@ def test_benchmarks_table_and_charts(tmp_path):
     assert [t.name for t in rtf.data] == ["max · cpu · fp32", "openai · cpu · fp32"]
     assert [t.marker.color for t in rtf.data] == [BACKENDS["max"].color, BACKENDS["openai"].color]
     assert [t.name for t in stages.data] == ["features", "encode", "decode", "other"]
-    assert stages.data[3].y == pytest.approx((0.25, 0.45))
+    assert stages.data[3].x == pytest.approx((0.25, 0.45))
+    # the implementations are named on horizontal bars' rows, each bar tall enough to read its name
+    assert {t.orientation for t in stages.data} == {"h"} and stages.data[0].y == ("max · cpu · fp32", "openai · cpu · fp32")
+    assert stages.layout.height >= 2 * BAR_PX + 60
 
 
 def test_system_report():
