@@ -150,6 +150,13 @@ def test_component_checks_wait_for_transcriptions(app_transcriptions):
     assert [r[0] for r in checks.rows] == ["encoder", "decoder_step"] and checks.message.startswith("**2/2 passed**")
 
 
+def test_component_checks_say_what_starts_them():
+    """After a warm-up the app starts the checks itself; with --no-warm-up only the button does."""
+    assert "once the models are loaded" in ComponentChecks(Turns()).message
+    message = ComponentChecks(Turns(), start_after_warm_up=False).message
+    assert "button" in message and "once the models are loaded" not in message
+
+
 # --- input errors and failures: fakes, nothing loaded -----------------------------------------
 
 class FakeTranscriber:
