@@ -92,9 +92,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     transcriptions = LocalTranscriptions(create_warmed_up, record=load_record_path())
-    checks = checks_tab.ComponentChecks(transcriptions.turns)
     choices = Choices.here()
     models, device = choices.models, choices.default_device
+    checks = checks_tab.ComponentChecks(transcriptions.turns, start_after_warm_up=args.warm_up and bool(models))
     if args.warm_up and models:
         # MAX last: the baselines load in seconds and answer while MAX compiles; then the Live tab's
         # MAX (from the compile cache by then) and the checks

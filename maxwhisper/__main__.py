@@ -113,7 +113,7 @@ def add_model_arguments(p: argparse.ArgumentParser, backend: bool = True) -> Non
     g.add_argument("--model", default="tiny.en",
                    help="installed model name (see `models`), a CTranslate2 folder, or an openai-whisper .pt file "
                         "(default: tiny.en)")
-    g.add_argument("--device", default="auto", choices=list(DEVICES), help="auto: the GPU when there is one")
+    g.add_argument("--device", default="auto", choices=list(DEVICES), help="auto (default): the GPU when there is one")
     g.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="default: fp32")
     g.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores)")
     g.add_argument("--no-kernels", dest="kernels", action="store_false",
@@ -124,11 +124,11 @@ def add_decode_arguments(p: argparse.ArgumentParser) -> None:
     d = DecodeOptions()
     g = p.add_argument_group("decoding (openai-whisper's transcribe() options; defaults as there, but greedy)")
     g.add_argument("--language", default=None, help="language code, e.g. en; default: detect (English for .en models)")
-    g.add_argument("--task", default=d.task, choices=["transcribe", "translate"])
+    g.add_argument("--task", default=d.task, choices=["transcribe", "translate"], help=f"default: {d.task}")
     g.add_argument("--beam-size", type=positive_int, default=d.beam_size, help="1 = greedy (default)")
-    g.add_argument("--best-of", type=positive_int, default=d.best_of, help="samples per fallback temperature > 0")
+    g.add_argument("--best-of", type=positive_int, default=d.best_of, help=f"samples per fallback temperature > 0 (default {d.best_of})")
     g.add_argument("--patience", type=finite_float, default=d.patience,
-                   help="beam search patience (beam size > 1; at least 1/beam size)")
+                   help=f"beam search patience (beam size > 1; at least 1/beam size; default {d.patience:g})")
     g.add_argument("--temperature", type=temperatures, action="append", default=None, metavar="T",
                    help="fallback schedule: repeat the flag or give a comma list "
                         f"(default: {','.join(f'{t:g}' for t in d.temperature)}); a single 0 means no fallback")
@@ -141,11 +141,12 @@ def add_decode_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-condition-on-previous-text", dest="condition_on_previous_text", action="store_false",
                    help="do not feed the previous window's text as the prompt")
     g.add_argument("--compression-ratio-threshold", type=optional_float, default=d.compression_ratio_threshold,
-                   metavar="F", help="fall back when the gzip ratio is above (none: off)")
+                   metavar="F", help=f"fall back when the gzip ratio is above (default {d.compression_ratio_threshold}; none: off)")
     g.add_argument("--logprob-threshold", type=optional_float, default=d.logprob_threshold, metavar="F",
-                   help="fall back when the average log probability is below (none: off)")
+                   help=f"fall back when the average log probability is below (default {d.logprob_threshold}; none: off)")
     g.add_argument("--no-speech-threshold", type=optional_float, default=d.no_speech_threshold, metavar="F",
-                   help="silence when no-speech probability is above this and the log prob low (none: off)")
+                   help=f"silence when no-speech probability is above this and the log prob low (default {d.no_speech_threshold}; "
+                        "none: off)")
     g.add_argument("--hallucination-silence-threshold", type=optional_float, default=None, metavar="F",
                    help="with --word-timestamps: skip silences longer than F s around suspected hallucinations")
     g.add_argument("--suppress-tokens", default=d.suppress_tokens, metavar="IDS",
@@ -201,7 +202,7 @@ def add_transcribe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("audio", nargs="+", help="audio or video files (anything FFmpeg reads)")
     add_model_arguments(p)
     p.add_argument("--format", default="txt", choices=list(FORMATS),
-                   help="txt: the text; json: one JSON object per file per line; srt/vtt: subtitles")
+                   help="txt (default): the text; json: one JSON object per file per line; srt/vtt: subtitles")
     add_decode_arguments(p)
 
 
@@ -247,8 +248,9 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p, backend=False)
     p.add_argument("--backends", default=None,
                    help="comma-separated subset to run (default: every available backend)")
-    p.add_argument("--runs", type=positive_int, default=1, help="timed runs per backend; the median is shown")
-    p.add_argument("--warmup", type=non_negative_int, default=0, help="untimed runs first (default 0)")
+    p.add_argument("--runs", type=positive_int, default=1, help="timed runs per backend; the median is shown (default 1)")
+    # a backend's first transcription pays one-off costs (memory, caches, lazy set-up): not what a run costs
+    p.add_argument("--warmup", type=non_negative_int, default=1, help="untimed runs first (default 1)")
     add_decode_arguments(p)
 
 

@@ -73,23 +73,29 @@ def bench_rtf_figure(rows: list[tuple[str, dict]]) -> go.Figure:
     return fig
 
 
-def bench_stage_figure(rows: list[tuple[str, dict]]) -> go.Figure:
-    """Median time by stage, one panel per clip with its own scale (a 5 s clip is not a sliver next to a lecture)."""
-    clips = list(dict.fromkeys(r["audio"] for _, r in rows))
-    fig = make_subplots(rows=1, cols=len(clips), subplot_titles=clips, horizontal_spacing=0.06)
-    stages = ("features_s", "encode_s", "decode_s")
-    for col, clip in enumerate(clips, 1):
-        mine = [(n, r) for n, r in rows if r["audio"] == clip]
-        x = [n for n, _ in mine]
-        for key in stages:
-            fig.add_bar(name=key[:-2], x=x, y=[r[key] or 0.0 for _, r in mine], marker_color=STAGE_COLORS[key[:-2]],
-                        legendgroup=key, showlegend=col == 1, row=1, col=col)
-        fig.add_bar(name="other", x=x, marker_color=STAGE_COLORS["other"], legendgroup="other", showlegend=col == 1,
-                    y=[max((r["total_s_median"] or 0.0) - sum(r[k] or 0.0 for k in stages), 0.0) for _, r in mine],
-                    row=1, col=col)
-        fig.update_xaxes(tickvals=x, ticktext=[colored(r["backend"], n.replace(" · ", "<br>")) for n, r in mine],
-                         row=1, col=col)
-    fig.update_layout(title="Median time per transcription, by stage (s)", barmode="stack", height=480,
-                      margin=dict(l=10, r=10, t=80, b=10), legend=dict(orientation="h", y=-0.3))
-    return fig
+BAR_PX = 24  # the height of one bar in the benchmark's stage chart
 
+
+def bench_stage_figure(rows: list[tuple[str, dict]]) -> go.Figure:
+    """Median time by stage, a panel per clip with its own scale (a 5 s clip is not a sliver next to a
+    lecture), one above the other, a horizontal bar per implementation named on its row: side by side
+    with one vertical bar each, ten implementations' names could only stand on end and overlap."""
+    clips = list(dict.fromkeys(r["audio"] for _, r in rows))
+    bars = [sum(r["audio"] == clip for _, r in rows) for clip in clips]
+    fig = make_subplots(rows=len(clips), cols=1, subplot_titles=clips, row_heights=bars, vertical_spacing=0.25 / len(clips))
+    stages = ("features_s", "encode_s", "decode_s")
+    for row, clip in enumerate(clips, 1):
+        mine = [(n, r) for n, r in rows if r["audio"] == clip]
+        y = [n for n, _ in mine]
+        for key in stages:
+            fig.add_bar(name=key[:-2], y=y, x=[r[key] or 0.0 for _, r in mine], orientation="h",
+                        marker_color=STAGE_COLORS[key[:-2]], legendgroup=key, showlegend=row == 1, row=row, col=1)
+        fig.add_bar(name="other", y=y, orientation="h", marker_color=STAGE_COLORS["other"], legendgroup="other",
+                    x=[max((r["total_s_median"] or 0.0) - sum(r[k] or 0.0 for k in stages), 0.0) for _, r in mine],
+                    showlegend=row == 1, row=row, col=1)
+        fig.update_yaxes(tickvals=y, ticktext=[colored(r["backend"], n) for n, r in mine], autorange="reversed",
+                         row=row, col=1)
+    fig.update_layout(title="Median time per transcription, by stage (s)", barmode="stack",
+                      height=120 + sum(BAR_PX * n + 60 for n in bars), margin=dict(l=10, r=10, t=100, b=10),
+                      legend=dict(orientation="h", x=1, xanchor="right", y=1, yanchor="bottom"))
+    return fig

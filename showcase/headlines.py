@@ -14,7 +14,11 @@ log = logging.getLogger(__name__)
 
 
 def _times(faster: float) -> str:
-    return f"{faster:.2f}× faster than" if faster >= 1 else f"slower ({1 / faster:.2f}× the time) than"
+    """How MAX's time compares, `faster` being the other's time over MAX's: a ratio that rounds to
+    1.00 either way is a tie, not "slower (1.00× the time)"."""
+    if round(faster, 2) == 1 or round(1 / faster, 2) == 1:
+        return "as fast as"
+    return f"{faster:.2f}× faster than" if faster > 1 else f"slower ({1 / faster:.2f}× the time) than"
 
 
 def run_headline(results: dict[str, TranscriptionResult], shared_cpu: str = "") -> str:

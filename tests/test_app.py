@@ -20,6 +20,7 @@ from maxwhisper.api import CloseCall, DecodeOptions, Segment, Timings, Transcrip
 from maxwhisper.registry import BACKENDS, create_transcriber
 from maxwhisper.scoring import normalize
 import showcase.models
+from showcase.charts import BAR_PX
 from showcase.comparison import Comparison, run_comparison, watch
 from showcase.formatting import error_message, hide_paths
 from showcase.headlines import _times, benchmark_headline, run_headline
@@ -149,6 +150,13 @@ def test_component_checks_wait_for_transcriptions(app_transcriptions):
     assert [r[0] for r in checks.rows] == ["encoder", "decoder_step"] and checks.message.startswith("**2/2 passed**")
 
 
+def test_component_checks_say_what_starts_them():
+    """After a warm-up the app starts the checks itself; with --no-warm-up only the button does."""
+    assert "once the models are loaded" in ComponentChecks(Turns()).message
+    message = ComponentChecks(Turns(), start_after_warm_up=False).message
+    assert "button" in message and "once the models are loaded" not in message
+
+
 # --- input errors and failures: fakes, nothing loaded -----------------------------------------
 
 class FakeTranscriber:
@@ -266,6 +274,8 @@ def test_headline_says_how_many_times_faster_and_whether_tokens_match():
         "MAX's transcript has identical tokens to openai-whisper (PyTorch), not to faster-whisper (CTranslate2). "
         "One run each, model already loaded.")
     assert run_headline({"openai": results["openai"]}) == ""
+    tie = {"max": results["max"], "faster": FakeTranscriber("faster").transcribe(audio, total_s=0.499)}
+    assert "MAX Graph took 0.50 s: as fast as faster-whisper (CTranslate2) (0.50 s)." in run_headline(tie)
 
 
 def _run_in_precision(precision: str, tmp_path):
@@ -611,7 +621,10 @@ def test_benchmarks_table_and_charts(tmp_path):
     assert [t.name for t in rtf.data] == ["max · cpu · fp32", "openai · cpu · fp32"]
     assert [t.marker.color for t in rtf.data] == [BACKENDS["max"].color, BACKENDS["openai"].color]
     assert [t.name for t in stages.data] == ["features", "encode", "decode", "other"]
-    assert stages.data[3].y == pytest.approx((0.25, 0.45))
+    assert stages.data[3].x == pytest.approx((0.25, 0.45))
+    # the implementations are named on horizontal bars' rows, each bar tall enough to read its name
+    assert {t.orientation for t in stages.data} == {"h"} and stages.data[0].y == ("max · cpu · fp32", "openai · cpu · fp32")
+    assert stages.layout.height >= 2 * BAR_PX + 60
 
 
 def test_system_report():

@@ -1,7 +1,7 @@
 """The app in a real browser: start `python app.py` on a free port, drive Debian's chromium with
 Playwright; upload jfk.flac, run, and read the three transcripts and the charts back from the page,
-then run the lecture excerpt from examples/ and watch its progress and headline; speak jfk into
-the Live tab through Chromium's fake microphone.
+then run the lecture excerpt from examples/ and watch its progress and headline; put a .webm in the
+audio box through the video button; speak jfk into the Live tab through Chromium's fake microphone.
 
 Needs /usr/bin/chromium (`apt-get install -y chromium`); never `playwright install`. The app warms
 its models up at start-up: the first MAX compile takes minutes on a cold CPU cache, hence the long
@@ -10,6 +10,7 @@ browser-live.png (the Live tab).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -84,67 +85,76 @@ def normalize(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
 
 
-def test_upload_run_and_read_results(app):
-    from playwright.sync_api import expect, sync_playwright
+@contextlib.contextmanager
+def app_page(url: str):
+    """A page of Debian's chromium on `url`, closed after."""
+    from playwright.sync_api import sync_playwright
 
-    app_url, app_pid = app
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1440, "height": 1000})
-            page.goto(app_url, timeout=120_000)
-            expect(page.locator("#status")).to_contain_text("tiny.en", timeout=60_000)  # the warm-up is named
-            headline = page.locator("#headline")
-            expect(headline).to_contain_text(re.compile(r"Committed benchmark on .*MAX Graph fp32 took [\d.]+ s: "
-                                                        r"[\d.]+× faster than openai-whisper", re.S))
-            expect(headline).to_contain_text("AMD EPYC, 2 cores")
-
-            page.set_input_files("input[type=file]", str(AUDIO / "jfk.flac"))
-            expect(page.locator("audio, #waveform, .waveform-container").first).to_be_attached(timeout=60_000)
-            page.click("#run")
-            message = page.locator("#message")
-            expect(message).to_contain_text("Finished:", timeout=RUN_TIMEOUT_MS)
-            for backend in ("max", "openai", "faster"):
-                text = page.locator(f"#text-{backend} textarea").input_value()
-                assert JFK in normalize(text), f"{backend}: {page.locator(f'#summary-{backend}').inner_text()}"
-            for plot in ("#timing-plot", "#rtf-plot"):
-                expect(page.locator(f"{plot} .js-plotly-plot")).to_be_visible(timeout=60_000)
-            expect(message).to_contain_text("11.0 s of audio")
-            expect(headline).to_contain_text(re.compile(r"On this 11\.0 s of audio, MAX Graph took [\d.]+ s: .*"
-                                                        r"(faster|slower).* than openai-whisper"))
-            expect(headline).to_contain_text("identical tokens to openai-whisper (PyTorch) and faster-whisper")
-            for ext in ("txt", "srt", "vtt"):
-                expect(page.locator(f"#files-max a[href$='/jfk.max.{ext}']")).to_be_attached()
-            page.wait_for_timeout(1000)  # let the charts finish drawing
-            page.screenshot(path=str(ARTIFACTS / "browser.png"), full_page=True)
-
-            page.locator("#examples").get_by_text("physicsworks-excerpt.flac").click()  # 43 s: two windows
-            # the example must be in the audio component before the run (under load a click can beat it)
-            expect(page.locator("a[href$='/physicsworks-excerpt.flac']").first).to_be_attached(timeout=60_000)
-            page.click("#run")
-            progress = page.locator("#progress")
-            expect(progress).to_contain_text(re.compile(r"Running, \d+ s: MAX Graph \(this project\): transcribing, "
-                                                        r"window [12] of ~2"), timeout=RUN_TIMEOUT_MS)
-            page.screenshot(path=str(ARTIFACTS / "browser-progress.png"))
-            expect(message).to_contain_text(re.compile(r"43\.0 s of audio.*Finished:"), timeout=RUN_TIMEOUT_MS)
-            expect(headline).to_contain_text("On this 43.0 s of audio, MAX Graph took")
-            expect(progress).to_be_empty()
-
-            page.get_by_role("tab", name="System").click()
-            expect(page.locator("#system")).to_contain_text("Devices MAX sees")
-            expect(page.locator("#system")).to_contain_text("MAX compile cache")
-            page.get_by_role("tab", name="Benchmarks").click()
-            expect(page.locator("#benchmarks")).to_contain_text(re.compile(r"No committed benchmark results|\.json"))
-            page.wait_for_timeout(1000)
-            page.screenshot(path=str(ARTIFACTS / "browser-benchmarks.png"), full_page=True)
-
-            page.get_by_role("tab", name="Component tests").click()  # they ran in the background meanwhile
-            expect(page.locator("#checks-message")).to_contain_text(re.compile(r"\d+/\d+ passed"),
-                                                                    timeout=RUN_TIMEOUT_MS)
-            idle = cpu_share(app_pid, 10)
-            assert idle < 0.05, f"the idle app used {100 * idle:.1f} % of a core"
+            page.goto(url, timeout=120_000)
+            yield page
         finally:
             browser.close()
+
+
+def test_upload_run_and_read_results(app):
+    from playwright.sync_api import expect
+
+    app_url, app_pid = app
+    with app_page(app_url) as page:
+        expect(page.locator("#status")).to_contain_text("tiny.en", timeout=60_000)  # the warm-up is named
+        headline = page.locator("#headline")
+        expect(headline).to_contain_text(re.compile(r"Committed benchmark on .*MAX Graph fp32 took [\d.]+ s: "
+                                                    r"[\d.]+× faster than openai-whisper", re.S))
+        expect(headline).to_contain_text("AMD EPYC, 2 cores")
+
+        page.set_input_files("input[type=file]", str(AUDIO / "jfk.flac"))
+        expect(page.locator("audio, #waveform, .waveform-container").first).to_be_attached(timeout=60_000)
+        page.click("#run")
+        message = page.locator("#message")
+        expect(message).to_contain_text("Finished:", timeout=RUN_TIMEOUT_MS)
+        for backend in ("max", "openai", "faster"):
+            text = page.locator(f"#text-{backend} textarea").input_value()
+            assert JFK in normalize(text), f"{backend}: {page.locator(f'#summary-{backend}').inner_text()}"
+        for plot in ("#timing-plot", "#rtf-plot"):
+            expect(page.locator(f"{plot} .js-plotly-plot")).to_be_visible(timeout=60_000)
+        expect(message).to_contain_text("11.0 s of audio")
+        expect(headline).to_contain_text(re.compile(r"On this 11\.0 s of audio, MAX Graph took [\d.]+ s: .*"
+                                                    r"(faster|slower).* than openai-whisper"))
+        expect(headline).to_contain_text("identical tokens to openai-whisper (PyTorch) and faster-whisper")
+        for ext in ("txt", "srt", "vtt"):
+            expect(page.locator(f"#files-max a[href$='/jfk.max.{ext}']")).to_be_attached()
+        page.wait_for_timeout(1000)  # let the charts finish drawing
+        page.screenshot(path=str(ARTIFACTS / "browser.png"), full_page=True)
+
+        page.locator("#examples").get_by_text("physicsworks-excerpt.flac").click()  # 43 s: two windows
+        # the example must be in the audio component before the run (under load a click can beat it)
+        expect(page.locator("a[href$='/physicsworks-excerpt.flac']").first).to_be_attached(timeout=60_000)
+        page.click("#run")
+        progress = page.locator("#progress")
+        expect(progress).to_contain_text(re.compile(r"Running, \d+ s: MAX Graph \(this project\): transcribing, "
+                                                    r"window [12] of ~2"), timeout=RUN_TIMEOUT_MS)
+        page.screenshot(path=str(ARTIFACTS / "browser-progress.png"))
+        expect(message).to_contain_text(re.compile(r"43\.0 s of audio.*Finished:"), timeout=RUN_TIMEOUT_MS)
+        expect(headline).to_contain_text("On this 43.0 s of audio, MAX Graph took")
+        expect(progress).to_be_empty()
+
+        page.get_by_role("tab", name="System").click()
+        expect(page.locator("#system")).to_contain_text("Devices MAX sees")
+        expect(page.locator("#system")).to_contain_text("MAX compile cache")
+        page.get_by_role("tab", name="Benchmarks").click()
+        expect(page.locator("#benchmarks")).to_contain_text(re.compile(r"No committed benchmark results|\.json"))
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(ARTIFACTS / "browser-benchmarks.png"), full_page=True)
+
+        page.get_by_role("tab", name="Component tests").click()  # they ran in the background meanwhile
+        expect(page.locator("#checks-message")).to_contain_text(re.compile(r"\d+/\d+ passed"),
+                                                                timeout=RUN_TIMEOUT_MS)
+        idle = cpu_share(app_pid, 10)
+        assert idle < 0.05, f"the idle app used {100 * idle:.1f} % of a core"
 
 
 def test_live_tab_transcribes_the_fake_microphone(app, tmp_path):
@@ -235,3 +245,14 @@ def record_until_heard(page, stats, console: list[str], tries: int = 3) -> None:
             stop.first.click()
         page.wait_for_timeout(2000)
     expect(stats).to_contain_text(re.compile(r"\d+ s heard"), timeout=1)
+
+
+def test_a_video_file_goes_into_the_audio_box(app):
+    """The audio box silently drops a file the browser types video/* (a .webm, .mp4): the button under
+    it takes such a file and puts it in the box, whose run decodes it with FFmpeg."""
+    from playwright.sync_api import expect
+
+    with app_page(app[0]) as page:
+        page.set_input_files("#video-upload input[type=file], input[type=file][accept*='video']",
+                             str(AUDIO / "physicsworks_audio.webm"))
+        expect(page.locator("a[href$='/physicsworks_audio.webm']").first).to_be_attached(timeout=60_000)

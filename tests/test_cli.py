@@ -97,6 +97,7 @@ def test_compare_table_shows_errors_in_their_row():
     assert set(rows) == {"openai", "faster"}
     assert "ERROR" in rows["openai"] and "int8" in rows["openai"]
     assert "ERROR" not in rows["faster"] and "Americans" in rows["faster"]
+    assert "1 run(s) after 1 warm-up" in p.stderr  # the first, cold, transcription is not the one timed
 
 
 def test_no_kernels_prints_the_jfk_sentence():
@@ -342,3 +343,16 @@ def test_writers_match_openai_whisper(tmp_path):
             buf = io.StringIO()
             writer(str(tmp_path)).write_result(d, buf)
             assert ours(r) == buf.getvalue(), (writer.__name__, words)
+
+
+def test_every_option_with_a_value_says_its_default():
+    """`--help` names the default of every option that takes a value and has one (flags aside)."""
+    import argparse
+
+    from maxwhisper.__main__ import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    del commands["transcribe-many"]  # its own options are the bulk module's (--workers: default 1, unsaid)
+    silent = [f"{name} {a.option_strings[0]}" for name, p in commands.items() for a in p._actions
+              if a.option_strings and a.nargs != 0 and a.default is not None and "default" not in (a.help or "")]
+    assert silent == []

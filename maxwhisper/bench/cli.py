@@ -87,7 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-html", dest="html", action="store_false", help="skip the Plotly chart")
     p.add_argument("--background-load", type=_non_negative_int, default=0, metavar="N",
                    help="keep N cores busy with spinning processes while measuring (a shared machine); the "
-                        "output names get -loadN")
+                        "output names get -loadN (default 0)")
     p.add_argument("--timeout", type=positive_seconds, default=3600.0,
                    help="seconds one implementation may take over all clips (default 3600)")
     g = p.add_argument_group("batched mode (max and faster backends)")

@@ -46,15 +46,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                      "the first is the default (default: max)")
     p.add_argument("--model", default="tiny.en", help="comma-separated installed models; the first is what "
                                                        "'whisper-1' means (default: tiny.en)")
-    p.add_argument("--device", default="auto", choices=list(DEVICES), help="auto: the GPU when there is one")
-    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
+    p.add_argument("--device", default="auto", choices=list(DEVICES), help="auto (default): the GPU when there is one")
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="default: fp32")
     p.add_argument("--replicas", type=_positive(int), default=1, help="replicas per model deployment (default 1)")
     p.add_argument("--max-batch", type=_positive(int), default=8,
                    help="requests a MAX replica decodes together (default 8; 1: one at a time)")
     p.add_argument("--cpus-per-replica", type=_positive(float), default=1.0,
                    help="CPUs Ray reserves per model replica (default 1; MAX uses every core of its machine)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=_positive(int), default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
+    p.add_argument("--port", type=_positive(int), default=8000, help="default 8000")
     p.add_argument("--address", default=None,
                    help="a Ray cluster to join (e.g. auto or ray://head:10001); default: a Ray instance of its own")
     p.add_argument("--ui", action="store_true", help="also serve the Gradio app at /")

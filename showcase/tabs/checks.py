@@ -67,13 +67,16 @@ class ComponentChecks:
     no transcription waits for it), pausing before each check while transcriptions run. The last
     table is kept and shown to every visitor at once."""
 
-    def __init__(self, turns: Turns, create: Callable = create_transcriber):
+    def __init__(self, turns: Turns, create: Callable = create_transcriber, start_after_warm_up: bool = True):
+        """start_after_warm_up: whether the app starts the checks once its warm-up is done (not with
+        --no-warm-up, where only the button starts them): the first message says which."""
         self._cache = ModelCache(create)
         self._turns = turns
         self._thread: threading.Thread | None = None
         self._starting = threading.Lock()
         self.rows: list[list] = []
-        self.message = "The checks start in the background once the models are loaded."
+        self.message = ("The checks start in the background once the models are loaded." if start_after_warm_up
+                        else "The checks run when the button below is pressed (the app started without a warm-up).")
 
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
