@@ -126,7 +126,8 @@ def add_decode_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--language", default=None, help="language code, e.g. en; default: detect (English for .en models)")
     g.add_argument("--task", default=d.task, choices=["transcribe", "translate"], help=f"default: {d.task}")
     g.add_argument("--beam-size", type=positive_int, default=d.beam_size, help="1 = greedy (default)")
-    g.add_argument("--best-of", type=positive_int, default=d.best_of, help=f"samples per fallback temperature > 0 (default {d.best_of})")
+    g.add_argument("--best-of", type=positive_int, default=d.best_of,
+                   help=f"samples per fallback temperature > 0 (default {d.best_of})")
     g.add_argument("--patience", type=finite_float, default=d.patience,
                    help=f"beam search patience (beam size > 1; at least 1/beam size; default {d.patience:g})")
     g.add_argument("--temperature", type=temperatures, action="append", default=None, metavar="T",
@@ -141,11 +142,14 @@ def add_decode_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-condition-on-previous-text", dest="condition_on_previous_text", action="store_false",
                    help="do not feed the previous window's text as the prompt")
     g.add_argument("--compression-ratio-threshold", type=optional_float, default=d.compression_ratio_threshold,
-                   metavar="F", help=f"fall back when the gzip ratio is above (default {d.compression_ratio_threshold}; none: off)")
+                   metavar="F",
+                   help=f"fall back when the gzip ratio is above (default {d.compression_ratio_threshold}; none: off)")
     g.add_argument("--logprob-threshold", type=optional_float, default=d.logprob_threshold, metavar="F",
-                   help=f"fall back when the average log probability is below (default {d.logprob_threshold}; none: off)")
+                   help="fall back when the average log probability is below "
+                        f"(default {d.logprob_threshold}; none: off)")
     g.add_argument("--no-speech-threshold", type=optional_float, default=d.no_speech_threshold, metavar="F",
-                   help=f"silence when no-speech probability is above this and the log prob low (default {d.no_speech_threshold}; "
+                   help="silence when no-speech probability is above this and the log prob low "
+                        f"(default {d.no_speech_threshold}; "
                         "none: off)")
     g.add_argument("--hallucination-silence-threshold", type=optional_float, default=None, metavar="F",
                    help="with --word-timestamps: skip silences longer than F s around suspected hallucinations")
@@ -248,7 +252,8 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p, backend=False)
     p.add_argument("--backends", default=None,
                    help="comma-separated subset to run (default: every available backend)")
-    p.add_argument("--runs", type=positive_int, default=1, help="timed runs per backend; the median is shown (default 1)")
+    p.add_argument("--runs", type=positive_int, default=1,
+                   help="timed runs per backend; the median is shown (default 1)")
     # a backend's first transcription pays one-off costs (memory, caches, lazy set-up): not what a run costs
     p.add_argument("--warmup", type=non_negative_int, default=1, help="untimed runs first (default 1)")
     add_decode_arguments(p)

@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", type=_csv, default=["sm_90", "sm_80", "sm_89"],
                    help=f"comma-separated CUDA architectures (default: sm_90,sm_80,sm_89; "
                         f"{', '.join(f'{a}: {n}' for a, n in ARCHS.items())})")
-    p.add_argument("--precision", type=_csv, default=list(PRECISIONS), help="comma-separated: fp32, fp16 (default: both)")
+    p.add_argument("--precision", type=_csv, default=list(PRECISIONS),
+                   help="comma-separated: fp32, fp16 (default: both)")
     p.add_argument("--model", default="tiny.en", help="installed model, CTranslate2 folder or .pt (default: tiny.en)")
     p.add_argument("--graphs", type=_csv, default=None,
                    help="comma-separated subset: encoder, decoder_step, alignment, cache_reorder, batch_repeat")

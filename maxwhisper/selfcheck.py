@@ -142,8 +142,10 @@ def add_arguments(p) -> None:
     p.add_argument("--model", default="tiny.en", help="model name or path (default: tiny.en)")
     p.add_argument("--components", default=None,
                    help=f"comma list of {', '.join(GPU_COMPONENTS)} (default: all; fp16_matvec on a GPU only)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where MAX runs (default: cpu; the reference: CPU)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"], help="MAX's precision (default: fp32; fp16: GPU)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
+                   help="where MAX runs (default: cpu; the reference: CPU)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"],
+                   help="MAX's precision (default: fp32; fp16: GPU)")
     p.add_argument("--no-kernels", dest="kernels", action="store_false",
                    help="the portable plan on the CPU: the graphs a GPU runs")
 

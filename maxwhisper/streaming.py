@@ -12,7 +12,7 @@ consecutive hypotheses agree, each of them having heard SETTLE_S of audio after 
 committed text never changes, the tentative tail may. Updates are paced to the computing they take
 (`Streamer.feed`): where two updates at the last one's cost take at most BUDGET of the new audio's
 duration, the new audio is heard in two steps (a hypothesis over all but its last STEP_S, then one
-over all of it, which can agree at once on the words the first heard whole), so that a cheaper model
+over all of it, which can agree at once on the words the first heard SETTLE_S past), so that a cheaper model
 gets more hypotheses and commits sooner. A stream passes the tokens its last window decoded to the
 next as a draft: MAX checks them in one decoder pass (`MaxTranscriber.transcribe_window`), which
 makes its update cheaper.

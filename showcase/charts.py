@@ -82,7 +82,8 @@ def bench_stage_figure(rows: list[tuple[str, dict]]) -> go.Figure:
     with one vertical bar each, ten implementations' names could only stand on end and overlap."""
     clips = list(dict.fromkeys(r["audio"] for _, r in rows))
     bars = [sum(r["audio"] == clip for _, r in rows) for clip in clips]
-    fig = make_subplots(rows=len(clips), cols=1, subplot_titles=clips, row_heights=bars, vertical_spacing=0.25 / len(clips))
+    fig = make_subplots(rows=len(clips), cols=1, subplot_titles=clips, row_heights=bars,
+                        vertical_spacing=0.25 / len(clips))
     stages = ("features_s", "encode_s", "decode_s")
     for row, clip in enumerate(clips, 1):
         mine = [(n, r) for n, r in rows if r["audio"] == clip]

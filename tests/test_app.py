@@ -623,7 +623,8 @@ def test_benchmarks_table_and_charts(tmp_path):
     assert [t.name for t in stages.data] == ["features", "encode", "decode", "other"]
     assert stages.data[3].x == pytest.approx((0.25, 0.45))
     # the implementations are named on horizontal bars' rows, each bar tall enough to read its name
-    assert {t.orientation for t in stages.data} == {"h"} and stages.data[0].y == ("max · cpu · fp32", "openai · cpu · fp32")
+    assert {t.orientation for t in stages.data} == {"h"}
+    assert stages.data[0].y == ("max · cpu · fp32", "openai · cpu · fp32")
     assert stages.layout.height >= 2 * BAR_PX + 60
 
 

@@ -53,7 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="requests a MAX replica decodes together (default 8; 1: one at a time)")
     p.add_argument("--cpus-per-replica", type=_positive(float), default=1.0,
                    help="CPUs Ray reserves per model replica (default 1; MAX uses every core of its machine)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
     p.add_argument("--port", type=_positive(int), default=8000, help="default 8000")
     p.add_argument("--address", default=None,
                    help="a Ray cluster to join (e.g. auto or ray://head:10001); default: a Ray instance of its own")
