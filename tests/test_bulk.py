@@ -172,19 +172,37 @@ def test_max_workers_transcribe_several_files_at_once_unless_batched():
     assert files_at_once("max", None, kernels=True, on_gpu=True) == 1  # not measured on a GPU
 
 
-
-def test_a_job_hands_out_its_largest_files_first_to_workers_taking_one_at_a_time():
+def test_a_job_hands_out_its_largest_files_first_to_workers_taking_one_at_a_time(ray_local, monkeypatch):
     """Longest first, the size standing for the length: the job ends on its smallest files, so no
-    worker is left alone on a long recording at the end. Workers taking several files at once get
-    them in the given order."""
-    from maxwhisper.bulk.job import handed_out
+    worker is left alone on a long recording at the end. Equal sizes keep the given order; workers
+    taking several files at once get them in the given order. The job's pipeline reads them so."""
+    from maxwhisper.bulk import job
+    from maxwhisper.bulk.worker import JobSettings
 
     files = collect_inputs([str(AUDIO)])
-    order = handed_out(files, at_once=1)
+    order = job.handed_out(files, at_once=1)
     assert sorted(f.relative for f in order) == sorted(f.relative for f in files)
     assert [f.size for f in order] == sorted((f.size for f in files), reverse=True)
     assert order[0].size > order[-1].size and order != files  # the folder's order is not by size
-    assert handed_out(files, at_once=4) == files
+    assert job.handed_out(files, at_once=4) == files
+    twins = [dataclasses.replace(files[0], name="a"), dataclasses.replace(files[0], name="b")]
+    assert [f.name for f in job.handed_out(twins, at_once=1)] == ["a", "b"]
+
+    read = []
+
+    class Stop(Exception):
+        pass
+
+    def from_items(items, **_):
+        read.extend(item["output"] for item in items)
+        raise Stop
+
+    monkeypatch.setattr(ray_local.data, "from_items", from_items)
+    settings = JobSettings("faster", "tiny.en", "cpu", "fp32", 1, True, DecodeOptions(), "out", ("txt",), None)
+    with pytest.raises(Stop):
+        job._pipeline(files, settings, workers=1)
+    assert read == [f.relative for f in order]
+
 
 # --- the workers' CPUs and threads ------------------------------------------------------------
 
