@@ -352,7 +352,6 @@ def test_every_option_with_a_value_says_its_default():
     from maxwhisper.__main__ import build_parser
 
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
-    del commands["transcribe-many"]  # its own options are the bulk module's (--workers: default 1, unsaid)
     silent = [f"{name} {a.option_strings[0]}" for name, p in commands.items() for a in p._actions
               if a.option_strings and a.nargs != 0 and a.default is not None and "default" not in (a.help or "")]
     assert silent == []

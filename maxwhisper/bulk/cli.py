@@ -26,7 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder for the transcripts (mirroring the input tree) and results.jsonl; a rerun into the "
                         "same folder skips the files done with the same settings")
     g = p.add_argument_group("the job")
-    g.add_argument("--workers", type=positive_int, default=1, help="Ray Data actors, each loading the model once")
+    g.add_argument("--workers", type=positive_int, default=1,
+                   help="Ray Data actors, each loading the model once (default 1)")
     g.add_argument("--format", type=formats, default=["txt"], metavar="FORMATS",
                    help=f"comma-separated, of {', '.join(FORMATS)} (default: txt)")
     g.add_argument("--parquet", action="store_true", help="also write the results table as results.parquet")
