@@ -100,13 +100,20 @@ def test_the_table_drops_a_line_cut_short_and_keeps_one_row_per_file(tmp_path):
 
 def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere():
     lines = io.StringIO()
-    progress = Progress(total_files=3, total_bytes=300, stream=lines, interval=0.0)
-    progress.done({"status": "ok", "duration": 1800.0}, 100)
+    progress = Progress(total_files=4, total_bytes=400, stream=lines, interval=0.0)
     progress.done({"status": "error", "duration": None}, 100)
+    progress.start -= 600  # the workers' start and model load, before the first file: not in the time left
+    progress.done({"status": "ok", "duration": 1800.0}, 100)
+    progress.done({"status": "ok", "duration": 16.0}, 100)
     progress.close()
-    first, second = lines.getvalue().splitlines()
-    assert first.startswith("1/3 files, 0.50 h of audio, ") and " audio h/h, " in first and first.endswith(" left")
-    assert second.startswith("2/3 files (1 failed), 0.50 h of audio")
+    first, second, third = lines.getvalue().splitlines()
+    assert first == "1/4 files (1 failed), 0.0 min of audio, 0.0 audio h/h"  # no time left from one file
+    assert second.startswith("2/4 files (1 failed), 0.50 h of audio, ") and second.endswith(" left")
+    assert third.startswith("3/4 files (1 failed), 0.50 h of audio")
+    assert third.endswith(", 0m00s left")  # the rate since the first file, not since the start
+    progress = Progress(total_files=2, total_bytes=200, stream=lines, interval=0.0)
+    progress.done({"status": "ok", "duration": 16.0}, 100)
+    assert lines.getvalue().splitlines()[-1].startswith("1/2 files, 0.3 min of audio, ")
 
     class Terminal(io.StringIO):
         def isatty(self):

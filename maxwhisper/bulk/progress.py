@@ -15,10 +15,15 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
+def _audio(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds / 60:.1f} min"
+
+
 class Progress:
     """`total_files` files of `total_bytes` bytes to do; `done(row, size)` after each. The time left
-    is estimated from the bytes still to read at the rate so far (files of one archive tend to
-    share a format)."""
+    is estimated from the bytes still to read at the rate since the first file was done (files of
+    one archive tend to share a format; the workers' start and model load before it would make the
+    first files look slow), so it shows from the second file on."""
 
     def __init__(self, total_files: int, total_bytes: int, stream: TextIO | None = None, interval: float = 10.0):
         self.total_files, self.total_bytes = total_files, max(total_bytes, 1)
@@ -28,6 +33,7 @@ class Progress:
         self.files = self.failed = self.bytes = 0
         self.audio_s = 0.0
         self.start = self.last_line = time.monotonic()
+        self.first_at, self.first_bytes = 0.0, 0
 
     def done(self, row: dict, size: int) -> None:
         self.files += 1
@@ -35,6 +41,8 @@ class Progress:
         self.bytes += size
         self.audio_s += row.get("duration") or 0.0
         now = time.monotonic()
+        if self.files == 1:
+            self.first_at, self.first_bytes = now, self.bytes
         if self.terminal:
             self.stream.write("\r" + self.line(now) + "\033[K")
             self.stream.flush()
@@ -48,9 +56,11 @@ class Progress:
         fraction = self.bytes / self.total_bytes if self.files < self.total_files else 1.0
         text = (f"{self.files}/{self.total_files} files"
                 + (f" ({self.failed} failed)" if self.failed else "")
-                + f", {self.audio_s / 3600:.2f} h of audio, {self.audio_s / elapsed:.1f} audio h/h")
-        if 0 < fraction < 1:
-            text += f", {_duration(elapsed * (1 - fraction) / fraction)} left"
+                + f", {_audio(self.audio_s)} of audio, {self.audio_s / elapsed:.1f} audio h/h")
+        since_first = self.bytes - self.first_bytes
+        if self.files > 1 and since_first > 0 and fraction < 1:
+            rate = since_first / max(now - self.first_at, 1e-9)
+            text += f", {_duration((self.total_bytes - self.bytes) / rate)} left"
         if self.terminal:
             filled = round(BAR_WIDTH * fraction)
             text = f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] " + text
