@@ -75,10 +75,11 @@ if _verify_custom_op is not None:
     KernelLibrary.verify_custom_op = _check_custom_op
 
 
-def compile_cpu_graph(session: InferenceSession, graph: Graph):
+def compile_cpu_graph(session: InferenceSession, graph: Graph, path: Path | None = None):
     """`graph` compiled for `session` (on the CPU): from its artifact when one was exported, else
-    compiled and its artifact exported for the next process."""
-    path = artifact_path(graph)
+    compiled and its artifact exported for the next process. `path`: its `artifact_path`, where the
+    caller has it already (hashing a graph's text takes milliseconds)."""
+    path = path or artifact_path(graph)
     if path.exists():
         try:
             return session.compile(str(path))

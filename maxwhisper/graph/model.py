@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from max import driver
@@ -221,25 +222,28 @@ class MaxWhisper:
             with timer_slack(RUNTIME_THREAD_SLACK_NS):  # the thread MAX starts now polls less often
                 return graph.execute(*inputs)
 
-    def load_graph(self, graph, weights_registry: dict[str, np.ndarray]):
+    def load_graph(self, graph, weights_registry: dict[str, np.ndarray], artifact: Path | None = None):
         # MLIR's current context is per thread and only the main thread has one entered: the app
         # and its warm-up compile from worker threads
         with ensure_default_mlir_context():
             if self.device_ref.is_cpu():
-                return self.session.init(compile_cpu_graph(self.session, graph), weights_registry=weights_registry)
+                compiled = compile_cpu_graph(self.session, graph, artifact)
+                return self.session.init(compiled, weights_registry=weights_registry)
             return self.session.load(graph, weights_registry=weights_registry)
 
     def built_and_loaded(self, name: str):
         """Graph `name` built and loaded. On the CPU, built first without checking its custom ops
         (`compiled.custom_ops_unchecked`) and loaded so when its compiled artifact exists (an
         unreadable one is compiled again from that same text); else built again with the check and
-        compiled."""
-        if self.device_ref.is_cpu():
-            with custom_ops_unchecked():
-                graph, registry = self.build(name)
-            if artifact_path(graph).exists():
-                return self.load_graph(graph, registry)
-        return self.load_graph(*self.build(name))
+        compiled (the same text: the same artifact)."""
+        if not self.device_ref.is_cpu():
+            return self.load_graph(*self.build(name))
+        with custom_ops_unchecked():
+            graph, registry = self.build(name)
+        artifact = artifact_path(graph)
+        if not artifact.exists():
+            graph, registry = self.build(name)
+        return self.load_graph(graph, registry, artifact)
 
     def lazy_graph(self, name: str):
         """"alignment", "cache_reorder" or "batch_repeat", compiled the first time it is needed
