@@ -307,7 +307,6 @@ class MaxInference:
         index = np.array([p % n_total - self.cached for p in positions], np.int64)
         if n == 0 or index.min() < 0:
             raise ValueError("logits requested for positions already in the KV cache")
-        pos = np.arange(self.cached, n_total, dtype=np.int64)
         m = self.model
         if m.token_step is not None and n == 1 and index.tolist() == [0]:
             # one new token per sequence, all at the same position, each its own logits
@@ -316,6 +315,7 @@ class MaxInference:
                       *choice_inputs]
             outputs = m.run(m.token_step, *(m.to_device(a) for a in inputs), *self.cross, *self.cache)
         else:
+            pos = np.arange(self.cached, n_total, dtype=np.int64)
             offset = driver.Buffer.from_numpy(np.array(self.cached, np.int64))  # stays on the host
             mask = np.where(np.arange(m.dims.n_text_ctx)[None, :] <= pos[:, None], 0.0, -np.inf).astype(np.float32)
             outputs = m.run(m.decoder, m.to_device(new.astype(np.int64)), m.to_device(pos), offset,
