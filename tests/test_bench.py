@@ -370,6 +370,73 @@ def test_bulk_report_says_the_targets():
             "batch 8) = 1.10x (above 1x): met") in md
 
 
+
+def test_bulk_jobs_take_turns_at_going_first_each_in_a_fresh_ray_instance(monkeypatch, tmp_path):
+    """`bench --bulk` favours no backend: every job runs in a Ray instance of its own, started before
+    the job's reference, and the implementations go first by turns; the report keeps its order."""
+    import ray
+    import ray.cluster_utils
+
+    from maxwhisper.bench import bulk
+
+    events = []
+    impls = [("max", "fp32"), ("faster", "fp32")]
+
+    def job(folder, out, backend, precision, model, workers, options, address=None):
+        events.append(("job", backend, workers, options.batch_size, address))
+        return {"implementation": implementation_label(backend, precision), "backend": backend,
+                "precision": precision, "workers": workers, "batch_size": options.batch_size,
+                "nodes": 2 if address else 1, "files": 1, "failed": 0, "audio_s": 10.0, "wall_s": 1.0, "rate": 10.0,
+                "transcribe_s": 1.0, "read_s": 0.1, "write_s": 0.0, "node_files": [1]}
+
+    def reference(spec, timeout):
+        events.append(("reference", spec["backend"], 1, spec["options"]["batch_size"], None))
+        return {"ok": True, "implementation": implementation_label(spec["backend"], spec["precision"]),
+                "backend": spec["backend"], "precision": spec["precision"],
+                "batch_size": spec["options"]["batch_size"], "files_at_once": 1, "wall_s": 1.0, "audio_s": 10.0,
+                "rate": 10.0}
+
+    class Cluster:
+        address = "cluster"
+
+        def __init__(self, **kwargs):
+            pass
+
+        add_node = wait_for_nodes = shutdown = lambda self, **kwargs: None
+
+    written = {}
+    monkeypatch.setattr(bulk, "bulk_clips", lambda folder, seconds: ([folder / "a.flac"], 10.0, 1))
+    monkeypatch.setattr(bulk, "_start_local_ray", lambda cores: events.append(("ray",)) or 2.0)
+    monkeypatch.setattr(bulk, "_start_ray_data", lambda: None)
+    monkeypatch.setattr(bulk, "_job", job)
+    monkeypatch.setattr(bulk, "run_worker", reference)
+    monkeypatch.setattr(bulk, "write_mode_report", lambda doc, md, out, stem: written.update(doc=doc, md=md))
+    monkeypatch.setattr(ray, "init", lambda **kwargs: None)
+    monkeypatch.setattr(ray, "shutdown", lambda: events.append(("shutdown",)))
+    monkeypatch.setattr(ray.cluster_utils, "Cluster", Cluster)
+    args = build_parser().parse_args(["--bulk", "--bulk-workers", "1,2", "--batch-sizes", "8"])
+    assert bulk.main_bulk(args, impls, "tiny.en", {"temperature": [0.0]}, {"cores": 2}, {}, tmp_path, "stem") == 0
+
+    local = events[:next(i for i, e in enumerate(events) if e[0] == "job" and e[4])]  # two-node jobs come last
+    jobs = [e for e in local if e[0] == "job"]
+    assert len(jobs) == 8 and len(set(jobs)) == 8  # 2 implementations x 2 worker counts x (none, 8)
+    # each job: a fresh instance, its reference (1 worker) right before it, then the instance's end
+    for i, e in enumerate(local):
+        if e[0] == "job":
+            before = local[i - 2:i] if e[2] == 1 else local[i - 1:i]
+            assert before[0] == ("ray",) and local[i + 1] == ("shutdown",)
+            assert e[2] != 1 or before[1] == ("reference", e[1], 1, e[3], None)
+    firsts = [jobs[i][1] for i in range(0, 8, 2)]  # who goes first in each configuration
+    assert firsts == ["max", "faster", "max", "faster"]
+    assert [(j[2], j[3]) for j in jobs[::2]] == [(1, None), (1, 8), (2, None), (2, 8)]
+    runs = written["doc"]["bulk"]["runs"]
+    assert [(r["backend"], r["workers"], r["batch_size"], r["nodes"]) for r in runs] == [
+        ("max", 1, None, 1), ("max", 1, 8, 1), ("max", 2, None, 1), ("max", 2, 8, 1),
+        ("faster", 1, None, 1), ("faster", 1, 8, 1), ("faster", 2, None, 1), ("faster", 2, 8, 1),
+        ("max", 2, 8, 2), ("faster", 2, 8, 2)]
+    assert written["doc"]["bulk"]["ray_start_s"]["local"] == [2.0] * 8
+    assert "2.0-2.0 s for a fresh local instance per job" in written["md"]
+
 # --- the command ----------------------------------------------------------------------------------
 
 def _run(*args, timeout=900):

@@ -4,8 +4,10 @@ to at least 30 minutes of audio, for each implementation at 1 and 2 workers, wit
 before each one-worker job, the same files through `transcribe()` in one process (a worker
 subprocess: model loaded once, the files in turn, as many at once as the job's worker takes) give
 the pipeline's overhead, timed back to back with it; and a job on two virtual nodes
-(`ray.cluster_utils.Cluster`, each with half the cores) shows it spread. Ray's start-up is timed
-apart from the jobs; a job's time includes its workers' model loads."""
+(`ray.cluster_utils.Cluster`, each with half the cores) shows it spread. Each job on one node runs
+in a fresh local Ray instance, as each `transcribe-many` command does, and the implementations take
+turns at going first (`job_order`); Ray's start-up is timed apart from the jobs; a job's time
+includes its workers' model loads."""
 from __future__ import annotations
 
 import dataclasses
@@ -100,8 +102,9 @@ def _job(folder: Path, out: Path, backend: str, precision: str, model: str, work
 
 def _start_ray_data() -> None:
     """Ray Data starts actors of its own (statistics, autoscaling, actor locations) for the first
-    dataset on a Ray instance: started here, as part of Ray's start-up, so that the first job timed
-    does not pay for them alone (a `transcribe-many` command pays them once per job)."""
+    dataset on a Ray instance (~4 s more than a later dataset's start): started here, in Ray's
+    start-up time, which the benchmark states apart (a `transcribe-many` command pays them in its
+    job's time, once per command)."""
     import ray
 
     class Same:
@@ -109,6 +112,28 @@ def _start_ray_data() -> None:
             return batch
 
     ray.data.range(1).map_batches(Same, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.1).take_all()
+
+
+def job_order(impls: list[tuple[str, str]], workers: list[int], batches: list[int | None]) -> list[tuple]:
+    """(backend, precision, workers, batch) of every job on one node, configuration after
+    configuration, its implementations in turn, in the given order and the reverse by turns: no
+    backend always runs first, or always after the others, in a run whose machine drifts."""
+    configurations = [(w, b) for w in workers for b in batches]
+    return [(backend, precision, w, b) for i, (w, b) in enumerate(configurations)
+            for backend, precision in (impls if i % 2 == 0 else impls[::-1])]
+
+
+def _start_local_ray(cores: int) -> float:
+    """A fresh local Ray instance of `cores` CPUs with Ray Data's own actors started: the seconds
+    that took. A `transcribe-many` command starts its own instance; jobs sharing one long-lived
+    instance measured slower the later they ran (faster-whisper's 2-worker batch-8 job, run after
+    MAX's jobs: 31.5-32.6 s in it, 29.0-29.3 s in a fresh one)."""
+    import ray
+
+    start = time.perf_counter()
+    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    _start_ray_data()
+    return time.perf_counter() - start
 
 
 def main_bulk(args, impls: list[tuple[str, str]], model: str, decode_dict: dict, machine: dict, vers: dict,
@@ -121,32 +146,31 @@ def main_bulk(args, impls: list[tuple[str, str]], model: str, decode_dict: dict,
     base = DecodeOptions(**{**decode_dict, "temperature": tuple(decode_dict["temperature"])})
     batches = [None, *args.batch_sizes]  # None: the sequential loop, transcribe-many's default
     cores = os.cpu_count() or 1
-    runs, references, starts = [], [], {}
+    runs, references, starts = [], [], {"local": []}
     with tempfile.TemporaryDirectory(prefix="maxwhisper-bulk-") as tmp:
         files, audio_s, repeats = bulk_clips(Path(tmp) / "clips", args.bulk_minutes * 60)
         info(f"--- bulk: {len(files)} files, {audio_s / 60:.1f} min of audio ({repeats} x the shared clips) ---")
         jobs = Path(tmp) / "jobs"
-        start = time.perf_counter()
-        ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
-        _start_ray_data()
-        starts["local"] = time.perf_counter() - start
-        try:
-            for backend, precision in impls:
-                for workers in args.bulk_workers:
-                    for batch in batches:
-                        options = dataclasses.replace(base, batch_size=batch)
-                        if workers == 1:  # its reference right before it, on the same machine state
-                            spec = {"kind": "bulk_reference", "backend": backend, "model": model, "device": "cpu",
-                                    "precision": precision, "threads": cores, "files": [str(f) for f in files],
-                                    "files_at_once": files_at_once(backend, batch, kernels=True, on_gpu=False),
-                                    "options": dataclasses.asdict(options)}
-                            reference = run_worker(spec, args.timeout)
-                            if reference.get("ok"):
-                                references.append(reference)
-                        out = jobs / f"{backend}-{precision}-{workers}-{batch or 'sequential'}"
-                        runs.append(_job(Path(tmp) / "clips", out, backend, precision, model, workers, options))
-        finally:
-            ray.shutdown()
+        for backend, precision, workers, batch in job_order(impls, args.bulk_workers, batches):
+            options = dataclasses.replace(base, batch_size=batch)
+            starts["local"].append(_start_local_ray(cores))  # a fresh instance per job, as each command has
+            try:
+                if workers == 1:  # its reference right before it, on the same machine state
+                    spec = {"kind": "bulk_reference", "backend": backend, "model": model, "device": "cpu",
+                            "precision": precision, "threads": cores, "files": [str(f) for f in files],
+                            "files_at_once": files_at_once(backend, batch, kernels=True, on_gpu=False),
+                            "options": dataclasses.asdict(options)}
+                    reference = run_worker(spec, args.timeout)
+                    if reference.get("ok"):
+                        references.append(reference)
+                out = jobs / f"{backend}-{precision}-{workers}-{batch or 'sequential'}"
+                runs.append(_job(Path(tmp) / "clips", out, backend, precision, model, workers, options))
+            finally:
+                ray.shutdown()
+        # the report's order: by implementation, then workers, then batch size
+        place = {implementation_label(b, p): i for i, (b, p) in enumerate(impls)}
+        runs.sort(key=lambda r: (place[r["implementation"]], r["workers"], batches.index(r["batch_size"])))
+        references.sort(key=lambda r: (place[r["implementation"]], batches.index(r["batch_size"])))
         start = time.perf_counter()
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": max(cores // 2, 1),
                                                                  "include_dashboard": False})
@@ -238,6 +262,15 @@ def bulk_targets(doc: dict) -> list[str]:
     return lines
 
 
+def _start_text(local: float | list[float]) -> str:
+    """The local instance's start-up: one instance for every job (older results), or one per job."""
+    if isinstance(local, list):
+        return (f"{min(local, default=0):.1f}-{max(local, default=0):.1f} s for a fresh local instance per job "
+                "(each job's one-process reference timed in it right before the job), the jobs' implementations "
+                "in the given order and the reverse by turns, configuration after configuration")
+    return f"{local:.1f} s for the local instance"
+
+
 def bulk_markdown(doc: dict) -> str:
     m, b = doc["machine"], doc["bulk"]
     starts = b["ray_start_s"]
@@ -246,7 +279,7 @@ def bulk_markdown(doc: dict) -> str:
              f"`{doc['command']}`: {b['files']} files, {b['audio_s'] / 60:.1f} min of audio "
              f"(the shared clips {b['repeats']} times), each job `transcribe_many` into a fresh folder (txt). "
              f"A job's time includes its workers' start and model load; Ray's start-up is apart: "
-             f"{starts.get('local', 0):.1f} s for the local instance, {starts.get('two_nodes', 0):.1f} s for two "
+             f"{_start_text(starts.get('local', 0))}, {starts.get('two_nodes', 0):.1f} s for two "
              "virtual nodes (each with half the cores). Batch none: the sequential loop (the command's default; "
              "a MAX worker on the CPU transcribes four files at once, sharing their encoder calls and decoder "
              "steps). Audio h/h: hours of audio per hour.", "",
