@@ -47,7 +47,7 @@ def streaming_worker(spec: dict[str, Any]) -> dict[str, Any]:
         t.transcribe(audio[:80_000], dataclasses.replace(options, word_timestamps=True))  # first-call costs
         offline = t.transcribe(audio, options)
         for k in range(spec["streams"]):
-            offset_s = k * spec["chunk_s"] / spec["streams"]
+            offset_s = round(k * spec["chunk_s"] / spec["streams"], 3)
             rows.append(_stream_row(t, clip, audio, spec["chunk_s"], offset_s, options, offline))
             info(f"{label} {clip.name}, chunks shifted {offset_s:g} s: {rows[-1]['updates']} updates, latency "
                  f"median {_s(rows[-1]['latency_median_s'])}, compute share {rows[-1]['compute_share']:.2f}")
@@ -68,7 +68,7 @@ def _stream_row(t, clip: Clip, audio, chunk_s: float, offset_s: float, options, 
             "encode_s": sum(s.encode_s or 0.0 for s in stages if s is not None),
             "update_median_s": statistics.median(update_s), "update_p90_s": update_s[int(0.9 * len(update_s))],
             "latency_median_s": statistics.median(latencies) if latencies else None,
-            "latency_p90_s": report.latency_quantile(0.9), "latencies": [round(x, 3) for x in latencies],
+            "latency_p90_s": report.latency_quantile(0.9), "latencies": [round(float(x), 3) for x in latencies],
             "words": len(report.words), "behind_median_s": statistics.median(report.behind),
             "behind_max_s": max(report.behind), "loop_ratio": report.loop_ratio, "held_back": report.held_back,
             "text": report.text, "offline_text": offline.text, "offline_s": offline.timings.total_s}
