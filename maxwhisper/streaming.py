@@ -305,16 +305,22 @@ class StreamReport:
 
 
 def stream_audio(transcriber: Transcriber, audio: np.ndarray, chunk_s: float = 1.0,
-                 options: DecodeOptions = DecodeOptions(), on_update=None) -> StreamReport:
+                 options: DecodeOptions = DecodeOptions(), on_update=None, offset_s: float = 0.0) -> StreamReport:
     """Feed `audio` as if it arrived in real time, chunk_s at a time, with the computing time
     counted: the model, once free, takes every chunk that has arrived by then (a chunk that arrives
-    while the model is busy waits) and hears it in `Streamer.feed`'s steps. How far behind the
-    stream is, when an update ends: the seconds of audio that have arrived and are not yet transcribed.
-    on_update(update, now, behind) is called after each update, `now` being the stream time."""
+    while the model is busy waits) and hears it in `Streamer.feed`'s steps. A first chunk of
+    `offset_s` (0 <= offset_s < chunk_s; 0: none) shifts every chunk boundary after it by that much,
+    so that streams of one clip can be told apart from where its words fall in the chunks. How far
+    behind the stream is, when an update ends: the seconds of audio that have arrived and are not yet
+    transcribed. on_update(update, now, behind) is called after each update, `now` being the stream time."""
+    if not 0 <= offset_s < chunk_s:
+        raise ValueError(f"offset {offset_s} s is not at least 0 and below the chunk's {chunk_s} s")
     streamer = Streamer(transcriber, options)
     step = max(1, round(chunk_s * SAMPLE_RATE))
-    arrivals = [(min(i + step, len(audio)), min(i + step, len(audio)) / SAMPLE_RATE)
-                for i in range(0, len(audio), step)]  # (samples available, when)
+    first = round(offset_s * SAMPLE_RATE)
+    ends = [n for n in ([first] if first else []) + list(range(first + step, len(audio), step)) if n < len(audio)]
+    ends.append(len(audio))
+    arrivals = [(n, n / SAMPLE_RATE) for n in ends if n > 0]  # (samples available, when)
     now, fed, compute_s, updates, held_back = 0.0, 0, 0.0, 0, 0
     words, commit_times, behind = [], [], []
     while fed < len(audio):

@@ -215,6 +215,20 @@ class Slow(ScriptedTranscriber):
         return dataclasses.replace(result, timings=dataclasses.replace(result.timings, total_s=self.compute_s))
 
 
+def test_an_offset_shifts_every_chunk_boundary_and_the_stream_commits_the_same_text():
+    audio = np.arange(10 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
+    script = " ".join(f"w{i}" for i in range(20))
+    shifted = Slow(script, 0.4)  # one step per chunk: each call hears the audio up to a chunk boundary
+    assert stream_audio(shifted, audio, offset_s=0.25).text == script
+    assert [n for n, _ in shifted.calls] == pytest.approx([0.25, *(k + 0.25 for k in range(1, 10)), 10.0])
+    unshifted = Slow(script, 0.4)
+    stream_audio(unshifted, audio)
+    assert [n for n, _ in unshifted.calls] == pytest.approx(list(range(1, 11)))
+    for offset in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="offset"):
+            stream_audio(Slow(script, 0.4), audio, offset_s=offset)
+
+
 def test_how_far_behind_the_stream_is():
     audio = np.arange(10 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
     script = " ".join(f"w{i}" for i in range(20))

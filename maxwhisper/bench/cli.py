@@ -108,6 +108,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="stream each clip (default " + ", ".join(STREAMING_CLIPS) + ") through the live "
                         "transcriber as if it arrived in real time: commit latency, compute share, WER")
     s.add_argument("--chunk", type=positive_seconds, default=1.0, metavar="S", help="seconds of audio per chunk (default 1.0)")
+    s.add_argument("--streams", type=_positive_int, default=1, metavar="N",
+                   help="streams of each clip per implementation, the k-th with its chunk boundaries shifted by "
+                        "k x chunk / N; the aims are judged over all of them (default 1)")
     v = p.add_argument_group("service mode")
     v.add_argument("--serve", action="store_true",
                    help="the HTTP service under load: closed-loop clients against MAX with and without requests "

@@ -1,8 +1,12 @@
 """`bench --streaming`: each implementation streams each clip through `maxwhisper.streaming` (the
-same LocalAgreement-2 code for all), as the `stream` command does: commit latency (median, p90),
+same LocalAgreement-2 code for all), as the `stream` command does, `--streams` times with the chunk
+boundaries shifted by chunk/streams each time (a word's commit depends on where it falls in a chunk,
+so one stream's figures move between runs): commit latency (median, p90),
 how far behind the stream was, the share of time spent computing and where it went (the encoder,
 the rest), whether a repetition loop was committed, and the WER of the streamed text against the
-implementation's own offline transcript and against the clip's reference."""
+implementation's own offline transcript and against the clip's reference. Each stream is a row of
+the report; the aims are judged over all of a clip's streams together (their latencies pooled, their
+WERs averaged, the highest compute share and loop ratio)."""
 from __future__ import annotations
 
 import dataclasses
@@ -27,10 +31,9 @@ FASTER_TARGET = 1.3  # faster-whisper's median latency / MAX's, at least: like w
 
 
 def streaming_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """In the worker process: per clip, the offline transcript, then the stream."""
+    """In the worker process: per clip, the offline transcript, then the streams."""
     from ..api import DecodeOptions
     from ..registry import create_transcriber
-    from ..streaming import stream_audio
 
     t = create_transcriber(spec["backend"], model=spec["model"], device=spec["device"], precision=spec["precision"],
                            threads=spec["threads"])
@@ -43,24 +46,32 @@ def streaming_worker(spec: dict[str, Any]) -> dict[str, Any]:
         audio = load_clip(clip)
         t.transcribe(audio[:80_000], dataclasses.replace(options, word_timestamps=True))  # first-call costs
         offline = t.transcribe(audio, options)
-        stages = []
-        report = stream_audio(t, audio, spec["chunk_s"], options,
-                              on_update=lambda update, now, behind: stages.append(update.timings))
-        latencies, update_s = report.latencies, sorted(s.total_s for s in stages if s is not None)
-        rows.append({"audio": clip.name, "audio_s": report.audio_s, "updates": report.updates,
-                     "compute_s": report.compute_s, "compute_share": report.compute_share,
-                     "encode_s": sum(s.encode_s or 0.0 for s in stages if s is not None),
-                     "update_median_s": statistics.median(update_s), "update_p90_s": update_s[int(0.9 * len(update_s))],
-                     "latency_median_s": statistics.median(latencies) if latencies else None,
-                     "latency_p90_s": report.latency_quantile(0.9), "words": len(report.words),
-                     "behind_median_s": statistics.median(report.behind), "behind_max_s": max(report.behind),
-                     "loop_ratio": report.loop_ratio, "held_back": report.held_back,
-                     "text": report.text, "offline_text": offline.text, "offline_s": offline.timings.total_s})
-        info(f"{label} {clip.name}: {report.updates} updates, latency median {_s(rows[-1]['latency_median_s'])}, "
-             f"compute share {report.compute_share:.2f}")
+        for k in range(spec["streams"]):
+            offset_s = round(k * spec["chunk_s"] / spec["streams"], 3)
+            rows.append(_stream_row(t, clip, audio, spec["chunk_s"], offset_s, options, offline))
+            info(f"{label} {clip.name}, chunks shifted {offset_s:g} s: {rows[-1]['updates']} updates, latency "
+                 f"median {_s(rows[-1]['latency_median_s'])}, compute share {rows[-1]['compute_share']:.2f}")
     return {"ok": True, "backend": spec["backend"], "precision": t.precision, "device": t.device,
             "implementation": implementation_label(spec["backend"], t.precision), "load_s": t.load_s,
             "compile_s": t.compile_s, "rows": rows}
+
+
+def _stream_row(t, clip: Clip, audio, chunk_s: float, offset_s: float, options, offline) -> dict[str, Any]:
+    from ..streaming import stream_audio
+
+    stages = []
+    report = stream_audio(t, audio, chunk_s, options, offset_s=offset_s,
+                          on_update=lambda update, now, behind: stages.append(update.timings))
+    latencies, update_s = report.latencies, sorted(s.total_s for s in stages if s is not None)
+    return {"audio": clip.name, "offset_s": offset_s, "audio_s": report.audio_s, "updates": report.updates,
+            "compute_s": report.compute_s, "compute_share": report.compute_share,
+            "encode_s": sum(s.encode_s or 0.0 for s in stages if s is not None),
+            "update_median_s": statistics.median(update_s), "update_p90_s": update_s[int(0.9 * len(update_s))],
+            "latency_median_s": statistics.median(latencies) if latencies else None,
+            "latency_p90_s": report.latency_quantile(0.9), "latencies": [round(float(x), 3) for x in latencies],
+            "words": len(report.words), "behind_median_s": statistics.median(report.behind),
+            "behind_max_s": max(report.behind), "loop_ratio": report.loop_ratio, "held_back": report.held_back,
+            "text": report.text, "offline_text": offline.text, "offline_s": offline.timings.total_s}
 
 
 def add_streaming_accuracy(runs: list[dict]) -> None:
@@ -72,29 +83,46 @@ def add_streaming_accuracy(runs: list[dict]) -> None:
             r["offline_wer"] = wer(reference, r["offline_text"]) if reference else None
 
 
+def _pooled(run: dict, audio: str) -> dict[str, Any]:
+    """One implementation's streams of one clip taken together: their latencies pooled (median, and
+    p90 as `StreamReport.latency_quantile`), the highest compute share and loop ratio, the streamed
+    WERs (their mean judged)."""
+    rows = [r for r in run["rows"] if r["audio"] == audio]
+    latencies = sorted(x for r in rows for x in r["latencies"])
+    wers = [r["wer"] for r in rows if r["wer"] is not None]
+    return {"streams": len(rows), "median": statistics.median(latencies) if latencies else None,
+            "p90": latencies[int(0.9 * len(latencies))] if latencies else None,
+            "compute_share": max(r["compute_share"] for r in rows), "loop_ratio": max(r["loop_ratio"] for r in rows),
+            "wers": wers, "wer": statistics.mean(wers) if wers else None, "offline_wer": rows[0]["offline_wer"]}
+
+
 def streaming_targets(runs: list[dict]) -> list[str]:
-    """The issue's aims, said for each MAX implementation on each clip. Its latency is compared
-    like with like, against faster-whisper at the same precision (where it ran), and, said beside
-    it, against faster-whisper's lowest whatever its precision."""
-    rows = [(run, r) for run in runs for r in run["rows"]]
+    """The issue's aims, said for each MAX implementation on each clip, over all its streams of the
+    clip (`_pooled`). Its latency is compared like with like, against faster-whisper at the same
+    precision (where it ran), and, said beside it, against faster-whisper's lowest whatever its precision."""
+    groups = [(run, audio, _pooled(run, audio)) for run in runs
+              for audio in dict.fromkeys(r["audio"] for r in run["rows"])]
     lines = []
-    for run, r in rows:
+    for run, audio, g in groups:
         if run["backend"] != "max":
             continue
-        median, p90 = r["latency_median_s"], r["latency_p90_s"]
-        lines.append(f"- {r['audio']}, {run['implementation']}: compute {r['compute_share']:.2f} s per audio second "
-                     f"<= {COMPUTE_TARGET}: {_met(r['compute_share'] <= COMPUTE_TARGET)}; commit latency median "
+        median, p90 = g["median"], g["p90"]
+        over = f" ({g['streams']} streams)" if g["streams"] > 1 else ""
+        lines.append(f"- {audio}, {run['implementation']}{over}: compute {g['compute_share']:.2f} s per audio second "
+                     f"<= {COMPUTE_TARGET}: {_met(g['compute_share'] <= COMPUTE_TARGET)}; commit latency median "
                      f"{_s(median)} <= {LATENCY_TARGET_S:g} s: "
                      f"{_met(median is not None and median <= LATENCY_TARGET_S)}, p90 {_s(p90)} <= {P90_TARGET_S:g} s: "
                      f"{_met(p90 is not None and p90 <= P90_TARGET_S)}; no loop committed (loop ratio "
-                     f"{r['loop_ratio']:.2f} <= {LOOP_TARGET}): {_met(r['loop_ratio'] <= LOOP_TARGET)}")
-        if r["wer"] is not None and r["offline_wer"] is not None:
-            gap = 100 * (r["wer"] - r["offline_wer"])
-            lines.append(f"  - streamed WER {100 * r['wer']:.2f} % vs offline {100 * r['offline_wer']:.2f} % against "
-                         f"the reference: {gap:+.2f} points (at most +{WER_TARGET_POINTS:g}): "
+                     f"{g['loop_ratio']:.2f} <= {LOOP_TARGET}): {_met(g['loop_ratio'] <= LOOP_TARGET)}")
+        if g["wer"] is not None and g["offline_wer"] is not None:
+            gap = 100 * (g["wer"] - g["offline_wer"])
+            each = (" (the streams' mean; each " + ", ".join(f"{100 * (w - g['offline_wer']):+.2f}" for w in g["wers"])
+                    + ")") if g["streams"] > 1 else ""
+            lines.append(f"  - streamed WER {100 * g['wer']:.2f} % vs offline {100 * g['offline_wer']:.2f} % against "
+                         f"the reference: {gap:+.2f} points{each} (at most +{WER_TARGET_POINTS:g}): "
                          f"{_met(gap <= WER_TARGET_POINTS)}")
-        faster = [(f["latency_median_s"], fr["implementation"], fr["precision"]) for fr, f in rows
-                  if fr["backend"] == "faster" and f["audio"] == r["audio"] and f["latency_median_s"] is not None]
+        faster = [(f["median"], fr["implementation"], fr["precision"]) for fr, a, f in groups
+                  if fr["backend"] == "faster" and a == audio and f["median"] is not None]
         if not (faster and median):
             continue
         same = [(latency, name) for latency, name, precision in faster if precision == run["precision"]]
@@ -127,18 +155,21 @@ def streaming_markdown(doc: dict) -> str:
     lines = [f"# Streaming: {s['model']}, {doc['device']}, chunks of {s['chunk_s']:g} s (LocalAgreement-2)", "",
              f"{m.get('cpu')} ({m.get('vector_isa')}), {m.get('cores')} cores; {doc['created']}; "
              f"background load {doc['options']['background_load']} core(s)", "",
-             "| clip | implementation | updates | commit latency median | p90 | behind median / max | compute share | "
-             "update median / p90 | encoder share | loop ratio | held back | WER vs own offline | streamed WER | "
-             "offline WER |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| clip | implementation | chunks shifted | updates | commit latency median | p90 | behind median / max | "
+             "compute share | update median / p90 | encoder share | loop ratio | held back | WER vs own offline | "
+             "streamed WER | offline WER |", "|---|---|" + "---:|" * 13]
     for run in s["runs"]:
         for r in run["rows"]:
             encoder = r["encode_s"] / r["compute_s"] if r["compute_s"] else 0.0
-            lines.append(f"| {r['audio']} | {run['implementation']} | {r['updates']} | {_s(r['latency_median_s'])} | "
+            lines.append(f"| {r['audio']} | {run['implementation']} | {r['offset_s']:g} s | {r['updates']} | "
+                         f"{_s(r['latency_median_s'])} | "
                          f"{_s(r['latency_p90_s'])} | {_s(r['behind_median_s'])} / {_s(r['behind_max_s'])} | "
                          f"{r['compute_share']:.2f} | {_s(r['update_median_s'])} / {_s(r['update_p90_s'])} | "
                          f"{100 * encoder:.0f} % | {r['loop_ratio']:.2f} | {r['held_back']} | "
                          f"{_pct(r['wer_vs_offline'])} | {_pct(r['wer'])} | {_pct(r['offline_wer'])} |")
-    lines += ["", "Commit latency: when a word was committed minus when its audio ended. Behind: the seconds of "
+    lines += ["", "Chunks shifted: the stream's first chunk was this long, so that its chunk boundaries lie this "
+              "much later than the first stream's. "
+              "Commit latency: when a word was committed minus when its audio ended. Behind: the seconds of "
               "audio that had arrived and were not yet transcribed as each update ended. Compute share: seconds "
               "spent transcribing per second of audio (above 1 the stream falls behind); update: one update's "
               "seconds; encoder share: of the computing time, in the encoder (the rest: decoding, word "
@@ -159,7 +190,7 @@ def main_streaming(args, clips: list[Clip], impls: list[tuple[str, str]], device
         info(f"--- {implementation_label(backend, precision)} streaming {model} on {device} ---")
         spec = {"kind": "streaming", "backend": backend, "model": model, "device": device, "precision": precision,
                 "threads": None if backend == "max" else threads, "clips": [dataclasses.asdict(c) for c in clips],
-                "chunk_s": args.chunk, "options": decode_dict}
+                "chunk_s": args.chunk, "streams": args.streams, "options": decode_dict}
         worker = run_worker(spec, args.timeout)
         if worker.get("ok"):
             runs.append(worker)
@@ -168,7 +199,8 @@ def main_streaming(args, clips: list[Clip], impls: list[tuple[str, str]], device
     add_streaming_accuracy(runs)
     doc = {"schema_version": 1, "device": device, "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
            "machine": machine, "versions": vers,
-           "options": {"chunk_s": args.chunk, "threads": threads, "background_load": args.background_load,
+           "options": {"chunk_s": args.chunk, "streams": args.streams, "threads": threads,
+                       "background_load": args.background_load,
                        "decode": decode_dict},
            "streaming": {"model": model, "chunk_s": args.chunk, "runs": runs}, "failures": failures}
     write_mode_report(doc, streaming_markdown(doc), out_dir, stem)
