@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .api import SAMPLE_RATE, AudioError, DecodeOptions, MaxWhisperError
-from .formats import FORMATS, render
+from .formats import FORMATS, file_header, render
 
 EXIT_USER_ERROR = 2
 EXIT_FAILURE = 1
@@ -206,7 +206,9 @@ def add_transcribe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("audio", nargs="+", help="audio or video files (anything FFmpeg reads)")
     add_model_arguments(p)
     p.add_argument("--format", default="txt", choices=list(FORMATS),
-                   help="txt (default): the text; json: one JSON object per file per line; srt/vtt: subtitles")
+                   help="txt (default): the text; json: one JSON object per file per line; srt/vtt: subtitles; "
+                        "with several files, each file's txt, srt or vtt comes under a '==> FILE <==' line, as "
+                        "head and tail print several files")
     add_decode_arguments(p)
 
 
@@ -219,7 +221,7 @@ def run_transcribe(args: argparse.Namespace) -> int:
         raise
     except Exception as e:  # noqa: BLE001 - a backend failing to load is reported, not a traceback
         return _failure(f"could not load {args.model} on {args.backend}", e)
-    status = 0
+    status, printed = 0, False
     for path in args.audio:
         try:
             result = transcriber.transcribe(read_audio(path, args.max_seconds), options)
@@ -240,8 +242,12 @@ def run_transcribe(args: argparse.Namespace) -> int:
         for call in result.close_calls:
             info(f"note: {path}: {call}")
         text = render(result, args.format, audio=path)
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        text = text if text.endswith("\n") else text + "\n"
+        if len(args.audio) > 1 and args.format != "json":  # a json line names its file itself
+            text = ("\n" if printed else "") + file_header(path) + text
+        sys.stdout.write(text)
         sys.stdout.flush()
+        printed = True
     return status
 
 

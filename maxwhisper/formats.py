@@ -80,6 +80,11 @@ def to_json(result: TranscriptionResult, audio: str | None = None) -> str:
 WRITERS = {"txt": to_txt, "srt": to_srt, "vtt": to_vtt, "json": to_json}
 
 
+def file_header(path: str) -> str:
+    """The line that names a file's output among several files' output, as head and tail write it."""
+    return f"==> {path} <==\n"
+
+
 def render(result: TranscriptionResult, fmt: str, audio: str | None = None) -> str:
     """Text of `result` in format `fmt` (one of FORMATS)."""
     if fmt == "json":

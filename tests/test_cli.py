@@ -263,6 +263,36 @@ def test_audio_with_nothing_to_transcribe_is_refused_before_a_model_loads(capsys
         assert code == 2 and err == f"error: {path}: {message}\n", err
 
 
+class _Lengths:
+    """A transcriber whose text is the number of samples it was given (one segment)."""
+
+    def transcribe(self, audio, options):
+        text = f" {len(audio)} samples"
+        return TranscriptionResult(text=text, segments=[Segment(0, 0, 0.0, 1.0, text, (1,))], language="en",
+                                   backend="openai", model="tiny.en", device="cpu", precision="fp32",
+                                   audio_s=len(audio) / 16000, timings=Timings(total_s=0.5), options=options)
+
+
+@pytest.mark.parametrize("fmt, first", [("txt", "4800 samples\n"), ("srt", "1\n00:00:00,000 --> 00:00:01,000\n"),
+                                        ("vtt", "WEBVTT\n\n00:00.000 --> 00:01.000\n")])
+def test_several_files_each_come_under_their_name(capsys, monkeypatch, tmp_path, fmt, first):
+    """txt, srt and vtt have no place for a file's name: with several files each output comes under
+    '==> FILE <==', as head prints several files; one file's output is the file's alone."""
+    import maxwhisper.__main__ as cli_main
+
+    longer, short = _wav(tmp_path / "longer.wav", np.full(4800, 0.5)), _wav(tmp_path / "short.wav", np.full(3200, 0.5))
+    monkeypatch.setattr(cli_main, "load_transcriber", lambda args, backend: _Lengths())
+    assert cli_main.main(["transcribe", str(longer), str(short), "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    longer_part, short_part = out.split(f"\n==> {short} <==\n")
+    assert longer_part.startswith(f"==> {longer} <==\n{first}") and "3200 samples" in short_part, out
+    assert "3200" not in longer_part and "4800" not in short_part
+    assert cli_main.main(["transcribe", str(short), "--format", fmt]) == 0
+    assert "==>" not in capsys.readouterr().out
+    assert cli_main.main(["transcribe", str(longer), str(short), "--format", "json"]) == 0
+    assert [json.loads(line)["audio"] for line in capsys.readouterr().out.splitlines()] == [str(longer), str(short)]
+
+
 def test_a_token_beyond_the_loaded_model_s_vocabulary_is_a_clear_error():
     """51864 is a token of the multilingual models, not of tiny.en (51864 tokens): refused, not an IndexError."""
     p = cli("transcribe", JFK, "--backend", "openai", "--suppress-tokens", "51864", "--threads", "2")
