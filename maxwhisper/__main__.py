@@ -117,7 +117,8 @@ def add_model_arguments(p: argparse.ArgumentParser, backend: bool = True) -> Non
     g.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="default: fp32")
     g.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores)")
     g.add_argument("--no-kernels", dest="kernels", action="store_false",
-                   help="MAX: run the portable graphs (MAX's ops only, what a GPU runs) instead of the CPU's Mojo kernels")
+                   help="MAX: run the portable graphs (MAX's ops only, what a GPU runs) "
+                        "instead of the CPU's Mojo kernels")
 
 
 def add_decode_arguments(p: argparse.ArgumentParser) -> None:
