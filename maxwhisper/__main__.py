@@ -238,7 +238,7 @@ def run_transcribe(args: argparse.Namespace) -> int:
             status = max(status, _failure(f"{path}: transcription failed", e))
             continue
         tm = result.timings
-        info(f"{path}: {result.audio_s:.1f} s of audio in {tm.total_s:.2f} s ({result.rtf:.1f}x real time), "
+        info(f"{path}: {result.audio_s:.1f} s of audio in {tm.total_s:.2f} s ({result.rtfx:.1f}x real time), "
              f"language {result.language}")
         for call in result.close_calls:
             info(f"note: {path}: {call}")
@@ -298,8 +298,8 @@ def run_compare(args: argparse.Namespace) -> int:
             results = [t.transcribe(audio, options) for _ in range(args.runs)]
             total = statistics.median(r.timings.total_s for r in results)
             result = results[-1]
-            rtf = result.audio_s / total if total > 0 else float("inf")
-            row[4:6] = [f"{total:.3f}", f"{rtf:.1f}x"]
+            rtfx = result.audio_s / total if total > 0 else float("inf")
+            row[4:6] = [f"{total:.3f}", f"{rtfx:.1f}x"]
             row.append(" ".join(result.text.split()))
             del t
         except Exception as e:  # noqa: BLE001 - one backend's failure must not hide the others
@@ -310,8 +310,8 @@ def run_compare(args: argparse.Namespace) -> int:
             row = row[:6] + [f"ERROR {kind}{e}".replace("\n", " ")]
         rows.append(row)
     info(f"{args.audio}: {len(audio) / SAMPLE_RATE:.1f} s of audio, model {args.model}, "
-         f"{args.runs} run(s) after {args.warmup} warm-up")
-    print(_table(rows, ["backend", "device", "precision", "load+compile s", "total s", "rtf", "text"]))
+         f"{args.runs} run(s) after {args.warmup} warm-up; RTFx: audio seconds per processing second")
+    print(_table(rows, ["backend", "device", "precision", "load+compile s", "total s", "RTFx", "text"]))
     return EXIT_FAILURE if failed == len(backends) else 0
 
 

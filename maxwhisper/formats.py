@@ -71,7 +71,7 @@ def _finite(x):
 
 
 def to_json(result: TranscriptionResult, audio: str | None = None) -> str:
-    """One line: `result.to_dict()` (text, segments, timings with audio_s and rtf, options, ...) plus "audio"."""
+    """One line: `result.to_dict()` (text, segments, timings with audio_s and rtfx, options, ...) plus "audio"."""
     d = result.to_dict()
     d["audio"] = None if audio is None else str(audio)
     return json.dumps(_finite(d), ensure_ascii=False)

@@ -63,7 +63,7 @@ def test_three_transcripts_of_jfk(jfk_run):
         assert JFK in normalize(panel.text), backend
         assert "real time" in panel.summary
         assert panel.segments.startswith("[00:00.000 --> ")
-    assert isinstance(comparison.timing_figure, go.Figure) and isinstance(comparison.rtf_figure, go.Figure)
+    assert isinstance(comparison.timing_figure, go.Figure) and isinstance(comparison.rtfx_figure, go.Figure)
     assert [t.name for t in comparison.timing_figure.data] == ["features", "encode", "decode", "other"]
     assert "Once per model, not included: MAX Graph (this project): load" in comparison.timing_figure.layout.title.text
     assert "11.0 s of audio" in comparison.message and "Finished:" in comparison.message
@@ -235,7 +235,7 @@ def test_one_failing_implementation_does_not_hide_the_others(tmp_path):
     assert "WER 50.0 %, identical tokens" in panels["faster"].diff_html
     assert "<del" in panels["faster"].diff_html and "<ins" in panels["faster"].diff_html
     assert "Failed: MAX Graph" in comparison.message
-    assert [t.y for t in comparison.rtf_figure.data][0] == ("openai-whisper (PyTorch)", "faster-whisper (CTranslate2)")
+    assert [t.y for t in comparison.rtfx_figure.data][0] == ("openai-whisper (PyTorch)", "faster-whisper (CTranslate2)")
     other = next(t for t in comparison.timing_figure.data if t.name == "other")  # stages not measured
     assert other.x == pytest.approx((0.1, 0.1))
 
@@ -600,26 +600,38 @@ def test_a_failed_warm_up_is_a_failed_load(monkeypatch):
 # --- benchmarks and system tabs --------------------------------------------------------------
 
 def test_benchmarks_without_results(tmp_path):
-    text, table, rtf, stages = benchmark_view(tmp_path / "missing")
-    assert "No committed benchmark results yet" in text and table == [] and rtf is None and stages is None
+    text, table, rtfx, stages = benchmark_view(tmp_path / "missing")
+    assert "No committed benchmark results yet" in text and table == [] and rtfx is None and stages is None
+
+
+def test_benchmarks_read_older_files_that_name_rtfx_rtf(tmp_path):
+    """Files written before the column was named RTFx call it rtf, with the same value (audio seconds
+    per processing second): the tab shows it, not an empty column."""
+    row = {"audio": "jfk.flac", "audio_s": 11.0, "backend": "max", "model": "tiny.en", "device": "cpu",
+           "precision": "fp32", "total_s_median": 0.5, "rtf": 22.0}
+    (tmp_path / "cpu-old-2c.json").write_text(json.dumps({"results": [row]}))
+    _, table, rtfx, _ = benchmark_view(tmp_path)
+    assert table[0][list(BENCH_TABLE).index("rtfx")] == 22.0 and rtfx.data[0].y == (22.0,)
 
 
 def test_benchmarks_table_and_charts(tmp_path):
     row = {"audio": "jfk.flac", "audio_s": 11.0, "backend": "max", "model": "tiny.en", "device": "cpu",
-           "precision": "fp32", "total_s_median": 0.5, "rtf": 22.0, "load_s": 1.0, "compile_s": 6.0,
+           "precision": "fp32", "total_s_median": 0.5, "rtfx": 22.0, "load_s": 1.0, "compile_s": 6.0,
            "features_s": 0.05, "encode_s": 0.2, "decode_s": None, "wer": 0.0, "agreement": 1.0, "extra": "ignored"}
     doc = {"machine": {"cpu": "Xeon", "cores": 2, "gpus": [{"name": "x"}], "gpu": None},
            "versions": {"max": "26.7.0"}, "options": {"repeats": 3, "decode": {"beam_size": 1}},
-           "results": [row, {**row, "backend": "openai", "rtf": 2.5, "encode_s": None}]}
+           "results": [row, {**row, "backend": "openai", "rtfx": 2.5, "encode_s": None}]}
     (tmp_path / "cpu-xeon-2c.json").write_text(json.dumps(doc))
     (tmp_path / "broken.json").write_text("{not json")
-    text, table, rtf, stages = benchmark_view(tmp_path)
+    text, table, rtfx, stages = benchmark_view(tmp_path)
     assert "`cpu-xeon-2c.json`" in text and "cpu `Xeon`" in text and "cores `2`" in text
     assert "decode.beam_size `1`" in text and "max `26.7.0`" in text and "`broken.json` could not be read" in text
     assert len(table) == 2 and table[0][:4] == ["jfk.flac", "max · cpu · fp32", 0.5, 22.0]
     assert len(table[0]) == len(BENCH_TABLE)
-    assert [t.name for t in rtf.data] == ["max · cpu · fp32", "openai · cpu · fp32"]
-    assert [t.marker.color for t in rtf.data] == [BACKENDS["max"].color, BACKENDS["openai"].color]
+    assert [t.name for t in rtfx.data] == ["max · cpu · fp32", "openai · cpu · fp32"]
+    assert [t.marker.color for t in rtfx.data] == [BACKENDS["max"].color, BACKENDS["openai"].color]
+    assert [t.y for t in rtfx.data] == [(22.0,), (2.5,)]
+    assert "audio seconds per processing second" in rtfx.layout.title.text
     assert [t.name for t in stages.data] == ["features", "encode", "decode", "other"]
     assert stages.data[3].x == pytest.approx((0.25, 0.45))
     # the implementations are named on horizontal bars' rows, each bar tall enough to read its name
