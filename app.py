@@ -35,10 +35,10 @@ options, the same audio."""
 def build_demo(transcriptions: Transcriptions, max_seconds: float = 600.0,
                checks: checks_tab.ComponentChecks | None = None, choices: Choices | None = None) -> gr.Blocks:
     """The page: a status line over the five tabs. Its tabs transcribe only through `transcriptions`;
-    `checks` (default: checks that wait for no transcription) should share the turns of local
-    transcriptions, as `main`'s do; `choices` (default: this machine's) are the models, backends
-    and devices offered."""
-    checks = checks or checks_tab.ComponentChecks(Turns())
+    `checks` (default: checks that wait for no transcription, started by their button only, as in
+    the service's app) should share the turns of local transcriptions, as `main`'s do; `choices`
+    (default: this machine's) are the models, backends and devices offered."""
+    checks = checks or checks_tab.ComponentChecks(Turns(), start_after_warm_up=False)
     choices = choices or Choices.here()
 
     def busy() -> bool:

@@ -701,6 +701,15 @@ def test_each_tab_is_a_small_module_that_imports_no_other_tab():
         assert len(path.read_text().splitlines()) <= 400, path.name
 
 
+def test_a_page_whose_checks_nobody_starts_says_the_button_starts_them():
+    """build_demo's own checks (the service's app, `serve --ui`, has no warm-up to start them after)."""
+    import app
+
+    demo = app.build_demo(LocalTranscriptions(no_loading), max_seconds=60)
+    message = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "checks-message").value
+    assert "button" in message and "once the models are loaded" not in message, message
+
+
 def test_quiet_queue_without_gradio_s_private_queue(caplog):
     import app
 
