@@ -16,7 +16,8 @@ os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")  # offline compiles othe
 
 import gradio as gr  # noqa: E402
 
-from showcase.models import create_warmed_up, load_record_path, use_persistent_storage  # noqa: E402
+from maxwhisper.registry import create_warmed_up  # noqa: E402
+from showcase.models import load_record_path, use_persistent_storage  # noqa: E402
 
 use_persistent_storage()  # a Space's /data keeps MAX's compile cache: before max is imported
 

@@ -17,14 +17,15 @@ import plotly.graph_objects as go
 import pytest
 
 from maxwhisper.api import CloseCall, DecodeOptions, Segment, Timings, TranscriptionResult
-from maxwhisper.registry import BACKENDS, create_transcriber
+import maxwhisper.registry
+from maxwhisper.registry import BACKENDS, create_transcriber, create_warmed_up
 from maxwhisper.scoring import normalize
 import showcase.models
 from showcase.charts import BAR_PX
 from showcase.comparison import Comparison, run_comparison, watch
 from showcase.formatting import error_message, hide_paths
 from showcase.headlines import _times, benchmark_headline, run_headline
-from showcase.models import LOAD_RECORD, ModelCache, create_warmed_up, load_record_path, use_persistent_storage
+from showcase.models import LOAD_RECORD, ModelCache, load_record_path, use_persistent_storage
 from showcase.tabs import compare
 from showcase.tabs.benchmarks import BENCH_TABLE, benchmark_view
 from showcase.tabs.checks import CHECK_HEADERS, ComponentChecks, run_component_checks
@@ -587,13 +588,13 @@ def test_model_cache_does_not_keep_a_failed_load():
 
 
 def test_a_failed_warm_up_is_a_failed_load(monkeypatch):
-    monkeypatch.setattr(showcase.models, "create_transcriber",
+    monkeypatch.setattr(maxwhisper.registry, "create_transcriber",
                         lambda backend, **kw: FakeTranscriber(backend, error=RuntimeError("no kernel")))
     cache = ModelCache(create_warmed_up)
     with pytest.raises(RuntimeError, match="no kernel"):
         cache.get("max", "fake", "cpu")
     assert "✗ MAX Graph (this project) · fake · cpu failed: RuntimeError: no kernel" in cache.status()
-    monkeypatch.setattr(showcase.models, "create_transcriber", lambda backend, **kw: FakeTranscriber(backend))
+    monkeypatch.setattr(maxwhisper.registry, "create_transcriber", lambda backend, **kw: FakeTranscriber(backend))
     assert create_warmed_up("max").backend == "max"
 
 

@@ -278,6 +278,33 @@ def test_the_serve_command_answers_the_openai_client_and_stops_on_ctrl_c(tmp_pat
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
 
 
+def test_a_replica_warms_up_as_the_app_s_models_do(monkeypatch):
+    """Before its first request a model replica's transcriber has had the app's untimed first call
+    (`registry.create_warmed_up`: one transcription of 1 s of silence), so that no first-call cost
+    lands in the first comparison of `serve --ui`."""
+    import maxwhisper.registry
+    from maxwhisper.service.deployments import ModelServer
+    from showcase.transcriptions import LocalTranscriptions
+
+    heard = []
+
+    class Recorder:
+        load_s = compile_s = 0.0
+        device = "cpu"
+
+        def __init__(self, backend):
+            self.backend = backend
+
+        def transcribe(self, audio, *args, **kwargs):
+            heard.append((self.backend, len(audio), float(np.abs(audio).max())))
+
+    monkeypatch.setattr(maxwhisper.registry, "create_transcriber", lambda backend, **kw: Recorder(backend))
+    server = ModelServer("faster", "tiny.en", "cpu", "fp32", 1)
+    server.pool.shutdown()
+    LocalTranscriptions().models.get("faster", "tiny.en", "cpu")  # the app's
+    assert heard == [("faster", 16000, 0.0)] * 2
+
+
 def test_audio_and_options_are_refused_as_the_command_line_refuses_them():
     """The library's checks (`audio.check_transcribable`, `DecodeOptions`) as OpenAI errors: the
     reason becomes the code, the option at fault the param."""
