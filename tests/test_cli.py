@@ -147,7 +147,7 @@ def test_missing_file():
 
 def test_bad_model():
     p = cli("transcribe", JFK, "--backend", "openai", "--model", "tiny.xx")
-    assert_clean_error(p, "tiny.xx", "tiny.en")
+    assert_clean_error(p, "tiny.xx", "use one of base, tiny.en, a CTranslate2 model folder")
     assert p.returncode == 2
 
 
