@@ -16,7 +16,8 @@ os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")  # offline compiles othe
 
 import gradio as gr  # noqa: E402
 
-from showcase.models import create_warmed_up, load_record_path, use_persistent_storage  # noqa: E402
+from maxwhisper.registry import create_warmed_up  # noqa: E402
+from showcase.models import load_record_path, use_persistent_storage  # noqa: E402
 
 use_persistent_storage()  # a Space's /data keeps MAX's compile cache: before max is imported
 
@@ -35,10 +36,10 @@ options, the same audio."""
 def build_demo(transcriptions: Transcriptions, max_seconds: float = 600.0,
                checks: checks_tab.ComponentChecks | None = None, choices: Choices | None = None) -> gr.Blocks:
     """The page: a status line over the five tabs. Its tabs transcribe only through `transcriptions`;
-    `checks` (default: checks that wait for no transcription) should share the turns of local
-    transcriptions, as `main`'s do; `choices` (default: this machine's) are the models, backends
-    and devices offered."""
-    checks = checks or checks_tab.ComponentChecks(Turns())
+    `checks` (default: checks that wait for no transcription, started by their button only, as in
+    the service's app) should share the turns of local transcriptions, as `main`'s do; `choices`
+    (default: this machine's) are the models, backends and devices offered."""
+    checks = checks or checks_tab.ComponentChecks(Turns(), start_after_warm_up=False)
     choices = choices or Choices.here()
 
     def busy() -> bool:

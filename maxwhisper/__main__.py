@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .api import SAMPLE_RATE, AudioError, DecodeOptions, MaxWhisperError
-from .formats import FORMATS, render
+from .formats import FORMATS, file_header, render
 
 EXIT_USER_ERROR = 2
 EXIT_FAILURE = 1
@@ -117,7 +117,8 @@ def add_model_arguments(p: argparse.ArgumentParser, backend: bool = True) -> Non
     g.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="default: fp32")
     g.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores)")
     g.add_argument("--no-kernels", dest="kernels", action="store_false",
-                   help="MAX: run the portable graphs (MAX's ops only, what a GPU runs) instead of the CPU's Mojo kernels")
+                   help="MAX: run the portable graphs (MAX's ops only, what a GPU runs) "
+                        "instead of the CPU's Mojo kernels")
 
 
 def add_decode_arguments(p: argparse.ArgumentParser) -> None:
@@ -206,7 +207,9 @@ def add_transcribe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("audio", nargs="+", help="audio or video files (anything FFmpeg reads)")
     add_model_arguments(p)
     p.add_argument("--format", default="txt", choices=list(FORMATS),
-                   help="txt (default): the text; json: one JSON object per file per line; srt/vtt: subtitles")
+                   help="txt (default): the text; json: one JSON object per file per line; srt/vtt: subtitles; "
+                        "with several files, each file's txt, srt or vtt comes under a '==> FILE <==' line, as "
+                        "head and tail print several files")
     add_decode_arguments(p)
 
 
@@ -219,7 +222,7 @@ def run_transcribe(args: argparse.Namespace) -> int:
         raise
     except Exception as e:  # noqa: BLE001 - a backend failing to load is reported, not a traceback
         return _failure(f"could not load {args.model} on {args.backend}", e)
-    status = 0
+    status, printed = 0, False
     for path in args.audio:
         try:
             result = transcriber.transcribe(read_audio(path, args.max_seconds), options)
@@ -235,13 +238,17 @@ def run_transcribe(args: argparse.Namespace) -> int:
             status = max(status, _failure(f"{path}: transcription failed", e))
             continue
         tm = result.timings
-        info(f"{path}: {result.audio_s:.1f} s of audio in {tm.total_s:.2f} s ({result.rtf:.1f}x real time), "
+        info(f"{path}: {result.audio_s:.1f} s of audio in {tm.total_s:.2f} s ({result.rtfx:.1f}x real time), "
              f"language {result.language}")
         for call in result.close_calls:
             info(f"note: {path}: {call}")
         text = render(result, args.format, audio=path)
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        text = text if text.endswith("\n") else text + "\n"
+        if len(args.audio) > 1 and args.format != "json":  # a json line names its file itself
+            text = ("\n" if printed else "") + file_header(path) + text
+        sys.stdout.write(text)
         sys.stdout.flush()
+        printed = True
     return status
 
 
@@ -291,8 +298,8 @@ def run_compare(args: argparse.Namespace) -> int:
             results = [t.transcribe(audio, options) for _ in range(args.runs)]
             total = statistics.median(r.timings.total_s for r in results)
             result = results[-1]
-            rtf = result.audio_s / total if total > 0 else float("inf")
-            row[4:6] = [f"{total:.3f}", f"{rtf:.1f}x"]
+            rtfx = result.audio_s / total if total > 0 else float("inf")
+            row[4:6] = [f"{total:.3f}", f"{rtfx:.1f}x"]
             row.append(" ".join(result.text.split()))
             del t
         except Exception as e:  # noqa: BLE001 - one backend's failure must not hide the others
@@ -303,8 +310,8 @@ def run_compare(args: argparse.Namespace) -> int:
             row = row[:6] + [f"ERROR {kind}{e}".replace("\n", " ")]
         rows.append(row)
     info(f"{args.audio}: {len(audio) / SAMPLE_RATE:.1f} s of audio, model {args.model}, "
-         f"{args.runs} run(s) after {args.warmup} warm-up")
-    print(_table(rows, ["backend", "device", "precision", "load+compile s", "total s", "rtf", "text"]))
+         f"{args.runs} run(s) after {args.warmup} warm-up; RTFx: audio seconds per processing second")
+    print(_table(rows, ["backend", "device", "precision", "load+compile s", "total s", "RTFx", "text"]))
     return EXIT_FAILURE if failed == len(backends) else 0
 
 

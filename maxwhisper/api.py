@@ -295,8 +295,9 @@ class TranscriptionResult:
     close_calls: tuple[CloseCall, ...] = ()  # threshold decisions within rounding of the threshold
 
     @property
-    def rtf(self) -> float:
-        """Real-time factor: seconds of audio per second of processing (higher is faster)."""
+    def rtfx(self) -> float:
+        """RTFx, the inverse real-time factor (as the Open ASR Leaderboard names it): seconds of audio
+        per second of processing, higher is faster; the real-time factor (RTF) is its inverse."""
         return self.audio_s / self.timings.total_s if self.timings.total_s > 0 else float("inf")
 
     @property
@@ -306,7 +307,7 @@ class TranscriptionResult:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["timings"]["audio_s"] = self.audio_s
-        d["timings"]["rtf"] = self.rtf
+        d["timings"]["rtfx"] = self.rtfx
         d["options"]["temperature"] = list(self.options.temperature)
         return d
 

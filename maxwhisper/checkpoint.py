@@ -128,7 +128,8 @@ def load_checkpoint(model: str) -> Checkpoint:
     if path.is_file() and path.suffix == ".pt":
         return load_pt(path)
     raise ModelError(
-        f"unknown model {model!r}: use one of {sorted(MODELS)}, a CTranslate2 model folder, or an openai-whisper .pt file"
+        f"unknown model {model!r}: use one of {', '.join(sorted(MODELS))}, a CTranslate2 model folder, "
+        "or an openai-whisper .pt file"
     )
 
 

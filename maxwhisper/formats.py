@@ -71,13 +71,18 @@ def _finite(x):
 
 
 def to_json(result: TranscriptionResult, audio: str | None = None) -> str:
-    """One line: `result.to_dict()` (text, segments, timings with audio_s and rtf, options, ...) plus "audio"."""
+    """One line: `result.to_dict()` (text, segments, timings with audio_s and rtfx, options, ...) plus "audio"."""
     d = result.to_dict()
     d["audio"] = None if audio is None else str(audio)
     return json.dumps(_finite(d), ensure_ascii=False)
 
 
 WRITERS = {"txt": to_txt, "srt": to_srt, "vtt": to_vtt, "json": to_json}
+
+
+def file_header(path: str) -> str:
+    """The line that names a file's output among several files' output, as head and tail write it."""
+    return f"==> {path} <==\n"
 
 
 def render(result: TranscriptionResult, fmt: str, audio: str | None = None) -> str:

@@ -96,3 +96,17 @@ def create_transcriber(backend: str, model: str = "tiny.en", device: str = "auto
     options = {"kernels": kernels, "max_batch": max_batch} if backend == "max" else {}
     return getattr(importlib.import_module(b.module), b.cls)(model=model, device=device, precision=precision,
                                                              threads=threads, **options)
+
+
+def create_warmed_up(backend: str, **kwargs) -> Transcriber:
+    """`create_transcriber`, then one transcription of 1 s of silence, so that no implementation's
+    first-call costs land in a timed transcription (the app's models, the service's replicas); a
+    failure of that transcription is raised. MAX's first graph call also gives the thread its runtime
+    starts a coarse timer slack (`graph.model.timer_slack`)."""
+    import numpy as np
+
+    from .audio import SAMPLE_RATE
+
+    transcriber = create_transcriber(backend, **kwargs)
+    transcriber.transcribe(np.zeros(SAMPLE_RATE, np.float32))
+    return transcriber

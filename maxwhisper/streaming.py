@@ -215,7 +215,8 @@ class Streamer:
                  for s in kept for w in (s.words or ())]
         self.segment_ends = [self.buffer_start + s.end for s in kept]
         self.held_back = (None if failed == len(result.segments) else
-                          (self.buffer_start + result.segments[failed].start, self.buffer_start + result.segments[failed].end))
+                          (self.buffer_start + result.segments[failed].start,
+                           self.buffer_start + result.segments[failed].end))
         heard_until = self.buffer_start + min(heard, self.audible or heard) / SAMPLE_RATE
         committed = self.policy.update(words, heard_until)
         committed += self._trim()

@@ -1,6 +1,6 @@
-"""The app's Plotly charts: this run's time by stage and real-time factor per implementation (the
-Transcribe & compare tab), the committed results' speed and stages (the Benchmarks tab). Each
-implementation keeps its colour in every chart."""
+"""The app's Plotly charts: this run's time by stage and RTFx (audio seconds per processing second)
+per implementation (the Transcribe & compare tab), the committed results' speed and stages (the
+Benchmarks tab). Each implementation keeps its colour in every chart."""
 from __future__ import annotations
 
 import plotly.graph_objects as go
@@ -47,28 +47,29 @@ def timing_figure(results: dict[str, TranscriptionResult]) -> go.Figure:
     return fig
 
 
-def rtf_figure(results: dict[str, TranscriptionResult]) -> go.Figure:
+def rtfx_figure(results: dict[str, TranscriptionResult]) -> go.Figure:
     backends = list(results)
-    rtf = [r.rtf for r in results.values()]
-    fig = go.Figure(go.Bar(y=[label(b) for b in backends], x=rtf, orientation="h", text=[f"{x:.1f}×" for x in rtf],
-                           textposition="auto", marker_color=[color(b) for b in backends]))
-    fig.update_layout(title="Real-time factor (audio s per processing s; higher is faster)",
+    rtfx = [r.rtfx for r in results.values()]
+    fig = go.Figure(go.Bar(y=[label(b) for b in backends], x=rtfx, orientation="h",
+                           text=[f"{x:.1f}×" for x in rtfx], textposition="auto",
+                           marker_color=[color(b) for b in backends]))
+    fig.update_layout(title="RTFx: audio seconds per processing second (higher is faster)",
                       height=170 + 45 * len(backends), margin=dict(l=10, r=10, t=70, b=10))
     fig.update_yaxes(autorange="reversed")
     _backend_axis(fig, backends)
     return fig
 
 
-def bench_rtf_figure(rows: list[tuple[str, dict]]) -> go.Figure:
-    """Real-time factor per clip, a bar per implementation in its colour (hatched: not fp32)."""
+def bench_rtfx_figure(rows: list[tuple[str, dict]]) -> go.Figure:
+    """RTFx (audio s per processing s) per clip, a bar per implementation in its colour (hatched: not fp32)."""
     fig = go.Figure()
     for name in dict.fromkeys(name for name, _ in rows):
         mine = [r for n, r in rows if n == name]
-        fig.add_bar(name=name, x=[r["audio"] for r in mine], y=[r["rtf"] for r in mine],
+        fig.add_bar(name=name, x=[r["audio"] for r in mine], y=[r["rtfx"] for r in mine],
                     marker_color=color(mine[0]["backend"]),
                     marker_pattern_shape="" if mine[0]["precision"] == "fp32" else "/",
-                    text=[f"{r['rtf']:.1f}×" if isinstance(r["rtf"], (int, float)) else "" for r in mine])
-    fig.update_layout(title="Real-time factor (higher is faster)", barmode="group", height=420,
+                    text=[f"{r['rtfx']:.1f}×" if isinstance(r["rtfx"], (int, float)) else "" for r in mine])
+    fig.update_layout(title="RTFx: audio seconds per processing second (higher is faster)", barmode="group", height=420,
                       yaxis_title="audio seconds per second", margin=dict(l=10, r=10, t=60, b=10))
     return fig
 

@@ -25,7 +25,7 @@ from maxwhisper.registry import BACKENDS
 from maxwhisper.scoring import word_diff
 
 from .audio_checks import check_audio
-from .charts import rtf_figure, timing_figure
+from .charts import rtfx_figure, timing_figure
 from .formatting import error_message, label, load_text
 from .headlines import run_headline
 from .transcriptions import Cancelled, Transcriptions
@@ -64,7 +64,7 @@ class Panel:
     backend: str
     result: TranscriptionResult | None = None
     error: str | None = None
-    summary: str = ""  # Markdown: time, real-time factor, stages, device
+    summary: str = ""  # Markdown: time, times real time (RTFx), stages, device
     text: str = ""  # the transcript
     segments: str = ""  # one "[start --> end] text" line per segment
     diff_html: str = ""  # against the reference implementation and the user's reference text
@@ -77,7 +77,7 @@ class Comparison:
     message: str  # Markdown status: the input error, or what was run
     panels: dict[str, Panel] = field(default_factory=dict)  # backend -> panel, in the registry's order
     timing_figure: go.Figure | None = None
-    rtf_figure: go.Figure | None = None
+    rtfx_figure: go.Figure | None = None
     headline: str = ""  # Markdown: how MAX compared on this audio
 
 
@@ -153,7 +153,7 @@ def _assemble(panels: dict[str, Panel], n_samples: int, model: str, device: str,
         message += " No speech was found in this audio: there was nothing to transcribe."
     panels = {b: dataclasses.replace(p, files=list(p.files)) for b, p in panels.items()}  # a snapshot
     return Comparison(message, panels, timing_figure(results) if results else None,
-                      rtf_figure(results) if results else None,
+                      rtfx_figure(results) if results else None,
                       "" if pending else run_headline(results, next((p.shared_cpu for p in panels.values()
                                                                       if p.shared_cpu), "")))
 
@@ -215,7 +215,7 @@ def _fill_panel(panel: Panel, ref: TranscriptionResult | None, ref_backend: str 
                         if value is not None)
     once = load_text(tm.load_s, tm.compile_s)
     language = r.language + (f" ({100 * r.language_probability:.1f} %)" if r.language_probability is not None else "")
-    panel.summary = (f"**{tm.total_s:.2f} s — {r.rtf:.1f}× real time**  \n{stages}  \n"
+    panel.summary = (f"**{tm.total_s:.2f} s — {r.rtfx:.1f}× real time**  \n{stages}  \n"
                      f"{r.device} · {r.precision} · language {language} · model {once} (once)")
     if panel.shared_cpu:
         panel.summary += f"  \n⚠ measured while {panel.shared_cpu} ran in the background: slower than usual"

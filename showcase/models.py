@@ -1,5 +1,6 @@
 """Transcribers loaded once and kept (`ModelCache`), each warmed up by a first transcription
-(`create_warmed_up`), and where MAX's compile cache and the record of load times live.
+(`maxwhisper.registry.create_warmed_up`, as the service's replicas), and where MAX's compile cache
+and the record of load times live.
 
 `ModelCache` keeps, per (backend, model, device, precision), one transcriber for the process, with
 a status line for people while it loads (the first MAX compile takes minutes on a CPU) and the time
@@ -7,21 +8,15 @@ each load took, kept beside MAX's compile cache for the next start.
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import math
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
-from maxwhisper.audio import SAMPLE_RATE
 from maxwhisper.registry import BACKENDS, create_transcriber
 
 from .formatting import error_message, label, load_text
@@ -46,40 +41,6 @@ def use_persistent_storage(data: Path = Path("/data")) -> None:
     MODULAR_CACHE_DIR wins."""
     if "MODULAR_CACHE_DIR" not in os.environ and data.is_dir() and os.access(data, os.W_OK):
         os.environ["MODULAR_CACHE_DIR"] = str(data / "modular")
-
-
-PR_SET_TIMERSLACK = 29  # prctl option (linux/prctl.h)
-POLLER_SLACK_NS = 20_000_000
-
-
-def create_warmed_up(backend: str, **kwargs):
-    """`create_transcriber`, then one transcription of 1 s of silence, so that no implementation's
-    first-call costs land in a visitor's timings; a failure of that transcription is raised.
-
-    It runs in a thread with a 20 ms timer slack: MAX's runtime starts a thread at the process's
-    first execution that wakes every 100 µs for as long as the process lives, whatever max's
-    settings. A thread inherits its creator's timer slack, which lets the kernel batch those
-    wake-ups; the threads that run transcriptions keep the default slack.
-    """
-    transcriber = create_transcriber(backend, **kwargs)
-
-    def first_call():
-        _set_timer_slack(POLLER_SLACK_NS)
-        transcriber.transcribe(np.zeros(SAMPLE_RATE, np.float32))
-
-    with ThreadPoolExecutor(1, thread_name_prefix="maxwhisper-first-call") as pool:
-        pool.submit(first_call).result()
-    return transcriber
-
-
-def _set_timer_slack(ns: int) -> None:
-    """The calling thread's timer slack (Linux's prctl); nothing where there is none."""
-    if sys.platform != "linux":
-        return
-    try:
-        ctypes.CDLL(None).prctl(PR_SET_TIMERSLACK, ctypes.c_ulong(ns), 0, 0, 0)
-    except (OSError, AttributeError):
-        log.debug("no prctl: the default timer slack stays")
 
 
 class ModelCache:

@@ -16,9 +16,10 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from maxwhisper.api import SAMPLE_RATE, DecodeOptions, Transcriber, TranscriptionResult
+from maxwhisper.registry import create_warmed_up
 
 from .formatting import label
-from .models import ModelCache, create_warmed_up
+from .models import ModelCache
 from .turns import Turns
 
 WINDOW_S = 30  # Whisper transcribes in 30 s windows

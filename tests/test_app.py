@@ -17,14 +17,15 @@ import plotly.graph_objects as go
 import pytest
 
 from maxwhisper.api import CloseCall, DecodeOptions, Segment, Timings, TranscriptionResult
-from maxwhisper.registry import BACKENDS, create_transcriber
+import maxwhisper.registry
+from maxwhisper.registry import BACKENDS, create_transcriber, create_warmed_up
 from maxwhisper.scoring import normalize
 import showcase.models
 from showcase.charts import BAR_PX
 from showcase.comparison import Comparison, run_comparison, watch
 from showcase.formatting import error_message, hide_paths
 from showcase.headlines import _times, benchmark_headline, run_headline
-from showcase.models import LOAD_RECORD, ModelCache, create_warmed_up, load_record_path, use_persistent_storage
+from showcase.models import LOAD_RECORD, ModelCache, load_record_path, use_persistent_storage
 from showcase.tabs import compare
 from showcase.tabs.benchmarks import BENCH_TABLE, benchmark_view
 from showcase.tabs.checks import CHECK_HEADERS, ComponentChecks, run_component_checks
@@ -63,7 +64,7 @@ def test_three_transcripts_of_jfk(jfk_run):
         assert JFK in normalize(panel.text), backend
         assert "real time" in panel.summary
         assert panel.segments.startswith("[00:00.000 --> ")
-    assert isinstance(comparison.timing_figure, go.Figure) and isinstance(comparison.rtf_figure, go.Figure)
+    assert isinstance(comparison.timing_figure, go.Figure) and isinstance(comparison.rtfx_figure, go.Figure)
     assert [t.name for t in comparison.timing_figure.data] == ["features", "encode", "decode", "other"]
     assert "Once per model, not included: MAX Graph (this project): load" in comparison.timing_figure.layout.title.text
     assert "11.0 s of audio" in comparison.message and "Finished:" in comparison.message
@@ -235,7 +236,7 @@ def test_one_failing_implementation_does_not_hide_the_others(tmp_path):
     assert "WER 50.0 %, identical tokens" in panels["faster"].diff_html
     assert "<del" in panels["faster"].diff_html and "<ins" in panels["faster"].diff_html
     assert "Failed: MAX Graph" in comparison.message
-    assert [t.y for t in comparison.rtf_figure.data][0] == ("openai-whisper (PyTorch)", "faster-whisper (CTranslate2)")
+    assert [t.y for t in comparison.rtfx_figure.data][0] == ("openai-whisper (PyTorch)", "faster-whisper (CTranslate2)")
     other = next(t for t in comparison.timing_figure.data if t.name == "other")  # stages not measured
     assert other.x == pytest.approx((0.1, 0.1))
 
@@ -587,39 +588,51 @@ def test_model_cache_does_not_keep_a_failed_load():
 
 
 def test_a_failed_warm_up_is_a_failed_load(monkeypatch):
-    monkeypatch.setattr(showcase.models, "create_transcriber",
+    monkeypatch.setattr(maxwhisper.registry, "create_transcriber",
                         lambda backend, **kw: FakeTranscriber(backend, error=RuntimeError("no kernel")))
     cache = ModelCache(create_warmed_up)
     with pytest.raises(RuntimeError, match="no kernel"):
         cache.get("max", "fake", "cpu")
     assert "✗ MAX Graph (this project) · fake · cpu failed: RuntimeError: no kernel" in cache.status()
-    monkeypatch.setattr(showcase.models, "create_transcriber", lambda backend, **kw: FakeTranscriber(backend))
+    monkeypatch.setattr(maxwhisper.registry, "create_transcriber", lambda backend, **kw: FakeTranscriber(backend))
     assert create_warmed_up("max").backend == "max"
 
 
 # --- benchmarks and system tabs --------------------------------------------------------------
 
 def test_benchmarks_without_results(tmp_path):
-    text, table, rtf, stages = benchmark_view(tmp_path / "missing")
-    assert "No committed benchmark results yet" in text and table == [] and rtf is None and stages is None
+    text, table, rtfx, stages = benchmark_view(tmp_path / "missing")
+    assert "No committed benchmark results yet" in text and table == [] and rtfx is None and stages is None
+
+
+def test_benchmarks_read_older_files_that_name_rtfx_rtf(tmp_path):
+    """Files written before the column was named RTFx call it rtf, with the same value (audio seconds
+    per processing second): the tab shows it, not an empty column."""
+    row = {"audio": "jfk.flac", "audio_s": 11.0, "backend": "max", "model": "tiny.en", "device": "cpu",
+           "precision": "fp32", "total_s_median": 0.5, "rtf": 22.0}
+    (tmp_path / "cpu-old-2c.json").write_text(json.dumps({"results": [row]}))
+    _, table, rtfx, _ = benchmark_view(tmp_path)
+    assert table[0][list(BENCH_TABLE).index("rtfx")] == 22.0 and rtfx.data[0].y == (22.0,)
 
 
 def test_benchmarks_table_and_charts(tmp_path):
     row = {"audio": "jfk.flac", "audio_s": 11.0, "backend": "max", "model": "tiny.en", "device": "cpu",
-           "precision": "fp32", "total_s_median": 0.5, "rtf": 22.0, "load_s": 1.0, "compile_s": 6.0,
+           "precision": "fp32", "total_s_median": 0.5, "rtfx": 22.0, "load_s": 1.0, "compile_s": 6.0,
            "features_s": 0.05, "encode_s": 0.2, "decode_s": None, "wer": 0.0, "agreement": 1.0, "extra": "ignored"}
     doc = {"machine": {"cpu": "Xeon", "cores": 2, "gpus": [{"name": "x"}], "gpu": None},
            "versions": {"max": "26.7.0"}, "options": {"repeats": 3, "decode": {"beam_size": 1}},
-           "results": [row, {**row, "backend": "openai", "rtf": 2.5, "encode_s": None}]}
+           "results": [row, {**row, "backend": "openai", "rtfx": 2.5, "encode_s": None}]}
     (tmp_path / "cpu-xeon-2c.json").write_text(json.dumps(doc))
     (tmp_path / "broken.json").write_text("{not json")
-    text, table, rtf, stages = benchmark_view(tmp_path)
+    text, table, rtfx, stages = benchmark_view(tmp_path)
     assert "`cpu-xeon-2c.json`" in text and "cpu `Xeon`" in text and "cores `2`" in text
     assert "decode.beam_size `1`" in text and "max `26.7.0`" in text and "`broken.json` could not be read" in text
     assert len(table) == 2 and table[0][:4] == ["jfk.flac", "max · cpu · fp32", 0.5, 22.0]
     assert len(table[0]) == len(BENCH_TABLE)
-    assert [t.name for t in rtf.data] == ["max · cpu · fp32", "openai · cpu · fp32"]
-    assert [t.marker.color for t in rtf.data] == [BACKENDS["max"].color, BACKENDS["openai"].color]
+    assert [t.name for t in rtfx.data] == ["max · cpu · fp32", "openai · cpu · fp32"]
+    assert [t.marker.color for t in rtfx.data] == [BACKENDS["max"].color, BACKENDS["openai"].color]
+    assert [t.y for t in rtfx.data] == [(22.0,), (2.5,)]
+    assert "audio seconds per processing second" in rtfx.layout.title.text
     assert [t.name for t in stages.data] == ["features", "encode", "decode", "other"]
     assert stages.data[3].x == pytest.approx((0.25, 0.45))
     # the implementations are named on horizontal bars' rows, each bar tall enough to read its name
@@ -687,6 +700,15 @@ def test_each_tab_is_a_small_module_that_imports_no_other_tab():
                 assert not any(a.name.startswith("showcase.tabs") for a in node.names), tab
     for path in [root / "app.py", *(root / "showcase").rglob("*.py")]:
         assert len(path.read_text().splitlines()) <= 400, path.name
+
+
+def test_a_page_whose_checks_nobody_starts_says_the_button_starts_them():
+    """build_demo's own checks (the service's app, `serve --ui`, has no warm-up to start them after)."""
+    import app
+
+    demo = app.build_demo(LocalTranscriptions(no_loading), max_seconds=60)
+    message = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "checks-message").value
+    assert "button" in message and "once the models are loaded" not in message, message
 
 
 def test_quiet_queue_without_gradio_s_private_queue(caplog):

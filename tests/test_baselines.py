@@ -84,9 +84,9 @@ def test_timings_filled_and_consistent(request, which):
     assert t.features_s > 0 and t.encode_s > 0 and t.decode_s >= 0 and t.total_s > 0
     assert t.total_s >= t.encode_s + t.features_s
     assert t.decode_s == pytest.approx(t.total_s - t.encode_s - t.features_s, abs=1e-9)
-    assert result.rtf == pytest.approx(result.audio_s / t.total_s)
+    assert result.rtfx == pytest.approx(result.audio_s / t.total_s)
     d = result.to_dict()
-    assert d["timings"]["rtf"] == pytest.approx(result.rtf) and d["backend"] == result.backend
+    assert d["timings"]["rtfx"] == pytest.approx(result.rtfx) and d["backend"] == result.backend
 
 
 def test_same_weights_and_same_tokens(openai_tiny, faster_tiny, openai_jfk, faster_jfk):

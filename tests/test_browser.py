@@ -119,7 +119,7 @@ def test_upload_run_and_read_results(app):
         for backend in ("max", "openai", "faster"):
             text = page.locator(f"#text-{backend} textarea").input_value()
             assert JFK in normalize(text), f"{backend}: {page.locator(f'#summary-{backend}').inner_text()}"
-        for plot in ("#timing-plot", "#rtf-plot"):
+        for plot in ("#timing-plot", "#rtfx-plot"):
             expect(page.locator(f"{plot} .js-plotly-plot")).to_be_visible(timeout=60_000)
         expect(message).to_contain_text("11.0 s of audio")
         expect(headline).to_contain_text(re.compile(r"On this 11\.0 s of audio, MAX Graph took [\d.]+ s: .*"

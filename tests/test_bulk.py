@@ -406,7 +406,7 @@ def test_the_command_says_which_files_failed_and_a_model_that_cannot_load_stops_
     monkeypatch.chdir(archive.parent)
     assert main(["transcribe-many", "archive/bad", "--output", str(tmp_path / "bad"), "--backend", "faster"]) == 1
     err = capsys.readouterr().err
-    assert "3 files: 0 transcribed, 3 failed, 0 already done" in err and "Traceback" not in err
+    assert "3 files: 0 transcribed, 3 failed, 0 already done; 0.0 min of audio in" in err and "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 3 and all(any(message in line for line in errors) for message in BAD.values())
     assert str(archive) not in err

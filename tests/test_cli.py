@@ -38,7 +38,7 @@ def assert_clean_error(p: subprocess.CompletedProcess, *needles: str) -> None:
 
 # --- transcribe -----------------------------------------------------------------------------
 
-TIMING_KEYS = {"load_s", "compile_s", "features_s", "encode_s", "decode_s", "total_s", "audio_s", "rtf"}
+TIMING_KEYS = {"load_s", "compile_s", "features_s", "encode_s", "decode_s", "total_s", "audio_s", "rtfx"}
 
 
 def test_openai_json_two_files():
@@ -55,7 +55,7 @@ def test_openai_json_two_files():
         assert d["language"] == "en" and d["audio_s"] == pytest.approx(11.0, abs=0.01)
         assert TIMING_KEYS <= set(d["timings"])
         t = d["timings"]
-        assert t["total_s"] > 0 and t["rtf"] == pytest.approx(t["audio_s"] / t["total_s"])
+        assert t["total_s"] > 0 and t["rtfx"] == pytest.approx(t["audio_s"] / t["total_s"])
         assert t["total_s"] >= t["features_s"] + t["encode_s"]
         assert d["segments"] and {"start", "end", "text", "tokens"} <= set(d["segments"][0])
         assert d["options"]["beam_size"] == 1
@@ -92,7 +92,7 @@ def test_compare_table_shows_errors_in_their_row():
     assert p.returncode == 0, p.stderr
     assert "Traceback" not in p.stderr
     lines = p.stdout.strip().splitlines()
-    assert lines[0].split()[:3] == ["backend", "device", "precision"]
+    assert lines[0].split()[:3] == ["backend", "device", "precision"] and "RTFx" in lines[0]
     rows = {l.split()[0]: l for l in lines[2:]}
     assert set(rows) == {"openai", "faster"}
     assert "ERROR" in rows["openai"] and "int8" in rows["openai"]
@@ -147,7 +147,7 @@ def test_missing_file():
 
 def test_bad_model():
     p = cli("transcribe", JFK, "--backend", "openai", "--model", "tiny.xx")
-    assert_clean_error(p, "tiny.xx", "tiny.en")
+    assert_clean_error(p, "tiny.xx", "use one of base, tiny.en, a CTranslate2 model folder")
     assert p.returncode == 2
 
 
@@ -263,6 +263,36 @@ def test_audio_with_nothing_to_transcribe_is_refused_before_a_model_loads(capsys
         assert code == 2 and err == f"error: {path}: {message}\n", err
 
 
+class _Lengths:
+    """A transcriber whose text is the number of samples it was given (one segment)."""
+
+    def transcribe(self, audio, options):
+        text = f" {len(audio)} samples"
+        return TranscriptionResult(text=text, segments=[Segment(0, 0, 0.0, 1.0, text, (1,))], language="en",
+                                   backend="openai", model="tiny.en", device="cpu", precision="fp32",
+                                   audio_s=len(audio) / 16000, timings=Timings(total_s=0.5), options=options)
+
+
+@pytest.mark.parametrize("fmt, first", [("txt", "4800 samples\n"), ("srt", "1\n00:00:00,000 --> 00:00:01,000\n"),
+                                        ("vtt", "WEBVTT\n\n00:00.000 --> 00:01.000\n")])
+def test_several_files_each_come_under_their_name(capsys, monkeypatch, tmp_path, fmt, first):
+    """txt, srt and vtt have no place for a file's name: with several files each output comes under
+    '==> FILE <==', as head prints several files; one file's output is the file's alone."""
+    import maxwhisper.__main__ as cli_main
+
+    longer, short = _wav(tmp_path / "longer.wav", np.full(4800, 0.5)), _wav(tmp_path / "short.wav", np.full(3200, 0.5))
+    monkeypatch.setattr(cli_main, "load_transcriber", lambda args, backend: _Lengths())
+    assert cli_main.main(["transcribe", str(longer), str(short), "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    longer_part, short_part = out.split(f"\n==> {short} <==\n")
+    assert longer_part.startswith(f"==> {longer} <==\n{first}") and "3200 samples" in short_part, out
+    assert "3200" not in longer_part and "4800" not in short_part
+    assert cli_main.main(["transcribe", str(short), "--format", fmt]) == 0
+    assert "==>" not in capsys.readouterr().out
+    assert cli_main.main(["transcribe", str(longer), str(short), "--format", "json"]) == 0
+    assert [json.loads(line)["audio"] for line in capsys.readouterr().out.splitlines()] == [str(longer), str(short)]
+
+
 def test_a_token_beyond_the_loaded_model_s_vocabulary_is_a_clear_error():
     """51864 is a token of the multilingual models, not of tiny.en (51864 tokens): refused, not an IndexError."""
     p = cli("transcribe", JFK, "--backend", "openai", "--suppress-tokens", "51864", "--threads", "2")
@@ -322,7 +352,7 @@ def test_writers():
     assert to_srt(rw).splitlines()[2] == "Hello world."
     d = json.loads(to_json(r, "x.wav"))
     assert "\n" not in to_json(r, "x.wav")
-    assert d["audio"] == "x.wav" and d["timings"]["rtf"] == 1803.0 and d["segments"][1]["tokens"] == [3]
+    assert d["audio"] == "x.wav" and d["timings"]["rtfx"] == 1803.0 and d["segments"][1]["tokens"] == [3]
 
 
 def test_writers_match_openai_whisper(tmp_path):

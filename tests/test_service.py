@@ -278,6 +278,51 @@ def test_the_serve_command_answers_the_openai_client_and_stops_on_ctrl_c(tmp_pat
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
 
 
+def test_a_replica_warms_up_as_the_app_s_models_do(monkeypatch):
+    """Before its first request a model replica's transcriber has had the app's untimed first call
+    (`registry.create_warmed_up`: one transcription of 1 s of silence), so that no first-call cost
+    lands in the first comparison of `serve --ui`."""
+    import maxwhisper.registry
+    from maxwhisper.service.deployments import ModelServer
+    from showcase.transcriptions import LocalTranscriptions
+
+    heard = []
+
+    class Recorder:
+        load_s = compile_s = 0.0
+        device = "cpu"
+
+        def __init__(self, backend):
+            self.backend = backend
+
+        def transcribe(self, audio, *args, **kwargs):
+            heard.append((self.backend, len(audio), float(np.abs(audio).max())))
+
+    monkeypatch.setattr(maxwhisper.registry, "create_transcriber", lambda backend, **kw: Recorder(backend))
+    server = ModelServer("faster", "tiny.en", "cpu", "fp32", 1)
+    server.pool.shutdown()
+    LocalTranscriptions().models.get("faster", "tiny.en", "cpu")  # the app's
+    assert heard == [("faster", 16000, 0.0)] * 2
+
+
+def test_replicas_that_ray_has_no_room_for_are_refused_with_what_to_change():
+    """Three backends at a CPU a replica on two CPUs: Serve would leave one waiting and the service
+    would say "loading" for ever; `serve` says so before it starts (on a cluster, a warning)."""
+    from maxwhisper.service.cli import replicas_short_of
+    from maxwhisper.service.deployments import ServiceConfig
+
+    three = ServiceConfig(backends=("max", "faster", "openai"), device="cpu")
+    assert replicas_short_of(three, {"CPU": 2.0}) == (
+        "3 model replica(s) (3 deployment(s) x 1) need 3 CPU(s), and Ray has 2: serve fewer backends or models, "
+        "or fewer --replicas, or lower --cpus-per-replica (to 0.6)")
+    assert replicas_short_of(three, {"CPU": 3.0}) is None
+    assert replicas_short_of(ServiceConfig(backends=("max", "faster"), replicas=2, cpus_per_replica=0.5),
+                             {"CPU": 2.0}) is None  # the tests' service
+    gpu = replicas_short_of(ServiceConfig(models=("tiny.en", "base"), device="gpu"), {"CPU": 16.0, "GPU": 1.0})
+    assert gpu.startswith("2 model replica(s) (2 deployment(s) x 1) need 2 GPU(s), and Ray has 1: ")
+    assert "cpus-per-replica" not in gpu
+
+
 def test_audio_and_options_are_refused_as_the_command_line_refuses_them():
     """The library's checks (`audio.check_transcribable`, `DecodeOptions`) as OpenAI errors: the
     reason becomes the code, the option at fault the param."""

@@ -87,7 +87,7 @@ def make_records(worker: dict[str, Any], threads: int, repeats: int) -> tuple[li
             "total_s_median": totals["median"], "total_s_min": totals["min"], "total_s_max": totals["max"],
             "total_s_q1": totals["q1"], "total_s_q3": totals["q3"], "total_s_iqr": totals["iqr"],
             "total_s_runs": [r["total_s"] for r in c["runs"]], "decode_s_runs": [r["decode_s"] for r in c["runs"]],
-            "rtf": c["audio_s"] / totals["median"] if totals["median"] > 0 else None,
+            "rtfx": c["audio_s"] / totals["median"] if totals["median"] > 0 else None,
             "load_s": worker["load_s"], "compile_s": worker["compile_s"],
             **stage,
             "warmup_s": c["warmup_s"],

@@ -33,14 +33,14 @@ def _pct(x: float | None, digits: int = 1) -> str:
 
 def markdown_table(records: list[dict]) -> str:
     header = ["audio", "implementation", "load s", "compile s", "total s (median)", "min–max s", "features s",
-              "encode s", "decode s", "RTF ×", "tokens/s", "peak RSS MiB", "WER %", "agreement %", "= openai tokens"]
+              "encode s", "decode s", "RTFx", "tokens/s", "peak RSS MiB", "WER %", "agreement %", "= openai tokens"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 3) + [":---:"]) + "|"]
     for r in records:
         same = {True: "yes", False: "no", None: "–"}[r.get("tokens_identical_to_openai")]
         lines.append("| " + " | ".join([
             f"{r['audio']} ({r['audio_s']:.1f} s)", r["implementation"], _f(r["load_s"]), _f(r["compile_s"]),
             _f(r["total_s_median"], 3), f"{_f(r['total_s_min'], 3)}–{_f(r['total_s_max'], 3)}",
-            _f(r["features_s"], 3), _f(r["encode_s"], 3), _f(r["decode_s"], 3), _f(r["rtf"], 1),
+            _f(r["features_s"], 3), _f(r["encode_s"], 3), _f(r["decode_s"], 3), _f(r["rtfx"], 1),
             _f(r["tokens_per_s"], 0), _f(r["peak_rss_mib"], 0), _pct(r["wer"]), _pct(r["agreement"]), same,
         ]) + " |")
     return "\n".join(lines)
@@ -84,9 +84,10 @@ def markdown_report(doc: dict) -> str:
             if o.get("background_load") else "")),
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + ".",
         "",
-        ("RTF × = audio seconds / median processing second (higher is faster). Stage columns are medians; "
-         "load/compile are one-time costs, not in total. WER: EnglishTextNormalizer + jiwer against the "
-         "MANIFEST references; agreement: 1 − WER against openai-whisper's transcript on the same device."),
+        ("RTFx = audio seconds / median processing second (the inverse real-time factor; higher is faster). "
+         "Stage columns are medians; load/compile are one-time costs, not in total. WER: EnglishTextNormalizer "
+         "+ jiwer against the MANIFEST references; agreement: 1 − WER against openai-whisper's transcript on the "
+         "same device."),
         "",
         markdown_table(doc["results"]),
     ]
@@ -100,7 +101,7 @@ def markdown_report(doc: dict) -> str:
 
 
 def write_html(doc: dict, path: Path) -> None:
-    """Per clip: stacked median stage bars per implementation, and the real-time factor."""
+    """Per clip: stacked median stage bars per implementation, and the RTFx (audio s per processing s)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -109,7 +110,8 @@ def write_html(doc: dict, path: Path) -> None:
     titles = []
     for c in clips:
         audio_s = next(r["audio_s"] for r in records if r["audio"] == c)
-        titles += [f"{c} ({audio_s:.1f} s): median time per stage, s", f"{c}: real-time factor (higher is faster)"]
+        titles += [f"{c} ({audio_s:.1f} s): median time per stage, s",
+                   f"{c}: RTFx, audio s per processing s (higher is faster)"]
     fig = make_subplots(rows=max(len(clips), 1), cols=2, subplot_titles=titles, horizontal_spacing=0.22,
                         vertical_spacing=0.35 / max(len(clips), 1))
     colors = {"features": "#8fbcd4", "encode": "#3b75af", "decode": "#ef8636", "other": "#c5c5c5"}
@@ -127,8 +129,8 @@ def write_html(doc: dict, path: Path) -> None:
             fig.add_trace(go.Bar(y=names, x=values, name=stage, orientation="h", legendgroup=stage,
                                  showlegend=i == 1, marker_color=colors[stage],
                                  hovertemplate="%{y}: " + stage + " %{x:.3f} s<extra></extra>"), row=i, col=1)
-        fig.add_trace(go.Bar(y=names, x=[r["rtf"] for r in recs], orientation="h", name="RTF", showlegend=False,
-                             marker_color="#4c9a2a", text=[_f(r["rtf"], 1) + "×" for r in recs],
+        fig.add_trace(go.Bar(y=names, x=[r["rtfx"] for r in recs], orientation="h", name="RTFx", showlegend=False,
+                             marker_color="#4c9a2a", text=[_f(r["rtfx"], 1) + "×" for r in recs],
                              textposition="auto", hovertemplate="%{y}: %{x:.1f}× real time<extra></extra>"),
                       row=i, col=2)
     m = doc["machine"]

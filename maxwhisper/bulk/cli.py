@@ -40,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from . import transcribe_many
+    from .progress import audio_amount
 
     summary = transcribe_many(
         args.inputs, args.output, backend=args.backend, model=args.model, device=args.device,
@@ -50,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
         info(f"error: {row['error']}")
     rate = f" ({summary.audio_s / summary.wall_s:.1f} audio h/h)" if summary.audio_s and summary.wall_s else ""
     info(f"{summary.files} files: {summary.transcribed} transcribed, {summary.failed} failed, "
-         f"{summary.skipped} already done; {summary.audio_s / 3600:.2f} h of audio in {summary.wall_s:.1f} s{rate} "
+         f"{summary.skipped} already done; {audio_amount(summary.audio_s)} of audio in {summary.wall_s:.1f} s{rate} "
          f"with {summary.workers} worker(s), after {summary.ray_start_s:.1f} s starting Ray; "
          f"results: {summary.results}")
     return 1 if summary.failed else 0

@@ -92,7 +92,8 @@ def _only_job(output: Path):
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.close()
-        raise MaxWhisperError(f"another job is writing to {output}; wait for it or choose another output folder") from None
+        raise MaxWhisperError(f"another job is writing to {output}; "
+                              "wait for it or choose another output folder") from None
     return lock
 
 

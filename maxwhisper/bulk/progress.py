@@ -15,7 +15,8 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
-def _audio(seconds: float) -> str:
+def audio_amount(seconds: float) -> str:
+    """Hours from 0.1 h on, minutes below (a short job's audio is not "0.00 h")."""
     return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds / 60:.1f} min"
 
 
@@ -56,7 +57,7 @@ class Progress:
         fraction = self.bytes / self.total_bytes if self.files < self.total_files else 1.0
         text = (f"{self.files}/{self.total_files} files"
                 + (f" ({self.failed} failed)" if self.failed else "")
-                + f", {_audio(self.audio_s)} of audio, {self.audio_s / elapsed:.1f} audio h/h")
+                + f", {audio_amount(self.audio_s)} of audio, {self.audio_s / elapsed:.1f} audio h/h")
         since_first = self.bytes - self.first_bytes
         if self.files > 1 and since_first > 0 and fraction < 1:
             rate = since_first / max(now - self.first_at, 1e-9)

@@ -92,7 +92,8 @@ def _read_priority(below_workers: bool) -> None:
     if not _normal_priority:
         _normal_priority.append(os.getpriority(os.PRIO_PROCESS, 0))
     try:
-        os.setpriority(os.PRIO_PROCESS, 0, max(_normal_priority[0], READ_NICE) if below_workers else _normal_priority[0])
+        nice = max(_normal_priority[0], READ_NICE) if below_workers else _normal_priority[0]
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
     except PermissionError:  # back up needs a privilege: the read runs lower, as it would in the other job
         pass
 

@@ -96,6 +96,24 @@ def config_of(args: argparse.Namespace, device: str):
                          request_timeout_s=args.request_timeout, ui=args.ui)
 
 
+def replicas_short_of(config, resources: dict[str, float]) -> str | None:
+    """What the model replicas ask of Ray beyond `resources` (what the cluster has), in a line that
+    says what to change; None when they fit. Serve would leave the replicas that do not fit waiting,
+    and the service would never be ready."""
+    n = len(config.served.pairs) * config.replicas
+    need = {"CPU": n * config.cpus_per_replica, **({"GPU": float(n)} if config.device == "gpu" else {})}
+    short = {kind: amount for kind, amount in need.items() if amount > resources.get(kind, 0.0) + 1e-9}
+    if not short:
+        return None
+    have = resources.get("CPU", 0.0)
+    fit = math.floor(have / n * 10) / 10
+    return (f"{n} model replica(s) ({len(config.served.pairs)} deployment(s) x {config.replicas}) need "
+            + " and ".join(f"{amount:g} {kind}(s)" for kind, amount in short.items())
+            + ", and Ray has " + " and ".join(f"{resources.get(kind, 0.0):g}" for kind in short)
+            + ": serve fewer backends or models, or fewer --replicas"
+            + (f", or lower --cpus-per-replica (to {fit:g})" if "CPU" in short and fit > 0 else ""))
+
+
 def _device(requested: str, ray) -> str:
     """--device auto on a cluster: the GPU when the cluster has one; here: when MAX sees one."""
     if requested != "auto":
@@ -125,6 +143,11 @@ def main(args: argparse.Namespace) -> int:
              runtime_env=code if args.address else None)
     try:
         config = config_of(args, _device(args.device, ray))
+        short = replicas_short_of(config, ray.cluster_resources())
+        if short and not args.address:
+            raise MaxWhisperError(short)
+        if short:  # a cluster may add nodes for them
+            print(f"warning: {short}; they wait until the cluster has room", file=sys.stderr, flush=True)
         serve.start(http_options={"host": args.host, "port": args.port})
         serve._run(application(config), name=APP_NAME, route_prefix="/", _blocking=False)
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host

@@ -66,12 +66,12 @@ class ModelServer:
     503 while no replica is up); `transcribe` runs in a pool of `max_batch` threads."""
 
     def __init__(self, backend: str, model: str, device: str, precision: str, max_batch: int):
-        from ..registry import create_transcriber
+        from ..registry import create_warmed_up
 
         start = time.perf_counter()
         options = {"max_batch": max_batch} if backend == "max" else {}
-        self.transcriber = create_transcriber(backend, model=model, device=device, precision=precision, **options)
-        self.transcriber.transcribe(np.zeros(16000, np.float32))  # first-call costs stay out of the requests
+        # first-call costs stay out of the requests, as the app's models warm up
+        self.transcriber = create_warmed_up(backend, model=model, device=device, precision=precision, **options)
         self.pool = ThreadPoolExecutor(max_batch, thread_name_prefix="transcribe")
         self.loaded_s = time.perf_counter() - start
         log.info("%s %s on %s ready in %.1f s", backend, model, self.transcriber.device, self.loaded_s)

@@ -7,11 +7,11 @@ from pathlib import Path
 import gradio as gr
 import plotly.graph_objects as go
 
-from ..charts import bench_rtf_figure, bench_stage_figure
+from ..charts import bench_rtfx_figure, bench_stage_figure
 from ..results import RESULTS_DIR, BenchmarkRun, read_runs
 from ..views import View
 
-BENCH_TABLE = {"audio": "clip", "implementation": "implementation", "total_s_median": "median s", "rtf": "RTF ×",
+BENCH_TABLE = {"audio": "clip", "implementation": "implementation", "total_s_median": "median s", "rtfx": "RTFx",
                "features_s": "features s", "encode_s": "encode s", "decode_s": "decode s", "load_s": "load s",
                "compile_s": "compile s", "wer": "WER", "agreement": "= openai words"}  # column -> header
 
@@ -37,7 +37,7 @@ def _num(x, digits: int = 3):
 
 
 def benchmark_view(directory: Path) -> tuple[str, list[list], go.Figure | None, go.Figure | None]:
-    """(Markdown naming each file's machine, versions and settings; table rows; RTF chart; stage chart)."""
+    """(Markdown naming each file's machine, versions and settings; table rows; RTFx chart; stage chart)."""
     runs, notes = read_runs(directory)
     if not runs:
         return "\n".join(["No committed benchmark results yet (`benchmarks/results/*.json`, written by "
@@ -51,15 +51,15 @@ def benchmark_view(directory: Path) -> tuple[str, list[list], go.Figure | None, 
 
     rows = [(series(run, row), row) for run in runs for row in run.rows]
     table = [[_num({**row, "implementation": name}[c]) for c in BENCH_TABLE] for name, row in rows]
-    return "\n".join(text), table, bench_rtf_figure(rows), bench_stage_figure(rows)
+    return "\n".join(text), table, bench_rtfx_figure(rows), bench_stage_figure(rows)
 
 
 def build() -> View:
     """The tab, inside the page's gr.Blocks: the page fills it when a visitor opens it."""
     with gr.Tab("Benchmarks"):
         bench_text = gr.Markdown(elem_id="benchmarks")
-        bench_rtf = gr.Plot(show_label=False)
+        bench_rtfx = gr.Plot(show_label=False)
         bench_stages = gr.Plot(show_label=False)
         bench_table = gr.Dataframe(headers=list(BENCH_TABLE.values()), interactive=False, wrap=True,
                                    elem_id="bench-table")
-    return View([bench_text, bench_table, bench_rtf, bench_stages], lambda: benchmark_view(RESULTS_DIR))
+    return View([bench_text, bench_table, bench_rtfx, bench_stages], lambda: benchmark_view(RESULTS_DIR))

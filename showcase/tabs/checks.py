@@ -69,14 +69,15 @@ class ComponentChecks:
 
     def __init__(self, turns: Turns, create: Callable = create_transcriber, start_after_warm_up: bool = True):
         """start_after_warm_up: whether the app starts the checks once its warm-up is done (not with
-        --no-warm-up, where only the button starts them): the first message says which."""
+        --no-warm-up, nor in the service's app, where only the button starts them): the first message
+        says which."""
         self._cache = ModelCache(create)
         self._turns = turns
         self._thread: threading.Thread | None = None
         self._starting = threading.Lock()
         self.rows: list[list] = []
         self.message = ("The checks start in the background once the models are loaded." if start_after_warm_up
-                        else "The checks run when the button below is pressed (the app started without a warm-up).")
+                        else "The checks run when the button below is pressed.")
 
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -118,10 +119,10 @@ def build(checks: ComponentChecks, choices: Choices, model: gr.Dropdown, device:
     `device` chosen on the Transcribe & compare tab."""
     with gr.Tab("Component tests"):
         gr.Markdown("Each MAX component against openai-whisper's PyTorch module built from the same weights "
-                    "(`maxwhisper.selfcheck`). They run in the background once the start-up warm-up is done "
-                    "(unless the app started with `--no-warm-up`); before each check they wait while "
-                    "transcriptions run or wait. The button runs them with the model and device chosen on the "
-                    "first tab.")
+                    "(`maxwhisper.selfcheck`). `python app.py` runs them in the background once its start-up "
+                    "warm-up is done (not with `--no-warm-up`, nor in the service's app); before each check they "
+                    "wait while transcriptions run or wait. The button runs them with the model and device chosen "
+                    "on the first tab.")
         checks_message = gr.Markdown(checks.message, elem_id="checks-message")
         checks_table = gr.Dataframe(checks.rows or None, headers=CHECK_HEADERS, interactive=False,
                                     wrap=True)

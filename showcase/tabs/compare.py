@@ -114,7 +114,7 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
                                 elem_id=f"files-{b}"),
                     ]
         timing_plot = gr.Plot(show_label=False, visible=False, elem_id="timing-plot")
-        rtf_plot = gr.Plot(show_label=False, visible=False, elem_id="rtf-plot")
+        rtfx_plot = gr.Plot(show_label=False, visible=False, elem_id="rtfx-plot")
 
     def shown(result: Comparison, line: str) -> list:
         outputs = [result.message]
@@ -122,7 +122,7 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
             p = result.panels.get(b, Panel(b))
             outputs += [gr.Column(visible=b in result.panels), p.summary, p.text, p.segments, p.diff_html,
                         p.files]
-        plots = [gr.Plot(fig, visible=fig is not None) for fig in (result.timing_figure, result.rtf_figure)]
+        plots = [gr.Plot(fig, visible=fig is not None) for fig in (result.timing_figure, result.rtfx_figure)]
         finished = not line  # watch's last update: a run without MAX and another has no headline of its own
         return [*outputs, *plots, result.headline or (committed if finished else gr.skip())]
 
@@ -144,7 +144,7 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
 
     run.click(transcribe, [audio, chosen, model, device, precision, language, task, beam_size, timestamps, word_timestamps,
                            initial_prompt, condition, silence, batch, reference_text],
-              [progress, message, *panel_outputs, timing_plot, rtf_plot, headline],
+              [progress, message, *panel_outputs, timing_plot, rtfx_plot, headline],
               concurrency_limit=RUNS_AT_ONCE, show_progress="hidden")
     for control in (model, device, chosen):  # say before a run what it will have to load or compile
         control.change(lambda chosen, model, device: transcriptions.load_note(chosen, model, choices.device(device)),
