@@ -88,10 +88,14 @@ def _pooled(run: dict, audio: str) -> dict[str, Any]:
     p90 as `StreamReport.latency_quantile`), the highest compute share and loop ratio, the streamed
     WERs (their mean judged)."""
     rows = [r for r in run["rows"] if r["audio"] == audio]
-    latencies = sorted(x for r in rows for x in r["latencies"])
     wers = [r["wer"] for r in rows if r["wer"] is not None]
-    return {"streams": len(rows), "median": statistics.median(latencies) if latencies else None,
-            "p90": latencies[int(0.9 * len(latencies))] if latencies else None,
+    if not all("latencies" in r for r in rows):  # results written before streams were pooled: one per clip
+        median, p90 = rows[0]["latency_median_s"], rows[0]["latency_p90_s"]
+    else:
+        latencies = sorted(x for r in rows for x in r["latencies"])
+        median = statistics.median(latencies) if latencies else None
+        p90 = latencies[int(0.9 * len(latencies))] if latencies else None
+    return {"streams": len(rows), "median": median, "p90": p90,
             "compute_share": max(r["compute_share"] for r in rows), "loop_ratio": max(r["loop_ratio"] for r in rows),
             "wers": wers, "wer": statistics.mean(wers) if wers else None, "offline_wer": rows[0]["offline_wer"]}
 
@@ -161,7 +165,7 @@ def streaming_markdown(doc: dict) -> str:
     for run in s["runs"]:
         for r in run["rows"]:
             encoder = r["encode_s"] / r["compute_s"] if r["compute_s"] else 0.0
-            lines.append(f"| {r['audio']} | {run['implementation']} | {r['offset_s']:g} s | {r['updates']} | "
+            lines.append(f"| {r['audio']} | {run['implementation']} | {r.get('offset_s', 0):g} s | {r['updates']} | "
                          f"{_s(r['latency_median_s'])} | "
                          f"{_s(r['latency_p90_s'])} | {_s(r['behind_median_s'])} / {_s(r['behind_max_s'])} | "
                          f"{r['compute_share']:.2f} | {_s(r['update_median_s'])} / {_s(r['update_p90_s'])} | "
