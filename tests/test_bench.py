@@ -14,7 +14,7 @@ import pytest
 from maxwhisper.bench.cli import build_parser
 from maxwhisper.bench.bulk import bulk_markdown
 from maxwhisper.bench.clips import DEFAULT_CLIPS, LONG_FORM, REFERENCES, audio_dir, load_clip, parse_clip, resolve_clips
-from maxwhisper.bench.machine import device_tag, slug
+from maxwhisper.bench.machine import device_tag, machine_info, slug
 from maxwhisper.bench.records import (IMPLEMENTATIONS, add_accuracy, add_batched_accuracy, compute_targets,
                                       implementation_label, make_records, median_or_none, merge_round, ratio, spread)
 from maxwhisper.bench.report import (markdown_report, targets_text, throughput_markdown, write_outputs,
@@ -531,3 +531,11 @@ def test_streaming_results_written_before_streams_were_pooled_still_render():
     md = streaming_markdown(doc)
     assert f"| {row['audio']} | {doc['streaming']['runs'][0]['implementation']} | 0 s |" in md
     assert f"commit latency median {row['latency_median_s']:.2f} s" in md
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads /proc/cpuinfo (Linux)")
+def test_results_record_the_cpu_generation():
+    """"AMD EPYC" alone does not tell a Zen 4 from a Zen 5, whose vector units differ in width."""
+    import re
+
+    assert re.fullmatch(r"family \d+, model \d+", machine_info()["cpu_family_model"])

@@ -132,7 +132,11 @@ def _start_local_ray(cores: int) -> float:
 
     start = time.perf_counter()
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
-    _start_ray_data()
+    try:
+        _start_ray_data()
+    except BaseException:
+        ray.shutdown()
+        raise
     return time.perf_counter() - start
 
 

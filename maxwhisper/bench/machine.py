@@ -30,6 +30,18 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def _cpu_family_model() -> str | None:
+    """/proc/cpuinfo's "family F, model M": a cloud VM's CPU name ("AMD EPYC") hides the generation,
+    which decides how wide its vector units really are (a Zen 4 runs a 512-bit FMA in two halves)."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
+                      if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        return f"family {fields['cpu family']}, model {fields['model']}"
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def _ram_gib() -> float | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -82,6 +94,7 @@ def machine_info() -> dict[str, Any]:
     gpu_list = gpus()
     return {
         "cpu": _cpu_model(),
+        "cpu_family_model": _cpu_family_model(),
         "vector_isa": vector_isa(),
         "cores": os.cpu_count(),
         "physical_cores": physical,
