@@ -60,6 +60,17 @@ STEP_S = 0.5
 LOOP_WORDS = 40  # committed words in a row over which `StreamReport.loop_ratio` looks for a loop
 
 
+def quantile(values, q: float) -> float | None:
+    """The q-quantile (0 <= q <= 1) without interpolation: the value at 0-based index floor(q n) of
+    the n sorted values (the last for q=1); None for no values. (q=0.9 is the p90 of the `stream`
+    command and of `bench --streaming`; q=0.5 is the upper of the two middle values when n is even,
+    not statistics.median's average of them.)"""
+    if not 0 <= q <= 1:
+        raise ValueError(f"quantile {q} is not between 0 and 1")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
+
+
 @dataclass(frozen=True)
 class StreamWord:
     start: float  # seconds since the stream began
@@ -281,14 +292,8 @@ class StreamReport:
         return [t - w.end for w, t in zip(self.words, self.commit_times)]
 
     def latency_quantile(self, q: float) -> float | None:
-        """The q-quantile (0 <= q <= 1) of `latencies` without interpolation: the value at 0-based
-        index floor(q n) of the n sorted latencies (the last for q=1); None when no word was committed.
-        (q=0.9 is the p90 of the `stream` command and of `bench --streaming`; q=0.5 is the upper of
-        the two middle values when n is even, not statistics.median's average of them.)"""
-        if not 0 <= q <= 1:
-            raise ValueError(f"quantile {q} is not between 0 and 1")
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
+        """`quantile` of `latencies`; None when no word was committed."""
+        return quantile(self.latencies, q)
 
     @property
     def compute_share(self) -> float:

@@ -85,16 +85,18 @@ def add_streaming_accuracy(runs: list[dict]) -> None:
 
 def _pooled(run: dict, audio: str) -> dict[str, Any]:
     """One implementation's streams of one clip taken together: their latencies pooled (median, and
-    p90 as `StreamReport.latency_quantile`), the highest compute share and loop ratio, the streamed
+    p90 as `streaming.quantile`), the highest compute share and loop ratio, the streamed
     WERs (their mean judged)."""
     rows = [r for r in run["rows"] if r["audio"] == audio]
     wers = [r["wer"] for r in rows if r["wer"] is not None]
     if not all("latencies" in r for r in rows):  # results written before streams were pooled: one per clip
         median, p90 = rows[0]["latency_median_s"], rows[0]["latency_p90_s"]
     else:
-        latencies = sorted(x for r in rows for x in r["latencies"])
+        from ..streaming import quantile
+
+        latencies = [x for r in rows for x in r["latencies"]]
         median = statistics.median(latencies) if latencies else None
-        p90 = latencies[int(0.9 * len(latencies))] if latencies else None
+        p90 = quantile(latencies, 0.9)
     return {"streams": len(rows), "median": median, "p90": p90,
             "compute_share": max(r["compute_share"] for r in rows), "loop_ratio": max(r["loop_ratio"] for r in rows),
             "wers": wers, "wer": statistics.mean(wers) if wers else None, "offline_wer": rows[0]["offline_wer"]}
