@@ -57,7 +57,7 @@ def streaming_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _stream_row(t, clip: Clip, audio, chunk_s: float, offset_s: float, options, offline) -> dict[str, Any]:
-    from ..streaming import stream_audio
+    from ..streaming import quantile, stream_audio
 
     stages = []
     report = stream_audio(t, audio, chunk_s, options, offset_s=offset_s,
@@ -66,7 +66,7 @@ def _stream_row(t, clip: Clip, audio, chunk_s: float, offset_s: float, options, 
     return {"audio": clip.name, "offset_s": offset_s, "audio_s": report.audio_s, "updates": report.updates,
             "compute_s": report.compute_s, "compute_share": report.compute_share,
             "encode_s": sum(s.encode_s or 0.0 for s in stages if s is not None),
-            "update_median_s": statistics.median(update_s), "update_p90_s": update_s[int(0.9 * len(update_s))],
+            "update_median_s": statistics.median(update_s), "update_p90_s": quantile(update_s, 0.9),
             "latency_median_s": statistics.median(latencies) if latencies else None,
             "latency_p90_s": report.latency_quantile(0.9), "latencies": [round(float(x), 3) for x in latencies],
             "words": len(report.words), "behind_median_s": statistics.median(report.behind),
