@@ -50,12 +50,14 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
         headline = gr.Markdown(committed, elem_id="headline")
         with gr.Row():
             with gr.Column(scale=3):
-                audio = gr.Audio(sources=["upload", "microphone"], type="filepath",
+                audio = gr.Audio(sources=["upload", "microphone"], type="filepath", elem_id="audio",
                                  label=f"Audio (upload or record, up to {max_seconds:g} s)")
                 # the audio box drops a file whose browser type is video/* (a .webm, .mp4, .mkv) without
-                # a word; the run decodes any file with FFmpeg, so a video's path goes into the box
-                video = gr.UploadButton("…or upload a video file (its sound is transcribed)", file_types=["video"],
-                                        size="sm", variant="secondary", elem_id="video-upload")
+                # a word; the run decodes any file with FFmpeg, so a video's path goes into the box. The
+                # button takes audio too: one limited to video drops an audio file without a word
+                video = gr.UploadButton("…or upload a video file (its sound is transcribed)",
+                                        file_types=["video", "audio"], size="sm", variant="secondary",
+                                        elem_id="video-upload")
                 video.upload(lambda path: path, inputs=video, outputs=audio, show_progress="hidden")
                 reference_text = gr.Textbox(label="Reference text (optional)", lines=2,
                                             placeholder="Paste what is said to get each implementation's WER")
