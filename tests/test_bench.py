@@ -17,7 +17,7 @@ from maxwhisper.bench.clips import DEFAULT_CLIPS, LONG_FORM, REFERENCES, audio_d
 from maxwhisper.bench.machine import device_tag, machine_info, slug
 from maxwhisper.bench.records import (IMPLEMENTATIONS, add_accuracy, add_batched_accuracy, compute_targets,
                                       implementation_label, make_records, median_or_none, merge_round, ratio, spread)
-from maxwhisper.bench.report import (markdown_report, targets_text, throughput_markdown, write_outputs,
+from maxwhisper.bench.report import (markdown_report, targets_text, throughput_markdown, write_html, write_outputs,
                                      write_throughput_html)
 from maxwhisper.bench.streaming import add_streaming_accuracy, streaming_markdown
 
@@ -233,14 +233,18 @@ def test_int8_targets_compare_like_with_like():
         in text
 
 
+def _report_doc(records: list[dict]) -> dict:
+    return {"schema_version": 1, "device": "cpu", "created": "now",
+            "machine": {"cpu": "Test CPU", "cores": 2, "ram_gib": 8.0, "gpu": None, "gpus": [],
+                        "load_average": [0, 0, 0]},
+            "versions": {"max": "26.7.0"},
+            "options": {"repeats": 3, "threads": 2, "quick": False, "decode": {"beam_size": 1, "temperature": [0.0]}},
+            "results": records, "targets": compute_targets(records),
+            "failures": [{"backend": "faster", "precision": "fp16", "device": "cpu", "error": "not supported"}]}
+
+
 def test_reports_render(tmp_path):
-    records = _records()
-    doc = {"schema_version": 1, "device": "cpu", "created": "now",
-           "machine": {"cpu": "Test CPU", "cores": 2, "ram_gib": 8.0, "gpu": None, "gpus": [], "load_average": [0, 0, 0]},
-           "versions": {"max": "26.7.0"},
-           "options": {"repeats": 3, "threads": 2, "quick": False, "decode": {"beam_size": 1, "temperature": [0.0]}},
-           "results": records, "targets": compute_targets(records),
-           "failures": [{"backend": "faster", "precision": "fp16", "device": "cpu", "error": "not supported"}]}
+    doc = _report_doc(_records())
     paths = write_outputs(doc, tmp_path, "cpu-test")
     md = paths["md"].read_text()
     assert md.count("| jfk.flac (11.0 s) |") == 4 and "## Targets" in md and "not supported" in md
@@ -249,6 +253,17 @@ def test_reports_render(tmp_path):
     assert "2 rounds, implementations in turn, each 3 timed run(s)" in markdown_report(doc)
     assert json.loads(paths["json"].read_text())["results"][0]["backend"] == "max"
     assert "plotly" in paths["html"].read_text()
+
+
+def test_an_older_file_s_results_render_with_the_same_figures(tmp_path):
+    """Results written before `rtf` was named `rtfx` (the same value) render as newer ones do, as
+    the app shows them (`records.OLD_NAMES`)."""
+    records = _records()
+    older = [{("rtf" if k == "rtfx" else k): v for k, v in r.items()} for r in records]
+    assert markdown_report(_report_doc(older)) == markdown_report(_report_doc(records))
+    assert "| 5.5 |" in markdown_report(_report_doc(older))  # jfk: 11 s of audio in a median of 2 s
+    write_html(_report_doc(older), tmp_path / "older.html")
+    assert "5.5×" in (tmp_path / "older.html").read_text()
 
 
 def test_batched_report_renders_with_targets_and_wer(tmp_path, monkeypatch):
