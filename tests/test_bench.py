@@ -19,7 +19,7 @@ from maxwhisper.bench.records import (IMPLEMENTATIONS, add_accuracy, add_batched
                                       implementation_label, make_records, median_or_none, merge_round, ratio, spread)
 from maxwhisper.bench.report import (markdown_report, targets_text, throughput_markdown, write_html, write_outputs,
                                      write_throughput_html)
-from maxwhisper.bench.streaming import add_streaming_accuracy, streaming_markdown
+from maxwhisper.bench.streaming import add_streaming_accuracy, stream_offsets, streaming_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 AUDIO = audio_dir()
@@ -358,6 +358,22 @@ def test_streaming_targets_are_judged_over_all_of_a_clip_s_streams():
             f"streams' mean; each +0.00, +{gap:.2f}) (at most +1): NOT MET") in md
     # faster-whisper's pooled median (0.5 1 1.5 2 2.5 3: 1.75 s), not its first stream's 2.0 s
     assert "  - median latency against faster-whisper fp32 (1.75 s): 1.40x lower (at least 1.3x): met" in md
+
+
+def test_more_streams_than_milliseconds_in_a_chunk_are_refused(tmp_path, monkeypatch, capsys):
+    from maxwhisper.__main__ import main
+    from maxwhisper.api import MaxWhisperError
+
+    assert stream_offsets(1.0, 4) == [0.0, 0.25, 0.5, 0.75]
+    assert len(set(stream_offsets(0.3, 300))) == 300  # 1 ms apart: each its own shift
+    with pytest.raises(MaxWhisperError, match="use --streams 300 or fewer"):
+        stream_offsets(0.3, 301)  # 0.3 ms apart: at the milliseconds the results record, some the same
+    # the command says so before any stream runs, in one line, with a bad argument's exit status
+    monkeypatch.setattr("maxwhisper.bench.streaming.run_worker", lambda *args: pytest.fail("a stream ran"))
+    assert main(["bench", "--streaming", "--chunk", "1", "--streams", "1001", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        "error: --streams 1001 with --chunk 1: the streams' chunk boundaries would be shifted by less than 1 ms "
+        "from one stream to the next, and some streams would be the same; use --streams 1000 or fewer\n")
 
 
 def test_a_ratio_just_under_its_target_is_not_printed_as_reaching_it():

@@ -24,7 +24,7 @@ from .records import (IMPLEMENTATIONS, add_accuracy, add_batched_accuracy, compu
                       make_records, merge_round)
 from .report import markdown_table, targets_text, throughput_markdown, write_outputs, write_throughput_html
 from .bulk import bulk_reference_worker, main_bulk
-from .streaming import STREAMING_CLIPS, main_streaming, streaming_worker
+from .streaming import STREAMING_CLIPS, main_streaming, stream_offsets, streaming_worker
 from .worker import WORKERS, info, run_worker, worker_main
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
@@ -110,7 +110,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--chunk", type=positive_seconds, default=1.0, metavar="S", help="seconds of audio per chunk (default 1.0)")
     s.add_argument("--streams", type=_positive_int, default=1, metavar="N",
                    help="streams of each clip per implementation, the k-th with its chunk boundaries shifted by "
-                        "k x chunk / N; the aims are judged over all of them (default 1)")
+                        "k x chunk / N, to the millisecond (at most the chunk's milliseconds); the aims are judged "
+                        "over all of them (default 1)")
     v = p.add_argument_group("service mode")
     v.add_argument("--serve", action="store_true",
                    help="the HTTP service under load: closed-loop clients against MAX with and without requests "
@@ -180,6 +181,7 @@ def _main(args: argparse.Namespace) -> int:
 
         return main_serve(args, out_dir)
     if args.streaming:
+        stream_offsets(args.chunk, args.streams)  # refuses more streams than it can shift apart
         if not (args.audio or args.quick):
             clips = [parse_clip(name, audio_dir()) for name in STREAMING_CLIPS]
         status = 0

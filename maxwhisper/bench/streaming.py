@@ -10,10 +10,12 @@ WERs averaged, the highest compute share and loop ratio)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
 from typing import Any
 
+from ..api import MaxWhisperError
 from ..scoring import wer
 from .clips import REFERENCES, Clip, load_clip, pseudo_reference
 from .records import implementation_label
@@ -28,6 +30,18 @@ P90_TARGET_S = 3.5  # p90 commit latency, at most
 WER_TARGET_POINTS = 1.0  # streamed WER - offline WER against the reference, percentage points, at most
 LOOP_TARGET = 2.4  # `StreamReport.loop_ratio`, at most: the offline loop's compression-ratio threshold
 FASTER_TARGET = 1.3  # faster-whisper's median latency / MAX's, at least: like with like (the same precision)
+
+
+def stream_offsets(chunk_s: float, streams: int) -> list[float]:
+    """Each stream's shift, k x chunk_s / streams for the k-th, in the milliseconds the results record
+    it in. A MaxWhisperError where one stream would be shifted by less than 1 ms from the next (more
+    streams than milliseconds in a chunk): the shifts would not all differ."""
+    most = max(1, math.floor(chunk_s * 1000 + 1e-9))
+    if streams > most:
+        raise MaxWhisperError(f"--streams {streams} with --chunk {chunk_s:g}: the streams' chunk boundaries would "
+                              "be shifted by less than 1 ms from one stream to the next, and some streams would be "
+                              f"the same; use --streams {most} or fewer")
+    return [round(k * chunk_s / streams, 3) for k in range(streams)]
 
 
 def streaming_worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -46,8 +60,7 @@ def streaming_worker(spec: dict[str, Any]) -> dict[str, Any]:
         audio = load_clip(clip)
         t.transcribe(audio[:80_000], dataclasses.replace(options, word_timestamps=True))  # first-call costs
         offline = t.transcribe(audio, options)
-        for k in range(spec["streams"]):
-            offset_s = round(k * spec["chunk_s"] / spec["streams"], 3)
+        for offset_s in stream_offsets(spec["chunk_s"], spec["streams"]):
             rows.append(_stream_row(t, clip, audio, spec["chunk_s"], offset_s, options, offline))
             info(f"{label} {clip.name}, chunks shifted {offset_s:g} s: {rows[-1]['updates']} updates, latency "
                  f"median {_s(rows[-1]['latency_median_s'])}, compute share {rows[-1]['compute_share']:.2f}")
