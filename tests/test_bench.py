@@ -292,22 +292,24 @@ def test_batched_report_renders_with_targets_and_wer(tmp_path, monkeypatch):
     assert (tmp_path / "t.html").exists()
 
 
-def test_streaming_report_says_the_targets():
-    def row(audio, median, share, text, offline, loop=1.4, offset=0.0):
-        return {"audio": audio, "offset_s": offset, "audio_s": 11.0, "updates": 9, "compute_s": share * 11,
-                "compute_share": share, "encode_s": share * 5.5, "update_median_s": 0.3, "update_p90_s": 0.5,
-                "latency_median_s": median, "latency_p90_s": median + 1, "latencies": [median - 1, median, median + 1],
-                "words": 3, "behind_median_s": 0.0, "behind_max_s": 1.0, "loop_ratio": loop, "held_back": 2,
-                "text": text, "offline_text": offline, "offline_s": 0.5}
+def _stream_row(audio, median, share, text, offline, loop=1.4, offset=0.0):
+    """One stream's row as the streaming worker writes it: latencies median - 1, median, median + 1."""
+    return {"audio": audio, "offset_s": offset, "audio_s": 11.0, "updates": 9, "compute_s": share * 11,
+            "compute_share": share, "encode_s": share * 5.5, "update_median_s": 0.3, "update_p90_s": 0.5,
+            "latency_median_s": median, "latency_p90_s": median + 1, "latencies": [median - 1, median, median + 1],
+            "words": 3, "behind_median_s": 0.0, "behind_max_s": 1.0, "loop_ratio": loop, "held_back": 2,
+            "text": text, "offline_text": offline, "offline_s": 0.5}
 
+
+def test_streaming_report_says_the_targets():
     runs = [{"backend": "max", "precision": "fp32", "implementation": "MAX fp32",
-             "rows": [row("jfk.flac", 1.5, 0.3, "ask not what", "ask not what")]},
+             "rows": [_stream_row("jfk.flac", 1.5, 0.3, "ask not what", "ask not what")]},
             {"backend": "faster", "precision": "fp32", "implementation": "faster-whisper fp32",
-             "rows": [row("jfk.flac", 2.0, 0.5, "ask what", "ask not what")]},
+             "rows": [_stream_row("jfk.flac", 2.0, 0.5, "ask what", "ask not what")]},
             {"backend": "faster", "precision": "int8", "implementation": "faster-whisper int8",
-             "rows": [row("jfk.flac", 1.8, 0.5, "ask not what", "ask not what")]},
+             "rows": [_stream_row("jfk.flac", 1.8, 0.5, "ask not what", "ask not what")]},
             {"backend": "max", "precision": "fp32", "implementation": "MAX fp32",
-             "rows": [row("lecture.flac", 2.5, 0.7, "3 2 1 3 2 1", "3 2 1", loop=5.9)]}]
+             "rows": [_stream_row("lecture.flac", 2.5, 0.7, "3 2 1 3 2 1", "3 2 1", loop=5.9)]}]
     add_streaming_accuracy(runs)
     assert runs[1]["rows"][0]["wer_vs_offline"] == pytest.approx(1 / 3)
     doc = {"device": "cpu", "created": "now", "machine": {"cpu": "Test CPU", "cores": 2, "vector_isa": "AVX2"},
@@ -334,11 +336,7 @@ def test_streaming_targets_are_judged_over_all_of_a_clip_s_streams():
     missing_one = reference.replace(" not", "", 1)
 
     def row(median, share, text, offset):
-        return {"audio": "jfk.flac", "offset_s": offset, "audio_s": 11.0, "updates": 9, "compute_s": share * 11,
-                "compute_share": share, "encode_s": share * 5.5, "update_median_s": 0.3, "update_p90_s": 0.5,
-                "latency_median_s": median, "latency_p90_s": median + 1, "latencies": [median - 1, median, median + 1],
-                "words": 3, "behind_median_s": 0.0, "behind_max_s": 1.0, "loop_ratio": 1.4 + offset, "held_back": 0,
-                "text": text, "offline_text": reference, "offline_s": 0.5}
+        return _stream_row("jfk.flac", median, share, text, reference, loop=1.4 + offset, offset=offset)
 
     runs = [{"backend": "max", "precision": "fp32", "implementation": "MAX fp32",
              "rows": [row(1.5, 0.3, reference, 0.0), row(1.0, 0.65, missing_one, 0.5)]},
