@@ -374,6 +374,25 @@ def test_more_streams_than_milliseconds_in_a_chunk_are_refused(tmp_path, monkeyp
         "from one stream to the next, and some streams would be the same; use --streams 1000 or fewer\n")
 
 
+def test_streaming_results_state_the_command_that_runs_them_again(tmp_path, monkeypatch):
+    import shlex
+
+    from maxwhisper.bench.cli import cli
+
+    monkeypatch.setattr("maxwhisper.bench.streaming.run_worker", lambda spec, timeout: {"ok": False, "error": "not run"})
+    argv = ["--streaming", "--backends", "max,faster", "--precisions", "int8", "--devices", "cpu", "--chunk", "0.5",
+            "--streams", "3", "--temperature", "0", "--audio", str(AUDIO / "jfk.flac"), "--out", str(tmp_path)]
+    assert cli(argv) == 1  # every implementation "failed"
+    (path,) = tmp_path.glob("streaming-*.json")
+    command = json.loads(path.read_text())["command"]
+    assert f"`{command}`" in path.with_suffix(".md").read_text()
+    assert command.startswith("python -m maxwhisper bench ")
+    again, given = build_parser().parse_args(shlex.split(command)[4:]), build_parser().parse_args(argv)
+    for key in ("streaming", "quick", "backends", "precisions", "devices", "models", "chunk", "streams",
+                "background_load", "beam_size", "temperature", "language", "audio"):
+        assert getattr(again, key) == getattr(given, key), key
+
+
 def test_a_ratio_just_under_its_target_is_not_printed_as_reaching_it():
     from maxwhisper.bench.report import ratio_text
 

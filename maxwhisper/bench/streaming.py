@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shlex
 import statistics
 import time
 from typing import Any
@@ -171,9 +172,10 @@ def _pct(x: float | None) -> str:
 
 def streaming_markdown(doc: dict) -> str:
     m, s = doc["machine"], doc["streaming"]
+    command = f". `{doc['command']}`" if doc.get("command") else ""  # older results did not record it
     lines = [f"# Streaming: {s['model']}, {doc['device']}, chunks of {s['chunk_s']:g} s (LocalAgreement-2)", "",
              f"{m.get('cpu')} ({m.get('vector_isa')}), {m.get('cores')} cores; {doc['created']}; "
-             f"background load {doc['options']['background_load']} core(s)", "",
+             f"background load {doc['options']['background_load']} core(s){command}", "",
              "| clip | implementation | chunks shifted | updates | commit latency median | p90 | behind median / max | "
              "compute share | update median / p90 | encoder share | loop ratio | held back | WER vs own offline | "
              "streamed WER | offline WER |", "|---|---|" + "---:|" * 13]
@@ -202,6 +204,21 @@ def streaming_markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _command(args, impls: list[tuple[str, str]], device: str, model: str) -> str:
+    """The command line that runs these streams again (one device and model of the run)."""
+    flags = ["--quick"] if args.quick else []
+    flags += ["--backends", ",".join(dict.fromkeys(b for b, _ in impls)),
+              "--precisions", ",".join(dict.fromkeys(p for _, p in impls)), "--devices", device, "--models", model,
+              "--chunk", str(args.chunk), "--streams", str(args.streams)]
+    flags += ["--background-load", str(args.background_load)] if args.background_load else []
+    flags += ["--beam-size", str(args.beam_size)] if args.beam_size != 1 else []
+    if args.temperature:
+        flags += ["--temperature", ",".join(f"{t:g}" for ts in args.temperature for t in ts)]
+    flags += ["--language", args.language] if args.language else []
+    flags += ["--audio", *args.audio] if args.audio else []
+    return "python -m maxwhisper bench --streaming " + shlex.join(flags)
+
+
 def main_streaming(args, clips: list[Clip], impls: list[tuple[str, str]], device: str, model: str, decode_dict: dict,
                    threads: int, machine: dict, vers: dict, out_dir, stem: str) -> int:
     runs, failures = [], []
@@ -217,7 +234,7 @@ def main_streaming(args, clips: list[Clip], impls: list[tuple[str, str]], device
             failures.append({"implementation": implementation_label(backend, precision), "error": worker.get("error")})
     add_streaming_accuracy(runs)
     doc = {"schema_version": 1, "device": device, "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-           "machine": machine, "versions": vers,
+           "command": _command(args, impls, device, model), "machine": machine, "versions": vers,
            "options": {"chunk_s": args.chunk, "streams": args.streams, "threads": threads,
                        "background_load": args.background_load,
                        "decode": decode_dict},
