@@ -3,7 +3,7 @@
 Results go to stdout, progress and errors to stderr. Exit codes: 0 ok; 2 a user mistake (bad
 arguments or option values, unknown backend/model/device/precision, an audio file that is missing,
 unreadable or holds nothing to transcribe, a GPU that is not there: one line says what is wrong,
-no traceback, and every file is checked before a model loads); 1 a failure while loading a model
+no traceback, and the model's name and every file are checked before a model loads); 1 a failure while loading a model
 or transcribing (set MAXWHISPER_DEBUG=1 to see its traceback).
 
 Subcommands live in COMMANDS: name -> (help, add_arguments(parser), run(args) -> exit code).
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .api import SAMPLE_RATE, AudioError, DecodeOptions, MaxWhisperError
+from .checkpoint import check_model_name
 from .formats import FORMATS, file_header, render
 
 EXIT_USER_ERROR = 2
@@ -215,6 +216,7 @@ def add_transcribe_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_transcribe(args: argparse.Namespace) -> int:
     options = DecodeOptions.from_values(vars(args))
+    check_model_name(args.model)  # before anything loads: no "loading ..." above its error
     check_files(args.audio, args.max_seconds)
     try:
         transcriber = load_transcriber(args, args.backend)
@@ -279,6 +281,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from .registry import BACKENDS, available_backends
 
     options = DecodeOptions.from_values(vars(args))
+    check_model_name(args.model)
     audio = read_audio(args.audio, args.max_seconds)
     if args.backends:
         backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -333,6 +336,7 @@ def run_stream(args: argparse.Namespace) -> int:
     from .streaming import stream_audio
 
     options = DecodeOptions.from_values(vars(args))
+    check_model_name(args.model)
     audio = read_audio(args.audio, args.max_seconds)
     transcriber = load_transcriber(args, args.backend)
 

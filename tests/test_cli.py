@@ -145,10 +145,15 @@ def test_missing_file():
     assert "loading" not in p.stderr  # refused before a model is loaded
 
 
-def test_bad_model():
+def test_bad_model(capsys):
+    """Refused in one line before anything loads, with the status of a bad argument."""
     p = cli("transcribe", JFK, "--backend", "openai", "--model", "tiny.xx")
     assert_clean_error(p, "tiny.xx", "use one of base, tiny.en, a CTranslate2 model folder")
     assert p.returncode == 2
+    message = ("error: unknown model 'tiny.xx': use one of base, tiny.en, a CTranslate2 model folder, or an "
+               "openai-whisper .pt file\n")
+    for args in (["transcribe", JFK], ["compare", JFK, "--backends", "openai,faster"], ["stream", JFK]):
+        assert run_main(capsys, *args, "--model", "tiny.xx") == (2, message)
 
 
 def test_corrupt_audio_file(tmp_path):
