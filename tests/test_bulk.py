@@ -411,11 +411,24 @@ def test_the_command_says_which_files_failed_and_a_model_that_cannot_load_stops_
     assert len(errors) == 3 and all(any(message in line for line in errors) for message in BAD.values())
     assert str(archive) not in err
 
-    with pytest.raises(MaxWhisperError, match="unknown model 'tiny.xx'"):
-        maxwhisper.transcribe_many(archive / "jfk.flac", tmp_path, backend="faster", model="tiny.xx")
+    not_a_model = tmp_path / "not-a-model"  # a folder: the workers find it is not a model when they load it
+    not_a_model.mkdir()
+    with pytest.raises(MaxWhisperError, match="not-a-model is not a CTranslate2 model folder"):
+        maxwhisper.transcribe_many(archive / "jfk.flac", tmp_path, backend="faster", model=str(not_a_model))
     assert (tmp_path / "results.jsonl").read_text() == ""  # nothing recorded: a rerun does it all
     with pytest.raises(MaxWhisperError, match="unknown format"):
         maxwhisper.transcribe_many(archive / "jfk.flac", tmp_path, formats=["docx"])
+
+
+def test_an_unknown_model_is_refused_before_ray_starts(tmp_path, monkeypatch, capsys):
+    from maxwhisper.__main__ import main
+
+    monkeypatch.setattr("maxwhisper.bulk.job._start_ray", lambda address: pytest.fail("Ray started"))
+    assert main(["transcribe-many", str(AUDIO / "jfk.flac"), "--output", str(tmp_path / "out"),
+                 "--model", "tiny.xx"]) == 2
+    assert capsys.readouterr().err == ("error: unknown model 'tiny.xx': use one of base, tiny.en, a CTranslate2 model "
+                                       "folder, or an openai-whisper .pt file\n")
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_command_killed_midway_and_run_again_transcribes_every_clip_once(tmp_path):
