@@ -393,6 +393,29 @@ def test_streaming_results_state_the_command_that_runs_them_again(tmp_path, monk
         assert getattr(again, key) == getattr(given, key), key
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--models", "tiny.en,tiny.xx"], "unknown model 'tiny.xx': use one of base, tiny.en, a CTranslate2 model "
+                                      "folder, or an openai-whisper .pt file"),
+    (["--precisions", "fp64"], "unknown precision(s) fp64; valid: fp32, fp16, bf16, int8"),
+    (["--backends", "openai", "--precisions", "int8"], "nothing to measure: none of the backends openai runs int8 on cpu"),
+    (["--streaming", "--precisions", "fp16"], "nothing to measure: none of the backends max, openai, faster runs fp16 "
+                                              "on cpu"),
+    (["--throughput", "--backends", "openai"], "nothing to measure: none of the backends openai runs any precision on "
+                                               "cpu in this mode (max and faster only)"),
+], ids=["unknown-model", "unknown-precision", "openai-int8", "streaming-fp16-on-cpu", "throughput-openai"])
+def test_a_run_with_nothing_to_measure_is_refused_before_it_writes_anything(tmp_path, monkeypatch, capsys, flags,
+                                                                           message):
+    """A typo in --models or --precisions would otherwise write a results file of failures, or of
+    nothing, over the committed one (the default --out)."""
+    from maxwhisper.__main__ import main
+
+    for module in ("cli", "streaming"):
+        monkeypatch.setattr(f"maxwhisper.bench.{module}.run_worker", lambda *args: pytest.fail("a worker ran"))
+    assert main(["bench", "--devices", "cpu", *flags, "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not any(tmp_path.iterdir())
+
+
 def test_a_ratio_just_under_its_target_is_not_printed_as_reaching_it():
     from maxwhisper.bench.report import ratio_text
 

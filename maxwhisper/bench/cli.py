@@ -17,7 +17,8 @@ from typing import Any
 
 from ..__main__ import finite_float, positive_seconds, temperatures
 from ..api import DecodeOptions
-from ..registry import BACKENDS
+from ..checkpoint import check_model_name
+from ..registry import BACKENDS, PRECISIONS
 from .clips import DEFAULT_CLIPS, LONG_FORM, audio_dir, parse_clip, resolve_clips
 from .machine import REPO_ROOT, device_tag, gpus, machine_info, versions
 from .records import (IMPLEMENTATIONS, add_accuracy, add_batched_accuracy, compute_targets, implementation_label,
@@ -158,7 +159,19 @@ def _main(args: argparse.Namespace) -> int:
     bad = [b for b in backends if b not in BACKENDS]
     if bad:
         raise BackendError(f"unknown backend(s) {', '.join(bad)}; valid: {', '.join(BACKENDS)}")
+    bad = [p for p in args.precisions or [] if p not in PRECISIONS]
+    if bad:
+        raise BackendError(f"unknown precision(s) {', '.join(bad)}; valid: {', '.join(PRECISIONS)}")
+    for model in args.models:
+        check_model_name(model)
     devices = _devices(args.devices)
+    if not args.serve:  # what each device runs: a device with nothing to run writes no results over older ones
+        impls = {device: _implementations(args, backends, device) for device in (["cpu"] if args.bulk else devices)}
+        if not any(impls.values()):
+            raise BackendError(f"nothing to measure: none of the backends {', '.join(backends)} runs "
+                               f"{', '.join(args.precisions or ['any precision'])} on {', '.join(impls)}"
+                               + (" in this mode (max and faster only)" if args.throughput or args.bulk else ""))
+        devices = [device for device in devices if impls.get(device)]
     clips = resolve_clips(args.audio, quick=args.quick)
     options = DecodeOptions.from_values(vars(args))
     out_dir = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
@@ -170,11 +183,9 @@ def _main(args: argparse.Namespace) -> int:
               "background_load": args.background_load,
               "quick": args.quick, "decode": decode_dict, "clips": [dataclasses.asdict(c) for c in clips]}
     if args.throughput:
-        return _main_throughput(args, devices, clips, decode_dict, threads, machine, vers, out_dir)
+        return _main_throughput(args, impls, clips, decode_dict, threads, machine, vers, out_dir)
     if args.bulk:
-        impls = [(b, p) for b, p in IMPLEMENTATIONS["cpu"] if b in backends and BACKENDS[b].batched
-                 and (not args.precisions or p in args.precisions)]
-        return max(main_bulk(args, impls, model, decode_dict, machine, vers, out_dir,
+        return max(main_bulk(args, impls["cpu"], model, decode_dict, machine, vers, out_dir,
                              f"bulk-{device_tag('cpu', machine)}-{model}") for model in args.models)
     if args.serve:
         from .serve import main_serve
@@ -186,13 +197,11 @@ def _main(args: argparse.Namespace) -> int:
             clips = [parse_clip(name, audio_dir()) for name in STREAMING_CLIPS]
         status = 0
         for device in devices:
-            impls = [(b, p) for b, p in IMPLEMENTATIONS[device] if b in backends
-                     and (not args.precisions or p in args.precisions)]
             for model in args.models:
                 stem = ("quick-" if args.quick else "") + f"streaming-{device_tag(device, machine)}-{model}" \
                     + _load_suffix(args)
-                status |= main_streaming(args, clips, impls, device, model, decode_dict, threads, machine, vers,
-                                         out_dir, stem)
+                status |= main_streaming(args, clips, impls[device], device, model, decode_dict, threads, machine,
+                                         vers, out_dir, stem)
         return status
 
     status = 0
@@ -200,12 +209,10 @@ def _main(args: argparse.Namespace) -> int:
         created = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         load_before = machine["load_average"]
         records, failures = [], []
-        impls = [(b, p) for b, p in IMPLEMENTATIONS[device] if b in backends
-                 and (not args.precisions or p in args.precisions)]
         for model in args.models:
             workers: dict[tuple[str, str], dict[str, Any]] = {}  # the first round's output, later rounds pooled in
             for round_index in range(args.rounds):
-                for backend, precision in impls:
+                for backend, precision in impls[device]:
                     if round_index and (backend, precision) not in workers:
                         continue  # failed in an earlier round (already reported)
                     info(f"--- {implementation_label(backend, precision)} {model} on {device}"
@@ -256,20 +263,26 @@ def _main(args: argparse.Namespace) -> int:
     return status
 
 
+def _implementations(args: argparse.Namespace, backends: list[str], device: str) -> list[tuple[str, str]]:
+    """The (backend, precision) pairs the run measures on `device`, in run order: `backends`' at
+    --precisions (all when not given); the batched modes (--throughput, --bulk) take max and faster."""
+    batched = args.throughput or args.bulk
+    return [(b, p) for b, p in IMPLEMENTATIONS[device] if b in backends and (BACKENDS[b].batched or not batched)
+            and (not args.precisions or p in args.precisions)]
+
+
 def _load_suffix(args) -> str:
     return f"-load{args.background_load}" if args.background_load else ""
 
 
-def _main_throughput(args, devices, clips, decode_dict, threads, machine, vers, out_dir) -> int:
+def _main_throughput(args, impls: dict[str, list[tuple[str, str]]], clips, decode_dict, threads, machine, vers,
+                     out_dir) -> int:
     clip = clips[0] if args.audio else parse_clip(LONG_FORM, audio_dir())
-    backends = [b for b in (args.backends or list(BACKENDS)) if BACKENDS[b].batched]
     status = 0
-    for device in devices:
-        impls = [(b, p) for b, p in IMPLEMENTATIONS[device] if b in backends
-                 and (not args.precisions or p in args.precisions)]
+    for device in [device for device in impls if impls[device]]:
         for model in args.models:
             runs, failures = [], []
-            for backend, precision in impls:
+            for backend, precision in impls[device]:
                 info(f"--- {implementation_label(backend, precision)} batched {model} on {device}: {clip.name} ---")
                 spec = {"kind": "throughput", "backend": backend, "model": model, "device": device,
                         "precision": precision, "threads": None if backend == "max" else threads,
