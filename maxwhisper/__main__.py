@@ -290,7 +290,7 @@ def run_compare(args: argparse.Namespace) -> int:
             raise MaxWhisperError(f"unknown backend(s) {', '.join(unknown)}; valid backends: {', '.join(BACKENDS)}")
     else:
         backends = available_backends()
-    rows, failed = [], 0
+    rows, failed, mistakes = [], 0, 0  # mistakes: the failures that are the user's (MaxWhisperError)
     for backend in backends:
         row = [backend, args.device, args.precision, "-", "-", "-"]
         try:
@@ -307,6 +307,7 @@ def run_compare(args: argparse.Namespace) -> int:
             del t
         except Exception as e:  # noqa: BLE001 - one backend's failure must not hide the others
             failed += 1
+            mistakes += isinstance(e, MaxWhisperError)
             if _debug():
                 traceback.print_exc()
             kind = "" if isinstance(e, MaxWhisperError) else f"{type(e).__name__}: "
@@ -315,7 +316,9 @@ def run_compare(args: argparse.Namespace) -> int:
     info(f"{args.audio}: {len(audio) / SAMPLE_RATE:.1f} s of audio, model {args.model}, "
          f"{args.runs} run(s) after {args.warmup} warm-up; RTFx: audio seconds per processing second")
     print(_table(rows, ["backend", "device", "precision", "load+compile s", "total s", "RTFx", "text"]))
-    return EXIT_FAILURE if failed == len(backends) else 0
+    if failed < len(backends):
+        return 0
+    return EXIT_USER_ERROR if mistakes == failed else EXIT_FAILURE  # e.g. --device gpu without a GPU: 2
 
 
 # --- stream ---------------------------------------------------------------------------------
