@@ -431,6 +431,17 @@ def test_an_unknown_model_is_refused_before_ray_starts(tmp_path, monkeypatch, ca
     assert not (tmp_path / "out").exists()
 
 
+def test_an_output_that_cannot_be_a_folder_is_a_clear_error(tmp_path, capsys):
+    from maxwhisper.__main__ import main
+
+    (tmp_path / "notes.txt").write_text("a file")
+    for output, message in [(tmp_path / "notes.txt", f"the output {tmp_path / 'notes.txt'} is a file, not a folder"),
+                            (tmp_path / "notes.txt" / "out", f"cannot make the output folder {tmp_path}/notes.txt/out: "
+                                                            "Not a directory")]:
+        assert main(["transcribe-many", str(AUDIO / "jfk.flac"), "--output", str(output)]) == 2
+        assert capsys.readouterr().err == f"error: {message}\n"
+
+
 def test_the_command_killed_midway_and_run_again_transcribes_every_clip_once(tmp_path):
     """The issue's done-when command on the shared clips, killed (SIGKILL) after its first rows."""
     out = tmp_path / "out"

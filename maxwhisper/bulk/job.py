@@ -82,7 +82,12 @@ def transcribe_many(inputs: str | os.PathLike | Sequence[str | os.PathLike], out
         check_model_name(model)
     output = Path(output)
     files = collect_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs), output)
-    output.mkdir(parents=True, exist_ok=True)
+    if output.exists() and not output.is_dir():
+        raise MaxWhisperError(f"the output {output} is a file, not a folder")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MaxWhisperError(f"cannot make the output folder {output}: {e.strerror}") from None
     with _only_job(output):
         return _run(files, output, JobSettings(backend, model, device, precision, threads, kernels, options,
                                                str(output.resolve()), formats, max_seconds),
