@@ -234,7 +234,7 @@ def test_int8_targets_compare_like_with_like():
 
 
 def _report_doc(records: list[dict]) -> dict:
-    return {"schema_version": 1, "device": "cpu", "created": "now",
+    return {"schema_version": 2, "device": "cpu", "created": "now",
             "machine": {"cpu": "Test CPU", "cores": 2, "ram_gib": 8.0, "gpu": None, "gpus": [],
                         "load_average": [0, 0, 0]},
             "versions": {"max": "26.7.0"},

@@ -30,7 +30,7 @@ from .worker import WORKERS, info, run_worker, worker_main
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
 QUICK_OUT = Path(tempfile.gettempdir()) / "maxwhisper-bench"  # --quick without --out: never the committed results
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the per-clip results' JSON; 1: `rtfx` was named `rtf` (the same value)
 
 
 def _csv(text: str) -> list[str]:
@@ -298,7 +298,7 @@ def _main_throughput(args, impls: dict[str, list[tuple[str, str]]], clips, decod
                     print(f"FAILED: {implementation_label(backend, precision)} batched on {device}: {worker.get('error')}")
                     status = 1
             stem = ("quick-" if args.quick else "") + f"batched-{device_tag(device, machine)}-{model}" + _load_suffix(args)
-            doc = {"schema_version": SCHEMA_VERSION, "device": device,
+            doc = {"schema_version": 1, "device": device,
                    "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine, "versions": vers,
                    "options": {"repeats": args.repeats, "batch_sizes": args.batch_sizes, "threads": threads,
                                "background_load": args.background_load, "decode": decode_dict},
