@@ -346,7 +346,8 @@ def _read_torch_zip(path: Path) -> dict:
         def __init__(self, name):
             self.dtype = _TORCH_STORAGE_DTYPES.get(name)
             if self.dtype is None:
-                raise ModelError(f"{path}: tensors of type {name} are not supported; save the checkpoint in fp16 or fp32")
+                raise ModelError(f"{path}: tensors of type {name} are not supported; "
+                                 "save the checkpoint in fp16 or fp32")
 
     class Unpickler(pickle.Unpickler):
         def find_class(self, module, name):

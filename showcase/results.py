@@ -29,8 +29,8 @@ def read_benchmark(path: Path) -> BenchmarkRun:
     doc = json.loads(Path(path).read_text(encoding="utf-8"))
     rows = [{c: r.get(c) for c in BENCH_COLUMNS}
             for r in map(current_names, [r for r in doc.get("results") or [] if isinstance(r, dict)])]
-    return BenchmarkRun(Path(path).name, str(doc.get("created") or ""), doc.get("machine") or {}, doc.get("versions") or {},
-                        doc.get("options") or {}, rows)
+    return BenchmarkRun(Path(path).name, str(doc.get("created") or ""), doc.get("machine") or {},
+                        doc.get("versions") or {}, doc.get("options") or {}, rows)
 
 
 

@@ -120,7 +120,8 @@ def test_names_of_outputs():
 
 # --- records, accuracy, targets, rendering (synthetic: no backend runs) ------------------------
 
-JFK_TEXT = " And so, my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
+JFK_TEXT = (" And so, my fellow Americans, ask not what your country can do for you, "
+            "ask what you can do for your country.")
 
 
 def _worker(backend, precision, clips):
@@ -273,7 +274,8 @@ def test_batched_report_renders_with_targets_and_wer(tmp_path, monkeypatch):
                 "text": text, "chunk_tokens": [[1, 2]] if batch == 1 else [[1, 3]], "peak_rss_mib": 900.0}
 
     runs = [{"backend": "max", "precision": "fp32", "implementation": "MAX fp32",
-             "rows": [row(1, 8.0, "the cat sat"), row(8, 4.0, "the cat sat"), {"batch_size": 16, "error": "MemoryError: "}]},
+             "rows": [row(1, 8.0, "the cat sat"), row(8, 4.0, "the cat sat"),
+                      {"batch_size": 16, "error": "MemoryError: "}]},
             {"backend": "faster", "precision": "fp32", "implementation": "faster-whisper fp32",
              "rows": [row(1, 9.0, "the cat sat"), row(8, 8.0, "a cat sat")]}]
     doc = {"device": "cpu", "machine": {"cpu": "Test CPU", "cores": 2, "gpu": None, "vector_isa": "AVX2"},
@@ -379,7 +381,8 @@ def test_streaming_results_state_the_command_that_runs_them_again(tmp_path, monk
 
     from maxwhisper.bench.cli import cli
 
-    monkeypatch.setattr("maxwhisper.bench.streaming.run_worker", lambda spec, timeout: {"ok": False, "error": "not run"})
+    monkeypatch.setattr("maxwhisper.bench.streaming.run_worker",
+                        lambda spec, timeout: {"ok": False, "error": "not run"})
     argv = ["--streaming", "--backends", "max,faster", "--precisions", "int8", "--devices", "cpu", "--chunk", "0.5",
             "--streams", "3", "--temperature", "0", "--audio", str(AUDIO / "jfk.flac"), "--out", str(tmp_path)]
     assert cli(argv) == 1  # every implementation "failed"
@@ -397,7 +400,8 @@ def test_streaming_results_state_the_command_that_runs_them_again(tmp_path, monk
     (["--models", "tiny.en,tiny.xx"], "unknown model 'tiny.xx': use one of base, tiny.en, a CTranslate2 model "
                                       "folder, or an openai-whisper .pt file"),
     (["--precisions", "fp64"], "unknown precision(s) fp64; valid: fp32, fp16, bf16, int8"),
-    (["--backends", "openai", "--precisions", "int8"], "nothing to measure: none of the backends openai runs int8 on cpu"),
+    (["--backends", "openai", "--precisions", "int8"],
+     "nothing to measure: none of the backends openai runs int8 on cpu"),
     (["--streaming", "--precisions", "fp16"], "nothing to measure: none of the backends max, openai, faster runs fp16 "
                                               "on cpu"),
     (["--throughput", "--backends", "openai"], "nothing to measure: none of the backends openai runs any precision on "
@@ -428,8 +432,8 @@ def test_a_ratio_just_under_its_target_is_not_printed_as_reaching_it():
 def test_bulk_report_says_the_targets():
     def run(backend, precision, workers, wall_s, nodes=1, batch=8):
         return {"implementation": implementation_label(backend, precision), "backend": backend,
-                "precision": precision, "workers": workers, "batch_size": batch, "nodes": nodes, "files": 4, "failed": 0,
-                "audio_s": 3600.0, "wall_s": wall_s, "rate": 3600.0 / wall_s, "transcribe_s": wall_s - 2,
+                "precision": precision, "workers": workers, "batch_size": batch, "nodes": nodes, "files": 4,
+                "failed": 0, "audio_s": 3600.0, "wall_s": wall_s, "rate": 3600.0 / wall_s, "transcribe_s": wall_s - 2,
                 "read_s": 1.0, "write_s": 0.1, "node_files": [4] if nodes == 1 else [2, 2]}
 
     sequential = run("max", "fp32", 1, 80.0, batch=None)  # recorded without files_at_once, as older results were
@@ -577,7 +581,8 @@ def test_quick_end_to_end(tmp_path):
     assert next(r for r in results if r["backend"] == "max")["compile_s"] > 0
     assert next(r for r in results if r["backend"] == "openai")["agreement"] == 1.0
     assert {t["kind"] for t in doc["targets"]} == {"speed", "decoder", "wer"}  # decoder: MAX int8 against MAX fp32
-    assert "| jfk.flac (11.0 s) | MAX fp32 |" in out.stdout and "| jfk.flac (11.0 s) | MAX int8 |" in out.stdout and "WER on jfk.flac" in out.stdout
+    assert "| jfk.flac (11.0 s) | MAX fp32 |" in out.stdout and "| jfk.flac (11.0 s) | MAX int8 |" in out.stdout
+    assert "WER on jfk.flac" in out.stdout
 
 
 def test_streaming_end_to_end(tmp_path):

@@ -19,7 +19,8 @@ JFK = AUDIO / "jfk.flac"
 
 
 
-JFK_NORMALISED = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
+JFK_NORMALISED = ("and so my fellow americans ask not what your country can do for you "
+                  "ask what you can do for your country")
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -72,8 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated: cpu, gpu (default: cpu, plus gpu when nvidia-smi lists one)")
     p.add_argument("--precisions", type=_csv, default=None,
                    help="only these precisions (default: " + "; ".join(
-                       f"{device} " + " ".join(f"{b}/{p}" for b, p in impls) for device, impls in IMPLEMENTATIONS.items())
-                   + ")")
+                       f"{device} " + " ".join(f"{b}/{p}" for b, p in impls)
+                       for device, impls in IMPLEMENTATIONS.items()) + ")")
     p.add_argument("--audio", nargs="+", default=None, metavar="FILE|FOLDER",
                    help="audio files or folders; FILE#left / FILE#right / FILE#N takes one channel (default: "
                         + ", ".join(DEFAULT_CLIPS) + " from the shared audio folder)")
@@ -98,9 +98,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-sizes", type=_positive_ints, default=[1, 8], help="default 1,8")
     b = p.add_argument_group("bulk mode (transcribe-many on Ray Data; max and faster backends, cpu)")
     b.add_argument("--bulk", action="store_true",
-                   help="bulk jobs over the shared clips repeated to --bulk-minutes of audio, at each of --bulk-workers "
-                        "without a batch size and at each --batch-sizes, beside the same files through transcribe() in one process and a job on "
-                        "two virtual nodes")
+                   help="bulk jobs over the shared clips repeated to --bulk-minutes of audio, at each of "
+                        "--bulk-workers without a batch size and at each --batch-sizes, beside the same files "
+                        "through transcribe() in one process and a job on two virtual nodes")
     b.add_argument("--bulk-workers", type=_positive_ints, default=[1, 2], metavar="N,N", help="default 1,2")
     b.add_argument("--bulk-minutes", type=_positive_minutes, default=30.0, metavar="M",
                    help="at least this much audio (default 30)")
@@ -108,7 +108,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--streaming", action="store_true",
                    help="stream each clip (default " + ", ".join(STREAMING_CLIPS) + ") through the live "
                         "transcriber as if it arrived in real time: commit latency, compute share, WER")
-    s.add_argument("--chunk", type=positive_seconds, default=1.0, metavar="S", help="seconds of audio per chunk (default 1.0)")
+    s.add_argument("--chunk", type=positive_seconds, default=1.0, metavar="S",
+                   help="seconds of audio per chunk (default 1.0)")
     s.add_argument("--streams", type=_positive_int, default=1, metavar="N",
                    help="streams of each clip per implementation, the k-th with its chunk boundaries shifted by "
                         "k x chunk / N, to the millisecond (at most the chunk's milliseconds); the aims are judged "
@@ -240,8 +241,8 @@ def _main(args: argparse.Namespace) -> int:
                 failures += fails
         add_accuracy(records)
         targets = compute_targets(records, vnni=device == "cpu" and "VNNI" in (machine.get("vector_isa") or ""))
-        machine_now = {**machine, "load_average": load_before,
-                       "load_average_end": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
+        load_end = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+        machine_now = {**machine, "load_average": load_before, "load_average_end": load_end}
         doc = {"schema_version": SCHEMA_VERSION, "device": device, "created": created, "machine": machine_now,
                "versions": vers, "options": {**common, "device": device,
                                               "backends": backends, "precisions": args.precisions},
@@ -295,9 +296,11 @@ def _main_throughput(args, impls: dict[str, list[tuple[str, str]]], clips, decod
                 else:
                     failures.append({"implementation": implementation_label(backend, precision),
                                      "error": worker.get("error")})
-                    print(f"FAILED: {implementation_label(backend, precision)} batched on {device}: {worker.get('error')}")
+                    print(f"FAILED: {implementation_label(backend, precision)} batched on {device}: "
+                          f"{worker.get('error')}")
                     status = 1
-            stem = ("quick-" if args.quick else "") + f"batched-{device_tag(device, machine)}-{model}" + _load_suffix(args)
+            stem = (("quick-" if args.quick else "") + f"batched-{device_tag(device, machine)}-{model}"
+                    + _load_suffix(args))
             doc = {"schema_version": 1, "device": device,
                    "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine, "versions": vers,
                    "options": {"repeats": args.repeats, "batch_sizes": args.batch_sizes, "threads": threads,

@@ -35,7 +35,8 @@ def markdown_table(records: list[dict]) -> str:
     """One row per result; an older file's results too (`records.current_names`)."""
     header = ["audio", "implementation", "load s", "compile s", "total s (median)", "min–max s", "features s",
               "encode s", "decode s", "RTFx", "tokens/s", "peak RSS MiB", "WER %", "agreement %", "= openai tokens"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 3) + [":---:"]) + "|"]
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 3) + [":---:"]) + "|"]
     for r in map(current_names, records):
         same = {True: "yes", False: "no", None: "–"}[r.get("tokens_identical_to_openai")]
         lines.append("| " + " | ".join([
@@ -210,7 +211,8 @@ def throughput_markdown(doc: dict) -> str:
         first = next((r for r in run["rows"] if "error" not in r), None)
         for r in run["rows"]:
             if "error" in r:
-                lines.append(f"| {run['implementation']} | {r['batch_size']} | | FAILED: {r['error']} | | | | | | | | |")
+                lines.append(f"| {run['implementation']} | {r['batch_size']} | | FAILED: {r['error']} "
+                             "| | | | | | | | |")
                 continue
             same = {True: "yes", False: "no", None: "–"}[r.get("same_tokens_as_first")]
             lines.append(
