@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -440,6 +441,25 @@ def test_an_output_that_cannot_be_a_folder_is_a_clear_error(tmp_path, capsys):
                                                             "Not a directory")]:
         assert main(["transcribe-many", str(AUDIO / "jfk.flac"), "--output", str(output)]) == 2
         assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_a_local_job_starts_a_ray_instance_of_its_own_not_the_one_ray_start_recorded(tmp_path):
+    """Ray, given no address, joins the cluster that the last `ray start` on the machine recorded
+    (ray_current_cluster in its temp folder), whoever started it, and then refuses num_cpus; a job
+    without --address starts its own instance, as the docs say."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's sockets go under it
+    try:
+        (ray_tmp / "ray").mkdir()
+        (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9\n")  # nothing listens there
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        p = subprocess.run([sys.executable, "-m", "maxwhisper", "transcribe-many", str(AUDIO / "jfk.flac"),
+                            "--output", str(tmp_path / "out"), "--backend", "faster"], cwd=ROOT,
+                           env={**env, "RAY_TMPDIR": str(ray_tmp), "MAXWHISPER_DEBUG": ""}, capture_output=True,
+                           text=True, timeout=600)
+        assert p.returncode == 0, p.stderr
+        assert normalize((tmp_path / "out" / "jfk.flac.txt").read_text()) == JFK_WORDS
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_the_command_killed_midway_and_run_again_transcribes_every_clip_once(tmp_path):

@@ -160,7 +160,9 @@ def _rows(dataset, workers: int):
 
 
 def _start_ray(address: str | None) -> bool:
-    """Join `address`, or start a local instance of this machine's CPUs; True when started here."""
+    """Join `address`, or start a local instance of this machine's CPUs; True when started here.
+    The local instance is always a new one ("local"): without an address Ray joins the cluster the
+    last `ray start` on this machine recorded, whoever started it, and fails on `num_cpus`."""
     import ray
 
     if ray.is_initialized():
@@ -168,7 +170,8 @@ def _start_ray(address: str | None) -> bool:
     if address:
         ray.init(address=address, log_to_driver=False)
         return False
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+             logging_level=logging.WARNING)
     return True
 
 

@@ -140,8 +140,9 @@ def main(args: argparse.Namespace) -> int:
     # on a cluster the checkout travels to every node (their Python environments must have
     # requirements.txt installed); here the workers import it from this folder
     code = {"working_dir": str(ROOT), "excludes": [".venv", ".git", "artifacts", "benchmarks", "tests"]}
-    ray.init(address=args.address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
-             runtime_env=code if args.address else None)
+    # "local": a Ray instance of its own, not the cluster the last `ray start` here recorded (bulk.job)
+    ray.init(address=args.address or "local", include_dashboard=False, logging_level=logging.WARNING,
+             log_to_driver=False, runtime_env=code if args.address else None)
     try:
         config = config_of(args, _device(args.device, ray))
         short = replicas_short_of(config, ray.cluster_resources())
