@@ -82,7 +82,8 @@ def quiet_queue(demo: gr.Blocks) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-                        help="address to listen on (0.0.0.0: every interface; default $GRADIO_SERVER_NAME or 127.0.0.1)")
+                        help="address to listen on (0.0.0.0: every interface; "
+                             "default $GRADIO_SERVER_NAME or 127.0.0.1)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
                         help="default $GRADIO_SERVER_PORT or 7860")
     parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")

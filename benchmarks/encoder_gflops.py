@@ -58,8 +58,8 @@ def median_seconds(run, repeats: int) -> float:
 def peak_gops(precision: str) -> float:
     """The best of peak.mojo's three runs for `precision`."""
     mojo = Path(sys.executable).with_name("mojo")
-    out = subprocess.run([str(mojo), "run", "-I", str(ROOT / "maxwhisper" / "graph"), str(ROOT / "benchmarks" / "peak.mojo")],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([str(mojo), "run", "-I", str(ROOT / "maxwhisper" / "graph"),
+                          str(ROOT / "benchmarks" / "peak.mojo")], capture_output=True, text=True, check=True).stdout
     return max(float(x) for x in re.findall(rf"^{precision}: ([\d.]+) GOP/s", out, re.MULTILINE))
 
 
@@ -88,7 +88,8 @@ def main() -> None:
 
         faster = FasterTranscriber(args.model, device="cpu", precision="int8", threads=os.cpu_count())
         ref_s = median_seconds(lambda: faster.whisper.encode(mel[0]), args.repeats)
-    max_gflop, ref_gflop, peak = encoder_gflop(ckpt.dims, True), encoder_gflop(ckpt.dims, False), peak_gops(args.precision)
+    max_gflop, ref_gflop = encoder_gflop(ckpt.dims, True), encoder_gflop(ckpt.dims, False)
+    peak = peak_gops(args.precision)
     machine = machine_info()
     print(f"| {machine['cpu']}, {machine['cores']} cores, {machine['vector_isa']} | {args.model} | {peak:.0f} | "
           f"{max_gflop:.1f} | {max_s:.3f} | {max_gflop / max_s:.0f} ({100 * max_gflop / max_s / peak:.0f} %) | "

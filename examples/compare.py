@@ -23,5 +23,6 @@ for backend, result in results.items():
     print(f"{backend:7} {result.timings.total_s:6.2f} s  {result.rtfx:5.1f}x real time  tokens: {same}")
 mx = results["max"].timings.total_s
 print(f"\nMAX Graph ran at {reference.timings.total_s / mx:.2f}x the speed of openai-whisper and "
-      f"{results['faster'].timings.total_s / mx:.2f}x that of faster-whisper (one timed run each, on a machine that may be busy)")
+      f"{results['faster'].timings.total_s / mx:.2f}x that of faster-whisper "
+      "(one timed run each, on a machine that may be busy)")
 print(results["max"].text.strip())

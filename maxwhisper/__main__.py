@@ -3,7 +3,7 @@
 Results go to stdout, progress and errors to stderr. Exit codes: 0 ok; 2 a user mistake (bad
 arguments or option values, unknown backend/model/device/precision, an audio file that is missing,
 unreadable or holds nothing to transcribe, a GPU that is not there: one line says what is wrong,
-no traceback, and every file is checked before a model loads); 1 a failure while loading a model
+no traceback, and the model's name and every file are checked before a model loads); 1 a failure while loading a model
 or transcribing (set MAXWHISPER_DEBUG=1 to see its traceback).
 
 Subcommands live in COMMANDS: name -> (help, add_arguments(parser), run(args) -> exit code).
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .api import SAMPLE_RATE, AudioError, DecodeOptions, MaxWhisperError
+from .checkpoint import check_model_name
 from .formats import FORMATS, file_header, render
 
 EXIT_USER_ERROR = 2
@@ -215,6 +216,7 @@ def add_transcribe_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_transcribe(args: argparse.Namespace) -> int:
     options = DecodeOptions.from_values(vars(args))
+    check_model_name(args.model)  # before anything loads: no "loading ..." above its error
     check_files(args.audio, args.max_seconds)
     try:
         transcriber = load_transcriber(args, args.backend)
@@ -279,6 +281,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from .registry import BACKENDS, available_backends
 
     options = DecodeOptions.from_values(vars(args))
+    check_model_name(args.model)
     audio = read_audio(args.audio, args.max_seconds)
     if args.backends:
         backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -287,7 +290,7 @@ def run_compare(args: argparse.Namespace) -> int:
             raise MaxWhisperError(f"unknown backend(s) {', '.join(unknown)}; valid backends: {', '.join(BACKENDS)}")
     else:
         backends = available_backends()
-    rows, failed = [], 0
+    rows, failed, mistakes = [], 0, 0  # mistakes: the failures that are the user's (MaxWhisperError)
     for backend in backends:
         row = [backend, args.device, args.precision, "-", "-", "-"]
         try:
@@ -304,6 +307,7 @@ def run_compare(args: argparse.Namespace) -> int:
             del t
         except Exception as e:  # noqa: BLE001 - one backend's failure must not hide the others
             failed += 1
+            mistakes += isinstance(e, MaxWhisperError)
             if _debug():
                 traceback.print_exc()
             kind = "" if isinstance(e, MaxWhisperError) else f"{type(e).__name__}: "
@@ -312,7 +316,9 @@ def run_compare(args: argparse.Namespace) -> int:
     info(f"{args.audio}: {len(audio) / SAMPLE_RATE:.1f} s of audio, model {args.model}, "
          f"{args.runs} run(s) after {args.warmup} warm-up; RTFx: audio seconds per processing second")
     print(_table(rows, ["backend", "device", "precision", "load+compile s", "total s", "RTFx", "text"]))
-    return EXIT_FAILURE if failed == len(backends) else 0
+    if failed < len(backends):
+        return 0
+    return EXIT_USER_ERROR if mistakes == failed else EXIT_FAILURE  # e.g. --device gpu without a GPU: 2
 
 
 # --- stream ---------------------------------------------------------------------------------
@@ -333,6 +339,7 @@ def run_stream(args: argparse.Namespace) -> int:
     from .streaming import stream_audio
 
     options = DecodeOptions.from_values(vars(args))
+    check_model_name(args.model)
     audio = read_audio(args.audio, args.max_seconds)
     transcriber = load_transcriber(args, args.backend)
 

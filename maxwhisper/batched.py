@@ -17,14 +17,15 @@ prompted with the text before it, so it cannot batch. This mode, faster-whisper'
   chunk's speech-only timeline, are mapped back to the recording.
 
 Why timestamps lost words: the chunks are packed to nearly 30 s and often end in the middle of
-speech (a region longer than 30 s is split at a short pause or, without one, anywhere). Whisper marks speech that runs on
-past its window by opening a segment and stopping (`<|27.88|><|27.88|><|endoftext|>`): the
-sequential loop starts its next window there, but a chunk had no next window, and the chunk's
-last seconds were lost (the lecture lost 20 words in 3 of its 6 chunks: 10.6 % WER against 5.5 %
-text only). faster-whisper's pipeline loses them the same way. Here a chunk whose window stops at
-such a segment gets another window from that segment's start, in a later batch, as the
-sequential loop would: no words are lost, but the lecture still reads 6.5 % (timestamp mode's
-other word choices) and the extra windows cost encoder passes, so text only stays the default.
+speech (a region longer than 30 s is split at a short pause or, without one, anywhere). Whisper
+marks speech that runs on past its window by opening a segment and stopping
+(`<|27.88|><|27.88|><|endoftext|>`): the sequential loop starts its next window there, but a chunk
+had no next window, and the chunk's last seconds were lost (the lecture lost 20 words in 3 of its 6
+chunks: 10.6 % WER against 5.5 % text only). faster-whisper's pipeline loses them the same way. Here
+a chunk whose window stops at such a segment gets another window from that segment's start, in a
+later batch, as the sequential loop would: no words are lost, but the lecture still reads 6.5 %
+(timestamp mode's other word choices) and the extra windows cost encoder passes, so text only stays
+the default.
 
 Same weights and the same per-window rules as the sequential loop, but not the same text: the
 windows start elsewhere and see no previous text.

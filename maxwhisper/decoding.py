@@ -579,7 +579,8 @@ class DecodingTask:
         self.inference = model.inference()
         self.sequence_ranker = MaximumLikelihoodRanker(options.length_penalty)
         if options.beam_size is not None:
-            self.decoder: TokenDecoder = BeamSearchDecoder(options.beam_size, tokenizer.eot, self.inference, options.patience)
+            self.decoder: TokenDecoder = BeamSearchDecoder(options.beam_size, tokenizer.eot, self.inference,
+                                                           options.patience)
         else:
             self.decoder = GreedyDecoder(options.temperature, tokenizer.eot, rng or np.random.default_rng(0))
 

@@ -18,8 +18,8 @@ from .transcribe import _check_request, transcribe
 class MaxTranscriber:
     backend = "max"
 
-    def __init__(self, model: str = "tiny.en", device: str = "auto", precision: str = "fp32", threads: int | None = None,
-                 kernels: bool = True, max_batch: int = 1):
+    def __init__(self, model: str = "tiny.en", device: str = "auto", precision: str = "fp32",
+                 threads: int | None = None, kernels: bool = True, max_batch: int = 1):
         """kernels=False: the portable plan (MAX's ops only, the graphs a GPU runs) on the CPU too.
         max_batch > 1: transcriptions called from several threads at once share encoder calls and
         decoder steps, up to that many windows at a time (`graph.shared_steps`); their tokens are

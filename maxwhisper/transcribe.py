@@ -422,7 +422,8 @@ def _is_silence(result: DecodingResult, options: DecodeOptions) -> bool:
     return not (options.logprob_threshold is not None and result.avg_logprob > options.logprob_threshold)
 
 
-def _threshold_bands(result: DecodingResult, options: DecodeOptions, n_vocab: int) -> Iterator[tuple[str, float, float]]:
+def _threshold_bands(result: DecodingResult, options: DecodeOptions,
+                     n_vocab: int) -> Iterator[tuple[str, float, float]]:
     """(quantity, threshold, tolerance) of each threshold in use: how far another implementation's
     float32 value may be from this one's."""
     if options.logprob_threshold is not None:  # an average of len(tokens) + 1 summed log probabilities

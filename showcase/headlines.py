@@ -29,16 +29,18 @@ def run_headline(results: dict[str, TranscriptionResult], shared_cpu: str = "") 
     others = {b: r for b, r in results.items() if b != "max"}
     if mx is None or not others:
         return ""
-    shared_cpu = f" ⚠ Some runs shared the CPU with {shared_cpu}: compare again for a fair ratio." if shared_cpu else ""
+    shared_cpu = (f" ⚠ Some runs shared the CPU with {shared_cpu}: compare again for a fair ratio." if shared_cpu
+                  else "")
     # all in fp32 unless said: a run in int8 names each implementation's precision
     mixed = any(r.precision != "fp32" for r in results.values())
-    speed = "; ".join(f"{_times(r.timings.total_s / mx.timings.total_s)} {label(b)}{' ' + r.precision if mixed else ''} "
-                      f"({r.timings.total_s:.2f} s)" for b, r in others.items())
+    speed = "; ".join(f"{_times(r.timings.total_s / mx.timings.total_s)} {label(b)}"
+                      f"{' ' + r.precision if mixed else ''} ({r.timings.total_s:.2f} s)" for b, r in others.items())
     same = [label(b) for b, r in others.items() if r.tokens == mx.tokens]
     tokens = ("identical tokens to " + " and ".join(same) if same else "tokens differ from every other implementation")
     if same and len(same) < len(others):
         tokens += f", not to {' and '.join(label(b) for b in others if label(b) not in same)}"
-    return (f"### On this {mx.audio_s:.1f} s of audio, MAX Graph{' ' + mx.precision if mixed else ''} took {mx.timings.total_s:.2f} s: {speed}.\n"
+    return (f"### On this {mx.audio_s:.1f} s of audio, MAX Graph{' ' + mx.precision if mixed else ''} "
+            f"took {mx.timings.total_s:.2f} s: {speed}.\n"
             f"MAX's transcript has {tokens}. One run each, model already loaded.{shared_cpu}")
 
 

@@ -88,7 +88,8 @@ class ServiceTranscriptions:
     def load_note(self, backends: list[str], model: str, device: str) -> str:
         loading = [label(b) for b in backends if (b, model) in self.config.served.pairs
                    and not self.ingress.model_ready(b, model)[0]]
-        return f"On the service, {', '.join(loading)} with **{model}** still load: runs wait for them." if loading else ""
+        return (f"On the service, {', '.join(loading)} with **{model}** still load: runs wait for them." if loading
+                else "")
 
     def status(self) -> str:
         parts = []

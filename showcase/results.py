@@ -5,12 +5,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from maxwhisper.bench.records import current_names
+
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"  # what the app shows
 BENCH_COLUMNS = ["audio", "audio_s", "backend", "model", "device", "precision", "total_s_median", "rtfx",
                  "load_s", "compile_s", "features_s", "encode_s", "decode_s", "wer", "agreement",
                  "tokens_identical_to_openai"]
-
-OLD_NAMES = {"rtfx": "rtf"}  # a column's name in older files (the same value: audio s per processing s)
 
 
 @dataclass
@@ -27,10 +27,10 @@ def read_benchmark(path: Path) -> BenchmarkRun:
     """The one place that knows the schema `maxwhisper.bench` writes:
     {"machine": {...}, "versions": {...}, "options": {...}, "results": [{BENCH_COLUMNS...}, ...]}."""
     doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    rows = [{c: r.get(c, r.get(OLD_NAMES.get(c))) for c in BENCH_COLUMNS}
-            for r in doc.get("results") or [] if isinstance(r, dict)]
-    return BenchmarkRun(Path(path).name, str(doc.get("created") or ""), doc.get("machine") or {}, doc.get("versions") or {},
-                        doc.get("options") or {}, rows)
+    rows = [{c: r.get(c) for c in BENCH_COLUMNS}
+            for r in map(current_names, [r for r in doc.get("results") or [] if isinstance(r, dict)])]
+    return BenchmarkRun(Path(path).name, str(doc.get("created") or ""), doc.get("machine") or {},
+                        doc.get("versions") or {}, doc.get("options") or {}, rows)
 
 
 

@@ -170,8 +170,9 @@ class FakeTranscriber:
         if self.error:
             raise self.error
         seg = Segment(0, 0, 0.0, 1.0, " " + self.text, tokens)
-        return TranscriptionResult(self.text, [seg], "en", self.backend, "fake", "cpu", self.precision, len(audio) / 16000,
-                                   Timings(0.5, 0.0, None, 0.1, None, total_s), options, close_calls=self.close_calls)
+        return TranscriptionResult(self.text, [seg], "en", self.backend, "fake", "cpu", self.precision,
+                                   len(audio) / 16000, Timings(0.5, 0.0, None, 0.1, None, total_s), options,
+                                   close_calls=self.close_calls)
 
 
 def no_loading(*args, **kwargs):
@@ -382,7 +383,8 @@ def test_committed_benchmark_headline():
 def test_benchmark_headline_is_the_newest_runs(tmp_path):
     row = {"audio": "jfk.flac", "audio_s": 11.0, "backend": "max", "model": "tiny.en", "precision": "fp32",
            "total_s_median": 1.0, "tokens_identical_to_openai": True}
-    for name, created, openai_s in (("a.json", "2026-01-02 00:00:00 UTC", 3.0), ("b.json", "2026-01-01 00:00:00 UTC", 2.0)):
+    for name, created, openai_s in (("a.json", "2026-01-02 00:00:00 UTC", 3.0),
+                                    ("b.json", "2026-01-01 00:00:00 UTC", 2.0)):
         doc = {"created": created, "results": [row, {**row, "backend": "openai", "total_s_median": openai_s}]}
         (tmp_path / name).write_text(json.dumps(doc))
     assert "3.00× faster than openai-whisper (PyTorch) fp32" in benchmark_headline(tmp_path)
@@ -527,7 +529,8 @@ def test_a_load_tells_how_long_it_took_last_time(tmp_path):
     cache.get("max", "fake", "cpu")
     assert cache.load_note(["max"], "fake", "cpu") == ""
     again = ModelCache(lambda backend, **kw: FakeTranscriber(backend), record=record)
-    assert "compiling the MAX graphs for fake on cpu (about 1 s last time here)" in again.load_note(["max"], "fake", "cpu")
+    assert ("compiling the MAX graphs for fake on cpu (about 1 s last time here)"
+            in again.load_note(["max"], "fake", "cpu"))
 
 
 def test_compile_cache_on_persistent_storage(tmp_path, monkeypatch):

@@ -200,7 +200,8 @@ def test_openai_runs_a_pt_checkpoint(tmp_path, jfk):
     model = Whisper(dims)
     with torch.no_grad():  # openai leaves the decoder's positional embedding as torch.empty (garbage, maybe NaN)
         for name, p in model.named_parameters():
-            p.copy_(torch.ones_like(p) if name.endswith(("ln.weight", "ln_post.weight")) else torch.randn_like(p) * 0.02)
+            p.copy_(torch.ones_like(p) if name.endswith(("ln.weight", "ln_post.weight"))
+                    else torch.randn_like(p) * 0.02)
     torch.save({"dims": asdict(dims), "model_state_dict": model.state_dict()}, tmp_path / "m.pt")
     t = OpenAITranscriber(model=str(tmp_path / "m.pt"), device="cpu", precision="fp32", threads=2)
     r = t.transcribe(jfk[:16000], DecodeOptions(temperature=(0.0,), without_timestamps=True))
@@ -229,7 +230,8 @@ def test_faster_window_is_the_seek_loop_s_first_window_in_one_encoder_pass(faste
     audio = load_audio(AUDIO / "physicsworks.flac")[30 * SAMPLE_RATE:40 * SAMPLE_RATE]  # its end is decoded again
     options = DecodeOptions(word_timestamps=True, temperature=(0.0,))
     calls, encode = [], faster_tiny.whisper.encode
-    monkeypatch.setattr(faster_tiny.whisper, "encode", lambda features: calls.append(features.shape) or encode(features))
+    monkeypatch.setattr(faster_tiny.whisper, "encode",
+                        lambda features: calls.append(features.shape) or encode(features))
     whole = faster_tiny.transcribe(audio, options)
     assert len(calls) == 2
     window, decoded = faster_tiny.transcribe_window(audio, options)

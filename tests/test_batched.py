@@ -139,12 +139,14 @@ def test_batched_default_loses_no_words_on_the_lecture(max_tiny_en):
     reference = (AUDIO / "physicsworks.whisper-medium.txt").read_text()
     batched = wer(reference, max_tiny_en.transcribe(audio, DecodeOptions(batch_size=8)).text)
     sequential = wer(reference, max_tiny_en.transcribe(audio, DecodeOptions()).text)
-    faster = wer(reference, FasterTranscriber("tiny.en", device="cpu").transcribe(audio, DecodeOptions(batch_size=8)).text)
+    faster = wer(reference,
+                 FasterTranscriber("tiny.en", device="cpu").transcribe(audio, DecodeOptions(batch_size=8)).text)
     assert batched <= min(sequential, faster) + 0.005, (batched, sequential, faster)
 
 
 def test_segments_lie_in_the_recording_in_order(max_tiny_en, lecture_60s_audio, lecture_chunks):
-    result = max_tiny_en.transcribe(lecture_60s_audio, dataclasses.replace(BATCHED, temperature=DecodeOptions().temperature))
+    result = max_tiny_en.transcribe(lecture_60s_audio,
+                                    dataclasses.replace(BATCHED, temperature=DecodeOptions().temperature))
     duration = len(lecture_60s_audio) / SAMPLE_RATE
     starts = [s.start for s in result.segments]
     assert result.segments and starts == sorted(starts)

@@ -17,9 +17,9 @@ from maxwhisper.bench.clips import DEFAULT_CLIPS, LONG_FORM, REFERENCES, audio_d
 from maxwhisper.bench.machine import device_tag, machine_info, slug
 from maxwhisper.bench.records import (IMPLEMENTATIONS, add_accuracy, add_batched_accuracy, compute_targets,
                                       implementation_label, make_records, median_or_none, merge_round, ratio, spread)
-from maxwhisper.bench.report import (markdown_report, targets_text, throughput_markdown, write_outputs,
+from maxwhisper.bench.report import (markdown_report, targets_text, throughput_markdown, write_html, write_outputs,
                                      write_throughput_html)
-from maxwhisper.bench.streaming import add_streaming_accuracy, streaming_markdown
+from maxwhisper.bench.streaming import add_streaming_accuracy, stream_offsets, streaming_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 AUDIO = audio_dir()
@@ -120,7 +120,8 @@ def test_names_of_outputs():
 
 # --- records, accuracy, targets, rendering (synthetic: no backend runs) ------------------------
 
-JFK_TEXT = " And so, my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
+JFK_TEXT = (" And so, my fellow Americans, ask not what your country can do for you, "
+            "ask what you can do for your country.")
 
 
 def _worker(backend, precision, clips):
@@ -233,14 +234,18 @@ def test_int8_targets_compare_like_with_like():
         in text
 
 
+def _report_doc(records: list[dict]) -> dict:
+    return {"schema_version": 2, "device": "cpu", "created": "now",
+            "machine": {"cpu": "Test CPU", "cores": 2, "ram_gib": 8.0, "gpu": None, "gpus": [],
+                        "load_average": [0, 0, 0]},
+            "versions": {"max": "26.7.0"},
+            "options": {"repeats": 3, "threads": 2, "quick": False, "decode": {"beam_size": 1, "temperature": [0.0]}},
+            "results": records, "targets": compute_targets(records),
+            "failures": [{"backend": "faster", "precision": "fp16", "device": "cpu", "error": "not supported"}]}
+
+
 def test_reports_render(tmp_path):
-    records = _records()
-    doc = {"schema_version": 1, "device": "cpu", "created": "now",
-           "machine": {"cpu": "Test CPU", "cores": 2, "ram_gib": 8.0, "gpu": None, "gpus": [], "load_average": [0, 0, 0]},
-           "versions": {"max": "26.7.0"},
-           "options": {"repeats": 3, "threads": 2, "quick": False, "decode": {"beam_size": 1, "temperature": [0.0]}},
-           "results": records, "targets": compute_targets(records),
-           "failures": [{"backend": "faster", "precision": "fp16", "device": "cpu", "error": "not supported"}]}
+    doc = _report_doc(_records())
     paths = write_outputs(doc, tmp_path, "cpu-test")
     md = paths["md"].read_text()
     assert md.count("| jfk.flac (11.0 s) |") == 4 and "## Targets" in md and "not supported" in md
@@ -251,6 +256,17 @@ def test_reports_render(tmp_path):
     assert "plotly" in paths["html"].read_text()
 
 
+def test_an_older_file_s_results_render_with_the_same_figures(tmp_path):
+    """Results written before `rtf` was named `rtfx` (the same value) render as newer ones do, as
+    the app shows them (`records.OLD_NAMES`)."""
+    records = _records()
+    older = [{("rtf" if k == "rtfx" else k): v for k, v in r.items()} for r in records]
+    assert markdown_report(_report_doc(older)) == markdown_report(_report_doc(records))
+    assert "| 5.5 |" in markdown_report(_report_doc(older))  # jfk: 11 s of audio in a median of 2 s
+    write_html(_report_doc(older), tmp_path / "older.html")
+    assert "5.5×" in (tmp_path / "older.html").read_text()
+
+
 def test_batched_report_renders_with_targets_and_wer(tmp_path, monkeypatch):
     def row(batch, total, text):
         return {"batch_size": batch, "total_s_median": total, "total_s_min": total * 0.9, "total_s_max": total * 1.1,
@@ -258,7 +274,8 @@ def test_batched_report_renders_with_targets_and_wer(tmp_path, monkeypatch):
                 "text": text, "chunk_tokens": [[1, 2]] if batch == 1 else [[1, 3]], "peak_rss_mib": 900.0}
 
     runs = [{"backend": "max", "precision": "fp32", "implementation": "MAX fp32",
-             "rows": [row(1, 8.0, "the cat sat"), row(8, 4.0, "the cat sat"), {"batch_size": 16, "error": "MemoryError: "}]},
+             "rows": [row(1, 8.0, "the cat sat"), row(8, 4.0, "the cat sat"),
+                      {"batch_size": 16, "error": "MemoryError: "}]},
             {"backend": "faster", "precision": "fp32", "implementation": "faster-whisper fp32",
              "rows": [row(1, 9.0, "the cat sat"), row(8, 8.0, "a cat sat")]}]
     doc = {"device": "cpu", "machine": {"cpu": "Test CPU", "cores": 2, "gpu": None, "vector_isa": "AVX2"},
@@ -277,22 +294,24 @@ def test_batched_report_renders_with_targets_and_wer(tmp_path, monkeypatch):
     assert (tmp_path / "t.html").exists()
 
 
-def test_streaming_report_says_the_targets():
-    def row(audio, median, share, text, offline, loop=1.4, offset=0.0):
-        return {"audio": audio, "offset_s": offset, "audio_s": 11.0, "updates": 9, "compute_s": share * 11,
-                "compute_share": share, "encode_s": share * 5.5, "update_median_s": 0.3, "update_p90_s": 0.5,
-                "latency_median_s": median, "latency_p90_s": median + 1, "latencies": [median - 1, median, median + 1],
-                "words": 3, "behind_median_s": 0.0, "behind_max_s": 1.0, "loop_ratio": loop, "held_back": 2,
-                "text": text, "offline_text": offline, "offline_s": 0.5}
+def _stream_row(audio, median, share, text, offline, loop=1.4, offset=0.0):
+    """One stream's row as the streaming worker writes it: latencies median - 1, median, median + 1."""
+    return {"audio": audio, "offset_s": offset, "audio_s": 11.0, "updates": 9, "compute_s": share * 11,
+            "compute_share": share, "encode_s": share * 5.5, "update_median_s": 0.3, "update_p90_s": 0.5,
+            "latency_median_s": median, "latency_p90_s": median + 1, "latencies": [median - 1, median, median + 1],
+            "words": 3, "behind_median_s": 0.0, "behind_max_s": 1.0, "loop_ratio": loop, "held_back": 2,
+            "text": text, "offline_text": offline, "offline_s": 0.5}
 
+
+def test_streaming_report_says_the_targets():
     runs = [{"backend": "max", "precision": "fp32", "implementation": "MAX fp32",
-             "rows": [row("jfk.flac", 1.5, 0.3, "ask not what", "ask not what")]},
+             "rows": [_stream_row("jfk.flac", 1.5, 0.3, "ask not what", "ask not what")]},
             {"backend": "faster", "precision": "fp32", "implementation": "faster-whisper fp32",
-             "rows": [row("jfk.flac", 2.0, 0.5, "ask what", "ask not what")]},
+             "rows": [_stream_row("jfk.flac", 2.0, 0.5, "ask what", "ask not what")]},
             {"backend": "faster", "precision": "int8", "implementation": "faster-whisper int8",
-             "rows": [row("jfk.flac", 1.8, 0.5, "ask not what", "ask not what")]},
+             "rows": [_stream_row("jfk.flac", 1.8, 0.5, "ask not what", "ask not what")]},
             {"backend": "max", "precision": "fp32", "implementation": "MAX fp32",
-             "rows": [row("lecture.flac", 2.5, 0.7, "3 2 1 3 2 1", "3 2 1", loop=5.9)]}]
+             "rows": [_stream_row("lecture.flac", 2.5, 0.7, "3 2 1 3 2 1", "3 2 1", loop=5.9)]}]
     add_streaming_accuracy(runs)
     assert runs[1]["rows"][0]["wer_vs_offline"] == pytest.approx(1 / 3)
     doc = {"device": "cpu", "created": "now", "machine": {"cpu": "Test CPU", "cores": 2, "vector_isa": "AVX2"},
@@ -319,11 +338,7 @@ def test_streaming_targets_are_judged_over_all_of_a_clip_s_streams():
     missing_one = reference.replace(" not", "", 1)
 
     def row(median, share, text, offset):
-        return {"audio": "jfk.flac", "offset_s": offset, "audio_s": 11.0, "updates": 9, "compute_s": share * 11,
-                "compute_share": share, "encode_s": share * 5.5, "update_median_s": 0.3, "update_p90_s": 0.5,
-                "latency_median_s": median, "latency_p90_s": median + 1, "latencies": [median - 1, median, median + 1],
-                "words": 3, "behind_median_s": 0.0, "behind_max_s": 1.0, "loop_ratio": 1.4 + offset, "held_back": 0,
-                "text": text, "offline_text": reference, "offline_s": 0.5}
+        return _stream_row("jfk.flac", median, share, text, reference, loop=1.4 + offset, offset=offset)
 
     runs = [{"backend": "max", "precision": "fp32", "implementation": "MAX fp32",
              "rows": [row(1.5, 0.3, reference, 0.0), row(1.0, 0.65, missing_one, 0.5)]},
@@ -345,6 +360,66 @@ def test_streaming_targets_are_judged_over_all_of_a_clip_s_streams():
     assert "  - median latency against faster-whisper fp32 (1.75 s): 1.40x lower (at least 1.3x): met" in md
 
 
+def test_more_streams_than_milliseconds_in_a_chunk_are_refused(tmp_path, monkeypatch, capsys):
+    from maxwhisper.__main__ import main
+    from maxwhisper.api import MaxWhisperError
+
+    assert stream_offsets(1.0, 4) == [0.0, 0.25, 0.5, 0.75]
+    assert len(set(stream_offsets(0.3, 300))) == 300  # 1 ms apart: each its own shift
+    with pytest.raises(MaxWhisperError, match="use --streams 300 or fewer"):
+        stream_offsets(0.3, 301)  # 0.3 ms apart: at the milliseconds the results record, some the same
+    # the command says so before any stream runs, in one line, with a bad argument's exit status
+    monkeypatch.setattr("maxwhisper.bench.streaming.run_worker", lambda *args: pytest.fail("a stream ran"))
+    assert main(["bench", "--streaming", "--chunk", "1", "--streams", "1001", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        "error: --streams 1001 with --chunk 1: the streams' chunk boundaries would be shifted by less than 1 ms "
+        "from one stream to the next, and some streams would be the same; use --streams 1000 or fewer\n")
+
+
+def test_streaming_results_state_the_command_that_runs_them_again(tmp_path, monkeypatch):
+    import shlex
+
+    from maxwhisper.bench.cli import cli
+
+    monkeypatch.setattr("maxwhisper.bench.streaming.run_worker",
+                        lambda spec, timeout: {"ok": False, "error": "not run"})
+    argv = ["--streaming", "--backends", "max,faster", "--precisions", "int8", "--devices", "cpu", "--chunk", "0.5",
+            "--streams", "3", "--temperature", "0", "--audio", str(AUDIO / "jfk.flac"), "--out", str(tmp_path)]
+    assert cli(argv) == 1  # every implementation "failed"
+    (path,) = tmp_path.glob("streaming-*.json")
+    command = json.loads(path.read_text())["command"]
+    assert f"`{command}`" in path.with_suffix(".md").read_text()
+    assert command.startswith("python -m maxwhisper bench ")
+    again, given = build_parser().parse_args(shlex.split(command)[4:]), build_parser().parse_args(argv)
+    for key in ("streaming", "quick", "backends", "precisions", "devices", "models", "chunk", "streams",
+                "background_load", "beam_size", "temperature", "language", "audio"):
+        assert getattr(again, key) == getattr(given, key), key
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--models", "tiny.en,tiny.xx"], "unknown model 'tiny.xx': use one of base, tiny.en, a CTranslate2 model "
+                                      "folder, or an openai-whisper .pt file"),
+    (["--precisions", "fp64"], "unknown precision(s) fp64; valid: fp32, fp16, bf16, int8"),
+    (["--backends", "openai", "--precisions", "int8"],
+     "nothing to measure: none of the backends openai runs int8 on cpu"),
+    (["--streaming", "--precisions", "fp16"], "nothing to measure: none of the backends max, openai, faster runs fp16 "
+                                              "on cpu"),
+    (["--throughput", "--backends", "openai"], "nothing to measure: none of the backends openai runs any precision on "
+                                               "cpu in this mode (max and faster only)"),
+], ids=["unknown-model", "unknown-precision", "openai-int8", "streaming-fp16-on-cpu", "throughput-openai"])
+def test_a_run_with_nothing_to_measure_is_refused_before_it_writes_anything(tmp_path, monkeypatch, capsys, flags,
+                                                                           message):
+    """A typo in --models or --precisions would otherwise write a results file of failures, or of
+    nothing, over the committed one (the default --out)."""
+    from maxwhisper.__main__ import main
+
+    for module in ("cli", "streaming"):
+        monkeypatch.setattr(f"maxwhisper.bench.{module}.run_worker", lambda *args: pytest.fail("a worker ran"))
+    assert main(["bench", "--devices", "cpu", *flags, "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not any(tmp_path.iterdir())
+
+
 def test_a_ratio_just_under_its_target_is_not_printed_as_reaching_it():
     from maxwhisper.bench.report import ratio_text
 
@@ -357,8 +432,8 @@ def test_a_ratio_just_under_its_target_is_not_printed_as_reaching_it():
 def test_bulk_report_says_the_targets():
     def run(backend, precision, workers, wall_s, nodes=1, batch=8):
         return {"implementation": implementation_label(backend, precision), "backend": backend,
-                "precision": precision, "workers": workers, "batch_size": batch, "nodes": nodes, "files": 4, "failed": 0,
-                "audio_s": 3600.0, "wall_s": wall_s, "rate": 3600.0 / wall_s, "transcribe_s": wall_s - 2,
+                "precision": precision, "workers": workers, "batch_size": batch, "nodes": nodes, "files": 4,
+                "failed": 0, "audio_s": 3600.0, "wall_s": wall_s, "rate": 3600.0 / wall_s, "transcribe_s": wall_s - 2,
                 "read_s": 1.0, "write_s": 0.1, "node_files": [4] if nodes == 1 else [2, 2]}
 
     sequential = run("max", "fp32", 1, 80.0, batch=None)  # recorded without files_at_once, as older results were
@@ -506,7 +581,8 @@ def test_quick_end_to_end(tmp_path):
     assert next(r for r in results if r["backend"] == "max")["compile_s"] > 0
     assert next(r for r in results if r["backend"] == "openai")["agreement"] == 1.0
     assert {t["kind"] for t in doc["targets"]} == {"speed", "decoder", "wer"}  # decoder: MAX int8 against MAX fp32
-    assert "| jfk.flac (11.0 s) | MAX fp32 |" in out.stdout and "| jfk.flac (11.0 s) | MAX int8 |" in out.stdout and "WER on jfk.flac" in out.stdout
+    assert "| jfk.flac (11.0 s) | MAX fp32 |" in out.stdout and "| jfk.flac (11.0 s) | MAX int8 |" in out.stdout
+    assert "WER on jfk.flac" in out.stdout
 
 
 def test_streaming_end_to_end(tmp_path):

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -411,11 +412,54 @@ def test_the_command_says_which_files_failed_and_a_model_that_cannot_load_stops_
     assert len(errors) == 3 and all(any(message in line for line in errors) for message in BAD.values())
     assert str(archive) not in err
 
-    with pytest.raises(MaxWhisperError, match="unknown model 'tiny.xx'"):
-        maxwhisper.transcribe_many(archive / "jfk.flac", tmp_path, backend="faster", model="tiny.xx")
+    not_a_model = tmp_path / "not-a-model"  # a folder: the workers find it is not a model when they load it
+    not_a_model.mkdir()
+    with pytest.raises(MaxWhisperError, match="not-a-model is not a CTranslate2 model folder"):
+        maxwhisper.transcribe_many(archive / "jfk.flac", tmp_path, backend="faster", model=str(not_a_model))
     assert (tmp_path / "results.jsonl").read_text() == ""  # nothing recorded: a rerun does it all
     with pytest.raises(MaxWhisperError, match="unknown format"):
         maxwhisper.transcribe_many(archive / "jfk.flac", tmp_path, formats=["docx"])
+
+
+def test_an_unknown_model_is_refused_before_ray_starts(tmp_path, monkeypatch, capsys):
+    from maxwhisper.__main__ import main
+
+    monkeypatch.setattr("maxwhisper.bulk.job._start_ray", lambda address: pytest.fail("Ray started"))
+    assert main(["transcribe-many", str(AUDIO / "jfk.flac"), "--output", str(tmp_path / "out"),
+                 "--model", "tiny.xx"]) == 2
+    assert capsys.readouterr().err == ("error: unknown model 'tiny.xx': use one of base, tiny.en, a CTranslate2 model "
+                                       "folder, or an openai-whisper .pt file\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_that_cannot_be_a_folder_is_a_clear_error(tmp_path, capsys):
+    from maxwhisper.__main__ import main
+
+    (tmp_path / "notes.txt").write_text("a file")
+    for output, message in [(tmp_path / "notes.txt", f"the output {tmp_path / 'notes.txt'} is a file, not a folder"),
+                            (tmp_path / "notes.txt" / "out", f"cannot make the output folder {tmp_path}/notes.txt/out: "
+                                                            "Not a directory")]:
+        assert main(["transcribe-many", str(AUDIO / "jfk.flac"), "--output", str(output)]) == 2
+        assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_a_local_job_starts_a_ray_instance_of_its_own_not_the_one_ray_start_recorded(tmp_path):
+    """Ray, given no address, joins the cluster that the last `ray start` on the machine recorded
+    (ray_current_cluster in its temp folder), whoever started it, and then refuses num_cpus; a job
+    without --address starts its own instance, as the docs say."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's sockets go under it
+    try:
+        (ray_tmp / "ray").mkdir()
+        (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9\n")  # nothing listens there
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        p = subprocess.run([sys.executable, "-m", "maxwhisper", "transcribe-many", str(AUDIO / "jfk.flac"),
+                            "--output", str(tmp_path / "out"), "--backend", "faster"], cwd=ROOT,
+                           env={**env, "RAY_TMPDIR": str(ray_tmp), "MAXWHISPER_DEBUG": ""}, capture_output=True,
+                           text=True, timeout=600)
+        assert p.returncode == 0, p.stderr
+        assert normalize((tmp_path / "out" / "jfk.flac.txt").read_text()) == JFK_WORDS
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_the_command_killed_midway_and_run_again_transcribes_every_clip_once(tmp_path):

@@ -74,7 +74,8 @@ def test_tiny_values_match_ctranslate2(tiny, tiny_ct2):
                                   ct2["decoder/layer_2/attention/linear_0/weight"])
     np.testing.assert_array_equal(tiny.state["decoder.blocks.2.cross_attn.out.weight"],
                                   ct2["decoder/layer_2/attention/linear_2/weight"])
-    np.testing.assert_array_equal(tiny.state["decoder.blocks.3.mlp.2.weight"], ct2["decoder/layer_3/ffn/linear_1/weight"])
+    np.testing.assert_array_equal(tiny.state["decoder.blocks.3.mlp.2.weight"],
+                                  ct2["decoder/layer_3/ffn/linear_1/weight"])
     np.testing.assert_array_equal(tiny.state["decoder.ln.weight"], ct2["decoder/layer_norm/gamma"])
     np.testing.assert_array_equal(tiny.state["encoder.ln_post.bias"], ct2["encoder/layer_norm/beta"])
 

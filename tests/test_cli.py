@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maxwhisper.api import DecodeOptions, Segment, Timings, TranscriptionResult, Word
+from maxwhisper.api import BackendError, DecodeOptions, Segment, Timings, TranscriptionResult, Word
 from maxwhisper.scoring import normalize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,7 +19,8 @@ JFK = AUDIO / "jfk.flac"
 
 
 
-JFK_NORMALISED = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
+JFK_NORMALISED = ("and so my fellow americans ask not what your country can do for you "
+                  "ask what you can do for your country")
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -145,10 +146,15 @@ def test_missing_file():
     assert "loading" not in p.stderr  # refused before a model is loaded
 
 
-def test_bad_model():
+def test_bad_model(capsys):
+    """Refused in one line before anything loads, with the status of a bad argument."""
     p = cli("transcribe", JFK, "--backend", "openai", "--model", "tiny.xx")
     assert_clean_error(p, "tiny.xx", "use one of base, tiny.en, a CTranslate2 model folder")
     assert p.returncode == 2
+    message = ("error: unknown model 'tiny.xx': use one of base, tiny.en, a CTranslate2 model folder, or an "
+               "openai-whisper .pt file\n")
+    for args in (["transcribe", JFK], ["compare", JFK, "--backends", "openai,faster"], ["stream", JFK]):
+        assert run_main(capsys, *args, "--model", "tiny.xx") == (2, message)
 
 
 def test_corrupt_audio_file(tmp_path):
@@ -291,6 +297,21 @@ def test_several_files_each_come_under_their_name(capsys, monkeypatch, tmp_path,
     assert "==>" not in capsys.readouterr().out
     assert cli_main.main(["transcribe", str(longer), str(short), "--format", "json"]) == 0
     assert [json.loads(line)["audio"] for line in capsys.readouterr().out.splitlines()] == [str(longer), str(short)]
+
+
+@pytest.mark.parametrize("error, code", [(BackendError("--device gpu: no GPU here"), 2), (RuntimeError("boom"), 1)])
+def test_compare_where_every_backend_fails_exits_as_its_errors_say(capsys, monkeypatch, error, code):
+    """Each backend's error is in its row; when every one fails because of what was asked (e.g.
+    --device gpu without a GPU), the exit status is a user mistake's, else a failure's."""
+    import maxwhisper.__main__ as cli_main
+
+    def fail(args, backend, kernels=None):
+        raise error
+
+    monkeypatch.setattr(cli_main, "load_transcriber", fail)
+    assert cli_main.main(["compare", str(JFK), "--backends", "openai,faster"]) == code
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert [row.split()[0] for row in rows] == ["openai", "faster"] and all(str(error) in row for row in rows)
 
 
 def test_a_token_beyond_the_loaded_model_s_vocabulary_is_a_clear_error():

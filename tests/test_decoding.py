@@ -96,7 +96,8 @@ def jfk_logit_rows(torch_tiny_en, jfk_audio) -> np.ndarray:
     result = wd.decode(torch_tiny_en.module, torch.from_numpy(mel), wd.DecodingOptions(language="en", fp16=False))
     sot_sequence = list(get_tokenizer(False).sot_sequence)
     with torch.no_grad():
-        logits = torch_tiny_en.module.decoder(torch.tensor([sot_sequence + result.tokens]), torch_tiny_en.encode(mel[None]))
+        logits = torch_tiny_en.module.decoder(torch.tensor([sot_sequence + result.tokens]),
+                                              torch_tiny_en.encode(mel[None]))
     return logits[0, len(sot_sequence) - 1:].numpy()
 
 
@@ -305,7 +306,8 @@ def test_decode_one_window_equals_whisper(torch_tiny_en, jfk_audio):
     mel = whisper_mel(jfk_audio, 80)[:, :3000]
     for options in [dict(without_timestamps=True, prompt="Kennedy", prefix="And so")]:
         ours = md.decode(torch_tiny_en, mel, md.WindowOptions(language="en", **options))
-        ref = wd.decode(torch_tiny_en.module, torch.from_numpy(mel), wd.DecodingOptions(language="en", fp16=False, **options))
+        ref = wd.decode(torch_tiny_en.module, torch.from_numpy(mel),
+                        wd.DecodingOptions(language="en", fp16=False, **options))
         assert (ours.tokens, ours.text, ours.language) == (ref.tokens, ref.text, ref.language)
         logprob_tolerance, probability_tolerance = window_tolerances(51864, ours)
         assert ours.avg_logprob == pytest.approx(ref.avg_logprob, abs=logprob_tolerance)
@@ -335,10 +337,12 @@ def test_threshold_decisions_equal_whisper_s_or_are_reported_as_close(torch_tiny
         if close:
             assert calls[0].start == 0.0 and abs(calls[0].value - calls[0].threshold) <= calls[0].tolerance
             continue
-        assert [(s.seek, s.temperature) for s in ours.segments] == [(s["seek"], s["temperature"]) for s in ref["segments"]]
+        assert ([(s.seek, s.temperature) for s in ours.segments]
+                == [(s["seek"], s["temperature"]) for s in ref["segments"]])
         decided[quantity].append((bool(ours.segments) and ours.segments[0].temperature > 0, not ours.segments))
     # both sides of each threshold were seen: kept, then fell back; skipped, then kept
-    assert decided == {"avg_logprob": [(False, False), (True, False)], "no_speech_prob": [(False, True), (False, False)]}
+    assert decided == {"avg_logprob": [(False, False), (True, False)],
+                       "no_speech_prob": [(False, True), (False, False)]}
 
 
 def test_silence_equals_whisper(torch_tiny_en):

@@ -119,7 +119,8 @@ def test_numpy_word_timing_is_whisper_s(torch_tiny_en, lecture_60s_audio, sax_th
         ow, rw = words_of(ours), [w for s in ref["segments"] for w in s["words"]]
         assert [w.word for w in ow] == [w["word"] for w in rw]
         ours_times = [t for s in ours.segments for t in (s.start, s.end)] + [t for w in ow for t in (w.start, w.end)]
-        ref_times = [s[k] for s in ref["segments"] for k in ("start", "end")] + [w[k] for w in rw for k in ("start", "end")]
+        ref_times = ([s[k] for s in ref["segments"] for k in ("start", "end")]
+                     + [w[k] for w in rw for k in ("start", "end")])
         assert ours_times == pytest.approx(ref_times, abs=WORD_TOLERANCE_S + 1e-9)
         tolerance = probability_tolerance(torch_tiny_en.dims.n_vocab)
         assert [w.probability for w in ow] == pytest.approx([w["probability"] for w in rw], abs=tolerance)
@@ -158,7 +159,8 @@ def test_beam_search_tokens_equal_openai(max_tiny_en_each_plan, openai_tiny_en, 
 def test_initial_prompt_without_conditioning_matches_openai(max_tiny_en, openai_tiny_en, lecture_60s_audio):
     options = DecodeOptions(initial_prompt="Walter Lewin's physics lecture: pendulum, energy, joules.",
                             condition_on_previous_text=False)
-    ours, ref = max_tiny_en.transcribe(lecture_60s_audio, options), openai_tiny_en.transcribe(lecture_60s_audio, options)
+    ours = max_tiny_en.transcribe(lecture_60s_audio, options)
+    ref = openai_tiny_en.transcribe(lecture_60s_audio, options)
     assert ours.tokens == ref.tokens
     assert [s.seek for s in ours.segments] == [s.seek for s in ref.segments]
     assert ours.tokens != max_tiny_en.transcribe(lecture_60s_audio, DecodeOptions()).tokens  # the options acted

@@ -59,7 +59,8 @@ def test_the_cpu_plan_runs_every_kernel_and_no_kernels_runs_the_gpu_s_graphs(tin
     portable = make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims, kernels=False)
     gpu = make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.GPU()), dims)
     assert (portable.name, graph_names(portable)) == (gpu.name, graph_names(gpu))
-    assert {k: v for k, v in vars(portable).items() if k != "device"} == {k: v for k, v in vars(gpu).items() if k != "device"}
+    assert ({k: v for k, v in vars(portable).items() if k != "device"}
+            == {k: v for k, v in vars(gpu).items() if k != "device"})
     not_half = {k: v.astype(np.float32) + np.float32(1e-6) if k.startswith("decoder.") else v
                 for k, v in tiny_arrays.items()}  # decoder weights that are not float16 numbers
     plan = make_plan(WeightBank(not_half, DType.float32, DeviceRef.CPU()), dims)

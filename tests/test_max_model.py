@@ -119,7 +119,8 @@ def test_few_row_linear_kernel_is_the_float32_product_of_float16_weights():
     x = rng.standard_normal((5, d_in)).astype(np.float32)
     five = run(x)
     for prefix, out in zip(("lin", "nobias"), five):
-        expected = x.astype(np.float64) @ arrays[f"{prefix}.weight"].astype(np.float64).T + arrays.get(f"{prefix}.bias", 0)
+        expected = (x.astype(np.float64) @ arrays[f"{prefix}.weight"].astype(np.float64).T
+                    + arrays.get(f"{prefix}.bias", 0))
         np.testing.assert_allclose(out, expected, rtol=0, atol=2e-5)
     for row in range(5):
         for a, b in zip(run(x[row:row + 1]), five):
@@ -220,16 +221,19 @@ def test_decoder_layer_step_kernel_matches_numpy(int8):
     for n in LAYER_STEP_VECTORS:
         linear = n.removesuffix(".bias")
         size = shapes[linear][0] if linear in shapes else d  # a linear's bias, else a layer norm's weight or bias
-        arrays[f"blk.{n}"] = (rng.standard_normal(size) * 0.1 + (1 if n.endswith("ln.weight") else 0)).astype(np.float32)
+        arrays[f"blk.{n}"] = (rng.standard_normal(size) * 0.1
+                              + (1 if n.endswith("ln.weight") else 0)).astype(np.float32)
     cpu = DeviceRef.CPU()
     w = WeightBank(arrays, DType.float32, cpu)
     kv = DType.int8 if int8 else DType.float32
     cross_types = [TensorType(kv, [b, h, t, dh], device=cpu), TensorType(kv, [b, h, dh, t], device=cpu)]
     cross_types += [TensorType(DType.float32, [b, h, t], device=cpu)] * 2 if int8 else []
     types = [TensorType(DType.float32, [b, d], device=cpu), BufferType(DType.float32, [b, h, s, dh], device=cpu),
-             BufferType(DType.float32, [b, h, dh, s], device=cpu), *cross_types, TensorType(DType.int64, [b], device=cpu)]
+             BufferType(DType.float32, [b, h, dh, s], device=cpu), *cross_types,
+             TensorType(DType.int64, [b], device=cpu)]
     run = _kernel_graph(f"decoder_layer_step_test{'_int8' if int8 else ''}", types,
-                        lambda x, ck, cv, *rest: [decoder_layer_step(w, "blk", x, ck, cv, list(rest[:-1]), rest[-1], int8)],
+                        lambda x, ck, cv, *rest: [decoder_layer_step(w, "blk", x, ck, cv, list(rest[:-1]), rest[-1],
+                                                                     int8)],
                         w)
 
     def ln(x, name):
@@ -597,7 +601,8 @@ def test_greedy_choice_kernel_equals_the_host_decoding_path():
         logits[:, :, ts:] += rng.uniform(-6, 4)  # timestamps sometimes more probable than any text token
         suppress = np.zeros((b, v), np.float32)
         suppress[:, rng.integers(0, v, 100)] = -np.inf
-        suppress[:, [slice(0, 0), slice(ts, None), slice(None, tokenizer.eot), slice(ts, ts + 700)][trial % 4]] = -np.inf
+        spans = [slice(0, 0), slice(ts, None), slice(None, tokenizer.eot), slice(ts, ts + 700)]
+        suppress[:, spans[trial % 4]] = -np.inf
         timestamp_begin = ts if trial % 5 else v  # v: without timestamps
         tokens, logprobs = run(logits, suppress, np.array([timestamp_begin], np.int64))
 
@@ -762,7 +767,8 @@ def test_batched_greedy_windows_equal_their_single_decodes(max_tiny_en, jfk_audi
     from maxwhisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram
     from maxwhisper.decoding import decode
 
-    mels = np.stack([log_mel_spectrogram(a, 80, padding=N_SAMPLES)[:, :N_FRAMES] for a in (jfk_audio, lecture_60s_audio)])
+    mels = np.stack([log_mel_spectrogram(a, 80, padding=N_SAMPLES)[:, :N_FRAMES]
+                     for a in (jfk_audio, lecture_60s_audio)])
     batch = decode(max_tiny_en.net, mels, language="en")
     for mel, together in zip(mels, batch, strict=True):
         alone = decode(max_tiny_en.net, mel, language="en")

@@ -56,8 +56,9 @@ def test_setup_gpu_says_what_is_missing_before_installing_anything(tmp_path):
     (fake / "nvidia-smi").write_text("#!/bin/sh\necho 550.54.15\n")
     (fake / "nvidia-smi").chmod(0o755)
     plain = {**os.environ, "PATH": f"{tmp_path}:{os.path.dirname(shutil.which('bash'))}:/usr/bin:/bin"}
-    for env, needle in [(plain, "no nvidia-smi here"), ({**plain, "PATH": f"{fake}:{plain['PATH']}"},
-                                                       "needs NVIDIA driver 580 or newer (CUDA 13); this machine has 550")]:
+    for env, needle in [(plain, "no nvidia-smi here"),
+                        ({**plain, "PATH": f"{fake}:{plain['PATH']}"},
+                         "needs NVIDIA driver 580 or newer (CUDA 13); this machine has 550")]:
         if needle.startswith("no") and shutil.which("nvidia-smi", path=env["PATH"]):
             continue  # a machine with a real driver
         done = subprocess.run(["bash", str(ROOT / "setup.sh"), "--gpu"], env=env, capture_output=True, text=True,

@@ -41,7 +41,8 @@ def test_agreement_is_one_minus_wer_floored_at_zero():
 
 def test_word_diff(monkeypatch):
     # the app's own normaliser kept "don't"; openai-whisper's, which the benchmark uses, expands it
-    assert scoring.normalize("And so, my fellow Americans — ask NOT! Don't") == "and so my fellow americans ask not do not"
+    assert (scoring.normalize("And so, my fellow Americans — ask NOT! Don't")
+            == "and so my fellow americans ask not do not")
     wer, diff = scoring.word_diff("the cat sat", "the cat sat")
     assert wer == 0 and diff == "the cat sat"
     wer, diff = scoring.word_diff("the cat sat on", "the bat sat on it")

@@ -411,7 +411,8 @@ def test_a_cut_at_the_committed_end_does_not_split_the_next_word_as_heard_now():
     silence = np.zeros(10 * SAMPLE_RATE, np.float32)
     streamer.push(silence)
     assert texts(streamer.push(silence).committed) == "ask not what"  # "what" ends at 1.5 s
-    streamer.push(silence[:6 * SAMPLE_RATE])  # 26 s buffered: cut, though the latest hypothesis's "your" starts at 1.2 s
+    # 26 s buffered: cut, though the latest hypothesis's "your" starts at 1.2 s
+    streamer.push(silence[:6 * SAMPLE_RATE])
     assert streamer.buffer_start == pytest.approx(1.2) and texts(streamer.policy.tentative) == "your"
 
 
@@ -498,8 +499,9 @@ def test_stream_command_prints_committed_text_and_latency():
     from whisper.normalizers import EnglishTextNormalizer
 
     root = Path(__file__).resolve().parents[1]
-    p = subprocess.run([sys.executable, "-m", "maxwhisper", "stream", str(root.parent / "shared" / "audio" / "jfk.flac"),
-                        "--backend", "faster", "--threads", "2"], cwd=root, capture_output=True, text=True, timeout=600)
+    jfk = root.parent / "shared" / "audio" / "jfk.flac"
+    p = subprocess.run([sys.executable, "-m", "maxwhisper", "stream", str(jfk), "--backend", "faster",
+                        "--threads", "2"], cwd=root, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     lines = p.stdout.strip().splitlines()
     assert lines[0].startswith("[00:00.000 --> ") and "(committed at" in lines[0]

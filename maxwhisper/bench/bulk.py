@@ -131,7 +131,7 @@ def _start_local_ray(cores: int) -> float:
     import ray
 
     start = time.perf_counter()
-    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=cores, include_dashboard=False, log_to_driver=False)  # a new one (bulk.job)
     try:
         _start_ray_data()
     except BaseException:

@@ -17,19 +17,20 @@ from typing import Any
 
 from ..__main__ import finite_float, positive_seconds, temperatures
 from ..api import DecodeOptions
-from ..registry import BACKENDS
+from ..checkpoint import check_model_name
+from ..registry import BACKENDS, PRECISIONS
 from .clips import DEFAULT_CLIPS, LONG_FORM, audio_dir, parse_clip, resolve_clips
 from .machine import REPO_ROOT, device_tag, gpus, machine_info, versions
 from .records import (IMPLEMENTATIONS, add_accuracy, add_batched_accuracy, compute_targets, implementation_label,
                       make_records, merge_round)
 from .report import markdown_table, targets_text, throughput_markdown, write_outputs, write_throughput_html
 from .bulk import bulk_reference_worker, main_bulk
-from .streaming import STREAMING_CLIPS, main_streaming, streaming_worker
+from .streaming import STREAMING_CLIPS, main_streaming, stream_offsets, streaming_worker
 from .worker import WORKERS, info, run_worker, worker_main
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
 QUICK_OUT = Path(tempfile.gettempdir()) / "maxwhisper-bench"  # --quick without --out: never the committed results
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the per-clip results' JSON; 1: `rtfx` was named `rtf` (the same value)
 
 
 def _csv(text: str) -> list[str]:
@@ -71,8 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated: cpu, gpu (default: cpu, plus gpu when nvidia-smi lists one)")
     p.add_argument("--precisions", type=_csv, default=None,
                    help="only these precisions (default: " + "; ".join(
-                       f"{device} " + " ".join(f"{b}/{p}" for b, p in impls) for device, impls in IMPLEMENTATIONS.items())
-                   + ")")
+                       f"{device} " + " ".join(f"{b}/{p}" for b, p in impls)
+                       for device, impls in IMPLEMENTATIONS.items()) + ")")
     p.add_argument("--audio", nargs="+", default=None, metavar="FILE|FOLDER",
                    help="audio files or folders; FILE#left / FILE#right / FILE#N takes one channel (default: "
                         + ", ".join(DEFAULT_CLIPS) + " from the shared audio folder)")
@@ -97,9 +98,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-sizes", type=_positive_ints, default=[1, 8], help="default 1,8")
     b = p.add_argument_group("bulk mode (transcribe-many on Ray Data; max and faster backends, cpu)")
     b.add_argument("--bulk", action="store_true",
-                   help="bulk jobs over the shared clips repeated to --bulk-minutes of audio, at each of --bulk-workers "
-                        "without a batch size and at each --batch-sizes, beside the same files through transcribe() in one process and a job on "
-                        "two virtual nodes")
+                   help="bulk jobs over the shared clips repeated to --bulk-minutes of audio, at each of "
+                        "--bulk-workers without a batch size and at each --batch-sizes, beside the same files "
+                        "through transcribe() in one process and a job on two virtual nodes")
     b.add_argument("--bulk-workers", type=_positive_ints, default=[1, 2], metavar="N,N", help="default 1,2")
     b.add_argument("--bulk-minutes", type=_positive_minutes, default=30.0, metavar="M",
                    help="at least this much audio (default 30)")
@@ -107,10 +108,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--streaming", action="store_true",
                    help="stream each clip (default " + ", ".join(STREAMING_CLIPS) + ") through the live "
                         "transcriber as if it arrived in real time: commit latency, compute share, WER")
-    s.add_argument("--chunk", type=positive_seconds, default=1.0, metavar="S", help="seconds of audio per chunk (default 1.0)")
+    s.add_argument("--chunk", type=positive_seconds, default=1.0, metavar="S",
+                   help="seconds of audio per chunk (default 1.0)")
     s.add_argument("--streams", type=_positive_int, default=1, metavar="N",
                    help="streams of each clip per implementation, the k-th with its chunk boundaries shifted by "
-                        "k x chunk / N; the aims are judged over all of them (default 1)")
+                        "k x chunk / N, to the millisecond (at most the chunk's milliseconds); the aims are judged "
+                        "over all of them (default 1)")
     v = p.add_argument_group("service mode")
     v.add_argument("--serve", action="store_true",
                    help="the HTTP service under load: closed-loop clients against MAX with and without requests "
@@ -157,7 +160,19 @@ def _main(args: argparse.Namespace) -> int:
     bad = [b for b in backends if b not in BACKENDS]
     if bad:
         raise BackendError(f"unknown backend(s) {', '.join(bad)}; valid: {', '.join(BACKENDS)}")
+    bad = [p for p in args.precisions or [] if p not in PRECISIONS]
+    if bad:
+        raise BackendError(f"unknown precision(s) {', '.join(bad)}; valid: {', '.join(PRECISIONS)}")
+    for model in args.models:
+        check_model_name(model)
     devices = _devices(args.devices)
+    if not args.serve:  # what each device runs: a device with nothing to run writes no results over older ones
+        impls = {device: _implementations(args, backends, device) for device in (["cpu"] if args.bulk else devices)}
+        if not any(impls.values()):
+            raise BackendError(f"nothing to measure: none of the backends {', '.join(backends)} runs "
+                               f"{', '.join(args.precisions or ['any precision'])} on {', '.join(impls)}"
+                               + (" in this mode (max and faster only)" if args.throughput or args.bulk else ""))
+        devices = [device for device in devices if impls.get(device)]
     clips = resolve_clips(args.audio, quick=args.quick)
     options = DecodeOptions.from_values(vars(args))
     out_dir = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
@@ -169,28 +184,25 @@ def _main(args: argparse.Namespace) -> int:
               "background_load": args.background_load,
               "quick": args.quick, "decode": decode_dict, "clips": [dataclasses.asdict(c) for c in clips]}
     if args.throughput:
-        return _main_throughput(args, devices, clips, decode_dict, threads, machine, vers, out_dir)
+        return _main_throughput(args, impls, clips, decode_dict, threads, machine, vers, out_dir)
     if args.bulk:
-        impls = [(b, p) for b, p in IMPLEMENTATIONS["cpu"] if b in backends and BACKENDS[b].batched
-                 and (not args.precisions or p in args.precisions)]
-        return max(main_bulk(args, impls, model, decode_dict, machine, vers, out_dir,
+        return max(main_bulk(args, impls["cpu"], model, decode_dict, machine, vers, out_dir,
                              f"bulk-{device_tag('cpu', machine)}-{model}") for model in args.models)
     if args.serve:
         from .serve import main_serve
 
         return main_serve(args, out_dir)
     if args.streaming:
+        stream_offsets(args.chunk, args.streams)  # refuses more streams than it can shift apart
         if not (args.audio or args.quick):
             clips = [parse_clip(name, audio_dir()) for name in STREAMING_CLIPS]
         status = 0
         for device in devices:
-            impls = [(b, p) for b, p in IMPLEMENTATIONS[device] if b in backends
-                     and (not args.precisions or p in args.precisions)]
             for model in args.models:
                 stem = ("quick-" if args.quick else "") + f"streaming-{device_tag(device, machine)}-{model}" \
                     + _load_suffix(args)
-                status |= main_streaming(args, clips, impls, device, model, decode_dict, threads, machine, vers,
-                                         out_dir, stem)
+                status |= main_streaming(args, clips, impls[device], device, model, decode_dict, threads, machine,
+                                         vers, out_dir, stem)
         return status
 
     status = 0
@@ -198,12 +210,10 @@ def _main(args: argparse.Namespace) -> int:
         created = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         load_before = machine["load_average"]
         records, failures = [], []
-        impls = [(b, p) for b, p in IMPLEMENTATIONS[device] if b in backends
-                 and (not args.precisions or p in args.precisions)]
         for model in args.models:
             workers: dict[tuple[str, str], dict[str, Any]] = {}  # the first round's output, later rounds pooled in
             for round_index in range(args.rounds):
-                for backend, precision in impls:
+                for backend, precision in impls[device]:
                     if round_index and (backend, precision) not in workers:
                         continue  # failed in an earlier round (already reported)
                     info(f"--- {implementation_label(backend, precision)} {model} on {device}"
@@ -231,8 +241,8 @@ def _main(args: argparse.Namespace) -> int:
                 failures += fails
         add_accuracy(records)
         targets = compute_targets(records, vnni=device == "cpu" and "VNNI" in (machine.get("vector_isa") or ""))
-        machine_now = {**machine, "load_average": load_before,
-                       "load_average_end": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
+        load_end = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+        machine_now = {**machine, "load_average": load_before, "load_average_end": load_end}
         doc = {"schema_version": SCHEMA_VERSION, "device": device, "created": created, "machine": machine_now,
                "versions": vers, "options": {**common, "device": device,
                                               "backends": backends, "precisions": args.precisions},
@@ -254,20 +264,26 @@ def _main(args: argparse.Namespace) -> int:
     return status
 
 
+def _implementations(args: argparse.Namespace, backends: list[str], device: str) -> list[tuple[str, str]]:
+    """The (backend, precision) pairs the run measures on `device`, in run order: `backends`' at
+    --precisions (all when not given); the batched modes (--throughput, --bulk) take max and faster."""
+    batched = args.throughput or args.bulk
+    return [(b, p) for b, p in IMPLEMENTATIONS[device] if b in backends and (BACKENDS[b].batched or not batched)
+            and (not args.precisions or p in args.precisions)]
+
+
 def _load_suffix(args) -> str:
     return f"-load{args.background_load}" if args.background_load else ""
 
 
-def _main_throughput(args, devices, clips, decode_dict, threads, machine, vers, out_dir) -> int:
+def _main_throughput(args, impls: dict[str, list[tuple[str, str]]], clips, decode_dict, threads, machine, vers,
+                     out_dir) -> int:
     clip = clips[0] if args.audio else parse_clip(LONG_FORM, audio_dir())
-    backends = [b for b in (args.backends or list(BACKENDS)) if BACKENDS[b].batched]
     status = 0
-    for device in devices:
-        impls = [(b, p) for b, p in IMPLEMENTATIONS[device] if b in backends
-                 and (not args.precisions or p in args.precisions)]
+    for device in [device for device in impls if impls[device]]:
         for model in args.models:
             runs, failures = [], []
-            for backend, precision in impls:
+            for backend, precision in impls[device]:
                 info(f"--- {implementation_label(backend, precision)} batched {model} on {device}: {clip.name} ---")
                 spec = {"kind": "throughput", "backend": backend, "model": model, "device": device,
                         "precision": precision, "threads": None if backend == "max" else threads,
@@ -280,10 +296,12 @@ def _main_throughput(args, devices, clips, decode_dict, threads, machine, vers, 
                 else:
                     failures.append({"implementation": implementation_label(backend, precision),
                                      "error": worker.get("error")})
-                    print(f"FAILED: {implementation_label(backend, precision)} batched on {device}: {worker.get('error')}")
+                    print(f"FAILED: {implementation_label(backend, precision)} batched on {device}: "
+                          f"{worker.get('error')}")
                     status = 1
-            stem = ("quick-" if args.quick else "") + f"batched-{device_tag(device, machine)}-{model}" + _load_suffix(args)
-            doc = {"schema_version": SCHEMA_VERSION, "device": device,
+            stem = (("quick-" if args.quick else "") + f"batched-{device_tag(device, machine)}-{model}"
+                    + _load_suffix(args))
+            doc = {"schema_version": 1, "device": device,
                    "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine, "versions": vers,
                    "options": {"repeats": args.repeats, "batch_sizes": args.batch_sizes, "threads": threads,
                                "background_load": args.background_load, "decode": decode_dict},

@@ -23,6 +23,15 @@ WER_TARGET_POINTS = 0.5  # MAX WER - openai WER, percentage points, at most
 INT8_SPEED_TARGETS = {"long_form_vnni": 1.5, "long_form": 1.3, "short": 1.3}
 SHORT_CLIP = "jfk.flac"
 DECODER_TARGET = 2.0  # MAX int8's decoder tokens/s on the lecture against MAX fp32's, at least
+# a result's key -> its name in older files (the same value: audio s per processing s)
+OLD_NAMES = {"rtfx": "rtf"}
+
+
+def current_names(record: dict[str, Any]) -> dict[str, Any]:
+    """A result record as written now: a key that older files have under another name (`OLD_NAMES`)
+    is given its current name too. The report and the app's Benchmarks tab read results through this."""
+    renamed = {new: record[old] for new, old in OLD_NAMES.items() if new not in record and old in record}
+    return {**record, **renamed}
 
 
 def spread(values: Iterable[float]) -> dict[str, float]:

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from ..registry import color
-from .records import SHORT_CLIP, ratio
+from .records import SHORT_CLIP, current_names, ratio
 
 
 def _f(x: float | None, digits: int = 2, suffix: str = "") -> str:
@@ -32,10 +32,12 @@ def _pct(x: float | None, digits: int = 1) -> str:
 
 
 def markdown_table(records: list[dict]) -> str:
+    """One row per result; an older file's results too (`records.current_names`)."""
     header = ["audio", "implementation", "load s", "compile s", "total s (median)", "min–max s", "features s",
               "encode s", "decode s", "RTFx", "tokens/s", "peak RSS MiB", "WER %", "agreement %", "= openai tokens"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 3) + [":---:"]) + "|"]
-    for r in records:
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 3) + [":---:"]) + "|"]
+    for r in map(current_names, records):
         same = {True: "yes", False: "no", None: "–"}[r.get("tokens_identical_to_openai")]
         lines.append("| " + " | ".join([
             f"{r['audio']} ({r['audio_s']:.1f} s)", r["implementation"], _f(r["load_s"]), _f(r["compile_s"]),
@@ -105,7 +107,7 @@ def write_html(doc: dict, path: Path) -> None:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    records = doc["results"]
+    records = [current_names(r) for r in doc["results"]]
     clips = list(dict.fromkeys(r["audio"] for r in records))
     titles = []
     for c in clips:
@@ -209,7 +211,8 @@ def throughput_markdown(doc: dict) -> str:
         first = next((r for r in run["rows"] if "error" not in r), None)
         for r in run["rows"]:
             if "error" in r:
-                lines.append(f"| {run['implementation']} | {r['batch_size']} | | FAILED: {r['error']} | | | | | | | | |")
+                lines.append(f"| {run['implementation']} | {r['batch_size']} | | FAILED: {r['error']} "
+                             "| | | | | | | | |")
                 continue
             same = {True: "yes", False: "no", None: "–"}[r.get("same_tokens_as_first")]
             lines.append(

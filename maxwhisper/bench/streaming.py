@@ -10,10 +10,13 @@ WERs averaged, the highest compute share and loop ratio)."""
 from __future__ import annotations
 
 import dataclasses
+import math
+import shlex
 import statistics
 import time
 from typing import Any
 
+from ..api import MaxWhisperError
 from ..scoring import wer
 from .clips import REFERENCES, Clip, load_clip, pseudo_reference
 from .records import implementation_label
@@ -28,6 +31,18 @@ P90_TARGET_S = 3.5  # p90 commit latency, at most
 WER_TARGET_POINTS = 1.0  # streamed WER - offline WER against the reference, percentage points, at most
 LOOP_TARGET = 2.4  # `StreamReport.loop_ratio`, at most: the offline loop's compression-ratio threshold
 FASTER_TARGET = 1.3  # faster-whisper's median latency / MAX's, at least: like with like (the same precision)
+
+
+def stream_offsets(chunk_s: float, streams: int) -> list[float]:
+    """Each stream's shift, k x chunk_s / streams for the k-th, in the milliseconds the results record
+    it in. A MaxWhisperError where one stream would be shifted by less than 1 ms from the next (more
+    streams than milliseconds in a chunk): the shifts would not all differ."""
+    most = max(1, math.floor(chunk_s * 1000 + 1e-9))
+    if streams > most:
+        raise MaxWhisperError(f"--streams {streams} with --chunk {chunk_s:g}: the streams' chunk boundaries would "
+                              "be shifted by less than 1 ms from one stream to the next, and some streams would be "
+                              f"the same; use --streams {most} or fewer")
+    return [round(k * chunk_s / streams, 3) for k in range(streams)]
 
 
 def streaming_worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -46,8 +61,7 @@ def streaming_worker(spec: dict[str, Any]) -> dict[str, Any]:
         audio = load_clip(clip)
         t.transcribe(audio[:80_000], dataclasses.replace(options, word_timestamps=True))  # first-call costs
         offline = t.transcribe(audio, options)
-        for k in range(spec["streams"]):
-            offset_s = round(k * spec["chunk_s"] / spec["streams"], 3)
+        for offset_s in stream_offsets(spec["chunk_s"], spec["streams"]):
             rows.append(_stream_row(t, clip, audio, spec["chunk_s"], offset_s, options, offline))
             info(f"{label} {clip.name}, chunks shifted {offset_s:g} s: {rows[-1]['updates']} updates, latency "
                  f"median {_s(rows[-1]['latency_median_s'])}, compute share {rows[-1]['compute_share']:.2f}")
@@ -158,9 +172,10 @@ def _pct(x: float | None) -> str:
 
 def streaming_markdown(doc: dict) -> str:
     m, s = doc["machine"], doc["streaming"]
+    command = f". `{doc['command']}`" if doc.get("command") else ""  # older results did not record it
     lines = [f"# Streaming: {s['model']}, {doc['device']}, chunks of {s['chunk_s']:g} s (LocalAgreement-2)", "",
              f"{m.get('cpu')} ({m.get('vector_isa')}), {m.get('cores')} cores; {doc['created']}; "
-             f"background load {doc['options']['background_load']} core(s)", "",
+             f"background load {doc['options']['background_load']} core(s){command}", "",
              "| clip | implementation | chunks shifted | updates | commit latency median | p90 | behind median / max | "
              "compute share | update median / p90 | encoder share | loop ratio | held back | WER vs own offline | "
              "streamed WER | offline WER |", "|---|---|" + "---:|" * 13]
@@ -189,6 +204,21 @@ def streaming_markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _command(args, impls: list[tuple[str, str]], device: str, model: str) -> str:
+    """The command line that runs these streams again (one device and model of the run)."""
+    flags = ["--quick"] if args.quick else []
+    flags += ["--backends", ",".join(dict.fromkeys(b for b, _ in impls)),
+              "--precisions", ",".join(dict.fromkeys(p for _, p in impls)), "--devices", device, "--models", model,
+              "--chunk", str(args.chunk), "--streams", str(args.streams)]
+    flags += ["--background-load", str(args.background_load)] if args.background_load else []
+    flags += ["--beam-size", str(args.beam_size)] if args.beam_size != 1 else []
+    if args.temperature:
+        flags += ["--temperature", ",".join(f"{t:g}" for ts in args.temperature for t in ts)]
+    flags += ["--language", args.language] if args.language else []
+    flags += ["--audio", *args.audio] if args.audio else []
+    return "python -m maxwhisper bench --streaming " + shlex.join(flags)
+
+
 def main_streaming(args, clips: list[Clip], impls: list[tuple[str, str]], device: str, model: str, decode_dict: dict,
                    threads: int, machine: dict, vers: dict, out_dir, stem: str) -> int:
     runs, failures = [], []
@@ -204,7 +234,7 @@ def main_streaming(args, clips: list[Clip], impls: list[tuple[str, str]], device
             failures.append({"implementation": implementation_label(backend, precision), "error": worker.get("error")})
     add_streaming_accuracy(runs)
     doc = {"schema_version": 1, "device": device, "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-           "machine": machine, "versions": vers,
+           "command": _command(args, impls, device, model), "machine": machine, "versions": vers,
            "options": {"chunk_s": args.chunk, "streams": args.streams, "threads": threads,
                        "background_load": args.background_load,
                        "decode": decode_dict},

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..api import DecodeOptions, MaxWhisperError
+from ..checkpoint import check_model_name
 from ..formats import FORMATS
 from .inputs import InputFile, collect_inputs
 from .progress import Progress
@@ -67,8 +68,9 @@ def transcribe_many(inputs: str | os.PathLike | Sequence[str | os.PathLike], out
     (default: a node's cores shared by the workers it holds). `options` and keyword `changes` are
     DecodeOptions' fields (`batch_size=8`: batched long-form). A file that fails is a row with
     status "error"; a rerun into the same `output` skips the files done with the same settings.
-    `progress=True` reports on stderr. Raises MaxWhisperError for bad arguments, and for a model
-    that the workers cannot load (unknown backend, device, precision or model)."""
+    `progress=True` reports on stderr. Raises MaxWhisperError for bad arguments (a local job: an
+    unknown model before Ray starts), and for a model that the workers cannot load (unknown
+    backend, device, precision or model, one not installed or not a Whisper model)."""
     options = dataclasses.replace(options or DecodeOptions(), **changes)
     formats = tuple(dict.fromkeys(formats))
     bad = [f for f in formats if f not in FORMATS]
@@ -76,9 +78,16 @@ def transcribe_many(inputs: str | os.PathLike | Sequence[str | os.PathLike], out
         raise MaxWhisperError(f"unknown format(s) {', '.join(bad) or '(none)'}; valid formats: {', '.join(FORMATS)}")
     if workers < 1:
         raise MaxWhisperError("workers must be at least 1")
+    if address is None:  # the workers see this machine's files: an unknown model is refused before Ray starts
+        check_model_name(model)
     output = Path(output)
     files = collect_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs), output)
-    output.mkdir(parents=True, exist_ok=True)
+    if output.exists() and not output.is_dir():
+        raise MaxWhisperError(f"the output {output} is a file, not a folder")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MaxWhisperError(f"cannot make the output folder {output}: {e.strerror}") from None
     with _only_job(output):
         return _run(files, output, JobSettings(backend, model, device, precision, threads, kernels, options,
                                                str(output.resolve()), formats, max_seconds),
@@ -151,7 +160,9 @@ def _rows(dataset, workers: int):
 
 
 def _start_ray(address: str | None) -> bool:
-    """Join `address`, or start a local instance of this machine's CPUs; True when started here."""
+    """Join `address`, or start a local instance of this machine's CPUs; True when started here.
+    The local instance is always a new one ("local"): without an address Ray joins the cluster the
+    last `ray start` on this machine recorded, whoever started it, and fails on `num_cpus`."""
     import ray
 
     if ray.is_initialized():
@@ -159,7 +170,8 @@ def _start_ray(address: str | None) -> bool:
     if address:
         ray.init(address=address, log_to_driver=False)
         return False
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+             logging_level=logging.WARNING)
     return True
 
 

@@ -69,7 +69,8 @@ def _embed(w: WeightBank, tokens: TensorValue, positions: TensorValue, half: boo
     `few_row_linear` already holds (the graph then keeps no float32 copy; with int8 weights the
     projection holds int8 numbers and the embedding stays float16)."""
     table = w.half("decoder.token_embedding.weight") if half else w("decoder.token_embedding.weight")
-    return ops.gather(table, tokens, axis=0).cast(w.dtype) + ops.gather(w("decoder.positional_embedding"), positions, axis=0)
+    return (ops.gather(table, tokens, axis=0).cast(w.dtype)
+            + ops.gather(w("decoder.positional_embedding"), positions, axis=0))
 
 
 def _logits(w: WeightBank, x: TensorValue, make_linear: MakeLinear = linear_few_rows) -> TensorValue:
@@ -246,7 +247,8 @@ def build_token_step_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) 
     float32 [k] (as `build_decoder_graph`'s)."""
     dev, d = w.device, dims.n_text_state
     types = [TensorType(DType.int64, ["batch", 1], device=dev), TensorType(DType.int64, ["batch"], device=dev),
-             TensorType(DType.int64, ["rows"], device=dev), TensorType(DType.float32, ["rows", dims.n_vocab], device=dev),
+             TensorType(DType.int64, ["rows"], device=dev),
+             TensorType(DType.float32, ["rows", dims.n_vocab], device=dev),
              TensorType(DType.int64, ["rows_or_1"], device=dev)]
     cross_types = _cross_types(dims, w.dtype, dev, "batch", plan.cross_int8)
     types += cross_types + _cache_types(dims, w.dtype, dev)

@@ -75,7 +75,8 @@ def cross_kv(w: WeightBank, dims: ModelDims, features: TensorValue, make_linear:
     int8, then the scales of each key and each value [n_text_layer, B, H, T] (`decoder.cross_layout`)."""
     ks, vs = [], []
     for i in range(dims.n_text_layer):
-        k, v = ops.split(make_linear(w, f"decoder.blocks.{i}.cross_attn.kv")(features), [dims.n_text_state] * 2, axis=-1)
+        kv = make_linear(w, f"decoder.blocks.{i}.cross_attn.kv")(features)
+        k, v = ops.split(kv, [dims.n_text_state] * 2, axis=-1)
         ks.append(split_heads(k, dims.n_text_head))
         vs.append(ops.permute(split_heads(v, dims.n_text_head), [0, 1, 3, 2]))
     k, v_t = ops.stack(ks), ops.stack(vs)

@@ -34,7 +34,8 @@ class ExecutionPlan:
     step_kernels: bool  # `few_row_attention` for one-row step calls, and the step graph picks the greedy token
     step_linears_kernel: bool  # `few_row_linear` over float16-stored (int8: int8) decoder weights, in the step graph
     token_step: bool  # one-new-token steps (any batch) run the token step graph (`decoder_layer_step`)
-    int8: bool = False  # every linear's weights in int8: `packed_linear_int8` in the encoder, `few_row_linear_int8` in steps
+    # every linear's weights in int8: `packed_linear_int8` in the encoder, `few_row_linear_int8` in steps
+    int8: bool = False
     # the cross-attention K/V in int8 with a float32 scale per key and per value (`decoder.cross_layout`):
     # a one-token step reads a quarter of their float32 bytes
     cross_int8: bool = False

@@ -122,7 +122,8 @@ class SharedSteps:
         layout = [(DType.float32, shape) for _ in range(d.n_text_layer) for shape in cache_shapes(d, rows)]
         cross = cross_layout(d, DType.float32, rows, d.n_audio_ctx, net.plan.cross_int8)
         self._n_cross = len(cross)
-        self._buffers = [driver.Buffer(shape=shape, dtype=dtype, device=driver.CPU()) for dtype, shape in layout + cross]
+        self._buffers = [driver.Buffer(shape=shape, dtype=dtype, device=driver.CPU())
+                         for dtype, shape in layout + cross]
         self._views = [b.to_numpy() for b in self._buffers]  # the same memory: rows are copied in with numpy
         for view in self._views:
             view.fill(0)
@@ -207,7 +208,8 @@ class SharedSteps:
         net = self.net
         try:
             logits, chosen, logprobs = (o.to_numpy() for o in net.run(
-                net.token_step, *(net.to_device(a) for a in (tokens, positions, rows[order], suppress, timestamp_begin)),
+                net.token_step,
+                *(net.to_device(a) for a in (tokens, positions, rows[order], suppress, timestamp_begin)),
                 *self._buffers[-self._n_cross:], *self._buffers[:-self._n_cross]))
         except BaseException as e:  # noqa: BLE001 - every member of the step sees it
             for m in members:

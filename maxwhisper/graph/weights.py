@@ -10,8 +10,9 @@ from ..checkpoint import ModelDims
 
 def graph_arrays(state: dict[str, np.ndarray], dims: ModelDims) -> dict[str, np.ndarray]:
     """Encoder linear weights become `*.weight_t` [d_in, d_out] (x @ W^T without a transpose in the
-    graph); decoder ones keep [d_out, d_in] `*.weight` for `layers.linear_few_rows`; q/k/v are fused into `attn.qkv` and cross-attention k/v into `cross_attn.kv` (the key
-    projection has no bias: zeros); conv weights [C_out, C_in, 3] become RSCF `*.weight_rscf`."""
+    graph); decoder ones keep [d_out, d_in] `*.weight` for `layers.linear_few_rows`; q/k/v are fused
+    into `attn.qkv` and cross-attention k/v into `cross_attn.kv` (the key projection has no bias:
+    zeros); conv weights [C_out, C_in, 3] become RSCF `*.weight_rscf`."""
     used: set[str] = set()
     out: dict[str, np.ndarray] = {}
 

@@ -60,7 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a Ray cluster to join (e.g. auto or ray://head:10001); default: a Ray instance of its own")
     p.add_argument("--ui", action="store_true", help="also serve the Gradio app at /")
     p.add_argument("--max-seconds", type=_positive(float), default=600.0, help="longest audio accepted (default 600)")
-    p.add_argument("--max-upload-mb", type=_positive(float), default=25.0, help="largest upload (default 25, as OpenAI)")
+    p.add_argument("--max-upload-mb", type=_positive(float), default=25.0,
+                   help="largest upload (default 25, as OpenAI)")
     p.add_argument("--request-timeout", type=_positive(float), default=600.0,
                    help="seconds after which a request is answered 504 (default 600)")
 
@@ -139,8 +140,9 @@ def main(args: argparse.Namespace) -> int:
     # on a cluster the checkout travels to every node (their Python environments must have
     # requirements.txt installed); here the workers import it from this folder
     code = {"working_dir": str(ROOT), "excludes": [".venv", ".git", "artifacts", "benchmarks", "tests"]}
-    ray.init(address=args.address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
-             runtime_env=code if args.address else None)
+    # "local": a Ray instance of its own, not the cluster the last `ray start` here recorded (bulk.job)
+    ray.init(address=args.address or "local", include_dashboard=False, logging_level=logging.WARNING,
+             log_to_driver=False, runtime_env=code if args.address else None)
     try:
         config = config_of(args, _device(args.device, ray))
         short = replicas_short_of(config, ray.cluster_resources())
@@ -182,7 +184,8 @@ def _wait_until_ready(serve, app: str, config, health: str) -> None:
         status = serve.status().applications.get(app)
         deployments = status.deployments if status else {}
         waiting = [n for n in names if n not in deployments or not deployments[n].replica_states.get("RUNNING")]
-        failed = [n for n in names if n in deployments and deployments[n].status.value in ("UNHEALTHY", "DEPLOY_FAILED")]
+        failed = [n for n in names
+                  if n in deployments and deployments[n].status.value in ("UNHEALTHY", "DEPLOY_FAILED")]
         if failed:
             raise MaxWhisperError(f"{', '.join(failed)} failed to start: {_last_line(deployments[failed[0]].message)}")
         if not waiting and _healthy(health):

@@ -168,7 +168,8 @@ class Ingress:
         up, since = self._ready.get(self.config.deployment_name(backend, model), (False, self._started))
         return up, time.monotonic() - since
 
-    async def transcribe(self, backend: str, model: str, audio: np.ndarray, options: DecodeOptions) -> TranscriptionResult:
+    async def transcribe(self, backend: str, model: str, audio: np.ndarray,
+                         options: DecodeOptions) -> TranscriptionResult:
         """The model deployment's result, or ApiError: 503 while it loads or when its replica
         stopped during the request, 504 past the request timeout."""
         ready, waited = self.model_ready(backend, model)

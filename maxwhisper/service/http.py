@@ -113,7 +113,8 @@ def build_api(ingress) -> FastAPI:
             deployments.append({"backend": backend, "model": model, "device": config.device, "ready": ready,
                                 **({} if ready else {"loading_s": round(waiting)})})
         ok = all(d["ready"] for d in deployments)
-        return JSONResponse({"status": "ok" if ok else "loading", "models": deployments}, status_code=200 if ok else 503)
+        return JSONResponse({"status": "ok" if ok else "loading", "models": deployments},
+                            status_code=200 if ok else 503)
 
     @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
     async def elsewhere(request: Request, rest: str):

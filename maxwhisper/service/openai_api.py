@@ -133,7 +133,8 @@ def _deployment(model: str | None, backend: str | None, served: Served) -> tuple
     model = served.default[1] if model == DEFAULT_MODEL_ALIAS else model
     if model not in served.models:
         raise ApiError(404, f"the model {model!r} does not exist here; this service runs "
-                            f"{', '.join([DEFAULT_MODEL_ALIAS, *served.models])}", param="model", code="model_not_found")
+                            f"{', '.join([DEFAULT_MODEL_ALIAS, *served.models])}",
+                       param="model", code="model_not_found")
     backend = backend or next(b for b, m in served.pairs if m == model)
     if (backend, model) not in served.pairs:
         on = [b for b, m in served.pairs if m == model]

@@ -49,7 +49,8 @@ def run_component_checks(cache: ModelCache, model: str, device: str, components:
             check = next(checks, None)
             if check is None:
                 break
-            error = f"{int(check.max_abs_err)} tokens differ" if check.name == "transcript" else f"{check.max_abs_err:.2e}"
+            error = (f"{int(check.max_abs_err)} tokens differ" if check.name == "transcript"
+                     else f"{check.max_abs_err:.2e}")
             rows.append([check.name, "✓ pass" if check.passed else "✗ FAIL", error, f"{check.rel_err:.2e}",
                          round(1000 * check.seconds, 2), check.detail])
             yield list(rows), f"{len(rows)}/{len(components)} checks done…"
