@@ -71,13 +71,16 @@ class ChoosingInference(Inference, Protocol):
     decoding at temperature 0 when the inference has this method."""
 
     def logits_and_choice(self, tokens: np.ndarray, audio_features: Any, positions: Sequence[int],
-                          suppress: np.ndarray, timestamp_begin: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                          suppress: np.ndarray, timestamp_begin: int, rows: np.ndarray | None = None
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`logits(tokens, audio_features, positions)`, and after the last position the token
         that the logit filters and `GreedyDecoder` at temperature 0 would pick, with its log
-        probability. suppress: float32 [batch, n_vocab], 0 or -inf, what `LogitFilter.suppress`
+        probability. suppress: float32 [k, n_vocab], 0 or -inf, what `LogitFilter.suppress`
         wrote into zeros; timestamp_begin: the first timestamp token (n_vocab: no timestamp rule).
-        Returns (logits float32 [batch, len(positions), n_vocab], tokens int64 [batch], log
-        probabilities float32 [batch])."""
+        rows: the k rows of the batch whose results are wanted, ascending (None: all of them); the
+        others sit the call out (their next token is not needed: they have ended), and are never
+        stepped again. Returns (logits float32 [k, len(positions), n_vocab], tokens int64 [k], log
+        probabilities float32 [k])."""
         ...
 
 
@@ -640,8 +643,17 @@ class DecodingTask:
                 # the no-speech probability comes from the logits after sot, in the first call
                 positions = (self.sot_index, -1) if i == 0 else (-1,)
                 if choose:
-                    logits, next_tokens, logprobs = choose(
-                        tokens, audio_features, positions, self._suppression(tokens), timestamp_begin)
+                    # the rows that have ended sit the step out: their next token is the end again
+                    live = np.flatnonzero(tokens[:, -1] != self.tokenizer.eot)
+                    if i == 0 or len(live) == n_batch:
+                        logits, next_tokens, logprobs = choose(
+                            tokens, audio_features, positions, self._suppression(tokens), timestamp_begin)
+                    else:
+                        logits, chosen, chosen_logprobs = choose(
+                            tokens, audio_features, positions, self._suppression(tokens[live]), timestamp_begin, live)
+                        next_tokens = np.full(n_batch, self.tokenizer.eot, np.int64)
+                        logprobs = np.zeros(n_batch, np.float32)
+                        next_tokens[live], logprobs[live] = chosen, chosen_logprobs
                 else:
                     logits = self.inference.logits(tokens, audio_features, positions)
                 if i == 0:

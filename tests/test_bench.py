@@ -449,6 +449,9 @@ def test_bulk_report_says_the_targets():
            "bulk": {"model": "tiny.en", "files": 4, "audio_s": 3600.0, "repeats": 1,
                     "ray_start_s": {"local": 2.0, "two_nodes": 3.0}, "runs": runs, "references": references}}
     md = bulk_markdown(doc)
+    # older results: one local instance for every job, one Cluster for the two-node jobs
+    assert ("2.0 s for the local instance, 3.0 s for two virtual nodes (each with half the cores), shared by the "
+            "two-node jobs.") in md
     assert "| MAX fp32 | 1 | 1 | 8 | 60.0 | 60.0 | 1.67 | 58.0 | 1.0 | 4 | 0 |" in md
     assert "| MAX fp32 | 2 | 2 | 8 | 95.0 | 37.9 | – | 93.0 | 1.0 | 2, 2 | 0 |" in md  # no faster job on two nodes
     assert ("- 1 worker(s), batch 8: MAX fp32 60.0 vs faster-whisper fp32 36.0 audio h/h = 1.67x (at least 1.3x): "
@@ -480,9 +483,27 @@ def test_bulk_report_says_the_targets():
 
 
 
+def test_bulk_job_order_rotates_the_implementations():
+    """Each configuration's implementations rotated one further than the last's: with three, each
+    goes first in turn (reversing the list by turns would never put the middle one first), and the
+    two-node configuration, after the others, goes on from there."""
+    from maxwhisper.bench.bulk import job_order
+
+    impls = [("max", "fp32"), ("max", "int8"), ("faster", "fp32")]
+    jobs = job_order(impls, [1, 2], [None, 8], [("max", "fp32"), ("faster", "fp32")], 8)
+    assert len(jobs) == 14 and len(set(jobs)) == 14
+    firsts = [jobs[i][:2] for i in range(0, 12, 3)]
+    assert firsts == [("max", "fp32"), ("max", "int8"), ("faster", "fp32"), ("max", "fp32")]
+    assert jobs[3:6] == [("max", "int8", 1, 8, 1), ("faster", "fp32", 1, 8, 1), ("max", "fp32", 1, 8, 1)]
+    assert [j[2:] for j in jobs[::3][:4]] == [(1, None, 1), (1, 8, 1), (2, None, 1), (2, 8, 1)]
+    assert jobs[12:] == [("max", "fp32", 2, 8, 2), ("faster", "fp32", 2, 8, 2)]  # the fifth configuration: 4 % 2
+    assert job_order(impls[::2], [2], [8], impls[::2], 8)[2:] == [("faster", "fp32", 2, 8, 2), ("max", "fp32", 2, 8, 2)]
+
+
 def test_bulk_jobs_take_turns_at_going_first_each_in_a_fresh_ray_instance(monkeypatch, tmp_path):
-    """`bench --bulk` favours no backend: every job runs in a Ray instance of its own, started before
-    the job's reference, and the implementations go first by turns; the report keeps its order."""
+    """`bench --bulk` favours no backend: every job runs in a Ray instance of its own (a local one
+    started before the job's reference; on two nodes a fresh Cluster), and the implementations go
+    first by turns; the report keeps its order."""
     import ray
     import ray.cluster_utils
 
@@ -506,12 +527,17 @@ def test_bulk_jobs_take_turns_at_going_first_each_in_a_fresh_ray_instance(monkey
                 "rate": 10.0}
 
     class Cluster:
-        address = "cluster"
+        started = 0
 
         def __init__(self, **kwargs):
-            pass
+            Cluster.started += 1
+            self.address = f"cluster-{Cluster.started}"
+            events.append(("cluster", self.address))
 
-        add_node = wait_for_nodes = shutdown = lambda self, **kwargs: None
+        add_node = wait_for_nodes = lambda self, **kwargs: None
+
+        def shutdown(self):
+            events.append(("cluster shutdown", self.address))
 
     written = {}
     monkeypatch.setattr(bulk, "bulk_clips", lambda folder, seconds: ([folder / "a.flac"], 10.0, 1))
@@ -526,7 +552,7 @@ def test_bulk_jobs_take_turns_at_going_first_each_in_a_fresh_ray_instance(monkey
     args = build_parser().parse_args(["--bulk", "--bulk-workers", "1,2", "--batch-sizes", "8"])
     assert bulk.main_bulk(args, impls, "tiny.en", {"temperature": [0.0]}, {"cores": 2}, {}, tmp_path, "stem") == 0
 
-    local = events[:next(i for i, e in enumerate(events) if e[0] == "job" and e[4])]  # two-node jobs come last
+    local = events[:next(i for i, e in enumerate(events) if e[0] == "cluster")]  # two-node jobs come last
     jobs = [e for e in local if e[0] == "job"]
     assert len(jobs) == 8 and len(set(jobs)) == 8  # 2 implementations x 2 worker counts x (none, 8)
     # each job: a fresh instance, its reference (1 worker) right before it, then the instance's end
@@ -538,13 +564,21 @@ def test_bulk_jobs_take_turns_at_going_first_each_in_a_fresh_ray_instance(monkey
     firsts = [jobs[i][1] for i in range(0, 8, 2)]  # who goes first in each configuration
     assert firsts == ["max", "faster", "max", "faster"]
     assert [(j[2], j[3]) for j in jobs[::2]] == [(1, None), (1, 8), (2, None), (2, 8)]
+    # each two-node job in a Cluster of its own, ended after it; the order goes on rotating
+    assert events[len(local):] == [
+        ("cluster", "cluster-1"), ("job", "max", 2, 8, "cluster-1"), ("shutdown",), ("cluster shutdown", "cluster-1"),
+        ("cluster", "cluster-2"), ("job", "faster", 2, 8, "cluster-2"), ("shutdown",),
+        ("cluster shutdown", "cluster-2")]
     runs = written["doc"]["bulk"]["runs"]
     assert [(r["backend"], r["workers"], r["batch_size"], r["nodes"]) for r in runs] == [
         ("max", 1, None, 1), ("max", 1, 8, 1), ("max", 2, None, 1), ("max", 2, 8, 1),
         ("faster", 1, None, 1), ("faster", 1, 8, 1), ("faster", 2, None, 1), ("faster", 2, 8, 1),
         ("max", 2, 8, 2), ("faster", 2, 8, 2)]
     assert written["doc"]["bulk"]["ray_start_s"]["local"] == [2.0] * 8
+    assert len(written["doc"]["bulk"]["ray_start_s"]["two_nodes"]) == 2
     assert "2.0-2.0 s for a fresh local instance per job" in written["md"]
+    assert "for a fresh pair of virtual nodes (each with half the cores) per two-node job" in written["md"]
+    assert "rotated one further than the last's" in written["md"]
 
 # --- the command ----------------------------------------------------------------------------------
 

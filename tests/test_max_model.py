@@ -761,17 +761,59 @@ def test_a_graph_built_without_the_custom_op_check_is_the_same_graph(max_tiny_en
             other.submit(unknown_op).result()
 
 
-def test_batched_greedy_windows_equal_their_single_decodes(max_tiny_en, jfk_audio, lecture_60s_audio):
+def _token_step_rows(net, monkeypatch) -> list[int]:
+    """The rows of each call of `net`'s token step graph from now on."""
+    rows, run = [], net.run
+
+    def counted(graph, *inputs):
+        if graph is net.token_step:
+            rows.append(inputs[2].shape[0])
+        return run(graph, *inputs)
+    monkeypatch.setattr(net, "run", counted)
+    return rows
+
+
+def test_batched_greedy_windows_equal_their_single_decodes(max_tiny_en, jfk_audio, lecture_60s_audio, monkeypatch):
     """Two windows decoded as one batch (the step graph's choice per row; jfk ends first and pads
-    with eot) give each window's own tokens and log probability."""
+    with eot, sitting the later steps out) give each window's own tokens and log probability."""
     from maxwhisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram
     from maxwhisper.decoding import decode
 
     mels = np.stack([log_mel_spectrogram(a, 80, padding=N_SAMPLES)[:, :N_FRAMES]
                      for a in (jfk_audio, lecture_60s_audio)])
+    rows = _token_step_rows(max_tiny_en.net, monkeypatch)
     batch = decode(max_tiny_en.net, mels, language="en")
+    short = min(len(r.tokens) for r in batch)
+    # both rows step until jfk's eot, then the lecture's alone (the step after the prompt chose a
+    # row's first token, each later step one more)
+    assert rows == [2] * short + [1] * (len(rows) - short) and len(rows) > short
     for mel, together in zip(mels, batch, strict=True):
         alone = decode(max_tiny_en.net, mel, language="en")
         assert together.tokens == alone.tokens and len(alone.tokens) > 10
         assert together.avg_logprob == pytest.approx(alone.avg_logprob, abs=1e-6)
     assert len(batch[0].tokens) != len(batch[1].tokens)
+
+
+def test_a_short_prompt_runs_as_token_steps(max_tiny_en, jfk_audio, lecture_60s_audio, monkeypatch):
+    """A window's prompt without previous text (sot, notimestamps) runs as one-token steps of the
+    token step graph instead of the generic step graph, with the same tokens, log probabilities
+    and no-speech probabilities as there."""
+    from maxwhisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram
+    from maxwhisper.decoding import decode
+    from maxwhisper.graph import model
+
+    net = max_tiny_en.net
+    mels = np.stack([log_mel_spectrogram(a, 80, padding=N_SAMPLES)[:, :N_FRAMES]
+                     for a in (jfk_audio, lecture_60s_audio)])
+    graphs, run = [], net.run
+    monkeypatch.setattr(net, "run", lambda graph, *inputs: graphs.append(graph) or run(graph, *inputs))
+    stepped = decode(net, mels, language="en", without_timestamps=True)
+    assert net.decoder not in graphs and graphs.count(net.token_step) > 2
+    graphs.clear()
+    monkeypatch.setattr(model, "PROMPT_TOKEN_STEPS", 1)
+    generic = decode(net, mels, language="en", without_timestamps=True)
+    assert graphs.count(net.decoder) == 1
+    for a, b in zip(stepped, generic, strict=True):
+        assert a.tokens == b.tokens and len(a.tokens) > 10
+        assert a.avg_logprob == pytest.approx(b.avg_logprob, abs=1e-5)
+        assert a.no_speech_prob == pytest.approx(b.no_speech_prob, abs=1e-6)

@@ -4,10 +4,10 @@ to at least 30 minutes of audio, for each implementation at 1 and 2 workers, wit
 before each one-worker job, the same files through `transcribe()` in one process (a worker
 subprocess: model loaded once, the files in turn, as many at once as the job's worker takes) give
 the pipeline's overhead, timed back to back with it; and a job on two virtual nodes
-(`ray.cluster_utils.Cluster`, each with half the cores) shows it spread. Each job on one node runs
-in a fresh local Ray instance, as each `transcribe-many` command does, and the implementations take
-turns at going first (`job_order`); Ray's start-up is timed apart from the jobs; a job's time
-includes its workers' model loads."""
+(`ray.cluster_utils.Cluster`, each with half the cores) shows it spread. Each job runs in a fresh
+Ray instance (on one node a local one, as each `transcribe-many` command starts; on two, a fresh
+`Cluster`), and the implementations take turns at going first (`job_order`); Ray's start-up is timed
+apart from the jobs; a job's time includes its workers' model loads."""
 from __future__ import annotations
 
 import dataclasses
@@ -114,13 +114,18 @@ def _start_ray_data() -> None:
     ray.data.range(1).map_batches(Same, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.1).take_all()
 
 
-def job_order(impls: list[tuple[str, str]], workers: list[int], batches: list[int | None]) -> list[tuple]:
-    """(backend, precision, workers, batch) of every job on one node, configuration after
-    configuration, its implementations in turn, in the given order and the reverse by turns: no
-    backend always runs first, or always after the others, in a run whose machine drifts."""
-    configurations = [(w, b) for w in workers for b in batches]
-    return [(backend, precision, w, b) for i, (w, b) in enumerate(configurations)
-            for backend, precision in (impls if i % 2 == 0 else impls[::-1])]
+def job_order(impls: list[tuple[str, str]], workers: list[int], batches: list[int | None],
+              two_nodes: list[tuple[str, str]], two_nodes_batch: int | None) -> list[tuple]:
+    """(backend, precision, workers, batch, nodes) of every job, configuration after configuration
+    (on one node: workers, then batch size; then `two_nodes`' implementations on two nodes, 2 workers
+    at `two_nodes_batch`), each configuration's implementations rotated one further than the last's:
+    each goes first in turn, and none always runs first, or always after the others, in a run whose
+    machine drifts."""
+    configurations = [(impls, w, b, 1) for w in workers for b in batches]
+    if two_nodes:
+        configurations.append((two_nodes, 2, two_nodes_batch, 2))
+    return [(backend, precision, w, b, nodes) for i, (these, w, b, nodes) in enumerate(configurations)
+            for backend, precision in these[i % len(these):] + these[:i % len(these)]]
 
 
 def _start_local_ray(cores: int) -> float:
@@ -140,23 +145,55 @@ def _start_local_ray(cores: int) -> float:
     return time.perf_counter() - start
 
 
+def _start_two_nodes(cores: int):
+    """A fresh `Cluster` of two virtual nodes, each with half the cores, joined, with Ray Data's own
+    actors started: (the cluster, the seconds that took)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    start = time.perf_counter()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": max(cores // 2, 1),
+                                                             "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=max(cores // 2, 1))
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False)
+        _start_ray_data()
+    except BaseException:
+        ray.shutdown()
+        cluster.shutdown()
+        raise
+    return cluster, time.perf_counter() - start
+
+
 def main_bulk(args, impls: list[tuple[str, str]], model: str, decode_dict: dict, machine: dict, vers: dict,
               out_dir: Path, stem: str) -> int:
     import ray
-    from ray.cluster_utils import Cluster
 
     from ..api import DecodeOptions
 
     base = DecodeOptions(**{**decode_dict, "temperature": tuple(decode_dict["temperature"])})
     batches = [None, *args.batch_sizes]  # None: the sequential loop, transcribe-many's default
     cores = os.cpu_count() or 1
-    runs, references, starts = [], [], {"local": []}
+    runs, references, starts = [], [], {"local": [], "two_nodes": []}
     with tempfile.TemporaryDirectory(prefix="maxwhisper-bulk-") as tmp:
         files, audio_s, repeats = bulk_clips(Path(tmp) / "clips", args.bulk_minutes * 60)
         info(f"--- bulk: {len(files)} files, {audio_s / 60:.1f} min of audio ({repeats} x the shared clips) ---")
         jobs = Path(tmp) / "jobs"
-        for backend, precision, workers, batch in job_order(impls, args.bulk_workers, batches):
+        two_nodes = [(b, p) for b, p in impls if p == "fp32"]
+        for backend, precision, workers, batch, nodes in job_order(impls, args.bulk_workers, batches, two_nodes,
+                                                                   max(args.batch_sizes)):
             options = dataclasses.replace(base, batch_size=batch)
+            if nodes == 2:  # a fresh Cluster per job, as a one-node job gets a fresh local instance
+                cluster, seconds = _start_two_nodes(cores)
+                starts["two_nodes"].append(seconds)
+                try:
+                    runs.append(_job(Path(tmp) / "clips", jobs / f"{backend}-{precision}-two-nodes", backend,
+                                     precision, model, workers, options, cluster.address))
+                finally:
+                    ray.shutdown()
+                    cluster.shutdown()
+                continue
             starts["local"].append(_start_local_ray(cores))  # a fresh instance per job, as each command has
             try:
                 if workers == 1:  # its reference right before it, on the same machine state
@@ -171,27 +208,10 @@ def main_bulk(args, impls: list[tuple[str, str]], model: str, decode_dict: dict,
                 runs.append(_job(Path(tmp) / "clips", out, backend, precision, model, workers, options))
             finally:
                 ray.shutdown()
-        # the report's order: by implementation, then workers, then batch size
-        place = {implementation_label(b, p): i for i, (b, p) in enumerate(impls)}
-        runs.sort(key=lambda r: (place[r["implementation"]], r["workers"], batches.index(r["batch_size"])))
-        references.sort(key=lambda r: (place[r["implementation"]], batches.index(r["batch_size"])))
-        start = time.perf_counter()
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": max(cores // 2, 1),
-                                                                 "include_dashboard": False})
-        cluster.add_node(num_cpus=max(cores // 2, 1))
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False)
-        _start_ray_data()
-        starts["two_nodes"] = time.perf_counter() - start
-        try:
-            for backend, precision in impls:
-                if precision == "fp32":
-                    out = jobs / f"{backend}-{precision}-two-nodes"
-                    runs.append(_job(Path(tmp) / "clips", out, backend, precision, model, 2,
-                                     dataclasses.replace(base, batch_size=max(args.batch_sizes)), cluster.address))
-        finally:
-            ray.shutdown()
-            cluster.shutdown()
+    # the report's order: by implementation, then workers, then batch size; the two-node jobs last
+    place = {implementation_label(b, p): i for i, (b, p) in enumerate(impls)}
+    runs.sort(key=lambda r: (r["nodes"], place[r["implementation"]], r["workers"], batches.index(r["batch_size"])))
+    references.sort(key=lambda r: (place[r["implementation"]], batches.index(r["batch_size"])))
     command = (f"python -m maxwhisper bench --bulk --backends {','.join(dict.fromkeys(b for b, _ in impls))} "
                f"--precisions {','.join(dict.fromkeys(p for _, p in impls))} --models {model} "
                f"--bulk-minutes {args.bulk_minutes:g} --bulk-workers {','.join(map(str, args.bulk_workers))} "
@@ -266,13 +286,25 @@ def bulk_targets(doc: dict) -> list[str]:
     return lines
 
 
-def _start_text(local: float | list[float]) -> str:
-    """The local instance's start-up: one instance for every job (older results), or one per job."""
+def _start_text(local: float | list[float], two_nodes: float | list[float]) -> str:
+    """Ray's start-up: one local instance for every job and one `Cluster` for the two-node jobs
+    (older results), or a fresh one per job, the implementations rotated by configuration."""
     if isinstance(local, list):
-        return (f"{min(local, default=0):.1f}-{max(local, default=0):.1f} s for a fresh local instance per job "
-                "(each job's one-process reference timed in it right before the job), the jobs' implementations "
-                "in the given order and the reverse by turns, configuration after configuration")
-    return f"{local:.1f} s for the local instance"
+        text = (f"{min(local, default=0):.1f}-{max(local, default=0):.1f} s for a fresh local instance per job "
+                "(each job's one-process reference timed in it right before the job)")
+    else:
+        text = f"{local:.1f} s for the local instance"
+    if isinstance(two_nodes, list):
+        text += (f", {min(two_nodes, default=0):.1f}-{max(two_nodes, default=0):.1f} s for a fresh pair of "
+                 "virtual nodes (each with half the cores) per two-node job")
+    else:
+        text += f", {two_nodes:.1f} s for two virtual nodes (each with half the cores), shared by the two-node jobs"
+    if isinstance(local, list):
+        text += (", configuration after configuration, each one's implementations rotated one further than the "
+                 "last's" if isinstance(two_nodes, list) else
+                 ", the jobs' implementations in the given order and the reverse by turns, configuration after "
+                 "configuration")
+    return text
 
 
 def bulk_markdown(doc: dict) -> str:
@@ -283,8 +315,8 @@ def bulk_markdown(doc: dict) -> str:
              f"`{doc['command']}`: {b['files']} files, {b['audio_s'] / 60:.1f} min of audio "
              f"(the shared clips {b['repeats']} times), each job `transcribe_many` into a fresh folder (txt). "
              f"A job's time includes its workers' start and model load; Ray's start-up is apart: "
-             f"{_start_text(starts.get('local', 0))}, {starts.get('two_nodes', 0):.1f} s for two "
-             "virtual nodes (each with half the cores). Batch none: the sequential loop (the command's default; "
+             f"{_start_text(starts.get('local', 0), starts.get('two_nodes', 0))}. "
+             "Batch none: the sequential loop (the command's default; "
              "a MAX worker on the CPU transcribes four files at once, sharing their encoder calls and decoder "
              "steps). Audio h/h: hours of audio per hour.", "",
              "| implementation | nodes | workers | batch | job s | audio h/h | x faster-whisper fp32 | "

@@ -45,6 +45,11 @@ GRAPHS = ("encoder", "decoder_step", "token_step", "alignment", "cache_reorder",
 # with this slack (the process's first starts the thread), and that thread wakes about every 10 ms
 # instead (docs/design.md: what it saved).
 RUNTIME_THREAD_SLACK_NS = 10_000_000
+# a prompt of at most this many tokens (a window without previous text: sot, [language, task,]
+# notimestamps) runs as that many one-token steps of the token step graph: the generic step graph
+# took 20 ms for two tokens of one row and 90 ms of six rows on a 2-core Zen 4, two token steps 14
+# and 30 ms
+PROMPT_TOKEN_STEPS = 3
 _PR_SET_TIMERSLACK, _PR_GET_TIMERSLACK = 29, 30
 
 
@@ -296,9 +301,17 @@ class MaxInference:
             no_choice = [np.zeros((tokens.shape[0], self.model.dims.n_vocab), np.float32), np.array([-1], np.int64)]
         return self._step(tokens, audio_features, positions, no_choice)[0].to(driver.CPU()).to_numpy()
 
+    def leaves_rows_out(self, tokens: np.ndarray, positions: Sequence[int]) -> bool:
+        """Whether the next call on `tokens` is a one-token step on the token step graph, which
+        can leave rows out."""
+        return (self.model.token_step is not None and tokens.shape[1] == self.cached + 1
+                and [p % tokens.shape[1] for p in positions] == [self.cached])
+
     def _step(self, tokens: np.ndarray, audio_features: AudioFeatures, positions: Sequence[int],
-              choice_inputs: list[np.ndarray]) -> list[driver.Buffer]:
-        """One call of the step graph on tokens[:, cached:]; returns its outputs."""
+              choice_inputs: list[np.ndarray], rows: np.ndarray | None = None) -> list[driver.Buffer]:
+        """One call of the step graph on tokens[:, cached:]; returns its outputs. rows: the rows
+        that step, ascending (None: all); the others sit it out (one new token per row only), and
+        are not to step again: their cache stops where it was."""
         if self.cache is None:
             self._setup(tokens.shape[0], audio_features)
         n_total = tokens.shape[1]
@@ -308,11 +321,21 @@ class MaxInference:
         if n == 0 or index.min() < 0:
             raise ValueError("logits requested for positions already in the KV cache")
         m = self.model
-        if m.token_step is not None and n == 1 and index.tolist() == [0]:
-            # one new token per sequence, all at the same position, each its own logits
+        if rows is not None and not self.leaves_rows_out(tokens, positions):
+            raise ValueError("only one-token steps on the token step graph leave rows out")
+        if rows is None and self.cached == 0 and 1 < n <= PROMPT_TOKEN_STEPS and m.token_step is not None \
+                and index[-1] == n - 1:
+            outputs = self._prompt_by_token_steps(new, index, choice_inputs)
+        elif self.leaves_rows_out(tokens, positions):
+            # one new token per sequence, all at the same position, each its own logits; rows
+            # left out sit at position -1 (the token step graph neither reads nor writes them)
             batch = tokens.shape[0]
-            inputs = [new.astype(np.int64), np.full(batch, self.cached, np.int64), np.arange(batch, dtype=np.int64),
-                      *choice_inputs]
+            positions = np.full(batch, self.cached, np.int64)
+            if rows is None:
+                rows = np.arange(batch, dtype=np.int64)
+            else:
+                positions[np.setdiff1d(np.arange(batch), rows)] = -1
+            inputs = [new.astype(np.int64), positions, np.asarray(rows, np.int64), *choice_inputs]
             outputs = m.run(m.token_step, *(m.to_device(a) for a in inputs), *self.cross, *self.cache)
         else:
             pos = np.arange(self.cached, n_total, dtype=np.int64)
@@ -322,6 +345,24 @@ class MaxInference:
                             *(m.to_device(a) for a in [mask, index, *choice_inputs]), *self.cross, *self.cache)
         self.cached = n_total
         return outputs
+
+    def _prompt_by_token_steps(self, new: np.ndarray, index: np.ndarray, choice_inputs: list[np.ndarray]
+                               ) -> list[driver.Buffer]:
+        """The step graph's outputs for a short prompt new [B, n] at the cache's start, from n
+        one-token steps: the logits after each position of `index`, the choice (with
+        `choice_inputs`) after the last, which must be the prompt's last."""
+        m = self.model
+        batch, n = new.shape
+        rows = np.arange(batch, dtype=np.int64)
+        no_choice = [np.zeros((batch, m.dims.n_vocab), np.float32), np.array([-1], np.int64)]
+        logits = {}
+        for j in range(n):
+            inputs = [new[:, j:j + 1].astype(np.int64), np.full(batch, j, np.int64), rows,
+                      *(choice_inputs if j == n - 1 else no_choice)]
+            outputs = m.run(m.token_step, *(m.to_device(a) for a in inputs), *self.cross, *self.cache)
+            if j in index:
+                logits[j] = outputs[0].to(driver.CPU()).to_numpy()
+        return [driver.Buffer.from_numpy(np.concatenate([logits[j] for j in index.tolist()], axis=1)), *outputs[1:]]
 
     def rearrange_kv_cache(self, source_indices: Sequence[int]) -> None:
         if self.cache is not None and list(source_indices) != list(range(len(source_indices))):
@@ -341,10 +382,23 @@ class MaxChoosingInference(MaxInference):
     """On the CPU the step graph also picks the greedy token (`decoding.ChoosingInference`)."""
 
     def logits_and_choice(self, tokens: np.ndarray, audio_features: AudioFeatures, positions: Sequence[int],
-                          suppress: np.ndarray, timestamp_begin: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                          suppress: np.ndarray, timestamp_begin: int, rows: np.ndarray | None = None
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if rows is not None and not self.leaves_rows_out(tokens, positions):
+            return every_row_then_some(self.logits_and_choice, tokens, audio_features, positions, suppress,
+                                       timestamp_begin, rows)
         logits, token, logprob = self._step(tokens, audio_features, positions,
-                                            [suppress, np.array([timestamp_begin], np.int64)])
+                                            [suppress, np.array([timestamp_begin], np.int64)], rows)
         return logits.to_numpy(), token.to_numpy(), logprob.to_numpy()
+
+
+def every_row_then_some(logits_and_choice, tokens: np.ndarray, audio_features, positions: Sequence[int],
+                        suppress: np.ndarray, timestamp_begin: int, rows: np.ndarray):
+    """`ChoosingInference.logits_and_choice` for `rows` only, by one that steps every row: the
+    others' suppress rows zeros, their results dropped."""
+    full = np.zeros((len(tokens), suppress.shape[1]), suppress.dtype)
+    full[rows] = suppress
+    return tuple(out[rows] for out in logits_and_choice(tokens, audio_features, positions, full, timestamp_begin))
 
 
 def describe_devices() -> list[str]:

@@ -29,7 +29,7 @@ from max import driver
 from max.dtype import DType
 
 from .decoder import cache_shapes, cross_layout
-from .model import AudioFeatures, MaxChoosingInference, MaxWhisper
+from .model import AudioFeatures, MaxChoosingInference, MaxWhisper, every_row_then_some
 
 
 class SharedEncoder:
@@ -241,7 +241,10 @@ class SharedInference:
     def logits(self, tokens: np.ndarray, audio_features: AudioFeatures, positions: Sequence[int] = (-1,)) -> np.ndarray:
         return self.private.logits(tokens, audio_features, positions)
 
-    def logits_and_choice(self, tokens, audio_features, positions, suppress, timestamp_begin):
+    def logits_and_choice(self, tokens, audio_features, positions, suppress, timestamp_begin, rows=None):
+        if rows is not None:  # rows that have ended step on here (a shared step's member keeps its rows)
+            return every_row_then_some(self.logits_and_choice, tokens, audio_features, positions, suppress,
+                                       timestamp_begin, rows)
         if self.member is not None:
             return self.steps.step(self.member, tokens, suppress, timestamp_begin)
         prompt = self.private.cache is None
