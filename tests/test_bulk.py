@@ -462,6 +462,27 @@ def test_a_local_job_starts_a_ray_instance_of_its_own_not_the_one_ray_start_reco
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+def test_ray_address_in_the_environment_is_the_cluster_joined_as_ray_does(tmp_path, monkeypatch):
+    """Without `address`, a job goes where $RAY_ADDRESS points, as `ray.init()` would; only where it
+    is unset does the job start an instance of its own."""
+    from maxwhisper.bulk import job
+
+    joined = []
+
+    def start_ray(address):
+        joined.append(address)
+        raise MaxWhisperError("stop here")
+
+    monkeypatch.setattr(job, "_start_ray", start_ray)
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    with pytest.raises(MaxWhisperError, match="stop here"):
+        job.transcribe_many(AUDIO / "jfk.flac", tmp_path / "a", backend="faster")
+    monkeypatch.setenv("RAY_ADDRESS", "")
+    with pytest.raises(MaxWhisperError, match="stop here"):
+        job.transcribe_many(AUDIO / "jfk.flac", tmp_path / "b", backend="faster")
+    assert joined == ["ray://head:10001", None]
+
+
 def test_the_command_killed_midway_and_run_again_transcribes_every_clip_once(tmp_path):
     """The issue's done-when command on the shared clips, killed (SIGKILL) after its first rows."""
     out = tmp_path / "out"

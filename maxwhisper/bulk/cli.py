@@ -32,8 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated, of {', '.join(FORMATS)} (default: txt)")
     g.add_argument("--parquet", action="store_true", help="also write the results table as results.parquet")
     g.add_argument("--address", default=None, metavar="ADDR",
-                   help="an existing Ray cluster (e.g. ray://head:10001 or auto); default: a local instance "
-                        "started for the job")
+                   help="an existing Ray cluster (e.g. ray://head:10001 or auto); default: $RAY_ADDRESS where "
+                        "set, else a local instance started for the job")
     add_model_arguments(p)
     add_decode_arguments(p)
 

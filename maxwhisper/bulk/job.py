@@ -63,8 +63,8 @@ def transcribe_many(inputs: str | os.PathLike | Sequence[str | os.PathLike], out
     one row per file in `output/results.jsonl` (and results.parquet with `parquet=True`).
 
     Runs on a local Ray instance started for the job (or the one this process already has), or on
-    the cluster at `address` (every node must see `output` and the inputs at the same paths, and
-    have this package installed). `workers` actors each load the model once; `threads` per worker
+    the cluster at `address` (default: $RAY_ADDRESS, as Ray's own; every node must see `output` and
+    the inputs at the same paths, and have this package installed). `workers` actors each load the model once; `threads` per worker
     (default: a node's cores shared by the workers it holds). `options` and keyword `changes` are
     DecodeOptions' fields (`batch_size=8`: batched long-form). A file that fails is a row with
     status "error"; a rerun into the same `output` skips the files done with the same settings.
@@ -72,6 +72,7 @@ def transcribe_many(inputs: str | os.PathLike | Sequence[str | os.PathLike], out
     unknown model before Ray starts), and for a model that the workers cannot load (unknown
     backend, device, precision or model, one not installed or not a Whisper model)."""
     options = dataclasses.replace(options or DecodeOptions(), **changes)
+    address = address or os.environ.get("RAY_ADDRESS") or None
     formats = tuple(dict.fromkeys(formats))
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
@@ -161,8 +162,8 @@ def _rows(dataset, workers: int):
 
 def _start_ray(address: str | None) -> bool:
     """Join `address`, or start a local instance of this machine's CPUs; True when started here.
-    The local instance is always a new one ("local"): without an address Ray joins the cluster the
-    last `ray start` on this machine recorded, whoever started it, and fails on `num_cpus`."""
+    The local instance is always a new one ("local"): without an address Ray would join the cluster
+    the last `ray start` on this machine recorded, whoever started it, and fail on `num_cpus`."""
     import ray
 
     if ray.is_initialized():

@@ -1,6 +1,6 @@
 """`python -m maxwhisper serve`: the transcription service on Ray Serve.
 
-Without --address it starts a Ray instance on this machine (nothing else to install or start);
+Without --address (or $RAY_ADDRESS) it starts a Ray instance on this machine (nothing else to install or start);
 with --address it joins an existing Ray cluster and places its replicas there. It prints the URL,
 the deployments and their replicas, and what is still compiling; Ctrl-C shuts it down.
 """
@@ -56,8 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
     p.add_argument("--port", type=_positive(int), default=8000, help="default 8000")
-    p.add_argument("--address", default=None,
-                   help="a Ray cluster to join (e.g. auto or ray://head:10001); default: a Ray instance of its own")
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
+                   help="a Ray cluster to join (e.g. auto or ray://head:10001); default: $RAY_ADDRESS where set, "
+                        "else a Ray instance of its own")
     p.add_argument("--ui", action="store_true", help="also serve the Gradio app at /")
     p.add_argument("--max-seconds", type=_positive(float), default=600.0, help="longest audio accepted (default 600)")
     p.add_argument("--max-upload-mb", type=_positive(float), default=25.0,
