@@ -817,3 +817,17 @@ def test_a_short_prompt_runs_as_token_steps(max_tiny_en, jfk_audio, lecture_60s_
         assert a.tokens == b.tokens and len(a.tokens) > 10
         assert a.avg_logprob == pytest.approx(b.avg_logprob, abs=1e-5)
         assert a.no_speech_prob == pytest.approx(b.no_speech_prob, abs=1e-6)
+
+
+def test_int8_prompts_stay_on_the_generic_step_graph(max_tiny_en_int8, jfk_audio, monkeypatch):
+    """int8's prompt graph computes otherwise than its token steps (as steps, jfk's int8 tokens
+    changed): its short prompts keep the generic step graph."""
+    from maxwhisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram
+    from maxwhisper.decoding import decode
+
+    net = max_tiny_en_int8.net
+    graphs, run = [], net.run
+    monkeypatch.setattr(net, "run", lambda graph, *inputs: graphs.append(graph) or run(graph, *inputs))
+    decode(net, log_mel_spectrogram(jfk_audio, 80, padding=N_SAMPLES)[:, :N_FRAMES], language="en",
+           without_timestamps=True)
+    assert graphs.count(net.decoder) == 1

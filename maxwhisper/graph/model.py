@@ -46,7 +46,7 @@ GRAPHS = ("encoder", "decoder_step", "token_step", "alignment", "cache_reorder",
 # instead (docs/design.md: what it saved).
 RUNTIME_THREAD_SLACK_NS = 10_000_000
 # a prompt of at most this many tokens (a window without previous text: sot, [language, task,]
-# notimestamps) runs as that many one-token steps of the token step graph: the generic step graph
+# notimestamps) runs as that many one-token steps of the token step graph (fp32): the generic step graph
 # took 20 ms for two tokens of one row and 90 ms of six rows on a 2-core Zen 4, two token steps 14
 # and 30 ms
 PROMPT_TOKEN_STEPS = 3
@@ -323,8 +323,10 @@ class MaxInference:
         m = self.model
         if rows is not None and not self.leaves_rows_out(tokens, positions):
             raise ValueError("only one-token steps on the token step graph leave rows out")
+        # int8's and bf16's prompts compute otherwise than their token steps (the int8 projection's
+        # and cross-attention's prompt paths, bf16 prompt linears): as steps their tokens changed
         if rows is None and self.cached == 0 and 1 < n <= PROMPT_TOKEN_STEPS and m.token_step is not None \
-                and index[-1] == n - 1:
+                and not (m.plan.int8 or m.plan.bf16) and index[-1] == n - 1:
             outputs = self._prompt_by_token_steps(new, index, choice_inputs)
         elif self.leaves_rows_out(tokens, positions):
             # one new token per sequence, all at the same position, each its own logits; rows
