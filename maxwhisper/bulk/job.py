@@ -64,13 +64,14 @@ def transcribe_many(inputs: str | os.PathLike | Sequence[str | os.PathLike], out
 
     Runs on a local Ray instance started for the job (or the one this process already has), or on
     the cluster at `address` (default: $RAY_ADDRESS, as Ray's own; every node must see `output` and
-    the inputs at the same paths, and have this package installed). `workers` actors each load the model once; `threads` per worker
-    (default: a node's cores shared by the workers it holds). `options` and keyword `changes` are
-    DecodeOptions' fields (`batch_size=8`: batched long-form). A file that fails is a row with
-    status "error"; a rerun into the same `output` skips the files done with the same settings.
-    `progress=True` reports on stderr. Raises MaxWhisperError for bad arguments (a local job: an
-    unknown model before Ray starts), and for a model that the workers cannot load (unknown
-    backend, device, precision or model, one not installed or not a Whisper model)."""
+    the inputs at the same paths, and have this package installed). `workers` actors each load the
+    model once; `threads` per worker (default: a node's cores shared by the workers it holds).
+    `options` and keyword `changes` are DecodeOptions' fields (`batch_size=8`: batched long-form). A
+    file that fails is a row with status "error"; a rerun into the same `output` skips the files
+    done with the same settings. `progress=True` reports on stderr. Raises MaxWhisperError for bad
+    arguments (a local job: an unknown model before Ray starts), and for a model that the workers
+    cannot load (unknown backend, device, precision or model, one not installed or not a Whisper
+    model)."""
     options = dataclasses.replace(options or DecodeOptions(), **changes)
     address = address or os.environ.get("RAY_ADDRESS") or None
     formats = tuple(dict.fromkeys(formats))

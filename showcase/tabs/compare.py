@@ -137,15 +137,15 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
                 "condition_on_previous_text": condition,
                 "hallucination_silence_threshold": float(silence) if silence else None, "batch_size": int(batch)})
             return run_comparison(audio, chosen, model, choices.device(device), options, transcriptions,
-                                  precision=precision, max_seconds=max_seconds, reference_text=reference_text, progress=progress,
-                                  on_partial=on_partial)
+                                  precision=precision, max_seconds=max_seconds, reference_text=reference_text,
+                                  progress=progress, on_partial=on_partial)
 
         unchanged = [gr.skip()] * (len(panel_outputs) + 4)
         for line, result in watch(run):
             yield line, *(shown(result, line) if result else unchanged)
 
-    run.click(transcribe, [audio, chosen, model, device, precision, language, task, beam_size, timestamps, word_timestamps,
-                           initial_prompt, condition, silence, batch, reference_text],
+    run.click(transcribe, [audio, chosen, model, device, precision, language, task, beam_size, timestamps,
+                           word_timestamps, initial_prompt, condition, silence, batch, reference_text],
               [progress, message, *panel_outputs, timing_plot, rtfx_plot, headline],
               concurrency_limit=RUNS_AT_ONCE, show_progress="hidden")
     for control in (model, device, chosen):  # say before a run what it will have to load or compile
