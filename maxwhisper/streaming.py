@@ -4,7 +4,8 @@ Backend-neutral over the `Transcriber` protocol, so that MAX, faster-whisper and
 stream through the same code. Each update transcribes the buffered audio (the stream since the
 last cut, at most 30 s heard) again with word timestamps, prompted with the committed text before
 the buffer: with a `WindowTranscriber`'s `transcribe_window` (MAX, faster-whisper) its first window alone,
-one encoder pass (what the model leaves after its last segment waits for the next update);
+one encoder pass over the window's audio and `audio.STREAM_PADDING_S` of silence after it, not 30 s
+(what the model leaves after its last segment waits for the next update);
 otherwise (openai-whisper) its whole seek loop, which decodes the audio after the last segment
 again as a window of its own: two or three encoder passes.
 LocalAgreement-2 (Macháček et al. 2023, ufal/whisper_streaming) commits the words on which two

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from maxwhisper.api import SAMPLE_RATE, DecodeOptions, Segment, Word
-from maxwhisper.audio import N_SAMPLES
+from maxwhisper.audio import N_SAMPLES, STREAM_PADDING_S
 from maxwhisper.decoding import DecodingTask, compression_ratio
 from maxwhisper.streaming import (BUDGET, CONTEXT_S, SETTLE_S, STEP_S, LocalAgreement, Streamer, StreamReport,
                                   StreamWord, fails_offline_rules, stream_audio)
@@ -532,12 +532,44 @@ def test_max_window_is_the_seek_loop_s_first_window_in_one_encoder_pass(max_tiny
     try:
         whole = max_tiny_en.transcribe(audio, options)
         assert len(calls) == 2
-        window, _ = max_tiny_en.transcribe_window(audio, options)
+        window, _ = max_tiny_en.transcribe_window(audio, options, padding_s=None)  # the 30 s window
         assert len(calls) == 3
     finally:
         del max_tiny_en.net.encode, max_tiny_en.net.calls
     first = [s for s in whole.segments if s.seek == 0]
     assert window.segments == first and len(first) < len(whole.segments)
+
+
+def test_max_window_encodes_its_audio_and_stream_padding_s_of_silence_not_30_s(max_tiny_en, lecture_60s_audio):
+    from whisper.normalizers import EnglishTextNormalizer
+
+    audio = lecture_60s_audio[30 * SAMPLE_RATE:40 * SAMPLE_RATE]
+    options = DecodeOptions(word_timestamps=True, temperature=(0.0,))
+    calls = counting_encodes(max_tiny_en)
+    try:
+        short, _ = max_tiny_en.transcribe_window(audio, options)
+        whole, _ = max_tiny_en.transcribe_window(audio, options, padding_s=None)
+    finally:
+        del max_tiny_en.net.encode, max_tiny_en.net.calls
+    assert STREAM_PADDING_S == 5.0 and calls == [(1, 80, 1500), (1, 80, 3000)]  # 10 s + 5 s, then 30 s
+    normalise = EnglishTextNormalizer()
+    assert normalise(short.text).startswith(normalise(whole.text)) and whole.text  # maybe more words at the end
+    assert 0 <= short.segments[0].words[0].start and short.segments[-1].words[-1].end <= 10.0
+
+
+def test_max_int8_streams_jfk_hearing_my_not_am_i(max_tiny_en_int8, jfk_audio):
+    """int8's hypotheses over 2.5-3 s of jfk within 30 s windows heard "so am I fellow" and agreed on
+    it; over those seconds and STREAM_PADDING_S of silence they hear "so my fellow", as offline."""
+    from whisper.normalizers import EnglishTextNormalizer
+
+    three_s = jfk_audio[:3 * SAMPLE_RATE]
+    options = DecodeOptions(word_timestamps=True, temperature=(0.0,))
+    assert "am I" in max_tiny_en_int8.transcribe_window(three_s, options, padding_s=None)[0].text
+    assert "so my fellow" in max_tiny_en_int8.transcribe_window(three_s, options)[0].text
+    report = stream_audio(max_tiny_en_int8, jfk_audio, chunk_s=1.0)
+    normalise = EnglishTextNormalizer()
+    assert normalise(report.text) == normalise(
+        "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.")
 
 
 @pytest.fixture(scope="module")
