@@ -295,6 +295,69 @@ def test_a_failed_window_waits_for_more_audio():
     assert times["w6"] >= 10  # heard in the 4th update, committed only once the windows pass again
 
 
+class Echoing(ScriptedTranscriber):
+    """Hears the script, then fills the silence after it with its last ECHO_WORDS words again (as a
+    window over speech and silence does): in the script's segment, or as a segment of its own."""
+    ECHO_WORDS = 5
+
+    def __init__(self, script: str, own_segment: bool):
+        super().__init__(script)
+        self.own_segment = own_segment
+
+    def transcribe(self, audio, options=DecodeOptions(), progress=None):
+        result = super().transcribe(audio, options, progress)
+        offset, end = round(audio[0], 3), round(audio[0], 3) + len(audio) / SAMPLE_RATE
+        script_end = len(self.script) * 0.5
+        if not result.segments or end < script_end + 2.0 or result.segments[-1].end + offset < script_end - 1e-6:
+            return result
+        echo = tuple(Word(script_end + 0.3 * i - offset, script_end + 0.3 * (i + 1) - offset, " " + w, 0.9)
+                     for i, w in enumerate(self.script[-self.ECHO_WORDS:]))
+        last = result.segments[-1]
+        if self.own_segment:
+            segments = [*result.segments, Segment(1, 0, echo[0].start, echo[-1].end, "".join(w.word for w in echo),
+                                                  (), words=echo)]
+        else:
+            words = (*last.words, *echo)
+            segments = [*result.segments[:-1], dataclasses.replace(last, end=echo[-1].end,
+                                                                   text="".join(w.word for w in words), words=words)]
+        return dataclasses.replace(result, segments=segments)
+
+
+@pytest.mark.parametrize("own_segment", [False, True])
+def test_words_repeating_the_words_before_them_are_never_committed(own_segment):
+    """"Physics works and I'm still alive." heard again in the silence after it: the offline rules pass
+    it (a short sentence twice compresses little), the repeat is held back, the words before it are kept."""
+    script = " ".join(f"w{i}" for i in range(16))  # 8 s of speech, then 6 s of silence
+    audio = np.arange(14 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
+    model = Echoing(script, own_segment)
+    assert not fails_offline_rules(model.transcribe(audio, DecodeOptions(word_timestamps=True)).segments[-1],
+                                   DecodeOptions())
+    report = stream_audio(model, audio, chunk_s=1.0)
+    assert report.text == script and report.held_back > 0
+
+
+def test_a_window_that_fails_or_repeats_is_heard_again_as_the_30_s_window():
+    """A padded window repeats what it heard into its silence; the 30 s window over the same audio
+    does not: that one is the hypothesis, and nothing waits."""
+    class PaddedEchoing(Echoing):
+        def __init__(self, script):
+            super().__init__(script, own_segment=False)
+            self.paddings = []
+
+        def transcribe_window(self, audio, options=DecodeOptions(), draft=(), padding_s=STREAM_PADDING_S):
+            self.paddings.append(padding_s)
+            heard = (Echoing if padding_s is not None else ScriptedTranscriber).transcribe(self, audio, options)
+            return heard, ()
+
+    script = " ".join(f"w{i}" for i in range(16))
+    model = PaddedEchoing(script)
+    report = stream_audio(model, np.arange(14 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE, chunk_s=1.0)
+    assert report.text == script and report.held_back == 0
+    fallbacks = [i for i, p in enumerate(model.paddings) if p is None]
+    assert fallbacks and all(model.paddings[i - 1] == STREAM_PADDING_S for i in fallbacks)
+    assert len(model.paddings) == report.updates + len(fallbacks)  # one 30 s window more per repeat, no more
+
+
 class Respelled:
     """Hears words of 0.7 s, each update spelled differently, so that no two hypotheses agree:
     only forced cuts commit anything."""
