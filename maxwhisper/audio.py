@@ -39,7 +39,6 @@ MIN_SECONDS = 0.1  # shorter audio holds no word
 SILENT_PEAK = 1e-4  # -80 dBFS: audio whose loudest sample is quieter than this has nothing to transcribe
 
 
-
 def heard_frames(samples: int, padding_s: float) -> int:
     """The mel frames of a window of `samples` of audio and `padding_s` of silence after it, as an
     encoder hears them: an even count (the encoder's stem halves it), at most N_FRAMES (30 s)."""

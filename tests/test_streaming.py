@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from maxwhisper.api import SAMPLE_RATE, DecodeOptions, Segment, Word
-from maxwhisper.audio import N_SAMPLES, STREAM_PADDING_S
+from maxwhisper.audio import N_FRAMES, N_SAMPLES, STREAM_PADDING_S, heard_frames
 from maxwhisper.decoding import DecodingTask, compression_ratio
 from maxwhisper.streaming import (BUDGET, CONTEXT_S, SETTLE_S, STEP_S, LocalAgreement, Streamer, StreamReport,
                                   StreamWord, fails_offline_rules, stream_audio)
@@ -642,12 +642,15 @@ def lecture_audio() -> np.ndarray:
     return load_audio(LECTURE)
 
 
-def test_max_never_commits_the_lecture_countdown_loop_and_decodes_it_once(max_tiny_en, lecture_audio, monkeypatch):
+def test_max_never_commits_the_lecture_countdown_loop_nor_falls_back_in_temperature(max_tiny_en, lecture_audio,
+                                                                                     monkeypatch):
     countdown = lecture_audio[189 * SAMPLE_RATE:201 * SAMPLE_RATE]  # at temperature 0 a loop: "I'm going to go to..."
     streamer = Streamer(max_tiny_en, DecodeOptions())  # the offline schedule: 6 temperatures, best_of 5
     assert streamer.options.temperature == (0.0,)
-    hypothesis, _ = max_tiny_en.transcribe_window(countdown, streamer.options)
-    assert any(fails_offline_rules(s, streamer.options) for s in hypothesis.segments)
+    padded, _ = max_tiny_en.transcribe_window(countdown, streamer.options)
+    whole, _ = max_tiny_en.transcribe_window(countdown, streamer.options, padding_s=None)
+    assert all(any(fails_offline_rules(s, streamer.options) for s in hypothesis.segments)
+               for hypothesis in (padded, whole))
     decodings, run = [], DecodingTask.run
 
     def counted(task, *args, **kwargs):
@@ -659,8 +662,10 @@ def test_max_never_commits_the_lecture_countdown_loop_and_decodes_it_once(max_ti
         update = streamer.push(countdown)  # the window's decoding fails as a whole: nothing of it is kept
     finally:
         del max_tiny_en.net.encode, max_tiny_en.net.calls
-    assert len(encodes) == 1 and [d.temperature for d in decodings] == [0.0]  # no fallback: one decoding
-    assert update.committed == update.tentative == [] and update.held_back == len(hypothesis.segments)
+    # the padded window (12 s heard, 5 s of silence) fails, then the 30 s window: no temperature fallback
+    assert [shape[-1] for shape in encodes] == [heard_frames(len(countdown), STREAM_PADDING_S), N_FRAMES]
+    assert [d.temperature for d in decodings] == [0.0, 0.0]
+    assert update.committed == update.tentative == [] and update.held_back == len(whole.segments)
     assert streamer.finish().committed == []
 
     report = stream_audio(max_tiny_en, lecture_audio[150 * SAMPLE_RATE:], chunk_s=1.0)  # the last 53 s
