@@ -27,6 +27,7 @@ from faster_whisper.tokenizer import _LANGUAGE_CODES
 
 from maxwhisper.api import (SAMPLE_RATE, AudioError, BackendError, DecodeOptions, MaxWhisperError, Segment,
                             Timings, TranscriptionResult, Word, empty_result)
+from maxwhisper.audio import STREAM_PADDING_S, heard_frames
 from maxwhisper.checkpoint import load_checkpoint
 
 COMPUTE_TYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "int8"}
@@ -160,23 +161,30 @@ class FasterTranscriber:
         self._encode = _Stopwatch()
         # instance attributes shadow the class's: transcribe()/detect_language() call these
         self.whisper.feature_extractor = _TimedFeatureExtractor(self.whisper.feature_extractor, self._features)
-        self.whisper.encode = self._encode.wrap(self.whisper.encode)
+        encode = self._encode.wrap(self.whisper.encode)
+        self._frames: int | None = None  # the mel frames the encoder hears (a stream's window); None: all
+        self.whisper.encode = lambda features: encode(
+            features if self._frames is None else np.ascontiguousarray(features[..., :self._frames]))
 
     def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
                    progress: Callable[[float], None] | None = None) -> TranscriptionResult:
         return self._transcribe(audio, options, progress)
 
     def transcribe_window(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
-                          draft: Sequence[int] = ()) -> tuple[TranscriptionResult, tuple[int, ...]]:
+                          draft: Sequence[int] = (), padding_s: float | None = STREAM_PADDING_S
+                          ) -> tuple[TranscriptionResult, tuple[int, ...]]:
         """A live stream's hypothesis (`maxwhisper.api.WindowTranscriber`), as MAX's: the first 30 s
-        window of `audio` decoded as `transcribe` decodes it, without the seek loop's next window.
-        No draft is checked: the tokens returned are none."""
+        window of `audio` decoded as `transcribe` decodes it, without the seek loop's next window, the
+        encoder hearing its audio and `padding_s` of silence after it (CTranslate2 takes fewer than
+        30 s of frames; None: the 30 s window). No draft is checked: the tokens returned are none."""
         if options.batch_size is not None:
             raise MaxWhisperError("a stream's window is not transcribed in batches: leave batch_size unset")
-        return self._transcribe(np.asarray(audio)[:30 * SAMPLE_RATE], options, None, first_window_only=True), ()
+        audio = np.asarray(audio)[:30 * SAMPLE_RATE]
+        frames = None if padding_s is None else heard_frames(len(audio), padding_s)
+        return self._transcribe(audio, options, None, first_window_only=True, frames=frames), ()
 
     def _transcribe(self, audio: np.ndarray, options: DecodeOptions, progress: Callable[[float], None] | None,
-                    first_window_only: bool = False) -> TranscriptionResult:
+                    first_window_only: bool = False, frames: int | None = None) -> TranscriptionResult:
         audio = np.asarray(audio, dtype=np.float32)
         if audio.ndim != 1:
             raise AudioError(f"audio must be mono samples (1-D), got shape {audio.shape}")
@@ -188,6 +196,7 @@ class FasterTranscriber:
         suppress = options.suppress_token_ids()  # a fresh list: faster-whisper extends it
         with self._lock:
             self._features.seconds = self._encode.seconds = 0.0
+            self._frames = frames
             t0 = time.perf_counter()
             common = dict(
                 language=options.language,
@@ -227,6 +236,7 @@ class FasterTranscriber:
                     report(min(s.end * SAMPLE_RATE / audio.size, 1.0))
             finally:
                 self.whisper.__dict__.pop("_split_segments_by_timestamps", None)
+                self._frames = None
             report(1.0)
             total = time.perf_counter() - t0
             features, encode = self._features.seconds, self._encode.seconds

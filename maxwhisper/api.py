@@ -343,9 +343,13 @@ class WindowTranscriber(Transcriber, Protocol):
     """A transcriber that a live stream (`maxwhisper.streaming`) asks for one window per hypothesis."""
 
     def transcribe_window(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
-                          draft: Sequence[int] = ()) -> tuple[TranscriptionResult, tuple[int, ...]]:
+                          draft: Sequence[int] = (), padding_s: float | None = ...
+                          ) -> tuple[TranscriptionResult, tuple[int, ...]]:
         """The first 30 s window of `audio` decoded as `transcribe` decodes it, without the seek
-        loop's next window: one encoder pass. `draft`: the tokens the stream's last hypothesis
-        decoded, which a backend may check in one decoder pass. Returns the result and the tokens
-        this window decoded, the next hypothesis's draft (empty where the backend takes none)."""
+        loop's next window: one encoder pass, which hears the window's audio and `padding_s` of
+        silence after it (MAX and faster-whisper: by default `audio.STREAM_PADDING_S`; None: the
+        30 s window) rather than 30 s.
+        `draft`: the tokens the stream's last hypothesis decoded, which a backend may check in one
+        decoder pass. Returns the result and the tokens this window decoded, the next
+        hypothesis's draft (empty where the backend takes none)."""
         ...

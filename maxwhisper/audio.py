@@ -31,8 +31,20 @@ FRAMES_PER_CHUNK = 1000  # log_mel_spectrogram computes the STFT this many frame
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 10 ms per audio frame
 TOKENS_PER_SECOND = SAMPLE_RATE // N_SAMPLES_PER_TOKEN  # 20 ms per audio token
 
+# the silence a live stream's window hears after its audio (`api.WindowTranscriber.transcribe_window`);
+# with 2 or 3 s, streams of jfk committed "asked not" for "ask not"
+STREAM_PADDING_S = 5.0
+
 MIN_SECONDS = 0.1  # shorter audio holds no word
 SILENT_PEAK = 1e-4  # -80 dBFS: audio whose loudest sample is quieter than this has nothing to transcribe
+
+
+def heard_frames(samples: int, padding_s: float) -> int:
+    """The mel frames of a window of `samples` of audio and `padding_s` of silence after it, as an
+    encoder hears them: an even count (the encoder's stem halves it), at most N_FRAMES (30 s)."""
+    frames = min(samples, N_SAMPLES) // HOP_LENGTH + round(padding_s * FRAMES_PER_SECOND)
+    return min(N_FRAMES, frames + frames % 2)
+
 
 AudioSource = Union[str, os.PathLike, bytes, tuple[int, np.ndarray], np.ndarray]
 # the file names taken for audio when a folder is searched: audio and video formats FFmpeg reads

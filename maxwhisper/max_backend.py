@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .api import DecodeOptions, MaxWhisperError, Timings, TranscriptionResult, empty_result
-from .audio import N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
+from .audio import N_SAMPLES, SAMPLE_RATE, STREAM_PADDING_S, heard_frames, log_mel_spectrogram
 from .batched import transcribe_batched
 from .checkpoint import load_checkpoint
 from .graph.model import MaxWhisper, resolve_device
@@ -48,22 +48,33 @@ class MaxTranscriber:
         return self._transcribe(audio, options, progress)[0]
 
     def transcribe_window(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
-                          draft: Sequence[int] = ()) -> tuple[TranscriptionResult, tuple[int, ...]]:
+                          draft: Sequence[int] = (), padding_s: float | None = STREAM_PADDING_S
+                          ) -> tuple[TranscriptionResult, tuple[int, ...]]:
         """A live stream's hypothesis (`maxwhisper.streaming`): the first 30 s window of `audio`
         decoded as `transcribe` decodes it, without the seek loop's next window: one encoder pass.
+        The encoder hears the window's audio and `padding_s` of silence after it, not the 30 s
+        window whole (whisper.cpp's `audio_ctx`): the encoder pass and the decoder's cross-attention
+        cost in proportion to what is heard (the encoder graph takes any number of frames, the
+        decoder graphs any number of encoder positions), a third of the 30 s window's for 5 s of
+        audio. The tokens may then differ from the seek loop's; None: the 30 s window, the seek
+        loop's first window exactly (also where decodings share steps, `max_batch` > 1, whose
+        encoder calls and caches hold 30 s windows).
         `draft`: the tokens the stream's last hypothesis decoded (`transcribe.transcribe`): a stream's
         next hypothesis mostly begins as its last one did, so the decoder steps token by token only
         from where the two differ. Returns the result and the tokens this window decoded (the next draft)."""
         if options.batch_size is not None:
             raise MaxWhisperError("a stream's window is not transcribed in batches: leave batch_size unset")
-        return self._transcribe(audio[:N_SAMPLES], options, None, first_window_only=True, draft=tuple(draft))
+        audio = audio[:N_SAMPLES]
+        frames = heard_frames(len(audio), padding_s) if padding_s is not None and self.max_batch == 1 else None
+        return self._transcribe(audio, options, None, first_window_only=True, draft=tuple(draft), window_frames=frames)
 
     def _transcribe(self, audio: np.ndarray, options: DecodeOptions, progress: Callable[[float], None] | None,
-                    first_window_only: bool = False, draft: tuple[int, ...] = ()
+                    first_window_only: bool = False, draft: tuple[int, ...] = (), window_frames: int | None = None
                     ) -> tuple[TranscriptionResult, tuple[int, ...]]:
         """The result and the tokens its last window decoded. first_window_only: the first window alone
-        (`transcribe_window`), beginning with the `draft` tokens where the model chooses them; the
-        whole seek loop otherwise, which takes no draft."""
+        (`transcribe_window`), beginning with the `draft` tokens where the model chooses them, its
+        encoder hearing `window_frames` mel frames (None: 30 s); the whole seek loop otherwise, which
+        takes no draft."""
         if len(audio) == 0:  # checked as any request, then nothing to run the model on
             _check_request(self.net, log_mel_spectrogram(audio, self.checkpoint.dims.n_mels, padding=N_SAMPLES),
                            options)
@@ -77,7 +88,7 @@ class MaxTranscriber:
             mel = log_mel_spectrogram(audio, self.checkpoint.dims.n_mels, padding=N_SAMPLES)
             features_s = time.perf_counter() - start
             out = transcribe(self.decoder_model, mel, options, progress, first_window_only=first_window_only,
-                             draft=draft)
+                             draft=draft, window_frames=window_frames)
             decoded = out.decoded
         # a graph compiled on first use during decoding is a one-time cost: count it in compile_s only
         lazy_compile_s = self.compile_s - compile_before

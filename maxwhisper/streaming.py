@@ -4,7 +4,8 @@ Backend-neutral over the `Transcriber` protocol, so that MAX, faster-whisper and
 stream through the same code. Each update transcribes the buffered audio (the stream since the
 last cut, at most 30 s heard) again with word timestamps, prompted with the committed text before
 the buffer: with a `WindowTranscriber`'s `transcribe_window` (MAX, faster-whisper) its first window alone,
-one encoder pass (what the model leaves after its last segment waits for the next update);
+one encoder pass over the window's audio and `audio.STREAM_PADDING_S` of silence after it, not 30 s
+(what the model leaves after its last segment waits for the next update);
 otherwise (openai-whisper) its whole seek loop, which decodes the audio after the last segment
 again as a window of its own: two or three encoder passes.
 LocalAgreement-2 (Macháček et al. 2023, ufal/whisper_streaming) commits the words on which two
@@ -17,7 +18,13 @@ gets more hypotheses and commits sooner. A stream passes the tokens its last win
 next as a draft: MAX checks them in one decoder pass (`MaxTranscriber.transcribe_window`), which
 makes its update cheaper.
 A hypothesis segment that fails the offline loop's rules (too compressible, as a repetition loop is, or too
-improbable) is not part of the hypothesis, nor is what follows it: its words wait for more audio.
+improbable) is not part of the hypothesis, nor is what follows it: its words wait for more audio. Nor are
+words that repeat REPEAT_WORDS or more words just before them (`repeat_start`): a window that hears
+silence after speech fills it with the last sentence again, which the offline rules pass (a short
+sentence twice compresses little). A window that hears `audio.STREAM_PADDING_S` of silence rather than
+30 s repeats and loops so more often than the 30 s window: where its hypothesis fails the offline rules
+or repeats, the same audio is heard again as the 30 s window, whose hypothesis is taken (one encoder
+pass more, on those updates only).
 A stream does not fall back through the temperature schedule as the offline loop does: each update
 decodes once, at the schedule's first temperature (greedy by default), so that an update with
 `transcribe_window` costs one encoder pass and one decoding of at most the model's sample length.
@@ -57,6 +64,10 @@ BUDGET = 0.6  # the share of the new audio's duration that `Streamer.feed`'s hyp
 # the first heard SETTLE_S past, the second hears SETTLE_S + STEP_S past (with steps of 0.3 or 0.2 s,
 # lecture streams with simulated update times committed more words wrong)
 STEP_S = 0.5
+# words in a row that, repeating the words just before them, are held back (`repeat_start`; the lecture's
+# repeated sentences are 5 and 6 words); and how many words before a segment are looked at
+REPEAT_WORDS = 4
+REPEAT_CONTEXT = 30
 LOOP_WORDS = 40  # committed words in a row over which `StreamReport.loop_ratio` looks for a loop
 
 
@@ -139,6 +150,19 @@ class LocalAgreement:
         return new
 
 
+def repeat_start(words: list[str], before: list[str]) -> int | None:
+    """Where in a segment's words (their `_key`s) REPEAT_WORDS or more words in a row repeat the words
+    just before them, the segment's own or the `before` ones (the second copy's first word lying
+    in the segment); None: nowhere. A window hearing silence after speech fills it so ("Physics works
+    and I'm still alive." twice or three times over the 2 s after it, on the lecture)."""
+    seq = [*before, *words]
+    for end in range(len(before) + 1, len(seq) + 1):  # the first word of the segment the second copy ends on
+        for n in range(REPEAT_WORDS, end // 2 + 1):
+            if seq[end - 2 * n:end - n] == seq[end - n:end]:
+                return max(0, end - n - len(before))
+    return None
+
+
 def fails_offline_rules(segment: Segment, options: DecodeOptions) -> bool:
     """The offline loop would not keep this segment's decoding: its window's decoding too
     compressible or too improbable (`transcribe.needs_fallback`; the loop keeps the last
@@ -218,16 +242,25 @@ class Streamer:
         else:
             result = self.transcriber.transcribe(self.buffer[:heard], options)
         compute_s = result.timings.total_s  # without a graph compiled on first use (MAX's alignment graph)
+        failed, cut = self._failed(result.segments, options)
+        if self.windowed and failed < len(result.segments):
+            result, self.draft = self.transcriber.transcribe_window(self.buffer[:heard], options, self.draft,
+                                                                     padding_s=None)
+            compute_s += result.timings.total_s
+            failed, cut = self._failed(result.segments, options)
         self.last_compute_s = compute_s
-        failed = next((i for i, s in enumerate(result.segments) if fails_offline_rules(s, options)),
-                      len(result.segments))
-        kept = result.segments[:failed]
-        words = [StreamWord(self.buffer_start + w.start, self.buffer_start + w.end, w.word)
-                 for s in kept for w in (s.words or ())]
-        self.segment_ends = [self.buffer_start + s.end for s in kept]
-        self.held_back = (None if failed == len(result.segments) else
-                          (self.buffer_start + result.segments[failed].start,
-                           self.buffer_start + result.segments[failed].end))
+        kept = [(s.words or ()) for s in result.segments[:failed]]
+        self.segment_ends = [self.buffer_start + s.end for s in result.segments[:failed]]
+        self.held_back = None
+        if failed < len(result.segments):
+            segment = result.segments[failed]
+            ws = (segment.words or ())[:cut]
+            if ws:  # the words before a repeat
+                kept.append(ws)
+                self.segment_ends.append(self.buffer_start + ws[-1].end)
+            self.held_back = (self.buffer_start + (segment.words[cut].start if ws else segment.start),
+                              self.buffer_start + segment.end)
+        words = [StreamWord(self.buffer_start + w.start, self.buffer_start + w.end, w.word) for ws in kept for w in ws]
         heard_until = self.buffer_start + min(heard, self.audible or heard) / SAMPLE_RATE
         committed = self.policy.update(words, heard_until)
         committed += self._trim()
@@ -236,6 +269,24 @@ class Streamer:
 
     def finish(self) -> StreamUpdate:
         return StreamUpdate(self.policy.finish(), [], 0.0)
+
+    def _failed(self, segments: list[Segment], options: DecodeOptions) -> tuple[int, int]:
+        """The index of a hypothesis's first segment that fails the offline rules or repeats words
+        (`repeat_start`: its own, the segment's before it, or the committed ones where it begins after
+        them) and the index of its first word left out (0: all of it); (len(segments), 0): none."""
+        committed = [_key(w.text) for w in self.policy.committed[-REPEAT_CONTEXT:]]
+        last_end = self.policy.committed[-1].end if self.policy.committed else float("-inf")
+        previous: list[str] = []
+        for i, s in enumerate(segments):
+            if fails_offline_rules(s, options):
+                return i, 0
+            words = [_key(w.word) for w in (s.words or ())]
+            before = committed if self.buffer_start + s.start >= last_end - 0.5 and not previous else previous
+            cut = repeat_start(words, before[-REPEAT_CONTEXT:])
+            if cut is not None:
+                return i, cut
+            previous = words
+        return len(segments), 0
 
     def _trim(self) -> list[StreamWord]:
         """Past trim_s of buffer, cut it at the last segment end that all committed words reach and that

@@ -64,6 +64,7 @@ def transcribe(
     rng: np.random.Generator | None = None,
     first_window_only: bool = False,
     draft: Sequence[int] = (),
+    window_frames: int | None = None,
 ) -> TranscribeOutput:
     """Transcribe a whole recording.
 
@@ -74,7 +75,9 @@ def transcribe(
     option); an odd count means the last part runs to the end. Empty: everything.
     rng: the random numbers for sampling at temperature > 0 (default: seeded with 0).
     first_window_only: decode the first 30 s window only (clip_timestamps do not apply), greedily
-    beginning with the `draft` tokens where the model chooses them.
+    beginning with the `draft` tokens where the model chooses them; `window_frames`: the mel frames
+    the encoder hears then, the window's audio and silence after it up to that many (never fewer
+    than its audio's; None: 30 s, as the seek loop's windows).
     """
     requested = _check_request(model, mel, options)
     t_start = time.perf_counter()
@@ -83,7 +86,7 @@ def transcribe(
     loop = _SeekLoop(model, mel, options, language, clock, rng if rng is not None else np.random.default_rng(0))
 
     if first_window_only:
-        loop.window(0, loop.content_frames, tuple(draft))
+        loop.window(0, loop.content_frames, tuple(draft), window_frames)
     else:
         for clip_start, clip_end in _seek_clips(clip_timestamps, loop.content_frames):
             seek = clip_start
@@ -136,11 +139,11 @@ class _EncodeClock:
     def __init__(self, model: WhisperModel):
         self.model = model
         self.seconds = 0.0
-        self._key: tuple[int, int] | None = None
+        self._key: tuple[int, int, int] | None = None
         self._features: Any = None
 
-    def encode(self, mel: np.ndarray, key: tuple[int, int]) -> Any:
-        """mel [n_mels, N_FRAMES]; key (first frame, number of frames of content) identifies it."""
+    def encode(self, mel: np.ndarray, key: tuple[int, int, int]) -> Any:
+        """mel [n_mels, frames]; key (first frame, frames of content, frames) identifies it."""
         if key != self._key:
             t = time.perf_counter()
             self._features = self.model.encode(np.ascontiguousarray(mel[None], dtype=np.float32))
@@ -156,7 +159,7 @@ def _language(model: WhisperModel, mel: np.ndarray, requested: str | None,
         return requested, None
     if not model.is_multilingual:
         return "en", None
-    features = clock.encode(mel[:, :N_FRAMES], (0, N_FRAMES))
+    features = clock.encode(mel[:, :N_FRAMES], (0, N_FRAMES, N_FRAMES))
     _, probs = detect_language(model, features)
     language = max(probs[0], key=probs[0].get)
     return language, probs[0][language]
@@ -199,12 +202,14 @@ class _SeekLoop:
     def text(self) -> str:
         return self.tokenizer.decode(self.all_tokens[self.initial_prompt_length:])
 
-    def window(self, seek: int, clip_end: int, draft: tuple[int, ...] = ()) -> int:
+    def window(self, seek: int, clip_end: int, draft: tuple[int, ...] = (), frames: int | None = None) -> int:
         """Decode the window starting at frame `seek` (greedily beginning with `draft` where the
-        model chooses it), add its segments; returns the next seek."""
+        model chooses it; the encoder hearing `frames` mel frames, None: N_FRAMES), add its segments;
+        returns the next seek."""
         segment_size = min(N_FRAMES, self.content_frames - seek, clip_end - seek)
-        mel_segment = _pad_frames(self.mel[:, seek: seek + segment_size])
-        features = self.clock.encode(mel_segment, (seek, segment_size))
+        frames = N_FRAMES if frames is None else max(segment_size, min(frames, N_FRAMES))
+        mel_segment = _pad_frames(self.mel[:, seek: seek + segment_size], frames)
+        features = self.clock.encode(mel_segment, (seek, segment_size, frames))
 
         prompt = tuple(self.all_tokens[self.prompt_reset_since:])
         start = seek * HOP_LENGTH / SAMPLE_RATE
@@ -365,10 +370,10 @@ def _next_words_segment(segments: list[dict]) -> dict | None:
     return next((s for s in segments if s["words"]), None)
 
 
-def _pad_frames(mel: np.ndarray) -> np.ndarray:
-    """Zero-pad (never trim) a mel slice to N_FRAMES frames, as whisper's pad_or_trim."""
-    if mel.shape[-1] < N_FRAMES:
-        mel = np.pad(mel, ((0, 0), (0, N_FRAMES - mel.shape[-1])))
+def _pad_frames(mel: np.ndarray, frames: int = N_FRAMES) -> np.ndarray:
+    """Zero-pad (never trim) a mel slice to `frames` frames, as whisper's pad_or_trim."""
+    if mel.shape[-1] < frames:
+        mel = np.pad(mel, ((0, 0), (0, frames - mel.shape[-1])))
     return mel
 
 

@@ -314,3 +314,12 @@ def test_a_stream_resampled_chunk_by_chunk_equals_the_whole_resampled_at_once():
     assert StreamResampler(48_000)(np.zeros(0, np.int16)).shape == (0,)  # an empty chunk adds nothing
     with pytest.raises(AudioError, match="invalid sample rate"):
         StreamResampler(0)
+
+
+def test_heard_frames_are_the_audio_s_and_the_padding_s_even_and_30_s_at_most():
+    from maxwhisper.audio import heard_frames
+
+    assert heard_frames(10 * SAMPLE_RATE, 5.0) == 1500
+    assert heard_frames(10 * SAMPLE_RATE + 160, 5.0) == 1502  # 1501 frames: one more, the stem halves them
+    assert heard_frames(0, 5.0) == 500
+    assert heard_frames(28 * SAMPLE_RATE, 5.0) == heard_frames(40 * SAMPLE_RATE, 0.0) == N_FRAMES

@@ -234,10 +234,39 @@ def test_faster_window_is_the_seek_loop_s_first_window_in_one_encoder_pass(faste
                         lambda features: calls.append(features.shape) or encode(features))
     whole = faster_tiny.transcribe(audio, options)
     assert len(calls) == 2
-    window, decoded = faster_tiny.transcribe_window(audio, options)
+    window, decoded = faster_tiny.transcribe_window(audio, options, padding_s=None)  # the 30 s window
     assert decoded == ()  # faster-whisper checks no draft
     assert len(calls) == 3
     assert "_split_segments_by_timestamps" not in vars(faster_tiny.whisper)  # the seek loop is faster-whisper's again
     first = [s for s in whole.segments if s.seek == 0]
     assert window.segments == first and len(first) < len(whole.segments)
     assert faster_tiny.transcribe(audio, options).segments == whole.segments
+
+
+def test_faster_window_encodes_its_audio_and_stream_padding_s_of_silence_not_30_s(faster_tiny, monkeypatch):
+    """As MAX's (`maxwhisper.audio.STREAM_PADDING_S`): CTranslate2's encoder hears the window's 10 s and 5 s."""
+    from whisper.normalizers import EnglishTextNormalizer
+
+    from maxwhisper.audio import SAMPLE_RATE, load_audio
+
+    class Recording:  # CTranslate2's model, its encoder's inputs recorded
+        def __init__(self, inner):
+            self.inner, self.shapes = inner, []
+
+        def encode(self, features, **kwargs):
+            self.shapes.append(tuple(features.shape))
+            return self.inner.encode(features, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    audio = load_audio(AUDIO / "physicsworks.flac")[30 * SAMPLE_RATE:40 * SAMPLE_RATE]
+    options = DecodeOptions(word_timestamps=True, temperature=(0.0,))
+    model = Recording(faster_tiny.whisper.model)
+    monkeypatch.setattr(faster_tiny.whisper, "model", model)
+    short, _ = faster_tiny.transcribe_window(audio, options)
+    whole, _ = faster_tiny.transcribe_window(audio, options, padding_s=None)
+    faster_tiny.transcribe(audio[:5 * SAMPLE_RATE], options)
+    assert model.shapes == [(1, 80, 1500), (1, 80, 3000), (1, 80, 3000)]
+    normalise = EnglishTextNormalizer()
+    assert normalise(short.text).startswith(normalise(whole.text)) and whole.text  # maybe more words at the end

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from maxwhisper.api import SAMPLE_RATE, DecodeOptions, Segment, Word
-from maxwhisper.audio import N_SAMPLES
+from maxwhisper.audio import N_FRAMES, N_SAMPLES, STREAM_PADDING_S, heard_frames
 from maxwhisper.decoding import DecodingTask, compression_ratio
 from maxwhisper.streaming import (BUDGET, CONTEXT_S, SETTLE_S, STEP_S, LocalAgreement, Streamer, StreamReport,
                                   StreamWord, fails_offline_rules, stream_audio)
@@ -295,6 +295,69 @@ def test_a_failed_window_waits_for_more_audio():
     assert times["w6"] >= 10  # heard in the 4th update, committed only once the windows pass again
 
 
+class Echoing(ScriptedTranscriber):
+    """Hears the script, then fills the silence after it with its last ECHO_WORDS words again (as a
+    window over speech and silence does): in the script's segment, or as a segment of its own."""
+    ECHO_WORDS = 5
+
+    def __init__(self, script: str, own_segment: bool):
+        super().__init__(script)
+        self.own_segment = own_segment
+
+    def transcribe(self, audio, options=DecodeOptions(), progress=None):
+        result = super().transcribe(audio, options, progress)
+        offset, end = round(audio[0], 3), round(audio[0], 3) + len(audio) / SAMPLE_RATE
+        script_end = len(self.script) * 0.5
+        if not result.segments or end < script_end + 2.0 or result.segments[-1].end + offset < script_end - 1e-6:
+            return result
+        echo = tuple(Word(script_end + 0.3 * i - offset, script_end + 0.3 * (i + 1) - offset, " " + w, 0.9)
+                     for i, w in enumerate(self.script[-self.ECHO_WORDS:]))
+        last = result.segments[-1]
+        if self.own_segment:
+            segments = [*result.segments, Segment(1, 0, echo[0].start, echo[-1].end, "".join(w.word for w in echo),
+                                                  (), words=echo)]
+        else:
+            words = (*last.words, *echo)
+            segments = [*result.segments[:-1], dataclasses.replace(last, end=echo[-1].end,
+                                                                   text="".join(w.word for w in words), words=words)]
+        return dataclasses.replace(result, segments=segments)
+
+
+@pytest.mark.parametrize("own_segment", [False, True])
+def test_words_repeating_the_words_before_them_are_never_committed(own_segment):
+    """"Physics works and I'm still alive." heard again in the silence after it: the offline rules pass
+    it (a short sentence twice compresses little), the repeat is held back, the words before it are kept."""
+    script = " ".join(f"w{i}" for i in range(16))  # 8 s of speech, then 6 s of silence
+    audio = np.arange(14 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
+    model = Echoing(script, own_segment)
+    assert not fails_offline_rules(model.transcribe(audio, DecodeOptions(word_timestamps=True)).segments[-1],
+                                   DecodeOptions())
+    report = stream_audio(model, audio, chunk_s=1.0)
+    assert report.text == script and report.held_back > 0
+
+
+def test_a_window_that_fails_or_repeats_is_heard_again_as_the_30_s_window():
+    """A padded window repeats what it heard into its silence; the 30 s window over the same audio
+    does not: that one is the hypothesis, and nothing waits."""
+    class PaddedEchoing(Echoing):
+        def __init__(self, script):
+            super().__init__(script, own_segment=False)
+            self.paddings = []
+
+        def transcribe_window(self, audio, options=DecodeOptions(), draft=(), padding_s=STREAM_PADDING_S):
+            self.paddings.append(padding_s)
+            heard = (Echoing if padding_s is not None else ScriptedTranscriber).transcribe(self, audio, options)
+            return heard, ()
+
+    script = " ".join(f"w{i}" for i in range(16))
+    model = PaddedEchoing(script)
+    report = stream_audio(model, np.arange(14 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE, chunk_s=1.0)
+    assert report.text == script and report.held_back == 0
+    fallbacks = [i for i, p in enumerate(model.paddings) if p is None]
+    assert fallbacks and all(model.paddings[i - 1] == STREAM_PADDING_S for i in fallbacks)
+    assert len(model.paddings) == report.updates + len(fallbacks)  # one 30 s window more per repeat, no more
+
+
 class Respelled:
     """Hears words of 0.7 s, each update spelled differently, so that no two hypotheses agree:
     only forced cuts commit anything."""
@@ -532,12 +595,44 @@ def test_max_window_is_the_seek_loop_s_first_window_in_one_encoder_pass(max_tiny
     try:
         whole = max_tiny_en.transcribe(audio, options)
         assert len(calls) == 2
-        window, _ = max_tiny_en.transcribe_window(audio, options)
+        window, _ = max_tiny_en.transcribe_window(audio, options, padding_s=None)  # the 30 s window
         assert len(calls) == 3
     finally:
         del max_tiny_en.net.encode, max_tiny_en.net.calls
     first = [s for s in whole.segments if s.seek == 0]
     assert window.segments == first and len(first) < len(whole.segments)
+
+
+def test_max_window_encodes_its_audio_and_stream_padding_s_of_silence_not_30_s(max_tiny_en, lecture_60s_audio):
+    from whisper.normalizers import EnglishTextNormalizer
+
+    audio = lecture_60s_audio[30 * SAMPLE_RATE:40 * SAMPLE_RATE]
+    options = DecodeOptions(word_timestamps=True, temperature=(0.0,))
+    calls = counting_encodes(max_tiny_en)
+    try:
+        short, _ = max_tiny_en.transcribe_window(audio, options)
+        whole, _ = max_tiny_en.transcribe_window(audio, options, padding_s=None)
+    finally:
+        del max_tiny_en.net.encode, max_tiny_en.net.calls
+    assert STREAM_PADDING_S == 5.0 and calls == [(1, 80, 1500), (1, 80, 3000)]  # 10 s + 5 s, then 30 s
+    normalise = EnglishTextNormalizer()
+    assert normalise(short.text).startswith(normalise(whole.text)) and whole.text  # maybe more words at the end
+    assert 0 <= short.segments[0].words[0].start and short.segments[-1].words[-1].end <= 10.0
+
+
+def test_max_int8_streams_jfk_hearing_my_not_am_i(max_tiny_en_int8, jfk_audio):
+    """int8's hypotheses over 2.5-3 s of jfk within 30 s windows heard "so am I fellow" and agreed on
+    it; over those seconds and STREAM_PADDING_S of silence they hear "so my fellow", as offline."""
+    from whisper.normalizers import EnglishTextNormalizer
+
+    three_s = jfk_audio[:3 * SAMPLE_RATE]
+    options = DecodeOptions(word_timestamps=True, temperature=(0.0,))
+    assert "am I" in max_tiny_en_int8.transcribe_window(three_s, options, padding_s=None)[0].text
+    assert "so my fellow" in max_tiny_en_int8.transcribe_window(three_s, options)[0].text
+    report = stream_audio(max_tiny_en_int8, jfk_audio, chunk_s=1.0)
+    normalise = EnglishTextNormalizer()
+    assert normalise(report.text) == normalise(
+        "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.")
 
 
 @pytest.fixture(scope="module")
@@ -547,12 +642,15 @@ def lecture_audio() -> np.ndarray:
     return load_audio(LECTURE)
 
 
-def test_max_never_commits_the_lecture_countdown_loop_and_decodes_it_once(max_tiny_en, lecture_audio, monkeypatch):
+def test_max_never_commits_the_lecture_countdown_loop_nor_falls_back_in_temperature(max_tiny_en, lecture_audio,
+                                                                                     monkeypatch):
     countdown = lecture_audio[189 * SAMPLE_RATE:201 * SAMPLE_RATE]  # at temperature 0 a loop: "I'm going to go to..."
     streamer = Streamer(max_tiny_en, DecodeOptions())  # the offline schedule: 6 temperatures, best_of 5
     assert streamer.options.temperature == (0.0,)
-    hypothesis, _ = max_tiny_en.transcribe_window(countdown, streamer.options)
-    assert any(fails_offline_rules(s, streamer.options) for s in hypothesis.segments)
+    padded, _ = max_tiny_en.transcribe_window(countdown, streamer.options)
+    whole, _ = max_tiny_en.transcribe_window(countdown, streamer.options, padding_s=None)
+    assert all(any(fails_offline_rules(s, streamer.options) for s in hypothesis.segments)
+               for hypothesis in (padded, whole))
     decodings, run = [], DecodingTask.run
 
     def counted(task, *args, **kwargs):
@@ -564,8 +662,10 @@ def test_max_never_commits_the_lecture_countdown_loop_and_decodes_it_once(max_ti
         update = streamer.push(countdown)  # the window's decoding fails as a whole: nothing of it is kept
     finally:
         del max_tiny_en.net.encode, max_tiny_en.net.calls
-    assert len(encodes) == 1 and [d.temperature for d in decodings] == [0.0]  # no fallback: one decoding
-    assert update.committed == update.tentative == [] and update.held_back == len(hypothesis.segments)
+    # the padded window (12 s heard, 5 s of silence) fails, then the 30 s window: no temperature fallback
+    assert [shape[-1] for shape in encodes] == [heard_frames(len(countdown), STREAM_PADDING_S), N_FRAMES]
+    assert [d.temperature for d in decodings] == [0.0, 0.0]
+    assert update.committed == update.tentative == [] and update.held_back == len(whole.segments)
     assert streamer.finish().committed == []
 
     report = stream_audio(max_tiny_en, lecture_audio[150 * SAMPLE_RATE:], chunk_s=1.0)  # the last 53 s
