@@ -33,8 +33,9 @@ default schedule) to exactly the updates whose decoding already ran long (a loop
 length), while the next update, a chunk later, decodes the same audio again with more of it heard;
 and sampled hypotheses are random, so two in a row seldom agree to commit anything. Once the buffer
 is longer than `trim_s`, it is cut at the end of the last segment whose words are all committed and
-that leaves CONTEXT_S of audio in the buffer, so that later updates stay short and still hear the
-words before the ones they are to commit.
+that leaves CONTEXT_S of audio in the buffer (where there is none, at the end of the last committed
+word that leaves it), so that later updates stay short and still hear the words before the ones they
+are to commit.
 """
 from __future__ import annotations
 
@@ -291,7 +292,9 @@ class Streamer:
     def _trim(self) -> list[StreamWord]:
         """Past trim_s of buffer, cut it at the last segment end that all committed words reach and that
         leaves CONTEXT_S of audio in the buffer (the committed words in it are heard again, as context for
-        the next); past FORCED_CUT_S, at the last committed word, or (nothing committed in it: silence, text
+        the next), or where no segment end does so, at the end of the last committed word that does (a
+        window hears a long sentence as one segment: waiting for its end kept lecture buffers past 20 s,
+        an update's encoder pass hearing all of it); past FORCED_CUT_S, at the last committed word, or (nothing committed in it: silence, text
         that keeps changing, or updates so slow that the buffer outgrew its commits) KEEP_S before its end,
         committing the tentative words before the cut rather than losing them. No cut goes past the start of
         a word heard and not committed (word times move between hypotheses: the committed end of a word may
@@ -305,6 +308,8 @@ class Streamer:
         forced = []
         latest = min(done, end - CONTEXT_S)  # the latest segment end a cut may take
         cut = max((t for t in self.segment_ends[:-1] if t <= latest), default=self.buffer_start)
+        if cut <= self.buffer_start:  # no segment end to cut at (one long sentence): a committed word's end
+            cut = next((w.end for w in reversed(self.policy.committed) if w.end <= latest), cut)
         if cut <= self.buffer_start and end - self.buffer_start > FORCED_CUT_S:
             if done > self.buffer_start:
                 cut = done

@@ -416,6 +416,23 @@ def test_a_cut_at_a_segment_end_leaves_context_s_of_audio_before_the_words_to_co
         assert not said or max(said) < start / 0.5 + 1e-6
 
 
+def test_speech_without_a_segment_end_is_cut_at_a_committed_word_leaving_context_s():
+    script = " ".join(f"w{i}" for i in range(120))  # 60 s of "speech" heard as one segment
+    audio = np.arange(60 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
+    model = ScriptedTranscriber(script)
+    streamer = Streamer(model)
+    committed, cuts = [], []  # (buffer start, seconds kept) after each cut
+    for i in range(60):
+        committed += streamer.push(audio[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE]).committed
+        if streamer.buffer_start != (cuts[-1][0] if cuts else 0.0):
+            cuts.append((streamer.buffer_start, len(streamer.buffer) / SAMPLE_RATE))
+    committed += streamer.finish().committed
+    assert max(n for n, _ in model.calls) <= streamer.trim_s + 1  # not FORCED_CUT_S
+    assert len(cuts) >= 5 and all(abs(c / 0.5 - round(c / 0.5)) < 1e-3 for c, _ in cuts)  # between two words
+    assert min(kept for _, kept in cuts) >= CONTEXT_S
+    assert [w.text for w in committed] == [f" w{i}" for i in range(120)]  # each word once, in order
+
+
 def test_a_forced_cut_never_splits_a_word_and_loses_no_audio():
     audio = np.arange(70 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
     streamer = Streamer(Respelled())
@@ -471,11 +488,11 @@ def test_a_cut_at_the_committed_end_does_not_split_the_next_word_as_heard_now():
     abc = [(0.0, 0.5, "ask"), (0.5, 1.0, "not"), (1.0, 1.5, "what")]
     streamer = Streamer(Hypotheses(abc, abc + [(1.5, 2.0, "you")],
                                    [(0.0, 0.4, "ask"), (0.4, 0.8, "not"), (0.8, 1.2, "what"), (1.2, 2.0, "your")]))
-    silence = np.zeros(10 * SAMPLE_RATE, np.float32)
-    streamer.push(silence)
-    assert texts(streamer.push(silence).committed) == "ask not what"  # "what" ends at 1.5 s
+    silence = np.zeros(16 * SAMPLE_RATE, np.float32)
+    streamer.push(silence[:5 * SAMPLE_RATE])
+    assert texts(streamer.push(silence[:5 * SAMPLE_RATE]).committed) == "ask not what"  # "what" ends at 1.5 s
     # 26 s buffered: cut, though the latest hypothesis's "your" starts at 1.2 s
-    streamer.push(silence[:6 * SAMPLE_RATE])
+    streamer.push(silence)
     assert streamer.buffer_start == pytest.approx(1.2) and texts(streamer.policy.tentative) == "your"
 
 
