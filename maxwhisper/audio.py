@@ -16,6 +16,7 @@ from typing import Union
 import av
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+from threadpoolctl import ThreadpoolController
 
 from .api import SAMPLE_RATE, AudioError, MaxWhisperError, NothingToTranscribe
 
@@ -278,6 +279,12 @@ def _hann_window() -> np.ndarray:
     return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float32)
 
 
+@lru_cache(maxsize=None)
+def _blas() -> ThreadpoolController:
+    """The BLAS libraries loaded (numpy's), whose threads `log_mel_spectrogram` limits."""
+    return ThreadpoolController()
+
+
 def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, padding: int = 0) -> np.ndarray:
     """Whisper's log-Mel spectrogram of 16 kHz `audio` [n_samples] -> float32 [n_mels, n_frames].
 
@@ -298,10 +305,13 @@ def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, padding: int = 0) -
     # reflection at the end all zeros too) have no power: left at zero, as computing them would give
     heard = len(frames) if padding < N_FFT // 2 else min(len(frames), -(-(n_audio + N_FFT // 2) // HOP_LENGTH))
     # FRAMES_PER_CHUNK frames at a time: the temporaries stay in cache instead of being hundreds
-    # of MB of fresh memory for long audio, slow to fault in on a VM (docs/design.md, Front end)
-    for start in range(0, heard, FRAMES_PER_CHUNK):
-        stft = np.fft.rfft(frames[start:start + FRAMES_PER_CHUNK] * window, axis=-1)  # complex64
-        mel_spec[:, start:start + FRAMES_PER_CHUNK] = filters @ (stft.real**2 + stft.imag**2).T
+    # of MB of fresh memory for long audio, slow to fault in on a VM (docs/design.md, Front end).
+    # The mel projection in this thread: BLAS's threads spin on after a call, taking the cores
+    # from the encoder pass that follows it (docs/design.md, Front end)
+    with _blas().limit(limits=1, user_api="blas"):
+        for start in range(0, heard, FRAMES_PER_CHUNK):
+            stft = np.fft.rfft(frames[start:start + FRAMES_PER_CHUNK] * window, axis=-1)  # complex64
+            mel_spec[:, start:start + FRAMES_PER_CHUNK] = filters @ (stft.real**2 + stft.imag**2).T
     log_spec = np.log10(np.maximum(mel_spec, 1e-10))
     log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
     return (log_spec + 4.0) / 4.0

@@ -102,6 +102,22 @@ def test_log_mel_with_padding_equals_the_audio_with_its_zeros_appended(seconds):
     assert np.all(padded[:, -1000:] == padded.min())  # the last 10 s: silence, at the floor
 
 
+def test_log_mel_keeps_blas_to_this_thread(monkeypatch):
+    # BLAS's threads spin on after a product, taking the cores from the encoder pass that follows
+    from threadpoolctl import threadpool_info
+
+    blas_threads, rfft = [], np.fft.rfft
+
+    def recorded(*args, **kwargs):
+        blas_threads.extend(lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas")
+        return rfft(*args, **kwargs)
+    monkeypatch.setattr(np.fft, "rfft", recorded)
+    before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    log_mel_spectrogram(np.ones(16000, np.float32), padding=N_SAMPLES)
+    assert blas_threads and set(blas_threads) == {1}
+    assert [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"] == before
+
+
 def test_log_mel_of_long_audio_matches_whisper():
     import torch
     import whisper
