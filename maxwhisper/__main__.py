@@ -331,7 +331,9 @@ def add_stream_arguments(p: argparse.ArgumentParser) -> None:
     add_decode_arguments(p)
     p.epilog = ("Each update decodes once, at the first --temperature (greedy by default), without the offline "
                 "fallback: a hypothesis segment that fails the offline rules (compression ratio, log probability) "
-                "is not committed and waits for more audio.")
+                "is not committed and waits for more audio, nor are words repeating the 4 or more words "
+                "before them; MAX and faster-whisper hear the buffer and 5 s of silence, and the 30 s window "
+                "where that hypothesis is held back.")
 
 
 def run_stream(args: argparse.Namespace) -> int:
@@ -353,7 +355,7 @@ def run_stream(args: argparse.Namespace) -> int:
     p90 = report.latency_quantile(0.9)
     behind = (f"behind the stream median {statistics.median(report.behind):.2f} s, max {max(report.behind):.2f} s "
               "(audio not yet transcribed as an update ends)")
-    held = f"; {report.held_back} hypothesis segments held back (offline rules)" if report.held_back else ""
+    held = f"; {report.held_back} hypothesis segments held back (offline rules, repeats)" if report.held_back else ""
     if p90 is not None:
         info(f"{args.audio}: {report.audio_s:.1f} s in {report.updates} updates; commit latency median "
              f"{statistics.median(report.latencies):.2f} s, p90 {p90:.2f} s; {behind}; "

@@ -9,6 +9,7 @@ import io
 import math
 import numbers
 import os
+import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Union
@@ -279,6 +280,9 @@ def _hann_window() -> np.ndarray:
     return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float32)
 
 
+_BLAS_LIMIT = threading.Lock()
+
+
 @lru_cache(maxsize=None)
 def _blas() -> ThreadpoolController:
     """The BLAS libraries loaded (numpy's), whose threads `log_mel_spectrogram` limits."""
@@ -307,8 +311,9 @@ def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, padding: int = 0) -
     # FRAMES_PER_CHUNK frames at a time: the temporaries stay in cache instead of being hundreds
     # of MB of fresh memory for long audio, slow to fault in on a VM (docs/design.md, Front end).
     # The mel projection in this thread: BLAS's threads spin on after a call, taking the cores
-    # from the encoder pass that follows it (docs/design.md, Front end)
-    with _blas().limit(limits=1, user_api="blas"):
+    # from the encoder pass that follows it (docs/design.md, Front end). The limit is the process's:
+    # one thread at a time sets and restores it, so that none restores another's limit
+    with _BLAS_LIMIT, _blas().limit(limits=1, user_api="blas"):
         for start in range(0, heard, FRAMES_PER_CHUNK):
             stft = np.fft.rfft(frames[start:start + FRAMES_PER_CHUNK] * window, axis=-1)  # complex64
             mel_spec[:, start:start + FRAMES_PER_CHUNK] = filters @ (stft.real**2 + stft.imag**2).T

@@ -24,10 +24,11 @@ silence after speech fills it with the last sentence again, which the offline ru
 sentence twice compresses little). A window that hears `audio.STREAM_PADDING_S` of silence rather than
 30 s repeats and loops so more often than the 30 s window: where its hypothesis fails the offline rules
 or repeats, the same audio is heard again as the 30 s window, whose hypothesis is taken (one encoder
-pass more, on those updates only).
+pass more, on those updates only, and none where the padded window already heard 30 s).
 A stream does not fall back through the temperature schedule as the offline loop does: each update
 decodes once, at the schedule's first temperature (greedy by default), so that an update with
-`transcribe_window` costs one encoder pass and one decoding of at most the model's sample length.
+`transcribe_window` costs one encoder pass and one decoding of at most the model's sample length
+(twice that where the padded window is heard again as the 30 s window).
 The offline fallback would add a decoding of best_of samples per further temperature (five with the
 default schedule) to exactly the updates whose decoding already ran long (a loop runs to the sample
 length), while the next update, a chunk later, decodes the same audio again with more of it heard;
@@ -47,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .api import SAMPLE_RATE, DecodeOptions, Segment, Timings, Transcriber
-from .audio import N_SAMPLES
+from .audio import N_FRAMES, N_SAMPLES, STREAM_PADDING_S, heard_frames
 from .decoding import compression_ratio
 from .transcribe import needs_fallback
 
@@ -59,6 +60,10 @@ KEEP_S = 5.0  # the audio a forced cut leaves in the buffer
 # before the next words hears them with almost no audio before them, and two such can agree on a word
 # misheard ("So that when it comes back" heard as "So, it's when it comes back" on the lecture)
 CONTEXT_S = 5.0
+# the committed audio that a cut at a committed word's end (no segment end to cut at) leaves before the
+# words still to commit: of 16 hypotheses hearing the lecture's "that" from 1.8-7.3 s after a cut, 14
+# heard it, of 20 from 0.2-1.1 s none (README, Live streaming)
+WORD_CUT_CONTEXT_S = 2.0
 SETTLE_S = 0.3  # audio each of two agreeing hypotheses must have heard after a word
 BUDGET = 0.6  # the share of the new audio's duration that `Streamer.feed`'s hypotheses may take
 # the new audio that the second of `Streamer.feed`'s two hypotheses hears beyond the first: a word that
@@ -179,9 +184,18 @@ class StreamUpdate:
     committed: list[StreamWord]  # committed by this update
     tentative: list[StreamWord]  # the uncommitted tail after it
     compute_s: float  # seconds the transcription took (its `timings.total_s`)
-    held_back: int = 0  # hypothesis segments left out for failing the offline rules
+    held_back: int = 0  # hypothesis segments left out (wholly, or from a repeat on): offline rules, repeats
     timings: Timings | None = None  # the transcription's, by stage (None: `Streamer.finish`)
     heard_until: float | None = None  # stream time up to which the hypothesis heard (None: `Streamer.finish`)
+
+
+def _one_after_the_other(first: Timings, second: Timings) -> Timings:
+    """The timings of two transcriptions of one update (its padded window, then the 30 s one)."""
+    def add(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else a + b
+    return Timings(second.load_s, second.compile_s, add(first.features_s, second.features_s),
+                   add(first.encode_s, second.encode_s), add(first.decode_s, second.decode_s),
+                   first.total_s + second.total_s)
 
 
 class Streamer:
@@ -199,7 +213,7 @@ class Streamer:
         self.buffer = np.zeros(0, np.float32)
         self.buffer_start = 0.0  # stream time of buffer[0]
         self.segment_ends: list[float] = []  # of the last hypothesis, in stream time
-        self.held_back: tuple[float, float] | None = None  # the last hypothesis's first held-back segment (start, end)
+        self.held_back: tuple[float, float] | None = None  # the last hypothesis's held back: (start, its segment's end)
         self.last_compute_s: float | None = None  # the last update's computing time
         self.draft: tuple[int, ...] = ()  # the tokens this stream's last window decoded, the next one's draft
 
@@ -238,43 +252,47 @@ class Streamer:
         before = "".join(w.text for w in self.policy.committed if w.end <= self.buffer_start)
         prompt = ((self.options.initial_prompt or "") + before)[-PROMPT_CHARS:].strip()
         options = dataclasses.replace(self.options, initial_prompt=prompt or None)
+        draft = self.draft  # the last hypothesis's tokens, for the padded window and its fallback alike
         if self.windowed:
-            result, self.draft = self.transcriber.transcribe_window(self.buffer[:heard], options, self.draft)
+            result, self.draft = self.transcriber.transcribe_window(self.buffer[:heard], options, draft)
         else:
             result = self.transcriber.transcribe(self.buffer[:heard], options)
-        compute_s = result.timings.total_s  # without a graph compiled on first use (MAX's alignment graph)
-        failed, cut = self._failed(result.segments, options)
-        if self.windowed and failed < len(result.segments):
-            result, self.draft = self.transcriber.transcribe_window(self.buffer[:heard], options, self.draft,
+        timings = result.timings  # compute: without a graph compiled on first use (MAX's alignment graph)
+        failed, cut = self._held_back_from(result.segments, options)
+        if (self.windowed and failed < len(result.segments)
+                and heard_frames(heard, STREAM_PADDING_S) < N_FRAMES):  # else the padded window was 30 s
+            result, self.draft = self.transcriber.transcribe_window(self.buffer[:heard], options, draft,
                                                                      padding_s=None)
-            compute_s += result.timings.total_s
-            failed, cut = self._failed(result.segments, options)
-        self.last_compute_s = compute_s
-        kept = [(s.words or ()) for s in result.segments[:failed]]
+            timings = _one_after_the_other(timings, result.timings)
+            failed, cut = self._held_back_from(result.segments, options)
+        compute_s = self.last_compute_s = timings.total_s
+        kept = [s.words or () for s in result.segments[:failed]]
         self.segment_ends = [self.buffer_start + s.end for s in result.segments[:failed]]
         self.held_back = None
         if failed < len(result.segments):
             segment = result.segments[failed]
-            ws = (segment.words or ())[:cut]
-            if ws:  # the words before a repeat
-                kept.append(ws)
-                self.segment_ends.append(self.buffer_start + ws[-1].end)
-            self.held_back = (self.buffer_start + (segment.words[cut].start if ws else segment.start),
+            before_repeat = (segment.words or ())[:cut]
+            if before_repeat:
+                kept.append(before_repeat)
+                self.segment_ends.append(self.buffer_start + before_repeat[-1].end)
+            self.held_back = (self.buffer_start + (segment.words[cut].start if before_repeat else segment.start),
                               self.buffer_start + segment.end)
-        words = [StreamWord(self.buffer_start + w.start, self.buffer_start + w.end, w.word) for ws in kept for w in ws]
+        words = [StreamWord(self.buffer_start + w.start, self.buffer_start + w.end, w.word)
+                 for segment_words in kept for w in segment_words]
         heard_until = self.buffer_start + min(heard, self.audible or heard) / SAMPLE_RATE
         committed = self.policy.update(words, heard_until)
         committed += self._trim()
         return StreamUpdate(committed, list(self.policy.tentative), compute_s, len(result.segments) - failed,
-                            result.timings, heard_until)
+                            timings, heard_until)
 
     def finish(self) -> StreamUpdate:
         return StreamUpdate(self.policy.finish(), [], 0.0)
 
-    def _failed(self, segments: list[Segment], options: DecodeOptions) -> tuple[int, int]:
-        """The index of a hypothesis's first segment that fails the offline rules or repeats words
-        (`repeat_start`: its own, the segment's before it, or the committed ones where it begins after
-        them) and the index of its first word left out (0: all of it); (len(segments), 0): none."""
+    def _held_back_from(self, segments: list[Segment], options: DecodeOptions) -> tuple[int, int]:
+        """Where a hypothesis is held back from: the index of its first segment that fails the offline
+        rules or repeats words (`repeat_start`: its own, the segment's before it, or the committed ones
+        where it begins after them) and the index of that segment's first word held back (0: all of
+        it); (len(segments), 0): nowhere."""
         committed = [_key(w.text) for w in self.policy.committed[-REPEAT_CONTEXT:]]
         last_end = self.policy.committed[-1].end if self.policy.committed else float("-inf")
         previous: list[str] = []
@@ -292,10 +310,11 @@ class Streamer:
     def _trim(self) -> list[StreamWord]:
         """Past trim_s of buffer, cut it at the last segment end that all committed words reach and that
         leaves CONTEXT_S of audio in the buffer (the committed words in it are heard again, as context for
-        the next), or where no segment end does so, at the end of the last committed word that does (a
-        window hears a long sentence as one segment: waiting for its end kept lecture buffers past 20 s,
-        an update's encoder pass hearing all of it); past FORCED_CUT_S, at the last committed word, or (nothing committed in it: silence, text
-        that keeps changing, or updates so slow that the buffer outgrew its commits) KEEP_S before its end,
+        the next), or where no segment end does so, at the end of the last committed word that does and
+        leaves WORD_CUT_CONTEXT_S of committed audio (a window hears a long sentence as one segment:
+        waiting for its end kept lecture buffers past 20 s, an update's encoder pass hearing all of it);
+        past FORCED_CUT_S, at the last committed word, or (nothing committed in it: silence, text that
+        keeps changing, or updates so slow that the buffer outgrew its commits) KEEP_S before its end,
         committing the tentative words before the cut rather than losing them. No cut goes past the start of
         a word heard and not committed (word times move between hypotheses: the committed end of a word may
         lie inside the next one as heard now), nor past the start of a held-back segment, whose audio (and
@@ -309,7 +328,8 @@ class Streamer:
         latest = min(done, end - CONTEXT_S)  # the latest segment end a cut may take
         cut = max((t for t in self.segment_ends[:-1] if t <= latest), default=self.buffer_start)
         if cut <= self.buffer_start:  # no segment end to cut at (one long sentence): a committed word's end
-            cut = next((w.end for w in reversed(self.policy.committed) if w.end <= latest), cut)
+            latest_word = min(latest, done - WORD_CUT_CONTEXT_S, *(self.held_back or ())[:1])
+            cut = next((w.end for w in reversed(self.policy.committed) if w.end <= latest_word), cut)
         if cut <= self.buffer_start and end - self.buffer_start > FORCED_CUT_S:
             if done > self.buffer_start:
                 cut = done
@@ -336,7 +356,7 @@ class StreamReport:
     audio_s: float
     updates: int
     behind: list[float] = dataclasses.field(default_factory=list)  # per update: see `stream_audio`
-    held_back: int = 0  # hypothesis segments left out for failing the offline rules, all updates together
+    held_back: int = 0  # hypothesis segments left out (offline rules, repeats), all updates together
 
     @property
     def text(self) -> str:
