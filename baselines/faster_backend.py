@@ -176,7 +176,8 @@ class FasterTranscriber:
         """A live stream's hypothesis (`maxwhisper.api.WindowTranscriber`), as MAX's: the first 30 s
         window of `audio` decoded as `transcribe` decodes it, without the seek loop's next window, the
         encoder hearing its audio and `padding_s` of silence after it (CTranslate2 takes fewer than
-        30 s of frames; None: the 30 s window). No draft is checked: the tokens returned are none."""
+        30 s of frames; None: the 30 s window), so its tokens may differ from that window's. No
+        draft is checked: the tokens returned are none."""
         if options.batch_size is not None:
             raise MaxWhisperError("a stream's window is not transcribed in batches: leave batch_size unset")
         audio = np.asarray(audio)[:30 * SAMPLE_RATE]

@@ -348,7 +348,7 @@ class WindowTranscriber(Transcriber, Protocol):
         """The first 30 s window of `audio` decoded as `transcribe` decodes it, without the seek
         loop's next window: one encoder pass, which hears the window's audio and `padding_s` of
         silence after it (MAX and faster-whisper: by default `audio.STREAM_PADDING_S`; None: the
-        30 s window) rather than 30 s.
+        30 s window) rather than 30 s, so its tokens may differ from the seek loop's first window's.
         `draft`: the tokens the stream's last hypothesis decoded, which a backend may check in one
         decoder pass. Returns the result and the tokens this window decoded, the next
         hypothesis's draft (empty where the backend takes none)."""

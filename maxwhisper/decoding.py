@@ -91,7 +91,8 @@ class WhisperModel(Protocol):
     alignment_heads: np.ndarray | None  # [k, 2] (layer, head) for word timing; None: openai's default
 
     def encode(self, mel: np.ndarray) -> Any:
-        """float32 [n_audio, n_mels, 3000] -> opaque audio features for `Inference.logits`."""
+        """float32 [n_audio, n_mels, frames] -> opaque audio features for `Inference.logits`; frames:
+        3000 (a 30 s window), fewer for a stream's window that hears its audio and some silence."""
         ...
 
     def inference(self) -> Inference:

@@ -158,9 +158,10 @@ class LocalAgreement:
 
 def repeat_start(words: list[str], before: list[str]) -> int | None:
     """Where in a segment's words (their `_key`s) REPEAT_WORDS or more words in a row repeat the words
-    just before them, the segment's own or the `before` ones (the second copy's first word lying
-    in the segment); None: nowhere. A window hearing silence after speech fills it so ("Physics works
-    and I'm still alive." twice or three times over the 2 s after it, on the lecture)."""
+    just before them, the segment's own or the `before` ones: the index of the second copy's first
+    word (0 where that copy begins in `before`, ending in the segment); None: nowhere. A window
+    hearing silence after speech fills it so ("Physics works and I'm still alive." twice or three
+    times over the 2 s after it, on the lecture)."""
     seq = [*before, *words]
     for end in range(len(before) + 1, len(seq) + 1):  # the first word of the segment the second copy ends on
         for n in range(REPEAT_WORDS, end // 2 + 1):

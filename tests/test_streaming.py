@@ -16,7 +16,8 @@ from maxwhisper.api import SAMPLE_RATE, DecodeOptions, Segment, Word
 from maxwhisper.audio import N_FRAMES, N_SAMPLES, STREAM_PADDING_S, heard_frames
 from maxwhisper.decoding import DecodingTask, compression_ratio
 from maxwhisper.streaming import (BUDGET, CONTEXT_S, SETTLE_S, STEP_S, LocalAgreement, Streamer, StreamReport,
-                                  StreamWord, WORD_CUT_CONTEXT_S, fails_offline_rules, stream_audio)
+                                  StreamWord, WORD_CUT_CONTEXT_S, fails_offline_rules, repeat_start,
+                                  stream_audio)
 from scripted import ScriptedTranscriber
 
 LECTURE = Path(__file__).resolve().parents[1].parent / "shared" / "audio" / "physicsworks.flac"
@@ -321,6 +322,17 @@ class Echoing(ScriptedTranscriber):
             segments = [*result.segments[:-1], dataclasses.replace(last, end=echo[-1].end,
                                                                    text="".join(w.word for w in words), words=words)]
         return dataclasses.replace(result, segments=segments)
+
+
+@pytest.mark.parametrize("before, words, start", [
+    ([], "physics works and im still alive physics works and im still alive", 6),  # in the segment
+    ("physics works and im still alive", "physics works and im still alive", 0),  # after the one before
+    ("x ask not what your", "ask not what your country", 0),  # the copy begins before the segment
+    ([], "three two one three two one", None),  # shorter than REPEAT_WORDS
+    ("ask not what your country can do", "for you ask what you can do for your country", None),
+])
+def test_repeat_start(before, words, start):
+    assert repeat_start(words.split(), before.split() if before else []) == start
 
 
 @pytest.mark.parametrize("own_segment", [False, True])
