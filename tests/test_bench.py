@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -632,12 +633,14 @@ def test_streaming_end_to_end(tmp_path):
 
 
 def test_streaming_results_written_before_streams_were_pooled_still_render():
-    """The committed one-core-busy run predates --streams: rows without offsets or latency lists."""
+    """Results written before --streams have rows without offsets or latency lists."""
     results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
     path = results / "streaming-cpu-amd-epyc-avx512-vnni-bf16-2c-tiny.en-load1.json"
     doc = json.loads(path.read_text())
+    for run in doc["streaming"]["runs"]:
+        for old in run["rows"]:
+            del old["latencies"], old["offset_s"]
     row = doc["streaming"]["runs"][0]["rows"][0]
-    assert "latencies" not in row and "offset_s" not in row
     md = streaming_markdown(doc)
     assert f"| {row['audio']} | {doc['streaming']['runs'][0]['implementation']} | 0 s |" in md
     assert f"commit latency median {row['latency_median_s']:.2f} s" in md
@@ -649,3 +652,22 @@ def test_results_record_the_cpu_generation():
     import re
 
     assert re.fullmatch(r"family \d+, model \d+", machine_info()["cpu_family_model"])
+
+
+def test_a_background_load_spinner_ends_with_the_process_that_started_it_even_killed():
+    # a benchmark killed (SIGTERM, SIGKILL) skips its clean-up: its spinners must not spin on
+    started = subprocess.run(
+        [sys.executable, "-c", "import os\nfrom maxwhisper.bench.cli import start_spinner\n"
+                               "print(start_spinner().pid, flush=True)\nos._exit(0)"],
+        capture_output=True, text=True, timeout=60, check=True, cwd=Path(__file__).resolve().parents[1])
+    pid = int(started.stdout)
+
+    def spinning() -> bool:
+        try:
+            return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return False
+    deadline = time.monotonic() + 10
+    while spinning():
+        assert time.monotonic() < deadline, "the spinner outlived the process that started it"
+        time.sleep(0.1)

@@ -140,9 +140,21 @@ def _devices(requested: list[str] | None) -> list[str]:
     return list(dict.fromkeys(requested))
 
 
+# keeps a core busy until this process ends, killed or not (a kill skips `main`'s clean-up)
+SPINNER = """import os, sys
+while os.getppid() == int(sys.argv[1]):
+    for _ in range(100_000):
+        pass
+"""
+
+
+def start_spinner() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", SPINNER, str(os.getpid())])  # (its parent may end before it reads)
+
+
 def main(args: argparse.Namespace) -> int:
     """Runs the benchmark; returns 0 when every implementation ran on every clip, else 1."""
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.background_load)]
+    spinners = [start_spinner() for _ in range(args.background_load)]
     try:
         return _main(args)
     finally:
