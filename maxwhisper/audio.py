@@ -17,7 +17,7 @@ from typing import Union
 import av
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from threadpoolctl import ThreadpoolController
+from threadpoolctl import threadpool_limits
 
 from .api import SAMPLE_RATE, AudioError, MaxWhisperError, NothingToTranscribe
 
@@ -283,12 +283,6 @@ def _hann_window() -> np.ndarray:
 _BLAS_LIMIT = threading.Lock()
 
 
-@lru_cache(maxsize=None)
-def _blas() -> ThreadpoolController:
-    """The BLAS libraries loaded (numpy's), whose threads `log_mel_spectrogram` limits."""
-    return ThreadpoolController()
-
-
 def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, padding: int = 0) -> np.ndarray:
     """Whisper's log-Mel spectrogram of 16 kHz `audio` [n_samples] -> float32 [n_mels, n_frames].
 
@@ -312,8 +306,9 @@ def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, padding: int = 0) -
     # of MB of fresh memory for long audio, slow to fault in on a VM (docs/design.md, Front end).
     # The mel projection in this thread: BLAS's threads spin on after a call, taking the cores
     # from the encoder pass that follows it (docs/design.md, Front end). The limit is the process's:
-    # one thread at a time sets and restores it, so that none restores another's limit
-    with _BLAS_LIMIT, _blas().limit(limits=1, user_api="blas"):
+    # one thread at a time sets and restores it, so that none restores another's limit. Every BLAS
+    # loaded is limited, looked up each time (~2 ms): a process can load more after the first call
+    with _BLAS_LIMIT, threadpool_limits(limits=1, user_api="blas"):
         for start in range(0, heard, FRAMES_PER_CHUNK):
             stft = np.fft.rfft(frames[start:start + FRAMES_PER_CHUNK] * window, axis=-1)  # complex64
             mel_spec[:, start:start + FRAMES_PER_CHUNK] = filters @ (stft.real**2 + stft.imag**2).T
