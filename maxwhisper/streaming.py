@@ -25,6 +25,8 @@ sentence twice compresses little). A window that hears `audio.STREAM_PADDING_S` 
 30 s repeats and loops so more often than the 30 s window: where its hypothesis fails the offline rules
 or repeats, the same audio is heard again as the 30 s window, whose hypothesis is taken (one encoder
 pass more, on those updates only, and none where the padded window already heard 30 s).
+A stream with no language set takes the language of its first hypothesis that has words for the
+rest of it, as its windows would detect it again on each update (a 30 s window each time).
 A stream does not fall back through the temperature schedule as the offline loop does: each update
 decodes once, at the schedule's first temperature (greedy by default), so that an update with
 `transcribe_window` costs one encoder pass and one decoding of at most the model's sample length
@@ -34,15 +36,17 @@ default schedule) to exactly the updates whose decoding already ran long (a loop
 length), while the next update, a chunk later, decodes the same audio again with more of it heard;
 and sampled hypotheses are random, so two in a row seldom agree to commit anything. Once the buffer
 is longer than `trim_s`, it is cut at the end of the last segment whose words are all committed and
-that leaves CONTEXT_S of audio in the buffer (where there is none, at the end of the last committed
-word that leaves it), so that later updates stay short and still hear the words before the ones they
-are to commit.
+that leaves CONTEXT_S of audio in the buffer (where there is none, in the last pause between committed
+words that leaves it), so that later updates stay short and still hear the words before the ones they
+are to commit. The stream's end commits the tentative words; where the last hypothesis held back a
+segment, the buffer is first heard once more as the offline loop hears it (`Streamer.finish`).
 """
 from __future__ import annotations
 
 import dataclasses
 import re
 from collections.abc import Iterator
+from itertools import pairwise
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,10 +64,14 @@ KEEP_S = 5.0  # the audio a forced cut leaves in the buffer
 # before the next words hears them with almost no audio before them, and two such can agree on a word
 # misheard ("So that when it comes back" heard as "So, it's when it comes back" on the lecture)
 CONTEXT_S = 5.0
-# the committed audio that a cut at a committed word's end (no segment end to cut at) leaves before the
+# the committed audio that a cut between committed words (no segment end to cut at) leaves before the
 # words still to commit: of 16 hypotheses hearing the lecture's "that" from 1.8-7.3 s after a cut, 14
 # heard it, of 20 from 0.2-1.1 s none (README, Live streaming)
 WORD_CUT_CONTEXT_S = 2.0
+# the shortest pause between two committed words that such a cut is made in (in its middle): word times
+# move by tenths of a second between hypotheses, and a cut at a word's end where the next word follows
+# at once cut into that word as heard next ("bob" heard as "bulb" on the lecture, README)
+PAUSE_S = 0.2
 SETTLE_S = 0.3  # audio each of two agreeing hypotheses must have heard after a word
 BUDGET = 0.6  # the share of the new audio's duration that `Streamer.feed`'s hypotheses may take
 # the new audio that the second of `Streamer.feed`'s two hypotheses hears beyond the first: a word that
@@ -114,7 +122,7 @@ class LocalAgreement:
     def update(self, hypothesis: list[StreamWord], heard_until: float = float("inf")) -> list[StreamWord]:
         """A new hypothesis (words in stream time) over the audio heard until `heard_until` (stream
         time); returns the words it commits."""
-        new = self._beyond_committed(hypothesis)
+        new = self.beyond_committed(hypothesis)
         agreed = []
         for previous, word in zip(self.tentative, new):
             if (_key(previous.text) != _key(word.text) or previous.end > self.tentative_heard_until - SETTLE_S
@@ -134,12 +142,15 @@ class LocalAgreement:
         self.committed += done
         return done
 
-    def _beyond_committed(self, hypothesis: list[StreamWord]) -> list[StreamWord]:
+    def beyond_committed(self, hypothesis: list[StreamWord]) -> list[StreamWord]:
         """The hypothesis without what is committed already: words ending by the last committed
         word's end, a first word lying mostly before it unless the word before it is the last
         committed one (else the end of a committed word heard a little later, or heard as another
-        word: "my" as "am I"), then a repeat of the committed tail at its start. (Word times move by
-        a few tenths of a second between hypotheses: a cut on start times would drop the next word.)"""
+        word: "my" as "am I"), then a repeat of the committed tail at its start, looked for where the
+        hypothesis begins within a second of the committed end or heard words before it, none as the last
+        committed word (the committed tail heard later: the lecture's countdown "0." heard again 1.1 s past
+        its committed end after a cut). (Word times move by a few tenths of a second between hypotheses:
+        a cut on start times would drop the next word.)"""
         if not self.committed:
             return list(hypothesis)
         last = self.committed[-1]
@@ -148,7 +159,7 @@ class LocalAgreement:
         heard_as_committed = bool(before) and _key(before[-1].text) == _key(last.text)
         if new and (new[0].start + new[0].end) / 2 < last.end and not heard_as_committed:
             new = new[1:]
-        if new and new[0].start - last.end < 1:
+        if new and (new[0].start - last.end < 1 or (before and not heard_as_committed)):
             tail = [_key(w.text) for w in self.committed[-OVERLAP_WORDS:]]
             for n in range(min(len(tail), len(new)), 0, -1):
                 if tail[-n:] == [_key(w.text) for w in new[:n]]:
@@ -207,6 +218,7 @@ class Streamer:
         self.transcriber = transcriber
         self.options = dataclasses.replace(options, word_timestamps=True, batch_size=None,
                                            temperature=options.temperature[:1])  # no fallback: see the module's doc
+        self.temperatures = options.temperature  # the schedule, for `finish`
         self.windowed = hasattr(transcriber, "transcribe_window")  # a `WindowTranscriber`
         self.audible = N_SAMPLES if self.windowed else None  # samples of the buffer a hypothesis hears
         self.trim_s = trim_s
@@ -250,28 +262,60 @@ class Streamer:
 
     def _update(self, heard: int) -> StreamUpdate:
         """A hypothesis over buffer[:heard], then the agreement and the trim."""
-        before = "".join(w.text for w in self.policy.committed if w.end <= self.buffer_start)
-        prompt = ((self.options.initial_prompt or "") + before)[-PROMPT_CHARS:].strip()
-        options = dataclasses.replace(self.options, initial_prompt=prompt or None)
+        options = self._prompted(self.options)
         draft = self.draft  # the last hypothesis's tokens, for the padded window and its fallback alike
         if self.windowed:
             result, self.draft = self.transcriber.transcribe_window(self.buffer[:heard], options, draft)
         else:
             result = self.transcriber.transcribe(self.buffer[:heard], options)
         timings = result.timings  # compute: without a graph compiled on first use (MAX's alignment graph)
-        failed, cut = self._held_back_from(result.segments, options)
+        failed, _ = self._held_back_from(result.segments, options)
         if (self.windowed and failed < len(result.segments)
                 and heard_frames(heard, STREAM_PADDING_S) < N_FRAMES):  # else the padded window was 30 s
             result, self.draft = self.transcriber.transcribe_window(self.buffer[:heard], options, draft,
                                                                      padding_s=None)
             timings = _one_after_the_other(timings, result.timings)
-            failed, cut = self._held_back_from(result.segments, options)
-        compute_s = self.last_compute_s = timings.total_s
-        kept = [s.words or () for s in result.segments[:failed]]
-        self.segment_ends = [self.buffer_start + s.end for s in result.segments[:failed]]
+        self.last_compute_s = timings.total_s
+        words, held_back = self._hypothesis(result.segments, options)
+        if words and self.options.language is None:  # detected once: a detection hears a 30 s window
+            self.options = dataclasses.replace(self.options, language=result.language)
+        heard_until = self.buffer_start + min(heard, self.audible or heard) / SAMPLE_RATE
+        committed = self.policy.update(words, heard_until)
+        committed += self._trim()
+        return StreamUpdate(committed, list(self.policy.tentative), timings.total_s, held_back, timings, heard_until)
+
+    def finish(self) -> StreamUpdate:
+        """The end of the stream: the tentative words are committed as they stand. Where the last
+        hypothesis held back a segment, the buffer is first heard once more as the offline loop hears it
+        (`transcribe`: every window, falling back through the temperature schedule), and its words up to
+        what it holds back take the tentative ones' place: else the last words, which the stream's
+        windows held back (a loop decoded after them, or the padding filled with them again), would be
+        lost where the offline transcript has them."""
+        if self.held_back is None:
+            return StreamUpdate(self.policy.finish(), [], 0.0)
+        options = self._prompted(dataclasses.replace(self.options, temperature=self.temperatures))
+        result = self.transcriber.transcribe(self.buffer, options)
+        words, held_back = self._hypothesis(result.segments, options)
+        self.policy.tentative = self.policy.beyond_committed(words)
+        end = self.buffer_start + len(self.buffer) / SAMPLE_RATE
+        return StreamUpdate(self.policy.finish(), [], result.timings.total_s, held_back, result.timings, end)
+
+    def _prompted(self, options: DecodeOptions) -> DecodeOptions:
+        """`options` with the prompt: the user's, then the committed text before the buffer."""
+        before = "".join(w.text for w in self.policy.committed if w.end <= self.buffer_start)
+        prompt = ((self.options.initial_prompt or "") + before)[-PROMPT_CHARS:].strip()
+        return dataclasses.replace(options, initial_prompt=prompt or None)
+
+    def _hypothesis(self, segments: list[Segment], options: DecodeOptions) -> tuple[list[StreamWord], int]:
+        """The words of a transcription's segments (stream time) up to where it is held back
+        (`_held_back_from`), and how many segments are held back (a segment held back from a repeat on
+        counts); sets `segment_ends` and `held_back`."""
+        failed, cut = self._held_back_from(segments, options)
+        kept = [s.words or () for s in segments[:failed]]
+        self.segment_ends = [self.buffer_start + s.end for s in segments[:failed]]
         self.held_back = None
-        if failed < len(result.segments):
-            segment = result.segments[failed]
+        if failed < len(segments):
+            segment = segments[failed]
             before_repeat = (segment.words or ())[:cut]
             if before_repeat:
                 kept.append(before_repeat)
@@ -280,14 +324,7 @@ class Streamer:
                               self.buffer_start + segment.end)
         words = [StreamWord(self.buffer_start + w.start, self.buffer_start + w.end, w.word)
                  for segment_words in kept for w in segment_words]
-        heard_until = self.buffer_start + min(heard, self.audible or heard) / SAMPLE_RATE
-        committed = self.policy.update(words, heard_until)
-        committed += self._trim()
-        return StreamUpdate(committed, list(self.policy.tentative), compute_s, len(result.segments) - failed,
-                            timings, heard_until)
-
-    def finish(self) -> StreamUpdate:
-        return StreamUpdate(self.policy.finish(), [], 0.0)
+        return words, len(segments) - failed
 
     def _held_back_from(self, segments: list[Segment], options: DecodeOptions) -> tuple[int, int]:
         """Where a hypothesis is held back from: the index of its first segment that fails the offline
@@ -308,12 +345,23 @@ class Streamer:
             previous = words
         return len(segments), 0
 
+    def _pause_before(self, latest: float) -> float:
+        """The middle of the last pause of PAUSE_S or more between two committed words in the buffer
+        that lies by `latest`; the buffer's start where there is none."""
+        for after, before in pairwise(reversed(self.policy.committed)):
+            if before.end <= self.buffer_start:
+                break
+            middle = (before.end + after.start) / 2
+            if after.start - before.end >= PAUSE_S and middle <= latest:
+                return middle
+        return self.buffer_start
+
     def _trim(self) -> list[StreamWord]:
         """Past trim_s of buffer, cut it at the last segment end that all committed words reach and that
         leaves CONTEXT_S of audio in the buffer (the committed words in it are heard again, as context for
-        the next), or where no segment end does so, at the end of the last committed word that does and
-        leaves WORD_CUT_CONTEXT_S of committed audio (a window hears a long sentence as one segment:
-        waiting for its end kept lecture buffers past 20 s, an update's encoder pass hearing all of it);
+        the next), or where no segment end does so, in the last pause between committed words that does and
+        leaves WORD_CUT_CONTEXT_S of committed audio (`_pause_before`; a window hears a long sentence as one
+        segment: waiting for its end kept lecture buffers past 20 s, an update's encoder pass hearing all of it);
         past FORCED_CUT_S, at the last committed word, or (nothing committed in it: silence, text that
         keeps changing, or updates so slow that the buffer outgrew its commits) KEEP_S before its end,
         committing the tentative words before the cut rather than losing them. No cut goes past the start of
@@ -328,9 +376,8 @@ class Streamer:
         forced = []
         latest = min(done, end - CONTEXT_S)  # the latest segment end a cut may take
         cut = max((t for t in self.segment_ends[:-1] if t <= latest), default=self.buffer_start)
-        if cut <= self.buffer_start:  # no segment end to cut at (one long sentence): a committed word's end
-            latest_word = min(latest, done - WORD_CUT_CONTEXT_S, *(self.held_back or ())[:1])
-            cut = next((w.end for w in reversed(self.policy.committed) if w.end <= latest_word), cut)
+        if cut <= self.buffer_start:  # no segment end to cut at (one long sentence): a pause in it
+            cut = self._pause_before(min(latest, done - WORD_CUT_CONTEXT_S, *(self.held_back or ())[:1]))
         if cut <= self.buffer_start and end - self.buffer_start > FORCED_CUT_S:
             if done > self.buffer_start:
                 cut = done
@@ -420,6 +467,9 @@ def stream_audio(transcriber: Transcriber, audio: np.ndarray, chunk_s: float = 1
                 on_update(update, now, behind[-1])
         fed = available
     last = streamer.finish()
+    now += last.compute_s
+    compute_s += last.compute_s
+    held_back += last.held_back
     words += last.committed
     commit_times += [now] * len(last.committed)
     if on_update is not None:

@@ -15,9 +15,9 @@ import pytest
 from maxwhisper.api import SAMPLE_RATE, DecodeOptions, Segment, Word
 from maxwhisper.audio import N_FRAMES, N_SAMPLES, STREAM_PADDING_S, heard_frames
 from maxwhisper.decoding import DecodingTask, compression_ratio
-from maxwhisper.streaming import (BUDGET, CONTEXT_S, SETTLE_S, STEP_S, LocalAgreement, Streamer, StreamReport,
-                                  StreamWord, WORD_CUT_CONTEXT_S, fails_offline_rules, repeat_start,
-                                  stream_audio)
+from maxwhisper.streaming import (BUDGET, CONTEXT_S, FORCED_CUT_S, PAUSE_S, SETTLE_S, STEP_S, LocalAgreement,
+                                  Streamer, StreamReport, StreamWord, WORD_CUT_CONTEXT_S, fails_offline_rules,
+                                  repeat_start, stream_audio)
 from scripted import ScriptedTranscriber
 
 LECTURE = Path(__file__).resolve().parents[1].parent / "shared" / "audio" / "physicsworks.flac"
@@ -105,6 +105,22 @@ def test_a_committed_word_heard_again_with_moved_times_is_not_committed_twice():
     am_i = [StreamWord(0.5, 0.9, " am"), StreamWord(0.9, 1.05, " I"), *words("fellow Americans", start=1.05)]
     assert texts(policy.update(am_i)) == "fellow"
     assert texts(policy.committed) == "so my fellow"
+
+
+def test_the_committed_tail_heard_again_later_is_not_committed_twice_unless_heard_twice():
+    policy = LocalAgreement()
+    policy.update(words("3, 2, 1, 0."))
+    assert texts(policy.update(words("3, 2, 1, 0."))) == "3, 2, 1, 0."  # "0." ends at 2.0 s
+    # the lecture's countdown after a cut: "0." heard 1.1 s after its committed end (a zero-length
+    # word in the silence after it), the words before it as committed
+    later = [*words("3, 2, 1,"), StreamWord(3.1, 3.12, " 0."), *words("Physics works", start=4.0)]
+    assert texts(policy.update(later) + policy.update(later)) == "Physics works"
+    # a hypothesis that hears the committed "0." where it was committed and another 1.5 s later: said twice
+    policy = LocalAgreement()
+    policy.update(words("3, 2, 1, 0."))
+    policy.update(words("3, 2, 1, 0."))
+    twice = [*words("3, 2, 1, 0."), *words("0. Physics", start=3.5)]
+    assert texts(policy.update(twice) + policy.update(twice)) == "0. Physics"
 
 
 def test_a_short_next_word_overlapping_the_committed_end_is_still_committed():
@@ -275,7 +291,7 @@ def test_a_repetition_loop_is_never_committed():
     updates = []
     report = stream_audio(Looping(script), audio, on_update=lambda update, now, behind: updates.append(update))
     assert report.text == script  # every word heard, none of the loop's
-    assert report.held_back == 30 and report.loop_ratio < 2.4
+    assert report.held_back == 31 and report.loop_ratio < 2.4  # 30 updates, and the stream's end heard once more
     assert all("3," not in w.text for u in updates for w in u.tentative)  # not even shown as tentative
 
 
@@ -294,6 +310,51 @@ def test_a_failed_window_waits_for_more_audio():
     assert report.text == script and report.held_back == 5
     times = dict(zip((w.text.strip() for w in report.words), report.commit_times))
     assert times["w6"] >= 10  # heard in the 4th update, committed only once the windows pass again
+
+
+def test_the_last_words_held_back_by_every_window_are_heard_once_more_at_the_end():
+    class FailingLast(ScriptedTranscriber):  # a stream's windows hear their last 3 s as a failing segment
+        def transcribe(self, audio, options=DecodeOptions(), progress=None):
+            result = super().transcribe(audio, options, progress)
+            temperatures.append(options.temperature)
+            n, ws = len(audio) / SAMPLE_RATE, [w for s in result.segments for w in s.words]
+            early, late = tuple(w for w in ws if w.end <= n - 3), tuple(w for w in ws if w.end > n - 3)
+            fails = len(options.temperature) == 1  # the offline loop's schedule passes them
+            return dataclasses.replace(result, segments=[
+                Segment(i, 0, p[0].start, p[-1].end, "", (), avg_logprob=-2.0 if fails and i else -0.2, words=p)
+                for i, p in enumerate((early, late)) if p])
+
+    script = " ".join(f"w{i}" for i in range(40))
+    audio = np.arange(20 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
+    temperatures = []
+    report = stream_audio(FailingLast(script), audio)
+    assert report.text == script  # the last 3 s of words committed too, at the end
+    assert temperatures[-1] == DecodeOptions().temperature and len(temperatures) == report.updates + 1
+    assert report.compute_s == pytest.approx(0.4 * (report.updates + 1))  # the end's transcription counted
+    # a stream whose last hypothesis held nothing back ends without another transcription
+    report = stream_audio(ScriptedTranscriber(script), audio)
+    assert report.text == script and report.compute_s == pytest.approx(0.4 * report.updates)
+
+
+def test_a_stream_without_a_language_keeps_the_one_its_first_words_were_heard_in():
+    class German(ScriptedTranscriber):  # detects German where no language is set
+        def transcribe(self, audio, options=DecodeOptions(), progress=None):
+            result = super().transcribe(audio, options, progress)
+            languages.append(options.language)
+            return dataclasses.replace(result, language=options.language or "de", language_probability=0.9)
+
+    languages = []
+    audio = np.arange(6 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
+    streamer = Streamer(German("w0 w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11"))
+    streamer.push(np.zeros(SAMPLE_RATE // 4, np.float32))  # too short for a word: no language kept
+    for i in range(6):
+        streamer.push(audio[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE])
+    assert languages == [None, None, "de", "de", "de", "de", "de"]
+    languages.clear()
+    streamer = Streamer(German("w0 w1"), DecodeOptions(language="fr"))  # one set is kept as it is
+    streamer.push(audio[:SAMPLE_RATE])
+    streamer.push(audio[SAMPLE_RATE:2 * SAMPLE_RATE])
+    assert languages == ["fr", "fr"]
 
 
 class Echoing(ScriptedTranscriber):
@@ -387,8 +448,19 @@ def test_a_window_held_back_is_heard_again_only_where_it_heard_less_than_30_s():
     assert model.paddings == [STREAM_PADDING_S] and update.compute_s == pytest.approx(0.4)
 
 
+class Pausing(ScriptedTranscriber):
+    """Hears the script with a pause of PAUSE_S + 0.1 after every 4th word (its end that much sooner)."""
+
+    def transcribe(self, audio, options=DecodeOptions(), progress=None):
+        result = super().transcribe(audio, options, progress)
+        offset = round(float(audio[0]), 3) if len(audio) else 0.0
+        ws = tuple(dataclasses.replace(w, end=w.end - (PAUSE_S + 0.1) * (round((w.end + offset) / 0.5) % 4 == 0))
+                   for s in result.segments for w in s.words)
+        return dataclasses.replace(result, segments=[dataclasses.replace(s, words=ws) for s in result.segments])
+
+
 def test_a_cut_at_a_committed_word_never_passes_a_held_back_segment():
-    class LoopFrom14s(ScriptedTranscriber):  # once 14 s are heard, the stream's 4-6 s are heard as a loop
+    class LoopFrom14s(Pausing):  # once 14 s are heard, the stream's 4-6 s are heard as a loop
         def transcribe(self, audio, options=DecodeOptions(), progress=None):
             result = super().transcribe(audio, options, progress)
             offset = round(float(audio[0]), 3)
@@ -405,7 +477,8 @@ def test_a_cut_at_a_committed_word_never_passes_a_held_back_segment():
     for i in range(20):
         streamer.push(audio[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE])
         assert streamer.buffer_start <= 4.0 + 1e-6  # words up to ~13 s were committed before the loop
-    assert streamer.policy.committed[-1].end > 4 + WORD_CUT_CONTEXT_S and streamer.buffer_start == pytest.approx(4.0)
+    # cut in the pause before the loop (3.7-4.0 s), though words up to ~13 s were committed
+    assert streamer.policy.committed[-1].end > 4 + WORD_CUT_CONTEXT_S and streamer.buffer_start == pytest.approx(3.85)
 
 
 class Respelled:
@@ -466,10 +539,11 @@ def test_a_cut_at_a_segment_end_leaves_context_s_of_audio_before_the_words_to_co
         assert not said or max(said) < start / 0.5 + 1e-6
 
 
-def test_speech_without_a_segment_end_is_cut_at_a_committed_word_leaving_context_s():
+@pytest.mark.parametrize("pauses", [True, False])
+def test_speech_without_a_segment_end_is_cut_in_a_pause_between_committed_words_leaving_context_s(pauses):
     script = " ".join(f"w{i}" for i in range(120))  # 60 s of "speech" heard as one segment
     audio = np.arange(60 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
-    model = ScriptedTranscriber(script)
+    model = Pausing(script) if pauses else ScriptedTranscriber(script)
     streamer = Streamer(model)
     committed, cuts = [], []  # (buffer start, seconds kept) after each cut
     for i in range(60):
@@ -477,10 +551,14 @@ def test_speech_without_a_segment_end_is_cut_at_a_committed_word_leaving_context
         if streamer.buffer_start != (cuts[-1][0] if cuts else 0.0):
             cuts.append((streamer.buffer_start, len(streamer.buffer) / SAMPLE_RATE))
     committed += streamer.finish().committed
-    assert max(n for n, _ in model.calls) <= streamer.trim_s + 1  # not FORCED_CUT_S
-    assert len(cuts) >= 5 and all(abs(c / 0.5 - round(c / 0.5)) < 1e-3 for c, _ in cuts)  # between two words
-    assert min(kept for _, kept in cuts) >= CONTEXT_S
     assert [w.text for w in committed] == [f" w{i}" for i in range(120)]  # each word once, in order
+    if pauses:  # cut in the middle of a pause (every 2 s, 0.35 s before the next word), not FORCED_CUT_S
+        assert max(n for n, _ in model.calls) <= streamer.trim_s + 1
+        assert len(cuts) >= 5 and all(abs((c + (PAUSE_S + 0.1) / 2) / 2 - round((c + (PAUSE_S + 0.1) / 2) / 2)) < 1e-3
+                                      for c, _ in cuts)
+        assert min(kept for _, kept in cuts) >= CONTEXT_S
+    else:  # words without a pause between them (a window's times may move by tenths): not cut before FORCED_CUT_S
+        assert max(n for n, _ in model.calls) > FORCED_CUT_S
 
 
 def test_a_forced_cut_never_splits_a_word_and_loses_no_audio():

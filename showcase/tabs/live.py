@@ -139,7 +139,10 @@ class LiveSession:
                     with self._cond:
                         self.transcribed_s += len(audio) / SAMPLE_RATE
                 if last:
-                    self._commit(streamer.finish().committed)
+                    with self._lock:
+                        update = streamer.finish()
+                    self.compute_s += update.compute_s
+                    self._commit(update.committed)
                     self.tentative = []
                     self.state = "stopped"
                     log.info("live stream ended: %.1f s heard, %d updates, %d words committed", self.received_s,
