@@ -308,8 +308,9 @@ class Streamer:
 
     def _hypothesis(self, segments: list[Segment], options: DecodeOptions) -> tuple[list[StreamWord], int]:
         """The words of a transcription's segments (stream time) up to where it is held back
-        (`_held_back_from`), and how many segments are held back (a segment held back from a repeat on
-        counts); sets `segment_ends` and `held_back`."""
+        (`_held_back_from`), without words of punctuation alone (a decoding at a fallback temperature
+        can be a segment of dots), and how many segments are held back (a segment held back from a
+        repeat on counts); sets `segment_ends` and `held_back`."""
         failed, cut = self._held_back_from(segments, options)
         kept = [s.words or () for s in segments[:failed]]
         self.segment_ends = [self.buffer_start + s.end for s in segments[:failed]]
@@ -323,7 +324,7 @@ class Streamer:
             self.held_back = (self.buffer_start + (segment.words[cut].start if before_repeat else segment.start),
                               self.buffer_start + segment.end)
         words = [StreamWord(self.buffer_start + w.start, self.buffer_start + w.end, w.word)
-                 for segment_words in kept for w in segment_words]
+                 for segment_words in kept for w in segment_words if _key(w.word)]  # not a segment of dots
         return words, len(segments) - failed
 
     def _held_back_from(self, segments: list[Segment], options: DecodeOptions) -> tuple[int, int]:

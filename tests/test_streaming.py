@@ -809,6 +809,8 @@ def test_max_never_commits_the_lecture_countdown_loop_nor_falls_back_in_temperat
     assert [shape[-1] for shape in encodes] == [heard_frames(len(countdown), STREAM_PADDING_S), N_FRAMES]
     assert [d.temperature for d in decodings] == [0.0, 0.0]
     assert update.committed == update.tentative == [] and update.held_back == len(whole.segments)
+    # the end hears it once more with the offline fallback: segments of dots (temperature 0.8), then a
+    # sentence too improbable (1.0), neither committed
     assert streamer.finish().committed == []
 
     report = stream_audio(max_tiny_en, lecture_audio[150 * SAMPLE_RATE:], chunk_s=1.0)  # the last 53 s
