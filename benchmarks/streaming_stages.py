@@ -76,11 +76,11 @@ def main() -> None:
     updates, stages = [], []
 
     def on_update(update, now, behind):
-        if update.timings is not None:
+        if not update.final:
             updates.append((now - update.compute_s, update.compute_s, update.heard_until, update.committed, now))
             stages.append(dict(seconds))
-        elif update.committed:  # `Streamer.finish`
-            updates.append((now, 0.0, math.inf, update.committed, now))
+        elif update.committed:  # `Streamer.finish`, which may hear the buffer once more
+            updates.append((now - update.compute_s, update.compute_s, math.inf, update.committed, now))
         seconds.clear()
 
     report = stream_audio(t, audio, args.chunk, DecodeOptions(), on_update=on_update)

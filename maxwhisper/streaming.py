@@ -25,8 +25,9 @@ sentence twice compresses little). A window that hears `audio.STREAM_PADDING_S` 
 30 s repeats and loops so more often than the 30 s window: where its hypothesis fails the offline rules
 or repeats, the same audio is heard again as the 30 s window, whose hypothesis is taken (one encoder
 pass more, on those updates only, and none where the padded window already heard 30 s).
-A stream with no language set takes the language of its first hypothesis that has words for the
-rest of it, as its windows would detect it again on each update (a 30 s window each time).
+A stream with no language set keeps the language of the hypothesis that commits its first words for
+the rest of it, where its windows would detect it again on each update (MAX's and openai-whisper's
+detection hears a 30 s window).
 A stream does not fall back through the temperature schedule as the offline loop does: each update
 decodes once, at the schedule's first temperature (greedy by default), so that an update with
 `transcribe_window` costs one encoder pass and one decoding of at most the model's sample length
@@ -38,16 +39,16 @@ and sampled hypotheses are random, so two in a row seldom agree to commit anythi
 is longer than `trim_s`, it is cut at the end of the last segment whose words are all committed and
 that leaves CONTEXT_S of audio in the buffer (where there is none, in the last pause between committed
 words that leaves it), so that later updates stay short and still hear the words before the ones they
-are to commit. The stream's end commits the tentative words; where the last hypothesis held back a
-segment, the buffer is first heard once more as the offline loop hears it (`Streamer.finish`).
+are to commit. The stream's end commits the tentative words; where the last hypothesis's window failed
+the offline rules, the buffer is first heard once more as the offline loop hears it (`Streamer.finish`).
 """
 from __future__ import annotations
 
 import dataclasses
 import re
 from collections.abc import Iterator
-from itertools import pairwise
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
@@ -122,7 +123,7 @@ class LocalAgreement:
     def update(self, hypothesis: list[StreamWord], heard_until: float = float("inf")) -> list[StreamWord]:
         """A new hypothesis (words in stream time) over the audio heard until `heard_until` (stream
         time); returns the words it commits."""
-        new = self.beyond_committed(hypothesis)
+        new = self._beyond_committed(hypothesis)
         agreed = []
         for previous, word in zip(self.tentative, new):
             if (_key(previous.text) != _key(word.text) or previous.end > self.tentative_heard_until - SETTLE_S
@@ -134,32 +135,37 @@ class LocalAgreement:
         self.tentative_heard_until = heard_until
         return agreed
 
-    def finish(self, before: float = float("inf")) -> list[StreamWord]:
+    def finish(self, before: float = float("inf"), hypothesis: list[StreamWord] | None = None) -> list[StreamWord]:
         """The tentative words that end by `before` (all of them: the end of the stream) are
-        committed as they stand."""
+        committed as they stand; `hypothesis`: those of a last hypothesis (words in stream time) beyond
+        the committed ones take the tentative ones' place first."""
+        if hypothesis is not None:
+            self.tentative = self._beyond_committed(hypothesis)
         n = next((i for i, w in enumerate(self.tentative) if w.end > before), len(self.tentative))
         done, self.tentative = self.tentative[:n], self.tentative[n:]
         self.committed += done
         return done
 
-    def beyond_committed(self, hypothesis: list[StreamWord]) -> list[StreamWord]:
+    def _beyond_committed(self, hypothesis: list[StreamWord]) -> list[StreamWord]:
         """The hypothesis without what is committed already: words ending by the last committed
         word's end, a first word lying mostly before it unless the word before it is the last
         committed one (else the end of a committed word heard a little later, or heard as another
-        word: "my" as "am I"), then a repeat of the committed tail at its start, looked for where the
-        hypothesis begins within a second of the committed end or heard words before it, none as the last
-        committed word (the committed tail heard later: the lecture's countdown "0." heard again 1.1 s past
-        its committed end after a cut). (Word times move by a few tenths of a second between hypotheses:
-        a cut on start times would drop the next word.)"""
+        word: "my" as "am I"), then a repeat of the committed tail at its start, looked for where what is
+        left begins within a second of the committed end, or where the hypothesis heard words before the
+        committed end and neither the last of them nor one dropped so was the last committed word (that
+        word moved later: the lecture's countdown "0." heard 1.1 s past its committed end after a cut;
+        where the hypothesis heard it in place, a repeat further on was said again). (Word times move
+        by a few tenths of a second between hypotheses: a cut on start times would drop the next word.)"""
         if not self.committed:
             return list(hypothesis)
         last = self.committed[-1]
         before = [w for w in hypothesis if w.end <= last.end]
         new = [w for w in hypothesis if w.end > last.end]
         heard_as_committed = bool(before) and _key(before[-1].text) == _key(last.text)
+        moved = bool(before) and not heard_as_committed  # the last committed word not heard where it was
         if new and (new[0].start + new[0].end) / 2 < last.end and not heard_as_committed:
-            new = new[1:]
-        if new and (new[0].start - last.end < 1 or (before and not heard_as_committed)):
+            new, moved = new[1:], False
+        if new and (new[0].start - last.end < 1 or moved):
             tail = [_key(w.text) for w in self.committed[-OVERLAP_WORDS:]]
             for n in range(min(len(tail), len(new)), 0, -1):
                 if tail[-n:] == [_key(w.text) for w in new[:n]]:
@@ -197,8 +203,9 @@ class StreamUpdate:
     tentative: list[StreamWord]  # the uncommitted tail after it
     compute_s: float  # seconds the transcription took (its `timings.total_s`)
     held_back: int = 0  # hypothesis segments left out (wholly, or from a repeat on): offline rules, repeats
-    timings: Timings | None = None  # the transcription's, by stage (None: `Streamer.finish`)
-    heard_until: float | None = None  # stream time up to which the hypothesis heard (None: `Streamer.finish`)
+    timings: Timings | None = None  # the transcription's, by stage (None: the stream's end heard nothing again)
+    heard_until: float | None = None  # stream time up to which the hypothesis heard (None: as timings)
+    final: bool = False  # the stream's end (`Streamer.finish`)
 
 
 def _one_after_the_other(first: Timings, second: Timings) -> Timings:
@@ -227,6 +234,7 @@ class Streamer:
         self.buffer_start = 0.0  # stream time of buffer[0]
         self.segment_ends: list[float] = []  # of the last hypothesis, in stream time
         self.held_back: tuple[float, float] | None = None  # the last hypothesis's held back: (start, its segment's end)
+        self.window_failed = False  # the last hypothesis's window failed `transcribe.needs_fallback`'s rules
         self.last_compute_s: float | None = None  # the last update's computing time
         self.draft: tuple[int, ...] = ()  # the tokens this stream's last window decoded, the next one's draft
 
@@ -277,28 +285,30 @@ class Streamer:
             timings = _one_after_the_other(timings, result.timings)
         self.last_compute_s = timings.total_s
         words, held_back = self._hypothesis(result.segments, options)
-        if words and self.options.language is None:  # detected once: a detection hears a 30 s window
-            self.options = dataclasses.replace(self.options, language=result.language)
         heard_until = self.buffer_start + min(heard, self.audible or heard) / SAMPLE_RATE
         committed = self.policy.update(words, heard_until)
+        if committed and self.options.language is None:  # detected once: a detection hears a 30 s window
+            self.options = dataclasses.replace(self.options, language=result.language)
         committed += self._trim()
         return StreamUpdate(committed, list(self.policy.tentative), timings.total_s, held_back, timings, heard_until)
 
     def finish(self) -> StreamUpdate:
         """The end of the stream: the tentative words are committed as they stand. Where the last
-        hypothesis held back a segment, the buffer is first heard once more as the offline loop hears it
-        (`transcribe`: every window, falling back through the temperature schedule), and its words up to
-        what it holds back take the tentative ones' place: else the last words, which the stream's
-        windows held back (a loop decoded after them, or the padding filled with them again), would be
-        lost where the offline transcript has them."""
-        if self.held_back is None:
-            return StreamUpdate(self.policy.finish(), [], 0.0)
+        hypothesis's window failed the rules the offline loop falls back on (`window_failed`), the
+        buffer is first heard once more as that loop hears it (`transcribe`: every window, falling back
+        through the temperature schedule), and its words up to what it holds back take the tentative
+        ones' place: else the last words, which every window held back, are lost where the offline
+        transcript has them. (A hypothesis held back for a repeat or its own text is left so: the offline
+        loop's first window decodes as the stream's 30 s window did.) A second call commits nothing."""
+        if not self.window_failed:
+            return StreamUpdate(self.policy.finish(), [], 0.0, final=True)
         options = self._prompted(dataclasses.replace(self.options, temperature=self.temperatures))
         result = self.transcriber.transcribe(self.buffer, options)
         words, held_back = self._hypothesis(result.segments, options)
-        self.policy.tentative = self.policy.beyond_committed(words)
+        self.window_failed = False
         end = self.buffer_start + len(self.buffer) / SAMPLE_RATE
-        return StreamUpdate(self.policy.finish(), [], result.timings.total_s, held_back, result.timings, end)
+        return StreamUpdate(self.policy.finish(hypothesis=words), [], result.timings.total_s, held_back,
+                            result.timings, end, final=True)
 
     def _prompted(self, options: DecodeOptions) -> DecodeOptions:
         """`options` with the prompt: the user's, then the committed text before the buffer."""
@@ -308,15 +318,17 @@ class Streamer:
 
     def _hypothesis(self, segments: list[Segment], options: DecodeOptions) -> tuple[list[StreamWord], int]:
         """The words of a transcription's segments (stream time) up to where it is held back
-        (`_held_back_from`), without words of punctuation alone (a decoding at a fallback temperature
+        (`_held_back_from`), without segments of punctuation alone (a decoding at a fallback temperature
         can be a segment of dots), and how many segments are held back (a segment held back from a
-        repeat on counts); sets `segment_ends` and `held_back`."""
+        repeat on counts); sets `segment_ends`, `held_back` and `window_failed`."""
         failed, cut = self._held_back_from(segments, options)
         kept = [s.words or () for s in segments[:failed]]
         self.segment_ends = [self.buffer_start + s.end for s in segments[:failed]]
-        self.held_back = None
+        self.held_back, self.window_failed = None, False
         if failed < len(segments):
             segment = segments[failed]
+            self.window_failed = needs_fallback(segment.compression_ratio, segment.avg_logprob,
+                                                segment.no_speech_prob, options)  # a segment holds its window's
             before_repeat = (segment.words or ())[:cut]
             if before_repeat:
                 kept.append(before_repeat)
@@ -324,7 +336,8 @@ class Streamer:
             self.held_back = (self.buffer_start + (segment.words[cut].start if before_repeat else segment.start),
                               self.buffer_start + segment.end)
         words = [StreamWord(self.buffer_start + w.start, self.buffer_start + w.end, w.word)
-                 for segment_words in kept for w in segment_words if _key(w.word)]  # not a segment of dots
+                 for segment_words in kept if any(_key(w.word) for w in segment_words)  # not a segment of dots
+                 for w in segment_words]
         return words, len(segments) - failed
 
     def _held_back_from(self, segments: list[Segment], options: DecodeOptions) -> tuple[int, int]:
@@ -405,7 +418,7 @@ class StreamReport:
     audio_s: float
     updates: int
     behind: list[float] = dataclasses.field(default_factory=list)  # per update: see `stream_audio`
-    held_back: int = 0  # hypothesis segments left out (offline rules, repeats), all updates together
+    held_back: int = 0  # hypothesis segments left out (offline rules, repeats), all updates and the end together
 
     @property
     def text(self) -> str:

@@ -73,13 +73,16 @@ def streaming_worker(spec: dict[str, Any]) -> dict[str, Any]:
 def _stream_row(t, clip: Clip, audio, chunk_s: float, offset_s: float, options, offline) -> dict[str, Any]:
     from ..streaming import quantile, stream_audio
 
-    stages = []
-    report = stream_audio(t, audio, chunk_s, options, offset_s=offset_s,
-                          on_update=lambda update, now, behind: stages.append(update.timings))
-    latencies, update_s = report.latencies, sorted(s.total_s for s in stages if s is not None)
+    stages = []  # each update's timings (not the stream's end: `Streamer.finish`)
+
+    def on_update(update, now, behind):
+        if not update.final:
+            stages.append(update.timings)
+    report = stream_audio(t, audio, chunk_s, options, offset_s=offset_s, on_update=on_update)
+    latencies, update_s = report.latencies, sorted(s.total_s for s in stages)
     return {"audio": clip.name, "offset_s": offset_s, "audio_s": report.audio_s, "updates": report.updates,
             "compute_s": report.compute_s, "compute_share": report.compute_share,
-            "encode_s": sum(s.encode_s or 0.0 for s in stages if s is not None),
+            "encode_s": sum(s.encode_s or 0.0 for s in stages),
             "update_median_s": statistics.median(update_s), "update_p90_s": quantile(update_s, 0.9),
             "latency_median_s": statistics.median(latencies) if latencies else None,
             "latency_p90_s": report.latency_quantile(0.9), "latencies": [round(float(x), 3) for x in latencies],

@@ -139,6 +139,7 @@ class LiveSession:
                     with self._cond:
                         self.transcribed_s += len(audio) / SAMPLE_RATE
                 if last:
+                    self.state = "finishing"  # the end may hear the buffer once more (`Streamer.finish`)
                     with self._lock:
                         update = streamer.finish()
                     self.compute_s += update.compute_s
@@ -246,7 +247,8 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
                     "consecutive transcriptions of the audio so far agree on them (LocalAgreement-2) and never "
                     "change after that; the grey tail may still change. Each transcription is decoded once, "
                     "greedily, without the temperature fallback of a file's transcription: a stretch that looks "
-                    "like a repetition loop is not committed but waits for more audio. Live streams run beside "
+                    "like a repetition loop is not committed but waits for more audio (when you stop, the last "
+                    "of it is heard once more with the fallback). Live streams run beside "
                     "the comparisons on models of their own, sharing the CPU with them.")
         with gr.Row():
             live_backend = gr.Radio([(label(b), b) for b in choices.backends], value=choices.backends[0],
