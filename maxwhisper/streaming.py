@@ -403,8 +403,8 @@ class Streamer:
                     cut = min(cut, start) if start > self.buffer_start + 0.01 else stop
         pending_starts = [w.start for w in self.policy.tentative if w.start > self.buffer_start]
         cut = min([cut, *pending_starts[:1]])
-        samples = round((cut - self.buffer_start) * SAMPLE_RATE)
-        if samples > 0:
+        samples = min(round((cut - self.buffer_start) * SAMPLE_RATE), len(self.buffer))  # (a held-back
+        if samples > 0:  # segment can end in the silence a window heard after the buffer)
             self.buffer = self.buffer[samples:]
             self.buffer_start += samples / SAMPLE_RATE
         return forced

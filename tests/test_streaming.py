@@ -622,6 +622,19 @@ def test_a_forced_cut_keeps_the_audio_after_a_held_back_segment():
     assert report.text == " ".join(f"w{i}" for i in [0, 1, 2, 3, *range(8, 80)])
 
 
+def test_a_forced_cut_past_a_loop_ending_in_the_padding_keeps_the_buffer_in_stream_time():
+    class LoopIntoThePadding(ScriptedTranscriber):  # hears a loop from the buffer's start to 3 s past its end
+        def transcribe(self, audio, options=DecodeOptions(), progress=None):
+            result = super().transcribe(audio, options, progress)
+            return dataclasses.replace(result, segments=[loop_segment(0.0, len(audio) / SAMPLE_RATE + 3)])
+
+    streamer = Streamer(LoopIntoThePadding(""))
+    for i in range(30):
+        streamer.push(np.zeros(SAMPLE_RATE, np.float32))
+        assert streamer.buffer_start + len(streamer.buffer) / SAMPLE_RATE == pytest.approx(i + 1)
+    assert streamer.buffer_start > 0 and streamer.policy.committed == []
+
+
 class Hypotheses(ScriptedTranscriber):
     """Hears the given hypotheses in turn: lists of (start, end, word), buffer times."""
 
