@@ -120,10 +120,11 @@ class LocalAgreement:
         self.tentative: list[StreamWord] = []  # the previous hypothesis beyond the committed words
         self.tentative_heard_until = float("inf")  # stream time up to which the previous hypothesis heard
 
-    def update(self, hypothesis: list[StreamWord], heard_until: float = float("inf")) -> list[StreamWord]:
-        """A new hypothesis (words in stream time) over the audio heard until `heard_until` (stream
-        time); returns the words it commits."""
-        new = self._beyond_committed(hypothesis)
+    def update(self, hypothesis: list[StreamWord], heard_until: float = float("inf"),
+               heard_from: float = float("-inf")) -> list[StreamWord]:
+        """A new hypothesis (words in stream time) over the audio heard from `heard_from` until
+        `heard_until` (stream time); returns the words it commits."""
+        new = self._beyond_committed(hypothesis, heard_from)
         agreed = []
         for previous, word in zip(self.tentative, new):
             if (_key(previous.text) != _key(word.text) or previous.end > self.tentative_heard_until - SETTLE_S
@@ -135,26 +136,28 @@ class LocalAgreement:
         self.tentative_heard_until = heard_until
         return agreed
 
-    def finish(self, before: float = float("inf"), hypothesis: list[StreamWord] | None = None) -> list[StreamWord]:
+    def finish(self, before: float = float("inf"), hypothesis: list[StreamWord] | None = None,
+               heard_from: float = float("-inf")) -> list[StreamWord]:
         """The tentative words that end by `before` (all of them: the end of the stream) are
-        committed as they stand; `hypothesis`: those of a last hypothesis (words in stream time) beyond
-        the committed ones take the tentative ones' place first."""
+        committed as they stand; `hypothesis`: those of a last hypothesis (as `update`'s) beyond the
+        committed ones take the tentative ones' place first."""
         if hypothesis is not None:
-            self.tentative = self._beyond_committed(hypothesis)
+            self.tentative = self._beyond_committed(hypothesis, heard_from)
         n = next((i for i, w in enumerate(self.tentative) if w.end > before), len(self.tentative))
         done, self.tentative = self.tentative[:n], self.tentative[n:]
         self.committed += done
         return done
 
-    def _beyond_committed(self, hypothesis: list[StreamWord]) -> list[StreamWord]:
+    def _beyond_committed(self, hypothesis: list[StreamWord], heard_from: float) -> list[StreamWord]:
         """The hypothesis without what is committed already: words ending by the last committed
         word's end, a first word lying mostly before it unless the word before it is the last
         committed one (else the end of a committed word heard a little later, or heard as another
         word: "my" as "am I"), then a repeat of the committed tail at its start, looked for where what is
-        left begins within a second of the committed end, or where the hypothesis heard words before the
-        committed end and neither the last of them nor one dropped so was the last committed word (that
-        word moved later: the lecture's countdown "0." heard 1.1 s past its committed end after a cut;
-        where the hypothesis heard it in place, a repeat further on was said again). (Word times move
+        left begins within a second of the committed end, or where the hypothesis heard the last committed
+        word's audio (from `heard_from`) and neither the last word it heard before the committed end nor
+        one dropped so was that word (which then moved later: the lecture's countdown "0." heard 1.1 s past
+        its committed end after a cut, and its "Physics" committed 1.4 s before it was said and heard in
+        place next; where the hypothesis heard the word in place, a repeat further on was said again). (Word times move
         by a few tenths of a second between hypotheses: a cut on start times would drop the next word.)"""
         if not self.committed:
             return list(hypothesis)
@@ -162,7 +165,7 @@ class LocalAgreement:
         before = [w for w in hypothesis if w.end <= last.end]
         new = [w for w in hypothesis if w.end > last.end]
         heard_as_committed = bool(before) and _key(before[-1].text) == _key(last.text)
-        moved = bool(before) and not heard_as_committed  # the last committed word not heard where it was
+        moved = last.start >= heard_from and not heard_as_committed  # the last committed word not heard where it was
         if new and (new[0].start + new[0].end) / 2 < last.end and not heard_as_committed:
             new, moved = new[1:], False
         if new and (new[0].start - last.end < 1 or moved):
@@ -286,7 +289,7 @@ class Streamer:
         self.last_compute_s = timings.total_s
         words, held_back = self._hypothesis(result.segments, options)
         heard_until = self.buffer_start + min(heard, self.audible or heard) / SAMPLE_RATE
-        committed = self.policy.update(words, heard_until)
+        committed = self.policy.update(words, heard_until, self.buffer_start)
         if committed and self.options.language is None:  # detected once: a detection hears a 30 s window
             self.options = dataclasses.replace(self.options, language=result.language)
         committed += self._trim()
@@ -307,8 +310,8 @@ class Streamer:
         words, held_back = self._hypothesis(result.segments, options)
         self.window_failed = False
         end = self.buffer_start + len(self.buffer) / SAMPLE_RATE
-        return StreamUpdate(self.policy.finish(hypothesis=words), [], result.timings.total_s, held_back,
-                            result.timings, end, final=True)
+        return StreamUpdate(self.policy.finish(hypothesis=words, heard_from=self.buffer_start), [],
+                            result.timings.total_s, held_back, result.timings, end, final=True)
 
     def _prompted(self, options: DecodeOptions) -> DecodeOptions:
         """`options` with the prompt: the user's, then the committed text before the buffer."""

@@ -115,6 +115,19 @@ def test_the_committed_tail_heard_again_later_is_not_committed_twice_unless_hear
     # word in the silence after it), the words before it as committed
     later = [*words("3, 2, 1,"), StreamWord(3.1, 3.12, " 0."), *words("Physics works", start=4.0)]
     assert texts(policy.update(later) + policy.update(later)) == "Physics works"
+    # the lecture's "Physics" committed 1.4 s before it was said (heard so by two hypotheses), then heard in
+    # place by a hypothesis over a buffer from before it, which hears no word before its committed end
+    policy = LocalAgreement()
+    policy.update(words("0. Physics"))
+    policy.update(words("0. Physics"))  # "Physics" 0.5-1.0 s
+    in_place = words("Physics works and", start=2.4)
+    assert texts(policy.update(in_place, heard_from=0.2) + policy.update(in_place, heard_from=0.2)) == "works and"
+    # after a cut at its end the buffer does not hold it: a word said again
+    policy = LocalAgreement()
+    policy.update(words("0. Physics"))
+    policy.update(words("0. Physics"))
+    assert texts(policy.update(in_place, heard_from=1.0) + policy.update(in_place, heard_from=1.0)) == \
+        "Physics works and"
     # a hypothesis that hears the committed "0." where it was committed, or a little later (mostly
     # before its committed end), and another 1.5 s later: said twice
     for heard_again in ([StreamWord(1.5, 2.0, " 0.")], [StreamWord(1.6, 2.1, " 0.")]):
