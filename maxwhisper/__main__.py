@@ -333,8 +333,8 @@ def add_stream_arguments(p: argparse.ArgumentParser) -> None:
                 "fallback: a hypothesis segment that fails the offline rules (compression ratio, log probability) "
                 "is not committed and waits for more audio, nor are words repeating the 4 or more words "
                 "before them; MAX and faster-whisper hear the buffer and 5 s of silence, and the 30 s window "
-                "where that hypothesis is held back. Where the last one held something back, the stream's end "
-                "hears the buffer once more as the offline transcription does, with its fallback.")
+                "where that hypothesis is held back. Where the last one's window failed those rules, the stream's "
+                "end hears the buffer once more as the offline transcription does, with its fallback.")
 
 
 def run_stream(args: argparse.Namespace) -> int:

@@ -157,15 +157,16 @@ class LocalAgreement:
         word's audio (from `heard_from`) and neither the last word it heard before the committed end nor
         one dropped so was that word (which then moved later: the lecture's countdown "0." heard 1.1 s past
         its committed end after a cut, and its "Physics" committed 1.4 s before it was said and heard in
-        place next; where the hypothesis heard the word in place, a repeat further on was said again). (Word times move
-        by a few tenths of a second between hypotheses: a cut on start times would drop the next word.)"""
+        place next; where the hypothesis heard the word in place, a repeat further on was said again).
+        (Word times move by a few tenths of a second between hypotheses: a cut on start times would drop
+        the next word.)"""
         if not self.committed:
             return list(hypothesis)
         last = self.committed[-1]
         before = [w for w in hypothesis if w.end <= last.end]
         new = [w for w in hypothesis if w.end > last.end]
         heard_as_committed = bool(before) and _key(before[-1].text) == _key(last.text)
-        moved = last.start >= heard_from and not heard_as_committed  # the last committed word not heard where it was
+        moved = last.start >= heard_from and not heard_as_committed  # (not heard where it was committed)
         if new and (new[0].start + new[0].end) / 2 < last.end and not heard_as_committed:
             new, moved = new[1:], False
         if new and (new[0].start - last.end < 1 or moved):
@@ -280,14 +281,13 @@ class Streamer:
         else:
             result = self.transcriber.transcribe(self.buffer[:heard], options)
         timings = result.timings  # compute: without a graph compiled on first use (MAX's alignment graph)
-        failed, _ = self._held_back_from(result.segments, options)
-        if (self.windowed and failed < len(result.segments)
-                and heard_frames(heard, STREAM_PADDING_S) < N_FRAMES):  # else the padded window was 30 s
+        words, held_back = self._hypothesis(result.segments, options)
+        if self.windowed and held_back and heard_frames(heard, STREAM_PADDING_S) < N_FRAMES:  # else it heard 30 s
             result, self.draft = self.transcriber.transcribe_window(self.buffer[:heard], options, draft,
                                                                      padding_s=None)
             timings = _one_after_the_other(timings, result.timings)
+            words, held_back = self._hypothesis(result.segments, options)
         self.last_compute_s = timings.total_s
-        words, held_back = self._hypothesis(result.segments, options)
         heard_until = self.buffer_start + min(heard, self.audible or heard) / SAMPLE_RATE
         committed = self.policy.update(words, heard_until, self.buffer_start)
         if committed and self.options.language is None:  # detected once: a detection hears a 30 s window
