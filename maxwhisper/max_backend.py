@@ -10,6 +10,7 @@ from .api import DecodeOptions, MaxWhisperError, Timings, TranscriptionResult, e
 from .audio import N_SAMPLES, SAMPLE_RATE, STREAM_PADDING_S, heard_frames, log_mel_spectrogram
 from .batched import transcribe_batched
 from .checkpoint import load_checkpoint
+from .graph.layers import start_kernel_library
 from .graph.model import MaxWhisper, resolve_device
 from .graph.shared_steps import SharedModel
 from .transcribe import _check_request, transcribe
@@ -25,8 +26,10 @@ class MaxTranscriber:
         decoder steps, up to that many windows at a time (`graph.shared_steps`); their tokens are
         those each would get alone."""
         start = time.perf_counter()
-        self.checkpoint = load_checkpoint(model)
         self.device, self.device_note = resolve_device(device)  # note: why "auto" fell back to the CPU
+        if kernels and self.device == "cpu":  # a cold cache compiles the Mojo kernels meanwhile
+            start_kernel_library()
+        self.checkpoint = load_checkpoint(model)
         self.model, self.precision = self.checkpoint.name, precision
         self.net = MaxWhisper(self.checkpoint, self.device, precision, threads, kernels)
         self.max_batch = max_batch

@@ -87,7 +87,7 @@ def run_checks(max_transcriber=None, reference=None, audio_path: str | Path | No
         stem = torch.nn.functional.gelu(enc.conv2(torch.nn.functional.gelu(enc.conv1(t_mel)))).permute(0, 2, 1)
         block_in = stem + enc.positional_embedding[: stem.shape[1]]
         refs = {
-            "conv_stem": (mel, stem),
+            "conv_stem": (mel, block_in),  # the convolutions and the positional embedding
             "attention": (block_in.numpy(), enc.blocks[0].attn(enc.blocks[0].attn_ln(block_in))[0]),
             "encoder_block": (block_in.numpy(), enc.blocks[0](block_in)),
         }

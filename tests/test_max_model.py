@@ -476,31 +476,35 @@ def test_int8_quantization_is_per_output_channel():
     assert (np.abs(q * scale[:, None] - w) <= scale[:, None] / 2 * (1 + 1e-6)).all()
 
 
-def test_cross_kv_quantization_in_the_graph_is_quantize_int8_per_key_and_value():
-    """`encoder.quantized`, how the int8 encoder graph stores the cross K/V: over the last axis (a
-    key's Dh values) and over the one before (a value's, in V^T), the int8 numbers `quantize_int8`
-    gives the same slices as rows, and its scales but for float32 rounding (MAX may divide by 127 as
-    a multiplication); an all-zero slice is 0 with scale 1."""
+def test_cross_layout_kernel_lays_out_and_quantizes_every_layers_keys_and_values():
+    """`cross_layout`, how the encoder graph stores the cross K/V from its one projection of every
+    layer's keys and values: K [L, B, H, T, Dh] and V^T [L, B, H, Dh, T] as they are in float32; in
+    int8 each key's and each value's Dh numbers as `quantize_int8` quantizes a row, its scale beside
+    it; an all-zero key is 0 with scale 1."""
     from max.dtype import DType
     from max.graph import DeviceRef, TensorType
 
-    from maxwhisper.graph.encoder import quantized
+    from maxwhisper.graph.layers import cross_layout_kernel
     from maxwhisper.graph.weights import quantize_int8
 
+    layers, b, t, h, dh = 2, 2, 37, 3, 16
     rng = np.random.default_rng(0)
-    x = (rng.standard_normal((2, 3, 5, 16)) * rng.uniform(0.1, 10, (2, 3, 5, 1))).astype(np.float32)
-    x[1, 2, 4] = 0
-    x[0, 1, :, 7] = 0
-    types = [TensorType(DType.float32, x.shape, device=DeviceRef.CPU())]
-    run = _kernel_graph("cross_kv_quantization_test", types, lambda t: [*quantized(t, -1), *quantized(t, -2)])
-    q_key, s_key, q_value, s_value = run(x)
-    for q, scale, axes in ((q_key, s_key, (0, 1, 2, 3)), (q_value, s_value, (0, 1, 3, 2))):
-        rows = x.transpose(axes)  # each quantized slice a row
-        expected_q, expected_scale = quantize_int8(rows.reshape(-1, rows.shape[-1]))
+    kv = (rng.standard_normal((b, t, layers * 2 * h * dh)) * rng.uniform(0.1, 10, (b, t, 1))).astype(np.float32)
+    kv[1, 5, 2 * h * dh: 2 * h * dh + dh] = 0  # layer 1's first head's key at t = 5, batch 1
+    # [B, T, L, 2, H, Dh] -> keys [L, B, H, T, Dh], values [L, B, H, T, Dh]
+    split = kv.reshape(b, t, layers, 2, h, dh).transpose(3, 2, 0, 4, 1, 5)
+    types = [TensorType(DType.float32, ["b", "t", kv.shape[2]], device=DeviceRef.CPU())]
+    k, v_t = _kernel_graph("cross_layout_test", types, lambda x: cross_layout_kernel(x, layers, h, False))(kv)
+    np.testing.assert_array_equal(k, split[0])
+    np.testing.assert_array_equal(v_t, split[1].transpose(0, 1, 2, 4, 3))
+    run = _kernel_graph("cross_layout_int8_test", types, lambda x: cross_layout_kernel(x, layers, h, True))
+    q_key, q_value_t, s_key, s_value = run(kv)
+    for q, scale, rows in ((q_key, s_key, split[0]), (q_value_t.transpose(0, 1, 2, 4, 3), s_value, split[1])):
+        expected_q, expected_scale = quantize_int8(rows.reshape(-1, dh))
         assert q.dtype == np.int8 and scale.dtype == np.float32 and scale.shape == rows.shape[:-1]
-        np.testing.assert_allclose(scale.ravel(), expected_scale, rtol=2e-7, atol=0)
-        np.testing.assert_array_equal(q.transpose(axes).reshape(expected_q.shape), expected_q)
-    assert s_key[1, 2, 4] == 1 and (q_key[1, 2, 4] == 0).all() and s_value[0, 1, 7] == 1
+        np.testing.assert_array_equal(scale.ravel(), expected_scale)
+        np.testing.assert_array_equal(q.reshape(expected_q.shape), expected_q)
+    assert s_key[1, 1, 0, 5] == 1 and (q_key[1, 1, 0, 5] == 0).all()
 
 
 def _tile_assembly(program: str, cpu: str, tmp_path) -> str:
@@ -683,11 +687,11 @@ def test_kernel_library_is_compiled_once_and_a_broken_kernel_is_a_clear_error(tm
     assert sorted(p.name for p in package.parent.iterdir()) == [package.name]  # no staging folder left
 
 
-def test_a_compiled_cpu_graph_is_kept_on_disk_and_the_next_load_uses_it(tmp_path, monkeypatch):
+def test_compiled_cpu_graphs_are_kept_on_disk_and_the_next_load_uses_them(tmp_path, monkeypatch):
     from max import driver
     from max.dtype import DType
     from max.engine import InferenceSession
-    from max.graph import DeviceRef, Graph, TensorType
+    from max.graph import DeviceRef, Graph, Module, TensorType
 
     from maxwhisper.graph import compiled
 
@@ -716,6 +720,22 @@ def test_a_compiled_cpu_graph_is_kept_on_disk_and_the_next_load_uses_it(tmp_path
     mended = compiled.compile_cpu_graph(session, scale(2.0))
     assert np.array_equal(session.init(mended).execute(driver.Buffer.from_numpy(x))[0].to_numpy(), 2 * x)
     assert path.read_bytes() != b"not an artifact"
+
+    def offset(k: float, module) -> Graph:
+        with Graph(f"offset_{k:g}", input_types=[TensorType(DType.float32, [4], DeviceRef.CPU())],
+                   module=module) as graph:
+            graph.output(graph.inputs[0].tensor + k)
+        return graph
+
+    module = Module()  # two graphs compiled together: one artifact, found by both graphs' text
+    pair = compiled.artifact_path([offset(1.0, module), offset(2.0, module)])
+    both = session.init_all(compiled.compile_cpu_graph(session, module, pair))
+    assert pair.exists() and pair != compiled.artifact_path([offset(1.0, None), offset(3.0, None)])
+    compiles.clear()
+    loaded = session.init_all(compiled.compile_cpu_graph(session, lambda: 1 / 0, pair))  # not built again
+    assert compiles == [str(pair)]
+    for models in (both, loaded):
+        assert np.array_equal(models["offset_2"].execute(driver.Buffer.from_numpy(x))[0].to_numpy(), x + 2)
 
     unwritable = tmp_path / "a file"  # a cache folder that cannot be written (even by root)
     unwritable.write_text("")
@@ -784,9 +804,9 @@ def test_batched_greedy_windows_equal_their_single_decodes(max_tiny_en, jfk_audi
     rows = _token_step_rows(max_tiny_en.net, monkeypatch)
     batch = decode(max_tiny_en.net, mels, language="en")
     short = min(len(r.tokens) for r in batch)
-    # both rows step until jfk's eot, then the lecture's alone (the step after the prompt chose a
-    # row's first token, each later step one more)
-    assert rows == [2] * short + [1] * (len(rows) - short) and len(rows) > short
+    # both rows step until jfk's eot, then the lecture's alone (the prompt, one token, is a token step
+    # too: it chose a row's first token, each later step one more)
+    assert rows == [2] * (short + 1) + [1] * (len(rows) - short - 1) and len(rows) > short + 1
     for mel, together in zip(mels, batch, strict=True):
         alone = decode(max_tiny_en.net, mel, language="en")
         assert together.tokens == alone.tokens and len(alone.tokens) > 10
@@ -795,9 +815,9 @@ def test_batched_greedy_windows_equal_their_single_decodes(max_tiny_en, jfk_audi
 
 
 def test_a_short_prompt_runs_as_token_steps(max_tiny_en, jfk_audio, lecture_60s_audio, monkeypatch):
-    """A window's prompt without previous text (sot, notimestamps) runs as one-token steps of the
+    """A window's prompt without previous text (sot, [notimestamps]) runs as one-token steps of the
     token step graph instead of the generic step graph, with the same tokens, log probabilities
-    and no-speech probabilities as there."""
+    and no-speech probabilities as there: a first window needs only the graphs compiled at load."""
     from maxwhisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram
     from maxwhisper.decoding import decode
     from maxwhisper.graph import model
@@ -807,6 +827,9 @@ def test_a_short_prompt_runs_as_token_steps(max_tiny_en, jfk_audio, lecture_60s_
                      for a in (jfk_audio, lecture_60s_audio)])
     graphs, run = [], net.run
     monkeypatch.setattr(net, "run", lambda graph, *inputs: graphs.append(graph) or run(graph, *inputs))
+    decode(net, mels, language="en")  # with timestamps the prompt is sot alone: one token step
+    assert net.graphs.get("decoder_step") not in graphs and graphs.count(net.token_step) > 2
+    graphs.clear()
     stepped = decode(net, mels, language="en", without_timestamps=True)
     assert net.decoder not in graphs and graphs.count(net.token_step) > 2
     graphs.clear()

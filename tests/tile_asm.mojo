@@ -8,7 +8,7 @@ from std.sys import argv
 
 @no_inline
 def one_tile(x: F32, rows: Int, kd: Int, panels: F32, bias: F32, y: F32):
-    tile[False, MR, TILE_PANELS](x, rows, kd, panels, bias, False, y, y, TILE_PANELS * NR)
+    tile[False, MR, TILE_PANELS](x, kd, rows, kd, panels, bias, False, y, y, TILE_PANELS * NR)
 
 
 def main():

@@ -1,13 +1,13 @@
 """Compiled CPU graphs kept on disk as MAX artifacts (`.mef`), so that a process loads a model's
 graphs without compiling them again.
 
-MAX's own compile cache still takes most of a second per graph on a hit (the three graphs a model
-loads: most of a model's start, paid by every bulk worker and every command); an exported artifact
+MAX's own compile cache still takes most of a second per graph on a hit; an exported artifact
 loads in milliseconds and runs the same code. An artifact is found by a digest of everything its
-code depends on: the graph's text (its ops, shapes, dtypes and constants; the weights are the
-registry's, bound after loading), the Mojo kernel package it calls (named by its own digest), the
-MAX version and the CPU it was compiled for. Only for the CPU device: a GPU compiles through MAX's
-cache as before.
+code depends on: the graphs' text (their ops, shapes, dtypes and constants; the weights are the
+registry's, bound after loading), the Mojo kernel package they call (named by its own digest), the
+MAX version and the CPU it was compiled for. Graphs compiled together go into one MAX `Module`
+and one artifact: a cold compile pays MAX's fixed cost per compile once for all of them
+(docs/design.md, "Start-up"). Only for the CPU device: a GPU compiles through MAX's cache.
 """
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ import platform
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 
 from max.engine import InferenceSession
-from max.graph import Graph
+from max.graph import Graph, Module
 from max.graph.graph import KernelLibrary
 
 from .layers import cache_folder, kernel_library
@@ -40,12 +41,14 @@ def _cpu() -> str:
     return "\n".join(sorted({line for line in lines if line.split(":")[0].strip() in fields}))
 
 
-def artifact_path(graph: Graph) -> Path:
-    """Where the artifact of `graph` compiled for this CPU lives."""
+def artifact_path(graphs: Graph | Sequence[Graph]) -> Path:
+    """Where the artifact of `graphs`, compiled together for this CPU, lives."""
+    graphs = [graphs] if isinstance(graphs, Graph) else list(graphs)
     digest = hashlib.sha256()
-    for part in (importlib.metadata.version("max"), _cpu(), kernel_library().name, str(graph)):
+    for part in (importlib.metadata.version("max"), _cpu(), kernel_library().name, *map(str, graphs)):
         digest.update(part.encode() + b"\0")
-    return cache_folder() / "graphs" / f"{graph.name}_{digest.hexdigest()[:24]}.mef"
+    name = "+".join(g.name for g in graphs)
+    return cache_folder() / "graphs" / f"{name}_{digest.hexdigest()[:24]}.mef"
 
 
 _unchecked = threading.local()  # .on: graphs built on this thread skip MAX's custom op check
@@ -75,22 +78,28 @@ if _verify_custom_op is not None:
     KernelLibrary.verify_custom_op = _check_custom_op
 
 
-def compile_cpu_graph(session: InferenceSession, graph: Graph, path: Path | None = None):
+def compile_cpu_graph(session: InferenceSession, graph: Graph | Module | Callable[[], Graph | Module],
+                      path: Path | None = None):
     """`graph` compiled for `session` (on the CPU): from its artifact when one was exported, else
-    compiled and its artifact exported for the next process. `path`: its `artifact_path`, where the
-    caller has it already (hashing a graph's text takes milliseconds)."""
-    path = path or artifact_path(graph)
+    compiled and its artifact exported for the next process. `graph`: a Graph, a Module of graphs
+    built with `module=`, or what builds one of them when it must be compiled (then with `path`,
+    as a Module must be: its `artifact_path`)."""
+    if path is None:
+        path = artifact_path(graph)
     if path.exists():
         try:
             return session.compile(str(path))
         except Exception:  # an unreadable artifact (a damaged disk, a copied cache) is compiled again
             with contextlib.suppress(OSError):
                 path.unlink()
-    compiled = session.compile(graph)
+    unit = graph if isinstance(graph, Graph | Module) else graph()
+    # a Module's graphs call the kernel package too, but only a Graph names it to the session itself
+    compiled = session.compile(unit, custom_extensions=[kernel_library()] if isinstance(unit, Module) else None)
     try:
         _export(compiled, path)
     except Exception as error:  # a read-only or full cache: the next process compiles again
-        warnings.warn(f"could not keep the compiled graph {graph.name} on disk: {error}", stacklevel=2)
+        name = unit.name if isinstance(unit, Graph) else "+".join(unit.top_level_graph_names())
+        warnings.warn(f"could not keep the compiled graph {name} on disk: {error}", stacklevel=2)
     return compiled
 
 

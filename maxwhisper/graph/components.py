@@ -18,7 +18,7 @@ def build_component(model: MaxWhisper, name: str):
     in_shape = ["batch", d.n_mels, "frames"] if name == "conv_stem" else ["batch", "ctx", d.n_audio_state]
     plan = model.plan
     body = {
-        "conv_stem": lambda x: conv_stem(w, x),
+        "conv_stem": lambda x: conv_stem(w, x, plan),
         "attention": lambda x: self_attention(w, "encoder.blocks.0", x, d.n_audio_head, plan),
         "encoder_block": lambda x: encoder_block(w, "encoder.blocks.0", x, d.n_audio_head, plan),
     }[name]

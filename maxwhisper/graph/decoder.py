@@ -24,13 +24,13 @@ from collections.abc import Callable
 
 import numpy as np
 from max.dtype import DType
-from max.graph import BufferType, DeviceRef, Graph, TensorType, TensorValue, ops
+from max.graph import BufferType, DeviceRef, Graph, Module, TensorType, TensorValue, ops
 
 from ..checkpoint import ModelDims
 from .layers import (MakeLinear, WeightBank, attend_few_rows, attention, attention_scores_few_rows,
                      cross_attention_int8, dim_value, few_row_attention, few_row_linear, few_row_linear_int8,
-                     greedy_choice, kernel_library, layer_norm, linear_few_rows, merge_heads, packed_linear_bf16,
-                     packed_linear_int8, split_heads, vocab_projection_int4)
+                     greedy_choice, kernel_library, layer_norm, layer_norm_gather, linear_few_rows, merge_heads,
+                     packed_linear_bf16, packed_linear_int8, split_heads, token_embedding, vocab_projection_int4)
 from .plan import ExecutionPlan
 
 OFFSET_TYPE = TensorType(DType.int64, [], device=DeviceRef.CPU())  # the cache's write offset, on the host
@@ -47,20 +47,20 @@ def masked_attention(mask: TensorValue | None) -> Attend:
 
 def decoder_block(w: WeightBank, p: str, dims: ModelDims, x: TensorValue, self_kv: SelfKV, self_attend: Attend,
                   cross_attend: Attend, cross_k: TensorValue, cross_v_t: TensorValue,
-                  make_linear: MakeLinear = linear_few_rows) -> TensorValue:
-    """x [B, n, d] -> x [B, n, d]"""
+                  make_linear: MakeLinear = linear_few_rows, norm=layer_norm) -> TensorValue:
+    """x [B, n, d] -> x [B, n, d]; norm: the layer norm (`plan.layer_norm`)"""
     d, h = dims.n_text_state, dims.n_text_head
 
     def linear(name: str):
         return make_linear(w, f"{p}.{name}")
 
-    q, k, v = ops.split(linear("attn.qkv")(layer_norm(w, f"{p}.attn_ln", x)), [d] * 3, axis=-1)
+    q, k, v = ops.split(linear("attn.qkv")(norm(w, f"{p}.attn_ln", x)), [d] * 3, axis=-1)
     k, v_t = self_kv(split_heads(k, h), ops.permute(split_heads(v, h), [0, 1, 3, 2]))
     x = x + linear("attn.out")(merge_heads(self_attend(split_heads(q, h), k, v_t)))
 
-    q = linear("cross_attn.query")(layer_norm(w, f"{p}.cross_attn_ln", x))
+    q = linear("cross_attn.query")(norm(w, f"{p}.cross_attn_ln", x))
     x = x + linear("cross_attn.out")(merge_heads(cross_attend(split_heads(q, h), cross_k, cross_v_t)))
-    h_mlp = linear("mlp.0")(layer_norm(w, f"{p}.mlp_ln", x))
+    h_mlp = linear("mlp.0")(norm(w, f"{p}.mlp_ln", x))
     return x + linear("mlp.2")(ops.gelu(h_mlp))
 
 
@@ -73,9 +73,9 @@ def _embed(w: WeightBank, tokens: TensorValue, positions: TensorValue, half: boo
             + ops.gather(w("decoder.positional_embedding"), positions, axis=0))
 
 
-def _logits(w: WeightBank, x: TensorValue, make_linear: MakeLinear = linear_few_rows) -> TensorValue:
+def _logits(w: WeightBank, x: TensorValue, make_linear: MakeLinear = linear_few_rows, norm=layer_norm) -> TensorValue:
     """final layer norm, then the tied output projection: [B, k, d] -> float32 [B, k, n_vocab]"""
-    return make_linear(w, "decoder.token_embedding")(layer_norm(w, "decoder.ln", x)).cast(DType.float32)
+    return make_linear(w, "decoder.token_embedding")(norm(w, "decoder.ln", x)).cast(DType.float32)
 
 
 def cache_shapes(dims: ModelDims, batch) -> list[list]:
@@ -135,14 +135,15 @@ def block_linear(plan: ExecutionPlan) -> MakeLinear:
     return packed_linear_int8 if plan.int8 else packed_linear_bf16 if plan.bf16 else step_linear(plan)
 
 
-def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) -> Graph:
+def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, module: Module | None = None) -> Graph:
     """Inputs: tokens int64 [B, n]; positions int64 [n] (absolute); offset int64 [] on the host (= positions[0]);
     mask float32 [n, n_text_ctx] (0 where a query may attend, -inf elsewhere); logit_index int64 [k]
     (which of the n positions to project to logits); when the plan's step graph chooses, suppress
     float32 [B, n_vocab] and timestamp_begin int64 [1]; the cross-attention tensors (`cross_layout`);
     then per layer the cache buffers K [B, H, n_text_ctx, Dh] and V^T [B, H, Dh, n_text_ctx].
     Outputs: logits float32 [B, k, n_vocab]; when it chooses also the greedy token int64 [B] after
-    the last of the k positions and its log probability float32 [B] (`layers.greedy_choice`)."""
+    the last of the k positions and its log probability float32 [B] (`layers.greedy_choice`).
+    module: as `encoder.build_encoder_graph`'s."""
     L, S, dev = dims.n_text_layer, dims.n_text_ctx, w.device
     use_kernel = plan.step_kernels
     choice_types = [TensorType(DType.float32, ["batch", dims.n_vocab], device=dev),
@@ -159,7 +160,7 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) -> 
     ]
     n_cross = len(types) - 5 - len(choice_types) - 2 * L
     with Graph("whisper_decoder_step", input_types=types,
-               custom_extensions=[kernel_library()] if use_kernel else []) as graph:
+               custom_extensions=[kernel_library()] if use_kernel else [], module=module) as graph:
         tokens, positions, offset, mask, logit_index = (v.tensor for v in graph.inputs[:5])
         choice_inputs = [v.tensor for v in graph.inputs[5:5 + len(choice_types)]]
         cross_start = 5 + len(choice_types)
@@ -201,8 +202,8 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) -> 
         for i in range(L):
             x = decoder_block(w, f"decoder.blocks.{i}", dims, x, cached(i), self_attend,
                               int8_cross_attention(i) if plan.cross_int8 else cross_attend,
-                              cross_k[i], cross_v_t[i], block_linear(plan))
-        logits = _logits(w, ops.gather(x, logit_index, axis=1), projection_linear(plan))
+                              cross_k[i], cross_v_t[i], block_linear(plan), plan.layer_norm)
+        logits = _logits(w, ops.gather(x, logit_index, axis=1), projection_linear(plan), plan.layer_norm)
         graph.output(logits, *(greedy_choice(logits, *choice_inputs) if use_kernel else []))
     return graph
 
@@ -233,7 +234,7 @@ def decoder_layer_step(w: WeightBank, p: str, x: TensorValue, cache_k, cache_v_t
                                                                positions], out)[0].tensor
 
 
-def build_token_step_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) -> Graph:
+def build_token_step_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, module: Module | None = None) -> Graph:
     """The step graph for one new token of each of some of B sequences (every greedy or beam step
     after the prompt) on the CPU: each layer one `decoder_layer_step` kernel instead of ~25 ops, no
     `ops.cond`. Each sequence has its own position, so decodings of different lengths step
@@ -244,25 +245,24 @@ def build_token_step_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) 
     timestamp_begin int64 [k] or [1]; the cross-attention tensors (`cross_layout`); then per
     layer the cache buffers K [B, H, n_text_ctx, Dh] and V^T [B, H, Dh, n_text_ctx].
     Outputs for the k rows: logits float32 [k, 1, n_vocab], tokens int64 [k], log probabilities
-    float32 [k] (as `build_decoder_graph`'s)."""
-    dev, d = w.device, dims.n_text_state
+    float32 [k] (as `build_decoder_graph`'s). module: as `encoder.build_encoder_graph`'s."""
+    dev = w.device
     types = [TensorType(DType.int64, ["batch", 1], device=dev), TensorType(DType.int64, ["batch"], device=dev),
              TensorType(DType.int64, ["rows"], device=dev),
              TensorType(DType.float32, ["rows", dims.n_vocab], device=dev),
              TensorType(DType.int64, ["rows_or_1"], device=dev)]
     cross_types = _cross_types(dims, w.dtype, dev, "batch", plan.cross_int8)
     types += cross_types + _cache_types(dims, w.dtype, dev)
-    with Graph("whisper_token_step", input_types=types, custom_extensions=[kernel_library()]) as graph:
+    with Graph("whisper_token_step", input_types=types, custom_extensions=[kernel_library()], module=module) as graph:
         tokens, positions, rows, suppress, timestamp_begin = (v.tensor for v in graph.inputs[:5])
         cross = [v.tensor for v in graph.inputs[5:5 + len(cross_types)]]
         caches = [v.buffer for v in graph.inputs[5 + len(cross_types):]]
-        batch = tokens.shape[0]
-        table_rows = ops.max(positions, ops.constant(0, DType.int64, device=dev))  # a row sitting out reads row 0
-        x = ops.reshape(_embed(w, tokens, ops.reshape(table_rows, [batch, 1]), half=True), [batch, d])
+        x = token_embedding(w, tokens, positions)
         for i in range(dims.n_text_layer):
             x = decoder_layer_step(w, f"decoder.blocks.{i}", x, caches[2 * i], caches[2 * i + 1],
                                    [c[i] for c in cross], positions, plan.int8)
-        logits = _logits(w, ops.reshape(ops.gather(x, rows, axis=0), [rows.shape[0], 1, d]), projection_linear(plan))
+        x = layer_norm_gather(w, "decoder.ln", x, rows)
+        logits = ops.reshape(projection_linear(plan)(w, "decoder.token_embedding")(x), [rows.shape[0], 1, dims.n_vocab])
         graph.output(logits, *greedy_choice(logits, suppress, timestamp_begin))
     return graph
 

@@ -8,6 +8,7 @@ import hashlib
 import importlib.metadata
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,6 +57,15 @@ class WeightBank:
         k, n = self.arrays[name].shape
         return self._weight(f"{name}.panels", DType.float32, (n // PANEL, k, PANEL), lambda: np.ascontiguousarray(
             self.arrays[name].reshape(k, n // PANEL, PANEL).transpose(1, 0, 2), dtype=np.float32))
+
+    def conv_panels(self, prefix: str) -> Weight:
+        """The kernel-3 convolution `{prefix}.weight_rscf` [1, 3, C_in, C_out] as the im2col
+        matrix [3 C_in, C_out] (row j C_in + c: tap j of channel c) in 16-column panels
+        [C_out / 16, 3 C_in, 16], for `conv_stem`."""
+        _, taps, c_in, c_out = self.arrays[f"{prefix}.weight_rscf"].shape
+        return self._weight(f"{prefix}.panels", DType.float32, (c_out // PANEL, taps * c_in, PANEL),
+                            lambda: np.ascontiguousarray(self.arrays[f"{prefix}.weight_rscf"].reshape(
+                                taps * c_in, c_out // PANEL, PANEL).transpose(1, 0, 2), dtype=np.float32))
 
     def int8_panels(self, name: str) -> tuple[Weight, Weight, Weight]:
         """The linear weight `name` quantized per output channel (`int8`) for `packed_linear_int8`:
@@ -315,6 +325,33 @@ def layer_norm(w: WeightBank, prefix: str, x: TensorValue) -> TensorValue:
     return out.cast(x.dtype)
 
 
+def layer_norm_gather(w: WeightBank, prefix: str, x: TensorValue, rows: TensorValue) -> TensorValue:
+    """`layer_norm_kernel` of the rows `rows` (int64 [k]) of x float32 [B, d] -> [k, d], one CPU kernel."""
+    out = TensorType(DType.float32, [rows.shape[0], x.shape[1]], device=x.device)
+    inputs = [x, rows, w(f"{prefix}.weight"), w(f"{prefix}.bias")]
+    return ops.custom("layer_norm_gather", x.device, inputs, [out])[0].tensor
+
+
+def token_embedding(w: WeightBank, tokens: TensorValue, positions: TensorValue) -> TensorValue:
+    """The decoder's input for one new token of each of B sequences as one CPU kernel
+    (`kernels/decoder_layer.mojo`): tokens int64 [B, 1], positions int64 [B] (negative: a row
+    sitting the step out, which reads position 0) -> float32 [B, d], the token embedding read from
+    its float16 copy (the one `few_row_linear` reads as the output projection)."""
+    table = w.half("decoder.token_embedding.weight")
+    out = TensorType(DType.float32, [tokens.shape[0], table.shape[1]], device=tokens.device)
+    inputs = [tokens, positions, table, w("decoder.positional_embedding")]
+    return ops.custom("token_embedding", tokens.device, inputs, [out])[0].tensor
+
+
+def layer_norm_kernel(w: WeightBank, prefix: str, x: TensorValue) -> TensorValue:
+    """`layer_norm` as one CPU kernel (`kernels/layer_norm.mojo`), float32 x [..., d], d a multiple of 8."""
+    *lead, d = x.shape
+    flat = ops.reshape(x, [-1, d])
+    out = TensorType(DType.float32, flat.shape, device=x.device)
+    y = ops.custom("layer_norm_rows", x.device, [flat, w(f"{prefix}.weight"), w(f"{prefix}.bias")], [out])[0].tensor
+    return ops.reshape(y, [*lead, d])
+
+
 def split_heads(x: TensorValue, n_head: int) -> TensorValue:
     """[B, T, d] -> [B, H, T, Dh]"""
     b, t, d = x.shape
@@ -392,24 +429,40 @@ def _kernels_digest(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+_compiling = threading.Lock()  # one compile of the package at a time in a process (`start_kernel_library`)
+
+
+def start_kernel_library() -> None:
+    """`kernel_library` started on a thread of its own: the compiler runs while the caller loads
+    weights (a cold cache's first seconds)."""
+    threading.Thread(target=kernel_library, name="kernel-library", daemon=True).start()
+
+
 def kernel_library() -> Path:
     """`KERNELS` compiled to a Mojo package, once per source and compiler version, for a Graph's
     `custom_extensions`: given the source folder, MAX recompiles it for every Graph."""
     cache = cache_folder()
     package = cache / f"kernels_{_kernels_digest(KERNELS)}.mojoc"
-    if not package.exists():
-        from mojo.run import subprocess_run_mojo
-
-        # compiled under its final name (the compiler bakes it in) in a folder of this call's own
-        # (processes and app threads may race on a cold cache), then moved into place atomically
-        cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="staging-", dir=cache) as staging:
-            staged = Path(staging) / package.name
-            done = subprocess_run_mojo(["precompile", str(KERNELS), "-o", str(staged)], capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RuntimeError(f"compiling the Mojo kernels in {KERNELS} failed:\n{done.stderr[-2000:]}")
-            os.replace(staged, package)
+    if package.exists():
+        return package
+    with _compiling:
+        if not package.exists():
+            _compile_kernels(cache, package)
     return package
+
+
+def _compile_kernels(cache: Path, package: Path) -> None:
+    from mojo.run import subprocess_run_mojo
+
+    # compiled under its final name (the compiler bakes it in) in a folder of this call's own
+    # (processes may race on a cold cache), then moved into place atomically
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="staging-", dir=cache) as staging:
+        staged = Path(staging) / package.name
+        done = subprocess_run_mojo(["precompile", str(KERNELS), "-o", str(staged)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"compiling the Mojo kernels in {KERNELS} failed:\n{done.stderr[-2000:]}")
+        os.replace(staged, package)
 
 
 def encoder_attention(qkv: TensorValue, n_head: int, tile: tuple[int, int] = MACHINE_TILE) -> TensorValue:
@@ -462,6 +515,36 @@ def greedy_choice(logits: TensorValue, suppress: TensorValue, timestamp_begin: T
     b = logits.shape[0]
     out = [TensorType(DType.int64, [b], device=logits.device), TensorType(DType.float32, [b], device=logits.device)]
     return [v.tensor for v in ops.custom("greedy_choice", logits.device, [logits, suppress, timestamp_begin], out)]
+
+
+def conv_stem_kernel(w: WeightBank, mel: TensorValue) -> TensorValue:
+    """The encoder's two GELU convolutions and its positional embedding as one CPU kernel
+    (`kernels/conv_stem.mojo`): mel float32 [B, n_mels, frames] -> [B, ceil(frames / 2), d]."""
+    b, _, frames = mel.shape
+    bias = w("encoder.conv1.bias")
+    out = TensorType(DType.float32, [b, (frames + 1) // 2, bias.shape[0]], device=mel.device)
+    inputs = [mel, w.conv_panels("encoder.conv1"), bias, w.conv_panels("encoder.conv2"), w("encoder.conv2.bias"),
+              w("encoder.positional_embedding")]
+    return ops.custom("conv_stem", mel.device, inputs, [out])[0].tensor
+
+
+def conv_stem_kernel_fits(d: int) -> bool:
+    """The kernel's limit: whole pairs of 16-column panels (every Whisper's width)."""
+    return d % 32 == 0
+
+
+def cross_layout_kernel(kv: TensorValue, layers: int, heads: int, int8: bool) -> list[TensorValue]:
+    """Every decoder layer's cross-attention keys and values, projected together as kv float32
+    [B, T, layers x 2d], laid out as one CPU kernel (`kernels/cross_layout.mojo`): K [layers, B, H,
+    T, Dh] and V^T [layers, B, H, Dh, T]; int8: those in int8 and their scales [layers, B, H, T]."""
+    b, t, width = kv.shape
+    dh = int(width) // (2 * layers * heads)
+    dtype, dev = (DType.int8 if int8 else DType.float32), kv.device
+    scales = [layers, b, heads, t] if int8 else [0, 0, 0, 0]
+    out = [TensorType(dtype, [layers, b, heads, t, dh], device=dev), TensorType(dtype, [layers, b, heads, dh, t], device=dev),
+           TensorType(DType.float32, scales, device=dev), TensorType(DType.float32, scales, device=dev)]
+    values = [v.tensor for v in ops.custom("cross_layout", dev, [kv], out)]
+    return values if int8 else values[:2]
 
 
 def conv1d(w: WeightBank, prefix: str, x: TensorValue, stride: int) -> TensorValue:

@@ -20,7 +20,7 @@ from max import driver
 from max._mlir_context import ensure_default_mlir_context  # private, but what max.graph itself uses
 from max.dtype import DType
 from max.engine import InferenceSession
-from max.graph import DeviceRef, Graph
+from max.graph import DeviceRef, Graph, Module
 
 from ..api import BackendError
 from ..checkpoint import Checkpoint, ModelDims
@@ -35,7 +35,7 @@ from .weights import graph_arrays
 
 # int8: the weights; bf16: the encoder's and the prompts' linears; activations float32 between them
 DTYPES = {"fp32": DType.float32, "fp16": DType.float16, "int8": DType.float32, "bf16": DType.float32}
-# every graph a model may run; the first three are compiled at load, the rest on first use
+# every graph a model may run: those of `first_graphs` are compiled together at load, the rest on first use
 GRAPHS = ("encoder", "decoder_step", "token_step", "alignment", "cache_reorder", "batch_repeat")
 
 
@@ -46,9 +46,8 @@ GRAPHS = ("encoder", "decoder_step", "token_step", "alignment", "cache_reorder",
 # instead (docs/design.md: what it saved).
 RUNTIME_THREAD_SLACK_NS = 10_000_000
 # a prompt of at most this many tokens (a window without previous text: sot, [language, task,]
-# notimestamps) runs as that many one-token steps of the token step graph (fp32): the generic step graph
-# took 20 ms for two tokens of one row and 90 ms of six rows on a 2-core Zen 4, two token steps 14
-# and 30 ms
+# notimestamps) runs as that many one-token steps of the token step graph (`plan.prompt_token_steps`),
+# which cost less than the generic step graph's prompt call (docs/design.md, "Batched steps")
 PROMPT_TOKEN_STEPS = 3
 _PR_SET_TIMERSLACK, _PR_GET_TIMERSLACK = 29, 30
 
@@ -74,18 +73,28 @@ def graph_names(plan: ExecutionPlan) -> tuple[str, ...]:
     return tuple(name for name in GRAPHS if name != "token_step" or plan.token_step)
 
 
+def first_graphs(plan: ExecutionPlan) -> tuple[str, ...]:
+    """The graphs a model compiles at load: those a first window needs. Where a window's prompt
+    without previous text runs as token steps (`plan.prompt_token_steps`), the generic step graph,
+    about as long to compile as the two others together, waits for a prompt with previous text."""
+    if plan.prompt_token_steps:
+        return "encoder", "token_step"
+    return ("encoder", "decoder_step", "token_step") if plan.token_step else ("encoder", "decoder_step")
+
+
 def build_graph(name: str, arrays: dict[str, np.ndarray], dims: ModelDims, plan: ExecutionPlan,
-                copies: dict | None = None) -> tuple[Graph, dict[str, np.ndarray]]:
+                copies: dict | None = None, module: Module | None = None) -> tuple[Graph, dict[str, np.ndarray]]:
     """Graph `name` (one of GRAPHS) under `plan`, and the weights registry that fills it (arrays
-    from `weights.graph_arrays`; copies: float16, int8 and int4 copies shared between graphs)."""
+    from `weights.graph_arrays`; copies: float16, int8 and int4 copies shared between graphs;
+    module: built into it, the encoder and step graphs only)."""
     if name == "cache_reorder":
         return build_cache_reorder_graph(dims, plan.dtype, plan.device), {}
     if name == "batch_repeat":
         return build_batch_repeat_graph(dims, plan.dtype, plan.device, plan.cross_int8), {}
     w = WeightBank(arrays, plan.dtype, plan.device, copies)
-    graph = {"encoder": lambda: build_encoder_graph(w, dims, plan),
-             "decoder_step": lambda: build_decoder_graph(w, dims, plan),
-             "token_step": lambda: build_token_step_graph(w, dims, plan),
+    graph = {"encoder": lambda: build_encoder_graph(w, dims, plan, module),
+             "decoder_step": lambda: build_decoder_graph(w, dims, plan, module),
+             "token_step": lambda: build_token_step_graph(w, dims, plan, module),
              "alignment": lambda: build_alignment_graph(w, dims, plan)}[name]()
     return graph, w.registry()
 
@@ -188,17 +197,28 @@ class MaxWhisper:
                               int8=precision == "int8", bf16=precision == "bf16")
         start = time.perf_counter()
         self.session = InferenceSession(devices=[self.device])
-        self.encoder = self.built_and_loaded("encoder")
-        self.decoder = self.built_and_loaded("decoder_step")
-        self.token_step = self.built_and_loaded("token_step") if self.plan.token_step else None
+        self.graphs = dict(zip(first_graphs(self.plan), self.built_and_loaded(*first_graphs(self.plan))))
         self.compile_s = time.perf_counter() - start
-        self.lazy_graphs: dict[str, object] = {}  # compiled on first use (word timestamps, beams)
         self._lazy_lock = threading.Lock()
         self._running = threading.Lock()
         self._ran = False  # a graph call has run (the first one starts MAX's polling thread)
 
-    def build(self, name: str) -> tuple[Graph, dict[str, np.ndarray]]:
-        return build_graph(name, self.arrays, self.dims, self.plan, self.copies)
+    @property
+    def encoder(self):
+        return self.graphs["encoder"]
+
+    @property
+    def decoder(self):
+        """The generic step graph (compiled on first use where the token step graph exists)."""
+        return self.lazy_graph("decoder_step")
+
+    @property
+    def token_step(self):
+        """The one-token step graph, None without the CPU kernels."""
+        return self.graphs.get("token_step")
+
+    def build(self, name: str, module: Module | None = None) -> tuple[Graph, dict[str, np.ndarray]]:
+        return build_graph(name, self.arrays, self.dims, self.plan, self.copies, module)
 
     def to_device(self, array: np.ndarray) -> driver.Buffer:
         return driver.Buffer.from_numpy(np.require(array, requirements="C")).to(self.device)
@@ -228,37 +248,48 @@ class MaxWhisper:
                 return graph.execute(*inputs)
 
     def load_graph(self, graph, weights_registry: dict[str, np.ndarray], artifact: Path | None = None):
+        return self._loaded(graph, weights_registry, artifact)[graph.name]
+
+    def _loaded(self, graph, weights_registry: dict[str, np.ndarray], artifact: Path | None = None):
+        """The graphs of `graph` (as `compiled.compile_cpu_graph` takes it) compiled and bound to
+        their weights, by name."""
         # MLIR's current context is per thread and only the main thread has one entered: the app
         # and its warm-up compile from worker threads
         with ensure_default_mlir_context():
             if self.device_ref.is_cpu():
                 compiled = compile_cpu_graph(self.session, graph, artifact)
-                return self.session.init(compiled, weights_registry=weights_registry)
-            return self.session.load(graph, weights_registry=weights_registry)
+                return self.session.init_all(compiled, weights_registry=weights_registry)
+            return {graph.name: self.session.load(graph, weights_registry=weights_registry)}  # a GPU: a Graph
 
-    def built_and_loaded(self, name: str):
-        """Graph `name` built and loaded. On the CPU, built first without checking its custom ops
-        (`compiled.custom_ops_unchecked`) and loaded so when its compiled artifact exists (an
-        unreadable one is compiled again from that same text); else built again with the check and
-        compiled (the same text: the same artifact)."""
+    def built_and_loaded(self, *names: str) -> list:
+        """The graphs `names` built and loaded, on the CPU compiled together (one MAX Module, one
+        artifact). On the CPU, built first without checking their custom ops
+        (`compiled.custom_ops_unchecked`) and loaded so when their compiled artifact exists; else
+        (or where it is unreadable) built again with the check and compiled (the same text: the
+        same artifact)."""
         if not self.device_ref.is_cpu():
-            return self.load_graph(*self.build(name))
+            return [self.load_graph(*self.build(name)) for name in names]
         with custom_ops_unchecked():
-            graph, registry = self.build(name)
-        artifact = artifact_path(graph)
-        if not artifact.exists():
-            graph, registry = self.build(name)
-        return self.load_graph(graph, registry, artifact)
+            built = [self.build(name) for name in names]
+
+        def checked() -> Graph | Module:
+            module = Module() if len(names) > 1 else None
+            graphs = [self.build(name, module)[0] for name in names]
+            return module or graphs[0]
+        registry = {key: array for _, weights in built for key, array in weights.items()}
+        models = self._loaded(checked, registry, artifact_path([graph for graph, _ in built]))
+        return [models[graph.name] for graph, _ in built]
 
     def lazy_graph(self, name: str):
-        """"alignment", "cache_reorder" or "batch_repeat", compiled the first time it is needed
-        (once, when several threads transcribe at once)."""
+        """A graph not compiled at load ("decoder_step" with the token step graph, "alignment",
+        "cache_reorder", "batch_repeat"), compiled the first time it is needed (once, when
+        several threads transcribe at once)."""
         with self._lazy_lock:
-            if name not in self.lazy_graphs:
+            if name not in self.graphs:
                 start = time.perf_counter()
-                self.lazy_graphs[name] = self.built_and_loaded(name)
+                self.graphs[name] = self.built_and_loaded(name)[0]
                 self.compile_s += time.perf_counter() - start
-            return self.lazy_graphs[name]
+            return self.graphs[name]
 
     def alignment(self, tokens: np.ndarray, features: AudioFeatures) -> tuple[np.ndarray, np.ndarray]:
         """Whole-sequence decoder pass for word timestamps, for one audio window.
@@ -323,10 +354,8 @@ class MaxInference:
         m = self.model
         if rows is not None and not self.leaves_rows_out(tokens, positions):
             raise ValueError("only one-token steps on the token step graph leave rows out")
-        # int8's and bf16's prompts compute otherwise than their token steps (the int8 projection's
-        # and cross-attention's prompt paths, bf16 prompt linears): as steps their tokens changed
-        if rows is None and self.cached == 0 and 1 < n <= PROMPT_TOKEN_STEPS and m.token_step is not None \
-                and not (m.plan.int8 or m.plan.bf16) and index[-1] == n - 1:
+        if rows is None and self.cached == 0 and n <= PROMPT_TOKEN_STEPS and m.plan.prompt_token_steps \
+                and index[-1] == n - 1:
             outputs = self._prompt_by_token_steps(new, index, choice_inputs)
         elif self.leaves_rows_out(tokens, positions):
             # one new token per sequence, all at the same position, each its own logits; rows

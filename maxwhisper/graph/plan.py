@@ -20,8 +20,8 @@ from max.dtype import DType
 from max.graph import DeviceRef
 
 from ..checkpoint import ModelDims
-from .layers import (WeightBank, encoder_attention_fits, few_row_attention_fits, few_row_linear_fits,
-                     packed_linear_fits)
+from .layers import (WeightBank, encoder_attention_fits, few_row_attention_fits, few_row_linear_fits, layer_norm,
+                     layer_norm_kernel, packed_linear_fits)
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,22 @@ class ExecutionPlan:
     # the encoder's and the prompts' linears in bfloat16 (`packed_linear_bf16`); one-token steps stay
     # float32 over float16-stored weights (as many bytes as bfloat16 ones, and exact)
     bf16: bool = False
+    # `layer_norm_rows` for every layer norm (and `conv_stem` for the encoder's stem): MAX's layer
+    # norm and conv2d ops take a cold compile seconds each
+    layer_norm_kernel: bool = False
+
+    @property
+    def layer_norm(self):
+        """The graphs' layer norm, (weights, prefix, x) -> x: `layers.layer_norm_kernel` where the
+        plan says so, MAX's op elsewhere."""
+        return layer_norm_kernel if self.layer_norm_kernel else layer_norm
+
+    @property
+    def prompt_token_steps(self) -> bool:
+        """Whether a short prompt runs as one-token steps of the token step graph (`model.PROMPT_TOKEN_STEPS`):
+        in fp32, whose token steps compute as its prompts do. int8's and bf16's prompts compute
+        otherwise (their prompt linears and int8's cross-attention): as steps their tokens changed."""
+        return self.token_step and not (self.int8 or self.bf16)
 
     @property
     def decoder_chooses(self) -> bool:
@@ -52,7 +68,7 @@ class ExecutionPlan:
         """One line for people: the plan and what it runs."""
         weights = "int8" if self.int8 else "float16-stored"
         packed = "int8 " if self.int8 else "bf16 " if self.bf16 else ""
-        parts = {f"{packed}encoder linears": self.encoder_linear_kernel,
+        parts = {"layer norms": self.layer_norm_kernel, f"{packed}encoder linears": self.encoder_linear_kernel,
                  "encoder attention": self.encoder_attention_kernel,
                  "step attention and token choice": self.step_kernels,
                  f"{weights} step linears": self.step_linears_kernel, "one-token step graph": self.token_step}
@@ -98,4 +114,5 @@ def make_plan(w: WeightBank, dims: ModelDims, kernels: bool = True, int8: bool =
         int8=int8,
         cross_int8=int8 and token_step and head_dim % 16 == 0,  # `attend_int8`'s 16 lanes
         bf16=bf16,
+        layer_norm_kernel=d_audio % 8 == 0 and d_text % 8 == 0,
     )

@@ -11,8 +11,9 @@ from ..checkpoint import ModelDims
 def graph_arrays(state: dict[str, np.ndarray], dims: ModelDims) -> dict[str, np.ndarray]:
     """Encoder linear weights become `*.weight_t` [d_in, d_out] (x @ W^T without a transpose in the
     graph); decoder ones keep [d_out, d_in] `*.weight` for `layers.linear_few_rows`; q/k/v are fused
-    into `attn.qkv` and cross-attention k/v into `cross_attn.kv` (the key projection has no bias:
-    zeros); conv weights [C_out, C_in, 3] become RSCF `*.weight_rscf`."""
+    into `attn.qkv`, and every decoder layer's cross-attention k and v, in layer order, into
+    `decoder.cross_kv`, which the encoder graph runs (the key projection has no bias: zeros); conv
+    weights [C_out, C_in, 3] become RSCF `*.weight_rscf`."""
     used: set[str] = set()
     out: dict[str, np.ndarray] = {}
 
@@ -25,7 +26,7 @@ def graph_arrays(state: dict[str, np.ndarray], dims: ModelDims) -> dict[str, np.
     def linear(dst: str, *srcs: str, bias: bool = True):
         ws = [take(f"{s}.weight") for s in srcs]
         w = np.concatenate(ws, axis=0)
-        if dst.startswith("decoder.") and not dst.endswith("cross_attn.kv"):  # kv runs in the encoder graph
+        if dst.startswith("decoder.") and dst != "decoder.cross_kv":  # cross_kv runs in the encoder graph
             out[f"{dst}.weight"] = w
         else:
             out[f"{dst}.weight_t"] = w.T
@@ -42,7 +43,6 @@ def graph_arrays(state: dict[str, np.ndarray], dims: ModelDims) -> dict[str, np.
         linear(f"{p}.attn.out", f"{p}.attn.out")
         if cross:
             linear(f"{p}.cross_attn.query", f"{p}.cross_attn.query")
-            linear(f"{p}.cross_attn.kv", f"{p}.cross_attn.key", f"{p}.cross_attn.value")
             linear(f"{p}.cross_attn.out", f"{p}.cross_attn.out")
         for ln in ("attn_ln", "mlp_ln") + (("cross_attn_ln",) if cross else ()):
             copy(f"{p}.{ln}.weight"), copy(f"{p}.{ln}.bias")
@@ -62,6 +62,8 @@ def graph_arrays(state: dict[str, np.ndarray], dims: ModelDims) -> dict[str, np.
     copy("decoder.positional_embedding")
     for i in range(dims.n_text_layer):
         block(f"decoder.blocks.{i}", cross=True)
+    linear("decoder.cross_kv", *(f"decoder.blocks.{i}.cross_attn.{kv}" for i in range(dims.n_text_layer)
+                                 for kv in ("key", "value")))
     copy("decoder.ln.weight"), copy("decoder.ln.bias")
 
     if unused := sorted(set(state) - used):

@@ -12,33 +12,17 @@
 import extensibility
 from extensibility import InputTensor, OutputTensor, _MutableInputTensor as MutableInputTensor
 from max.gpu.host import DeviceContext
-from std.math import erf, sqrt
+from std.math import erf
 from std.memory import alloc, stack_allocation
 
 from .attention import MAX_KEYS, W8, attend, attend_int8
+from .layer_norm import layer_norm
 from .linear import dot_rows, finish, rows_per_item
 from .threads import share_phases
 
 comptime W = 8  # float32 lanes per SIMD vector (AVX2)
 comptime MAX_D = 1280  # large's width: the scratch vectors live on the stack
-comptime EPS = Float32(1e-5)
 comptime PHASES = 8
-comptime F32P = UnsafePointer[Float32, ...]
-
-
-def layer_norm[o: MutOrigin](x: F32P, d: Int, gamma: F32P, beta: F32P, dst: UnsafePointer[Float32, o]):
-    """dst = (x - mean) / sqrt(var + eps) * gamma + beta over d values (d % 8 == 0)."""
-    var s = SIMD[DType.float32, W](0)
-    for i in range(0, d, W):
-        s += x.load[width=W](i)
-    var mean = s.reduce_add() / Float32(d)
-    var v = SIMD[DType.float32, W](0)
-    for i in range(0, d, W):
-        var c = x.load[width=W](i) - mean
-        v += c * c
-    var inv = 1 / sqrt(v.reduce_add() / Float32(d) + EPS)
-    for i in range(0, d, W):
-        dst.store(i, (x.load[width=W](i) - mean) * inv * gamma.load[width=W](i) + beta.load[width=W](i))
 
 
 @extensibility.register("decoder_layer_step")
@@ -296,3 +280,36 @@ struct DecoderLayerStep:
         vn.free()
         att.free()
         hidden.free()
+
+
+@extensibility.register("token_embedding")
+struct TokenEmbedding:
+    """The token step's input: x[b] = table[tokens[b]] (float16, widened) + pos[max(positions[b], 0)]
+    (a row at a negative position sits the step out: it reads position 0). tokens int64 [B, 1],
+    positions int64 [B], table float16 [V, d], pos float32 [S, d] -> x float32 [B, d]. CPU only:
+    one op instead of MAX's gathers, cast and add, which took a cold compile seconds each."""
+
+    @staticmethod
+    def execute[target: StaticString](
+        x: OutputTensor[dtype=DType.float32, rank=2, ...],
+        tokens: InputTensor[dtype=DType.int64, rank=2, ...],
+        positions: InputTensor[dtype=DType.int64, rank=1, ...],
+        table: InputTensor[dtype=DType.float16, rank=2, ...],
+        pos: InputTensor[dtype=DType.float32, rank=2, ...],
+        ctx: DeviceContext,
+    ) raises:
+        comptime if target != "cpu":
+            raise Error("token_embedding runs on the CPU only")
+        var nb = tokens.dim_size(0)
+        var d = table.dim_size(1)
+        if positions.dim_size(0) != nb or pos.dim_size(1) != d or x.dim_size(1) != d:
+            raise Error("token_embedding: tokens [B, 1], positions [B], table [V, d], pos [S, d]")
+        for b in range(nb):
+            var token = Int(tokens.unsafe_ptr()[b * tokens.dim_size(1)])
+            var at = max(Int(positions.unsafe_ptr()[b]), 0)
+            if token < 0 or token >= table.dim_size(0) or at >= pos.dim_size(0):
+                raise Error("token_embedding: a token or a position is out of range")
+            var row = table.unsafe_ptr() + token * d
+            var p = pos.unsafe_ptr() + at * d
+            for i in range(d):
+                x.unsafe_ptr()[b * d + i] = row[i].cast[DType.float32]() + p[i]

@@ -290,10 +290,10 @@ struct PackedLinear:
                 while i < r1:
                     var at = i * n + j * NR
                     if whole:
-                        tile[gelu, mr, np](xp + i * kd, min(mr, r1 - i), kd, wp + j * kd * NR, bp + j * NR,
+                        tile[gelu, mr, np](xp + i * kd, kd, min(mr, r1 - i), kd, wp + j * kd * NR, bp + j * NR,
                                            has_residual, rp + at, op + at, n)
                     else:
-                        tile[gelu, mr, 1](xp + i * kd, min(mr, r1 - i), kd, wp + j * kd * NR, bp + j * NR,
+                        tile[gelu, mr, 1](xp + i * kd, kd, min(mr, r1 - i), kd, wp + j * kd * NR, bp + j * NR,
                                           has_residual, rp + at, op + at, n)
                     i += mr
                 j += np if whole else 1
@@ -324,12 +324,12 @@ def accumulate[mr: Int, np: Int](acc: V16P, a: F32, a_row: Int, a_step: Int, row
 
 
 @always_inline
-def tile[gelu: Bool, mr: Int, np: Int](x: F32, rows: Int, kd: Int, panel: F32, bias: F32, add: Bool, residual: F32,
-                                       y: F32, ldy: Int):
-    """y[r, 0:16 np] = (residual[r, 0:16 np] if add) + act(x[r, :] @ panels + bias) for r < rows <= mr
-    (x rows kd apart, the np panels [kd, 16] one after another, y and residual rows ldy apart)."""
+def tile[gelu: Bool, mr: Int, np: Int](x: F32, ldx: Int, rows: Int, kd: Int, panel: F32, bias: F32, add: Bool,
+                                       residual: F32, y: F32, ldy: Int):
+    """y[r, 0:16 np] = (residual[r, 0:16 np] if add) + act(x[r, :kd] @ panels + bias) for r < rows <= mr
+    (x rows ldx apart, the np panels [kd, 16] one after another, y and residual rows ldy apart)."""
     var acc = stack_allocation[mr * np, V16]()
-    accumulate[mr, np](acc, x, kd, 1, rows, panel, kd * NR, kd)
+    accumulate[mr, np](acc, x, ldx, 1, rows, panel, kd * NR, kd)
     comptime for r in range(mr):
         if r < rows:
             comptime for p in range(np):

@@ -1,0 +1,98 @@
+# Every decoder layer's cross-attention keys and values laid out as decoder steps read them, from
+# the encoder graph's one projection of the audio features for all layers: keys [T, Dh] and values
+# transposed [Dh, T] per layer and head, under --precision int8 quantized with a scale per key and
+# per value. One kernel instead of MAX's split, transpose, stack and quantizing ops, which took a
+# cold compile tens of seconds (docs/design.md, "Start-up").
+import extensibility
+from extensibility import InputTensor, OutputTensor
+from max.gpu.host import DeviceContext
+from std.memory import stack_allocation
+from std.sys import llvm_intrinsic
+
+from .threads import share_items
+
+comptime MAX_DH = 128
+comptime F32P = UnsafePointer[Float32, MutAnyOrigin]
+
+
+@always_inline
+def quantized(x: Float32, scale: Float32) -> Int8:
+    """x / scale rounded to the nearest integer (ties to even, as MAX's round), within [-127, 127]."""
+    var q = llvm_intrinsic["llvm.roundeven", Float32](x / scale)
+    return Int8(Int(min(max(q, Float32(-127)), Float32(127))))
+
+
+@extensibility.register("cross_layout")
+struct CrossLayout:
+    """kv float32 [B, T, L 2 d] (layer l's keys at columns 2 l d .. 2 l d + d - 1, its values the next
+    d, each d = H heads of Dh) -> k [L, B, H, T, Dh] and v_t [L, B, H, Dh, T] in `dtype`: float32 as
+    they are; int8 with scales k_scales and v_scales float32 [L, B, H, T] (the largest magnitude of
+    each key's and each value's Dh numbers / 127, 1 for all zeros; `encoder.quantized`), x ~ q
+    scale. Float32 outputs take scales [0, 0, 0, 0] (unwritten). CPU only."""
+
+    @staticmethod
+    def execute[target: StaticString, dtype: DType](
+        k: OutputTensor[dtype=dtype, rank=5, ...],
+        v_t: OutputTensor[dtype=dtype, rank=5, ...],
+        k_scales: OutputTensor[dtype=DType.float32, rank=4, ...],
+        v_scales: OutputTensor[dtype=DType.float32, rank=4, ...],
+        kv: InputTensor[dtype=DType.float32, rank=3, ...],
+        ctx: DeviceContext,
+    ) raises:
+        comptime if target != "cpu":
+            raise Error("cross_layout runs on the CPU only")
+        comptime if dtype != DType.float32 and dtype != DType.int8:
+            raise Error("cross_layout: keys and values are float32 or int8")
+        var layers = k.dim_size(0)
+        var batch = k.dim_size(1)
+        var heads = k.dim_size(2)
+        var t_len = k.dim_size(3)
+        var dh = k.dim_size(4)
+        var d = heads * dh
+        if kv.dim_size(0) != batch or kv.dim_size(1) != t_len or kv.dim_size(2) != 2 * layers * d or dh > MAX_DH:
+            raise Error("cross_layout: kv is not [B, T, L 2 d] for k [L, B, H, T, Dh], Dh up to 128")
+        comptime if dtype == DType.int8:
+            if k_scales.dim_size(3) != t_len or v_scales.dim_size(3) != t_len:
+                raise Error("cross_layout: int8 keys and values need scales [L, B, H, T]")
+        var src = kv.unsafe_ptr()
+        var kp = k.unsafe_ptr()
+        var vp = v_t.unsafe_ptr()
+        var ksp = k_scales.unsafe_ptr()
+        var vsp = v_scales.unsafe_ptr()
+
+        def head(item: Int) {var src, var kp, var vp, var ksp, var vsp, var layers, var batch, var heads,
+                             var t_len, var dh, var d}:
+            # item = (l, b, h) flat: the same order as the outputs' first three axes
+            var h = item % heads
+            var b = (item // heads) % batch
+            var l = item // (heads * batch)
+            var keys = src + b * t_len * 2 * layers * d + 2 * l * d + h * dh
+            var values = keys + d
+            var k_out = kp + item * t_len * dh
+            var v_out = vp + item * dh * t_len
+            for t in range(t_len):
+                var key = keys + t * 2 * layers * d
+                var value = values + t * 2 * layers * d
+                comptime if dtype == DType.int8:
+                    var k_scale = scale_of(key, dh)
+                    var v_scale = scale_of(value, dh)
+                    ksp[item * t_len + t] = k_scale
+                    vsp[item * t_len + t] = v_scale
+                    for e in range(dh):
+                        k_out[t * dh + e] = quantized(key[e], k_scale).cast[dtype]()
+                        v_out[e * t_len + t] = quantized(value[e], v_scale).cast[dtype]()
+                else:
+                    for e in range(dh):
+                        k_out[t * dh + e] = key[e].cast[dtype]()
+                        v_out[e * t_len + t] = value[e].cast[dtype]()
+
+        share_items(layers * batch * heads, head)
+
+
+@always_inline
+def scale_of(x: F32P, n: Int) -> Float32:
+    """max |x[:n]| / 127, or 1 when every x is 0."""
+    var amax = Float32(0)
+    for i in range(n):
+        amax = max(amax, abs(x[i]))
+    return amax / 127 if amax > 0 else Float32(1)
