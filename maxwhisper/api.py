@@ -24,6 +24,16 @@ class AudioError(MaxWhisperError):
     """Empty, unreadable, unsupported or too long audio."""
 
 
+class AudioTooLong(AudioError):
+    """Audio longer than a limit of `limit` seconds; `seconds` is its length, or None where decoding
+    stopped at the limit (the container did not say, or said less)."""
+
+    def __init__(self, seconds: float | None, limit: float):
+        super().__init__(f"the audio is {seconds:.1f} s long, more than the {limit:g} s limit" if seconds is not None
+                         else f"the audio is longer than the {limit:g} s limit (decoding stopped there)")
+        self.seconds, self.limit = seconds, limit
+
+
 class NothingToTranscribe(AudioError):
     """Audio that holds nothing to transcribe (`audio.check_transcribable`); `reason` is "no_samples",
     "too_short" or "silent"."""
