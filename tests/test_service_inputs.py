@@ -84,3 +84,96 @@ def test_non_finite_samples_in_a_file_are_refused(subtype):
         sf.write(out, samples, 16000, format="WAV", subtype=subtype)
         with pytest.raises(AudioError, match="NaN or infinite samples"):
             load_audio(out.getvalue())
+
+
+# --- the streamed form -----------------------------------------------------------------------
+
+def _encoded(files=None, data=None, content=None, headers=None) -> tuple[str, bytes]:
+    """(Content-Type, body) as httpx sends them."""
+    import httpx
+
+    request = httpx.Request("POST", "http://service/v1/audio/transcriptions", files=files, data=data, content=content,
+                            headers=headers)
+    return request.headers["content-type"], request.read()
+
+
+def _read(content_type: str, body: bytes, chunk: int = 7, limits=None, length: str | None = None,
+          taken: list | None = None):
+    """read_form over `body` cut into `chunk`-byte pieces, as a server hands them on; `taken`
+    gets how many bytes it took from the body."""
+    import asyncio
+
+    from maxwhisper.service.upload import FormLimits, read_form
+
+    taken = [] if taken is None else taken
+
+    async def pieces():
+        for i in range(0, len(body), chunk):
+            taken.append(len(body[i:i + chunk]))
+            yield body[i:i + chunk]
+
+    return asyncio.run(read_form(pieces(), content_type, length, limits or FormLimits(file_bytes=2**20)))
+
+
+def _refusal(*args, **kwargs):
+    from maxwhisper.service.openai_api import ApiError
+
+    with pytest.raises(ApiError) as error:
+        _read(*args, **kwargs)
+    return error.value
+
+
+def test_the_form_is_read_as_it_streams_in():
+    audio = bytes(range(256)) * 1000
+    content_type, body = _encoded(files={"file": ("a.wav", audio)},
+                                  data={"model": "whisper-1", "timestamp_granularities[]": ["word", "segment"]})
+    for chunk in (7, 65536):
+        form = _read(content_type, body, chunk)
+        assert form.file == audio
+        assert form.fields == {"model": ["whisper-1"], "timestamp_granularities[]": ["word", "segment"]}
+
+
+def test_an_upload_past_the_limit_is_refused_there_declared_or_not():
+    """Chunked (no Content-Length): refused once the body passes the limit, the rest never read;
+    a declared Content-Length past the limit: refused before a byte is read."""
+    from maxwhisper.service.upload import FORM_ALLOWANCE, FormLimits
+
+    limits = FormLimits(file_bytes=2**20)
+    content_type, body = _encoded(files={"file": ("big.wav", bytes(8 * 2**20))}, data={"model": "whisper-1"})
+    taken = []
+    error = _refusal(content_type, body, 65536, limits, taken=taken)
+    assert (error.status, error.code, error.param) == (413, "upload_too_large", "file")
+    assert error.message == "the upload is larger than this service's 1 MB"
+    assert sum(taken) <= 2**20 + FORM_ALLOWANCE + 65536
+    taken = []
+    error = _refusal(content_type, body, 65536, limits, length=str(len(body)), taken=taken)
+    assert (error.status, error.code, sum(taken)) == (413, "upload_too_large", 0)
+
+
+def test_each_multipart_failure_names_the_limit_or_fault_it_hit():
+    audio = ("a.wav", b"RIFF" * 100)
+    cases = [  # (what, Content-Type, body, status, code, param, in the message)
+        ("41 fields", *_encoded(files={"file": audio}, data={f"f{i}": "x" for i in range(40)}),
+         400, "too_many_fields", None, "more than 32 fields"),
+        ("a 2 MB prompt", *_encoded(files={"file": audio}, data={"prompt": "a" * 2 * 2**20}),
+         400, "field_too_large", "prompt", "'prompt' is longer than this service's 16 KB"),
+        ("two files", *_encoded(files=[("file", audio), ("file", audio)]), 400, "too_many_files", "file", "twice"),
+        ("a file elsewhere", *_encoded(files={"file": audio, "prompt": audio}), 400, "too_many_files", "prompt",
+         "only 'file' takes one"),
+    ]
+    content_type, body = _encoded(files={"file": audio}, data={"model": "whisper-1"})
+    boundary = content_type.split("boundary=")[1]
+    cases += [
+        ("not UTF-8", content_type, body.replace(b"whisper-1", b"\xff\xfe"), 400, "invalid_value", "model", "not UTF-8"),
+        ("a wrong boundary", content_type.replace(boundary, "not-the-one"), body, 400, "invalid_multipart", None,
+         "does not begin with the boundary"),
+        ("no boundary", "multipart/form-data", body, 400, "invalid_content_type", None, "gives no boundary"),
+        ("cut short", content_type, body[: len(body) // 2], 400, "invalid_multipart", None, "ends before its closing"),
+        ("not multipart", "application/json", b"{}", 400, "invalid_content_type", "file", "multipart/form-data"),
+        ("a part without a name", content_type, body.replace(b'name="model"', b'nom="model"'), 400,
+         "invalid_multipart", None, "no Content-Disposition"),
+    ]
+    for what, content_type, body, status, code, param, words in cases:
+        error = _refusal(content_type, body, 65536)
+        assert (what, error.status, error.code, error.param) == (what, status, code, param)
+        assert words in error.message, (what, error.message)
