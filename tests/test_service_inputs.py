@@ -177,3 +177,86 @@ def test_each_multipart_failure_names_the_limit_or_fault_it_hit():
         error = _refusal(content_type, body, 65536)
         assert (what, error.status, error.code, error.param) == (what, status, code, param)
         assert words in error.message, (what, error.message)
+
+
+# --- who may use it --------------------------------------------------------------------------
+
+def _scope(path="/v1/audio/transcriptions", host="127.0.0.1:8000", method="POST", kind="http", query=b"",
+           **headers):
+    pairs = [(b"host", host.encode())] if host is not None else []
+    pairs += [(name.replace("_", "-").encode(), value.encode()) for name, value in headers.items()]
+    return {"type": kind, "path": path, "method": method, "headers": pairs, "query_string": query}
+
+
+def test_api_keys_are_asked_on_the_api_only_and_kept_as_digests():
+    from maxwhisper.service.access import AccessPolicy
+
+    policy = AccessPolicy.create("127.0.0.1", keys=["k-one-123", "k-two-456"])
+    assert b"k-one-123" not in repr(policy).encode() and len(policy.key_digests) == 2
+    for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "Basic k-one-123"},
+                    {"authorization": "Bearer "}):
+        error = policy.refusal(_scope(**headers))
+        assert (error.status, error.code, error.type) == (401, "invalid_api_key", "invalid_request_error")
+    assert policy.refusal(_scope(authorization="Bearer k-two-456")) is None
+    assert policy.refusal(_scope(authorization="bearer  k-one-123")) is None
+    for path in ("/health", "/docs", "/openapi.json", "/", "/gradio_api/info"):
+        assert policy.refusal(_scope(path, method="GET")) is None
+    # a WebSocket handshake: a browser cannot set headers, so the query parameter too
+    assert policy.refusal(_scope("/v1/realtime", kind="websocket", query=b"api_key=k-one-123")) is None
+    assert policy.refusal(_scope("/v1/realtime", kind="websocket", query=b"api_key=nope")).status == 401
+    assert AccessPolicy.create("127.0.0.1").refusal(_scope()) is None  # no keys: open
+
+
+def test_the_host_must_be_one_the_service_listens_as():
+    """DNS rebinding: a page at evil.example whose name resolves to 127.0.0.1 sends Host: evil.example."""
+    from maxwhisper.service.access import AccessPolicy
+
+    local = AccessPolicy.create("127.0.0.1", allowed_hosts=["box.lan"])
+    for host in ("127.0.0.1:8000", "localhost:8000", "LOCALHOST", "[::1]:8000", "box.lan:8000"):
+        assert local.refusal(_scope(host=host)) is None, host
+    for host in ("evil.example:8000", "127.0.0.1.evil.example", None):
+        error = local.refusal(_scope(host=host))
+        assert (error.status, error.code) == (403, "host_not_allowed"), host
+    assert "evil.example" in local.refusal(_scope(host="evil.example")).message
+    assert local.refusal(_scope("/v1/realtime", kind="websocket", host="evil.example")).status == 403
+    everywhere = AccessPolicy.create("0.0.0.0")
+    assert everywhere.refusal(_scope(host="anything.example")) is None  # every interface: any name unless given
+    named = AccessPolicy.create("0.0.0.0", allowed_hosts=["asr.example.com"])
+    assert named.refusal(_scope(host="asr.example.com")) is None
+    assert named.refusal(_scope(host="10.0.0.5:8000")).code == "host_not_allowed"
+
+
+def test_a_page_of_another_origin_is_refused_unless_allowed_and_then_gets_cors():
+    import asyncio
+
+    from maxwhisper.service.access import AccessPolicy, guard
+
+    policy = AccessPolicy.create("127.0.0.1", cors_origins=["https://app.example/"])
+    assert policy.refusal(_scope(origin="http://127.0.0.1:8000")) is None  # the app's own page (same origin)
+    error = policy.refusal(_scope(origin="https://evil.example"))
+    assert (error.status, error.code) == (403, "origin_not_allowed")
+    assert policy.refusal(_scope(origin="null")).code == "origin_not_allowed"
+    assert policy.refusal(_scope(origin="https://app.example")) is None
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    def call(scope):
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+        asyncio.run(guard(app, policy)(scope, None, send))
+        return sent[0]["status"], dict(sent[0]["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
+
+    status, headers, _ = call(_scope(origin="https://app.example"))
+    assert status == 200 and headers[b"access-control-allow-origin"] == b"https://app.example"
+    status, headers, _ = call(_scope(method="OPTIONS", origin="https://app.example",
+                                     access_control_request_method="POST",
+                                     access_control_request_headers="authorization"))
+    assert status == 204 and headers[b"access-control-allow-headers"] == b"authorization"
+    status, headers, body = call(_scope(origin="https://evil.example"))
+    assert status == 403 and b"origin_not_allowed" in body and b"access-control-allow-origin" not in headers
+    status, headers, _ = call(_scope(origin="http://127.0.0.1:8000"))  # same origin: no CORS headers needed
+    assert status == 200 and b"access-control-allow-origin" not in headers
