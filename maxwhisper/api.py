@@ -343,9 +343,12 @@ class Transcriber(Protocol):
     compile_s: float
 
     def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
-                   progress: Callable[[float], None] | None = None) -> TranscriptionResult:
+                   progress: Callable[[float], None] | None = None,
+                   on_segments: Callable[[Sequence[Segment]], None] | None = None) -> TranscriptionResult:
         """`audio`: float32 mono samples at 16 kHz (see `maxwhisper.audio.load_audio`). `progress`, if
-        given, is called as the work goes with the fraction of the audio done (0..1)."""
+        given, is called as the work goes with the fraction of the audio done (0..1); `on_segments`
+        with the segments decoded since its last call, in order, as they are decoded (all at the end
+        where a backend decodes them together)."""
         ...
 
 

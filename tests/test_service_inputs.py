@@ -260,3 +260,37 @@ def test_a_page_of_another_origin_is_refused_unless_allowed_and_then_gets_cors()
     assert status == 403 and b"origin_not_allowed" in body and b"access-control-allow-origin" not in headers
     status, headers, _ = call(_scope(origin="http://127.0.0.1:8000"))  # same origin: no CORS headers needed
     assert status == 200 and b"access-control-allow-origin" not in headers
+
+
+# --- OpenAI's form ---------------------------------------------------------------------------
+
+def test_the_openai_client_s_whole_form_is_accepted_and_checked():
+    """stream, chunking_strategy (auto, a JSON object, or the bracketed fields the openai client
+    sends) and include[] are taken; wrong values are refused naming the field."""
+    from maxwhisper.service.openai_api import ApiError, Served, parse_form
+
+    served = Served((("max", "tiny.en"),))
+
+    def parse(**fields):
+        return parse_form({"model": ["whisper-1"], **{k: v if isinstance(v, list) else [v] for k, v in fields.items()}},
+                          "transcribe", served)
+
+    assert parse(stream="true").stream and not parse(stream="false").stream and not parse().stream
+    assert parse(**{"chunking_strategy": "auto", "include[]": "logprobs"}).stream is False
+    parse(chunking_strategy='{"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 300}')
+    parse(**{"chunking_strategy[type]": "server_vad", "chunking_strategy[threshold]": "0.5",
+             "chunking_strategy[prefix_padding_ms]": "300"})
+    assert parse(timestamp_granularities=["word"], response_format="verbose_json").granularities == ("word",)
+    for fields, param, words in [
+        ({"stream": "yes"}, "stream", "true or false"),
+        ({"stream": "true", "response_format": "srt"}, "response_format", "json or text"),
+        ({"include[]": "tokens"}, "include[]", "logprobs"),
+        ({"chunking_strategy": "manual"}, "chunking_strategy", "auto or a server_vad object"),
+        ({"chunking_strategy[type]": "client_vad"}, "chunking_strategy", "server_vad"),
+        ({"chunking_strategy[type]": "server_vad", "chunking_strategy[threshold]": "2"}, "chunking_strategy",
+         "from 0 to 1"),
+        ({"chunking_strategy[type]": "server_vad", "chunking_strategy[volume]": "2"}, "chunking_strategy", "volume"),
+    ]:
+        with pytest.raises(ApiError, match=words) as error:
+            parse(**fields)
+        assert (error.value.status, error.value.param) == (400, param), fields
