@@ -34,6 +34,10 @@ class AudioTooLong(AudioError):
         self.seconds, self.limit = seconds, limit
 
 
+class InvalidSamples(AudioError):
+    """Audio whose samples are not numbers a recording holds: NaN or infinite."""
+
+
 class NothingToTranscribe(AudioError):
     """Audio that holds nothing to transcribe (`audio.check_transcribable`); `reason` is "no_samples",
     "too_short" or "silent"."""

@@ -19,7 +19,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from threadpoolctl import threadpool_limits
 
-from .api import SAMPLE_RATE, AudioError, AudioTooLong, MaxWhisperError, NothingToTranscribe
+from .api import SAMPLE_RATE, AudioError, AudioTooLong, InvalidSamples, MaxWhisperError, NothingToTranscribe
 
 # hard-coded audio hyperparameters, as in whisper.audio
 N_FFT = 400
@@ -71,11 +71,12 @@ def load_audio(source: AudioSource, max_seconds: float | None = None) -> np.ndar
     averaged to mono and resampled by the same swresample, in float.
 
     Raises AudioError for what is not audio: no source, a missing or 0-byte file, 0 bytes, data
-    that cannot be decoded, samples that are NaN or infinite; and AudioTooLong for audio longer
-    than `max_seconds` (when given, a positive number), refused from a file's container before
-    decoding where it says so, else when decoding reaches the limit. Audio without samples (an empty array, a WAV
-    file of none) gives an empty array, silence gives its samples: `check_transcribable` says
-    whether there is anything to transcribe. The messages never name the file: the caller does.
+    that cannot be decoded; InvalidSamples (an AudioError) for NaN or infinite samples;
+    AudioTooLong (an AudioError) for audio longer than `max_seconds` (when given, a positive
+    number), refused from a file's container before decoding where it says so, else when
+    decoding reaches the limit. Audio without samples (an empty array, a WAV file of none) gives
+    an empty array, silence gives its samples: `check_transcribable` says whether there is
+    anything to transcribe. The messages never name the file: the caller does.
     """
     if max_seconds is not None and not (isinstance(max_seconds, numbers.Real) and 0 < max_seconds < math.inf):
         raise MaxWhisperError(f"max_seconds must be a positive finite number of seconds, got {max_seconds!r}")
@@ -115,7 +116,7 @@ def _decode(file: str | io.BytesIO, name: str, max_seconds: float | None) -> np.
     resampled: a frame at 1 Hz would become 16000 samples per sample)."""
     chunks = []  # [1, n] int16 each
     damaged = 0  # packets that could not be decoded
-    decoded_s = 0.0
+    decoded: dict[int, int] = {}  # samples decoded at each sample rate (counted exactly, not as summed seconds)
     try:
         with av.open(file, metadata_errors="ignore") as container:
             if not container.streams.audio:
@@ -131,8 +132,8 @@ def _decode(file: str | io.BytesIO, name: str, max_seconds: float | None) -> np.
                     damaged += 1
                     continue  # skip a corrupt packet and go on, as the ffmpeg CLI does
                 for frame in frames:
-                    decoded_s += frame.samples / frame.sample_rate
-                    if max_seconds is not None and decoded_s > max_seconds:
+                    decoded[frame.sample_rate] = decoded.get(frame.sample_rate, 0) + frame.samples
+                    if max_seconds is not None and sum(n / rate for rate, n in decoded.items()) > max_seconds:
                         raise AudioTooLong(None, max_seconds)
                     chunks += mono(frame)
             chunks += mono.flush()
@@ -160,7 +161,7 @@ class _Mono16k:
 
     def __call__(self, frame: av.AudioFrame) -> list[np.ndarray]:
         if frame.format.name in FLOAT_FORMATS and not np.isfinite(frame.to_ndarray()).all():
-            raise AudioError(NOT_FINITE)
+            raise InvalidSamples(NOT_FINITE)
         frame.pts = None  # a skipped packet leaves a gap in timestamps: ignore it
         if self._averaged is None:
             try:
@@ -244,7 +245,7 @@ def _float_mono(array: np.ndarray) -> np.ndarray:
         audio = array.astype(np.float32) / 2.0 ** (8 * array.itemsize - 1)
     elif np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
-            raise AudioError(NOT_FINITE)
+            raise InvalidSamples(NOT_FINITE)
         audio = array.astype(np.float32, copy=False)
     else:
         raise AudioError(f"unsupported sample type: {array.dtype}")

@@ -21,7 +21,8 @@ def wav_header(rate: int, samples: int, channels: int = 1, data_bytes: int | Non
     block = 2 * channels
     size = samples * block if data_bytes is None else data_bytes
     return (b"RIFF" + struct.pack("<I", (36 + size) & 0xFFFFFFFF) + b"WAVEfmt "
-            + struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * block, block, 16) + b"data" + struct.pack("<I", size))
+            + struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * block, block, 16)
+            + b"data" + struct.pack("<I", size))
 
 
 def wav_bomb() -> bytes:
@@ -164,7 +165,8 @@ def test_each_multipart_failure_names_the_limit_or_fault_it_hit():
     content_type, body = _encoded(files={"file": audio}, data={"model": "whisper-1"})
     boundary = content_type.split("boundary=")[1]
     cases += [
-        ("not UTF-8", content_type, body.replace(b"whisper-1", b"\xff\xfe"), 400, "invalid_value", "model", "not UTF-8"),
+        ("not UTF-8", content_type, body.replace(b"whisper-1", b"\xff\xfe"), 400, "invalid_value", "model",
+         "not UTF-8"),
         ("a wrong boundary", content_type.replace(boundary, "not-the-one"), body, 400, "invalid_multipart", None,
          "does not begin with the boundary"),
         ("no boundary", "multipart/form-data", body, 400, "invalid_content_type", None, "gives no boundary"),
@@ -294,3 +296,8 @@ def test_the_openai_client_s_whole_form_is_accepted_and_checked():
         with pytest.raises(ApiError, match=words) as error:
             parse(**fields)
         assert (error.value.status, error.value.param) == (400, param), fields
+
+
+def test_audio_exactly_at_the_limit_is_taken():
+    """The decoded length is counted in samples: 60 s of FLAC frames summed as seconds would pass 60."""
+    assert len(load_audio(flac_hours(1 / 60, declared_samples=0), max_seconds=60)) == 60 * 16000
