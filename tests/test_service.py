@@ -377,16 +377,27 @@ def test_the_app_beside_the_api_transcribes_through_the_model_deployments(servic
 
 def test_a_killed_replica_loses_no_request_and_health_says_so_at_once(service, http):
     """One of the two MAX replicas is killed (SIGKILL, as the OOM killer would) with 16 requests in
-    flight: /health counts one replica within a second; every request is given once more to the
-    live replica or the replacement and succeeds, none lost; Serve brings the deployment back to
-    two running replicas."""
+    flight, 4 of them streamed: /health counts one replica within a second; every request is given
+    once more to the live replica or the replacement and succeeds, none lost; Serve brings the
+    deployment back to two running replicas."""
+    import json
+
     import psutil
     from ray import serve
 
     jfk = (AUDIO / "jfk.flac").read_bytes()
 
-    def request():
-        return http.post("/v1/audio/transcriptions", files={"file": ("jfk.flac", jfk)}, data={"model": "whisper-1"})
+    def request(streamed: bool = False):
+        return http.post("/v1/audio/transcriptions", files={"file": ("jfk.flac", jfk)},
+                         data={"model": "whisper-1", **({"stream": "true"} if streamed else {})})
+
+    def text(reply) -> str:
+        if not reply.headers["content-type"].startswith("text/event-stream"):
+            return reply.json()["text"]
+        events = [json.loads(line[len("data: "):]) for line in reply.text.splitlines() if line.startswith("data: ")]
+        assert [e["type"] for e in events[:-1]] == ["transcript.text.delta"] * (len(events) - 1), events
+        assert "".join(e["delta"] for e in events[:-1]).strip() == events[-1]["text"]
+        return events[-1]["text"]
 
     def max_replicas():
         return next(m["replicas"] for m in httpx.get(f"{service}/health").json()["models"] if m["backend"] == "max")
@@ -395,7 +406,7 @@ def test_a_killed_replica_loses_no_request_and_health_says_so_at_once(service, h
                 if "ServeReplica:maxwhisper:max-tiny.en-cpu" in " ".join(p.info["cmdline"] or [])]
     assert len(replicas) == 2 and max_replicas() == 2, replicas
     with ThreadPoolExecutor(16) as pool:
-        during = [pool.submit(request) for _ in range(16)]
+        during = [pool.submit(request, i % 4 == 0) for i in range(16)]
         time.sleep(1.5)  # the replicas have taken their first requests
         replicas[0].kill()
         killed = time.monotonic()
@@ -406,7 +417,7 @@ def test_a_killed_replica_loses_no_request_and_health_says_so_at_once(service, h
     print(f"/health counted one MAX replica {seen_after:.2f} s after the kill")
     assert seen_after < 1.0
     assert [r.status_code for r in during] == [200] * 16, [r.text for r in during if r.status_code != 200]
-    assert all(normalize(r.json()["text"]) == normalize(JFK) for r in during)
+    assert all(normalize(text(r)) == normalize(JFK) for r in during)
 
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
