@@ -1,7 +1,7 @@
 """What the transcription service checks before it spends work, without Ray: audio bounded by
 its container and by decoding (`audio.load_audio(max_seconds=)`), multichannel and non-finite
-audio, the streamed multipart form and its limits, the access policy (API keys, Host, Origin),
-OpenAI's form fields."""
+audio, the streamed multipart form and its limits, the access policy (API keys, Host, Origin) on
+HTTP and WebSocket routes behind the ingress's HTTP server, OpenAI's form fields."""
 from __future__ import annotations
 
 import io
@@ -301,3 +301,53 @@ def test_the_openai_client_s_whole_form_is_accepted_and_checked():
 def test_audio_exactly_at_the_limit_is_taken():
     """The decoded length is counted in samples: 60 s of FLAC frames summed as seconds would pass 60."""
     assert len(load_audio(flac_hours(1 / 60, declared_samples=0), max_seconds=60)) == 60 * 16000
+
+
+def test_the_front_serves_http_and_websockets_behind_the_access_policy():
+    """The ingress's HTTP server (`front.Front`, uvicorn in a thread) with the guard: a WebSocket
+    route is asked for the key as the API is (here as the query parameter a browser can send),
+    its handshake refused with 403 without it or from a page of another origin; a request
+    uvicorn cannot parse gets OpenAI's error shape."""
+    import json
+    import socket
+    import time
+
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    from maxwhisper.service.access import AccessPolicy, guard
+    from maxwhisper.service.front import Front
+
+    async def echo(ws):
+        await ws.accept()
+        await ws.send_text(await ws.receive_text())
+        await ws.close()
+
+    app = Starlette(routes=[WebSocketRoute("/v1/echo", echo)])
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    front = Front(guard(app, AccessPolicy.create("127.0.0.1", keys=["k-123456"])), "127.0.0.1", port)
+    try:
+        deadline = time.monotonic() + 30
+        while not front.server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with connect(f"ws://127.0.0.1:{port}/v1/echo?api_key=k-123456") as ws:
+            ws.send("hello")
+            assert ws.recv(timeout=10) == "hello"
+        for url, headers in [(f"ws://127.0.0.1:{port}/v1/echo", {}),
+                             (f"ws://127.0.0.1:{port}/v1/echo?api_key=k-123456", {"Origin": "https://evil.example"})]:
+            with pytest.raises(InvalidStatus) as refused:
+                connect(url, additional_headers=headers, open_timeout=10)
+            assert refused.value.response.status_code == 403
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["error"]["code"] == "invalid_api_key"
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"POST /v1/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1e3\r\n\r\n")
+            head, _, body = s.recv(65536).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 ") and json.loads(body)["error"]["code"] == "invalid_request"
+    finally:
+        front.server.should_exit = True
