@@ -673,9 +673,9 @@ def test_system_report_shows_no_server_path(tmp_path, monkeypatch):
 
 def test_app_builds_with_the_examples():
     import gradio as gr
-    import app
+    from showcase.page import build_demo
 
-    demo = app.build_demo(LocalTranscriptions(no_loading), max_seconds=60)
+    demo = build_demo(LocalTranscriptions(no_loading), max_seconds=60)
     assert isinstance(demo, gr.Blocks)
     rows = compare.example_rows(["tiny.en"])
     assert [Path(r[0]).name for r in rows] == ["jfk.flac", "physicsworks-excerpt.flac", "multilingual.mp3"]
@@ -686,7 +686,7 @@ def test_app_builds_with_the_examples():
 
 def test_each_tab_is_a_small_module_that_imports_no_other_tab():
     """The app's rooms: a tab imports services (showcase/*.py), never another tab; no module of the
-    app is over 400 lines."""
+    app is over 400 lines; app.py is the command line only."""
     import ast
 
     root = Path(__file__).resolve().parents[1]
@@ -707,24 +707,24 @@ def test_each_tab_is_a_small_module_that_imports_no_other_tab():
 
 def test_a_page_whose_checks_nobody_starts_says_the_button_starts_them():
     """build_demo's own checks (the service's app, `serve --ui`, has no warm-up to start them after)."""
-    import app
+    from showcase.page import build_demo
 
-    demo = app.build_demo(LocalTranscriptions(no_loading), max_seconds=60)
+    demo = build_demo(LocalTranscriptions(no_loading), max_seconds=60)
     message = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "checks-message").value
     assert "button" in message and "once the models are loaded" not in message, message
 
 
 def test_quiet_queue_without_gradio_s_private_queue(caplog):
-    import app
+    from showcase.page import build_demo, quiet_queue
 
     class Demo:
         pass
 
-    app.quiet_queue(Demo())
+    quiet_queue(Demo())
     assert "polls at its own rate" in caplog.text
-    demo = app.build_demo(LocalTranscriptions(no_loading), max_seconds=60)
+    demo = build_demo(LocalTranscriptions(no_loading), max_seconds=60)
     demo.queue()
-    app.quiet_queue(demo)
+    quiet_queue(demo)
     assert demo._queue.sleep_when_free == 0.05
 
 
