@@ -1,15 +1,18 @@
-"""The app's Plotly charts: this run's time by stage and RTFx (audio seconds per processing second)
-per implementation (the Transcribe & compare tab), the committed results' speed and stages (the
+"""The app's charts: this comparison's times, as bars in HTML that grow as the implementations
+finish and read at any width (the Compare tab), and the committed results' speed in Plotly (the
 Benchmarks tab). Each implementation keeps its colour in every chart."""
 from __future__ import annotations
+
+import html
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from maxwhisper.api import TranscriptionResult
-from maxwhisper.registry import color
+from maxwhisper.registry import BACKENDS, color
 
-from .formatting import colored, label, load_text
+from .comparison import Comparison, Panel
+from .formatting import colored, load_text
 
 STAGE_COLORS = {"features": "#cbd5e1", "encode": "#64748b", "decode": "#f59e0b", "other": "#e5e7eb"}
 
@@ -22,42 +25,52 @@ def _stage_seconds(r: TranscriptionResult) -> dict[str, float]:
     return stages
 
 
-def _backend_axis(fig: go.Figure, backends: list[str]) -> None:
-    """The implementations' names on the y axis, each in its colour."""
-    fig.update_yaxes(tickvals=[label(b) for b in backends], ticktext=[colored(b) for b in backends])
+def _name(panel: Panel, mixed: bool) -> str:
+    name = BACKENDS[panel.backend].label + (f" {panel.precision}" if mixed else "")
+    return f"<span class='bar-name' style='color:{color(panel.backend)}'>{html.escape(name)}</span>"
 
 
-def timing_figure(results: dict[str, TranscriptionResult]) -> go.Figure:
-    """Stacked horizontal bars per implementation: this run's stages. The one-time load and compile
-    are in the title, apart, so that a long compile does not flatten the run times."""
-    backends = list(results)
-    names = [label(b) for b in backends]
-    fig = go.Figure()
-    stages = [_stage_seconds(r) for r in results.values()]
-    for stage in ("features", "encode", "decode", "other"):
-        fig.add_bar(y=names, x=[s[stage] for s in stages], name=stage, orientation="h",
-                    marker_color=STAGE_COLORS[stage])
-    once = " · ".join(f"{label(b)}: {load_text(r.timings.load_s, r.timings.compile_s)}" for b, r in results.items())
-    fig.update_layout(barmode="stack", height=200 + 45 * len(names), margin=dict(l=10, r=10, t=80, b=10),
-                      title=dict(text=f"Time for this audio, by stage (s)<br><sup>Once per model, not included: "
-                                      f"{once}</sup>"),
-                      legend=dict(orientation="h", y=-0.25, traceorder="normal"))
-    fig.update_yaxes(autorange="reversed")
-    _backend_axis(fig, backends)
-    return fig
+def time_bars(comparison: Comparison) -> str:
+    """HTML: a bar per implementation done, its (best) time, the longest bar the slowest; the chart
+    grows as the implementations finish; "" before the first."""
+    done = [p for p in comparison.panels.values() if p.runs or p.error]
+    if not done:
+        return ""
+    mixed = any(p.precision != "fp32" for p in comparison.panels.values())
+    slowest = max((p.best.seconds for p in done if p.runs), default=1.0) or 1.0
+    rows = []
+    for p in done:
+        if p.error is not None:
+            rows.append(f"<div class='bar-row'>{_name(p, mixed)}<span class='bar-failed'>failed</span></div>")
+            continue
+        best = p.best.seconds
+        rows.append(f"<div class='bar-row'>{_name(p, mixed)}<span class='bar'><span class='bar-fill' style='width:"
+                    f"{100 * best / slowest:.1f}%;background:{color(p.backend)}'></span></span>"
+                    f"<span class='bar-value'>{best:.2f} s · {comparison.audio_s / best:.0f}×<span class='rt'> real time"
+                    f"</span></span></div>")
+    runs = max((len(p.runs) for p in done), default=1)
+    title = "Seconds to transcribe" + (f", best of {runs} runs" if runs > 1 else "") + " (shorter is faster)"
+    return f"<div class='bars' id='speed-chart'><div class='bars-title'>{title}</div>{''.join(rows)}</div>"
 
 
-def rtfx_figure(results: dict[str, TranscriptionResult]) -> go.Figure:
-    backends = list(results)
-    rtfx = [r.rtfx for r in results.values()]
-    fig = go.Figure(go.Bar(y=[label(b) for b in backends], x=rtfx, orientation="h",
-                           text=[f"{x:.1f}×" for x in rtfx], textposition="auto",
-                           marker_color=[color(b) for b in backends]))
-    fig.update_layout(title="RTFx: audio seconds per processing second (higher is faster)",
-                      height=170 + 45 * len(backends), margin=dict(l=10, r=10, t=70, b=10))
-    fig.update_yaxes(autorange="reversed")
-    _backend_axis(fig, backends)
-    return fig
+def stage_bars(comparison: Comparison) -> str:
+    """HTML: each implementation's (best) time split by stage, on one scale, and the one-time load
+    and compile apart; "" before the first is done."""
+    done = [p for p in comparison.panels.values() if p.runs]
+    if not done:
+        return ""
+    slowest = max(p.best.seconds for p in done) or 1.0
+    mixed = any(p.precision != "fp32" for p in comparison.panels.values())
+    rows = []
+    for p in done:
+        r = p.best.result
+        parts = "".join(f"<span class='bar-fill' title='{stage} {seconds:.3f} s' style='width:{100 * seconds / slowest:.1f}%;"
+                        f"background:{STAGE_COLORS[stage]}'></span>" for stage, seconds in _stage_seconds(r).items())
+        rows.append(f"<div class='bar-row'>{_name(p, mixed)}<span class='bar'>{parts}</span>"
+                    f"<span class='bar-value'>{load_text(r.timings.load_s, r.timings.compile_s)} (once)</span></div>")
+    legend = " ".join(f"<span class='swatch' style='background:{c}'></span>{stage}" for stage, c in STAGE_COLORS.items())
+    return (f"<div class='bars'><div class='bars-title'>Time by stage (the model's load and compile, once, "
+            f"apart)</div>{''.join(rows)}<div class='legend'>{legend}</div></div>")
 
 
 def bench_rtfx_figure(rows: list[tuple[str, dict]]) -> go.Figure:

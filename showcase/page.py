@@ -1,8 +1,10 @@
-"""The page: a title and a status badge over the five tabs (`build_demo`), and Gradio's queue made
-quiet while idle (`quiet_queue`). `app.py` serves it with models loaded in its process; the
-service's `serve --ui` mounts it over `showcase.remote.ServiceTranscriptions`."""
+"""The page: a title, a one-line pitch and a status badge over the five tabs (`build_demo`), its
+style (`CSS`, carried inside the page so that `app.py` and the service's mount show the same), and
+Gradio's queue made quiet while idle (`quiet_queue`). `app.py` serves it with models loaded in its
+process; the service's `serve --ui` mounts it over `showcase.remote.ServiceTranscriptions`."""
 from __future__ import annotations
 
+import html
 import logging
 
 import gradio as gr
@@ -12,16 +14,62 @@ from .tabs import benchmarks, checks as checks_tab, compare, live, system
 from .transcriptions import Transcriptions
 from .turns import Turns
 
-INTRO = """# MAX-Whisper
-OpenAI's Whisper re-implemented on [Modular's MAX Graph](https://docs.modular.com/max/), run side by side with
-[openai-whisper](https://github.com/openai/whisper) (PyTorch) and
-[faster-whisper](https://github.com/SYSTRAN/faster-whisper) (CTranslate2): the same weights, the same decoding
-options, the same audio."""
+TITLE = """<div id='title'><h1>MAX-Whisper</h1><p>OpenAI's Whisper rebuilt on
+<a href='https://docs.modular.com/max/' target='_blank'>Modular's MAX Graph</a>: the same tokens as
+openai-whisper, in less time than it and faster-whisper on a CPU. Race them on a clip.</p></div>"""
+
+CSS = """
+#title h1 {margin: 0; font-size: 1.7rem}
+#title p {margin: .2rem 0 0; font-size: 1rem; max-width: none}
+#title a {padding: 0}
+#status {text-align: right}
+.badge {display: inline-block; padding: .2rem .75rem; border-radius: 999px; font-size: .9rem;
+        background: #dcfce7; color: #166534}
+.badge.busy {background: #fef3c7; color: #92400e}
+.badge.failed {background: #fee2e2; color: #991b1b}
+#examples button {flex: 1 1 auto}
+.verdict {font-size: 1.2rem; line-height: 1.45}
+.note {color: var(--body-text-color-subdued); font-size: .9rem; margin: .25rem 0}
+.bars {font-size: .85rem}
+.bars-title {font-weight: 600; margin-bottom: .25rem}
+.bar-row {display: flex; align-items: center; gap: .5rem; margin: .2rem 0}
+.bar-name {flex: 0 0 11rem; font-weight: 600; white-space: nowrap; overflow: hidden; text-overflow: ellipsis}
+.bar {flex: 1 1 3rem; display: flex; height: .9rem; background: var(--border-color-primary); border-radius: 3px;
+      overflow: hidden}
+.bar-fill {display: block; height: 100%}
+.bar-value, .bar-failed {flex: 0 0 auto; white-space: nowrap}
+.bar-failed {color: #b91c1c}
+.legend {margin-top: .3rem}
+.swatch {display: inline-block; width: .7rem; height: .7rem; margin: 0 .2rem 0 .6rem; border-radius: 2px}
+.panel-head {border-top: 4px solid; padding-top: .3rem}
+.panel-name {font-weight: 700}
+.chip {font-size: .75rem; padding: .05rem .5rem; border-radius: 999px; background: var(--border-color-primary)}
+.chip-running {background: #fef3c7; color: #92400e}
+.chip-done {background: #dcfce7; color: #166534}
+.chip-failed {background: #fee2e2; color: #991b1b}
+.progress {height: 4px; background: var(--border-color-primary); margin-top: .3rem; border-radius: 2px}
+.progress div {height: 100%; background: #f59e0b; transition: width .3s}
+.meta {font-size: .85rem; margin-top: .15rem}
+.meta.error {color: #b91c1c}
+.diff {line-height: 1.6; overflow-wrap: anywhere}
+.modebar-container {display: none !important}
+@media (max-width: 600px) {
+  #status {text-align: left}
+  .bar-name {flex-basis: 7.5rem}
+  .rt {display: none}
+}
+"""
+
+
+def badge_html(text: str) -> str:
+    """The status badge: green when ready, amber while something loads, red after a failed load."""
+    kind = "failed" if text.startswith("⚠") else "busy" if "…" in text else "ready"
+    return f"<span class='badge {kind}'>{html.escape(text)}</span>"
 
 
 def build_demo(transcriptions: Transcriptions, max_seconds: float = 600.0,
                checks: checks_tab.ComponentChecks | None = None, choices: Choices | None = None) -> gr.Blocks:
-    """The page: a status line over the five tabs. Its tabs transcribe only through `transcriptions`;
+    """The page: a status badge over the five tabs. Its tabs transcribe only through `transcriptions`;
     `checks` (default: checks that wait for no transcription, started by their button only, as in
     the service's app) should share the turns of local transcriptions, as `app.main`'s do; `choices`
     (default: this machine's) are the models, backends and devices offered."""
@@ -31,9 +79,16 @@ def build_demo(transcriptions: Transcriptions, max_seconds: float = 600.0,
     def busy() -> bool:
         return transcriptions.busy() or checks.running()
 
+    def badge() -> str:
+        text = transcriptions.badge()
+        return badge_html(text + (" · component checks running" if checks.running() else ""))
+
     with gr.Blocks(title="MAX-Whisper") as demo:
-        gr.Markdown(INTRO)
-        status_line = gr.Markdown(transcriptions.status(), elem_id="status")
+        with gr.Row(equal_height=True, elem_id="header"):
+            with gr.Column(scale=4, min_width=320):
+                gr.HTML(f"<style>{CSS}</style>{TITLE}", min_height=0)
+            with gr.Column(scale=1, min_width=180):
+                status = gr.HTML(badge(), elem_id="status", min_height=0)
         timer = gr.Timer(2.0)
         compare_tab = compare.build(transcriptions, choices, max_seconds)
         live.build(transcriptions, choices, max_seconds)
@@ -41,14 +96,14 @@ def build_demo(transcriptions: Transcriptions, max_seconds: float = 600.0,
         views = [system.build(transcriptions), benchmarks.build(), checks_ui.view]  # filled as the page opens
 
         def tick():
-            return transcriptions.status(), *checks_ui.view.values(), gr.Timer(active=busy())
+            return badge(), *checks_ui.view.values(), gr.Timer(active=busy())
 
-        for button in (compare_tab.run, checks_ui.again):  # the status line follows loads, runs and checks
+        for button in (compare_tab.run, checks_ui.again):  # the badge follows loads, runs and checks
             button.click(lambda: gr.Timer(active=True), outputs=timer, concurrency_limit=None, show_progress="hidden")
-        timer.tick(tick, outputs=[status_line, *checks_ui.view.outputs, timer], concurrency_limit=None,
+        timer.tick(tick, outputs=[status, *checks_ui.view.outputs, timer], concurrency_limit=None,
                    show_progress="hidden")
-        demo.load(lambda: (transcriptions.status(), *(value for view in views for value in view.values())),
-                  outputs=[status_line, *(output for view in views for output in view.outputs)],
+        demo.load(lambda: (badge(), *(value for view in views for value in view.values())),
+                  outputs=[status, *(output for view in views for output in view.outputs)],
                   concurrency_limit=None)
     return demo
 
