@@ -52,6 +52,7 @@ CSS = """
 .meta {font-size: .85rem; margin-top: .15rem}
 .meta.error {color: #b91c1c}
 .diff {line-height: 1.6; overflow-wrap: anywhere}
+.live-text {font-size: 1.2rem; line-height: 1.6; min-height: 3.2em; margin: .3rem 0}
 .modebar-container {display: none !important}
 @media (max-width: 600px) {
   #status {text-align: left}
