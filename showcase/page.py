@@ -56,8 +56,8 @@ CSS = """
 .modebar-container {display: none !important}
 @media (max-width: 600px) {
   #status {text-align: left}
-  .bar-name {flex-basis: 7.5rem}
-  .rt {display: none}
+  .bar-row {flex-wrap: wrap; row-gap: 0}
+  .bar-name {flex-basis: 100%}
 }
 """
 
@@ -93,8 +93,9 @@ def build_demo(transcriptions: Transcriptions, max_seconds: float = 600.0,
         timer = gr.Timer(2.0)
         compare_tab = compare.build(transcriptions, choices, max_seconds)
         live.build(transcriptions, choices, max_seconds)
+        bench_view = benchmarks.build()
         checks_ui = checks_tab.build(checks, choices, compare_tab.model, compare_tab.device)
-        views = [system.build(transcriptions), benchmarks.build(), checks_ui.view]  # filled as the page opens
+        views = [system.build(transcriptions), bench_view, checks_ui.view]  # filled as the page opens
 
         def tick():
             return badge(), *checks_ui.view.values(), gr.Timer(active=busy())

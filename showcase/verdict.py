@@ -4,23 +4,14 @@ benchmark measured (`benchmark_note`)."""
 from __future__ import annotations
 
 import html
-import logging
 from pathlib import Path
 
-from maxwhisper.registry import BACKENDS
 from maxwhisper.scoring import word_errors
 
+from .charts import short_name
 from .comparison import Comparison, Panel
 from .cpu_load import BUSY_CORES
-from .results import read_runs
-
-log = logging.getLogger(__name__)
-
-
-def short(backend: str, precision: str = "fp32", mixed: bool = False) -> str:
-    """'MAX', 'faster-whisper int8' (the precision named where the run mixed precisions)."""
-    name = BACKENDS[backend].label if backend in BACKENDS else backend
-    return f"{name} {precision}" if mixed else name
+from .results import read_runs, reference_rows
 
 
 def ratio(x: float) -> str:
@@ -43,21 +34,21 @@ def _times(faster: float, other: str) -> str:
 
 def _tokens(mx: Panel, others: list[Panel], mixed: bool) -> str:
     """Whether MAX's tokens are those of each other implementation, and where not, how many words differ."""
-    same = [short(p.backend, p.precision, mixed) for p in others if p.result.tokens == mx.result.tokens]
+    same = [short_name(p.backend, p.precision, mixed) for p in others if p.result.tokens == mx.result.tokens]
     parts = [f"identical tokens to {' and '.join(same)}"] if same else []
     for p in others:
         if p.result.tokens != mx.result.tokens:
             errors = word_errors(p.result.text, mx.result.text)
             words = "the same words" if not errors or not errors[0] else \
                 f"{errors[0]} word{'s differ' if errors[0] > 1 else ' differs'}"
-            parts.append(f"other tokens than {short(p.backend, p.precision, mixed)} ({words})")
+            parts.append(f"other tokens than {short_name(p.backend, p.precision, mixed)} ({words})")
     return "; ".join(parts)
 
 
 def _cpu(panels: list[Panel], cores: int | None) -> str:
     """What else used the CPU during the runs whose times count (each one's best), if anything."""
     app = {p.best.shared_cpu for p in panels if p.best.shared_cpu}
-    busy = [f"{short(p.backend)} {p.best.other_cores:.1f}" for p in panels
+    busy = [f"{short_name(p.backend)} {p.best.other_cores:.1f}" for p in panels
             if p.best.other_cores is not None and p.best.other_cores >= BUSY_CORES]
     shared = [f"{' and '.join(sorted(app))} ran meanwhile"] if app else []
     if busy:
@@ -81,35 +72,24 @@ def verdict_html(comparison: Comparison, cores: int | None = None) -> str:
     if mx is None or not mx.runs or not others:
         return "<p class='note'>The verdict needs MAX and one other implementation at least.</p>"
     mixed = any(p.precision != "fp32" for p in done)
-    speed = [_times(p.best.seconds / mx.best.seconds, short(p.backend, p.precision, mixed)) for p in others]
+    speed = [_times(p.best.seconds / mx.best.seconds, short_name(p.backend, p.precision, mixed)) for p in others]
     runs = max(len(p.runs) for p in done)
     what = f"best of {runs} runs of each, taken in turns" if runs > 1 else "one run of each"
-    return (f"<div class='verdict'>{short('max', mx.precision, mixed)} was {', '.join(speed[:-1])}"
+    return (f"<div class='verdict'>{short_name('max', mx.precision, mixed)} was {', '.join(speed[:-1])}"
             f"{' and ' if len(speed) > 1 else ''}{speed[-1]} on this {comparison.audio_s:.1f} s clip.</div>"
             f"<p class='note'>{_sentence(_tokens(mx, others, mixed))}. Times: {what}, models already loaded. "
             f"{_cpu(done, cores)}</p>")
 
 
 def benchmark_note(directory: Path) -> str:
-    """One line: the newest committed benchmark's fp32 medians on its longest clip, with its machine;
-    "" without one (a run whose numbers are missing or not numbers is passed over)."""
-    runs, _ = read_runs(directory)
-    for run in sorted(runs, key=lambda r: r.created, reverse=True):
-        try:
-            rows = [r for r in run.rows if r["precision"] == "fp32" and r["device"] == "cpu"]
-            clips = {r["audio"]: r["audio_s"] or 0 for r in rows if r["backend"] == "max"}
-            if not clips:
-                continue
-            clip = max(clips, key=clips.get)
-            on_clip = sorted((r for r in rows if r["audio"] == clip), key=lambda r: float(r["total_s_median"]))
-            if len(on_clip) < 2 or float(on_clip[0]["total_s_median"]) <= 0:
-                continue
-            times = ", ".join(f"{short(r['backend'])} {float(r['total_s_median']):.2f} s" for r in on_clip)
-        except (TypeError, ValueError, KeyError) as e:
-            log.warning("no note from %s: %s", run.name, e)
-            continue
-        machine = run.machine
-        return (f"For reference, the committed benchmark on a {clips[clip]:.0f} s clip ({html.escape(clip)}) took {times} "
-                f"(fp32 medians on {html.escape(str(machine.get('cpu', 'a CPU')))}, {machine.get('cores', '?')} "
-                f"cores; the Benchmarks tab has them all).")
-    return ""
+    """One line: the fp32 medians of the committed benchmark's clip that the app quotes
+    (`results.reference_rows`), fastest first, with its machine; "" without one."""
+    found = reference_rows(read_runs(directory)[0])
+    rows = sorted((r for r in found[2] if r["precision"] == "fp32"), key=lambda r: r["total_s_median"]) if found else []
+    if len(rows) < 2 or not any(r["backend"] == "max" for r in rows):
+        return ""
+    run, clip = found[0], found[1]
+    times = ", ".join(f"{short_name(r['backend'])} {r['total_s_median']:.2f} s" for r in rows)
+    return (f"For reference, the committed benchmark on a {rows[0]['audio_s']:.0f} s clip ({html.escape(clip)}) took "
+            f"{times} (fp32 medians on {html.escape(str(run.machine.get('cpu', 'a CPU')))}, "
+            f"{run.machine.get('cores', '?')} cores; the Benchmarks tab has them all).")

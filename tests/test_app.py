@@ -20,7 +20,7 @@ from maxwhisper.api import CloseCall, DecodeOptions, Segment, Timings, Transcrip
 import maxwhisper.registry
 from maxwhisper.registry import BACKENDS, create_transcriber, create_warmed_up
 from maxwhisper.scoring import normalize
-from showcase.charts import BAR_PX, stage_bars, time_bars
+from showcase.charts import stage_bars, time_bars
 from showcase.comparison import Comparison, english_only_problem, rounds_for, run_comparison, watch
 from showcase.cpu_load import OtherWork
 from showcase.formatting import error_message, hide_paths
@@ -685,8 +685,8 @@ def test_a_failed_warm_up_is_a_failed_load(monkeypatch):
 # --- benchmarks and system tabs --------------------------------------------------------------
 
 def test_benchmarks_without_results(tmp_path):
-    text, table, rtfx, stages = benchmark_view(tmp_path / "missing")
-    assert "No committed benchmark results yet" in text and table == [] and rtfx is None and stages is None
+    top, table, machines = benchmark_view(tmp_path / "missing")
+    assert "No committed benchmark results yet" in top and table == [] and machines == ""
 
 
 def test_benchmarks_read_older_files_that_name_rtfx_rtf(tmp_path):
@@ -695,34 +695,36 @@ def test_benchmarks_read_older_files_that_name_rtfx_rtf(tmp_path):
     row = {"audio": "jfk.flac", "audio_s": 11.0, "backend": "max", "model": "tiny.en", "device": "cpu",
            "precision": "fp32", "total_s_median": 0.5, "rtf": 22.0}
     (tmp_path / "cpu-old-2c.json").write_text(json.dumps({"results": [row]}))
-    _, table, rtfx, _ = benchmark_view(tmp_path)
-    assert table[0][list(BENCH_TABLE).index("rtfx")] == 22.0 and rtfx.data[0].y == (22.0,)
+    _, table, _ = benchmark_view(tmp_path)
+    assert table[0][list(BENCH_TABLE).index("rtfx")] == 22.0
 
 
-def test_benchmarks_table_and_charts(tmp_path):
-    row = {"audio": "jfk.flac", "audio_s": 11.0, "backend": "max", "model": "tiny.en", "device": "cpu",
-           "precision": "fp32", "total_s_median": 0.5, "rtfx": 22.0, "load_s": 1.0, "compile_s": 6.0,
+def test_benchmarks_heading_chart_table_then_machines(tmp_path):
+    """A heading, one chart of the longest clip (MAX against the others, fp32 then int8, fastest
+    first), every row in the table, the machines and versions last."""
+    row = {"audio": "talk.flac", "audio_s": 200.0, "backend": "max", "model": "tiny.en", "device": "cpu",
+           "precision": "fp32", "total_s_median": 2.5, "rtfx": 80.0, "load_s": 1.0, "compile_s": 6.0,
            "features_s": 0.05, "encode_s": 0.2, "decode_s": None, "wer": 0.0, "agreement": 1.0, "extra": "ignored"}
-    doc = {"machine": {"cpu": "Xeon", "cores": 2, "gpus": [{"name": "x"}], "gpu": None},
-           "versions": {"max": "26.7.0"}, "options": {"repeats": 3, "decode": {"beam_size": 1}},
-           "results": [row, {**row, "backend": "openai", "rtfx": 2.5, "encode_s": None}]}
+    rows = [row, {**row, "backend": "openai", "total_s_median": 8.0}, {**row, "backend": "faster", "total_s_median": 4.0},
+            {**row, "precision": "int8", "total_s_median": 1.5}, {**row, "backend": "faster", "precision": "int8",
+                                                                   "total_s_median": 4.2},
+            {**row, "audio": "jfk.flac", "audio_s": 11.0, "total_s_median": 0.2}]
+    doc = {"created": "2026-01-01 00:00:00 UTC", "machine": {"cpu": "Xeon", "cores": 2, "vector_isa": "AVX-512"},
+           "versions": {"max": "26.7.0"}, "options": {"repeats": 3, "decode": {"beam_size": 1}}, "results": rows}
     (tmp_path / "cpu-xeon-2c.json").write_text(json.dumps(doc))
     (tmp_path / "broken.json").write_text("{not json")
-    text, table, rtfx, stages = benchmark_view(tmp_path)
-    assert "`cpu-xeon-2c.json`" in text and "cpu `Xeon`" in text and "cores `2`" in text
-    assert "decode.beam_size `1`" in text and "max `26.7.0`" in text and "`broken.json` could not be read" in text
-    assert len(table) == 2 and table[0][:4] == ["jfk.flac", "max · cpu · fp32", 0.5, 22.0]
+    top, table, machines = benchmark_view(tmp_path)
+    assert top.startswith("<h2>What this machine class measured</h2>")
+    assert "tiny.en on a 200 s clip (talk.flac), Xeon (AVX-512), 2 cores" in top
+    names = re.findall(r"class='bar-name'[^>]*>([^<]+)<", top)
+    assert names == ["MAX fp32", "faster-whisper fp32", "openai-whisper fp32", "MAX int8", "faster-whisper int8"]
+    assert "2.50 s · 80×" in top and "jfk" not in top
+    assert len(table) == 6 and table[0][:4] == ["talk.flac", "max · cpu · fp32", 2.5, 80.0]
     assert len(table[0]) == len(BENCH_TABLE)
-    assert [t.name for t in rtfx.data] == ["max · cpu · fp32", "openai · cpu · fp32"]
-    assert [t.marker.color for t in rtfx.data] == [BACKENDS["max"].color, BACKENDS["openai"].color]
-    assert [t.y for t in rtfx.data] == [(22.0,), (2.5,)]
-    assert "audio seconds per processing second" in rtfx.layout.title.text
-    assert [t.name for t in stages.data] == ["features", "encode", "decode", "other"]
-    assert stages.data[3].x == pytest.approx((0.25, 0.45))
-    # the implementations are named on horizontal bars' rows, each bar tall enough to read its name
-    assert {t.orientation for t in stages.data} == {"h"}
-    assert stages.data[0].y == ("max · cpu · fp32", "openai · cpu · fp32")
-    assert stages.layout.height >= 2 * BAR_PX + 60
+    assert machines.startswith("### Machines, versions and settings")
+    assert "`cpu-xeon-2c.json`" in machines and "cpu `Xeon`" in machines and "cores `2`" in machines
+    assert "decode.beam_size `1`" in machines and "max `26.7.0`" in machines
+    assert "`broken.json` could not be read" in machines
 
 
 def test_system_report():

@@ -119,15 +119,18 @@ def build(checks: ComponentChecks, choices: Choices, model: gr.Dropdown, device:
     """The tab and its handlers, inside the page's gr.Blocks; its button checks the `model` and
     `device` chosen on the Transcribe & compare tab."""
     with gr.Tab("Component tests"):
-        gr.Markdown("Each MAX component against openai-whisper's PyTorch module built from the same weights "
-                    "(`maxwhisper.selfcheck`). `python app.py` runs them in the background once its start-up "
-                    "warm-up is done (not with `--no-warm-up`, nor in the service's app); before each check they "
-                    "wait while transcriptions run or wait. The button runs them with the model and device chosen "
-                    "on the first tab.")
+        gr.Markdown("Each part of MAX's network, checked against openai-whisper's PyTorch module built from the "
+                    "same weights: the same inputs must give the same numbers, to float32 rounding.")
         checks_message = gr.Markdown(checks.message, elem_id="checks-message")
         checks_table = gr.Dataframe(checks.rows or None, headers=CHECK_HEADERS, interactive=False,
                                     wrap=True)
         checks_again = gr.Button("Run the checks again")
+        with gr.Accordion("About the checks", open=False):
+            gr.Markdown("Where the app warms its models up at start, the checks then run in the background, on "
+                        "models of their own (`maxwhisper.selfcheck`); before each one they wait while a comparison "
+                        "runs or waits, and a comparison that ran beside them says so. The button runs them again with the model "
+                        "and device chosen in the Compare tab's options. The *transcript* row compares whole "
+                        "transcripts token by token.")
 
     def check_again(model, device):
         if checks.start(model, choices.device(device)) is None:

@@ -31,6 +31,15 @@ EXAMPLES = (  # (clip in examples/, its button, the model it shows best, referen
     ("physicsworks-excerpt.flac", "Physics lecture, 43 s", "tiny.en", ""),
     ("multilingual.mp3", "English + German, 60 s", "base", ""),
 )
+ABOUT = (
+    "The three implementations run OpenAI's Whisper with the same weights (one CTranslate2 package, converted once "
+    "for MAX and openai-whisper) and the same decoding options on the same audio; MAX must give openai-whisper's "
+    "tokens, and the verdict says whether it did. They take turns on the CPU, one transcription at a time, other "
+    "visitors' runs too. A clip of 30 s or less is run three times by each, in turns, and each one's best time "
+    "counts, so that a burst of other work does not decide the verdict; a longer clip is run once. During each run "
+    "the app measures how much of the CPU other programs took, and says so under the verdict. Times leave out "
+    "loading and compiling the models, done once. The Benchmarks tab holds medians measured on a quiet machine; "
+    "docs/app.md in the repository describes the page.")
 RUNS_AT_ONCE = 16  # requests inside the app at once: they take turns (`Transcriptions`) and see their place
 
 
@@ -170,6 +179,9 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
                                           gr.Textbox(label="Segments", lines=3, max_lines=12, elem_id=f"segments-{b}"),
                                           gr.File(label="TXT / SRT / VTT", file_count="multiple", interactive=False,
                                                   elem_id=f"files-{b}"))
+
+        with gr.Accordion("About the race", open=False):
+            gr.Markdown(ABOUT)
 
     panel_outputs = [x for b in BACKENDS for x in (columns[b], heads[b], texts[b], *details[b])]
     cores = OtherWork().available
