@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 REFERENCE_BACKEND = "openai"  # the implementation the others are compared with
 SHORT_CLIP_S = 30.0  # a clip of one window at most is timed in MAX_ROUNDS rounds, a longer one in one
 MAX_ROUNDS = 3
-ROUND_LIMIT_S = 20.0  # a first round that took longer (beam search, a slow machine) is not repeated
+ROUND_LIMIT_S = 10.0  # a first round that took longer (base, beam search, a slow machine) is not repeated
 DIFF_CONTEXT = 4  # words of context on each side of a difference
 
 

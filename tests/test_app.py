@@ -311,7 +311,7 @@ def test_short_clips_are_timed_in_rounds_and_the_best_time_counts(tmp_path):
     assert "MAX was <b>2.5× faster</b> than openai-whisper on this 1.0 s clip." in verdict
     assert "Times: best of 3 runs of each, taken in turns, models already loaded." in verdict
     assert "best of 3 runs" in time_bars(comparison) and "0.20 s" in time_bars(comparison)
-    assert rounds_for(11.0, 1.6) == 3 and rounds_for(43.0, 5.0) == 1 and rounds_for(30.0, 25.0) == 1
+    assert rounds_for(11.0, 1.6) == 3 and rounds_for(43.0, 5.0) == 1 and rounds_for(30.0, 12.0) == 1
     fakes = {b: FakeTranscriber(b) for b in ("max", "openai")}
     long = run_comparison((16000, np.full(40 * 16000, 1000, np.int16)), ["max", "openai"], "fake", "cpu",
                           DecodeOptions(), LocalTranscriptions(lambda backend, **kw: fakes[backend]), out_dir=tmp_path)
@@ -386,8 +386,8 @@ def test_background_work_during_a_run_is_flagged(tmp_path):
                                 DecodeOptions(), LocalTranscriptions(lambda backend, **kw: fakes[backend], turns=turns),
                                 out_dir=tmp_path)
     assert "⚠ CPU shared" in compare.panel_head(comparison.panels["max"], "max")
-    assert ("⚠ The component checks ran meanwhile: those times are slower than usual, run again for a fair ratio."
-            in verdict_html(comparison, 2))
+    verdict = verdict_html(comparison, 2)  # (other programs on this machine may be named too)
+    assert "⚠ The component checks ran meanwhile" in verdict and "those times are slower than usual" in verdict
 
 
 def test_other_programs_busy_during_a_run_are_flagged(tmp_path):
@@ -761,7 +761,7 @@ def test_app_builds_with_the_examples():
     demo = build_demo(LocalTranscriptions(no_loading), max_seconds=60)
     assert isinstance(demo, gr.Blocks)
     rows = compare.example_rows(["tiny.en"])
-    assert [Path(r[0]).name for r in rows] == ["jfk.flac", "physicsworks-excerpt.flac", "multilingual.mp3"]
+    assert [Path(r[0]).name for r in rows] == ["jfk.flac", "physicsworks-excerpt.flac", "german.flac"]
     assert rows[2][2] == "tiny.en" and compare.example_rows(["tiny.en", "base"])[2][2] == "base"
     for path, button, _, _ in rows:
         assert Path(path).stat().st_size < 1.5e6 and Path(path).name in (compare.EXAMPLES_DIR / "README.md").read_text()

@@ -29,7 +29,7 @@ JFK_TEXT = "And so my fellow Americans, ask not what your country can do for you
 EXAMPLES = (  # (clip in examples/, its button, the model it shows best, reference text); see examples/README.md
     ("jfk.flac", "JFK, 11 s", "tiny.en", JFK_TEXT),
     ("physicsworks-excerpt.flac", "Physics lecture, 43 s", "tiny.en", ""),
-    ("multilingual.mp3", "English + German, 60 s", "base", ""),
+    ("german.flac", "German, 29 s", "base", ""),
 )
 ABOUT = (
     "The three implementations run OpenAI's Whisper with the same weights (one CTranslate2 package, converted once "
