@@ -3,8 +3,8 @@
     python app.py [--host 0.0.0.0] [--port 7860] [--share] [--max-seconds 600]
 
 The command line only: the page is `showcase.page.build_demo`, given here `LocalTranscriptions`
-(models loaded in this process, warmed up at start, MAX last) and component checks that start once
-the warm-up is done.
+(models loaded in this process, warmed up at start, MAX last) and component checks that share its
+turns.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ use_persistent_storage()  # a Space's /data keeps MAX's compile cache: before ma
 from showcase.choices import Choices  # noqa: E402
 from showcase.page import build_demo, quiet_queue  # noqa: E402
 from showcase.tabs import checks as checks_tab, compare  # noqa: E402
+from showcase.tabs.live import RACERS  # noqa: E402
 from showcase.transcriptions import LocalTranscriptions  # noqa: E402
 
 
@@ -42,15 +43,15 @@ def main(argv: list[str] | None = None) -> None:
     transcriptions = LocalTranscriptions(create_warmed_up, record=load_record_path())
     choices = Choices.here()
     models, device = choices.models, choices.default_device
-    checks = checks_tab.ComponentChecks(transcriptions.turns, start_after_warm_up=args.warm_up and bool(models))
+    checks = checks_tab.ComponentChecks(transcriptions.turns)
     if args.warm_up and models:
         # MAX last: the baselines load in seconds and answer while MAX compiles; then the Live tab's
-        # MAX (from the compile cache by then) and the checks
+        # racers (MAX from the compile cache by then)
         backends = sorted(choices.backends, key=lambda b: b == "max")
         transcriptions.models.warm_up(
             [(b, models[0], device) for b in backends],
-            then=lambda: transcriptions.stream_models.warm_up([("max", models[0], device)],
-                                                              then=lambda: checks.start(models[0], device)))
+            then=lambda: transcriptions.stream_models.warm_up([(b, models[0], device) for b in RACERS
+                                                               if b in backends]))
     demo = build_demo(transcriptions, args.max_seconds, checks)
     demo.queue(default_concurrency_limit=1, max_size=32)
     quiet_queue(demo)

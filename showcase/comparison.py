@@ -170,6 +170,7 @@ def run_comparison(audio, backends: list[str], model: str, device: str, options:
     except MaxWhisperError as e:
         return Comparison(f"⚠ Cannot use this audio: {error_message(e)}")
 
+    reference_text = reference_text or ""  # (a textbox not yet shown gives None)
     stem = Path(audio).stem if isinstance(audio, (str, os.PathLike)) else "audio"
     out_dir = Path(out_dir or tempfile.mkdtemp(prefix="maxwhisper-"))
     panels = {b: Panel(b, backend_precision(b, device, precision)) for b in backends}

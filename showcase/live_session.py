@@ -51,8 +51,8 @@ class LiveSession:
         self._stopped = False
         self.stopped_at: float | None = None  # clock time of `stop`
         self.started: float | None = None  # clock time at which the stream's first sample was spoken
-        self.received_s = 0.0  # seconds of audio received
-        self.transcribed_s = 0.0  # of which the updates done so far have transcribed
+        self._received = 0  # samples of audio received
+        self._transcribed = 0  # of which the updates done so far have transcribed
         self.committed: list[StreamWord] = []
         self.tentative: list[StreamWord] = []
         self.latencies: list[float] = []
@@ -75,7 +75,7 @@ class LiveSession:
             if self.started is None:
                 self.started = now - len(audio) / SAMPLE_RATE
             self._pending.append(audio)
-            self.received_s += len(audio) / SAMPLE_RATE
+            self._received += len(audio)
             self._cond.notify_all()
 
     def stop(self, timeout: float | None = None) -> None:
@@ -98,11 +98,16 @@ class LiveSession:
         return self._thread.is_alive()
 
     @property
+    def received_s(self) -> float:
+        """Seconds of audio received."""
+        return self._received / SAMPLE_RATE
+
+    @property
     def behind_s(self) -> float:
         """How far behind the stream is: seconds of audio received and not yet transcribed (waiting,
         or in the update under way)."""
         with self._cond:
-            return self.received_s - self.transcribed_s
+            return (self._received - self._transcribed) / SAMPLE_RATE
 
     def _pending_s(self) -> float:
         return sum(len(a) for a in self._pending) / SAMPLE_RATE
@@ -131,7 +136,7 @@ class LiveSession:
                         self._commit(update.committed)  # committed as each step ends
                         self.tentative = update.tentative
                     with self._cond:
-                        self.transcribed_s += len(audio) / SAMPLE_RATE
+                        self._transcribed += len(audio)
                 if last:
                     self.state = "finishing"  # the end may hear the buffer once more (`Streamer.finish`)
                     with self._lock:
@@ -167,10 +172,10 @@ class LiveSession:
             return f"stopped: {self.error}"
         parts = [self.state]
         if self.received_s:
-            share = self.compute_s / self.received_s
-            behind = self.behind_s
-            parts.append(f"keeps up: {share:.2f} s of computing per second of speech" if behind <= BEHIND_S else
-                         f"falls behind: {behind:.0f} s of speech waiting")
+            share, behind = self.compute_s / self.received_s, self.behind_s
+            computing = f"{share:.2f} s of computing per second of speech"
+            parts.append(f"falls behind: {behind:.0f} s of speech waiting" if behind > BEHIND_S else
+                         f"{'falls behind' if share > 1 else 'keeps up'}: {computing}")
         if self.latencies:
             parts.append(f"words final {statistics.median(self.latencies):.1f} s after they are said (median)")
         parts.append(f"{self.received_s:.0f} s heard")

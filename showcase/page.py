@@ -71,10 +71,10 @@ def badge_html(text: str) -> str:
 def build_demo(transcriptions: Transcriptions, max_seconds: float = 600.0,
                checks: checks_tab.ComponentChecks | None = None, choices: Choices | None = None) -> gr.Blocks:
     """The page: a status badge over the five tabs. Its tabs transcribe only through `transcriptions`;
-    `checks` (default: checks that wait for no transcription, started by their button only, as in
-    the service's app) should share the turns of local transcriptions, as `app.main`'s do; `choices`
+    `checks` (default: checks that wait for no transcription, as in the service's app) should share
+    the turns of local transcriptions, as `app.main`'s do; `choices`
     (default: this machine's) are the models, backends and devices offered."""
-    checks = checks or checks_tab.ComponentChecks(Turns(), start_after_warm_up=False)
+    checks = checks or checks_tab.ComponentChecks(Turns())
     choices = choices or Choices.here()
 
     def busy() -> bool:
@@ -82,7 +82,7 @@ def build_demo(transcriptions: Transcriptions, max_seconds: float = 600.0,
 
     def badge() -> str:
         text = transcriptions.badge()
-        return badge_html(text + (" · component checks running" if checks.running() else ""))
+        return badge_html(text + (" · checks running" if checks.running() else ""))
 
     with gr.Blocks(title="MAX-Whisper") as demo:
         with gr.Row(equal_height=True, elem_id="header"):
@@ -102,6 +102,8 @@ def build_demo(transcriptions: Transcriptions, max_seconds: float = 600.0,
 
         for button in (compare_tab.run, checks_ui.again):  # the badge follows loads, runs and checks
             button.click(lambda: gr.Timer(active=True), outputs=timer, concurrency_limit=None, show_progress="hidden")
+        checks_ui.tab.select(lambda: gr.Timer(active=True), outputs=timer, concurrency_limit=None,
+                             show_progress="hidden")
         timer.tick(tick, outputs=[status, *checks_ui.view.outputs, timer], concurrency_limit=None,
                    show_progress="hidden")
         demo.load(lambda: (badge(), *(value for view in views for value in view.values())),
