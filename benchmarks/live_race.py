@@ -69,13 +69,15 @@ def markdown(doc: dict) -> str:
     lines = [f"# Live race: {doc['model']}, {doc['audio']} ({doc['audio_s']:.0f} s) fed in real time",
              "", f"{m['cpu']} ({m['vector_isa']}), {m['cores']} cores; {doc['created']}. `{doc['command']}`", "",
              "| race | pace s | background load | implementation | words | commit latency median | p90 | "
-             "computing per audio s | behind at worst | WER vs own offline |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "computing per audio s | behind at worst | WER vs own offline |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for run in doc["runs"]:
         for b, f in run["figures"].items():
             lat = "–" if f["latency_median_s"] is None else f"{f['latency_median_s']:.2f} s"
             p90 = "–" if f["latency_p90_s"] is None else f"{f['latency_p90_s']:.2f} s"
-            lines.append(f"| {'+'.join(run['race'])} | {run['pace_s']:g} | {run['load']} | {b} | {f['words']} | {lat} | "
-                         f"{p90} | {f['compute_share']:.2f} | {f['behind_max_s']:.1f} s | {100 * f['wer_vs_offline']:.1f} % |")
+            lines.append(f"| {'+'.join(run['race'])} | {run['pace_s']:g} | {run['load']} | {b} | {f['words']} | "
+                         f"{lat} | {p90} | {f['compute_share']:.2f} | {f['behind_max_s']:.1f} s | "
+                         f"{100 * f['wer_vs_offline']:.1f} % |")
     lines += ["", "Each implementation streams the same audio on a transcriber of its own, all at once on the same "
               "cores (the Live tab's `LiveSession`). Pace: the new audio an update waits for. Commit latency: when a "
               "word turned final minus when it was said, on the wall clock, from the first chunk's arrival. "

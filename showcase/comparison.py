@@ -187,7 +187,8 @@ def run_comparison(audio, backends: list[str], model: str, device: str, options:
                 _fill_panels(comparison, reference_text, out_dir, stem)
             notify(_snapshot(comparison))
         if comparison.round == 1:
-            comparison.rounds = rounds_for(comparison.audio_s, sum(p.runs[0].seconds for p in panels.values() if p.runs))
+            first = sum(p.runs[0].seconds for p in panels.values() if p.runs)
+            comparison.rounds = rounds_for(comparison.audio_s, first)
     comparison.finished = True
     return comparison
 

@@ -14,6 +14,7 @@ _BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user, nice, system, irq, softirq, steal (no
 
 
 def _cores() -> set[int]:
+    """The cores this process may run on."""
     try:
         return os.sched_getaffinity(0)
     except AttributeError:  # not Linux
@@ -32,6 +33,10 @@ def _busy_seconds(cores: set[int], stat: Path) -> float | None:
         if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
             ticks += sum(int(fields[i]) for i in _BUSY_FIELDS if i < len(fields))
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def available_cores() -> int:
+    return len(_cores())
 
 
 class OtherWork:
@@ -54,7 +59,3 @@ class OtherWork:
             return
         others = (busy - busy0) - (time.process_time() - own0)
         self.cores = min(max(others / wall, 0.0), float(len(self._cores)))
-
-    @property
-    def available(self) -> int:
-        return len(self._cores)

@@ -54,7 +54,7 @@ def _cpu(panels: list[Panel], cores: int | None) -> str:
     if busy:
         shared.append(f"other programs kept cores busy ({', '.join(busy)} of {cores} cores on average)")
     if shared:
-        return "⚠ " + _sentence("; ".join(shared)) + ": those times are slower than usual, run again for a fair ratio."
+        return f"⚠ {_sentence('; '.join(shared))}: those times are slower than usual, run again for a fair ratio."
     if all(p.best.other_cores is not None for p in panels):
         return "No other work held the CPU meanwhile."
     return ""

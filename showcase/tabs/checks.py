@@ -142,4 +142,5 @@ def build(checks: ComponentChecks, choices: Choices, model: gr.Dropdown, device:
     checks_again.click(check_again, [model, device], concurrency_limit=None, show_progress="hidden")
     tab.select(lambda model, device: checks.start_once(model, choices.device(device)), [model, device],
                concurrency_limit=None, show_progress="hidden")
-    return ChecksTab(tab, checks_again, View([checks_table, checks_message], lambda: (checks.rows or None, checks.message)))
+    return ChecksTab(tab, checks_again,
+                     View([checks_table, checks_message], lambda: (checks.rows or None, checks.message)))

@@ -18,7 +18,7 @@ from maxwhisper.tokenizer import LANGUAGES
 from ..charts import stage_bars, time_bars
 from ..choices import Choices
 from ..comparison import Comparison, Panel, run_comparison, watch
-from ..cpu_load import BUSY_CORES, OtherWork
+from ..cpu_load import BUSY_CORES, available_cores
 from ..formatting import label
 from ..results import RESULTS_DIR
 from ..transcriptions import Transcriptions
@@ -111,9 +111,8 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
                                  label=f"Audio: upload, record, or pick an example (up to {max_seconds:g} s)")
                 examples = example_rows(choices.models) if choices.models else []
                 with gr.Row(elem_id="examples", equal_height=True):
-                    example_buttons = [(gr.Button(button, size="sm", variant="secondary", min_width=120,
-                                                  elem_classes="example"), path, model, text)
-                                       for path, button, model, text in examples]
+                    example_buttons = [(gr.Button(button, size="sm", variant="secondary", min_width=120), path, model,
+                                        text) for path, button, model, text in examples]
             with gr.Column(scale=2, min_width=300):
                 chosen = gr.CheckboxGroup([(label(b), b) for b in choices.backends], value=choices.backends,
                                           label="Implementations to race", elem_id="chosen")
@@ -176,7 +175,8 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
                         with gr.Column(min_width=240):
                             gr.Markdown(f"**<span style='color:{color(b)}'>{label(b)}</span>**")
                             details[b] = (gr.HTML(elem_id=f"diff-{b}", min_height=0),
-                                          gr.Textbox(label="Segments", lines=3, max_lines=12, elem_id=f"segments-{b}"),
+                                          gr.Textbox(label="Segments", lines=3, max_lines=12,
+                                                     elem_id=f"segments-{b}"),
                                           gr.File(label="TXT / SRT / VTT", file_count="multiple", interactive=False,
                                                   elem_id=f"files-{b}"))
 
@@ -184,7 +184,7 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
             gr.Markdown(ABOUT)
 
     panel_outputs = [x for b in BACKENDS for x in (columns[b], heads[b], texts[b], *details[b])]
-    cores = OtherWork().available
+    cores = available_cores()
 
     def shown(comparison: Comparison | None, elapsed: float, chosen_now: list[str]) -> list:
         outputs = [message_text(comparison, elapsed)]
@@ -223,8 +223,8 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
               results, concurrency_limit=RUNS_AT_ONCE, show_progress="hidden")
     video.upload(lambda path: path, inputs=video, outputs=audio, show_progress="hidden")
     for button, path, example_model, text in example_buttons:
-        button.click(lambda path=path, m=example_model, text=text: (path, m, text), outputs=[audio, model, reference_text],
-                     concurrency_limit=None, show_progress="hidden")
+        button.click(lambda path=path, m=example_model, text=text: (path, m, text),
+                     outputs=[audio, model, reference_text], concurrency_limit=None, show_progress="hidden")
     for control in (model, precision, device, beam_size):
         control.change(lambda m, p, d, beam: gr.Accordion(label=options_label(m, p, choices.device(d), int(beam))),
                        [model, precision, device, beam_size], options, concurrency_limit=None, show_progress="hidden")
