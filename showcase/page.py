@@ -16,7 +16,7 @@ from .turns import Turns
 
 TITLE = """<div id='title'><h1>MAX-Whisper</h1><p>OpenAI's Whisper rebuilt on
 <a href='https://docs.modular.com/max/' target='_blank'>Modular's MAX Graph</a>: the same tokens as
-openai-whisper, in less time than it and faster-whisper on a CPU. Race them on a clip.</p></div>"""
+openai-whisper, faster than it and faster-whisper on a CPU.</p></div>"""
 
 CSS = """
 #title h1 {margin: 0; font-size: 1.7rem}
@@ -55,6 +55,8 @@ CSS = """
 .live-text {font-size: 1.2rem; line-height: 1.6; min-height: 3.2em; margin: .3rem 0}
 .modebar-container {display: none !important}
 @media (max-width: 600px) {
+  #title h1 {font-size: 1.4rem}
+  #title p {font-size: .9rem}
   #status {text-align: left}
   .bar-row {flex-wrap: wrap; row-gap: 0}
   .bar-name {flex-basis: 100%}

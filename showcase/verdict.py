@@ -15,7 +15,8 @@ from .results import read_runs, reference_rows
 
 
 def ratio(x: float) -> str:
-    return f"{x:.2f}×" if x < 1.95 else f"{x:.1f}×"
+    """'1.05×' near 1, else one decimal: '1.8×', '2.1×'."""
+    return f"{x:.2f}×" if x < 1.195 else f"{x:.1f}×"
 
 
 def _sentence(text: str) -> str:

@@ -333,11 +333,11 @@ def test_verdict_says_how_many_times_faster_and_whether_tokens_match(tmp_path):
                                 DecodeOptions(), LocalTranscriptions(lambda backend, **kw: fakes[backend]),
                                 out_dir=tmp_path)
     verdict = verdict_html(comparison, 2)
-    assert ("MAX was <b>8.0× faster</b> than openai-whisper and <b>slower</b> than faster-whisper (1.25× its time) "
+    assert ("MAX was <b>8.0× faster</b> than openai-whisper and <b>slower</b> than faster-whisper (1.2× its time) "
             "on this 10.0 s clip.") in verdict
     assert "Identical tokens to openai-whisper; other tokens than faster-whisper (1 word differs)." in verdict
     assert "Times: best of 3 runs of each, taken in turns, models already loaded." in verdict
-    assert _times(1.004, "x") == "as fast as x" and _times(1.5, "x") == "<b>1.50× faster</b> than x"
+    assert _times(1.004, "x") == "as fast as x" and _times(1.5, "x") == "<b>1.5× faster</b> than x" and _times(1.05, "x") == "<b>1.05× faster</b> than x"
 
 
 def _run_in_precision(precision: str, tmp_path):

@@ -273,11 +273,13 @@ def test_live_races_max_and_faster_whisper_on_the_fake_microphone(app, tmp_path)
             expect(panel).to_contain_text(re.compile(r"keeps up: [\d.]+ s of computing per second of speech|falls "
                                                      r"behind"))
             expect(panel).to_contain_text(re.compile(r"words final [\d.]+ s after they are said"))
-        shoot(page, "live-desktop")
+        # the fake microphone's 16 s played (it sends silence after), then the stop
+        expect(panels["max"]).to_contain_text(re.compile(r"(1[6-9]|[2-9]\d|\d{3}) s heard"), timeout=120_000)
         page.locator("#live-mic").get_by_role("button", name=re.compile("stop", re.I)).first.click()
         for panel in panels.values():
             expect(panel.locator(".live-stats")).to_contain_text("stopped", timeout=120_000)
             assert len(normalize(panel.locator(".live-committed").inner_text()).split()) >= 3
+        shoot(page, "live-desktop")
         page.set_viewport_size(PHONE)
         width, wide = page.evaluate(TOO_WIDE_JS)
         assert width <= PHONE["width"] and not wide, wide

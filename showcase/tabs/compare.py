@@ -15,7 +15,7 @@ from maxwhisper.api import DecodeOptions
 from maxwhisper.registry import BACKENDS, color
 from maxwhisper.tokenizer import LANGUAGES
 
-from ..charts import stage_bars, time_bars
+from ..charts import short_name, stage_bars, time_bars
 from ..choices import Choices
 from ..comparison import Comparison, Panel, run_comparison, watch
 from ..cpu_load import BUSY_CORES, available_cores
@@ -114,7 +114,7 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
                     example_buttons = [(gr.Button(button, size="sm", variant="secondary", min_width=120), path, model,
                                         text) for path, button, model, text in examples]
             with gr.Column(scale=2, min_width=300):
-                chosen = gr.CheckboxGroup([(label(b), b) for b in choices.backends], value=choices.backends,
+                chosen = gr.CheckboxGroup([(short_name(b), b) for b in choices.backends], value=choices.backends,
                                           label="Implementations to race", elem_id="chosen")
                 run = gr.Button("Run", variant="primary", elem_id="run", size="lg")
                 model_note = gr.Markdown(elem_id="model-note")

@@ -19,6 +19,7 @@ import gradio as gr
 from maxwhisper.api import MaxWhisperError
 from maxwhisper.registry import BACKENDS, color
 
+from ..charts import short_name
 from ..choices import Choices
 from ..formatting import error_message, label
 from ..live_session import LiveSession
@@ -151,7 +152,7 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
                                elem_id="live-mic", waveform_options=gr.WaveformOptions(show_recording_waveform=False))
             with gr.Column(scale=2, min_width=300):
                 live_backends = gr.CheckboxGroup(
-                    [(label(b), b) for b in choices.backends], value=racers, label="Implementations to race",
+                    [(short_name(b), b) for b in choices.backends], value=racers, label="Implementations to race",
                     elem_id="live-backends", info="openai-whisper does not keep up beside the others on a 2-core CPU")
                 live_model = gr.Dropdown(choices.models, value=choices.models[0] if choices.models else None,
                                          label="Model (installed)")
