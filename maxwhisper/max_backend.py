@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .api import DecodeOptions, MaxWhisperError, Timings, TranscriptionResult, empty_result
+from .api import DecodeOptions, MaxWhisperError, Segment, Timings, TranscriptionResult, empty_result
 from .audio import N_SAMPLES, SAMPLE_RATE, STREAM_PADDING_S, heard_frames, log_mel_spectrogram
 from .batched import transcribe_batched
 from .checkpoint import load_checkpoint
@@ -47,8 +47,9 @@ class MaxTranscriber:
         return self.net.compile_s
 
     def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
-                   progress: Callable[[float], None] | None = None) -> TranscriptionResult:
-        return self._transcribe(audio, options, progress)[0]
+                   progress: Callable[[float], None] | None = None,
+                   on_segments: Callable[[Sequence[Segment]], None] | None = None) -> TranscriptionResult:
+        return self._transcribe(audio, options, progress, on_segments=on_segments)[0]
 
     def transcribe_window(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
                           draft: Sequence[int] = (), padding_s: float | None = STREAM_PADDING_S
@@ -60,19 +61,20 @@ class MaxTranscriber:
         cost in proportion to what is heard (the encoder graph takes any number of frames, the
         decoder graphs any number of encoder positions), a third of the 30 s window's for 5 s of
         audio. The tokens may then differ from the seek loop's; None: the 30 s window, the seek
-        loop's first window exactly (also where decodings share steps, `max_batch` > 1, whose
-        encoder calls and caches hold 30 s windows).
+        loop's first window exactly. Where decodings share steps (`max_batch` > 1), each stream's
+        window keeps its length: its steps attend to its own audio positions in the shared cache.
         `draft`: the tokens the stream's last hypothesis decoded (`transcribe.transcribe`): a stream's
         next hypothesis mostly begins as its last one did, so the decoder steps token by token only
         from where the two differ. Returns the result and the tokens this window decoded (the next draft)."""
         if options.batch_size is not None:
             raise MaxWhisperError("a stream's window is not transcribed in batches: leave batch_size unset")
         audio = audio[:N_SAMPLES]
-        frames = heard_frames(len(audio), padding_s) if padding_s is not None and self.max_batch == 1 else None
+        frames = heard_frames(len(audio), padding_s) if padding_s is not None else None
         return self._transcribe(audio, options, None, first_window_only=True, draft=tuple(draft), window_frames=frames)
 
     def _transcribe(self, audio: np.ndarray, options: DecodeOptions, progress: Callable[[float], None] | None,
-                    first_window_only: bool = False, draft: tuple[int, ...] = (), window_frames: int | None = None
+                    first_window_only: bool = False, draft: tuple[int, ...] = (), window_frames: int | None = None,
+                    on_segments: Callable[[Sequence[Segment]], None] | None = None
                     ) -> tuple[TranscriptionResult, tuple[int, ...]]:
         """The result and the tokens its last window decoded. first_window_only: the first window alone
         (`transcribe_window`), beginning with the `draft` tokens where the model chooses them, its
@@ -87,11 +89,13 @@ class MaxTranscriber:
         if options.batch_size is not None:  # the log-Mel of each speech chunk is computed in the batched loop
             features_s, decoded = None, ()
             out = transcribe_batched(self.decoder_model, audio, options, progress)
+            if on_segments is not None and out.segments:  # chunks finish out of order: all at the end
+                on_segments(out.segments)
         else:
             mel = log_mel_spectrogram(audio, self.checkpoint.dims.n_mels, padding=N_SAMPLES)
             features_s = time.perf_counter() - start
-            out = transcribe(self.decoder_model, mel, options, progress, first_window_only=first_window_only,
-                             draft=draft, window_frames=window_frames)
+            out = transcribe(self.decoder_model, mel, options, progress, on_segments=on_segments,
+                             first_window_only=first_window_only, draft=draft, window_frames=window_frames)
             decoded = out.decoded
         # a graph compiled on first use during decoding is a one-time cost: count it in compile_s only
         lazy_compile_s = self.compile_s - compile_before
