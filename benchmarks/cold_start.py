@@ -1,0 +1,90 @@
+"""MAX's start on a new machine: `python -m maxwhisper transcribe CLIP` timed whole, as a new user
+runs it, first with an empty compile cache (a new `MODULAR_CACHE_DIR`: MAX's compile cache, the
+Mojo kernel package and the exported graphs all live there), then again with the cache that run
+left (the warm start).
+
+    .venv/bin/python benchmarks/cold_start.py [--checkout LABEL=PATH ...] [--precisions fp32]
+        [--audio ../shared/audio/jfk.flac] [--out benchmarks/results]
+
+Each checkout (default: this one, labelled "this") runs with its own code from its folder, so a
+change can be compared with the code before it. Per run: wall seconds, CPU seconds (the child's
+user + system) and the transcript. Writes benchmarks/results/cold-start-<device tag>-tiny.en.json
+and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from maxwhisper.bench.machine import device_tag, machine_info, versions  # noqa: E402
+
+
+def timed_transcribe(checkout: Path, audio: Path, precision: str, cache: Path) -> dict:
+    """One `transcribe` process in `checkout` with `cache` as its compile cache."""
+    env = {**os.environ, "MODULAR_CACHE_DIR": str(cache), "MODULAR_TELEMETRY_ENABLED": "0"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "maxwhisper", "transcribe", str(audio), "--backend", "max",
+                           "--precision", precision], cwd=checkout, env=env, capture_output=True, text=True,
+                          check=False)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise RuntimeError(f"transcribe failed in {checkout}:\n{done.stderr[-2000:]}")
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "text": done.stdout.strip()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkout", action="append", default=[], metavar="LABEL=PATH",
+                        help="a checkout whose code runs, labelled (default: this=this checkout)")
+    parser.add_argument("--precisions", default="fp32", help="comma-separated (default: fp32)")
+    parser.add_argument("--audio", type=Path, default=ROOT.parent / "shared" / "audio" / "jfk.flac")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    checkouts = dict(c.split("=", 1) for c in args.checkout) or {"this": str(ROOT)}
+    machine = machine_info()
+    runs = []
+    for label, path in checkouts.items():
+        for precision in args.precisions.split(","):
+            cache = Path(tempfile.mkdtemp(prefix="cold-start-"))
+            try:
+                cold = timed_transcribe(Path(path).resolve(), args.audio.resolve(), precision, cache)
+                warm = timed_transcribe(Path(path).resolve(), args.audio.resolve(), precision, cache)
+            finally:
+                shutil.rmtree(cache, ignore_errors=True)
+            runs.append({"checkout": label, "precision": precision, "cold": cold, "warm": warm})
+            print(f"{label} {precision}: cold {cold['wall_s']} s ({cold['cpu_s']} CPU s), "
+                  f"warm {warm['wall_s']} s ({warm['cpu_s']} CPU s)", flush=True)
+    command = "python benchmarks/cold_start.py " + " ".join(sys.argv[1:])
+    result = {"command": command.strip(), "audio": args.audio.name, "machine": machine, "versions": versions(),
+              "runs": runs}
+    name = f"cold-start-{device_tag('cpu', machine)}-tiny.en"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [f"# MAX's first transcript of {args.audio.name}, empty compile cache and warm", "",
+             f"`{result['command']}`", "",
+             f"CPU: {machine['cpu']} ({machine['cpu_family_model']}), {machine['vector_isa']}, "
+             f"{machine['cores']} cores; MAX {result['versions'].get('max')}; load average at the start "
+             f"{machine['load_average']}.", "",
+             "| checkout | precision | cold s | cold CPU s | warm s | warm CPU s | transcript |", "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        lines.append(f"| {r['checkout']} | {r['precision']} | {r['cold']['wall_s']} | {r['cold']['cpu_s']} | "
+                     f"{r['warm']['wall_s']} | {r['warm']['cpu_s']} | {r['warm']['text'][:60]}... |")
+    (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
