@@ -55,7 +55,7 @@ import numpy as np
 from .api import SAMPLE_RATE, DecodeOptions, Segment, Timings, Transcriber
 from .audio import N_FRAMES, N_SAMPLES, STREAM_PADDING_S, heard_frames
 from .decoding import compression_ratio
-from .transcribe import needs_fallback
+from .windows import needs_fallback
 
 PROMPT_CHARS = 200  # committed text before the buffer given as prompt (as whisper_streaming)
 OVERLAP_WORDS = 5  # longest repeat of the committed tail looked for at a hypothesis's start
@@ -193,7 +193,7 @@ def repeat_start(words: list[str], before: list[str]) -> int | None:
 
 def fails_offline_rules(segment: Segment, options: DecodeOptions) -> bool:
     """The offline loop would not keep this segment's decoding: its window's decoding too
-    compressible or too improbable (`transcribe.needs_fallback`; the loop keeps the last
+    compressible or too improbable (`windows.needs_fallback`; the loop keeps the last
     temperature's decoding whatever it looks like, a stream does not), or the segment's own text too
     compressible (a loop inside a window whose text as a whole passed)."""
     threshold = options.compression_ratio_threshold
@@ -238,7 +238,7 @@ class Streamer:
         self.buffer_start = 0.0  # stream time of buffer[0]
         self.segment_ends: list[float] = []  # of the last hypothesis, in stream time
         self.held_back: tuple[float, float] | None = None  # the last hypothesis's held back: (start, its segment's end)
-        self.window_failed = False  # the last hypothesis's window failed `transcribe.needs_fallback`'s rules
+        self.window_failed = False  # the last hypothesis's window failed `windows.needs_fallback`'s rules
         self.last_compute_s: float | None = None  # the last update's computing time
         self.draft: tuple[int, ...] = ()  # the tokens this stream's last window decoded, the next one's draft
 

@@ -18,9 +18,10 @@ from typing import Any
 from ..__main__ import finite_float, positive_seconds, temperatures
 from ..api import DecodeOptions
 from ..checkpoint import check_model_name
+from ..extras import require
 from ..registry import BACKENDS, PRECISIONS
 from .clips import DEFAULT_CLIPS, LONG_FORM, audio_dir, parse_clip, resolve_clips
-from .machine import REPO_ROOT, device_tag, gpus, machine_info, versions
+from .machine import device_tag, gpus, machine_info, versions
 from .records import (IMPLEMENTATIONS, add_accuracy, add_batched_accuracy, compute_targets, implementation_label,
                       make_records, merge_round)
 from .report import markdown_table, targets_text, throughput_markdown, write_outputs, write_throughput_html
@@ -28,8 +29,8 @@ from .bulk import bulk_reference_worker, main_bulk
 from .streaming import STREAMING_CLIPS, main_streaming, stream_offsets, streaming_worker
 from .worker import WORKERS, info, run_worker, worker_main
 
-DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
-QUICK_OUT = Path(tempfile.gettempdir()) / "maxwhisper-bench"  # --quick without --out: never the committed results
+DEFAULT_OUT = Path("benchmarks") / "results"  # under the current folder: a checkout's root holds the committed results
+QUICK_OUT = Path(tempfile.gettempdir()) / "maxwhisper-bench"  # --quick without --output: never the committed results
 SCHEMA_VERSION = 2  # the per-clip results' JSON; 1: `rtfx` was named `rtf` (the same value)
 
 
@@ -82,9 +83,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run the implementations in turn this many times and pool their timed runs (default 1)")
     p.add_argument("--quick", action="store_true",
                    help="CI smoke run: jfk.flac, 1 repeat, tiny.en, cpu, all backends; files are named quick-* and "
-                        f"go to {QUICK_OUT} unless --out is given")
-    p.add_argument("--out", type=Path, default=None,
-                   help=f"output folder (default: {DEFAULT_OUT.relative_to(REPO_ROOT)})")
+                        f"go to {QUICK_OUT} unless --output is given")
+    p.add_argument("--output", "--out", dest="out", type=Path, default=None,
+                   help=f"output folder (default: ./{DEFAULT_OUT})")
     p.add_argument("--no-html", dest="html", action="store_false", help="skip the Plotly chart")
     p.add_argument("--background-load", type=_non_negative_int, default=0, metavar="N",
                    help="keep N cores busy with spinning processes while measuring (a shared machine); the "
@@ -166,6 +167,9 @@ def main(args: argparse.Namespace) -> int:
 def _main(args: argparse.Namespace) -> int:
     from ..api import BackendError
 
+    for mode, extra in (("serve", "serve"), ("bulk", "bulk")):
+        if getattr(args, mode):
+            require(extra, f"maxwhisper bench --{mode}")
     if args.quick:
         args.models, args.repeats, args.devices = ["tiny.en"], 1, ["cpu"]
     backends = args.backends or list(BACKENDS)

@@ -1,0 +1,32 @@
+"""The optional parts of maxwhisper and the extra that installs each (pyproject.toml's
+[project.optional-dependencies]): a feature whose extra is missing says in one line which to install."""
+from __future__ import annotations
+
+import importlib.util
+
+from .api import MaxWhisperError
+
+# extra -> the modules of it that maxwhisper imports (tests/test_packaging.py checks them against pyproject.toml)
+EXTRAS = {
+    "batched": ("faster_whisper",),
+    "baselines": ("torch", "whisper", "faster_whisper"),
+    "app": ("gradio", "plotly", "jiwer"),
+    "bench": ("jiwer", "plotly", "soundfile"),
+    "serve": ("ray", "fastapi", "python_multipart"),
+    "bulk": ("ray", "pyarrow", "pandas"),
+}
+
+
+class MissingExtra(MaxWhisperError):
+    """A feature used without the extra that installs what it imports."""
+
+
+def installed(extra: str) -> bool:
+    """Whether every module of `extra` can be imported (none is imported to tell)."""
+    return all(importlib.util.find_spec(module) is not None for module in EXTRAS[extra])
+
+
+def require(extra: str, feature: str) -> None:
+    """Raises MissingExtra, naming the extra to install, where `extra` is not installed."""
+    if not installed(extra):
+        raise MissingExtra(f"{feature} needs the '{extra}' extra: pip install 'maxwhisper[{extra}]'")
