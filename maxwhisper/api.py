@@ -93,7 +93,7 @@ class DecodeOptions:
     A batch_size switches to batched long-form transcription (`maxwhisper.batched`; on the faster
     backend its `BatchedInferencePipeline`): speech chunks found by Silero VAD, decoded that many at a
     time, without the previous text as prompt and without word timestamps. There `without_timestamps`
-    defaults to text only, one segment per chunk, as in faster-whisper's pipeline (docs/bulk.md).
+    defaults to text only, one segment per chunk, as in faster-whisper's pipeline (docs/usage.md).
     """
 
     language: str | None = None  # None: English for .en models, detected otherwise

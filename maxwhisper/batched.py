@@ -3,7 +3,7 @@ Silero VAD packs the speech into chunks of at most 30 s, each chunk is a window 
 previous text as prompt, and `batch_size` windows (any number, 1 included) are encoded and decoded
 together under `maxwhisper.windows`' rules. Text only by default, one segment per chunk; with
 timestamps, a chunk whose window stops at an unfinished segment gets another window from there, as
-the sequential loop would (docs/bulk.md says why text only stays the default). The text is not the
+the sequential loop would (docs/usage.md says why text only stays the default). The text is not the
 sequential loop's: the windows start elsewhere and hear no previous text.
 """
 from __future__ import annotations
