@@ -189,8 +189,9 @@ def check_files(paths: list[str], max_seconds: float | None = None) -> None:
 
 def load_transcriber(args: argparse.Namespace, backend: str, kernels: bool | None = None):
     """kernels: None takes --no-kernels as given (an error for a backend other than MAX)."""
-    from .registry import create_transcriber
+    from .registry import create_transcriber, installed_backend
 
+    installed_backend(backend)  # an unknown one, or a missing extra: said before "loading"
     info(f"loading {args.model} on {backend} (device {args.device}, {args.precision}) ...")
     t = create_transcriber(backend, model=args.model, device=args.device, precision=args.precision,
                            threads=args.threads, kernels=args.kernels if kernels is None else kernels)
@@ -214,8 +215,16 @@ def add_transcribe_arguments(p: argparse.ArgumentParser) -> None:
     add_decode_arguments(p)
 
 
-def run_transcribe(args: argparse.Namespace) -> int:
+def decode_options(args: argparse.Namespace) -> DecodeOptions:
+    """The decoding flags as DecodeOptions; a batch size without the extra its VAD needs is refused."""
     options = DecodeOptions.from_values(vars(args))
+    if options.batch_size is not None:
+        require("batched", "--batch-size")
+    return options
+
+
+def run_transcribe(args: argparse.Namespace) -> int:
+    options = decode_options(args)
     check_model_name(args.model)  # before anything loads: no "loading ..." above its error
     check_files(args.audio, args.max_seconds)
     try:
@@ -280,7 +289,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 def run_compare(args: argparse.Namespace) -> int:
     from .registry import BACKENDS, available_backends
 
-    options = DecodeOptions.from_values(vars(args))
+    options = decode_options(args)
     check_model_name(args.model)
     audio = read_audio(args.audio, args.max_seconds)
     if args.backends:

@@ -78,14 +78,25 @@ def available_backends() -> list[str]:
     return [b.name for b in BACKENDS.values() if importlib.util.find_spec(b.package)]
 
 
+def installed_backend(backend: str) -> Backend:
+    """`backend`'s record: BackendError where no backend has that name, MissingExtra where its
+    package is not installed."""
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    b = BACKENDS[backend]
+    if not importlib.util.find_spec(b.package):
+        install = f"the '{b.extra}' extra: pip install 'maxwhisper[{b.extra}]'" if b.extra else f"pip install {b.package}"
+        raise MissingExtra(f"backend {backend!r} ({b.description}) needs {install}")
+    return b
+
+
 def create_transcriber(backend: str, model: str = "tiny.en", device: str = "auto",
                        precision: str = "fp32", threads: int | None = None, kernels: bool = True,
                        max_batch: int = 1) -> Transcriber:
     """Load `model` on `backend`. kernels=False: MAX's portable plan (`maxwhisper.graph.plan`);
     max_batch > 1: MAX decodes transcriptions called from several threads at once together.
     Raises BackendError/ModelError with a message meant for people."""
-    if backend not in BACKENDS:
-        raise BackendError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    b = installed_backend(backend)
     if device not in DEVICES:
         raise BackendError(f"unknown device {device!r}; valid devices: {', '.join(DEVICES)}")
     if precision not in PRECISIONS:
@@ -94,10 +105,6 @@ def create_transcriber(backend: str, model: str = "tiny.en", device: str = "auto
         raise BackendError("--no-kernels is an option of the MAX backend only")
     if max_batch != 1 and backend != "max":
         raise BackendError("max_batch (requests decoded together) is an option of the MAX backend only")
-    b = BACKENDS[backend]
-    if not importlib.util.find_spec(b.package):
-        install = f"the '{b.extra}' extra: pip install 'maxwhisper[{b.extra}]'" if b.extra else f"pip install {b.package}"
-        raise MissingExtra(f"backend {backend!r} ({b.description}) needs {install}")
     options = {"kernels": kernels, "max_batch": max_batch} if backend == "max" else {}
     return getattr(importlib.import_module(b.module), b.cls)(model=model, device=device, precision=precision,
                                                              threads=threads, **options)

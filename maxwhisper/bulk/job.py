@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..api import DecodeOptions, MaxWhisperError
 from ..checkpoint import check_model_name
+from ..extras import require
 from ..formats import FORMATS
 from .inputs import InputFile, collect_inputs
 from .progress import Progress
@@ -71,7 +72,10 @@ def transcribe_many(inputs: str | os.PathLike | Sequence[str | os.PathLike], out
     arguments (a local job: an unknown model before Ray starts), and for a model that the workers
     cannot load (unknown backend, device, precision or model, one not installed or not a Whisper
     model)."""
+    require("bulk", "maxwhisper.transcribe_many")
     options = dataclasses.replace(options or DecodeOptions(), **changes)
+    if options.batch_size is not None:
+        require("batched", "a bulk job with a batch size")
     address = address or os.environ.get("RAY_ADDRESS") or None
     formats = tuple(dict.fromkeys(formats))
     bad = [f for f in formats if f not in FORMATS]
