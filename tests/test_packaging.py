@@ -149,3 +149,17 @@ def test_the_baselines_come_from_their_entry_point_under_their_installed_name():
 
     assert list(BACKENDS) == ["max", "openai", "faster"]
     assert BACKENDS["openai"].module == "maxwhisper_baselines.openai_backend"
+
+
+def test_register_adds_backends_and_keeps_a_name_s_first_record(monkeypatch):
+    """The app registers the checkout's baselines; where their entry point registered them first,
+    those records stay."""
+    import dataclasses
+
+    from maxwhisper import registry
+
+    monkeypatch.setattr(registry, "BACKENDS", dict(registry.BACKENDS))
+    other = dataclasses.replace(registry.BACKENDS["faster"], name="other", module="elsewhere")
+    registry.register(dataclasses.replace(registry.BACKENDS["openai"], module="baselines.openai_backend"), other)
+    assert registry.BACKENDS["openai"].module == "maxwhisper_baselines.openai_backend"
+    assert list(registry.BACKENDS) == ["max", "openai", "faster", "other"]
