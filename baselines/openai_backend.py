@@ -17,7 +17,7 @@ import os
 import threading
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
 import numpy as np
@@ -182,7 +182,8 @@ class OpenAITranscriber:
         self._encode_s += time.perf_counter() - self._encode_t0
 
     def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
-                   progress: Callable[[float], None] | None = None) -> TranscriptionResult:
+                   progress: Callable[[float], None] | None = None,
+                   on_segments: Callable[[Sequence[Segment]], None] | None = None) -> TranscriptionResult:
         audio = check_request(audio, options, backend="openai-whisper", n_vocab=self.dims.n_vocab, languages=LANGUAGES,
                               batched=False)
         if audio.size == 0:
@@ -212,6 +213,8 @@ class OpenAITranscriber:
             )
             for i, s in enumerate(out["segments"])
         ]
+        if on_segments is not None and segments:  # whisper.transcribe gives them at its end
+            on_segments(segments)
         return TranscriptionResult(
             text=out["text"], segments=segments, language=out["language"], backend=self.backend,
             model=self.model, device=self.device, precision=self.precision,
