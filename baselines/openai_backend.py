@@ -195,7 +195,8 @@ class OpenAITranscriber:
             _window_progress.report = progress
             t0 = time.perf_counter()
             try:
-                out = self.net.transcribe(audio, **transcribe_kwargs(options, options.language, self.precision == "fp16"))
+                kwargs = transcribe_kwargs(options, options.language, self.precision == "fp16")
+                out = self.net.transcribe(audio, **kwargs)
                 self._sync()
                 total = time.perf_counter() - t0
                 features = _mel_clock.seconds

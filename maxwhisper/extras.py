@@ -1,8 +1,10 @@
-"""The optional parts of maxwhisper and the extra that installs each (pyproject.toml's
-[project.optional-dependencies]): a feature whose extra is missing says in one line which to install."""
+"""How maxwhisper is installed: the optional parts and the extra that installs each (pyproject.toml's
+[project.optional-dependencies]), so that a feature whose extra is missing says in one line which to
+install; and the checkout it runs from, if any."""
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 from .api import MaxWhisperError
 
@@ -30,3 +32,10 @@ def require(extra: str, feature: str) -> None:
     """Raises MissingExtra, naming the extra to install, where `extra` is not installed."""
     if not installed(extra):
         raise MissingExtra(f"{feature} needs the '{extra}' extra: pip install 'maxwhisper[{extra}]'")
+
+
+def checkout() -> Path | None:
+    """The repository this maxwhisper runs from (a clone, installed editable or not); None where it
+    is installed from a wheel."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "pyproject.toml").is_file() else None

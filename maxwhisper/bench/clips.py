@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .machine import checkout
+from ..extras import checkout
 
 
 # --- reference transcripts, keyed by clip name (file name, "#left"/"#right" for one channel) ---

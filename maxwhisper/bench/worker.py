@@ -18,8 +18,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..extras import checkout
 from .clips import Clip, load_clip
-from .machine import checkout, current_rss_mib, gpu_memory_mib, peak_rss_mib
+from .machine import current_rss_mib, gpu_memory_mib, peak_rss_mib
 from .records import implementation_label, median_or_none, spread
 
 

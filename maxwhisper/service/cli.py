@@ -18,8 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from ..api import MaxWhisperError
-
-ROOT = Path(__file__).resolve().parents[2]  # the checkout: maxwhisper/, app.py and showcase/ (--ui)
+from ..extras import checkout
 
 KEY_ENV = "MAXWHISPER_API_KEY"  # one API key, or several separated by commas
 RAY_ALONE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node address is the loopback, as on macOS
@@ -104,7 +103,7 @@ def api_keys(args: argparse.Namespace) -> list[str]:
 def config_of(args: argparse.Namespace, device: str):
     """The ServiceConfig the arguments ask for, checked before anything starts."""
     from ..checkpoint import installed_models
-    from ..registry import BACKENDS, BF16_MISSING, available_backends, has_bf16
+    from ..registry import BACKENDS, BF16_MISSING, has_bf16, installed_backend
     from .access import AccessPolicy
     from .deployments import ServiceConfig
 
@@ -114,9 +113,8 @@ def config_of(args: argparse.Namespace, device: str):
     if unknown or not backends:
         raise MaxWhisperError(f"unknown backend(s) {', '.join(unknown) or '(none given)'}; "
                               f"valid backends: {', '.join(BACKENDS)}")
-    missing = [b for b in backends if b not in available_backends()]
-    if missing:
-        raise MaxWhisperError(f"backend(s) {', '.join(missing)} not installed here (pip install -r requirements.txt)")
+    for b in backends:
+        installed_backend(b)  # a missing one says which extra installs it
     installed = installed_models()
     absent = [m for m in models if m not in installed and not os.path.exists(m)]
     if absent or not models:
@@ -185,9 +183,10 @@ def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     where = f"the Ray cluster at {args.address}" if args.address else "a Ray instance of its own"
     print(f"starting on {where} ...", file=sys.stderr, flush=True)
-    # on a cluster the checkout travels to every node (their Python environments must have
-    # requirements.txt installed); here the workers import it from this folder
-    code = {"working_dir": str(ROOT), "excludes": [".venv", ".git", "artifacts", "benchmarks", "tests"]}
+    # on a cluster the checkout this runs from travels to every node (their Python environments need the
+    # 'serve' extra's packages); installed from a wheel, the nodes import their own installed maxwhisper
+    root = checkout()
+    code = root and {"working_dir": str(root), "excludes": [".venv", ".git", "artifacts", "benchmarks", "tests"]}
     # "local": a Ray instance of its own, not the cluster the last `ray start` here recorded (bulk.job);
     # its workers at --nice, not Ray's default 15
     ray.init(address=args.address or "local", include_dashboard=False, logging_level=logging.WARNING,
