@@ -85,7 +85,7 @@ def installed_backend(backend: str) -> Backend:
         raise BackendError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     b = BACKENDS[backend]
     if not importlib.util.find_spec(b.package):
-        install = f"the '{b.extra}' extra: pip install 'maxwhisper[{b.extra}]'" if b.extra else f"the package {b.package}"
+        install = f"the '{b.extra}' extra: pip install 'maxwhisper[{b.extra}]'" if b.extra else b.package
         raise MissingExtra(f"backend {backend!r} ({b.description}) needs {install}")
     return b
 
