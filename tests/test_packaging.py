@@ -163,3 +163,12 @@ def test_register_adds_backends_and_keeps_a_name_s_first_record(monkeypatch):
     registry.register(dataclasses.replace(registry.BACKENDS["openai"], module="baselines.openai_backend"), other)
     assert registry.BACKENDS["openai"].module == "maxwhisper_baselines.openai_backend"
     assert list(registry.BACKENDS) == ["max", "openai", "faster", "other"]
+
+
+def test_every_python_package_of_the_checkout_is_in_the_wheel():
+    """pyproject.toml lists the packages by hand (baselines/ and showcase/ install under other
+    names): a new subpackage must be added there."""
+    installed_as = {"maxwhisper": "maxwhisper", "baselines": "maxwhisper_baselines", "showcase": "maxwhisper_showcase"}
+    found = {".".join((installed_as[init.parts[0]], *init.parts[1:-1]))
+             for folder in installed_as for init in (p.relative_to(ROOT) for p in (ROOT / folder).rglob("__init__.py"))}
+    assert found == set(PYPROJECT["tool"]["setuptools"]["packages"]) - {"maxwhisper.graph.kernels"}  # Mojo sources
