@@ -58,15 +58,15 @@ class MaxTranscriber:
         cost in proportion to what is heard (the encoder graph takes any number of frames, the
         decoder graphs any number of encoder positions), a third of the 30 s window's for 5 s of
         audio. The tokens may then differ from the seek loop's; None: the 30 s window, the seek
-        loop's first window exactly (also where decodings share steps, `max_batch` > 1, whose
-        encoder calls and caches hold 30 s windows).
+        loop's first window exactly. Where decodings share steps (`max_batch` > 1), each stream's
+        window keeps its length: its steps attend to its own audio positions in the shared cache.
         `draft`: the tokens the stream's last hypothesis decoded (`transcribe.transcribe`): a stream's
         next hypothesis mostly begins as its last one did, so the decoder steps token by token only
         from where the two differ. Returns the result and the tokens this window decoded (the next draft)."""
         if options.batch_size is not None:
             raise MaxWhisperError("a stream's window is not transcribed in batches: leave batch_size unset")
         audio = audio[:N_SAMPLES]
-        frames = heard_frames(len(audio), padding_s) if padding_s is not None and self.max_batch == 1 else None
+        frames = heard_frames(len(audio), padding_s) if padding_s is not None else None
         return self._transcribe(audio, options, None, first_window_only=True, draft=tuple(draft), window_frames=frames)
 
     def _transcribe(self, audio: np.ndarray, options: DecodeOptions, progress: Callable[[float], None] | None,

@@ -197,7 +197,8 @@ def test_cross_attention_int8_kernel_matches_numpy(n):
 def test_decoder_layer_step_kernel_matches_numpy(int8):
     """`decoder_layer.mojo`, one whole decoder block for one new token of each of 3 sequences at
     positions of their own, against float64 numpy: d 64 in 4 heads, caches whose unfilled
-    positions hold NaN (read, they would show), cross-attention over 45 frames. Each stepping row's
+    positions hold NaN (read, they would show), cross-attention over 45 frames, or over a row's
+    first 29 or 30 (a shorter window in a shared cache: the rest hold NaN). Each stepping row's
     new key and value land in its cache at its position and nothing else there changes; a row at
     a negative position sits the step out, its x and cache untouched. int8: the weights quantized
     per output row (`quantize_int8`), and the cross K/V int8 with a scale per key and per value
@@ -230,10 +231,10 @@ def test_decoder_layer_step_kernel_matches_numpy(int8):
     cross_types += [TensorType(DType.float32, [b, h, t], device=cpu)] * 2 if int8 else []
     types = [TensorType(DType.float32, [b, d], device=cpu), BufferType(DType.float32, [b, h, s, dh], device=cpu),
              BufferType(DType.float32, [b, h, dh, s], device=cpu), *cross_types,
-             TensorType(DType.int64, [b], device=cpu)]
+             TensorType(DType.int64, [b], device=cpu), TensorType(DType.int64, [b], device=cpu)]
     run = _kernel_graph(f"decoder_layer_step_test{'_int8' if int8 else ''}", types,
-                        lambda x, ck, cv, *rest: [decoder_layer_step(w, "blk", x, ck, cv, list(rest[:-1]), rest[-1],
-                                                                     int8)],
+                        lambda x, ck, cv, *rest: [decoder_layer_step(w, "blk", x, ck, cv, list(rest[:-2]), rest[-2],
+                                                                     rest[-1], int8)],
                         w)
 
     def ln(x, name):
@@ -259,11 +260,17 @@ def test_decoder_layer_step_kernel_matches_numpy(int8):
     else:
         cross = [rng.standard_normal(shape).astype(np.float32) for shape in ((b, h, t, dh), (b, h, dh, t))]
         cross_k, cross_v_t = cross
-    for positions in ([0, 5, 5], [5, -1, 0], [-1, 3, 31]):
+    for positions, attended in (([0, 5, 5], [t, t, t]), ([5, -1, 0], [30, 1, t]), ([-1, 3, 31], [t, 29, t])):
         ck, cv = cache_k.copy(), cache_v_t.copy()
         for i, pos in enumerate(positions):
             ck[i, :, max(pos, 0):], cv[i, ..., max(pos, 0):] = np.nan, np.nan
-        out, ck_after, cv_after = run(x, ck, cv, *cross, np.array(positions, np.int64))
+        given = [c.copy() for c in cross]
+        for i, n in enumerate(attended):  # what a row does not attend to is never read
+            if int8:
+                given[2][i, :, n:], given[3][i, :, n:] = np.nan, np.nan
+            else:
+                given[0][i, :, n:], given[1][i, ..., n:] = np.nan, np.nan
+        out, ck_after, cv_after = run(x, ck, cv, *given, np.array(positions, np.int64), np.array(attended, np.int64))
 
         for i, pos in enumerate(positions):
             if pos < 0:
@@ -277,7 +284,8 @@ def test_decoder_layer_step_kernel_matches_numpy(int8):
             values = np.concatenate([cache_v_t[i, :, :, :pos].transpose(0, 2, 1), v.reshape(h, 1, dh)], axis=1)
             y = y + lin(attend(q.reshape(h, dh), keys, values), "attn.out")
             q = lin(ln(y, "cross_attn_ln"), "cross_attn.query").reshape(h, dh)
-            y = y + lin(attend(q, cross_k[i], cross_v_t[i].transpose(0, 2, 1)), "cross_attn.out")
+            n = attended[i]
+            y = y + lin(attend(q, cross_k[i, :, :n], cross_v_t[i, ..., :n].transpose(0, 2, 1)), "cross_attn.out")
             hidden = lin(ln(y, "mlp_ln"), "mlp.0")
             y = y + lin(np.array([0.5 * a * (1 + erf(a / np.sqrt(2))) for a in hidden]), "mlp.2")
             np.testing.assert_allclose(out[i], y, rtol=0, atol=5e-5)
@@ -767,7 +775,7 @@ def _token_step_rows(net, monkeypatch) -> list[int]:
 
     def counted(graph, *inputs):
         if graph is net.token_step:
-            rows.append(inputs[2].shape[0])
+            rows.append(inputs[3].shape[0])
         return run(graph, *inputs)
     monkeypatch.setattr(net, "run", counted)
     return rows

@@ -6,6 +6,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from maxwhisper.api import DecodeOptions
 from maxwhisper.audio import N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
@@ -111,3 +112,63 @@ def test_a_lone_transcription_steps_on_its_own_rows(max_tiny_en, jfk_audio):
     for _ in range(2):
         assert [s.tokens for s in transcribe(shared, mel, DecodeOptions()).segments] == expected
     assert (shared.steps.steps, shared.steps.decodings_alone) == (0, 2)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_concurrent_streams_share_calls_and_keep_their_tokens(precision, request, jfk_audio, lecture_60s_audio):
+    """Three live streams at once on one MaxTranscriber with max_batch 4 (a realtime service replica),
+    each pushing 1 s chunks in step with the others: jfk, the lecture, and the lecture from 7 s on,
+    starting 3 chunks later (its windows shorter than the others' in the same steps). Each update's
+    committed and tentative words and its draft are those of the same stream alone on a model of
+    its own (fp32 and int8); encoder calls of equal windows ran together, steps carried several
+    streams, windows were heard with 5 s of padding (30 s only where a hypothesis was held back), and
+    the shared cache is empty afterwards."""
+    from maxwhisper.audio import N_FRAMES, STREAM_PADDING_S, heard_frames
+    from maxwhisper.max_backend import MaxTranscriber
+    from maxwhisper.streaming import Streamer
+
+    max_tiny_en = request.getfixturevalue("max_tiny_en" if precision == "fp32" else "max_tiny_en_int8")
+    shared = MaxTranscriber("tiny.en", device="cpu", precision=precision, max_batch=4)
+    frames, encode = [], shared.net.encode
+    shared.net.encode = lambda mel: frames.append(mel.shape[2]) or encode(mel)
+    clips = [np.concatenate([jfk_audio, np.zeros(SAMPLE_RATE, np.float32)]), lecture_60s_audio[:12 * SAMPLE_RATE],
+             lecture_60s_audio[7 * SAMPLE_RATE:16 * SAMPLE_RATE]]
+    starts = [0, 0, 3]  # the step at which each stream begins
+    steps = max(s + len(c) // SAMPLE_RATE for s, c in zip(starts, clips))
+
+    def updates(transcriber, clip, start, barrier=None):
+        streamer, seen = Streamer(transcriber), []
+        for step in range(steps):
+            if barrier is not None:
+                barrier.wait(timeout=300)
+            k = step - start
+            if 0 <= k < len(clip) // SAMPLE_RATE:
+                update = streamer.push(clip[k * SAMPLE_RATE:(k + 1) * SAMPLE_RATE])
+                seen.append((update.committed, update.tentative, streamer.draft))
+        return seen
+
+    alone = [updates(max_tiny_en, clip, start) for clip, start in zip(clips, starts)]
+    barrier = threading.Barrier(len(clips))
+    together, errors = [None] * len(clips), []
+
+    def run(i):
+        try:
+            together[i] = updates(shared, clips[i], starts[i], barrier)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(clips))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=900)
+    assert not errors and all(not thread.is_alive() for thread in threads)
+    for a, t in zip(alone, together):
+        assert t == a
+    padded = {heard_frames(k * SAMPLE_RATE, STREAM_PADDING_S) for k in range(1, 13)}  # each buffer, 5 s of padding
+    assert padded & set(frames) and set(frames) <= padded | {N_FRAMES}  # (30 s: a hypothesis held back, heard again)
+    net = shared.decoder_model
+    assert max(net.encoder.batches) >= 2  # equal windows of two streams in one encoder call
+    assert net.steps.rows_stepped > net.steps.steps  # steps carried several streams
+    assert sorted(net.steps._free) == [0, 1, 2, 3] and not net.steps._members

@@ -215,12 +215,13 @@ LAYER_STEP_VECTORS = ("attn_ln.weight", "attn_ln.bias", "attn.qkv.bias", "attn.o
 
 
 def decoder_layer_step(w: WeightBank, p: str, x: TensorValue, cache_k, cache_v_t, cross: list[TensorValue],
-                       positions: TensorValue, int8: bool = False) -> TensorValue:
+                       positions: TensorValue, cross_keys: TensorValue, int8: bool = False) -> TensorValue:
     """One decoder block for one new token of each of B sequences as one CPU kernel: x [B, d]; the
     cache buffers K [B, H, S, Dh] and V^T [B, H, Dh, S], row b holding positions 0 ..
     positions[b] - 1 (the kernel writes the new key and value at positions[b]); cross: the layer's
     cross K [B, H, T, Dh] and V^T [B, H, Dh, T], float32, or int8 followed by their scales [B, H, T]
-    (`cross_layout`); positions int64 [B], negative for a row left out -> x [B, d].
+    (`cross_layout`); positions int64 [B], negative for a row left out; cross_keys int64 [B], the
+    first audio positions of the T that row b attends to -> x [B, d].
     int8: the weights quantized per output row, their scales after the vectors."""
     linears = [f"{p}.{n}.weight" for n in LAYER_STEP_WEIGHTS]
     weights = w.flat(f"{p}.step_weights", linears, DType.int8 if int8 else DType.float16)
@@ -230,7 +231,7 @@ def decoder_layer_step(w: WeightBank, p: str, x: TensorValue, cache_k, cache_v_t
         cross = [*cross] + [ops.constant(np.zeros((0, 0, 0), np.float32), DType.float32, device=x.device)] * 2
     out = [TensorType(DType.float32, x.shape, device=x.device)]
     return ops.inplace_custom("decoder_layer_step", x.device, [x, weights, vectors, cache_k, cache_v_t, *cross,
-                                                               positions], out)[0].tensor
+                                                               positions, cross_keys], out)[0].tensor
 
 
 def build_token_step_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) -> Graph:
@@ -240,28 +241,30 @@ def build_token_step_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) 
     together (`graph.shared_steps`); rows at a negative position sit the step out.
 
     Inputs: tokens int64 [B, 1]; positions int64 [B] (each row's new token's, -1: not stepping);
-    rows int64 [k], the stepping rows whose logits are wanted; suppress float32 [k, n_vocab];
+    cross_keys int64 [B] (the audio positions each row attends to, its first ones: T for all but
+    windows heard with less padding than the others in a shared cache); rows int64 [k], the
+    stepping rows whose logits are wanted; suppress float32 [k, n_vocab];
     timestamp_begin int64 [k] or [1]; the cross-attention tensors (`cross_layout`); then per
     layer the cache buffers K [B, H, n_text_ctx, Dh] and V^T [B, H, Dh, n_text_ctx].
     Outputs for the k rows: logits float32 [k, 1, n_vocab], tokens int64 [k], log probabilities
     float32 [k] (as `build_decoder_graph`'s)."""
     dev, d = w.device, dims.n_text_state
     types = [TensorType(DType.int64, ["batch", 1], device=dev), TensorType(DType.int64, ["batch"], device=dev),
-             TensorType(DType.int64, ["rows"], device=dev),
+             TensorType(DType.int64, ["batch"], device=dev), TensorType(DType.int64, ["rows"], device=dev),
              TensorType(DType.float32, ["rows", dims.n_vocab], device=dev),
              TensorType(DType.int64, ["rows_or_1"], device=dev)]
     cross_types = _cross_types(dims, w.dtype, dev, "batch", plan.cross_int8)
     types += cross_types + _cache_types(dims, w.dtype, dev)
     with Graph("whisper_token_step", input_types=types, custom_extensions=[kernel_library()]) as graph:
-        tokens, positions, rows, suppress, timestamp_begin = (v.tensor for v in graph.inputs[:5])
-        cross = [v.tensor for v in graph.inputs[5:5 + len(cross_types)]]
-        caches = [v.buffer for v in graph.inputs[5 + len(cross_types):]]
+        tokens, positions, cross_keys, rows, suppress, timestamp_begin = (v.tensor for v in graph.inputs[:6])
+        cross = [v.tensor for v in graph.inputs[6:6 + len(cross_types)]]
+        caches = [v.buffer for v in graph.inputs[6 + len(cross_types):]]
         batch = tokens.shape[0]
         table_rows = ops.max(positions, ops.constant(0, DType.int64, device=dev))  # a row sitting out reads row 0
         x = ops.reshape(_embed(w, tokens, ops.reshape(table_rows, [batch, 1]), half=True), [batch, d])
         for i in range(dims.n_text_layer):
             x = decoder_layer_step(w, f"decoder.blocks.{i}", x, caches[2 * i], caches[2 * i + 1],
-                                   [c[i] for c in cross], positions, plan.int8)
+                                   [c[i] for c in cross], positions, cross_keys, plan.int8)
         logits = _logits(w, ops.reshape(ops.gather(x, rows, axis=0), [rows.shape[0], 1, d]), projection_linear(plan))
         graph.output(logits, *greedy_choice(logits, suppress, timestamp_begin))
     return graph

@@ -337,7 +337,8 @@ class MaxInference:
                 rows = np.arange(batch, dtype=np.int64)
             else:
                 positions[np.setdiff1d(np.arange(batch), rows)] = -1
-            inputs = [new.astype(np.int64), positions, np.asarray(rows, np.int64), *choice_inputs]
+            inputs = [new.astype(np.int64), positions, self._cross_keys(batch), np.asarray(rows, np.int64),
+                      *choice_inputs]
             outputs = m.run(m.token_step, *(m.to_device(a) for a in inputs), *self.cross, *self.cache)
         else:
             pos = np.arange(self.cached, n_total, dtype=np.int64)
@@ -359,12 +360,16 @@ class MaxInference:
         no_choice = [np.zeros((batch, m.dims.n_vocab), np.float32), np.array([-1], np.int64)]
         logits = {}
         for j in range(n):
-            inputs = [new[:, j:j + 1].astype(np.int64), np.full(batch, j, np.int64), rows,
+            inputs = [new[:, j:j + 1].astype(np.int64), np.full(batch, j, np.int64), self._cross_keys(batch), rows,
                       *(choice_inputs if j == n - 1 else no_choice)]
             outputs = m.run(m.token_step, *(m.to_device(a) for a in inputs), *self.cross, *self.cache)
             if j in index:
                 logits[j] = outputs[0].to(driver.CPU()).to_numpy()
         return [driver.Buffer.from_numpy(np.concatenate([logits[j] for j in index.tolist()], axis=1)), *outputs[1:]]
+
+    def _cross_keys(self, batch: int) -> np.ndarray:
+        """The token step graph's cross_keys: every row attends to all of its window's audio positions."""
+        return np.full(batch, self.cross[0].shape[3], np.int64)
 
     def rearrange_kv_cache(self, source_indices: Sequence[int]) -> None:
         if self.cache is not None and list(source_indices) != list(range(len(source_indices))):

@@ -3,13 +3,16 @@
 Each transcription runs in a thread of its own through the unchanged seek loop
 (`maxwhisper.transcribe`, `maxwhisper.batched`), on a `SharedModel` in place of the network:
 
-- encoder calls that arrive while the encoder runs wait, then run as one batch (no wait is
-  added: a lone call runs at once);
+- encoder calls that arrive while the encoder runs wait, then those of one length run as one batch
+  (no wait is added: a lone call runs at once); a live stream's windows, heard with 5 s of padding
+  rather than 30 s (`MaxTranscriber.transcribe_window`), differ in length and mostly run one by one;
 - a greedy decoding at temperature 0 (a window's first and usually only try) runs its prompt
   through the generic step graph on its own, then moves its rows into a shared KV cache, where
   every such decoding steps in one call of the token step graph, each row at its own position
-  (`decoder_layer.mojo`); beam search, sampling and language detection run on their own, as
-  without sharing;
+  and attending to its own window's audio positions (`decoder_layer.mojo`: a stream's shorter
+  window beside 30 s ones); a decoding that checked a live stream's draft first (one pass over the
+  prompt and the draft, `decoding.DecodingTask`) moves its rows in after that pass; beam search,
+  sampling and language detection run on their own, as without sharing;
 - a decoding that finds the shared cache empty, and no other decoding stepping alone, stays on
   its own rows: a lone request costs what it costs without sharing (no rows copied in, no step
   sized for the whole cache), and those arriving while it runs share steps among themselves.
@@ -34,7 +37,7 @@ from .model import AudioFeatures, MaxChoosingInference, MaxWhisper, every_row_th
 
 class SharedEncoder:
     """Encoder calls from several threads: the calls that arrive while the encoder runs are run
-    together next, at most `max_windows` windows at a time."""
+    next, those of the first one's length together, at most `max_windows` windows at a time."""
 
     def __init__(self, net: MaxWhisper, max_windows: int):
         self.net, self.max_windows = net, max_windows
@@ -52,9 +55,11 @@ class SharedEncoder:
             if job.done:
                 return job.result()
             batch, total = [], 0
-            while self._queue and (not batch or total + len(self._queue[0].mel) <= self.max_windows):
-                batch.append(self._queue.pop(0))
-                total += len(batch[-1].mel)
+            for other in list(self._queue):  # the first job, and those after it of its length that fit
+                if not batch or (other.mel.shape[2] == job.mel.shape[2] and total + len(other.mel) <= self.max_windows):
+                    batch.append(other)
+                    self._queue.remove(other)
+                    total += len(other.mel)
             self._running = True
         try:
             self._run(batch)
@@ -104,6 +109,7 @@ class _Member:
 
     rows: list[int]
     cached: int  # tokens each row holds in the cache
+    keys: int  # the audio positions its window has, the first of the cache's cross K/V
     request: tuple | None = None  # (last tokens [b], suppress [b, V], timestamp_begin)
     result: tuple | None = None  # (logits [b, 1, V], tokens [b], log probabilities [b])
     error: BaseException | None = field(default=None, repr=False)
@@ -112,7 +118,8 @@ class _Member:
 class SharedSteps:
     """A KV cache of `rows` rows shared by the greedy decodings of several threads, stepped
     together: a step runs once every decoding in it has handed in its next token (the last to
-    hand in, or to leave, runs it), so each call serves all of them."""
+    hand in, or to leave, runs it), so each call serves all of them. Its cross K/V hold 30 s of
+    audio positions per row; a shorter window fills the first of them."""
 
     def __init__(self, net: MaxWhisper, rows: int):
         if net.token_step is None:  # the CPU kernels' plan: the buffers below are host memory
@@ -163,8 +170,8 @@ class SharedSteps:
             for source, view in zip(sources[:-n], self._views[:-n]):  # the caches [rows, ...]
                 view[rows] = source
             for source, view in zip(sources[-n:], self._views[-n:]):  # cross K/V (and scales) [L, rows, ...]
-                view[:, rows] = source
-            member = _Member(rows, private.cached)
+                view[(slice(None), rows, *(slice(0, size) for size in source.shape[2:]))] = source
+            member = _Member(rows, private.cached, private.cross[0].shape[3])
             self._members.append(member)
         return member
 
@@ -197,9 +204,11 @@ class SharedSteps:
             return
         members = list(self._members)
         positions = np.full(self.capacity, -1, np.int64)
+        keys = np.ones(self.capacity, np.int64)  # (unread for rows sitting the step out)
         tokens = np.zeros((self.capacity, 1), np.int64)
         for m in members:
             positions[m.rows] = m.cached
+            keys[m.rows] = m.keys
             tokens[m.rows, 0] = m.request[0]
         rows = np.concatenate([m.rows for m in members]).astype(np.int64)
         order = np.argsort(rows, kind="stable")  # the graph returns the rows in the order asked
@@ -209,7 +218,7 @@ class SharedSteps:
         try:
             logits, chosen, logprobs = (o.to_numpy() for o in net.run(
                 net.token_step,
-                *(net.to_device(a) for a in (tokens, positions, rows[order], suppress, timestamp_begin)),
+                *(net.to_device(a) for a in (tokens, positions, keys, rows[order], suppress, timestamp_begin)),
                 *self._buffers[-self._n_cross:], *self._buffers[:-self._n_cross]))
         except BaseException as e:  # noqa: BLE001 - every member of the step sees it
             for m in members:
@@ -229,14 +238,16 @@ class SharedSteps:
 
 
 class SharedInference:
-    """`decoding.ChoosingInference` for one decoding on a SharedModel: the prompt on a private
-    inference, then greedy steps in the shared cache; everything else private."""
+    """`decoding.ChoosingInference` for one decoding on a SharedModel: the prompt (or a stream's prompt
+    and draft, `rewind`) on a private inference, then greedy steps in the shared cache; everything
+    else private."""
 
     def __init__(self, net: MaxWhisper, steps: SharedSteps | None):
         self.private = MaxChoosingInference(net)
         self.steps = steps
         self.member: _Member | None = None
         self.alone = False
+        self.placed = False  # whether it has joined the shared cache or gone alone (`_place`)
 
     def logits(self, tokens: np.ndarray, audio_features: AudioFeatures, positions: Sequence[int] = (-1,)) -> np.ndarray:
         return self.private.logits(tokens, audio_features, positions)
@@ -245,16 +256,28 @@ class SharedInference:
         if rows is not None:  # rows that have ended step on here (a shared step's member keeps its rows)
             return every_row_then_some(self.logits_and_choice, tokens, audio_features, positions, suppress,
                                        timestamp_begin, rows)
+        if not self.placed and self.private.cache is not None:  # a draft's check ran: its steps follow
+            self._place()
         if self.member is not None:
             return self.steps.step(self.member, tokens, suppress, timestamp_begin)
-        prompt = self.private.cache is None
         out = self.private.logits_and_choice(tokens, audio_features, positions, suppress, timestamp_begin)
-        if prompt and self.steps is not None:
-            self.alone = self.steps.go_alone()
-            self.member = None if self.alone else self.steps.join(self.private)
-            if self.member is not None:
-                self.private.cleanup_caching()
+        if not self.placed:  # the prompt ran
+            self._place()
         return out
+
+    def _place(self) -> None:
+        """Past the prompt: into the shared cache, or on its own rows when none steps there (`go_alone`)."""
+        self.placed = True
+        if self.steps is None:
+            return
+        self.alone = self.steps.go_alone()
+        self.member = None if self.alone else self.steps.join(self.private)
+        if self.member is not None:
+            self.private.cleanup_caching()
+
+    def rewind(self, n: int) -> None:
+        """After a draft's check, on the private cache (`decoding.RewindingInference`)."""
+        self.private.rewind(n)
 
     def rearrange_kv_cache(self, source_indices: Sequence[int]) -> None:
         self.private.rearrange_kv_cache(source_indices)
@@ -266,6 +289,7 @@ class SharedInference:
         if self.alone:
             self.steps.done_alone()
             self.alone = False
+        self.placed = False
         self.private.cleanup_caching()
 
 

@@ -119,11 +119,11 @@ def attend[o: MutOrigin](q: F32P, k: F32P, v_t: F32P, keys: Int, stride: Int, dh
         dst[d] = sum * inv
 
 
-def attend_int8[o: MutOrigin](q: F32P, k: I8P, v_t: I8P, k_scale: F32P, v_scale: F32P, keys: Int, dh: Int,
-                              dst: UnsafePointer[Float32, o]):
+def attend_int8[o: MutOrigin](q: F32P, k: I8P, v_t: I8P, k_scale: F32P, v_scale: F32P, keys: Int, stride: Int,
+                              dh: Int, dst: UnsafePointer[Float32, o]):
     """`attend` over int8 keys and values, each with a float32 scale of its own (`quantized` in
-    graph/encoder.py): key s is k[s, :] * k_scale[s], and value s is v_t[:, s] * v_scale[s], with
-    k [keys, dh] and v_t [dh, keys] (dh a multiple of 16). The scales come out of the sums: a score
+    graph/encoder.py): key s is k[s, :] * k_scale[s], and value s is v_t[:, s] * v_scale[s], over
+    keys 0 .. keys - 1 of k [*, dh] and v_t [dh, stride] (dh a multiple of 16). The scales come out of the sums: a score
     is (q . k[s]) k_scale[s], and the softmax weights are multiplied by v_scale before the values."""
     comptime V = SIMD[DType.float32, W8]
     var scale = Float32(1) / sqrt(Float32(dh))
@@ -161,7 +161,7 @@ def attend_int8[o: MutOrigin](q: F32P, k: I8P, v_t: I8P, k_scale: F32P, v_scale:
 
     var full4 = keys - keys % (4 * W8)
     for d in range(dh):
-        var vr = v_t + d * keys
+        var vr = v_t + d * stride
         var a0 = V(0)
         var a1 = V(0)
         var a2 = V(0)

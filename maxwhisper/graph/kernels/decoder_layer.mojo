@@ -56,7 +56,8 @@ struct DecoderLayerStep:
     row b's new key and value at positions[b]; cross K [B, H, T, Dh] and V^T [B, H, Dh, T], float32
     or (--precision int8) int8 with float32 scales per key and per value, K scales and V scales
     [B, H, T] ([0, 0, 0] for float32 ones: unread); positions int64 [B], a negative one for a row
-    that does not step (left as it is).
+    that does not step (left as it is); cross_keys int64 [B], the audio positions row b attends to,
+    its first ones (1 .. T: rows of windows heard with less padding step beside 30 s ones).
     Output: x float32 [B, d]. CPU only.
     """
 
@@ -73,6 +74,7 @@ struct DecoderLayerStep:
         cross_k_scales: InputTensor[dtype=DType.float32, rank=3, ...],
         cross_v_scales: InputTensor[dtype=DType.float32, rank=3, ...],
         positions: InputTensor[dtype=DType.int64, rank=1, ...],
+        cross_keys: InputTensor[dtype=DType.int64, rank=1, ...],
         ctx: DeviceContext,
     ) raises:
         comptime if target != "cpu":
@@ -84,10 +86,12 @@ struct DecoderLayerStep:
         var t_len = cross_k.dim_size(2)
         var dh = d // heads
         var pp = positions.unsafe_ptr()
+        var kp = cross_keys.unsafe_ptr()
         if d > MAX_D or d % W != 0 or dh % W != 0 or t_len > MAX_KEYS:
             raise Error("decoder_layer_step: d <= 1280, d and Dh multiples of 8, T <= 2048")
-        if cache_k.dim_size(0) != nb or cross_k.dim_size(0) != nb or positions.dim_size(0) != nb:
-            raise Error("decoder_layer_step: x, the caches, cross K/V and the positions disagree on B")
+        if (cache_k.dim_size(0) != nb or cross_k.dim_size(0) != nb or positions.dim_size(0) != nb
+                or cross_keys.dim_size(0) != nb):
+            raise Error("decoder_layer_step: x, the caches, cross K/V, the positions and cross keys disagree on B")
         comptime if ctype == DType.int8:
             var k_ok = (cross_k_scales.dim_size(0) == nb and cross_k_scales.dim_size(1) == heads
                         and cross_k_scales.dim_size(2) == t_len)
@@ -102,6 +106,8 @@ struct DecoderLayerStep:
         for b in range(nb):
             if Int(pp[b]) >= s_len:
                 raise Error("decoder_layer_step: a position is past the cache's end")
+            if pp[b] >= 0 and (kp[b] < 1 or Int(kp[b]) > t_len):
+                raise Error("decoder_layer_step: a stepping row's cross keys are not 1 .. T")
         comptime n_vectors = 28 if wtype == DType.int8 else 17
         if weights.dim_size(0) != 14 * d * d or vectors.dim_size(0) != n_vectors * d:
             raise Error("decoder_layer_step: weights are not [14 d^2] and vectors [17 d] ([28 d] for int8 weights)")
@@ -222,16 +228,17 @@ struct DecoderLayerStep:
 
         # 5. cross-attention over the audio
         def cross_head(bh: Int) {var q, var xk, var xv, var xks, var xvs, var att, var dh, var t_len, var pp,
-                                 var heads}:
+                                 var kp, var heads}:
             if pp[bh // heads] < 0:
                 return
             var o = bh * dh
+            var keys = Int(kp[bh // heads])
             comptime if ctype == DType.int8:
                 attend_int8(q + o, xk.bitcast[Int8]() + bh * t_len * dh, xv.bitcast[Int8]() + bh * dh * t_len,
-                            xks + bh * t_len, xvs + bh * t_len, t_len, dh, att + o)
+                            xks + bh * t_len, xvs + bh * t_len, keys, t_len, dh, att + o)
             else:
                 attend(q + o, xk.bitcast[Float32]() + bh * t_len * dh, xv.bitcast[Float32]() + bh * dh * t_len,
-                       t_len, t_len, dh, q, q, False, att + o)
+                       keys, t_len, dh, q, q, False, att + o)
 
         # 6. x += att @ W_cout^T + b
         def cross_out(item: Int) {var xo, var att, var w_cout, var b_cout, var s_cout, var d, var per, var nb, var pp}:
