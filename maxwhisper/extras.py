@@ -14,7 +14,7 @@ EXTRAS = {
     "baselines": ("torch", "whisper", "faster_whisper"),
     "app": ("gradio", "plotly", "jiwer"),
     "bench": ("jiwer", "plotly", "soundfile"),
-    "serve": ("ray", "fastapi", "python_multipart"),
+    "serve": ("ray", "fastapi", "starlette", "uvicorn", "python_multipart"),
     "bulk": ("ray", "pyarrow", "pandas"),
 }
 

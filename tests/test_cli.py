@@ -410,6 +410,7 @@ def test_every_option_with_a_value_says_its_default():
 
 @pytest.mark.parametrize("args, extra, missing", [
     (["serve"], "serve", "maxwhisper serve"),
+    (["serve", "--ui"], "app", "maxwhisper serve --ui"),
     (["transcribe-many", str(JFK), "--output", "unused"], "bulk", "maxwhisper transcribe-many"),
     (["bench", "--quick"], "bench", "maxwhisper bench"),
     (["selfcheck"], "baselines", "maxwhisper selfcheck"),

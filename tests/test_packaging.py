@@ -8,6 +8,7 @@ import zipfile
 from importlib.metadata import PackageNotFoundError, distribution, packages_distributions
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
@@ -142,6 +143,7 @@ def test_the_wheel_holds_the_package_under_names_of_its_own(tmp_path):
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert re.search(r"^maxwhisper = maxwhisper.__main__:main$", entry_points, re.M)
     assert re.search(r"^\[maxwhisper.backends\]\nbaselines = maxwhisper_baselines:BACKENDS$", entry_points, re.M)
+    assert re.search(r"^\[maxwhisper.ui\]\nshowcase = maxwhisper_showcase.page:mount_on_service$", entry_points, re.M)
 
 
 def test_the_baselines_come_from_their_entry_point_under_their_installed_name():
@@ -172,3 +174,36 @@ def test_every_python_package_of_the_checkout_is_in_the_wheel():
     found = {".".join((installed_as[init.parts[0]], *init.parts[1:-1]))
              for folder in installed_as for init in (p.relative_to(ROOT) for p in (ROOT / folder).rglob("__init__.py"))}
     assert found == set(PYPROJECT["tool"]["setuptools"]["packages"]) - {"maxwhisper.graph.kernels"}  # Mojo sources
+
+
+def test_the_library_imports_neither_the_app_nor_the_baselines():
+    """Layers point one way: no module under maxwhisper/ imports app.py, the showcase or the baselines,
+    at its top or inside a function (`serve --ui` finds its page through the `maxwhisper.ui` entry point)."""
+    import ast
+
+    outside = {"app", "showcase", "baselines", "maxwhisper_showcase", "maxwhisper_baselines"}
+    found = []
+    for path in (ROOT / "maxwhisper").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+            found += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in outside]
+    assert found == []
+
+
+def test_serve_ui_finds_the_showcase_s_page_through_its_entry_point():
+    from maxwhisper.service.deployments import ui_entry_point
+
+    assert ui_entry_point().load().__module__ == "maxwhisper_showcase.page"
+
+
+def test_serve_ui_from_a_checkout_not_installed_says_so_in_one_line(monkeypatch):
+    import importlib.metadata
+
+    from maxwhisper.extras import MissingExtra
+    from maxwhisper.service.deployments import ui_entry_point
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [])
+    with pytest.raises(MissingExtra, match=r"^maxwhisper serve --ui needs an installed app \(maxwhisper.ui entry "
+                                           r"point\): pip install -e '.\[app\]' in the checkout$"):
+        ui_entry_point()

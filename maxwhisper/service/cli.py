@@ -105,8 +105,10 @@ def config_of(args: argparse.Namespace, device: str):
     from ..checkpoint import installed_models
     from ..registry import BACKENDS, BF16_MISSING, has_bf16, installed_backend
     from .access import AccessPolicy
-    from .deployments import ServiceConfig
+    from .deployments import ServiceConfig, ui_entry_point
 
+    if args.ui:
+        ui_entry_point()  # an installed app to mount, found before anything starts
     backends = tuple(dict.fromkeys(b.strip() for b in args.backend.split(",") if b.strip()))
     models = tuple(dict.fromkeys(m.strip() for m in args.model.split(",") if m.strip()))
     unknown = [b for b in backends if b not in BACKENDS]

@@ -13,6 +13,7 @@ dies is given once more to a live replica or its replacement, within the request
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from ray import serve
 from ray.exceptions import RayActorError
 
 from ..api import DecodeOptions, MaxWhisperError, TranscriptionResult
+from ..extras import MissingExtra, require
 from .access import AccessPolicy
 from .openai_api import ApiError, Served
 from .replicas import ReplicaWatch
@@ -31,6 +33,8 @@ from .replicas import ReplicaWatch
 log = logging.getLogger("maxwhisper.service")
 
 APP_NAME = "maxwhisper"
+# names a callable (api, ingress, key_accepted) that mounts a page at / of the FastAPI app `api`, returning the app
+UI_ENTRY_POINTS = "maxwhisper.ui"
 LOADING_RETRY_S = 15  # Retry-After while a model replica is still loading or compiling
 
 
@@ -270,27 +274,23 @@ def _replica_grpc_on_loopback() -> None:
                                                                     else address)
 
 
+def ui_entry_point() -> importlib.metadata.EntryPoint:
+    """The entry point of the page `--ui` serves (the showcase's: pyproject.toml declares it), so that
+    the service imports no app; MissingExtra where the app is not installed."""
+    require("app", "maxwhisper serve --ui")
+    found = sorted(importlib.metadata.entry_points(group=UI_ENTRY_POINTS), key=lambda e: e.name)
+    if not found:  # a checkout run without installing it
+        raise MissingExtra(f"maxwhisper serve --ui needs an installed app ({UI_ENTRY_POINTS} entry point): "
+                           "pip install -e '.[app]' in the checkout")
+    return found[0]
+
+
 def _with_app(ingress: Ingress, api):
-    """The repository's Gradio app (app.py) mounted at / beside the API, built here in the replica
-    (Gradio objects do not pickle), its transcriptions going to the model deployments. Where the
-    service has API keys, the app asks for one on Gradio's login page (any user name, the key as
-    the password): a browser sends no Bearer header."""
-    import gradio as gr
-
-    from showcase.page import build_demo, quiet_queue
-    from showcase.choices import Choices
-    from showcase.remote import ServiceTranscriptions
-    from showcase.tabs.compare import EXAMPLES_DIR
-
-    config = ingress.config
-    choices = Choices(list(config.served.models), list(config.served.backends), config.device == "gpu")
-    demo = build_demo(ServiceTranscriptions(ingress), config.max_seconds, choices=choices)
-    demo.queue(default_concurrency_limit=1, max_size=64)
-    quiet_queue(demo)
-    login = {"auth": lambda user, key: config.access.key_accepted(key),
-             "auth_message": "This service needs an API key: any user name, the key as the password."} \
-        if config.access.keyed else {}
-    return gr.mount_gradio_app(api, demo, path="/", allowed_paths=[str(EXAMPLES_DIR)], **login)
+    """`api` with the app's page at /, built here in the replica (Gradio objects do not pickle). Where
+    the service has API keys, the page asks for one."""
+    mount = ui_entry_point().load()
+    access = ingress.config.access
+    return mount(api, ingress, access.key_accepted if access.keyed else None)
 
 
 def application(config: ServiceConfig) -> serve.Application:
