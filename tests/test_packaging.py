@@ -173,7 +173,8 @@ def test_every_python_package_of_the_checkout_is_in_the_wheel():
     installed_as = {"maxwhisper": "maxwhisper", "baselines": "maxwhisper_baselines", "showcase": "maxwhisper_showcase"}
     found = {".".join((installed_as[init.parts[0]], *init.parts[1:-1]))
              for folder in installed_as for init in (p.relative_to(ROOT) for p in (ROOT / folder).rglob("__init__.py"))}
-    assert found == set(PYPROJECT["tool"]["setuptools"]["packages"]) - {"maxwhisper.graph.kernels"}  # Mojo sources
+    data = {"maxwhisper.graph.kernels", "maxwhisper.assets"}  # Mojo sources; vocabularies
+    assert found == set(PYPROJECT["tool"]["setuptools"]["packages"]) - data
 
 
 def test_the_library_imports_neither_the_app_nor_the_baselines():
