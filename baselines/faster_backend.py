@@ -116,6 +116,19 @@ def _first_window_split(whisper: WhisperModel):
     return first_window
 
 
+def _segment(i: int, s, word_timestamps: bool) -> Segment:
+    """faster-whisper's segment as the contract's, `i` its id: faster-whisper counts from 1, the
+    contract (like openai-whisper) from 0."""
+    return Segment(
+        id=i, seek=int(s.seek), start=float(s.start), end=float(s.end), text=s.text,
+        tokens=tuple(int(t) for t in s.tokens), temperature=float(s.temperature or 0.0),
+        avg_logprob=float(s.avg_logprob), compression_ratio=float(s.compression_ratio),
+        no_speech_prob=float(s.no_speech_prob),
+        words=tuple(Word(float(w.start), float(w.end), w.word, float(w.probability)) for w in s.words)
+        if word_timestamps else None,
+    )
+
+
 class FasterTranscriber:
     backend = "faster"
 
@@ -167,8 +180,9 @@ class FasterTranscriber:
             features if self._frames is None else np.ascontiguousarray(features[..., :self._frames]))
 
     def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
-                   progress: Callable[[float], None] | None = None) -> TranscriptionResult:
-        return self._transcribe(audio, options, progress)
+                   progress: Callable[[float], None] | None = None,
+                   on_segments: Callable[[Sequence[Segment]], None] | None = None) -> TranscriptionResult:
+        return self._transcribe(audio, options, progress, on_segments=on_segments)
 
     def transcribe_window(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
                           draft: Sequence[int] = (), padding_s: float | None = STREAM_PADDING_S
@@ -185,7 +199,8 @@ class FasterTranscriber:
         return self._transcribe(audio, options, None, first_window_only=True, frames=frames), ()
 
     def _transcribe(self, audio: np.ndarray, options: DecodeOptions, progress: Callable[[float], None] | None,
-                    first_window_only: bool = False, frames: int | None = None) -> TranscriptionResult:
+                    first_window_only: bool = False, frames: int | None = None,
+                    on_segments: Callable[[Sequence[Segment]], None] | None = None) -> TranscriptionResult:
         audio = np.asarray(audio, dtype=np.float32)
         if audio.ndim != 1:
             raise AudioError(f"audio must be mono samples (1-D), got shape {audio.shape}")
@@ -230,10 +245,12 @@ class FasterTranscriber:
                     hallucination_silence_threshold=options.hallucination_silence_threshold,
                     prompt_reset_on_temperature=0.5, vad_filter=False, clip_timestamps="0")
             report = progress or (lambda fraction: None)
-            raw = []
+            segments: list[Segment] = []
             try:
                 for s in segments_gen:  # the lazy part: decoding happens here
-                    raw.append(s)
+                    segments.append(_segment(len(segments), s, options.word_timestamps))
+                    if on_segments is not None:
+                        on_segments(segments[-1:])
                     report(min(s.end * SAMPLE_RATE / audio.size, 1.0))
             finally:
                 self.whisper.__dict__.pop("_split_segments_by_timestamps", None)
@@ -241,20 +258,8 @@ class FasterTranscriber:
             report(1.0)
             total = time.perf_counter() - t0
             features, encode = self._features.seconds, self._encode.seconds
-        segments = [
-            Segment(
-                id=i,  # faster-whisper counts from 1; the contract (like openai-whisper) from 0
-                seek=int(s.seek), start=float(s.start), end=float(s.end), text=s.text,
-                tokens=tuple(int(t) for t in s.tokens), temperature=float(s.temperature or 0.0),
-                avg_logprob=float(s.avg_logprob), compression_ratio=float(s.compression_ratio),
-                no_speech_prob=float(s.no_speech_prob),
-                words=tuple(Word(float(w.start), float(w.end), w.word, float(w.probability)) for w in s.words)
-                if options.word_timestamps else None,
-            )
-            for i, s in enumerate(raw)
-        ]
         return TranscriptionResult(
-            text="".join(s.text for s in raw), segments=segments, language=info.language, backend=self.backend,
+            text="".join(s.text for s in segments), segments=segments, language=info.language, backend=self.backend,
             model=self.model, device=self.device, precision=self.precision,
             audio_s=audio.size / SAMPLE_RATE,
             timings=Timings(load_s=self.load_s, compile_s=self.compile_s, features_s=features, encode_s=encode,

@@ -26,7 +26,7 @@ import os
 import threading
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
 import numpy as np
@@ -200,7 +200,8 @@ class OpenAITranscriber:
         return code
 
     def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
-                   progress: Callable[[float], None] | None = None) -> TranscriptionResult:
+                   progress: Callable[[float], None] | None = None,
+                   on_segments: Callable[[Sequence[Segment]], None] | None = None) -> TranscriptionResult:
         audio = np.asarray(audio, dtype=np.float32)
         if audio.ndim != 1:
             raise AudioError(f"audio must be mono samples (1-D), got shape {audio.shape}")
@@ -236,6 +237,8 @@ class OpenAITranscriber:
             )
             for i, s in enumerate(out["segments"])
         ]
+        if on_segments is not None and segments:  # whisper.transcribe gives them at its end
+            on_segments(segments)
         return TranscriptionResult(
             text=out["text"], segments=segments, language=out["language"], backend=self.backend,
             model=self.model, device=self.device, precision=self.precision,

@@ -24,6 +24,20 @@ class AudioError(MaxWhisperError):
     """Empty, unreadable, unsupported or too long audio."""
 
 
+class AudioTooLong(AudioError):
+    """Audio longer than a limit of `limit` seconds; `seconds` is its length, or None where decoding
+    stopped at the limit (the container did not say, or said less)."""
+
+    def __init__(self, seconds: float | None, limit: float):
+        super().__init__(f"the audio is {seconds:.1f} s long, more than the {limit:g} s limit" if seconds is not None
+                         else f"the audio is longer than the {limit:g} s limit (decoding stopped there)")
+        self.seconds, self.limit = seconds, limit
+
+
+class InvalidSamples(AudioError):
+    """Audio whose samples are not numbers a recording holds: NaN or infinite."""
+
+
 class NothingToTranscribe(AudioError):
     """Audio that holds nothing to transcribe (`audio.check_transcribable`); `reason` is "no_samples",
     "too_short" or "silent"."""
@@ -333,9 +347,12 @@ class Transcriber(Protocol):
     compile_s: float
 
     def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
-                   progress: Callable[[float], None] | None = None) -> TranscriptionResult:
+                   progress: Callable[[float], None] | None = None,
+                   on_segments: Callable[[Sequence[Segment]], None] | None = None) -> TranscriptionResult:
         """`audio`: float32 mono samples at 16 kHz (see `maxwhisper.audio.load_audio`). `progress`, if
-        given, is called as the work goes with the fraction of the audio done (0..1)."""
+        given, is called as the work goes with the fraction of the audio done (0..1); `on_segments`
+        with the segments decoded since its last call, in order, as they are decoded (all at the end
+        where a backend decodes them together)."""
         ...
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from threadpoolctl import threadpool_limits
 
-from .api import SAMPLE_RATE, AudioError, MaxWhisperError, NothingToTranscribe
+from .api import SAMPLE_RATE, AudioError, AudioTooLong, InvalidSamples, MaxWhisperError, NothingToTranscribe
 
 # hard-coded audio hyperparameters, as in whisper.audio
 N_FFT = 400
@@ -71,10 +71,12 @@ def load_audio(source: AudioSource, max_seconds: float | None = None) -> np.ndar
     averaged to mono and resampled by the same swresample, in float.
 
     Raises AudioError for what is not audio: no source, a missing or 0-byte file, 0 bytes, data
-    that cannot be decoded, samples that are NaN or infinite; and for audio longer than
-    `max_seconds` (when given, a positive number). Audio without samples (an empty array, a WAV
-    file of none) gives an empty array, silence gives its samples: `check_transcribable` says
-    whether there is anything to transcribe. The messages never name the file: the caller does.
+    that cannot be decoded; InvalidSamples (an AudioError) for NaN or infinite samples;
+    AudioTooLong (an AudioError) for audio longer than `max_seconds` (when given, a positive
+    number), refused from a file's container before decoding where it says so, else when
+    decoding reaches the limit. Audio without samples (an empty array, a WAV file of none) gives
+    an empty array, silence gives its samples: `check_transcribable` says whether there is
+    anything to transcribe. The messages never name the file: the caller does.
     """
     if max_seconds is not None and not (isinstance(max_seconds, numbers.Real) and 0 < max_seconds < math.inf):
         raise MaxWhisperError(f"max_seconds must be a positive finite number of seconds, got {max_seconds!r}")
@@ -108,9 +110,13 @@ def _checked_path(path: str | os.PathLike) -> str:
 
 
 def _decode(file: str | io.BytesIO, name: str, max_seconds: float | None) -> np.ndarray:
-    """Decode the first audio stream of a file to s16 mono 16 kHz -> float32 [n_samples]."""
+    """Decode the first audio stream of a file to s16 mono 16 kHz -> float32 [n_samples]. With
+    `max_seconds`, the container's duration is checked before decoding, and decoding stops at the
+    limit where the container says less or nothing (each frame's length is counted before it is
+    resampled: a frame at 1 Hz would become 16000 samples per sample)."""
     chunks = []  # [1, n] int16 each
     damaged = 0  # packets that could not be decoded
+    decoded: dict[int, int] = {}  # samples decoded at each sample rate (counted exactly, not as summed seconds)
     try:
         with av.open(file, metadata_errors="ignore") as container:
             if not container.streams.audio:
@@ -118,7 +124,7 @@ def _decode(file: str | io.BytesIO, name: str, max_seconds: float | None) -> np.
             if max_seconds is not None and container.duration:  # refuse a long file early
                 _check_length(container.duration, av.time_base, max_seconds)
             stream = container.streams.audio[0]
-            resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+            mono = _Mono16k()
             for packet in container.demux(stream):
                 try:
                     frames = packet.decode()
@@ -126,9 +132,11 @@ def _decode(file: str | io.BytesIO, name: str, max_seconds: float | None) -> np.
                     damaged += 1
                     continue  # skip a corrupt packet and go on, as the ffmpeg CLI does
                 for frame in frames:
-                    frame.pts = None  # a skipped packet leaves a gap in timestamps: ignore it
-                    chunks += [f.to_ndarray() for f in resampler.resample(frame)]
-            chunks += [f.to_ndarray() for f in resampler.resample(None)]  # flush
+                    decoded[frame.sample_rate] = decoded.get(frame.sample_rate, 0) + frame.samples
+                    if max_seconds is not None and sum(n / rate for rate, n in decoded.items()) > max_seconds:
+                        raise AudioTooLong(None, max_seconds)
+                    chunks += mono(frame)
+            chunks += mono.flush()
     except av.FFmpegError as e:
         raise AudioError(f"cannot read {name} as audio ({e.strerror})") from e
     if not chunks:
@@ -136,6 +144,54 @@ def _decode(file: str | io.BytesIO, name: str, max_seconds: float | None) -> np.
             raise AudioError(f"no audio samples could be decoded from {name}")
         return np.zeros(0, np.float32)  # an audio stream of no samples
     return np.concatenate(chunks, axis=1)[0].astype(np.float32) / 32768.0
+
+
+FLOAT_FORMATS = frozenset({"flt", "fltp", "dbl", "dblp"})
+NOT_FINITE = "the audio contains NaN or infinite samples"
+
+
+class _Mono16k:
+    """A file's decoded frames -> s16 mono 16 kHz arrays [1, n]. The channels are mixed by
+    swresample where FFmpeg knows their roles (as `ffmpeg -ac 1`, which openai-whisper decodes
+    with); where it knows no layout for their count (9 channels, 32), they are averaged."""
+
+    def __init__(self):
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        self._averaged: bool | None = None  # decided on the first frame
+
+    def __call__(self, frame: av.AudioFrame) -> list[np.ndarray]:
+        if frame.format.name in FLOAT_FORMATS and not np.isfinite(frame.to_ndarray()).all():
+            raise InvalidSamples(NOT_FINITE)
+        frame.pts = None  # a skipped packet leaves a gap in timestamps: ignore it
+        if self._averaged is None:
+            try:
+                resampled = self._resampler.resample(frame)
+                self._averaged = False
+                return [f.to_ndarray() for f in resampled]
+            except av.ArgumentError:  # swresample has no mix from this channel count to mono
+                self._averaged = True
+                self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        if self._averaged:
+            frame = _channel_average(frame)
+        return [f.to_ndarray() for f in self._resampler.resample(frame)]
+
+    def flush(self) -> list[np.ndarray]:
+        return [f.to_ndarray() for f in self._resampler.resample(None)]
+
+
+def _channel_average(frame: av.AudioFrame) -> av.AudioFrame:
+    """A frame of any sample format and channel count -> its channels' mean, a float mono frame."""
+    samples = frame.to_ndarray()  # planar: [channels, n]; packed: [1, n * channels]
+    channels = len(frame.layout.channels)
+    if not frame.format.is_planar:
+        samples = samples.reshape(-1, channels).T
+    if np.issubdtype(samples.dtype, np.signedinteger):
+        samples = samples / 2.0 ** (8 * samples.itemsize - 1)
+    elif np.issubdtype(samples.dtype, np.unsignedinteger):  # u8: silence at 128
+        samples = samples / 128.0 - 1.0
+    mono = av.AudioFrame.from_ndarray(samples.mean(axis=0, dtype=np.float32)[None, :], format="flt", layout="mono")
+    mono.sample_rate = frame.sample_rate
+    return mono
 
 
 def _from_array(sample_rate: int, array: np.ndarray, max_seconds: float | None) -> np.ndarray:
@@ -189,7 +245,7 @@ def _float_mono(array: np.ndarray) -> np.ndarray:
         audio = array.astype(np.float32) / 2.0 ** (8 * array.itemsize - 1)
     elif np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
-            raise AudioError("the audio contains NaN or infinite samples")
+            raise InvalidSamples(NOT_FINITE)
         audio = array.astype(np.float32, copy=False)
     else:
         raise AudioError(f"unsupported sample type: {array.dtype}")
@@ -207,7 +263,7 @@ def _resample(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 def _check_length(n: int, rate: int, max_seconds: float | None) -> None:
     """`n` samples at `rate` per second must be at most `max_seconds`."""
     if max_seconds is not None and n / rate > max_seconds:
-        raise AudioError(f"the audio is {n / rate:.1f} s long, more than the {max_seconds:g} s limit")
+        raise AudioTooLong(n / rate, max_seconds)
 
 
 def check_transcribable(audio: np.ndarray) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .api import DecodeOptions, MaxWhisperError, Timings, TranscriptionResult, empty_result
+from .api import DecodeOptions, MaxWhisperError, Segment, Timings, TranscriptionResult, empty_result
 from .audio import N_SAMPLES, SAMPLE_RATE, STREAM_PADDING_S, heard_frames, log_mel_spectrogram
 from .batched import transcribe_batched
 from .checkpoint import load_checkpoint
@@ -44,8 +44,9 @@ class MaxTranscriber:
         return self.net.compile_s
 
     def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
-                   progress: Callable[[float], None] | None = None) -> TranscriptionResult:
-        return self._transcribe(audio, options, progress)[0]
+                   progress: Callable[[float], None] | None = None,
+                   on_segments: Callable[[Sequence[Segment]], None] | None = None) -> TranscriptionResult:
+        return self._transcribe(audio, options, progress, on_segments=on_segments)[0]
 
     def transcribe_window(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
                           draft: Sequence[int] = (), padding_s: float | None = STREAM_PADDING_S
@@ -69,7 +70,8 @@ class MaxTranscriber:
         return self._transcribe(audio, options, None, first_window_only=True, draft=tuple(draft), window_frames=frames)
 
     def _transcribe(self, audio: np.ndarray, options: DecodeOptions, progress: Callable[[float], None] | None,
-                    first_window_only: bool = False, draft: tuple[int, ...] = (), window_frames: int | None = None
+                    first_window_only: bool = False, draft: tuple[int, ...] = (), window_frames: int | None = None,
+                    on_segments: Callable[[Sequence[Segment]], None] | None = None
                     ) -> tuple[TranscriptionResult, tuple[int, ...]]:
         """The result and the tokens its last window decoded. first_window_only: the first window alone
         (`transcribe_window`), beginning with the `draft` tokens where the model chooses them, its
@@ -84,11 +86,13 @@ class MaxTranscriber:
         if options.batch_size is not None:  # the log-Mel of each speech chunk is computed in the batched loop
             features_s, decoded = None, ()
             out = transcribe_batched(self.decoder_model, audio, options, progress)
+            if on_segments is not None and out.segments:  # chunks finish out of order: all at the end
+                on_segments(out.segments)
         else:
             mel = log_mel_spectrogram(audio, self.checkpoint.dims.n_mels, padding=N_SAMPLES)
             features_s = time.perf_counter() - start
-            out = transcribe(self.decoder_model, mel, options, progress, first_window_only=first_window_only,
-                             draft=draft, window_frames=window_frames)
+            out = transcribe(self.decoder_model, mel, options, progress, on_segments=on_segments,
+                             first_window_only=first_window_only, draft=draft, window_frames=window_frames)
             decoded = out.decoded
         # a graph compiled on first use during decoding is a one-time cost: count it in compile_s only
         lazy_compile_s = self.compile_s - compile_before

@@ -60,6 +60,7 @@ def transcribe(
     options: DecodeOptions,
     progress: Callable[[float], None] | None = None,
     *,
+    on_segments: Callable[[list[Segment]], None] | None = None,
     clip_timestamps: Sequence[float] = (),
     rng: np.random.Generator | None = None,
     first_window_only: bool = False,
@@ -71,6 +72,7 @@ def transcribe(
     mel: float32 [n_mels, n_frames], the log-Mel spectrogram of the audio followed by 30 s of
     silence, as `log_mel_spectrogram(audio, n_mels, padding=N_SAMPLES)` computes it.
     progress: called after each window with the fraction of the audio done (0..1).
+    on_segments: called after each window that added segments, with them.
     clip_timestamps: start, end, start, end, ... seconds of the parts to transcribe (whisper's
     option); an odd count means the last part runs to the end. Empty: everything.
     rng: the random numbers for sampling at temperature > 0 (default: seeded with 0).
@@ -91,7 +93,10 @@ def transcribe(
         for clip_start, clip_end in _seek_clips(clip_timestamps, loop.content_frames):
             seek = clip_start
             while seek < clip_end:
+                done = len(loop.segments)
                 seek = loop.window(seek, clip_end)
+                if on_segments is not None and len(loop.segments) > done:
+                    on_segments(loop.segments[done:])
                 if progress is not None:
                     progress(min(seek, loop.content_frames) / loop.content_frames)
 

@@ -80,6 +80,18 @@ async def _load(url: str, audio: bytes, concurrency: int, seconds: float) -> lis
     return done
 
 
+def _wait_healthy(url: str, timeout_s: float = 120) -> None:
+    """Until the ingress has seen the replica that serve.run waited for (it reads the replicas' state
+    four times a second)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while httpx.get(url, timeout=30).status_code != 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not say ready in {timeout_s:g} s")
+        time.sleep(0.25)
+
+
 def _measure(url: str, audio: bytes, audio_s: float, concurrency: int, seconds: float) -> dict:
     start = time.perf_counter()
     done = asyncio.run(_load(url, audio, concurrency, seconds))
@@ -121,14 +133,16 @@ def main_serve(args, out_dir) -> int:
     runs, failures = [], []
     try:
         port = 8765
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.start(proxy_location="Disabled")  # the service's ingress serves HTTP itself
         url = f"http://127.0.0.1:{port}/v1/audio/transcriptions"
         for setup in SETUPS:
             info(f"--- {setup.label} ---")
             config = ServiceConfig(backends=(setup.backend,), models=("tiny.en",), device="cpu",
-                                   precision=setup.precision, max_batch=setup.max_batch, max_seconds=600)
+                                   precision=setup.precision, max_batch=setup.max_batch, max_seconds=600,
+                                   host="127.0.0.1", port=port)
             try:
-                serve.run(application(config), name=APP_NAME, route_prefix="/")
+                serve.run(application(config), name=APP_NAME, route_prefix=None)
+                _wait_healthy(f"http://127.0.0.1:{port}/health")
             except Exception as e:  # noqa: BLE001 - reported, the other setups still run
                 failures.append({"setup": setup.label, "error": f"{type(e).__name__}: {e}"[:500]})
                 continue

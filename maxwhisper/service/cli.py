@@ -1,6 +1,7 @@
 """`python -m maxwhisper serve`: the transcription service on Ray Serve.
 
-Without --address (or $RAY_ADDRESS) it starts a Ray instance on this machine (nothing else to install or start);
+Without --address (or $RAY_ADDRESS) it starts a Ray instance on this machine (nothing else to install or start),
+whose own ports listen on the loopback only and whose workers run at --nice (default 0, normal priority);
 with --address it joins an existing Ray cluster and places its replicas there. It prints the URL,
 the deployments and their replicas, and what is still compiling; Ctrl-C shuts it down.
 """
@@ -20,10 +21,14 @@ from ..api import MaxWhisperError
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: maxwhisper/, app.py and showcase/ (--ui)
 
-EXAMPLE = """examples:
+KEY_ENV = "MAXWHISPER_API_KEY"  # one API key, or several separated by commas
+RAY_ALONE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node address is the loopback, as on macOS
+
+EXAMPLE = f"""examples:
   python -m maxwhisper serve                               # MAX tiny.en on this machine, http://127.0.0.1:8000
   python -m maxwhisper serve --backend max,faster --ui     # two backends, and the app at /
-  python -m maxwhisper serve --address auto --replicas 4   # on a running Ray cluster"""
+  python -m maxwhisper serve --address auto --replicas 4   # on a running Ray cluster
+  {KEY_ENV}=$(openssl rand -hex 24) python -m maxwhisper serve --host 0.0.0.0   # on the network, with a key"""
 
 
 def _positive(kind):
@@ -65,12 +70,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="largest upload (default 25, as OpenAI)")
     p.add_argument("--request-timeout", type=_positive(float), default=600.0,
                    help="seconds after which a request is answered 504 (default 600)")
+    p.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                   help=f"a key clients must send (Authorization: Bearer KEY) on /v1; may be given again; also "
+                        f"${KEY_ENV} (several separated by commas) and --api-key-file. Default: none asked")
+    p.add_argument("--api-key-file", metavar="PATH", help="a file of API keys, one a line (# starts a comment)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a host name the service answers to besides the address it listens on and the loopback "
+                        "(a DNS rebinding guard; with --host 0.0.0.0, any name unless some are given)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a web origin (https://app.example) whose pages may call the API; '*': any. Default: none")
+    p.add_argument("--nice", type=int, default=0, choices=range(0, 20), metavar="0-19",
+                   help="the niceness of a Ray instance of its own (Ray's default is 15, which yields to every "
+                        "other process); default 0: normal priority. A cluster's is set at its `ray start`")
+
+
+def api_keys(args: argparse.Namespace) -> list[str]:
+    """The keys of --api-key, --api-key-file and $MAXWHISPER_API_KEY, checked."""
+    keys = list(args.api_key) + [k for k in os.environ.get(KEY_ENV, "").split(",") if k.strip()]
+    if args.api_key_file:
+        try:
+            lines = Path(args.api_key_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise MaxWhisperError(f"cannot read the API key file {args.api_key_file}: "
+                                  f"{getattr(e, 'strerror', None) or e}") from None
+        keys += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    keys = [k.strip() for k in keys]
+    bad = [k for k in keys if not k or not k.isascii() or not k.isprintable() or " " in k or "," in k]
+    if bad:
+        raise MaxWhisperError("an API key must be printable ASCII without spaces or commas")
+    return keys
 
 
 def config_of(args: argparse.Namespace, device: str):
     """The ServiceConfig the arguments ask for, checked before anything starts."""
     from ..checkpoint import installed_models
     from ..registry import BACKENDS, BF16_MISSING, available_backends, has_bf16
+    from .access import AccessPolicy
     from .deployments import ServiceConfig
 
     backends = tuple(dict.fromkeys(b.strip() for b in args.backend.split(",") if b.strip()))
@@ -92,10 +127,13 @@ def config_of(args: argparse.Namespace, device: str):
             raise MaxWhisperError(BF16_MISSING)
         if args.precision not in BACKENDS[b].precisions.get("gpu" if device == "gpu" else "cpu", ()):
             raise MaxWhisperError(f"backend {b} has no precision {args.precision} on {device}")
+    access = AccessPolicy.create(args.host, keys=api_keys(args), allowed_hosts=args.allowed_host,
+                                 cors_origins=args.cors_origin)
     return ServiceConfig(backends=backends, models=models, device=device, precision=args.precision,
                          replicas=args.replicas, max_batch=args.max_batch, cpus_per_replica=args.cpus_per_replica,
                          max_seconds=args.max_seconds, max_upload_mb=args.max_upload_mb,
-                         request_timeout_s=args.request_timeout, ui=args.ui)
+                         request_timeout_s=args.request_timeout, ui=args.ui, host=args.host, port=args.port,
+                         access=access, loopback_ray=not args.address)
 
 
 def replicas_short_of(config, resources: dict[str, float]) -> str | None:
@@ -128,12 +166,21 @@ def _device(requested: str, ray) -> str:
 def main(args: argparse.Namespace) -> int:
     os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    if not args.address:
+        # a Ray instance of its own takes the loopback for its node's address, and then listens on it alone
+        # (Ray's switch for a single machine that forms no cluster); its processes inherit it
+        os.environ[RAY_ALONE] = "0"
     import ray
     from ray import serve
 
     from .deployments import APP_NAME, application
+    from .front import listening_socket
 
     config_of(args, "cpu" if args.device == "auto" else args.device)  # mistakes before Ray starts
+    try:
+        listening_socket(args.host, args.port).close()
+    except OSError as e:
+        raise MaxWhisperError(f"cannot listen on {args.host} port {args.port}: {e.strerror}") from None
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even where a shell started it ignoring Ctrl-C
     signal.signal(signal.SIGTERM, _interrupt)
     where = f"the Ray cluster at {args.address}" if args.address else "a Ray instance of its own"
@@ -141,9 +188,11 @@ def main(args: argparse.Namespace) -> int:
     # on a cluster the checkout travels to every node (their Python environments must have
     # requirements.txt installed); here the workers import it from this folder
     code = {"working_dir": str(ROOT), "excludes": [".venv", ".git", "artifacts", "benchmarks", "tests"]}
-    # "local": a Ray instance of its own, not the cluster the last `ray start` here recorded (bulk.job)
+    # "local": a Ray instance of its own, not the cluster the last `ray start` here recorded (bulk.job);
+    # its workers at --nice, not Ray's default 15
     ray.init(address=args.address or "local", include_dashboard=False, logging_level=logging.WARNING,
-             log_to_driver=False, runtime_env=code if args.address else None)
+             log_to_driver=False, runtime_env=code if args.address else None,
+             **({} if args.address else {"_system_config": {"worker_niceness": args.nice}}))
     try:
         config = config_of(args, _device(args.device, ray))
         short = replicas_short_of(config, ray.cluster_resources())
@@ -151,16 +200,19 @@ def main(args: argparse.Namespace) -> int:
             raise MaxWhisperError(short)
         if short:  # a cluster may add nodes for them
             print(f"warning: {short}; they wait until the cluster has room", file=sys.stderr, flush=True)
-        serve.start(http_options={"host": args.host, "port": args.port})
-        serve._run(application(config), name=APP_NAME, route_prefix="/", _blocking=False)
+        serve.start(proxy_location="Disabled")  # the ingress serves HTTP itself (service.front)
+        serve._run(application(config), name=APP_NAME, route_prefix=None, _blocking=False)
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-        print(f"MAX-Whisper service: http://{host}:{args.port}/v1 (OpenAI's audio API)"
-              + (f", the app at http://{host}:{args.port}/" if config.ui else "")
-              + f"; API docs at http://{host}:{args.port}/docs", flush=True)
+        url = f"http://{f'[{host}]' if ':' in host else host}:{args.port}"
+        print(f"MAX-Whisper service: {url}/v1 (OpenAI's audio API)"
+              + (f", the app at {url}/" if config.ui else "") + f"; API docs at {url}/docs", flush=True)
+        keys = len(config.access.key_digests)
+        print(f"  {keys} API key(s) asked on /v1" + (" and by the app's login page" if config.ui else "")
+              if keys else "  no API key asked: anyone who reaches this address can use it", flush=True)
         for backend, model in config.served.pairs:
             print(f"  {config.deployment_name(backend, model)}: {config.replicas} replica(s), "
                   f"{config.batch_of(backend)} request(s) at once each, {config.precision}", flush=True)
-        _wait_until_ready(serve, APP_NAME, config, f"http://{host}:{args.port}/health")
+        _wait_until_ready(serve, APP_NAME, config, f"{url}/health")
         print("ready; Ctrl-C stops the service", flush=True)
         while True:
             time.sleep(3600)
@@ -185,7 +237,7 @@ def _wait_until_ready(serve, app: str, config, health: str) -> None:
         status = serve.status().applications.get(app)
         deployments = status.deployments if status else {}
         waiting = [n for n in names if n not in deployments or not deployments[n].replica_states.get("RUNNING")]
-        failed = [n for n in names
+        failed = [n for n in ["ingress", *names]
                   if n in deployments and deployments[n].status.value in ("UNHEALTHY", "DEPLOY_FAILED")]
         if failed:
             raise MaxWhisperError(f"{', '.join(failed)} failed to start: {_last_line(deployments[failed[0]].message)}")

@@ -1,28 +1,32 @@
-"""The service on Ray Serve: an ingress deployment speaking OpenAI's audio API in front, one model
-deployment per (backend, model, device) behind it, reached through `DeploymentHandle`s, so that
-model replicas scale (and move to other machines of a cluster) without the front.
+"""The service on Ray Serve: an ingress deployment serving OpenAI's audio API over HTTP in front,
+one model deployment per (backend, model, device) behind it, reached through `DeploymentHandle`s, so
+that model replicas scale (and move to other machines of a cluster) without the front.
 
-    ingress (FastAPI; one replica)  --DeploymentHandle-->  ModelServer max/tiny.en/cpu  (N replicas)
-                                                          ModelServer faster/tiny.en/cpu ...
+    ingress (uvicorn, one replica, on the node   --DeploymentHandle-->  ModelServer max/tiny.en/cpu  (N replicas)
+             where `serve` runs; Serve's proxy off)                      ModelServer faster/tiny.en/cpu ...
 
-The ingress reads and checks each request (form, audio, size, length) so that bad input never
-reaches a model; a model replica transcribes up to `max_batch` requests at once, which MAX decodes
-together (`graph.shared_steps`), and takes more as those finish.
+The ingress reads and checks each request (access, form, audio, size, length) so that bad input
+never reaches a model; a model replica transcribes up to `max_batch` requests at once, which MAX
+decodes together (`graph.shared_steps`), and takes more as those finish. A request whose replica
+dies is given once more to a live replica or its replacement, within the request's timeout.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 from ray import serve
+from ray.exceptions import RayActorError
 
 from ..api import DecodeOptions, MaxWhisperError, TranscriptionResult
+from .access import AccessPolicy
 from .openai_api import ApiError, Served
+from .replicas import ReplicaWatch
 
 log = logging.getLogger("maxwhisper.service")
 
@@ -46,6 +50,10 @@ class ServiceConfig:
     request_timeout_s: float = 600.0
     ui: bool = False
     extra_ui_options: dict = field(default_factory=dict)
+    host: str = "127.0.0.1"  # where the ingress listens
+    port: int = 8000
+    access: AccessPolicy = AccessPolicy()
+    loopback_ray: bool = False  # on a Ray instance of its own, its node address the loopback (no --address)
 
     @property
     def served(self) -> Served:
@@ -65,9 +73,12 @@ class ModelServer:
     loads the model (Serve routes nothing to the replica before that ends, and the ingress answers
     503 while no replica is up); `transcribe` runs in a pool of `max_batch` threads."""
 
-    def __init__(self, backend: str, model: str, device: str, precision: str, max_batch: int):
+    def __init__(self, backend: str, model: str, device: str, precision: str, max_batch: int,
+                 loopback_ray: bool = False):
         from ..registry import create_warmed_up
 
+        if loopback_ray:
+            _replica_grpc_on_loopback()
         start = time.perf_counter()
         options = {"max_batch": max_batch} if backend == "max" else {}
         # first-call costs stay out of the requests, as the app's models warm up
@@ -81,19 +92,23 @@ class ModelServer:
         not raised, so that it crosses to the ingress as it is."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, self._transcribe, audio, options, None)
 
-    async def transcribe_events(self, audio: np.ndarray, options: DecodeOptions):
-        """`transcribe` as a stream (a handle called with stream=True; the app's progress): ("started",
-        None) when a thread takes it, ("progress", fraction done) as the transcription goes, then
-        ("result", the result or ApiError)."""
+    async def transcribe_events(self, audio: np.ndarray, options: DecodeOptions, segments: bool = False):
+        """`transcribe` as a stream (a handle called with stream=True; the app's progress, the API's
+        streamed answers): ("started", None) when a thread takes it, ("progress", fraction done)
+        as the transcription goes, with `segments` ("segments", their texts) as they are decoded,
+        then ("result", the result or ApiError)."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
 
         def progress(fraction: float) -> None:
             loop.call_soon_threadsafe(events.put_nowait, ("progress", fraction))
 
+        def decoded(new) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, ("segments", [s.text for s in new]))
+
         def run():
             loop.call_soon_threadsafe(events.put_nowait, ("started", None))
-            return self._transcribe(audio, options, progress)
+            return self._transcribe(audio, options, progress, decoded if segments else None)
 
         done = loop.run_in_executor(self.pool, run)
         while not done.done() or not events.empty():
@@ -105,9 +120,10 @@ class ModelServer:
                 waiting.cancel()
         yield "result", done.result()
 
-    def _transcribe(self, audio: np.ndarray, options: DecodeOptions, progress) -> TranscriptionResult | ApiError:
+    def _transcribe(self, audio: np.ndarray, options: DecodeOptions, progress,
+                    on_segments=None) -> TranscriptionResult | ApiError:
         try:
-            return self.transcriber.transcribe(audio, options, progress=progress)
+            return self.transcriber.transcribe(audio, options, progress=progress, on_segments=on_segments)
         except MaxWhisperError as e:
             return ApiError(422, str(e), code="unprocessable_request")
         except Exception as e:  # noqa: BLE001 - logged here; the client gets a message without internals
@@ -131,71 +147,134 @@ class ModelServer:
 
 class Ingress:
     """The HTTP front: OpenAI's audio API (and, with --ui, the Gradio app at /) over handles to
-    the model deployments, keyed by (backend, model)."""
+    the model deployments, keyed by (backend, model), served on (config.host, config.port) behind
+    the access policy."""
 
     def __init__(self, config: ServiceConfig, *handles):
-        self.config = config
-        self.handles = dict(zip(config.served.pairs, handles))
-        self._started = time.monotonic()
-        self._ready: dict[str, tuple[bool, float]] = {}  # deployment -> (a replica is up, since when it was not)
-        threading.Thread(target=self._watch, name="readiness", daemon=True).start()
-
-    def __serve_build_asgi_app__(self):
+        from .access import guard
+        from .front import Front
         from .http import build_api
 
-        api = build_api(self)
-        return _with_app(self, api) if self.config.ui else api
+        if config.loopback_ray:
+            _replica_grpc_on_loopback()
+        self.config = config
+        self.handles = dict(zip(config.served.pairs, handles))
+        self.replicas = ReplicaWatch(APP_NAME, [config.deployment_name(b, m) for b, m in config.served.pairs],
+                                     config.replicas)
+        app = build_api(self)
+        self.front = Front(guard(_with_app(self, app) if config.ui else app, config.access), config.host, config.port)
 
-    def _watch(self) -> None:
-        """Serve's view of the model deployments, once a second, off the requests' path (asking the
-        controller costs a round trip)."""
-        while True:
-            try:
-                status = serve.status().applications.get(APP_NAME)
-                deployments = status.deployments if status else {}
-                for backend, model in self.config.served.pairs:
-                    name = self.config.deployment_name(backend, model)
-                    deployment = deployments.get(name)
-                    up = bool(deployment and deployment.replica_states.get("RUNNING", 0))
-                    was_up, since = self._ready.get(name, (False, self._started))
-                    self._ready[name] = (up, since if not up and not was_up else time.monotonic())
-            except Exception:  # noqa: BLE001 - the controller may be busy or restarting: ask again
-                log.debug("could not read Serve's status", exc_info=True)
-            time.sleep(1.0)
+    def check_health(self) -> None:
+        """Serve's health check: a replica whose HTTP server stopped is replaced."""
+        if not self.front.alive:
+            raise RuntimeError("the ingress's HTTP server stopped")
+
+    def replicas_of(self, backend: str, model: str):
+        """The deployment's replicas up, its target, how long it has had none (`replicas.Replicas`)."""
+        return self.replicas.of(self.config.deployment_name(backend, model))
 
     def model_ready(self, backend: str, model: str) -> tuple[bool, float]:
         """Whether a replica of the deployment is up, and for how long none has been."""
-        up, since = self._ready.get(self.config.deployment_name(backend, model), (False, self._started))
-        return up, time.monotonic() - since
+        replicas = self.replicas_of(backend, model)
+        return replicas.up > 0, replicas.down_s
+
+    def _check_ready(self, backend: str, model: str) -> None:
+        ready, waited = self.model_ready(backend, model)
+        if not ready:
+            raise ApiError(503, f"{model} on {backend} has no replica up (loading: MAX compiles its graphs on first "
+                                f"start; or replacing one that stopped; {waited:.0f} s so far): try again shortly",
+                           type="server_error", code="model_loading", retry_after=LOADING_RETRY_S)
+
+    def _timeout(self) -> ApiError:
+        return ApiError(504, f"the transcription took longer than {self.config.request_timeout_s:g} s",
+                        type="server_error", code="timeout")
+
+    def _lost(self, backend: str, model: str, error: Exception, retried: bool) -> None:
+        """A replica died under a request: say so, look at the replicas now; the second time, give up."""
+        self.replicas.refresh()
+        log.warning("a replica of %s/%s stopped under a request (%s)%s", backend, model, type(error).__name__,
+                    "" if retried else "; giving it to another replica")
+        if retried:
+            raise ApiError(503, "the model replicas handling this request stopped twice; try again",
+                           type="server_error", code="replica_unavailable", retry_after=LOADING_RETRY_S) from None
 
     async def transcribe(self, backend: str, model: str, audio: np.ndarray,
                          options: DecodeOptions) -> TranscriptionResult:
-        """The model deployment's result, or ApiError: 503 while it loads or when its replica
-        stopped during the request, 504 past the request timeout."""
-        ready, waited = self.model_ready(backend, model)
-        if not ready:
-            raise ApiError(503, f"{model} on {backend} is still loading (MAX compiles its graphs on first start; "
-                                f"{waited:.0f} s so far): try again shortly", type="server_error",
-                           code="model_loading", retry_after=LOADING_RETRY_S)
-        response = self.handles[(backend, model)].transcribe.remote(audio, options)
-        try:
-            result = await asyncio.wait_for(response, self.config.request_timeout_s)
-        except asyncio.TimeoutError:
-            response.cancel()
-            raise ApiError(504, f"the transcription took longer than {self.config.request_timeout_s:g} s",
-                           type="server_error", code="timeout") from None
-        except Exception as e:  # noqa: BLE001 - e.g. the replica died: Serve starts another
-            log.warning("a request to %s/%s failed: %s", backend, model, type(e).__name__)
-            raise ApiError(503, "the model replica handling this request stopped; try again (Serve replaces it)",
-                           type="server_error", code="replica_unavailable", retry_after=5) from None
-        if isinstance(result, ApiError):
-            raise result
-        return result
+        """The model deployment's result, or ApiError: 503 while none of its replicas is up, 504 past
+        the request timeout. A request whose replica dies is given once more to a live replica or
+        the replacement, within the same timeout."""
+        self._check_ready(backend, model)
+        deadline = time.monotonic() + self.config.request_timeout_s
+        for retried in (False, True):
+            response = self.handles[(backend, model)].transcribe.remote(audio, options)
+            try:
+                result = await asyncio.wait_for(response, max(deadline - time.monotonic(), 0.0))
+            except asyncio.TimeoutError:
+                response.cancel()
+                raise self._timeout() from None
+            except RayActorError as e:
+                self._lost(backend, model, e, retried)
+                continue
+            if isinstance(result, ApiError):
+                raise result
+            return result
+
+    async def transcribe_stream(self, backend: str, model: str, audio: np.ndarray,
+                                options: DecodeOptions) -> AsyncIterator[tuple[str, object]]:
+        """`transcribe` as it goes: ("delta", a segment's text) as segments are decoded, then
+        ("result", the result); ApiError as `transcribe` raises it. A stream whose replica dies is
+        given once more, as a request is; its repeat skips the segments already given (at the same
+        options the same audio decodes to the same segments)."""
+        self._check_ready(backend, model)
+        deadline = time.monotonic() + self.config.request_timeout_s
+        given = 0
+        for retried in (False, True):
+            events = self.handles[(backend, model)].options(stream=True).transcribe_events.remote(
+                audio, options, segments=True)
+            decoded = 0
+            try:
+                while True:
+                    kind, value = await asyncio.wait_for(events.__anext__(), max(deadline - time.monotonic(), 0.0))
+                    if kind == "segments":
+                        for text in value:
+                            decoded += 1
+                            if decoded > given:
+                                given += 1
+                                yield "delta", text
+                    elif kind == "result":
+                        if isinstance(value, ApiError):
+                            raise value
+                        yield "result", value
+                        return
+            except asyncio.TimeoutError:
+                events.cancel()
+                raise self._timeout() from None
+            except RayActorError as e:
+                self._lost(backend, model, e, retried)
+            finally:
+                events.cancel()
+
+
+def _replica_grpc_on_loopback() -> None:
+    """Serve starts a gRPC server in each replica for calls between deployments, bound to every
+    interface ("[::]:0" in ray.serve 2.60, with no setting). On a Ray instance whose node address
+    is the loopback nothing reaches it from elsewhere, so this replica binds it to the loopback.
+    Called from a replica's constructor, which Serve runs before it starts that server."""
+    from ray.serve._private import replica
+
+    bind = getattr(replica, "add_port_to_grpc_server", None)
+    if bind is None:  # another Ray: its listeners are what it makes them (the service test checks them)
+        log.warning("cannot keep Serve's replica gRPC server on the loopback with this version of Ray")
+        return
+    replica.add_port_to_grpc_server = lambda server, address: bind(server, "127.0.0.1:0" if address == "[::]:0"
+                                                                    else address)
 
 
 def _with_app(ingress: Ingress, api):
     """The repository's Gradio app (app.py) mounted at / beside the API, built here in the replica
-    (Gradio objects do not pickle), its transcriptions going to the model deployments."""
+    (Gradio objects do not pickle), its transcriptions going to the model deployments. Where the
+    service has API keys, the app asks for one on Gradio's login page (any user name, the key as
+    the password): a browser sends no Bearer header."""
     import gradio as gr
 
     from app import build_demo, quiet_queue
@@ -208,7 +287,10 @@ def _with_app(ingress: Ingress, api):
     demo = build_demo(ServiceTranscriptions(ingress), config.max_seconds, choices=choices)
     demo.queue(default_concurrency_limit=1, max_size=64)
     quiet_queue(demo)
-    return gr.mount_gradio_app(api, demo, path="/", allowed_paths=[str(EXAMPLES_DIR)])
+    login = {"auth": lambda user, key: config.access.key_accepted(key),
+             "auth_message": "This service needs an API key: any user name, the key as the password."} \
+        if config.access.keyed else {}
+    return gr.mount_gradio_app(api, demo, path="/", allowed_paths=[str(EXAMPLES_DIR)], **login)
 
 
 def application(config: ServiceConfig) -> serve.Application:
@@ -221,7 +303,10 @@ def application(config: ServiceConfig) -> serve.Application:
         models.append(serve.deployment(ModelServer).options(
             name=config.deployment_name(backend, model), num_replicas=config.replicas, ray_actor_options=resources,
             max_ongoing_requests=config.batch_of(backend), health_check_timeout_s=120,
-        ).bind(backend, model, config.device, config.precision, config.batch_of(backend)))
-    ingress = serve.deployment(serve.ingress()(Ingress)).options(
-        name="ingress", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
+        ).bind(backend, model, config.device, config.precision, config.batch_of(backend), config.loopback_ray))
+    import ray
+
+    # the ingress listens on this machine's address: its replica runs on the node this process runs on
+    here = {"num_cpus": 0, "resources": {f"node:{ray.util.get_node_ip_address()}": 0.001}}
+    ingress = serve.deployment(Ingress).options(name="ingress", num_replicas=1, ray_actor_options=here)
     return ingress.bind(config, *models)

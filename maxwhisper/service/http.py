@@ -1,33 +1,53 @@
-"""The ingress's FastAPI app: OpenAI's audio endpoints, `/v1/models` and `/health`.
+"""The ingress's FastAPI app: OpenAI's audio endpoints, `/v1/models`, `/health` and `/docs`.
 
 Every reply that is not a transcription is OpenAI's error shape with a fitting status; no reply
-carries a traceback or a server path. A request is checked in this order, cheapest first: size,
-form, fields, audio (readable, not too long, not empty or silent), then it goes to a model.
+carries a traceback or a server path. A request is checked in this order, cheapest first, each
+check bounding the work of the next: the form as it streams in (`upload.read_form`: size, fields),
+the fields, the audio's length from its container and then as it decodes, its samples, whether it
+holds anything to transcribe; then it goes to a model. A request's memory is its upload (at most
+--max-upload-mb) and its decoded audio (at most --max-seconds, 64 KB a second as float32); at most
+DECODES_AT_ONCE uploads are decoded at a time. Access (keys, Host, Origin) is checked before all
+this, by `access.guard` around the app.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
-from ..api import SAMPLE_RATE, AudioError, NothingToTranscribe
+from ..api import AudioError, AudioTooLong, InvalidSamples, NothingToTranscribe
 from ..audio import check_transcribable, load_audio
-from .openai_api import DEFAULT_MODEL_ALIAS, ApiError, parse_form, render
+from .access import KEYED_PREFIX
+from .openai_api import (DEFAULT_MODEL_ALIAS, ApiError, TranscriptionRequest, delta_event, done_event, form_schema,
+                         model_object, parse_form, render, sse)
+from .upload import FormLimits, read_form
 
 log = logging.getLogger("maxwhisper.service")
 
+DECODES_AT_ONCE = 2  # uploads decoded at a time (each holds its decoded audio): the rest wait their turn
+ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "object", "properties": {
+    "message": {"type": "string"}, "type": {"type": "string"}, "param": {"type": ["string", "null"]},
+    "code": {"type": ["string", "null"]}}}}}
+
 
 def build_api(ingress) -> FastAPI:
-    """The app over `ingress` (a `deployments.Ingress`: its config and `transcribe`)."""
+    """The app over `ingress` (a `deployments.Ingress`: its config, `transcribe`, `transcribe_stream`
+    and `replicas_of`)."""
     config = ingress.config
-    app = FastAPI(title="MAX-Whisper", description="OpenAI's audio API on MAX-Whisper (Ray Serve)",
-                  docs_url="/docs", redoc_url=None)
+    limits = FormLimits(file_bytes=int(config.max_upload_mb * 2**20))
+    decoding = asyncio.Semaphore(DECODES_AT_ONCE)
+    app = FastAPI(title="MAX-Whisper", docs_url="/docs", redoc_url=None,
+                  description="OpenAI's audio API on MAX-Whisper (Ray Serve)."
+                  + (" Every /v1 path needs an API key: `Authorization: Bearer KEY` (Authorize, above)."
+                     if config.access.keyed else ""))
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, e: ApiError) -> JSONResponse:
@@ -51,70 +71,72 @@ def build_api(ingress) -> FastAPI:
                                                       "details", type="server_error", code="internal_error"))
 
     async def answer(request: Request, task: str) -> Response:
-        length = request.headers.get("content-length")
-        limit = int(config.max_upload_mb * 2**20)
-        if length and length.isdigit() and int(length) > limit + 2**16:  # the form's own bytes besides the file
-            raise ApiError(413, f"the upload is larger than {config.max_upload_mb:g} MB", code="upload_too_large")
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            raise ApiError(400, "send the request as multipart/form-data with the audio in the 'file' field",
-                           param="file", code="invalid_content_type")
         try:
-            form = await request.form(max_files=1, max_fields=32)
-        except Exception:  # noqa: BLE001 - a malformed body, whatever the parser says
-            raise ApiError(400, "the multipart form could not be read (one file at most)") from None
-        try:
-            upload = form.get("file")
-            fields = {name: [v for v in form.getlist(name) if isinstance(v, str)] for name in form if name != "file"}
-            request_ = parse_form(fields, task, config.served)
-            if not isinstance(upload, UploadFile):
-                raise ApiError(400, "you must send the audio as a file in the 'file' field", param="file",
-                               code="missing_required_parameter")
-            data = await upload.read(limit + 1)
-        finally:
-            await form.close()
-        if len(data) > limit:
-            raise ApiError(413, f"the upload is larger than {config.max_upload_mb:g} MB", param="file",
-                           code="upload_too_large")
-        if not data:
+            form = await read_form(request.stream(), request.headers.get("content-type", ""),
+                                   request.headers.get("content-length"), limits)
+        except ClientDisconnect:
+            raise ApiError(400, "the client closed the connection before its upload ended",
+                           code="client_disconnected") from None
+        request_ = parse_form(form.fields, task, config.served)
+        if form.file is None:
+            raise ApiError(400, "you must send the audio as a file in the 'file' field", param="file",
+                           code="missing_required_parameter")
+        if not form.file:
             raise ApiError(400, "the audio file is empty (0 bytes)", param="file", code="empty_file")
-        audio = await run_in_threadpool(_decode, data)
-        seconds = len(audio) / SAMPLE_RATE
-        if seconds > config.max_seconds:
-            raise ApiError(413, f"the audio is {seconds:.1f} s long, more than this service's {config.max_seconds:g} s",
-                           param="file", code="audio_too_long")
+        async with decoding:
+            audio = await run_in_threadpool(_decode, form.file, config.max_seconds)
+        del form  # the upload: only the audio is kept while the model works
         _check_speech(audio)
+        if request_.stream:
+            return await _streamed(ingress, request_, audio)
         result = await ingress.transcribe(request_.backend, request_.model, audio, request_.options)
         body, media_type = render(result, request_.response_format, request_.granularities)
         if isinstance(body, dict):
             return JSONResponse(body)
         return PlainTextResponse(body, media_type=media_type)
 
-    @app.post("/v1/audio/transcriptions")
+    def documented(task: str) -> dict:
+        """The route's form and answers, for /docs (the form is read by hand, as it streams)."""
+        errors = {400: "A field or the form is wrong", 401: "No valid API key", 404: "No such model",
+                  413: "The upload or the audio is too long", 415: "Not audio", 503: "No replica up: Retry-After"}
+        return {"openapi_extra": {"requestBody": {"required": True, "content": {
+                    "multipart/form-data": {"schema": form_schema(task)}}}},
+                "responses": {200: {"description": "The transcription: JSON (json, verbose_json), text (text, srt, "
+                                                   "vtt) or, with stream=true, server-sent events",
+                                    "content": {"application/json": {}, "text/plain": {}, "text/event-stream": {}}},
+                              **{status: {"description": what,
+                                          "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+                                 for status, what in errors.items()}}}
+
+    @app.post("/v1/audio/transcriptions", summary="Transcribe audio", **documented("transcribe"))
     async def transcriptions(request: Request) -> Response:
         return await answer(request, "transcribe")
 
-    @app.post("/v1/audio/translations")
+    @app.post("/v1/audio/translations", summary="Translate audio into English", **documented("translate"))
     async def translations(request: Request) -> Response:
         return await answer(request, "translate")
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", summary="The models served")
     async def models() -> dict:
         served = config.served
-        entries = [(DEFAULT_MODEL_ALIAS, served.default[1])] + [(m, m) for m in served.models]
-        return {"object": "list", "data": [
-            {"id": name, "object": "model", "created": 0, "owned_by": "maxwhisper", "root": model,
-             "backends": [b for b, m in served.pairs if m == model]} for name, model in entries]}
+        return {"object": "list",
+                "data": [model_object(name, served) for name in [DEFAULT_MODEL_ALIAS, *served.models]]}
 
-    @app.get("/health")
+    @app.get("/v1/models/{model_id}", summary="One model")
+    async def model(model_id: str) -> dict:
+        return model_object(model_id, config.served)
+
+    @app.get("/health", summary="Whether every model deployment has its replicas up (no key needed)")
     async def health() -> JSONResponse:
         deployments = []
-        for backend, model in config.served.pairs:
-            ready, waiting = ingress.model_ready(backend, model)
-            deployments.append({"backend": backend, "model": model, "device": config.device, "ready": ready,
-                                **({} if ready else {"loading_s": round(waiting)})})
-        ok = all(d["ready"] for d in deployments)
-        return JSONResponse({"status": "ok" if ok else "loading", "models": deployments},
-                            status_code=200 if ok else 503)
+        for backend, model_name in config.served.pairs:
+            replicas = ingress.replicas_of(backend, model_name)
+            deployments.append({"backend": backend, "model": model_name, "device": config.device,
+                                "ready": replicas.up > 0, "replicas": replicas.up, "target": replicas.target,
+                                **({} if replicas.up else {"loading_s": round(replicas.down_s)})})
+        status = ("ok" if all(d["replicas"] >= d["target"] for d in deployments)
+                  else "degraded" if all(d["ready"] for d in deployments) else "loading")
+        return JSONResponse({"status": status, "models": deployments}, status_code=503 if status == "loading" else 200)
 
     @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
     async def elsewhere(request: Request, rest: str):
@@ -124,12 +146,58 @@ def build_api(ingress) -> FastAPI:
             raise ApiError(405, f"{request.method} is not allowed on {request.url.path}: use {known[request.url.path]}")
         raise ApiError(404, f"no such endpoint: {request.method} {request.url.path}")
 
+    if config.access.keyed:
+        app.openapi = lambda: _with_bearer(app)
     return app
 
 
-def _decode(data: bytes) -> np.ndarray:
+def _with_bearer(app: FastAPI) -> dict:
+    """The OpenAPI schema saying that the API's paths take a Bearer key (/docs' Authorize)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schema.setdefault("components", {})["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer"}}
+        for path, operations in schema["paths"].items():
+            for operation in operations.values():
+                if path.startswith(KEYED_PREFIX):
+                    operation["security"] = [{"apiKey": []}]
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+async def _streamed(ingress, request: TranscriptionRequest, audio: np.ndarray) -> StreamingResponse:
+    """Server-sent events as OpenAI's: transcript.text.delta per segment as it is decoded, then
+    transcript.text.done. A failure before the first event is the request's HTTP error; after, an
+    error event (OpenAI's clients raise it)."""
+    events = ingress.transcribe_stream(request.backend, request.model, audio, request.options)
+    first = await anext(events)
+
+    async def body():
+        event, leading = first, True
+        try:
+            while True:
+                kind, value = event
+                if kind == "result":
+                    yield sse(done_event(value))
+                    return
+                yield sse(delta_event(value.lstrip() if leading else value))
+                leading = False
+                event = await anext(events)
+        except ApiError as e:
+            yield sse(e.body())
+        finally:
+            await events.aclose()
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _decode(data: bytes, max_seconds: float) -> np.ndarray:
+    """The upload's audio, its length checked from its container and then as it decodes."""
     try:
-        return load_audio(data)
+        return load_audio(data, max_seconds=max_seconds)
+    except AudioTooLong as e:
+        raise ApiError(413, f"{e} of this service", param="file", code="audio_too_long") from None
+    except InvalidSamples as e:
+        raise ApiError(400, f"{e}: it cannot be transcribed", param="file", code="invalid_audio") from None
     except AudioError:
         raise ApiError(415, "the file could not be read as audio: send a format FFmpeg reads, e.g. wav, flac, mp3, "
                             "ogg, webm or m4a", param="file", code="unsupported_audio") from None

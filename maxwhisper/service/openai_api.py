@@ -1,15 +1,15 @@
 """OpenAI's audio API as clients use it: the form of `POST /v1/audio/transcriptions` and
-`/translations`, its five response formats and its error shape. No Ray, no HTTP server: the
-ingress (`service.deployments`) hands the form in and sends what comes out.
+`/translations`, its five response formats, its streamed events and its error shape. No Ray, no
+HTTP server: the ingress (`service.http`) hands the form in and sends what comes out.
 
-Form fields: `file` (required), `model` (a served model's name, or `whisper-1` for the default
-one), `language` (transcriptions only), `prompt`, `temperature`, `response_format` (json, text,
-srt, verbose_json, vtt), `timestamp_granularities[]` (segment and/or word; word only with
-verbose_json); this service's extensions in the same form: `backend`, `beam_size`, `batch_size`.
+The form's fields and what this service does with each are `FIELD_DOCS` (the API's /docs show
+them); `backend`, `beam_size` and `batch_size` are this service's own.
 """
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -18,11 +18,55 @@ from ..formats import to_srt, to_vtt
 from ..tokenizer import LANGUAGES, normalize_language
 
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+STREAMED_FORMATS = ("json", "text")  # a stream's events carry text, as OpenAI's
 GRANULARITIES = ("segment", "word")
+INCLUDES = ("logprobs",)
 DEFAULT_MODEL_ALIAS = "whisper-1"  # what OpenAI's clients send: the service's default model
 TEMPERATURE_STEP = 0.2  # the fallback schedule rises from the asked temperature in these steps, up to 1
-FIELDS = ("file", "model", "language", "prompt", "temperature", "response_format", "timestamp_granularities[]",
-          "backend", "beam_size", "batch_size")
+# OpenAI's server_vad chunking: each setting and the values it takes
+VAD_SETTINGS = {"prefix_padding_ms": (int, 0, 60_000), "silence_duration_ms": (int, 0, 60_000),
+                "threshold": (float, 0.0, 1.0)}
+
+_STRING, _NUMBER, _INTEGER = {"type": "string"}, {"type": "number"}, {"type": "integer"}
+FIELD_DOCS: dict[str, tuple[dict, str]] = {  # name -> (JSON schema, what it does here)
+    "file": ({"type": "string", "format": "binary"},
+             "The audio (or video): any format FFmpeg reads. At most the service's upload limit (--max-upload-mb) "
+             "and its audio limit (--max-seconds)."),
+    "model": (_STRING, f"A served model's name, or {DEFAULT_MODEL_ALIAS} for the first one (GET /v1/models)."),
+    "language": (_STRING, "ISO-639-1 code of the speech (transcriptions only); detected when left out."),
+    "prompt": (_STRING, "Text that comes before the audio: spellings, style (16 KB at most)."),
+    "temperature": ({**_NUMBER, "minimum": 0, "maximum": 1},
+                    "0 (default): greedy, falling back to higher temperatures where the decoding fails Whisper's "
+                    "checks; T: sampling from T, then T + 0.2, ... up to 1."),
+    "response_format": ({**_STRING, "enum": list(RESPONSE_FORMATS)}, "json (default), text, srt, verbose_json or vtt."),
+    "timestamp_granularities[]": ({"type": "array", "items": {**_STRING, "enum": list(GRANULARITIES)}},
+                                  "segment (default) and/or word; word only with verbose_json."),
+    "stream": ({"type": "boolean"},
+               "true: server-sent events, transcript.text.delta as segments are decoded, then transcript.text.done "
+               "with the text (response_format json or text). OpenAI ignores it for whisper-1; this service streams."),
+    "chunking_strategy": (_STRING,
+                          "auto, or a server_vad object (prefix_padding_ms, silence_duration_ms, threshold; or as "
+                          "chunking_strategy[type] ... fields). Checked and ignored: Whisper's 30 s windows are this "
+                          "service's chunking, as they are whisper-1's."),
+    "include[]": ({"type": "array", "items": {**_STRING, "enum": list(INCLUDES)}},
+                  "logprobs: accepted and ignored (this service gives no per-token log probabilities, as "
+                  "whisper-1 gives none)."),
+    "backend": (_STRING, "This service's: which served backend transcribes (max, faster, openai)."),
+    "beam_size": ({**_INTEGER, "minimum": 1, "maximum": 16}, "This service's: beam search width (default 1: greedy)."),
+    "batch_size": ({**_INTEGER, "minimum": 1, "maximum": 64},
+                   "This service's: transcribe speech chunks found by voice activity detection in batches of "
+                   "this many windows."),
+}
+FIELDS = tuple(FIELD_DOCS)
+ALIASES = {"timestamp_granularities": "timestamp_granularities[]", "include": "include[]"}  # the same, unbracketed
+_VAD_FIELD = re.compile(r"chunking_strategy\[(\w+)\]")
+
+
+def form_schema(task: str) -> dict:
+    """The form's OpenAPI schema, for /docs."""
+    fields = {name: doc for name, doc in FIELD_DOCS.items() if not (task == "translate" and name == "language")}
+    return {"type": "object", "required": ["file", "model"],
+            "properties": {name: {**schema, "description": text} for name, (schema, text) in fields.items()}}
 
 
 class ApiError(Exception):
@@ -76,6 +120,7 @@ class TranscriptionRequest:
     options: DecodeOptions
     response_format: str
     granularities: tuple[str, ...]
+    stream: bool = False
 
 
 def parse_form(form: Mapping[str, Sequence[str]], task: str, served: Served) -> TranscriptionRequest:
@@ -87,7 +132,8 @@ def parse_form(form: Mapping[str, Sequence[str]], task: str, served: Served) -> 
             raise ApiError(400, f"'{name}' was given {len(values)} times: give it once", param=name)
         return values[0].strip() if values else None
 
-    unknown = sorted(set(form) - set(FIELDS) - {"timestamp_granularities"})
+    form = {ALIASES.get(name, name): values for name, values in form.items()}  # the bracketed names are OpenAI's
+    unknown = sorted(name for name in set(form) - set(FIELDS) if not _VAD_FIELD.fullmatch(name))
     if unknown:
         raise ApiError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; this endpoint takes "
                             f"{', '.join(FIELDS)}", param=unknown[0], code="unknown_parameter")
@@ -96,8 +142,7 @@ def parse_form(form: Mapping[str, Sequence[str]], task: str, served: Served) -> 
     if response_format not in RESPONSE_FORMATS:
         raise ApiError(400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, not {response_format!r}",
                        param="response_format", code="invalid_value")
-    granularities = tuple(dict.fromkeys(
-        g.strip() for g in [*form.get("timestamp_granularities[]", []), *form.get("timestamp_granularities", [])]))
+    granularities = tuple(dict.fromkeys(g.strip() for g in form.get("timestamp_granularities[]", [])))
     for g in granularities:
         if g not in GRANULARITIES:
             raise ApiError(400, f"timestamp_granularities[] takes segment and/or word, not {g!r}",
@@ -105,6 +150,18 @@ def parse_form(form: Mapping[str, Sequence[str]], task: str, served: Served) -> 
     if "word" in granularities and response_format != "verbose_json":
         raise ApiError(422, "word timestamps come only with response_format verbose_json",
                        param="timestamp_granularities[]", code="invalid_value")
+
+    stream = _boolean(one("stream"), "stream")
+    if stream and response_format not in STREAMED_FORMATS:
+        raise ApiError(400, f"a streamed transcription's events carry text: use response_format "
+                            f"{' or '.join(STREAMED_FORMATS)}, not {response_format}", param="response_format",
+                       code="unsupported_value")
+    for value in form.get("include[]", []):
+        if value.strip() not in INCLUDES:
+            raise ApiError(400, f"include[] takes {', '.join(INCLUDES)}, not {value!r}", param="include[]",
+                           code="invalid_value")
+    _check_chunking(one("chunking_strategy"), {m.group(1): one(name) for name in form
+                                               if (m := _VAD_FIELD.fullmatch(name))})
 
     language = one("language")
     if language is not None and task == "translate":
@@ -123,7 +180,7 @@ def parse_form(form: Mapping[str, Sequence[str]], task: str, served: Served) -> 
         options = DecodeOptions(**values)
     except MaxWhisperError as e:
         raise ApiError(422, str(e), param=getattr(e, "field", None), code="invalid_value") from None
-    return TranscriptionRequest(backend, model, options, response_format, granularities or ("segment",))
+    return TranscriptionRequest(backend, model, options, response_format, granularities or ("segment",), stream)
 
 
 def _deployment(model: str | None, backend: str | None, served: Served) -> tuple[str, str]:
@@ -157,6 +214,48 @@ def _temperatures(text: str | None) -> tuple[float, ...]:
                        code="invalid_value")
     steps = int((1 - first) / TEMPERATURE_STEP + 1e-9)
     return tuple(round(first + TEMPERATURE_STEP * i, 6) for i in range(steps + 1))
+
+
+def _boolean(text: str | None, name: str) -> bool:
+    if text is None or text == "":
+        return False
+    if text.lower() not in ("true", "false", "1", "0"):
+        raise ApiError(400, f"{name} must be true or false, not {text!r}", param=name, code="invalid_value")
+    return text.lower() in ("true", "1")
+
+
+def _check_chunking(value: str | None, settings: dict[str, str | None]) -> None:
+    """OpenAI's chunking_strategy, checked: "auto", or server_vad with its settings (a JSON
+    object, or chunking_strategy[...] fields as OpenAI's clients send it)."""
+    if value is not None and settings:
+        raise ApiError(400, "give chunking_strategy as one value or as chunking_strategy[...] fields, not both",
+                       param="chunking_strategy", code="invalid_value")
+    if value is None and not settings or value == "auto":
+        return
+    if value is not None:
+        try:
+            settings = json.loads(value)
+        except ValueError:
+            settings = None
+        if not isinstance(settings, dict):
+            raise ApiError(400, f"chunking_strategy must be auto or a server_vad object, not {value!r}",
+                           param="chunking_strategy", code="invalid_value")
+    settings = dict(settings)
+    if settings.pop("type", None) != "server_vad":
+        raise ApiError(400, "chunking_strategy's type must be server_vad (or give chunking_strategy auto)",
+                       param="chunking_strategy", code="invalid_value")
+    for name, text in settings.items():
+        if name not in VAD_SETTINGS:
+            raise ApiError(400, f"chunking_strategy has no setting {name!r}; server_vad takes "
+                                f"{', '.join(VAD_SETTINGS)}", param="chunking_strategy", code="invalid_value")
+        kind, low, high = VAD_SETTINGS[name]
+        try:
+            number = None if isinstance(text, bool) else kind(text)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not low <= number <= high:
+            raise ApiError(400, f"chunking_strategy's {name} must be a number from {low:g} to {high:g}, not {text!r}",
+                           param="chunking_strategy", code="invalid_value")
 
 
 def _integer(text: str | None, name: str, low: int, high: int, default: int | None) -> int | None:
@@ -208,3 +307,29 @@ def render(result: TranscriptionResult, response_format: str, granularities: Seq
     if response_format == "verbose_json":
         return verbose_json(result, granularities), "application/json"
     return TEXT_WRITERS[response_format](result), "text/plain; charset=utf-8"
+
+
+def model_object(name: str, served: Served) -> dict:
+    """OpenAI's model object for `name` (a served model, or the alias of the first)."""
+    model = served.default[1] if name == DEFAULT_MODEL_ALIAS else name
+    if model not in served.models:
+        raise ApiError(404, f"the model {name!r} does not exist here; this service runs "
+                            f"{', '.join([DEFAULT_MODEL_ALIAS, *served.models])}", param="model",
+                       code="model_not_found")
+    return {"id": name, "object": "model", "created": 0, "owned_by": "maxwhisper", "root": model,
+            "backends": [b for b, m in served.pairs if m == model]}
+
+
+# --- streamed answers: server-sent events as OpenAI's -------------------------------------------
+
+def sse(event: dict) -> bytes:
+    return f"data: {json.dumps(event)}\n\n".encode()
+
+
+def delta_event(text: str) -> dict:
+    return {"type": "transcript.text.delta", "delta": text}
+
+
+def done_event(result: TranscriptionResult) -> dict:
+    return {"type": "transcript.text.done", "text": result.text.strip(),
+            "usage": {"type": "duration", "seconds": math.ceil(result.audio_s)}}
