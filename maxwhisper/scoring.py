@@ -60,11 +60,13 @@ def agreement(openai_text: str, text: str) -> float | None:
     return None if w is None else max(0.0, 1.0 - w)
 
 
-def word_diff(reference: str, hypothesis: str) -> tuple[float | None, str]:
+def word_diff(reference: str, hypothesis: str, context: int | None = None) -> tuple[float | None, str]:
     """(`wer(reference, hypothesis)`, HTML of the word diff), both on normalised words.
 
     The WER is 0 when neither text has a word. In the diff, words of the reference that the
     hypothesis lacks are struck through in red, words it has instead or in addition are green.
+    `context`: of the words both share, only this many on each side of a difference are shown, the
+    rest as "…" (None: all of them).
     """
     ref, hyp = normalize(reference), normalize(hypothesis)
     if not ref:
@@ -74,11 +76,12 @@ def word_diff(reference: str, hypothesis: str) -> tuple[float | None, str]:
     out = _align(ref, hyp)
     ref_words, hyp_words = out.references[0], out.hypotheses[0]
     parts = []
-    for chunk in out.alignments[0]:
+    chunks = out.alignments[0]
+    for i, chunk in enumerate(chunks):
         removed = " ".join(ref_words[chunk.ref_start_idx:chunk.ref_end_idx])
         added = " ".join(hyp_words[chunk.hyp_start_idx:chunk.hyp_end_idx])
         if chunk.type == "equal":
-            parts.append(html.escape(added))
+            parts.append(_shared(hyp_words[chunk.hyp_start_idx:chunk.hyp_end_idx], context, i > 0, i < len(chunks) - 1))
             continue
         if chunk.type in ("substitute", "delete"):
             parts.append(_deleted(removed))
@@ -86,6 +89,16 @@ def word_diff(reference: str, hypothesis: str) -> tuple[float | None, str]:
             parts.append(f'<ins style="color:#15803d;background:#dcfce7;text-decoration:none">'
                          f'{html.escape(added)}</ins>')
     return out.wer, " ".join(parts)
+
+
+def _shared(words: list[str], context: int | None, after: bool, before: bool) -> str:
+    """Words both texts have, where a difference comes `after` them and/or `before` them: only
+    `context` words next to each difference, the rest as "…" (all of them where nothing differs)."""
+    if context is None or not (after or before) or len(words) <= context * (after + before):
+        return html.escape(" ".join(words))
+    head = words[:context] if after else []
+    tail = words[len(words) - context:] if before else []
+    return " ".join(html.escape(" ".join(part)) for part in (head, ["…"], tail) if part)
 
 
 def _deleted(words: str) -> str:

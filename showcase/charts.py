@@ -1,17 +1,66 @@
-"""The app's Plotly charts: this run's time by stage and RTFx (audio seconds per processing second)
-per implementation (the Transcribe & compare tab), the committed results' speed and stages (the
-Benchmarks tab). Each implementation keeps its colour in every chart."""
+"""The app's charts, horizontal bars in HTML that read at any width: this comparison's times, which
+grow as the implementations finish, and its time by stage (the Compare tab); the committed
+benchmark's lecture, MAX against the others in fp32 and in int8 (the Benchmarks tab). Each
+implementation keeps its colour in every chart."""
 from __future__ import annotations
 
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
+import html
+from dataclasses import dataclass
 
 from maxwhisper.api import TranscriptionResult
-from maxwhisper.registry import color
+from maxwhisper.registry import BACKENDS, color
 
-from .formatting import colored, label, load_text
+from .comparison import Comparison
+from .formatting import load_text
 
 STAGE_COLORS = {"features": "#cbd5e1", "encode": "#64748b", "decode": "#f59e0b", "other": "#e5e7eb"}
+
+
+@dataclass(frozen=True)
+class Bar:
+    backend: str
+    name: str  # as the row says it: "MAX", "faster-whisper int8"
+    parts: tuple[tuple[str, float], ...] = ()  # (colour, seconds) from the left; none: a failed row
+    value: str = "failed"  # the text after the bar
+
+
+def short_name(backend: str, precision: str = "fp32", mixed: bool = False) -> str:
+    """'MAX', 'faster-whisper int8' (the precision named where precisions mix)."""
+    name = BACKENDS[backend].label if backend in BACKENDS else backend
+    return f"{name} {precision}" if mixed else name
+
+
+def bars_html(title: str, bars: list[Bar], elem_id: str = "", legend: str = "") -> str:
+    """A chart: a row per bar, its name in its implementation's colour, its parts on one scale (the
+    longest bar fills the row), its value after it."""
+    longest = max((sum(s for _, s in b.parts) for b in bars), default=0.0) or 1.0
+    rows = []
+    for b in bars:
+        name = f"<span class='bar-name' style='color:{color(b.backend)}'>{html.escape(b.name)}</span>"
+        fills = "".join(f"<span class='bar-fill' style='width:{100 * s / longest:.1f}%;background:{c}'></span>"
+                        for c, s in b.parts)
+        bar = f"<span class='bar'>{fills}</span>" if b.parts else ""
+        rows.append(f"<div class='bar-row'>{name}{bar}<span class='bar-value'>{b.value}</span></div>")
+    ident = f" id='{elem_id}'" if elem_id else ""
+    return f"<div class='bars'{ident}><div class='bars-title'>{title}</div>{''.join(rows)}{legend}</div>"
+
+
+def speed_value(seconds: float, audio_s: float) -> str:
+    return f"{seconds:.2f} s · {audio_s / seconds:.0f}× real time"
+
+
+def time_bars(comparison: Comparison) -> str:
+    """A bar per implementation done (or failed): its best time; "" before the first."""
+    done = [p for p in comparison.panels.values() if p.runs or p.error]
+    if not done:
+        return ""
+    mixed = any(p.precision != "fp32" for p in comparison.panels.values())
+    bars = [Bar(p.backend, short_name(p.backend, p.precision, mixed)) if p.error is not None else
+            Bar(p.backend, short_name(p.backend, p.precision, mixed), ((color(p.backend), p.best.seconds),),
+                speed_value(p.best.seconds, comparison.audio_s)) for p in done]
+    runs = max((len(p.runs) for p in done), default=1)
+    title = "Seconds to transcribe" + (f", best of {runs} runs" if runs > 1 else "") + " (shorter is faster)"
+    return bars_html(title, bars, "speed-chart")
 
 
 def _stage_seconds(r: TranscriptionResult) -> dict[str, float]:
@@ -22,82 +71,28 @@ def _stage_seconds(r: TranscriptionResult) -> dict[str, float]:
     return stages
 
 
-def _backend_axis(fig: go.Figure, backends: list[str]) -> None:
-    """The implementations' names on the y axis, each in its colour."""
-    fig.update_yaxes(tickvals=[label(b) for b in backends], ticktext=[colored(b) for b in backends])
+def stage_bars(comparison: Comparison) -> str:
+    """Each implementation's best run split by stage, and its one-time load and compile apart; "" before
+    the first is done."""
+    done = [p for p in comparison.panels.values() if p.runs]
+    if not done:
+        return ""
+    mixed = any(p.precision != "fp32" for p in comparison.panels.values())
+    bars = [Bar(p.backend, short_name(p.backend, p.precision, mixed),
+                tuple((STAGE_COLORS[stage], s) for stage, s in _stage_seconds(p.best.result).items()),
+                f"{load_text(p.best.result.timings.load_s, p.best.result.timings.compile_s)} (once)") for p in done]
+    legend = "<div class='legend'>" + " ".join(f"<span class='swatch' style='background:{c}'></span>{stage}"
+                                               for stage, c in STAGE_COLORS.items()) + "</div>"
+    return bars_html("Time by stage (the model's load and compile, once, apart)", bars, legend=legend)
 
 
-def timing_figure(results: dict[str, TranscriptionResult]) -> go.Figure:
-    """Stacked horizontal bars per implementation: this run's stages. The one-time load and compile
-    are in the title, apart, so that a long compile does not flatten the run times."""
-    backends = list(results)
-    names = [label(b) for b in backends]
-    fig = go.Figure()
-    stages = [_stage_seconds(r) for r in results.values()]
-    for stage in ("features", "encode", "decode", "other"):
-        fig.add_bar(y=names, x=[s[stage] for s in stages], name=stage, orientation="h",
-                    marker_color=STAGE_COLORS[stage])
-    once = " · ".join(f"{label(b)}: {load_text(r.timings.load_s, r.timings.compile_s)}" for b, r in results.items())
-    fig.update_layout(barmode="stack", height=200 + 45 * len(names), margin=dict(l=10, r=10, t=80, b=10),
-                      title=dict(text=f"Time for this audio, by stage (s)<br><sup>Once per model, not included: "
-                                      f"{once}</sup>"),
-                      legend=dict(orientation="h", y=-0.25, traceorder="normal"))
-    fig.update_yaxes(autorange="reversed")
-    _backend_axis(fig, backends)
-    return fig
-
-
-def rtfx_figure(results: dict[str, TranscriptionResult]) -> go.Figure:
-    backends = list(results)
-    rtfx = [r.rtfx for r in results.values()]
-    fig = go.Figure(go.Bar(y=[label(b) for b in backends], x=rtfx, orientation="h",
-                           text=[f"{x:.1f}×" for x in rtfx], textposition="auto",
-                           marker_color=[color(b) for b in backends]))
-    fig.update_layout(title="RTFx: audio seconds per processing second (higher is faster)",
-                      height=170 + 45 * len(backends), margin=dict(l=10, r=10, t=70, b=10))
-    fig.update_yaxes(autorange="reversed")
-    _backend_axis(fig, backends)
-    return fig
-
-
-def bench_rtfx_figure(rows: list[tuple[str, dict]]) -> go.Figure:
-    """RTFx (audio s per processing s) per clip, a bar per implementation in its colour (hatched: not fp32)."""
-    fig = go.Figure()
-    for name in dict.fromkeys(name for name, _ in rows):
-        mine = [r for n, r in rows if n == name]
-        fig.add_bar(name=name, x=[r["audio"] for r in mine], y=[r["rtfx"] for r in mine],
-                    marker_color=color(mine[0]["backend"]),
-                    marker_pattern_shape="" if mine[0]["precision"] == "fp32" else "/",
-                    text=[f"{r['rtfx']:.1f}×" if isinstance(r["rtfx"], (int, float)) else "" for r in mine])
-    fig.update_layout(title="RTFx: audio seconds per processing second (higher is faster)", barmode="group", height=420,
-                      yaxis_title="audio seconds per second", margin=dict(l=10, r=10, t=60, b=10))
-    return fig
-
-
-BAR_PX = 24  # the height of one bar in the benchmark's stage chart
-
-
-def bench_stage_figure(rows: list[tuple[str, dict]]) -> go.Figure:
-    """Median time by stage, a panel per clip with its own scale (a 5 s clip is not a sliver next to a
-    lecture), one above the other, a horizontal bar per implementation named on its row: side by side
-    with one vertical bar each, ten implementations' names could only stand on end and overlap."""
-    clips = list(dict.fromkeys(r["audio"] for _, r in rows))
-    bars = [sum(r["audio"] == clip for _, r in rows) for clip in clips]
-    fig = make_subplots(rows=len(clips), cols=1, subplot_titles=clips, row_heights=bars,
-                        vertical_spacing=0.25 / len(clips))
-    stages = ("features_s", "encode_s", "decode_s")
-    for row, clip in enumerate(clips, 1):
-        mine = [(n, r) for n, r in rows if r["audio"] == clip]
-        y = [n for n, _ in mine]
-        for key in stages:
-            fig.add_bar(name=key[:-2], y=y, x=[r[key] or 0.0 for _, r in mine], orientation="h",
-                        marker_color=STAGE_COLORS[key[:-2]], legendgroup=key, showlegend=row == 1, row=row, col=1)
-        fig.add_bar(name="other", y=y, orientation="h", marker_color=STAGE_COLORS["other"], legendgroup="other",
-                    x=[max((r["total_s_median"] or 0.0) - sum(r[k] or 0.0 for k in stages), 0.0) for _, r in mine],
-                    showlegend=row == 1, row=row, col=1)
-        fig.update_yaxes(tickvals=y, ticktext=[colored(r["backend"], n) for n, r in mine], autorange="reversed",
-                         row=row, col=1)
-    fig.update_layout(title="Median time per transcription, by stage (s)", barmode="stack",
-                      height=120 + sum(BAR_PX * n + 60 for n in bars), margin=dict(l=10, r=10, t=100, b=10),
-                      legend=dict(orientation="h", x=1, xanchor="right", y=1, yanchor="bottom"))
-    return fig
+def benchmark_bars(rows: list[dict], precisions: tuple[str, ...] = ("fp32", "int8")) -> str:
+    """The committed rows of one clip (`results.BENCH_COLUMNS`), a group of bars per precision, fastest
+    first: MAX against the others, like with like; "" without rows of MAX in those precisions."""
+    bars = []
+    for precision in precisions:
+        mine = sorted((r for r in rows if r["precision"] == precision), key=lambda r: r["total_s_median"])
+        if any(r["backend"] == "max" for r in mine):
+            bars += [Bar(r["backend"], short_name(r["backend"], precision, True), ((color(r["backend"]),
+                         r["total_s_median"]),), speed_value(r["total_s_median"], r["audio_s"])) for r in mine]
+    return bars_html("Median seconds to transcribe (shorter is faster)", bars, "bench-chart") if bars else ""

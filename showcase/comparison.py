@@ -1,6 +1,9 @@
-"""One request of the Transcribe & compare tab, without Gradio: the same audio through each chosen
-implementation, one failing without hiding the others; transcripts, word diffs, WER, charts, files
-and a headline (`run_comparison`); `watch` runs it in a thread and reports its progress as it goes.
+"""One request of the Compare tab, without Gradio (`run_comparison`): the same audio through each
+chosen implementation, taken in turns, one failing without hiding the others. A short clip is run
+in MAX_ROUNDS rounds and each implementation's best time counts, so that a burst of other work on
+the machine does not decide the verdict; each run also records how much of the CPU other work took
+meanwhile (`cpu_load`), which the verdict reports. `watch` runs a comparison in a thread and
+yields what it shows as it goes: each implementation waiting, running (what it does, how far) or done.
 """
 from __future__ import annotations
 
@@ -16,8 +19,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import plotly.graph_objects as go
-
 from maxwhisper.api import DecodeOptions, MaxWhisperError, TranscriptionResult
 from maxwhisper.audio import SAMPLE_RATE
 from maxwhisper.formats import format_timestamp, to_srt, to_txt, to_vtt
@@ -25,16 +26,16 @@ from maxwhisper.registry import BACKENDS
 from maxwhisper.scoring import word_diff
 
 from .audio_checks import check_audio
-from .charts import rtfx_figure, timing_figure
-from .formatting import error_message, label, load_text
-from .headlines import run_headline
-from .transcriptions import Cancelled, Transcriptions
+from .formatting import error_message, label
+from .transcriptions import Cancelled, Transcription, Transcriptions
 
 log = logging.getLogger(__name__)
 
 REFERENCE_BACKEND = "openai"  # the implementation the others are compared with
-
-Progress = Callable[..., None]  # progress(fraction, description), as gr.Progress
+SHORT_CLIP_S = 30.0  # a clip of one window at most is timed in MAX_ROUNDS rounds, a longer one in one
+MAX_ROUNDS = 3
+ROUND_LIMIT_S = 10.0  # a first round that took longer (base, beam search, a slow machine) is not repeated
+DIFF_CONTEXT = 4  # words of context on each side of a difference
 
 
 def _segment_line(s) -> str:
@@ -46,39 +47,87 @@ def _segment_line(s) -> str:
 
 
 def comparison_html(title: str, reference: str, hypothesis: str, same_tokens: bool | None = None) -> str:
-    wer, diff = word_diff(reference, hypothesis)
+    """One line: the WER of `hypothesis` against `reference`, then only the words that differ, with a
+    few words of context, or that they are the same."""
+    wer, diff = word_diff(reference, hypothesis, context=DIFF_CONTEXT)
     score = "WER n/a (the reference has no words)" if wer is None else f"WER {100 * wer:.1f} %"
+    if same_tokens:
+        return f"<p><b>{title}</b>: identical tokens.</p>"
     if same_tokens is not None:
-        score += ", identical tokens" if same_tokens else ", different tokens"
+        score += ", different tokens"
     if wer == 0:
-        return f"<p><b>{title}</b>: {score}, same words.</p>"
-    return f"<p><b>{title}</b>: {score}<br><span style='line-height:1.6'>{diff}</span></p>"
+        return f"<p><b>{title}</b>: {score}, identical words.</p>"
+    return f"<p><b>{title}</b>: {score}<br><span class='diff'>{diff}</span></p>"
+
+
+def english_only_problem(model: str, options: DecodeOptions) -> str:
+    """Why an English-only model (`*.en`) cannot run `options`, or "": MAX refuses translation and
+    other languages, where the other implementations would quietly transcribe English."""
+    if not model.endswith(".en"):
+        return ""
+    if options.task == "translate":
+        return f"{model} is English-only: it transcribes English and cannot translate. Choose base to translate."
+    if options.language not in (None, "en"):
+        return f"{model} is English-only: it cannot transcribe {options.language!r}. Choose base, or language auto."
+    return ""
 
 
 # --- one request: the same audio through each chosen implementation ---------------------------
 
+@dataclass(frozen=True)
+class Run:
+    """One timed transcription of the audio."""
+
+    result: TranscriptionResult
+    shared_cpu: str = ""  # the app's own work that ran beside it (`Transcription.shared_cpu`)
+    other_cores: float | None = None  # cores that other processes kept busy meanwhile (`cpu_load`)
+
+    @property
+    def seconds(self) -> float:
+        return self.result.timings.total_s
+
+
 @dataclass
 class Panel:
-    """What one implementation's column shows."""
+    """One implementation in the comparison: its state, its runs, and what its column shows."""
 
     backend: str
-    result: TranscriptionResult | None = None
+    precision: str = "fp32"
+    state: str = "waiting"  # waiting, running, done, failed
+    doing: str = ""  # while running: what it does now ("transcribing, window 2 of ~7 (…)")
+    fraction: float = 0.0  # of the run under way
+    runs: list[Run] = field(default_factory=list)
     error: str | None = None
-    summary: str = ""  # Markdown: time, times real time (RTFx), stages, device
     text: str = ""  # the transcript
     segments: str = ""  # one "[start --> end] text" line per segment
-    diff_html: str = ""  # against the reference implementation and the user's reference text
+    diff_html: str = ""  # against the reference implementation and the visitor's reference text
     files: list[str] = field(default_factory=list)  # TXT, SRT, VTT downloads
-    shared_cpu: str = ""  # background work that ran during the transcription, slowing it
+
+    @property
+    def result(self) -> TranscriptionResult | None:
+        """The first run's (every run decodes the same tokens)."""
+        return self.runs[0].result if self.runs else None
+
+    @property
+    def best(self) -> Run | None:
+        """The fastest run: the one least slowed by other work."""
+        return min(self.runs, key=lambda r: r.seconds) if self.runs else None
 
 
 @dataclass
 class Comparison:
-    message: str  # Markdown status: the input error, or what was run
+    message: str  # the request's problem ("⚠ …"), or "" while it runs
     panels: dict[str, Panel] = field(default_factory=dict)  # backend -> panel, in the registry's order
-    timing_figure: go.Figure | None = None
-    rtfx_figure: go.Figure | None = None
-    headline: str = ""  # Markdown: how MAX compared on this audio
+    audio_s: float = 0.0
+    model: str = ""
+    device: str = ""
+    rounds: int = 1  # the rounds planned (known once the first is done)
+    round: int = 0  # the round under way
+    finished: bool = False
+
+    @property
+    def results(self) -> dict[str, TranscriptionResult]:
+        return {b: p.result for b, p in self.panels.items() if p.result is not None}
 
 
 def backend_precision(backend: str, device: str, precision: str) -> str:
@@ -86,139 +135,106 @@ def backend_precision(backend: str, device: str, precision: str) -> str:
     return precision if precision in BACKENDS[backend].precisions.get(device, ()) else "fp32"
 
 
+def rounds_for(audio_s: float, first_round_s: float) -> int:
+    """The rounds of a comparison of `audio_s` seconds of audio whose first round took `first_round_s`
+    seconds of transcribing: several for a short clip, whose runs take a second or so and a burst of
+    other work could decide; one for a long clip, whose run outlasts such a burst (the verdict says
+    when other work held the CPU)."""
+    return MAX_ROUNDS if audio_s <= SHORT_CLIP_S and first_round_s <= ROUND_LIMIT_S else 1
+
+
 def run_comparison(audio, backends: list[str], model: str, device: str, options: DecodeOptions,
                    transcriptions: Transcriptions, *, precision: str = "fp32", max_seconds: float | None = None,
-                   reference_text: str = "",
-                   progress: Progress | None = None, out_dir: str | Path | None = None,
-                   on_partial: Callable[[Comparison], None] | None = None) -> Comparison:
+                   reference_text: str = "", out_dir: str | Path | None = None,
+                   on_change: Callable[[Comparison], None] | None = None) -> Comparison:
     """Transcribe `audio` (a path, bytes or `(rate, samples)`) with each backend in `backends`,
     through `transcriptions` (shared by all visitors: there each transcription waits for its turn),
-    each in `precision` where it has it on `device` (`backend_precision`).
+    each in `precision` where it has it on `device` (`backend_precision`); in rounds, each
+    implementation once per round, the implementations already loaded first in the first, so that
+    they answer while another still loads or compiles (`rounds_for`: several rounds for a short clip).
 
-    Implementations already loaded run first, so they answer while another still loads or
-    compiles.
-    `on_partial` receives the comparison so far after each implementation but the last.
-    Never raises for bad input or a failing backend: an input problem is the returned message, a
-    backend's failure is its panel's error while the other panels show their results.
+    `on_change` receives a snapshot of the comparison whenever a panel changes (a run starts, reports
+    progress, ends); it may raise `Cancelled` (the visitor left), which stops the comparison.
+    Never raises otherwise: an input problem is the returned message, a backend's failure is its
+    panel's error while the other panels show their results.
     """
-    progress = progress or (lambda fraction, desc=None: None)
+    notify = on_change or (lambda comparison: None)
     backends = [b for b in BACKENDS if b in backends]
     if not backends:
         return Comparison("⚠ Choose at least one implementation to run.")
+    problem = english_only_problem(model, options)
+    if problem:
+        return Comparison(f"⚠ {problem}")
     try:
         samples = check_audio(audio, max_seconds)
     except MaxWhisperError as e:
         return Comparison(f"⚠ Cannot use this audio: {error_message(e)}")
 
+    reference_text = reference_text or ""  # (a textbox not yet shown gives None)
     stem = Path(audio).stem if isinstance(audio, (str, os.PathLike)) else "audio"
     out_dir = Path(out_dir or tempfile.mkdtemp(prefix="maxwhisper-"))
-    precisions = {b: backend_precision(b, device, precision) for b in backends}
-    order = sorted(backends, key=lambda b: not transcriptions.loaded(b, model, device, precisions[b]))  # loaded first
-    panels = {b: Panel(b, summary="*Waiting to run…*") for b in backends}
-    for i, backend in enumerate(order):
-        def say(fraction: float, what: str, i=i, backend=backend) -> None:
-            progress((i + fraction) / len(order), f"{label(backend)}: {what}")
-        try:
-            done = transcriptions.transcribe(samples, backend, model, device, options, precision=precisions[backend],
-                                             progress=say)
-            panels[backend].result, panels[backend].shared_cpu = done.result, done.shared_cpu
-        except Cancelled:
-            raise
-        except Exception as e:  # noqa: BLE001 - one implementation failing must not hide the others
-            if not isinstance(e, MaxWhisperError):
-                log.exception("%s failed", backend)
-            panels[backend].error = error_message(e)
-        if on_partial is not None and i < len(order) - 1:
-            on_partial(_assemble(panels, len(samples), model, device, reference_text, out_dir, stem))
-    progress(1.0, "done")
-    return _assemble(panels, len(samples), model, device, reference_text, out_dir, stem)
+    panels = {b: Panel(b, backend_precision(b, device, precision)) for b in backends}
+    comparison = Comparison("", panels, len(samples) / SAMPLE_RATE, model, device)
+    order = sorted(backends, key=lambda b: not transcriptions.loaded(b, model, device, panels[b].precision))
+    while comparison.round < comparison.rounds:
+        comparison.round += 1
+        for backend in order:
+            panel = panels[backend]
+            if panel.error is not None:
+                continue
+            _run_once(panel, samples, model, device, options, transcriptions, lambda: notify(_snapshot(comparison)))
+            if panel.runs and len(panel.runs) == 1 or panel.error is not None:
+                _fill_panels(comparison, reference_text, out_dir, stem)
+            notify(_snapshot(comparison))
+        if comparison.round == 1:
+            first = sum(p.runs[0].seconds for p in panels.values() if p.runs)
+            comparison.rounds = rounds_for(comparison.audio_s, first)
+    comparison.finished = True
+    return comparison
 
 
-def _assemble(panels: dict[str, Panel], n_samples: int, model: str, device: str, reference_text: str,
-              out_dir: Path, stem: str) -> Comparison:
-    """The comparison of the panels so far: each filled against the reference, charts, headline, message."""
-    results = {b: p.result for b, p in panels.items() if p.result is not None}
-    reference = REFERENCE_BACKEND if REFERENCE_BACKEND in results else next(iter(results), None)
-    for panel in panels.values():
-        if panel.result is not None or panel.error is not None:
-            _fill_panel(panel, results.get(reference), reference, reference_text, out_dir, stem)
-    pending = [label(b) for b, p in panels.items() if p.result is None and p.error is None]
-    message = f"{n_samples / SAMPLE_RATE:.1f} s of audio, model {model}, device {device}. " + (
-        f"Done so far: {', '.join(label(b) for b in results) or 'none'}; still to run: {', '.join(pending)}."
-        if pending else f"Finished: {', '.join(label(b) for b in results) or 'none'}.")
-    failed = [label(b) for b, p in panels.items() if p.error]
-    if failed:
-        message += f" ⚠ Failed: {', '.join(failed)} (the error is in the panel)."
-    if results and not any(r.text.strip() for r in results.values()):
-        message += " No speech was found in this audio: there was nothing to transcribe."
-    panels = {b: dataclasses.replace(p, files=list(p.files)) for b, p in panels.items()}  # a snapshot
-    return Comparison(message, panels, timing_figure(results) if results else None,
-                      rtfx_figure(results) if results else None,
-                      "" if pending else run_headline(results, next((p.shared_cpu for p in panels.values()
-                                                                      if p.shared_cpu), "")))
+def _run_once(panel: Panel, samples, model: str, device: str, options: DecodeOptions,
+              transcriptions: Transcriptions, changed: Callable[[], None]) -> None:
+    """One timed run of the panel's implementation, its state and progress kept in the panel."""
+    def say(fraction: float, what: str) -> None:
+        panel.fraction, panel.doing = fraction, what
+        changed()
 
-
-def watch(run: Callable[[Progress, Callable[[Comparison], None]], Comparison],
-          poll_s: float = 1.0) -> Iterator[tuple[str, Comparison | None]]:
-    """Call `run(progress, on_partial)` in a thread; yield (progress line, comparison or None) at each
-    progress step and partial comparison, and every `poll_s` s in between, until the final
-    comparison (with an empty line). Closing the generator (the visitor left) makes the run's next
-    progress report raise Cancelled, so that it leaves its place in the turns and stops."""
-    events: queue.Queue = queue.Queue()
-    left = threading.Event()
-
-    def report(kind: str, value) -> None:
-        if left.is_set():
-            raise Cancelled
-        events.put((kind, value))
-
-    def target():
-        result = None
-        try:
-            result = run(lambda fraction, desc=None: report("progress", desc),
-                         lambda comparison: report("partial", comparison))
-        except Cancelled:
-            log.info("a visitor left: their run stopped")
-        except Exception as e:  # noqa: BLE001 - shown as the message
-            log.exception("run failed")
-            result = Comparison(f"⚠ The run failed: {error_message(e)}")
-        finally:
-            events.put(("done", result))
-
-    threading.Thread(target=target, name="maxwhisper-run", daemon=True).start()
-    start, desc = time.monotonic(), "starting…"
+    panel.state, panel.fraction, panel.doing = "running", 0.0, "starting"
+    changed()
     try:
-        while True:
-            try:
-                kind, value = events.get(timeout=poll_s)
-            except queue.Empty:
-                kind, value = "tick", None
-            if kind == "done":
-                yield "", value
-                return
-            if kind == "progress" and value:
-                desc = value
-            yield f"**Running, {time.monotonic() - start:.0f} s:** {desc}", value if kind == "partial" else None
-    finally:
-        left.set()
+        done: Transcription = transcriptions.transcribe(samples, panel.backend, model, device, options,
+                                                        precision=panel.precision, progress=say)
+        panel.runs.append(Run(done.result, done.shared_cpu, done.other_cores))
+        panel.state = "done"
+    except Cancelled:
+        raise
+    except Exception as e:  # noqa: BLE001 - one implementation failing must not hide the others
+        if not isinstance(e, MaxWhisperError):
+            log.exception("%s failed", panel.backend)
+        panel.error, panel.state = error_message(e), "failed"
+    panel.doing, panel.fraction = "", 0.0
+
+
+def _snapshot(comparison: Comparison) -> Comparison:
+    """A copy that the run thread's later changes do not reach."""
+    panels = {b: dataclasses.replace(p, runs=list(p.runs), files=list(p.files)) for b, p in comparison.panels.items()}
+    return dataclasses.replace(comparison, panels=panels)
+
+
+def _fill_panels(comparison: Comparison, reference_text: str, out_dir: Path, stem: str) -> None:
+    """Each panel with a result: its transcript, segments, files and comparisons, against the
+    reference implementation where it has run, else the first that has."""
+    results = comparison.results
+    reference = REFERENCE_BACKEND if REFERENCE_BACKEND in results else next(iter(results), None)
+    for panel in comparison.panels.values():
+        if panel.result is not None:
+            _fill_panel(panel, results.get(reference), reference, reference_text, out_dir, stem)
 
 
 def _fill_panel(panel: Panel, ref: TranscriptionResult | None, ref_backend: str | None, reference_text: str,
                 out_dir: Path, stem: str) -> None:
     r = panel.result
-    if r is None:
-        panel.summary = f"**Failed:** {panel.error}"
-        return
-    tm = r.timings
-    stages = " · ".join(f"{name} {value:.2f} s" for name, value in
-                        (("features", tm.features_s), ("encode", tm.encode_s), ("decode", tm.decode_s))
-                        if value is not None)
-    once = load_text(tm.load_s, tm.compile_s)
-    language = r.language + (f" ({100 * r.language_probability:.1f} %)" if r.language_probability is not None else "")
-    panel.summary = (f"**{tm.total_s:.2f} s — {r.rtfx:.1f}× real time**  \n{stages}  \n"
-                     f"{r.device} · {r.precision} · language {language} · model {once} (once)")
-    if panel.shared_cpu:
-        panel.summary += f"  \n⚠ measured while {panel.shared_cpu} ran in the background: slower than usual"
     panel.text = r.text.strip() or "(no speech detected)"
     panel.segments = "\n".join(_segment_line(s) for s in r.segments)
     parts = []
@@ -233,8 +249,54 @@ def _fill_panel(panel: Panel, ref: TranscriptionResult | None, ref_backend: str 
         parts.append(f"<p><b>Threshold decisions too close to call</b> (another implementation may decide "
                      f"them the other way):</p><ul>{items}</ul>")
     panel.diff_html = "".join(parts)
-    panel.files = []
-    for ext, writer in (("txt", to_txt), ("srt", to_srt), ("vtt", to_vtt)):
-        path = out_dir / f"{stem}.{panel.backend}.{ext}"
-        path.write_text(writer(r), encoding="utf-8")
-        panel.files.append(str(path))
+    if not panel.files:
+        for ext, writer in (("txt", to_txt), ("srt", to_srt), ("vtt", to_vtt)):
+            path = out_dir / f"{stem}.{panel.backend}.{ext}"
+            path.write_text(writer(r), encoding="utf-8")
+            panel.files.append(str(path))
+
+
+def watch(run: Callable[[Callable[[Comparison], None]], Comparison],
+          poll_s: float = 0.5) -> Iterator[tuple[Comparison | None, float]]:
+    """Call `run(on_change)` in a thread; yield (the latest comparison or None before the first,
+    seconds since the start) at each change, at most every `poll_s` s, and every `poll_s` s in
+    between, until the final comparison (whose `finished` is set, or which has a message). Closing
+    the generator (the visitor left) makes the run's next report raise Cancelled, so that it leaves
+    its place in the turns and stops."""
+    changes: queue.Queue = queue.Queue()
+    left = threading.Event()
+
+    def report(comparison: Comparison) -> None:
+        if left.is_set():
+            raise Cancelled
+        changes.put(("change", comparison))
+
+    def target():
+        result = None
+        try:
+            result = run(report)
+        except Cancelled:
+            log.info("a visitor left: their run stopped")
+        except Exception as e:  # noqa: BLE001 - shown as the message
+            log.exception("run failed")
+            result = Comparison(f"⚠ The run failed: {error_message(e)}")
+        finally:
+            changes.put(("done", result))
+
+    threading.Thread(target=target, name="maxwhisper-run", daemon=True).start()
+    start, latest, shown = time.monotonic(), None, 0.0
+    try:
+        while True:
+            try:
+                kind, value = changes.get(timeout=poll_s)
+            except queue.Empty:
+                kind, value = "tick", None
+            if kind == "done":
+                yield value, time.monotonic() - start
+                return
+            latest = value if kind == "change" else latest
+            if kind == "tick" or time.monotonic() - shown >= poll_s:  # a burst of progress: the latest of it
+                shown = time.monotonic()
+                yield latest, shown - start
+    finally:
+        left.set()

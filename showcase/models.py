@@ -136,13 +136,27 @@ class ModelCache:
         return f"**{model}** is not loaded yet; the first run starts with " + "; ".join(parts) + \
             ". Other visitors' runs are not held up by it."
 
+    def badge(self) -> str:
+        """A few words on what loads now, the longest first ("MAX compiling graphs for tiny.en (42 s)…"),
+        or a load that failed; "" when neither."""
+        states = list(self._state.items())
+        loading = sorted((info, key) for key, (state, info) in states if state == "loading")
+        if loading:
+            started, (backend, model, _, precision) = loading[0]
+            what = "compiling graphs" if backend == "max" else "loading"
+            more = f" (+{len(loading) - 1} more)" if len(loading) > 1 else ""
+            return (f"{BACKENDS[backend].label} {what} for {model}{'' if precision == 'fp32' else ' ' + precision} "
+                    f"({time.monotonic() - started:.0f} s)…{more}")
+        failed = [key for key, (state, _) in states if state == "failed"]
+        return f"⚠ {BACKENDS[failed[0][0]].label} {failed[0][1]} failed to load (System tab)" if failed else ""
+
     def status(self) -> str:
         """One line of Markdown: what is loaded, loading or failed."""
         if not self._state:
             return "No model loaded yet: the first run loads them."
         parts = []
         for (backend, model, device, precision), (state, info) in list(self._state.items()):
-            name = f"{label(backend)} · {model} · {device}"
+            name = f"{label(backend)} · {model} · {device} · {precision}"
             if state == "loading":
                 parts.append(f"{name}: {self.loading_text(backend, model, device, precision)}, "
                              f"{time.monotonic() - info:.0f} s so far…")

@@ -14,6 +14,7 @@ import threading
 import numpy as np
 
 from maxwhisper.api import SAMPLE_RATE, DecodeOptions, MaxWhisperError, TranscriptionResult
+from maxwhisper.registry import BACKENDS
 from maxwhisper.service.openai_api import ApiError
 
 from .formatting import label
@@ -99,6 +100,15 @@ class ServiceTranscriptions:
             parts.append(f"✓ {name}" if up else f"{name}: loading, {waited:.0f} s so far…")
         return (f"**Service** ({self.config.replicas} replica(s) per model, MAX decoding up to "
                 f"{self.config.max_batch} requests together): " + " · ".join(parts))
+
+    def badge(self) -> str:
+        loading = [(waited, b, m) for b, m in self.config.served.pairs
+                   for up, waited in [self.ingress.model_ready(b, m)] if not up]
+        state = "ready"
+        if loading:
+            waited, backend, model = max(loading)
+            state = f"{BACKENDS[backend].label} {model} loading ({waited:.0f} s)…"
+        return f"Service ({self.config.replicas} replica(s) per model): {state}"
 
     def busy(self) -> bool:
         return not all(self.ingress.model_ready(b, m)[0] for b, m in self.config.served.pairs)

@@ -33,7 +33,6 @@ def read_benchmark(path: Path) -> BenchmarkRun:
                         doc.get("versions") or {}, doc.get("options") or {}, rows)
 
 
-
 def read_runs(directory: Path) -> tuple[list[BenchmarkRun], list[str]]:
     """The runs with per-implementation results in `directory`, and a note per unreadable file."""
     files = sorted(Path(directory).glob("*.json")) if Path(directory).is_dir() else []
@@ -44,4 +43,25 @@ def read_runs(directory: Path) -> tuple[list[BenchmarkRun], list[str]]:
         except (OSError, ValueError, AttributeError, TypeError) as e:
             notes.append(f"- ⚠ `{path.name}` could not be read: {e}")
     return [run for run in runs if run.rows], notes  # e.g. a throughput report: no per-implementation results
+
+
+def _clip_rows(run: BenchmarkRun) -> tuple[str, list[dict]] | None:
+    """The run's longest clip with a MAX row on the CPU, and its CPU rows with positive medians."""
+    rows = [r for r in run.rows if r["device"] == "cpu" and isinstance(r["total_s_median"], (int, float))
+            and r["total_s_median"] > 0 and isinstance(r["audio_s"], (int, float))]
+    clips = {r["audio"]: r["audio_s"] for r in rows if r["backend"] == "max"}
+    if not clips:
+        return None
+    clip = max(clips, key=clips.get)
+    return clip, [r for r in rows if r["audio"] == clip]
+
+
+def reference_rows(runs: list[BenchmarkRun]) -> tuple[BenchmarkRun, str, list[dict]] | None:
+    """What the app quotes of the committed results: the newest run with MAX on the CPU, its longest
+    such clip and the rows on it (a row whose median is missing or not a positive number left out)."""
+    for run in sorted(runs, key=lambda r: r.created, reverse=True):
+        found = _clip_rows(run)
+        if found:
+            return run, *found
+    return None
 

@@ -3,11 +3,12 @@ and Live tabs get their transcriptions.
 
 `Transcriptions` says what a tab may ask; `LocalTranscriptions` answers it in this process (models
 loaded once and kept, comparisons taking turns), and another implementation, e.g. one that sends
-the work to a transcription service, can stand behind the same tabs. `app.build_demo` is given one.
+the work to a transcription service, can stand behind the same tabs. `page.build_demo` is given one.
 """
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +19,13 @@ import numpy as np
 from maxwhisper.api import SAMPLE_RATE, DecodeOptions, Transcriber, TranscriptionResult
 from maxwhisper.registry import create_warmed_up
 
+from .cpu_load import OtherWork
 from .formatting import label
 from .models import ModelCache
 from .turns import Turns
 
 WINDOW_S = 30  # Whisper transcribes in 30 s windows
+LIVE_THREAD = "maxwhisper-live"  # the name of a live stream's thread (`showcase.tabs.live`)
 
 ProgressCallback = Callable[[float, str], None]  # (fraction of this transcription done, what it does now)
 
@@ -35,7 +38,8 @@ class Cancelled(Exception):
 @dataclass(frozen=True)
 class Transcription:
     result: TranscriptionResult
-    shared_cpu: str = ""  # for people: the work that ran beside it and slowed it (e.g. "the component checks"); "" none
+    shared_cpu: str = ""  # for people: the app's work that ran beside it and slowed it (e.g. "the component checks")
+    other_cores: float | None = None  # cores other processes kept busy meanwhile (`cpu_load`); None: not measured
 
 
 @runtime_checkable
@@ -91,8 +95,13 @@ class Transcriptions(Protocol):
         ...
 
     def status(self) -> str:
-        """Markdown for the page's status line: the models loaded, loading (for how long so far) or
-        failed, what runs now and how many runs wait."""
+        """Markdown for the System tab: the models loaded, loading (for how long so far) or failed,
+        what runs now and how many runs wait."""
+        ...
+
+    def badge(self) -> str:
+        """A few words for the page's status badge: "ready", or what is under way ("MAX compiling
+        graphs for tiny.en (42 s)…")."""
         ...
 
     def busy(self) -> bool:
@@ -135,11 +144,13 @@ class LocalTranscriptions:
             say(0.0, f"waiting for its turn, {ahead} run{'s' if ahead > 1 else ''} ahead"
                      + (f" ({activity})" if activity else ""))
 
-        def loading() -> str:  # loads run outside the turns: asked at the start and the end of the transcription
-            return "a model load or compile" if self.models.busy() else ""
+        def beside() -> str:  # the app's work outside the turns: asked at the start and the end of the transcription
+            if self.models.busy():
+                return "a model load or compile"
+            return "a live stream" if any(t.name == LIVE_THREAD for t in threading.enumerate()) else ""
 
         with self.turns.turn(waiting) as background:
-            shared = background or loading()
+            shared = background or beside()
             audio_s = len(samples) / SAMPLE_RATE
 
             def report(fraction: float = 0.0) -> None:
@@ -148,8 +159,9 @@ class LocalTranscriptions:
                 say(0.1 + 0.9 * fraction, text)
 
             report()
-            result = transcriber.transcribe(samples, options, progress=report)
-            return Transcription(result, shared or loading())
+            with OtherWork() as others:
+                result = transcriber.transcribe(samples, options, progress=report)
+            return Transcription(result, shared or beside(), others.cores)
 
     def transcriber(self, backend: str, model: str, device: str, precision: str = "fp32") -> Transcriber:
         return self.stream_models.get(backend, model, device, precision)
@@ -162,6 +174,13 @@ class LocalTranscriptions:
 
     def status(self) -> str:
         return "  \n".join(part for part in (self.models.status(), self.turns.status()) if part)
+
+    def badge(self) -> str:
+        loading = self.models.badge()
+        if loading:
+            return loading
+        waiting = self.turns.waiting()
+        return f"ready · {waiting} run{'s' if waiting > 1 else ''} waiting" if waiting else "ready"
 
     def busy(self) -> bool:
         return self.models.busy() or self.turns.busy()

@@ -5,6 +5,7 @@ cache, minutes cold); the error paths use fakes and load nothing.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -13,25 +14,24 @@ import time
 from pathlib import Path
 
 import numpy as np
-import plotly.graph_objects as go
 import pytest
 
 from maxwhisper.api import CloseCall, DecodeOptions, Segment, Timings, TranscriptionResult
 import maxwhisper.registry
 from maxwhisper.registry import BACKENDS, create_transcriber, create_warmed_up
 from maxwhisper.scoring import normalize
-import showcase.models
-from showcase.charts import BAR_PX
-from showcase.comparison import Comparison, run_comparison, watch
+from showcase.charts import stage_bars, time_bars
+from showcase.comparison import Comparison, english_only_problem, rounds_for, run_comparison, watch
+from showcase.cpu_load import OtherWork, available_cores
 from showcase.formatting import error_message, hide_paths
-from showcase.headlines import _times, benchmark_headline, run_headline
 from showcase.models import LOAD_RECORD, ModelCache, load_record_path, use_persistent_storage
 from showcase.tabs import compare
 from showcase.tabs.benchmarks import BENCH_TABLE, benchmark_view
 from showcase.tabs.checks import CHECK_HEADERS, ComponentChecks, run_component_checks
 from showcase.tabs.system import system_report
-from showcase.transcriptions import Cancelled, LocalTranscriptions, Transcriptions, progress_text
+from showcase.transcriptions import Cancelled, LocalTranscriptions, Transcription, Transcriptions, progress_text
 from showcase.turns import Turns
+from showcase.verdict import _times, benchmark_note, verdict_html
 
 AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
 JFK = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
@@ -48,28 +48,33 @@ def app_transcriptions() -> LocalTranscriptions:
 
 @pytest.fixture(scope="session")
 def jfk_run(app_transcriptions, tmp_path_factory):
-    steps = []
+    snapshots = []
     comparison = run_comparison(
         str(AUDIO / "jfk.flac"), list(BACKENDS), "tiny.en", "cpu", DecodeOptions(), app_transcriptions, max_seconds=600,
         reference_text="And so, my fellow Americans: ask not what your country can do for you.",
-        progress=lambda fraction, desc=None: steps.append((fraction, desc)), out_dir=tmp_path_factory.mktemp("out"))
-    return comparison, steps
+        on_change=snapshots.append, out_dir=tmp_path_factory.mktemp("out"))
+    return comparison, snapshots
 
 
 def test_three_transcripts_of_jfk(jfk_run):
     comparison, _ = jfk_run
-    assert list(comparison.panels) == list(BACKENDS)
+    assert list(comparison.panels) == list(BACKENDS) and comparison.finished and comparison.message == ""
     for backend, panel in comparison.panels.items():
         assert panel.error is None, f"{backend}: {panel.error}"
         assert JFK in normalize(panel.text), backend
-        assert "real time" in panel.summary
-        assert panel.segments.startswith("[00:00.000 --> ")
-    assert isinstance(comparison.timing_figure, go.Figure) and isinstance(comparison.rtfx_figure, go.Figure)
-    assert [t.name for t in comparison.timing_figure.data] == ["features", "encode", "decode", "other"]
-    assert "Once per model, not included: MAX Graph (this project): load" in comparison.timing_figure.layout.title.text
-    assert "11.0 s of audio" in comparison.message and "Finished:" in comparison.message
-    assert comparison.headline.startswith("### On this 11.0 s of audio, MAX Graph took ")
-    assert "identical tokens to openai-whisper (PyTorch) and faster-whisper (CTranslate2)" in comparison.headline
+        assert panel.state == "done" and panel.segments.startswith("[00:00.000 --> ")
+        # each implementation timed once per round (a short clip: several, unless the first was very slow),
+        # the same tokens each time
+        first = sum(p.runs[0].seconds for p in comparison.panels.values())
+        assert len(panel.runs) == comparison.rounds == rounds_for(11.0, first)
+        assert len({tuple(run.result.tokens) for run in panel.runs}) == 1
+        assert panel.best.seconds == min(run.seconds for run in panel.runs)
+    verdict = verdict_html(comparison, 2)
+    assert verdict.startswith("<div class='verdict'>MAX was ") and "on this 11.0 s clip" in verdict
+    assert "Identical tokens to openai-whisper and faster-whisper." in verdict
+    assert ("Times: one run of each" if comparison.rounds == 1 else
+            f"Times: best of {comparison.rounds} runs of each, taken in turns") in verdict
+    assert "MAX" in time_bars(comparison) and "load " in stage_bars(comparison)
 
 
 def test_word_timestamps_and_prompt_reach_the_panels(app_transcriptions, tmp_path):
@@ -87,10 +92,10 @@ def test_compared_with_openai_and_the_reference_text(jfk_run):
     panels = jfk_run[0].panels
     assert "Reference implementation" in panels["openai"].diff_html
     for backend in ("max", "faster"):  # same weights, same greedy decoding: the same tokens as openai-whisper
-        assert "vs openai-whisper (PyTorch)</b>: WER 0.0 %, identical tokens" in panels[backend].diff_html
-    for panel in panels.values():  # the pasted text stops half way: the rest shows as added words
+        assert "vs openai-whisper (PyTorch)</b>: identical tokens." in panels[backend].diff_html
+    for panel in panels.values():  # the pasted text stops half way: only the words after it show, as added
         assert "vs your reference text</b>: WER 57.1 %" in panel.diff_html
-        assert "<ins" in panel.diff_html
+        assert "… can do for you <ins" in panel.diff_html and "my fellow" not in panel.diff_html
 
 
 def test_downloads(jfk_run):
@@ -101,15 +106,26 @@ def test_downloads(jfk_run):
     assert files[2].read_text().startswith("WEBVTT")
 
 
-def test_progress_goes_forward_to_done(jfk_run):
-    steps = jfk_run[1]
-    fractions = [f for f, _ in steps]
-    assert fractions == sorted(fractions) and fractions[-1] == 1.0
-    assert any(desc.startswith("MAX Graph (this project): transcribing, window 1 of ~1 (0 of 11 s done)")
-               for _, desc in steps)
-    assert "MAX Graph (this project): transcribed, finishing" in [d for _, d in steps]
-    for backend in ("openai-whisper (PyTorch)", "faster-whisper (CTranslate2)"):  # the baselines report progress too
-        assert f"{backend}: transcribed, finishing" in [d for _, d in steps]
+def test_each_panel_shows_its_runs_as_they_go(jfk_run):
+    """Each implementation waits, runs (its progress going forward within a run) and is done, one
+    at a time, in turns: MAX, openai-whisper, faster-whisper, then again."""
+    comparison, snapshots = jfk_run
+    running = [next(b for b, p in s.panels.items() if p.state == "running") for s in snapshots
+               if any(p.state == "running" for p in s.panels.values())]
+    turns = [b for i, b in enumerate(running) if i == 0 or running[i - 1] != b]
+    assert turns == list(BACKENDS) * comparison.rounds
+    first = snapshots[0]
+    assert first.panels["max"].state == "running" and first.panels["faster"].state == "waiting"
+    for backend in BACKENDS:
+        run = [(len(s.panels[backend].runs), s.panels[backend].fraction, s.panels[backend].doing) for s in snapshots
+               if s.panels[backend].state == "running"]
+        for count in {n for n, _, _ in run}:
+            fractions = [f for n, f, _ in run if n == count]
+            assert fractions == sorted(fractions)
+        assert any(d.startswith("transcribing, window 1 of ~1 (0 of 11 s done)") for _, _, d in run)
+        assert "transcribed, finishing" in [d for _, _, d in run]
+    shown = [s for s in snapshots if s.panels["openai"].state == "running" and not s.panels["openai"].runs]
+    assert shown and shown[0].panels["max"].text  # MAX's transcript is shown while openai-whisper runs
 
 
 def test_progress_text_estimates_the_window_from_the_fraction_done():
@@ -151,25 +167,37 @@ def test_component_checks_wait_for_transcriptions(app_transcriptions):
     assert [r[0] for r in checks.rows] == ["encoder", "decoder_step"] and checks.message.startswith("**2/2 passed**")
 
 
-def test_component_checks_say_what_starts_them():
-    """After a warm-up the app starts the checks itself; with --no-warm-up only the button does."""
-    assert "once the models are loaded" in ComponentChecks(Turns()).message
-    message = ComponentChecks(Turns(), start_after_warm_up=False).message
-    assert "button" in message and "once the models are loaded" not in message
+def test_component_checks_start_once_when_the_tab_opens(app_transcriptions):
+    """Opening the tab starts the checks the first time only; the button runs them again."""
+    checks = ComponentChecks(Turns(), create=lambda backend, model, device, precision:
+                             app_transcriptions.models.get(backend, model, device, precision))
+    assert checks.message == "The checks start when this tab is first opened."
+    checks.start_once("tiny.en", "cpu", ("encoder",))
+    first = checks._thread
+    checks.start_once("tiny.en", "cpu")
+    assert checks._thread is first  # running: not started again
+    first.join(600)
+    checks.start_once("tiny.en", "cpu")
+    assert checks._thread is first and checks.message.startswith("**1/1 passed**")  # ran: not started again
 
 
 # --- input errors and failures: fakes, nothing loaded -----------------------------------------
 
 class FakeTranscriber:
-    def __init__(self, backend, text="hello world", error=None, close_calls=()):
+    """Hears `text` in 0.2 s, or in each of `times` in turn (the last again once they run out)."""
+
+    def __init__(self, backend, text="hello world", error=None, close_calls=(), times=(0.2,), tokens=(1, 2)):
         self.backend, self.model, self.device, self.precision = backend, "fake", "cpu", "fp32"
         self.load_s, self.compile_s = 0.5, 0.0
-        self.text, self.error, self.close_calls = text, error, close_calls
+        self.text, self.error, self.close_calls, self.tokens = text, error, close_calls, tokens
+        self.times = list(times)
 
-    def transcribe(self, audio, options=DecodeOptions(), progress=None, total_s=0.2, tokens=(1, 2)):
+    def transcribe(self, audio, options=DecodeOptions(), progress=None, total_s=None, tokens=None):
         if self.error:
             raise self.error
-        seg = Segment(0, 0, 0.0, 1.0, " " + self.text, tokens)
+        if total_s is None:
+            total_s = self.times.pop(0) if len(self.times) > 1 else self.times[0]
+        seg = Segment(0, 0, 0.0, 1.0, " " + self.text, tokens or self.tokens)
         return TranscriptionResult(self.text, [seg], "en", self.backend, "fake", "cpu", self.precision,
                                    len(audio) / 16000, Timings(0.5, 0.0, None, 0.1, None, total_s), options,
                                    close_calls=self.close_calls)
@@ -203,12 +231,25 @@ def test_bad_audio_is_a_message_not_an_exception(audio, max_seconds, expected, t
                                 LocalTranscriptions(no_loading), max_seconds=max_seconds)
     assert comparison.message.startswith("⚠ Cannot use this audio:")
     assert expected in comparison.message and str(tmp_path) not in comparison.message
-    assert comparison.panels == {} and comparison.timing_figure is None
+    assert comparison.panels == {} and compare.message_text(comparison, 0.1) == comparison.message
 
 
 def test_no_implementation_chosen():
     comparison = run_comparison(b"", [], "tiny.en", "cpu", DecodeOptions(), LocalTranscriptions(no_loading))
     assert "at least one implementation" in comparison.message
+
+
+@pytest.mark.parametrize("options, expected", [
+    (DecodeOptions(task="translate"), "tiny.en is English-only: it transcribes English and cannot translate"),
+    (DecodeOptions(language="de"), "tiny.en is English-only: it cannot transcribe 'de'"),
+])
+def test_an_english_only_model_is_refused_what_it_cannot_do(options, expected):
+    """MAX refuses to translate with tiny.en where the others would quietly transcribe English: the
+    comparison refuses it for all of them, before any model loads."""
+    audio = (16000, np.full(16000, 1000, np.int16))
+    comparison = run_comparison(audio, list(BACKENDS), "tiny.en", "cpu", options, LocalTranscriptions(no_loading))
+    assert comparison.message.startswith(f"⚠ {expected}") and comparison.panels == {}
+    assert english_only_problem("base", options) == "" and english_only_problem("tiny.en", DecodeOptions()) == ""
 
 
 def test_a_close_threshold_decision_is_shown(tmp_path):
@@ -225,59 +266,78 @@ def test_a_close_threshold_decision_is_shown(tmp_path):
 
 def test_one_failing_implementation_does_not_hide_the_others(tmp_path):
     fakes = {"max": FakeTranscriber("max", error=RuntimeError("kernel exploded")),
-             "openai": FakeTranscriber("openai", "hello world"), "faster": FakeTranscriber("faster", "hello word")}
+             "openai": FakeTranscriber("openai", "hello world"),
+             "faster": FakeTranscriber("faster", "hello word", tokens=(1, 3))}
     transcriptions = LocalTranscriptions(lambda backend, **kwargs: fakes[backend])
     audio = (16000, np.full(16000, 1000, np.int16))
     comparison = run_comparison(audio, ["faster", "max", "openai"], "fake", "cpu", DecodeOptions(), transcriptions,
                                 out_dir=tmp_path)
     panels = comparison.panels
     assert list(panels) == ["max", "openai", "faster"]  # shown in the registry's order
-    assert panels["max"].error == "RuntimeError: kernel exploded" and "Failed" in panels["max"].summary
+    assert panels["max"].error == "RuntimeError: kernel exploded" and panels["max"].state == "failed"
+    assert "kernel exploded" in compare.panel_head(panels["max"], "max")
     assert panels["openai"].text == "hello world" and panels["faster"].text == "hello word"
-    assert "WER 50.0 %, identical tokens" in panels["faster"].diff_html
+    assert "WER 50.0 %, different tokens" in panels["faster"].diff_html
     assert "<del" in panels["faster"].diff_html and "<ins" in panels["faster"].diff_html
-    assert "Failed: MAX Graph" in comparison.message
-    assert [t.y for t in comparison.rtfx_figure.data][0] == ("openai-whisper (PyTorch)", "faster-whisper (CTranslate2)")
-    other = next(t for t in comparison.timing_figure.data if t.name == "other")  # stages not measured
-    assert other.x == pytest.approx((0.1, 0.1))
+    assert "Failed: MAX Graph" in compare.message_text(comparison, 3.0)
+    assert "failed" in time_bars(comparison) and "faster-whisper" in time_bars(comparison)
+    assert "MAX" not in stage_bars(comparison) and "openai-whisper" in stage_bars(comparison)
+    assert "needs MAX and one other" in verdict_html(comparison)
 
 
 def test_loaded_implementations_answer_first_and_show_before_the_rest(tmp_path):
-    """MAX still loading: the baselines run first, and a partial comparison shows them before MAX is done."""
+    """MAX still loading: the baselines run first, and their transcripts show before MAX is done."""
     fakes = {b: FakeTranscriber(b) for b in BACKENDS}
     transcriptions = LocalTranscriptions(lambda backend, **kwargs: fakes[backend])
     for backend in ("openai", "faster"):
         transcriptions.models.get(backend, "fake", "cpu")
-    steps, partials = [], []
+    snapshots = []
     comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), list(BACKENDS), "fake", "cpu",
-                                DecodeOptions(), transcriptions, out_dir=tmp_path, on_partial=partials.append,
-                                progress=lambda fraction, desc=None: steps.append(desc))
-    starts = [d.split(":")[0] for d in steps if d != "done"]
-    assert list(dict.fromkeys(starts)) == ["openai-whisper (PyTorch)", "faster-whisper (CTranslate2)",
-                                           "MAX Graph (this project)"]
-    assert any(d.startswith("MAX Graph (this project): compiling the MAX graphs for fake on cpu (the first "
-                            "compile takes minutes") for d in steps)
-    assert "openai-whisper (PyTorch): transcribing, window 1 of ~1 (0 of 1 s done)" in steps
-    first = partials[0]
-    assert first.panels["openai"].text == "hello world" and first.panels["max"].summary == "*Waiting to run…*"
-    assert "still to run: MAX Graph (this project), faster-whisper (CTranslate2)" in first.message
-    assert first.headline == "" and len(partials) == 2
-    assert list(comparison.panels) == list(BACKENDS) and comparison.message.endswith("faster-whisper (CTranslate2).")
+                                DecodeOptions(), transcriptions, out_dir=tmp_path, on_change=snapshots.append)
+    started = [next(b for b, p in s.panels.items() if p.state == "running") for s in snapshots
+               if any(p.state == "running" for p in s.panels.values())]
+    assert list(dict.fromkeys(started)) == ["openai", "faster", "max"]
+    assert any(s.panels["max"].doing.startswith("compiling the MAX graphs for fake on cpu (the first compile takes "
+                                                "minutes") for s in snapshots)
+    before_max = next(s for s in snapshots if s.panels["max"].state == "running")
+    assert before_max.panels["openai"].text == "hello world" and before_max.panels["openai"].state == "done"
+    assert verdict_html(before_max) == "" and "waiting" in compare.panel_head(snapshots[0].panels["max"], "max")
+    assert list(comparison.panels) == list(BACKENDS) and comparison.finished
 
 
-def test_headline_says_how_many_times_faster_and_whether_tokens_match():
-    audio = np.zeros(16000 * 10, np.float32)
-    results = {"max": FakeTranscriber("max").transcribe(audio, total_s=0.5),
-               "openai": FakeTranscriber("openai").transcribe(audio, total_s=1.0),
-               "faster": FakeTranscriber("faster").transcribe(audio, total_s=0.4, tokens=(1, 3))}
-    assert run_headline(results) == (
-        "### On this 10.0 s of audio, MAX Graph took 0.50 s: 2.00× faster than openai-whisper (PyTorch) (1.00 s); "
-        "slower (1.25× the time) than faster-whisper (CTranslate2) (0.40 s).\n"
-        "MAX's transcript has identical tokens to openai-whisper (PyTorch), not to faster-whisper (CTranslate2). "
-        "One run each, model already loaded.")
-    assert run_headline({"openai": results["openai"]}) == ""
-    tie = {"max": results["max"], "faster": FakeTranscriber("faster").transcribe(audio, total_s=0.499)}
-    assert "MAX Graph took 0.50 s: as fast as faster-whisper (CTranslate2) (0.50 s)." in run_headline(tie)
+def test_short_clips_are_timed_in_rounds_and_the_best_time_counts(tmp_path):
+    """A burst of other work slows one of MAX's runs: its best time still counts, and the verdict says
+    what the numbers are."""
+    fakes = {"max": FakeTranscriber("max", times=(0.9, 0.2, 0.25)), "openai": FakeTranscriber("openai", times=(0.5,))}
+    comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), ["max", "openai"], "fake", "cpu",
+                                DecodeOptions(), LocalTranscriptions(lambda backend, **kw: fakes[backend]),
+                                out_dir=tmp_path)
+    assert comparison.rounds == 3 and [r.seconds for r in comparison.panels["max"].runs] == [0.9, 0.2, 0.25]
+    assert comparison.panels["max"].best.seconds == 0.2
+    verdict = verdict_html(comparison, 2)
+    assert "MAX was <b>2.5× faster</b> than openai-whisper on this 1.0 s clip." in verdict
+    assert "Times: best of 3 runs of each, taken in turns, models already loaded." in verdict
+    assert "best of 3 runs" in time_bars(comparison) and "0.20 s" in time_bars(comparison)
+    assert rounds_for(11.0, 1.6) == 3 and rounds_for(43.0, 5.0) == 1 and rounds_for(30.0, 12.0) == 1
+    fakes = {b: FakeTranscriber(b) for b in ("max", "openai")}
+    long = run_comparison((16000, np.full(40 * 16000, 1000, np.int16)), ["max", "openai"], "fake", "cpu",
+                          DecodeOptions(), LocalTranscriptions(lambda backend, **kw: fakes[backend]), out_dir=tmp_path,
+                          reference_text=None)  # a textbox the browser has not shown yet gives None
+    assert long.rounds == 1 and "Times: one run of each, models already loaded." in verdict_html(long, 2)
+
+
+def test_verdict_says_how_many_times_faster_and_whether_tokens_match(tmp_path):
+    fakes = {"max": FakeTranscriber("max", times=(0.5,)), "openai": FakeTranscriber("openai", times=(4.0,)),
+             "faster": FakeTranscriber("faster", "hello word", times=(0.4,), tokens=(1, 3))}
+    comparison = run_comparison((16000, np.full(10 * 16000, 1000, np.int16)), list(BACKENDS), "fake", "cpu",
+                                DecodeOptions(), LocalTranscriptions(lambda backend, **kw: fakes[backend]),
+                                out_dir=tmp_path)
+    verdict = verdict_html(comparison, 2)
+    assert ("MAX was <b>8.0× faster</b> than openai-whisper and <b>slower</b> than faster-whisper (1.2× its time) "
+            "on this 10.0 s clip.") in verdict
+    assert "Identical tokens to openai-whisper; other tokens than faster-whisper (1 word differs)." in verdict
+    assert "Times: best of 3 runs of each, taken in turns, models already loaded." in verdict
+    assert _times(1.004, "x") == "as fast as x" and _times(1.5, "x") == "<b>1.5× faster</b> than x" and _times(1.05, "x") == "<b>1.05× faster</b> than x"
 
 
 def _run_in_precision(precision: str, tmp_path):
@@ -287,7 +347,7 @@ def _run_in_precision(precision: str, tmp_path):
 
     def create(backend, model, device, precision):
         created.append((backend, precision))
-        fake = FakeTranscriber(backend)
+        fake = FakeTranscriber(backend, tokens=(1, 2) if precision == "fp32" else (1, 5))
         fake.precision = precision
         return fake
 
@@ -298,13 +358,14 @@ def _run_in_precision(precision: str, tmp_path):
 
 def test_int8_run_sets_max_int8_beside_faster_whisper_int8(tmp_path):
     """The Precision choice int8: MAX and faster-whisper load in int8, openai-whisper (fp32 only) in
-    fp32, and the headline names each one's precision."""
+    fp32, and the verdict names each one's precision."""
     created, comparison = _run_in_precision("int8", tmp_path)
     assert sorted(created) == [("faster", "int8"), ("max", "int8"), ("openai", "fp32")]
-    assert comparison.headline.startswith("### On this 1.0 s of audio, MAX Graph int8 took 0.20 s: ")
-    assert "openai-whisper (PyTorch) fp32 (0.20 s)" in comparison.headline
-    assert "faster-whisper (CTranslate2) int8 (0.20 s)" in comparison.headline
-    assert "· int8 ·" in comparison.panels["max"].summary
+    verdict = verdict_html(comparison)
+    assert verdict.startswith("<div class='verdict'>MAX int8 was as fast as openai-whisper fp32 and as fast as "
+                              "faster-whisper int8 on this 1.0 s clip.")
+    assert "Identical tokens to faster-whisper int8; other tokens than openai-whisper fp32 (the same words)." in verdict
+    assert "· int8 ·" in compare.panel_head(comparison.panels["max"], "max")
 
 
 def test_bf16_run_sets_max_bf16_beside_the_fp32_rows(tmp_path):
@@ -319,8 +380,10 @@ def test_bf16_run_sets_max_bf16_beside_the_fp32_rows(tmp_path):
     max_precision = "bf16" if has_bf16() else "fp32"
     assert sorted(created) == [("faster", "fp32"), ("max", max_precision), ("openai", "fp32")]
     if has_bf16():
-        assert comparison.headline.startswith("### On this 1.0 s of audio, MAX Graph bf16 took 0.20 s: ")
-        assert "faster-whisper (CTranslate2) fp32 (0.20 s)" in comparison.headline
+        verdict = verdict_html(comparison)
+        assert verdict.startswith("<div class='verdict'>MAX bf16 was as fast as openai-whisper fp32")
+        assert "Other tokens than openai-whisper fp32 (the same words); other tokens than faster-whisper fp32" \
+               in verdict
 
 
 def test_background_work_during_a_run_is_flagged(tmp_path):
@@ -330,10 +393,28 @@ def test_background_work_during_a_run_is_flagged(tmp_path):
     comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), ["max", "openai"], "fake", "cpu",
                                 DecodeOptions(), LocalTranscriptions(lambda backend, **kw: fakes[backend], turns=turns),
                                 out_dir=tmp_path)
-    assert comparison.panels["max"].summary.endswith(
-        "⚠ measured while the component checks ran in the background: slower than usual")
-    assert comparison.headline.endswith("⚠ Some runs shared the CPU with the component checks: compare again for a "
-                                        "fair ratio.")
+    assert "⚠ CPU shared" in compare.panel_head(comparison.panels["max"], "max")
+    verdict = verdict_html(comparison, 2)  # (other programs on this machine may be named too)
+    assert "⚠ The component checks ran meanwhile" in verdict and "those times are slower than usual" in verdict
+
+
+def test_other_programs_busy_during_a_run_are_flagged(tmp_path):
+    """Other processes held cores during the runs that count: the verdict says which and how much."""
+    class Busy:
+        def transcribe(self, samples, backend, *args, **kwargs):
+            cores = 1.4 if backend == "openai" else 0.1
+            return Transcription(FakeTranscriber(backend).transcribe(samples), other_cores=cores)
+
+        def loaded(self, *args):
+            return True
+
+    comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), ["max", "openai"], "fake", "cpu",
+                                DecodeOptions(), Busy(), out_dir=tmp_path)
+    assert ("⚠ Other programs kept cores busy (openai-whisper 1.4 of 2 cores on average): those times are slower "
+            "than usual" in verdict_html(comparison, 2))
+    quiet = dataclasses.replace(comparison, panels={b: dataclasses.replace(
+        p, runs=[dataclasses.replace(r, other_cores=0.1) for r in p.runs]) for b, p in comparison.panels.items()})
+    assert "No other work held the CPU meanwhile." in verdict_html(quiet, 2)
 
 
 def test_a_load_during_a_run_is_flagged(tmp_path):
@@ -352,58 +433,63 @@ def test_a_load_during_a_run_is_flagged(tmp_path):
         deadline = time.monotonic() + 10
         while not transcriptions.busy() and time.monotonic() < deadline:
             time.sleep(0.01)
+        assert transcriptions.badge().startswith("MAX compiling graphs for fake (")
         comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), ["openai"], "fake", "cpu",
                                     DecodeOptions(), transcriptions, out_dir=tmp_path)
     finally:
         release.set()
         loading.join()
-    assert comparison.panels["openai"].summary.endswith(
-        "⚠ measured while a model load or compile ran in the background: slower than usual")
+    assert comparison.panels["openai"].runs[0].shared_cpu == "a model load or compile"
+    assert transcriptions.badge() == "ready"
 
 
-def test_committed_benchmark_headline():
-    """The newest committed benchmark's lecture, like with like: MAX fp32 against the fp32 rows, MAX
-    int8 against faster-whisper int8."""
+def test_other_work_is_measured_from_the_machine_s_busy_time(tmp_path, monkeypatch):
+    """/proc/stat's busy ticks on this process's cores, less this process's own CPU time, per second."""
+    stat = tmp_path / "stat"
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def write(busy_s):
+        cores = sorted(os.sched_getaffinity(0))
+        lines = ["cpu  0 0 0 0 0 0 0 0 0 0"] + [f"cpu{c} {round(busy_s * ticks)} 0 0 999 0 0 0 0 0 0" for c in cores]
+        stat.write_text("\n".join(lines) + "\n")
+
+    write(0.0)
+    with OtherWork(stat) as others:
+        time.sleep(0.5)
+        write(0.5)  # half a second of busy time on each core while this process slept
+    assert others.cores == pytest.approx(available_cores(), rel=0.1)
+    with OtherWork(tmp_path / "missing") as unmeasured:
+        pass
+    assert unmeasured.cores is None
+
+
+def test_committed_benchmark_note():
+    """The newest committed benchmark's longest clip, fp32 rows, fastest first."""
     results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
     doc = json.loads((results / "cpu-amd-epyc-avx512-vnni-bf16-2c.json").read_text())
-    lecture = {(r["backend"], r["precision"]): r["total_s_median"] for r in doc["results"]
-               if r["audio"] == "physicsworks.flac"}
-    headline = benchmark_headline(results)
-    assert headline.startswith("### Committed benchmark on physicsworks.flac (203 s, tiny.en)\n")
-    fp32 = lecture["openai", "fp32"] / lecture["max", "fp32"]
-    assert (f"- MAX Graph fp32 took {lecture['max', 'fp32']:.2f} s: {fp32:.2f}× faster than openai-whisper (PyTorch) "
-            f"fp32 ({lecture['openai', 'fp32']:.2f} s); ") in headline
-    int8 = lecture["faster", "int8"] / lecture["max", "int8"]
-    int8_line = next(line for line in headline.splitlines() if line.startswith("- MAX Graph int8"))
-    assert int8_line.startswith(f"- MAX Graph int8 took {lecture['max', 'int8']:.2f} s: {_times(int8)} faster-whisper")
-    assert "fp32" not in int8_line and "openai-whisper (PyTorch)" not in int8_line
-    assert f"{doc['machine']['cpu']}, {doc['machine']['cores']} cores, {doc['machine']['vector_isa']}" in headline
-
-
-def test_benchmark_headline_is_the_newest_runs(tmp_path):
-    row = {"audio": "jfk.flac", "audio_s": 11.0, "backend": "max", "model": "tiny.en", "precision": "fp32",
-           "total_s_median": 1.0, "tokens_identical_to_openai": True}
-    for name, created, openai_s in (("a.json", "2026-01-02 00:00:00 UTC", 3.0),
-                                    ("b.json", "2026-01-01 00:00:00 UTC", 2.0)):
-        doc = {"created": created, "results": [row, {**row, "backend": "openai", "total_s_median": openai_s}]}
-        (tmp_path / name).write_text(json.dumps(doc))
-    assert "3.00× faster than openai-whisper (PyTorch) fp32" in benchmark_headline(tmp_path)
+    lecture = {r["backend"]: r["total_s_median"] for r in doc["results"]
+               if r["audio"] == "physicsworks.flac" and r["precision"] == "fp32"}
+    note = benchmark_note(results)
+    assert note.startswith("For reference, the committed benchmark on a 203 s clip (physicsworks.flac) took MAX "
+                           f"{lecture['max']:.2f} s, ")
+    assert f"openai-whisper {lecture['openai']:.2f} s" in note and f"faster-whisper {lecture['faster']:.2f} s" in note
+    assert f"fp32 medians on {doc['machine']['cpu']}, {doc['machine']['cores']} cores" in note
 
 
 @pytest.mark.parametrize("median", [None, 0, "fast"])
-def test_committed_benchmark_headline_with_bad_numbers(tmp_path, median):
+def test_committed_benchmark_note_with_bad_numbers(tmp_path, median):
     row = {"audio": "jfk.flac", "audio_s": 11.0, "backend": "max", "model": "tiny.en", "precision": "fp32",
-           "total_s_median": median}
+           "device": "cpu", "total_s_median": median}
     doc = {"results": [row, {**row, "backend": "openai", "total_s_median": 1.0}]}
     (tmp_path / "bad.json").write_text(json.dumps(doc))
-    assert benchmark_headline(tmp_path) == ""
+    assert benchmark_note(tmp_path) == ""
 
 
 def test_no_speech_found_is_said():
     fakes = {b: FakeTranscriber(b, text="") for b in ("max", "openai")}
     comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), ["max", "openai"], "fake", "cpu",
                                 DecodeOptions(), LocalTranscriptions(lambda backend, **kw: fakes[backend]))
-    assert "No speech was found in this audio" in comparison.message
+    assert "No speech was found in this audio" in compare.message_text(comparison, 1.0)
 
 
 def test_turns_first_come_first_served_and_each_waiter_knows_its_place():
@@ -486,8 +572,8 @@ def test_a_visitor_who_leaves_gives_up_their_turn():
     turns = Turns()
     ran = threading.Event()
 
-    def run(progress, on_partial):
-        with turns.turn(lambda ahead, activity: progress(0.0, f"waiting, {ahead} ahead")):
+    def run(on_change):
+        with turns.turn(lambda ahead, activity: on_change(Comparison(""))):
             ran.set()
         return Comparison("final")
 
@@ -506,19 +592,19 @@ def test_a_visitor_who_leaves_gives_up_their_turn():
     assert not ran.is_set() and not turns.busy()
 
 
-def test_watch_reports_progress_partials_and_the_result():
-    def run(progress, on_partial):
-        progress(0.1, "MAX Graph: window 1 of ~2")
-        on_partial(Comparison("partial"))
+def test_watch_yields_the_latest_comparison_and_the_time_so_far():
+    def run(on_change):
+        on_change(Comparison("", audio_s=1.0))
+        on_change(Comparison("", audio_s=2.0))  # a burst: only the latest of it is shown
         time.sleep(1.3)
         return Comparison("final")
 
     updates = list(watch(run, poll_s=0.5))
-    lines = [line for line, _ in updates]
-    seconds = [int(m[1]) for m in (re.fullmatch(r"\*\*Running, (\d+) s:\*\* MAX Graph: window 1 of ~2", line)
-                                   for line in lines) if m]
-    assert [c.message for _, c in updates if c] == ["partial", "final"] and lines[-1] == ""
-    assert len(set(seconds)) > 1  # the clock goes on between steps
+    shown = [c.audio_s for c, _ in updates[:-1] if c is not None]
+    assert shown[-1] == 2.0 and updates[-1][0].message == "final"
+    seconds = [elapsed for _, elapsed in updates]
+    assert seconds == sorted(seconds) and seconds[-1] >= 1.3  # the clock goes on between changes
+    assert compare.message_text(None, 0.4) == "Starting… (0 s)"
 
 
 def test_a_load_tells_how_long_it_took_last_time(tmp_path):
@@ -566,11 +652,13 @@ def test_model_cache_loads_each_key_once_across_threads():
     for t in threads:
         t.start()
     time.sleep(0.05)
-    assert cache.busy() and "openai-whisper (PyTorch) · tiny.en · cpu: loading" in cache.status()
+    assert cache.busy() and "openai-whisper (PyTorch) · tiny.en · cpu · fp32: loading" in cache.status()
+    assert re.fullmatch(r"openai-whisper loading for tiny\.en \(\d s\)…", cache.badge())
     for t in threads:
         t.join()
     assert len(calls) == 1 and len({id(t) for t in got}) == 1
-    assert not cache.busy() and "✓ openai-whisper (PyTorch) · tiny.en · cpu (load 0.5 s)" in cache.status()
+    assert not cache.busy() and "✓ openai-whisper (PyTorch) · tiny.en · cpu · fp32 (load 0.5 s)" in cache.status()
+    assert cache.badge() == ""
     cache.get("openai", "tiny.en", "gpu")  # another key: another load
     assert len(calls) == 2
 
@@ -586,7 +674,8 @@ def test_model_cache_does_not_keep_a_failed_load():
 
     cache = ModelCache(create)
     cache.warm_up([("max", "tiny.en", "cpu")]).join()
-    assert "✗ MAX Graph (this project) · tiny.en · cpu failed: RuntimeError: no memory" in cache.status()
+    assert "✗ MAX Graph (this project) · tiny.en · cpu · fp32 failed: RuntimeError: no memory" in cache.status()
+    assert cache.badge() == "⚠ MAX tiny.en failed to load (System tab)"
     assert cache.get("max", "tiny.en", "cpu").backend == "max" and len(attempts) == 2
 
 
@@ -596,7 +685,7 @@ def test_a_failed_warm_up_is_a_failed_load(monkeypatch):
     cache = ModelCache(create_warmed_up)
     with pytest.raises(RuntimeError, match="no kernel"):
         cache.get("max", "fake", "cpu")
-    assert "✗ MAX Graph (this project) · fake · cpu failed: RuntimeError: no kernel" in cache.status()
+    assert "✗ MAX Graph (this project) · fake · cpu · fp32 failed: RuntimeError: no kernel" in cache.status()
     monkeypatch.setattr(maxwhisper.registry, "create_transcriber", lambda backend, **kw: FakeTranscriber(backend))
     assert create_warmed_up("max").backend == "max"
 
@@ -604,8 +693,8 @@ def test_a_failed_warm_up_is_a_failed_load(monkeypatch):
 # --- benchmarks and system tabs --------------------------------------------------------------
 
 def test_benchmarks_without_results(tmp_path):
-    text, table, rtfx, stages = benchmark_view(tmp_path / "missing")
-    assert "No committed benchmark results yet" in text and table == [] and rtfx is None and stages is None
+    top, table, machines = benchmark_view(tmp_path / "missing")
+    assert "No committed benchmark results yet" in top and table == [] and machines == ""
 
 
 def test_benchmarks_read_older_files_that_name_rtfx_rtf(tmp_path):
@@ -614,34 +703,37 @@ def test_benchmarks_read_older_files_that_name_rtfx_rtf(tmp_path):
     row = {"audio": "jfk.flac", "audio_s": 11.0, "backend": "max", "model": "tiny.en", "device": "cpu",
            "precision": "fp32", "total_s_median": 0.5, "rtf": 22.0}
     (tmp_path / "cpu-old-2c.json").write_text(json.dumps({"results": [row]}))
-    _, table, rtfx, _ = benchmark_view(tmp_path)
-    assert table[0][list(BENCH_TABLE).index("rtfx")] == 22.0 and rtfx.data[0].y == (22.0,)
+    _, table, _ = benchmark_view(tmp_path)
+    assert table[0][list(BENCH_TABLE).index("rtfx")] == 22.0
 
 
-def test_benchmarks_table_and_charts(tmp_path):
-    row = {"audio": "jfk.flac", "audio_s": 11.0, "backend": "max", "model": "tiny.en", "device": "cpu",
-           "precision": "fp32", "total_s_median": 0.5, "rtfx": 22.0, "load_s": 1.0, "compile_s": 6.0,
+def test_benchmarks_heading_chart_table_then_machines(tmp_path):
+    """A heading, one chart of the longest clip (MAX against the others, fp32 then int8, fastest
+    first), every row in the table, the machines and versions last."""
+    row = {"audio": "talk.flac", "audio_s": 200.0, "backend": "max", "model": "tiny.en", "device": "cpu",
+           "precision": "fp32", "total_s_median": 2.5, "rtfx": 80.0, "load_s": 1.0, "compile_s": 6.0,
            "features_s": 0.05, "encode_s": 0.2, "decode_s": None, "wer": 0.0, "agreement": 1.0, "extra": "ignored"}
-    doc = {"machine": {"cpu": "Xeon", "cores": 2, "gpus": [{"name": "x"}], "gpu": None},
-           "versions": {"max": "26.7.0"}, "options": {"repeats": 3, "decode": {"beam_size": 1}},
-           "results": [row, {**row, "backend": "openai", "rtfx": 2.5, "encode_s": None}]}
+    rows = [row, {**row, "backend": "openai", "total_s_median": 8.0},
+            {**row, "backend": "faster", "total_s_median": 4.0},
+            {**row, "precision": "int8", "total_s_median": 1.5}, {**row, "backend": "faster", "precision": "int8",
+                                                                   "total_s_median": 4.2},
+            {**row, "audio": "jfk.flac", "audio_s": 11.0, "total_s_median": 0.2}]
+    doc = {"created": "2026-01-01 00:00:00 UTC", "machine": {"cpu": "Xeon", "cores": 2, "vector_isa": "AVX-512"},
+           "versions": {"max": "26.7.0"}, "options": {"repeats": 3, "decode": {"beam_size": 1}}, "results": rows}
     (tmp_path / "cpu-xeon-2c.json").write_text(json.dumps(doc))
     (tmp_path / "broken.json").write_text("{not json")
-    text, table, rtfx, stages = benchmark_view(tmp_path)
-    assert "`cpu-xeon-2c.json`" in text and "cpu `Xeon`" in text and "cores `2`" in text
-    assert "decode.beam_size `1`" in text and "max `26.7.0`" in text and "`broken.json` could not be read" in text
-    assert len(table) == 2 and table[0][:4] == ["jfk.flac", "max · cpu · fp32", 0.5, 22.0]
+    top, table, machines = benchmark_view(tmp_path)
+    assert top.startswith("<h2>What this machine class measured</h2>")
+    assert "tiny.en on a 200 s clip (talk.flac), Xeon (AVX-512), 2 cores" in top
+    names = re.findall(r"class='bar-name'[^>]*>([^<]+)<", top)
+    assert names == ["MAX fp32", "faster-whisper fp32", "openai-whisper fp32", "MAX int8", "faster-whisper int8"]
+    assert "2.50 s · 80×" in top and "jfk" not in top
+    assert len(table) == 6 and table[0][:4] == ["talk.flac", "max · cpu · fp32", 2.5, 80.0]
     assert len(table[0]) == len(BENCH_TABLE)
-    assert [t.name for t in rtfx.data] == ["max · cpu · fp32", "openai · cpu · fp32"]
-    assert [t.marker.color for t in rtfx.data] == [BACKENDS["max"].color, BACKENDS["openai"].color]
-    assert [t.y for t in rtfx.data] == [(22.0,), (2.5,)]
-    assert "audio seconds per processing second" in rtfx.layout.title.text
-    assert [t.name for t in stages.data] == ["features", "encode", "decode", "other"]
-    assert stages.data[3].x == pytest.approx((0.25, 0.45))
-    # the implementations are named on horizontal bars' rows, each bar tall enough to read its name
-    assert {t.orientation for t in stages.data} == {"h"}
-    assert stages.data[0].y == ("max · cpu · fp32", "openai · cpu · fp32")
-    assert stages.layout.height >= 2 * BAR_PX + 60
+    assert machines.startswith("### Machines, versions and settings")
+    assert "`cpu-xeon-2c.json`" in machines and "cpu `Xeon`" in machines and "cores `2`" in machines
+    assert "decode.beam_size `1`" in machines and "max `26.7.0`" in machines
+    assert "`broken.json` could not be read" in machines
 
 
 def test_system_report():
@@ -673,20 +765,21 @@ def test_system_report_shows_no_server_path(tmp_path, monkeypatch):
 
 def test_app_builds_with_the_examples():
     import gradio as gr
-    import app
+    from showcase.page import build_demo
 
-    demo = app.build_demo(LocalTranscriptions(no_loading), max_seconds=60)
+    demo = build_demo(LocalTranscriptions(no_loading), max_seconds=60)
     assert isinstance(demo, gr.Blocks)
     rows = compare.example_rows(["tiny.en"])
-    assert [Path(r[0]).name for r in rows] == ["jfk.flac", "physicsworks-excerpt.flac", "multilingual.mp3"]
-    assert rows[2][1] == "tiny.en" and compare.example_rows(["tiny.en", "base"])[2][1] == "base"
-    for path, _, _ in rows:
+    assert [Path(r[0]).name for r in rows] == ["jfk.flac", "physicsworks-excerpt.flac", "german.flac"]
+    assert rows[2][2] == "tiny.en" and compare.example_rows(["tiny.en", "base"])[2][2] == "base"
+    for path, button, _, _ in rows:
         assert Path(path).stat().st_size < 1.5e6 and Path(path).name in (compare.EXAMPLES_DIR / "README.md").read_text()
+        assert re.search(r", \d+ s$", button)  # the button says how long the clip is
 
 
 def test_each_tab_is_a_small_module_that_imports_no_other_tab():
     """The app's rooms: a tab imports services (showcase/*.py), never another tab; no module of the
-    app is over 400 lines."""
+    app is over 400 lines; app.py is the command line only."""
     import ast
 
     root = Path(__file__).resolve().parents[1]
@@ -705,26 +798,17 @@ def test_each_tab_is_a_small_module_that_imports_no_other_tab():
         assert len(path.read_text().splitlines()) <= 400, path.name
 
 
-def test_a_page_whose_checks_nobody_starts_says_the_button_starts_them():
-    """build_demo's own checks (the service's app, `serve --ui`, has no warm-up to start them after)."""
-    import app
-
-    demo = app.build_demo(LocalTranscriptions(no_loading), max_seconds=60)
-    message = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "checks-message").value
-    assert "button" in message and "once the models are loaded" not in message, message
-
-
 def test_quiet_queue_without_gradio_s_private_queue(caplog):
-    import app
+    from showcase.page import build_demo, quiet_queue
 
     class Demo:
         pass
 
-    app.quiet_queue(Demo())
+    quiet_queue(Demo())
     assert "polls at its own rate" in caplog.text
-    demo = app.build_demo(LocalTranscriptions(no_loading), max_seconds=60)
+    demo = build_demo(LocalTranscriptions(no_loading), max_seconds=60)
     demo.queue()
-    app.quiet_queue(demo)
+    quiet_queue(demo)
     assert demo._queue.sleep_when_free == 0.05
 
 

@@ -1,9 +1,11 @@
-"""The app's Live tab (showcase/tabs/live.py) without a browser: a session over a scripted transcriber (commits,
-the tentative tail, latency on a fake clock, stop, errors, a visitor who leaves), the tab's handlers
-(a recording's chunks, its stop, the limit on streams at once, sessions sharing a transcriber),
-and MAX on jfk sent as a browser sends it (48 kHz int16 chunks)."""
+"""The app's Live tab without a browser: a session (showcase/live_session.py) over a scripted transcriber
+(commits, the tentative tail, the pacing, latency on a fake clock, stop, errors, a visitor who leaves),
+the tab's race (showcase/tabs/live.py: a recording's chunks to every implementation, its stop, one race
+at a time, sessions sharing a transcriber), and MAX on jfk sent as a browser sends it (48 kHz int16
+chunks)."""
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -11,8 +13,11 @@ import av
 import numpy as np
 import pytest
 
-from maxwhisper.api import SAMPLE_RATE, ModelError
+from maxwhisper.api import SAMPLE_RATE, MaxWhisperError, ModelError
+from maxwhisper.registry import BACKENDS
 from scripted import ScriptedTranscriber
+from showcase import live_session
+from showcase.live_session import LiveSession
 from showcase.tabs import live
 
 SCRIPT = " ".join(f"w{i}" for i in range(20))  # 10 s of "speech": word i spans [i / 2, (i + 1) / 2) s
@@ -29,40 +34,63 @@ def wait_for(condition, timeout: float = 60.0) -> None:
 def test_words_are_committed_as_they_agree_and_the_rest_at_stop():
     clock = [100.0]
     model = ScriptedTranscriber(SCRIPT)
-    session = live.LiveSession(lambda: model, clock=lambda: clock[0])
+    session = LiveSession(lambda: model, clock=lambda: clock[0])
     audio = np.arange(10 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE  # each sample holds its stream time
     for i in range(4):
         clock[0] += 1.0
-        session.add((SAMPLE_RATE, audio[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE]))
+        session.add(audio[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE], SAMPLE_RATE)
         wait_for(lambda: len(model.calls) == i + 1 and session.behind_s == 0)
     wait_for(lambda: len(session.committed) >= 4)
-    text, figures = session.render()
-    assert "<span id='live-committed'>w0 w1 w2 w3" in text
-    assert f"style='{live.TENTATIVE_STYLE}'> w" in text  # the last hypothesis's tail, in grey
-    assert "listening" in figures and "commit latency: last word" in figures and "4 s heard, 0.0 s behind" in figures
+    text, figures = session.text_html(), session.figures()
+    assert "<span class='live-committed'>w0 w1 w2 w3" in text
+    assert f"style='{live_session.TENTATIVE_STYLE}'> w" in text  # the last hypothesis's tail, in grey
+    assert re.fullmatch(r"listening · keeps up: 0\.40 s of computing per second of speech · "
+                        r"words final [\d.]+ s after they are said \(median\) · 4 s heard", figures), figures
     assert all(lat >= 0 for lat in session.latencies)
 
     clock[0] += 1.0
-    session.add((SAMPLE_RATE, audio[4 * SAMPLE_RATE:5 * SAMPLE_RATE]))
+    session.add(audio[4 * SAMPLE_RATE:5 * SAMPLE_RATE], SAMPLE_RATE)
     session.stop(timeout=60)
     assert not session.running
     assert " ".join(w.text.strip() for w in session.committed) == " ".join(f"w{i}" for i in range(10))
-    text, figures = session.render()
-    assert "w9</span>" in text and f"style='{live.TENTATIVE_STYLE}'></span>" in text
-    assert figures.startswith("stopped")
-    session.add((SAMPLE_RATE, audio[:SAMPLE_RATE]))  # a chunk after the stop is ignored
+    text = session.text_html()
+    assert "w9</span>" in text and f"style='{live_session.TENTATIVE_STYLE}'></span>" in text
+    assert session.figures().startswith("stopped")
+    session.add(audio[:SAMPLE_RATE], SAMPLE_RATE)  # a chunk after the stop is ignored
     assert session.received_s == 5.0 and session.ended
 
 
-def test_the_figures_say_how_far_behind_the_stream_is():
-    lock = threading.Lock()
-    session = live.LiveSession(lambda: ScriptedTranscriber(SCRIPT), lock)
+def test_an_update_waits_for_a_second_of_new_audio():
+    """The pacing: chunks of 0.1 s, as a browser sends them, make one update per second of audio."""
+    model = ScriptedTranscriber(SCRIPT)
+    session = LiveSession(lambda: model)
     audio = np.arange(3 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
+    step = SAMPLE_RATE // 10
+    for i in range(25):
+        session.add(audio[i * step:(i + 1) * step], SAMPLE_RATE)
+        if i in (9, 19):  # a second more has arrived: one update hears it
+            wait_for(lambda: session.behind_s == 0)
+        else:
+            time.sleep(0.02)
+            assert len(model.calls) == (i > 9) + (i > 19)  # nothing heard before the second is full
+    assert [round(n, 1) for n, _ in model.calls] == [1.0, 2.0]
+    session.stop(timeout=10)
+    assert len(model.calls) == 3 and session.received_s == pytest.approx(2.5)
+
+
+def test_the_figures_say_when_the_stream_falls_behind():
+    lock = threading.Lock()
+    session = LiveSession(lambda: ScriptedTranscriber(SCRIPT), lock)
+    audio = np.arange(5 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
     with lock:  # the model is busy with another stream's update
-        for i in range(3):
-            session.add((SAMPLE_RATE, audio[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE]))
-        assert session.behind_s == 3.0 and "3 s heard, 3.0 s behind" in session.render()[1]
+        for i in range(5):
+            session.add(audio[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE], SAMPLE_RATE)
+        wait_for(lambda: session.state == "listening")
+        assert session.behind_s == 5.0 and "falls behind: 5 s of speech waiting · 5 s heard" in session.figures()
     wait_for(lambda: session.behind_s == 0)
+    assert "keeps up: " in session.figures()
+    session.compute_s = 6.0  # more computing than audio heard: behind soon, whatever waits now
+    assert "falls behind: 1.20 s of computing per second of speech" in session.figures()
     session.stop(timeout=10)
 
 
@@ -70,70 +98,74 @@ def test_a_failed_load_is_a_message_without_server_paths():
     def load():
         raise ModelError("model 'nope' is not installed in /root/.cache/secret/models")
 
-    session = live.LiveSession(load)
-    session.add((SAMPLE_RATE, np.zeros(SAMPLE_RATE, np.int16)))
+    session = LiveSession(load)
+    session.add(np.zeros(SAMPLE_RATE, np.int16), SAMPLE_RATE)
     wait_for(lambda: not session.running)
-    _, figures = session.render()
-    assert figures.startswith("Live transcription stopped: model 'nope' is not installed")
-    assert "/root" not in figures
+    assert session.figures().startswith("stopped: model 'nope' is not installed")
+    assert "/root" not in session.figures()
     assert not session.ended  # failed: the recording's next chunks do not start it again
     session.stop(timeout=5)  # stopping a failed session is harmless
 
 
 def test_a_session_that_hears_nothing_ends(monkeypatch):
-    monkeypatch.setattr(live, "IDLE_S", 0.2)
-    session = live.LiveSession(lambda: ScriptedTranscriber(SCRIPT))
+    monkeypatch.setattr(live_session, "IDLE_S", 0.2)
+    session = LiveSession(lambda: ScriptedTranscriber(SCRIPT))
     wait_for(lambda: not session.running, timeout=10)
-    assert session.render()[1].startswith("stopped")
+    assert session.figures().startswith("stopped")
 
 
-class OneTranscriber:
-    """Transcriptions' `transcriber`, handing out one shared transcriber."""
+class Scripts:
+    """Transcriptions' `transcriber`: one scripted transcriber per implementation, or one shared."""
 
-    def __init__(self, transcriber):
-        self.shared = transcriber
+    def __init__(self, shared=None):
+        self.shared, self.made = shared, {}
 
     def transcriber(self, backend, model, device):
-        return self.shared
+        return self.shared or self.made.setdefault(backend, ScriptedTranscriber(SCRIPT))
 
 
-def test_a_recording_through_the_tab_s_handlers():
-    streams = live.LiveStreams(OneTranscriber(ScriptedTranscriber(SCRIPT)))
+def test_a_race_through_the_tab_s_handlers():
+    """Each chunk of a recording reaches every implementation raced; the stop finishes them all; a
+    chunk that arrives just after the stop starts nothing, a later one starts the next race."""
+    scripts = Scripts()
+    races = live.LiveRaces(scripts)
     audio = np.arange(10 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
-    session, text, figures = streams.chunk((SAMPLE_RATE, audio[:SAMPLE_RATE]), None, "max", "tiny.en", "cpu")
-    assert session.running and "live-committed" in text
+    race, message, *panels = races.chunk((SAMPLE_RATE, audio[:SAMPLE_RATE]), None, ["faster", "max"], "tiny.en", "cpu")
+    assert list(race.sessions) == ["max", "faster"] and message == "" and len(panels) == len(BACKENDS)
+    assert "MAX Graph (this project)" in panels[0] and "waiting for the microphone" in panels[1]
     for i in range(1, 4):
-        wait_for(lambda: session.behind_s == 0)
-        same, _, _ = streams.chunk((SAMPLE_RATE, audio[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE]), session, "max",
-                                   "tiny.en", "cpu")
-        assert same is session
-    assert streams.chunk((SAMPLE_RATE, np.zeros(0, np.int16)), session, "max", "tiny.en", "cpu")[0] is session
-    shown = list(streams.stop(session))
-    assert all(state is session for state, _, _ in shown)
-    assert shown[-1][2].startswith("stopped") and "w7</span>" in shown[-1][1]
-    late = streams.chunk((SAMPLE_RATE, audio[:SAMPLE_RATE]), session, "max", "tiny.en", "cpu")
-    assert late == (session, *session.render())  # sent before the stop, arrived after it: starts nothing
-    assert len(streams._sessions) == 1
+        wait_for(lambda: all(s.behind_s == 0 for s in race.sessions.values()))
+        same, *_ = races.chunk((SAMPLE_RATE, audio[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE]), race, ["max"], "tiny.en",
+                               "cpu")
+        assert same is race
+    shown = list(races.stop(race))
+    assert all(state is race for state, *_ in shown)
+    last = dict(zip(BACKENDS, shown[-1][2:]))
+    for backend in ("max", "faster"):
+        assert len(scripts.made[backend].calls) >= 4
+        assert race.sessions[backend].figures().startswith("stopped") and "w7</span>" in last[backend]
+    late = races.chunk((SAMPLE_RATE, audio[:SAMPLE_RATE]), race, ["max"], "tiny.en", "cpu")
+    assert late[0] is race  # sent before the stop, arrived after it: starts nothing
     time.sleep(live.LATE_S)
-    later, _, _ = streams.chunk((SAMPLE_RATE, audio[:SAMPLE_RATE]), session, "max", "tiny.en", "cpu")
-    assert later is not session and later.running  # the next recording
+    later, *_ = races.chunk((SAMPLE_RATE, audio[:SAMPLE_RATE]), race, ["max"], "tiny.en", "cpu")
+    assert later is not race and list(later.sessions) == ["max"] and later.running  # the next recording
     later.stop(timeout=10)
-    assert list(streams.stop(None)) == [(None, "", "")]
-    bad, _, figures = streams.chunk((0, np.ones(100, np.int16)), None, "max", "tiny.en", "cpu")
-    assert figures.startswith("Live transcription stopped: invalid sample rate")
+    assert list(races.stop(None))[0][0] is None
+    assert races.chunk(None, None, [], "tiny.en", "cpu")[1] == "⚠ Choose at least one implementation to race."
+    bad, message, *_ = races.chunk((0, np.ones(100, np.int16)), None, ["max"], "tiny.en", "cpu")
+    assert message.startswith("⚠ Live transcription stopped: invalid sample rate")
     bad.stop(timeout=10)
 
 
-def test_at_most_the_limit_of_streams_run_at_once():
-    streams = live.LiveStreams(OneTranscriber(ScriptedTranscriber(SCRIPT)), limit=2)
-    first, second = streams.start("max", "tiny.en", "cpu"), streams.start("max", "tiny.en", "cpu")
-    with pytest.raises(live.TooManyStreams, match="2 live streams are running already"):
-        streams.start("max", "tiny.en", "cpu")
-    assert streams.chunk(None, None, "max", "tiny.en", "cpu") == (None, "", "2 live streams are running "
-                                                                            "already: try again in a minute")
+def test_one_race_at_a_time():
+    races = live.LiveRaces(Scripts())
+    first = races.start(["max", "faster"], "tiny.en", "cpu")
+    with pytest.raises(MaxWhisperError, match="another visitor's live race is running"):
+        races.start(["max"], "tiny.en", "cpu")
+    assert races.chunk(None, None, ["max"], "tiny.en", "cpu")[1] == ("⚠ another visitor's live race is running: try "
+                                                                     "again in a minute")
     first.stop(timeout=10)
-    streams.start("max", "tiny.en", "cpu").stop(timeout=10)
-    second.stop(timeout=10)
+    races.start(["max"], "tiny.en", "cpu").stop(timeout=10)
 
 
 def test_sessions_on_one_transcriber_take_turns():
@@ -150,12 +182,12 @@ def test_sessions_on_one_transcriber_take_turns():
             return super().transcribe(audio, options, progress)
 
     model = Slow(SCRIPT)
-    streams = live.LiveStreams(OneTranscriber(model))
-    sessions = [streams.start("max", "tiny.en", "cpu") for _ in range(2)]
+    races = live.LiveRaces(Scripts(model), limit=2)
+    sessions = [races.start(["max"], "tiny.en", "cpu").sessions["max"] for _ in range(2)]
     audio = np.arange(3 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
     for i in range(3):
         for s in sessions:
-            s.add((SAMPLE_RATE, audio[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE]))
+            s.add(audio[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE], SAMPLE_RATE)
         time.sleep(0.02)
     for s in sessions:
         s.stop(timeout=30)
@@ -173,14 +205,13 @@ def as_browser_sends(audio: np.ndarray) -> np.ndarray:
 def test_max_transcribes_jfk_from_browser_chunks(max_tiny_en, jfk_audio):
     from whisper.normalizers import EnglishTextNormalizer
 
-    session = live.LiveSession(lambda: max_tiny_en)
+    session = LiveSession(lambda: max_tiny_en)
     browser = as_browser_sends(jfk_audio)
     assert browser.dtype == np.int16 and len(browser) == 3 * len(jfk_audio)
     for i in range(0, len(browser), 48_000):  # a second at a time, each transcribed before the next
-        done = session.updates
-        session.add((48_000, browser[i:i + 48_000]))
-        wait_for(lambda: session.updates == done + 1, timeout=300)
-    assert session.updates == 11 and session.committed  # words agreed on while the audio came in
+        session.add(browser[i:i + 48_000], 48_000)
+        wait_for(lambda: session.behind_s == 0, timeout=300)  # in one update, or two (`Streamer.feed`)
+    assert session.updates >= 11 and session.committed  # words agreed on while the audio came in
     session.stop(timeout=300)
     normalise = EnglishTextNormalizer()
     assert normalise("".join(w.text for w in session.committed)) == normalise(JFK)

@@ -55,6 +55,16 @@ def test_word_diff(monkeypatch):
     assert scoring.word_diff("do", "don't")[1].endswith(">don&#x27;t</ins>")  # escaped for HTML
 
 
+def test_word_diff_with_context_shows_only_the_words_near_a_difference():
+    text = "a b c d e f g h i j"
+    assert scoring.word_diff(text, text, context=2) == (0.0, text)  # nothing differs: all of it
+    wer, diff = scoring.word_diff(text, "a b x d e f g h i y", context=2)
+    assert wer == pytest.approx(0.2)
+    assert diff.startswith("a b <del") and ">x</ins> d e … h i <del" in diff and diff.endswith(">y</ins>")
+    _, diff = scoring.word_diff(text, "a b c d e f g h i y", context=2)
+    assert diff.startswith("… h i <del")  # the shared words before the only difference: the last two
+
+
 @pytest.mark.parametrize("reference, hypothesis, expected", [
     ("It cost ten dollars.", "it cost $10", 0.0),  # the app's former normaliser: 2 errors in 4 words
     ("Don't stop.", "do not stop", 0.0),  # the app's former normaliser: 2 errors in 2 words

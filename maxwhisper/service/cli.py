@@ -81,7 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key-file", metavar="PATH", help="a file of API keys, one a line (# starts a comment)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                    help="a host name the service answers to besides the address it listens on and the loopback "
-                        "(a DNS rebinding guard; with --host 0.0.0.0, any name unless some are given)")
+                        "(a DNS rebinding guard); default: none, and with --host 0.0.0.0 any name")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="a web origin (https://app.example) whose pages may call the API; '*': any. Default: none")
     p.add_argument("--nice", type=int, default=0, choices=range(0, 20), metavar="0-19",

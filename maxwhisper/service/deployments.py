@@ -324,7 +324,7 @@ def _with_app(ingress: Ingress, api):
     the password): a browser sends no Bearer header."""
     import gradio as gr
 
-    from app import build_demo, quiet_queue
+    from showcase.page import build_demo, quiet_queue
     from showcase.choices import Choices
     from showcase.remote import ServiceTranscriptions
     from showcase.tabs.compare import EXAMPLES_DIR

@@ -1,20 +1,20 @@
-"""The Benchmarks tab: the committed results, with each file's machine, versions and settings, the
-speed per clip, the time by stage and a table."""
+"""The Benchmarks tab: what the committed benchmark measured. A heading and one chart, MAX against
+the others on the longest clip in fp32 and int8 (`results.reference_rows`), then every result in a
+table, then each file's machine, versions and settings."""
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import gradio as gr
-import plotly.graph_objects as go
 
-from ..charts import bench_rtfx_figure, bench_stage_figure
-from ..results import RESULTS_DIR, BenchmarkRun, read_runs
+from ..charts import benchmark_bars
+from ..results import RESULTS_DIR, read_runs, reference_rows
 from ..views import View
 
 BENCH_TABLE = {"audio": "clip", "implementation": "implementation", "total_s_median": "median s", "rtfx": "RTFx",
                "features_s": "features s", "encode_s": "encode s", "decode_s": "decode s", "load_s": "load s",
                "compile_s": "compile s", "wer": "WER", "agreement": "= openai words"}  # column -> header
-
 
 
 def _inline(d: dict, prefix: str = "") -> str:
@@ -35,31 +35,41 @@ def _num(x, digits: int = 3):
     return round(x, digits) if isinstance(x, (int, float)) else x
 
 
-
-def benchmark_view(directory: Path) -> tuple[str, list[list], go.Figure | None, go.Figure | None]:
-    """(Markdown naming each file's machine, versions and settings; table rows; RTFx chart; stage chart)."""
+def benchmark_view(directory: Path) -> tuple[str, str, list[list], str]:
+    """(HTML: the heading and the chart; table rows; Markdown: each file's machine, versions and
+    settings)."""
     runs, notes = read_runs(directory)
     if not runs:
-        return "\n".join(["No committed benchmark results yet (`benchmarks/results/*.json`, written by "
-                          "`python -m maxwhisper bench`).", *notes]), [], None, None
-    text = [f"- **`{run.name}`** — machine: {_inline(run.machine)}  \n  versions: {_inline(run.versions)}  \n"
-            f"  settings: {_inline(run.options)}" for run in runs] + notes
+        return ("<h2>What this machine class measured</h2><p class='note'>No committed benchmark results yet "
+                "(<code>python -m maxwhisper bench</code> writes them).</p>", [], "\n".join(notes))
+    top = "<h2>What this machine class measured</h2>"
+    found = reference_rows(runs)
+    if found:
+        run, clip, rows = found
+        machine = run.machine
+        top += (f"<p class='note'>{html.escape(rows[0]['model'] or '')} on a {rows[0]['audio_s']:.0f} s clip "
+                f"({html.escape(clip)}), {html.escape(str(machine.get('cpu', 'a CPU')))}"
+                f"{' (' + html.escape(machine['vector_isa']) + ')' if machine.get('vector_isa') else ''}, "
+                f"{machine.get('cores', '?')} cores: each implementation in turn, medians of several runs, "
+                f"the same weights and decoding.</p>{benchmark_bars(rows)}")
 
-    def series(run: BenchmarkRun, row: dict) -> str:
+    def series(run, row: dict) -> str:
         name = f"{row['backend']} · {row['device']} · {row['precision']}"
         return f"{name} ({run.name})" if len(runs) > 1 else name
 
-    rows = [(series(run, row), row) for run in runs for row in run.rows]
-    table = [[_num({**row, "implementation": name}[c]) for c in BENCH_TABLE] for name, row in rows]
-    return "\n".join(text), table, bench_rtfx_figure(rows), bench_stage_figure(rows)
+    runs = sorted(runs, key=lambda r: r.created, reverse=True)  # the newest first
+    table = [[_num({**row, "implementation": series(run, row)}[c]) for c in BENCH_TABLE]
+             for run in runs for row in run.rows]
+    details = [f"- **`{r.name}`** — machine: {_inline(r.machine)}  \n  versions: {_inline(r.versions)}  \n"
+               f"  settings: {_inline(r.options)}" for r in runs] + notes
+    return top, table, "### Machines, versions and settings\n" + "\n".join(details)
 
 
 def build() -> View:
     """The tab, inside the page's gr.Blocks: the page fills it when a visitor opens it."""
     with gr.Tab("Benchmarks"):
-        bench_text = gr.Markdown(elem_id="benchmarks")
-        bench_rtfx = gr.Plot(show_label=False)
-        bench_stages = gr.Plot(show_label=False)
-        bench_table = gr.Dataframe(headers=list(BENCH_TABLE.values()), interactive=False, wrap=True,
-                                   elem_id="bench-table")
-    return View([bench_text, bench_table, bench_rtfx, bench_stages], lambda: benchmark_view(RESULTS_DIR))
+        top = gr.HTML(elem_id="benchmarks", min_height=0)
+        table = gr.Dataframe(headers=list(BENCH_TABLE.values()), interactive=False, wrap=True, elem_id="bench-table",
+                             label="Every committed result")
+        machines = gr.Markdown(elem_id="bench-machines")
+    return View([top, table, machines], lambda: benchmark_view(RESULTS_DIR))

@@ -65,23 +65,25 @@ def run_component_checks(cache: ModelCache, model: str, device: str, components:
 
 class ComponentChecks:
     """The Component tests tab's table, computed in the background on transcribers of its own (so that
-    no transcription waits for it), pausing before each check while transcriptions run. The last
-    table is kept and shown to every visitor at once."""
+    no transcription waits for it), pausing before each check while transcriptions run; started when
+    a visitor first opens the tab (not at start-up, where a first visitor's race would share the CPU
+    with them) or presses its button. The last table is kept and shown to every visitor at once."""
 
-    def __init__(self, turns: Turns, create: Callable = create_transcriber, start_after_warm_up: bool = True):
-        """start_after_warm_up: whether the app starts the checks once its warm-up is done (not with
-        --no-warm-up, nor in the service's app, where only the button starts them): the first message
-        says which."""
+    def __init__(self, turns: Turns, create: Callable = create_transcriber):
         self._cache = ModelCache(create)
         self._turns = turns
         self._thread: threading.Thread | None = None
         self._starting = threading.Lock()
         self.rows: list[list] = []
-        self.message = ("The checks start in the background once the models are loaded." if start_after_warm_up
-                        else "The checks run when the button below is pressed.")
+        self.message = "The checks start when this tab is first opened."
 
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    def start_once(self, model: str, device: str, components: tuple[str, ...] | None = None) -> None:
+        """`start`, unless the checks ran or run already (a visitor opened the tab)."""
+        if self._thread is None:
+            self.start(model, device, components)
 
     def start(self, model: str, device: str, components: tuple[str, ...] | None = None) -> threading.Thread | None:
         """Start the checks of `model` on `device` in a thread, and return it; None when checks already run."""
@@ -111,6 +113,7 @@ class ComponentChecks:
 
 @dataclass(frozen=True)
 class ChecksTab:
+    tab: gr.Tab  # its first opening starts the checks
     again: gr.Button  # starts the checks again
     view: View  # the table and its message, which the page refreshes while the checks run
 
@@ -118,20 +121,26 @@ class ChecksTab:
 def build(checks: ComponentChecks, choices: Choices, model: gr.Dropdown, device: gr.Radio) -> ChecksTab:
     """The tab and its handlers, inside the page's gr.Blocks; its button checks the `model` and
     `device` chosen on the Transcribe & compare tab."""
-    with gr.Tab("Component tests"):
-        gr.Markdown("Each MAX component against openai-whisper's PyTorch module built from the same weights "
-                    "(`maxwhisper.selfcheck`). `python app.py` runs them in the background once its start-up "
-                    "warm-up is done (not with `--no-warm-up`, nor in the service's app); before each check they "
-                    "wait while transcriptions run or wait. The button runs them with the model and device chosen "
-                    "on the first tab.")
+    with gr.Tab("Component tests") as tab:
+        gr.Markdown("Each part of MAX's network, checked against openai-whisper's PyTorch module built from the "
+                    "same weights: the same inputs must give the same numbers, to float32 rounding.")
         checks_message = gr.Markdown(checks.message, elem_id="checks-message")
         checks_table = gr.Dataframe(checks.rows or None, headers=CHECK_HEADERS, interactive=False,
                                     wrap=True)
         checks_again = gr.Button("Run the checks again")
+        with gr.Accordion("About the checks", open=False):
+            gr.Markdown("The checks run in the background on models of their own (`maxwhisper.selfcheck`), started "
+                        "when a visitor first opens this tab; before each one they wait while a comparison runs or "
+                        "waits, and a comparison that ran beside them says so. The button runs them again with the "
+                        "model and device chosen in the Compare tab's options. The *transcript* row compares whole "
+                        "transcripts token by token.")
 
     def check_again(model, device):
         if checks.start(model, choices.device(device)) is None:
             gr.Info("The checks are running already: this click started nothing. Click again once they finish.")
 
     checks_again.click(check_again, [model, device], concurrency_limit=None, show_progress="hidden")
-    return ChecksTab(checks_again, View([checks_table, checks_message], lambda: (checks.rows or None, checks.message)))
+    tab.select(lambda model, device: checks.start_once(model, choices.device(device)), [model, device],
+               concurrency_limit=None, show_progress="hidden")
+    return ChecksTab(tab, checks_again,
+                     View([checks_table, checks_message], lambda: (checks.rows or None, checks.message)))

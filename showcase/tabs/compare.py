@@ -1,39 +1,97 @@
-"""The Transcribe & compare tab: one recording through each chosen implementation, side by side:
-transcripts, word diffs, WER, charts, downloads and a headline (`showcase.comparison` runs it,
-through the page's `Transcriptions`)."""
+"""The Compare tab: a clip, the implementations to race, one Run button, and right under it the
+results: the verdict, the speed chart and the transcripts side by side, each implementation's panel
+saying whether it waits, runs (how far) or is done; the options, and the details (timestamps,
+word differences, downloads, time by stage), fold away. `showcase.comparison` runs the race
+through the page's `Transcriptions`."""
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 
 from maxwhisper.api import DecodeOptions
-from maxwhisper.registry import BACKENDS
+from maxwhisper.registry import BACKENDS, color
 from maxwhisper.tokenizer import LANGUAGES
 
+from ..charts import short_name, stage_bars, time_bars
 from ..choices import Choices
 from ..comparison import Comparison, Panel, run_comparison, watch
+from ..cpu_load import BUSY_CORES, available_cores
 from ..formatting import label
-from ..headlines import benchmark_headline
 from ..results import RESULTS_DIR
 from ..transcriptions import Transcriptions
+from ..verdict import benchmark_note, verdict_html
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
 JFK_TEXT = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
-EXAMPLES = (  # (clip in examples/, the model it shows best, reference text); see examples/README.md
-    ("jfk.flac", "tiny.en", JFK_TEXT),
-    ("physicsworks-excerpt.flac", "tiny.en", ""),
-    ("multilingual.mp3", "base", ""),
+EXAMPLES = (  # (clip in examples/, its button, the model it shows best, reference text); see examples/README.md
+    ("jfk.flac", "JFK, 11 s", "tiny.en", JFK_TEXT),
+    ("physicsworks-excerpt.flac", "Physics lecture, 43 s", "tiny.en", ""),
+    ("german.flac", "German, 29 s", "base", ""),
 )
+ABOUT = (
+    "The three implementations run OpenAI's Whisper with the same weights (one CTranslate2 package, converted once "
+    "for MAX and openai-whisper) and the same decoding options on the same audio; MAX must give openai-whisper's "
+    "tokens, and the verdict says whether it did. They take turns on the CPU, one transcription at a time, other "
+    "visitors' runs too. A clip of 30 s or less is run three times by each, in turns, and each one's best time "
+    "counts, so that a burst of other work does not decide the verdict; a longer clip is run once. During each run "
+    "the app measures how much of the CPU other programs took, and says so under the verdict. Times leave out "
+    "loading and compiling the models, done once. The Benchmarks tab holds medians measured on a quiet machine; "
+    "docs/app.md in the repository describes the page.")
 RUNS_AT_ONCE = 16  # requests inside the app at once: they take turns (`Transcriptions`) and see their place
 
 
-def example_rows(models: list[str]) -> list[list]:
-    """[clip path, model, reference text] for each clip in examples/, with the default model where the
-    clip's model is not installed."""
-    return [[str(EXAMPLES_DIR / name), model if model in models else models[0], text]
-            for name, model, text in EXAMPLES if (EXAMPLES_DIR / name).is_file()]
+def example_rows(models: list[str]) -> list[tuple[str, str, str, str]]:
+    """(clip path, button, model, reference text) for each clip in examples/, with the default model
+    where the clip's model is not installed."""
+    return [(str(EXAMPLES_DIR / name), button, model if model in models else models[0], text)
+            for name, button, model, text in EXAMPLES if (EXAMPLES_DIR / name).is_file()]
+
+
+def panel_head(panel: Panel | None, backend: str, rounds: int = 1) -> str:
+    """HTML over an implementation's transcript: its name and state, then what it does (with a
+    progress bar) while it runs, its time once done, or why it failed."""
+    state = panel.state if panel else "waiting"
+    line = ""
+    if panel and state == "running":
+        run = len(panel.runs) + 1
+        doing = f"timing run {run} of {rounds}" if run > 1 else panel.doing
+        line = (f"<div class='meta'>{html.escape(doing)}</div>"
+                f"<div class='progress'><div style='width:{100 * panel.fraction:.0f}%'></div></div>")
+    elif panel and panel.runs:
+        best, r = panel.best, panel.result
+        shared = best.shared_cpu or (best.other_cores or 0.0) >= BUSY_CORES
+        line = (f"<div class='meta'>{best.seconds:.2f} s · {r.audio_s / best.seconds:.0f}× real time · "
+                f"{r.precision} · {r.language}{' · ⚠ CPU shared' if shared else ''}</div>")
+    elif panel and panel.error:
+        line = f"<div class='meta error'>{html.escape(panel.error)}</div>"
+    return (f"<div class='panel-head' style='border-color:{color(backend)}'><span class='panel-name'>"
+            f"{html.escape(label(backend))}</span> <span class='chip chip-{state}'>{state}</span>{line}</div>")
+
+
+def message_text(comparison: Comparison | None, elapsed: float) -> str:
+    """The line over the results: the request's problem, what runs, or what ran."""
+    if comparison is None:
+        return f"Starting… ({elapsed:.0f} s)"
+    if comparison.message:
+        return comparison.message
+    what = f"{comparison.audio_s:.1f} s of audio, {comparison.model} on {comparison.device}"
+    if not comparison.finished:
+        rounds = f" of {comparison.rounds}" if comparison.round > 1 else ""
+        return f"Running: {what} · round {comparison.round}{rounds} · {elapsed:.0f} s"
+    text = f"Finished: {what}, in {elapsed:.0f} s."
+    failed = [label(b) for b, p in comparison.panels.items() if p.error]
+    if failed:
+        text += f" ⚠ Failed: {', '.join(failed)} (its panel says why)."
+    if comparison.results and not any(r.text.strip() for r in comparison.results.values()):
+        text += " No speech was found in this audio: there was nothing to transcribe."
+    return text
+
+
+def options_label(model: str, precision: str, device: str, beam_size: int) -> str:
+    return f"Options: {model} · {precision} · {device} · {'greedy' if beam_size == 1 else f'beam {beam_size}'}"
 
 
 @dataclass(frozen=True)
@@ -45,47 +103,40 @@ class CompareTab:
 
 def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) -> CompareTab:
     """The tab and its handlers, inside the page's gr.Blocks."""
-    with gr.Tab("Transcribe & compare"):
-        committed = benchmark_headline(RESULTS_DIR)
-        headline = gr.Markdown(committed, elem_id="headline")
-        with gr.Row():
-            with gr.Column(scale=3):
+    model0 = choices.models[0] if choices.models else None
+    with gr.Tab("Compare"):
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3, min_width=300):
                 audio = gr.Audio(sources=["upload", "microphone"], type="filepath", elem_id="audio",
-                                 label=f"Audio (upload or record, up to {max_seconds:g} s)")
-                # the audio box drops a file whose browser type is video/* (a .webm, .mp4, .mkv) without
-                # a word; the run decodes any file with FFmpeg, so a video's path goes into the box. The
-                # button takes audio too: one limited to video drops an audio file without a word
-                video = gr.UploadButton("…or upload a video file (its sound is transcribed)",
-                                        file_types=["video", "audio"], size="sm", variant="secondary",
-                                        elem_id="video-upload")
-                video.upload(lambda path: path, inputs=video, outputs=audio, show_progress="hidden")
-                reference_text = gr.Textbox(label="Reference text (optional)", lines=2,
-                                            placeholder="Paste what is said to get each implementation's WER")
-                run = gr.Button("Transcribe with each implementation", variant="primary", elem_id="run")
-                progress = gr.Markdown(elem_id="progress")
-            with gr.Column(scale=2):
-                chosen = gr.CheckboxGroup([(label(b), b) for b in choices.backends], value=choices.backends,
-                                          label="Implementations")
-                model = gr.Dropdown(choices.models, value=choices.models[0] if choices.models else None,
-                                    label="Model (installed)")
+                                 label=f"Audio: upload, record, or pick an example (up to {max_seconds:g} s)")
+                examples = example_rows(choices.models) if choices.models else []
+                with gr.Row(elem_id="examples", equal_height=True):
+                    example_buttons = [(gr.Button(button, size="sm", variant="secondary", min_width=120), path, model,
+                                        text) for path, button, model, text in examples]
+            with gr.Column(scale=2, min_width=300):
+                chosen = gr.CheckboxGroup([(short_name(b), b) for b in choices.backends], value=choices.backends,
+                                          label="Implementations to race", elem_id="chosen")
+                run = gr.Button("Run", variant="primary", elem_id="run", size="lg")
                 model_note = gr.Markdown(elem_id="model-note")
-                device = gr.Radio(["auto", "cpu", "gpu"] if choices.gpu else ["auto", "cpu"], value="auto",
-                                  label="Device", info=f"auto = {choices.default_device}" + (
-                                      "" if choices.gpu else "; GPU disabled: MAX sees no GPU on this machine"))
-                precision = gr.Radio(choices.precisions, value="fp32", label="Precision",
-                                     info="int8: MAX and faster-whisper with int8 weights on the CPU (MAX int8 "
-                                          "against faster-whisper int8); openai-whisper stays fp32"
-                                          + ("; bf16 (CPUs with AVX512_BF16): MAX's encoder and prompt linears in "
-                                             "bfloat16, the others in fp32" if "bf16" in choices.precisions else ""))
-                language = gr.Dropdown([("auto (detect; English for .en models)", "auto")] +
-                                       [(f"{name} ({code})", code) for code, name in LANGUAGES.items()],
-                                       value="auto", label="Language")
-                task = gr.Radio(["transcribe", "translate"], value="transcribe", label="Task")
-                beam_size = gr.Slider(1, 5, value=1, step=1, label="Beam size (1 = greedy)")
-                with gr.Row():
-                    timestamps = gr.Checkbox(True, label="Segment timestamps")
-                    word_timestamps = gr.Checkbox(False, label="Word timestamps")
-                with gr.Accordion("More decoding options", open=False):
+                with gr.Accordion(options_label(model0, "fp32", choices.default_device, 1), open=False,
+                                  elem_id="options") as options:
+                    model = gr.Dropdown(choices.models, value=model0, label="Model (installed)")
+                    precision = gr.Radio(choices.precisions, value="fp32", label="Precision",
+                                         info="int8 and bf16 are MAX's (int8: faster-whisper's too); "
+                                              "openai-whisper stays fp32")
+                    device = gr.Radio(["auto", "cpu", "gpu"] if choices.gpu else ["auto", "cpu"], value="auto",
+                                      label="Device", info=f"auto = {choices.default_device}")
+                    language = gr.Dropdown([("auto (detect; English for .en models)", "auto")] +
+                                           [(f"{name} ({code})", code) for code, name in LANGUAGES.items()],
+                                           value="auto", label="Language")
+                    task = gr.Radio(["transcribe", "translate"], value="transcribe", label="Task",
+                                    info="translate: into English, with a multilingual model (base)")
+                    reference_text = gr.Textbox(label="Reference text, for each implementation's WER", lines=2,
+                                                placeholder="what is said in the audio")
+                    beam_size = gr.Slider(1, 5, value=1, step=1, label="Beam size (1 = greedy)")
+                    with gr.Row():
+                        timestamps = gr.Checkbox(True, label="Segment timestamps")
+                        word_timestamps = gr.Checkbox(False, label="Word timestamps")
                     initial_prompt = gr.Textbox(label="Initial prompt", lines=1,
                                                 placeholder="words or spellings to steer the first window")
                     condition = gr.Checkbox(True, label="Condition on previous text")
@@ -93,44 +144,67 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
                                                             "needs word timestamps)")
                     batch = gr.Dropdown([("off: 30 s windows in sequence, as openai-whisper", 0), 2, 4, 8, 16],
                                         value=0, label="Batched long-form: speech chunks at a time",
-                                        info="Silero VAD chunks decoded together, no previous text as prompt "
-                                             "(MAX and faster-whisper; openai-whisper has no such mode)")
-        examples = example_rows(choices.models) if choices.models else []
-        if examples:
-            gr.Examples(examples, inputs=[audio, model, reference_text], elem_id="examples",
-                        label="Examples (examples/: sources and licences in examples/README.md)",
-                        cache_examples=False)
-        message = gr.Markdown(elem_id="message")
-        panel_outputs = []
-        with gr.Row(equal_height=False):
-            for b in BACKENDS:
-                with gr.Column(visible=False, min_width=260) as column:
-                    gr.Markdown(f"### <span style='color:{BACKENDS[b].color}'>{label(b)}</span>")
-                    panel_outputs += [
-                        column,
-                        gr.Markdown(elem_id=f"summary-{b}"),
-                        gr.Textbox(label="Transcript", lines=3, max_lines=12, elem_id=f"text-{b}", buttons=["copy"]),
-                        gr.Textbox(label="Segments", lines=3, max_lines=12, elem_id=f"segments-{b}"),
-                        gr.HTML(),
-                        gr.File(label="Download TXT / SRT / VTT", file_count="multiple", interactive=False,
-                                elem_id=f"files-{b}"),
-                    ]
-        timing_plot = gr.Plot(show_label=False, visible=False, elem_id="timing-plot")
-        rtfx_plot = gr.Plot(show_label=False, visible=False, elem_id="rtfx-plot")
+                                        info="MAX and faster-whisper only")
+                    # the audio box drops a file whose browser type is video/* (a .webm, .mp4) without a word;
+                    # the run decodes any file with FFmpeg, so this button puts a video's path in the box
+                    video = gr.UploadButton("Upload a video file (its sound is transcribed)",
+                                            file_types=["video", "audio"], size="sm", variant="secondary",
+                                            elem_id="video-upload")
+        with gr.Column(elem_id="results"):
+            message = gr.Markdown(elem_id="message")
+            with gr.Row(equal_height=False):
+                with gr.Column(min_width=320):
+                    verdict = gr.HTML(f"<p class='note'>Pick a clip and press Run: the verdict appears here. "
+                                      f"{benchmark_note(RESULTS_DIR)}</p>", elem_id="verdict", min_height=0)
+                with gr.Column(min_width=320):
+                    chart = gr.HTML(elem_id="chart", min_height=0)
+            heads, texts, columns = {}, {}, {}
+            with gr.Row(equal_height=False, elem_id="panels"):
+                for b in BACKENDS:
+                    with gr.Column(visible=b in choices.backends, min_width=240) as columns[b]:
+                        heads[b] = gr.HTML(panel_head(None, b), elem_id=f"state-{b}", min_height=0)
+                        texts[b] = gr.Textbox(show_label=False, lines=3, max_lines=8, elem_id=f"text-{b}",
+                                              buttons=["copy"], placeholder="the transcript appears here",
+                                              container=False)
+            with gr.Accordion("Details: timestamps, word differences, downloads, time by stage", open=False,
+                              elem_id="details"):
+                stages = gr.HTML(min_height=0)
+                details = {}
+                with gr.Row(equal_height=False):
+                    for b in BACKENDS:
+                        with gr.Column(min_width=240):
+                            gr.Markdown(f"**<span style='color:{color(b)}'>{label(b)}</span>**")
+                            details[b] = (gr.HTML(elem_id=f"diff-{b}", min_height=0),
+                                          gr.Textbox(label="Segments", lines=3, max_lines=12,
+                                                     elem_id=f"segments-{b}"),
+                                          gr.File(label="TXT / SRT / VTT", file_count="multiple", interactive=False,
+                                                  elem_id=f"files-{b}"))
 
-    def shown(result: Comparison, line: str) -> list:
-        outputs = [result.message]
+        with gr.Accordion("About the race", open=False):
+            gr.Markdown(ABOUT)
+
+    panel_outputs = [x for b in BACKENDS for x in (columns[b], heads[b], texts[b], *details[b])]
+    cores = available_cores()
+
+    def shown(comparison: Comparison | None, elapsed: float, chosen_now: list[str]) -> list:
+        outputs = [message_text(comparison, elapsed)]
+        if comparison is not None and comparison.message:  # a problem with the request: nothing ran
+            outputs += ["", "", ""]
+        else:
+            outputs += [verdict_html(comparison, cores) if comparison else "",
+                        time_bars(comparison) if comparison else "", stage_bars(comparison) if comparison else ""]
         for b in BACKENDS:
-            p = result.panels.get(b, Panel(b))
-            outputs += [gr.Column(visible=b in result.panels), p.summary, p.text, p.segments, p.diff_html,
-                        p.files]
-        plots = [gr.Plot(fig, visible=fig is not None) for fig in (result.timing_figure, result.rtfx_figure)]
-        finished = not line  # watch's last update: a run without MAX and another has no headline of its own
-        return [*outputs, *plots, result.headline or (committed if finished else gr.skip())]
+            p = comparison.panels.get(b) if comparison else None
+            rounds = comparison.rounds if comparison else 1
+            outputs += [gr.Column(visible=b in chosen_now), panel_head(p, b, rounds), p.text if p else "",
+                        p.diff_html if p else "", p.segments if p else "", (p.files or None) if p else None]
+        return outputs
 
     def transcribe(audio, chosen, model, device, precision, language, task, beam_size, timestamps, word_timestamps,
                    initial_prompt, condition, silence, batch, reference_text):
-        def run(progress, on_partial):  # inside watch: bad option values become the run's message
+        yield shown(None, 0.0, chosen)  # at once: the previous run's results go
+
+        def run(on_change):  # inside watch: bad option values become the run's message
             options = DecodeOptions.from_values({
                 "language": language, "task": task, "beam_size": int(beam_size), "without_timestamps": not timestamps,
                 "word_timestamps": word_timestamps, "initial_prompt": initial_prompt,
@@ -138,16 +212,22 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
                 "hallucination_silence_threshold": float(silence) if silence else None, "batch_size": int(batch)})
             return run_comparison(audio, chosen, model, choices.device(device), options, transcriptions,
                                   precision=precision, max_seconds=max_seconds, reference_text=reference_text,
-                                  progress=progress, on_partial=on_partial)
+                                  on_change=on_change)
 
-        unchanged = [gr.skip()] * (len(panel_outputs) + 4)
-        for line, result in watch(run):
-            yield line, *(shown(result, line) if result else unchanged)
+        for comparison, elapsed in watch(run):
+            yield shown(comparison, elapsed, chosen)
 
+    results = [message, verdict, chart, stages, *panel_outputs]
     run.click(transcribe, [audio, chosen, model, device, precision, language, task, beam_size, timestamps,
                            word_timestamps, initial_prompt, condition, silence, batch, reference_text],
-              [progress, message, *panel_outputs, timing_plot, rtfx_plot, headline],
-              concurrency_limit=RUNS_AT_ONCE, show_progress="hidden")
+              results, concurrency_limit=RUNS_AT_ONCE, show_progress="hidden")
+    video.upload(lambda path: path, inputs=video, outputs=audio, show_progress="hidden")
+    for button, path, example_model, text in example_buttons:
+        button.click(lambda path=path, m=example_model, text=text: (path, m, text),
+                     outputs=[audio, model, reference_text], concurrency_limit=None, show_progress="hidden")
+    for control in (model, precision, device, beam_size):
+        control.change(lambda m, p, d, beam: gr.Accordion(label=options_label(m, p, choices.device(d), int(beam))),
+                       [model, precision, device, beam_size], options, concurrency_limit=None, show_progress="hidden")
     for control in (model, device, chosen):  # say before a run what it will have to load or compile
         control.change(lambda chosen, model, device: transcriptions.load_note(chosen, model, choices.device(device)),
                        [chosen, model, device], model_note, concurrency_limit=None, show_progress="hidden")

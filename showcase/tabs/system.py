@@ -70,6 +70,7 @@ def system_report(transcriptions: Transcriptions) -> str:
 def build(transcriptions: Transcriptions) -> View:
     """The tab, inside the page's gr.Blocks: the page fills it when a visitor opens it."""
     with gr.Tab("System"):
+        gr.Markdown("What this server runs: the devices MAX sees, the packages, the models and what is loaded.")
         system = gr.Markdown(elem_id="system")
         gr.Button("Refresh").click(lambda: system_report(transcriptions), outputs=system, concurrency_limit=None)
     return View([system], lambda: (system_report(transcriptions),))

@@ -1,0 +1,126 @@
+"""The page: a title, a one-line pitch and a status badge over the five tabs (`build_demo`), its
+style (`CSS`, carried inside the page so that `app.py` and the service's mount show the same), and
+Gradio's queue made quiet while idle (`quiet_queue`). `app.py` serves it with models loaded in its
+process; the service's `serve --ui` mounts it over `showcase.remote.ServiceTranscriptions`."""
+from __future__ import annotations
+
+import html
+import logging
+
+import gradio as gr
+
+from .choices import Choices
+from .tabs import benchmarks, checks as checks_tab, compare, live, system
+from .transcriptions import Transcriptions
+from .turns import Turns
+
+TITLE = """<div id='title'><h1>MAX-Whisper</h1><p>OpenAI's Whisper rebuilt on
+<a href='https://docs.modular.com/max/' target='_blank'>Modular's MAX Graph</a>: the same tokens as
+openai-whisper, faster than it and faster-whisper on a CPU.</p></div>"""
+
+CSS = """
+#title h1 {margin: 0; font-size: 1.7rem}
+#title p {margin: .2rem 0 0; font-size: 1rem; max-width: none}
+#title a {padding: 0}
+#status {text-align: right}
+.badge {display: inline-block; padding: .2rem .75rem; border-radius: 999px; font-size: .9rem;
+        background: #dcfce7; color: #166534}
+.badge.busy {background: #fef3c7; color: #92400e}
+.badge.failed {background: #fee2e2; color: #991b1b}
+#examples button {flex: 1 1 auto}
+.verdict {font-size: 1.2rem; line-height: 1.45}
+.note {color: var(--body-text-color-subdued); font-size: .9rem; margin: .25rem 0}
+.bars {font-size: .85rem}
+.bars-title {font-weight: 600; margin-bottom: .25rem}
+.bar-row {display: flex; align-items: center; gap: .5rem; margin: .2rem 0}
+.bar-name {flex: 0 0 11rem; font-weight: 600; white-space: nowrap; overflow: hidden; text-overflow: ellipsis}
+.bar {flex: 1 1 3rem; display: flex; height: .9rem; background: var(--border-color-primary); border-radius: 3px;
+      overflow: hidden}
+.bar-fill {display: block; height: 100%}
+.bar-value, .bar-failed {flex: 0 0 auto; white-space: nowrap}
+.bar-failed {color: #b91c1c}
+.legend {margin-top: .3rem}
+.swatch {display: inline-block; width: .7rem; height: .7rem; margin: 0 .2rem 0 .6rem; border-radius: 2px}
+.panel-head {border-top: 4px solid; padding-top: .3rem}
+.panel-name {font-weight: 700}
+.chip {font-size: .75rem; padding: .05rem .5rem; border-radius: 999px; background: var(--border-color-primary)}
+.chip-running {background: #fef3c7; color: #92400e}
+.chip-done {background: #dcfce7; color: #166534}
+.chip-failed {background: #fee2e2; color: #991b1b}
+.progress {height: 4px; background: var(--border-color-primary); margin-top: .3rem; border-radius: 2px}
+.progress div {height: 100%; background: #f59e0b; transition: width .3s}
+.meta {font-size: .85rem; margin-top: .15rem}
+.meta.error {color: #b91c1c}
+.diff {line-height: 1.6; overflow-wrap: anywhere}
+.live-text {font-size: 1.2rem; line-height: 1.6; min-height: 3.2em; margin: .3rem 0}
+.modebar-container {display: none !important}
+@media (max-width: 600px) {
+  #title h1 {font-size: 1.4rem}
+  #title p {font-size: .9rem}
+  #status {text-align: left}
+  .bar-row {flex-wrap: wrap; row-gap: 0}
+  .bar-name {flex-basis: 100%}
+}
+"""
+
+
+def badge_html(text: str) -> str:
+    """The status badge: green when ready, amber while something loads, red after a failed load."""
+    kind = "failed" if text.startswith("⚠") else "busy" if "…" in text else "ready"
+    return f"<span class='badge {kind}'>{html.escape(text)}</span>"
+
+
+def build_demo(transcriptions: Transcriptions, max_seconds: float = 600.0,
+               checks: checks_tab.ComponentChecks | None = None, choices: Choices | None = None) -> gr.Blocks:
+    """The page: a status badge over the five tabs. Its tabs transcribe only through `transcriptions`;
+    `checks` (default: checks that wait for no transcription, as in the service's app) should share
+    the turns of local transcriptions, as `app.main`'s do; `choices`
+    (default: this machine's) are the models, backends and devices offered."""
+    checks = checks or checks_tab.ComponentChecks(Turns())
+    choices = choices or Choices.here()
+
+    def busy() -> bool:
+        return transcriptions.busy() or checks.running()
+
+    def badge() -> str:
+        text = transcriptions.badge()
+        return badge_html(text + (" · checks running" if checks.running() else ""))
+
+    with gr.Blocks(title="MAX-Whisper") as demo:
+        with gr.Row(equal_height=True, elem_id="header"):
+            with gr.Column(scale=4, min_width=320):
+                gr.HTML(f"<style>{CSS}</style>{TITLE}", min_height=0)
+            with gr.Column(scale=1, min_width=180):
+                status = gr.HTML(badge(), elem_id="status", min_height=0)
+        timer = gr.Timer(2.0)
+        compare_tab = compare.build(transcriptions, choices, max_seconds)
+        live.build(transcriptions, choices, max_seconds)
+        bench_view = benchmarks.build()
+        checks_ui = checks_tab.build(checks, choices, compare_tab.model, compare_tab.device)
+        views = [system.build(transcriptions), bench_view, checks_ui.view]  # filled as the page opens
+
+        def tick():
+            return badge(), *checks_ui.view.values(), gr.Timer(active=busy())
+
+        for button in (compare_tab.run, checks_ui.again):  # the badge follows loads, runs and checks
+            button.click(lambda: gr.Timer(active=True), outputs=timer, concurrency_limit=None, show_progress="hidden")
+        checks_ui.tab.select(lambda: gr.Timer(active=True), outputs=timer, concurrency_limit=None,
+                             show_progress="hidden")
+        timer.tick(tick, outputs=[status, *checks_ui.view.outputs, timer], concurrency_limit=None,
+                   show_progress="hidden")
+        demo.load(lambda: (badge(), *(value for view in views for value in view.values())),
+                  outputs=[status, *(output for view in views for output in view.outputs)],
+                  concurrency_limit=None)
+    return demo
+
+
+def quiet_queue(demo: gr.Blocks) -> None:
+    """Gradio's queue polls every 1 ms while free: ~1,000 wake-ups a second in an idle app. 50 ms
+    (its own setting on Windows) costs a request at most that much delay. Gradio's private settings:
+    where this Gradio lacks them, a warning, and the queue keeps its own."""
+    queue = getattr(demo, "_queue", None)
+    if not all(hasattr(queue, name) for name in ("sleep_when_free", "progress_update_sleep_when_free")):
+        logging.getLogger(__name__).warning("this Gradio's queue has no sleep_when_free: it polls at its own rate")
+        return
+    queue.sleep_when_free = 0.05
+    queue.progress_update_sleep_when_free = 0.1
