@@ -172,6 +172,22 @@ def test_two_plain_websocket_sessions_get_their_own_text_over_both_replicas(serv
     assert len(stats) == 2 and all(s["windows"] > 0 for s in stats.values())  # the sessions' updates spread
 
 
+def test_the_realtime_benchmark_s_client_on_jfk(service, jfk_24k):
+    """`bench --realtime`'s client and figures for N = 1 on jfk: the session ends normally with jfk's
+    sentence and a latency for each committed word, and its row keeps up exactly when its p90 is
+    within the bound."""
+    from maxwhisper.bench.realtime import P90_BOUND_S, run_sessions, summary
+
+    url = f"ws://127.0.0.1:{service}/v1/realtime?intent=transcription"
+    (run,) = asyncio.run(run_sessions(url, jfk_24k, 1, headers={"Authorization": f"Bearer {KEY}"}))
+    assert run.ok, run.errors
+    assert normalize(run.text) == normalize(JFK)
+    row = summary([run], 11.0)
+    assert row["sessions_ok"] == 1 and row["words"] == len(run.latencies) >= len(JFK.split()) - 2
+    assert 0 < row["latency_median_s"] <= row["latency_p90_s"] < 30 and row["end_lag_max_s"] is not None
+    assert row["keeps_up"] == (row["latency_p90_s"] <= P90_BOUND_S)
+
+
 def _connect(port: int, query: str = "intent=transcription", **kwargs):
     from websockets.sync.client import connect
 

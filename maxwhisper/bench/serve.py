@@ -80,7 +80,7 @@ async def _load(url: str, audio: bytes, concurrency: int, seconds: float) -> lis
     return done
 
 
-def _wait_healthy(url: str, timeout_s: float = 120) -> None:
+def wait_healthy(url: str, timeout_s: float = 120) -> None:
     """Until the ingress has seen the replica that serve.run waited for (it reads the replicas' state
     four times a second)."""
     import httpx
@@ -142,7 +142,7 @@ def main_serve(args, out_dir) -> int:
                                    host="127.0.0.1", port=port)
             try:
                 serve.run(application(config), name=APP_NAME, route_prefix=None)
-                _wait_healthy(f"http://127.0.0.1:{port}/health")
+                wait_healthy(f"http://127.0.0.1:{port}/health")
             except Exception as e:  # noqa: BLE001 - reported, the other setups still run
                 failures.append({"setup": setup.label, "error": f"{type(e).__name__}: {e}"[:500]})
                 continue
