@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from conftest import AUDIO
-from test_service import _free_port, _wav
+from test_service import _free_port, _wav, replica_stats
 from maxwhisper.scoring import normalize, wer
 
 JFK = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
@@ -141,8 +141,6 @@ def test_two_plain_websocket_sessions_get_their_own_text_over_both_replicas(serv
     """Two `websockets` clients at once in real time, one with its key as the api_key query parameter,
     the other in an X-API-Key header: jfk's session gets jfk's sentence, the lecture's its own words
     (close to the service's offline transcript of the same audio), and both MAX replicas took updates."""
-    from ray import serve
-
     from maxwhisper.audio import load_audio
     from maxwhisper.bench.realtime import pcm16, stream_session
 
@@ -162,13 +160,7 @@ def test_two_plain_websocket_sessions_get_their_own_text_over_both_replicas(serv
     assert wer(offline.json()["text"], lecture_run.text) < 0.25 and "americans" not in normalize(lecture_run.text)
     assert jfk_run.latencies and max(jfk_run.latencies) < 30
 
-    handle = serve.get_deployment_handle("max-tiny.en-cpu", app_name="maxwhisper")
-    stats = {}
-    for _ in range(40):  # each call reaches one replica: ask until both have answered
-        s = handle.stats.remote().result()
-        stats[s["replica"]] = s
-        if len(stats) == 2:
-            break
+    stats = replica_stats()
     assert len(stats) == 2 and all(s["windows"] > 0 for s in stats.values())  # the sessions' updates spread
 
 

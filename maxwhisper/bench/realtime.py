@@ -182,10 +182,10 @@ def main_realtime(args, out_dir) -> int:
     from ..api import BackendError
     from ..audio import load_audio
     from ..scoring import wer
-    from ..service.deployments import APP_NAME, ServiceConfig, application
+    from ..service.deployments import APP_NAME, ServiceConfig
     from .clips import audio_dir, pseudo_reference
     from .machine import device_tag, machine_info, versions
-    from .serve import wait_healthy
+    from .serve import deployed
     from .worker import info
 
     setups = [s for s in SETUPS if (not args.backends or s.backend in args.backends)
@@ -210,11 +210,7 @@ def main_realtime(args, out_dir) -> int:
             config = ServiceConfig(backends=(setup.backend,), models=("tiny.en",), device="cpu",
                                    precision=setup.precision, cpus_per_replica=args.realtime_cpus,
                                    host="127.0.0.1", port=port, max_sessions=max(args.realtime_sessions))
-            try:
-                serve.run(application(config), name=APP_NAME, route_prefix=None)
-                wait_healthy(f"http://127.0.0.1:{port}/health")
-            except Exception as e:  # noqa: BLE001 - reported, the other setups still run
-                failures.append({"setup": setup.label, "error": f"{type(e).__name__}: {e}"[:500]})
+            if not deployed(config, setup.label, failures):
                 continue
             asyncio.run(run_sessions(url, data[:10 * RATE * 2], 1))  # warm-up: one session of 10 s
             rows, alone = [], None
