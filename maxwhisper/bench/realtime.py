@@ -269,8 +269,8 @@ def realtime_targets(doc: dict) -> list[str]:
 
 def realtime_markdown(doc: dict) -> str:
     m, o = doc["machine"], doc["options"]
-    lines = [f"# Realtime sessions on one replica: tiny.en on {m.get('cpu')} ({m.get('cores')} cores, "
-             f"{m.get('vector_isa')})", "",
+    cpu = ", ".join(str(x) for x in (m.get("cpu_family_model"), f"{m.get('cores')} cores", m.get("vector_isa")) if x)
+    lines = [f"# Realtime sessions on one replica: tiny.en on {m.get('cpu')} ({cpu})", "",
              f"`{doc['command']}` ({doc['created']}): N sessions of "
              f"`/v1/realtime?intent=transcription` at once, each streaming {o['clip']} ({o['audio_s']:g} s) at "
              f"{o['rate']} Hz in {o['chunk_s']:g} s appends as it would be spoken, server VAD with OpenAI's defaults, "
