@@ -445,6 +445,9 @@ def test_realtime_report_says_the_most_sessions_kept_up_and_the_aim():
     assert "| MAX fp32 | 4 | 360 | 1.5 | 3.1 | 4.0 | 2.2 | 4 of 4 | – | 1.0 | no |" in md
     assert "- MAX fp32: 3 sessions kept up against faster-whisper's 2 (1.50x; aim 1.5x): met" in md
     assert "- MAX int8: 2 sessions kept up against faster-whisper's 2 (1.00x; aim 1.5x): not met" in md
+    for faster in doc["runs"][2:]:
+        faster["most_sessions_kept_up"] = 0
+    assert "- MAX fp32: 3 sessions kept up, faster-whisper none: no ratio to judge" in realtime_markdown(doc)
 
 
 def test_a_ratio_just_under_its_target_is_not_printed_as_reaching_it():

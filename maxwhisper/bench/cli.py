@@ -126,13 +126,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="live sessions of /v1/realtime?intent=transcription against one replica, streaming the "
                         "lecture as it is spoken: for MAX fp32 and int8 and faster-whisper fp32 and int8 (narrow "
                         "with --backends/--precisions), the most sessions that keep the p90 commit latency within "
-                        "2.5 s")
+                        "--realtime-p90")
     r.add_argument("--realtime-sessions", type=_positive_ints, default=list(range(1, 17)), metavar="N,N",
                    help="the session counts to try, in order, until one does not keep up (default 1,2,...,16)")
     r.add_argument("--realtime-seconds", type=positive_seconds, default=None, metavar="S",
                    help="stream the lecture's first S seconds (default: all 203 s)")
     r.add_argument("--realtime-cpus", type=positive_seconds, default=2.0, metavar="N",
                    help="CPUs of the one model replica (default 2)")
+    r.add_argument("--realtime-p90", type=positive_seconds, default=2.5, metavar="S",
+                   help="the p90 commit latency that N sessions must keep to count as keeping up (default 2.5, the "
+                        "realtime issue's; results with another go to files named -p90-S)")
     d = p.add_argument_group("decoding (the same for every implementation)")
     d.add_argument("--beam-size", type=_positive_int, default=1, help="1 = greedy (default)")
     d.add_argument("--temperature", type=temperatures, action="append", default=None, metavar="T",

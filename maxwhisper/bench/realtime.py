@@ -7,7 +7,7 @@ defaults) and for each delta's words with their times (`realtime.protocol.WORDS`
 lecture at 24 kHz in 100 ms appends, each sent when its audio would have been spoken; the sessions
 start 1/N s apart. A word's commit latency is when its delta arrived minus when its audio ended. N
 keeps up when every session ended normally and the p90 latency over all their words is at most
-`P90_BOUND_S`; N rises until it does not. The clients run in this process, on the same machine.
+`--realtime-p90` (the issue's 2.5 s by default); N rises until it does not. The clients run in this process, on the same machine.
 The transcripts are scored against whisper-medium's (the whole lecture only) and against the first
 session's at the setup's first N, which shows what sharing the replica changed in the text.
 """
@@ -26,7 +26,7 @@ from ..api import SAMPLE_RATE
 from ..realtime.protocol import WORDS
 from .report import ratio_text, write_mode_report
 
-P90_BOUND_S = 2.5  # the p90 commit latency a number of sessions must keep to count as keeping up
+P90_BOUND_S = 2.5  # the p90 commit latency a number of sessions must keep to count as keeping up (default)
 CHUNK_S = 0.1  # audio per append, as a microphone client sends it
 RATE = 24000  # OpenAI's PCM rate
 TAIL_S = 1.0  # silence after the clip, so that server VAD ends the last turn
@@ -133,7 +133,7 @@ async def run_sessions(url: str, data: bytes, n: int, headers: dict | None = Non
     return list(await asyncio.gather(*(stream_session(url, data, k / n, headers) for k in range(n))))
 
 
-def summary(runs: list[SessionRun], audio_s: float) -> dict:
+def summary(runs: list[SessionRun], audio_s: float, bound_s: float = P90_BOUND_S) -> dict:
     """The figures of one N: latencies over every session's words, and whether it kept up."""
     from ..streaming import quantile
 
@@ -146,7 +146,7 @@ def summary(runs: list[SessionRun], audio_s: float) -> dict:
             "latency_max_s": _round(max(latencies, default=None)),
             "end_lag_max_s": _round(max(lags, default=None)), "sessions_ok": sum(r.ok for r in runs),
             "errors": [e.get("code") or e.get("message") for r in runs for e in r.errors][:10],
-            "keeps_up": ok and p90 is not None and p90 <= P90_BOUND_S, "audio_s": audio_s}
+            "keeps_up": ok and p90 is not None and p90 <= bound_s, "audio_s": audio_s}
 
 
 def _free_port() -> int:
@@ -217,7 +217,7 @@ def main_realtime(args, out_dir) -> int:
             for n in args.realtime_sessions:
                 start = time.perf_counter()
                 sessions = asyncio.run(run_sessions(url, data, n))
-                row = {**summary(sessions, audio_s), "wall_s": round(time.perf_counter() - start, 1)}
+                row = {**summary(sessions, audio_s, args.realtime_p90), "wall_s": round(time.perf_counter() - start, 1)}
                 alone = alone or next((s.text for s in sessions if s.ok), None)
                 for key, text in (("wer_vs_whisper_medium", reference), ("wer_vs_first_n", alone)):
                     scores = [wer(text, s.text) for s in sessions if s.ok] if text else []
@@ -239,17 +239,18 @@ def main_realtime(args, out_dir) -> int:
         ["--backends", ",".join(dict.fromkeys(s.backend for s in setups)),
          "--precisions", ",".join(dict.fromkeys(s.precision for s in setups)),
          "--realtime-sessions", ",".join(map(str, args.realtime_sessions)),
-         "--realtime-cpus", f"{args.realtime_cpus:g}"]
+         "--realtime-cpus", f"{args.realtime_cpus:g}", "--realtime-p90", f"{args.realtime_p90:g}"]
         + (["--realtime-seconds", f"{args.realtime_seconds:g}"] if args.realtime_seconds else []))
     doc = {"schema_version": 1, "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": command,
            "machine": machine, "versions": vers, "options": {
                "clip": "physicsworks.flac" + (f", first {args.realtime_seconds:g} s" if args.realtime_seconds else ""),
-               "audio_s": round(audio_s, 2), "sessions": args.realtime_sessions, "p90_bound_s": P90_BOUND_S,
+               "audio_s": round(audio_s, 2), "sessions": args.realtime_sessions, "p90_bound_s": args.realtime_p90,
                "chunk_s": CHUNK_S, "rate": RATE, "cpus_per_replica": args.realtime_cpus, "replicas": 1,
                "max_batch": ServiceConfig().max_batch, "model": "tiny.en",
                "turn_detection": "server_vad, OpenAI's defaults"},
            "runs": runs, "failures": failures}
-    stem = f"realtime-{device_tag('cpu', machine)}-tiny.en"
+    stem = f"realtime-{device_tag('cpu', machine)}-tiny.en" + (
+        "" if args.realtime_p90 == P90_BOUND_S else f"-p90-{args.realtime_p90:g}s")
     write_mode_report(doc, realtime_markdown(doc), out_dir, stem)
     return int(bool(failures))
 
@@ -260,10 +261,14 @@ def realtime_targets(doc: dict) -> list[str]:
     faster = max((n for s, n in most.items() if s.startswith("faster")), default=None)
     lines = []
     for setup in ("MAX fp32", "MAX int8"):
-        if setup in most and faster:
-            ratio = most[setup] / faster
-            lines.append(f"- {setup}: {most[setup]} sessions kept up against faster-whisper's {faster} "
-                         f"({ratio_text(ratio, TARGET)}x; aim {TARGET:g}x): {'met' if ratio >= TARGET else 'not met'}")
+        if setup not in most or faster is None:
+            continue
+        if not faster:  # no ratio: faster-whisper kept up with no N
+            lines.append(f"- {setup}: {most[setup]} sessions kept up, faster-whisper none: no ratio to judge")
+            continue
+        ratio = most[setup] / faster
+        lines.append(f"- {setup}: {most[setup]} sessions kept up against faster-whisper's {faster} "
+                     f"({ratio_text(ratio, TARGET)}x; aim {TARGET:g}x): {'met' if ratio >= TARGET else 'not met'}")
     return lines
 
 
