@@ -69,6 +69,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="largest upload (default 25, as OpenAI)")
     p.add_argument("--request-timeout", type=_positive(float), default=600.0,
                    help="seconds after which a request is answered 504 (default 600)")
+    p.add_argument("--max-sessions", type=_positive(int), default=8,
+                   help="realtime transcription sessions (/v1/realtime) per model replica; more are refused "
+                        "(default 8)")
+    p.add_argument("--session-minutes", type=_positive(float), default=30.0,
+                   help="the longest a realtime session may last (default 30, as OpenAI's)")
     p.add_argument("--api-key", action="append", default=[], metavar="KEY",
                    help=f"a key clients must send (Authorization: Bearer KEY) on /v1; may be given again; also "
                         f"${KEY_ENV} (several separated by commas) and --api-key-file. Default: none asked")
@@ -103,6 +108,7 @@ def api_keys(args: argparse.Namespace) -> list[str]:
 def config_of(args: argparse.Namespace, device: str):
     """The ServiceConfig the arguments ask for, checked before anything starts."""
     from ..checkpoint import installed_models
+    from ..realtime import Limits
     from ..registry import BACKENDS, BF16_MISSING, has_bf16, installed_backend
     from .access import AccessPolicy
     from .deployments import ServiceConfig, ui_entry_point
@@ -133,7 +139,8 @@ def config_of(args: argparse.Namespace, device: str):
                          replicas=args.replicas, max_batch=args.max_batch, cpus_per_replica=args.cpus_per_replica,
                          max_seconds=args.max_seconds, max_upload_mb=args.max_upload_mb,
                          request_timeout_s=args.request_timeout, ui=args.ui, host=args.host, port=args.port,
-                         access=access, loopback_ray=not args.address)
+                         access=access, loopback_ray=not args.address, max_sessions=args.max_sessions,
+                         session_limits=Limits(max_session_s=60 * args.session_minutes))
 
 
 def replicas_short_of(config, resources: dict[str, float]) -> str | None:
