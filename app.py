@@ -14,8 +14,11 @@ import os
 
 os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")  # offline compiles otherwise wait on it
 
-from maxwhisper.registry import create_warmed_up  # noqa: E402
+import baselines  # noqa: E402
+from maxwhisper.registry import create_warmed_up, register  # noqa: E402
 from showcase.models import load_record_path, use_persistent_storage  # noqa: E402
+
+register(*baselines.BACKENDS)  # a bare checkout (a Space) has no entry points; installed, theirs came first
 
 use_persistent_storage()  # a Space's /data keeps MAX's compile cache: before max is imported
 

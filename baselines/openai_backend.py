@@ -1,23 +1,14 @@
 """openai-whisper (PyTorch) behind the project's Transcriber contract.
 
-The model is openai-whisper's own `whisper.model.Whisper`, built from the numpy state dict that
-`maxwhisper.checkpoint.load_checkpoint` returns (the same weights faster-whisper and MAX use);
-nothing is ever downloaded. Transcription is openai-whisper's own `transcribe()` with every
-decoding option passed explicitly.
+The model is openai-whisper's own `Whisper`, built from the state dict `maxwhisper.checkpoint` loads
+(the weights faster-whisper and MAX use; nothing is downloaded); transcription is its own
+`transcribe()` with every decoding option passed explicitly.
 
-Stage timings (seconds, summed over the whole call):
-- features_s: the `log_mel_spectrogram` call that `whisper.transcribe()` itself makes. We wrap the
-  name that module looks up (`whisper.transcribe.log_mel_spectrogram`) with a stopwatch that only
-  counts while one of our calls is running in this thread. This times exactly the work
-  transcribe() does, instead of computing the mel a second time ourselves (transcribe() only
-  takes audio, not a precomputed mel, so a separately timed mel would be extra work, not its own).
-- encode_s: forward pre/post hooks on `model.encoder` (every encoder pass: decoding, language
-  detection, and the extra pass that word timestamps make), with a CUDA sync on GPU.
-- decode_s: total_s - features_s - encode_s (decoder, tokenizer, seek loop, Python overhead).
-
-Progress: `whisper.transcribe()` advances a tqdm bar after each 30 s window (hidden: verbose=None).
-The name that module looks up (`whisper.transcribe.tqdm`) gets a bar that also passes the fraction
-done to the progress callback of our call running in this thread; anyone else's bar is tqdm's own.
+Stage timings, summed over a call: features_s times the `log_mel_spectrogram` that `transcribe()`
+calls (a stopwatch on the name `whisper.transcribe` looks up, counting only our calls in this
+thread), so that the log-Mel is not computed twice; encode_s, forward hooks on the encoder, with a
+CUDA sync on a GPU; decode_s, the rest. Progress comes from the tqdm bar `transcribe()` advances
+after each window, replaced the same way.
 """
 from __future__ import annotations
 
@@ -33,10 +24,10 @@ import numpy as np
 import torch
 import tqdm
 from whisper.model import ModelDimensions, Whisper
-from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
+from whisper.tokenizer import LANGUAGES
 
-from maxwhisper.api import (SAMPLE_RATE, AudioError, BackendError, DecodeOptions, MaxWhisperError, Segment,
-                            Timings, TranscriptionResult, Word, empty_result)
+from maxwhisper.api import (SAMPLE_RATE, BackendError, DecodeOptions, Segment, Timings, TranscriptionResult, Word,
+                            check_request, empty_result)
 from maxwhisper.checkpoint import load_checkpoint
 
 # the module, not the function of the same name that `whisper/__init__.py` re-exports
@@ -190,26 +181,11 @@ class OpenAITranscriber:
         self._sync()
         self._encode_s += time.perf_counter() - self._encode_t0
 
-    def _language(self, language: str | None) -> str | None:
-        if language is None:
-            return None
-        code = language.lower()
-        code = TO_LANGUAGE_CODE.get(code, code)
-        if code not in LANGUAGES:
-            raise MaxWhisperError(f"unknown language {language!r}; use a code such as en, de, fr")
-        return code
-
     def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
                    progress: Callable[[float], None] | None = None,
                    on_segments: Callable[[Sequence[Segment]], None] | None = None) -> TranscriptionResult:
-        audio = np.asarray(audio, dtype=np.float32)
-        if audio.ndim != 1:
-            raise AudioError(f"audio must be mono samples (1-D), got shape {audio.shape}")
-        if options.batch_size is not None:
-            raise BackendError("openai-whisper has no batched transcription; leave the batch size unset, or use "
-                               "the max or faster backend")
-        language = self._language(options.language)
-        options.check_vocabulary(self.dims.n_vocab)
+        audio = check_request(audio, options, backend="openai-whisper", n_vocab=self.dims.n_vocab, languages=LANGUAGES,
+                              batched=False)
         if audio.size == 0:
             return empty_result(self, options)
         with self._lock, torch.no_grad():
@@ -219,7 +195,8 @@ class OpenAITranscriber:
             _window_progress.report = progress
             t0 = time.perf_counter()
             try:
-                out = self.net.transcribe(audio, **transcribe_kwargs(options, language, self.precision == "fp16"))
+                kwargs = transcribe_kwargs(options, options.language, self.precision == "fp16")
+                out = self.net.transcribe(audio, **kwargs)
                 self._sync()
                 total = time.perf_counter() - t0
                 features = _mel_clock.seconds

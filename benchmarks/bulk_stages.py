@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")
 
 from maxwhisper.api import DecodeOptions  # noqa: E402

@@ -24,15 +24,14 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from maxwhisper.audio import load_audio, log_mel_spectrogram
+from maxwhisper.bench.clips import audio_dir
+from maxwhisper.bench.machine import machine_info
+from maxwhisper.checkpoint import ModelDims, load_checkpoint
+from maxwhisper.graph.model import MaxWhisper
+from maxwhisper_baselines.openai_backend import OpenAITranscriber
 
-from baselines.openai_backend import OpenAITranscriber  # noqa: E402
-from maxwhisper.audio import load_audio, log_mel_spectrogram  # noqa: E402
-from maxwhisper.bench.clips import audio_dir  # noqa: E402
-from maxwhisper.bench.machine import machine_info  # noqa: E402
-from maxwhisper.checkpoint import ModelDims, load_checkpoint  # noqa: E402
-from maxwhisper.graph.model import MaxWhisper  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def encoder_gflop(dims: ModelDims, cross_kv: bool) -> float:
@@ -84,7 +83,7 @@ def main() -> None:
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
             ref_s = median_seconds(lambda: reference.net.encoder(torch.from_numpy(mel)), args.repeats)
     else:
-        from baselines.faster_backend import FasterTranscriber
+        from maxwhisper_baselines.faster_backend import FasterTranscriber
 
         faster = FasterTranscriber(args.model, device="cpu", precision="int8", threads=os.cpu_count())
         ref_s = median_seconds(lambda: faster.whisper.encode(mel[0]), args.repeats)

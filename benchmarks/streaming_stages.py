@@ -22,13 +22,9 @@ import argparse
 import math
 import os
 import statistics
-import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")
 
 from maxwhisper import decoding, max_backend, timing, transcribe  # noqa: E402

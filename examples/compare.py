@@ -1,4 +1,4 @@
-"""The three implementations on one file: python examples/compare.py AUDIO [MODEL]
+"""The three implementations on one file (pip install ".[baselines]" first): python examples/compare.py AUDIO [MODEL]
 
 Each loads the same weights, decodes with the same options and transcribes the file twice (the
 first run warms up); prints the second run's time and whether its tokens equal openai-whisper's.
@@ -6,8 +6,7 @@ first run warms up); prints the second run's time and whether its tokens equal o
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, where maxwhisper is
-import maxwhisper  # noqa: E402
+import maxwhisper
 
 path = sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).with_name("jfk.flac"))
 name = sys.argv[2] if len(sys.argv) > 2 else "tiny.en"

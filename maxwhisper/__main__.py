@@ -1,13 +1,12 @@
-"""Command line: `python -m maxwhisper {transcribe,compare,models,selfcheck,bench,transcribe-many} ...`.
+"""The command line: `maxwhisper COMMAND ...` (the same as `python -m maxwhisper COMMAND ...`).
 
-Results go to stdout, progress and errors to stderr. Exit codes: 0 ok; 2 a user mistake (bad
-arguments or option values, unknown backend/model/device/precision, an audio file that is missing,
-unreadable or holds nothing to transcribe, a GPU that is not there: one line says what is wrong,
-no traceback, and the model's name and every file are checked before a model loads); 1 a failure while loading a model
-or transcribing (set MAXWHISPER_DEBUG=1 to see its traceback).
+Results go to stdout, progress and errors to stderr. Exit codes: 0 ok; 2 a user mistake, said in one
+line without a traceback and before a model loads (bad arguments or option values, an unknown backend,
+model, device or precision, audio that is missing, unreadable or holds nothing, a missing extra, no
+GPU); 1 a failure while loading a model or transcribing (MAXWHISPER_DEBUG=1 shows its traceback).
 
-Subcommands live in COMMANDS: name -> (help, add_arguments(parser), run(args) -> exit code).
-Other modules (selfcheck, bench) add their entry there.
+COMMANDS maps each name to (help, add_arguments(parser), run(args) -> exit code); the commands of
+other modules (selfcheck, bench, serve, gpu-compile, transcribe-many) are imported when used.
 """
 from __future__ import annotations
 
@@ -25,6 +24,7 @@ import numpy as np
 
 from .api import SAMPLE_RATE, AudioError, DecodeOptions, MaxWhisperError
 from .checkpoint import check_model_name
+from .extras import require
 from .formats import FORMATS, file_header, render
 
 EXIT_USER_ERROR = 2
@@ -189,8 +189,9 @@ def check_files(paths: list[str], max_seconds: float | None = None) -> None:
 
 def load_transcriber(args: argparse.Namespace, backend: str, kernels: bool | None = None):
     """kernels: None takes --no-kernels as given (an error for a backend other than MAX)."""
-    from .registry import create_transcriber
+    from .registry import create_transcriber, installed_backend
 
+    installed_backend(backend)  # an unknown one, or a missing extra: said before "loading"
     info(f"loading {args.model} on {backend} (device {args.device}, {args.precision}) ...")
     t = create_transcriber(backend, model=args.model, device=args.device, precision=args.precision,
                            threads=args.threads, kernels=args.kernels if kernels is None else kernels)
@@ -214,8 +215,16 @@ def add_transcribe_arguments(p: argparse.ArgumentParser) -> None:
     add_decode_arguments(p)
 
 
-def run_transcribe(args: argparse.Namespace) -> int:
+def decode_options(args: argparse.Namespace) -> DecodeOptions:
+    """The decoding flags as DecodeOptions; a batch size without the extra its VAD needs is refused."""
     options = DecodeOptions.from_values(vars(args))
+    if options.batch_size is not None:
+        require("batched", "--batch-size")
+    return options
+
+
+def run_transcribe(args: argparse.Namespace) -> int:
+    options = decode_options(args)
     check_model_name(args.model)  # before anything loads: no "loading ..." above its error
     check_files(args.audio, args.max_seconds)
     try:
@@ -280,7 +289,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 def run_compare(args: argparse.Namespace) -> int:
     from .registry import BACKENDS, available_backends
 
-    options = DecodeOptions.from_values(vars(args))
+    options = decode_options(args)
     check_model_name(args.model)
     audio = read_audio(args.audio, args.max_seconds)
     if args.backends:
@@ -399,6 +408,20 @@ def run_models(args: argparse.Namespace) -> int:
 
 # --- entry point ----------------------------------------------------------------------------
 
+def _lazy(module: str, extra: str | None = None) -> tuple:
+    """A command whose module is imported only when it is parsed or run (it may import a backend or
+    MAX); `extra`: the extra it needs, checked before it runs."""
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        importlib.import_module(f"maxwhisper.{module}").add_arguments(p)
+
+    def run(args: argparse.Namespace) -> int:
+        if extra is not None:
+            require(extra, f"maxwhisper {args.command}")
+        return importlib.import_module(f"maxwhisper.{module}").main(args)
+
+    return add_arguments, run
+
+
 COMMANDS = {
     "transcribe": ("transcribe audio files with one backend", add_transcribe_arguments, run_transcribe),
     "compare": ("run every available backend on one file and print a table", add_compare_arguments, run_compare),
@@ -406,21 +429,15 @@ COMMANDS = {
                add_stream_arguments, run_stream),
     "models": ("list installed models and where their weights come from", add_models_arguments, run_models),
     "selfcheck": ("check each MAX component against openai-whisper on the same weights",
-                  lambda p: _lazy("selfcheck").add_arguments(p), lambda a: _lazy("selfcheck").main(a)),
-    "bench": ("benchmark the backends side by side (speed, WER, agreement)",
-              lambda p: _lazy("bench.cli").add_arguments(p), lambda a: _lazy("bench.cli").main(a)),
+                  *_lazy("selfcheck", "baselines")),
+    "bench": ("benchmark the backends side by side (speed, WER, agreement)", *_lazy("bench.cli", "bench")),
     "serve": ("serve OpenAI's audio API over HTTP on Ray Serve (this machine or a Ray cluster)",
-              lambda p: _lazy("service.cli").add_arguments(p), lambda a: _lazy("service.cli").main(a)),
+              *_lazy("service.cli", "serve")),
     "gpu-compile": ("compile the GPU path's MAX graphs for NVIDIA GPUs that are not there (virtual devices)",
-                    lambda p: _lazy("gpu_compile").add_arguments(p), lambda a: _lazy("gpu_compile").main(a)),
+                    *_lazy("gpu_compile")),
     "transcribe-many": ("transcribe a whole archive as a bulk job on Ray Data: resumable, a results table",
-                        lambda p: _lazy("bulk.cli").add_arguments(p), lambda a: _lazy("bulk.cli").main(a)),
+                        *_lazy("bulk.cli", "bulk")),
 }
-
-
-def _lazy(module: str):
-    """Commands whose modules import a backend or MAX: loaded only when their command runs."""
-    return importlib.import_module(f"maxwhisper.{module}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -432,7 +449,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m maxwhisper",
+    prog = "maxwhisper" if Path(sys.argv[0]).name == "maxwhisper" else "python -m maxwhisper"  # the command or -m
+    parser = _Parser(prog=prog,
                      description="Whisper speech recognition on MAX, openai-whisper and faster-whisper")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (help_text, add_arguments, run) in COMMANDS.items():

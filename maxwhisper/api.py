@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -104,12 +104,10 @@ class DecodeOptions:
     Every backend receives all of them explicitly, never relying on its own defaults
     (faster-whisper would otherwise use beam 5).
 
-    A batch_size switches to batched long-form transcription (`maxwhisper.batched`; on the
-    faster backend its `BatchedInferencePipeline`): speech chunks found by Silero VAD, decoded that
-    many at a time, without the previous text as prompt (condition_on_previous_text does not apply)
-    and without word timestamps. There `without_timestamps` defaults to text only, one segment per
-    chunk, as faster-whisper's pipeline: decoding timestamps costs tiny.en a point of WER on the
-    lecture (see `maxwhisper.batched`).
+    A batch_size switches to batched long-form transcription (`maxwhisper.batched`; on the faster
+    backend its `BatchedInferencePipeline`): speech chunks found by Silero VAD, decoded that many at a
+    time, without the previous text as prompt and without word timestamps. There `without_timestamps`
+    defaults to text only, one segment per chunk, as in faster-whisper's pipeline (docs/usage.md).
     """
 
     language: str | None = None  # None: English for .en models, detected otherwise
@@ -334,6 +332,60 @@ def empty_result(transcriber: "Transcriber", options: DecodeOptions) -> Transcri
         text="", segments=[], language=options.language or "en", backend=transcriber.backend,
         model=transcriber.model, device=transcriber.device, precision=transcriber.precision, audio_s=0.0,
         timings=Timings(load_s=transcriber.load_s, compile_s=transcriber.compile_s), options=options)
+
+
+def check_request(audio: np.ndarray, options: DecodeOptions, *, backend: str, n_vocab: int,
+                  languages: Collection[str], translates: bool = True, batched: bool = True) -> np.ndarray:
+    """What every backend refuses before it transcribes: audio that is not mono samples, a batch size
+    where it does not batch, and what `check_options` refuses. Returns the samples as float32; audio
+    without samples then gets `empty_result`."""
+    samples = np.asarray(audio, dtype=np.float32)
+    if samples.ndim != 1:
+        raise AudioError(f"audio must be mono samples (1-D), got shape {samples.shape}")
+    if options.batch_size is not None and not batched:
+        raise BackendError(f"{backend} has no batched transcription; leave the batch size unset, or use the max "
+                           "or faster backend")
+    check_options(options, n_vocab=n_vocab, languages=languages, translates=translates)
+    return samples
+
+
+def check_options(options: DecodeOptions, *, n_vocab: int, languages: Collection[str],
+                  translates: bool = True) -> None:
+    """Refuses options a model cannot decode with: a suppressed id beyond its `n_vocab` tokens, a
+    language not in `languages` (the codes it decodes: "en" alone for an English-only model) and,
+    where `translates` is False, translation."""
+    options.check_vocabulary(n_vocab)
+    language = options.language
+    if language is not None and language not in languages:
+        if tuple(languages) == ("en",):
+            from .tokenizer import LANGUAGES
+
+            raise MaxWhisperError(f"this model is English-only; it cannot transcribe {LANGUAGES[language].title()} "
+                                  f"({language!r}). Use a multilingual model, or language 'en'.")
+        raise MaxWhisperError(f"this model does not know the language {language!r}")
+    if options.task == "translate" and not translates:
+        raise MaxWhisperError("this model is English-only; it cannot translate. Use a multilingual model.")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A backend's record in `maxwhisper.registry`: how to name, show and load it. Importing
+    `module` loads the implementation; nothing before that does."""
+
+    name: str  # --backend's value
+    label: str  # short, in the benchmark's tables: "MAX fp32"
+    description: str  # in the app and in messages
+    color: str  # the same in every chart
+    module: str  # imported only when a model is loaded on it
+    cls: str  # the Transcriber class in `module`
+    package: str  # the module it needs installed
+    extra: str | None  # the maxwhisper extra that installs `package` (None: the core install)
+    precisions: dict[str, tuple[str, ...]]  # device it supports -> its precisions there, in the benchmark's order
+    batched: bool = False  # takes DecodeOptions.batch_size (bench --throughput)
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return tuple(self.precisions)
 
 
 class Transcriber(Protocol):

@@ -34,7 +34,7 @@ FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 10 ms per audio frame
 TOKENS_PER_SECOND = SAMPLE_RATE // N_SAMPLES_PER_TOKEN  # 20 ms per audio token
 
 # the silence a live stream's window hears after its audio (`api.WindowTranscriber.transcribe_window`);
-# with 2 or 3 s, streams of jfk committed "asked not" for "ask not"
+# less padding misheard words (docs/streaming.md)
 STREAM_PADDING_S = 5.0
 
 MIN_SECONDS = 0.1  # shorter audio holds no word

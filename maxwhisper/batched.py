@@ -1,34 +1,10 @@
-"""Batched long-form transcription: speech chunks found by a voice activity detector, decoded
-`batch_size` at a time (any batch size, 1 included).
-
-The sequential loop (`maxwhisper.transcribe`) decodes one 30 s window after another, each
-prompted with the text before it, so it cannot batch. This mode, faster-whisper's
-`BatchedInferencePipeline` on the MAX graphs, gives that up for throughput:
-
-- Silero VAD (the ONNX model and code faster-whisper ships, run by onnxruntime) finds the speech
-  regions, cut at silences so that none is longer than 30 s; consecutive regions are packed into
-  chunks of at most 30 s of speech, the silence between them left out;
-- each chunk is a window of its own: `batch_size` windows are encoded in one call and decoded
-  together (one token step serves every window), with no prompt from the text before;
-- a window whose decoding looks like a failure is decoded again at the next temperature of the
-  schedule, those of a batch together; a window judged silent is skipped;
-- by default the windows are decoded as text only, one segment per chunk, as faster-whisper's
-  pipeline does. With timestamps (`without_timestamps=False`) segment times, measured in the
-  chunk's speech-only timeline, are mapped back to the recording.
-
-Why timestamps lost words: the chunks are packed to nearly 30 s and often end in the middle of
-speech (a region longer than 30 s is split at a short pause or, without one, anywhere). Whisper
-marks speech that runs on past its window by opening a segment and stopping
-(`<|27.88|><|27.88|><|endoftext|>`): the sequential loop starts its next window there, but a chunk
-had no next window, and the chunk's last seconds were lost (the lecture lost 20 words in 3 of its 6
-chunks: 10.6 % WER against 5.5 % text only). faster-whisper's pipeline loses them the same way. Here
-a chunk whose window stops at such a segment gets another window from that segment's start, in a
-later batch, as the sequential loop would: no words are lost, but the lecture still reads 6.5 %
-(timestamp mode's other word choices) and the extra windows cost encoder passes, so text only stays
-the default.
-
-Same weights and the same per-window rules as the sequential loop, but not the same text: the
-windows start elsewhere and see no previous text.
+"""Batched long-form transcription, faster-whisper's `BatchedInferencePipeline` on the MAX graphs:
+Silero VAD packs the speech into chunks of at most 30 s, each chunk is a window of its own without the
+previous text as prompt, and `batch_size` windows (any number, 1 included) are encoded and decoded
+together under `maxwhisper.windows`' rules. Text only by default, one segment per chunk; with
+timestamps, a chunk whose window stops at an unfinished segment gets another window from there, as
+the sequential loop would (docs/usage.md says why text only stays the default). The text is not the
+sequential loop's: the windows start elsewhere and hear no previous text.
 """
 from __future__ import annotations
 
@@ -40,12 +16,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .api import CloseCall, DecodeOptions, Segment
+from .api import CloseCall, DecodeOptions, Segment, check_options
 from .audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
 from .decoding import DecodingResult, DecodingTask, WhisperModel, detect_language
+from .extras import require
 from .tokenizer import tokenizer_for
-from .transcribe import (TranscribeOutput, _check_request, _close_calls, _is_silence, _needs_fallback,
-                         _segments_of_window, _window_options)
+from .transcribe import TranscribeOutput, model_limits
+from .windows import (decoding_failed, fallback_close_calls, is_silence, segments_of_window, silence_close_calls,
+                      window_options)
 
 CHUNK_SECONDS = 30
 MIN_SILENCE_MS = 160  # faster-whisper's BatchedInferencePipeline default: cut at short pauses
@@ -73,6 +51,7 @@ def speech_chunks(audio: np.ndarray) -> tuple[list[np.ndarray], list[dict], Spee
 
     Returns (chunk samples, chunk metadata {"offset": s, "duration": s} in the speech-only
     timeline, the map from that timeline back to the recording)."""
+    require("batched", "batched transcription (a batch size)")
     from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
 
     regions = get_speech_timestamps(audio, VadOptions(max_speech_duration_s=CHUNK_SECONDS,
@@ -100,7 +79,7 @@ def transcribe_batched(
     any chunk fill the batches together.
 
     progress: called after each batch with the fraction of the speech done (0..1)."""
-    requested = _check_request(model, np.zeros((model.dims.n_mels, N_FRAMES), np.float32), options)  # the options only
+    check_options(options, **model_limits(model))
     t_start = time.perf_counter()
     chunks, metadata, time_map = speech_chunks(audio)
     encode_s = 0.0
@@ -117,7 +96,7 @@ def transcribe_batched(
         return np.stack([log_mel_spectrogram(chunks[i][seek * HOP_LENGTH:], model.dims.n_mels,
                                              padding=N_SAMPLES)[:, :N_FRAMES] for i, seek in windows])
 
-    language, language_probability = _language(model, requested,
+    language, language_probability = _language(model, options.language,
                                                (lambda: encode(window_mels([(0, 0)]))) if chunks else None)
     tokenizer = tokenizer_for(model.is_multilingual, num_languages=model.num_languages, language=language,
                               task=options.task)
@@ -178,7 +157,7 @@ def _decode_with_fallback(model: WhisperModel, options: DecodeOptions, language:
     results: list[DecodingResult | None] = [None] * len(mels)
     pending = list(range(len(mels)))
     for step, temperature in enumerate(options.temperature):
-        task = DecodingTask(model, _window_options(options, temperature, language, prompt), rng)
+        task = DecodingTask(model, window_options(options, temperature, language, prompt), rng)
         decoded = task.run(encode(mels[pending]), n_audio=len(pending))
         last = step == len(options.temperature) - 1
         still = []
@@ -186,16 +165,14 @@ def _decode_with_fallback(model: WhisperModel, options: DecodeOptions, language:
             results[i] = result
             if last:
                 continue
-            close_calls += _close_calls(_needs_fallback, result, options, model.dims.n_vocab, starts[i],
-                                        ("kept this decoding", "fell back to the next temperature"))
-            if _needs_fallback(result, options):
+            close_calls += fallback_close_calls(result, options, model.dims.n_vocab, starts[i])
+            if decoding_failed(result, options):
                 still.append(i)
         pending = still
         if not pending:
             break
     for i, result in enumerate(results):
-        close_calls += _close_calls(_is_silence, result, options, model.dims.n_vocab, starts[i],
-                                    ("kept the window", "skipped the window as silence"))
+        close_calls += silence_close_calls(result, options, model.dims.n_vocab, starts[i])
     return results
 
 
@@ -203,9 +180,9 @@ def _window_segments(result: DecodingResult, tokenizer, seek: int, size: int, op
                      segments: list[Segment]) -> int:
     """Add the segments of a window's decoding to its chunk's `segments` (times in the chunk);
     returns the frame where the chunk's next window starts (past the chunk: none)."""
-    if _is_silence(result, options):
+    if is_silence(result, options):
         return seek + size
-    pieces, next_seek, _ = _segments_of_window(list(result.tokens), tokenizer, seek, size, 2)
+    pieces, next_seek, _ = segments_of_window(list(result.tokens), tokenizer, seek, size, 2)
     for start, end, tokens in pieces:
         text = tokenizer.decode([t for t in tokens if t < tokenizer.eot])
         if text.strip():

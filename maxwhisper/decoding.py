@@ -115,16 +115,12 @@ class WhisperModel(Protocol):
 # exact log-softmax of the float32 logits to within one float32 ulp of the result (or of
 # log(sum), when that is larger), on any CPU.
 #
-# Another implementation sums in float32 (PyTorch's CPU kernel in 8 lanes with AVX2 or without
-# vector units, 16 with AVX-512; GPUs in trees). Its sum of n positive terms, each going through
-# at most d float32 additions, is off by at most d * u relative (u = 2^-24, the first-order bound
-# for recursive summation), and it really is off by a good part of that: once a lane's running
-# sum is large, the tiny terms added to it are rounded away, so the error is a one-sided loss,
-# not a random walk (on tiny.en's logits over two minutes of a lecture, 8 lanes: median 1.5e-5,
-# max 6e-5, bound 3.9e-4). The tolerances below are that bound for 8 lanes, the fewest a CPU
-# reference sums in, plus the roundings after the sum on both sides: how far an honest float32
-# result may be from ours. They are what the tests allow, and what `transcribe` reports a
-# threshold decision as too close to call within.
+# Another implementation sums in float32 (PyTorch's CPU kernel in 8 lanes with AVX2, 16 with
+# AVX-512; GPUs in trees), and its sum of n terms, each through at most d float32 additions, is off
+# by up to d * u relative (u = 2^-24), a one-sided loss that really reaches a good part of that
+# (docs/design.md#numerics). The tolerances below are that bound for 8 lanes, the fewest a CPU
+# reference sums in, plus the roundings after the sum on both sides: what the tests allow, and what
+# `transcribe` reports a threshold decision as too close to call within.
 
 UNIT_ROUNDOFF = 2.0 ** -24  # float32
 REFERENCE_LANES = 8  # the fewest float32 lanes a CPU reference sums in (PyTorch's AVX2 and default kernels)

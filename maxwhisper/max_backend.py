@@ -6,14 +6,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .api import DecodeOptions, MaxWhisperError, Segment, Timings, TranscriptionResult, empty_result
+from .api import DecodeOptions, MaxWhisperError, Segment, Timings, TranscriptionResult, check_request, empty_result
 from .audio import N_SAMPLES, SAMPLE_RATE, STREAM_PADDING_S, heard_frames, log_mel_spectrogram
 from .batched import transcribe_batched
 from .checkpoint import load_checkpoint
 from .graph.layers import start_kernel_library
 from .graph.model import MaxWhisper, resolve_device
 from .graph.shared_steps import SharedModel
-from .transcribe import _check_request, transcribe
+from .transcribe import model_limits, transcribe
 
 
 class MaxTranscriber:
@@ -80,9 +80,8 @@ class MaxTranscriber:
         (`transcribe_window`), beginning with the `draft` tokens where the model chooses them, its
         encoder hearing `window_frames` mel frames (None: 30 s); the whole seek loop otherwise, which
         takes no draft."""
-        if len(audio) == 0:  # checked as any request, then nothing to run the model on
-            _check_request(self.net, log_mel_spectrogram(audio, self.checkpoint.dims.n_mels, padding=N_SAMPLES),
-                           options)
+        audio = check_request(audio, options, backend="MAX", **model_limits(self.net))
+        if audio.size == 0:
             return empty_result(self, options), ()
         compile_before = self.compile_s
         start = time.perf_counter()

@@ -1,31 +1,20 @@
-"""The backends, one record each, which the CLI, the app and the benchmark read; importing this
-module loads no backend. A new backend is its transcriber's module plus one record in BACKENDS."""
+"""The backends by name, one record each (`api.Backend`), which the CLI, the app and the benchmark
+read; importing this module loads no backend. MAX is built in. Other backends come from installed
+packages through the entry-point group `maxwhisper.backends` (pyproject.toml declares the baselines'),
+or from `register` where nothing is installed (the app from a bare checkout)."""
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
-from dataclasses import dataclass
+import logging
 from functools import cache
 from pathlib import Path
 
-from .api import BackendError, Transcriber
+from .api import Backend, BackendError, Transcriber
+from .extras import MissingExtra
 
-
-@dataclass(frozen=True)
-class Backend:
-    name: str  # --backend's value
-    label: str  # short, in the benchmark's tables: "MAX fp32"
-    description: str  # in the app and in messages
-    color: str  # the same in every chart
-    module: str  # imported only when a model is loaded on it
-    cls: str  # the Transcriber class in `module`
-    package: str  # the module it needs installed
-    precisions: dict[str, tuple[str, ...]]  # device it supports -> its precisions there, in the benchmark's order
-    batched: bool = False  # takes DecodeOptions.batch_size (bench --throughput)
-
-    @property
-    def devices(self) -> tuple[str, ...]:
-        return tuple(self.precisions)
+ENTRY_POINTS = "maxwhisper.backends"  # each names a Backend or a sequence of them
 
 
 @cache
@@ -47,18 +36,12 @@ def has_bf16() -> bool:
     return "avx512_bf16" in cpu_flags()
 
 
-BACKENDS = {b.name: b for b in (
-    Backend(name="max", label="MAX", description="MAX Graph (this project)", color="#e11d48",
-            module="maxwhisper.max_backend", cls="MaxTranscriber", package="max",
-            precisions={"cpu": ("fp32", "int8", "bf16") if has_bf16() else ("fp32", "int8"), "gpu": ("fp32", "fp16")},
-            batched=True),
-    Backend(name="openai", label="openai-whisper", description="openai-whisper (PyTorch)", color="#16a34a",
-            module="baselines.openai_backend", cls="OpenAITranscriber", package="whisper",
-            precisions={"cpu": ("fp32",), "gpu": ("fp32", "fp16")}),
-    Backend(name="faster", label="faster-whisper", description="faster-whisper (CTranslate2)", color="#0891b2",
-            module="baselines.faster_backend", cls="FasterTranscriber", package="faster_whisper",
-            precisions={"cpu": ("fp32", "int8"), "gpu": ("fp32", "fp16", "int8")}, batched=True),
-)}
+MAX = Backend(name="max", label="MAX", description="MAX Graph (this project)", color="#e11d48",
+              module="maxwhisper.max_backend", cls="MaxTranscriber", package="max", extra=None,
+              precisions={"cpu": ("fp32", "int8", "bf16") if has_bf16() else ("fp32", "int8"),
+                          "gpu": ("fp32", "fp16")},
+              batched=True)
+BACKENDS: dict[str, Backend] = {MAX.name: MAX}  # in the order the app and the benchmark show them
 DEVICES = ("auto", "cpu", "gpu")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 OTHER_COLOR = "#64748b"  # a backend no record names (e.g. in an old benchmark file)
@@ -68,9 +51,43 @@ def color(backend: str) -> str:
     return BACKENDS[backend].color if backend in BACKENDS else OTHER_COLOR
 
 
+def register(*backends: Backend) -> None:
+    """Adds backends by their records; a name already registered keeps its record."""
+    for b in backends:
+        BACKENDS.setdefault(b.name, b)
+
+
+def _discover() -> None:
+    """Registers the backends of the installed packages' entry points, in the entry points' order
+    by name; one that fails to load is logged and left out."""
+    for entry in sorted(importlib.metadata.entry_points(group=ENTRY_POINTS), key=lambda e: e.name):
+        try:
+            found = entry.load()
+        except Exception:  # noqa: BLE001 - a broken plugin must not take the built-in backend down
+            logging.getLogger(__name__).warning("backend entry point %s could not be loaded", entry.value,
+                                                exc_info=True)
+            continue
+        register(*(found if isinstance(found, (tuple, list)) else (found,)))
+
+
+_discover()
+
+
 def available_backends() -> list[str]:
     """Backends whose package is installed (they may still fail to load a given model)."""
     return [b.name for b in BACKENDS.values() if importlib.util.find_spec(b.package)]
+
+
+def installed_backend(backend: str) -> Backend:
+    """`backend`'s record: BackendError where no backend has that name, MissingExtra where its
+    package is not installed."""
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    b = BACKENDS[backend]
+    if not importlib.util.find_spec(b.package):
+        install = f"the '{b.extra}' extra: pip install 'maxwhisper[{b.extra}]'" if b.extra else b.package
+        raise MissingExtra(f"backend {backend!r} ({b.description}) needs {install}")
+    return b
 
 
 def create_transcriber(backend: str, model: str = "tiny.en", device: str = "auto",
@@ -79,8 +96,7 @@ def create_transcriber(backend: str, model: str = "tiny.en", device: str = "auto
     """Load `model` on `backend`. kernels=False: MAX's portable plan (`maxwhisper.graph.plan`);
     max_batch > 1: MAX decodes transcriptions called from several threads at once together.
     Raises BackendError/ModelError with a message meant for people."""
-    if backend not in BACKENDS:
-        raise BackendError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    b = installed_backend(backend)
     if device not in DEVICES:
         raise BackendError(f"unknown device {device!r}; valid devices: {', '.join(DEVICES)}")
     if precision not in PRECISIONS:
@@ -89,10 +105,6 @@ def create_transcriber(backend: str, model: str = "tiny.en", device: str = "auto
         raise BackendError("--no-kernels is an option of the MAX backend only")
     if max_batch != 1 and backend != "max":
         raise BackendError("max_batch (requests decoded together) is an option of the MAX backend only")
-    b = BACKENDS[backend]
-    if not importlib.util.find_spec(b.package):
-        raise BackendError(f"backend {backend!r} needs {b.description}, which is not installed "
-                           "(pip install -r requirements.txt)")
     options = {"kernels": kernels, "max_batch": max_batch} if backend == "max" else {}
     return getattr(importlib.import_module(b.module), b.cls)(model=model, device=device, precision=precision,
                                                              threads=threads, **options)

@@ -1,7 +1,8 @@
 """Each MAX component checked against openai-whisper's PyTorch module built from the same weights.
 
-Used by the tests, by `python -m maxwhisper selfcheck` and by the app's Component tests tab.
-The reference needs torch and openai-whisper; they are imported here only, when a check runs.
+Used by the tests, by `python -m maxwhisper selfcheck` and by the app's Component tests tab. The
+reference is the registry's "openai" backend (the 'baselines' extra); torch is imported here only,
+when a check runs.
 """
 from __future__ import annotations
 
@@ -39,12 +40,16 @@ class CheckResult:
 
 
 def default_audio() -> Path:
-    """jfk.flac from the project's shared clips if present, else a clip the gradio package ships."""
-    shared = Path(__file__).resolve().parents[2] / "shared" / "audio" / "jfk.flac"
-    if shared.exists():
-        return shared
+    """jfk.flac from the shared test audio (`bench.clips.audio_dir`) if present, else a clip the
+    gradio package ships."""
     import importlib.util
+
+    from .bench.clips import audio_dir
+
+    shared = audio_dir() / "jfk.flac"
     spec = importlib.util.find_spec("gradio")
+    if shared.exists() or spec is None:
+        return shared
     return Path(spec.origin).parent / "media_assets" / "audio" / "cate_blanch.mp3"
 
 
@@ -66,16 +71,17 @@ def run_checks(max_transcriber=None, reference=None, audio_path: str | Path | No
 
     max_transcriber: a loaded `MaxTranscriber` (default: tiny.en on CPU, fp32), on any device and
     precision: the tolerances follow them (`relative_tolerance`).
-    reference: a loaded `baselines.openai_backend.OpenAITranscriber` of the same model on CPU (float32).
+    reference: the registry's "openai" transcriber of the same model on CPU (float32; default: loaded here).
     """
-    import torch
-
-    from baselines.openai_backend import OpenAITranscriber
-    from .graph.components import build_component, build_matvec_probe
     from .max_backend import MaxTranscriber
+    from .registry import create_transcriber
 
     mx = max_transcriber or MaxTranscriber("tiny.en", device="cpu")
-    ref = reference or OpenAITranscriber(mx.model, device="cpu")
+    ref = reference or create_transcriber("openai", mx.model, device="cpu")
+    import torch  # installed with the reference
+
+    from .graph.components import build_component, build_matvec_probe
+
     net, torch_net = mx.net, ref.net
     tolerance = relative_tolerance(mx.device, mx.precision)
     audio = load_audio(audio_path or default_audio())
@@ -152,9 +158,10 @@ def add_arguments(p) -> None:
 
 def main(args) -> int:
     """Print one row per component as it finishes; exit 1 if any fails."""
-    from baselines.openai_backend import OpenAITranscriber
     from .max_backend import MaxTranscriber
+    from .registry import create_transcriber
 
+    reference = create_transcriber("openai", args.model, device="cpu")  # before MAX compiles: the extra is there
     mx = MaxTranscriber(args.model, device=args.device, precision=args.precision, kernels=args.kernels)
     components = args.components.split(",") if args.components else GPU_COMPONENTS if mx.device == "gpu" else COMPONENTS
     print(f"model {mx.model}, MAX graphs compiled/loaded in {mx.compile_s:.1f} s, plan {mx.plan.describe()}; "
@@ -162,7 +169,7 @@ def main(args) -> int:
           flush=True)
     print(f"{'component':<15} {'result':<6} {'max abs err':>12} {'rel err':>10} {'time s':>8}  detail", flush=True)
     failed = 0
-    for r in run_checks(mx, OpenAITranscriber(args.model, device="cpu"), args.audio,
+    for r in run_checks(mx, reference, args.audio,
                         tuple(c.strip() for c in components)):
         failed += not r.passed
         print(f"{r.name:<15} {'PASS' if r.passed else 'FAIL':<6} {r.max_abs_err:>12.3g} {r.rel_err:>10.2e} "

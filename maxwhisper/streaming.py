@@ -1,46 +1,11 @@
-"""Live transcription: audio arrives in chunks, the text is committed by LocalAgreement-2.
+"""Live transcription: audio arrives in chunks, and LocalAgreement-2 commits the words on which two
+hypotheses in a row agree.
 
-Backend-neutral over the `Transcriber` protocol, so that MAX, faster-whisper and openai-whisper
-stream through the same code. Each update transcribes the buffered audio (the stream since the
-last cut, at most 30 s heard) again with word timestamps, prompted with the committed text before
-the buffer: with a `WindowTranscriber`'s `transcribe_window` (MAX, faster-whisper) its first window alone,
-one encoder pass over the window's audio and `audio.STREAM_PADDING_S` of silence after it, not 30 s
-(what the model leaves after its last segment waits for the next update);
-otherwise (openai-whisper) its whole seek loop, which decodes the audio after the last segment
-again as a window of its own: two or three encoder passes.
-LocalAgreement-2 (Macháček et al. 2023, ufal/whisper_streaming) commits the words on which two
-consecutive hypotheses agree, each of them having heard SETTLE_S of audio after the word;
-committed text never changes, the tentative tail may. Updates are paced to the computing they take
-(`Streamer.feed`): where two updates at the last one's cost take at most BUDGET of the new audio's
-duration, the new audio is heard in two steps (a hypothesis over all but its last STEP_S, then one
-over all of it, which can agree at once on the words the first heard SETTLE_S past), so that a cheaper model
-gets more hypotheses and commits sooner. A stream passes the tokens its last window decoded to the
-next as a draft: MAX checks them in one decoder pass (`MaxTranscriber.transcribe_window`), which
-makes its update cheaper.
-A hypothesis segment that fails the offline loop's rules (too compressible, as a repetition loop is, or too
-improbable) is not part of the hypothesis, nor is what follows it: its words wait for more audio. Nor are
-words that repeat REPEAT_WORDS or more words just before them (`repeat_start`): a window that hears
-silence after speech fills it with the last sentence again, which the offline rules pass (a short
-sentence twice compresses little). A window that hears `audio.STREAM_PADDING_S` of silence rather than
-30 s repeats and loops so more often than the 30 s window: where its hypothesis fails the offline rules
-or repeats, the same audio is heard again as the 30 s window, whose hypothesis is taken (one encoder
-pass more, on those updates only, and none where the padded window already heard 30 s).
-A stream with no language set keeps the language of the hypothesis that commits its first words for
-the rest of it, where its windows would detect it again on each update (MAX's and openai-whisper's
-detection hears a 30 s window).
-A stream does not fall back through the temperature schedule as the offline loop does: each update
-decodes once, at the schedule's first temperature (greedy by default), so that an update with
-`transcribe_window` costs one encoder pass and one decoding of at most the model's sample length
-(twice that where the padded window is heard again as the 30 s window).
-The offline fallback would add a decoding of best_of samples per further temperature (five with the
-default schedule) to exactly the updates whose decoding already ran long (a loop runs to the sample
-length), while the next update, a chunk later, decodes the same audio again with more of it heard;
-and sampled hypotheses are random, so two in a row seldom agree to commit anything. Once the buffer
-is longer than `trim_s`, it is cut at the end of the last segment whose words are all committed and
-that leaves CONTEXT_S of audio in the buffer (where there is none, in the last pause between committed
-words that leaves it), so that later updates stay short and still hear the words before the ones they
-are to commit. The stream's end commits the tentative words; where the last hypothesis's window failed
-the offline rules, the buffer is first heard once more as the offline loop hears it (`Streamer.finish`).
+Backend-neutral over the `Transcriber` protocol: a `WindowTranscriber` (MAX, faster-whisper) hears one
+window per hypothesis, the buffer and `audio.STREAM_PADDING_S` of silence (`transcribe_window`), another
+transcriber its whole seek loop. `Streamer` feeds, paces and trims the buffer and holds back what fails
+the offline rules or repeats; `stream_audio` replays a file as if it arrived in real time. The rules, and
+the measurements behind the constants, are in docs/streaming.md.
 """
 from __future__ import annotations
 
@@ -55,34 +20,25 @@ import numpy as np
 from .api import SAMPLE_RATE, DecodeOptions, Segment, Timings, Transcriber
 from .audio import N_FRAMES, N_SAMPLES, STREAM_PADDING_S, heard_frames
 from .decoding import compression_ratio
-from .transcribe import needs_fallback
+from .windows import needs_fallback
 
 PROMPT_CHARS = 200  # committed text before the buffer given as prompt (as whisper_streaming)
 OVERLAP_WORDS = 5  # longest repeat of the committed tail looked for at a hypothesis's start
 FORCED_CUT_S = 25.0  # a buffer this long is cut even where nothing in it is committed
 KEEP_S = 5.0  # the audio a forced cut leaves in the buffer
-# the audio a cut at a segment end leaves in the buffer, at least: a hypothesis over a buffer cut just
-# before the next words hears them with almost no audio before them, and two such can agree on a word
-# misheard ("So that when it comes back" heard as "So, it's when it comes back" on the lecture)
+# the audio a cut at a segment end leaves in the buffer, at least: the next words are heard with audio
+# before them, or two hypotheses can agree on a word misheard (docs/streaming.md)
 CONTEXT_S = 5.0
-# the committed audio that a cut between committed words (no segment end to cut at) leaves before the
-# words still to commit: of 16 hypotheses hearing the lecture's "that" from 1.8-7.3 s after a cut, 14
-# heard it, of 20 from 0.2-1.1 s none (README, Live streaming)
+# the committed audio a cut between committed words leaves before the words still to commit (docs/streaming.md)
 WORD_CUT_CONTEXT_S = 2.0
-# the shortest pause between two committed words that such a cut is made in (in its middle): word times
-# move by tenths of a second between hypotheses, and a cut at a word's end where the next word follows
-# at once cut into that word as heard next ("bob" heard as "bulb" on the lecture, README)
+# the shortest pause between committed words that such a cut is made in: word times move between
+# hypotheses, and a cut right at a word's end can cut into the next word as heard next (docs/streaming.md)
 PAUSE_S = 0.2
 SETTLE_S = 0.3  # audio each of two agreeing hypotheses must have heard after a word
 BUDGET = 0.6  # the share of the new audio's duration that `Streamer.feed`'s hypotheses may take
-# the new audio that the second of `Streamer.feed`'s two hypotheses hears beyond the first: a word that
-# the first heard SETTLE_S past, the second hears SETTLE_S + STEP_S past (with steps of 0.3 or 0.2 s,
-# lecture streams with simulated update times committed more words wrong)
-STEP_S = 0.5
-# words in a row that, repeating the words just before them, are held back (`repeat_start`; the lecture's
-# repeated sentences are 5 and 6 words); and how many words before a segment are looked at
-REPEAT_WORDS = 4
-REPEAT_CONTEXT = 30
+STEP_S = 0.5  # the new audio the second of `Streamer.feed`'s two hypotheses hears beyond the first (docs/streaming.md)
+REPEAT_WORDS = 4  # words in a row that, repeating the words just before them, are held back (`repeat_start`)
+REPEAT_CONTEXT = 30  # the words before a segment that `repeat_start` looks at
 LOOP_WORDS = 40  # committed words in a row over which `StreamReport.loop_ratio` looks for a loop
 
 
@@ -111,9 +67,8 @@ def _key(text: str) -> str:
 
 class LocalAgreement:
     """LocalAgreement-2: a word is committed once two consecutive hypotheses agree on it and on
-    every word before it, each of them having heard at least SETTLE_S of audio after it: the words a
-    hypothesis hears last are heard with little of what follows them, and two hypotheses, one of
-    which heard a word so, can agree on it misheard ("so that when" as "so it's" on the lecture)."""
+    every word before it, each of them having heard at least SETTLE_S of audio after it: a word heard
+    last is heard with little of what follows it, and two hypotheses can agree on it misheard."""
 
     def __init__(self):
         self.committed: list[StreamWord] = []
@@ -149,17 +104,14 @@ class LocalAgreement:
         return done
 
     def _beyond_committed(self, hypothesis: list[StreamWord], heard_from: float) -> list[StreamWord]:
-        """The hypothesis without what is committed already: words ending by the last committed
-        word's end, a first word lying mostly before it unless the word before it is the last
-        committed one (else the end of a committed word heard a little later, or heard as another
-        word: "my" as "am I"), then a repeat of the committed tail at its start, looked for where what is
-        left begins within a second of the committed end, or where the hypothesis heard the last committed
-        word's audio (from `heard_from`) and neither the last word it heard before the committed end nor
-        one dropped so was that word (which then moved later: the lecture's countdown "0." heard 1.1 s past
-        its committed end after a cut, and its "Physics" committed 1.4 s before it was said and heard in
-        place next; where the hypothesis heard the word in place, a repeat further on was said again).
-        (Word times move by a few tenths of a second between hypotheses: a cut on start times would drop
-        the next word.)"""
+        """The hypothesis without what is committed already:
+        - the words that end by the last committed word's end;
+        - a first word lying mostly before that end, unless the word before it is the last committed one
+          (a committed word heard a little later, or heard as two words);
+        - a repeat of the committed tail at its start, looked for where what is left begins within a
+          second of the committed end, or where the hypothesis heard the last committed word's audio
+          (from `heard_from`) and did not hear that word there (it moved later).
+        Ends are compared, not starts: word times move by tenths of a second between hypotheses."""
         if not self.committed:
             return list(hypothesis)
         last = self.committed[-1]
@@ -180,9 +132,8 @@ class LocalAgreement:
 def repeat_start(words: list[str], before: list[str]) -> int | None:
     """Where in a segment's words (their `_key`s) REPEAT_WORDS or more words in a row repeat the words
     just before them, the segment's own or the `before` ones: the index of the second copy's first
-    word (0 where that copy begins in `before`, ending in the segment); None: nowhere. A window
-    hearing silence after speech fills it so ("Physics works and I'm still alive." twice or three
-    times over the 2 s after it, on the lecture)."""
+    word (0 where that copy begins in `before`, ending in the segment); None: nowhere. A window that
+    hears silence after speech fills it so, with the last sentence again (docs/streaming.md)."""
     seq = [*before, *words]
     for end in range(len(before) + 1, len(seq) + 1):  # the first word of the segment the second copy ends on
         for n in range(REPEAT_WORDS, end // 2 + 1):
@@ -193,7 +144,7 @@ def repeat_start(words: list[str], before: list[str]) -> int | None:
 
 def fails_offline_rules(segment: Segment, options: DecodeOptions) -> bool:
     """The offline loop would not keep this segment's decoding: its window's decoding too
-    compressible or too improbable (`transcribe.needs_fallback`; the loop keeps the last
+    compressible or too improbable (`windows.needs_fallback`; the loop keeps the last
     temperature's decoding whatever it looks like, a stream does not), or the segment's own text too
     compressible (a loop inside a window whose text as a whole passed)."""
     threshold = options.compression_ratio_threshold
@@ -228,7 +179,7 @@ class Streamer:
     def __init__(self, transcriber: Transcriber, options: DecodeOptions = DecodeOptions(), trim_s: float = 15.0):
         self.transcriber = transcriber
         self.options = dataclasses.replace(options, word_timestamps=True, batch_size=None,
-                                           temperature=options.temperature[:1])  # no fallback: see the module's doc
+                                           temperature=options.temperature[:1])  # no fallback (docs/streaming.md)
         self.temperatures = options.temperature  # the schedule, for `finish`
         self.windowed = hasattr(transcriber, "transcribe_window")  # a `WindowTranscriber`
         self.audible = N_SAMPLES if self.windowed else None  # samples of the buffer a hypothesis hears
@@ -237,8 +188,8 @@ class Streamer:
         self.buffer = np.zeros(0, np.float32)
         self.buffer_start = 0.0  # stream time of buffer[0]
         self.segment_ends: list[float] = []  # of the last hypothesis, in stream time
-        self.held_back: tuple[float, float] | None = None  # the last hypothesis's held back: (start, its segment's end)
-        self.window_failed = False  # the last hypothesis's window failed `transcribe.needs_fallback`'s rules
+        self.held_back_span: tuple[float, float] | None = None  # the last hypothesis's held back: (start, segment end)
+        self.window_failed = False  # the last hypothesis's window failed `windows.needs_fallback`'s rules
         self.last_compute_s: float | None = None  # the last update's computing time
         self.draft: tuple[int, ...] = ()  # the tokens this stream's last window decoded, the next one's draft
 
@@ -323,11 +274,11 @@ class Streamer:
         """The words of a transcription's segments (stream time) up to where it is held back
         (`_held_back_from`), without segments of punctuation alone (a decoding at a fallback temperature
         can be a segment of dots), and how many segments are held back (a segment held back from a
-        repeat on counts); sets `segment_ends`, `held_back` and `window_failed`."""
+        repeat on counts); sets `segment_ends`, `held_back_span` and `window_failed`."""
         failed, cut = self._held_back_from(segments, options)
         kept = [s.words or () for s in segments[:failed]]
         self.segment_ends = [self.buffer_start + s.end for s in segments[:failed]]
-        self.held_back, self.window_failed = None, False
+        self.held_back_span, self.window_failed = None, False
         if failed < len(segments):
             segment = segments[failed]
             self.window_failed = needs_fallback(segment.compression_ratio, segment.avg_logprob,
@@ -336,8 +287,8 @@ class Streamer:
             if before_repeat:
                 kept.append(before_repeat)
                 self.segment_ends.append(self.buffer_start + before_repeat[-1].end)
-            self.held_back = (self.buffer_start + (segment.words[cut].start if before_repeat else segment.start),
-                              self.buffer_start + segment.end)
+            self.held_back_span = (self.buffer_start + (segment.words[cut].start if before_repeat else segment.start),
+                                   self.buffer_start + segment.end)
         words = [StreamWord(self.buffer_start + w.start, self.buffer_start + w.end, w.word)
                  for segment_words in kept if any(_key(w.word) for w in segment_words)  # not a segment of dots
                  for w in segment_words]
@@ -362,55 +313,72 @@ class Streamer:
             previous = words
         return len(segments), 0
 
-    def _pause_before(self, latest: float) -> float:
-        """The middle of the last pause of PAUSE_S or more between two committed words in the buffer
-        that lies by `latest`; the buffer's start where there is none."""
+    def _trim(self) -> list[StreamWord]:
+        """Past trim_s of buffer, cuts its start off at the place the first cut policy finds: a segment end,
+        else a pause between committed words, else, past FORCED_CUT_S, the last committed word or a place
+        before the buffer's end. No cut goes past the start of a word heard and not committed: word times
+        move between hypotheses, and a committed word's end may lie inside the next word as heard now.
+        Returns the words a cut before the end commits."""
+        end = self.buffer_start + len(self.buffer) / SAMPLE_RATE
+        if end - self.buffer_start <= self.trim_s:
+            return []
+        cut, forced = self._cut_at_segment_end(end), []
+        if cut is None:
+            cut = self._cut_in_pause(end)
+        if cut is None and end - self.buffer_start > FORCED_CUT_S:
+            cut = self._cut_at_last_commit()
+            if cut is None:
+                cut, forced = self._cut_before_end(end)
+        if cut is None:
+            return forced
+        pending_starts = [w.start for w in self.policy.tentative if w.start > self.buffer_start]
+        # at most the whole buffer: a held-back segment can end in the silence a window heard after it
+        samples = min(round((min([cut, *pending_starts[:1]]) - self.buffer_start) * SAMPLE_RATE), len(self.buffer))
+        if samples > 0:
+            self.buffer = self.buffer[samples:]
+            self.buffer_start += samples / SAMPLE_RATE
+        return forced
+
+    def _committed_end(self) -> float:
+        """The end of the last committed word; the buffer's start where none is."""
+        return self.policy.committed[-1].end if self.policy.committed else self.buffer_start
+
+    def _cut_at_segment_end(self, end: float) -> float | None:
+        """The last end of a hypothesis segment that the committed words reach and that leaves CONTEXT_S
+        of audio in the buffer: the committed words after it are heard again, as context for the next."""
+        latest = min(self._committed_end(), end - CONTEXT_S)
+        cut = max((t for t in self.segment_ends[:-1] if t <= latest), default=None)
+        return cut if cut is not None and cut > self.buffer_start else None
+
+    def _cut_in_pause(self, end: float) -> float | None:
+        """The middle of the last pause of PAUSE_S or more between committed words that leaves CONTEXT_S
+        of audio and WORD_CUT_CONTEXT_S of committed audio, before any held-back segment: a window hears a
+        long sentence as one segment, and waiting for its end lets the buffer grow."""
+        latest = min(end - CONTEXT_S, self._committed_end() - WORD_CUT_CONTEXT_S, *(self.held_back_span or ())[:1])
         for after, before in pairwise(reversed(self.policy.committed)):
             if before.end <= self.buffer_start:
                 break
             middle = (before.end + after.start) / 2
             if after.start - before.end >= PAUSE_S and middle <= latest:
                 return middle
-        return self.buffer_start
+        return None
 
-    def _trim(self) -> list[StreamWord]:
-        """Past trim_s of buffer, cut it at the last segment end that all committed words reach and that
-        leaves CONTEXT_S of audio in the buffer (the committed words in it are heard again, as context for
-        the next), or where no segment end does so, in the last pause between committed words that does and
-        leaves WORD_CUT_CONTEXT_S of committed audio (`_pause_before`; a window hears a long sentence as one
-        segment: waiting for its end kept lecture buffers past 20 s, an update's encoder pass hearing all of it);
-        past FORCED_CUT_S, at the last committed word, or (nothing committed in it: silence, text that
-        keeps changing, or updates so slow that the buffer outgrew its commits) KEEP_S before its end,
-        committing the tentative words before the cut rather than losing them. No cut goes past the start of
-        a word heard and not committed (word times move between hypotheses: the committed end of a word may
-        lie inside the next one as heard now), nor past the start of a held-back segment, whose audio (and
-        what follows it) waits for more context; one at the buffer's start is cut away whole at a forced
-        cut: never committed, and the audio after it is heard again. Returns the words so committed."""
-        end = self.buffer_start + len(self.buffer) / SAMPLE_RATE
-        if end - self.buffer_start <= self.trim_s:
-            return []
-        done = self.policy.committed[-1].end if self.policy.committed else self.buffer_start
-        forced = []
-        latest = min(done, end - CONTEXT_S)  # the latest segment end a cut may take
-        cut = max((t for t in self.segment_ends[:-1] if t <= latest), default=self.buffer_start)
-        if cut <= self.buffer_start:  # no segment end to cut at (one long sentence): a pause in it
-            cut = self._pause_before(min(latest, done - WORD_CUT_CONTEXT_S, *(self.held_back or ())[:1]))
-        if cut <= self.buffer_start and end - self.buffer_start > FORCED_CUT_S:
-            if done > self.buffer_start:
-                cut = done
-            else:
-                forced = self.policy.finish(before=end - KEEP_S)
-                cut = forced[-1].end if forced else end - KEEP_S
-                if self.held_back is not None and not forced:
-                    start, stop = self.held_back
-                    cut = min(cut, start) if start > self.buffer_start + 0.01 else stop
-        pending_starts = [w.start for w in self.policy.tentative if w.start > self.buffer_start]
-        cut = min([cut, *pending_starts[:1]])
-        samples = min(round((cut - self.buffer_start) * SAMPLE_RATE), len(self.buffer))  # (a held-back
-        if samples > 0:  # segment can end in the silence a window heard after the buffer)
-            self.buffer = self.buffer[samples:]
-            self.buffer_start += samples / SAMPLE_RATE
-        return forced
+    def _cut_at_last_commit(self) -> float | None:
+        """The end of the last committed word, where one is in the buffer."""
+        done = self._committed_end()
+        return done if done > self.buffer_start else None
+
+    def _cut_before_end(self, end: float) -> tuple[float, list[StreamWord]]:
+        """Nothing committed in the buffer (silence, text that keeps changing, or updates slower than the
+        audio): KEEP_S before its end, committing the tentative words before the cut rather than losing
+        them. A held-back segment is not passed; one at the buffer's start is cut away whole (never
+        committed: the audio after it is heard again). Returns the cut and the words committed."""
+        forced = self.policy.finish(before=end - KEEP_S)
+        cut = forced[-1].end if forced else end - KEEP_S
+        if self.held_back_span is not None and not forced:
+            start, stop = self.held_back_span
+            cut = min(cut, start) if start > self.buffer_start + 0.01 else stop
+        return cut, forced
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,13 @@
-"""Whisper's tokenizer: tiktoken over the vocabulary files that openai-whisper ships.
+"""Whisper's tokenizer: tiktoken over openai-whisper's vocabulary files.
 
 A port of `whisper.tokenizer` with the same API, special tokens and ids. The vocabulary files
-(`gpt2.tiktoken` for English-only models, `multilingual.tiktoken` for the rest) are read from the
-installed openai-whisper package, located without importing it (importing whisper imports torch).
+(`gpt2.tiktoken` for English-only models, `multilingual.tiktoken` for the rest) are copies of
+openai-whisper's in `assets/` (MIT, `assets/LICENSE-openai-whisper`), so that MAX needs neither
+openai-whisper nor torch.
 """
 from __future__ import annotations
 
 import base64
-import importlib.util
 import string
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
@@ -15,7 +15,6 @@ from pathlib import Path
 
 import tiktoken
 
-from .api import ModelError
 
 LANGUAGES = {
     "en": "english", "zh": "chinese", "de": "german", "es": "spanish", "ru": "russian",
@@ -52,6 +51,11 @@ TO_LANGUAGE_CODE = {
 _NO_SPACE_LANGUAGES = {"zh", "ja", "th", "lo", "my", "yue"}
 
 _PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def model_languages(multilingual: bool, num_languages: int = 99) -> tuple[str, ...]:
+    """The language codes a model decodes: English alone for an English-only one."""
+    return tuple(LANGUAGES)[:num_languages] if multilingual else ("en",)
 
 
 def normalize_language(language: str | None) -> str | None:
@@ -221,15 +225,12 @@ class Tokenizer:
         return words, word_tokens
 
 
+VOCABULARIES = Path(__file__).resolve().parent / "assets"
+
+
 def vocabulary_path(name: str) -> Path:
-    """`gpt2` or `multilingual`: the `.tiktoken` file in the installed openai-whisper package."""
-    spec = importlib.util.find_spec("whisper")  # locates the package without importing it (and torch)
-    if spec is None or spec.origin is None:
-        raise ModelError("the Whisper vocabulary comes from openai-whisper: pip install openai-whisper")
-    path = Path(spec.origin).parent / "assets" / f"{name}.tiktoken"
-    if not path.is_file():
-        raise ModelError(f"openai-whisper is installed but has no vocabulary file {path}")
-    return path
+    """`gpt2` or `multilingual`: its `.tiktoken` file."""
+    return VOCABULARIES / f"{name}.tiktoken"
 
 
 @lru_cache(maxsize=None)

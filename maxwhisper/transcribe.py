@@ -1,45 +1,27 @@
 """Long-form transcription: the seek loop over 30 s windows of a log-Mel spectrogram.
 
-Follows `whisper.transcribe.transcribe` (openai-whisper 20250625) rule for rule, so that with the
-same model numbers it produces the same segments and tokens:
-
-- each window is decoded at the first temperature of the schedule, and again at the next one
-  while the result looks like a failure (too compressible text, too low average log probability),
-  unless it looks like silence (no-speech probability high and log probability low);
-- a window judged silent (no-speech probability above the threshold, log probability not high
-  enough to overrule it) is skipped whole;
-- a fallback or silence decision whose log or no-speech probability lies within float32 rounding
-  of its threshold (`decoding.logprob_tolerance`) is reported as a `CloseCall`: another
-  implementation may decide it the other way;
-- the tokens are cut into segments at each pair of consecutive timestamps; the next window starts
-  at the last complete segment's end, or after the whole window when it ends on a single
-  timestamp (nothing more was said) or has no segment boundary;
-- the previous windows' text is the prompt of the next one (`condition_on_previous_text`),
-  forgotten after a window decoded at a temperature above 0.5;
-- with word timestamps (`maxwhisper.timing`) the segments take their words' times, the next
-  window starts after the last word, and `hallucination_silence_threshold` drops improbable
-  words surrounded by long silences and skips those silences.
-
-`first_window_only` is live streaming's hypothesis (`maxwhisper.streaming`): the first window
-alone, one encoder pass; the audio after its last segment, which the loop would decode again as a
-window of its own, waits for the stream's next update, which decodes the buffer again anyway. Its
-`draft`, the tokens the stream's last hypothesis decoded, is checked in one decoder pass
-(`WindowOptions.draft`): the decoding steps token by token only from where it differs.
+It follows `whisper.transcribe.transcribe` (openai-whisper 20250625) rule for rule, so that with the
+same model numbers it gives the same segments and tokens: each window decoded with fallback through
+the temperature schedule and judged by `maxwhisper.windows`' rules, the text so far as the next
+window's prompt, and with word timestamps (`maxwhisper.timing`) the hallucination rules.
+`first_window_only` is a live stream's hypothesis (`maxwhisper.streaming`): the first window alone,
+one encoder pass, its decoding beginning with the stream's last tokens as a draft.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .api import CloseCall, DecodeOptions, MaxWhisperError, Segment, Word
+from .api import CloseCall, DecodeOptions, MaxWhisperError, Segment, Word, check_options
 from .audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE
-from .decoding import (DecodingResult, DecodingTask, WhisperModel, WindowOptions, detect_language,
-                       logprob_tolerance, probability_tolerance)
+from .decoding import DecodingResult, DecodingTask, WhisperModel, detect_language
 from .timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS, add_word_timestamps
-from .tokenizer import LANGUAGES, Tokenizer, tokenizer_for
+from .tokenizer import model_languages, tokenizer_for
+from .windows import (decoding_failed, fallback_close_calls, is_silence, segments_of_window, silence_close_calls,
+                      window_options)
 
 
 @dataclass(frozen=True)
@@ -81,10 +63,11 @@ def transcribe(
     the encoder hears then, the window's audio and silence after it up to that many (never fewer
     than its audio's; None: 30 s, as the seek loop's windows).
     """
-    requested = _check_request(model, mel, options)
+    _check_mel(model, mel)
+    check_options(options, **model_limits(model))
     t_start = time.perf_counter()
     clock = _EncodeClock(model)
-    language, language_probability = _language(model, mel, requested, clock)
+    language, language_probability = _language(model, mel, options.language, clock)
     loop = _SeekLoop(model, mel, options, language, clock, rng if rng is not None else np.random.default_rng(0))
 
     if first_window_only:
@@ -114,27 +97,19 @@ def transcribe(
 
 # --- setup -----------------------------------------------------------------------------------
 
-def _check_request(model: WhisperModel, mel: np.ndarray, options: DecodeOptions) -> str | None:
-    """Refuses what the model cannot do; returns the requested language's code (None: none
-    requested), which DecodeOptions has normalised: the rest pass it on."""
+def model_limits(model: WhisperModel) -> dict:
+    """What `api.check_options` checks `model`'s options against: its vocabulary, its languages,
+    translation where it is multilingual."""
+    return {"n_vocab": model.dims.n_vocab, "languages": model_languages(model.is_multilingual, model.num_languages),
+            "translates": model.is_multilingual}
+
+
+def _check_mel(model: WhisperModel, mel: np.ndarray) -> None:
     if mel.ndim != 2 or mel.shape[0] != model.dims.n_mels or mel.shape[1] < N_FRAMES:
         raise MaxWhisperError(
             f"expected a log-Mel spectrogram [{model.dims.n_mels}, n_frames >= {N_FRAMES}] including 30 s of "
             f"padding, got shape {tuple(mel.shape)}"
         )
-    options.check_vocabulary(model.dims.n_vocab)
-    language = options.language
-    if not model.is_multilingual:
-        if language not in (None, "en"):
-            raise MaxWhisperError(
-                f"this model is English-only; it cannot transcribe {LANGUAGES[language].title()} ({language!r}). "
-                "Use a multilingual model, or language 'en'."
-            )
-        if options.task == "translate":
-            raise MaxWhisperError("this model is English-only; it cannot translate. Use a multilingual model.")
-    elif language is not None and language not in tuple(LANGUAGES)[: model.num_languages]:
-        raise MaxWhisperError(f"this model does not know the language {language!r}")
-    return language
 
 
 class _EncodeClock:
@@ -220,12 +195,11 @@ class _SeekLoop:
         start = seek * HOP_LENGTH / SAMPLE_RATE
         result = self._decode_with_fallback(features, prompt, start, draft)
         self.decoded = tuple(result.tokens)
-        self.close_calls += _close_calls(_is_silence, result, self.options, self.model.dims.n_vocab, start,
-                                         ("kept the window", "skipped the window as silence"))
-        if _is_silence(result, self.options):
+        self.close_calls += silence_close_calls(result, self.options, self.model.dims.n_vocab, start)
+        if is_silence(result, self.options):
             return seek + segment_size  # skip the whole window
 
-        pieces, next_seek, single_timestamp_ending = _segments_of_window(
+        pieces, next_seek, single_timestamp_ending = segments_of_window(
             result.tokens, self.tokenizer, seek, segment_size, self.input_stride)
         segments = [dict(seek=seek, start=start, end=end, tokens=tokens, words=[]) for start, end, tokens in pieces]
         if self.options.word_timestamps:
@@ -258,13 +232,12 @@ class _SeekLoop:
         """Decode at each temperature of the schedule in turn until the result is not a failure."""
         temperatures = self.options.temperature
         for i, temperature in enumerate(temperatures):
-            window_options = _window_options(self.options, temperature, self.language, prompt, draft)
-            result = DecodingTask(self.model, window_options, self.rng).run(features)[0]
+            decoding = window_options(self.options, temperature, self.language, prompt, draft)
+            result = DecodingTask(self.model, decoding, self.rng).run(features)[0]
             if i == len(temperatures) - 1:
                 break  # the last temperature's result is kept, whatever it looks like
-            self.close_calls += _close_calls(_needs_fallback, result, self.options, self.model.dims.n_vocab, start,
-                                             ("kept this decoding", "fell back to the next temperature"))
-            if not _needs_fallback(result, self.options):
+            self.close_calls += fallback_close_calls(result, self.options, self.model.dims.n_vocab, start)
+            if not decoding_failed(result, self.options):
                 break
         return result
 
@@ -380,120 +353,3 @@ def _pad_frames(mel: np.ndarray, frames: int = N_FRAMES) -> np.ndarray:
     if mel.shape[-1] < frames:
         mel = np.pad(mel, ((0, 0), (0, frames - mel.shape[-1])))
     return mel
-
-
-def _window_options(options: DecodeOptions, temperature: float, language: str, prompt: tuple[int, ...],
-                    draft: tuple[int, ...] = ()) -> WindowOptions:
-    """The decoding of one window at one temperature: beam search (beam_size > 1) only at
-    temperature 0, best_of samples only above it; the `draft` (`WindowOptions.draft`) is checked by
-    greedy decoding only."""
-    greedy = temperature == 0
-    beam = options.beam_size if greedy and options.beam_size > 1 else None
-    return WindowOptions(
-        task=options.task,
-        language=language,
-        temperature=temperature,
-        best_of=None if greedy else options.best_of,
-        beam_size=beam,
-        patience=options.patience if beam is not None else None,
-        prompt=prompt,
-        suppress_tokens=tuple(options.suppress_token_ids()),
-        suppress_blank=options.suppress_blank,
-        without_timestamps=options.text_only,
-        draft=draft,
-    )
-
-
-def needs_fallback(compression_ratio: float, avg_logprob: float, no_speech_prob: float,
-                   options: DecodeOptions) -> bool:
-    """A decoding that looks like a failure: too compressible (a repetition loop) or too
-    improbable, unless it looks like silence."""
-    too_repetitive = (
-        options.compression_ratio_threshold is not None
-        and compression_ratio > options.compression_ratio_threshold
-    )
-    too_improbable = options.logprob_threshold is not None and avg_logprob < options.logprob_threshold
-    silence = (
-        options.no_speech_threshold is not None
-        and no_speech_prob > options.no_speech_threshold
-        and too_improbable
-    )
-    return (too_repetitive or too_improbable) and not silence
-
-
-def _needs_fallback(result: DecodingResult, options: DecodeOptions) -> bool:
-    return needs_fallback(result.compression_ratio, result.avg_logprob, result.no_speech_prob, options)
-
-
-def _is_silence(result: DecodingResult, options: DecodeOptions) -> bool:
-    """No voice: no-speech probability above the threshold, unless the text is probable enough."""
-    if options.no_speech_threshold is None or result.no_speech_prob <= options.no_speech_threshold:
-        return False
-    return not (options.logprob_threshold is not None and result.avg_logprob > options.logprob_threshold)
-
-
-def _threshold_bands(result: DecodingResult, options: DecodeOptions,
-                     n_vocab: int) -> Iterator[tuple[str, float, float]]:
-    """(quantity, threshold, tolerance) of each threshold in use: how far another implementation's
-    float32 value may be from this one's."""
-    if options.logprob_threshold is not None:  # an average of len(tokens) + 1 summed log probabilities
-        total = options.logprob_threshold * (len(result.tokens) + 1)
-        yield "avg_logprob", options.logprob_threshold, logprob_tolerance(n_vocab, total)
-    if options.no_speech_threshold is not None:  # a softmax probability: relative
-        scale = max(result.no_speech_prob, options.no_speech_threshold)
-        yield "no_speech_prob", options.no_speech_threshold, probability_tolerance(n_vocab) * scale
-
-
-def _close_calls(decide: Callable[[DecodingResult, DecodeOptions], bool], result: DecodingResult,
-                 options: DecodeOptions, n_vocab: int, start: float, outcomes: tuple[str, str]) -> list[CloseCall]:
-    """The thresholds near which `decide(result, options)` would go the other way for a value at
-    the other edge of its tolerance band; outcomes: what False and True mean."""
-    decided = decide(result, options)
-    calls = []
-    for quantity, threshold, tolerance in _threshold_bands(result, options, n_vocab):
-        value = getattr(result, quantity)
-        if abs(value - threshold) <= tolerance and any(
-                decide(replace(result, **{quantity: value + d}), options) != decided for d in (-tolerance, tolerance)):
-            calls.append(CloseCall(start=start, temperature=result.temperature, quantity=quantity, value=value,
-                                   threshold=threshold, tolerance=tolerance, decision=outcomes[decided]))
-    return calls
-
-
-def _segments_of_window(
-    tokens: list[int], tokenizer: Tokenizer, seek: int, segment_size: int, input_stride: int
-) -> tuple[list[tuple[float, float, list[int]]], int, bool]:
-    """Cut a window's tokens into (start, end, tokens) segments; returns them, the next seek, and
-    whether the window ends on a single timestamp.
-
-    Segments end at consecutive timestamp tokens (<|t1|><|t2|>: the end of one and the start of
-    the next). An unfinished last segment is dropped and decoded again from its start in the
-    next window, unless the window ends with a single timestamp (no speech after it).
-    """
-    time_precision = input_stride * HOP_LENGTH / SAMPLE_RATE  # seconds per timestamp step: 0.02
-    time_offset = float(seek * HOP_LENGTH / SAMPLE_RATE)
-    ts_begin = tokenizer.timestamp_begin
-
-    is_timestamp = [t >= ts_begin for t in tokens]
-    single_timestamp_ending = is_timestamp[-2:] == [False, True]
-    consecutive = [i + 1 for i in range(len(tokens) - 1) if is_timestamp[i] and is_timestamp[i + 1]]
-
-    if consecutive:
-        slices = consecutive + ([len(tokens)] if single_timestamp_ending else [])
-        pieces, last_slice = [], 0
-        for current_slice in slices:
-            sliced = tokens[last_slice:current_slice]
-            start = time_offset + (sliced[0] - ts_begin) * time_precision
-            end = time_offset + (sliced[-1] - ts_begin) * time_precision
-            pieces.append((start, end, sliced))
-            last_slice = current_slice
-        if single_timestamp_ending:
-            return pieces, seek + segment_size, True
-        # seek to the last complete segment's end
-        return pieces, seek + (tokens[last_slice - 1] - ts_begin) * input_stride, False
-
-    # no segment boundary: one segment for the whole window, ending at its last timestamp if any
-    duration = segment_size * HOP_LENGTH / SAMPLE_RATE
-    timestamps = [t for t in tokens if t >= ts_begin]
-    if timestamps and timestamps[-1] != ts_begin:
-        duration = (timestamps[-1] - ts_begin) * time_precision
-    return [(time_offset, time_offset + duration, tokens)], seek + segment_size, single_timestamp_ending

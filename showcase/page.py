@@ -1,7 +1,8 @@
 """The page: a title, a one-line pitch and a status badge over the five tabs (`build_demo`), its
 style (`CSS`, carried inside the page so that `app.py` and the service's mount show the same), and
 Gradio's queue made quiet while idle (`quiet_queue`). `app.py` serves it with models loaded in its
-process; the service's `serve --ui` mounts it over `showcase.remote.ServiceTranscriptions`."""
+process; `serve --ui` mounts it over `showcase.remote.ServiceTranscriptions` through `mount_on_service`,
+which pyproject.toml declares as the entry point `maxwhisper.ui` (the service imports no app)."""
 from __future__ import annotations
 
 import html
@@ -10,6 +11,7 @@ import logging
 import gradio as gr
 
 from .choices import Choices
+from .remote import ServiceTranscriptions
 from .tabs import benchmarks, checks as checks_tab, compare, live, system
 from .transcriptions import Transcriptions
 from .turns import Turns
@@ -124,3 +126,18 @@ def quiet_queue(demo: gr.Blocks) -> None:
         return
     queue.sleep_when_free = 0.05
     queue.progress_update_sleep_when_free = 0.1
+
+
+def mount_on_service(api, ingress, key_accepted=None):
+    """The page at / of the service's FastAPI app `api` (`serve --ui`), its transcriptions going to
+    the model deployments of `ingress` (a `maxwhisper.service.deployments.Ingress`). With
+    `key_accepted`, Gradio's login page asks for an API key: a browser sends no Bearer header."""
+    config = ingress.config
+    choices = Choices(list(config.served.models), list(config.served.backends), config.device == "gpu")
+    demo = build_demo(ServiceTranscriptions(ingress), config.max_seconds, choices=choices)
+    demo.queue(default_concurrency_limit=1, max_size=64)
+    quiet_queue(demo)
+    login = {"auth": lambda user, key: key_accepted(key),
+             "auth_message": "This service needs an API key: any user name, the key as the password."} \
+        if key_accepted else {}
+    return gr.mount_gradio_app(api, demo, path="/", allowed_paths=[str(compare.EXAMPLES_DIR)], **login)

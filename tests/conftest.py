@@ -68,7 +68,7 @@ max_tiny_en_each_plan = each_plan("max_tiny_en")
 
 @pytest.fixture(scope="session")
 def openai_tiny_en():
-    from baselines.openai_backend import OpenAITranscriber
+    from maxwhisper_baselines.openai_backend import OpenAITranscriber
 
     return OpenAITranscriber("tiny.en", device="cpu")
 

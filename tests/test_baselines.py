@@ -33,14 +33,14 @@ def jfk() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def openai_tiny():
-    from baselines.openai_backend import OpenAITranscriber
+    from maxwhisper_baselines.openai_backend import OpenAITranscriber
 
     return OpenAITranscriber(model="tiny.en", device="cpu", precision="fp32", threads=2)
 
 
 @pytest.fixture(scope="session")
 def faster_tiny():
-    from baselines.faster_backend import FasterTranscriber
+    from maxwhisper_baselines.faster_backend import FasterTranscriber
 
     return FasterTranscriber(model="tiny.en", device="cpu", precision="fp32", threads=2)
 
@@ -142,7 +142,7 @@ def test_bad_audio_and_options(request, backend):
 def test_openai_precision_and_device_errors():
     import torch
 
-    from baselines.openai_backend import OpenAITranscriber
+    from maxwhisper_baselines.openai_backend import OpenAITranscriber
 
     for precision in ("int8", "bf16", "fp16"):  # cpu: fp32 only
         with pytest.raises(BackendError, match="fp32"):
@@ -157,7 +157,7 @@ def test_openai_precision_and_device_errors():
 def test_faster_precision_and_device_errors():
     import ctranslate2
 
-    from baselines.faster_backend import FasterTranscriber
+    from maxwhisper_baselines.faster_backend import FasterTranscriber
 
     if "float16" not in ctranslate2.get_supported_compute_types("cpu"):
         with pytest.raises(BackendError, match=re.escape("supported: fp32")):
@@ -175,7 +175,7 @@ def test_faster_refuses_a_pt_checkpoint(tmp_path):
 
     from whisper.model import ModelDimensions, Whisper
 
-    from baselines.faster_backend import FasterTranscriber
+    from maxwhisper_baselines.faster_backend import FasterTranscriber
 
     dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=1,
                            n_vocab=51864, n_text_ctx=448, n_text_state=32, n_text_head=2, n_text_layer=1)
@@ -192,7 +192,7 @@ def test_openai_runs_a_pt_checkpoint(tmp_path, jfk):
 
     from whisper.model import ModelDimensions, Whisper
 
-    from baselines.openai_backend import OpenAITranscriber
+    from maxwhisper_baselines.openai_backend import OpenAITranscriber
 
     dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=1,
                            n_vocab=51865, n_text_ctx=448, n_text_state=32, n_text_head=2, n_text_layer=1)
@@ -212,8 +212,8 @@ def test_openai_runs_a_pt_checkpoint(tmp_path, jfk):
 
 
 def test_registry_builds_both():
-    from baselines.faster_backend import FasterTranscriber
-    from baselines.openai_backend import OpenAITranscriber
+    from maxwhisper_baselines.faster_backend import FasterTranscriber
+    from maxwhisper_baselines.openai_backend import OpenAITranscriber
     from maxwhisper.registry import available_backends, create_transcriber
 
     assert {"openai", "faster"} <= set(available_backends())

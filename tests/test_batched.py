@@ -133,7 +133,7 @@ def test_batched_default_loses_no_words_on_the_lecture(max_tiny_en):
     lecture against its whisper-medium transcript."""
     from maxwhisper.audio import load_audio
 
-    from baselines.faster_backend import FasterTranscriber
+    from maxwhisper_baselines.faster_backend import FasterTranscriber
 
     audio = load_audio(AUDIO / "physicsworks.flac")
     reference = (AUDIO / "physicsworks.whisper-medium.txt").read_text()
@@ -170,7 +170,7 @@ def test_batched_options_are_checked():
 
 
 def test_openai_backend_refuses_batches_and_faster_runs_its_pipeline(openai_tiny_en, lecture_60s_audio):
-    from baselines.faster_backend import FasterTranscriber
+    from maxwhisper_baselines.faster_backend import FasterTranscriber
 
     with pytest.raises(BackendError, match="no batched transcription"):
         openai_tiny_en.transcribe(lecture_60s_audio, DecodeOptions(batch_size=2))

@@ -407,7 +407,10 @@ def test_streaming_results_state_the_command_that_runs_them_again(tmp_path, monk
                                               "on cpu"),
     (["--throughput", "--backends", "openai"], "nothing to measure: none of the backends openai runs any precision on "
                                                "cpu in this mode (max and faster only)"),
-], ids=["unknown-model", "unknown-precision", "openai-int8", "streaming-fp16-on-cpu", "throughput-openai"])
+    (["--realtime", "--backends", "openai"], "nothing to measure: the realtime mode serves MAX fp32, MAX int8, "
+                                             "faster-whisper fp32, faster-whisper int8"),
+], ids=["unknown-model", "unknown-precision", "openai-int8", "streaming-fp16-on-cpu", "throughput-openai",
+        "realtime-openai"])
 def test_a_run_with_nothing_to_measure_is_refused_before_it_writes_anything(tmp_path, monkeypatch, capsys, flags,
                                                                            message):
     """A typo in --models or --precisions would otherwise write a results file of failures, or of
@@ -419,6 +422,32 @@ def test_a_run_with_nothing_to_measure_is_refused_before_it_writes_anything(tmp_
     assert main(["bench", "--devices", "cpu", *flags, "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err == f"error: {message}\n"
     assert not any(tmp_path.iterdir())
+
+
+def test_realtime_report_says_the_most_sessions_kept_up_and_the_aim():
+    """Each N's row, and MAX's most sessions kept up against the better faster-whisper's."""
+    from maxwhisper.bench.realtime import realtime_markdown
+
+    def run(setup, kept, failed):
+        rows = [{"sessions": n, "words": 90 * n, "latency_median_s": 1.5, "latency_p90_s": 2.0 if n <= kept else 3.1,
+                 "latency_max_s": 4.0, "end_lag_max_s": 2.2, "sessions_ok": n, "wer_vs_whisper_medium": None,
+                 "wer_vs_first_n": 0.01, "keeps_up": n <= kept} for n in range(1, failed + 1)]
+        return {"setup": setup, "rows": rows, "most_sessions_kept_up": kept}
+
+    doc = {"command": "python -m maxwhisper bench --realtime --realtime-seconds 43", "created": "now",
+           "machine": {"cpu": "Test CPU", "cores": 2, "vector_isa": "AVX2"}, "versions": {"max": "26.7"},
+           "options": {"clip": "physicsworks.flac, first 43 s", "audio_s": 43.0, "rate": 24000, "chunk_s": 0.1,
+                       "cpus_per_replica": 2.0, "max_batch": 8, "p90_bound_s": 2.5},
+           "runs": [run("MAX fp32", 3, 4), run("MAX int8", 2, 3), run("faster-whisper fp32", 1, 2),
+                    run("faster-whisper int8", 2, 3)], "failures": []}
+    md = realtime_markdown(doc)
+    assert "`python -m maxwhisper bench --realtime --realtime-seconds 43`" in md
+    assert "| MAX fp32 | 4 | 360 | 1.5 | 3.1 | 4.0 | 2.2 | 4 of 4 | – | 1.0 | no |" in md
+    assert "- MAX fp32: 3 sessions kept up against faster-whisper's 2 (1.50x; aim 1.5x): met" in md
+    assert "- MAX int8: 2 sessions kept up against faster-whisper's 2 (1.00x; aim 1.5x): not met" in md
+    for faster in doc["runs"][2:]:
+        faster["most_sessions_kept_up"] = 0
+    assert "- MAX fp32: 3 sessions kept up, faster-whisper none: no ratio to judge" in realtime_markdown(doc)
 
 
 def test_a_ratio_just_under_its_target_is_not_printed_as_reaching_it():

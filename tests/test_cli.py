@@ -406,3 +406,31 @@ def test_every_option_with_a_value_says_its_default():
     silent = [f"{name} {a.option_strings[0]}" for name, p in commands.items() for a in p._actions
               if a.option_strings and a.nargs != 0 and a.default is not None and "default" not in (a.help or "").lower()]
     assert silent == []
+
+
+@pytest.mark.parametrize("args, extra, missing", [
+    (["serve"], "serve", "maxwhisper serve"),
+    (["serve", "--ui"], "app", "maxwhisper serve --ui"),
+    (["transcribe-many", str(JFK), "--output", "unused"], "bulk", "maxwhisper transcribe-many"),
+    (["bench", "--quick"], "bench", "maxwhisper bench"),
+    (["selfcheck"], "baselines", "maxwhisper selfcheck"),
+    (["transcribe", str(JFK), "--batch-size", "2"], "batched", "--batch-size"),
+])
+def test_a_feature_without_its_extra_says_in_one_line_which_to_install(capsys, monkeypatch, args, extra, missing):
+    """As a core-only install has it (CI runs `maxwhisper serve` in one): the extra's modules missing."""
+    from maxwhisper.extras import EXTRAS
+
+    monkeypatch.setitem(EXTRAS, extra, ("no_such_module_here",))
+    code, err = run_main(capsys, *args)
+    assert code == 2 and err == f"error: {missing} needs the '{extra}' extra: pip install 'maxwhisper[{extra}]'\n"
+
+
+def test_a_backend_without_its_extra_says_so_before_loading(capsys, monkeypatch):
+    import dataclasses
+
+    from maxwhisper.registry import BACKENDS
+
+    monkeypatch.setitem(BACKENDS, "openai", dataclasses.replace(BACKENDS["openai"], package="no_such_module_here"))
+    code, err = run_main(capsys, "transcribe", JFK, "--backend", "openai")
+    assert code == 2 and err == ("error: backend 'openai' (openai-whisper (PyTorch)) needs the 'baselines' extra: "
+                                 "pip install 'maxwhisper[baselines]'\n")

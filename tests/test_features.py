@@ -236,7 +236,7 @@ max_base_each_plan = each_plan("max_base")
 
 @pytest.fixture(scope="session")
 def openai_base():
-    from baselines.openai_backend import OpenAITranscriber
+    from maxwhisper_baselines.openai_backend import OpenAITranscriber
 
     return OpenAITranscriber("base", device="cpu")
 

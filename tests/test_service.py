@@ -34,6 +34,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def replica_stats(deployment: str = "max-tiny.en-cpu", replicas: int = 2) -> dict[str, dict]:
+    """Each replica's `ModelServer.stats`, by replica id: each call reaches one replica, so ask until
+    all have answered (at most 40 calls)."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle(deployment, app_name="maxwhisper")
+    stats = {}
+    for _ in range(40):
+        s = handle.stats.remote().result()
+        stats[s["replica"]] = s
+        if len(stats) == replicas:
+            break
+    return stats
+
+
 def _wav(samples: np.ndarray, rate: int = 16000) -> bytes:
     out = io.BytesIO()
     sf.write(out, samples, rate, format="WAV", subtype="PCM_16")
@@ -320,8 +335,6 @@ def _tokens(http, audio: bytes, **fields) -> list[list[int]]:
 def test_requests_sent_together_are_decoded_together_with_their_own_tokens(http):
     """Eight requests at once (jfk, a lecture minute, jfk with a prompt, the lecture from 7 s) give
     the tokens each gives alone, and the MAX replicas stepped several of them in one call."""
-    from ray import serve
-
     from maxwhisper.audio import load_audio
 
     lecture = load_audio(AUDIO / "physicsworks.flac")[: 60 * 16000]
@@ -333,13 +346,7 @@ def test_requests_sent_together_are_decoded_together_with_their_own_tokens(http)
         together = list(pool.map(lambda job: _tokens(http, job[0], **job[1]), clips * 2))
     assert together == alone * 2
 
-    handle = serve.get_deployment_handle("max-tiny.en-cpu", app_name="maxwhisper")
-    stats = {}
-    for _ in range(40):  # each call reaches one replica: ask until both have answered
-        s = handle.stats.remote().result()
-        stats[s["replica"]] = s
-        if len(stats) == 2:
-            break
+    stats = replica_stats()
     assert sum(s["rows_stepped"] for s in stats.values()) > sum(s["steps"] for s in stats.values())
 
 

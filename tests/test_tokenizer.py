@@ -89,3 +89,13 @@ def test_split_to_word_tokens_equal_whisper(language):
 def test_encoding_is_cached():
     assert get_encoding("gpt2") is get_encoding("gpt2")
     assert get_tokenizer(True, language="de") is get_tokenizer(True, language="de")
+
+
+@pytest.mark.parametrize("name", ["gpt2", "multilingual"])
+def test_vocabulary_files_are_openai_whisper_s(name):
+    from pathlib import Path
+
+    from maxwhisper.tokenizer import vocabulary_path
+
+    theirs = Path(whisper_tokenizer.__file__).parent / "assets" / f"{name}.tiktoken"
+    assert vocabulary_path(name).read_bytes() == theirs.read_bytes()

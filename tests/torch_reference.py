@@ -106,7 +106,7 @@ def openai_transcribe(module: Whisper, audio: np.ndarray, options: DecodeOptions
     as the openai backend maps them (`extra`: keyword arguments to override, e.g. clip_timestamps)."""
     import whisper
 
-    from baselines.openai_backend import transcribe_kwargs
+    from maxwhisper_baselines.openai_backend import transcribe_kwargs
 
     return whisper.transcribe(module, audio, **{**transcribe_kwargs(options, options.language, fp16=False), **extra})
 

@@ -130,9 +130,8 @@ def job_order(impls: list[tuple[str, str]], workers: list[int], batches: list[in
 
 def _start_local_ray(cores: int) -> float:
     """A fresh local Ray instance of `cores` CPUs with Ray Data's own actors started: the seconds
-    that took. A `transcribe-many` command starts its own instance; a job in one long-lived instance,
-    after other jobs, measured slower than in a fresh one (faster-whisper's 2-worker batch-8 job, run
-    after MAX's jobs: 31.5-32.6 s there, 29.0-29.3 s in a fresh instance)."""
+    that took. A `transcribe-many` command starts its own instance, and a job in a long-lived
+    instance, after other jobs, measured slower than in a fresh one (benchmarks/README.md)."""
     import ray
 
     start = time.perf_counter()

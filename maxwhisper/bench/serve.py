@@ -92,6 +92,22 @@ def _wait_healthy(url: str, timeout_s: float = 120) -> None:
         time.sleep(0.25)
 
 
+def deployed(config, label: str, failures: list[dict]) -> bool:
+    """Whether the service of `config` runs, its ingress ready; if not, why is added to `failures`
+    (the other setups still run)."""
+    from ray import serve
+
+    from ..service.deployments import APP_NAME, application
+
+    try:
+        serve.run(application(config), name=APP_NAME, route_prefix=None)
+        _wait_healthy(f"http://{config.host}:{config.port}/health")
+    except Exception as e:  # noqa: BLE001 - reported, the other setups still run
+        failures.append({"setup": label, "error": f"{type(e).__name__}: {e}"[:500]})
+        return False
+    return True
+
+
 def _measure(url: str, audio: bytes, audio_s: float, concurrency: int, seconds: float) -> dict:
     start = time.perf_counter()
     done = asyncio.run(_load(url, audio, concurrency, seconds))
@@ -124,7 +140,7 @@ def main_serve(args, out_dir) -> int:
     import ray
     from ray import serve
 
-    from ..service.deployments import APP_NAME, ServiceConfig, application
+    from ..service.deployments import APP_NAME, ServiceConfig
 
     machine, vers = machine_info(), versions()
     audio = clips()
@@ -140,11 +156,7 @@ def main_serve(args, out_dir) -> int:
             config = ServiceConfig(backends=(setup.backend,), models=("tiny.en",), device="cpu",
                                    precision=setup.precision, max_batch=setup.max_batch, max_seconds=600,
                                    host="127.0.0.1", port=port)
-            try:
-                serve.run(application(config), name=APP_NAME, route_prefix=None)
-                _wait_healthy(f"http://127.0.0.1:{port}/health")
-            except Exception as e:  # noqa: BLE001 - reported, the other setups still run
-                failures.append({"setup": setup.label, "error": f"{type(e).__name__}: {e}"[:500]})
+            if not deployed(config, setup.label, failures):
                 continue
             rows = []
             for name, (data, seconds) in audio.items():

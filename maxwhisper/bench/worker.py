@@ -18,8 +18,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..extras import checkout
 from .clips import Clip, load_clip
-from .machine import REPO_ROOT, current_rss_mib, gpu_memory_mib, peak_rss_mib
+from .machine import current_rss_mib, gpu_memory_mib, peak_rss_mib
 from .records import implementation_label, median_or_none, spread
 
 
@@ -148,11 +149,13 @@ def run_worker(spec: dict[str, Any], timeout: float | None) -> dict[str, Any]:
         spec_path.write_text(json.dumps(spec))
         env = os.environ.copy()
         env.setdefault("MODULAR_TELEMETRY_ENABLED", "0")
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+        root = checkout()
+        if root is not None:  # the worker imports the checkout's maxwhisper, as this process, installed or not
+            env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
         sys.stderr.flush()
         try:  # the worker's stdout goes to our stderr (fd 2): our stdout is the report
             proc = subprocess.run([sys.executable, "-m", "maxwhisper.bench", "--worker", str(spec_path)],
-                                  cwd=REPO_ROOT, env=env, stdout=2, timeout=timeout, check=False)
+                                  env=env, stdout=2, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             return {"ok": False, "error": f"timed out after {timeout:g} s"}
         out = Path(spec["out"])

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..api import DecodeOptions, MaxWhisperError
 from ..checkpoint import check_model_name
+from ..extras import require
 from ..formats import FORMATS
 from .inputs import InputFile, collect_inputs
 from .progress import Progress
@@ -24,11 +25,10 @@ from .worker import JobSettings, Transcribe, read_audio
 
 READ_CPUS = 0.25  # a read task's CPU request: decoding a file is short beside transcribing it
 SETTLE_S = 3.0  # how long a job waits for CPUs that a job just ended still holds
-# MAX's sequential loop (no batch size) on the CPU: a worker transcribes this many files at once on
-# a model that runs their encoder calls and greedy decoder steps together (`graph.shared_steps`),
-# each file's tokens those it gets alone. Batched long-form fills its steps with a file's windows:
-# there, files sharing steps measured slower (batch 8), and a worker takes one file at a time; so
-# does a GPU worker and one without the CPU kernels (no shared steps; not measured).
+# MAX's sequential loop (no batch size) on the CPU: a worker transcribes this many files at once, their
+# encoder calls and greedy decoder steps run together (`graph.shared_steps`), each file's tokens those
+# it gets alone. Batched long-form (which fills its steps with one file's windows), a GPU worker and
+# one without the CPU kernels take one file at a time (docs/bulk.md).
 FILES_AT_ONCE = 4
 WORKER_START_S = 1800  # placing and starting the workers (a cluster may add nodes); their models load after
 
@@ -72,7 +72,10 @@ def transcribe_many(inputs: str | os.PathLike | Sequence[str | os.PathLike], out
     arguments (a local job: an unknown model before Ray starts), and for a model that the workers
     cannot load (unknown backend, device, precision or model, one not installed or not a Whisper
     model)."""
+    require("bulk", "maxwhisper.transcribe_many")
     options = dataclasses.replace(options or DecodeOptions(), **changes)
+    if options.batch_size is not None:
+        require("batched", "a bulk job with a batch size")
     address = address or os.environ.get("RAY_ADDRESS") or None
     formats = tuple(dict.fromkeys(formats))
     bad = [f for f in formats if f not in FORMATS]
@@ -217,8 +220,8 @@ def handed_out(files: list[InputFile], at_once: int) -> list[InputFile]:
 
 
 def _worker_env(threads: int) -> dict[str, str]:
-    """A worker's environment. Ray sets OMP_NUM_THREADS to the whole CPUs asked for (here 1): numpy's
-    BLAS (the log-Mel, the decoding's numpy) ran on one thread, a job 15-75 % slower. A MAX pool of
+    """A worker's environment. Ray sets OMP_NUM_THREADS to the whole CPUs asked for (here 1), which
+    leaves numpy's BLAS (the log-Mel, the decoding's numpy) one thread and slows a job. A MAX pool of
     one thread spins 200 us for the next call after each one by default, on a core that another
     worker or a read wants: single-threaded workers sleep at once instead (MAX reads the setting
     under both names and aborts unless they agree; `docs/design.md`)."""

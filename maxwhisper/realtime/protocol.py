@@ -69,8 +69,8 @@ def error_event(error: EventError, client_event_id: str | None = None) -> dict:
 
 def parse_update(event: dict, config: SessionConfig, known_model) -> SessionConfig:
     """The configuration after `event` (a session.update or transcription_session.update): only the
-    fields it holds change. `known_model(name)` raises EventError for a model not served. The whole
-    update is refused (EventError) where one field is wrong."""
+    fields it holds change. `known_model(name)` raises EventError for a model this session cannot
+    use. The whole update is refused (EventError) where one field is wrong."""
     session = _object(event.get("session"), "session")
     if event["type"] == "session.update":
         return _parse_ga(session, config, known_model)
@@ -124,7 +124,10 @@ def _transcription(holder: dict, key: str, param: str, config: SessionConfig, kn
     model = given.get("model", config.model)
     if not isinstance(model, str) or not model:
         raise EventError("the model is a name such as 'whisper-1'", f"{param}.model")
-    known_model(model)
+    try:
+        known_model(model)
+    except EventError as e:
+        raise EventError(e.message, f"{param}.model", e.code, e.type) from None
     prompt = given.get("prompt", config.prompt)
     if prompt is not None and not isinstance(prompt, str):
         raise EventError("the prompt is a string", f"{param}.prompt")

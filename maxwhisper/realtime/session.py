@@ -40,6 +40,7 @@ log = logging.getLogger("maxwhisper.realtime")
 UPDATE_S = 1.0  # new audio a turn waits for before its next update (the chunks of `bench --streaming`)
 MIN_COMMIT_S = 0.1  # a commit of less audio is refused, as OpenAI refuses it
 MAX_APPEND_BYTES = 15 * 2**20  # OpenAI's limit on one append's audio
+MAX_MESSAGE_BYTES = MAX_APPEND_BYTES * 4 // 3 + 2**16  # a client event: such an append in base64, in JSON
 CLIENT_EVENTS = ("session.update", "transcription_session.update", "input_audio_buffer.append",
                  "input_audio_buffer.commit", "input_audio_buffer.clear")
 
@@ -121,6 +122,11 @@ class RealtimeSession:
                 return handler(event)
         except EventError as e:
             return [error_event(e, client_id)]
+
+    def busy(self) -> bool:
+        """Whether a turn is still to be transcribed or completed: the client may be waiting for it."""
+        with self._lock:
+            return any(t.closed or t.pending for t in self._turns)
 
     def has_work(self) -> bool:
         """Whether `work` has a stream update or a turn's end to run."""
@@ -328,20 +334,24 @@ async def run_session(session: RealtimeSession, receive: Callable[[], Awaitable[
     await say([session.created()])
     worker = asyncio.create_task(transcribe())
     started = loop.time()
+    incoming = asyncio.ensure_future(receive())
     try:
         while True:
             left = limits.max_session_s - (loop.time() - started)
-            try:
-                message = await asyncio.wait_for(receive(), max(0.0, min(limits.idle_s, left)))
-            except asyncio.TimeoutError:
+            done, _ = await asyncio.wait({incoming}, timeout=max(0.0, min(limits.idle_s, left)))
+            if not done:
                 expired = limits.max_session_s - (loop.time() - started) <= 0
+                if not expired and (session.busy() or session.has_work()):
+                    continue  # not idle while its audio is being transcribed
                 message = (f"the session reached its limit of {limits.max_session_s:g} s" if expired else
                            f"no event for {limits.idle_s:g} s: the session is closed")
                 await say([error_event(EventError(message, code="session_expired" if expired else "session_idle",
                                                   type="invalid_request_error"))])
                 return "expired" if expired else "idle"
+            message = incoming.result()
             if message is None:
                 return "closed"
+            incoming = asyncio.ensure_future(receive())
             await say(session.receive(message))
             if session.closed is not None:
                 return "behind"
@@ -350,5 +360,6 @@ async def run_session(session: RealtimeSession, receive: Callable[[], Awaitable[
                 return "closed"
             wake.set()
     finally:
+        incoming.cancel()
         worker.cancel()
         executor.shutdown(wait=False, cancel_futures=True)

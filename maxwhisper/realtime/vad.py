@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..extras import require
 from .protocol import ServerVad
 
 FRAME = 512  # samples per Silero frame at 16 kHz (32 ms)
@@ -24,6 +25,7 @@ class SpeechProbability:
     carried from one call to the next (the same values as one call over the whole stream)."""
 
     def __init__(self):
+        require("batched", "a realtime session's server VAD")
         from faster_whisper.vad import get_vad_model  # one ONNX session per process, shared by the sessions
 
         self._session = get_vad_model().session

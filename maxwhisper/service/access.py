@@ -5,8 +5,8 @@
 way) and answers CORS for the origins allowed. No Ray, no FastAPI.
 
 - Keys: when any is set, every path under /v1 asks for one as OpenAI's clients send it
-  (`Authorization: Bearer KEY`; a WebSocket, which a browser cannot give headers, may send it as
-  the `api_key` query parameter) and answers 401 `invalid_api_key` without it. /health, /docs and
+  (`Authorization: Bearer KEY`; a WebSocket may send it otherwise too: `presented_key`) and answers
+  401 `invalid_api_key` without it. /health, /docs and
   the app (`--ui`, which asks for a key on its own login page) are open. Only the keys' SHA-256
   digests are kept.
 - Host: a request must name one of `allowed_hosts` (None: any), so that a web page whose own name
@@ -29,6 +29,7 @@ from .openai_api import ApiError
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 KEYED_PREFIX = "/v1"  # the API: the paths that ask for a key when keys are set
 CORS_MAX_AGE_S = 600
+KEY_SUBPROTOCOL = "openai-insecure-api-key."  # a browser's WebSocket sends its key so (OpenAI's realtime clients)
 
 
 def _digest(key: str) -> bytes:
@@ -110,12 +111,19 @@ class AccessPolicy:
 
 
 def presented_key(scope: dict, headers: dict[str, str]) -> str | None:
-    """The key a request sends: its Bearer token; a WebSocket's `api_key` query parameter too."""
+    """The key a request sends: its Bearer token. A WebSocket (the realtime endpoint), which a browser
+    cannot give headers, may also send it as speaches takes it, in an `X-API-Key` header or the
+    `api_key` query parameter, or as OpenAI's browser clients do, as the subprotocol
+    `openai-insecure-api-key.KEY`."""
     scheme, _, token = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
     if scope["type"] == "websocket":
-        values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("api_key")
+        if headers.get("x-api-key", "").strip():
+            return headers["x-api-key"].strip()
+        protocols = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]
+        keys = [p.removeprefix(KEY_SUBPROTOCOL) for p in protocols if p.startswith(KEY_SUBPROTOCOL)]
+        values = keys or parse_qs(scope.get("query_string", b"").decode("latin-1")).get("api_key")
         return values[0] if values else None
     return None
 

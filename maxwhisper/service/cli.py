@@ -18,8 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from ..api import MaxWhisperError
-
-ROOT = Path(__file__).resolve().parents[2]  # the checkout: maxwhisper/, app.py and showcase/ (--ui)
+from ..extras import checkout
 
 KEY_ENV = "MAXWHISPER_API_KEY"  # one API key, or several separated by commas
 RAY_ALONE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node address is the loopback, as on macOS
@@ -70,6 +69,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="largest upload (default 25, as OpenAI)")
     p.add_argument("--request-timeout", type=_positive(float), default=600.0,
                    help="seconds after which a request is answered 504 (default 600)")
+    p.add_argument("--max-sessions", type=_positive(int), default=8,
+                   help="realtime transcription sessions (/v1/realtime) per model replica; more are refused "
+                        "(default 8)")
+    p.add_argument("--session-minutes", type=_positive(float), default=30.0,
+                   help="the longest a realtime session may last (default 30, as OpenAI's)")
     p.add_argument("--api-key", action="append", default=[], metavar="KEY",
                    help=f"a key clients must send (Authorization: Bearer KEY) on /v1; may be given again; also "
                         f"${KEY_ENV} (several separated by commas) and --api-key-file. Default: none asked")
@@ -104,19 +108,21 @@ def api_keys(args: argparse.Namespace) -> list[str]:
 def config_of(args: argparse.Namespace, device: str):
     """The ServiceConfig the arguments ask for, checked before anything starts."""
     from ..checkpoint import installed_models
-    from ..registry import BACKENDS, BF16_MISSING, available_backends, has_bf16
+    from ..realtime import Limits
+    from ..registry import BACKENDS, BF16_MISSING, has_bf16, installed_backend
     from .access import AccessPolicy
-    from .deployments import ServiceConfig
+    from .deployments import ServiceConfig, ui_entry_point
 
+    if args.ui:
+        ui_entry_point()  # an installed app to mount, found before anything starts
     backends = tuple(dict.fromkeys(b.strip() for b in args.backend.split(",") if b.strip()))
     models = tuple(dict.fromkeys(m.strip() for m in args.model.split(",") if m.strip()))
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown or not backends:
         raise MaxWhisperError(f"unknown backend(s) {', '.join(unknown) or '(none given)'}; "
                               f"valid backends: {', '.join(BACKENDS)}")
-    missing = [b for b in backends if b not in available_backends()]
-    if missing:
-        raise MaxWhisperError(f"backend(s) {', '.join(missing)} not installed here (pip install -r requirements.txt)")
+    for b in backends:
+        installed_backend(b)  # a missing one says which extra installs it
     installed = installed_models()
     absent = [m for m in models if m not in installed and not os.path.exists(m)]
     if absent or not models:
@@ -133,7 +139,8 @@ def config_of(args: argparse.Namespace, device: str):
                          replicas=args.replicas, max_batch=args.max_batch, cpus_per_replica=args.cpus_per_replica,
                          max_seconds=args.max_seconds, max_upload_mb=args.max_upload_mb,
                          request_timeout_s=args.request_timeout, ui=args.ui, host=args.host, port=args.port,
-                         access=access, loopback_ray=not args.address)
+                         access=access, loopback_ray=not args.address, max_sessions=args.max_sessions,
+                         session_limits=Limits(max_session_s=60 * args.session_minutes))
 
 
 def replicas_short_of(config, resources: dict[str, float]) -> str | None:
@@ -185,9 +192,10 @@ def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     where = f"the Ray cluster at {args.address}" if args.address else "a Ray instance of its own"
     print(f"starting on {where} ...", file=sys.stderr, flush=True)
-    # on a cluster the checkout travels to every node (their Python environments must have
-    # requirements.txt installed); here the workers import it from this folder
-    code = {"working_dir": str(ROOT), "excludes": [".venv", ".git", "artifacts", "benchmarks", "tests"]}
+    # on a cluster the checkout this runs from travels to every node (their Python environments need the
+    # 'serve' extra's packages); installed from a wheel, the nodes import their own installed maxwhisper
+    root = checkout()
+    code = root and {"working_dir": str(root), "excludes": [".venv", ".git", "artifacts", "benchmarks", "tests"]}
     # "local": a Ray instance of its own, not the cluster the last `ray start` here recorded (bulk.job);
     # its workers at --nice, not Ray's default 15
     ray.init(address=args.address or "local", include_dashboard=False, logging_level=logging.WARNING,

@@ -13,6 +13,8 @@ dies is given once more to a live replica or its replacement, within the request
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.metadata
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -24,6 +26,8 @@ from ray import serve
 from ray.exceptions import RayActorError
 
 from ..api import DecodeOptions, MaxWhisperError, TranscriptionResult
+from ..extras import MissingExtra, require
+from ..realtime import Limits
 from .access import AccessPolicy
 from .openai_api import ApiError, Served
 from .replicas import ReplicaWatch
@@ -31,6 +35,8 @@ from .replicas import ReplicaWatch
 log = logging.getLogger("maxwhisper.service")
 
 APP_NAME = "maxwhisper"
+# names a callable (api, ingress, key_accepted) that mounts a page at / of the FastAPI app `api`, returning the app
+UI_ENTRY_POINTS = "maxwhisper.ui"
 LOADING_RETRY_S = 15  # Retry-After while a model replica is still loading or compiling
 
 
@@ -54,6 +60,8 @@ class ServiceConfig:
     port: int = 8000
     access: AccessPolicy = AccessPolicy()
     loopback_ray: bool = False  # on a Ray instance of its own, its node address the loopback (no --address)
+    max_sessions: int = 8  # realtime sessions per model replica up
+    session_limits: Limits = Limits()  # a realtime session's length, idle time and backlog
 
     @property
     def served(self) -> Served:
@@ -84,6 +92,7 @@ class ModelServer:
         # first-call costs stay out of the requests, as the app's models warm up
         self.transcriber = create_warmed_up(backend, model=model, device=device, precision=precision, **options)
         self.pool = ThreadPoolExecutor(max_batch, thread_name_prefix="transcribe")
+        self.windows = 0  # realtime stream updates taken
         self.loaded_s = time.perf_counter() - start
         log.info("%s %s on %s ready in %.1f s", backend, model, self.transcriber.device, self.loaded_s)
 
@@ -120,10 +129,26 @@ class ModelServer:
                 waiting.cancel()
         yield "result", done.result()
 
+    def windowed(self) -> bool:
+        """Whether the transcriber hears a live stream's window in one pass (`api.WindowTranscriber`)."""
+        return hasattr(self.transcriber, "transcribe_window")
+
+    async def transcribe_window(self, audio: np.ndarray, options: DecodeOptions, draft: tuple[int, ...],
+                                padding_s: float | None) -> tuple[TranscriptionResult, tuple[int, ...]] | ApiError:
+        """A realtime session's stream update (`api.WindowTranscriber.transcribe_window`), decoded with the
+        replica's other requests and updates; an ApiError as `transcribe` returns one."""
+        self.windows += 1
+        return await asyncio.get_running_loop().run_in_executor(
+            self.pool, self._call, lambda: self.transcriber.transcribe_window(audio, options, draft, padding_s))
+
     def _transcribe(self, audio: np.ndarray, options: DecodeOptions, progress,
                     on_segments=None) -> TranscriptionResult | ApiError:
+        return self._call(lambda: self.transcriber.transcribe(audio, options, progress=progress,
+                                                             on_segments=on_segments))
+
+    def _call(self, run):
         try:
-            return self.transcriber.transcribe(audio, options, progress=progress, on_segments=on_segments)
+            return run()
         except MaxWhisperError as e:
             return ApiError(422, str(e), code="unprocessable_request")
         except Exception as e:  # noqa: BLE001 - logged here; the client gets a message without internals
@@ -132,14 +157,15 @@ class ModelServer:
                             type="server_error", code="transcription_failed")
 
     def stats(self) -> dict:
-        """This replica's id and Ray node, and how its MAX model shared work: token step calls and the sequences
-        they carried, decodings that stepped alone, windows per encoder call (zeros and [] when nothing is shared)."""
+        """This replica's id and Ray node, the realtime stream updates it took, and how its MAX model shared
+        work: token step calls and the sequences they carried, decodings that stepped alone, windows per
+        encoder call (zeros and [] when nothing is shared)."""
         shared = getattr(self.transcriber, "decoder_model", None)
         steps, encoder = getattr(shared, "steps", None), getattr(shared, "encoder", None)
         import ray
 
         return {"replica": serve.get_replica_context().replica_id.unique_id,
-                "node": ray.get_runtime_context().get_node_id(),
+                "node": ray.get_runtime_context().get_node_id(), "windows": self.windows,
                 "steps": steps.steps if steps else 0, "rows_stepped": steps.rows_stepped if steps else 0,
                 "decodings_alone": steps.decodings_alone if steps else 0,
                 "encoder_batches": list(encoder.batches) if encoder else []}
@@ -161,6 +187,8 @@ class Ingress:
         self.handles = dict(zip(config.served.pairs, handles))
         self.replicas = ReplicaWatch(APP_NAME, [config.deployment_name(b, m) for b, m in config.served.pairs],
                                      config.replicas)
+        self.sessions = dict.fromkeys(config.served.pairs, 0)  # realtime sessions open, per deployment
+        self._windowed: dict[tuple[str, str], bool] = {}
         app = build_api(self)
         self.front = Front(guard(_with_app(self, app) if config.ui else app, config.access), config.host, config.port)
 
@@ -184,6 +212,29 @@ class Ingress:
             raise ApiError(503, f"{model} on {backend} has no replica up (loading: MAX compiles its graphs on first "
                                 f"start; or replacing one that stopped; {waited:.0f} s so far): try again shortly",
                            type="server_error", code="model_loading", retry_after=LOADING_RETRY_S)
+
+    @contextlib.contextmanager
+    def session_slot(self, backend: str, model: str):
+        """A realtime session's place on the deployment: at most `max_sessions` per replica up (ApiError
+        503 beyond them, or while none is up), held until the session ends."""
+        self._check_ready(backend, model)
+        most = self.config.max_sessions * self.replicas_of(backend, model).up
+        if self.sessions[(backend, model)] >= most:
+            raise ApiError(503, f"{model} on {backend} has its {most} realtime sessions ({self.config.max_sessions} "
+                                "per replica): try again later", type="server_error", code="too_many_sessions",
+                           retry_after=LOADING_RETRY_S)
+        self.sessions[(backend, model)] += 1
+        try:
+            yield
+        finally:
+            self.sessions[(backend, model)] -= 1
+
+    async def windowed(self) -> dict[tuple[str, str], bool]:
+        """Whether each deployment with a replica up hears a stream's window in one pass (asked once)."""
+        for pair, handle in self.handles.items():
+            if pair not in self._windowed and self.model_ready(*pair)[0]:
+                self._windowed[pair] = await handle.windowed.remote()
+        return dict(self._windowed)
 
     def _timeout(self) -> ApiError:
         return ApiError(504, f"the transcription took longer than {self.config.request_timeout_s:g} s",
@@ -270,27 +321,23 @@ def _replica_grpc_on_loopback() -> None:
                                                                     else address)
 
 
+def ui_entry_point() -> importlib.metadata.EntryPoint:
+    """The entry point of the page `--ui` serves (the showcase's: pyproject.toml declares it), so that
+    the service imports no app; MissingExtra where the app is not installed."""
+    require("app", "maxwhisper serve --ui")
+    found = sorted(importlib.metadata.entry_points(group=UI_ENTRY_POINTS), key=lambda e: e.name)
+    if not found:  # a checkout run without installing it
+        raise MissingExtra(f"maxwhisper serve --ui needs an installed app ({UI_ENTRY_POINTS} entry point): "
+                           "pip install -e '.[app]' in the checkout")
+    return found[0]
+
+
 def _with_app(ingress: Ingress, api):
-    """The repository's Gradio app (app.py) mounted at / beside the API, built here in the replica
-    (Gradio objects do not pickle), its transcriptions going to the model deployments. Where the
-    service has API keys, the app asks for one on Gradio's login page (any user name, the key as
-    the password): a browser sends no Bearer header."""
-    import gradio as gr
-
-    from showcase.page import build_demo, quiet_queue
-    from showcase.choices import Choices
-    from showcase.remote import ServiceTranscriptions
-    from showcase.tabs.compare import EXAMPLES_DIR
-
-    config = ingress.config
-    choices = Choices(list(config.served.models), list(config.served.backends), config.device == "gpu")
-    demo = build_demo(ServiceTranscriptions(ingress), config.max_seconds, choices=choices)
-    demo.queue(default_concurrency_limit=1, max_size=64)
-    quiet_queue(demo)
-    login = {"auth": lambda user, key: config.access.key_accepted(key),
-             "auth_message": "This service needs an API key: any user name, the key as the password."} \
-        if config.access.keyed else {}
-    return gr.mount_gradio_app(api, demo, path="/", allowed_paths=[str(EXAMPLES_DIR)], **login)
+    """`api` with the app's page at /, built here in the replica (Gradio objects do not pickle). Where
+    the service has API keys, the page asks for one."""
+    mount = ui_entry_point().load()
+    access = ingress.config.access
+    return mount(api, ingress, access.key_accepted if access.keyed else None)
 
 
 def application(config: ServiceConfig) -> serve.Application:

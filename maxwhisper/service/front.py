@@ -16,6 +16,7 @@ import threading
 
 import uvicorn
 
+from ..realtime.session import MAX_MESSAGE_BYTES
 from .openai_api import ApiError
 
 log = logging.getLogger("maxwhisper.service")
@@ -63,7 +64,8 @@ class Front:
 
     def __init__(self, app, host: str, port: int):
         self._socket = listening_socket(host, port)
-        config = uvicorn.Config(app, http=_protocol(), ws="websockets-sansio", lifespan="on", access_log=False,
+        config = uvicorn.Config(app, http=_protocol(), ws="websockets-sansio", ws_max_size=MAX_MESSAGE_BYTES,
+                                lifespan="on", access_log=False,
                                 log_level="warning", timeout_keep_alive=KEEP_ALIVE_S, server_header=False)
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="http", daemon=True)

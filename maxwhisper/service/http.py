@@ -1,4 +1,5 @@
-"""The ingress's FastAPI app: OpenAI's audio endpoints, `/v1/models`, `/health` and `/docs`.
+"""The ingress's FastAPI app: OpenAI's audio endpoints, its realtime transcription over a WebSocket
+(`realtime.serve_socket`), `/v1/models`, `/health` and `/docs`.
 
 Every reply that is not a transcription is OpenAI's error shape with a fitting status; no reply
 carries a traceback or a server path. A request is checked in this order, cheapest first, each
@@ -15,7 +16,7 @@ import asyncio
 import logging
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -28,6 +29,7 @@ from ..audio import check_transcribable, load_audio
 from .access import KEYED_PREFIX
 from .openai_api import (DEFAULT_MODEL_ALIAS, ApiError, TranscriptionRequest, delta_event, done_event, form_schema,
                          model_object, parse_form, render, sse)
+from .realtime import serve_socket
 from .upload import FormLimits, read_form
 
 log = logging.getLogger("maxwhisper.service")
@@ -125,6 +127,11 @@ def build_api(ingress) -> FastAPI:
     @app.get("/v1/models/{model_id}", summary="One model")
     async def model(model_id: str) -> dict:
         return model_object(model_id, config.served)
+
+    @app.websocket("/v1/realtime")
+    async def realtime(websocket: WebSocket) -> None:
+        """OpenAI's realtime transcription (`?intent=transcription`): see `service.realtime`."""
+        await serve_socket(ingress, websocket)
 
     @app.get("/health", summary="Whether every model deployment has its replicas up (no key needed)")
     async def health() -> JSONResponse:

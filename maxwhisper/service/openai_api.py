@@ -137,7 +137,7 @@ def parse_form(form: Mapping[str, Sequence[str]], task: str, served: Served) -> 
     if unknown:
         raise ApiError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; this endpoint takes "
                             f"{', '.join(FIELDS)}", param=unknown[0], code="unknown_parameter")
-    backend, model = _deployment(one("model"), one("backend"), served)
+    backend, model = deployment(one("model"), one("backend"), served)
     response_format = one("response_format") or "json"
     if response_format not in RESPONSE_FORMATS:
         raise ApiError(400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, not {response_format!r}",
@@ -183,7 +183,9 @@ def parse_form(form: Mapping[str, Sequence[str]], task: str, served: Served) -> 
     return TranscriptionRequest(backend, model, options, response_format, granularities or ("segment",), stream)
 
 
-def _deployment(model: str | None, backend: str | None, served: Served) -> tuple[str, str]:
+def deployment(model: str | None, backend: str | None, served: Served) -> tuple[str, str]:
+    """The (backend, model) pair a request names: its model (or the alias), on `backend` or the first
+    backend serving it; ApiError naming the field at fault."""
     if not model:
         raise ApiError(400, "you must give a model: one of " + ", ".join([DEFAULT_MODEL_ALIAS, *served.models]),
                        param="model", code="missing_required_parameter")
