@@ -275,8 +275,9 @@ def test_live_races_max_and_faster_whisper_on_the_fake_microphone(app, tmp_path)
         shoot(page, "live-phone", full_page=True)
 
 
-def fake_microphone(tmp_path: Path) -> list[str]:
-    """Chromium's arguments for a fake microphone that plays 1 s of silence, jfk.flac, then silence."""
+def fake_microphone(tmp_path: Path, loop: bool = False) -> list[str]:
+    """Chromium's arguments for a fake microphone that plays 1 s of silence, jfk.flac, 4 s of silence,
+    then silence (or, with `loop`, all of it again: a recording that starts late still hears jfk)."""
     import wave
 
     from maxwhisper.audio import load_audio
@@ -288,7 +289,7 @@ def fake_microphone(tmp_path: Path) -> list[str]:
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(SAMPLE_RATE)
         w.writeframes((samples * 32767).astype(np.int16).tobytes())
     return ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={fake_mic}%noloop"]
+            f"--use-file-for-fake-audio-capture={fake_mic}" + ("" if loop else "%noloop")]
 
 
 def record_until_heard(page, panel, console: list[str], tries: int = 3) -> None:
