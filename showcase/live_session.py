@@ -22,9 +22,10 @@ from maxwhisper.audio import StreamResampler
 from maxwhisper.streaming import Streamer, StreamWord
 
 from .formatting import error_message
-from .transcriptions import LIVE_THREAD
 
 log = logging.getLogger(__name__)
+
+LIVE_THREAD = "maxwhisper-live"  # the name of a live stream's thread
 
 IDLE_S = 30.0  # a session that receives nothing for this long ends (its visitor left)
 MIN_NEW_S = 1.0  # the new audio an update waits for
@@ -40,11 +41,14 @@ class LiveSession:
     `load` returns the transcriber (it may take a while: the first MAX compile); `lock` is held
     around each update (a transcriber shared by several sessions runs one update at a time). The
     stream's clock starts when the server receives the first chunk, so a word's commit latency
-    counts the wait for the load but not the chunk's way from the browser."""
+    counts the wait for the load but not the chunk's way from the browser. `release`, if given, is
+    called once when the stream ends (a service's session slot given back)."""
 
     def __init__(self, load: Callable[[], object], lock: threading.Lock | None = None,
-                 clock: Callable[[], float] = time.monotonic, min_new_s: float = MIN_NEW_S):
+                 clock: Callable[[], float] = time.monotonic, min_new_s: float = MIN_NEW_S,
+                 release: Callable[[], None] | None = None):
         self._load, self._lock, self._clock, self._min_new_s = load, lock or threading.Lock(), clock, min_new_s
+        self._release = release
         self._cond = threading.Condition()
         self._pending: list[np.ndarray] = []  # 16 kHz samples not yet given to the streamer
         self._resampler: StreamResampler | None = None
@@ -153,6 +157,9 @@ class LiveSession:
             self.error, self.state = error_message(e), "failed"
             with self._cond:
                 self._stopped = True
+        finally:
+            if self._release:
+                self._release()
 
     def _commit(self, words: list[StreamWord]) -> None:
         now = self._clock() - self.started if self.started is not None else 0.0

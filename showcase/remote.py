@@ -1,13 +1,15 @@
 """`Transcriptions` through the transcription service's model deployments (`python -m maxwhisper
-serve --ui`): the app's comparisons and live updates become requests to the model replicas, which
-take several at once (MAX decodes them together with the API's), so visitors no longer wait in
-one line for one another.
+serve --ui`): the app's comparisons become requests to the model replicas, and its live streams run
+as the service's realtime sessions do (counted in its sessions per replica). The replicas take
+several at once (MAX decodes them together with the API's), so visitors no longer wait in one line
+for one another.
 
 The service runs the (backend, model) pairs it was started with, on one device and precision;
 asking for another is a `MaxWhisperError` that says what it runs.
 """
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 
@@ -16,8 +18,10 @@ import numpy as np
 from maxwhisper.api import SAMPLE_RATE, DecodeOptions, MaxWhisperError, TranscriptionResult
 from maxwhisper.registry import BACKENDS
 from maxwhisper.service.openai_api import ApiError
+from maxwhisper.service.realtime import RemoteTranscriber, RemoteWindowTranscriber
 
 from .formatting import label
+from .live_session import LiveSession
 from .transcriptions import Cancelled, ProgressCallback, Transcription, progress_text
 
 POLL_S = 1.0  # how often a waiting run asks its visitor's progress callback whether they are still there
@@ -79,9 +83,25 @@ class ServiceTranscriptions:
             stream.cancel()
             raise
 
-    def transcriber(self, backend: str, model: str, device: str, precision: str = "fp32") -> "ServiceTranscriber":
-        self._handle(backend, model, device, precision)
-        return ServiceTranscriber(self, backend, model, device, precision)
+    live_races = None  # the ingress's realtime session slots bound them
+
+    def live_session(self, backend: str, model: str, device: str) -> LiveSession:
+        """A stream as the service's realtime sessions run (`maxwhisper.service.realtime`): a session slot
+        of the ingress held until it ends, its updates `transcribe_window` requests where the model
+        hears a window in one pass, which the replicas decode together with their other work."""
+        handle = self._handle(backend, model, device, self.config.precision)
+        slot = contextlib.ExitStack()
+        try:
+            slot.enter_context(self.ingress.session_slot(backend, model))
+        except ApiError as e:
+            raise MaxWhisperError(e.message) from None
+
+        def load():
+            windowed = handle.windowed.remote().result(timeout_s=self.config.request_timeout_s)
+            kind = RemoteWindowTranscriber if windowed else RemoteTranscriber
+            return kind(handle, backend, model, self.config.request_timeout_s)
+
+        return LiveSession(load, release=slot.close)
 
     def loaded(self, backend: str, model: str, device: str, precision: str = "fp32") -> bool:
         return (backend, model) in self.config.served.pairs and self.ingress.model_ready(backend, model)[0]
@@ -112,22 +132,6 @@ class ServiceTranscriptions:
 
     def busy(self) -> bool:
         return not all(self.ingress.model_ready(b, m)[0] for b, m in self.config.served.pairs)
-
-
-class ServiceTranscriber:
-    """A `maxwhisper.api.Transcriber` whose transcriptions are requests to a model deployment (a
-    live stream's updates)."""
-
-    load_s = compile_s = 0.0  # paid by the replicas, not by this object
-
-    def __init__(self, service: ServiceTranscriptions, backend: str, model: str, device: str, precision: str):
-        self._service = service
-        self.backend, self.model, self.device, self.precision = backend, model, device, precision
-
-    def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
-                   progress=None) -> TranscriptionResult:
-        handle = self._service._handle(self.backend, self.model, self.device, self.precision)
-        return _result(handle.transcribe.remote(audio, options).result())
 
 
 def _result(value: TranscriptionResult | ApiError) -> TranscriptionResult:

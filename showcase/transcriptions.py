@@ -21,11 +21,11 @@ from maxwhisper.registry import create_warmed_up
 
 from .cpu_load import OtherWork
 from .formatting import label
+from .live_session import LIVE_THREAD, LiveSession
 from .models import ModelCache
 from .turns import Turns
 
 WINDOW_S = 30  # Whisper transcribes in 30 s windows
-LIVE_THREAD = "maxwhisper-live"  # the name of a live stream's thread (`showcase.tabs.live`)
 
 ProgressCallback = Callable[[float, str], None]  # (fraction of this transcription done, what it does now)
 
@@ -74,13 +74,14 @@ class Transcriptions(Protocol):
         """
         ...
 
-    def transcriber(self, backend: str, model: str, device: str, precision: str = "fp32") -> Transcriber:
-        """A transcriber (`maxwhisper.api.Transcriber`) that a live stream calls update after update
-        (`maxwhisper.streaming.Streamer`: a few seconds of audio each, with word timestamps), without
-        turns or progress: loaded first if need be, which may take minutes (a first MAX compile);
-        raises as `transcribe` does. The caller runs one transcription at a time on it. Streams must
+    live_races: int | None  # live races at once (`showcase.tabs.live`); None: `live_session` bounds them
+
+    def live_session(self, backend: str, model: str, device: str) -> LiveSession:
+        """A live stream of one implementation (`showcase.live_session.LiveSession`), its updates
+        called without turns or progress; its transcriber loads in the session's thread, which may take
+        minutes (a first MAX compile) and fails the session as `transcribe` would raise. Streams must
         not wait for the comparisons' turns nor run on a model a comparison is using at the same
-        time: the local implementation keeps models apart for them.
+        time. Raises MaxWhisperError where there is no room for another stream.
         """
         ...
 
@@ -132,6 +133,8 @@ class LocalTranscriptions:
         self.models = ModelCache(create, record=record)
         self.stream_models = ModelCache(create)
         self.turns = turns or Turns()
+        self._stream_locks: dict[tuple[str, str, str], threading.Lock] = {}
+        self._locks_lock = threading.Lock()
 
     def transcribe(self, samples: np.ndarray, backend: str, model: str, device: str, options: DecodeOptions, *,
                    precision: str = "fp32", progress: ProgressCallback | None = None) -> Transcription:
@@ -163,8 +166,17 @@ class LocalTranscriptions:
                 result = transcriber.transcribe(samples, options, progress=report)
             return Transcription(result, shared or beside(), others.cores)
 
+    live_races = 1  # one race already takes the cores of a small machine; another visitor waits
+
     def transcriber(self, backend: str, model: str, device: str, precision: str = "fp32") -> Transcriber:
+        """The live streams' transcriber of this model, loaded once, apart from the comparisons'."""
         return self.stream_models.get(backend, model, device, precision)
+
+    def live_session(self, backend: str, model: str, device: str) -> LiveSession:
+        """A stream on this process's model, whose updates take turns with the other streams on it."""
+        with self._locks_lock:
+            lock = self._stream_locks.setdefault((backend, model, device), threading.Lock())
+        return LiveSession(lambda: self.transcriber(backend, model, device), lock)
 
     def loaded(self, backend: str, model: str, device: str, precision: str = "fp32") -> bool:
         return self.models.loaded(backend, model, device, precision)

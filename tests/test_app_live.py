@@ -19,6 +19,7 @@ from scripted import ScriptedTranscriber
 from showcase import live_session
 from showcase.live_session import LiveSession
 from showcase.tabs import live
+from showcase.transcriptions import LocalTranscriptions
 
 SCRIPT = " ".join(f"w{i}" for i in range(20))  # 10 s of "speech": word i spans [i / 2, (i + 1) / 2) s
 JFK = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
@@ -115,13 +116,15 @@ def test_a_session_that_hears_nothing_ends(monkeypatch):
 
 
 class Scripts:
-    """Transcriptions' `transcriber`: one scripted transcriber per implementation, or one shared."""
+    """Transcriptions' live sessions, one race at a time: one scripted transcriber per implementation."""
 
-    def __init__(self, shared=None):
-        self.shared, self.made = shared, {}
+    live_races = 1
 
-    def transcriber(self, backend, model, device):
-        return self.shared or self.made.setdefault(backend, ScriptedTranscriber(SCRIPT))
+    def __init__(self):
+        self.made = {}
+
+    def live_session(self, backend, model, device):
+        return LiveSession(lambda: self.made.setdefault(backend, ScriptedTranscriber(SCRIPT)))
 
 
 def test_a_race_through_the_tab_s_handlers():
@@ -168,6 +171,29 @@ def test_one_race_at_a_time():
     races.start(["max"], "tiny.en", "cpu").stop(timeout=10)
 
 
+def test_a_race_with_no_room_for_one_of_its_sessions_is_refused_and_stops_the_others():
+    """Where the transcriptions refuse a session (the service's session slots are taken), the race does
+    not start, the panel says why, and the sessions already made end (giving their slots back)."""
+    class Full(Scripts):
+        def __init__(self):
+            super().__init__()
+            self.sessions = []
+
+        def live_session(self, backend, model, device):
+            if backend == "faster":
+                raise MaxWhisperError("tiny.en on faster has its 2 realtime sessions (1 per replica): try again later")
+            self.sessions.append(super().live_session(backend, model, device))
+            return self.sessions[-1]
+
+    full = Full()
+    races = live.LiveRaces(full)
+    race, message, *_ = races.chunk(None, None, ["max", "faster"], "tiny.en", "cpu")
+    assert race is None and message == ("⚠ tiny.en on faster has its 2 realtime sessions (1 per replica): try again "
+                                        "later")
+    wait_for(lambda: not full.sessions[0].running)
+    assert full.sessions[0].ended
+
+
 def test_sessions_on_one_transcriber_take_turns():
     class Slow(ScriptedTranscriber):
         def __init__(self, script):
@@ -182,7 +208,9 @@ def test_sessions_on_one_transcriber_take_turns():
             return super().transcribe(audio, options, progress)
 
     model = Slow(SCRIPT)
-    races = live.LiveRaces(Scripts(model), limit=2)
+    transcriptions = LocalTranscriptions(lambda backend, **kw: model)
+    transcriptions.live_races = 2
+    races = live.LiveRaces(transcriptions)
     sessions = [races.start(["max"], "tiny.en", "cpu").sessions["max"] for _ in range(2)]
     audio = np.arange(3 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
     for i in range(3):

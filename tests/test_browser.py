@@ -230,21 +230,10 @@ def test_live_races_max_and_faster_whisper_on_the_fake_microphone(app, tmp_path)
     engines compute, the audio that reaches the app has gaps, so the test asks for committed words,
     not the exact sentence (test_app_live.py feeds the same chunks without a browser and gets it
     exactly). A failure says how far the race got: the browser's console and the app's log."""
-    import wave
-
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import expect
 
-    from maxwhisper.audio import load_audio
-
-    samples = load_audio(str(AUDIO / "jfk.flac"))
-    samples = np.concatenate([np.zeros(SAMPLE_RATE, np.float32), samples, np.zeros(4 * SAMPLE_RATE, np.float32)])
-    fake_mic = tmp_path / "jfk.wav"
-    with wave.open(str(fake_mic), "wb") as w:
-        w.setnchannels(1), w.setsampwidth(2), w.setframerate(SAMPLE_RATE)
-        w.writeframes((samples * 32767).astype(np.int16).tobytes())
-    args = CHROMIUM_ARGS + ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                            f"--use-file-for-fake-audio-capture={fake_mic}%noloop"]
+    args = CHROMIUM_ARGS + fake_microphone(tmp_path)
     app_url, app_pid = app
     deadline = time.monotonic() + RUN_TIMEOUT_MS / 1000
     while cpu_share(app_pid, 5) > 0.2:  # the start-up work (warm-up, the other tests' checks) done
@@ -284,6 +273,23 @@ def test_live_races_max_and_faster_whisper_on_the_fake_microphone(app, tmp_path)
         width, wide = page.evaluate(TOO_WIDE_JS)
         assert width <= PHONE["width"] and not wide, wide
         shoot(page, "live-phone", full_page=True)
+
+
+def fake_microphone(tmp_path: Path, loop: bool = False) -> list[str]:
+    """Chromium's arguments for a fake microphone that plays 1 s of silence, jfk.flac, 4 s of silence,
+    then silence (or, with `loop`, all of it again: a recording that starts late still hears jfk)."""
+    import wave
+
+    from maxwhisper.audio import load_audio
+
+    samples = load_audio(str(AUDIO / "jfk.flac"))
+    samples = np.concatenate([np.zeros(SAMPLE_RATE, np.float32), samples, np.zeros(4 * SAMPLE_RATE, np.float32)])
+    fake_mic = tmp_path / "jfk.wav"
+    with wave.open(str(fake_mic), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(SAMPLE_RATE)
+        w.writeframes((samples * 32767).astype(np.int16).tobytes())
+    return ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={fake_mic}" + ("" if loop else "%noloop")]
 
 
 def record_until_heard(page, panel, console: list[str], tries: int = 3) -> None:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import importlib.metadata
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -188,6 +189,7 @@ class Ingress:
         self.replicas = ReplicaWatch(APP_NAME, [config.deployment_name(b, m) for b, m in config.served.pairs],
                                      config.replicas)
         self.sessions = dict.fromkeys(config.served.pairs, 0)  # realtime sessions open, per deployment
+        self._sessions_lock = threading.Lock()  # the sockets' event loop and the app's live streams count them
         self._windowed: dict[tuple[str, str], bool] = {}
         app = build_api(self)
         self.front = Front(guard(_with_app(self, app) if config.ui else app, config.access), config.host, config.port)
@@ -216,18 +218,21 @@ class Ingress:
     @contextlib.contextmanager
     def session_slot(self, backend: str, model: str):
         """A realtime session's place on the deployment: at most `max_sessions` per replica up (ApiError
-        503 beyond them, or while none is up), held until the session ends."""
+        503 beyond them, or while none is up), held until the session ends. The app's live streams
+        under --ui hold them too."""
         self._check_ready(backend, model)
         most = self.config.max_sessions * self.replicas_of(backend, model).up
-        if self.sessions[(backend, model)] >= most:
-            raise ApiError(503, f"{model} on {backend} has its {most} realtime sessions ({self.config.max_sessions} "
-                                "per replica): try again later", type="server_error", code="too_many_sessions",
-                           retry_after=LOADING_RETRY_S)
-        self.sessions[(backend, model)] += 1
+        with self._sessions_lock:
+            if self.sessions[(backend, model)] >= most:
+                raise ApiError(503, f"{model} on {backend} has its {most} realtime sessions "
+                                    f"({self.config.max_sessions} per replica): try again later", type="server_error",
+                               code="too_many_sessions", retry_after=LOADING_RETRY_S)
+            self.sessions[(backend, model)] += 1
         try:
             yield
         finally:
-            self.sessions[(backend, model)] -= 1
+            with self._sessions_lock:
+                self.sessions[(backend, model)] -= 1
 
     async def windowed(self) -> dict[tuple[str, str], bool]:
         """Whether each deployment with a replica up hears a stream's window in one pass (asked once)."""

@@ -3,8 +3,9 @@
 
 A recording is one Gradio stream event, which calls `LiveRaces.chunk` with each piece the browser
 sends (about every 0.1 s with Gradio 6, whatever `stream_every` says). Races do not queue behind
-the comparisons: their transcribers are their own (`Transcriptions.transcriber`) and run beside
-the comparisons, sharing the CPU's cores; at most LIVE_RACES run at once.
+the comparisons: their sessions come from `Transcriptions.live_session`, which runs them beside the
+comparisons (in this process on models of their own; under `serve --ui` as the service's realtime
+sessions, on its replicas); at most `Transcriptions.live_races` run at once.
 """
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ from ..transcriptions import Transcriptions
 
 log = logging.getLogger(__name__)
 
-LIVE_RACES = 1  # races at once: one race already takes the cores of a small machine; another visitor waits
 RACERS = ("max", "faster")  # raced by default (README's Live streaming: what keeps up on a 2-core CPU)
 STOP_WAIT_S = 120.0  # how long a stop shows the race catching up before leaving it to finish alone
 LATE_S = 2.0  # a chunk this soon after a stop is that recording's last one arriving late: it starts nothing
@@ -74,27 +74,29 @@ def panel_html(backend: str, session: LiveSession | None) -> str:
 
 
 class LiveRaces:
-    """The app's live races: at most `limit` running; their transcribers come from
-    `transcriptions.transcriber`, apart from those of the comparisons. `chunk` and `stop` are the
-    Live tab's handlers, which answer each implementation's panel in the registry's order."""
+    """The app's live races: at most `transcriptions.live_races` running; their sessions come from
+    `transcriptions.live_session`. `chunk` and `stop` are the Live tab's handlers, which answer each
+    implementation's panel in the registry's order."""
 
-    def __init__(self, transcriptions: Transcriptions, limit: int = LIVE_RACES):
-        self.transcriptions, self.limit = transcriptions, limit
+    def __init__(self, transcriptions: Transcriptions):
+        self.transcriptions, self.limit = transcriptions, transcriptions.live_races
         self._lock = threading.Lock()
         self._races: list[LiveRace] = []
-        self._model_locks: dict[tuple[str, str, str], threading.Lock] = {}
 
     def start(self, backends: list[str], model: str, device: str) -> LiveRace:
-        """A new race; raises MaxWhisperError when `limit` races run already."""
+        """A new race; raises MaxWhisperError when `limit` races run already, or where
+        `transcriptions` has no room for one of its sessions (the others are stopped)."""
         with self._lock:
             self._races = [r for r in self._races if r.running]
-            if len(self._races) >= self.limit:
+            if self.limit is not None and len(self._races) >= self.limit:
                 raise MaxWhisperError("another visitor's live race is running: try again in a minute")
-            sessions = {}
-            for backend in (b for b in BACKENDS if b in backends):
-                lock = self._model_locks.setdefault((backend, model, device), threading.Lock())
-                sessions[backend] = LiveSession(
-                    lambda backend=backend: self.transcriptions.transcriber(backend, model, device), lock)
+            sessions: dict[str, LiveSession] = {}
+            try:
+                for backend in (b for b in BACKENDS if b in backends):
+                    sessions[backend] = self.transcriptions.live_session(backend, model, device)
+            except MaxWhisperError:
+                LiveRace(sessions).stop()
+                raise
             race = LiveRace(sessions)
             self._races.append(race)
             log.info("live race started: %s, %s on %s", ", ".join(sessions), model, device)
@@ -139,8 +141,8 @@ class LiveRaces:
 
 
 def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) -> None:
-    """The tab and its handlers, inside the page's gr.Blocks: its races get their transcribers from
-    `transcriptions.transcriber`."""
+    """The tab and its handlers, inside the page's gr.Blocks: its races get their sessions from
+    `transcriptions.live_session`."""
     races = LiveRaces(transcriptions)
     racers = [b for b in RACERS if b in choices.backends] or choices.backends[:1]
     with gr.Tab("Live"):
