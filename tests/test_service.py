@@ -149,13 +149,16 @@ def test_the_openai_client_streams_jfk_and_is_refused_without_the_key(client, se
     assert httpx.get(f"{service}/health").status_code == 200
 
 
-def _ingress():
+def _ingress(service: str):
+    """The process that listens on the service's port: its ingress replica, not another test run's."""
     import psutil
 
-    found = [p for p in psutil.process_iter(["cmdline"]) if "ServeReplica:maxwhisper:ingress" in " ".join(
-        p.info["cmdline"] or [])]
+    port = int(service.rsplit(":", 1)[1])
+    found = {c.pid for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
     assert len(found) == 1, found
-    return found[0]
+    ingress = psutil.Process(found.pop())
+    assert "ServeReplica:maxwhisper:ingress" in " ".join(ingress.cmdline()), ingress
+    return ingress
 
 
 def test_bombs_and_an_endless_upload_are_refused_before_the_ingress_spends_memory(service, http):
@@ -170,7 +173,7 @@ def test_bombs_and_an_endless_upload_are_refused_before_the_ingress_spends_memor
     from test_service_inputs import flac_hours, wav_bomb
 
     assert not serve.status().proxies  # nothing else reads request bodies
-    ingress = _ingress()
+    ingress = _ingress(service)
     before, peak, done = ingress.memory_info().rss, [0], threading.Event()
 
     def watch():
