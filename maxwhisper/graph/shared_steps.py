@@ -90,7 +90,7 @@ class SharedEncoder:
             first += len(job.mel)
 
 
-@dataclass
+@dataclass(eq=False)  # the queue removes jobs by identity: their mels do not compare
 class _EncodeJob:
     mel: np.ndarray
     done: bool = False
