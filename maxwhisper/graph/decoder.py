@@ -160,7 +160,8 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, mod
     ]
     n_cross = len(types) - 5 - len(choice_types) - 2 * L
     with Graph("whisper_decoder_step", input_types=types,
-               custom_extensions=[kernel_library()] if use_kernel else [], module=module) as graph:
+               custom_extensions=[kernel_library()] if use_kernel or plan.layer_norm_kernel else [],
+               module=module) as graph:
         tokens, positions, offset, mask, logit_index = (v.tensor for v in graph.inputs[:5])
         choice_inputs = [v.tensor for v in graph.inputs[5:5 + len(choice_types)]]
         cross_start = 5 + len(choice_types)

@@ -60,7 +60,8 @@ def encoder_linear(plan: ExecutionPlan) -> MakeEncoderLinear:
 
 def extensions(plan: ExecutionPlan) -> list:
     """A Graph's `custom_extensions` for encoder pieces built under `plan`."""
-    return [kernel_library()] if plan.encoder_linear_kernel or plan.encoder_attention_kernel else []
+    kernels = plan.encoder_linear_kernel or plan.encoder_attention_kernel or plan.layer_norm_kernel
+    return [kernel_library()] if kernels else []
 
 
 def encode(w: WeightBank, dims: ModelDims, mel: TensorValue, plan: ExecutionPlan) -> TensorValue:

@@ -197,7 +197,8 @@ class MaxWhisper:
                               int8=precision == "int8", bf16=precision == "bf16")
         start = time.perf_counter()
         self.session = InferenceSession(devices=[self.device])
-        self.graphs = dict(zip(first_graphs(self.plan), self.built_and_loaded(*first_graphs(self.plan))))
+        names = first_graphs(self.plan)
+        self.graphs = dict(zip(names, self.built_and_loaded(*names)))
         self.compile_s = time.perf_counter() - start
         self._lazy_lock = threading.Lock()
         self._running = threading.Lock()
