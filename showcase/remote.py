@@ -18,7 +18,7 @@ import numpy as np
 from maxwhisper.api import SAMPLE_RATE, DecodeOptions, MaxWhisperError, TranscriptionResult
 from maxwhisper.registry import BACKENDS
 from maxwhisper.service.openai_api import ApiError
-from maxwhisper.service.realtime import RemoteTranscriber, RemoteWindowTranscriber
+from maxwhisper.service.realtime import remote_transcriber
 
 from .formatting import label
 from .live_session import LiveSession
@@ -98,8 +98,7 @@ class ServiceTranscriptions:
 
         def load():
             windowed = handle.windowed.remote().result(timeout_s=self.config.request_timeout_s)
-            kind = RemoteWindowTranscriber if windowed else RemoteTranscriber
-            return kind(handle, backend, model, self.config.request_timeout_s)
+            return remote_transcriber(handle, backend, model, self.config.request_timeout_s, windowed)
 
         return LiveSession(load, release=slot.close)
 

@@ -341,7 +341,7 @@ async def run_session(session: RealtimeSession, receive: Callable[[], Awaitable[
             done, _ = await asyncio.wait({incoming}, timeout=max(0.0, min(limits.idle_s, left)))
             if not done:
                 expired = limits.max_session_s - (loop.time() - started) <= 0
-                if not expired and (session.busy() or session.has_work()):
+                if not expired and session.busy():
                     continue  # not idle while its audio is being transcribed
                 message = (f"the session reached its limit of {limits.max_session_s:g} s" if expired else
                            f"no event for {limits.idle_s:g} s: the session is closed")

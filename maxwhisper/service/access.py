@@ -110,6 +110,11 @@ class AccessPolicy:
         return None
 
 
+def offered_protocols(headers) -> list[str]:
+    """The WebSocket subprotocols a client offers (Sec-WebSocket-Protocol, comma separated)."""
+    return [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]
+
+
 def presented_key(scope: dict, headers: dict[str, str]) -> str | None:
     """The key a request sends: its Bearer token. A WebSocket (the realtime endpoint), which a browser
     cannot give headers, may also send it as speaches takes it, in an `X-API-Key` header or the
@@ -121,8 +126,7 @@ def presented_key(scope: dict, headers: dict[str, str]) -> str | None:
     if scope["type"] == "websocket":
         if headers.get("x-api-key", "").strip():
             return headers["x-api-key"].strip()
-        protocols = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]
-        keys = [p.removeprefix(KEY_SUBPROTOCOL) for p in protocols if p.startswith(KEY_SUBPROTOCOL)]
+        keys = [p.removeprefix(KEY_SUBPROTOCOL) for p in offered_protocols(headers) if p.startswith(KEY_SUBPROTOCOL)]
         values = keys or parse_qs(scope.get("query_string", b"").decode("latin-1")).get("api_key")
         return values[0] if values else None
     return None

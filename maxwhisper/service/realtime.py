@@ -25,6 +25,7 @@ from ..api import DecodeOptions, MaxWhisperError, TranscriptionResult
 from ..audio import STREAM_PADDING_S
 from ..realtime import EventError, RealtimeSession, SessionConfig, run_session
 from ..realtime.protocol import error_event
+from .access import offered_protocols
 from .openai_api import DEFAULT_MODEL_ALIAS, ApiError, deployment
 
 log = logging.getLogger("maxwhisper.service")
@@ -68,10 +69,15 @@ class RemoteWindowTranscriber(RemoteTranscriber):
         return self._call("transcribe_window", audio, options, tuple(draft), padding_s)
 
 
+def remote_transcriber(handle, backend: str, model: str, timeout_s: float, windowed: bool) -> RemoteTranscriber:
+    """The transcriber of a stream's updates on a deployment: its windows in one pass where it can."""
+    return (RemoteWindowTranscriber if windowed else RemoteTranscriber)(handle, backend, model, timeout_s)
+
+
 async def serve_socket(ingress, ws: WebSocket) -> None:
     """One realtime connection, from its handshake to its close."""
     config, params = ingress.config, ws.query_params
-    offered = [p.strip() for p in ws.headers.get("sec-websocket-protocol", "").split(",")]
+    offered = offered_protocols(ws.headers)
     await ws.accept(subprotocol="realtime" if "realtime" in offered else None)
     reason = "closed"
     try:
@@ -91,8 +97,7 @@ async def serve_socket(ingress, ws: WebSocket) -> None:
                 if pair not in windowed:
                     raise EventError(f"{pair[1]} on {pair[0]} has no replica up yet: try again shortly",
                                      code="model_loading", type="server_error")
-                kind = RemoteWindowTranscriber if windowed[pair] else RemoteTranscriber
-                return kind(ingress.handles[pair], *pair, config.request_timeout_s)
+                return remote_transcriber(ingress.handles[pair], *pair, config.request_timeout_s, windowed[pair])
 
             session = RealtimeSession(transcriber_for, beta="realtime=v1" in ws.headers.get("openai-beta", ""),
                                       limits=config.session_limits, config=SessionConfig(model=model))
