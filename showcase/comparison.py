@@ -74,19 +74,6 @@ def english_only_problem(model: str, options: DecodeOptions) -> str:
 
 # --- one request: the same audio through each chosen implementation ---------------------------
 
-@dataclass(frozen=True)
-class Run:
-    """One timed transcription of the audio."""
-
-    result: TranscriptionResult
-    shared_cpu: str = ""  # the app's own work that ran beside it (`Transcription.shared_cpu`)
-    other_cores: float | None = None  # cores that other processes kept busy meanwhile (`cpu_load`)
-
-    @property
-    def seconds(self) -> float:
-        return self.result.timings.total_s
-
-
 @dataclass
 class Panel:
     """One implementation in the comparison: its state, its runs, and what its column shows."""
@@ -96,7 +83,7 @@ class Panel:
     state: str = "waiting"  # waiting, running, done, failed
     doing: str = ""  # while running: what it does now ("transcribing, window 2 of ~7 (…)")
     fraction: float = 0.0  # of the run under way
-    runs: list[Run] = field(default_factory=list)
+    runs: list[Transcription] = field(default_factory=list)  # its timed transcriptions of the audio
     error: str | None = None
     text: str = ""  # the transcript
     segments: str = ""  # one "[start --> end] text" line per segment
@@ -109,7 +96,7 @@ class Panel:
         return self.runs[0].result if self.runs else None
 
     @property
-    def best(self) -> Run | None:
+    def best(self) -> Transcription | None:
         """The fastest run: the one least slowed by other work."""
         return min(self.runs, key=lambda r: r.seconds) if self.runs else None
 
@@ -205,7 +192,7 @@ def _run_once(panel: Panel, samples, model: str, device: str, options: DecodeOpt
     try:
         done: Transcription = transcriptions.transcribe(samples, panel.backend, model, device, options,
                                                         precision=panel.precision, progress=say)
-        panel.runs.append(Run(done.result, done.shared_cpu, done.other_cores))
+        panel.runs.append(done)
         panel.state = "done"
     except Cancelled:
         raise

@@ -2,6 +2,7 @@
 messages without the server's paths."""
 from __future__ import annotations
 
+import html
 import re
 
 from maxwhisper.api import MaxWhisperError
@@ -12,9 +13,10 @@ def label(backend: str) -> str:
     return BACKENDS[backend].description if backend in BACKENDS else backend
 
 
-def colored(backend: str, text: str | None = None) -> str:
-    """`text` (default: the backend's label) in the backend's colour, for plotly's tick labels."""
-    return f"<span style='color:{color(backend)}'><b>{text or label(backend)}</b></span>"
+def panel_title(backend: str, inner: str = "") -> str:
+    """The head of an implementation's panel: its name over a rule in its colour, then `inner` (HTML)."""
+    return (f"<div class='panel-head' style='border-color:{color(backend)}'><span class='panel-name'>"
+            f"{html.escape(label(backend))}</span>{inner}</div>")
 
 
 def hide_paths(text: str) -> str:

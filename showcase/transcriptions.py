@@ -37,9 +37,15 @@ class Cancelled(Exception):
 
 @dataclass(frozen=True)
 class Transcription:
+    """One timed transcription, with what shared the CPU meanwhile."""
+
     result: TranscriptionResult
     shared_cpu: str = ""  # for people: the app's work that ran beside it and slowed it (e.g. "the component checks")
     other_cores: float | None = None  # cores other processes kept busy meanwhile (`cpu_load`); None: not measured
+
+    @property
+    def seconds(self) -> float:
+        return self.result.timings.total_s
 
 
 @runtime_checkable

@@ -15,11 +15,11 @@ from maxwhisper.api import DecodeOptions
 from maxwhisper.registry import BACKENDS, color
 from maxwhisper.tokenizer import LANGUAGES
 
-from ..charts import short_name, stage_bars, time_bars
+from ..charts import short_name, speed_value, stage_bars, time_bars
 from ..choices import Choices
 from ..comparison import Comparison, Panel, run_comparison, watch
 from ..cpu_load import BUSY_CORES, available_cores
-from ..formatting import label
+from ..formatting import label, panel_title
 from ..results import RESULTS_DIR
 from ..transcriptions import Transcriptions
 from ..verdict import benchmark_note, verdict_html
@@ -63,12 +63,11 @@ def panel_head(panel: Panel | None, backend: str, rounds: int = 1) -> str:
     elif panel and panel.runs:
         best, r = panel.best, panel.result
         shared = best.shared_cpu or (best.other_cores or 0.0) >= BUSY_CORES
-        line = (f"<div class='meta'>{best.seconds:.2f} s · {r.audio_s / best.seconds:.0f}× real time · "
+        line = (f"<div class='meta'>{speed_value(best.seconds, r.audio_s)} · "
                 f"{r.precision} · {r.language}{' · ⚠ CPU shared' if shared else ''}</div>")
     elif panel and panel.error:
         line = f"<div class='meta error'>{html.escape(panel.error)}</div>"
-    return (f"<div class='panel-head' style='border-color:{color(backend)}'><span class='panel-name'>"
-            f"{html.escape(label(backend))}</span> <span class='chip chip-{state}'>{state}</span>{line}</div>")
+    return panel_title(backend, f" <span class='chip chip-{state}'>{state}</span>{line}")
 
 
 def message_text(comparison: Comparison | None, elapsed: float) -> str:

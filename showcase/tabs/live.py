@@ -18,11 +18,11 @@ from collections.abc import Iterator
 import gradio as gr
 
 from maxwhisper.api import MaxWhisperError
-from maxwhisper.registry import BACKENDS, color
+from maxwhisper.registry import BACKENDS
 
 from ..charts import short_name
 from ..choices import Choices
-from ..formatting import error_message, label
+from ..formatting import error_message, label, panel_title
 from ..live_session import LiveSession
 from ..transcriptions import Transcriptions
 
@@ -69,8 +69,7 @@ def panel_html(backend: str, session: LiveSession | None) -> str:
     """An implementation's column: its name, its text so far, its figures."""
     body = (f"{session.text_html()}<div class='meta live-stats'>{html.escape(session.figures())}</div>" if session
             else "<div class='meta live-stats'>waiting for the microphone</div>")
-    return (f"<div class='panel-head' style='border-color:{color(backend)}'><span class='panel-name'>"
-            f"{html.escape(label(backend))}</span></div>{body}")
+    return panel_title(backend) + body
 
 
 class LiveRaces:
