@@ -85,7 +85,7 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def transcribe_kwargs(options: DecodeOptions, language: str | None, fp16: bool) -> dict:
+def transcribe_kwargs(options: DecodeOptions, fp16: bool) -> dict:
     """Every keyword of `whisper.transcribe()` (and the DecodingOptions it forwards), set from
     `options` explicitly rather than left to openai-whisper's defaults."""
     greedy = options.beam_size == 1
@@ -103,7 +103,7 @@ def transcribe_kwargs(options: DecodeOptions, language: str | None, fp16: bool) 
         clip_timestamps="0",
         # **decode_options -> whisper.DecodingOptions
         fp16=fp16,
-        language=language,
+        language=options.language,
         task=options.task,
         beam_size=None if greedy else options.beam_size,
         best_of=options.best_of,
@@ -195,8 +195,7 @@ class OpenAITranscriber:
             _window_progress.report = progress
             t0 = time.perf_counter()
             try:
-                kwargs = transcribe_kwargs(options, options.language, self.precision == "fp16")
-                out = self.net.transcribe(audio, **kwargs)
+                out = self.net.transcribe(audio, **transcribe_kwargs(options, self.precision == "fp16"))
                 self._sync()
                 total = time.perf_counter() - t0
                 features = _mel_clock.seconds

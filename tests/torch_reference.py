@@ -108,7 +108,7 @@ def openai_transcribe(module: Whisper, audio: np.ndarray, options: DecodeOptions
 
     from maxwhisper_baselines.openai_backend import transcribe_kwargs
 
-    return whisper.transcribe(module, audio, **{**transcribe_kwargs(options, options.language, fp16=False), **extra})
+    return whisper.transcribe(module, audio, **{**transcribe_kwargs(options, fp16=False), **extra})
 
 
 def whisper_mel(audio: np.ndarray, n_mels: int) -> np.ndarray:
