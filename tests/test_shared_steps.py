@@ -172,3 +172,57 @@ def test_concurrent_streams_share_calls_and_keep_their_tokens(precision, request
     assert max(net.encoder.batches) >= 2  # equal windows of two streams in one encoder call
     assert net.steps.rows_stepped > net.steps.steps  # steps carried several streams
     assert sorted(net.steps._free) == [0, 1, 2, 3] and not net.steps._members
+
+
+def test_encode_calls_of_another_length_wait_for_a_batch_of_their_own():
+    """Calls queued while the encoder runs: the first and those of its length run next as one batch,
+    one of another length after them (a stream's shorter window beside 30 s ones), each call
+    getting its own windows' features."""
+    from maxwhisper.graph.model import AudioFeatures
+    from maxwhisper.graph.shared_steps import SharedEncoder
+
+    class Net:  # the encoder's calls on plain arrays: features are the mel itself
+        def __init__(self):
+            self.release = threading.Event()
+
+        def encode(self, mel):
+            self.release.wait(30)  # the first call holds the encoder while the others queue
+            return AudioFeatures(mel.copy(), ())
+
+        def to_device(self, array):
+            return array
+
+        def lazy_graph(self, name):
+            return name
+
+        def run(self, graph, index, features):
+            return (features[index],)
+
+    net = Net()
+    encoder = SharedEncoder(net, max_windows=4)
+    mels = [np.full((1, 80, frames), i, np.float32) for i, frames in enumerate((3000, 3000, 500, 3000))]
+    results, errors = {}, []
+
+    def call(i):
+        try:
+            results[i] = encoder.encode(mels[i]).features
+        except Exception as e:  # reported by the assertion below
+            errors.append(e)
+
+    def until(ready):
+        deadline = time.monotonic() + 10
+        while not ready() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=call, args=(i,), daemon=True) for i in range(4)]
+    threads[0].start()
+    until(lambda: encoder._running)  # the first call holds the encoder
+    for i in (1, 2, 3):  # the others queue in this order
+        threads[i].start()
+        until(lambda: len(encoder._queue) == i)
+    net.release.set()
+    for thread in threads:
+        thread.join(10)
+    assert errors == []
+    assert encoder.batches == [1, 2, 1]
+    assert all(np.array_equal(results[i], mels[i]) for i in range(4))
