@@ -28,10 +28,15 @@ def installed(extra: str) -> bool:
     return all(importlib.util.find_spec(module) is not None for module in EXTRAS[extra])
 
 
+def how_to_install(extra: str) -> str:
+    """What a message about a missing extra says to install it."""
+    return f"the '{extra}' extra: pip install 'maxwhisper[{extra}]'"
+
+
 def require(extra: str, feature: str) -> None:
     """Raises MissingExtra, naming the extra to install, where `extra` is not installed."""
     if not installed(extra):
-        raise MissingExtra(f"{feature} needs the '{extra}' extra: pip install 'maxwhisper[{extra}]'")
+        raise MissingExtra(f"{feature} needs {how_to_install(extra)}")
 
 
 def checkout() -> Path | None:

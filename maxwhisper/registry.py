@@ -12,7 +12,7 @@ from functools import cache
 from pathlib import Path
 
 from .api import Backend, BackendError, Transcriber
-from .extras import MissingExtra
+from .extras import MissingExtra, how_to_install
 
 ENTRY_POINTS = "maxwhisper.backends"  # each names a Backend or a sequence of them
 
@@ -85,7 +85,7 @@ def installed_backend(backend: str) -> Backend:
         raise BackendError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     b = BACKENDS[backend]
     if not importlib.util.find_spec(b.package):
-        install = f"the '{b.extra}' extra: pip install 'maxwhisper[{b.extra}]'" if b.extra else b.package
+        install = how_to_install(b.extra) if b.extra else b.package
         raise MissingExtra(f"backend {backend!r} ({b.description}) needs {install}")
     return b
 

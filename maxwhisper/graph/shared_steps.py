@@ -1,25 +1,9 @@
-"""Concurrent transcriptions on one MAX model decode together.
-
-Each transcription runs in a thread of its own through the unchanged seek loop
-(`maxwhisper.transcribe`, `maxwhisper.batched`), on a `SharedModel` in place of the network:
-
-- encoder calls that arrive while the encoder runs wait, then those of one length run as one batch
-  (no wait is added: a lone call runs at once); a live stream's windows, heard with 5 s of padding
-  rather than 30 s (`MaxTranscriber.transcribe_window`), differ in length and mostly run one by one;
-- a greedy decoding at temperature 0 (a window's first and usually only try) runs its prompt
-  through the generic step graph on its own, then moves its rows into a shared KV cache, where
-  every such decoding steps in one call of the token step graph, each row at its own position
-  and attending to its own window's audio positions (`decoder_layer.mojo`: a stream's shorter
-  window beside 30 s ones); a decoding that checked a live stream's draft first (one pass over the
-  prompt and the draft, `decoding.DecodingTask`) moves its rows in after that pass; beam search,
-  sampling and language detection run on their own, as without sharing;
-- a decoding that finds the shared cache empty, and no other decoding stepping alone, stays on
-  its own rows: a lone request costs what it costs without sharing (no rows copied in, no step
-  sized for the whole cache), and those arriving while it runs share steps among themselves.
-
-A row's arithmetic is the one-row path's whatever else steps beside it, so a transcription's
-tokens do not depend on what it shared steps with. Only the CPU kernels' plan has the token step
-graph; elsewhere only the encoder calls are shared.
+"""Concurrent transcriptions on one MAX model decode together: each runs in a thread of its own
+through the unchanged seek loop, on a `SharedModel` in place of the network. Encoder calls that
+arrive while the encoder runs go as one batch per length; greedy decodings at temperature 0 step
+in one call of the token step graph over a shared KV cache, each row at its own position. A lone
+decoding stays on its own rows, and a row's arithmetic is the one-row path's, so a transcription's
+tokens do not depend on what it shared with. The rules: docs/design.md#decoding-requests-together.
 """
 from __future__ import annotations
 
