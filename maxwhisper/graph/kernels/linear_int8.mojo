@@ -10,7 +10,7 @@ from extensibility import InputTensor, OutputTensor
 from max.gpu.host import DeviceContext
 from std.memory import alloc, stack_allocation
 from std.memory.unsafe import bitcast
-from std.sys import CompilationTarget, llvm_intrinsic
+from std.sys import CompilationTarget, llvm_intrinsic, num_logical_cores
 
 from .linear import LANES, NR, store
 from .threads import share_items
@@ -113,7 +113,7 @@ struct PackedLinearInt8:
         var rp = residual.unsafe_ptr()
         var has_residual = residual.dim_size(0) == m and residual.dim_size(1) == n
         var op = output.unsafe_ptr()
-        var block = max(mr, BLOCK_BYTES // kd // mr * mr)
+        var block = balanced_block(m, max(mr, BLOCK_BYTES // kd // mr * mr), mr)
 
         def rows(item: Int) {var xp, var wp, var sp, var cp, var bp, var rp, var has_residual, var op, var m, var kd,
                              var n, var n_panels, var block}:
@@ -146,6 +146,15 @@ struct PackedLinearInt8:
             zero.free()
 
         share_items((m + block - 1) // block, rows)
+
+
+def balanced_block(m: Int, most: Int, mr: Int) -> Int:
+    """Rows per work item: at most `most` (a multiple of mr), as many items as the threads share
+    evenly where that fits, so that no thread runs a last item alone (13 items of 2 threads' 14)."""
+    var threads = num_logical_cores()
+    var items = (m + most - 1) // most
+    items = (items + threads - 1) // threads * threads
+    return max(mr, ((m + items - 1) // items + mr - 1) // mr * mr)
 
 
 def quantize_row(x: F32, kd: Int, q: U8, scale: F32, zero: I32):
