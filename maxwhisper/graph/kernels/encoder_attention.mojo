@@ -182,16 +182,22 @@ def pack_bf16(x: F32, h: Int, t_len: Int, d: Int, dh: Int, k_panels: B16, v_pane
     """`pack` in bfloat16 for `vdpbf16ps`: key t's dims 2g, 2g + 1 at k_panels [t / 16, g, t % 16, :]
     (zero past T), value t's dim e at v_panels [e / 16, t / 2, e % 16, t % 2] (zero past T up to T_pad)."""
     var t_pad = t_len + (-t_len) % NR
+    var pairs = stack_allocation[MAX_DH, BFloat16]()  # one key in bfloat16, its dims pairwise as 32-bit words
+    var words = pairs.bitcast[Int32]()
     for t in range(t_pad):
-        var panel = k_panels + (t // NR) * dh * NR + (t % NR) * 2
         var key = x + t * 3 * d + d + h * dh
-        for e in range(dh):
-            panel[(e // 2) * 2 * NR + e % 2] = key[e].cast[DType.bfloat16]() if t < t_len else BFloat16(0)
-    for t in range(t_pad):
-        var value = x + t * 3 * d + 2 * d + h * dh
-        for e in range(dh):
-            var at = (e // NR) * t_pad * NR + (t // 2) * 2 * NR + (e % NR) * 2 + t % 2
-            v_panels[at] = value[e].cast[DType.bfloat16]() if t < t_len else BFloat16(0)
+        for e in range(0, dh, NR):
+            pairs.store(e, key.load[width=NR](e).cast[DType.bfloat16]() if t < t_len else SIMD[DType.bfloat16, NR](0))
+        var panel = k_panels.bitcast[Int32]() + (t // NR) * dh * NR // 2 + t % NR
+        for g in range(dh // 2):
+            panel[g * NR] = words[g]
+    for t in range(0, t_pad, 2):  # keys t and t + 1 interleaved, 16 dims at a time
+        var first = x + t * 3 * d + 2 * d + h * dh
+        var second = first + 3 * d
+        for e in range(0, dh, NR):
+            var a = first.load[width=NR](e).cast[DType.bfloat16]() if t < t_len else SIMD[DType.bfloat16, NR](0)
+            var b = second.load[width=NR](e).cast[DType.bfloat16]() if t + 1 < t_len else SIMD[DType.bfloat16, NR](0)
+            (v_panels + (e // NR) * t_pad * NR + t * NR).store(0, a.interleave(b))
 
 
 def rows_bf16[mr: Int, np: Int](q: F32, ldq: Int, n_rows: Int, k_panels: B16, v_panels: B16, dst: F32, ldo: Int,
