@@ -62,13 +62,18 @@ def peak_gops(precision: str) -> float:
     return max(float(x) for x in re.findall(rf"^{precision}: ([\d.]+) GOP/s", out, re.MULTILINE))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments(doc: str, precision: str, repeats: int) -> argparse.Namespace:
+    """The encoder benchmarks' command line: --model, --precision, --repeats (their defaults given)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--model", default="tiny.en")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "int8", "bf16"])
-    parser.add_argument("--repeats", type=int, default=9)
-    args = parser.parse_args()
+    parser.add_argument("--precision", default=precision, choices=["fp32", "int8", "bf16"])
+    parser.add_argument("--repeats", type=int, default=repeats)
     os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = arguments(__doc__, "fp32", 9)
 
     ckpt = load_checkpoint(args.model)
     audio = load_audio(str(audio_dir() / "physicsworks.flac"))[: 30 * 16000]

@@ -116,6 +116,49 @@ def test_packed_linear_bf16_kernel_is_the_float32_sum_of_bfloat16_products(tiny_
     assert np.abs(plain - float_product).max() > 100 * np.abs(plain - exact_sums).max()
 
 
+@pytest.mark.parametrize("dh", [64, 80])
+def test_encoder_attention_in_bf16_is_float32_sums_of_bfloat16_products(dh, tiny_en_checkpoint):
+    """`encoder_attention` with bf16 (int8's encoder attention on a CPU with AVX512_BF16) against
+    float64 numpy over the numbers it rounds: q scaled, the keys, the values and exp(score - max)
+    rounded to bfloat16, the softmax's sum from the unrounded exps. Batch 2, 2 heads, T = 37 (partial
+    panels and work items); the AVX2-sized tile and the AVX-512 one give the same bits. The rounding
+    is what moves it from float32 attention, not the sums. Without AVX512_BF16: MAX says it cannot run."""
+    if not has_bf16():
+        assert_max_says_bf16_is_missing(tiny_en_checkpoint)
+        return
+    from max.dtype import DType
+    from max.graph import DeviceRef, TensorType
+
+    from maxwhisper.graph.layers import MACHINE_TILE, encoder_attention
+
+    b, t, h = 2, 37, 2
+    d = h * dh
+    rng = np.random.default_rng(0)
+    qkv = rng.standard_normal((b, t, 3 * d)).astype(np.float32)
+    types = [TensorType(DType.float32, [b, "t", 3 * d], device=DeviceRef.CPU())]
+    run = _kernel_graph(f"encoder_attention_bf16_test_{dh}", types,
+                        lambda x: [encoder_attention(x, h, tile, bf16=True) for tile in (MACHINE_TILE, (6, 1), (12, 2))])
+    out, small, large = run(qkv)
+    np.testing.assert_array_equal(small, out)
+    np.testing.assert_array_equal(large, out)
+
+    def heads(x):  # [B, T, d] -> [B, H, T, Dh] in float64
+        return x.astype(np.float64).reshape(b, t, h, dh).transpose(0, 2, 1, 3)
+
+    q, k, v = np.split(qkv, 3, axis=-1)
+    scores = heads(bfloat16(q * np.float32(1 / np.sqrt(dh)))) @ heads(bfloat16(k)).transpose(0, 1, 3, 2)
+    exps = np.exp(scores - scores.max(-1, keepdims=True))
+    rounded = bfloat16(exps.astype(np.float32)).astype(np.float64) @ heads(bfloat16(v)) / exps.sum(-1, keepdims=True)
+    expected = rounded.transpose(0, 2, 1, 3).reshape(b, t, d)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-3)
+    qf, kf, vf = (heads(part) for part in (q, k, v))
+    exact = qf @ kf.transpose(0, 1, 3, 2) / np.sqrt(dh)
+    p = np.exp(exact - exact.max(-1, keepdims=True))
+    float_attention = ((p / p.sum(-1, keepdims=True)) @ vf).transpose(0, 2, 1, 3).reshape(b, t, d)
+    assert np.abs(out - float_attention).max() < 0.05
+    assert np.abs(out - float_attention).max() > 10 * np.abs(out - expected).max()
+
+
 @pytest.mark.parametrize("cpu", ["znver4", "sapphirerapids"])
 def test_bf16_encoder_tile_is_vdpbf16ps_on_every_accumulator(cpu, tmp_path):
     """`packed_linear_bf16`'s tile compiled for CPUs with AVX512_BF16 (tests/tile_bf16_asm.mojo; nothing

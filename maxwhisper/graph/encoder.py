@@ -2,14 +2,14 @@
 per window so that decoder steps never recompute them (under --precision int8 quantized to int8
 there, a scale per key and per value). With the CPU kernels (the execution plan's choice) its
 conv stem runs the `conv_stem` kernel, its linears `packed_linear` and its attention
-`encoder_attention`; otherwise MAX's ops."""
+`encoder_attention` (int8: in bfloat16 where the CPU has AVX512_BF16); otherwise MAX's ops."""
 from __future__ import annotations
 
 from max.dtype import DType
 from max.graph import Graph, Module, TensorType, TensorValue, ops
 
 from ..checkpoint import ModelDims
-from .layers import (MakeEncoderLinear, WeightBank, attention, conv1d, conv_stem_kernel, conv_stem_kernel_fits,
+from .layers import (MakeEncoderLinear, WeightBank, attention, conv1d, conv_stem_kernel,
                      cross_layout_kernel, dim_value, encoder_attention, linear, merge_heads, kernel_library, packed_linear,
                      packed_linear_bf16, packed_linear_int8, split_heads)
 from .plan import ExecutionPlan
@@ -22,7 +22,7 @@ def self_attention(w: WeightBank, p: str, x: TensorValue, n_head: int, plan: Exe
     d = int(x.shape[-1])
     qkv = encoder_linear(plan)(w, f"{p}.attn.qkv")(plan.layer_norm(w, f"{p}.attn_ln", x))
     if plan.encoder_attention_kernel:
-        a = encoder_attention(qkv, n_head)
+        a = encoder_attention(qkv, n_head, bf16=plan.encoder_attention_bf16)
     else:
         q, k, v = ops.split(qkv, [d] * 3, axis=-1)
         heads = attention(split_heads(q, n_head), ops.transpose(split_heads(k, n_head), -1, -2), split_heads(v, n_head))
@@ -41,7 +41,7 @@ def encoder_block(w: WeightBank, p: str, x: TensorValue, n_head: int, plan: Exec
 def conv_stem(w: WeightBank, mel: TensorValue, plan: ExecutionPlan) -> TensorValue:
     """mel [B, n_mels, frames] -> [B, frames / 2, d]: two GELU convolutions, the second strided, and
     the positional embedding. With the CPU kernels one kernel (`conv_stem_kernel`), else MAX's ops."""
-    if plan.encoder_linear_kernel and conv_stem_kernel_fits(int(w.arrays["encoder.conv1.bias"].shape[0])):
+    if plan.conv_stem_kernel:
         return conv_stem_kernel(w, mel)
     x = ops.permute(mel, [0, 2, 1])
     x = ops.gelu(conv1d(w, "encoder.conv1", x, stride=1))
@@ -60,7 +60,8 @@ def encoder_linear(plan: ExecutionPlan) -> MakeEncoderLinear:
 
 def extensions(plan: ExecutionPlan) -> list:
     """A Graph's `custom_extensions` for encoder pieces built under `plan`."""
-    kernels = plan.encoder_linear_kernel or plan.encoder_attention_kernel or plan.layer_norm_kernel
+    kernels = (plan.encoder_linear_kernel or plan.encoder_attention_kernel or plan.layer_norm_kernel
+               or plan.conv_stem_kernel)
     return [kernel_library()] if kernels else []
 
 

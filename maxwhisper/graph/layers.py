@@ -53,19 +53,14 @@ class WeightBank:
         return self._weight(f"{name}.fp16", DType.float16, self.arrays[name].shape, lambda: self._float16(name))
 
     def panels(self, name: str) -> Weight:
-        """The float32 array [K, N] as N / 16 column panels [N / 16, K, 16], for `packed_linear`."""
-        k, n = self.arrays[name].shape
+        """The float32 array [..., N] as the matrix [K, N] of its leading axes flattened, in N / 16
+        column panels [N / 16, K, 16]: a linear's [K, N] for `packed_linear`; a kernel-3
+        convolution's `*.weight_rscf` [1, 3, C_in, C_out] as its im2col matrix [3 C_in, C_out] (row
+        j C_in + c: tap j of channel c) for `conv_stem`."""
+        n = self.arrays[name].shape[-1]
+        k = self.arrays[name].size // n
         return self._weight(f"{name}.panels", DType.float32, (n // PANEL, k, PANEL), lambda: np.ascontiguousarray(
             self.arrays[name].reshape(k, n // PANEL, PANEL).transpose(1, 0, 2), dtype=np.float32))
-
-    def conv_panels(self, prefix: str) -> Weight:
-        """The kernel-3 convolution `{prefix}.weight_rscf` [1, 3, C_in, C_out] as the im2col
-        matrix [3 C_in, C_out] (row j C_in + c: tap j of channel c) in 16-column panels
-        [C_out / 16, 3 C_in, 16], for `conv_stem`."""
-        _, taps, c_in, c_out = self.arrays[f"{prefix}.weight_rscf"].shape
-        return self._weight(f"{prefix}.panels", DType.float32, (c_out // PANEL, taps * c_in, PANEL),
-                            lambda: np.ascontiguousarray(self.arrays[f"{prefix}.weight_rscf"].reshape(
-                                taps * c_in, c_out // PANEL, PANEL).transpose(1, 0, 2), dtype=np.float32))
 
     def int8_panels(self, name: str) -> tuple[Weight, Weight, Weight]:
         """The linear weight `name` quantized per output channel (`int8`) for `packed_linear_int8`:
@@ -465,15 +460,16 @@ def _compile_kernels(cache: Path, package: Path) -> None:
         os.replace(staged, package)
 
 
-def encoder_attention(qkv: TensorValue, n_head: int, tile: tuple[int, int] = MACHINE_TILE) -> TensorValue:
+def encoder_attention(qkv: TensorValue, n_head: int, tile: tuple[int, int] = MACHINE_TILE,
+                      bf16: bool = False) -> TensorValue:
     """`attention` of every head as one CPU kernel (`kernels/encoder_attention.mojo`), straight
     from the fused qkv linear: qkv float32 [B, T, 3d] -> [B, T, d] (heads merged, as
     `merge_heads` gives them); no head split, key transpose or merge ops around it. `tile` as
-    `packed_linear`'s."""
+    `packed_linear`'s. bf16: both products' inputs rounded to bfloat16, `vdpbf16ps` (AVX512_BF16 only)."""
     b, t, d3 = qkv.shape
     out = TensorType(DType.float32, [b, t, int(d3) // 3], device=qkv.device)
-    return ops.custom("encoder_attention", qkv.device, [qkv], [out],
-                      parameters={"heads": n_head, "tile_rows": tile[0], "tile_panels": tile[1]})[0].tensor
+    parameters = {"heads": n_head, "tile_rows": tile[0], "tile_panels": tile[1], "bf16": bf16}
+    return ops.custom("encoder_attention", qkv.device, [qkv], [out], parameters=parameters)[0].tensor
 
 
 def encoder_attention_fits(d: int, n_head: int) -> bool:
@@ -523,8 +519,8 @@ def conv_stem_kernel(w: WeightBank, mel: TensorValue) -> TensorValue:
     b, _, frames = mel.shape
     bias = w("encoder.conv1.bias")
     out = TensorType(DType.float32, [b, (frames + 1) // 2, bias.shape[0]], device=mel.device)
-    inputs = [mel, w.conv_panels("encoder.conv1"), bias, w.conv_panels("encoder.conv2"), w("encoder.conv2.bias"),
-              w("encoder.positional_embedding")]
+    inputs = [mel, w.panels("encoder.conv1.weight_rscf"), bias, w.panels("encoder.conv2.weight_rscf"),
+              w("encoder.conv2.bias"), w("encoder.positional_embedding")]
     return ops.custom("conv_stem", mel.device, inputs, [out])[0].tensor
 
 

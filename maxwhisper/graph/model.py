@@ -194,7 +194,8 @@ class MaxWhisper:
         self.arrays = graph_arrays(ckpt.state, ckpt.dims)
         self.copies: dict = {}  # float16, int8 and int4 copies of the weights, made once for every graph
         self.plan = make_plan(WeightBank(self.arrays, self.dtype, self.device_ref, self.copies), self.dims, kernels,
-                              int8=precision == "int8", bf16=precision == "bf16")
+                              int8=precision == "int8", bf16=precision == "bf16",
+                              cpu_bf16=device == "cpu" and has_bf16())
         start = time.perf_counter()
         self.session = InferenceSession(devices=[self.device])
         names = first_graphs(self.plan)

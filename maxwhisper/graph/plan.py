@@ -5,7 +5,8 @@ Two kinds of plan:
 - "cpu-kernels": on the CPU in float32, the Mojo kernels of `graph/kernels/` wherever the
   model's shapes fit them (every published Whisper's do); with `int8`, the linears' weights
   quantized to int8 at load and the int8 kernels (`--precision int8`), and the cross-attention
-  keys and values quantized to int8 as the encoder graph makes them (`cross_int8`); with `bf16`,
+  keys and values quantized to int8 as the encoder graph makes them (`cross_int8`), the encoder's
+  attention in bfloat16 where the CPU has AVX512_BF16 (`encoder_attention_bf16`); with `bf16`,
   the encoder's and the prompts' linears in bfloat16 with `vdpbf16ps` (`--precision bf16`,
   AVX512_BF16 only);
 - "portable": MAX's own ops only, exactly the graphs a GPU runs, runnable on any device (on the
@@ -20,8 +21,8 @@ from max.dtype import DType
 from max.graph import DeviceRef
 
 from ..checkpoint import ModelDims
-from .layers import (WeightBank, encoder_attention_fits, few_row_attention_fits, few_row_linear_fits, layer_norm,
-                     layer_norm_kernel, packed_linear_fits)
+from .layers import (WeightBank, conv_stem_kernel_fits, encoder_attention_fits, few_row_attention_fits,
+                     few_row_linear_fits, layer_norm, layer_norm_kernel, packed_linear_fits)
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,14 @@ class ExecutionPlan:
     # the encoder's and the prompts' linears in bfloat16 (`packed_linear_bf16`); one-token steps stay
     # float32 over float16-stored weights (as many bytes as bfloat16 ones, and exact)
     bf16: bool = False
-    # `layer_norm_rows` for every layer norm (and `conv_stem` for the encoder's stem): MAX's layer
-    # norm and conv2d ops take a cold compile seconds each
+    # `layer_norm_rows` for every layer norm: MAX's layer norm op takes a cold compile seconds
     layer_norm_kernel: bool = False
+    # `conv_stem` for the encoder's two convolutions and positional embedding: MAX's conv2d op
+    # takes a cold compile seconds
+    conv_stem_kernel: bool = False
+    # int8's encoder attention in bfloat16 (`encoder_attention` with bf16, AVX512_BF16 only): a third
+    # of the window's operations, at twice float32's multiply-adds per instruction
+    encoder_attention_bf16: bool = False
 
     @property
     def layer_norm(self):
@@ -68,8 +74,9 @@ class ExecutionPlan:
         """One line for people: the plan and what it runs."""
         weights = "int8" if self.int8 else "float16-stored"
         packed = "int8 " if self.int8 else "bf16 " if self.bf16 else ""
-        parts = {"layer norms": self.layer_norm_kernel, f"{packed}encoder linears": self.encoder_linear_kernel,
-                 "encoder attention": self.encoder_attention_kernel,
+        attention = "bf16 encoder attention" if self.encoder_attention_bf16 else "encoder attention"
+        parts = {"layer norms": self.layer_norm_kernel, "conv stem": self.conv_stem_kernel,
+                 f"{packed}encoder linears": self.encoder_linear_kernel, attention: self.encoder_attention_kernel,
                  "step attention and token choice": self.step_kernels,
                  f"{weights} step linears": self.step_linears_kernel, "one-token step graph": self.token_step}
         kernels = ", ".join(name for name, used in parts.items() if used) or "none"
@@ -80,12 +87,12 @@ class ExecutionPlan:
 
 
 def make_plan(w: WeightBank, dims: ModelDims, kernels: bool = True, int8: bool = False,
-              bf16: bool = False) -> ExecutionPlan:
+              bf16: bool = False, cpu_bf16: bool = False) -> ExecutionPlan:
     """The plan for a model whose weights `w` holds (on w.device, in w.dtype). kernels=False, or any
     device but the CPU, or a dtype but float32, gives the portable plan. int8: the CPU kernels'
-    plan with int8 weights, bf16: with bfloat16 encoder and prompt linears (ValueError where the
-    kernels do not run or the shapes do not fit them; whether the CPU has AVX512_BF16 is the caller's
-    to check)."""
+    plan with int8 weights, its encoder attention in bfloat16 where `cpu_bf16`; bf16: with bfloat16
+    encoder and prompt linears (ValueError where the kernels do not run or the shapes do not fit
+    them; whether the CPU has AVX512_BF16, `cpu_bf16`, is the caller's to check)."""
     cpu_kernels = kernels and w.device.is_cpu() and w.dtype == DType.float32
     if not cpu_kernels:
         if int8 or bf16:
@@ -103,11 +110,12 @@ def make_plan(w: WeightBank, dims: ModelDims, kernels: bool = True, int8: bool =
     # float16-stored linears compute the float32 products exactly only when every decoder weight is
     # a float16 number (true of Whisper's published checkpoints)
     step_linears = step_linears and (int8 or w.float16_exact("decoder."))
+    attention = encoder_linear and encoder_attention_fits(d_audio, dims.n_audio_head)
     token_step = step_linears and d_text <= 1280 and head_dim % 8 == 0 and dims.n_audio_ctx <= 2048
     return ExecutionPlan(
         name="cpu-kernels", device=w.device, dtype=w.dtype,
         encoder_linear_kernel=encoder_linear,
-        encoder_attention_kernel=encoder_linear and encoder_attention_fits(d_audio, dims.n_audio_head),
+        encoder_attention_kernel=attention,
         step_kernels=step,
         step_linears_kernel=step_linears,
         token_step=token_step,
@@ -115,4 +123,6 @@ def make_plan(w: WeightBank, dims: ModelDims, kernels: bool = True, int8: bool =
         cross_int8=int8 and token_step and head_dim % 16 == 0,  # `attend_int8`'s 16 lanes
         bf16=bf16,
         layer_norm_kernel=d_audio % 8 == 0 and d_text % 8 == 0,
+        conv_stem_kernel=encoder_linear and conv_stem_kernel_fits(d_audio),
+        encoder_attention_bf16=int8 and cpu_bf16 and attention,
     )

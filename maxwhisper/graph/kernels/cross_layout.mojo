@@ -12,6 +12,8 @@ from std.sys import llvm_intrinsic
 from .threads import share_items
 
 comptime MAX_DH = 128
+comptime W = 16  # float32 lanes per step of a key or value
+comptime TB = 64  # keys per block of `head`: the values staged before their transposed write
 comptime F32P = UnsafePointer[Float32, MutAnyOrigin]
 
 
@@ -70,29 +72,60 @@ struct CrossLayout:
             var values = keys + d
             var k_out = kp + item * t_len * dh
             var v_out = vp + item * dh * t_len
-            for t in range(t_len):
-                var key = keys + t * 2 * layers * d
-                var value = values + t * 2 * layers * d
-                comptime if dtype == DType.int8:
-                    var k_scale = scale_of(key, dh)
-                    var v_scale = scale_of(value, dh)
-                    ksp[item * t_len + t] = k_scale
-                    vsp[item * t_len + t] = v_scale
-                    for e in range(dh):
-                        k_out[t * dh + e] = quantized(key[e], k_scale).cast[dtype]()
-                        v_out[e * t_len + t] = quantized(value[e], v_scale).cast[dtype]()
-                else:
-                    for e in range(dh):
-                        k_out[t * dh + e] = key[e].cast[dtype]()
-                        v_out[e * t_len + t] = value[e].cast[dtype]()
-
+            # TB values at a time staged as rows, then written transposed: TB consecutive bytes per row of v_t
+            var staged = stack_allocation[TB * MAX_DH, Scalar[dtype]]()
+            for t0 in range(0, t_len, TB):
+                var n_t = min(TB, t_len - t0)
+                for i in range(n_t):
+                    var key = keys + (t0 + i) * 2 * layers * d
+                    var value = values + (t0 + i) * 2 * layers * d
+                    comptime if dtype == DType.int8:
+                        var k_scale = scale_of(key, dh)
+                        var v_scale = scale_of(value, dh)
+                        ksp[item * t_len + t0 + i] = k_scale
+                        vsp[item * t_len + t0 + i] = v_scale
+                        quantize_row(key, dh, k_scale, (k_out + (t0 + i) * dh).bitcast[Int8]())
+                        quantize_row(value, dh, v_scale, (staged + i * dh).bitcast[Int8]())
+                    else:
+                        copy_row(key, dh, (k_out + (t0 + i) * dh).bitcast[Float32]())
+                        copy_row(value, dh, (staged + i * dh).bitcast[Float32]())
+                for e in range(dh):
+                    for i in range(n_t):
+                        v_out[e * t_len + t0 + i] = staged[i * dh + e]
         share_items(layers * batch * heads, head)
 
 
 @always_inline
 def scale_of(x: F32P, n: Int) -> Float32:
     """max |x[:n]| / 127, or 1 when every x is 0."""
-    var amax = Float32(0)
-    for i in range(n):
-        amax = max(amax, abs(x[i]))
+    var av = SIMD[DType.float32, W](0)
+    var i = 0
+    while i + W <= n:
+        av = max(av, abs(x.load[width=W](i)))
+        i += W
+    var amax = av.reduce_max()
+    for j in range(i, n):
+        amax = max(amax, abs(x[j]))
     return amax / 127 if amax > 0 else Float32(1)
+
+
+@always_inline
+def quantize_row[o: MutOrigin](x: F32P, n: Int, scale: Float32, q: UnsafePointer[Int8, o]):
+    """q[:n] = `quantized`(x[:n], scale), W at a time."""
+    var i = 0
+    while i + W <= n:
+        var r = llvm_intrinsic["llvm.roundeven", SIMD[DType.float32, W]](x.load[width=W](i) / scale)
+        q.store(i, min(max(r, SIMD[DType.float32, W](-127)), SIMD[DType.float32, W](127)).cast[DType.int8]())
+        i += W
+    for j in range(i, n):
+        q[j] = quantized(x[j], scale)
+
+
+@always_inline
+def copy_row[o: MutOrigin](x: F32P, n: Int, y: UnsafePointer[Float32, o]):
+    var i = 0
+    while i + W <= n:
+        y.store(i, x.load[width=W](i))
+        i += W
+    for j in range(i, n):
+        y[j] = x[j]

@@ -4,6 +4,9 @@
 # products run `packed_linear`'s register tiles (MR query rows x TILE_PANELS panels of 16 keys,
 # then of 16 head dims) over contiguous memory. It is faster than MAX's fused CPU flash attention
 # over q, k^T, v as the graph's ops lay them out (docs/design.md).
+# With `bf16` (the int8 plan, on a CPU with AVX512_BF16) q, the keys, the softmax's numerators and
+# the values are rounded to bfloat16 and both products run `packed_linear_bf16`'s `vdpbf16ps` tiles:
+# twice the multiply-adds of float32's FMAs, the sums still float32.
 import extensibility
 from extensibility import InputTensor, OutputTensor
 from max.gpu.host import DeviceContext
@@ -12,6 +15,8 @@ from std.memory import alloc, stack_allocation
 
 from .attention import exp_sum
 from .linear import F32, MR, NR, TILE_PANELS, V16, accumulate
+from .linear_bf16 import B16, BF16
+from .linear_bf16 import accumulate as accumulate_bf16
 from .threads import share_phases
 
 comptime MAX_DH = 128
@@ -26,17 +31,20 @@ struct EncoderAttention:
     Phase 1 packs each head's keys as panels [T / 16, Dh, 16] (zero past T) and its values as
     [Dh / 16, T, 16]; phase 2 takes 4 tiles of query rows of one head per work item: their scores,
     an exact softmax (normalised at the end), then p @ v. `tile_rows` and `tile_panels` as
-    `packed_linear`'s.
+    `packed_linear`'s. `bf16`: the panels [T / 16, Dh / 2, 16, 2] and [Dh / 16, T_pad / 2, 16, 2] in
+    bfloat16, pairs of consecutive dims, then of consecutive keys, side by side (`rows_bf16`).
     """
 
     @staticmethod
-    def execute[target: StaticString, heads: Int, tile_rows: Int, tile_panels: Int](
+    def execute[target: StaticString, heads: Int, tile_rows: Int, tile_panels: Int, bf16: Bool](
         output: OutputTensor[dtype=DType.float32, rank=3, ...],
         qkv: InputTensor[dtype=DType.float32, rank=3, ...],
         ctx: DeviceContext,
     ) raises:
         comptime if target != "cpu":
             raise Error("encoder_attention runs on the CPU only")
+        comptime if bf16 and not BF16:
+            raise Error("encoder_attention in bf16 runs on a CPU with AVX512_BF16 (vdpbf16ps) only")
         comptime mr = tile_rows if tile_rows else MR
         comptime np = tile_panels if tile_panels else TILE_PANELS
         comptime ROWS = 4 * mr  # query rows per work item
@@ -53,7 +61,7 @@ struct EncoderAttention:
         var src = qkv.unsafe_ptr()
         var dst = output.unsafe_ptr()
         var k_panels = alloc[Float32](batch * heads * t_pad * dh).unsafe_origin_cast[MutAnyOrigin]()
-        var v_panels = alloc[Float32](batch * heads * t_len * dh).unsafe_origin_cast[MutAnyOrigin]()
+        var v_panels = alloc[Float32](batch * heads * t_pad * dh).unsafe_origin_cast[MutAnyOrigin]()
         var items = stack_allocation[2, Int]()
         items[0] = batch * heads
         items[1] = batch * heads * groups
@@ -63,13 +71,28 @@ struct EncoderAttention:
             if p == 0:
                 var b = item // heads
                 var h = item % heads
-                pack(src + b * t_len * 3 * d, h, t_len, d, dh, k_panels + item * t_pad * dh, v_panels + item * t_len * dh)
+                comptime if bf16 and BF16:
+                    pack_bf16(src + b * t_len * 3 * d, h, t_len, d, dh,
+                              k_panels.bitcast[BFloat16]() + item * t_pad * dh,
+                              v_panels.bitcast[BFloat16]() + item * t_pad * dh)
+                else:
+                    pack(src + b * t_len * 3 * d, h, t_len, d, dh, k_panels + item * t_pad * dh,
+                         v_panels + item * t_len * dh)
                 return
             var head = item // groups  # flat (batch, head) index
             var b = head // heads
             var h = head % heads
             var r0 = (item % groups) * ROWS
             var scratch = alloc[Float32](ROWS * (t_pad + 2 * MAX_DH + 1)).unsafe_origin_cast[MutAnyOrigin]()
+            comptime if bf16 and BF16:
+                var halves = alloc[BFloat16](ROWS * (t_pad + MAX_DH)).unsafe_origin_cast[MutAnyOrigin]()
+                rows_bf16[mr, np](src + (b * t_len + r0) * 3 * d + h * dh, 3 * d, min(ROWS, t_len - r0),
+                                  k_panels.bitcast[BFloat16]() + head * t_pad * dh,
+                                  v_panels.bitcast[BFloat16]() + head * t_pad * dh, dst + (b * t_len + r0) * d + h * dh,
+                                  d, dh, t_len, t_pad, n_panels, scale, scratch, halves)
+                halves.free()
+                scratch.free()
+                return
             rows[mr, np](src + (b * t_len + r0) * 3 * d + h * dh, 3 * d, min(ROWS, t_len - r0), k_panels + head * t_pad * dh,
                  v_panels + head * t_len * dh, dst + (b * t_len + r0) * d + h * dh, d, dh, t_len, t_pad, n_panels,
                  scale, scratch)
@@ -150,6 +173,99 @@ def p_v[mr: Int, np: Int](p: F32, ldp: Int, v_panels: F32, t_len: Int, dst: F32,
     """dst[r, 16 n : 16 n + 16] = p[r] @ the values of panel n, for r < mr and n < np."""
     var acc = stack_allocation[mr * np, V16]()
     accumulate[mr, np](acc, p, ldp, 1, mr, v_panels, t_len * NR, t_len)
+    comptime for r in range(mr):
+        comptime for n in range(np):
+            dst.store(r * ldo + n * NR, acc[r * np + n])
+
+
+def pack_bf16(x: F32, h: Int, t_len: Int, d: Int, dh: Int, k_panels: B16, v_panels: B16):
+    """`pack` in bfloat16 for `vdpbf16ps`: key t's dims 2g, 2g + 1 at k_panels [t / 16, g, t % 16, :]
+    (zero past T), value t's dim e at v_panels [e / 16, t / 2, e % 16, t % 2] (zero past T up to T_pad)."""
+    var t_pad = t_len + (-t_len) % NR
+    var pairs = stack_allocation[MAX_DH, BFloat16]()  # one key in bfloat16, its dims pairwise as 32-bit words
+    var words = pairs.bitcast[Int32]()
+    for t in range(t_pad):
+        var key = x + t * 3 * d + d + h * dh
+        for e in range(0, dh, NR):
+            pairs.store(e, key.load[width=NR](e).cast[DType.bfloat16]() if t < t_len else SIMD[DType.bfloat16, NR](0))
+        var panel = k_panels.bitcast[Int32]() + (t // NR) * dh * NR // 2 + t % NR
+        for g in range(dh // 2):
+            panel[g * NR] = words[g]
+    for t in range(0, t_pad, 2):  # keys t and t + 1 interleaved, 16 dims at a time
+        var first = x + t * 3 * d + 2 * d + h * dh
+        var second = first + 3 * d
+        for e in range(0, dh, NR):
+            var a = first.load[width=NR](e).cast[DType.bfloat16]() if t < t_len else SIMD[DType.bfloat16, NR](0)
+            var b = second.load[width=NR](e).cast[DType.bfloat16]() if t + 1 < t_len else SIMD[DType.bfloat16, NR](0)
+            (v_panels + (e // NR) * t_pad * NR + t * NR).store(0, a.interleave(b))
+
+
+def rows_bf16[mr: Int, np: Int](q: F32, ldq: Int, n_rows: Int, k_panels: B16, v_panels: B16, dst: F32, ldo: Int,
+                                dh: Int, t_len: Int, t_pad: Int, n_panels: Int, scale: Float32, scratch: F32,
+                                halves: B16):
+    """`rows` over `pack_bf16`'s panels: q scaled then rounded to bfloat16 [ROWS, Dh], its scores
+    in float32, exp(score - max) rounded to bfloat16 [ROWS, T_pad] (zero past T), the row's sum
+    from the float32 ones."""
+    comptime ROWS = 4 * mr
+    var p = scratch  # scores, then exp(score - max) [ROWS, T_pad]
+    var acc = p + ROWS * t_pad  # p @ v [ROWS, Dh]
+    var inv_sum = acc + ROWS * MAX_DH  # 1 / the sum of each row's exps
+    var p_b = halves  # the exps in bfloat16 [ROWS, T_pad]
+    var q_b = halves + ROWS * t_pad  # q scaled, in bfloat16 [ROWS, Dh]
+    var tiles = (n_rows + mr - 1) // mr  # of the 4, those with rows to compute
+    for i in range(tiles * mr):
+        var row = q + min(i, n_rows - 1) * ldq
+        for e in range(0, dh, NR):
+            (q_b + i * dh).store(e, (row.load[width=NR](e) * scale).cast[DType.bfloat16]())
+
+    var c = 0
+    while c < n_panels:  # scores: np panels of 16 keys (the panels left one at a time) against mr rows
+        var whole = c + np <= n_panels
+        for t in range(tiles):
+            if whole:
+                scores_bf16[mr, np](q_b + t * mr * dh, dh, k_panels + c * dh * NR, p + t * mr * t_pad + c * NR, t_pad)
+            else:
+                scores_bf16[mr, 1](q_b + t * mr * dh, dh, k_panels + c * dh * NR, p + t * mr * t_pad + c * NR, t_pad)
+        c += np if whole else 1
+
+    for i in range(tiles * mr):  # exp(score - row max) in bfloat16, and 1 / the row's sum
+        inv_sum[i] = 1 / exp_sum(p + i * t_pad, t_len)
+        var j = 0
+        while j + NR <= t_len:
+            (p_b + i * t_pad).store(j, p.load[width=NR](i * t_pad + j).cast[DType.bfloat16]())
+            j += NR
+        for k in range(j, t_pad):
+            p_b[i * t_pad + k] = p[i * t_pad + k].cast[DType.bfloat16]() if k < t_len else BFloat16(0)
+
+    for t in range(tiles):  # p @ v, np x 16 head dims at a time over every key pair
+        var e0 = 0
+        while e0 < dh:
+            if e0 + np * NR <= dh:
+                p_v_bf16[mr, np](p_b + t * mr * t_pad, t_pad, v_panels + e0 * t_pad, acc + t * mr * dh + e0, dh)
+                e0 += np * NR
+            else:
+                p_v_bf16[mr, 1](p_b + t * mr * t_pad, t_pad, v_panels + e0 * t_pad, acc + t * mr * dh + e0, dh)
+                e0 += NR
+    for i in range(n_rows):
+        for e in range(0, dh, NR):
+            (dst + i * ldo).store(e, acc.load[width=NR](i * dh + e) * inv_sum[i])
+
+
+@always_inline
+def scores_bf16[mr: Int, np: Int](q_b: B16, dh: Int, k_panels: B16, dst: F32, t_pad: Int):
+    """dst[r, 16 p : 16 p + 16] = q[r] . keys of panel p, for r < mr and p < np (q_b [mr, Dh])."""
+    var acc = stack_allocation[mr * np, V16]()
+    accumulate_bf16[mr, np](acc, q_b, dh, mr, k_panels, dh * NR, dh // 2)
+    comptime for r in range(mr):
+        comptime for pn in range(np):
+            dst.store(r * t_pad + pn * NR, acc[r * np + pn])
+
+
+@always_inline
+def p_v_bf16[mr: Int, np: Int](p_b: B16, t_pad: Int, v_panels: B16, dst: F32, ldo: Int):
+    """dst[r, 16 n : 16 n + 16] = p[r] @ the values of panel n, for r < mr and n < np."""
+    var acc = stack_allocation[mr * np, V16]()
+    accumulate_bf16[mr, np](acc, p_b, t_pad, mr, v_panels, t_pad * NR, t_pad // 2)
     comptime for r in range(mr):
         comptime for n in range(np):
             dst.store(r * ldo + n * NR, acc[r * np + n])

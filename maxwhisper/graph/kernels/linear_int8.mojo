@@ -10,9 +10,9 @@ from extensibility import InputTensor, OutputTensor
 from max.gpu.host import DeviceContext
 from std.memory import alloc, stack_allocation
 from std.memory.unsafe import bitcast
-from std.sys import CompilationTarget, llvm_intrinsic
+from std.sys import CompilationTarget, llvm_intrinsic, num_logical_cores
 
-from .linear import LANES, NR, store
+from .linear import LANES, NR, V16, store
 from .threads import share_items
 
 comptime I16 = SIMD[DType.int32, NR]  # one int32 accumulator per column of a panel
@@ -113,7 +113,7 @@ struct PackedLinearInt8:
         var rp = residual.unsafe_ptr()
         var has_residual = residual.dim_size(0) == m and residual.dim_size(1) == n
         var op = output.unsafe_ptr()
-        var block = max(mr, BLOCK_BYTES // kd // mr * mr)
+        var block = balanced_block(m, max(mr, BLOCK_BYTES // kd // mr * mr), mr)
 
         def rows(item: Int) {var xp, var wp, var sp, var cp, var bp, var rp, var has_residual, var op, var m, var kd,
                              var n, var n_panels, var block}:
@@ -146,6 +146,15 @@ struct PackedLinearInt8:
             zero.free()
 
         share_items((m + block - 1) // block, rows)
+
+
+def balanced_block(m: Int, most: Int, mr: Int) -> Int:
+    """Rows per work item: at most `most` (a multiple of mr), as many items as the threads share
+    evenly where that fits, so that no thread runs a last item alone (13 items of 2 threads' 14)."""
+    var threads = num_logical_cores()
+    var items = (m + most - 1) // most
+    items = (items + threads - 1) // threads * threads
+    return max(mr, ((m + items - 1) // items + mr - 1) // mr * mr)
 
 
 def quantize_row(x: F32, kd: Int, q: U8, scale: F32, zero: I32):
@@ -213,4 +222,27 @@ def tile[gelu: Bool, mr: Int, np: Int, vnni: Bool](q: U8, rows: Int, kd: Int, pa
             comptime for p in range(np):
                 var exact = acc[r * np + p] - zero[r] * col_sums.load[width=NR](p * NR)
                 var v = exact.cast[DType.float32]() * (scale.load[width=NR](p * NR) * row_scale[r])
-                store[gelu](v + bias.load[width=NR](p * NR), add, residual + r * ldy + p * NR, y + r * ldy + p * NR)
+                v += bias.load[width=NR](p * NR)
+                comptime if gelu:
+                    v = 0.5 * v * (1 + rational_erf(v * 0.7071067811865476))
+                store[False](v, add, residual + r * ldy + p * NR, y + r * ldy + p * NR)
+
+
+@always_inline
+def rational_erf(v: V16) -> V16:
+    """erf within 5e-7 (Eigen's float erf: an odd over an even polynomial on [-4, 4], +-1 beyond),
+    a tenth of the standard library's time: int8's GELU, whose output the next linear rounds to 1
+    part in 255 of its row's range."""
+    var x = min(max(v, V16(-4)), V16(4))
+    var x2 = x * x
+    var p = x2.fma(V16(-2.72614225801306e-10), V16(2.77068142495902e-08))
+    p = x2.fma(p, V16(-2.10102402082508e-06))
+    p = x2.fma(p, V16(-5.69250639462346e-05))
+    p = x2.fma(p, V16(-7.34990630326855e-04))
+    p = x2.fma(p, V16(-2.95459980854025e-03))
+    p = x2.fma(p, V16(-1.60960333262415e-02))
+    var q = x2.fma(V16(-1.45660718464996e-05), V16(-2.13374055278905e-04))
+    q = x2.fma(q, V16(-1.68282697438203e-03))
+    q = x2.fma(q, V16(-7.37332916720468e-03))
+    q = x2.fma(q, V16(-1.42647390514189e-02))
+    return x * p / q

@@ -1,0 +1,86 @@
+"""Where a MAX encoder window's time goes, op by op (the CPU kernels' plan).
+
+Each op of the encoder graph (`graph/encoder.py`) runs alone as a one-op graph over the model's own
+weights and activations of a 30 s window's shapes (random values of the encoder's scale), median of
+`--repeats` calls after one; an op's share counts it as often as one window runs it. The whole
+encoder graph runs beside them, so the sum of the ops can be compared with the window it splits:
+
+    PYTHONPATH=. .venv/bin/python benchmarks/encoder_ops.py [--model tiny.en] [--precision int8|fp32|bf16] [--repeats 21]
+
+Prints a Markdown table; `benchmarks/results/encoder-gflops.md` keeps the splits.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from max import driver
+from max.dtype import DType
+from max.graph import Graph, TensorType
+
+from encoder_gflops import arguments, median_seconds
+from maxwhisper.audio import N_FRAMES
+from maxwhisper.bench.machine import machine_info
+from maxwhisper.checkpoint import load_checkpoint
+from maxwhisper.graph.encoder import encoder_linear, extensions
+from maxwhisper.graph.layers import WeightBank, conv_stem_kernel, cross_layout_kernel, encoder_attention
+from maxwhisper.graph.model import MaxWhisper
+
+
+def ops_of_a_window(model: MaxWhisper) -> tuple[list[tuple[str, int, list[TensorType], Callable]], WeightBank]:
+    """(name, times per window, input types, build) for each distinct op of the encoder graph, and
+    the weights they use."""
+    dims, plan = model.dims, model.plan
+    w = WeightBank(model.arrays, model.dtype, model.device_ref, model.copies)
+    t, d, layers = dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_layer
+    linear = encoder_linear(plan)
+
+    def rows(width: int) -> TensorType:
+        return TensorType(DType.float32, [1, t, width], device=model.device_ref)
+
+    p = "encoder.blocks.0"
+    return [
+        ("conv stem", 1, [TensorType(DType.float32, [1, dims.n_mels, N_FRAMES], device=model.device_ref)],
+         lambda mel: conv_stem_kernel(w, mel)),
+        ("layer norm", 2 * layers + 1, [rows(d)], lambda x: plan.layer_norm(w, f"{p}.attn_ln", x)),
+        ("qkv linear", layers, [rows(d)], lambda x: linear(w, f"{p}.attn.qkv")(x)),
+        ("attention", layers, [rows(3 * d)],
+         lambda qkv: encoder_attention(qkv, dims.n_audio_head, bf16=plan.encoder_attention_bf16)),
+        ("attention out linear + residual", layers, [rows(d), rows(d)],
+         lambda x, r: linear(w, f"{p}.attn.out")(x, r)),
+        ("MLP up linear + GELU", layers, [rows(d)], lambda x: linear(w, f"{p}.mlp.0", gelu=True)(x)),
+        ("MLP down linear + residual", layers, [rows(4 * d), rows(d)], lambda x, r: linear(w, f"{p}.mlp.2")(x, r)),
+        ("cross K/V linear", 1, [rows(d)], lambda x: linear(w, "decoder.cross_kv")(x)),
+        ("cross K/V layout", 1, [rows(2 * dims.n_text_state * dims.n_text_layer)],
+         lambda kv: cross_layout_kernel(kv, dims.n_text_layer, dims.n_text_head, plan.cross_int8)),
+    ], w
+
+
+def main() -> None:
+    args = arguments(__doc__, "int8", 21)
+
+    model = MaxWhisper(load_checkpoint(args.model), precision=args.precision)
+    ops, w = ops_of_a_window(model)
+    rng = np.random.default_rng(0)
+    timed = []
+    for i, (name, count, types, build) in enumerate(ops):
+        with Graph(f"encoder_op_{i}", input_types=types, custom_extensions=extensions(model.plan)) as graph:
+            out = build(*(v.tensor for v in graph.inputs))
+            graph.output(*(out if isinstance(out, list) else [out]))
+        compiled = model.session.load(graph, weights_registry=w.registry())
+        inputs = [driver.Buffer.from_numpy(rng.standard_normal(t.shape.static_dims, dtype=np.float32)) for t in types]
+        timed.append((name, count, median_seconds(lambda: compiled.execute(*inputs), args.repeats)))
+    mel = rng.standard_normal((1, model.dims.n_mels, N_FRAMES), dtype=np.float32)
+    window = median_seconds(lambda: model.encode(mel), args.repeats)
+
+    machine = machine_info()
+    total = sum(count * s for _, count, s in timed)
+    print(f"{machine['cpu']}, {machine['cores']} cores, {machine['vector_isa']}; {args.model} {args.precision}\n")
+    print("| op | per window | ms each | ms per window | share of the ops' sum |\n|---|---:|---:|---:|---:|")
+    for name, count, s in timed:
+        print(f"| {name} | {count} | {1e3 * s:.2f} | {1e3 * count * s:.1f} | {100 * count * s / total:.0f} % |")
+    print(f"| sum of the ops | | | {1e3 * total:.1f} | |\n| the encoder graph, whole | 1 | | {1e3 * window:.1f} | |")
+
+
+if __name__ == "__main__":
+    main()
