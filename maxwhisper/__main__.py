@@ -6,7 +6,7 @@ model, device or precision, audio that is missing, unreadable or holds nothing, 
 GPU); 1 a failure while loading a model or transcribing (MAXWHISPER_DEBUG=1 shows its traceback).
 
 COMMANDS maps each name to (help, add_arguments(parser), run(args) -> exit code); the commands of
-other modules (selfcheck, bench, serve, gpu-compile, transcribe-many) are imported when used.
+other modules (selfcheck, bench, serve, gpu-compile, transcribe-many, warm) are imported when used.
 """
 from __future__ import annotations
 
@@ -437,6 +437,8 @@ COMMANDS = {
                     *_lazy("gpu_compile")),
     "transcribe-many": ("transcribe a whole archive as a bulk job on Ray Data: resumable, a results table",
                         *_lazy("bulk.cli", "bulk")),
+    "warm": ("compile every graph MAX runs for the given models and precisions into the disk cache, ahead of "
+             "the first transcript (a build step)", *_lazy("warm")),
 }
 
 

@@ -10,7 +10,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +158,18 @@ def cpu_device(threads: int | None = None) -> driver.CPU:
     return device
 
 
+def check_precision(device: str, precision: str, kernels: bool = True) -> None:
+    """A BackendError when MAX cannot run `precision` on `device` ("cpu" or "gpu"), before anything loads."""
+    supported = {"cpu": ("fp32", "int8", "bf16") if kernels else ("fp32", "fp16"), "gpu": ("fp32", "fp16")}[device]
+    if precision not in supported:
+        described = "fp32, int8, bf16 (fp16 only with --no-kernels, to test the GPU's graphs: slow)" if kernels \
+            and device == "cpu" else ", ".join(supported)
+        raise BackendError(f"MAX on {device}{'' if kernels else ' without kernels'} supports precision "
+                           f"{described}, not {precision}")
+    if precision == "bf16" and not has_bf16():
+        raise BackendError(BF16_MISSING)
+
+
 @dataclass
 class AudioFeatures:
     """Encoder output for n_audio windows, kept on the device."""
@@ -176,14 +188,7 @@ class MaxWhisper:
 
     def __init__(self, ckpt: Checkpoint, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
                  kernels: bool = True):
-        supported = {"cpu": ("fp32", "int8", "bf16") if kernels else ("fp32", "fp16"), "gpu": ("fp32", "fp16")}[device]
-        if precision not in supported:
-            described = "fp32, int8, bf16 (fp16 only with --no-kernels, to test the GPU's graphs: slow)" if kernels \
-                and device == "cpu" else ", ".join(supported)
-            raise BackendError(f"MAX on {device}{'' if kernels else ' without kernels'} supports precision "
-                               f"{described}, not {precision}")
-        if precision == "bf16" and not has_bf16():
-            raise BackendError(BF16_MISSING)
+        check_precision(device, precision, kernels)
         self.dims: ModelDims = ckpt.dims
         self.is_multilingual, self.num_languages = ckpt.is_multilingual, ckpt.num_languages
         self.alignment_heads = ckpt.alignment_heads  # [k, 2] from config.json; None (a .pt): openai's default
@@ -292,6 +297,15 @@ class MaxWhisper:
                 self.graphs[name] = self.built_and_loaded(name)[0]
                 self.compile_s += time.perf_counter() - start
             return self.graphs[name]
+
+    def compile_rest(self) -> Iterator[tuple[str, float]]:
+        """Every graph of the plan not compiled yet (`graph_names`), compiled in turn: its name and
+        seconds as each is ready."""
+        for name in graph_names(self.plan):
+            if name not in self.graphs:
+                start = time.perf_counter()
+                self.lazy_graph(name)
+                yield name, time.perf_counter() - start
 
     def alignment(self, tokens: np.ndarray, features: AudioFeatures) -> tuple[np.ndarray, np.ndarray]:
         """Whole-sequence decoder pass for word timestamps, for one audio window.

@@ -1,0 +1,71 @@
+"""`maxwhisper warm`: compiles every graph MAX runs for the given models, precisions and device into
+MAX's disk cache (`MODULAR_CACHE_DIR`, else ~/.cache/modular), so that a build step (a Space's or a
+Docker image's, a GPU box's setup) pays the compile once and a later process's first transcript
+compiles nothing. One line per compiled unit with its seconds. Exit 2 for a bad model, precision or
+device, said before anything compiles; 1 when a compile fails.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .registry import DEVICES
+
+    p.add_argument("--model", type=_csv, default=["tiny.en"],
+                   help="comma-separated installed models, CTranslate2 folders or .pt files (default: tiny.en)")
+    p.add_argument("--precision", type=_csv, default=["fp32"],
+                   help="comma-separated: fp32, int8, bf16 on the CPU; fp32, fp16 on a GPU (default: fp32)")
+    p.add_argument("--device", default="auto", choices=list(DEVICES), help="auto (default): the GPU when there is one")
+    p.add_argument("--no-kernels", dest="kernels", action="store_false",
+                   help="the portable graphs (MAX's ops only), as `transcribe --no-kernels` runs them")
+
+
+def main(args: argparse.Namespace) -> int:
+    from .api import BackendError
+    from .checkpoint import check_model_name, load_checkpoint
+    from .graph.layers import start_kernel_library
+    from .graph.model import MaxWhisper, check_precision, resolve_device
+    from .registry import PRECISIONS
+
+    if not args.model or not args.precision:
+        raise BackendError("--model and --precision each need at least one name")
+    for model in args.model:
+        check_model_name(model)
+    if unknown := [p for p in args.precision if p not in PRECISIONS]:
+        raise BackendError(f"unknown precision {', '.join(unknown)}; valid precisions: {', '.join(PRECISIONS)}")
+    device, note = resolve_device(args.device)
+    for precision in args.precision:
+        check_precision(device, precision, args.kernels)
+    if note:
+        print(f"note: --device auto compiles for the CPU: {note}", file=sys.stderr, flush=True)
+    if device == "cpu" and args.kernels:
+        start_kernel_library()  # the Mojo kernels compile while the first checkpoint loads
+    checkpoints = {model: load_checkpoint(model) for model in args.model}  # one not installed: its message first
+
+    failed, units, start = 0, 0, time.perf_counter()
+    for model, checkpoint in checkpoints.items():
+        for precision in args.precision:
+            where = f"{model} {precision} {device}"
+            try:
+                net = MaxWhisper(checkpoint, device, precision, kernels=args.kernels)
+                print(f"{where}: {'+'.join(net.graphs)} {net.compile_s:.1f} s", flush=True)
+                units += 1
+                for name, seconds in net.compile_rest():
+                    print(f"{where}: {name} {seconds:.1f} s", flush=True)
+                    units += 1
+            except Exception as e:  # noqa: BLE001 - one failure is reported; the other models still warm
+                print(f"{where}: FAILED: {type(e).__name__}: {e}", flush=True)
+                failed += 1
+    cache = os.environ.get("MODULAR_CACHE_DIR") or Path.home() / ".cache" / "modular"
+    print(f"{units} compiled units ready in {cache} in {time.perf_counter() - start:.1f} s"
+          + (f"; {failed} failed" if failed else ""), flush=True)
+    return 1 if failed else 0
