@@ -173,7 +173,9 @@ def test_one_race_at_a_time():
 
 def test_a_race_with_no_room_for_one_of_its_sessions_is_refused_and_stops_the_others():
     """Where the transcriptions refuse a session (the service's session slots are taken), the race does
-    not start, the panel says why, and the sessions already made end (giving their slots back)."""
+    not start, the panel says why, and the sessions already made end (giving their slots back). The
+    recording's later chunks keep the refusal without asking for sessions again; once it stops, the
+    next recording asks again."""
     class Full(Scripts):
         def __init__(self):
             super().__init__()
@@ -187,11 +189,21 @@ def test_a_race_with_no_room_for_one_of_its_sessions_is_refused_and_stops_the_ot
 
     full = Full()
     races = live.LiveRaces(full)
-    race, message, *_ = races.chunk(None, None, ["max", "faster"], "tiny.en", "cpu")
-    assert race is None and message == ("⚠ tiny.en on faster has its 2 realtime sessions (1 per replica): try again "
-                                        "later")
+    refusal = "⚠ tiny.en on faster has its 2 realtime sessions (1 per replica): try again later"
+    race, message, *panels = races.chunk(None, None, ["max", "faster"], "tiny.en", "cpu")
+    assert race.refusal == message == refusal and not race.sessions and not race.running
+    assert all("waiting for the microphone" in p for p in panels)
     wait_for(lambda: not full.sessions[0].running)
     assert full.sessions[0].ended
+    chunk = (SAMPLE_RATE, np.zeros(SAMPLE_RATE // 10, np.float32))
+    for _ in range(3):  # the same recording's next chunks
+        same, message, *_ = races.chunk(chunk, race, ["max", "faster"], "tiny.en", "cpu")
+        assert same is race and message == refusal
+    assert len(full.sessions) == 1  # no session made and stopped again
+    assert list(races.stop(race))[-1][:2] == [race, refusal]
+    time.sleep(live.LATE_S)
+    again, message, *_ = races.chunk(chunk, race, ["max", "faster"], "tiny.en", "cpu")
+    assert again is not race and again.refusal == message == refusal and len(full.sessions) == 2
 
 
 def test_sessions_on_one_transcriber_take_turns():

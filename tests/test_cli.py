@@ -413,6 +413,8 @@ def test_every_option_with_a_value_says_its_default():
     (["serve", "--ui"], "app", "maxwhisper serve --ui"),
     (["transcribe-many", str(JFK), "--output", "unused"], "bulk", "maxwhisper transcribe-many"),
     (["bench", "--quick"], "bench", "maxwhisper bench"),
+    (["bench", "--realtime"], "serve", "maxwhisper bench --realtime"),
+    (["bench", "--realtime"], "batched", "maxwhisper bench --realtime"),
     (["selfcheck"], "baselines", "maxwhisper selfcheck"),
     (["transcribe", str(JFK), "--batch-size", "2"], "batched", "--batch-size"),
 ])
@@ -434,3 +436,20 @@ def test_a_backend_without_its_extra_says_so_before_loading(capsys, monkeypatch)
     code, err = run_main(capsys, "transcribe", JFK, "--backend", "openai")
     assert code == 2 and err == ("error: backend 'openai' (openai-whisper (PyTorch)) needs the 'baselines' extra: "
                                  "pip install 'maxwhisper[baselines]'\n")
+
+
+def test_bench_realtime_says_a_missing_backend_before_starting_ray(capsys, monkeypatch):
+    import dataclasses
+
+    import ray
+
+    from maxwhisper.registry import BACKENDS
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray started")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    monkeypatch.setitem(BACKENDS, "faster", dataclasses.replace(BACKENDS["faster"], package="no_such_module_here"))
+    code, err = run_main(capsys, "bench", "--realtime", "--backends", "faster")
+    assert code == 2 and err == ("error: backend 'faster' (" + BACKENDS["faster"].description + ") needs the "
+                                 "'baselines' extra: pip install 'maxwhisper[baselines]'\n")

@@ -183,9 +183,10 @@ def main(args: argparse.Namespace) -> int:
 def _main(args: argparse.Namespace) -> int:
     from ..api import BackendError
 
-    for mode in ("serve", "bulk"):  # each mode needs the extra of its name
-        if getattr(args, mode):
-            require(mode, f"maxwhisper bench --{mode}")
+    # each mode's extras, said before anything starts: realtime serves with server VAD (the 'batched' extra's)
+    for mode, extras in (("serve", ("serve",)), ("bulk", ("bulk",)), ("realtime", ("serve", "batched"))):
+        for extra in extras if getattr(args, mode) else ():
+            require(extra, f"maxwhisper bench --{mode}")
     if args.quick:
         args.models, args.repeats, args.devices = ["tiny.en"], 1, ["cpu"]
     backends = args.backends or list(BACKENDS)

@@ -181,6 +181,7 @@ def main_realtime(args, out_dir) -> int:
 
     from ..api import BackendError
     from ..audio import load_audio
+    from ..registry import installed_backend
     from ..scoring import wer
     from ..service.deployments import APP_NAME, ServiceConfig
     from .clips import audio_dir, pseudo_reference
@@ -192,6 +193,8 @@ def main_realtime(args, out_dir) -> int:
               and (not args.precisions or s.precision in args.precisions)]
     if not setups:
         raise BackendError("nothing to measure: the realtime mode serves " + ", ".join(s.label for s in SETUPS))
+    for backend in dict.fromkeys(s.backend for s in setups):  # a missing one is said before Ray starts
+        installed_backend(backend)
     machine, vers = machine_info(), versions()
     audio = load_audio(audio_dir() / "physicsworks.flac")
     if args.realtime_seconds:

@@ -134,10 +134,11 @@ class RealtimeSession:
             turn = self._current()
             return turn is not None and (turn.closed or turn.pending_samples >= UPDATE_S * SAMPLE_RATE)
 
-    def work(self) -> list[dict]:
+    def work(self, send: Callable[[list[dict]], None] | None = None) -> list[dict]:
         """The oldest turn's next updates over the audio it has received, then, once it is committed,
-        its end: the events they give (deltas, completed, or failed). Blocks while the model runs;
-        one thread at a time."""
+        its end: the events they give (deltas, completed, or failed). `send`: each update's deltas are
+        given to it as the update ends, so that words wait for no later update. Blocks while the model
+        runs; one thread at a time."""
         with self._lock:
             turn = self._current()
             if turn is None:
@@ -147,7 +148,11 @@ class RealtimeSession:
         try:
             if len(samples) and not turn.failed:  # a failed turn's audio is dropped until its commit
                 for update in turn.streamer.feed(samples):
-                    events += self._delta(turn, update.committed)
+                    deltas = self._delta(turn, update.committed)
+                    if send is None:
+                        events += deltas
+                    elif deltas and not turn.cancelled:
+                        send(deltas)
             if closed and not turn.failed:
                 events += self._delta(turn, turn.streamer.finish().committed)
                 events.append(server_event("conversation.item.input_audio_transcription.completed",
@@ -324,12 +329,15 @@ async def run_session(session: RealtimeSession, receive: Callable[[], Awaitable[
             for event in events:
                 await send(event)
 
+    def send_now(events: list[dict]) -> None:  # from the transcription's thread, before its next update
+        asyncio.run_coroutine_threadsafe(say(events), loop).result()
+
     async def transcribe() -> None:
         while True:
             await wake.wait()
             wake.clear()
             while session.has_work():
-                await say(await loop.run_in_executor(executor, session.work))
+                await say(await loop.run_in_executor(executor, session.work, send_now))
 
     await say([session.created()])
     worker = asyncio.create_task(transcribe())

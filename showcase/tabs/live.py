@@ -34,10 +34,11 @@ LATE_S = 2.0  # a chunk this soon after a stop is that recording's last one arri
 
 
 class LiveRace:
-    """The sessions of one recording, one per implementation, fed the same chunks."""
+    """The sessions of one recording, one per implementation, fed the same chunks. A refused race has
+    none and its `refusal`: the recording's later chunks show it rather than asking again."""
 
-    def __init__(self, sessions: dict[str, LiveSession]):
-        self.sessions = sessions
+    def __init__(self, sessions: dict[str, LiveSession], refusal: str = ""):
+        self.sessions, self.refusal = sessions, refusal
         self.stopped_at: float | None = None
 
     def add(self, chunk) -> None:
@@ -56,7 +57,9 @@ class LiveRace:
 
     @property
     def ended(self) -> bool:
-        """Stopped or idle, none failed: the next chunk belongs to a new recording."""
+        """Stopped or idle, none failed (a refused race: stopped): the next chunk belongs to a new recording."""
+        if self.refusal:
+            return self.stopped_at is not None
         return all(s.ended for s in self.sessions.values())
 
     @property
@@ -114,7 +117,9 @@ class LiveRaces:
             try:
                 race = self.start(backends, model, device)
             except MaxWhisperError as e:
-                return [None, f"⚠ {e}", *self.panels(None)]
+                race = LiveRace({}, refusal=f"⚠ {e}")
+        if race.refusal:  # until the recording stops: each chunk asking again would build and stop sessions
+            return [race, race.refusal, *self.panels(None)]
         message = ""
         if chunk is not None:
             try:
@@ -136,7 +141,7 @@ class LiveRaces:
         while race.running and time.monotonic() < deadline:
             yield [race, "", *self.panels(race)]
             time.sleep(0.5)
-        yield [race, "", *self.panels(race)]
+        yield [race, race.refusal, *self.panels(race)]
 
 
 def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) -> None:
