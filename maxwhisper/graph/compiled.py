@@ -5,7 +5,7 @@ MAX's own compile cache still takes most of a second per graph on a hit; an expo
 loads in milliseconds and runs the same code. An artifact is found by a digest of everything its
 code depends on: the graphs' text (their ops, shapes, dtypes and constants; the weights are the
 registry's, bound after loading), the Mojo kernel package they call (named by its own digest), the
-MAX version and the CPU it was compiled for. Graphs compiled together go into one MAX `Module`
+MAX version and the CPU it was compiled for (the host, and `layers.cpu_target`). Graphs compiled together go into one MAX `Module`
 and one artifact: a cold compile pays MAX's fixed cost per compile once for all of them
 (docs/design.md, "Start-up"). Only for the CPU device: a GPU compiles through MAX's cache.
 """
@@ -27,7 +27,7 @@ from max.engine import InferenceSession
 from max.graph import Graph, Module
 from max.graph.graph import KernelLibrary
 
-from .layers import cache_folder, kernel_library
+from .layers import cache_folder, cpu_target, kernel_library
 
 
 @cache
@@ -45,7 +45,7 @@ def artifact_path(graphs: Graph | Sequence[Graph]) -> Path:
     """Where the artifact of `graphs`, compiled together for this CPU, lives."""
     graphs = [graphs] if isinstance(graphs, Graph) else list(graphs)
     digest = hashlib.sha256()
-    for part in (importlib.metadata.version("max"), _cpu(), kernel_library().name, *map(str, graphs)):
+    for part in (importlib.metadata.version("max"), _cpu(), kernel_library().name, cpu_target(), *map(str, graphs)):
         digest.update(part.encode() + b"\0")
     name = "+".join(g.name for g in graphs)
     return cache_folder() / "graphs" / f"{name}_{digest.hexdigest()[:24]}.mef"

@@ -13,9 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from max import driver
 from max.dtype import DType
 from max.graph import DeviceRef, TensorType, TensorValue, Weight, ops
 
+from ..registry import cpu_flags
 from .weights import bfloat16_bits, quantize_int4_groups, quantize_int8
 
 LN_EPS = 1e-5
@@ -23,6 +25,7 @@ PANEL = 16  # columns per panel of `packed_linear` weights (NR in linear.mojo)
 INT4_GROUP = 64  # weights per scale of `vocab_projection_int4`'s 4-bit copy (G4 in vocab_projection.mojo)
 MACHINE_TILE = (0, 0)  # the CPU kernels' register tile as they pick it for the machine's vector width
 KERNELS = Path(__file__).parent / "kernels"  # Mojo custom ops (their source package)
+AMX_TARGET = "sapphirerapids"  # LLVM's first CPU with AMX: every CPU with AMX has its features
 
 
 class WeightBank:
@@ -433,9 +436,21 @@ def start_kernel_library() -> None:
     threading.Thread(target=kernel_library, name="kernel-library", daemon=True).start()
 
 
+@functools.cache
+def cpu_target() -> str:
+    """The CPU that MAX compiles our kernels for, set before the first compile: the host's (""), or
+    AMX_TARGET on a host with AMX. MAX names the host CPU by its model number, and a virtual machine
+    can report an older model than its features: the kernels would then compile without its
+    AVX512_BF16 (docs/design.md#the-cpu-target). A target set already is kept."""
+    if not driver.get_virtual_cpu_target() and {"amx_tile", "avx512_bf16", "avx512_vnni"} <= cpu_flags():
+        driver.set_virtual_cpu_target(AMX_TARGET)
+    return driver.get_virtual_cpu_target()
+
+
 def kernel_library() -> Path:
     """`KERNELS` compiled to a Mojo package, once per source and compiler version, for a Graph's
-    `custom_extensions`: given the source folder, MAX recompiles it for every Graph."""
+    `custom_extensions`: given the source folder, MAX recompiles it for every Graph. Sets `cpu_target`."""
+    cpu_target()
     cache = cache_folder()
     package = cache / f"kernels_{_kernels_digest(KERNELS)}.mojoc"
     if package.exists():

@@ -6,7 +6,8 @@
 # over q, k^T, v as the graph's ops lay them out (docs/design.md).
 # With `bf16` (the int8 plan, on a CPU with AVX512_BF16) q, the keys, the softmax's numerators and
 # the values are rounded to bfloat16 and both products run `packed_linear_bf16`'s `vdpbf16ps` tiles:
-# twice the multiply-adds of float32's FMAs, the sums still float32.
+# twice the multiply-adds of float32's FMAs, the sums still float32. Compiled for a CPU without it,
+# `bf16` runs the float32 path: the Python side reads the host's flags, not the compiler's target.
 import extensibility
 from extensibility import InputTensor, OutputTensor
 from max.gpu.host import DeviceContext
@@ -43,8 +44,6 @@ struct EncoderAttention:
     ) raises:
         comptime if target != "cpu":
             raise Error("encoder_attention runs on the CPU only")
-        comptime if bf16 and not BF16:
-            raise Error("encoder_attention in bf16 runs on a CPU with AVX512_BF16 (vdpbf16ps) only")
         comptime mr = tile_rows if tile_rows else MR
         comptime np = tile_panels if tile_panels else TILE_PANELS
         comptime ROWS = 4 * mr  # query rows per work item
