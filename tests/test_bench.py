@@ -119,6 +119,15 @@ def test_names_of_outputs():
     assert device_tag("cpu", {**machine, "vector_isa": "AVX2"}) == "cpu-amd-epyc-avx2-2c"
 
 
+def test_vector_isa_names_the_dot_products(monkeypatch):
+    from maxwhisper.bench import machine
+    for flags, isa in ((set(), None), ({"avx", "avx2", "fma"}, "AVX2"), ({"avx2", "avx_vnni"}, "AVX2 VNNI"),
+                       ({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, "AVX-512 VNNI BF16"),
+                       ({"avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8"}, "AVX-512 VNNI BF16 AMX")):
+        monkeypatch.setattr(machine, "cpu_flags", lambda flags=flags: frozenset(flags))
+        assert machine.vector_isa() == isa
+
+
 # --- records, accuracy, targets, rendering (synthetic: no backend runs) ------------------------
 
 JFK_TEXT = (" And so, my fellow Americans, ask not what your country can do for you, "

@@ -72,14 +72,15 @@ def gpus() -> list[dict[str, Any]]:
 
 def vector_isa() -> str | None:
     """The widest x86 vector extension the CPU has (AVX-512, AVX2, AVX) and its dot products, from
-    /proc/cpuinfo's flags: VNNI (int8: AVX-512 VNNI or AVX-VNNI), BF16 (AVX-512 BF16); e.g.
-    "AVX-512 VNNI BF16"."""
+    /proc/cpuinfo's flags: VNNI (int8: AVX-512 VNNI or AVX-VNNI), BF16 (AVX-512 BF16), AMX (Intel's
+    int8 and bf16 matrix tiles, which MAX's kernels do not use and oneDNN may); e.g. "AVX-512 VNNI BF16"."""
     flags = cpu_flags()
     if not flags:
         return None
     widest = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")) if flag in flags),
                   None)
-    dots = [name for names, name in ((("avx512_vnni", "avx_vnni"), "VNNI"), (("avx512_bf16",), "BF16"))
+    dots = [name for names, name in ((("avx512_vnni", "avx_vnni"), "VNNI"), (("avx512_bf16",), "BF16"),
+                                     (("amx_int8", "amx_bf16"), "AMX"))
             if any(flag in flags for flag in names)]
     return " ".join([widest, *dots]) if widest else None
 
