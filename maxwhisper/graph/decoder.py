@@ -1,22 +1,10 @@
-"""The decoder as graphs: one step against an in-place KV cache, and a whole-sequence pass that
-also returns cross-attention scores (word timestamps).
+"""The decoder as graphs: the step graph (a prompt or a step against an in-place KV cache), the
+token step graph (one new token per sequence, one Mojo op per layer, the greedy choice in the graph),
+the alignment graph (cross-attention scores for word timestamps), and the cache's reorder and repeat.
 
-The step graph's self-attention cache is a pair of preallocated buffers per layer, K
-[B, H, n_text_ctx, Dh] and V^T [B, H, Dh, n_text_ctx], written at `offset` by each call; attention
-reads all n_text_ctx positions under an additive mask built on the host, so one compiled graph
-serves the prompt and every later step. Keys and values, cached and cross, are laid out so that
-a step reads them as matrix-vector products (`attention_scores_few_rows`, `attend_few_rows`).
-Under --precision int8 the cross K/V come from the encoder graph in int8 with a float32 scale per
-key and per value (`cross_layout`): the token step's kernel and the step graph's
-`cross_attention_int8` read them as they are, the alignment graph widens them first (`float_cross`).
-Under the CPU kernels' plan a one-row call goes further: its attention is one Mojo kernel
-(`layers.few_row_attention`, its cross-attention `cross_attention_int8` under int8) that reads only
-the filled part of the cache, and the graph also
-picks the greedy token (`layers.greedy_choice`), so the host need not look at the logits. One
-new token of each sequence (every step after the prompt, batched or not) has a graph of its own
-there, one Mojo op per layer (`build_token_step_graph`): ~25 ops instead of ~100, each sequence at
-a position of its own, the kernel writing the new keys and values into the cache. The generic
-step graph's write offset is a host-resident input: slice bounds must live on the host on a GPU.
+The caches and the cross K/V are laid out for matrix-vector reads (K [B, H, n_text_ctx, Dh] and
+V^T [B, H, Dh, n_text_ctx] per layer; int8 cross K/V with a scale per key and value under int8,
+`cross_layout`). Why each graph is as it is: docs/design.md, "Decoder".
 """
 from __future__ import annotations
 
