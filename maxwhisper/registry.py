@@ -36,6 +36,18 @@ def has_bf16() -> bool:
     return "avx512_bf16" in cpu_flags()
 
 
+@cache
+def bf16_attention_pays() -> bool:
+    """Whether int8's encoder attention is faster in bfloat16 than in float32 here: on AMD's CPUs with
+    AVX512_BF16. On an Intel Xeon with it the bfloat16 attention was the slower (docs/design.md,
+    "int8 on the CPU")."""
+    try:
+        vendor = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("vendor_id")), "")
+    except OSError:
+        return False
+    return has_bf16() and "AuthenticAMD" in vendor
+
+
 MAX = Backend(name="max", label="MAX", description="MAX Graph (this project)", color="#e11d48",
               module="maxwhisper.max_backend", cls="MaxTranscriber", package="max", extra=None,
               precisions={"cpu": ("fp32", "int8", "bf16") if has_bf16() else ("fp32", "int8"),

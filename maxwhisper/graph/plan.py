@@ -6,7 +6,7 @@ Two kinds of plan:
   model's shapes fit them (every published Whisper's do); with `int8`, the linears' weights
   quantized to int8 at load and the int8 kernels (`--precision int8`), and the cross-attention
   keys and values quantized to int8 as the encoder graph makes them (`cross_int8`), the encoder's
-  attention in bfloat16 where the CPU has AVX512_BF16 (`encoder_attention_bf16`); with `bf16`,
+  attention in bfloat16 where that is faster (`encoder_attention_bf16`); with `bf16`,
   the encoder's and the prompts' linears in bfloat16 with `vdpbf16ps` (`--precision bf16`,
   AVX512_BF16 only);
 - "portable": MAX's own ops only, exactly the graphs a GPU runs, runnable on any device (on the
@@ -90,9 +90,10 @@ def make_plan(w: WeightBank, dims: ModelDims, kernels: bool = True, int8: bool =
               bf16: bool = False, cpu_bf16: bool = False) -> ExecutionPlan:
     """The plan for a model whose weights `w` holds (on w.device, in w.dtype). kernels=False, or any
     device but the CPU, or a dtype but float32, gives the portable plan. int8: the CPU kernels'
-    plan with int8 weights, its encoder attention in bfloat16 where `cpu_bf16`; bf16: with bfloat16
-    encoder and prompt linears (ValueError where the kernels do not run or the shapes do not fit
-    them; whether the CPU has AVX512_BF16, `cpu_bf16`, is the caller's to check)."""
+    plan with int8 weights, its encoder attention in bfloat16 where `cpu_bf16` (the caller's check:
+    `registry.bf16_attention_pays`); bf16: with bfloat16 encoder and prompt linears (ValueError where
+    the kernels do not run or the shapes do not fit them; whether the CPU has AVX512_BF16 is the
+    caller's to check)."""
     cpu_kernels = kernels and w.device.is_cpu() and w.dtype == DType.float32
     if not cpu_kernels:
         if int8 or bf16:
