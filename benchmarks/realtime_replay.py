@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import argparse
 import base64
-import dataclasses
 import json
 import os
 
 os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")
 
-from streaming_replay import COST_PER_S, COST_S, differences  # noqa: E402
+from streaming_replay import costed_by_model, differences  # noqa: E402
 
-from maxwhisper import streaming  # noqa: E402
-from maxwhisper.audio import N_SAMPLES, SAMPLE_RATE, load_audio  # noqa: E402
+from maxwhisper.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from maxwhisper.bench.clips import audio_dir, pseudo_reference  # noqa: E402
 from maxwhisper.bench.realtime import CHUNK_S, TAIL_S, pcm16  # noqa: E402
 from maxwhisper.realtime import RealtimeSession, session  # noqa: E402
@@ -47,20 +45,11 @@ def main() -> None:
     session.UPDATE_S = args.update_s
     t = create_transcriber("max", model="tiny.en", device="cpu", precision=args.precision)
     clock, spent = [0.0], [0.0]  # the simulated time, advanced by each transcription's cost; their total
-    window, whole = t.transcribe_window, t.transcribe
 
-    def costed(result, heard_s: float):
-        cost = COST_S + COST_PER_S * heard_s
+    def spend(cost: float) -> None:
         clock[0] += cost
         spent[0] += cost
-        return dataclasses.replace(result, timings=dataclasses.replace(result.timings, total_s=cost))
-
-    def costed_window(audio, options, draft=(), padding_s=streaming.STREAM_PADDING_S):
-        result, tokens = window(audio, options, draft, padding_s=padding_s)
-        heard = N_SAMPLES / SAMPLE_RATE if padding_s is None else min(30.0, len(audio) / SAMPLE_RATE + padding_s)
-        return costed(result, heard), tokens
-    t.transcribe_window = costed_window
-    t.transcribe = lambda audio, options, progress=None: costed(whole(audio, options, progress), 30.0)
+    costed_by_model(t, spend)
 
     audio = load_audio(audio_dir() / args.clip)
     data = pcm16(audio, SAMPLE_RATE) + bytes(round(TAIL_S * SAMPLE_RATE) * 2)

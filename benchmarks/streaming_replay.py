@@ -42,6 +42,24 @@ def differences(reference: str, text: str) -> tuple[int, list[str]]:
     return out.substitutions + out.deletions + out.insertions, shown
 
 
+
+def costed_by_model(t, on_cost=lambda cost: None) -> None:
+    """Makes transcriber `t` report each transcription's time from the cost model (COST_S + COST_PER_S
+    per second heard) instead of the clock; `on_cost` is told each cost."""
+    window, whole = t.transcribe_window, t.transcribe
+
+    def costed(result, heard_s: float):
+        cost = COST_S + COST_PER_S * heard_s
+        on_cost(cost)
+        return dataclasses.replace(result, timings=dataclasses.replace(result.timings, total_s=cost))
+
+    def costed_window(audio, options, draft=(), padding_s=streaming.STREAM_PADDING_S):
+        result, tokens = window(audio, options, draft, padding_s=padding_s)
+        heard = N_SAMPLES / SAMPLE_RATE if padding_s is None else min(30.0, len(audio) / SAMPLE_RATE + padding_s)
+        return costed(result, heard), tokens
+    t.transcribe_window = costed_window
+    t.transcribe = lambda audio, options, progress=None: costed(whole(audio, options, progress), 30.0)
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--precision", default="fp32")
@@ -62,18 +80,7 @@ def main() -> None:
     reference = normalize(pseudo_reference(CLIP))
     n = len(reference.split())
     offline, _ = differences(reference, normalize(t.transcribe(audio).text))
-    window, whole = t.transcribe_window, t.transcribe
-
-    def costed(result, heard_s: float):
-        return dataclasses.replace(result, timings=dataclasses.replace(result.timings,
-                                                                       total_s=COST_S + COST_PER_S * heard_s))
-
-    def costed_window(audio, options, draft=(), padding_s=streaming.STREAM_PADDING_S):
-        result, tokens = window(audio, options, draft, padding_s=padding_s)
-        heard = N_SAMPLES / SAMPLE_RATE if padding_s is None else min(30.0, len(audio) / SAMPLE_RATE + padding_s)
-        return costed(result, heard), tokens
-    t.transcribe_window = costed_window
-    t.transcribe = lambda audio, options, progress=None: costed(whole(audio, options, progress), 30.0)
+    costed_by_model(t)
     print(f"offline: {offline} of {n} words wrong ({100 * offline / n:.2f} %)", flush=True)
     for offset in (float(x) for x in args.offsets.split(",")):
         report = streaming.stream_audio(t, audio, 1.0, offset_s=offset)
