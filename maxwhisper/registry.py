@@ -18,14 +18,20 @@ ENTRY_POINTS = "maxwhisper.backends"  # each names a Backend or a sequence of th
 
 
 @cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as /proc/cpuinfo lists them (avx2, avx512_vnni, avx512_bf16, ...);
-    empty where there is no /proc/cpuinfo."""
+def cpu_field(name: str) -> str:
+    """The first line's value of a /proc/cpuinfo field ("flags", "vendor_id", ...); empty where there
+    is no such field or no /proc/cpuinfo."""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        return frozenset()
-    return frozenset(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == name), "")
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (avx2, avx512_vnni, avx512_bf16, ...);
+    empty where there is no /proc/cpuinfo."""
+    return frozenset(cpu_field("flags").split())
 
 
 BF16_MISSING = "--precision bf16 needs a CPU with AVX512_BF16 (vdpbf16ps), which this one has not: use fp32 or int8"
@@ -36,16 +42,11 @@ def has_bf16() -> bool:
     return "avx512_bf16" in cpu_flags()
 
 
-@cache
 def bf16_attention_pays() -> bool:
     """Whether int8's encoder attention is faster in bfloat16 than in float32 here: on AMD's CPUs with
     AVX512_BF16. On an Intel Xeon with it the bfloat16 attention was the slower (docs/design.md,
     "int8 on the CPU")."""
-    try:
-        vendor = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("vendor_id")), "")
-    except OSError:
-        return False
-    return has_bf16() and "AuthenticAMD" in vendor
+    return has_bf16() and cpu_field("vendor_id") == "AuthenticAMD"
 
 
 MAX = Backend(name="max", label="MAX", description="MAX Graph (this project)", color="#e11d48",

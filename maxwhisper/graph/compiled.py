@@ -5,9 +5,10 @@ MAX's own compile cache still takes most of a second per graph on a hit; an expo
 loads in milliseconds and runs the same code. An artifact is found by a digest of everything its
 code depends on: the graphs' text (their ops, shapes, dtypes and constants; the weights are the
 registry's, bound after loading), the Mojo kernel package they call (named by its own digest), the
-MAX version and the CPU it was compiled for (the host, and `layers.cpu_target`). Graphs compiled together go into one MAX `Module`
-and one artifact: a cold compile pays MAX's fixed cost per compile once for all of them
-(docs/design.md, "Start-up"). Only for the CPU device: a GPU compiles through MAX's cache.
+MAX version and the CPU it was compiled for (the host, and `layers.cpu_target`). Graphs compiled
+together go into one MAX `Module` and one artifact: a cold compile pays MAX's fixed cost per
+compile once for all of them (docs/design.md, "Start-up"). Only for the CPU device: a GPU compiles
+through MAX's cache.
 """
 from __future__ import annotations
 

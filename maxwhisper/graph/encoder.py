@@ -2,7 +2,7 @@
 per window so that decoder steps never recompute them (under --precision int8 quantized to int8
 there, a scale per key and per value). With the CPU kernels (the execution plan's choice) its
 conv stem runs the `conv_stem` kernel, its linears `packed_linear` and its attention
-`encoder_attention` (int8: in bfloat16 where the CPU has AVX512_BF16); otherwise MAX's ops."""
+`encoder_attention` (int8: in bfloat16 where `plan.encoder_attention_bf16`); otherwise MAX's ops."""
 from __future__ import annotations
 
 from max.dtype import DType

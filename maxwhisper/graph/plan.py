@@ -48,8 +48,8 @@ class ExecutionPlan:
     # `conv_stem` for the encoder's two convolutions and positional embedding: MAX's conv2d op
     # takes a cold compile seconds
     conv_stem_kernel: bool = False
-    # int8's encoder attention in bfloat16 (`encoder_attention` with bf16, AVX512_BF16 only): a third
-    # of the window's operations, at twice float32's multiply-adds per instruction
+    # int8's encoder attention in bfloat16 (`encoder_attention` with bf16) where that is faster
+    # (`registry.bf16_attention_pays`): a third of the window's operations
     encoder_attention_bf16: bool = False
 
     @property
