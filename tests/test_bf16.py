@@ -118,11 +118,11 @@ def test_packed_linear_bf16_kernel_is_the_float32_sum_of_bfloat16_products(tiny_
 
 @pytest.mark.parametrize("dh", [64, 80])
 def test_encoder_attention_in_bf16_is_float32_sums_of_bfloat16_products(dh, tiny_en_checkpoint):
-    """`encoder_attention` with bf16 (int8's encoder attention on a CPU with AVX512_BF16) against
+    """`encoder_attention` with bf16 (int8's encoder attention where it pays) against
     float64 numpy over the numbers it rounds: q scaled, the keys, the values and exp(score - max)
     rounded to bfloat16, the softmax's sum from the unrounded exps. Batch 2, 2 heads, T = 37 (partial
     panels and work items); the AVX2-sized tile and the AVX-512 one give the same bits. The rounding
-    is what moves it from float32 attention, not the sums. Without AVX512_BF16: MAX says it cannot run."""
+    is what moves it from float32 attention, not the sums. Without AVX512_BF16: MAX refuses --precision bf16."""
     if not has_bf16():
         assert_max_says_bf16_is_missing(tiny_en_checkpoint)
         return
