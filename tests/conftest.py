@@ -38,7 +38,7 @@ def max_tiny_en_portable():
 @pytest.fixture(scope="session")
 def max_tiny_en_int8():
     """MAX with tiny.en in int8 on the CPU (`--precision int8`): the one int8 model of the session,
-    its three graphs compiled once (minutes cold on 2 cores), then from the disk cache."""
+    its graphs compiled once (minutes cold on 2 cores), then from the disk cache."""
     from maxwhisper.max_backend import MaxTranscriber
 
     return MaxTranscriber("tiny.en", device="cpu", precision="int8")

@@ -850,15 +850,26 @@ def test_a_short_prompt_runs_as_token_steps(max_tiny_en, jfk_audio, lecture_60s_
         assert a.no_speech_prob == pytest.approx(b.no_speech_prob, abs=1e-6)
 
 
-def test_int8_prompts_stay_on_the_generic_step_graph(max_tiny_en_int8, jfk_audio, monkeypatch):
-    """int8's prompt graph computes otherwise than its token steps (as steps, jfk's int8 tokens
-    changed): its short prompts keep the generic step graph."""
+def test_int8_short_prompts_run_as_token_steps(max_tiny_en_int8, jfk_audio, lecture_60s_audio, monkeypatch):
+    """int8's short prompts run as token steps too, so its first window needs only the encoder and
+    the token step graph, compiled at load. Its token steps compute otherwise than its prompt graph
+    (float32 activations against int8's quantized rows), so the tokens may differ, not the words."""
     from maxwhisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram
     from maxwhisper.decoding import decode
+    from maxwhisper.graph import model
+    from maxwhisper.scoring import agreement
 
     net = max_tiny_en_int8.net
+    assert model.first_graphs(net.plan) == ("encoder", "token_step")
+    mels = np.stack([log_mel_spectrogram(a, 80, padding=N_SAMPLES)[:, :N_FRAMES]
+                     for a in (jfk_audio, lecture_60s_audio)])
     graphs, run = [], net.run
     monkeypatch.setattr(net, "run", lambda graph, *inputs: graphs.append(graph) or run(graph, *inputs))
-    decode(net, log_mel_spectrogram(jfk_audio, 80, padding=N_SAMPLES)[:, :N_FRAMES], language="en",
-           without_timestamps=True)
+    stepped = decode(net, mels, language="en", without_timestamps=True)
+    assert net.graphs.get("decoder_step") not in graphs and graphs.count(net.token_step) > 2
+    monkeypatch.setattr(model, "PROMPT_TOKEN_STEPS", 0)
+    graphs.clear()
+    generic = decode(net, mels, language="en", without_timestamps=True)
     assert graphs.count(net.decoder) == 1
+    for a, b in zip(stepped, generic, strict=True):
+        assert len(a.tokens) > 10 and agreement(a.text, b.text) >= 0.98, (a.text, b.text)

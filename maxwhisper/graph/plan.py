@@ -60,10 +60,10 @@ class ExecutionPlan:
 
     @property
     def prompt_token_steps(self) -> bool:
-        """Whether a short prompt runs as one-token steps of the token step graph (`model.PROMPT_TOKEN_STEPS`):
-        in fp32, whose token steps compute as its prompts do. int8's and bf16's prompts compute
-        otherwise (their prompt linears and int8's cross-attention): as steps their tokens changed."""
-        return self.token_step and not (self.int8 or self.bf16)
+        """Whether a short prompt runs as one-token steps of the token step graph (`model.PROMPT_TOKEN_STEPS`),
+        so that a first window needs no generic step graph. fp32's token steps compute as its prompts
+        do; int8's and bf16's compute otherwise (float32 activations), their tokens within their tests' bounds."""
+        return self.token_step
 
     @property
     def decoder_chooses(self) -> bool:
