@@ -4,6 +4,7 @@ packages through the entry-point group `maxwhisper.backends` (pyproject.toml dec
 or from `register` where nothing is installed (the app from a bare checkout)."""
 from __future__ import annotations
 
+import ctypes
 import importlib
 import importlib.metadata
 import importlib.util
@@ -42,11 +43,26 @@ def has_bf16() -> bool:
     return "avx512_bf16" in cpu_flags()
 
 
+_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18  # x86-64 Linux
+
+
+@cache
+def amx_permitted() -> bool:
+    """Whether this process may run AMX tiles with bfloat16 products: the CPU has them and Linux
+    gave the process their state (asked for here, once; Linux 5.16 or later)."""
+    if not {"amx_tile", "amx_bf16"} <= cpu_flags():
+        return False
+    try:
+        return ctypes.CDLL(None, use_errno=True).syscall(_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def bf16_attention_pays() -> bool:
     """Whether int8's encoder attention is faster in bfloat16 than in float32 here: on AMD's CPUs with
-    AVX512_BF16. On an Intel Xeon with it the bfloat16 attention was the slower (docs/design.md,
-    "int8 on the CPU")."""
-    return has_bf16() and cpu_field("vendor_id") == "AuthenticAMD"
+    AVX512_BF16, and where AMX tiles run its products. On an Intel Xeon without the tiles the
+    bfloat16 attention was the slower (docs/design.md, "int8 on the CPU")."""
+    return has_bf16() and (cpu_field("vendor_id") == "AuthenticAMD" or amx_permitted())
 
 
 MAX = Backend(name="max", label="MAX", description="MAX Graph (this project)", color="#e11d48",

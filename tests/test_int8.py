@@ -7,7 +7,7 @@ import pytest
 
 from maxwhisper.api import DecodeOptions
 from maxwhisper.bench.clips import REFERENCES, audio_dir, load_clip, parse_clip
-from maxwhisper.registry import bf16_attention_pays
+from maxwhisper.registry import amx_permitted, bf16_attention_pays
 from maxwhisper.scoring import agreement, pooled_wer
 
 # int8 rounds every weight to 1 part in 254 of its row's largest and every encoder activation row to
@@ -22,6 +22,7 @@ def test_int8_plan_runs_every_linear_in_int8(max_tiny_en_int8):
     assert "int8 encoder linears" in plan.describe() and "int8 step linears" in plan.describe()
     assert plan.cross_int8 and "int8 weights and cross K/V" in plan.describe()
     assert plan.encoder_attention_bf16 == bf16_attention_pays()  # the encoder's attention in bfloat16 where it pays
+    assert plan.encoder_attention_amx == (bf16_attention_pays() and amx_permitted())  # on AMX tiles where it may
     assert max_tiny_en_int8.net.copies  # the quantized weights, made once at load
     assert {a.dtype for (kind, _), a in max_tiny_en_int8.net.copies.items() if kind == "int8"} == {np.dtype(np.int8)}
     # the output projection's 4-bit copy for `vocab_projection_int4`'s first pass, and only its

@@ -22,7 +22,7 @@ def self_attention(w: WeightBank, p: str, x: TensorValue, n_head: int, plan: Exe
     d = int(x.shape[-1])
     qkv = encoder_linear(plan)(w, f"{p}.attn.qkv")(plan.layer_norm(w, f"{p}.attn_ln", x))
     if plan.encoder_attention_kernel:
-        a = encoder_attention(qkv, n_head, bf16=plan.encoder_attention_bf16)
+        a = encoder_attention(qkv, n_head, bf16=plan.encoder_attention_bf16, amx=plan.encoder_attention_amx)
     else:
         q, k, v = ops.split(qkv, [d] * 3, axis=-1)
         heads = attention(split_heads(q, n_head), ops.transpose(split_heads(k, n_head), -1, -2), split_heads(v, n_head))

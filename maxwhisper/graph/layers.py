@@ -476,15 +476,16 @@ def _compile_kernels(cache: Path, package: Path) -> None:
 
 
 def encoder_attention(qkv: TensorValue, n_head: int, tile: tuple[int, int] = MACHINE_TILE,
-                      bf16: bool = False) -> TensorValue:
+                      bf16: bool = False, amx: bool = False) -> TensorValue:
     """`attention` of every head as one CPU kernel (`kernels/encoder_attention.mojo`), straight
     from the fused qkv linear: qkv float32 [B, T, 3d] -> [B, T, d] (heads merged, as
     `merge_heads` gives them); no head split, key transpose or merge ops around it. `tile` as
     `packed_linear`'s. bf16: both products' inputs rounded to bfloat16, `vdpbf16ps`, where the
-    kernels compile for AVX512_BF16 (float32 elsewhere)."""
+    kernels compile for AVX512_BF16 (float32 elsewhere); amx: with bf16, the products on AMX tiles
+    where the kernels compile for them (the caller has `registry.amx_permitted`)."""
     b, t, d3 = qkv.shape
     out = TensorType(DType.float32, [b, t, int(d3) // 3], device=qkv.device)
-    parameters = {"heads": n_head, "tile_rows": tile[0], "tile_panels": tile[1], "bf16": bf16}
+    parameters = {"heads": n_head, "tile_rows": tile[0], "tile_panels": tile[1], "bf16": bf16, "amx": amx}
     return ops.custom("encoder_attention", qkv.device, [qkv], [out], parameters=parameters)[0].tensor
 
 

@@ -24,7 +24,7 @@ from max.graph import DeviceRef, Graph, Module
 
 from ..api import BackendError
 from ..checkpoint import Checkpoint, ModelDims
-from ..registry import BF16_MISSING, bf16_attention_pays, has_bf16
+from ..registry import BF16_MISSING, amx_permitted, bf16_attention_pays, has_bf16
 from .compiled import artifact_path, compile_cpu_graph, custom_ops_unchecked
 from .decoder import (build_alignment_graph, build_batch_repeat_graph, build_cache_reorder_graph, build_decoder_graph,
                       build_token_step_graph, cache_shapes)
@@ -200,7 +200,7 @@ class MaxWhisper:
         self.copies: dict = {}  # float16, int8 and int4 copies of the weights, made once for every graph
         self.plan = make_plan(WeightBank(self.arrays, self.dtype, self.device_ref, self.copies), self.dims, kernels,
                               int8=precision == "int8", bf16=precision == "bf16",
-                              cpu_bf16=device == "cpu" and bf16_attention_pays())
+                              cpu_bf16=device == "cpu" and bf16_attention_pays(), amx=device == "cpu" and amx_permitted())
         start = time.perf_counter()
         self.session = InferenceSession(devices=[self.device])
         names = first_graphs(self.plan)

@@ -51,6 +51,8 @@ class ExecutionPlan:
     # int8's encoder attention in bfloat16 (`encoder_attention` with bf16) where that is faster
     # (`registry.bf16_attention_pays`): a third of the window's operations
     encoder_attention_bf16: bool = False
+    # that attention's products on AMX tiles (`registry.amx_permitted`)
+    encoder_attention_amx: bool = False
 
     @property
     def layer_norm(self):
@@ -75,6 +77,7 @@ class ExecutionPlan:
         weights = "int8" if self.int8 else "float16-stored"
         packed = "int8 " if self.int8 else "bf16 " if self.bf16 else ""
         attention = "bf16 encoder attention" if self.encoder_attention_bf16 else "encoder attention"
+        attention += " on AMX tiles" if self.encoder_attention_amx else ""
         parts = {"layer norms": self.layer_norm_kernel, "conv stem": self.conv_stem_kernel,
                  f"{packed}encoder linears": self.encoder_linear_kernel, attention: self.encoder_attention_kernel,
                  "step attention and token choice": self.step_kernels,
@@ -87,11 +90,11 @@ class ExecutionPlan:
 
 
 def make_plan(w: WeightBank, dims: ModelDims, kernels: bool = True, int8: bool = False,
-              bf16: bool = False, cpu_bf16: bool = False) -> ExecutionPlan:
+              bf16: bool = False, cpu_bf16: bool = False, amx: bool = False) -> ExecutionPlan:
     """The plan for a model whose weights `w` holds (on w.device, in w.dtype). kernels=False, or any
     device but the CPU, or a dtype but float32, gives the portable plan. int8: the CPU kernels'
     plan with int8 weights, its encoder attention in bfloat16 where `cpu_bf16` (the caller's check:
-    `registry.bf16_attention_pays`); bf16: with bfloat16 encoder and prompt linears (ValueError where
+    `registry.bf16_attention_pays`), on AMX tiles where `amx` (`registry.amx_permitted`); bf16: with bfloat16 encoder and prompt linears (ValueError where
     the kernels do not run or the shapes do not fit them; whether the CPU has AVX512_BF16 is the
     caller's to check)."""
     cpu_kernels = kernels and w.device.is_cpu() and w.dtype == DType.float32
@@ -126,4 +129,5 @@ def make_plan(w: WeightBank, dims: ModelDims, kernels: bool = True, int8: bool =
         layer_norm_kernel=d_audio % 8 == 0 and d_text % 8 == 0,
         conv_stem_kernel=encoder_linear and conv_stem_kernel_fits(d_audio),
         encoder_attention_bf16=int8 and cpu_bf16 and attention,
+        encoder_attention_amx=int8 and cpu_bf16 and attention and amx,
     )

@@ -8,12 +8,15 @@
 # the values are rounded to bfloat16 and both products run `packed_linear_bf16`'s `vdpbf16ps` tiles:
 # twice the multiply-adds of float32's FMAs, the sums still float32. Compiled for a CPU without it,
 # `bf16` runs the float32 path: the Python side reads the host's flags, not the compiler's target.
+# With `amx` too (a CPU with AMX, its tiles permitted) both products run on AMX tiles instead, over
+# the same bfloat16 panels, which are the tiles' layouts.
 import extensibility
 from extensibility import InputTensor, OutputTensor
 from max.gpu.host import DeviceContext
 from std.math import sqrt
 from std.memory import alloc, stack_allocation
 
+from .amx import AMX_BF16, configure_tiles, release_tiles, tile_dot_bf16, tile_load, tile_store, tile_zero
 from .attention import exp_sum
 from .linear import F32, MR, NR, TILE_PANELS, V16, accumulate
 from .linear_bf16 import B16, BF16
@@ -34,10 +37,11 @@ struct EncoderAttention:
     an exact softmax (normalised at the end), then p @ v. `tile_rows` and `tile_panels` as
     `packed_linear`'s. `bf16`: the panels [T / 16, Dh / 2, 16, 2] and [Dh / 16, T_pad / 2, 16, 2] in
     bfloat16, pairs of consecutive dims, then of consecutive keys, side by side (`rows_bf16`).
+    `amx`: with bf16, the products on AMX tiles where T_pad is a multiple of 32 and Dh of 32.
     """
 
     @staticmethod
-    def execute[target: StaticString, heads: Int, tile_rows: Int, tile_panels: Int, bf16: Bool](
+    def execute[target: StaticString, heads: Int, tile_rows: Int, tile_panels: Int, bf16: Bool, amx: Bool](
         output: OutputTensor[dtype=DType.float32, rank=3, ...],
         qkv: InputTensor[dtype=DType.float32, rank=3, ...],
         ctx: DeviceContext,
@@ -57,6 +61,8 @@ struct EncoderAttention:
         var t_pad = n_panels * NR
         var groups = (t_len + ROWS - 1) // ROWS  # work items per head
         var scale = Float32(1) / sqrt(Float32(dh))
+        comptime TILES = bf16 and amx and AMX_BF16 and ROWS % 16 == 0
+        var on_tiles = TILES and t_pad % 32 == 0 and dh % 32 == 0
         var src = qkv.unsafe_ptr()
         var dst = output.unsafe_ptr()
         var k_panels = alloc[Float32](batch * heads * t_pad * dh).unsafe_origin_cast[MutAnyOrigin]()
@@ -66,7 +72,7 @@ struct EncoderAttention:
         items[1] = batch * heads * groups
 
         def phase(p: Int, item: Int) {var src, var dst, var k_panels, var v_panels, var t_len, var d, var dh,
-                                       var t_pad, var n_panels, var groups, var scale}:
+                                       var t_pad, var n_panels, var groups, var scale, var on_tiles}:
             if p == 0:
                 var b = item // heads
                 var h = item % heads
@@ -85,10 +91,20 @@ struct EncoderAttention:
             var scratch = alloc[Float32](ROWS * (t_pad + 2 * MAX_DH + 1)).unsafe_origin_cast[MutAnyOrigin]()
             comptime if bf16 and BF16:
                 var halves = alloc[BFloat16](ROWS * (t_pad + MAX_DH)).unsafe_origin_cast[MutAnyOrigin]()
-                rows_bf16[mr, np](src + (b * t_len + r0) * 3 * d + h * dh, 3 * d, min(ROWS, t_len - r0),
-                                  k_panels.bitcast[BFloat16]() + head * t_pad * dh,
-                                  v_panels.bitcast[BFloat16]() + head * t_pad * dh, dst + (b * t_len + r0) * d + h * dh,
-                                  d, dh, t_len, t_pad, n_panels, scale, scratch, halves)
+                var q = src + (b * t_len + r0) * 3 * d + h * dh
+                var keys = k_panels.bitcast[BFloat16]() + head * t_pad * dh
+                var values = v_panels.bitcast[BFloat16]() + head * t_pad * dh
+                var out = dst + (b * t_len + r0) * d + h * dh
+                var n_rows = min(ROWS, t_len - r0)
+                comptime if TILES:
+                    if on_tiles:
+                        rows_bf16[mr, np, True](q, 3 * d, n_rows, keys, values, out, d, dh, t_len, t_pad, n_panels,
+                                                scale, scratch, halves)
+                        halves.free()
+                        scratch.free()
+                        return
+                rows_bf16[mr, np, False](q, 3 * d, n_rows, keys, values, out, d, dh, t_len, t_pad, n_panels, scale,
+                                         scratch, halves)
                 halves.free()
                 scratch.free()
                 return
@@ -199,12 +215,13 @@ def pack_bf16(x: F32, h: Int, t_len: Int, d: Int, dh: Int, k_panels: B16, v_pane
             (v_panels + (e // NR) * t_pad * NR + t * NR).store(0, a.interleave(b))
 
 
-def rows_bf16[mr: Int, np: Int](q: F32, ldq: Int, n_rows: Int, k_panels: B16, v_panels: B16, dst: F32, ldo: Int,
-                                dh: Int, t_len: Int, t_pad: Int, n_panels: Int, scale: Float32, scratch: F32,
-                                halves: B16):
+def rows_bf16[mr: Int, np: Int, tiles_amx: Bool](
+    q: F32, ldq: Int, n_rows: Int, k_panels: B16, v_panels: B16, dst: F32, ldo: Int, dh: Int, t_len: Int, t_pad: Int,
+    n_panels: Int, scale: Float32, scratch: F32, halves: B16,
+):
     """`rows` over `pack_bf16`'s panels: q scaled then rounded to bfloat16 [ROWS, Dh], its scores
     in float32, exp(score - max) rounded to bfloat16 [ROWS, T_pad] (zero past T), the row's sum
-    from the float32 ones."""
+    from the float32 ones. tiles_amx: both products on AMX tiles of 16 rows (`scores_amx`, `p_v_amx`)."""
     comptime ROWS = 4 * mr
     var p = scratch  # scores, then exp(score - max) [ROWS, T_pad]
     var acc = p + ROWS * t_pad  # p @ v [ROWS, Dh]
@@ -212,20 +229,29 @@ def rows_bf16[mr: Int, np: Int](q: F32, ldq: Int, n_rows: Int, k_panels: B16, v_
     var p_b = halves  # the exps in bfloat16 [ROWS, T_pad]
     var q_b = halves + ROWS * t_pad  # q scaled, in bfloat16 [ROWS, Dh]
     var tiles = (n_rows + mr - 1) // mr  # of the 4, those with rows to compute
-    for i in range(tiles * mr):
+    var amx_tiles = (n_rows + 15) // 16  # AMX tiles of 16 rows, within the ROWS
+    var filled = max(tiles * mr, amx_tiles * 16) if tiles_amx else tiles * mr
+    for i in range(filled):
         var row = q + min(i, n_rows - 1) * ldq
         for e in range(0, dh, NR):
             (q_b + i * dh).store(e, (row.load[width=NR](e) * scale).cast[DType.bfloat16]())
 
-    var c = 0
-    while c < n_panels:  # scores: np panels of 16 keys (the panels left one at a time) against mr rows
-        var whole = c + np <= n_panels
-        for t in range(tiles):
-            if whole:
-                scores_bf16[mr, np](q_b + t * mr * dh, dh, k_panels + c * dh * NR, p + t * mr * t_pad + c * NR, t_pad)
-            else:
-                scores_bf16[mr, 1](q_b + t * mr * dh, dh, k_panels + c * dh * NR, p + t * mr * t_pad + c * NR, t_pad)
-        c += np if whole else 1
+    comptime if tiles_amx:
+        configure_tiles()
+        for t in range(amx_tiles):
+            scores_amx(q_b + t * 16 * dh, dh, k_panels, p + t * 16 * t_pad, t_pad, n_panels)
+    else:
+        var c = 0
+        while c < n_panels:  # scores: np panels of 16 keys (the panels left one at a time) against mr rows
+            var whole = c + np <= n_panels
+            for t in range(tiles):
+                if whole:
+                    scores_bf16[mr, np](q_b + t * mr * dh, dh, k_panels + c * dh * NR, p + t * mr * t_pad + c * NR,
+                                        t_pad)
+                else:
+                    scores_bf16[mr, 1](q_b + t * mr * dh, dh, k_panels + c * dh * NR, p + t * mr * t_pad + c * NR,
+                                       t_pad)
+            c += np if whole else 1
 
     for i in range(tiles * mr):  # exp(score - row max) in bfloat16, and 1 / the row's sum
         inv_sum[i] = 1 / exp_sum(p + i * t_pad, t_len)
@@ -236,15 +262,20 @@ def rows_bf16[mr: Int, np: Int](q: F32, ldq: Int, n_rows: Int, k_panels: B16, v_
         for k in range(j, t_pad):
             p_b[i * t_pad + k] = p[i * t_pad + k].cast[DType.bfloat16]() if k < t_len else BFloat16(0)
 
-    for t in range(tiles):  # p @ v, np x 16 head dims at a time over every key pair
-        var e0 = 0
-        while e0 < dh:
-            if e0 + np * NR <= dh:
-                p_v_bf16[mr, np](p_b + t * mr * t_pad, t_pad, v_panels + e0 * t_pad, acc + t * mr * dh + e0, dh)
-                e0 += np * NR
-            else:
-                p_v_bf16[mr, 1](p_b + t * mr * t_pad, t_pad, v_panels + e0 * t_pad, acc + t * mr * dh + e0, dh)
-                e0 += NR
+    comptime if tiles_amx:
+        for t in range(amx_tiles):
+            p_v_amx(p_b + t * 16 * t_pad, t_pad, v_panels, acc + t * 16 * dh, dh)
+        release_tiles()
+    else:
+        for t in range(tiles):  # p @ v, np x 16 head dims at a time over every key pair
+            var e0 = 0
+            while e0 < dh:
+                if e0 + np * NR <= dh:
+                    p_v_bf16[mr, np](p_b + t * mr * t_pad, t_pad, v_panels + e0 * t_pad, acc + t * mr * dh + e0, dh)
+                    e0 += np * NR
+                else:
+                    p_v_bf16[mr, 1](p_b + t * mr * t_pad, t_pad, v_panels + e0 * t_pad, acc + t * mr * dh + e0, dh)
+                    e0 += NR
     for i in range(n_rows):
         for e in range(0, dh, NR):
             (dst + i * ldo).store(e, acc.load[width=NR](i * dh + e) * inv_sum[i])
@@ -268,3 +299,49 @@ def p_v_bf16[mr: Int, np: Int](p_b: B16, t_pad: Int, v_panels: B16, dst: F32, ld
     comptime for r in range(mr):
         comptime for n in range(np):
             dst.store(r * ldo + n * NR, acc[r * np + n])
+
+
+def scores_amx(q_b: B16, dh: Int, k_panels: B16, dst: F32, t_pad: Int, n_panels: Int):
+    """dst[r, :T_pad] = q[r] . every key, for 16 rows of q_b [16, Dh] (Dh a multiple of 32, up to
+    128): q's tiles stay in tiles 4-7 while two panels of 16 keys at a time pass through tiles 1 and 3
+    into tiles 0 and 2."""
+    var steps = dh // 32
+    comptime for s in range(MAX_DH // 32):
+        if s < steps:
+            tile_load[4 + s](q_b + 32 * s, 2 * dh)
+    var c = 0
+    while c < n_panels:
+        var pair = c + 1 < n_panels
+        tile_zero[0]()
+        tile_zero[2]()
+        comptime for s in range(MAX_DH // 32):
+            if s < steps:
+                tile_load[1](k_panels + c * dh * NR + s * 16 * 32, 64)
+                tile_dot_bf16[0, 4 + s, 1]()
+                if pair:
+                    tile_load[3](k_panels + (c + 1) * dh * NR + s * 16 * 32, 64)
+                    tile_dot_bf16[2, 4 + s, 3]()
+        tile_store[0](dst + c * NR, 4 * t_pad)
+        if pair:
+            tile_store[2](dst + (c + 1) * NR, 4 * t_pad)
+        c += 2 if pair else 1
+
+
+def p_v_amx(p_b: B16, t_pad: Int, v_panels: B16, dst: F32, dh: Int):
+    """dst[r, :Dh] = p[r] @ the values, for 16 rows of p_b [16, T_pad] (T_pad a multiple of 32):
+    up to 4 panels of 16 head dims at a time in tiles 0-3, 32 keys of p in tile 4, the values'
+    tiles through 5 and 6."""
+    var n_e = dh // NR
+    for e0 in range(0, n_e, 4):
+        comptime for j in range(4):
+            if e0 + j < n_e:
+                tile_zero[j]()
+        for k in range(t_pad // 32):
+            tile_load[4](p_b + 32 * k, 2 * t_pad)
+            comptime for j in range(4):
+                if e0 + j < n_e:
+                    tile_load[5 + j % 2](v_panels + (e0 + j) * t_pad * NR + k * 16 * 32, 64)
+                    tile_dot_bf16[j, 4, 5 + j % 2]()
+        comptime for j in range(4):
+            if e0 + j < n_e:
+                tile_store[j](dst + (e0 + j) * NR, 4 * dh)
