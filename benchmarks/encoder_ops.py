@@ -46,7 +46,7 @@ def ops_of_a_window(model: MaxWhisper) -> tuple[list[tuple[str, int, list[Tensor
         ("qkv linear", layers, [rows(d)], lambda x: linear(w, f"{p}.attn.qkv")(x)),
         ("attention", layers, [rows(3 * d)],
          lambda qkv: encoder_attention(qkv, dims.n_audio_head, bf16=plan.encoder_attention_bf16,
-                                     amx=plan.encoder_attention_amx)),
+                                     amx=plan.amx_tiles)),
         ("attention out linear + residual", layers, [rows(d), rows(d)],
          lambda x, r: linear(w, f"{p}.attn.out")(x, r)),
         ("MLP up linear + GELU", layers, [rows(d)], lambda x: linear(w, f"{p}.mlp.0", gelu=True)(x)),

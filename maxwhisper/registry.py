@@ -48,9 +48,9 @@ _ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18  # x86-
 
 @cache
 def amx_permitted() -> bool:
-    """Whether this process may run AMX tiles with bfloat16 products: the CPU has them and Linux
-    gave the process their state (asked for here, once; Linux 5.16 or later)."""
-    if not {"amx_tile", "amx_bf16"} <= cpu_flags():
+    """Whether this process may run AMX tiles with bfloat16 and int8 products: the CPU has them and
+    Linux gave the process their state (asked for here, once; Linux 5.16 or later)."""
+    if not {"amx_tile", "amx_bf16", "amx_int8"} <= cpu_flags():
         return False
     try:
         return ctypes.CDLL(None, use_errno=True).syscall(_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0

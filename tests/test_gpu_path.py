@@ -61,11 +61,10 @@ def test_the_cpu_plan_runs_every_kernel_and_no_kernels_runs_the_gpu_s_graphs(tin
                                 cpu_bf16=cpu_bf16) for cpu_bf16 in (False, True)}
     assert not int8[False].encoder_attention_bf16 and "bf16 encoder attention" not in int8[False].describe()
     assert int8[True].encoder_attention_bf16 and "bf16 encoder attention" in int8[True].describe()
-    # on AMX tiles where the caller may run them (`registry.amx_permitted`), and only in bfloat16
-    tiles = {cpu_bf16: make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims, int8=True,
-                                 cpu_bf16=cpu_bf16, amx=True) for cpu_bf16 in (False, True)}
-    assert tiles[True].encoder_attention_amx and "bf16 encoder attention on AMX tiles" in tiles[True].describe()
-    assert not tiles[False].encoder_attention_amx and not int8[True].encoder_attention_amx
+    # int8's packed linears and attention on AMX tiles where the caller may run them (`registry.amx_permitted`)
+    tiles = make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims, int8=True, amx=True)
+    assert tiles.amx_tiles and "AMX tiles" in tiles.describe() and not int8[True].amx_tiles
+    assert not make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims, amx=True).amx_tiles
     assert graph_names(cpu) == PORTABLE_GRAPHS[:2] + ("token_step",) + PORTABLE_GRAPHS[2:]
     portable = make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims, kernels=False)
     gpu = make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.GPU()), dims)

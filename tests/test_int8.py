@@ -22,7 +22,7 @@ def test_int8_plan_runs_every_linear_in_int8(max_tiny_en_int8):
     assert "int8 encoder linears" in plan.describe() and "int8 step linears" in plan.describe()
     assert plan.cross_int8 and "int8 weights and cross K/V" in plan.describe()
     assert plan.encoder_attention_bf16 == bf16_attention_pays()  # the encoder's attention in bfloat16 where it pays
-    assert plan.encoder_attention_amx == (bf16_attention_pays() and amx_permitted())  # on AMX tiles where it may
+    assert plan.amx_tiles == amx_permitted()  # its linears and bf16 attention on AMX tiles where it may
     assert max_tiny_en_int8.net.copies  # the quantized weights, made once at load
     assert {a.dtype for (kind, _), a in max_tiny_en_int8.net.copies.items() if kind == "int8"} == {np.dtype(np.int8)}
     # the output projection's 4-bit copy for `vocab_projection_int4`'s first pass, and only its

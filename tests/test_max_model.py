@@ -356,7 +356,9 @@ def test_packed_linear_int8_kernel_is_the_exact_int8_product():
     float64, plain, with GELU and with a residual; 67 rows (a partial tile), K 1536, 3 panels (a
     pair and one alone). The machine's tile, the AVX2 one (4 rows x 1 panel) and the AVX-512 VNNI
     one (12 x 2), with VNNI where this CPU has it and with the instructions of a CPU without it,
-    give the same bits; and the result is within 1 % of the float32 product's largest value."""
+    give the same bits, as do AMX tiles where the process may run them (elsewhere `amx` runs the
+    machine's tile), plain, with GELU and with a residual; and the result is within 1 % of the
+    float32 product's largest value."""
     from math import erf
 
     from max.dtype import DType
@@ -364,6 +366,7 @@ def test_packed_linear_int8_kernel_is_the_exact_int8_product():
 
     from maxwhisper.graph.layers import MACHINE_TILE, WeightBank, packed_linear_int8
     from maxwhisper.graph.weights import quantize_int8
+    from maxwhisper.registry import amx_permitted
 
     rng = np.random.default_rng(0)
     k, n, m = 1536, 48, 67
@@ -375,18 +378,23 @@ def test_packed_linear_int8_kernel_is_the_exact_int8_product():
     def build(x, residual):
         machine = [packed_linear_int8(w, "lin")(x), packed_linear_int8(w, "lin", gelu=True)(x),
                    packed_linear_int8(w, "lin")(x, residual)]
-        return machine + [packed_linear_int8(w, "lin", tile=tile, emulate=emulate)(x) for tile, emulate in variants]
+        tiles = [packed_linear_int8(w, "lin", amx=amx)(x), packed_linear_int8(w, "lin", gelu=True, amx=amx)(x),
+                 packed_linear_int8(w, "lin", amx=amx)(x, residual)]
+        return machine + tiles + [packed_linear_int8(w, "lin", tile=tile, emulate=emulate)(x) for tile, emulate in variants]
 
+    amx = amx_permitted()
     cpu = DeviceRef.CPU()
-    run = _kernel_graph("packed_linear_int8_test", [TensorType(DType.float32, ["m", k], device=cpu),
+    run = _kernel_graph(f"packed_linear_int8_test_{amx}", [TensorType(DType.float32, ["m", k], device=cpu),
                                                     TensorType(DType.float32, ["m", n], device=cpu)], build, w)
     assert w.registry()["lin.weight_t.int8_panels"].shape == (n // 16, k // 4, 16, 4)
 
     x = (rng.standard_normal((m, k)) + 0.3).astype(np.float32)
     residual = rng.standard_normal((m, n)).astype(np.float32)
-    plain, gelu, added, *others = run(x, residual)
-    for out in others:
+    plain, gelu, added, plain_tiles, gelu_tiles, added_tiles, *others = run(x, residual)
+    for out in others + [plain_tiles]:
         np.testing.assert_array_equal(out, plain)
+    np.testing.assert_array_equal(gelu_tiles, gelu)
+    np.testing.assert_array_equal(added_tiles, added)
 
     q_w, s_w = quantize_int8(arrays["lin.weight_t"].T)
     q_w = q_w.T

@@ -9,6 +9,7 @@ V^T [B, H, Dh, n_text_ctx] per layer; int8 cross K/V with a scale per key and va
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 from max.dtype import DType
@@ -120,7 +121,9 @@ def block_linear(plan: ExecutionPlan) -> MakeLinear:
     step graph takes every one-token step), tens to hundreds of rows: `packed_linear_int8`'s int8
     products run them faster than `few_row_linear_int8`'s float32 ones; with bf16 linears
     `packed_linear_bf16` runs them (the one-token steps stay float32, over float16-stored weights)."""
-    return packed_linear_int8 if plan.int8 else packed_linear_bf16 if plan.bf16 else step_linear(plan)
+    if plan.int8:
+        return partial(packed_linear_int8, amx=plan.amx_tiles)
+    return packed_linear_bf16 if plan.bf16 else step_linear(plan)
 
 
 def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, module: Module | None = None) -> Graph:

@@ -5,6 +5,8 @@ conv stem runs the `conv_stem` kernel, its linears `packed_linear` and its atten
 `encoder_attention` (int8: in bfloat16 where `plan.encoder_attention_bf16`); otherwise MAX's ops."""
 from __future__ import annotations
 
+from functools import partial
+
 from max.dtype import DType
 from max.graph import Graph, Module, TensorType, TensorValue, ops
 
@@ -22,7 +24,7 @@ def self_attention(w: WeightBank, p: str, x: TensorValue, n_head: int, plan: Exe
     d = int(x.shape[-1])
     qkv = encoder_linear(plan)(w, f"{p}.attn.qkv")(plan.layer_norm(w, f"{p}.attn_ln", x))
     if plan.encoder_attention_kernel:
-        a = encoder_attention(qkv, n_head, bf16=plan.encoder_attention_bf16, amx=plan.encoder_attention_amx)
+        a = encoder_attention(qkv, n_head, bf16=plan.encoder_attention_bf16, amx=plan.amx_tiles)
     else:
         q, k, v = ops.split(qkv, [d] * 3, axis=-1)
         heads = attention(split_heads(q, n_head), ops.transpose(split_heads(k, n_head), -1, -2), split_heads(v, n_head))
@@ -55,7 +57,9 @@ def encoder_linear(plan: ExecutionPlan) -> MakeEncoderLinear:
     so, MAX's matmul elsewhere."""
     if not plan.encoder_linear_kernel:
         return linear
-    return packed_linear_int8 if plan.int8 else packed_linear_bf16 if plan.bf16 else packed_linear
+    if plan.int8:
+        return partial(packed_linear_int8, amx=plan.amx_tiles)
+    return packed_linear_bf16 if plan.bf16 else packed_linear
 
 
 def extensions(plan: ExecutionPlan) -> list:

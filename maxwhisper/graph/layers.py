@@ -272,13 +272,15 @@ def packed_linear(w: WeightBank, prefix: str, gelu: bool = False,
 
 
 def packed_linear_int8(w: WeightBank, prefix: str, gelu: bool = False, tile: tuple[int, int] = MACHINE_TILE,
-                       emulate: bool = False) -> ResidualLinear:
+                       emulate: bool = False, amx: bool = False) -> ResidualLinear:
     """`packed_linear` in int8 (`kernels/linear_int8.mojo`): the weight quantized per column at load
     (`WeightBank.int8_panels`), x per row in the kernel, exact int32 sums with the machine's byte
-    dot products. `emulate` runs the instructions of a CPU without VNNI (the same numbers)."""
+    dot products. `emulate` runs the instructions of a CPU without VNNI, `amx` AMX tiles where the
+    kernels compile for them (the caller has `registry.amx_permitted`): the same numbers."""
     name = f"{prefix}.weight_t" if f"{prefix}.weight_t" in w.arrays else f"{prefix}.weight"  # the decoder's: W
     return _packed_kernel(w, prefix, "packed_linear_int8", list(w.int8_panels(name)),
-                          {"gelu": gelu, "tile_rows": tile[0], "tile_panels": tile[1], "emulate": emulate})
+                          {"gelu": gelu, "tile_rows": tile[0], "tile_panels": tile[1], "emulate": emulate,
+                           "amx": amx})
 
 
 def packed_linear_bf16(w: WeightBank, prefix: str, gelu: bool = False,

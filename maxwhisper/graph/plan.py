@@ -51,8 +51,8 @@ class ExecutionPlan:
     # int8's encoder attention in bfloat16 (`encoder_attention` with bf16) where that is faster
     # (`registry.bf16_attention_pays`): a third of the window's operations
     encoder_attention_bf16: bool = False
-    # that attention's products on AMX tiles (`registry.amx_permitted`)
-    encoder_attention_amx: bool = False
+    # AMX tiles for int8's `packed_linear_int8` and its bfloat16 encoder attention (`registry.amx_permitted`)
+    amx_tiles: bool = False
 
     @property
     def layer_norm(self):
@@ -77,12 +77,12 @@ class ExecutionPlan:
         weights = "int8" if self.int8 else "float16-stored"
         packed = "int8 " if self.int8 else "bf16 " if self.bf16 else ""
         attention = "bf16 encoder attention" if self.encoder_attention_bf16 else "encoder attention"
-        attention += " on AMX tiles" if self.encoder_attention_amx else ""
         parts = {"layer norms": self.layer_norm_kernel, "conv stem": self.conv_stem_kernel,
                  f"{packed}encoder linears": self.encoder_linear_kernel, attention: self.encoder_attention_kernel,
                  "step attention and token choice": self.step_kernels,
                  f"{weights} step linears": self.step_linears_kernel, "one-token step graph": self.token_step}
         kernels = ", ".join(name for name, used in parts.items() if used) or "none"
+        kernels += "; AMX tiles" if self.amx_tiles else ""
         device = "cpu" if self.device.is_cpu() else "gpu"
         int8 = f"int8 weights{' and cross K/V' if self.cross_int8 else ''}, " if self.int8 else ""
         reduced = int8 or ("bf16 encoder and prompt linears, " if self.bf16 else "")
@@ -94,7 +94,8 @@ def make_plan(w: WeightBank, dims: ModelDims, kernels: bool = True, int8: bool =
     """The plan for a model whose weights `w` holds (on w.device, in w.dtype). kernels=False, or any
     device but the CPU, or a dtype but float32, gives the portable plan. int8: the CPU kernels'
     plan with int8 weights, its encoder attention in bfloat16 where `cpu_bf16` (the caller's check:
-    `registry.bf16_attention_pays`), on AMX tiles where `amx` (`registry.amx_permitted`); bf16: with bfloat16 encoder and prompt linears (ValueError where
+    `registry.bf16_attention_pays`), its packed linears and that attention on AMX tiles where `amx`
+    (`registry.amx_permitted`); bf16: with bfloat16 encoder and prompt linears (ValueError where
     the kernels do not run or the shapes do not fit them; whether the CPU has AVX512_BF16 is the
     caller's to check)."""
     cpu_kernels = kernels and w.device.is_cpu() and w.dtype == DType.float32
@@ -129,5 +130,5 @@ def make_plan(w: WeightBank, dims: ModelDims, kernels: bool = True, int8: bool =
         layer_norm_kernel=d_audio % 8 == 0 and d_text % 8 == 0,
         conv_stem_kernel=encoder_linear and conv_stem_kernel_fits(d_audio),
         encoder_attention_bf16=int8 and cpu_bf16 and attention,
-        encoder_attention_amx=int8 and cpu_bf16 and attention and amx,
+        amx_tiles=int8 and amx,
     )

@@ -4,7 +4,8 @@
 # machine's byte dot product: `vpdpbusd` (AVX-512 VNNI on zmm, AVX-VNNI on ymm) multiplies 4 uint8 x
 # int8 pairs and adds them to an int32 lane in one instruction, 4x the multiply-adds of a float32
 # FMA. Without VNNI (AVX2, AVX-512 without it) the same int32 sums come from `vpmaddubsw` and
-# `vpmaddwd`, so every machine computes the same numbers.
+# `vpmaddwd`, so every machine computes the same numbers. With `amx` (a CPU with AMX, its tiles
+# permitted) AMX tiles compute the same int32 sums, 32 rows x 32 columns at a time.
 import extensibility
 from extensibility import InputTensor, OutputTensor
 from max.gpu.host import DeviceContext
@@ -12,6 +13,7 @@ from std.memory import alloc, stack_allocation
 from std.memory.unsafe import bitcast
 from std.sys import CompilationTarget, llvm_intrinsic, num_logical_cores
 
+from .amx import AMX_INT8, configure_tiles, release_tiles, tile_dot_int8, tile_load, tile_store, tile_zero
 from .linear import LANES, NR, V16, store
 from .threads import share_items
 
@@ -80,10 +82,11 @@ struct PackedLinearInt8:
     [0, 0]; GELU when `gelu` -> y float32 [M, N]:
         y[i, j] = s_x[i] s_w[j] (sum_k q_x[i, k] w_q[k, j] - z_x[i] col_sums[j]) + bias[j].
     The int32 sums are exact, so the tile (`tile_rows`, `tile_panels`) and `emulate` (the
-    instructions of a machine without VNNI) change no bit of the result. K a multiple of 4. CPU only."""
+    instructions of a machine without VNNI) change no bit of the result, nor do AMX tiles (`amx`,
+    where K is a multiple of 64). K a multiple of 4. CPU only."""
 
     @staticmethod
-    def execute[target: StaticString, gelu: Bool, tile_rows: Int, tile_panels: Int, emulate: Bool](
+    def execute[target: StaticString, gelu: Bool, tile_rows: Int, tile_panels: Int, emulate: Bool, amx: Bool](
         output: OutputTensor[dtype=DType.float32, rank=2, ...],
         x: InputTensor[dtype=DType.float32, rank=2, ...],
         panels: InputTensor[dtype=DType.int8, rank=4, ...],
@@ -113,10 +116,13 @@ struct PackedLinearInt8:
         var rp = residual.unsafe_ptr()
         var has_residual = residual.dim_size(0) == m and residual.dim_size(1) == n
         var op = output.unsafe_ptr()
-        var block = balanced_block(m, max(mr, BLOCK_BYTES // kd // mr * mr), mr)
+        comptime TILES = amx and AMX_INT8 and not emulate
+        var on_tiles = TILES and kd % 64 == 0
+        var unit = AMX_ROWS if on_tiles else mr  # the tiles' row blocks read whole blocks of q
+        var block = balanced_block(m, max(unit, BLOCK_BYTES // kd // unit * unit), unit)
 
         def rows(item: Int) {var xp, var wp, var sp, var cp, var bp, var rp, var has_residual, var op, var m, var kd,
-                             var n, var n_panels, var block}:
+                             var n, var n_panels, var block, var on_tiles}:
             var r0 = item * block
             var count = min(block, m - r0)
             var q = alloc[UInt8](block * kd).unsafe_origin_cast[MutAnyOrigin]()
@@ -124,6 +130,16 @@ struct PackedLinearInt8:
             var zero = alloc[Int32](block).unsafe_origin_cast[MutAnyOrigin]()
             for r in range(count):
                 quantize_row(xp + (r0 + r) * kd, kd, q + r * kd, row_scale + r, zero + r)
+            comptime if TILES:
+                if on_tiles:
+                    configure_tiles()
+                    tiles[gelu](q, count, kd, wp, n_panels, row_scale, zero, sp, cp, bp, has_residual, rp + r0 * n,
+                                op + r0 * n, n)
+                    release_tiles()
+                    q.free()
+                    row_scale.free()
+                    zero.free()
+                    return
             var j = 0
             while j < n_panels:
                 var whole = j + np <= n_panels  # else the panels left go one at a time
@@ -188,6 +204,51 @@ def quantize_row(x: F32, kd: Int, q: U8, scale: F32, zero: I32):
 
 
 comptime I16P = UnsafePointer[I16, MutUntrackedOrigin]  # `stack_allocation`s
+comptime AMX_ROWS = 32  # rows of q per pass of the AMX tiles: two tiles of 16
+
+
+def tiles[gelu: Bool](q: U8, count: Int, kd: Int, panels: I8, n_panels: Int, row_scale: F32, zero: I32, scale: F32,
+                      col_sums: I32, bias: F32, add: Bool, residual: F32, y: F32, ldy: Int):
+    """y for `count` quantized rows of q [block, K] (block a multiple of 32, K of 64) on AMX tiles:
+    per pair of panels (32 columns, tiles 6 and 7), every 32 rows (tiles 4 and 5) into tiles 0-3,
+    K 64 at a time; the sums then finish as `tile`'s."""
+    var sums = stack_allocation[AMX_ROWS * 2, I16]()  # [32 rows, 2 panels] of 16 int32
+    var c = sums.bitcast[Int32]()
+    var j = 0
+    while j < n_panels:
+        var pair = j + 1 < n_panels
+        var b = panels + j * kd * NR
+        var i = 0
+        while i < count:
+            var a = q + i * kd
+            comptime for t in range(4):
+                tile_zero[t]()
+            for s in range(kd // 64):
+                tile_load[4](a + 64 * s, kd)
+                tile_load[5](a + 16 * kd + 64 * s, kd)
+                tile_load[6](b + 1024 * s, 64)
+                tile_dot_int8[0, 4, 6]()
+                tile_dot_int8[2, 5, 6]()
+                if pair:
+                    tile_load[7](b + kd * NR + 1024 * s, 64)
+                    tile_dot_int8[1, 4, 7]()
+                    tile_dot_int8[3, 5, 7]()
+            var at = i * ldy + j * NR
+            var rows = min(AMX_ROWS, count - i)
+            if pair:  # rows 32 int32 apart, as `finish` reads 2 panels
+                tile_store[0](c, 128)
+                tile_store[1](c + 16, 128)
+                tile_store[2](c + 16 * 32, 128)
+                tile_store[3](c + 16 * 32 + 16, 128)
+                finish[gelu, 2](sums, rows, row_scale + i, zero + i, scale + j * NR, col_sums + j * NR, bias + j * NR,
+                                add, residual + at, y + at, ldy)
+            else:
+                tile_store[0](c, 64)
+                tile_store[2](c + 16 * 16, 64)
+                finish[gelu, 1](sums, rows, row_scale + i, zero + i, scale + j * NR, col_sums + j * NR, bias + j * NR,
+                                add, residual + at, y + at, ldy)
+            i += AMX_ROWS
+        j += 2 if pair else 1
 
 
 @always_inline
@@ -219,13 +280,29 @@ def tile[gelu: Bool, mr: Int, np: Int, vnni: Bool](q: U8, rows: Int, kd: Int, pa
     accumulate[mr, np, vnni](acc, q, kd, rows, panel, kd * NR, kd // 4)
     comptime for r in range(mr):
         if r < rows:
-            comptime for p in range(np):
-                var exact = acc[r * np + p] - zero[r] * col_sums.load[width=NR](p * NR)
-                var v = exact.cast[DType.float32]() * (scale.load[width=NR](p * NR) * row_scale[r])
-                v += bias.load[width=NR](p * NR)
-                comptime if gelu:
-                    v = 0.5 * v * (1 + rational_erf(v * 0.7071067811865476))
-                store[False](v, add, residual + r * ldy + p * NR, y + r * ldy + p * NR)
+            finish_row[gelu, np](acc + r * np, row_scale[r], zero[r], scale, col_sums, bias, add,
+                                 residual + r * ldy, y + r * ldy)
+
+
+def finish[gelu: Bool, np: Int](acc: I16P, rows: Int, row_scale: F32, zero: I32, scale: F32, col_sums: I32, bias: F32,
+                                add: Bool, residual: F32, y: F32, ldy: Int):
+    """`finish_row` for rows r < rows of acc [rows, np] (16 int32 each)."""
+    for r in range(rows):
+        finish_row[gelu, np](acc + r * np, row_scale[r], zero[r], scale, col_sums, bias, add, residual + r * ldy,
+                             y + r * ldy)
+
+
+@always_inline
+def finish_row[gelu: Bool, np: Int](acc: I16P, row_scale: Float32, zero: Int32, scale: F32, col_sums: I32, bias: F32,
+                                    add: Bool, residual: F32, y: F32):
+    """y[0:16 np] of one row from its int32 sums acc[0:np]: dequantized, the bias, GELU, the residual."""
+    comptime for p in range(np):
+        var exact = acc[p] - zero * col_sums.load[width=NR](p * NR)
+        var v = exact.cast[DType.float32]() * (scale.load[width=NR](p * NR) * row_scale)
+        v += bias.load[width=NR](p * NR)
+        comptime if gelu:
+            v = 0.5 * v * (1 + rational_erf(v * 0.7071067811865476))
+        store[False](v, add, residual + p * NR, y + p * NR)
 
 
 @always_inline
