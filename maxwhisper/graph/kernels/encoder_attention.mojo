@@ -13,7 +13,7 @@
 import extensibility
 from extensibility import InputTensor, OutputTensor
 from max.gpu.host import DeviceContext
-from std.math import sqrt
+from std.math import exp, sqrt
 from std.memory import alloc, stack_allocation
 
 from .amx import AMX_BF16, configure_tiles, release_tiles, tile_dot_bf16, tile_load, tile_store, tile_zero
@@ -223,7 +223,7 @@ def rows_bf16[mr: Int, np: Int, tiles_amx: Bool](
     in float32, exp(score - max) rounded to bfloat16 [ROWS, T_pad] (zero past T), the row's sum
     from the float32 ones. tiles_amx: both products on AMX tiles of 16 rows (`scores_amx`, `p_v_amx`)."""
     comptime ROWS = 4 * mr
-    var p = scratch  # scores, then exp(score - max) [ROWS, T_pad]
+    var p = scratch  # the scores [ROWS, T_pad]
     var acc = p + ROWS * t_pad  # p @ v [ROWS, Dh]
     var inv_sum = acc + ROWS * MAX_DH  # 1 / the sum of each row's exps
     var p_b = halves  # the exps in bfloat16 [ROWS, T_pad]
@@ -254,13 +254,7 @@ def rows_bf16[mr: Int, np: Int, tiles_amx: Bool](
             c += np if whole else 1
 
     for i in range(tiles * mr):  # exp(score - row max) in bfloat16, and 1 / the row's sum
-        inv_sum[i] = 1 / exp_sum(p + i * t_pad, t_len)
-        var j = 0
-        while j + NR <= t_len:
-            (p_b + i * t_pad).store(j, p.load[width=NR](i * t_pad + j).cast[DType.bfloat16]())
-            j += NR
-        for k in range(j, t_pad):
-            p_b[i * t_pad + k] = p[i * t_pad + k].cast[DType.bfloat16]() if k < t_len else BFloat16(0)
+        inv_sum[i] = 1 / exp_to_bf16(p + i * t_pad, t_len, t_pad, p_b + i * t_pad)
 
     comptime if tiles_amx:
         for t in range(amx_tiles):
@@ -345,3 +339,29 @@ def p_v_amx(p_b: B16, t_pad: Int, v_panels: B16, dst: F32, dh: Int):
         comptime for j in range(4):
             if e0 + j < n_e:
                 tile_store[j](dst + (e0 + j) * NR, 4 * dh)
+
+
+def exp_to_bf16(row: F32, n: Int, t_pad: Int, dest: B16) -> Float32:
+    """dest[j] = exp(row[j] - max(row)) rounded to bfloat16 for j < n, zero up to t_pad; returns
+    the float32 exps' sum. One pass for the exps, 16 lanes at a time."""
+    var full = n - n % NR
+    var mv = V16(-3.0e38)
+    for j in range(0, full, NR):
+        mv = max(mv, row.load[width=NR](j))
+    var m = mv.reduce_max()
+    for j in range(full, n):
+        m = max(m, row[j])
+    var tv = V16(0)
+    for j in range(0, full, NR):
+        var e = exp(row.load[width=NR](j) - m)
+        dest.store(j, e.cast[DType.bfloat16]())
+        tv += e
+    var total = tv.reduce_add()
+    for j in range(full, n):
+        var e = exp(row[j] - m)
+        dest[j] = e.cast[DType.bfloat16]()
+        total += e
+    for j in range(n, t_pad):
+        dest[j] = BFloat16(0)
+    return total
+
