@@ -5,7 +5,7 @@
 (PYTHONPATH=.: this checkout's maxwhisper, not the one installed in the venv.)
 
 1. The decode: one timed transcription of the clip after an untimed one, each graph call timed
-   from Python. Prompts (the generic step graph, and in fp32 a short prompt's token steps), token
+   from Python. Prompts (the generic step graph, and a short prompt's token steps), token
    steps, and the host between calls (the decode's seconds less its graph calls).
 2. Inside a step: graphs that stop part way through the token step graph, compiled together with it
    and called in turn at one position of the clip's first window (its real cross K/V): the token
