@@ -53,7 +53,9 @@ def amx_permitted() -> bool:
     if not {"amx_tile", "amx_bf16", "amx_int8"} <= cpu_flags():
         return False
     try:
-        return ctypes.CDLL(None, use_errno=True).syscall(_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0
+        syscall = ctypes.CDLL(None).syscall
+        return syscall(ctypes.c_long(_ARCH_PRCTL), ctypes.c_long(_ARCH_REQ_XCOMP_PERM),
+                       ctypes.c_long(_XFEATURE_XTILEDATA)) == 0
     except (OSError, AttributeError):
         return False
 

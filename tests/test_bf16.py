@@ -116,16 +116,17 @@ def test_packed_linear_bf16_kernel_is_the_float32_sum_of_bfloat16_products(tiny_
     assert np.abs(plain - float_product).max() > 100 * np.abs(plain - exact_sums).max()
 
 
-@pytest.mark.parametrize("dh, t, amx", [(64, 37, False), (80, 37, False), (64, 61, True)])
+@pytest.mark.parametrize("dh, t, amx", [(64, 37, False), (80, 37, False), (64, 37, True)])
 def test_encoder_attention_in_bf16_is_float32_sums_of_bfloat16_products(dh, t, amx, tiny_en_checkpoint):
     """`encoder_attention` with bf16 (int8's encoder attention where it pays) against
     float64 numpy over the numbers it rounds: q scaled, the keys, the values and exp(score - max)
     rounded to bfloat16, the softmax's sum from the unrounded exps. Batch 2, 2 heads, T = 37 (partial
-    panels and work items); the AVX2-sized tile and the AVX-512 one give the same bits. The rounding
-    is what moves it from float32 attention, not the sums. Without AVX512_BF16: MAX refuses --precision bf16.
-    amx: on AMX tiles where the process may run them (T = 61 pads to 64 keys, the tiles' 32-key
-    steps; elsewhere the same graph runs `vdpbf16ps`), their sums in another order than the
-    AVX-512 tile's, which the (6, 1) tile (24 rows a work item: not whole tiles) still runs."""
+    panels and work items); without amx the AVX2-sized tile and the AVX-512 one give the same bits.
+    The rounding is what moves it from float32 attention, not the sums. Without AVX512_BF16: MAX
+    refuses --precision bf16. amx: on AMX tiles where the process may run them (T = 37 padded with
+    zero keys to 64, the tiles' 32-key steps; elsewhere the same graph runs `vdpbf16ps`), their sums
+    in another order than the AVX-512 tile's, which the (6, 1) tile (24 rows a work item: not whole
+    tiles) still runs."""
     if not has_bf16():
         assert_max_says_bf16_is_missing(tiny_en_checkpoint)
         return

@@ -554,6 +554,15 @@ def test_encoder_tile_fills_the_target_s_vector_registers(cpu, register, fmas, t
     assert not re.search(SPILL, code), "a vector register spilled"
 
 
+def test_amx_kernels_compile_to_tile_instructions(tmp_path):
+    """The int8 linears' and the bf16 attention's AMX paths (tests/tile_amx_asm.mojo), compiled for
+    a CPU with AMX whatever this machine is: tile configuration and release around `tdpbusd` and
+    `tdpbf16ps` on tiles, and the tiles' loads and stores."""
+    code = _tile_assembly("tile_amx_asm.mojo", "sapphirerapids", tmp_path)
+    for instruction in ("ldtilecfg", "tilerelease", "tdpbusd", "tdpbf16ps", "tileloadd", "tilestored", "tilezero"):
+        assert instruction in code, instruction
+
+
 @pytest.mark.parametrize("cpu, instruction, register, count", [
     ("haswell", "vpmaddubsw", "ymm", 16),  # AVX2: 4 rows x 2 ymm, two vpmaddubsw each (even and odd bytes)
     ("skylake-avx512", "vpmaddubsw", "zmm", 32),  # AVX-512 without VNNI: 8 rows x 2 zmm

@@ -77,9 +77,7 @@ def first_graphs(plan: ExecutionPlan) -> tuple[str, ...]:
     """The graphs a model compiles at load: those a first window needs. Where a window's prompt
     without previous text runs as token steps (`plan.prompt_token_steps`), the generic step graph,
     about as long to compile as the two others together, waits for a prompt with previous text."""
-    if plan.prompt_token_steps:
-        return "encoder", "token_step"
-    return ("encoder", "decoder_step", "token_step") if plan.token_step else ("encoder", "decoder_step")
+    return ("encoder", "token_step") if plan.prompt_token_steps else ("encoder", "decoder_step")
 
 
 def build_graph(name: str, arrays: dict[str, np.ndarray], dims: ModelDims, plan: ExecutionPlan,
@@ -198,9 +196,10 @@ class MaxWhisper:
         self.dtype = DTYPES[precision]
         self.arrays = graph_arrays(ckpt.state, ckpt.dims)
         self.copies: dict = {}  # float16, int8 and int4 copies of the weights, made once for every graph
+        cpu_int8 = device == "cpu" and precision == "int8"  # only int8 asks for the AMX tiles' state
         self.plan = make_plan(WeightBank(self.arrays, self.dtype, self.device_ref, self.copies), self.dims, kernels,
                               int8=precision == "int8", bf16=precision == "bf16",
-                              cpu_bf16=device == "cpu" and bf16_attention_pays(), amx=device == "cpu" and amx_permitted())
+                              cpu_bf16=cpu_int8 and bf16_attention_pays(), amx=cpu_int8 and amx_permitted())
         start = time.perf_counter()
         self.session = InferenceSession(devices=[self.device])
         names = first_graphs(self.plan)

@@ -1,8 +1,9 @@
-# Intel AMX tiles (Sapphire Rapids and later): 8 tile registers of up to 16 rows of 64 bytes;
-# `tdpbf16ps` adds a 16 x 32 bfloat16 tile times a 32 x 16 one to a 16 x 16 float32 tile, and
-# `tdpbusd` a 16 x 64 uint8 tile times a 64 x 16 int8 one to a 16 x 16 int32 tile, in one instruction. Every tile here is 16 rows of 64 bytes. A thread configures the tiles before its
-# first tile instruction and releases them after; the process must have asked Linux for the tile
-# state first (`layers.amx_permitted`), or the first tile instruction faults.
+# Intel AMX tiles (Sapphire Rapids and later): 8 tile registers of up to 16 rows of 64 bytes.
+# In one instruction `tdpbf16ps` adds a 16 x 32 bfloat16 tile times a 32 x 16 one to a 16 x 16
+# float32 tile, and `tdpbusd` a 16 x 64 uint8 tile times a 64 x 16 int8 one to a 16 x 16 int32 tile.
+# Every tile here is 16 rows of 64 bytes. A thread configures the tiles before its first tile
+# instruction and releases them after; the process must have asked Linux for the tile state first
+# (`registry.amx_permitted`), or the first tile instruction faults.
 from std.memory import stack_allocation
 from std.sys import CompilationTarget, llvm_intrinsic
 

@@ -37,7 +37,7 @@ struct EncoderAttention:
     an exact softmax (normalised at the end), then p @ v. `tile_rows` and `tile_panels` as
     `packed_linear`'s. `bf16`: the panels [T / 16, Dh / 2, 16, 2] and [Dh / 16, T_pad / 2, 16, 2] in
     bfloat16, pairs of consecutive dims, then of consecutive keys, side by side (`rows_bf16`).
-    `amx`: with bf16, the products on AMX tiles where T_pad is a multiple of 32 and Dh of 32.
+    `amx`: with bf16, the products on AMX tiles where Dh is a multiple of 32, T_pad then a multiple of 32.
     """
 
     @staticmethod
@@ -57,12 +57,13 @@ struct EncoderAttention:
         var dh = d // heads
         if d * 3 != qkv.dim_size(2) or dh * heads != d or dh % NR != 0 or dh > MAX_DH:
             raise Error("encoder_attention: qkv is not [B, T, 3 d] with d = heads x Dh, Dh a multiple of 16 up to 128")
-        var n_panels = (t_len + NR - 1) // NR
-        var t_pad = n_panels * NR
+        comptime TILES = bf16 and amx and AMX_BF16 and ROWS % 16 == 0
+        var on_tiles = TILES and dh % 32 == 0
+        var key_block = 2 * NR if on_tiles else NR  # the tiles take 32 keys a step: zero keys pad T to that
+        var t_pad = (t_len + key_block - 1) // key_block * key_block
+        var n_panels = t_pad // NR
         var groups = (t_len + ROWS - 1) // ROWS  # work items per head
         var scale = Float32(1) / sqrt(Float32(dh))
-        comptime TILES = bf16 and amx and AMX_BF16 and ROWS % 16 == 0
-        var on_tiles = TILES and t_pad % 32 == 0 and dh % 32 == 0
         var src = qkv.unsafe_ptr()
         var dst = output.unsafe_ptr()
         var k_panels = alloc[Float32](batch * heads * t_pad * dh).unsafe_origin_cast[MutAnyOrigin]()
@@ -77,7 +78,7 @@ struct EncoderAttention:
                 var b = item // heads
                 var h = item % heads
                 comptime if bf16 and BF16:
-                    pack_bf16(src + b * t_len * 3 * d, h, t_len, d, dh,
+                    pack_bf16(src + b * t_len * 3 * d, h, t_len, t_pad, d, dh,
                               k_panels.bitcast[BFloat16]() + item * t_pad * dh,
                               v_panels.bitcast[BFloat16]() + item * t_pad * dh)
                 else:
@@ -193,10 +194,10 @@ def p_v[mr: Int, np: Int](p: F32, ldp: Int, v_panels: F32, t_len: Int, dst: F32,
             dst.store(r * ldo + n * NR, acc[r * np + n])
 
 
-def pack_bf16(x: F32, h: Int, t_len: Int, d: Int, dh: Int, k_panels: B16, v_panels: B16):
-    """`pack` in bfloat16 for `vdpbf16ps`: key t's dims 2g, 2g + 1 at k_panels [t / 16, g, t % 16, :]
-    (zero past T), value t's dim e at v_panels [e / 16, t / 2, e % 16, t % 2] (zero past T up to T_pad)."""
-    var t_pad = t_len + (-t_len) % NR
+def pack_bf16(x: F32, h: Int, t_len: Int, t_pad: Int, d: Int, dh: Int, k_panels: B16, v_panels: B16):
+    """`pack` in bfloat16 for `vdpbf16ps` and the AMX tiles: key t's dims 2g, 2g + 1 at k_panels
+    [t / 16, g, t % 16, :], value t's dim e at v_panels [e / 16, t / 2, e % 16, t % 2], zero past T up
+    to T_pad (a multiple of 16)."""
     var pairs = stack_allocation[MAX_DH, BFloat16]()  # one key in bfloat16, its dims pairwise as 32-bit words
     var words = pairs.bitcast[Int32]()
     for t in range(t_pad):
@@ -229,7 +230,7 @@ def rows_bf16[mr: Int, np: Int, tiles_amx: Bool](
     var p_b = halves  # the exps in bfloat16 [ROWS, T_pad]
     var q_b = halves + ROWS * t_pad  # q scaled, in bfloat16 [ROWS, Dh]
     var tiles = (n_rows + mr - 1) // mr  # of the 4, those with rows to compute
-    var amx_tiles = (n_rows + 15) // 16  # AMX tiles of 16 rows, within the ROWS
+    var amx_tiles = (n_rows + 15) // 16  # AMX tiles of 16 rows, within the ROWS (rows past n_rows never stored)
     var filled = max(tiles * mr, amx_tiles * 16) if tiles_amx else tiles * mr
     for i in range(filled):
         var row = q + min(i, n_rows - 1) * ldq
@@ -364,4 +365,3 @@ def exp_to_bf16(row: F32, n: Int, t_pad: Int, dest: B16) -> Float32:
     for j in range(n, t_pad):
         dest[j] = BFloat16(0)
     return total
-
