@@ -179,16 +179,23 @@ def attend_int8[o: MutOrigin](q: F32P, k: I8P, v_t: I8P, k_scale: F32P, v_scale:
         dst[d] = sum
 
 
+def row_max[w: Int, o: Origin](row: UnsafePointer[Float32, o], n: Int) -> Float32:
+    """max(row[:n]), w lanes at a time (the same value for any w)."""
+    var full = n - n % w
+    var mv = SIMD[DType.float32, w](-3.0e38)
+    for j in range(0, full, w):
+        mv = max(mv, row.load[width=w](j))
+    var m = mv.reduce_max()
+    for j in range(full, n):
+        m = max(m, row[j])
+    return m
+
+
 def exp_sum[o: MutOrigin](row: UnsafePointer[Float32, o], n: Int) -> Float32:
     """row[j] = exp(row[j] - max(row)) for j < n, in place; returns their sum (softmax's
     numerators and denominator)."""
     var full = n - n % W
-    var mv = SIMD[DType.float32, W](-3.0e38)
-    for j in range(0, full, W):
-        mv = max(mv, row.load[width=W](j))
-    var m = mv.reduce_max()
-    for j in range(full, n):
-        m = max(m, row[j])
+    var m = row_max[W](row, n)
     var tv = SIMD[DType.float32, W](0)
     for j in range(0, full, W):
         var e = exp(row.load[width=W](j) - m)

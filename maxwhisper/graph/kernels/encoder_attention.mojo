@@ -17,7 +17,7 @@ from std.math import exp, sqrt
 from std.memory import alloc, stack_allocation
 
 from .amx import AMX_BF16, configure_tiles, release_tiles, tile_dot_bf16, tile_load, tile_store, tile_zero
-from .attention import exp_sum
+from .attention import exp_sum, row_max
 from .linear import F32, MR, NR, TILE_PANELS, V16, accumulate
 from .linear_bf16 import B16, BF16
 from .linear_bf16 import accumulate as accumulate_bf16
@@ -346,12 +346,7 @@ def exp_to_bf16(row: F32, n: Int, t_pad: Int, dest: B16) -> Float32:
     """dest[j] = exp(row[j] - max(row)) rounded to bfloat16 for j < n, zero up to t_pad; returns
     the float32 exps' sum. One pass for the exps, 16 lanes at a time."""
     var full = n - n % NR
-    var mv = V16(-3.0e38)
-    for j in range(0, full, NR):
-        mv = max(mv, row.load[width=NR](j))
-    var m = mv.reduce_max()
-    for j in range(full, n):
-        m = max(m, row[j])
+    var m = row_max[NR](row, n)
     var tv = V16(0)
     for j in range(0, full, NR):
         var e = exp(row.load[width=NR](j) - m)
