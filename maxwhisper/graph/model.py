@@ -45,9 +45,10 @@ GRAPHS = ("encoder", "decoder_step", "token_step", "alignment", "cache_reorder",
 # with this slack (the process's first starts the thread), and that thread wakes about every 10 ms
 # instead (docs/design.md: what it saved).
 RUNTIME_THREAD_SLACK_NS = 10_000_000
-# a prompt of at most this many tokens (a window without previous text: sot, [language, task,]
-# notimestamps) runs as that many one-token steps of the token step graph (`plan.prompt_token_steps`),
-# which cost less than the generic step graph's prompt call (docs/design.md, "Batched steps")
+# where the plan has a token step graph, a prompt of at most this many tokens (a window without previous
+# text: sot, [language, task,] notimestamps) runs as that many one-token steps of it, which cost less
+# than the generic step graph's prompt call (docs/design.md, "Batched steps"); int8's and bf16's steps
+# compute otherwise than their prompts (float32 activations), so their tokens may differ in places
 PROMPT_TOKEN_STEPS = 3
 _PR_SET_TIMERSLACK, _PR_GET_TIMERSLACK = 29, 30
 
@@ -75,9 +76,9 @@ def graph_names(plan: ExecutionPlan) -> tuple[str, ...]:
 
 def first_graphs(plan: ExecutionPlan) -> tuple[str, ...]:
     """The graphs a model compiles at load: those a first window needs. Where a window's prompt
-    without previous text runs as token steps (`plan.prompt_token_steps`), the generic step graph,
+    without previous text runs as token steps (`PROMPT_TOKEN_STEPS`), the generic step graph,
     about as long to compile as the two others together, waits for a prompt with previous text."""
-    return ("encoder", "token_step") if plan.prompt_token_steps else ("encoder", "decoder_step")
+    return ("encoder", "token_step") if plan.token_step else ("encoder", "decoder_step")
 
 
 def build_graph(name: str, arrays: dict[str, np.ndarray], dims: ModelDims, plan: ExecutionPlan,
@@ -369,7 +370,7 @@ class MaxInference:
         m = self.model
         if rows is not None and not self.leaves_rows_out(tokens, positions):
             raise ValueError("only one-token steps on the token step graph leave rows out")
-        if rows is None and self.cached == 0 and n <= PROMPT_TOKEN_STEPS and m.plan.prompt_token_steps \
+        if rows is None and self.cached == 0 and n <= PROMPT_TOKEN_STEPS and m.plan.token_step \
                 and index[-1] == n - 1:
             outputs = self._prompt_by_token_steps(new, index, choice_inputs)
         elif self.leaves_rows_out(tokens, positions):

@@ -61,13 +61,6 @@ class ExecutionPlan:
         return layer_norm_kernel if self.layer_norm_kernel else layer_norm
 
     @property
-    def prompt_token_steps(self) -> bool:
-        """Whether a short prompt runs as one-token steps of the token step graph (`model.PROMPT_TOKEN_STEPS`),
-        so that a first window needs no generic step graph. fp32's token steps compute as its prompts
-        do; int8's and bf16's compute otherwise (float32 activations), their tokens within their tests' bounds."""
-        return self.token_step
-
-    @property
     def decoder_chooses(self) -> bool:
         """Whether the step graph also returns the greedy token (`layers.greedy_choice`)."""
         return self.step_kernels
