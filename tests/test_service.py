@@ -374,6 +374,9 @@ def test_the_app_beside_the_api_transcribes_through_the_model_deployments(servic
                                     args=CHROMIUM_ARGS + fake_microphone(tmp_path, loop=True))
         try:
             page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            console: list[str] = []
+            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+            page.on("pageerror", lambda e: console.append(f"page error: {e}"))
             page.goto(f"{service}/", timeout=120_000)
             page.get_by_label("username").fill("visitor")
             page.get_by_label("password").fill("not the key")
@@ -389,7 +392,7 @@ def test_the_app_beside_the_api_transcribes_through_the_model_deployments(servic
             expect(page.locator("#message")).to_contain_text("Finished:", timeout=300_000)
             for backend in ("max", "faster"):
                 assert normalize(page.locator(f"#text-{backend} textarea").input_value()) == normalize(JFK)
-            _live_race_in_session_slots(page, service, record_until_heard, open_tab)
+            _live_race_in_session_slots(page, service, console, record_until_heard, open_tab)
         finally:
             browser.close()
     assert httpx.get(f"{service}/health").json()["status"] == "ok"  # the API beside it
@@ -406,7 +409,7 @@ def _realtime_socket(url: str):
     return ws, json.loads(ws.recv(timeout=30))
 
 
-def _live_race_in_session_slots(page, url: str, record_until_heard, open_tab) -> None:
+def _live_race_in_session_slots(page, url: str, console: list[str], record_until_heard, open_tab) -> None:
     """The Live tab's part of the test above, on its logged-in page."""
     import re
 
@@ -418,7 +421,7 @@ def _live_race_in_session_slots(page, url: str, record_until_heard, open_tab) ->
         assert first["type"] == "session.created"
         open_tab(page, "Live")
         panels = {b: page.locator(f"#live-{b}") for b in ("max", "faster")}
-        record_until_heard(page, panels["max"], [])
+        record_until_heard(page, panels["max"], console)
         extra, refused = _realtime_socket(url)  # the race holds MAX's second slot
         sockets.append(extra)
         assert refused["type"] == "error" and refused["error"]["code"] == "too_many_sessions", refused
