@@ -4,9 +4,9 @@ transcribed as a live stream while it is spoken.
 A turn is the audio between two commits: the client's (`input_audio_buffer.commit`) or, with
 `server_vad`, from the speech the detector hears to the silence that ends it (`vad.TurnDetector`).
 Each turn has a `streaming.Streamer` of its own (LocalAgreement-2: committed text never changes):
-its updates run as the turn's audio arrives, UPDATE_S at a time, and each update that commits words
-sends them as a `conversation.item.input_audio_transcription.delta`; the turn's commit finishes its
-stream and sends `.completed` with the transcript, which is its deltas joined.
+its updates run as the turn's audio arrives, the first over FIRST_UPDATE_S, then UPDATE_S at a time,
+and each update that commits words sends them as a `conversation.item.input_audio_transcription.delta`;
+the turn's commit finishes its stream and sends `.completed` with the transcript, its deltas joined.
 
 `RealtimeSession.receive` takes one client event and answers at once (configuration, VAD events,
 commits, errors: never a transcription); `work` runs the transcription, from one worker thread.
@@ -37,7 +37,8 @@ from .vad import FRAME, TurnDetector
 
 log = logging.getLogger("maxwhisper.realtime")
 
-UPDATE_S = 1.0  # new audio a turn waits for before its next update (the chunks of `bench --streaming`)
+UPDATE_S = 0.5  # new audio a turn waits for before its next update
+FIRST_UPDATE_S = 1.5  # audio a turn waits for before its first: a first word heard alone is unstable
 MIN_COMMIT_S = 0.1  # a commit of less audio is refused, as OpenAI refuses it
 MAX_APPEND_BYTES = 15 * 2**20  # OpenAI's limit on one append's audio
 MAX_MESSAGE_BYTES = MAX_APPEND_BYTES * 4 // 3 + 2**16  # a client event: such an append in base64, in JSON
@@ -132,7 +133,10 @@ class RealtimeSession:
         """Whether `work` has a stream update or a turn's end to run."""
         with self._lock:
             turn = self._current()
-            return turn is not None and (turn.closed or turn.pending_samples >= UPDATE_S * SAMPLE_RATE)
+            if turn is None:
+                return False
+            need_s = UPDATE_S if turn.streamer.last_compute_s is not None else FIRST_UPDATE_S
+            return turn.closed or turn.pending_samples >= need_s * SAMPLE_RATE
 
     def work(self, send: Callable[[list[dict]], None] | None = None) -> list[dict]:
         """The oldest turn's next updates over the audio it has received, then, once it is committed,
