@@ -2,11 +2,11 @@
 (or without), on the same hypotheses' timing from run to run, as `streaming_replay.py` does for a
 stream.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/realtime_replay.py [--clip jfk.flac] [--no-vad] [--update-s 0.75]
+    PYTHONPATH=. .venv/bin/python benchmarks/realtime_replay.py [--clip jfk.flac] [--no-vad] [--precision int8] [--update-s 0.75]
 
 The clip (the lecture by default) and TAIL_S of silence go to a `RealtimeSession` in 100 ms appends
 at 16 kHz, each when its audio would have been spoken, then a commit, as `bench --realtime` sends
-them; MAX tiny.en fp32 on the CPU transcribes, its work counted on the clock at
+them; MAX tiny.en on the CPU transcribes (fp32 unless --precision), its work counted on the clock at
 streaming_replay's cost model (the VAD at none). A word's latency is when its delta was sent minus
 its audio's end. Prints the latency (median, p90, max; and of each turn's first words), the
 computing time per audio second, the slowest words, and, for the lecture, the words wrong against
