@@ -1,14 +1,15 @@
 # The CPU's arithmetic peaks, measured: every core runs 12 independent chains of one vector
 # instruction on registers only (no memory traffic), at the widest vector width compiled for:
 # - fp32: FMAs (2 operations per lane);
-# - int8: the byte dot product of `packed_linear_int8` (kernels/linear_int8.mojo: `vpdpbusd` with
-#   VNNI, its vpmaddubsw/vpmaddwd emulation without), 4 uint8 x int8 products added per int32 lane;
+# - int8: the products of `packed_linear_int8` (kernels/linear_int8.mojo): `vpdpbusd` with VNNI, 4
+#   uint8 x int8 products added per int32 lane; without, `vpmaddwd` and an add, 2 int16 products;
 # - bf16: `vdpbf16ps` (AVX512_BF16), 2 bfloat16 products added per float32 lane; skipped without it.
 # Run: .venv/bin/mojo run -I maxwhisper/graph benchmarks/peak.mojo
 # benchmarks/encoder_gflops.py compares the encoder's throughput with them.
-from kernels.linear_int8 import B64, I16, dot4
+from kernels.linear_int8 import B64, BYTE_DOT, I16, I32V, W16, dot4, madd
 from max.algorithm import sync_parallelize
 from std.memory import stack_allocation
+from std.memory.unsafe import bitcast
 from std.sys import CompilationTarget, llvm_intrinsic, num_physical_cores, simd_width_of
 from std.time import perf_counter_ns
 
@@ -35,20 +36,36 @@ def fma_chains(seed: Float32) -> Float32:
     return total.reduce_add()
 
 
+comptime INT8_OPS = 64 * 2 if BYTE_DOT else W * 2 * 2  # per step of a chain: `dot4`'s 64 products, or `madd`'s
+
+
 @no_inline
 def int8_chains(seed: Float32) -> Float32:
-    var acc = stack_allocation[CHAINS, I16]()
-    comptime for i in range(CHAINS):
-        acc[i] = I16(Int32(Int(seed)) + Int32(i))
-    var a = B64(UInt8(Int(seed) % 3))
-    var b = B64(1)
-    for _ in range(STEPS):
+    comptime if BYTE_DOT:
+        var acc = stack_allocation[CHAINS, I16]()
         comptime for i in range(CHAINS):
-            acc[i] = dot4[True](acc[i], a, b)
-    var total = I16(0)
-    comptime for i in range(CHAINS):
-        total += acc[i]
-    return Float32(total.reduce_add())
+            acc[i] = I16(Int32(Int(seed)) + Int32(i))
+        var a = B64(UInt8(Int(seed) % 3))
+        var b = B64(1)
+        for _ in range(STEPS):
+            comptime for i in range(CHAINS):
+                acc[i] = dot4(acc[i], a, b)
+        var total = I16(0)
+        comptime for i in range(CHAINS):
+            total += acc[i]
+        return Float32(total.reduce_add())
+    else:
+        var acc = stack_allocation[CHAINS, I32V]()
+        comptime for i in range(CHAINS):
+            acc[i] = I32V(Int32(Int(seed)) + Int32(i))
+        var b = W16(1)
+        for _ in range(STEPS):
+            comptime for i in range(CHAINS):  # a product of the chain's own sums: no loop-invariant product
+                acc[i] = madd(acc[i], bitcast[DType.int16, 2 * W](acc[i]), b)
+        var total = I32V(0)
+        comptime for i in range(CHAINS):
+            total += acc[i]
+        return Float32(total.reduce_add())
 
 
 @no_inline
@@ -91,9 +108,8 @@ def main() raises:
         start = perf_counter_ns()
         sync_parallelize(int8, cores)
         seconds = Float64(perf_counter_ns() - start) / 1e9
-        print("int8:", Float64(cores * STEPS * CHAINS * 64 * 2) / seconds / 1e9, "GOP/s,",
-              "vpdpbusd" if CompilationTarget.has_vnni() or CompilationTarget._has_feature["avxvnni"]() else
-              "vpmaddubsw + vpmaddwd", "(check:", sums[0], ")")
+        print("int8:", Float64(cores * STEPS * CHAINS * INT8_OPS) / seconds / 1e9, "GOP/s,",
+              "vpdpbusd" if BYTE_DOT else "vpmaddwd + vpaddd", "(check:", sums[0], ")")
         comptime if BF16:
             start = perf_counter_ns()
             sync_parallelize(bf16, cores)

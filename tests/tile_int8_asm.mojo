@@ -3,15 +3,18 @@
 # tile_asm.mojo's for the float32 tile. Sizes come from the command line so that the compiler
 # cannot fold them into the loop.
 from kernels.linear import NR
-from kernels.linear_int8 import F32, I8, I32, MR, TILE_PANELS, U8, tile
+from kernels.linear_int8 import BYTE_DOT, F32, I8, I32, MR, TILE_PANELS, U8, madd_tile, tile
 from std.memory import alloc
 from std.sys import argv
 
 
 @no_inline
 def one_tile(q: U8, rows: Int, kd: Int, panels: I8, scale: F32, zero: I32, y: F32):
-    tile[False, MR, TILE_PANELS, True](q, rows, kd, panels, scale, zero, scale, zero, scale, False, y, y,
-                                       TILE_PANELS * NR)
+    comptime if BYTE_DOT:
+        tile[False, MR, TILE_PANELS](q, rows, kd, panels, scale, zero, scale, zero, scale, False, y, y,
+                                     TILE_PANELS * NR)
+    else:
+        madd_tile[False, MR](q.bitcast[Int16](), rows, kd, panels, scale, zero, scale, zero, scale, False, y, y, NR)
 
 
 def main():

@@ -3,9 +3,10 @@
 # (asymmetric uint8: a scale and a zero point per row), products summed exactly in int32 by the
 # machine's byte dot product: `vpdpbusd` (AVX-512 VNNI on zmm, AVX-VNNI on ymm) multiplies 4 uint8 x
 # int8 pairs and adds them to an int32 lane in one instruction, 4x the multiply-adds of a float32
-# FMA. Without VNNI (AVX2, AVX-512 without it) the same int32 sums come from `vpmaddubsw` and
-# `vpmaddwd`, so every machine computes the same numbers. With `amx` (a CPU with AMX, its tiles
-# permitted) AMX tiles compute the same int32 sums, 32 rows x 32 columns at a time.
+# FMA. Without VNNI (AVX2, AVX-512 without it) the same int32 sums come from `vpmaddwd` over the
+# operands widened to int16 (`madd_tile`), so every machine computes the same numbers. With `amx`
+# (a CPU with AMX, its tiles permitted) AMX tiles compute the same int32 sums, 32 rows x 32 columns
+# at a time.
 import extensibility
 from extensibility import InputTensor, OutputTensor
 from max.gpu.host import DeviceContext
@@ -21,10 +22,16 @@ comptime I16 = SIMD[DType.int32, NR]  # one int32 accumulator per column of a pa
 comptime B64 = SIMD[DType.uint8, 4 * NR]  # 4 consecutive k of a panel's 16 columns
 comptime VNNI_ZMM = CompilationTarget.has_vnni() and LANES >= 16
 comptime VNNI_YMM = CompilationTarget.has_vnni() or CompilationTarget._has_feature["avxvnni"]()
+comptime BYTE_DOT = VNNI_ZMM if LANES >= 16 else VNNI_YMM  # `vpdpbusd` at the machine's width
 # The register tile, rows x panels of 16 int32 columns: with VNNI as the float32 kernels' (24 zmm of
-# 32, or 12 ymm of 16); the emulation needs 2 more vectors per product and a constant, so fewer rows.
-comptime MR = (12 if VNNI_ZMM else 8) if LANES >= 16 else (6 if VNNI_YMM else 4)
-comptime TILE_PANELS = 2 if LANES >= 16 else 1
+# 32, or 12 ymm of 16); without, `madd_tile`'s rows x MADD_COLS columns (20 ymm or 24 zmm of sums,
+# with the weights, a row and a product beside them).
+comptime MR = (12 if LANES >= 16 else 6) if BYTE_DOT else (12 if LANES >= 16 else 5)
+comptime TILE_PANELS = 2 if LANES >= 16 and BYTE_DOT else 1
+comptime MADD_COLS = LANES  # columns per pass of `madd_tile`: two vectors of LANES / 2 columns' pairs
+comptime W16 = SIMD[DType.int16, 2 * LANES]  # LANES / 2 columns' 4 k, or one row's 4 k repeated
+comptime I32V = SIMD[DType.int32, LANES]
+comptime Q16 = UnsafePointer[Int16, MutAnyOrigin]
 comptime BLOCK_BYTES = 48 * 1024  # a work item's quantized rows stay in L2 while every panel passes
 comptime F32 = UnsafePointer[Float32, MutAnyOrigin]
 comptime U8 = UnsafePointer[UInt8, MutAnyOrigin]
@@ -33,44 +40,40 @@ comptime I32 = UnsafePointer[Int32, MutAnyOrigin]
 
 
 @always_inline
-def dot4[vnni: Bool](acc: I16, a: B64, b: B64) -> I16:
-    """acc[j] + the sum over i < 4 of a[4j + i] (uint8) x b[4j + i] (the bits of an int8), exact."""
-    comptime if vnni and VNNI_ZMM:
+def dot4(acc: I16, a: B64, b: B64) -> I16:
+    """acc[j] + the sum over i < 4 of a[4j + i] (uint8) x b[4j + i] (the bits of an int8): `vpdpbusd`,
+    exact. Without VNNI `vpmaddubsw` + `vpmaddwd`, exact only where a's bytes are below 16 (the 4-bit
+    vocabulary pass): `vpmaddubsw` adds two products into an int16 and saturates."""
+    comptime if VNNI_ZMM:
         return llvm_intrinsic["llvm.x86.avx512.vpdpbusd.512", I16](acc, a, b)
     elif LANES >= 16:
-        return emulated_dot4[NR](acc, a, b)
+        return small_dot4[NR](acc, a, b)
     else:
         comptime half = NR // 2
-        var lo = half_dot4[vnni](acc.slice[half, offset=0](), a.slice[4 * half, offset=0](), b.slice[4 * half, offset=0]())
-        var hi = half_dot4[vnni](acc.slice[half, offset=half](), a.slice[4 * half, offset=4 * half](),
-                                 b.slice[4 * half, offset=4 * half]())
+        var lo = half_dot4(acc.slice[half, offset=0](), a.slice[4 * half, offset=0](), b.slice[4 * half, offset=0]())
+        var hi = half_dot4(acc.slice[half, offset=half](), a.slice[4 * half, offset=4 * half](),
+                           b.slice[4 * half, offset=4 * half]())
         return lo.join(hi)
 
 
 @always_inline
-def half_dot4[vnni: Bool](acc: SIMD[DType.int32, NR // 2], a: SIMD[DType.uint8, 2 * NR],
-                          b: SIMD[DType.uint8, 2 * NR]) -> SIMD[DType.int32, NR // 2]:
-    comptime if vnni and VNNI_YMM:
+def half_dot4(acc: SIMD[DType.int32, NR // 2], a: SIMD[DType.uint8, 2 * NR],
+              b: SIMD[DType.uint8, 2 * NR]) -> SIMD[DType.int32, NR // 2]:
+    comptime if VNNI_YMM:
         return llvm_intrinsic["llvm.x86.avx512.vpdpbusd.256", SIMD[DType.int32, NR // 2]](acc, a, b)
     else:
-        return emulated_dot4[NR // 2](acc, a, b)
+        return small_dot4[NR // 2](acc, a, b)
 
 
 @always_inline
-def emulated_dot4[w: Int](acc: SIMD[DType.int32, w], a: SIMD[DType.uint8, 4 * w],
-                          b: SIMD[DType.uint8, 4 * w]) -> SIMD[DType.int32, w]:
-    """`dot4` without VNNI. `vpmaddubsw` adds two uint8 x int8 products into an int16 and saturates
-    (255 x -128 x 2 does not fit), so a's even and odd bytes go through it apart, one product per
-    int16; `vpmaddwd` against ones then adds int16 pairs into the int32 lanes."""
-    var words = bitcast[DType.int32, w](a)
-    var even = bitcast[DType.uint8, 4 * w](words & 0x00FF00FF)
-    var odd = bitcast[DType.uint8, 4 * w](words & Int32(-16711936))  # 0xFF00FF00
-    var ones = SIMD[DType.int16, 2 * w](1)
+def small_dot4[w: Int](acc: SIMD[DType.int32, w], a: SIMD[DType.uint8, 4 * w],
+                       b: SIMD[DType.uint8, 4 * w]) -> SIMD[DType.int32, w]:
+    """`dot4` without VNNI, for a's bytes below 16: `vpmaddubsw` adds pairs of products into int16s,
+    `vpmaddwd` against ones adds those pairs into the int32 lanes."""
     comptime ubsw = "llvm.x86.avx512.pmaddubs.w.512" if w == 16 else "llvm.x86.avx2.pmadd.ub.sw"
     comptime wd = "llvm.x86.avx512.pmaddw.d.512" if w == 16 else "llvm.x86.avx2.pmadd.wd"
-    var e = llvm_intrinsic[ubsw, SIMD[DType.int16, 2 * w]](even, b)
-    var o = llvm_intrinsic[ubsw, SIMD[DType.int16, 2 * w]](odd, b)
-    return acc + llvm_intrinsic[wd, SIMD[DType.int32, w]](e, ones) + llvm_intrinsic[wd, SIMD[DType.int32, w]](o, ones)
+    var pairs = llvm_intrinsic[ubsw, SIMD[DType.int16, 2 * w]](a, b)
+    return acc + llvm_intrinsic[wd, SIMD[DType.int32, w]](pairs, SIMD[DType.int16, 2 * w](1))
 
 
 @extensibility.register("packed_linear_int8")
@@ -118,6 +121,7 @@ struct PackedLinearInt8:
         var op = output.unsafe_ptr()
         comptime TILES = amx and AMX_INT8 and not emulate
         var on_tiles = TILES and kd % 64 == 0
+        comptime MADD = emulate or not BYTE_DOT
         var unit = AMX_ROWS if on_tiles else mr  # the tiles' row blocks read whole blocks of q
         var block = balanced_block(m, max(unit, BLOCK_BYTES // kd // unit * unit), unit)
 
@@ -140,23 +144,32 @@ struct PackedLinearInt8:
                     row_scale.free()
                     zero.free()
                     return
-            var j = 0
-            while j < n_panels:
-                var whole = j + np <= n_panels  # else the panels left go one at a time
-                var i = 0
-                while i < count:
-                    var at = (r0 + i) * n + j * NR
-                    var rows_here = min(mr, count - i)
-                    if whole:
-                        tile[gelu, mr, np, not emulate](q + i * kd, rows_here, kd, wp + j * kd * NR, row_scale + i,
-                                                        zero + i, sp + j * NR, cp + j * NR, bp + j * NR,
-                                                        has_residual, rp + at, op + at, n)
-                    else:
-                        tile[gelu, mr, 1, not emulate](q + i * kd, rows_here, kd, wp + j * kd * NR, row_scale + i,
-                                                       zero + i, sp + j * NR, cp + j * NR, bp + j * NR,
-                                                       has_residual, rp + at, op + at, n)
-                    i += mr
-                j += np if whole else 1
+            comptime if MADD:
+                var q16 = alloc[Int16](count * kd).unsafe_origin_cast[MutAnyOrigin]()
+                widen_rows(q, q16, count * kd)
+                for j in range(n_panels):
+                    for i in range(0, count, mr):
+                        var at = (r0 + i) * n + j * NR
+                        madd_tile[gelu, mr](q16 + i * kd, min(mr, count - i), kd, wp + j * kd * NR, row_scale + i,
+                                            zero + i, sp + j * NR, cp + j * NR, bp + j * NR, has_residual, rp + at,
+                                            op + at, n)
+                q16.free()
+            else:
+                var j = 0
+                while j < n_panels:
+                    var whole = j + np <= n_panels  # else the panels left go one at a time
+                    var i = 0
+                    while i < count:
+                        var at = (r0 + i) * n + j * NR
+                        var rows_here = min(mr, count - i)
+                        if whole:
+                            tile[gelu, mr, np](q + i * kd, rows_here, kd, wp + j * kd * NR, row_scale + i, zero + i,
+                                               sp + j * NR, cp + j * NR, bp + j * NR, has_residual, rp + at, op + at, n)
+                        else:
+                            tile[gelu, mr, 1](q + i * kd, rows_here, kd, wp + j * kd * NR, row_scale + i, zero + i,
+                                              sp + j * NR, cp + j * NR, bp + j * NR, has_residual, rp + at, op + at, n)
+                        i += mr
+                    j += np if whole else 1
             q.free()
             row_scale.free()
             zero.free()
@@ -252,8 +265,7 @@ def tiles[gelu: Bool](q: U8, count: Int, kd: Int, panels: I8, n_panels: Int, row
 
 
 @always_inline
-def accumulate[mr: Int, np: Int, vnni: Bool](acc: I16P, q: U8, ldq: Int, rows: Int, w: I8, w_panel: Int,
-                                              groups: Int):
+def accumulate[mr: Int, np: Int](acc: I16P, q: U8, ldq: Int, rows: Int, w: I8, w_panel: Int, groups: Int):
     """acc[r * np + p] = for r < mr and p < np, the int32 sums over k < 4 groups of
     q[r * ldq + k] x w[p * w_panel + (k / 4) * 64 + j * 4 + k % 4] for the 16 columns j. Rows from
     `rows` on repeat the last one."""
@@ -267,21 +279,67 @@ def accumulate[mr: Int, np: Int, vnni: Bool](acc: I16P, q: U8, ldq: Int, rows: I
             var four = (q + min(r, rows - 1) * ldq + 4 * g).bitcast[Int32]()[0]
             var a = bitcast[DType.uint8, 4 * NR](SIMD[DType.int32, NR](four))
             comptime for p in range(np):
-                acc[r * np + p] = dot4[vnni](acc[r * np + p], a, wv[p])
+                acc[r * np + p] = dot4(acc[r * np + p], a, wv[p])
 
 
 @always_inline
-def tile[gelu: Bool, mr: Int, np: Int, vnni: Bool](q: U8, rows: Int, kd: Int, panel: I8, row_scale: F32,
-                                                   zero: I32, scale: F32,
-                                                   col_sums: I32, bias: F32, add: Bool,
-                                                   residual: F32, y: F32, ldy: Int):
-    """y[r, 0:16 np] for r < rows <= mr: the np panels [K / 4, 16, 4] one after another."""
+def tile[gelu: Bool, mr: Int, np: Int](q: U8, rows: Int, kd: Int, panel: I8, row_scale: F32, zero: I32, scale: F32,
+                                       col_sums: I32, bias: F32, add: Bool, residual: F32, y: F32, ldy: Int):
+    """y[r, 0:16 np] for r < rows <= mr: the np panels [K / 4, 16, 4] one after another, with VNNI."""
+    comptime assert BYTE_DOT, "without VNNI the tile is `madd_tile`"
     var acc = stack_allocation[mr * np, I16]()
-    accumulate[mr, np, vnni](acc, q, kd, rows, panel, kd * NR, kd // 4)
+    accumulate[mr, np](acc, q, kd, rows, panel, kd * NR, kd // 4)
     comptime for r in range(mr):
         if r < rows:
             finish_row[gelu, np](acc + r * np, row_scale[r], zero[r], scale, col_sums, bias, add,
                                  residual + r * ldy, y + r * ldy)
+
+
+def widen_rows(q: U8, q16: Q16, count: Int):
+    """q16[:count] = q[:count] widened to int16 (`madd_tile`'s rows)."""
+    var k = 0
+    while k + 32 <= count:
+        q16.store(k, q.load[width=32](k).cast[DType.int16]())
+        k += 32
+    for t in range(k, count):
+        q16[t] = Int16(q[t])
+
+
+@always_inline
+def madd(acc: I32V, a: W16, b: W16) -> I32V:
+    """acc + `vpmaddwd`: lane i adds a[2i] b[2i] + a[2i + 1] b[2i + 1], exact for uint8 x int8."""
+    comptime name = "llvm.x86.avx512.pmaddw.d.512" if LANES >= 16 else "llvm.x86.avx2.pmadd.wd"
+    return acc + llvm_intrinsic[name, I32V](a, b)
+
+
+@always_inline
+def madd_tile[gelu: Bool, mr: Int](q16: Q16, rows: Int, kd: Int, panel: I8, row_scale: F32, zero: I32, scale: F32,
+                                   col_sums: I32, bias: F32, add: Bool, residual: F32, y: F32, ldy: Int):
+    """`tile`'s y[r, 0:16] for r < rows <= mr, one panel, without a byte dot product: per MADD_COLS
+    columns, each row's 4 k widened to int16 and repeated (a) against a vector of LANES / 2 columns'
+    4 k sign-extended to int16 (b); `vpmaddwd` adds the products of k 0-1 and of k 2-3 into two int32
+    lanes of a column, which are added at the end. The same int32 sums as `vpdpbusd`'s."""
+    var sums = stack_allocation[mr, I16]()
+    var acc = stack_allocation[mr * 2, I32V]()
+    for h in range(NR // MADD_COLS):  # a runtime loop: one half's sums are stored before the next starts
+        comptime for i in range(mr * 2):
+            acc[i] = I32V(0)
+        var w = panel + h * MADD_COLS * 4
+        for g in range(kd // 4):
+            var b0 = w.load[width=2 * LANES](g * 4 * NR).cast[DType.int16]()
+            var b1 = w.load[width=2 * LANES](g * 4 * NR + 2 * LANES).cast[DType.int16]()
+            comptime for r in range(mr):
+                var four = (q16 + min(r, rows - 1) * kd + 4 * g).bitcast[Int64]()[0]
+                var a = bitcast[DType.int16, 2 * LANES](SIMD[DType.int64, LANES // 2](four))
+                acc[2 * r] = madd(acc[2 * r], a, b0)
+                acc[2 * r + 1] = madd(acc[2 * r + 1], a, b1)
+        comptime for r in range(mr):
+            var pairs = acc[2 * r].join(acc[2 * r + 1]).deinterleave()
+            (sums + r).bitcast[Int32]().store(h * MADD_COLS, pairs[0] + pairs[1])
+    comptime for r in range(mr):
+        if r < rows:
+            finish_row[gelu, 1](sums + r, row_scale[r], zero[r], scale, col_sums, bias, add, residual + r * ldy,
+                                y + r * ldy)
 
 
 def finish[gelu: Bool, np: Int](acc: I16P, rows: Int, row_scale: F32, zero: I32, scale: F32, col_sums: I32, bias: F32,

@@ -3,10 +3,11 @@
 # with the layers' weights and the cross K/V a step read more than the L3 holds. The first pass
 # reads a 4-bit copy of the rows instead (a float32 scale per 64 weights: 11 MB), the activation
 # row quantized to int8, and sums with the machine's byte dot product (`dot4`: `vpdpbusd` with
-# VNNI). The second recomputes from the int8 rows every logit the first put within MARGIN of the
-# row's largest first-pass logit (before any suppression), in `few_row_linear_int8`'s arithmetic:
-# those logits are its numbers bit for bit, so the row's int8 argmax is exact whenever it lies
-# within MARGIN of that largest; the others keep the first pass's 4-bit values.
+# VNNI, `vpmaddubsw` without, exact for 4-bit weights). The second recomputes from the int8 rows
+# every logit the first put within MARGIN of the row's largest first-pass logit (before any
+# suppression), in `few_row_linear_int8`'s arithmetic: those logits are its numbers bit for bit, so
+# the row's int8 argmax is exact whenever it lies within MARGIN of that largest; the others keep
+# the first pass's 4-bit values.
 import extensibility
 from extensibility import InputTensor, OutputTensor
 from max.gpu.host import DeviceContext
@@ -170,8 +171,8 @@ def panel_sums[np: Int](xq: I8, group_sums: I32, nibbles: UnsafePointer[UInt8, .
             var a1 = bitcast[DType.uint8, 4 * NR](SIMD[DType.int32, NR]((xq + k0 + 4).bitcast[Int32]()[0]))
             comptime for i in range(np):
                 var block = nibbles.load[width=4 * NR](min(i, panels - 1) * kd * 8 + k0 * 8)
-                lo[i] = dot4[True](lo[i], block & low4, a0)
-                hi[i] = dot4[True](hi[i], block >> B64(4), a1)
+                lo[i] = dot4(lo[i], block & low4, a0)
+                hi[i] = dot4(hi[i], block >> B64(4), a1)
         comptime for i in range(np):
             var s = group_scales.load[width=NR]((min(i, panels - 1) * groups + g) * NR)
             f[i] += (lo[i] + hi[i]).cast[DType.float32]() * s
