@@ -36,6 +36,9 @@ TOKENS_PER_SECOND = SAMPLE_RATE // N_SAMPLES_PER_TOKEN  # 20 ms per audio token
 # the silence a live stream's window hears after its audio (`api.WindowTranscriber.transcribe_window`);
 # less padding misheard words (docs/streaming.md)
 STREAM_PADDING_S = 5.0
+# PyAV before 19 raises on metadata that is not UTF-8 unless told to ignore it; 19 dropped the
+# option and never raises (it decodes with surrogateescape)
+OPEN_OPTIONS = {"metadata_errors": "ignore"} if int(av.__version__.split(".")[0]) < 19 else {}
 
 MIN_SECONDS = 0.1  # shorter audio holds no word
 SILENT_PEAK = 1e-4  # -80 dBFS: audio whose loudest sample is quieter than this has nothing to transcribe
@@ -118,7 +121,7 @@ def _decode(file: str | io.BytesIO, name: str, max_seconds: float | None) -> np.
     damaged = 0  # packets that could not be decoded
     decoded: dict[int, int] = {}  # samples decoded at each sample rate (counted exactly, not as summed seconds)
     try:
-        with av.open(file, metadata_errors="ignore") as container:
+        with av.open(file, **OPEN_OPTIONS) as container:
             if not container.streams.audio:
                 raise AudioError(f"{name} has no audio stream")
             if max_seconds is not None and container.duration:  # refuse a long file early

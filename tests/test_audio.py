@@ -1,4 +1,5 @@
 """maxwhisper.audio against openai-whisper's front end and the ffmpeg CLI (through files it made)."""
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -185,6 +186,20 @@ def test_load_audio_encoded_here(tmp_path, suffix, codec, rate, layout, samples_
 def test_bytes_decode_like_the_path():
     path = AUDIO / "jfk.mp3"
     np.testing.assert_array_equal(load_audio(path.read_bytes()), load_audio(path))
+
+
+def test_metadata_that_is_not_utf8_is_ignored(tmp_path):
+    # a WAV whose title tag is Latin-1: PyAV 18 raises on it unless the decoder asks it to ignore it
+    rate, pcm = 16000, (tone(16000) * 3000).astype("<i2").tobytes()
+    fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16)
+    title = b"caf\xe9\x00\x00"
+    info = b"INFO" + b"INAM" + struct.pack("<I", len(title)) + title
+    chunks = (b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"LIST" + struct.pack("<I", len(info)) + info
+              + b"data" + struct.pack("<I", len(pcm)) + pcm)
+    path = tmp_path / "latin1-title.wav"
+    path.write_bytes(b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks)
+    assert len(load_audio(path)) == rate
+    assert abs(dominant_hz(load_audio(path)) - 440) < 2
 
 
 def test_damaged_files_decode_what_is_readable(jfk):
