@@ -132,13 +132,12 @@ def run_checks(max_transcriber=None, reference=None, audio_path: str | Path | No
             yield CheckResult(name, passed, float(diff), diff / max(len(ref_t), 1), seconds,
                               f"{len(ours_t)} tokens; MAX: {result.text.strip()!r}")
         elif name == "fp16_matvec":
-            rng = np.random.default_rng(0)
-            d_in, d_out = net.dims.n_text_state, 4 * net.dims.n_text_state
-            w, x, b = (rng.standard_normal(shape).astype(np.float16) for shape in ((d_out, d_in), (1, d_in), (d_out,)))
-            graph = build_matvec_probe(net)
-            (out,), seconds = _timed(graph.execute, *(net.to_device(a) for a in (w, x, b)))
-            expected = x.astype(np.float32) @ w.astype(np.float32).T + b.astype(np.float32)
-            yield _compare(name, net.to_numpy(out), expected, seconds, RELATIVE_TOLERANCE["fp16"])
+            prefix = "decoder.blocks.0.mlp.0"
+            w, b = (net.arrays[f"{prefix}.{p}"].astype(np.float16).astype(np.float32) for p in ("weight", "bias"))
+            x = np.random.default_rng(0).standard_normal((1, w.shape[1])).astype(np.float16)
+            graph = build_matvec_probe(net, prefix)
+            (out,), seconds = _timed(graph.execute, net.to_device(x))
+            yield _compare(name, net.to_numpy(out), x.astype(np.float32) @ w.T + b, seconds, RELATIVE_TOLERANCE["fp16"])
         else:
             raise ValueError(f"unknown component {name!r}; valid: {', '.join(GPU_COMPONENTS)}")
 

@@ -7,7 +7,7 @@ from max.dtype import DType
 from max.graph import Graph, TensorType, ops
 
 from .encoder import conv_stem, encoder_block, extensions, self_attention
-from .layers import WeightBank
+from .layers import WeightBank, linear_few_rows
 from .model import MaxWhisper
 
 
@@ -28,14 +28,13 @@ def build_component(model: MaxWhisper, name: str):
     return model.load_graph(graph, w.registry())
 
 
-def build_matvec_probe(model: MaxWhisper):
-    """W [N, K] @ x^T [K, 1] + b, transposed back, in float16 on the model's device: the
-    one-column matmul with a bias that `layers.linear_few_rows` runs on a GPU, and the shape of
-    modular/modular issue 6892 (wrong float16 results on an H100). Inputs W, x [1, K], b; float32 out."""
-    dev = model.device_ref
-    types = [TensorType(DType.float16, ["n", "k"], device=dev), TensorType(DType.float16, [1, "k"], device=dev),
-             TensorType(DType.float16, ["n"], device=dev)]
-    with Graph("whisper_matvec_fp16_probe", input_types=types) as graph:
-        w, x, b = (v.tensor for v in graph.inputs)
-        graph.output((ops.transpose(ops.matmul(w, ops.transpose(x, 0, 1)), 0, 1) + b).cast(DType.float32))
-    return model.load_graph(graph, {})
+def build_matvec_probe(model: MaxWhisper, prefix: str = "decoder.blocks.0.mlp.0"):
+    """The decoder step's first MLP linear as a GPU runs it: `layers.linear_few_rows` over the
+    model's weights in float16, with the shapes of the model's graphs, on one row. The one-column
+    float16 matmul with a bias where MAX had a GPU problem (modular/modular issue 6892).
+    Input x [1, d_in] float16; float32 out [1, d_out]."""
+    w = WeightBank(model.arrays, DType.float16, model.device_ref)
+    d_in = model.arrays[f"{prefix}.weight"].shape[1]
+    with Graph("whisper_matvec_fp16_probe", input_types=[TensorType(DType.float16, [1, d_in], device=w.device)]) as graph:
+        graph.output(linear_few_rows(w, prefix)(graph.inputs[0].tensor).cast(DType.float32))
+    return model.load_graph(graph, w.registry())
