@@ -89,15 +89,34 @@ def load_cuda12_libraries() -> list[str]:
     return loaded
 
 
+def missing_cuda12_libraries() -> list[str]:
+    """The CUDA 12 libraries CTranslate2 opens on a GPU that the loader cannot find: it finds a
+    CUDA GPU without them and fails only at the first transcription."""
+    import ctypes
+
+    missing = []
+    for name in ("libcublas.so.12", "libcudnn.so.9"):
+        try:
+            ctypes.CDLL(name)
+        except OSError:
+            missing.append(name)
+    return missing
+
+
 def _resolve_device(device: str) -> str:
     if device in ("auto", "gpu"):
         load_cuda12_libraries()
     gpus = ctranslate2.get_cuda_device_count()
+    missing = missing_cuda12_libraries() if gpus > 0 and device in ("auto", "gpu") else []
     if device == "auto":
-        return "gpu" if gpus > 0 else "cpu"
+        return "gpu" if gpus > 0 and not missing else "cpu"
     if device == "gpu" and gpus == 0:
         raise BackendError(f"faster backend: device 'gpu' requested but CTranslate2 {ctranslate2.__version__} "
                            "sees no CUDA GPU; use --device cpu or auto")
+    if device == "gpu" and missing:
+        raise BackendError(f"faster backend: CTranslate2 {ctranslate2.__version__} runs on a GPU with CUDA 12's "
+                           f"libraries, and {' and '.join(missing)} cannot be loaded here: pip install "
+                           "nvidia-cublas-cu12 nvidia-cudnn-cu12 (bash setup.sh --gpu does), or use --device cpu")
     if device not in ("cpu", "gpu"):
         raise BackendError(f"faster backend: unknown device {device!r}; valid devices: auto, cpu, gpu")
     return device

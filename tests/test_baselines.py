@@ -169,6 +169,35 @@ def test_faster_precision_and_device_errors():
             FasterTranscriber(model="tiny.en", device="gpu", precision="fp32", threads=2)
 
 
+def test_faster_on_a_gpu_without_cuda_12_s_libraries_says_so_at_load(monkeypatch):
+    # CTranslate2 sees the GPU but opens CUDA 12's cuBLAS only at the first transcription: the
+    # backend looks for it first; "gpu" is refused in one line, "auto" takes the CPU
+    import ctranslate2
+
+    from maxwhisper_baselines import faster_backend
+
+    monkeypatch.setattr(ctranslate2, "get_cuda_device_count", lambda: 1)
+    monkeypatch.setattr(faster_backend, "load_cuda12_libraries", lambda: [])
+    monkeypatch.setattr(faster_backend, "missing_cuda12_libraries", lambda: ["libcublas.so.12"])
+    with pytest.raises(BackendError, match=r"libcublas\.so\.12 cannot be loaded here: pip install nvidia-cublas-cu12"):
+        faster_backend.FasterTranscriber(model="tiny.en", device="gpu", precision="fp32", threads=2)
+    assert faster_backend.FasterTranscriber(model="tiny.en", device="auto", threads=2).device == "cpu"
+    monkeypatch.setattr(faster_backend, "missing_cuda12_libraries", lambda: [])
+    assert faster_backend._resolve_device("auto") == "gpu"
+
+
+def test_the_cuda_12_library_check_asks_the_loader(monkeypatch):
+    import ctypes
+
+    from maxwhisper_baselines.faster_backend import missing_cuda12_libraries
+
+    def cdll(name, *args, **kwargs):
+        if name == "libcudnn.so.9":
+            raise OSError(f"{name}: cannot open shared object file")
+    monkeypatch.setattr(ctypes, "CDLL", cdll)
+    assert missing_cuda12_libraries() == ["libcudnn.so.9"]
+
+
 def test_faster_refuses_a_pt_checkpoint(tmp_path):
     import torch
     from dataclasses import asdict
