@@ -90,17 +90,15 @@ def load_cuda12_libraries() -> list[str]:
 
 
 def missing_cuda12_libraries() -> list[str]:
-    """The CUDA 12 libraries CTranslate2 opens on a GPU that the loader cannot find: it finds a
-    CUDA GPU without them and fails only at the first transcription."""
+    """CUDA 12's cuBLAS where the loader cannot find it: CTranslate2 finds a CUDA GPU without it
+    and fails only at the first transcription. (cuDNN is optional since CTranslate2 4.6.3.)"""
     import ctypes
 
-    missing = []
-    for name in ("libcublas.so.12", "libcudnn.so.9"):
-        try:
-            ctypes.CDLL(name)
-        except OSError:
-            missing.append(name)
-    return missing
+    try:
+        ctypes.CDLL("libcublas.so.12")
+    except OSError:
+        return ["libcublas.so.12"]
+    return []
 
 
 def _resolve_device(device: str) -> str:
@@ -115,8 +113,8 @@ def _resolve_device(device: str) -> str:
                            "sees no CUDA GPU; use --device cpu or auto")
     if device == "gpu" and missing:
         raise BackendError(f"faster backend: CTranslate2 {ctranslate2.__version__} runs on a GPU with CUDA 12's "
-                           f"libraries, and {' and '.join(missing)} cannot be loaded here: pip install "
-                           "nvidia-cublas-cu12 nvidia-cudnn-cu12 (bash setup.sh --gpu does), or use --device cpu")
+                           f"cuBLAS, and {' and '.join(missing)} cannot be loaded here: pip install "
+                           "nvidia-cublas-cu12 (bash setup.sh --gpu does), or use --device cpu")
     if device not in ("cpu", "gpu"):
         raise BackendError(f"faster backend: unknown device {device!r}; valid devices: auto, cpu, gpu")
     return device

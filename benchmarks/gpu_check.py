@@ -1,12 +1,13 @@
 """The GPU check in one run: for each precision, MAX's load time, its tokens on jfk and the lecture
-against openai-whisper's float32 tokens on the CPU, and `selfcheck`'s components. What a session
-with a GPU runs first (benchmarks/README.md#gpu).
+against openai-whisper's float32 tokens on the CPU, and `selfcheck`'s components. What to run
+first on a GPU machine (benchmarks/README.md#gpu).
 
     python benchmarks/gpu_check.py [--device gpu] [--precisions fp32,fp16] [--audio-dir DIR]
         [--out benchmarks/results]
 
-Writes benchmarks/results/<device tag>-check-tiny.en.json and .md. `--device cpu` runs the
-same checks on the CPU (fp32), to try the script without a GPU.
+Writes benchmarks/results/<device tag>-check-tiny.en.json and .md, after each precision. `--device
+cpu` runs the same checks on the GPU's graphs on the CPU (the portable plan, fp32), to try the
+script without a GPU. Exits 1 when a component fails or fp32's tokens differ.
 """
 from __future__ import annotations
 
@@ -41,11 +42,12 @@ def check_precision(device: str, precision: str, audio: Path, reference: dict, o
     from maxwhisper.selfcheck import COMPONENTS, GPU_COMPONENTS, run_checks
 
     start = time.perf_counter()
-    mx = MaxTranscriber("tiny.en", device=device, precision=precision)
+    mx = MaxTranscriber("tiny.en", device=device, precision=precision, kernels=False)
     out = {"precision": precision, "load_s": round(time.perf_counter() - start, 1), "clips": {}}
     for clip in CLIPS:
+        samples = load_audio(audio / clip)
         first = time.perf_counter()
-        result = mx.transcribe(load_audio(audio / clip), DecodeOptions())
+        result = mx.transcribe(samples, DecodeOptions())
         out["clips"][clip] = {"first_s": round(time.perf_counter() - first, 2),
                               **compare(list(result.tokens), reference[clip]["tokens"], result.text,
                                         reference[clip]["text"])}
@@ -64,7 +66,8 @@ def markdown(run: dict) -> str:
     gpu = ", ".join(f"{g['name']} (driver {g['driver']})" for g in m.get("gpus") or []) or "none"
     lines = [f"# The GPU check: {run['device']} (tiny.en)", "",
              f"`{run['command']}` ({run['created']}). GPU: {gpu}. Host: {m['cpu']} ({m['vector_isa']}, "
-             f"{m['cores']} cores). Versions: " + ", ".join(f"{k} {v}" for k, v in run["versions"].items() if v) + ".",
+             f"{m['cores']} cores). Versions: "
+             + ", ".join(f"{k} {v}" for k, v in run["versions"].items() if v) + ".",
              "", "Tokens: MAX's greedy transcript (openai-whisper's temperature fallback) against openai-whisper "
              "float32 on the CPU. Load: the model's graphs, compiled or read from MAX's cache.", "",
              "| precision | load s | clip | first transcript s | tokens | against openai-whisper fp32 |",
@@ -73,7 +76,8 @@ def markdown(run: dict) -> str:
         for clip, c in p["clips"].items():
             verdict = "identical" if c["identical"] else \
                 f"differ from token {c['first_difference']}; WER {c['wer_percent']:g} %"
-            lines.append(f"| {p['precision']} | {p['load_s']:g} | {clip} | {c['first_s']:g} | {c['tokens']} | {verdict} |")
+            lines.append(f"| {p['precision']} | {p['load_s']:g} | {clip} | {c['first_s']:g} | {c['tokens']} "
+                         f"| {verdict} |")
     names = [r["name"] for r in run["precisions"][0]["selfcheck"]]
     lines += ["", "selfcheck (jfk.flac), relative error against openai-whisper float32 on the CPU:", "",
               "| component | " + " | ".join(p["precision"] for p in run["precisions"]) + " |",
@@ -88,8 +92,10 @@ def markdown(run: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="gpu", choices=["gpu", "cpu"])
-    parser.add_argument("--precisions", default=None, help="comma-separated (default: fp32,fp16 on a GPU, fp32 on the CPU)")
-    parser.add_argument("--audio-dir", type=Path, default=None, help="jfk.flac and physicsworks.flac (default: the shared audio)")
+    parser.add_argument("--precisions", default=None,
+                        help="comma-separated (default: fp32,fp16 on a GPU, fp32 on the CPU)")
+    parser.add_argument("--audio-dir", type=Path, default=None,
+                        help="holding jfk.flac and physicsworks.flac (default: the shared audio)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     from maxwhisper.registry import create_transcriber
@@ -104,13 +110,17 @@ def main() -> int:
     machine = machine_info()
     run = {"device": args.device, "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine,
            "versions": versions(), "command": "python benchmarks/gpu_check.py " + " ".join(sys.argv[1:]),
-           "precisions": [check_precision(args.device, p, audio, reference, openai) for p in precisions]}
-    stem = args.out / f"{device_tag(args.device, machine)}-check-tiny.en"
+           "precisions": []}
+    stem = f"{device_tag(args.device, machine)}-check-tiny.en"
     args.out.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(run, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(markdown(run))
-    print(f"wrote {stem}.json and .md")
+    for precision in precisions:  # written after each: a cold GPU compile takes minutes per precision
+        run["precisions"].append(check_precision(args.device, precision, audio, reference, openai))
+        (args.out / f"{stem}.json").write_text(json.dumps(run, indent=1) + "\n")
+        (args.out / f"{stem}.md").write_text(markdown(run))
+        print(f"wrote {args.out / stem}.json and .md", flush=True)
     failed = [r["name"] for p in run["precisions"] for r in p["selfcheck"] if not r["passed"]]
+    failed += [clip for p in run["precisions"] if p["precision"] == "fp32"
+               for clip, c in p["clips"].items() if not c["identical"]]
     return 1 if failed else 0
 
 

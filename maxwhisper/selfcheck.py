@@ -137,7 +137,8 @@ def run_checks(max_transcriber=None, reference=None, audio_path: str | Path | No
             x = np.random.default_rng(0).standard_normal((1, w.shape[1])).astype(np.float16)
             graph = build_matvec_probe(net, prefix)
             (out,), seconds = _timed(graph.execute, net.to_device(x))
-            yield _compare(name, net.to_numpy(out), x.astype(np.float32) @ w.T + b, seconds, RELATIVE_TOLERANCE["fp16"])
+            expected = x.astype(np.float32) @ w.T + b
+            yield _compare(name, net.to_numpy(out), expected, seconds, RELATIVE_TOLERANCE["fp16"])
         else:
             raise ValueError(f"unknown component {name!r}; valid: {', '.join(GPU_COMPONENTS)}")
 

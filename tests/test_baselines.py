@@ -191,11 +191,15 @@ def test_the_cuda_12_library_check_asks_the_loader(monkeypatch):
 
     from maxwhisper_baselines.faster_backend import missing_cuda12_libraries
 
+    opened = []
+
     def cdll(name, *args, **kwargs):
-        if name == "libcudnn.so.9":
-            raise OSError(f"{name}: cannot open shared object file")
+        opened.append(name)
+        raise OSError(f"{name}: cannot open shared object file")
     monkeypatch.setattr(ctypes, "CDLL", cdll)
-    assert missing_cuda12_libraries() == ["libcudnn.so.9"]
+    assert missing_cuda12_libraries() == ["libcublas.so.12"] and opened == ["libcublas.so.12"]
+    monkeypatch.setattr(ctypes, "CDLL", lambda name, *args, **kwargs: None)
+    assert missing_cuda12_libraries() == []
 
 
 def test_faster_refuses_a_pt_checkpoint(tmp_path):

@@ -30,11 +30,12 @@ def build_component(model: MaxWhisper, name: str):
 
 def build_matvec_probe(model: MaxWhisper, prefix: str = "decoder.blocks.0.mlp.0"):
     """The decoder step's first MLP linear as a GPU runs it: `layers.linear_few_rows` over the
-    model's weights in float16, with the shapes of the model's graphs, on one row. The one-column
-    float16 matmul with a bias where MAX had a GPU problem (modular/modular issue 6892).
-    Input x [1, d_in] float16; float32 out [1, d_out]."""
+    model's weights in float16, rows symbolic as in the step graph. The one-column float16 matmul
+    with a bias where MAX has a GPU problem (modular/modular issue 6892).
+    Input x [rows, d_in] float16; float32 out [rows, d_out]."""
     w = WeightBank(model.arrays, DType.float16, model.device_ref)
     d_in = model.arrays[f"{prefix}.weight"].shape[1]
-    with Graph("whisper_matvec_fp16_probe", input_types=[TensorType(DType.float16, [1, d_in], device=w.device)]) as graph:
+    x_type = TensorType(DType.float16, ["rows", d_in], device=w.device)
+    with Graph("whisper_matvec_fp16_probe", input_types=[x_type]) as graph:
         graph.output(linear_few_rows(w, prefix)(graph.inputs[0].tensor).cast(DType.float32))
     return model.load_graph(graph, w.registry())
