@@ -101,23 +101,25 @@ def missing_cuda12_libraries() -> list[str]:
     return []
 
 
-def _resolve_device(device: str) -> str:
+def _resolve_device(device: str) -> tuple[str, str | None]:
+    """The device, and why "auto" took the CPU where there is a GPU (None otherwise)."""
     if device in ("auto", "gpu"):
         load_cuda12_libraries()
     gpus = ctranslate2.get_cuda_device_count()
     missing = missing_cuda12_libraries() if gpus > 0 and device in ("auto", "gpu") else []
+    needs = (f"CTranslate2 {ctranslate2.__version__} runs on a GPU with CUDA 12's cuBLAS, and "
+             f"{' and '.join(missing)} cannot be loaded here: pip install nvidia-cublas-cu12 (bash setup.sh --gpu "
+             "does)")
     if device == "auto":
-        return "gpu" if gpus > 0 and not missing else "cpu"
+        return ("cpu", needs) if missing else ("gpu" if gpus > 0 else "cpu", None)
     if device == "gpu" and gpus == 0:
         raise BackendError(f"faster backend: device 'gpu' requested but CTranslate2 {ctranslate2.__version__} "
                            "sees no CUDA GPU; use --device cpu or auto")
     if device == "gpu" and missing:
-        raise BackendError(f"faster backend: CTranslate2 {ctranslate2.__version__} runs on a GPU with CUDA 12's "
-                           f"cuBLAS, and {' and '.join(missing)} cannot be loaded here: pip install "
-                           "nvidia-cublas-cu12 (bash setup.sh --gpu does), or use --device cpu")
+        raise BackendError(f"faster backend: {needs}, or use --device cpu")
     if device not in ("cpu", "gpu"):
         raise BackendError(f"faster backend: unknown device {device!r}; valid devices: auto, cpu, gpu")
-    return device
+    return device, None
 
 
 def _first_window_split(whisper: WhisperModel):
@@ -151,7 +153,7 @@ class FasterTranscriber:
 
     def __init__(self, model: str = "tiny.en", device: str = "auto", precision: str = "fp32",
                  threads: int | None = None):
-        self.device = _resolve_device(device)
+        self.device, self.device_note = _resolve_device(device)  # note: why "auto" took the CPU
         ct2_device = "cuda" if self.device == "gpu" else "cpu"
         if precision not in COMPUTE_TYPES:
             raise BackendError(f"faster backend: unknown precision {precision!r}; valid: {', '.join(COMPUTE_TYPES)}")

@@ -181,9 +181,10 @@ def test_faster_on_a_gpu_without_cuda_12_s_libraries_says_so_at_load(monkeypatch
     monkeypatch.setattr(faster_backend, "missing_cuda12_libraries", lambda: ["libcublas.so.12"])
     with pytest.raises(BackendError, match=r"libcublas\.so\.12 cannot be loaded here: pip install nvidia-cublas-cu12"):
         faster_backend.FasterTranscriber(model="tiny.en", device="gpu", precision="fp32", threads=2)
-    assert faster_backend.FasterTranscriber(model="tiny.en", device="auto", threads=2).device == "cpu"
+    auto = faster_backend.FasterTranscriber(model="tiny.en", device="auto", threads=2)
+    assert auto.device == "cpu" and "libcublas.so.12 cannot be loaded" in auto.device_note
     monkeypatch.setattr(faster_backend, "missing_cuda12_libraries", lambda: [])
-    assert faster_backend._resolve_device("auto") == "gpu"
+    assert faster_backend._resolve_device("auto") == ("gpu", None)
 
 
 def test_the_cuda_12_library_check_asks_the_loader(monkeypatch):
