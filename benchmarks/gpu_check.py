@@ -5,9 +5,10 @@ first on a GPU machine (benchmarks/README.md#gpu).
     python benchmarks/gpu_check.py [--device gpu] [--precisions fp32,fp16] [--audio-dir DIR]
         [--out benchmarks/results]
 
-Writes benchmarks/results/<device tag>-check-tiny.en.json and .md, after each precision. `--device
-cpu` runs the same checks on the GPU's graphs on the CPU (the portable plan, fp32), to try the
-script without a GPU. Exits 1 when a component fails or fp32's tokens differ.
+Writes benchmarks/results/<device tag>-check-tiny.en.json and .md after each precision, keeping
+the other precisions of an earlier run, so `--precisions fp32` and `--precisions fp16` can run
+apart. `--device cpu` runs the same checks on the GPU's graphs on the CPU (the portable plan,
+fp32), to try the script without a GPU. Exits 1 when a component fails or fp32's tokens differ.
 """
 from __future__ import annotations
 
@@ -113,8 +114,14 @@ def main() -> int:
            "precisions": []}
     stem = f"{device_tag(args.device, machine)}-check-tiny.en"
     args.out.mkdir(parents=True, exist_ok=True)
+    earlier = args.out / f"{stem}.json"  # the other precisions of an earlier run stay: one call per precision
+    if earlier.exists():
+        run["precisions"] = [p for p in json.loads(earlier.read_text())["precisions"]
+                             if p["precision"] not in precisions]
     for precision in precisions:  # written after each: a cold GPU compile takes minutes per precision
-        run["precisions"].append(check_precision(args.device, precision, audio, reference, openai))
+        run["precisions"].append({**check_precision(args.device, precision, audio, reference, openai),
+                                  "created": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
+        run["precisions"].sort(key=lambda p: p["precision"] != "fp32")  # fp32 first, the others as they came
         (args.out / f"{stem}.json").write_text(json.dumps(run, indent=1) + "\n")
         (args.out / f"{stem}.md").write_text(markdown(run))
         print(f"wrote {args.out / stem}.json and .md", flush=True)
