@@ -89,16 +89,16 @@ def load_cuda12_libraries() -> list[str]:
     return loaded
 
 
-def missing_cuda12_libraries() -> list[str]:
-    """CUDA 12's cuBLAS where the loader cannot find it: CTranslate2 finds a CUDA GPU without it
-    and fails only at the first transcription. (cuDNN is optional since CTranslate2 4.6.3.)"""
+def cublas12_loads() -> bool:
+    """Whether the loader finds CUDA 12's cuBLAS: CTranslate2 finds a CUDA GPU without it and fails
+    only at the first transcription. (cuDNN is optional since CTranslate2 4.6.3.)"""
     import ctypes
 
     try:
         ctypes.CDLL("libcublas.so.12")
     except OSError:
-        return ["libcublas.so.12"]
-    return []
+        return False
+    return True
 
 
 def _resolve_device(device: str) -> tuple[str, str | None]:
@@ -106,17 +106,17 @@ def _resolve_device(device: str) -> tuple[str, str | None]:
     if device in ("auto", "gpu"):
         load_cuda12_libraries()
     gpus = ctranslate2.get_cuda_device_count()
-    missing = missing_cuda12_libraries() if gpus > 0 and device in ("auto", "gpu") else []
-    needs = (f"CTranslate2 {ctranslate2.__version__} runs on a GPU with CUDA 12's cuBLAS, and "
-             f"{' and '.join(missing)} cannot be loaded here: pip install nvidia-cublas-cu12 (bash setup.sh --gpu "
-             "does)")
-    if device == "auto":
-        return ("cpu", needs) if missing else ("gpu" if gpus > 0 else "cpu", None)
     if device == "gpu" and gpus == 0:
         raise BackendError(f"faster backend: device 'gpu' requested but CTranslate2 {ctranslate2.__version__} "
                            "sees no CUDA GPU; use --device cpu or auto")
-    if device == "gpu" and missing:
-        raise BackendError(f"faster backend: {needs}, or use --device cpu")
+    if device in ("auto", "gpu") and gpus > 0 and not cublas12_loads():
+        needs = (f"CTranslate2 {ctranslate2.__version__} runs on a GPU with CUDA 12's cuBLAS, and libcublas.so.12 "
+                 "cannot be loaded here: pip install nvidia-cublas-cu12 (bash setup.sh --gpu does)")
+        if device == "gpu":
+            raise BackendError(f"faster backend: {needs}, or use --device cpu")
+        return "cpu", needs
+    if device == "auto":
+        return ("gpu" if gpus > 0 else "cpu"), None
     if device not in ("cpu", "gpu"):
         raise BackendError(f"faster backend: unknown device {device!r}; valid devices: auto, cpu, gpu")
     return device, None

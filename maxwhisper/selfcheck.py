@@ -80,7 +80,7 @@ def run_checks(max_transcriber=None, reference=None, audio_path: str | Path | No
     ref = reference or create_transcriber("openai", mx.model, device="cpu")
     import torch  # installed with the reference
 
-    from .graph.components import build_component, build_matvec_probe
+    from .graph.components import MATVEC_PROBE_LAYER, build_component, build_matvec_probe
 
     net, torch_net = mx.net, ref.net
     tolerance = relative_tolerance(mx.device, mx.precision)
@@ -132,10 +132,10 @@ def run_checks(max_transcriber=None, reference=None, audio_path: str | Path | No
             yield CheckResult(name, passed, float(diff), diff / max(len(ref_t), 1), seconds,
                               f"{len(ours_t)} tokens; MAX: {result.text.strip()!r}")
         elif name == "fp16_matvec":
-            prefix = "decoder.blocks.0.mlp.0"
-            w, b = (net.arrays[f"{prefix}.{p}"].astype(np.float16).astype(np.float32) for p in ("weight", "bias"))
+            w, b = (net.arrays[f"{MATVEC_PROBE_LAYER}.{p}"].astype(np.float16).astype(np.float32)
+                    for p in ("weight", "bias"))
             x = np.random.default_rng(0).standard_normal((1, w.shape[1])).astype(np.float16)
-            graph = build_matvec_probe(net, prefix)
+            graph = build_matvec_probe(net)
             (out,), seconds = _timed(graph.execute, net.to_device(x))
             expected = x.astype(np.float32) @ w.T + b
             yield _compare(name, net.to_numpy(out), expected, seconds, RELATIVE_TOLERANCE["fp16"])

@@ -178,19 +178,19 @@ def test_faster_on_a_gpu_without_cuda_12_s_libraries_says_so_at_load(monkeypatch
 
     monkeypatch.setattr(ctranslate2, "get_cuda_device_count", lambda: 1)
     monkeypatch.setattr(faster_backend, "load_cuda12_libraries", lambda: [])
-    monkeypatch.setattr(faster_backend, "missing_cuda12_libraries", lambda: ["libcublas.so.12"])
+    monkeypatch.setattr(faster_backend, "cublas12_loads", lambda: False)
     with pytest.raises(BackendError, match=r"libcublas\.so\.12 cannot be loaded here: pip install nvidia-cublas-cu12"):
         faster_backend.FasterTranscriber(model="tiny.en", device="gpu", precision="fp32", threads=2)
     auto = faster_backend.FasterTranscriber(model="tiny.en", device="auto", threads=2)
     assert auto.device == "cpu" and "libcublas.so.12 cannot be loaded" in auto.device_note
-    monkeypatch.setattr(faster_backend, "missing_cuda12_libraries", lambda: [])
+    monkeypatch.setattr(faster_backend, "cublas12_loads", lambda: True)
     assert faster_backend._resolve_device("auto") == ("gpu", None)
 
 
 def test_the_cuda_12_library_check_asks_the_loader(monkeypatch):
     import ctypes
 
-    from maxwhisper_baselines.faster_backend import missing_cuda12_libraries
+    from maxwhisper_baselines.faster_backend import cublas12_loads
 
     opened = []
 
@@ -198,9 +198,9 @@ def test_the_cuda_12_library_check_asks_the_loader(monkeypatch):
         opened.append(name)
         raise OSError(f"{name}: cannot open shared object file")
     monkeypatch.setattr(ctypes, "CDLL", cdll)
-    assert missing_cuda12_libraries() == ["libcublas.so.12"] and opened == ["libcublas.so.12"]
+    assert cublas12_loads() is False and opened == ["libcublas.so.12"]
     monkeypatch.setattr(ctypes, "CDLL", lambda name, *args, **kwargs: None)
-    assert missing_cuda12_libraries() == []
+    assert cublas12_loads() is True
 
 
 def test_faster_refuses_a_pt_checkpoint(tmp_path):

@@ -28,14 +28,17 @@ def build_component(model: MaxWhisper, name: str):
     return model.load_graph(graph, w.registry())
 
 
-def build_matvec_probe(model: MaxWhisper, prefix: str = "decoder.blocks.0.mlp.0"):
+MATVEC_PROBE_LAYER = "decoder.blocks.0.mlp.0"  # the decoder's first MLP linear (d -> 4 d)
+
+
+def build_matvec_probe(model: MaxWhisper):
     """The decoder step's first MLP linear as a GPU runs it: `layers.linear_few_rows` over the
     model's weights in float16, rows symbolic as in the step graph. The one-column float16 matmul
     with a bias where MAX has a GPU problem (modular/modular issue 6892).
     Input x [rows, d_in] float16; float32 out [rows, d_out]."""
     w = WeightBank(model.arrays, DType.float16, model.device_ref)
-    d_in = model.arrays[f"{prefix}.weight"].shape[1]
+    d_in = model.arrays[f"{MATVEC_PROBE_LAYER}.weight"].shape[1]
     x_type = TensorType(DType.float16, ["rows", d_in], device=w.device)
     with Graph("whisper_matvec_fp16_probe", input_types=[x_type]) as graph:
-        graph.output(linear_few_rows(w, prefix)(graph.inputs[0].tensor).cast(DType.float32))
+        graph.output(linear_few_rows(w, MATVEC_PROBE_LAYER)(graph.inputs[0].tensor).cast(DType.float32))
     return model.load_graph(graph, w.registry())
