@@ -122,38 +122,57 @@ def test_concurrent_streams_share_calls_and_keep_their_tokens(precision, request
     committed and tentative words and its draft are those of the same stream alone on a model of
     its own (fp32 and int8); encoder calls of equal windows ran together, steps carried several
     streams, windows were heard with 5 s of padding (30 s only where a hypothesis was held back), and
-    the shared cache is empty afterwards."""
+    the shared cache is empty afterwards. Two things are arranged rather than left to the threads'
+    timing: at one step the third stream encodes first, so the others' equal windows queue behind it
+    and run as one call; and no decoding goes alone, so decodings that overlap share steps."""
     from maxwhisper.audio import N_FRAMES, STREAM_PADDING_S, heard_frames
     from maxwhisper.max_backend import MaxTranscriber
     from maxwhisper.streaming import Streamer
 
     max_tiny_en = request.getfixturevalue("max_tiny_en" if precision == "fp32" else "max_tiny_en_int8")
     shared = MaxTranscriber("tiny.en", device="cpu", precision=precision, max_batch=4)
-    frames, encode = [], shared.net.encode
-    shared.net.encode = lambda mel: frames.append(mel.shape[2]) or encode(mel)
+    net = shared.decoder_model
+    net.steps.go_alone = lambda: False
     clips = [np.concatenate([jfk_audio, np.zeros(SAMPLE_RATE, np.float32)]), lecture_60s_audio[:12 * SAMPLE_RATE],
              lecture_60s_audio[7 * SAMPLE_RATE:16 * SAMPLE_RATE]]
     starts = [0, 0, 3]  # the step at which each stream begins
     steps = max(s + len(c) // SAMPLE_RATE for s, c in zip(starts, clips))
+    meet = 5  # the step at which streams 0 and 1 (6 s each) queue behind stream 2's encoder call
+    local, third_encodes = threading.local(), threading.Event()
+    frames, encode = [], shared.net.encode
 
-    def updates(transcriber, clip, start, barrier=None):
+    def encode_arranged(mel):
+        frames.append(mel.shape[2])
+        if getattr(local, "step", None) == meet and local.stream == 2 and not third_encodes.is_set():
+            third_encodes.set()
+            _until(lambda: len(net.encoder._queue) == 2)
+        return encode(mel)
+
+    shared.net.encode = encode_arranged
+
+    def updates(transcriber, i, barrier=None):
+        clip, start = clips[i], starts[i]
         streamer, seen = Streamer(transcriber), []
+        local.stream = i
         for step in range(steps):
             if barrier is not None:
                 barrier.wait(timeout=300)
+            local.step = step
+            if barrier is not None and step == meet and i < 2:
+                assert third_encodes.wait(timeout=300)
             k = step - start
             if 0 <= k < len(clip) // SAMPLE_RATE:
                 update = streamer.push(clip[k * SAMPLE_RATE:(k + 1) * SAMPLE_RATE])
                 seen.append((update.committed, update.tentative, streamer.draft))
         return seen
 
-    alone = [updates(max_tiny_en, clip, start) for clip, start in zip(clips, starts)]
+    alone = [updates(max_tiny_en, i) for i in range(len(clips))]
     barrier = threading.Barrier(len(clips))
     together, errors = [None] * len(clips), []
 
     def run(i):
         try:
-            together[i] = updates(shared, clips[i], starts[i], barrier)
+            together[i] = updates(shared, i, barrier)
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)
             barrier.abort()
@@ -168,10 +187,15 @@ def test_concurrent_streams_share_calls_and_keep_their_tokens(precision, request
         assert t == a
     padded = {heard_frames(k * SAMPLE_RATE, STREAM_PADDING_S) for k in range(1, 13)}  # each buffer, 5 s of padding
     assert padded & set(frames) and set(frames) <= padded | {N_FRAMES}  # (30 s: a hypothesis held back, heard again)
-    net = shared.decoder_model
     assert max(net.encoder.batches) >= 2  # equal windows of two streams in one encoder call
     assert net.steps.rows_stepped > net.steps.steps  # steps carried several streams
     assert sorted(net.steps._free) == [0, 1, 2, 3] and not net.steps._members
+
+
+def _until(ready, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ready() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def test_encode_calls_of_another_length_wait_for_a_batch_of_their_own():
@@ -209,17 +233,12 @@ def test_encode_calls_of_another_length_wait_for_a_batch_of_their_own():
         except Exception as e:  # reported by the assertion below
             errors.append(e)
 
-    def until(ready):
-        deadline = time.monotonic() + 10
-        while not ready() and time.monotonic() < deadline:
-            time.sleep(0.01)
-
     threads = [threading.Thread(target=call, args=(i,), daemon=True) for i in range(4)]
     threads[0].start()
-    until(lambda: encoder._running)  # the first call holds the encoder
+    _until(lambda: encoder._running)  # the first call holds the encoder
     for i in (1, 2, 3):  # the others queue in this order
         threads[i].start()
-        until(lambda: len(encoder._queue) == i)
+        _until(lambda: len(encoder._queue) == i)
     net.release.set()
     for thread in threads:
         thread.join(10)
