@@ -1,10 +1,11 @@
 """MAX's start on a new machine: `python -m maxwhisper transcribe CLIP` timed whole, as a new user
 runs it, first with an empty compile cache (a new `MODULAR_CACHE_DIR`: MAX's compile cache, the
 Mojo kernel package and the exported graphs all live there), then again with the cache that run
-left (the warm start).
+left (the warm start). With `--prebuilt LEVEL`, a third start: on a cache that `maxwhisper warm
+--cpu-level LEVEL` built (as an image's build step would, on whatever machine), its build timed too.
 
     .venv/bin/python benchmarks/cold_start.py [--checkout LABEL=PATH ...] [--precisions fp32]
-        [--audio ../shared/audio/jfk.flac] [--out benchmarks/results]
+        [--prebuilt x86-64-v3] [--audio ../shared/audio/jfk.flac] [--out benchmarks/results]
 
 Each checkout (default: this one, labelled "this") runs with its own code from its folder, so a
 change can be compared with the code before it. Per run: wall seconds, CPU seconds (the child's
@@ -32,16 +33,20 @@ from maxwhisper.bench.machine import device_tag, machine_info, versions  # noqa:
 
 def timed_transcribe(checkout: Path, audio: Path, precision: str, cache: Path) -> dict:
     """One `transcribe` process in `checkout` with `cache` as its compile cache."""
+    return timed_maxwhisper(checkout, cache, "transcribe", str(audio), "--backend", "max", "--precision", precision)
+
+
+def timed_maxwhisper(checkout: Path, cache: Path, *args: str) -> dict:
+    """One `python -m maxwhisper ARGS` process in `checkout` with `cache` as its compile cache."""
     env = {**os.environ, "MODULAR_CACHE_DIR": str(cache), "MODULAR_TELEMETRY_ENABLED": "0"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "maxwhisper", "transcribe", str(audio), "--backend", "max",
-                           "--precision", precision], cwd=checkout, env=env, capture_output=True, text=True,
-                          check=False)
+    done = subprocess.run([sys.executable, "-m", "maxwhisper", *args], cwd=checkout, env=env, capture_output=True,
+                          text=True, check=False)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
-        raise RuntimeError(f"transcribe failed in {checkout}:\n{done.stderr[-2000:]}")
+        raise RuntimeError(f"{args[0]} failed in {checkout}:\n{done.stderr[-2000:]}")
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "text": done.stdout.strip()}
 
@@ -51,6 +56,7 @@ def main() -> None:
     parser.add_argument("--checkout", action="append", default=[], metavar="LABEL=PATH",
                         help="a checkout whose code runs, labelled (default: this=this checkout)")
     parser.add_argument("--precisions", default="fp32", help="comma-separated (default: fp32)")
+    parser.add_argument("--prebuilt", metavar="LEVEL", help="also start on a cache `warm --cpu-level LEVEL` built")
     parser.add_argument("--audio", type=Path, default=ROOT.parent / "shared" / "audio" / "jfk.flac")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
@@ -59,30 +65,47 @@ def main() -> None:
     runs = []
     for label, path in checkouts.items():
         for precision in args.precisions.split(","):
+            checkout, audio = Path(path).resolve(), args.audio.resolve()
             cache = Path(tempfile.mkdtemp(prefix="cold-start-"))
             try:
-                cold = timed_transcribe(Path(path).resolve(), args.audio.resolve(), precision, cache)
-                warm = timed_transcribe(Path(path).resolve(), args.audio.resolve(), precision, cache)
+                run = {"checkout": label, "precision": precision,
+                       "cold": timed_transcribe(checkout, audio, precision, cache),
+                       "warm": timed_transcribe(checkout, audio, precision, cache)}
             finally:
                 shutil.rmtree(cache, ignore_errors=True)
-            runs.append({"checkout": label, "precision": precision, "cold": cold, "warm": warm})
-            print(f"{label} {precision}: cold {cold['wall_s']} s ({cold['cpu_s']} CPU s), "
-                  f"warm {warm['wall_s']} s ({warm['cpu_s']} CPU s)", flush=True)
+            print(f"{label} {precision}: cold {run['cold']['wall_s']} s ({run['cold']['cpu_s']} CPU s), "
+                  f"warm {run['warm']['wall_s']} s ({run['warm']['cpu_s']} CPU s)", flush=True)
+            if args.prebuilt:
+                cache = Path(tempfile.mkdtemp(prefix="cold-start-"))
+                try:
+                    run["build"] = timed_maxwhisper(checkout, cache, "warm", "--cpu-level", args.prebuilt, "--device",
+                                                    "cpu", "--precision", precision)
+                    run["prebuilt"] = timed_transcribe(checkout, audio, precision, cache)
+                finally:
+                    shutil.rmtree(cache, ignore_errors=True)
+                print(f"{label} {precision}: built for {args.prebuilt} in {run['build']['wall_s']} s, then "
+                      f"{run['prebuilt']['wall_s']} s ({run['prebuilt']['cpu_s']} CPU s)", flush=True)
+            runs.append(run)
     command = "python benchmarks/cold_start.py " + " ".join(sys.argv[1:])
     result = {"command": command.strip(), "audio": args.audio.name, "machine": machine, "versions": versions(),
               "runs": runs}
     name = f"cold-start-{device_tag('cpu', machine)}-tiny.en"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"# MAX's first transcript of {args.audio.name}, empty compile cache and warm", "",
+    title = f"empty compile cache, warm and prebuilt for {args.prebuilt}" if args.prebuilt else "empty compile cache and warm"
+    lines = [f"# MAX's first transcript of {args.audio.name}: {title}", "",
              f"`{result['command']}`", "",
              f"CPU: {machine['cpu']} ({machine['cpu_family_model']}), {machine['vector_isa']}, "
              f"{machine['cores']} cores; MAX {result['versions'].get('max')}; load average at the start "
              f"{machine['load_average']}.", "",
-             "| checkout | precision | cold s | cold CPU s | warm s | warm CPU s | transcript |", "|---|---|---|---|---|---|---|"]
+             "| checkout | precision | cold s | cold CPU s | warm s | warm CPU s |"
+             + (f" {args.prebuilt} build s | on it s | on it CPU s | same transcript |" if args.prebuilt else "")
+             + " transcript |", "|---" * (7 + 4 * bool(args.prebuilt)) + "|"]
     for r in runs:
+        prebuilt = (f" {r['build']['wall_s']} | {r['prebuilt']['wall_s']} | {r['prebuilt']['cpu_s']} | "
+                    f"{'yes' if r['prebuilt']['text'] == r['cold']['text'] else 'NO'} |") if args.prebuilt else ""
         lines.append(f"| {r['checkout']} | {r['precision']} | {r['cold']['wall_s']} | {r['cold']['cpu_s']} | "
-                     f"{r['warm']['wall_s']} | {r['warm']['cpu_s']} | {r['warm']['text'][:60]}... |")
+                     f"{r['warm']['wall_s']} | {r['warm']['cpu_s']} |{prebuilt} {r['warm']['text'][:60]}... |")
     (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 

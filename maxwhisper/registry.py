@@ -29,10 +29,39 @@ def cpu_field(name: str) -> str:
     return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == name), "")
 
 
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as /proc/cpuinfo lists them (avx2, avx512_vnni, avx512_bf16, ...);
+# x86-64 levels (psABI) a process may compile for in place of its host CPU, by the /proc/cpuinfo flags
+# each requires ("abm" is how Linux names LZCNT)
+_V3 = frozenset("cx16 lahf_lm popcnt sse4_1 sse4_2 ssse3 avx avx2 bmi1 bmi2 f16c fma abm movbe xsave".split())
+CPU_LEVELS = {"x86-64-v3": _V3, "x86-64-v4": _V3 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}}
+_level: str | None = None  # the level set by `use_cpu_level`
+
+
+def use_cpu_level(level: str) -> None:
+    """Compile for every CPU of `level` (one of CPU_LEVELS) rather than for this one: `cpu_flags`
+    answers the level's flags from now on, so the plans use no feature beyond it. Set before anything
+    compiles (`maxwhisper warm --cpu-level`); refused where this CPU lacks one of its features."""
+    if level not in CPU_LEVELS:
+        raise BackendError(f"unknown CPU level {level!r}; valid levels: {', '.join(CPU_LEVELS)}")
+    if missing := CPU_LEVELS[level] - host_cpu_flags():
+        raise BackendError(f"this CPU cannot run code compiled for {level}: it lacks {', '.join(sorted(missing))}")
+    global _level
+    _level = level
+
+
+def cpu_level() -> str | None:
+    """The level set by `use_cpu_level`, None when compiling for this CPU."""
+    return _level
+
+
+def host_cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags as /proc/cpuinfo lists them (avx2, avx512_vnni, avx512_bf16, ...);
     empty where there is no /proc/cpuinfo."""
     return frozenset(cpu_field("flags").split())
+
+
+def cpu_flags() -> frozenset[str]:
+    """The flags the compiled code may use: this CPU's, or the level's (`use_cpu_level`)."""
+    return CPU_LEVELS[_level] if _level else host_cpu_flags()
 
 
 BF16_MISSING = "--precision bf16 needs a CPU with AVX512_BF16 (vdpbf16ps), which this one has not: use fp32 or int8"

@@ -1,7 +1,8 @@
 """`maxwhisper warm`: compiles every graph MAX runs for the given models, precisions and device into
 MAX's disk cache (`MODULAR_CACHE_DIR`, else ~/.cache/modular), so that a build step (a Space's or a
 Docker image's, a GPU box's setup) pays the compile once and a later process's first transcript
-compiles nothing. One line per compiled unit with its seconds. Exit 2 for a bad model, precision or
+compiles nothing. `--cpu-level` compiles for any CPU of an x86-64 level, for a cache built on
+another machine than the one that runs it. One line per compiled unit with its seconds. Exit 2 for a bad model, precision or
 device, said before anything compiles; 1 when a compile fails.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ def _csv(text: str) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .registry import DEVICES
+    from .registry import CPU_LEVELS, DEVICES
 
     p.add_argument("--model", type=_csv, default=["tiny.en"],
                    help="comma-separated installed models, CTranslate2 folders or .pt files (default: tiny.en)")
@@ -27,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=list(DEVICES), help="auto (default): the GPU when there is one")
     p.add_argument("--no-kernels", dest="kernels", action="store_false",
                    help="the portable graphs (MAX's ops only), as `transcribe --no-kernels` runs them")
+    p.add_argument("--cpu-level", choices=list(CPU_LEVELS),
+                   help="compile for every CPU of this x86-64 level, not this CPU only: for a cache built on "
+                        "another machine than the one that runs it (a Space's or an image's build)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -34,8 +38,12 @@ def main(args: argparse.Namespace) -> int:
     from .checkpoint import check_model_name, load_checkpoint
     from .graph.layers import start_kernel_library
     from .graph.model import MaxWhisper, check_precision, resolve_device
-    from .registry import PRECISIONS
+    from .registry import PRECISIONS, use_cpu_level
 
+    if args.cpu_level:
+        if args.device != "cpu" or not args.kernels:
+            raise BackendError("--cpu-level compiles the CPU kernels' graphs: give it with --device cpu")
+        use_cpu_level(args.cpu_level)  # before anything compiles
     if not args.model or not args.precision:
         raise BackendError("--model and --precision each need at least one name")
     for model in args.model:

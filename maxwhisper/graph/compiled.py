@@ -5,7 +5,8 @@ MAX's own compile cache still takes most of a second per graph on a hit; an expo
 loads in milliseconds and runs the same code. An artifact is found by a digest of everything its
 code depends on: the graphs' text (their ops, shapes, dtypes and constants; the weights are the
 registry's, bound after loading), the Mojo kernel package they call (named by its own digest), the
-MAX version and the CPU it was compiled for (the host, and `layers.cpu_target`). Graphs compiled
+MAX version and the CPU it was compiled for (the host and `layers.cpu_target`, or an x86-64 level
+that any CPU having its features runs: a cache built elsewhere). Graphs compiled
 together go into one MAX `Module` and one artifact: a cold compile pays MAX's fixed cost per
 compile once for all of them (docs/design.md, "Start-up"). Only for the CPU device: a GPU compiles
 through MAX's cache.
@@ -17,6 +18,7 @@ import hashlib
 import importlib.metadata
 import os
 import platform
+import re
 import tempfile
 import threading
 import warnings
@@ -28,6 +30,7 @@ from max.engine import InferenceSession
 from max.graph import Graph, Module
 from max.graph.graph import KernelLibrary
 
+from ..registry import CPU_LEVELS, cpu_level, host_cpu_flags
 from .layers import cache_folder, cpu_target, kernel_library
 
 
@@ -42,11 +45,29 @@ def _cpu() -> str:
     return "\n".join(sorted({line for line in lines if line.split(":")[0].strip() in fields}))
 
 
-def artifact_path(graphs: Graph | Sequence[Graph]) -> Path:
-    """Where the artifact of `graphs`, compiled together for this CPU, lives."""
+def artifact_paths(graphs: Graph | Sequence[Graph]) -> list[Path]:
+    """Where the artifact of `graphs` compiled together may live, the one this process writes first:
+    compiled for this CPU (or for the level it compiles for, `registry.use_cpu_level`), then for each
+    level this CPU can run, the highest first (a cache that `maxwhisper warm --cpu-level` built on
+    another machine)."""
     graphs = [graphs] if isinstance(graphs, Graph) else list(graphs)
+    if level := cpu_level():
+        return [_artifact_path(graphs, level, cpu_target())]
+    host = host_cpu_flags()
+    levels = [name for name, flags in reversed(CPU_LEVELS.items()) if flags <= host]
+    return [_artifact_path(graphs, _cpu(), cpu_target()), *(_artifact_path(graphs, name, name) for name in levels)]
+
+
+# each graph's text ends with a counter of MAX's that differs between a process compiling for a level
+# and one for its host; it names nothing the code depends on. Left in the host's key, which it always
+# was, so that caches already built stay valid
+_COUNTER = re.compile(r"\{counter = \d+ : i64\}")
+
+
+def _artifact_path(graphs: list[Graph], cpu: str, target: str) -> Path:
     digest = hashlib.sha256()
-    for part in (importlib.metadata.version("max"), _cpu(), kernel_library().name, cpu_target(), *map(str, graphs)):
+    texts = (_COUNTER.sub("", str(graph)) if cpu in CPU_LEVELS else str(graph) for graph in graphs)
+    for part in (importlib.metadata.version("max"), cpu, kernel_library().name, target, *texts):
         digest.update(part.encode() + b"\0")
     name = "+".join(g.name for g in graphs)
     return cache_folder() / "graphs" / f"{name}_{digest.hexdigest()[:24]}.mef"
@@ -80,24 +101,25 @@ if _verify_custom_op is not None:
 
 
 def compile_cpu_graph(session: InferenceSession, graph: Graph | Module | Callable[[], Graph | Module],
-                      path: Path | None = None):
-    """`graph` compiled for `session` (on the CPU): from its artifact when one was exported, else
+                      paths: Sequence[Path] | None = None):
+    """`graph` compiled for `session` (on the CPU): from the first of its artifacts that exists, else
     compiled and its artifact exported for the next process. `graph`: a Graph, a Module of graphs
-    built with `module=`, or what builds one of them when it must be compiled (then with `path`,
-    as a Module must be: its `artifact_path`)."""
-    if path is None:
-        path = artifact_path(graph)
-    if path.exists():
-        try:
-            return session.compile(str(path))
-        except Exception:  # an unreadable artifact (a damaged disk, a copied cache) is compiled again
-            with contextlib.suppress(OSError):
-                path.unlink()
+    built with `module=`, or what builds one of them when it must be compiled (then with `paths`, as
+    a Module must be: its `artifact_paths`, the first where this process writes)."""
+    if paths is None:
+        paths = artifact_paths(graph)
+    for path in paths:
+        if path.exists():
+            try:
+                return session.compile(str(path))
+            except Exception:  # an unreadable artifact (a damaged disk, a copied cache) is compiled again
+                with contextlib.suppress(OSError):
+                    path.unlink()
     unit = graph if isinstance(graph, Graph | Module) else graph()
     # a Module's graphs call the kernel package too, but only a Graph names it to the session itself
     compiled = session.compile(unit, custom_extensions=[kernel_library()] if isinstance(unit, Module) else None)
     try:
-        _export(compiled, path)
+        _export(compiled, paths[0])
     except Exception as error:  # a read-only or full cache: the next process compiles again
         name = unit.name if isinstance(unit, Graph) else "+".join(unit.top_level_graph_names())
         warnings.warn(f"could not keep the compiled graph {name} on disk: {error}", stacklevel=2)

@@ -17,7 +17,7 @@ from max import driver
 from max.dtype import DType
 from max.graph import DeviceRef, TensorType, TensorValue, Weight, ops
 
-from ..registry import cpu_flags
+from ..registry import cpu_flags, cpu_level
 from .weights import bfloat16_bits, quantize_int4_groups, quantize_int8
 
 LN_EPS = 1e-5
@@ -440,12 +440,16 @@ def start_kernel_library() -> None:
 
 @functools.cache
 def cpu_target() -> str:
-    """The CPU that MAX compiles our kernels for, set before the first compile: the host's (""), or
-    AMX_TARGET on a host with AMX. MAX names the host CPU by its model number, and a virtual machine
-    can report an older model than its features: the kernels would then compile without its
-    AVX512_BF16 (docs/design.md#the-cpu-target). A target set already is kept."""
-    if not driver.get_virtual_cpu_target() and {"amx_tile", "avx512_bf16", "avx512_vnni"} <= cpu_flags():
-        driver.set_virtual_cpu_target(AMX_TARGET)
+    """The CPU that MAX compiles our kernels for, set before the first compile: the host's (""), a
+    level's (`registry.use_cpu_level`), or AMX_TARGET on a host with AMX. MAX names the host CPU by its
+    model number, and a virtual machine can report an older model than its features: the kernels
+    would then compile without its AVX512_BF16 (docs/design.md#the-cpu-target). A target set already
+    is kept."""
+    if not driver.get_virtual_cpu_target():
+        if cpu_level():
+            driver.set_virtual_cpu_target(cpu_level())
+        elif {"amx_tile", "avx512_bf16", "avx512_vnni"} <= cpu_flags():
+            driver.set_virtual_cpu_target(AMX_TARGET)
     return driver.get_virtual_cpu_target()
 
 

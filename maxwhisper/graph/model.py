@@ -25,7 +25,7 @@ from max.graph import DeviceRef, Graph, Module
 from ..api import BackendError
 from ..checkpoint import Checkpoint, ModelDims
 from ..registry import BF16_MISSING, amx_permitted, bf16_attention_pays, has_bf16
-from .compiled import artifact_path, compile_cpu_graph, custom_ops_unchecked
+from .compiled import artifact_paths, compile_cpu_graph, custom_ops_unchecked
 from .decoder import (build_alignment_graph, build_batch_repeat_graph, build_cache_reorder_graph, build_decoder_graph,
                       build_token_step_graph, cache_shapes)
 from .encoder import build_encoder_graph
@@ -254,17 +254,17 @@ class MaxWhisper:
             with timer_slack(RUNTIME_THREAD_SLACK_NS):  # the thread MAX starts now polls less often
                 return graph.execute(*inputs)
 
-    def load_graph(self, graph, weights_registry: dict[str, np.ndarray], artifact: Path | None = None):
-        return self._loaded(graph, weights_registry, artifact)[graph.name]
+    def load_graph(self, graph, weights_registry: dict[str, np.ndarray]):
+        return self._loaded(graph, weights_registry)[graph.name]
 
-    def _loaded(self, graph, weights_registry: dict[str, np.ndarray], artifact: Path | None = None):
+    def _loaded(self, graph, weights_registry: dict[str, np.ndarray], artifacts: list[Path] | None = None):
         """The graphs of `graph` (as `compiled.compile_cpu_graph` takes it) compiled and bound to
         their weights, by name."""
         # MLIR's current context is per thread and only the main thread has one entered: the app
         # and its warm-up compile from worker threads
         with ensure_default_mlir_context():
             if self.device_ref.is_cpu():
-                compiled = compile_cpu_graph(self.session, graph, artifact)
+                compiled = compile_cpu_graph(self.session, graph, artifacts)
                 return self.session.init_all(compiled, weights_registry=weights_registry)
             return {graph.name: self.session.load(graph, weights_registry=weights_registry)}  # a GPU: a Graph
 
@@ -284,7 +284,7 @@ class MaxWhisper:
             graphs = [self.build(name, module)[0] for name in names]
             return module or graphs[0]
         registry = {key: array for _, weights in built for key, array in weights.items()}
-        models = self._loaded(checked, registry, artifact_path([graph for graph, _ in built]))
+        models = self._loaded(checked, registry, artifact_paths([graph for graph, _ in built]))
         return [models[graph.name] for graph, _ in built]
 
     def lazy_graph(self, name: str):
