@@ -2,8 +2,8 @@
 MAX's disk cache (`MODULAR_CACHE_DIR`, else ~/.cache/modular), so that a build step (a Space's or a
 Docker image's, a GPU box's setup) pays the compile once and a later process's first transcript
 compiles nothing. `--cpu-level` compiles for any CPU of an x86-64 level, for a cache built on
-another machine than the one that runs it. One line per compiled unit with its seconds. Exit 2 for a bad model, precision or
-device, said before anything compiles; 1 when a compile fails.
+another machine than the one that runs it. One line per compiled unit with its seconds. Exit 2 for
+a bad model, precision, device or level, said before anything compiles; 1 when a compile fails.
 """
 from __future__ import annotations
 
