@@ -1,6 +1,8 @@
 """The MAX model against openai-whisper on the same weights: components, then whole transcripts."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -723,6 +725,7 @@ def test_compiled_cpu_graphs_are_kept_on_disk_and_the_next_load_uses_them(tmp_pa
     from max.graph import DeviceRef, Graph, Module, TensorType
 
     from maxwhisper.graph import compiled
+    from maxwhisper.registry import CPU_LEVELS
 
     monkeypatch.setattr(compiled, "cache_folder", lambda: tmp_path)
 
@@ -733,9 +736,9 @@ def test_compiled_cpu_graphs_are_kept_on_disk_and_the_next_load_uses_them(tmp_pa
 
     session = InferenceSession(devices=[driver.CPU()])
     first = compiled.compile_cpu_graph(session, scale(2.0))
-    path = compiled.artifact_path(scale(2.0))  # the same graph built again: the same artifact
+    path = compiled.artifact_paths(scale(2.0))[0]  # the same graph built again: the same artifact
     assert path.parent == tmp_path / "graphs" and [p.name for p in path.parent.iterdir()] == [path.name]
-    assert compiled.artifact_path(scale(3.0)) != path  # another constant: another artifact
+    assert compiled.artifact_paths(scale(3.0))[0] != path  # another constant: another artifact
 
     compiles, compile = [], session.compile
     monkeypatch.setattr(session, "compile", lambda model, **kw: compiles.append(model) or compile(model, **kw))
@@ -757,14 +760,27 @@ def test_compiled_cpu_graphs_are_kept_on_disk_and_the_next_load_uses_them(tmp_pa
         return graph
 
     module = Module()  # two graphs compiled together: one artifact, found by both graphs' text
-    pair = compiled.artifact_path([offset(1.0, module), offset(2.0, module)])
+    pair = compiled.artifact_paths([offset(1.0, module), offset(2.0, module)])
     both = session.init_all(compiled.compile_cpu_graph(session, module, pair))
-    assert pair.exists() and pair != compiled.artifact_path([offset(1.0, None), offset(3.0, None)])
+    assert pair[0].exists() and pair[0] != compiled.artifact_paths([offset(1.0, None), offset(3.0, None)])[0]
     compiles.clear()
     loaded = session.init_all(compiled.compile_cpu_graph(session, lambda: 1 / 0, pair))  # not built again
-    assert compiles == [str(pair)]
+    assert compiles == [str(pair[0])]
     for models in (both, loaded):
         assert np.array_equal(models["offset_2"].execute(driver.Buffer.from_numpy(x))[0].to_numpy(), x + 2)
+
+    # a cache built for x86-64-v3 (`warm --cpu-level`), on a CPU with that level's flags: where this
+    # CPU's own artifact is missing, the level's is loaded, and a process with the level writes it there
+    monkeypatch.setattr(compiled, "host_cpu_flags", lambda: CPU_LEVELS["x86-64-v3"] | {"avx512f"})
+    host, level = compiled.artifact_paths(scale(2.0))
+    os.replace(host, level)
+    compiles.clear()
+    from_level = compiled.compile_cpu_graph(session, scale(2.0))
+    assert compiles == [str(level)] and not host.exists()
+    assert np.array_equal(session.init(from_level).execute(driver.Buffer.from_numpy(x))[0].to_numpy(), 2 * x)
+    monkeypatch.setattr(compiled, "cpu_level", lambda: "x86-64-v3")
+    monkeypatch.setattr(compiled, "cpu_target", lambda: "x86-64-v3")
+    assert compiled.artifact_paths(scale(2.0)) == [level]
 
     unwritable = tmp_path / "a file"  # a cache folder that cannot be written (even by root)
     unwritable.write_text("")
