@@ -43,6 +43,8 @@ def main(args: argparse.Namespace) -> int:
     if args.cpu_level:
         if args.device != "cpu" or not args.kernels:
             raise BackendError("--cpu-level compiles the CPU kernels' graphs: give it with --device cpu")
+        if "bf16" in args.precision:
+            raise BackendError("bf16 needs AVX512_BF16, which no x86-64 level has: warm bf16 without --cpu-level")
         use_cpu_level(args.cpu_level)  # before anything compiles
     if not args.model or not args.precision:
         raise BackendError("--model and --precision each need at least one name")

@@ -83,6 +83,7 @@ print(*(path.name for path in artifact_paths(graphs)))
     (["--device", "cpu", "--precision", "fp32,fp16"], "not fp16"),
     (["--precision", ","], "at least one"),
     (["--cpu-level", "x86-64-v3", "--device", "gpu"], "give it with --device cpu"),
+    (["--cpu-level", "x86-64-v3", "--device", "cpu", "--precision", "fp32,bf16"], "no x86-64 level has"),
 ])
 def test_warm_refuses_a_bad_model_or_precision_before_anything_compiles(capsys, monkeypatch, tmp_path, flags,
                                                                         message):
