@@ -51,11 +51,14 @@ def artifact_paths(graphs: Graph | Sequence[Graph]) -> list[Path]:
     level this CPU can run, the highest first (a cache that `maxwhisper warm --cpu-level` built on
     another machine)."""
     graphs = [graphs] if isinstance(graphs, Graph) else list(graphs)
+    name, texts = "+".join(g.name for g in graphs), [str(graph) for graph in graphs]
+    level_texts = [_COUNTER.sub("", text) for text in texts]
     if level := cpu_level():
-        return [_artifact_path(graphs, level, cpu_target())]
+        return [_artifact_path(name, level_texts, level, cpu_target())]
     host = host_cpu_flags()
-    levels = [name for name, flags in reversed(CPU_LEVELS.items()) if flags <= host]
-    return [_artifact_path(graphs, _cpu(), cpu_target()), *(_artifact_path(graphs, name, name) for name in levels)]
+    levels = [level for level, flags in reversed(CPU_LEVELS.items()) if flags <= host]
+    return [_artifact_path(name, texts, _cpu(), cpu_target()),
+            *(_artifact_path(name, level_texts, level, level) for level in levels)]
 
 
 # each graph's text ends with a counter of MAX's that differs between a process compiling for a level
@@ -64,12 +67,10 @@ def artifact_paths(graphs: Graph | Sequence[Graph]) -> list[Path]:
 _COUNTER = re.compile(r"\{counter = \d+ : i64\}")
 
 
-def _artifact_path(graphs: list[Graph], cpu: str, target: str) -> Path:
+def _artifact_path(name: str, texts: list[str], cpu: str, target: str) -> Path:
     digest = hashlib.sha256()
-    texts = (_COUNTER.sub("", str(graph)) if cpu in CPU_LEVELS else str(graph) for graph in graphs)
     for part in (importlib.metadata.version("max"), cpu, kernel_library().name, target, *texts):
         digest.update(part.encode() + b"\0")
-    name = "+".join(g.name for g in graphs)
     return cache_folder() / "graphs" / f"{name}_{digest.hexdigest()[:24]}.mef"
 
 
