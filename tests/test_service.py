@@ -430,12 +430,13 @@ def _live_race_in_session_slots(page, url: str, console: list[str], record_until
         for panel in panels.values():
             expect(panel.locator(".live-stats")).to_contain_text("stopped", timeout=180_000)
         heard = {b: panel.locator(".live-committed").inner_text() for b, panel in panels.items()}
-        print(f"live race under serve --ui: {heard}")
+        stats = {b: panel.locator(".live-stats").inner_text() for b, panel in panels.items()}
+        print(f"live race under serve --ui: {heard} {stats}")
         # committed words, not the exact sentence: the fake microphone's file may be playing before the
         # recording starts, and while the service's 2 cores compute the browser's audio has gaps, the
         # same for both implementations; test_realtime_service streams jfk whole through these updates
         for text in heard.values():
-            assert len(normalize(text).split()) >= 3, heard
+            assert len(normalize(text).split()) >= 3, (heard, stats)
         again, created = _realtime_socket(url)  # the race's slot is free again
         sockets.append(again)
         assert created["type"] == "session.created", created
