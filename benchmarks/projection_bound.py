@@ -21,18 +21,15 @@ from __future__ import annotations
 
 import argparse
 import itertools
-from dataclasses import asdict
 
 import numpy as np
-import torch
 import whisper
-from whisper.model import ModelDimensions, Whisper
 from whisper.tokenizer import get_tokenizer
 
 from maxwhisper.audio import load_audio
 from maxwhisper.bench.clips import audio_dir
 from maxwhisper.bench.machine import machine_info
-from maxwhisper.checkpoint import load_checkpoint
+from maxwhisper_baselines.openai_backend import OpenAITranscriber
 
 FORMATS = ((8, 384), (8, 64), (6, 32), (4, 64))  # (bits, weights per scale)
 SPANS = (0, 4, 8)  # logits below the largest lower bound down to which the second pass computes exactly
@@ -42,14 +39,11 @@ UNIT = 2.0 ** -24  # float32's unit roundoff
 def final_activations(clip: str) -> tuple[np.ndarray, np.ndarray]:
     """openai-whisper's greedy transcript of the clip: the last position's final layer-norm output of
     every decoder call [steps, d], and the tied projection's rows [n_vocab, d]."""
-    ckpt = load_checkpoint("tiny.en")
-    net = Whisper(ModelDimensions(**asdict(ckpt.dims)))
-    net.load_state_dict({k: torch.from_numpy(v) for k, v in ckpt.state.items()}, strict=True)
-    net.eval()
+    net = OpenAITranscriber("tiny.en", device="cpu").net
     seen = []
     net.decoder.ln.register_forward_hook(lambda module, args, out: seen.append(out[:, -1].detach().numpy().copy()))
     whisper.transcribe(net, load_audio(str(audio_dir() / clip)), fp16=False, temperature=0.0)
-    return np.concatenate(seen).astype(np.float32), ckpt.state["decoder.token_embedding.weight"].astype(np.float32)
+    return np.concatenate(seen).astype(np.float32), net.decoder.token_embedding.weight.detach().numpy().astype(np.float32)
 
 
 def logsumexp(v: np.ndarray) -> float:
