@@ -700,22 +700,43 @@ def test_few_row_linear_is_used_only_where_the_kernel_fits():
     assert not few_row_linear_fits(5128) and not few_row_linear_fits(100)  # above its buffer; not 8-aligned
 
 
-def test_kernel_library_is_compiled_once_and_a_broken_kernel_is_a_clear_error(tmp_path, monkeypatch):
+def test_kernel_library_copies_the_shipped_package_and_a_broken_kernel_is_a_clear_error(tmp_path, monkeypatch):
     from maxwhisper.graph import layers
 
+    compile_kernels = layers.compile_kernels
+
+    def compiled(package):
+        raise AssertionError("the shipped package was compiled again")
+    monkeypatch.setattr(layers, "compile_kernels", compiled)
     monkeypatch.setenv("MODULAR_CACHE_DIR", str(tmp_path / "cache"))
     package = layers.kernel_library()
-    assert package.exists() and package.parent == tmp_path / "cache" / "maxwhisper"
-    assert layers.kernel_library() == package and list(package.parent.iterdir()) == [package]
+    assert package.parent == tmp_path / "cache" / "maxwhisper" and list(package.parent.iterdir()) == [package]
+    assert package.read_bytes() == (layers.SHIPPED_KERNELS / package.name).read_bytes()
+    assert layers.kernel_library() == package
 
+    monkeypatch.setattr(layers, "compile_kernels", compile_kernels)
     broken = tmp_path / "kernels"
     broken.mkdir()
     (broken / "__init__.mojo").write_text("")
     (broken / "attention.mojo").write_text("def oops(:\n")
     monkeypatch.setattr(layers, "KERNELS", broken)
     with pytest.raises(RuntimeError, match="compiling the Mojo kernels"):
-        layers.kernel_library()
+        layers.kernel_library()  # no package shipped for these sources: compiled, and refused
     assert sorted(p.name for p in package.parent.iterdir()) == [package.name]  # no staging folder left
+
+
+def test_the_shipped_kernel_package_is_what_the_kernels_compile_to(tmp_path):
+    """The package shipped with the code is the only one there, named for these kernels and this
+    compiler, and is byte for byte what compiling them gives: a kernel changed without shipping its
+    package again fails here."""
+    from maxwhisper.graph import layers
+
+    again = ("the kernels changed: ship their package again with python -c 'from maxwhisper.graph.layers "
+             "import ship_kernel_library; ship_kernel_library()'")
+    assert [p.name for p in layers.SHIPPED_KERNELS.glob("*.mojoc")] == [layers.kernel_package_name()], again
+    fresh = tmp_path / layers.kernel_package_name()
+    layers.compile_kernels(fresh)
+    assert fresh.read_bytes() == (layers.SHIPPED_KERNELS / fresh.name).read_bytes(), again
 
 
 def test_compiled_cpu_graphs_are_kept_on_disk_and_the_next_load_uses_them(tmp_path, monkeypatch):

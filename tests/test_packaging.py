@@ -123,8 +123,8 @@ def test_setup_gpu_says_what_is_missing_before_installing_anything(tmp_path):
 
 
 def test_the_wheel_holds_the_package_under_names_of_its_own(tmp_path):
-    """No generic top-level name (`baselines`, `showcase`) in site-packages; the Mojo kernels, the
-    vocabularies and the entry points are in the wheel. Built from a copy of the checkout, so that the
+    """No generic top-level name (`baselines`, `showcase`) in site-packages; the Mojo kernels and their
+    compiled package, the vocabularies and the entry points are in the wheel. Built from a copy of the checkout, so that the
     build leaves nothing in it."""
     import shutil
 
@@ -139,6 +139,8 @@ def test_the_wheel_holds_the_package_under_names_of_its_own(tmp_path):
                                                f"{wheel.name.split('-py')[0]}.dist-info"}
     kernels = {Path(n).name for n in names if n.startswith("maxwhisper/graph/kernels/")}
     assert kernels == {p.name for p in (ROOT / "maxwhisper" / "graph" / "kernels").glob("*.mojo")}
+    shipped = {Path(n).name for n in names if n.startswith("maxwhisper/graph/prebuilt/")}
+    assert shipped == {p.name for p in (ROOT / "maxwhisper" / "graph" / "prebuilt").glob("*.mojoc")} != set()
     assert {"maxwhisper/assets/gpt2.tiktoken", "maxwhisper/assets/multilingual.tiktoken"} <= set(names)
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert re.search(r"^maxwhisper = maxwhisper.__main__:main$", entry_points, re.M)

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import importlib.metadata
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable
@@ -25,6 +26,7 @@ PANEL = 16  # columns per panel of `packed_linear` weights (NR in linear.mojo)
 INT4_GROUP = 64  # weights per scale of `vocab_projection_int4`'s 4-bit copy (G4 in vocab_projection.mojo)
 MACHINE_TILE = (0, 0)  # the CPU kernels' register tile as they pick it for the machine's vector width
 KERNELS = Path(__file__).parent / "kernels"  # Mojo custom ops (their source package)
+SHIPPED_KERNELS = Path(__file__).parent / "prebuilt"  # KERNELS compiled, shipped with the code (`ship_kernel_library`)
 AMX_TARGET = "sapphirerapids"  # LLVM's first CPU with AMX: every CPU with AMX has its features
 
 
@@ -429,6 +431,11 @@ def _kernels_digest(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def kernel_package_name() -> str:
+    """The package of `KERNELS` as this compiler makes it: named for their sources and the compiler."""
+    return f"kernels_{_kernels_digest(KERNELS)}.mojoc"
+
+
 _compiling = threading.Lock()  # one compile of the package at a time in a process (`start_kernel_library`)
 
 
@@ -455,30 +462,55 @@ def cpu_target() -> str:
 
 def kernel_library() -> Path:
     """`KERNELS` compiled to a Mojo package, once per source and compiler version, for a Graph's
-    `custom_extensions`: given the source folder, MAX recompiles it for every Graph. Sets `cpu_target`."""
+    `custom_extensions`: given the source folder, MAX recompiles it for every Graph. The package
+    shipped with the code (`SHIPPED_KERNELS`) is copied where it is the one these sources make: a new
+    machine does not compile it. Sets `cpu_target`."""
     cpu_target()
     cache = cache_folder()
-    package = cache / f"kernels_{_kernels_digest(KERNELS)}.mojoc"
+    package = cache / kernel_package_name()
     if package.exists():
         return package
     with _compiling:
         if not package.exists():
-            _compile_kernels(cache, package)
+            _place_kernels(cache, package)
     return package
 
 
-def _compile_kernels(cache: Path, package: Path) -> None:
-    from mojo.run import subprocess_run_mojo
-
-    # compiled under its final name (the compiler bakes it in) in a folder of this call's own
-    # (processes may race on a cold cache), then moved into place atomically
+def _place_kernels(cache: Path, package: Path) -> None:
+    # made under its final name (the compiler bakes it in) in a folder of this call's own (processes
+    # may race on a cold cache), then moved into place atomically
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="staging-", dir=cache) as staging:
         staged = Path(staging) / package.name
-        done = subprocess_run_mojo(["precompile", str(KERNELS), "-o", str(staged)], capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"compiling the Mojo kernels in {KERNELS} failed:\n{done.stderr[-2000:]}")
+        if (SHIPPED_KERNELS / package.name).exists():
+            shutil.copyfile(SHIPPED_KERNELS / package.name, staged)
+        else:
+            compile_kernels(staged)
         os.replace(staged, package)
+
+
+def compile_kernels(package: Path) -> None:
+    """`KERNELS` compiled to `package`. The compiler runs in their parent folder and is given their
+    folder's name: the package names its sources that way, so it is the same byte for byte wherever
+    the code lives, and the one shipped can be checked against the sources."""
+    from mojo.run import subprocess_run_mojo
+
+    done = subprocess_run_mojo(["precompile", KERNELS.name, "-o", str(package.resolve())], cwd=KERNELS.parent,
+                               capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"compiling the Mojo kernels in {KERNELS} failed:\n{done.stderr[-2000:]}")
+
+
+def ship_kernel_library() -> Path:
+    """`KERNELS` compiled into `SHIPPED_KERNELS`, in place of the package shipped before (after
+    changing a kernel: tests/test_max_model.py checks the shipped package against the sources)."""
+    package = SHIPPED_KERNELS / kernel_package_name()
+    SHIPPED_KERNELS.mkdir(exist_ok=True)
+    compile_kernels(package)
+    for old in SHIPPED_KERNELS.glob("*.mojoc"):
+        if old != package:
+            old.unlink()
+    return package
 
 
 def encoder_attention(qkv: TensorValue, n_head: int, tile: tuple[int, int] = MACHINE_TILE,
