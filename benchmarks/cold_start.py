@@ -3,6 +3,8 @@ runs it, first with an empty compile cache (a new `MODULAR_CACHE_DIR`: MAX's com
 Mojo kernel package and the exported graphs all live there), then again with the cache that run
 left (the warm start). With `--prebuilt LEVEL`, a third start: on a cache that `maxwhisper warm
 --cpu-level LEVEL` built (as an image's build step would, on whatever machine), its build timed too.
+Beside them, MAX's floor: a process that compiles a graph of one reshape on an empty cache, the least
+any first compile costs on this machine (docs/design.md#start-up).
 
     .venv/bin/python benchmarks/cold_start.py [--checkout LABEL=PATH ...] [--precisions fp32]
         [--prebuilt x86-64-v3] [--audio ../shared/audio/jfk.flac] [--out benchmarks/results]
@@ -39,14 +41,42 @@ def timed_transcribe(checkout: Path, audio: Path, precision: str, cache: Path) -
 def timed_maxwhisper(checkout: Path, cache: Path, *args: str) -> dict:
     """One `python -m maxwhisper ARGS` process in `checkout` with `cache` as its compile cache."""
     env = {**os.environ, "MODULAR_CACHE_DIR": str(cache), "MODULAR_TELEMETRY_ENABLED": "0"}
+    return timed(lambda: subprocess.run([sys.executable, "-m", "maxwhisper", *args], cwd=checkout, env=env,
+                                        capture_output=True, text=True, check=False), f"{args[0]} in {checkout}")
+
+
+# a graph of one reshape compiled on an empty cache: what MAX's compile costs whatever the graph
+FLOOR = """
+from max import driver
+from max.dtype import DType
+from max.engine import InferenceSession
+from max.graph import DeviceRef, Graph, TensorType, ops
+with Graph("floor", input_types=[TensorType(DType.float32, [4], DeviceRef.CPU())]) as graph:
+    graph.output(ops.reshape(graph.inputs[0], [2, 2]))
+InferenceSession(devices=[driver.CPU()]).load(graph)
+"""
+
+
+def timed_floor() -> dict:
+    """One process compiling `FLOOR` with a new empty cache."""
+    cache = Path(tempfile.mkdtemp(prefix="cold-start-"))
+    try:
+        env = {**os.environ, "MODULAR_CACHE_DIR": str(cache), "MODULAR_TELEMETRY_ENABLED": "0"}
+        return timed(lambda: subprocess.run([sys.executable, "-c", FLOOR], env=env, capture_output=True, text=True,
+                                            check=False), "MAX's floor")
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def timed(run, what: str) -> dict:
+    """Wall and CPU seconds of `run` (a child process), its standard output as text."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "maxwhisper", *args], cwd=checkout, env=env, capture_output=True,
-                          text=True, check=False)
+    done = run()
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
-        raise RuntimeError(f"{args[0]} failed in {checkout}:\n{done.stderr[-2000:]}")
+        raise RuntimeError(f"{what} failed:\n{done.stderr[-2000:]}")
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "text": done.stdout.strip()}
 
@@ -62,6 +92,8 @@ def main() -> None:
     args = parser.parse_args()
     checkouts = dict(c.split("=", 1) for c in args.checkout) or {"this": str(ROOT)}
     machine = machine_info()
+    floor = timed_floor()
+    print(f"MAX's floor: {floor['wall_s']} s ({floor['cpu_s']} CPU s)", flush=True)
     runs = []
     for label, path in checkouts.items():
         for precision in args.precisions.split(","):
@@ -88,7 +120,7 @@ def main() -> None:
             runs.append(run)
     command = "python benchmarks/cold_start.py " + " ".join(sys.argv[1:])
     result = {"command": command.strip(), "audio": args.audio.name, "machine": machine, "versions": versions(),
-              "runs": runs}
+              "floor": {"wall_s": floor["wall_s"], "cpu_s": floor["cpu_s"]}, "runs": runs}
     name = f"cold-start-{device_tag('cpu', machine)}-tiny.en"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -97,7 +129,8 @@ def main() -> None:
              f"`{result['command']}`", "",
              f"CPU: {machine['cpu']} ({machine['cpu_family_model']}), {machine['vector_isa']}, "
              f"{machine['cores']} cores; MAX {result['versions'].get('max')}; load average at the start "
-             f"{machine['load_average']}.", "",
+             f"{machine['load_average']}. MAX's floor (a graph of one reshape compiled on an empty cache): "
+             f"{floor['wall_s']} s ({floor['cpu_s']} CPU s).", "",
              "| checkout | precision | cold s | cold CPU s | warm s | warm CPU s |"
              + (f" {args.prebuilt} build s | on it s | on it CPU s | same transcript |" if args.prebuilt else "")
              + " transcript |", "|---" * (7 + 4 * bool(args.prebuilt)) + "|"]
