@@ -7,7 +7,7 @@ Beside them, MAX's floor: a process that compiles a graph of one reshape on an e
 any first compile costs on this machine (docs/design.md#start-up).
 
     .venv/bin/python benchmarks/cold_start.py [--checkout LABEL=PATH ...] [--precisions fp32]
-        [--prebuilt x86-64-v3] [--audio ../shared/audio/jfk.flac] [--out benchmarks/results]
+        [--prebuilt x86-64-v3] [--rounds 1] [--audio ../shared/audio/jfk.flac] [--out benchmarks/results]
 
 Each checkout (default: this one, labelled "this") runs with its own code from its folder, so a
 change can be compared with the code before it. Per run: wall seconds, CPU seconds (the child's
@@ -81,12 +81,35 @@ def timed(run, what: str) -> dict:
     return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "text": done.stdout.strip()}
 
 
+def starts(checkout: Path, audio: Path, precision: str, prebuilt: str | None) -> dict:
+    """A cold start and a warm one of `checkout`'s code; with `prebuilt`, a cache built for that level
+    and a start on it."""
+    times = {}
+    cache = Path(tempfile.mkdtemp(prefix="cold-start-"))
+    try:
+        times["cold"] = timed_transcribe(checkout, audio, precision, cache)
+        times["warm"] = timed_transcribe(checkout, audio, precision, cache)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    if prebuilt:
+        cache = Path(tempfile.mkdtemp(prefix="cold-start-"))
+        try:
+            times["build"] = timed_maxwhisper(checkout, cache, "warm", "--cpu-level", prebuilt, "--device", "cpu",
+                                              "--precision", precision)
+            times["prebuilt"] = timed_transcribe(checkout, audio, precision, cache)
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkout", action="append", default=[], metavar="LABEL=PATH",
                         help="a checkout whose code runs, labelled (default: this=this checkout)")
     parser.add_argument("--precisions", default="fp32", help="comma-separated (default: fp32)")
     parser.add_argument("--prebuilt", metavar="LEVEL", help="also start on a cache `warm --cpu-level LEVEL` built")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="every checkout and precision in turn, this many times (a machine's speed drifts)")
     parser.add_argument("--audio", type=Path, default=ROOT.parent / "shared" / "audio" / "jfk.flac")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
@@ -95,29 +118,14 @@ def main() -> None:
     floor = timed_floor()
     print(f"MAX's floor: {floor['wall_s']} s ({floor['cpu_s']} CPU s)", flush=True)
     runs = []
-    for label, path in checkouts.items():
-        for precision in args.precisions.split(","):
-            checkout, audio = Path(path).resolve(), args.audio.resolve()
-            cache = Path(tempfile.mkdtemp(prefix="cold-start-"))
-            try:
-                run = {"checkout": label, "precision": precision,
-                       "cold": timed_transcribe(checkout, audio, precision, cache),
-                       "warm": timed_transcribe(checkout, audio, precision, cache)}
-            finally:
-                shutil.rmtree(cache, ignore_errors=True)
-            print(f"{label} {precision}: cold {run['cold']['wall_s']} s ({run['cold']['cpu_s']} CPU s), "
-                  f"warm {run['warm']['wall_s']} s ({run['warm']['cpu_s']} CPU s)", flush=True)
-            if args.prebuilt:
-                cache = Path(tempfile.mkdtemp(prefix="cold-start-"))
-                try:
-                    run["build"] = timed_maxwhisper(checkout, cache, "warm", "--cpu-level", args.prebuilt, "--device",
-                                                    "cpu", "--precision", precision)
-                    run["prebuilt"] = timed_transcribe(checkout, audio, precision, cache)
-                finally:
-                    shutil.rmtree(cache, ignore_errors=True)
-                print(f"{label} {precision}: built for {args.prebuilt} in {run['build']['wall_s']} s, then "
-                      f"{run['prebuilt']['wall_s']} s ({run['prebuilt']['cpu_s']} CPU s)", flush=True)
-            runs.append(run)
+    for round_ in range(1, args.rounds + 1):
+        for label, path in checkouts.items():
+            for precision in args.precisions.split(","):
+                runs.append({"round": round_, "checkout": label, "precision": precision,
+                             **starts(Path(path).resolve(), args.audio.resolve(), precision, args.prebuilt)})
+                print(f"round {round_}, {label} {precision}: " + ", ".join(
+                    f"{kind} {t['wall_s']} s ({t['cpu_s']} CPU s)" for kind, t in runs[-1].items()
+                    if isinstance(t, dict)), flush=True)
     command = "python benchmarks/cold_start.py " + " ".join(sys.argv[1:])
     result = {"command": command.strip(), "audio": args.audio.name, "machine": machine, "versions": versions(),
               "floor": {"wall_s": floor["wall_s"], "cpu_s": floor["cpu_s"]}, "runs": runs}
@@ -131,14 +139,15 @@ def main() -> None:
              f"{machine['cores']} cores; MAX {result['versions'].get('max')}; load average at the start "
              f"{machine['load_average']}. MAX's floor (a graph of one reshape compiled on an empty cache): "
              f"{floor['wall_s']} s ({floor['cpu_s']} CPU s).", "",
-             "| checkout | precision | cold s | cold CPU s | warm s | warm CPU s |"
+             "| round | checkout | precision | cold s | cold CPU s | warm s | warm CPU s |"
              + (f" {args.prebuilt} build s | on it s | on it CPU s | same transcript |" if args.prebuilt else "")
-             + " transcript |", "|---" * (7 + 4 * bool(args.prebuilt)) + "|"]
+             + " transcript |", "|---" * (8 + 4 * bool(args.prebuilt)) + "|"]
     for r in runs:
         prebuilt = (f" {r['build']['wall_s']} | {r['prebuilt']['wall_s']} | {r['prebuilt']['cpu_s']} | "
                     f"{'yes' if r['prebuilt']['text'] == r['cold']['text'] else 'NO'} |") if args.prebuilt else ""
-        lines.append(f"| {r['checkout']} | {r['precision']} | {r['cold']['wall_s']} | {r['cold']['cpu_s']} | "
-                     f"{r['warm']['wall_s']} | {r['warm']['cpu_s']} |{prebuilt} {r['warm']['text'][:60]}... |")
+        lines.append(f"| {r['round']} | {r['checkout']} | {r['precision']} | {r['cold']['wall_s']} | "
+                     f"{r['cold']['cpu_s']} | {r['warm']['wall_s']} | {r['warm']['cpu_s']} |{prebuilt} "
+                     f"{r['warm']['text'][:60]}... |")
     (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
