@@ -81,6 +81,12 @@ def timed(run, what: str) -> dict:
     return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "text": done.stdout.strip()}
 
 
+def positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of at least 1, not {value!r}")
+    return int(value)
+
+
 def starts(checkout: Path, audio: Path, precision: str, prebuilt: str | None) -> dict:
     """A cold start and a warm one of `checkout`'s code; with `prebuilt`, a cache built for that level
     and a start on it."""
@@ -108,7 +114,7 @@ def main() -> None:
                         help="a checkout whose code runs, labelled (default: this=this checkout)")
     parser.add_argument("--precisions", default="fp32", help="comma-separated (default: fp32)")
     parser.add_argument("--prebuilt", metavar="LEVEL", help="also start on a cache `warm --cpu-level LEVEL` built")
-    parser.add_argument("--rounds", type=int, default=1,
+    parser.add_argument("--rounds", type=positive, default=1,
                         help="every checkout and precision in turn, this many times (a machine's speed drifts)")
     parser.add_argument("--audio", type=Path, default=ROOT.parent / "shared" / "audio" / "jfk.flac")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")

@@ -124,8 +124,8 @@ def test_setup_gpu_says_what_is_missing_before_installing_anything(tmp_path):
 
 def test_the_wheel_holds_the_package_under_names_of_its_own(tmp_path):
     """No generic top-level name (`baselines`, `showcase`) in site-packages; the Mojo kernels and their
-    compiled package, the vocabularies and the entry points are in the wheel. Built from a copy of the checkout, so that the
-    build leaves nothing in it."""
+    compiled package, the vocabularies and the entry points are in the wheel. Built from a copy of the
+    checkout, so that the build leaves nothing in it."""
     import shutil
 
     source = tmp_path / "source"

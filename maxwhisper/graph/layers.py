@@ -432,7 +432,7 @@ def _kernels_digest(folder: Path) -> str:
 
 
 def kernel_package_name() -> str:
-    """The package of `KERNELS` as this compiler makes it: named for their sources and the compiler."""
+    """The file name of `KERNELS`' compiled package: a digest of their sources and the compiler's version."""
     return f"kernels_{_kernels_digest(KERNELS)}.mojoc"
 
 
@@ -462,9 +462,9 @@ def cpu_target() -> str:
 
 def kernel_library() -> Path:
     """`KERNELS` compiled to a Mojo package, once per source and compiler version, for a Graph's
-    `custom_extensions`: given the source folder, MAX recompiles it for every Graph. The package
-    shipped with the code (`SHIPPED_KERNELS`) is copied where it is the one these sources make: a new
-    machine does not compile it. Sets `cpu_target`."""
+    `custom_extensions`: given the source folder, MAX recompiles it for every Graph. When the package
+    shipped with the code (`SHIPPED_KERNELS`) has this name, it is copied instead: a new machine does
+    not compile it. Sets `cpu_target`."""
     cpu_target()
     cache = cache_folder()
     package = cache / kernel_package_name()
@@ -477,8 +477,9 @@ def kernel_library() -> Path:
 
 
 def _place_kernels(cache: Path, package: Path) -> None:
-    # made under its final name (the compiler bakes it in) in a folder of this call's own (processes
-    # may race on a cold cache), then moved into place atomically
+    """`package` in `cache`: the shipped one copied, or the kernels compiled under the package's final
+    name (the compiler bakes it in), in a folder of this call's own (processes may race on a cold
+    cache), then moved into place atomically."""
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="staging-", dir=cache) as staging:
         staged = Path(staging) / package.name
@@ -491,8 +492,8 @@ def _place_kernels(cache: Path, package: Path) -> None:
 
 def compile_kernels(package: Path) -> None:
     """`KERNELS` compiled to `package`. The compiler runs in their parent folder and is given their
-    folder's name: the package names its sources that way, so it is the same byte for byte wherever
-    the code lives, and the one shipped can be checked against the sources."""
+    folder's name, so the package records its sources as `kernels/<file>.mojo`: it is the same byte
+    for byte wherever the code lives, and the one shipped can be checked against the sources."""
     from mojo.run import subprocess_run_mojo
 
     done = subprocess_run_mojo(["precompile", KERNELS.name, "-o", str(package.resolve())], cwd=KERNELS.parent,
