@@ -17,6 +17,7 @@ and .md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,9 +42,23 @@ def timed_transcribe(checkout: Path, audio: Path, precision: str, cache: Path) -
 
 def timed_maxwhisper(checkout: Path, cache: Path, *args: str) -> dict:
     """One `python -m maxwhisper ARGS` process in `checkout` with `cache` as its compile cache."""
-    env = {**os.environ, "MODULAR_CACHE_DIR": str(cache), "MODULAR_TELEMETRY_ENABLED": "0"}
-    return timed(lambda: subprocess.run([sys.executable, "-m", "maxwhisper", *args], cwd=checkout, env=env,
+    return timed(lambda: subprocess.run([sys.executable, "-m", "maxwhisper", *args], cwd=checkout, env=cache_env(cache),
                                         capture_output=True, text=True, check=False), f"{args[0]} in {checkout}")
+
+
+def cache_env(cache: Path) -> dict:
+    """This process's environment with `cache` as MAX's compile cache."""
+    return {**os.environ, "MODULAR_CACHE_DIR": str(cache), "MODULAR_TELEMETRY_ENABLED": "0"}
+
+
+@contextlib.contextmanager
+def empty_cache() -> Iterator[Path]:
+    """A new empty folder for a compile cache, removed afterwards."""
+    cache = Path(tempfile.mkdtemp(prefix="cold-start-"))
+    try:
+        yield cache
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 # a graph of one reshape compiled on an empty cache: what MAX's compile costs whatever the graph
@@ -59,13 +75,9 @@ InferenceSession(devices=[driver.CPU()]).load(graph)
 
 def timed_floor() -> dict:
     """One process compiling `FLOOR` with a new empty cache."""
-    cache = Path(tempfile.mkdtemp(prefix="cold-start-"))
-    try:
-        env = {**os.environ, "MODULAR_CACHE_DIR": str(cache), "MODULAR_TELEMETRY_ENABLED": "0"}
-        return timed(lambda: subprocess.run([sys.executable, "-c", FLOOR], env=env, capture_output=True, text=True,
-                                            check=False), "MAX's floor")
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
+    with empty_cache() as cache:
+        return timed(lambda: subprocess.run([sys.executable, "-c", FLOOR], env=cache_env(cache), capture_output=True,
+                                            text=True, check=False), "MAX's floor")
 
 
 def timed(run, what: str) -> dict:
@@ -91,20 +103,14 @@ def starts(checkout: Path, audio: Path, precision: str, prebuilt: str | None) ->
     """A cold start and a warm one of `checkout`'s code; with `prebuilt`, a cache built for that level
     and a start on it."""
     times = {}
-    cache = Path(tempfile.mkdtemp(prefix="cold-start-"))
-    try:
+    with empty_cache() as cache:
         times["cold"] = timed_transcribe(checkout, audio, precision, cache)
         times["warm"] = timed_transcribe(checkout, audio, precision, cache)
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
     if prebuilt:
-        cache = Path(tempfile.mkdtemp(prefix="cold-start-"))
-        try:
+        with empty_cache() as cache:
             times["build"] = timed_maxwhisper(checkout, cache, "warm", "--cpu-level", prebuilt, "--device", "cpu",
                                               "--precision", precision)
             times["prebuilt"] = timed_transcribe(checkout, audio, precision, cache)
-        finally:
-            shutil.rmtree(cache, ignore_errors=True)
     return times
 
 
