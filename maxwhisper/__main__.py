@@ -29,6 +29,9 @@ from .formats import FORMATS, file_header, render
 
 EXIT_USER_ERROR = 2
 EXIT_FAILURE = 1
+# seconds of graphs compiled on first use during a file (which its time leaves out) worth a note;
+# loading a compiled graph from the cache takes well under this
+LAZY_COMPILE_NOTE_S = 1.0
 
 
 def info(message: str) -> None:
@@ -235,6 +238,7 @@ def run_transcribe(args: argparse.Namespace) -> int:
         return _failure(f"could not load {args.model} on {args.backend}", e)
     status, printed = 0, False
     for path in args.audio:
+        compile_before = getattr(transcriber, "compile_s", 0.0)
         try:
             result = transcriber.transcribe(read_audio(path, args.max_seconds), options)
         except AudioError as e:  # read_audio's: it names the file
@@ -251,6 +255,10 @@ def run_transcribe(args: argparse.Namespace) -> int:
         tm = result.timings
         info(f"{path}: {result.audio_s:.1f} s of audio in {tm.total_s:.2f} s ({result.rtfx:.1f}x real time), "
              f"language {result.language}")
+        lazy_compile_s = getattr(transcriber, "compile_s", 0.0) - compile_before
+        if lazy_compile_s >= LAZY_COMPILE_NOTE_S:
+            info(f"note: {path}: MAX compiled a graph on its first use ({lazy_compile_s:.1f} s, not in the time above; "
+                 "once per machine: `maxwhisper warm` compiles every graph ahead)")
         for call in result.close_calls:
             info(f"note: {path}: {call}")
         text = render(result, args.format, audio=path)

@@ -453,3 +453,27 @@ def test_bench_realtime_says_a_missing_backend_before_starting_ray(capsys, monke
     code, err = run_main(capsys, "bench", "--realtime", "--backends", "faster")
     assert code == 2 and err == ("error: backend 'faster' (" + BACKENDS["faster"].description + ") needs the "
                                  "'baselines' extra: pip install 'maxwhisper[baselines]'\n")
+
+
+class _CompilesOnFirstUse(_Lengths):
+    """`_Lengths` whose first transcription compiles a graph for 42 s (`compile_s` grows, as MAX's
+    does when its second window's prompt needs the step graph on a new machine)."""
+    compile_s = 3.0
+
+    def transcribe(self, audio, options):
+        if self.compile_s == 3.0:
+            self.compile_s += 42.0
+        return super().transcribe(audio, options)
+
+
+def test_a_graph_compiled_during_a_file_is_a_note_beside_its_time(capsys, monkeypatch, tmp_path):
+    """The time printed for a file leaves out a graph compiled on first use: a note says how long it
+    took and what does it ahead; the next file, which compiled nothing, gets none."""
+    import maxwhisper.__main__ as cli_main
+
+    first, second = _wav(tmp_path / "first.wav", np.full(4800, 0.5)), _wav(tmp_path / "second.wav", np.full(3200, 0.5))
+    monkeypatch.setattr(cli_main, "load_transcriber", lambda args, backend: _CompilesOnFirstUse())
+    assert cli_main.main(["transcribe", str(first), str(second)]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: {first}: MAX compiled a graph on its first use (42.0 s, not in the time above; "
+                     "once per machine: `maxwhisper warm` compiles every graph ahead)"], notes
