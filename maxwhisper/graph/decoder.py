@@ -170,27 +170,32 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, mod
                 return ops.buffer_load(caches[2 * i]), ops.buffer_load(caches[2 * i + 1])
             return store_and_load
 
-        def step_attention(mask: TensorValue | None, limit: TensorValue) -> Attend:
+        def step_attention(mask: TensorValue | None, limit: Callable[[], TensorValue]) -> Attend:
             """With the step kernels, a one-row call (every step after the prompt) runs
             `few_row_attention`; a prompt runs q @ K^T, softmax, @ V, which MAX fuses into its
-            CPU flash attention. In the portable plan every call runs `masked_attention`."""
+            CPU flash attention. With the token step graph, which takes every one-row call, the
+            graph runs prompts only: no `ops.cond`, whose two branches both compile. In the
+            portable plan every call runs `masked_attention`."""
             if not use_kernel:
                 return masked_attention(mask)
-            one_row = ops.equal(dim_value(n), ops.constant(1, DType.int64, device=dev))
 
             def prompt(q, k, v_t):
                 return attention(q, ops.transpose(k, -1, -2), ops.transpose(v_t, -1, -2), mask)
+            if plan.token_step:
+                return prompt
+            one_row = ops.equal(dim_value(n), ops.constant(1, DType.int64, device=dev))
+            keys = limit()
             return lambda q, k, v_t: ops.cond(
                 one_row, [TensorType(q.dtype, q.shape, device=dev)],
-                lambda: few_row_attention(q, k, v_t, limit), lambda: prompt(q, k, v_t))[0]
+                lambda: few_row_attention(q, k, v_t, keys), lambda: prompt(q, k, v_t))[0]
 
         def int8_cross_attention(i: int) -> Attend:
             """Layer i's cross-attention over the int8 keys and values as they are (`cross_attention_int8`)."""
             return lambda q, k, v_t: cross_attention_int8(q, k, v_t, cross[2][i], cross[3][i])
 
-        self_attend = step_attention(mask, positions + 1)
+        self_attend = step_attention(mask, lambda: positions + 1)
         if not plan.cross_int8:
-            cross_attend = step_attention(None, ops.broadcast_to(dim_value(cross_k.shape[3]).reshape([1]), [n]))
+            cross_attend = step_attention(None, lambda: ops.broadcast_to(dim_value(cross_k.shape[3]).reshape([1]), [n]))
         for i in range(L):
             x = decoder_block(w, f"decoder.blocks.{i}", dims, x, cached(i), self_attend,
                               int8_cross_attention(i) if plan.cross_int8 else cross_attend,
