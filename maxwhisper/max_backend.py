@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -45,6 +45,11 @@ class MaxTranscriber:
     def compile_s(self) -> float:
         """Grows when a graph compiled on first use (word timestamps, beam search) joins."""
         return self.net.compile_s
+
+    def compile_rest(self) -> Iterator[tuple[str, float]]:
+        """Every graph not compiled at load, compiled now or loaded from the cache: its name and
+        seconds as each is ready (`graph.model.MaxWhisper.compile_rest`)."""
+        return self.net.compile_rest()
 
     def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
                    progress: Callable[[float], None] | None = None,

@@ -170,15 +170,20 @@ def create_transcriber(backend: str, model: str = "tiny.en", device: str = "auto
                                                              threads=threads, **options)
 
 
-def create_warmed_up(backend: str, **kwargs) -> Transcriber:
+def create_warmed_up(backend: str, every_graph: bool = False, **kwargs) -> Transcriber:
     """`create_transcriber`, then one transcription of 1 s of silence, so that no implementation's
     first-call costs land in a timed transcription (the app's models, the service's replicas); a
     failure of that transcription is raised. MAX's first graph call also gives the thread its runtime
-    starts a coarse timer slack (`graph.model.timer_slack`)."""
+    starts a coarse timer slack (`graph.model.timer_slack`). every_graph: MAX's graphs that the
+    silence did not need too (a prompt with earlier text, a live stream's draft, word timestamps,
+    beams), compiled now or loaded from the cache, so that no later call waits for one."""
     import numpy as np
 
     from .audio import SAMPLE_RATE
 
     transcriber = create_transcriber(backend, **kwargs)
     transcriber.transcribe(np.zeros(SAMPLE_RATE, np.float32))
+    if every_graph and hasattr(transcriber, "compile_rest"):
+        for name, seconds in transcriber.compile_rest():
+            logging.getLogger(__name__).info("%s %s: %s ready in %.1f s", backend, transcriber.model, name, seconds)
     return transcriber

@@ -95,6 +95,22 @@ class ModelCache:
         thread.start()
         return thread
 
+    def compile_rest(self) -> None:
+        """Every loaded model's graphs that its warm-up did not need, one model at a time (MAX's step
+        graph for a prompt with earlier text and a live stream's drafts, word timestamps', beams'),
+        so that a long upload, a live stream's second update or a beam search waits for none. The
+        model answers meanwhile, its state reading "loading", so a run beside it says it shared the CPU."""
+        for key, transcriber in list(self._loaded.items()):
+            if not hasattr(transcriber, "compile_rest"):
+                continue
+            self._state[key] = ("loading", time.monotonic())
+            try:
+                for name, seconds in transcriber.compile_rest():
+                    log.info("%s: %s ready in %.1f s", "/".join(key), name, seconds)
+            except Exception:  # noqa: BLE001 - the graph's first use compiles it again and says what fails
+                log.exception("compiling the other graphs of %s failed", key)
+            self._state[key] = ("ready", load_text(transcriber.load_s, transcriber.compile_s))
+
     def busy(self) -> bool:
         return any(state == "loading" for state, _ in list(self._state.values()))
 

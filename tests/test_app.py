@@ -679,6 +679,28 @@ def test_model_cache_does_not_keep_a_failed_load():
     assert cache.get("max", "tiny.en", "cpu").backend == "max" and len(attempts) == 2
 
 
+def test_compile_rest_readies_each_model_s_other_graphs_saying_it_loads_meanwhile():
+    """`ModelCache.compile_rest` (after the app's warm-up): each loaded model with graphs its warm-up
+    did not need compiles them while it still answers, its state "loading" meanwhile (so a run beside
+    it says the CPU was shared), "ready" after, also when a compile fails; the others are untouched."""
+    seen = []
+
+    class WithGraphs(FakeTranscriber):
+        def compile_rest(self):
+            seen.append((self.backend, cache.busy(), cache.get(self.backend, "fake", "cpu") is self))
+            yield "decoder_step", 1.5
+            if self.text == "fails":
+                raise RuntimeError("no memory")
+
+    made = {"max": WithGraphs("max"), "faster": FakeTranscriber("faster"), "openai": WithGraphs("openai", "fails")}
+    cache = ModelCache(lambda backend, **kw: made[backend])
+    for backend in made:
+        cache.get(backend, "fake", "cpu")
+    cache.compile_rest()
+    assert seen == [("max", True, True), ("openai", True, True)]  # faster has none
+    assert not cache.busy() and cache.status().count("✓") == 3, cache.status()
+
+
 def test_a_failed_warm_up_is_a_failed_load(monkeypatch):
     monkeypatch.setattr(maxwhisper.registry, "create_transcriber",
                         lambda backend, **kw: FakeTranscriber(backend, error=RuntimeError("no kernel")))

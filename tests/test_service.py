@@ -553,10 +553,11 @@ def test_the_serve_command_answers_the_openai_client_and_stops_on_ctrl_c(tmp_pat
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
 
 
-def test_a_replica_warms_up_as_the_app_s_models_do(monkeypatch):
+def test_a_replica_warms_up_as_the_app_s_models_do_and_compiles_every_graph(monkeypatch):
     """Before its first request a model replica's transcriber has had the app's untimed first call
     (`registry.create_warmed_up`: one transcription of 1 s of silence), so that no first-call cost
-    lands in the first comparison of `serve --ui`."""
+    lands in the first comparison of `serve --ui`; a replica has also had every graph a request may
+    need compiled (`compile_rest`), where the app's model has not (its MAX answers sooner)."""
     import maxwhisper.registry
     from maxwhisper.service.deployments import ModelServer
     from showcase.transcriptions import LocalTranscriptions
@@ -565,7 +566,7 @@ def test_a_replica_warms_up_as_the_app_s_models_do(monkeypatch):
 
     class Recorder:
         load_s = compile_s = 0.0
-        device = "cpu"
+        device, model = "cpu", "tiny.en"
 
         def __init__(self, backend):
             self.backend = backend
@@ -573,11 +574,16 @@ def test_a_replica_warms_up_as_the_app_s_models_do(monkeypatch):
         def transcribe(self, audio, *args, **kwargs):
             heard.append((self.backend, len(audio), float(np.abs(audio).max())))
 
+        def compile_rest(self):
+            heard.append("compile_rest")
+            yield "decoder_step", 1.0
+
     monkeypatch.setattr(maxwhisper.registry, "create_transcriber", lambda backend, **kw: Recorder(backend))
     server = ModelServer("faster", "tiny.en", "cpu", "fp32", 1)
     server.pool.shutdown()
+    assert heard == [("faster", 16000, 0.0), "compile_rest"]
     LocalTranscriptions().models.get("faster", "tiny.en", "cpu")  # the app's
-    assert heard == [("faster", 16000, 0.0)] * 2
+    assert heard == [("faster", 16000, 0.0), "compile_rest", ("faster", 16000, 0.0)]
 
 
 def test_replicas_that_ray_has_no_room_for_are_refused_with_what_to_change():

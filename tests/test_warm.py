@@ -117,3 +117,17 @@ def test_a_cpu_level_answers_for_the_flags_the_plans_read(monkeypatch):
     registry.use_cpu_level("x86-64-v3")
     assert registry.cpu_level() == "x86-64-v3" and registry.cpu_flags() == registry.CPU_LEVELS["x86-64-v3"]
     assert not registry.has_bf16() and not registry.bf16_attention_pays()
+
+
+def test_a_model_warmed_up_with_every_graph_compiles_nothing_on_first_use():
+    """`registry.create_warmed_up(every_graph=True)`, as a service replica starts: every graph of the
+    plan is ready before the first request (a prompt with earlier text, word timestamps and beams
+    then compile nothing), and its compile time is counted in `compile_s`."""
+    from maxwhisper.graph.model import graph_names
+    from maxwhisper.registry import create_warmed_up
+
+    t = create_warmed_up("max", every_graph=True, model="tiny.en", device="cpu")
+    assert set(t.net.graphs) == set(graph_names(t.net.plan)) and len(t.net.graphs) == len(UNITS) + 1
+    compiled = t.compile_s
+    assert list(t.compile_rest()) == []
+    assert t.compile_s == compiled

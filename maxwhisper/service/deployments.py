@@ -90,8 +90,9 @@ class ModelServer:
             _replica_grpc_on_loopback()
         start = time.perf_counter()
         options = {"max_batch": max_batch} if backend == "max" else {}
-        # first-call costs stay out of the requests, as the app's models warm up
-        self.transcriber = create_warmed_up(backend, model=model, device=device, precision=precision, **options)
+        # first-call costs stay out of the requests: the app's warm-up, and every graph a request may need
+        self.transcriber = create_warmed_up(backend, every_graph=True, model=model, device=device, precision=precision,
+                                            **options)
         self.pool = ThreadPoolExecutor(max_batch, thread_name_prefix="transcribe")
         self.windows = 0  # realtime stream updates taken
         self.loaded_s = time.perf_counter() - start
