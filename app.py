@@ -48,17 +48,15 @@ def main(argv: list[str] | None = None) -> None:
     models, device = choices.models, choices.default_device
     checks = checks_tab.ComponentChecks(transcriptions.turns)
     if args.warm_up and models:
-        # MAX last: the baselines load in seconds and answer while MAX compiles; then the Live tab's
-        # racers (MAX from the compile cache by then); then MAX's graphs that a first window does not need
+        # MAX last: the baselines load in seconds and answer while MAX compiles; then MAX's graphs that a
+        # first window does not need; then the Live tab's racers (MAX's graphs from the compile cache by then)
         backends = sorted(choices.backends, key=lambda b: b == "max")
 
-        def compile_rest() -> None:
+        def then() -> None:
             transcriptions.models.compile_rest()
-            transcriptions.stream_models.compile_rest()
-        transcriptions.models.warm_up(
-            [(b, models[0], device) for b in backends],
-            then=lambda: transcriptions.stream_models.warm_up([(b, models[0], device) for b in RACERS
-                                                               if b in backends], then=compile_rest))
+            transcriptions.stream_models.warm_up([(b, models[0], device) for b in RACERS if b in backends],
+                                                 then=transcriptions.stream_models.compile_rest)
+        transcriptions.models.warm_up([(b, models[0], device) for b in backends], then=then)
     demo = build_demo(transcriptions, args.max_seconds, checks)
     demo.queue(default_concurrency_limit=1, max_size=32)
     quiet_queue(demo)

@@ -88,7 +88,7 @@ class MaxTranscriber:
         audio = check_request(audio, options, backend="MAX", **model_limits(self.net))
         if audio.size == 0:
             return empty_result(self, options), ()
-        compile_before = self.compile_s
+        compile_before = self.net.compile_s_this_thread()
         start = time.perf_counter()
         if options.batch_size is not None:  # the log-Mel of each speech chunk is computed in the batched loop
             features_s, decoded = None, ()
@@ -102,7 +102,7 @@ class MaxTranscriber:
                              first_window_only=first_window_only, draft=draft, window_frames=window_frames)
             decoded = out.decoded
         # a graph compiled on first use during decoding is a one-time cost: count it in compile_s only
-        lazy_compile_s = self.compile_s - compile_before
+        lazy_compile_s = self.net.compile_s_this_thread() - compile_before
         total_s = time.perf_counter() - start - lazy_compile_s
         return TranscriptionResult(
             text=out.text, segments=out.segments, language=out.language,

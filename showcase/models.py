@@ -58,7 +58,8 @@ class ModelCache:
         self._lock = threading.Lock()
         self._key_locks: dict[tuple, threading.Lock] = {}
         self._loaded: dict[tuple, object] = {}
-        self._state: dict[tuple, tuple[str, float | str]] = {}  # key -> ("loading", t0) / ("ready"|"failed", text)
+        # key -> ("loading" | "compiling", t0) or ("ready" | "failed", text)
+        self._state: dict[tuple, tuple[str, float | str]] = {}
 
     def get(self, backend: str, model: str, device: str, precision: str = "fp32"):
         key = (backend, model, device, precision)
@@ -99,20 +100,21 @@ class ModelCache:
         """Every loaded model's graphs that its warm-up did not need, one model at a time (MAX's step
         graph for a prompt with earlier text and a live stream's drafts, word timestamps', beams'),
         so that a long upload, a live stream's second update or a beam search waits for none. The
-        model answers meanwhile, its state reading "loading", so a run beside it says it shared the CPU."""
+        model answers meanwhile, its state reading "compiling", so a run beside it says it shared the CPU."""
         for key, transcriber in list(self._loaded.items()):
             if not hasattr(transcriber, "compile_rest"):
                 continue
-            self._state[key] = ("loading", time.monotonic())
+            ready = self._state[key]
+            self._state[key] = ("compiling", time.monotonic())
             try:
                 for name, seconds in transcriber.compile_rest():
                     log.info("%s: %s ready in %.1f s", "/".join(key), name, seconds)
             except Exception:  # noqa: BLE001 - the graph's first use compiles it again and says what fails
                 log.exception("compiling the other graphs of %s failed", key)
-            self._state[key] = ("ready", load_text(transcriber.load_s, transcriber.compile_s))
+            self._state[key] = ready
 
     def busy(self) -> bool:
-        return any(state == "loading" for state, _ in list(self._state.values()))
+        return any(state in ("loading", "compiling") for state, _ in list(self._state.values()))
 
     def _load_times(self) -> dict[str, float]:
         try:
@@ -156,10 +158,11 @@ class ModelCache:
         """A few words on what loads now, the longest first ("MAX compiling graphs for tiny.en (42 s)…"),
         or a load that failed; "" when neither."""
         states = list(self._state.items())
-        loading = sorted((info, key) for key, (state, info) in states if state == "loading")
+        loading = sorted((info, key, state) for key, (state, info) in states if state in ("loading", "compiling"))
         if loading:
-            started, (backend, model, _, precision) = loading[0]
-            what = "compiling graphs" if backend == "max" else "loading"
+            started, (backend, model, _, precision), state = loading[0]
+            what = "compiling its other graphs" if state == "compiling" else \
+                "compiling graphs" if backend == "max" else "loading"
             more = f" (+{len(loading) - 1} more)" if len(loading) > 1 else ""
             return (f"{BACKENDS[backend].label} {what} for {model}{'' if precision == 'fp32' else ' ' + precision} "
                     f"({time.monotonic() - started:.0f} s)…{more}")
@@ -176,6 +179,9 @@ class ModelCache:
             if state == "loading":
                 parts.append(f"{name}: {self.loading_text(backend, model, device, precision)}, "
                              f"{time.monotonic() - info:.0f} s so far…")
+            elif state == "compiling":
+                parts.append(f"{name}: answers; compiling its other graphs (a long file's later windows, live "
+                             f"drafts, word timestamps, beams), {time.monotonic() - info:.0f} s so far…")
             elif state == "ready":
                 parts.append(f"✓ {name} ({info})")
             else:

@@ -679,15 +679,17 @@ def test_model_cache_does_not_keep_a_failed_load():
     assert cache.get("max", "tiny.en", "cpu").backend == "max" and len(attempts) == 2
 
 
-def test_compile_rest_readies_each_model_s_other_graphs_saying_it_loads_meanwhile():
+def test_compile_rest_readies_each_model_s_other_graphs_saying_it_compiles_meanwhile():
     """`ModelCache.compile_rest` (after the app's warm-up): each loaded model with graphs its warm-up
-    did not need compiles them while it still answers, its state "loading" meanwhile (so a run beside
-    it says the CPU was shared), "ready" after, also when a compile fails; the others are untouched."""
+    did not need compiles them while it answers, its state "compiling" meanwhile (busy, so a run
+    beside it says the CPU was shared; the badge and status say what it compiles), then as it was
+    before, also when a compile fails; a model without such graphs is untouched."""
     seen = []
 
     class WithGraphs(FakeTranscriber):
         def compile_rest(self):
-            seen.append((self.backend, cache.busy(), cache.get(self.backend, "fake", "cpu") is self))
+            seen.append((self.backend, cache.busy(), cache.get(self.backend, "fake", "cpu") is self,
+                         cache.badge(), "compiling its other graphs" in cache.status()))
             yield "decoder_step", 1.5
             if self.text == "fails":
                 raise RuntimeError("no memory")
@@ -696,9 +698,11 @@ def test_compile_rest_readies_each_model_s_other_graphs_saying_it_loads_meanwhil
     cache = ModelCache(lambda backend, **kw: made[backend])
     for backend in made:
         cache.get(backend, "fake", "cpu")
+    ready = cache.status()
     cache.compile_rest()
-    assert seen == [("max", True, True), ("openai", True, True)]  # faster has none
-    assert not cache.busy() and cache.status().count("✓") == 3, cache.status()
+    assert [s[:3] for s in seen] == [("max", True, True), ("openai", True, True)]  # faster has none
+    assert seen[0][3] == "MAX compiling its other graphs for fake (0 s)…" and seen[0][4]
+    assert not cache.busy() and cache.status() == ready and cache.badge() == ""
 
 
 def test_a_failed_warm_up_is_a_failed_load(monkeypatch):

@@ -207,6 +207,7 @@ class MaxWhisper:
         self.graphs = dict(zip(names, self.built_and_loaded(*names)))
         self.compile_s = time.perf_counter() - start
         self._lazy_lock = threading.Lock()
+        self._this_thread = threading.local()  # `compile_s_this_thread`
         self._running = threading.Lock()
         self._ran = False  # a graph call has run (the first one starts MAX's polling thread)
 
@@ -290,13 +291,24 @@ class MaxWhisper:
     def lazy_graph(self, name: str):
         """A graph not compiled at load ("decoder_step" with the token step graph, "alignment",
         "cache_reorder", "batch_repeat"), compiled the first time it is needed (once, when
-        several threads transcribe at once)."""
+        several threads transcribe at once). A compiled one is returned without waiting for
+        another graph's compile on another thread (`compile_rest` behind a running model)."""
+        graph = self.graphs.get(name)
+        if graph is not None:
+            return graph
         with self._lazy_lock:
             if name not in self.graphs:
                 start = time.perf_counter()
                 self.graphs[name] = self.built_and_loaded(name)[0]
-                self.compile_s += time.perf_counter() - start
+                seconds = time.perf_counter() - start
+                self.compile_s += seconds
+                self._this_thread.compile_s = self.compile_s_this_thread() + seconds
             return self.graphs[name]
+
+    def compile_s_this_thread(self) -> float:
+        """The seconds `lazy_graph` has compiled for in the calling thread: a transcription leaves
+        out of its time what its own thread compiled, not what another thread compiled meanwhile."""
+        return getattr(self._this_thread, "compile_s", 0.0)
 
     def compile_rest(self) -> Iterator[tuple[str, float]]:
         """Every graph of the plan not compiled yet (`graph_names`), compiled in turn: its name and
