@@ -40,7 +40,7 @@ def compare(ours: list[int], reference: list[int], ours_text: str, reference_tex
 
 def check_precision(device: str, precision: str, audio: Path, reference: dict, openai) -> dict:
     from maxwhisper.max_backend import MaxTranscriber
-    from maxwhisper.selfcheck import COMPONENTS, GPU_COMPONENTS, run_checks
+    from maxwhisper.selfcheck import run_checks
 
     start = time.perf_counter()
     mx = MaxTranscriber("tiny.en", device=device, precision=precision, kernels=False)
@@ -54,9 +54,8 @@ def check_precision(device: str, precision: str, audio: Path, reference: dict, o
                                         reference[clip]["text"])}
         print(f"{precision} {clip}: {out['clips'][clip]}", flush=True)
     start = time.perf_counter()
-    components = GPU_COMPONENTS if device == "gpu" else COMPONENTS
     out["selfcheck"] = [{"name": r.name, "passed": r.passed, "rel_err": r.rel_err, "detail": r.detail}
-                        for r in run_checks(mx, openai, audio / "jfk.flac", components)]
+                        for r in run_checks(mx, openai, audio / "jfk.flac")]
     out["selfcheck_s"] = round(time.perf_counter() - start, 1)
     print(f"{precision} selfcheck: {out['selfcheck']}", flush=True)
     return out

@@ -1,13 +1,12 @@
 """Small graphs of single encoder components, built from the same functions as the full model,
-so `maxwhisper.selfcheck` can compare each with openai-whisper's PyTorch module; and a probe of a
-known MAX problem on GPUs."""
+so `maxwhisper.selfcheck` can compare each with openai-whisper's PyTorch module."""
 from __future__ import annotations
 
 from max.dtype import DType
-from max.graph import Graph, TensorType, ops
+from max.graph import Graph, TensorType
 
 from .encoder import conv_stem, encoder_block, extensions, self_attention
-from .layers import WeightBank, linear_few_rows
+from .layers import WeightBank
 from .model import MaxWhisper
 
 
@@ -27,18 +26,3 @@ def build_component(model: MaxWhisper, name: str):
         graph.output(body(graph.inputs[0].tensor.cast(w.dtype)).cast(DType.float32))
     return model.load_graph(graph, w.registry())
 
-
-MATVEC_PROBE_LAYER = "decoder.blocks.0.mlp.0"  # the decoder's first MLP linear (d -> 4 d)
-
-
-def build_matvec_probe(model: MaxWhisper):
-    """The decoder step's first MLP linear as a GPU runs it: `layers.linear_few_rows` over the
-    model's weights in float16, rows symbolic as in the step graph. The one-column float16 matmul
-    with a bias where MAX has a GPU problem (modular/modular issue 6892).
-    Input x [rows, d_in] float16; float32 out [rows, d_out]."""
-    w = WeightBank(model.arrays, DType.float16, model.device_ref)
-    d_in = model.arrays[f"{MATVEC_PROBE_LAYER}.weight"].shape[1]
-    x_type = TensorType(DType.float16, ["rows", d_in], device=w.device)
-    with Graph("whisper_matvec_fp16_probe", input_types=[x_type]) as graph:
-        graph.output(linear_few_rows(w, MATVEC_PROBE_LAYER)(graph.inputs[0].tensor).cast(DType.float32))
-    return model.load_graph(graph, w.registry())
