@@ -43,6 +43,9 @@ def use_persistent_storage(data: Path = Path("/data")) -> None:
         os.environ["MODULAR_CACHE_DIR"] = str(data / "modular")
 
 
+BUSY = ("loading", "compiling")  # the states in which a model's graphs are being compiled
+
+
 class ModelCache:
     """Transcribers keyed by (backend, model, device, precision), created once and reused.
 
@@ -58,7 +61,7 @@ class ModelCache:
         self._lock = threading.Lock()
         self._key_locks: dict[tuple, threading.Lock] = {}
         self._loaded: dict[tuple, object] = {}
-        # key -> ("loading" | "compiling", t0) or ("ready" | "failed", text)
+        # key -> (one of BUSY, t0) or ("ready" | "failed", text)
         self._state: dict[tuple, tuple[str, float | str]] = {}
 
     def get(self, backend: str, model: str, device: str, precision: str = "fp32"):
@@ -114,7 +117,7 @@ class ModelCache:
             self._state[key] = ready
 
     def busy(self) -> bool:
-        return any(state in ("loading", "compiling") for state, _ in list(self._state.values()))
+        return any(state in BUSY for state, _ in list(self._state.values()))
 
     def _load_times(self) -> dict[str, float]:
         try:
@@ -158,7 +161,7 @@ class ModelCache:
         """A few words on what loads now, the longest first ("MAX compiling graphs for tiny.en (42 s)…"),
         or a load that failed; "" when neither."""
         states = list(self._state.items())
-        loading = sorted((info, key, state) for key, (state, info) in states if state in ("loading", "compiling"))
+        loading = sorted((info, key, state) for key, (state, info) in states if state in BUSY)
         if loading:
             started, (backend, model, _, precision), state = loading[0]
             what = "compiling its other graphs" if state == "compiling" else \
