@@ -27,6 +27,7 @@ from maxwhisper.scoring import word_diff
 
 from .audio_checks import check_audio
 from .formatting import error_message, label
+from .models import backend_precision
 from .transcriptions import Cancelled, Transcription, Transcriptions
 
 log = logging.getLogger(__name__)
@@ -115,11 +116,6 @@ class Comparison:
     @property
     def results(self) -> dict[str, TranscriptionResult]:
         return {b: p.result for b, p in self.panels.items() if p.result is not None}
-
-
-def backend_precision(backend: str, device: str, precision: str) -> str:
-    """`precision` where `backend` has it on `device`, else fp32 (openai-whisper has no int8)."""
-    return precision if precision in BACKENDS[backend].precisions.get(device, ()) else "fp32"
 
 
 def rounds_for(audio_s: float, first_round_s: float) -> int:

@@ -43,6 +43,11 @@ def use_persistent_storage(data: Path = Path("/data")) -> None:
         os.environ["MODULAR_CACHE_DIR"] = str(data / "modular")
 
 
+def backend_precision(backend: str, device: str, precision: str) -> str:
+    """`precision` where `backend` has it on `device`, else fp32 (openai-whisper has no int8)."""
+    return precision if precision in BACKENDS[backend].precisions.get(device, ()) else "fp32"
+
+
 BUSY = ("loading", "compiling")  # the states in which a model's graphs are being compiled
 
 
@@ -141,21 +146,29 @@ class ModelCache:
         if seconds is not None:
             return f"about {math.ceil(seconds)} s" + (" last time here" if backend == "max" else "")
         if backend == "max":
-            return "the first compile takes minutes on a CPU, seconds once it is in the compile cache"
+            return f"minutes the first time on a {device.upper()}"
         return "seconds"
 
     def loading_text(self, backend: str, model: str, device: str, precision: str = "fp32") -> str:
         what = "compiling the MAX graphs" if backend == "max" else "loading"
         return f"{what} for {model} on {device} ({self.expected_load(backend, model, device, precision)})"
 
-    def load_note(self, backends: list[str], model: str, device: str) -> str:
-        """Markdown telling what the first run with `model` will load first, or "" when all is loaded."""
-        missing = [b for b in BACKENDS if b in backends and not self.loaded(b, model, device)]
+    def load_note(self, backends: list[str], model: str, device: str, precision: str = "fp32") -> str:
+        """One line of Markdown on what the next run of `backends` loads first and about how long
+        that takes ("First run with **base**: MAX compiles it (minutes …); openai-whisper loads it
+        (seconds)."), or "" when all is loaded."""
+        keys = [(b, model, device, backend_precision(b, device, precision)) for b in BACKENDS if b in backends]
+        missing = [key for key in keys if not self.loaded(*key)]
         if not missing:
             return ""
-        parts = [f"{label(b)}: {self.loading_text(b, model, device)}" for b in missing]
-        return f"**{model}** is not loaded yet; the first run starts with " + "; ".join(parts) + \
-            ". Other visitors' runs are not held up by it."
+        by_time: dict[str, list[str]] = {}  # backends that take as long, in the page's order
+        for key in missing:
+            by_time.setdefault(self.expected_load(*key), []).append(key[0])
+        parts = [f"{' and '.join(BACKENDS[b].label for b in names)} "
+                 f"{'compiles' if names == ['max'] else 'load' if len(names) > 1 else 'loads'} it ({seconds})"
+                 for seconds, names in by_time.items()]
+        name = model if precision == "fp32" else f"{model} {precision}"
+        return f"First run with **{name}**: " + "; ".join(parts) + "."
 
     def badge(self) -> str:
         """A few words on what loads now, the longest first ("MAX compiling graphs for tiny.en (42 s)…"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import logging
+import time
 
 import gradio as gr
 
@@ -15,6 +16,8 @@ from .remote import ServiceTranscriptions
 from .tabs import benchmarks, checks as checks_tab, compare, live, system
 from .transcriptions import Transcriptions
 from .turns import Turns
+
+WAKE_S = 5.0  # the badge's timer ticks this long after a wake at least: a run claims its turn a moment later
 
 TITLE = """<div id='title'><h1>MAX-Whisper</h1><p>OpenAI's Whisper rebuilt on
 <a href='https://docs.modular.com/max/' target='_blank'>Modular's MAX Graph</a>: the same tokens as
@@ -101,13 +104,19 @@ def build_demo(transcriptions: Transcriptions, max_seconds: float = 600.0,
         checks_ui = checks_tab.build(checks, choices, compare_tab.model, compare_tab.device)
         views = [system.build(transcriptions), bench_view, checks_ui.view]  # filled as the page opens
 
-        def tick():
-            return badge(), *checks_ui.view.values(), gr.Timer(active=busy())
+        awake_until = [0.0]
 
-        for button in (compare_tab.run, checks_ui.again):  # the badge follows loads, runs and checks
-            button.click(lambda: gr.Timer(active=True), outputs=timer, concurrency_limit=None, show_progress="hidden")
-        checks_ui.tab.select(lambda: gr.Timer(active=True), outputs=timer, concurrency_limit=None,
-                             show_progress="hidden")
+        def wake():
+            awake_until[0] = time.monotonic() + WAKE_S
+            return gr.Timer(active=True)
+
+        def tick():
+            return badge(), *checks_ui.view.values(), gr.Timer(active=busy() or time.monotonic() < awake_until[0])
+
+        # the badge follows loads, runs and checks. A run wakes it through its progress line: Gradio
+        # sends a click's other listeners only after the run's own has ended
+        for event in (compare_tab.message.change, checks_ui.again.click, checks_ui.tab.select):
+            event(wake, outputs=timer, concurrency_limit=None, show_progress="hidden")
         timer.tick(tick, outputs=[status, *checks_ui.view.outputs, timer], concurrency_limit=None,
                    show_progress="hidden")
         demo.load(lambda: (badge(), *(value for view in views for value in view.values())),

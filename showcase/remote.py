@@ -105,7 +105,7 @@ class ServiceTranscriptions:
     def loaded(self, backend: str, model: str, device: str, precision: str = "fp32") -> bool:
         return (backend, model) in self.config.served.pairs and self.ingress.model_ready(backend, model)[0]
 
-    def load_note(self, backends: list[str], model: str, device: str) -> str:
+    def load_note(self, backends: list[str], model: str, device: str, precision: str = "fp32") -> str:
         loading = [label(b) for b in backends if (b, model) in self.config.served.pairs
                    and not self.ingress.model_ready(b, model)[0]]
         return (f"On the service, {', '.join(loading)} with **{model}** still load: runs wait for them." if loading

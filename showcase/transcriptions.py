@@ -96,9 +96,10 @@ class Transcriptions(Protocol):
         the loaded implementations first, so that they answer while another loads)."""
         ...
 
-    def load_note(self, backends: list[str], model: str, device: str) -> str:
-        """Markdown saying what a first run of `backends` with `model` on `device` will load or
-        compile before it starts, and roughly how long that takes; "" when nothing is to load."""
+    def load_note(self, backends: list[str], model: str, device: str, precision: str = "fp32") -> str:
+        """Markdown saying what a first run of `backends` with `model` on `device` in `precision`
+        will load or compile before it starts, and roughly how long that takes; "" when nothing is
+        to load."""
         ...
 
     def status(self) -> str:
@@ -187,8 +188,8 @@ class LocalTranscriptions:
     def loaded(self, backend: str, model: str, device: str, precision: str = "fp32") -> bool:
         return self.models.loaded(backend, model, device, precision)
 
-    def load_note(self, backends: list[str], model: str, device: str) -> str:
-        return self.models.load_note(backends, model, device)
+    def load_note(self, backends: list[str], model: str, device: str, precision: str = "fp32") -> str:
+        return self.models.load_note(backends, model, device, precision)
 
     def status(self) -> str:
         return "  \n".join(part for part in (self.models.status(), self.turns.status()) if part)

@@ -49,13 +49,16 @@ def _tokens(mx: Panel, others: list[Panel], mixed: bool) -> str:
 def _cpu(panels: list[Panel], cores: int | None) -> str:
     """What else used the CPU during the runs whose times count (each one's best), if anything."""
     app = {p.best.shared_cpu for p in panels if p.best.shared_cpu}
-    busy = [f"{short_name(p.backend)} {p.best.other_cores:.1f}" for p in panels
-            if p.best.other_cores is not None and p.best.other_cores >= BUSY_CORES]
+    busy = [p for p in panels if p.best.other_cores is not None and p.best.other_cores >= BUSY_CORES]
     shared = [f"{' and '.join(sorted(app))} ran meanwhile"] if app else []
     if busy:
-        shared.append(f"other programs kept cores busy ({', '.join(busy)} of {cores} cores on average)")
+        most = max(p.best.other_cores for p in busy)
+        runs = "every run" if len(busy) == len(panels) else \
+            " and ".join(f"{short_name(p.backend)}'s" for p in busy) + " runs"
+        shared.append(f"other programs used {'up to ' if len(busy) > 1 else ''}{most:.1f} of {cores} cores "
+                      f"during {runs}")
     if shared:
-        return f"⚠ {_sentence('; '.join(shared))}: those times are slower than usual, run again for a fair ratio."
+        return f"⚠ {_sentence('; '.join(shared))}: run again for a fair ratio."
     if all(p.best.other_cores is not None for p in panels):
         return "No other work held the CPU meanwhile."
     return ""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import socket
@@ -178,6 +179,14 @@ def test_the_race_in_the_first_screen(app):
 
         page.locator("#examples button", has_text="Physics lecture").click()  # 43 s: two windows
         expect(page.locator("#audio a[href$='/physicsworks-excerpt.flac']").first).to_be_attached(timeout=60_000)
+        # the badge's timer ticks while a run goes on (it shows a load the run starts), also where it
+        # had stopped, the page idle: count its calls
+        page.wait_for_timeout(8_000)
+        tick = page.evaluate("() => window.gradio_config.dependencies.find("
+                             "d => d.targets.some(t => t[1] === 'tick')).id")
+        ticks = []
+        page.on("request", lambda r: ticks.append(1) if "queue/join" in r.url and
+                (json.loads(r.post_data or "{}").get("fn_index") == tick) else None)
         page.click("#run")  # the first run's results go before the second's arrive
         expect(page.locator("#text-max textarea")).to_have_value("", timeout=5_000)
         expect(verdict).not_to_contain_text("MAX was", timeout=5_000)
@@ -190,6 +199,7 @@ def test_the_race_in_the_first_screen(app):
         shoot(page, "compare-desktop-running")
         expect(message).to_contain_text("Finished: 43.0 s of audio", timeout=RUN_TIMEOUT_MS)
         expect(verdict).to_contain_text("on this 43.0 s clip")
+        assert len(ticks) >= 3, f"the badge refreshed {len(ticks)} times during a run"
 
         open_tab(page, "System")
         expect(page.locator("#system")).to_contain_text("Devices MAX sees")

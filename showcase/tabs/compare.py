@@ -96,6 +96,7 @@ def options_label(model: str, precision: str, device: str, beam_size: int) -> st
 @dataclass(frozen=True)
 class CompareTab:
     run: gr.Button  # starts a comparison
+    message: gr.Markdown  # the run's progress line: changes at once when a run starts, then every second
     model: gr.Dropdown  # the chosen model and device, which the Component tests tab uses too
     device: gr.Radio
 
@@ -217,9 +218,14 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
             yield shown(comparison, elapsed, chosen)
 
     results = [message, verdict, chart, stages, *panel_outputs]
+    def note(chosen_now, model_now, device_now, precision_now):
+        return transcriptions.load_note(chosen_now, model_now, choices.device(device_now), precision_now)
+
+    note_inputs = [chosen, model, device, precision]
     run.click(transcribe, [audio, chosen, model, device, precision, language, task, beam_size, timestamps,
                            word_timestamps, initial_prompt, condition, silence, batch, reference_text],
-              results, concurrency_limit=RUNS_AT_ONCE, show_progress="hidden")
+              results, concurrency_limit=RUNS_AT_ONCE, show_progress="hidden").then(
+        note, note_inputs, model_note, concurrency_limit=None, show_progress="hidden")  # what the run loaded
     video.upload(lambda path: path, inputs=video, outputs=audio, show_progress="hidden")
     for button, path, example_model, text in example_buttons:
         button.click(lambda path=path, m=example_model, text=text: (path, m, text),
@@ -227,7 +233,6 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
     for control in (model, precision, device, beam_size):
         control.change(lambda m, p, d, beam: gr.Accordion(label=options_label(m, p, choices.device(d), int(beam))),
                        [model, precision, device, beam_size], options, concurrency_limit=None, show_progress="hidden")
-    for control in (model, device, chosen):  # say before a run what it will have to load or compile
-        control.change(lambda chosen, model, device: transcriptions.load_note(chosen, model, choices.device(device)),
-                       [chosen, model, device], model_note, concurrency_limit=None, show_progress="hidden")
-    return CompareTab(run, model, device)
+    for control in (model, device, precision, chosen):  # say before a run what it will have to load or compile
+        control.change(note, note_inputs, model_note, concurrency_limit=None, show_progress="hidden")
+    return CompareTab(run, message, model, device)
