@@ -743,7 +743,7 @@ def test_benchmarks_read_older_files_that_name_rtfx_rtf(tmp_path):
 
 def test_benchmarks_heading_chart_table_then_machines(tmp_path):
     """A heading, one chart of the longest clip (MAX against the others, fp32 then int8, fastest
-    first), every row in the table, the machines and versions last."""
+    first), every row in the table (the CPU's runs before a GPU's), the machines and versions last."""
     row = {"audio": "talk.flac", "audio_s": 200.0, "backend": "max", "model": "tiny.en", "device": "cpu",
            "precision": "fp32", "total_s_median": 2.5, "rtfx": 80.0, "load_s": 1.0, "compile_s": 6.0,
            "features_s": 0.05, "encode_s": 0.2, "decode_s": None, "wer": 0.0, "agreement": 1.0, "extra": "ignored"}
@@ -755,16 +755,22 @@ def test_benchmarks_heading_chart_table_then_machines(tmp_path):
     doc = {"created": "2026-01-01 00:00:00 UTC", "machine": {"cpu": "Xeon", "cores": 2, "vector_isa": "AVX-512"},
            "versions": {"max": "26.7.0"}, "options": {"repeats": 3, "decode": {"beam_size": 1}}, "results": rows}
     (tmp_path / "cpu-xeon-2c.json").write_text(json.dumps(doc))
+    gpu = {**doc, "created": "2026-02-01 00:00:00 UTC", "machine": {"cpu": "Xeon", "gpu": "NVIDIA H100"},
+           "results": [{**row, "device": "gpu", "rtfx": 103.608}]}
+    (tmp_path / "gpu-h100.json").write_text(json.dumps(gpu))  # newer, but a GPU's: after the CPU's rows
     (tmp_path / "broken.json").write_text("{not json")
     top, table, machines = benchmark_view(tmp_path)
+    assert table[-1][1:3] == ["MAX fp32", "NVIDIA H100"] and table[-1][4] == 104
+    table = table[:-1]
     assert top.startswith("<h2>What this machine class measured</h2>")
     assert "tiny.en on a 200 s clip (talk.flac), Xeon (AVX-512), 2 cores" in top
     names = re.findall(r"class='bar-name'[^>]*>([^<]+)<", top)
     assert names == ["MAX fp32", "faster-whisper fp32", "openai-whisper fp32", "MAX int8", "faster-whisper int8"]
     assert "2.50 s · 80×" in top and "jfk" not in top
-    assert len(table) == 6 and table[0][:4] == ["talk.flac", "max · cpu · fp32", 2.5, 80.0]
+    assert len(table) == 6 and table[0][:5] == ["talk.flac", "MAX fp32", "Xeon · AVX-512 · 2 cores", 2.5, 80.0]
+    column = {c: i for i, c in enumerate(BENCH_TABLE)}
+    assert table[0][column["wer"]] == 0.0 and table[0][column["agreement"]] == 100.0  # percentages
     assert len(table[0]) == len(BENCH_TABLE)
-    assert machines.startswith("### Machines, versions and settings")
     assert "`cpu-xeon-2c.json`" in machines and "cpu `Xeon`" in machines and "cores `2`" in machines
     assert "decode.beam_size `1`" in machines and "max `26.7.0`" in machines
     assert "`broken.json` could not be read" in machines

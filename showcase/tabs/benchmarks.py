@@ -1,6 +1,6 @@
 """The Benchmarks tab: what the committed benchmark measured. A heading and one chart, MAX against
 the others on the longest clip in fp32 and int8 (`results.reference_rows`), then every result in a
-table, then each file's machine, versions and settings."""
+table, the CPU's first, then each file's machine, versions and settings, folded."""
 from __future__ import annotations
 
 import html
@@ -8,13 +8,14 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..charts import benchmark_bars
+from ..charts import benchmark_bars, short_name
 from ..results import RESULTS_DIR, read_runs, reference_rows
 from ..views import View
 
-BENCH_TABLE = {"audio": "clip", "implementation": "implementation", "total_s_median": "median s", "rtfx": "RTFx",
-               "features_s": "features s", "encode_s": "encode s", "decode_s": "decode s", "load_s": "load s",
-               "compile_s": "compile s", "wer": "WER", "agreement": "= openai words"}  # column -> header
+BENCH_TABLE = {"audio": "clip", "implementation": "implementation", "machine": "machine", "total_s_median": "median s",
+               "rtfx": "× real time", "features_s": "features s", "encode_s": "encode s", "decode_s": "decode s",
+               "load_s": "load s", "compile_s": "compile s", "wer": "WER %",
+               "agreement": "agreement %"}  # column -> header; agreement: 1 - WER against openai-whisper
 
 
 def _inline(d: dict, prefix: str = "") -> str:
@@ -35,6 +36,23 @@ def _num(x, digits: int = 3):
     return round(x, digits) if isinstance(x, (int, float)) else x
 
 
+def _cell(column: str, value):
+    """A table cell: times to the millisecond, speeds whole, WER and agreement as percentages."""
+    if column == "rtfx":
+        return round(value) if isinstance(value, (int, float)) else value
+    if column in ("wer", "agreement"):
+        return _num(100 * value, 1) if isinstance(value, (int, float)) else value
+    return _num(value)
+
+
+def machine_name(machine: dict, device: str) -> str:
+    """'NVIDIA H100 80GB HBM3' for a GPU's rows, 'AMD EPYC · AVX-512 VNNI BF16 · 2 cores' for a CPU's."""
+    if device == "gpu" and machine.get("gpu"):
+        return str(machine["gpu"])
+    parts = [machine.get("cpu"), machine.get("vector_isa"), f"{machine['cores']} cores" if machine.get("cores") else None]
+    return " · ".join(str(p) for p in parts if p) or "?"
+
+
 def benchmark_view(directory: Path) -> tuple[str, str, list[list], str]:
     """(HTML: the heading and the chart; table rows; Markdown: each file's machine, versions and
     settings)."""
@@ -53,16 +71,18 @@ def benchmark_view(directory: Path) -> tuple[str, str, list[list], str]:
                 f"{machine.get('cores', '?')} cores: each implementation in turn, medians of several runs, "
                 f"the same weights and decoding.</p>{benchmark_bars(rows)}")
 
-    def series(run, row: dict) -> str:
-        name = f"{row['backend']} · {row['device']} · {row['precision']}"
-        return f"{name} ({run.name})" if len(runs) > 1 else name
+    def cells(run, row: dict) -> list:
+        named = {**row, "implementation": f"{short_name(row['backend'])} {row['precision']}",
+                 "machine": machine_name(run.machine, row["device"])}
+        return [_cell(c, named[c]) for c in BENCH_TABLE]
 
-    runs = sorted(runs, key=lambda r: r.created, reverse=True)  # the newest first
-    table = [[_num({**row, "implementation": series(run, row)}[c]) for c in BENCH_TABLE]
-             for run in runs for row in run.rows]
+    # the CPU's runs first (the app's subject), the newest first within each device
+    runs = sorted(sorted(runs, key=lambda r: r.created, reverse=True),
+                  key=lambda r: not any(row["device"] == "cpu" for row in r.rows))
+    table = [cells(run, row) for run in runs for row in run.rows]
     details = [f"- **`{r.name}`** — machine: {_inline(r.machine)}  \n  versions: {_inline(r.versions)}  \n"
                f"  settings: {_inline(r.options)}" for r in runs] + notes
-    return top, table, "### Machines, versions and settings\n" + "\n".join(details)
+    return top, table, "\n".join(details)
 
 
 def build() -> View:
@@ -71,5 +91,6 @@ def build() -> View:
         top = gr.HTML(elem_id="benchmarks", min_height=0)
         table = gr.Dataframe(headers=list(BENCH_TABLE.values()), interactive=False, wrap=True, elem_id="bench-table",
                              label="Every committed result")
-        machines = gr.Markdown(elem_id="bench-machines")
+        with gr.Accordion("Machines, versions and settings of each results file", open=False):
+            machines = gr.Markdown(elem_id="bench-machines")
     return View([top, table, machines], lambda: benchmark_view(RESULTS_DIR))
