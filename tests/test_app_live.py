@@ -12,6 +12,7 @@ import time
 import av
 import numpy as np
 import pytest
+import soundfile
 
 from maxwhisper.api import SAMPLE_RATE, MaxWhisperError, ModelError
 from maxwhisper.registry import BACKENDS
@@ -204,6 +205,32 @@ def test_a_race_with_no_room_for_one_of_its_sessions_is_refused_and_stops_the_ot
     time.sleep(live.LATE_S)
     again, message, *_ = races.chunk(chunk, race, ["max", "faster"], "tiny.en", "cpu")
     assert again is not race and again.refusal == message == refusal and len(full.sessions) == 2
+
+
+def test_an_example_plays_as_the_microphone(tmp_path):
+    """A visitor without a microphone plays a clip instead: its pieces reach every implementation at
+    the clip's own pace, the progress line says how far, then the stop finishes them. A refused race
+    shows why and plays nothing."""
+    clip = tmp_path / "two.wav"
+    soundfile.write(clip, np.zeros(2 * SAMPLE_RATE, np.float32), SAMPLE_RATE)
+    scripts = Scripts()
+    started = time.monotonic()
+    shown = list(live.LiveRaces(scripts).play(str(clip), ["max", "faster"], "tiny.en", "cpu"))
+    assert time.monotonic() - started >= 2 - live.PLAY_CHUNK_S  # not faster than the clip
+    messages = [message for _, message, *_ in shown]
+    assert messages[:4] == [f"Playing two.wav as the microphone: {s:.0f} of 2 s" for s in (0.5, 1, 1.5, 2)]
+    race = shown[0][0]
+    assert all(state is race for state, *_ in shown) and list(race.sessions) == ["max", "faster"]
+    assert not race.running and all(s.figures().startswith("stopped") for s in race.sessions.values())
+    assert all(scripts.made[b].calls for b in ("max", "faster"))
+
+    class Busy(Scripts):
+        def live_session(self, backend, model, device):
+            raise MaxWhisperError("another visitor's live race is running: try again in a minute")
+
+    (refused,) = live.LiveRaces(Busy()).play(str(clip), ["max"], "tiny.en", "cpu")
+    assert refused[1] == "⚠ another visitor's live race is running: try again in a minute"
+    assert refused[0].ended  # stopped: the microphone's next recording asks again
 
 
 def test_sessions_on_one_transcriber_take_turns():

@@ -5,7 +5,8 @@ A recording is one Gradio stream event, which calls `LiveRaces.chunk` with each 
 sends (about every 0.1 s with Gradio 6, whatever `stream_every` says). Races do not queue behind
 the comparisons: their sessions come from `Transcriptions.live_session`, which runs them beside the
 comparisons (in this process on models of their own; under `serve --ui` as the service's realtime
-sessions, on its replicas); at most `Transcriptions.live_races` run at once.
+sessions, on its replicas); at most `Transcriptions.live_races` run at once. An example clip can
+stand in for the microphone (`LiveRaces.play`), for a visitor without one.
 """
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import gradio as gr
 
-from maxwhisper.api import MaxWhisperError
+from maxwhisper.api import SAMPLE_RATE, MaxWhisperError
+from maxwhisper.audio import load_audio
 from maxwhisper.registry import BACKENDS
 
 from ..charts import short_name
@@ -25,12 +28,14 @@ from ..choices import Choices
 from ..formatting import error_message, label, panel_title
 from ..live_session import LiveSession
 from ..transcriptions import Transcriptions
+from .compare import example_rows
 
 log = logging.getLogger(__name__)
 
 RACERS = ("max", "faster")  # raced by default (README's Live streaming: what keeps up on a 2-core CPU)
 STOP_WAIT_S = 120.0  # how long a stop shows the race catching up before leaving it to finish alone
 LATE_S = 2.0  # a chunk this soon after a stop is that recording's last one arriving late: it starts nothing
+PLAY_CHUNK_S = 0.5  # an example played as the microphone: its pieces, sent at the clip's own pace
 
 
 class LiveRace:
@@ -129,6 +134,24 @@ class LiveRaces:
                 message = f"⚠ Live transcription stopped: {error_message(e)}"
         return [race, message, *self.panels(race)]
 
+    def play(self, path: str, backends: list[str], model: str, device: str) -> Iterator[list]:
+        """An example clip as a recording: its pieces sent at its own pace, then the stop, each step
+        shown as `chunk` and `stop` show a microphone's."""
+        samples = load_audio(path)
+        name, total, step = Path(path).name, len(samples) / SAMPLE_RATE, int(PLAY_CHUNK_S * SAMPLE_RATE)
+        race, started = None, time.monotonic()
+        for i in range(0, len(samples), step):
+            race, message, *panels = self.chunk((SAMPLE_RATE, samples[i:i + step]), race, backends, model, device)
+            if message or race is None:  # refused or stopped: shown, the rest not played
+                if race is not None:
+                    race.stop()
+                yield [race, message, *panels]
+                return
+            heard = min(i + step, len(samples)) / SAMPLE_RATE
+            yield [race, f"Playing {name} as the microphone: {heard:.0f} of {total:.0f} s", *panels]
+            time.sleep(max(0.0, started + heard - time.monotonic()))
+        yield from self.stop(race)
+
     def stop(self, race: LiveRace | None) -> Iterator[list]:
         """The recording stopped: each session finishes the audio it has, shown as it goes. The race
         stays the tab's, so that a chunk the browser sent just before the stop and that arrives after
@@ -150,12 +173,16 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
     races = LiveRaces(transcriptions)
     racers = [b for b in RACERS if b in choices.backends] or choices.backends[:1]
     with gr.Tab("Live"):
-        gr.Markdown("Speak, and watch each implementation write down what you say, side by side. Black words are "
-                    "final, grey ones may still change.")
+        gr.Markdown("Speak, or play an example, and watch each implementation write down what it hears, side by "
+                    "side. Black words are final, grey ones may still change.")
         with gr.Row(equal_height=False):
             with gr.Column(scale=3, min_width=300):
                 mic = gr.Audio(sources=["microphone"], type="numpy", streaming=True, label="Microphone",
                                elem_id="live-mic", waveform_options=gr.WaveformOptions(show_recording_waveform=False))
+                with gr.Row(elem_id="live-examples", equal_height=True):
+                    plays = [(gr.Button(f"▶ {button} as the microphone", size="sm", variant="secondary", min_width=120),
+                              path) for path, button, model, _ in example_rows(choices.models)
+                             if model == choices.models[0]]
             with gr.Column(scale=2, min_width=300):
                 live_backends = gr.CheckboxGroup(
                     [(short_name(b), b) for b in choices.backends], value=racers, label="Implementations to race",
@@ -184,5 +211,13 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
                stream_every=1.0, time_limit=int(max_seconds), show_progress="hidden", concurrency_limit=None)
     mic.stop_recording(races.stop, race_state, [race_state, message, *panels], show_progress="hidden",
                        concurrency_limit=None)
+    def player(path: str):
+        def play(backends, model):  # a generator function, as Gradio streams only those
+            yield from races.play(path, backends, model, choices.default_device)
+        return play
+
+    for button, path in plays:
+        button.click(player(path), [live_backends, live_model], [race_state, message, *panels], show_progress="hidden",
+                     concurrency_limit=None)
     live_backends.change(lambda backends: [gr.Column(visible=b in backends) for b in BACKENDS], live_backends, columns,
                          show_progress="hidden", concurrency_limit=None)
