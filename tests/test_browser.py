@@ -234,7 +234,8 @@ def test_on_a_phone_input_run_results_and_nothing_too_wide(app):
 
 def test_live_races_max_and_faster_whisper_on_the_fake_microphone(app, tmp_path):
     """jfk.flac, then silence, as Chromium's fake microphone into the Live tab: MAX and faster-whisper
-    both commit words while it plays and after the recording stops.
+    both commit words while it plays and after the recording stops; then the JFK example played as
+    the microphone.
 
     The browser shares the app's 2 cores here (a visitor's browser has its own), and while the
     engines compute, the audio that reaches the app has gaps, so the test asks for committed words,
@@ -279,6 +280,13 @@ def test_live_races_max_and_faster_whisper_on_the_fake_microphone(app, tmp_path)
             expect(panel.locator(".live-stats")).to_contain_text("stopped", timeout=120_000)
             assert len(normalize(panel.locator(".live-committed").inner_text()).split()) >= 3
         shoot(page, "live-desktop")
+        # without a microphone: an example plays as one, a new race
+        page.locator("#live-examples button", has_text="JFK").click()
+        expect(page.locator("#live-message")).to_contain_text("Playing jfk.flac as the microphone", timeout=30_000)
+        for panel in panels.values():
+            expect(panel).to_contain_text("11 s heard", timeout=120_000)
+            expect(panel.locator(".live-stats")).to_contain_text("stopped", timeout=120_000)
+            assert "country" in normalize(panel.locator(".live-committed").inner_text())
         page.set_viewport_size(PHONE)
         width, wide = page.evaluate(TOO_WIDE_JS)
         assert width <= PHONE["width"] and not wide, wide
