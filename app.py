@@ -24,7 +24,8 @@ use_persistent_storage()  # a Space's /data keeps MAX's compile cache: before ma
 
 from showcase.choices import Choices  # noqa: E402
 from showcase.page import build_demo, quiet_queue  # noqa: E402
-from showcase.tabs import checks as checks_tab, compare  # noqa: E402
+from showcase.examples import EXAMPLES_DIR  # noqa: E402
+from showcase.tabs import checks as checks_tab  # noqa: E402
 from showcase.tabs.live import RACERS  # noqa: E402
 from showcase.transcriptions import LocalTranscriptions  # noqa: E402
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     demo.queue(default_concurrency_limit=1, max_size=32)
     quiet_queue(demo)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                allowed_paths=[str(compare.EXAMPLES_DIR)])
+                allowed_paths=[str(EXAMPLES_DIR)])
 
 
 if __name__ == "__main__":

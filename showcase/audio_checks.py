@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from maxwhisper.api import MaxWhisperError
 from maxwhisper.audio import check_transcribable, load_audio
+
+from .formatting import error_message
 
 
 def check_audio(audio, max_seconds: float | None) -> np.ndarray:
@@ -12,3 +15,17 @@ def check_audio(audio, max_seconds: float | None) -> np.ndarray:
     samples = load_audio(audio, max_seconds=max_seconds)
     check_transcribable(samples)
     return samples
+
+
+def cannot_use(e: MaxWhisperError) -> str:
+    return f"⚠ Cannot use this audio: {error_message(e)}"
+
+
+def refusal(audio, max_seconds: float | None) -> str:
+    """What a run would say of `audio` before any model runs (`cannot_use`), "" where it can run:
+    said as soon as a file is uploaded."""
+    try:
+        check_audio(audio, max_seconds)
+    except MaxWhisperError as e:
+        return cannot_use(e)
+    return ""

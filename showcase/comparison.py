@@ -25,7 +25,7 @@ from maxwhisper.formats import format_timestamp, to_srt, to_txt, to_vtt
 from maxwhisper.registry import BACKENDS
 from maxwhisper.scoring import word_diff
 
-from .audio_checks import check_audio
+from .audio_checks import cannot_use, check_audio
 from .formatting import error_message, label
 from .models import backend_precision
 from .transcriptions import Cancelled, Transcription, Transcriptions
@@ -151,7 +151,7 @@ def run_comparison(audio, backends: list[str], model: str, device: str, options:
     try:
         samples = check_audio(audio, max_seconds)
     except MaxWhisperError as e:
-        return Comparison(f"⚠ Cannot use this audio: {error_message(e)}")
+        return Comparison(cannot_use(e))
 
     reference_text = reference_text or ""  # (a textbox not yet shown gives None)
     stem = Path(audio).stem if isinstance(audio, (str, os.PathLike)) else "audio"

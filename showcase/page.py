@@ -12,6 +12,7 @@ import time
 import gradio as gr
 
 from .choices import Choices
+from .examples import EXAMPLES_DIR
 from .remote import ServiceTranscriptions
 from .tabs import benchmarks, checks as checks_tab, compare, live, system
 from .transcriptions import Transcriptions
@@ -149,4 +150,4 @@ def mount_on_service(api, ingress, key_accepted=None):
     login = {"auth": lambda user, key: key_accepted(key),
              "auth_message": "This service needs an API key: any user name, the key as the password."} \
         if key_accepted else {}
-    return gr.mount_gradio_app(api, demo, path="/", allowed_paths=[str(compare.EXAMPLES_DIR)], **login)
+    return gr.mount_gradio_app(api, demo, path="/", allowed_paths=[str(EXAMPLES_DIR)], **login)

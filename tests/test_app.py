@@ -20,6 +20,8 @@ from maxwhisper.api import CloseCall, DecodeOptions, Segment, Timings, Transcrip
 import maxwhisper.registry
 from maxwhisper.registry import BACKENDS, create_transcriber, create_warmed_up
 from maxwhisper.scoring import normalize
+from showcase import examples
+from showcase.audio_checks import refusal
 from showcase.charts import stage_bars, time_bars
 from showcase.comparison import Comparison, english_only_problem, rounds_for, run_comparison, watch
 from showcase.cpu_load import OtherWork, available_cores
@@ -232,6 +234,11 @@ def test_bad_audio_is_a_message_not_an_exception(audio, max_seconds, expected, t
     assert comparison.message.startswith("⚠ Cannot use this audio:")
     assert expected in comparison.message and str(tmp_path) not in comparison.message
     assert comparison.panels == {} and compare.message_text(comparison, 0.1) == comparison.message
+    assert refusal(audio, max_seconds) == comparison.message  # what an upload shows at once
+
+
+def test_audio_that_can_run_is_no_refusal():
+    assert refusal(str(AUDIO / "jfk.flac"), 600.0) == ""
 
 
 def test_no_implementation_chosen():
@@ -809,11 +816,11 @@ def test_app_builds_with_the_examples():
 
     demo = build_demo(LocalTranscriptions(no_loading), max_seconds=60)
     assert isinstance(demo, gr.Blocks)
-    rows = compare.example_rows(["tiny.en"])
+    rows = examples.example_rows(["tiny.en"])
     assert [Path(r[0]).name for r in rows] == ["jfk.flac", "physicsworks-excerpt.flac", "german.flac"]
-    assert rows[2][2] == "tiny.en" and compare.example_rows(["tiny.en", "base"])[2][2] == "base"
+    assert rows[2][2] == "tiny.en" and examples.example_rows(["tiny.en", "base"])[2][2] == "base"
     for path, button, _, _ in rows:
-        assert Path(path).stat().st_size < 1.5e6 and Path(path).name in (compare.EXAMPLES_DIR / "README.md").read_text()
+        assert Path(path).stat().st_size < 1.5e6 and Path(path).name in (examples.EXAMPLES_DIR / "README.md").read_text()
         assert re.search(r", \d+ s$", button)  # the button says how long the clip is
 
 

@@ -160,6 +160,12 @@ def test_the_race_in_the_first_screen(app):
         expect(message).to_contain_text("Cannot use this audio: no audio was given", timeout=60_000)
         assert bottom(page, "#run") < page.locator("#message").bounding_box()["y"] < bottom(page, "#message") <= 900
 
+        # a file that is not audio: refused as it is uploaded, before any run
+        page.set_input_files("#audio input[type=file]", {"name": "notes.wav", "mimeType": "audio/wav",
+                                                         "buffer": b"these are not samples\n" * 50})
+        expect(message).to_contain_text("Cannot use this audio: cannot read the file as audio", timeout=60_000)
+        page.locator("#audio").get_by_role("button", name=re.compile("clear", re.I)).first.click()
+
         # the audio box's own input: Gradio loads each component's code as the page opens
         page.set_input_files("#audio input[type=file]", str(AUDIO / "jfk.flac"))
         expect(page.locator("#audio audio, #audio #waveform, #audio .waveform-container").first).to_be_attached(

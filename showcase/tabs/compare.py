@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
-from pathlib import Path
 
 import gradio as gr
 
@@ -15,22 +14,17 @@ from maxwhisper.api import DecodeOptions
 from maxwhisper.registry import BACKENDS, color
 from maxwhisper.tokenizer import LANGUAGES
 
+from ..audio_checks import refusal
 from ..charts import short_name, speed_value, stage_bars, time_bars
 from ..choices import Choices
 from ..comparison import Comparison, Panel, run_comparison, watch
 from ..cpu_load import BUSY_CORES, available_cores
+from ..examples import example_rows
 from ..formatting import label, panel_title
 from ..results import RESULTS_DIR
 from ..transcriptions import Transcriptions
 from ..verdict import benchmark_note, verdict_html
 
-EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
-JFK_TEXT = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
-EXAMPLES = (  # (clip in examples/, its button, the model it shows best, reference text); see examples/README.md
-    ("jfk.flac", "JFK, 11 s", "tiny.en", JFK_TEXT),
-    ("physicsworks-excerpt.flac", "Physics lecture, 43 s", "tiny.en", ""),
-    ("german.flac", "German, 29 s", "base", ""),
-)
 ABOUT = (
     "The three implementations run OpenAI's Whisper with the same weights (one CTranslate2 package, converted once "
     "for MAX and openai-whisper) and the same decoding options on the same audio; MAX must give openai-whisper's "
@@ -41,13 +35,6 @@ ABOUT = (
     "loading and compiling the models, done once. The Benchmarks tab holds medians measured on a quiet machine; "
     "docs/app.md in the repository describes the page.")
 RUNS_AT_ONCE = 16  # requests inside the app at once: they take turns (`Transcriptions`) and see their place
-
-
-def example_rows(models: list[str]) -> list[tuple[str, str, str, str]]:
-    """(clip path, button, model, reference text) for each clip in examples/, with the default model
-    where the clip's model is not installed."""
-    return [(str(EXAMPLES_DIR / name), button, model if model in models else models[0], text)
-            for name, button, model, text in EXAMPLES if (EXAMPLES_DIR / name).is_file()]
 
 
 def panel_head(panel: Panel | None, backend: str, rounds: int = 1) -> str:
@@ -227,6 +214,7 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
               results, concurrency_limit=RUNS_AT_ONCE, show_progress="hidden").then(
         note, note_inputs, model_note, concurrency_limit=None, show_progress="hidden")  # what the run loaded
     video.upload(lambda path: path, inputs=video, outputs=audio, show_progress="hidden")
+    audio.upload(lambda path: refusal(path, max_seconds), audio, message, show_progress="hidden")  # at once
     for button, path, example_model, text in example_buttons:
         button.click(lambda path=path, m=example_model, text=text: (path, m, text),
                      outputs=[audio, model, reference_text], concurrency_limit=None, show_progress="hidden")

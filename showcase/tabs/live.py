@@ -28,7 +28,7 @@ from ..choices import Choices
 from ..formatting import error_message, label, panel_title
 from ..live_session import LiveSession
 from ..transcriptions import Transcriptions
-from .compare import example_rows
+from ..examples import example_rows
 
 log = logging.getLogger(__name__)
 
