@@ -13,8 +13,9 @@ EXAMPLES = (  # (clip in examples/, its button, the model it shows best, referen
 )
 
 
-def example_rows(models: list[str]) -> list[tuple[str, str, str, str]]:
-    """(clip path, button, model, reference text) for each clip in examples/, with the default model
-    where the clip's model is not installed."""
+def example_rows(models: list[str], english: bool = False) -> list[tuple[str, str, str, str]]:
+    """(clip path, button, model, reference text) for each clip in examples/ (with `english`, the
+    English ones), with the default model where the clip's model is not installed."""
     return [(str(EXAMPLES_DIR / name), button, model if model in models else models[0], text)
-            for name, button, model, text in EXAMPLES if (EXAMPLES_DIR / name).is_file()]
+            for name, button, model, text in EXAMPLES
+            if (EXAMPLES_DIR / name).is_file() and (model.endswith(".en") or not english)]

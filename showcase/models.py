@@ -146,7 +146,7 @@ class ModelCache:
         if seconds is not None:
             return f"about {math.ceil(seconds)} s" + (" last time here" if backend == "max" else "")
         if backend == "max":
-            return f"minutes the first time on a {device.upper()}"
+            return f"seconds, or minutes the first time on a {device.upper()}"
         return "seconds"
 
     def loading_text(self, backend: str, model: str, device: str, precision: str = "fp32") -> str:
@@ -167,7 +167,7 @@ class ModelCache:
         parts = [f"{' and '.join(BACKENDS[b].label for b in names)} "
                  f"{'compiles' if names == ['max'] else 'load' if len(names) > 1 else 'loads'} it ({seconds})"
                  for seconds, names in by_time.items()]
-        name = model if precision == "fp32" else f"{model} {precision}"
+        name = model if all(key[3] == "fp32" for key in missing) else f"{model} {precision}"
         return f"First run with **{name}**: " + "; ".join(parts) + "."
 
     def badge(self) -> str:

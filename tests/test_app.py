@@ -304,8 +304,8 @@ def test_loaded_implementations_answer_first_and_show_before_the_rest(tmp_path):
     started = [next(b for b, p in s.panels.items() if p.state == "running") for s in snapshots
                if any(p.state == "running" for p in s.panels.values())]
     assert list(dict.fromkeys(started)) == ["openai", "faster", "max"]
-    assert any(s.panels["max"].doing == "compiling the MAX graphs for fake on cpu (minutes the first time on a CPU)"
-               for s in snapshots)
+    compiling = "compiling the MAX graphs for fake on cpu (seconds, or minutes the first time on a CPU)"
+    assert any(s.panels["max"].doing == compiling for s in snapshots)
     before_max = next(s for s in snapshots if s.panels["max"].state == "running")
     assert before_max.panels["openai"].text == "hello world" and before_max.panels["openai"].state == "done"
     assert verdict_html(before_max) == "" and "waiting" in compare.panel_head(snapshots[0].panels["max"], "max")
@@ -622,16 +622,20 @@ def test_a_load_tells_how_long_it_took_last_time(tmp_path):
     record = tmp_path / "cache" / "load-times.json"
     cache = ModelCache(lambda backend, **kw: FakeTranscriber(backend), record=record)
     assert cache.load_note(["max", "openai", "faster"], "fake", "cpu") == (
-        "First run with **fake**: MAX compiles it (minutes the first time on a CPU); "
+        "First run with **fake**: MAX compiles it (seconds, or minutes the first time on a CPU); "
         "openai-whisper and faster-whisper load it (seconds).")
     cache.get("max", "fake", "cpu")
     assert cache.load_note(["max"], "fake", "cpu") == ""
     # another precision is another model; openai-whisper runs fp32 whatever the precision asked
     assert cache.load_note(["max", "openai"], "fake", "cpu", "int8") == (
-        "First run with **fake int8**: MAX compiles it (minutes the first time on a CPU); openai-whisper loads it (seconds).")
+        "First run with **fake int8**: MAX compiles it (seconds, or minutes the first time on a CPU); "
+        "openai-whisper loads it (seconds).")
+    assert (cache.load_note(["openai"], "fake", "cpu", "int8")
+            == "First run with **fake**: openai-whisper loads it (seconds).")
     again = ModelCache(lambda backend, **kw: FakeTranscriber(backend), record=record)
-    assert again.load_note(["max"], "fake", "cpu") == "First run with **fake**: MAX compiles it (about 1 s last time here)."
-    assert again.loading_text("max", "fake", "cpu") == "compiling the MAX graphs for fake on cpu (about 1 s last time here)"
+    last_time = "about 1 s last time here"
+    assert again.load_note(["max"], "fake", "cpu") == f"First run with **fake**: MAX compiles it ({last_time})."
+    assert again.loading_text("max", "fake", "cpu") == f"compiling the MAX graphs for fake on cpu ({last_time})"
 
 
 def test_compile_cache_on_persistent_storage(tmp_path, monkeypatch):
@@ -767,14 +771,15 @@ def test_benchmarks_heading_chart_table_then_machines(tmp_path):
     (tmp_path / "gpu-h100.json").write_text(json.dumps(gpu))  # newer, but a GPU's: after the CPU's rows
     (tmp_path / "broken.json").write_text("{not json")
     top, table, machines = benchmark_view(tmp_path)
-    assert table[-1][1:3] == ["MAX fp32", "NVIDIA H100"] and table[-1][4] == 104
+    assert table[-1][1:3] == ["MAX fp32", "NVIDIA H100 · 2026-02-01"] and table[-1][4] == 104
     table = table[:-1]
     assert top.startswith("<h2>What this machine class measured</h2>")
     assert "tiny.en on a 200 s clip (talk.flac), Xeon (AVX-512), 2 cores" in top
     names = re.findall(r"class='bar-name'[^>]*>([^<]+)<", top)
     assert names == ["MAX fp32", "faster-whisper fp32", "openai-whisper fp32", "MAX int8", "faster-whisper int8"]
     assert "2.50 s · 80×" in top and "jfk" not in top
-    assert len(table) == 6 and table[0][:5] == ["talk.flac", "MAX fp32", "Xeon · AVX-512 · 2 cores", 2.5, 80.0]
+    assert len(table) == 6
+    assert table[0][:5] == ["talk.flac", "MAX fp32", "Xeon · AVX-512 · 2 cores · 2026-01-01", 2.5, 80.0]
     column = {c: i for i, c in enumerate(BENCH_TABLE)}
     assert table[0][column["wer"]] == 0.0 and table[0][column["agreement"]] == 100.0  # percentages
     assert len(table[0]) == len(BENCH_TABLE)
@@ -819,8 +824,11 @@ def test_app_builds_with_the_examples():
     rows = examples.example_rows(["tiny.en"])
     assert [Path(r[0]).name for r in rows] == ["jfk.flac", "physicsworks-excerpt.flac", "german.flac"]
     assert rows[2][2] == "tiny.en" and examples.example_rows(["tiny.en", "base"])[2][2] == "base"
+    english = examples.example_rows(["tiny.en"], english=True)  # the Live tab's: no German into tiny.en
+    assert [Path(r[0]).name for r in english] == ["jfk.flac", "physicsworks-excerpt.flac"]
     for path, button, _, _ in rows:
-        assert Path(path).stat().st_size < 1.5e6 and Path(path).name in (examples.EXAMPLES_DIR / "README.md").read_text()
+        assert Path(path).stat().st_size < 1.5e6
+        assert Path(path).name in (examples.EXAMPLES_DIR / "README.md").read_text()
         assert re.search(r", \d+ s$", button)  # the button says how long the clip is
 
 

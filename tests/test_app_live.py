@@ -209,28 +209,48 @@ def test_a_race_with_no_room_for_one_of_its_sessions_is_refused_and_stops_the_ot
 
 def test_an_example_plays_as_the_microphone(tmp_path):
     """A visitor without a microphone plays a clip instead: its pieces reach every implementation at
-    the clip's own pace, the progress line says how far, then the stop finishes them. A refused race
-    shows why and plays nothing."""
+    the clip's own pace, the progress line says how far, then the stop finishes them. Meanwhile the
+    microphone waits: its chunks are refused and its stop leaves the example playing. A refused race
+    shows why and plays nothing; a race that runs refuses the example."""
     clip = tmp_path / "two.wav"
     soundfile.write(clip, np.zeros(2 * SAMPLE_RATE, np.float32), SAMPLE_RATE)
     scripts = Scripts()
+    races = live.LiveRaces(scripts)
     started = time.monotonic()
-    shown = list(live.LiveRaces(scripts).play(str(clip), ["max", "faster"], "tiny.en", "cpu"))
+    play = races.play(str(clip), None, ["max", "faster"], "tiny.en", "cpu")
+    race, message, *_ = next(play)
+    assert message == "Playing two.wav as the microphone: 0 of 2 s" and list(race.sessions) == ["max", "faster"]
+    mic, refused, *_ = races.chunk((SAMPLE_RATE, np.zeros(4800, np.int16)), race, ["max"], "tiny.en", "cpu")
+    assert mic is race and refused == "⚠ two.wav plays as the microphone: record once it has ended."
+    assert [state for state, *_ in races.stop(race)] == [race] and race.stopped_at is None  # still playing
+    shown = list(play)
     assert time.monotonic() - started >= 2 - live.PLAY_CHUNK_S  # not faster than the clip
-    messages = [message for _, message, *_ in shown]
-    assert messages[:4] == [f"Playing two.wav as the microphone: {s:.0f} of 2 s" for s in (0.5, 1, 1.5, 2)]
-    race = shown[0][0]
-    assert all(state is race for state, *_ in shown) and list(race.sessions) == ["max", "faster"]
+    assert [m for _, m, *_ in shown[:3]] == [f"Playing two.wav as the microphone: {s} of 2 s" for s in (1, 1, 2)]
+    assert all(state is race for state, *_ in shown)
     assert not race.running and all(s.figures().startswith("stopped") for s in race.sessions.values())
     assert all(scripts.made[b].calls for b in ("max", "faster"))
+
+    recording = races.start(["max"], "tiny.en", "cpu")
+    (busy,) = races.play(str(clip), recording, ["max"], "tiny.en", "cpu")
+    assert busy[0] is recording and busy[1] == "⚠ A race is running: stop the recording before playing an example."
+    recording.stop(timeout=10)
 
     class Busy(Scripts):
         def live_session(self, backend, model, device):
             raise MaxWhisperError("another visitor's live race is running: try again in a minute")
 
-    (refused,) = live.LiveRaces(Busy()).play(str(clip), ["max"], "tiny.en", "cpu")
+    (refused,) = live.LiveRaces(Busy()).play(str(clip), None, ["max"], "tiny.en", "cpu")
     assert refused[1] == "⚠ another visitor's live race is running: try again in a minute"
     assert refused[0].ended  # stopped: the microphone's next recording asks again
+
+
+def test_a_visitor_who_leaves_ends_the_example_s_race(tmp_path):
+    clip = tmp_path / "two.wav"
+    soundfile.write(clip, np.zeros(2 * SAMPLE_RATE, np.float32), SAMPLE_RATE)
+    play = live.LiveRaces(Scripts()).play(str(clip), None, ["max"], "tiny.en", "cpu")
+    race, *_ = next(play)
+    play.close()  # what Gradio does with a stream whose page has gone
+    wait_for(lambda: not race.running, timeout=10)
 
 
 def test_sessions_on_one_transcriber_take_turns():

@@ -49,7 +49,8 @@ def machine_name(machine: dict, device: str) -> str:
     """'NVIDIA H100 80GB HBM3' for a GPU's rows, 'AMD EPYC · AVX-512 VNNI BF16 · 2 cores' for a CPU's."""
     if device == "gpu" and machine.get("gpu"):
         return str(machine["gpu"])
-    parts = [machine.get("cpu"), machine.get("vector_isa"), f"{machine['cores']} cores" if machine.get("cores") else None]
+    cores = f"{machine['cores']} cores" if machine.get("cores") else None
+    parts = [machine.get("cpu"), machine.get("vector_isa"), cores]
     return " · ".join(str(p) for p in parts if p) or "?"
 
 
@@ -72,8 +73,9 @@ def benchmark_view(directory: Path) -> tuple[str, str, list[list], str]:
                 f"the same weights and decoding.</p>{benchmark_bars(rows)}")
 
     def cells(run, row: dict) -> list:
+        when = run.created[:10]  # two runs on one machine class differ by their day
         named = {**row, "implementation": f"{short_name(row['backend'])} {row['precision']}",
-                 "machine": machine_name(run.machine, row["device"])}
+                 "machine": machine_name(run.machine, row["device"]) + (f" · {when}" if when else "")}
         return [_cell(c, named[c]) for c in BENCH_TABLE]
 
     # the CPU's runs first (the app's subject), the newest first within each device

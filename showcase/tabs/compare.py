@@ -214,10 +214,12 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
               results, concurrency_limit=RUNS_AT_ONCE, show_progress="hidden").then(
         note, note_inputs, model_note, concurrency_limit=None, show_progress="hidden")  # what the run loaded
     video.upload(lambda path: path, inputs=video, outputs=audio, show_progress="hidden")
-    audio.upload(lambda path: refusal(path, max_seconds), audio, message, show_progress="hidden")  # at once
-    for button, path, example_model, text in example_buttons:
-        button.click(lambda path=path, m=example_model, text=text: (path, m, text),
-                     outputs=[audio, model, reference_text], concurrency_limit=None, show_progress="hidden")
+    audio.upload(lambda path: refusal(path, max_seconds), audio, message, show_progress="hidden",
+                 concurrency_limit=None)  # at once
+    audio.clear(lambda: "", outputs=message, show_progress="hidden", concurrency_limit=None)
+    for button, path, example_model, text in example_buttons:  # (the message: an upload's refusal goes)
+        button.click(lambda path=path, m=example_model, text=text: (path, m, text, ""),
+                     outputs=[audio, model, reference_text, message], concurrency_limit=None, show_progress="hidden")
     for control in (model, precision, device, beam_size):
         control.change(lambda m, p, d, beam: gr.Accordion(label=options_label(m, p, choices.device(d), int(beam))),
                        [model, precision, device, beam_size], options, concurrency_limit=None, show_progress="hidden")

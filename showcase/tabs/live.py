@@ -25,10 +25,10 @@ from maxwhisper.registry import BACKENDS
 
 from ..charts import short_name
 from ..choices import Choices
-from ..formatting import error_message, label, panel_title
+from ..examples import example_rows
+from ..formatting import error_message, panel_title
 from ..live_session import LiveSession
 from ..transcriptions import Transcriptions
-from ..examples import example_rows
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class LiveRace:
     def __init__(self, sessions: dict[str, LiveSession], refusal: str = ""):
         self.sessions, self.refusal = sessions, refusal
         self.stopped_at: float | None = None
+        self.playing = ""  # the example clip that plays into the race as its microphone, if one does
 
     def add(self, chunk) -> None:
         sample_rate, samples = chunk
@@ -114,6 +115,8 @@ class LiveRaces:
 
     def chunk(self, chunk, race: LiveRace | None, backends: list[str], model: str, device: str) -> list:
         """A piece of a recording -> [the race, a message, each implementation's panel]."""
+        if race is not None and race.playing and not race.ended:  # the microphone waits for the example
+            return [race, f"⚠ {race.playing} plays as the microphone: record once it has ended.", *self.panels(race)]
         if race is not None and race.just_stopped:  # the stopped recording's last chunk, arriving late
             return [race, "", *self.panels(race)]
         if race is None or race.ended:  # the first chunk of a recording
@@ -125,32 +128,46 @@ class LiveRaces:
                 race = LiveRace({}, refusal=f"⚠ {e}")
         if race.refusal:  # until the recording stops: each chunk asking again would build and stop sessions
             return [race, race.refusal, *self.panels(None)]
-        message = ""
-        if chunk is not None:
-            try:
-                race.add(chunk)
-            except MaxWhisperError as e:
-                race.stop()
-                message = f"⚠ Live transcription stopped: {error_message(e)}"
-        return [race, message, *self.panels(race)]
+        return [race, self._add(race, chunk) if chunk is not None else "", *self.panels(race)]
 
-    def play(self, path: str, backends: list[str], model: str, device: str) -> Iterator[list]:
-        """An example clip as a recording: its pieces sent at its own pace, then the stop, each step
-        shown as `chunk` and `stop` show a microphone's."""
+    @staticmethod
+    def _add(race: LiveRace, chunk) -> str:
+        """Feeds a piece to the race: "", or why the race stopped (audio that is not audio)."""
+        try:
+            race.add(chunk)
+        except MaxWhisperError as e:
+            race.stop()
+            return f"⚠ Live transcription stopped: {error_message(e)}"
+        return ""
+
+    def play(self, path: str, race: LiveRace | None, backends: list[str], model: str, device: str) -> Iterator[list]:
+        """An example clip as the microphone: a new race, the clip's pieces at its own pace, then the
+        stop, shown as a recording's. Refused while the tab's race runs; the microphone waits for it
+        (`chunk`); a visitor who leaves ends it."""
+        if race is not None and not race.ended and not race.refusal:
+            yield [race, "⚠ A race is running: stop the recording before playing an example.", *self.panels(race)]
+            return
+        race, message, *panels = self.chunk(None, None, backends, model, device)  # the race, no audio yet
+        if message or race is None:
+            if race is not None:
+                race.stop()  # ended: the microphone's next recording asks again
+            yield [race, message, *panels]
+            return
         samples = load_audio(path)
-        name, total, step = Path(path).name, len(samples) / SAMPLE_RATE, int(PLAY_CHUNK_S * SAMPLE_RATE)
-        race, started = None, time.monotonic()
-        for i in range(0, len(samples), step):
-            race, message, *panels = self.chunk((SAMPLE_RATE, samples[i:i + step]), race, backends, model, device)
-            if message or race is None:  # refused or stopped: shown, the rest not played
-                if race is not None:
-                    race.stop()
-                yield [race, message, *panels]
-                return
-            heard = min(i + step, len(samples)) / SAMPLE_RATE
-            yield [race, f"Playing {name} as the microphone: {heard:.0f} of {total:.0f} s", *panels]
-            time.sleep(max(0.0, started + heard - time.monotonic()))
-        yield from self.stop(race)
+        race.playing, total, step = Path(path).name, len(samples) / SAMPLE_RATE, int(PLAY_CHUNK_S * SAMPLE_RATE)
+        started = time.monotonic()
+        try:
+            for i in range(0, len(samples), step):
+                message = self._add(race, (SAMPLE_RATE, samples[i:i + step]))
+                heard = min(i + step, len(samples)) / SAMPLE_RATE
+                yield [race, message or f"Playing {race.playing} as the microphone: {int(heard)} of {total:.0f} s",
+                       *self.panels(race)]
+                if message:
+                    return
+                time.sleep(max(0.0, started + heard - time.monotonic()))
+            yield from self._finish(race)
+        finally:
+            race.stop()  # also where the visitor left: the sessions end now, not after their idle time
 
     def stop(self, race: LiveRace | None) -> Iterator[list]:
         """The recording stopped: each session finishes the audio it has, shown as it goes. The race
@@ -159,6 +176,12 @@ class LiveRaces:
         if race is None:
             yield [None, "", *self.panels(None)]
             return
+        if race.playing and not race.ended:  # the microphone's stop: the example plays to its end
+            yield [race, "", *self.panels(race)]
+            return
+        yield from self._finish(race)
+
+    def _finish(self, race: LiveRace) -> Iterator[list]:
         race.stop()
         deadline = time.monotonic() + STOP_WAIT_S
         while race.running and time.monotonic() < deadline:
@@ -180,9 +203,9 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
                 mic = gr.Audio(sources=["microphone"], type="numpy", streaming=True, label="Microphone",
                                elem_id="live-mic", waveform_options=gr.WaveformOptions(show_recording_waveform=False))
                 with gr.Row(elem_id="live-examples", equal_height=True):
-                    plays = [(gr.Button(f"▶ {button} as the microphone", size="sm", variant="secondary", min_width=120),
-                              path) for path, button, model, _ in example_rows(choices.models)
-                             if model == choices.models[0]]
+                    plays = [(gr.Button(f"▶ {button} as the microphone", size="sm", variant="secondary",
+                                        min_width=120), path)
+                             for path, button, _, _ in example_rows(choices.models, english=True)]
             with gr.Column(scale=2, min_width=300):
                 live_backends = gr.CheckboxGroup(
                     [(short_name(b), b) for b in choices.backends], value=racers, label="Implementations to race",
@@ -212,12 +235,12 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
     mic.stop_recording(races.stop, race_state, [race_state, message, *panels], show_progress="hidden",
                        concurrency_limit=None)
     def player(path: str):
-        def play(backends, model):  # a generator function, as Gradio streams only those
-            yield from races.play(path, backends, model, choices.default_device)
+        def play(race, backends, model):  # a generator function, as Gradio streams only those
+            yield from races.play(path, race, backends, model, choices.default_device)
         return play
 
     for button, path in plays:
-        button.click(player(path), [live_backends, live_model], [race_state, message, *panels], show_progress="hidden",
-                     concurrency_limit=None)
+        button.click(player(path), [race_state, live_backends, live_model], [race_state, message, *panels],
+                     show_progress="hidden", concurrency_limit=None)
     live_backends.change(lambda backends: [gr.Column(visible=b in backends) for b in BACKENDS], live_backends, columns,
                          show_progress="hidden", concurrency_limit=None)
