@@ -36,7 +36,7 @@ from maxwhisper.audio import N_SAMPLES, load_audio, log_mel_spectrogram  # noqa:
 from maxwhisper.bench.clips import audio_dir  # noqa: E402
 from maxwhisper.bench.machine import machine_info  # noqa: E402
 from maxwhisper.graph import decoder, model  # noqa: E402
-from maxwhisper.graph.compiled import artifact_paths, compile_cpu_graph  # noqa: E402
+from maxwhisper.graph.compiled import artifact_paths, compile_graph  # noqa: E402
 from maxwhisper.graph.layers import (WeightBank, kernel_library, layer_norm_gather,  # noqa: E402
                                      token_embedding)
 from maxwhisper.registry import create_transcriber  # noqa: E402
@@ -120,7 +120,7 @@ def step_parts(net: model.MaxWhisper, audio: np.ndarray) -> dict[str, float]:
     """Median ms of each part graph at POSITION of the first window (see the module's docstring)."""
     module, registry = Module(), {}
     graphs = [part_graph(net, part, module, registry) for part in PARTS]
-    compiled = compile_cpu_graph(net.session, module, artifact_paths(graphs))
+    compiled = compile_graph(net.session, module, artifact_paths(graphs))
     loaded = net.session.init_all(compiled, weights_registry=registry)
     mel = log_mel_spectrogram(audio[:N_SAMPLES], net.dims.n_mels, padding=N_SAMPLES)[:, :3000]
     features = net.encode(mel[None])

@@ -66,13 +66,13 @@ class RewindingInference(Inference, Protocol):
 
 
 class ChoosingInference(Inference, Protocol):
-    """An inference that also picks the greedy token itself (MAX on the CPU does it inside the
-    step graph), so the host need not look at the logits. `DecodingTask` uses it for greedy
-    decoding at temperature 0 when the inference has this method."""
+    """An inference that also picks the greedy token itself (MAX does it inside the step graph),
+    so the host need not look at the logits. `DecodingTask` uses it for greedy decoding at
+    temperature 0 when the inference has this method."""
 
     def logits_and_choice(self, tokens: np.ndarray, audio_features: Any, positions: Sequence[int],
-                          suppress: np.ndarray, timestamp_begin: int, rows: np.ndarray | None = None
-                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                          suppress: np.ndarray, timestamp_begin: int, rows: np.ndarray | None = None,
+                          logits_wanted: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         """`logits(tokens, audio_features, positions)`, and after the last position the token
         that the logit filters and `GreedyDecoder` at temperature 0 would pick, with its log
         probability. suppress: float32 [k, n_vocab], 0 or -inf, what `LogitFilter.suppress`
@@ -80,7 +80,8 @@ class ChoosingInference(Inference, Protocol):
         rows: the k rows of the batch whose results are wanted, ascending (None: all of them); the
         others sit the call out (their next token is not needed: they have ended), and are never
         stepped again. Returns (logits float32 [k, len(positions), n_vocab], tokens int64 [k], log
-        probabilities float32 [k])."""
+        probabilities float32 [k]); logits_wanted False: None for the logits, which a GPU then
+        need not copy to the host."""
         ...
 
 
@@ -644,10 +645,12 @@ class DecodingTask:
                     live = np.flatnonzero(tokens[:, -1] != self.tokenizer.eot)
                     if i == 0 or len(live) == n_batch:
                         logits, next_tokens, logprobs = choose(
-                            tokens, audio_features, positions, self._suppression(tokens), timestamp_begin)
+                            tokens, audio_features, positions, self._suppression(tokens), timestamp_begin,
+                            logits_wanted=i == 0)
                     else:
                         logits, chosen, chosen_logprobs = choose(
-                            tokens, audio_features, positions, self._suppression(tokens[live]), timestamp_begin, live)
+                            tokens, audio_features, positions, self._suppression(tokens[live]), timestamp_begin, live,
+                            logits_wanted=False)
                         next_tokens = np.full(n_batch, self.tokenizer.eot, np.int64)
                         logprobs = np.zeros(n_batch, np.float32)
                         next_tokens[live], logprobs[live] = chosen, chosen_logprobs

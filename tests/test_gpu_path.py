@@ -11,12 +11,12 @@ from max.graph import DeviceRef
 
 from maxwhisper.api import BackendError
 from maxwhisper.graph import model as graph_model
-from maxwhisper.graph.layers import WeightBank
+from maxwhisper.graph.layers import WeightBank, greedy_choice, greedy_choice_ops
 from maxwhisper.graph.model import DTYPES, build_graph, graph_names
 from maxwhisper.graph.plan import make_plan
 from maxwhisper.graph.weights import graph_arrays
 
-PORTABLE_GRAPHS = ("encoder", "decoder_step", "alignment", "cache_reorder", "batch_repeat")
+GRAPHS = ("encoder", "decoder_step", "token_step", "alignment", "cache_reorder", "batch_repeat")
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +30,26 @@ def test_every_gpu_graph_builds_with_weights_of_its_dtype_and_shape(tiny_en_chec
     (non-contiguous before) are what kept this from building or loading."""
     dims, halves = tiny_en_checkpoint.dims, {}
     plan = make_plan(WeightBank(tiny_arrays, DTYPES[precision], DeviceRef.GPU(), halves), dims)
-    assert plan.name == "portable" and not plan.decoder_chooses and not plan.token_step
-    assert graph_names(plan) == PORTABLE_GRAPHS
+    assert plan.name == "portable" and plan.token_step and plan.greedy_choice is greedy_choice_ops
+    assert graph_names(plan) == GRAPHS
     for name in graph_names(plan):
         graph, registry = build_graph(name, tiny_arrays, dims, plan, halves)  # registry() checks each array
         assert "mo.custom" not in str(graph)  # MAX's ops only: no Mojo kernel on the GPU
-        assert bool(registry) == (name in ("encoder", "decoder_step", "alignment"))
+        assert bool(registry) == (name in ("encoder", "decoder_step", "token_step", "alignment"))
         assert all(a.dtype == DTYPES[precision].to_numpy() and a.flags.c_contiguous for a in registry.values())
+        on_host = [i for i, v in enumerate(graph.inputs) if v.type.device == DeviceRef.CPU()]
+        # a prompt's cache offset is a slice bound, on the host; a token step reads nothing there (capturable)
+        assert on_host == ([2] if name == "decoder_step" else [])
+
+
+def test_a_graph_s_input_record_states_its_inputs_once():
+    from maxwhisper.graph.inputs import CacheReorderInputs
+
+    record = CacheReorderInputs("index", ("k0", "v0", "k1", "v1"))
+    assert record.flat() == ["index", "k0", "v0", "k1", "v1"]
+    assert record.like(range(5)) == CacheReorderInputs(0, (1, 2, 3, 4))
+    with pytest.raises(ValueError, match="more inputs than CacheReorderInputs holds"):
+        record.like(range(6))
 
 
 def test_a_weight_array_that_does_not_match_its_weight_is_refused():
@@ -53,7 +66,7 @@ def test_a_weight_array_that_does_not_match_its_weight_is_refused():
 def test_the_cpu_plan_runs_every_kernel_and_no_kernels_runs_the_gpu_s_graphs(tiny_en_checkpoint, tiny_arrays):
     dims = tiny_en_checkpoint.dims
     cpu = make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims)
-    assert cpu.name == "cpu-kernels" and cpu.decoder_chooses and cpu.token_step
+    assert cpu.name == "cpu-kernels" and cpu.greedy_choice is greedy_choice and cpu.token_step
     assert cpu.encoder_linear_kernel and cpu.encoder_attention_kernel and cpu.step_linears_kernel
     assert cpu.conv_stem_kernel and "conv stem" in cpu.describe() and not cpu.encoder_attention_bf16
     # int8's encoder attention in bfloat16 only where the caller says it pays (`registry.bf16_attention_pays`)
@@ -65,7 +78,7 @@ def test_the_cpu_plan_runs_every_kernel_and_no_kernels_runs_the_gpu_s_graphs(tin
     tiles = make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims, int8=True, amx=True)
     assert tiles.amx_tiles and "AMX tiles" in tiles.describe() and not int8[True].amx_tiles
     assert not make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims, amx=True).amx_tiles
-    assert graph_names(cpu) == PORTABLE_GRAPHS[:2] + ("token_step",) + PORTABLE_GRAPHS[2:]
+    assert graph_names(cpu) == GRAPHS
     portable = make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims, kernels=False)
     gpu = make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.GPU()), dims)
     assert (portable.name, graph_names(portable)) == (gpu.name, graph_names(gpu))
@@ -101,3 +114,82 @@ def test_no_kernels_is_an_option_of_the_max_backend_only():
         create_transcriber("openai", kernels=False)
     with pytest.raises(BackendError, match="fp16 only with --no-kernels"):
         create_transcriber("max", device="cpu", precision="fp16")
+
+
+def _copies(monkeypatch) -> dict:
+    """Counts, by input name, the copies `device_steps.StepBuffers.set` makes to the device."""
+    from maxwhisper.graph import device_steps
+
+    counts: dict[str, int] = {}
+    original = device_steps.StepBuffers.set
+
+    def counted(buffers, name, array):
+        held = buffers.held[name]
+        original(buffers, name, array)
+        counts[name] = counts.get(name, 0) + (buffers.held[name] is not held)
+    monkeypatch.setattr(device_steps.StepBuffers, "set", counted)
+    return counts
+
+
+def test_portable_token_steps_copy_only_what_changed(max_tiny_en_portable, openai_tiny_en, jfk_audio, monkeypatch):
+    """The token step graph advances its own tokens and positions: after a window's first steps
+    nothing but a changed suppression mask is copied to the device. The buffers outlive the
+    decoding: the next one borrows them again."""
+    from maxwhisper.api import DecodeOptions
+    from maxwhisper.graph.device_steps import DeviceStepInference, run_step
+
+    net = max_tiny_en_portable.net
+    assert isinstance(net.inference(), DeviceStepInference) and not net.captures  # the CPU runs plain calls
+    steps = []
+    monkeypatch.setattr("maxwhisper.graph.device_steps.run_step", lambda n, b: steps.append(b) or run_step(n, b))
+    copies = _copies(monkeypatch)
+    result = max_tiny_en_portable.transcribe(jfk_audio, DecodeOptions())
+    assert result.tokens == openai_tiny_en.transcribe(jfk_audio, DecodeOptions()).tokens
+    assert len(steps) > 20 and len(set(map(id, steps))) == 1  # one window, one set of buffers
+    # the prompt's tokens run as token steps, then the graph feeds itself
+    assert copies["tokens"] <= 4 and copies["positions"] <= 4 and copies["rows"] == 1 == copies["cross_keys"]
+    assert copies["suppress"] < len(steps) / 2
+    max_tiny_en_portable.transcribe(jfk_audio, DecodeOptions())
+    assert len(set(map(id, steps))) == 1  # lent again
+
+
+def test_captured_token_steps_give_the_tokens_of_plain_calls(max_tiny_en_portable, jfk_audio, lecture_60s_audio,
+                                                              monkeypatch, caplog):
+    """A GPU captures each token step once per batch size and audio length, then replays it on the
+    same buffers. Emulated on the CPU: a capture that also runs the graph (as it may on a GPU), a
+    replay that writes into the captured outputs. The tokens are those of plain calls; a capture
+    that fails leaves plain calls, said once."""
+    from maxwhisper.api import DecodeOptions
+    from maxwhisper.graph.device_steps import StepBufferPool
+
+    net = max_tiny_en_portable.net
+    plain = [max_tiny_en_portable.transcribe(a, DecodeOptions()).tokens for a in (jfk_audio, lecture_60s_audio)]
+    captured, replays = {}, []
+
+    def capture(graph, key, inputs):
+        captured[key] = graph.execute(*inputs)
+        return captured[key]
+
+    def replay(graph, key, inputs):
+        replays.append(key)
+        outputs = graph.execute(*inputs)
+        for mine, new in zip(captured[key], outputs, strict=True):
+            mine.inplace_copy_from(new)
+        net.device.synchronize()  # the copies are queued: done before their sources go
+    monkeypatch.setattr(net, "captures", True)
+    monkeypatch.setattr(net, "capture", capture)
+    monkeypatch.setattr(net, "replay", replay)
+    monkeypatch.setattr(net, "release", lambda graph, key: captured.pop(key))
+    monkeypatch.setattr(net, "step_buffers", StepBufferPool(net))
+    assert [max_tiny_en_portable.transcribe(a, DecodeOptions()).tokens for a in (jfk_audio, lecture_60s_audio)] == plain
+    assert len(captured) == 1 and len(replays) > 100  # every window has 30 s of audio: one shape
+
+    def broken(graph, key, inputs):
+        raise RuntimeError("capture is not supported here")
+    monkeypatch.setattr(net, "capture", broken)
+    monkeypatch.setattr(net, "step_buffers", StepBufferPool(net))
+    with caplog.at_level("WARNING", logger="maxwhisper.graph.device_steps"):
+        assert max_tiny_en_portable.transcribe(jfk_audio, DecodeOptions()).tokens == plain[0]
+    assert not net.captures
+    assert [r.getMessage() for r in caplog.records] == [
+        "the GPU runs MAX's decoder steps one by one: capturing them failed (RuntimeError: capture is not supported here)"]

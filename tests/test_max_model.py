@@ -606,22 +606,24 @@ def test_vocab_projection_first_pass_uses_the_target_s_byte_dot_product(cpu, ins
     assert_byte_dot_products(_tile_assembly("vocab_int4_asm.mojo", cpu, tmp_path), instruction, register, count)
 
 
-def test_greedy_choice_kernel_equals_the_host_decoding_path():
-    """The token the step graph picks (`greedy.mojo`) against decoding.py's own classes on the same
-    logits: suppression mask, ApplyTimestampRules' probability rule, GreedyDecoder at T=0."""
+@pytest.mark.parametrize("choice", ["greedy_choice", "greedy_choice_ops"])
+def test_greedy_choice_equals_the_host_decoding_path(choice):
+    """The token the step graph picks, by the CPU kernel (`greedy.mojo`) and by MAX's ops (the
+    portable plan's, a GPU's), against decoding.py's own classes on the same logits: suppression
+    mask, ApplyTimestampRules' probability rule, GreedyDecoder at T=0."""
     from max.dtype import DType
     from max.graph import DeviceRef, TensorType
 
     from maxwhisper.decoding import ApplyTimestampRules, GreedyDecoder
-    from maxwhisper.graph.layers import greedy_choice
+    from maxwhisper.graph import layers
     from maxwhisper.tokenizer import get_tokenizer
 
     tokenizer = get_tokenizer(False)
     v, ts = 51864, tokenizer.timestamp_begin
     cpu = DeviceRef.CPU()
-    run = _kernel_graph("greedy_choice_test", [TensorType(DType.float32, ["b", "k", v], device=cpu),
-                                               TensorType(DType.float32, ["b", v], device=cpu),
-                                               TensorType(DType.int64, ["t"], device=cpu)], greedy_choice)
+    run = _kernel_graph(f"{choice}_test", [TensorType(DType.float32, ["b", "k", v], device=cpu),
+                                           TensorType(DType.float32, ["b", v], device=cpu),
+                                           TensorType(DType.int64, ["b"], device=cpu)], getattr(layers, choice))
 
     class ProbabilityRuleOnly(ApplyTimestampRules):  # the masks come from `suppress` here
         def suppress(self, logits, tokens):
@@ -639,7 +641,7 @@ def test_greedy_choice_kernel_equals_the_host_decoding_path():
         spans = [slice(0, 0), slice(ts, None), slice(None, tokenizer.eot), slice(ts, ts + 700)]
         suppress[:, spans[trial % 4]] = -np.inf
         timestamp_begin = ts if trial % 5 else v  # v: without timestamps
-        tokens, logprobs = run(logits, suppress, np.array([timestamp_begin], np.int64))
+        tokens, logprobs = run(logits, suppress, np.full(b, timestamp_begin, np.int64))
 
         x = logits[:, -1] + suppress
         parts = rule.apply(x, np.zeros((b, 1), np.int64)) if timestamp_begin == ts else None
@@ -648,12 +650,12 @@ def test_greedy_choice_kernel_equals_the_host_decoding_path():
         expected, _ = GreedyDecoder(0.0, tokenizer.eot, rng).update(np.zeros((b, 1), np.int64), x, expected_logprobs,
                                                                     parts)
         np.testing.assert_array_equal(tokens, expected[:, -1])
-        # the same float64 exp and sum, but Mojo's exp and order of addition, not numpy's: an ulp at most
+        # the same float64 exp and sum, but another exp and order of addition than numpy's: an ulp at most
         np.testing.assert_allclose(logprobs, expected_logprobs, rtol=1e-6, atol=3e-7)
         ulps += int((logprobs != expected_logprobs).sum())
     assert rule_fired >= 10 and ulps < 60  # both branches ran; mostly bit-equal
 
-    tokens, logprobs = run(logits, suppress, np.array([-1], np.int64))  # skipped: calls that want logits only
+    tokens, logprobs = run(logits, suppress, np.full(len(logits), -1, np.int64))  # skipped: calls that want logits only
     assert (tokens == -1).all() and (logprobs == 0).all()
 
     # one timestamp_begin per sequence (decodings of different requests stepping together) on the last
@@ -756,21 +758,21 @@ def test_compiled_cpu_graphs_are_kept_on_disk_and_the_next_load_uses_them(tmp_pa
         return graph
 
     session = InferenceSession(devices=[driver.CPU()])
-    first = compiled.compile_cpu_graph(session, scale(2.0))
+    first = compiled.compile_graph(session, scale(2.0))
     path = compiled.artifact_paths(scale(2.0))[0]  # the same graph built again: the same artifact
     assert path.parent == tmp_path / "graphs" and [p.name for p in path.parent.iterdir()] == [path.name]
     assert compiled.artifact_paths(scale(3.0))[0] != path  # another constant: another artifact
 
     compiles, compile = [], session.compile
     monkeypatch.setattr(session, "compile", lambda model, **kw: compiles.append(model) or compile(model, **kw))
-    again = compiled.compile_cpu_graph(session, scale(2.0))
+    again = compiled.compile_graph(session, scale(2.0))
     assert compiles == [str(path)]  # loaded from the artifact, not compiled
     x = np.arange(4, dtype=np.float32)
     for c in (first, again):
         assert np.array_equal(session.init(c).execute(driver.Buffer.from_numpy(x))[0].to_numpy(), 2 * x)
 
     path.write_bytes(b"not an artifact")  # damaged: compiled again and written anew
-    mended = compiled.compile_cpu_graph(session, scale(2.0))
+    mended = compiled.compile_graph(session, scale(2.0))
     assert np.array_equal(session.init(mended).execute(driver.Buffer.from_numpy(x))[0].to_numpy(), 2 * x)
     assert path.read_bytes() != b"not an artifact"
 
@@ -782,10 +784,10 @@ def test_compiled_cpu_graphs_are_kept_on_disk_and_the_next_load_uses_them(tmp_pa
 
     module = Module()  # two graphs compiled together: one artifact, found by both graphs' text
     pair = compiled.artifact_paths([offset(1.0, module), offset(2.0, module)])
-    both = session.init_all(compiled.compile_cpu_graph(session, module, pair))
+    both = session.init_all(compiled.compile_graph(session, module, pair))
     assert pair[0].exists() and pair[0] != compiled.artifact_paths([offset(1.0, None), offset(3.0, None)])[0]
     compiles.clear()
-    loaded = session.init_all(compiled.compile_cpu_graph(session, lambda: 1 / 0, pair))  # not built again
+    loaded = session.init_all(compiled.compile_graph(session, lambda: 1 / 0, pair))  # not built again
     assert compiles == [str(pair[0])]
     for models in (both, loaded):
         assert np.array_equal(models["offset_2"].execute(driver.Buffer.from_numpy(x))[0].to_numpy(), x + 2)
@@ -796,7 +798,7 @@ def test_compiled_cpu_graphs_are_kept_on_disk_and_the_next_load_uses_them(tmp_pa
     host, level = compiled.artifact_paths(scale(2.0))
     os.replace(host, level)
     compiles.clear()
-    from_level = compiled.compile_cpu_graph(session, scale(2.0))
+    from_level = compiled.compile_graph(session, scale(2.0))
     assert compiles == [str(level)] and not host.exists()
     assert np.array_equal(session.init(from_level).execute(driver.Buffer.from_numpy(x))[0].to_numpy(), 2 * x)
     monkeypatch.setattr(compiled, "cpu_level", lambda: "x86-64-v3")
@@ -807,7 +809,7 @@ def test_compiled_cpu_graphs_are_kept_on_disk_and_the_next_load_uses_them(tmp_pa
     unwritable.write_text("")
     monkeypatch.setattr(compiled, "cache_folder", lambda: unwritable)
     with pytest.warns(UserWarning, match="could not keep the compiled graph scale on disk"):
-        unkept = compiled.compile_cpu_graph(session, scale(2.0))
+        unkept = compiled.compile_graph(session, scale(2.0))
     assert np.array_equal(session.init(unkept).execute(driver.Buffer.from_numpy(x))[0].to_numpy(), 2 * x)
 
 

@@ -1,15 +1,18 @@
-"""Compiled CPU graphs kept on disk as MAX artifacts (`.mef`), so that a process loads a model's
-graphs without compiling them again.
+"""Compiled graphs kept on disk as MAX artifacts (`.mef`), so that a process loads a model's graphs
+without compiling them again.
 
 MAX's own compile cache still takes most of a second per graph on a hit; an exported artifact
 loads in milliseconds and runs the same code. An artifact is found by a digest of everything its
 code depends on: the graphs' text (their ops, shapes, dtypes and constants; the weights are the
-registry's, bound after loading), the Mojo kernel package they call (named by its own digest), the
-MAX version and the CPU it was compiled for (the host and `layers.cpu_target`, or an x86-64 level
-that any CPU having its features runs: a cache built elsewhere). Graphs compiled
-together go into one MAX `Module` and one artifact: a cold compile pays MAX's fixed cost per
-compile once for all of them (docs/design.md, "Start-up"). Only for the CPU device: a GPU compiles
-through MAX's cache.
+registry's, bound after loading), the MAX version, and the target:
+- on the CPU, the Mojo kernel package the graphs call (named by its own digest) and the CPU it was
+  compiled for (the host and `layers.cpu_target`, or an x86-64 level that any CPU having its
+  features runs: a cache built elsewhere). Graphs compiled together go into one MAX `Module` and
+  one artifact: a cold compile pays MAX's fixed cost per compile once for all of them
+  (docs/design.md, "Start-up");
+- on a GPU, its architecture (`gpu_arch`): an artifact compiled for a virtual GPU of that
+  architecture on any machine, CPU-only ones included (`maxwhisper warm --device gpu --arch`),
+  loads on a real one, where MAX's own cache from such a compile is not reused (docs/design.md#the-gpu).
 """
 from __future__ import annotations
 
@@ -45,14 +48,22 @@ def _cpu() -> str:
     return "\n".join(sorted({line for line in lines if line.split(":")[0].strip() in fields}))
 
 
-def artifact_paths(graphs: Graph | Sequence[Graph]) -> list[Path]:
-    """Where the artifact of `graphs` compiled together may live, the one this process writes first:
-    compiled for this CPU (or for the level it compiles for, `registry.use_cpu_level`), then for each
-    level this CPU can run, the highest first (a cache that `maxwhisper warm --cpu-level` built on
-    another machine)."""
+def gpu_arch(device) -> str:
+    """The architecture a GPU's artifacts are compiled for, as MAX's virtual devices name it:
+    "sm_90" for an H100, whose own name may carry a feature suffix ("sm_90a")."""
+    return re.sub(r"^(sm_\d+)[a-z]*$", r"\1", device.architecture_name)
+
+
+def artifact_paths(graphs: Graph | Sequence[Graph], gpu: str | None = None) -> list[Path]:
+    """Where the artifact of `graphs` compiled together may live, the one this process writes first.
+    On a GPU of architecture `gpu` ("sm_90", `gpu_arch`) one place. On the CPU: compiled for this
+    CPU (or for the level it compiles for, `registry.use_cpu_level`), then for each level this CPU
+    can run, the highest first (a cache that `maxwhisper warm --cpu-level` built on another machine)."""
     graphs = [graphs] if isinstance(graphs, Graph) else list(graphs)
     name, texts = "+".join(g.name for g in graphs), [str(graph) for graph in graphs]
     level_texts = [_COUNTER.sub("", text) for text in texts]
+    if gpu:
+        return [_artifact_path(f"{name}.{gpu}", level_texts, "gpu", gpu)]
     if level := cpu_level():
         return [_artifact_path(name, level_texts, level, cpu_target())]
     host = host_cpu_flags()
@@ -69,7 +80,8 @@ _COUNTER = re.compile(r"\{counter = \d+ : i64\}")
 
 def _artifact_path(name: str, texts: list[str], cpu: str, target: str) -> Path:
     digest = hashlib.sha256()
-    for part in (importlib.metadata.version("max"), cpu, kernel_library().name, target, *texts):
+    kernels = kernel_library().name if cpu != "gpu" else ""  # the GPU's graphs call no Mojo kernel
+    for part in (importlib.metadata.version("max"), cpu, kernels, target, *texts):
         digest.update(part.encode() + b"\0")
     return cache_folder() / "graphs" / f"{name}_{digest.hexdigest()[:24]}.mef"
 
@@ -101,12 +113,13 @@ if _verify_custom_op is not None:
     KernelLibrary.verify_custom_op = _check_custom_op
 
 
-def compile_cpu_graph(session: InferenceSession, graph: Graph | Module | Callable[[], Graph | Module],
-                      paths: Sequence[Path] | None = None):
-    """`graph` compiled for `session` (on the CPU): from the first of its artifacts that exists, else
-    compiled and its artifact exported for the next process. `graph`: a Graph, a Module of graphs
-    built with `module=`, or what builds one of them when it must be compiled (then with `paths`, as
-    a Module must be: its `artifact_paths`, the first where this process writes)."""
+def compile_graph(session: InferenceSession, graph: Graph | Module | Callable[[], Graph | Module],
+                  paths: Sequence[Path] | None = None, kernels: bool = True):
+    """`graph` compiled for `session`: from the first of its artifacts that exists, else compiled
+    and its artifact exported for the next process. `graph`: a Graph, a Module of graphs built with
+    `module=`, or what builds one of them when it must be compiled (then with `paths`, as a Module
+    must be: its `artifact_paths`, the first where this process writes). kernels: a Module's graphs
+    call the Mojo kernel package (the CPU's)."""
     if paths is None:
         paths = artifact_paths(graph)
     for path in paths:
@@ -118,7 +131,8 @@ def compile_cpu_graph(session: InferenceSession, graph: Graph | Module | Callabl
                     path.unlink()
     unit = graph if isinstance(graph, Graph | Module) else graph()
     # a Module's graphs call the kernel package too, but only a Graph names it to the session itself
-    compiled = session.compile(unit, custom_extensions=[kernel_library()] if isinstance(unit, Module) else None)
+    library = [kernel_library()] if kernels and isinstance(unit, Module) else None
+    compiled = session.compile(unit, custom_extensions=library)
     try:
         _export(compiled, paths[0])
     except Exception as error:  # a read-only or full cache: the next process compiles again

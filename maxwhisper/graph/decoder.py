@@ -1,10 +1,12 @@
 """The decoder as graphs: the step graph (a prompt or a step against an in-place KV cache), the
-token step graph (one new token per sequence, one Mojo op per layer, the greedy choice in the graph),
-the alignment graph (cross-attention scores for word timestamps), and the cache's reorder and repeat.
+token step graph (one new token per sequence: on the CPU one Mojo op per layer, elsewhere MAX's ops
+with nothing on the host), the alignment graph (cross-attention scores for word timestamps), and the
+cache's reorder and repeat. Both step graphs pick the greedy token. Each graph's inputs are a
+record of `graph.inputs`.
 
 The caches and the cross K/V are laid out for matrix-vector reads (K [B, H, n_text_ctx, Dh] and
 V^T [B, H, Dh, n_text_ctx] per layer; int8 cross K/V with a scale per key and value under int8,
-`cross_layout`). Why each graph is as it is: docs/design.md, "Decoder".
+`inputs.cross_layout`). Why each graph is as it is: docs/design.md, "Decoder".
 """
 from __future__ import annotations
 
@@ -13,16 +15,15 @@ from functools import partial
 
 import numpy as np
 from max.dtype import DType
-from max.graph import BufferType, DeviceRef, Graph, Module, TensorType, TensorValue, ops
+from max.graph import Graph, Module, TensorType, TensorValue, ops
 
 from ..checkpoint import ModelDims
+from .inputs import AlignmentInputs, BatchRepeatInputs, CacheReorderInputs, StepInputs, TokenStepInputs
 from .layers import (MakeLinear, WeightBank, attend_few_rows, attention, attention_scores_few_rows,
                      cross_attention_int8, dim_value, few_row_attention, few_row_linear, few_row_linear_int8,
-                     greedy_choice, kernel_library, layer_norm, layer_norm_gather, linear_few_rows, merge_heads,
-                     packed_linear_bf16, packed_linear_int8, split_heads, token_embedding, vocab_projection_int4)
+                     kernel_library, layer_norm, layer_norm_gather, linear_few_rows, merge_heads, packed_linear_bf16,
+                     packed_linear_int8, split_heads, token_embedding, vocab_projection_int4)
 from .plan import ExecutionPlan
-
-OFFSET_TYPE = TensorType(DType.int64, [], device=DeviceRef.CPU())  # the cache's write offset, on the host
 
 # (this call's K [B, H, n, Dh], V^T [B, H, Dh, n]) -> (K, V^T) over every position attended to
 SelfKV = Callable[[TensorValue, TensorValue], tuple[TensorValue, TensorValue]]
@@ -67,32 +68,6 @@ def _logits(w: WeightBank, x: TensorValue, make_linear: MakeLinear = linear_few_
     return make_linear(w, "decoder.token_embedding")(norm(w, "decoder.ln", x)).cast(DType.float32)
 
 
-def cache_shapes(dims: ModelDims, batch) -> list[list]:
-    """One layer's self-attention cache: K [batch, H, n_text_ctx, Dh] and V^T [batch, H, Dh, n_text_ctx]."""
-    H, dh, S = dims.n_text_head, dims.n_text_state // dims.n_text_head, dims.n_text_ctx
-    return [[batch, H, S, dh], [batch, H, dh, S]]
-
-
-def _cache_types(dims: ModelDims, dtype: DType, device, batch="batch") -> list[BufferType]:
-    """Every layer's cache buffers, in graph-input order."""
-    return [BufferType(dtype, shape, device=device) for shape in cache_shapes(dims, batch)] * dims.n_text_layer
-
-
-def cross_layout(dims: ModelDims, dtype: DType, batch, audio_ctx, int8: bool) -> list[tuple[DType, list]]:
-    """The cross-attention tensors that the encoder graph outputs after the features and the
-    decoder graphs take, as (dtype, shape) in order, each with the layers first and the batch
-    second: K [L, batch, H, T, Dh] and V^T [L, batch, H, Dh, T] in `dtype`; int8: K and V^T in int8,
-    then the float32 scales of each key and of each value, [L, batch, H, T] each (`encoder.quantized`)."""
-    L, H, dh = dims.n_text_layer, dims.n_text_head, dims.n_text_state // dims.n_text_head
-    kv = DType.int8 if int8 else dtype
-    layout = [(kv, [L, batch, H, audio_ctx, dh]), (kv, [L, batch, H, dh, audio_ctx])]
-    return layout + [(DType.float32, [L, batch, H, audio_ctx])] * 2 if int8 else layout
-
-
-def _cross_types(dims: ModelDims, dtype: DType, device, batch, int8: bool) -> list[TensorType]:
-    return [TensorType(t, shape, device=device) for t, shape in cross_layout(dims, dtype, batch, "audio_ctx", int8)]
-
-
 def float_cross(cross: list[TensorValue]) -> tuple[TensorValue, TensorValue]:
     """Cross K and V^T as the graph's attention ops take them: as they are, or int8 ones times
     their scales, in float32."""
@@ -127,38 +102,21 @@ def block_linear(plan: ExecutionPlan) -> MakeLinear:
 
 
 def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, module: Module | None = None) -> Graph:
-    """Inputs: tokens int64 [B, n]; positions int64 [n] (absolute); offset int64 [] on the host (= positions[0]);
-    mask float32 [n, n_text_ctx] (0 where a query may attend, -inf elsewhere); logit_index int64 [k]
-    (which of the n positions to project to logits); when the plan's step graph chooses, suppress
-    float32 [B, n_vocab] and timestamp_begin int64 [1]; the cross-attention tensors (`cross_layout`);
-    then per layer the cache buffers K [B, H, n_text_ctx, Dh] and V^T [B, H, Dh, n_text_ctx].
-    Outputs: logits float32 [B, k, n_vocab]; when it chooses also the greedy token int64 [B] after
-    the last of the k positions and its log probability float32 [B] (`layers.greedy_choice`).
-    module: as `encoder.build_encoder_graph`'s."""
-    L, S, dev = dims.n_text_layer, dims.n_text_ctx, w.device
+    """The step graph: a prompt, or one step of every row (`inputs.StepInputs`). Outputs: logits
+    float32 [B, k, n_vocab], the greedy token int64 [B] after the last of the k positions and its
+    log probability float32 [B] (`plan.greedy_choice`). module: as `encoder.build_encoder_graph`'s."""
+    L, dev = dims.n_text_layer, w.device
     use_kernel = plan.step_kernels
-    choice_types = [TensorType(DType.float32, ["batch", dims.n_vocab], device=dev),
-                    TensorType(DType.int64, [1], device=dev)] if use_kernel else []
-    types = [
-        TensorType(DType.int64, ["batch", "n"], device=dev),
-        TensorType(DType.int64, ["n"], device=dev),
-        OFFSET_TYPE,
-        TensorType(DType.float32, ["n", S], device=dev),
-        TensorType(DType.int64, ["k"], device=dev),
-        *choice_types,
-        *_cross_types(dims, w.dtype, dev, "batch", plan.cross_int8),
-        *_cache_types(dims, w.dtype, dev),
-    ]
-    n_cross = len(types) - 5 - len(choice_types) - 2 * L
-    with Graph("whisper_decoder_step", input_types=types,
+    types = StepInputs.types(dims, w.dtype, dev, plan.cross_int8)
+    with Graph("whisper_decoder_step", input_types=types.flat(),
                custom_extensions=[kernel_library()] if use_kernel or plan.layer_norm_kernel else [],
                module=module) as graph:
-        tokens, positions, offset, mask, logit_index = (v.tensor for v in graph.inputs[:5])
-        choice_inputs = [v.tensor for v in graph.inputs[5:5 + len(choice_types)]]
-        cross_start = 5 + len(choice_types)
-        cross = [v.tensor for v in graph.inputs[cross_start:cross_start + n_cross]]
+        inputs = types.like(graph.inputs)
+        tokens, positions, offset, mask, logit_index = (v.tensor for v in (
+            inputs.tokens, inputs.positions, inputs.offset, inputs.mask, inputs.logit_index))
+        cross = [v.tensor for v in inputs.cross]
         cross_k, cross_v_t = cross[:2] if plan.cross_int8 else float_cross(cross)
-        caches = graph.inputs[cross_start + n_cross:]
+        caches = [v.buffer for v in inputs.caches]
         x = _embed(w, tokens, positions, plan.step_linears_kernel)
         n = x.shape[1]
         new = (slice(offset, offset + dim_value(n)), n)
@@ -201,7 +159,7 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, mod
                               int8_cross_attention(i) if plan.cross_int8 else cross_attend,
                               cross_k[i], cross_v_t[i], block_linear(plan), plan.layer_norm)
         logits = _logits(w, ops.gather(x, logit_index, axis=1), projection_linear(plan), plan.layer_norm)
-        graph.output(logits, *(greedy_choice(logits, *choice_inputs) if use_kernel else []))
+        graph.output(logits, *plan.greedy_choice(logits, inputs.suppress.tensor, inputs.timestamp_begin.tensor))
     return graph
 
 
@@ -234,51 +192,91 @@ def decoder_layer_step(w: WeightBank, p: str, x: TensorValue, cache_k, cache_v_t
 
 def build_token_step_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, module: Module | None = None) -> Graph:
     """The step graph for one new token of each of some of B sequences (every greedy or beam step
-    after the prompt) on the CPU: each layer one `decoder_layer_step` kernel instead of ~25 ops, no
-    `ops.cond`. Each sequence has its own position, so decodings of different lengths step
-    together (`graph.shared_steps`); rows at a negative position sit the step out.
-
-    Inputs: tokens int64 [B, 1]; positions int64 [B] (each row's new token's, -1: not stepping);
-    cross_keys int64 [B] (the audio positions each row attends to, its first ones: T for all but
-    windows heard with less padding than the others in a shared cache); rows int64 [k], the
-    stepping rows whose logits are wanted; suppress float32 [k, n_vocab];
-    timestamp_begin int64 [k] or [1]; the cross-attention tensors (`cross_layout`); then per
-    layer the cache buffers K [B, H, n_text_ctx, Dh] and V^T [B, H, Dh, n_text_ctx].
+    after the prompt), `inputs.TokenStepInputs`. Each sequence has its own position, so decodings
+    of different lengths step together (`graph.shared_steps`); rows at a negative position sit the
+    step out. With the CPU kernels each layer is one `decoder_layer_step` kernel instead of ~25
+    ops; otherwise MAX's ops with nothing read on the host (`portable_token_layers`), so that a GPU
+    can replay the call as a captured device graph.
     Outputs for the k rows: logits float32 [k, 1, n_vocab], tokens int64 [k], log probabilities
-    float32 [k] (as `build_decoder_graph`'s). module: as `encoder.build_encoder_graph`'s."""
-    dev = w.device
-    types = [TensorType(DType.int64, ["batch", 1], device=dev), TensorType(DType.int64, ["batch"], device=dev),
-             TensorType(DType.int64, ["batch"], device=dev), TensorType(DType.int64, ["rows"], device=dev),
-             TensorType(DType.float32, ["rows", dims.n_vocab], device=dev),
-             TensorType(DType.int64, ["rows_or_1"], device=dev)]
-    cross_types = _cross_types(dims, w.dtype, dev, "batch", plan.cross_int8)
-    types += cross_types + _cache_types(dims, w.dtype, dev)
-    with Graph("whisper_token_step", input_types=types, custom_extensions=[kernel_library()], module=module) as graph:
-        tokens, positions, cross_keys, rows, suppress, timestamp_begin = (v.tensor for v in graph.inputs[:6])
-        cross = [v.tensor for v in graph.inputs[6:6 + len(cross_types)]]
-        caches = [v.buffer for v in graph.inputs[6 + len(cross_types):]]
-        x = token_embedding(w, tokens, positions)
-        for i in range(dims.n_text_layer):
-            x = decoder_layer_step(w, f"decoder.blocks.{i}", x, caches[2 * i], caches[2 * i + 1],
-                                   [c[i] for c in cross], positions, cross_keys, plan.int8)
-        x = layer_norm_gather(w, "decoder.ln", x, rows)
-        logits = ops.reshape(projection_linear(plan)(w, "decoder.token_embedding")(x), [rows.shape[0], 1, dims.n_vocab])
-        graph.output(logits, *greedy_choice(logits, suppress, timestamp_begin))
+    float32 [k] (as `build_decoder_graph`'s). In the portable plan the tokens and positions are
+    buffers the graph advances (`TokenStepInputs.types`): the chosen token goes into each of the k
+    rows, and each stepping row's position moves on by one. module: as `encoder.build_encoder_graph`'s."""
+    advances = not plan.step_kernels
+    types = TokenStepInputs.types(dims, w.dtype, w.device, plan.cross_int8, advances)
+    with Graph("whisper_token_step", input_types=types.flat(),
+               custom_extensions=[] if advances else [kernel_library()], module=module) as graph:
+        inputs = types.like(graph.inputs)
+        tokens, positions = ((ops.buffer_load(v.buffer) if advances else v.tensor)
+                             for v in (inputs.tokens, inputs.positions))
+        cross_keys, rows = inputs.cross_keys.tensor, inputs.rows.tensor
+        cross = [v.tensor for v in inputs.cross]
+        caches = [v.buffer for v in inputs.caches]
+        if advances:
+            x = portable_token_layers(w, dims, tokens, positions, cross_keys, cross, caches)
+            logits = _logits(w, ops.gather(x, rows, axis=0))
+        else:
+            x = token_embedding(w, tokens, positions)
+            for i in range(dims.n_text_layer):
+                x = decoder_layer_step(w, f"decoder.blocks.{i}", x, caches[2 * i], caches[2 * i + 1],
+                                       [c[i] for c in cross], positions, cross_keys, plan.int8)
+            x = layer_norm_gather(w, "decoder.ln", x, rows)
+            logits = ops.reshape(projection_linear(plan)(w, "decoder.token_embedding")(x),
+                                 [rows.shape[0], 1, dims.n_vocab])
+        chosen, logprobs = plan.greedy_choice(logits, inputs.suppress.tensor, inputs.timestamp_begin.tensor)
+        if advances:
+            ops.buffer_store(inputs.tokens.buffer, ops.scatter(tokens, ops.reshape(chosen, [-1, 1]),
+                                                               ops.reshape(rows, [-1, 1]), axis=0))
+            one = ops.constant(1, DType.int64, device=w.device)
+            ops.buffer_store(inputs.positions.buffer, ops.where(positions < 0, positions, positions + one))
+        graph.output(logits, chosen, logprobs)
     return graph
 
 
-def build_alignment_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) -> Graph:
-    """The whole token sequence at once, no cache (openai's `model(mel, tokens)` for word timing).
+def portable_token_layers(w: WeightBank, dims: ModelDims, tokens: TensorValue, positions: TensorValue,
+                          cross_keys: TensorValue, cross: list[TensorValue], caches: list) -> TensorValue:
+    """Every decoder layer for one new token of each row, in MAX's ops: tokens int64 [B, 1],
+    positions int64 [B] (negative: the row writes nothing, and its output is not to be read),
+    cross_keys int64 [B] -> x [B, 1, d]. Each row's key and value go into the cache at its own
+    position by a select over the whole cache, and its attention is masked to the positions up to
+    its own and to its first cross_keys audio positions: no slice bound, nothing on the host."""
+    dev, S = w.device, dims.n_text_ctx
+    at = ops.max(positions, ops.constant(0, DType.int64, device=dev))
+    x = _embed(w, tokens, ops.reshape(at, [-1, 1]))
+    slots = ops.range(0, S, 1, out_dim=S, device=dev, dtype=DType.int64)
+    row = ops.reshape(positions, [-1, 1, 1, 1])
+    key_slot, value_slot = ops.reshape(slots, [1, 1, S, 1]), ops.reshape(slots, [1, 1, 1, S])
+    zero, neg_inf = (ops.constant(v, DType.float32, device=dev) for v in (0.0, -np.inf))
+    self_mask = ops.where(value_slot <= ops.reshape(at, [-1, 1, 1, 1]), zero, neg_inf)  # [B, 1, 1, S]
+    cross_k, cross_v_t = float_cross(cross)
+    t = cross_k.shape[3]
+    audio = ops.range(0, dim_value(t), 1, out_dim=t, device=dev, dtype=DType.int64)
+    cross_mask = ops.where(ops.reshape(audio, [1, 1, 1, -1]) < ops.reshape(cross_keys, [-1, 1, 1, 1]), zero, neg_inf)
 
-    Inputs: tokens int64 [1, n]; causal mask float32 [n, n]; the cross-attention tensors as for the step graph.
-    Outputs: logits float32 [1, n, n_vocab]; cross-attention scores before softmax, float32
-    [L, 1, H, n, T] (what openai's alignment hooks capture)."""
+    def cached(i: int) -> SelfKV:
+        def store_and_load(k, v_t):  # k [B, H, 1, Dh], v_t [B, H, Dh, 1]
+            k_all = ops.where(ops.equal(key_slot, row), k, ops.buffer_load(caches[2 * i]))
+            v_t_all = ops.where(ops.equal(value_slot, row), v_t, ops.buffer_load(caches[2 * i + 1]))
+            ops.buffer_store(caches[2 * i], k_all)
+            ops.buffer_store(caches[2 * i + 1], v_t_all)
+            return k_all, v_t_all
+        return store_and_load
+
+    for i in range(dims.n_text_layer):
+        x = decoder_block(w, f"decoder.blocks.{i}", dims, x, cached(i), masked_attention(self_mask),
+                          masked_attention(cross_mask), cross_k[i], cross_v_t[i])
+    return x
+
+
+def build_alignment_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) -> Graph:
+    """The whole token sequence at once, no cache (openai's `model(mel, tokens)` for word timing),
+    `inputs.AlignmentInputs`. Outputs: logits float32 [1, n, n_vocab]; cross-attention scores
+    before softmax, float32 [L, 1, H, n, T] (what openai's alignment hooks capture)."""
     dev = w.device
-    types = [TensorType(DType.int64, [1, "n"], device=dev), TensorType(DType.float32, ["n", "n"], device=dev),
-             *_cross_types(dims, w.dtype, dev, 1, plan.cross_int8)]
-    with Graph("whisper_alignment", input_types=types) as graph:
-        tokens, mask = (v.tensor for v in graph.inputs[:2])
-        cross_k, cross_v_t = float_cross([v.tensor for v in graph.inputs[2:]])
+    types = AlignmentInputs.types(dims, w.dtype, dev, plan.cross_int8)
+    with Graph("whisper_alignment", input_types=types.flat()) as graph:
+        inputs = types.like(graph.inputs)
+        tokens, mask = inputs.tokens.tensor, inputs.mask.tensor
+        cross_k, cross_v_t = float_cross([v.tensor for v in inputs.cross])
         n = tokens.shape[1]
         x = _embed(w, tokens, ops.range(0, dim_value(n), 1, out_dim=n, device=dev, dtype=DType.int64))
         all_scores = []
@@ -295,14 +293,13 @@ def build_alignment_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) -
 
 
 def build_cache_reorder_graph(dims: ModelDims, dtype: DType, device) -> Graph:
-    """Beam search bookkeeping on the device: cache[i] = cache[source_indices[i]] for every layer.
-
-    Inputs: source_indices int64 [B]; then the step graph's cache buffers. No outputs."""
-    types = [TensorType(DType.int64, ["batch"], device=device), *_cache_types(dims, dtype, device)]
-    with Graph("whisper_cache_reorder", input_types=types) as graph:
-        index = graph.inputs[0].tensor
-        for buf in graph.inputs[1:]:
-            ops.buffer_store(buf, ops.gather(ops.buffer_load(buf), index, axis=0))
+    """Beam search bookkeeping on the device: cache[i] = cache[source_indices[i]] for every layer
+    (`inputs.CacheReorderInputs`). No outputs."""
+    types = CacheReorderInputs.types(dims, dtype, device)
+    with Graph("whisper_cache_reorder", input_types=types.flat()) as graph:
+        inputs = types.like(graph.inputs)
+        for buf in inputs.caches:
+            ops.buffer_store(buf, ops.gather(ops.buffer_load(buf), inputs.source_indices.tensor, axis=0))
         graph.output()
     return graph
 
@@ -310,12 +307,12 @@ def build_cache_reorder_graph(dims: ModelDims, dtype: DType, device) -> Graph:
 def build_batch_repeat_graph(dims: ModelDims, dtype: DType, device, cross_int8: bool = False) -> Graph:
     """Encoder output for n_audio windows -> for a batch whose rows are any of those windows, in
     any order and number (beam groups; one caller's share of a shared encoder call):
-    out[i] = in[audio_index[i]] along the window axis. Inputs: audio_index int64 [B], features
-    [n_audio, T, d], the cross-attention tensors (`cross_layout`); outputs the features and those."""
-    types = [TensorType(DType.int64, ["batch"], device=device),
-             TensorType(dtype, ["n_audio", "audio_ctx", dims.n_audio_state], device=device),
-             *_cross_types(dims, dtype, device, "n_audio", cross_int8)]
-    with Graph("whisper_batch_repeat", input_types=types) as graph:
-        index, features, *cross = (x.tensor for x in graph.inputs)
-        graph.output(ops.gather(features, index, axis=0), *(ops.gather(c, index, axis=1) for c in cross))
+    out[i] = in[audio_index[i]] along the window axis (`inputs.BatchRepeatInputs`); outputs the
+    features and the cross-attention tensors."""
+    types = BatchRepeatInputs.types(dims, dtype, device, cross_int8)
+    with Graph("whisper_batch_repeat", input_types=types.flat()) as graph:
+        inputs = types.like(graph.inputs)
+        index = inputs.audio_index.tensor
+        graph.output(ops.gather(inputs.features.tensor, index, axis=0),
+                     *(ops.gather(c.tensor, index, axis=1) for c in inputs.cross))
     return graph

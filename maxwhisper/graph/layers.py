@@ -563,10 +563,51 @@ def few_row_attention_fits(head_dim: int, max_keys: int) -> bool:
 def greedy_choice(logits: TensorValue, suppress: TensorValue, timestamp_begin: TensorValue) -> list[TensorValue]:
     """The greedy token after the last of k positions, as `maxwhisper.decoding` picks it at
     temperature 0 (`kernels/greedy.mojo`): logits float32 [B, k, V], suppress float32 [B, V] (0 or
-    -inf), timestamp_begin int64 [1] (V: no timestamp rule) -> token int64 [B], log prob float32 [B]."""
+    -inf), timestamp_begin int64 [B] (V: no timestamp rule; negative: no choice, token -1) -> token
+    int64 [B], log prob float32 [B]."""
     b = logits.shape[0]
     out = [TensorType(DType.int64, [b], device=logits.device), TensorType(DType.float32, [b], device=logits.device)]
     return [v.tensor for v in ops.custom("greedy_choice", logits.device, [logits, suppress, timestamp_begin], out)]
+
+
+def greedy_choice_ops(logits: TensorValue, suppress: TensorValue, timestamp_begin: TensorValue) -> list[TensorValue]:
+    """`greedy_choice` in MAX's ops, for any device: the kernel's arithmetic in its order (float32,
+    the exps and their sums in float64), the first index of equal maxima on every device (MAX's
+    argmax may pick any on a GPU)."""
+    b, _, v = logits.shape
+    dev = logits.device
+    x = ops.reshape(logits[:, -1, :], [b, v]) + suppress
+    index = ops.range(0, int(v), 1, out_dim=v, device=dev, dtype=DType.int64)
+    asked = ops.reshape(timestamp_begin, [b, 1])
+    skipped = asked < 0
+    ts = ops.min(asked, ops.constant(int(v), DType.int64, device=dev))
+    neg_inf = ops.constant(-np.inf, DType.float32, device=dev)
+    is_ts = ops.greater_equal(ops.unsqueeze(index, 0), ts)  # [b, v]
+    text, stamps = ops.where(is_ts, neg_inf, x), ops.where(is_ts, x, neg_inf)
+    text_max, ts_max = ops.max(text, axis=-1), ops.max(stamps, axis=-1)  # [b, 1]
+    m = ops.max(text_max, ts_max)
+
+    def first_index(values: TensorValue, top: TensorValue) -> TensorValue:
+        past_end = ops.constant(int(v), DType.int64, device=dev)
+        return ops.min(ops.where(ops.equal(values, top), ops.unsqueeze(index, 0), past_end), axis=-1)
+
+    def log_sum(values: TensorValue, top: TensorValue) -> TensorValue:
+        """log(sum(exp(values - top))): the difference in float32, exp and sum in float64, the log rounded to float32."""
+        return ops.log(ops.sum(ops.exp((values - top).cast(DType.float64)), -1)).cast(DType.float32)
+
+    ls = log_sum(x, m)
+    text_arg, ts_arg = first_index(text, text_max), first_index(stamps, ts_max)
+    # openai's rule: a timestamp when the timestamps' summed probability beats every text token's
+    top = (ts_max - m) - ls
+    total = ops.sum(ops.exp((((stamps - m) - ls) - top).cast(DType.float64)), -1)
+    timestamp_logprob = ops.log(total).cast(DType.float32) + top
+    take_ts = ops.logical_and(ops.logical_and(ts < int(v), ts_max > neg_inf), timestamp_logprob > (text_max - m) - ls)
+    chosen = ops.where(take_ts, ts_arg, ops.where(text_max >= ts_max, text_arg, ts_arg))
+    # the chosen entry is its region's maximum: its log probability is minus the region's log-sum
+    logprob = -ops.where(take_ts, log_sum(stamps, ts_max), ls)
+    chosen = ops.where(skipped, ops.constant(-1, DType.int64, device=dev), chosen)
+    logprob = ops.where(skipped, ops.constant(0.0, DType.float32, device=dev), logprob)
+    return [ops.reshape(chosen, [b]), ops.reshape(logprob, [b])]
 
 
 def conv_stem_kernel(w: WeightBank, mel: TensorValue) -> TensorValue:

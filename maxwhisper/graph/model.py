@@ -6,6 +6,8 @@ features that stay on the device, `inference()` a decoder with its own KV cache 
 from __future__ import annotations
 
 import ctypes
+import functools
+import logging
 import os
 import sys
 import threading
@@ -25,14 +27,17 @@ from max.graph import DeviceRef, Graph, Module
 from ..api import BackendError
 from ..checkpoint import Checkpoint, ModelDims
 from ..registry import BF16_MISSING, amx_permitted, bf16_attention_pays, has_bf16
-from .compiled import artifact_paths, compile_cpu_graph, custom_ops_unchecked
+from .compiled import artifact_paths, compile_graph, custom_ops_unchecked, gpu_arch
 from .decoder import (build_alignment_graph, build_batch_repeat_graph, build_cache_reorder_graph, build_decoder_graph,
-                      build_token_step_graph, cache_shapes)
+                      build_token_step_graph)
 from .encoder import build_encoder_graph
+from .inputs import (AlignmentInputs, BatchRepeatInputs, CacheReorderInputs, EncoderInputs, GraphInputs, StepInputs,
+                     TokenStepInputs, cache_shapes)
 from .layers import WeightBank
 from .plan import ExecutionPlan, make_plan
 from .weights import graph_arrays
 
+logger = logging.getLogger(__name__)
 # int8: the weights; bf16: the encoder's and the prompts' linears; activations float32 between them
 DTYPES = {"fp32": DType.float32, "fp16": DType.float16, "int8": DType.float32, "bf16": DType.float32}
 # every graph a model may run: those of `first_graphs` are compiled together at load, the rest on first use
@@ -70,7 +75,7 @@ def timer_slack(ns: int):
 
 
 def graph_names(plan: ExecutionPlan) -> tuple[str, ...]:
-    """The graphs a model runs under `plan` (the token step graph only with the CPU kernels)."""
+    """The graphs a model runs under `plan` (the token step graph where the plan has one)."""
     return tuple(name for name in GRAPHS if name != "token_step" or plan.token_step)
 
 
@@ -210,6 +215,8 @@ class MaxWhisper:
         self._this_thread = threading.local()  # `compile_s_this_thread`
         self._running = threading.Lock()
         self._ran = False  # a graph call has run (the first one starts MAX's polling thread)
+        # a GPU replays the portable plan's token steps as captured device graphs (`device_steps`)
+        self.captures = device == "gpu" and os.environ.get("MAXWHISPER_DEVICE_GRAPHS", "1") != "0"
 
     @property
     def encoder(self):
@@ -222,7 +229,7 @@ class MaxWhisper:
 
     @property
     def token_step(self):
-        """The one-token step graph, None without the CPU kernels."""
+        """The one-token step graph, None where the plan has none."""
         return self.graphs.get("token_step")
 
     def build(self, name: str, module: Module | None = None) -> tuple[Graph, dict[str, np.ndarray]]:
@@ -233,7 +240,7 @@ class MaxWhisper:
 
     def encode(self, mel: np.ndarray) -> AudioFeatures:
         """mel float32 [n_audio, n_mels, frames] -> AudioFeatures (T = frames / 2)."""
-        features, *cross = self.run(self.encoder, self.to_device(mel.astype(np.float32)))
+        features, *cross = self.run(self.encoder, *EncoderInputs(self.to_device(mel.astype(np.float32))).flat())
         return AudioFeatures(features, tuple(cross))
 
     def to_numpy(self, buffer: driver.Buffer) -> np.ndarray:
@@ -242,8 +249,19 @@ class MaxWhisper:
     def features_numpy(self, features: AudioFeatures) -> np.ndarray:
         return self.to_numpy(features.features)
 
-    def inference(self) -> "MaxInference":
-        return MaxChoosingInference(self) if self.plan.decoder_chooses else MaxInference(self)
+    def inference(self) -> "MaxChoosingInference":
+        if self.plan.step_kernels:
+            return MaxChoosingInference(self)
+        from .device_steps import DeviceStepInference  # it builds on this module
+
+        return DeviceStepInference(self)
+
+    @functools.cached_property
+    def step_buffers(self):
+        """The portable plan's `device_steps.StepBufferPool`."""
+        from .device_steps import StepBufferPool
+
+        return StepBufferPool(self)
 
     def run(self, graph, *inputs) -> list[driver.Buffer]:
         """`graph.execute(*inputs)`, one at a time: each call spreads over every core, so calls
@@ -255,28 +273,45 @@ class MaxWhisper:
             with timer_slack(RUNTIME_THREAD_SLACK_NS):  # the thread MAX starts now polls less often
                 return graph.execute(*inputs)
 
-    def load_graph(self, graph, weights_registry: dict[str, np.ndarray]):
-        return self._loaded(graph, weights_registry)[graph.name]
+    def capture(self, graph, key: int, inputs: list[driver.Buffer]) -> list[driver.Buffer]:
+        """`graph`'s call on `inputs` captured as device graph `key` (a GPU's); its outputs, which
+        each `replay` rewrites."""
+        with self._running:
+            return graph.capture(key, *inputs)
 
-    def _loaded(self, graph, weights_registry: dict[str, np.ndarray], artifacts: list[Path] | None = None):
-        """The graphs of `graph` (as `compiled.compile_cpu_graph` takes it) compiled and bound to
+    def replay(self, graph, key: int, inputs: list[driver.Buffer]) -> None:
+        """Device graph `key` of `graph` run again, on the same input buffers."""
+        with self._running:
+            graph.replay(key, *inputs)
+
+    def release(self, graph, key: int) -> None:
+        if self.captures:
+            graph.release_captured_graph(key)
+
+    def load_graph(self, graph, weights_registry: dict[str, np.ndarray]):
+        return self._loaded(graph, weights_registry, self.artifacts(graph))[graph.name]
+
+    def artifacts(self, graphs: Graph | Sequence[Graph]) -> list[Path]:
+        """Where `graphs`' compiled artifact may be, for this model's device (`compiled.artifact_paths`)."""
+        return artifact_paths(graphs, None if self.device_ref.is_cpu() else gpu_arch(self.device))
+
+    def _loaded(self, graph, weights_registry: dict[str, np.ndarray], artifacts: list[Path]):
+        """The graphs of `graph` (as `compiled.compile_graph` takes it) compiled and bound to
         their weights, by name."""
         # MLIR's current context is per thread and only the main thread has one entered: the app
         # and its warm-up compile from worker threads
         with ensure_default_mlir_context():
-            if self.device_ref.is_cpu():
-                compiled = compile_cpu_graph(self.session, graph, artifacts)
-                return self.session.init_all(compiled, weights_registry=weights_registry)
-            return {graph.name: self.session.load(graph, weights_registry=weights_registry)}  # a GPU: a Graph
+            compiled = compile_graph(self.session, graph, artifacts, kernels=self.plan.name == "cpu-kernels")
+            return self.session.init_all(compiled, weights_registry=weights_registry)
 
     def built_and_loaded(self, *names: str) -> list:
-        """The graphs `names` built and loaded, on the CPU compiled together (one MAX Module, one
-        artifact). On the CPU, built first without checking their custom ops
-        (`compiled.custom_ops_unchecked`) and loaded so when their compiled artifact exists; else
-        (or where it is unreadable) built again with the check and compiled (the same text: the
-        same artifact)."""
+        """The graphs `names` built and loaded, from their compiled artifacts where those exist.
+        On the CPU compiled together (one MAX Module, one artifact), built first without checking
+        their custom ops (`compiled.custom_ops_unchecked`) and loaded so when their artifact exists;
+        else (or where it is unreadable) built again with the check and compiled (the same text:
+        the same artifact). On a GPU one by one, a missing artifact said in one line."""
         if not self.device_ref.is_cpu():
-            return [self.load_graph(*self.build(name)) for name in names]
+            return [self._gpu_loaded(name) for name in names]
         with custom_ops_unchecked():
             built = [self.build(name) for name in names]
 
@@ -285,8 +320,18 @@ class MaxWhisper:
             graphs = [self.build(name, module)[0] for name in names]
             return module or graphs[0]
         registry = {key: array for _, weights in built for key, array in weights.items()}
-        models = self._loaded(checked, registry, artifact_paths([graph for graph, _ in built]))
+        models = self._loaded(checked, registry, self.artifacts([graph for graph, _ in built]))
         return [models[graph.name] for graph, _ in built]
+
+    def _gpu_loaded(self, name: str):
+        graph, registry = self.build(name)
+        paths = self.artifacts(graph)
+        if not paths[0].exists():
+            arch = gpu_arch(self.device)
+            logger.warning("MAX compiles %s %s for this GPU (%s): no prebuilt graph in the cache; "
+                           "`maxwhisper warm --device gpu --arch %s` builds them ahead on any machine",
+                           name, self.precision, arch, arch)
+        return self._loaded(graph, registry, paths)[graph.name]
 
     def lazy_graph(self, name: str):
         """A graph not compiled at load ("decoder_step" with the token step graph, "alignment",
@@ -328,9 +373,13 @@ class MaxWhisper:
         mask = np.triu(np.full((n, n), -np.inf, np.float32), 1)
         if features.n_audio != 1:
             raise ValueError("alignment takes the features of one window")
-        logits, scores = self.run(self.lazy_graph("alignment"), self.to_device(np.asarray(tokens, np.int64)[None]),
-                                  self.to_device(mask), *features.cross)
-        return logits.to(driver.CPU()).to_numpy()[0], scores.to(driver.CPU()).to_numpy()[:, 0]
+        inputs = AlignmentInputs(self.to_device(np.asarray(tokens, np.int64)[None]), self.to_device(mask), features.cross)
+        logits, scores = self.run(self.lazy_graph("alignment"), *inputs.flat())
+        return self.to_numpy(logits)[0], self.to_numpy(scores)[:, 0]
+
+
+# a step's greedy choice: what the logit filters suppress [k, n_vocab] and the first timestamp token
+Choice = tuple[np.ndarray, int]
 
 
 class MaxInference:
@@ -338,27 +387,34 @@ class MaxInference:
 
     def __init__(self, model: MaxWhisper):
         self.model = model
-        self.cache: list[driver.Buffer] | None = None
+        self.cache: tuple[driver.Buffer, ...] | None = None
         self.cached = 0  # tokens already in the cache
         self.cross: tuple[driver.Buffer, ...] | None = None
         self.np_dtype = np.float16 if model.precision == "fp16" else np.float32
 
     def _setup(self, batch: int, features: AudioFeatures):
         d = self.model.dims
-        self.cache = [self.model.to_device(np.zeros(shape, self.np_dtype))
-                      for _ in range(d.n_text_layer) for shape in cache_shapes(d, batch)]
-        self.cross = features.cross
-        if batch != features.n_audio:  # beam search / best-of: each audio's group is contiguous
-            index = np.repeat(np.arange(features.n_audio), batch // features.n_audio)
-            self.cross = tuple(self.model.run(
-                self.model.lazy_graph("batch_repeat"), self.model.to_device(index), features.features, *self.cross)[1:])
+        self.cache = tuple(self.model.to_device(np.zeros(shape, self.np_dtype))
+                           for _ in range(d.n_text_layer) for shape in cache_shapes(d, batch))
+        self.cross = self._cross_for(batch, features)
+
+    def _cross_for(self, batch: int, features: AudioFeatures) -> tuple[driver.Buffer, ...]:
+        """The features' cross K/V for `batch` rows: beam search and best-of repeat each window's
+        for its group, contiguous."""
+        if batch == features.n_audio:
+            return features.cross
+        index = np.repeat(np.arange(features.n_audio), batch // features.n_audio)
+        return tuple(self._call(self.model.lazy_graph("batch_repeat"),
+                                BatchRepeatInputs(index, features.features, features.cross))[1:])
+
+    def _call(self, graph, inputs: GraphInputs) -> list[driver.Buffer]:
+        """`graph` run on `inputs`, numpy arrays among them copied to the device."""
+        m = self.model
+        return m.run(graph, *(a if isinstance(a, driver.Buffer) else m.to_device(a) for a in inputs.flat()))
 
     def logits(self, tokens: np.ndarray, audio_features: AudioFeatures, positions: Sequence[int] = (-1,)) -> np.ndarray:
         """tokens int [batch, n], the whole sequence so far -> float32 logits [batch, len(positions), n_vocab]."""
-        no_choice = []
-        if self.model.plan.decoder_chooses:  # the graph's choice inputs; a negative timestamp_begin skips it
-            no_choice = [np.zeros((tokens.shape[0], self.model.dims.n_vocab), np.float32), np.array([-1], np.int64)]
-        return self._step(tokens, audio_features, positions, no_choice)[0].to(driver.CPU()).to_numpy()
+        return self.model.to_numpy(self._step(tokens, audio_features, positions, None)[0])
 
     def leaves_rows_out(self, tokens: np.ndarray, positions: Sequence[int]) -> bool:
         """Whether the next call on `tokens` is a one-token step on the token step graph, which
@@ -366,8 +422,14 @@ class MaxInference:
         return (self.model.token_step is not None and tokens.shape[1] == self.cached + 1
                 and [p % tokens.shape[1] for p in positions] == [self.cached])
 
+    def _choice_arrays(self, k: int, choice: Choice | None) -> tuple[np.ndarray, np.ndarray]:
+        """A step graph's suppress [k, n_vocab] and timestamp_begin [k]; without a choice zeros and -1s."""
+        if choice is None:
+            return np.zeros((k, self.model.dims.n_vocab), np.float32), np.full(k, -1, np.int64)
+        return choice[0], np.full(k, choice[1], np.int64)
+
     def _step(self, tokens: np.ndarray, audio_features: AudioFeatures, positions: Sequence[int],
-              choice_inputs: list[np.ndarray], rows: np.ndarray | None = None) -> list[driver.Buffer]:
+              choice: Choice | None, rows: np.ndarray | None = None) -> list[driver.Buffer]:
         """One call of the step graph on tokens[:, cached:]; returns its outputs. rows: the rows
         that step, ascending (None: all); the others sit it out (one new token per row only), and
         are not to step again: their cache stops where it was."""
@@ -384,44 +446,48 @@ class MaxInference:
             raise ValueError("only one-token steps on the token step graph leave rows out")
         if rows is None and self.cached == 0 and n <= PROMPT_TOKEN_STEPS and m.plan.token_step \
                 and index[-1] == n - 1:
-            outputs = self._prompt_by_token_steps(new, index, choice_inputs)
+            outputs = self._prompt_by_token_steps(new, index, choice)
         elif self.leaves_rows_out(tokens, positions):
             # one new token per sequence, all at the same position, each its own logits; rows
             # left out sit at position -1 (the token step graph neither reads nor writes them)
             batch = tokens.shape[0]
-            positions = np.full(batch, self.cached, np.int64)
+            at = np.full(batch, self.cached, np.int64)
             if rows is None:
                 rows = np.arange(batch, dtype=np.int64)
             else:
-                positions[np.setdiff1d(np.arange(batch), rows)] = -1
-            inputs = [new.astype(np.int64), positions, self._cross_keys(batch), np.asarray(rows, np.int64),
-                      *choice_inputs]
-            outputs = m.run(m.token_step, *(m.to_device(a) for a in inputs), *self.cross, *self.cache)
+                at[np.setdiff1d(np.arange(batch), rows)] = -1
+            outputs = self._token_step(new.astype(np.int64), at, np.asarray(rows, np.int64),
+                                       *self._choice_arrays(len(rows), choice))
         else:
             pos = np.arange(self.cached, n_total, dtype=np.int64)
-            offset = driver.Buffer.from_numpy(np.array(self.cached, np.int64))  # stays on the host
             mask = np.where(np.arange(m.dims.n_text_ctx)[None, :] <= pos[:, None], 0.0, -np.inf).astype(np.float32)
-            outputs = m.run(m.decoder, m.to_device(new.astype(np.int64)), m.to_device(pos), offset,
-                            *(m.to_device(a) for a in [mask, index, *choice_inputs]), *self.cross, *self.cache)
+            suppress, timestamp_begin = self._choice_arrays(tokens.shape[0], choice)
+            outputs = self._call(m.decoder, StepInputs(
+                tokens=new.astype(np.int64), positions=pos,
+                offset=driver.Buffer.from_numpy(np.array(self.cached, np.int64)),  # stays on the host
+                mask=mask, logit_index=index, suppress=suppress, timestamp_begin=timestamp_begin,
+                cross=self.cross, caches=self.cache))
         self.cached = n_total
         return outputs
 
-    def _prompt_by_token_steps(self, new: np.ndarray, index: np.ndarray, choice_inputs: list[np.ndarray]
-                               ) -> list[driver.Buffer]:
+    def _token_step(self, tokens: np.ndarray, positions: np.ndarray, rows: np.ndarray, suppress: np.ndarray,
+                    timestamp_begin: np.ndarray) -> list[driver.Buffer]:
+        """One call of the token step graph (`inputs.TokenStepInputs`)."""
+        return self._call(self.model.token_step, TokenStepInputs(
+            tokens, positions, self._cross_keys(len(tokens)), rows, suppress, timestamp_begin, self.cross, self.cache))
+
+    def _prompt_by_token_steps(self, new: np.ndarray, index: np.ndarray, choice: Choice | None) -> list[driver.Buffer]:
         """The step graph's outputs for a short prompt new [B, n] at the cache's start, from n
-        one-token steps: the logits after each position of `index`, the choice (with
-        `choice_inputs`) after the last, which must be the prompt's last."""
-        m = self.model
+        one-token steps: the logits after each position of `index`, the choice after the last,
+        which must be the prompt's last."""
         batch, n = new.shape
         rows = np.arange(batch, dtype=np.int64)
-        no_choice = [np.zeros((batch, m.dims.n_vocab), np.float32), np.array([-1], np.int64)]
         logits = {}
         for j in range(n):
-            inputs = [new[:, j:j + 1].astype(np.int64), np.full(batch, j, np.int64), self._cross_keys(batch), rows,
-                      *(choice_inputs if j == n - 1 else no_choice)]
-            outputs = m.run(m.token_step, *(m.to_device(a) for a in inputs), *self.cross, *self.cache)
+            outputs = self._token_step(new[:, j:j + 1].astype(np.int64), np.full(batch, j, np.int64), rows,
+                                       *self._choice_arrays(batch, choice if j == n - 1 else None))
             if j in index:
-                logits[j] = outputs[0].to(driver.CPU()).to_numpy()
+                logits[j] = self.model.to_numpy(outputs[0])
         return [driver.Buffer.from_numpy(np.concatenate([logits[j] for j in index.tolist()], axis=1)), *outputs[1:]]
 
     def _cross_keys(self, batch: int) -> np.ndarray:
@@ -430,8 +496,8 @@ class MaxInference:
 
     def rearrange_kv_cache(self, source_indices: Sequence[int]) -> None:
         if self.cache is not None and list(source_indices) != list(range(len(source_indices))):
-            index = self.model.to_device(np.asarray(source_indices, np.int64))
-            self.model.run(self.model.lazy_graph("cache_reorder"), index, *self.cache)
+            self._call(self.model.lazy_graph("cache_reorder"),
+                       CacheReorderInputs(np.asarray(source_indices, np.int64), self.cache))
 
     def rewind(self, n: int) -> None:
         """Positions from n on are written again by the next calls (attention reads only those
@@ -443,26 +509,27 @@ class MaxInference:
 
 
 class MaxChoosingInference(MaxInference):
-    """On the CPU the step graph also picks the greedy token (`decoding.ChoosingInference`)."""
+    """The step graph also picks the greedy token (`decoding.ChoosingInference`)."""
 
     def logits_and_choice(self, tokens: np.ndarray, audio_features: AudioFeatures, positions: Sequence[int],
-                          suppress: np.ndarray, timestamp_begin: int, rows: np.ndarray | None = None
-                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                          suppress: np.ndarray, timestamp_begin: int, rows: np.ndarray | None = None,
+                          logits_wanted: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         if rows is not None and not self.leaves_rows_out(tokens, positions):
             return every_row_then_some(self.logits_and_choice, tokens, audio_features, positions, suppress,
-                                       timestamp_begin, rows)
-        logits, token, logprob = self._step(tokens, audio_features, positions,
-                                            [suppress, np.array([timestamp_begin], np.int64)], rows)
-        return logits.to_numpy(), token.to_numpy(), logprob.to_numpy()
+                                       timestamp_begin, rows, logits_wanted)
+        logits, token, logprob = self._step(tokens, audio_features, positions, (suppress, timestamp_begin), rows)[:3]
+        m = self.model
+        return m.to_numpy(logits) if logits_wanted else None, m.to_numpy(token), m.to_numpy(logprob)
 
 
 def every_row_then_some(logits_and_choice, tokens: np.ndarray, audio_features, positions: Sequence[int],
-                        suppress: np.ndarray, timestamp_begin: int, rows: np.ndarray):
+                        suppress: np.ndarray, timestamp_begin: int, rows: np.ndarray, logits_wanted: bool = True):
     """`ChoosingInference.logits_and_choice` for `rows` only, by one that steps every row: the
     others' suppress rows zeros, their results dropped."""
     full = np.zeros((len(tokens), suppress.shape[1]), suppress.dtype)
     full[rows] = suppress
-    return tuple(out[rows] for out in logits_and_choice(tokens, audio_features, positions, full, timestamp_begin))
+    out = logits_and_choice(tokens, audio_features, positions, full, timestamp_begin, logits_wanted=logits_wanted)
+    return tuple(None if o is None else o[rows] for o in out)
 
 
 def describe_devices() -> list[str]:

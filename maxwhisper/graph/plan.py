@@ -11,7 +11,9 @@ Two kinds of plan:
   AVX512_BF16 only);
 - "portable": MAX's own ops only, exactly the graphs a GPU runs, runnable on any device (on the
   CPU: `--no-kernels`, how those graphs are tested without a GPU).
-Both pass the KV cache's write offset as a host-resident scalar, as slice bounds must be on a GPU.
+Both plans' step graphs pick the greedy token. A prompt's call passes the KV cache's write offset
+as a host-resident scalar, as slice bounds must be on a GPU; the portable token step graph reads
+nothing on the host, so that a GPU can capture it (`decoder.portable_token_layers`).
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from max.graph import DeviceRef
 
 from ..checkpoint import ModelDims
 from .layers import (WeightBank, conv_stem_kernel_fits, encoder_attention_fits, few_row_attention_fits,
-                     few_row_linear_fits, layer_norm, layer_norm_kernel, packed_linear_fits)
+                     few_row_linear_fits, greedy_choice, greedy_choice_ops, layer_norm, layer_norm_kernel,
+                     packed_linear_fits)
 
 
 @dataclass(frozen=True)
@@ -32,9 +35,9 @@ class ExecutionPlan:
     dtype: DType  # weights and activations; layer norm and softmax run in float32
     encoder_linear_kernel: bool  # `packed_linear` for the encoder's linears and the cross K/V projection
     encoder_attention_kernel: bool  # `encoder_attention` for the encoder's self-attention
-    step_kernels: bool  # `few_row_attention` for one-row step calls, and the step graph picks the greedy token
+    step_kernels: bool  # `few_row_attention` for one-row step calls, and `greedy_choice` picks the greedy token
     step_linears_kernel: bool  # `few_row_linear` over float16-stored (int8: int8) decoder weights, in the step graph
-    token_step: bool  # one-new-token steps (any batch) run the token step graph (`decoder_layer_step`)
+    token_step: bool  # one-new-token steps (any batch) run the token step graph
     # every linear's weights in int8: `packed_linear_int8` in the encoder, `few_row_linear_int8` in steps
     int8: bool = False
     # the cross-attention K/V in int8 with a float32 scale per key and per value (`decoder.cross_layout`):
@@ -61,9 +64,10 @@ class ExecutionPlan:
         return layer_norm_kernel if self.layer_norm_kernel else layer_norm
 
     @property
-    def decoder_chooses(self) -> bool:
-        """Whether the step graph also returns the greedy token (`layers.greedy_choice`)."""
-        return self.step_kernels
+    def greedy_choice(self):
+        """The step graphs' greedy choice, (logits, suppress, timestamp_begin) -> (tokens, log
+        probabilities): `layers.greedy_choice` with the step kernels, MAX's ops elsewhere."""
+        return greedy_choice if self.step_kernels else greedy_choice_ops
 
     def describe(self) -> str:
         """One line for people: the plan and what it runs."""
@@ -73,7 +77,8 @@ class ExecutionPlan:
         parts = {"layer norms": self.layer_norm_kernel, "conv stem": self.conv_stem_kernel,
                  f"{packed}encoder linears": self.encoder_linear_kernel, attention: self.encoder_attention_kernel,
                  "step attention and token choice": self.step_kernels,
-                 f"{weights} step linears": self.step_linears_kernel, "one-token step graph": self.token_step}
+                 f"{weights} step linears": self.step_linears_kernel,
+                 "one-token step graph": self.token_step and self.step_kernels}
         kernels = ", ".join(name for name, used in parts.items() if used) or "none"
         kernels += "; AMX tiles" if self.amx_tiles else ""
         device = "cpu" if self.device.is_cpu() else "gpu"
@@ -95,7 +100,7 @@ def make_plan(w: WeightBank, dims: ModelDims, kernels: bool = True, int8: bool =
     if not cpu_kernels:
         if int8 or bf16:
             raise ValueError(f"{'int8' if int8 else 'bf16'} linears need the CPU kernels, in float32 on the CPU")
-        return ExecutionPlan("portable", w.device, w.dtype, False, False, False, False, False)
+        return ExecutionPlan("portable", w.device, w.dtype, False, False, False, False, token_step=True)
     d_audio, d_text = dims.n_audio_state, dims.n_text_state
     head_dim = d_text // dims.n_text_head
     encoder_linear = all(map(packed_linear_fits, (d_audio, 3 * d_audio, 4 * d_audio, 2 * d_text)))

@@ -15,7 +15,7 @@ import numpy as np
 from max import driver
 from max.dtype import DType
 
-from .decoder import cache_shapes, cross_layout
+from .inputs import TokenStepInputs, cache_shapes, cross_layout
 from .model import AudioFeatures, MaxChoosingInference, MaxWhisper, every_row_then_some
 
 
@@ -106,7 +106,7 @@ class SharedSteps:
     audio positions per row; a shorter window fills the first of them."""
 
     def __init__(self, net: MaxWhisper, rows: int):
-        if net.token_step is None:  # the CPU kernels' plan: the buffers below are host memory
+        if net.token_step is None or not net.plan.step_kernels:  # the buffers below are host memory, float32
             raise ValueError("shared steps need the CPU kernels' token step graph")
         self.net, self.capacity = net, rows
         d = net.dims
@@ -199,11 +199,11 @@ class SharedSteps:
         suppress = np.concatenate([m.request[1] for m in members])[order]
         timestamp_begin = np.concatenate([[m.request[2]] * len(m.rows) for m in members]).astype(np.int64)[order]
         net = self.net
+        inputs = TokenStepInputs(tokens, positions, keys, rows[order], suppress, timestamp_begin,
+                                 cross=tuple(self._buffers[-self._n_cross:]), caches=tuple(self._buffers[:-self._n_cross]))
         try:
             logits, chosen, logprobs = (o.to_numpy() for o in net.run(
-                net.token_step,
-                *(net.to_device(a) for a in (tokens, positions, keys, rows[order], suppress, timestamp_begin)),
-                *self._buffers[-self._n_cross:], *self._buffers[:-self._n_cross]))
+                net.token_step, *(a if isinstance(a, driver.Buffer) else net.to_device(a) for a in inputs.flat()))[:3])
         except BaseException as e:  # noqa: BLE001 - every member of the step sees it
             for m in members:
                 m.request, m.error = None, e
@@ -236,15 +236,17 @@ class SharedInference:
     def logits(self, tokens: np.ndarray, audio_features: AudioFeatures, positions: Sequence[int] = (-1,)) -> np.ndarray:
         return self.private.logits(tokens, audio_features, positions)
 
-    def logits_and_choice(self, tokens, audio_features, positions, suppress, timestamp_begin, rows=None):
+    def logits_and_choice(self, tokens, audio_features, positions, suppress, timestamp_begin, rows=None,
+                          logits_wanted=True):
         if rows is not None:  # rows that have ended step on here (a shared step's member keeps its rows)
             return every_row_then_some(self.logits_and_choice, tokens, audio_features, positions, suppress,
-                                       timestamp_begin, rows)
+                                       timestamp_begin, rows, logits_wanted)
         if not self.placed and self.private.cache is not None:  # a draft's check ran: its steps follow
             self._place()
         if self.member is not None:
             return self.steps.step(self.member, tokens, suppress, timestamp_begin)
-        out = self.private.logits_and_choice(tokens, audio_features, positions, suppress, timestamp_begin)
+        out = self.private.logits_and_choice(tokens, audio_features, positions, suppress, timestamp_begin,
+                                             logits_wanted=logits_wanted)
         if not self.placed:  # the prompt ran
             self._place()
         return out
@@ -287,7 +289,7 @@ class SharedModel:
         self.dims, self.is_multilingual, self.num_languages = net.dims, net.is_multilingual, net.num_languages
         self.alignment_heads = net.alignment_heads
         self.encoder = SharedEncoder(net, rows)
-        self.steps = SharedSteps(net, rows) if net.token_step is not None and net.plan.decoder_chooses else None
+        self.steps = SharedSteps(net, rows) if net.token_step is not None and net.plan.step_kernels else None
 
     def encode(self, mel: np.ndarray) -> AudioFeatures:
         return self.encoder.encode(mel)
