@@ -2,8 +2,11 @@
 MAX's disk cache (`MODULAR_CACHE_DIR`, else ~/.cache/modular), so that a build step (a Space's or a
 Docker image's, a GPU box's setup) pays the compile once and a later process's first transcript
 compiles nothing. `--cpu-level` compiles for any CPU of an x86-64 level, for a cache built on
-another machine than the one that runs it. One line per compiled unit with its seconds. Exit 2 for
-a bad model, precision, device or level, said before anything compiles; 1 when a compile fails.
+another machine than the one that runs it; `--device gpu --arch sm_90,...` compiles the GPU's
+graphs for those architectures on any machine, CPU-only ones included, and keeps them where a real
+GPU loads them in milliseconds (`gpu_compile`). One line per compiled unit with its seconds. Exit 2
+for a bad model, precision, device, level or architecture, said before anything compiles; 1 when a
+compile fails.
 """
 from __future__ import annotations
 
@@ -28,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=list(DEVICES), help="auto (default): the GPU when there is one")
     p.add_argument("--no-kernels", dest="kernels", action="store_false",
                    help="the portable graphs (MAX's ops only), as `transcribe --no-kernels` runs them")
+    p.add_argument("--arch", type=_csv, default=None,
+                   help="with --device gpu: comma-separated CUDA architectures to compile for on this machine, "
+                        "with or without a GPU (sm_80: A100, sm_86: A10, sm_89: L4/L40, sm_90: H100/H200)")
     p.add_argument("--cpu-level", choices=list(CPU_LEVELS),
                    help="compile for every CPU of this x86-64 level, not this CPU only: for a cache built on "
                         "another machine than the one that runs it (a Space's or an image's build)")
@@ -48,6 +54,8 @@ def main(args: argparse.Namespace) -> int:
         use_cpu_level(args.cpu_level)  # before anything compiles
     if not args.model or not args.precision:
         raise BackendError("--model and --precision each need at least one name")
+    if args.arch is not None:
+        return _warm_archs(args)
     for model in args.model:
         check_model_name(model)
     if unknown := [p for p in args.precision if p not in PRECISIONS]:
@@ -79,3 +87,25 @@ def main(args: argparse.Namespace) -> int:
     print(f"{units} compiled units ready in {cache} in {time.perf_counter() - start:.1f} s"
           + (f"; {failed} failed" if failed else ""), flush=True)
     return 1 if failed else 0
+
+
+def _warm_archs(args: argparse.Namespace) -> int:
+    """--arch: each model's GPU graphs compiled for each architecture on virtual devices (`gpu_compile`)."""
+    from argparse import Namespace
+
+    from .api import BackendError
+    from .gpu_compile import ARCHS, check, compile_arch
+
+    if args.device != "gpu" or not args.kernels:
+        raise BackendError("--arch compiles the GPU's graphs: give it with --device gpu")
+    if not args.arch:
+        raise BackendError(f"--arch needs at least one architecture: {', '.join(ARCHS)}")
+    jobs = [Namespace(arch=args.arch, precision=args.precision, model=model, graphs=None) for model in args.model]
+    for job in jobs:
+        check(job)  # every model and architecture checked before anything compiles
+    start = time.perf_counter()
+    rows = [row for job in jobs for arch in job.arch for row in compile_arch(arch, job)]
+    failed = sum(not row["ok"] for row in rows)
+    print(f"{len(rows) - failed} GPU graphs ready for {', '.join(args.arch)} in {time.perf_counter() - start:.1f} s"
+          + (f"; {failed} failed" if failed else ""), flush=True)
+    return 1 if failed or not rows else 0

@@ -121,17 +121,40 @@ def test_batch_size_transcribes_in_batches_and_refuses_what_it_cannot_do():
     assert_clean_error(cli("transcribe", JFK, "--batch-size", "0"), "batch")
 
 
-def test_gpu_compile_compiles_the_encoder_and_decoder_step_for_an_h100(tmp_path):
-    """No GPU here: MAX compiles for a virtual sm_90 (H100) in fp16; the report says so."""
+def _gpu_artifacts(checkpoint, names, precision: str, arch: str) -> list:
+    """Where a process on a real GPU of `arch` looks for these graphs' compiled artifacts."""
+    from max.graph import DeviceRef
+
+    from maxwhisper.graph.compiled import artifact_paths
+    from maxwhisper.graph.layers import WeightBank
+    from maxwhisper.graph.model import DTYPES, build_graph
+    from maxwhisper.graph.plan import make_plan
+    from maxwhisper.graph.weights import graph_arrays
+
+    arrays, copies = graph_arrays(checkpoint.state, checkpoint.dims), {}
+    plan = make_plan(WeightBank(arrays, DTYPES[precision], DeviceRef.GPU(), copies), checkpoint.dims)
+    return [artifact_paths(build_graph(name, arrays, checkpoint.dims, plan, copies)[0], arch)[0] for name in names]
+
+
+def test_gpu_compile_keeps_the_encoder_and_token_step_where_an_h100_loads_them(tmp_path, tiny_en_checkpoint):
+    """No GPU here: MAX compiles for a virtual sm_90 (H100) in fp16 and keeps each graph where a
+    process on a real H100 looks for it (the same graphs built in this process name the same
+    files); the report says so, and a second run finds them there."""
+    artifacts = _gpu_artifacts(tiny_en_checkpoint, ("encoder", "token_step"), "fp16", "sm_90")
+    for path in artifacts:
+        path.unlink(missing_ok=True)
     out = tmp_path / "gpu-compile-tiny.en"
-    p = cli("gpu-compile", "--arch", "sm_90", "--precision", "fp16", "--graphs", "encoder,decoder_step",
-            "--output", out, timeout=1800)
+    args = ("gpu-compile", "--arch", "sm_90", "--precision", "fp16", "--graphs", "encoder,token_step")
+    p = cli(*args, "--output", out, timeout=1800)
     assert p.returncode == 0, p.stderr + p.stdout
     rows = json.loads((tmp_path / "gpu-compile-tiny.en.json").read_text())["graphs"]
-    assert [(r["graph"], r["precision"], r["arch"], r["ok"]) for r in rows] == \
-        [("encoder", "fp16", "sm_90", True), ("decoder_step", "fp16", "sm_90", True)]
+    assert [(r["graph"], r["precision"], r["arch"], r["ok"], r["kept"]) for r in rows] == \
+        [("encoder", "fp16", "sm_90", True, False), ("token_step", "fp16", "sm_90", True, False)]
     assert "2 compiled, 0 failed" in p.stdout and "| encoder | fp16 | sm_90 | H100, H200 | ok |" in \
         (tmp_path / "gpu-compile-tiny.en.md").read_text()
+    assert all(path.exists() for path in artifacts)
+    again = cli(*args, timeout=600)
+    assert again.returncode == 0 and [line.split()[3] for line in again.stdout.splitlines()[1:3]] == ["kept"] * 2
 
 
 # --- errors ---------------------------------------------------------------------------------
@@ -176,6 +199,10 @@ def test_unsupported_precision_and_device():
 def test_bad_flag_values():
     assert_clean_error(cli("gpu-compile", "--arch", "sm_99"), "unknown architecture sm_99")
     assert_clean_error(cli("gpu-compile", "--precision", "int8"), "unknown precision int8")
+    assert_clean_error(cli("warm", "--arch", "sm_90"), "--arch compiles the GPU's graphs: give it with --device gpu")
+    assert_clean_error(cli("warm", "--device", "gpu", "--arch", "sm_99"), "unknown architecture sm_99")
+    assert_clean_error(cli("warm", "--device", "gpu", "--arch", "sm_90", "--precision", "int8"),
+                       "unknown precision int8")
     assert_clean_error(cli("transcribe", JFK, "--backend", "openai", "--no-kernels"), "MAX backend only")
     assert_clean_error(cli("transcribe", JFK, "--temperature", "hot"), "temperature")
     assert_clean_error(cli("transcribe", JFK, "--beam-size", "0"), "beam")
