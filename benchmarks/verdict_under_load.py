@@ -78,7 +78,7 @@ def markdown(doc: dict) -> str:
               "three rounds, each one's best counting. Measure: wall (wall-clock time, where no other program kept "
               "half a core busy during the runs that count), cpu (the CPU seconds the app's process used during each "
               "run, where other programs did). Other programs' cores: the most any implementation's fastest run saw, "
-              "from /proc/stat, the engineers sharing this machine included."]
+              "from /proc/stat: every other process on the machine, not only the busy ones started here."]
     return "\n".join(lines) + "\n"
 
 
