@@ -63,7 +63,8 @@ def time_bars(comparison: Comparison, cpu: bool = False) -> str:
             return Bar(p.backend, name)
         if cpu:
             return Bar(p.backend, name, ((color(p.backend), p.cheapest.cpu_s),), f"{p.cheapest.cpu_s:.2f} CPU s")
-        return Bar(p.backend, name, ((color(p.backend), p.best.seconds),), speed_value(p.best.seconds, comparison.audio_s))
+        return Bar(p.backend, name, ((color(p.backend), p.best.seconds),),
+                   speed_value(p.best.seconds, comparison.audio_s))
 
     runs = max((len(p.runs) for p in done), default=1)
     title = ("CPU seconds to transcribe" + (f", fewest of {runs} runs" if runs > 1 else "") if cpu else
@@ -94,7 +95,8 @@ def stage_bars(comparison: Comparison) -> str:
     return bars_html("Time by stage (the model's load and compile, once, apart)", bars, legend=legend)
 
 
-def benchmark_bars(rows: list[dict], precisions: tuple[str, ...] = ("fp32", "int8"), elem_id: str = "bench-chart") -> str:
+def benchmark_bars(rows: list[dict], precisions: tuple[str, ...] = ("fp32", "int8"),
+                   elem_id: str = "bench-chart") -> str:
     """The committed rows of one clip (`results.BENCH_COLUMNS`), a group of bars per precision, fastest
     first: MAX against the others, like with like; "" without rows of MAX in those precisions."""
     bars = []

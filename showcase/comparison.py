@@ -186,8 +186,9 @@ def run_comparison(audio, backends: list[str], model: str, device: str, options:
             if panel.runs and len(panel.runs) == 1 or panel.error is not None:
                 _fill_panels(comparison, reference_text, out_dir, stem)
             notify(_snapshot(comparison))
-        if comparison.round == 1:  # its work: each run's wall-clock or CPU seconds, whichever other programs inflated less
-            first = sum(min(p.runs[0].seconds, p.runs[0].cpu_s or p.runs[0].seconds) for p in panels.values() if p.runs)
+        if comparison.round == 1:  # each first run's wall-clock or CPU seconds, whichever other programs inflated less
+            first = sum(min(p.runs[0].seconds, p.runs[0].cpu_s or p.runs[0].seconds)
+                        for p in panels.values() if p.runs)
             comparison.rounds = rounds_for(comparison.audio_s, first)
     comparison.finished = True
     return comparison

@@ -30,7 +30,8 @@ CSS = """
 :root {--color-accent: #c2410c; --button-primary-background-fill: #c2410c; --button-primary-border-color: #c2410c;
        --button-primary-background-fill-hover: #9a3412; --button-primary-border-color-hover: #9a3412;
        --body-text-color-subdued: #52525b; --block-info-text-color: #52525b; --input-placeholder-color: #71717a}
-.gradio-container time, .gradio-container time#time, .gradio-container time#duration, .gradio-container .playback, footer, footer * {color: #52525b}
+.gradio-container time, .gradio-container time#time, .gradio-container time#duration, .gradio-container .playback,
+footer, footer * {color: #52525b}
 #title h1 {margin: 0; font-size: 1.7rem}
 #title p {margin: .2rem 0 0; font-size: 1rem; max-width: none}
 #title a {padding: 0}
@@ -65,7 +66,8 @@ CSS = """
 .meta.error {color: #b91c1c}
 .diff {line-height: 1.6; overflow-wrap: anywhere}
 .live-text {font-size: 1.2rem; line-height: 1.6; min-height: 3.2em; margin: .3rem 0}
-.live-result {font-size: 1.2rem; line-height: 1.5; margin: .4rem 0; padding: .4rem .8rem; border-left: 4px solid #166534}
+.live-result {font-size: 1.2rem; line-height: 1.5; margin: .4rem 0; padding: .4rem .8rem;
+              border-left: 4px solid #166534}
 .live-winner {font-size: 1.6rem; font-weight: 700}
 #live-mic select, #audio select {max-width: 100%; width: auto}  /* Gradio cuts "No microphone found" at 10rem */
 .modebar-container {display: none !important}

@@ -159,7 +159,7 @@ class LocalTranscriptions:
                      + (f" ({activity})" if activity else ""))
 
         def beside() -> str:  # the app's work outside the turns: asked at the start and the end of the transcription
-            if self.models.busy():
+            if self.models.busy() or self.stream_models.busy():
                 return "a model load or compile"
             return "a live stream" if any(t.name == LIVE_THREAD for t in threading.enumerate()) else ""
 
@@ -202,8 +202,11 @@ class LocalTranscriptions:
         loading = self.models.badge()
         if loading:
             return loading
+        if self.stream_models.busy():
+            return ("ready: press Run. The Live tab's engines still load in the background; a run meanwhile says "
+                    "that it shared the CPU.")
         waiting = self.turns.waiting()
         return f"ready · {waiting} run{'s' if waiting > 1 else ''} waiting" if waiting else "ready"
 
     def busy(self) -> bool:
-        return self.models.busy() or self.turns.busy()
+        return self.models.busy() or self.stream_models.busy() or self.turns.busy()

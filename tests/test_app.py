@@ -575,6 +575,34 @@ def test_a_load_during_a_run_is_flagged(tmp_path):
     assert transcriptions.badge() == "ready" and badge_html("ready").startswith("<span class='badge ready'>")
 
 
+def test_the_live_tab_s_engines_loading_are_the_app_s_work_too(tmp_path):
+    """The Live tab's engines load after the comparisons' models: a run meanwhile shared the CPU with
+    them, and the badge says so while they load."""
+    release = threading.Event()
+
+    def create(backend, **kwargs):
+        release.wait(30)
+        return FakeTranscriber(backend)
+
+    transcriptions = fakes_in_turns({"openai": FakeTranscriber("openai")})
+    transcriptions.stream_models = ModelCache(create)
+    loading = threading.Thread(target=transcriptions.transcriber, args=("max", "fake", "cpu"))
+    loading.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not transcriptions.busy() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert transcriptions.badge() == ("ready: press Run. The Live tab's engines still load in the background; a "
+                                          "run meanwhile says that it shared the CPU.")
+        comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), ["openai"], "fake", "cpu",
+                                    DecodeOptions(), transcriptions, out_dir=tmp_path)
+    finally:
+        release.set()
+        loading.join()
+    assert comparison.panels["openai"].runs[0].shared_cpu == "a model load or compile"
+    assert transcriptions.badge() == "ready" and not transcriptions.busy()
+
+
 def test_other_work_is_measured_from_the_machine_s_busy_time(tmp_path, monkeypatch):
     """/proc/stat's busy ticks on this process's cores, less this process's own CPU time, per second;
     and this process's own CPU seconds."""

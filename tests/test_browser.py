@@ -89,7 +89,8 @@ CONTRAST_JS = """() => {
     const [a, b] = [lum(fg), lum(bg)], ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
     const size = parseFloat(s.fontSize), large = size >= 24 || (parseInt(s.fontWeight) >= 700 && size >= 18.66);
     if (ratio < (large ? 3 : 4.5))
-      out.push(`${ratio.toFixed(2)}:1 ${el.tagName.toLowerCase()}#${el.id} "${shown.slice(0, 40)}" ${s.color} on rgb(${bg.slice(0, 3).map(Math.round)})`);
+      out.push(`${ratio.toFixed(2)}:1 ${el.tagName.toLowerCase()}#${el.id} "${shown.slice(0, 40)}" ${s.color} `
+               + `on rgb(${bg.slice(0, 3).map(Math.round)})`);
   }
   return out;
 }"""

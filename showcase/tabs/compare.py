@@ -181,9 +181,7 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
 
     def shown(comparison: Comparison | None, elapsed: float, chosen_now: list[str]) -> list:
         outputs = [message_text(comparison, elapsed), gr.Button(visible=bool(comparison and comparison.suggestion))]
-        if comparison is not None and comparison.message:  # a problem with the request: nothing ran
-            outputs += ["", "", ""]
-        elif comparison is None:
+        if comparison is None or comparison.message:  # starting, or a problem with the request: nothing ran
             outputs += ["", "", ""]
         else:
             done = [p for p in comparison.panels.values() if p.runs]
