@@ -115,14 +115,17 @@ def test_downloads(jfk_run):
 
 
 def test_each_panel_shows_its_runs_as_they_go(jfk_run):
-    """Each implementation waits, runs (its progress going forward within a run) and is done, one
-    at a time, in turns: MAX, openai-whisper, faster-whisper, then again."""
+    """After the language check, each implementation waits, runs (its progress going forward within
+    a run) and is done, one at a time, in turns: MAX, openai-whisper, faster-whisper, then again."""
     comparison, snapshots = jfk_run
     running = [next(b for b, p in s.panels.items() if p.state == "running") for s in snapshots
                if any(p.state == "running" for p in s.panels.values())]
     turns = [b for i, b in enumerate(running) if i == 0 or running[i - 1] != b]
     assert turns == list(BACKENDS) * comparison.rounds
-    first = snapshots[0]
+    # the language check first (an English-only model), every panel waiting; then MAX runs first
+    assert snapshots[0].checking.startswith("Listening for the language with base first")
+    assert all(p.state == "waiting" for s in snapshots if s.checking for p in s.panels.values())
+    first = next(s for s in snapshots if not s.checking)
     assert first.panels["max"].state == "running" and first.panels["faster"].state == "waiting"
     for backend in BACKENDS:
         run = [(len(s.panels[backend].runs), s.panels[backend].fraction, s.panels[backend].doing) for s in snapshots
