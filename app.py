@@ -25,6 +25,7 @@ use_persistent_storage()  # a Space's /data keeps MAX's compile cache: before ma
 from showcase.choices import Choices  # noqa: E402
 from showcase.page import build_demo, quiet_queue  # noqa: E402
 from showcase.examples import EXAMPLES_DIR  # noqa: E402
+from showcase.language_check import detector_for  # noqa: E402
 from showcase.tabs import checks as checks_tab  # noqa: E402
 from showcase.tabs.live import RACERS  # noqa: E402
 from showcase.transcriptions import LocalTranscriptions  # noqa: E402
@@ -49,15 +50,20 @@ def main(argv: list[str] | None = None) -> None:
     models, device = choices.models, choices.default_device
     checks = checks_tab.ComponentChecks(transcriptions.turns)
     if args.warm_up and models:
-        # MAX last: the baselines load in seconds and answer while MAX compiles; then MAX's graphs that a
-        # first window does not need; then the Live tab's racers (MAX's graphs from the compile cache by then)
+        # MAX last: the baselines load in seconds and answer while MAX compiles, and so does the model that
+        # hears an English-only model's clip's language; then MAX's graphs that a first window does not need;
+        # then the Live tab's racers (MAX's graphs from the compile cache by then)
         backends = sorted(choices.backends, key=lambda b: b == "max")
+        keys = [(b, models[0], device) for b in backends]
+        detector = detector_for(models, choices.backends)
+        if detector and models[0].endswith(".en"):
+            keys.insert(len([b for b in backends if b != "max"]), (*detector, device))
 
         def then() -> None:
             transcriptions.models.compile_rest()
             transcriptions.stream_models.warm_up([(b, models[0], device) for b in RACERS if b in backends],
                                                  then=transcriptions.stream_models.compile_rest)
-        transcriptions.models.warm_up([(b, models[0], device) for b in backends], then=then)
+        transcriptions.models.warm_up(keys, then=then)
     demo = build_demo(transcriptions, args.max_seconds, checks)
     demo.queue(default_concurrency_limit=1, max_size=32)
     quiet_queue(demo)

@@ -31,12 +31,12 @@ def short_name(backend: str, precision: str = "fp32", mixed: bool = False) -> st
 
 
 def bars_html(title: str, bars: list[Bar], elem_id: str = "", legend: str = "") -> str:
-    """A chart: a row per bar, its name in its implementation's colour, its parts on one scale (the
-    longest bar fills the row), its value after it."""
+    """A chart: a row per bar, its name (in the text's colour, which reads on any background), its
+    parts on one scale (the longest bar fills the row), its value after it."""
     longest = max((sum(s for _, s in b.parts) for b in bars), default=0.0) or 1.0
     rows = []
     for b in bars:
-        name = f"<span class='bar-name' style='color:{color(b.backend)}'>{html.escape(b.name)}</span>"
+        name = f"<span class='bar-name'>{html.escape(b.name)}</span>"
         fills = "".join(f"<span class='bar-fill' style='width:{100 * s / longest:.1f}%;background:{c}'></span>"
                         for c, s in b.parts)
         bar = f"<span class='bar'>{fills}</span>" if b.parts else ""
@@ -49,18 +49,27 @@ def speed_value(seconds: float, audio_s: float) -> str:
     return f"{seconds:.2f} s · {audio_s / seconds:.0f}× real time"
 
 
-def time_bars(comparison: Comparison) -> str:
-    """A bar per implementation done (or failed): its best time; "" before the first."""
+def time_bars(comparison: Comparison, cpu: bool = False) -> str:
+    """A bar per implementation done (or failed): its best wall-clock time, or with `cpu` its fewest
+    CPU seconds (the verdict's measure where other programs held the CPU); "" before the first."""
     done = [p for p in comparison.panels.values() if p.runs or p.error]
     if not done:
         return ""
     mixed = any(p.precision != "fp32" for p in comparison.panels.values())
-    bars = [Bar(p.backend, short_name(p.backend, p.precision, mixed)) if p.error is not None else
-            Bar(p.backend, short_name(p.backend, p.precision, mixed), ((color(p.backend), p.best.seconds),),
-                speed_value(p.best.seconds, comparison.audio_s)) for p in done]
+
+    def bar(p) -> Bar:
+        name = short_name(p.backend, p.precision, mixed)
+        if p.error is not None:
+            return Bar(p.backend, name)
+        if cpu:
+            return Bar(p.backend, name, ((color(p.backend), p.cheapest.cpu_s),), f"{p.cheapest.cpu_s:.2f} CPU s")
+        return Bar(p.backend, name, ((color(p.backend), p.best.seconds),),
+                   speed_value(p.best.seconds, comparison.audio_s))
+
     runs = max((len(p.runs) for p in done), default=1)
-    title = "Seconds to transcribe" + (f", best of {runs} runs" if runs > 1 else "") + " (shorter is faster)"
-    return bars_html(title, bars, "speed-chart")
+    title = ("CPU seconds to transcribe" + (f", fewest of {runs} runs" if runs > 1 else "") if cpu else
+             "Seconds to transcribe" + (f", best of {runs} runs" if runs > 1 else "")) + " (shorter is faster)"
+    return bars_html(title, [bar(p) for p in done], "speed-chart")
 
 
 def _stage_seconds(r: TranscriptionResult) -> dict[str, float]:
@@ -86,7 +95,8 @@ def stage_bars(comparison: Comparison) -> str:
     return bars_html("Time by stage (the model's load and compile, once, apart)", bars, legend=legend)
 
 
-def benchmark_bars(rows: list[dict], precisions: tuple[str, ...] = ("fp32", "int8")) -> str:
+def benchmark_bars(rows: list[dict], precisions: tuple[str, ...] = ("fp32", "int8"),
+                   elem_id: str = "bench-chart") -> str:
     """The committed rows of one clip (`results.BENCH_COLUMNS`), a group of bars per precision, fastest
     first: MAX against the others, like with like; "" without rows of MAX in those precisions."""
     bars = []
@@ -95,4 +105,4 @@ def benchmark_bars(rows: list[dict], precisions: tuple[str, ...] = ("fp32", "int
         if any(r["backend"] == "max" for r in mine):
             bars += [Bar(r["backend"], short_name(r["backend"], precision, True), ((color(r["backend"]),
                          r["total_s_median"]),), speed_value(r["total_s_median"], r["audio_s"])) for r in mine]
-    return bars_html("Median seconds to transcribe (shorter is faster)", bars, "bench-chart") if bars else ""
+    return bars_html("Median seconds to transcribe (shorter is faster)", bars, elem_id) if bars else ""

@@ -27,6 +27,7 @@ from maxwhisper.scoring import word_diff
 
 from .audio_checks import cannot_use, check_audio
 from .formatting import error_message, label
+from .language_check import needs_check, other_language, spoken_language
 from .models import backend_precision
 from .transcriptions import Cancelled, Transcription, Transcriptions
 
@@ -101,10 +102,19 @@ class Panel:
         """The fastest run: the one least slowed by other work."""
         return min(self.runs, key=lambda r: r.seconds) if self.runs else None
 
+    @property
+    def cheapest(self) -> Transcription | None:
+        """The run that took the fewest CPU seconds; None where a run's were not measured."""
+        if not self.runs or any(r.cpu_s is None for r in self.runs):
+            return None
+        return min(self.runs, key=lambda r: r.cpu_s)
+
 
 @dataclass
 class Comparison:
     message: str  # the request's problem ("⚠ …"), or "" while it runs
+    suggestion: str = ""  # with a message: the model that can run this audio (the language check's)
+    checking: str = ""  # before the panels run: what is checked first ("Listening for the language…")
     panels: dict[str, Panel] = field(default_factory=dict)  # backend -> panel, in the registry's order
     audio_s: float = 0.0
     model: str = ""
@@ -121,20 +131,23 @@ class Comparison:
 def rounds_for(audio_s: float, first_round_s: float) -> int:
     """The rounds of a comparison of `audio_s` seconds of audio whose first round took `first_round_s`
     seconds of transcribing: several for a short clip, whose runs take a second or so and a burst of
-    other work could decide; one for a long clip, whose run outlasts such a burst (the verdict says
-    when other work held the CPU)."""
+    other work could decide; one for a long clip, whose run outlasts such a burst, or where the first
+    round was long (the verdict says when other work held the CPU)."""
     return MAX_ROUNDS if audio_s <= SHORT_CLIP_S and first_round_s <= ROUND_LIMIT_S else 1
 
 
 def run_comparison(audio, backends: list[str], model: str, device: str, options: DecodeOptions,
                    transcriptions: Transcriptions, *, precision: str = "fp32", max_seconds: float | None = None,
                    reference_text: str = "", out_dir: str | Path | None = None,
+                   detector: tuple[str, str] | None = None,
                    on_change: Callable[[Comparison], None] | None = None) -> Comparison:
     """Transcribe `audio` (a path, bytes or `(rate, samples)`) with each backend in `backends`,
     through `transcriptions` (shared by all visitors: there each transcription waits for its turn),
     each in `precision` where it has it on `device` (`backend_precision`); in rounds, each
     implementation once per round, the implementations already loaded first in the first, so that
     they answer while another still loads or compiles (`rounds_for`: several rounds for a short clip).
+    With `detector` (backend, multilingual model), an English-only model given another language is
+    refused first (`language_check`), the message suggesting the detector's model.
 
     `on_change` receives a snapshot of the comparison whenever a panel changes (a run starts, reports
     progress, ends); it may raise `Cancelled` (the visitor left), which stops the comparison.
@@ -157,7 +170,11 @@ def run_comparison(audio, backends: list[str], model: str, device: str, options:
     stem = Path(audio).stem if isinstance(audio, (str, os.PathLike)) else "audio"
     out_dir = Path(out_dir or tempfile.mkdtemp(prefix="maxwhisper-"))
     panels = {b: Panel(b, backend_precision(b, device, precision)) for b in backends}
-    comparison = Comparison("", panels, len(samples) / SAMPLE_RATE, model, device)
+    comparison = Comparison("", panels=panels, audio_s=len(samples) / SAMPLE_RATE, model=model, device=device)
+    if detector and needs_check(model, options):
+        refused = _other_language(comparison, samples, detector, transcriptions, notify)
+        if refused:
+            return Comparison(refused, suggestion=detector[1])
     order = sorted(backends, key=lambda b: not transcriptions.loaded(b, model, device, panels[b].precision))
     while comparison.round < comparison.rounds:
         comparison.round += 1
@@ -169,11 +186,33 @@ def run_comparison(audio, backends: list[str], model: str, device: str, options:
             if panel.runs and len(panel.runs) == 1 or panel.error is not None:
                 _fill_panels(comparison, reference_text, out_dir, stem)
             notify(_snapshot(comparison))
-        if comparison.round == 1:
-            first = sum(p.runs[0].seconds for p in panels.values() if p.runs)
+        if comparison.round == 1:  # each first run's wall-clock or CPU seconds, whichever other programs inflated less
+            first = sum(min(p.runs[0].seconds, p.runs[0].cpu_s or p.runs[0].seconds)
+                        for p in panels.values() if p.runs)
             comparison.rounds = rounds_for(comparison.audio_s, first)
     comparison.finished = True
     return comparison
+
+
+def _other_language(comparison: Comparison, samples, detector: tuple[str, str], transcriptions: Transcriptions,
+                    notify: Callable[[Comparison], None]) -> str:
+    """The refusal where the detector hears another language than English (`language_check`), else
+    "", also where the check fails (the run goes on, as it would without a multilingual model)."""
+    def say(fraction: float, what: str) -> None:
+        comparison.checking = f"Listening for the language with {detector[1]} first: {what}"
+        notify(_snapshot(comparison))
+
+    say(0.0, "starting")
+    try:
+        heard = spoken_language(samples, detector, comparison.device, transcriptions, say)
+    except Cancelled:
+        raise
+    except Exception:  # noqa: BLE001 - without the check the run goes on, as where base is not installed
+        log.exception("the language check failed")
+        return ""
+    finally:
+        comparison.checking = ""
+    return other_language(comparison.model, heard)
 
 
 def _run_once(panel: Panel, samples, model: str, device: str, options: DecodeOptions,

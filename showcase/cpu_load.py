@@ -1,8 +1,10 @@
-"""How much of the CPU other work took while a transcription ran (`OtherWork`): the busy time of
-the cores this process may use (/proc/stat, a hypervisor's steal included) less this process's own
-CPU time, in cores on average over the run. A timing taken while other work held a core is slower
-than the implementation is: the app says so beside it. Where /proc/stat is missing, nothing is
-measured (None)."""
+"""What a transcription cost and what else used the CPU meanwhile (`OtherWork`): the CPU seconds
+this process used during the run (all its threads: the transcriptions take turns, so that is the
+run's own work unless the app's own work ran beside it), and how many cores other programs kept
+busy on average: the busy time of the cores this process may use (/proc/stat, a hypervisor's steal
+included) less this process's own CPU time. Other programs stretch a run's wall-clock time by
+chance; its CPU seconds count its own work, which is why the verdict rests on them when other
+programs were busy. Where /proc/stat is missing, the other programs are not measured (None)."""
 from __future__ import annotations
 
 import os
@@ -40,13 +42,15 @@ def available_cores() -> int:
 
 
 class OtherWork:
-    """A context manager around a run: afterwards `cores` is how many cores other work kept busy on
-    average during it (0 to the cores this process may use), None where it cannot be measured."""
+    """A context manager around a run: afterwards `own_s` is the CPU seconds this process used during
+    it, and `cores` how many cores other work kept busy on average (0 to the cores this process may
+    use), None where it cannot be measured."""
 
     def __init__(self, stat: Path = Path("/proc/stat")):
         self._stat = stat
         self._cores = _cores()
         self.cores: float | None = None
+        self.own_s: float | None = None
 
     def __enter__(self) -> OtherWork:
         self._start = (time.monotonic(), _busy_seconds(self._cores, self._stat), time.process_time())
@@ -55,7 +59,8 @@ class OtherWork:
     def __exit__(self, *exc) -> None:
         wall0, busy0, own0 = self._start
         wall, busy = time.monotonic() - wall0, _busy_seconds(self._cores, self._stat)
+        self.own_s = time.process_time() - own0
         if busy is None or busy0 is None or wall <= 0:
             return
-        others = (busy - busy0) - (time.process_time() - own0)
+        others = (busy - busy0) - self.own_s
         self.cores = min(max(others / wall, 0.0), float(len(self._cores)))

@@ -31,7 +31,10 @@ IDLE_S = 30.0  # a session that receives nothing for this long ends (its visitor
 MIN_NEW_S = 1.0  # the new audio an update waits for
 PACE_SLACK_S = 0.01  # short of it by this much will do: a resampler holds back a millisecond of the first chunk
 BEHIND_S = 3.0  # a stream with more audio than this waiting is falling behind
-TENTATIVE_STYLE = "color:#9ca3af"
+CAUGHT_UP_S = 1.5  # ... and it keeps up again once no more than this waits
+SLOW, FAST = 1.05, 0.95  # computing per second of speech beyond which it falls behind, below which it keeps up again
+HOLD_S = 2.0  # the pace a panel shows changes at most this often: no flicker between two readings
+TENTATIVE_STYLE = "color:#6b7280"  # grey, yet 4.8:1 on white
 
 
 class LiveSession:
@@ -62,6 +65,9 @@ class LiveSession:
         self.latencies: list[float] = []
         self.compute_s = 0.0
         self.updates = 0
+        self.worst_behind_s = 0.0  # the most audio that waited at once
+        self.falls_behind = False  # the pace it shows (`pace`), with hysteresis
+        self._pace_since = -HOLD_S  # clock time of its last change
         self.state = "loading the model"
         self.error = ""
         self._thread = threading.Thread(target=self._run, name=LIVE_THREAD, daemon=True)
@@ -80,6 +86,7 @@ class LiveSession:
                 self.started = now - len(audio) / SAMPLE_RATE
             self._pending.append(audio)
             self._received += len(audio)
+            self.worst_behind_s = max(self.worst_behind_s, (self._received - self._transcribed) / SAMPLE_RATE)
             self._cond.notify_all()
 
     def stop(self, timeout: float | None = None) -> None:
@@ -138,7 +145,7 @@ class LiveSession:
                         self.compute_s += update.compute_s
                         self.updates += 1
                         self._commit(update.committed)  # committed as each step ends
-                        self.tentative = update.tentative
+                        self.tentative = update.tentative or self._unconfirmed()
                     with self._cond:
                         self._transcribed += len(audio)
                 if last:
@@ -161,6 +168,12 @@ class LiveSession:
             if self._release:
                 self._release()
 
+    def _unconfirmed(self) -> list[StreamWord]:
+        """The grey words shown after an update that heard none (its hypothesis held back): the last
+        ones that are not committed since, so that no text vanishes until an update hears words again."""
+        end = self.committed[-1].end if self.committed else float("-inf")
+        return [w for w in self.tentative if w.start >= end]
+
     def _commit(self, words: list[StreamWord]) -> None:
         now = self._clock() - self.started if self.started is not None else 0.0
         self.committed += words
@@ -173,16 +186,34 @@ class LiveSession:
         return (f"<div class='live-text'><span class='live-committed'>{committed}</span>"
                 f"<span class='live-tentative' style='{TENTATIVE_STYLE}'>{tentative}</span></div>")
 
+    @property
+    def share(self) -> float:
+        """Seconds of computing per second of speech heard (above 1 it cannot keep up)."""
+        return self.compute_s / self.received_s if self.received_s else 0.0
+
+    def pace(self) -> bool:
+        """Whether it falls behind, with hysteresis: it falls behind once more than BEHIND_S of audio
+        waits or its computing exceeds SLOW per second, and keeps up again once no more than
+        CAUGHT_UP_S waits and its computing is under FAST; a change shows HOLD_S at least."""
+        behind, share, now = self.behind_s, self.share, self._clock()
+        flips = (behind <= CAUGHT_UP_S and share < FAST) if self.falls_behind else (behind > BEHIND_S or share > SLOW)
+        if flips and now - self._pace_since >= HOLD_S:
+            self.falls_behind, self._pace_since = not self.falls_behind, now
+        return self.falls_behind
+
     def figures(self) -> str:
         """One line for people: the state, whether it keeps up, how soon words become final."""
         if self.error:
             return f"stopped: {self.error}"
         parts = [self.state]
         if self.received_s:
-            share, behind = self.compute_s / self.received_s, self.behind_s
-            computing = f"{share:.2f} s of computing per second of speech"
-            parts.append(f"falls behind: {behind:.0f} s of speech waiting" if behind > BEHIND_S else
-                         f"{'falls behind' if share > 1 else 'keeps up'}: {computing}")
+            behind = self.behind_s
+            computing = f"{self.share:.2f} s of computing per second of speech"
+            if not self.pace():
+                parts.append(f"keeps up: {computing}")
+            else:
+                parts.append(f"falls behind: {behind:.0f} s of speech waiting" if behind > CAUGHT_UP_S else
+                             f"falls behind: {computing}")
         if self.latencies:
             parts.append(f"words final {statistics.median(self.latencies):.1f} s after they are said (median)")
         parts.append(f"{self.received_s:.0f} s heard")

@@ -48,6 +48,12 @@ def backend_precision(backend: str, device: str, precision: str) -> str:
     return precision if precision in BACKENDS[backend].precisions.get(device, ()) else "fp32"
 
 
+def _names(keys) -> str:
+    """'openai-whisper and faster-whisper': the implementations of `keys`, in the registry's order."""
+    backends = {key[0] for key in keys}
+    return " and ".join(BACKENDS[b].label for b in BACKENDS if b in backends)
+
+
 BUSY = ("loading", "compiling")  # the states in which a model's graphs are being compiled
 
 
@@ -171,19 +177,26 @@ class ModelCache:
         return f"First run with **{name}**: " + "; ".join(parts) + "."
 
     def badge(self) -> str:
-        """A few words on what loads now, the longest first ("MAX compiling graphs for tiny.en (42 s)…"),
-        or a load that failed; "" when neither."""
+        """One plain sentence while models load: what a visitor can do now and what they wait for
+        ("You can press Run now: openai-whisper answers at once, MAX once it has compiled tiny.en
+        (about 40 s last time here)."); "ready: …" while MAX prepares its other graphs; a load that
+        failed; "" when none of these."""
         states = list(self._state.items())
-        loading = sorted((info, key, state) for key, (state, info) in states if state in BUSY)
-        if loading:
-            started, (backend, model, _, precision), state = loading[0]
-            what = "compiling its other graphs" if state == "compiling" else \
-                "compiling graphs" if backend == "max" else "loading"
-            more = f" (+{len(loading) - 1} more)" if len(loading) > 1 else ""
-            return (f"{BACKENDS[backend].label} {what} for {model}{'' if precision == 'fp32' else ' ' + precision} "
-                    f"({time.monotonic() - started:.0f} s)…{more}")
         failed = [key for key, (state, _) in states if state == "failed"]
-        return f"⚠ {BACKENDS[failed[0][0]].label} {failed[0][1]} failed to load (System tab)" if failed else ""
+        if failed:
+            return f"⚠ {BACKENDS[failed[0][0]].label} {failed[0][1]} failed to load (System tab)"
+        loading = [key for key, (state, _) in states if state == "loading"]
+        if loading:
+            ready = _names(key for key, (state, _) in states if state != "loading")
+            waits = ", ".join(f"{_names([key])} once it has {'compiled' if key[0] == 'max' else 'loaded'} {key[1]} "
+                              f"({self.expected_load(*key)})" for key in loading)
+            if ready:
+                return f"You can press Run now: {ready} answer{'' if ' and ' in ready else 's'} at once, {waits}."
+            return f"Loading the models: press Run now and each answers as it is ready, {waits}."
+        if any(state == "compiling" for _, (state, _) in states):
+            return ("ready: press Run. MAX also prepares long files, beams and the Live tab in the background for a "
+                    "few minutes; a run meanwhile says that it shared the CPU.")
+        return ""
 
     def status(self) -> str:
         """One line of Markdown: what is loaded, loading or failed."""

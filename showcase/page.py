@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 import time
 
 import gradio as gr
@@ -25,11 +26,17 @@ TITLE = """<div id='title'><h1>MAX-Whisper</h1><p>OpenAI's Whisper rebuilt on
 openai-whisper, faster than it and faster-whisper on a CPU.</p></div>"""
 
 CSS = """
+/* WCAG AA contrast (4.5:1) in the light theme: Gradio's orange and light greys read at 2-3:1 on white */
+:root {--color-accent: #c2410c; --button-primary-background-fill: #c2410c; --button-primary-border-color: #c2410c;
+       --button-primary-background-fill-hover: #9a3412; --button-primary-border-color-hover: #9a3412;
+       --body-text-color-subdued: #52525b; --block-info-text-color: #52525b; --input-placeholder-color: #71717a}
+.gradio-container time, .gradio-container time#time, .gradio-container time#duration, .gradio-container .playback,
+footer, footer * {color: #52525b}
 #title h1 {margin: 0; font-size: 1.7rem}
 #title p {margin: .2rem 0 0; font-size: 1rem; max-width: none}
 #title a {padding: 0}
 #status {text-align: right}
-.badge {display: inline-block; padding: .2rem .75rem; border-radius: 999px; font-size: .9rem;
+.badge {display: inline-block; padding: .2rem .75rem; border-radius: .8rem; font-size: .9rem; text-align: left;
         background: #dcfce7; color: #166534}
 .badge.busy {background: #fef3c7; color: #92400e}
 .badge.failed {background: #fee2e2; color: #991b1b}
@@ -59,6 +66,10 @@ CSS = """
 .meta.error {color: #b91c1c}
 .diff {line-height: 1.6; overflow-wrap: anywhere}
 .live-text {font-size: 1.2rem; line-height: 1.6; min-height: 3.2em; margin: .3rem 0}
+.live-result {font-size: 1.2rem; line-height: 1.5; margin: .4rem 0; padding: .4rem .8rem;
+              border-left: 4px solid #166534}
+.live-winner {font-size: 1.6rem; font-weight: 700}
+#live-mic select, #audio select {max-width: 100%; width: auto}  /* Gradio cuts "No microphone found" at 10rem */
 .modebar-container {display: none !important}
 @media (max-width: 600px) {
   #title h1 {font-size: 1.4rem}
@@ -71,8 +82,9 @@ CSS = """
 
 
 def badge_html(text: str) -> str:
-    """The status badge: green when ready, amber while something loads, red after a failed load."""
-    kind = "failed" if text.startswith("⚠") else "busy" if "…" in text else "ready"
+    """The status badge: green when a run can start on every model, amber while one loads, red after
+    a failed load."""
+    kind = "failed" if text.startswith("⚠") else "ready" if re.search(r"(^|: )ready\b", text, re.I) else "busy"
     return f"<span class='badge {kind}'>{html.escape(text)}</span>"
 
 
@@ -96,7 +108,7 @@ def build_demo(transcriptions: Transcriptions, max_seconds: float = 600.0,
         with gr.Row(equal_height=True, elem_id="header"):
             with gr.Column(scale=4, min_width=320):
                 gr.HTML(f"<style>{CSS}</style>{TITLE}", min_height=0)
-            with gr.Column(scale=1, min_width=180):
+            with gr.Column(scale=1, min_width=240):
                 status = gr.HTML(badge(), elem_id="status", min_height=0)
         timer = gr.Timer(2.0)
         compare_tab = compare.build(transcriptions, choices, max_seconds)

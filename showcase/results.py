@@ -21,16 +21,19 @@ class BenchmarkRun:
     versions: dict
     options: dict
     rows: list[dict]  # one per result, with every key of BENCH_COLUMNS (None where missing)
+    failures: list[dict]  # what did not run: backend, precision, audio, error
 
 
 def read_benchmark(path: Path) -> BenchmarkRun:
     """The one place that knows the schema `maxwhisper.bench` writes:
-    {"machine": {...}, "versions": {...}, "options": {...}, "results": [{BENCH_COLUMNS...}, ...]}."""
+    {"machine": {...}, "versions": {...}, "options": {...}, "results": [{BENCH_COLUMNS...}, ...],
+    "failures": [{"backend", "precision", "audio", "error"}, ...]}."""
     doc = json.loads(Path(path).read_text(encoding="utf-8"))
     rows = [{c: r.get(c) for c in BENCH_COLUMNS}
             for r in map(current_names, [r for r in doc.get("results") or [] if isinstance(r, dict)])]
+    failures = [f for f in doc.get("failures") or [] if isinstance(f, dict) and f.get("backend")]
     return BenchmarkRun(Path(path).name, str(doc.get("created") or ""), doc.get("machine") or {},
-                        doc.get("versions") or {}, doc.get("options") or {}, rows)
+                        doc.get("versions") or {}, doc.get("options") or {}, rows, failures)
 
 
 def read_runs(directory: Path) -> tuple[list[BenchmarkRun], list[str]]:

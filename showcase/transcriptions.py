@@ -37,11 +37,12 @@ class Cancelled(Exception):
 
 @dataclass(frozen=True)
 class Transcription:
-    """One timed transcription, with what shared the CPU meanwhile."""
+    """One timed transcription: its wall-clock and CPU seconds, and what shared the CPU meanwhile."""
 
     result: TranscriptionResult
     shared_cpu: str = ""  # for people: the app's work that ran beside it and slowed it (e.g. "the component checks")
     other_cores: float | None = None  # cores other processes kept busy meanwhile (`cpu_load`); None: not measured
+    cpu_s: float | None = None  # CPU seconds the app's process used during it (`cpu_load`); None: not measured
 
     @property
     def seconds(self) -> float:
@@ -73,7 +74,7 @@ class Transcriptions(Protocol):
         leaves is noticed: when the callback raises `Cancelled`, the transcription gives up its
         place (or stops as soon as it can) and `Cancelled` leaves this method.
 
-        Returns the result and the background work that shared the CPU with it, if any. Raises
+        Returns the result, its CPU seconds and the work that shared the CPU with it, if any. Raises
         MaxWhisperError for what the visitor can mend (its message is shown as is) and any other
         exception for a failure of the implementation (shown with its type); a failed load is
         raised as well, and a later call loads again.
@@ -108,8 +109,9 @@ class Transcriptions(Protocol):
         ...
 
     def badge(self) -> str:
-        """A few words for the page's status badge: "ready", or what is under way ("MAX compiling
-        graphs for tiny.en (42 s)…")."""
+        """The page's status badge: "ready", or one plain sentence on what a visitor can do now and
+        what they wait for ("You can press Run now: openai-whisper answers at once, MAX once it has
+        compiled tiny.en (about 40 s last time here).")."""
         ...
 
     def busy(self) -> bool:
@@ -133,10 +135,12 @@ class LocalTranscriptions:
     at a time in `turns` (first come first served, each waiter told its place); the live streams'
     transcribers apart in `stream_models`, so that streams run beside the comparisons instead of
     waiting for them. `create(backend, model=, device=, precision=)` makes a transcriber (the app's:
-    `create_warmed_up`); `record` keeps how long each load took (`ModelCache`)."""
+    `create_warmed_up`); `record` keeps how long each load took (`ModelCache`); `meter()` is the
+    context manager that measures each run's CPU seconds and the other programs' load (`OtherWork`)."""
 
     def __init__(self, create: Callable = create_warmed_up, *, record: Path | None = None,
-                 turns: Turns | None = None):
+                 turns: Turns | None = None, meter: Callable[[], OtherWork] = OtherWork):
+        self.meter = meter
         self.models = ModelCache(create, record=record)
         self.stream_models = ModelCache(create)
         self.turns = turns or Turns()
@@ -155,7 +159,7 @@ class LocalTranscriptions:
                      + (f" ({activity})" if activity else ""))
 
         def beside() -> str:  # the app's work outside the turns: asked at the start and the end of the transcription
-            if self.models.busy():
+            if self.models.busy() or self.stream_models.busy():
                 return "a model load or compile"
             return "a live stream" if any(t.name == LIVE_THREAD for t in threading.enumerate()) else ""
 
@@ -169,9 +173,9 @@ class LocalTranscriptions:
                 say(0.1 + 0.9 * fraction, text)
 
             report()
-            with OtherWork() as others:
+            with self.meter() as cost:
                 result = transcriber.transcribe(samples, options, progress=report)
-            return Transcription(result, shared or beside(), others.cores)
+            return Transcription(result, shared or beside(), cost.cores, cost.own_s)
 
     live_races = 1  # one race already takes the cores of a small machine; another visitor waits
 
@@ -198,8 +202,11 @@ class LocalTranscriptions:
         loading = self.models.badge()
         if loading:
             return loading
+        if self.stream_models.busy():
+            return ("ready: press Run. The Live tab's engines still load in the background; a run meanwhile says "
+                    "that it shared the CPU.")
         waiting = self.turns.waiting()
         return f"ready · {waiting} run{'s' if waiting > 1 else ''} waiting" if waiting else "ready"
 
     def busy(self) -> bool:
-        return self.models.busy() or self.turns.busy()
+        return self.models.busy() or self.stream_models.busy() or self.turns.busy()

@@ -1,17 +1,27 @@
 """The Compare tab's verdict: how MAX compared with the other implementations on the visitor's
 audio, and what the numbers are (`verdict_html`); before any run, a line on what the committed
-benchmark measured (`benchmark_note`)."""
+benchmark measured (`benchmark_note`).
+
+The verdict rests on the measure the conditions make fair (`fair_measure`): wall-clock time where
+nothing else held the CPU during the runs that count; CPU time (the processor seconds each run's own
+work took, `cpu_load`) where other programs kept cores busy, as they stretch wall-clock times by
+chance; none where the app's own work (a compile, the component checks) ran beside them, which
+inflates both. Implementations whose transcripts are not the same words get no speed verdict.
+"""
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 from pathlib import Path
 
-from maxwhisper.scoring import word_errors
+from maxwhisper.scoring import normalize, word_errors
 
 from .charts import short_name
 from .comparison import Comparison, Panel
 from .cpu_load import BUSY_CORES
 from .results import read_runs, reference_rows
+
+SAME_WORDS = 0.1  # transcripts differing in more than this share of their words did not do the same work
 
 
 def ratio(x: float) -> str:
@@ -21,6 +31,49 @@ def ratio(x: float) -> str:
 
 def _sentence(text: str) -> str:
     return text[:1].upper() + text[1:]
+
+
+@dataclass(frozen=True)
+class Measure:
+    """What the verdict's times are: `kind` "wall" (wall-clock seconds, each one's fastest run), "cpu"
+    (CPU seconds, each one's cheapest run) or "" (no fair measure this time); `why` in plain words."""
+
+    kind: str
+    why: str
+
+    def seconds(self, panel: Panel) -> float:
+        return panel.cheapest.cpu_s if self.kind == "cpu" else panel.best.seconds
+
+
+def _app_work(runs) -> str:
+    return " and ".join(sorted({r.shared_cpu for r in runs if r.shared_cpu}))
+
+
+def fair_measure(panels: list[Panel], cores: int | None = None) -> Measure:
+    """The measure the conditions of these panels' runs make fair (see the module's docstring)."""
+    fastest = [p.best for p in panels]
+    busy = [r.other_cores for r in fastest if r.other_cores is not None and r.other_cores >= BUSY_CORES]
+    if not busy and not _app_work(fastest):
+        quiet = all(r.other_cores is not None for r in fastest)
+        return Measure("wall", "No other work held the CPU meanwhile." if quiet else "")
+    cheapest = [p.cheapest for p in panels]
+    if busy and all(cheapest) and not _app_work(cheapest):
+        return Measure("cpu", f"Other programs kept up to {max(busy):.1f} of {cores or '?'} cores busy during the "
+                              f"runs, which stretches wall-clock times by chance, so this verdict counts CPU time: "
+                              f"the processor seconds each run's own work took.")
+    app = _app_work(cheapest if all(cheapest) else fastest)
+    if app:
+        return Measure("", f"{app} ran in this app meanwhile and slowed the runs")
+    return Measure("", f"other programs kept up to {max(busy):.1f} of {cores or '?'} cores busy during the runs")
+
+
+def _same_words(mx: Panel, other: Panel) -> tuple[bool, str]:
+    """Whether two transcripts are the same words (within SAME_WORDS), and where not, how many differ."""
+    errors = word_errors(other.result.text, mx.result.text)
+    words = max(errors[1], len(normalize(mx.result.text).split())) if errors else 0
+    if errors is None or errors[0] <= SAME_WORDS * words:
+        return True, ""
+    return False, f"{errors[0]} of {words} words differ"
 
 
 def _times(faster: float, other: str) -> str:
@@ -46,28 +99,27 @@ def _tokens(mx: Panel, others: list[Panel], mixed: bool) -> str:
     return "; ".join(parts)
 
 
-def _cpu(panels: list[Panel], cores: int | None) -> str:
-    """What else used the CPU during the runs whose times count (each one's best), if anything."""
-    app = {p.best.shared_cpu for p in panels if p.best.shared_cpu}
-    busy = [p for p in panels if p.best.other_cores is not None and p.best.other_cores >= BUSY_CORES]
-    shared = [f"{' and '.join(sorted(app))} ran meanwhile"] if app else []
-    if busy:
-        most = max(p.best.other_cores for p in busy)
-        runs = "every run" if len(busy) == len(panels) else \
-            " and ".join(f"{short_name(p.backend)}'s" for p in busy) + " runs"
-        shared.append(f"other programs used {'up to ' if len(busy) > 1 else ''}{most:.1f} of {cores} cores "
-                      f"during {runs}")
-    if shared:
-        return f"⚠ {_sentence('; '.join(shared))}: run again for a fair ratio."
-    if all(p.best.other_cores is not None for p in panels):
-        return "No other work held the CPU meanwhile."
-    return ""
+def _listed(panels: list[Panel], mixed: bool) -> str:
+    """'MAX 0.39 s (0.9 CPU s), openai-whisper ...': each one's fastest wall-clock time and cheapest CPU time."""
+    def one(p: Panel) -> str:
+        cpu = f" ({p.cheapest.cpu_s:.2f} CPU s)" if p.cheapest else ""
+        return f"{short_name(p.backend, p.precision, mixed)} {p.best.seconds:.2f} s{cpu}"
+    return ", ".join(one(p) for p in panels)
+
+
+def winner(comparison: Comparison, cores: int | None = None) -> str | None:
+    """The implementation the verdict finds fastest by its measure; None without a fair verdict."""
+    done = [p for p in comparison.panels.values() if p.runs]
+    if not comparison.finished or comparison.message or len(done) < 2:
+        return None
+    measure = fair_measure(done, cores)
+    return min(done, key=measure.seconds).backend if measure.kind else None
 
 
 def verdict_html(comparison: Comparison, cores: int | None = None) -> str:
-    """HTML: how many times faster MAX was than each other implementation, then in one line whether
-    their tokens are the same and what the numbers are; "" before the end or without MAX and
-    another. `cores`: the cores the machine gives the app (in the line on other work)."""
+    """HTML: how many times faster MAX was than each other implementation, by the fair measure,
+    then in one line whether their tokens are the same and what the numbers are; "" before the end
+    or without MAX and another. `cores`: the cores the machine gives the app."""
     done = [p for p in comparison.panels.values() if p.runs]
     mx = comparison.panels.get("max")
     others = [p for p in done if p.backend != "max"]
@@ -76,13 +128,34 @@ def verdict_html(comparison: Comparison, cores: int | None = None) -> str:
     if mx is None or not mx.runs or not others:
         return "<p class='note'>The verdict needs MAX and one other implementation at least.</p>"
     mixed = any(p.precision != "fp32" for p in done)
-    speed = [_times(p.best.seconds / mx.best.seconds, short_name(p.backend, p.precision, mixed)) for p in others]
     runs = max(len(p.runs) for p in done)
     what = f"best of {runs} runs of each, taken in turns" if runs > 1 else "one run of each"
-    return (f"<div class='verdict'>{short_name('max', mx.precision, mixed)} was {', '.join(speed[:-1])}"
-            f"{' and ' if len(speed) > 1 else ''}{speed[-1]} on this {comparison.audio_s:.1f} s clip.</div>"
-            f"<p class='note'>{_sentence(_tokens(mx, others, mixed))}. Times: {what}, models already loaded. "
-            f"{_cpu(done, cores)}</p>")
+    tokens = f"{_sentence(_tokens(mx, others, mixed))}."
+    measure = fair_measure(done, cores)
+    clip = f"on this {comparison.audio_s:.1f} s clip"
+    if not measure.kind:
+        return (f"<div class='verdict'>No fair verdict this time: {measure.why}.</div>"
+                f"<p class='note'>Run again for a fair ratio. {tokens} Times ({what}): {_listed(done, mixed)}.</p>")
+    compared, apart = [], []
+    for p in others:
+        same, differ = _same_words(mx, p)
+        name = short_name(p.backend, p.precision, mixed)
+        if same:
+            compared.append(_times(measure.seconds(p) / measure.seconds(mx), name))
+        else:
+            apart.append(f"{name} ({differ})")
+    lead = "Counting CPU time, " if measure.kind == "cpu" else ""
+    mx_name = short_name("max", mx.precision, mixed)
+    if compared:
+        speed = f"{', '.join(compared[:-1])}{' and ' if len(compared) > 1 else ''}{compared[-1]}"
+        headline = f"{lead}{mx_name} was {speed} {clip}."
+    else:
+        headline = f"No speed verdict {clip}: the transcripts are not the same words."
+    if apart:
+        headline += f" No speed verdict against {' and '.join(apart)}: they did not transcribe the same words."
+    times = f"Times: {what}, models already loaded: {_listed(done, mixed)}."
+    return (f"<div class='verdict'>{_sentence(headline)}</div>"
+            f"<p class='note'>{tokens} {measure.why} {times}</p>")
 
 
 def benchmark_note(directory: Path) -> str:

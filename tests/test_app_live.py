@@ -5,6 +5,7 @@ at a time, sessions sharing a transcriber), and MAX on jfk sent as a browser sen
 chunks)."""
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 import time
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from maxwhisper.api import SAMPLE_RATE, MaxWhisperError, ModelError
+from maxwhisper.api import SAMPLE_RATE, DecodeOptions, MaxWhisperError, ModelError
 from maxwhisper.registry import BACKENDS
 from scripted import ScriptedTranscriber
 from showcase import live_session
@@ -80,19 +81,53 @@ def test_an_update_waits_for_a_second_of_new_audio():
     assert len(model.calls) == 3 and session.received_s == pytest.approx(2.5)
 
 
-def test_the_figures_say_when_the_stream_falls_behind():
+def test_the_figures_say_when_the_stream_falls_behind_without_flickering():
+    """Falls behind once more than BEHIND_S of audio waits (or its computing exceeds the audio), keeps
+    up again once it has caught up: each change holds HOLD_S, so a reading that crosses the line and
+    back within a second changes nothing."""
+    clock = [100.0]
     lock = threading.Lock()
-    session = LiveSession(lambda: ScriptedTranscriber(SCRIPT), lock)
+    session = LiveSession(lambda: ScriptedTranscriber(SCRIPT), lock, clock=lambda: clock[0])
     audio = np.arange(5 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
     with lock:  # the model is busy with another stream's update
         for i in range(5):
             session.add(audio[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE], SAMPLE_RATE)
         wait_for(lambda: session.state == "listening")
         assert session.behind_s == 5.0 and "falls behind: 5 s of speech waiting · 5 s heard" in session.figures()
+        assert session.worst_behind_s == 5.0
     wait_for(lambda: session.behind_s == 0)
-    assert "keeps up: " in session.figures()
+    clock[0] += live_session.HOLD_S / 2  # caught up within the hold: still shown behind
+    assert re.search(r"falls behind: 0\.\d\d s of computing per second of speech", session.figures())
+    clock[0] += live_session.HOLD_S / 2
+    assert re.search(r"keeps up: 0\.\d\d s of computing per second of speech", session.figures())
     session.compute_s = 6.0  # more computing than audio heard: behind soon, whatever waits now
+    assert "keeps up: " in session.figures()  # within the hold
+    clock[0] += live_session.HOLD_S
     assert "falls behind: 1.20 s of computing per second of speech" in session.figures()
+    session.compute_s = 5.0  # back to 1.0 per second: not clearly under, so still behind
+    clock[0] += live_session.HOLD_S
+    assert "falls behind: 1.00 s" in session.figures()
+    session.stop(timeout=10)
+
+
+def test_an_update_that_hears_no_words_leaves_the_grey_words_shown():
+    """An update whose hypothesis is held back (the offline rules) commits nothing and has no tail:
+    the panel keeps the previous update's grey words rather than going blank."""
+    class Hiccup(ScriptedTranscriber):
+        def transcribe(self, audio, options=DecodeOptions(), progress=None):
+            result = super().transcribe(audio, options, progress)
+            return dataclasses.replace(result, segments=[], text="") if len(self.calls) == 2 else result
+
+    model = Hiccup(SCRIPT)
+    session = LiveSession(lambda: model)
+    audio = np.arange(3 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
+    session.add(audio[:SAMPLE_RATE], SAMPLE_RATE)
+    wait_for(lambda: len(model.calls) == 1 and session.behind_s == 0)
+    shown = session.text_html()
+    assert "w0 w1" in shown and not session.committed
+    session.add(audio[SAMPLE_RATE:2 * SAMPLE_RATE], SAMPLE_RATE)
+    wait_for(lambda: len(model.calls) == 2 and session.behind_s == 0)
+    assert session.text_html() == shown  # nothing heard: the grey words stay
     session.stop(timeout=10)
 
 
@@ -144,6 +179,10 @@ def test_a_race_through_the_tab_s_handlers():
         assert same is race
     shown = list(races.stop(race))
     assert all(state is race for state, *_ in shown)
+    # the end, for a room: the same script heard as fast by both, a tie
+    assert shown[-1][1] == live.race_result(race) and re.fullmatch(
+        r"<div class='live-result'><div class='live-winner'>A tie: MAX and faster-whisper kept up, their words "
+        r"final -?[\d.]+ s after they were said\.</div></div>", shown[-1][1])  # (fed faster than said)
     last = dict(zip(BACKENDS, shown[-1][2:]))
     for backend in ("max", "faster"):
         assert len(scripts.made[backend].calls) >= 4
@@ -228,6 +267,7 @@ def test_an_example_plays_as_the_microphone(tmp_path):
     assert [m for _, m, *_ in shown[:3]] == [f"Playing two.wav as the microphone: {s} of 2 s" for s in (1, 1, 2)]
     assert all(state is race for state, *_ in shown)
     assert not race.running and all(s.figures().startswith("stopped") for s in race.sessions.values())
+    assert shown[-1][1] == live.race_result(race)  # the race's end: its result
     assert all(scripts.made[b].calls for b in ("max", "faster"))
 
     recording = races.start(["max"], "tiny.en", "cpu")
@@ -304,3 +344,24 @@ def test_max_transcribes_jfk_from_browser_chunks(max_tiny_en, jfk_audio):
     assert normalise("".join(w.text for w in session.committed)) == normalise(JFK)
     assert session.received_s == pytest.approx(len(jfk_audio) / SAMPLE_RATE, abs=0.01)
     assert session.compute_s > 0 and len(session.latencies) == len(session.committed)  # (sent faster than spoken)
+
+
+def test_a_race_ends_with_who_was_first():
+    """The result names the implementation that kept up and made its words final soonest, then how
+    each other did: one that fell behind, one that failed."""
+    def session(latencies, compute_s=4.0, behind=1.0, error=""):
+        s = LiveSession(lambda: ScriptedTranscriber(SCRIPT))
+        s.stop(timeout=10)
+        s.latencies, s.compute_s, s.worst_behind_s, s.error, s._received = latencies, compute_s, behind, error, \
+            10 * SAMPLE_RATE
+        return s
+
+    race = live.LiveRace({"max": session([1.0, 1.2, 1.4]), "openai": session([5.0], compute_s=14.0, behind=7.0),
+                          "faster": session([], error="no memory")})
+    assert live.race_result(race) == (
+        "<div class='live-result'><div class='live-winner'>MAX was first: it kept up, its words final 1.2 s after "
+        "they were said.</div><div>openai-whisper fell behind (7 s of speech waited at worst), its words final 5.0 s "
+        "after they were said.</div><div>faster-whisper stopped: no memory</div></div>")
+    alone = live.LiveRace({"faster": session([2.0])})
+    assert live.race_result(alone) == ("<div class='live-result'><div>faster-whisper kept up, its words final 2.0 s "
+                                       "after they were said.</div></div>")

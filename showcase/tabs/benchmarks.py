@@ -1,8 +1,11 @@
-"""The Benchmarks tab: what the committed benchmark measured. A heading and one chart, MAX against
-the others on the longest clip in fp32 and int8 (`results.reference_rows`), then every result in a
-table, the CPU's first, then each file's machine, versions and settings, folded."""
+"""The Benchmarks tab: what the committed benchmarks measured, each row naming its machine beside
+the line naming this server. A tab for the CPUs: one chart, MAX against the others on the longest
+clip in fp32 and int8 (`results.reference_rows`), and every CPU result in a table; a tab for the
+GPU, a click away: its chart, what did not run on the GPU and why, and its rows; then each file's
+machine, versions and settings, folded."""
 from __future__ import annotations
 
+import functools
 import html
 from pathlib import Path
 
@@ -54,23 +57,55 @@ def machine_name(machine: dict, device: str) -> str:
     return " · ".join(str(p) for p in parts if p) or "?"
 
 
-def benchmark_view(directory: Path) -> tuple[str, str, list[list], str]:
-    """(HTML: the heading and the chart; table rows; Markdown: each file's machine, versions and
+# what a failure's error means, for the GPU results' "what did not run and why"
+KNOWN_CAUSES = {
+    "libcublas.so.12": "CTranslate2, on which faster-whisper runs, is built for CUDA 12 and loads its cuBLAS; the GPU "
+                       "machines had CUDA 13, which MAX needs, so faster-whisper has never run on CUDA beside MAX",
+}
+
+
+@functools.cache
+def this_server() -> str:
+    """The machine the app runs on, named as the rows name theirs."""
+    from maxwhisper.bench.machine import machine_info
+
+    return machine_name(machine_info(), "cpu")
+
+
+def _not_run(runs) -> str:
+    """HTML: what did not run on a GPU, grouped by implementation and error, and why where known."""
+    groups: dict[tuple[str, str], tuple[set[str], set[str]]] = {}  # (backend, error) -> (precisions, clips)
+    for run in runs:
+        for f in run.failures:
+            precisions, clips = groups.setdefault((f["backend"], str(f.get("error") or "?")), (set(), set()))
+            precisions.add(str(f.get("precision") or "?"))
+            clips.add(str(f.get("audio") or "?"))
+    items = []
+    for (backend, error), (precisions, clips) in groups.items():
+        why = next((cause for key, cause in KNOWN_CAUSES.items() if key in error), "")
+        items.append(f"<li><b>{html.escape(short_name(backend))}</b> ({', '.join(sorted(precisions))}; "
+                     f"{len(clips)} clip{'s' if len(clips) > 1 else ''}): "
+                     f"{html.escape(why or error)}{f' (<code>{html.escape(error)}</code>)' if why else ''}.</li>")
+    return f"<p><b>What did not run on the GPU, and why</b></p><ul>{''.join(items)}</ul>" if items else ""
+
+
+def benchmark_view(directory: Path) -> tuple[str, str, list[list], str, list[list], str]:
+    """(HTML: the heading and this server; HTML: the CPU chart; the CPUs' rows; HTML: the GPU chart
+    and what did not run on the GPU; the GPUs' rows; Markdown: each file's machine, versions and
     settings)."""
     runs, notes = read_runs(directory)
+    top = ("<h2>What the committed benchmarks measured</h2><p class='note'>This server: "
+           f"{html.escape(this_server())}. Every row names the machine it ran on.</p>")
     if not runs:
-        return ("<h2>What this machine class measured</h2><p class='note'>No committed benchmark results yet "
-                "(<code>python -m maxwhisper bench</code> writes them).</p>", [], "\n".join(notes))
-    top = "<h2>What this machine class measured</h2>"
+        return (top + "<p class='note'>No committed benchmark results yet (<code>python -m maxwhisper bench</code> "
+                "writes them).</p>", "", [], "", [], "\n".join(notes))
+    cpu_top = ""
     found = reference_rows(runs)
     if found:
         run, clip, rows = found
-        machine = run.machine
-        top += (f"<p class='note'>{html.escape(rows[0]['model'] or '')} on a {rows[0]['audio_s']:.0f} s clip "
-                f"({html.escape(clip)}), {html.escape(str(machine.get('cpu', 'a CPU')))}"
-                f"{' (' + html.escape(machine['vector_isa']) + ')' if machine.get('vector_isa') else ''}, "
-                f"{machine.get('cores', '?')} cores: each implementation in turn, medians of several runs, "
-                f"the same weights and decoding.</p>{benchmark_bars(rows)}")
+        cpu_top = (f"<p class='note'>{html.escape(rows[0]['model'] or '')} on a {rows[0]['audio_s']:.0f} s clip "
+                   f"({html.escape(clip)}) on {html.escape(machine_name(run.machine, 'cpu'))}: each implementation "
+                   f"in turn, medians of several runs, the same weights and decoding.</p>{benchmark_bars(rows)}")
 
     def cells(run, row: dict) -> list:
         when = run.created[:10]  # two runs on one machine class differ by their day
@@ -78,21 +113,45 @@ def benchmark_view(directory: Path) -> tuple[str, str, list[list], str]:
                  "machine": machine_name(run.machine, row["device"]) + (f" · {when}" if when else "")}
         return [_cell(c, named[c]) for c in BENCH_TABLE]
 
-    # the CPU's runs first (the app's subject), the newest first within each device
-    runs = sorted(sorted(runs, key=lambda r: r.created, reverse=True),
-                  key=lambda r: not any(row["device"] == "cpu" for row in r.rows))
-    table = [cells(run, row) for run in runs for row in run.rows]
+    runs = sorted(runs, key=lambda r: r.created, reverse=True)  # the newest first
+    cpu = [cells(run, row) for run in runs for row in run.rows if row["device"] != "gpu"]
+    gpu_runs = [run for run in runs if any(row["device"] == "gpu" for row in run.rows)]
+    gpu = [cells(run, row) for run in gpu_runs for row in run.rows if row["device"] == "gpu"]
+    gpu_top = ""
+    if gpu_runs:
+        newest = gpu_runs[0]
+        longest = max((r for r in newest.rows if r["device"] == "gpu"), key=lambda r: r["audio_s"] or 0)
+        bars = benchmark_bars([r for r in newest.rows if r["device"] == "gpu" and r["audio"] == longest["audio"]],
+                              ("fp32", "fp16"), "bench-gpu-chart")
+        gpu_top = (f"<p class='note'>On {html.escape(machine_name(newest.machine, 'gpu'))} (its host: "
+                   f"{html.escape(machine_name(newest.machine, 'cpu'))}), {html.escape(longest['audio'] or '')}, "
+                   f"{longest['audio_s'] or 0:.0f} s:</p>{bars}{_not_run(gpu_runs)}")
     details = [f"- **`{r.name}`** — machine: {_inline(r.machine)}  \n  versions: {_inline(r.versions)}  \n"
                f"  settings: {_inline(r.options)}" for r in runs] + notes
-    return top, table, "\n".join(details)
+    return top, cpu_top, cpu, gpu_top, gpu, "\n".join(details)
+
+
+def gpu_names(directory: Path) -> str:
+    """'NVIDIA H100 80GB HBM3': the GPUs of the committed results, for the GPU tab's label."""
+    runs = [r for r in read_runs(directory)[0] if any(row["device"] == "gpu" for row in r.rows)]
+    return ", ".join(dict.fromkeys(machine_name(r.machine, "gpu") for r in runs))
 
 
 def build() -> View:
-    """The tab, inside the page's gr.Blocks: the page fills it when a visitor opens it."""
+    """The tab, inside the page's gr.Blocks: the page fills it when a visitor opens it. The CPUs'
+    results and the GPUs' are a tab each, the GPUs' a click away."""
+    gpus = gpu_names(RESULTS_DIR)
     with gr.Tab("Benchmarks"):
         top = gr.HTML(elem_id="benchmarks", min_height=0)
-        table = gr.Dataframe(headers=list(BENCH_TABLE.values()), interactive=False, wrap=True, elem_id="bench-table",
-                             label="Every committed result")
+        with gr.Tabs():
+            with gr.Tab("On CPUs", elem_id="bench-cpu-tab"):
+                cpu_top = gr.HTML(elem_id="bench-cpu", min_height=0)
+                cpu = gr.Dataframe(headers=list(BENCH_TABLE.values()), interactive=False, wrap=True,
+                                   elem_id="bench-table", label="Every committed result on a CPU")
+            with gr.Tab(f"On a GPU ({gpus})" if gpus else "On a GPU", elem_id="bench-gpu-tab"):
+                gpu_top = gr.HTML(elem_id="bench-gpu", min_height=0)
+                gpu = gr.Dataframe(headers=list(BENCH_TABLE.values()), interactive=False, wrap=True,
+                                   elem_id="bench-gpu-table", label="Every committed result on a GPU")
         with gr.Accordion("Machines, versions and settings of each results file", open=False):
             machines = gr.Markdown(elem_id="bench-machines")
-    return View([top, table, machines], lambda: benchmark_view(RESULTS_DIR))
+    return View([top, cpu_top, cpu, gpu_top, gpu, machines], lambda: benchmark_view(RESULTS_DIR))

@@ -1,8 +1,9 @@
-"""The Compare tab: a clip, the implementations to race, one Run button, and right under it the
-results: the verdict, the speed chart and the transcripts side by side, each implementation's panel
-saying whether it waits, runs (how far) or is done; the options, and the details (timestamps,
-word differences, downloads, time by stage), fold away. `showcase.comparison` runs the race
-through the page's `Transcriptions`."""
+"""The Compare tab: on the left a clip (the first example already in the box), the implementations
+to race, one Run button and the options, folded (Run folds them); on the right, beside them so that
+open options push nothing down, the results: the verdict, the speed chart and the transcripts side
+by side, each implementation's panel saying whether it waits, runs (how far) or is done. The details
+(timestamps, word differences, downloads, time by stage) fold away under them. `showcase.comparison`
+runs the race through the page's `Transcriptions`."""
 from __future__ import annotations
 
 import html
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from maxwhisper.api import DecodeOptions
-from maxwhisper.registry import BACKENDS, color
+from maxwhisper.registry import BACKENDS
 from maxwhisper.tokenizer import LANGUAGES
 
 from ..audio_checks import refusal
@@ -21,9 +22,10 @@ from ..comparison import Comparison, Panel, run_comparison, watch
 from ..cpu_load import BUSY_CORES, available_cores
 from ..examples import example_rows
 from ..formatting import label, panel_title
+from ..language_check import detector_for
 from ..results import RESULTS_DIR
 from ..transcriptions import Transcriptions
-from ..verdict import benchmark_note, verdict_html
+from ..verdict import benchmark_note, fair_measure, verdict_html
 
 ABOUT = (
     "The three implementations run OpenAI's Whisper with the same weights (one CTranslate2 package, converted once "
@@ -31,9 +33,12 @@ ABOUT = (
     "tokens, and the verdict says whether it did. They take turns on the CPU, one transcription at a time, other "
     "visitors' runs too. A clip of 30 s or less is run three times by each, in turns, and each one's best time "
     "counts, so that a burst of other work does not decide the verdict; a longer clip is run once. During each run "
-    "the app measures how much of the CPU other programs took, and says so under the verdict. Times leave out "
-    "loading and compiling the models, done once. The Benchmarks tab holds medians measured on a quiet machine; "
-    "docs/app.md in the repository describes the page.")
+    "the app measures its wall-clock time, the CPU seconds the run's own work took, and how much of the CPU other "
+    "programs took. Where the CPU was otherwise quiet, the verdict compares wall-clock times; where other programs "
+    "kept cores busy, which stretches wall-clock times by chance, it compares CPU time, and says so. Times leave "
+    "out loading and compiling the models, done once. An English-only model is not raced on another language: "
+    "the multilingual model hears the language first. The Benchmarks tab holds medians measured on quiet "
+    "machines; docs/app.md in the repository describes the page.")
 RUNS_AT_ONCE = 16  # requests inside the app at once: they take turns (`Transcriptions`) and see their place
 
 
@@ -50,7 +55,8 @@ def panel_head(panel: Panel | None, backend: str, rounds: int = 1) -> str:
     elif panel and panel.runs:
         best, r = panel.best, panel.result
         shared = best.shared_cpu or (best.other_cores or 0.0) >= BUSY_CORES
-        line = (f"<div class='meta'>{speed_value(best.seconds, r.audio_s)} · "
+        cpu = f" · {panel.cheapest.cpu_s:.2f} CPU s" if panel.cheapest else ""
+        line = (f"<div class='meta'>{speed_value(best.seconds, r.audio_s)}{cpu} · "
                 f"{r.precision} · {r.language}{' · ⚠ CPU shared' if shared else ''}</div>")
     elif panel and panel.error:
         line = f"<div class='meta error'>{html.escape(panel.error)}</div>"
@@ -64,6 +70,8 @@ def message_text(comparison: Comparison | None, elapsed: float) -> str:
     if comparison.message:
         return comparison.message
     what = f"{comparison.audio_s:.1f} s of audio, {comparison.model} on {comparison.device}"
+    if comparison.checking:
+        return f"{comparison.checking} · {elapsed:.0f} s"
     if not comparison.finished:
         rounds = f" of {comparison.rounds}" if comparison.round > 1 else ""
         return f"Running: {what} · round {comparison.round}{rounds} · {elapsed:.0f} s"
@@ -91,23 +99,24 @@ class CompareTab:
 def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) -> CompareTab:
     """The tab and its handlers, inside the page's gr.Blocks."""
     model0 = choices.models[0] if choices.models else None
+    examples = example_rows(choices.models) if choices.models else []
+    first = examples[0] if examples else (None, "", model0, "")  # in the box as the page opens: one click to a result
+    detector = detector_for(choices.models, choices.backends)
     with gr.Tab("Compare"):
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=3, min_width=300):
-                audio = gr.Audio(sources=["upload", "microphone"], type="filepath", elem_id="audio",
+        with gr.Row(equal_height=False, elem_id="compare"):
+            with gr.Column(scale=2, min_width=300, elem_id="inputs"):
+                audio = gr.Audio(first[0], sources=["upload", "microphone"], type="filepath", elem_id="audio",
                                  label=f"Audio: upload, record, or pick an example (up to {max_seconds:g} s)")
-                examples = example_rows(choices.models) if choices.models else []
                 with gr.Row(elem_id="examples", equal_height=True):
-                    example_buttons = [(gr.Button(button, size="sm", variant="secondary", min_width=120), path, model,
+                    example_buttons = [(gr.Button(button, size="sm", variant="secondary", min_width=100), path, model,
                                         text) for path, button, model, text in examples]
-            with gr.Column(scale=2, min_width=300):
                 chosen = gr.CheckboxGroup([(short_name(b), b) for b in choices.backends], value=choices.backends,
                                           label="Implementations to race", elem_id="chosen")
                 run = gr.Button("Run", variant="primary", elem_id="run", size="lg")
                 model_note = gr.Markdown(elem_id="model-note")
-                with gr.Accordion(options_label(model0, "fp32", choices.default_device, 1), open=False,
+                with gr.Accordion(options_label(first[2], "fp32", choices.default_device, 1), open=False,
                                   elem_id="options") as options:
-                    model = gr.Dropdown(choices.models, value=model0, label="Model (installed)")
+                    model = gr.Dropdown(choices.models, value=first[2], label="Model (installed)")
                     precision = gr.Radio(choices.precisions, value="fp32", label="Precision",
                                          info="int8 and bf16 are MAX's (int8: faster-whisper's too); "
                                               "openai-whisper stays fp32")
@@ -118,8 +127,8 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
                                            value="auto", label="Language")
                     task = gr.Radio(["transcribe", "translate"], value="transcribe", label="Task",
                                     info="translate: into English, with a multilingual model (base)")
-                    reference_text = gr.Textbox(label="Reference text, for each implementation's WER", lines=2,
-                                                placeholder="what is said in the audio")
+                    reference_text = gr.Textbox(first[3], label="Reference text, for each implementation's WER",
+                                                lines=2, placeholder="what is said in the audio")
                     beam_size = gr.Slider(1, 5, value=1, step=1, label="Beam size (1 = greedy)")
                     with gr.Row():
                         timestamps = gr.Checkbox(True, label="Segment timestamps")
@@ -137,36 +146,33 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
                     video = gr.UploadButton("Upload a video file (its sound is transcribed)",
                                             file_types=["video", "audio"], size="sm", variant="secondary",
                                             elem_id="video-upload")
-        with gr.Column(elem_id="results"):
-            message = gr.Markdown(elem_id="message")
-            with gr.Row(equal_height=False):
-                with gr.Column(min_width=320):
-                    verdict = gr.HTML(f"<p class='note'>Pick a clip and press Run: the verdict appears here. "
-                                      f"{benchmark_note(RESULTS_DIR)}</p>", elem_id="verdict", min_height=0)
-                with gr.Column(min_width=320):
-                    chart = gr.HTML(elem_id="chart", min_height=0)
-            heads, texts, columns = {}, {}, {}
-            with gr.Row(equal_height=False, elem_id="panels"):
-                for b in BACKENDS:
-                    with gr.Column(visible=b in choices.backends, min_width=240) as columns[b]:
-                        heads[b] = gr.HTML(panel_head(None, b), elem_id=f"state-{b}", min_height=0)
-                        texts[b] = gr.Textbox(show_label=False, lines=3, max_lines=8, elem_id=f"text-{b}",
-                                              buttons=["copy"], placeholder="the transcript appears here",
-                                              container=False)
-            with gr.Accordion("Details: timestamps, word differences, downloads, time by stage", open=False,
-                              elem_id="details"):
-                stages = gr.HTML(min_height=0)
-                details = {}
-                with gr.Row(equal_height=False):
+            with gr.Column(scale=3, min_width=300, elem_id="results"):
+                message = gr.Markdown(elem_id="message")
+                suggest = gr.Button(f"Transcribe it with {detector[1]}" if detector else "", visible=False,
+                                    variant="primary", elem_id="suggest")
+                verdict = gr.HTML(f"<p class='note'>Press Run: the verdict appears here. "
+                                  f"{benchmark_note(RESULTS_DIR)}</p>", elem_id="verdict", min_height=0)
+                heads, texts, columns = {}, {}, {}
+                with gr.Row(equal_height=False, elem_id="panels"):
                     for b in BACKENDS:
-                        with gr.Column(min_width=240):
-                            gr.Markdown(f"**<span style='color:{color(b)}'>{label(b)}</span>**")
-                            details[b] = (gr.HTML(elem_id=f"diff-{b}", min_height=0),
-                                          gr.Textbox(label="Segments", lines=3, max_lines=12,
-                                                     elem_id=f"segments-{b}"),
-                                          gr.File(label="TXT / SRT / VTT", file_count="multiple", interactive=False,
-                                                  elem_id=f"files-{b}"))
-
+                        with gr.Column(visible=b in choices.backends, min_width=200) as columns[b]:
+                            heads[b] = gr.HTML(panel_head(None, b), elem_id=f"state-{b}", min_height=0)
+                            texts[b] = gr.Textbox(show_label=False, lines=3, max_lines=8, elem_id=f"text-{b}",
+                                                  buttons=["copy"], placeholder="the transcript appears here",
+                                                  container=False)
+                chart = gr.HTML(elem_id="chart", min_height=0)
+        with gr.Accordion("Details: timestamps, word differences, downloads, time by stage", open=False,
+                          elem_id="details"):
+            stages = gr.HTML(min_height=0)
+            details = {}
+            with gr.Row(equal_height=False):
+                for b in BACKENDS:
+                    with gr.Column(min_width=240):
+                        gr.HTML(panel_title(b), min_height=0)
+                        details[b] = (gr.HTML(elem_id=f"diff-{b}", min_height=0),
+                                      gr.Textbox(label="Segments", lines=3, max_lines=12, elem_id=f"segments-{b}"),
+                                      gr.File(label="TXT / SRT / VTT", file_count="multiple", interactive=False,
+                                              elem_id=f"files-{b}"))
         with gr.Accordion("About the race", open=False):
             gr.Markdown(ABOUT)
 
@@ -174,12 +180,13 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
     cores = available_cores()
 
     def shown(comparison: Comparison | None, elapsed: float, chosen_now: list[str]) -> list:
-        outputs = [message_text(comparison, elapsed)]
-        if comparison is not None and comparison.message:  # a problem with the request: nothing ran
+        outputs = [message_text(comparison, elapsed), gr.Button(visible=bool(comparison and comparison.suggestion))]
+        if comparison is None or comparison.message:  # starting, or a problem with the request: nothing ran
             outputs += ["", "", ""]
         else:
-            outputs += [verdict_html(comparison, cores) if comparison else "",
-                        time_bars(comparison) if comparison else "", stage_bars(comparison) if comparison else ""]
+            done = [p for p in comparison.panels.values() if p.runs]
+            cpu = comparison.finished and len(done) > 1 and fair_measure(done, cores).kind == "cpu"
+            outputs += [verdict_html(comparison, cores), time_bars(comparison, cpu), stage_bars(comparison)]
         for b in BACKENDS:
             p = comparison.panels.get(b) if comparison else None
             rounds = comparison.rounds if comparison else 1
@@ -199,20 +206,26 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
                 "hallucination_silence_threshold": float(silence) if silence else None, "batch_size": int(batch)})
             return run_comparison(audio, chosen, model, choices.device(device), options, transcriptions,
                                   precision=precision, max_seconds=max_seconds, reference_text=reference_text,
-                                  on_change=on_change)
+                                  detector=detector, on_change=on_change)
 
         for comparison, elapsed in watch(run):
             yield shown(comparison, elapsed, chosen)
 
-    results = [message, verdict, chart, stages, *panel_outputs]
+    results = [message, suggest, verdict, chart, stages, *panel_outputs]
+
     def note(chosen_now, model_now, device_now, precision_now):
         return transcriptions.load_note(chosen_now, model_now, choices.device(device_now), precision_now)
 
     note_inputs = [chosen, model, device, precision]
-    run.click(transcribe, [audio, chosen, model, device, precision, language, task, beam_size, timestamps,
-                           word_timestamps, initial_prompt, condition, silence, batch, reference_text],
-              results, concurrency_limit=RUNS_AT_ONCE, show_progress="hidden").then(
+    run_inputs = [audio, chosen, model, device, precision, language, task, beam_size, timestamps, word_timestamps,
+                  initial_prompt, condition, silence, batch, reference_text]
+    run.click(transcribe, run_inputs, results, concurrency_limit=RUNS_AT_ONCE, show_progress="hidden").then(
         note, note_inputs, model_note, concurrency_limit=None, show_progress="hidden")  # what the run loaded
+    run.click(lambda: gr.Accordion(open=False), outputs=options, concurrency_limit=None,
+              show_progress="hidden")  # the results in sight on a narrow screen, where they come after the options
+    if detector:  # the language check's suggestion: the multilingual model, then the run
+        suggest.click(lambda: detector[1], outputs=model, concurrency_limit=None, show_progress="hidden").then(
+            transcribe, run_inputs, results, concurrency_limit=RUNS_AT_ONCE, show_progress="hidden")
     video.upload(lambda path: path, inputs=video, outputs=audio, show_progress="hidden")
     audio.upload(lambda path: refusal(path, max_seconds), audio, message, show_progress="hidden",
                  concurrency_limit=None)  # at once

@@ -6,12 +6,15 @@ sends (about every 0.1 s with Gradio 6, whatever `stream_every` says). Races do 
 the comparisons: their sessions come from `Transcriptions.live_session`, which runs them beside the
 comparisons (in this process on models of their own; under `serve --ui` as the service's realtime
 sessions, on its replicas); at most `Transcriptions.live_races` run at once. An example clip can
-stand in for the microphone (`LiveRaces.play`), for a visitor without one.
+stand in for the microphone (`LiveRaces.play`), for a visitor without one: the browser plays it
+as its pieces stream, so a room hears what is raced. A race ends with its result in large type
+(`race_result`): who kept up, and how soon each made its words final.
 """
 from __future__ import annotations
 
 import html
 import logging
+import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +30,7 @@ from ..charts import short_name
 from ..choices import Choices
 from ..examples import example_rows
 from ..formatting import error_message, panel_title
-from ..live_session import LiveSession
+from ..live_session import BEHIND_S, LiveSession
 from ..transcriptions import Transcriptions
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,40 @@ class LiveRace:
     def just_stopped(self) -> bool:
         """Stopped less than LATE_S ago: a chunk now is the stopped recording's last, sent late."""
         return self.stopped_at is not None and time.monotonic() - self.stopped_at < LATE_S
+
+
+def race_result(race: LiveRace) -> str:
+    """HTML a room can read at the end of a race: who was first (kept up, and made its words final
+    soonest after they were said: the median, to a tenth of a second, a tie where two are equal),
+    then how each other implementation did."""
+    said, ranks = {}, {}
+    for backend, s in race.sessions.items():
+        if s.error:
+            said[backend] = f"stopped: {html.escape(s.error)}"
+            continue
+        kept_up = s.share <= 1.0 and s.worst_behind_s <= BEHIND_S
+        pace = "kept up" if kept_up else f"fell behind ({s.worst_behind_s:.0f} s of speech waited at worst)"
+        if s.latencies:
+            latency = round(statistics.median(s.latencies), 1)
+            ranks[backend] = (not kept_up, latency)
+            said[backend] = f"{pace}, its words final {latency:.1f} s after they were said."
+        else:
+            said[backend] = f"{pace}, no word final."
+    lines = []
+    if ranks and len(said) > 1:
+        best = min(ranks.values())
+        firsts = [b for b, rank in ranks.items() if rank == best]
+        if len(firsts) == 1:
+            lines.append(f"{short_name(firsts[0])} was first: it {said.pop(firsts[0])}")
+        else:
+            lines.append(f"A tie: {' and '.join(short_name(b) for b in firsts)} "
+                         f"{'fell behind' if best[0] else 'kept up'}, their words final {best[1]:.1f} s after they "
+                         f"were said.")
+            for b in firsts:
+                said.pop(b)
+        lines[0] = f"<div class='live-winner'>{lines[0]}</div>"
+    lines += [f"<div>{short_name(b)} {text}</div>" for b, text in said.items()]
+    return f"<div class='live-result'>{''.join(lines)}</div>" if lines else ""
 
 
 def panel_html(backend: str, session: LiveSession | None) -> str:
@@ -187,7 +224,7 @@ class LiveRaces:
         while race.running and time.monotonic() < deadline:
             yield [race, "", *self.panels(race)]
             time.sleep(0.5)
-        yield [race, race.refusal, *self.panels(race)]
+        yield [race, race.refusal or ("" if race.running else race_result(race)), *self.panels(race)]
 
 
 def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) -> None:
@@ -206,6 +243,9 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
                     plays = [(gr.Button(f"▶ {button} as the microphone", size="sm", variant="secondary",
                                         min_width=120), path)
                              for path, button, _, _ in example_rows(choices.models, english=True)]
+                # the example a race hears, played by the browser as its pieces stream to the race
+                speaker = gr.Audio(label="What the race hears", autoplay=True, interactive=False,
+                                   elem_id="live-player", buttons=[])
             with gr.Column(scale=2, min_width=300):
                 live_backends = gr.CheckboxGroup(
                     [(short_name(b), b) for b in choices.backends], value=racers, label="Implementations to race",
@@ -236,11 +276,16 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
                        concurrency_limit=None)
     def player(path: str):
         def play(race, backends, model):  # a generator function, as Gradio streams only those
-            yield from races.play(path, race, backends, model, choices.default_device)
+            started = False  # the browser plays the clip once its race has started
+            for update in races.play(path, race, backends, model, choices.default_device):
+                starts = not started and update[0] is not None and update[0].playing == Path(path).name
+                started = started or starts
+                yield [*update, path if starts else gr.skip()]
         return play
 
-    for button, path in plays:
-        button.click(player(path), [race_state, live_backends, live_model], [race_state, message, *panels],
-                     show_progress="hidden", concurrency_limit=None)
+    for button, path in plays:  # (the player emptied first: the same clip again plays again)
+        button.click(lambda: None, outputs=speaker, show_progress="hidden", concurrency_limit=None).then(
+            player(path), [race_state, live_backends, live_model], [race_state, message, *panels, speaker],
+            show_progress="hidden", concurrency_limit=None)
     live_backends.change(lambda backends: [gr.Column(visible=b in backends) for b in BACKENDS], live_backends, columns,
                          show_progress="hidden", concurrency_limit=None)
