@@ -95,7 +95,7 @@ def main() -> int:
     parser.add_argument("--precisions", default=None,
                         help="comma-separated (default: fp32,fp16 on a GPU, fp32 on the CPU)")
     parser.add_argument("--audio-dir", type=Path, default=None,
-                        help="holding jfk.flac and physicsworks.flac (default: the shared audio)")
+                        help="holding jfk.flac and physicsworks.flac (default: the test audio, tests/audio)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     from maxwhisper.registry import create_transcriber

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")  # offline compiles otherwise wait on it
-AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
+AUDIO = Path(__file__).resolve().parent / "audio"
 
 
 @pytest.fixture(scope="session")

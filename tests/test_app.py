@@ -35,7 +35,7 @@ from showcase.transcriptions import Cancelled, LocalTranscriptions, Transcriptio
 from showcase.turns import Turns
 from showcase.verdict import _times, benchmark_note, verdict_html
 
-AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
+AUDIO = Path(__file__).resolve().parent / "audio"
 JFK = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
 
 

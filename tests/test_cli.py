@@ -14,7 +14,7 @@ from maxwhisper.api import BackendError, DecodeOptions, Segment, Timings, Transc
 from maxwhisper.scoring import normalize
 
 ROOT = Path(__file__).resolve().parents[1]
-AUDIO = ROOT.parent / "shared" / "audio"
+AUDIO = ROOT / "tests" / "audio"
 JFK = AUDIO / "jfk.flac"
 
 

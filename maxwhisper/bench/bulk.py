@@ -1,4 +1,4 @@
-"""`bench --bulk`: bulk jobs (`maxwhisper.transcribe_many`, Ray Data) over the shared clips repeated
+"""`bench --bulk`: bulk jobs (`maxwhisper.transcribe_many`, Ray Data) over the test clips repeated
 to at least 30 minutes of audio, for each implementation at 1 and 2 workers, without a batch size
 (the sequential loop, the command's default) and at each batch size: audio hours per hour. Right
 before each one-worker job, the same files through `transcribe()` in one process (a worker
@@ -30,19 +30,19 @@ SPEED_TARGET = 1.3  # MAX fp32's audio hours per hour over faster-whisper fp32's
 OVERHEAD_TARGET = 0.10  # the pipeline's time over transcribe() in one process, less than
 
 
-def shared_clips() -> list[Path]:
-    """The shared clips' media files, sorted: the set a bulk benchmark repeats."""
+def clip_files() -> list[Path]:
+    """The test clips' media files, sorted: the set a bulk benchmark repeats."""
     from ..audio import MEDIA_SUFFIXES
 
     return sorted(p for p in audio_dir().iterdir() if p.suffix.lower() in MEDIA_SUFFIXES)
 
 
 def bulk_clips(folder: Path, minimum_s: float) -> tuple[list[Path], float, int]:
-    """The shared clips linked `repeats` times into `folder` (round-1/jfk.flac, ...), enough for
+    """The test clips linked `repeats` times into `folder` (round-1/jfk.flac, ...), enough for
     `minimum_s` seconds of audio. Returns (files, seconds of audio, repeats)."""
     from ..audio import SAMPLE_RATE, load_audio
 
-    clips = shared_clips()
+    clips = clip_files()
     seconds = sum(len(load_audio(p)) / SAMPLE_RATE for p in clips)
     repeats = max(1, math.ceil(minimum_s / seconds))
     files = []
@@ -177,7 +177,7 @@ def main_bulk(args, impls: list[tuple[str, str]], model: str, decode_dict: dict,
     runs, references, starts = [], [], {"local": [], "two_nodes": []}
     with tempfile.TemporaryDirectory(prefix="maxwhisper-bulk-") as tmp:
         files, audio_s, repeats = bulk_clips(Path(tmp) / "clips", args.bulk_minutes * 60)
-        info(f"--- bulk: {len(files)} files, {audio_s / 60:.1f} min of audio ({repeats} x the shared clips) ---")
+        info(f"--- bulk: {len(files)} files, {audio_s / 60:.1f} min of audio ({repeats} x the test clips) ---")
         jobs = Path(tmp) / "jobs"
         two_nodes = [(b, p) for b, p in impls if p == "fp32"]
         for backend, precision, workers, batch, nodes in job_order(impls, args.bulk_workers, batches, two_nodes,
@@ -312,7 +312,7 @@ def bulk_markdown(doc: dict) -> str:
     lines = [f"# Bulk jobs on Ray Data: {b['model']}, cpu", "",
              f"{m.get('cpu')} ({m.get('vector_isa')}), {m.get('cores')} cores; {doc['created']}. "
              f"`{doc['command']}`: {b['files']} files, {b['audio_s'] / 60:.1f} min of audio "
-             f"(the shared clips {b['repeats']} times), each job `transcribe_many` into a fresh folder (txt). "
+             f"(the test clips {b['repeats']} times), each job `transcribe_many` into a fresh folder (txt). "
              f"A job's time includes its workers' start and model load; Ray's start-up is apart: "
              f"{_start_text(starts.get('local', 0), starts.get('two_nodes', 0))}. "
              "Batch none: the sequential loop (the command's default; "
