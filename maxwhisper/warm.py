@@ -19,7 +19,8 @@ def _csv(text: str) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .registry import CPU_LEVELS, DEVICES
+    from .cpu_features import CPU_LEVELS
+    from .registry import DEVICES
 
     p.add_argument("--model", type=_csv, default=["tiny.en"],
                    help="comma-separated installed models, CTranslate2 folders or .pt files (default: tiny.en)")
@@ -36,9 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from .api import BackendError
     from .checkpoint import check_model_name, load_checkpoint
-    from .graph.layers import start_kernel_library
+    from .graph.kernel_package import start_kernel_library
     from .graph.model import MaxWhisper, check_precision, resolve_device
-    from .registry import PRECISIONS, use_cpu_level
+    from .cpu_features import use_cpu_level
+    from .registry import PRECISIONS
 
     if args.cpu_level:
         if args.device != "cpu" or not args.kernels:

@@ -53,7 +53,7 @@ def test_median_or_none_and_ratio():
 # --- implementations -----------------------------------------------------------------------------
 
 def test_implementations_come_from_the_registry():
-    from maxwhisper.registry import has_bf16
+    from maxwhisper.cpu_features import has_bf16
 
     max_cpu = [("max", "fp32"), ("max", "int8")] + ([("max", "bf16")] if has_bf16() else [])  # bf16: AVX512_BF16
     assert IMPLEMENTATIONS == {

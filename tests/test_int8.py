@@ -7,7 +7,7 @@ import pytest
 
 from maxwhisper.api import DecodeOptions
 from maxwhisper.bench.clips import REFERENCES, audio_dir, load_clip, parse_clip
-from maxwhisper.registry import amx_permitted, bf16_attention_pays
+from maxwhisper.cpu_features import amx_permitted, bf16_attention_pays
 from maxwhisper.scoring import agreement, pooled_wer
 
 # int8 rounds every weight to 1 part in 254 of its row's largest and every encoder activation row to

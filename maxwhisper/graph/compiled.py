@@ -30,8 +30,8 @@ from max.engine import InferenceSession
 from max.graph import Graph, Module
 from max.graph.graph import KernelLibrary
 
-from ..registry import CPU_LEVELS, cpu_level, host_cpu_flags
-from .layers import cache_folder, cpu_target, kernel_library
+from ..cpu_features import CPU_LEVELS, cpu_level, host_cpu_flags
+from .kernel_package import cache_folder, cpu_target, kernel_library
 
 
 @cache

@@ -109,7 +109,8 @@ def config_of(args: argparse.Namespace, device: str):
     """The ServiceConfig the arguments ask for, checked before anything starts."""
     from ..checkpoint import installed_models
     from ..realtime import Limits
-    from ..registry import BACKENDS, BF16_MISSING, has_bf16, installed_backend
+    from ..cpu_features import BF16_MISSING, has_bf16
+    from ..registry import BACKENDS, installed_backend
     from .access import AccessPolicy
     from .deployments import ServiceConfig, ui_entry_point
 
