@@ -484,7 +484,7 @@ def test_ray_address_in_the_environment_is_the_cluster_joined_as_ray_does(tmp_pa
 
 
 def test_the_command_killed_midway_and_run_again_transcribes_every_clip_once(tmp_path):
-    """The issue's done-when command on the test clips, killed (SIGKILL) after its first rows."""
+    """`transcribe-many` on the test clips, killed (SIGKILL) after its first rows."""
     out = tmp_path / "out"
     command = [sys.executable, "-m", "maxwhisper", "transcribe-many", str(AUDIO), "--output", str(out),
                "--format", "txt,json"]

@@ -1,4 +1,4 @@
-"""Issue 6 against openai-whisper on the same weights: beam search, multilingual (language
+"""The decoding features against openai-whisper on the same weights: beam search, multilingual (language
 detection, explicit language, translation), word timestamps, prompts and thresholds, silence,
 and checkpoints of other shapes given by path.
 

@@ -7,7 +7,8 @@ defaults) and for each delta's words with their times (`realtime.protocol.WORDS`
 lecture at 24 kHz in 100 ms appends, each sent when its audio would have been spoken; the sessions
 start 1/N s apart. A word's commit latency is when its delta arrived minus when its audio ended. N
 keeps up when every session ended normally and the p90 latency over all their words is at most
-`--realtime-p90` (the issue's 2.5 s by default); N rises until it does not. The clients run in this process, on the same machine.
+`--p90` (`P90_BOUND_S` by default); N rises until it does not. The clients run in this process,
+on the same machine.
 The transcripts are scored against whisper-medium's (the whole lecture only) and against the first
 session's at the setup's first N, which shows what sharing the replica changed in the text.
 """
@@ -259,7 +260,7 @@ def main_realtime(args, out_dir) -> int:
 
 
 def realtime_targets(doc: dict) -> list[str]:
-    """The realtime issue's aim: MAX's sessions kept up against faster-whisper's better precision."""
+    """The realtime mode's aim: MAX's sessions kept up against faster-whisper's better precision."""
     most = {r["setup"]: r["most_sessions_kept_up"] for r in doc["runs"]}
     faster = max((n for s, n in most.items() if s.startswith("faster")), default=None)
     lines = []

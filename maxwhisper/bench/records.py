@@ -18,8 +18,8 @@ IMPLEMENTATIONS: dict[str, list[tuple[str, str]]] = {
     for device in dict.fromkeys(d for b in BACKENDS.values() for d in b.devices)
 }
 WER_TARGET_POINTS = 0.5  # MAX WER - openai WER, percentage points, at most
-# MAX int8 against faster-whisper int8, total time (issue 28): on the lecture 1.5x where the CPU has
-# VNNI (int8 dot products), 1.3x on an AVX2 one; on a short clip 1.3x on both
+# MAX int8 against faster-whisper int8, total time: on the lecture 1.5x where the CPU has VNNI (int8
+# dot products), 1.3x on an AVX2 one; on a short clip 1.3x on both
 INT8_SPEED_TARGETS = {"long_form_vnni": 1.5, "long_form": 1.3, "short": 1.3}
 SHORT_CLIP = "jfk.flac"
 DECODER_TARGET = 2.0  # MAX int8's decoder tokens/s on the lecture against MAX fp32's, at least

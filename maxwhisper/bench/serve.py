@@ -189,7 +189,7 @@ def _row(doc: dict, setup: str, clip: str, concurrency: int) -> dict | None:
 
 
 def serve_targets(doc: dict) -> list[str]:
-    """The service issue's aims, met or not, on each clip at the highest concurrency."""
+    """The service's aims, met or not, on each clip at the highest concurrency."""
     lines = []
     top = max(doc["options"]["concurrency"])
     for clip in dict.fromkeys(r["clip"] for run in doc["runs"] for r in run["rows"]):

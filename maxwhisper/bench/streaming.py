@@ -120,7 +120,7 @@ def _pooled(run: dict, audio: str) -> dict[str, Any]:
 
 
 def streaming_targets(runs: list[dict]) -> list[str]:
-    """The issue's aims, said for each MAX implementation on each clip, over all its streams of the
+    """The streaming mode's aims, said for each MAX implementation on each clip, over all its streams of the
     clip (`_pooled`). Its latency is compared like with like, against faster-whisper at the same
     precision (where it ran), and, said beside it, against faster-whisper's lowest whatever its precision."""
     groups = [(run, audio, _pooled(run, audio)) for run in runs
