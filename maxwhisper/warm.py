@@ -8,10 +8,12 @@ a bad model, precision, device or level, said before anything compiles; 1 when a
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import sys
 import time
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def _csv(text: str) -> list[str]:
@@ -58,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
     for precision in args.precision:
         check_precision(device, precision, args.kernels)
     if note:
-        print(f"note: --device auto compiles for the CPU: {note}", file=sys.stderr, flush=True)
+        log.info(f"note: --device auto compiles for the CPU: {note}")
     if device == "cpu" and args.kernels:
         start_kernel_library()  # the Mojo kernels compile while the first checkpoint loads
     checkpoints = {model: load_checkpoint(model) for model in args.model}  # one not installed: its message first

@@ -455,6 +455,18 @@ def test_bench_realtime_says_a_missing_backend_before_starting_ray(capsys, monke
                                  "'baselines' extra: pip install 'maxwhisper[baselines]'\n")
 
 
+def test_the_command_s_messages_go_through_the_maxwhisper_logger_and_show_on_stderr_once(capsys, caplog):
+    """A library's users get its messages from `logging` (the `maxwhisper` logger, a child per
+    module); the command line shows them as plain lines on stderr, once however often it runs."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="maxwhisper"):
+        for _ in range(2):
+            code, err = run_main(capsys, "compare", JFK, "--backends", "nope")
+            assert code == 2 and err == "error: unknown backend(s) nope; valid backends: max, openai, faster\n"
+    assert [(r.name, r.levelname) for r in caplog.records] == [("maxwhisper.cli", "ERROR")] * 2
+
+
 class _CompilesOnFirstUse(_Lengths):
     """`_Lengths` whose first transcription compiles a graph for 42 s (`compile_s` grows, as MAX's
     does when its second window's prompt needs the step graph on a new machine)."""

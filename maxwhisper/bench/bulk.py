@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import tempfile
@@ -24,8 +25,9 @@ from ..bulk.job import FILES_AT_ONCE, files_at_once
 from .clips import audio_dir
 from .records import implementation_label, ratio
 from .report import _f, ratio_text, write_mode_report
-from .worker import info, run_worker
+from .worker import run_worker
 
+log = logging.getLogger(__name__)
 SPEED_TARGET = 1.3  # MAX fp32's audio hours per hour over faster-whisper fp32's, at least
 OVERHEAD_TARGET = 0.10  # the pipeline's time over transcribe() in one process, less than
 
@@ -70,7 +72,7 @@ def bulk_reference_worker(spec: dict[str, Any]) -> dict[str, Any]:
     with ThreadPoolExecutor(at_once) as pool:  # each thread takes the next file as it ends one
         audio_s = sum(pool.map(lambda path: t.transcribe(load_audio(path), options).audio_s, spec["files"]))
     wall_s = time.perf_counter() - start
-    info(f"[{spec['backend']} {t.precision} one process, batch {_batch(options.batch_size)}] {audio_s / 3600:.2f} h in "
+    log.info(f"[{spec['backend']} {t.precision} one process, batch {_batch(options.batch_size)}] {audio_s / 3600:.2f} h in "
          f"{wall_s:.1f} s")
     return {"ok": True, "implementation": implementation_label(spec["backend"], t.precision),
             "backend": spec["backend"], "precision": t.precision, "batch_size": options.batch_size,
@@ -94,7 +96,7 @@ def _job(folder: Path, out: Path, backend: str, precision: str, model: str, work
            "transcribe_s": sum(t["transcribe_s"] or 0 for t in timings),
            "read_s": sum(t["read_s"] for t in timings), "write_s": sum(t["write_s"] or 0 for t in timings),
            "node_files": sorted(sum(r["node"] == n for r in rows) for n in {r["node"] for r in rows})}
-    info(f"[{run['implementation']} {workers} worker(s), batch {_batch(options.batch_size)}, {run['nodes']} node(s)] "
+    log.info(f"[{run['implementation']} {workers} worker(s), batch {_batch(options.batch_size)}, {run['nodes']} node(s)] "
          f"{summary.audio_s / 3600:.2f} h in {summary.wall_s:.1f} s: {run['rate']:.1f} audio h/h, "
          f"{summary.failed} failed")
     return run
@@ -177,7 +179,7 @@ def main_bulk(args, impls: list[tuple[str, str]], model: str, decode_dict: dict,
     runs, references, starts = [], [], {"local": [], "two_nodes": []}
     with tempfile.TemporaryDirectory(prefix="maxwhisper-bulk-") as tmp:
         files, audio_s, repeats = bulk_clips(Path(tmp) / "clips", args.bulk_minutes * 60)
-        info(f"--- bulk: {len(files)} files, {audio_s / 60:.1f} min of audio ({repeats} x the test clips) ---")
+        log.info(f"--- bulk: {len(files)} files, {audio_s / 60:.1f} min of audio ({repeats} x the test clips) ---")
         jobs = Path(tmp) / "jobs"
         two_nodes = [(b, p) for b, p in impls if p == "fp32"]
         for backend, precision, workers, batch, nodes in job_order(impls, args.bulk_workers, batches, two_nodes,

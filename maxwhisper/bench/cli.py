@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..__main__ import finite_float, positive_seconds, temperatures
+from ..__main__ import finite_float, positive_seconds, show_messages, temperatures
 from ..api import DecodeOptions
 from ..checkpoint import check_model_name
 from ..extras import require
@@ -28,8 +29,9 @@ from .report import markdown_table, targets_text, throughput_markdown, write_out
 from .bulk import bulk_reference_worker, main_bulk
 from .realtime import P90_BOUND_S
 from .streaming import STREAMING_CLIPS, main_streaming, stream_offsets, streaming_worker
-from .worker import WORKERS, info, run_worker, worker_main
+from .worker import WORKERS, run_worker, worker_main
 
+log = logging.getLogger(__name__)
 DEFAULT_OUT = Path("benchmarks") / "results"  # under the current folder: a checkout's root holds the committed results
 QUICK_OUT = Path(tempfile.gettempdir()) / "maxwhisper-bench"  # --quick without --output: never the committed results
 SCHEMA_VERSION = 2  # the per-clip results' JSON; 1: `rtfx` was named `rtf` (the same value)
@@ -253,7 +255,7 @@ def _main(args: argparse.Namespace) -> int:
                 for backend, precision in impls[device]:
                     if round_index and (backend, precision) not in workers:
                         continue  # failed in an earlier round (already reported)
-                    info(f"--- {implementation_label(backend, precision)} {model} on {device}"
+                    log.info(f"--- {implementation_label(backend, precision)} {model} on {device}"
                          + (f", round {round_index + 1} of {args.rounds}" if args.rounds > 1 else "") + " ---")
                     spec = {"kind": "transcribe", "backend": backend, "model": model, "device": device,
                             "precision": precision, "threads": None if backend == "max" else threads,
@@ -321,7 +323,7 @@ def _main_throughput(args, impls: dict[str, list[tuple[str, str]]], clips, decod
         for model in args.models:
             runs, failures = [], []
             for backend, precision in impls[device]:
-                info(f"--- {implementation_label(backend, precision)} batched {model} on {device}: {clip.name} ---")
+                log.info(f"--- {implementation_label(backend, precision)} batched {model} on {device}: {clip.name} ---")
                 spec = {"kind": "throughput", "backend": backend, "model": model, "device": device,
                         "precision": precision, "threads": None if backend == "max" else threads,
                         "clips": [dataclasses.asdict(clip)], "repeats": args.repeats,
@@ -369,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cli(argv: list[str] | None = None) -> int:
     from ..api import MaxWhisperError
 
+    show_messages()
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"] and len(argv) == 2:
         return worker_main(argv[1], {**WORKERS, "streaming": streaming_worker, "bulk_reference": bulk_reference_worker})
@@ -376,8 +379,8 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         return main(args)
     except MaxWhisperError as e:
-        info(f"error: {e}")
+        log.error(f"error: {e}")
         return 2
     except KeyboardInterrupt:
-        info("interrupted")
+        log.error("interrupted")
         return 130

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from ..api import SAMPLE_RATE
 from ..realtime.protocol import WORDS
 from .report import ratio_text, write_mode_report
 
+log = logging.getLogger(__name__)
 P90_BOUND_S = 2.5  # the p90 commit latency a number of sessions must keep to count as keeping up (default)
 CHUNK_S = 0.1  # audio per append, as a microphone client sends it
 RATE = 24000  # OpenAI's PCM rate
@@ -188,7 +190,6 @@ def main_realtime(args, out_dir) -> int:
     from .clips import audio_dir, pseudo_reference
     from .machine import device_tag, machine_info, versions
     from .serve import deployed
-    from .worker import info
 
     setups = [s for s in SETUPS if (not args.backends or s.backend in args.backends)
               and (not args.precisions or s.precision in args.precisions)]
@@ -210,7 +211,7 @@ def main_realtime(args, out_dir) -> int:
     try:
         serve.start(proxy_location="Disabled")
         for setup in setups:
-            info(f"--- {setup.label} ---")
+            log.info(f"--- {setup.label} ---")
             config = ServiceConfig(backends=(setup.backend,), models=("tiny.en",), device="cpu",
                                    precision=setup.precision, cpus_per_replica=args.realtime_cpus,
                                    host="127.0.0.1", port=port, max_sessions=max(args.realtime_sessions))
@@ -227,7 +228,7 @@ def main_realtime(args, out_dir) -> int:
                     scores = [wer(text, s.text) for s in sessions if s.ok] if text else []
                     row[key] = round(sum(scores) / len(scores), 4) if scores else None
                 rows.append(row)
-                info(f"{setup.label}, {n} sessions: latency median {row['latency_median_s']} s, p90 "
+                log.info(f"{setup.label}, {n} sessions: latency median {row['latency_median_s']} s, p90 "
                      f"{row['latency_p90_s']} s, {row['sessions_ok']} of {n} ended normally: "
                      f"{'keeps up' if row['keeps_up'] else 'does not keep up'} ({row['wall_s']} s)")
                 if not row["keeps_up"]:

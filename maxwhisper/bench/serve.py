@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import statistics
 import time
 from dataclasses import dataclass
@@ -20,8 +21,8 @@ import numpy as np
 
 from .machine import device_tag, machine_info, versions
 from .report import write_mode_report
-from .worker import info
 
+log = logging.getLogger(__name__)
 CONCURRENCY = (1, 4, 16)
 LECTURE_SECONDS = 60
 
@@ -152,7 +153,7 @@ def main_serve(args, out_dir) -> int:
         serve.start(proxy_location="Disabled")  # the service's ingress serves HTTP itself
         url = f"http://127.0.0.1:{port}/v1/audio/transcriptions"
         for setup in SETUPS:
-            info(f"--- {setup.label} ---")
+            log.info(f"--- {setup.label} ---")
             config = ServiceConfig(backends=(setup.backend,), models=("tiny.en",), device="cpu",
                                    precision=setup.precision, max_batch=setup.max_batch, max_seconds=600,
                                    host="127.0.0.1", port=port)
@@ -163,7 +164,7 @@ def main_serve(args, out_dir) -> int:
                 asyncio.run(_load(url, data, 2, 0))  # warm-up: every replica thread has transcribed once
                 for c in args.serve_concurrency:
                     row = {"clip": name, "audio_s": seconds, **_measure(url, data, seconds, c, args.serve_seconds)}
-                    info(f"{name} x{c}: {row['requests_per_s']} req/s, p50 {row['p50_s']} s, p95 {row['p95_s']} s")
+                    log.info(f"{name} x{c}: {row['requests_per_s']} req/s, p50 {row['p50_s']} s, p95 {row['p95_s']} s")
                     rows.append(row)
             runs.append({"setup": setup.label, "backend": setup.backend, "precision": setup.precision,
                          "max_batch": setup.max_batch, "rows": rows})

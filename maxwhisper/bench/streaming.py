@@ -10,6 +10,7 @@ WERs averaged, the highest compute share and loop ratio)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import shlex
 import statistics
@@ -21,8 +22,9 @@ from ..scoring import wer
 from .clips import REFERENCES, Clip, load_clip, pseudo_reference
 from .records import implementation_label
 from .report import _f, ratio_text, write_mode_report
-from .worker import info, run_worker
+from .worker import run_worker
 
+log = logging.getLogger(__name__)
 STREAMING_CLIPS = ("jfk.flac", "physicsworks.flac")
 # MAX's aims on each clip
 COMPUTE_TARGET = 0.6  # seconds of computing per second of audio, at most
@@ -54,7 +56,7 @@ def streaming_worker(spec: dict[str, Any]) -> dict[str, Any]:
                            threads=spec["threads"])
     options = DecodeOptions(**{**spec["options"], "temperature": tuple(spec["options"]["temperature"])})
     label = f"[{spec['backend']} {t.precision} {t.device} streaming]"
-    info(f"{label} loaded {t.model}: load {t.load_s:.2f} s, compile {t.compile_s:.2f} s")
+    log.info(f"{label} loaded {t.model}: load {t.load_s:.2f} s, compile {t.compile_s:.2f} s")
     rows = []
     for c in spec["clips"]:
         clip = Clip(**c)
@@ -63,7 +65,7 @@ def streaming_worker(spec: dict[str, Any]) -> dict[str, Any]:
         offline = t.transcribe(audio, options)
         for offset_s in stream_offsets(spec["chunk_s"], spec["streams"]):
             rows.append(_stream_row(t, clip, audio, spec["chunk_s"], offset_s, options, offline))
-            info(f"{label} {clip.name}, chunks shifted {offset_s:g} s: {rows[-1]['updates']} updates, latency "
+            log.info(f"{label} {clip.name}, chunks shifted {offset_s:g} s: {rows[-1]['updates']} updates, latency "
                  f"median {_s(rows[-1]['latency_median_s'])}, compute share {rows[-1]['compute_share']:.2f}")
     return {"ok": True, "backend": spec["backend"], "precision": t.precision, "device": t.device,
             "implementation": implementation_label(spec["backend"], t.precision), "load_s": t.load_s,
@@ -226,7 +228,7 @@ def main_streaming(args, clips: list[Clip], impls: list[tuple[str, str]], device
                    threads: int, machine: dict, vers: dict, out_dir, stem: str) -> int:
     runs, failures = [], []
     for backend, precision in impls:
-        info(f"--- {implementation_label(backend, precision)} streaming {model} on {device} ---")
+        log.info(f"--- {implementation_label(backend, precision)} streaming {model} on {device} ---")
         spec = {"kind": "streaming", "backend": backend, "model": model, "device": device, "precision": precision,
                 "threads": None if backend == "max" else threads, "clips": [dataclasses.asdict(c) for c in clips],
                 "chunk_s": args.chunk, "streams": args.streams, "options": decode_dict}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -23,9 +24,7 @@ from .clips import Clip, load_clip
 from .machine import current_rss_mib, gpu_memory_mib, peak_rss_mib
 from .records import implementation_label, median_or_none, spread
 
-
-def info(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+log = logging.getLogger(__name__)
 
 
 def _timings(result) -> dict[str, float | None]:
@@ -47,7 +46,7 @@ def _transcribe_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "rss_after_load_mib": current_rss_mib(), "clips": [],
     }
     label = f"[{t.backend} {t.precision} {t.device}]"
-    info(f"{label} loaded {t.model}: load {t.load_s:.2f} s, compile {t.compile_s:.2f} s")
+    log.info(f"{label} loaded {t.model}: load {t.load_s:.2f} s, compile {t.compile_s:.2f} s")
     for c in spec["clips"]:
         clip = Clip(**c)
         entry: dict[str, Any] = {"audio": clip.name}
@@ -68,11 +67,11 @@ def _transcribe_worker(spec: dict[str, Any]) -> dict[str, Any]:
                 peak_rss_mib=peak_rss_mib(), gpu_mem_mib=gpu_memory_mib() if t.device == "gpu" else None,
             )
             med = statistics.median(tm["total_s"] for _, tm in runs)
-            info(f"{label} {clip.name}: {last.audio_s:.1f} s of audio, median {med:.3f} s "
+            log.info(f"{label} {clip.name}: {last.audio_s:.1f} s of audio, median {med:.3f} s "
                  f"({last.audio_s / med:.1f}x real time) over {len(runs)} run(s)")
         except Exception as e:  # noqa: BLE001 - one clip's failure is reported, the others still run
             entry["error"] = f"{type(e).__name__}: {e}"
-            info(f"{label} {clip.name}: FAILED {entry['error']}")
+            log.error(f"{label} {clip.name}: FAILED {entry['error']}")
             if os.environ.get("MAXWHISPER_DEBUG"):
                 traceback.print_exc()
         out["clips"].append(entry)
@@ -91,7 +90,7 @@ def _throughput_worker(spec: dict[str, Any]) -> dict[str, Any]:
     audio = load_clip(clip)
     options = DecodeOptions(**{**spec["options"], "temperature": tuple(spec["options"]["temperature"])})
     label = f"[{spec['backend']} {t.precision} {t.device} batched]"
-    info(f"{label} loaded {t.model}: load {t.load_s:.2f} s, compile {t.compile_s:.2f} s; {clip.name}")
+    log.info(f"{label} loaded {t.model}: load {t.load_s:.2f} s, compile {t.compile_s:.2f} s; {clip.name}")
     rows = []
     for batch in spec["batch_sizes"]:
         row: dict[str, Any] = {"batch_size": batch}
@@ -112,10 +111,10 @@ def _throughput_worker(spec: dict[str, Any]) -> dict[str, Any]:
                 text=last.text, chunk_tokens=[list(seg.tokens) for seg in last.segments],
                 peak_rss_mib=peak_rss_mib(), gpu_mem_mib=gpu_memory_mib() if t.device == "gpu" else None,
             )
-            info(f"{label} batch {batch}: median {s['median']:.2f} s, {row['audio_s_per_s']:.1f} audio s/s")
+            log.info(f"{label} batch {batch}: median {s['median']:.2f} s, {row['audio_s_per_s']:.1f} audio s/s")
         except Exception as e:  # noqa: BLE001 - e.g. out of memory at a large batch: say so, go on
             row["error"] = f"{type(e).__name__}: {e}"
-            info(f"{label} batch {batch}: FAILED {row['error']}")
+            log.error(f"{label} batch {batch}: FAILED {row['error']}")
             if os.environ.get("MAXWHISPER_DEBUG"):
                 traceback.print_exc()
         rows.append(row)
@@ -135,7 +134,7 @@ def worker_main(spec_path: str, kinds: Mapping[str, Callable[[dict[str, Any]], d
         result = kinds[spec["kind"]](spec)
     except Exception as e:  # noqa: BLE001 - reported to the parent, which records the failure
         result = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-        info(f"[{spec.get('backend')} {spec.get('precision')} {spec.get('device')}] FAILED: {result['error']}")
+        log.error(f"[{spec.get('backend')} {spec.get('precision')} {spec.get('device')}] FAILED: {result['error']}")
     result["worker_peak_rss_mib"] = peak_rss_mib()
     Path(spec["out"]).write_text(json.dumps(result))
     return 0
