@@ -15,7 +15,7 @@ import os
 os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")  # offline compiles otherwise wait on it
 
 import baselines  # noqa: E402
-from maxwhisper.registry import create_warmed_up, register  # noqa: E402
+from maxwhisper.registry import BACKENDS, create_warmed_up, register  # noqa: E402
 from showcase.models import load_record_path, use_persistent_storage  # noqa: E402
 
 register(*baselines.BACKENDS)  # a bare checkout (a Space) has no entry points; installed, theirs came first
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.warm_up and models:
         # MAX last: the baselines load in seconds and answer while MAX compiles; then MAX's graphs that a
         # first window does not need; then the Live tab's racers (MAX's graphs from the compile cache by then)
-        backends = sorted(choices.backends, key=lambda b: b == "max")
+        backends = sorted(choices.backends, key=lambda b: BACKENDS[b].compiles)
 
         def then() -> None:
             transcriptions.models.compile_rest()

@@ -335,7 +335,7 @@ def run_compare(args: argparse.Namespace) -> int:
     for backend in backends:
         row = [backend, args.device, args.precision, "-", "-", "-"]
         try:
-            t = load_transcriber(args, backend, kernels=args.kernels or backend != "max")
+            t = load_transcriber(args, backend, kernels=args.kernels or not BACKENDS[backend].kernels)
             row[1:4] = [t.device, t.precision, f"{t.load_s + t.compile_s:.2f}"]
             for _ in range(args.warmup):
                 t.transcribe(audio, options)

@@ -21,7 +21,7 @@ MAX = Backend(name="max", label="MAX", description="MAX Graph (this project)", c
               module="maxwhisper.max_backend", cls="MaxTranscriber", package="max", extra=None,
               precisions={"cpu": ("fp32", "int8", "bf16") if has_bf16() else ("fp32", "int8"),
                           "gpu": ("fp32", "fp16")},
-              batched=True)
+              batched=True, compiles=True, kernels=True, decodes_together=True)
 BACKENDS: dict[str, Backend] = {MAX.name: MAX}  # in the order the app and the benchmark show them
 DEVICES = ("auto", "cpu", "gpu")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -71,6 +71,12 @@ def installed_backend(backend: str) -> Backend:
     return b
 
 
+def _which(capability: str) -> str:
+    """The backends with `capability` as a message names them: "the MAX backend"."""
+    labels = [b.label for b in BACKENDS.values() if getattr(b, capability)]
+    return f"the {' and '.join(labels)} backend{'s' if len(labels) > 1 else ''}"
+
+
 def create_transcriber(backend: str, model: str = "tiny.en", device: str = "auto",
                        precision: str = "fp32", threads: int | None = None, kernels: bool = True,
                        max_batch: int = 1) -> Transcriber:
@@ -82,11 +88,11 @@ def create_transcriber(backend: str, model: str = "tiny.en", device: str = "auto
         raise BackendError(f"unknown device {device!r}; valid devices: {', '.join(DEVICES)}")
     if precision not in PRECISIONS:
         raise BackendError(f"unknown precision {precision!r}; valid precisions: {', '.join(PRECISIONS)}")
-    if not kernels and backend != "max":
-        raise BackendError("--no-kernels is an option of the MAX backend only")
-    if max_batch != 1 and backend != "max":
-        raise BackendError("max_batch (requests decoded together) is an option of the MAX backend only")
-    options = {"kernels": kernels, "max_batch": max_batch} if backend == "max" else {}
+    if not kernels and not b.kernels:
+        raise BackendError(f"--no-kernels is an option of {_which('kernels')} only")
+    if max_batch != 1 and not b.decodes_together:
+        raise BackendError(f"max_batch (requests decoded together) is an option of {_which('decodes_together')} only")
+    options = {**({"kernels": kernels} if b.kernels else {}), **({"max_batch": max_batch} if b.decodes_together else {})}
     return getattr(importlib.import_module(b.module), b.cls)(model=model, device=device, precision=precision,
                                                              threads=threads, **options)
 

@@ -144,13 +144,13 @@ class ModelCache:
         """Roughly how long loading the key takes here: the last load's time, or what a first load costs."""
         seconds = self._load_times().get("/".join((backend, model, device, precision)))
         if seconds is not None:
-            return f"about {math.ceil(seconds)} s" + (" last time here" if backend == "max" else "")
-        if backend == "max":
+            return f"about {math.ceil(seconds)} s" + (" last time here" if BACKENDS[backend].compiles else "")
+        if BACKENDS[backend].compiles:
             return f"seconds, or minutes the first time on a {device.upper()}"
         return "seconds"
 
     def loading_text(self, backend: str, model: str, device: str, precision: str = "fp32") -> str:
-        what = "compiling the MAX graphs" if backend == "max" else "loading"
+        what = f"compiling the {BACKENDS[backend].label} graphs" if BACKENDS[backend].compiles else "loading"
         return f"{what} for {model} on {device} ({self.expected_load(backend, model, device, precision)})"
 
     def load_note(self, backends: list[str], model: str, device: str, precision: str = "fp32") -> str:
@@ -165,7 +165,8 @@ class ModelCache:
         for key in missing:
             by_time.setdefault(self.expected_load(*key), []).append(key[0])
         parts = [f"{' and '.join(BACKENDS[b].label for b in names)} "
-                 f"{'compiles' if names == ['max'] else 'load' if len(names) > 1 else 'loads'} it ({seconds})"
+                 f"{'compile' if all(BACKENDS[b].compiles for b in names) else 'load'}{'' if len(names) > 1 else 's'} "
+                 f"it ({seconds})"
                  for seconds, names in by_time.items()]
         name = model if all(key[3] == "fp32" for key in missing) else f"{model} {precision}"
         return f"First run with **{name}**: " + "; ".join(parts) + "."
@@ -178,7 +179,7 @@ class ModelCache:
         if loading:
             started, (backend, model, _, precision), state = loading[0]
             what = "compiling its other graphs" if state == "compiling" else \
-                "compiling graphs" if backend == "max" else "loading"
+                "compiling graphs" if BACKENDS[backend].compiles else "loading"
             more = f" (+{len(loading) - 1} more)" if len(loading) > 1 else ""
             return (f"{BACKENDS[backend].label} {what} for {model}{'' if precision == 'fp32' else ' ' + precision} "
                     f"({time.monotonic() - started:.0f} s)…{more}")

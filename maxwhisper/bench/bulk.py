@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..bulk.job import FILES_AT_ONCE, files_at_once
+from ..bulk.job import files_at_once
 from .clips import audio_dir
 from .records import implementation_label, ratio
 from .report import _f, ratio_text, write_mode_report
@@ -276,8 +276,8 @@ def bulk_targets(doc: dict) -> list[str]:
     for ref in b["references"]:
         r = _run(runs, ref["implementation"], 1, ref["batch_size"])
         # like with like: the reference takes as many files at once as the job's worker (older results
-        # recorded neither: there MAX's sequential job took FILES_AT_ONCE, its reference one)
-        old_default = FILES_AT_ONCE if ref["backend"] == "max" and ref["batch_size"] is None else 1
+        # recorded neither: there MAX's sequential job took `files_at_once`'s, its reference one)
+        old_default = files_at_once(ref["backend"], ref["batch_size"], kernels=True, on_gpu=False)
         if r and ref.get("files_at_once", 1) == r.get("files_at_once", old_default):
             overhead = r["wall_s"] / ref["wall_s"] - 1
             lines.append(f"- pipeline overhead, {ref['implementation']} batch {_batch(ref['batch_size'])}: 1 worker "
