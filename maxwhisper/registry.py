@@ -92,7 +92,8 @@ def create_transcriber(backend: str, model: str = "tiny.en", device: str = "auto
         raise BackendError(f"--no-kernels is an option of {_which('kernels')} only")
     if max_batch != 1 and not b.decodes_together:
         raise BackendError(f"max_batch (requests decoded together) is an option of {_which('decodes_together')} only")
-    options = {**({"kernels": kernels} if b.kernels else {}), **({"max_batch": max_batch} if b.decodes_together else {})}
+    options = {**({"kernels": kernels} if b.kernels else {}),
+               **({"max_batch": max_batch} if b.decodes_together else {})}
     return getattr(importlib.import_module(b.module), b.cls)(model=model, device=device, precision=precision,
                                                              threads=threads, **options)
 

@@ -54,7 +54,7 @@ def main(args: argparse.Namespace) -> int:
         log.error(f"error: {row['error']}")
     rate = f" ({summary.audio_s / summary.wall_s:.1f} audio h/h)" if summary.audio_s and summary.wall_s else ""
     log.info(f"{summary.files} files: {summary.transcribed} transcribed, {summary.failed} failed, "
-         f"{summary.skipped} already done; {audio_amount(summary.audio_s)} of audio in {summary.wall_s:.1f} s{rate} "
-         f"with {summary.workers} worker(s), after {summary.ray_start_s:.1f} s starting Ray; "
-         f"results: {summary.results}")
+             f"{summary.skipped} already done; {audio_amount(summary.audio_s)} of audio in "
+             f"{summary.wall_s:.1f} s{rate} with {summary.workers} worker(s), after {summary.ray_start_s:.1f} s starting Ray; "
+             f"results: {summary.results}")
     return 1 if summary.failed else 0
