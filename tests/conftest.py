@@ -151,7 +151,8 @@ QUICK_PICKS = {  # file: the only tests of it in
     "test_max_model.py": ("test_greedy_tokens_equal_on_jfk_without_timestamps", "test_few_row_attention_is_used_only_",
                           "test_few_row_linear_is_used_only_", "test_int8_quantization_is_per_output_channel",
                           "test_kernel_library_copies_the_shipped_package"),
-    "test_service.py": ("test_replicas_that_ray_has_no_room_for_", "test_audio_and_options_are_refused_as_the_"),
+    "test_service.py": ("test_replicas_that_ray_has_no_room_for_", "test_audio_and_options_are_refused_as_the_",
+                        "test_a_replica_warms_up_"),
     "test_warm.py": ("test_warm_refuses_", "test_a_cpu_level_answers_"),
 }
 
