@@ -15,7 +15,7 @@ import os
 os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")  # offline compiles otherwise wait on it
 
 import baselines  # noqa: E402
-from maxwhisper.registry import create_warmed_up, register  # noqa: E402
+from maxwhisper.registry import BACKENDS, create_warmed_up, register  # noqa: E402
 from showcase.models import load_record_path, use_persistent_storage  # noqa: E402
 
 register(*baselines.BACKENDS)  # a bare checkout (a Space) has no entry points; installed, theirs came first
@@ -53,11 +53,11 @@ def main(argv: list[str] | None = None) -> None:
         # MAX last: the baselines load in seconds and answer while MAX compiles, and so does the model that
         # hears an English-only model's clip's language; then MAX's graphs that a first window does not need;
         # then the Live tab's racers (MAX's graphs from the compile cache by then)
-        backends = sorted(choices.backends, key=lambda b: b == "max")
+        backends = sorted(choices.backends, key=lambda b: BACKENDS[b].compiles)
         keys = [(b, models[0], device) for b in backends]
         detector = detector_for(models, choices.backends)
         if detector and models[0].endswith(".en"):
-            keys.insert(len([b for b in backends if b != "max"]), (*detector, device))
+            keys.insert(len([b for b in backends if not BACKENDS[b].compiles]), (*detector, device))
 
         def then() -> None:
             transcriptions.models.compile_rest()

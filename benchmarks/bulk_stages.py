@@ -1,4 +1,4 @@
-"""Where a bulk job's transcription time goes, file by file: the shared clips (the set `bench --bulk`
+"""Where a bulk job's transcription time goes, file by file: the test clips (the set `bench --bulk`
 repeats) through one backend's `transcribe()` in one process, after one untimed transcription, and
 for each clip the seconds spent reading the file, in the log-Mel, the encoder and the rest
 (decoding; with a batch size also the voice activity detector, which finds the chunks, and each
@@ -23,7 +23,7 @@ os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")
 
 from maxwhisper.api import DecodeOptions  # noqa: E402
 from maxwhisper.audio import SAMPLE_RATE, load_audio  # noqa: E402
-from maxwhisper.bench.bulk import shared_clips  # noqa: E402
+from maxwhisper.bench.bulk import clip_files  # noqa: E402
 from maxwhisper.registry import create_transcriber  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--batch-size", type=int, default=None)
     args = p.parse_args()
-    clips = shared_clips()
+    clips = clip_files()
     start = time.perf_counter()
     t = create_transcriber(args.backend, model="tiny.en", device="cpu", precision=args.precision, threads=args.threads)
     print(f"{args.backend} {args.precision}, {args.threads} threads, batch {args.batch_size}: model ready in "

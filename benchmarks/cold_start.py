@@ -7,7 +7,7 @@ Beside them, MAX's floor: a process that compiles a graph of one reshape on an e
 any first compile costs on this machine (docs/design.md#start-up).
 
     .venv/bin/python benchmarks/cold_start.py [--checkout LABEL=PATH ...] [--precisions fp32]
-        [--prebuilt x86-64-v3] [--rounds 1] [--audio ../shared/audio/jfk.flac] [--out benchmarks/results]
+        [--prebuilt x86-64-v3] [--rounds 1] [--audio tests/audio/jfk.flac] [--out benchmarks/results]
 
 Each checkout (default: this one, labelled "this") runs with its own code from its folder, so a
 change can be compared with the code before it. Per run: wall seconds, CPU seconds (the child's
@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--prebuilt", metavar="LEVEL", help="also start on a cache `warm --cpu-level LEVEL` built")
     parser.add_argument("--rounds", type=positive, default=1,
                         help="every checkout and precision in turn, this many times (a machine's speed drifts)")
-    parser.add_argument("--audio", type=Path, default=ROOT.parent / "shared" / "audio" / "jfk.flac")
+    parser.add_argument("--audio", type=Path, default=ROOT / "tests" / "audio" / "jfk.flac")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     checkouts = dict(c.split("=", 1) for c in args.checkout) or {"this": str(ROOT)}

@@ -261,11 +261,13 @@ def markdown(run: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="gpu", choices=["gpu", "cpu"])
-    parser.add_argument("--precisions", default=None, help="comma-separated (default: fp32,fp16 on a GPU, fp32 on the CPU)")
+    parser.add_argument("--precisions", default=None,
+                        help="comma-separated (default: fp32,fp16 on a GPU, fp32 on the CPU)")
     parser.add_argument("--runs", type=int, default=3, help="timed runs of the lecture per implementation")
     parser.add_argument("--artifacts", type=Path, default=None,
                         help="a folder of .mef graphs compiled ahead: time the cold start over them first")
-    parser.add_argument("--audio-dir", type=Path, default=None, help="holding jfk.flac and physicsworks.flac")
+    parser.add_argument("--audio-dir", type=Path, default=None,
+                        help="holding jfk.flac and physicsworks.flac (default: the test audio, tests/audio)")
     parser.add_argument("--selfcheck", action="store_true", help="also MAX's components against openai-whisper")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()

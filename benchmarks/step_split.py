@@ -37,7 +37,8 @@ from maxwhisper.bench.clips import audio_dir  # noqa: E402
 from maxwhisper.bench.machine import machine_info  # noqa: E402
 from maxwhisper.graph import decoder, model  # noqa: E402
 from maxwhisper.graph.compiled import artifact_paths, compile_graph  # noqa: E402
-from maxwhisper.graph.layers import (WeightBank, kernel_library, layer_norm_gather,  # noqa: E402
+from maxwhisper.graph.kernel_package import kernel_library  # noqa: E402
+from maxwhisper.graph.layers import (WeightBank, layer_norm_gather,  # noqa: E402
                                      token_embedding)
 from maxwhisper.registry import create_transcriber  # noqa: E402
 

@@ -1,6 +1,7 @@
 """The command line: `maxwhisper COMMAND ...` (the same as `python -m maxwhisper COMMAND ...`).
 
-Results go to stdout, progress and errors to stderr. Exit codes: 0 ok; 2 a user mistake, said in one
+Results go to stdout; progress, notes and errors go through the `maxwhisper` loggers, which
+`show_messages` shows on stderr as plain lines. Exit codes: 0 ok; 2 a user mistake, said in one
 line without a traceback and before a model loads (bad arguments or option values, an unknown backend,
 model, device or precision, audio that is missing, unreadable or holds nothing, a missing extra, no
 GPU); 1 a failure while loading a model or transcribing (MAXWHISPER_DEBUG=1 shows its traceback).
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import logging
 import math
 import os
 import statistics
@@ -32,10 +34,32 @@ EXIT_FAILURE = 1
 # seconds of graphs compiled on first use during a file (which its time leaves out) worth a note;
 # loading a compiled graph from the cache takes well under this
 LAZY_COMPILE_NOTE_S = 1.0
+log = logging.getLogger("maxwhisper.cli")  # by name: run as `python -m maxwhisper`, __name__ is "__main__"
+STDERR_HANDLER = "maxwhisper-stderr"
 
 
-def info(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+class _Stderr(logging.StreamHandler):
+    """Writes to sys.stderr as it is at each message (redirected, or a test's capture)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def show_messages() -> None:
+    """The `maxwhisper` loggers' messages, INFO and up, on stderr as plain lines: the commands'
+    progress, notes and errors. Once per process, whichever entry point calls it."""
+    logger = logging.getLogger("maxwhisper")
+    logger.setLevel(logging.INFO)
+    if not any(h.get_name() == STDERR_HANDLER for h in logger.handlers):
+        handler = _Stderr()
+        handler.set_name(STDERR_HANDLER)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
 
 
 def _debug() -> bool:
@@ -46,7 +70,7 @@ def _failure(what: str, e: BaseException) -> int:
     """A failure that is not the user's mistake: one line, the traceback only when debugging."""
     if _debug():
         traceback.print_exc()
-    info(f"error: {what}: {type(e).__name__}: {e}")
+    log.error(f"error: {what}: {type(e).__name__}: {e}")
     return EXIT_FAILURE
 
 
@@ -195,14 +219,14 @@ def load_transcriber(args: argparse.Namespace, backend: str, kernels: bool | Non
     from .registry import create_transcriber, installed_backend
 
     installed_backend(backend)  # an unknown one, or a missing extra: said before "loading"
-    info(f"loading {args.model} on {backend} (device {args.device}, {args.precision}) ...")
+    log.info(f"loading {args.model} on {backend} (device {args.device}, {args.precision}) ...")
     t = create_transcriber(backend, model=args.model, device=args.device, precision=args.precision,
                            threads=args.threads, kernels=args.kernels if kernels is None else kernels)
     plan = f", plan {t.plan.describe()}" if hasattr(t, "plan") else ""
-    info(f"loaded {t.model} on {t.backend}/{t.device}/{t.precision}: load {t.load_s:.2f} s, "
-         f"compile {t.compile_s:.2f} s{plan}")
+    log.info(f"loaded {t.model} on {t.backend}/{t.device}/{t.precision}: load {t.load_s:.2f} s, "
+             f"compile {t.compile_s:.2f} s{plan}")
     if getattr(t, "device_note", None):
-        info(f"note: --device auto runs on the CPU: {t.device_note}")
+        log.info(f"note: --device auto runs on the CPU: {t.device_note}")
     return t
 
 
@@ -242,25 +266,25 @@ def run_transcribe(args: argparse.Namespace) -> int:
         try:
             result = transcriber.transcribe(read_audio(path, args.max_seconds), options)
         except AudioError as e:  # read_audio's: it names the file
-            info(f"error: {e}")
+            log.error(f"error: {e}")
             status = max(status, EXIT_USER_ERROR)
             continue
         except MaxWhisperError as e:
-            info(f"error: {path}: {e}")
+            log.error(f"error: {path}: {e}")
             status = max(status, EXIT_USER_ERROR)
             continue
         except Exception as e:  # noqa: BLE001
             status = max(status, _failure(f"{path}: transcription failed", e))
             continue
         tm = result.timings
-        info(f"{path}: {result.audio_s:.1f} s of audio in {tm.total_s:.2f} s ({result.rtfx:.1f}x real time), "
-             f"language {result.language}")
+        log.info(f"{path}: {result.audio_s:.1f} s of audio in {tm.total_s:.2f} s ({result.rtfx:.1f}x real time), "
+                 f"language {result.language}")
         lazy_compile_s = getattr(transcriber, "compile_s", 0.0) - compile_before
         if lazy_compile_s >= LAZY_COMPILE_NOTE_S:
-            info(f"note: {path}: MAX compiled a graph on its first use ({lazy_compile_s:.1f} s, not in the time above; "
-                 "once per machine: `maxwhisper warm` compiles every graph ahead)")
+            log.info(f"note: {path}: MAX compiled a graph on its first use ({lazy_compile_s:.1f} s, not in the time "
+                     "above; once per machine: `maxwhisper warm` compiles every graph ahead)")
         for call in result.close_calls:
-            info(f"note: {path}: {call}")
+            log.info(f"note: {path}: {call}")
         text = render(result, args.format, audio=path)
         text = text if text.endswith("\n") else text + "\n"
         if len(args.audio) > 1 and args.format != "json":  # a json line names its file itself
@@ -311,7 +335,7 @@ def run_compare(args: argparse.Namespace) -> int:
     for backend in backends:
         row = [backend, args.device, args.precision, "-", "-", "-"]
         try:
-            t = load_transcriber(args, backend, kernels=args.kernels or backend != "max")
+            t = load_transcriber(args, backend, kernels=args.kernels or not BACKENDS[backend].kernels)
             row[1:4] = [t.device, t.precision, f"{t.load_s + t.compile_s:.2f}"]
             for _ in range(args.warmup):
                 t.transcribe(audio, options)
@@ -330,8 +354,8 @@ def run_compare(args: argparse.Namespace) -> int:
             kind = "" if isinstance(e, MaxWhisperError) else f"{type(e).__name__}: "
             row = row[:6] + [f"ERROR {kind}{e}".replace("\n", " ")]
         rows.append(row)
-    info(f"{args.audio}: {len(audio) / SAMPLE_RATE:.1f} s of audio, model {args.model}, "
-         f"{args.runs} run(s) after {args.warmup} warm-up; RTFx: audio seconds per processing second")
+    log.info(f"{args.audio}: {len(audio) / SAMPLE_RATE:.1f} s of audio, model {args.model}, "
+             f"{args.runs} run(s) after {args.warmup} warm-up; RTFx: audio seconds per processing second")
     print(_table(rows, ["backend", "device", "precision", "load+compile s", "total s", "RTFx", "text"]))
     if failed < len(backends):
         return 0
@@ -375,11 +399,11 @@ def run_stream(args: argparse.Namespace) -> int:
               "(audio not yet transcribed as an update ends)")
     held = f"; {report.held_back} hypothesis segments held back (offline rules, repeats)" if report.held_back else ""
     if p90 is not None:
-        info(f"{args.audio}: {report.audio_s:.1f} s in {report.updates} updates; commit latency median "
-             f"{statistics.median(report.latencies):.2f} s, p90 {p90:.2f} s; {behind}; "
-             f"compute {report.compute_share:.2f} s per audio second{held}")
+        log.info(f"{args.audio}: {report.audio_s:.1f} s in {report.updates} updates; commit latency median "
+                 f"{statistics.median(report.latencies):.2f} s, p90 {p90:.2f} s; {behind}; "
+                 f"compute {report.compute_share:.2f} s per audio second{held}")
     else:
-        info(f"{args.audio}: {report.audio_s:.1f} s in {report.updates} updates; nothing was said; {behind}{held}")
+        log.info(f"{args.audio}: {report.audio_s:.1f} s in {report.updates} updates; nothing was said; {behind}{held}")
     print(report.text)
     return 0
 
@@ -410,7 +434,7 @@ def run_models(args: argparse.Namespace) -> int:
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper"
     for pt in sorted(cache.glob("*.pt")) if cache.is_dir() else []:
         print(f"{pt}\topenai-whisper checkpoint\tuse --model {pt}")
-    info("--model also takes a CTranslate2 model folder or an openai-whisper .pt file")
+    log.info("--model also takes a CTranslate2 model folder or an openai-whisper .pt file")
     return 0
 
 
@@ -471,16 +495,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # argparse errors: two lines on stderr, exit 2
+    show_messages()
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        if argv[:1] == ["bench"]:  # its modes' older spelling, flags (`bench --streaming`), still runs
+            from .bench.cli import with_mode
+
+            argv = ["bench", *with_mode(argv[1:])]
+        args = build_parser().parse_args(argv)  # argparse errors: two lines on stderr, exit 2
         return args.run(args)
     except MaxWhisperError as e:
         if _debug():
             traceback.print_exc()
-        info(f"error: {e}")
+        log.error(f"error: {e}")
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        info("interrupted")
+        log.error("interrupted")
         return 130
     except Exception as e:  # noqa: BLE001
         return _failure("unexpected failure", e)

@@ -369,8 +369,10 @@ def check_options(options: DecodeOptions, *, n_vocab: int, languages: Collection
 
 @dataclass(frozen=True)
 class Backend:
-    """A backend's record in `maxwhisper.registry`: how to name, show and load it. Importing
-    `module` loads the implementation; nothing before that does."""
+    """A backend's record in `maxwhisper.registry`: how to name, show and load it, and what it can
+    do beyond the `Transcriber` protocol (its capabilities: the CLI, the service, bulk jobs, the
+    benchmark and the app ask these, not its name). Importing `module` loads the implementation;
+    nothing before that does."""
 
     name: str  # --backend's value
     label: str  # short, in the benchmark's tables: "MAX fp32"
@@ -381,7 +383,14 @@ class Backend:
     package: str  # the module it needs installed
     extra: str | None  # the maxwhisper extra that installs `package` (None: the core install)
     precisions: dict[str, tuple[str, ...]]  # device it supports -> its precisions there, in the benchmark's order
-    batched: bool = False  # takes DecodeOptions.batch_size (bench --throughput)
+    batched: bool = False  # takes DecodeOptions.batch_size (`bench batched`)
+    # compiles graphs on a model's first load on a machine (minutes on a CPU), then loads them from a cache
+    compiles: bool = False
+    # has CPU kernels, and a portable plan without them: create_transcriber's kernels=False (--no-kernels)
+    kernels: bool = False
+    # decodes transcriptions called from several threads at once together: create_transcriber's max_batch
+    # (the service's --max-batch; a bulk worker hands it several files at once)
+    decodes_together: bool = False
 
     @property
     def devices(self) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+log = logging.getLogger(__name__)
 ARCHS = {"sm_80": "A100", "sm_86": "A10, RTX 3090", "sm_89": "L4, L40, RTX 4090", "sm_90": "H100, H200"}
 PRECISIONS = ("fp32", "fp16")
 
@@ -70,7 +72,7 @@ def compile_arch(arch: str, args: argparse.Namespace) -> list[dict]:
         last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit code {child.returncode}"
         rows.append({"graph": "(process)", "precision": ",".join(args.precision), "arch": arch, "ok": False,
                      "seconds": 0.0, "error": last})
-        print(f"{arch}: the compile process failed: {last}", file=sys.stderr)
+        log.error(f"{arch}: the compile process failed: {last}")
     return rows
 
 

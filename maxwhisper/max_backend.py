@@ -10,7 +10,7 @@ from .api import DecodeOptions, MaxWhisperError, Segment, Timings, Transcription
 from .audio import N_SAMPLES, SAMPLE_RATE, STREAM_PADDING_S, heard_frames, log_mel_spectrogram
 from .batched import transcribe_batched
 from .checkpoint import load_checkpoint
-from .graph.layers import start_kernel_library
+from .graph.kernel_package import start_kernel_library
 from .graph.model import MaxWhisper, resolve_device
 from .graph.shared_steps import SharedModel
 from .transcribe import model_limits, transcribe

@@ -39,16 +39,16 @@ class CheckResult:
 
 
 def default_audio() -> Path:
-    """jfk.flac from the shared test audio (`bench.clips.audio_dir`) if present, else a clip the
-    gradio package ships."""
+    """jfk.flac from the test audio (`bench.clips.audio_dir`) if present, else a clip the gradio
+    package ships."""
     import importlib.util
 
     from .bench.clips import audio_dir
 
-    shared = audio_dir() / "jfk.flac"
+    jfk = audio_dir() / "jfk.flac"
     spec = importlib.util.find_spec("gradio")
-    if shared.exists() or spec is None:
-        return shared
+    if jfk.exists() or spec is None:
+        return jfk
     return Path(spec.origin).parent / "media_assets" / "audio" / "cate_blanch.mp3"
 
 

@@ -45,7 +45,7 @@ LOOP_WORDS = 40  # committed words in a row over which `StreamReport.loop_ratio`
 def quantile(values, q: float) -> float | None:
     """The q-quantile (0 <= q <= 1) without interpolation: the value at 0-based index floor(q n) of
     the n sorted values (the last for q=1); None for no values. (q=0.9 is the p90 of the `stream`
-    command and of `bench --streaming`; q=0.5 is the upper of the two middle values when n is even,
+    command and of `bench streaming`; q=0.5 is the upper of the two middle values when n is even,
     not statistics.median's average of them.)"""
     if not 0 <= q <= 1:
         raise ValueError(f"quantile {q} is not between 0 and 1")

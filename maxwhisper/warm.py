@@ -11,10 +11,12 @@ compile fails.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import sys
 import time
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def _csv(text: str) -> list[str]:
@@ -22,7 +24,8 @@ def _csv(text: str) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .registry import CPU_LEVELS, DEVICES
+    from .cpu_features import CPU_LEVELS
+    from .registry import DEVICES
 
     p.add_argument("--model", type=_csv, default=["tiny.en"],
                    help="comma-separated installed models, CTranslate2 folders or .pt files (default: tiny.en)")
@@ -42,9 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from .api import BackendError
     from .checkpoint import check_model_name, load_checkpoint
-    from .graph.layers import start_kernel_library
+    from .graph.kernel_package import start_kernel_library
     from .graph.model import MaxWhisper, check_precision, resolve_device
-    from .registry import PRECISIONS, use_cpu_level
+    from .cpu_features import use_cpu_level
+    from .registry import PRECISIONS
 
     if args.cpu_level:
         if args.device != "cpu" or not args.kernels:
@@ -64,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
     for precision in args.precision:
         check_precision(device, precision, args.kernels)
     if note:
-        print(f"note: --device auto compiles for the CPU: {note}", file=sys.stderr, flush=True)
+        log.info(f"note: --device auto compiles for the CPU: {note}")
     if device == "cpu" and args.kernels:
         start_kernel_library()  # the Mojo kernels compile while the first checkpoint loads
     checkpoints = {model: load_checkpoint(model) for model in args.model}  # one not installed: its message first

@@ -150,13 +150,13 @@ class ModelCache:
         """Roughly how long loading the key takes here: the last load's time, or what a first load costs."""
         seconds = self._load_times().get("/".join((backend, model, device, precision)))
         if seconds is not None:
-            return f"about {math.ceil(seconds)} s" + (" last time here" if backend == "max" else "")
-        if backend == "max":
+            return f"about {math.ceil(seconds)} s" + (" last time here" if BACKENDS[backend].compiles else "")
+        if BACKENDS[backend].compiles:
             return f"seconds, or minutes the first time on a {device.upper()}"
         return "seconds"
 
     def loading_text(self, backend: str, model: str, device: str, precision: str = "fp32") -> str:
-        what = "compiling the MAX graphs" if backend == "max" else "loading"
+        what = f"compiling the {BACKENDS[backend].label} graphs" if BACKENDS[backend].compiles else "loading"
         return f"{what} for {model} on {device} ({self.expected_load(backend, model, device, precision)})"
 
     def load_note(self, backends: list[str], model: str, device: str, precision: str = "fp32") -> str:
@@ -171,7 +171,8 @@ class ModelCache:
         for key in missing:
             by_time.setdefault(self.expected_load(*key), []).append(key[0])
         parts = [f"{' and '.join(BACKENDS[b].label for b in names)} "
-                 f"{'compiles' if names == ['max'] else 'load' if len(names) > 1 else 'loads'} it ({seconds})"
+                 f"{'compile' if all(BACKENDS[b].compiles for b in names) else 'load'}{'' if len(names) > 1 else 's'} "
+                 f"it ({seconds})"
                  for seconds, names in by_time.items()]
         name = model if all(key[3] == "fp32" for key in missing) else f"{model} {precision}"
         return f"First run with **{name}**: " + "; ".join(parts) + "."
@@ -188,7 +189,7 @@ class ModelCache:
         loading = [key for key, (state, _) in states if state == "loading"]
         if loading:
             ready = _names(key for key, (state, _) in states if state != "loading")
-            waits = ", ".join(f"{_names([key])} once it has {'compiled' if key[0] == 'max' else 'loaded'} {key[1]} "
+            waits = ", ".join(f"{_names([key])} once it has {'compiled' if BACKENDS[key[0]].compiles else 'loaded'} {key[1]} "
                               f"({self.expected_load(*key)})" for key in loading)
             if ready:
                 return f"You can press Run now: {ready} answer{'' if ' and ' in ready else 's'} at once, {waits}."

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")  # offline compiles otherwise wait on it
-AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
+AUDIO = Path(__file__).resolve().parent / "audio"
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +49,7 @@ def max_tiny_en_bf16():
     """MAX with tiny.en in bf16 on the CPU (`--precision bf16`), where the CPU has AVX512_BF16: the
     one bf16 model of the session; None on a CPU without (the tests then check that MAX says so)."""
     from maxwhisper.max_backend import MaxTranscriber
-    from maxwhisper.registry import has_bf16
+    from maxwhisper.cpu_features import has_bf16
 
     return MaxTranscriber("tiny.en", device="cpu", precision="bf16") if has_bf16() else None
 
@@ -111,3 +111,67 @@ def jfk_audio() -> np.ndarray:
 def lecture_60s_audio() -> np.ndarray:
     """The first 60 s of physicsworks.flac (a lecture): two to three 30 s windows."""
     return _load("physicsworks.flac", 60.0)
+
+
+# --- the quick subset: `pytest -m quick` (docs/testing.md) ---------------------------------------
+# A developer's edit-test loop: a few minutes at most on 2 cores with a warm MAX compile cache, and
+# tests of every package (the core, graph, service, bulk, the showcase, the baselines, the
+# benchmark). Chosen here by file and test name (a prefix), so that the test files stay as they are;
+# a name that matches no test of its file fails the run, so that the subset does not rot unseen.
+# Slow fixtures (a compile of another plan or precision, a torch model, Ray, the app's real models)
+# keep a test of a listed file out.
+SLOW_FIXTURES = {"max_tiny_en_portable", "max_tiny_en_each_plan", "max_tiny_en_int8", "max_tiny_en_bf16",
+                 "torch_tiny_en", "ray_local", "app_transcriptions", "jfk_run", "lecture_audio", "lecture_60s_audio"}
+QUICK_FILES = {  # file: the tests of it left out (the rest are in)
+    "test_api.py": (),
+    "test_app.py": (),
+    "test_app_live.py": ("test_a_race_", "test_an_example_plays_as_the_microphone"),
+    "test_audio.py": (),
+    "test_bench.py": ("test_quick_end_to_end", "test_streaming_end_to_end"),
+    "test_checkpoint.py": (),
+    "test_cli.py": ("test_openai_json_two_files", "test_faster_", "test_batch_size_", "test_compare_table_",
+                    "test_gpu_compile_", "test_unsupported_precision_and_device", "test_no_kernels_prints_",
+                    "test_a_token_beyond_the_loaded_model", "test_bad_flag_values"),
+    "test_decoding.py": (),
+    "test_gpu_path.py": (),
+    "test_packaging.py": (),
+    "test_realtime.py": (),
+    "test_scoring.py": (),
+    "test_service_inputs.py": (),
+    "test_streaming.py": ("test_stream_command_prints_", "test_max_"),
+    "test_tokenizer.py": (),
+}
+QUICK_PICKS = {  # file: the only tests of it in
+    "test_baselines.py": ("test_manifest_reference_", "test_openai_precision_and_device_errors",
+                          "test_faster_precision_and_device_errors", "test_the_cuda_12_library_check_",
+                          "test_faster_refuses_a_pt_checkpoint", "test_registry_builds_both"),
+    "test_bulk.py": ("test_folders_are_searched_", "test_bad_inputs_are_refused_", "test_the_table_drops_",
+                     "test_progress_is_a_bar_", "test_max_workers_transcribe_several_files_",
+                     "test_an_unknown_model_is_refused_before_ray_starts", "test_an_output_that_cannot_be_a_folder"),
+    "test_max_model.py": ("test_greedy_tokens_equal_on_jfk_without_timestamps", "test_few_row_attention_is_used_only_",
+                          "test_few_row_linear_is_used_only_", "test_int8_quantization_is_per_output_channel",
+                          "test_kernel_library_copies_the_shipped_package"),
+    "test_service.py": ("test_replicas_that_ray_has_no_room_for_", "test_audio_and_options_are_refused_as_the_",
+                        "test_a_replica_warms_up_"),
+    "test_warm.py": ("test_warm_refuses_", "test_a_cpu_level_answers_"),
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(config, items):
+    by_file: dict[str, list] = {}
+    for item in items:
+        by_file.setdefault(item.path.name, []).append(item)
+    stale = []
+    for name, tests in by_file.items():
+        left_out, picks = QUICK_FILES.get(name), QUICK_PICKS.get(name)
+        if left_out is None and picks is None:
+            continue
+        names = [n for n in vars(tests[0].module) if n.startswith("test_")]  # all of them, however few run
+        stale += [f"{name}::{p}" for p in left_out or picks or () if not any(n.startswith(p) for n in names)]
+        for t in tests:
+            listed = any(t.originalname.startswith(p) for p in left_out or picks or ())
+            if (listed if picks is not None else not listed) and not SLOW_FIXTURES & set(t.fixturenames):
+                t.add_marker(pytest.mark.quick)
+    if stale:
+        raise pytest.UsageError("tests/conftest.py's quick subset names tests that are gone: " + ", ".join(stale))

@@ -176,3 +176,34 @@ def test_model_transcribe_takes_empty_samples_but_not_an_empty_file(openai_model
     for empty in (tmp_path / "empty.wav", b""):
         with pytest.raises(maxwhisper.MaxWhisperError, match=r"empty \(0 bytes\)"):
             openai_model.transcribe(empty)
+
+
+def test_a_backend_s_record_says_what_it_can_do_and_the_registry_asks_it_not_its_name(monkeypatch):
+    """`Backend` capabilities: a backend with CPU kernels takes kernels=False (--no-kernels), one that
+    decodes together takes max_batch; one without either refuses them in one line that names the
+    backends that have it. MAX has every capability; the baselines none."""
+    import dataclasses
+    import types
+
+    from maxwhisper import registry
+    from maxwhisper.api import BackendError
+
+    made = []
+    module = types.ModuleType("capability_test_backend")
+    module.Made = lambda **kwargs: made.append(kwargs)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setattr(registry, "BACKENDS", dict(registry.BACKENDS))
+    plain = dataclasses.replace(registry.BACKENDS["max"], name="plain", label="Plain", module=module.__name__,
+                                cls="Made", package="numpy", compiles=False, kernels=False, decodes_together=False)
+    able = dataclasses.replace(plain, name="able", label="Able", kernels=True, decodes_together=True)
+    registry.register(plain, able)
+    registry.create_transcriber("able", device="cpu", kernels=False, max_batch=4)
+    assert made[-1]["kernels"] is False and made[-1]["max_batch"] == 4
+    registry.create_transcriber("plain", device="cpu")
+    assert "kernels" not in made[-1] and "max_batch" not in made[-1]
+    with pytest.raises(BackendError, match=r"^--no-kernels is an option of the MAX and Able backends only$"):
+        registry.create_transcriber("plain", kernels=False)
+    with pytest.raises(BackendError, match=r"^max_batch \(.*\) is an option of the MAX and Able backends only$"):
+        registry.create_transcriber("plain", max_batch=2)
+    capable = {b.name: (b.compiles, b.kernels, b.decodes_together) for b in registry.BACKENDS.values()}
+    assert capable["max"] == (True, True, True) and capable["openai"] == capable["faster"] == (False, False, False)

@@ -37,7 +37,7 @@ from showcase.transcriptions import Cancelled, LocalTranscriptions, Transcriptio
 from showcase.turns import Turns
 from showcase.verdict import _times, benchmark_note, fair_measure, verdict_html, winner
 
-AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
+AUDIO = Path(__file__).resolve().parent / "audio"
 JFK = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
 
 
@@ -446,7 +446,7 @@ def test_bf16_run_sets_max_bf16_beside_the_fp32_rows(tmp_path):
     """The Precision choice bf16, offered where the CPU has AVX512_BF16 (MAX's CPU precisions in the
     registry): MAX loads in bf16, openai-whisper and faster-whisper (no bf16 on the CPU) in fp32.
     Where the CPU has none, the app offers no bf16 and a bf16 run would load MAX in fp32."""
-    from maxwhisper.registry import has_bf16
+    from maxwhisper.cpu_features import has_bf16
     from showcase.choices import Choices
 
     assert ("bf16" in Choices([], [], False).precisions) == has_bf16()

@@ -22,7 +22,7 @@ from maxwhisper.audio import (
     pad_or_trim,
 )
 
-AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
+AUDIO = Path(__file__).resolve().parent / "audio"
 LSB = 1 / 32768  # one step of 16-bit audio
 
 

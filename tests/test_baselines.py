@@ -12,12 +12,12 @@ from maxwhisper.api import AudioError, BackendError, DecodeOptions, MaxWhisperEr
 from maxwhisper.checkpoint import load_checkpoint
 from maxwhisper.scoring import normalize
 
-AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
+AUDIO = Path(__file__).resolve().parent / "audio"
 
 
 
 def manifest_reference(name: str) -> str:
-    """The reference transcript column of the shared audio MANIFEST for `name`."""
+    """The reference transcript column of the test audio's MANIFEST for `name`."""
     for line in (AUDIO / "MANIFEST.md").read_text().splitlines():
         if line.startswith(f"| `{name}` |"):
             return line.strip().strip("|").split("|")[-1].strip()

@@ -2,6 +2,8 @@
 records, report rendering, and `--quick` end to end (every backend, a few minutes at most)."""
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maxwhisper.bench.cli import build_parser
+from maxwhisper.bench.cli import MODES, build_parser, spec_of, with_mode
 from maxwhisper.bench.bulk import bulk_markdown
 from maxwhisper.bench.clips import DEFAULT_CLIPS, LONG_FORM, REFERENCES, audio_dir, load_clip, parse_clip, resolve_clips
 from maxwhisper.bench.machine import device_tag, machine_info, slug
@@ -53,7 +55,7 @@ def test_median_or_none_and_ratio():
 # --- implementations -----------------------------------------------------------------------------
 
 def test_implementations_come_from_the_registry():
-    from maxwhisper.registry import has_bf16
+    from maxwhisper.cpu_features import has_bf16
 
     max_cpu = [("max", "fp32"), ("max", "int8")] + ([("max", "bf16")] if has_bf16() else [])  # bf16: AVX512_BF16
     assert IMPLEMENTATIONS == {
@@ -69,10 +71,9 @@ def test_decode_options_from_the_benchmark_s_flags():
     from maxwhisper.api import DecodeOptions
 
     parser = build_parser()
-    flags = parser.parse_args(["--temperature", "0,0.2", "--beam-size", "2", "--language", "en"])
-    options = DecodeOptions.from_values(vars(flags))
-    assert options == DecodeOptions(temperature=(0.0, 0.2), beam_size=2, language="en")
-    assert DecodeOptions.from_values(vars(parser.parse_args([]))) == DecodeOptions()
+    flags = parser.parse_args(["clips", "--temperature", "0,0.2", "--beam-size", "2", "--language", "en"])
+    assert spec_of(flags).decode == DecodeOptions(temperature=(0.0, 0.2), beam_size=2, language="en")
+    assert spec_of(parser.parse_args(["clips"])).decode == DecodeOptions()
 
 
 # --- clips --------------------------------------------------------------------------------------
@@ -164,22 +165,23 @@ def _records():
 
 def test_make_records_and_accuracy():
     records = _records()
-    by = {(r["audio"], r["implementation"]): r for r in records}
+    by = {(r.audio, r.implementation): r for r in records}
     m = by["jfk.flac", "MAX fp32"]
-    assert m["total_s_median"] == 2.0 and m["total_s_min"] == 1.0 and m["total_s_max"] == 3.0
-    assert m["rtfx"] == pytest.approx(5.5) and m["decode_s"] == pytest.approx(1.0)
-    assert m["tokens_per_s"] == pytest.approx(3.0) and m["compile_s"] == 6.0
-    assert m["wer"] == 0.0 and m["agreement"] == 1.0 and m["tokens_identical_to_openai"] is True
+    assert m.total_s_median == 2.0 and m.total_s_min == 1.0 and m.total_s_max == 3.0
+    assert m.rtfx == pytest.approx(5.5) and m.decode_s == pytest.approx(1.0)
+    assert m.tokens_per_s == pytest.approx(3.0) and m.compile_s == 6.0
+    assert m.wer == 0.0 and m.agreement == 1.0 and m.tokens_identical_to_openai is True
     f = by["jfk.flac", "faster-whisper fp32"]
-    assert f["wer"] == pytest.approx(1 / 22) and f["agreement"] == pytest.approx(1 - 1 / 22)
-    assert f["tokens_identical_to_openai"] is False and f["agreement_with"] == "openai-whisper fp32"
-    assert by["jfk.flac", "faster-whisper int8"]["tokens_identical_to_openai"] is False
+    assert f.wer == pytest.approx(1 / 22) and f.agreement == pytest.approx(1 - 1 / 22)
+    assert f.tokens_identical_to_openai is False and f.agreement_with == "openai-whisper fp32"
+    assert by["jfk.flac", "faster-whisper int8"].tokens_identical_to_openai is False
     lecture = by["physicsworks.flac", "faster-whisper int8"]
-    assert lecture["wer"] is None and lecture["agreement"] == 1.0  # no reference: agreement only
-    for r in records:  # the keys the app's Benchmarks tab reads
+    assert lecture.wer is None and lecture.agreement == 1.0  # no reference: agreement only
+    for r in records:  # the keys the app's Benchmarks tab reads, in the JSON a run writes
+        written = json.loads(json.dumps(dataclasses.asdict(r)))
         for key in ("audio", "audio_s", "backend", "model", "device", "precision", "total_s_median", "rtfx",
                     "load_s", "compile_s", "features_s", "encode_s", "decode_s", "wer", "agreement"):
-            assert key in r
+            assert written[key] == getattr(r, key)
 
 
 def test_failed_clip_becomes_a_failure():
@@ -198,9 +200,9 @@ def test_rounds_pool_timed_runs_and_keep_failures_and_nondeterminism():
     merge_round(first, later)
     recs, fails = make_records(first, threads=2, repeats=4)
     jfk, a = recs
-    assert jfk["total_s_runs"] == [1.0, 5.0, 2.0, 3.0] and jfk["total_s_median"] == 2.5 and jfk["deterministic"]
-    assert jfk["decode_s_runs"] == [0.5, 2.5, 1.0, 1.5] and jfk["decode_s"] == 1.25  # each run's, in order
-    assert a["deterministic"] is False  # another round gave other tokens
+    assert jfk.total_s_runs == [1.0, 5.0, 2.0, 3.0] and jfk.total_s_median == 2.5 and jfk.deterministic
+    assert jfk.decode_s_runs == [0.5, 2.5, 1.0, 1.5] and jfk.decode_s == 1.25  # each run's, in order
+    assert a.deterministic is False  # another round gave other tokens
     assert [f["audio"] for f in fails] == ["bad.wav"]
 
 
@@ -224,7 +226,7 @@ def test_int8_targets_compare_like_with_like():
                                 ("physicsworks.flac", 203.3, "some lecture text here", [7, 8], [2.9] * 3)])
     int8, _ = make_records(w, threads=2, repeats=3)
     for r in int8:  # decode_s is half the total in `_worker`: tokens/s 2 / 1.45 against MAX fp32's 2 / 2.5
-        r["tokens_per_s"] = 2 / 1.45 if r["audio"] == "physicsworks.flac" else r["tokens_per_s"]
+        r.tokens_per_s = 2 / 1.45 if r.audio == "physicsworks.flac" else r.tokens_per_s
     records += int8
     add_accuracy(records)
     for vnni, lecture_met in ((True, False), (False, True)):
@@ -244,13 +246,15 @@ def test_int8_targets_compare_like_with_like():
         in text
 
 
-def _report_doc(records: list[dict]) -> dict:
+def _report_doc(records: list, results: list[dict] | None = None) -> dict:
+    """A per-clip run's document; `results`: the records as a file has them (default: as written now)."""
     return {"schema_version": 2, "device": "cpu", "created": "now",
             "machine": {"cpu": "Test CPU", "cores": 2, "ram_gib": 8.0, "gpu": None, "gpus": [],
                         "load_average": [0, 0, 0]},
             "versions": {"max": "26.7.0"},
             "options": {"repeats": 3, "threads": 2, "quick": False, "decode": {"beam_size": 1, "temperature": [0.0]}},
-            "results": records, "targets": compute_targets(records),
+            "results": [dataclasses.asdict(r) for r in records] if results is None else results,
+            "targets": compute_targets(records),
             "failures": [{"backend": "faster", "precision": "fp16", "device": "cpu", "error": "not supported"}]}
 
 
@@ -270,10 +274,10 @@ def test_an_older_file_s_results_render_with_the_same_figures(tmp_path):
     """Results written before `rtf` was named `rtfx` (the same value) render as newer ones do, as
     the app shows them (`records.OLD_NAMES`)."""
     records = _records()
-    older = [{("rtf" if k == "rtfx" else k): v for k, v in r.items()} for r in records]
-    assert markdown_report(_report_doc(older)) == markdown_report(_report_doc(records))
-    assert "| 5.5 |" in markdown_report(_report_doc(older))  # jfk: 11 s of audio in a median of 2 s
-    write_html(_report_doc(older), tmp_path / "older.html")
+    older = [{("rtf" if k == "rtfx" else k): v for k, v in dataclasses.asdict(r).items()} for r in records]
+    assert markdown_report(_report_doc(records, older)) == markdown_report(_report_doc(records))
+    assert "| 5.5 |" in markdown_report(_report_doc(records, older))  # jfk: 11 s of audio in a median of 2 s
+    write_html(_report_doc(records, older), tmp_path / "older.html")
     assert "5.5×" in (tmp_path / "older.html").read_text()
 
 
@@ -370,6 +374,17 @@ def test_streaming_targets_are_judged_over_all_of_a_clip_s_streams():
     assert "  - median latency against faster-whisper fp32 (1.75 s): 1.40x lower (at least 1.3x): met" in md
 
 
+def test_a_worker_s_spec_reaches_it_as_it_was_sent():
+    from maxwhisper.api import DecodeOptions
+    from maxwhisper.bench.specs import WorkerSpec
+
+    clip = parse_clip(str(AUDIO / "stereo_diarization.wav#left"))
+    spec = WorkerSpec(kind="throughput", backend="max", model="tiny.en", device="cpu", precision="int8", threads=2,
+                      options=DecodeOptions(temperature=(0.0, 0.4), language="en", batch_size=8), clips=(clip,),
+                      repeats=3, batch_sizes=(1, 8), out="result.json")
+    assert WorkerSpec.from_json(spec.to_json()) == spec
+
+
 def test_more_streams_than_milliseconds_in_a_chunk_are_refused(tmp_path, monkeypatch, capsys):
     from maxwhisper.__main__ import main
     from maxwhisper.api import MaxWhisperError
@@ -393,44 +408,84 @@ def test_streaming_results_state_the_command_that_runs_them_again(tmp_path, monk
 
     monkeypatch.setattr("maxwhisper.bench.streaming.run_worker",
                         lambda spec, timeout: {"ok": False, "error": "not run"})
-    argv = ["--streaming", "--backends", "max,faster", "--precisions", "int8", "--devices", "cpu", "--chunk", "0.5",
+    argv = ["streaming", "--backends", "max,faster", "--precisions", "int8", "--devices", "cpu", "--chunk", "0.5",
             "--streams", "3", "--temperature", "0", "--audio", str(AUDIO / "jfk.flac"), "--out", str(tmp_path)]
     assert cli(argv) == 1  # every implementation "failed"
     (path,) = tmp_path.glob("streaming-*.json")
     command = json.loads(path.read_text())["command"]
     assert f"`{command}`" in path.with_suffix(".md").read_text()
-    assert command.startswith("python -m maxwhisper bench ")
-    again, given = build_parser().parse_args(shlex.split(command)[4:]), build_parser().parse_args(argv)
-    for key in ("streaming", "quick", "backends", "precisions", "devices", "models", "chunk", "streams",
-                "background_load", "beam_size", "temperature", "language", "audio"):
-        assert getattr(again, key) == getattr(given, key), key
+    assert command.startswith("python -m maxwhisper bench streaming ")
+    again, given = (spec_of(build_parser().parse_args(a)) for a in (shlex.split(command)[4:], argv))
+    assert again == dataclasses.replace(given, out=None)  # the same run, wherever its results went
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--models", "tiny.en,tiny.xx"], "unknown model 'tiny.xx': use one of base, tiny.en, a CTranslate2 model "
-                                      "folder, or an openai-whisper .pt file"),
-    (["--precisions", "fp64"], "unknown precision(s) fp64; valid: fp32, fp16, bf16, int8"),
-    (["--backends", "openai", "--precisions", "int8"],
+    (["clips", "--devices", "cpu", "--models", "tiny.en,tiny.xx"],
+     "unknown model 'tiny.xx': use one of base, tiny.en, a CTranslate2 model folder, or an openai-whisper .pt file"),
+    (["--devices", "cpu", "--precisions", "fp64"], "unknown precision(s) fp64; valid: fp32, fp16, bf16, int8"),
+    (["clips", "--devices", "cpu", "--backends", "openai", "--precisions", "int8"],
      "nothing to measure: none of the backends openai runs int8 on cpu"),
-    (["--streaming", "--precisions", "fp16"], "nothing to measure: none of the backends max, openai, faster runs fp16 "
-                                              "on cpu"),
-    (["--throughput", "--backends", "openai"], "nothing to measure: none of the backends openai runs any precision on "
-                                               "cpu in this mode (max and faster only)"),
-    (["--realtime", "--backends", "openai"], "nothing to measure: the realtime mode serves MAX fp32, MAX int8, "
-                                             "faster-whisper fp32, faster-whisper int8"),
-], ids=["unknown-model", "unknown-precision", "openai-int8", "streaming-fp16-on-cpu", "throughput-openai",
-        "realtime-openai"])
+    (["streaming", "--devices", "cpu", "--precisions", "fp16"],
+     "nothing to measure: none of the backends max, openai, faster runs fp16 on cpu"),
+    (["batched", "--devices", "cpu", "--backends", "openai"],
+     "nothing to measure: none of the backends openai runs any precision on cpu in this mode (max and faster only)"),
+    (["--throughput", "--devices", "cpu", "--backends", "openai"],
+     "nothing to measure: none of the backends openai runs any precision on cpu in this mode (max and faster only)"),
+    (["bulk", "--backends", "openai"],
+     "nothing to measure: none of the backends openai runs any precision on cpu in this mode (max and faster only)"),
+    (["realtime", "--backends", "openai"],
+     "nothing to measure: the realtime mode serves MAX fp32, MAX int8, faster-whisper fp32, faster-whisper int8"),
+    (["realtime", "--backends", "nope"], "unknown backend(s) nope; valid: max, openai, faster"),
+    (["--serve", "--throughput"], "--serve and --throughput are modes of their own: run one at a time "
+                                  "(maxwhisper bench {clips,batched,streaming,bulk,serve,realtime})"),
+], ids=["unknown-model", "unknown-precision", "openai-int8", "streaming-fp16-on-cpu", "batched-openai",
+        "throughput-openai", "bulk-openai", "realtime-openai", "realtime-unknown-backend", "two-modes"])
 def test_a_run_with_nothing_to_measure_is_refused_before_it_writes_anything(tmp_path, monkeypatch, capsys, flags,
                                                                            message):
     """A typo in --models or --precisions would otherwise write a results file of failures, or of
-    nothing, over the committed one (the default --out)."""
+    nothing, over the committed one (the default --out); two modes at once, in the older spelling,
+    are refused too."""
+    import ray
+
     from maxwhisper.__main__ import main
 
-    for module in ("cli", "streaming"):
+    for module in ("cli", "streaming", "bulk"):
         monkeypatch.setattr(f"maxwhisper.bench.{module}.run_worker", lambda *args: pytest.fail("a worker ran"))
-    assert main(["bench", "--devices", "cpu", *flags, "--out", str(tmp_path)]) == 2
+    monkeypatch.setattr(ray, "init", lambda *args, **kwargs: pytest.fail("Ray started"))
+    assert main(["bench", *flags, "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err == f"error: {message}\n"
     assert not any(tmp_path.iterdir())
+
+
+def test_each_mode_takes_its_own_options_and_its_spec_holds_exactly_them():
+    """`bench MODE`: a mode's parser and its spec have the same options, no other mode's (an
+    option of another mode is refused as argparse refuses any unknown one)."""
+    modes = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    decoding = {"beam_size", "temperature", "language"}
+    assert list(modes) == list(MODES)
+    for name, mode in MODES.items():
+        options = {a.dest for a in modes[name]._actions if a.dest != "help"}
+        fields = {f.name for f in dataclasses.fields(mode.spec)}
+        assert options - decoding == fields - {"decode"}, name
+        assert (decoding <= options) == ("decode" in fields), name
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--quick"])
+
+
+def test_the_older_spelling_of_the_modes_runs_as_their_subcommands():
+    """The docs' and committed results' older commands (`bench --realtime --realtime-p90 3.5`): the
+    mode flag becomes the subcommand, that mode's older option names its own; no mode flag: clips."""
+    assert with_mode([]) == ["clips"]
+    assert with_mode(["--quick", "--out", "x"]) == ["clips", "--quick", "--out", "x"]
+    assert with_mode(["--realtime", "--realtime-seconds", "43", "--realtime-p90=3.5"]) == [
+        "realtime", "--seconds", "43", "--p90=3.5"]
+    assert with_mode(["--bulk", "--bulk-minutes", "30", "--bulk-workers", "1,2"]) == [
+        "bulk", "--minutes", "30", "--workers", "1,2"]
+    assert with_mode(["--serve", "--serve-seconds", "5"]) == ["serve", "--seconds", "5"]
+    assert with_mode(["--serve", "--realtime-seconds", "5"]) == ["serve", "--realtime-seconds", "5"]  # refused
+    assert with_mode(["streaming", "--quick"]) == ["streaming", "--quick"] and with_mode(["-h"]) == ["-h"]
+    old = build_parser().parse_args(with_mode(["--throughput", "--batch-sizes", "2", "--quick"]))
+    assert spec_of(old) == spec_of(build_parser().parse_args(["batched", "--batch-sizes", "2", "--quick"]))
 
 
 def test_realtime_report_says_the_most_sessions_kept_up_and_the_aim():
@@ -559,10 +614,10 @@ def test_bulk_jobs_take_turns_at_going_first_each_in_a_fresh_ray_instance(monkey
                 "transcribe_s": 1.0, "read_s": 0.1, "write_s": 0.0, "node_files": [1]}
 
     def reference(spec, timeout):
-        events.append(("reference", spec["backend"], 1, spec["options"]["batch_size"], None))
-        return {"ok": True, "implementation": implementation_label(spec["backend"], spec["precision"]),
-                "backend": spec["backend"], "precision": spec["precision"],
-                "batch_size": spec["options"]["batch_size"], "files_at_once": 1, "wall_s": 1.0, "audio_s": 10.0,
+        events.append(("reference", spec.backend, 1, spec.options.batch_size, None))
+        return {"ok": True, "implementation": implementation_label(spec.backend, spec.precision),
+                "backend": spec.backend, "precision": spec.precision,
+                "batch_size": spec.options.batch_size, "files_at_once": 1, "wall_s": 1.0, "audio_s": 10.0,
                 "rate": 10.0}
 
     class Cluster:
@@ -588,8 +643,8 @@ def test_bulk_jobs_take_turns_at_going_first_each_in_a_fresh_ray_instance(monkey
     monkeypatch.setattr(ray, "init", lambda **kwargs: None)
     monkeypatch.setattr(ray, "shutdown", lambda: events.append(("shutdown",)))
     monkeypatch.setattr(ray.cluster_utils, "Cluster", Cluster)
-    args = build_parser().parse_args(["--bulk", "--bulk-workers", "1,2", "--batch-sizes", "8"])
-    assert bulk.main_bulk(args, impls, "tiny.en", {"temperature": [0.0]}, {"cores": 2}, {}, tmp_path, "stem") == 0
+    run = spec_of(build_parser().parse_args(["bulk", "--workers", "1,2", "--batch-sizes", "8"]))
+    assert bulk.main_bulk(run, impls, "tiny.en", {"cores": 2}, {}, tmp_path, "stem") == 0
 
     local = events[:next(i for i, e in enumerate(events) if e[0] == "cluster")]  # two-node jobs come last
     jobs = [e for e in local if e[0] == "job"]
@@ -636,7 +691,7 @@ def test_bad_arguments_exit_2(tmp_path):
 
 
 def test_quick_end_to_end(tmp_path):
-    out = _run("--quick", "--out", str(tmp_path))
+    out = _run("clips", "--quick", "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     (json_path,) = tmp_path.glob("quick-cpu-*.json")
     assert json_path.with_suffix(".md").exists() and json_path.with_suffix(".html").exists()
@@ -659,7 +714,7 @@ def test_quick_end_to_end(tmp_path):
 
 
 def test_streaming_end_to_end(tmp_path):
-    out = _run("--streaming", "--quick", "--backends", "faster", "--precisions", "int8", "--out", str(tmp_path))
+    out = _run("streaming", "--quick", "--backends", "faster", "--precisions", "int8", "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     (json_path,) = tmp_path.glob("quick-streaming-cpu-*-tiny.en.json")
     (row,) = json.loads(json_path.read_text())["streaming"]["runs"][0]["rows"]

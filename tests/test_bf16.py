@@ -11,7 +11,7 @@ from test_int8 import assert_batched_windows_equal_single_decodes, assert_wer_wi
 from test_max_model import SPILL, _kernel_graph, _tile_assembly
 
 from maxwhisper.api import BackendError, DecodeOptions
-from maxwhisper.registry import BF16_MISSING, has_bf16
+from maxwhisper.cpu_features import BF16_MISSING, has_bf16
 from maxwhisper.scoring import agreement
 
 # bf16 rounds every linear's weights and inputs to 8 significant bits (the products and sums stay
@@ -134,7 +134,7 @@ def test_encoder_attention_in_bf16_is_float32_sums_of_bfloat16_products(dh, t, a
     from max.graph import DeviceRef, TensorType
 
     from maxwhisper.graph.layers import MACHINE_TILE, encoder_attention
-    from maxwhisper.registry import amx_permitted
+    from maxwhisper.cpu_features import amx_permitted
 
     amx = amx and amx_permitted()
     b, h = 2, 2

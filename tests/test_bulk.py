@@ -2,7 +2,7 @@
 the inputs, manifests, results table and progress; on the session's local Ray instance, a folder
 of clips with a corrupt, an empty and a silent file among them, each good file's tokens equal to
 `transcribe()` on it alone, a rerun that skips what is done; the command killed midway and run
-again on the shared clips; a job spread over two virtual nodes."""
+again on the test clips; a job spread over two virtual nodes."""
 from __future__ import annotations
 
 import dataclasses
@@ -484,7 +484,7 @@ def test_ray_address_in_the_environment_is_the_cluster_joined_as_ray_does(tmp_pa
 
 
 def test_the_command_killed_midway_and_run_again_transcribes_every_clip_once(tmp_path):
-    """The issue's done-when command on the shared clips, killed (SIGKILL) after its first rows."""
+    """`transcribe-many` on the test clips, killed (SIGKILL) after its first rows."""
     out = tmp_path / "out"
     command = [sys.executable, "-m", "maxwhisper", "transcribe-many", str(AUDIO), "--output", str(out),
                "--format", "txt,json"]
@@ -565,7 +565,7 @@ def test_reads_run_below_workers_of_several_threads_and_back_for_single_threaded
 
     from maxwhisper.bulk.worker import READ_NICE, read_audio
 
-    clip = next(p for p in sorted(Path("../shared/audio").iterdir()) if p.suffix == ".flac")
+    clip = next(p for p in sorted(AUDIO.iterdir()) if p.suffix == ".flac")
     row = {"path": str(clip), "name": clip.name, "output": clip.name}
     niceness = []
 

@@ -14,7 +14,7 @@ from maxwhisper.api import BackendError, DecodeOptions, Segment, Timings, Transc
 from maxwhisper.scoring import normalize
 
 ROOT = Path(__file__).resolve().parents[1]
-AUDIO = ROOT.parent / "shared" / "audio"
+AUDIO = ROOT / "tests" / "audio"
 JFK = AUDIO / "jfk.flac"
 
 
@@ -253,9 +253,11 @@ def test_argparse_errors_are_two_lines_not_the_usage(capsys):
                         (["compare", JFK, "--warmup", "-1"], "error: argument --warmup: expected an integer >= 0"),
                         (["stream", JFK, "--chunk", "0"], "error: argument --chunk: expected a positive number of "
                                                           "seconds, got '0'"),
-                        (["bench", "--timeout", "inf"], "error: argument --timeout: expected a finite number")]:
+                        (["bench", "--timeout", "inf"], "error: argument --timeout: expected a finite number"),
+                        (["bench", "serve", "--quick"], "error: unrecognized arguments: --quick")]:
         code, err = run_main(capsys, *args)
-        command = "python -m maxwhisper" + ("" if args[0] == "nosuchcommand" else f" {args[0]}")
+        command = "python -m maxwhisper" + {"nosuchcommand": "", "bench": " bench clips"}.get(args[0], f" {args[0]}")
+        command = "python -m maxwhisper" if "unrecognized" in first else command  # argparse's top parser says so
         assert code == 2 and err.splitlines() == [err.splitlines()[0], f"see: {command} --help"], err
         assert err.startswith(first), err
 
@@ -429,8 +431,16 @@ def test_every_option_with_a_value_says_its_default():
 
     from maxwhisper.__main__ import build_parser
 
-    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
-    silent = [f"{name} {a.option_strings[0]}" for name, p in commands.items() for a in p._actions
+    def commands(parser, prefix=""):  # every (sub)command's parser: `bench` has one per mode
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, p in a.choices.items():
+                    yield f"{prefix}{name}", p
+                    yield from commands(p, f"{prefix}{name} ")
+
+    parsers = dict(commands(build_parser()))
+    assert {"bench clips", "bench realtime", "transcribe"} <= set(parsers)
+    silent = [f"{name} {a.option_strings[0]}" for name, p in parsers.items() for a in p._actions
               if a.option_strings and a.nargs != 0 and a.default is not None and "default" not in (a.help or "").lower()]
     assert silent == []
 
@@ -440,8 +450,9 @@ def test_every_option_with_a_value_says_its_default():
     (["serve", "--ui"], "app", "maxwhisper serve --ui"),
     (["transcribe-many", str(JFK), "--output", "unused"], "bulk", "maxwhisper transcribe-many"),
     (["bench", "--quick"], "bench", "maxwhisper bench"),
-    (["bench", "--realtime"], "serve", "maxwhisper bench --realtime"),
-    (["bench", "--realtime"], "batched", "maxwhisper bench --realtime"),
+    (["bench", "--realtime"], "serve", "maxwhisper bench realtime"),
+    (["bench", "realtime"], "batched", "maxwhisper bench realtime"),
+    (["bench", "bulk"], "bulk", "maxwhisper bench bulk"),
     (["selfcheck"], "baselines", "maxwhisper selfcheck"),
     (["transcribe", str(JFK), "--batch-size", "2"], "batched", "--batch-size"),
 ])
@@ -480,6 +491,18 @@ def test_bench_realtime_says_a_missing_backend_before_starting_ray(capsys, monke
     code, err = run_main(capsys, "bench", "--realtime", "--backends", "faster")
     assert code == 2 and err == ("error: backend 'faster' (" + BACKENDS["faster"].description + ") needs the "
                                  "'baselines' extra: pip install 'maxwhisper[baselines]'\n")
+
+
+def test_the_command_s_messages_go_through_the_maxwhisper_logger_and_show_on_stderr_once(capsys, caplog):
+    """A library's users get its messages from `logging` (the `maxwhisper` logger, a child per
+    module); the command line shows them as plain lines on stderr, once however often it runs."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="maxwhisper"):
+        for _ in range(2):
+            code, err = run_main(capsys, "compare", JFK, "--backends", "nope")
+            assert code == 2 and err == "error: unknown backend(s) nope; valid backends: max, openai, faster\n"
+    assert [(r.name, r.levelname) for r in caplog.records] == [("maxwhisper.cli", "ERROR")] * 2
 
 
 class _CompilesOnFirstUse(_Lengths):

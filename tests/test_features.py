@@ -1,4 +1,4 @@
-"""Issue 6 against openai-whisper on the same weights: beam search, multilingual (language
+"""The decoding features against openai-whisper on the same weights: beam search, multilingual (language
 detection, explicit language, translation), word timestamps, prompts and thresholds, silence,
 and checkpoints of other shapes given by path.
 
@@ -40,7 +40,7 @@ RANDOM_DIMS = ModelDims(n_mels=128, n_audio_ctx=1500, n_audio_state=64, n_audio_
                         n_vocab=51866, n_text_ctx=448, n_text_state=64, n_text_head=4, n_text_layer=2)
 
 ROOT = Path(__file__).resolve().parents[1]
-AUDIO = ROOT.parent / "shared" / "audio"
+AUDIO = ROOT / "tests" / "audio"
 # of the largest logit: activations are rounded to float16 (2^-11 relative) at ~5 places per layer
 # (linears, GELU, residual adds), ~20 roundings in series through 2 + 2 layers: 20 * 2^-11 ~ 1e-2
 FP16_LOGIT_TOLERANCE = 1e-2

@@ -69,12 +69,12 @@ def test_the_cpu_plan_runs_every_kernel_and_no_kernels_runs_the_gpu_s_graphs(tin
     assert cpu.name == "cpu-kernels" and cpu.greedy_choice is greedy_choice and cpu.token_step
     assert cpu.encoder_linear_kernel and cpu.encoder_attention_kernel and cpu.step_linears_kernel
     assert cpu.conv_stem_kernel and "conv stem" in cpu.describe() and not cpu.encoder_attention_bf16
-    # int8's encoder attention in bfloat16 only where the caller says it pays (`registry.bf16_attention_pays`)
+    # int8's encoder attention in bfloat16 only where the caller says it pays (`cpu_features.bf16_attention_pays`)
     int8 = {cpu_bf16: make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims, int8=True,
                                 cpu_bf16=cpu_bf16) for cpu_bf16 in (False, True)}
     assert not int8[False].encoder_attention_bf16 and "bf16 encoder attention" not in int8[False].describe()
     assert int8[True].encoder_attention_bf16 and "bf16 encoder attention" in int8[True].describe()
-    # int8's packed linears and attention on AMX tiles where the caller may run them (`registry.amx_permitted`)
+    # int8's packed linears and attention on AMX tiles where the caller may run them (`cpu_features.amx_permitted`)
     tiles = make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims, int8=True, amx=True)
     assert tiles.amx_tiles and "AMX tiles" in tiles.describe() and not int8[True].amx_tiles
     assert not make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims, amx=True).amx_tiles

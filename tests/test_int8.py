@@ -7,7 +7,7 @@ import pytest
 
 from maxwhisper.api import DecodeOptions
 from maxwhisper.bench.clips import REFERENCES, audio_dir, load_clip, parse_clip
-from maxwhisper.registry import amx_permitted, bf16_attention_pays
+from maxwhisper.cpu_features import amx_permitted, bf16_attention_pays
 from maxwhisper.scoring import agreement, pooled_wer
 
 # int8 rounds every weight to 1 part in 254 of its row's largest and every encoder activation row to
@@ -30,7 +30,7 @@ def test_int8_plan_runs_every_linear_in_int8(max_tiny_en_int8):
 
 
 def assert_wer_within_tolerance_of_fp32(fp32_model, reduced_model, tolerance_points: float) -> None:
-    """The reduced-precision model's pooled WER on the shared clips with references is at most
+    """The reduced-precision model's pooled WER on the test clips with references is at most
     `tolerance_points` percentage points above the fp32 model's (each transcript says its precision)."""
     clips = [parse_clip(name, audio_dir()) for name in REFERENCES if (audio_dir() / name.split("#")[0]).exists()]
     assert len(clips) >= 3

@@ -52,7 +52,7 @@ def _kernel_graph(name, input_types, build, weights=None):
     from max.engine import InferenceSession
     from max.graph import BufferType, Graph
 
-    from maxwhisper.graph.layers import kernel_library
+    from maxwhisper.graph.kernel_package import kernel_library
 
     is_buffer = [isinstance(t, BufferType) for t in input_types]
     with Graph(name, input_types=input_types, custom_extensions=[kernel_library()]) as graph:
@@ -368,7 +368,7 @@ def test_packed_linear_int8_kernel_is_the_exact_int8_product():
 
     from maxwhisper.graph.layers import MACHINE_TILE, WeightBank, packed_linear_int8
     from maxwhisper.graph.weights import quantize_int8
-    from maxwhisper.registry import amx_permitted
+    from maxwhisper.cpu_features import amx_permitted
 
     rng = np.random.default_rng(0)
     k, n, m = 1536, 48, 67
@@ -703,27 +703,27 @@ def test_few_row_linear_is_used_only_where_the_kernel_fits():
 
 
 def test_kernel_library_copies_the_shipped_package_and_a_broken_kernel_is_a_clear_error(tmp_path, monkeypatch):
-    from maxwhisper.graph import layers
+    from maxwhisper.graph import kernel_package
 
-    compile_kernels = layers.compile_kernels
+    compile_kernels = kernel_package.compile_kernels
 
     def compiled(package):
         raise AssertionError("no shipped package is named for these kernels: ship_kernel_library() ships it")
-    monkeypatch.setattr(layers, "compile_kernels", compiled)
+    monkeypatch.setattr(kernel_package, "compile_kernels", compiled)
     monkeypatch.setenv("MODULAR_CACHE_DIR", str(tmp_path / "cache"))
-    package = layers.kernel_library()
+    package = kernel_package.kernel_library()
     assert package.parent == tmp_path / "cache" / "maxwhisper" and list(package.parent.iterdir()) == [package]
-    assert package.read_bytes() == (layers.SHIPPED_KERNELS / package.name).read_bytes()
-    assert layers.kernel_library() == package
+    assert package.read_bytes() == (kernel_package.SHIPPED_KERNELS / package.name).read_bytes()
+    assert kernel_package.kernel_library() == package
 
-    monkeypatch.setattr(layers, "compile_kernels", compile_kernels)
+    monkeypatch.setattr(kernel_package, "compile_kernels", compile_kernels)
     broken = tmp_path / "kernels"
     broken.mkdir()
     (broken / "__init__.mojo").write_text("")
     (broken / "attention.mojo").write_text("def oops(:\n")
-    monkeypatch.setattr(layers, "KERNELS", broken)
+    monkeypatch.setattr(kernel_package, "KERNELS", broken)
     with pytest.raises(RuntimeError, match="compiling the Mojo kernels"):
-        layers.kernel_library()  # no package shipped for these sources: compiled, and refused
+        kernel_package.kernel_library()  # no package shipped for these sources: compiled, and refused
     assert sorted(p.name for p in package.parent.iterdir()) == [package.name]  # no staging folder left
 
 
@@ -731,14 +731,15 @@ def test_the_shipped_kernel_package_is_what_the_kernels_compile_to(tmp_path):
     """The package shipped with the code is the only one there, named for these kernels and this
     compiler, and is byte for byte what compiling them gives: a kernel changed without shipping its
     package again fails here."""
-    from maxwhisper.graph import layers
+    from maxwhisper.graph import kernel_package
 
-    again = ("the kernels changed: ship their package again with python -c 'from maxwhisper.graph.layers "
-             "import ship_kernel_library; ship_kernel_library()'")
-    assert [p.name for p in layers.SHIPPED_KERNELS.glob("*.mojoc")] == [layers.kernel_package_name()], again
-    fresh = tmp_path / layers.kernel_package_name()
-    layers.compile_kernels(fresh)
-    assert fresh.read_bytes() == (layers.SHIPPED_KERNELS / fresh.name).read_bytes(), again
+    again = ("the kernels changed: ship their package again with python -c 'from "
+             "maxwhisper.graph.kernel_package import ship_kernel_library; ship_kernel_library()'")
+    shipped, name = kernel_package.SHIPPED_KERNELS, kernel_package.kernel_package_name()
+    assert [p.name for p in shipped.glob("*.mojoc")] == [name], again
+    fresh = tmp_path / name
+    kernel_package.compile_kernels(fresh)
+    assert fresh.read_bytes() == (shipped / fresh.name).read_bytes(), again
 
 
 def test_compiled_cpu_graphs_are_kept_on_disk_and_the_next_load_uses_them(tmp_path, monkeypatch):
@@ -748,7 +749,7 @@ def test_compiled_cpu_graphs_are_kept_on_disk_and_the_next_load_uses_them(tmp_pa
     from max.graph import DeviceRef, Graph, Module, TensorType
 
     from maxwhisper.graph import compiled
-    from maxwhisper.registry import CPU_LEVELS
+    from maxwhisper.cpu_features import CPU_LEVELS
 
     monkeypatch.setattr(compiled, "cache_folder", lambda: tmp_path)
 
@@ -824,7 +825,7 @@ def test_a_graph_built_without_the_custom_op_check_is_the_same_graph(max_tiny_en
     from max.graph import DeviceRef, Graph, TensorType, ops
 
     from maxwhisper.graph.compiled import custom_ops_unchecked
-    from maxwhisper.graph.layers import kernel_library
+    from maxwhisper.graph.kernel_package import kernel_library
     from maxwhisper.graph.model import graph_names
 
     net = max_tiny_en.net

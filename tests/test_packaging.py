@@ -124,17 +124,21 @@ def test_setup_gpu_says_what_is_missing_before_installing_anything(tmp_path):
 
 def test_the_wheel_holds_the_package_under_names_of_its_own(tmp_path):
     """No generic top-level name (`baselines`, `showcase`) in site-packages; the Mojo kernels and their
-    compiled package, the vocabularies and the entry points are in the wheel. Built from a copy of the
-    checkout, so that the build leaves nothing in it."""
+    compiled package, the vocabularies and the entry points are in the wheel; the test audio and the
+    examples' clips are not. Built from a copy of the checkout, so that the build leaves nothing in it."""
     import shutil
+
+    from maxwhisper.audio import MEDIA_SUFFIXES
 
     source = tmp_path / "source"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "tests", "benchmarks", "build", "dist",
                                                                 "*.egg-info", "__pycache__", "artifacts"))
+    shutil.copytree(ROOT / "tests" / "audio", source / "tests" / "audio")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(source)],
                    check=True, capture_output=True, timeout=600)
     (wheel,) = tmp_path.glob("maxwhisper-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
+    assert not [n for n in names if n.lower().endswith(tuple(MEDIA_SUFFIXES))]
     assert {n.split("/")[0] for n in names} == {"maxwhisper", "maxwhisper_baselines", "maxwhisper_showcase",
                                                f"{wheel.name.split('-py')[0]}.dist-info"}
     kernels = {Path(n).name for n in names if n.startswith("maxwhisper/graph/kernels/")}

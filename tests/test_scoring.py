@@ -6,7 +6,7 @@ import pytest
 
 from maxwhisper import scoring
 from maxwhisper.bench.clips import REFERENCES
-from maxwhisper.bench.records import add_accuracy
+from maxwhisper.bench.records import add_accuracy, make_records
 from showcase.comparison import comparison_html
 
 
@@ -71,8 +71,13 @@ def test_word_diff_with_context_shows_only_the_words_near_a_difference():
     ("The cat sat on", "the bat sat on it", 0.5),
 ])
 def test_the_app_and_the_benchmark_report_the_same_wer(reference, hypothesis, expected):
-    record = {"audio": "clip.flac", "backend": "max", "precision": "fp32", "text": hypothesis}
+    run = {"total_s": 1.0, "features_s": None, "encode_s": None, "decode_s": None}
+    clip = {"audio": "clip.flac", "audio_s": 1.0, "warmup_s": 1.0, "text": hypothesis, "tokens": [], "language": "en",
+            "deterministic": True, "peak_rss_mib": 1.0, "runs": [run]}
+    worker = {"backend": "max", "model": "tiny.en", "device": "cpu", "precision": "fp32", "load_s": 0.0,
+              "compile_s": 0.0, "rss_after_load_mib": 1.0, "clips": [clip]}
+    (record,), _ = make_records(worker, threads=1, repeats=1)
     add_accuracy([record], references={"clip.flac": reference})
-    assert record["wer"] == pytest.approx(expected)
+    assert record.wer == pytest.approx(expected)
     shown = comparison_html("vs your reference text", reference, hypothesis)
     assert f"WER {100 * expected:.1f} %" in shown

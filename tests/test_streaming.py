@@ -20,7 +20,7 @@ from maxwhisper.streaming import (BUDGET, CONTEXT_S, FORCED_CUT_S, PAUSE_S, SETT
                                   repeat_start, stream_audio)
 from scripted import ScriptedTranscriber
 
-LECTURE = Path(__file__).resolve().parents[1].parent / "shared" / "audio" / "physicsworks.flac"
+LECTURE = Path(__file__).resolve().parent / "audio" / "physicsworks.flac"
 
 
 def words(text: str, start: float = 0.0, step: float = 0.5) -> list[StreamWord]:
@@ -757,7 +757,7 @@ def test_stream_command_prints_committed_text_and_latency():
     from whisper.normalizers import EnglishTextNormalizer
 
     root = Path(__file__).resolve().parents[1]
-    jfk = root.parent / "shared" / "audio" / "jfk.flac"
+    jfk = root / "tests" / "audio" / "jfk.flac"
     p = subprocess.run([sys.executable, "-m", "maxwhisper", "stream", str(jfk), "--backend", "faster",
                         "--threads", "2"], cwd=root, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr

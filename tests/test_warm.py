@@ -13,7 +13,7 @@ import pytest
 from maxwhisper.__main__ import main
 
 ROOT = Path(__file__).resolve().parents[1]
-JFK = ROOT.parent / "shared" / "audio" / "jfk.flac"
+JFK = ROOT / "tests" / "audio" / "jfk.flac"
 # what a tiny.en fp32 model runs on the CPU: the first window's pair compiled as one unit, the rest one by one
 UNITS = ("encoder+token_step", "decoder_step", "alignment", "cache_reorder", "batch_repeat")
 
@@ -96,27 +96,28 @@ def test_warm_refuses_a_bad_model_or_precision_before_anything_compiles(capsys, 
 
 def test_warm_refuses_a_cpu_level_this_cpu_lacks(capsys, monkeypatch, tmp_path):
     """The build machine runs what it compiles for a level: one without AVX-512 refuses x86-64-v4."""
-    from maxwhisper import registry
+    from maxwhisper import cpu_features
 
     monkeypatch.setenv("MODULAR_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(registry, "host_cpu_flags", lambda: registry.CPU_LEVELS["x86-64-v3"] | {"avx512f"})
+    monkeypatch.setattr(cpu_features, "host_cpu_flags", lambda: cpu_features.CPU_LEVELS["x86-64-v3"] | {"avx512f"})
     assert main(["warm", "--device", "cpu", "--cpu-level", "x86-64-v4"]) == 2
     out, err = capsys.readouterr()
     assert "lacks avx512bw, avx512cd, avx512dq, avx512vl" in err and len(err.strip().splitlines()) == 1 and not out
-    assert registry.cpu_level() is None and not (tmp_path / "cache").exists()
+    assert cpu_features.cpu_level() is None and not (tmp_path / "cache").exists()
 
 
 def test_a_cpu_level_answers_for_the_flags_the_plans_read(monkeypatch):
     """Under a level, the plans see its flags, not this CPU's: no bfloat16 attention on an AVX512_BF16 host."""
-    from maxwhisper import registry
+    from maxwhisper import cpu_features
 
-    monkeypatch.setattr(registry, "_level", None)  # restored after the test
-    host = registry.CPU_LEVELS["x86-64-v4"] | {"avx512_bf16", "avx512_vnni"}
-    monkeypatch.setattr(registry, "host_cpu_flags", lambda: host)
-    assert registry.has_bf16()
-    registry.use_cpu_level("x86-64-v3")
-    assert registry.cpu_level() == "x86-64-v3" and registry.cpu_flags() == registry.CPU_LEVELS["x86-64-v3"]
-    assert not registry.has_bf16() and not registry.bf16_attention_pays()
+    monkeypatch.setattr(cpu_features, "_level", None)  # restored after the test
+    host = cpu_features.CPU_LEVELS["x86-64-v4"] | {"avx512_bf16", "avx512_vnni"}
+    monkeypatch.setattr(cpu_features, "host_cpu_flags", lambda: host)
+    assert cpu_features.has_bf16()
+    cpu_features.use_cpu_level("x86-64-v3")
+    assert cpu_features.cpu_level() == "x86-64-v3"
+    assert cpu_features.cpu_flags() == cpu_features.CPU_LEVELS["x86-64-v3"]
+    assert not cpu_features.has_bf16() and not cpu_features.bf16_attention_pays()
 
 
 def test_every_graph_warmed_up_or_compiled_behind_on_another_thread():

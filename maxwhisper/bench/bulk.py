@@ -1,4 +1,4 @@
-"""`bench --bulk`: bulk jobs (`maxwhisper.transcribe_many`, Ray Data) over the shared clips repeated
+"""`bench bulk`: bulk jobs (`maxwhisper.transcribe_many`, Ray Data) over the test clips repeated
 to at least 30 minutes of audio, for each implementation at 1 and 2 workers, without a batch size
 (the sequential loop, the command's default) and at each batch size: audio hours per hour. Right
 before each one-worker job, the same files through `transcribe()` in one process (a worker
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import tempfile
@@ -20,29 +21,31 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..bulk.job import FILES_AT_ONCE, files_at_once
+from ..bulk.job import files_at_once
 from .clips import audio_dir
 from .records import implementation_label, ratio
 from .report import _f, ratio_text, write_mode_report
-from .worker import info, run_worker
+from .specs import BulkRun, WorkerSpec, decode_json
+from .worker import run_worker
 
+log = logging.getLogger(__name__)
 SPEED_TARGET = 1.3  # MAX fp32's audio hours per hour over faster-whisper fp32's, at least
 OVERHEAD_TARGET = 0.10  # the pipeline's time over transcribe() in one process, less than
 
 
-def shared_clips() -> list[Path]:
-    """The shared clips' media files, sorted: the set a bulk benchmark repeats."""
+def clip_files() -> list[Path]:
+    """The test clips' media files, sorted: the set a bulk benchmark repeats."""
     from ..audio import MEDIA_SUFFIXES
 
     return sorted(p for p in audio_dir().iterdir() if p.suffix.lower() in MEDIA_SUFFIXES)
 
 
 def bulk_clips(folder: Path, minimum_s: float) -> tuple[list[Path], float, int]:
-    """The shared clips linked `repeats` times into `folder` (round-1/jfk.flac, ...), enough for
+    """The test clips linked `repeats` times into `folder` (round-1/jfk.flac, ...), enough for
     `minimum_s` seconds of audio. Returns (files, seconds of audio, repeats)."""
     from ..audio import SAMPLE_RATE, load_audio
 
-    clips = shared_clips()
+    clips = clip_files()
     seconds = sum(len(load_audio(p)) / SAMPLE_RATE for p in clips)
     repeats = max(1, math.ceil(minimum_s / seconds))
     files = []
@@ -54,26 +57,24 @@ def bulk_clips(folder: Path, minimum_s: float) -> tuple[list[Path], float, int]:
     return files, seconds * repeats, repeats
 
 
-def bulk_reference_worker(spec: dict[str, Any]) -> dict[str, Any]:
+def bulk_reference_worker(spec: WorkerSpec) -> dict[str, Any]:
     """In a worker process: the files through `transcribe()` in turn, the model loaded once, on
     `files_at_once` threads (each takes the next file, as a bulk worker's calls do); timed from
     loading the model (as a bulk job's time includes its workers' loads)."""
-    from ..api import DecodeOptions
     from ..audio import load_audio
     from ..registry import create_transcriber
 
-    options = DecodeOptions(**{**spec["options"], "temperature": tuple(spec["options"]["temperature"])})
-    at_once = spec.get("files_at_once", 1)
+    options, at_once = spec.options, spec.files_at_once
     start = time.perf_counter()
-    t = create_transcriber(spec["backend"], model=spec["model"], device=spec["device"], precision=spec["precision"],
-                           threads=spec["threads"], max_batch=at_once)
+    t = create_transcriber(spec.backend, model=spec.model, device=spec.device, precision=spec.precision,
+                           threads=spec.threads, max_batch=at_once)
     with ThreadPoolExecutor(at_once) as pool:  # each thread takes the next file as it ends one
-        audio_s = sum(pool.map(lambda path: t.transcribe(load_audio(path), options).audio_s, spec["files"]))
+        audio_s = sum(pool.map(lambda path: t.transcribe(load_audio(path), options).audio_s, spec.files))
     wall_s = time.perf_counter() - start
-    info(f"[{spec['backend']} {t.precision} one process, batch {_batch(options.batch_size)}] {audio_s / 3600:.2f} h in "
-         f"{wall_s:.1f} s")
-    return {"ok": True, "implementation": implementation_label(spec["backend"], t.precision),
-            "backend": spec["backend"], "precision": t.precision, "batch_size": options.batch_size,
+    log.info(f"[{spec.backend} {t.precision} one process, batch {_batch(options.batch_size)}] {audio_s / 3600:.2f} h "
+             f"in {wall_s:.1f} s")
+    return {"ok": True, "implementation": implementation_label(spec.backend, t.precision),
+            "backend": spec.backend, "precision": t.precision, "batch_size": options.batch_size,
             "files_at_once": at_once, "wall_s": wall_s, "load_s": t.load_s + t.compile_s, "audio_s": audio_s,
             "rate": audio_s / wall_s}
 
@@ -94,9 +95,10 @@ def _job(folder: Path, out: Path, backend: str, precision: str, model: str, work
            "transcribe_s": sum(t["transcribe_s"] or 0 for t in timings),
            "read_s": sum(t["read_s"] for t in timings), "write_s": sum(t["write_s"] or 0 for t in timings),
            "node_files": sorted(sum(r["node"] == n for r in rows) for n in {r["node"] for r in rows})}
-    info(f"[{run['implementation']} {workers} worker(s), batch {_batch(options.batch_size)}, {run['nodes']} node(s)] "
-         f"{summary.audio_s / 3600:.2f} h in {summary.wall_s:.1f} s: {run['rate']:.1f} audio h/h, "
-         f"{summary.failed} failed")
+    log.info(f"[{run['implementation']} {workers} worker(s), batch {_batch(options.batch_size)}, "
+             f"{run['nodes']} node(s)] "
+             f"{summary.audio_s / 3600:.2f} h in {summary.wall_s:.1f} s: {run['rate']:.1f} audio h/h, "
+             f"{summary.failed} failed")
     return run
 
 
@@ -165,24 +167,22 @@ def _start_two_nodes(cores: int):
     return cluster, time.perf_counter() - start
 
 
-def main_bulk(args, impls: list[tuple[str, str]], model: str, decode_dict: dict, machine: dict, vers: dict,
-              out_dir: Path, stem: str) -> int:
+def main_bulk(run: BulkRun, impls: list[tuple[str, str]], model: str, machine: dict, vers: dict, out_dir: Path,
+              stem: str) -> int:
+    """Every job of `job_order` for one model, each with its reference; writes `stem`.{json,md}."""
     import ray
 
-    from ..api import DecodeOptions
-
-    base = DecodeOptions(**{**decode_dict, "temperature": tuple(decode_dict["temperature"])})
-    batches = [None, *args.batch_sizes]  # None: the sequential loop, transcribe-many's default
+    batches = [None, *run.batch_sizes]  # None: the sequential loop, transcribe-many's default
     cores = os.cpu_count() or 1
     runs, references, starts = [], [], {"local": [], "two_nodes": []}
     with tempfile.TemporaryDirectory(prefix="maxwhisper-bulk-") as tmp:
-        files, audio_s, repeats = bulk_clips(Path(tmp) / "clips", args.bulk_minutes * 60)
-        info(f"--- bulk: {len(files)} files, {audio_s / 60:.1f} min of audio ({repeats} x the shared clips) ---")
+        files, audio_s, repeats = bulk_clips(Path(tmp) / "clips", run.minutes * 60)
+        log.info(f"--- bulk: {len(files)} files, {audio_s / 60:.1f} min of audio ({repeats} x the test clips) ---")
         jobs = Path(tmp) / "jobs"
         two_nodes = [(b, p) for b, p in impls if p == "fp32"]
-        for backend, precision, workers, batch, nodes in job_order(impls, args.bulk_workers, batches, two_nodes,
-                                                                   max(args.batch_sizes)):
-            options = dataclasses.replace(base, batch_size=batch)
+        for backend, precision, workers, batch, nodes in job_order(impls, run.workers, batches, two_nodes,
+                                                                   max(run.batch_sizes)):
+            options = dataclasses.replace(run.decode, batch_size=batch)
             if nodes == 2:  # a fresh Cluster per job, as a one-node job gets a fresh local instance
                 cluster, seconds = _start_two_nodes(cores)
                 starts["two_nodes"].append(seconds)
@@ -196,11 +196,11 @@ def main_bulk(args, impls: list[tuple[str, str]], model: str, decode_dict: dict,
             starts["local"].append(_start_local_ray(cores))  # a fresh instance per job, as each command has
             try:
                 if workers == 1:  # its reference right before it, on the same machine state
-                    spec = {"kind": "bulk_reference", "backend": backend, "model": model, "device": "cpu",
-                            "precision": precision, "threads": cores, "files": [str(f) for f in files],
-                            "files_at_once": files_at_once(backend, batch, kernels=True, on_gpu=False),
-                            "options": dataclasses.asdict(options)}
-                    reference = run_worker(spec, args.timeout)
+                    spec = WorkerSpec(kind="bulk_reference", backend=backend, model=model, device="cpu",
+                                      precision=precision, threads=cores, files=tuple(str(f) for f in files),
+                                      files_at_once=files_at_once(backend, batch, kernels=True, on_gpu=False),
+                                      options=options)
+                    reference = run_worker(spec, run.timeout)
                     if reference.get("ok"):
                         references.append(reference)
                 out = jobs / f"{backend}-{precision}-{workers}-{batch or 'sequential'}"
@@ -211,18 +211,18 @@ def main_bulk(args, impls: list[tuple[str, str]], model: str, decode_dict: dict,
     place = {implementation_label(b, p): i for i, (b, p) in enumerate(impls)}
     runs.sort(key=lambda r: (r["nodes"], place[r["implementation"]], r["workers"], batches.index(r["batch_size"])))
     references.sort(key=lambda r: (place[r["implementation"]], batches.index(r["batch_size"])))
-    command = (f"python -m maxwhisper bench --bulk --backends {','.join(dict.fromkeys(b for b, _ in impls))} "
+    command = (f"python -m maxwhisper bench bulk --backends {','.join(dict.fromkeys(b for b, _ in impls))} "
                f"--precisions {','.join(dict.fromkeys(p for _, p in impls))} --models {model} "
-               f"--bulk-minutes {args.bulk_minutes:g} --bulk-workers {','.join(map(str, args.bulk_workers))} "
-               f"--batch-sizes {','.join(map(str, args.batch_sizes))}")
+               f"--minutes {run.minutes:g} --workers {','.join(map(str, run.workers))} "
+               f"--batch-sizes {','.join(map(str, run.batch_sizes))}")
     doc = {"schema_version": 1, "device": "cpu", "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
            "command": command, "machine": machine, "versions": vers,
-           "options": {"batch_sizes": args.batch_sizes, "workers": args.bulk_workers, "decode": decode_dict},
+           "options": {"batch_sizes": run.batch_sizes, "workers": run.workers, "decode": decode_json(run.decode)},
            "bulk": {"model": model, "files": len(files), "audio_s": audio_s, "repeats": repeats,
                     "ray_start_s": starts, "runs": runs, "references": references}}
     write_mode_report(doc, bulk_markdown(doc), out_dir, stem)
     return int(any(r["failed"] for r in runs)
-               or len(references) < len(impls) * len(batches) * (1 in args.bulk_workers))
+               or len(references) < len(impls) * len(batches) * (1 in run.workers))
 
 
 def _batch(batch: int | None) -> str:
@@ -274,8 +274,8 @@ def bulk_targets(doc: dict) -> list[str]:
     for ref in b["references"]:
         r = _run(runs, ref["implementation"], 1, ref["batch_size"])
         # like with like: the reference takes as many files at once as the job's worker (older results
-        # recorded neither: there MAX's sequential job took FILES_AT_ONCE, its reference one)
-        old_default = FILES_AT_ONCE if ref["backend"] == "max" and ref["batch_size"] is None else 1
+        # recorded neither: there MAX's sequential job took `files_at_once`'s, its reference one)
+        old_default = files_at_once(ref["backend"], ref["batch_size"], kernels=True, on_gpu=False)
         if r and ref.get("files_at_once", 1) == r.get("files_at_once", old_default):
             overhead = r["wall_s"] / ref["wall_s"] - 1
             lines.append(f"- pipeline overhead, {ref['implementation']} batch {_batch(ref['batch_size'])}: 1 worker "
@@ -312,7 +312,7 @@ def bulk_markdown(doc: dict) -> str:
     lines = [f"# Bulk jobs on Ray Data: {b['model']}, cpu", "",
              f"{m.get('cpu')} ({m.get('vector_isa')}), {m.get('cores')} cores; {doc['created']}. "
              f"`{doc['command']}`: {b['files']} files, {b['audio_s'] / 60:.1f} min of audio "
-             f"(the shared clips {b['repeats']} times), each job `transcribe_many` into a fresh folder (txt). "
+             f"(the test clips {b['repeats']} times), each job `transcribe_many` into a fresh folder (txt). "
              f"A job's time includes its workers' start and model load; Ray's start-up is apart: "
              f"{_start_text(starts.get('local', 0), starts.get('two_nodes', 0))}. "
              "Batch none: the sequential loop (the command's default; "

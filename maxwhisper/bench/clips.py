@@ -11,7 +11,7 @@ from ..extras import checkout
 
 
 # --- reference transcripts, keyed by clip name (file name, "#left"/"#right" for one channel) ---
-# Quoted from /work/shared/audio/MANIFEST.md. physicsworks.flac has no human reference (its
+# Quoted from tests/audio/MANIFEST.md. physicsworks.flac has no human reference (its
 # whisper-medium transcript is model output), so it gets agreement with openai-whisper, no WER.
 _JFK = ("And so my fellow Americans, ask not what your country can do for you, "
         "ask what you can do for your country.")
@@ -38,12 +38,11 @@ class Clip:
 
 
 def audio_dir() -> Path:
-    """The shared test audio: $MAXWHISPER_AUDIO_DIR, else shared/audio beside the checkout or in
-    it, else ./shared/audio."""
-    root = checkout()
-    candidates = [os.environ.get("MAXWHISPER_AUDIO_DIR"), *((root.parent / "shared" / "audio",
-                                                             root / "shared" / "audio") if root else ())]
-    return next((Path(c) for c in candidates if c and Path(c).is_dir()), Path("shared") / "audio")
+    """The test and benchmark audio: $MAXWHISPER_AUDIO_DIR where set, else the checkout's
+    tests/audio (./tests/audio where maxwhisper is installed from a wheel)."""
+    if os.environ.get("MAXWHISPER_AUDIO_DIR"):
+        return Path(os.environ["MAXWHISPER_AUDIO_DIR"])
+    return (checkout() or Path()) / "tests" / "audio"
 
 
 def parse_clip(spec: str, base: Path | None = None) -> Clip:

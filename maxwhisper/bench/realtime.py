@@ -1,13 +1,14 @@
-"""`bench --realtime`: live sessions of OpenAI's realtime transcription against one replica.
+"""`bench realtime`: live sessions of OpenAI's realtime transcription against one replica.
 
 Each setup (MAX fp32 and int8, faster-whisper fp32 and int8) is served in turn by `serve` with one
-model replica of `--realtime-cpus` CPUs. For N sessions at once (N rising), each session
+model replica of `--cpus` CPUs. For N sessions at once (N rising), each session
 connects to `/v1/realtime?intent=transcription` over a WebSocket, asks for server VAD (OpenAI's
 defaults) and for each delta's words with their times (`realtime.protocol.WORDS`), and streams the
 lecture at 24 kHz in 100 ms appends, each sent when its audio would have been spoken; the sessions
 start 1/N s apart. A word's commit latency is when its delta arrived minus when its audio ended. N
 keeps up when every session ended normally and the p90 latency over all their words is at most
-`--realtime-p90` (the issue's 2.5 s by default); N rises until it does not. The clients run in this process, on the same machine.
+`--p90` (`P90_BOUND_S` by default); N rises until it does not. The clients run in this process,
+on the same machine.
 The transcripts are scored against whisper-medium's (the whole lecture only) and against the first
 session's at the setup's first N, which shows what sharing the replica changed in the text.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -25,7 +27,9 @@ import numpy as np
 from ..api import SAMPLE_RATE
 from ..realtime.protocol import WORDS
 from .report import ratio_text, write_mode_report
+from .specs import RealtimeRun
 
+log = logging.getLogger(__name__)
 P90_BOUND_S = 2.5  # the p90 commit latency a number of sessions must keep to count as keeping up (default)
 CHUNK_S = 0.1  # audio per append, as a microphone client sends it
 RATE = 24000  # OpenAI's PCM rate
@@ -173,8 +177,8 @@ SETUPS = (Setup("MAX fp32", "max", "fp32"), Setup("MAX int8", "max", "int8"),
 TARGET = 1.5  # MAX's sessions kept up / faster-whisper's, at least
 
 
-def main_realtime(args, out_dir) -> int:
-    """Each setup served in turn; N sessions for each N of --realtime-sessions until one does not keep
+def main_realtime(run: RealtimeRun, out_dir) -> int:
+    """Each setup served in turn; N sessions for each N of --sessions until one does not keep
     up; writes realtime-<machine>-tiny.en.{json,md}."""
     import ray
     from ray import serve
@@ -187,48 +191,47 @@ def main_realtime(args, out_dir) -> int:
     from .clips import audio_dir, pseudo_reference
     from .machine import device_tag, machine_info, versions
     from .serve import deployed
-    from .worker import info
 
-    setups = [s for s in SETUPS if (not args.backends or s.backend in args.backends)
-              and (not args.precisions or s.precision in args.precisions)]
+    setups = [s for s in SETUPS if (not run.backends or s.backend in run.backends)
+              and (not run.precisions or s.precision in run.precisions)]
     if not setups:
         raise BackendError("nothing to measure: the realtime mode serves " + ", ".join(s.label for s in SETUPS))
     for backend in dict.fromkeys(s.backend for s in setups):  # a missing one is said before Ray starts
         installed_backend(backend)
     machine, vers = machine_info(), versions()
     audio = load_audio(audio_dir() / "physicsworks.flac")
-    if args.realtime_seconds:
-        audio = audio[:round(args.realtime_seconds * SAMPLE_RATE)]
+    if run.seconds:
+        audio = audio[:round(run.seconds * SAMPLE_RATE)]
     audio_s = len(audio) / SAMPLE_RATE
-    reference = None if args.realtime_seconds else pseudo_reference("physicsworks.flac")
+    reference = None if run.seconds else pseudo_reference("physicsworks.flac")
     data = pcm16(audio)
     port = _free_port()
     url = f"ws://127.0.0.1:{port}/v1/realtime?intent=transcription"
-    ray.init(num_cpus=max(2, int(args.realtime_cpus)), include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=max(2, int(run.cpus)), include_dashboard=False, log_to_driver=False)
     runs, failures = [], []
     try:
         serve.start(proxy_location="Disabled")
         for setup in setups:
-            info(f"--- {setup.label} ---")
+            log.info(f"--- {setup.label} ---")
             config = ServiceConfig(backends=(setup.backend,), models=("tiny.en",), device="cpu",
-                                   precision=setup.precision, cpus_per_replica=args.realtime_cpus,
-                                   host="127.0.0.1", port=port, max_sessions=max(args.realtime_sessions))
+                                   precision=setup.precision, cpus_per_replica=run.cpus,
+                                   host="127.0.0.1", port=port, max_sessions=max(run.sessions))
             if not deployed(config, setup.label, failures):
                 continue
             asyncio.run(run_sessions(url, data[:10 * RATE * 2], 1))  # warm-up: one session of 10 s
             rows, alone = [], None
-            for n in args.realtime_sessions:
+            for n in run.sessions:
                 start = time.perf_counter()
                 sessions = asyncio.run(run_sessions(url, data, n))
-                row = {**summary(sessions, audio_s, args.realtime_p90), "wall_s": round(time.perf_counter() - start, 1)}
+                row = {**summary(sessions, audio_s, run.p90), "wall_s": round(time.perf_counter() - start, 1)}
                 alone = alone or next((s.text for s in sessions if s.ok), None)
                 for key, text in (("wer_vs_whisper_medium", reference), ("wer_vs_first_n", alone)):
                     scores = [wer(text, s.text) for s in sessions if s.ok] if text else []
                     row[key] = round(sum(scores) / len(scores), 4) if scores else None
                 rows.append(row)
-                info(f"{setup.label}, {n} sessions: latency median {row['latency_median_s']} s, p90 "
-                     f"{row['latency_p90_s']} s, {row['sessions_ok']} of {n} ended normally: "
-                     f"{'keeps up' if row['keeps_up'] else 'does not keep up'} ({row['wall_s']} s)")
+                log.info(f"{setup.label}, {n} sessions: latency median {row['latency_median_s']} s, p90 "
+                         f"{row['latency_p90_s']} s, {row['sessions_ok']} of {n} ended normally: "
+                         f"{'keeps up' if row['keeps_up'] else 'does not keep up'} ({row['wall_s']} s)")
                 if not row["keeps_up"]:
                     break
             kept = [r["sessions"] for r in rows if r["keeps_up"]]
@@ -238,28 +241,27 @@ def main_realtime(args, out_dir) -> int:
         serve.shutdown()
     finally:
         ray.shutdown()
-    command = "python -m maxwhisper bench --realtime " + shlex.join(
+    command = "python -m maxwhisper bench realtime " + shlex.join(
         ["--backends", ",".join(dict.fromkeys(s.backend for s in setups)),
          "--precisions", ",".join(dict.fromkeys(s.precision for s in setups)),
-         "--realtime-sessions", ",".join(map(str, args.realtime_sessions)),
-         "--realtime-cpus", f"{args.realtime_cpus:g}", "--realtime-p90", f"{args.realtime_p90:g}"]
-        + (["--realtime-seconds", f"{args.realtime_seconds:g}"] if args.realtime_seconds else []))
+         "--sessions", ",".join(map(str, run.sessions)), "--cpus", f"{run.cpus:g}", "--p90", f"{run.p90:g}"]
+        + (["--seconds", f"{run.seconds:g}"] if run.seconds else []))
     doc = {"schema_version": 1, "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": command,
            "machine": machine, "versions": vers, "options": {
-               "clip": "physicsworks.flac" + (f", first {args.realtime_seconds:g} s" if args.realtime_seconds else ""),
-               "audio_s": round(audio_s, 2), "sessions": args.realtime_sessions, "p90_bound_s": args.realtime_p90,
-               "chunk_s": CHUNK_S, "rate": RATE, "cpus_per_replica": args.realtime_cpus, "replicas": 1,
+               "clip": "physicsworks.flac" + (f", first {run.seconds:g} s" if run.seconds else ""),
+               "audio_s": round(audio_s, 2), "sessions": run.sessions, "p90_bound_s": run.p90,
+               "chunk_s": CHUNK_S, "rate": RATE, "cpus_per_replica": run.cpus, "replicas": 1,
                "max_batch": ServiceConfig().max_batch, "model": "tiny.en",
                "turn_detection": "server_vad, OpenAI's defaults"},
            "runs": runs, "failures": failures}
     stem = f"realtime-{device_tag('cpu', machine)}-tiny.en" + (
-        "" if args.realtime_p90 == P90_BOUND_S else f"-p90-{args.realtime_p90:g}s")
+        "" if run.p90 == P90_BOUND_S else f"-p90-{run.p90:g}s")
     write_mode_report(doc, realtime_markdown(doc), out_dir, stem)
     return int(bool(failures))
 
 
 def realtime_targets(doc: dict) -> list[str]:
-    """The realtime issue's aim: MAX's sessions kept up against faster-whisper's better precision."""
+    """The realtime mode's aim: MAX's sessions kept up against faster-whisper's better precision."""
     most = {r["setup"]: r["most_sessions_kept_up"] for r in doc["runs"]}
     faster = max((n for s, n in most.items() if s.startswith("faster")), default=None)
     lines = []

@@ -1,10 +1,11 @@
-"""The benchmark's records: the implementations, statistics over timed runs, one record per
+"""The benchmark's records: the implementations, statistics over timed runs, one `ClipResult` per
 (implementation, clip) from the workers' output, its accuracy (WER, agreement with openai-whisper)
 and the project's targets; the batched mode's accuracy."""
 from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from ..registry import BACKENDS
@@ -18,8 +19,8 @@ IMPLEMENTATIONS: dict[str, list[tuple[str, str]]] = {
     for device in dict.fromkeys(d for b in BACKENDS.values() for d in b.devices)
 }
 WER_TARGET_POINTS = 0.5  # MAX WER - openai WER, percentage points, at most
-# MAX int8 against faster-whisper int8, total time (issue 28): on the lecture 1.5x where the CPU has
-# VNNI (int8 dot products), 1.3x on an AVX2 one; on a short clip 1.3x on both
+# MAX int8 against faster-whisper int8, total time: on the lecture 1.5x where the CPU has VNNI (int8
+# dot products), 1.3x on an AVX2 one; on a short clip 1.3x on both
 INT8_SPEED_TARGETS = {"long_form_vnni": 1.5, "long_form": 1.3, "short": 1.3}
 SHORT_CLIP = "jfk.flac"
 DECODER_TARGET = 2.0  # MAX int8's decoder tokens/s on the lecture against MAX fp32's, at least
@@ -77,8 +78,55 @@ def merge_round(first: dict[str, Any], later: dict[str, Any]) -> None:
         mine["peak_rss_mib"] = max(mine["peak_rss_mib"], theirs["peak_rss_mib"])
 
 
-def make_records(worker: dict[str, Any], threads: int, repeats: int) -> tuple[list[dict], list[dict]]:
-    """A worker's output -> one result record per clip (and failure entries for failed clips)."""
+@dataclass(kw_only=True)
+class ClipResult:
+    """One implementation's figures on one clip: a row of the per-clip results, written key for key
+    (`dataclasses.asdict`) as `results` in the JSON (benchmarks/README.md gives the schema). Times in
+    seconds, memory in MiB; the accuracy fields are filled by `add_accuracy`."""
+
+    audio: str  # the clip's name (`clips.Clip.name`)
+    backend: str
+    model: str
+    device: str
+    precision: str
+    implementation: str  # "MAX fp32"
+    audio_s: float
+    total_s_median: float
+    total_s_min: float
+    total_s_max: float
+    total_s_q1: float
+    total_s_q3: float
+    total_s_iqr: float
+    total_s_runs: list[float]  # every timed run's, in order
+    decode_s_runs: list[float | None]
+    rtfx: float | None  # audio seconds per median processing second
+    load_s: float
+    compile_s: float
+    features_s: float | None  # the stages' medians; None where the backend does not time one apart
+    encode_s: float | None
+    decode_s: float | None
+    warmup_s: float
+    n_tokens: int
+    tokens_per_s: float | None  # of the decoder
+    peak_rss_mib: float
+    rss_after_load_mib: float
+    gpu_mem_mib: float | None
+    wer: float | None = None  # against the clip's reference, where it has one
+    agreement: float | None = None  # 1 - WER against openai-whisper's transcript
+    wer_vs_openai: float | None = None
+    tokens_identical_to_openai: bool | None = None
+    agreement_with: str | None = None  # the openai-whisper implementation compared with
+    deterministic: bool  # every timed run gave the warm-up's tokens
+    language: str
+    threads: int
+    repeats: int
+    text: str
+    tokens: list[int]
+    worker_wall_s: float | None = None  # the worker processes' wall time, all clips and rounds
+
+
+def make_records(worker: dict[str, Any], threads: int, repeats: int) -> tuple[list[ClipResult], list[dict]]:
+    """A worker's output -> one result per clip (and failure entries for failed clips)."""
     records, failures = [], []
     for c in worker["clips"]:
         base = {"audio": c["audio"], "backend": worker["backend"], "model": worker["model"],
@@ -89,60 +137,59 @@ def make_records(worker: dict[str, Any], threads: int, repeats: int) -> tuple[li
         totals = spread(r["total_s"] for r in c["runs"])
         stage = {k: median_or_none(r[k] for r in c["runs"]) for k in ("features_s", "encode_s", "decode_s")}
         n_tokens = len(c["tokens"])
-        records.append({
+        records.append(ClipResult(
             **base,
-            "implementation": implementation_label(worker["backend"], worker["precision"]),
-            "audio_s": c["audio_s"],
-            "total_s_median": totals["median"], "total_s_min": totals["min"], "total_s_max": totals["max"],
-            "total_s_q1": totals["q1"], "total_s_q3": totals["q3"], "total_s_iqr": totals["iqr"],
-            "total_s_runs": [r["total_s"] for r in c["runs"]], "decode_s_runs": [r["decode_s"] for r in c["runs"]],
-            "rtfx": c["audio_s"] / totals["median"] if totals["median"] > 0 else None,
-            "load_s": worker["load_s"], "compile_s": worker["compile_s"],
+            implementation=implementation_label(worker["backend"], worker["precision"]),
+            audio_s=c["audio_s"],
+            total_s_median=totals["median"], total_s_min=totals["min"], total_s_max=totals["max"],
+            total_s_q1=totals["q1"], total_s_q3=totals["q3"], total_s_iqr=totals["iqr"],
+            total_s_runs=[r["total_s"] for r in c["runs"]], decode_s_runs=[r["decode_s"] for r in c["runs"]],
+            rtfx=c["audio_s"] / totals["median"] if totals["median"] > 0 else None,
+            load_s=worker["load_s"], compile_s=worker["compile_s"],
             **stage,
-            "warmup_s": c["warmup_s"],
-            "n_tokens": n_tokens,
-            "tokens_per_s": ratio(n_tokens, stage["decode_s"]),
-            "peak_rss_mib": c["peak_rss_mib"], "rss_after_load_mib": worker["rss_after_load_mib"],
-            "gpu_mem_mib": c.get("gpu_mem_mib"),
-            "wer": None, "agreement": None, "wer_vs_openai": None, "tokens_identical_to_openai": None,
-            "agreement_with": None,
-            "deterministic": c["deterministic"], "language": c["language"],
-            "threads": threads, "repeats": repeats,
-            "text": c["text"], "tokens": c["tokens"],
-        })
+            warmup_s=c["warmup_s"],
+            n_tokens=n_tokens,
+            tokens_per_s=ratio(n_tokens, stage["decode_s"]),
+            peak_rss_mib=c["peak_rss_mib"], rss_after_load_mib=worker["rss_after_load_mib"],
+            gpu_mem_mib=c.get("gpu_mem_mib"),
+            deterministic=c["deterministic"], language=c["language"],
+            threads=threads, repeats=repeats,
+            text=c["text"], tokens=c["tokens"],
+        ))
     return records, failures
 
 
-def _openai_record(records: list[dict], rec: dict) -> dict | None:
+def _openai_record(records: list[ClipResult], rec: ClipResult) -> ClipResult | None:
     """The openai-whisper record to compare `rec` with: same clip, model and device; the same
     precision when there is one (GPU fp16 vs fp16), else fp32."""
-    same = [r for r in records if r["backend"] == "openai" and r["audio"] == rec["audio"]
-            and r["model"] == rec["model"] and r["device"] == rec["device"]]
-    for precision in (rec["precision"], "fp32"):
+    same = [r for r in records if r.backend == "openai" and r.audio == rec.audio
+            and r.model == rec.model and r.device == rec.device]
+    for precision in (rec.precision, "fp32"):
         for r in same:
-            if r["precision"] == precision:
+            if r.precision == precision:
                 return r
     return same[0] if same else None
 
 
-def add_accuracy(records: list[dict], references: dict[str, str] = REFERENCES) -> None:
+def add_accuracy(records: list[ClipResult], references: dict[str, str] = REFERENCES) -> None:
     """Fills wer, wer_vs_openai, agreement, tokens_identical_to_openai in place."""
     for rec in records:
-        reference = references.get(rec["audio"])
-        rec["wer"] = wer(reference, rec["text"]) if reference else None
+        reference = references.get(rec.audio)
+        rec.wer = wer(reference, rec.text) if reference else None
         ref = _openai_record(records, rec)
         if ref is not None:
-            rec["wer_vs_openai"] = wer(ref["text"], rec["text"])
-            rec["agreement"] = agreement(ref["text"], rec["text"])
-            rec["tokens_identical_to_openai"] = rec["tokens"] == ref["tokens"]
-            rec["agreement_with"] = ref["implementation"]
+            rec.wer_vs_openai = wer(ref.text, rec.text)
+            rec.agreement = agreement(ref.text, rec.text)
+            rec.tokens_identical_to_openai = rec.tokens == ref.tokens
+            rec.agreement_with = ref.implementation
 
 
-def _find(records, **keys) -> dict | None:
-    return next((r for r in records if all(r.get(k) == v for k, v in keys.items())), None)
+def _find(records: list[ClipResult], **keys) -> ClipResult | None:
+    return next((r for r in records if all(getattr(r, k) == v for k, v in keys.items())), None)
 
 
-def compute_targets(records: list[dict], references: dict[str, str] = REFERENCES, vnni: bool = False) -> list[dict]:
+def compute_targets(records: list[ClipResult], references: dict[str, str] = REFERENCES,
+                    vnni: bool = False) -> list[dict]:
     """The project's targets, per (device, model):
     - speed: MAX total time on the long-form clip vs faster-whisper, like with like: MAX fp32 (fp16
       on GPU) against every faster-whisper precision, "> 1"; MAX int8 against faster-whisper int8,
@@ -154,11 +201,11 @@ def compute_targets(records: list[dict], references: dict[str, str] = REFERENCES
       points; target <= +0.5.
     """
     targets = []
-    for device, model in sorted({(r["device"], r["model"]) for r in records}):
-        recs = [r for r in records if r["device"] == device and r["model"] == model]
-        clips = {r["audio"]: r["audio_s"] for r in recs}
+    for device, model in sorted({(r.device, r.model) for r in records}):
+        recs = [r for r in records if r.device == device and r.model == model]
+        clips = {r.audio: r.audio_s for r in recs}
         lecture = LONG_FORM if LONG_FORM in clips else max(clips, key=clips.get)
-        max_precisions = sorted({r["precision"] for r in recs if r["backend"] == "max"})
+        max_precisions = sorted({r.precision for r in recs if r.backend == "max"})
         for mp in max_precisions:
             if mp == "int8":
                 goal = INT8_SPEED_TARGETS["long_form_vnni" if vnni else "long_form"]
@@ -171,19 +218,19 @@ def compute_targets(records: list[dict], references: dict[str, str] = REFERENCES
                 f = _find(recs, backend="faster", precision=fp, audio=clip)
                 if m is None or f is None:
                     continue
-                r = ratio(f["total_s_median"], m["total_s_median"])
+                r = ratio(f.total_s_median, m.total_s_median)
                 targets.append({"kind": "speed", "device": device, "model": model, "audio": clip,
                                 "long_form": clip == LONG_FORM, "max_precision": mp,
-                                "versus": implementation_label("faster", fp), "max_total_s": m["total_s_median"],
-                                "versus_total_s": f["total_s_median"], "ratio": r,
+                                "versus": implementation_label("faster", fp), "max_total_s": m.total_s_median,
+                                "versus_total_s": f.total_s_median, "ratio": r,
                                 "target": f">= {goal}x" if goal else "> 1 = MAX faster",
                                 "met": r is not None and (r >= goal if goal else r > 1)})
         fp32, int8 = (_find(recs, backend="max", precision=p, audio=lecture) for p in ("fp32", "int8"))
         if fp32 and int8:
-            r = ratio(int8["tokens_per_s"], fp32["tokens_per_s"])
+            r = ratio(int8.tokens_per_s, fp32.tokens_per_s)
             targets.append({"kind": "decoder", "device": device, "model": model, "audio": lecture,
-                            "max_precision": "int8", "versus": "MAX fp32", "max_tokens_per_s": int8["tokens_per_s"],
-                            "versus_tokens_per_s": fp32["tokens_per_s"], "ratio": r,
+                            "max_precision": "int8", "versus": "MAX fp32", "max_tokens_per_s": int8.tokens_per_s,
+                            "versus_tokens_per_s": fp32.tokens_per_s, "ratio": r,
                             "target": f">= {DECODER_TARGET}x", "met": r is not None and r >= DECODER_TARGET})
         ref_clips = sorted(c for c in clips if c in references)
         for mp in max_precisions:
@@ -193,8 +240,8 @@ def compute_targets(records: list[dict], references: dict[str, str] = REFERENCES
                 m = _find(recs, backend="max", precision=mp, audio=c)
                 o = _find(recs, backend="openai", precision=op, audio=c)
                 if m and o:
-                    pairs_max.append((references[c], m["text"]))
-                    pairs_openai.append((references[c], o["text"]))
+                    pairs_max.append((references[c], m.text))
+                    pairs_openai.append((references[c], o.text))
             if not pairs_max:
                 continue
             wm, wo = pooled_wer(pairs_max), pooled_wer(pairs_openai)

@@ -166,8 +166,8 @@ def write_outputs(doc: dict, out_dir: Path, stem: str, html: bool = True) -> dic
 
 
 def batched_targets(doc: dict) -> list[str]:
-    """issue targets: MAX at batch 8 vs faster-whisper's pipeline at batch 8 (speed >= 2.5x, WER
-    within 0.5 points), and MAX's batch 8 vs its own batch 1 (>= 1.3x)."""
+    """The batched mode's targets: MAX at batch 8 vs faster-whisper's pipeline at batch 8 (speed >=
+    2.5x, WER within 0.5 points), and MAX's batch 8 vs its own batch 1 (>= 1.3x)."""
     def row(backend, batch):
         run = next((r for r in doc["throughput"]["runs"] if r["backend"] == backend and r["precision"] == "fp32"), None)
         return next((x for x in run["rows"] if x["batch_size"] == batch and "error" not in x), None) if run else None

@@ -1,10 +1,10 @@
-"""`bench --serve`: the transcription service under load.
+"""`bench serve`: the transcription service under load.
 
 Each setup (MAX with requests decoded together, MAX one request at a time, faster-whisper fp32 and
 int8) is deployed in turn on a Ray instance of this process's own, behind the same ingress. For
 each clip (jfk; the lecture's first 60 s) and each concurrency, that many closed-loop clients
 send the clip over HTTP (each sends its next request when its last is answered) for at least
-`--serve-seconds`; the figures are requests and audio seconds per second, and the p50 and p95
+`--seconds`; the figures are requests and audio seconds per second, and the p50 and p95
 latency. Before the load, the same jfk request alone against `transcribe()` in this process gives
 what the service adds to one request.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import statistics
 import time
 from dataclasses import dataclass
@@ -20,8 +21,9 @@ import numpy as np
 
 from .machine import device_tag, machine_info, versions
 from .report import write_mode_report
-from .worker import info
+from .specs import ServeRun
 
+log = logging.getLogger(__name__)
 CONCURRENCY = (1, 4, 16)
 LECTURE_SECONDS = 60
 
@@ -135,7 +137,7 @@ def _in_process(audio: bytes, repeats: int = 10) -> float:
     return statistics.median(times)
 
 
-def main_serve(args, out_dir) -> int:
+def main_serve(run: ServeRun, out_dir) -> int:
     """Runs every setup at every concurrency on both clips; writes serve-<machine>-tiny.en.{json,md}."""
     import ray
     from ray import serve
@@ -152,7 +154,7 @@ def main_serve(args, out_dir) -> int:
         serve.start(proxy_location="Disabled")  # the service's ingress serves HTTP itself
         url = f"http://127.0.0.1:{port}/v1/audio/transcriptions"
         for setup in SETUPS:
-            info(f"--- {setup.label} ---")
+            log.info(f"--- {setup.label} ---")
             config = ServiceConfig(backends=(setup.backend,), models=("tiny.en",), device="cpu",
                                    precision=setup.precision, max_batch=setup.max_batch, max_seconds=600,
                                    host="127.0.0.1", port=port)
@@ -161,9 +163,9 @@ def main_serve(args, out_dir) -> int:
             rows = []
             for name, (data, seconds) in audio.items():
                 asyncio.run(_load(url, data, 2, 0))  # warm-up: every replica thread has transcribed once
-                for c in args.serve_concurrency:
-                    row = {"clip": name, "audio_s": seconds, **_measure(url, data, seconds, c, args.serve_seconds)}
-                    info(f"{name} x{c}: {row['requests_per_s']} req/s, p50 {row['p50_s']} s, p95 {row['p95_s']} s")
+                for c in run.concurrency:
+                    row = {"clip": name, "audio_s": seconds, **_measure(url, data, seconds, c, run.seconds)}
+                    log.info(f"{name} x{c}: {row['requests_per_s']} req/s, p50 {row['p50_s']} s, p95 {row['p95_s']} s")
                     rows.append(row)
             runs.append({"setup": setup.label, "backend": setup.backend, "precision": setup.precision,
                          "max_batch": setup.max_batch, "rows": rows})
@@ -173,7 +175,7 @@ def main_serve(args, out_dir) -> int:
         ray.shutdown()
     alone = _in_process(jfk_bytes)
     doc = {"schema_version": 1, "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine,
-           "versions": vers, "options": {"seconds": args.serve_seconds, "concurrency": args.serve_concurrency,
+           "versions": vers, "options": {"seconds": run.seconds, "concurrency": run.concurrency,
                                         "model": "tiny.en", "decode": "openai-whisper's transcribe() defaults, greedy"},
            "in_process_jfk_s": round(alone, 4), "runs": runs, "failures": failures}
     stem = f"serve-{device_tag('cpu', machine)}-tiny.en"
@@ -189,7 +191,7 @@ def _row(doc: dict, setup: str, clip: str, concurrency: int) -> dict | None:
 
 
 def serve_targets(doc: dict) -> list[str]:
-    """The service issue's aims, met or not, on each clip at the highest concurrency."""
+    """The service's aims, met or not, on each clip at the highest concurrency."""
     lines = []
     top = max(doc["options"]["concurrency"])
     for clip in dict.fromkeys(r["clip"] for run in doc["runs"] for r in run["rows"]):
@@ -219,7 +221,7 @@ def serve_targets(doc: dict) -> list[str]:
 def serve_markdown(doc: dict) -> str:
     m = doc["machine"]
     lines = [f"# The service under load: tiny.en on {m.get('cpu')} ({m.get('cores')} cores, {m.get('vector_isa')})", "",
-             f"`python -m maxwhisper bench --serve` ({doc['created']}): closed-loop HTTP clients against "
+             f"`python -m maxwhisper bench serve` ({doc['created']}): closed-loop HTTP clients against "
              "`python -m maxwhisper serve` on this machine (one model replica, the clients in the same machine), "
              f"each sending its next request when the last is answered, for at least {doc['options']['seconds']:g} s "
              "per row. Versions: " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items() if v) + ".", "",

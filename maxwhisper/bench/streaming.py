@@ -1,4 +1,4 @@
-"""`bench --streaming`: each implementation streams each clip through `maxwhisper.streaming` (the
+"""`bench streaming`: each implementation streams each clip through `maxwhisper.streaming` (the
 same LocalAgreement-2 code for all), as the `stream` command does, `--streams` times with the chunk
 boundaries shifted by chunk/streams each time (a word's commit depends on where it falls in a chunk,
 so one stream's figures move between runs): commit latency (median, p90),
@@ -10,19 +10,22 @@ WERs averaged, the highest compute share and loop ratio)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import shlex
 import statistics
 import time
 from typing import Any
 
-from ..api import MaxWhisperError
+from ..api import DecodeOptions, MaxWhisperError
 from ..scoring import wer
 from .clips import REFERENCES, Clip, load_clip, pseudo_reference
 from .records import implementation_label
 from .report import _f, ratio_text, write_mode_report
-from .worker import info, run_worker
+from .specs import StreamingRun, WorkerSpec, decode_json
+from .worker import run_worker
 
+log = logging.getLogger(__name__)
 STREAMING_CLIPS = ("jfk.flac", "physicsworks.flac")
 # MAX's aims on each clip
 COMPUTE_TARGET = 0.6  # seconds of computing per second of audio, at most
@@ -45,28 +48,26 @@ def stream_offsets(chunk_s: float, streams: int) -> list[float]:
     return [round(k * chunk_s / streams, 3) for k in range(streams)]
 
 
-def streaming_worker(spec: dict[str, Any]) -> dict[str, Any]:
+def streaming_worker(spec: WorkerSpec) -> dict[str, Any]:
     """In the worker process: per clip, the offline transcript, then the streams."""
-    from ..api import DecodeOptions
     from ..registry import create_transcriber
 
-    t = create_transcriber(spec["backend"], model=spec["model"], device=spec["device"], precision=spec["precision"],
-                           threads=spec["threads"])
-    options = DecodeOptions(**{**spec["options"], "temperature": tuple(spec["options"]["temperature"])})
-    label = f"[{spec['backend']} {t.precision} {t.device} streaming]"
-    info(f"{label} loaded {t.model}: load {t.load_s:.2f} s, compile {t.compile_s:.2f} s")
+    t = create_transcriber(spec.backend, model=spec.model, device=spec.device, precision=spec.precision,
+                           threads=spec.threads)
+    options = spec.options
+    label = f"[{spec.backend} {t.precision} {t.device} streaming]"
+    log.info(f"{label} loaded {t.model}: load {t.load_s:.2f} s, compile {t.compile_s:.2f} s")
     rows = []
-    for c in spec["clips"]:
-        clip = Clip(**c)
+    for clip in spec.clips:
         audio = load_clip(clip)
         t.transcribe(audio[:80_000], dataclasses.replace(options, word_timestamps=True))  # first-call costs
         offline = t.transcribe(audio, options)
-        for offset_s in stream_offsets(spec["chunk_s"], spec["streams"]):
-            rows.append(_stream_row(t, clip, audio, spec["chunk_s"], offset_s, options, offline))
-            info(f"{label} {clip.name}, chunks shifted {offset_s:g} s: {rows[-1]['updates']} updates, latency "
-                 f"median {_s(rows[-1]['latency_median_s'])}, compute share {rows[-1]['compute_share']:.2f}")
-    return {"ok": True, "backend": spec["backend"], "precision": t.precision, "device": t.device,
-            "implementation": implementation_label(spec["backend"], t.precision), "load_s": t.load_s,
+        for offset_s in stream_offsets(spec.chunk_s, spec.streams):
+            rows.append(_stream_row(t, clip, audio, spec.chunk_s, offset_s, options, offline))
+            log.info(f"{label} {clip.name}, chunks shifted {offset_s:g} s: {rows[-1]['updates']} updates, latency "
+                     f"median {_s(rows[-1]['latency_median_s'])}, compute share {rows[-1]['compute_share']:.2f}")
+    return {"ok": True, "backend": spec.backend, "precision": t.precision, "device": t.device,
+            "implementation": implementation_label(spec.backend, t.precision), "load_s": t.load_s,
             "compile_s": t.compile_s, "rows": rows}
 
 
@@ -120,7 +121,7 @@ def _pooled(run: dict, audio: str) -> dict[str, Any]:
 
 
 def streaming_targets(runs: list[dict]) -> list[str]:
-    """The issue's aims, said for each MAX implementation on each clip, over all its streams of the
+    """The streaming mode's aims, said for each MAX implementation on each clip, over all its streams of the
     clip (`_pooled`). Its latency is compared like with like, against faster-whisper at the same
     precision (where it ran), and, said beside it, against faster-whisper's lowest whatever its precision."""
     groups = [(run, audio, _pooled(run, audio)) for run in runs
@@ -207,40 +208,42 @@ def streaming_markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _command(args, impls: list[tuple[str, str]], device: str, model: str) -> str:
+def _command(run: StreamingRun, impls: list[tuple[str, str]], device: str, model: str) -> str:
     """The command line that runs these streams again (one device and model of the run)."""
-    flags = ["--quick"] if args.quick else []
+    flags = ["--quick"] if run.quick else []
     flags += ["--backends", ",".join(dict.fromkeys(b for b, _ in impls)),
               "--precisions", ",".join(dict.fromkeys(p for _, p in impls)), "--devices", device, "--models", model,
-              "--chunk", str(args.chunk), "--streams", str(args.streams)]
-    flags += ["--background-load", str(args.background_load)] if args.background_load else []
-    flags += ["--beam-size", str(args.beam_size)] if args.beam_size != 1 else []
-    if args.temperature:
-        flags += ["--temperature", ",".join(f"{t:g}" for ts in args.temperature for t in ts)]
-    flags += ["--language", args.language] if args.language else []
-    flags += ["--audio", *args.audio] if args.audio else []
-    return "python -m maxwhisper bench --streaming " + shlex.join(flags)
+              "--chunk", str(run.chunk), "--streams", str(run.streams)]
+    flags += ["--background-load", str(run.background_load)] if run.background_load else []
+    flags += ["--beam-size", str(run.decode.beam_size)] if run.decode.beam_size != 1 else []
+    if run.decode.temperature != DecodeOptions().temperature:
+        flags += ["--temperature", ",".join(f"{t:g}" for t in run.decode.temperature)]
+    flags += ["--language", run.decode.language] if run.decode.language else []
+    flags += ["--audio", *run.audio] if run.audio else []
+    return "python -m maxwhisper bench streaming " + shlex.join(flags)
 
 
-def main_streaming(args, clips: list[Clip], impls: list[tuple[str, str]], device: str, model: str, decode_dict: dict,
+def main_streaming(run: StreamingRun, clips: list[Clip], impls: list[tuple[str, str]], device: str, model: str,
                    threads: int, machine: dict, vers: dict, out_dir, stem: str) -> int:
+    """Each implementation's streams of the clips on one device and model; writes `stem`.{json,md}."""
     runs, failures = [], []
+    decode = decode_json(run.decode)
     for backend, precision in impls:
-        info(f"--- {implementation_label(backend, precision)} streaming {model} on {device} ---")
-        spec = {"kind": "streaming", "backend": backend, "model": model, "device": device, "precision": precision,
-                "threads": None if backend == "max" else threads, "clips": [dataclasses.asdict(c) for c in clips],
-                "chunk_s": args.chunk, "streams": args.streams, "options": decode_dict}
-        worker = run_worker(spec, args.timeout)
+        log.info(f"--- {implementation_label(backend, precision)} streaming {model} on {device} ---")
+        spec = WorkerSpec(kind="streaming", backend=backend, model=model, device=device, precision=precision,
+                          threads=threads, clips=tuple(clips), chunk_s=run.chunk, streams=run.streams,
+                          options=run.decode)
+        worker = run_worker(spec, run.timeout)
         if worker.get("ok"):
             runs.append(worker)
         else:
             failures.append({"implementation": implementation_label(backend, precision), "error": worker.get("error")})
     add_streaming_accuracy(runs)
     doc = {"schema_version": 1, "device": device, "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-           "command": _command(args, impls, device, model), "machine": machine, "versions": vers,
-           "options": {"chunk_s": args.chunk, "streams": args.streams, "threads": threads,
-                       "background_load": args.background_load,
-                       "decode": decode_dict},
-           "streaming": {"model": model, "chunk_s": args.chunk, "runs": runs}, "failures": failures}
+           "command": _command(run, impls, device, model), "machine": machine, "versions": vers,
+           "options": {"chunk_s": run.chunk, "streams": run.streams, "threads": threads,
+                       "background_load": run.background_load,
+                       "decode": decode},
+           "streaming": {"model": model, "chunk_s": run.chunk, "runs": runs}, "failures": failures}
     write_mode_report(doc, streaming_markdown(doc), out_dir, stem)
     return int(bool(failures))

@@ -4,10 +4,13 @@ lines printed say which and why), 2 for a mistake in the arguments."""
 from __future__ import annotations
 
 import argparse
+import logging
 
-from ..__main__ import add_decode_arguments, add_model_arguments, info, positive_int
+from ..__main__ import add_decode_arguments, add_model_arguments, positive_int
 from ..api import DecodeOptions
 from ..formats import FORMATS
+
+log = logging.getLogger(__name__)
 
 
 def formats(text: str) -> list[str]:
@@ -48,10 +51,10 @@ def main(args: argparse.Namespace) -> int:
         formats=args.format, parquet=args.parquet, address=args.address, max_seconds=args.max_seconds,
         options=DecodeOptions.from_values(vars(args)), progress=True)
     for row in summary.failures:
-        info(f"error: {row['error']}")
+        log.error(f"error: {row['error']}")
     rate = f" ({summary.audio_s / summary.wall_s:.1f} audio h/h)" if summary.audio_s and summary.wall_s else ""
-    info(f"{summary.files} files: {summary.transcribed} transcribed, {summary.failed} failed, "
-         f"{summary.skipped} already done; {audio_amount(summary.audio_s)} of audio in {summary.wall_s:.1f} s{rate} "
-         f"with {summary.workers} worker(s), after {summary.ray_start_s:.1f} s starting Ray; "
-         f"results: {summary.results}")
+    log.info(f"{summary.files} files: {summary.transcribed} transcribed, {summary.failed} failed, "
+             f"{summary.skipped} already done; {audio_amount(summary.audio_s)} of audio in "
+             f"{summary.wall_s:.1f} s{rate} with {summary.workers} worker(s), after {summary.ray_start_s:.1f} s starting Ray; "
+             f"results: {summary.results}")
     return 1 if summary.failed else 0

@@ -232,9 +232,11 @@ def _worker_env(threads: int) -> dict[str, str]:
 
 
 def files_at_once(backend: str, batch_size: int | None, kernels: bool, on_gpu: bool) -> int:
-    """How many files a worker transcribes at once: FILES_AT_ONCE for MAX's sequential loop
-    (`batch_size` None) on the CPU with its kernels, else 1."""
-    shares_steps = backend == "max" and kernels and not on_gpu
+    """How many files a worker transcribes at once: FILES_AT_ONCE for the sequential loop (`batch_size`
+    None) of a backend that decodes them together (MAX), on the CPU with its kernels, else 1."""
+    from ..registry import BACKENDS
+
+    shares_steps = backend in BACKENDS and BACKENDS[backend].decodes_together and kernels and not on_gpu
     return FILES_AT_ONCE if shares_steps and batch_size is None else 1
 
 

@@ -6,7 +6,7 @@ loads in milliseconds and runs the same code. An artifact is found by a digest o
 code depends on: the graphs' text (their ops, shapes, dtypes and constants; the weights are the
 registry's, bound after loading), the MAX version, and the target:
 - on the CPU, the Mojo kernel package the graphs call (named by its own digest) and the CPU it was
-  compiled for (the host and `layers.cpu_target`, or an x86-64 level that any CPU having its
+  compiled for (the host and `kernel_package.cpu_target`, or an x86-64 level that any CPU having its
   features runs: a cache built elsewhere). Graphs compiled together go into one MAX `Module` and
   one artifact: a cold compile pays MAX's fixed cost per compile once for all of them
   (docs/design.md, "Start-up");
@@ -33,8 +33,8 @@ from max.engine import InferenceSession
 from max.graph import Graph, Module
 from max.graph.graph import KernelLibrary
 
-from ..registry import CPU_LEVELS, cpu_level, host_cpu_flags
-from .layers import cache_folder, cpu_target, kernel_library
+from ..cpu_features import CPU_LEVELS, cpu_level, host_cpu_flags
+from .kernel_package import cache_folder, cpu_target, kernel_library
 
 
 @cache
@@ -57,7 +57,7 @@ def gpu_arch(device) -> str:
 def artifact_paths(graphs: Graph | Sequence[Graph], gpu: str | None = None) -> list[Path]:
     """Where the artifact of `graphs` compiled together may live, the one this process writes first.
     On a GPU of architecture `gpu` ("sm_90", `gpu_arch`) one place. On the CPU: compiled for this
-    CPU (or for the level it compiles for, `registry.use_cpu_level`), then for each level this CPU
+    CPU (or for the level it compiles for, `cpu_features.use_cpu_level`), then for each level this CPU
     can run, the highest first (a cache that `maxwhisper warm --cpu-level` built on another machine)."""
     graphs = [graphs] if isinstance(graphs, Graph) else list(graphs)
     name, texts = "+".join(g.name for g in graphs), [str(graph) for graph in graphs]

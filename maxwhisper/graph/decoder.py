@@ -19,9 +19,10 @@ from max.graph import Graph, Module, TensorType, TensorValue, ops
 
 from ..checkpoint import ModelDims
 from .inputs import AlignmentInputs, BatchRepeatInputs, CacheReorderInputs, StepInputs, TokenStepInputs
+from .kernel_package import kernel_library
 from .layers import (MakeLinear, WeightBank, attend_few_rows, attention, attention_scores_few_rows,
                      cross_attention_int8, dim_value, few_row_attention, few_row_linear, few_row_linear_int8,
-                     kernel_library, layer_norm, layer_norm_gather, linear_few_rows, merge_heads, packed_linear_bf16,
+                     layer_norm, layer_norm_gather, linear_few_rows, merge_heads, packed_linear_bf16,
                      packed_linear_int8, split_heads, token_embedding, vocab_projection_int4)
 from .plan import ExecutionPlan
 

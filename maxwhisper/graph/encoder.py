@@ -11,8 +11,9 @@ from max.dtype import DType
 from max.graph import Graph, Module, TensorType, TensorValue, ops
 
 from ..checkpoint import ModelDims
+from .kernel_package import kernel_library
 from .layers import (MakeEncoderLinear, WeightBank, attention, conv1d, conv_stem_kernel,
-                     cross_layout_kernel, dim_value, encoder_attention, linear, merge_heads, kernel_library, packed_linear,
+                     cross_layout_kernel, dim_value, encoder_attention, linear, merge_heads, packed_linear,
                      packed_linear_bf16, packed_linear_int8, split_heads)
 from .plan import ExecutionPlan
 

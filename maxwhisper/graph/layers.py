@@ -1,33 +1,21 @@
-"""Whisper's building blocks as MAX Graph ops. Shapes: B batch, T/S sequence, d model width,
-H heads, Dh = d / H. Activations run in the model dtype; layer norm and attention in float32,
-as openai-whisper does under fp16."""
+"""Whisper's building blocks as MAX Graph ops, and the CPU kernels' custom ops (the Mojo package that
+holds them: `kernel_package`). Shapes: B batch, T/S sequence, d model width, H heads, Dh = d / H.
+Activations run in the model dtype; layer norm and attention in float32, as openai-whisper does
+under fp16."""
 from __future__ import annotations
 
-import functools
-import hashlib
-import importlib.metadata
-import os
-import shutil
-import tempfile
-import threading
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
-from max import driver
 from max.dtype import DType
 from max.graph import DeviceRef, TensorType, TensorValue, Weight, ops
 
-from ..registry import cpu_flags, cpu_level
 from .weights import bfloat16_bits, quantize_int4_groups, quantize_int8
 
 LN_EPS = 1e-5
 PANEL = 16  # columns per panel of `packed_linear` weights (NR in linear.mojo)
 INT4_GROUP = 64  # weights per scale of `vocab_projection_int4`'s 4-bit copy (G4 in vocab_projection.mojo)
 MACHINE_TILE = (0, 0)  # the CPU kernels' register tile as they pick it for the machine's vector width
-KERNELS = Path(__file__).parent / "kernels"  # Mojo custom ops (their source package)
-SHIPPED_KERNELS = Path(__file__).parent / "prebuilt"  # KERNELS compiled, shipped with the code (`ship_kernel_library`)
-AMX_TARGET = "sapphirerapids"  # LLVM's first CPU with AMX: every CPU with AMX has its features
 
 
 class WeightBank:
@@ -278,7 +266,7 @@ def packed_linear_int8(w: WeightBank, prefix: str, gelu: bool = False, tile: tup
     """`packed_linear` in int8 (`kernels/linear_int8.mojo`): the weight quantized per column at load
     (`WeightBank.int8_panels`), x per row in the kernel, exact int32 sums with the machine's byte
     dot products. `emulate` runs the instructions of a CPU without VNNI, `amx` AMX tiles where the
-    kernels compile for them (the caller has `registry.amx_permitted`): the same numbers."""
+    kernels compile for them (the caller has `cpu_features.amx_permitted`): the same numbers."""
     name = f"{prefix}.weight_t" if f"{prefix}.weight_t" in w.arrays else f"{prefix}.weight"  # the decoder's: W
     return _packed_kernel(w, prefix, "packed_linear_int8", list(w.int8_panels(name)),
                           {"gelu": gelu, "tile_rows": tile[0], "tile_panels": tile[1], "emulate": emulate,
@@ -416,104 +404,6 @@ def attend_few_rows(scores: TensorValue, v_t: TensorValue, mask: TensorValue | N
     return ops.transpose(ops.matmul(_widened(v_t), ops.transpose(p, -1, -2)), -1, -2).cast(v_t.dtype)
 
 
-def cache_folder() -> Path:
-    """This project's folder in MAX's cache (compiled kernels and graphs)."""
-    return Path(os.environ.get("MODULAR_CACHE_DIR", Path.home() / ".cache" / "modular")) / "maxwhisper"
-
-
-@functools.cache
-def _kernels_digest(folder: Path) -> str:
-    """The digest of a folder's kernel sources and the compiler: read and hashed once per process and
-    folder (every graph built or loaded asks for the package)."""
-    digest = hashlib.sha256(importlib.metadata.version("mojo-compiler").encode())
-    for source in sorted(folder.glob("*.mojo")):
-        digest.update(source.name.encode() + source.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def kernel_package_name() -> str:
-    """The file name of `KERNELS`' compiled package: a digest of their sources and the compiler's version."""
-    return f"kernels_{_kernels_digest(KERNELS)}.mojoc"
-
-
-_compiling = threading.Lock()  # one compile of the package at a time in a process (`start_kernel_library`)
-
-
-def start_kernel_library() -> None:
-    """`kernel_library` started on a thread of its own: the compiler runs while the caller loads
-    weights (a cold cache's first seconds)."""
-    threading.Thread(target=kernel_library, name="kernel-library", daemon=True).start()
-
-
-@functools.cache
-def cpu_target() -> str:
-    """The CPU that MAX compiles our kernels for, set before the first compile: the host's (""), a
-    level's (`registry.use_cpu_level`), or AMX_TARGET on a host with AMX. MAX names the host CPU by its
-    model number, and a virtual machine can report an older model than its features: the kernels
-    would then compile without its AVX512_BF16 (docs/design.md#the-cpu-target). A target set already
-    is kept."""
-    if not driver.get_virtual_cpu_target():
-        if cpu_level():
-            driver.set_virtual_cpu_target(cpu_level())
-        elif {"amx_tile", "avx512_bf16", "avx512_vnni"} <= cpu_flags():
-            driver.set_virtual_cpu_target(AMX_TARGET)
-    return driver.get_virtual_cpu_target()
-
-
-def kernel_library() -> Path:
-    """`KERNELS` compiled to a Mojo package, once per source and compiler version, for a Graph's
-    `custom_extensions`: given the source folder, MAX recompiles it for every Graph. When the package
-    shipped with the code (`SHIPPED_KERNELS`) has this name, it is copied instead: a new machine does
-    not compile it. Sets `cpu_target`."""
-    cpu_target()
-    cache = cache_folder()
-    package = cache / kernel_package_name()
-    if package.exists():
-        return package
-    with _compiling:
-        if not package.exists():
-            _place_kernels(cache, package)
-    return package
-
-
-def _place_kernels(cache: Path, package: Path) -> None:
-    """`package` in `cache`: the shipped one copied, or the kernels compiled under the package's final
-    name (the compiler bakes it in), in a folder of this call's own (processes may race on a cold
-    cache), then moved into place atomically."""
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="staging-", dir=cache) as staging:
-        staged = Path(staging) / package.name
-        if (SHIPPED_KERNELS / package.name).exists():
-            shutil.copyfile(SHIPPED_KERNELS / package.name, staged)
-        else:
-            compile_kernels(staged)
-        os.replace(staged, package)
-
-
-def compile_kernels(package: Path) -> None:
-    """`KERNELS` compiled to `package`. The compiler runs in their parent folder and is given their
-    folder's name, so the package records its sources as `kernels/<file>.mojo`: it is the same byte
-    for byte wherever the code lives, and the one shipped can be checked against the sources."""
-    from mojo.run import subprocess_run_mojo
-
-    done = subprocess_run_mojo(["precompile", KERNELS.name, "-o", str(package.resolve())], cwd=KERNELS.parent,
-                               capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"compiling the Mojo kernels in {KERNELS} failed:\n{done.stderr[-2000:]}")
-
-
-def ship_kernel_library() -> Path:
-    """`KERNELS` compiled into `SHIPPED_KERNELS`, in place of the package shipped before (after
-    changing a kernel: tests/test_max_model.py checks the shipped package against the sources)."""
-    package = SHIPPED_KERNELS / kernel_package_name()
-    SHIPPED_KERNELS.mkdir(exist_ok=True)
-    compile_kernels(package)
-    for old in SHIPPED_KERNELS.glob("*.mojoc"):
-        if old != package:
-            old.unlink()
-    return package
-
-
 def encoder_attention(qkv: TensorValue, n_head: int, tile: tuple[int, int] = MACHINE_TILE,
                       bf16: bool = False, amx: bool = False) -> TensorValue:
     """`attention` of every head as one CPU kernel (`kernels/encoder_attention.mojo`), straight
@@ -521,7 +411,7 @@ def encoder_attention(qkv: TensorValue, n_head: int, tile: tuple[int, int] = MAC
     `merge_heads` gives them); no head split, key transpose or merge ops around it. `tile` as
     `packed_linear`'s. bf16: both products' inputs rounded to bfloat16, `vdpbf16ps`, where the
     kernels compile for AVX512_BF16 (float32 elsewhere); amx: with bf16, the products on AMX tiles
-    where the kernels compile for them (the caller has `registry.amx_permitted`)."""
+    where the kernels compile for them (the caller has `cpu_features.amx_permitted`)."""
     b, t, d3 = qkv.shape
     out = TensorType(DType.float32, [b, t, int(d3) // 3], device=qkv.device)
     parameters = {"heads": n_head, "tile_rows": tile[0], "tile_panels": tile[1], "bf16": bf16, "amx": amx}

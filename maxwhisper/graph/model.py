@@ -26,7 +26,7 @@ from max.graph import DeviceRef, Graph, Module
 
 from ..api import BackendError
 from ..checkpoint import Checkpoint, ModelDims
-from ..registry import BF16_MISSING, amx_permitted, bf16_attention_pays, has_bf16
+from ..cpu_features import BF16_MISSING, amx_permitted, bf16_attention_pays, has_bf16
 from .compiled import artifact_paths, compile_graph, custom_ops_unchecked, gpu_arch
 from .decoder import (build_alignment_graph, build_batch_repeat_graph, build_cache_reorder_graph, build_decoder_graph,
                       build_token_step_graph)

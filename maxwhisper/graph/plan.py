@@ -52,9 +52,9 @@ class ExecutionPlan:
     # takes a cold compile seconds
     conv_stem_kernel: bool = False
     # int8's encoder attention in bfloat16 (`encoder_attention` with bf16) where that is faster
-    # (`registry.bf16_attention_pays`): a third of the window's operations
+    # (`cpu_features.bf16_attention_pays`): a third of the window's operations
     encoder_attention_bf16: bool = False
-    # AMX tiles for int8's `packed_linear_int8` and its bfloat16 encoder attention (`registry.amx_permitted`)
+    # AMX tiles for int8's `packed_linear_int8` and its bfloat16 encoder attention (`cpu_features.amx_permitted`)
     amx_tiles: bool = False
 
     @property
@@ -92,8 +92,8 @@ def make_plan(w: WeightBank, dims: ModelDims, kernels: bool = True, int8: bool =
     """The plan for a model whose weights `w` holds (on w.device, in w.dtype). kernels=False, or any
     device but the CPU, or a dtype but float32, gives the portable plan. int8: the CPU kernels'
     plan with int8 weights, its encoder attention in bfloat16 where `cpu_bf16` (the caller's check:
-    `registry.bf16_attention_pays`), its packed linears and that attention on AMX tiles where `amx`
-    (`registry.amx_permitted`); bf16: with bfloat16 encoder and prompt linears (ValueError where
+    `cpu_features.bf16_attention_pays`), its packed linears and that attention on AMX tiles where `amx`
+    (`cpu_features.amx_permitted`); bf16: with bfloat16 encoder and prompt linears (ValueError where
     the kernels do not run or the shapes do not fit them; whether the CPU has AVX512_BF16 is the
     caller's to check)."""
     cpu_kernels = kernels and w.device.is_cpu() and w.dtype == DType.float32

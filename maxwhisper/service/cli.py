@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import signal
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 from ..api import MaxWhisperError
 from ..extras import checkout
 
+log = logging.getLogger(__name__)
 KEY_ENV = "MAXWHISPER_API_KEY"  # one API key, or several separated by commas
 RAY_ALONE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node address is the loopback, as on macOS
 
@@ -109,7 +109,8 @@ def config_of(args: argparse.Namespace, device: str):
     """The ServiceConfig the arguments ask for, checked before anything starts."""
     from ..checkpoint import installed_models
     from ..realtime import Limits
-    from ..registry import BACKENDS, BF16_MISSING, has_bf16, installed_backend
+    from ..cpu_features import BF16_MISSING, has_bf16
+    from ..registry import BACKENDS, installed_backend
     from .access import AccessPolicy
     from .deployments import ServiceConfig, ui_entry_point
 
@@ -191,7 +192,7 @@ def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even where a shell started it ignoring Ctrl-C
     signal.signal(signal.SIGTERM, _interrupt)
     where = f"the Ray cluster at {args.address}" if args.address else "a Ray instance of its own"
-    print(f"starting on {where} ...", file=sys.stderr, flush=True)
+    log.info(f"starting on {where} ...")
     # on a cluster the checkout this runs from travels to every node (their Python environments need the
     # 'serve' extra's packages); installed from a wheel, the nodes import their own installed maxwhisper
     root = checkout()
@@ -207,7 +208,7 @@ def main(args: argparse.Namespace) -> int:
         if short and not args.address:
             raise MaxWhisperError(short)
         if short:  # a cluster may add nodes for them
-            print(f"warning: {short}; they wait until the cluster has room", file=sys.stderr, flush=True)
+            log.warning(f"warning: {short}; they wait until the cluster has room")
         serve.start(proxy_location="Disabled")  # the ingress serves HTTP itself (service.front)
         serve._run(application(config), name=APP_NAME, route_prefix=None, _blocking=False)
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
@@ -225,7 +226,7 @@ def main(args: argparse.Namespace) -> int:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        print("stopping ...", file=sys.stderr, flush=True)
+        log.info("stopping ...")
         return 0
     finally:
         serve.shutdown()

@@ -74,7 +74,9 @@ class ServiceConfig:
     def batch_of(self, backend: str) -> int:
         """Requests a replica of `backend` transcribes at once: MAX decodes them together; the
         others take them one at a time."""
-        return self.max_batch if backend == "max" else 1
+        from ..registry import BACKENDS
+
+        return self.max_batch if BACKENDS[backend].decodes_together else 1
 
 
 class ModelServer:
@@ -84,12 +86,12 @@ class ModelServer:
 
     def __init__(self, backend: str, model: str, device: str, precision: str, max_batch: int,
                  loopback_ray: bool = False):
-        from ..registry import create_warmed_up
+        from ..registry import BACKENDS, create_warmed_up
 
         if loopback_ray:
             _replica_grpc_on_loopback()
         start = time.perf_counter()
-        options = {"max_batch": max_batch} if backend == "max" else {}
+        options = {"max_batch": max_batch} if BACKENDS[backend].decodes_together else {}
         # first-call costs stay out of the requests: the app's warm-up, and every graph a request may need
         self.transcriber = create_warmed_up(backend, every_graph=True, model=model, device=device, precision=precision,
                                             **options)
