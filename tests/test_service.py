@@ -27,7 +27,8 @@ JFK = "And so my fellow Americans, ask not what your country can do for you, ask
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = httpx.Timeout(180.0)
 KEY = "test-key-0123456789"  # the module's service asks for it
-UPLOADS_MB = 16.0  # the module's service's budget for uploads held at once (8 of its 2 MB uploads)
+UPLOADS_MB = 48.0  # the module's service's budget for uploads held at once (24 of its 2 MB uploads; its tests
+# send at most about 20 MB at once)
 READ_TIMEOUT_S = 2.0  # its headers' and its bodies' read timeouts
 
 
@@ -63,7 +64,7 @@ def service(ray_local):
     """MAX (2 replicas, 4 requests decoded together each) and faster-whisper (2 replicas) serving
     tiny.en on the session's Ray instance, with the app at / and an API key, one realtime session per
     replica (idle for up to 10 minutes: the app's test holds sockets); half a CPU per replica leaves
-    room on 2 CPUs. Serve's own HTTP proxy is not started: the ingress serves. Uploads of 2 MB, 16 MB
+    room on 2 CPUs. Serve's own HTTP proxy is not started: the ingress serves. Uploads of 2 MB, 48 MB
     of them held at once; a request's headers and its body's pauses time out after 2 s."""
     from ray import serve
 
@@ -380,7 +381,7 @@ def test_stalled_clients_time_out_and_one_address_has_a_bounded_number_of_connec
 
 
 def test_uploads_held_at_once_share_a_budget_past_which_a_request_waits_its_turn(service, http):
-    """Eight uploads declaring 2 MB each and sending slowly hold the service's 16 MB: the ninth gets 503
+    """24 uploads declaring 2 MB each and sending slowly hold the service's 48 MB: the next gets 503
     with Retry-After before its body is read, and once they are gone (408: their bodies paused past
     2 s) the same upload goes through."""
     import json

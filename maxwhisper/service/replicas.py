@@ -6,7 +6,7 @@ only seconds later; the actor table says so at once.
 Read while the service is used, and not while it idles: each look at the replicas (a request's
 readiness check, the app's status) keeps them read four times a second for ACTIVE_S after it, so a
 death shows within a quarter of a second; an idle service reads nothing. `fresh` reads now where
-the last read is older than that (/health: never an answer from before an idle spell).
+the watch has idled (/health: never an answer from before an idle spell).
 """
 from __future__ import annotations
 
@@ -61,10 +61,10 @@ class ReplicaWatch:
         self._wake.set()
 
     def fresh(self) -> None:
-        """Return once a read has begun within ACTORS_EVERY_S (reading now if none has): blocks, at most
-        FRESH_WAIT_S."""
+        """Return at once while the replicas are being read (a read has begun within ACTIVE_S); after an
+        idle spell, once a read begun now has ended: blocks, at most FRESH_WAIT_S."""
         asked = time.monotonic()
-        if asked - self._read_started <= ACTORS_EVERY_S:
+        if asked - self._read_started < ACTIVE_S:
             return
         self._looked = asked
         with self._done:
