@@ -46,18 +46,19 @@ class HttpLimits:
     connections_per_client: int = 64  # open from one address, WebSockets included: 429 past them (0: no limit)
 
 
-def _refusals(limits: HttpLimits) -> dict[int | str, ApiError]:
+def _refusals(limits: HttpLimits) -> dict[str, ApiError]:
     return {
-        414: ApiError(414, f"the request's URL is longer than this service's {limits.url_bytes // 2**10} KB",
-                      code="url_too_long"),
-        431: ApiError(431, f"the request line and headers are larger than this service's "
-                           f"{limits.head_bytes // 2**10} KB", code="headers_too_large"),
+        "url too long": ApiError(414, f"the request's URL is longer than this service's "
+                                      f"{limits.url_bytes // 2**10} KB", code="url_too_long"),
+        "head too large": ApiError(431, f"the request line and headers are larger than this service's "
+                                        f"{limits.head_bytes // 2**10} KB", code="headers_too_large"),
         "headers late": ApiError(408, f"the request's headers took longer than this service's "
                                       f"{limits.header_timeout_s:g} s to arrive", code="request_timeout"),
         "body paused": ApiError(408, f"the request's body paused longer than this service's "
                                      f"{limits.body_timeout_s:g} s", code="request_timeout"),
-        429: ApiError(429, f"this address has {limits.connections_per_client} connections open to the service, "
-                           "its most: close one and try again", code="too_many_connections", retry_after=1),
+        "too many connections": ApiError(429, f"this address has {limits.connections_per_client} connections open "
+                                              "to the service, its most: close one and try again",
+                                         code="too_many_connections", retry_after=1),
     }
 
 
@@ -78,7 +79,7 @@ def _protocol(limits: HttpLimits):
             peers = sum(1 for c in self.connections if c is not self and getattr(c, "client", None)
                         and c.client[0] == host)
             if limits.connections_per_client and host is not None and peers >= limits.connections_per_client:
-                self.refuse(refusals[429])
+                self.refuse(refusals["too many connections"])
             else:
                 self.time_out_in(limits.header_timeout_s)
 
@@ -93,7 +94,7 @@ def _protocol(limits: HttpLimits):
                 self.head_received += len(data)
             super().data_received(data)
             if self.awaiting_head and self.head_received > limits.head_bytes and not self.refused:
-                self.refuse(refusals[431])
+                self.refuse(refusals["head too large"])
 
         # the parser's callbacks
 
@@ -105,13 +106,13 @@ def _protocol(limits: HttpLimits):
         def on_url(self, url: bytes) -> None:
             super().on_url(url)
             if len(self.url) > limits.url_bytes:
-                self.refuse(refusals[414])  # the rest of this chunk's URL is parsed; no more is read
+                self.refuse(refusals["url too long"])  # the rest of this chunk's URL is parsed; no more is read
 
         def on_headers_complete(self) -> None:
             self.awaiting_head = False
             self.time_out_in(None)
             if len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers) > limits.head_bytes:
-                self.refuse(refusals[431])
+                self.refuse(refusals["head too large"])
             if self.refused:
                 raise _Stop  # no request for the app
             super().on_headers_complete()
