@@ -230,3 +230,42 @@ def test_the_socket_refuses_with_an_error_event_and_never_hangs(service):
     finally:
         for ws in held:
             ws.close()
+
+
+def test_every_event_gets_an_answer_and_the_socket_outlives_the_bad_ones(service):
+    """What dropped the socket once, each answered with a short error event while the session goes
+    on: a number past a float's range in turn_detection, JSON nested past Python's recursion limit,
+    an append of 16 MiB of audio (over the 15 MiB an append holds), an unknown event type of 1 MB and
+    a 1 MB event id (quoted in part). A message over the 32 MiB a message may hold is not read: the
+    close 1009 with its reason."""
+    from websockets.exceptions import ConnectionClosed
+
+    from maxwhisper.realtime.session import MAX_MESSAGE_BYTES
+
+    huge = 10**400
+    bad = [
+        ({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
+            "turn_detection": {"type": "server_vad", "threshold": huge}}}}}, "invalid_value"),
+        ({"type": "transcription_session.update", "session": {"turn_detection": {"silence_duration_ms": huge}}},
+         "invalid_value"),
+        ("[" * 100_000, "invalid_json"),
+        ('{"type": "input_audio_buffer.append", "audio": ' + "[" * 50_000 + "]" * 50_000 + "}", "invalid_json"),
+        ({"type": "input_audio_buffer.append", "audio": base64.b64encode(bytes(16 * 2**20)).decode()}, "invalid_value"),
+        ({"type": "x" * 2**20}, "invalid_value"),
+        ({"type": "input_audio_buffer.commit", "event_id": "e" * 2**20}, "input_audio_buffer_commit_empty"),
+        ({"type": "session.update", "session": {"type": "transcription", "y" * 2**20: 1}}, "unknown_parameter"),
+    ]
+    with _connect(service, additional_headers={"Authorization": f"Bearer {KEY}"}) as ws:
+        assert json.loads(ws.recv(timeout=30))["type"] == "session.created"
+        for message, code in bad:
+            ws.send(message if isinstance(message, str) else json.dumps(message))
+            reply = ws.recv(timeout=60)
+            event = json.loads(reply)
+            assert (event["type"], event["error"]["code"]) == ("error", code), reply[:300]
+            assert len(reply) < 1000 and event["error"]["type"] == "invalid_request_error", reply[:300]
+        ws.send(json.dumps({"type": "session.update", "session": {"type": "transcription"}}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "session.updated"  # the session went on
+        ws.send("x" * (MAX_MESSAGE_BYTES + 1))
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=30)
+    assert closed.value.rcvd.code == 1009 and closed.value.rcvd.reason, closed.value

@@ -27,6 +27,9 @@ JFK = "And so my fellow Americans, ask not what your country can do for you, ask
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = httpx.Timeout(180.0)
 KEY = "test-key-0123456789"  # the module's service asks for it
+UPLOADS_MB = 48.0  # the module's service's budget for uploads held at once (24 of its 2 MB uploads; its tests
+# send at most about 20 MB at once)
+READ_TIMEOUT_S = 2.0  # its headers' and its bodies' read timeouts
 
 
 def _free_port() -> int:
@@ -61,19 +64,23 @@ def service(ray_local):
     """MAX (2 replicas, 4 requests decoded together each) and faster-whisper (2 replicas) serving
     tiny.en on the session's Ray instance, with the app at / and an API key, one realtime session per
     replica (idle for up to 10 minutes: the app's test holds sockets); half a CPU per replica leaves
-    room on 2 CPUs. Serve's own HTTP proxy is not started: the ingress serves."""
+    room on 2 CPUs. Serve's own HTTP proxy is not started: the ingress serves. Uploads of 2 MB, 48 MB
+    of them held at once; a request's headers and its body's pauses time out after 2 s."""
     from ray import serve
 
     from maxwhisper.realtime import Limits
     from maxwhisper.service.access import AccessPolicy
     from maxwhisper.service.deployments import APP_NAME, ServiceConfig, application
+    from maxwhisper.service.front import HttpLimits
 
     port = _free_port()
     serve.start(proxy_location="Disabled")
     config = ServiceConfig(backends=("max", "faster"), models=("tiny.en",), device="cpu", replicas=2, max_batch=4,
-                           cpus_per_replica=0.5, max_seconds=60.0, max_upload_mb=2.0, request_timeout_s=300.0,
-                           ui=True, host="127.0.0.1", port=port, access=AccessPolicy.create("127.0.0.1", keys=[KEY]),
-                           max_sessions=1, session_limits=Limits(idle_s=600.0))
+                           cpus_per_replica=0.5, max_seconds=60.0, max_upload_mb=2.0, max_uploads_mb=UPLOADS_MB,
+                           request_timeout_s=300.0, ui=True, host="127.0.0.1", port=port,
+                           access=AccessPolicy.create("127.0.0.1", keys=[KEY]), max_sessions=1,
+                           session_limits=Limits(idle_s=600.0), http_limits=HttpLimits(
+                               header_timeout_s=READ_TIMEOUT_S, body_timeout_s=READ_TIMEOUT_S))
     serve.run(application(config), name=APP_NAME, route_prefix=None)
     url = f"http://127.0.0.1:{port}"
     # as `serve` does before it says ready: the ingress learns that the replicas are up from Serve's
@@ -252,7 +259,162 @@ def test_requests_refused_before_the_app_sees_them_in_openai_s_shape(service):
     assert httpx.get(f"{service}/docs").status_code == 200
 
 
+def _reply(sock: socket.socket) -> tuple[bytes, bytes]:
+    """An HTTP response's head and body, read from `sock` (b"", b"": the connection closed without one)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data, b""
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head, body
+
+
+def _sent_while_read(port: int, request: bytes) -> tuple[bytes, bytes, float]:
+    """`request` sent whole from a thread (the server may close before it ends) while the reply is read:
+    its head, body and seconds from the first byte sent."""
+    import threading
+
+    def send(sock):
+        try:
+            sock.sendall(request)
+        except OSError:  # the server answered and closed first
+            pass
+
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        start = time.monotonic()
+        threading.Thread(target=send, args=(s,), daemon=True).start()
+        head, body = _reply(s)
+        return head, body, time.monotonic() - start
+
+
+def test_huge_headers_and_urls_are_refused_at_once_while_health_answers(service):
+    """No key needed to send them, so they are bounded before the key is asked: a 128 MiB header gets
+    431 and a 64 MiB URL 414, in OpenAI's shape, each within a second, the ingress growing by a few MB
+    at most; /health answers meanwhile (it stalled for seconds while such a header was parsed)."""
+    import json
+    import threading
+
+    port = int(service.rsplit(":", 1)[1])
+    ingress = _ingress(service)
+    before = ingress.memory_info().rss
+    health, done = [], threading.Event()
+
+    def poll_health(client):
+        while not done.is_set():
+            start = time.monotonic()
+            health.append((client.get("/health").status_code, time.monotonic() - start))
+            time.sleep(0.05)
+
+    client = httpx.Client(base_url=service, timeout=30)
+    client.get("/health")  # its first after an idle spell reads the replicas (`fresh`)
+    poller = threading.Thread(target=poll_health, args=(client,))
+    poller.start()
+    try:
+        replies = [_sent_while_read(port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 2**27
+                                    + b"\r\n\r\n"),
+                   _sent_while_read(port, b"GET /v1/models?q=" + b"a" * 2**26
+                                    + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+                   _sent_while_read(port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                    + b"".join(b"X-%d: %s\r\n" % (i, b"b" * 4000) for i in range(9)) + b"\r\n")]
+        time.sleep(0.5)
+    finally:
+        done.set()
+        poller.join()
+        client.close()
+    grown = (ingress.memory_info().rss - before) / 2**20
+    print(f"refused in {[round(took, 2) for _, _, took in replies]} s; ingress +{grown:.0f} MB; /health's slowest "
+          f"{max(t for _, t in health):.2f} s of {len(health)}")
+    for (head, body, took), (status, code) in zip(replies, [(431, "headers_too_large"), (414, "url_too_long"),
+                                                            (431, "headers_too_large")]):
+        assert head.startswith(b"HTTP/1.1 %d " % status) and b"application/json" in head, head
+        assert json.loads(body)["error"]["code"] == code and took < 1.0
+    assert grown < 20
+    assert all(status == 200 for status, _ in health) and max(t for _, t in health) < 2.0  # 2 cores, shared
+
+
+def test_stalled_clients_time_out_and_one_address_has_a_bounded_number_of_connections(service):
+    """Five connections that send nothing, five stopped mid-header, five (with the key) stopped before
+    their declared 12 bytes of body: after the service's 2 s, each stopped request gets 408 in OpenAI's
+    shape and every connection is closed. Connections from one address past 64 get 429 with Retry-After
+    at once; once they close, requests go through again."""
+    import json
+    import select
+
+    port = int(service.rsplit(":", 1)[1])
+    stalled = {"silent": b"", "mid-header": b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-",
+               "mid-body": b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 12\r\n"
+                           b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Type: multipart/form-data; "
+                           b"boundary=x\r\n\r\n"}
+    sockets = [(what, socket.create_connection(("127.0.0.1", port), timeout=30)) for what in stalled for _ in range(5)]
+    start = time.monotonic()
+    for what, s in sockets:
+        s.sendall(stalled[what])
+    for what, s in sockets:
+        head, body = _reply(s)
+        assert s.recv(1) == b""  # closed
+        took = time.monotonic() - start
+        assert READ_TIMEOUT_S - 0.5 < took < READ_TIMEOUT_S + 2, (what, took)
+        if what == "silent":
+            assert head == b"", head  # nothing was asked: nothing to answer
+        else:
+            assert head.startswith(b"HTTP/1.1 408 ") and json.loads(body)["error"]["code"] == "request_timeout", head
+        s.close()
+
+    many = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(74)]
+    try:
+        time.sleep(0.5)  # the refused are answered at once; the others wait for a request
+        readable, _, _ = select.select(many, [], [], 0)
+        assert 10 <= len(readable) < 74  # this process may hold a few more open (its clients' keep-alive)
+        for s in readable:
+            head, body = _reply(s)
+            assert head.startswith(b"HTTP/1.1 429 ") and b"retry-after: 1" in head.lower(), head
+            assert json.loads(body)["error"]["code"] == "too_many_connections"
+    finally:
+        for s in many:
+            s.close()
+    time.sleep(0.5)
+    assert httpx.get(f"{service}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+
+
+def test_uploads_held_at_once_share_a_budget_past_which_a_request_waits_its_turn(service, http):
+    """24 uploads declaring 2 MB each and sending slowly hold the service's 48 MB: the next gets 503
+    with Retry-After before its body is read, and once they are gone (408: their bodies paused past
+    2 s) the same upload goes through."""
+    import json
+
+    port = int(service.rsplit(":", 1)[1])
+    jfk = (AUDIO / "jfk.flac").read_bytes()
+    held = []
+    for _ in range(int(UPLOADS_MB // 2)):
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        s.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+                  + KEY.encode() + b"\r\nContent-Type: multipart/form-data; boundary=x\r\nContent-Length: %d\r\n"
+                  b"\r\n--x\r\n" % 2**21)
+        held.append(s)
+    try:
+        time.sleep(0.5)
+        busy = http.post("/v1/audio/transcriptions", files={"file": ("jfk.flac", jfk)}, data={"model": "whisper-1"})
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "2", busy.text
+        assert (busy.json()["error"]["code"], busy.json()["error"]["type"]) == ("uploads_full", "server_error")
+        for s in held:
+            head, body = _reply(s)
+            assert head.startswith(b"HTTP/1.1 408 ") and json.loads(body)["error"]["code"] == "request_timeout"
+    finally:
+        for s in held:
+            s.close()
+    good = http.post("/v1/audio/transcriptions", files={"file": ("jfk.flac", jfk)}, data={"model": "whisper-1"})
+    assert good.status_code == 200 and normalize(good.json()["text"]) == normalize(JFK)
+
+
 def test_models_health_and_an_english_only_model_asked_to_translate(client, service):
+    """The models and /health as OpenAI's client reads them; DELETE on a model is 405 (a path the API
+    has, with another method); a request with two Authorization headers is refused, whichever comes last."""
     models = client.models.list()
     assert [m.id for m in models.data] == ["whisper-1", "tiny.en"]
     assert client.models.retrieve("whisper-1").root == "tiny.en" and client.models.retrieve("tiny.en").id == "tiny.en"
@@ -260,6 +422,11 @@ def test_models_health_and_an_english_only_model_asked_to_translate(client, serv
 
     with pytest.raises(NotFoundError, match="'whisper-9' does not exist"):
         client.models.retrieve("whisper-9")
+    deleted = httpx.delete(f"{service}/v1/models/whisper-1", headers={"Authorization": f"Bearer {KEY}"})
+    assert (deleted.status_code, deleted.json()["error"]["type"]) == (405, "invalid_request_error")
+    for keys in ([KEY, "wrong-key"], ["wrong-key", KEY], [KEY, KEY]):  # two keys: neither is believed
+        twice = httpx.get(f"{service}/v1/models", headers=[("Authorization", f"Bearer {k}") for k in keys])
+        assert (twice.status_code, twice.json()["error"]["code"]) == (400, "invalid_request"), keys
     health = httpx.get(f"{service}/health").json()  # no key needed
     assert health["status"] == "ok" and {m["backend"] for m in health["models"]} == {"max", "faster"}
     assert all((m["replicas"], m["target"]) == (2, 2) for m in health["models"])
@@ -304,6 +471,12 @@ def test_a_burst_of_bad_requests_gets_openai_errors_then_a_good_one_succeeds(ser
          {"model": "whisper-1", "prompt": "a" * 2**20}, 400, "prompt"),
         ("srt streamed", {"file": ("j.flac", jfk)}, {"model": "whisper-1", "stream": "true", "response_format": "srt"},
          400, "response_format"),
+        # JSON nested past Python's recursion limit, and a number past a float's range: 400s, not "the service failed"
+        ("nested chunking_strategy", {"file": ("j.flac", jfk)},
+         {"model": "whisper-1", "chunking_strategy": "[" * 10000}, 400, "chunking_strategy"),
+        ("huge threshold", {"file": ("j.flac", jfk)},
+         {"model": "whisper-1", "chunking_strategy": '{"type": "server_vad", "threshold": 1' + "0" * 400 + "}"},
+         400, "chunking_strategy"),
     ]
     codes = {"NaN samples": "invalid_audio", "41 fields": "too_many_fields", "a 1 MB prompt": "field_too_large",
              "oversized": "upload_too_large", "too long": "audio_too_long"}
@@ -584,6 +757,33 @@ def test_a_replica_warms_up_as_the_app_s_models_do_and_compiles_every_graph(monk
     assert heard == [("faster", 16000, 0.0), "compile_rest"]
     LocalTranscriptions().models.get("faster", "tiny.en", "cpu")  # the app's
     assert heard == [("faster", 16000, 0.0), "compile_rest", ("faster", 16000, 0.0)]
+
+
+def test_the_ingress_reads_the_replicas_while_they_are_looked_at_and_not_while_idle(monkeypatch):
+    """An idle service's ingress reads nothing: after a look at the replicas (a request's readiness
+    check, the app's status) they are read four times a second for ACTIVE_S, then not until the next
+    look; `fresh` (/health's) reads at once after an idle spell and returns when it has."""
+    from maxwhisper.service import replicas
+
+    monkeypatch.setattr(replicas, "ACTIVE_S", 0.6)
+    reads = []
+    monkeypatch.setattr(replicas.ReplicaWatch, "_read", lambda self, now: reads.append(now))
+    watch = replicas.ReplicaWatch("maxwhisper", ["max-tiny.en-cpu"], 1)
+    time.sleep(1.2)
+    started = len(reads)
+    assert 1 <= started <= 4, reads
+    time.sleep(1.0)
+    assert len(reads) == started  # idle
+    assert watch.of("max-tiny.en-cpu").up == 0
+    time.sleep(0.1)
+    assert len(reads) == started + 1  # the look woke it
+    time.sleep(1.5)
+    idle = len(reads)
+    time.sleep(1.0)
+    assert len(reads) == idle
+    begun = time.monotonic()
+    watch.fresh()
+    assert len(reads) == idle + 1 and time.monotonic() - begun < 0.5
 
 
 def test_replicas_that_ray_has_no_room_for_are_refused_with_what_to_change():

@@ -17,6 +17,8 @@ from typing import Any
 from ..api import DecodeOptions, OptionError
 
 RATES = (24000, 16000)  # OpenAI's PCM rate, and Whisper's own
+QUOTED_CHARS = 64  # the most of a client's value that an error quotes
+MOST_NAMED = 5  # unknown fields an error names
 DEFAULT_MODEL = "whisper-1"
 # an `include` value of this service's own: each delta also carries its words with their times in
 # the session's audio (start_ms, end_ms), so that a client can measure each word's latency
@@ -54,6 +56,15 @@ class SessionConfig:
         return DecodeOptions(language=self.language, initial_prompt=self.prompt or None)
 
 
+def quoted(value: Any) -> str:
+    """A client's value as an error message quotes it: its repr, at most QUOTED_CHARS of it (a list
+    or an object is named, not shown)."""
+    if isinstance(value, (list, dict)):
+        return "a list" if isinstance(value, list) else "an object"
+    text = repr(value[:QUOTED_CHARS] if isinstance(value, str) else value)
+    return text if len(text) <= QUOTED_CHARS else text[:QUOTED_CHARS - 3] + "..."
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(10)}"
 
@@ -89,11 +100,11 @@ def _parse_ga(session: dict, config: SessionConfig, known_model) -> SessionConfi
     if "format" in given:
         fmt = _object(given["format"], "session.audio.input.format")
         if fmt.get("type", "audio/pcm") != "audio/pcm":
-            raise EventError(f"unsupported audio format {fmt.get('type')!r}: send 'audio/pcm' (16-bit mono)",
+            raise EventError(f"unsupported audio format {quoted(fmt.get('type'))}: send 'audio/pcm' (16-bit mono)",
                              "session.audio.input.format.type")
         rate = fmt.get("rate", config.rate)
         if rate not in RATES:
-            raise EventError(f"unsupported rate {rate!r}: send PCM at 24000 or 16000 Hz",
+            raise EventError(f"unsupported rate {quoted(rate)}: send PCM at 24000 or 16000 Hz",
                              "session.audio.input.format.rate")
         config = replace(config, rate=rate)
     config = _transcription(given, "transcription", "session.audio.input.transcription", config, known_model)
@@ -107,7 +118,7 @@ def _parse_beta(session: dict, config: SessionConfig, known_model) -> SessionCon
            "session")
     if "input_audio_format" in session:
         if session["input_audio_format"] != "pcm16":
-            raise EventError(f"unsupported input_audio_format {session['input_audio_format']!r}: send 'pcm16' "
+            raise EventError(f"unsupported input_audio_format {quoted(session['input_audio_format'])}: send 'pcm16' "
                              "(16-bit mono at 24 kHz)", "session.input_audio_format")
         config = replace(config, rate=24000)
     config = _transcription(session, "input_audio_transcription", "session.input_audio_transcription", config,
@@ -134,8 +145,9 @@ def _transcription(holder: dict, key: str, param: str, config: SessionConfig, kn
     language = given.get("language", config.language)
     try:
         language = DecodeOptions(language=language or None).language
-    except OptionError as e:
-        raise EventError(str(e), f"{param}.language") from None
+    except OptionError:
+        raise EventError(f"unknown language {quoted(language)}; use a code such as en, de or fr",
+                         f"{param}.language") from None
     return replace(config, model=model, prompt=prompt, language=language)
 
 
@@ -149,8 +161,8 @@ def _turn_detection(holder: dict, param: str, config: SessionConfig) -> SessionC
     given = _object(given, param)
     kind = given.get("type", "server_vad")
     if kind != "server_vad":
-        raise EventError(f"turn detection {kind!r} is not supported: use 'server_vad', or null to commit yourself",
-                         f"{param}.type")
+        raise EventError(f"turn detection {quoted(kind)} is not supported: use 'server_vad', or null to commit "
+                         "yourself", f"{param}.type")
     _known(given, {"type", "threshold", "prefix_padding_ms", "silence_duration_ms", "create_response",
                    "interrupt_response", "idle_timeout_ms"}, param)
     vad = config.turn_detection or ServerVad()
@@ -204,9 +216,13 @@ def _object(value: Any, param: str) -> dict:
 def _known(given: dict, fields: set[str], param: str) -> None:
     unknown = sorted(set(given) - fields)
     if unknown:
-        raise EventError(f"unknown field(s) in {param}: {', '.join(unknown)}", f"{param}.{unknown[0]}",
+        shown = ", ".join(quoted(name) for name in unknown[:MOST_NAMED]) + (", ..." if unknown[MOST_NAMED:] else "")
+        raise EventError(f"unknown field(s) in {param}: {shown}", f"{param}.{unknown[0][:QUOTED_CHARS]}",
                          code="unknown_parameter")
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A JSON number: an integer of any size (past a float's range, too), or a finite float."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or isinstance(value, float) and math.isfinite(value)

@@ -31,8 +31,8 @@ import numpy as np
 from ..api import SAMPLE_RATE, MaxWhisperError, Transcriber
 from ..audio import StreamResampler
 from ..streaming import PROMPT_CHARS, Streamer, StreamWord
-from .protocol import (DEFAULT_MODEL, EventError, SessionConfig, error_event, new_id, parse_update,
-                       render_session, server_event)
+from .protocol import (DEFAULT_MODEL, QUOTED_CHARS, EventError, SessionConfig, error_event, new_id, parse_update,
+                       quoted, render_session, server_event)
 from .vad import FRAME, TurnDetector
 
 log = logging.getLogger("maxwhisper.realtime")
@@ -41,7 +41,7 @@ UPDATE_S = 0.5  # new audio a turn waits for before its next update
 FIRST_UPDATE_S = 1.5  # audio a turn waits for before its first: a first word heard alone is unstable
 MIN_COMMIT_S = 0.1  # a commit of less audio is refused, as OpenAI refuses it
 MAX_APPEND_BYTES = 15 * 2**20  # OpenAI's limit on one append's audio
-MAX_MESSAGE_BYTES = MAX_APPEND_BYTES * 4 // 3 + 2**16  # a client event: such an append in base64, in JSON
+MAX_MESSAGE_BYTES = 32 * 2**20  # a client message: room for an append past MAX_APPEND_BYTES, refused by an event
 CLIENT_EVENTS = ("session.update", "transcription_session.update", "input_audio_buffer.append",
                  "input_audio_buffer.commit", "input_audio_buffer.clear")
 
@@ -102,14 +102,16 @@ class RealtimeSession:
                             session=render_session(self.config, self.id, self.beta))
 
     def receive(self, message: str | bytes) -> list[dict]:
-        """The events that answer one client event (an error event for a bad one)."""
+        """The events that answer one client event: an error event for a bad one, whatever it holds."""
         try:
             event = json.loads(message)
         except (ValueError, UnicodeDecodeError):
             return [error_event(EventError("the message is not JSON", code="invalid_json"))]
+        except RecursionError:
+            return [error_event(EventError("the message nests its JSON too deeply", code="invalid_json"))]
         if not isinstance(event, dict):
             return [error_event(EventError("an event is a JSON object", code="invalid_json"))]
-        client_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
+        client_id = event.get("event_id")[:QUOTED_CHARS] if isinstance(event.get("event_id"), str) else None
         if not isinstance(event.get("type"), str):
             return [error_event(EventError("an event needs a 'type'", "type", "missing_required_parameter"), client_id)]
         handler = {"session.update": self._update, "transcription_session.update": self._update,
@@ -117,12 +119,17 @@ class RealtimeSession:
                    "input_audio_buffer.clear": self._clear}.get(event["type"])
         try:
             if handler is None:
-                raise EventError(f"unsupported event type {event['type']!r} on a transcription session; "
+                raise EventError(f"unsupported event type {quoted(event['type'])} on a transcription session; "
                                  f"supported: {', '.join(CLIENT_EVENTS)}", "type")
             with self._lock:
                 return handler(event)
         except EventError as e:
             return [error_event(e, client_id)]
+        except Exception:  # noqa: BLE001 - logged; the client gets an error event and the session goes on
+            log.exception("a realtime event could not be handled")
+            return [error_event(EventError(f"the event {event['type'][:QUOTED_CHARS]} could not be handled; the "
+                                           "service's log has the details", code="event_failed", type="server_error"),
+                                client_id)]
 
     def busy(self) -> bool:
         """Whether a turn is still to be transcribed or completed: the client may be waiting for it."""

@@ -4,6 +4,8 @@
 `guard(app, policy)` wraps an ASGI app with it (a WebSocket route behind it is guarded the same
 way) and answers CORS for the origins allowed. No Ray, no FastAPI.
 
+- A request that gives a header judged here (Authorization, X-API-Key, Host, Origin) twice is refused
+  (400): no "the last one wins".
 - Keys: when any is set, every path under /v1 asks for one as OpenAI's clients send it
   (`Authorization: Bearer KEY`; a WebSocket may send it otherwise too: `presented_key`) and answers
   401 `invalid_api_key` without it. /health, /docs and
@@ -30,6 +32,7 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 KEYED_PREFIX = "/v1"  # the API: the paths that ask for a key when keys are set
 CORS_MAX_AGE_S = 600
 KEY_SUBPROTOCOL = "openai-insecure-api-key."  # a browser's WebSocket sends its key so (OpenAI's realtime clients)
+JUDGED_HEADERS = (b"authorization", b"x-api-key", b"host", b"origin")  # given twice, a request is refused
 
 
 def _digest(key: str) -> bytes:
@@ -94,6 +97,11 @@ class AccessPolicy:
     def refusal(self, scope: dict) -> ApiError | None:
         """Why the request or WebSocket handshake in `scope` is refused (None: it is not)."""
         headers = _headers(scope)
+        names = [name.lower() for name, _ in scope.get("headers", [])]
+        twice = next((name.decode("latin-1") for name in JUDGED_HEADERS if names.count(name) > 1), None)
+        if twice is not None:  # which one to believe is the question a smuggled request raises: neither
+            return ApiError(400, f"the request has {names.count(twice.encode())} {twice} headers: send one",
+                            code="invalid_request")
         host = headers.get("host", "")
         if self.allowed_hosts is not None and hostname(host) not in self.allowed_hosts:
             return ApiError(403, f"this service does not answer to the host {hostname(host) or '(none)'!r}; it answers "

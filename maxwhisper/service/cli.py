@@ -22,6 +22,19 @@ from ..extras import checkout
 log = logging.getLogger(__name__)
 KEY_ENV = "MAXWHISPER_API_KEY"  # one API key, or several separated by commas
 RAY_ALONE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node address is the loopback, as on macOS
+# Ray's and Serve's periodic work, less often where that costs the service nothing, so that an idle service
+# costs little CPU (benchmarks/idle_cpu.py). Set in the environment of a Ray instance of the service's own
+# (each may be set otherwise there); a cluster's processes have the environment of its `ray start`.
+QUIET_RAY = {
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "1",  # Serve's controller: a round a second, not ten
+    "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "0",  # Serve's metrics set as they come, not flushed ten times a second
+    "RAY_SERVE_EVENT_LOOP_MONITORING_INTERVAL_S": "60",  # each replica's event-loop lag probe (5 s)
+    "RAY_enable_metrics_collection": "0",  # Ray's Prometheus metrics, which nothing scrapes here
+    "RAY_USAGE_STATS_ENABLED": "0",  # Ray's usage reports, as MAX's telemetry is off
+    "RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0",  # the log monitor lists its folder every 5 s, not ten times a
+    "LOG_NAME_UPDATE_INTERVAL_S": "5",  # second (the workers' logs go to files, not to this process)
+    "REPORTER_UPDATE_INTERVAL_MS": "60000",  # the dashboard agent's process statistics (5 s; no dashboard runs)
+}
 
 EXAMPLE = f"""examples:
   python -m maxwhisper serve                               # MAX tiny.en on this machine, http://127.0.0.1:8000
@@ -40,6 +53,16 @@ def _positive(kind):
             raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
         return value
     return parse
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, got {text!r}")
+    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,8 +90,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seconds", type=_positive(float), default=600.0, help="longest audio accepted (default 600)")
     p.add_argument("--max-upload-mb", type=_positive(float), default=25.0,
                    help="largest upload (default 25, as OpenAI)")
+    p.add_argument("--max-uploads-mb", type=_positive(float), default=200.0,
+                   help="uploads held in memory at once, all requests together; past it a request gets 503 with "
+                        "Retry-After (default 200)")
     p.add_argument("--request-timeout", type=_positive(float), default=600.0,
                    help="seconds after which a request is answered 504 (default 600)")
+    p.add_argument("--header-timeout", type=_positive(float), default=20.0,
+                   help="seconds a request's line and headers may take to arrive, from the connection or the "
+                        "request's first byte; then 408 and the connection closes (default 20)")
+    p.add_argument("--body-timeout", type=_positive(float), default=30.0,
+                   help="seconds a request's body may pause; then 408 and the connection closes (default 30)")
+    p.add_argument("--max-connections-per-client", type=_count, default=64,
+                   help="connections open at once from one address, WebSockets included; more are answered 429 "
+                        "(default 64; 0: none, as behind a proxy, from whose address every connection comes)")
     p.add_argument("--max-sessions", type=_positive(int), default=8,
                    help="realtime transcription sessions (/v1/realtime) per model replica; more are refused "
                         "(default 8)")
@@ -113,6 +147,7 @@ def config_of(args: argparse.Namespace, device: str):
     from ..registry import BACKENDS, installed_backend
     from .access import AccessPolicy
     from .deployments import ServiceConfig, ui_entry_point
+    from .front import HttpLimits
 
     if args.ui:
         ui_entry_point()  # an installed app to mount, found before anything starts
@@ -136,9 +171,15 @@ def config_of(args: argparse.Namespace, device: str):
             raise MaxWhisperError(f"backend {b} has no precision {args.precision} on {device}")
     access = AccessPolicy.create(args.host, keys=api_keys(args), allowed_hosts=args.allowed_host,
                                  cors_origins=args.cors_origin)
+    if args.max_uploads_mb < args.max_upload_mb:
+        raise MaxWhisperError(f"--max-uploads-mb ({args.max_uploads_mb:g}) is less than one upload "
+                              f"(--max-upload-mb {args.max_upload_mb:g}): raise it")
+    http_limits = HttpLimits(header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+                             connections_per_client=args.max_connections_per_client)
     return ServiceConfig(backends=backends, models=models, device=device, precision=args.precision,
                          replicas=args.replicas, max_batch=args.max_batch, cpus_per_replica=args.cpus_per_replica,
                          max_seconds=args.max_seconds, max_upload_mb=args.max_upload_mb,
+                         max_uploads_mb=args.max_uploads_mb, http_limits=http_limits,
                          request_timeout_s=args.request_timeout, ui=args.ui, host=args.host, port=args.port,
                          access=access, loopback_ray=not args.address, max_sessions=args.max_sessions,
                          session_limits=Limits(max_session_s=60 * args.session_minutes))
@@ -174,6 +215,8 @@ def _device(requested: str, ray) -> str:
 def main(args: argparse.Namespace) -> int:
     os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    for name, value in QUIET_RAY.items():
+        os.environ.setdefault(name, value)
     if not args.address:
         # a Ray instance of its own takes the loopback for its node's address, and then listens on it alone
         # (Ray's switch for a single machine that forms no cluster); its processes inherit it

@@ -30,6 +30,7 @@ from ..api import DecodeOptions, MaxWhisperError, TranscriptionResult
 from ..extras import MissingExtra, require
 from ..realtime import Limits
 from .access import AccessPolicy
+from .front import Front, HttpLimits
 from .openai_api import ApiError, Served
 from .replicas import ReplicaWatch
 
@@ -54,6 +55,8 @@ class ServiceConfig:
     cpus_per_replica: float = 1.0
     max_seconds: float = 600.0  # longest audio accepted
     max_upload_mb: float = 25.0  # largest upload accepted (OpenAI's limit)
+    max_uploads_mb: float = 200.0  # uploads held in memory at once, across requests
+    http_limits: HttpLimits = HttpLimits()  # what a connection may cost before the app has its request
     request_timeout_s: float = 600.0
     ui: bool = False
     extra_ui_options: dict = field(default_factory=dict)
@@ -182,7 +185,6 @@ class Ingress:
 
     def __init__(self, config: ServiceConfig, *handles):
         from .access import guard
-        from .front import Front
         from .http import build_api
 
         if config.loopback_ray:
@@ -195,7 +197,8 @@ class Ingress:
         self._sessions_lock = threading.Lock()  # the sockets' event loop and the app's live streams count them
         self._windowed: dict[tuple[str, str], bool] = {}
         app = build_api(self)
-        self.front = Front(guard(_with_app(self, app) if config.ui else app, config.access), config.host, config.port)
+        self.front = Front(guard(_with_app(self, app) if config.ui else app, config.access), config.host, config.port,
+                           config.http_limits)
 
     def check_health(self) -> None:
         """Serve's health check: a replica whose HTTP server stopped is replaced."""

@@ -6,14 +6,15 @@ carries a traceback or a server path. A request is checked in this order, cheape
 check bounding the work of the next: the form as it streams in (`upload.read_form`: size, fields),
 the fields, the audio's length from its container and then as it decodes, its samples, whether it
 holds anything to transcribe; then it goes to a model. A request's memory is its upload (at most
---max-upload-mb) and its decoded audio (at most --max-seconds, 64 KB a second as float32); at most
-DECODES_AT_ONCE uploads are decoded at a time. Access (keys, Host, Origin) is checked before all
-this, by `access.guard` around the app.
+--max-upload-mb) and its decoded audio (at most --max-seconds, 64 KB a second as float32); the uploads
+held at once share --max-uploads-mb, and at most DECODES_AT_ONCE are decoded at a time. Access (keys,
+Host, Origin) is checked before all this, by `access.guard` around the app.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 import numpy as np
 from fastapi import FastAPI, Request, WebSocket
@@ -26,25 +27,29 @@ from starlette.requests import ClientDisconnect
 
 from ..api import AudioError, AudioTooLong, InvalidSamples, NothingToTranscribe
 from ..audio import check_transcribable, load_audio
+from ..realtime.protocol import quoted
 from .access import KEYED_PREFIX
 from .openai_api import (DEFAULT_MODEL_ALIAS, ApiError, TranscriptionRequest, delta_event, done_event, form_schema,
                          model_object, parse_form, render, sse)
 from .realtime import serve_socket
-from .upload import FormLimits, read_form
+from .upload import FormLimits, UploadBudget, read_form
 
 log = logging.getLogger("maxwhisper.service")
 
 DECODES_AT_ONCE = 2  # uploads decoded at a time (each holds its decoded audio): the rest wait their turn
+ROUTES = ((re.compile(r"/v1/audio/(transcriptions|translations)"), "POST"),  # the API's paths, and their method
+          (re.compile(r"/v1/models(/[^/]+)?"), "GET"))
 ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "object", "properties": {
     "message": {"type": "string"}, "type": {"type": "string"}, "param": {"type": ["string", "null"]},
     "code": {"type": ["string", "null"]}}}}}
 
 
 def build_api(ingress) -> FastAPI:
-    """The app over `ingress` (a `deployments.Ingress`: its config, `transcribe`, `transcribe_stream`
-    and `replicas_of`)."""
+    """The app over `ingress` (a `deployments.Ingress`: its config, `transcribe`, `transcribe_stream`,
+    `replicas` and `replicas_of`)."""
     config = ingress.config
     limits = FormLimits(file_bytes=int(config.max_upload_mb * 2**20))
+    uploads = UploadBudget(int(config.max_uploads_mb * 2**20))
     decoding = asyncio.Semaphore(DECODES_AT_ONCE)
     app = FastAPI(title="MAX-Whisper", docs_url="/docs", redoc_url=None,
                   description="OpenAI's audio API on MAX-Whisper (Ray Serve)."
@@ -58,8 +63,9 @@ def build_api(ingress) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException) -> JSONResponse:
-        message = {404: f"no such endpoint: {request.method} {request.url.path}",
-                   405: f"{request.method} is not allowed on {request.url.path}"}.get(e.status_code, str(e.detail))
+        message = {404: f"no such endpoint: {request.method} {quoted(request.url.path)}",
+                   405: f"{request.method} is not allowed on {quoted(request.url.path)}"}.get(e.status_code,
+                                                                                            str(e.detail))
         return await api_error(request, ApiError(e.status_code, message))
 
     @app.exception_handler(RequestValidationError)
@@ -72,22 +78,26 @@ def build_api(ingress) -> FastAPI:
         return await api_error(request, ApiError(500, f"the service failed ({type(e).__name__}); its log has the "
                                                       "details", type="server_error", code="internal_error"))
 
+    async def request_and_audio(request: Request, task: str) -> tuple[TranscriptionRequest, np.ndarray]:
+        """The form checked and its audio decoded; the upload is dropped, and the budget has it back, on return."""
+        with uploads.claim() as take:
+            try:
+                form = await read_form(request.stream(), request.headers.get("content-type", ""),
+                                       request.headers.get("content-length"), limits, take)
+            except ClientDisconnect:
+                raise ApiError(400, "the client closed the connection before its upload ended",
+                               code="client_disconnected") from None
+            request_ = parse_form(form.fields, task, config.served)
+            if form.file is None:
+                raise ApiError(400, "you must send the audio as a file in the 'file' field", param="file",
+                               code="missing_required_parameter")
+            if not form.file:
+                raise ApiError(400, "the audio file is empty (0 bytes)", param="file", code="empty_file")
+            async with decoding:
+                return request_, await run_in_threadpool(_decode, form.file, config.max_seconds)
+
     async def answer(request: Request, task: str) -> Response:
-        try:
-            form = await read_form(request.stream(), request.headers.get("content-type", ""),
-                                   request.headers.get("content-length"), limits)
-        except ClientDisconnect:
-            raise ApiError(400, "the client closed the connection before its upload ended",
-                           code="client_disconnected") from None
-        request_ = parse_form(form.fields, task, config.served)
-        if form.file is None:
-            raise ApiError(400, "you must send the audio as a file in the 'file' field", param="file",
-                           code="missing_required_parameter")
-        if not form.file:
-            raise ApiError(400, "the audio file is empty (0 bytes)", param="file", code="empty_file")
-        async with decoding:
-            audio = await run_in_threadpool(_decode, form.file, config.max_seconds)
-        del form  # the upload: only the audio is kept while the model works
+        request_, audio = await request_and_audio(request, task)  # only the audio is kept while the model works
         _check_speech(audio)
         if request_.stream:
             return await _streamed(ingress, request_, audio)
@@ -100,7 +110,8 @@ def build_api(ingress) -> FastAPI:
     def documented(task: str) -> dict:
         """The route's form and answers, for /docs (the form is read by hand, as it streams)."""
         errors = {400: "A field or the form is wrong", 401: "No valid API key", 404: "No such model",
-                  413: "The upload or the audio is too long", 415: "Not audio", 503: "No replica up: Retry-After"}
+                  413: "The upload or the audio is too long", 415: "Not audio",
+                  503: "No replica up, or the uploads held at once fill their budget: Retry-After"}
         return {"openapi_extra": {"requestBody": {"required": True, "content": {
                     "multipart/form-data": {"schema": form_schema(task)}}}},
                 "responses": {200: {"description": "The transcription: JSON (json, verbose_json), text (text, srt, "
@@ -135,6 +146,7 @@ def build_api(ingress) -> FastAPI:
 
     @app.get("/health", summary="Whether every model deployment has its replicas up (no key needed)")
     async def health() -> JSONResponse:
+        await run_in_threadpool(ingress.replicas.fresh)  # not what an idle service last read
         deployments = []
         for backend, model_name in config.served.pairs:
             replicas = ingress.replicas_of(backend, model_name)
@@ -147,11 +159,13 @@ def build_api(ingress) -> FastAPI:
 
     @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
     async def elsewhere(request: Request, rest: str):
-        """The API's other paths in its own shape, before anything mounted at / (the app) sees them."""
-        known = {"/v1/audio/transcriptions": "POST", "/v1/audio/translations": "POST", "/v1/models": "GET"}
-        if request.url.path in known:
-            raise ApiError(405, f"{request.method} is not allowed on {request.url.path}: use {known[request.url.path]}")
-        raise ApiError(404, f"no such endpoint: {request.method} {request.url.path}")
+        """The API's other paths in its own shape, before anything mounted at / (the app) sees them:
+        405 on a path the API has with another method, else 404."""
+        path = request.url.path
+        method = next((method for pattern, method in ROUTES if pattern.fullmatch(path)), None)
+        if method is not None:
+            raise ApiError(405, f"{request.method} is not allowed on {quoted(path)}: use {method}")
+        raise ApiError(404, f"no such endpoint: {request.method} {quoted(path)}")
 
     if config.access.keyed:
         app.openapi = lambda: _with_bearer(app)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from ..api import DecodeOptions, MaxWhisperError, TranscriptionResult
 from ..formats import to_srt, to_vtt
+from ..realtime.protocol import QUOTED_CHARS, quoted
 from ..tokenizer import LANGUAGES, normalize_language
 
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
@@ -135,17 +136,17 @@ def parse_form(form: Mapping[str, Sequence[str]], task: str, served: Served) -> 
     form = {ALIASES.get(name, name): values for name, values in form.items()}  # the bracketed names are OpenAI's
     unknown = sorted(name for name in set(form) - set(FIELDS) if not _VAD_FIELD.fullmatch(name))
     if unknown:
-        raise ApiError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; this endpoint takes "
-                            f"{', '.join(FIELDS)}", param=unknown[0], code="unknown_parameter")
+        raise ApiError(400, f"unknown field(s) {', '.join(map(quoted, unknown[:5]))}; this endpoint takes "
+                            f"{', '.join(FIELDS)}", param=unknown[0][:QUOTED_CHARS], code="unknown_parameter")
     backend, model = deployment(one("model"), one("backend"), served)
     response_format = one("response_format") or "json"
     if response_format not in RESPONSE_FORMATS:
-        raise ApiError(400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, not {response_format!r}",
-                       param="response_format", code="invalid_value")
+        raise ApiError(400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, not "
+                            f"{quoted(response_format)}", param="response_format", code="invalid_value")
     granularities = tuple(dict.fromkeys(g.strip() for g in form.get("timestamp_granularities[]", [])))
     for g in granularities:
         if g not in GRANULARITIES:
-            raise ApiError(400, f"timestamp_granularities[] takes segment and/or word, not {g!r}",
+            raise ApiError(400, f"timestamp_granularities[] takes segment and/or word, not {quoted(g)}",
                            param="timestamp_granularities[]", code="invalid_value")
     if "word" in granularities and response_format != "verbose_json":
         raise ApiError(422, "word timestamps come only with response_format verbose_json",
@@ -158,7 +159,7 @@ def parse_form(form: Mapping[str, Sequence[str]], task: str, served: Served) -> 
                        code="unsupported_value")
     for value in form.get("include[]", []):
         if value.strip() not in INCLUDES:
-            raise ApiError(400, f"include[] takes {', '.join(INCLUDES)}, not {value!r}", param="include[]",
+            raise ApiError(400, f"include[] takes {', '.join(INCLUDES)}, not {quoted(value)}", param="include[]",
                            code="invalid_value")
     _check_chunking(one("chunking_strategy"), {m.group(1): one(name) for name in form
                                                if (m := _VAD_FIELD.fullmatch(name))})
@@ -170,7 +171,7 @@ def parse_form(form: Mapping[str, Sequence[str]], task: str, served: Served) -> 
         try:
             language = normalize_language(language)
         except ValueError:
-            raise ApiError(400, f"unknown language {language!r}; use an ISO-639-1 code such as "
+            raise ApiError(400, f"unknown language {quoted(language)}; use an ISO-639-1 code such as "
                                 f"{', '.join(list(LANGUAGES)[:5])}", param="language", code="invalid_value") from None
     values = {"task": task, "language": language or None, "initial_prompt": one("prompt") or None,
               "temperature": _temperatures(one("temperature")), "word_timestamps": "word" in granularities,
@@ -191,13 +192,13 @@ def deployment(model: str | None, backend: str | None, served: Served) -> tuple[
                        param="model", code="missing_required_parameter")
     model = served.default[1] if model == DEFAULT_MODEL_ALIAS else model
     if model not in served.models:
-        raise ApiError(404, f"the model {model!r} does not exist here; this service runs "
+        raise ApiError(404, f"the model {quoted(model)} does not exist here; this service runs "
                             f"{', '.join([DEFAULT_MODEL_ALIAS, *served.models])}",
                        param="model", code="model_not_found")
     backend = backend or next(b for b, m in served.pairs if m == model)
     if (backend, model) not in served.pairs:
         on = [b for b, m in served.pairs if m == model]
-        raise ApiError(400, f"backend {backend!r} does not serve {model} here; it runs on {', '.join(on)}",
+        raise ApiError(400, f"backend {quoted(backend)} does not serve {model} here; it runs on {', '.join(on)}",
                        param="backend", code="invalid_value")
     return backend, model
 
@@ -212,7 +213,7 @@ def _temperatures(text: str | None) -> tuple[float, ...]:
     except ValueError:
         first = math.nan
     if not 0 <= first <= 1:
-        raise ApiError(400, f"temperature must be a number from 0 to 1, not {text!r}", param="temperature",
+        raise ApiError(400, f"temperature must be a number from 0 to 1, not {quoted(text)}", param="temperature",
                        code="invalid_value")
     steps = int((1 - first) / TEMPERATURE_STEP + 1e-9)
     return tuple(round(first + TEMPERATURE_STEP * i, 6) for i in range(steps + 1))
@@ -222,7 +223,7 @@ def _boolean(text: str | None, name: str) -> bool:
     if text is None or text == "":
         return False
     if text.lower() not in ("true", "false", "1", "0"):
-        raise ApiError(400, f"{name} must be true or false, not {text!r}", param=name, code="invalid_value")
+        raise ApiError(400, f"{name} must be true or false, not {quoted(text)}", param=name, code="invalid_value")
     return text.lower() in ("true", "1")
 
 
@@ -237,10 +238,10 @@ def _check_chunking(value: str | None, settings: dict[str, str | None]) -> None:
     if value is not None:
         try:
             settings = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past Python's recursion limit
             settings = None
         if not isinstance(settings, dict):
-            raise ApiError(400, f"chunking_strategy must be auto or a server_vad object, not {value!r}",
+            raise ApiError(400, f"chunking_strategy must be auto or a server_vad object, not {quoted(value)}",
                            param="chunking_strategy", code="invalid_value")
     settings = dict(settings)
     if settings.pop("type", None) != "server_vad":
@@ -248,16 +249,16 @@ def _check_chunking(value: str | None, settings: dict[str, str | None]) -> None:
                        param="chunking_strategy", code="invalid_value")
     for name, text in settings.items():
         if name not in VAD_SETTINGS:
-            raise ApiError(400, f"chunking_strategy has no setting {name!r}; server_vad takes "
+            raise ApiError(400, f"chunking_strategy has no setting {quoted(name)}; server_vad takes "
                                 f"{', '.join(VAD_SETTINGS)}", param="chunking_strategy", code="invalid_value")
         kind, low, high = VAD_SETTINGS[name]
         try:
             number = None if isinstance(text, bool) else kind(text)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # not a number, or past a float's range
             number = None
         if number is None or not low <= number <= high:
-            raise ApiError(400, f"chunking_strategy's {name} must be a number from {low:g} to {high:g}, not {text!r}",
-                           param="chunking_strategy", code="invalid_value")
+            raise ApiError(400, f"chunking_strategy's {name} must be a number from {low:g} to {high:g}, not "
+                                f"{quoted(text)}", param="chunking_strategy", code="invalid_value")
 
 
 def _integer(text: str | None, name: str, low: int, high: int, default: int | None) -> int | None:
@@ -268,7 +269,7 @@ def _integer(text: str | None, name: str, low: int, high: int, default: int | No
     except ValueError:
         value = None
     if value is None or not low <= value <= high:
-        raise ApiError(400, f"{name} must be a whole number from {low} to {high}, not {text!r}", param=name,
+        raise ApiError(400, f"{name} must be a whole number from {low} to {high}, not {quoted(text)}", param=name,
                        code="invalid_value")
     return value
 
@@ -315,7 +316,7 @@ def model_object(name: str, served: Served) -> dict:
     """OpenAI's model object for `name` (a served model, or the alias of the first)."""
     model = served.default[1] if name == DEFAULT_MODEL_ALIAS else name
     if model not in served.models:
-        raise ApiError(404, f"the model {name!r} does not exist here; this service runs "
+        raise ApiError(404, f"the model {quoted(name)} does not exist here; this service runs "
                             f"{', '.join([DEFAULT_MODEL_ALIAS, *served.models])}", param="model",
                        code="model_not_found")
     return {"id": name, "object": "model", "created": 0, "owned_by": "maxwhisper", "root": model,

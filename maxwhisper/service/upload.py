@@ -4,11 +4,14 @@ The body's bytes are counted as they arrive, whether the client declared a Conte
 it chunked; past the limit the request is answered 413 and nothing more is read into memory. The
 audio stays in memory (it is at most the upload limit) and nothing is written to disk. Each other
 limit (fields, a field's size, a part's headers) and each malformed body is its own OpenAI error
-naming what was wrong. No HTTP server here: an async iterator of the body's chunks in, a `Form` out.
+naming what was wrong. Uploads held at once share one budget (`UploadBudget`): past it a request
+is answered 503 with Retry-After. No HTTP server here: an async iterator of the body's chunks in,
+a `Form` out.
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
@@ -16,6 +19,7 @@ from python_multipart.multipart import MultipartParseError, MultipartParser, par
 from .openai_api import ApiError
 
 FORM_ALLOWANCE = 64 * 2**10  # the body's bytes besides the file's: the other fields, part headers, boundaries
+BUSY_RETRY_S = 2  # Retry-After when the uploads held at once fill their budget
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,35 @@ class Form:
     file: bytes | None = None
 
 
+class UploadBudget:
+    """The bytes of uploads held in memory at once, across requests: each takes its declared
+    Content-Length as it begins, or, sent chunked, its bytes as they arrive, and gives them back when
+    its upload is dropped. Past `total_bytes` a request is refused (503, Retry-After). Used from the
+    HTTP server's event loop alone."""
+
+    def __init__(self, total_bytes: int):
+        self.total_bytes, self.held = total_bytes, 0
+
+    @contextlib.contextmanager
+    def claim(self) -> Iterator[Callable[[int], None]]:
+        """A request's share: `take(n)` holds n bytes more, or raises ApiError; all are given back at the end."""
+        taken = 0
+
+        def take(n: int) -> None:
+            nonlocal taken
+            if self.held + n > self.total_bytes:
+                raise ApiError(503, f"the service holds its most uploads at once ({self.total_bytes / 2**20:g} MB): "
+                                    f"try again in a few seconds", type="server_error", code="uploads_full",
+                               retry_after=BUSY_RETRY_S)
+            self.held += n
+            taken += n
+
+        try:
+            yield take
+        finally:
+            self.held -= taken
+
+
 def too_large(limits: FormLimits) -> ApiError:
     return ApiError(413, f"the upload is larger than this service's {limits.file_bytes / 2**20:g} MB",
                     param="file", code="upload_too_large")
@@ -56,19 +89,25 @@ def boundary_of(content_type: str) -> bytes:
 
 
 async def read_form(body: AsyncIterator[bytes], content_type: str, content_length: str | None,
-                    limits: FormLimits) -> Form:
+                    limits: FormLimits, take: Callable[[int], None] = lambda n: None) -> Form:
     """The form in `body` (the request's chunks as they arrive), or ApiError at the first limit
     passed or the first malformed byte; a declared Content-Length past the limit is refused before
-    any byte is read."""
+    any byte is read. `take(n)` holds n bytes of the uploads' budget (`UploadBudget.claim`): the
+    declared length at once, else each chunk as it arrives."""
     parts = _Parts(limits)
     parser = MultipartParser(boundary_of(content_type), parts.callbacks())
-    if content_length is not None and content_length.isdigit() and int(content_length) > limits.body_bytes:
+    declared = content_length is not None and content_length.isdigit()
+    if declared and int(content_length) > limits.body_bytes:
         raise too_large(limits)
+    if declared:
+        take(int(content_length))
     received = 0
     async for chunk in body:
         received += len(chunk)
         if received > limits.body_bytes:
             raise too_large(limits)
+        if not declared:
+            take(len(chunk))
         try:
             parser.write(chunk)
         except MultipartParseError as e:
