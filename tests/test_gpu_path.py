@@ -124,9 +124,9 @@ def _copies(monkeypatch) -> dict:
     original = device_steps.StepBuffers.set
 
     def counted(buffers, name, array):
-        held = buffers.held[name]
-        original(buffers, name, array)
-        counts[name] = counts.get(name, 0) + (buffers.held[name] is not held)
+        copied = original(buffers, name, array)
+        counts[name] = counts.get(name, 0) + copied
+        return copied
     monkeypatch.setattr(device_steps.StepBuffers, "set", counted)
     return counts
 
@@ -193,3 +193,19 @@ def test_captured_token_steps_give_the_tokens_of_plain_calls(max_tiny_en_portabl
     assert not net.captures
     assert [r.getMessage() for r in caplog.records] == [
         "the GPU runs MAX's decoder steps one by one: capturing them failed (RuntimeError: capture is not supported here)"]
+
+
+def test_the_step_buffer_pool_keeps_its_newest_idle_buffers(max_tiny_en_portable):
+    """Buffers lent again come from the pool; past `keep` idle ones the oldest shape's go, a shape
+    whose buffers are all out included."""
+    from maxwhisper.graph.device_steps import StepBufferPool
+
+    pool = StepBufferPool(max_tiny_en_portable.net, keep=2)
+    beams = pool.lend(2, 10)
+    pool.give_back(beams)
+    assert pool.lend(2, 10) is beams  # lent again: none of that shape is idle now
+    singles = [pool.lend(1, 10) for _ in range(3)]
+    for buffers in singles:
+        pool.give_back(buffers)
+    pool.give_back(beams)
+    assert pool.lend(2, 10) is beams and pool.lend(1, 10) is singles[-1] and pool.lend(1, 10) is not singles[0]

@@ -538,6 +538,8 @@ def test_the_app_beside_the_api_transcribes_through_the_model_deployments(servic
     service's session slots (one per replica): beside a realtime socket on MAX, the race takes MAX's
     last slot, a second socket is refused meanwhile and let in after the race; with both slots held
     by sockets the next race is refused, the panel saying why."""
+    import re
+
     from playwright.sync_api import expect, sync_playwright
 
     from test_browser import CHROMIUM, CHROMIUM_ARGS, fake_microphone, open_tab, record_until_heard
@@ -559,7 +561,8 @@ def test_the_app_beside_the_api_transcribes_through_the_model_deployments(servic
             page.get_by_label("password").fill(KEY)
             page.get_by_role("button", name="Login").click()
             expect(page.locator("#status")).to_contain_text("Service (2 replica(s) per model", timeout=60_000)
-            page.set_input_files("input[type=file]", str(AUDIO / "jfk.flac"))
+            page.locator("#audio").get_by_role("button", name=re.compile("clear", re.I)).first.click()  # the example
+            page.set_input_files("#audio input[type=file]", str(AUDIO / "jfk.flac"))
             expect(page.locator("audio, #waveform, .waveform-container").first).to_be_attached(timeout=60_000)
             page.click("#run")
             expect(page.locator("#message")).to_contain_text("Finished:", timeout=300_000)

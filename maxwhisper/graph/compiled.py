@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.metadata
+import logging
 import os
 import platform
 import re
@@ -35,6 +36,8 @@ from max.graph.graph import KernelLibrary
 
 from ..cpu_features import CPU_LEVELS, cpu_level, host_cpu_flags
 from .kernel_package import cache_folder, cpu_target, kernel_library
+
+logger = logging.getLogger(__name__)
 
 
 @cache
@@ -126,7 +129,9 @@ def compile_graph(session: InferenceSession, graph: Graph | Module | Callable[[]
         if path.exists():
             try:
                 return session.compile(str(path))
-            except Exception:  # an unreadable artifact (a damaged disk, a copied cache) is compiled again
+            except Exception as error:  # an unreadable artifact (a damaged disk, a copied cache) is compiled again
+                logger.warning("MAX cannot load the compiled graph %s (%s): it compiles it again",
+                               path.name, str(error).splitlines()[0] if str(error) else type(error).__name__)
                 with contextlib.suppress(OSError):
                     path.unlink()
     unit = graph if isinstance(graph, Graph | Module) else graph()

@@ -79,7 +79,10 @@ class StepBufferPool:
         with self._lock:
             idle = self._idle.get((batch, audio_ctx))
             if idle:
-                return idle.pop()
+                buffers = idle.pop()
+                if not idle:
+                    del self._idle[batch, audio_ctx]
+                return buffers
         return StepBuffers(self.net, batch, audio_ctx)
 
     def give_back(self, buffers: StepBuffers) -> None:
@@ -105,9 +108,11 @@ class DeviceStepInference(MaxChoosingInference):
 
     def _setup(self, batch: int, features: AudioFeatures):
         self.buffers = self.model.step_buffers.lend(batch, features.cross[0].shape[3])
-        for mine, theirs in zip(self.buffers.inputs.cross, self._cross_for(batch, features), strict=True):
-            mine.inplace_copy_from(theirs)
-        self.model.device.synchronize()
+        cross = self._cross_for(batch, features)  # kept until the copies from it are done
+        with self.model.device_lock:
+            for mine, theirs in zip(self.buffers.inputs.cross, cross, strict=True):
+                mine.inplace_copy_from(theirs)
+            self.model.device.synchronize()
         self.cache, self.cross = self.buffers.inputs.caches, self.buffers.inputs.cross
 
     def logits_and_choice(self, tokens: np.ndarray, audio_features: AudioFeatures, positions: Sequence[int],
@@ -121,15 +126,20 @@ class DeviceStepInference(MaxChoosingInference):
 
     def _token_step(self, tokens: np.ndarray, positions: np.ndarray, rows: np.ndarray, suppress: np.ndarray,
                     timestamp_begin: np.ndarray) -> list[driver.Buffer]:
-        b = self.buffers
-        copied = [b.set(name, array) for name, array in (
-            ("tokens", tokens), ("positions", positions), ("cross_keys", self._cross_keys(len(tokens))), ("rows", rows),
-            ("suppress", suppress), ("timestamp_begin", timestamp_begin))]
-        if any(copied):
-            self.model.device.synchronize()
-        logits, chosen, logprobs = run_step(self.model, b)[:3]
-        chosen = self.model.to_numpy(chosen)
-        b.advanced(chosen)
+        b, net = self.buffers, self.model
+        with net.device_lock:  # copies, the step and its read together: another thread's capture sees none
+            copied = [b.set(name, array) for name, array in (
+                ("tokens", tokens), ("positions", positions), ("cross_keys", self._cross_keys(len(tokens))),
+                ("rows", rows), ("suppress", suppress), ("timestamp_begin", timestamp_begin))]
+            if any(copied):
+                net.device.synchronize()
+            try:
+                logits, chosen, logprobs = run_step(net, b)[:3]
+                chosen = net.to_numpy(chosen)
+            except BaseException:  # what the step wrote is unknown: the next one copies both again
+                b.held["tokens"] = b.held["positions"] = None
+                raise
+            b.advanced(chosen)
         return [logits, driver.Buffer.from_numpy(chosen), logprobs]  # the tokens read once
 
     def cleanup_caching(self) -> None:
@@ -160,12 +170,13 @@ def _capture(net: MaxWhisper, b: StepBuffers) -> list[driver.Buffer]:
     out, so that a capture that also runs the graph writes nothing a step needs: no cache entry, no
     position; the tokens are set again after it."""
     positions, tokens = b.held["positions"], b.held["tokens"]
-    b.set("positions", np.full_like(positions, -1))
-    net.device.synchronize()
-    try:
-        return net.capture(net.token_step, b.key, b.inputs.flat())
-    finally:
-        b.held["tokens"] = None
-        b.set("positions", positions)
-        b.set("tokens", tokens)
+    with net.device_lock:
+        b.set("positions", np.full_like(positions, -1))
         net.device.synchronize()
+        try:
+            return net.capture(net.token_step, b.key, b.inputs.flat())
+        finally:
+            b.held["tokens"] = None
+            b.set("positions", positions)
+            b.set("tokens", tokens)
+            net.device.synchronize()

@@ -38,6 +38,7 @@ from .plan import ExecutionPlan, make_plan
 from .weights import graph_arrays
 
 logger = logging.getLogger(__name__)
+GPU_QUEUE = threading.RLock()  # `MaxWhisper.device_lock` on a GPU
 # int8: the weights; bf16: the encoder's and the prompts' linears; activations float32 between them
 DTYPES = {"fp32": DType.float32, "fp16": DType.float16, "int8": DType.float32, "bf16": DType.float32}
 # every graph a model may run: those of `first_graphs` are compiled together at load, the rest on first use
@@ -213,7 +214,10 @@ class MaxWhisper:
         self.compile_s = time.perf_counter() - start
         self._lazy_lock = threading.Lock()
         self._this_thread = threading.local()  # `compile_s_this_thread`
-        self._running = threading.Lock()
+        # one graph call at a time: on the CPU per model (each call spreads over every core), on a GPU
+        # for every model in the process, with the copies and reads around a call (a device graph's
+        # capture must not see another thread's work on the device's queue)
+        self.device_lock = GPU_QUEUE if device == "gpu" else threading.RLock()
         self._ran = False  # a graph call has run (the first one starts MAX's polling thread)
         # a GPU replays the portable plan's token steps as captured device graphs (`device_steps`)
         self.captures = device == "gpu" and os.environ.get("MAXWHISPER_DEVICE_GRAPHS", "1") != "0"
@@ -236,7 +240,8 @@ class MaxWhisper:
         return build_graph(name, self.arrays, self.dims, self.plan, self.copies, module)
 
     def to_device(self, array: np.ndarray) -> driver.Buffer:
-        return driver.Buffer.from_numpy(np.require(array, requirements="C")).to(self.device)
+        with self.device_lock:
+            return driver.Buffer.from_numpy(np.require(array, requirements="C")).to(self.device)
 
     def encode(self, mel: np.ndarray) -> AudioFeatures:
         """mel float32 [n_audio, n_mels, frames] -> AudioFeatures (T = frames / 2)."""
@@ -244,7 +249,8 @@ class MaxWhisper:
         return AudioFeatures(features, tuple(cross))
 
     def to_numpy(self, buffer: driver.Buffer) -> np.ndarray:
-        return buffer.to(driver.CPU()).to_numpy()
+        with self.device_lock:
+            return buffer.to(driver.CPU()).to_numpy()
 
     def features_numpy(self, features: AudioFeatures) -> np.ndarray:
         return self.to_numpy(features.features)
@@ -266,7 +272,7 @@ class MaxWhisper:
     def run(self, graph, *inputs) -> list[driver.Buffer]:
         """`graph.execute(*inputs)`, one at a time: each call spreads over every core, so calls
         from several threads (`graph.shared_steps`) would only fight over them."""
-        with self._running:
+        with self.device_lock:
             if self._ran:
                 return graph.execute(*inputs)
             self._ran = True
@@ -276,16 +282,20 @@ class MaxWhisper:
     def capture(self, graph, key: int, inputs: list[driver.Buffer]) -> list[driver.Buffer]:
         """`graph`'s call on `inputs` captured as device graph `key` (a GPU's); its outputs, which
         each `replay` rewrites."""
-        with self._running:
-            return graph.capture(key, *inputs)
+        with self.device_lock:
+            outputs = graph.capture(key, *inputs)
+            if hasattr(graph, "_await_device_graphs"):  # MAX instantiates a captured graph on a thread of its own
+                graph._await_device_graphs()
+            return outputs
 
     def replay(self, graph, key: int, inputs: list[driver.Buffer]) -> None:
         """Device graph `key` of `graph` run again, on the same input buffers."""
-        with self._running:
+        with self.device_lock:
             graph.replay(key, *inputs)
 
     def release(self, graph, key: int) -> None:
-        if self.captures:
+        """Device graph `key` of `graph` and its memory freed (a key never captured: nothing)."""
+        if not self.device_ref.is_cpu():
             graph.release_captured_graph(key)
 
     def load_graph(self, graph, weights_registry: dict[str, np.ndarray]):
