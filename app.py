@@ -6,6 +6,7 @@ The command line only: the page is `showcase.page.build_demo`, given here `Local
 (models loaded in this process, warmed up at start, MAX last) and component checks that share its
 turns.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,15 +34,25 @@ from showcase.transcriptions import LocalTranscriptions  # noqa: E402
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-                        help="address to listen on (0.0.0.0: every interface; "
-                             "default $GRADIO_SERVER_NAME or 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
-                        help="default $GRADIO_SERVER_PORT or 7860")
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        help="address to listen on (0.0.0.0: every interface; default $GRADIO_SERVER_NAME or 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
+        help="default $GRADIO_SERVER_PORT or 7860",
+    )
     parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="longest audio accepted (default 600)")
-    parser.add_argument("--no-warm-up", dest="warm_up", action="store_false",
-                        help="load the models on the first request instead of at start-up")
+    parser.add_argument(
+        "--no-warm-up",
+        dest="warm_up",
+        action="store_false",
+        help="load the models on the first request instead of at start-up",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -61,14 +72,16 @@ def main(argv: list[str] | None = None) -> None:
 
         def then() -> None:
             transcriptions.models.compile_rest()
-            transcriptions.stream_models.warm_up([(b, models[0], device) for b in RACERS if b in backends],
-                                                 then=transcriptions.stream_models.compile_rest)
+            transcriptions.stream_models.warm_up(
+                [(b, models[0], device) for b in RACERS if b in backends],
+                then=transcriptions.stream_models.compile_rest,
+            )
+
         transcriptions.models.warm_up(keys, then=then)
     demo = build_demo(transcriptions, args.max_seconds, checks)
     demo.queue(default_concurrency_limit=1, max_size=32)
     quiet_queue(demo)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                allowed_paths=[str(EXAMPLES_DIR)])
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, allowed_paths=[str(EXAMPLES_DIR)])
 
 
 if __name__ == "__main__":

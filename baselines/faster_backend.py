@@ -13,6 +13,7 @@ Stage timings (seconds, summed over the whole call):
   alignment, Python overhead).
 faster-whisper's `transcribe()` returns a lazy generator: it is consumed inside the timed region.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,18 @@ import numpy as np
 from faster_whisper import BatchedInferencePipeline, WhisperModel
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 
-from maxwhisper.api import (SAMPLE_RATE, BackendError, DecodeOptions, MaxWhisperError, Segment, Timings,
-                            TranscriptionResult, Word, check_request, empty_result)
+from maxwhisper.api import (
+    SAMPLE_RATE,
+    BackendError,
+    DecodeOptions,
+    MaxWhisperError,
+    Segment,
+    Timings,
+    TranscriptionResult,
+    Word,
+    check_request,
+    empty_result,
+)
 from maxwhisper.audio import STREAM_PADDING_S, heard_frames
 from maxwhisper.checkpoint import load_checkpoint
 
@@ -44,6 +55,7 @@ class _Stopwatch:
                 return fn(*args, **kwargs)
             finally:
                 self.seconds += time.perf_counter() - t0
+
         return timed
 
 
@@ -107,11 +119,15 @@ def _resolve_device(device: str) -> tuple[str, str | None]:
         load_cuda12_libraries()
     gpus = ctranslate2.get_cuda_device_count()
     if device == "gpu" and gpus == 0:
-        raise BackendError(f"faster backend: device 'gpu' requested but CTranslate2 {ctranslate2.__version__} "
-                           "sees no CUDA GPU; use --device cpu or auto")
+        raise BackendError(
+            f"faster backend: device 'gpu' requested but CTranslate2 {ctranslate2.__version__} "
+            "sees no CUDA GPU; use --device cpu or auto"
+        )
     if device in ("auto", "gpu") and gpus > 0 and not cublas12_loads():
-        needs = (f"CTranslate2 {ctranslate2.__version__} runs on a GPU with CUDA 12's cuBLAS, and libcublas.so.12 "
-                 "cannot be loaded here: pip install nvidia-cublas-cu12 (bash setup.sh --gpu does)")
+        needs = (
+            f"CTranslate2 {ctranslate2.__version__} runs on a GPU with CUDA 12's cuBLAS, and libcublas.so.12 "
+            "cannot be loaded here: pip install nvidia-cublas-cu12 (bash setup.sh --gpu does)"
+        )
         if device == "gpu":
             raise BackendError(f"faster backend: {needs}, or use --device cpu")
         return "cpu", needs
@@ -139,20 +155,28 @@ def _segment(i: int, s, word_timestamps: bool) -> Segment:
     """faster-whisper's segment as the contract's, `i` its id: faster-whisper counts from 1, the
     contract (like openai-whisper) from 0."""
     return Segment(
-        id=i, seek=int(s.seek), start=float(s.start), end=float(s.end), text=s.text,
-        tokens=tuple(int(t) for t in s.tokens), temperature=float(s.temperature or 0.0),
-        avg_logprob=float(s.avg_logprob), compression_ratio=float(s.compression_ratio),
+        id=i,
+        seek=int(s.seek),
+        start=float(s.start),
+        end=float(s.end),
+        text=s.text,
+        tokens=tuple(int(t) for t in s.tokens),
+        temperature=float(s.temperature or 0.0),
+        avg_logprob=float(s.avg_logprob),
+        compression_ratio=float(s.compression_ratio),
         no_speech_prob=float(s.no_speech_prob),
         words=tuple(Word(float(w.start), float(w.end), w.word, float(w.probability)) for w in s.words)
-        if word_timestamps else None,
+        if word_timestamps
+        else None,
     )
 
 
 class FasterTranscriber:
     backend = "faster"
 
-    def __init__(self, model: str = "tiny.en", device: str = "auto", precision: str = "fp32",
-                 threads: int | None = None):
+    def __init__(
+        self, model: str = "tiny.en", device: str = "auto", precision: str = "fp32", threads: int | None = None
+    ):
         self.device, self.device_note = _resolve_device(device)  # note: why "auto" took the CPU
         ct2_device = "cuda" if self.device == "gpu" else "cpu"
         if precision not in COMPUTE_TYPES:
@@ -160,8 +184,10 @@ class FasterTranscriber:
         supported = ctranslate2.get_supported_compute_types(ct2_device)
         if COMPUTE_TYPES[precision] not in supported:
             ours = [p for p, c in COMPUTE_TYPES.items() if c in supported]
-            raise BackendError(f"faster backend: precision {precision!r} is not supported on {self.device} "
-                               f"by CTranslate2 here; supported: {', '.join(ours)}")
+            raise BackendError(
+                f"faster backend: precision {precision!r} is not supported on {self.device} "
+                f"by CTranslate2 here; supported: {', '.join(ours)}"
+            )
         self.precision = precision
         self.threads = int(threads) if threads else (os.cpu_count() or 1)
 
@@ -169,9 +195,11 @@ class FasterTranscriber:
         # which is what faster-whisper itself spends reading that folder
         ckpt = load_checkpoint(model)
         if ckpt.ct2_dir is None:
-            raise BackendError(f"faster backend: {model!r} is an openai-whisper .pt checkpoint; faster-whisper "
-                               "needs a CTranslate2 model folder (model.bin + config.json + tokenizer.json), "
-                               "e.g. an installed model name such as tiny.en")
+            raise BackendError(
+                f"faster backend: {model!r} is an openai-whisper .pt checkpoint; faster-whisper "
+                "needs a CTranslate2 model folder (model.bin + config.json + tokenizer.json), "
+                "e.g. an installed model name such as tiny.en"
+            )
         self.model = ckpt.name
         self.source = ckpt.source
         self.ct2_dir = ckpt.ct2_dir
@@ -180,11 +208,19 @@ class FasterTranscriber:
 
         t0 = time.perf_counter()
         try:
-            self.whisper = WhisperModel(str(self.ct2_dir), device=ct2_device, compute_type=COMPUTE_TYPES[precision],
-                                        cpu_threads=self.threads, num_workers=1, local_files_only=True)
+            self.whisper = WhisperModel(
+                str(self.ct2_dir),
+                device=ct2_device,
+                compute_type=COMPUTE_TYPES[precision],
+                cpu_threads=self.threads,
+                num_workers=1,
+                local_files_only=True,
+            )
         except (RuntimeError, ValueError) as e:
-            raise BackendError(f"faster backend: CTranslate2 could not load {self.ct2_dir} on {self.device} "
-                               f"as {COMPUTE_TYPES[precision]}: {e}") from None
+            raise BackendError(
+                f"faster backend: CTranslate2 could not load {self.ct2_dir} on {self.device} "
+                f"as {COMPUTE_TYPES[precision]}: {e}"
+            ) from None
         self.load_s = time.perf_counter() - t0
         self.compile_s = 0.0
 
@@ -196,16 +232,25 @@ class FasterTranscriber:
         encode = self._encode.wrap(self.whisper.encode)
         self._frames: int | None = None  # the mel frames the encoder hears (a stream's window); None: all
         self.whisper.encode = lambda features: encode(
-            features if self._frames is None else np.ascontiguousarray(features[..., :self._frames]))
+            features if self._frames is None else np.ascontiguousarray(features[..., : self._frames])
+        )
 
-    def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
-                   progress: Callable[[float], None] | None = None,
-                   on_segments: Callable[[Sequence[Segment]], None] | None = None) -> TranscriptionResult:
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        options: DecodeOptions = DecodeOptions(),
+        progress: Callable[[float], None] | None = None,
+        on_segments: Callable[[Sequence[Segment]], None] | None = None,
+    ) -> TranscriptionResult:
         return self._transcribe(audio, options, progress, on_segments=on_segments)
 
-    def transcribe_window(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
-                          draft: Sequence[int] = (), padding_s: float | None = STREAM_PADDING_S
-                          ) -> tuple[TranscriptionResult, tuple[int, ...]]:
+    def transcribe_window(
+        self,
+        audio: np.ndarray,
+        options: DecodeOptions = DecodeOptions(),
+        draft: Sequence[int] = (),
+        padding_s: float | None = STREAM_PADDING_S,
+    ) -> tuple[TranscriptionResult, tuple[int, ...]]:
         """A live stream's hypothesis (`maxwhisper.api.WindowTranscriber`), as MAX's: the first 30 s
         window of `audio` decoded as `transcribe` decodes it, without the seek loop's next window, the
         encoder hearing its audio and `padding_s` of silence after it (CTranslate2 takes fewer than
@@ -213,13 +258,19 @@ class FasterTranscriber:
         draft is checked: the tokens returned are none."""
         if options.batch_size is not None:
             raise MaxWhisperError("a stream's window is not transcribed in batches: leave batch_size unset")
-        audio = np.asarray(audio)[:30 * SAMPLE_RATE]
+        audio = np.asarray(audio)[: 30 * SAMPLE_RATE]
         frames = None if padding_s is None else heard_frames(len(audio), padding_s)
         return self._transcribe(audio, options, None, first_window_only=True, frames=frames), ()
 
-    def _transcribe(self, audio: np.ndarray, options: DecodeOptions, progress: Callable[[float], None] | None,
-                    first_window_only: bool = False, frames: int | None = None,
-                    on_segments: Callable[[Sequence[Segment]], None] | None = None) -> TranscriptionResult:
+    def _transcribe(
+        self,
+        audio: np.ndarray,
+        options: DecodeOptions,
+        progress: Callable[[float], None] | None,
+        first_window_only: bool = False,
+        frames: int | None = None,
+        on_segments: Callable[[Sequence[Segment]], None] | None = None,
+    ) -> TranscriptionResult:
         audio = check_request(audio, options, backend="faster-whisper", n_vocab=self.n_vocab, languages=_LANGUAGE_CODES)
         if audio.size == 0:
             return empty_result(self, options)
@@ -244,20 +295,33 @@ class FasterTranscriber:
                 suppress_tokens=suppress,
                 suppress_blank=options.suppress_blank,
                 # openai-whisper's fixed behaviour, pinned rather than left to faster-whisper's defaults
-                length_penalty=1, repetition_penalty=1, no_repeat_ngram_size=0, max_initial_timestamp=1.0,
-                prefix=None, hotwords=None, multilingual=False, chunk_length=None, max_new_tokens=None,
+                length_penalty=1,
+                repetition_penalty=1,
+                no_repeat_ngram_size=0,
+                max_initial_timestamp=1.0,
+                prefix=None,
+                hotwords=None,
+                multilingual=False,
+                chunk_length=None,
+                max_new_tokens=None,
                 language_detection_segments=1,
             )
             if options.batch_size is not None:  # Silero VAD chunks, its default VAD settings, first temperature only
                 segments_gen, info = BatchedInferencePipeline(self.whisper).transcribe(
-                    audio, **common, batch_size=options.batch_size, vad_filter=True)
+                    audio, **common, batch_size=options.batch_size, vad_filter=True
+                )
             else:
                 if first_window_only:  # an instance attribute shadows the method, until the finally below
                     self.whisper._split_segments_by_timestamps = _first_window_split(self.whisper)
                 segments_gen, info = self.whisper.transcribe(
-                    audio, **common, condition_on_previous_text=options.condition_on_previous_text,
+                    audio,
+                    **common,
+                    condition_on_previous_text=options.condition_on_previous_text,
                     hallucination_silence_threshold=options.hallucination_silence_threshold,
-                    prompt_reset_on_temperature=0.5, vad_filter=False, clip_timestamps="0")
+                    prompt_reset_on_temperature=0.5,
+                    vad_filter=False,
+                    clip_timestamps="0",
+                )
             report = progress or (lambda fraction: None)
             segments: list[Segment] = []
             try:
@@ -273,10 +337,22 @@ class FasterTranscriber:
             total = time.perf_counter() - t0
             features, encode = self._features.seconds, self._encode.seconds
         return TranscriptionResult(
-            text="".join(s.text for s in segments), segments=segments, language=info.language, backend=self.backend,
-            model=self.model, device=self.device, precision=self.precision,
+            text="".join(s.text for s in segments),
+            segments=segments,
+            language=info.language,
+            backend=self.backend,
+            model=self.model,
+            device=self.device,
+            precision=self.precision,
             audio_s=audio.size / SAMPLE_RATE,
-            timings=Timings(load_s=self.load_s, compile_s=self.compile_s, features_s=features, encode_s=encode,
-                            decode_s=max(total - features - encode, 0.0), total_s=total),
-            options=options, language_probability=float(info.language_probability),
+            timings=Timings(
+                load_s=self.load_s,
+                compile_s=self.compile_s,
+                features_s=features,
+                encode_s=encode,
+                decode_s=max(total - features - encode, 0.0),
+                total_s=total,
+            ),
+            options=options,
+            language_probability=float(info.language_probability),
         )

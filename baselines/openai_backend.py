@@ -10,6 +10,7 @@ thread), so that the log-Mel is not computed twice; encode_s, forward hooks on t
 CUDA sync on a GPU; decode_s, the rest. Progress comes from the tqdm bar `transcribe()` advances
 after each window, replaced the same way.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -26,8 +27,17 @@ import tqdm
 from whisper.model import ModelDimensions, Whisper
 from whisper.tokenizer import LANGUAGES
 
-from maxwhisper.api import (SAMPLE_RATE, BackendError, DecodeOptions, Segment, Timings, TranscriptionResult, Word,
-                            check_request, empty_result)
+from maxwhisper.api import (
+    SAMPLE_RATE,
+    BackendError,
+    DecodeOptions,
+    Segment,
+    Timings,
+    TranscriptionResult,
+    Word,
+    check_request,
+    empty_result,
+)
 from maxwhisper.checkpoint import load_checkpoint
 
 # the module, not the function of the same name that `whisper/__init__.py` re-exports
@@ -78,8 +88,10 @@ def _resolve_device(device: str) -> str:
     if device == "auto":
         return "gpu" if torch.cuda.is_available() else "cpu"
     if device == "gpu" and not torch.cuda.is_available():
-        raise BackendError("openai backend: device 'gpu' requested but PyTorch sees no CUDA GPU "
-                           f"(torch {torch.__version__}); use --device cpu or auto")
+        raise BackendError(
+            "openai backend: device 'gpu' requested but PyTorch sees no CUDA GPU "
+            f"(torch {torch.__version__}); use --device cpu or auto"
+        )
     if device not in ("cpu", "gpu"):
         raise BackendError(f"openai backend: unknown device {device!r}; valid devices: auto, cpu, gpu")
     return device
@@ -120,14 +132,16 @@ def transcribe_kwargs(options: DecodeOptions, fp16: bool) -> dict:
 class OpenAITranscriber:
     backend = "openai"
 
-    def __init__(self, model: str = "tiny.en", device: str = "auto", precision: str = "fp32",
-                 threads: int | None = None):
+    def __init__(
+        self, model: str = "tiny.en", device: str = "auto", precision: str = "fp32", threads: int | None = None
+    ):
         self.device = _resolve_device(device)
         supported = {"cpu": ("fp32",), "gpu": ("fp32", "fp16")}[self.device]
         if precision not in supported:
             raise BackendError(
                 f"openai backend: precision {precision!r} is not supported on {self.device}; "
-                "openai-whisper supports fp32 (cpu, gpu) and fp16 (gpu only)")
+                "openai-whisper supports fp32 (cpu, gpu) and fp16 (gpu only)"
+            )
         self.precision = precision
         self.threads = int(threads) if threads else (os.cpu_count() or 1)
         torch.set_num_threads(self.threads)  # process-wide, as PyTorch has it
@@ -181,11 +195,16 @@ class OpenAITranscriber:
         self._sync()
         self._encode_s += time.perf_counter() - self._encode_t0
 
-    def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
-                   progress: Callable[[float], None] | None = None,
-                   on_segments: Callable[[Sequence[Segment]], None] | None = None) -> TranscriptionResult:
-        audio = check_request(audio, options, backend="openai-whisper", n_vocab=self.dims.n_vocab, languages=LANGUAGES,
-                              batched=False)
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        options: DecodeOptions = DecodeOptions(),
+        progress: Callable[[float], None] | None = None,
+        on_segments: Callable[[Sequence[Segment]], None] | None = None,
+    ) -> TranscriptionResult:
+        audio = check_request(
+            audio, options, backend="openai-whisper", n_vocab=self.dims.n_vocab, languages=LANGUAGES, batched=False
+        )
         if audio.size == 0:
             return empty_result(self, options)
         with self._lock, torch.no_grad():
@@ -204,22 +223,43 @@ class OpenAITranscriber:
         encode = self._encode_s
         segments = [
             Segment(
-                id=i, seek=int(s["seek"]), start=float(s["start"]), end=float(s["end"]), text=s["text"],
-                tokens=tuple(int(t) for t in s["tokens"]), temperature=float(s["temperature"]),
-                avg_logprob=float(s["avg_logprob"]), compression_ratio=float(s["compression_ratio"]),
+                id=i,
+                seek=int(s["seek"]),
+                start=float(s["start"]),
+                end=float(s["end"]),
+                text=s["text"],
+                tokens=tuple(int(t) for t in s["tokens"]),
+                temperature=float(s["temperature"]),
+                avg_logprob=float(s["avg_logprob"]),
+                compression_ratio=float(s["compression_ratio"]),
                 no_speech_prob=float(s["no_speech_prob"]),
-                words=tuple(Word(float(w["start"]), float(w["end"]), w["word"], float(w["probability"]))
-                            for w in s["words"]) if options.word_timestamps else None,
+                words=tuple(
+                    Word(float(w["start"]), float(w["end"]), w["word"], float(w["probability"])) for w in s["words"]
+                )
+                if options.word_timestamps
+                else None,
             )
             for i, s in enumerate(out["segments"])
         ]
         if on_segments is not None and segments:  # whisper.transcribe gives them at its end
             on_segments(segments)
         return TranscriptionResult(
-            text=out["text"], segments=segments, language=out["language"], backend=self.backend,
-            model=self.model, device=self.device, precision=self.precision,
+            text=out["text"],
+            segments=segments,
+            language=out["language"],
+            backend=self.backend,
+            model=self.model,
+            device=self.device,
+            precision=self.precision,
             audio_s=audio.size / SAMPLE_RATE,
-            timings=Timings(load_s=self.load_s, compile_s=self.compile_s, features_s=features,
-                            encode_s=encode, decode_s=max(total - features - encode, 0.0), total_s=total),
-            options=options, language_probability=self._language_probability,
+            timings=Timings(
+                load_s=self.load_s,
+                compile_s=self.compile_s,
+                features_s=features,
+                encode_s=encode,
+                decode_s=max(total - features - encode, 0.0),
+                total_s=total,
+            ),
+            options=options,
+            language_probability=self._language_probability,
         )

@@ -12,6 +12,7 @@ model load, and audio read beside the transcriptions. To measure as a single-thr
 give its environment (`bulk.job._worker_env`) too: OMP_NUM_THREADS=1, and for MAX both
 MODULAR_THREAD_BUSY_WAIT_US=0 and MODULAR_RUNTIME_THREAD_BUSY_WAIT_TIME_US=0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,10 @@ def main() -> None:
     clips = clip_files()
     start = time.perf_counter()
     t = create_transcriber(args.backend, model="tiny.en", device="cpu", precision=args.precision, threads=args.threads)
-    print(f"{args.backend} {args.precision}, {args.threads} threads, batch {args.batch_size}: model ready in "
-          f"{time.perf_counter() - start:.2f} s")
+    print(
+        f"{args.backend} {args.precision}, {args.threads} threads, batch {args.batch_size}: model ready in "
+        f"{time.perf_counter() - start:.2f} s"
+    )
     options = DecodeOptions(batch_size=args.batch_size)
     windows: list[int] = []
     if args.backend == "max":  # count the windows of each encoder call
@@ -67,17 +70,32 @@ def main() -> None:
         read_s = time.perf_counter() - start
         windows.clear()
         r = t.transcribe(audio, options)
-        stages = {"audio": len(audio) / SAMPLE_RATE, "read": read_s, "log-Mel": r.timings.features_s or 0.0,
-                  "encode": r.timings.encode_s, "decode": r.timings.decode_s, "total": r.timings.total_s}
-        print(f"{clip.name:26s} " + ", ".join(f"{k} {v:.3f}" for k, v in stages.items())
-              + f", tokens {len(r.tokens)}" + (f", encoder calls (windows) {windows}" if windows else ""))
+        stages = {
+            "audio": len(audio) / SAMPLE_RATE,
+            "read": read_s,
+            "log-Mel": r.timings.features_s or 0.0,
+            "encode": r.timings.encode_s,
+            "decode": r.timings.decode_s,
+            "total": r.timings.total_s,
+        }
+        print(
+            f"{clip.name:26s} "
+            + ", ".join(f"{k} {v:.3f}" for k, v in stages.items())
+            + f", tokens {len(r.tokens)}"
+            + (f", encoder calls (windows) {windows}" if windows else "")
+        )
         for k, v in stages.items():
             sums[k] += v
-    print("sum: " + ", ".join(f"{k} {v:.2f} s" for k, v in sums.items())
-          + f"; audio hours per hour transcribing: {sums['audio'] / sums['total']:.1f}")
+    print(
+        "sum: "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in sums.items())
+        + f"; audio hours per hour transcribing: {sums['audio'] / sums['total']:.1f}"
+    )
     cpu = {k: v - cpu_before.get(k, 0.0) for k, v in thread_cpu_seconds().items()}
-    print(f"CPU seconds over the clips: {time.process_time() - process_before:.2f}; by thread: "
-          + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]) if v >= 0.05))
+    print(
+        f"CPU seconds over the clips: {time.process_time() - process_before:.2f}; by thread: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]) if v >= 0.05)
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ change can be compared with the code before it. Per run: wall seconds, CPU secon
 user + system) and the transcript. Writes benchmarks/results/cold-start-<device tag>-tiny.en.json
 and .md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,17 @@ def timed_transcribe(checkout: Path, audio: Path, precision: str, cache: Path) -
 
 def timed_maxwhisper(checkout: Path, cache: Path, *args: str) -> dict:
     """One `python -m maxwhisper ARGS` process in `checkout` with `cache` as its compile cache."""
-    return timed(lambda: subprocess.run([sys.executable, "-m", "maxwhisper", *args], cwd=checkout, env=cache_env(cache),
-                                        capture_output=True, text=True, check=False), f"{args[0]} in {checkout}")
+    return timed(
+        lambda: subprocess.run(
+            [sys.executable, "-m", "maxwhisper", *args],
+            cwd=checkout,
+            env=cache_env(cache),
+            capture_output=True,
+            text=True,
+            check=False,
+        ),
+        f"{args[0]} in {checkout}",
+    )
 
 
 def cache_env(cache: Path) -> dict:
@@ -76,8 +86,12 @@ InferenceSession(devices=[driver.CPU()]).load(graph)
 def timed_floor() -> dict:
     """One process compiling `FLOOR` with a new empty cache."""
     with empty_cache() as cache:
-        return timed(lambda: subprocess.run([sys.executable, "-c", FLOOR], env=cache_env(cache), capture_output=True,
-                                            text=True, check=False), "MAX's floor")
+        return timed(
+            lambda: subprocess.run(
+                [sys.executable, "-c", FLOOR], env=cache_env(cache), capture_output=True, text=True, check=False
+            ),
+            "MAX's floor",
+        )
 
 
 def timed(run, what: str) -> dict:
@@ -108,20 +122,30 @@ def starts(checkout: Path, audio: Path, precision: str, prebuilt: str | None) ->
         times["warm"] = timed_transcribe(checkout, audio, precision, cache)
     if prebuilt:
         with empty_cache() as cache:
-            times["build"] = timed_maxwhisper(checkout, cache, "warm", "--cpu-level", prebuilt, "--device", "cpu",
-                                              "--precision", precision)
+            times["build"] = timed_maxwhisper(
+                checkout, cache, "warm", "--cpu-level", prebuilt, "--device", "cpu", "--precision", precision
+            )
             times["prebuilt"] = timed_transcribe(checkout, audio, precision, cache)
     return times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkout", action="append", default=[], metavar="LABEL=PATH",
-                        help="a checkout whose code runs, labelled (default: this=this checkout)")
+    parser.add_argument(
+        "--checkout",
+        action="append",
+        default=[],
+        metavar="LABEL=PATH",
+        help="a checkout whose code runs, labelled (default: this=this checkout)",
+    )
     parser.add_argument("--precisions", default="fp32", help="comma-separated (default: fp32)")
     parser.add_argument("--prebuilt", metavar="LEVEL", help="also start on a cache `warm --cpu-level LEVEL` built")
-    parser.add_argument("--rounds", type=positive, default=1,
-                        help="every checkout and precision in turn, this many times (a machine's speed drifts)")
+    parser.add_argument(
+        "--rounds",
+        type=positive,
+        default=1,
+        help="every checkout and precision in turn, this many times (a machine's speed drifts)",
+    )
     parser.add_argument("--audio", type=Path, default=ROOT / "tests" / "audio" / "jfk.flac")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
@@ -133,33 +157,69 @@ def main() -> None:
     for round_ in range(1, args.rounds + 1):
         for label, path in checkouts.items():
             for precision in args.precisions.split(","):
-                runs.append({"round": round_, "checkout": label, "precision": precision,
-                             **starts(Path(path).resolve(), args.audio.resolve(), precision, args.prebuilt)})
-                print(f"round {round_}, {label} {precision}: " + ", ".join(
-                    f"{kind} {t['wall_s']} s ({t['cpu_s']} CPU s)" for kind, t in runs[-1].items()
-                    if isinstance(t, dict)), flush=True)
+                runs.append(
+                    {
+                        "round": round_,
+                        "checkout": label,
+                        "precision": precision,
+                        **starts(Path(path).resolve(), args.audio.resolve(), precision, args.prebuilt),
+                    }
+                )
+                print(
+                    f"round {round_}, {label} {precision}: "
+                    + ", ".join(
+                        f"{kind} {t['wall_s']} s ({t['cpu_s']} CPU s)"
+                        for kind, t in runs[-1].items()
+                        if isinstance(t, dict)
+                    ),
+                    flush=True,
+                )
     command = "python benchmarks/cold_start.py " + " ".join(sys.argv[1:])
-    result = {"command": command.strip(), "audio": args.audio.name, "machine": machine, "versions": versions(),
-              "floor": {"wall_s": floor["wall_s"], "cpu_s": floor["cpu_s"]}, "runs": runs}
+    result = {
+        "command": command.strip(),
+        "audio": args.audio.name,
+        "machine": machine,
+        "versions": versions(),
+        "floor": {"wall_s": floor["wall_s"], "cpu_s": floor["cpu_s"]},
+        "runs": runs,
+    }
     name = f"cold-start-{device_tag('cpu', machine)}-tiny.en"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    title = f"empty compile cache, warm and prebuilt for {args.prebuilt}" if args.prebuilt else "empty compile cache and warm"
-    lines = [f"# MAX's first transcript of {args.audio.name}: {title}", "",
-             f"`{result['command']}`", "",
-             f"CPU: {machine['cpu']} ({machine['cpu_family_model']}), {machine['vector_isa']}, "
-             f"{machine['cores']} cores; MAX {result['versions'].get('max')}; load average at the start "
-             f"{machine['load_average']}. MAX's floor (a graph of one reshape compiled on an empty cache): "
-             f"{floor['wall_s']} s ({floor['cpu_s']} CPU s).", "",
-             "| round | checkout | precision | cold s | cold CPU s | warm s | warm CPU s |"
-             + (f" {args.prebuilt} build s | on it s | on it CPU s | same transcript |" if args.prebuilt else "")
-             + " transcript |", "|---" * (8 + 4 * bool(args.prebuilt)) + "|"]
+    title = (
+        f"empty compile cache, warm and prebuilt for {args.prebuilt}"
+        if args.prebuilt
+        else "empty compile cache and warm"
+    )
+    lines = [
+        f"# MAX's first transcript of {args.audio.name}: {title}",
+        "",
+        f"`{result['command']}`",
+        "",
+        f"CPU: {machine['cpu']} ({machine['cpu_family_model']}), {machine['vector_isa']}, "
+        f"{machine['cores']} cores; MAX {result['versions'].get('max')}; load average at the start "
+        f"{machine['load_average']}. MAX's floor (a graph of one reshape compiled on an empty cache): "
+        f"{floor['wall_s']} s ({floor['cpu_s']} CPU s).",
+        "",
+        "| round | checkout | precision | cold s | cold CPU s | warm s | warm CPU s |"
+        + (f" {args.prebuilt} build s | on it s | on it CPU s | same transcript |" if args.prebuilt else "")
+        + " transcript |",
+        "|---" * (8 + 4 * bool(args.prebuilt)) + "|",
+    ]
     for r in runs:
-        prebuilt = (f" {r['build']['wall_s']} | {r['prebuilt']['wall_s']} | {r['prebuilt']['cpu_s']} | "
-                    f"{'yes' if r['prebuilt']['text'] == r['cold']['text'] else 'NO'} |") if args.prebuilt else ""
-        lines.append(f"| {r['round']} | {r['checkout']} | {r['precision']} | {r['cold']['wall_s']} | "
-                     f"{r['cold']['cpu_s']} | {r['warm']['wall_s']} | {r['warm']['cpu_s']} |{prebuilt} "
-                     f"{r['warm']['text'][:60]}... |")
+        prebuilt = (
+            (
+                f" {r['build']['wall_s']} | {r['prebuilt']['wall_s']} | {r['prebuilt']['cpu_s']} | "
+                f"{'yes' if r['prebuilt']['text'] == r['cold']['text'] else 'NO'} |"
+            )
+            if args.prebuilt
+            else ""
+        )
+        lines.append(
+            f"| {r['round']} | {r['checkout']} | {r['precision']} | {r['cold']['wall_s']} | "
+            f"{r['cold']['cpu_s']} | {r['warm']['wall_s']} | {r['warm']['cpu_s']} |{prebuilt} "
+            f"{r['warm']['text'][:60]}... |"
+        )
     (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 

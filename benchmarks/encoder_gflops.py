@@ -13,6 +13,7 @@ PyTorch's CPU autocast to bfloat16 and the `vdpbf16ps` peak:
 
 Prints one Markdown table row; `benchmarks/results/encoder-gflops.md` keeps one per machine and precision.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,12 @@ def median_seconds(run, repeats: int) -> float:
 def peak_gops(precision: str) -> float:
     """The best of peak.mojo's three runs for `precision`."""
     mojo = Path(sys.executable).with_name("mojo")
-    out = subprocess.run([str(mojo), "run", "-I", str(ROOT / "maxwhisper" / "graph"),
-                          str(ROOT / "benchmarks" / "peak.mojo")], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [str(mojo), "run", "-I", str(ROOT / "maxwhisper" / "graph"), str(ROOT / "benchmarks" / "peak.mojo")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return max(float(x) for x in re.findall(rf"^{precision}: ([\d.]+) GOP/s", out, re.MULTILINE))
 
 
@@ -95,9 +100,11 @@ def main() -> None:
     max_gflop, ref_gflop = encoder_gflop(ckpt.dims, True), encoder_gflop(ckpt.dims, False)
     peak = peak_gops(args.precision)
     machine = machine_info()
-    print(f"| {machine['cpu']}, {machine['cores']} cores, {machine['vector_isa']} | {args.model} | {peak:.0f} | "
-          f"{max_gflop:.1f} | {max_s:.3f} | {max_gflop / max_s:.0f} ({100 * max_gflop / max_s / peak:.0f} %) | "
-          f"{ref_gflop:.1f} | {ref_s:.3f} | {ref_gflop / ref_s:.0f} ({100 * ref_gflop / ref_s / peak:.0f} %) |")
+    print(
+        f"| {machine['cpu']}, {machine['cores']} cores, {machine['vector_isa']} | {args.model} | {peak:.0f} | "
+        f"{max_gflop:.1f} | {max_s:.3f} | {max_gflop / max_s:.0f} ({100 * max_gflop / max_s / peak:.0f} %) | "
+        f"{ref_gflop:.1f} | {ref_s:.3f} | {ref_gflop / ref_s:.0f} ({100 * ref_gflop / ref_s / peak:.0f} %) |"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ encoder graph runs beside them, so the sum of the ops can be compared with the w
 
 Prints a Markdown table; `benchmarks/results/encoder-gflops.md` keeps the splits.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -40,20 +41,30 @@ def ops_of_a_window(model: MaxWhisper) -> tuple[list[tuple[str, int, list[Tensor
 
     p = "encoder.blocks.0"
     return [
-        ("conv stem", 1, [TensorType(DType.float32, [1, dims.n_mels, N_FRAMES], device=model.device_ref)],
-         lambda mel: conv_stem_kernel(w, mel)),
+        (
+            "conv stem",
+            1,
+            [TensorType(DType.float32, [1, dims.n_mels, N_FRAMES], device=model.device_ref)],
+            lambda mel: conv_stem_kernel(w, mel),
+        ),
         ("layer norm", 2 * layers + 1, [rows(d)], lambda x: plan.layer_norm(w, f"{p}.attn_ln", x)),
         ("qkv linear", layers, [rows(d)], lambda x: linear(w, f"{p}.attn.qkv")(x)),
-        ("attention", layers, [rows(3 * d)],
-         lambda qkv: encoder_attention(qkv, dims.n_audio_head, bf16=plan.encoder_attention_bf16,
-                                     amx=plan.amx_tiles)),
-        ("attention out linear + residual", layers, [rows(d), rows(d)],
-         lambda x, r: linear(w, f"{p}.attn.out")(x, r)),
+        (
+            "attention",
+            layers,
+            [rows(3 * d)],
+            lambda qkv: encoder_attention(qkv, dims.n_audio_head, bf16=plan.encoder_attention_bf16, amx=plan.amx_tiles),
+        ),
+        ("attention out linear + residual", layers, [rows(d), rows(d)], lambda x, r: linear(w, f"{p}.attn.out")(x, r)),
         ("MLP up linear + GELU", layers, [rows(d)], lambda x: linear(w, f"{p}.mlp.0", gelu=True)(x)),
         ("MLP down linear + residual", layers, [rows(4 * d), rows(d)], lambda x, r: linear(w, f"{p}.mlp.2")(x, r)),
         ("cross K/V linear", 1, [rows(d)], lambda x: linear(w, "decoder.cross_kv")(x)),
-        ("cross K/V layout", 1, [rows(2 * dims.n_text_state * dims.n_text_layer)],
-         lambda kv: cross_layout_kernel(kv, dims.n_text_layer, dims.n_text_head, plan.cross_int8)),
+        (
+            "cross K/V layout",
+            1,
+            [rows(2 * dims.n_text_state * dims.n_text_layer)],
+            lambda kv: cross_layout_kernel(kv, dims.n_text_layer, dims.n_text_head, plan.cross_int8),
+        ),
     ], w
 
 

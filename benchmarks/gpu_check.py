@@ -18,6 +18,7 @@ Writes <out>/<device tag>-check-tiny.en.json and .md, and prints each figure as 
 `--device cpu` runs the same on the GPU's graphs on the CPU (the portable plan), to try the script
 without a GPU. Exits 1 when fp32's tokens differ from openai-whisper's or a component fails.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,12 @@ def say(*parts) -> None:
 def compare(ours: list[int], reference: list[int], ours_text: str, reference_text: str) -> dict:
     """Tokens equal, or where they first differ and the word error rate of our text."""
     first = next((i for i, (a, b) in enumerate(zip(ours, reference)) if a != b), min(len(ours), len(reference)))
-    return {"tokens": len(ours), "identical": ours == reference, "first_difference": None if ours == reference else first,
-            "wer_percent": round(100 * (wer(reference_text, ours_text) or 0.0), 2)}
+    return {
+        "tokens": len(ours),
+        "identical": ours == reference,
+        "first_difference": None if ours == reference else first,
+        "wer_percent": round(100 * (wer(reference_text, ours_text) or 0.0), 2),
+    }
 
 
 def cold_start(artifacts: Path, jfk: Path, device: str) -> dict:
@@ -66,13 +71,24 @@ def cold_start(artifacts: Path, jfk: Path, device: str) -> dict:
             shutil.copy(mef, graphs)
         env = {**os.environ, "MODULAR_CACHE_DIR": cache, "MODULAR_TELEMETRY_ENABLED": "0"}
         start = time.perf_counter()
-        run = subprocess.run([sys.executable, "-m", "maxwhisper", "transcribe", str(jfk), "--device", device],
-                             capture_output=True, text=True, env=env, cwd=ROOT)
+        run = subprocess.run(
+            [sys.executable, "-m", "maxwhisper", "transcribe", str(jfk), "--device", device],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
         seconds = time.perf_counter() - start
     text = " ".join("".join(c for c in run.stdout.lower() if c.isalnum() or c.isspace()).split())
     compiled = [line for line in run.stderr.splitlines() if "compiles" in line]
-    return {"seconds": round(seconds, 2), "artifacts": len(list(artifacts.glob("*.mef"))), "exit": run.returncode,
-            "jfk_sentence": JFK_TEXT in text, "compiled": compiled, "stderr_tail": run.stderr.strip()[-600:]}
+    return {
+        "seconds": round(seconds, 2),
+        "artifacts": len(list(artifacts.glob("*.mef"))),
+        "exit": run.returncode,
+        "jfk_sentence": JFK_TEXT in text,
+        "compiled": compiled,
+        "stderr_tail": run.stderr.strip()[-600:],
+    }
 
 
 def median_time(fn, runs: int) -> tuple[float, list[float]]:
@@ -127,12 +143,20 @@ def split(mx, samples) -> dict:
         del net.run, net.to_numpy
     steps = spent["token_steps"]
     host = total - sum(map(sum, spent.values()))
-    out = {"total_s": round(total, 3), "token_steps": len(steps),
-           "token_step_ms_median": round(1e3 * statistics.median(steps), 3) if steps else None,
-           "token_steps_s": round(sum(steps), 3), "device_copies": copies[0], "uploads_s": round(sum(spent["uploads"]), 3),
-           "other_graph_calls": len(spent["graph_calls"]), "other_graph_calls_s": round(sum(spent["graph_calls"]), 3),
-           "reads": len(spent["reads"]), "reads_s": round(sum(spent["reads"]), 3), "host_s": round(host, 3),
-           "host_ms_per_token": round(1e3 * host / max(len(steps), 1), 3)}
+    out = {
+        "total_s": round(total, 3),
+        "token_steps": len(steps),
+        "token_step_ms_median": round(1e3 * statistics.median(steps), 3) if steps else None,
+        "token_steps_s": round(sum(steps), 3),
+        "device_copies": copies[0],
+        "uploads_s": round(sum(spent["uploads"]), 3),
+        "other_graph_calls": len(spent["graph_calls"]),
+        "other_graph_calls_s": round(sum(spent["graph_calls"]), 3),
+        "reads": len(spent["reads"]),
+        "reads_s": round(sum(spent["reads"]), 3),
+        "host_s": round(host, 3),
+        "host_ms_per_token": round(1e3 * host / max(len(steps), 1), 3),
+    }
     return out
 
 
@@ -148,9 +172,10 @@ def step_loop(mx, samples, n: int = 200) -> dict:
         held.setdefault("buffers", self.buffers)
         self.buffers = None
         device_steps.MaxChoosingInference.cleanup_caching(self)
+
     device_steps.DeviceStepInference.cleanup_caching = keep
     try:
-        mx.transcribe(samples[:16000 * 5], DecodeOptions())
+        mx.transcribe(samples[: 16000 * 5], DecodeOptions())
     finally:
         device_steps.DeviceStepInference.cleanup_caching = original
     b = held["buffers"]
@@ -182,13 +207,16 @@ def check_precision(device: str, precision: str, audio: Path, reference: dict, r
         samples = load_audio(audio / clip)
         first = time.perf_counter()
         result = mx.transcribe(samples, DecodeOptions())
-        out["clips"][clip] = {"first_s": round(time.perf_counter() - first, 3),
-                              **compare(list(result.tokens), reference[clip]["tokens"], result.text,
-                                        reference[clip]["text"])}
+        out["clips"][clip] = {
+            "first_s": round(time.perf_counter() - first, 3),
+            **compare(list(result.tokens), reference[clip]["tokens"], result.text, reference[clip]["text"]),
+        }
         say(f"MAX {precision} {clip}: {out['clips'][clip]}")
     lecture = load_audio(audio / LECTURE)
     out["lecture_s"], out["lecture_runs"] = median_time(lambda: mx.transcribe(lecture, DecodeOptions()), runs)
-    say(f"MAX {precision} lecture: median {out['lecture_s']} s of {out['lecture_runs']} (device graphs: {mx.net.captures})")
+    say(
+        f"MAX {precision} lecture: median {out['lecture_s']} s of {out['lecture_runs']} (device graphs: {mx.net.captures})"
+    )
     out["split"] = split(mx, lecture)
     say(f"MAX {precision} split: {out['split']}")
     out["step_loop"] = step_loop(mx, lecture)
@@ -210,7 +238,7 @@ def baselines(device: str, audio: Path, runs: int) -> list[dict]:
     rows = []
     for name in ("openai", "faster"):
         backend = BACKENDS.get(name)
-        for precision in (backend.precisions.get(device, ()) if backend else ()):
+        for precision in backend.precisions.get(device, ()) if backend else ():
             row = {"backend": name, "precision": precision}
             try:
                 t = create_transcriber(name, "tiny.en", device=device, precision=precision)
@@ -226,31 +254,55 @@ def baselines(device: str, audio: Path, runs: int) -> list[dict]:
 def markdown(run: dict) -> str:
     m = run["machine"]
     gpu = ", ".join(f"{g['name']} (driver {g['driver']})" for g in m.get("gpus") or []) or "none"
-    lines = [f"# The GPU check: {run['device']} (tiny.en)", "",
-             f"`{run['command']}` ({run['created']}). GPU: {gpu}, MAX's architecture name {run.get('arch')}. "
-             f"Host: {m['cpu']} ({m['vector_isa']}, {m['cores']} cores). Versions: "
-             + ", ".join(f"{k} {v}" for k, v in run["versions"].items() if v) + ".", ""]
+    lines = [
+        f"# The GPU check: {run['device']} (tiny.en)",
+        "",
+        f"`{run['command']}` ({run['created']}). GPU: {gpu}, MAX's architecture name {run.get('arch')}. "
+        f"Host: {m['cpu']} ({m['vector_isa']}, {m['cores']} cores). Versions: "
+        + ", ".join(f"{k} {v}" for k, v in run["versions"].items() if v)
+        + ".",
+        "",
+    ]
     if cold := run.get("cold_start"):
-        lines += ["## Cold start", "",
-                  f"A new process's first jfk transcript over an empty MAX cache holding {cold['artifacts']} graphs "
-                  f"compiled ahead on another machine: **{cold['seconds']} s**, the whole process "
-                  f"(exit {cold['exit']}, JFK sentence printed: {cold['jfk_sentence']}). Graphs it compiled: "
-                  f"{'; '.join(cold['compiled']) or 'none'}.", ""]
-    lines += ["## Tokens and times", "", "Tokens: MAX's greedy transcript against openai-whisper float32 on the CPU. "
-              f"Lecture: median of {run['runs']} runs after the first.", "",
-              "| precision | load s | jfk | lecture tokens | lecture s | without device graphs s |",
-              "|---|---:|---|---|---:|---:|"]
+        lines += [
+            "## Cold start",
+            "",
+            f"A new process's first jfk transcript over an empty MAX cache holding {cold['artifacts']} graphs "
+            f"compiled ahead on another machine: **{cold['seconds']} s**, the whole process "
+            f"(exit {cold['exit']}, JFK sentence printed: {cold['jfk_sentence']}). Graphs it compiled: "
+            f"{'; '.join(cold['compiled']) or 'none'}.",
+            "",
+        ]
+    lines += [
+        "## Tokens and times",
+        "",
+        "Tokens: MAX's greedy transcript against openai-whisper float32 on the CPU. "
+        f"Lecture: median of {run['runs']} runs after the first.",
+        "",
+        "| precision | load s | jfk | lecture tokens | lecture s | without device graphs s |",
+        "|---|---:|---|---|---:|---:|",
+    ]
     for p in run["precisions"]:
+
         def verdict(c):
-            return "identical" if c["identical"] else f"differ from token {c['first_difference']}, WER {c['wer_percent']:g} %"
-        lines.append(f"| {p['precision']} | {p['load_s']} | {verdict(p['clips'][JFK])} | {verdict(p['clips'][LECTURE])} "
-                     f"| {p['lecture_s']} | {p.get('lecture_executed_s', '–')} |")
+            return (
+                "identical"
+                if c["identical"]
+                else f"differ from token {c['first_difference']}, WER {c['wer_percent']:g} %"
+            )
+
+        lines.append(
+            f"| {p['precision']} | {p['load_s']} | {verdict(p['clips'][JFK])} | {verdict(p['clips'][LECTURE])} "
+            f"| {p['lecture_s']} | {p.get('lecture_executed_s', '–')} |"
+        )
     lines += ["", "| baseline | precision | lecture s |", "|---|---|---:|"]
     for b in run["baselines"]:
         lines.append(f"| {b['backend']} | {b['precision']} | {b.get('lecture_s') or 'did not run: ' + b['error']} |")
     lines += ["", "## The decode's split (one lecture transcript, every graph call waited for)", ""]
     for p in run["precisions"]:
-        lines.append(f"- {p['precision']}: {json.dumps(p['split'])}; the token step alone: {json.dumps(p['step_loop'])}")
+        lines.append(
+            f"- {p['precision']}: {json.dumps(p['split'])}; the token step alone: {json.dumps(p['step_loop'])}"
+        )
     if any("selfcheck" in p for p in run["precisions"]):
         lines += ["", "## selfcheck (jfk.flac)", ""]
         for p in run["precisions"]:
@@ -262,22 +314,38 @@ def markdown(run: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="gpu", choices=["gpu", "cpu"])
-    parser.add_argument("--precisions", default=None,
-                        help="comma-separated (default: fp32,fp16 on a GPU, fp32 on the CPU)")
+    parser.add_argument(
+        "--precisions", default=None, help="comma-separated (default: fp32,fp16 on a GPU, fp32 on the CPU)"
+    )
     parser.add_argument("--runs", type=int, default=3, help="timed runs of the lecture per implementation")
-    parser.add_argument("--artifacts", type=Path, default=None,
-                        help="a folder of .mef graphs compiled ahead: time the cold start over them first")
-    parser.add_argument("--audio-dir", type=Path, default=None,
-                        help="holding jfk.flac and physicsworks.flac (default: the test audio, tests/audio)")
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=None,
+        help="a folder of .mef graphs compiled ahead: time the cold start over them first",
+    )
+    parser.add_argument(
+        "--audio-dir",
+        type=Path,
+        default=None,
+        help="holding jfk.flac and physicsworks.flac (default: the test audio, tests/audio)",
+    )
     parser.add_argument("--selfcheck", action="store_true", help="also MAX's components against openai-whisper")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     audio = args.audio_dir or audio_dir()
     precisions = (args.precisions or ("fp32,fp16" if args.device == "gpu" else "fp32")).split(",")
     machine = machine_info()
-    run = {"device": args.device, "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine,
-           "versions": versions(), "command": "python benchmarks/gpu_check.py " + " ".join(sys.argv[1:]),
-           "runs": args.runs, "precisions": [], "baselines": []}
+    run = {
+        "device": args.device,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": machine,
+        "versions": versions(),
+        "command": "python benchmarks/gpu_check.py " + " ".join(sys.argv[1:]),
+        "runs": args.runs,
+        "precisions": [],
+        "baselines": [],
+    }
     if args.artifacts:
         run["cold_start"] = cold_start(args.artifacts, audio / JFK, args.device)
         say(f"cold start: {run['cold_start']}")
@@ -303,6 +371,7 @@ def main() -> int:
         kept = [{k: v for k, v in p.items() if k != "mx"} for p in run["precisions"]]
         stem.with_suffix(".json").write_text(json.dumps({**run, "precisions": kept}, indent=1) + "\n")
         stem.with_suffix(".md").write_text(markdown({**run, "precisions": kept}))
+
     for precision in precisions:
         run["precisions"].append(check_precision(args.device, precision, audio, reference, args.runs))
         write()
@@ -312,14 +381,21 @@ def main() -> int:
         from maxwhisper.selfcheck import run_checks
 
         for p in run["precisions"]:
-            p["selfcheck"] = [{"name": r.name, "passed": r.passed, "rel_err": r.rel_err, "detail": r.detail}
-                              for r in run_checks(p["mx"], openai, audio / JFK)]
+            p["selfcheck"] = [
+                {"name": r.name, "passed": r.passed, "rel_err": r.rel_err, "detail": r.detail}
+                for r in run_checks(p["mx"], openai, audio / JFK)
+            ]
             say(f"selfcheck {p['precision']}: {p['selfcheck']}")
         write()
     say(f"wrote {stem}.json and .md")
     failed = [r["name"] for p in run["precisions"] for r in p.get("selfcheck", []) if not r["passed"]]
-    failed += [clip for p in run["precisions"] if p["precision"] == "fp32"
-               for clip, c in p["clips"].items() if not c["identical"]]
+    failed += [
+        clip
+        for p in run["precisions"]
+        if p["precision"] == "fp32"
+        for clip, c in p["clips"].items()
+        if not c["identical"]
+    ]
     return 1 if failed else 0
 
 

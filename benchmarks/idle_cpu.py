@@ -11,6 +11,7 @@ It waits for `ready`, then `--settle` seconds (the replicas' first health checks
 work), then counts. Writes idle-cpu-<device tag>.json and .md: the total, each process's share,
 the command, the CPU and its vector ISA.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,8 +73,9 @@ def measure(serve_args: list[str], seconds: float, settle: float) -> dict:
     port = free_port()
     command = [sys.executable, "-m", "maxwhisper", "serve", "--port", str(port), *serve_args]
     env = {**os.environ, "MODULAR_TELEMETRY_ENABLED": "0", "RAY_ADDRESS": ""}
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         lines = []
         for line in proc.stdout:
@@ -97,23 +99,41 @@ def measure(serve_args: list[str], seconds: float, settle: float) -> dict:
             os.killpg(proc.pid, signal.SIGKILL)
     spent = {pid: (name, used - before.get(pid, (name, 0.0))[1]) for pid, (name, used) in after.items()}
     ended = [name for pid, (name, _) in before.items() if pid not in after]
-    rows = sorted(({"pid": pid, "name": name, "cpu_s": round(used, 3), "core_pct": round(100 * used / elapsed, 2)}
-                   for pid, (name, used) in spent.items()), key=lambda r: -r["cpu_s"])
+    rows = sorted(
+        (
+            {"pid": pid, "name": name, "cpu_s": round(used, 3), "core_pct": round(100 * used / elapsed, 2)}
+            for pid, (name, used) in spent.items()
+        ),
+        key=lambda r: -r["cpu_s"],
+    )
     total = sum(r["cpu_s"] for r in rows)
-    return {"command": " ".join(["python -m maxwhisper serve", *serve_args]), "seconds": round(elapsed, 1),
-            "settle_s": settle, "processes": len(rows), "ended_meanwhile": ended, "cpu_s": round(total, 3),
-            "core_pct": round(100 * total / elapsed, 2), "per_process": rows}
+    return {
+        "command": " ".join(["python -m maxwhisper serve", *serve_args]),
+        "seconds": round(elapsed, 1),
+        "settle_s": settle,
+        "processes": len(rows),
+        "ended_meanwhile": ended,
+        "cpu_s": round(total, 3),
+        "core_pct": round(100 * total / elapsed, 2),
+        "per_process": rows,
+    }
 
 
 def markdown(result: dict, script_command: str) -> str:
     m = result["machine"]
-    lines = [f"# An idle service's CPU: {m['cpu']} ({m['cores']} cores, {m['vector_isa']})", "",
-             f"`{script_command}`: `{result['command']}` started, {result['settle_s']:g} s after `ready` its "
-             f"{result['processes']} processes counted for {result['seconds']:g} s without a request "
-             f"(user + system CPU time of each, from psutil). CPU: {m['cpu']}, {m['cpu_family_model']}, "
-             f"{m['vector_isa']}. Versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v) + ".",
-             "", f"**{result['core_pct']:.2f} % of one core** ({result['cpu_s']:.2f} CPU s in {result['seconds']:g} s)",
-             "", "| process | pid | CPU s | % of a core |", "|---|---:|---:|---:|"]
+    lines = [
+        f"# An idle service's CPU: {m['cpu']} ({m['cores']} cores, {m['vector_isa']})",
+        "",
+        f"`{script_command}`: `{result['command']}` started, {result['settle_s']:g} s after `ready` its "
+        f"{result['processes']} processes counted for {result['seconds']:g} s without a request "
+        f"(user + system CPU time of each, from psutil). CPU: {m['cpu']}, {m['cpu_family_model']}, "
+        f"{m['vector_isa']}. Versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v) + ".",
+        "",
+        f"**{result['core_pct']:.2f} % of one core** ({result['cpu_s']:.2f} CPU s in {result['seconds']:g} s)",
+        "",
+        "| process | pid | CPU s | % of a core |",
+        "|---|---:|---:|---:|",
+    ]
     lines += [f"| {r['name']} | {r['pid']} | {r['cpu_s']:.3f} | {r['core_pct']:.2f} |" for r in result["per_process"]]
     if result["ended_meanwhile"]:
         lines += ["", f"Ended while counted (not summed): {', '.join(result['ended_meanwhile'])}."]

@@ -12,6 +12,7 @@ said, on the wall clock), the seconds of computing per second of audio, how far 
 worst, and the WER of its streamed text against its own offline transcript. Writes
 benchmarks/results/live-race-<device tag>-<model>.json and .md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,7 @@ def race(transcribers: dict, audio, pace: float) -> dict[str, dict]:
     for i, at in enumerate(range(0, len(audio), step)):
         time.sleep(max(0.0, start + (i + 1) * CHUNK_S - time.monotonic()))
         for b, session in sessions.items():
-            session.add(audio[at:at + step], SAMPLE_RATE)
+            session.add(audio[at : at + step], SAMPLE_RATE)
             behind[b] = max(behind[b], session.behind_s)
     for session in sessions.values():
         session.stop(timeout=0)
@@ -57,32 +58,47 @@ def race(transcribers: dict, audio, pace: float) -> dict[str, dict]:
         time.sleep(CHUNK_S)
     figures = {}
     for b, s in sessions.items():
-        figures[b] = {"words": len(s.committed), "text": "".join(w.text for w in s.committed).strip(),
-                      "latency_median_s": statistics.median(s.latencies) if s.latencies else None,
-                      "latency_p90_s": quantile(s.latencies, 0.9), "compute_share": s.compute_s / s.received_s,
-                      "behind_max_s": behind[b], "updates": s.updates, "error": s.error or None}
+        figures[b] = {
+            "words": len(s.committed),
+            "text": "".join(w.text for w in s.committed).strip(),
+            "latency_median_s": statistics.median(s.latencies) if s.latencies else None,
+            "latency_p90_s": quantile(s.latencies, 0.9),
+            "compute_share": s.compute_s / s.received_s,
+            "behind_max_s": behind[b],
+            "updates": s.updates,
+            "error": s.error or None,
+        }
     return figures
 
 
 def markdown(doc: dict) -> str:
     m = doc["machine"]
-    lines = [f"# Live race: {doc['model']}, {doc['audio']} ({doc['audio_s']:.0f} s) fed in real time",
-             "", f"{m['cpu']} ({m['vector_isa']}), {m['cores']} cores; {doc['created']}. `{doc['command']}`", "",
-             "| race | pace s | background load | implementation | words | commit latency median | p90 | "
-             "computing per audio s | behind at worst | WER vs own offline |",
-             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# Live race: {doc['model']}, {doc['audio']} ({doc['audio_s']:.0f} s) fed in real time",
+        "",
+        f"{m['cpu']} ({m['vector_isa']}), {m['cores']} cores; {doc['created']}. `{doc['command']}`",
+        "",
+        "| race | pace s | background load | implementation | words | commit latency median | p90 | "
+        "computing per audio s | behind at worst | WER vs own offline |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for run in doc["runs"]:
         for b, f in run["figures"].items():
             lat = "–" if f["latency_median_s"] is None else f"{f['latency_median_s']:.2f} s"
             p90 = "–" if f["latency_p90_s"] is None else f"{f['latency_p90_s']:.2f} s"
-            lines.append(f"| {'+'.join(run['race'])} | {run['pace_s']:g} | {run['load']} | {b} | {f['words']} | "
-                         f"{lat} | {p90} | {f['compute_share']:.2f} | {f['behind_max_s']:.1f} s | "
-                         f"{100 * f['wer_vs_offline']:.1f} % |")
-    lines += ["", "Each implementation streams the same audio on a transcriber of its own, all at once on the same "
-              "cores (the Live tab's `LiveSession`). Pace: the new audio an update waits for. Commit latency: when a "
-              "word turned final minus when it was said, on the wall clock, from the first chunk's arrival. "
-              "Computing per audio s: the updates' seconds per second of audio (above 1 it falls behind). Behind at "
-              "worst: the most audio received and not yet transcribed."]
+            lines.append(
+                f"| {'+'.join(run['race'])} | {run['pace_s']:g} | {run['load']} | {b} | {f['words']} | "
+                f"{lat} | {p90} | {f['compute_share']:.2f} | {f['behind_max_s']:.1f} s | "
+                f"{100 * f['wer_vs_offline']:.1f} % |"
+            )
+    lines += [
+        "",
+        "Each implementation streams the same audio on a transcriber of its own, all at once on the same "
+        "cores (the Live tab's `LiveSession`). Pace: the new audio an update waits for. Commit latency: when a "
+        "word turned final minus when it was said, on the wall clock, from the first chunk's arrival. "
+        "Computing per audio s: the updates' seconds per second of audio (above 1 it falls behind). Behind at "
+        "worst: the most audio received and not yet transcribed.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -109,17 +125,28 @@ def main() -> None:
                     figures = race({b: transcribers[b] for b in racers}, audio, pace)
                     for b, f in figures.items():
                         f["wer_vs_offline"] = wer(offline[b], f["text"])
-                        print(f"{'+'.join(racers)} pace {pace:g} load {load}: {b} latency {f['latency_median_s']} "
-                              f"share {f['compute_share']:.2f} behind {f['behind_max_s']:.1f}", flush=True)
+                        print(
+                            f"{'+'.join(racers)} pace {pace:g} load {load}: {b} latency {f['latency_median_s']} "
+                            f"share {f['compute_share']:.2f} behind {f['behind_max_s']:.1f}",
+                            flush=True,
+                        )
                     runs.append({"race": racers, "pace_s": pace, "load": load, "figures": figures})
         finally:
             for spinner in spinners:
                 spinner.kill()
                 spinner.wait()
     machine = machine_info()
-    doc = {"created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": "python benchmarks/live_race.py "
-           + " ".join(sys.argv[1:]), "machine": machine, "versions": versions(), "model": args.model,
-           "audio": Path(args.audio).name, "audio_s": len(audio) / SAMPLE_RATE, "offline": offline, "runs": runs}
+    doc = {
+        "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": "python benchmarks/live_race.py " + " ".join(sys.argv[1:]),
+        "machine": machine,
+        "versions": versions(),
+        "model": args.model,
+        "audio": Path(args.audio).name,
+        "audio_s": len(audio) / SAMPLE_RATE,
+        "offline": offline,
+        "runs": runs,
+    }
     stem = args.out / f"live-race-{device_tag('cpu', machine)}-{args.model}"
     Path(f"{stem}.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
     Path(f"{stem}.md").write_text(markdown(doc), encoding="utf-8")

@@ -17,6 +17,7 @@ the clip, one per step. Per format and span: the bytes a step's first pass reads
 second pass computes per step, a check that the exact argmax is always among them, and the error of
 a logsumexp that takes the first pass's values for the tokens the second pass leaves out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,7 @@ from maxwhisper_baselines.openai_backend import OpenAITranscriber
 
 FORMATS = ((8, 384), (8, 64), (6, 32), (4, 64))  # (bits, weights per scale)
 SPANS = (0, 4, 8)  # logits below the largest lower bound down to which the second pass computes exactly
-UNIT = 2.0 ** -24  # float32's unit roundoff
+UNIT = 2.0**-24  # float32's unit roundoff
 
 
 def final_activations(clip: str) -> tuple[np.ndarray, np.ndarray]:
@@ -43,7 +44,9 @@ def final_activations(clip: str) -> tuple[np.ndarray, np.ndarray]:
     seen = []
     net.decoder.ln.register_forward_hook(lambda module, args, out: seen.append(out[:, -1].detach().numpy().copy()))
     whisper.transcribe(net, load_audio(str(audio_dir() / clip)), fp16=False, temperature=0.0)
-    return np.concatenate(seen).astype(np.float32), net.decoder.token_embedding.weight.detach().numpy().astype(np.float32)
+    return np.concatenate(seen).astype(np.float32), net.decoder.token_embedding.weight.detach().numpy().astype(
+        np.float32
+    )
 
 
 def logsumexp(v: np.ndarray) -> float:
@@ -72,8 +75,12 @@ def study(xs: np.ndarray, w: np.ndarray, bits: int, group: int, span: float, all
         mixed = np.where(chosen | ~allowed, exact, coarse)
         lse_errors.append(abs(logsumexp(mixed) - logsumexp(exact)))
     mb = (n_vocab * d * bits / 8 + n_vocab * (d // group) * 4) / 1e6
-    return {"format": f"{bits}-bit, a scale per {group}, span {span}", "mb": mb, "candidates": np.array(candidates),
-            "lse": np.array(lse_errors)}
+    return {
+        "format": f"{bits}-bit, a scale per {group}, span {span}",
+        "mb": mb,
+        "candidates": np.array(candidates),
+        "lse": np.array(lse_errors),
+    }
 
 
 def main() -> None:
@@ -85,19 +92,33 @@ def main() -> None:
     tokenizer = get_tokenizer(False)
     allowed = np.zeros(w.shape[0], bool)
     allowed[: tokenizer.timestamp_begin] = True  # text tokens and eot, less what greedy decoding suppresses
-    allowed[list(tokenizer.non_speech_tokens) + [tokenizer.sot, tokenizer.sot_prev, tokenizer.sot_lm,
-                                                 tokenizer.no_speech, tokenizer.transcribe, tokenizer.translate,
-                                                 tokenizer.no_timestamps]] = False
+    allowed[
+        list(tokenizer.non_speech_tokens)
+        + [
+            tokenizer.sot,
+            tokenizer.sot_prev,
+            tokenizer.sot_lm,
+            tokenizer.no_speech,
+            tokenizer.transcribe,
+            tokenizer.translate,
+            tokenizer.no_timestamps,
+        ]
+    ] = False
     machine = machine_info()
-    lines = [f"{machine['cpu']} ({machine['vector_isa']}); {args.clip}, tiny.en, {len(xs)} decoder calls of openai-whisper's greedy transcript; "
-             f"fp16-stored rows: {w.size * 2 / 1e6:.1f} MB", "",
-             "| first pass | MB read | exact rows median | p90 | max | logsumexp error median | max |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"{machine['cpu']} ({machine['vector_isa']}); {args.clip}, tiny.en, {len(xs)} decoder calls of openai-whisper's greedy transcript; "
+        f"fp16-stored rows: {w.size * 2 / 1e6:.1f} MB",
+        "",
+        "| first pass | MB read | exact rows median | p90 | max | logsumexp error median | max |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for (bits, group), span in itertools.product(FORMATS, SPANS):
         r = study(xs, w, bits, group, span, allowed)
         c, e = r["candidates"], r["lse"]
-        lines.append(f"| {r['format']} | {r['mb']:.1f} | {np.median(c):.0f} | {np.percentile(c, 90):.0f} | {c.max()} "
-                     f"| {np.median(e):.1e} | {e.max():.1e} |")
+        lines.append(
+            f"| {r['format']} | {r['mb']:.1f} | {np.median(c):.0f} | {np.percentile(c, 90):.0f} | {c.max()} "
+            f"| {np.median(e):.1e} | {e.max():.1e} |"
+        )
     print("\n".join(lines))
     if args.out:
         with open(args.out, "w") as f:

@@ -12,6 +12,7 @@ its audio's end. Prints the latency (median, p90, max; and of each turn's first 
 computing time per audio second, the slowest words, and, for the lecture, the words wrong against
 its pseudo-reference with each difference.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,21 +50,30 @@ def main() -> None:
     def spend(cost: float) -> None:
         clock[0] += cost
         spent[0] += cost
+
     costed_by_model(t, spend)
 
     audio = load_audio(audio_dir() / args.clip)
     data = pcm16(audio, SAMPLE_RATE) + bytes(round(TAIL_S * SAMPLE_RATE) * 2)
     step = round(CHUNK_S * SAMPLE_RATE) * 2
-    messages = [json.dumps({"type": "input_audio_buffer.append", "audio": a})
-                for a in (base64.b64encode(data[i:i + step]).decode() for i in range(0, len(data), step))]
+    messages = [
+        json.dumps({"type": "input_audio_buffer.append", "audio": a})
+        for a in (base64.b64encode(data[i : i + step]).decode() for i in range(0, len(data), step))
+    ]
     messages.append(json.dumps({"type": "input_audio_buffer.commit"}))
     arrivals = [min(k + 1, len(messages) - 1) * CHUNK_S for k in range(len(messages))]  # the commit with the last
     s = RealtimeSession(lambda model: t)
     audio_input = {"format": {"type": "audio/pcm", "rate": SAMPLE_RATE}}
     if args.no_vad:
         audio_input["turn_detection"] = None
-    s.receive(json.dumps({"type": "session.update", "session": {"type": "transcription", "include": [WORDS],
-                                                                "audio": {"input": audio_input}}}))
+    s.receive(
+        json.dumps(
+            {
+                "type": "session.update",
+                "session": {"type": "transcription", "include": [WORDS], "audio": {"input": audio_input}},
+            }
+        )
+    )
 
     latencies, first, turns, transcripts, slow = [], [], {}, [], []
 
@@ -80,7 +90,8 @@ def main() -> None:
             elif e["type"] == "conversation.item.input_audio_transcription.completed":
                 transcripts.append(e["transcript"])
             elif e["type"] == "conversation.item.input_audio_transcription.failed" or (
-                    e["type"] == "error" and e["error"]["code"] != "input_audio_buffer_commit_empty"):  # (VAD ended it)
+                e["type"] == "error" and e["error"]["code"] != "input_audio_buffer_commit_empty"
+            ):  # (VAD ended it)
                 print(json.dumps(e))
 
     k = 0
@@ -92,13 +103,17 @@ def main() -> None:
             record(s.work(record))
         elif k < len(messages):
             clock[0] = arrivals[k]
-    print(f"{args.clip}, UPDATE_S {session.UPDATE_S:g}, {'no VAD' if args.no_vad else 'server VAD'}: "
-          f"{len(transcripts)} turns, {len(latencies)} words, latency median {quantile(latencies, 0.5):.2f} s, "
-          f"p90 {quantile(latencies, 0.9):.2f} s, max {max(latencies):.2f} s, compute "
-          f"{spent[0] / len(audio) * SAMPLE_RATE:.2f} s per audio second; turns' first {FIRST_S:g} s: {len(first)} words, "
-          f"median {quantile(first, 0.5):.2f} s, p90 {quantile(first, 0.9):.2f} s")
-    print("slowest: " + ", ".join(f"{word!r} ending at {end:.2f} s {latency:.2f} s"
-                                  for latency, word, end in sorted(slow)[-5:]))
+    print(
+        f"{args.clip}, UPDATE_S {session.UPDATE_S:g}, {'no VAD' if args.no_vad else 'server VAD'}: "
+        f"{len(transcripts)} turns, {len(latencies)} words, latency median {quantile(latencies, 0.5):.2f} s, "
+        f"p90 {quantile(latencies, 0.9):.2f} s, max {max(latencies):.2f} s, compute "
+        f"{spent[0] / len(audio) * SAMPLE_RATE:.2f} s per audio second; turns' first {FIRST_S:g} s: {len(first)} words, "
+        f"median {quantile(first, 0.5):.2f} s, p90 {quantile(first, 0.9):.2f} s"
+    )
+    print(
+        "slowest: "
+        + ", ".join(f"{word!r} ending at {end:.2f} s {latency:.2f} s" for latency, word, end in sorted(slow)[-5:])
+    )
     reference = pseudo_reference(args.clip)
     text = " ".join(transcripts)
     if reference is None:

@@ -16,6 +16,7 @@
    rows), each part's GB/s, and through fp32's and int8's steps (bytes, time) the rate and the
    time that does not scale with the bytes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,11 @@ from maxwhisper.bench.machine import machine_info  # noqa: E402
 from maxwhisper.graph import decoder, model  # noqa: E402
 from maxwhisper.graph.compiled import artifact_paths, compile_graph  # noqa: E402
 from maxwhisper.graph.kernel_package import kernel_library  # noqa: E402
-from maxwhisper.graph.layers import (WeightBank, layer_norm_gather,  # noqa: E402
-                                     token_embedding)
+from maxwhisper.graph.layers import (
+    WeightBank,
+    layer_norm_gather,  # noqa: E402
+    token_embedding,
+)
 from maxwhisper.registry import create_transcriber  # noqa: E402
 
 POSITION = 150  # the position of the timed steps (tokens already in the cache)
@@ -58,8 +62,13 @@ def decode_split(net: model.MaxWhisper, transcriber, audio: np.ndarray) -> dict:
         try:
             return run(graph, *inputs)
         finally:
-            kind = ("encoder" if graph is net.encoder else "prompt" if graph is not net.token_step
-                    or getattr(prompt, "on", False) else "step")
+            kind = (
+                "encoder"
+                if graph is net.encoder
+                else "prompt"
+                if graph is not net.token_step or getattr(prompt, "on", False)
+                else "step"
+            )
             calls[kind].append(time.perf_counter() - start)
 
     def timed_by_steps(self, *args):
@@ -78,10 +87,17 @@ def decode_split(net: model.MaxWhisper, transcriber, audio: np.ndarray) -> dict:
         model.MaxInference._prompt_by_token_steps = by_steps
     decode_s = result.timings.decode_s
     graph_s = sum(sum(calls[k]) for k in ("prompt", "step"))
-    return {"decode_s": decode_s, "encode_s": result.timings.encode_s, "steps": len(calls["step"]),
-            "step_s": sum(calls["step"]), "step_median_ms": 1e3 * statistics.median(calls["step"]),
-            "prompts": len(calls["prompt"]), "prompt_s": sum(calls["prompt"]),
-            "prompt_median_ms": 1e3 * statistics.median(calls["prompt"]), "host_s": decode_s - graph_s}
+    return {
+        "decode_s": decode_s,
+        "encode_s": result.timings.encode_s,
+        "steps": len(calls["step"]),
+        "step_s": sum(calls["step"]),
+        "step_median_ms": 1e3 * statistics.median(calls["step"]),
+        "prompts": len(calls["prompt"]),
+        "prompt_s": sum(calls["prompt"]),
+        "prompt_median_ms": 1e3 * statistics.median(calls["prompt"]),
+        "host_s": decode_s - graph_s,
+    }
 
 
 def part_graph(net: model.MaxWhisper, part: str, module: Module, registry: dict) -> Graph:
@@ -97,22 +113,37 @@ def _part_graph(w: WeightBank, dims, plan, part: str, module: Module) -> Graph:
     if part == "step":
         return decoder.build_token_step_graph(w, dims, plan, module)
     dev = w.device
-    types = [TensorType(DType.int64, ["batch", 1], device=dev), TensorType(DType.int64, ["batch"], device=dev),
-             TensorType(DType.int64, ["batch"], device=dev), TensorType(DType.int64, ["rows"], device=dev),
-             TensorType(DType.float32, ["rows", dims.n_vocab], device=dev),
-             TensorType(DType.int64, ["rows_or_1"], device=dev)]
+    types = [
+        TensorType(DType.int64, ["batch", 1], device=dev),
+        TensorType(DType.int64, ["batch"], device=dev),
+        TensorType(DType.int64, ["batch"], device=dev),
+        TensorType(DType.int64, ["rows"], device=dev),
+        TensorType(DType.float32, ["rows", dims.n_vocab], device=dev),
+        TensorType(DType.int64, ["rows_or_1"], device=dev),
+    ]
     cross_types = decoder._cross_types(dims, w.dtype, dev, "batch", plan.cross_int8)
     types += cross_types + decoder._cache_types(dims, w.dtype, dev)
     with Graph(f"step_to_{part}", input_types=types, custom_extensions=[kernel_library()], module=module) as graph:
         tokens, positions, cross_keys, rows = (v.tensor for v in graph.inputs[:4])
-        cross = [v.tensor for v in graph.inputs[6:6 + len(cross_types)]]
-        caches = [v.buffer for v in graph.inputs[6 + len(cross_types):]]
+        cross = [v.tensor for v in graph.inputs[6 : 6 + len(cross_types)]]
+        caches = [v.buffer for v in graph.inputs[6 + len(cross_types) :]]
         x = token_embedding(w, tokens, positions)
         for i in range({"embed": 0, "layer1": 1}.get(part, dims.n_text_layer)):
-            x = decoder.decoder_layer_step(w, f"decoder.blocks.{i}", x, caches[2 * i], caches[2 * i + 1],
-                                           [c[i] for c in cross], positions, cross_keys, plan.int8)
+            x = decoder.decoder_layer_step(
+                w,
+                f"decoder.blocks.{i}",
+                x,
+                caches[2 * i],
+                caches[2 * i + 1],
+                [c[i] for c in cross],
+                positions,
+                cross_keys,
+                plan.int8,
+            )
         if part == "projection":
-            x = decoder.projection_linear(plan)(w, "decoder.token_embedding")(layer_norm_gather(w, "decoder.ln", x, rows))
+            x = decoder.projection_linear(plan)(w, "decoder.token_embedding")(
+                layer_norm_gather(w, "decoder.ln", x, rows)
+            )
         graph.output(x)
     return graph
 
@@ -128,8 +159,14 @@ def step_parts(net: model.MaxWhisper, audio: np.ndarray) -> dict[str, float]:
     inference = net.inference()
     inference._setup(1, features)
     suppress = np.zeros((1, net.dims.n_vocab), np.float32)
-    inputs = [np.array([[440]], np.int64), np.array([POSITION], np.int64), inference._cross_keys(1),
-              np.array([0], np.int64), suppress, np.array([net.dims.n_vocab - 1501], np.int64)]
+    inputs = [
+        np.array([[440]], np.int64),
+        np.array([POSITION], np.int64),
+        inference._cross_keys(1),
+        np.array([0], np.int64),
+        suppress,
+        np.array([net.dims.n_vocab - 1501], np.int64),
+    ]
     args = [*(net.to_device(a) for a in inputs), *inference.cross, *inference.cache]
     times = defaultdict(list)
     for call in range(CALLS + 1):
@@ -161,8 +198,10 @@ def main() -> None:
     args = parser.parse_args()
     audio = load_audio(str(audio_dir() / args.clip))
     info = machine_info()
-    print(f"CPU: {info.get('cpu')} ({info.get('cpu_family_model')}), {info.get('vector_isa')}, {info.get('cores')} "
-          f"cores; {args.clip}, tiny.en, steps at position {POSITION}, {CALLS} calls of each graph")
+    print(
+        f"CPU: {info.get('cpu')} ({info.get('cpu_family_model')}), {info.get('vector_isa')}, {info.get('cores')} "
+        f"cores; {args.clip}, tiny.en, steps at position {POSITION}, {CALLS} calls of each graph"
+    )
     steps = {}
     for precision in args.precisions.split(","):
         transcriber = create_transcriber("max", "tiny.en", "cpu", precision)
@@ -171,17 +210,22 @@ def main() -> None:
         parts = step_parts(net, audio)
         mb = step_bytes(net)
         print(f"\n## {precision}\n")
-        print(f"decode {split['decode_s']:.3f} s (encode {split['encode_s']:.3f} s apart): "
-              f"{split['steps']} token steps {split['step_s']:.3f} s (median {split['step_median_ms']:.3f} ms), "
-              f"{split['prompts']} prompt calls {split['prompt_s']:.3f} s (median {split['prompt_median_ms']:.2f} ms), "
-              f"host between calls {split['host_s']:.3f} s ({1e3 * split['host_s'] / max(split['steps'], 1):.3f} ms "
-              "per step)")
+        print(
+            f"decode {split['decode_s']:.3f} s (encode {split['encode_s']:.3f} s apart): "
+            f"{split['steps']} token steps {split['step_s']:.3f} s (median {split['step_median_ms']:.3f} ms), "
+            f"{split['prompts']} prompt calls {split['prompt_s']:.3f} s (median {split['prompt_median_ms']:.2f} ms), "
+            f"host between calls {split['host_s']:.3f} s ({1e3 * split['host_s'] / max(split['steps'], 1):.3f} ms "
+            "per step)"
+        )
         step = parts["step"]
         layer = (parts["layers"] - parts["layer1"]) / (net.dims.n_text_layer - 1)
-        rows = [("call + token embedding", parts["embed"], None), ("one layer op (each)", layer, mb["layer"]),
-                (f"{net.dims.n_text_layer} layer ops", parts["layers"] - parts["embed"], None),
-                ("final LN + vocab projection", parts["projection"] - parts["layers"], mb["projection"]),
-                ("greedy choice", step - parts["projection"], None)]
+        rows = [
+            ("call + token embedding", parts["embed"], None),
+            ("one layer op (each)", layer, mb["layer"]),
+            (f"{net.dims.n_text_layer} layer ops", parts["layers"] - parts["embed"], None),
+            ("final LN + vocab projection", parts["projection"] - parts["layers"], mb["projection"]),
+            ("greedy choice", step - parts["projection"], None),
+        ]
         print(f"\none step {step:.3f} ms, {mb['step']:.1f} MB read ({mb['step'] / step:.1f} GB/s):")
         for name, ms, read in rows:
             rate = f"  {read:5.1f} MB, {read / ms:5.1f} GB/s" if read else ""
@@ -191,9 +235,11 @@ def main() -> None:
         (mb_a, ms_a, host_a), (mb_b, ms_b, host_b) = steps.values()
         per_mb = (ms_a - ms_b) / (mb_a - mb_b)
         fixed = ms_a - mb_a * per_mb
-        print(f"\nthrough both precisions' steps: {1 / per_mb:.1f} GB/s and {fixed:.3f} ms that does not scale "
-              f"with the bytes; with the host between calls {fixed + host_a:.3f} ({', '.join(steps)}: host "
-              f"{host_a:.3f}, {host_b:.3f} ms)")
+        print(
+            f"\nthrough both precisions' steps: {1 / per_mb:.1f} GB/s and {fixed:.3f} ms that does not scale "
+            f"with the bytes; with the host between calls {fixed + host_a:.3f} ({', '.join(steps)}: host "
+            f"{host_a:.3f}, {host_b:.3f} ms)"
+        )
 
 
 if __name__ == "__main__":

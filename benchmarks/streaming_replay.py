@@ -13,6 +13,7 @@ words wrong against the lecture's pseudo-reference (normalised, as the benchmark
 offline transcript's first, then per offset with the latency, the segments held back, the loop ratio
 and each difference (reference -> stream).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,10 +38,12 @@ def differences(reference: str, text: str) -> tuple[int, list[str]]:
     """Words wrong (substituted, deleted, inserted) and each difference as "reference -> text"."""
     out = jiwer.process_words(reference, text)
     ref, hyp = reference.split(), text.split()
-    shown = [f"{' '.join(ref[c.ref_start_idx:c.ref_end_idx])} -> {' '.join(hyp[c.hyp_start_idx:c.hyp_end_idx])}"
-             for c in out.alignments[0] if c.type != "equal"]
+    shown = [
+        f"{' '.join(ref[c.ref_start_idx : c.ref_end_idx])} -> {' '.join(hyp[c.hyp_start_idx : c.hyp_end_idx])}"
+        for c in out.alignments[0]
+        if c.type != "equal"
+    ]
     return out.substitutions + out.deletions + out.insertions, shown
-
 
 
 def costed_by_model(t, on_cost=lambda cost: None) -> None:
@@ -57,15 +60,22 @@ def costed_by_model(t, on_cost=lambda cost: None) -> None:
         result, tokens = window(audio, options, draft, padding_s=padding_s)
         heard = N_SAMPLES / SAMPLE_RATE if padding_s is None else min(30.0, len(audio) / SAMPLE_RATE + padding_s)
         return costed(result, heard), tokens
+
     t.transcribe_window = costed_window
     t.transcribe = lambda audio, options, progress=None: costed(whole(audio, options, progress), 30.0)
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--precision", default="fp32")
     p.add_argument("--offsets", default="0,0.5", help="chunk boundary shifts in seconds, comma-separated")
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="a `maxwhisper.streaming` constant to change (repeatable), e.g. PAUSE_S=0.3")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a `maxwhisper.streaming` constant to change (repeatable), e.g. PAUSE_S=0.3",
+    )
     args = p.parse_args()
     for assignment in args.set:
         name, _, value = assignment.partition("=")
@@ -85,9 +95,12 @@ def main() -> None:
     for offset in (float(x) for x in args.offsets.split(",")):
         report = streaming.stream_audio(t, audio, 1.0, offset_s=offset)
         wrong, shown = differences(reference, normalize(report.text))
-        print(f"chunks shifted {offset:g} s: {wrong} words wrong ({100 * (wrong - offline) / n:+.2f} points), "
-              f"latency median {report.latency_quantile(0.5):.2f} s, p90 {report.latency_quantile(0.9):.2f} s, "
-              f"{report.held_back} held back, loop ratio {report.loop_ratio:.2f}", flush=True)
+        print(
+            f"chunks shifted {offset:g} s: {wrong} words wrong ({100 * (wrong - offline) / n:+.2f} points), "
+            f"latency median {report.latency_quantile(0.5):.2f} s, p90 {report.latency_quantile(0.9):.2f} s, "
+            f"{report.held_back} held back, loop ratio {report.loop_ratio:.2f}",
+            flush=True,
+        )
         print("    " + " | ".join(shown), flush=True)
 
 

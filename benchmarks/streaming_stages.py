@@ -16,6 +16,7 @@ agree must have heard SETTLE_S past it; later where they did not agree); the com
 hypothesis's own computing. Then the words by the step that committed them (the first of
 a chunk's two steps, the second, or a chunk's one step).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,10 +38,14 @@ from maxwhisper.scoring import wer  # noqa: E402
 from maxwhisper.streaming import SETTLE_S, stream_audio  # noqa: E402
 
 STAGES = {  # name: (owner, attribute) timed on each call
-    "log-Mel": (max_backend, "log_mel_spectrogram"), "encoder": (MaxWhisper, "encode"),
-    "decoding": (decoding.DecodingTask, "run"), "  draft check": (decoding.DecodingTask, "_check_draft"),
-    "word timestamps": (transcribe, "add_word_timestamps"), "  alignment graph": (MaxWhisper, "alignment"),
-    "  median filter": (timing, "median_filter"), "  DTW": (timing, "dtw"),
+    "log-Mel": (max_backend, "log_mel_spectrogram"),
+    "encoder": (MaxWhisper, "encode"),
+    "decoding": (decoding.DecodingTask, "run"),
+    "  draft check": (decoding.DecodingTask, "_check_draft"),
+    "word timestamps": (transcribe, "add_word_timestamps"),
+    "  alignment graph": (MaxWhisper, "alignment"),
+    "  median filter": (timing, "median_filter"),
+    "  DTW": (timing, "dtw"),
 }
 TOP = ("log-Mel", "encoder", "decoding", "word timestamps")
 
@@ -54,6 +59,7 @@ def timed(seconds: dict[str, float], name: str, owner, attribute: str) -> None:
             return function(*args, **kwargs)
         finally:
             seconds[name] += time.perf_counter() - start
+
     setattr(owner, attribute, wrapper)
 
 
@@ -83,10 +89,12 @@ def main() -> None:
     computes = [u[1] for u in updates if u[1]]
     reference = REFERENCES.get(args.clip) or pseudo_reference(args.clip)
     streamed_wer = f", streamed WER {100 * wer(reference, report.text):.2f} %" if reference else ""
-    print(f"MAX {args.precision}, {args.clip}, {args.chunk:g} s chunks: {report.updates} updates, latency median "
-          f"{statistics.median(report.latencies):.3f} s, p90 {report.latency_quantile(0.9):.3f} s, computing "
-          f"{report.compute_share:.2f} s per audio s{streamed_wer}\n\nupdate median "
-          f"{1000 * statistics.median(computes):.1f} ms:")
+    print(
+        f"MAX {args.precision}, {args.clip}, {args.chunk:g} s chunks: {report.updates} updates, latency median "
+        f"{statistics.median(report.latencies):.3f} s, p90 {report.latency_quantile(0.9):.3f} s, computing "
+        f"{report.compute_share:.2f} s per audio s{streamed_wer}\n\nupdate median "
+        f"{1000 * statistics.median(computes):.1f} ms:"
+    )
     for name in STAGES:
         print(f"  {name:20s} {1000 * statistics.median(s.get(name, 0.0) for s in stages):6.1f} ms")
     rest = [c - sum(s.get(name, 0.0) for name in TOP) for c, s in zip(computes, stages)]
@@ -102,8 +110,15 @@ def main() -> None:
         if heard < arrival(heard) - 1e-9:
             return "first of two"
         previous = updates[i - 1] if i else None
-        return "second of two" if previous and previous[2] < heard and abs(previous[4] - start) < 1e-9 \
-            and arrival(previous[2]) == arrival(heard) else "one step"
+        return (
+            "second of two"
+            if previous
+            and previous[2] < heard
+            and abs(previous[4] - start) < 1e-9
+            and arrival(previous[2]) == arrival(heard)
+            else "one step"
+        )
+
     parts, by_step = defaultdict(list), defaultdict(list)
     for i, (start, compute, heard, committed, now) in enumerate(updates):
         for word in committed:

@@ -11,6 +11,7 @@ was otherwise quiet, CPU time where other programs held cores), its winner, and 
 implementation's best wall-clock and CPU seconds and the cores other programs kept busy during its
 fastest run. Writes benchmarks/results/verdict-load-<device tag>-<model>.json and .md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,41 +45,62 @@ def verdict(audio: str, model: str, transcriptions: LocalTranscriptions, cores: 
     done = [p for p in comparison.panels.values() if p.runs]
     failed = {b: p.error for b, p in comparison.panels.items() if p.error}
     measure = fair_measure(done, cores) if len(done) > 1 else None
-    return {"winner": winner(comparison, cores), "measure": measure.kind if measure else None,
-            "rounds": comparison.rounds, "failed": failed or None,
-            "implementations": {p.backend: {"wall_s": round(p.best.seconds, 3),
-                                            "cpu_s": round(p.cheapest.cpu_s, 3) if p.cheapest else None,
-                                            "other_cores": p.best.other_cores, "shared_cpu": p.best.shared_cpu or None}
-                                for p in done}}
+    return {
+        "winner": winner(comparison, cores),
+        "measure": measure.kind if measure else None,
+        "rounds": comparison.rounds,
+        "failed": failed or None,
+        "implementations": {
+            p.backend: {
+                "wall_s": round(p.best.seconds, 3),
+                "cpu_s": round(p.cheapest.cpu_s, 3) if p.cheapest else None,
+                "other_cores": p.best.other_cores,
+                "shared_cpu": p.best.shared_cpu or None,
+            }
+            for p in done
+        },
+    }
 
 
 def markdown(doc: dict) -> str:
     m = doc["machine"]
-    lines = [f"# The Compare tab's verdict under background load: {doc['model']}, {doc['audio']}", "",
-             f"{m['cpu']} ({m['vector_isa']}), {m['cores']} cores; {doc['created']}. `{doc['command']}`", "",
-             "| busy processes | verdicts | same winner | winners | measure | other programs' cores (median) | "
-             "best wall s (median): " + ", ".join(doc["implementations"]) + " | CPU s (median) |",
-             "|---:|---:|---:|---|---|---:|---|---|"]
+    lines = [
+        f"# The Compare tab's verdict under background load: {doc['model']}, {doc['audio']}",
+        "",
+        f"{m['cpu']} ({m['vector_isa']}), {m['cores']} cores; {doc['created']}. `{doc['command']}`",
+        "",
+        "| busy processes | verdicts | same winner | winners | measure | other programs' cores (median) | "
+        "best wall s (median): " + ", ".join(doc["implementations"]) + " | CPU s (median) |",
+        "|---:|---:|---:|---|---|---:|---|---|",
+    ]
     for load, runs in doc["loads"].items():
         winners = Counter(r["winner"] or "none" for r in runs)
         measures = Counter(r["measure"] or "none" for r in runs)
         others = sorted(max(i["other_cores"] or 0.0 for i in r["implementations"].values()) for r in runs)
 
         def median(key: str, backend: str) -> str:
-            values = sorted(r["implementations"][backend][key] for r in runs
-                            if backend in r["implementations"] and r["implementations"][backend][key] is not None)
+            values = sorted(
+                r["implementations"][backend][key]
+                for r in runs
+                if backend in r["implementations"] and r["implementations"][backend][key] is not None
+            )
             return f"{values[len(values) // 2]:.2f}" if values else "–"
 
-        lines.append(f"| {load} | {len(runs)} | {winners.most_common(1)[0][1]} of {len(runs)} | "
-                     f"{', '.join(f'{w} {n}' for w, n in winners.most_common())} | "
-                     f"{', '.join(f'{k} {n}' for k, n in measures.most_common())} | {others[len(others) // 2]:.1f} | "
-                     f"{' / '.join(median('wall_s', b) for b in doc['implementations'])} | "
-                     f"{' / '.join(median('cpu_s', b) for b in doc['implementations'])} |")
-    lines += ["", "Each verdict is one comparison as the Compare tab runs it: each implementation once per round, "
-              "three rounds, each one's best counting. Measure: wall (wall-clock time, where no other program kept "
-              "half a core busy during the runs that count), cpu (the CPU seconds the app's process used during each "
-              "run, where other programs did). Other programs' cores: the most any implementation's fastest run saw, "
-              "from /proc/stat: every other process on the machine, not only the busy ones started here."]
+        lines.append(
+            f"| {load} | {len(runs)} | {winners.most_common(1)[0][1]} of {len(runs)} | "
+            f"{', '.join(f'{w} {n}' for w, n in winners.most_common())} | "
+            f"{', '.join(f'{k} {n}' for k, n in measures.most_common())} | {others[len(others) // 2]:.1f} | "
+            f"{' / '.join(median('wall_s', b) for b in doc['implementations'])} | "
+            f"{' / '.join(median('cpu_s', b) for b in doc['implementations'])} |"
+        )
+    lines += [
+        "",
+        "Each verdict is one comparison as the Compare tab runs it: each implementation once per round, "
+        "three rounds, each one's best counting. Measure: wall (wall-clock time, where no other program kept "
+        "half a core busy during the runs that count), cpu (the CPU seconds the app's process used during each "
+        "run, where other programs did). Other programs' cores: the most any implementation's fastest run saw, "
+        "from /proc/stat: every other process on the machine, not only the busy ones started here.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -102,17 +124,26 @@ def main() -> None:
             for i in range(args.runs):
                 run = verdict(args.audio, args.model, transcriptions, cores)
                 loads[str(load)].append(run)
-                print(f"load {load} run {i + 1}: {run['winner']} by {run['measure']} "
-                      f"{json.dumps(run['implementations'])}", flush=True)
+                print(
+                    f"load {load} run {i + 1}: {run['winner']} by {run['measure']} "
+                    f"{json.dumps(run['implementations'])}",
+                    flush=True,
+                )
         finally:
             for spinner in spinners:
                 spinner.kill()
                 spinner.wait()
     machine = machine_info()
-    doc = {"created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-           "command": "python benchmarks/verdict_under_load.py " + " ".join(sys.argv[1:]), "machine": machine,
-           "versions": versions(), "model": args.model, "audio": Path(args.audio).name,
-           "implementations": list(BACKENDS), "loads": loads}
+    doc = {
+        "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": "python benchmarks/verdict_under_load.py " + " ".join(sys.argv[1:]),
+        "machine": machine,
+        "versions": versions(),
+        "model": args.model,
+        "audio": Path(args.audio).name,
+        "implementations": list(BACKENDS),
+        "loads": loads,
+    }
     stem = args.out / f"verdict-load-{device_tag('cpu', machine)}-{args.model}"
     Path(f"{stem}.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
     Path(f"{stem}.md").write_text(markdown(doc), encoding="utf-8")

@@ -2,6 +2,7 @@
 
 The first run compiles MAX's graphs (minutes on a CPU); later runs load them from the compile cache.
 """
+
 import sys
 from pathlib import Path
 

@@ -7,6 +7,7 @@
 
 Importing this package loads no backend (neither torch nor max): `load_model` imports the one it needs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,8 +18,16 @@ import numpy as np
 
 from .api import DecodeOptions, MaxWhisperError, OptionError, Segment, Transcriber, TranscriptionResult
 
-__all__ = ["load_model", "Model", "DecodeOptions", "TranscriptionResult", "Segment", "MaxWhisperError",
-           "OptionError", "transcribe_many"]
+__all__ = [
+    "load_model",
+    "Model",
+    "DecodeOptions",
+    "TranscriptionResult",
+    "Segment",
+    "MaxWhisperError",
+    "OptionError",
+    "transcribe_many",
+]
 
 
 class Model:
@@ -34,8 +43,13 @@ class Model:
     def __getattr__(self, name: str):
         return getattr(self.transcriber, name)
 
-    def transcribe(self, audio: str | os.PathLike | bytes | np.ndarray, options: DecodeOptions | None = None,
-                   progress: Callable[[float], None] | None = None, **changes) -> TranscriptionResult:
+    def transcribe(
+        self,
+        audio: str | os.PathLike | bytes | np.ndarray,
+        options: DecodeOptions | None = None,
+        progress: Callable[[float], None] | None = None,
+        **changes,
+    ) -> TranscriptionResult:
         """`audio`: a file path (anything FFmpeg reads), its bytes, or float32 mono samples at 16 kHz.
         `options` and keyword `changes` (DecodeOptions' fields, e.g. `language="de"`, `beam_size=5`)
         default to openai-whisper's `transcribe()` options, greedy. `progress` is called with the
@@ -48,8 +62,9 @@ class Model:
         return self.transcriber.transcribe(load_audio(audio), options, progress=progress)
 
 
-def load_model(name: str = "tiny.en", backend: str = "max", device: str = "auto", precision: str = "fp32",
-               **kwargs) -> Model:
+def load_model(
+    name: str = "tiny.en", backend: str = "max", device: str = "auto", precision: str = "fp32", **kwargs
+) -> Model:
     """Load `name` (an installed model such as "tiny.en" or "base", a CTranslate2 folder, or an
     openai-whisper .pt file) on `backend` ("max", "openai" or "faster"); `device` is "auto", "cpu"
     or "gpu"; `kwargs` go to the backend (`threads=`). Raises MaxWhisperError for an unknown backend,

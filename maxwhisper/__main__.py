@@ -9,6 +9,7 @@ GPU); 1 a failure while loading a model or transcribing (MAXWHISPER_DEBUG=1 show
 COMMANDS maps each name to (help, add_arguments(parser), run(args) -> exit code); the commands of
 other modules (selfcheck, bench, serve, gpu-compile, transcribe-many, warm) are imported when used.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,6 +77,7 @@ def _failure(what: str, e: BaseException) -> int:
 
 # --- argument types: they parse and refuse NaN and infinities; DecodeOptions checks the ranges ---
 
+
 def finite_float(text: str) -> float:
     try:
         value = float(text)
@@ -130,23 +132,34 @@ def temperatures(text: str) -> list[float]:
 
 # --- shared option groups -------------------------------------------------------------------
 
+
 def add_model_arguments(p: argparse.ArgumentParser, backend: bool = True) -> None:
     from .registry import BACKENDS, DEVICES, PRECISIONS
 
     g = p.add_argument_group("model")
     if backend:
-        g.add_argument("--backend", default="max", choices=list(BACKENDS),
-                       help="implementation to run (default: max): "
-                            + "; ".join(f"{b.name} = {b.description}" for b in BACKENDS.values()))
-    g.add_argument("--model", default="tiny.en",
-                   help="installed model name (see `models`), a CTranslate2 folder, or an openai-whisper .pt file "
-                        "(default: tiny.en)")
+        g.add_argument(
+            "--backend",
+            default="max",
+            choices=list(BACKENDS),
+            help="implementation to run (default: max): "
+            + "; ".join(f"{b.name} = {b.description}" for b in BACKENDS.values()),
+        )
+    g.add_argument(
+        "--model",
+        default="tiny.en",
+        help="installed model name (see `models`), a CTranslate2 folder, or an openai-whisper .pt file "
+        "(default: tiny.en)",
+    )
     g.add_argument("--device", default="auto", choices=list(DEVICES), help="auto (default): the GPU when there is one")
     g.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="default: fp32")
     g.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores)")
-    g.add_argument("--no-kernels", dest="kernels", action="store_false",
-                   help="MAX: run the portable graphs (MAX's ops only, what a GPU runs) "
-                        "instead of the CPU's Mojo kernels")
+    g.add_argument(
+        "--no-kernels",
+        dest="kernels",
+        action="store_false",
+        help="MAX: run the portable graphs (MAX's ops only, what a GPU runs) instead of the CPU's Mojo kernels",
+    )
 
 
 def add_decode_arguments(p: argparse.ArgumentParser) -> None:
@@ -155,42 +168,100 @@ def add_decode_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--language", default=None, help="language code, e.g. en; default: detect (English for .en models)")
     g.add_argument("--task", default=d.task, choices=["transcribe", "translate"], help=f"default: {d.task}")
     g.add_argument("--beam-size", type=positive_int, default=d.beam_size, help="1 = greedy (default)")
-    g.add_argument("--best-of", type=positive_int, default=d.best_of,
-                   help=f"samples per fallback temperature > 0 (default {d.best_of})")
-    g.add_argument("--patience", type=finite_float, default=d.patience,
-                   help=f"beam search patience (beam size > 1; at least 1/beam size; default {d.patience:g})")
-    g.add_argument("--temperature", type=temperatures, action="append", default=None, metavar="T",
-                   help="fallback schedule: repeat the flag or give a comma list "
-                        f"(default: {','.join(f'{t:g}' for t in d.temperature)}); a single 0 means no fallback")
-    g.add_argument("--without-timestamps", action="store_true", default=None,
-                   help="decode text tokens only (the default with --batch-size: one segment per speech chunk)")
-    g.add_argument("--with-timestamps", dest="without_timestamps", action="store_false",
-                   help="decode timestamps with --batch-size too: segment times, a little less accurate text")
+    g.add_argument(
+        "--best-of",
+        type=positive_int,
+        default=d.best_of,
+        help=f"samples per fallback temperature > 0 (default {d.best_of})",
+    )
+    g.add_argument(
+        "--patience",
+        type=finite_float,
+        default=d.patience,
+        help=f"beam search patience (beam size > 1; at least 1/beam size; default {d.patience:g})",
+    )
+    g.add_argument(
+        "--temperature",
+        type=temperatures,
+        action="append",
+        default=None,
+        metavar="T",
+        help="fallback schedule: repeat the flag or give a comma list "
+        f"(default: {','.join(f'{t:g}' for t in d.temperature)}); a single 0 means no fallback",
+    )
+    g.add_argument(
+        "--without-timestamps",
+        action="store_true",
+        default=None,
+        help="decode text tokens only (the default with --batch-size: one segment per speech chunk)",
+    )
+    g.add_argument(
+        "--with-timestamps",
+        dest="without_timestamps",
+        action="store_false",
+        help="decode timestamps with --batch-size too: segment times, a little less accurate text",
+    )
     g.add_argument("--word-timestamps", action="store_true", help="word-level timings (cross-attention + DTW)")
     g.add_argument("--initial-prompt", default=None, metavar="TEXT", help="text to prime the first window")
-    g.add_argument("--no-condition-on-previous-text", dest="condition_on_previous_text", action="store_false",
-                   help="do not feed the previous window's text as the prompt")
-    g.add_argument("--compression-ratio-threshold", type=optional_float, default=d.compression_ratio_threshold,
-                   metavar="F",
-                   help=f"fall back when the gzip ratio is above (default {d.compression_ratio_threshold}; none: off)")
-    g.add_argument("--logprob-threshold", type=optional_float, default=d.logprob_threshold, metavar="F",
-                   help="fall back when the average log probability is below "
-                        f"(default {d.logprob_threshold}; none: off)")
-    g.add_argument("--no-speech-threshold", type=optional_float, default=d.no_speech_threshold, metavar="F",
-                   help="silence when no-speech probability is above this and the log prob low "
-                        f"(default {d.no_speech_threshold}; "
-                        "none: off)")
-    g.add_argument("--hallucination-silence-threshold", type=optional_float, default=None, metavar="F",
-                   help="with --word-timestamps: skip silences longer than F s around suspected hallucinations")
-    g.add_argument("--suppress-tokens", default=d.suppress_tokens, metavar="IDS",
-                   help="comma-separated token ids to suppress; -1 = non-speech symbols (default)")
-    g.add_argument("--no-suppress-blank", dest="suppress_blank", action="store_false",
-                   help="allow a blank at the start of the output")
-    g.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
-                   help="batched long-form: speech chunks found by Silero VAD, decoded N at a time, without the "
-                        "previous text as prompt (max and faster backends; default: the sequential 30 s windows)")
-    g.add_argument("--max-seconds", type=positive_seconds, default=None, metavar="F",
-                   help="refuse audio longer than F seconds")
+    g.add_argument(
+        "--no-condition-on-previous-text",
+        dest="condition_on_previous_text",
+        action="store_false",
+        help="do not feed the previous window's text as the prompt",
+    )
+    g.add_argument(
+        "--compression-ratio-threshold",
+        type=optional_float,
+        default=d.compression_ratio_threshold,
+        metavar="F",
+        help=f"fall back when the gzip ratio is above (default {d.compression_ratio_threshold}; none: off)",
+    )
+    g.add_argument(
+        "--logprob-threshold",
+        type=optional_float,
+        default=d.logprob_threshold,
+        metavar="F",
+        help=f"fall back when the average log probability is below (default {d.logprob_threshold}; none: off)",
+    )
+    g.add_argument(
+        "--no-speech-threshold",
+        type=optional_float,
+        default=d.no_speech_threshold,
+        metavar="F",
+        help="silence when no-speech probability is above this and the log prob low "
+        f"(default {d.no_speech_threshold}; "
+        "none: off)",
+    )
+    g.add_argument(
+        "--hallucination-silence-threshold",
+        type=optional_float,
+        default=None,
+        metavar="F",
+        help="with --word-timestamps: skip silences longer than F s around suspected hallucinations",
+    )
+    g.add_argument(
+        "--suppress-tokens",
+        default=d.suppress_tokens,
+        metavar="IDS",
+        help="comma-separated token ids to suppress; -1 = non-speech symbols (default)",
+    )
+    g.add_argument(
+        "--no-suppress-blank",
+        dest="suppress_blank",
+        action="store_false",
+        help="allow a blank at the start of the output",
+    )
+    g.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="batched long-form: speech chunks found by Silero VAD, decoded N at a time, without the "
+        "previous text as prompt (max and faster backends; default: the sequential 30 s windows)",
+    )
+    g.add_argument(
+        "--max-seconds", type=positive_seconds, default=None, metavar="F", help="refuse audio longer than F seconds"
+    )
 
 
 def read_audio(path: str, max_seconds: float | None) -> np.ndarray:
@@ -220,11 +291,19 @@ def load_transcriber(args: argparse.Namespace, backend: str, kernels: bool | Non
 
     installed_backend(backend)  # an unknown one, or a missing extra: said before "loading"
     log.info(f"loading {args.model} on {backend} (device {args.device}, {args.precision}) ...")
-    t = create_transcriber(backend, model=args.model, device=args.device, precision=args.precision,
-                           threads=args.threads, kernels=args.kernels if kernels is None else kernels)
+    t = create_transcriber(
+        backend,
+        model=args.model,
+        device=args.device,
+        precision=args.precision,
+        threads=args.threads,
+        kernels=args.kernels if kernels is None else kernels,
+    )
     plan = f", plan {t.plan.describe()}" if hasattr(t, "plan") else ""
-    log.info(f"loaded {t.model} on {t.backend}/{t.device}/{t.precision}: load {t.load_s:.2f} s, "
-             f"compile {t.compile_s:.2f} s{plan}")
+    log.info(
+        f"loaded {t.model} on {t.backend}/{t.device}/{t.precision}: load {t.load_s:.2f} s, "
+        f"compile {t.compile_s:.2f} s{plan}"
+    )
     if getattr(t, "device_note", None):
         log.info(f"note: --device auto runs on the CPU: {t.device_note}")
     return t
@@ -232,13 +311,18 @@ def load_transcriber(args: argparse.Namespace, backend: str, kernels: bool | Non
 
 # --- transcribe -----------------------------------------------------------------------------
 
+
 def add_transcribe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("audio", nargs="+", help="audio or video files (anything FFmpeg reads)")
     add_model_arguments(p)
-    p.add_argument("--format", default="txt", choices=list(FORMATS),
-                   help="txt (default): the text; json: one JSON object per file per line; srt/vtt: subtitles; "
-                        "with several files, each file's txt, srt or vtt comes under a '==> FILE <==' line, as "
-                        "head and tail print several files")
+    p.add_argument(
+        "--format",
+        default="txt",
+        choices=list(FORMATS),
+        help="txt (default): the text; json: one JSON object per file per line; srt/vtt: subtitles; "
+        "with several files, each file's txt, srt or vtt comes under a '==> FILE <==' line, as "
+        "head and tail print several files",
+    )
     add_decode_arguments(p)
 
 
@@ -277,12 +361,16 @@ def run_transcribe(args: argparse.Namespace) -> int:
             status = max(status, _failure(f"{path}: transcription failed", e))
             continue
         tm = result.timings
-        log.info(f"{path}: {result.audio_s:.1f} s of audio in {tm.total_s:.2f} s ({result.rtfx:.1f}x real time), "
-                 f"language {result.language}")
+        log.info(
+            f"{path}: {result.audio_s:.1f} s of audio in {tm.total_s:.2f} s ({result.rtfx:.1f}x real time), "
+            f"language {result.language}"
+        )
         lazy_compile_s = getattr(transcriber, "compile_s", 0.0) - compile_before
         if lazy_compile_s >= LAZY_COMPILE_NOTE_S:
-            log.info(f"note: {path}: MAX compiled a graph on its first use ({lazy_compile_s:.1f} s, not in the time "
-                     "above; once per machine: `maxwhisper warm` compiles every graph ahead)")
+            log.info(
+                f"note: {path}: MAX compiled a graph on its first use ({lazy_compile_s:.1f} s, not in the time "
+                "above; once per machine: `maxwhisper warm` compiles every graph ahead)"
+            )
         for call in result.close_calls:
             log.info(f"note: {path}: {call}")
         text = render(result, args.format, audio=path)
@@ -297,13 +385,14 @@ def run_transcribe(args: argparse.Namespace) -> int:
 
 # --- compare --------------------------------------------------------------------------------
 
+
 def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("audio", help="one audio file")
     add_model_arguments(p, backend=False)
-    p.add_argument("--backends", default=None,
-                   help="comma-separated subset to run (default: every available backend)")
-    p.add_argument("--runs", type=positive_int, default=1,
-                   help="timed runs per backend; the median is shown (default 1)")
+    p.add_argument("--backends", default=None, help="comma-separated subset to run (default: every available backend)")
+    p.add_argument(
+        "--runs", type=positive_int, default=1, help="timed runs per backend; the median is shown (default 1)"
+    )
     # a backend's first transcription pays one-off costs (memory, caches, lazy set-up): not what a run costs
     p.add_argument("--warmup", type=non_negative_int, default=1, help="untimed runs first (default 1)")
     add_decode_arguments(p)
@@ -354,8 +443,10 @@ def run_compare(args: argparse.Namespace) -> int:
             kind = "" if isinstance(e, MaxWhisperError) else f"{type(e).__name__}: "
             row = row[:6] + [f"ERROR {kind}{e}".replace("\n", " ")]
         rows.append(row)
-    log.info(f"{args.audio}: {len(audio) / SAMPLE_RATE:.1f} s of audio, model {args.model}, "
-             f"{args.runs} run(s) after {args.warmup} warm-up; RTFx: audio seconds per processing second")
+    log.info(
+        f"{args.audio}: {len(audio) / SAMPLE_RATE:.1f} s of audio, model {args.model}, "
+        f"{args.runs} run(s) after {args.warmup} warm-up; RTFx: audio seconds per processing second"
+    )
     print(_table(rows, ["backend", "device", "precision", "load+compile s", "total s", "RTFx", "text"]))
     if failed < len(backends):
         return 0
@@ -364,18 +455,22 @@ def run_compare(args: argparse.Namespace) -> int:
 
 # --- stream ---------------------------------------------------------------------------------
 
+
 def add_stream_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("audio", help="an audio file, fed as if it arrived in real time")
     add_model_arguments(p)
-    p.add_argument("--chunk", type=positive_seconds, default=1.0, metavar="S",
-                   help="seconds of audio per chunk (default 1.0)")
+    p.add_argument(
+        "--chunk", type=positive_seconds, default=1.0, metavar="S", help="seconds of audio per chunk (default 1.0)"
+    )
     add_decode_arguments(p)
-    p.epilog = ("Each update decodes once, at the first --temperature (greedy by default), without the offline "
-                "fallback: a hypothesis segment that fails the offline rules (compression ratio, log probability) "
-                "is not committed and waits for more audio, nor are words repeating the 4 or more words "
-                "before them; MAX and faster-whisper hear the buffer and 5 s of silence, and the 30 s window "
-                "where that hypothesis is held back. Where the last one's window failed those rules, the stream's "
-                "end hears the buffer once more as the offline transcription does, with its fallback.")
+    p.epilog = (
+        "Each update decodes once, at the first --temperature (greedy by default), without the offline "
+        "fallback: a hypothesis segment that fails the offline rules (compression ratio, log probability) "
+        "is not committed and waits for more audio, nor are words repeating the 4 or more words "
+        "before them; MAX and faster-whisper hear the buffer and 5 s of silence, and the 30 s window "
+        "where that hypothesis is held back. Where the last one's window failed those rules, the stream's "
+        "end hears the buffer once more as the offline transcription does, with its fallback."
+    )
 
 
 def run_stream(args: argparse.Namespace) -> int:
@@ -390,18 +485,25 @@ def run_stream(args: argparse.Namespace) -> int:
     def show(update, now: float, behind: float) -> None:
         if update.committed:
             span = f"{format_timestamp(update.committed[0].start)} --> {format_timestamp(update.committed[-1].end)}"
-            print(f"[{span}] (committed at {now:6.2f} s, {behind:4.1f} s behind)"
-                  f"{''.join(w.text for w in update.committed)}", flush=True)
+            print(
+                f"[{span}] (committed at {now:6.2f} s, {behind:4.1f} s behind)"
+                f"{''.join(w.text for w in update.committed)}",
+                flush=True,
+            )
 
     report = stream_audio(transcriber, audio, args.chunk, options, on_update=show)
     p90 = report.latency_quantile(0.9)
-    behind = (f"behind the stream median {statistics.median(report.behind):.2f} s, max {max(report.behind):.2f} s "
-              "(audio not yet transcribed as an update ends)")
+    behind = (
+        f"behind the stream median {statistics.median(report.behind):.2f} s, max {max(report.behind):.2f} s "
+        "(audio not yet transcribed as an update ends)"
+    )
     held = f"; {report.held_back} hypothesis segments held back (offline rules, repeats)" if report.held_back else ""
     if p90 is not None:
-        log.info(f"{args.audio}: {report.audio_s:.1f} s in {report.updates} updates; commit latency median "
-                 f"{statistics.median(report.latencies):.2f} s, p90 {p90:.2f} s; {behind}; "
-                 f"compute {report.compute_share:.2f} s per audio second{held}")
+        log.info(
+            f"{args.audio}: {report.audio_s:.1f} s in {report.updates} updates; commit latency median "
+            f"{statistics.median(report.latencies):.2f} s, p90 {p90:.2f} s; {behind}; "
+            f"compute {report.compute_share:.2f} s per audio second{held}"
+        )
     else:
         log.info(f"{args.audio}: {report.audio_s:.1f} s in {report.updates} updates; nothing was said; {behind}{held}")
     print(report.text)
@@ -409,6 +511,7 @@ def run_stream(args: argparse.Namespace) -> int:
 
 
 # --- models ---------------------------------------------------------------------------------
+
 
 def add_models_arguments(p: argparse.ArgumentParser) -> None:
     pass
@@ -440,9 +543,11 @@ def run_models(args: argparse.Namespace) -> int:
 
 # --- entry point ----------------------------------------------------------------------------
 
+
 def _lazy(module: str, extra: str | None = None) -> tuple:
     """A command whose module is imported only when it is parsed or run (it may import a backend or
     MAX); `extra`: the extra it needs, checked before it runs."""
+
     def add_arguments(p: argparse.ArgumentParser) -> None:
         importlib.import_module(f"maxwhisper.{module}").add_arguments(p)
 
@@ -457,20 +562,34 @@ def _lazy(module: str, extra: str | None = None) -> tuple:
 COMMANDS = {
     "transcribe": ("transcribe audio files with one backend", add_transcribe_arguments, run_transcribe),
     "compare": ("run every available backend on one file and print a table", add_compare_arguments, run_compare),
-    "stream": ("transcribe a file as a live stream (LocalAgreement-2) and report commit latency",
-               add_stream_arguments, run_stream),
+    "stream": (
+        "transcribe a file as a live stream (LocalAgreement-2) and report commit latency",
+        add_stream_arguments,
+        run_stream,
+    ),
     "models": ("list installed models and where their weights come from", add_models_arguments, run_models),
-    "selfcheck": ("check each MAX component against openai-whisper on the same weights",
-                  *_lazy("selfcheck", "baselines")),
+    "selfcheck": (
+        "check each MAX component against openai-whisper on the same weights",
+        *_lazy("selfcheck", "baselines"),
+    ),
     "bench": ("benchmark the backends side by side (speed, WER, agreement)", *_lazy("bench.cli", "bench")),
-    "serve": ("serve OpenAI's audio API over HTTP on Ray Serve (this machine or a Ray cluster)",
-              *_lazy("service.cli", "serve")),
-    "gpu-compile": ("compile the GPU path's MAX graphs for NVIDIA GPUs that are not there (virtual devices)",
-                    *_lazy("gpu_compile")),
-    "transcribe-many": ("transcribe a whole archive as a bulk job on Ray Data: resumable, a results table",
-                        *_lazy("bulk.cli", "bulk")),
-    "warm": ("compile every graph MAX runs for the given models and precisions into the disk cache, ahead of "
-             "the first transcript (a build step)", *_lazy("warm")),
+    "serve": (
+        "serve OpenAI's audio API over HTTP on Ray Serve (this machine or a Ray cluster)",
+        *_lazy("service.cli", "serve"),
+    ),
+    "gpu-compile": (
+        "compile the GPU path's MAX graphs for NVIDIA GPUs that are not there (virtual devices)",
+        *_lazy("gpu_compile"),
+    ),
+    "transcribe-many": (
+        "transcribe a whole archive as a bulk job on Ray Data: resumable, a results table",
+        *_lazy("bulk.cli", "bulk"),
+    ),
+    "warm": (
+        "compile every graph MAX runs for the given models and precisions into the disk cache, ahead of "
+        "the first transcript (a build step)",
+        *_lazy("warm"),
+    ),
 }
 
 
@@ -484,8 +603,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     prog = "maxwhisper" if Path(sys.argv[0]).name == "maxwhisper" else "python -m maxwhisper"  # the command or -m
-    parser = _Parser(prog=prog,
-                     description="Whisper speech recognition on MAX, openai-whisper and faster-whisper")
+    parser = _Parser(prog=prog, description="Whisper speech recognition on MAX, openai-whisper and faster-whisper")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (help_text, add_arguments, run) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -2,6 +2,7 @@
 
 Nothing here imports a backend; `app.py`, the CLI and the benchmark only see these types.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,8 +30,11 @@ class AudioTooLong(AudioError):
     stopped at the limit (the container did not say, or said less)."""
 
     def __init__(self, seconds: float | None, limit: float):
-        super().__init__(f"the audio is {seconds:.1f} s long, more than the {limit:g} s limit" if seconds is not None
-                         else f"the audio is longer than the {limit:g} s limit (decoding stopped there)")
+        super().__init__(
+            f"the audio is {seconds:.1f} s long, more than the {limit:g} s limit"
+            if seconds is not None
+            else f"the audio is longer than the {limit:g} s limit (decoding stopped there)"
+        )
         self.seconds, self.limit = seconds, limit
 
 
@@ -92,8 +96,10 @@ def _language_code(language: Any) -> str:
     try:
         return normalize_language(language)
     except (ValueError, AttributeError):
-        raise OptionError("language", f"unknown language {_shown(language)}; use a code such as en, de or fr, "
-                          "or a name such as German") from None
+        raise OptionError(
+            "language",
+            f"unknown language {_shown(language)}; use a code such as en, de or fr, or a name such as German",
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -142,8 +148,11 @@ class DecodeOptions:
             raise OptionError("temperature", "temperature schedule is empty")
         for t in temperatures:
             if not (_is_number(t) and (t == 0 or MIN_TEMPERATURE <= t < math.inf)):
-                raise OptionError("temperature", "temperature must be 0 (greedy) or a finite number of at least "
-                                  f"{MIN_TEMPERATURE:g}, got {_shown(t)}")
+                raise OptionError(
+                    "temperature",
+                    "temperature must be 0 (greedy) or a finite number of at least "
+                    f"{MIN_TEMPERATURE:g}, got {_shown(t)}",
+                )
         object.__setattr__(self, "temperature", tuple(float(t) for t in temperatures))
         for name in ("beam_size", "best_of", "batch_size"):
             value = getattr(self, name)
@@ -155,9 +164,12 @@ class DecodeOptions:
         if not (_is_number(self.patience) and 0 < self.patience < math.inf):
             raise OptionError("patience", f"patience must be a finite number above 0, got {_shown(self.patience)}")
         if self.beam_size > 1 and self.beam_size * self.patience < 1:  # greedy decoding ignores patience
-            raise OptionError("patience", f"patience must be at least 1/beam_size ({1 / self.beam_size:g} with "
-                              f"beam_size {self.beam_size}: beam search waits for beam_size x patience finished "
-                              f"candidates, at least 1), got {_shown(self.patience)}")
+            raise OptionError(
+                "patience",
+                f"patience must be at least 1/beam_size ({1 / self.beam_size:g} with "
+                f"beam_size {self.beam_size}: beam search waits for beam_size x patience finished "
+                f"candidates, at least 1), got {_shown(self.patience)}",
+            )
         object.__setattr__(self, "patience", float(self.patience))
         for name, (in_range, meaning) in THRESHOLDS.items():
             value = getattr(self, name)
@@ -174,17 +186,22 @@ class DecodeOptions:
                 raise OptionError(name, f"{name} must be True or False, got {_shown(value)}")
             object.__setattr__(self, name, bool(value))
         if self.initial_prompt is not None and not isinstance(self.initial_prompt, str):
-            raise OptionError("initial_prompt",
-                              f"initial_prompt must be text or None, got {_shown(self.initial_prompt)}")
+            raise OptionError(
+                "initial_prompt", f"initial_prompt must be text or None, got {_shown(self.initial_prompt)}"
+            )
         if self.batch_size is not None and self.word_timestamps:
-            raise OptionError("word_timestamps", "word timestamps are not available with batched transcription "
-                              "(a batch size is set)")
+            raise OptionError(
+                "word_timestamps", "word timestamps are not available with batched transcription (a batch size is set)"
+            )
         if not isinstance(self.suppress_tokens, str):  # an iterable of ids, as openai-whisper takes too
             try:
                 object.__setattr__(self, "suppress_tokens", ",".join(str(int(t)) for t in self.suppress_tokens))
             except (TypeError, ValueError):
-                raise OptionError("suppress_tokens", "suppress_tokens must be comma-separated integers or a list "
-                                  f"of them, not {_shown(self.suppress_tokens)}") from None
+                raise OptionError(
+                    "suppress_tokens",
+                    "suppress_tokens must be comma-separated integers or a list "
+                    f"of them, not {_shown(self.suppress_tokens)}",
+                ) from None
         self.check_vocabulary(VOCABULARY_LIMIT, "any Whisper model")
 
     def suppress_token_ids(self) -> list[int]:
@@ -192,16 +209,20 @@ class DecodeOptions:
         try:
             return [int(t) for t in self.suppress_tokens.split(",") if t.strip()]
         except ValueError:
-            raise OptionError("suppress_tokens", "suppress_tokens must be comma-separated integers, not "
-                              f"{self.suppress_tokens!r}") from None
+            raise OptionError(
+                "suppress_tokens", f"suppress_tokens must be comma-separated integers, not {self.suppress_tokens!r}"
+            ) from None
 
     def check_vocabulary(self, n_vocab: int, whose: str = "this model") -> None:
         """Refuses a suppressed token id outside a vocabulary of `n_vocab` tokens; every backend calls it
         with its model's before it decodes (an id valid in large-v3 may be beyond a smaller vocabulary)."""
         for token in self.suppress_token_ids():
             if not -1 <= token < n_vocab:
-                raise OptionError("suppress_tokens", f"suppress_tokens: {token} is not a token id of {whose} "
-                                  f"(0 to {n_vocab - 1}, or -1 for the non-speech symbols)")
+                raise OptionError(
+                    "suppress_tokens",
+                    f"suppress_tokens: {token} is not a token id of {whose} "
+                    f"(0 to {n_vocab - 1}, or -1 for the non-speech symbols)",
+                )
 
     @property
     def text_only(self) -> bool:
@@ -272,9 +293,11 @@ class CloseCall:
 
     def __str__(self) -> str:
         name = {"avg_logprob": "logprob_threshold", "no_speech_prob": "no_speech_threshold"}[self.quantity]
-        return (f"window at {self.start:.2f} s, temperature {self.temperature:g}: {self.quantity} {self.value:.6g} "
-                f"is within {self.tolerance:.1e} of {name} {self.threshold:g}; this run {self.decision}, "
-                "an implementation that rounds differently may not")
+        return (
+            f"window at {self.start:.2f} s, temperature {self.temperature:g}: {self.quantity} {self.value:.6g} "
+            f"is within {self.tolerance:.1e} of {name} {self.threshold:g}; this run {self.decision}, "
+            "an implementation that rounds differently may not"
+        )
 
 
 @dataclass
@@ -329,13 +352,29 @@ def empty_result(transcriber: "Transcriber", options: DecodeOptions) -> Transcri
     segments, no text. The model does not run: the language is the requested one, else English (what
     both detect in nothing)."""
     return TranscriptionResult(
-        text="", segments=[], language=options.language or "en", backend=transcriber.backend,
-        model=transcriber.model, device=transcriber.device, precision=transcriber.precision, audio_s=0.0,
-        timings=Timings(load_s=transcriber.load_s, compile_s=transcriber.compile_s), options=options)
+        text="",
+        segments=[],
+        language=options.language or "en",
+        backend=transcriber.backend,
+        model=transcriber.model,
+        device=transcriber.device,
+        precision=transcriber.precision,
+        audio_s=0.0,
+        timings=Timings(load_s=transcriber.load_s, compile_s=transcriber.compile_s),
+        options=options,
+    )
 
 
-def check_request(audio: np.ndarray, options: DecodeOptions, *, backend: str, n_vocab: int,
-                  languages: Collection[str], translates: bool = True, batched: bool = True) -> np.ndarray:
+def check_request(
+    audio: np.ndarray,
+    options: DecodeOptions,
+    *,
+    backend: str,
+    n_vocab: int,
+    languages: Collection[str],
+    translates: bool = True,
+    batched: bool = True,
+) -> np.ndarray:
     """What every backend refuses before it transcribes: audio that is not mono samples, a batch size
     where it does not batch, and what `check_options` refuses. Returns the samples as float32; audio
     without samples then gets `empty_result`."""
@@ -343,14 +382,14 @@ def check_request(audio: np.ndarray, options: DecodeOptions, *, backend: str, n_
     if samples.ndim != 1:
         raise AudioError(f"audio must be mono samples (1-D), got shape {samples.shape}")
     if options.batch_size is not None and not batched:
-        raise BackendError(f"{backend} has no batched transcription; leave the batch size unset, or use the max "
-                           "or faster backend")
+        raise BackendError(
+            f"{backend} has no batched transcription; leave the batch size unset, or use the max or faster backend"
+        )
     check_options(options, n_vocab=n_vocab, languages=languages, translates=translates)
     return samples
 
 
-def check_options(options: DecodeOptions, *, n_vocab: int, languages: Collection[str],
-                  translates: bool = True) -> None:
+def check_options(options: DecodeOptions, *, n_vocab: int, languages: Collection[str], translates: bool = True) -> None:
     """Refuses options a model cannot decode with: a suppressed id beyond its `n_vocab` tokens, a
     language not in `languages` (the codes it decodes: "en" alone for an English-only model) and,
     where `translates` is False, translation."""
@@ -360,8 +399,10 @@ def check_options(options: DecodeOptions, *, n_vocab: int, languages: Collection
         if tuple(languages) == ("en",):
             from .tokenizer import LANGUAGES
 
-            raise MaxWhisperError(f"this model is English-only; it cannot transcribe {LANGUAGES[language].title()} "
-                                  f"({language!r}). Use a multilingual model, or language 'en'.")
+            raise MaxWhisperError(
+                f"this model is English-only; it cannot transcribe {LANGUAGES[language].title()} "
+                f"({language!r}). Use a multilingual model, or language 'en'."
+            )
         raise MaxWhisperError(f"this model does not know the language {language!r}")
     if options.task == "translate" and not translates:
         raise MaxWhisperError("this model is English-only; it cannot translate. Use a multilingual model.")
@@ -407,9 +448,13 @@ class Transcriber(Protocol):
     load_s: float
     compile_s: float
 
-    def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
-                   progress: Callable[[float], None] | None = None,
-                   on_segments: Callable[[Sequence[Segment]], None] | None = None) -> TranscriptionResult:
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        options: DecodeOptions = DecodeOptions(),
+        progress: Callable[[float], None] | None = None,
+        on_segments: Callable[[Sequence[Segment]], None] | None = None,
+    ) -> TranscriptionResult:
         """`audio`: float32 mono samples at 16 kHz (see `maxwhisper.audio.load_audio`). `progress`, if
         given, is called as the work goes with the fraction of the audio done (0..1); `on_segments`
         with the segments decoded since its last call, in order, as they are decoded (all at the end
@@ -420,9 +465,13 @@ class Transcriber(Protocol):
 class WindowTranscriber(Transcriber, Protocol):
     """A transcriber that a live stream (`maxwhisper.streaming`) asks for one window per hypothesis."""
 
-    def transcribe_window(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
-                          draft: Sequence[int] = (), padding_s: float | None = ...
-                          ) -> tuple[TranscriptionResult, tuple[int, ...]]:
+    def transcribe_window(
+        self,
+        audio: np.ndarray,
+        options: DecodeOptions = DecodeOptions(),
+        draft: Sequence[int] = (),
+        padding_s: float | None = ...,
+    ) -> tuple[TranscriptionResult, tuple[int, ...]]:
         """The first 30 s window of `audio` decoded as `transcribe` decodes it, without the seek
         loop's next window: one encoder pass, which hears the window's audio and `padding_s` of
         silence after it (MAX and faster-whisper: by default `audio.STREAM_PADDING_S`; None: the

@@ -3,6 +3,7 @@
 Numpy and PyAV only (no torch, no librosa, no ffmpeg CLI). Modelled on openai-whisper's
 `whisper/audio.py`, with the same constants and the same log-Mel definition.
 """
+
 from __future__ import annotations
 
 import io
@@ -53,10 +54,37 @@ def heard_frames(samples: int, padding_s: float) -> int:
 
 AudioSource = Union[str, os.PathLike, bytes, tuple[int, np.ndarray], np.ndarray]
 # the file names taken for audio when a folder is searched: audio and video formats FFmpeg reads
-MEDIA_SUFFIXES = frozenset({
-    ".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".webm", ".m4a", ".m4b", ".mp4", ".aac", ".mkv", ".mka",
-    ".wma", ".aiff", ".aif", ".amr", ".3gp", ".mov", ".avi", ".mpeg", ".mpg", ".mpga", ".ts", ".ac3", ".wv", ".caf",
-})
+MEDIA_SUFFIXES = frozenset(
+    {
+        ".wav",
+        ".flac",
+        ".mp3",
+        ".ogg",
+        ".oga",
+        ".opus",
+        ".webm",
+        ".m4a",
+        ".m4b",
+        ".mp4",
+        ".aac",
+        ".mkv",
+        ".mka",
+        ".wma",
+        ".aiff",
+        ".aif",
+        ".amr",
+        ".3gp",
+        ".mov",
+        ".avi",
+        ".mpeg",
+        ".mpg",
+        ".mpga",
+        ".ts",
+        ".ac3",
+        ".wv",
+        ".caf",
+    }
+)
 
 
 def load_audio(source: AudioSource, max_seconds: float | None = None) -> np.ndarray:
@@ -277,11 +305,15 @@ def check_transcribable(audio: np.ndarray) -> None:
     if len(audio) == 0:
         raise NothingToTranscribe("no_samples", "the audio has no samples: there is nothing to transcribe")
     if len(audio) < MIN_SECONDS * SAMPLE_RATE:
-        raise NothingToTranscribe("too_short", f"the audio is {len(audio) / SAMPLE_RATE:.2f} s long, too short to "
-                                               "hold speech: there is nothing to transcribe")
+        raise NothingToTranscribe(
+            "too_short",
+            f"the audio is {len(audio) / SAMPLE_RATE:.2f} s long, too short to "
+            "hold speech: there is nothing to transcribe",
+        )
     if not np.abs(audio).max() >= SILENT_PEAK:
-        raise NothingToTranscribe("silent", "the audio is silent (nothing louder than -80 dBFS): there is nothing "
-                                            "to transcribe")
+        raise NothingToTranscribe(
+            "silent", "the audio is silent (nothing louder than -80 dBFS): there is nothing to transcribe"
+        )
 
 
 def audio_duration(audio: np.ndarray) -> float:
@@ -369,8 +401,8 @@ def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, padding: int = 0) -
     # loaded is limited, looked up each time (~2 ms): a process can load more after the first call
     with _BLAS_LIMIT, threadpool_limits(limits=1, user_api="blas"):
         for start in range(0, heard, FRAMES_PER_CHUNK):
-            stft = np.fft.rfft(frames[start:start + FRAMES_PER_CHUNK] * window, axis=-1)  # complex64
-            mel_spec[:, start:start + FRAMES_PER_CHUNK] = filters @ (stft.real**2 + stft.imag**2).T
+            stft = np.fft.rfft(frames[start : start + FRAMES_PER_CHUNK] * window, axis=-1)  # complex64
+            mel_spec[:, start : start + FRAMES_PER_CHUNK] = filters @ (stft.real**2 + stft.imag**2).T
     log_spec = np.log10(np.maximum(mel_spec, 1e-10))
     log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
     return (log_spec + 4.0) / 4.0

@@ -6,6 +6,7 @@ timestamps, a chunk whose window stops at an unfinished segment gets another win
 the sequential loop would (docs/usage.md says why text only stays the default). The text is not the
 sequential loop's: the windows start elsewhere and hear no previous text.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -22,8 +23,14 @@ from .decoding import DecodingResult, DecodingTask, WhisperModel, detect_languag
 from .extras import require
 from .tokenizer import tokenizer_for
 from .transcribe import TranscribeOutput, model_limits
-from .windows import (decoding_failed, fallback_close_calls, is_silence, segments_of_window, silence_close_calls,
-                      window_options)
+from .windows import (
+    decoding_failed,
+    fallback_close_calls,
+    is_silence,
+    segments_of_window,
+    silence_close_calls,
+    window_options,
+)
 
 CHUNK_SECONDS = 30
 MIN_SILENCE_MS = 160  # faster-whisper's BatchedInferencePipeline default: cut at short pauses
@@ -54,8 +61,9 @@ def speech_chunks(audio: np.ndarray) -> tuple[list[np.ndarray], list[dict], Spee
     require("batched", "batched transcription (a batch size)")
     from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
 
-    regions = get_speech_timestamps(audio, VadOptions(max_speech_duration_s=CHUNK_SECONDS,
-                                                      min_silence_duration_ms=MIN_SILENCE_MS))
+    regions = get_speech_timestamps(
+        audio, VadOptions(max_speech_duration_s=CHUNK_SECONDS, min_silence_duration_ms=MIN_SILENCE_MS)
+    )
     if not regions:
         return [], [], None
     chunks, _ = collect_chunks(audio, regions, SAMPLE_RATE, max_duration=CHUNK_SECONDS)
@@ -93,13 +101,19 @@ def transcribe_batched(
 
     def window_mels(windows: list[tuple[int, int]]) -> np.ndarray:
         """The log-Mel of each (chunk, seek) window: the chunk's samples from `seek` on, as a recording."""
-        return np.stack([log_mel_spectrogram(chunks[i][seek * HOP_LENGTH:], model.dims.n_mels,
-                                             padding=N_SAMPLES)[:, :N_FRAMES] for i, seek in windows])
+        return np.stack(
+            [
+                log_mel_spectrogram(chunks[i][seek * HOP_LENGTH :], model.dims.n_mels, padding=N_SAMPLES)[:, :N_FRAMES]
+                for i, seek in windows
+            ]
+        )
 
-    language, language_probability = _language(model, options.language,
-                                               (lambda: encode(window_mels([(0, 0)]))) if chunks else None)
-    tokenizer = tokenizer_for(model.is_multilingual, num_languages=model.num_languages, language=language,
-                              task=options.task)
+    language, language_probability = _language(
+        model, options.language, (lambda: encode(window_mels([(0, 0)]))) if chunks else None
+    )
+    tokenizer = tokenizer_for(
+        model.is_multilingual, num_languages=model.num_languages, language=language, task=options.task
+    )
     prompt = tuple(tokenizer.encode(" " + options.initial_prompt.strip())) if options.initial_prompt else ()
     rng = np.random.default_rng(0)
     frames = [len(c) // HOP_LENGTH for c in chunks]
@@ -110,8 +124,9 @@ def transcribe_batched(
     while pending:
         windows = [pending.popleft() for _ in range(min(options.batch_size, len(pending)))]
         starts = [time_map.original(metadata[i]["offset"] + seek / FRAMES_PER_SECOND) for i, seek in windows]
-        results = _decode_with_fallback(model, options, language, prompt, window_mels(windows), encode, rng,
-                                        starts, close_calls)
+        results = _decode_with_fallback(
+            model, options, language, prompt, window_mels(windows), encode, rng, starts, close_calls
+        )
         for (i, seek), result in zip(windows, results):
             next_seek = _window_segments(result, tokenizer, seek, min(frames[i] - seek, N_FRAMES), options, pieces[i])
             if seek < next_seek < frames[i]:
@@ -136,8 +151,9 @@ def transcribe_batched(
     )
 
 
-def _language(model: WhisperModel, requested: str | None, first_window: Callable[[], Any] | None
-              ) -> tuple[str, float | None]:
+def _language(
+    model: WhisperModel, requested: str | None, first_window: Callable[[], Any] | None
+) -> tuple[str, float | None]:
     """The requested language (a code); English on English-only models; else detected on the first window
     (`first_window()`: its encoder features; None without speech)."""
     if requested is not None:
@@ -149,9 +165,17 @@ def _language(model: WhisperModel, requested: str | None, first_window: Callable
     return language, probs[0][language]
 
 
-def _decode_with_fallback(model: WhisperModel, options: DecodeOptions, language: str, prompt: tuple[int, ...],
-                          mels: np.ndarray, encode, rng: np.random.Generator, starts: list[float],
-                          close_calls: list[CloseCall]) -> list[DecodingResult]:
+def _decode_with_fallback(
+    model: WhisperModel,
+    options: DecodeOptions,
+    language: str,
+    prompt: tuple[int, ...],
+    mels: np.ndarray,
+    encode,
+    rng: np.random.Generator,
+    starts: list[float],
+    close_calls: list[CloseCall],
+) -> list[DecodingResult]:
     """Decode a batch at the first temperature, then each window that looks like a failure at the
     next one, together, as `transcribe._SeekLoop` does one window at a time."""
     results: list[DecodingResult | None] = [None] * len(mels)
@@ -176,8 +200,9 @@ def _decode_with_fallback(model: WhisperModel, options: DecodeOptions, language:
     return results
 
 
-def _window_segments(result: DecodingResult, tokenizer, seek: int, size: int, options: DecodeOptions,
-                     segments: list[Segment]) -> int:
+def _window_segments(
+    result: DecodingResult, tokenizer, seek: int, size: int, options: DecodeOptions, segments: list[Segment]
+) -> int:
     """Add the segments of a window's decoding to its chunk's `segments` (times in the chunk);
     returns the frame where the chunk's next window starts (past the chunk: none)."""
     if is_silence(result, options):
@@ -186,10 +211,20 @@ def _window_segments(result: DecodingResult, tokenizer, seek: int, size: int, op
     for start, end, tokens in pieces:
         text = tokenizer.decode([t for t in tokens if t < tokenizer.eot])
         if text.strip():
-            segments.append(Segment(
-                id=0, seek=0, start=start, end=end, text=text, tokens=tuple(tokens), temperature=result.temperature,
-                avg_logprob=result.avg_logprob, compression_ratio=result.compression_ratio,
-                no_speech_prob=result.no_speech_prob))
+            segments.append(
+                Segment(
+                    id=0,
+                    seek=0,
+                    start=start,
+                    end=end,
+                    text=text,
+                    tokens=tuple(tokens),
+                    temperature=result.temperature,
+                    avg_logprob=result.avg_logprob,
+                    compression_ratio=result.compression_ratio,
+                    no_speech_prob=result.no_speech_prob,
+                )
+            )
     return next_seek
 
 
@@ -198,5 +233,6 @@ def _in_recording(segment: Segment, id: int, chunk: dict, time_map: SpeechTimeli
     # a timestamp in the chunk's zero padding would map into the next chunk's speech
     start = time_map.original(chunk["offset"] + min(segment.start, chunk["duration"]))
     end = max(start, time_map.original(chunk["offset"] + min(segment.end, chunk["duration"]), is_end=True))
-    return dataclasses.replace(segment, id=id, seek=round(time_map.original(chunk["offset"]) * FRAMES_PER_SECOND),
-                               start=start, end=end)
+    return dataclasses.replace(
+        segment, id=id, seek=round(time_map.original(chunk["offset"]) * FRAMES_PER_SECOND), start=start, end=end
+    )

@@ -6,6 +6,7 @@ Three sources, all checked strictly (every tensor mapped exactly once, every sha
 - a CTranslate2 model folder (`model.bin`, `config.json`, ...), the format faster-whisper loads;
 - an openai-whisper `.pt` checkpoint, read without torch (it is a zip of pickled storages).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -58,6 +59,7 @@ class Checkpoint:
 
 
 # --- installed models ------------------------------------------------------------------------
+
 
 def _package_dir(module: str) -> Path | None:
     spec = importlib.util.find_spec(module)  # finds without importing
@@ -116,8 +118,10 @@ def check_model_name(model: str) -> None:
     `load_checkpoint` takes), without loading anything: the commands check it before they load."""
     path = Path(model).expanduser()
     if model not in MODELS and not path.is_dir() and not (path.is_file() and path.suffix == ".pt"):
-        raise ModelError(f"unknown model {model!r}: use one of {', '.join(sorted(MODELS))}, a CTranslate2 model "
-                         "folder, or an openai-whisper .pt file")
+        raise ModelError(
+            f"unknown model {model!r}: use one of {', '.join(sorted(MODELS))}, a CTranslate2 model "
+            "folder, or an openai-whisper .pt file"
+        )
 
 
 def load_checkpoint(model: str) -> Checkpoint:
@@ -140,8 +144,16 @@ def load_checkpoint(model: str) -> Checkpoint:
 
 _CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 # rank-0 flags in WhisperSpec that describe the architecture; checked, not mapped
-_CT2_SCALARS = {"activation", "alibi", "alignment_heads", "alignment_layer", "num_heads", "pre_norm",
-                "scale_embeddings", "start_from_zero_embedding"}
+_CT2_SCALARS = {
+    "activation",
+    "alibi",
+    "alignment_heads",
+    "alignment_layer",
+    "num_heads",
+    "pre_norm",
+    "scale_embeddings",
+    "start_from_zero_embedding",
+}
 
 
 def read_ct2_model_bin(path: Path) -> dict[str, np.ndarray]:
@@ -158,7 +170,7 @@ def read_ct2_model_bin(path: Path) -> dict[str, np.ndarray]:
     def string():
         nonlocal pos
         n = take("<H")
-        s = data[pos:pos + n - 1].decode()
+        s = data[pos : pos + n - 1].decode()
         pos += n
         return s
 
@@ -189,8 +201,10 @@ def ct2_name_to_openai(name: str) -> str:
     side = parts[0]  # encoder / decoder
     rest = "/".join(parts[1:])
     top = {
-        "conv1/weight": "conv1.weight", "conv1/bias": "conv1.bias",
-        "conv2/weight": "conv2.weight", "conv2/bias": "conv2.bias",
+        "conv1/weight": "conv1.weight",
+        "conv1/bias": "conv1.bias",
+        "conv2/weight": "conv2.weight",
+        "conv2/bias": "conv2.bias",
         "position_encodings/encodings": "positional_embedding",
         "embeddings/weight": "token_embedding.weight",
         "layer_norm/gamma": "ln_post.weight" if side == "encoder" else "ln.weight",
@@ -200,11 +214,14 @@ def ct2_name_to_openai(name: str) -> str:
         return f"{side}.{top[rest]}"
     layer, block, *leaf = parts[1:]
     assert layer.startswith("layer_"), name
-    n = layer[len("layer_"):]
+    n = layer[len("layer_") :]
     leaf = "/".join(leaf)
     norm = {"gamma": "weight", "beta": "bias"}
-    blocks = {"self_attention": ("attn", "attn_ln"), "attention": ("cross_attn", "cross_attn_ln"),
-              "ffn": ("mlp", "mlp_ln")}
+    blocks = {
+        "self_attention": ("attn", "attn_ln"),
+        "attention": ("cross_attn", "cross_attn_ln"),
+        "ffn": ("mlp", "mlp_ln"),
+    }
     module, ln = blocks[block]
     if leaf.startswith("layer_norm/"):
         return f"{side}.blocks.{n}.{ln}.{norm[leaf.split('/')[1]]}"
@@ -235,7 +252,7 @@ def ct2_to_openai(variables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         fused_qkv = len(parts) == 5 and parts[2] == "self_attention" and parts[3] == "linear_0"
         fused_kv = len(parts) == 5 and parts[0] == "decoder" and parts[2] == "attention" and parts[3] == "linear_1"
         if fused_qkv or fused_kv:
-            prefix = f"{parts[0]}.blocks.{parts[1][len('layer_'):]}.{'attn' if fused_qkv else 'cross_attn'}"
+            prefix = f"{parts[0]}.blocks.{parts[1][len('layer_') :]}.{'attn' if fused_qkv else 'cross_attn'}"
             names = ("query", "key", "value") if fused_qkv else ("key", "value")
             for proj, chunk in zip(names, np.split(value, len(names), axis=0)):
                 if proj == "key" and parts[4] == "bias":
@@ -255,10 +272,16 @@ def dims_from_state(state: dict[str, np.ndarray], n_audio_head: int, n_text_head
     d_audio, n_mels, _ = state["encoder.conv1.weight"].shape
     n_vocab, d_text = state["decoder.token_embedding.weight"].shape
     return ModelDims(
-        n_mels=n_mels, n_audio_ctx=state["encoder.positional_embedding"].shape[0], n_audio_state=d_audio,
-        n_audio_head=n_audio_head, n_audio_layer=layers("encoder"), n_vocab=n_vocab,
-        n_text_ctx=state["decoder.positional_embedding"].shape[0], n_text_state=d_text,
-        n_text_head=n_text_head, n_text_layer=layers("decoder"),
+        n_mels=n_mels,
+        n_audio_ctx=state["encoder.positional_embedding"].shape[0],
+        n_audio_state=d_audio,
+        n_audio_head=n_audio_head,
+        n_audio_layer=layers("encoder"),
+        n_vocab=n_vocab,
+        n_text_ctx=state["decoder.positional_embedding"].shape[0],
+        n_text_state=d_text,
+        n_text_head=n_text_head,
+        n_text_layer=layers("decoder"),
     )
 
 
@@ -320,16 +343,26 @@ def load_ct2(folder: Path) -> Checkpoint:
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
     heads_list = config.get("alignment_heads")
     return Checkpoint(
-        name=str(folder), dims=dims, state=state, source=str(folder), ct2_dir=folder,
+        name=str(folder),
+        dims=dims,
+        state=state,
+        source=str(folder),
+        ct2_dir=folder,
         alignment_heads=np.array(heads_list, dtype=np.int64).reshape(-1, 2) if heads_list else None,
     )
 
 
 # --- openai-whisper .pt, without torch --------------------------------------------------------
 
-_TORCH_STORAGE_DTYPES = {"FloatStorage": np.float32, "HalfStorage": np.float16, "DoubleStorage": np.float64,
-                         "LongStorage": np.int64, "IntStorage": np.int32, "BoolStorage": np.bool_,
-                         "BFloat16Storage": None}
+_TORCH_STORAGE_DTYPES = {
+    "FloatStorage": np.float32,
+    "HalfStorage": np.float16,
+    "DoubleStorage": np.float64,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "BoolStorage": np.bool_,
+    "BFloat16Storage": None,
+}
 
 
 def _read_torch_zip(path: Path) -> dict:
@@ -346,8 +379,9 @@ def _read_torch_zip(path: Path) -> dict:
         def __init__(self, name):
             self.dtype = _TORCH_STORAGE_DTYPES.get(name)
             if self.dtype is None:
-                raise ModelError(f"{path}: tensors of type {name} are not supported; "
-                                 "save the checkpoint in fp16 or fp32")
+                raise ModelError(
+                    f"{path}: tensors of type {name} are not supported; save the checkpoint in fp16 or fp32"
+                )
 
     class Unpickler(pickle.Unpickler):
         def find_class(self, module, name):
@@ -357,6 +391,7 @@ def _read_torch_zip(path: Path) -> dict:
                 return StorageType(name)
             if module == "collections" and name == "OrderedDict":
                 import collections
+
                 return collections.OrderedDict
             raise ModelError(f"{path}: unexpected object {module}.{name} in checkpoint")
 

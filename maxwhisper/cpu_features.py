@@ -2,6 +2,7 @@
 feature flags, the x86-64 level the compiled code may be limited to (`use_cpu_level`, set once per
 process before anything compiles, by `maxwhisper warm --cpu-level`), bfloat16 dot products, and AMX
 tiles (their state requested from Linux once per process, `amx_permitted`)."""
+
 from __future__ import annotations
 
 import ctypes
@@ -76,8 +77,10 @@ def amx_permitted() -> bool:
         return False
     try:
         syscall = ctypes.CDLL(None).syscall
-        return syscall(ctypes.c_long(_ARCH_PRCTL), ctypes.c_long(_ARCH_REQ_XCOMP_PERM),
-                       ctypes.c_long(_XFEATURE_XTILEDATA)) == 0
+        return (
+            syscall(ctypes.c_long(_ARCH_PRCTL), ctypes.c_long(_ARCH_REQ_XCOMP_PERM), ctypes.c_long(_XFEATURE_XTILEDATA))
+            == 0
+        )
     except (OSError, AttributeError):
         return False
 

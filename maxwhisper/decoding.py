@@ -15,6 +15,7 @@ MAX backend (`maxwhisper.graph`) and by the PyTorch reference in the tests.
     SequenceRanker   MaximumLikelihoodRanker
     DecodingTask     runs one decoding of a batch of windows with all of the above
 """
+
 from __future__ import annotations
 
 import zlib
@@ -30,6 +31,7 @@ from .tokenizer import Tokenizer, tokenizer_for
 
 
 # --- the seam to the network -----------------------------------------------------------------
+
 
 class Inference(Protocol):
     """One decoding's forward passes through the text decoder, with a KV cache."""
@@ -70,9 +72,16 @@ class ChoosingInference(Inference, Protocol):
     so the host need not look at the logits. `DecodingTask` uses it for greedy decoding at
     temperature 0 when the inference has this method."""
 
-    def logits_and_choice(self, tokens: np.ndarray, audio_features: Any, positions: Sequence[int],
-                          suppress: np.ndarray, timestamp_begin: int, rows: np.ndarray | None = None,
-                          logits_wanted: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    def logits_and_choice(
+        self,
+        tokens: np.ndarray,
+        audio_features: Any,
+        positions: Sequence[int],
+        suppress: np.ndarray,
+        timestamp_begin: int,
+        rows: np.ndarray | None = None,
+        logits_wanted: bool = True,
+    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         """`logits(tokens, audio_features, positions)`, and after the last position the token
         that the logit filters and `GreedyDecoder` at temperature 0 would pick, with its log
         probability. suppress: float32 [k, n_vocab], 0 or -inf, what `LogitFilter.suppress`
@@ -123,7 +132,7 @@ class WhisperModel(Protocol):
 # reference sums in, plus the roundings after the sum on both sides: what the tests allow, and what
 # `transcribe` reports a threshold decision as too close to call within.
 
-UNIT_ROUNDOFF = 2.0 ** -24  # float32
+UNIT_ROUNDOFF = 2.0**-24  # float32
 REFERENCE_LANES = 8  # the fewest float32 lanes a CPU reference sums in (PyTorch's AVX2 and default kernels)
 
 
@@ -145,8 +154,10 @@ def logprob_tolerance(n: int, magnitude: float = 1.0) -> float:
     subtraction of values up to `magnitude` (1/2 ulp each, on each side). For an average of k log
     probabilities summed in float32, pass the sum's size as magnitude: each of its additions
     rounds by at most 1/2 ulp of it, on each side."""
+
     def ulp(x: float) -> float:
         return float(np.spacing(np.float32(max(abs(x), 1.0))))
+
     return _normaliser_error(n) + ulp(np.log(n)) + 2 * ulp(magnitude)
 
 
@@ -206,6 +217,7 @@ def compression_ratio(text: str) -> float:
 
 # --- options and results ---------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class WindowOptions:
     """How to decode one window: `whisper.decoding.DecodingOptions` without fp16 and lang_id.
@@ -248,6 +260,7 @@ class DecodingResult:
 
 # --- language identification ----------------------------------------------------------------
 
+
 def detect_language(
     model: WhisperModel, audio_features: Any, n_audio: int = 1, tokenizer: Tokenizer | None = None
 ) -> tuple[list[int], list[dict[str, float]]]:
@@ -279,6 +292,7 @@ def detect_language(
 
 # --- ranking finished sequences --------------------------------------------------------------
 
+
 class SequenceRanker:
     def rank(self, tokens: list[list[list[int]]], sum_logprobs: list[list[float]]) -> list[int]:
         """Given groups of candidate sequences and their summed log probabilities, the index of
@@ -309,12 +323,14 @@ class MaximumLikelihoodRanker(SequenceRanker):
 
 # --- choosing the next token -----------------------------------------------------------------
 
+
 class TokenDecoder:
     def reset(self) -> None:
         """Forget the state of the previous decoding."""
 
-    def update(self, tokens: np.ndarray, logits: np.ndarray, sum_logprobs: np.ndarray,
-               parts: LogSoftmaxParts | None = None) -> tuple[np.ndarray, bool]:
+    def update(
+        self, tokens: np.ndarray, logits: np.ndarray, sum_logprobs: np.ndarray, parts: LogSoftmaxParts | None = None
+    ) -> tuple[np.ndarray, bool]:
         """Append the next token to each sequence.
 
         tokens: int64 [n_batch, n], all tokens so far including the initial ones; logits: float32
@@ -347,11 +363,13 @@ class GreedyDecoder(TokenDecoder):
             next_tokens = (logits / np.float32(self.temperature) + gumbel).argmax(axis=-1)
 
         shifted, log_sum = parts or _shift_and_log_sum(logits)  # the chosen token's log_softmax, not all
-        return self.append(tokens, next_tokens, shifted[np.arange(shifted.shape[0]), next_tokens] - log_sum[:, 0],
-                           sum_logprobs)
+        return self.append(
+            tokens, next_tokens, shifted[np.arange(shifted.shape[0]), next_tokens] - log_sum[:, 0], sum_logprobs
+        )
 
-    def append(self, tokens: np.ndarray, next_tokens: np.ndarray, logprobs: np.ndarray,
-               sum_logprobs: np.ndarray) -> tuple[np.ndarray, bool]:
+    def append(
+        self, tokens: np.ndarray, next_tokens: np.ndarray, logprobs: np.ndarray, sum_logprobs: np.ndarray
+    ) -> tuple[np.ndarray, bool]:
         """`update` once the next tokens [n_batch] and their log probabilities are chosen."""
         not_finished = tokens[:, -1] != self.eot
         sum_logprobs += logprobs * not_finished
@@ -457,6 +475,7 @@ class BeamSearchDecoder(TokenDecoder):
 
 # --- rules on the logits ---------------------------------------------------------------------
 
+
 class LogitFilter:
     def suppress(self, logits: np.ndarray, tokens: np.ndarray) -> None:
         """Set to -inf, in place, the logits [n_batch, n_vocab] of tokens that may not come next,
@@ -509,7 +528,7 @@ class ApplyTimestampRules(LogitFilter):
         logits[:, self.tokenizer.no_timestamps] = -np.inf
 
         for k in range(tokens.shape[0]):
-            sampled_tokens = tokens[k, self.sample_begin:]
+            sampled_tokens = tokens[k, self.sample_begin :]
             seq = sampled_tokens.tolist()
             last_was_timestamp = len(seq) >= 1 and seq[-1] >= ts_begin
             penultimate_was_timestamp = len(seq) < 2 or seq[-2] >= ts_begin
@@ -534,7 +553,7 @@ class ApplyTimestampRules(LogitFilter):
             logits[:, :ts_begin] = -np.inf
             if self.max_initial_timestamp_index is not None:
                 last_allowed = ts_begin + self.max_initial_timestamp_index
-                logits[:, last_allowed + 1:] = -np.inf
+                logits[:, last_allowed + 1 :] = -np.inf
 
     def apply(self, logits, tokens):
         self.suppress(logits, tokens)
@@ -554,6 +573,7 @@ class ApplyTimestampRules(LogitFilter):
 
 # --- one decoding ----------------------------------------------------------------------------
 
+
 class DecodingTask:
     """Decodes a batch of windows once, at one temperature: `run(audio_features)`."""
 
@@ -561,8 +581,10 @@ class DecodingTask:
         self.model = model
         self.options = _verify_options(options)
         self.tokenizer = tokenizer_for(
-            model.is_multilingual, num_languages=model.num_languages,
-            language=options.language or "en", task=options.task,
+            model.is_multilingual,
+            num_languages=model.num_languages,
+            language=options.language or "en",
+            task=options.task,
         )
         tokenizer = self.tokenizer
 
@@ -580,8 +602,9 @@ class DecodingTask:
         self.inference = model.inference()
         self.sequence_ranker = MaximumLikelihoodRanker(options.length_penalty)
         if options.beam_size is not None:
-            self.decoder: TokenDecoder = BeamSearchDecoder(options.beam_size, tokenizer.eot, self.inference,
-                                                           options.patience)
+            self.decoder: TokenDecoder = BeamSearchDecoder(
+                options.beam_size, tokenizer.eot, self.inference, options.patience
+            )
         else:
             self.decoder = GreedyDecoder(options.temperature, tokenizer.eot, rng or np.random.default_rng(0))
 
@@ -606,7 +629,7 @@ class DecodingTask:
             tokens = tokens + prefix_tokens[-max_prefix_len:]
         if prompt := self.options.prompt:
             prompt_tokens = self.tokenizer.encode(" " + prompt.strip()) if isinstance(prompt, str) else list(prompt)
-            tokens = [self.tokenizer.sot_prev] + prompt_tokens[-(self.n_ctx // 2 - 1):] + tokens
+            tokens = [self.tokenizer.sot_prev] + prompt_tokens[-(self.n_ctx // 2 - 1) :] + tokens
         return tuple(tokens)
 
     def _suppress_tokens(self) -> tuple[int, ...]:
@@ -645,12 +668,23 @@ class DecodingTask:
                     live = np.flatnonzero(tokens[:, -1] != self.tokenizer.eot)
                     if i == 0 or len(live) == n_batch:
                         logits, next_tokens, logprobs = choose(
-                            tokens, audio_features, positions, self._suppression(tokens), timestamp_begin,
-                            logits_wanted=i == 0)
+                            tokens,
+                            audio_features,
+                            positions,
+                            self._suppression(tokens),
+                            timestamp_begin,
+                            logits_wanted=i == 0,
+                        )
                     else:
                         logits, chosen, chosen_logprobs = choose(
-                            tokens, audio_features, positions, self._suppression(tokens[live]), timestamp_begin, live,
-                            logits_wanted=False)
+                            tokens,
+                            audio_features,
+                            positions,
+                            self._suppression(tokens[live]),
+                            timestamp_begin,
+                            live,
+                            logits_wanted=False,
+                        )
                         next_tokens = np.full(n_batch, self.tokenizer.eot, np.int64)
                         logprobs = np.zeros(n_batch, np.float32)
                         next_tokens[live], logprobs[live] = chosen, chosen_logprobs
@@ -669,8 +703,9 @@ class DecodingTask:
             self.inference.cleanup_caching()
         return tokens, sum_logprobs, no_speech_probs
 
-    def _choose_on_host(self, logits: np.ndarray, tokens: np.ndarray,
-                        sum_logprobs: np.ndarray) -> tuple[np.ndarray, bool]:
+    def _choose_on_host(
+        self, logits: np.ndarray, tokens: np.ndarray, sum_logprobs: np.ndarray
+    ) -> tuple[np.ndarray, bool]:
         """One step's choice on the host: the logits after the last token [n_batch, n_vocab] filtered,
         then the decoder's update (the tokens with the choice appended, whether all are complete)."""
         logits = np.array(logits, dtype=np.float32)  # a writable copy for the filters
@@ -680,11 +715,17 @@ class DecodingTask:
         return self.decoder.update(tokens, logits, sum_logprobs, parts)
 
     def _checks_draft(self, tokens: np.ndarray) -> bool:
-        return (bool(self.options.draft) and tokens.shape[0] == 1 and hasattr(self.inference, "rewind")
-                and isinstance(self.decoder, GreedyDecoder) and self.decoder.temperature == 0)
+        return (
+            bool(self.options.draft)
+            and tokens.shape[0] == 1
+            and hasattr(self.inference, "rewind")
+            and isinstance(self.decoder, GreedyDecoder)
+            and self.decoder.temperature == 0
+        )
 
-    def _check_draft(self, audio_features: Any, tokens: np.ndarray,
-                     sum_logprobs: np.ndarray) -> tuple[np.ndarray, bool, np.ndarray]:
+    def _check_draft(
+        self, audio_features: Any, tokens: np.ndarray, sum_logprobs: np.ndarray
+    ) -> tuple[np.ndarray, bool, np.ndarray]:
         """Greedy decoding's first steps in one forward pass over the initial tokens and the draft:
         the logits after each of the draft's prefixes, filtered and chosen from as a step would,
         each choice checked against the draft's next token. Returns the tokens up to the first
@@ -737,23 +778,25 @@ class DecodingTask:
 
         # the candidates of each audio, from the first sampled token to before the first eot
         candidates, candidate_logprobs = self.decoder.finalize(tokens, sum_logprobs)
-        candidates = [[t[self.sample_begin: t.index(tokenizer.eot)] for t in group] for group in candidates]
+        candidates = [[t[self.sample_begin : t.index(tokenizer.eot)] for t in group] for group in candidates]
 
         selected = self.sequence_ranker.rank(candidates, candidate_logprobs)
         results = []
         for i in range(n_audio):
             chosen = candidates[i][selected[i]]
             text = tokenizer.decode(chosen).strip()
-            results.append(DecodingResult(
-                language=languages[i],
-                language_probs=language_probs[i] if language_probs else None,
-                tokens=chosen,
-                text=text,
-                avg_logprob=candidate_logprobs[i][selected[i]] / (len(chosen) + 1),
-                no_speech_prob=no_speech_probs[i],
-                temperature=self.options.temperature,
-                compression_ratio=compression_ratio(text),
-            ))
+            results.append(
+                DecodingResult(
+                    language=languages[i],
+                    language_probs=language_probs[i] if language_probs else None,
+                    tokens=chosen,
+                    text=text,
+                    avg_logprob=candidate_logprobs[i][selected[i]] / (len(chosen) + 1),
+                    no_speech_prob=no_speech_probs[i],
+                    temperature=self.options.temperature,
+                    compression_ratio=compression_ratio(text),
+                )
+            )
         return results
 
 
@@ -770,8 +813,11 @@ def _verify_options(options: WindowOptions) -> WindowOptions:
 
 
 def decode(
-    model: WhisperModel, mel: np.ndarray, options: WindowOptions = WindowOptions(),
-    rng: np.random.Generator | None = None, **changes,
+    model: WhisperModel,
+    mel: np.ndarray,
+    options: WindowOptions = WindowOptions(),
+    rng: np.random.Generator | None = None,
+    **changes,
 ) -> DecodingResult | list[DecodingResult]:
     """Encode and decode 30 s windows: mel [n_mels, 3000] -> one result, [n, n_mels, 3000] -> n."""
     single = mel.ndim == 2

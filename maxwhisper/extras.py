@@ -1,6 +1,7 @@
 """How maxwhisper is installed: the optional parts and the extra that installs each (pyproject.toml's
 [project.optional-dependencies]), so that a feature whose extra is missing says in one line which to
 install; and the checkout it runs from, if any."""
+
 from __future__ import annotations
 
 import importlib.util

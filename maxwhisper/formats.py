@@ -4,6 +4,7 @@ txt, srt and vtt follow openai-whisper's `whisper/utils.py` writers with their d
 (one subtitle per segment; with word timestamps a segment's subtitle spans its first to last word),
 so the same result prints the same file as `whisper --output_format ...` would.
 """
+
 from __future__ import annotations
 
 import json

@@ -7,6 +7,7 @@ table of graph, precision, architecture, result and seconds; exit 1 on any failu
 Each architecture compiles in a child process of its own (`graph.virtual_gpu`); its rows come back
 as JSON lines.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,14 +30,23 @@ def _csv(text: str) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", type=_csv, default=["sm_90", "sm_80", "sm_89"],
-                   help=f"comma-separated CUDA architectures (default: sm_90,sm_80,sm_89; "
-                        f"{', '.join(f'{a}: {n}' for a, n in ARCHS.items())})")
-    p.add_argument("--precision", type=_csv, default=list(PRECISIONS),
-                   help="comma-separated: fp32, fp16 (default: both)")
+    p.add_argument(
+        "--arch",
+        type=_csv,
+        default=["sm_90", "sm_80", "sm_89"],
+        help=f"comma-separated CUDA architectures (default: sm_90,sm_80,sm_89; "
+        f"{', '.join(f'{a}: {n}' for a, n in ARCHS.items())})",
+    )
+    p.add_argument(
+        "--precision", type=_csv, default=list(PRECISIONS), help="comma-separated: fp32, fp16 (default: both)"
+    )
     p.add_argument("--model", default="tiny.en", help="installed model, CTranslate2 folder or .pt (default: tiny.en)")
-    p.add_argument("--graphs", type=_csv, default=None,
-                   help="comma-separated subset: encoder, decoder_step, alignment, cache_reorder, batch_repeat")
+    p.add_argument(
+        "--graphs",
+        type=_csv,
+        default=None,
+        help="comma-separated subset: encoder, decoder_step, alignment, cache_reorder, batch_repeat",
+    )
     p.add_argument("--output", type=Path, default=None, help="also write the report to OUTPUT.json and OUTPUT.md")
 
 
@@ -56,22 +66,34 @@ def compile_arch(arch: str, args: argparse.Namespace) -> list[dict]:
     """One child process for `arch`; its rows as they arrive (printed), or one failed row if it died."""
     request = json.dumps({"arch": arch, "model": args.model, "precisions": args.precision, "graphs": args.graphs})
     with tempfile.TemporaryFile("w+") as errors:  # a file, not a pipe: MAX's logs cannot fill it and stall the child
-        child = subprocess.Popen([sys.executable, "-m", "maxwhisper.gpu_compile", request],
-                                 stdout=subprocess.PIPE, stderr=errors, text=True)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "maxwhisper.gpu_compile", request], stdout=subprocess.PIPE, stderr=errors, text=True
+        )
         rows = []
         for line in child.stdout:
             if line.startswith("{"):
                 rows.append(json.loads(line))
                 r = rows[-1]
-                print(f"{r['graph']:<14} {r['precision']:<5} {r['arch']:<6} {_result(r):<7}"
-                      f"{r['seconds']:>8.1f}  {r['error'] or ''}".rstrip(), flush=True)
+                print(
+                    f"{r['graph']:<14} {r['precision']:<5} {r['arch']:<6} {_result(r):<7}"
+                    f"{r['seconds']:>8.1f}  {r['error'] or ''}".rstrip(),
+                    flush=True,
+                )
         child.wait()
         errors.seek(0)
         stderr = errors.read()
     if child.returncode != 0:
         last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit code {child.returncode}"
-        rows.append({"graph": "(process)", "precision": ",".join(args.precision), "arch": arch, "ok": False,
-                     "seconds": 0.0, "error": last})
+        rows.append(
+            {
+                "graph": "(process)",
+                "precision": ",".join(args.precision),
+                "arch": arch,
+                "ok": False,
+                "seconds": 0.0,
+                "error": last,
+            }
+        )
         log.error(f"{arch}: the compile process failed: {last}")
     return rows
 
@@ -82,16 +104,23 @@ def _result(row: dict) -> str:
 
 def markdown(doc: dict) -> str:
     m = doc["machine"]
-    lines = [f"# MAX graphs of the GPU path compiled for virtual NVIDIA GPUs ({doc['model']})", "",
-             f"`{doc['command']}` on {m['cpu']} ({m.get('vector_isa') or 'unknown ISA'}, {m['cores']} cores, "
-             f"no GPU), MAX {doc['versions'].get('max')}. Compiled, not run: a virtual device executes nothing. "
-             "Each compiled graph is kept in the cache, where a real GPU of its architecture loads it; kept: it "
-             "was there already. Seconds: the compile, shorter where MAX's own disk cache held parts of it.", "",
-             "| graph | precision | arch | GPUs | result | seconds |", "|---|---|---|---|---|---:|"]
+    lines = [
+        f"# MAX graphs of the GPU path compiled for virtual NVIDIA GPUs ({doc['model']})",
+        "",
+        f"`{doc['command']}` on {m['cpu']} ({m.get('vector_isa') or 'unknown ISA'}, {m['cores']} cores, "
+        f"no GPU), MAX {doc['versions'].get('max')}. Compiled, not run: a virtual device executes nothing. "
+        "Each compiled graph is kept in the cache, where a real GPU of its architecture loads it; kept: it "
+        "was there already. Seconds: the compile, shorter where MAX's own disk cache held parts of it.",
+        "",
+        "| graph | precision | arch | GPUs | result | seconds |",
+        "|---|---|---|---|---|---:|",
+    ]
     for r in doc["graphs"]:
         result = _result(r) if r["ok"] else f"FAILED: {r['error']}"
-        lines.append(f"| {r['graph']} | {r['precision']} | {r['arch']} | {ARCHS.get(r['arch'], '')} | {result} | "
-                     f"{r['seconds']:.1f} |")
+        lines.append(
+            f"| {r['graph']} | {r['precision']} | {r['arch']} | {ARCHS.get(r['arch'], '')} | {result} | "
+            f"{r['seconds']:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -104,14 +133,24 @@ def main(args: argparse.Namespace) -> int:
     failed = [r for r in rows if not r["ok"]]
     print(f"{len(rows) - len(failed)} compiled, {len(failed)} failed", flush=True)
     if args.output:
-        command = (f"python -m maxwhisper gpu-compile --arch {','.join(args.arch)} --precision "
-                   f"{','.join(args.precision)} --model {args.model}"
-                   + (f" --graphs {','.join(args.graphs)}" if args.graphs else "") + f" --output {args.output}")
-        doc = {"command": command, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "model": args.model, "machine": machine_info(), "versions": versions(), "graphs": rows}
+        command = (
+            f"python -m maxwhisper gpu-compile --arch {','.join(args.arch)} --precision "
+            f"{','.join(args.precision)} --model {args.model}"
+            + (f" --graphs {','.join(args.graphs)}" if args.graphs else "")
+            + f" --output {args.output}"
+        )
+        doc = {
+            "command": command,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": args.model,
+            "machine": machine_info(),
+            "versions": versions(),
+            "graphs": rows,
+        }
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.parent.joinpath(args.output.name + ".json").write_text(json.dumps(doc, indent=1) + "\n",
-                                                                            encoding="utf-8")
+        args.output.parent.joinpath(args.output.name + ".json").write_text(
+            json.dumps(doc, indent=1) + "\n", encoding="utf-8"
+        )
         args.output.parent.joinpath(args.output.name + ".md").write_text(markdown(doc), encoding="utf-8")
     return 1 if failed or not rows else 0
 

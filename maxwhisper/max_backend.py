@@ -1,4 +1,5 @@
 """The MAX backend: numpy front end and decoding around the MAX Graph network. No PyTorch."""
+
 from __future__ import annotations
 
 import time
@@ -19,8 +20,15 @@ from .transcribe import model_limits, transcribe
 class MaxTranscriber:
     backend = "max"
 
-    def __init__(self, model: str = "tiny.en", device: str = "auto", precision: str = "fp32",
-                 threads: int | None = None, kernels: bool = True, max_batch: int = 1):
+    def __init__(
+        self,
+        model: str = "tiny.en",
+        device: str = "auto",
+        precision: str = "fp32",
+        threads: int | None = None,
+        kernels: bool = True,
+        max_batch: int = 1,
+    ):
         """kernels=False: the portable plan (MAX's ops only, the graphs a GPU runs) on the CPU too.
         max_batch > 1: transcriptions called from several threads at once share encoder calls and
         decoder steps, up to that many windows at a time (`graph.shared_steps`); their tokens are
@@ -51,14 +59,22 @@ class MaxTranscriber:
         seconds as each is ready (`graph.model.MaxWhisper.compile_rest`)."""
         return self.net.compile_rest()
 
-    def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
-                   progress: Callable[[float], None] | None = None,
-                   on_segments: Callable[[Sequence[Segment]], None] | None = None) -> TranscriptionResult:
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        options: DecodeOptions = DecodeOptions(),
+        progress: Callable[[float], None] | None = None,
+        on_segments: Callable[[Sequence[Segment]], None] | None = None,
+    ) -> TranscriptionResult:
         return self._transcribe(audio, options, progress, on_segments=on_segments)[0]
 
-    def transcribe_window(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions(),
-                          draft: Sequence[int] = (), padding_s: float | None = STREAM_PADDING_S
-                          ) -> tuple[TranscriptionResult, tuple[int, ...]]:
+    def transcribe_window(
+        self,
+        audio: np.ndarray,
+        options: DecodeOptions = DecodeOptions(),
+        draft: Sequence[int] = (),
+        padding_s: float | None = STREAM_PADDING_S,
+    ) -> tuple[TranscriptionResult, tuple[int, ...]]:
         """A live stream's hypothesis (`maxwhisper.streaming`): the first 30 s window of `audio`
         decoded as `transcribe` decodes it, without the seek loop's next window: one encoder pass.
         The encoder hears the window's audio and `padding_s` of silence after it, not the 30 s
@@ -77,10 +93,16 @@ class MaxTranscriber:
         frames = heard_frames(len(audio), padding_s) if padding_s is not None else None
         return self._transcribe(audio, options, None, first_window_only=True, draft=tuple(draft), window_frames=frames)
 
-    def _transcribe(self, audio: np.ndarray, options: DecodeOptions, progress: Callable[[float], None] | None,
-                    first_window_only: bool = False, draft: tuple[int, ...] = (), window_frames: int | None = None,
-                    on_segments: Callable[[Sequence[Segment]], None] | None = None
-                    ) -> tuple[TranscriptionResult, tuple[int, ...]]:
+    def _transcribe(
+        self,
+        audio: np.ndarray,
+        options: DecodeOptions,
+        progress: Callable[[float], None] | None,
+        first_window_only: bool = False,
+        draft: tuple[int, ...] = (),
+        window_frames: int | None = None,
+        on_segments: Callable[[Sequence[Segment]], None] | None = None,
+    ) -> tuple[TranscriptionResult, tuple[int, ...]]:
         """The result and the tokens its last window decoded. first_window_only: the first window alone
         (`transcribe_window`), beginning with the `draft` tokens where the model chooses them, its
         encoder hearing `window_frames` mel frames (None: 30 s); the whole seek loop otherwise, which
@@ -98,17 +120,38 @@ class MaxTranscriber:
         else:
             mel = log_mel_spectrogram(audio, self.checkpoint.dims.n_mels, padding=N_SAMPLES)
             features_s = time.perf_counter() - start
-            out = transcribe(self.decoder_model, mel, options, progress, on_segments=on_segments,
-                             first_window_only=first_window_only, draft=draft, window_frames=window_frames)
+            out = transcribe(
+                self.decoder_model,
+                mel,
+                options,
+                progress,
+                on_segments=on_segments,
+                first_window_only=first_window_only,
+                draft=draft,
+                window_frames=window_frames,
+            )
             decoded = out.decoded
         # a graph compiled on first use during decoding is a one-time cost: count it in compile_s only
         lazy_compile_s = self.net.compile_s_this_thread() - compile_before
         total_s = time.perf_counter() - start - lazy_compile_s
         return TranscriptionResult(
-            text=out.text, segments=out.segments, language=out.language,
-            language_probability=out.language_probability, close_calls=tuple(out.close_calls),
-            backend=self.backend, model=self.model,
-            device=self.device, precision=self.precision, audio_s=len(audio) / SAMPLE_RATE, options=options,
-            timings=Timings(load_s=self.load_s, compile_s=self.compile_s, features_s=features_s,
-                            encode_s=out.encode_s, decode_s=out.decode_s - lazy_compile_s, total_s=total_s),
+            text=out.text,
+            segments=out.segments,
+            language=out.language,
+            language_probability=out.language_probability,
+            close_calls=tuple(out.close_calls),
+            backend=self.backend,
+            model=self.model,
+            device=self.device,
+            precision=self.precision,
+            audio_s=len(audio) / SAMPLE_RATE,
+            options=options,
+            timings=Timings(
+                load_s=self.load_s,
+                compile_s=self.compile_s,
+                features_s=features_s,
+                encode_s=out.encode_s,
+                decode_s=out.decode_s - lazy_compile_s,
+                total_s=total_s,
+            ),
         ), decoded

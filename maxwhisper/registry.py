@@ -3,6 +3,7 @@ read; importing this module loads no backend. MAX is built in (its CPU precision
 features, `cpu_features`). Other backends come from installed packages through the entry-point group
 `maxwhisper.backends` (pyproject.toml declares the baselines'), or from `register` where nothing is
 installed (the app from a bare checkout)."""
+
 from __future__ import annotations
 
 import importlib
@@ -17,11 +18,21 @@ from .extras import MissingExtra, how_to_install
 ENTRY_POINTS = "maxwhisper.backends"  # each names a Backend or a sequence of them
 
 
-MAX = Backend(name="max", label="MAX", description="MAX Graph (this project)", color="#e11d48",
-              module="maxwhisper.max_backend", cls="MaxTranscriber", package="max", extra=None,
-              precisions={"cpu": ("fp32", "int8", "bf16") if has_bf16() else ("fp32", "int8"),
-                          "gpu": ("fp32", "fp16")},
-              batched=True, compiles=True, kernels=True, decodes_together=True)
+MAX = Backend(
+    name="max",
+    label="MAX",
+    description="MAX Graph (this project)",
+    color="#e11d48",
+    module="maxwhisper.max_backend",
+    cls="MaxTranscriber",
+    package="max",
+    extra=None,
+    precisions={"cpu": ("fp32", "int8", "bf16") if has_bf16() else ("fp32", "int8"), "gpu": ("fp32", "fp16")},
+    batched=True,
+    compiles=True,
+    kernels=True,
+    decodes_together=True,
+)
 BACKENDS: dict[str, Backend] = {MAX.name: MAX}  # in the order the app and the benchmark show them
 DEVICES = ("auto", "cpu", "gpu")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -45,8 +56,9 @@ def _discover() -> None:
         try:
             found = entry.load()
         except Exception:  # noqa: BLE001 - a broken plugin must not take the built-in backend down
-            logging.getLogger(__name__).warning("backend entry point %s could not be loaded", entry.value,
-                                                exc_info=True)
+            logging.getLogger(__name__).warning(
+                "backend entry point %s could not be loaded", entry.value, exc_info=True
+            )
             continue
         register(*(found if isinstance(found, (tuple, list)) else (found,)))
 
@@ -77,9 +89,15 @@ def _which(capability: str) -> str:
     return f"the {' and '.join(labels)} backend{'s' if len(labels) > 1 else ''}"
 
 
-def create_transcriber(backend: str, model: str = "tiny.en", device: str = "auto",
-                       precision: str = "fp32", threads: int | None = None, kernels: bool = True,
-                       max_batch: int = 1) -> Transcriber:
+def create_transcriber(
+    backend: str,
+    model: str = "tiny.en",
+    device: str = "auto",
+    precision: str = "fp32",
+    threads: int | None = None,
+    kernels: bool = True,
+    max_batch: int = 1,
+) -> Transcriber:
     """Load `model` on `backend`. kernels=False: MAX's portable plan (`maxwhisper.graph.plan`);
     max_batch > 1: MAX decodes transcriptions called from several threads at once together.
     Raises BackendError/ModelError with a message meant for people."""
@@ -92,10 +110,13 @@ def create_transcriber(backend: str, model: str = "tiny.en", device: str = "auto
         raise BackendError(f"--no-kernels is an option of {_which('kernels')} only")
     if max_batch != 1 and not b.decodes_together:
         raise BackendError(f"max_batch (requests decoded together) is an option of {_which('decodes_together')} only")
-    options = {**({"kernels": kernels} if b.kernels else {}),
-               **({"max_batch": max_batch} if b.decodes_together else {})}
-    return getattr(importlib.import_module(b.module), b.cls)(model=model, device=device, precision=precision,
-                                                             threads=threads, **options)
+    options = {
+        **({"kernels": kernels} if b.kernels else {}),
+        **({"max_batch": max_batch} if b.decodes_together else {}),
+    }
+    return getattr(importlib.import_module(b.module), b.cls)(
+        model=model, device=device, precision=precision, threads=threads, **options
+    )
 
 
 def create_warmed_up(backend: str, every_graph: bool = False, **kwargs) -> Transcriber:

@@ -1,5 +1,6 @@
 """Scoring transcripts, the same in the app and the benchmark: openai-whisper's EnglishTextNormalizer,
 then word error rate (jiwer), agreement between two transcripts, and the word diff the app shows."""
+
 from __future__ import annotations
 
 import html
@@ -78,16 +79,19 @@ def word_diff(reference: str, hypothesis: str, context: int | None = None) -> tu
     parts = []
     chunks = out.alignments[0]
     for i, chunk in enumerate(chunks):
-        removed = " ".join(ref_words[chunk.ref_start_idx:chunk.ref_end_idx])
-        added = " ".join(hyp_words[chunk.hyp_start_idx:chunk.hyp_end_idx])
+        removed = " ".join(ref_words[chunk.ref_start_idx : chunk.ref_end_idx])
+        added = " ".join(hyp_words[chunk.hyp_start_idx : chunk.hyp_end_idx])
         if chunk.type == "equal":
-            parts.append(_shared(hyp_words[chunk.hyp_start_idx:chunk.hyp_end_idx], context, i > 0, i < len(chunks) - 1))
+            parts.append(
+                _shared(hyp_words[chunk.hyp_start_idx : chunk.hyp_end_idx], context, i > 0, i < len(chunks) - 1)
+            )
             continue
         if chunk.type in ("substitute", "delete"):
             parts.append(_deleted(removed))
         if chunk.type in ("substitute", "insert"):
-            parts.append(f'<ins style="color:#15803d;background:#dcfce7;text-decoration:none">'
-                         f'{html.escape(added)}</ins>')
+            parts.append(
+                f'<ins style="color:#15803d;background:#dcfce7;text-decoration:none">{html.escape(added)}</ins>'
+            )
     return out.wer, " ".join(parts)
 
 
@@ -97,7 +101,7 @@ def _shared(words: list[str], context: int | None, after: bool, before: bool) ->
     if context is None or not (after or before) or len(words) <= context * (after + before):
         return html.escape(" ".join(words))
     head = words[:context] if after else []
-    tail = words[len(words) - context:] if before else []
+    tail = words[len(words) - context :] if before else []
     return " ".join(html.escape(" ".join(part)) for part in (head, ["…"], tail) if part)
 
 

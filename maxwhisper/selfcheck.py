@@ -4,6 +4,7 @@ Used by the tests, by `python -m maxwhisper selfcheck` and by the app's Componen
 reference is the registry's "openai" backend (the 'baselines' extra); torch is imported here only,
 when a check runs.
 """
+
 from __future__ import annotations
 
 import time
@@ -64,8 +65,9 @@ def _timed(fn: Callable, *args):
     return out, time.perf_counter() - start
 
 
-def run_checks(max_transcriber=None, reference=None, audio_path: str | Path | None = None,
-               components: tuple[str, ...] = COMPONENTS) -> Iterator[CheckResult]:
+def run_checks(
+    max_transcriber=None, reference=None, audio_path: str | Path | None = None, components: tuple[str, ...] = COMPONENTS
+) -> Iterator[CheckResult]:
     """Yield one CheckResult per component as it finishes.
 
     max_transcriber: a loaded `MaxTranscriber` (default: tiny.en on CPU, fp32), on any device and
@@ -116,6 +118,7 @@ def run_checks(max_transcriber=None, reference=None, audio_path: str | Path | No
             def prompt_then_step():  # both paths of the step graph: a prompt call, then one cached token
                 prompt = inference.logits(tokens[:, :-1], features, tuple(range(n - 1)))
                 return np.concatenate([prompt, inference.logits(tokens, features, (-1,))], axis=1)
+
             ours, seconds = _timed(prompt_then_step)
             with torch.no_grad():
                 expected = torch_net.decoder(torch.from_numpy(tokens), torch.from_numpy(net.features_numpy(features)))
@@ -128,8 +131,14 @@ def run_checks(max_transcriber=None, reference=None, audio_path: str | Path | No
             diff = sum(a != b for a, b in zip(ours_t, ref_t)) + abs(len(ours_t) - len(ref_t))
             # float16 may move a timestamp by a step where float32 does not: there the text must agree
             passed = diff == 0 or (mx.precision == "fp16" and result.text == expected.text)
-            yield CheckResult(name, passed, float(diff), diff / max(len(ref_t), 1), seconds,
-                              f"{len(ours_t)} tokens; MAX: {result.text.strip()!r}")
+            yield CheckResult(
+                name,
+                passed,
+                float(diff),
+                diff / max(len(ref_t), 1),
+                seconds,
+                f"{len(ours_t)} tokens; MAX: {result.text.strip()!r}",
+            )
         else:
             raise ValueError(f"unknown component {name!r}; valid: {', '.join(COMPONENTS)}")
 
@@ -137,14 +146,16 @@ def run_checks(max_transcriber=None, reference=None, audio_path: str | Path | No
 def add_arguments(p) -> None:
     p.add_argument("audio", nargs="?", help="speech clip for the checks (default: jfk.flac or a clip gradio ships)")
     p.add_argument("--model", default="tiny.en", help="model name or path (default: tiny.en)")
-    p.add_argument("--components", default=None,
-                   help=f"comma list of {', '.join(COMPONENTS)} (default: all)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
-                   help="where MAX runs (default: cpu; the reference: CPU)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"],
-                   help="MAX's precision (default: fp32; fp16: GPU)")
-    p.add_argument("--no-kernels", dest="kernels", action="store_false",
-                   help="the portable plan on the CPU: the graphs a GPU runs")
+    p.add_argument("--components", default=None, help=f"comma list of {', '.join(COMPONENTS)} (default: all)")
+    p.add_argument(
+        "--device", default="cpu", choices=["cpu", "gpu"], help="where MAX runs (default: cpu; the reference: CPU)"
+    )
+    p.add_argument(
+        "--precision", default="fp32", choices=["fp32", "fp16"], help="MAX's precision (default: fp32; fp16: GPU)"
+    )
+    p.add_argument(
+        "--no-kernels", dest="kernels", action="store_false", help="the portable plan on the CPU: the graphs a GPU runs"
+    )
 
 
 def main(args) -> int:
@@ -155,15 +166,19 @@ def main(args) -> int:
     reference = create_transcriber("openai", args.model, device="cpu")  # before MAX compiles: the extra is there
     mx = MaxTranscriber(args.model, device=args.device, precision=args.precision, kernels=args.kernels)
     components = args.components.split(",") if args.components else COMPONENTS
-    print(f"model {mx.model}, MAX graphs compiled/loaded in {mx.compile_s:.1f} s, plan {mx.plan.describe()}; "
-          f"pass: within {relative_tolerance(mx.device, mx.precision):g} of the reference's largest value",
-          flush=True)
+    print(
+        f"model {mx.model}, MAX graphs compiled/loaded in {mx.compile_s:.1f} s, plan {mx.plan.describe()}; "
+        f"pass: within {relative_tolerance(mx.device, mx.precision):g} of the reference's largest value",
+        flush=True,
+    )
     print(f"{'component':<15} {'result':<6} {'max abs err':>12} {'rel err':>10} {'time s':>8}  detail", flush=True)
     failed = 0
-    for r in run_checks(mx, reference, args.audio,
-                        tuple(c.strip() for c in components)):
+    for r in run_checks(mx, reference, args.audio, tuple(c.strip() for c in components)):
         failed += not r.passed
-        print(f"{r.name:<15} {'PASS' if r.passed else 'FAIL':<6} {r.max_abs_err:>12.3g} {r.rel_err:>10.2e} "
-              f"{r.seconds:>8.3f}  {r.detail}", flush=True)
+        print(
+            f"{r.name:<15} {'PASS' if r.passed else 'FAIL':<6} {r.max_abs_err:>12.3g} {r.rel_err:>10.2e} "
+            f"{r.seconds:>8.3f}  {r.detail}",
+            flush=True,
+        )
     print("all components match the reference" if not failed else f"{failed} component(s) FAILED")
     return 1 if failed else 0

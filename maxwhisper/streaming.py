@@ -7,6 +7,7 @@ transcriber its whole seek loop. `Streamer` feeds, paces and trims the buffer an
 the offline rules or repeats; `stream_audio` replays a file as if it arrived in real time. The rules, and
 the measurements behind the constants, are in docs/streaming.md.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -75,24 +76,32 @@ class LocalAgreement:
         self.tentative: list[StreamWord] = []  # the previous hypothesis beyond the committed words
         self.tentative_heard_until = float("inf")  # stream time up to which the previous hypothesis heard
 
-    def update(self, hypothesis: list[StreamWord], heard_until: float = float("inf"),
-               heard_from: float = float("-inf")) -> list[StreamWord]:
+    def update(
+        self, hypothesis: list[StreamWord], heard_until: float = float("inf"), heard_from: float = float("-inf")
+    ) -> list[StreamWord]:
         """A new hypothesis (words in stream time) over the audio heard from `heard_from` until
         `heard_until` (stream time); returns the words it commits."""
         new = self._beyond_committed(hypothesis, heard_from)
         agreed = []
         for previous, word in zip(self.tentative, new):
-            if (_key(previous.text) != _key(word.text) or previous.end > self.tentative_heard_until - SETTLE_S
-                    or word.end > heard_until - SETTLE_S):
+            if (
+                _key(previous.text) != _key(word.text)
+                or previous.end > self.tentative_heard_until - SETTLE_S
+                or word.end > heard_until - SETTLE_S
+            ):
                 break
             agreed.append(word)
         self.committed += agreed
-        self.tentative = new[len(agreed):]
+        self.tentative = new[len(agreed) :]
         self.tentative_heard_until = heard_until
         return agreed
 
-    def finish(self, before: float = float("inf"), hypothesis: list[StreamWord] | None = None,
-               heard_from: float = float("-inf")) -> list[StreamWord]:
+    def finish(
+        self,
+        before: float = float("inf"),
+        hypothesis: list[StreamWord] | None = None,
+        heard_from: float = float("-inf"),
+    ) -> list[StreamWord]:
         """The tentative words that end by `before` (all of them: the end of the stream) are
         committed as they stand; `hypothesis`: those of a last hypothesis (as `update`'s) beyond the
         committed ones take the tentative ones' place first."""
@@ -137,7 +146,7 @@ def repeat_start(words: list[str], before: list[str]) -> int | None:
     seq = [*before, *words]
     for end in range(len(before) + 1, len(seq) + 1):  # the first word of the segment the second copy ends on
         for n in range(REPEAT_WORDS, end // 2 + 1):
-            if seq[end - 2 * n:end - n] == seq[end - n:end]:
+            if seq[end - 2 * n : end - n] == seq[end - n : end]:
                 return max(0, end - n - len(before))
     return None
 
@@ -148,8 +157,9 @@ def fails_offline_rules(segment: Segment, options: DecodeOptions) -> bool:
     temperature's decoding whatever it looks like, a stream does not), or the segment's own text too
     compressible (a loop inside a window whose text as a whole passed)."""
     threshold = options.compression_ratio_threshold
-    return (needs_fallback(segment.compression_ratio, segment.avg_logprob, segment.no_speech_prob, options)
-            or (threshold is not None and compression_ratio(segment.text) > threshold))
+    return needs_fallback(segment.compression_ratio, segment.avg_logprob, segment.no_speech_prob, options) or (
+        threshold is not None and compression_ratio(segment.text) > threshold
+    )
 
 
 @dataclass(frozen=True)
@@ -165,11 +175,18 @@ class StreamUpdate:
 
 def _one_after_the_other(first: Timings, second: Timings) -> Timings:
     """The timings of two transcriptions of one update (its padded window, then the 30 s one)."""
+
     def add(a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None else a + b
-    return Timings(second.load_s, second.compile_s, add(first.features_s, second.features_s),
-                   add(first.encode_s, second.encode_s), add(first.decode_s, second.decode_s),
-                   first.total_s + second.total_s)
+
+    return Timings(
+        second.load_s,
+        second.compile_s,
+        add(first.features_s, second.features_s),
+        add(first.encode_s, second.encode_s),
+        add(first.decode_s, second.decode_s),
+        first.total_s + second.total_s,
+    )
 
 
 class Streamer:
@@ -178,8 +195,9 @@ class Streamer:
 
     def __init__(self, transcriber: Transcriber, options: DecodeOptions = DecodeOptions(), trim_s: float = 15.0):
         self.transcriber = transcriber
-        self.options = dataclasses.replace(options, word_timestamps=True, batch_size=None,
-                                           temperature=options.temperature[:1])  # no fallback (docs/streaming.md)
+        self.options = dataclasses.replace(
+            options, word_timestamps=True, batch_size=None, temperature=options.temperature[:1]
+        )  # no fallback (docs/streaming.md)
         self.temperatures = options.temperature  # the schedule, for `finish`
         self.windowed = hasattr(transcriber, "transcribe_window")  # a `WindowTranscriber`
         self.audible = N_SAMPLES if self.windowed else None  # samples of the buffer a hypothesis hears
@@ -220,8 +238,9 @@ class Streamer:
         """Whether `new_s` seconds of new audio are heard in two steps: at least 2 x STEP_S of them,
         and two updates at the last update's cost within BUDGET of their duration (never before the
         first update, whose cost is not known)."""
-        return (self.last_compute_s is not None and new_s >= 2 * STEP_S - 1e-9
-                and 2 * self.last_compute_s <= BUDGET * new_s)
+        return (
+            self.last_compute_s is not None and new_s >= 2 * STEP_S - 1e-9 and 2 * self.last_compute_s <= BUDGET * new_s
+        )
 
     def _update(self, heard: int) -> StreamUpdate:
         """A hypothesis over buffer[:heard], then the agreement and the trim."""
@@ -234,8 +253,7 @@ class Streamer:
         timings = result.timings  # compute: without a graph compiled on first use (MAX's alignment graph)
         words, held_back = self._hypothesis(result.segments, options)
         if self.windowed and held_back and heard_frames(heard, STREAM_PADDING_S) < N_FRAMES:  # else it heard 30 s
-            result, self.draft = self.transcriber.transcribe_window(self.buffer[:heard], options, draft,
-                                                                     padding_s=None)
+            result, self.draft = self.transcriber.transcribe_window(self.buffer[:heard], options, draft, padding_s=None)
             timings = _one_after_the_other(timings, result.timings)
             words, held_back = self._hypothesis(result.segments, options)
         self.last_compute_s = timings.total_s
@@ -261,8 +279,15 @@ class Streamer:
         words, held_back = self._hypothesis(result.segments, options)
         self.window_failed = False
         end = self.buffer_start + len(self.buffer) / SAMPLE_RATE
-        return StreamUpdate(self.policy.finish(hypothesis=words, heard_from=self.buffer_start), [],
-                            result.timings.total_s, held_back, result.timings, end, final=True)
+        return StreamUpdate(
+            self.policy.finish(hypothesis=words, heard_from=self.buffer_start),
+            [],
+            result.timings.total_s,
+            held_back,
+            result.timings,
+            end,
+            final=True,
+        )
 
     def _prompted(self, options: DecodeOptions) -> DecodeOptions:
         """`options` with the prompt: the user's, then the committed text before the buffer."""
@@ -281,17 +306,23 @@ class Streamer:
         self.held_back_span, self.window_failed = None, False
         if failed < len(segments):
             segment = segments[failed]
-            self.window_failed = needs_fallback(segment.compression_ratio, segment.avg_logprob,
-                                                segment.no_speech_prob, options)  # a segment holds its window's
+            self.window_failed = needs_fallback(
+                segment.compression_ratio, segment.avg_logprob, segment.no_speech_prob, options
+            )  # a segment holds its window's
             before_repeat = (segment.words or ())[:cut]
             if before_repeat:
                 kept.append(before_repeat)
                 self.segment_ends.append(self.buffer_start + before_repeat[-1].end)
-            self.held_back_span = (self.buffer_start + (segment.words[cut].start if before_repeat else segment.start),
-                                   self.buffer_start + segment.end)
-        words = [StreamWord(self.buffer_start + w.start, self.buffer_start + w.end, w.word)
-                 for segment_words in kept if any(_key(w.word) for w in segment_words)  # not a segment of dots
-                 for w in segment_words]
+            self.held_back_span = (
+                self.buffer_start + (segment.words[cut].start if before_repeat else segment.start),
+                self.buffer_start + segment.end,
+            )
+        words = [
+            StreamWord(self.buffer_start + w.start, self.buffer_start + w.end, w.word)
+            for segment_words in kept
+            if any(_key(w.word) for w in segment_words)  # not a segment of dots
+            for w in segment_words
+        ]
         return words, len(segments) - failed
 
     def _held_back_from(self, segments: list[Segment], options: DecodeOptions) -> tuple[int, int]:
@@ -416,11 +447,17 @@ class StreamReport:
         threshold of 2.4."""
         texts = [w.text for w in self.words]
         n = min(LOOP_WORDS, len(texts))
-        return max((compression_ratio("".join(texts[i:i + n])) for i in range(len(texts) - n + 1)), default=0.0)
+        return max((compression_ratio("".join(texts[i : i + n])) for i in range(len(texts) - n + 1)), default=0.0)
 
 
-def stream_audio(transcriber: Transcriber, audio: np.ndarray, chunk_s: float = 1.0,
-                 options: DecodeOptions = DecodeOptions(), on_update=None, offset_s: float = 0.0) -> StreamReport:
+def stream_audio(
+    transcriber: Transcriber,
+    audio: np.ndarray,
+    chunk_s: float = 1.0,
+    options: DecodeOptions = DecodeOptions(),
+    on_update=None,
+    offset_s: float = 0.0,
+) -> StreamReport:
     """Feed `audio` as if it arrived in real time, chunk_s at a time, with the computing time
     counted: the model, once free, takes every chunk that has arrived by then (a chunk that arrives
     while the model is busy waits) and hears it in `Streamer.feed`'s steps. A first chunk of

@@ -7,6 +7,7 @@ frame, median-filtered and averaged over the heads, give a token x frame similar
 warping finds the monotonic path through it, and each word starts at the frame where its first
 token's row of the path begins. A word's probability is the mean of its tokens' probabilities.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -42,7 +43,7 @@ def median_filter(x: np.ndarray, filter_width: int) -> np.ndarray:
     if has_nan:
         x = np.where(nan, np.inf, x).astype(x.dtype, copy=False)
     n = x.shape[-1] - 2 * pad_width
-    values = [x[..., i:i + n] for i in range(filter_width)]
+    values = [x[..., i : i + n] for i in range(filter_width)]
     for round_ in range(filter_width):
         for i in range(round_ % 2, filter_width - 1, 2):
             values[i], values[i + 1] = np.minimum(values[i], values[i + 1]), np.maximum(values[i], values[i + 1])
@@ -80,17 +81,17 @@ def dtw(x: np.ndarray) -> np.ndarray:
     cost[0] = 0
     skewed = np.zeros((N, M + N), dtype=np.float64)  # row i shifted right by i in the flat array below
     skewed[:, :M] = x
-    by_diagonal = skewed.ravel()[:N * (M + N - 1)].reshape(N, M + N - 1).T.copy()
+    by_diagonal = skewed.ravel()[: N * (M + N - 1)].reshape(N, M + N - 1).T.copy()
     for k in range(2, N + M + 1):
         i0, i1 = max(1, k - M), min(N, k - 1)  # rows of this diagonal's cells
-        c0 = cost[(i0 - 1) * M + k - 2: (i1 - 1) * M + k - 1: M]  # (i - 1, j - 1)
-        c1 = cost[(i0 - 1) * M + k - 1: (i1 - 1) * M + k: M]  # (i - 1, j)
-        c2 = cost[i0 * M + k - 1: i1 * M + k: M]  # (i, j - 1)
+        c0 = cost[(i0 - 1) * M + k - 2 : (i1 - 1) * M + k - 1 : M]  # (i - 1, j - 1)
+        c1 = cost[(i0 - 1) * M + k - 1 : (i1 - 1) * M + k : M]  # (i - 1, j)
+        c2 = cost[i0 * M + k - 1 : i1 * M + k : M]  # (i, j - 1)
         # whisper's rules: c0 if below both others, else c1 if below both others, else c2 (ties
         # included); a NaN compares below nothing, as in `dtw_cpu`
         t = np.where(c0 < np.minimum(c1, c2), 0, np.where(c1 < np.minimum(c0, c2), 1, 2))
         here = slice(i0 * M + k, i1 * M + k + 1, M)
-        cost[here] = by_diagonal[k - 2, i0 - 1:i1] + np.choose(t, (c0, c1, c2))
+        cost[here] = by_diagonal[k - 2, i0 - 1 : i1] + np.choose(t, (c0, c1, c2))
         trace[here] = t
     return backtrace(trace.reshape(N + 1, M + 1))
 
@@ -105,8 +106,15 @@ class WordTiming:
 
 
 def find_alignment(
-    model: WhisperModel, tokenizer: Tokenizer, text_tokens: list[int], features, num_frames: int,
-    alignment_heads: np.ndarray | None, *, medfilt_width: int = 7, qk_scale: float = 1.0,
+    model: WhisperModel,
+    tokenizer: Tokenizer,
+    text_tokens: list[int],
+    features,
+    num_frames: int,
+    alignment_heads: np.ndarray | None,
+    *,
+    medfilt_width: int = 7,
+    qk_scale: float = 1.0,
 ) -> list[WordTiming]:
     """Words of `text_tokens` with start/end times (seconds from the window start) and probabilities.
 
@@ -119,8 +127,8 @@ def find_alignment(
     tokens = [*tokenizer.sot_sequence, tokenizer.no_timestamps, *text_tokens, tokenizer.eot]
     logits, scores = model.alignment(np.array(tokens, dtype=np.int64), features)
 
-    sampled_logits = logits[len(tokenizer.sot_sequence):, : tokenizer.eot]
-    text_token_probs = softmax_at(sampled_logits[:len(text_tokens)], np.array(text_tokens)).tolist()
+    sampled_logits = logits[len(tokenizer.sot_sequence) :, : tokenizer.eot]
+    text_token_probs = softmax_at(sampled_logits[: len(text_tokens)], np.array(text_tokens)).tolist()
 
     weights = scores[alignment_heads[:, 0], alignment_heads[:, 1]]  # heads x tokens x frames
     weights = softmax(weights[:, :, : num_frames // 2] * np.float32(qk_scale))
@@ -129,7 +137,7 @@ def find_alignment(
     with np.errstate(invalid="ignore", divide="ignore"):  # a frame no token attends to: nan, as in torch
         weights = median_filter((weights - mean) / std, medfilt_width)
 
-    matrix = weights.mean(axis=0)[len(tokenizer.sot_sequence): -1]
+    matrix = weights.mean(axis=0)[len(tokenizer.sot_sequence) : -1]
     text_indices, time_indices = dtw(-matrix.astype(np.float64))
 
     words, word_tokens = tokenizer.split_to_word_tokens(text_tokens + [tokenizer.eot])
@@ -171,9 +179,16 @@ def merge_punctuations(alignment: list[WordTiming], prepended: str, appended: st
 
 
 def add_word_timestamps(
-    *, segments: list[dict], model: WhisperModel, tokenizer: Tokenizer, features, num_frames: int,
-    alignment_heads: np.ndarray | None, last_speech_timestamp: float,
-    prepend_punctuations: str = PREPEND_PUNCTUATIONS, append_punctuations: str = APPEND_PUNCTUATIONS,
+    *,
+    segments: list[dict],
+    model: WhisperModel,
+    tokenizer: Tokenizer,
+    features,
+    num_frames: int,
+    alignment_heads: np.ndarray | None,
+    last_speech_timestamp: float,
+    prepend_punctuations: str = PREPEND_PUNCTUATIONS,
+    append_punctuations: str = APPEND_PUNCTUATIONS,
 ) -> None:
     """Set segment["words"] (dicts: word, start, end, probability) on one window's segments and
     adjust the segments' start/end to their words, as whisper does. Segments are dicts with at
@@ -209,8 +224,14 @@ def add_word_timestamps(
         while word_index < len(alignment) and saved_tokens < len(text_tokens):
             timing = alignment[word_index]
             if timing.word:
-                words.append(dict(word=timing.word, start=round(time_offset + timing.start, 2),
-                                  end=round(time_offset + timing.end, 2), probability=timing.probability))
+                words.append(
+                    dict(
+                        word=timing.word,
+                        start=round(time_offset + timing.start, 2),
+                        end=round(time_offset + timing.end, 2),
+                        probability=timing.probability,
+                    )
+                )
             saved_tokens += len(timing.tokens)
             word_index += 1
 

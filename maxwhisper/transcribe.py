@@ -7,6 +7,7 @@ window's prompt, and with word timestamps (`maxwhisper.timing`) the hallucinatio
 `first_window_only` is a live stream's hypothesis (`maxwhisper.streaming`): the first window alone,
 one encoder pass, its decoding beginning with the stream's last tokens as a draft.
 """
+
 from __future__ import annotations
 
 import time
@@ -20,8 +21,14 @@ from .audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE
 from .decoding import DecodingResult, DecodingTask, WhisperModel, detect_language
 from .timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS, add_word_timestamps
 from .tokenizer import model_languages, tokenizer_for
-from .windows import (decoding_failed, fallback_close_calls, is_silence, segments_of_window, silence_close_calls,
-                      window_options)
+from .windows import (
+    decoding_failed,
+    fallback_close_calls,
+    is_silence,
+    segments_of_window,
+    silence_close_calls,
+    window_options,
+)
 
 
 @dataclass(frozen=True)
@@ -97,11 +104,15 @@ def transcribe(
 
 # --- setup -----------------------------------------------------------------------------------
 
+
 def model_limits(model: WhisperModel) -> dict:
     """What `api.check_options` checks `model`'s options against: its vocabulary, its languages,
     translation where it is multilingual."""
-    return {"n_vocab": model.dims.n_vocab, "languages": model_languages(model.is_multilingual, model.num_languages),
-            "translates": model.is_multilingual}
+    return {
+        "n_vocab": model.dims.n_vocab,
+        "languages": model_languages(model.is_multilingual, model.num_languages),
+        "translates": model.is_multilingual,
+    }
 
 
 def _check_mel(model: WhisperModel, mel: np.ndarray) -> None:
@@ -132,8 +143,9 @@ class _EncodeClock:
         return self._features
 
 
-def _language(model: WhisperModel, mel: np.ndarray, requested: str | None,
-              clock: _EncodeClock) -> tuple[str, float | None]:
+def _language(
+    model: WhisperModel, mel: np.ndarray, requested: str | None, clock: _EncodeClock
+) -> tuple[str, float | None]:
     """The requested language (a code); English on English-only models; else detected on the first 30 s."""
     if requested is not None:
         return requested, None
@@ -157,11 +169,19 @@ def _seek_clips(clip_timestamps: Sequence[float], content_frames: int) -> list[t
 
 # --- the windows ------------------------------------------------------------------------------
 
+
 class _SeekLoop:
     """The segments so far and what carries over from one window to the next (the prompt)."""
 
-    def __init__(self, model: WhisperModel, mel: np.ndarray, options: DecodeOptions, language: str,
-                 clock: _EncodeClock, rng: np.random.Generator):
+    def __init__(
+        self,
+        model: WhisperModel,
+        mel: np.ndarray,
+        options: DecodeOptions,
+        language: str,
+        clock: _EncodeClock,
+        rng: np.random.Generator,
+    ):
         self.model, self.mel, self.options, self.language = model, mel, options, language
         self.clock, self.rng = clock, rng
         self.content_frames = mel.shape[-1] - N_FRAMES
@@ -180,7 +200,7 @@ class _SeekLoop:
         self.decoded: tuple[int, ...] = ()  # the last window's decoded tokens
 
     def text(self) -> str:
-        return self.tokenizer.decode(self.all_tokens[self.initial_prompt_length:])
+        return self.tokenizer.decode(self.all_tokens[self.initial_prompt_length :])
 
     def window(self, seek: int, clip_end: int, draft: tuple[int, ...] = (), frames: int | None = None) -> int:
         """Decode the window starting at frame `seek` (greedily beginning with `draft` where the
@@ -188,10 +208,10 @@ class _SeekLoop:
         returns the next seek."""
         segment_size = min(N_FRAMES, self.content_frames - seek, clip_end - seek)
         frames = N_FRAMES if frames is None else max(segment_size, min(frames, N_FRAMES))
-        mel_segment = _pad_frames(self.mel[:, seek: seek + segment_size], frames)
+        mel_segment = _pad_frames(self.mel[:, seek : seek + segment_size], frames)
         features = self.clock.encode(mel_segment, (seek, segment_size, frames))
 
-        prompt = tuple(self.all_tokens[self.prompt_reset_since:])
+        prompt = tuple(self.all_tokens[self.prompt_reset_since :])
         start = seek * HOP_LENGTH / SAMPLE_RATE
         result = self._decode_with_fallback(features, prompt, start, draft)
         self.decoded = tuple(result.tokens)
@@ -200,11 +220,13 @@ class _SeekLoop:
             return seek + segment_size  # skip the whole window
 
         pieces, next_seek, single_timestamp_ending = segments_of_window(
-            result.tokens, self.tokenizer, seek, segment_size, self.input_stride)
+            result.tokens, self.tokenizer, seek, segment_size, self.input_stride
+        )
         segments = [dict(seek=seek, start=start, end=end, tokens=tokens, words=[]) for start, end, tokens in pieces]
         if self.options.word_timestamps:
-            next_seek, skip = self._word_timestamps(segments, features, seek, segment_size, single_timestamp_ending,
-                                                    next_seek)
+            next_seek, skip = self._word_timestamps(
+                segments, features, seek, segment_size, single_timestamp_ending, next_seek
+            )
             if skip:
                 return next_seek
 
@@ -214,21 +236,33 @@ class _SeekLoop:
                 text, seg["tokens"], seg["words"] = "", [], []
             words = None
             if self.options.word_timestamps:
-                words = tuple(Word(float(w["start"]), float(w["end"]), w["word"], float(w["probability"]))
-                              for w in seg["words"])
-            self.segments.append(Segment(
-                id=len(self.segments), seek=seek, start=seg["start"], end=seg["end"], text=text,
-                tokens=tuple(seg["tokens"]), temperature=result.temperature, avg_logprob=result.avg_logprob,
-                compression_ratio=result.compression_ratio, no_speech_prob=result.no_speech_prob, words=words,
-            ))
+                words = tuple(
+                    Word(float(w["start"]), float(w["end"]), w["word"], float(w["probability"])) for w in seg["words"]
+                )
+            self.segments.append(
+                Segment(
+                    id=len(self.segments),
+                    seek=seek,
+                    start=seg["start"],
+                    end=seg["end"],
+                    text=text,
+                    tokens=tuple(seg["tokens"]),
+                    temperature=result.temperature,
+                    avg_logprob=result.avg_logprob,
+                    compression_ratio=result.compression_ratio,
+                    no_speech_prob=result.no_speech_prob,
+                    words=words,
+                )
+            )
             self.all_tokens.extend(seg["tokens"])
 
         if not self.options.condition_on_previous_text or result.temperature > 0.5:
             self.prompt_reset_since = len(self.all_tokens)  # no prompt after a high temperature
         return next_seek
 
-    def _decode_with_fallback(self, features: Any, prompt: tuple[int, ...], start: float,
-                              draft: tuple[int, ...] = ()) -> DecodingResult:
+    def _decode_with_fallback(
+        self, features: Any, prompt: tuple[int, ...], start: float, draft: tuple[int, ...] = ()
+    ) -> DecodingResult:
         """Decode at each temperature of the schedule in turn until the result is not a failure."""
         temperatures = self.options.temperature
         for i, temperature in enumerate(temperatures):
@@ -241,14 +275,25 @@ class _SeekLoop:
                 break
         return result
 
-    def _word_timestamps(self, segments: list[dict], features: Any, seek: int, segment_size: int,
-                         single_timestamp_ending: bool, next_seek: int) -> tuple[int, bool]:
+    def _word_timestamps(
+        self,
+        segments: list[dict],
+        features: Any,
+        seek: int,
+        segment_size: int,
+        single_timestamp_ending: bool,
+        next_seek: int,
+    ) -> tuple[int, bool]:
         """Add words to the window's segments (dicts, changed in place); with a
         hallucination_silence_threshold drop suspected hallucinations. Returns the next seek, and
         whether to skip the window's segments altogether."""
         add_word_timestamps(
-            segments=segments, model=self.model, tokenizer=self.tokenizer, features=features,
-            num_frames=segment_size, alignment_heads=self.model.alignment_heads,
+            segments=segments,
+            model=self.model,
+            tokenizer=self.tokenizer,
+            features=features,
+            num_frames=segment_size,
+            alignment_heads=self.model.alignment_heads,
             last_speech_timestamp=self.last_speech_timestamp,
         )
         time_offset = seek * HOP_LENGTH / SAMPLE_RATE
@@ -258,8 +303,9 @@ class _SeekLoop:
                 next_seek = round(last_word_end * FRAMES_PER_SECOND)
 
         if self.options.hallucination_silence_threshold is not None:
-            next_seek, skip = self._skip_hallucinations(segments, seek, segment_size, single_timestamp_ending,
-                                                        next_seek)
+            next_seek, skip = self._skip_hallucinations(
+                segments, seek, segment_size, single_timestamp_ending, next_seek
+            )
             if skip:
                 return next_seek, True
 
@@ -268,8 +314,9 @@ class _SeekLoop:
             self.last_speech_timestamp = last_word_end
         return next_seek, False
 
-    def _skip_hallucinations(self, segments: list[dict], seek: int, segment_size: int,
-                             single_timestamp_ending: bool, next_seek: int) -> tuple[int, bool]:
+    def _skip_hallucinations(
+        self, segments: list[dict], seek: int, segment_size: int, single_timestamp_ending: bool, next_seek: int
+    ) -> tuple[int, bool]:
         """whisper's hallucination_silence_threshold rules: skip a long silence before a suspected
         hallucination (improbable, very short or very long words) and drop the hallucination."""
         threshold = self.options.hallucination_silence_threshold
@@ -279,8 +326,9 @@ class _SeekLoop:
             last_word_end = _last_end(segments)
             if last_word_end is not None and last_word_end > time_offset:
                 remaining_duration = window_end_time - last_word_end
-                next_seek = round(last_word_end * FRAMES_PER_SECOND) if remaining_duration > threshold \
-                    else seek + segment_size
+                next_seek = (
+                    round(last_word_end * FRAMES_PER_SECOND) if remaining_duration > threshold else seek + segment_size
+                )
 
         # a possible hallucination first in the window: skip the silence before it, decode again from there
         first_segment = _next_words_segment(segments)
@@ -296,13 +344,22 @@ class _SeekLoop:
             if not segment["words"]:
                 continue
             if _is_segment_anomaly(segment):
-                next_segment = _next_words_segment(segments[si + 1:])
-                hal_next_start = next_segment["words"][0]["start"] if next_segment is not None \
+                next_segment = _next_words_segment(segments[si + 1 :])
+                hal_next_start = (
+                    next_segment["words"][0]["start"]
+                    if next_segment is not None
                     else time_offset + segment_size * HOP_LENGTH / SAMPLE_RATE
-                silence_before = (segment["start"] - hal_last_end > threshold or segment["start"] < threshold
-                                  or segment["start"] - time_offset < 2.0)
-                silence_after = (hal_next_start - segment["end"] > threshold or _is_segment_anomaly(next_segment)
-                                 or window_end_time - segment["end"] < 2.0)
+                )
+                silence_before = (
+                    segment["start"] - hal_last_end > threshold
+                    or segment["start"] < threshold
+                    or segment["start"] - time_offset < 2.0
+                )
+                silence_after = (
+                    hal_next_start - segment["end"] > threshold
+                    or _is_segment_anomaly(next_segment)
+                    or window_end_time - segment["end"] < 2.0
+                )
                 if silence_before and silence_after:
                     next_seek = round(max(time_offset + 1, segment["start"]) * FRAMES_PER_SECOND)
                     if content_duration - segment["end"] < threshold:
@@ -315,8 +372,9 @@ class _SeekLoop:
 
 def _last_end(segments: list[dict]) -> float | None:
     """The end of the last word, else of the last segment; None without segments."""
-    return next((w["end"] for s in reversed(segments) for w in reversed(s["words"])),
-                segments[-1]["end"] if segments else None)
+    return next(
+        (w["end"] for s in reversed(segments) for w in reversed(s["words"])), segments[-1]["end"] if segments else None
+    )
 
 
 _PUNCTUATION = PREPEND_PUNCTUATIONS + APPEND_PUNCTUATIONS

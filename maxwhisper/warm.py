@@ -8,6 +8,7 @@ GPU loads them in milliseconds (`gpu_compile`). One line per compiled unit with 
 for a bad model, precision, device, level or architecture, said before anything compiles; 1 when a
 compile fails.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,19 +28,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from .cpu_features import CPU_LEVELS
     from .registry import DEVICES
 
-    p.add_argument("--model", type=_csv, default=["tiny.en"],
-                   help="comma-separated installed models, CTranslate2 folders or .pt files (default: tiny.en)")
-    p.add_argument("--precision", type=_csv, default=["fp32"],
-                   help="comma-separated: fp32, int8, bf16 on the CPU; fp32, fp16 on a GPU (default: fp32)")
+    p.add_argument(
+        "--model",
+        type=_csv,
+        default=["tiny.en"],
+        help="comma-separated installed models, CTranslate2 folders or .pt files (default: tiny.en)",
+    )
+    p.add_argument(
+        "--precision",
+        type=_csv,
+        default=["fp32"],
+        help="comma-separated: fp32, int8, bf16 on the CPU; fp32, fp16 on a GPU (default: fp32)",
+    )
     p.add_argument("--device", default="auto", choices=list(DEVICES), help="auto (default): the GPU when there is one")
-    p.add_argument("--no-kernels", dest="kernels", action="store_false",
-                   help="the portable graphs (MAX's ops only), as `transcribe --no-kernels` runs them")
-    p.add_argument("--arch", type=_csv, default=None,
-                   help="with --device gpu: comma-separated CUDA architectures to compile for on this machine, "
-                        "with or without a GPU (sm_80: A100, sm_86: A10, sm_89: L4/L40, sm_90: H100/H200)")
-    p.add_argument("--cpu-level", choices=list(CPU_LEVELS),
-                   help="compile for every CPU of this x86-64 level, not this CPU only: for a cache built on "
-                        "another machine than the one that runs it (a Space's or an image's build)")
+    p.add_argument(
+        "--no-kernels",
+        dest="kernels",
+        action="store_false",
+        help="the portable graphs (MAX's ops only), as `transcribe --no-kernels` runs them",
+    )
+    p.add_argument(
+        "--arch",
+        type=_csv,
+        default=None,
+        help="with --device gpu: comma-separated CUDA architectures to compile for on this machine, "
+        "with or without a GPU (sm_80: A100, sm_86: A10, sm_89: L4/L40, sm_90: H100/H200)",
+    )
+    p.add_argument(
+        "--cpu-level",
+        choices=list(CPU_LEVELS),
+        help="compile for every CPU of this x86-64 level, not this CPU only: for a cache built on "
+        "another machine than the one that runs it (a Space's or an image's build)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -88,8 +108,11 @@ def main(args: argparse.Namespace) -> int:
                 print(f"{where}: FAILED: {type(e).__name__}: {e}", flush=True)
                 failed += 1
     cache = os.environ.get("MODULAR_CACHE_DIR") or Path.home() / ".cache" / "modular"
-    print(f"{units} compiled units ready in {cache} in {time.perf_counter() - start:.1f} s"
-          + (f"; {failed} failed" if failed else ""), flush=True)
+    print(
+        f"{units} compiled units ready in {cache} in {time.perf_counter() - start:.1f} s"
+        + (f"; {failed} failed" if failed else ""),
+        flush=True,
+    )
     return 1 if failed else 0
 
 
@@ -110,6 +133,9 @@ def _warm_archs(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     rows = [row for job in jobs for arch in job.arch for row in compile_arch(arch, job)]
     failed = sum(not row["ok"] for row in rows)
-    print(f"{len(rows) - failed} GPU graphs ready for {', '.join(args.arch)} in {time.perf_counter() - start:.1f} s"
-          + (f"; {failed} failed" if failed else ""), flush=True)
+    print(
+        f"{len(rows) - failed} GPU graphs ready for {', '.join(args.arch)} in {time.perf_counter() - start:.1f} s"
+        + (f"; {failed} failed" if failed else ""),
+        flush=True,
+    )
     return 1 if failed or not rows else 0

@@ -5,6 +5,7 @@ decisions too close to call (`fallback_close_calls`, `silence_close_calls`) and 
 segments (`segments_of_window`). The seek loop (`transcribe`), batched transcription (`batched`) and
 live streaming (`streaming`) share them.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -16,8 +17,9 @@ from .decoding import DecodingResult, WindowOptions, logprob_tolerance, probabil
 from .tokenizer import Tokenizer
 
 
-def window_options(options: DecodeOptions, temperature: float, language: str, prompt: tuple[int, ...],
-                   draft: tuple[int, ...] = ()) -> WindowOptions:
+def window_options(
+    options: DecodeOptions, temperature: float, language: str, prompt: tuple[int, ...], draft: tuple[int, ...] = ()
+) -> WindowOptions:
     """The decoding of one window at one temperature: beam search (beam_size > 1) only at
     temperature 0, best_of samples only above it; the `draft` (`WindowOptions.draft`) is checked by
     greedy decoding only."""
@@ -38,19 +40,15 @@ def window_options(options: DecodeOptions, temperature: float, language: str, pr
     )
 
 
-def needs_fallback(compression_ratio: float, avg_logprob: float, no_speech_prob: float,
-                   options: DecodeOptions) -> bool:
+def needs_fallback(compression_ratio: float, avg_logprob: float, no_speech_prob: float, options: DecodeOptions) -> bool:
     """A decoding that looks like a failure: too compressible (a repetition loop) or too
     improbable, unless it looks like silence."""
     too_repetitive = (
-        options.compression_ratio_threshold is not None
-        and compression_ratio > options.compression_ratio_threshold
+        options.compression_ratio_threshold is not None and compression_ratio > options.compression_ratio_threshold
     )
     too_improbable = options.logprob_threshold is not None and avg_logprob < options.logprob_threshold
     silence = (
-        options.no_speech_threshold is not None
-        and no_speech_prob > options.no_speech_threshold
-        and too_improbable
+        options.no_speech_threshold is not None and no_speech_prob > options.no_speech_threshold and too_improbable
     )
     return (too_repetitive or too_improbable) and not silence
 
@@ -67,22 +65,23 @@ def is_silence(result: DecodingResult, options: DecodeOptions) -> bool:
     return not (options.logprob_threshold is not None and result.avg_logprob > options.logprob_threshold)
 
 
-def fallback_close_calls(result: DecodingResult, options: DecodeOptions, n_vocab: int,
-                         start: float) -> list[CloseCall]:
+def fallback_close_calls(result: DecodingResult, options: DecodeOptions, n_vocab: int, start: float) -> list[CloseCall]:
     """`decoding_failed`'s decisions too close to call, for a window starting at `start` seconds."""
-    return _close_calls(decoding_failed, result, options, n_vocab, start,
-                        ("kept this decoding", "fell back to the next temperature"))
+    return _close_calls(
+        decoding_failed, result, options, n_vocab, start, ("kept this decoding", "fell back to the next temperature")
+    )
 
 
-def silence_close_calls(result: DecodingResult, options: DecodeOptions, n_vocab: int,
-                        start: float) -> list[CloseCall]:
+def silence_close_calls(result: DecodingResult, options: DecodeOptions, n_vocab: int, start: float) -> list[CloseCall]:
     """`is_silence`'s decisions too close to call, for a window starting at `start` seconds."""
-    return _close_calls(is_silence, result, options, n_vocab, start,
-                        ("kept the window", "skipped the window as silence"))
+    return _close_calls(
+        is_silence, result, options, n_vocab, start, ("kept the window", "skipped the window as silence")
+    )
 
 
-def _threshold_bands(result: DecodingResult, options: DecodeOptions,
-                     n_vocab: int) -> Iterator[tuple[str, float, float]]:
+def _threshold_bands(
+    result: DecodingResult, options: DecodeOptions, n_vocab: int
+) -> Iterator[tuple[str, float, float]]:
     """(quantity, threshold, tolerance) of each threshold in use: how far another implementation's
     float32 value may be from this one's."""
     if options.logprob_threshold is not None:  # an average of len(tokens) + 1 summed log probabilities
@@ -93,8 +92,14 @@ def _threshold_bands(result: DecodingResult, options: DecodeOptions,
         yield "no_speech_prob", options.no_speech_threshold, probability_tolerance(n_vocab) * scale
 
 
-def _close_calls(decide: Callable[[DecodingResult, DecodeOptions], bool], result: DecodingResult,
-                 options: DecodeOptions, n_vocab: int, start: float, outcomes: tuple[str, str]) -> list[CloseCall]:
+def _close_calls(
+    decide: Callable[[DecodingResult, DecodeOptions], bool],
+    result: DecodingResult,
+    options: DecodeOptions,
+    n_vocab: int,
+    start: float,
+    outcomes: tuple[str, str],
+) -> list[CloseCall]:
     """The thresholds near which `decide(result, options)` would go the other way for a value at
     the other edge of its tolerance band; outcomes: what False and True mean."""
     decided = decide(result, options)
@@ -102,9 +107,19 @@ def _close_calls(decide: Callable[[DecodingResult, DecodeOptions], bool], result
     for quantity, threshold, tolerance in _threshold_bands(result, options, n_vocab):
         value = getattr(result, quantity)
         if abs(value - threshold) <= tolerance and any(
-                decide(replace(result, **{quantity: value + d}), options) != decided for d in (-tolerance, tolerance)):
-            calls.append(CloseCall(start=start, temperature=result.temperature, quantity=quantity, value=value,
-                                   threshold=threshold, tolerance=tolerance, decision=outcomes[decided]))
+            decide(replace(result, **{quantity: value + d}), options) != decided for d in (-tolerance, tolerance)
+        ):
+            calls.append(
+                CloseCall(
+                    start=start,
+                    temperature=result.temperature,
+                    quantity=quantity,
+                    value=value,
+                    threshold=threshold,
+                    tolerance=tolerance,
+                    decision=outcomes[decided],
+                )
+            )
     return calls
 
 

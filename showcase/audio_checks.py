@@ -1,4 +1,5 @@
 """What the app refuses before any model runs: audio that cannot be read, too long, too short or silent."""
+
 from __future__ import annotations
 
 import numpy as np

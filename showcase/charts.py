@@ -2,6 +2,7 @@
 grow as the implementations finish, and its time by stage (the Compare tab); the committed
 benchmark's lecture, MAX against the others in fp32 and in int8 (the Benchmarks tab). Each
 implementation keeps its colour in every chart."""
+
 from __future__ import annotations
 
 import html
@@ -37,8 +38,9 @@ def bars_html(title: str, bars: list[Bar], elem_id: str = "", legend: str = "") 
     rows = []
     for b in bars:
         name = f"<span class='bar-name'>{html.escape(b.name)}</span>"
-        fills = "".join(f"<span class='bar-fill' style='width:{100 * s / longest:.1f}%;background:{c}'></span>"
-                        for c, s in b.parts)
+        fills = "".join(
+            f"<span class='bar-fill' style='width:{100 * s / longest:.1f}%;background:{c}'></span>" for c, s in b.parts
+        )
         bar = f"<span class='bar'>{fills}</span>" if b.parts else ""
         rows.append(f"<div class='bar-row'>{name}{bar}<span class='bar-value'>{b.value}</span></div>")
     ident = f" id='{elem_id}'" if elem_id else ""
@@ -63,12 +65,16 @@ def time_bars(comparison: Comparison, cpu: bool = False) -> str:
             return Bar(p.backend, name)
         if cpu:
             return Bar(p.backend, name, ((color(p.backend), p.cheapest.cpu_s),), f"{p.cheapest.cpu_s:.2f} CPU s")
-        return Bar(p.backend, name, ((color(p.backend), p.best.seconds),),
-                   speed_value(p.best.seconds, comparison.audio_s))
+        return Bar(
+            p.backend, name, ((color(p.backend), p.best.seconds),), speed_value(p.best.seconds, comparison.audio_s)
+        )
 
     runs = max((len(p.runs) for p in done), default=1)
-    title = ("CPU seconds to transcribe" + (f", fewest of {runs} runs" if runs > 1 else "") if cpu else
-             "Seconds to transcribe" + (f", best of {runs} runs" if runs > 1 else "")) + " (shorter is faster)"
+    title = (
+        "CPU seconds to transcribe" + (f", fewest of {runs} runs" if runs > 1 else "")
+        if cpu
+        else "Seconds to transcribe" + (f", best of {runs} runs" if runs > 1 else "")
+    ) + " (shorter is faster)"
     return bars_html(title, [bar(p) for p in done], "speed-chart")
 
 
@@ -87,22 +93,39 @@ def stage_bars(comparison: Comparison) -> str:
     if not done:
         return ""
     mixed = any(p.precision != "fp32" for p in comparison.panels.values())
-    bars = [Bar(p.backend, short_name(p.backend, p.precision, mixed),
-                tuple((STAGE_COLORS[stage], s) for stage, s in _stage_seconds(p.best.result).items()),
-                f"{load_text(p.best.result.timings.load_s, p.best.result.timings.compile_s)} (once)") for p in done]
-    legend = "<div class='legend'>" + " ".join(f"<span class='swatch' style='background:{c}'></span>{stage}"
-                                               for stage, c in STAGE_COLORS.items()) + "</div>"
+    bars = [
+        Bar(
+            p.backend,
+            short_name(p.backend, p.precision, mixed),
+            tuple((STAGE_COLORS[stage], s) for stage, s in _stage_seconds(p.best.result).items()),
+            f"{load_text(p.best.result.timings.load_s, p.best.result.timings.compile_s)} (once)",
+        )
+        for p in done
+    ]
+    legend = (
+        "<div class='legend'>"
+        + " ".join(f"<span class='swatch' style='background:{c}'></span>{stage}" for stage, c in STAGE_COLORS.items())
+        + "</div>"
+    )
     return bars_html("Time by stage (the model's load and compile, once, apart)", bars, legend=legend)
 
 
-def benchmark_bars(rows: list[dict], precisions: tuple[str, ...] = ("fp32", "int8"),
-                   elem_id: str = "bench-chart") -> str:
+def benchmark_bars(
+    rows: list[dict], precisions: tuple[str, ...] = ("fp32", "int8"), elem_id: str = "bench-chart"
+) -> str:
     """The committed rows of one clip (`results.BENCH_COLUMNS`), a group of bars per precision, fastest
     first: MAX against the others, like with like; "" without rows of MAX in those precisions."""
     bars = []
     for precision in precisions:
         mine = sorted((r for r in rows if r["precision"] == precision), key=lambda r: r["total_s_median"])
         if any(r["backend"] == "max" for r in mine):
-            bars += [Bar(r["backend"], short_name(r["backend"], precision, True), ((color(r["backend"]),
-                         r["total_s_median"]),), speed_value(r["total_s_median"], r["audio_s"])) for r in mine]
+            bars += [
+                Bar(
+                    r["backend"],
+                    short_name(r["backend"], precision, True),
+                    ((color(r["backend"]), r["total_s_median"]),),
+                    speed_value(r["total_s_median"], r["audio_s"]),
+                )
+                for r in mine
+            ]
     return bars_html("Median seconds to transcribe (shorter is faster)", bars, elem_id) if bars else ""

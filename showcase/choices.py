@@ -1,5 +1,6 @@
 """What this machine offers a visitor to choose from: the installed models, the implementations
 that can run, and the devices ("auto" meaning the GPU where MAX can use one)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

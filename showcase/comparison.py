@@ -5,6 +5,7 @@ the machine does not decide the verdict; each run also records how much of the C
 meanwhile (`cpu_load`), which the verdict reports. `watch` runs a comparison in a thread and
 yields what it shows as it goes: each implementation waiting, running (what it does, how far) or done.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -76,6 +77,7 @@ def english_only_problem(model: str, options: DecodeOptions) -> str:
 
 # --- one request: the same audio through each chosen implementation ---------------------------
 
+
 @dataclass
 class Panel:
     """One implementation in the comparison: its state, its runs, and what its column shows."""
@@ -136,11 +138,21 @@ def rounds_for(audio_s: float, first_round_s: float) -> int:
     return MAX_ROUNDS if audio_s <= SHORT_CLIP_S and first_round_s <= ROUND_LIMIT_S else 1
 
 
-def run_comparison(audio, backends: list[str], model: str, device: str, options: DecodeOptions,
-                   transcriptions: Transcriptions, *, precision: str = "fp32", max_seconds: float | None = None,
-                   reference_text: str = "", out_dir: str | Path | None = None,
-                   detector: tuple[str, str] | None = None,
-                   on_change: Callable[[Comparison], None] | None = None) -> Comparison:
+def run_comparison(
+    audio,
+    backends: list[str],
+    model: str,
+    device: str,
+    options: DecodeOptions,
+    transcriptions: Transcriptions,
+    *,
+    precision: str = "fp32",
+    max_seconds: float | None = None,
+    reference_text: str = "",
+    out_dir: str | Path | None = None,
+    detector: tuple[str, str] | None = None,
+    on_change: Callable[[Comparison], None] | None = None,
+) -> Comparison:
     """Transcribe `audio` (a path, bytes or `(rate, samples)`) with each backend in `backends`,
     through `transcriptions` (shared by all visitors: there each transcription waits for its turn),
     each in `precision` where it has it on `device` (`backend_precision`); in rounds, each
@@ -187,17 +199,22 @@ def run_comparison(audio, backends: list[str], model: str, device: str, options:
                 _fill_panels(comparison, reference_text, out_dir, stem)
             notify(_snapshot(comparison))
         if comparison.round == 1:  # each first run's wall-clock or CPU seconds, whichever other programs inflated less
-            first = sum(min(p.runs[0].seconds, p.runs[0].cpu_s or p.runs[0].seconds)
-                        for p in panels.values() if p.runs)
+            first = sum(min(p.runs[0].seconds, p.runs[0].cpu_s or p.runs[0].seconds) for p in panels.values() if p.runs)
             comparison.rounds = rounds_for(comparison.audio_s, first)
     comparison.finished = True
     return comparison
 
 
-def _other_language(comparison: Comparison, samples, detector: tuple[str, str], transcriptions: Transcriptions,
-                    notify: Callable[[Comparison], None]) -> str:
+def _other_language(
+    comparison: Comparison,
+    samples,
+    detector: tuple[str, str],
+    transcriptions: Transcriptions,
+    notify: Callable[[Comparison], None],
+) -> str:
     """The refusal where the detector hears another language than English (`language_check`), else
     "", also where the check fails (the run goes on, as it would without a multilingual model)."""
+
     def say(fraction: float, what: str) -> None:
         comparison.checking = f"Listening for the language with {detector[1]} first: {what}"
         notify(_snapshot(comparison))
@@ -215,9 +232,17 @@ def _other_language(comparison: Comparison, samples, detector: tuple[str, str], 
     return other_language(comparison.model, heard)
 
 
-def _run_once(panel: Panel, samples, model: str, device: str, options: DecodeOptions,
-              transcriptions: Transcriptions, changed: Callable[[], None]) -> None:
+def _run_once(
+    panel: Panel,
+    samples,
+    model: str,
+    device: str,
+    options: DecodeOptions,
+    transcriptions: Transcriptions,
+    changed: Callable[[], None],
+) -> None:
     """One timed run of the panel's implementation, its state and progress kept in the panel."""
+
     def say(fraction: float, what: str) -> None:
         panel.fraction, panel.doing = fraction, what
         changed()
@@ -225,8 +250,9 @@ def _run_once(panel: Panel, samples, model: str, device: str, options: DecodeOpt
     panel.state, panel.fraction, panel.doing = "running", 0.0, "starting"
     changed()
     try:
-        done: Transcription = transcriptions.transcribe(samples, panel.backend, model, device, options,
-                                                        precision=panel.precision, progress=say)
+        done: Transcription = transcriptions.transcribe(
+            samples, panel.backend, model, device, options, precision=panel.precision, progress=say
+        )
         panel.runs.append(done)
         panel.state = "done"
     except Cancelled:
@@ -254,8 +280,14 @@ def _fill_panels(comparison: Comparison, reference_text: str, out_dir: Path, ste
             _fill_panel(panel, results.get(reference), reference, reference_text, out_dir, stem)
 
 
-def _fill_panel(panel: Panel, ref: TranscriptionResult | None, ref_backend: str | None, reference_text: str,
-                out_dir: Path, stem: str) -> None:
+def _fill_panel(
+    panel: Panel,
+    ref: TranscriptionResult | None,
+    ref_backend: str | None,
+    reference_text: str,
+    out_dir: Path,
+    stem: str,
+) -> None:
     r = panel.result
     panel.text = r.text.strip() or "(no speech detected)"
     panel.segments = "\n".join(_segment_line(s) for s in r.segments)
@@ -268,8 +300,10 @@ def _fill_panel(panel: Panel, ref: TranscriptionResult | None, ref_backend: str 
         parts.append(comparison_html("vs your reference text", reference_text, r.text))
     if r.close_calls:
         items = "".join(f"<li>{html.escape(str(call))}</li>" for call in r.close_calls)
-        parts.append(f"<p><b>Threshold decisions too close to call</b> (another implementation may decide "
-                     f"them the other way):</p><ul>{items}</ul>")
+        parts.append(
+            f"<p><b>Threshold decisions too close to call</b> (another implementation may decide "
+            f"them the other way):</p><ul>{items}</ul>"
+        )
     panel.diff_html = "".join(parts)
     if not panel.files:
         for ext, writer in (("txt", to_txt), ("srt", to_srt), ("vtt", to_vtt)):
@@ -278,8 +312,9 @@ def _fill_panel(panel: Panel, ref: TranscriptionResult | None, ref_backend: str 
             panel.files.append(str(path))
 
 
-def watch(run: Callable[[Callable[[Comparison], None]], Comparison],
-          poll_s: float = 0.5) -> Iterator[tuple[Comparison | None, float]]:
+def watch(
+    run: Callable[[Callable[[Comparison], None]], Comparison], poll_s: float = 0.5
+) -> Iterator[tuple[Comparison | None, float]]:
     """Call `run(on_change)` in a thread; yield (the latest comparison or None before the first,
     seconds since the start) at each change, at most every `poll_s` s, and every `poll_s` s in
     between, until the final comparison (whose `finished` is set, or which has a message). Closing

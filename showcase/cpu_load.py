@@ -5,6 +5,7 @@ busy on average: the busy time of the cores this process may use (/proc/stat, a 
 included) less this process's own CPU time. Other programs stretch a run's wall-clock time by
 chance; its CPU seconds count its own work, which is why the verdict rests on them when other
 programs were busy. Where /proc/stat is missing, the other programs are not measured (None)."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """The example clips the app offers (examples/, described in examples/README.md): the Compare tab's
 buttons and the Live tab's stand-ins for a microphone."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,6 +17,8 @@ EXAMPLES = (  # (clip in examples/, its button, the model it shows best, referen
 def example_rows(models: list[str], english: bool = False) -> list[tuple[str, str, str, str]]:
     """(clip path, button, model, reference text) for each clip in examples/ (with `english`, the
     English ones), with the default model where the clip's model is not installed."""
-    return [(str(EXAMPLES_DIR / name), button, model if model in models else models[0], text)
-            for name, button, model, text in EXAMPLES
-            if (EXAMPLES_DIR / name).is_file() and (model.endswith(".en") or not english)]
+    return [
+        (str(EXAMPLES_DIR / name), button, model if model in models else models[0], text)
+        for name, button, model, text in EXAMPLES
+        if (EXAMPLES_DIR / name).is_file() and (model.endswith(".en") or not english)
+    ]

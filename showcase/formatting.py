@@ -1,5 +1,6 @@
 """Text for people, shared by the tabs: an implementation's label and colour, load times, error
 messages without the server's paths."""
+
 from __future__ import annotations
 
 import html
@@ -15,8 +16,10 @@ def label(backend: str) -> str:
 
 def panel_title(backend: str, inner: str = "") -> str:
     """The head of an implementation's panel: its name over a rule in its colour, then `inner` (HTML)."""
-    return (f"<div class='panel-head' style='border-color:{color(backend)}'><span class='panel-name'>"
-            f"{html.escape(label(backend))}</span>{inner}</div>")
+    return (
+        f"<div class='panel-head' style='border-color:{color(backend)}'><span class='panel-name'>"
+        f"{html.escape(label(backend))}</span>{inner}</div>"
+    )
 
 
 def hide_paths(text: str) -> str:

@@ -4,6 +4,7 @@ nothing: the Compare tab first has a multilingual model (`detector_for`: base wh
 installed) say which language is spoken (`spoken_language`, through the page's `Transcriptions`,
 so it takes its turn), and refuses the run where it is another, naming the model that can
 transcribe it (`other_language`)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -34,11 +35,16 @@ def needs_check(model: str, options: DecodeOptions) -> bool:
     return model.endswith(".en") and options.language is None and options.task == "transcribe"
 
 
-def spoken_language(samples: np.ndarray, detector: tuple[str, str], device: str, transcriptions: Transcriptions,
-                    progress: Callable[[float, str], None] | None = None) -> TranscriptionResult:
+def spoken_language(
+    samples: np.ndarray,
+    detector: tuple[str, str],
+    device: str,
+    transcriptions: Transcriptions,
+    progress: Callable[[float, str], None] | None = None,
+) -> TranscriptionResult:
     """The detector's transcription of the first window: its `language` and `language_probability`."""
     backend, model = detector
-    head = samples[:int(CHECK_S * SAMPLE_RATE)]
+    head = samples[: int(CHECK_S * SAMPLE_RATE)]
     return transcriptions.transcribe(head, backend, model, device, CHECK_OPTIONS, progress=progress).result
 
 
@@ -47,6 +53,8 @@ def other_language(model: str, heard: TranscriptionResult) -> str:
     if heard.language == "en" or (heard.language_probability or 0.0) < SURE:
         return ""
     name = LANGUAGES.get(heard.language, heard.language).title()
-    return (f"⚠ This sounds like {name} ({100 * heard.language_probability:.0f} % sure, says {heard.model}). "
-            f"{model} knows English only: its transcripts would be made-up English, so nothing ran and there is no "
-            f"speed verdict. {heard.model} transcribes {name}: press the button below.")
+    return (
+        f"⚠ This sounds like {name} ({100 * heard.language_probability:.0f} % sure, says {heard.model}). "
+        f"{model} knows English only: its transcripts would be made-up English, so nothing ran and there is no "
+        f"speed verdict. {heard.model} transcribes {name}: press the button below."
+    )

@@ -6,6 +6,7 @@ A session runs its updates in a thread of its own. Each update waits for `min_ne
 arrived meanwhile, so a slow update makes the next one longer instead of letting chunks pile up,
 and an engine that is done early leaves the CPU to the others racing beside it.
 """
+
 from __future__ import annotations
 
 import html
@@ -47,9 +48,14 @@ class LiveSession:
     counts the wait for the load but not the chunk's way from the browser. `release`, if given, is
     called once when the stream ends (a service's session slot given back)."""
 
-    def __init__(self, load: Callable[[], object], lock: threading.Lock | None = None,
-                 clock: Callable[[], float] = time.monotonic, min_new_s: float = MIN_NEW_S,
-                 release: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        load: Callable[[], object],
+        lock: threading.Lock | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        min_new_s: float = MIN_NEW_S,
+        release: Callable[[], None] | None = None,
+    ):
         self._load, self._lock, self._clock, self._min_new_s = load, lock or threading.Lock(), clock, min_new_s
         self._release = release
         self._cond = threading.Condition()
@@ -129,8 +135,9 @@ class LiveSession:
             self.state = "listening"
             while True:
                 with self._cond:
-                    if not self._cond.wait_for(lambda: self._pending_s() >= self._min_new_s - PACE_SLACK_S
-                                               or self._stopped, IDLE_S):
+                    if not self._cond.wait_for(
+                        lambda: self._pending_s() >= self._min_new_s - PACE_SLACK_S or self._stopped, IDLE_S
+                    ):
                         self._stopped = True  # nothing for IDLE_S: the visitor left
                     audio = np.concatenate(self._pending) if self._pending else np.zeros(0, np.float32)
                     self._pending.clear()
@@ -156,8 +163,12 @@ class LiveSession:
                     self._commit(update.committed)
                     self.tentative = []
                     self.state = "stopped"
-                    log.info("live stream ended: %.1f s heard, %d updates, %d words committed", self.received_s,
-                             self.updates, len(self.committed))
+                    log.info(
+                        "live stream ended: %.1f s heard, %d updates, %d words committed",
+                        self.received_s,
+                        self.updates,
+                        len(self.committed),
+                    )
                     return
         except Exception as e:  # noqa: BLE001 - the visitor sees it in the tab
             log.exception("live stream failed")
@@ -183,8 +194,10 @@ class LiveSession:
         """The committed words, then the tentative tail in grey."""
         committed = html.escape("".join(w.text for w in self.committed).strip())
         tentative = html.escape("".join(w.text for w in self.tentative))
-        return (f"<div class='live-text'><span class='live-committed'>{committed}</span>"
-                f"<span class='live-tentative' style='{TENTATIVE_STYLE}'>{tentative}</span></div>")
+        return (
+            f"<div class='live-text'><span class='live-committed'>{committed}</span>"
+            f"<span class='live-tentative' style='{TENTATIVE_STYLE}'>{tentative}</span></div>"
+        )
 
     @property
     def share(self) -> float:
@@ -212,8 +225,11 @@ class LiveSession:
             if not self.pace():
                 parts.append(f"keeps up: {computing}")
             else:
-                parts.append(f"falls behind: {behind:.0f} s of speech waiting" if behind > CAUGHT_UP_S else
-                             f"falls behind: {computing}")
+                parts.append(
+                    f"falls behind: {behind:.0f} s of speech waiting"
+                    if behind > CAUGHT_UP_S
+                    else f"falls behind: {computing}"
+                )
         if self.latencies:
             parts.append(f"words final {statistics.median(self.latencies):.1f} s after they are said (median)")
         parts.append(f"{self.received_s:.0f} s heard")

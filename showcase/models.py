@@ -6,6 +6,7 @@ and the record of load times live.
 a status line for people while it loads (the first MAX compile takes minutes on a CPU) and the time
 each load took, kept beside MAX's compile cache for the next start.
 """
+
 from __future__ import annotations
 
 import json
@@ -97,6 +98,7 @@ class ModelCache:
 
     def warm_up(self, keys: list[tuple[str, str, str]], then: Callable[[], None] | None = None) -> threading.Thread:
         """Load (backend, model, device) for each key in a background thread, in order; then call `then`."""
+
         def run():
             for key in keys:
                 try:
@@ -170,10 +172,12 @@ class ModelCache:
         by_time: dict[str, list[str]] = {}  # backends that take as long, in the page's order
         for key in missing:
             by_time.setdefault(self.expected_load(*key), []).append(key[0])
-        parts = [f"{' and '.join(BACKENDS[b].label for b in names)} "
-                 f"{'compile' if all(BACKENDS[b].compiles for b in names) else 'load'}{'' if len(names) > 1 else 's'} "
-                 f"it ({seconds})"
-                 for seconds, names in by_time.items()]
+        parts = [
+            f"{' and '.join(BACKENDS[b].label for b in names)} "
+            f"{'compile' if all(BACKENDS[b].compiles for b in names) else 'load'}{'' if len(names) > 1 else 's'} "
+            f"it ({seconds})"
+            for seconds, names in by_time.items()
+        ]
         name = model if all(key[3] == "fp32" for key in missing) else f"{model} {precision}"
         return f"First run with **{name}**: " + "; ".join(parts) + "."
 
@@ -189,14 +193,19 @@ class ModelCache:
         loading = [key for key, (state, _) in states if state == "loading"]
         if loading:
             ready = _names(key for key, (state, _) in states if state != "loading")
-            waits = ", ".join(f"{_names([key])} once it has {'compiled' if BACKENDS[key[0]].compiles else 'loaded'} {key[1]} "
-                              f"({self.expected_load(*key)})" for key in loading)
+            waits = ", ".join(
+                f"{_names([key])} once it has {'compiled' if BACKENDS[key[0]].compiles else 'loaded'} {key[1]} "
+                f"({self.expected_load(*key)})"
+                for key in loading
+            )
             if ready:
                 return f"You can press Run now: {ready} answer{'' if ' and ' in ready else 's'} at once, {waits}."
             return f"Loading the models: press Run now and each answers as it is ready, {waits}."
         if any(state == "compiling" for _, (state, _) in states):
-            return ("ready: press Run. MAX also prepares long files, beams and the Live tab in the background for a "
-                    "few minutes; a run meanwhile says that it shared the CPU.")
+            return (
+                "ready: press Run. MAX also prepares long files, beams and the Live tab in the background for a "
+                "few minutes; a run meanwhile says that it shared the CPU."
+            )
         return ""
 
     def status(self) -> str:
@@ -207,15 +216,18 @@ class ModelCache:
         for (backend, model, device, precision), (state, info) in list(self._state.items()):
             name = f"{label(backend)} · {model} · {device} · {precision}"
             if state == "loading":
-                parts.append(f"{name}: {self.loading_text(backend, model, device, precision)}, "
-                             f"{time.monotonic() - info:.0f} s so far…")
+                parts.append(
+                    f"{name}: {self.loading_text(backend, model, device, precision)}, "
+                    f"{time.monotonic() - info:.0f} s so far…"
+                )
             elif state == "compiling":
-                parts.append(f"{name}: answers; compiling its other graphs (a long file's later windows, live "
-                             f"drafts, word timestamps, beams), {time.monotonic() - info:.0f} s so far…")
+                parts.append(
+                    f"{name}: answers; compiling its other graphs (a long file's later windows, live "
+                    f"drafts, word timestamps, beams), {time.monotonic() - info:.0f} s so far…"
+                )
             elif state == "ready":
                 parts.append(f"✓ {name} ({info})")
             else:
                 parts.append(f"✗ {name} failed: {info}")
         prefix = "**Loading** (each implementation answers as soon as it is ready): " if self.busy() else "**Models:** "
         return prefix + " · ".join(parts)
-

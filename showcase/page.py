@@ -3,6 +3,7 @@ style (`CSS`, carried inside the page so that `app.py` and the service's mount s
 Gradio's queue made quiet while idle (`quiet_queue`). `app.py` serves it with models loaded in its
 process; `serve --ui` mounts it over `showcase.remote.ServiceTranscriptions` through `mount_on_service`,
 which pyproject.toml declares as the entry point `maxwhisper.ui` (the service imports no app)."""
+
 from __future__ import annotations
 
 import html
@@ -88,8 +89,12 @@ def badge_html(text: str) -> str:
     return f"<span class='badge {kind}'>{html.escape(text)}</span>"
 
 
-def build_demo(transcriptions: Transcriptions, max_seconds: float = 600.0,
-               checks: checks_tab.ComponentChecks | None = None, choices: Choices | None = None) -> gr.Blocks:
+def build_demo(
+    transcriptions: Transcriptions,
+    max_seconds: float = 600.0,
+    checks: checks_tab.ComponentChecks | None = None,
+    choices: Choices | None = None,
+) -> gr.Blocks:
     """The page: a status badge over the five tabs. Its tabs transcribe only through `transcriptions`;
     `checks` (default: checks that wait for no transcription, as in the service's app) should share
     the turns of local transcriptions, as `app.main`'s do; `choices`
@@ -130,11 +135,14 @@ def build_demo(transcriptions: Transcriptions, max_seconds: float = 600.0,
         # sends a click's other listeners only after the run's own has ended
         for event in (compare_tab.message.change, checks_ui.again.click, checks_ui.tab.select):
             event(wake, outputs=timer, concurrency_limit=None, show_progress="hidden")
-        timer.tick(tick, outputs=[status, *checks_ui.view.outputs, timer], concurrency_limit=None,
-                   show_progress="hidden")
-        demo.load(lambda: (badge(), *(value for view in views for value in view.values())),
-                  outputs=[status, *(output for view in views for output in view.outputs)],
-                  concurrency_limit=None)
+        timer.tick(
+            tick, outputs=[status, *checks_ui.view.outputs, timer], concurrency_limit=None, show_progress="hidden"
+        )
+        demo.load(
+            lambda: (badge(), *(value for view in views for value in view.values())),
+            outputs=[status, *(output for view in views for output in view.outputs)],
+            concurrency_limit=None,
+        )
     return demo
 
 
@@ -159,7 +167,12 @@ def mount_on_service(api, ingress, key_accepted=None):
     demo = build_demo(ServiceTranscriptions(ingress), config.max_seconds, choices=choices)
     demo.queue(default_concurrency_limit=1, max_size=64)
     quiet_queue(demo)
-    login = {"auth": lambda user, key: key_accepted(key),
-             "auth_message": "This service needs an API key: any user name, the key as the password."} \
-        if key_accepted else {}
+    login = (
+        {
+            "auth": lambda user, key: key_accepted(key),
+            "auth_message": "This service needs an API key: any user name, the key as the password.",
+        }
+        if key_accepted
+        else {}
+    )
     return gr.mount_gradio_app(api, demo, path="/", allowed_paths=[str(EXAMPLES_DIR)], **login)

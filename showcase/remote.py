@@ -7,6 +7,7 @@ for one another.
 The service runs the (backend, model) pairs it was started with, on one device and precision;
 asking for another is a `MaxWhisperError` that says what it runs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,22 +37,41 @@ class ServiceTranscriptions:
         self.config = ingress.config
 
     def _handle(self, backend: str, model: str, device: str, precision: str):
-        if (backend, model) not in self.config.served.pairs or device != self.config.device \
-                or precision != self.config.precision:
+        if (
+            (backend, model) not in self.config.served.pairs
+            or device != self.config.device
+            or precision != self.config.precision
+        ):
             runs = ", ".join(f"{label(b)} {m}" for b, m in self.config.served.pairs)
-            raise MaxWhisperError(f"this service runs {runs} on {self.config.device} in {self.config.precision}, "
-                                  f"not {label(backend)} {model} on {device} in {precision}")
+            raise MaxWhisperError(
+                f"this service runs {runs} on {self.config.device} in {self.config.precision}, "
+                f"not {label(backend)} {model} on {device} in {precision}"
+            )
         up, waited = self.ingress.model_ready(backend, model)
         if not up:
-            raise MaxWhisperError(f"{label(backend)} {model} is still loading on the service ({waited:.0f} s so far; "
-                                  "MAX compiles its graphs the first time): try again shortly")
+            raise MaxWhisperError(
+                f"{label(backend)} {model} is still loading on the service ({waited:.0f} s so far; "
+                "MAX compiles its graphs the first time): try again shortly"
+            )
         return self.ingress.handles[(backend, model)]
 
-    def transcribe(self, samples: np.ndarray, backend: str, model: str, device: str, options: DecodeOptions, *,
-                   precision: str = "fp32", progress: ProgressCallback | None = None) -> Transcription:
+    def transcribe(
+        self,
+        samples: np.ndarray,
+        backend: str,
+        model: str,
+        device: str,
+        options: DecodeOptions,
+        *,
+        precision: str = "fp32",
+        progress: ProgressCallback | None = None,
+    ) -> Transcription:
         say = progress or (lambda fraction, what: None)
-        stream = self._handle(backend, model, device, precision).options(stream=True).transcribe_events.remote(
-            samples, options)
+        stream = (
+            self._handle(backend, model, device, precision)
+            .options(stream=True)
+            .transcribe_events.remote(samples, options)
+        )
         events: queue.Queue = queue.Queue()
 
         def read():  # the stream's events, into the queue, so that the caller can poll its visitor meanwhile
@@ -106,10 +126,14 @@ class ServiceTranscriptions:
         return (backend, model) in self.config.served.pairs and self.ingress.model_ready(backend, model)[0]
 
     def load_note(self, backends: list[str], model: str, device: str, precision: str = "fp32") -> str:
-        loading = [label(b) for b in backends if (b, model) in self.config.served.pairs
-                   and not self.ingress.model_ready(b, model)[0]]
-        return (f"On the service, {', '.join(loading)} with **{model}** still load: runs wait for them." if loading
-                else "")
+        loading = [
+            label(b)
+            for b in backends
+            if (b, model) in self.config.served.pairs and not self.ingress.model_ready(b, model)[0]
+        ]
+        return (
+            f"On the service, {', '.join(loading)} with **{model}** still load: runs wait for them." if loading else ""
+        )
 
     def status(self) -> str:
         parts = []
@@ -117,12 +141,18 @@ class ServiceTranscriptions:
             up, waited = self.ingress.model_ready(backend, model)
             name = f"{label(backend)} · {model} · {self.config.device}"
             parts.append(f"✓ {name}" if up else f"{name}: loading, {waited:.0f} s so far…")
-        return (f"**Service** ({self.config.replicas} replica(s) per model, MAX decoding up to "
-                f"{self.config.max_batch} requests together): " + " · ".join(parts))
+        return (
+            f"**Service** ({self.config.replicas} replica(s) per model, MAX decoding up to "
+            f"{self.config.max_batch} requests together): " + " · ".join(parts)
+        )
 
     def badge(self) -> str:
-        loading = [(waited, b, m) for b, m in self.config.served.pairs
-                   for up, waited in [self.ingress.model_ready(b, m)] if not up]
+        loading = [
+            (waited, b, m)
+            for b, m in self.config.served.pairs
+            for up, waited in [self.ingress.model_ready(b, m)]
+            if not up
+        ]
         state = "ready"
         if loading:
             waited, backend, model = max(loading)

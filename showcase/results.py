@@ -1,4 +1,5 @@
 """The committed benchmark results (`benchmarks/results/*.json`, written by `maxwhisper.bench`)."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,24 @@ from pathlib import Path
 from maxwhisper.bench.records import current_names
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"  # what the app shows
-BENCH_COLUMNS = ["audio", "audio_s", "backend", "model", "device", "precision", "total_s_median", "rtfx",
-                 "load_s", "compile_s", "features_s", "encode_s", "decode_s", "wer", "agreement",
-                 "tokens_identical_to_openai"]
+BENCH_COLUMNS = [
+    "audio",
+    "audio_s",
+    "backend",
+    "model",
+    "device",
+    "precision",
+    "total_s_median",
+    "rtfx",
+    "load_s",
+    "compile_s",
+    "features_s",
+    "encode_s",
+    "decode_s",
+    "wer",
+    "agreement",
+    "tokens_identical_to_openai",
+]
 
 
 @dataclass
@@ -29,11 +45,20 @@ def read_benchmark(path: Path) -> BenchmarkRun:
     {"machine": {...}, "versions": {...}, "options": {...}, "results": [{BENCH_COLUMNS...}, ...],
     "failures": [{"backend", "precision", "audio", "error"}, ...]}."""
     doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    rows = [{c: r.get(c) for c in BENCH_COLUMNS}
-            for r in map(current_names, [r for r in doc.get("results") or [] if isinstance(r, dict)])]
+    rows = [
+        {c: r.get(c) for c in BENCH_COLUMNS}
+        for r in map(current_names, [r for r in doc.get("results") or [] if isinstance(r, dict)])
+    ]
     failures = [f for f in doc.get("failures") or [] if isinstance(f, dict) and f.get("backend")]
-    return BenchmarkRun(Path(path).name, str(doc.get("created") or ""), doc.get("machine") or {},
-                        doc.get("versions") or {}, doc.get("options") or {}, rows, failures)
+    return BenchmarkRun(
+        Path(path).name,
+        str(doc.get("created") or ""),
+        doc.get("machine") or {},
+        doc.get("versions") or {},
+        doc.get("options") or {},
+        rows,
+        failures,
+    )
 
 
 def read_runs(directory: Path) -> tuple[list[BenchmarkRun], list[str]]:
@@ -50,8 +75,14 @@ def read_runs(directory: Path) -> tuple[list[BenchmarkRun], list[str]]:
 
 def _clip_rows(run: BenchmarkRun) -> tuple[str, list[dict]] | None:
     """The run's longest clip with a MAX row on the CPU, and its CPU rows with positive medians."""
-    rows = [r for r in run.rows if r["device"] == "cpu" and isinstance(r["total_s_median"], (int, float))
-            and r["total_s_median"] > 0 and isinstance(r["audio_s"], (int, float))]
+    rows = [
+        r
+        for r in run.rows
+        if r["device"] == "cpu"
+        and isinstance(r["total_s_median"], (int, float))
+        and r["total_s_median"] > 0
+        and isinstance(r["audio_s"], (int, float))
+    ]
     clips = {r["audio"]: r["audio_s"] for r in rows if r["backend"] == "max"}
     if not clips:
         return None
@@ -67,4 +98,3 @@ def reference_rows(runs: list[BenchmarkRun]) -> tuple[BenchmarkRun, str, list[di
         if found:
             return run, *found
     return None
-

@@ -5,6 +5,7 @@ and Live tabs get their transcriptions.
 loaded once and kept, comparisons taking turns), and another implementation, e.g. one that sends
 the work to a transcription service, can stand behind the same tabs. `page.build_demo` is given one.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,8 +60,17 @@ class Transcriptions(Protocol):
     precision the backend has on that device ("fp32" by default).
     """
 
-    def transcribe(self, samples: np.ndarray, backend: str, model: str, device: str, options: DecodeOptions, *,
-                   precision: str = "fp32", progress: ProgressCallback | None = None) -> Transcription:
+    def transcribe(
+        self,
+        samples: np.ndarray,
+        backend: str,
+        model: str,
+        device: str,
+        options: DecodeOptions,
+        *,
+        precision: str = "fp32",
+        progress: ProgressCallback | None = None,
+    ) -> Transcription:
         """One transcription of `samples` (float32 mono at 16 kHz, checked already: not empty, not
         silent) with `options`, as the Transcribe & compare tab runs it for a visitor.
 
@@ -138,8 +148,14 @@ class LocalTranscriptions:
     `create_warmed_up`); `record` keeps how long each load took (`ModelCache`); `meter()` is the
     context manager that measures each run's CPU seconds and the other programs' load (`OtherWork`)."""
 
-    def __init__(self, create: Callable = create_warmed_up, *, record: Path | None = None,
-                 turns: Turns | None = None, meter: Callable[[], OtherWork] = OtherWork):
+    def __init__(
+        self,
+        create: Callable = create_warmed_up,
+        *,
+        record: Path | None = None,
+        turns: Turns | None = None,
+        meter: Callable[[], OtherWork] = OtherWork,
+    ):
         self.meter = meter
         self.models = ModelCache(create, record=record)
         self.stream_models = ModelCache(create)
@@ -147,16 +163,28 @@ class LocalTranscriptions:
         self._stream_locks: dict[tuple[str, str, str], threading.Lock] = {}
         self._locks_lock = threading.Lock()
 
-    def transcribe(self, samples: np.ndarray, backend: str, model: str, device: str, options: DecodeOptions, *,
-                   precision: str = "fp32", progress: ProgressCallback | None = None) -> Transcription:
+    def transcribe(
+        self,
+        samples: np.ndarray,
+        backend: str,
+        model: str,
+        device: str,
+        options: DecodeOptions,
+        *,
+        precision: str = "fp32",
+        progress: ProgressCallback | None = None,
+    ) -> Transcription:
         say = progress or (lambda fraction, what: None)
         if not self.models.loaded(backend, model, device, precision):
             say(0.0, self.models.loading_text(backend, model, device, precision))
         transcriber = self.models.get(backend, model, device, precision)
 
         def waiting(ahead: int, activity: str) -> None:
-            say(0.0, f"waiting for its turn, {ahead} run{'s' if ahead > 1 else ''} ahead"
-                     + (f" ({activity})" if activity else ""))
+            say(
+                0.0,
+                f"waiting for its turn, {ahead} run{'s' if ahead > 1 else ''} ahead"
+                + (f" ({activity})" if activity else ""),
+            )
 
         def beside() -> str:  # the app's work outside the turns: asked at the start and the end of the transcription
             if self.models.busy() or self.stream_models.busy():
@@ -203,8 +231,10 @@ class LocalTranscriptions:
         if loading:
             return loading
         if self.stream_models.busy():
-            return ("ready: press Run. The Live tab's engines still load in the background; a run meanwhile says "
-                    "that it shared the CPU.")
+            return (
+                "ready: press Run. The Live tab's engines still load in the background; a run meanwhile says "
+                "that it shared the CPU."
+            )
         waiting = self.turns.waiting()
         return f"ready · {waiting} run{'s' if waiting > 1 else ''} waiting" if waiting else "ready"
 

@@ -1,4 +1,5 @@
 """The turns the comparisons' transcriptions take: one at a time, first come first served."""
+
 from __future__ import annotations
 
 import threading
@@ -61,4 +62,3 @@ class Turns:
             return ""
         waiting = self.waiting()
         return f"**Now running:** {self.activity or 'a transcription'}" + (f" · {waiting} waiting" if waiting else "")
-

@@ -8,6 +8,7 @@ work took, `cpu_load`) where other programs kept cores busy, as they stretch wal
 chance; none where the app's own work (a compile, the component checks) ran beside them, which
 inflates both. Implementations whose transcripts are not the same words get no speed verdict.
 """
+
 from __future__ import annotations
 
 import html
@@ -58,9 +59,12 @@ def fair_measure(panels: list[Panel], cores: int | None = None) -> Measure:
         return Measure("wall", "No other work held the CPU meanwhile." if quiet else "")
     cheapest = [p.cheapest for p in panels]
     if busy and all(cheapest) and not _app_work(cheapest):
-        return Measure("cpu", f"Other programs kept up to {max(busy):.1f} of {cores or '?'} cores busy during the "
-                              f"runs, which stretches wall-clock times by chance, so this verdict counts CPU time: "
-                              f"the processor seconds each run's own work took.")
+        return Measure(
+            "cpu",
+            f"Other programs kept up to {max(busy):.1f} of {cores or '?'} cores busy during the "
+            f"runs, which stretches wall-clock times by chance, so this verdict counts CPU time: "
+            f"the processor seconds each run's own work took.",
+        )
     app = _app_work(cheapest if all(cheapest) else fastest)
     if app:
         return Measure("", f"{app} ran in this app meanwhile and slowed the runs")
@@ -93,17 +97,22 @@ def _tokens(mx: Panel, others: list[Panel], mixed: bool) -> str:
     for p in others:
         if p.result.tokens != mx.result.tokens:
             errors = word_errors(p.result.text, mx.result.text)
-            words = "the same words" if not errors or not errors[0] else \
-                f"{errors[0]} word{'s differ' if errors[0] > 1 else ' differs'}"
+            words = (
+                "the same words"
+                if not errors or not errors[0]
+                else f"{errors[0]} word{'s differ' if errors[0] > 1 else ' differs'}"
+            )
             parts.append(f"other tokens than {short_name(p.backend, p.precision, mixed)} ({words})")
     return "; ".join(parts)
 
 
 def _listed(panels: list[Panel], mixed: bool) -> str:
     """'MAX 0.39 s (0.9 CPU s), openai-whisper ...': each one's fastest wall-clock time and cheapest CPU time."""
+
     def one(p: Panel) -> str:
         cpu = f" ({p.cheapest.cpu_s:.2f} CPU s)" if p.cheapest else ""
         return f"{short_name(p.backend, p.precision, mixed)} {p.best.seconds:.2f} s{cpu}"
+
     return ", ".join(one(p) for p in panels)
 
 
@@ -134,8 +143,10 @@ def verdict_html(comparison: Comparison, cores: int | None = None) -> str:
     measure = fair_measure(done, cores)
     clip = f"on this {comparison.audio_s:.1f} s clip"
     if not measure.kind:
-        return (f"<div class='verdict'>No fair verdict this time: {measure.why}.</div>"
-                f"<p class='note'>Run again for a fair ratio. {tokens} Times ({what}): {_listed(done, mixed)}.</p>")
+        return (
+            f"<div class='verdict'>No fair verdict this time: {measure.why}.</div>"
+            f"<p class='note'>Run again for a fair ratio. {tokens} Times ({what}): {_listed(done, mixed)}.</p>"
+        )
     compared, apart = [], []
     for p in others:
         same, differ = _same_words(mx, p)
@@ -154,8 +165,7 @@ def verdict_html(comparison: Comparison, cores: int | None = None) -> str:
     if apart:
         headline += f" No speed verdict against {' and '.join(apart)}: they did not transcribe the same words."
     times = f"Times: {what}, models already loaded: {_listed(done, mixed)}."
-    return (f"<div class='verdict'>{_sentence(headline)}</div>"
-            f"<p class='note'>{tokens} {measure.why} {times}</p>")
+    return f"<div class='verdict'>{_sentence(headline)}</div><p class='note'>{tokens} {measure.why} {times}</p>"
 
 
 def benchmark_note(directory: Path) -> str:
@@ -167,6 +177,8 @@ def benchmark_note(directory: Path) -> str:
         return ""
     run, clip = found[0], found[1]
     times = ", ".join(f"{short_name(r['backend'])} {r['total_s_median']:.2f} s" for r in rows)
-    return (f"For reference, the committed benchmark on a {rows[0]['audio_s']:.0f} s clip ({html.escape(clip)}) took "
-            f"{times} (fp32 medians on {html.escape(str(run.machine.get('cpu', 'a CPU')))}, "
-            f"{run.machine.get('cores', '?')} cores; the Benchmarks tab has them all).")
+    return (
+        f"For reference, the committed benchmark on a {rows[0]['audio_s']:.0f} s clip ({html.escape(clip)}) took "
+        f"{times} (fp32 medians on {html.escape(str(run.machine.get('cpu', 'a CPU')))}, "
+        f"{run.machine.get('cores', '?')} cores; the Benchmarks tab has them all)."
+    )

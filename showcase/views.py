@@ -1,5 +1,6 @@
 """`View`: what a tab hands the page to refresh for it (when a visitor opens the page, or on the
 page's timer while work runs)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

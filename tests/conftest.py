@@ -1,5 +1,6 @@
 """Session fixtures shared by the decoding tests: tiny.en weights, openai-whisper's PyTorch model
 built from them (once per session: building and loading costs seconds), and the test audio."""
+
 from __future__ import annotations
 
 import os
@@ -57,9 +58,11 @@ def max_tiny_en_bf16():
 def each_plan(fixture: str):
     """A fixture giving the session's `fixture` (the CPU kernels' plan) and `{fixture}_portable` in
     turn: the token-equality tests run on both execution plans."""
+
     @pytest.fixture(params=["cpu-kernels", "portable"])
     def either(request):
         return request.getfixturevalue(fixture if request.param == "cpu-kernels" else f"{fixture}_portable")
+
     return either
 
 
@@ -120,8 +123,18 @@ def lecture_60s_audio() -> np.ndarray:
 # a name that matches no test of its file fails the run, so that the subset does not rot unseen.
 # Slow fixtures (a compile of another plan or precision, a torch model, Ray, the app's real models)
 # keep a test of a listed file out.
-SLOW_FIXTURES = {"max_tiny_en_portable", "max_tiny_en_each_plan", "max_tiny_en_int8", "max_tiny_en_bf16",
-                 "torch_tiny_en", "ray_local", "app_transcriptions", "jfk_run", "lecture_audio", "lecture_60s_audio"}
+SLOW_FIXTURES = {
+    "max_tiny_en_portable",
+    "max_tiny_en_each_plan",
+    "max_tiny_en_int8",
+    "max_tiny_en_bf16",
+    "torch_tiny_en",
+    "ray_local",
+    "app_transcriptions",
+    "jfk_run",
+    "lecture_audio",
+    "lecture_60s_audio",
+}
 QUICK_FILES = {  # file: the tests of it left out (the rest are in)
     "test_api.py": (),
     "test_app.py": (),
@@ -129,9 +142,17 @@ QUICK_FILES = {  # file: the tests of it left out (the rest are in)
     "test_audio.py": (),
     "test_bench.py": ("test_quick_end_to_end", "test_streaming_end_to_end"),
     "test_checkpoint.py": (),
-    "test_cli.py": ("test_openai_json_two_files", "test_faster_", "test_batch_size_", "test_compare_table_",
-                    "test_gpu_compile_", "test_unsupported_precision_and_device", "test_no_kernels_prints_",
-                    "test_a_token_beyond_the_loaded_model", "test_bad_flag_values"),
+    "test_cli.py": (
+        "test_openai_json_two_files",
+        "test_faster_",
+        "test_batch_size_",
+        "test_compare_table_",
+        "test_gpu_compile_",
+        "test_unsupported_precision_and_device",
+        "test_no_kernels_prints_",
+        "test_a_token_beyond_the_loaded_model",
+        "test_bad_flag_values",
+    ),
     "test_decoding.py": (),
     "test_gpu_path.py": (),
     "test_packaging.py": (),
@@ -142,17 +163,35 @@ QUICK_FILES = {  # file: the tests of it left out (the rest are in)
     "test_tokenizer.py": (),
 }
 QUICK_PICKS = {  # file: the only tests of it in
-    "test_baselines.py": ("test_manifest_reference_", "test_openai_precision_and_device_errors",
-                          "test_faster_precision_and_device_errors", "test_the_cuda_12_library_check_",
-                          "test_faster_refuses_a_pt_checkpoint", "test_registry_builds_both"),
-    "test_bulk.py": ("test_folders_are_searched_", "test_bad_inputs_are_refused_", "test_the_table_drops_",
-                     "test_progress_is_a_bar_", "test_max_workers_transcribe_several_files_",
-                     "test_an_unknown_model_is_refused_before_ray_starts", "test_an_output_that_cannot_be_a_folder"),
-    "test_max_model.py": ("test_greedy_tokens_equal_on_jfk_without_timestamps", "test_few_row_attention_is_used_only_",
-                          "test_few_row_linear_is_used_only_", "test_int8_quantization_is_per_output_channel",
-                          "test_kernel_library_copies_the_shipped_package"),
-    "test_service.py": ("test_replicas_that_ray_has_no_room_for_", "test_audio_and_options_are_refused_as_the_",
-                        "test_a_replica_warms_up_"),
+    "test_baselines.py": (
+        "test_manifest_reference_",
+        "test_openai_precision_and_device_errors",
+        "test_faster_precision_and_device_errors",
+        "test_the_cuda_12_library_check_",
+        "test_faster_refuses_a_pt_checkpoint",
+        "test_registry_builds_both",
+    ),
+    "test_bulk.py": (
+        "test_folders_are_searched_",
+        "test_bad_inputs_are_refused_",
+        "test_the_table_drops_",
+        "test_progress_is_a_bar_",
+        "test_max_workers_transcribe_several_files_",
+        "test_an_unknown_model_is_refused_before_ray_starts",
+        "test_an_output_that_cannot_be_a_folder",
+    ),
+    "test_max_model.py": (
+        "test_greedy_tokens_equal_on_jfk_without_timestamps",
+        "test_few_row_attention_is_used_only_",
+        "test_few_row_linear_is_used_only_",
+        "test_int8_quantization_is_per_output_channel",
+        "test_kernel_library_copies_the_shipped_package",
+    ),
+    "test_service.py": (
+        "test_replicas_that_ray_has_no_room_for_",
+        "test_audio_and_options_are_refused_as_the_",
+        "test_a_replica_warms_up_",
+    ),
     "test_warm.py": ("test_warm_refuses_", "test_a_cpu_level_answers_"),
 }
 

@@ -1,4 +1,5 @@
 """A transcriber that hears a script instead of audio, for the streaming tests."""
+
 from __future__ import annotations
 
 from maxwhisper.api import SAMPLE_RATE, DecodeOptions, Segment, Timings, TranscriptionResult, Word
@@ -22,8 +23,18 @@ class ScriptedTranscriber:
         heard = [(i, w) for i, w in enumerate(self.script) if i * 0.5 >= offset - 1e-6 and (i + 1) * 0.5 <= offset + n]
         ws = tuple(Word(i * 0.5 - offset, (i + 1) * 0.5 - offset, " " + w, 0.9) for i, w in heard)
         segments = [Segment(0, 0, ws[0].start, ws[-1].end, "".join(w.word for w in ws), (), words=ws)] if ws else []
-        return TranscriptionResult("".join(w.word for w in ws), segments, "en", "scripted", "none", "cpu", "fp32", n,
-                                   Timings(total_s=0.4), options)
+        return TranscriptionResult(
+            "".join(w.word for w in ws),
+            segments,
+            "en",
+            "scripted",
+            "none",
+            "cpu",
+            "fp32",
+            n,
+            Timings(total_s=0.4),
+            options,
+        )
 
 
 class TurnScriptedTranscriber:
@@ -44,5 +55,15 @@ class TurnScriptedTranscriber:
         n = len(audio) / SAMPLE_RATE
         ws = tuple(Word(i * 0.5, (i + 1) * 0.5, " " + w, 0.9) for i, w in enumerate(self.script) if (i + 1) * 0.5 <= n)
         segments = [Segment(0, 0, 0.0, ws[-1].end, "".join(w.word for w in ws), (), words=ws)] if ws else []
-        return TranscriptionResult("".join(w.word for w in ws), segments, "en", "scripted", "none", "cpu", "fp32", n,
-                                   Timings(total_s=0.01), options)
+        return TranscriptionResult(
+            "".join(w.word for w in ws),
+            segments,
+            "en",
+            "scripted",
+            "none",
+            "cpu",
+            "fp32",
+            n,
+            Timings(total_s=0.01),
+            options,
+        )

@@ -3,6 +3,7 @@
 The real run loads the three tiny.en transcribers once per session (MAX: ~6 s from the compile
 cache, minutes cold); the error paths use fakes and load nothing.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,9 +55,18 @@ def app_transcriptions() -> LocalTranscriptions:
 def jfk_run(app_transcriptions, tmp_path_factory):
     snapshots = []
     comparison = run_comparison(
-        str(AUDIO / "jfk.flac"), list(BACKENDS), "tiny.en", "cpu", DecodeOptions(), app_transcriptions, max_seconds=600,
+        str(AUDIO / "jfk.flac"),
+        list(BACKENDS),
+        "tiny.en",
+        "cpu",
+        DecodeOptions(),
+        app_transcriptions,
+        max_seconds=600,
         reference_text="And so, my fellow Americans: ask not what your country can do for you.",
-        detector=("faster", "base"), on_change=snapshots.append, out_dir=tmp_path_factory.mktemp("out"))
+        detector=("faster", "base"),
+        on_change=snapshots.append,
+        out_dir=tmp_path_factory.mktemp("out"),
+    )
     return comparison, snapshots
 
 
@@ -79,17 +89,31 @@ def test_three_transcripts_of_jfk(jfk_run):
     assert verdict.startswith(f"<div class='verdict'>{lead}"), verdict
     assert ("on this 11.0 s clip" in verdict) == bool(measure.kind)
     assert "Identical tokens to openai-whisper and faster-whisper." in verdict
-    assert ("one run of each" if comparison.rounds == 1 else
-            f"best of {comparison.rounds} runs of each, taken in turns") in verdict
+    assert (
+        "one run of each" if comparison.rounds == 1 else f"best of {comparison.rounds} runs of each, taken in turns"
+    ) in verdict
     assert all(run.cpu_s > 0 for p in comparison.panels.values() for run in p.runs)  # each run's CPU seconds
     assert "MAX" in time_bars(comparison) and "load " in stage_bars(comparison)
 
 
 def test_word_timestamps_and_prompt_reach_the_panels(app_transcriptions, tmp_path):
-    options = DecodeOptions(word_timestamps=True, initial_prompt="President Kennedy's inaugural address.",
-                            condition_on_previous_text=False, hallucination_silence_threshold=2.0)
-    comparison = run_comparison(str(AUDIO / "jfk.flac"), ["max", "openai"], "tiny.en", "cpu", options,
-                                app_transcriptions, max_seconds=600, reference_text="", out_dir=tmp_path)
+    options = DecodeOptions(
+        word_timestamps=True,
+        initial_prompt="President Kennedy's inaugural address.",
+        condition_on_previous_text=False,
+        hallucination_silence_threshold=2.0,
+    )
+    comparison = run_comparison(
+        str(AUDIO / "jfk.flac"),
+        ["max", "openai"],
+        "tiny.en",
+        "cpu",
+        options,
+        app_transcriptions,
+        max_seconds=600,
+        reference_text="",
+        out_dir=tmp_path,
+    )
     max_panel, openai_panel = comparison.panels["max"], comparison.panels["openai"]
     assert max_panel.error is None and openai_panel.error is None
     assert re.search(r"Americans,?@\d+\.\d\ds\(0\.\d\d\)", max_panel.segments), max_panel.segments
@@ -118,8 +142,11 @@ def test_each_panel_shows_its_runs_as_they_go(jfk_run):
     """After the language check, each implementation waits, runs (its progress going forward within
     a run) and is done, one at a time, in turns: MAX, openai-whisper, faster-whisper, then again."""
     comparison, snapshots = jfk_run
-    running = [next(b for b, p in s.panels.items() if p.state == "running") for s in snapshots
-               if any(p.state == "running" for p in s.panels.values())]
+    running = [
+        next(b for b, p in s.panels.items() if p.state == "running")
+        for s in snapshots
+        if any(p.state == "running" for p in s.panels.values())
+    ]
     turns = [b for i, b in enumerate(running) if i == 0 or running[i - 1] != b]
     assert turns == list(BACKENDS) * comparison.rounds
     # the language check first (an English-only model), every panel waiting; then MAX runs first
@@ -128,8 +155,11 @@ def test_each_panel_shows_its_runs_as_they_go(jfk_run):
     first = next(s for s in snapshots if not s.checking)
     assert first.panels["max"].state == "running" and first.panels["faster"].state == "waiting"
     for backend in BACKENDS:
-        run = [(len(s.panels[backend].runs), s.panels[backend].fraction, s.panels[backend].doing) for s in snapshots
-               if s.panels[backend].state == "running"]
+        run = [
+            (len(s.panels[backend].runs), s.panels[backend].fraction, s.panels[backend].doing)
+            for s in snapshots
+            if s.panels[backend].state == "running"
+        ]
         for count in {n for n, _, _ in run}:
             fractions = [f for n, f, _ in run if n == count]
             assert fractions == sorted(fractions)
@@ -180,8 +210,12 @@ def test_component_checks_wait_for_transcriptions(app_transcriptions):
 
 def test_component_checks_start_once_when_the_tab_opens(app_transcriptions):
     """Opening the tab starts the checks the first time only; the button runs them again."""
-    checks = ComponentChecks(Turns(), create=lambda backend, model, device, precision:
-                             app_transcriptions.models.get(backend, model, device, precision))
+    checks = ComponentChecks(
+        Turns(),
+        create=lambda backend, model, device, precision: app_transcriptions.models.get(
+            backend, model, device, precision
+        ),
+    )
     assert checks.message == "The checks start when this tab is first opened."
     checks.start_once("tiny.en", "cpu", ("encoder",))
     first = checks._thread
@@ -193,6 +227,7 @@ def test_component_checks_start_once_when_the_tab_opens(app_transcriptions):
 
 
 # --- input errors and failures: fakes, nothing loaded -----------------------------------------
+
 
 class FakeTranscriber:
     """Hears `text` in 0.2 s, or in each of `times` in turn (the last again once they run out)."""
@@ -209,9 +244,19 @@ class FakeTranscriber:
         if total_s is None:
             total_s = self.times.pop(0) if len(self.times) > 1 else self.times[0]
         seg = Segment(0, 0, 0.0, 1.0, " " + self.text, tokens or self.tokens)
-        return TranscriptionResult(self.text, [seg], "en", self.backend, "fake", "cpu", self.precision,
-                                   len(audio) / 16000, Timings(0.5, 0.0, None, 0.1, None, total_s), options,
-                                   close_calls=self.close_calls)
+        return TranscriptionResult(
+            self.text,
+            [seg],
+            "en",
+            self.backend,
+            "fake",
+            "cpu",
+            self.precision,
+            len(audio) / 16000,
+            Timings(0.5, 0.0, None, 0.1, None, total_s),
+            options,
+            close_calls=self.close_calls,
+        )
 
 
 class Quiet:
@@ -242,22 +287,35 @@ def corrupt_file(tmp_path):
     return str(path)
 
 
-@pytest.mark.parametrize("audio, max_seconds, expected", [
-    (None, None, "no audio was given"),
-    (b"", None, "empty"),
-    ((16000, np.zeros(0, np.int16)), None, "no samples"),
-    ((16000, np.zeros(16000, np.int16)), None, "silent"),
-    (corrupt_file, None, "cannot read"),
-    ((16000, np.full(3 * 16000, 1000, np.int16)), 2.0, "3.0 s long, more than the 2 s limit"),
-    (str(AUDIO / "jfk.flac"), 5.0, "more than the 5 s limit"),
-    ((16000, np.full(1, 1000, np.int16)), None, "0.00 s long, too short to hold speech"),
-    (lambda tmp_path: str((tmp_path / "empty.wav").touch() or tmp_path / "empty.wav"), None,
-     "audio file is empty (0 bytes)"),
-])
+@pytest.mark.parametrize(
+    "audio, max_seconds, expected",
+    [
+        (None, None, "no audio was given"),
+        (b"", None, "empty"),
+        ((16000, np.zeros(0, np.int16)), None, "no samples"),
+        ((16000, np.zeros(16000, np.int16)), None, "silent"),
+        (corrupt_file, None, "cannot read"),
+        ((16000, np.full(3 * 16000, 1000, np.int16)), 2.0, "3.0 s long, more than the 2 s limit"),
+        (str(AUDIO / "jfk.flac"), 5.0, "more than the 5 s limit"),
+        ((16000, np.full(1, 1000, np.int16)), None, "0.00 s long, too short to hold speech"),
+        (
+            lambda tmp_path: str((tmp_path / "empty.wav").touch() or tmp_path / "empty.wav"),
+            None,
+            "audio file is empty (0 bytes)",
+        ),
+    ],
+)
 def test_bad_audio_is_a_message_not_an_exception(audio, max_seconds, expected, tmp_path):
     audio = audio(tmp_path) if callable(audio) else audio
-    comparison = run_comparison(audio, list(BACKENDS), "tiny.en", "cpu", DecodeOptions(),
-                                LocalTranscriptions(no_loading), max_seconds=max_seconds)
+    comparison = run_comparison(
+        audio,
+        list(BACKENDS),
+        "tiny.en",
+        "cpu",
+        DecodeOptions(),
+        LocalTranscriptions(no_loading),
+        max_seconds=max_seconds,
+    )
     assert comparison.message.startswith("⚠ Cannot use this audio:")
     assert expected in comparison.message and str(tmp_path) not in comparison.message
     assert comparison.panels == {} and compare.message_text(comparison, 0.1) == comparison.message
@@ -273,10 +331,13 @@ def test_no_implementation_chosen():
     assert "at least one implementation" in comparison.message
 
 
-@pytest.mark.parametrize("options, expected", [
-    (DecodeOptions(task="translate"), "tiny.en is English-only: it transcribes English and cannot translate"),
-    (DecodeOptions(language="de"), "tiny.en is English-only: it cannot transcribe 'de'"),
-])
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        (DecodeOptions(task="translate"), "tiny.en is English-only: it transcribes English and cannot translate"),
+        (DecodeOptions(language="de"), "tiny.en is English-only: it cannot transcribe 'de'"),
+    ],
+)
 def test_an_english_only_model_is_refused_what_it_cannot_do(options, expected):
     """MAX refuses to translate with tiny.en where the others would quietly transcribe English: the
     comparison refuses it for all of them, before any model loads."""
@@ -299,11 +360,22 @@ def test_an_english_only_model_refuses_another_language_it_hears():
     german = str(examples.EXAMPLES_DIR / "german.flac")
     assert examples.EXAMPLES_DIR.joinpath("german.flac").is_file()
     snapshots = []
-    comparison = run_comparison(german, list(BACKENDS), "tiny.en", "cpu", DecodeOptions(), LocalTranscriptions(create),
-                                detector=("faster", "base"), on_change=snapshots.append)
-    assert re.fullmatch(r"⚠ This sounds like German \(\d+ % sure, says base\)\. tiny\.en knows English only: its "
-                        r"transcripts would be made-up English, so nothing ran and there is no speed verdict\. base "
-                        r"transcribes German: press the button below\.", comparison.message), comparison.message
+    comparison = run_comparison(
+        german,
+        list(BACKENDS),
+        "tiny.en",
+        "cpu",
+        DecodeOptions(),
+        LocalTranscriptions(create),
+        detector=("faster", "base"),
+        on_change=snapshots.append,
+    )
+    assert re.fullmatch(
+        r"⚠ This sounds like German \(\d+ % sure, says base\)\. tiny\.en knows English only: its "
+        r"transcripts would be made-up English, so nothing ran and there is no speed verdict\. base "
+        r"transcribes German: press the button below\.",
+        comparison.message,
+    ), comparison.message
     assert comparison.suggestion == "base" and comparison.panels == {} and loaded == ["base"]
     assert snapshots and snapshots[0].checking.startswith("Listening for the language with base first")
     assert compare.message_text(snapshots[0], 2.0).endswith(" · 2 s")
@@ -315,35 +387,62 @@ def test_an_unsure_or_failed_language_check_lets_the_run_go_on(heard, tmp_path):
     detector = FakeTranscriber("faster", error=RuntimeError("no memory") if heard == "error" else None)
     if heard != "error":
         detector.transcribe = lambda audio, options, progress=None: dataclasses.replace(
-            FakeTranscriber("faster").transcribe(audio), language="de", language_probability=0.3)
+            FakeTranscriber("faster").transcribe(audio), language="de", language_probability=0.3
+        )
     fakes = {"max": FakeTranscriber("max"), "openai": FakeTranscriber("openai"), "faster": detector}
-    transcriptions = LocalTranscriptions(lambda backend, model, **kw: fakes[backend] if model == "tiny.en" or
-                                         backend == "faster" else no_loading(), meter=Quiet)
-    comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), ["max", "openai"], "tiny.en", "cpu",
-                                DecodeOptions(), transcriptions, detector=("faster", "base"), out_dir=tmp_path)
+    transcriptions = LocalTranscriptions(
+        lambda backend, model, **kw: fakes[backend] if model == "tiny.en" or backend == "faster" else no_loading(),
+        meter=Quiet,
+    )
+    comparison = run_comparison(
+        (16000, np.full(16000, 1000, np.int16)),
+        ["max", "openai"],
+        "tiny.en",
+        "cpu",
+        DecodeOptions(),
+        transcriptions,
+        detector=("faster", "base"),
+        out_dir=tmp_path,
+    )
     assert comparison.message == "" and comparison.finished and comparison.panels["max"].text == "hello world"
 
 
 def test_a_close_threshold_decision_is_shown(tmp_path):
-    call = CloseCall(start=30.0, temperature=0.0, quantity="avg_logprob", value=-1.0001, threshold=-1.0,
-                     tolerance=4e-4, decision="fell back to the next temperature")
+    call = CloseCall(
+        start=30.0,
+        temperature=0.0,
+        quantity="avg_logprob",
+        value=-1.0001,
+        threshold=-1.0,
+        tolerance=4e-4,
+        decision="fell back to the next temperature",
+    )
     fakes = {"max": FakeTranscriber("max", close_calls=(call,)), "openai": FakeTranscriber("openai")}
-    comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), ["max", "openai"], "fake", "cpu",
-                                DecodeOptions(), fakes_in_turns(fakes),
-                                out_dir=tmp_path)
+    comparison = run_comparison(
+        (16000, np.full(16000, 1000, np.int16)),
+        ["max", "openai"],
+        "fake",
+        "cpu",
+        DecodeOptions(),
+        fakes_in_turns(fakes),
+        out_dir=tmp_path,
+    )
     shown = comparison.panels["max"].diff_html
     assert "too close to call" in shown and "window at 30.00 s" in shown and "logprob_threshold -1" in shown
     assert "too close to call" not in comparison.panels["openai"].diff_html
 
 
 def test_one_failing_implementation_does_not_hide_the_others(tmp_path):
-    fakes = {"max": FakeTranscriber("max", error=RuntimeError("kernel exploded")),
-             "openai": FakeTranscriber("openai", "hello world"),
-             "faster": FakeTranscriber("faster", "hello word", tokens=(1, 3))}
+    fakes = {
+        "max": FakeTranscriber("max", error=RuntimeError("kernel exploded")),
+        "openai": FakeTranscriber("openai", "hello world"),
+        "faster": FakeTranscriber("faster", "hello word", tokens=(1, 3)),
+    }
     transcriptions = fakes_in_turns(fakes)
     audio = (16000, np.full(16000, 1000, np.int16))
-    comparison = run_comparison(audio, ["faster", "max", "openai"], "fake", "cpu", DecodeOptions(), transcriptions,
-                                out_dir=tmp_path)
+    comparison = run_comparison(
+        audio, ["faster", "max", "openai"], "fake", "cpu", DecodeOptions(), transcriptions, out_dir=tmp_path
+    )
     panels = comparison.panels
     assert list(panels) == ["max", "openai", "faster"]  # shown in the registry's order
     assert panels["max"].error == "RuntimeError: kernel exploded" and panels["max"].state == "failed"
@@ -364,10 +463,21 @@ def test_loaded_implementations_answer_first_and_show_before_the_rest(tmp_path):
     for backend in ("openai", "faster"):
         transcriptions.models.get(backend, "fake", "cpu")
     snapshots = []
-    comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), list(BACKENDS), "fake", "cpu",
-                                DecodeOptions(), transcriptions, out_dir=tmp_path, on_change=snapshots.append)
-    started = [next(b for b, p in s.panels.items() if p.state == "running") for s in snapshots
-               if any(p.state == "running" for p in s.panels.values())]
+    comparison = run_comparison(
+        (16000, np.full(16000, 1000, np.int16)),
+        list(BACKENDS),
+        "fake",
+        "cpu",
+        DecodeOptions(),
+        transcriptions,
+        out_dir=tmp_path,
+        on_change=snapshots.append,
+    )
+    started = [
+        next(b for b, p in s.panels.items() if p.state == "running")
+        for s in snapshots
+        if any(p.state == "running" for p in s.panels.values())
+    ]
     assert list(dict.fromkeys(started)) == ["openai", "faster", "max"]
     compiling = "compiling the MAX graphs for fake on cpu (seconds, or minutes the first time on a CPU)"
     assert any(s.panels["max"].doing == compiling for s in snapshots)
@@ -381,37 +491,67 @@ def test_short_clips_are_timed_in_rounds_and_the_best_time_counts(tmp_path):
     """A burst of other work slows one of MAX's runs: its best time still counts, and the verdict says
     what the numbers are."""
     fakes = {"max": FakeTranscriber("max", times=(0.9, 0.2, 0.25)), "openai": FakeTranscriber("openai", times=(0.5,))}
-    comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), ["max", "openai"], "fake", "cpu",
-                                DecodeOptions(), fakes_in_turns(fakes),
-                                out_dir=tmp_path)
+    comparison = run_comparison(
+        (16000, np.full(16000, 1000, np.int16)),
+        ["max", "openai"],
+        "fake",
+        "cpu",
+        DecodeOptions(),
+        fakes_in_turns(fakes),
+        out_dir=tmp_path,
+    )
     assert comparison.rounds == 3 and [r.seconds for r in comparison.panels["max"].runs] == [0.9, 0.2, 0.25]
     assert comparison.panels["max"].best.seconds == 0.2
     verdict = verdict_html(comparison, 2)
     assert "MAX was <b>2.5× faster</b> than openai-whisper on this 1.0 s clip." in verdict
-    assert "Times: best of 3 runs of each, taken in turns, models already loaded: MAX 0.20 s, openai-whisper " \
-           "0.50 s." in verdict
+    assert (
+        "Times: best of 3 runs of each, taken in turns, models already loaded: MAX 0.20 s, openai-whisper "
+        "0.50 s." in verdict
+    )
     assert "best of 3 runs" in time_bars(comparison) and "0.20 s" in time_bars(comparison)
     assert rounds_for(11.0, 1.6) == 3 and rounds_for(43.0, 5.0) == 1 and rounds_for(30.0, 12.0) == 1
     fakes = {b: FakeTranscriber(b) for b in ("max", "openai")}
-    long = run_comparison((16000, np.full(40 * 16000, 1000, np.int16)), ["max", "openai"], "fake", "cpu",
-                          DecodeOptions(), fakes_in_turns(fakes), out_dir=tmp_path,
-                          reference_text=None)  # a textbox the browser has not shown yet gives None
+    long = run_comparison(
+        (16000, np.full(40 * 16000, 1000, np.int16)),
+        ["max", "openai"],
+        "fake",
+        "cpu",
+        DecodeOptions(),
+        fakes_in_turns(fakes),
+        out_dir=tmp_path,
+        reference_text=None,
+    )  # a textbox the browser has not shown yet gives None
     assert long.rounds == 1 and "Times: one run of each, models already loaded: " in verdict_html(long, 2)
 
 
 def test_verdict_says_how_many_times_faster_and_whether_tokens_match(tmp_path):
     said = "ask not what your country can do for you ask what you can do"  # one word in 13 differs: the same words
-    fakes = {"max": FakeTranscriber("max", said, times=(0.5,)), "openai": FakeTranscriber("openai", said, times=(4.0,)),
-             "faster": FakeTranscriber("faster", said.replace("ask what", "ask that"), times=(0.4,), tokens=(1, 3))}
-    comparison = run_comparison((16000, np.full(10 * 16000, 1000, np.int16)), list(BACKENDS), "fake", "cpu",
-                                DecodeOptions(), fakes_in_turns(fakes),
-                                out_dir=tmp_path)
+    fakes = {
+        "max": FakeTranscriber("max", said, times=(0.5,)),
+        "openai": FakeTranscriber("openai", said, times=(4.0,)),
+        "faster": FakeTranscriber("faster", said.replace("ask what", "ask that"), times=(0.4,), tokens=(1, 3)),
+    }
+    comparison = run_comparison(
+        (16000, np.full(10 * 16000, 1000, np.int16)),
+        list(BACKENDS),
+        "fake",
+        "cpu",
+        DecodeOptions(),
+        fakes_in_turns(fakes),
+        out_dir=tmp_path,
+    )
     verdict = verdict_html(comparison, 2)
-    assert ("MAX was <b>8.0× faster</b> than openai-whisper and <b>slower</b> than faster-whisper (1.2× its time) "
-            "on this 10.0 s clip.") in verdict
+    assert (
+        "MAX was <b>8.0× faster</b> than openai-whisper and <b>slower</b> than faster-whisper (1.2× its time) "
+        "on this 10.0 s clip."
+    ) in verdict
     assert "Identical tokens to openai-whisper; other tokens than faster-whisper (1 word differs)." in verdict
     assert "Times: best of 3 runs of each, taken in turns, models already loaded: " in verdict
-    assert _times(1.004, "x") == "as fast as x" and _times(1.5, "x") == "<b>1.5× faster</b> than x" and _times(1.05, "x") == "<b>1.05× faster</b> than x"
+    assert (
+        _times(1.004, "x") == "as fast as x"
+        and _times(1.5, "x") == "<b>1.5× faster</b> than x"
+        and _times(1.05, "x") == "<b>1.05× faster</b> than x"
+    )
 
 
 def _run_in_precision(precision: str, tmp_path):
@@ -425,8 +565,16 @@ def _run_in_precision(precision: str, tmp_path):
         fake.precision = precision
         return fake
 
-    comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), list(BACKENDS), "fake", "cpu", DecodeOptions(),
-                                LocalTranscriptions(create, meter=Quiet), precision=precision, out_dir=tmp_path)
+    comparison = run_comparison(
+        (16000, np.full(16000, 1000, np.int16)),
+        list(BACKENDS),
+        "fake",
+        "cpu",
+        DecodeOptions(),
+        LocalTranscriptions(create, meter=Quiet),
+        precision=precision,
+        out_dir=tmp_path,
+    )
     return created, comparison
 
 
@@ -436,8 +584,10 @@ def test_int8_run_sets_max_int8_beside_faster_whisper_int8(tmp_path):
     created, comparison = _run_in_precision("int8", tmp_path)
     assert sorted(created) == [("faster", "int8"), ("max", "int8"), ("openai", "fp32")]
     verdict = verdict_html(comparison)
-    assert verdict.startswith("<div class='verdict'>MAX int8 was as fast as openai-whisper fp32 and as fast as "
-                              "faster-whisper int8 on this 1.0 s clip.")
+    assert verdict.startswith(
+        "<div class='verdict'>MAX int8 was as fast as openai-whisper fp32 and as fast as "
+        "faster-whisper int8 on this 1.0 s clip."
+    )
     assert "Identical tokens to faster-whisper int8; other tokens than openai-whisper fp32 (the same words)." in verdict
     assert "· int8 ·" in compare.panel_head(comparison.panels["max"], "max")
 
@@ -456,21 +606,30 @@ def test_bf16_run_sets_max_bf16_beside_the_fp32_rows(tmp_path):
     if has_bf16():
         verdict = verdict_html(comparison)
         assert verdict.startswith("<div class='verdict'>MAX bf16 was as fast as openai-whisper fp32")
-        assert "Other tokens than openai-whisper fp32 (the same words); other tokens than faster-whisper fp32" \
-               in verdict
+        assert (
+            "Other tokens than openai-whisper fp32 (the same words); other tokens than faster-whisper fp32" in verdict
+        )
 
 
 def test_background_work_during_a_run_is_flagged(tmp_path):
     fakes = {b: FakeTranscriber(b) for b in ("max", "openai")}
     turns = Turns()
     turns.claim_background("the component checks")
-    comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), ["max", "openai"], "fake", "cpu",
-                                DecodeOptions(), fakes_in_turns(fakes, turns=turns),
-                                out_dir=tmp_path)
+    comparison = run_comparison(
+        (16000, np.full(16000, 1000, np.int16)),
+        ["max", "openai"],
+        "fake",
+        "cpu",
+        DecodeOptions(),
+        fakes_in_turns(fakes, turns=turns),
+        out_dir=tmp_path,
+    )
     assert "⚠ CPU shared" in compare.panel_head(comparison.panels["max"], "max")
     verdict = verdict_html(comparison, 2)  # no fair measure: the app's own work inflates both times
-    assert verdict.startswith("<div class='verdict'>No fair verdict this time: the component checks ran in this app "
-                              "meanwhile and slowed the runs.</div>")
+    assert verdict.startswith(
+        "<div class='verdict'>No fair verdict this time: the component checks ran in this app "
+        "meanwhile and slowed the runs.</div>"
+    )
     assert "Run again for a fair ratio." in verdict and "faster</b>" not in verdict
 
 
@@ -483,47 +642,83 @@ def test_other_programs_busy_during_a_run_turn_the_verdict_to_cpu_time(tmp_path)
     class Busy:
         def transcribe(self, samples, backend, *args, **kwargs):
             fake = FakeTranscriber(backend, times=(0.5 if backend == "max" else 0.4,))  # MAX's clock stretched most
-            return Transcription(fake.transcribe(samples), other_cores=1.4 if backend == "openai" else 0.1,
-                                 cpu_s=cpu_s[backend])
+            return Transcription(
+                fake.transcribe(samples), other_cores=1.4 if backend == "openai" else 0.1, cpu_s=cpu_s[backend]
+            )
 
         def loaded(self, *args):
             return True
 
-    comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), ["max", "openai"], "fake", "cpu",
-                                DecodeOptions(), Busy(), out_dir=tmp_path)
+    comparison = run_comparison(
+        (16000, np.full(16000, 1000, np.int16)),
+        ["max", "openai"],
+        "fake",
+        "cpu",
+        DecodeOptions(),
+        Busy(),
+        out_dir=tmp_path,
+    )
     verdict = verdict_html(comparison, 2)
-    assert verdict.startswith("<div class='verdict'>Counting CPU time, MAX was <b>1.5× faster</b> than openai-whisper "
-                              "on this 1.0 s clip.</div>")
-    assert ("Other programs kept up to 1.4 of 2 cores busy during the runs, which stretches wall-clock times by "
-            "chance, so this verdict counts CPU time" in verdict)
+    assert verdict.startswith(
+        "<div class='verdict'>Counting CPU time, MAX was <b>1.5× faster</b> than openai-whisper "
+        "on this 1.0 s clip.</div>"
+    )
+    assert (
+        "Other programs kept up to 1.4 of 2 cores busy during the runs, which stretches wall-clock times by "
+        "chance, so this verdict counts CPU time" in verdict
+    )
     assert "MAX 0.50 s (0.90 CPU s), openai-whisper 0.40 s (1.35 CPU s)" in verdict
     assert winner(comparison, 2) == "max" and "CPU seconds" in time_bars(comparison, cpu=True)
 
     def runs(other_cores, measured=True):
-        return dataclasses.replace(comparison, panels={b: dataclasses.replace(p, runs=[dataclasses.replace(
-            r, other_cores=other_cores, cpu_s=r.cpu_s if measured else None) for r in p.runs])
-            for b, p in comparison.panels.items()})
+        return dataclasses.replace(
+            comparison,
+            panels={
+                b: dataclasses.replace(
+                    p,
+                    runs=[
+                        dataclasses.replace(r, other_cores=other_cores, cpu_s=r.cpu_s if measured else None)
+                        for r in p.runs
+                    ],
+                )
+                for b, p in comparison.panels.items()
+            },
+        )
 
     quiet = runs(0.1)
-    assert verdict_html(quiet, 2).startswith("<div class='verdict'>MAX was <b>slower</b> than openai-whisper (1.2× "
-                                             "its time) on this 1.0 s clip.")
+    assert verdict_html(quiet, 2).startswith(
+        "<div class='verdict'>MAX was <b>slower</b> than openai-whisper (1.2× its time) on this 1.0 s clip."
+    )
     assert "No other work held the CPU meanwhile." in verdict_html(quiet, 2) and winner(quiet, 2) == "openai"
     unmeasured = runs(1.4, measured=False)
-    assert verdict_html(unmeasured, 2).startswith("<div class='verdict'>No fair verdict this time: other programs kept "
-                                                  "up to 1.4 of 2 cores busy during the runs.</div>")
+    assert verdict_html(unmeasured, 2).startswith(
+        "<div class='verdict'>No fair verdict this time: other programs kept "
+        "up to 1.4 of 2 cores busy during the runs.</div>"
+    )
     assert winner(unmeasured, 2) is None
 
 
 def test_transcripts_that_are_not_the_same_words_get_no_speed_verdict(tmp_path):
-    fakes = {"max": FakeTranscriber("max", "thank you very much everyone", times=(0.2,)),
-             "openai": FakeTranscriber("openai", "thank you very much everyone", times=(0.5,)),
-             "faster": FakeTranscriber("faster", "thanks", tokens=(7,), times=(0.4,))}
-    comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), list(BACKENDS), "fake", "cpu",
-                                DecodeOptions(), fakes_in_turns(fakes), out_dir=tmp_path)
+    fakes = {
+        "max": FakeTranscriber("max", "thank you very much everyone", times=(0.2,)),
+        "openai": FakeTranscriber("openai", "thank you very much everyone", times=(0.5,)),
+        "faster": FakeTranscriber("faster", "thanks", tokens=(7,), times=(0.4,)),
+    }
+    comparison = run_comparison(
+        (16000, np.full(16000, 1000, np.int16)),
+        list(BACKENDS),
+        "fake",
+        "cpu",
+        DecodeOptions(),
+        fakes_in_turns(fakes),
+        out_dir=tmp_path,
+    )
     verdict = verdict_html(comparison, 2)
-    assert verdict.startswith("<div class='verdict'>MAX was <b>2.5× faster</b> than openai-whisper on this 1.0 s clip. "
-                              "No speed verdict against faster-whisper (5 of 5 words differ): they did not transcribe "
-                              "the same words.</div>")
+    assert verdict.startswith(
+        "<div class='verdict'>MAX was <b>2.5× faster</b> than openai-whisper on this 1.0 s clip. "
+        "No speed verdict against faster-whisper (5 of 5 words differ): they did not transcribe "
+        "the same words.</div>"
+    )
 
 
 def test_the_verdict_under_a_background_load(app_transcriptions, tmp_path):
@@ -532,8 +727,15 @@ def test_the_verdict_under_a_background_load(app_transcriptions, tmp_path):
     spinner = start_spinner()
     try:
         time.sleep(0.5)
-        comparison = run_comparison(str(AUDIO / "jfk.flac"), ["max", "faster"], "tiny.en", "cpu", DecodeOptions(),
-                                    app_transcriptions, out_dir=tmp_path)
+        comparison = run_comparison(
+            str(AUDIO / "jfk.flac"),
+            ["max", "faster"],
+            "tiny.en",
+            "cpu",
+            DecodeOptions(),
+            app_transcriptions,
+            out_dir=tmp_path,
+        )
     finally:
         spinner.kill()
         spinner.wait()
@@ -566,9 +768,18 @@ def test_a_load_during_a_run_is_flagged(tmp_path):
         while not transcriptions.busy() and time.monotonic() < deadline:
             time.sleep(0.01)
         compiles = "MAX once it has compiled fake (seconds, or minutes the first time on a CPU)."
-        assert transcriptions.badge() == f"Loading the models: press Run now and each answers as it is ready, {compiles}"
-        comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), ["openai"], "fake", "cpu",
-                                    DecodeOptions(), transcriptions, out_dir=tmp_path)
+        assert (
+            transcriptions.badge() == f"Loading the models: press Run now and each answers as it is ready, {compiles}"
+        )
+        comparison = run_comparison(
+            (16000, np.full(16000, 1000, np.int16)),
+            ["openai"],
+            "fake",
+            "cpu",
+            DecodeOptions(),
+            transcriptions,
+            out_dir=tmp_path,
+        )
         assert transcriptions.badge() == f"You can press Run now: openai-whisper answers at once, {compiles}"
         assert badge_html(transcriptions.badge()).startswith("<span class='badge busy'>")
     finally:
@@ -595,10 +806,19 @@ def test_the_live_tab_s_engines_loading_are_the_app_s_work_too(tmp_path):
         deadline = time.monotonic() + 10
         while not transcriptions.busy() and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert transcriptions.badge() == ("ready: press Run. The Live tab's engines still load in the background; a "
-                                          "run meanwhile says that it shared the CPU.")
-        comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), ["openai"], "fake", "cpu",
-                                    DecodeOptions(), transcriptions, out_dir=tmp_path)
+        assert transcriptions.badge() == (
+            "ready: press Run. The Live tab's engines still load in the background; a "
+            "run meanwhile says that it shared the CPU."
+        )
+        comparison = run_comparison(
+            (16000, np.full(16000, 1000, np.int16)),
+            ["openai"],
+            "fake",
+            "cpu",
+            DecodeOptions(),
+            transcriptions,
+            out_dir=tmp_path,
+        )
     finally:
         release.set()
         loading.join()
@@ -634,19 +854,30 @@ def test_committed_benchmark_note():
     """The newest committed benchmark's longest clip, fp32 rows, fastest first."""
     results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
     doc = json.loads((results / "cpu-amd-epyc-avx512-vnni-bf16-2c.json").read_text())
-    lecture = {r["backend"]: r["total_s_median"] for r in doc["results"]
-               if r["audio"] == "physicsworks.flac" and r["precision"] == "fp32"}
+    lecture = {
+        r["backend"]: r["total_s_median"]
+        for r in doc["results"]
+        if r["audio"] == "physicsworks.flac" and r["precision"] == "fp32"
+    }
     note = benchmark_note(results)
-    assert note.startswith("For reference, the committed benchmark on a 203 s clip (physicsworks.flac) took MAX "
-                           f"{lecture['max']:.2f} s, ")
+    assert note.startswith(
+        f"For reference, the committed benchmark on a 203 s clip (physicsworks.flac) took MAX {lecture['max']:.2f} s, "
+    )
     assert f"openai-whisper {lecture['openai']:.2f} s" in note and f"faster-whisper {lecture['faster']:.2f} s" in note
     assert f"fp32 medians on {doc['machine']['cpu']}, {doc['machine']['cores']} cores" in note
 
 
 @pytest.mark.parametrize("median", [None, 0, "fast"])
 def test_committed_benchmark_note_with_bad_numbers(tmp_path, median):
-    row = {"audio": "jfk.flac", "audio_s": 11.0, "backend": "max", "model": "tiny.en", "precision": "fp32",
-           "device": "cpu", "total_s_median": median}
+    row = {
+        "audio": "jfk.flac",
+        "audio_s": 11.0,
+        "backend": "max",
+        "model": "tiny.en",
+        "precision": "fp32",
+        "device": "cpu",
+        "total_s_median": median,
+    }
     doc = {"results": [row, {**row, "backend": "openai", "total_s_median": 1.0}]}
     (tmp_path / "bad.json").write_text(json.dumps(doc))
     assert benchmark_note(tmp_path) == ""
@@ -654,8 +885,14 @@ def test_committed_benchmark_note_with_bad_numbers(tmp_path, median):
 
 def test_no_speech_found_is_said():
     fakes = {b: FakeTranscriber(b, text="") for b in ("max", "openai")}
-    comparison = run_comparison((16000, np.full(16000, 1000, np.int16)), ["max", "openai"], "fake", "cpu",
-                                DecodeOptions(), fakes_in_turns(fakes))
+    comparison = run_comparison(
+        (16000, np.full(16000, 1000, np.int16)),
+        ["max", "openai"],
+        "fake",
+        "cpu",
+        DecodeOptions(),
+        fakes_in_turns(fakes),
+    )
     assert "No speech was found in this audio" in compare.message_text(comparison, 1.0)
 
 
@@ -708,8 +945,13 @@ def test_local_transcriptions_say_what_they_do_and_keep_streams_apart():
     steps, done = [], []
     with transcriptions.turns.turn(lambda *_: None):
         transcriptions.turns.activity = "another run"
-        thread = threading.Thread(target=lambda: done.append(transcriptions.transcribe(
-            samples, "openai", "fake", "cpu", DecodeOptions(), progress=lambda f, what: steps.append((f, what)))))
+        thread = threading.Thread(
+            target=lambda: done.append(
+                transcriptions.transcribe(
+                    samples, "openai", "fake", "cpu", DecodeOptions(), progress=lambda f, what: steps.append((f, what))
+                )
+            )
+        )
         thread.start()
         deadline = time.monotonic() + 10
         while transcriptions.turns.waiting() < 1 and time.monotonic() < deadline:
@@ -779,15 +1021,19 @@ def test_a_load_tells_how_long_it_took_last_time(tmp_path):
     cache = ModelCache(lambda backend, **kw: FakeTranscriber(backend), record=record)
     assert cache.load_note(["max", "openai", "faster"], "fake", "cpu") == (
         "First run with **fake**: MAX compiles it (seconds, or minutes the first time on a CPU); "
-        "openai-whisper and faster-whisper load it (seconds).")
+        "openai-whisper and faster-whisper load it (seconds)."
+    )
     cache.get("max", "fake", "cpu")
     assert cache.load_note(["max"], "fake", "cpu") == ""
     # another precision is another model; openai-whisper runs fp32 whatever the precision asked
     assert cache.load_note(["max", "openai"], "fake", "cpu", "int8") == (
         "First run with **fake int8**: MAX compiles it (seconds, or minutes the first time on a CPU); "
-        "openai-whisper loads it (seconds).")
-    assert (cache.load_note(["openai"], "fake", "cpu", "int8")
-            == "First run with **fake**: openai-whisper loads it (seconds).")
+        "openai-whisper loads it (seconds)."
+    )
+    assert (
+        cache.load_note(["openai"], "fake", "cpu", "int8")
+        == "First run with **fake**: openai-whisper loads it (seconds)."
+    )
     again = ModelCache(lambda backend, **kw: FakeTranscriber(backend), record=record)
     last_time = "about 1 s last time here"
     assert again.load_note(["max"], "fake", "cpu") == f"First run with **fake**: MAX compiles it ({last_time})."
@@ -828,8 +1074,10 @@ def test_model_cache_loads_each_key_once_across_threads():
         t.start()
     time.sleep(0.05)
     assert cache.busy() and "openai-whisper (PyTorch) · tiny.en · cpu · fp32: loading" in cache.status()
-    assert cache.badge() == ("Loading the models: press Run now and each answers as it is ready, openai-whisper once "
-                             "it has loaded tiny.en (seconds).")
+    assert cache.badge() == (
+        "Loading the models: press Run now and each answers as it is ready, openai-whisper once "
+        "it has loaded tiny.en (seconds)."
+    )
     for t in threads:
         t.join()
     assert len(calls) == 1 and len({id(t) for t in got}) == 1
@@ -864,8 +1112,15 @@ def test_compile_rest_readies_each_model_s_other_graphs_saying_it_compiles_meanw
 
     class WithGraphs(FakeTranscriber):
         def compile_rest(self):
-            seen.append((self.backend, cache.busy(), cache.get(self.backend, "fake", "cpu") is self,
-                         cache.badge(), "compiling its other graphs" in cache.status()))
+            seen.append(
+                (
+                    self.backend,
+                    cache.busy(),
+                    cache.get(self.backend, "fake", "cpu") is self,
+                    cache.badge(),
+                    "compiling its other graphs" in cache.status(),
+                )
+            )
             yield "decoder_step", 1.5
             if self.text == "fails":
                 raise RuntimeError("no memory")
@@ -877,15 +1132,24 @@ def test_compile_rest_readies_each_model_s_other_graphs_saying_it_compiles_meanw
     ready = cache.status()
     cache.compile_rest()
     assert [s[:3] for s in seen] == [("max", True, True), ("openai", True, True)]  # faster has none
-    assert seen[0][3] == ("ready: press Run. MAX also prepares long files, beams and the Live tab in the background "
-                          "for a few minutes; a run meanwhile says that it shared the CPU.") and seen[0][4]
+    assert (
+        seen[0][3]
+        == (
+            "ready: press Run. MAX also prepares long files, beams and the Live tab in the background "
+            "for a few minutes; a run meanwhile says that it shared the CPU."
+        )
+        and seen[0][4]
+    )
     assert badge_html(seen[0][3]).startswith("<span class='badge ready'>")
     assert not cache.busy() and cache.status() == ready and cache.badge() == ""
 
 
 def test_a_failed_warm_up_is_a_failed_load(monkeypatch):
-    monkeypatch.setattr(maxwhisper.registry, "create_transcriber",
-                        lambda backend, **kw: FakeTranscriber(backend, error=RuntimeError("no kernel")))
+    monkeypatch.setattr(
+        maxwhisper.registry,
+        "create_transcriber",
+        lambda backend, **kw: FakeTranscriber(backend, error=RuntimeError("no kernel")),
+    )
     cache = ModelCache(create_warmed_up)
     with pytest.raises(RuntimeError, match="no kernel"):
         cache.get("max", "fake", "cpu")
@@ -896,6 +1160,7 @@ def test_a_failed_warm_up_is_a_failed_load(monkeypatch):
 
 # --- benchmarks and system tabs --------------------------------------------------------------
 
+
 def test_benchmarks_without_results(tmp_path):
     top, cpu_top, table, gpu_top, gpu, machines = benchmark_view(tmp_path / "missing")
     assert "No committed benchmark results yet" in top and table == gpu == [] and cpu_top == gpu_top == machines == ""
@@ -905,8 +1170,16 @@ def test_benchmarks_without_results(tmp_path):
 def test_benchmarks_read_older_files_that_name_rtfx_rtf(tmp_path):
     """Files written before the column was named RTFx call it rtf, with the same value (audio seconds
     per processing second): the tab shows it, not an empty column."""
-    row = {"audio": "jfk.flac", "audio_s": 11.0, "backend": "max", "model": "tiny.en", "device": "cpu",
-           "precision": "fp32", "total_s_median": 0.5, "rtf": 22.0}
+    row = {
+        "audio": "jfk.flac",
+        "audio_s": 11.0,
+        "backend": "max",
+        "model": "tiny.en",
+        "device": "cpu",
+        "precision": "fp32",
+        "total_s_median": 0.5,
+        "rtf": 22.0,
+    }
     (tmp_path / "cpu-old-2c.json").write_text(json.dumps({"results": [row]}))
     _, _, table, *_ = benchmark_view(tmp_path)
     assert table[0][list(BENCH_TABLE).index("rtfx")] == 22.0
@@ -916,31 +1189,66 @@ def test_benchmarks_heading_chart_table_then_machines(tmp_path):
     """A heading, this server, one chart of the longest clip (MAX against the others, fp32 then int8,
     fastest first) on the machine it names, every CPU row in a table and the GPU's in another, with
     what did not run on the GPU and why; the machines and versions last."""
-    row = {"audio": "talk.flac", "audio_s": 200.0, "backend": "max", "model": "tiny.en", "device": "cpu",
-           "precision": "fp32", "total_s_median": 2.5, "rtfx": 80.0, "load_s": 1.0, "compile_s": 6.0,
-           "features_s": 0.05, "encode_s": 0.2, "decode_s": None, "wer": 0.0, "agreement": 1.0, "extra": "ignored"}
-    rows = [row, {**row, "backend": "openai", "total_s_median": 8.0},
-            {**row, "backend": "faster", "total_s_median": 4.0},
-            {**row, "precision": "int8", "total_s_median": 1.5}, {**row, "backend": "faster", "precision": "int8",
-                                                                   "total_s_median": 4.2},
-            {**row, "audio": "jfk.flac", "audio_s": 11.0, "total_s_median": 0.2}]
-    doc = {"created": "2026-01-01 00:00:00 UTC", "machine": {"cpu": "Xeon", "cores": 2, "vector_isa": "AVX-512"},
-           "versions": {"max": "26.7.0"}, "options": {"repeats": 3, "decode": {"beam_size": 1}}, "results": rows}
+    row = {
+        "audio": "talk.flac",
+        "audio_s": 200.0,
+        "backend": "max",
+        "model": "tiny.en",
+        "device": "cpu",
+        "precision": "fp32",
+        "total_s_median": 2.5,
+        "rtfx": 80.0,
+        "load_s": 1.0,
+        "compile_s": 6.0,
+        "features_s": 0.05,
+        "encode_s": 0.2,
+        "decode_s": None,
+        "wer": 0.0,
+        "agreement": 1.0,
+        "extra": "ignored",
+    }
+    rows = [
+        row,
+        {**row, "backend": "openai", "total_s_median": 8.0},
+        {**row, "backend": "faster", "total_s_median": 4.0},
+        {**row, "precision": "int8", "total_s_median": 1.5},
+        {**row, "backend": "faster", "precision": "int8", "total_s_median": 4.2},
+        {**row, "audio": "jfk.flac", "audio_s": 11.0, "total_s_median": 0.2},
+    ]
+    doc = {
+        "created": "2026-01-01 00:00:00 UTC",
+        "machine": {"cpu": "Xeon", "cores": 2, "vector_isa": "AVX-512"},
+        "versions": {"max": "26.7.0"},
+        "options": {"repeats": 3, "decode": {"beam_size": 1}},
+        "results": rows,
+    }
     (tmp_path / "cpu-xeon-2c.json").write_text(json.dumps(doc))
-    failure = {"audio": "talk.flac", "backend": "faster", "precision": "fp16", "device": "gpu",
-               "error": "RuntimeError: Library libcublas.so.12 is not found or cannot be loaded"}
-    gpu = {**doc, "created": "2026-02-01 00:00:00 UTC", "machine": {"cpu": "Xeon", "cores": 16, "gpu": "NVIDIA H100"},
-           "results": [{**row, "device": "gpu", "rtfx": 103.608}, {**row, "device": "gpu", "backend": "openai"}],
-           "failures": [failure, {**failure, "precision": "fp32"}]}
+    failure = {
+        "audio": "talk.flac",
+        "backend": "faster",
+        "precision": "fp16",
+        "device": "gpu",
+        "error": "RuntimeError: Library libcublas.so.12 is not found or cannot be loaded",
+    }
+    gpu = {
+        **doc,
+        "created": "2026-02-01 00:00:00 UTC",
+        "machine": {"cpu": "Xeon", "cores": 16, "gpu": "NVIDIA H100"},
+        "results": [{**row, "device": "gpu", "rtfx": 103.608}, {**row, "device": "gpu", "backend": "openai"}],
+        "failures": [failure, {**failure, "precision": "fp32"}],
+    }
     (tmp_path / "gpu-h100.json").write_text(json.dumps(gpu))
     (tmp_path / "broken.json").write_text("{not json")
     top, chart, table, gpu_top, gpu_table, machines = benchmark_view(tmp_path)
-    assert [r[1:3] for r in gpu_table] == [["MAX fp32", "NVIDIA H100 · 2026-02-01"],
-                                           ["openai-whisper fp32", "NVIDIA H100 · 2026-02-01"]]
+    assert [r[1:3] for r in gpu_table] == [
+        ["MAX fp32", "NVIDIA H100 · 2026-02-01"],
+        ["openai-whisper fp32", "NVIDIA H100 · 2026-02-01"],
+    ]
     assert gpu_table[0][4] == 104
     assert "On NVIDIA H100 (its host: Xeon · 16 cores), talk.flac, 200 s:" in gpu_top and "bench-gpu-chart" in gpu_top
-    assert ("<b>faster-whisper</b> (fp16, fp32; 1 clip): CTranslate2, on which faster-whisper runs, is built for "
-            "CUDA 12") in gpu_top and "libcublas.so.12 is not found" in gpu_top
+    assert (
+        "<b>faster-whisper</b> (fp16, fp32; 1 clip): CTranslate2, on which faster-whisper runs, is built for CUDA 12"
+    ) in gpu_top and "libcublas.so.12 is not found" in gpu_top
     assert top.startswith("<h2>What the committed benchmarks measured</h2>") and "this machine" not in top
     assert "tiny.en on a 200 s clip (talk.flac) on Xeon · AVX-512 · 2 cores" in chart
     names = re.findall(r"class='bar-name'[^>]*>([^<]+)<", chart)
@@ -1044,8 +1352,9 @@ def test_space_front_matter_pins_a_gradio_within_the_requirements():
     root = Path(__file__).resolve().parents[1]
     front = (root / "README.md").read_text().split("---")[1]
     fields = dict(line.split(": ", 1) for line in front.strip().splitlines())
-    required = [Requirement(line) for line in (root / "requirements.txt").read_text().splitlines()
-                if line.startswith("gradio")][0]
+    required = [
+        Requirement(line) for line in (root / "requirements.txt").read_text().splitlines() if line.startswith("gradio")
+    ][0]
     assert re.fullmatch(r"6\.\d+\.\d+", fields["sdk_version"]), fields["sdk_version"]
     assert required.specifier.contains(Version(fields["sdk_version"]))
     assert fields["python_version"] == '"3.11"'

@@ -3,6 +3,7 @@
 the tab's race (showcase/tabs/live.py: a recording's chunks to every implementation, its stop, one race
 at a time, sessions sharing a transcriber), and MAX on jfk sent as a browser sends it (48 kHz int16
 chunks)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,18 +42,21 @@ def test_words_are_committed_as_they_agree_and_the_rest_at_stop():
     audio = np.arange(10 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE  # each sample holds its stream time
     for i in range(4):
         clock[0] += 1.0
-        session.add(audio[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE], SAMPLE_RATE)
+        session.add(audio[i * SAMPLE_RATE : (i + 1) * SAMPLE_RATE], SAMPLE_RATE)
         wait_for(lambda: len(model.calls) == i + 1 and session.behind_s == 0)
     wait_for(lambda: len(session.committed) >= 4)
     text, figures = session.text_html(), session.figures()
     assert "<span class='live-committed'>w0 w1 w2 w3" in text
     assert f"style='{live_session.TENTATIVE_STYLE}'> w" in text  # the last hypothesis's tail, in grey
-    assert re.fullmatch(r"listening · keeps up: 0\.40 s of computing per second of speech · "
-                        r"words final [\d.]+ s after they are said \(median\) · 4 s heard", figures), figures
+    assert re.fullmatch(
+        r"listening · keeps up: 0\.40 s of computing per second of speech · "
+        r"words final [\d.]+ s after they are said \(median\) · 4 s heard",
+        figures,
+    ), figures
     assert all(lat >= 0 for lat in session.latencies)
 
     clock[0] += 1.0
-    session.add(audio[4 * SAMPLE_RATE:5 * SAMPLE_RATE], SAMPLE_RATE)
+    session.add(audio[4 * SAMPLE_RATE : 5 * SAMPLE_RATE], SAMPLE_RATE)
     session.stop(timeout=60)
     assert not session.running
     assert " ".join(w.text.strip() for w in session.committed) == " ".join(f"w{i}" for i in range(10))
@@ -70,7 +74,7 @@ def test_an_update_waits_for_a_second_of_new_audio():
     audio = np.arange(3 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
     step = SAMPLE_RATE // 10
     for i in range(25):
-        session.add(audio[i * step:(i + 1) * step], SAMPLE_RATE)
+        session.add(audio[i * step : (i + 1) * step], SAMPLE_RATE)
         if i in (9, 19):  # a second more has arrived: one update hears it
             wait_for(lambda: session.behind_s == 0)
         else:
@@ -91,7 +95,7 @@ def test_the_figures_say_when_the_stream_falls_behind_without_flickering():
     audio = np.arange(5 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
     with lock:  # the model is busy with another stream's update
         for i in range(5):
-            session.add(audio[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE], SAMPLE_RATE)
+            session.add(audio[i * SAMPLE_RATE : (i + 1) * SAMPLE_RATE], SAMPLE_RATE)
         wait_for(lambda: session.state == "listening")
         assert session.behind_s == 5.0 and "falls behind: 5 s of speech waiting · 5 s heard" in session.figures()
         assert session.worst_behind_s == 5.0
@@ -113,6 +117,7 @@ def test_the_figures_say_when_the_stream_falls_behind_without_flickering():
 def test_an_update_that_hears_no_words_leaves_the_grey_words_shown():
     """An update whose hypothesis is held back (the offline rules) commits nothing and has no tail:
     the panel keeps the previous update's grey words rather than going blank."""
+
     class Hiccup(ScriptedTranscriber):
         def transcribe(self, audio, options=DecodeOptions(), progress=None):
             result = super().transcribe(audio, options, progress)
@@ -125,7 +130,7 @@ def test_an_update_that_hears_no_words_leaves_the_grey_words_shown():
     wait_for(lambda: len(model.calls) == 1 and session.behind_s == 0)
     shown = session.text_html()
     assert "w0 w1" in shown and not session.committed
-    session.add(audio[SAMPLE_RATE:2 * SAMPLE_RATE], SAMPLE_RATE)
+    session.add(audio[SAMPLE_RATE : 2 * SAMPLE_RATE], SAMPLE_RATE)
     wait_for(lambda: len(model.calls) == 2 and session.behind_s == 0)
     assert session.text_html() == shown  # nothing heard: the grey words stay
     session.stop(timeout=10)
@@ -174,15 +179,18 @@ def test_a_race_through_the_tab_s_handlers():
     assert "MAX Graph (this project)" in panels[0] and "waiting for the microphone" in panels[1]
     for i in range(1, 4):
         wait_for(lambda: all(s.behind_s == 0 for s in race.sessions.values()))
-        same, *_ = races.chunk((SAMPLE_RATE, audio[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE]), race, ["max"], "tiny.en",
-                               "cpu")
+        same, *_ = races.chunk(
+            (SAMPLE_RATE, audio[i * SAMPLE_RATE : (i + 1) * SAMPLE_RATE]), race, ["max"], "tiny.en", "cpu"
+        )
         assert same is race
     shown = list(races.stop(race))
     assert all(state is race for state, *_ in shown)
     # the end, for a room: the same script heard as fast by both, a tie
     assert shown[-1][1] == live.race_result(race) and re.fullmatch(
         r"<div class='live-result'><div class='live-winner'>A tie: MAX and faster-whisper kept up, their words "
-        r"final -?[\d.]+ s after they were said\.</div></div>", shown[-1][1])  # (fed faster than said)
+        r"final -?[\d.]+ s after they were said\.</div></div>",
+        shown[-1][1],
+    )  # (fed faster than said)
     last = dict(zip(BACKENDS, shown[-1][2:]))
     for backend in ("max", "faster"):
         assert len(scripts.made[backend].calls) >= 4
@@ -205,8 +213,9 @@ def test_one_race_at_a_time():
     first = races.start(["max", "faster"], "tiny.en", "cpu")
     with pytest.raises(MaxWhisperError, match="another visitor's live race is running"):
         races.start(["max"], "tiny.en", "cpu")
-    assert races.chunk(None, None, ["max"], "tiny.en", "cpu")[1] == ("⚠ another visitor's live race is running: try "
-                                                                     "again in a minute")
+    assert races.chunk(None, None, ["max"], "tiny.en", "cpu")[1] == (
+        "⚠ another visitor's live race is running: try again in a minute"
+    )
     first.stop(timeout=10)
     races.start(["max"], "tiny.en", "cpu").stop(timeout=10)
 
@@ -216,6 +225,7 @@ def test_a_race_with_no_room_for_one_of_its_sessions_is_refused_and_stops_the_ot
     not start, the panel says why, and the sessions already made end (giving their slots back). The
     recording's later chunks keep the refusal without asking for sessions again; once it stops, the
     next recording asks again."""
+
     class Full(Scripts):
         def __init__(self):
             super().__init__()
@@ -314,7 +324,7 @@ def test_sessions_on_one_transcriber_take_turns():
     audio = np.arange(3 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
     for i in range(3):
         for s in sessions:
-            s.add(audio[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE], SAMPLE_RATE)
+            s.add(audio[i * SAMPLE_RATE : (i + 1) * SAMPLE_RATE], SAMPLE_RATE)
         time.sleep(0.02)
     for s in sessions:
         s.stop(timeout=30)
@@ -336,7 +346,7 @@ def test_max_transcribes_jfk_from_browser_chunks(max_tiny_en, jfk_audio):
     browser = as_browser_sends(jfk_audio)
     assert browser.dtype == np.int16 and len(browser) == 3 * len(jfk_audio)
     for i in range(0, len(browser), 48_000):  # a second at a time, each transcribed before the next
-        session.add(browser[i:i + 48_000], 48_000)
+        session.add(browser[i : i + 48_000], 48_000)
         wait_for(lambda: session.behind_s == 0, timeout=300)  # in one update, or two (`Streamer.feed`)
     assert session.updates >= 11 and session.committed  # words agreed on while the audio came in
     session.stop(timeout=300)
@@ -349,19 +359,32 @@ def test_max_transcribes_jfk_from_browser_chunks(max_tiny_en, jfk_audio):
 def test_a_race_ends_with_who_was_first():
     """The result names the implementation that kept up and made its words final soonest, then how
     each other did: one that fell behind, one that failed."""
+
     def session(latencies, compute_s=4.0, behind=1.0, error=""):
         s = LiveSession(lambda: ScriptedTranscriber(SCRIPT))
         s.stop(timeout=10)
-        s.latencies, s.compute_s, s.worst_behind_s, s.error, s._received = latencies, compute_s, behind, error, \
-            10 * SAMPLE_RATE
+        s.latencies, s.compute_s, s.worst_behind_s, s.error, s._received = (
+            latencies,
+            compute_s,
+            behind,
+            error,
+            10 * SAMPLE_RATE,
+        )
         return s
 
-    race = live.LiveRace({"max": session([1.0, 1.2, 1.4]), "openai": session([5.0], compute_s=14.0, behind=7.0),
-                          "faster": session([], error="no memory")})
+    race = live.LiveRace(
+        {
+            "max": session([1.0, 1.2, 1.4]),
+            "openai": session([5.0], compute_s=14.0, behind=7.0),
+            "faster": session([], error="no memory"),
+        }
+    )
     assert live.race_result(race) == (
         "<div class='live-result'><div class='live-winner'>MAX was first: it kept up, its words final 1.2 s after "
         "they were said.</div><div>openai-whisper fell behind (7 s of speech waited at worst), its words final 5.0 s "
-        "after they were said.</div><div>faster-whisper stopped: no memory</div></div>")
+        "after they were said.</div><div>faster-whisper stopped: no memory</div></div>"
+    )
     alone = live.LiveRace({"faster": session([2.0])})
-    assert live.race_result(alone) == ("<div class='live-result'><div>faster-whisper kept up, its words final 2.0 s "
-                                       "after they were said.</div></div>")
+    assert live.race_result(alone) == (
+        "<div class='live-result'><div>faster-whisper kept up, its words final 2.0 s after they were said.</div></div>"
+    )

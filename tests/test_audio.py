@@ -1,4 +1,5 @@
 """maxwhisper.audio against openai-whisper's front end and the ffmpeg CLI (through files it made)."""
+
 import struct
 import subprocess
 import sys
@@ -64,8 +65,17 @@ def test_constants_match_whisper():
 
     import maxwhisper.audio as ours
 
-    for name in ["SAMPLE_RATE", "N_FFT", "HOP_LENGTH", "CHUNK_LENGTH", "N_SAMPLES", "N_FRAMES",
-                 "N_SAMPLES_PER_TOKEN", "FRAMES_PER_SECOND", "TOKENS_PER_SECOND"]:
+    for name in [
+        "SAMPLE_RATE",
+        "N_FFT",
+        "HOP_LENGTH",
+        "CHUNK_LENGTH",
+        "N_SAMPLES",
+        "N_FRAMES",
+        "N_SAMPLES_PER_TOKEN",
+        "FRAMES_PER_SECOND",
+        "TOKENS_PER_SECOND",
+    ]:
         assert getattr(ours, name) == getattr(ref, name), name
 
 
@@ -109,11 +119,13 @@ def test_log_mel_keeps_blas_to_this_thread(monkeypatch):
 
     def threads() -> list[int]:
         return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
     during, rfft = [], np.fft.rfft
 
     def recorded(*args, **kwargs):
         during.extend(threads())
         return rfft(*args, **kwargs)
+
     monkeypatch.setattr(np.fft, "rfft", recorded)
     before = threads()
     log_mel_spectrogram(np.ones(16000, np.float32), padding=N_SAMPLES)
@@ -194,8 +206,17 @@ def test_metadata_that_is_not_utf8_is_ignored(tmp_path):
     fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16)
     title = b"caf\xe9\x00\x00"
     info = b"INFO" + b"INAM" + struct.pack("<I", len(title)) + title
-    chunks = (b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"LIST" + struct.pack("<I", len(info)) + info
-              + b"data" + struct.pack("<I", len(pcm)) + pcm)
+    chunks = (
+        b"fmt "
+        + struct.pack("<I", len(fmt))
+        + fmt
+        + b"LIST"
+        + struct.pack("<I", len(info))
+        + info
+        + b"data"
+        + struct.pack("<I", len(pcm))
+        + pcm
+    )
     path = tmp_path / "latin1-title.wav"
     path.write_bytes(b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks)
     assert len(load_audio(path)) == rate
@@ -282,12 +303,16 @@ def test_bad_input_raises_audio_error(tmp_path, source, max_seconds, message):
     assert str(tmp_path) not in str(error.value) and "notes" not in str(error.value)  # the caller names the file
 
 
-@pytest.mark.parametrize("source", [
-    np.zeros(0, np.float32),
-    (44100, np.zeros((0, 2), np.int16)),
-    (48000, np.zeros(0)),
-    no_samples_wav,  # a WAV file of no samples: audio, but none
-], ids=["array", "stereo-tuple", "tuple", "wav-file"])
+@pytest.mark.parametrize(
+    "source",
+    [
+        np.zeros(0, np.float32),
+        (44100, np.zeros((0, 2), np.int16)),
+        (48000, np.zeros(0)),
+        no_samples_wav,  # a WAV file of no samples: audio, but none
+    ],
+    ids=["array", "stereo-tuple", "tuple", "wav-file"],
+)
 def test_audio_without_samples_loads_as_no_samples(tmp_path, source):
     audio = load_audio(source(tmp_path) if callable(source) else source)
     assert audio.dtype == np.float32 and audio.shape == (0,)
@@ -299,15 +324,25 @@ def test_max_seconds_must_be_a_positive_finite_number(max_seconds):
         load_audio(tone(SAMPLE_RATE), max_seconds=max_seconds)
 
 
-@pytest.mark.parametrize("samples, reason, message", [
-    (np.zeros(0, np.float32), "no_samples", "the audio has no samples: there is nothing to transcribe"),
-    (tone(SAMPLE_RATE, 0.05), "too_short",
-     "the audio is 0.05 s long, too short to hold speech: there is nothing to transcribe"),
-    (np.full(1, 0.5, np.float32), "too_short", "the audio is 0.00 s long, too short to hold speech"),
-    (np.zeros(SAMPLE_RATE, np.float32), "silent",
-     "the audio is silent (nothing louder than -80 dBFS): there is nothing to transcribe"),
-    (np.full(SAMPLE_RATE, 0.9e-4, np.float32), "silent", "the audio is silent"),  # -81 dBFS
-], ids=["empty", "50-ms", "one-sample", "zeros", "-81-dBFS"])
+@pytest.mark.parametrize(
+    "samples, reason, message",
+    [
+        (np.zeros(0, np.float32), "no_samples", "the audio has no samples: there is nothing to transcribe"),
+        (
+            tone(SAMPLE_RATE, 0.05),
+            "too_short",
+            "the audio is 0.05 s long, too short to hold speech: there is nothing to transcribe",
+        ),
+        (np.full(1, 0.5, np.float32), "too_short", "the audio is 0.00 s long, too short to hold speech"),
+        (
+            np.zeros(SAMPLE_RATE, np.float32),
+            "silent",
+            "the audio is silent (nothing louder than -80 dBFS): there is nothing to transcribe",
+        ),
+        (np.full(SAMPLE_RATE, 0.9e-4, np.float32), "silent", "the audio is silent"),  # -81 dBFS
+    ],
+    ids=["empty", "50-ms", "one-sample", "zeros", "-81-dBFS"],
+)
 def test_check_transcribable_says_why_there_is_nothing_to_transcribe(samples, reason, message):
     with pytest.raises(NothingToTranscribe) as error:
         check_transcribable(samples)
@@ -337,8 +372,10 @@ def test_a_stream_resampled_chunk_by_chunk_equals_the_whole_resampled_at_once():
 
     tone = np.sin(np.arange(3 * 48_000) / 48_000 * 2 * np.pi * 440).astype(np.float32)
     stream = StreamResampler(48_000)
-    chunks = [stream((tone[i:i + 4800, None].repeat(2, axis=1) * 32767).astype(np.int16))  # stereo int16
-              for i in range(0, len(tone), 4800)]
+    chunks = [
+        stream((tone[i : i + 4800, None].repeat(2, axis=1) * 32767).astype(np.int16))  # stereo int16
+        for i in range(0, len(tone), 4800)
+    ]
     streamed = np.concatenate(chunks + [stream.flush()])
     whole = _resample(tone, 48_000)
     assert len(streamed) == len(whole) == 3 * SAMPLE_RATE

@@ -1,4 +1,5 @@
 """The two reference backends behind the Transcriber contract: right text, same weights, clear errors, timings."""
+
 from __future__ import annotations
 
 import re
@@ -13,7 +14,6 @@ from maxwhisper.checkpoint import load_checkpoint
 from maxwhisper.scoring import normalize
 
 AUDIO = Path(__file__).resolve().parent / "audio"
-
 
 
 def manifest_reference(name: str) -> str:
@@ -94,10 +94,13 @@ def test_same_weights_and_same_tokens(openai_tiny, faster_tiny, openai_jfk, fast
     ckpt = load_checkpoint("tiny.en")
     assert Path(faster_tiny.ct2_dir).resolve() == Path(ckpt.ct2_dir).resolve()
     np.testing.assert_array_equal(
-        openai_tiny.net.decoder.token_embedding.weight.detach().numpy(), ckpt.state["decoder.token_embedding.weight"])
+        openai_tiny.net.decoder.token_embedding.weight.detach().numpy(), ckpt.state["decoder.token_embedding.weight"]
+    )
+
     # same weights, same greedy rules: the text tokens agree (timestamps may differ: different mel code)
     def text_tokens(r):
         return [t for t in r.tokens if t < 50257]
+
     assert text_tokens(openai_jfk) == text_tokens(faster_jfk)
 
 
@@ -122,8 +125,9 @@ def test_without_timestamps(openai_tiny, faster_tiny, jfk):
 def test_progress_reports_the_fraction_done(request, backend, jfk):
     """openai-whisper after each 30 s window, faster-whisper after each segment; 1 at the end."""
     fractions = []
-    request.getfixturevalue(backend).transcribe(np.concatenate([jfk] * 3), DecodeOptions(temperature=(0.0,)),
-                                                progress=fractions.append)
+    request.getfixturevalue(backend).transcribe(
+        np.concatenate([jfk] * 3), DecodeOptions(temperature=(0.0,)), progress=fractions.append
+    )
     assert len(fractions) >= 2 and fractions == sorted(fractions) and fractions[0] > 0 and fractions[-1] == 1.0
 
 
@@ -197,6 +201,7 @@ def test_the_cuda_12_library_check_asks_the_loader(monkeypatch):
     def cdll(name, *args, **kwargs):
         opened.append(name)
         raise OSError(f"{name}: cannot open shared object file")
+
     monkeypatch.setattr(ctypes, "CDLL", cdll)
     assert cublas12_loads() is False and opened == ["libcublas.so.12"]
     monkeypatch.setattr(ctypes, "CDLL", lambda name, *args, **kwargs: None)
@@ -211,8 +216,18 @@ def test_faster_refuses_a_pt_checkpoint(tmp_path):
 
     from maxwhisper_baselines.faster_backend import FasterTranscriber
 
-    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=1,
-                           n_vocab=51864, n_text_ctx=448, n_text_state=32, n_text_head=2, n_text_layer=1)
+    dims = ModelDimensions(
+        n_mels=80,
+        n_audio_ctx=1500,
+        n_audio_state=32,
+        n_audio_head=2,
+        n_audio_layer=1,
+        n_vocab=51864,
+        n_text_ctx=448,
+        n_text_state=32,
+        n_text_head=2,
+        n_text_layer=1,
+    )
     torch.save({"dims": asdict(dims), "model_state_dict": Whisper(dims).state_dict()}, tmp_path / "m.pt")
     with pytest.raises(BackendError, match="CTranslate2"):
         FasterTranscriber(model=str(tmp_path / "m.pt"), device="cpu", precision="fp32", threads=2)
@@ -228,14 +243,25 @@ def test_openai_runs_a_pt_checkpoint(tmp_path, jfk):
 
     from maxwhisper_baselines.openai_backend import OpenAITranscriber
 
-    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=1,
-                           n_vocab=51865, n_text_ctx=448, n_text_state=32, n_text_head=2, n_text_layer=1)
+    dims = ModelDimensions(
+        n_mels=80,
+        n_audio_ctx=1500,
+        n_audio_state=32,
+        n_audio_head=2,
+        n_audio_layer=1,
+        n_vocab=51865,
+        n_text_ctx=448,
+        n_text_state=32,
+        n_text_head=2,
+        n_text_layer=1,
+    )
     torch.manual_seed(0)
     model = Whisper(dims)
     with torch.no_grad():  # openai leaves the decoder's positional embedding as torch.empty (garbage, maybe NaN)
         for name, p in model.named_parameters():
-            p.copy_(torch.ones_like(p) if name.endswith(("ln.weight", "ln_post.weight"))
-                    else torch.randn_like(p) * 0.02)
+            p.copy_(
+                torch.ones_like(p) if name.endswith(("ln.weight", "ln_post.weight")) else torch.randn_like(p) * 0.02
+            )
     torch.save({"dims": asdict(dims), "model_state_dict": model.state_dict()}, tmp_path / "m.pt")
     t = OpenAITranscriber(model=str(tmp_path / "m.pt"), device="cpu", precision="fp32", threads=2)
     r = t.transcribe(jfk[:16000], DecodeOptions(temperature=(0.0,), without_timestamps=True))
@@ -261,11 +287,12 @@ def test_faster_window_is_the_seek_loop_s_first_window_in_one_encoder_pass(faste
     """The stream's hypothesis (`maxwhisper.streaming`) on faster-whisper, as MAX's."""
     from maxwhisper.audio import SAMPLE_RATE, load_audio
 
-    audio = load_audio(AUDIO / "physicsworks.flac")[30 * SAMPLE_RATE:40 * SAMPLE_RATE]  # its end is decoded again
+    audio = load_audio(AUDIO / "physicsworks.flac")[30 * SAMPLE_RATE : 40 * SAMPLE_RATE]  # its end is decoded again
     options = DecodeOptions(word_timestamps=True, temperature=(0.0,))
     calls, encode = [], faster_tiny.whisper.encode
-    monkeypatch.setattr(faster_tiny.whisper, "encode",
-                        lambda features: calls.append(features.shape) or encode(features))
+    monkeypatch.setattr(
+        faster_tiny.whisper, "encode", lambda features: calls.append(features.shape) or encode(features)
+    )
     whole = faster_tiny.transcribe(audio, options)
     assert len(calls) == 2
     window, decoded = faster_tiny.transcribe_window(audio, options, padding_s=None)  # the 30 s window
@@ -294,13 +321,13 @@ def test_faster_window_encodes_its_audio_and_stream_padding_s_of_silence_not_30_
         def __getattr__(self, name):
             return getattr(self.inner, name)
 
-    audio = load_audio(AUDIO / "physicsworks.flac")[30 * SAMPLE_RATE:40 * SAMPLE_RATE]
+    audio = load_audio(AUDIO / "physicsworks.flac")[30 * SAMPLE_RATE : 40 * SAMPLE_RATE]
     options = DecodeOptions(word_timestamps=True, temperature=(0.0,))
     model = Recording(faster_tiny.whisper.model)
     monkeypatch.setattr(faster_tiny.whisper, "model", model)
     short, _ = faster_tiny.transcribe_window(audio, options)
     whole, _ = faster_tiny.transcribe_window(audio, options, padding_s=None)
-    faster_tiny.transcribe(audio[:5 * SAMPLE_RATE], options)
+    faster_tiny.transcribe(audio[: 5 * SAMPLE_RATE], options)
     assert model.shapes == [(1, 80, 1500), (1, 80, 3000), (1, 80, 3000)]
     normalise = EnglishTextNormalizer()
     assert normalise(short.text).startswith(normalise(whole.text)) and whole.text  # maybe more words at the end

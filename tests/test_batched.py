@@ -3,6 +3,7 @@ decoded N at a time. Each window's tokens are openai-whisper's `decode()` of tha
 and on openai-whisper's own network; with timestamps a chunk cut in the middle of speech gets a
 window for its last words; the segments land where the speech is in the recording; the default
 loses no words against the sequential loop and faster-whisper's pipeline on the lecture."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -72,12 +73,14 @@ def _whisper_decode(torch_model, samples: list[np.ndarray], without_timestamps: 
     import whisper
 
     mels = np.stack([log_mel_spectrogram(s, 80, padding=N_SAMPLES)[:, :N_FRAMES] for s in samples])
-    return whisper.decode(torch_model.module, torch.from_numpy(mels), whisper.DecodingOptions(
-        language="en", temperature=0.0, fp16=False, without_timestamps=without_timestamps))
+    return whisper.decode(
+        torch_model.module,
+        torch.from_numpy(mels),
+        whisper.DecodingOptions(language="en", temperature=0.0, fp16=False, without_timestamps=without_timestamps),
+    )
 
 
-def test_each_chunk_decodes_as_openai_whisper_decodes_it(max_tiny_en, torch_tiny_en, lecture_chunks,
-                                                         lecture_60s_audio):
+def test_each_chunk_decodes_as_openai_whisper_decodes_it(max_tiny_en, torch_tiny_en, lecture_chunks, lecture_60s_audio):
     chunks, _, _ = lecture_chunks
     reference = _whisper_decode(torch_tiny_en, chunks, without_timestamps=True)
     ours_max = transcribe_batched(max_tiny_en.net, lecture_60s_audio, BATCHED)
@@ -93,7 +96,7 @@ def lecture_75s_audio():
     """Its second chunk ends in the middle of a sentence."""
     from maxwhisper.audio import load_audio
 
-    return load_audio(AUDIO / "physicsworks.flac")[:75 * SAMPLE_RATE]
+    return load_audio(AUDIO / "physicsworks.flac")[: 75 * SAMPLE_RATE]
 
 
 def test_a_chunk_cut_in_speech_gets_a_window_for_its_last_words(max_tiny_en, torch_tiny_en, lecture_75s_audio):
@@ -106,7 +109,7 @@ def test_a_chunk_cut_in_speech_gets_a_window_for_its_last_words(max_tiny_en, tor
     cut = [i for i, r in enumerate(first) if r.tokens[-2:] == [r.tokens[-1]] * 2 and r.tokens[-1] >= timestamp_begin]
     assert cut
     seek = {i: (first[i].tokens[-1] - timestamp_begin) * 2 for i in cut}  # in mel frames
-    rest = _whisper_decode(torch_tiny_en, [chunks[i][seek[i] * 160:] for i in cut], without_timestamps=False)
+    rest = _whisper_decode(torch_tiny_en, [chunks[i][seek[i] * 160 :] for i in cut], without_timestamps=False)
     expected = [list(r.tokens) for r in first]
     for i, r in zip(cut, rest):
         expected[i] = expected[i][:-1] + list(r.tokens)  # the open segment is decoded again from its start
@@ -139,14 +142,16 @@ def test_batched_default_loses_no_words_on_the_lecture(max_tiny_en):
     reference = (AUDIO / "physicsworks.whisper-medium.txt").read_text()
     batched = wer(reference, max_tiny_en.transcribe(audio, DecodeOptions(batch_size=8)).text)
     sequential = wer(reference, max_tiny_en.transcribe(audio, DecodeOptions()).text)
-    faster = wer(reference,
-                 FasterTranscriber("tiny.en", device="cpu").transcribe(audio, DecodeOptions(batch_size=8)).text)
+    faster = wer(
+        reference, FasterTranscriber("tiny.en", device="cpu").transcribe(audio, DecodeOptions(batch_size=8)).text
+    )
     assert batched <= min(sequential, faster) + 0.005, (batched, sequential, faster)
 
 
 def test_segments_lie_in_the_recording_in_order(max_tiny_en, lecture_60s_audio, lecture_chunks):
-    result = max_tiny_en.transcribe(lecture_60s_audio,
-                                    dataclasses.replace(BATCHED, temperature=DecodeOptions().temperature))
+    result = max_tiny_en.transcribe(
+        lecture_60s_audio, dataclasses.replace(BATCHED, temperature=DecodeOptions().temperature)
+    )
     duration = len(lecture_60s_audio) / SAMPLE_RATE
     starts = [s.start for s in result.segments]
     assert result.segments and starts == sorted(starts)

@@ -3,6 +3,7 @@ and what the bf16 model transcribes against MAX fp32 and the references (`max_ti
 
 bf16 needs AVX512_BF16. On a CPU without it every test here checks instead that MAX says so (the
 kernel and the model cannot run there), so each one asserts something on every machine."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -49,8 +50,8 @@ def bfloat16(a: np.ndarray) -> np.ndarray:
 
 def test_bfloat16_rounding_is_to_nearest_even():
     # ties go to the even neighbour; 3e-3 = 196.608 / 128 x 2^-9
-    x = np.array([1.0, 1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -8 + 2 ** -20, -2.5, 3e-3], np.float32)
-    assert bfloat16(x).tolist() == [1.0, 1.0, 1 + 2 ** -6, 1 + 2 ** -7, -2.5, 197 / 128 * 2 ** -9]
+    x = np.array([1.0, 1 + 2**-8, 1 + 3 * 2**-8, 1 + 2**-8 + 2**-20, -2.5, 3e-3], np.float32)
+    assert bfloat16(x).tolist() == [1.0, 1.0, 1 + 2**-6, 1 + 2**-7, -2.5, 197 / 128 * 2**-9]
 
 
 def vdpbf16ps_product(x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -60,8 +61,8 @@ def vdpbf16ps_product(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     xb, wb = bfloat16(x), bfloat16(w)
     acc = np.zeros((x.shape[0], w.shape[1]), np.float32)
     for g in range(0, x.shape[1], 2):
-        acc = acc + xb[:, g + 1:g + 2] * wb[g + 1]
-        acc = acc + xb[:, g:g + 1] * wb[g]
+        acc = acc + xb[:, g + 1 : g + 2] * wb[g + 1]
+        acc = acc + xb[:, g : g + 1] * wb[g]
     return acc
 
 
@@ -85,17 +86,27 @@ def test_packed_linear_bf16_kernel_is_the_float32_sum_of_bfloat16_products(tiny_
 
     rng = np.random.default_rng(0)
     k, n, m = 1536, 48, 67
-    arrays = {"lin.weight_t": rng.standard_normal((k, n)).astype(np.float32) * 0.05,
-              "lin.bias": rng.standard_normal(n).astype(np.float32)}
+    arrays = {
+        "lin.weight_t": rng.standard_normal((k, n)).astype(np.float32) * 0.05,
+        "lin.bias": rng.standard_normal(n).astype(np.float32),
+    }
     w = WeightBank(arrays, DType.float32, DeviceRef.CPU())
 
     def build(x, residual):
-        return [packed_linear_bf16(w, "lin")(x), packed_linear_bf16(w, "lin", gelu=True)(x),
-                packed_linear_bf16(w, "lin")(x, residual), packed_linear_bf16(w, "lin", tile=(4, 1))(x)]
+        return [
+            packed_linear_bf16(w, "lin")(x),
+            packed_linear_bf16(w, "lin", gelu=True)(x),
+            packed_linear_bf16(w, "lin")(x, residual),
+            packed_linear_bf16(w, "lin", tile=(4, 1))(x),
+        ]
 
     cpu = DeviceRef.CPU()
-    run = _kernel_graph("packed_linear_bf16_test", [TensorType(DType.float32, ["m", k], device=cpu),
-                                                    TensorType(DType.float32, ["m", n], device=cpu)], build, w)
+    run = _kernel_graph(
+        "packed_linear_bf16_test",
+        [TensorType(DType.float32, ["m", k], device=cpu), TensorType(DType.float32, ["m", n], device=cpu)],
+        build,
+        w,
+    )
     assert w.registry()["lin.weight_t.bf16_panels"].shape == (n // 16, k // 2, 16, 2)
 
     x = (rng.standard_normal((m, k)) + 0.3).astype(np.float32)
@@ -108,8 +119,9 @@ def test_packed_linear_bf16_kernel_is_the_float32_sum_of_bfloat16_products(tiny_
     np.testing.assert_array_equal(plain, expected)
     np.testing.assert_array_equal(added, residual + expected)
     top = np.abs(expected).max()
-    np.testing.assert_allclose(gelu, 0.5 * expected * (1 + np.vectorize(erf)(expected / np.sqrt(2))), rtol=0,
-                               atol=2e-6 * top)
+    np.testing.assert_allclose(
+        gelu, 0.5 * expected * (1 + np.vectorize(erf)(expected / np.sqrt(2))), rtol=0, atol=2e-6 * top
+    )
     float_product = x.astype(np.float64) @ arrays["lin.weight_t"] + arrays["lin.bias"]
     exact_sums = bfloat16(x).astype(np.float64) @ bfloat16(arrays["lin.weight_t"]) + arrays["lin.bias"]
     assert np.abs(plain - float_product).max() < 0.01 * np.abs(float_product).max()
@@ -142,9 +154,11 @@ def test_encoder_attention_in_bf16_is_float32_sums_of_bfloat16_products(dh, t, a
     rng = np.random.default_rng(0)
     qkv = rng.standard_normal((b, t, 3 * d)).astype(np.float32)
     types = [TensorType(DType.float32, [b, "t", 3 * d], device=DeviceRef.CPU())]
-    run = _kernel_graph(f"encoder_attention_bf16_test_{dh}_{t}_{amx}", types,
-                        lambda x: [encoder_attention(x, h, tile, bf16=True, amx=amx)
-                                   for tile in (MACHINE_TILE, (6, 1), (12, 2))])
+    run = _kernel_graph(
+        f"encoder_attention_bf16_test_{dh}_{t}_{amx}",
+        types,
+        lambda x: [encoder_attention(x, h, tile, bf16=True, amx=amx) for tile in (MACHINE_TILE, (6, 1), (12, 2))],
+    )
     out, small, large = run(qkv)
     np.testing.assert_array_equal(large, out)
     if amx:  # the tiles ran: their sums' order moved some bits
@@ -191,8 +205,9 @@ def test_bf16_plan_runs_the_encoder_and_prompt_linears_in_bf16(max_tiny_en_bf16,
     assert "bf16 encoder linears" in plan.describe() and "float16-stored step linears" in plan.describe()
 
 
-def test_bf16_wer_on_the_clips_with_references_is_within_half_a_point_of_fp32(max_tiny_en, max_tiny_en_bf16,
-                                                                            tiny_en_checkpoint):
+def test_bf16_wer_on_the_clips_with_references_is_within_half_a_point_of_fp32(
+    max_tiny_en, max_tiny_en_bf16, tiny_en_checkpoint
+):
     if max_tiny_en_bf16 is None:
         return assert_max_says_bf16_is_missing(tiny_en_checkpoint)
     assert_wer_within_tolerance_of_fp32(max_tiny_en, max_tiny_en_bf16, WER_TOLERANCE_POINTS)
@@ -208,8 +223,9 @@ def test_bf16_agrees_with_fp32_on_the_lecture(max_tiny_en, max_tiny_en_bf16, lec
     assert agreement(fp32.text, bf16.text) >= 0.98, (fp32.text, bf16.text)
 
 
-def test_bf16_batched_windows_equal_their_single_decodes(max_tiny_en_bf16, jfk_audio, lecture_60s_audio,
-                                                         tiny_en_checkpoint):
+def test_bf16_batched_windows_equal_their_single_decodes(
+    max_tiny_en_bf16, jfk_audio, lecture_60s_audio, tiny_en_checkpoint
+):
     """A row's bf16 arithmetic does not depend on the rows beside it (each prompt row rounded on its
     own, the one-token steps float32 row by row): a batch of two windows gives each one's tokens."""
     if max_tiny_en_bf16 is None:

@@ -14,6 +14,7 @@ its models up at start-up: the first MAX compile takes minutes on a cold CPU cac
 timeouts. Screenshots go to artifacts/screenshots/ (256 colours); docs/screenshots/ holds a copy
 of them for readers of the repository (docs/app.md).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,8 +40,15 @@ AUDIO = ROOT / "tests" / "audio"
 ARTIFACTS = ROOT / "artifacts"
 SHOTS = ARTIFACTS / "screenshots"
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--autoplay-policy=no-user-gesture-required"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--autoplay-policy=no-user-gesture-required",
+]
 DESKTOP, PHONE = {"width": 1366, "height": 768}, {"width": 390, "height": 844}
 JFK = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
 RUN_TIMEOUT_MS = 15 * 60 * 1000  # a run waits for the warm-up (cold MAX compile: minutes)
@@ -116,8 +124,13 @@ def app():
     port = free_port()
     log = open(ARTIFACTS / "app.log", "wb")
     env = {**os.environ, "MODULAR_TELEMETRY_ENABLED": "0", "GRADIO_ANALYTICS_ENABLED": "False"}
-    proc = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 300
     while True:
@@ -140,6 +153,7 @@ def app():
 
 def cpu_share(pid: int, seconds: float) -> float:
     """The share of one core a process used over `seconds` (utime + stime from /proc/PID/stat)."""
+
     def ticks():
         return sum(int(x) for x in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13])
 
@@ -200,9 +214,12 @@ def bottom(page, selector: str) -> float:
 
 def lines_shown(page, selector: str, height: int) -> int:
     """How many lines of the textarea at `selector` are above `height`, the window's bottom."""
-    return page.evaluate("""([sel, h]) => { const t = document.querySelector(sel), s = getComputedStyle(t);
+    return page.evaluate(
+        """([sel, h]) => { const t = document.querySelector(sel), s = getComputedStyle(t);
         const top = t.getBoundingClientRect().top + parseFloat(s.paddingTop) + parseFloat(s.borderTopWidth);
-        return Math.floor((h - top) / parseFloat(s.lineHeight)); }""", [selector, height])
+        return Math.floor((h - top) / parseFloat(s.lineHeight)); }""",
+        [selector, height],
+    )
 
 
 def assert_contrast(page, where: str) -> None:
@@ -237,10 +254,15 @@ def test_one_click_to_a_verdict_that_holds_and_fits_the_screen(app):
         finally:
             spinner.kill()
             spinner.wait()
-        expect(verdict).to_contain_text(re.compile(r"Counting CPU time, MAX was .* than openai-whisper .* on this "
-                                                   r"11\.0 s clip"))
-        expect(verdict).to_contain_text("so this verdict counts CPU time: the processor seconds each run's own work "
-                                        "took")
+        expect(verdict).to_contain_text(
+            re.compile(
+                r"Counting CPU time, MAX was .* than openai-whisper .* on this "
+                r"11\.0 s clip"
+            )
+        )
+        expect(verdict).to_contain_text(
+            "so this verdict counts CPU time: the processor seconds each run's own work took"
+        )
         expect(verdict).to_contain_text("Identical tokens to openai-whisper and faster-whisper")
         expect(page.locator("#speed-chart")).to_contain_text("CPU seconds to transcribe")
         expect(page.get_by_label("Model (installed)")).to_be_hidden()
@@ -269,8 +291,10 @@ def test_one_click_to_a_verdict_that_holds_and_fits_the_screen(app):
         expect(message).to_contain_text("Cannot use this audio: no audio was given", timeout=60_000)
         assert page.locator("#message").bounding_box()["y"] < bottom(page, "#message") <= DESKTOP["height"]
         # a file that is not audio: refused as it is uploaded, before any run
-        page.set_input_files("#audio input[type=file]", {"name": "notes.wav", "mimeType": "audio/wav",
-                                                         "buffer": b"these are not samples\n" * 50})
+        page.set_input_files(
+            "#audio input[type=file]",
+            {"name": "notes.wav", "mimeType": "audio/wav", "buffer": b"these are not samples\n" * 50},
+        )
         expect(message).to_contain_text("Cannot use this audio: cannot read the file as audio", timeout=60_000)
         page.locator("#audio").get_by_role("button", name=re.compile("clear", re.I)).first.click()
 
@@ -279,11 +303,18 @@ def test_one_click_to_a_verdict_that_holds_and_fits_the_screen(app):
         # the badge's timer ticks while a run goes on (it shows a load the run starts), also where it
         # had stopped, the page idle: count its calls
         page.wait_for_timeout(8_000)
-        tick = page.evaluate("() => window.gradio_config.dependencies.find("
-                             "d => d.targets.some(t => t[1] === 'tick')).id")
+        tick = page.evaluate(
+            "() => window.gradio_config.dependencies.find(d => d.targets.some(t => t[1] === 'tick')).id"
+        )
         ticks = []
-        page.on("request", lambda r: ticks.append(1) if "queue/join" in r.url and
-                (json.loads(r.post_data or "{}").get("fn_index") == tick) else None)
+        page.on(
+            "request",
+            lambda r: (
+                ticks.append(1)
+                if "queue/join" in r.url and (json.loads(r.post_data or "{}").get("fn_index") == tick)
+                else None
+            ),
+        )
         page.click("#run")  # the first run's results go before the second's arrive
         expect(page.locator("#text-max textarea")).to_have_value("", timeout=5_000)
         expect(verdict).not_to_contain_text("MAX was", timeout=5_000)
@@ -404,19 +435,28 @@ def test_live_races_max_and_faster_whisper_on_the_fake_microphone(app, tmp_path)
         try:
             record_until_heard(page, panels["max"], console)
             for panel in panels.values():
-                expect(panel.locator(".live-committed")).to_contain_text(re.compile(r"\w+ \w+ \w+"),
-                                                                         timeout=RUN_TIMEOUT_MS)
+                expect(panel.locator(".live-committed")).to_contain_text(
+                    re.compile(r"\w+ \w+ \w+"), timeout=RUN_TIMEOUT_MS
+                )
         except (AssertionError, PlaywrightError) as e:
             log = (ARTIFACTS / "app.log").read_text(errors="replace").splitlines()
-            report = (f"{e}\n-- browser console:\n" + "\n".join(console[-20:]) + "\n-- app.log:\n"
-                      + "\n".join(line for line in log[-60:] if "httpx" not in line))
+            report = (
+                f"{e}\n-- browser console:\n"
+                + "\n".join(console[-20:])
+                + "\n-- app.log:\n"
+                + "\n".join(line for line in log[-60:] if "httpx" not in line)
+            )
             with contextlib.suppress(PlaywrightError):
                 report += f"\n-- panels: {[p.inner_text() for p in panels.values()]}"
                 shoot(page, "live-desktop")
             pytest.fail(report)
         for panel in panels.values():
-            expect(panel).to_contain_text(re.compile(r"keeps up: [\d.]+ s of computing per second of speech|falls "
-                                                     r"behind"))
+            expect(panel).to_contain_text(
+                re.compile(
+                    r"keeps up: [\d.]+ s of computing per second of speech|falls "
+                    r"behind"
+                )
+            )
             expect(panel).to_contain_text(re.compile(r"words final [\d.]+ s after they are said"))
         # the fake microphone's 16 s played (it sends silence after), then the stop
         expect(panels["max"]).to_contain_text(re.compile(r"(1[6-9]|[2-9]\d|\d{3}) s heard"), timeout=120_000)
@@ -425,8 +465,9 @@ def test_live_races_max_and_faster_whisper_on_the_fake_microphone(app, tmp_path)
             expect(panel.locator(".live-stats")).to_contain_text("stopped", timeout=120_000)
             assert len(normalize(panel.locator(".live-committed").inner_text()).split()) >= 3
         result = page.locator("#live-message .live-result")
-        expect(result).to_contain_text(re.compile(r"(MAX|faster-whisper) was first: it (kept up|fell behind)|A tie"),
-                                       timeout=120_000)
+        expect(result).to_contain_text(
+            re.compile(r"(MAX|faster-whisper) was first: it (kept up|fell behind)|A tie"), timeout=120_000
+        )
         # without a microphone: an example plays as one, a new race, its sound played by the browser
         page.locator("#live-examples button", has_text="JFK").click()
         expect(page.locator("#live-message")).to_contain_text("Playing jfk.flac as the microphone", timeout=30_000)
@@ -444,8 +485,9 @@ def test_live_races_max_and_faster_whisper_on_the_fake_microphone(app, tmp_path)
             expect(panel).to_contain_text("11 s heard", timeout=120_000)
             expect(panel.locator(".live-stats")).to_contain_text("stopped", timeout=120_000)
             assert "country" in normalize(panel.locator(".live-committed").inner_text())
-        expect(result).to_contain_text(re.compile(r"(MAX|faster-whisper) was first: it (kept up|fell behind)|A tie"),
-                                       timeout=120_000)
+        expect(result).to_contain_text(
+            re.compile(r"(MAX|faster-whisper) was first: it (kept up|fell behind)|A tie"), timeout=120_000
+        )
         assert_contrast(page, "Live, the race's end")
         shoot(page, "live-desktop")
         page.set_viewport_size(PHONE)
@@ -459,7 +501,8 @@ def watch_race(page, backends: tuple[str, ...], every_ms: int = 250) -> list[dic
     start ("at"), how far the browser has played the clip ("played", s) and each panel's (text, pace)."""
     timeline, start = [], time.monotonic()
     while time.monotonic() - start < RUN_TIMEOUT_MS / 1000:
-        seen = page.evaluate("""(backends) => {
+        seen = page.evaluate(
+            """(backends) => {
             const player = document.querySelector('#live-player'), audio = [...player.querySelectorAll('*')]
               .filter(e => e.shadowRoot).flatMap(e => [...e.shadowRoot.querySelectorAll('audio')])[0];
             const out = {played: audio && !audio.paused ? audio.currentTime : 0,
@@ -469,7 +512,9 @@ def watch_race(page, backends: tuple[str, ...], every_ms: int = 250) -> list[dic
               const pace = (panel.querySelector('.live-stats')?.innerText.match(/keeps up|falls behind/) || [''])[0];
               out[b] = [panel.querySelector('.live-text')?.innerText || '', pace];
             }
-            return out; }""", list(backends))
+            return out; }""",
+            list(backends),
+        )
         timeline.append({**seen, "at": time.monotonic() - start})
         if seen["done"]:
             return timeline
@@ -490,8 +535,11 @@ def fake_microphone(tmp_path: Path, loop: bool = False) -> list[str]:
     with wave.open(str(fake_mic), "wb") as w:
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(SAMPLE_RATE)
         w.writeframes((samples * 32767).astype(np.int16).tobytes())
-    return ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={fake_mic}" + ("" if loop else "%noloop")]
+    return [
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={fake_mic}" + ("" if loop else "%noloop"),
+    ]
 
 
 def record_until_heard(page, panel, console: list[str], tries: int = 3) -> None:

@@ -3,6 +3,7 @@ the inputs, manifests, results table and progress; on the session's local Ray in
 of clips with a corrupt, an empty and a silent file among them, each good file's tokens equal to
 `transcribe()` on it alone, a rerun that skips what is done; the command killed midway and run
 again on the test clips; a job spread over two virtual nodes."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,6 +45,7 @@ def partial_files(output: Path) -> list[Path]:
 
 # --- inputs, results table, progress (no Ray) -------------------------------------------------
 
+
 def test_folders_are_searched_and_mirrored_and_manifests_list_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name in ("a/one.wav", "a/sub/two.MP3", "a/.hidden.wav", "a/notes.txt", "a/out/old.wav", "b/three.flac"):
@@ -51,7 +53,10 @@ def test_folders_are_searched_and_mirrored_and_manifests_list_files(tmp_path, mo
         Path(name).write_bytes(b"x")
     files = collect_inputs(["a", "b/three.flac", "a/one.wav"], output="a/out")  # the output folder is left out
     assert [(f.name, f.relative) for f in files] == [
-        ("a/one.wav", "a/one.wav"), ("a/sub/two.MP3", "a/sub/two.MP3"), ("b/three.flac", "b/three.flac")]
+        ("a/one.wav", "a/one.wav"),
+        ("a/sub/two.MP3", "a/sub/two.MP3"),
+        ("b/three.flac", "b/three.flac"),
+    ]
     assert all(Path(f.path).is_absolute() and f.size == 1 for f in files)
     assert [f.relative for f in collect_inputs(["a"])] == ["one.wav", "out/old.wav", "sub/two.MP3"]
 
@@ -61,18 +66,23 @@ def test_folders_are_searched_and_mirrored_and_manifests_list_files(tmp_path, mo
     Path("lists/files.jsonl").write_text(json.dumps({"path": str(tmp_path / "b/three.flac")}) + "\n\n")
     assert [f.name for f in collect_inputs(["lists/files.txt"])] == ["a/one.wav", "a/sub/two.MP3"]
     listed = collect_inputs(["lists/files.csv"])  # a missing file is listed: its row will say so
-    assert [(f.name, f.relative, f.size) for f in listed] == [("a/one.wav", "a/one.wav", 1),
-                                                              ("missing.wav", "missing.wav", 0)]
+    assert [(f.name, f.relative, f.size) for f in listed] == [
+        ("a/one.wav", "a/one.wav", 1),
+        ("missing.wav", "missing.wav", 0),
+    ]
     assert [f.name for f in collect_inputs(["lists/files.jsonl"])] == [str(tmp_path / "b/three.flac")]
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: None, "input not found: nowhere"),
-    (lambda: Path("nowhere").mkdir(), "no audio or video files in folder nowhere"),
-    (lambda: Path("nowhere.csv").write_text("file\nx.wav\n"), "manifest nowhere.csv has no 'path' column"),
-    (lambda: Path("nowhere.jsonl").write_text('{"path": "a.wav"}\n{oops\n'), "nowhere.jsonl, line 2: not JSON"),
-    (lambda: Path("nowhere.txt").write_text("# nothing\n"), "manifest nowhere.txt lists no files"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: None, "input not found: nowhere"),
+        (lambda: Path("nowhere").mkdir(), "no audio or video files in folder nowhere"),
+        (lambda: Path("nowhere.csv").write_text("file\nx.wav\n"), "manifest nowhere.csv has no 'path' column"),
+        (lambda: Path("nowhere.jsonl").write_text('{"path": "a.wav"}\n{oops\n'), "nowhere.jsonl, line 2: not JSON"),
+        (lambda: Path("nowhere.txt").write_text("# nothing\n"), "manifest nowhere.txt lists no files"),
+    ],
+)
 def test_bad_inputs_are_refused_before_anything_starts(tmp_path, monkeypatch, make, message):
     monkeypatch.chdir(tmp_path)
     make()
@@ -83,8 +93,14 @@ def test_bad_inputs_are_refused_before_anything_starts(tmp_path, monkeypatch, ma
 
 def test_the_table_drops_a_line_cut_short_and_keeps_one_row_per_file(tmp_path):
     table = ResultsTable(tmp_path)
-    ok = {"output": "a.wav", "status": "ok", "backend": "max", "model": "tiny.en", "precision": "fp32",
-          "options": {"batch_size": None}}
+    ok = {
+        "output": "a.wav",
+        "status": "ok",
+        "backend": "max",
+        "model": "tiny.en",
+        "precision": "fp32",
+        "options": {"batch_size": None},
+    }
     table.append({**ok, "status": "error"})
     table.append(ok)
     with open(table.path, "a") as f:
@@ -149,9 +165,14 @@ def test_a_worker_starts_before_its_model_loads_and_its_first_call_waits_for_the
 
     monkeypatch.setattr(registry, "create_transcriber", create_transcriber)
     settings = JobSettings("faster", "tiny.en", "cpu", "fp32", 1, True, DecodeOptions(), str(tmp_path), ("txt",), None)
-    batch = {"path": np.array([str(tmp_path / "empty.wav")]), "name": np.array(["empty.wav"]),
-             "output": np.array(["empty.wav"]), "audio": np.array([b""], dtype=object), "read_s": np.array([0.1]),
-             "error": np.array(["empty.wav: the audio file is empty (0 bytes)"])}
+    batch = {
+        "path": np.array([str(tmp_path / "empty.wav")]),
+        "name": np.array(["empty.wav"]),
+        "output": np.array(["empty.wav"]),
+        "audio": np.array([b""], dtype=object),
+        "read_s": np.array([0.1]),
+        "error": np.array(["empty.wav: the audio file is empty (0 bytes)"]),
+    }
     worker, failing = Transcribe(settings), Transcribe(dataclasses.replace(settings, backend="nope"))
     assert worker.loading.is_alive() and failing.loading.is_alive()  # started, the models still loading
     calls = {}
@@ -233,8 +254,14 @@ print(json.dumps(counts))
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: no fewer threads to ask MAX for")
 def test_max_runs_on_the_threads_asked_for_and_they_may_run_on_every_core():
     def run(*args):
-        p = subprocess.run([sys.executable, "-c", MAX_THREADS, *args], cwd=ROOT, capture_output=True, text=True,
-                           timeout=300, env={**os.environ, "MODULAR_TELEMETRY_ENABLED": "0"})
+        p = subprocess.run(
+            [sys.executable, "-c", MAX_THREADS, *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "MODULAR_TELEMETRY_ENABLED": "0"},
+        )
         assert p.returncode == 0, p.stderr
         return json.loads(p.stdout.strip().splitlines()[-1])
 
@@ -257,13 +284,25 @@ def test_single_threaded_workers_do_not_spin_and_max_starts_with_their_environme
     single, several = _worker_env(1), _worker_env(2)
     assert single["OMP_NUM_THREADS"] == "1" and several == {"OMP_NUM_THREADS": "2"}
     assert single["MODULAR_THREAD_BUSY_WAIT_US"] == single["MODULAR_RUNTIME_THREAD_BUSY_WAIT_TIME_US"] == "0"
-    p = subprocess.run([sys.executable, "-c", MAX_THREADS, "1"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300, env={**os.environ, "MODULAR_TELEMETRY_ENABLED": "0", **single})
+    p = subprocess.run(
+        [sys.executable, "-c", MAX_THREADS, "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MODULAR_TELEMETRY_ENABLED": "0", **single},
+    )
     assert p.returncode == 0, p.stderr
     assert "already runs on 1 CPU threads" in json.loads(p.stdout.strip().splitlines()[-1])["again"]
     for name in single.keys() - {"OMP_NUM_THREADS"}:  # MAX reads each name: one set alone aborts it
-        p = subprocess.run([sys.executable, "-c", MAX_THREADS, "1"], cwd=ROOT, capture_output=True, text=True,
-                           timeout=300, env={**os.environ, "MODULAR_TELEMETRY_ENABLED": "0", name: "0"})
+        p = subprocess.run(
+            [sys.executable, "-c", MAX_THREADS, "1"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "MODULAR_TELEMETRY_ENABLED": "0", name: "0"},
+        )
         assert p.returncode != 0, name
 
 
@@ -297,10 +336,16 @@ def test_max_s_polling_thread_wakes_rarely_once_a_model_has_run():
     """MAX starts a thread at a process's first graph call that waits 0.5 ms at a time, idle or
     not; the model's first call gives it a coarse timer slack, so an idle process's busiest thread
     wakes a few dozen times a second, not ~2000 (with the kernel's default slack)."""
+
     def busiest(slack: str) -> int:
-        p = subprocess.run([sys.executable, "-c", RUNTIME_THREAD, str(AUDIO / "jfk.flac"), slack], cwd=ROOT,
-                           capture_output=True, text=True, timeout=300,
-                           env={**os.environ, "MODULAR_TELEMETRY_ENABLED": "0"})
+        p = subprocess.run(
+            [sys.executable, "-c", RUNTIME_THREAD, str(AUDIO / "jfk.flac"), slack],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "MODULAR_TELEMETRY_ENABLED": "0"},
+        )
         assert p.returncode == 0, p.stderr
         return json.loads(p.stdout.strip().splitlines()[-1])
 
@@ -335,6 +380,7 @@ def test_workers_are_sized_on_the_cpus_that_a_job_just_ended_lets_go(ray_local):
 
 # --- a job on the session's Ray instance -----------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
     """Three clips and three files that must fail, in folders, with a file that is not audio."""
@@ -345,7 +391,7 @@ def archive(tmp_path_factory):
     (root / "bad").mkdir()
     shutil.copy(AUDIO / "jfk.flac", root / "jfk.flac")
     shutil.copy(AUDIO / "stereo_diarization.wav", root / "talks" / "stereo.wav")
-    sf.write(root / "talks" / "jfk-6s.ogg", load_audio(AUDIO / "jfk.flac")[:6 * SAMPLE_RATE], SAMPLE_RATE)
+    sf.write(root / "talks" / "jfk-6s.ogg", load_audio(AUDIO / "jfk.flac")[: 6 * SAMPLE_RATE], SAMPLE_RATE)
     (root / "bad" / "corrupt.mp3").write_bytes(b"ID3" + bytes(range(256)) * 40)
     (root / "bad" / "empty.wav").write_bytes(b"")
     sf.write(root / "bad" / "silence.wav", np.zeros(3 * SAMPLE_RATE, np.int16), SAMPLE_RATE)
@@ -354,13 +400,16 @@ def archive(tmp_path_factory):
 
 
 GOOD = ["jfk.flac", "talks/jfk-6s.ogg", "talks/stereo.wav"]
-BAD = {"bad/corrupt.mp3": "archive/bad/corrupt.mp3",
-       "bad/empty.wav": "archive/bad/empty.wav: the audio file is empty (0 bytes)",
-       "bad/silence.wav": "archive/bad/silence.wav: the audio is silent"}
+BAD = {
+    "bad/corrupt.mp3": "archive/bad/corrupt.mp3",
+    "bad/empty.wav": "archive/bad/empty.wav: the audio file is empty (0 bytes)",
+    "bad/silence.wav": "archive/bad/silence.wav: the audio is silent",
+}
 
 
 def test_a_job_transcribes_each_file_once_and_a_rerun_does_only_what_is_left(
-        ray_local, max_tiny_en, archive, tmp_path, monkeypatch):
+    ray_local, max_tiny_en, archive, tmp_path, monkeypatch
+):
     import maxwhisper
     from maxwhisper.audio import load_audio
 
@@ -390,8 +439,9 @@ def test_a_job_transcribes_each_file_once_and_a_rerun_does_only_what_is_left(
 
     again = maxwhisper.transcribe_many("archive", out, device="cpu", formats=["txt", "json"])
     assert (again.transcribed, again.failed, again.skipped) == (0, 3, 3)  # the failed files are tried again
-    assert {r["output"]: r for r in rows_of(out) if r["status"] == "ok"} == \
-        {k: v for k, v in rows.items() if v["status"] == "ok"}  # the rows of the files done are kept as they were
+    assert {r["output"]: r for r in rows_of(out) if r["status"] == "ok"} == {
+        k: v for k, v in rows.items() if v["status"] == "ok"
+    }  # the rows of the files done are kept as they were
     batched = maxwhisper.transcribe_many("archive", out, device="cpu", formats=["txt", "json"], batch_size=2)
     assert (batched.transcribed, batched.failed, batched.skipped) == (3, 3, 0)  # other options: all done again
     rows = rows_of(out)
@@ -400,7 +450,8 @@ def test_a_job_transcribes_each_file_once_and_a_rerun_does_only_what_is_left(
 
 
 def test_the_command_says_which_files_failed_and_a_model_that_cannot_load_stops_the_job(
-        ray_local, archive, tmp_path, monkeypatch, capsys):
+    ray_local, archive, tmp_path, monkeypatch, capsys
+):
     import maxwhisper
     from maxwhisper.__main__ import main
 
@@ -425,10 +476,13 @@ def test_an_unknown_model_is_refused_before_ray_starts(tmp_path, monkeypatch, ca
     from maxwhisper.__main__ import main
 
     monkeypatch.setattr("maxwhisper.bulk.job._start_ray", lambda address: pytest.fail("Ray started"))
-    assert main(["transcribe-many", str(AUDIO / "jfk.flac"), "--output", str(tmp_path / "out"),
-                 "--model", "tiny.xx"]) == 2
-    assert capsys.readouterr().err == ("error: unknown model 'tiny.xx': use one of base, tiny.en, a CTranslate2 model "
-                                       "folder, or an openai-whisper .pt file\n")
+    assert (
+        main(["transcribe-many", str(AUDIO / "jfk.flac"), "--output", str(tmp_path / "out"), "--model", "tiny.xx"]) == 2
+    )
+    assert capsys.readouterr().err == (
+        "error: unknown model 'tiny.xx': use one of base, tiny.en, a CTranslate2 model "
+        "folder, or an openai-whisper .pt file\n"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -436,9 +490,10 @@ def test_an_output_that_cannot_be_a_folder_is_a_clear_error(tmp_path, capsys):
     from maxwhisper.__main__ import main
 
     (tmp_path / "notes.txt").write_text("a file")
-    for output, message in [(tmp_path / "notes.txt", f"the output {tmp_path / 'notes.txt'} is a file, not a folder"),
-                            (tmp_path / "notes.txt" / "out", f"cannot make the output folder {tmp_path}/notes.txt/out: "
-                                                            "Not a directory")]:
+    for output, message in [
+        (tmp_path / "notes.txt", f"the output {tmp_path / 'notes.txt'} is a file, not a folder"),
+        (tmp_path / "notes.txt" / "out", f"cannot make the output folder {tmp_path}/notes.txt/out: Not a directory"),
+    ]:
         assert main(["transcribe-many", str(AUDIO / "jfk.flac"), "--output", str(output)]) == 2
         assert capsys.readouterr().err == f"error: {message}\n"
 
@@ -452,10 +507,24 @@ def test_a_local_job_starts_a_ray_instance_of_its_own_not_the_one_ray_start_reco
         (ray_tmp / "ray").mkdir()
         (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9\n")  # nothing listens there
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        p = subprocess.run([sys.executable, "-m", "maxwhisper", "transcribe-many", str(AUDIO / "jfk.flac"),
-                            "--output", str(tmp_path / "out"), "--backend", "faster"], cwd=ROOT,
-                           env={**env, "RAY_TMPDIR": str(ray_tmp), "MAXWHISPER_DEBUG": ""}, capture_output=True,
-                           text=True, timeout=600)
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "maxwhisper",
+                "transcribe-many",
+                str(AUDIO / "jfk.flac"),
+                "--output",
+                str(tmp_path / "out"),
+                "--backend",
+                "faster",
+            ],
+            cwd=ROOT,
+            env={**env, "RAY_TMPDIR": str(ray_tmp), "MAXWHISPER_DEBUG": ""},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert p.returncode == 0, p.stderr
         assert normalize((tmp_path / "out" / "jfk.flac.txt").read_text()) == JFK_WORDS
     finally:
@@ -486,8 +555,17 @@ def test_ray_address_in_the_environment_is_the_cluster_joined_as_ray_does(tmp_pa
 def test_the_command_killed_midway_and_run_again_transcribes_every_clip_once(tmp_path):
     """`transcribe-many` on the test clips, killed (SIGKILL) after its first rows."""
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "maxwhisper", "transcribe-many", str(AUDIO), "--output", str(out),
-               "--format", "txt,json"]
+    command = [
+        sys.executable,
+        "-m",
+        "maxwhisper",
+        "transcribe-many",
+        str(AUDIO),
+        "--output",
+        str(out),
+        "--format",
+        "txt,json",
+    ]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 900
@@ -505,8 +583,10 @@ def test_the_command_killed_midway_and_run_again_transcribes_every_clip_once(tmp
     second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stderr
     assert "Traceback" not in second.stderr
-    assert f"{len(clips)} files: {len(clips) - len(done_first)} transcribed, 0 failed, {len(done_first)} already done" \
+    assert (
+        f"{len(clips)} files: {len(clips) - len(done_first)} transcribed, 0 failed, {len(done_first)} already done"
         in second.stderr
+    )
     rows = rows_of(out)
     assert sorted(r["output"] for r in rows) == clips  # every clip exactly once
     assert all(r["status"] == "ok" for r in rows)
@@ -547,8 +627,13 @@ def test_a_job_spreads_over_two_nodes(tmp_path):
     for copy in copies:
         shutil.copy(AUDIO / "jfk.wav", copy)
     manifest.write_text("path\n" + "".join(f"clips/{c.name}\n" for c in copies) + "clips/gone.wav\n")
-    p = subprocess.run([sys.executable, "-c", TWO_NODES, str(manifest), str(tmp_path / "out")], cwd=ROOT,
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-c", TWO_NODES, str(manifest), str(tmp_path / "out")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr
     report = json.loads(p.stdout.strip().splitlines()[-1])
     assert (report["transcribed"], report["failed"]) == (6, 1) and len(report["nodes"]) == 2

@@ -1,4 +1,5 @@
 """maxwhisper.checkpoint: every openai-whisper parameter, the right values, .pt round trips, clear errors."""
+
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -11,6 +12,7 @@ import whisper.model as whisper_model
 
 from maxwhisper.api import ModelError
 from maxwhisper.checkpoint import MODELS, load_checkpoint, read_ct2_model_bin
+
 
 @pytest.fixture(scope="session")
 def tiny():
@@ -27,6 +29,7 @@ def openai_whisper(dims) -> "torch.nn.Module":
 
 
 # --- the installed tiny.en ------------------------------------------------------------------
+
 
 def test_tiny_dims(tiny):
     d = tiny.dims
@@ -55,27 +58,32 @@ def test_tiny_values_match_ctranslate2(tiny, tiny_ct2):
     np.testing.assert_array_equal(tiny.state["decoder.token_embedding.weight"], ct2["decoder/embeddings/weight"])
     # the output projection is tied to the embedding
     np.testing.assert_array_equal(ct2["decoder/projection/weight"], ct2["decoder/embeddings/weight"])
-    np.testing.assert_array_equal(tiny.state["encoder.positional_embedding"],
-                                  ct2["encoder/position_encodings/encodings"])
+    np.testing.assert_array_equal(
+        tiny.state["encoder.positional_embedding"], ct2["encoder/position_encodings/encodings"]
+    )
     np.testing.assert_array_equal(tiny.state["encoder.conv1.weight"], ct2["encoder/conv1/weight"])
     # fused self-attention q|k|v, and its zero key bias
     qkv = ct2["encoder/layer_1/self_attention/linear_0/weight"]
     np.testing.assert_array_equal(tiny.state["encoder.blocks.1.attn.query.weight"], qkv[:d])
-    np.testing.assert_array_equal(tiny.state["encoder.blocks.1.attn.key.weight"], qkv[d:2 * d])
-    np.testing.assert_array_equal(tiny.state["encoder.blocks.1.attn.value.weight"], qkv[2 * d:])
-    assert not np.any(ct2["encoder/layer_1/self_attention/linear_0/bias"][d:2 * d])
-    np.testing.assert_array_equal(tiny.state["encoder.blocks.1.attn.value.bias"],
-                                  ct2["encoder/layer_1/self_attention/linear_0/bias"][2 * d:])
+    np.testing.assert_array_equal(tiny.state["encoder.blocks.1.attn.key.weight"], qkv[d : 2 * d])
+    np.testing.assert_array_equal(tiny.state["encoder.blocks.1.attn.value.weight"], qkv[2 * d :])
+    assert not np.any(ct2["encoder/layer_1/self_attention/linear_0/bias"][d : 2 * d])
+    np.testing.assert_array_equal(
+        tiny.state["encoder.blocks.1.attn.value.bias"], ct2["encoder/layer_1/self_attention/linear_0/bias"][2 * d :]
+    )
     # fused cross-attention k|v, and the query / out projections
     kv = ct2["decoder/layer_2/attention/linear_1/weight"]
     np.testing.assert_array_equal(tiny.state["decoder.blocks.2.cross_attn.key.weight"], kv[:d])
     np.testing.assert_array_equal(tiny.state["decoder.blocks.2.cross_attn.value.weight"], kv[d:])
-    np.testing.assert_array_equal(tiny.state["decoder.blocks.2.cross_attn.query.weight"],
-                                  ct2["decoder/layer_2/attention/linear_0/weight"])
-    np.testing.assert_array_equal(tiny.state["decoder.blocks.2.cross_attn.out.weight"],
-                                  ct2["decoder/layer_2/attention/linear_2/weight"])
-    np.testing.assert_array_equal(tiny.state["decoder.blocks.3.mlp.2.weight"],
-                                  ct2["decoder/layer_3/ffn/linear_1/weight"])
+    np.testing.assert_array_equal(
+        tiny.state["decoder.blocks.2.cross_attn.query.weight"], ct2["decoder/layer_2/attention/linear_0/weight"]
+    )
+    np.testing.assert_array_equal(
+        tiny.state["decoder.blocks.2.cross_attn.out.weight"], ct2["decoder/layer_2/attention/linear_2/weight"]
+    )
+    np.testing.assert_array_equal(
+        tiny.state["decoder.blocks.3.mlp.2.weight"], ct2["decoder/layer_3/ffn/linear_1/weight"]
+    )
     np.testing.assert_array_equal(tiny.state["decoder.ln.weight"], ct2["decoder/layer_norm/gamma"])
     np.testing.assert_array_equal(tiny.state["encoder.ln_post.bias"], ct2["encoder/layer_norm/beta"])
 
@@ -100,8 +108,18 @@ def test_ct2_folder_path_gives_the_same_weights(tiny):
 
 # --- openai-whisper .pt round trip ----------------------------------------------------------
 
-SMALL_DIMS = dict(n_mels=128, n_audio_ctx=1500, n_audio_state=64, n_audio_head=4, n_audio_layer=2,
-                  n_vocab=51866, n_text_ctx=448, n_text_state=64, n_text_head=4, n_text_layer=2)
+SMALL_DIMS = dict(
+    n_mels=128,
+    n_audio_ctx=1500,
+    n_audio_state=64,
+    n_audio_head=4,
+    n_audio_layer=2,
+    n_vocab=51866,
+    n_text_ctx=448,
+    n_text_state=64,
+    n_text_head=4,
+    n_text_layer=2,
+)
 
 
 def _random_whisper(seed: int = 0):
@@ -149,6 +167,7 @@ def test_pt_wrong_shape_is_refused(tmp_path):
 
 
 # --- errors -----------------------------------------------------------------------------------
+
 
 def test_unknown_model_name_lists_valid_names():
     with pytest.raises(ModelError) as e:

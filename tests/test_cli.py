@@ -1,4 +1,5 @@
 """`python -m maxwhisper`: output formats, several files per call, clean errors (no tracebacks)."""
+
 from __future__ import annotations
 
 import json
@@ -18,15 +19,21 @@ AUDIO = ROOT / "tests" / "audio"
 JFK = AUDIO / "jfk.flac"
 
 
-
-JFK_NORMALISED = ("and so my fellow americans ask not what your country can do for you "
-                  "ask what you can do for your country")
+JFK_NORMALISED = (
+    "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
+)
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "MAXWHISPER_DEBUG": "", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "maxwhisper", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "maxwhisper", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def assert_clean_error(p: subprocess.CompletedProcess, *needles: str) -> None:
@@ -73,8 +80,23 @@ def test_faster_srt():
 
 
 def test_faster_vtt_word_timestamps_and_options():
-    p = cli("transcribe", JFK, "--backend", "faster", "--format", "vtt", "--word-timestamps", "--beam-size", "2",
-            "--temperature", "0", "--language", "en", "--threads", "2")
+    p = cli(
+        "transcribe",
+        JFK,
+        "--backend",
+        "faster",
+        "--format",
+        "vtt",
+        "--word-timestamps",
+        "--beam-size",
+        "2",
+        "--temperature",
+        "0",
+        "--language",
+        "en",
+        "--threads",
+        "2",
+    )
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("WEBVTT\n\n00:0")
     assert "-->" in p.stdout and "," not in p.stdout.split("\n")[2]  # vtt uses a decimal point
@@ -110,8 +132,9 @@ def test_no_kernels_prints_the_jfk_sentence():
 
 
 def test_batch_size_transcribes_in_batches_and_refuses_what_it_cannot_do():
-    p = cli("transcribe", JFK, "--backend", "max", "--device", "cpu", "--batch-size", "4", "--format", "json",
-            timeout=1200)
+    p = cli(
+        "transcribe", JFK, "--backend", "max", "--device", "cpu", "--batch-size", "4", "--format", "json", timeout=1200
+    )
     assert p.returncode == 0, p.stderr
     d = json.loads(p.stdout)
     assert normalize(d["text"]) == JFK_NORMALISED and d["options"]["batch_size"] == 4
@@ -148,16 +171,21 @@ def test_gpu_compile_keeps_the_encoder_and_token_step_where_an_h100_loads_them(t
     p = cli(*args, "--output", out, timeout=1800)
     assert p.returncode == 0, p.stderr + p.stdout
     rows = json.loads((tmp_path / "gpu-compile-tiny.en.json").read_text())["graphs"]
-    assert [(r["graph"], r["precision"], r["arch"], r["ok"], r["kept"]) for r in rows] == \
-        [("encoder", "fp16", "sm_90", True, False), ("token_step", "fp16", "sm_90", True, False)]
-    assert "2 compiled, 0 failed" in p.stdout and "| encoder | fp16 | sm_90 | H100, H200 | ok |" in \
-        (tmp_path / "gpu-compile-tiny.en.md").read_text()
+    assert [(r["graph"], r["precision"], r["arch"], r["ok"], r["kept"]) for r in rows] == [
+        ("encoder", "fp16", "sm_90", True, False),
+        ("token_step", "fp16", "sm_90", True, False),
+    ]
+    assert (
+        "2 compiled, 0 failed" in p.stdout
+        and "| encoder | fp16 | sm_90 | H100, H200 | ok |" in (tmp_path / "gpu-compile-tiny.en.md").read_text()
+    )
     assert all(path.exists() for path in artifacts)
     again = cli(*args, timeout=600)
     assert again.returncode == 0 and [line.split()[3] for line in again.stdout.splitlines()[1:3]] == ["kept"] * 2
 
 
 # --- errors ---------------------------------------------------------------------------------
+
 
 def test_unknown_backend():
     assert_clean_error(cli("transcribe", JFK, "--backend", "nope"), "backend")
@@ -174,8 +202,10 @@ def test_bad_model(capsys):
     p = cli("transcribe", JFK, "--backend", "openai", "--model", "tiny.xx")
     assert_clean_error(p, "tiny.xx", "use one of base, tiny.en, a CTranslate2 model folder")
     assert p.returncode == 2
-    message = ("error: unknown model 'tiny.xx': use one of base, tiny.en, a CTranslate2 model folder, or an "
-               "openai-whisper .pt file\n")
+    message = (
+        "error: unknown model 'tiny.xx': use one of base, tiny.en, a CTranslate2 model folder, or an "
+        "openai-whisper .pt file\n"
+    )
     for args in (["transcribe", JFK], ["compare", JFK, "--backends", "openai,faster"], ["stream", JFK]):
         assert run_main(capsys, *args, "--model", "tiny.xx") == (2, message)
 
@@ -201,8 +231,9 @@ def test_bad_flag_values():
     assert_clean_error(cli("gpu-compile", "--precision", "int8"), "unknown precision int8")
     assert_clean_error(cli("warm", "--arch", "sm_90"), "--arch compiles the GPU's graphs: give it with --device gpu")
     assert_clean_error(cli("warm", "--device", "gpu", "--arch", "sm_99"), "unknown architecture sm_99")
-    assert_clean_error(cli("warm", "--device", "gpu", "--arch", "sm_90", "--precision", "int8"),
-                       "unknown precision int8")
+    assert_clean_error(
+        cli("warm", "--device", "gpu", "--arch", "sm_90", "--precision", "int8"), "unknown precision int8"
+    )
     assert_clean_error(cli("transcribe", JFK, "--backend", "openai", "--no-kernels"), "MAX backend only")
     assert_clean_error(cli("transcribe", JFK, "--temperature", "hot"), "temperature")
     assert_clean_error(cli("transcribe", JFK, "--beam-size", "0"), "beam")
@@ -210,6 +241,7 @@ def test_bad_flag_values():
 
 
 # --- hostile input: refused in one line before a model loads (in-process: nothing loads) -----------
+
 
 def run_main(capsys, *args) -> tuple[int, str]:
     """`python -m maxwhisper ARGS` in this process: its exit code and stderr."""
@@ -222,24 +254,40 @@ def run_main(capsys, *args) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--temperature", "-1"], "error: temperature must be 0 (greedy) or a finite number of at least 0.01, got -1.0"),
-    (["--temperature", "0,nan"], "error: argument --temperature: expected a finite number or a comma-separated list, "
-                                 "got '0,nan'"),
-    (["--suppress-tokens", "999999"], "error: suppress_tokens: 999999 is not a token id of any Whisper model "
-                                      "(0 to 51865, or -1 for the non-speech symbols)"),
-    (["--max-seconds", "-5"], "error: argument --max-seconds: expected a positive number of seconds, got '-5'"),
-    (["--max-seconds", "nan"], "error: argument --max-seconds: expected a finite number, got 'nan'"),
-    (["--beam-size", "2", "--patience", "-1"], "error: patience must be a finite number above 0, got -1.0"),
-    (["--beam-size", "2", "--patience", "0.2"], "error: patience must be at least 1/beam_size (0.5 with beam_size 2"),
-    (["--patience", "inf"], "error: argument --patience: expected a finite number, got 'inf'"),
-    (["--no-speech-threshold", "2"], "error: no_speech_threshold must be a probability from 0 to 1"),
-    (["--logprob-threshold", "nan"], "error: argument --logprob-threshold: expected a finite number or 'none'"),
-    (["--hallucination-silence-threshold=-inf"], "error: argument --hallucination-silence-threshold: expected a "
-                                                    "finite number or 'none'"),
-    (["--language", "xx"], "error: unknown language 'xx'"),
-    (["--beam-size", "nan"], "error: argument --beam-size: expected an integer, got 'nan'"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--temperature", "-1"],
+            "error: temperature must be 0 (greedy) or a finite number of at least 0.01, got -1.0",
+        ),
+        (
+            ["--temperature", "0,nan"],
+            "error: argument --temperature: expected a finite number or a comma-separated list, got '0,nan'",
+        ),
+        (
+            ["--suppress-tokens", "999999"],
+            "error: suppress_tokens: 999999 is not a token id of any Whisper model "
+            "(0 to 51865, or -1 for the non-speech symbols)",
+        ),
+        (["--max-seconds", "-5"], "error: argument --max-seconds: expected a positive number of seconds, got '-5'"),
+        (["--max-seconds", "nan"], "error: argument --max-seconds: expected a finite number, got 'nan'"),
+        (["--beam-size", "2", "--patience", "-1"], "error: patience must be a finite number above 0, got -1.0"),
+        (
+            ["--beam-size", "2", "--patience", "0.2"],
+            "error: patience must be at least 1/beam_size (0.5 with beam_size 2",
+        ),
+        (["--patience", "inf"], "error: argument --patience: expected a finite number, got 'inf'"),
+        (["--no-speech-threshold", "2"], "error: no_speech_threshold must be a probability from 0 to 1"),
+        (["--logprob-threshold", "nan"], "error: argument --logprob-threshold: expected a finite number or 'none'"),
+        (
+            ["--hallucination-silence-threshold=-inf"],
+            "error: argument --hallucination-silence-threshold: expected a finite number or 'none'",
+        ),
+        (["--language", "xx"], "error: unknown language 'xx'"),
+        (["--beam-size", "nan"], "error: argument --beam-size: expected an integer, got 'nan'"),
+    ],
+)
 def test_hostile_options_are_refused_in_one_line_before_a_model_loads(capsys, flags, message):
     code, err = run_main(capsys, "transcribe", JFK, "--backend", "openai", *flags)
     assert code == 2 and err.startswith(message), err
@@ -248,13 +296,14 @@ def test_hostile_options_are_refused_in_one_line_before_a_model_loads(capsys, fl
 
 
 def test_argparse_errors_are_two_lines_not_the_usage(capsys):
-    for args, first in [(["nosuchcommand"], "error: argument COMMAND: invalid choice: 'nosuchcommand'"),
-                        (["transcribe"], "error: the following arguments are required: audio"),
-                        (["compare", JFK, "--warmup", "-1"], "error: argument --warmup: expected an integer >= 0"),
-                        (["stream", JFK, "--chunk", "0"], "error: argument --chunk: expected a positive number of "
-                                                          "seconds, got '0'"),
-                        (["bench", "--timeout", "inf"], "error: argument --timeout: expected a finite number"),
-                        (["bench", "serve", "--quick"], "error: unrecognized arguments: --quick")]:
+    for args, first in [
+        (["nosuchcommand"], "error: argument COMMAND: invalid choice: 'nosuchcommand'"),
+        (["transcribe"], "error: the following arguments are required: audio"),
+        (["compare", JFK, "--warmup", "-1"], "error: argument --warmup: expected an integer >= 0"),
+        (["stream", JFK, "--chunk", "0"], "error: argument --chunk: expected a positive number of seconds, got '0'"),
+        (["bench", "--timeout", "inf"], "error: argument --timeout: expected a finite number"),
+        (["bench", "serve", "--quick"], "error: unrecognized arguments: --quick"),
+    ]:
         code, err = run_main(capsys, *args)
         command = "python -m maxwhisper" + {"nosuchcommand": "", "bench": " bench clips"}.get(args[0], f" {args[0]}")
         command = "python -m maxwhisper" if "unrecognized" in first else command  # argparse's top parser says so
@@ -274,26 +323,41 @@ def _wav(path: Path, samples: np.ndarray) -> Path:
     return path
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: _file(p / "empty.wav", b""), "the audio file is empty (0 bytes)"),
-    (lambda p: _file(p / "notes.wav", b"not audio\n" * 20),
-     "cannot read the file as audio (Invalid data found when processing input)"),
-    (lambda p: p / "missing.wav", "audio file not found"),
-    (lambda p: p, "not a file"),
-    (lambda p: _wav(p / "short.wav", 0.5 * np.sin(np.arange(800) * 0.3)),
-     "the audio is 0.05 s long, too short to hold speech: there is nothing to transcribe"),
-    (lambda p: _wav(p / "one.wav", np.full(1, 0.5)),
-     "the audio is 0.00 s long, too short to hold speech: there is nothing to transcribe"),
-    (lambda p: _wav(p / "silent.wav", np.zeros(32000)),
-     "the audio is silent (nothing louder than -80 dBFS): there is nothing to transcribe"),
-    (lambda p: _wav(p / "nothing.wav", np.zeros(0)), "the audio has no samples: there is nothing to transcribe"),
-], ids=["0-bytes", "not-audio", "missing", "folder", "50-ms", "one-sample", "silent", "no-samples"])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: _file(p / "empty.wav", b""), "the audio file is empty (0 bytes)"),
+        (
+            lambda p: _file(p / "notes.wav", b"not audio\n" * 20),
+            "cannot read the file as audio (Invalid data found when processing input)",
+        ),
+        (lambda p: p / "missing.wav", "audio file not found"),
+        (lambda p: p, "not a file"),
+        (
+            lambda p: _wav(p / "short.wav", 0.5 * np.sin(np.arange(800) * 0.3)),
+            "the audio is 0.05 s long, too short to hold speech: there is nothing to transcribe",
+        ),
+        (
+            lambda p: _wav(p / "one.wav", np.full(1, 0.5)),
+            "the audio is 0.00 s long, too short to hold speech: there is nothing to transcribe",
+        ),
+        (
+            lambda p: _wav(p / "silent.wav", np.zeros(32000)),
+            "the audio is silent (nothing louder than -80 dBFS): there is nothing to transcribe",
+        ),
+        (lambda p: _wav(p / "nothing.wav", np.zeros(0)), "the audio has no samples: there is nothing to transcribe"),
+    ],
+    ids=["0-bytes", "not-audio", "missing", "folder", "50-ms", "one-sample", "silent", "no-samples"],
+)
 def test_audio_with_nothing_to_transcribe_is_refused_before_a_model_loads(capsys, tmp_path, make, message):
     """As the app refuses it (maxwhisper.audio.check_transcribable): `error: FILE: why`, exit 2; a good file
     beside it is not transcribed."""
     path = make(tmp_path)
-    for args in (["transcribe", JFK, path, "--backend", "openai"], ["compare", path, "--backends", "openai"],
-                 ["stream", path, "--backend", "openai"]):
+    for args in (
+        ["transcribe", JFK, path, "--backend", "openai"],
+        ["compare", path, "--backends", "openai"],
+        ["stream", path, "--backend", "openai"],
+    ):
         code, err = run_main(capsys, *args)
         assert code == 2 and err == f"error: {path}: {message}\n", err
 
@@ -303,13 +367,28 @@ class _Lengths:
 
     def transcribe(self, audio, options):
         text = f" {len(audio)} samples"
-        return TranscriptionResult(text=text, segments=[Segment(0, 0, 0.0, 1.0, text, (1,))], language="en",
-                                   backend="openai", model="tiny.en", device="cpu", precision="fp32",
-                                   audio_s=len(audio) / 16000, timings=Timings(total_s=0.5), options=options)
+        return TranscriptionResult(
+            text=text,
+            segments=[Segment(0, 0, 0.0, 1.0, text, (1,))],
+            language="en",
+            backend="openai",
+            model="tiny.en",
+            device="cpu",
+            precision="fp32",
+            audio_s=len(audio) / 16000,
+            timings=Timings(total_s=0.5),
+            options=options,
+        )
 
 
-@pytest.mark.parametrize("fmt, first", [("txt", "4800 samples\n"), ("srt", "1\n00:00:00,000 --> 00:00:01,000\n"),
-                                        ("vtt", "WEBVTT\n\n00:00.000 --> 00:01.000\n")])
+@pytest.mark.parametrize(
+    "fmt, first",
+    [
+        ("txt", "4800 samples\n"),
+        ("srt", "1\n00:00:00,000 --> 00:00:01,000\n"),
+        ("vtt", "WEBVTT\n\n00:00.000 --> 00:01.000\n"),
+    ],
+)
 def test_several_files_each_come_under_their_name(capsys, monkeypatch, tmp_path, fmt, first):
     """txt, srt and vtt have no place for a file's name: with several files each output comes under
     '==> FILE <==', as head prints several files; one file's output is the file's alone."""
@@ -352,13 +431,34 @@ def test_a_token_beyond_the_loaded_model_s_vocabulary_is_a_clear_error():
 
 # --- in-process: argument parsing and writers --------------------------------------------------
 
+
 def test_decode_options_from_flags():
     from maxwhisper.__main__ import build_parser
 
-    args = build_parser().parse_args(["transcribe", "a.wav", "--temperature", "0,0.2", "--temperature", "0.4",
-                                      "--logprob-threshold", "none", "--no-condition-on-previous-text",
-                                      "--beam-size", "5", "--patience", "2", "--language", "de",
-                                      "--without-timestamps", "--initial-prompt", "Hi.", "--batch-size", "8"])
+    args = build_parser().parse_args(
+        [
+            "transcribe",
+            "a.wav",
+            "--temperature",
+            "0,0.2",
+            "--temperature",
+            "0.4",
+            "--logprob-threshold",
+            "none",
+            "--no-condition-on-previous-text",
+            "--beam-size",
+            "5",
+            "--patience",
+            "2",
+            "--language",
+            "de",
+            "--without-timestamps",
+            "--initial-prompt",
+            "Hi.",
+            "--batch-size",
+            "8",
+        ]
+    )
     o = DecodeOptions.from_values(vars(args))
     assert o.temperature == (0.0, 0.2, 0.4) and o.logprob_threshold is None
     assert not o.condition_on_previous_text and o.beam_size == 5 and o.patience == 2.0
@@ -378,12 +478,30 @@ def test_decode_options_from_flags():
 
 def _result(words: bool = False) -> TranscriptionResult:
     w = (Word(0.0, 0.5, " Hello", 0.9), Word(0.5, 1.25, " world.", 0.8)) if words else None
-    segs = [Segment(0, 0, 0.0, 1.5, " Hello world.", (1, 2), words=w),
-            Segment(1, 0, 3601.0, 3605.0625, " A --> B", (3,),
-                    words=(Word(3601.5, 3604.0, " A", 1.0), Word(3604.0, 3605.0, " B", 1.0)) if words else None)]
-    return TranscriptionResult(text=" Hello world. A --> B", segments=segs, language="en", backend="openai",
-                               model="tiny.en", device="cpu", precision="fp32", audio_s=3606.0,
-                               timings=Timings(load_s=1.0, total_s=2.0), options=DecodeOptions())
+    segs = [
+        Segment(0, 0, 0.0, 1.5, " Hello world.", (1, 2), words=w),
+        Segment(
+            1,
+            0,
+            3601.0,
+            3605.0625,
+            " A --> B",
+            (3,),
+            words=(Word(3601.5, 3604.0, " A", 1.0), Word(3604.0, 3605.0, " B", 1.0)) if words else None,
+        ),
+    ]
+    return TranscriptionResult(
+        text=" Hello world. A --> B",
+        segments=segs,
+        language="en",
+        backend="openai",
+        model="tiny.en",
+        device="cpu",
+        precision="fp32",
+        audio_s=3606.0,
+        timings=Timings(load_s=1.0, total_s=2.0),
+        options=DecodeOptions(),
+    )
 
 
 def test_writers():
@@ -393,10 +511,10 @@ def test_writers():
     assert format_timestamp(1.5) == "00:01.500"
     r = _result()
     assert to_txt(r) == "Hello world.\nA --> B\n"
-    assert to_srt(r) == ("1\n00:00:00,000 --> 00:00:01,500\nHello world.\n\n"
-                         "2\n01:00:01,000 --> 01:00:05,062\nA -> B\n\n")
-    assert to_vtt(r) == ("WEBVTT\n\n00:00.000 --> 00:01.500\nHello world.\n\n"
-                         "01:00:01.000 --> 01:00:05.062\nA -> B\n\n")
+    assert to_srt(r) == (
+        "1\n00:00:00,000 --> 00:00:01,500\nHello world.\n\n2\n01:00:01,000 --> 01:00:05,062\nA -> B\n\n"
+    )
+    assert to_vtt(r) == ("WEBVTT\n\n00:00.000 --> 00:01.500\nHello world.\n\n01:00:01.000 --> 01:00:05.062\nA -> B\n\n")
     rw = _result(words=True)  # with words, a cue spans first to last word
     assert to_srt(rw).splitlines()[1] == "00:00:00,000 --> 00:00:01,250"
     assert to_srt(rw).splitlines()[2] == "Hello world."
@@ -440,22 +558,29 @@ def test_every_option_with_a_value_says_its_default():
 
     parsers = dict(commands(build_parser()))
     assert {"bench clips", "bench realtime", "transcribe"} <= set(parsers)
-    silent = [f"{name} {a.option_strings[0]}" for name, p in parsers.items() for a in p._actions
-              if a.option_strings and a.nargs != 0 and a.default is not None and "default" not in (a.help or "").lower()]
+    silent = [
+        f"{name} {a.option_strings[0]}"
+        for name, p in parsers.items()
+        for a in p._actions
+        if a.option_strings and a.nargs != 0 and a.default is not None and "default" not in (a.help or "").lower()
+    ]
     assert silent == []
 
 
-@pytest.mark.parametrize("args, extra, missing", [
-    (["serve"], "serve", "maxwhisper serve"),
-    (["serve", "--ui"], "app", "maxwhisper serve --ui"),
-    (["transcribe-many", str(JFK), "--output", "unused"], "bulk", "maxwhisper transcribe-many"),
-    (["bench", "--quick"], "bench", "maxwhisper bench"),
-    (["bench", "--realtime"], "serve", "maxwhisper bench realtime"),
-    (["bench", "realtime"], "batched", "maxwhisper bench realtime"),
-    (["bench", "bulk"], "bulk", "maxwhisper bench bulk"),
-    (["selfcheck"], "baselines", "maxwhisper selfcheck"),
-    (["transcribe", str(JFK), "--batch-size", "2"], "batched", "--batch-size"),
-])
+@pytest.mark.parametrize(
+    "args, extra, missing",
+    [
+        (["serve"], "serve", "maxwhisper serve"),
+        (["serve", "--ui"], "app", "maxwhisper serve --ui"),
+        (["transcribe-many", str(JFK), "--output", "unused"], "bulk", "maxwhisper transcribe-many"),
+        (["bench", "--quick"], "bench", "maxwhisper bench"),
+        (["bench", "--realtime"], "serve", "maxwhisper bench realtime"),
+        (["bench", "realtime"], "batched", "maxwhisper bench realtime"),
+        (["bench", "bulk"], "bulk", "maxwhisper bench bulk"),
+        (["selfcheck"], "baselines", "maxwhisper selfcheck"),
+        (["transcribe", str(JFK), "--batch-size", "2"], "batched", "--batch-size"),
+    ],
+)
 def test_a_feature_without_its_extra_says_in_one_line_which_to_install(capsys, monkeypatch, args, extra, missing):
     """As a core-only install has it (CI runs `maxwhisper serve` in one): the extra's modules missing."""
     from maxwhisper.extras import EXTRAS
@@ -472,8 +597,10 @@ def test_a_backend_without_its_extra_says_so_before_loading(capsys, monkeypatch)
 
     monkeypatch.setitem(BACKENDS, "openai", dataclasses.replace(BACKENDS["openai"], package="no_such_module_here"))
     code, err = run_main(capsys, "transcribe", JFK, "--backend", "openai")
-    assert code == 2 and err == ("error: backend 'openai' (openai-whisper (PyTorch)) needs the 'baselines' extra: "
-                                 "pip install 'maxwhisper[baselines]'\n")
+    assert code == 2 and err == (
+        "error: backend 'openai' (openai-whisper (PyTorch)) needs the 'baselines' extra: "
+        "pip install 'maxwhisper[baselines]'\n"
+    )
 
 
 def test_bench_realtime_says_a_missing_backend_before_starting_ray(capsys, monkeypatch):
@@ -489,8 +616,10 @@ def test_bench_realtime_says_a_missing_backend_before_starting_ray(capsys, monke
     monkeypatch.setattr(ray, "init", no_ray)
     monkeypatch.setitem(BACKENDS, "faster", dataclasses.replace(BACKENDS["faster"], package="no_such_module_here"))
     code, err = run_main(capsys, "bench", "--realtime", "--backends", "faster")
-    assert code == 2 and err == ("error: backend 'faster' (" + BACKENDS["faster"].description + ") needs the "
-                                 "'baselines' extra: pip install 'maxwhisper[baselines]'\n")
+    assert code == 2 and err == (
+        "error: backend 'faster' (" + BACKENDS["faster"].description + ") needs the "
+        "'baselines' extra: pip install 'maxwhisper[baselines]'\n"
+    )
 
 
 def test_the_command_s_messages_go_through_the_maxwhisper_logger_and_show_on_stderr_once(capsys, caplog):
@@ -508,6 +637,7 @@ def test_the_command_s_messages_go_through_the_maxwhisper_logger_and_show_on_std
 class _CompilesOnFirstUse(_Lengths):
     """`_Lengths` whose first transcription compiles a graph for 42 s (`compile_s` grows, as MAX's
     does when its second window's prompt needs the step graph on a new machine)."""
+
     compile_s = 3.0
 
     def transcribe(self, audio, options):
@@ -525,5 +655,7 @@ def test_a_graph_compiled_during_a_file_is_a_note_beside_its_time(capsys, monkey
     monkeypatch.setattr(cli_main, "load_transcriber", lambda args, backend: _CompilesOnFirstUse())
     assert cli_main.main(["transcribe", str(first), str(second)]) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
-    assert notes == [f"note: {first}: MAX compiled a graph on its first use (42.0 s, not in the time above; "
-                     "once per machine: `maxwhisper warm` compiles every graph ahead)"], notes
+    assert notes == [
+        f"note: {first}: MAX compiled a graph on its first use (42.0 s, not in the time above; "
+        "once per machine: `maxwhisper warm` compiles every graph ahead)"
+    ], notes

@@ -6,6 +6,7 @@ identical to `whisper.transcribe`'s. Log and no-speech probabilities differ only
 float32 sums round, within `maxwhisper.decoding`'s tolerances, whichever kernel torch runs
 (ATEN_CPU_CAPABILITY=avx2, avx512 or default).
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -48,6 +49,7 @@ def test_decoding_modules_import_neither_torch_nor_max():
 
 
 # --- numerics --------------------------------------------------------------------------------
+
 
 def _logit_rows(n_vocab=51864, seed=0):
     rng = np.random.default_rng(seed)
@@ -96,9 +98,10 @@ def jfk_logit_rows(torch_tiny_en, jfk_audio) -> np.ndarray:
     result = wd.decode(torch_tiny_en.module, torch.from_numpy(mel), wd.DecodingOptions(language="en", fp16=False))
     sot_sequence = list(get_tokenizer(False).sot_sequence)
     with torch.no_grad():
-        logits = torch_tiny_en.module.decoder(torch.tensor([sot_sequence + result.tokens]),
-                                              torch_tiny_en.encode(mel[None]))
-    return logits[0, len(sot_sequence) - 1:].numpy()
+        logits = torch_tiny_en.module.decoder(
+            torch.tensor([sot_sequence + result.tokens]), torch_tiny_en.encode(mel[None])
+        )
+    return logits[0, len(sot_sequence) - 1 :].numpy()
 
 
 @pytest.mark.parametrize("lanes", [8, 16, 32])
@@ -115,7 +118,7 @@ def test_the_tolerance_covers_float32_lane_sums(jfk_logit_rows, lanes):
     acc = e[:, :m].reshape(len(x), -1, lanes).sum(axis=1, dtype=np.float32)  # each lane in sequence
     acc[:, : n - m] += e[:, m:]
     while acc.shape[1] > 1:
-        acc = acc[:, : acc.shape[1] // 2] + acc[:, acc.shape[1] // 2:]
+        acc = acc[:, : acc.shape[1] // 2] + acc[:, acc.shape[1] // 2 :]
     error = np.abs(acc[:, 0] / np.exp(shifted.astype(np.float64)).sum(axis=1) - 1)
     tolerance = md.probability_tolerance(n)
     print(f"{lanes} lanes over {len(x)} rows: relative error max {error.max():.2e}, tolerance {tolerance:.2e}")
@@ -193,12 +196,15 @@ def test_sampling_is_reproducible_and_follows_the_distribution():
     assert np.abs(np.bincount(draws[0], minlength=4) / 4000 - [0.7, 0.2, 0.1, 0.0]).max() < 0.03
 
 
-@pytest.mark.parametrize("options", [
-    dict(),
-    dict(without_timestamps=True, suppress_tokens="", suppress_blank=False),
-    dict(prompt=(50, 51, 52) * 200, prefix="so my fellow", suppress_tokens="1,2,-1", beam_size=3, patience=2.0),
-    dict(prompt="an initial prompt", temperature=0.5, best_of=4, max_initial_timestamp=None),
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(),
+        dict(without_timestamps=True, suppress_tokens="", suppress_blank=False),
+        dict(prompt=(50, 51, 52) * 200, prefix="so my fellow", suppress_tokens="1,2,-1", beam_size=3, patience=2.0),
+        dict(prompt="an initial prompt", temperature=0.5, best_of=4, max_initial_timestamp=None),
+    ],
+)
 def test_task_setup_equals_whisper(torch_tiny_en, options):
     ours = md.DecodingTask(torch_tiny_en, md.WindowOptions(language="en", **options))
     ref_options = dict(options)
@@ -207,7 +213,11 @@ def test_task_setup_equals_whisper(torch_tiny_en, options):
     ref = wd.DecodingTask(torch_tiny_en.module, wd.DecodingOptions(language="en", fp16=False, **ref_options))
     assert ours.initial_tokens == ref.initial_tokens
     assert (ours.sample_begin, ours.sot_index, ours.n_group, ours.sample_len) == (
-        ref.sample_begin, ref.sot_index, ref.n_group, ref.sample_len)
+        ref.sample_begin,
+        ref.sot_index,
+        ref.n_group,
+        ref.sample_len,
+    )
     assert [type(f).__name__ for f in ours.logit_filters] == [type(f).__name__ for f in ref.logit_filters]
     for a, b in zip(ours.logit_filters, ref.logit_filters):
         if isinstance(a, md.SuppressTokens):
@@ -218,13 +228,19 @@ def test_task_setup_equals_whisper(torch_tiny_en, options):
 
 
 def test_invalid_window_options_are_rejected(torch_tiny_en):
-    for bad in [dict(beam_size=2, best_of=2), dict(best_of=3), dict(patience=2.0),
-                dict(length_penalty=2.0), dict(beam_size=1, patience=0.1)]:
+    for bad in [
+        dict(beam_size=2, best_of=2),
+        dict(best_of=3),
+        dict(patience=2.0),
+        dict(length_penalty=2.0),
+        dict(beam_size=1, patience=0.1),
+    ]:
         with pytest.raises(MaxWhisperError):
             md.DecodingTask(torch_tiny_en, md.WindowOptions(**bad))
 
 
 # --- whole transcriptions against whisper.transcribe -----------------------------------------
+
 
 def window_tolerances(n_vocab: int, segment) -> tuple[float, float]:
     """How far a window's avg_logprob (absolute) and no_speech_prob (relative) may be from a float32
@@ -240,7 +256,13 @@ def assert_same_transcript(ours: TranscribeOutput, ref: dict, n_vocab: int = 518
     assert [list(s.tokens) for s in ours.segments] == [s["tokens"] for s in ref["segments"]]
     for s, r in zip(ours.segments, ref["segments"]):
         assert (s.id, s.seek, s.start, s.end, s.text, s.temperature) == (
-            r["id"], r["seek"], r["start"], r["end"], r["text"], r["temperature"])
+            r["id"],
+            r["seek"],
+            r["start"],
+            r["end"],
+            r["text"],
+            r["temperature"],
+        )
         logprob_tolerance, probability_tolerance = window_tolerances(n_vocab, s)
         assert s.avg_logprob == pytest.approx(r["avg_logprob"], abs=logprob_tolerance)
         assert s.compression_ratio == r["compression_ratio"]
@@ -285,12 +307,16 @@ def test_jfk_beam_search_equals_whisper(torch_tiny_en, jfk_audio):
     assert_same_transcript(ours, ref)
 
 
-@pytest.mark.parametrize("changes", [
-    dict(without_timestamps=True),
-    dict(initial_prompt="President Kennedy's inaugural address, 1961."),
-    dict(condition_on_previous_text=False, temperature=(0.0, 0.4)),
-    dict(suppress_tokens="", suppress_blank=False, no_speech_threshold=None),
-], ids=["without_timestamps", "initial_prompt", "no_conditioning", "no_suppression"])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        dict(without_timestamps=True),
+        dict(initial_prompt="President Kennedy's inaugural address, 1961."),
+        dict(condition_on_previous_text=False, temperature=(0.0, 0.4)),
+        dict(suppress_tokens="", suppress_blank=False, no_speech_threshold=None),
+    ],
+    ids=["without_timestamps", "initial_prompt", "no_conditioning", "no_suppression"],
+)
 def test_jfk_options_equal_whisper(torch_tiny_en, jfk_audio, changes):
     ours, ref = run_both(torch_tiny_en, jfk_audio, GREEDY.replace(**changes))
     assert_same_transcript(ours, ref)
@@ -306,8 +332,9 @@ def test_decode_one_window_equals_whisper(torch_tiny_en, jfk_audio):
     mel = whisper_mel(jfk_audio, 80)[:, :3000]
     for options in [dict(without_timestamps=True, prompt="Kennedy", prefix="And so")]:
         ours = md.decode(torch_tiny_en, mel, md.WindowOptions(language="en", **options))
-        ref = wd.decode(torch_tiny_en.module, torch.from_numpy(mel),
-                        wd.DecodingOptions(language="en", fp16=False, **options))
+        ref = wd.decode(
+            torch_tiny_en.module, torch.from_numpy(mel), wd.DecodingOptions(language="en", fp16=False, **options)
+        )
         assert (ours.tokens, ours.text, ours.language) == (ref.tokens, ref.text, ref.language)
         logprob_tolerance, probability_tolerance = window_tolerances(51864, ours)
         assert ours.avg_logprob == pytest.approx(ref.avg_logprob, abs=logprob_tolerance)
@@ -325,10 +352,28 @@ def test_threshold_decisions_equal_whisper_s_or_are_reported_as_close(torch_tiny
     no_speech_tol = probability_tol * window.no_speech_prob
     cases = []
     for k in (-3, -1 / 3, 1 / 3, 3):  # temperature fallback: to 0.2 below the threshold
-        cases.append(("avg_logprob", abs(k) < 1, dict(
-            temperature=(0.0, 0.2), logprob_threshold=window.avg_logprob + k * logprob_tol, no_speech_threshold=None)))
-        cases.append(("no_speech_prob", abs(k) < 1, dict(  # logprob_threshold 0: the skip is the no-speech rule's alone
-            temperature=(0.0,), logprob_threshold=0.0, no_speech_threshold=window.no_speech_prob + k * no_speech_tol)))
+        cases.append(
+            (
+                "avg_logprob",
+                abs(k) < 1,
+                dict(
+                    temperature=(0.0, 0.2),
+                    logprob_threshold=window.avg_logprob + k * logprob_tol,
+                    no_speech_threshold=None,
+                ),
+            )
+        )
+        cases.append(
+            (
+                "no_speech_prob",
+                abs(k) < 1,
+                dict(  # logprob_threshold 0: the skip is the no-speech rule's alone
+                    temperature=(0.0,),
+                    logprob_threshold=0.0,
+                    no_speech_threshold=window.no_speech_prob + k * no_speech_tol,
+                ),
+            )
+        )
     decided = {"avg_logprob": [], "no_speech_prob": []}  # (fell back, skipped) where not close
     for quantity, close, changes in cases:
         ours, ref = run_both(torch_tiny_en, jfk_audio, GREEDY.replace(**changes))
@@ -337,12 +382,15 @@ def test_threshold_decisions_equal_whisper_s_or_are_reported_as_close(torch_tiny
         if close:
             assert calls[0].start == 0.0 and abs(calls[0].value - calls[0].threshold) <= calls[0].tolerance
             continue
-        assert ([(s.seek, s.temperature) for s in ours.segments]
-                == [(s["seek"], s["temperature"]) for s in ref["segments"]])
+        assert [(s.seek, s.temperature) for s in ours.segments] == [
+            (s["seek"], s["temperature"]) for s in ref["segments"]
+        ]
         decided[quantity].append((bool(ours.segments) and ours.segments[0].temperature > 0, not ours.segments))
     # both sides of each threshold were seen: kept, then fell back; skipped, then kept
-    assert decided == {"avg_logprob": [(False, False), (True, False)],
-                       "no_speech_prob": [(False, True), (False, False)]}
+    assert decided == {
+        "avg_logprob": [(False, False), (True, False)],
+        "no_speech_prob": [(False, True), (False, False)],
+    }
 
 
 def test_silence_equals_whisper(torch_tiny_en):
@@ -362,6 +410,7 @@ def test_our_mel_gives_the_same_jfk_tokens(torch_tiny_en, jfk_audio):
 
 
 # --- the protocol as the decoder uses it -----------------------------------------------------
+
 
 class _Spy:
     """Wraps a WhisperModel; records every logits call and times the network."""
@@ -421,12 +470,23 @@ def test_english_only_model_refuses_other_languages_and_translation(torch_tiny_e
 
 # --- a multilingual model: language detection, language and task tokens ---------------------
 
+
 @pytest.fixture(scope="module")
 def random_multilingual():
     """A small multilingual Whisper with random weights: the output is nonsense, but decoding it
     goes through language detection, the language and task tokens, and odd timestamp patterns."""
-    dims = ModelDims(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=1,
-                     n_vocab=51865, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=2)
+    dims = ModelDims(
+        n_mels=80,
+        n_audio_ctx=1500,
+        n_audio_state=64,
+        n_audio_head=2,
+        n_audio_layer=1,
+        n_vocab=51865,
+        n_text_ctx=448,
+        n_text_state=64,
+        n_text_head=2,
+        n_text_layer=2,
+    )
     rng = np.random.default_rng(0)
     state = {}
     for name, shape in expected_shapes(dims).items():
@@ -438,27 +498,38 @@ def random_multilingual():
     return TorchModel(ckpt)
 
 
-@pytest.mark.parametrize("changes", [dict(language=None), dict(language="de", task="translate")],
-                         ids=["detected", "german_translate"])
+@pytest.mark.parametrize(
+    "changes", [dict(language=None), dict(language="de", task="translate")], ids=["detected", "german_translate"]
+)
 def test_random_multilingual_model_equals_whisper(random_multilingual, jfk_audio, changes):
     options = GREEDY.replace(temperature=(0.0,), **changes)  # only greedy can match exactly
     ours, ref = run_both(random_multilingual, jfk_audio, options)
     n_vocab = random_multilingual.dims.n_vocab
     assert_same_transcript(ours, ref, n_vocab)
     if options.language is None:
-        _, probs = random_multilingual.module.detect_language(
-            torch.from_numpy(whisper_mel(jfk_audio, 80)[:, :3000]))
+        _, probs = random_multilingual.module.detect_language(torch.from_numpy(whisper_mel(jfk_audio, 80)[:, :3000]))
         assert ours.language_probability == pytest.approx(probs[ours.language], rel=md.probability_tolerance(n_vocab))
 
 
 # --- temperature fallback and the prompt, with a fake network (sampling can't match torch's) ---
 
+
 class _RandomLogitsModel:
     """A WhisperModel whose logits are random (eot likely enough to end windows); records the
     first token sequence each decoding runs."""
 
-    dims = ModelDims(n_mels=80, n_audio_ctx=1500, n_audio_state=8, n_audio_head=1, n_audio_layer=1,
-                     n_vocab=51864, n_text_ctx=448, n_text_state=8, n_text_head=1, n_text_layer=1)
+    dims = ModelDims(
+        n_mels=80,
+        n_audio_ctx=1500,
+        n_audio_state=8,
+        n_audio_head=1,
+        n_audio_layer=1,
+        n_vocab=51864,
+        n_text_ctx=448,
+        n_text_state=8,
+        n_text_head=1,
+        n_text_layer=1,
+    )
     is_multilingual, num_languages = False, 99
 
     def __init__(self):
@@ -501,7 +572,7 @@ def test_fallback_runs_the_schedule_and_resets_the_prompt_above_half(schedule, p
     assert windows >= 2 and len(model.first_tokens) == windows * len(schedule)
     assert {s.temperature for s in out.segments} == {schedule[-1]}
     sot_prev = get_tokenizer(False).sot_prev
-    later_prompts = [tokens[0] == sot_prev for tokens in model.first_tokens[len(schedule):]]
+    later_prompts = [tokens[0] == sot_prev for tokens in model.first_tokens[len(schedule) :]]
     assert all(later_prompts) if prompt_kept else not any(later_prompts)
     again = transcribe(_RandomLogitsModel(), mel, options)  # the default rng is seeded: reproducible
     assert [s.tokens for s in again.segments] == [s.tokens for s in out.segments]

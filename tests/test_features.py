@@ -8,6 +8,7 @@ network, where that isolates the port). Options that make the fallback sample at
 are compared on what they decide (which temperature was used), not on tokens: numpy's random
 numbers are not torch's.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,18 @@ from conftest import each_plan
 from torch_reference import openai_transcribe, whisper_mel
 
 # a checkpoint in large-v3's layout (128 mel bins, 100 languages), but tiny
-RANDOM_DIMS = ModelDims(n_mels=128, n_audio_ctx=1500, n_audio_state=64, n_audio_head=4, n_audio_layer=2,
-                        n_vocab=51866, n_text_ctx=448, n_text_state=64, n_text_head=4, n_text_layer=2)
+RANDOM_DIMS = ModelDims(
+    n_mels=128,
+    n_audio_ctx=1500,
+    n_audio_state=64,
+    n_audio_head=4,
+    n_audio_layer=2,
+    n_vocab=51866,
+    n_text_ctx=448,
+    n_text_state=64,
+    n_text_head=4,
+    n_text_layer=2,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 AUDIO = ROOT / "tests" / "audio"
@@ -56,9 +67,12 @@ def assert_same_words(ours, ref, prob_tol=1e-3):
     ow, rw = words_of(ours), words_of(ref)
     assert [w.word for w in ow] == [w.word for w in rw]
     assert [s.text for s in ours.segments] == [s.text for s in ref.segments]
-    times = [(a.start, b.start) for a, b in zip(ow, rw)] + [(a.end, b.end) for a, b in zip(ow, rw)] + \
-        [(a.start, b.start) for a, b in zip(ours.segments, ref.segments)] + \
-        [(a.end, b.end) for a, b in zip(ours.segments, ref.segments)]
+    times = (
+        [(a.start, b.start) for a, b in zip(ow, rw)]
+        + [(a.end, b.end) for a, b in zip(ow, rw)]
+        + [(a.start, b.start) for a, b in zip(ours.segments, ref.segments)]
+        + [(a.end, b.end) for a, b in zip(ours.segments, ref.segments)]
+    )
     time_error = max(abs(a - b) for a, b in times)
     prob_error = max(abs(a.probability - b.probability) for a, b in zip(ow, rw))
     print(f"{len(ow)} words: max time difference {time_error * 1000:.1f} ms, probability {prob_error:.2g}")
@@ -80,6 +94,7 @@ def sax_then_jfk(sax_audio, jfk_audio):
 
 
 # --- word timing: the numpy pieces --------------------------------------------------------------
+
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 7), (7, 1), (30, 550), (120, 1500)])
 def test_dtw_equals_whisper(shape):
@@ -106,6 +121,7 @@ def test_default_alignment_heads_are_whisper_s():
 
 # --- word timing: whole transcripts ---------------------------------------------------------------
 
+
 def test_numpy_word_timing_is_whisper_s(torch_tiny_en, lecture_60s_audio, sax_then_jfk):
     """The same torch network under both: tokens, seeks and words identical to whisper.transcribe,
     with and without the hallucination rules (which change this clip's output); word and segment
@@ -119,8 +135,9 @@ def test_numpy_word_timing_is_whisper_s(torch_tiny_en, lecture_60s_audio, sax_th
         ow, rw = words_of(ours), [w for s in ref["segments"] for w in s["words"]]
         assert [w.word for w in ow] == [w["word"] for w in rw]
         ours_times = [t for s in ours.segments for t in (s.start, s.end)] + [t for w in ow for t in (w.start, w.end)]
-        ref_times = ([s[k] for s in ref["segments"] for k in ("start", "end")]
-                     + [w[k] for w in rw for k in ("start", "end")])
+        ref_times = [s[k] for s in ref["segments"] for k in ("start", "end")] + [
+            w[k] for w in rw for k in ("start", "end")
+        ]
         assert ours_times == pytest.approx(ref_times, abs=WORD_TOLERANCE_S + 1e-9)
         tolerance = probability_tolerance(torch_tiny_en.dims.n_vocab)
         assert [w.probability for w in ow] == pytest.approx([w["probability"] for w in rw], abs=tolerance)
@@ -145,6 +162,7 @@ def test_max_hallucination_silence_threshold_matches_openai(max_tiny_en, openai_
 
 # --- beam search ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("clip", ["jfk", "lecture_30s"])
 def test_beam_search_tokens_equal_openai(max_tiny_en_each_plan, openai_tiny_en, jfk_audio, lecture_60s_audio, clip):
     audio = jfk_audio if clip == "jfk" else lecture_60s_audio[: 30 * SAMPLE_RATE]
@@ -156,9 +174,11 @@ def test_beam_search_tokens_equal_openai(max_tiny_en_each_plan, openai_tiny_en, 
 
 # --- prompts, thresholds, silence ----------------------------------------------------------------
 
+
 def test_initial_prompt_without_conditioning_matches_openai(max_tiny_en, openai_tiny_en, lecture_60s_audio):
-    options = DecodeOptions(initial_prompt="Walter Lewin's physics lecture: pendulum, energy, joules.",
-                            condition_on_previous_text=False)
+    options = DecodeOptions(
+        initial_prompt="Walter Lewin's physics lecture: pendulum, energy, joules.", condition_on_previous_text=False
+    )
     ours = max_tiny_en.transcribe(lecture_60s_audio, options)
     ref = openai_tiny_en.transcribe(lecture_60s_audio, options)
     assert ours.tokens == ref.tokens
@@ -189,12 +209,31 @@ def test_a_decision_at_the_threshold_is_reported_by_max_and_the_cli(max_tiny_en,
     options = DecodeOptions(temperature=(0.0,))
     threshold = max_tiny_en.transcribe(jfk_audio, options).segments[0].avg_logprob
     result = max_tiny_en.transcribe(jfk_audio, options.replace(temperature=(0.0, 0.2), logprob_threshold=threshold))
-    assert [(c.start, c.temperature, c.quantity, c.threshold) for c in result.close_calls] == \
-        [(0.0, 0.0, "avg_logprob", threshold)]
+    assert [(c.start, c.temperature, c.quantity, c.threshold) for c in result.close_calls] == [
+        (0.0, 0.0, "avg_logprob", threshold)
+    ]
     assert result.to_dict()["close_calls"][0]["decision"] == result.close_calls[0].decision
-    p = subprocess.run([sys.executable, "-m", "maxwhisper", "transcribe", str(AUDIO / "jfk.flac"), "--backend", "max",
-                        "--device", "cpu", "--temperature", "0,0.2", "--logprob-threshold", repr(threshold)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "maxwhisper",
+            "transcribe",
+            str(AUDIO / "jfk.flac"),
+            "--backend",
+            "max",
+            "--device",
+            "cpu",
+            "--temperature",
+            "0,0.2",
+            "--logprob-threshold",
+            repr(threshold),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr
     assert f"note: {AUDIO / 'jfk.flac'}: window at 0.00 s, temperature 0: avg_logprob" in p.stderr
     assert f"of logprob_threshold {threshold:g}" in p.stderr
@@ -210,6 +249,7 @@ def test_silence_and_music_give_no_text(max_tiny_en, openai_tiny_en, sax_audio, 
 
 
 # --- multilingual: base ---------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def multilingual_audio():
@@ -244,7 +284,7 @@ def openai_base():
 @pytest.mark.parametrize("part, language", [(0, "en"), (1, "de")])
 def test_language_probabilities_equal_openai(max_base_each_plan, openai_base, multilingual_audio, part, language):
     """The probabilities of all 99 languages from the first window, given the same mel."""
-    audio = multilingual_audio[part * 30 * SAMPLE_RATE: (part + 1) * 30 * SAMPLE_RATE]
+    audio = multilingual_audio[part * 30 * SAMPLE_RATE : (part + 1) * 30 * SAMPLE_RATE]
     mel = log_mel_spectrogram(audio, 80, padding=N_SAMPLES)[:, :N_FRAMES]
     net = max_base_each_plan.net
     _, (ours,) = detect_language(net, net.encode(mel[None]))
@@ -267,7 +307,7 @@ def test_detected_language_and_first_window_equal_openai(max_base_each_plan, ope
 def test_translate_german_to_english_equals_openai(max_base, openai_base, multilingual_audio):
     """(base's greedy translation of this sentence falls below the log probability threshold;
     at the next temperature the samples would differ, so the schedule here is greedy only)"""
-    audio = multilingual_audio[30 * SAMPLE_RATE: 43 * SAMPLE_RATE]  # the first German sentence
+    audio = multilingual_audio[30 * SAMPLE_RATE : 43 * SAMPLE_RATE]  # the first German sentence
     options = DecodeOptions(task="translate", temperature=(0.0,))
     ours, ref = max_base.transcribe(audio, options), openai_base.transcribe(audio, options)
     assert ours.language == "de"
@@ -278,6 +318,7 @@ def test_translate_german_to_english_equals_openai(max_base, openai_base, multil
 
 
 # --- any checkpoint by path: a random .pt of another shape ------------------------------------------
+
 
 @pytest.fixture(scope="session", params=["float16", "float32"])
 def random_pt(tmp_path_factory, request) -> Path:
@@ -293,8 +334,11 @@ def write_random_pt(folder: Path, dtype: str) -> Path:
     state = {}
     for name, shape in expected_shapes(RANDOM_DIMS).items():
         scale = 1.0 if name == "decoder.token_embedding.weight" else 0.2
-        value = np.ones(shape) if name.endswith("ln.weight") or name.endswith("ln_post.weight") else \
-            rng.standard_normal(shape) * scale
+        value = (
+            np.ones(shape)
+            if name.endswith("ln.weight") or name.endswith("ln_post.weight")
+            else rng.standard_normal(shape) * scale
+        )
         state[name] = torch.from_numpy(value.astype(dtype))
     path = folder / f"random-large-v3-layout-{dtype}.pt"
     torch.save({"dims": asdict(RANDOM_DIMS), "model_state_dict": state}, path)
@@ -331,11 +375,32 @@ def test_checkpoint_of_another_shape_runs_through_max(random_pt, jfk_audio):
 
 # --- the CLI -------------------------------------------------------------------------------------
 
+
 def test_cli_json_carries_language_and_words(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    p = subprocess.run([sys.executable, "-m", "maxwhisper", "transcribe", str(AUDIO / "jfk.flac"), "--device", "cpu",
-                        "--word-timestamps", "--beam-size", "2", "--initial-prompt", "Kennedy", "--format", "json"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "maxwhisper",
+            "transcribe",
+            str(AUDIO / "jfk.flac"),
+            "--device",
+            "cpu",
+            "--word-timestamps",
+            "--beam-size",
+            "2",
+            "--initial-prompt",
+            "Kennedy",
+            "--format",
+            "json",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr
     d = json.loads(p.stdout)
     assert d["language"] == "en" and "language_probability" in d
@@ -361,11 +426,17 @@ def test_portable_fp16_runs_end_to_end_on_the_cpu(tmp_path, jfk_audio):
     ref_module = whisper.load_model(str(path), device="cpu")
 
     mel = log_mel_spectrogram(jfk_audio, 128, padding=N_SAMPLES)[:, :N_FRAMES]
-    sot = list(get_tokenizer(True, num_languages=mx.checkpoint.num_languages, language="en")
-               .sot_sequence_including_notimestamps)
+    sot = list(
+        get_tokenizer(
+            True, num_languages=mx.checkpoint.num_languages, language="en"
+        ).sot_sequence_including_notimestamps
+    )
     ours = decode(mx.net, mel, WindowOptions(language="en", sample_len=24, without_timestamps=True))
-    ref = whisper_decode(ref_module, torch.from_numpy(mel), DecodingOptions(
-        language="en", sample_len=24, without_timestamps=True, fp16=False))
+    ref = whisper_decode(
+        ref_module,
+        torch.from_numpy(mel),
+        DecodingOptions(language="en", sample_len=24, without_timestamps=True, fp16=False),
+    )
     sequence = sot + ref.tokens
     with torch.no_grad():
         ref_logits = ref_module.decoder(torch.tensor([sequence]), ref_module.encoder(torch.from_numpy(mel[None])))[0]

@@ -2,6 +2,7 @@
 `DeviceRef.GPU()` (built, not compiled: seconds), the weights handed to MAX, and what happens
 on a machine whose GPU MAX cannot use. The portable graphs' tokens are tested on the CPU in
 tests/test_max_model.py; `gpu-compile` compiles them for virtual GPUs (tests/test_cli.py)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -70,8 +71,10 @@ def test_the_cpu_plan_runs_every_kernel_and_no_kernels_runs_the_gpu_s_graphs(tin
     assert cpu.encoder_linear_kernel and cpu.encoder_attention_kernel and cpu.step_linears_kernel
     assert cpu.conv_stem_kernel and "conv stem" in cpu.describe() and not cpu.encoder_attention_bf16
     # int8's encoder attention in bfloat16 only where the caller says it pays (`cpu_features.bf16_attention_pays`)
-    int8 = {cpu_bf16: make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims, int8=True,
-                                cpu_bf16=cpu_bf16) for cpu_bf16 in (False, True)}
+    int8 = {
+        cpu_bf16: make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims, int8=True, cpu_bf16=cpu_bf16)
+        for cpu_bf16 in (False, True)
+    }
     assert not int8[False].encoder_attention_bf16 and "bf16 encoder attention" not in int8[False].describe()
     assert int8[True].encoder_attention_bf16 and "bf16 encoder attention" in int8[True].describe()
     # int8's packed linears and attention on AMX tiles where the caller may run them (`cpu_features.amx_permitted`)
@@ -82,10 +85,12 @@ def test_the_cpu_plan_runs_every_kernel_and_no_kernels_runs_the_gpu_s_graphs(tin
     portable = make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims, kernels=False)
     gpu = make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.GPU()), dims)
     assert (portable.name, graph_names(portable)) == (gpu.name, graph_names(gpu))
-    assert ({k: v for k, v in vars(portable).items() if k != "device"}
-            == {k: v for k, v in vars(gpu).items() if k != "device"})
-    not_half = {k: v.astype(np.float32) + np.float32(1e-6) if k.startswith("decoder.") else v
-                for k, v in tiny_arrays.items()}  # decoder weights that are not float16 numbers
+    assert {k: v for k, v in vars(portable).items() if k != "device"} == {
+        k: v for k, v in vars(gpu).items() if k != "device"
+    }
+    not_half = {
+        k: v.astype(np.float32) + np.float32(1e-6) if k.startswith("decoder.") else v for k, v in tiny_arrays.items()
+    }  # decoder weights that are not float16 numbers
     plan = make_plan(WeightBank(not_half, DType.float32, DeviceRef.CPU()), dims)
     assert plan.step_kernels and not plan.step_linears_kernel and not plan.token_step
 
@@ -127,6 +132,7 @@ def _copies(monkeypatch) -> dict:
         copied = original(buffers, name, array)
         counts[name] = counts.get(name, 0) + copied
         return copied
+
     monkeypatch.setattr(device_steps.StepBuffers, "set", counted)
     return counts
 
@@ -153,8 +159,9 @@ def test_portable_token_steps_copy_only_what_changed(max_tiny_en_portable, opena
     assert len(set(map(id, steps))) == 1  # lent again
 
 
-def test_captured_token_steps_give_the_tokens_of_plain_calls(max_tiny_en_portable, jfk_audio, lecture_60s_audio,
-                                                              monkeypatch, caplog):
+def test_captured_token_steps_give_the_tokens_of_plain_calls(
+    max_tiny_en_portable, jfk_audio, lecture_60s_audio, monkeypatch, caplog
+):
     """A GPU captures each token step once per batch size and audio length, then replays it on the
     same buffers. Emulated on the CPU: a capture that also runs the graph (as it may on a GPU), a
     replay that writes into the captured outputs. The tokens are those of plain calls; a capture
@@ -176,6 +183,7 @@ def test_captured_token_steps_give_the_tokens_of_plain_calls(max_tiny_en_portabl
         for mine, new in zip(captured[key], outputs, strict=True):
             mine.inplace_copy_from(new)
         net.device.synchronize()  # the copies are queued: done before their sources go
+
     monkeypatch.setattr(net, "captures", True)
     monkeypatch.setattr(net, "capture", capture)
     monkeypatch.setattr(net, "replay", replay)
@@ -186,13 +194,15 @@ def test_captured_token_steps_give_the_tokens_of_plain_calls(max_tiny_en_portabl
 
     def broken(graph, key, inputs):
         raise RuntimeError("capture is not supported here")
+
     monkeypatch.setattr(net, "capture", broken)
     monkeypatch.setattr(net, "step_buffers", StepBufferPool(net))
     with caplog.at_level("WARNING", logger="maxwhisper.graph.device_steps"):
         assert max_tiny_en_portable.transcribe(jfk_audio, DecodeOptions()).tokens == plain[0]
     assert not net.captures
     assert [r.getMessage() for r in caplog.records] == [
-        "the GPU runs MAX's decoder steps one by one: capturing them failed (RuntimeError: capture is not supported here)"]
+        "the GPU runs MAX's decoder steps one by one: capturing them failed (RuntimeError: capture is not supported here)"
+    ]
 
 
 def test_the_step_buffer_pool_keeps_its_newest_idle_buffers(max_tiny_en_portable):

@@ -1,5 +1,6 @@
 """MAX in int8 on the CPU (`--precision int8`): what it transcribes against MAX fp32 and the
 references, on one int8 model per session (`max_tiny_en_int8`)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -95,5 +96,6 @@ def test_cli_transcribes_jfk_in_int8(max_tiny_en_int8):
     done = cli("transcribe", JFK, "--backend", "max", "--precision", "int8", "--device", "cpu")
     assert done.returncode == 0, done.stderr[-2000:]
     assert normalize(done.stdout) == JFK_NORMALISED
-    assert_clean_error(cli("transcribe", JFK, "--backend", "max", "--precision", "int8", "--no-kernels"),
-                       "precision", "int8")
+    assert_clean_error(
+        cli("transcribe", JFK, "--backend", "max", "--precision", "int8", "--no-kernels"), "precision", "int8"
+    )

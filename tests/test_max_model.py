@@ -1,4 +1,5 @@
 """The MAX model against openai-whisper on the same weights: components, then whole transcripts."""
+
 from __future__ import annotations
 
 import os
@@ -64,6 +65,7 @@ def _kernel_graph(name, input_types, build, weights=None):
         inputs = [driver.Buffer.from_numpy(a.copy() if buffer else a) for a, buffer in zip(arrays, is_buffer)]
         outputs = [out.to_numpy() for out in model.execute(*inputs)]
         return outputs + [inp.to_numpy() for inp, buffer in zip(inputs, is_buffer) if buffer]
+
     return run
 
 
@@ -77,8 +79,11 @@ def test_few_row_attention_kernel_matches_numpy():
     b, h, n, s, dh = 2, 6, 3, 448, 64
     cpu = DeviceRef.CPU()
     types = [TensorType(DType.float32, shape, device=cpu) for shape in ([b, h, n, dh], [b, h, s, dh], [b, h, dh, s])]
-    run = _kernel_graph("few_row_attention_test", [*types, TensorType(DType.int64, [n], device=cpu)],
-                        lambda *inputs: [few_row_attention(*inputs)])
+    run = _kernel_graph(
+        "few_row_attention_test",
+        [*types, TensorType(DType.int64, [n], device=cpu)],
+        lambda *inputs: [few_row_attention(*inputs)],
+    )
 
     rng = np.random.default_rng(0)
     q, k, v_t = (rng.standard_normal(t.shape.static_dims, dtype=np.float32) for t in types)
@@ -103,9 +108,11 @@ def test_few_row_linear_kernel_is_the_float32_product_of_float16_weights():
 
     rng = np.random.default_rng(0)
     d_out, d_in = 1030, 1536
-    arrays = {"lin.weight": (rng.standard_normal((d_out, d_in)) * 0.05).astype(np.float16).astype(np.float32),
-              "lin.bias": rng.standard_normal(d_out).astype(np.float32),
-              "nobias.weight": (rng.standard_normal((d_out, d_in)) * 0.05).astype(np.float16).astype(np.float32)}
+    arrays = {
+        "lin.weight": (rng.standard_normal((d_out, d_in)) * 0.05).astype(np.float16).astype(np.float32),
+        "lin.bias": rng.standard_normal(d_out).astype(np.float32),
+        "nobias.weight": (rng.standard_normal((d_out, d_in)) * 0.05).astype(np.float16).astype(np.float32),
+    }
     cpu = DeviceRef.CPU()
     w = WeightBank(arrays, DType.float32, cpu)
     assert w.float16_exact("lin.weight") and w.float16_exact("nobias.weight") and not w.float16_exact("lin.bias")
@@ -121,11 +128,12 @@ def test_few_row_linear_kernel_is_the_float32_product_of_float16_weights():
     x = rng.standard_normal((5, d_in)).astype(np.float32)
     five = run(x)
     for prefix, out in zip(("lin", "nobias"), five):
-        expected = (x.astype(np.float64) @ arrays[f"{prefix}.weight"].astype(np.float64).T
-                    + arrays.get(f"{prefix}.bias", 0))
+        expected = x.astype(np.float64) @ arrays[f"{prefix}.weight"].astype(np.float64).T + arrays.get(
+            f"{prefix}.bias", 0
+        )
         np.testing.assert_allclose(out, expected, rtol=0, atol=2e-5)
     for row in range(5):
-        for a, b in zip(run(x[row:row + 1]), five):
+        for a, b in zip(run(x[row : row + 1]), five):
             np.testing.assert_array_equal(a[0], b[row])
 
 
@@ -145,15 +153,18 @@ def test_encoder_attention_kernel_matches_numpy(dh):
     d = h * dh
     rng = np.random.default_rng(0)
     qkv = rng.standard_normal((b, t, 3 * d)).astype(np.float32)
-    run = _kernel_graph(f"encoder_attention_test_{dh}", [TensorType(DType.float32, [b, "t", 3 * d],
-                                                                    device=DeviceRef.CPU())],
-                        lambda x: [encoder_attention(x, h, tile) for tile in (MACHINE_TILE, (6, 1), (12, 2))])
+    run = _kernel_graph(
+        f"encoder_attention_test_{dh}",
+        [TensorType(DType.float32, [b, "t", 3 * d], device=DeviceRef.CPU())],
+        lambda x: [encoder_attention(x, h, tile) for tile in (MACHINE_TILE, (6, 1), (12, 2))],
+    )
     out, avx2, avx512 = run(qkv)
     np.testing.assert_array_equal(avx2, out)
     np.testing.assert_array_equal(avx512, out)
 
     def heads(x):  # [B, T, d] -> [B, H, T, Dh]
         return x.astype(np.float64).reshape(b, t, h, dh).transpose(0, 2, 1, 3)
+
     q, k, v = (heads(part) for part in np.split(qkv, 3, axis=-1))
     scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(dh)
     p = np.exp(scores - scores.max(-1, keepdims=True))
@@ -179,11 +190,18 @@ def test_cross_attention_int8_kernel_matches_numpy(n):
     v_t = rng.integers(-127, 128, (b, h, dh, t)).astype(np.int8)
     k_scales, v_scales = (rng.uniform(0.001, 0.03, (b, h, t)).astype(np.float32) for _ in range(2))
     cpu = DeviceRef.CPU()
-    types = [TensorType(DType.float32, [b, h, "n", dh], device=cpu), TensorType(DType.int8, [b, h, t, dh], device=cpu),
-             TensorType(DType.int8, [b, h, dh, t], device=cpu), TensorType(DType.float32, [b, h, t], device=cpu),
-             TensorType(DType.float32, [b, h, t], device=cpu)]
-    run = _kernel_graph("cross_attention_int8_test", types, lambda *x: [
-        cross_attention_int8(*x, tile=tile) for tile in (MACHINE_TILE, (6, 1), (12, 2))])
+    types = [
+        TensorType(DType.float32, [b, h, "n", dh], device=cpu),
+        TensorType(DType.int8, [b, h, t, dh], device=cpu),
+        TensorType(DType.int8, [b, h, dh, t], device=cpu),
+        TensorType(DType.float32, [b, h, t], device=cpu),
+        TensorType(DType.float32, [b, h, t], device=cpu),
+    ]
+    run = _kernel_graph(
+        "cross_attention_int8_test",
+        types,
+        lambda *x: [cross_attention_int8(*x, tile=tile) for tile in (MACHINE_TILE, (6, 1), (12, 2))],
+    )
     out, avx2, avx512 = run(q, k, v_t, k_scales, v_scales)
     np.testing.assert_array_equal(avx2, out)
     np.testing.assert_array_equal(avx512, out)
@@ -217,27 +235,43 @@ def test_decoder_layer_step_kernel_matches_numpy(int8):
     d, h, s, t, b = 64, 4, 32, 45, 3
     dh = d // h
     rng = np.random.default_rng(0)
-    shapes = {"attn.qkv": (3 * d, d), "attn.out": (d, d), "cross_attn.query": (d, d), "cross_attn.out": (d, d),
-              "mlp.0": (4 * d, d), "mlp.2": (d, 4 * d)}
-    arrays = {f"blk.{n}.weight": (rng.standard_normal(shapes[n]) * 0.2).astype(np.float16).astype(np.float32)
-              for n in LAYER_STEP_WEIGHTS}
+    shapes = {
+        "attn.qkv": (3 * d, d),
+        "attn.out": (d, d),
+        "cross_attn.query": (d, d),
+        "cross_attn.out": (d, d),
+        "mlp.0": (4 * d, d),
+        "mlp.2": (d, 4 * d),
+    }
+    arrays = {
+        f"blk.{n}.weight": (rng.standard_normal(shapes[n]) * 0.2).astype(np.float16).astype(np.float32)
+        for n in LAYER_STEP_WEIGHTS
+    }
     for n in LAYER_STEP_VECTORS:
         linear = n.removesuffix(".bias")
         size = shapes[linear][0] if linear in shapes else d  # a linear's bias, else a layer norm's weight or bias
-        arrays[f"blk.{n}"] = (rng.standard_normal(size) * 0.1
-                              + (1 if n.endswith("ln.weight") else 0)).astype(np.float32)
+        arrays[f"blk.{n}"] = (rng.standard_normal(size) * 0.1 + (1 if n.endswith("ln.weight") else 0)).astype(
+            np.float32
+        )
     cpu = DeviceRef.CPU()
     w = WeightBank(arrays, DType.float32, cpu)
     kv = DType.int8 if int8 else DType.float32
     cross_types = [TensorType(kv, [b, h, t, dh], device=cpu), TensorType(kv, [b, h, dh, t], device=cpu)]
     cross_types += [TensorType(DType.float32, [b, h, t], device=cpu)] * 2 if int8 else []
-    types = [TensorType(DType.float32, [b, d], device=cpu), BufferType(DType.float32, [b, h, s, dh], device=cpu),
-             BufferType(DType.float32, [b, h, dh, s], device=cpu), *cross_types,
-             TensorType(DType.int64, [b], device=cpu), TensorType(DType.int64, [b], device=cpu)]
-    run = _kernel_graph(f"decoder_layer_step_test{'_int8' if int8 else ''}", types,
-                        lambda x, ck, cv, *rest: [decoder_layer_step(w, "blk", x, ck, cv, list(rest[:-2]), rest[-2],
-                                                                     rest[-1], int8)],
-                        w)
+    types = [
+        TensorType(DType.float32, [b, d], device=cpu),
+        BufferType(DType.float32, [b, h, s, dh], device=cpu),
+        BufferType(DType.float32, [b, h, dh, s], device=cpu),
+        *cross_types,
+        TensorType(DType.int64, [b], device=cpu),
+        TensorType(DType.int64, [b], device=cpu),
+    ]
+    run = _kernel_graph(
+        f"decoder_layer_step_test{'_int8' if int8 else ''}",
+        types,
+        lambda x, ck, cv, *rest: [decoder_layer_step(w, "blk", x, ck, cv, list(rest[:-2]), rest[-2], rest[-1], int8)],
+        w,
+    )
 
     def ln(x, name):
         return (x - x.mean()) / np.sqrt(x.var() + 1e-5) * arrays[f"blk.{name}.weight"] + arrays[f"blk.{name}.bias"]
@@ -265,7 +299,7 @@ def test_decoder_layer_step_kernel_matches_numpy(int8):
     for positions, attended in (([0, 5, 5], [t, t, t]), ([5, -1, 0], [30, 1, t]), ([-1, 3, 31], [t, 29, t])):
         ck, cv = cache_k.copy(), cache_v_t.copy()
         for i, pos in enumerate(positions):
-            ck[i, :, max(pos, 0):], cv[i, ..., max(pos, 0):] = np.nan, np.nan
+            ck[i, :, max(pos, 0) :], cv[i, ..., max(pos, 0) :] = np.nan, np.nan
         given = [c.copy() for c in cross]
         for i, n in enumerate(attended):  # what a row does not attend to is never read
             if int8:
@@ -312,20 +346,32 @@ def test_packed_linear_kernel_matches_numpy():
 
     rng = np.random.default_rng(0)
     k, n, m = 1536, 48, 67
-    arrays = {"lin.weight_t": rng.standard_normal((k, n)).astype(np.float32) * 0.05,
-              "lin.bias": rng.standard_normal(n).astype(np.float32)}
+    arrays = {
+        "lin.weight_t": rng.standard_normal((k, n)).astype(np.float32) * 0.05,
+        "lin.bias": rng.standard_normal(n).astype(np.float32),
+    }
     cpu = DeviceRef.CPU()
     w = WeightBank(arrays, DType.float32, cpu)
 
     tiles = (MACHINE_TILE, (6, 1), (12, 2))
 
     def build(x, residual):
-        return [out for tile in tiles for out in (packed_linear(w, "lin", tile=tile)(x),
-                                                  packed_linear(w, "lin", gelu=True, tile=tile)(x),
-                                                  packed_linear(w, "lin", tile=tile)(x, residual))]
+        return [
+            out
+            for tile in tiles
+            for out in (
+                packed_linear(w, "lin", tile=tile)(x),
+                packed_linear(w, "lin", gelu=True, tile=tile)(x),
+                packed_linear(w, "lin", tile=tile)(x, residual),
+            )
+        ]
 
-    run = _kernel_graph("packed_linear_test", [TensorType(DType.float32, ["m", k], device=cpu),
-                                               TensorType(DType.float32, ["m", n], device=cpu)], build, w)
+    run = _kernel_graph(
+        "packed_linear_test",
+        [TensorType(DType.float32, ["m", k], device=cpu), TensorType(DType.float32, ["m", n], device=cpu)],
+        build,
+        w,
+    )
     assert w.registry()["lin.weight_t.panels"].shape == (n // 16, k, 16)
 
     x = rng.standard_normal((m, k)).astype(np.float32)
@@ -372,22 +418,38 @@ def test_packed_linear_int8_kernel_is_the_exact_int8_product():
 
     rng = np.random.default_rng(0)
     k, n, m = 1536, 48, 67
-    arrays = {"lin.weight_t": rng.standard_normal((k, n)).astype(np.float32) * 0.05,
-              "lin.bias": rng.standard_normal(n).astype(np.float32)}
+    arrays = {
+        "lin.weight_t": rng.standard_normal((k, n)).astype(np.float32) * 0.05,
+        "lin.bias": rng.standard_normal(n).astype(np.float32),
+    }
     w = WeightBank(arrays, DType.float32, DeviceRef.CPU())
     variants = [(MACHINE_TILE, True), ((4, 1), True), ((12, 2), False), ((4, 1), False)]  # (tile, emulate)
 
     def build(x, residual):
-        machine = [packed_linear_int8(w, "lin")(x), packed_linear_int8(w, "lin", gelu=True)(x),
-                   packed_linear_int8(w, "lin")(x, residual)]
-        tiles = [packed_linear_int8(w, "lin", amx=amx)(x), packed_linear_int8(w, "lin", gelu=True, amx=amx)(x),
-                 packed_linear_int8(w, "lin", amx=amx)(x, residual)]
-        return machine + tiles + [packed_linear_int8(w, "lin", tile=tile, emulate=emulate)(x) for tile, emulate in variants]
+        machine = [
+            packed_linear_int8(w, "lin")(x),
+            packed_linear_int8(w, "lin", gelu=True)(x),
+            packed_linear_int8(w, "lin")(x, residual),
+        ]
+        tiles = [
+            packed_linear_int8(w, "lin", amx=amx)(x),
+            packed_linear_int8(w, "lin", gelu=True, amx=amx)(x),
+            packed_linear_int8(w, "lin", amx=amx)(x, residual),
+        ]
+        return (
+            machine
+            + tiles
+            + [packed_linear_int8(w, "lin", tile=tile, emulate=emulate)(x) for tile, emulate in variants]
+        )
 
     amx = amx_permitted()
     cpu = DeviceRef.CPU()
-    run = _kernel_graph(f"packed_linear_int8_test_{amx}", [TensorType(DType.float32, ["m", k], device=cpu),
-                                                    TensorType(DType.float32, ["m", n], device=cpu)], build, w)
+    run = _kernel_graph(
+        f"packed_linear_int8_test_{amx}",
+        [TensorType(DType.float32, ["m", k], device=cpu), TensorType(DType.float32, ["m", n], device=cpu)],
+        build,
+        w,
+    )
     assert w.registry()["lin.weight_t.int8_panels"].shape == (n // 16, k // 4, 16, 4)
 
     x = (rng.standard_normal((m, k)) + 0.3).astype(np.float32)
@@ -404,8 +466,9 @@ def test_packed_linear_int8_kernel_is_the_exact_int8_product():
     expected = (s_x.astype(np.float64) * s_w) * ((q_x - zero) @ q_w.astype(np.int64)) + arrays["lin.bias"]
     top = np.abs(expected).max()
     np.testing.assert_allclose(plain, expected, rtol=0, atol=2e-6 * top)
-    np.testing.assert_allclose(gelu, 0.5 * expected * (1 + np.vectorize(erf)(expected / np.sqrt(2))), rtol=0,
-                               atol=2e-6 * top)
+    np.testing.assert_allclose(
+        gelu, 0.5 * expected * (1 + np.vectorize(erf)(expected / np.sqrt(2))), rtol=0, atol=2e-6 * top
+    )
     np.testing.assert_allclose(added, residual + expected, rtol=0, atol=2e-6 * top)
     float_product = x.astype(np.float64) @ arrays["lin.weight_t"] + arrays["lin.bias"]
     assert np.abs(plain - float_product).max() < 0.01 * np.abs(float_product).max()
@@ -423,12 +486,18 @@ def test_few_row_linear_int8_kernel_is_the_float32_product_of_int8_weights():
 
     rng = np.random.default_rng(0)
     d_out, d_in = 1030, 1536
-    arrays = {"lin.weight": (rng.standard_normal((d_out, d_in)) * 0.05).astype(np.float32),
-              "lin.bias": rng.standard_normal(d_out).astype(np.float32)}
+    arrays = {
+        "lin.weight": (rng.standard_normal((d_out, d_in)) * 0.05).astype(np.float32),
+        "lin.bias": rng.standard_normal(d_out).astype(np.float32),
+    }
     cpu = DeviceRef.CPU()
     w = WeightBank(arrays, DType.float32, cpu)
-    run = _kernel_graph("few_row_linear_int8_test", [TensorType(DType.float32, ["m", d_in], device=cpu)],
-                        lambda x: [few_row_linear_int8(w, "lin")(x)], w)
+    run = _kernel_graph(
+        "few_row_linear_int8_test",
+        [TensorType(DType.float32, ["m", d_in], device=cpu)],
+        lambda x: [few_row_linear_int8(w, "lin")(x)],
+        w,
+    )
     q, scale = quantize_int8(arrays["lin.weight"])
     assert w.registry()["lin.weight.int8"].dtype == np.int8
 
@@ -437,7 +506,7 @@ def test_few_row_linear_int8_kernel_is_the_float32_product_of_int8_weights():
     expected = (x.astype(np.float64) @ q.astype(np.float64).T) * scale + arrays["lin.bias"]
     np.testing.assert_allclose(five, expected, rtol=0, atol=2e-5)
     for row in range(5):
-        np.testing.assert_array_equal(run(x[row:row + 1])[0][0], five[row])
+        np.testing.assert_array_equal(run(x[row : row + 1])[0][0], five[row])
 
 
 def test_vocab_projection_int4_kernel_is_int8_near_the_top_and_the_4_bit_product_elsewhere():
@@ -461,8 +530,9 @@ def test_vocab_projection_int4_kernel_is_int8_near_the_top_and_the_4_bit_product
     x = (rng.standard_normal((3, k)) * 3).astype(np.float32)
     x[1, :40] *= 4  # a row with a few large values, as a layer norm's output has
     reference = WeightBank(arrays, DType.float32, cpu, copies=w.copies)  # a graph's weights are its own
-    (int8,) = _kernel_graph("vocab_projection_int8_reference", types,
-                            lambda x: [few_row_linear_int8(reference, "proj")(x)], reference)(x)
+    (int8,) = _kernel_graph(
+        "vocab_projection_int8_reference", types, lambda x: [few_row_linear_int8(reference, "proj")(x)], reference
+    )(x)
     (three,) = run(x)
 
     q4, group_scales = quantize_int4_groups(arrays["proj.weight"], INT4_GROUP)
@@ -477,7 +547,7 @@ def test_vocab_projection_int4_kernel_is_int8_near_the_top_and_the_4_bit_product
     assert (~exact).sum() > 0.9 * exact.size  # most logits are the 4-bit pass's
     np.testing.assert_array_equal(three.argmax(axis=1), int8.argmax(axis=1))
     for row in range(3):
-        np.testing.assert_array_equal(run(x[row:row + 1])[0][0], three[row])
+        np.testing.assert_array_equal(run(x[row : row + 1])[0][0], three[row])
 
 
 def test_int8_quantization_is_per_output_channel():
@@ -508,7 +578,7 @@ def test_cross_layout_kernel_lays_out_and_quantizes_every_layers_keys_and_values
     layers, b, t, h, dh = 2, 2, 37, 3, 16
     rng = np.random.default_rng(0)
     kv = (rng.standard_normal((b, t, layers * 2 * h * dh)) * rng.uniform(0.1, 10, (b, t, 1))).astype(np.float32)
-    kv[1, 5, 2 * h * dh: 2 * h * dh + dh] = 0  # layer 1's first head's key at t = 5, batch 1
+    kv[1, 5, 2 * h * dh : 2 * h * dh + dh] = 0  # layer 1's first head's key at t = 5, batch 1
     # [B, T, L, 2, H, Dh] -> keys [L, B, H, T, Dh], values [L, B, H, T, Dh]
     split = kv.reshape(b, t, layers, 2, h, dh).transpose(3, 2, 0, 4, 1, 5)
     types = [TensorType(DType.float32, ["b", "t", kv.shape[2]], device=DeviceRef.CPU())]
@@ -534,8 +604,22 @@ def _tile_assembly(program: str, cpu: str, tmp_path) -> str:
 
     root = Path(__file__).resolve().parents[1]
     asm = tmp_path / f"{cpu}.s"
-    done = subprocess_run_mojo(["build", "--emit", "asm", "--target-cpu", cpu, "-I", str(root / "maxwhisper" / "graph"),
-                                "-o", str(asm), str(root / "tests" / program)], capture_output=True, text=True)
+    done = subprocess_run_mojo(
+        [
+            "build",
+            "--emit",
+            "asm",
+            "--target-cpu",
+            cpu,
+            "-I",
+            str(root / "maxwhisper" / "graph"),
+            "-o",
+            str(asm),
+            str(root / "tests" / program),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return asm.read_text()
 
@@ -565,12 +649,15 @@ def test_amx_kernels_compile_to_tile_instructions(tmp_path):
         assert instruction in code, instruction
 
 
-@pytest.mark.parametrize("cpu, instruction, register, count", [
-    ("haswell", "vpmaddwd", "ymm", 10),  # AVX2: 5 rows x 2 ymm (8 columns' pairs), a runtime loop per 8 columns
-    ("skylake-avx512", "vpmaddwd", "zmm", 24),  # AVX-512 without VNNI: 12 rows x 2 zmm (16 columns' pairs)
-    ("alderlake", "vpdpbusd", "ymm", 12),  # AVX-VNNI: 6 rows x 2 ymm
-    ("znver4", "vpdpbusd", "zmm", 24),  # AVX-512 VNNI: 12 rows x 2 zmm
-])
+@pytest.mark.parametrize(
+    "cpu, instruction, register, count",
+    [
+        ("haswell", "vpmaddwd", "ymm", 10),  # AVX2: 5 rows x 2 ymm (8 columns' pairs), a runtime loop per 8 columns
+        ("skylake-avx512", "vpmaddwd", "zmm", 24),  # AVX-512 without VNNI: 12 rows x 2 zmm (16 columns' pairs)
+        ("alderlake", "vpdpbusd", "ymm", 12),  # AVX-VNNI: 6 rows x 2 ymm
+        ("znver4", "vpdpbusd", "zmm", 24),  # AVX-512 VNNI: 12 rows x 2 zmm
+    ],
+)
 def test_int8_encoder_tile_uses_the_target_s_byte_dot_product(cpu, instruction, register, count, tmp_path):
     """`packed_linear_int8`'s tile as the kernels pick it for a CPU (tests/tile_int8_asm.mojo): with
     VNNI its loop is `vpdpbusd` on every accumulator, without it one `vpmaddwd` per accumulator and
@@ -593,12 +680,15 @@ def assert_byte_dot_products(code: str, instruction: str, register: str, count: 
     assert not any(re.search(SPILL, block) for block in loops), "a vector register spilled"
 
 
-@pytest.mark.parametrize("cpu, instruction, register, count", [
-    ("haswell", "vpmaddubsw", "ymm", 4),  # AVX2: 1 panel, 2 accumulators of 2 ymm, one vpmaddubsw each
-    ("skylake-avx512", "vpmaddubsw", "zmm", 8),  # AVX-512 without VNNI: 4 panels x 2 zmm accumulators
-    ("alderlake", "vpdpbusd", "ymm", 4),  # AVX-VNNI: 1 panel x 2 accumulators of 2 ymm
-    ("znver4", "vpdpbusd", "zmm", 8),  # AVX-512 VNNI: 4 panels x 2 zmm
-])
+@pytest.mark.parametrize(
+    "cpu, instruction, register, count",
+    [
+        ("haswell", "vpmaddubsw", "ymm", 4),  # AVX2: 1 panel, 2 accumulators of 2 ymm, one vpmaddubsw each
+        ("skylake-avx512", "vpmaddubsw", "zmm", 8),  # AVX-512 without VNNI: 4 panels x 2 zmm accumulators
+        ("alderlake", "vpdpbusd", "ymm", 4),  # AVX-VNNI: 1 panel x 2 accumulators of 2 ymm
+        ("znver4", "vpdpbusd", "zmm", 8),  # AVX-512 VNNI: 4 panels x 2 zmm
+    ],
+)
 def test_vocab_projection_first_pass_uses_the_target_s_byte_dot_product(cpu, instruction, register, count, tmp_path):
     """`vocab_projection_int4`'s 4-bit pass as the kernel picks it for a CPU
     (tests/vocab_int4_asm.mojo): `count` byte dot products on `register`s per 8 weights of its
@@ -621,9 +711,15 @@ def test_greedy_choice_equals_the_host_decoding_path(choice):
     tokenizer = get_tokenizer(False)
     v, ts = 51864, tokenizer.timestamp_begin
     cpu = DeviceRef.CPU()
-    run = _kernel_graph(f"{choice}_test", [TensorType(DType.float32, ["b", "k", v], device=cpu),
-                                           TensorType(DType.float32, ["b", v], device=cpu),
-                                           TensorType(DType.int64, ["b"], device=cpu)], getattr(layers, choice))
+    run = _kernel_graph(
+        f"{choice}_test",
+        [
+            TensorType(DType.float32, ["b", "k", v], device=cpu),
+            TensorType(DType.float32, ["b", v], device=cpu),
+            TensorType(DType.int64, ["b"], device=cpu),
+        ],
+        getattr(layers, choice),
+    )
 
     class ProbabilityRuleOnly(ApplyTimestampRules):  # the masks come from `suppress` here
         def suppress(self, logits, tokens):
@@ -647,8 +743,9 @@ def test_greedy_choice_equals_the_host_decoding_path(choice):
         parts = rule.apply(x, np.zeros((b, 1), np.int64)) if timestamp_begin == ts else None
         rule_fired += parts is None and timestamp_begin == ts
         expected_logprobs = np.zeros(b, np.float32)
-        expected, _ = GreedyDecoder(0.0, tokenizer.eot, rng).update(np.zeros((b, 1), np.int64), x, expected_logprobs,
-                                                                    parts)
+        expected, _ = GreedyDecoder(0.0, tokenizer.eot, rng).update(
+            np.zeros((b, 1), np.int64), x, expected_logprobs, parts
+        )
         np.testing.assert_array_equal(tokens, expected[:, -1])
         # the same float64 exp and sum, but another exp and order of addition than numpy's: an ulp at most
         np.testing.assert_allclose(logprobs, expected_logprobs, rtol=1e-6, atol=3e-7)
@@ -663,7 +760,7 @@ def test_greedy_choice_equals_the_host_decoding_path(choice):
     per_row = np.array([ts, v, -1], np.int64)
     tokens, logprobs = run(logits, suppress, per_row)
     for i, row_ts in enumerate(per_row):
-        alone = run(logits[i:i + 1], suppress[i:i + 1], per_row[i:i + 1])
+        alone = run(logits[i : i + 1], suppress[i : i + 1], per_row[i : i + 1])
         assert (tokens[i], logprobs[i]) == (alone[0][0], alone[1][0])
         assert (tokens[i] == -1) == (row_ts < 0)
 
@@ -709,6 +806,7 @@ def test_kernel_library_copies_the_shipped_package_and_a_broken_kernel_is_a_clea
 
     def compiled(package):
         raise AssertionError("no shipped package is named for these kernels: ship_kernel_library() ships it")
+
     monkeypatch.setattr(kernel_package, "compile_kernels", compiled)
     monkeypatch.setenv("MODULAR_CACHE_DIR", str(tmp_path / "cache"))
     package = kernel_package.kernel_library()
@@ -733,8 +831,10 @@ def test_the_shipped_kernel_package_is_what_the_kernels_compile_to(tmp_path):
     package again fails here."""
     from maxwhisper.graph import kernel_package
 
-    again = ("the kernels changed: ship their package again with python -c 'from "
-             "maxwhisper.graph.kernel_package import ship_kernel_library; ship_kernel_library()'")
+    again = (
+        "the kernels changed: ship their package again with python -c 'from "
+        "maxwhisper.graph.kernel_package import ship_kernel_library; ship_kernel_library()'"
+    )
     shipped, name = kernel_package.SHIPPED_KERNELS, kernel_package.kernel_package_name()
     assert [p.name for p in shipped.glob("*.mojoc")] == [name], again
     fresh = tmp_path / name
@@ -778,8 +878,9 @@ def test_compiled_cpu_graphs_are_kept_on_disk_and_the_next_load_uses_them(tmp_pa
     assert path.read_bytes() != b"not an artifact"
 
     def offset(k: float, module) -> Graph:
-        with Graph(f"offset_{k:g}", input_types=[TensorType(DType.float32, [4], DeviceRef.CPU())],
-                   module=module) as graph:
+        with Graph(
+            f"offset_{k:g}", input_types=[TensorType(DType.float32, [4], DeviceRef.CPU())], module=module
+        ) as graph:
             graph.output(graph.inputs[0].tensor + k)
         return graph
 
@@ -858,6 +959,7 @@ def _token_step_rows(net, monkeypatch) -> list[int]:
         if graph is net.token_step:
             rows.append(inputs[3].shape[0])
         return run(graph, *inputs)
+
     monkeypatch.setattr(net, "run", counted)
     return rows
 
@@ -868,8 +970,9 @@ def test_batched_greedy_windows_equal_their_single_decodes(max_tiny_en, jfk_audi
     from maxwhisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram
     from maxwhisper.decoding import decode
 
-    mels = np.stack([log_mel_spectrogram(a, 80, padding=N_SAMPLES)[:, :N_FRAMES]
-                     for a in (jfk_audio, lecture_60s_audio)])
+    mels = np.stack(
+        [log_mel_spectrogram(a, 80, padding=N_SAMPLES)[:, :N_FRAMES] for a in (jfk_audio, lecture_60s_audio)]
+    )
     rows = _token_step_rows(max_tiny_en.net, monkeypatch)
     batch = decode(max_tiny_en.net, mels, language="en")
     short = min(len(r.tokens) for r in batch)
@@ -892,8 +995,9 @@ def test_a_short_prompt_runs_as_token_steps(max_tiny_en, jfk_audio, lecture_60s_
     from maxwhisper.graph import model
 
     net = max_tiny_en.net
-    mels = np.stack([log_mel_spectrogram(a, 80, padding=N_SAMPLES)[:, :N_FRAMES]
-                     for a in (jfk_audio, lecture_60s_audio)])
+    mels = np.stack(
+        [log_mel_spectrogram(a, 80, padding=N_SAMPLES)[:, :N_FRAMES] for a in (jfk_audio, lecture_60s_audio)]
+    )
     graphs, run = [], net.run
     monkeypatch.setattr(net, "run", lambda graph, *inputs: graphs.append(graph) or run(graph, *inputs))
     decode(net, mels, language="en")  # with timestamps the prompt is sot alone: one token step
@@ -922,8 +1026,9 @@ def test_int8_short_prompts_run_as_token_steps(max_tiny_en_int8, jfk_audio, lect
 
     net = max_tiny_en_int8.net
     assert model.first_graphs(net.plan) == ("encoder", "token_step")
-    mels = np.stack([log_mel_spectrogram(a, 80, padding=N_SAMPLES)[:, :N_FRAMES]
-                     for a in (jfk_audio, lecture_60s_audio)])
+    mels = np.stack(
+        [log_mel_spectrogram(a, 80, padding=N_SAMPLES)[:, :N_FRAMES] for a in (jfk_audio, lecture_60s_audio)]
+    )
     graphs, run = [], net.run
     monkeypatch.setattr(net, "run", lambda graph, *inputs: graphs.append(graph) or run(graph, *inputs))
     stepped = decode(net, mels, language="en", without_timestamps=True)

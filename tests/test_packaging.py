@@ -1,5 +1,6 @@
 """pyproject.toml is the one list of dependencies: requirements.txt (what a Space installs), setup.sh
 and pixi.toml (the project with every extra) follow it; the wheel's namespace is clean."""
+
 import re
 import subprocess
 import sys
@@ -112,13 +113,18 @@ def test_setup_gpu_says_what_is_missing_before_installing_anything(tmp_path):
     (fake / "nvidia-smi").write_text("#!/bin/sh\necho 550.54.15\n")
     (fake / "nvidia-smi").chmod(0o755)
     plain = {**os.environ, "PATH": f"{tmp_path}:{os.path.dirname(shutil.which('bash'))}:/usr/bin:/bin"}
-    for env, needle in [(plain, "no nvidia-smi here"),
-                        ({**plain, "PATH": f"{fake}:{plain['PATH']}"},
-                         "needs NVIDIA driver 580 or newer (CUDA 13); this machine has 550")]:
+    for env, needle in [
+        (plain, "no nvidia-smi here"),
+        (
+            {**plain, "PATH": f"{fake}:{plain['PATH']}"},
+            "needs NVIDIA driver 580 or newer (CUDA 13); this machine has 550",
+        ),
+    ]:
         if needle.startswith("no") and shutil.which("nvidia-smi", path=env["PATH"]):
             continue  # a machine with a real driver
-        done = subprocess.run(["bash", str(ROOT / "setup.sh"), "--gpu"], env=env, capture_output=True, text=True,
-                              timeout=60)
+        done = subprocess.run(
+            ["bash", str(ROOT / "setup.sh"), "--gpu"], env=env, capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 1 and needle in done.stderr and "Traceback" not in done.stderr
 
 
@@ -131,16 +137,29 @@ def test_the_wheel_holds_the_package_under_names_of_its_own(tmp_path):
     from maxwhisper.audio import MEDIA_SUFFIXES
 
     source = tmp_path / "source"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "tests", "benchmarks", "build", "dist",
-                                                                "*.egg-info", "__pycache__", "artifacts"))
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".*", "tests", "benchmarks", "build", "dist", "*.egg-info", "__pycache__", "artifacts"
+        ),
+    )
     shutil.copytree(ROOT / "tests" / "audio", source / "tests" / "audio")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(source)],
-                   check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(source)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     (wheel,) = tmp_path.glob("maxwhisper-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert not [n for n in names if n.lower().endswith(tuple(MEDIA_SUFFIXES))]
-    assert {n.split("/")[0] for n in names} == {"maxwhisper", "maxwhisper_baselines", "maxwhisper_showcase",
-                                               f"{wheel.name.split('-py')[0]}.dist-info"}
+    assert {n.split("/")[0] for n in names} == {
+        "maxwhisper",
+        "maxwhisper_baselines",
+        "maxwhisper_showcase",
+        f"{wheel.name.split('-py')[0]}.dist-info",
+    }
     kernels = {Path(n).name for n in names if n.startswith("maxwhisper/graph/kernels/")}
     assert kernels == {p.name for p in (ROOT / "maxwhisper" / "graph" / "kernels").glob("*.mojo")}
     shipped = {Path(n).name for n in names if n.startswith("maxwhisper/graph/prebuilt/")}
@@ -177,8 +196,11 @@ def test_every_python_package_of_the_checkout_is_in_the_wheel():
     """pyproject.toml lists the packages by hand (baselines/ and showcase/ install under other
     names): a new subpackage must be added there."""
     installed_as = {"maxwhisper": "maxwhisper", "baselines": "maxwhisper_baselines", "showcase": "maxwhisper_showcase"}
-    found = {".".join((installed_as[init.parts[0]], *init.parts[1:-1]))
-             for folder in installed_as for init in (p.relative_to(ROOT) for p in (ROOT / folder).rglob("__init__.py"))}
+    found = {
+        ".".join((installed_as[init.parts[0]], *init.parts[1:-1]))
+        for folder in installed_as
+        for init in (p.relative_to(ROOT) for p in (ROOT / folder).rglob("__init__.py"))
+    }
     data = {"maxwhisper.graph.kernels", "maxwhisper.assets"}  # Mojo sources; vocabularies
     assert found == set(PYPROJECT["tool"]["setuptools"]["packages"]) - data
 
@@ -192,8 +214,13 @@ def test_the_library_imports_neither_the_app_nor_the_baselines():
     found = []
     for path in (ROOT / "maxwhisper").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                else []
+            )
             found += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in outside]
     assert found == []
 
@@ -211,6 +238,9 @@ def test_serve_ui_from_a_checkout_not_installed_says_so_in_one_line(monkeypatch)
     from maxwhisper.service.deployments import ui_entry_point
 
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [])
-    with pytest.raises(MissingExtra, match=r"^maxwhisper serve --ui needs an installed app \(maxwhisper.ui entry "
-                                           r"point\): pip install -e '.\[app\]' in the checkout$"):
+    with pytest.raises(
+        MissingExtra,
+        match=r"^maxwhisper serve --ui needs an installed app \(maxwhisper.ui entry "
+        r"point\): pip install -e '.\[app\]' in the checkout$",
+    ):
         ui_entry_point()

@@ -1,6 +1,7 @@
 """OpenAI's realtime transcription as a library (`maxwhisper.realtime`): the session's events for
 both configuration shapes, bad events answered with error events, turns by commit and by server
 VAD, failures, limits, and MAX streaming jfk through a session."""
+
 from __future__ import annotations
 
 import asyncio
@@ -17,8 +18,13 @@ from maxwhisper.realtime.protocol import WORDS
 from scripted import TurnScriptedTranscriber
 
 SCRIPT = "one two three four five six seven eight nine ten"
-MANUAL_16K = {"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
-    "format": {"type": "audio/pcm", "rate": 16000}, "turn_detection": None}}}}
+MANUAL_16K = {
+    "type": "session.update",
+    "session": {
+        "type": "transcription",
+        "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}, "turn_detection": None}},
+    },
+}
 
 
 def at_24k(audio: np.ndarray) -> np.ndarray:
@@ -44,6 +50,7 @@ def session_for(transcriber, **kwargs) -> RealtimeSession:
         if model not in ("whisper-1", "tiny.en"):
             raise EventError(f"unknown model {model!r}", "session.audio.input.transcription.model")
         return transcriber
+
     return RealtimeSession(transcriber_for, **kwargs)
 
 
@@ -59,7 +66,7 @@ def run(session: RealtimeSession, *messages) -> list[dict]:
 
 def chunks(audio: np.ndarray, seconds: float = 0.1):
     step = round(seconds * SAMPLE_RATE)
-    return [append(audio[i:i + step]) for i in range(0, len(audio), step)]
+    return [append(audio[i : i + step]) for i in range(0, len(audio), step)]
 
 
 def of(events: list[dict], kind: str) -> list[dict]:
@@ -72,10 +79,24 @@ def test_session_created_and_updated_in_the_shape_the_client_speaks():
     assert created["type"] == "session.created" and created["event_id"].startswith("event_")
     vad = created["session"]["audio"]["input"]["turn_detection"]
     assert vad == {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500}
-    [updated] = run(session, {"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
-        "format": {"type": "audio/pcm", "rate": 16000}, "noise_reduction": {"type": "near_field"},
-        "transcription": {"model": "tiny.en", "language": "English", "prompt": "Counting."},
-        "turn_detection": None}}, "include": [WORDS, "item.input_audio_transcription.logprobs"]}})
+    [updated] = run(
+        session,
+        {
+            "type": "session.update",
+            "session": {
+                "type": "transcription",
+                "audio": {
+                    "input": {
+                        "format": {"type": "audio/pcm", "rate": 16000},
+                        "noise_reduction": {"type": "near_field"},
+                        "transcription": {"model": "tiny.en", "language": "English", "prompt": "Counting."},
+                        "turn_detection": None,
+                    }
+                },
+                "include": [WORDS, "item.input_audio_transcription.logprobs"],
+            },
+        },
+    )
     assert updated["type"] == "session.updated"
     audio = updated["session"]["audio"]["input"]
     assert audio["format"] == {"type": "audio/pcm", "rate": 16000} and audio["turn_detection"] is None
@@ -84,44 +105,89 @@ def test_session_created_and_updated_in_the_shape_the_client_speaks():
 
     beta = session_for(TurnScriptedTranscriber(SCRIPT), beta=True)
     assert beta.created()["type"] == "transcription_session.created"
-    [updated] = run(beta, {"type": "transcription_session.update", "session": {
-        "input_audio_format": "pcm16", "input_audio_transcription": {"model": "whisper-1", "language": "en"},
-        "turn_detection": {"type": "server_vad", "threshold": 0.6, "silence_duration_ms": 300},
-        "input_audio_noise_reduction": None}})
+    [updated] = run(
+        beta,
+        {
+            "type": "transcription_session.update",
+            "session": {
+                "input_audio_format": "pcm16",
+                "input_audio_transcription": {"model": "whisper-1", "language": "en"},
+                "turn_detection": {"type": "server_vad", "threshold": 0.6, "silence_duration_ms": 300},
+                "input_audio_noise_reduction": None,
+            },
+        },
+    )
     assert updated["type"] == "transcription_session.updated"
     assert updated["session"]["input_audio_format"] == "pcm16"
-    assert updated["session"]["turn_detection"] == {"type": "server_vad", "threshold": 0.6, "prefix_padding_ms": 300,
-                                                    "silence_duration_ms": 300}
+    assert updated["session"]["turn_detection"] == {
+        "type": "server_vad",
+        "threshold": 0.6,
+        "prefix_padding_ms": 300,
+        "silence_duration_ms": 300,
+    }
 
 
-@pytest.mark.parametrize("message, param, code", [
-    ("not json", None, "invalid_json"),
-    ({"no": "type"}, "type", "missing_required_parameter"),
-    ({"type": "response.create"}, "type", "invalid_value"),
-    ({"type": "input_audio_buffer.append"}, "audio", "missing_required_parameter"),
-    ({"type": "input_audio_buffer.append", "audio": "%%%"}, "audio", "invalid_value"),
-    ({"type": "input_audio_buffer.append", "audio": base64.b64encode(b"abc").decode()}, "audio", "invalid_value"),
-    ({"type": "input_audio_buffer.commit"}, None, "input_audio_buffer_commit_empty"),
-    ({"type": "session.update", "session": {"type": "realtime"}}, "session.type", "invalid_value"),
-    ({"type": "session.update", "session": {"audio": {"input": {"format": {"type": "audio/pcmu"}}}}},
-     "session.audio.input.format.type", "invalid_value"),
-    ({"type": "session.update", "session": {"audio": {"input": {"format": {"type": "audio/pcm", "rate": 8000}}}}},
-     "session.audio.input.format.rate", "invalid_value"),
-    ({"type": "session.update", "session": {"audio": {"input": {"transcription": {"model": "gpt-9"}}}}},
-     "session.audio.input.transcription.model", "invalid_value"),
-    ({"type": "session.update", "session": {"audio": {"input": {"transcription": {"language": "xx"}}}}},
-     "session.audio.input.transcription.language", "invalid_value"),
-    ({"type": "session.update", "session": {"audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}}},
-     "session.audio.input.turn_detection.type", "invalid_value"),
-    ({"type": "session.update", "session": {"audio": {"input": {"turn_detection": {"threshold": 2}}}}},
-     "session.audio.input.turn_detection.threshold", "invalid_value"),
-    ({"type": "session.update", "session": {"audio": {"input": {"turn_detection": {"silence_duration_ms": -1}}}}},
-     "session.audio.input.turn_detection.silence_duration_ms", "invalid_value"),
-    ({"type": "session.update", "session": {"audio": {"output": {}}}}, "session.audio.output", "unknown_parameter"),
-    ({"type": "transcription_session.update", "session": {"input_audio_format": "g711_ulaw"}},
-     "session.input_audio_format", "invalid_value"),
-    ({"type": "transcription_session.update", "session": "x"}, "session", "invalid_value"),
-])
+@pytest.mark.parametrize(
+    "message, param, code",
+    [
+        ("not json", None, "invalid_json"),
+        ({"no": "type"}, "type", "missing_required_parameter"),
+        ({"type": "response.create"}, "type", "invalid_value"),
+        ({"type": "input_audio_buffer.append"}, "audio", "missing_required_parameter"),
+        ({"type": "input_audio_buffer.append", "audio": "%%%"}, "audio", "invalid_value"),
+        ({"type": "input_audio_buffer.append", "audio": base64.b64encode(b"abc").decode()}, "audio", "invalid_value"),
+        ({"type": "input_audio_buffer.commit"}, None, "input_audio_buffer_commit_empty"),
+        ({"type": "session.update", "session": {"type": "realtime"}}, "session.type", "invalid_value"),
+        (
+            {"type": "session.update", "session": {"audio": {"input": {"format": {"type": "audio/pcmu"}}}}},
+            "session.audio.input.format.type",
+            "invalid_value",
+        ),
+        (
+            {
+                "type": "session.update",
+                "session": {"audio": {"input": {"format": {"type": "audio/pcm", "rate": 8000}}}},
+            },
+            "session.audio.input.format.rate",
+            "invalid_value",
+        ),
+        (
+            {"type": "session.update", "session": {"audio": {"input": {"transcription": {"model": "gpt-9"}}}}},
+            "session.audio.input.transcription.model",
+            "invalid_value",
+        ),
+        (
+            {"type": "session.update", "session": {"audio": {"input": {"transcription": {"language": "xx"}}}}},
+            "session.audio.input.transcription.language",
+            "invalid_value",
+        ),
+        (
+            {"type": "session.update", "session": {"audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}}},
+            "session.audio.input.turn_detection.type",
+            "invalid_value",
+        ),
+        (
+            {"type": "session.update", "session": {"audio": {"input": {"turn_detection": {"threshold": 2}}}}},
+            "session.audio.input.turn_detection.threshold",
+            "invalid_value",
+        ),
+        (
+            {
+                "type": "session.update",
+                "session": {"audio": {"input": {"turn_detection": {"silence_duration_ms": -1}}}},
+            },
+            "session.audio.input.turn_detection.silence_duration_ms",
+            "invalid_value",
+        ),
+        ({"type": "session.update", "session": {"audio": {"output": {}}}}, "session.audio.output", "unknown_parameter"),
+        (
+            {"type": "transcription_session.update", "session": {"input_audio_format": "g711_ulaw"}},
+            "session.input_audio_format",
+            "invalid_value",
+        ),
+        ({"type": "transcription_session.update", "session": "x"}, "session", "invalid_value"),
+    ],
+)
 def test_a_bad_event_gets_an_error_event_and_the_session_goes_on(message, param, code):
     transcriber = TurnScriptedTranscriber(SCRIPT)
     session = session_for(transcriber)
@@ -134,7 +200,9 @@ def test_a_bad_event_gets_an_error_event_and_the_session_goes_on(message, param,
     assert session.closed is None
     before = session.config
     # the update was refused whole, and the session still streams
-    events = run(session, MANUAL_16K, *chunks(np.zeros(2 * SAMPLE_RATE, np.float32)), {"type": "input_audio_buffer.commit"})
+    events = run(
+        session, MANUAL_16K, *chunks(np.zeros(2 * SAMPLE_RATE, np.float32)), {"type": "input_audio_buffer.commit"}
+    )
     assert before.turn_detection is not None and of(events, "conversation.item.input_audio_transcription.completed")
 
 
@@ -171,9 +239,14 @@ def test_a_commit_of_less_than_100_ms_is_refused_and_24_khz_is_resampled():
     session = session_for(TurnScriptedTranscriber(SCRIPT))
     run(session, {"type": "session.update", "session": {"audio": {"input": {"turn_detection": None}}}})
     [error] = run(session, append(np.zeros(1200, np.float32)), {"type": "input_audio_buffer.commit"})  # 50 ms
-    assert error["error"]["code"] == "input_audio_buffer_commit_empty" and "buffer too small" in error["error"]["message"]
-    events = run(session, *chunks(np.zeros(2 * 24000, np.float32), 0.1 * SAMPLE_RATE / 24000),
-                 {"type": "input_audio_buffer.commit"})
+    assert (
+        error["error"]["code"] == "input_audio_buffer_commit_empty" and "buffer too small" in error["error"]["message"]
+    )
+    events = run(
+        session,
+        *chunks(np.zeros(2 * 24000, np.float32), 0.1 * SAMPLE_RATE / 24000),
+        {"type": "input_audio_buffer.commit"},
+    )
     [completed] = of(events, "conversation.item.input_audio_transcription.completed")
     assert completed["usage"]["seconds"] == pytest.approx(2.05, abs=0.02)  # 24 kHz audio counted at 16 kHz
     assert completed["transcript"] == "one two three four"
@@ -181,9 +254,14 @@ def test_a_commit_of_less_than_100_ms_is_refused_and_24_khz_is_resampled():
 
 def test_clear_drops_the_turn_in_progress():
     session = session_for(TurnScriptedTranscriber(SCRIPT))
-    events = run(session, MANUAL_16K, *chunks(np.zeros(3 * SAMPLE_RATE, np.float32)),
-                 {"type": "input_audio_buffer.clear"}, *chunks(np.zeros(SAMPLE_RATE, np.float32)),
-                 {"type": "input_audio_buffer.commit"})
+    events = run(
+        session,
+        MANUAL_16K,
+        *chunks(np.zeros(3 * SAMPLE_RATE, np.float32)),
+        {"type": "input_audio_buffer.clear"},
+        *chunks(np.zeros(SAMPLE_RATE, np.float32)),
+        {"type": "input_audio_buffer.commit"},
+    )
     assert of(events, "input_audio_buffer.cleared")
     [completed] = of(events, "conversation.item.input_audio_transcription.completed")
     assert completed["transcript"] == "one two" and completed["usage"]["seconds"] == 1.0  # the cleared audio is gone
@@ -194,8 +272,11 @@ def test_server_vad_makes_turns_of_speech(jfk_audio):
     a silence, each committed and completed in order, its audio within the clip; silence alone makes none."""
     session = session_for(TurnScriptedTranscriber(SCRIPT))
     silence = np.zeros(round(1.5 * SAMPLE_RATE), np.float32)
-    events = run(session, {"type": "session.update", "session": {"audio": {"input": {
-        "format": {"type": "audio/pcm", "rate": 16000}}}}}, *chunks(np.concatenate([silence, jfk_audio, silence])))
+    events = run(
+        session,
+        {"type": "session.update", "session": {"audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}}}},
+        *chunks(np.concatenate([silence, jfk_audio, silence])),
+    )
     started = of(events, "input_audio_buffer.speech_started")
     stopped = of(events, "input_audio_buffer.speech_stopped")
     assert started and len(started) == len(stopped) == len(of(events, "input_audio_buffer.committed"))
@@ -203,8 +284,12 @@ def test_server_vad_makes_turns_of_speech(jfk_audio):
     for start, stop in zip(started, stopped):
         assert start["item_id"] == stop["item_id"]
         order = [events.index(e) for e in (start, stop)]
-        completed = [e for e in events if e.get("item_id") == start["item_id"]
-                     and e["type"] == "conversation.item.input_audio_transcription.completed"]
+        completed = [
+            e
+            for e in events
+            if e.get("item_id") == start["item_id"]
+            and e["type"] == "conversation.item.input_audio_transcription.completed"
+        ]
         assert order == sorted(order) and events.index(completed[0]) > order[1]
         assert start["audio_start_ms"] < stop["audio_end_ms"]
     assert 1200 - 300 <= started[0]["audio_start_ms"] <= 1500 + 1000  # speech begins in jfk, less the prefix padding
@@ -214,12 +299,19 @@ def test_server_vad_makes_turns_of_speech(jfk_audio):
     assert run(quiet, *chunks(np.zeros(3 * 24000, np.float32))) == []
 
 
-@pytest.mark.parametrize("failure, kind", [(MaxWhisperError("tiny.en transcribes English only"), "invalid_request_error"),
-                                           (RuntimeError("/secret/path exploded"), "server_error")])
+@pytest.mark.parametrize(
+    "failure, kind",
+    [
+        (MaxWhisperError("tiny.en transcribes English only"), "invalid_request_error"),
+        (RuntimeError("/secret/path exploded"), "server_error"),
+    ],
+)
 def test_a_failed_transcription_fails_its_turn_and_the_session_goes_on(failure, kind):
     transcriber = TurnScriptedTranscriber(SCRIPT, fail=failure)
     session = session_for(transcriber)
-    events = run(session, MANUAL_16K, *chunks(np.zeros(2 * SAMPLE_RATE, np.float32)), {"type": "input_audio_buffer.commit"})
+    events = run(
+        session, MANUAL_16K, *chunks(np.zeros(2 * SAMPLE_RATE, np.float32)), {"type": "input_audio_buffer.commit"}
+    )
     [failed] = of(events, "conversation.item.input_audio_transcription.failed")
     assert failed["error"]["type"] == kind and "/secret" not in failed["error"]["message"]
     if kind == "invalid_request_error":
@@ -258,8 +350,11 @@ def _drive(session: RealtimeSession, messages: list, pause_s: float = 0.0, keep_
 
 def test_run_session_streams_and_keeps_to_its_limits():
     session = session_for(TurnScriptedTranscriber(SCRIPT))
-    why, sent = _drive(session, [MANUAL_16K, *chunks(np.zeros(2 * SAMPLE_RATE, np.float32)),
-                                 {"type": "input_audio_buffer.commit"}], keep_open=0.5)
+    why, sent = _drive(
+        session,
+        [MANUAL_16K, *chunks(np.zeros(2 * SAMPLE_RATE, np.float32)), {"type": "input_audio_buffer.commit"}],
+        keep_open=0.5,
+    )
     assert why == "closed" and sent[0]["type"] == "session.created"
     assert of(sent, "conversation.item.input_audio_transcription.completed")[0]["transcript"] == "one two three four"
 
@@ -272,8 +367,9 @@ def test_run_session_streams_and_keeps_to_its_limits():
     assert why == "expired" and sent[-1]["error"]["code"] == "session_expired"
 
     behind = session_for(TurnScriptedTranscriber(SCRIPT), limits=Limits(max_backlog_s=2.0))
-    events = [e for m in [json.dumps(MANUAL_16K), *chunks(np.zeros(3 * SAMPLE_RATE, np.float32))]
-              for e in behind.receive(m)]  # a model that never gets to this session's audio
+    events = [
+        e for m in [json.dumps(MANUAL_16K), *chunks(np.zeros(3 * SAMPLE_RATE, np.float32))] for e in behind.receive(m)
+    ]  # a model that never gets to this session's audio
     assert events[-1]["error"]["code"] == "session_behind" and behind.closed is not None
 
 
@@ -290,10 +386,16 @@ def test_max_streams_jfk_through_a_session(max_tiny_en, jfk_audio):
         assert c["transcript"] == "".join(d["delta"] for d in deltas if d["item_id"] == c["item_id"])
     text = " ".join(c["transcript"] for c in completed)
     normal = re.sub(r"[^a-z ]", "", text.lower()).split()
-    assert normal == ("and so my fellow americans ask not what your country can do for you "
-                      "ask what you can do for your country").split()
+    assert (
+        normal
+        == (
+            "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
+        ).split()
+    )
     stops = {e["item_id"]: events.index(e) for e in of(events, "input_audio_buffer.speech_stopped")}
     assert any(events.index(d) < stops[d["item_id"]] for d in deltas)  # streamed, not all at the turn's end
     starts = of(events, "input_audio_buffer.speech_started")
-    assert all(a["audio_end_ms"] <= b["audio_start_ms"] for a, b in zip(of(events, "input_audio_buffer.speech_stopped"),
-                                                                      starts[1:]))  # turns do not overlap
+    assert all(
+        a["audio_end_ms"] <= b["audio_start_ms"]
+        for a, b in zip(of(events, "input_audio_buffer.speech_stopped"), starts[1:])
+    )  # turns do not overlap

@@ -2,6 +2,7 @@
 local Ray instance: the official `openai` client's realtime connections (GA and beta), plain
 WebSocket clients (two sessions at once, over two replicas), the API key in each way a client sends
 it, refusals (no key, no intent, an unknown model, no room) and the idle limit."""
+
 from __future__ import annotations
 
 import asyncio
@@ -35,10 +36,19 @@ def service(ray_local):
 
     port = _free_port()
     serve.start(proxy_location="Disabled")
-    config = ServiceConfig(backends=("max", "faster"), models=("tiny.en",), device="cpu", replicas=2, max_batch=4,
-                           cpus_per_replica=0.5, host="127.0.0.1", port=port,
-                           access=AccessPolicy.create("127.0.0.1", keys=[KEY]), max_sessions=SESSIONS,
-                           session_limits=Limits(idle_s=IDLE_S))
+    config = ServiceConfig(
+        backends=("max", "faster"),
+        models=("tiny.en",),
+        device="cpu",
+        replicas=2,
+        max_batch=4,
+        cpus_per_replica=0.5,
+        host="127.0.0.1",
+        port=port,
+        access=AccessPolicy.create("127.0.0.1", keys=[KEY]),
+        max_sessions=SESSIONS,
+        session_limits=Limits(idle_s=IDLE_S),
+    )
     serve.run(application(config), name=APP_NAME, route_prefix=None)
     deadline = time.monotonic() + 180
     while httpx.get(f"http://127.0.0.1:{port}/health", timeout=60).status_code != 200 and time.monotonic() < deadline:
@@ -57,7 +67,7 @@ def jfk_24k():
 
 def _chunks(data: bytes, rate: int = 24000, seconds: float = 0.1):
     step = round(seconds * rate) * 2
-    return [base64.b64encode(data[i:i + step]).decode() for i in range(0, len(data), step)]
+    return [base64.b64encode(data[i : i + step]).decode() for i in range(0, len(data), step)]
 
 
 def _until_completed(events, sent_all) -> list:
@@ -67,8 +77,10 @@ def _until_completed(events, sent_all) -> list:
         seen.append(event)
         if event.type == "input_audio_buffer.committed":
             committed.add(event.item_id)
-        elif event.type in ("conversation.item.input_audio_transcription.completed",
-                            "conversation.item.input_audio_transcription.failed"):
+        elif event.type in (
+            "conversation.item.input_audio_transcription.completed",
+            "conversation.item.input_audio_transcription.failed",
+        ):
             done.add(event.item_id)
         if sent_all() and committed and committed <= done:
             return seen
@@ -85,9 +97,18 @@ def test_the_openai_client_streams_jfk_in_real_time(service, jfk_24k):
     with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
         first = conn.recv()
         assert first.type == "session.created" and first.session.type == "transcription"
-        conn.session.update(session={"type": "transcription", "audio": {"input": {
-            "format": {"type": "audio/pcm", "rate": 24000}, "transcription": {"model": "whisper-1", "language": "en"},
-            "turn_detection": {"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 500}}}})
+        conn.session.update(
+            session={
+                "type": "transcription",
+                "audio": {
+                    "input": {
+                        "format": {"type": "audio/pcm", "rate": 24000},
+                        "transcription": {"model": "whisper-1", "language": "en"},
+                        "turn_detection": {"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 500},
+                    }
+                },
+            }
+        )
         sent = threading.Event()
 
         def speak():
@@ -120,12 +141,21 @@ def test_the_openai_beta_client_and_a_manual_commit(service, jfk_24k):
     is one turn with jfk's sentence."""
     from openai import OpenAI
 
-    client = OpenAI(base_url=f"http://127.0.0.1:{service}/v1", websocket_base_url=f"ws://127.0.0.1:{service}/v1",
-                    api_key=KEY, max_retries=0)
+    client = OpenAI(
+        base_url=f"http://127.0.0.1:{service}/v1",
+        websocket_base_url=f"ws://127.0.0.1:{service}/v1",
+        api_key=KEY,
+        max_retries=0,
+    )
     with client.beta.realtime.connect(model="whisper-1", extra_query={"intent": "transcription"}) as conn:
         assert conn.recv().type == "transcription_session.created"
-        conn.transcription_session.update(session={"input_audio_format": "pcm16", "turn_detection": None,
-                                                   "input_audio_transcription": {"model": "whisper-1"}})
+        conn.transcription_session.update(
+            session={
+                "input_audio_format": "pcm16",
+                "turn_detection": None,
+                "input_audio_transcription": {"model": "whisper-1"},
+            }
+        )
         updated = conn.recv()
         assert updated.type == "transcription_session.updated" and updated.session.turn_detection is None
         for chunk in _chunks(jfk_24k):
@@ -149,14 +179,21 @@ def test_two_plain_websocket_sessions_get_their_own_text_over_both_replicas(serv
     jfk = load_audio(AUDIO / "jfk.flac")
 
     async def both():
-        return await asyncio.gather(stream_session(f"{url}&api_key={KEY}", pcm16(jfk)),
-                                    stream_session(url, pcm16(lecture), 0.5, headers={"X-API-Key": KEY}))
+        return await asyncio.gather(
+            stream_session(f"{url}&api_key={KEY}", pcm16(jfk)),
+            stream_session(url, pcm16(lecture), 0.5, headers={"X-API-Key": KEY}),
+        )
 
     jfk_run, lecture_run = asyncio.run(both())
     assert jfk_run.ok and lecture_run.ok, (jfk_run.errors, lecture_run.errors)
     assert normalize(jfk_run.text) == normalize(JFK)
-    offline = httpx.post(f"http://127.0.0.1:{service}/v1/audio/transcriptions", headers={"Authorization": f"Bearer {KEY}"},
-                         files={"file": ("lecture.wav", _wav(lecture))}, data={"model": "whisper-1"}, timeout=120)
+    offline = httpx.post(
+        f"http://127.0.0.1:{service}/v1/audio/transcriptions",
+        headers={"Authorization": f"Bearer {KEY}"},
+        files={"file": ("lecture.wav", _wav(lecture))},
+        data={"model": "whisper-1"},
+        timeout=120,
+    )
     assert wer(offline.json()["text"], lecture_run.text) < 0.25 and "americans" not in normalize(lecture_run.text)
     assert jfk_run.latencies and max(jfk_run.latencies) < 30
 
@@ -244,10 +281,20 @@ def test_every_event_gets_an_answer_and_the_socket_outlives_the_bad_ones(service
 
     huge = 10**400
     bad = [
-        ({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
-            "turn_detection": {"type": "server_vad", "threshold": huge}}}}}, "invalid_value"),
-        ({"type": "transcription_session.update", "session": {"turn_detection": {"silence_duration_ms": huge}}},
-         "invalid_value"),
+        (
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "transcription",
+                    "audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": huge}}},
+                },
+            },
+            "invalid_value",
+        ),
+        (
+            {"type": "transcription_session.update", "session": {"turn_detection": {"silence_duration_ms": huge}}},
+            "invalid_value",
+        ),
         ("[" * 100_000, "invalid_json"),
         ('{"type": "input_audio_buffer.append", "audio": ' + "[" * 50_000 + "]" * 50_000 + "}", "invalid_json"),
         ({"type": "input_audio_buffer.append", "audio": base64.b64encode(bytes(16 * 2**20)).decode()}, "invalid_value"),

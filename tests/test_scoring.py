@@ -1,5 +1,6 @@
 """Scoring (maxwhisper.scoring): the normaliser, WER, agreement and the word diff, and that the app
 and the benchmark, which both score with it, report the same WER for the same texts."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,9 +14,13 @@ from showcase.comparison import comparison_html
 def test_normalisation_ignores_case_punctuation_and_number_spelling():
     assert scoring.normalize(" And so, my fellow Americans!") == "and so my fellow americans"
     assert scoring.normalize("ten dollars") == scoring.normalize("$10")
-    assert scoring.wer(REFERENCES["jfk.flac"],
-                       " and so my fellow americans ask not what your country can do for you "
-                       "ask what you can do for your country") == 0.0
+    assert (
+        scoring.wer(
+            REFERENCES["jfk.flac"],
+            " and so my fellow americans ask not what your country can do for you ask what you can do for your country",
+        )
+        == 0.0
+    )
 
 
 def test_wer_counts_substitutions_deletions_insertions():
@@ -41,8 +46,9 @@ def test_agreement_is_one_minus_wer_floored_at_zero():
 
 def test_word_diff(monkeypatch):
     # the app's own normaliser kept "don't"; openai-whisper's, which the benchmark uses, expands it
-    assert (scoring.normalize("And so, my fellow Americans — ask NOT! Don't")
-            == "and so my fellow americans ask not do not")
+    assert (
+        scoring.normalize("And so, my fellow Americans — ask NOT! Don't") == "and so my fellow americans ask not do not"
+    )
     wer, diff = scoring.word_diff("the cat sat", "the cat sat")
     assert wer == 0 and diff == "the cat sat"
     wer, diff = scoring.word_diff("the cat sat on", "the bat sat on it")
@@ -65,17 +71,37 @@ def test_word_diff_with_context_shows_only_the_words_near_a_difference():
     assert diff.startswith("… h i <del")  # the shared words before the only difference: the last two
 
 
-@pytest.mark.parametrize("reference, hypothesis, expected", [
-    ("It cost ten dollars.", "it cost $10", 0.0),  # the app's former normaliser: 2 errors in 4 words
-    ("Don't stop.", "do not stop", 0.0),  # the app's former normaliser: 2 errors in 2 words
-    ("The cat sat on", "the bat sat on it", 0.5),
-])
+@pytest.mark.parametrize(
+    "reference, hypothesis, expected",
+    [
+        ("It cost ten dollars.", "it cost $10", 0.0),  # the app's former normaliser: 2 errors in 4 words
+        ("Don't stop.", "do not stop", 0.0),  # the app's former normaliser: 2 errors in 2 words
+        ("The cat sat on", "the bat sat on it", 0.5),
+    ],
+)
 def test_the_app_and_the_benchmark_report_the_same_wer(reference, hypothesis, expected):
     run = {"total_s": 1.0, "features_s": None, "encode_s": None, "decode_s": None}
-    clip = {"audio": "clip.flac", "audio_s": 1.0, "warmup_s": 1.0, "text": hypothesis, "tokens": [], "language": "en",
-            "deterministic": True, "peak_rss_mib": 1.0, "runs": [run]}
-    worker = {"backend": "max", "model": "tiny.en", "device": "cpu", "precision": "fp32", "load_s": 0.0,
-              "compile_s": 0.0, "rss_after_load_mib": 1.0, "clips": [clip]}
+    clip = {
+        "audio": "clip.flac",
+        "audio_s": 1.0,
+        "warmup_s": 1.0,
+        "text": hypothesis,
+        "tokens": [],
+        "language": "en",
+        "deterministic": True,
+        "peak_rss_mib": 1.0,
+        "runs": [run],
+    }
+    worker = {
+        "backend": "max",
+        "model": "tiny.en",
+        "device": "cpu",
+        "precision": "fp32",
+        "load_s": 0.0,
+        "compile_s": 0.0,
+        "rss_after_load_mib": 1.0,
+        "clips": [clip],
+    }
     (record,), _ = make_records(worker, threads=1, repeats=1)
     add_accuracy([record], references={"clip.flac": reference})
     assert record.wer == pytest.approx(expected)

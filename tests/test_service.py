@@ -3,6 +3,7 @@ against it (streamed too, with and without its key), bad input of every kind, de
 and an endless upload against the ingress's memory, requests decoded together, the app beside it
 (a comparison, a Live race in the realtime session slots), a killed replica, the command and what
 its Ray instance listens on."""
+
 from __future__ import annotations
 
 import io
@@ -75,12 +76,25 @@ def service(ray_local):
 
     port = _free_port()
     serve.start(proxy_location="Disabled")
-    config = ServiceConfig(backends=("max", "faster"), models=("tiny.en",), device="cpu", replicas=2, max_batch=4,
-                           cpus_per_replica=0.5, max_seconds=60.0, max_upload_mb=2.0, max_uploads_mb=UPLOADS_MB,
-                           request_timeout_s=300.0, ui=True, host="127.0.0.1", port=port,
-                           access=AccessPolicy.create("127.0.0.1", keys=[KEY]), max_sessions=1,
-                           session_limits=Limits(idle_s=600.0), http_limits=HttpLimits(
-                               header_timeout_s=READ_TIMEOUT_S, body_timeout_s=READ_TIMEOUT_S))
+    config = ServiceConfig(
+        backends=("max", "faster"),
+        models=("tiny.en",),
+        device="cpu",
+        replicas=2,
+        max_batch=4,
+        cpus_per_replica=0.5,
+        max_seconds=60.0,
+        max_upload_mb=2.0,
+        max_uploads_mb=UPLOADS_MB,
+        request_timeout_s=300.0,
+        ui=True,
+        host="127.0.0.1",
+        port=port,
+        access=AccessPolicy.create("127.0.0.1", keys=[KEY]),
+        max_sessions=1,
+        session_limits=Limits(idle_s=600.0),
+        http_limits=HttpLimits(header_timeout_s=READ_TIMEOUT_S, body_timeout_s=READ_TIMEOUT_S),
+    )
     serve.run(application(config), name=APP_NAME, route_prefix=None)
     url = f"http://127.0.0.1:{port}"
     # as `serve` does before it says ready: the ingress learns that the replicas are up from Serve's
@@ -116,14 +130,18 @@ def test_the_openai_client_gets_jfk_in_every_format(client):
     assert srt.startswith("1\n00:00:00,000 --> ") and "ask what you can do for your country" in srt
     vtt = client.audio.transcriptions.create(model="whisper-1", file=("jfk.flac", jfk), response_format="vtt")
     assert vtt.startswith("WEBVTT\n\n00:00.000 --> ")
-    verbose = client.audio.transcriptions.create(model="whisper-1", file=("jfk.flac", jfk),
-                                                 response_format="verbose_json",
-                                                 timestamp_granularities=["word", "segment"])
+    verbose = client.audio.transcriptions.create(
+        model="whisper-1",
+        file=("jfk.flac", jfk),
+        response_format="verbose_json",
+        timestamp_granularities=["word", "segment"],
+    )
     assert verbose.language == "english" and verbose.duration == pytest.approx(11.0)
     assert normalize(" ".join(w.word for w in verbose.words)) == normalize(JFK)
     assert verbose.segments[0].start == 0 and verbose.segments[-1].end <= 11.0 and verbose.segments[0].tokens
-    faster = client.audio.transcriptions.create(model="whisper-1", file=("jfk.flac", jfk),
-                                                extra_body={"backend": "faster"})
+    faster = client.audio.transcriptions.create(
+        model="whisper-1", file=("jfk.flac", jfk), extra_body={"backend": "faster"}
+    )
     assert normalize(faster.text) == normalize(JFK)
 
 
@@ -138,16 +156,27 @@ def test_the_openai_client_streams_jfk_and_is_refused_without_the_key(client, se
     assert [e.type for e in events[:-1]] == ["transcript.text.delta"] * (len(events) - 1) and len(events) >= 2
     assert events[-1].type == "transcript.text.done" and normalize(events[-1].text) == normalize(JFK)
     assert "".join(e.delta for e in events[:-1]).strip() == events[-1].text
-    faster = list(client.audio.transcriptions.create(model="whisper-1", file=("jfk.flac", jfk), stream=True,
-                                                     extra_body={"backend": "faster"}))
+    faster = list(
+        client.audio.transcriptions.create(
+            model="whisper-1", file=("jfk.flac", jfk), stream=True, extra_body={"backend": "faster"}
+        )
+    )
     assert normalize(faster[-1].text) == normalize(JFK) and len(faster) >= 3  # a delta per faster-whisper segment
-    plain = client.audio.transcriptions.create(model="whisper-1", file=("jfk.flac", jfk), stream=False,
-                                               chunking_strategy={"type": "server_vad", "threshold": 0.5},
-                                               include=["logprobs"])
+    plain = client.audio.transcriptions.create(
+        model="whisper-1",
+        file=("jfk.flac", jfk),
+        stream=False,
+        chunking_strategy={"type": "server_vad", "threshold": 0.5},
+        include=["logprobs"],
+    )
     assert normalize(plain.text) == normalize(JFK)
     for key in ("wrong-key", ""):
-        stranger = OpenAI(base_url=f"{service}/v1", api_key=key or "-", max_retries=0,
-                          default_headers={} if key else {"Authorization": ""})
+        stranger = OpenAI(
+            base_url=f"{service}/v1",
+            api_key=key or "-",
+            max_retries=0,
+            default_headers={} if key else {"Authorization": ""},
+        )
         with pytest.raises(AuthenticationError) as error:
             stranger.audio.transcriptions.create(model="whisper-1", file=("jfk.flac", jfk))
         assert error.value.status_code == 401 and error.value.code == "invalid_api_key"
@@ -193,8 +222,14 @@ def test_bombs_and_an_endless_upload_are_refused_before_the_ingress_spends_memor
     bombs = [wav_bomb(), flac_hours(3), flac_hours(3, declared_samples=16000), flac_hours(3, declared_samples=0)]
     try:
         with ThreadPoolExecutor(8) as pool:
-            replies = list(pool.map(lambda data: http.post("/v1/audio/transcriptions", files={"file": ("b", data)},
-                                                           data={"model": "whisper-1"}), bombs * 2))
+            replies = list(
+                pool.map(
+                    lambda data: http.post(
+                        "/v1/audio/transcriptions", files={"file": ("b", data)}, data={"model": "whisper-1"}
+                    ),
+                    bombs * 2,
+                )
+            )
         block = bytes(2**20)
 
         def endless():
@@ -202,8 +237,11 @@ def test_bombs_and_an_endless_upload_are_refused_before_the_ingress_spends_memor
             for _ in range(800):
                 yield block
 
-        chunked = http.post("/v1/audio/transcriptions", content=endless(),
-                            headers={"Content-Type": "multipart/form-data; boundary=b0undary"})
+        chunked = http.post(
+            "/v1/audio/transcriptions",
+            content=endless(),
+            headers={"Content-Type": "multipart/form-data; boundary=b0undary"},
+        )
     finally:
         done.set()
         watcher.join()
@@ -221,9 +259,12 @@ def test_a_32_channel_wav_is_mixed_down_and_transcribed(http):
     channels are averaged, as the command line does."""
     from maxwhisper.audio import load_audio
 
-    mono = load_audio(AUDIO / "jfk.flac")[: 3 * 16000: 2]
-    reply = http.post("/v1/audio/transcriptions", data={"model": "whisper-1"},
-                      files={"file": ("32.wav", _wav(np.repeat(mono[:, None], 32, axis=1), rate=8000))})
+    mono = load_audio(AUDIO / "jfk.flac")[: 3 * 16000 : 2]
+    reply = http.post(
+        "/v1/audio/transcriptions",
+        data={"model": "whisper-1"},
+        files={"file": ("32.wav", _wav(np.repeat(mono[:, None], 32, axis=1), rate=8000))},
+    )
     assert reply.status_code == 200, reply.text
     assert "fellow americans" in normalize(reply.json()["text"])
 
@@ -240,16 +281,24 @@ def test_requests_refused_before_the_app_sees_them_in_openai_s_shape(service):
     port = int(service.rsplit(":", 1)[1])
     for length in (b"abc", b"-1", b"12, 13"):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            s.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: " + length
-                      + b"\r\n\r\n0123456789abc")
+            s.sendall(
+                b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: "
+                + length
+                + b"\r\n\r\n0123456789abc"
+            )
             head, _, body = s.recv(65536).partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 400 ") and b"application/json" in head, head
         assert json.loads(body)["error"]["code"] == "invalid_request"
-    rebound = httpx.get(f"{service}/v1/models", headers={"Host": f"evil.example:{port}",
-                                                         "Authorization": f"Bearer {KEY}"})
+    rebound = httpx.get(
+        f"{service}/v1/models", headers={"Host": f"evil.example:{port}", "Authorization": f"Bearer {KEY}"}
+    )
     assert (rebound.status_code, rebound.json()["error"]["code"]) == (403, "host_not_allowed")
-    page = httpx.post(f"{service}/v1/audio/transcriptions", headers={"Origin": "https://evil.example"},
-                      files={"file": ("j.flac", b"x")}, data={"model": "whisper-1"})
+    page = httpx.post(
+        f"{service}/v1/audio/transcriptions",
+        headers={"Origin": "https://evil.example"},
+        files={"file": ("j.flac", b"x")},
+        data={"model": "whisper-1"},
+    )
     assert (page.status_code, page.json()["error"]["code"]) == (403, "origin_not_allowed")
     schema = httpx.get(f"{service}/openapi.json").json()
     form = schema["paths"]["/v1/audio/transcriptions"]["post"]["requestBody"]["content"]["multipart/form-data"]
@@ -268,8 +317,9 @@ def _reply(sock: socket.socket) -> tuple[bytes, bytes]:
             return data, b""
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length")))
+    length = int(
+        next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    )
     while len(body) < length:
         body += sock.recv(65536)
     return head, body
@@ -316,22 +366,29 @@ def test_huge_headers_and_urls_are_refused_at_once_while_health_answers(service)
     poller = threading.Thread(target=poll_health, args=(client,))
     poller.start()
     try:
-        replies = [_sent_while_read(port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 2**27
-                                    + b"\r\n\r\n"),
-                   _sent_while_read(port, b"GET /v1/models?q=" + b"a" * 2**26
-                                    + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
-                   _sent_while_read(port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                                    + b"".join(b"X-%d: %s\r\n" % (i, b"b" * 4000) for i in range(9)) + b"\r\n")]
+        replies = [
+            _sent_while_read(port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 2**27 + b"\r\n\r\n"),
+            _sent_while_read(port, b"GET /v1/models?q=" + b"a" * 2**26 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+            _sent_while_read(
+                port,
+                b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                + b"".join(b"X-%d: %s\r\n" % (i, b"b" * 4000) for i in range(9))
+                + b"\r\n",
+            ),
+        ]
         time.sleep(0.5)
     finally:
         done.set()
         poller.join()
         client.close()
     grown = (ingress.memory_info().rss - before) / 2**20
-    print(f"refused in {[round(took, 2) for _, _, took in replies]} s; ingress +{grown:.0f} MB; /health's slowest "
-          f"{max(t for _, t in health):.2f} s of {len(health)}")
-    for (head, body, took), (status, code) in zip(replies, [(431, "headers_too_large"), (414, "url_too_long"),
-                                                            (431, "headers_too_large")]):
+    print(
+        f"refused in {[round(took, 2) for _, _, took in replies]} s; ingress +{grown:.0f} MB; /health's slowest "
+        f"{max(t for _, t in health):.2f} s of {len(health)}"
+    )
+    for (head, body, took), (status, code) in zip(
+        replies, [(431, "headers_too_large"), (414, "url_too_long"), (431, "headers_too_large")]
+    ):
         assert head.startswith(b"HTTP/1.1 %d " % status) and b"application/json" in head, head
         assert json.loads(body)["error"]["code"] == code and took < 1.0
     assert grown < 20
@@ -347,10 +404,13 @@ def test_stalled_clients_time_out_and_one_address_has_a_bounded_number_of_connec
     import select
 
     port = int(service.rsplit(":", 1)[1])
-    stalled = {"silent": b"", "mid-header": b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-",
-               "mid-body": b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 12\r\n"
-                           b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Type: multipart/form-data; "
-                           b"boundary=x\r\n\r\n"}
+    stalled = {
+        "silent": b"",
+        "mid-header": b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-",
+        "mid-body": b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 12\r\n"
+        b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Type: multipart/form-data; "
+        b"boundary=x\r\n\r\n",
+    }
     sockets = [(what, socket.create_connection(("127.0.0.1", port), timeout=30)) for what in stalled for _ in range(5)]
     start = time.monotonic()
     for what, s in sockets:
@@ -393,9 +453,12 @@ def test_uploads_held_at_once_share_a_budget_past_which_a_request_waits_its_turn
     held = []
     for _ in range(int(UPLOADS_MB // 2)):
         s = socket.create_connection(("127.0.0.1", port), timeout=30)
-        s.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
-                  + KEY.encode() + b"\r\nContent-Type: multipart/form-data; boundary=x\r\nContent-Length: %d\r\n"
-                  b"\r\n--x\r\n" % 2**21)
+        s.sendall(
+            b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+            + KEY.encode()
+            + b"\r\nContent-Type: multipart/form-data; boundary=x\r\nContent-Length: %d\r\n"
+            b"\r\n--x\r\n" % 2**21
+        )
         held.append(s)
     try:
         time.sleep(0.5)
@@ -445,8 +508,13 @@ def test_a_burst_of_bad_requests_gets_openai_errors_then_a_good_one_succeeds(ser
         ("no file", None, {"model": "whisper-1"}, 400, "file"),
         ("empty file", {"file": ("a.wav", b"")}, {"model": "whisper-1"}, 400, "file"),
         ("not audio", {"file": ("a.mp3", b"this is a text file, not audio" * 50)}, {"model": "whisper-1"}, 415, "file"),
-        ("too long", {"file": ("long.wav", _wav((rng.standard_normal(61 * 16000) * 0.1).astype(np.float32)))},
-         {"model": "whisper-1"}, 413, "file"),
+        (
+            "too long",
+            {"file": ("long.wav", _wav((rng.standard_normal(61 * 16000) * 0.1).astype(np.float32)))},
+            {"model": "whisper-1"},
+            413,
+            "file",
+        ),
         ("oversized", {"file": ("big.wav", os.urandom(3 * 2**20))}, {"model": "whisper-1"}, 413, "file"),
         ("silent", {"file": ("s.wav", _wav(np.zeros(32000, np.float32)))}, {"model": "whisper-1"}, 400, "file"),
         ("too short", {"file": ("t.wav", _wav(np.full(800, 0.3, np.float32)))}, {"model": "whisper-1"}, 400, "file"),
@@ -454,32 +522,81 @@ def test_a_burst_of_bad_requests_gets_openai_errors_then_a_good_one_succeeds(ser
         ("unknown model", {"file": ("j.flac", jfk)}, {"model": "whisper-9"}, 404, "model"),
         ("no model", {"file": ("j.flac", jfk)}, {}, 400, "model"),
         ("unknown backend", {"file": ("j.flac", jfk)}, {"model": "whisper-1", "backend": "torch"}, 400, "backend"),
-        ("unknown format", {"file": ("j.flac", jfk)}, {"model": "whisper-1", "response_format": "xml"}, 400,
-         "response_format"),
-        ("nan temperature", {"file": ("j.flac", jfk)}, {"model": "whisper-1", "temperature": "nan"}, 400,
-         "temperature"),
-        ("negative temperature", {"file": ("j.flac", jfk)}, {"model": "whisper-1", "temperature": "-1"}, 400,
-         "temperature"),
-        ("words without verbose_json", {"file": ("j.flac", jfk)},
-         {"model": "whisper-1", "timestamp_granularities[]": "word"}, 422, "timestamp_granularities[]"),
+        (
+            "unknown format",
+            {"file": ("j.flac", jfk)},
+            {"model": "whisper-1", "response_format": "xml"},
+            400,
+            "response_format",
+        ),
+        (
+            "nan temperature",
+            {"file": ("j.flac", jfk)},
+            {"model": "whisper-1", "temperature": "nan"},
+            400,
+            "temperature",
+        ),
+        (
+            "negative temperature",
+            {"file": ("j.flac", jfk)},
+            {"model": "whisper-1", "temperature": "-1"},
+            400,
+            "temperature",
+        ),
+        (
+            "words without verbose_json",
+            {"file": ("j.flac", jfk)},
+            {"model": "whisper-1", "timestamp_granularities[]": "word"},
+            422,
+            "timestamp_granularities[]",
+        ),
         ("unknown field", {"file": ("j.flac", jfk)}, {"model": "whisper-1", "speed": "2"}, 400, "speed"),
         ("bad beam size", {"file": ("j.flac", jfk)}, {"model": "whisper-1", "beam_size": "0"}, 400, "beam_size"),
-        ("41 fields", {"file": ("j.flac", jfk)}, {"model": "whisper-1", **{f"x{i}": "1" for i in range(40)}}, 400,
-         None),
+        (
+            "41 fields",
+            {"file": ("j.flac", jfk)},
+            {"model": "whisper-1", **{f"x{i}": "1" for i in range(40)}},
+            400,
+            None,
+        ),
         # 1 MB and a small file: a larger body would pass this service's 2 MB upload limit, refused first
-        ("a 1 MB prompt", {"file": ("s.wav", _wav(np.zeros(16000, np.float32)))},
-         {"model": "whisper-1", "prompt": "a" * 2**20}, 400, "prompt"),
-        ("srt streamed", {"file": ("j.flac", jfk)}, {"model": "whisper-1", "stream": "true", "response_format": "srt"},
-         400, "response_format"),
+        (
+            "a 1 MB prompt",
+            {"file": ("s.wav", _wav(np.zeros(16000, np.float32)))},
+            {"model": "whisper-1", "prompt": "a" * 2**20},
+            400,
+            "prompt",
+        ),
+        (
+            "srt streamed",
+            {"file": ("j.flac", jfk)},
+            {"model": "whisper-1", "stream": "true", "response_format": "srt"},
+            400,
+            "response_format",
+        ),
         # JSON nested past Python's recursion limit, and a number past a float's range: 400s, not "the service failed"
-        ("nested chunking_strategy", {"file": ("j.flac", jfk)},
-         {"model": "whisper-1", "chunking_strategy": "[" * 10000}, 400, "chunking_strategy"),
-        ("huge threshold", {"file": ("j.flac", jfk)},
-         {"model": "whisper-1", "chunking_strategy": '{"type": "server_vad", "threshold": 1' + "0" * 400 + "}"},
-         400, "chunking_strategy"),
+        (
+            "nested chunking_strategy",
+            {"file": ("j.flac", jfk)},
+            {"model": "whisper-1", "chunking_strategy": "[" * 10000},
+            400,
+            "chunking_strategy",
+        ),
+        (
+            "huge threshold",
+            {"file": ("j.flac", jfk)},
+            {"model": "whisper-1", "chunking_strategy": '{"type": "server_vad", "threshold": 1' + "0" * 400 + "}"},
+            400,
+            "chunking_strategy",
+        ),
     ]
-    codes = {"NaN samples": "invalid_audio", "41 fields": "too_many_fields", "a 1 MB prompt": "field_too_large",
-             "oversized": "upload_too_large", "too long": "audio_too_long"}
+    codes = {
+        "NaN samples": "invalid_audio",
+        "41 fields": "too_many_fields",
+        "a 1 MB prompt": "field_too_large",
+        "oversized": "upload_too_large",
+        "too long": "audio_too_long",
+    }
 
     def send(case):
         what, files, data, _, _ = case
@@ -487,10 +604,16 @@ def test_a_burst_of_bad_requests_gets_openai_errors_then_a_good_one_succeeds(ser
 
     with ThreadPoolExecutor(len(cases) + 3) as pool:
         replies = list(pool.map(send, cases))
-        odd = [pool.submit(http.post, "/v1/audio/transcriptions", json={"model": "whisper-1"}),
-               pool.submit(http.get, "/v1/audio/transcriptions"),
-               pool.submit(http.post, "/v1/audio/transcriptions", content=b"--other\r\n\r\n",
-                           headers={"Content-Type": "multipart/form-data; boundary=expected"})]
+        odd = [
+            pool.submit(http.post, "/v1/audio/transcriptions", json={"model": "whisper-1"}),
+            pool.submit(http.get, "/v1/audio/transcriptions"),
+            pool.submit(
+                http.post,
+                "/v1/audio/transcriptions",
+                content=b"--other\r\n\r\n",
+                headers={"Content-Type": "multipart/form-data; boundary=expected"},
+            ),
+        ]
         odd = [f.result() for f in odd]
     for (what, reply), (_, _, _, status, param) in zip(replies, cases):
         error = reply.json()["error"]
@@ -506,8 +629,11 @@ def test_a_burst_of_bad_requests_gets_openai_errors_then_a_good_one_succeeds(ser
 
 
 def _tokens(http, audio: bytes, **fields) -> list[list[int]]:
-    reply = http.post("/v1/audio/transcriptions", files={"file": ("a.flac", audio)},
-                      data={"model": "whisper-1", "response_format": "verbose_json", **fields})
+    reply = http.post(
+        "/v1/audio/transcriptions",
+        files={"file": ("a.flac", audio)},
+        data={"model": "whisper-1", "response_format": "verbose_json", **fields},
+    )
     reply.raise_for_status()
     return [s["tokens"] for s in reply.json()["segments"]]
 
@@ -518,9 +644,12 @@ def test_requests_sent_together_are_decoded_together_with_their_own_tokens(http)
     from maxwhisper.audio import load_audio
 
     lecture = load_audio(AUDIO / "physicsworks.flac")[: 60 * 16000]
-    clips = [((AUDIO / "jfk.flac").read_bytes(), {}), (_wav(lecture), {}),
-             ((AUDIO / "jfk.flac").read_bytes(), {"prompt": "President Kennedy's inaugural address."}),
-             (_wav(lecture[7 * 16000:]), {})]
+    clips = [
+        ((AUDIO / "jfk.flac").read_bytes(), {}),
+        (_wav(lecture), {}),
+        ((AUDIO / "jfk.flac").read_bytes(), {"prompt": "President Kennedy's inaugural address."}),
+        (_wav(lecture[7 * 16000 :]), {}),
+    ]
     alone = [_tokens(http, audio, **fields) for audio, fields in clips]
     with ThreadPoolExecutor(8) as pool:
         together = list(pool.map(lambda job: _tokens(http, job[0], **job[1]), clips * 2))
@@ -545,8 +674,9 @@ def test_the_app_beside_the_api_transcribes_through_the_model_deployments(servic
     from test_browser import CHROMIUM, CHROMIUM_ARGS, fake_microphone, open_tab, record_until_heard
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                    args=CHROMIUM_ARGS + fake_microphone(tmp_path, loop=True))
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS + fake_microphone(tmp_path, loop=True)
+        )
         try:
             page = browser.new_page(viewport={"width": 1440, "height": 1000})
             console: list[str] = []
@@ -580,8 +710,10 @@ def _realtime_socket(url: str):
 
     from websockets.sync.client import connect
 
-    ws = connect(url.replace("http", "ws", 1) + "/v1/realtime?intent=transcription",
-                 additional_headers={"Authorization": f"Bearer {KEY}"})
+    ws = connect(
+        url.replace("http", "ws", 1) + "/v1/realtime?intent=transcription",
+        additional_headers={"Authorization": f"Bearer {KEY}"},
+    )
     return ws, json.loads(ws.recv(timeout=30))
 
 
@@ -619,7 +751,8 @@ def _live_race_in_session_slots(page, url: str, console: list[str], record_until
         page.wait_for_timeout(3000)  # past the stopped recording's late chunks
         page.locator("#live-mic").get_by_role("button", name=re.compile("record", re.I)).first.click()
         expect(page.locator("#live-message")).to_contain_text(
-            "tiny.en on max has its 2 realtime sessions (1 per replica): try again later", timeout=60_000)
+            "tiny.en on max has its 2 realtime sessions (1 per replica): try again later", timeout=60_000
+        )
         page.locator("#live-mic").get_by_role("button", name=re.compile("stop", re.I)).first.click()
     finally:
         for ws in sockets:
@@ -639,13 +772,16 @@ def test_a_killed_replica_loses_no_request_and_health_says_so_at_once(service, h
     jfk = (AUDIO / "jfk.flac").read_bytes()
 
     def request(streamed: bool = False):
-        return http.post("/v1/audio/transcriptions", files={"file": ("jfk.flac", jfk)},
-                         data={"model": "whisper-1", **({"stream": "true"} if streamed else {})})
+        return http.post(
+            "/v1/audio/transcriptions",
+            files={"file": ("jfk.flac", jfk)},
+            data={"model": "whisper-1", **({"stream": "true"} if streamed else {})},
+        )
 
     def text(reply) -> str:
         if not reply.headers["content-type"].startswith("text/event-stream"):
             return reply.json()["text"]
-        events = [json.loads(line[len("data: "):]) for line in reply.text.splitlines() if line.startswith("data: ")]
+        events = [json.loads(line[len("data: ") :]) for line in reply.text.splitlines() if line.startswith("data: ")]
         assert [e["type"] for e in events[:-1]] == ["transcript.text.delta"] * (len(events) - 1), events
         assert "".join(e["delta"] for e in events[:-1]).strip() == events[-1]["text"]
         return events[-1]["text"]
@@ -653,8 +789,11 @@ def test_a_killed_replica_loses_no_request_and_health_says_so_at_once(service, h
     def max_replicas():
         return next(m["replicas"] for m in httpx.get(f"{service}/health").json()["models"] if m["backend"] == "max")
 
-    replicas = [p for p in psutil.process_iter(["cmdline"])
-                if "ServeReplica:maxwhisper:max-tiny.en-cpu" in " ".join(p.info["cmdline"] or [])]
+    replicas = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "ServeReplica:maxwhisper:max-tiny.en-cpu" in " ".join(p.info["cmdline"] or [])
+    ]
     assert len(replicas) == 2 and max_replicas() == 2, replicas
     with ThreadPoolExecutor(16) as pool:
         during = [pool.submit(request, i % 4 == 0) for i in range(16)]
@@ -690,9 +829,15 @@ def test_the_serve_command_answers_the_openai_client_and_stops_on_ctrl_c(tmp_pat
 
     port = _free_port()
     env = {**os.environ, "MODULAR_TELEMETRY_ENABLED": "0", "RAY_ADDRESS": "", "MAXWHISPER_API_KEY": "cli-key-5678"}
-    proc = subprocess.Popen([sys.executable, "-m", "maxwhisper", "serve", "--port", str(port), "--max-batch", "2"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "maxwhisper", "serve", "--port", str(port), "--max-batch", "2"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     lines = []
     try:
         deadline = time.monotonic() + 300
@@ -707,16 +852,23 @@ def test_the_serve_command_answers_the_openai_client_and_stops_on_ctrl_c(tmp_pat
         assert any("1 API key(s) asked on /v1" in line for line in lines), "".join(lines)
         assert lines[-1].startswith("ready"), "".join(lines)
         processes = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-        listening = {(p.name(), c.laddr.ip, c.laddr.port) for p in processes for c in p.net_connections("inet")
-                     if c.status == psutil.CONN_LISTEN}
+        listening = {
+            (p.name(), c.laddr.ip, c.laddr.port)
+            for p in processes
+            for c in p.net_connections("inet")
+            if c.status == psutil.CONN_LISTEN
+        }
         assert (port in {port for _, _, port in listening}) and len(listening) > 5, listening
         assert not [s for s in listening if s[1] not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")], listening
         workers = [p for p in processes if p.name().startswith("ray::")]
         assert workers and all(p.nice() == 0 for p in workers), [(p.name(), p.nice()) for p in workers]
         url = f"http://127.0.0.1:{port}/v1"
         with (AUDIO / "jfk.flac").open("rb") as f:
-            text = OpenAI(base_url=url, api_key="cli-key-5678", max_retries=0).audio.transcriptions \
-                .create(model="whisper-1", file=f).text
+            text = (
+                OpenAI(base_url=url, api_key="cli-key-5678", max_retries=0)
+                .audio.transcriptions.create(model="whisper-1", file=f)
+                .text
+            )
         assert normalize(text) == normalize(JFK)
         with pytest.raises(AuthenticationError):
             OpenAI(base_url=url, api_key="not-the-key", max_retries=0).models.list()
@@ -798,10 +950,13 @@ def test_replicas_that_ray_has_no_room_for_are_refused_with_what_to_change():
     three = ServiceConfig(backends=("max", "faster", "openai"), device="cpu")
     assert replicas_short_of(three, {"CPU": 2.0}) == (
         "3 model replica(s) (3 deployment(s) x 1) need 3 CPU(s), and Ray has 2: serve fewer backends or models, "
-        "or fewer --replicas, or lower --cpus-per-replica (to 0.6)")
+        "or fewer --replicas, or lower --cpus-per-replica (to 0.6)"
+    )
     assert replicas_short_of(three, {"CPU": 3.0}) is None
-    assert replicas_short_of(ServiceConfig(backends=("max", "faster"), replicas=2, cpus_per_replica=0.5),
-                             {"CPU": 2.0}) is None  # the tests' service
+    assert (
+        replicas_short_of(ServiceConfig(backends=("max", "faster"), replicas=2, cpus_per_replica=0.5), {"CPU": 2.0})
+        is None
+    )  # the tests' service
     gpu = replicas_short_of(ServiceConfig(models=("tiny.en", "base"), device="gpu"), {"CPU": 16.0, "GPU": 1.0})
     assert gpu.startswith("2 model replica(s) (2 deployment(s) x 1) need 2 GPU(s), and Ray has 1: ")
     assert "cpus-per-replica" not in gpu
@@ -813,9 +968,11 @@ def test_audio_and_options_are_refused_as_the_command_line_refuses_them():
     from maxwhisper.service.http import _check_speech
     from maxwhisper.service.openai_api import ApiError, Served, parse_form
 
-    for samples, code in [(np.zeros(0, np.float32), "audio_no_samples"),
-                          (np.full(800, 0.3, np.float32), "audio_too_short"),
-                          (np.zeros(32000, np.float32), "audio_silent")]:
+    for samples, code in [
+        (np.zeros(0, np.float32), "audio_no_samples"),
+        (np.full(800, 0.3, np.float32), "audio_too_short"),
+        (np.zeros(32000, np.float32), "audio_silent"),
+    ]:
         with pytest.raises(ApiError) as error:
             _check_speech(samples)
         assert (error.value.status, error.value.param, error.value.code) == (400, "file", code)

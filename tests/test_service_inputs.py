@@ -2,6 +2,7 @@
 its container and by decoding (`audio.load_audio(max_seconds=)`), multichannel and non-finite
 audio, the streamed multipart form and its limits, the access policy (API keys, Host, Origin) on
 HTTP and WebSocket routes behind the ingress's HTTP server, OpenAI's form fields."""
+
 from __future__ import annotations
 
 import io
@@ -20,9 +21,14 @@ def wav_header(rate: int, samples: int, channels: int = 1, data_bytes: int | Non
     chunk's size as declared, where it should lie)."""
     block = 2 * channels
     size = samples * block if data_bytes is None else data_bytes
-    return (b"RIFF" + struct.pack("<I", (36 + size) & 0xFFFFFFFF) + b"WAVEfmt "
-            + struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * block, block, 16)
-            + b"data" + struct.pack("<I", size))
+    return (
+        b"RIFF"
+        + struct.pack("<I", (36 + size) & 0xFFFFFFFF)
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * block, block, 16)
+        + b"data"
+        + struct.pack("<I", size)
+    )
 
 
 def wav_bomb() -> bytes:
@@ -40,7 +46,7 @@ def flac_hours(hours: float, declared_samples: int | None = None) -> bytes:
     data = bytearray(out.getvalue())
     if declared_samples is not None:  # "fLaC", a block header, STREAMINFO: the count is its bytes 13-17's low 36 bits
         data[8 + 13] = (data[8 + 13] & 0xF0) | (declared_samples >> 32)
-        data[8 + 14:8 + 18] = (declared_samples & 0xFFFFFFFF).to_bytes(4, "big")
+        data[8 + 14 : 8 + 18] = (declared_samples & 0xFFFFFFFF).to_bytes(4, "big")
     return bytes(data)
 
 
@@ -89,17 +95,20 @@ def test_non_finite_samples_in_a_file_are_refused(subtype):
 
 # --- the streamed form -----------------------------------------------------------------------
 
+
 def _encoded(files=None, data=None, content=None, headers=None) -> tuple[str, bytes]:
     """(Content-Type, body) as httpx sends them."""
     import httpx
 
-    request = httpx.Request("POST", "http://service/v1/audio/transcriptions", files=files, data=data, content=content,
-                            headers=headers)
+    request = httpx.Request(
+        "POST", "http://service/v1/audio/transcriptions", files=files, data=data, content=content, headers=headers
+    )
     return request.headers["content-type"], request.read()
 
 
-def _read(content_type: str, body: bytes, chunk: int = 7, limits=None, length: str | None = None,
-          taken: list | None = None):
+def _read(
+    content_type: str, body: bytes, chunk: int = 7, limits=None, length: str | None = None, taken: list | None = None
+):
     """read_form over `body` cut into `chunk`-byte pieces, as a server hands them on; `taken`
     gets how many bytes it took from the body."""
     import asyncio
@@ -110,8 +119,8 @@ def _read(content_type: str, body: bytes, chunk: int = 7, limits=None, length: s
 
     async def pieces():
         for i in range(0, len(body), chunk):
-            taken.append(len(body[i:i + chunk]))
-            yield body[i:i + chunk]
+            taken.append(len(body[i : i + chunk]))
+            yield body[i : i + chunk]
 
     return asyncio.run(read_form(pieces(), content_type, length, limits or FormLimits(file_bytes=2**20)))
 
@@ -126,8 +135,9 @@ def _refusal(*args, **kwargs):
 
 def test_the_form_is_read_as_it_streams_in():
     audio = bytes(range(256)) * 1000
-    content_type, body = _encoded(files={"file": ("a.wav", audio)},
-                                  data={"model": "whisper-1", "timestamp_granularities[]": ["word", "segment"]})
+    content_type, body = _encoded(
+        files={"file": ("a.wav", audio)}, data={"model": "whisper-1", "timestamp_granularities[]": ["word", "segment"]}
+    )
     for chunk in (7, 65536):
         form = _read(content_type, body, chunk)
         assert form.file == audio
@@ -154,26 +164,65 @@ def test_an_upload_past_the_limit_is_refused_there_declared_or_not():
 def test_each_multipart_failure_names_the_limit_or_fault_it_hit():
     audio = ("a.wav", b"RIFF" * 100)
     cases = [  # (what, Content-Type, body, status, code, param, in the message)
-        ("41 fields", *_encoded(files={"file": audio}, data={f"f{i}": "x" for i in range(40)}),
-         400, "too_many_fields", None, "more than 32 fields"),
-        ("a 2 MB prompt", *_encoded(files={"file": audio}, data={"prompt": "a" * 2 * 2**20}),
-         400, "field_too_large", "prompt", "'prompt' is longer than this service's 16 KB"),
+        (
+            "41 fields",
+            *_encoded(files={"file": audio}, data={f"f{i}": "x" for i in range(40)}),
+            400,
+            "too_many_fields",
+            None,
+            "more than 32 fields",
+        ),
+        (
+            "a 2 MB prompt",
+            *_encoded(files={"file": audio}, data={"prompt": "a" * 2 * 2**20}),
+            400,
+            "field_too_large",
+            "prompt",
+            "'prompt' is longer than this service's 16 KB",
+        ),
         ("two files", *_encoded(files=[("file", audio), ("file", audio)]), 400, "too_many_files", "file", "twice"),
-        ("a file elsewhere", *_encoded(files={"file": audio, "prompt": audio}), 400, "too_many_files", "prompt",
-         "only 'file' takes one"),
+        (
+            "a file elsewhere",
+            *_encoded(files={"file": audio, "prompt": audio}),
+            400,
+            "too_many_files",
+            "prompt",
+            "only 'file' takes one",
+        ),
     ]
     content_type, body = _encoded(files={"file": audio}, data={"model": "whisper-1"})
     boundary = content_type.split("boundary=")[1]
     cases += [
-        ("not UTF-8", content_type, body.replace(b"whisper-1", b"\xff\xfe"), 400, "invalid_value", "model",
-         "not UTF-8"),
-        ("a wrong boundary", content_type.replace(boundary, "not-the-one"), body, 400, "invalid_multipart", None,
-         "does not begin with the boundary"),
+        (
+            "not UTF-8",
+            content_type,
+            body.replace(b"whisper-1", b"\xff\xfe"),
+            400,
+            "invalid_value",
+            "model",
+            "not UTF-8",
+        ),
+        (
+            "a wrong boundary",
+            content_type.replace(boundary, "not-the-one"),
+            body,
+            400,
+            "invalid_multipart",
+            None,
+            "does not begin with the boundary",
+        ),
         ("no boundary", "multipart/form-data", body, 400, "invalid_content_type", None, "gives no boundary"),
         ("cut short", content_type, body[: len(body) // 2], 400, "invalid_multipart", None, "ends before its closing"),
         ("not multipart", "application/json", b"{}", 400, "invalid_content_type", "file", "multipart/form-data"),
-        ("a part without a name", content_type, body.replace(b'name="model"', b'nom="model"'), 400,
-         "invalid_multipart", None, "no Content-Disposition"),
+        (
+            "a part without a name",
+            content_type,
+            body.replace(b'name="model"', b'nom="model"'),
+            400,
+            "invalid_multipart",
+            None,
+            "no Content-Disposition",
+        ),
     ]
     for what, content_type, body, status, code, param, words in cases:
         error = _refusal(content_type, body, 65536)
@@ -183,8 +232,8 @@ def test_each_multipart_failure_names_the_limit_or_fault_it_hit():
 
 # --- who may use it --------------------------------------------------------------------------
 
-def _scope(path="/v1/audio/transcriptions", host="127.0.0.1:8000", method="POST", kind="http", query=b"",
-           **headers):
+
+def _scope(path="/v1/audio/transcriptions", host="127.0.0.1:8000", method="POST", kind="http", query=b"", **headers):
     pairs = [(b"host", host.encode())] if host is not None else []
     pairs += [(name.replace("_", "-").encode(), value.encode()) for name, value in headers.items()]
     return {"type": kind, "path": path, "method": method, "headers": pairs, "query_string": query}
@@ -195,8 +244,12 @@ def test_api_keys_are_asked_on_the_api_only_and_kept_as_digests():
 
     policy = AccessPolicy.create("127.0.0.1", keys=["k-one-123", "k-two-456"])
     assert b"k-one-123" not in repr(policy).encode() and len(policy.key_digests) == 2
-    for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "Basic k-one-123"},
-                    {"authorization": "Bearer "}):
+    for headers in (
+        {},
+        {"authorization": "Bearer wrong"},
+        {"authorization": "Basic k-one-123"},
+        {"authorization": "Bearer "},
+    ):
         error = policy.refusal(_scope(**headers))
         assert (error.status, error.code, error.type) == (401, "invalid_api_key", "invalid_request_error")
     assert policy.refusal(_scope(authorization="Bearer k-two-456")) is None
@@ -249,14 +302,20 @@ def test_a_page_of_another_origin_is_refused_unless_allowed_and_then_gets_cors()
 
         async def send(message):
             sent.append(message)
+
         asyncio.run(guard(app, policy)(scope, None, send))
         return sent[0]["status"], dict(sent[0]["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
 
     status, headers, _ = call(_scope(origin="https://app.example"))
     assert status == 200 and headers[b"access-control-allow-origin"] == b"https://app.example"
-    status, headers, _ = call(_scope(method="OPTIONS", origin="https://app.example",
-                                     access_control_request_method="POST",
-                                     access_control_request_headers="authorization"))
+    status, headers, _ = call(
+        _scope(
+            method="OPTIONS",
+            origin="https://app.example",
+            access_control_request_method="POST",
+            access_control_request_headers="authorization",
+        )
+    )
     assert status == 204 and headers[b"access-control-allow-headers"] == b"authorization"
     status, headers, body = call(_scope(origin="https://evil.example"))
     assert status == 403 and b"origin_not_allowed" in body and b"access-control-allow-origin" not in headers
@@ -266,6 +325,7 @@ def test_a_page_of_another_origin_is_refused_unless_allowed_and_then_gets_cors()
 
 # --- OpenAI's form ---------------------------------------------------------------------------
 
+
 def test_the_openai_client_s_whole_form_is_accepted_and_checked():
     """stream, chunking_strategy (auto, a JSON object, or the bracketed fields the openai client
     sends) and include[] are taken; wrong values are refused naming the field."""
@@ -274,14 +334,22 @@ def test_the_openai_client_s_whole_form_is_accepted_and_checked():
     served = Served((("max", "tiny.en"),))
 
     def parse(**fields):
-        return parse_form({"model": ["whisper-1"], **{k: v if isinstance(v, list) else [v] for k, v in fields.items()}},
-                          "transcribe", served)
+        return parse_form(
+            {"model": ["whisper-1"], **{k: v if isinstance(v, list) else [v] for k, v in fields.items()}},
+            "transcribe",
+            served,
+        )
 
     assert parse(stream="true").stream and not parse(stream="false").stream and not parse().stream
     assert parse(**{"chunking_strategy": "auto", "include[]": "logprobs"}).stream is False
     parse(chunking_strategy='{"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 300}')
-    parse(**{"chunking_strategy[type]": "server_vad", "chunking_strategy[threshold]": "0.5",
-             "chunking_strategy[prefix_padding_ms]": "300"})
+    parse(
+        **{
+            "chunking_strategy[type]": "server_vad",
+            "chunking_strategy[threshold]": "0.5",
+            "chunking_strategy[prefix_padding_ms]": "300",
+        }
+    )
     assert parse(timestamp_granularities=["word"], response_format="verbose_json").granularities == ("word",)
     for fields, param, words in [
         ({"stream": "yes"}, "stream", "true or false"),
@@ -289,8 +357,11 @@ def test_the_openai_client_s_whole_form_is_accepted_and_checked():
         ({"include[]": "tokens"}, "include[]", "logprobs"),
         ({"chunking_strategy": "manual"}, "chunking_strategy", "auto or a server_vad object"),
         ({"chunking_strategy[type]": "client_vad"}, "chunking_strategy", "server_vad"),
-        ({"chunking_strategy[type]": "server_vad", "chunking_strategy[threshold]": "2"}, "chunking_strategy",
-         "from 0 to 1"),
+        (
+            {"chunking_strategy[type]": "server_vad", "chunking_strategy[threshold]": "2"},
+            "chunking_strategy",
+            "from 0 to 1",
+        ),
         ({"chunking_strategy[type]": "server_vad", "chunking_strategy[volume]": "2"}, "chunking_strategy", "volume"),
     ]:
         with pytest.raises(ApiError, match=words) as error:
@@ -339,8 +410,10 @@ def test_the_front_serves_http_and_websockets_behind_the_access_policy():
         with connect(f"ws://127.0.0.1:{port}/v1/echo?api_key=k-123456") as ws:
             ws.send("hello")
             assert ws.recv(timeout=10) == "hello"
-        for url, headers in [(f"ws://127.0.0.1:{port}/v1/echo", {}),
-                             (f"ws://127.0.0.1:{port}/v1/echo?api_key=k-123456", {"Origin": "https://evil.example"})]:
+        for url, headers in [
+            (f"ws://127.0.0.1:{port}/v1/echo", {}),
+            (f"ws://127.0.0.1:{port}/v1/echo?api_key=k-123456", {"Origin": "https://evil.example"}),
+        ]:
             with pytest.raises(InvalidStatus) as refused:
                 connect(url, additional_headers=headers, open_timeout=10)
             assert refused.value.response.status_code == 403

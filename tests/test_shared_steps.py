@@ -1,5 +1,6 @@
 """Transcriptions running in several threads on one MAX model share encoder calls and decoder steps
 (`maxwhisper.graph.shared_steps`), and each gets the tokens it gets alone."""
+
 from __future__ import annotations
 
 import threading
@@ -21,21 +22,25 @@ def test_concurrent_transcriptions_share_steps_and_keep_their_tokens(max_tiny_en
     """Five transcriptions at once: greedy with and without a prompt, a window offset by 7 s (its
     sequences are at other positions than the rest), word timestamps (the alignment pass), beam
     search (decoded on its own), checked as `_check_shared_runs_keep_their_tokens` says."""
-    jobs = [(jfk_audio, DecodeOptions()),
-            (lecture_60s_audio, DecodeOptions()),
-            (jfk_audio, DecodeOptions(initial_prompt="President Kennedy's inaugural address.")),
-            (lecture_60s_audio[7 * SAMPLE_RATE:], DecodeOptions(word_timestamps=True)),
-            (jfk_audio, DecodeOptions(beam_size=3))]
+    jobs = [
+        (jfk_audio, DecodeOptions()),
+        (lecture_60s_audio, DecodeOptions()),
+        (jfk_audio, DecodeOptions(initial_prompt="President Kennedy's inaugural address.")),
+        (lecture_60s_audio[7 * SAMPLE_RATE :], DecodeOptions(word_timestamps=True)),
+        (jfk_audio, DecodeOptions(beam_size=3)),
+    ]
     _check_shared_runs_keep_their_tokens(max_tiny_en.net, jobs)
 
 
 def test_int8_transcriptions_share_steps_and_keep_their_tokens(max_tiny_en_int8, jfk_audio, lecture_60s_audio):
     """The same in int8, whose shared cache also holds the int8 cross K/V and their scales: greedy
     with and without a prompt, and a window offset by 7 s."""
-    jobs = [(jfk_audio, DecodeOptions()),
-            (lecture_60s_audio, DecodeOptions()),
-            (jfk_audio, DecodeOptions(initial_prompt="President Kennedy's inaugural address.")),
-            (lecture_60s_audio[7 * SAMPLE_RATE:], DecodeOptions())]
+    jobs = [
+        (jfk_audio, DecodeOptions()),
+        (lecture_60s_audio, DecodeOptions()),
+        (jfk_audio, DecodeOptions(initial_prompt="President Kennedy's inaugural address.")),
+        (lecture_60s_audio[7 * SAMPLE_RATE :], DecodeOptions()),
+    ]
     _check_shared_runs_keep_their_tokens(max_tiny_en_int8.net, jobs)
 
 
@@ -133,8 +138,11 @@ def test_concurrent_streams_share_calls_and_keep_their_tokens(precision, request
     shared = MaxTranscriber("tiny.en", device="cpu", precision=precision, max_batch=4)
     net = shared.decoder_model
     net.steps.go_alone = lambda: False
-    clips = [np.concatenate([jfk_audio, np.zeros(SAMPLE_RATE, np.float32)]), lecture_60s_audio[:12 * SAMPLE_RATE],
-             lecture_60s_audio[7 * SAMPLE_RATE:16 * SAMPLE_RATE]]
+    clips = [
+        np.concatenate([jfk_audio, np.zeros(SAMPLE_RATE, np.float32)]),
+        lecture_60s_audio[: 12 * SAMPLE_RATE],
+        lecture_60s_audio[7 * SAMPLE_RATE : 16 * SAMPLE_RATE],
+    ]
     starts = [0, 0, 3]  # the step at which each stream begins
     steps = max(s + len(c) // SAMPLE_RATE for s, c in zip(starts, clips))
     meet = 5  # the step at which streams 0 and 1 (6 s each) queue behind stream 2's encoder call
@@ -162,7 +170,7 @@ def test_concurrent_streams_share_calls_and_keep_their_tokens(precision, request
                 assert third_encodes.wait(timeout=300)
             k = step - start
             if 0 <= k < len(clip) // SAMPLE_RATE:
-                update = streamer.push(clip[k * SAMPLE_RATE:(k + 1) * SAMPLE_RATE])
+                update = streamer.push(clip[k * SAMPLE_RATE : (k + 1) * SAMPLE_RATE])
                 seen.append((update.committed, update.tentative, streamer.draft))
         return seen
 

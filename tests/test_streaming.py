@@ -2,6 +2,7 @@
 stream loop over a scripted transcriber (arrival, prompts, trimming, latency, how far behind,
 loops held back, forced cuts), and MAX on jfk and on the lecture (one encoder pass per update,
 its countdown's repetition loop never committed and decoded once per update)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,9 +16,22 @@ import pytest
 from maxwhisper.api import SAMPLE_RATE, DecodeOptions, Segment, Word
 from maxwhisper.audio import N_FRAMES, N_SAMPLES, STREAM_PADDING_S, heard_frames
 from maxwhisper.decoding import DecodingTask, compression_ratio
-from maxwhisper.streaming import (BUDGET, CONTEXT_S, FORCED_CUT_S, PAUSE_S, SETTLE_S, STEP_S, LocalAgreement,
-                                  Streamer, StreamReport, StreamWord, WORD_CUT_CONTEXT_S, fails_offline_rules,
-                                  repeat_start, stream_audio)
+from maxwhisper.streaming import (
+    BUDGET,
+    CONTEXT_S,
+    FORCED_CUT_S,
+    PAUSE_S,
+    SETTLE_S,
+    STEP_S,
+    LocalAgreement,
+    Streamer,
+    StreamReport,
+    StreamWord,
+    WORD_CUT_CONTEXT_S,
+    fails_offline_rules,
+    repeat_start,
+    stream_audio,
+)
 from scripted import ScriptedTranscriber
 
 LECTURE = Path(__file__).resolve().parent / "audio" / "physicsworks.flac"
@@ -126,8 +140,9 @@ def test_the_committed_tail_heard_again_later_is_not_committed_twice_unless_hear
     policy = LocalAgreement()
     policy.update(words("0. Physics"))
     policy.update(words("0. Physics"))
-    assert texts(policy.update(in_place, heard_from=1.0) + policy.update(in_place, heard_from=1.0)) == \
-        "Physics works and"
+    assert (
+        texts(policy.update(in_place, heard_from=1.0) + policy.update(in_place, heard_from=1.0)) == "Physics works and"
+    )
     # a hypothesis that hears the committed "0." where it was committed, or a little later (mostly
     # before its committed end), and another 1.5 s later: said twice
     for heard_again in ([StreamWord(1.5, 2.0, " 0.")], [StreamWord(1.6, 2.1, " 0.")]):
@@ -144,8 +159,12 @@ def test_a_short_next_word_overlapping_the_committed_end_is_still_committed():
     assert texts(policy.update(words("this is a"))) == "this is"  # "is" ends at 1.0 s
     # heard again, "is" ends 0.15 s sooner and "a" lies mostly before the committed end: a new
     # word all the same, as the word before it is the committed one
-    moved = [StreamWord(0.0, 0.5, " this"), StreamWord(0.5, 0.85, " is"), StreamWord(0.85, 1.1, " a"),
-             *words("ball", start=1.1)]
+    moved = [
+        StreamWord(0.0, 0.5, " this"),
+        StreamWord(0.5, 0.85, " is"),
+        StreamWord(0.85, 1.1, " a"),
+        *words("ball", start=1.1),
+    ]
     assert texts(policy.update(moved) + policy.update(moved + words("today", start=1.6))) == "a ball"
     assert texts(policy.committed) == "this is a ball"
 
@@ -210,8 +229,10 @@ def test_text_that_never_settles_is_committed_at_the_forced_cut_not_lost():
         def transcribe(self, audio, options=DecodeOptions(), progress=None):
             result = super().transcribe(audio, options, progress)
             tag = f"v{len(self.calls)}"
-            segments = [dataclasses.replace(seg, words=tuple(dataclasses.replace(w, word=w.word + tag)
-                                                             for w in seg.words)) for seg in result.segments]
+            segments = [
+                dataclasses.replace(seg, words=tuple(dataclasses.replace(w, word=w.word + tag) for w in seg.words))
+                for seg in result.segments
+            ]
             return dataclasses.replace(result, segments=segments)
 
     audio = np.arange(60 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
@@ -315,8 +336,9 @@ def test_a_failed_window_waits_for_more_audio():
         def transcribe(self, audio, options=DecodeOptions(), progress=None):
             result = super().transcribe(audio, options, progress)
             if 5 <= len(self.calls) <= 9:
-                return dataclasses.replace(result, segments=[dataclasses.replace(s, avg_logprob=-2.0)
-                                                             for s in result.segments])
+                return dataclasses.replace(
+                    result, segments=[dataclasses.replace(s, avg_logprob=-2.0) for s in result.segments]
+                )
             return result
 
     script = " ".join(f"w{i}" for i in range(40))
@@ -333,8 +355,12 @@ def test_the_last_words_of_windows_that_fail_are_heard_once_more_at_the_end():
             result = super().transcribe(audio, options, progress)
             temperatures.append(options.temperature)
             fails = len(options.temperature) == 1 and round(float(audio[0]), 3) + len(audio) / SAMPLE_RATE > 17
-            return dataclasses.replace(result, segments=[  # (the offline loop's later temperatures pass)
-                dataclasses.replace(s, avg_logprob=-2.0 if fails else -0.2) for s in result.segments])
+            return dataclasses.replace(
+                result,
+                segments=[  # (the offline loop's later temperatures pass)
+                    dataclasses.replace(s, avg_logprob=-2.0 if fails else -0.2) for s in result.segments
+                ],
+            )
 
     script = " ".join(f"w{i}" for i in range(40))
     audio = np.arange(20 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
@@ -346,7 +372,7 @@ def test_the_last_words_of_windows_that_fail_are_heard_once_more_at_the_end():
     assert report.compute_s == pytest.approx(0.4 * (report.updates + 1))  # the end's transcription counted
     # a stream whose last window passed ends without another transcription
     temperatures.clear()
-    report = stream_audio(FailingFrom17s(script), audio[:16 * SAMPLE_RATE])
+    report = stream_audio(FailingFrom17s(script), audio[: 16 * SAMPLE_RATE])
     assert report.text == " ".join(script.split()[:32]) and len(temperatures) == report.updates
 
 
@@ -355,8 +381,9 @@ def test_the_end_heard_again_commits_once_and_no_segment_of_dots():
         def transcribe(self, audio, options=DecodeOptions(), progress=None):
             result = super().transcribe(audio, options, progress)
             if len(options.temperature) == 1:
-                return dataclasses.replace(result, segments=[dataclasses.replace(s, avg_logprob=-2.0)
-                                                             for s in result.segments])
+                return dataclasses.replace(
+                    result, segments=[dataclasses.replace(s, avg_logprob=-2.0) for s in result.segments]
+                )
             dots = Segment(0, 0, 0.0, 0.0, " . .", (), words=(Word(0.0, 0.0, " .", 0.5), Word(0.0, 0.0, " .", 0.5)))
             return dataclasses.replace(result, segments=[dots, *result.segments])
 
@@ -380,20 +407,21 @@ def test_a_stream_without_a_language_keeps_the_one_its_first_committed_words_wer
     streamer = Streamer(German("w0 w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11"))
     first_commit = None
     for i in range(6):
-        if streamer.push(audio[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE]).committed and first_commit is None:
+        if streamer.push(audio[i * SAMPLE_RATE : (i + 1) * SAMPLE_RATE]).committed and first_commit is None:
             first_commit = i
     assert 0 < first_commit < 5  # the first hypothesis heard words, and committed none
     assert languages == [None] * (first_commit + 1) + ["de"] * (5 - first_commit)
     languages.clear()
     streamer = Streamer(German("w0 w1 w2 w3"), DecodeOptions(language="fr"))  # one set is kept as it is
     for i in range(3):
-        streamer.push(audio[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE])
+        streamer.push(audio[i * SAMPLE_RATE : (i + 1) * SAMPLE_RATE])
     assert languages == ["fr", "fr", "fr"]
 
 
 class Echoing(ScriptedTranscriber):
     """Hears the script, then fills the silence after it with its last ECHO_WORDS words again (as a
     window over speech and silence does): in the script's segment, or as a segment of its own."""
+
     ECHO_WORDS = 5
 
     def __init__(self, script: str, own_segment: bool):
@@ -406,39 +434,49 @@ class Echoing(ScriptedTranscriber):
         script_end = len(self.script) * 0.5
         if not result.segments or end < script_end + 2.0 or result.segments[-1].end + offset < script_end - 1e-6:
             return result
-        echo = tuple(Word(script_end + 0.3 * i - offset, script_end + 0.3 * (i + 1) - offset, " " + w, 0.9)
-                     for i, w in enumerate(self.script[-self.ECHO_WORDS:]))
+        echo = tuple(
+            Word(script_end + 0.3 * i - offset, script_end + 0.3 * (i + 1) - offset, " " + w, 0.9)
+            for i, w in enumerate(self.script[-self.ECHO_WORDS :])
+        )
         last = result.segments[-1]
         if self.own_segment:
-            segments = [*result.segments, Segment(1, 0, echo[0].start, echo[-1].end, "".join(w.word for w in echo),
-                                                  (), words=echo)]
+            segments = [
+                *result.segments,
+                Segment(1, 0, echo[0].start, echo[-1].end, "".join(w.word for w in echo), (), words=echo),
+            ]
         else:
             words = (*last.words, *echo)
-            segments = [*result.segments[:-1], dataclasses.replace(last, end=echo[-1].end,
-                                                                   text="".join(w.word for w in words), words=words)]
+            segments = [
+                *result.segments[:-1],
+                dataclasses.replace(last, end=echo[-1].end, text="".join(w.word for w in words), words=words),
+            ]
         return dataclasses.replace(result, segments=segments)
 
 
-@pytest.mark.parametrize("before, words, start", [
-    ([], "physics works and im still alive physics works and im still alive", 6),  # in the segment
-    ("physics works and im still alive", "physics works and im still alive", 0),  # after the one before
-    ("x ask not what your", "ask not what your country", 0),  # the copy begins before the segment
-    ([], "three two one three two one", None),  # shorter than REPEAT_WORDS
-    ("ask not what your country can do", "for you ask what you can do for your country", None),
-])
+@pytest.mark.parametrize(
+    "before, words, start",
+    [
+        ([], "physics works and im still alive physics works and im still alive", 6),  # in the segment
+        ("physics works and im still alive", "physics works and im still alive", 0),  # after the one before
+        ("x ask not what your", "ask not what your country", 0),  # the copy begins before the segment
+        ([], "three two one three two one", None),  # shorter than REPEAT_WORDS
+        ("ask not what your country can do", "for you ask what you can do for your country", None),
+    ],
+)
 def test_repeat_start(before, words, start):
     assert repeat_start(words.split(), before.split() if before else []) == start
 
 
 @pytest.mark.parametrize("own_segment", [False, True])
 def test_words_repeating_the_words_before_them_are_never_committed(own_segment):
-    """"Physics works and I'm still alive." heard again in the silence after it: the offline rules pass
+    """ "Physics works and I'm still alive." heard again in the silence after it: the offline rules pass
     it (a short sentence twice compresses little), the repeat is held back, the words before it are kept."""
     script = " ".join(f"w{i}" for i in range(16))  # 8 s of speech, then 6 s of silence
     audio = np.arange(14 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
     model = Echoing(script, own_segment)
-    assert not fails_offline_rules(model.transcribe(audio, DecodeOptions(word_timestamps=True)).segments[-1],
-                                   DecodeOptions())
+    assert not fails_offline_rules(
+        model.transcribe(audio, DecodeOptions(word_timestamps=True)).segments[-1], DecodeOptions()
+    )
     model.calls.clear()
     report = stream_audio(model, audio, chunk_s=1.0)
     assert report.text == script and report.held_back > 0
@@ -448,6 +486,7 @@ def test_words_repeating_the_words_before_them_are_never_committed(own_segment):
 def test_a_window_that_fails_or_repeats_is_heard_again_as_the_30_s_window():
     """A padded window repeats what it heard into its silence; the 30 s window over the same audio
     does not: that one is the hypothesis, and nothing waits."""
+
     class PaddedEchoing(Echoing):
         def __init__(self, script):
             super().__init__(script, own_segment=False)
@@ -490,8 +529,11 @@ class Pausing(ScriptedTranscriber):
     def transcribe(self, audio, options=DecodeOptions(), progress=None):
         result = super().transcribe(audio, options, progress)
         offset = round(float(audio[0]), 3) if len(audio) else 0.0
-        ws = tuple(dataclasses.replace(w, end=w.end - (PAUSE_S + 0.1) * (round((w.end + offset) / 0.5) % 4 == 0))
-                   for s in result.segments for w in s.words)
+        ws = tuple(
+            dataclasses.replace(w, end=w.end - (PAUSE_S + 0.1) * (round((w.end + offset) / 0.5) % 4 == 0))
+            for s in result.segments
+            for w in s.words
+        )
         return dataclasses.replace(result, segments=[dataclasses.replace(s, words=ws) for s in result.segments])
 
 
@@ -504,14 +546,18 @@ def test_a_cut_in_a_pause_never_passes_a_held_back_segment():
                 return result
             ws = tuple(w for w in result.segments[0].words if w.end + offset <= 4 + 1e-6)
             loop_start = max(0.0, 4 - offset)
-            return dataclasses.replace(result, segments=[
-                *([Segment(0, 0, ws[0].start, ws[-1].end, "", (), words=ws)] if ws else []),
-                loop_segment(loop_start, loop_start + 2)])
+            return dataclasses.replace(
+                result,
+                segments=[
+                    *([Segment(0, 0, ws[0].start, ws[-1].end, "", (), words=ws)] if ws else []),
+                    loop_segment(loop_start, loop_start + 2),
+                ],
+            )
 
     audio = np.arange(20 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
     streamer = Streamer(LoopFrom14s(" ".join(f"w{i}" for i in range(40))))
     for i in range(20):
-        streamer.push(audio[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE])
+        streamer.push(audio[i * SAMPLE_RATE : (i + 1) * SAMPLE_RATE])
         assert streamer.buffer_start <= 4.0 + 1e-6  # words up to ~13 s were committed before the loop
     # cut in the pause before the loop (3.7-4.0 s), though words up to ~13 s were committed
     assert streamer.policy.committed[-1].end > 4 + WORD_CUT_CONTEXT_S and streamer.buffer_start == pytest.approx(3.85)
@@ -532,36 +578,43 @@ class Respelled:
         self.calls += 1
         offset, n = round(float(audio[0]), 3), len(audio) / SAMPLE_RATE
         first = int(np.ceil(offset / 0.7 - 1e-6))
-        ws = tuple(Word(i * 0.7 - offset, (i + 1) * 0.7 - offset, f" w{i}v{self.calls}", 0.9)
-                   for i in range(first, int((offset + n) / 0.7 + 1e-6)))
+        ws = tuple(
+            Word(i * 0.7 - offset, (i + 1) * 0.7 - offset, f" w{i}v{self.calls}", 0.9)
+            for i in range(first, int((offset + n) / 0.7 + 1e-6))
+        )
         # (no segment text: so many respelled words compress like a loop)
         segments = [Segment(0, 0, ws[0].start, ws[-1].end, "", (), words=ws)] if ws else []
-        return TranscriptionResult("", segments, "en", "respelled", "none", "cpu", "fp32", n, Timings(total_s=0.1),
-                                   options)
+        return TranscriptionResult(
+            "", segments, "en", "respelled", "none", "cpu", "fp32", n, Timings(total_s=0.1), options
+        )
 
 
 @pytest.mark.parametrize("drift_s", [0.0, 0.2])
 def test_a_cut_at_a_segment_end_leaves_context_s_of_audio_before_the_words_to_commit(drift_s):
     """drift_s: every other hypothesis hears each word that much later, so the committed words heard
     again after a cut end past where they were committed."""
+
     class Sentences(ScriptedTranscriber):  # a segment every 4 words (2 s)
         def transcribe(self, audio, options=DecodeOptions(), progress=None):
             result = super().transcribe(audio, options, progress)
             ws = result.segments[0].words if result.segments else ()
             shift = drift_s * (len(self.calls) % 2)
-            ws = [dataclasses.replace(w, start=w.start + shift, end=min(w.end + shift, len(audio) / SAMPLE_RATE))
-                  for w in ws]
+            ws = [
+                dataclasses.replace(w, start=w.start + shift, end=min(w.end + shift, len(audio) / SAMPLE_RATE))
+                for w in ws
+            ]
             heard.append((round(audio[0], 3) if len(audio) else 0.0, options.initial_prompt))
-            groups = [ws[i:i + 4] for i in range(0, len(ws), 4)]
-            return dataclasses.replace(result, segments=[Segment(0, 0, g[0].start, g[-1].end, "", (), words=tuple(g))
-                                                         for g in groups])
+            groups = [ws[i : i + 4] for i in range(0, len(ws), 4)]
+            return dataclasses.replace(
+                result, segments=[Segment(0, 0, g[0].start, g[-1].end, "", (), words=tuple(g)) for g in groups]
+            )
 
     audio = np.arange(60 * SAMPLE_RATE, dtype=np.float32) / SAMPLE_RATE
     heard = []  # (buffer start s, prompt) of each hypothesis
     streamer = Streamer(Sentences(" ".join(f"w{i}" for i in range(120))))
     committed, starts, kept = [], [0.0], []
     for i in range(60):
-        committed += streamer.push(audio[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE]).committed
+        committed += streamer.push(audio[i * SAMPLE_RATE : (i + 1) * SAMPLE_RATE]).committed
         if streamer.buffer_start != starts[-1]:
             starts.append(streamer.buffer_start)
             kept.append(len(streamer.buffer) / SAMPLE_RATE)
@@ -583,15 +636,16 @@ def test_speech_without_a_segment_end_is_cut_in_a_pause_between_committed_words_
     streamer = Streamer(model)
     committed, cuts = [], []  # (buffer start, seconds kept) after each cut
     for i in range(60):
-        committed += streamer.push(audio[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE]).committed
+        committed += streamer.push(audio[i * SAMPLE_RATE : (i + 1) * SAMPLE_RATE]).committed
         if streamer.buffer_start != (cuts[-1][0] if cuts else 0.0):
             cuts.append((streamer.buffer_start, len(streamer.buffer) / SAMPLE_RATE))
     committed += streamer.finish().committed
     assert [w.text for w in committed] == [f" w{i}" for i in range(120)]  # each word once, in order
     if pauses:  # cut in the middle of a pause (every 2 s, 0.35 s before the next word), not FORCED_CUT_S
         assert max(n for n, _ in model.calls) <= streamer.trim_s + 1
-        assert len(cuts) >= 5 and all(abs((c + (PAUSE_S + 0.1) / 2) / 2 - round((c + (PAUSE_S + 0.1) / 2) / 2)) < 1e-3
-                                      for c, _ in cuts)
+        assert len(cuts) >= 5 and all(
+            abs((c + (PAUSE_S + 0.1) / 2) / 2 - round((c + (PAUSE_S + 0.1) / 2) / 2)) < 1e-3 for c, _ in cuts
+        )
         assert min(kept for _, kept in cuts) >= CONTEXT_S
     else:  # words without a pause between them (a window's times may move by tenths): not cut before FORCED_CUT_S
         assert max(n for n, _ in model.calls) > FORCED_CUT_S
@@ -602,7 +656,7 @@ def test_a_forced_cut_never_splits_a_word_and_loses_no_audio():
     streamer = Streamer(Respelled())
     committed, cuts, longest = [], [], 0
     for i in range(70):
-        committed += streamer.push(audio[i * SAMPLE_RATE:(i + 1) * SAMPLE_RATE]).committed
+        committed += streamer.push(audio[i * SAMPLE_RATE : (i + 1) * SAMPLE_RATE]).committed
         cuts.append(streamer.buffer_start)
         longest = max(longest, len(streamer.buffer) / SAMPLE_RATE)
     committed += streamer.finish().committed
@@ -619,8 +673,11 @@ def test_a_forced_cut_keeps_the_audio_after_a_held_back_segment():
             ws = [w for s in result.segments for w in s.words]
             before = tuple(w for w in ws if w.end + offset <= 2 + 1e-6)
             after = tuple(w for w in ws if w.start + offset >= 4 - 1e-6)
-            segments = [Segment(0, 0, p[0].start, p[-1].end, "".join(w.word for w in p), (), words=p)
-                        for p in (before, after) if p]
+            segments = [
+                Segment(0, 0, p[0].start, p[-1].end, "".join(w.word for w in p), (), words=p)
+                for p in (before, after)
+                if p
+            ]
             if any(2 - 1e-6 <= w.start + offset < 4 for w in ws):
                 segments.insert(len(segments) - bool(after), loop_segment(max(0.0, 2 - offset), 4 - offset))
             return dataclasses.replace(result, segments=segments)
@@ -663,11 +720,16 @@ class Hypotheses(ScriptedTranscriber):
 
 def test_a_cut_at_the_committed_end_does_not_split_the_next_word_as_heard_now():
     abc = [(0.0, 0.5, "ask"), (0.5, 1.0, "not"), (1.0, 1.5, "what")]
-    streamer = Streamer(Hypotheses(abc, abc + [(1.5, 2.0, "you")],
-                                   [(0.0, 0.4, "ask"), (0.4, 0.8, "not"), (0.8, 1.2, "what"), (1.2, 2.0, "your")]))
+    streamer = Streamer(
+        Hypotheses(
+            abc,
+            abc + [(1.5, 2.0, "you")],
+            [(0.0, 0.4, "ask"), (0.4, 0.8, "not"), (0.8, 1.2, "what"), (1.2, 2.0, "your")],
+        )
+    )
     silence = np.zeros(16 * SAMPLE_RATE, np.float32)
-    streamer.push(silence[:5 * SAMPLE_RATE])
-    assert texts(streamer.push(silence[:5 * SAMPLE_RATE]).committed) == "ask not what"  # "what" ends at 1.5 s
+    streamer.push(silence[: 5 * SAMPLE_RATE])
+    assert texts(streamer.push(silence[: 5 * SAMPLE_RATE]).committed) == "ask not what"  # "what" ends at 1.5 s
     # 26 s buffered, no segment end: cut at the committed "what", though the latest hypothesis's "your"
     # starts at 1.2 s
     streamer.push(silence)
@@ -692,8 +754,9 @@ def test_a_window_transcriber_is_asked_for_one_window():
 
 def report_with_latencies(latencies: list[float]) -> StreamReport:
     ws = words(" ".join(f"w{i}" for i in range(len(latencies))))
-    return StreamReport(ws, [w.end + lat for w, lat in zip(ws, latencies)], compute_s=1.0, audio_s=10.0,
-                        updates=len(latencies))
+    return StreamReport(
+        ws, [w.end + lat for w, lat in zip(ws, latencies)], compute_s=1.0, audio_s=10.0, updates=len(latencies)
+    )
 
 
 def test_latency_quantile_is_the_sorted_value_at_index_floor_q_n():
@@ -725,9 +788,11 @@ def test_stream_command_reports_the_median_and_p90_of_the_commit_latency(tmp_pat
     lat = sorted(report.latencies)
     assert len(lat) == 24 and report.latency_quantile(0.9) == lat[21]
     assert report.behind == [0.0] * 12  # each update (0.4 s) ends before the next chunk arrives
-    assert (f"{path}: 12.0 s in {report.updates} updates; commit latency median {(lat[11] + lat[12]) / 2:.2f} s, "
-            f"p90 {lat[21]:.2f} s; behind the stream median 0.00 s, max 0.00 s (audio not yet transcribed as an "
-            f"update ends); compute {report.compute_share:.2f} s per audio second\n") in err
+    assert (
+        f"{path}: 12.0 s in {report.updates} updates; commit latency median {(lat[11] + lat[12]) / 2:.2f} s, "
+        f"p90 {lat[21]:.2f} s; behind the stream median 0.00 s, max 0.00 s (audio not yet transcribed as an "
+        f"update ends); compute {report.compute_share:.2f} s per audio second\n"
+    ) in err
     # w1 ends where the first hypothesis stopped hearing: the second and third commit it
     assert "(committed at   2.40 s,  0.0 s behind) w0\n" in out
     assert "(committed at   3.40 s,  0.0 s behind) w1 w2\n" in out
@@ -744,7 +809,8 @@ def test_max_streams_jfk(max_tiny_en, jfk_audio):
     report = stream_audio(max_tiny_en, jfk_audio, chunk_s=1.0)
     normalise = EnglishTextNormalizer()
     assert normalise(report.text) == normalise(
-        "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.")
+        "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
+    )
     assert report.updates >= 2 and all(lat >= 0 for lat in report.latencies)
     assert report.compute_share > 0
 
@@ -758,17 +824,28 @@ def test_stream_command_prints_committed_text_and_latency():
 
     root = Path(__file__).resolve().parents[1]
     jfk = root / "tests" / "audio" / "jfk.flac"
-    p = subprocess.run([sys.executable, "-m", "maxwhisper", "stream", str(jfk), "--backend", "faster",
-                        "--threads", "2"], cwd=root, capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-m", "maxwhisper", "stream", str(jfk), "--backend", "faster", "--threads", "2"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr
     lines = p.stdout.strip().splitlines()
     assert lines[0].startswith("[00:00.000 --> ") and "(committed at" in lines[0]
     normalise = EnglishTextNormalizer()
     assert normalise(lines[-1]) == normalise(
-        "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.")
+        "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
+    )
     assert "commit latency median" in p.stderr and "Traceback" not in p.stderr
-    bad = subprocess.run([sys.executable, "-m", "maxwhisper", "stream", "nope.wav", "--chunk", "0"], cwd=root,
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "maxwhisper", "stream", "nope.wav", "--chunk", "0"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "--chunk" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -779,12 +856,13 @@ def counting_encodes(model):
     def counted(mel):
         model.net.calls.append(mel.shape)
         return encode(mel)
+
     model.net.encode = counted
     return model.net.calls
 
 
 def test_max_window_is_the_seek_loop_s_first_window_in_one_encoder_pass(max_tiny_en, lecture_60s_audio):
-    audio = lecture_60s_audio[30 * SAMPLE_RATE:40 * SAMPLE_RATE]  # the seek loop decodes its end again
+    audio = lecture_60s_audio[30 * SAMPLE_RATE : 40 * SAMPLE_RATE]  # the seek loop decodes its end again
     options = DecodeOptions(word_timestamps=True, temperature=(0.0,))
     calls = counting_encodes(max_tiny_en)
     try:
@@ -801,7 +879,7 @@ def test_max_window_is_the_seek_loop_s_first_window_in_one_encoder_pass(max_tiny
 def test_max_window_encodes_its_audio_and_stream_padding_s_of_silence_not_30_s(max_tiny_en, lecture_60s_audio):
     from whisper.normalizers import EnglishTextNormalizer
 
-    audio = lecture_60s_audio[30 * SAMPLE_RATE:40 * SAMPLE_RATE]
+    audio = lecture_60s_audio[30 * SAMPLE_RATE : 40 * SAMPLE_RATE]
     options = DecodeOptions(word_timestamps=True, temperature=(0.0,))
     calls = counting_encodes(max_tiny_en)
     try:
@@ -820,7 +898,7 @@ def test_max_int8_streams_jfk_hearing_my_not_am_i(max_tiny_en_int8, jfk_audio):
     it; over those seconds and STREAM_PADDING_S of silence they hear "so my fellow", as offline."""
     from whisper.normalizers import EnglishTextNormalizer
 
-    three_s = jfk_audio[:3 * SAMPLE_RATE]
+    three_s = jfk_audio[: 3 * SAMPLE_RATE]
     options = DecodeOptions(word_timestamps=True, temperature=(0.0,))
     assert "so my fellow" in max_tiny_en_int8.transcribe_window(three_s, options)[0].text
     report = stream_audio(max_tiny_en_int8, jfk_audio, chunk_s=1.0)  # (the rest of its words depend on timing)
@@ -834,20 +912,23 @@ def lecture_audio() -> np.ndarray:
     return load_audio(LECTURE)
 
 
-def test_max_never_commits_the_lecture_countdown_loop_nor_falls_back_in_temperature(max_tiny_en, lecture_audio,
-                                                                                     monkeypatch):
-    countdown = lecture_audio[189 * SAMPLE_RATE:201 * SAMPLE_RATE]  # at temperature 0 a loop: "I'm going to go to..."
+def test_max_never_commits_the_lecture_countdown_loop_nor_falls_back_in_temperature(
+    max_tiny_en, lecture_audio, monkeypatch
+):
+    countdown = lecture_audio[189 * SAMPLE_RATE : 201 * SAMPLE_RATE]  # at temperature 0 a loop: "I'm going to go to..."
     streamer = Streamer(max_tiny_en, DecodeOptions())  # the offline schedule: 6 temperatures, best_of 5
     assert streamer.options.temperature == (0.0,)
     padded, _ = max_tiny_en.transcribe_window(countdown, streamer.options)
     whole, _ = max_tiny_en.transcribe_window(countdown, streamer.options, padding_s=None)
-    assert all(any(fails_offline_rules(s, streamer.options) for s in hypothesis.segments)
-               for hypothesis in (padded, whole))
+    assert all(
+        any(fails_offline_rules(s, streamer.options) for s in hypothesis.segments) for hypothesis in (padded, whole)
+    )
     decodings, run = [], DecodingTask.run
 
     def counted(task, *args, **kwargs):
         decodings.append(task.options)
         return run(task, *args, **kwargs)
+
     monkeypatch.setattr(DecodingTask, "run", counted)
     encodes = counting_encodes(max_tiny_en)
     try:
@@ -862,27 +943,29 @@ def test_max_never_commits_the_lecture_countdown_loop_nor_falls_back_in_temperat
     # sentence too improbable (1.0), neither committed
     assert streamer.finish().committed == []
 
-    report = stream_audio(max_tiny_en, lecture_audio[150 * SAMPLE_RATE:], chunk_s=1.0)  # the last 53 s
+    report = stream_audio(max_tiny_en, lecture_audio[150 * SAMPLE_RATE :], chunk_s=1.0)  # the last 53 s
     assert report.loop_ratio < 2.4
     assert report.text.lower().count("still alive") == 1  # its padded windows repeat it into their silence
 
 
-def test_max_window_checks_the_last_hypothesis_as_a_draft_and_decodes_the_same(max_tiny_en, lecture_60s_audio,
-                                                                             monkeypatch):
+def test_max_window_checks_the_last_hypothesis_as_a_draft_and_decodes_the_same(
+    max_tiny_en, lecture_60s_audio, monkeypatch
+):
     from maxwhisper.graph.model import MaxInference
 
-    audio = lecture_60s_audio[30 * SAMPLE_RATE:40 * SAMPLE_RATE]
+    audio = lecture_60s_audio[30 * SAMPLE_RATE : 40 * SAMPLE_RATE]
     options = DecodeOptions(word_timestamps=True, temperature=(0.0,), initial_prompt="Physics works.")
     steps, step = [], MaxInference._step
 
     def counted(inference, tokens, *args):
         steps.append(tokens.shape[1] - inference.cached)  # tokens run by this call
         return step(inference, tokens, *args)
+
     monkeypatch.setattr(MaxInference, "_step", counted)
 
     def window(heard_s: float, draft: tuple[int, ...]):
         steps.clear()
-        result, decoded = max_tiny_en.transcribe_window(audio[:round(heard_s * SAMPLE_RATE)], options, draft)
+        result, decoded = max_tiny_en.transcribe_window(audio[: round(heard_s * SAMPLE_RATE)], options, draft)
         return result, decoded, list(steps)
 
     _, draft, _ = window(9.7, ())  # what the hypothesis over 9.7 s decoded
@@ -894,11 +977,13 @@ def test_max_window_checks_the_last_hypothesis_as_a_draft_and_decodes_the_same(m
 
     def text_and_times(result):
         return [(s.tokens, s.start, s.end, s.words) for s in result.segments]
+
     # the model's tokens, words and times
     assert text_and_times(drafted) == text_and_times(alone) == text_and_times(wrong)
     for result in drafted, wrong:  # log probabilities from other calls of the decoder: rounded apart
-        assert [s.avg_logprob for s in result.segments] == pytest.approx([s.avg_logprob for s in alone.segments],
-                                                                          abs=1e-4)
+        assert [s.avg_logprob for s in result.segments] == pytest.approx(
+            [s.avg_logprob for s in alone.segments], abs=1e-4
+        )
     # the tokens the last hypothesis decoded run in the prompt's call: few calls follow it
     assert drafted_steps[0] > len(draft) and len(drafted_steps) < len(alone_steps) / 2
 

@@ -1,4 +1,5 @@
 """maxwhisper.tokenizer against openai-whisper's tokenizer: same ids, same special tokens, same text."""
+
 import pytest
 
 from maxwhisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE, get_encoding, get_tokenizer
@@ -16,8 +17,17 @@ TEXTS = [
     "",
 ]
 
-SPECIAL = ["eot", "sot", "transcribe", "translate", "sot_prev", "sot_lm", "no_speech", "no_timestamps",
-           "timestamp_begin"]
+SPECIAL = [
+    "eot",
+    "sot",
+    "transcribe",
+    "translate",
+    "sot_prev",
+    "sot_lm",
+    "no_speech",
+    "no_timestamps",
+    "timestamp_begin",
+]
 
 
 def test_language_tables_are_whisper_s():
@@ -41,7 +51,8 @@ def test_special_tokens_equal_whisper(multilingual, num_languages):
     assert sorted(ours.all_language_tokens) == sorted(ref.all_language_tokens)
     assert list(ours.all_language_tokens) == sorted(ours.all_language_tokens)
     assert dict(zip(ours.all_language_tokens, ours.all_language_codes)) == dict(
-        zip(ref.all_language_tokens, ref.all_language_codes))
+        zip(ref.all_language_tokens, ref.all_language_codes)
+    )
     assert len(ours.all_language_tokens) == num_languages
     if multilingual:
         assert ours.language_token == ref.language_token
@@ -49,8 +60,9 @@ def test_special_tokens_equal_whisper(multilingual, num_languages):
             assert ours.to_language_token(code) == ref.to_language_token(code)
 
 
-@pytest.mark.parametrize("language,task", [("de", "translate"), ("German", "transcribe"), ("mandarin", None),
-                                           (None, "translate")])
+@pytest.mark.parametrize(
+    "language,task", [("de", "translate"), ("German", "transcribe"), ("mandarin", None), (None, "translate")]
+)
 def test_sot_sequence_with_language_and_task(language, task):
     for multilingual, num_languages in CONFIGS:
         ours = get_tokenizer(multilingual, num_languages=num_languages, language=language, task=task)

@@ -1,6 +1,7 @@
 """`python -m maxwhisper warm`: every graph compiled for a CPU level into a new, empty MAX cache once
 per session, after which a new process on this CPU, without the level, transcribes compiling
 nothing; bad names and levels refused before any compile."""
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,9 @@ UNITS = ("encoder+token_step", "decoder_step", "alignment", "cache_reorder", "ba
 
 
 def maxwhisper(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "maxwhisper", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=1800)
+    return subprocess.run(
+        [sys.executable, "-m", "maxwhisper", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800
+    )
 
 
 @pytest.fixture(scope="session")
@@ -30,8 +32,13 @@ def warmed(tmp_path_factory):
     cores): the cache, the environment naming it and the finished process."""
     cache = tmp_path_factory.mktemp("modular-cache")
     env = {**os.environ, "MODULAR_CACHE_DIR": str(cache), "MODULAR_TELEMETRY_ENABLED": "0", "MAXWHISPER_DEBUG": ""}
-    return cache, env, maxwhisper(env, "warm", "--model", "tiny.en", "--precision", "fp32", "--device", "cpu",
-                                  "--cpu-level", "x86-64-v3")
+    return (
+        cache,
+        env,
+        maxwhisper(
+            env, "warm", "--model", "tiny.en", "--precision", "fp32", "--device", "cpu", "--cpu-level", "x86-64-v3"
+        ),
+    )
 
 
 def cache_files(cache: Path) -> dict[str, int]:
@@ -58,8 +65,9 @@ def test_warm_compiles_every_graph_and_then_a_transcription_compiles_nothing(war
     assert "ask not what your country can do for you" in p.stdout
     assert cache_files(cache) == before  # nothing compiled: no file added to or rewritten in the cache
 
-    names = subprocess.run([sys.executable, "-c", FIRST_WINDOW_ARTIFACTS], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=600)
+    names = subprocess.run(
+        [sys.executable, "-c", FIRST_WINDOW_ARTIFACTS], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert names.returncode == 0, names.stderr[-3000:]
     host, *levels = names.stdout.split()
     assert host not in artifacts and levels[-1] in artifacts  # x86-64-v3: the last level tried
@@ -77,16 +85,18 @@ print(*(path.name for path in artifact_paths(graphs)))
 """
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--model", "nope"], "unknown model 'nope'"),
-    (["--precision", "fp32,int9"], "unknown precision int9"),
-    (["--device", "cpu", "--precision", "fp32,fp16"], "not fp16"),
-    (["--precision", ","], "at least one"),
-    (["--cpu-level", "x86-64-v3", "--device", "gpu"], "give it with --device cpu"),
-    (["--cpu-level", "x86-64-v3", "--device", "cpu", "--precision", "fp32,bf16"], "no x86-64 level has"),
-])
-def test_warm_refuses_a_bad_model_or_precision_before_anything_compiles(capsys, monkeypatch, tmp_path, flags,
-                                                                        message):
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--model", "nope"], "unknown model 'nope'"),
+        (["--precision", "fp32,int9"], "unknown precision int9"),
+        (["--device", "cpu", "--precision", "fp32,fp16"], "not fp16"),
+        (["--precision", ","], "at least one"),
+        (["--cpu-level", "x86-64-v3", "--device", "gpu"], "give it with --device cpu"),
+        (["--cpu-level", "x86-64-v3", "--device", "cpu", "--precision", "fp32,bf16"], "no x86-64 level has"),
+    ],
+)
+def test_warm_refuses_a_bad_model_or_precision_before_anything_compiles(capsys, monkeypatch, tmp_path, flags, message):
     monkeypatch.setenv("MODULAR_CACHE_DIR", str(tmp_path / "cache"))
     assert main(["warm", *flags]) == 2
     out, err = capsys.readouterr()

@@ -5,6 +5,7 @@ openai-whisper with the same weights and without MAX: `TorchModel` runs whisper'
 and its `TorchInference` caches keys and values with the decoder's hooks exactly like
 `whisper.decoding.PyTorchInference`, so the logits are bit for bit those of `whisper.transcribe`.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -45,7 +46,7 @@ class TorchInference:
         if not self.kv_cache:
             self.kv_cache, self.hooks = self.model.install_kv_cache_hooks()
         n = tokens.shape[1]
-        new = torch.from_numpy(np.ascontiguousarray(tokens[:, self.n_cached:], dtype=np.int64))
+        new = torch.from_numpy(np.ascontiguousarray(tokens[:, self.n_cached :], dtype=np.int64))
         if audio_features.shape[0] not in (1, tokens.shape[0]):  # batch 1 broadcasts, as in whisper
             audio_features = audio_features.repeat_interleave(tokens.shape[0] // audio_features.shape[0], dim=0)
         logits = self.model.decoder(new, audio_features, kv_cache=self.kv_cache)
@@ -90,8 +91,10 @@ class TorchModel:
         from whisper.model import disable_sdpa
 
         qks = [None] * self.dims.n_text_layer
-        hooks = [block.cross_attn.register_forward_hook(lambda _, ins, outs, i=i: qks.__setitem__(i, outs[-1][0]))
-                 for i, block in enumerate(self.module.decoder.blocks)]
+        hooks = [
+            block.cross_attn.register_forward_hook(lambda _, ins, outs, i=i: qks.__setitem__(i, outs[-1][0]))
+            for i, block in enumerate(self.module.decoder.blocks)
+        ]
         try:
             with disable_sdpa():
                 logits = self.module.decoder(torch.from_numpy(np.asarray(tokens, np.int64))[None], audio_features)[0]

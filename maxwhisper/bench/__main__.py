@@ -1,4 +1,5 @@
 """`python -m maxwhisper.bench ...`, and a worker's `python -m maxwhisper.bench --worker SPEC.json`."""
+
 import sys
 
 from .cli import cli

@@ -5,6 +5,7 @@ implementation on each clip; here), `batched` (batched long-form; here), `stream
 `bulk` (bulk.py), `serve` (serve.py) and `realtime` (realtime.py). Before the modes were
 subcommands they were flags (`bench --streaming`, `bench --realtime --realtime-p90 3.5`):
 `with_mode` reads that spelling too. `cli` also runs a worker's `--worker SPEC.json`."""
+
 from __future__ import annotations
 
 import argparse
@@ -28,11 +29,29 @@ from ..extras import require
 from ..registry import BACKENDS, PRECISIONS
 from .clips import DEFAULT_CLIPS, LONG_FORM, Clip, audio_dir, parse_clip, resolve_clips
 from .machine import device_tag, gpus, machine_info, versions
-from .records import (IMPLEMENTATIONS, ClipResult, add_accuracy, add_batched_accuracy, compute_targets,
-                      implementation_label, make_records, merge_round)
+from .records import (
+    IMPLEMENTATIONS,
+    ClipResult,
+    add_accuracy,
+    add_batched_accuracy,
+    compute_targets,
+    implementation_label,
+    make_records,
+    merge_round,
+)
 from .report import markdown_table, targets_text, throughput_markdown, write_outputs, write_throughput_html
-from .specs import (BatchedRun, BulkRun, ClipsRun, Measured, RealtimeRun, Run, ServeRun, StreamingRun, WorkerSpec,
-                    decode_json)
+from .specs import (
+    BatchedRun,
+    BulkRun,
+    ClipsRun,
+    Measured,
+    RealtimeRun,
+    Run,
+    ServeRun,
+    StreamingRun,
+    WorkerSpec,
+    decode_json,
+)
 from .worker import WORKERS, run_worker, worker_main
 
 log = logging.getLogger(__name__)
@@ -42,6 +61,7 @@ SCHEMA_VERSION = 2  # the per-clip results' JSON; 1: `rtfx` was named `rtf` (the
 
 
 # --- argument types ------------------------------------------------------------------------------
+
 
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
@@ -76,14 +96,21 @@ def _positive_minutes(text: str) -> float:
 
 # --- each mode's options -------------------------------------------------------------------------
 
+
 def _run_options(p: argparse.ArgumentParser, html: bool = False) -> None:
     """Every mode's: the output folder and the background load (and the chart, where a mode draws one)."""
     g = p.add_argument_group("output")
-    g.add_argument("--output", "--out", dest="out", type=Path, default=None,
-                   help=f"output folder (default: ./{DEFAULT_OUT})")
-    g.add_argument("--background-load", type=_non_negative_int, default=0, metavar="N",
-                   help="keep N cores busy with spinning processes while measuring (a shared machine); the "
-                        "output names get -loadN (default 0)")
+    g.add_argument(
+        "--output", "--out", dest="out", type=Path, default=None, help=f"output folder (default: ./{DEFAULT_OUT})"
+    )
+    g.add_argument(
+        "--background-load",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="keep N cores busy with spinning processes while measuring (a shared machine); the "
+        "output names get -loadN (default 0)",
+    )
     if html:
         g.add_argument("--no-html", dest="html", action="store_false", help="skip the Plotly chart")
 
@@ -91,13 +118,18 @@ def _run_options(p: argparse.ArgumentParser, html: bool = False) -> None:
 def _selection(p: argparse.ArgumentParser, models: bool = True) -> argparse._ArgumentGroup:
     g = p.add_argument_group("implementations")
     g.add_argument("--backends", type=_csv, default=None, help=f"comma-separated: {','.join(BACKENDS)} (default: all)")
-    g.add_argument("--precisions", type=_csv, default=None,
-                   help="only these precisions (default: " + "; ".join(
-                       f"{device} " + " ".join(f"{b}/{p}" for b, p in impls)
-                       for device, impls in IMPLEMENTATIONS.items()) + ")")
+    g.add_argument(
+        "--precisions",
+        type=_csv,
+        default=None,
+        help="only these precisions (default: "
+        + "; ".join(f"{device} " + " ".join(f"{b}/{p}" for b, p in impls) for device, impls in IMPLEMENTATIONS.items())
+        + ")",
+    )
     if models:
-        g.add_argument("--models", type=_csv, default=["tiny.en"],
-                       help="comma-separated model names (default: tiny.en)")
+        g.add_argument(
+            "--models", type=_csv, default=["tiny.en"], help="comma-separated model names (default: tiny.en)"
+        )
     return g
 
 
@@ -105,38 +137,64 @@ def _measured_options(p: argparse.ArgumentParser, devices: bool = True, quick: s
     """A mode that runs implementations in workers: which, how they decode, how long one may take."""
     g = _selection(p)
     if devices:
-        g.add_argument("--devices", type=_csv, default=None,
-                       help="comma-separated: cpu, gpu (default: cpu, plus gpu when nvidia-smi lists one)")
+        g.add_argument(
+            "--devices",
+            type=_csv,
+            default=None,
+            help="comma-separated: cpu, gpu (default: cpu, plus gpu when nvidia-smi lists one)",
+        )
     if quick:
         g.add_argument("--quick", action="store_true", help=quick)
-    g.add_argument("--timeout", type=positive_seconds, default=3600.0,
-                   help="seconds one implementation may take (default 3600)")
+    g.add_argument(
+        "--timeout", type=positive_seconds, default=3600.0, help="seconds one implementation may take (default 3600)"
+    )
     d = p.add_argument_group("decoding (the same for every implementation)")
     d.add_argument("--beam-size", type=_positive_int, default=1, help="1 = greedy (default)")
-    d.add_argument("--temperature", type=temperatures, action="append", default=None, metavar="T",
-                   help="fallback schedule: repeat the flag or give a comma list (default 0,0.2,0.4,0.6,0.8,1.0 "
-                        "as openai-whisper)")
+    d.add_argument(
+        "--temperature",
+        type=temperatures,
+        action="append",
+        default=None,
+        metavar="T",
+        help="fallback schedule: repeat the flag or give a comma list (default 0,0.2,0.4,0.6,0.8,1.0 "
+        "as openai-whisper)",
+    )
     d.add_argument("--language", default=None, help="language code (default: English for .en models, else detect)")
 
 
 def _clips_arguments(p: argparse.ArgumentParser) -> None:
-    _measured_options(p, quick="CI smoke run: jfk.flac, 1 repeat, tiny.en, cpu, all backends; files are named "
-                               f"quick-* and go to {QUICK_OUT} unless --output is given")
-    p.add_argument("--audio", nargs="+", default=None, metavar="FILE|FOLDER",
-                   help="audio files or folders; FILE#left / FILE#right / FILE#N takes one channel (default: "
-                        + ", ".join(DEFAULT_CLIPS) + " from the test audio, tests/audio)")
+    _measured_options(
+        p,
+        quick="CI smoke run: jfk.flac, 1 repeat, tiny.en, cpu, all backends; files are named "
+        f"quick-* and go to {QUICK_OUT} unless --output is given",
+    )
+    p.add_argument(
+        "--audio",
+        nargs="+",
+        default=None,
+        metavar="FILE|FOLDER",
+        help="audio files or folders; FILE#left / FILE#right / FILE#N takes one channel (default: "
+        + ", ".join(DEFAULT_CLIPS)
+        + " from the test audio, tests/audio)",
+    )
     p.add_argument("--repeats", type=_positive_int, default=5, help="timed runs per clip after 1 warm-up (default 5)")
-    p.add_argument("--rounds", type=_positive_int, default=1,
-                   help="run the implementations in turn this many times and pool their timed runs (default 1)")
+    p.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=1,
+        help="run the implementations in turn this many times and pool their timed runs (default 1)",
+    )
     _run_options(p, html=True)
 
 
 def _batched_arguments(p: argparse.ArgumentParser) -> None:
-    _measured_options(p, quick=f"1 repeat, tiny.en, cpu; files named quick-* go to {QUICK_OUT} unless --output is "
-                               "given")
+    _measured_options(
+        p, quick=f"1 repeat, tiny.en, cpu; files named quick-* go to {QUICK_OUT} unless --output is given"
+    )
     p.add_argument("--audio", default=None, metavar="FILE", help=f"the long clip (default {LONG_FORM})")
-    p.add_argument("--repeats", type=_positive_int, default=5, help="timed runs per batch size after 1 warm-up "
-                                                                    "(default 5)")
+    p.add_argument(
+        "--repeats", type=_positive_int, default=5, help="timed runs per batch size after 1 warm-up (default 5)"
+    )
     p.add_argument("--batch-sizes", type=_positive_ints, default=[1, 8], help="default 1,8")
     _run_options(p, html=True)
 
@@ -144,16 +202,28 @@ def _batched_arguments(p: argparse.ArgumentParser) -> None:
 def _streaming_arguments(p: argparse.ArgumentParser) -> None:
     from .streaming import STREAMING_CLIPS
 
-    _measured_options(p, quick=f"jfk.flac, tiny.en, cpu; files named quick-* go to {QUICK_OUT} unless --output "
-                               "is given")
-    p.add_argument("--audio", nargs="+", default=None, metavar="FILE|FOLDER",
-                   help="audio files or folders (default: " + ", ".join(STREAMING_CLIPS) + ")")
-    p.add_argument("--chunk", type=positive_seconds, default=1.0, metavar="S",
-                   help="seconds of audio per chunk (default 1.0)")
-    p.add_argument("--streams", type=_positive_int, default=1, metavar="N",
-                   help="streams of each clip per implementation, the k-th with its chunk boundaries shifted by "
-                        "k x chunk / N, to the millisecond (at most the chunk's milliseconds); the aims are judged "
-                        "over all of them (default 1)")
+    _measured_options(
+        p, quick=f"jfk.flac, tiny.en, cpu; files named quick-* go to {QUICK_OUT} unless --output is given"
+    )
+    p.add_argument(
+        "--audio",
+        nargs="+",
+        default=None,
+        metavar="FILE|FOLDER",
+        help="audio files or folders (default: " + ", ".join(STREAMING_CLIPS) + ")",
+    )
+    p.add_argument(
+        "--chunk", type=positive_seconds, default=1.0, metavar="S", help="seconds of audio per chunk (default 1.0)"
+    )
+    p.add_argument(
+        "--streams",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="streams of each clip per implementation, the k-th with its chunk boundaries shifted by "
+        "k x chunk / N, to the millisecond (at most the chunk's milliseconds); the aims are judged "
+        "over all of them (default 1)",
+    )
     _run_options(p)
 
 
@@ -161,14 +231,20 @@ def _bulk_arguments(p: argparse.ArgumentParser) -> None:
     _measured_options(p, devices=False)
     p.add_argument("--batch-sizes", type=_positive_ints, default=[1, 8], help="default 1,8")
     p.add_argument("--workers", type=_positive_ints, default=[1, 2], metavar="N,N", help="default 1,2")
-    p.add_argument("--minutes", type=_positive_minutes, default=30.0, metavar="M",
-                   help="at least this much audio (default 30)")
+    p.add_argument(
+        "--minutes", type=_positive_minutes, default=30.0, metavar="M", help="at least this much audio (default 30)"
+    )
     _run_options(p)
 
 
 def _serve_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seconds", type=positive_seconds, default=20.0, metavar="S",
-                   help="seconds of load per clip and concurrency (default 20)")
+    p.add_argument(
+        "--seconds",
+        type=positive_seconds,
+        default=20.0,
+        metavar="S",
+        help="seconds of load per clip and concurrency (default 20)",
+    )
     p.add_argument("--concurrency", type=_positive_ints, default=[1, 4, 16], help="clients (default 1,4,16)")
     _run_options(p)
 
@@ -177,15 +253,31 @@ def _realtime_arguments(p: argparse.ArgumentParser) -> None:
     from .realtime import P90_BOUND_S
 
     _selection(p, models=False)
-    p.add_argument("--sessions", type=_positive_ints, default=list(range(1, 17)), metavar="N,N",
-                   help="the session counts to try, in order, until one does not keep up (default 1,2,...,16)")
-    p.add_argument("--seconds", type=positive_seconds, default=None, metavar="S",
-                   help="stream the lecture's first S seconds (default: all 203 s)")
-    p.add_argument("--cpus", type=positive_seconds, default=2.0, metavar="N",
-                   help="CPUs of the one model replica (default 2)")
-    p.add_argument("--p90", type=positive_seconds, default=P90_BOUND_S, metavar="S",
-                   help=f"the p90 commit latency that N sessions must keep to count as keeping up (default "
-                        f"{P90_BOUND_S:g}; results with another bound go to files named -p90-S)")
+    p.add_argument(
+        "--sessions",
+        type=_positive_ints,
+        default=list(range(1, 17)),
+        metavar="N,N",
+        help="the session counts to try, in order, until one does not keep up (default 1,2,...,16)",
+    )
+    p.add_argument(
+        "--seconds",
+        type=positive_seconds,
+        default=None,
+        metavar="S",
+        help="stream the lecture's first S seconds (default: all 203 s)",
+    )
+    p.add_argument(
+        "--cpus", type=positive_seconds, default=2.0, metavar="N", help="CPUs of the one model replica (default 2)"
+    )
+    p.add_argument(
+        "--p90",
+        type=positive_seconds,
+        default=P90_BOUND_S,
+        metavar="S",
+        help=f"the p90 commit latency that N sessions must keep to count as keeping up (default "
+        f"{P90_BOUND_S:g}; results with another bound go to files named -p90-S)",
+    )
     _run_options(p)
 
 
@@ -216,8 +308,18 @@ def _run_streaming(run: StreamingRun) -> int:
     status = 0
     for device in [device for device in impls if impls[device]]:
         for model in run.models:
-            status |= main_streaming(run, clips, impls[device], device, model, threads, machine, vers, out_dir,
-                                     stem(run, machine, device, "streaming", model))
+            status |= main_streaming(
+                run,
+                clips,
+                impls[device],
+                device,
+                model,
+                threads,
+                machine,
+                vers,
+                out_dir,
+                stem(run, machine, device, "streaming", model),
+            )
     return status
 
 
@@ -226,8 +328,12 @@ def _run_bulk(run: BulkRun) -> int:
 
     impls = _implementations(run, ["cpu"], batched=True)["cpu"]
     machine, vers = machine_info(), versions()
-    return max(main_bulk(run, impls, model, machine, vers, run.out or DEFAULT_OUT,
-                         f"bulk-{device_tag('cpu', machine)}-{model}") for model in run.models)
+    return max(
+        main_bulk(
+            run, impls, model, machine, vers, run.out or DEFAULT_OUT, f"bulk-{device_tag('cpu', machine)}-{model}"
+        )
+        for model in run.models
+    )
 
 
 def _run_serve(run: ServeRun) -> int:
@@ -249,9 +355,17 @@ def _run_clips(run: ClipsRun) -> int:
     out_dir = run.out or (QUICK_OUT if run.quick else DEFAULT_OUT)
     threads = os.cpu_count() or 1
     machine, vers = machine_info(), versions()
-    common = {"models": run.models, "repeats": run.repeats, "rounds": run.rounds, "warmup": 1, "threads": threads,
-              "background_load": run.background_load, "quick": run.quick, "decode": decode_json(run.decode),
-              "clips": [dataclasses.asdict(c) for c in clips]}
+    common = {
+        "models": run.models,
+        "repeats": run.repeats,
+        "rounds": run.rounds,
+        "warmup": 1,
+        "threads": threads,
+        "background_load": run.background_load,
+        "quick": run.quick,
+        "decode": decode_json(run.decode),
+        "clips": [dataclasses.asdict(c) for c in clips],
+    }
     status = 0
     for device in [device for device in impls if impls[device]]:
         created = time.strftime("%Y-%m-%d %H:%M:%S %Z")
@@ -266,18 +380,33 @@ def _run_clips(run: ClipsRun) -> int:
         load_end = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
         machine_now = {**machine, "load_average": load_before, "load_average_end": load_end}
         results = [dataclasses.asdict(r) for r in records]
-        doc = {"schema_version": SCHEMA_VERSION, "device": device, "created": created, "machine": machine_now,
-               "versions": vers, "options": {**common, "device": device, "backends": run.backends or list(BACKENDS),
-                                              "precisions": run.precisions},
-               "results": results, "targets": targets, "failures": failures}
+        doc = {
+            "schema_version": SCHEMA_VERSION,
+            "device": device,
+            "created": created,
+            "machine": machine_now,
+            "versions": vers,
+            "options": {
+                **common,
+                "device": device,
+                "backends": run.backends or list(BACKENDS),
+                "precisions": run.precisions,
+            },
+            "results": results,
+            "targets": targets,
+            "failures": failures,
+        }
         paths = write_outputs(doc, out_dir, stem(run, machine, device), html=run.html)
         print(markdown_table(results))
         if targets:
             print()
             print(targets_text(targets))
         for f in failures:
-            print(f"FAILED: {f['backend']} {f['precision']} {f['device']}"
-                  + (f" on {f['audio']}" if f.get("audio") else "") + f": {f['error']}")
+            print(
+                f"FAILED: {f['backend']} {f['precision']} {f['device']}"
+                + (f" on {f['audio']}" if f.get("audio") else "")
+                + f": {f['error']}"
+            )
         print()
         print("wrote " + ", ".join(str(p) for p in paths.values()))
         sys.stdout.flush()
@@ -286,8 +415,9 @@ def _run_clips(run: ClipsRun) -> int:
     return status
 
 
-def _clip_results(run: ClipsRun, impls: list[tuple[str, str]], clips: list[Clip], device: str, model: str,
-                  threads: int) -> tuple[list[ClipResult], list[dict]]:
+def _clip_results(
+    run: ClipsRun, impls: list[tuple[str, str]], clips: list[Clip], device: str, model: str, threads: int
+) -> tuple[list[ClipResult], list[dict]]:
     """Each implementation on every clip, `run.rounds` times in turn (later rounds pooled into the
     first's); one result per implementation and clip, and the failures."""
     workers: dict[tuple[str, str], dict[str, Any]] = {}
@@ -296,16 +426,35 @@ def _clip_results(run: ClipsRun, impls: list[tuple[str, str]], clips: list[Clip]
         for backend, precision in impls:
             if round_index and (backend, precision) not in workers:
                 continue  # failed in an earlier round (already reported)
-            log.info(f"--- {implementation_label(backend, precision)} {model} on {device}"
-                     + (f", round {round_index + 1} of {run.rounds}" if run.rounds > 1 else "") + " ---")
-            spec = WorkerSpec(kind="transcribe", backend=backend, model=model, device=device, precision=precision,
-                              threads=threads, clips=tuple(clips), repeats=run.repeats, options=run.decode)
+            log.info(
+                f"--- {implementation_label(backend, precision)} {model} on {device}"
+                + (f", round {round_index + 1} of {run.rounds}" if run.rounds > 1 else "")
+                + " ---"
+            )
+            spec = WorkerSpec(
+                kind="transcribe",
+                backend=backend,
+                model=model,
+                device=device,
+                precision=precision,
+                threads=threads,
+                clips=tuple(clips),
+                repeats=run.repeats,
+                options=run.decode,
+            )
             t0 = time.perf_counter()
             worker = run_worker(spec, run.timeout)
             worker["wall_s"] = time.perf_counter() - t0
             if not worker.get("ok"):
-                failures.append({"backend": backend, "model": model, "device": device, "precision": precision,
-                                 "error": worker.get("error", "unknown error")})
+                failures.append(
+                    {
+                        "backend": backend,
+                        "model": model,
+                        "device": device,
+                        "precision": precision,
+                        "error": worker.get("error", "unknown error"),
+                    }
+                )
                 workers.pop((backend, precision), None)
             elif (backend, precision) in workers:
                 merge_round(workers[backend, precision], worker)
@@ -334,27 +483,52 @@ def _run_batched(run: BatchedRun) -> int:
             runs, failures = [], []
             for backend, precision in impls[device]:
                 log.info(f"--- {implementation_label(backend, precision)} batched {model} on {device}: {clip.name} ---")
-                spec = WorkerSpec(kind="throughput", backend=backend, model=model, device=device, precision=precision,
-                                  threads=threads, clips=(clip,), repeats=run.repeats,
-                                  batch_sizes=tuple(run.batch_sizes), options=run.decode)
+                spec = WorkerSpec(
+                    kind="throughput",
+                    backend=backend,
+                    model=model,
+                    device=device,
+                    precision=precision,
+                    threads=threads,
+                    clips=(clip,),
+                    repeats=run.repeats,
+                    batch_sizes=tuple(run.batch_sizes),
+                    options=run.decode,
+                )
                 worker = run_worker(spec, run.timeout)
                 if worker.get("ok"):
                     runs.append(worker)
                     status |= any("error" in r for r in worker["rows"])
                 else:
-                    failures.append({"implementation": implementation_label(backend, precision),
-                                     "error": worker.get("error")})
-                    print(f"FAILED: {implementation_label(backend, precision)} batched on {device}: "
-                          f"{worker.get('error')}")
+                    failures.append(
+                        {"implementation": implementation_label(backend, precision), "error": worker.get("error")}
+                    )
+                    print(
+                        f"FAILED: {implementation_label(backend, precision)} batched on {device}: {worker.get('error')}"
+                    )
                     status = 1
             name = stem(run, machine, device, "batched", model)
-            doc = {"schema_version": 1, "device": device,
-                   "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine, "versions": vers,
-                   "options": {"repeats": run.repeats, "batch_sizes": run.batch_sizes, "threads": threads,
-                               "background_load": run.background_load, "decode": decode_json(run.decode)},
-                   "throughput": {"model": model, "audio": clip.name,
-                                  "audio_s": runs[0]["audio_s"] if runs else None, "runs": runs},
-                   "failures": failures}
+            doc = {
+                "schema_version": 1,
+                "device": device,
+                "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                "machine": machine,
+                "versions": vers,
+                "options": {
+                    "repeats": run.repeats,
+                    "batch_sizes": run.batch_sizes,
+                    "threads": threads,
+                    "background_load": run.background_load,
+                    "decode": decode_json(run.decode),
+                },
+                "throughput": {
+                    "model": model,
+                    "audio": clip.name,
+                    "audio_s": runs[0]["audio_s"] if runs else None,
+                    "runs": runs,
+                },
+                "failures": failures,
+            }
             add_batched_accuracy(doc)
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
@@ -370,34 +544,72 @@ def _run_batched(run: BatchedRun) -> int:
 
 
 MODES = {
-    "clips": Mode("the default: each implementation transcribes each clip (speed, WER, agreement, targets)",
-                  _clips_arguments, ClipsRun, _run_clips),
-    "batched": Mode("batched long-form transcription (--batch-size: Silero VAD chunks, N at a time) of one long "
-                    f"clip (default {LONG_FORM}) at each --batch-sizes, MAX against faster-whisper's pipeline",
-                    _batched_arguments, BatchedRun, _run_batched),
-    "streaming": Mode("stream each clip through the live transcriber as if it arrived in real time: commit "
-                      "latency, compute share, WER", _streaming_arguments, StreamingRun, _run_streaming),
-    "bulk": Mode("bulk jobs (transcribe-many on Ray Data; max and faster backends, cpu) over the test clips "
-                 "repeated to --minutes of audio, at each of --workers without a batch size and at each "
-                 "--batch-sizes, beside the same files through transcribe() in one process and a job on two "
-                 "virtual nodes", _bulk_arguments, BulkRun, _run_bulk, ("bulk",)),
-    "serve": Mode("the HTTP service under load: closed-loop clients against MAX with and without requests decoded "
-                  "together and faster-whisper, behind the same `serve` ingress", _serve_arguments, ServeRun,
-                  _run_serve, ("serve",)),
+    "clips": Mode(
+        "the default: each implementation transcribes each clip (speed, WER, agreement, targets)",
+        _clips_arguments,
+        ClipsRun,
+        _run_clips,
+    ),
+    "batched": Mode(
+        "batched long-form transcription (--batch-size: Silero VAD chunks, N at a time) of one long "
+        f"clip (default {LONG_FORM}) at each --batch-sizes, MAX against faster-whisper's pipeline",
+        _batched_arguments,
+        BatchedRun,
+        _run_batched,
+    ),
+    "streaming": Mode(
+        "stream each clip through the live transcriber as if it arrived in real time: commit "
+        "latency, compute share, WER",
+        _streaming_arguments,
+        StreamingRun,
+        _run_streaming,
+    ),
+    "bulk": Mode(
+        "bulk jobs (transcribe-many on Ray Data; max and faster backends, cpu) over the test clips "
+        "repeated to --minutes of audio, at each of --workers without a batch size and at each "
+        "--batch-sizes, beside the same files through transcribe() in one process and a job on two "
+        "virtual nodes",
+        _bulk_arguments,
+        BulkRun,
+        _run_bulk,
+        ("bulk",),
+    ),
+    "serve": Mode(
+        "the HTTP service under load: closed-loop clients against MAX with and without requests decoded "
+        "together and faster-whisper, behind the same `serve` ingress",
+        _serve_arguments,
+        ServeRun,
+        _run_serve,
+        ("serve",),
+    ),
     # realtime serves with server VAD: the 'batched' extra's
-    "realtime": Mode("live sessions of /v1/realtime?intent=transcription against one replica, streaming the "
-                     "lecture as it is spoken: for MAX fp32 and int8 and faster-whisper fp32 and int8 (narrow with "
-                     "--backends/--precisions), the most sessions that keep the p90 commit latency within --p90",
-                     _realtime_arguments, RealtimeRun, _run_realtime, ("serve", "batched")),
+    "realtime": Mode(
+        "live sessions of /v1/realtime?intent=transcription against one replica, streaming the "
+        "lecture as it is spoken: for MAX fp32 and int8 and faster-whisper fp32 and int8 (narrow with "
+        "--backends/--precisions), the most sessions that keep the p90 commit latency within --p90",
+        _realtime_arguments,
+        RealtimeRun,
+        _run_realtime,
+        ("serve", "batched"),
+    ),
 }
 # the older spelling: a mode's flag, and its options' older names
-MODE_FLAGS = {"--throughput": "batched", "--streaming": "streaming", "--bulk": "bulk", "--serve": "serve",
-              "--realtime": "realtime"}
+MODE_FLAGS = {
+    "--throughput": "batched",
+    "--streaming": "streaming",
+    "--bulk": "bulk",
+    "--serve": "serve",
+    "--realtime": "realtime",
+}
 OLD_NAMES = {
     "bulk": {"--bulk-workers": "--workers", "--bulk-minutes": "--minutes"},
     "serve": {"--serve-seconds": "--seconds", "--serve-concurrency": "--concurrency"},
-    "realtime": {"--realtime-sessions": "--sessions", "--realtime-seconds": "--seconds", "--realtime-cpus": "--cpus",
-                 "--realtime-p90": "--p90"},
+    "realtime": {
+        "--realtime-sessions": "--sessions",
+        "--realtime-seconds": "--seconds",
+        "--realtime-cpus": "--cpus",
+        "--realtime-p90": "--p90",
+    },
 }
 
 
@@ -410,8 +622,9 @@ def with_mode(argv: list[str]) -> list[str]:
         return argv
     flags = [a for a in argv if a in MODE_FLAGS]
     if len(flags) > 1:
-        raise MaxWhisperError(f"{' and '.join(flags)} are modes of their own: run one at a time "
-                              f"(maxwhisper bench {{{','.join(MODES)}}})")
+        raise MaxWhisperError(
+            f"{' and '.join(flags)} are modes of their own: run one at a time (maxwhisper bench {{{','.join(MODES)}}})"
+        )
     mode = MODE_FLAGS[flags[0]] if flags else "clips"
     renamed = OLD_NAMES.get(mode, {})
 
@@ -450,8 +663,9 @@ def _check_names(backends: list[str] | None, precisions: list[str] | None) -> No
         raise BackendError(f"unknown precision(s) {', '.join(bad)}; valid: {', '.join(PRECISIONS)}")
 
 
-def _implementations(run: Measured, devices: list[str] | None,
-                     batched: bool = False) -> dict[str, list[tuple[str, str]]]:
+def _implementations(
+    run: Measured, devices: list[str] | None, batched: bool = False
+) -> dict[str, list[tuple[str, str]]]:
     """The (backend, precision) pairs the run measures on each of `devices` (`_devices`), in run
     order: its backends' at its precisions (all when not given); `batched`: of the backends that
     take a batch size. Its names, models and devices are checked first, and a run with nothing to
@@ -459,13 +673,22 @@ def _implementations(run: Measured, devices: list[str] | None,
     _check_names(run.backends, run.precisions)
     for model in run.models:
         check_model_name(model)
-    impls = {device: [(b, p) for b, p in IMPLEMENTATIONS[device] if b in (run.backends or BACKENDS)
-                      and (BACKENDS[b].batched or not batched) and (not run.precisions or p in run.precisions)]
-             for device in _devices(devices)}
+    impls = {
+        device: [
+            (b, p)
+            for b, p in IMPLEMENTATIONS[device]
+            if b in (run.backends or BACKENDS)
+            and (BACKENDS[b].batched or not batched)
+            and (not run.precisions or p in run.precisions)
+        ]
+        for device in _devices(devices)
+    }
     if not any(impls.values()):
-        raise BackendError(f"nothing to measure: none of the backends {', '.join(run.backends or BACKENDS)} runs "
-                           f"{', '.join(run.precisions or ['any precision'])} on {', '.join(impls)}"
-                           + (" in this mode (max and faster only)" if batched else ""))
+        raise BackendError(
+            f"nothing to measure: none of the backends {', '.join(run.backends or BACKENDS)} runs "
+            f"{', '.join(run.precisions or ['any precision'])} on {', '.join(impls)}"
+            + (" in this mode (max and faster only)" if batched else "")
+        )
     return impls
 
 
@@ -478,8 +701,13 @@ def _devices(requested: list[str] | None) -> list[str]:
     return list(dict.fromkeys(requested))
 
 
-def stem(run: ClipsRun | BatchedRun | StreamingRun, machine: dict, device: str, mode: str | None = None,
-         model: str | None = None) -> str:
+def stem(
+    run: ClipsRun | BatchedRun | StreamingRun,
+    machine: dict,
+    device: str,
+    mode: str | None = None,
+    model: str | None = None,
+) -> str:
     """A results file's name: quick- under --quick, the mode (none for clips), the device's tag, the
     model, and -loadN under a background load."""
     name = "-".join(part for part in (mode, device_tag(device, machine), model) if part)
@@ -514,8 +742,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m maxwhisper.bench",
-                                description="benchmark MAX-Whisper against openai-whisper and faster-whisper")
+    p = argparse.ArgumentParser(
+        prog="python -m maxwhisper.bench", description="benchmark MAX-Whisper against openai-whisper and faster-whisper"
+    )
     add_arguments(p)
     return p
 

@@ -1,5 +1,6 @@
 """The benchmark's clips: the default set, `--audio` specs (FILE, FILE#left/#right/#N, folders),
 loading one channel, and the reference transcripts WER is measured against."""
+
 from __future__ import annotations
 
 import os
@@ -13,15 +14,15 @@ from ..extras import checkout
 # --- reference transcripts, keyed by clip name (file name, "#left"/"#right" for one channel) ---
 # Quoted from tests/audio/MANIFEST.md. physicsworks.flac has no human reference (its
 # whisper-medium transcript is model output), so it gets agreement with openai-whisper, no WER.
-_JFK = ("And so my fellow Americans, ask not what your country can do for you, "
-        "ask what you can do for your country.")
+_JFK = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
 REFERENCES: dict[str, str] = {
     "jfk.flac": _JFK,
     "jfk.wav": _JFK,
     "jfk.mp3": _JFK,
     # LibriSpeech test-clean 61-70968-0000, as asserted in faster-whisper's test_stereo_diarization
-    "stereo_diarization.wav#left": ("He began a confused complaint against the wizard, "
-                                    "who had vanished behind the curtain on the left."),
+    "stereo_diarization.wav#left": (
+        "He began a confused complaint against the wizard, who had vanished behind the curtain on the left."
+    ),
     "stereo_diarization.wav#right": "The horizon seems extremely distant.",
 }
 DEFAULT_CLIPS = ("jfk.flac", "stereo_diarization.wav#left", "stereo_diarization.wav#right", "physicsworks.flac")

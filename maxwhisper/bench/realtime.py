@@ -12,6 +12,7 @@ on the same machine.
 The transcripts are scored against whisper-medium's (the whole lecture only) and against the first
 session's at the setup's first N, which shows what sharing the replica changed in the text.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -68,8 +69,9 @@ class SessionRun:
         return not self.errors and not self.closed_early and self.end_lag_s is not None
 
 
-async def stream_session(url: str, data: bytes, delay_s: float = 0.0, headers: dict | None = None,
-                         model: str = "whisper-1", rate: int = RATE) -> SessionRun:
+async def stream_session(
+    url: str, data: bytes, delay_s: float = 0.0, headers: dict | None = None, model: str = "whisper-1", rate: int = RATE
+) -> SessionRun:
     """One client: after `delay_s`, streams `data` (PCM16 at `rate`) and TAIL_S of silence in real time,
     then waits for the transcripts of every committed turn."""
     import websockets
@@ -84,9 +86,20 @@ async def stream_session(url: str, data: bytes, delay_s: float = 0.0, headers: d
         if created.get("type") != "session.created":
             run.errors.append(created.get("error", {"message": f"got {created.get('type')} first"}))
             return run
-        await ws.send(json.dumps({"type": "session.update", "session": {
-            "type": "transcription", "include": [WORDS],
-            "audio": {"input": {"format": {"type": "audio/pcm", "rate": rate}, "transcription": {"model": model}}}}}))
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "session.update",
+                    "session": {
+                        "type": "transcription",
+                        "include": [WORDS],
+                        "audio": {
+                            "input": {"format": {"type": "audio/pcm", "rate": rate}, "transcription": {"model": model}}
+                        },
+                    },
+                }
+            )
+        )
         t0 = time.perf_counter()  # when the session's audio begins, in real time
         last_sent: list[float] = []
         done = asyncio.Event()
@@ -94,8 +107,11 @@ async def stream_session(url: str, data: bytes, delay_s: float = 0.0, headers: d
         async def send():
             for k, i in enumerate(range(0, len(data), step)):
                 await asyncio.sleep(max(0.0, t0 + (k + 1) * CHUNK_S - time.perf_counter()))
-                await ws.send(json.dumps({"type": "input_audio_buffer.append",
-                                          "audio": base64.b64encode(data[i:i + step]).decode()}))
+                await ws.send(
+                    json.dumps(
+                        {"type": "input_audio_buffer.append", "audio": base64.b64encode(data[i : i + step]).decode()}
+                    )
+                )
             last_sent.append(time.perf_counter())
             await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))  # a turn still open; else an error
             if committed <= completed:
@@ -145,12 +161,18 @@ def summary(runs: list[SessionRun], audio_s: float, bound_s: float = P90_BOUND_S
     p90 = quantile(latencies, 0.9)
     lags = [r.end_lag_s for r in runs if r.end_lag_s is not None]
     ok = all(r.ok for r in runs)
-    return {"sessions": len(runs), "words": len(latencies),
-            "latency_median_s": _round(quantile(latencies, 0.5)), "latency_p90_s": _round(p90),
-            "latency_max_s": _round(max(latencies, default=None)),
-            "end_lag_max_s": _round(max(lags, default=None)), "sessions_ok": sum(r.ok for r in runs),
-            "errors": [e.get("code") or e.get("message") for r in runs for e in r.errors][:10],
-            "keeps_up": ok and p90 is not None and p90 <= bound_s, "audio_s": audio_s}
+    return {
+        "sessions": len(runs),
+        "words": len(latencies),
+        "latency_median_s": _round(quantile(latencies, 0.5)),
+        "latency_p90_s": _round(p90),
+        "latency_max_s": _round(max(latencies, default=None)),
+        "end_lag_max_s": _round(max(lags, default=None)),
+        "sessions_ok": sum(r.ok for r in runs),
+        "errors": [e.get("code") or e.get("message") for r in runs for e in r.errors][:10],
+        "keeps_up": ok and p90 is not None and p90 <= bound_s,
+        "audio_s": audio_s,
+    }
 
 
 def _free_port() -> int:
@@ -172,8 +194,12 @@ class Setup:
     precision: str
 
 
-SETUPS = (Setup("MAX fp32", "max", "fp32"), Setup("MAX int8", "max", "int8"),
-          Setup("faster-whisper fp32", "faster", "fp32"), Setup("faster-whisper int8", "faster", "int8"))
+SETUPS = (
+    Setup("MAX fp32", "max", "fp32"),
+    Setup("MAX int8", "max", "int8"),
+    Setup("faster-whisper fp32", "faster", "fp32"),
+    Setup("faster-whisper int8", "faster", "int8"),
+)
 TARGET = 1.5  # MAX's sessions kept up / faster-whisper's, at least
 
 
@@ -192,8 +218,11 @@ def main_realtime(run: RealtimeRun, out_dir) -> int:
     from .machine import device_tag, machine_info, versions
     from .serve import deployed
 
-    setups = [s for s in SETUPS if (not run.backends or s.backend in run.backends)
-              and (not run.precisions or s.precision in run.precisions)]
+    setups = [
+        s
+        for s in SETUPS
+        if (not run.backends or s.backend in run.backends) and (not run.precisions or s.precision in run.precisions)
+    ]
     if not setups:
         raise BackendError("nothing to measure: the realtime mode serves " + ", ".join(s.label for s in SETUPS))
     for backend in dict.fromkeys(s.backend for s in setups):  # a missing one is said before Ray starts
@@ -201,7 +230,7 @@ def main_realtime(run: RealtimeRun, out_dir) -> int:
     machine, vers = machine_info(), versions()
     audio = load_audio(audio_dir() / "physicsworks.flac")
     if run.seconds:
-        audio = audio[:round(run.seconds * SAMPLE_RATE)]
+        audio = audio[: round(run.seconds * SAMPLE_RATE)]
     audio_s = len(audio) / SAMPLE_RATE
     reference = None if run.seconds else pseudo_reference("physicsworks.flac")
     data = pcm16(audio)
@@ -213,12 +242,19 @@ def main_realtime(run: RealtimeRun, out_dir) -> int:
         serve.start(proxy_location="Disabled")
         for setup in setups:
             log.info(f"--- {setup.label} ---")
-            config = ServiceConfig(backends=(setup.backend,), models=("tiny.en",), device="cpu",
-                                   precision=setup.precision, cpus_per_replica=run.cpus,
-                                   host="127.0.0.1", port=port, max_sessions=max(run.sessions))
+            config = ServiceConfig(
+                backends=(setup.backend,),
+                models=("tiny.en",),
+                device="cpu",
+                precision=setup.precision,
+                cpus_per_replica=run.cpus,
+                host="127.0.0.1",
+                port=port,
+                max_sessions=max(run.sessions),
+            )
             if not deployed(config, setup.label, failures):
                 continue
-            asyncio.run(run_sessions(url, data[:10 * RATE * 2], 1))  # warm-up: one session of 10 s
+            asyncio.run(run_sessions(url, data[: 10 * RATE * 2], 1))  # warm-up: one session of 10 s
             rows, alone = [], None
             for n in run.sessions:
                 start = time.perf_counter()
@@ -229,33 +265,65 @@ def main_realtime(run: RealtimeRun, out_dir) -> int:
                     scores = [wer(text, s.text) for s in sessions if s.ok] if text else []
                     row[key] = round(sum(scores) / len(scores), 4) if scores else None
                 rows.append(row)
-                log.info(f"{setup.label}, {n} sessions: latency median {row['latency_median_s']} s, p90 "
-                         f"{row['latency_p90_s']} s, {row['sessions_ok']} of {n} ended normally: "
-                         f"{'keeps up' if row['keeps_up'] else 'does not keep up'} ({row['wall_s']} s)")
+                log.info(
+                    f"{setup.label}, {n} sessions: latency median {row['latency_median_s']} s, p90 "
+                    f"{row['latency_p90_s']} s, {row['sessions_ok']} of {n} ended normally: "
+                    f"{'keeps up' if row['keeps_up'] else 'does not keep up'} ({row['wall_s']} s)"
+                )
                 if not row["keeps_up"]:
                     break
             kept = [r["sessions"] for r in rows if r["keeps_up"]]
-            runs.append({"setup": setup.label, "backend": setup.backend, "precision": setup.precision,
-                         "rows": rows, "most_sessions_kept_up": max(kept, default=0)})
+            runs.append(
+                {
+                    "setup": setup.label,
+                    "backend": setup.backend,
+                    "precision": setup.precision,
+                    "rows": rows,
+                    "most_sessions_kept_up": max(kept, default=0),
+                }
+            )
             serve.delete(APP_NAME)
         serve.shutdown()
     finally:
         ray.shutdown()
     command = "python -m maxwhisper bench realtime " + shlex.join(
-        ["--backends", ",".join(dict.fromkeys(s.backend for s in setups)),
-         "--precisions", ",".join(dict.fromkeys(s.precision for s in setups)),
-         "--sessions", ",".join(map(str, run.sessions)), "--cpus", f"{run.cpus:g}", "--p90", f"{run.p90:g}"]
-        + (["--seconds", f"{run.seconds:g}"] if run.seconds else []))
-    doc = {"schema_version": 1, "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": command,
-           "machine": machine, "versions": vers, "options": {
-               "clip": "physicsworks.flac" + (f", first {run.seconds:g} s" if run.seconds else ""),
-               "audio_s": round(audio_s, 2), "sessions": run.sessions, "p90_bound_s": run.p90,
-               "chunk_s": CHUNK_S, "rate": RATE, "cpus_per_replica": run.cpus, "replicas": 1,
-               "max_batch": ServiceConfig().max_batch, "model": "tiny.en",
-               "turn_detection": "server_vad, OpenAI's defaults"},
-           "runs": runs, "failures": failures}
-    stem = f"realtime-{device_tag('cpu', machine)}-tiny.en" + (
-        "" if run.p90 == P90_BOUND_S else f"-p90-{run.p90:g}s")
+        [
+            "--backends",
+            ",".join(dict.fromkeys(s.backend for s in setups)),
+            "--precisions",
+            ",".join(dict.fromkeys(s.precision for s in setups)),
+            "--sessions",
+            ",".join(map(str, run.sessions)),
+            "--cpus",
+            f"{run.cpus:g}",
+            "--p90",
+            f"{run.p90:g}",
+        ]
+        + (["--seconds", f"{run.seconds:g}"] if run.seconds else [])
+    )
+    doc = {
+        "schema_version": 1,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": command,
+        "machine": machine,
+        "versions": vers,
+        "options": {
+            "clip": "physicsworks.flac" + (f", first {run.seconds:g} s" if run.seconds else ""),
+            "audio_s": round(audio_s, 2),
+            "sessions": run.sessions,
+            "p90_bound_s": run.p90,
+            "chunk_s": CHUNK_S,
+            "rate": RATE,
+            "cpus_per_replica": run.cpus,
+            "replicas": 1,
+            "max_batch": ServiceConfig().max_batch,
+            "model": "tiny.en",
+            "turn_detection": "server_vad, OpenAI's defaults",
+        },
+        "runs": runs,
+        "failures": failures,
+    }
+    stem = f"realtime-{device_tag('cpu', machine)}-tiny.en" + ("" if run.p90 == P90_BOUND_S else f"-p90-{run.p90:g}s")
     write_mode_report(doc, realtime_markdown(doc), out_dir, stem)
     return int(bool(failures))
 
@@ -272,37 +340,51 @@ def realtime_targets(doc: dict) -> list[str]:
             lines.append(f"- {setup}: {most[setup]} sessions kept up, faster-whisper none: no ratio to judge")
             continue
         ratio = most[setup] / faster
-        lines.append(f"- {setup}: {most[setup]} sessions kept up against faster-whisper's {faster} "
-                     f"({ratio_text(ratio, TARGET)}x; aim {TARGET:g}x): {'met' if ratio >= TARGET else 'not met'}")
+        lines.append(
+            f"- {setup}: {most[setup]} sessions kept up against faster-whisper's {faster} "
+            f"({ratio_text(ratio, TARGET)}x; aim {TARGET:g}x): {'met' if ratio >= TARGET else 'not met'}"
+        )
     return lines
 
 
 def realtime_markdown(doc: dict) -> str:
     m, o = doc["machine"], doc["options"]
     cpu = ", ".join(str(x) for x in (m.get("cpu_family_model"), f"{m.get('cores')} cores", m.get("vector_isa")) if x)
-    lines = [f"# Realtime sessions on one replica: tiny.en on {m.get('cpu')} ({cpu})", "",
-             f"`{doc['command']}` ({doc['created']}): N sessions of "
-             f"`/v1/realtime?intent=transcription` at once, each streaming {o['clip']} ({o['audio_s']:g} s) at "
-             f"{o['rate']} Hz in {o['chunk_s']:g} s appends as it would be spoken, server VAD with OpenAI's defaults, "
-             f"against one model replica of {o['cpus_per_replica']:g} CPUs (MAX decoding up to {o['max_batch']} "
-             "updates together); the clients on the same machine, starting 1/N s apart. Latency: when a word's delta "
-             f"arrived minus when its audio ended, over every session's words. N keeps up when every session "
-             f"ended normally and the p90 is at most {o['p90_bound_s']:g} s. WER vs the first N's: each session's "
-             "transcript against the first session's of the setup's first N (at N = 1, a session alone). Versions: "
-             + ", ".join(f"{k} {v}" for k, v in doc["versions"].items() if v) + ".", "",
-             "| setup | sessions | words | median s | p90 s | max s | last transcript after the audio, s | "
-             "ended normally | WER vs whisper-medium % | WER vs the first N's % | keeps up |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
+    lines = [
+        f"# Realtime sessions on one replica: tiny.en on {m.get('cpu')} ({cpu})",
+        "",
+        f"`{doc['command']}` ({doc['created']}): N sessions of "
+        f"`/v1/realtime?intent=transcription` at once, each streaming {o['clip']} ({o['audio_s']:g} s) at "
+        f"{o['rate']} Hz in {o['chunk_s']:g} s appends as it would be spoken, server VAD with OpenAI's defaults, "
+        f"against one model replica of {o['cpus_per_replica']:g} CPUs (MAX decoding up to {o['max_batch']} "
+        "updates together); the clients on the same machine, starting 1/N s apart. Latency: when a word's delta "
+        f"arrived minus when its audio ended, over every session's words. N keeps up when every session "
+        f"ended normally and the p90 is at most {o['p90_bound_s']:g} s. WER vs the first N's: each session's "
+        "transcript against the first session's of the setup's first N (at N = 1, a session alone). Versions: "
+        + ", ".join(f"{k} {v}" for k, v in doc["versions"].items() if v)
+        + ".",
+        "",
+        "| setup | sessions | words | median s | p90 s | max s | last transcript after the audio, s | "
+        "ended normally | WER vs whisper-medium % | WER vs the first N's % | keeps up |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
+    ]
     for run in doc["runs"]:
         for r in run["rows"]:
-            scores = " | ".join("–" if r.get(k) is None else f"{100 * r[k]:.1f}"
-                                for k in ("wer_vs_whisper_medium", "wer_vs_first_n"))
-            lines.append(f"| {run['setup']} | {r['sessions']} | {r['words']} | {r['latency_median_s']} | "
-                         f"{r['latency_p90_s']} | {r['latency_max_s']} | {r['end_lag_max_s']} | "
-                         f"{r['sessions_ok']} of {r['sessions']} | {scores} | {'yes' if r['keeps_up'] else 'no'} |")
-    lines += ["", "Most sessions kept up: " + ", ".join(f"{r['setup']} {r['most_sessions_kept_up']}"
-                                                        for r in doc["runs"]) + ".", "", "Aims:",
-              *realtime_targets(doc)]
+            scores = " | ".join(
+                "–" if r.get(k) is None else f"{100 * r[k]:.1f}" for k in ("wer_vs_whisper_medium", "wer_vs_first_n")
+            )
+            lines.append(
+                f"| {run['setup']} | {r['sessions']} | {r['words']} | {r['latency_median_s']} | "
+                f"{r['latency_p90_s']} | {r['latency_max_s']} | {r['end_lag_max_s']} | "
+                f"{r['sessions_ok']} of {r['sessions']} | {scores} | {'yes' if r['keeps_up'] else 'no'} |"
+            )
+    lines += [
+        "",
+        "Most sessions kept up: " + ", ".join(f"{r['setup']} {r['most_sessions_kept_up']}" for r in doc["runs"]) + ".",
+        "",
+        "Aims:",
+        *realtime_targets(doc),
+    ]
     for f in doc["failures"]:
         lines.append(f"- FAILED: {f['setup']}: {f['error']}")
     return "\n".join(lines) + "\n"

@@ -1,6 +1,7 @@
 """The benchmark's records: the implementations, statistics over timed runs, one `ClipResult` per
 (implementation, clip) from the workers' output, its accuracy (WER, agreement with openai-whisper)
 and the project's targets; the batched mode's accuracy."""
+
 from __future__ import annotations
 
 import statistics
@@ -44,8 +45,7 @@ def spread(values: Iterable[float]) -> dict[str, float]:
         q1, _, q3 = statistics.quantiles(v, n=4, method="inclusive")
     else:
         q1 = q3 = v[0]
-    return {"median": statistics.median(v), "min": v[0], "max": v[-1], "q1": q1, "q3": q3, "iqr": q3 - q1,
-            "n": len(v)}
+    return {"median": statistics.median(v), "min": v[0], "max": v[-1], "q1": q1, "q3": q3, "iqr": q3 - q1, "n": len(v)}
 
 
 def median_or_none(values: Iterable[float | None]) -> float | None:
@@ -129,41 +129,61 @@ def make_records(worker: dict[str, Any], threads: int, repeats: int) -> tuple[li
     """A worker's output -> one result per clip (and failure entries for failed clips)."""
     records, failures = [], []
     for c in worker["clips"]:
-        base = {"audio": c["audio"], "backend": worker["backend"], "model": worker["model"],
-                "device": worker["device"], "precision": worker["precision"]}
+        base = {
+            "audio": c["audio"],
+            "backend": worker["backend"],
+            "model": worker["model"],
+            "device": worker["device"],
+            "precision": worker["precision"],
+        }
         if "error" in c:
             failures.append({**base, "error": c["error"]})
             continue
         totals = spread(r["total_s"] for r in c["runs"])
         stage = {k: median_or_none(r[k] for r in c["runs"]) for k in ("features_s", "encode_s", "decode_s")}
         n_tokens = len(c["tokens"])
-        records.append(ClipResult(
-            **base,
-            implementation=implementation_label(worker["backend"], worker["precision"]),
-            audio_s=c["audio_s"],
-            total_s_median=totals["median"], total_s_min=totals["min"], total_s_max=totals["max"],
-            total_s_q1=totals["q1"], total_s_q3=totals["q3"], total_s_iqr=totals["iqr"],
-            total_s_runs=[r["total_s"] for r in c["runs"]], decode_s_runs=[r["decode_s"] for r in c["runs"]],
-            rtfx=c["audio_s"] / totals["median"] if totals["median"] > 0 else None,
-            load_s=worker["load_s"], compile_s=worker["compile_s"],
-            **stage,
-            warmup_s=c["warmup_s"],
-            n_tokens=n_tokens,
-            tokens_per_s=ratio(n_tokens, stage["decode_s"]),
-            peak_rss_mib=c["peak_rss_mib"], rss_after_load_mib=worker["rss_after_load_mib"],
-            gpu_mem_mib=c.get("gpu_mem_mib"),
-            deterministic=c["deterministic"], language=c["language"],
-            threads=threads, repeats=repeats,
-            text=c["text"], tokens=c["tokens"],
-        ))
+        records.append(
+            ClipResult(
+                **base,
+                implementation=implementation_label(worker["backend"], worker["precision"]),
+                audio_s=c["audio_s"],
+                total_s_median=totals["median"],
+                total_s_min=totals["min"],
+                total_s_max=totals["max"],
+                total_s_q1=totals["q1"],
+                total_s_q3=totals["q3"],
+                total_s_iqr=totals["iqr"],
+                total_s_runs=[r["total_s"] for r in c["runs"]],
+                decode_s_runs=[r["decode_s"] for r in c["runs"]],
+                rtfx=c["audio_s"] / totals["median"] if totals["median"] > 0 else None,
+                load_s=worker["load_s"],
+                compile_s=worker["compile_s"],
+                **stage,
+                warmup_s=c["warmup_s"],
+                n_tokens=n_tokens,
+                tokens_per_s=ratio(n_tokens, stage["decode_s"]),
+                peak_rss_mib=c["peak_rss_mib"],
+                rss_after_load_mib=worker["rss_after_load_mib"],
+                gpu_mem_mib=c.get("gpu_mem_mib"),
+                deterministic=c["deterministic"],
+                language=c["language"],
+                threads=threads,
+                repeats=repeats,
+                text=c["text"],
+                tokens=c["tokens"],
+            )
+        )
     return records, failures
 
 
 def _openai_record(records: list[ClipResult], rec: ClipResult) -> ClipResult | None:
     """The openai-whisper record to compare `rec` with: same clip, model and device; the same
     precision when there is one (GPU fp16 vs fp16), else fp32."""
-    same = [r for r in records if r.backend == "openai" and r.audio == rec.audio
-            and r.model == rec.model and r.device == rec.device]
+    same = [
+        r
+        for r in records
+        if r.backend == "openai" and r.audio == rec.audio and r.model == rec.model and r.device == rec.device
+    ]
     for precision in (rec.precision, "fp32"):
         for r in same:
             if r.precision == precision:
@@ -188,8 +208,9 @@ def _find(records: list[ClipResult], **keys) -> ClipResult | None:
     return next((r for r in records if all(getattr(r, k) == v for k, v in keys.items())), None)
 
 
-def compute_targets(records: list[ClipResult], references: dict[str, str] = REFERENCES,
-                    vnni: bool = False) -> list[dict]:
+def compute_targets(
+    records: list[ClipResult], references: dict[str, str] = REFERENCES, vnni: bool = False
+) -> list[dict]:
     """The project's targets, per (device, model):
     - speed: MAX total time on the long-form clip vs faster-whisper, like with like: MAX fp32 (fp16
       on GPU) against every faster-whisper precision, "> 1"; MAX int8 against faster-whisper int8,
@@ -209,8 +230,11 @@ def compute_targets(records: list[ClipResult], references: dict[str, str] = REFE
         for mp in max_precisions:
             if mp == "int8":
                 goal = INT8_SPEED_TARGETS["long_form_vnni" if vnni else "long_form"]
-                pairs = [(lecture, "int8", goal)] + ([(SHORT_CLIP, "int8", INT8_SPEED_TARGETS["short"])]
-                                                     if SHORT_CLIP in clips and SHORT_CLIP != lecture else [])
+                pairs = [(lecture, "int8", goal)] + (
+                    [(SHORT_CLIP, "int8", INT8_SPEED_TARGETS["short"])]
+                    if SHORT_CLIP in clips and SHORT_CLIP != lecture
+                    else []
+                )
             else:
                 pairs = [(lecture, fp, None) for fp in ("fp32", "int8", "fp16")]
             for clip, fp, goal in pairs:
@@ -219,19 +243,40 @@ def compute_targets(records: list[ClipResult], references: dict[str, str] = REFE
                 if m is None or f is None:
                     continue
                 r = ratio(f.total_s_median, m.total_s_median)
-                targets.append({"kind": "speed", "device": device, "model": model, "audio": clip,
-                                "long_form": clip == LONG_FORM, "max_precision": mp,
-                                "versus": implementation_label("faster", fp), "max_total_s": m.total_s_median,
-                                "versus_total_s": f.total_s_median, "ratio": r,
-                                "target": f">= {goal}x" if goal else "> 1 = MAX faster",
-                                "met": r is not None and (r >= goal if goal else r > 1)})
+                targets.append(
+                    {
+                        "kind": "speed",
+                        "device": device,
+                        "model": model,
+                        "audio": clip,
+                        "long_form": clip == LONG_FORM,
+                        "max_precision": mp,
+                        "versus": implementation_label("faster", fp),
+                        "max_total_s": m.total_s_median,
+                        "versus_total_s": f.total_s_median,
+                        "ratio": r,
+                        "target": f">= {goal}x" if goal else "> 1 = MAX faster",
+                        "met": r is not None and (r >= goal if goal else r > 1),
+                    }
+                )
         fp32, int8 = (_find(recs, backend="max", precision=p, audio=lecture) for p in ("fp32", "int8"))
         if fp32 and int8:
             r = ratio(int8.tokens_per_s, fp32.tokens_per_s)
-            targets.append({"kind": "decoder", "device": device, "model": model, "audio": lecture,
-                            "max_precision": "int8", "versus": "MAX fp32", "max_tokens_per_s": int8.tokens_per_s,
-                            "versus_tokens_per_s": fp32.tokens_per_s, "ratio": r,
-                            "target": f">= {DECODER_TARGET}x", "met": r is not None and r >= DECODER_TARGET})
+            targets.append(
+                {
+                    "kind": "decoder",
+                    "device": device,
+                    "model": model,
+                    "audio": lecture,
+                    "max_precision": "int8",
+                    "versus": "MAX fp32",
+                    "max_tokens_per_s": int8.tokens_per_s,
+                    "versus_tokens_per_s": fp32.tokens_per_s,
+                    "ratio": r,
+                    "target": f">= {DECODER_TARGET}x",
+                    "met": r is not None and r >= DECODER_TARGET,
+                }
+            )
         ref_clips = sorted(c for c in clips if c in references)
         for mp in max_precisions:
             op = mp if _find(recs, backend="openai", precision=mp) else "fp32"
@@ -246,13 +291,23 @@ def compute_targets(records: list[ClipResult], references: dict[str, str] = REFE
                 continue
             wm, wo = pooled_wer(pairs_max), pooled_wer(pairs_openai)
             delta = None if wm is None or wo is None else 100 * (wm - wo)
-            targets.append({"kind": "wer", "device": device, "model": model,
-                            "audio": ref_clips[:len(pairs_max)] if len(pairs_max) == len(ref_clips) else
-                            [c for c in ref_clips if _find(recs, backend="max", precision=mp, audio=c)],
-                            "max_precision": mp, "versus": implementation_label("openai", op),
-                            "max_wer": wm, "versus_wer": wo, "delta_points": delta,
-                            "target": f"<= +{WER_TARGET_POINTS} points",
-                            "met": delta is not None and delta <= WER_TARGET_POINTS + 1e-9})
+            targets.append(
+                {
+                    "kind": "wer",
+                    "device": device,
+                    "model": model,
+                    "audio": ref_clips[: len(pairs_max)]
+                    if len(pairs_max) == len(ref_clips)
+                    else [c for c in ref_clips if _find(recs, backend="max", precision=mp, audio=c)],
+                    "max_precision": mp,
+                    "versus": implementation_label("openai", op),
+                    "max_wer": wm,
+                    "versus_wer": wo,
+                    "delta_points": delta,
+                    "target": f"<= +{WER_TARGET_POINTS} points",
+                    "met": delta is not None and delta <= WER_TARGET_POINTS + 1e-9,
+                }
+            )
     return targets
 
 

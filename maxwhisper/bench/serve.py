@@ -8,6 +8,7 @@ send the clip over HTTP (each sends its next request when its last is answered) 
 latency. Before the load, the same jfk request alone against `transcribe()` in this process gives
 what the service adds to one request.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -36,10 +37,12 @@ class Setup:
     max_batch: int
 
 
-SETUPS = (Setup("MAX, decoded together (max-batch 8)", "max", "fp32", 8),
-          Setup("MAX, one at a time (max-batch 1)", "max", "fp32", 1),
-          Setup("faster-whisper fp32", "faster", "fp32", 1),
-          Setup("faster-whisper int8", "faster", "int8", 1))
+SETUPS = (
+    Setup("MAX, decoded together (max-batch 8)", "max", "fp32", 8),
+    Setup("MAX, one at a time (max-batch 1)", "max", "fp32", 1),
+    Setup("faster-whisper fp32", "faster", "fp32", 1),
+    Setup("faster-whisper int8", "faster", "int8", 1),
+)
 
 
 def _wav(samples: np.ndarray) -> bytes:
@@ -57,8 +60,10 @@ def clips() -> dict[str, tuple[bytes, float]]:
 
     jfk = audio_dir() / "jfk.flac"
     lecture = load_audio(audio_dir() / "physicsworks.flac")[: LECTURE_SECONDS * 16000]
-    return {"jfk.flac": (jfk.read_bytes(), len(load_audio(jfk)) / 16000),
-            f"physicsworks.flac, first {LECTURE_SECONDS} s": (_wav(lecture), LECTURE_SECONDS)}
+    return {
+        "jfk.flac": (jfk.read_bytes(), len(load_audio(jfk)) / 16000),
+        f"physicsworks.flac, first {LECTURE_SECONDS} s": (_wav(lecture), LECTURE_SECONDS),
+    }
 
 
 async def _load(url: str, audio: bytes, concurrency: int, seconds: float) -> list[tuple[float, float, int]]:
@@ -116,10 +121,16 @@ def _measure(url: str, audio: bytes, audio_s: float, concurrency: int, seconds: 
     wall = time.perf_counter() - start
     ok = [latency for _, latency, status in done if status == 200]
     latencies = sorted(ok)
-    return {"concurrency": concurrency, "requests": len(done), "failed": len(done) - len(ok), "wall_s": round(wall, 3),
-            "requests_per_s": round(len(ok) / wall, 3), "audio_s_per_s": round(len(ok) * audio_s / wall, 2),
-            "p50_s": round(statistics.median(latencies), 3) if latencies else None,
-            "p95_s": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 3) if latencies else None}
+    return {
+        "concurrency": concurrency,
+        "requests": len(done),
+        "failed": len(done) - len(ok),
+        "wall_s": round(wall, 3),
+        "requests_per_s": round(len(ok) / wall, 3),
+        "audio_s_per_s": round(len(ok) * audio_s / wall, 2),
+        "p50_s": round(statistics.median(latencies), 3) if latencies else None,
+        "p95_s": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 3) if latencies else None,
+    }
 
 
 def _in_process(audio: bytes, repeats: int = 10) -> float:
@@ -155,9 +166,16 @@ def main_serve(run: ServeRun, out_dir) -> int:
         url = f"http://127.0.0.1:{port}/v1/audio/transcriptions"
         for setup in SETUPS:
             log.info(f"--- {setup.label} ---")
-            config = ServiceConfig(backends=(setup.backend,), models=("tiny.en",), device="cpu",
-                                   precision=setup.precision, max_batch=setup.max_batch, max_seconds=600,
-                                   host="127.0.0.1", port=port)
+            config = ServiceConfig(
+                backends=(setup.backend,),
+                models=("tiny.en",),
+                device="cpu",
+                precision=setup.precision,
+                max_batch=setup.max_batch,
+                max_seconds=600,
+                host="127.0.0.1",
+                port=port,
+            )
             if not deployed(config, setup.label, failures):
                 continue
             rows = []
@@ -167,17 +185,35 @@ def main_serve(run: ServeRun, out_dir) -> int:
                     row = {"clip": name, "audio_s": seconds, **_measure(url, data, seconds, c, run.seconds)}
                     log.info(f"{name} x{c}: {row['requests_per_s']} req/s, p50 {row['p50_s']} s, p95 {row['p95_s']} s")
                     rows.append(row)
-            runs.append({"setup": setup.label, "backend": setup.backend, "precision": setup.precision,
-                         "max_batch": setup.max_batch, "rows": rows})
+            runs.append(
+                {
+                    "setup": setup.label,
+                    "backend": setup.backend,
+                    "precision": setup.precision,
+                    "max_batch": setup.max_batch,
+                    "rows": rows,
+                }
+            )
             serve.delete(APP_NAME)
         serve.shutdown()
     finally:
         ray.shutdown()
     alone = _in_process(jfk_bytes)
-    doc = {"schema_version": 1, "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine,
-           "versions": vers, "options": {"seconds": run.seconds, "concurrency": run.concurrency,
-                                        "model": "tiny.en", "decode": "openai-whisper's transcribe() defaults, greedy"},
-           "in_process_jfk_s": round(alone, 4), "runs": runs, "failures": failures}
+    doc = {
+        "schema_version": 1,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": machine,
+        "versions": vers,
+        "options": {
+            "seconds": run.seconds,
+            "concurrency": run.concurrency,
+            "model": "tiny.en",
+            "decode": "openai-whisper's transcribe() defaults, greedy",
+        },
+        "in_process_jfk_s": round(alone, 4),
+        "runs": runs,
+        "failures": failures,
+    }
     stem = f"serve-{device_tag('cpu', machine)}-tiny.en"
     write_mode_report(doc, serve_markdown(doc), out_dir, stem)
     return int(bool(failures))
@@ -196,41 +232,54 @@ def serve_targets(doc: dict) -> list[str]:
     top = max(doc["options"]["concurrency"])
     for clip in dict.fromkeys(r["clip"] for run in doc["runs"] for r in run["rows"]):
         together, alone = _row(doc, "MAX, decoded", clip, top), _row(doc, "MAX, one", clip, top)
-        fasters = [r for r in (_row(doc, "faster-whisper fp32", clip, top), _row(doc, "faster-whisper int8", clip, top))
-                   if r]
+        fasters = [
+            r for r in (_row(doc, "faster-whisper fp32", clip, top), _row(doc, "faster-whisper int8", clip, top)) if r
+        ]
         if together and fasters:
             best = max(r["requests_per_s"] for r in fasters)
             ratio = together["requests_per_s"] / best
-            lines.append(f"- {clip}, {top} clients: MAX {ratio:.2f}x the faster of faster-whisper's rows "
-                         f"(aim 1.5x): {'met' if ratio >= 1.5 else 'not met'}")
+            lines.append(
+                f"- {clip}, {top} clients: MAX {ratio:.2f}x the faster of faster-whisper's rows "
+                f"(aim 1.5x): {'met' if ratio >= 1.5 else 'not met'}"
+            )
         if together and alone:
             ratio = together["requests_per_s"] / alone["requests_per_s"]
             p95 = together["p95_s"] <= alone["p95_s"]
-            lines.append(f"- {clip}, {top} clients: decoding together {ratio:.2f}x one at a time (aim 1.3x), p95 "
-                         f"{together['p95_s']:.2f} vs {alone['p95_s']:.2f} s: "
-                         f"{'met' if ratio >= 1.3 and p95 else 'not met'}")
+            lines.append(
+                f"- {clip}, {top} clients: decoding together {ratio:.2f}x one at a time (aim 1.3x), p95 "
+                f"{together['p95_s']:.2f} vs {alone['p95_s']:.2f} s: "
+                f"{'met' if ratio >= 1.3 and p95 else 'not met'}"
+            )
     single = _row(doc, "MAX, decoded", "jfk.flac", 1)
     if single and doc.get("in_process_jfk_s"):
         added = single["p50_s"] / doc["in_process_jfk_s"] - 1
-        lines.append(f"- one jfk request: {single['p50_s']:.3f} s through the service against "
-                     f"{doc['in_process_jfk_s']:.3f} s in-process, {100 * added:+.1f} % (aim under 5 %): "
-                     f"{'met' if added < 0.05 else 'not met'}")
+        lines.append(
+            f"- one jfk request: {single['p50_s']:.3f} s through the service against "
+            f"{doc['in_process_jfk_s']:.3f} s in-process, {100 * added:+.1f} % (aim under 5 %): "
+            f"{'met' if added < 0.05 else 'not met'}"
+        )
     return lines
 
 
 def serve_markdown(doc: dict) -> str:
     m = doc["machine"]
-    lines = [f"# The service under load: tiny.en on {m.get('cpu')} ({m.get('cores')} cores, {m.get('vector_isa')})", "",
-             f"`python -m maxwhisper bench serve` ({doc['created']}): closed-loop HTTP clients against "
-             "`python -m maxwhisper serve` on this machine (one model replica, the clients in the same machine), "
-             f"each sending its next request when the last is answered, for at least {doc['options']['seconds']:g} s "
-             "per row. Versions: " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items() if v) + ".", "",
-             "| setup | clip | clients | req/s | audio s/s | p50 s | p95 s | requests (failed) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# The service under load: tiny.en on {m.get('cpu')} ({m.get('cores')} cores, {m.get('vector_isa')})",
+        "",
+        f"`python -m maxwhisper bench serve` ({doc['created']}): closed-loop HTTP clients against "
+        "`python -m maxwhisper serve` on this machine (one model replica, the clients in the same machine), "
+        f"each sending its next request when the last is answered, for at least {doc['options']['seconds']:g} s "
+        "per row. Versions: " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items() if v) + ".",
+        "",
+        "| setup | clip | clients | req/s | audio s/s | p50 s | p95 s | requests (failed) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for run in doc["runs"]:
         for r in run["rows"]:
-            lines.append(f"| {run['setup']} | {r['clip']} | {r['concurrency']} | {r['requests_per_s']:.2f} | "
-                         f"{r['audio_s_per_s']:.1f} | {r['p50_s']} | {r['p95_s']} | {r['requests']} ({r['failed']}) |")
+            lines.append(
+                f"| {run['setup']} | {r['clip']} | {r['concurrency']} | {r['requests_per_s']:.2f} | "
+                f"{r['audio_s_per_s']:.1f} | {r['p50_s']} | {r['p95_s']} | {r['requests']} ({r['failed']}) |"
+            )
     lines += ["", "Aims:", *serve_targets(doc)]
     for f in doc["failures"]:
         lines.append(f"- FAILED: {f['setup']}: {f['error']}")

@@ -1,6 +1,7 @@
 """The benchmark's typed specs: what a mode of `maxwhisper bench` runs (one record per subcommand,
 its options and nothing else, which `cli.spec_of` builds from the command line), and what a worker
 subprocess is asked to do (`WorkerSpec`, handed to it as JSON)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -128,5 +129,12 @@ class WorkerSpec:
     def from_json(cls, text: str) -> WorkerSpec:
         d = json.loads(text)
         options = DecodeOptions(**{**d["options"], "temperature": tuple(d["options"]["temperature"])})
-        return cls(**{**d, "options": options, "clips": tuple(Clip(**c) for c in d["clips"]),
-                      "batch_sizes": tuple(d["batch_sizes"]), "files": tuple(d["files"])})
+        return cls(
+            **{
+                **d,
+                "options": options,
+                "clips": tuple(Clip(**c) for c in d["clips"]),
+                "batch_sizes": tuple(d["batch_sizes"]),
+                "files": tuple(d["files"]),
+            }
+        )

@@ -3,6 +3,7 @@
 batch size) and writes its figures as JSON; `run_worker` is the parent's side. `worker_main` runs
 the kind of work it is given (`WORKERS` here, and `bench.streaming`'s and `bench.bulk`'s, which use
 this module): the command line gives it all, so imports go one way."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,12 +39,20 @@ def _transcribe_worker(spec: WorkerSpec) -> dict[str, Any]:
 
     options = spec.options
     rss_before = current_rss_mib()
-    t = create_transcriber(spec.backend, model=spec.model, device=spec.device, precision=spec.precision,
-                           threads=spec.threads)
+    t = create_transcriber(
+        spec.backend, model=spec.model, device=spec.device, precision=spec.precision, threads=spec.threads
+    )
     out: dict[str, Any] = {
-        "ok": True, "backend": t.backend, "model": t.model, "device": t.device, "precision": t.precision,
-        "load_s": t.load_s, "compile_s": t.compile_s, "rss_before_load_mib": rss_before,
-        "rss_after_load_mib": current_rss_mib(), "clips": [],
+        "ok": True,
+        "backend": t.backend,
+        "model": t.model,
+        "device": t.device,
+        "precision": t.precision,
+        "load_s": t.load_s,
+        "compile_s": t.compile_s,
+        "rss_before_load_mib": rss_before,
+        "rss_after_load_mib": current_rss_mib(),
+        "clips": [],
     }
     label = f"[{t.backend} {t.precision} {t.device}]"
     log.info(f"{label} loaded {t.model}: load {t.load_s:.2f} s, compile {t.compile_s:.2f} s")
@@ -60,14 +69,21 @@ def _transcribe_worker(spec: WorkerSpec) -> dict[str, Any]:
                 runs.append((r, _timings(r)))
             last = runs[-1][0]
             entry.update(
-                audio_s=last.audio_s, warmup_s=warm.timings.total_s, runs=[tm for _, tm in runs],
-                text=last.text, tokens=[int(x) for x in last.tokens], language=last.language,
+                audio_s=last.audio_s,
+                warmup_s=warm.timings.total_s,
+                runs=[tm for _, tm in runs],
+                text=last.text,
+                tokens=[int(x) for x in last.tokens],
+                language=last.language,
                 deterministic=all(r.tokens == warm.tokens for r, _ in runs),
-                peak_rss_mib=peak_rss_mib(), gpu_mem_mib=gpu_memory_mib() if t.device == "gpu" else None,
+                peak_rss_mib=peak_rss_mib(),
+                gpu_mem_mib=gpu_memory_mib() if t.device == "gpu" else None,
             )
             med = statistics.median(tm["total_s"] for _, tm in runs)
-            log.info(f"{label} {clip.name}: {last.audio_s:.1f} s of audio, median {med:.3f} s "
-                     f"({last.audio_s / med:.1f}x real time) over {len(runs)} run(s)")
+            log.info(
+                f"{label} {clip.name}: {last.audio_s:.1f} s of audio, median {med:.3f} s "
+                f"({last.audio_s / med:.1f}x real time) over {len(runs)} run(s)"
+            )
         except Exception as e:  # noqa: BLE001 - one clip's failure is reported, the others still run
             entry["error"] = f"{type(e).__name__}: {e}"
             log.error(f"{label} {clip.name}: FAILED {entry['error']}")
@@ -83,8 +99,9 @@ def _throughput_worker(spec: WorkerSpec) -> dict[str, Any]:
     from ..api import SAMPLE_RATE
     from ..registry import create_transcriber
 
-    t = create_transcriber(spec.backend, model=spec.model, device=spec.device, precision=spec.precision,
-                           threads=spec.threads)
+    t = create_transcriber(
+        spec.backend, model=spec.model, device=spec.device, precision=spec.precision, threads=spec.threads
+    )
     clip = spec.clips[0]
     audio = load_clip(clip)
     options = spec.options
@@ -103,12 +120,17 @@ def _throughput_worker(spec: WorkerSpec) -> dict[str, Any]:
             s = spread(r.timings.total_s for r in runs)
             last = runs[-1]
             row.update(
-                total_s_median=s["median"], total_s_min=s["min"], total_s_max=s["max"],
+                total_s_median=s["median"],
+                total_s_min=s["min"],
+                total_s_max=s["max"],
                 encode_s=median_or_none(r.timings.encode_s for r in runs),
                 decode_s=median_or_none(r.timings.decode_s for r in runs),
-                audio_s_per_s=last.audio_s / s["median"], n_chunks=len({seg.seek for seg in last.segments}),
-                text=last.text, chunk_tokens=[list(seg.tokens) for seg in last.segments],
-                peak_rss_mib=peak_rss_mib(), gpu_mem_mib=gpu_memory_mib() if t.device == "gpu" else None,
+                audio_s_per_s=last.audio_s / s["median"],
+                n_chunks=len({seg.seek for seg in last.segments}),
+                text=last.text,
+                chunk_tokens=[list(seg.tokens) for seg in last.segments],
+                peak_rss_mib=peak_rss_mib(),
+                gpu_mem_mib=gpu_memory_mib() if t.device == "gpu" else None,
             )
             log.info(f"{label} batch {batch}: median {s['median']:.2f} s, {row['audio_s_per_s']:.1f} audio s/s")
         except Exception as e:  # noqa: BLE001 - e.g. out of memory at a large batch: say so, go on
@@ -117,9 +139,19 @@ def _throughput_worker(spec: WorkerSpec) -> dict[str, Any]:
             if os.environ.get("MAXWHISPER_DEBUG"):
                 traceback.print_exc()
         rows.append(row)
-    return {"ok": True, "backend": spec.backend, "model": t.model, "device": t.device, "precision": t.precision,
-            "implementation": implementation_label(spec.backend, t.precision), "load_s": t.load_s,
-            "compile_s": t.compile_s, "audio": clip.name, "audio_s": len(audio) / SAMPLE_RATE, "rows": rows}
+    return {
+        "ok": True,
+        "backend": spec.backend,
+        "model": t.model,
+        "device": t.device,
+        "precision": t.precision,
+        "implementation": implementation_label(spec.backend, t.precision),
+        "load_s": t.load_s,
+        "compile_s": t.compile_s,
+        "audio": clip.name,
+        "audio_s": len(audio) / SAMPLE_RATE,
+        "rows": rows,
+    }
 
 
 WORKERS = {"transcribe": _transcribe_worker, "throughput": _throughput_worker}  # WorkerSpec.kind -> its work
@@ -152,12 +184,20 @@ def run_worker(spec: WorkerSpec, timeout: float | None) -> dict[str, Any]:
             env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
         sys.stderr.flush()
         try:  # the worker's stdout goes to our stderr (fd 2): our stdout is the report
-            proc = subprocess.run([sys.executable, "-m", "maxwhisper.bench", "--worker", str(spec_path)],
-                                  env=env, stdout=2, timeout=timeout, check=False)
+            proc = subprocess.run(
+                [sys.executable, "-m", "maxwhisper.bench", "--worker", str(spec_path)],
+                env=env,
+                stdout=2,
+                timeout=timeout,
+                check=False,
+            )
         except subprocess.TimeoutExpired:
             return {"ok": False, "error": f"timed out after {timeout:g} s"}
         out = Path(spec.out)
         if not out.exists():
-            return {"ok": False, "error": f"worker exited with code {proc.returncode} without a result "
-                                          "(crashed or killed, e.g. out of memory)"}
+            return {
+                "ok": False,
+                "error": f"worker exited with code {proc.returncode} without a result "
+                "(crashed or killed, e.g. out of memory)",
+            }
         return json.loads(out.read_text())

@@ -9,6 +9,7 @@ transcribes a whole archive, on this machine or a Ray cluster, resumable, nothin
 One module per part: `inputs` (what to transcribe, where its outputs go), `worker` (the read task
 and the actors), `table` (the results table, resuming), `progress`, `job` (the pipeline) and `cli`.
 """
+
 from .job import BulkSummary, transcribe_many
 
 __all__ = ["transcribe_many", "BulkSummary"]

@@ -1,6 +1,7 @@
 """What a bulk job transcribes: its INPUTs (files, folders searched recursively, manifests) as one
 list of files, each with the name it was given by and the place of its outputs under the output
 folder, which mirrors the input tree."""
+
 from __future__ import annotations
 
 import csv
@@ -38,14 +39,20 @@ def collect_inputs(inputs: list[str | os.PathLike], output: str | os.PathLike | 
         if path.is_dir():
             files = _media_files(path, skip)
             if not files:
-                raise AudioError(f"no audio or video files in folder {given} (searched for "
-                                 f"{', '.join(sorted(MEDIA_SUFFIXES))})")
+                raise AudioError(
+                    f"no audio or video files in folder {given} (searched for {', '.join(sorted(MEDIA_SUFFIXES))})"
+                )
             found += [(_absolute(f), os.path.join(given, str(f.relative_to(path))), _absolute(path)) for f in files]
         elif path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
             base = _absolute(path).parent
-            found += [(_absolute(base / entry), entry if os.path.isabs(entry) else
-                       os.path.normpath(os.path.join(os.path.dirname(given), entry)), base)
-                      for entry in read_manifest(path, given)]
+            found += [
+                (
+                    _absolute(base / entry),
+                    entry if os.path.isabs(entry) else os.path.normpath(os.path.join(os.path.dirname(given), entry)),
+                    base,
+                )
+                for entry in read_manifest(path, given)
+            ]
         elif path.is_file():
             found.append((_absolute(path), given, _absolute(path).parent))
         else:
@@ -56,8 +63,10 @@ def collect_inputs(inputs: list[str | os.PathLike], output: str | os.PathLike | 
     # the outputs mirror the tree under the roots' common folder (files a manifest names outside
     # its own folder move that folder up), so that different files never share an output name
     base = Path(os.path.commonpath([str(root) for _, root in unique.values()] + [str(p.parent) for p in unique]))
-    return [InputFile(path=str(p), name=name, relative=str(p.relative_to(base)), size=_size(p))
-            for p, (name, _) in unique.items()]
+    return [
+        InputFile(path=str(p), name=name, relative=str(p.relative_to(base)), size=_size(p))
+        for p, (name, _) in unique.items()
+    ]
 
 
 def _absolute(path: Path) -> Path:
@@ -69,8 +78,9 @@ def _media_files(folder: Path, skip: Path | None) -> list[Path]:
     files = []
     for root, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (skip is None or Path(root, d).resolve() != skip))
-        files += [Path(root, n) for n in sorted(names)
-                  if not n.startswith(".") and Path(n).suffix.lower() in MEDIA_SUFFIXES]
+        files += [
+            Path(root, n) for n in sorted(names) if not n.startswith(".") and Path(n).suffix.lower() in MEDIA_SUFFIXES
+        ]
     return files
 
 
@@ -95,8 +105,9 @@ def read_manifest(path: Path, given: str) -> list[str]:
     elif suffix == ".csv":
         reader = csv.DictReader(text.splitlines())
         if "path" not in (reader.fieldnames or []):
-            raise MaxWhisperError(f"manifest {given} has no 'path' column (its columns: "
-                                  f"{', '.join(reader.fieldnames or []) or 'none'})")
+            raise MaxWhisperError(
+                f"manifest {given} has no 'path' column (its columns: {', '.join(reader.fieldnames or []) or 'none'})"
+            )
         entries = [(row["path"] or "").strip() for row in reader]
     else:
         entries = []

@@ -1,6 +1,7 @@
 """`transcribe_many`: a bulk job on Ray Data, top to bottom: the input files (minus those already
 done), read by tasks, transcribed by an actor pool, their rows appended to the results table by
 this process as they come."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,12 +52,25 @@ class BulkSummary:
         return self.failed == 0
 
 
-def transcribe_many(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str | os.PathLike, *,
-                    backend: str = "max", model: str = "tiny.en", device: str = "auto", precision: str = "fp32",
-                    threads: int | None = None, kernels: bool = True, workers: int = 1,
-                    formats: Sequence[str] = ("txt",), parquet: bool = False, address: str | None = None,
-                    max_seconds: float | None = None, options: DecodeOptions | None = None,
-                    progress: bool = False, **changes) -> BulkSummary:
+def transcribe_many(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    backend: str = "max",
+    model: str = "tiny.en",
+    device: str = "auto",
+    precision: str = "fp32",
+    threads: int | None = None,
+    kernels: bool = True,
+    workers: int = 1,
+    formats: Sequence[str] = ("txt",),
+    parquet: bool = False,
+    address: str | None = None,
+    max_seconds: float | None = None,
+    options: DecodeOptions | None = None,
+    progress: bool = False,
+    **changes,
+) -> BulkSummary:
     """Transcribe every file of `inputs` (files, folders searched recursively for audio and video,
     manifests: .txt one path per line, .csv or .jsonl with a `path` column) into `output`: each
     file's outputs in `formats` mirroring the input tree (`talks/a.mp3` -> `talks/a.mp3.txt`), and
@@ -94,9 +108,26 @@ def transcribe_many(inputs: str | os.PathLike | Sequence[str | os.PathLike], out
     except OSError as e:
         raise MaxWhisperError(f"cannot make the output folder {output}: {e.strerror}") from None
     with _only_job(output):
-        return _run(files, output, JobSettings(backend, model, device, precision, threads, kernels, options,
-                                               str(output.resolve()), formats, max_seconds),
-                    workers, parquet, address, progress)
+        return _run(
+            files,
+            output,
+            JobSettings(
+                backend,
+                model,
+                device,
+                precision,
+                threads,
+                kernels,
+                options,
+                str(output.resolve()),
+                formats,
+                max_seconds,
+            ),
+            workers,
+            parquet,
+            address,
+            progress,
+        )
 
 
 def _only_job(output: Path):
@@ -106,13 +137,21 @@ def _only_job(output: Path):
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.close()
-        raise MaxWhisperError(f"another job is writing to {output}; "
-                              "wait for it or choose another output folder") from None
+        raise MaxWhisperError(
+            f"another job is writing to {output}; wait for it or choose another output folder"
+        ) from None
     return lock
 
 
-def _run(files: list[InputFile], output: Path, settings: JobSettings, workers: int, parquet: bool,
-         address: str | None, progress: bool) -> BulkSummary:
+def _run(
+    files: list[InputFile],
+    output: Path,
+    settings: JobSettings,
+    workers: int,
+    parquet: bool,
+    address: str | None,
+    progress: bool,
+) -> BulkSummary:
     table = ResultsTable(output)
     remove_partial_files(output)
     wanted = settings.row_settings()
@@ -148,9 +187,18 @@ def _run(files: list[InputFile], output: Path, settings: JobSettings, workers: i
             ray.shutdown()
     if parquet:
         table.write_parquet()
-    return BulkSummary(files=len(files), transcribed=len(todo) - len(failures), failed=len(failures),
-                       skipped=len(files) - len(todo), audio_s=audio_s, wall_s=time.perf_counter() - start,
-                       ray_start_s=ray_start_s, workers=workers, results=table.path, failures=failures)
+    return BulkSummary(
+        files=len(files),
+        transcribed=len(todo) - len(failures),
+        failed=len(failures),
+        skipped=len(files) - len(todo),
+        audio_s=audio_s,
+        wall_s=time.perf_counter() - start,
+        ray_start_s=ray_start_s,
+        workers=workers,
+        results=table.path,
+        failures=failures,
+    )
 
 
 def _rows(dataset, workers: int):
@@ -160,8 +208,10 @@ def _rows(dataset, workers: int):
     try:
         yield from dataset.iter_rows()
     except ray.exceptions.GetTimeoutError:
-        raise MaxWhisperError(f"{workers} worker(s) did not start within {WORKER_START_S} s: the Ray cluster has "
-                              "not the CPUs (or GPUs) free to hold them") from None
+        raise MaxWhisperError(
+            f"{workers} worker(s) did not start within {WORKER_START_S} s: the Ray cluster has "
+            "not the CPUs (or GPUs) free to hold them"
+        ) from None
 
 
 def _start_ray(address: str | None) -> bool:
@@ -175,8 +225,13 @@ def _start_ray(address: str | None) -> bool:
     if address:
         ray.init(address=address, log_to_driver=False)
         return False
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             logging_level=logging.WARNING)
+    ray.init(
+        address="local",
+        num_cpus=os.cpu_count(),
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+    )
     return True
 
 
@@ -191,15 +246,29 @@ def _pipeline(files: list[InputFile], settings: JobSettings, workers: int):
     at_once = files_at_once(settings.backend, settings.options.batch_size, settings.kernels, on_gpu=gpus > 0)
     settings = dataclasses.replace(settings, threads=threads, files_at_once=at_once)
     items = [{"path": f.path, "name": f.name, "output": f.relative} for f in handed_out(files, at_once)]
-    dataset = (ray.data.from_items(items, override_num_blocks=len(items))  # a block per file: a task each
-               .map(read_audio, fn_kwargs={"max_seconds": settings.max_seconds, "below_workers": threads > 1},
-                    num_cpus=READ_CPUS)
-               .map_batches(Transcribe, fn_constructor_args=(settings,), batch_size=1, num_cpus=cpus, num_gpus=gpus,
-                            runtime_env={"env_vars": _worker_env(threads)},
-                            # the files in progress and one more read: no worker idles, none hoards files
-                            compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=at_once + 1,
-                                                               max_concurrent_calls_per_actor=at_once,
-                                                               enable_true_multi_threading=at_once > 1)))
+    dataset = (
+        ray.data.from_items(items, override_num_blocks=len(items))  # a block per file: a task each
+        .map(
+            read_audio,
+            fn_kwargs={"max_seconds": settings.max_seconds, "below_workers": threads > 1},
+            num_cpus=READ_CPUS,
+        )
+        .map_batches(
+            Transcribe,
+            fn_constructor_args=(settings,),
+            batch_size=1,
+            num_cpus=cpus,
+            num_gpus=gpus,
+            runtime_env={"env_vars": _worker_env(threads)},
+            # the files in progress and one more read: no worker idles, none hoards files
+            compute=ray.data.ActorPoolStrategy(
+                size=workers,
+                max_tasks_in_flight_per_actor=at_once + 1,
+                max_concurrent_calls_per_actor=at_once,
+                enable_true_multi_threading=at_once > 1,
+            ),
+        )
+    )
     context = dataset.context  # this job's copy of Ray Data's settings
     context.enable_progress_bars = False  # ours show files and audio hours
     context.print_on_execution_start = False

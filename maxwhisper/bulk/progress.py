@@ -1,5 +1,6 @@
 """A bulk job's progress on stderr: on a terminal a bar of files and audio hours done, with the
 throughput and the time left, redrawn in place; otherwise a plain line every `interval` seconds."""
+
 from __future__ import annotations
 
 import sys
@@ -55,9 +56,11 @@ class Progress:
     def line(self, now: float) -> str:
         elapsed = max(now - self.start, 1e-9)
         fraction = self.bytes / self.total_bytes if self.files < self.total_files else 1.0
-        text = (f"{self.files}/{self.total_files} files"
-                + (f" ({self.failed} failed)" if self.failed else "")
-                + f", {audio_amount(self.audio_s)} of audio, {self.audio_s / elapsed:.1f} audio h/h")
+        text = (
+            f"{self.files}/{self.total_files} files"
+            + (f" ({self.failed} failed)" if self.failed else "")
+            + f", {audio_amount(self.audio_s)} of audio, {self.audio_s / elapsed:.1f} audio h/h"
+        )
         since_first = self.bytes - self.first_bytes
         if self.files > 1 and since_first > 0 and fraction < 1:
             rate = since_first / max(now - self.first_at, 1e-9)

@@ -1,6 +1,7 @@
 """The results table of a bulk job (`results.jsonl` in the output folder: one row per file) and
 what makes a job resumable: only the driver writes it, a row at a time, after the file's outputs
 are in place; a rerun keeps the rows of the files done with the same settings and does the rest."""
+
 from __future__ import annotations
 
 import json
@@ -63,8 +64,11 @@ def settings(row: dict) -> dict:
 
 def is_done(row: dict, wanted: dict, output: Path, formats: list[str]) -> bool:
     """A row whose file needs no new work: transcribed with the `wanted` settings, its outputs there."""
-    return (row.get("status") == "ok" and settings(row) == wanted
-            and all((output / f"{row['output']}.{fmt}").is_file() for fmt in formats))
+    return (
+        row.get("status") == "ok"
+        and settings(row) == wanted
+        and all((output / f"{row['output']}.{fmt}").is_file() for fmt in formats)
+    )
 
 
 def remove_partial_files(output: Path) -> None:

@@ -6,6 +6,7 @@ Neither raises for a bad file: a file that cannot be read or transcribed becomes
 "error" and a message for people naming the file as it was given (Ray Data fails the job on an
 exception, and would drop a whole block of good rows with a bad one under `max_errored_blocks`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -118,8 +119,15 @@ class Transcribe:
 
         s = self.settings
         try:
-            self.transcriber = create_transcriber(s.backend, model=s.model, device=s.device, precision=s.precision,
-                                                  threads=s.threads, kernels=s.kernels, max_batch=s.files_at_once)
+            self.transcriber = create_transcriber(
+                s.backend,
+                model=s.model,
+                device=s.device,
+                precision=s.precision,
+                threads=s.threads,
+                kernels=s.kernels,
+                max_batch=s.files_at_once,
+            )
         except MaxWhisperError as e:
             self.load_error = str(e)
         except Exception as e:  # noqa: BLE001 - reported by the driver as the job's failure
@@ -133,10 +141,18 @@ class Transcribe:
     def _transcribe(self, row: dict) -> dict:
         s = self.settings
         out: dict[str, Any] = {
-            "path": row["name"], "output": row["output"], "status": "error", "error": row["error"] or None,
-            "language": None, "duration": None, "text": None, "outputs": [],
+            "path": row["name"],
+            "output": row["output"],
+            "status": "error",
+            "error": row["error"] or None,
+            "language": None,
+            "duration": None,
+            "text": None,
+            "outputs": [],
             "timings": {"read_s": float(row["read_s"]), "transcribe_s": None, "write_s": None},
-            **s.row_settings(), "device": None, "node": _node(),
+            **s.row_settings(),
+            "device": None,
+            "node": _node(),
         }
         if self.load_error is not None:
             return {**out, "error": self.load_error, "fatal": True}
@@ -153,8 +169,9 @@ class Transcribe:
                 traceback.print_exc()
             return {**out, "error": _for_people(f"transcription failed: {type(e).__name__}: {e}", row)}
         out.update(language=result.language, text=result.text, device=result.device)
-        out["timings"].update(transcribe_s=result.timings.total_s, encode_s=result.timings.encode_s,
-                              decode_s=result.timings.decode_s)
+        out["timings"].update(
+            transcribe_s=result.timings.total_s, encode_s=result.timings.encode_s, decode_s=result.timings.decode_s
+        )
         if not result.text.strip():
             return {**out, "error": f"{row['name']}: no speech found in {out['duration']:.1f} s of audio"}
         start = time.perf_counter()

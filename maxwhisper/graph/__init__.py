@@ -5,6 +5,7 @@ opentelemetry-cpp's context singleton as a unique global symbol, and a libarrow 
 takes that copy for its own and crashes in its first compute call (a bulk job started in a process
 that had loaded a MAX model segfaulted). Loaded first, libarrow's copy serves both.
 """
+
 import importlib.util
 
 if importlib.util.find_spec("pyarrow") is not None:

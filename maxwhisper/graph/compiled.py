@@ -14,6 +14,7 @@ registry's, bound after loading), the MAX version, and the target:
   architecture on any machine, CPU-only ones included (`maxwhisper warm --device gpu --arch`),
   loads on a real one, where MAX's own cache from such a compile is not reused (docs/design.md#the-gpu).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -71,8 +72,10 @@ def artifact_paths(graphs: Graph | Sequence[Graph], gpu: str | None = None) -> l
         return [_artifact_path(name, level_texts, level, cpu_target())]
     host = host_cpu_flags()
     levels = [level for level, flags in reversed(CPU_LEVELS.items()) if flags <= host]
-    return [_artifact_path(name, texts, _cpu(), cpu_target()),
-            *(_artifact_path(name, level_texts, level, level) for level in levels)]
+    return [
+        _artifact_path(name, texts, _cpu(), cpu_target()),
+        *(_artifact_path(name, level_texts, level, level) for level in levels),
+    ]
 
 
 # each graph's text ends with a counter of MAX's that differs between a process compiling for a level
@@ -109,6 +112,7 @@ def custom_ops_unchecked():
 # graph is then built checked, only slower to load)
 _verify_custom_op = getattr(KernelLibrary, "verify_custom_op", None)
 if _verify_custom_op is not None:
+
     def _check_custom_op(library: KernelLibrary, op) -> None:
         if not getattr(_unchecked, "on", False):
             _verify_custom_op(library, op)
@@ -116,8 +120,12 @@ if _verify_custom_op is not None:
     KernelLibrary.verify_custom_op = _check_custom_op
 
 
-def compile_graph(session: InferenceSession, graph: Graph | Module | Callable[[], Graph | Module],
-                  paths: Sequence[Path] | None = None, kernels: bool = True):
+def compile_graph(
+    session: InferenceSession,
+    graph: Graph | Module | Callable[[], Graph | Module],
+    paths: Sequence[Path] | None = None,
+    kernels: bool = True,
+):
     """`graph` compiled for `session`: from the first of its artifacts that exists, else compiled
     and its artifact exported for the next process. `graph`: a Graph, a Module of graphs built with
     `module=`, or what builds one of them when it must be compiled (then with `paths`, as a Module
@@ -130,8 +138,11 @@ def compile_graph(session: InferenceSession, graph: Graph | Module | Callable[[]
             try:
                 return session.compile(str(path))
             except Exception as error:  # an unreadable artifact (a damaged disk, a copied cache) is compiled again
-                logger.warning("MAX cannot load the compiled graph %s (%s): it compiles it again",
-                               path.name, str(error).splitlines()[0] if str(error) else type(error).__name__)
+                logger.warning(
+                    "MAX cannot load the compiled graph %s (%s): it compiles it again",
+                    path.name,
+                    str(error).splitlines()[0] if str(error) else type(error).__name__,
+                )
                 with contextlib.suppress(OSError):
                     path.unlink()
     unit = graph if isinstance(graph, Graph | Module) else graph()

@@ -1,5 +1,6 @@
 """Small graphs of single encoder components, built from the same functions as the full model,
 so `maxwhisper.selfcheck` can compare each with openai-whisper's PyTorch module."""
+
 from __future__ import annotations
 
 from max.dtype import DType
@@ -21,8 +22,10 @@ def build_component(model: MaxWhisper, name: str):
         "attention": lambda x: self_attention(w, "encoder.blocks.0", x, d.n_audio_head, plan),
         "encoder_block": lambda x: encoder_block(w, "encoder.blocks.0", x, d.n_audio_head, plan),
     }[name]
-    with Graph(f"whisper_{name}", input_types=[TensorType(DType.float32, in_shape, device=w.device)],
-               custom_extensions=extensions(plan)) as graph:
+    with Graph(
+        f"whisper_{name}",
+        input_types=[TensorType(DType.float32, in_shape, device=w.device)],
+        custom_extensions=extensions(plan),
+    ) as graph:
         graph.output(body(graph.inputs[0].tensor.cast(w.dtype)).cast(DType.float32))
     return model.load_graph(graph, w.registry())
-

@@ -8,6 +8,7 @@ The caches and the cross K/V are laid out for matrix-vector reads (K [B, H, n_te
 V^T [B, H, Dh, n_text_ctx] per layer; int8 cross K/V with a scale per key and value under int8,
 `inputs.cross_layout`). Why each graph is as it is: docs/design.md, "Decoder".
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -20,10 +21,27 @@ from max.graph import Graph, Module, TensorType, TensorValue, ops
 from ..checkpoint import ModelDims
 from .inputs import AlignmentInputs, BatchRepeatInputs, CacheReorderInputs, StepInputs, TokenStepInputs
 from .kernel_package import kernel_library
-from .layers import (MakeLinear, WeightBank, attend_few_rows, attention, attention_scores_few_rows,
-                     cross_attention_int8, dim_value, few_row_attention, few_row_linear, few_row_linear_int8,
-                     layer_norm, layer_norm_gather, linear_few_rows, merge_heads, packed_linear_bf16,
-                     packed_linear_int8, split_heads, token_embedding, vocab_projection_int4)
+from .layers import (
+    MakeLinear,
+    WeightBank,
+    attend_few_rows,
+    attention,
+    attention_scores_few_rows,
+    cross_attention_int8,
+    dim_value,
+    few_row_attention,
+    few_row_linear,
+    few_row_linear_int8,
+    layer_norm,
+    layer_norm_gather,
+    linear_few_rows,
+    merge_heads,
+    packed_linear_bf16,
+    packed_linear_int8,
+    split_heads,
+    token_embedding,
+    vocab_projection_int4,
+)
 from .plan import ExecutionPlan
 
 # (this call's K [B, H, n, Dh], V^T [B, H, Dh, n]) -> (K, V^T) over every position attended to
@@ -36,9 +54,19 @@ def masked_attention(mask: TensorValue | None) -> Attend:
     return lambda q, k, v_t: attend_few_rows(attention_scores_few_rows(q, k), v_t, mask)
 
 
-def decoder_block(w: WeightBank, p: str, dims: ModelDims, x: TensorValue, self_kv: SelfKV, self_attend: Attend,
-                  cross_attend: Attend, cross_k: TensorValue, cross_v_t: TensorValue,
-                  make_linear: MakeLinear = linear_few_rows, norm=layer_norm) -> TensorValue:
+def decoder_block(
+    w: WeightBank,
+    p: str,
+    dims: ModelDims,
+    x: TensorValue,
+    self_kv: SelfKV,
+    self_attend: Attend,
+    cross_attend: Attend,
+    cross_k: TensorValue,
+    cross_v_t: TensorValue,
+    make_linear: MakeLinear = linear_few_rows,
+    norm=layer_norm,
+) -> TensorValue:
     """x [B, n, d] -> x [B, n, d]; norm: the layer norm (`plan.layer_norm`)"""
     d, h = dims.n_text_state, dims.n_text_head
 
@@ -60,8 +88,9 @@ def _embed(w: WeightBank, tokens: TensorValue, positions: TensorValue, half: boo
     `few_row_linear` already holds (the graph then keeps no float32 copy; with int8 weights the
     projection holds int8 numbers and the embedding stays float16)."""
     table = w.half("decoder.token_embedding.weight") if half else w("decoder.token_embedding.weight")
-    return (ops.gather(table, tokens, axis=0).cast(w.dtype)
-            + ops.gather(w("decoder.positional_embedding"), positions, axis=0))
+    return ops.gather(table, tokens, axis=0).cast(w.dtype) + ops.gather(
+        w("decoder.positional_embedding"), positions, axis=0
+    )
 
 
 def _logits(w: WeightBank, x: TensorValue, make_linear: MakeLinear = linear_few_rows, norm=layer_norm) -> TensorValue:
@@ -109,12 +138,16 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, mod
     L, dev = dims.n_text_layer, w.device
     use_kernel = plan.step_kernels
     types = StepInputs.types(dims, w.dtype, dev, plan.cross_int8)
-    with Graph("whisper_decoder_step", input_types=types.flat(),
-               custom_extensions=[kernel_library()] if use_kernel or plan.layer_norm_kernel else [],
-               module=module) as graph:
+    with Graph(
+        "whisper_decoder_step",
+        input_types=types.flat(),
+        custom_extensions=[kernel_library()] if use_kernel or plan.layer_norm_kernel else [],
+        module=module,
+    ) as graph:
         inputs = types.like(graph.inputs)
-        tokens, positions, offset, mask, logit_index = (v.tensor for v in (
-            inputs.tokens, inputs.positions, inputs.offset, inputs.mask, inputs.logit_index))
+        tokens, positions, offset, mask, logit_index = (
+            v.tensor for v in (inputs.tokens, inputs.positions, inputs.offset, inputs.mask, inputs.logit_index)
+        )
         cross = [v.tensor for v in inputs.cross]
         cross_k, cross_v_t = cross[:2] if plan.cross_int8 else float_cross(cross)
         caches = [v.buffer for v in inputs.caches]
@@ -127,6 +160,7 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, mod
                 ops.buffer_store_slice(caches[2 * i], k, [slice(None)] * 2 + [new, slice(None)])
                 ops.buffer_store_slice(caches[2 * i + 1], v_t, [slice(None)] * 3 + [new])
                 return ops.buffer_load(caches[2 * i]), ops.buffer_load(caches[2 * i + 1])
+
             return store_and_load
 
         def step_attention(mask: TensorValue | None, limit: Callable[[], TensorValue]) -> Attend:
@@ -140,13 +174,17 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, mod
 
             def prompt(q, k, v_t):
                 return attention(q, ops.transpose(k, -1, -2), ops.transpose(v_t, -1, -2), mask)
+
             if plan.token_step:
                 return prompt
             one_row = ops.equal(dim_value(n), ops.constant(1, DType.int64, device=dev))
             keys = limit()
             return lambda q, k, v_t: ops.cond(
-                one_row, [TensorType(q.dtype, q.shape, device=dev)],
-                lambda: few_row_attention(q, k, v_t, keys), lambda: prompt(q, k, v_t))[0]
+                one_row,
+                [TensorType(q.dtype, q.shape, device=dev)],
+                lambda: few_row_attention(q, k, v_t, keys),
+                lambda: prompt(q, k, v_t),
+            )[0]
 
         def int8_cross_attention(i: int) -> Attend:
             """Layer i's cross-attention over the int8 keys and values as they are (`cross_attention_int8`)."""
@@ -156,9 +194,19 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, mod
         if not plan.cross_int8:
             cross_attend = step_attention(None, lambda: ops.broadcast_to(dim_value(cross_k.shape[3]).reshape([1]), [n]))
         for i in range(L):
-            x = decoder_block(w, f"decoder.blocks.{i}", dims, x, cached(i), self_attend,
-                              int8_cross_attention(i) if plan.cross_int8 else cross_attend,
-                              cross_k[i], cross_v_t[i], block_linear(plan), plan.layer_norm)
+            x = decoder_block(
+                w,
+                f"decoder.blocks.{i}",
+                dims,
+                x,
+                cached(i),
+                self_attend,
+                int8_cross_attention(i) if plan.cross_int8 else cross_attend,
+                cross_k[i],
+                cross_v_t[i],
+                block_linear(plan),
+                plan.layer_norm,
+            )
         logits = _logits(w, ops.gather(x, logit_index, axis=1), projection_linear(plan), plan.layer_norm)
         graph.output(logits, *plan.greedy_choice(logits, inputs.suppress.tensor, inputs.timestamp_begin.tensor))
     return graph
@@ -166,13 +214,33 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, mod
 
 # what `decoder_layer_step` (kernels/decoder_layer.mojo) takes of a layer, in its order
 LAYER_STEP_WEIGHTS = ("attn.qkv", "attn.out", "cross_attn.query", "cross_attn.out", "mlp.0", "mlp.2")
-LAYER_STEP_VECTORS = ("attn_ln.weight", "attn_ln.bias", "attn.qkv.bias", "attn.out.bias", "cross_attn_ln.weight",
-                      "cross_attn_ln.bias", "cross_attn.query.bias", "cross_attn.out.bias", "mlp_ln.weight",
-                      "mlp_ln.bias", "mlp.0.bias", "mlp.2.bias")
+LAYER_STEP_VECTORS = (
+    "attn_ln.weight",
+    "attn_ln.bias",
+    "attn.qkv.bias",
+    "attn.out.bias",
+    "cross_attn_ln.weight",
+    "cross_attn_ln.bias",
+    "cross_attn.query.bias",
+    "cross_attn.out.bias",
+    "mlp_ln.weight",
+    "mlp_ln.bias",
+    "mlp.0.bias",
+    "mlp.2.bias",
+)
 
 
-def decoder_layer_step(w: WeightBank, p: str, x: TensorValue, cache_k, cache_v_t, cross: list[TensorValue],
-                       positions: TensorValue, cross_keys: TensorValue, int8: bool = False) -> TensorValue:
+def decoder_layer_step(
+    w: WeightBank,
+    p: str,
+    x: TensorValue,
+    cache_k,
+    cache_v_t,
+    cross: list[TensorValue],
+    positions: TensorValue,
+    cross_keys: TensorValue,
+    int8: bool = False,
+) -> TensorValue:
     """One decoder block for one new token of each of B sequences as one CPU kernel: x [B, d]; the
     cache buffers K [B, H, S, Dh] and V^T [B, H, Dh, S], row b holding positions 0 ..
     positions[b] - 1 (the kernel writes the new key and value at positions[b]); cross: the layer's
@@ -187,8 +255,9 @@ def decoder_layer_step(w: WeightBank, p: str, x: TensorValue, cache_k, cache_v_t
     if len(cross) == 2:  # float32 cross K/V: no scales (the kernel reads none)
         cross = [*cross] + [ops.constant(np.zeros((0, 0, 0), np.float32), DType.float32, device=x.device)] * 2
     out = [TensorType(DType.float32, x.shape, device=x.device)]
-    return ops.inplace_custom("decoder_layer_step", x.device, [x, weights, vectors, cache_k, cache_v_t, *cross,
-                                                               positions, cross_keys], out)[0].tensor
+    return ops.inplace_custom(
+        "decoder_layer_step", x.device, [x, weights, vectors, cache_k, cache_v_t, *cross, positions, cross_keys], out
+    )[0].tensor
 
 
 def build_token_step_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, module: Module | None = None) -> Graph:
@@ -204,11 +273,16 @@ def build_token_step_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, 
     rows, and each stepping row's position moves on by one. module: as `encoder.build_encoder_graph`'s."""
     advances = not plan.step_kernels
     types = TokenStepInputs.types(dims, w.dtype, w.device, plan.cross_int8, advances)
-    with Graph("whisper_token_step", input_types=types.flat(),
-               custom_extensions=[] if advances else [kernel_library()], module=module) as graph:
+    with Graph(
+        "whisper_token_step",
+        input_types=types.flat(),
+        custom_extensions=[] if advances else [kernel_library()],
+        module=module,
+    ) as graph:
         inputs = types.like(graph.inputs)
-        tokens, positions = ((ops.buffer_load(v.buffer) if advances else v.tensor)
-                             for v in (inputs.tokens, inputs.positions))
+        tokens, positions = (
+            (ops.buffer_load(v.buffer) if advances else v.tensor) for v in (inputs.tokens, inputs.positions)
+        )
         cross_keys, rows = inputs.cross_keys.tensor, inputs.rows.tensor
         cross = [v.tensor for v in inputs.cross]
         caches = [v.buffer for v in inputs.caches]
@@ -218,23 +292,42 @@ def build_token_step_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, 
         else:
             x = token_embedding(w, tokens, positions)
             for i in range(dims.n_text_layer):
-                x = decoder_layer_step(w, f"decoder.blocks.{i}", x, caches[2 * i], caches[2 * i + 1],
-                                       [c[i] for c in cross], positions, cross_keys, plan.int8)
+                x = decoder_layer_step(
+                    w,
+                    f"decoder.blocks.{i}",
+                    x,
+                    caches[2 * i],
+                    caches[2 * i + 1],
+                    [c[i] for c in cross],
+                    positions,
+                    cross_keys,
+                    plan.int8,
+                )
             x = layer_norm_gather(w, "decoder.ln", x, rows)
-            logits = ops.reshape(projection_linear(plan)(w, "decoder.token_embedding")(x),
-                                 [rows.shape[0], 1, dims.n_vocab])
+            logits = ops.reshape(
+                projection_linear(plan)(w, "decoder.token_embedding")(x), [rows.shape[0], 1, dims.n_vocab]
+            )
         chosen, logprobs = plan.greedy_choice(logits, inputs.suppress.tensor, inputs.timestamp_begin.tensor)
         if advances:
-            ops.buffer_store(inputs.tokens.buffer, ops.scatter(tokens, ops.reshape(chosen, [-1, 1]),
-                                                               ops.reshape(rows, [-1, 1]), axis=0))
+            ops.buffer_store(
+                inputs.tokens.buffer,
+                ops.scatter(tokens, ops.reshape(chosen, [-1, 1]), ops.reshape(rows, [-1, 1]), axis=0),
+            )
             one = ops.constant(1, DType.int64, device=w.device)
             ops.buffer_store(inputs.positions.buffer, ops.where(positions < 0, positions, positions + one))
         graph.output(logits, chosen, logprobs)
     return graph
 
 
-def portable_token_layers(w: WeightBank, dims: ModelDims, tokens: TensorValue, positions: TensorValue,
-                          cross_keys: TensorValue, cross: list[TensorValue], caches: list) -> TensorValue:
+def portable_token_layers(
+    w: WeightBank,
+    dims: ModelDims,
+    tokens: TensorValue,
+    positions: TensorValue,
+    cross_keys: TensorValue,
+    cross: list[TensorValue],
+    caches: list,
+) -> TensorValue:
     """Every decoder layer for one new token of each row, in MAX's ops: tokens int64 [B, 1],
     positions int64 [B] (negative: the row writes nothing, and its output is not to be read),
     cross_keys int64 [B] -> x [B, 1, d]. Each row's key and value go into the cache at its own
@@ -260,11 +353,21 @@ def portable_token_layers(w: WeightBank, dims: ModelDims, tokens: TensorValue, p
             ops.buffer_store(caches[2 * i], k_all)
             ops.buffer_store(caches[2 * i + 1], v_t_all)
             return k_all, v_t_all
+
         return store_and_load
 
     for i in range(dims.n_text_layer):
-        x = decoder_block(w, f"decoder.blocks.{i}", dims, x, cached(i), masked_attention(self_mask),
-                          masked_attention(cross_mask), cross_k[i], cross_v_t[i])
+        x = decoder_block(
+            w,
+            f"decoder.blocks.{i}",
+            dims,
+            x,
+            cached(i),
+            masked_attention(self_mask),
+            masked_attention(cross_mask),
+            cross_k[i],
+            cross_v_t[i],
+        )
     return x
 
 
@@ -287,8 +390,17 @@ def build_alignment_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) -
             return attend_few_rows(all_scores[-1], v_t)
 
         for i in range(dims.n_text_layer):
-            x = decoder_block(w, f"decoder.blocks.{i}", dims, x, lambda k, v_t: (k, v_t), masked_attention(mask),
-                              cross_attend, cross_k[i], cross_v_t[i])
+            x = decoder_block(
+                w,
+                f"decoder.blocks.{i}",
+                dims,
+                x,
+                lambda k, v_t: (k, v_t),
+                masked_attention(mask),
+                cross_attend,
+                cross_k[i],
+                cross_v_t[i],
+            )
         graph.output(_logits(w, x), ops.stack(all_scores))
     return graph
 
@@ -314,6 +426,8 @@ def build_batch_repeat_graph(dims: ModelDims, dtype: DType, device, cross_int8: 
     with Graph("whisper_batch_repeat", input_types=types.flat()) as graph:
         inputs = types.like(graph.inputs)
         index = inputs.audio_index.tensor
-        graph.output(ops.gather(inputs.features.tensor, index, axis=0),
-                     *(ops.gather(c.tensor, index, axis=1) for c in inputs.cross))
+        graph.output(
+            ops.gather(inputs.features.tensor, index, axis=0),
+            *(ops.gather(c.tensor, index, axis=1) for c in inputs.cross),
+        )
     return graph

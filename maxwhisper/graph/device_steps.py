@@ -9,6 +9,7 @@ tests check them. Why: docs/design.md#the-gpu.
 Seams: `DeviceStepInference` is `decoding.ChoosingInference` (the model's `inference()` under the
 portable plan); `StepBuffers` are lent by `StepBufferPool`, one decoding at a time.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -38,13 +39,20 @@ class StepBuffers:
 
         def zeros(shape, kind=DType.int64) -> driver.Buffer:
             return driver.Buffer.zeros(shape, kind, device=dev)
+
         self.inputs = TokenStepInputs(
-            tokens=zeros([batch, 1]), positions=zeros([batch]), cross_keys=zeros([batch]), rows=zeros([batch]),
-            suppress=zeros([batch, d.n_vocab], DType.float32), timestamp_begin=zeros([batch]),
+            tokens=zeros([batch, 1]),
+            positions=zeros([batch]),
+            cross_keys=zeros([batch]),
+            rows=zeros([batch]),
+            suppress=zeros([batch, d.n_vocab], DType.float32),
+            timestamp_begin=zeros([batch]),
             cross=tuple(zeros(shape, kind) for kind, shape in cross_layout(d, dtype, batch, audio_ctx, False)),
-            caches=tuple(zeros(shape, dtype) for _ in range(d.n_text_layer) for shape in cache_shapes(d, batch)))
-        self.held: dict[str, np.ndarray | None] = dict.fromkeys(("tokens", "positions", "cross_keys", "rows",
-                                                                 "suppress", "timestamp_begin"))
+            caches=tuple(zeros(shape, dtype) for _ in range(d.n_text_layer) for shape in cache_shapes(d, batch)),
+        )
+        self.held: dict[str, np.ndarray | None] = dict.fromkeys(
+            ("tokens", "positions", "cross_keys", "rows", "suppress", "timestamp_begin")
+        )
         self.key = next(_KEYS)  # its captured step on a GPU
         self.outputs: list[driver.Buffer] | None = None  # the captured step's outputs, rewritten by each replay
 
@@ -115,22 +123,52 @@ class DeviceStepInference(MaxChoosingInference):
             self.model.device.synchronize()
         self.cache, self.cross = self.buffers.inputs.caches, self.buffers.inputs.cross
 
-    def logits_and_choice(self, tokens: np.ndarray, audio_features: AudioFeatures, positions: Sequence[int],
-                          suppress: np.ndarray, timestamp_begin: int, rows: np.ndarray | None = None,
-                          logits_wanted: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    def logits_and_choice(
+        self,
+        tokens: np.ndarray,
+        audio_features: AudioFeatures,
+        positions: Sequence[int],
+        suppress: np.ndarray,
+        timestamp_begin: int,
+        rows: np.ndarray | None = None,
+        logits_wanted: bool = True,
+    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         if rows is not None:
-            return every_row_then_some(self.logits_and_choice, tokens, audio_features, positions, suppress,
-                                       timestamp_begin, rows, logits_wanted)
-        return super().logits_and_choice(tokens, audio_features, positions, suppress, timestamp_begin,
-                                         logits_wanted=logits_wanted)
+            return every_row_then_some(
+                self.logits_and_choice,
+                tokens,
+                audio_features,
+                positions,
+                suppress,
+                timestamp_begin,
+                rows,
+                logits_wanted,
+            )
+        return super().logits_and_choice(
+            tokens, audio_features, positions, suppress, timestamp_begin, logits_wanted=logits_wanted
+        )
 
-    def _token_step(self, tokens: np.ndarray, positions: np.ndarray, rows: np.ndarray, suppress: np.ndarray,
-                    timestamp_begin: np.ndarray) -> list[driver.Buffer]:
+    def _token_step(
+        self,
+        tokens: np.ndarray,
+        positions: np.ndarray,
+        rows: np.ndarray,
+        suppress: np.ndarray,
+        timestamp_begin: np.ndarray,
+    ) -> list[driver.Buffer]:
         b, net = self.buffers, self.model
         with net.device_lock:  # copies, the step and its read together: another thread's capture sees none
-            copied = [b.set(name, array) for name, array in (
-                ("tokens", tokens), ("positions", positions), ("cross_keys", self._cross_keys(len(tokens))),
-                ("rows", rows), ("suppress", suppress), ("timestamp_begin", timestamp_begin))]
+            copied = [
+                b.set(name, array)
+                for name, array in (
+                    ("tokens", tokens),
+                    ("positions", positions),
+                    ("cross_keys", self._cross_keys(len(tokens))),
+                    ("rows", rows),
+                    ("suppress", suppress),
+                    ("timestamp_begin", timestamp_begin),
+                )
+            ]
             if any(copied):
                 net.device.synchronize()
             try:
@@ -157,8 +195,11 @@ def run_step(net: MaxWhisper, b: StepBuffers) -> list[driver.Buffer]:
             b.outputs = _capture(net, b)
         except Exception as e:  # noqa: BLE001 - the step still runs, without the captured graph
             net.captures = False
-            logger.warning("the GPU runs MAX's decoder steps one by one: capturing them failed (%s: %s)",
-                           type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            logger.warning(
+                "the GPU runs MAX's decoder steps one by one: capturing them failed (%s: %s)",
+                type(e).__name__,
+                str(e).splitlines()[0] if str(e) else "",
+            )
     if b.outputs is None:
         return net.run(net.token_step, *b.inputs.flat())
     net.replay(net.token_step, b.key, b.inputs.flat())

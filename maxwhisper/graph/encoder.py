@@ -3,6 +3,7 @@ per window so that decoder steps never recompute them (under --precision int8 qu
 there, a scale per key and per value). With the CPU kernels (the execution plan's choice) its
 conv stem runs the `conv_stem` kernel, its linears `packed_linear` and its attention
 `encoder_attention` (int8: in bfloat16 where `plan.encoder_attention_bf16`); otherwise MAX's ops."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -12,14 +13,28 @@ from max.graph import Graph, Module, TensorType, TensorValue, ops
 
 from ..checkpoint import ModelDims
 from .kernel_package import kernel_library
-from .layers import (MakeEncoderLinear, WeightBank, attention, conv1d, conv_stem_kernel,
-                     cross_layout_kernel, dim_value, encoder_attention, linear, merge_heads, packed_linear,
-                     packed_linear_bf16, packed_linear_int8, split_heads)
+from .layers import (
+    MakeEncoderLinear,
+    WeightBank,
+    attention,
+    conv1d,
+    conv_stem_kernel,
+    cross_layout_kernel,
+    dim_value,
+    encoder_attention,
+    linear,
+    merge_heads,
+    packed_linear,
+    packed_linear_bf16,
+    packed_linear_int8,
+    split_heads,
+)
 from .plan import ExecutionPlan
 
 
-def self_attention(w: WeightBank, p: str, x: TensorValue, n_head: int, plan: ExecutionPlan,
-                   residual: TensorValue | None = None) -> TensorValue:
+def self_attention(
+    w: WeightBank, p: str, x: TensorValue, n_head: int, plan: ExecutionPlan, residual: TensorValue | None = None
+) -> TensorValue:
     """openai's `block.attn(block.attn_ln(x))`: x [B, T, d] -> [B, T, d], + residual if given.
     The attention is one CPU kernel (`encoder_attention`) where the plan says so, else MAX's ops."""
     d = int(x.shape[-1])
@@ -65,8 +80,9 @@ def encoder_linear(plan: ExecutionPlan) -> MakeEncoderLinear:
 
 def extensions(plan: ExecutionPlan) -> list:
     """A Graph's `custom_extensions` for encoder pieces built under `plan`."""
-    kernels = (plan.encoder_linear_kernel or plan.encoder_attention_kernel or plan.layer_norm_kernel
-               or plan.conv_stem_kernel)
+    kernels = (
+        plan.encoder_linear_kernel or plan.encoder_attention_kernel or plan.layer_norm_kernel or plan.conv_stem_kernel
+    )
     return [kernel_library()] if kernels else []
 
 

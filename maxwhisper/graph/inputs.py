@@ -6,6 +6,7 @@ counts positions. A tuple field stands for several inputs (the cross K/V, the ca
 The layouts the decoder graphs share live here too: the self-attention cache (`cache_shapes`) and
 the cross-attention tensors the encoder makes (`cross_layout`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -36,8 +37,12 @@ class GraphInputs(Generic[T]):
         """`values` (a graph's inputs, in order) as a record of this one's kind, each tuple field as
         long as this record's."""
         items = iter(values)
-        grouped = {f.name: tuple(next(items) for _ in getattr(self, f.name))
-                   if isinstance(getattr(self, f.name), tuple) else next(items) for f in fields(self)}
+        grouped = {
+            f.name: tuple(next(items) for _ in getattr(self, f.name))
+            if isinstance(getattr(self, f.name), tuple)
+            else next(items)
+            for f in fields(self)
+        }
         if next(items, None) is not None:
             raise ValueError(f"more inputs than {type(self).__name__} holds")
         return type(self)(**grouped)
@@ -66,7 +71,9 @@ def cross_layout(dims: ModelDims, dtype: DType, batch, audio_ctx, int8: bool) ->
 
 
 def cross_types(dims: ModelDims, dtype: DType, device: DeviceRef, batch, int8: bool) -> tuple[TensorType, ...]:
-    return tuple(TensorType(t, shape, device=device) for t, shape in cross_layout(dims, dtype, batch, "audio_ctx", int8))
+    return tuple(
+        TensorType(t, shape, device=device) for t, shape in cross_layout(dims, dtype, batch, "audio_ctx", int8)
+    )
 
 
 def _int64(shape: list, device: DeviceRef) -> TensorType:
@@ -103,12 +110,16 @@ class StepInputs(GraphInputs[T]):
     @staticmethod
     def types(dims: ModelDims, dtype: DType, device: DeviceRef, cross_int8: bool) -> StepInputs[TensorType]:
         return StepInputs(
-            tokens=_int64(["batch", "n"], device), positions=_int64(["n"], device), offset=OFFSET_TYPE,
+            tokens=_int64(["batch", "n"], device),
+            positions=_int64(["n"], device),
+            offset=OFFSET_TYPE,
             mask=TensorType(DType.float32, ["n", dims.n_text_ctx], device=device),
             logit_index=_int64(["k"], device),
             suppress=TensorType(DType.float32, ["batch", dims.n_vocab], device=device),
             timestamp_begin=_int64(["batch"], device),
-            cross=cross_types(dims, dtype, device, "batch", cross_int8), caches=cache_types(dims, dtype, device))
+            cross=cross_types(dims, dtype, device, "batch", cross_int8),
+            caches=cache_types(dims, dtype, device),
+        )
 
 
 @dataclass(frozen=True)
@@ -125,17 +136,22 @@ class TokenStepInputs(GraphInputs[T]):
     caches: tuple[T, ...]
 
     @staticmethod
-    def types(dims: ModelDims, dtype: DType, device: DeviceRef, cross_int8: bool,
-              advances: bool = False) -> TokenStepInputs[TensorType | BufferType]:
+    def types(
+        dims: ModelDims, dtype: DType, device: DeviceRef, cross_int8: bool, advances: bool = False
+    ) -> TokenStepInputs[TensorType | BufferType]:
         """advances: the tokens and positions are buffers that the graph sets for the next step
         (the chosen tokens, the positions after), so that steps in a row copy nothing to the device."""
         int64 = BufferType if advances else TensorType
         return TokenStepInputs(
-            tokens=int64(DType.int64, ["batch", 1], device=device), positions=int64(DType.int64, ["batch"], device=device),
-            cross_keys=_int64(["batch"], device), rows=_int64(["rows"], device),
+            tokens=int64(DType.int64, ["batch", 1], device=device),
+            positions=int64(DType.int64, ["batch"], device=device),
+            cross_keys=_int64(["batch"], device),
+            rows=_int64(["rows"], device),
             suppress=TensorType(DType.float32, ["rows", dims.n_vocab], device=device),
             timestamp_begin=_int64(["rows"], device),
-            cross=cross_types(dims, dtype, device, "batch", cross_int8), caches=cache_types(dims, dtype, device))
+            cross=cross_types(dims, dtype, device, "batch", cross_int8),
+            caches=cache_types(dims, dtype, device),
+        )
 
 
 @dataclass(frozen=True)
@@ -146,8 +162,11 @@ class AlignmentInputs(GraphInputs[T]):
 
     @staticmethod
     def types(dims: ModelDims, dtype: DType, device: DeviceRef, cross_int8: bool) -> AlignmentInputs[TensorType]:
-        return AlignmentInputs(_int64([1, "n"], device), TensorType(DType.float32, ["n", "n"], device=device),
-                               cross_types(dims, dtype, device, 1, cross_int8))
+        return AlignmentInputs(
+            _int64([1, "n"], device),
+            TensorType(DType.float32, ["n", "n"], device=device),
+            cross_types(dims, dtype, device, 1, cross_int8),
+        )
 
 
 @dataclass(frozen=True)
@@ -168,6 +187,8 @@ class BatchRepeatInputs(GraphInputs[T]):
 
     @staticmethod
     def types(dims: ModelDims, dtype: DType, device: DeviceRef, cross_int8: bool) -> BatchRepeatInputs[TensorType]:
-        return BatchRepeatInputs(_int64(["batch"], device),
-                                 TensorType(dtype, ["n_audio", "audio_ctx", dims.n_audio_state], device=device),
-                                 cross_types(dims, dtype, device, "n_audio", cross_int8))
+        return BatchRepeatInputs(
+            _int64(["batch"], device),
+            TensorType(dtype, ["n_audio", "audio_ctx", dims.n_audio_state], device=device),
+            cross_types(dims, dtype, device, "n_audio", cross_int8),
+        )

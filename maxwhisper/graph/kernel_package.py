@@ -2,6 +2,7 @@
 per source and compiler version into this project's folder of MAX's cache (or copied from the
 package shipped in `prebuilt/`, so that a new machine does not compile it), for the CPU target set
 before the first compile (`cpu_target`); `ship_kernel_library` ships it again after a kernel changes."""
+
 from __future__ import annotations
 
 import functools
@@ -102,8 +103,9 @@ def compile_kernels(package: Path) -> None:
     for byte wherever the code lives, and the one shipped can be checked against the sources."""
     from mojo.run import subprocess_run_mojo
 
-    done = subprocess_run_mojo(["precompile", KERNELS.name, "-o", str(package.resolve())], cwd=KERNELS.parent,
-                               capture_output=True, text=True)
+    done = subprocess_run_mojo(
+        ["precompile", KERNELS.name, "-o", str(package.resolve())], cwd=KERNELS.parent, capture_output=True, text=True
+    )
     if done.returncode != 0:
         raise RuntimeError(f"compiling the Mojo kernels in {KERNELS} failed:\n{done.stderr[-2000:]}")
 

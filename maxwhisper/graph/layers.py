@@ -2,6 +2,7 @@
 holds them: `kernel_package`). Shapes: B batch, T/S sequence, d model width, H heads, Dh = d / H.
 Activations run in the model dtype; layer norm and attention in float32, as openai-whisper does
 under fp16."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -25,8 +26,13 @@ class WeightBank:
     reuses it for every checkpoint of the same shape; values arrive through `registry()`.
     """
 
-    def __init__(self, arrays: dict[str, np.ndarray], dtype: DType, device: DeviceRef,
-                 copies: dict[tuple[str, str], np.ndarray] | None = None):
+    def __init__(
+        self,
+        arrays: dict[str, np.ndarray],
+        dtype: DType,
+        device: DeviceRef,
+        copies: dict[tuple[str, str], np.ndarray] | None = None,
+    ):
         self.arrays, self.dtype, self.device = arrays, dtype, device
         # graph name -> (Weight, what makes its array in the Weight's dtype and layout)
         self.used: dict[str, tuple[Weight, Callable[[], np.ndarray]]] = {}
@@ -39,6 +45,7 @@ class WeightBank:
             if self.dtype == DType.float16:
                 return self._float16(name)
             return np.ascontiguousarray(self.arrays[name], dtype=np.float32)
+
         return self._weight(name, self.dtype, self.arrays[name].shape, fill)
 
     def half(self, name: str) -> Weight:
@@ -52,8 +59,14 @@ class WeightBank:
         j C_in + c: tap j of channel c) for `conv_stem`."""
         n = self.arrays[name].shape[-1]
         k = self.arrays[name].size // n
-        return self._weight(f"{name}.panels", DType.float32, (n // PANEL, k, PANEL), lambda: np.ascontiguousarray(
-            self.arrays[name].reshape(k, n // PANEL, PANEL).transpose(1, 0, 2), dtype=np.float32))
+        return self._weight(
+            f"{name}.panels",
+            DType.float32,
+            (n // PANEL, k, PANEL),
+            lambda: np.ascontiguousarray(
+                self.arrays[name].reshape(k, n // PANEL, PANEL).transpose(1, 0, 2), dtype=np.float32
+            ),
+        )
 
     def int8_panels(self, name: str) -> tuple[Weight, Weight, Weight]:
         """The linear weight `name` quantized per output channel (`int8`) for `packed_linear_int8`:
@@ -61,12 +74,20 @@ class WeightBank:
         side, as `vpdpbusd` takes them), the float32 scales [N] and each output's sum of its int8
         weights, int32 [N]."""
         n, k = self._int8(name)[0].shape
-        return (self._weight(f"{name}.int8_panels", DType.int8, (n // PANEL, k // 4, PANEL, 4),
-                             lambda: np.ascontiguousarray(
-                                 self._int8(name)[0].reshape(n // PANEL, PANEL, k // 4, 4).transpose(0, 2, 1, 3))),
-                self._weight(f"{name}.int8_scales", DType.float32, (n,), lambda: self._int8(name)[1]),
-                self._weight(f"{name}.int8_sums", DType.int32, (n,),
-                             lambda: self._int8(name)[0].sum(axis=1, dtype=np.int32)))
+        return (
+            self._weight(
+                f"{name}.int8_panels",
+                DType.int8,
+                (n // PANEL, k // 4, PANEL, 4),
+                lambda: np.ascontiguousarray(
+                    self._int8(name)[0].reshape(n // PANEL, PANEL, k // 4, 4).transpose(0, 2, 1, 3)
+                ),
+            ),
+            self._weight(f"{name}.int8_scales", DType.float32, (n,), lambda: self._int8(name)[1]),
+            self._weight(
+                f"{name}.int8_sums", DType.int32, (n,), lambda: self._int8(name)[0].sum(axis=1, dtype=np.int32)
+            ),
+        )
 
     def bf16_panels(self, name: str) -> Weight:
         """The linear weight `name` rounded to bfloat16 for `packed_linear_bf16`: W^T [K, N] as
@@ -74,16 +95,23 @@ class WeightBank:
         takes them), the bfloat16 bits as uint16."""
         w_t = self.arrays[name] if name.endswith(".weight_t") else self.arrays[name].T
         k, n = w_t.shape
-        return self._weight(f"{name}.bf16_panels", DType.uint16, (n // PANEL, k // 2, PANEL, 2),
-                            lambda: np.ascontiguousarray(
-                                bfloat16_bits(w_t).reshape(k // 2, 2, n // PANEL, PANEL).transpose(2, 0, 3, 1)))
+        return self._weight(
+            f"{name}.bf16_panels",
+            DType.uint16,
+            (n // PANEL, k // 2, PANEL, 2),
+            lambda: np.ascontiguousarray(
+                bfloat16_bits(w_t).reshape(k // 2, 2, n // PANEL, PANEL).transpose(2, 0, 3, 1)
+            ),
+        )
 
     def int8_rows(self, name: str) -> tuple[Weight, Weight]:
         """The linear weight `name` quantized per output channel (`int8`) for `few_row_linear_int8`:
         int8 W [N, K] and the float32 scales [N]."""
         n, k = self._int8(name)[0].shape
-        return (self._weight(f"{name}.int8", DType.int8, (n, k), lambda: self._int8(name)[0]),
-                self._weight(f"{name}.int8_scales", DType.float32, (n,), lambda: self._int8(name)[1]))
+        return (
+            self._weight(f"{name}.int8", DType.int8, (n, k), lambda: self._int8(name)[0]),
+            self._weight(f"{name}.int8_scales", DType.float32, (n,), lambda: self._int8(name)[1]),
+        )
 
     def int4_panels(self, name: str) -> tuple[Weight, Weight]:
         """The linear weight `name` W [N, K] (K a multiple of 64) as `vocab_projection_int4`'s 4-bit
@@ -105,29 +133,42 @@ class WeightBank:
             q = padded()[0].reshape(panels, PANEL, k // 8, 2, 4).transpose(0, 2, 1, 3, 4)
             return np.ascontiguousarray((q[:, :, :, 0] | (q[:, :, :, 1] << 4)).reshape(panels, k // 8, 4 * PANEL))
 
-        return (self._weight(f"{name}.int4_nibbles", DType.uint8, (panels, k // 8, 4 * PANEL), nibbles),
-                self._weight(f"{name}.int4_scales", DType.float32, (panels, k // INT4_GROUP, PANEL),
-                             lambda: np.ascontiguousarray(
-                                 padded()[1].reshape(panels, PANEL, k // INT4_GROUP).transpose(0, 2, 1))))
+        return (
+            self._weight(f"{name}.int4_nibbles", DType.uint8, (panels, k // 8, 4 * PANEL), nibbles),
+            self._weight(
+                f"{name}.int4_scales",
+                DType.float32,
+                (panels, k // INT4_GROUP, PANEL),
+                lambda: np.ascontiguousarray(padded()[1].reshape(panels, PANEL, k // INT4_GROUP).transpose(0, 2, 1)),
+            ),
+        )
 
     def flat(self, graph_name: str, names: list[str], dtype: DType) -> Weight:
         """The arrays named, flattened and concatenated in order into one 1-D weight: as float16
         copies for a float16 weight (only exact when `float16_exact`), quantized per output row
         for an int8 one; a name "W.int8_scales" is linear weight W's int8 scales."""
+
         def part(name: str) -> np.ndarray:
             if name.endswith(".int8_scales"):
                 return self._int8(name.removesuffix(".int8_scales"))[1]
             return {DType.float16: self._float16, DType.int8: lambda n: self._int8(n)[0]}.get(
-                dtype, self.arrays.__getitem__)(name)
+                dtype, self.arrays.__getitem__
+            )(name)
+
         parts = [part(n) for n in names]  # cached: quantizing or copying each once
-        return self._weight(graph_name, dtype, (sum(p.size for p in parts),),
-                            lambda: np.concatenate([p.ravel() for p in parts]).astype(dtype.to_numpy()))
+        return self._weight(
+            graph_name,
+            dtype,
+            (sum(p.size for p in parts),),
+            lambda: np.concatenate([p.ravel() for p in parts]).astype(dtype.to_numpy()),
+        )
 
     def float16_exact(self, prefix: str) -> bool:
         """Whether every value of the arrays named `prefix...` is a float16 number (Whisper's
         published weights are). The float16 copies it makes are the ones `registry()` gives."""
-        return all(np.array_equal(self._float16(name), array)
-                   for name, array in self.arrays.items() if name.startswith(prefix))
+        return all(
+            np.array_equal(self._float16(name), array) for name, array in self.arrays.items() if name.startswith(prefix)
+        )
 
     def _float16(self, name: str) -> np.ndarray:
         if ("float16", name) not in self.copies:
@@ -158,9 +199,11 @@ class WeightBank:
             array = fill()
             shape = tuple(int(d) for d in weight.shape)
             if array.dtype != weight.dtype.to_numpy() or array.shape != shape or not array.flags.c_contiguous:
-                raise ValueError(f"weight {name}: the array is {array.dtype} {array.shape}"
-                                 f"{'' if array.flags.c_contiguous else ', not C-contiguous'}; "
-                                 f"the graph's Weight is {weight.dtype} {shape}")
+                raise ValueError(
+                    f"weight {name}: the array is {array.dtype} {array.shape}"
+                    f"{'' if array.flags.c_contiguous else ', not C-contiguous'}; "
+                    f"the graph's Weight is {weight.dtype} {shape}"
+                )
             arrays[name] = array
         return arrays
 
@@ -188,6 +231,7 @@ def linear(w: WeightBank, prefix: str, gelu: bool = False) -> ResidualLinear:
         y = ops.matmul(x, weight) + bias
         y = ops.gelu(y) if gelu else y
         return residual + y if residual is not None else y
+
     return apply
 
 
@@ -205,6 +249,7 @@ def linear_few_rows(w: WeightBank, prefix: str) -> Linear:
         y = ops.transpose(ops.matmul(weight, ops.transpose(ops.reshape(x, [-1, d_in]), 0, 1)), 0, 1)
         y = ops.reshape(y, [*lead, weight.shape[0]])
         return y + b if b is not None else y
+
     return apply
 
 
@@ -243,44 +288,68 @@ def _few_row_kernel(w: WeightBank, prefix: str, op: str, weight: list) -> Linear
 
 def _row_kernel(op: str, inputs: list, d_out: int) -> Linear:
     """x [..., d_in] -> op(x's rows, *inputs) [..., d_out]: the rows flattened for the kernel and back."""
+
     def apply(x: TensorValue) -> TensorValue:
         *lead, d_in = x.shape
         flat = ops.reshape(x, [-1, d_in])
         out = TensorType(DType.float32, [flat.shape[0], d_out], device=x.device)
         y = ops.custom(op, x.device, [flat, *inputs], [out])[0].tensor
         return ops.reshape(y, [*lead, d_out])
+
     return apply
 
 
-def packed_linear(w: WeightBank, prefix: str, gelu: bool = False,
-                  tile: tuple[int, int] = MACHINE_TILE) -> ResidualLinear:
+def packed_linear(
+    w: WeightBank, prefix: str, gelu: bool = False, tile: tuple[int, int] = MACHINE_TILE
+) -> ResidualLinear:
     """`linear` as one CPU kernel (`kernels/linear.mojo`) for many rows (the encoder's 1500),
     GELU and residual included: the weight [K, N] is held as 16-column panels. float32.
     `tile` (rows, panels) replaces the register tile the kernel picks for the machine's vectors."""
-    return _packed_kernel(w, prefix, "packed_linear", [w.panels(f"{prefix}.weight_t")],
-                          {"gelu": gelu, "tile_rows": tile[0], "tile_panels": tile[1]})
+    return _packed_kernel(
+        w,
+        prefix,
+        "packed_linear",
+        [w.panels(f"{prefix}.weight_t")],
+        {"gelu": gelu, "tile_rows": tile[0], "tile_panels": tile[1]},
+    )
 
 
-def packed_linear_int8(w: WeightBank, prefix: str, gelu: bool = False, tile: tuple[int, int] = MACHINE_TILE,
-                       emulate: bool = False, amx: bool = False) -> ResidualLinear:
+def packed_linear_int8(
+    w: WeightBank,
+    prefix: str,
+    gelu: bool = False,
+    tile: tuple[int, int] = MACHINE_TILE,
+    emulate: bool = False,
+    amx: bool = False,
+) -> ResidualLinear:
     """`packed_linear` in int8 (`kernels/linear_int8.mojo`): the weight quantized per column at load
     (`WeightBank.int8_panels`), x per row in the kernel, exact int32 sums with the machine's byte
     dot products. `emulate` runs the instructions of a CPU without VNNI, `amx` AMX tiles where the
     kernels compile for them (the caller has `cpu_features.amx_permitted`): the same numbers."""
     name = f"{prefix}.weight_t" if f"{prefix}.weight_t" in w.arrays else f"{prefix}.weight"  # the decoder's: W
-    return _packed_kernel(w, prefix, "packed_linear_int8", list(w.int8_panels(name)),
-                          {"gelu": gelu, "tile_rows": tile[0], "tile_panels": tile[1], "emulate": emulate,
-                           "amx": amx})
+    return _packed_kernel(
+        w,
+        prefix,
+        "packed_linear_int8",
+        list(w.int8_panels(name)),
+        {"gelu": gelu, "tile_rows": tile[0], "tile_panels": tile[1], "emulate": emulate, "amx": amx},
+    )
 
 
-def packed_linear_bf16(w: WeightBank, prefix: str, gelu: bool = False,
-                       tile: tuple[int, int] = MACHINE_TILE) -> ResidualLinear:
+def packed_linear_bf16(
+    w: WeightBank, prefix: str, gelu: bool = False, tile: tuple[int, int] = MACHINE_TILE
+) -> ResidualLinear:
     """`packed_linear` in bfloat16 (`kernels/linear_bf16.mojo`, AVX512_BF16 only): the weight rounded
     to bfloat16 at load (`WeightBank.bf16_panels`), x per row in the kernel, float32 sums of the
     exact products by `vdpbf16ps`."""
     name = f"{prefix}.weight_t" if f"{prefix}.weight_t" in w.arrays else f"{prefix}.weight"  # the decoder's: W
-    return _packed_kernel(w, prefix, "packed_linear_bf16", [w.bf16_panels(name)],
-                          {"gelu": gelu, "tile_rows": tile[0], "tile_panels": tile[1]})
+    return _packed_kernel(
+        w,
+        prefix,
+        "packed_linear_bf16",
+        [w.bf16_panels(name)],
+        {"gelu": gelu, "tile_rows": tile[0], "tile_panels": tile[1]},
+    )
 
 
 def _packed_kernel(w: WeightBank, prefix: str, op: str, weight: list, parameters: dict) -> ResidualLinear:
@@ -296,6 +365,7 @@ def _packed_kernel(w: WeightBank, prefix: str, op: str, weight: list, parameters
         out = TensorType(DType.float32, [flat.shape[0], bias.shape[0]], device=x.device)
         y = ops.custom(op, x.device, [flat, *weight, bias, add], [out], parameters=parameters)[0].tensor
         return ops.reshape(y, [*lead, bias.shape[0]])
+
     return apply
 
 
@@ -310,8 +380,12 @@ def few_row_linear_fits(d_in: int) -> bool:
 
 
 def layer_norm(w: WeightBank, prefix: str, x: TensorValue) -> TensorValue:
-    out = ops.layer_norm(x.cast(DType.float32), w(f"{prefix}.weight").cast(DType.float32),
-                         w(f"{prefix}.bias").cast(DType.float32), epsilon=LN_EPS)
+    out = ops.layer_norm(
+        x.cast(DType.float32),
+        w(f"{prefix}.weight").cast(DType.float32),
+        w(f"{prefix}.bias").cast(DType.float32),
+        epsilon=LN_EPS,
+    )
     return out.cast(x.dtype)
 
 
@@ -404,8 +478,9 @@ def attend_few_rows(scores: TensorValue, v_t: TensorValue, mask: TensorValue | N
     return ops.transpose(ops.matmul(_widened(v_t), ops.transpose(p, -1, -2)), -1, -2).cast(v_t.dtype)
 
 
-def encoder_attention(qkv: TensorValue, n_head: int, tile: tuple[int, int] = MACHINE_TILE,
-                      bf16: bool = False, amx: bool = False) -> TensorValue:
+def encoder_attention(
+    qkv: TensorValue, n_head: int, tile: tuple[int, int] = MACHINE_TILE, bf16: bool = False, amx: bool = False
+) -> TensorValue:
     """`attention` of every head as one CPU kernel (`kernels/encoder_attention.mojo`), straight
     from the fused qkv linear: qkv float32 [B, T, 3d] -> [B, T, d] (heads merged, as
     `merge_heads` gives them); no head split, key transpose or merge ops around it. `tile` as
@@ -424,16 +499,27 @@ def encoder_attention_fits(d: int, n_head: int) -> bool:
     return dh * n_head == d and dh % 16 == 0 and dh <= 128
 
 
-def cross_attention_int8(q: TensorValue, k: TensorValue, v_t: TensorValue, k_scales: TensorValue,
-                         v_scales: TensorValue, tile: tuple[int, int] = MACHINE_TILE) -> TensorValue:
+def cross_attention_int8(
+    q: TensorValue,
+    k: TensorValue,
+    v_t: TensorValue,
+    k_scales: TensorValue,
+    v_scales: TensorValue,
+    tile: tuple[int, int] = MACHINE_TILE,
+) -> TensorValue:
     """A prompt's cross-attention over int8 keys and values with their scales, as one CPU kernel
     (`kernels/cross_attention_int8.mojo`): q float32 [B, H, n, Dh], k int8 [B, H, T, Dh], v_t int8
     [B, H, Dh, T], k_scales and v_scales float32 [B, H, T] (`decoder.cross_layout`) -> float32
     [B, H, n, Dh]. The keys and values are widened as `decoder.float_cross` widens them; `tile` as
     `packed_linear`'s."""
     out = TensorType(DType.float32, q.shape, device=q.device)
-    return ops.custom("cross_attention_int8", q.device, [q, k, v_t, k_scales, v_scales], [out],
-                      parameters={"tile_rows": tile[0], "tile_panels": tile[1]})[0].tensor
+    return ops.custom(
+        "cross_attention_int8",
+        q.device,
+        [q, k, v_t, k_scales, v_scales],
+        [out],
+        parameters={"tile_rows": tile[0], "tile_panels": tile[1]},
+    )[0].tensor
 
 
 def few_row_attention(q: TensorValue, k: TensorValue, v_t: TensorValue, limit: TensorValue) -> TensorValue:
@@ -506,8 +592,14 @@ def conv_stem_kernel(w: WeightBank, mel: TensorValue) -> TensorValue:
     b, _, frames = mel.shape
     bias = w("encoder.conv1.bias")
     out = TensorType(DType.float32, [b, (frames + 1) // 2, bias.shape[0]], device=mel.device)
-    inputs = [mel, w.panels("encoder.conv1.weight_rscf"), bias, w.panels("encoder.conv2.weight_rscf"),
-              w("encoder.conv2.bias"), w("encoder.positional_embedding")]
+    inputs = [
+        mel,
+        w.panels("encoder.conv1.weight_rscf"),
+        bias,
+        w.panels("encoder.conv2.weight_rscf"),
+        w("encoder.conv2.bias"),
+        w("encoder.positional_embedding"),
+    ]
     return ops.custom("conv_stem", mel.device, inputs, [out])[0].tensor
 
 
@@ -524,8 +616,12 @@ def cross_layout_kernel(kv: TensorValue, layers: int, heads: int, int8: bool) ->
     dh = int(width) // (2 * layers * heads)
     dtype, dev = (DType.int8 if int8 else DType.float32), kv.device
     scales = [layers, b, heads, t] if int8 else [0, 0, 0, 0]
-    out = [TensorType(dtype, [layers, b, heads, t, dh], device=dev), TensorType(dtype, [layers, b, heads, dh, t], device=dev),
-           TensorType(DType.float32, scales, device=dev), TensorType(DType.float32, scales, device=dev)]
+    out = [
+        TensorType(dtype, [layers, b, heads, t, dh], device=dev),
+        TensorType(dtype, [layers, b, heads, dh, t], device=dev),
+        TensorType(DType.float32, scales, device=dev),
+        TensorType(DType.float32, scales, device=dev),
+    ]
     values = [v.tensor for v in ops.custom("cross_layout", dev, [kv], out)]
     return values if int8 else values[:2]
 
@@ -536,6 +632,11 @@ def conv1d(w: WeightBank, prefix: str, x: TensorValue, stride: int) -> TensorVal
     x [B, T, C_in] -> [B, T / stride, C_out]; `{prefix}.weight_rscf` is [1, 3, C_in, C_out].
     """
     b, t, c = x.shape
-    y = ops.conv2d(ops.reshape(x, [b, 1, t, c]), w(f"{prefix}.weight_rscf"), stride=(1, stride),
-                   padding=(0, 0, 1, 1), bias=w(f"{prefix}.bias"))
+    y = ops.conv2d(
+        ops.reshape(x, [b, 1, t, c]),
+        w(f"{prefix}.weight_rscf"),
+        stride=(1, stride),
+        padding=(0, 0, 1, 1),
+        bias=w(f"{prefix}.bias"),
+    )
     return ops.reshape(y, [b, y.shape[2], y.shape[3]])

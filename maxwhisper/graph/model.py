@@ -3,6 +3,7 @@
 `MaxWhisper` implements the `WhisperModel` protocol of `maxwhisper.decoding`: `encode()` returns
 features that stay on the device, `inference()` a decoder with its own KV cache buffers.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -28,11 +29,24 @@ from ..api import BackendError
 from ..checkpoint import Checkpoint, ModelDims
 from ..cpu_features import BF16_MISSING, amx_permitted, bf16_attention_pays, has_bf16
 from .compiled import artifact_paths, compile_graph, custom_ops_unchecked, gpu_arch
-from .decoder import (build_alignment_graph, build_batch_repeat_graph, build_cache_reorder_graph, build_decoder_graph,
-                      build_token_step_graph)
+from .decoder import (
+    build_alignment_graph,
+    build_batch_repeat_graph,
+    build_cache_reorder_graph,
+    build_decoder_graph,
+    build_token_step_graph,
+)
 from .encoder import build_encoder_graph
-from .inputs import (AlignmentInputs, BatchRepeatInputs, CacheReorderInputs, EncoderInputs, GraphInputs, StepInputs,
-                     TokenStepInputs, cache_shapes)
+from .inputs import (
+    AlignmentInputs,
+    BatchRepeatInputs,
+    CacheReorderInputs,
+    EncoderInputs,
+    GraphInputs,
+    StepInputs,
+    TokenStepInputs,
+    cache_shapes,
+)
 from .layers import WeightBank
 from .plan import ExecutionPlan, make_plan
 from .weights import graph_arrays
@@ -87,8 +101,14 @@ def first_graphs(plan: ExecutionPlan) -> tuple[str, ...]:
     return ("encoder", "token_step") if plan.token_step else ("encoder", "decoder_step")
 
 
-def build_graph(name: str, arrays: dict[str, np.ndarray], dims: ModelDims, plan: ExecutionPlan,
-                copies: dict | None = None, module: Module | None = None) -> tuple[Graph, dict[str, np.ndarray]]:
+def build_graph(
+    name: str,
+    arrays: dict[str, np.ndarray],
+    dims: ModelDims,
+    plan: ExecutionPlan,
+    copies: dict | None = None,
+    module: Module | None = None,
+) -> tuple[Graph, dict[str, np.ndarray]]:
     """Graph `name` (one of GRAPHS) under `plan`, and the weights registry that fills it (arrays
     from `weights.graph_arrays`; copies: float16, int8 and int4 copies shared between graphs;
     module: built into it, the encoder and step graphs only)."""
@@ -97,10 +117,12 @@ def build_graph(name: str, arrays: dict[str, np.ndarray], dims: ModelDims, plan:
     if name == "batch_repeat":
         return build_batch_repeat_graph(dims, plan.dtype, plan.device, plan.cross_int8), {}
     w = WeightBank(arrays, plan.dtype, plan.device, copies)
-    graph = {"encoder": lambda: build_encoder_graph(w, dims, plan, module),
-             "decoder_step": lambda: build_decoder_graph(w, dims, plan, module),
-             "token_step": lambda: build_token_step_graph(w, dims, plan, module),
-             "alignment": lambda: build_alignment_graph(w, dims, plan)}[name]()
+    graph = {
+        "encoder": lambda: build_encoder_graph(w, dims, plan, module),
+        "decoder_step": lambda: build_decoder_graph(w, dims, plan, module),
+        "token_step": lambda: build_token_step_graph(w, dims, plan, module),
+        "alignment": lambda: build_alignment_graph(w, dims, plan),
+    }[name]()
     return graph, w.registry()
 
 
@@ -124,7 +146,7 @@ def gpu_available() -> bool:
 
 
 def resolve_device(device: str) -> tuple[str, str | None]:
-    """"auto" -> ("gpu", None) when MAX can use a GPU, ("cpu", None) when there is none, and
+    """ "auto" -> ("gpu", None) when MAX can use a GPU, ("cpu", None) when there is none, and
     ("cpu", why not) when there is one MAX cannot use; "gpu" without a usable one is an error."""
     problem = gpu_status() if device in ("auto", "gpu") else None
     if device == "auto":
@@ -147,8 +169,9 @@ def cpu_device(threads: int | None = None) -> driver.CPU:
     wanted = len(allowed) if threads is None else min(threads, len(allowed))  # more threads than cores: every core
     if _cpu_threads:
         if threads is not None and wanted != _cpu_threads[0]:
-            raise BackendError(f"MAX already runs on {_cpu_threads[0]} CPU threads in this process; "
-                               f"it cannot change to {threads}")
+            raise BackendError(
+                f"MAX already runs on {_cpu_threads[0]} CPU threads in this process; it cannot change to {threads}"
+            )
         return driver.CPU()
     if wanted == len(allowed):
         device = driver.CPU()
@@ -167,10 +190,14 @@ def check_precision(device: str, precision: str, kernels: bool = True) -> None:
     """A BackendError when MAX cannot run `precision` on `device` ("cpu" or "gpu"), before anything loads."""
     supported = {"cpu": ("fp32", "int8", "bf16") if kernels else ("fp32", "fp16"), "gpu": ("fp32", "fp16")}[device]
     if precision not in supported:
-        described = "fp32, int8, bf16 (fp16 only with --no-kernels, to test the GPU's graphs: slow)" if kernels \
-            and device == "cpu" else ", ".join(supported)
-        raise BackendError(f"MAX on {device}{'' if kernels else ' without kernels'} supports precision "
-                           f"{described}, not {precision}")
+        described = (
+            "fp32, int8, bf16 (fp16 only with --no-kernels, to test the GPU's graphs: slow)"
+            if kernels and device == "cpu"
+            else ", ".join(supported)
+        )
+        raise BackendError(
+            f"MAX on {device}{'' if kernels else ' without kernels'} supports precision {described}, not {precision}"
+        )
     if precision == "bf16" and not has_bf16():
         raise BackendError(BF16_MISSING)
 
@@ -191,8 +218,14 @@ class AudioFeatures:
 class MaxWhisper:
     """kernels=False runs the portable plan on the CPU: MAX's ops only, the graphs a GPU runs."""
 
-    def __init__(self, ckpt: Checkpoint, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
-                 kernels: bool = True):
+    def __init__(
+        self,
+        ckpt: Checkpoint,
+        device: str = "cpu",
+        precision: str = "fp32",
+        threads: int | None = None,
+        kernels: bool = True,
+    ):
         check_precision(device, precision, kernels)
         self.dims: ModelDims = ckpt.dims
         self.is_multilingual, self.num_languages = ckpt.is_multilingual, ckpt.num_languages
@@ -204,9 +237,15 @@ class MaxWhisper:
         self.arrays = graph_arrays(ckpt.state, ckpt.dims)
         self.copies: dict = {}  # float16, int8 and int4 copies of the weights, made once for every graph
         cpu_int8 = device == "cpu" and precision == "int8"  # only int8 asks for the AMX tiles' state
-        self.plan = make_plan(WeightBank(self.arrays, self.dtype, self.device_ref, self.copies), self.dims, kernels,
-                              int8=precision == "int8", bf16=precision == "bf16",
-                              cpu_bf16=cpu_int8 and bf16_attention_pays(), amx=cpu_int8 and amx_permitted())
+        self.plan = make_plan(
+            WeightBank(self.arrays, self.dtype, self.device_ref, self.copies),
+            self.dims,
+            kernels,
+            int8=precision == "int8",
+            bf16=precision == "bf16",
+            cpu_bf16=cpu_int8 and bf16_attention_pays(),
+            amx=cpu_int8 and amx_permitted(),
+        )
         start = time.perf_counter()
         self.session = InferenceSession(devices=[self.device])
         names = first_graphs(self.plan)
@@ -329,6 +368,7 @@ class MaxWhisper:
             module = Module() if len(names) > 1 else None
             graphs = [self.build(name, module)[0] for name in names]
             return module or graphs[0]
+
         registry = {key: array for _, weights in built for key, array in weights.items()}
         models = self._loaded(checked, registry, self.artifacts([graph for graph, _ in built]))
         return [models[graph.name] for graph, _ in built]
@@ -338,9 +378,14 @@ class MaxWhisper:
         paths = self.artifacts(graph)
         if not paths[0].exists():
             arch = gpu_arch(self.device)
-            logger.warning("MAX compiles %s %s for this GPU (%s): no prebuilt graph in the cache; "
-                           "`maxwhisper warm --device gpu --arch %s` builds them ahead on any machine",
-                           name, self.precision, arch, arch)
+            logger.warning(
+                "MAX compiles %s %s for this GPU (%s): no prebuilt graph in the cache; "
+                "`maxwhisper warm --device gpu --arch %s` builds them ahead on any machine",
+                name,
+                self.precision,
+                arch,
+                arch,
+            )
         return self._loaded(graph, registry, paths)[graph.name]
 
     def lazy_graph(self, name: str):
@@ -383,7 +428,9 @@ class MaxWhisper:
         mask = np.triu(np.full((n, n), -np.inf, np.float32), 1)
         if features.n_audio != 1:
             raise ValueError("alignment takes the features of one window")
-        inputs = AlignmentInputs(self.to_device(np.asarray(tokens, np.int64)[None]), self.to_device(mask), features.cross)
+        inputs = AlignmentInputs(
+            self.to_device(np.asarray(tokens, np.int64)[None]), self.to_device(mask), features.cross
+        )
         logits, scores = self.run(self.lazy_graph("alignment"), *inputs.flat())
         return self.to_numpy(logits)[0], self.to_numpy(scores)[:, 0]
 
@@ -404,8 +451,11 @@ class MaxInference:
 
     def _setup(self, batch: int, features: AudioFeatures):
         d = self.model.dims
-        self.cache = tuple(self.model.to_device(np.zeros(shape, self.np_dtype))
-                           for _ in range(d.n_text_layer) for shape in cache_shapes(d, batch))
+        self.cache = tuple(
+            self.model.to_device(np.zeros(shape, self.np_dtype))
+            for _ in range(d.n_text_layer)
+            for shape in cache_shapes(d, batch)
+        )
         self.cross = self._cross_for(batch, features)
 
     def _cross_for(self, batch: int, features: AudioFeatures) -> tuple[driver.Buffer, ...]:
@@ -414,8 +464,11 @@ class MaxInference:
         if batch == features.n_audio:
             return features.cross
         index = np.repeat(np.arange(features.n_audio), batch // features.n_audio)
-        return tuple(self._call(self.model.lazy_graph("batch_repeat"),
-                                BatchRepeatInputs(index, features.features, features.cross))[1:])
+        return tuple(
+            self._call(
+                self.model.lazy_graph("batch_repeat"), BatchRepeatInputs(index, features.features, features.cross)
+            )[1:]
+        )
 
     def _call(self, graph, inputs: GraphInputs) -> list[driver.Buffer]:
         """`graph` run on `inputs`, numpy arrays among them copied to the device."""
@@ -429,8 +482,11 @@ class MaxInference:
     def leaves_rows_out(self, tokens: np.ndarray, positions: Sequence[int]) -> bool:
         """Whether the next call on `tokens` is a one-token step on the token step graph, which
         can leave rows out."""
-        return (self.model.token_step is not None and tokens.shape[1] == self.cached + 1
-                and [p % tokens.shape[1] for p in positions] == [self.cached])
+        return (
+            self.model.token_step is not None
+            and tokens.shape[1] == self.cached + 1
+            and [p % tokens.shape[1] for p in positions] == [self.cached]
+        )
 
     def _choice_arrays(self, k: int, choice: Choice | None) -> tuple[np.ndarray, np.ndarray]:
         """A step graph's suppress [k, n_vocab] and timestamp_begin [k]; without a choice zeros and -1s."""
@@ -438,15 +494,21 @@ class MaxInference:
             return np.zeros((k, self.model.dims.n_vocab), np.float32), np.full(k, -1, np.int64)
         return choice[0], np.full(k, choice[1], np.int64)
 
-    def _step(self, tokens: np.ndarray, audio_features: AudioFeatures, positions: Sequence[int],
-              choice: Choice | None, rows: np.ndarray | None = None) -> list[driver.Buffer]:
+    def _step(
+        self,
+        tokens: np.ndarray,
+        audio_features: AudioFeatures,
+        positions: Sequence[int],
+        choice: Choice | None,
+        rows: np.ndarray | None = None,
+    ) -> list[driver.Buffer]:
         """One call of the step graph on tokens[:, cached:]; returns its outputs. rows: the rows
         that step, ascending (None: all); the others sit it out (one new token per row only), and
         are not to step again: their cache stops where it was."""
         if self.cache is None:
             self._setup(tokens.shape[0], audio_features)
         n_total = tokens.shape[1]
-        new = tokens[:, self.cached:]
+        new = tokens[:, self.cached :]
         n = new.shape[1]
         index = np.array([p % n_total - self.cached for p in positions], np.int64)
         if n == 0 or index.min() < 0:
@@ -454,8 +516,7 @@ class MaxInference:
         m = self.model
         if rows is not None and not self.leaves_rows_out(tokens, positions):
             raise ValueError("only one-token steps on the token step graph leave rows out")
-        if rows is None and self.cached == 0 and n <= PROMPT_TOKEN_STEPS and m.plan.token_step \
-                and index[-1] == n - 1:
+        if rows is None and self.cached == 0 and n <= PROMPT_TOKEN_STEPS and m.plan.token_step and index[-1] == n - 1:
             outputs = self._prompt_by_token_steps(new, index, choice)
         elif self.leaves_rows_out(tokens, positions):
             # one new token per sequence, all at the same position, each its own logits; rows
@@ -466,25 +527,52 @@ class MaxInference:
                 rows = np.arange(batch, dtype=np.int64)
             else:
                 at[np.setdiff1d(np.arange(batch), rows)] = -1
-            outputs = self._token_step(new.astype(np.int64), at, np.asarray(rows, np.int64),
-                                       *self._choice_arrays(len(rows), choice))
+            outputs = self._token_step(
+                new.astype(np.int64), at, np.asarray(rows, np.int64), *self._choice_arrays(len(rows), choice)
+            )
         else:
             pos = np.arange(self.cached, n_total, dtype=np.int64)
             mask = np.where(np.arange(m.dims.n_text_ctx)[None, :] <= pos[:, None], 0.0, -np.inf).astype(np.float32)
             suppress, timestamp_begin = self._choice_arrays(tokens.shape[0], choice)
-            outputs = self._call(m.decoder, StepInputs(
-                tokens=new.astype(np.int64), positions=pos,
-                offset=driver.Buffer.from_numpy(np.array(self.cached, np.int64)),  # stays on the host
-                mask=mask, logit_index=index, suppress=suppress, timestamp_begin=timestamp_begin,
-                cross=self.cross, caches=self.cache))
+            outputs = self._call(
+                m.decoder,
+                StepInputs(
+                    tokens=new.astype(np.int64),
+                    positions=pos,
+                    offset=driver.Buffer.from_numpy(np.array(self.cached, np.int64)),  # stays on the host
+                    mask=mask,
+                    logit_index=index,
+                    suppress=suppress,
+                    timestamp_begin=timestamp_begin,
+                    cross=self.cross,
+                    caches=self.cache,
+                ),
+            )
         self.cached = n_total
         return outputs
 
-    def _token_step(self, tokens: np.ndarray, positions: np.ndarray, rows: np.ndarray, suppress: np.ndarray,
-                    timestamp_begin: np.ndarray) -> list[driver.Buffer]:
+    def _token_step(
+        self,
+        tokens: np.ndarray,
+        positions: np.ndarray,
+        rows: np.ndarray,
+        suppress: np.ndarray,
+        timestamp_begin: np.ndarray,
+    ) -> list[driver.Buffer]:
         """One call of the token step graph (`inputs.TokenStepInputs`)."""
-        return self._call(self.model.token_step, TokenStepInputs(
-            tokens, positions, self._cross_keys(len(tokens)), rows, suppress, timestamp_begin, self.cross, self.cache))
+        return self._call(
+            self.model.token_step,
+            TokenStepInputs(
+                tokens,
+                positions,
+                self._cross_keys(len(tokens)),
+                rows,
+                suppress,
+                timestamp_begin,
+                self.cross,
+                self.cache,
+            ),
+        )
 
     def _prompt_by_token_steps(self, new: np.ndarray, index: np.ndarray, choice: Choice | None) -> list[driver.Buffer]:
         """The step graph's outputs for a short prompt new [B, n] at the cache's start, from n
@@ -494,8 +582,12 @@ class MaxInference:
         rows = np.arange(batch, dtype=np.int64)
         logits = {}
         for j in range(n):
-            outputs = self._token_step(new[:, j:j + 1].astype(np.int64), np.full(batch, j, np.int64), rows,
-                                       *self._choice_arrays(batch, choice if j == n - 1 else None))
+            outputs = self._token_step(
+                new[:, j : j + 1].astype(np.int64),
+                np.full(batch, j, np.int64),
+                rows,
+                *self._choice_arrays(batch, choice if j == n - 1 else None),
+            )
             if j in index:
                 logits[j] = self.model.to_numpy(outputs[0])
         return [driver.Buffer.from_numpy(np.concatenate([logits[j] for j in index.tolist()], axis=1)), *outputs[1:]]
@@ -506,8 +598,10 @@ class MaxInference:
 
     def rearrange_kv_cache(self, source_indices: Sequence[int]) -> None:
         if self.cache is not None and list(source_indices) != list(range(len(source_indices))):
-            self._call(self.model.lazy_graph("cache_reorder"),
-                       CacheReorderInputs(np.asarray(source_indices, np.int64), self.cache))
+            self._call(
+                self.model.lazy_graph("cache_reorder"),
+                CacheReorderInputs(np.asarray(source_indices, np.int64), self.cache),
+            )
 
     def rewind(self, n: int) -> None:
         """Positions from n on are written again by the next calls (attention reads only those
@@ -521,19 +615,42 @@ class MaxInference:
 class MaxChoosingInference(MaxInference):
     """The step graph also picks the greedy token (`decoding.ChoosingInference`)."""
 
-    def logits_and_choice(self, tokens: np.ndarray, audio_features: AudioFeatures, positions: Sequence[int],
-                          suppress: np.ndarray, timestamp_begin: int, rows: np.ndarray | None = None,
-                          logits_wanted: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    def logits_and_choice(
+        self,
+        tokens: np.ndarray,
+        audio_features: AudioFeatures,
+        positions: Sequence[int],
+        suppress: np.ndarray,
+        timestamp_begin: int,
+        rows: np.ndarray | None = None,
+        logits_wanted: bool = True,
+    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         if rows is not None and not self.leaves_rows_out(tokens, positions):
-            return every_row_then_some(self.logits_and_choice, tokens, audio_features, positions, suppress,
-                                       timestamp_begin, rows, logits_wanted)
+            return every_row_then_some(
+                self.logits_and_choice,
+                tokens,
+                audio_features,
+                positions,
+                suppress,
+                timestamp_begin,
+                rows,
+                logits_wanted,
+            )
         logits, token, logprob = self._step(tokens, audio_features, positions, (suppress, timestamp_begin), rows)[:3]
         m = self.model
         return m.to_numpy(logits) if logits_wanted else None, m.to_numpy(token), m.to_numpy(logprob)
 
 
-def every_row_then_some(logits_and_choice, tokens: np.ndarray, audio_features, positions: Sequence[int],
-                        suppress: np.ndarray, timestamp_begin: int, rows: np.ndarray, logits_wanted: bool = True):
+def every_row_then_some(
+    logits_and_choice,
+    tokens: np.ndarray,
+    audio_features,
+    positions: Sequence[int],
+    suppress: np.ndarray,
+    timestamp_begin: int,
+    rows: np.ndarray,
+    logits_wanted: bool = True,
+):
     """`ChoosingInference.logits_and_choice` for `rows` only, by one that steps every row: the
     others' suppress rows zeros, their results dropped."""
     full = np.zeros((len(tokens), suppress.shape[1]), suppress.dtype)

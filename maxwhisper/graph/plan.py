@@ -15,6 +15,7 @@ Both plans' step graphs pick the greedy token. A prompt's call passes the KV cac
 as a host-resident scalar, as slice bounds must be on a GPU; the portable token step graph reads
 nothing on the host, so that a GPU can capture it (`decoder.portable_token_layers`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,9 +24,18 @@ from max.dtype import DType
 from max.graph import DeviceRef
 
 from ..checkpoint import ModelDims
-from .layers import (WeightBank, conv_stem_kernel_fits, encoder_attention_fits, few_row_attention_fits,
-                     few_row_linear_fits, greedy_choice, greedy_choice_ops, layer_norm, layer_norm_kernel,
-                     packed_linear_fits)
+from .layers import (
+    WeightBank,
+    conv_stem_kernel_fits,
+    encoder_attention_fits,
+    few_row_attention_fits,
+    few_row_linear_fits,
+    greedy_choice,
+    greedy_choice_ops,
+    layer_norm,
+    layer_norm_kernel,
+    packed_linear_fits,
+)
 
 
 @dataclass(frozen=True)
@@ -74,11 +84,15 @@ class ExecutionPlan:
         weights = "int8" if self.int8 else "float16-stored"
         packed = "int8 " if self.int8 else "bf16 " if self.bf16 else ""
         attention = "bf16 encoder attention" if self.encoder_attention_bf16 else "encoder attention"
-        parts = {"layer norms": self.layer_norm_kernel, "conv stem": self.conv_stem_kernel,
-                 f"{packed}encoder linears": self.encoder_linear_kernel, attention: self.encoder_attention_kernel,
-                 "step attention and token choice": self.step_kernels,
-                 f"{weights} step linears": self.step_linears_kernel,
-                 "one-token step graph": self.token_step and self.step_kernels}
+        parts = {
+            "layer norms": self.layer_norm_kernel,
+            "conv stem": self.conv_stem_kernel,
+            f"{packed}encoder linears": self.encoder_linear_kernel,
+            attention: self.encoder_attention_kernel,
+            "step attention and token choice": self.step_kernels,
+            f"{weights} step linears": self.step_linears_kernel,
+            "one-token step graph": self.token_step and self.step_kernels,
+        }
         kernels = ", ".join(name for name, used in parts.items() if used) or "none"
         kernels += "; AMX tiles" if self.amx_tiles else ""
         device = "cpu" if self.device.is_cpu() else "gpu"
@@ -87,8 +101,15 @@ class ExecutionPlan:
         return f"{self.name} ({device}, {reduced}{self.dtype.name}); Mojo kernels: {kernels}"
 
 
-def make_plan(w: WeightBank, dims: ModelDims, kernels: bool = True, int8: bool = False,
-              bf16: bool = False, cpu_bf16: bool = False, amx: bool = False) -> ExecutionPlan:
+def make_plan(
+    w: WeightBank,
+    dims: ModelDims,
+    kernels: bool = True,
+    int8: bool = False,
+    bf16: bool = False,
+    cpu_bf16: bool = False,
+    amx: bool = False,
+) -> ExecutionPlan:
     """The plan for a model whose weights `w` holds (on w.device, in w.dtype). kernels=False, or any
     device but the CPU, or a dtype but float32, gives the portable plan. int8: the CPU kernels'
     plan with int8 weights, its encoder attention in bfloat16 where `cpu_bf16` (the caller's check:
@@ -116,7 +137,9 @@ def make_plan(w: WeightBank, dims: ModelDims, kernels: bool = True, int8: bool =
     attention = encoder_linear and encoder_attention_fits(d_audio, dims.n_audio_head)
     token_step = step_linears and d_text <= 1280 and head_dim % 8 == 0 and dims.n_audio_ctx <= 2048
     return ExecutionPlan(
-        name="cpu-kernels", device=w.device, dtype=w.dtype,
+        name="cpu-kernels",
+        device=w.device,
+        dtype=w.dtype,
         encoder_linear_kernel=encoder_linear,
         encoder_attention_kernel=attention,
         step_kernels=step,

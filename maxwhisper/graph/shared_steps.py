@@ -5,6 +5,7 @@ in one call of the token step graph over a shared KV cache, each row at its own 
 decoding stays on its own rows, and a row's arithmetic is the one-row path's, so a transcription's
 tokens do not depend on what it shared with. The rules: docs/design.md#decoding-requests-together.
 """
+
 from __future__ import annotations
 
 import threading
@@ -67,8 +68,9 @@ class SharedEncoder:
         first = 0
         for job in batch:
             index = self.net.to_device(np.arange(first, first + len(job.mel), dtype=np.int64))
-            repeated, *cross = self.net.run(self.net.lazy_graph("batch_repeat"), index, features.features,
-                                            *features.cross)
+            repeated, *cross = self.net.run(
+                self.net.lazy_graph("batch_repeat"), index, features.features, *features.cross
+            )
             job.features = AudioFeatures(repeated, tuple(cross))
             job.done = True
             first += len(job.mel)
@@ -113,8 +115,9 @@ class SharedSteps:
         layout = [(DType.float32, shape) for _ in range(d.n_text_layer) for shape in cache_shapes(d, rows)]
         cross = cross_layout(d, DType.float32, rows, d.n_audio_ctx, net.plan.cross_int8)
         self._n_cross = len(cross)
-        self._buffers = [driver.Buffer(shape=shape, dtype=dtype, device=driver.CPU())
-                         for dtype, shape in layout + cross]
+        self._buffers = [
+            driver.Buffer(shape=shape, dtype=dtype, device=driver.CPU()) for dtype, shape in layout + cross
+        ]
         self._views = [b.to_numpy() for b in self._buffers]  # the same memory: rows are copied in with numpy
         for view in self._views:
             view.fill(0)
@@ -159,8 +162,9 @@ class SharedSteps:
             self._members.append(member)
         return member
 
-    def step(self, member: _Member, tokens: np.ndarray, suppress: np.ndarray,
-             timestamp_begin: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def step(
+        self, member: _Member, tokens: np.ndarray, suppress: np.ndarray, timestamp_begin: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The member's next tokens: tokens int64 [b, n] (n = member.cached + 1), suppress float32
         [b, n_vocab] -> (logits float32 [b, 1, n_vocab], tokens int64 [b], log probabilities [b])."""
         if tokens.shape != (len(member.rows), member.cached + 1):
@@ -199,11 +203,23 @@ class SharedSteps:
         suppress = np.concatenate([m.request[1] for m in members])[order]
         timestamp_begin = np.concatenate([[m.request[2]] * len(m.rows) for m in members]).astype(np.int64)[order]
         net = self.net
-        inputs = TokenStepInputs(tokens, positions, keys, rows[order], suppress, timestamp_begin,
-                                 cross=tuple(self._buffers[-self._n_cross:]), caches=tuple(self._buffers[:-self._n_cross]))
+        inputs = TokenStepInputs(
+            tokens,
+            positions,
+            keys,
+            rows[order],
+            suppress,
+            timestamp_begin,
+            cross=tuple(self._buffers[-self._n_cross :]),
+            caches=tuple(self._buffers[: -self._n_cross]),
+        )
         try:
-            logits, chosen, logprobs = (o.to_numpy() for o in net.run(
-                net.token_step, *(a if isinstance(a, driver.Buffer) else net.to_device(a) for a in inputs.flat()))[:3])
+            logits, chosen, logprobs = (
+                o.to_numpy()
+                for o in net.run(
+                    net.token_step, *(a if isinstance(a, driver.Buffer) else net.to_device(a) for a in inputs.flat())
+                )[:3]
+            )
         except BaseException as e:  # noqa: BLE001 - every member of the step sees it
             for m in members:
                 m.request, m.error = None, e
@@ -215,7 +231,7 @@ class SharedSteps:
         where[order] = np.arange(len(order))  # position of each member row in the sorted output
         first = 0
         for m in members:
-            mine = where[first:first + len(m.rows)]
+            mine = where[first : first + len(m.rows)]
             m.result, m.request = (logits[mine], chosen[mine], logprobs[mine]), None
             first += len(m.rows)
         self._cond.notify_all()
@@ -236,17 +252,27 @@ class SharedInference:
     def logits(self, tokens: np.ndarray, audio_features: AudioFeatures, positions: Sequence[int] = (-1,)) -> np.ndarray:
         return self.private.logits(tokens, audio_features, positions)
 
-    def logits_and_choice(self, tokens, audio_features, positions, suppress, timestamp_begin, rows=None,
-                          logits_wanted=True):
+    def logits_and_choice(
+        self, tokens, audio_features, positions, suppress, timestamp_begin, rows=None, logits_wanted=True
+    ):
         if rows is not None:  # rows that have ended step on here (a shared step's member keeps its rows)
-            return every_row_then_some(self.logits_and_choice, tokens, audio_features, positions, suppress,
-                                       timestamp_begin, rows, logits_wanted)
+            return every_row_then_some(
+                self.logits_and_choice,
+                tokens,
+                audio_features,
+                positions,
+                suppress,
+                timestamp_begin,
+                rows,
+                logits_wanted,
+            )
         if not self.placed and self.private.cache is not None:  # a draft's check ran: its steps follow
             self._place()
         if self.member is not None:
             return self.steps.step(self.member, tokens, suppress, timestamp_begin)
-        out = self.private.logits_and_choice(tokens, audio_features, positions, suppress, timestamp_begin,
-                                             logits_wanted=logits_wanted)
+        out = self.private.logits_and_choice(
+            tokens, audio_features, positions, suppress, timestamp_begin, logits_wanted=logits_wanted
+        )
         if not self.placed:  # the prompt ran
             self._place()
         return out

@@ -7,6 +7,7 @@ so it loads there in milliseconds instead of compiling for minutes. One process 
 architecture (the setting is global), so `maxwhisper.gpu_compile` runs one child process per
 architecture.
 """
+
 from __future__ import annotations
 
 import time
@@ -51,5 +52,12 @@ def compile_for(arch: str, ckpt: Checkpoint, precisions: list[str], graphs: list
                         raise OSError("compiled, but its artifact could not be written to the cache")
             except Exception as e:  # noqa: BLE001 - a failure is the result being reported
                 error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-            yield {"graph": name, "precision": precision, "arch": arch, "ok": error is None, "kept": kept,
-                   "seconds": round(time.perf_counter() - start, 1), "error": error}
+            yield {
+                "graph": name,
+                "precision": precision,
+                "arch": arch,
+                "ok": error is None,
+                "kept": kept,
+                "seconds": round(time.perf_counter() - start, 1),
+                "error": error,
+            }

@@ -1,5 +1,6 @@
 """openai-whisper state dict -> the arrays the MAX graphs take: explicit renames, fusions and
 transposes, with a strict check that every parameter is used exactly once."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,8 +33,11 @@ def graph_arrays(state: dict[str, np.ndarray], dims: ModelDims) -> dict[str, np.
             out[f"{dst}.weight_t"] = w.T
         if bias:
             out[f"{dst}.bias"] = np.concatenate(
-                [take(f"{s}.bias") if not s.endswith(".key") else np.zeros(w.shape[0], np.float32)
-                 for s, w in zip(srcs, ws)])
+                [
+                    take(f"{s}.bias") if not s.endswith(".key") else np.zeros(w.shape[0], np.float32)
+                    for s, w in zip(srcs, ws)
+                ]
+            )
 
     def copy(name: str, dst: str | None = None):
         out[dst or name] = take(name)
@@ -62,8 +66,10 @@ def graph_arrays(state: dict[str, np.ndarray], dims: ModelDims) -> dict[str, np.
     copy("decoder.positional_embedding")
     for i in range(dims.n_text_layer):
         block(f"decoder.blocks.{i}", cross=True)
-    linear("decoder.cross_kv", *(f"decoder.blocks.{i}.cross_attn.{kv}" for i in range(dims.n_text_layer)
-                                 for kv in ("key", "value")))
+    linear(
+        "decoder.cross_kv",
+        *(f"decoder.blocks.{i}.cross_attn.{kv}" for i in range(dims.n_text_layer) for kv in ("key", "value")),
+    )
     copy("decoder.ln.weight"), copy("decoder.ln.bias")
 
     if unused := sorted(set(state) - used):

@@ -7,6 +7,7 @@ service cannot honour is refused with an `EventError` naming it, except two that
 the transcript and that clients send by default: noise reduction and `include` values other than
 `WORDS` are accepted and shown as off in the effective configuration the server sends back.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,9 @@ WORDS = "item.input_audio_transcription.words"
 class EventError(Exception):
     """A client event this session cannot take: sent back as an `error` event, the socket stays open."""
 
-    def __init__(self, message: str, param: str | None = None, code: str = "invalid_value",
-                 type: str = "invalid_request_error"):
+    def __init__(
+        self, message: str, param: str | None = None, code: str = "invalid_value", type: str = "invalid_request_error"
+    ):
         super().__init__(message)
         self.message, self.param, self.code, self.type = message, param, code, type
 
@@ -62,7 +64,7 @@ def quoted(value: Any) -> str:
     if isinstance(value, (list, dict)):
         return "a list" if isinstance(value, list) else "an object"
     text = repr(value[:QUOTED_CHARS] if isinstance(value, str) else value)
-    return text if len(text) <= QUOTED_CHARS else text[:QUOTED_CHARS - 3] + "..."
+    return text if len(text) <= QUOTED_CHARS else text[: QUOTED_CHARS - 3] + "..."
 
 
 def new_id(prefix: str) -> str:
@@ -74,8 +76,16 @@ def server_event(type: str, **fields) -> dict:
 
 
 def error_event(error: EventError, client_event_id: str | None = None) -> dict:
-    return server_event("error", error={"type": error.type, "code": error.code, "message": error.message,
-                                        "param": error.param, "event_id": client_event_id})
+    return server_event(
+        "error",
+        error={
+            "type": error.type,
+            "code": error.code,
+            "message": error.message,
+            "param": error.param,
+            "event_id": client_event_id,
+        },
+    )
 
 
 def parse_update(event: dict, config: SessionConfig, known_model) -> SessionConfig:
@@ -90,8 +100,10 @@ def parse_update(event: dict, config: SessionConfig, known_model) -> SessionConf
 
 def _parse_ga(session: dict, config: SessionConfig, known_model) -> SessionConfig:
     if session.get("type", "transcription") != "transcription":
-        raise EventError("this endpoint transcribes only: session.type must be 'transcription' "
-                         "(connect with ?intent=transcription)", "session.type")
+        raise EventError(
+            "this endpoint transcribes only: session.type must be 'transcription' (connect with ?intent=transcription)",
+            "session.type",
+        )
     _known(session, {"type", "audio", "include", "id", "object"}, "session")
     audio = _object(session.get("audio", {}), "session.audio")
     _known(audio, {"input"}, "session.audio")
@@ -100,12 +112,15 @@ def _parse_ga(session: dict, config: SessionConfig, known_model) -> SessionConfi
     if "format" in given:
         fmt = _object(given["format"], "session.audio.input.format")
         if fmt.get("type", "audio/pcm") != "audio/pcm":
-            raise EventError(f"unsupported audio format {quoted(fmt.get('type'))}: send 'audio/pcm' (16-bit mono)",
-                             "session.audio.input.format.type")
+            raise EventError(
+                f"unsupported audio format {quoted(fmt.get('type'))}: send 'audio/pcm' (16-bit mono)",
+                "session.audio.input.format.type",
+            )
         rate = fmt.get("rate", config.rate)
         if rate not in RATES:
-            raise EventError(f"unsupported rate {quoted(rate)}: send PCM at 24000 or 16000 Hz",
-                             "session.audio.input.format.rate")
+            raise EventError(
+                f"unsupported rate {quoted(rate)}: send PCM at 24000 or 16000 Hz", "session.audio.input.format.rate"
+            )
         config = replace(config, rate=rate)
     config = _transcription(given, "transcription", "session.audio.input.transcription", config, known_model)
     config = _turn_detection(given, "session.audio.input.turn_detection", config)
@@ -113,16 +128,32 @@ def _parse_ga(session: dict, config: SessionConfig, known_model) -> SessionConfi
 
 
 def _parse_beta(session: dict, config: SessionConfig, known_model) -> SessionConfig:
-    _known(session, {"input_audio_format", "input_audio_transcription", "turn_detection",
-                     "input_audio_noise_reduction", "include", "modalities", "client_secret", "id", "object"},
-           "session")
+    _known(
+        session,
+        {
+            "input_audio_format",
+            "input_audio_transcription",
+            "turn_detection",
+            "input_audio_noise_reduction",
+            "include",
+            "modalities",
+            "client_secret",
+            "id",
+            "object",
+        },
+        "session",
+    )
     if "input_audio_format" in session:
         if session["input_audio_format"] != "pcm16":
-            raise EventError(f"unsupported input_audio_format {quoted(session['input_audio_format'])}: send 'pcm16' "
-                             "(16-bit mono at 24 kHz)", "session.input_audio_format")
+            raise EventError(
+                f"unsupported input_audio_format {quoted(session['input_audio_format'])}: send 'pcm16' "
+                "(16-bit mono at 24 kHz)",
+                "session.input_audio_format",
+            )
         config = replace(config, rate=24000)
-    config = _transcription(session, "input_audio_transcription", "session.input_audio_transcription", config,
-                            known_model)
+    config = _transcription(
+        session, "input_audio_transcription", "session.input_audio_transcription", config, known_model
+    )
     config = _turn_detection(session, "session.turn_detection", config)
     return _include(session, config)
 
@@ -146,8 +177,9 @@ def _transcription(holder: dict, key: str, param: str, config: SessionConfig, kn
     try:
         language = DecodeOptions(language=language or None).language
     except OptionError:
-        raise EventError(f"unknown language {quoted(language)}; use a code such as en, de or fr",
-                         f"{param}.language") from None
+        raise EventError(
+            f"unknown language {quoted(language)}; use a code such as en, de or fr", f"{param}.language"
+        ) from None
     return replace(config, model=model, prompt=prompt, language=language)
 
 
@@ -161,10 +193,23 @@ def _turn_detection(holder: dict, param: str, config: SessionConfig) -> SessionC
     given = _object(given, param)
     kind = given.get("type", "server_vad")
     if kind != "server_vad":
-        raise EventError(f"turn detection {quoted(kind)} is not supported: use 'server_vad', or null to commit "
-                         "yourself", f"{param}.type")
-    _known(given, {"type", "threshold", "prefix_padding_ms", "silence_duration_ms", "create_response",
-                   "interrupt_response", "idle_timeout_ms"}, param)
+        raise EventError(
+            f"turn detection {quoted(kind)} is not supported: use 'server_vad', or null to commit yourself",
+            f"{param}.type",
+        )
+    _known(
+        given,
+        {
+            "type",
+            "threshold",
+            "prefix_padding_ms",
+            "silence_duration_ms",
+            "create_response",
+            "interrupt_response",
+            "idle_timeout_ms",
+        },
+        param,
+    )
     vad = config.turn_detection or ServerVad()
     threshold = given.get("threshold", vad.threshold)
     if not _number(threshold) or not 0 <= threshold <= 1:
@@ -192,19 +237,43 @@ def _include(session: dict, config: SessionConfig) -> SessionConfig:
 def render_session(config: SessionConfig, session_id: str, beta: bool) -> dict:
     """The effective configuration as `session.created/updated` (beta: `transcription_session.*`) carry it."""
     vad = config.turn_detection
-    turn_detection = None if vad is None else {"type": "server_vad", "threshold": vad.threshold,
-                                               "prefix_padding_ms": vad.prefix_padding_ms,
-                                               "silence_duration_ms": vad.silence_duration_ms}
+    turn_detection = (
+        None
+        if vad is None
+        else {
+            "type": "server_vad",
+            "threshold": vad.threshold,
+            "prefix_padding_ms": vad.prefix_padding_ms,
+            "silence_duration_ms": vad.silence_duration_ms,
+        }
+    )
     transcription = {"model": config.model, "prompt": config.prompt or "", "language": config.language}
     include = [WORDS] if config.words else []
     if beta:
-        return {"id": session_id, "object": "realtime.transcription_session", "input_audio_format": "pcm16",
-                "input_audio_transcription": transcription, "turn_detection": turn_detection,
-                "input_audio_noise_reduction": None, "include": include, "modalities": ["text"]}
-    return {"type": "transcription", "id": session_id, "object": "realtime.transcription_session",
-            "audio": {"input": {"format": {"type": "audio/pcm", "rate": config.rate}, "transcription": transcription,
-                                "turn_detection": turn_detection, "noise_reduction": None}},
-            "include": include}
+        return {
+            "id": session_id,
+            "object": "realtime.transcription_session",
+            "input_audio_format": "pcm16",
+            "input_audio_transcription": transcription,
+            "turn_detection": turn_detection,
+            "input_audio_noise_reduction": None,
+            "include": include,
+            "modalities": ["text"],
+        }
+    return {
+        "type": "transcription",
+        "id": session_id,
+        "object": "realtime.transcription_session",
+        "audio": {
+            "input": {
+                "format": {"type": "audio/pcm", "rate": config.rate},
+                "transcription": transcription,
+                "turn_detection": turn_detection,
+                "noise_reduction": None,
+            }
+        },
+        "include": include,
+    }
 
 
 def _object(value: Any, param: str) -> dict:
@@ -217,8 +286,9 @@ def _known(given: dict, fields: set[str], param: str) -> None:
     unknown = sorted(set(given) - fields)
     if unknown:
         shown = ", ".join(quoted(name) for name in unknown[:MOST_NAMED]) + (", ..." if unknown[MOST_NAMED:] else "")
-        raise EventError(f"unknown field(s) in {param}: {shown}", f"{param}.{unknown[0][:QUOTED_CHARS]}",
-                         code="unknown_parameter")
+        raise EventError(
+            f"unknown field(s) in {param}: {shown}", f"{param}.{unknown[0][:QUOTED_CHARS]}", code="unknown_parameter"
+        )
 
 
 def _number(value: Any) -> bool:

@@ -14,6 +14,7 @@ commits, errors: never a transcription); `work` runs the transcription, from one
 with the session's limits. No network or Ray here: the transcriber is any `api.Transcriber`, a
 local model or the service's model deployment.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,8 +32,18 @@ import numpy as np
 from ..api import SAMPLE_RATE, MaxWhisperError, Transcriber
 from ..audio import StreamResampler
 from ..streaming import PROMPT_CHARS, Streamer, StreamWord
-from .protocol import (DEFAULT_MODEL, QUOTED_CHARS, EventError, SessionConfig, error_event, new_id, parse_update,
-                       quoted, render_session, server_event)
+from .protocol import (
+    DEFAULT_MODEL,
+    QUOTED_CHARS,
+    EventError,
+    SessionConfig,
+    error_event,
+    new_id,
+    parse_update,
+    quoted,
+    render_session,
+    server_event,
+)
 from .vad import FRAME, TurnDetector
 
 log = logging.getLogger("maxwhisper.realtime")
@@ -42,8 +53,13 @@ FIRST_UPDATE_S = 1.5  # audio a turn waits for before its first: a first word he
 MIN_COMMIT_S = 0.1  # a commit of less audio is refused, as OpenAI refuses it
 MAX_APPEND_BYTES = 15 * 2**20  # OpenAI's limit on one append's audio
 MAX_MESSAGE_BYTES = 32 * 2**20  # a client message: room for an append past MAX_APPEND_BYTES, refused by an event
-CLIENT_EVENTS = ("session.update", "transcription_session.update", "input_audio_buffer.append",
-                 "input_audio_buffer.commit", "input_audio_buffer.clear")
+CLIENT_EVENTS = (
+    "session.update",
+    "transcription_session.update",
+    "input_audio_buffer.append",
+    "input_audio_buffer.commit",
+    "input_audio_buffer.clear",
+)
 
 
 @dataclass(frozen=True)
@@ -80,8 +96,13 @@ class RealtimeSession:
     may ask for, or raises EventError (an unknown model); `beta`: the client speaks the earlier
     `transcription_session.*` shape (OpenAI-Beta: realtime=v1)."""
 
-    def __init__(self, transcriber_for: Callable[[str], Transcriber], beta: bool = False, limits: Limits = Limits(),
-                 config: SessionConfig = SessionConfig()):
+    def __init__(
+        self,
+        transcriber_for: Callable[[str], Transcriber],
+        beta: bool = False,
+        limits: Limits = Limits(),
+        config: SessionConfig = SessionConfig(),
+    ):
         self.transcriber_for, self.beta, self.limits = transcriber_for, beta, limits
         transcriber_for(config.model)
         self.config = config
@@ -98,8 +119,10 @@ class RealtimeSession:
         self._context = ""  # the completed turns' text, the next turn's prompt after the client's
 
     def created(self) -> dict:
-        return server_event("transcription_session.created" if self.beta else "session.created",
-                            session=render_session(self.config, self.id, self.beta))
+        return server_event(
+            "transcription_session.created" if self.beta else "session.created",
+            session=render_session(self.config, self.id, self.beta),
+        )
 
     def receive(self, message: str | bytes) -> list[dict]:
         """The events that answer one client event: an error event for a bad one, whatever it holds."""
@@ -114,22 +137,37 @@ class RealtimeSession:
         client_id = event.get("event_id")[:QUOTED_CHARS] if isinstance(event.get("event_id"), str) else None
         if not isinstance(event.get("type"), str):
             return [error_event(EventError("an event needs a 'type'", "type", "missing_required_parameter"), client_id)]
-        handler = {"session.update": self._update, "transcription_session.update": self._update,
-                   "input_audio_buffer.append": self._append, "input_audio_buffer.commit": self._commit,
-                   "input_audio_buffer.clear": self._clear}.get(event["type"])
+        handler = {
+            "session.update": self._update,
+            "transcription_session.update": self._update,
+            "input_audio_buffer.append": self._append,
+            "input_audio_buffer.commit": self._commit,
+            "input_audio_buffer.clear": self._clear,
+        }.get(event["type"])
         try:
             if handler is None:
-                raise EventError(f"unsupported event type {quoted(event['type'])} on a transcription session; "
-                                 f"supported: {', '.join(CLIENT_EVENTS)}", "type")
+                raise EventError(
+                    f"unsupported event type {quoted(event['type'])} on a transcription session; "
+                    f"supported: {', '.join(CLIENT_EVENTS)}",
+                    "type",
+                )
             with self._lock:
                 return handler(event)
         except EventError as e:
             return [error_event(e, client_id)]
         except Exception:  # noqa: BLE001 - logged; the client gets an error event and the session goes on
             log.exception("a realtime event could not be handled")
-            return [error_event(EventError(f"the event {event['type'][:QUOTED_CHARS]} could not be handled; the "
-                                           "service's log has the details", code="event_failed", type="server_error"),
-                                client_id)]
+            return [
+                error_event(
+                    EventError(
+                        f"the event {event['type'][:QUOTED_CHARS]} could not be handled; the "
+                        "service's log has the details",
+                        code="event_failed",
+                        type="server_error",
+                    ),
+                    client_id,
+                )
+            ]
 
     def busy(self) -> bool:
         """Whether a turn is still to be transcribed or completed: the client may be waiting for it."""
@@ -166,18 +204,33 @@ class RealtimeSession:
                         send(deltas)
             if closed and not turn.failed:
                 events += self._delta(turn, turn.streamer.finish().committed)
-                events.append(server_event("conversation.item.input_audio_transcription.completed",
-                                           item_id=turn.item_id, content_index=0, transcript=turn.text,
-                                           usage={"type": "duration", "seconds": (turn.end - turn.start) / SAMPLE_RATE}))
+                events.append(
+                    server_event(
+                        "conversation.item.input_audio_transcription.completed",
+                        item_id=turn.item_id,
+                        content_index=0,
+                        transcript=turn.text,
+                        usage={"type": "duration", "seconds": (turn.end - turn.start) / SAMPLE_RATE},
+                    )
+                )
         except Exception as e:  # noqa: BLE001 - the turn fails, the session goes on
             if isinstance(e, MaxWhisperError):
                 error = {"type": "invalid_request_error", "code": "transcription_failed", "message": str(e)}
             else:
                 log.exception("a realtime transcription failed")
-                error = {"type": "server_error", "code": "transcription_failed",
-                         "message": f"the transcription failed ({type(e).__name__}); the service's log has the details"}
-            events = [server_event("conversation.item.input_audio_transcription.failed", item_id=turn.item_id,
-                                   content_index=0, error={**error, "param": None})]
+                error = {
+                    "type": "server_error",
+                    "code": "transcription_failed",
+                    "message": f"the transcription failed ({type(e).__name__}); the service's log has the details",
+                }
+            events = [
+                server_event(
+                    "conversation.item.input_audio_transcription.failed",
+                    item_id=turn.item_id,
+                    content_index=0,
+                    error={**error, "param": None},
+                )
+            ]
             turn.failed = True
         with self._lock:
             if turn.cancelled:
@@ -203,14 +256,19 @@ class RealtimeSession:
             self._detector.configure(config.turn_detection)
         self.config = config
         beta = event["type"] == "transcription_session.update"
-        return [server_event("transcription_session.updated" if beta else "session.updated",
-                             session=render_session(config, self.id, beta))]
+        return [
+            server_event(
+                "transcription_session.updated" if beta else "session.updated",
+                session=render_session(config, self.id, beta),
+            )
+        ]
 
     def _append(self, event: dict) -> list[dict]:
         audio = event.get("audio")
         if not isinstance(audio, str):
-            raise EventError("input_audio_buffer.append needs 'audio': base64 PCM16 samples", "audio",
-                             "missing_required_parameter")
+            raise EventError(
+                "input_audio_buffer.append needs 'audio': base64 PCM16 samples", "audio", "missing_required_parameter"
+            )
         if len(audio) > MAX_APPEND_BYTES * 4 // 3 + 4:
             raise EventError(f"one append holds at most {MAX_APPEND_BYTES // 2**20} MiB of audio", "audio")
         try:
@@ -224,9 +282,12 @@ class RealtimeSession:
         events = self._route(samples)
         backlog = sum(t.pending_samples for t in self._turns) / SAMPLE_RATE
         if backlog > self.limits.max_backlog_s and self.closed is None:
-            self.closed = EventError(f"the transcription fell {backlog:.0f} s behind the audio (more than "
-                                     f"{self.limits.max_backlog_s:g} s): the session is closed", code="session_behind",
-                                     type="server_error")
+            self.closed = EventError(
+                f"the transcription fell {backlog:.0f} s behind the audio (more than "
+                f"{self.limits.max_backlog_s:g} s): the session is closed",
+                code="session_behind",
+                type="server_error",
+            )
             events.append(error_event(self.closed))
         return events
 
@@ -243,29 +304,40 @@ class RealtimeSession:
             turn = self._open_turn()
             if kind == "start":
                 turn = turn or self._start_turn(max(at, first))  # (a turn left open when VAD was turned on)
-                events.append(server_event("input_audio_buffer.speech_started", item_id=turn.item_id,
-                                           audio_start_ms=turn.start * 1000 // SAMPLE_RATE))
+                events.append(
+                    server_event(
+                        "input_audio_buffer.speech_started",
+                        item_id=turn.item_id,
+                        audio_start_ms=turn.start * 1000 // SAMPLE_RATE,
+                    )
+                )
             elif turn is not None:
-                self._give(turn, self._kept[turn.end - first:at - first])
-                events.append(server_event("input_audio_buffer.speech_stopped", item_id=turn.item_id,
-                                           audio_end_ms=at * 1000 // SAMPLE_RATE))
+                self._give(turn, self._kept[turn.end - first : at - first])
+                events.append(
+                    server_event(
+                        "input_audio_buffer.speech_stopped", item_id=turn.item_id, audio_end_ms=at * 1000 // SAMPLE_RATE
+                    )
+                )
                 events += self._close(turn)
         turn = self._open_turn()
         if turn is not None and self._detector.in_speech:
-            self._give(turn, self._kept[turn.end - first:])
+            self._give(turn, self._kept[turn.end - first :])
             self._kept = self._kept[:0]
         else:
-            self._kept = self._kept[-(round(self.config.turn_detection.prefix_padding_ms * SAMPLE_RATE / 1000)
-                                      + 2 * FRAME):]
+            self._kept = self._kept[
+                -(round(self.config.turn_detection.prefix_padding_ms * SAMPLE_RATE / 1000) + 2 * FRAME) :
+            ]
         return events
 
     def _commit(self, event: dict) -> list[dict]:
         turn = self._open_turn()
         if turn is None or turn.end - turn.start < MIN_COMMIT_S * SAMPLE_RATE:
             heard = 0 if turn is None else (turn.end - turn.start) * 1000 // SAMPLE_RATE
-            raise EventError(f"Error committing input audio buffer: buffer too small. Expected at least "
-                             f"{MIN_COMMIT_S * 1000:.0f}ms of audio, but buffer only has {heard}ms of audio.",
-                             code="input_audio_buffer_commit_empty")
+            raise EventError(
+                f"Error committing input audio buffer: buffer too small. Expected at least "
+                f"{MIN_COMMIT_S * 1000:.0f}ms of audio, but buffer only has {heard}ms of audio.",
+                code="input_audio_buffer_commit_empty",
+            )
         if self._detector is not None:
             self._detector.reset()
             self._kept = self._kept[:0]
@@ -305,8 +377,7 @@ class RealtimeSession:
 
     def _close(self, turn: _Turn) -> list[dict]:
         turn.closed = True
-        event = server_event("input_audio_buffer.committed", item_id=turn.item_id,
-                             previous_item_id=self._previous_item)
+        event = server_event("input_audio_buffer.committed", item_id=turn.item_id, previous_item_id=self._previous_item)
         self._previous_item = turn.item_id
         return [event]
 
@@ -320,12 +391,22 @@ class RealtimeSession:
         if self.config.words:
             to_ms = lambda t: round(turn.start * 1000 / SAMPLE_RATE + t * 1000)  # noqa: E731
             extra["words"] = [{"word": w.text, "start_ms": to_ms(w.start), "end_ms": to_ms(w.end)} for w in words]
-        return [server_event("conversation.item.input_audio_transcription.delta", item_id=turn.item_id,
-                             content_index=0, delta=text, **extra)]
+        return [
+            server_event(
+                "conversation.item.input_audio_transcription.delta",
+                item_id=turn.item_id,
+                content_index=0,
+                delta=text,
+                **extra,
+            )
+        ]
 
 
-async def run_session(session: RealtimeSession, receive: Callable[[], Awaitable[str | bytes | None]],
-                      send: Callable[[dict], Awaitable[None]]) -> str:
+async def run_session(
+    session: RealtimeSession,
+    receive: Callable[[], Awaitable[str | bytes | None]],
+    send: Callable[[dict], Awaitable[None]],
+) -> str:
     """Serve `session` until the client leaves (`receive` gives None) or a limit ends it (an error event
     is sent first): the client's events are answered as they come, the transcription runs in a thread
     of the session's own. Returns why it ended: "closed", "idle", "expired" or "behind"."""
@@ -362,10 +443,22 @@ async def run_session(session: RealtimeSession, receive: Callable[[], Awaitable[
                 expired = limits.max_session_s - (loop.time() - started) <= 0
                 if not expired and session.busy():
                     continue  # not idle while its audio is being transcribed
-                message = (f"the session reached its limit of {limits.max_session_s:g} s" if expired else
-                           f"no event for {limits.idle_s:g} s: the session is closed")
-                await say([error_event(EventError(message, code="session_expired" if expired else "session_idle",
-                                                  type="invalid_request_error"))])
+                message = (
+                    f"the session reached its limit of {limits.max_session_s:g} s"
+                    if expired
+                    else f"no event for {limits.idle_s:g} s: the session is closed"
+                )
+                await say(
+                    [
+                        error_event(
+                            EventError(
+                                message,
+                                code="session_expired" if expired else "session_idle",
+                                type="invalid_request_error",
+                            )
+                        )
+                    ]
+                )
                 return "expired" if expired else "idle"
             message = incoming.result()
             if message is None:

@@ -8,6 +8,7 @@ hold a turn open through the noise and its transcript back until the session end
 5 ms of one core per second of audio, and decides within one 32 ms frame; the stream's updates
 never wait for it (docs/service.md, Realtime transcription).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,7 +40,8 @@ class SpeechProbability:
             return np.zeros(0, np.float32)
         before = np.concatenate([self._context[None], frames[:-1, -CONTEXT:]])
         out, self._h, self._c = self._session.run(
-            None, {"input": np.concatenate([before, frames], axis=1), "h": self._h, "c": self._c})
+            None, {"input": np.concatenate([before, frames], axis=1), "h": self._h, "c": self._c}
+        )
         self._context = frames[-1, -CONTEXT:].copy()
         return out.reshape(-1)
 

@@ -16,6 +16,7 @@ way) and answers CORS for the origins allowed. No Ray, no FastAPI.
 - Origin: a browser's request from a page of another origin is refused unless that origin is in
   `cors_origins` ("*": any), which then get CORS headers; none by default.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,7 +44,7 @@ def hostname(host: str) -> str:
     """The name in a Host header, without its port and IPv6 brackets, lower case."""
     host = host.strip().lower()
     if host.startswith("["):
-        return host[1:host.find("]")] if "]" in host else host
+        return host[1 : host.find("]")] if "]" in host else host
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
@@ -67,8 +68,13 @@ class AccessPolicy:
     cors_origins: tuple[str, ...] = ()
 
     @classmethod
-    def create(cls, bind_host: str, keys: Iterable[str] = (), allowed_hosts: Iterable[str] = (),
-               cors_origins: Iterable[str] = ()) -> "AccessPolicy":
+    def create(
+        cls,
+        bind_host: str,
+        keys: Iterable[str] = (),
+        allowed_hosts: Iterable[str] = (),
+        cors_origins: Iterable[str] = (),
+    ) -> "AccessPolicy":
         """The policy of a service listening on `bind_host`: on a loopback or one given address, the
         Host must name it or the loopback, with `allowed_hosts` beside them; on every interface
         (0.0.0.0, ::), any Host unless `allowed_hosts` are given."""
@@ -77,9 +83,11 @@ class AccessPolicy:
             hosts = (*given, *LOOPBACK_NAMES) if given else None
         else:
             hosts = (hostname(bind_host), *LOOPBACK_NAMES, *given)
-        return cls(key_digests=tuple(dict.fromkeys(_digest(k) for k in keys)),
-                   allowed_hosts=tuple(dict.fromkeys(hosts)) if hosts is not None else None,
-                   cors_origins=tuple(dict.fromkeys(o.strip().rstrip("/").lower() for o in cors_origins)))
+        return cls(
+            key_digests=tuple(dict.fromkeys(_digest(k) for k in keys)),
+            allowed_hosts=tuple(dict.fromkeys(hosts)) if hosts is not None else None,
+            cors_origins=tuple(dict.fromkeys(o.strip().rstrip("/").lower() for o in cors_origins)),
+        )
 
     @property
     def keyed(self) -> bool:
@@ -100,21 +108,33 @@ class AccessPolicy:
         names = [name.lower() for name, _ in scope.get("headers", [])]
         twice = next((name.decode("latin-1") for name in JUDGED_HEADERS if names.count(name) > 1), None)
         if twice is not None:  # which one to believe is the question a smuggled request raises: neither
-            return ApiError(400, f"the request has {names.count(twice.encode())} {twice} headers: send one",
-                            code="invalid_request")
+            return ApiError(
+                400, f"the request has {names.count(twice.encode())} {twice} headers: send one", code="invalid_request"
+            )
         host = headers.get("host", "")
         if self.allowed_hosts is not None and hostname(host) not in self.allowed_hosts:
-            return ApiError(403, f"this service does not answer to the host {hostname(host) or '(none)'!r}; it answers "
-                                 f"to {', '.join(self.allowed_hosts)} (--allowed-host adds a name)",
-                            code="host_not_allowed")
+            return ApiError(
+                403,
+                f"this service does not answer to the host {hostname(host) or '(none)'!r}; it answers "
+                f"to {', '.join(self.allowed_hosts)} (--allowed-host adds a name)",
+                code="host_not_allowed",
+            )
         origin = headers.get("origin")
         if origin is not None and not (_same_origin(origin, host) or self.cors_allows(origin)):
-            return ApiError(403, f"requests from pages of {origin} are not allowed here (--cors-origin allows an "
-                                 "origin)", code="origin_not_allowed")
-        if self.keyed and scope["path"].startswith(KEYED_PREFIX) and not _preflight(scope, headers) \
-                and not self.key_accepted(presented_key(scope, headers)):
-            return ApiError(401, "a valid API key is needed: send it as 'Authorization: Bearer KEY'",
-                            code="invalid_api_key")
+            return ApiError(
+                403,
+                f"requests from pages of {origin} are not allowed here (--cors-origin allows an origin)",
+                code="origin_not_allowed",
+            )
+        if (
+            self.keyed
+            and scope["path"].startswith(KEYED_PREFIX)
+            and not _preflight(scope, headers)
+            and not self.key_accepted(presented_key(scope, headers))
+        ):
+            return ApiError(
+                401, "a valid API key is needed: send it as 'Authorization: Bearer KEY'", code="invalid_api_key"
+            )
         return None
 
 
@@ -156,6 +176,7 @@ def guard(app, policy: AccessPolicy):
     """`app` behind `policy`: refused requests get OpenAI's error shape (a WebSocket handshake is
     closed with 1008, which the server answers 403); a CORS preflight from an allowed origin is
     answered here; the answers to an allowed cross-origin request carry its CORS headers."""
+
     async def guarded(scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
             return await app(scope, receive, send)
@@ -171,24 +192,43 @@ def guard(app, policy: AccessPolicy):
             return await app(scope, receive, send)
         cors = [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
         if _preflight(scope, headers):
-            return await _send_empty(send, 204, cors + [
-                (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
-                (b"access-control-allow-headers",
-                 headers.get("access-control-request-headers", "authorization, content-type").encode("latin-1")),
-                (b"access-control-max-age", str(CORS_MAX_AGE_S).encode())])
+            return await _send_empty(
+                send,
+                204,
+                cors
+                + [
+                    (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+                    (
+                        b"access-control-allow-headers",
+                        headers.get("access-control-request-headers", "authorization, content-type").encode("latin-1"),
+                    ),
+                    (b"access-control-max-age", str(CORS_MAX_AGE_S).encode()),
+                ],
+            )
 
         async def with_cors(message):
             if message["type"] == "http.response.start":
                 message = {**message, "headers": [*message.get("headers", []), *cors]}
             await send(message)
+
         return await app(scope, receive, with_cors)
+
     return guarded
 
 
 async def _send_json(send, status: int, body: dict, headers: list[tuple[bytes, bytes]]) -> None:
     content = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(content)).encode()), *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(content)).encode()),
+                *headers,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": content})
 
 

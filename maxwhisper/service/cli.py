@@ -5,6 +5,7 @@ whose own ports listen on the loopback only and whose workers run at --nice (def
 with --address it joins an existing Ray cluster and places its replicas there. It prints the URL,
 the deployments and their replicas, and what is still compiling; Ctrl-C shuts it down.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,6 +53,7 @@ def _positive(kind):
         if not (math.isfinite(value) and value > 0):
             raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
         return value
+
     return parse
 
 
@@ -69,57 +71,124 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..registry import BACKENDS, DEVICES, PRECISIONS
 
     p.epilog, p.formatter_class = EXAMPLE, argparse.RawDescriptionHelpFormatter
-    p.add_argument("--backend", default="max", help=f"comma-separated backends to serve ({', '.join(BACKENDS)}); "
-                                                     "the first is the default (default: max)")
-    p.add_argument("--model", default="tiny.en", help="comma-separated installed models; the first is what "
-                                                       "'whisper-1' means (default: tiny.en)")
+    p.add_argument(
+        "--backend",
+        default="max",
+        help=f"comma-separated backends to serve ({', '.join(BACKENDS)}); the first is the default (default: max)",
+    )
+    p.add_argument(
+        "--model",
+        default="tiny.en",
+        help="comma-separated installed models; the first is what 'whisper-1' means (default: tiny.en)",
+    )
     p.add_argument("--device", default="auto", choices=list(DEVICES), help="auto (default): the GPU when there is one")
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="default: fp32")
     p.add_argument("--replicas", type=_positive(int), default=1, help="replicas per model deployment (default 1)")
-    p.add_argument("--max-batch", type=_positive(int), default=8,
-                   help="requests a MAX replica decodes together (default 8; 1: one at a time)")
-    p.add_argument("--cpus-per-replica", type=_positive(float), default=1.0,
-                   help="CPUs Ray reserves per model replica (default 1; MAX uses every core of its machine)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
+    p.add_argument(
+        "--max-batch",
+        type=_positive(int),
+        default=8,
+        help="requests a MAX replica decodes together (default 8; 1: one at a time)",
+    )
+    p.add_argument(
+        "--cpus-per-replica",
+        type=_positive(float),
+        default=1.0,
+        help="CPUs Ray reserves per model replica (default 1; MAX uses every core of its machine)",
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)"
+    )
     p.add_argument("--port", type=_positive(int), default=8000, help="default 8000")
-    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
-                   help="a Ray cluster to join (e.g. auto or ray://head:10001); default: $RAY_ADDRESS where set, "
-                        "else a Ray instance of its own")
+    p.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS") or None,
+        help="a Ray cluster to join (e.g. auto or ray://head:10001); default: $RAY_ADDRESS where set, "
+        "else a Ray instance of its own",
+    )
     p.add_argument("--ui", action="store_true", help="also serve the Gradio app at /")
     p.add_argument("--max-seconds", type=_positive(float), default=600.0, help="longest audio accepted (default 600)")
-    p.add_argument("--max-upload-mb", type=_positive(float), default=25.0,
-                   help="largest upload (default 25, as OpenAI)")
-    p.add_argument("--max-uploads-mb", type=_positive(float), default=200.0,
-                   help="uploads held in memory at once, all requests together; past it a request gets 503 with "
-                        "Retry-After (default 200)")
-    p.add_argument("--request-timeout", type=_positive(float), default=600.0,
-                   help="seconds after which a request is answered 504 (default 600)")
-    p.add_argument("--header-timeout", type=_positive(float), default=20.0,
-                   help="seconds a request's line and headers may take to arrive, from the connection or the "
-                        "request's first byte; then 408 and the connection closes (default 20)")
-    p.add_argument("--body-timeout", type=_positive(float), default=30.0,
-                   help="seconds a request's body may pause; then 408 and the connection closes (default 30)")
-    p.add_argument("--max-connections-per-client", type=_count, default=64,
-                   help="connections open at once from one address, WebSockets included; more are answered 429 "
-                        "(default 64; 0: none, as behind a proxy, from whose address every connection comes)")
-    p.add_argument("--max-sessions", type=_positive(int), default=8,
-                   help="realtime transcription sessions (/v1/realtime) per model replica; more are refused "
-                        "(default 8)")
-    p.add_argument("--session-minutes", type=_positive(float), default=30.0,
-                   help="the longest a realtime session may last (default 30, as OpenAI's)")
-    p.add_argument("--api-key", action="append", default=[], metavar="KEY",
-                   help=f"a key clients must send (Authorization: Bearer KEY) on /v1; may be given again; also "
-                        f"${KEY_ENV} (several separated by commas) and --api-key-file. Default: none asked")
+    p.add_argument(
+        "--max-upload-mb", type=_positive(float), default=25.0, help="largest upload (default 25, as OpenAI)"
+    )
+    p.add_argument(
+        "--max-uploads-mb",
+        type=_positive(float),
+        default=200.0,
+        help="uploads held in memory at once, all requests together; past it a request gets 503 with "
+        "Retry-After (default 200)",
+    )
+    p.add_argument(
+        "--request-timeout",
+        type=_positive(float),
+        default=600.0,
+        help="seconds after which a request is answered 504 (default 600)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=_positive(float),
+        default=20.0,
+        help="seconds a request's line and headers may take to arrive, from the connection or the "
+        "request's first byte; then 408 and the connection closes (default 20)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=_positive(float),
+        default=30.0,
+        help="seconds a request's body may pause; then 408 and the connection closes (default 30)",
+    )
+    p.add_argument(
+        "--max-connections-per-client",
+        type=_count,
+        default=64,
+        help="connections open at once from one address, WebSockets included; more are answered 429 "
+        "(default 64; 0: none, as behind a proxy, from whose address every connection comes)",
+    )
+    p.add_argument(
+        "--max-sessions",
+        type=_positive(int),
+        default=8,
+        help="realtime transcription sessions (/v1/realtime) per model replica; more are refused (default 8)",
+    )
+    p.add_argument(
+        "--session-minutes",
+        type=_positive(float),
+        default=30.0,
+        help="the longest a realtime session may last (default 30, as OpenAI's)",
+    )
+    p.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help=f"a key clients must send (Authorization: Bearer KEY) on /v1; may be given again; also "
+        f"${KEY_ENV} (several separated by commas) and --api-key-file. Default: none asked",
+    )
     p.add_argument("--api-key-file", metavar="PATH", help="a file of API keys, one a line (# starts a comment)")
-    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
-                   help="a host name the service answers to besides the address it listens on and the loopback "
-                        "(a DNS rebinding guard); default: none, and with --host 0.0.0.0 any name")
-    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
-                   help="a web origin (https://app.example) whose pages may call the API; '*': any. Default: none")
-    p.add_argument("--nice", type=int, default=0, choices=range(0, 20), metavar="0-19",
-                   help="the niceness of a Ray instance of its own (Ray's default is 15, which yields to every "
-                        "other process); default 0: normal priority. A cluster's is set at its `ray start`")
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name the service answers to besides the address it listens on and the loopback "
+        "(a DNS rebinding guard); default: none, and with --host 0.0.0.0 any name",
+    )
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web origin (https://app.example) whose pages may call the API; '*': any. Default: none",
+    )
+    p.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        choices=range(0, 20),
+        metavar="0-19",
+        help="the niceness of a Ray instance of its own (Ray's default is 15, which yields to every "
+        "other process); default 0: normal priority. A cluster's is set at its `ray start`",
+    )
 
 
 def api_keys(args: argparse.Namespace) -> list[str]:
@@ -129,8 +198,9 @@ def api_keys(args: argparse.Namespace) -> list[str]:
         try:
             lines = Path(args.api_key_file).read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
-            raise MaxWhisperError(f"cannot read the API key file {args.api_key_file}: "
-                                  f"{getattr(e, 'strerror', None) or e}") from None
+            raise MaxWhisperError(
+                f"cannot read the API key file {args.api_key_file}: {getattr(e, 'strerror', None) or e}"
+            ) from None
         keys += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     keys = [k.strip() for k in keys]
     bad = [k for k in keys if not k or not k.isascii() or not k.isprintable() or " " in k or "," in k]
@@ -155,34 +225,57 @@ def config_of(args: argparse.Namespace, device: str):
     models = tuple(dict.fromkeys(m.strip() for m in args.model.split(",") if m.strip()))
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown or not backends:
-        raise MaxWhisperError(f"unknown backend(s) {', '.join(unknown) or '(none given)'}; "
-                              f"valid backends: {', '.join(BACKENDS)}")
+        raise MaxWhisperError(
+            f"unknown backend(s) {', '.join(unknown) or '(none given)'}; valid backends: {', '.join(BACKENDS)}"
+        )
     for b in backends:
         installed_backend(b)  # a missing one says which extra installs it
     installed = installed_models()
     absent = [m for m in models if m not in installed and not os.path.exists(m)]
     if absent or not models:
-        raise MaxWhisperError(f"model(s) {', '.join(absent) or '(none given)'} not installed; installed: "
-                              f"{', '.join(installed) or 'none'} (`python -m maxwhisper models` says how to add one)")
+        raise MaxWhisperError(
+            f"model(s) {', '.join(absent) or '(none given)'} not installed; installed: "
+            f"{', '.join(installed) or 'none'} (`python -m maxwhisper models` says how to add one)"
+        )
     for b in backends:
         if b == "max" and args.precision == "bf16" and device != "gpu" and not has_bf16():
             raise MaxWhisperError(BF16_MISSING)
         if args.precision not in BACKENDS[b].precisions.get("gpu" if device == "gpu" else "cpu", ()):
             raise MaxWhisperError(f"backend {b} has no precision {args.precision} on {device}")
-    access = AccessPolicy.create(args.host, keys=api_keys(args), allowed_hosts=args.allowed_host,
-                                 cors_origins=args.cors_origin)
+    access = AccessPolicy.create(
+        args.host, keys=api_keys(args), allowed_hosts=args.allowed_host, cors_origins=args.cors_origin
+    )
     if args.max_uploads_mb < args.max_upload_mb:
-        raise MaxWhisperError(f"--max-uploads-mb ({args.max_uploads_mb:g}) is less than one upload "
-                              f"(--max-upload-mb {args.max_upload_mb:g}): raise it")
-    http_limits = HttpLimits(header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
-                             connections_per_client=args.max_connections_per_client)
-    return ServiceConfig(backends=backends, models=models, device=device, precision=args.precision,
-                         replicas=args.replicas, max_batch=args.max_batch, cpus_per_replica=args.cpus_per_replica,
-                         max_seconds=args.max_seconds, max_upload_mb=args.max_upload_mb,
-                         max_uploads_mb=args.max_uploads_mb, http_limits=http_limits,
-                         request_timeout_s=args.request_timeout, ui=args.ui, host=args.host, port=args.port,
-                         access=access, loopback_ray=not args.address, max_sessions=args.max_sessions,
-                         session_limits=Limits(max_session_s=60 * args.session_minutes))
+        raise MaxWhisperError(
+            f"--max-uploads-mb ({args.max_uploads_mb:g}) is less than one upload "
+            f"(--max-upload-mb {args.max_upload_mb:g}): raise it"
+        )
+    http_limits = HttpLimits(
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        connections_per_client=args.max_connections_per_client,
+    )
+    return ServiceConfig(
+        backends=backends,
+        models=models,
+        device=device,
+        precision=args.precision,
+        replicas=args.replicas,
+        max_batch=args.max_batch,
+        cpus_per_replica=args.cpus_per_replica,
+        max_seconds=args.max_seconds,
+        max_upload_mb=args.max_upload_mb,
+        max_uploads_mb=args.max_uploads_mb,
+        http_limits=http_limits,
+        request_timeout_s=args.request_timeout,
+        ui=args.ui,
+        host=args.host,
+        port=args.port,
+        access=access,
+        loopback_ray=not args.address,
+        max_sessions=args.max_sessions,
+        session_limits=Limits(max_session_s=60 * args.session_minutes),
+    )
 
 
 def replicas_short_of(config, resources: dict[str, float]) -> str | None:
@@ -196,11 +289,14 @@ def replicas_short_of(config, resources: dict[str, float]) -> str | None:
         return None
     have = resources.get("CPU", 0.0)
     fit = math.floor(have / n * 10) / 10
-    return (f"{n} model replica(s) ({len(config.served.pairs)} deployment(s) x {config.replicas}) need "
-            + " and ".join(f"{amount:g} {kind}(s)" for kind, amount in short.items())
-            + ", and Ray has " + " and ".join(f"{resources.get(kind, 0.0):g}" for kind in short)
-            + ": serve fewer backends or models, or fewer --replicas"
-            + (f", or lower --cpus-per-replica (to {fit:g})" if "CPU" in short and fit > 0 else ""))
+    return (
+        f"{n} model replica(s) ({len(config.served.pairs)} deployment(s) x {config.replicas}) need "
+        + " and ".join(f"{amount:g} {kind}(s)" for kind, amount in short.items())
+        + ", and Ray has "
+        + " and ".join(f"{resources.get(kind, 0.0):g}" for kind in short)
+        + ": serve fewer backends or models, or fewer --replicas"
+        + (f", or lower --cpus-per-replica (to {fit:g})" if "CPU" in short and fit > 0 else "")
+    )
 
 
 def _device(requested: str, ray) -> str:
@@ -242,9 +338,14 @@ def main(args: argparse.Namespace) -> int:
     code = root and {"working_dir": str(root), "excludes": [".venv", ".git", "artifacts", "benchmarks", "tests"]}
     # "local": a Ray instance of its own, not the cluster the last `ray start` here recorded (bulk.job);
     # its workers at --nice, not Ray's default 15
-    ray.init(address=args.address or "local", include_dashboard=False, logging_level=logging.WARNING,
-             log_to_driver=False, runtime_env=code if args.address else None,
-             **({} if args.address else {"_system_config": {"worker_niceness": args.nice}}))
+    ray.init(
+        address=args.address or "local",
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+        runtime_env=code if args.address else None,
+        **({} if args.address else {"_system_config": {"worker_niceness": args.nice}}),
+    )
     try:
         config = config_of(args, _device(args.device, ray))
         short = replicas_short_of(config, ray.cluster_resources())
@@ -256,14 +357,25 @@ def main(args: argparse.Namespace) -> int:
         serve._run(application(config), name=APP_NAME, route_prefix=None, _blocking=False)
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
         url = f"http://{f'[{host}]' if ':' in host else host}:{args.port}"
-        print(f"MAX-Whisper service: {url}/v1 (OpenAI's audio API)"
-              + (f", the app at {url}/" if config.ui else "") + f"; API docs at {url}/docs", flush=True)
+        print(
+            f"MAX-Whisper service: {url}/v1 (OpenAI's audio API)"
+            + (f", the app at {url}/" if config.ui else "")
+            + f"; API docs at {url}/docs",
+            flush=True,
+        )
         keys = len(config.access.key_digests)
-        print(f"  {keys} API key(s) asked on /v1" + (" and by the app's login page" if config.ui else "")
-              if keys else "  no API key asked: anyone who reaches this address can use it", flush=True)
+        print(
+            f"  {keys} API key(s) asked on /v1" + (" and by the app's login page" if config.ui else "")
+            if keys
+            else "  no API key asked: anyone who reaches this address can use it",
+            flush=True,
+        )
         for backend, model in config.served.pairs:
-            print(f"  {config.deployment_name(backend, model)}: {config.replicas} replica(s), "
-                  f"{config.batch_of(backend)} request(s) at once each, {config.precision}", flush=True)
+            print(
+                f"  {config.deployment_name(backend, model)}: {config.replicas} replica(s), "
+                f"{config.batch_of(backend)} request(s) at once each, {config.precision}",
+                flush=True,
+            )
         _wait_until_ready(serve, APP_NAME, config, f"{url}/health")
         print("ready; Ctrl-C stops the service", flush=True)
         while True:
@@ -289,16 +401,22 @@ def _wait_until_ready(serve, app: str, config, health: str) -> None:
         status = serve.status().applications.get(app)
         deployments = status.deployments if status else {}
         waiting = [n for n in names if n not in deployments or not deployments[n].replica_states.get("RUNNING")]
-        failed = [n for n in ["ingress", *names]
-                  if n in deployments and deployments[n].status.value in ("UNHEALTHY", "DEPLOY_FAILED")]
+        failed = [
+            n
+            for n in ["ingress", *names]
+            if n in deployments and deployments[n].status.value in ("UNHEALTHY", "DEPLOY_FAILED")
+        ]
         if failed:
             raise MaxWhisperError(f"{', '.join(failed)} failed to start: {_last_line(deployments[failed[0]].message)}")
         if not waiting and _healthy(health):
             return
         if time.monotonic() - last >= 10:
             last = time.monotonic()
-            print(f"  loading {', '.join(waiting)} ({last - start:.0f} s; MAX compiles its graphs the first time, "
-                  "minutes on a few cores; requests get 503 until then)", flush=True)
+            print(
+                f"  loading {', '.join(waiting)} ({last - start:.0f} s; MAX compiles its graphs the first time, "
+                "minutes on a few cores; requests get 503 until then)",
+                flush=True,
+            )
         time.sleep(1)
 
 

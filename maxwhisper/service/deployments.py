@@ -10,6 +10,7 @@ never reaches a model; a model replica transcribes up to `max_batch` requests at
 decodes together (`graph.shared_steps`), and takes more as those finish. A request whose replica
 dies is given once more to a live replica or its replacement, within the request's timeout.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -87,8 +88,9 @@ class ModelServer:
     loads the model (Serve routes nothing to the replica before that ends, and the ingress answers
     503 while no replica is up); `transcribe` runs in a pool of `max_batch` threads."""
 
-    def __init__(self, backend: str, model: str, device: str, precision: str, max_batch: int,
-                 loopback_ray: bool = False):
+    def __init__(
+        self, backend: str, model: str, device: str, precision: str, max_batch: int, loopback_ray: bool = False
+    ):
         from ..registry import BACKENDS, create_warmed_up
 
         if loopback_ray:
@@ -96,8 +98,9 @@ class ModelServer:
         start = time.perf_counter()
         options = {"max_batch": max_batch} if BACKENDS[backend].decodes_together else {}
         # first-call costs stay out of the requests: the app's warm-up, and every graph a request may need
-        self.transcriber = create_warmed_up(backend, every_graph=True, model=model, device=device, precision=precision,
-                                            **options)
+        self.transcriber = create_warmed_up(
+            backend, every_graph=True, model=model, device=device, precision=precision, **options
+        )
         self.pool = ThreadPoolExecutor(max_batch, thread_name_prefix="transcribe")
         self.windows = 0  # realtime stream updates taken
         self.loaded_s = time.perf_counter() - start
@@ -140,18 +143,22 @@ class ModelServer:
         """Whether the transcriber hears a live stream's window in one pass (`api.WindowTranscriber`)."""
         return hasattr(self.transcriber, "transcribe_window")
 
-    async def transcribe_window(self, audio: np.ndarray, options: DecodeOptions, draft: tuple[int, ...],
-                                padding_s: float | None) -> tuple[TranscriptionResult, tuple[int, ...]] | ApiError:
+    async def transcribe_window(
+        self, audio: np.ndarray, options: DecodeOptions, draft: tuple[int, ...], padding_s: float | None
+    ) -> tuple[TranscriptionResult, tuple[int, ...]] | ApiError:
         """A realtime session's stream update (`api.WindowTranscriber.transcribe_window`), decoded with the
         replica's other requests and updates; an ApiError as `transcribe` returns one."""
         self.windows += 1
         return await asyncio.get_running_loop().run_in_executor(
-            self.pool, self._call, lambda: self.transcriber.transcribe_window(audio, options, draft, padding_s))
+            self.pool, self._call, lambda: self.transcriber.transcribe_window(audio, options, draft, padding_s)
+        )
 
-    def _transcribe(self, audio: np.ndarray, options: DecodeOptions, progress,
-                    on_segments=None) -> TranscriptionResult | ApiError:
-        return self._call(lambda: self.transcriber.transcribe(audio, options, progress=progress,
-                                                             on_segments=on_segments))
+    def _transcribe(
+        self, audio: np.ndarray, options: DecodeOptions, progress, on_segments=None
+    ) -> TranscriptionResult | ApiError:
+        return self._call(
+            lambda: self.transcriber.transcribe(audio, options, progress=progress, on_segments=on_segments)
+        )
 
     def _call(self, run):
         try:
@@ -160,8 +167,12 @@ class ModelServer:
             return ApiError(422, str(e), code="unprocessable_request")
         except Exception as e:  # noqa: BLE001 - logged here; the client gets a message without internals
             log.exception("transcription failed")
-            return ApiError(500, f"the transcription failed ({type(e).__name__}); the service's log has the details",
-                            type="server_error", code="transcription_failed")
+            return ApiError(
+                500,
+                f"the transcription failed ({type(e).__name__}); the service's log has the details",
+                type="server_error",
+                code="transcription_failed",
+            )
 
     def stats(self) -> dict:
         """This replica's id and Ray node, the realtime stream updates it took, and how its MAX model shared
@@ -171,11 +182,15 @@ class ModelServer:
         steps, encoder = getattr(shared, "steps", None), getattr(shared, "encoder", None)
         import ray
 
-        return {"replica": serve.get_replica_context().replica_id.unique_id,
-                "node": ray.get_runtime_context().get_node_id(), "windows": self.windows,
-                "steps": steps.steps if steps else 0, "rows_stepped": steps.rows_stepped if steps else 0,
-                "decodings_alone": steps.decodings_alone if steps else 0,
-                "encoder_batches": list(encoder.batches) if encoder else []}
+        return {
+            "replica": serve.get_replica_context().replica_id.unique_id,
+            "node": ray.get_runtime_context().get_node_id(),
+            "windows": self.windows,
+            "steps": steps.steps if steps else 0,
+            "rows_stepped": steps.rows_stepped if steps else 0,
+            "decodings_alone": steps.decodings_alone if steps else 0,
+            "encoder_batches": list(encoder.batches) if encoder else [],
+        }
 
 
 class Ingress:
@@ -191,14 +206,19 @@ class Ingress:
             _replica_grpc_on_loopback()
         self.config = config
         self.handles = dict(zip(config.served.pairs, handles))
-        self.replicas = ReplicaWatch(APP_NAME, [config.deployment_name(b, m) for b, m in config.served.pairs],
-                                     config.replicas)
+        self.replicas = ReplicaWatch(
+            APP_NAME, [config.deployment_name(b, m) for b, m in config.served.pairs], config.replicas
+        )
         self.sessions = dict.fromkeys(config.served.pairs, 0)  # realtime sessions open, per deployment
         self._sessions_lock = threading.Lock()  # the sockets' event loop and the app's live streams count them
         self._windowed: dict[tuple[str, str], bool] = {}
         app = build_api(self)
-        self.front = Front(guard(_with_app(self, app) if config.ui else app, config.access), config.host, config.port,
-                           config.http_limits)
+        self.front = Front(
+            guard(_with_app(self, app) if config.ui else app, config.access),
+            config.host,
+            config.port,
+            config.http_limits,
+        )
 
     def check_health(self) -> None:
         """Serve's health check: a replica whose HTTP server stopped is replaced."""
@@ -217,9 +237,14 @@ class Ingress:
     def _check_ready(self, backend: str, model: str) -> None:
         ready, waited = self.model_ready(backend, model)
         if not ready:
-            raise ApiError(503, f"{model} on {backend} has no replica up (loading: MAX compiles its graphs on first "
-                                f"start; or replacing one that stopped; {waited:.0f} s so far): try again shortly",
-                           type="server_error", code="model_loading", retry_after=LOADING_RETRY_S)
+            raise ApiError(
+                503,
+                f"{model} on {backend} has no replica up (loading: MAX compiles its graphs on first "
+                f"start; or replacing one that stopped; {waited:.0f} s so far): try again shortly",
+                type="server_error",
+                code="model_loading",
+                retry_after=LOADING_RETRY_S,
+            )
 
     @contextlib.contextmanager
     def session_slot(self, backend: str, model: str):
@@ -230,9 +255,14 @@ class Ingress:
         most = self.config.max_sessions * self.replicas_of(backend, model).up
         with self._sessions_lock:
             if self.sessions[(backend, model)] >= most:
-                raise ApiError(503, f"{model} on {backend} has its {most} realtime sessions "
-                                    f"({self.config.max_sessions} per replica): try again later", type="server_error",
-                               code="too_many_sessions", retry_after=LOADING_RETRY_S)
+                raise ApiError(
+                    503,
+                    f"{model} on {backend} has its {most} realtime sessions "
+                    f"({self.config.max_sessions} per replica): try again later",
+                    type="server_error",
+                    code="too_many_sessions",
+                    retry_after=LOADING_RETRY_S,
+                )
             self.sessions[(backend, model)] += 1
         try:
             yield
@@ -248,20 +278,35 @@ class Ingress:
         return dict(self._windowed)
 
     def _timeout(self) -> ApiError:
-        return ApiError(504, f"the transcription took longer than {self.config.request_timeout_s:g} s",
-                        type="server_error", code="timeout")
+        return ApiError(
+            504,
+            f"the transcription took longer than {self.config.request_timeout_s:g} s",
+            type="server_error",
+            code="timeout",
+        )
 
     def _lost(self, backend: str, model: str, error: Exception, retried: bool) -> None:
         """A replica died under a request: say so, look at the replicas now; the second time, give up."""
         self.replicas.refresh()
-        log.warning("a replica of %s/%s stopped under a request (%s)%s", backend, model, type(error).__name__,
-                    "" if retried else "; giving it to another replica")
+        log.warning(
+            "a replica of %s/%s stopped under a request (%s)%s",
+            backend,
+            model,
+            type(error).__name__,
+            "" if retried else "; giving it to another replica",
+        )
         if retried:
-            raise ApiError(503, "the model replicas handling this request stopped twice; try again",
-                           type="server_error", code="replica_unavailable", retry_after=LOADING_RETRY_S) from None
+            raise ApiError(
+                503,
+                "the model replicas handling this request stopped twice; try again",
+                type="server_error",
+                code="replica_unavailable",
+                retry_after=LOADING_RETRY_S,
+            ) from None
 
-    async def transcribe(self, backend: str, model: str, audio: np.ndarray,
-                         options: DecodeOptions) -> TranscriptionResult:
+    async def transcribe(
+        self, backend: str, model: str, audio: np.ndarray, options: DecodeOptions
+    ) -> TranscriptionResult:
         """The model deployment's result, or ApiError: 503 while none of its replicas is up, 504 past
         the request timeout. A request whose replica dies is given once more to a live replica or
         the replacement, within the same timeout."""
@@ -281,8 +326,9 @@ class Ingress:
                 raise result
             return result
 
-    async def transcribe_stream(self, backend: str, model: str, audio: np.ndarray,
-                                options: DecodeOptions) -> AsyncIterator[tuple[str, object]]:
+    async def transcribe_stream(
+        self, backend: str, model: str, audio: np.ndarray, options: DecodeOptions
+    ) -> AsyncIterator[tuple[str, object]]:
         """`transcribe` as it goes: ("delta", a segment's text) as segments are decoded, then
         ("result", the result); ApiError as `transcribe` raises it. A stream whose replica dies is
         given once more, as a request is; its repeat skips the segments already given (at the same
@@ -291,8 +337,11 @@ class Ingress:
         deadline = time.monotonic() + self.config.request_timeout_s
         given = 0
         for retried in (False, True):
-            events = self.handles[(backend, model)].options(stream=True).transcribe_events.remote(
-                audio, options, segments=True)
+            events = (
+                self.handles[(backend, model)]
+                .options(stream=True)
+                .transcribe_events.remote(audio, options, segments=True)
+            )
             decoded = 0
             try:
                 while True:
@@ -328,8 +377,9 @@ def _replica_grpc_on_loopback() -> None:
     if bind is None:  # another Ray: its listeners are what it makes them (the service test checks them)
         log.warning("cannot keep Serve's replica gRPC server on the loopback with this version of Ray")
         return
-    replica.add_port_to_grpc_server = lambda server, address: bind(server, "127.0.0.1:0" if address == "[::]:0"
-                                                                    else address)
+    replica.add_port_to_grpc_server = lambda server, address: bind(
+        server, "127.0.0.1:0" if address == "[::]:0" else address
+    )
 
 
 def ui_entry_point() -> importlib.metadata.EntryPoint:
@@ -338,8 +388,10 @@ def ui_entry_point() -> importlib.metadata.EntryPoint:
     require("app", "maxwhisper serve --ui")
     found = sorted(importlib.metadata.entry_points(group=UI_ENTRY_POINTS), key=lambda e: e.name)
     if not found:  # a checkout run without installing it
-        raise MissingExtra(f"maxwhisper serve --ui needs an installed app ({UI_ENTRY_POINTS} entry point): "
-                           "pip install -e '.[app]' in the checkout")
+        raise MissingExtra(
+            f"maxwhisper serve --ui needs an installed app ({UI_ENTRY_POINTS} entry point): "
+            "pip install -e '.[app]' in the checkout"
+        )
     return found[0]
 
 
@@ -358,10 +410,17 @@ def application(config: ServiceConfig) -> serve.Application:
         resources = {"num_cpus": config.cpus_per_replica}
         if config.device == "gpu":
             resources["num_gpus"] = 1
-        models.append(serve.deployment(ModelServer).options(
-            name=config.deployment_name(backend, model), num_replicas=config.replicas, ray_actor_options=resources,
-            max_ongoing_requests=config.batch_of(backend), health_check_timeout_s=120,
-        ).bind(backend, model, config.device, config.precision, config.batch_of(backend), config.loopback_ray))
+        models.append(
+            serve.deployment(ModelServer)
+            .options(
+                name=config.deployment_name(backend, model),
+                num_replicas=config.replicas,
+                ray_actor_options=resources,
+                max_ongoing_requests=config.batch_of(backend),
+                health_check_timeout_s=120,
+            )
+            .bind(backend, model, config.device, config.precision, config.batch_of(backend), config.loopback_ray)
+        )
     import ray
 
     # the ingress listens on this machine's address: its replica runs on the node this process runs on

@@ -9,6 +9,7 @@ arrive and a body's pauses (408), and the connections open from one address (429
 and a request uvicorn cannot parse (a malformed Content-Length, request line or header), are
 answered in OpenAI's error shape rather than uvicorn's plain text, then the connection closes.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,8 +32,11 @@ KEEP_ALIVE_S = 75  # longer than the usual proxies' idle timeouts (60 s), as Ser
 TICK_S = 1.0  # uvicorn's housekeeping (its Date header, whether to stop): once a second, not ten times
 LINGER_S = 1.0  # a refused request's rest is read and dropped this long, so that its client reads the answer
 GRACE_S = 0.1  # a timeout is looked at again this much later, after the event loop has read its sockets
-MALFORMED = ApiError(400, "the request is not valid HTTP/1.1: a malformed request line or header (such as "
-                          "Content-Length)", code="invalid_request")
+MALFORMED = ApiError(
+    400,
+    "the request is not valid HTTP/1.1: a malformed request line or header (such as Content-Length)",
+    code="invalid_request",
+)
 
 
 @dataclass(frozen=True)
@@ -48,17 +52,31 @@ class HttpLimits:
 
 def _refusals(limits: HttpLimits) -> dict[str, ApiError]:
     return {
-        "url too long": ApiError(414, f"the request's URL is longer than this service's "
-                                      f"{limits.url_bytes // 2**10} KB", code="url_too_long"),
-        "head too large": ApiError(431, f"the request line and headers are larger than this service's "
-                                        f"{limits.head_bytes // 2**10} KB", code="headers_too_large"),
-        "headers late": ApiError(408, f"the request's headers took longer than this service's "
-                                      f"{limits.header_timeout_s:g} s to arrive", code="request_timeout"),
-        "body paused": ApiError(408, f"the request's body paused longer than this service's "
-                                     f"{limits.body_timeout_s:g} s", code="request_timeout"),
-        "too many connections": ApiError(429, f"this address has {limits.connections_per_client} connections open "
-                                              "to the service, its most: close one and try again",
-                                         code="too_many_connections", retry_after=1),
+        "url too long": ApiError(
+            414, f"the request's URL is longer than this service's {limits.url_bytes // 2**10} KB", code="url_too_long"
+        ),
+        "head too large": ApiError(
+            431,
+            f"the request line and headers are larger than this service's {limits.head_bytes // 2**10} KB",
+            code="headers_too_large",
+        ),
+        "headers late": ApiError(
+            408,
+            f"the request's headers took longer than this service's {limits.header_timeout_s:g} s to arrive",
+            code="request_timeout",
+        ),
+        "body paused": ApiError(
+            408,
+            f"the request's body paused longer than this service's {limits.body_timeout_s:g} s",
+            code="request_timeout",
+        ),
+        "too many connections": ApiError(
+            429,
+            f"this address has {limits.connections_per_client} connections open "
+            "to the service, its most: close one and try again",
+            code="too_many_connections",
+            retry_after=1,
+        ),
     }
 
 
@@ -76,8 +94,9 @@ def _protocol(limits: HttpLimits):
             self.refused = False
             self.awaiting_head, self.head_received, self.timer = True, 0, None
             host = self.client[0] if self.client else None
-            peers = sum(1 for c in self.connections if c is not self and getattr(c, "client", None)
-                        and c.client[0] == host)
+            peers = sum(
+                1 for c in self.connections if c is not self and getattr(c, "client", None) and c.client[0] == host
+            )
             if limits.connections_per_client and host is not None and peers >= limits.connections_per_client:
                 self.refuse(refusals["too many connections"])
             else:
@@ -159,8 +178,12 @@ def _protocol(limits: HttpLimits):
                 self.cycle.disconnected = True  # the app's request ends here: it gets http.disconnect
                 self.cycle.message_event.set()
             body = json.dumps(error.body()).encode()
-            head = [b"HTTP/1.1 %d %s" % (error.status, HTTPStatus(error.status).phrase.encode()),
-                    b"content-type: application/json", b"content-length: %d" % len(body), b"connection: close"]
+            head = [
+                b"HTTP/1.1 %d %s" % (error.status, HTTPStatus(error.status).phrase.encode()),
+                b"content-type: application/json",
+                b"content-length: %d" % len(body),
+                b"connection: close",
+            ]
             if error.retry_after:
                 head.append(b"retry-after: %d" % error.retry_after)
             self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
@@ -204,9 +227,17 @@ class Front:
 
     def __init__(self, app, host: str, port: int, limits: HttpLimits = HttpLimits()):
         self._socket = listening_socket(host, port)
-        config = uvicorn.Config(app, http=_protocol(limits), ws="websockets-sansio", ws_max_size=MAX_MESSAGE_BYTES,
-                                lifespan="on", access_log=False,
-                                log_level="warning", timeout_keep_alive=KEEP_ALIVE_S, server_header=False)
+        config = uvicorn.Config(
+            app,
+            http=_protocol(limits),
+            ws="websockets-sansio",
+            ws_max_size=MAX_MESSAGE_BYTES,
+            lifespan="on",
+            access_log=False,
+            log_level="warning",
+            timeout_keep_alive=KEEP_ALIVE_S,
+            server_header=False,
+        )
         self.server = _Server(config)
         self._thread = threading.Thread(target=self._run, name="http", daemon=True)
         self._thread.start()

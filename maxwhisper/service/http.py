@@ -10,6 +10,7 @@ holds anything to transcribe; then it goes to a model. A request's memory is its
 held at once share --max-uploads-mb, and at most DECODES_AT_ONCE are decoded at a time. Access (keys,
 Host, Origin) is checked before all this, by `access.guard` around the app.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,19 +30,42 @@ from ..api import AudioError, AudioTooLong, InvalidSamples, NothingToTranscribe
 from ..audio import check_transcribable, load_audio
 from ..realtime.protocol import quoted
 from .access import KEYED_PREFIX
-from .openai_api import (DEFAULT_MODEL_ALIAS, ApiError, TranscriptionRequest, delta_event, done_event, form_schema,
-                         model_object, parse_form, render, sse)
+from .openai_api import (
+    DEFAULT_MODEL_ALIAS,
+    ApiError,
+    TranscriptionRequest,
+    delta_event,
+    done_event,
+    form_schema,
+    model_object,
+    parse_form,
+    render,
+    sse,
+)
 from .realtime import serve_socket
 from .upload import FormLimits, UploadBudget, read_form
 
 log = logging.getLogger("maxwhisper.service")
 
 DECODES_AT_ONCE = 2  # uploads decoded at a time (each holds its decoded audio): the rest wait their turn
-ROUTES = ((re.compile(r"/v1/audio/(transcriptions|translations)"), "POST"),  # the API's paths, and their method
-          (re.compile(r"/v1/models(/[^/]+)?"), "GET"))
-ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "object", "properties": {
-    "message": {"type": "string"}, "type": {"type": "string"}, "param": {"type": ["string", "null"]},
-    "code": {"type": ["string", "null"]}}}}}
+ROUTES = (
+    (re.compile(r"/v1/audio/(transcriptions|translations)"), "POST"),  # the API's paths, and their method
+    (re.compile(r"/v1/models(/[^/]+)?"), "GET"),
+)
+ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
 
 
 def build_api(ingress) -> FastAPI:
@@ -51,10 +75,17 @@ def build_api(ingress) -> FastAPI:
     limits = FormLimits(file_bytes=int(config.max_upload_mb * 2**20))
     uploads = UploadBudget(int(config.max_uploads_mb * 2**20))
     decoding = asyncio.Semaphore(DECODES_AT_ONCE)
-    app = FastAPI(title="MAX-Whisper", docs_url="/docs", redoc_url=None,
-                  description="OpenAI's audio API on MAX-Whisper (Ray Serve)."
-                  + (" Every /v1 path needs an API key: `Authorization: Bearer KEY` (Authorize, above)."
-                     if config.access.keyed else ""))
+    app = FastAPI(
+        title="MAX-Whisper",
+        docs_url="/docs",
+        redoc_url=None,
+        description="OpenAI's audio API on MAX-Whisper (Ray Serve)."
+        + (
+            " Every /v1 path needs an API key: `Authorization: Bearer KEY` (Authorize, above)."
+            if config.access.keyed
+            else ""
+        ),
+    )
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, e: ApiError) -> JSONResponse:
@@ -63,9 +94,10 @@ def build_api(ingress) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException) -> JSONResponse:
-        message = {404: f"no such endpoint: {request.method} {quoted(request.url.path)}",
-                   405: f"{request.method} is not allowed on {quoted(request.url.path)}"}.get(e.status_code,
-                                                                                            str(e.detail))
+        message = {
+            404: f"no such endpoint: {request.method} {quoted(request.url.path)}",
+            405: f"{request.method} is not allowed on {quoted(request.url.path)}",
+        }.get(e.status_code, str(e.detail))
         return await api_error(request, ApiError(e.status_code, message))
 
     @app.exception_handler(RequestValidationError)
@@ -75,22 +107,39 @@ def build_api(ingress) -> FastAPI:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, e: Exception) -> JSONResponse:
         log.exception("unexpected failure on %s", request.url.path)
-        return await api_error(request, ApiError(500, f"the service failed ({type(e).__name__}); its log has the "
-                                                      "details", type="server_error", code="internal_error"))
+        return await api_error(
+            request,
+            ApiError(
+                500,
+                f"the service failed ({type(e).__name__}); its log has the details",
+                type="server_error",
+                code="internal_error",
+            ),
+        )
 
     async def request_and_audio(request: Request, task: str) -> tuple[TranscriptionRequest, np.ndarray]:
         """The form checked and its audio decoded; the upload is dropped, and the budget has it back, on return."""
         with uploads.claim() as take:
             try:
-                form = await read_form(request.stream(), request.headers.get("content-type", ""),
-                                       request.headers.get("content-length"), limits, take)
+                form = await read_form(
+                    request.stream(),
+                    request.headers.get("content-type", ""),
+                    request.headers.get("content-length"),
+                    limits,
+                    take,
+                )
             except ClientDisconnect:
-                raise ApiError(400, "the client closed the connection before its upload ended",
-                               code="client_disconnected") from None
+                raise ApiError(
+                    400, "the client closed the connection before its upload ended", code="client_disconnected"
+                ) from None
             request_ = parse_form(form.fields, task, config.served)
             if form.file is None:
-                raise ApiError(400, "you must send the audio as a file in the 'file' field", param="file",
-                               code="missing_required_parameter")
+                raise ApiError(
+                    400,
+                    "you must send the audio as a file in the 'file' field",
+                    param="file",
+                    code="missing_required_parameter",
+                )
             if not form.file:
                 raise ApiError(400, "the audio file is empty (0 bytes)", param="file", code="empty_file")
             async with decoding:
@@ -109,17 +158,30 @@ def build_api(ingress) -> FastAPI:
 
     def documented(task: str) -> dict:
         """The route's form and answers, for /docs (the form is read by hand, as it streams)."""
-        errors = {400: "A field or the form is wrong", 401: "No valid API key", 404: "No such model",
-                  413: "The upload or the audio is too long", 415: "Not audio",
-                  503: "No replica up, or the uploads held at once fill their budget: Retry-After"}
-        return {"openapi_extra": {"requestBody": {"required": True, "content": {
-                    "multipart/form-data": {"schema": form_schema(task)}}}},
-                "responses": {200: {"description": "The transcription: JSON (json, verbose_json), text (text, srt, "
-                                                   "vtt) or, with stream=true, server-sent events",
-                                    "content": {"application/json": {}, "text/plain": {}, "text/event-stream": {}}},
-                              **{status: {"description": what,
-                                          "content": {"application/json": {"schema": ERROR_SCHEMA}}}
-                                 for status, what in errors.items()}}}
+        errors = {
+            400: "A field or the form is wrong",
+            401: "No valid API key",
+            404: "No such model",
+            413: "The upload or the audio is too long",
+            415: "Not audio",
+            503: "No replica up, or the uploads held at once fill their budget: Retry-After",
+        }
+        return {
+            "openapi_extra": {
+                "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": form_schema(task)}}}
+            },
+            "responses": {
+                200: {
+                    "description": "The transcription: JSON (json, verbose_json), text (text, srt, "
+                    "vtt) or, with stream=true, server-sent events",
+                    "content": {"application/json": {}, "text/plain": {}, "text/event-stream": {}},
+                },
+                **{
+                    status: {"description": what, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+                    for status, what in errors.items()
+                },
+            },
+        }
 
     @app.post("/v1/audio/transcriptions", summary="Transcribe audio", **documented("transcribe"))
     async def transcriptions(request: Request) -> Response:
@@ -132,8 +194,10 @@ def build_api(ingress) -> FastAPI:
     @app.get("/v1/models", summary="The models served")
     async def models() -> dict:
         served = config.served
-        return {"object": "list",
-                "data": [model_object(name, served) for name in [DEFAULT_MODEL_ALIAS, *served.models]]}
+        return {
+            "object": "list",
+            "data": [model_object(name, served) for name in [DEFAULT_MODEL_ALIAS, *served.models]],
+        }
 
     @app.get("/v1/models/{model_id}", summary="One model")
     async def model(model_id: str) -> dict:
@@ -150,11 +214,24 @@ def build_api(ingress) -> FastAPI:
         deployments = []
         for backend, model_name in config.served.pairs:
             replicas = ingress.replicas_of(backend, model_name)
-            deployments.append({"backend": backend, "model": model_name, "device": config.device,
-                                "ready": replicas.up > 0, "replicas": replicas.up, "target": replicas.target,
-                                **({} if replicas.up else {"loading_s": round(replicas.down_s)})})
-        status = ("ok" if all(d["replicas"] >= d["target"] for d in deployments)
-                  else "degraded" if all(d["ready"] for d in deployments) else "loading")
+            deployments.append(
+                {
+                    "backend": backend,
+                    "model": model_name,
+                    "device": config.device,
+                    "ready": replicas.up > 0,
+                    "replicas": replicas.up,
+                    "target": replicas.target,
+                    **({} if replicas.up else {"loading_s": round(replicas.down_s)}),
+                }
+            )
+        status = (
+            "ok"
+            if all(d["replicas"] >= d["target"] for d in deployments)
+            else "degraded"
+            if all(d["ready"] for d in deployments)
+            else "loading"
+        )
         return JSONResponse({"status": status, "models": deployments}, status_code=503 if status == "loading" else 200)
 
     @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
@@ -220,8 +297,12 @@ def _decode(data: bytes, max_seconds: float) -> np.ndarray:
     except InvalidSamples as e:
         raise ApiError(400, f"{e}: it cannot be transcribed", param="file", code="invalid_audio") from None
     except AudioError:
-        raise ApiError(415, "the file could not be read as audio: send a format FFmpeg reads, e.g. wav, flac, mp3, "
-                            "ogg, webm or m4a", param="file", code="unsupported_audio") from None
+        raise ApiError(
+            415,
+            "the file could not be read as audio: send a format FFmpeg reads, e.g. wav, flac, mp3, ogg, webm or m4a",
+            param="file",
+            code="unsupported_audio",
+        ) from None
 
 
 def _check_speech(audio: np.ndarray) -> None:

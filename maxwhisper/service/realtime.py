@@ -13,6 +13,7 @@ The URL takes `model` (a served model or whisper-1, as `session.update` does) an
 does, `backend`. A client that sends `OpenAI-Beta: realtime=v1` (openai's beta client) gets the beta
 shape's `transcription_session.created`.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,8 +65,9 @@ class RemoteTranscriber:
 class RemoteWindowTranscriber(RemoteTranscriber):
     """A `RemoteTranscriber` of a deployment whose transcriber hears a stream's window in one pass."""
 
-    def transcribe_window(self, audio, options: DecodeOptions = DecodeOptions(), draft=(),
-                          padding_s: float | None = STREAM_PADDING_S):
+    def transcribe_window(
+        self, audio, options: DecodeOptions = DecodeOptions(), draft=(), padding_s: float | None = STREAM_PADDING_S
+    ):
         return self._call("transcribe_window", audio, options, tuple(draft), padding_s)
 
 
@@ -82,8 +84,12 @@ async def serve_socket(ingress, ws: WebSocket) -> None:
     reason = "closed"
     try:
         if params.get("intent") != "transcription":
-            raise ApiError(400, "this service transcribes only: connect to /v1/realtime?intent=transcription",
-                           param="intent", code="invalid_intent")
+            raise ApiError(
+                400,
+                "this service transcribes only: connect to /v1/realtime?intent=transcription",
+                param="intent",
+                code="invalid_intent",
+            )
         model = params.get("model") or DEFAULT_MODEL_ALIAS
         backend, served_model = deployment(model, params.get("backend"), config.served)
         with ingress.session_slot(backend, served_model):
@@ -95,12 +101,19 @@ async def serve_socket(ingress, ws: WebSocket) -> None:
                 except ApiError as e:
                     raise EventError(e.message, code=e.code or "invalid_value") from None
                 if pair not in windowed:
-                    raise EventError(f"{pair[1]} on {pair[0]} has no replica up yet: try again shortly",
-                                     code="model_loading", type="server_error")
+                    raise EventError(
+                        f"{pair[1]} on {pair[0]} has no replica up yet: try again shortly",
+                        code="model_loading",
+                        type="server_error",
+                    )
                 return remote_transcriber(ingress.handles[pair], *pair, config.request_timeout_s, windowed[pair])
 
-            session = RealtimeSession(transcriber_for, beta="realtime=v1" in ws.headers.get("openai-beta", ""),
-                                      limits=config.session_limits, config=SessionConfig(model=model))
+            session = RealtimeSession(
+                transcriber_for,
+                beta="realtime=v1" in ws.headers.get("openai-beta", ""),
+                limits=config.session_limits,
+                config=SessionConfig(model=model),
+            )
             reason = await run_session(session, lambda: _receive(ws), lambda event: ws.send_text(json.dumps(event)))
     except ApiError as e:
         await _refuse(ws, e)

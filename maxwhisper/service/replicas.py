@@ -8,6 +8,7 @@ readiness check, the app's status) keeps them read four times a second for ACTIV
 death shows within a quarter of a second; an idle service reads nothing. `fresh` reads now where
 the watch has idled (/health: never an answer from before an idle spell).
 """
+
 from __future__ import annotations
 
 import logging
@@ -93,13 +94,16 @@ class ReplicaWatch:
             self._status_read = now
             application = serve.status().applications.get(self.app)
             deployments = application.deployments if application else {}
-            self._running = {n: deployments[n].replica_states.get("RUNNING", 0) for n in self.names
-                             if n in deployments}
+            self._running = {n: deployments[n].replica_states.get("RUNNING", 0) for n in self.names if n in deployments}
         alive = dict.fromkeys(self.names, 0)
         for actor in list_named_actors(all_namespaces=True):
             parts = actor["name"].removeprefix(REPLICA_PREFIX).split("#")
-            if actor["name"].startswith(REPLICA_PREFIX) and len(parts) == 3 and parts[0] == self.app \
-                    and parts[1] in alive:
+            if (
+                actor["name"].startswith(REPLICA_PREFIX)
+                and len(parts) == 3
+                and parts[0] == self.app
+                and parts[1] in alive
+            ):
                 alive[parts[1]] += 1
         self._alive = alive
         for name in self.names:

@@ -8,6 +8,7 @@ naming what was wrong. Uploads held at once share one budget (`UploadBudget`): p
 is answered 503 with Retry-After. No HTTP server here: an async iterator of the body's chunks in,
 a `Form` out.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -58,9 +59,14 @@ class UploadBudget:
         def take(n: int) -> None:
             nonlocal taken
             if self.held + n > self.total_bytes:
-                raise ApiError(503, f"the service holds its most uploads at once ({self.total_bytes / 2**20:g} MB): "
-                                    f"try again in a few seconds", type="server_error", code="uploads_full",
-                               retry_after=BUSY_RETRY_S)
+                raise ApiError(
+                    503,
+                    f"the service holds its most uploads at once ({self.total_bytes / 2**20:g} MB): "
+                    f"try again in a few seconds",
+                    type="server_error",
+                    code="uploads_full",
+                    retry_after=BUSY_RETRY_S,
+                )
             self.held += n
             taken += n
 
@@ -71,25 +77,41 @@ class UploadBudget:
 
 
 def too_large(limits: FormLimits) -> ApiError:
-    return ApiError(413, f"the upload is larger than this service's {limits.file_bytes / 2**20:g} MB",
-                    param="file", code="upload_too_large")
+    return ApiError(
+        413,
+        f"the upload is larger than this service's {limits.file_bytes / 2**20:g} MB",
+        param="file",
+        code="upload_too_large",
+    )
 
 
 def boundary_of(content_type: str) -> bytes:
     """The boundary a multipart/form-data Content-Type gives, or ApiError."""
     kind, options = parse_options_header(content_type)
     if kind != b"multipart/form-data":
-        raise ApiError(400, "send the request as multipart/form-data with the audio in the 'file' field",
-                       param="file", code="invalid_content_type")
+        raise ApiError(
+            400,
+            "send the request as multipart/form-data with the audio in the 'file' field",
+            param="file",
+            code="invalid_content_type",
+        )
     boundary = options.get(b"boundary", b"")
     if not 1 <= len(boundary) <= 70:  # RFC 2046
-        raise ApiError(400, "the Content-Type multipart/form-data gives no boundary (1 to 70 characters)",
-                       code="invalid_content_type")
+        raise ApiError(
+            400,
+            "the Content-Type multipart/form-data gives no boundary (1 to 70 characters)",
+            code="invalid_content_type",
+        )
     return boundary
 
 
-async def read_form(body: AsyncIterator[bytes], content_type: str, content_length: str | None,
-                    limits: FormLimits, take: Callable[[int], None] = lambda n: None) -> Form:
+async def read_form(
+    body: AsyncIterator[bytes],
+    content_type: str,
+    content_length: str | None,
+    limits: FormLimits,
+    take: Callable[[int], None] = lambda n: None,
+) -> Form:
     """The form in `body` (the request's chunks as they arrive), or ApiError at the first limit
     passed or the first malformed byte; a declared Content-Length past the limit is refused before
     any byte is read. `take(n)` holds n bytes of the uploads' budget (`UploadBudget.claim`): the
@@ -113,8 +135,11 @@ async def read_form(body: AsyncIterator[bytes], content_type: str, content_lengt
         except MultipartParseError as e:
             raise parts.malformed(e) from None
     if not parts.ended:
-        raise ApiError(400, "the multipart body ends before its closing boundary: was the upload cut short?",
-                       code="invalid_multipart")
+        raise ApiError(
+            400,
+            "the multipart body ends before its closing boundary: was the upload cut short?",
+            code="invalid_multipart",
+        )
     return parts.form
 
 
@@ -128,10 +153,16 @@ class _Parts:
         self.name = ""
 
     def callbacks(self) -> dict:
-        return {"on_part_begin": self.part_begin, "on_header_field": self.header_field_data,
-                "on_header_value": self.header_value_data, "on_header_end": self.header_end,
-                "on_headers_finished": self.headers_finished, "on_part_data": self.part_data,
-                "on_part_end": self.part_end, "on_end": self.end}
+        return {
+            "on_part_begin": self.part_begin,
+            "on_header_field": self.header_field_data,
+            "on_header_value": self.header_value_data,
+            "on_header_end": self.header_end,
+            "on_headers_finished": self.headers_finished,
+            "on_part_data": self.part_data,
+            "on_part_end": self.part_end,
+            "on_end": self.end,
+        }
 
     def part_begin(self) -> None:
         self.count += 1
@@ -153,22 +184,28 @@ class _Parts:
         disposition, options = parse_options_header(self.headers.get(b"content-disposition"))
         name = options.get(b"name")
         if disposition != b"form-data" or name is None:
-            raise ApiError(400, "a part of the form has no Content-Disposition: form-data with a name",
-                           code="invalid_multipart")
+            raise ApiError(
+                400, "a part of the form has no Content-Disposition: form-data with a name", code="invalid_multipart"
+            )
         self.name = name.decode("utf-8", "replace")
         if self.name == "file" and self.form.file is not None:
             raise ApiError(400, "'file' was given twice: send one audio file", param="file", code="too_many_files")
         if self.name != "file" and b"filename" in options:
-            raise ApiError(400, f"'{self.name}' is a file: only 'file' takes one", param=self.name,
-                           code="too_many_files")
+            raise ApiError(
+                400, f"'{self.name}' is a file: only 'file' takes one", param=self.name, code="too_many_files"
+            )
 
     def part_data(self, data: bytes, start: int, end: int) -> None:
         if self.name == "file":
             if len(self.value) + end - start > self.limits.file_bytes:
                 raise too_large(self.limits)
         elif len(self.value) + end - start > self.limits.field_bytes:
-            raise ApiError(400, f"the field '{self.name}' is longer than this service's "
-                                f"{self.limits.field_bytes // 2**10} KB", param=self.name, code="field_too_large")
+            raise ApiError(
+                400,
+                f"the field '{self.name}' is longer than this service's {self.limits.field_bytes // 2**10} KB",
+                param=self.name,
+                code="field_too_large",
+            )
         self.value += data[start:end]
 
     def part_end(self) -> None:
@@ -178,8 +215,9 @@ class _Parts:
             try:
                 text = self.value.decode("utf-8")
             except UnicodeDecodeError:
-                raise ApiError(400, f"the field '{self.name}' is not UTF-8 text", param=self.name,
-                               code="invalid_value") from None
+                raise ApiError(
+                    400, f"the field '{self.name}' is not UTF-8 text", param=self.name, code="invalid_value"
+                ) from None
             self.form.fields.setdefault(self.name, []).append(text)
         self.value = bytearray()
 
@@ -188,9 +226,13 @@ class _Parts:
 
     def malformed(self, e: MultipartParseError) -> ApiError:
         if self.count == 0:
-            return ApiError(400, "the body does not begin with the boundary that its Content-Type header gives",
-                            code="invalid_multipart")
+            return ApiError(
+                400,
+                "the body does not begin with the boundary that its Content-Type header gives",
+                code="invalid_multipart",
+            )
         if "header" in str(e).lower():
-            return ApiError(400, "a part of the form has too many or too long headers (8 of 4 KB at most)",
-                            code="invalid_multipart")
+            return ApiError(
+                400, "a part of the form has too many or too long headers (8 of 4 KB at most)", code="invalid_multipart"
+            )
         return ApiError(400, f"the multipart body is malformed in its part {self.count}", code="invalid_multipart")

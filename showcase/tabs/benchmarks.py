@@ -3,6 +3,7 @@ the line naming this server. A tab for the CPUs: one chart, MAX against the othe
 clip in fp32 and int8 (`results.reference_rows`), and every CPU result in a table; a tab for the
 GPU, a click away: its chart, what did not run on the GPU and why, and its rows; then each file's
 machine, versions and settings, folded."""
+
 from __future__ import annotations
 
 import functools
@@ -15,10 +16,20 @@ from ..charts import benchmark_bars, short_name
 from ..results import RESULTS_DIR, read_runs, reference_rows
 from ..views import View
 
-BENCH_TABLE = {"audio": "clip", "implementation": "implementation", "machine": "machine", "total_s_median": "median s",
-               "rtfx": "× real time", "features_s": "features s", "encode_s": "encode s", "decode_s": "decode s",
-               "load_s": "load s", "compile_s": "compile s", "wer": "WER %",
-               "agreement": "agreement %"}  # column -> header; agreement: 1 - WER against openai-whisper
+BENCH_TABLE = {
+    "audio": "clip",
+    "implementation": "implementation",
+    "machine": "machine",
+    "total_s_median": "median s",
+    "rtfx": "× real time",
+    "features_s": "features s",
+    "encode_s": "encode s",
+    "decode_s": "decode s",
+    "load_s": "load s",
+    "compile_s": "compile s",
+    "wer": "WER %",
+    "agreement": "agreement %",
+}  # column -> header; agreement: 1 - WER against openai-whisper
 
 
 def _inline(d: dict, prefix: str = "") -> str:
@@ -60,7 +71,7 @@ def machine_name(machine: dict, device: str) -> str:
 # what a failure's error means, for the GPU results' "what did not run and why"
 KNOWN_CAUSES = {
     "libcublas.so.12": "CTranslate2, on which faster-whisper runs, is built for CUDA 12 and loads its cuBLAS; the GPU "
-                       "machines had CUDA 13, which MAX needs, so faster-whisper has never run on CUDA beside MAX",
+    "machines had CUDA 13, which MAX needs, so faster-whisper has never run on CUDA beside MAX",
 }
 
 
@@ -83,9 +94,11 @@ def _not_run(runs) -> str:
     items = []
     for (backend, error), (precisions, clips) in groups.items():
         why = next((cause for key, cause in KNOWN_CAUSES.items() if key in error), "")
-        items.append(f"<li><b>{html.escape(short_name(backend))}</b> ({', '.join(sorted(precisions))}; "
-                     f"{len(clips)} clip{'s' if len(clips) > 1 else ''}): "
-                     f"{html.escape(why or error)}{f' (<code>{html.escape(error)}</code>)' if why else ''}.</li>")
+        items.append(
+            f"<li><b>{html.escape(short_name(backend))}</b> ({', '.join(sorted(precisions))}; "
+            f"{len(clips)} clip{'s' if len(clips) > 1 else ''}): "
+            f"{html.escape(why or error)}{f' (<code>{html.escape(error)}</code>)' if why else ''}.</li>"
+        )
     return f"<p><b>What did not run on the GPU, and why</b></p><ul>{''.join(items)}</ul>" if items else ""
 
 
@@ -94,23 +107,37 @@ def benchmark_view(directory: Path) -> tuple[str, str, list[list], str, list[lis
     and what did not run on the GPU; the GPUs' rows; Markdown: each file's machine, versions and
     settings)."""
     runs, notes = read_runs(directory)
-    top = ("<h2>What the committed benchmarks measured</h2><p class='note'>This server: "
-           f"{html.escape(this_server())}. Every row names the machine it ran on.</p>")
+    top = (
+        "<h2>What the committed benchmarks measured</h2><p class='note'>This server: "
+        f"{html.escape(this_server())}. Every row names the machine it ran on.</p>"
+    )
     if not runs:
-        return (top + "<p class='note'>No committed benchmark results yet (<code>python -m maxwhisper bench</code> "
-                "writes them).</p>", "", [], "", [], "\n".join(notes))
+        return (
+            top + "<p class='note'>No committed benchmark results yet (<code>python -m maxwhisper bench</code> "
+            "writes them).</p>",
+            "",
+            [],
+            "",
+            [],
+            "\n".join(notes),
+        )
     cpu_top = ""
     found = reference_rows(runs)
     if found:
         run, clip, rows = found
-        cpu_top = (f"<p class='note'>{html.escape(rows[0]['model'] or '')} on a {rows[0]['audio_s']:.0f} s clip "
-                   f"({html.escape(clip)}) on {html.escape(machine_name(run.machine, 'cpu'))}: each implementation "
-                   f"in turn, medians of several runs, the same weights and decoding.</p>{benchmark_bars(rows)}")
+        cpu_top = (
+            f"<p class='note'>{html.escape(rows[0]['model'] or '')} on a {rows[0]['audio_s']:.0f} s clip "
+            f"({html.escape(clip)}) on {html.escape(machine_name(run.machine, 'cpu'))}: each implementation "
+            f"in turn, medians of several runs, the same weights and decoding.</p>{benchmark_bars(rows)}"
+        )
 
     def cells(run, row: dict) -> list:
         when = run.created[:10]  # two runs on one machine class differ by their day
-        named = {**row, "implementation": f"{short_name(row['backend'])} {row['precision']}",
-                 "machine": machine_name(run.machine, row["device"]) + (f" · {when}" if when else "")}
+        named = {
+            **row,
+            "implementation": f"{short_name(row['backend'])} {row['precision']}",
+            "machine": machine_name(run.machine, row["device"]) + (f" · {when}" if when else ""),
+        }
         return [_cell(c, named[c]) for c in BENCH_TABLE]
 
     runs = sorted(runs, key=lambda r: r.created, reverse=True)  # the newest first
@@ -121,13 +148,21 @@ def benchmark_view(directory: Path) -> tuple[str, str, list[list], str, list[lis
     if gpu_runs:
         newest = gpu_runs[0]
         longest = max((r for r in newest.rows if r["device"] == "gpu"), key=lambda r: r["audio_s"] or 0)
-        bars = benchmark_bars([r for r in newest.rows if r["device"] == "gpu" and r["audio"] == longest["audio"]],
-                              ("fp32", "fp16"), "bench-gpu-chart")
-        gpu_top = (f"<p class='note'>On {html.escape(machine_name(newest.machine, 'gpu'))} (its host: "
-                   f"{html.escape(machine_name(newest.machine, 'cpu'))}), {html.escape(longest['audio'] or '')}, "
-                   f"{longest['audio_s'] or 0:.0f} s:</p>{bars}{_not_run(gpu_runs)}")
-    details = [f"- **`{r.name}`** — machine: {_inline(r.machine)}  \n  versions: {_inline(r.versions)}  \n"
-               f"  settings: {_inline(r.options)}" for r in runs] + notes
+        bars = benchmark_bars(
+            [r for r in newest.rows if r["device"] == "gpu" and r["audio"] == longest["audio"]],
+            ("fp32", "fp16"),
+            "bench-gpu-chart",
+        )
+        gpu_top = (
+            f"<p class='note'>On {html.escape(machine_name(newest.machine, 'gpu'))} (its host: "
+            f"{html.escape(machine_name(newest.machine, 'cpu'))}), {html.escape(longest['audio'] or '')}, "
+            f"{longest['audio_s'] or 0:.0f} s:</p>{bars}{_not_run(gpu_runs)}"
+        )
+    details = [
+        f"- **`{r.name}`** — machine: {_inline(r.machine)}  \n  versions: {_inline(r.versions)}  \n"
+        f"  settings: {_inline(r.options)}"
+        for r in runs
+    ] + notes
     return top, cpu_top, cpu, gpu_top, gpu, "\n".join(details)
 
 
@@ -146,12 +181,22 @@ def build() -> View:
         with gr.Tabs():
             with gr.Tab("On CPUs", elem_id="bench-cpu-tab"):
                 cpu_top = gr.HTML(elem_id="bench-cpu", min_height=0)
-                cpu = gr.Dataframe(headers=list(BENCH_TABLE.values()), interactive=False, wrap=True,
-                                   elem_id="bench-table", label="Every committed result on a CPU")
+                cpu = gr.Dataframe(
+                    headers=list(BENCH_TABLE.values()),
+                    interactive=False,
+                    wrap=True,
+                    elem_id="bench-table",
+                    label="Every committed result on a CPU",
+                )
             with gr.Tab(f"On a GPU ({gpus})" if gpus else "On a GPU", elem_id="bench-gpu-tab"):
                 gpu_top = gr.HTML(elem_id="bench-gpu", min_height=0)
-                gpu = gr.Dataframe(headers=list(BENCH_TABLE.values()), interactive=False, wrap=True,
-                                   elem_id="bench-gpu-table", label="Every committed result on a GPU")
+                gpu = gr.Dataframe(
+                    headers=list(BENCH_TABLE.values()),
+                    interactive=False,
+                    wrap=True,
+                    elem_id="bench-gpu-table",
+                    label="Every committed result on a GPU",
+                )
         with gr.Accordion("Machines, versions and settings of each results file", open=False):
             machines = gr.Markdown(elem_id="bench-machines")
     return View([top, cpu_top, cpu, gpu_top, gpu, machines], lambda: benchmark_view(RESULTS_DIR))

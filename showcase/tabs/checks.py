@@ -1,5 +1,6 @@
 """The Component tests tab: each MAX component against openai-whisper's PyTorch module built from
 the same weights (`maxwhisper.selfcheck`), run in the background on models of their own."""
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,13 @@ REFERENCE_BACKEND = "openai"  # the PyTorch reference the MAX components are che
 CHECK_HEADERS = ["component", "result", "max |MAX - reference|", "relative error", "MAX time (ms)", "detail"]
 
 
-def run_component_checks(cache: ModelCache, model: str, device: str, components: tuple[str, ...] | None = None,
-                         before_each: Callable[[], None] = lambda: None) -> Iterator[tuple[list[list], str]]:
+def run_component_checks(
+    cache: ModelCache,
+    model: str,
+    device: str,
+    components: tuple[str, ...] | None = None,
+    before_each: Callable[[], None] = lambda: None,
+) -> Iterator[tuple[list[list], str]]:
     """Yield (table rows so far, status Markdown) as each of selfcheck's checks finishes.
 
     Uses the cache's MAX transcriber and openai-whisper on the CPU as the reference.
@@ -49,18 +55,32 @@ def run_component_checks(cache: ModelCache, model: str, device: str, components:
             check = next(checks, None)
             if check is None:
                 break
-            error = (f"{int(check.max_abs_err)} tokens differ" if check.name == "transcript"
-                     else f"{check.max_abs_err:.2e}")
-            rows.append([check.name, "✓ pass" if check.passed else "✗ FAIL", error, f"{check.rel_err:.2e}",
-                         round(1000 * check.seconds, 2), check.detail])
+            error = (
+                f"{int(check.max_abs_err)} tokens differ" if check.name == "transcript" else f"{check.max_abs_err:.2e}"
+            )
+            rows.append(
+                [
+                    check.name,
+                    "✓ pass" if check.passed else "✗ FAIL",
+                    error,
+                    f"{check.rel_err:.2e}",
+                    round(1000 * check.seconds, 2),
+                    check.detail,
+                ]
+            )
             yield list(rows), f"{len(rows)}/{len(components)} checks done…"
     except Exception as e:  # noqa: BLE001 - shown in the tab
         log.exception("component checks failed")
         yield rows, f"⚠ The checks stopped: {error_message(e)}"
         return
     passed = sum(r[1] == "✓ pass" for r in rows)
-    yield rows, (f"**{passed}/{len(rows)} passed** ({model}, MAX on {device} against openai-whisper on cpu, "
-                 f"same weights, float32) in {time.perf_counter() - start:.1f} s.")
+    yield (
+        rows,
+        (
+            f"**{passed}/{len(rows)} passed** ({model}, MAX on {device} against openai-whisper on cpu, "
+            f"same weights, float32) in {time.perf_counter() - start:.1f} s."
+        ),
+    )
 
 
 class ComponentChecks:
@@ -91,16 +111,18 @@ class ComponentChecks:
             if self.running():
                 log.info("component checks already running: %s on %s not started", model, device)
                 return None
-            self._thread = threading.Thread(target=self._run, args=(model, device, components),
-                                            name="maxwhisper-checks", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, args=(model, device, components), name="maxwhisper-checks", daemon=True
+            )
             self._thread.start()
             return self._thread
 
     def _run(self, model: str, device: str, components: tuple[str, ...] | None) -> None:
         self._turns.claim_background("the component checks")
         try:
-            for self.rows, self.message in run_component_checks(self._cache, model, device, components,
-                                                                self._between_checks):
+            for self.rows, self.message in run_component_checks(
+                self._cache, model, device, components, self._between_checks
+            ):
                 pass
         finally:
             self._turns.release_background()
@@ -122,25 +144,33 @@ def build(checks: ComponentChecks, choices: Choices, model: gr.Dropdown, device:
     """The tab and its handlers, inside the page's gr.Blocks; its button checks the `model` and
     `device` chosen on the Transcribe & compare tab."""
     with gr.Tab("Component tests") as tab:
-        gr.Markdown("Each part of MAX's network, checked against openai-whisper's PyTorch module built from the "
-                    "same weights: the same inputs must give the same numbers, to float32 rounding.")
+        gr.Markdown(
+            "Each part of MAX's network, checked against openai-whisper's PyTorch module built from the "
+            "same weights: the same inputs must give the same numbers, to float32 rounding."
+        )
         checks_message = gr.Markdown(checks.message, elem_id="checks-message")
-        checks_table = gr.Dataframe(checks.rows or None, headers=CHECK_HEADERS, interactive=False,
-                                    wrap=True)
+        checks_table = gr.Dataframe(checks.rows or None, headers=CHECK_HEADERS, interactive=False, wrap=True)
         checks_again = gr.Button("Run the checks again")
         with gr.Accordion("About the checks", open=False):
-            gr.Markdown("The checks run in the background on models of their own (`maxwhisper.selfcheck`), started "
-                        "when a visitor first opens this tab; before each one they wait while a comparison runs or "
-                        "waits, and a comparison that ran beside them says so. The button runs them again with the "
-                        "model and device chosen in the Compare tab's options. The *transcript* row compares whole "
-                        "transcripts token by token.")
+            gr.Markdown(
+                "The checks run in the background on models of their own (`maxwhisper.selfcheck`), started "
+                "when a visitor first opens this tab; before each one they wait while a comparison runs or "
+                "waits, and a comparison that ran beside them says so. The button runs them again with the "
+                "model and device chosen in the Compare tab's options. The *transcript* row compares whole "
+                "transcripts token by token."
+            )
 
     def check_again(model, device):
         if checks.start(model, choices.device(device)) is None:
             gr.Info("The checks are running already: this click started nothing. Click again once they finish.")
 
     checks_again.click(check_again, [model, device], concurrency_limit=None, show_progress="hidden")
-    tab.select(lambda model, device: checks.start_once(model, choices.device(device)), [model, device],
-               concurrency_limit=None, show_progress="hidden")
-    return ChecksTab(tab, checks_again,
-                     View([checks_table, checks_message], lambda: (checks.rows or None, checks.message)))
+    tab.select(
+        lambda model, device: checks.start_once(model, choices.device(device)),
+        [model, device],
+        concurrency_limit=None,
+        show_progress="hidden",
+    )
+    return ChecksTab(
+        tab, checks_again, View([checks_table, checks_message], lambda: (checks.rows or None, checks.message))
+    )

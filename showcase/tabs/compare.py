@@ -4,6 +4,7 @@ open options push nothing down, the results: the verdict, the speed chart and th
 by side, each implementation's panel saying whether it waits, runs (how far) or is done. The details
 (timestamps, word differences, downloads, time by stage) fold away under them. `showcase.comparison`
 runs the race through the page's `Transcriptions`."""
+
 from __future__ import annotations
 
 import html
@@ -38,7 +39,8 @@ ABOUT = (
     "kept cores busy, which stretches wall-clock times by chance, it compares CPU time, and says so. Times leave "
     "out loading and compiling the models, done once. An English-only model is not raced on another language: "
     "the multilingual model hears the language first. The Benchmarks tab holds medians measured on quiet "
-    "machines; docs/app.md in the repository describes the page.")
+    "machines; docs/app.md in the repository describes the page."
+)
 RUNS_AT_ONCE = 16  # requests inside the app at once: they take turns (`Transcriptions`) and see their place
 
 
@@ -50,14 +52,18 @@ def panel_head(panel: Panel | None, backend: str, rounds: int = 1) -> str:
     if panel and state == "running":
         run = len(panel.runs) + 1
         doing = f"timing run {run} of {rounds}" if run > 1 else panel.doing
-        line = (f"<div class='meta'>{html.escape(doing)}</div>"
-                f"<div class='progress'><div style='width:{100 * panel.fraction:.0f}%'></div></div>")
+        line = (
+            f"<div class='meta'>{html.escape(doing)}</div>"
+            f"<div class='progress'><div style='width:{100 * panel.fraction:.0f}%'></div></div>"
+        )
     elif panel and panel.runs:
         best, r = panel.best, panel.result
         shared = best.shared_cpu or (best.other_cores or 0.0) >= BUSY_CORES
         cpu = f" · {panel.cheapest.cpu_s:.2f} CPU s" if panel.cheapest else ""
-        line = (f"<div class='meta'>{speed_value(best.seconds, r.audio_s)}{cpu} · "
-                f"{r.precision} · {r.language}{' · ⚠ CPU shared' if shared else ''}</div>")
+        line = (
+            f"<div class='meta'>{speed_value(best.seconds, r.audio_s)}{cpu} · "
+            f"{r.precision} · {r.language}{' · ⚠ CPU shared' if shared else ''}</div>"
+        )
     elif panel and panel.error:
         line = f"<div class='meta error'>{html.escape(panel.error)}</div>"
     return panel_title(backend, f" <span class='chip chip-{state}'>{state}</span>{line}")
@@ -105,74 +111,130 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
     with gr.Tab("Compare"):
         with gr.Row(equal_height=False, elem_id="compare"):
             with gr.Column(scale=2, min_width=300, elem_id="inputs"):
-                audio = gr.Audio(first[0], sources=["upload", "microphone"], type="filepath", elem_id="audio",
-                                 label=f"Audio: upload, record, or pick an example (up to {max_seconds:g} s)")
+                audio = gr.Audio(
+                    first[0],
+                    sources=["upload", "microphone"],
+                    type="filepath",
+                    elem_id="audio",
+                    label=f"Audio: upload, record, or pick an example (up to {max_seconds:g} s)",
+                )
                 with gr.Row(elem_id="examples", equal_height=True):
-                    example_buttons = [(gr.Button(button, size="sm", variant="secondary", min_width=100), path, model,
-                                        text) for path, button, model, text in examples]
-                chosen = gr.CheckboxGroup([(short_name(b), b) for b in choices.backends], value=choices.backends,
-                                          label="Implementations to race", elem_id="chosen")
+                    example_buttons = [
+                        (gr.Button(button, size="sm", variant="secondary", min_width=100), path, model, text)
+                        for path, button, model, text in examples
+                    ]
+                chosen = gr.CheckboxGroup(
+                    [(short_name(b), b) for b in choices.backends],
+                    value=choices.backends,
+                    label="Implementations to race",
+                    elem_id="chosen",
+                )
                 run = gr.Button("Run", variant="primary", elem_id="run", size="lg")
                 model_note = gr.Markdown(elem_id="model-note")
-                with gr.Accordion(options_label(first[2], "fp32", choices.default_device, 1), open=False,
-                                  elem_id="options") as options:
+                with gr.Accordion(
+                    options_label(first[2], "fp32", choices.default_device, 1), open=False, elem_id="options"
+                ) as options:
                     model = gr.Dropdown(choices.models, value=first[2], label="Model (installed)")
-                    precision = gr.Radio(choices.precisions, value="fp32", label="Precision",
-                                         info="int8 and bf16 are MAX's (int8: faster-whisper's too); "
-                                              "openai-whisper stays fp32")
-                    device = gr.Radio(["auto", "cpu", "gpu"] if choices.gpu else ["auto", "cpu"], value="auto",
-                                      label="Device", info=f"auto = {choices.default_device}")
-                    language = gr.Dropdown([("auto (detect; English for .en models)", "auto")] +
-                                           [(f"{name} ({code})", code) for code, name in LANGUAGES.items()],
-                                           value="auto", label="Language")
-                    task = gr.Radio(["transcribe", "translate"], value="transcribe", label="Task",
-                                    info="translate: into English, with a multilingual model (base)")
-                    reference_text = gr.Textbox(first[3], label="Reference text, for each implementation's WER",
-                                                lines=2, placeholder="what is said in the audio")
+                    precision = gr.Radio(
+                        choices.precisions,
+                        value="fp32",
+                        label="Precision",
+                        info="int8 and bf16 are MAX's (int8: faster-whisper's too); openai-whisper stays fp32",
+                    )
+                    device = gr.Radio(
+                        ["auto", "cpu", "gpu"] if choices.gpu else ["auto", "cpu"],
+                        value="auto",
+                        label="Device",
+                        info=f"auto = {choices.default_device}",
+                    )
+                    language = gr.Dropdown(
+                        [("auto (detect; English for .en models)", "auto")]
+                        + [(f"{name} ({code})", code) for code, name in LANGUAGES.items()],
+                        value="auto",
+                        label="Language",
+                    )
+                    task = gr.Radio(
+                        ["transcribe", "translate"],
+                        value="transcribe",
+                        label="Task",
+                        info="translate: into English, with a multilingual model (base)",
+                    )
+                    reference_text = gr.Textbox(
+                        first[3],
+                        label="Reference text, for each implementation's WER",
+                        lines=2,
+                        placeholder="what is said in the audio",
+                    )
                     beam_size = gr.Slider(1, 5, value=1, step=1, label="Beam size (1 = greedy)")
                     with gr.Row():
                         timestamps = gr.Checkbox(True, label="Segment timestamps")
                         word_timestamps = gr.Checkbox(False, label="Word timestamps")
-                    initial_prompt = gr.Textbox(label="Initial prompt", lines=1,
-                                                placeholder="words or spellings to steer the first window")
+                    initial_prompt = gr.Textbox(
+                        label="Initial prompt", lines=1, placeholder="words or spellings to steer the first window"
+                    )
                     condition = gr.Checkbox(True, label="Condition on previous text")
-                    silence = gr.Number(0, minimum=0, label="Hallucination silence threshold, s (0 = off; "
-                                                            "needs word timestamps)")
-                    batch = gr.Dropdown([("off: 30 s windows in sequence, as openai-whisper", 0), 2, 4, 8, 16],
-                                        value=0, label="Batched long-form: speech chunks at a time",
-                                        info="MAX and faster-whisper only")
+                    silence = gr.Number(
+                        0, minimum=0, label="Hallucination silence threshold, s (0 = off; needs word timestamps)"
+                    )
+                    batch = gr.Dropdown(
+                        [("off: 30 s windows in sequence, as openai-whisper", 0), 2, 4, 8, 16],
+                        value=0,
+                        label="Batched long-form: speech chunks at a time",
+                        info="MAX and faster-whisper only",
+                    )
                     # the audio box drops a file whose browser type is video/* (a .webm, .mp4) without a word;
                     # the run decodes any file with FFmpeg, so this button puts a video's path in the box
-                    video = gr.UploadButton("Upload a video file (its sound is transcribed)",
-                                            file_types=["video", "audio"], size="sm", variant="secondary",
-                                            elem_id="video-upload")
+                    video = gr.UploadButton(
+                        "Upload a video file (its sound is transcribed)",
+                        file_types=["video", "audio"],
+                        size="sm",
+                        variant="secondary",
+                        elem_id="video-upload",
+                    )
             with gr.Column(scale=3, min_width=300, elem_id="results"):
                 message = gr.Markdown(elem_id="message")
-                suggest = gr.Button(f"Transcribe it with {detector[1]}" if detector else "", visible=False,
-                                    variant="primary", elem_id="suggest")
-                verdict = gr.HTML(f"<p class='note'>Press Run: the verdict appears here. "
-                                  f"{benchmark_note(RESULTS_DIR)}</p>", elem_id="verdict", min_height=0)
+                suggest = gr.Button(
+                    f"Transcribe it with {detector[1]}" if detector else "",
+                    visible=False,
+                    variant="primary",
+                    elem_id="suggest",
+                )
+                verdict = gr.HTML(
+                    f"<p class='note'>Press Run: the verdict appears here. {benchmark_note(RESULTS_DIR)}</p>",
+                    elem_id="verdict",
+                    min_height=0,
+                )
                 heads, texts, columns = {}, {}, {}
                 with gr.Row(equal_height=False, elem_id="panels"):
                     for b in BACKENDS:
                         with gr.Column(visible=b in choices.backends, min_width=200) as columns[b]:
                             heads[b] = gr.HTML(panel_head(None, b), elem_id=f"state-{b}", min_height=0)
-                            texts[b] = gr.Textbox(show_label=False, lines=3, max_lines=8, elem_id=f"text-{b}",
-                                                  buttons=["copy"], placeholder="the transcript appears here",
-                                                  container=False)
+                            texts[b] = gr.Textbox(
+                                show_label=False,
+                                lines=3,
+                                max_lines=8,
+                                elem_id=f"text-{b}",
+                                buttons=["copy"],
+                                placeholder="the transcript appears here",
+                                container=False,
+                            )
                 chart = gr.HTML(elem_id="chart", min_height=0)
-        with gr.Accordion("Details: timestamps, word differences, downloads, time by stage", open=False,
-                          elem_id="details"):
+        with gr.Accordion(
+            "Details: timestamps, word differences, downloads, time by stage", open=False, elem_id="details"
+        ):
             stages = gr.HTML(min_height=0)
             details = {}
             with gr.Row(equal_height=False):
                 for b in BACKENDS:
                     with gr.Column(min_width=240):
                         gr.HTML(panel_title(b), min_height=0)
-                        details[b] = (gr.HTML(elem_id=f"diff-{b}", min_height=0),
-                                      gr.Textbox(label="Segments", lines=3, max_lines=12, elem_id=f"segments-{b}"),
-                                      gr.File(label="TXT / SRT / VTT", file_count="multiple", interactive=False,
-                                              elem_id=f"files-{b}"))
+                        details[b] = (
+                            gr.HTML(elem_id=f"diff-{b}", min_height=0),
+                            gr.Textbox(label="Segments", lines=3, max_lines=12, elem_id=f"segments-{b}"),
+                            gr.File(
+                                label="TXT / SRT / VTT", file_count="multiple", interactive=False, elem_id=f"files-{b}"
+                            ),
+                        )
         with gr.Accordion("About the race", open=False):
             gr.Markdown(ABOUT)
 
@@ -190,23 +252,62 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
         for b in BACKENDS:
             p = comparison.panels.get(b) if comparison else None
             rounds = comparison.rounds if comparison else 1
-            outputs += [gr.Column(visible=b in chosen_now), panel_head(p, b, rounds), p.text if p else "",
-                        p.diff_html if p else "", p.segments if p else "", (p.files or None) if p else None]
+            outputs += [
+                gr.Column(visible=b in chosen_now),
+                panel_head(p, b, rounds),
+                p.text if p else "",
+                p.diff_html if p else "",
+                p.segments if p else "",
+                (p.files or None) if p else None,
+            ]
         return outputs
 
-    def transcribe(audio, chosen, model, device, precision, language, task, beam_size, timestamps, word_timestamps,
-                   initial_prompt, condition, silence, batch, reference_text):
+    def transcribe(
+        audio,
+        chosen,
+        model,
+        device,
+        precision,
+        language,
+        task,
+        beam_size,
+        timestamps,
+        word_timestamps,
+        initial_prompt,
+        condition,
+        silence,
+        batch,
+        reference_text,
+    ):
         yield shown(None, 0.0, chosen)  # at once: the previous run's results go
 
         def run(on_change):  # inside watch: bad option values become the run's message
-            options = DecodeOptions.from_values({
-                "language": language, "task": task, "beam_size": int(beam_size), "without_timestamps": not timestamps,
-                "word_timestamps": word_timestamps, "initial_prompt": initial_prompt,
-                "condition_on_previous_text": condition,
-                "hallucination_silence_threshold": float(silence) if silence else None, "batch_size": int(batch)})
-            return run_comparison(audio, chosen, model, choices.device(device), options, transcriptions,
-                                  precision=precision, max_seconds=max_seconds, reference_text=reference_text,
-                                  detector=detector, on_change=on_change)
+            options = DecodeOptions.from_values(
+                {
+                    "language": language,
+                    "task": task,
+                    "beam_size": int(beam_size),
+                    "without_timestamps": not timestamps,
+                    "word_timestamps": word_timestamps,
+                    "initial_prompt": initial_prompt,
+                    "condition_on_previous_text": condition,
+                    "hallucination_silence_threshold": float(silence) if silence else None,
+                    "batch_size": int(batch),
+                }
+            )
+            return run_comparison(
+                audio,
+                chosen,
+                model,
+                choices.device(device),
+                options,
+                transcriptions,
+                precision=precision,
+                max_seconds=max_seconds,
+                reference_text=reference_text,
+                detector=detector,
+                on_change=on_change,
+            )
 
         for comparison, elapsed in watch(run):
             yield shown(comparison, elapsed, chosen)
@@ -217,25 +318,53 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
         return transcriptions.load_note(chosen_now, model_now, choices.device(device_now), precision_now)
 
     note_inputs = [chosen, model, device, precision]
-    run_inputs = [audio, chosen, model, device, precision, language, task, beam_size, timestamps, word_timestamps,
-                  initial_prompt, condition, silence, batch, reference_text]
+    run_inputs = [
+        audio,
+        chosen,
+        model,
+        device,
+        precision,
+        language,
+        task,
+        beam_size,
+        timestamps,
+        word_timestamps,
+        initial_prompt,
+        condition,
+        silence,
+        batch,
+        reference_text,
+    ]
     run.click(transcribe, run_inputs, results, concurrency_limit=RUNS_AT_ONCE, show_progress="hidden").then(
-        note, note_inputs, model_note, concurrency_limit=None, show_progress="hidden")  # what the run loaded
-    run.click(lambda: gr.Accordion(open=False), outputs=options, concurrency_limit=None,
-              show_progress="hidden")  # the results in sight on a narrow screen, where they come after the options
+        note, note_inputs, model_note, concurrency_limit=None, show_progress="hidden"
+    )  # what the run loaded
+    run.click(
+        lambda: gr.Accordion(open=False), outputs=options, concurrency_limit=None, show_progress="hidden"
+    )  # the results in sight on a narrow screen, where they come after the options
     if detector:  # the language check's suggestion: the multilingual model, then the run
         suggest.click(lambda: detector[1], outputs=model, concurrency_limit=None, show_progress="hidden").then(
-            transcribe, run_inputs, results, concurrency_limit=RUNS_AT_ONCE, show_progress="hidden")
+            transcribe, run_inputs, results, concurrency_limit=RUNS_AT_ONCE, show_progress="hidden"
+        )
     video.upload(lambda path: path, inputs=video, outputs=audio, show_progress="hidden")
-    audio.upload(lambda path: refusal(path, max_seconds), audio, message, show_progress="hidden",
-                 concurrency_limit=None)  # at once
+    audio.upload(
+        lambda path: refusal(path, max_seconds), audio, message, show_progress="hidden", concurrency_limit=None
+    )  # at once
     audio.clear(lambda: "", outputs=message, show_progress="hidden", concurrency_limit=None)
     for button, path, example_model, text in example_buttons:  # (the message: an upload's refusal goes)
-        button.click(lambda path=path, m=example_model, text=text: (path, m, text, ""),
-                     outputs=[audio, model, reference_text, message], concurrency_limit=None, show_progress="hidden")
+        button.click(
+            lambda path=path, m=example_model, text=text: (path, m, text, ""),
+            outputs=[audio, model, reference_text, message],
+            concurrency_limit=None,
+            show_progress="hidden",
+        )
     for control in (model, precision, device, beam_size):
-        control.change(lambda m, p, d, beam: gr.Accordion(label=options_label(m, p, choices.device(d), int(beam))),
-                       [model, precision, device, beam_size], options, concurrency_limit=None, show_progress="hidden")
+        control.change(
+            lambda m, p, d, beam: gr.Accordion(label=options_label(m, p, choices.device(d), int(beam))),
+            [model, precision, device, beam_size],
+            options,
+            concurrency_limit=None,
+            show_progress="hidden",
+        )
     for control in (model, device, precision, chosen):  # say before a run what it will have to load or compile
         control.change(note, note_inputs, model_note, concurrency_limit=None, show_progress="hidden")
     return CompareTab(run, message, model, device)

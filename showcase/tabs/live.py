@@ -10,6 +10,7 @@ stand in for the microphone (`LiveRaces.play`), for a visitor without one: the b
 as its pieces stream, so a room hears what is raced. A race ends with its result in large type
 (`race_result`): who kept up, and how soon each made its words final.
 """
+
 from __future__ import annotations
 
 import html
@@ -101,9 +102,11 @@ def race_result(race: LiveRace) -> str:
         if len(firsts) == 1:
             lines.append(f"{short_name(firsts[0])} was first: it {said.pop(firsts[0])}")
         else:
-            lines.append(f"A tie: {' and '.join(short_name(b) for b in firsts)} "
-                         f"{'fell behind' if best[0] else 'kept up'}, their words final {best[1]:.1f} s after they "
-                         f"were said.")
+            lines.append(
+                f"A tie: {' and '.join(short_name(b) for b in firsts)} "
+                f"{'fell behind' if best[0] else 'kept up'}, their words final {best[1]:.1f} s after they "
+                f"were said."
+            )
             for b in firsts:
                 said.pop(b)
         lines[0] = f"<div class='live-winner'>{lines[0]}</div>"
@@ -113,8 +116,11 @@ def race_result(race: LiveRace) -> str:
 
 def panel_html(backend: str, session: LiveSession | None) -> str:
     """An implementation's column: its name, its text so far, its figures."""
-    body = (f"{session.text_html()}<div class='meta live-stats'>{html.escape(session.figures())}</div>" if session
-            else "<div class='meta live-stats'>waiting for the microphone</div>")
+    body = (
+        f"{session.text_html()}<div class='meta live-stats'>{html.escape(session.figures())}</div>"
+        if session
+        else "<div class='meta live-stats'>waiting for the microphone</div>"
+    )
     return panel_title(backend) + body
 
 
@@ -195,10 +201,13 @@ class LiveRaces:
         started = time.monotonic()
         try:
             for i in range(0, len(samples), step):
-                message = self._add(race, (SAMPLE_RATE, samples[i:i + step]))
+                message = self._add(race, (SAMPLE_RATE, samples[i : i + step]))
                 heard = min(i + step, len(samples)) / SAMPLE_RATE
-                yield [race, message or f"Playing {race.playing} as the microphone: {int(heard)} of {total:.0f} s",
-                       *self.panels(race)]
+                yield [
+                    race,
+                    message or f"Playing {race.playing} as the microphone: {int(heard)} of {total:.0f} s",
+                    *self.panels(race),
+                ]
                 if message:
                     return
                 time.sleep(max(0.0, started + heard - time.monotonic()))
@@ -233,25 +242,43 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
     races = LiveRaces(transcriptions)
     racers = [b for b in RACERS if b in choices.backends] or choices.backends[:1]
     with gr.Tab("Live"):
-        gr.Markdown("Speak, or play an example, and watch each implementation write down what it hears, side by "
-                    "side. Black words are final, grey ones may still change.")
+        gr.Markdown(
+            "Speak, or play an example, and watch each implementation write down what it hears, side by "
+            "side. Black words are final, grey ones may still change."
+        )
         with gr.Row(equal_height=False):
             with gr.Column(scale=3, min_width=300):
-                mic = gr.Audio(sources=["microphone"], type="numpy", streaming=True, label="Microphone",
-                               elem_id="live-mic", waveform_options=gr.WaveformOptions(show_recording_waveform=False))
+                mic = gr.Audio(
+                    sources=["microphone"],
+                    type="numpy",
+                    streaming=True,
+                    label="Microphone",
+                    elem_id="live-mic",
+                    waveform_options=gr.WaveformOptions(show_recording_waveform=False),
+                )
                 with gr.Row(elem_id="live-examples", equal_height=True):
-                    plays = [(gr.Button(f"▶ {button} as the microphone", size="sm", variant="secondary",
-                                        min_width=120), path)
-                             for path, button, _, _ in example_rows(choices.models, english=True)]
+                    plays = [
+                        (
+                            gr.Button(f"▶ {button} as the microphone", size="sm", variant="secondary", min_width=120),
+                            path,
+                        )
+                        for path, button, _, _ in example_rows(choices.models, english=True)
+                    ]
                 # the example a race hears, played by the browser as its pieces stream to the race
-                speaker = gr.Audio(label="What the race hears", autoplay=True, interactive=False,
-                                   elem_id="live-player", buttons=[])
+                speaker = gr.Audio(
+                    label="What the race hears", autoplay=True, interactive=False, elem_id="live-player", buttons=[]
+                )
             with gr.Column(scale=2, min_width=300):
                 live_backends = gr.CheckboxGroup(
-                    [(short_name(b), b) for b in choices.backends], value=racers, label="Implementations to race",
-                    elem_id="live-backends", info="openai-whisper does not keep up beside the others on a 2-core CPU")
-                live_model = gr.Dropdown(choices.models, value=choices.models[0] if choices.models else None,
-                                         label="Model (installed)")
+                    [(short_name(b), b) for b in choices.backends],
+                    value=racers,
+                    label="Implementations to race",
+                    elem_id="live-backends",
+                    info="openai-whisper does not keep up beside the others on a 2-core CPU",
+                )
+                live_model = gr.Dropdown(
+                    choices.models, value=choices.models[0] if choices.models else None, label="Model (installed)"
+                )
         message = gr.Markdown(elem_id="live-message")
         panels, columns = [], []
         with gr.Row(equal_height=False):
@@ -267,13 +294,22 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
                 "cores, each on a model of its own, beside any comparison another visitor runs. *Computing per "
                 "second of speech* is the time its updates took, per second heard: below 1 it keeps up. *Words "
                 "final after* is how long after a word was said it turned black (from when the server received "
-                "the audio). How it was measured: benchmarks/README.md, Live race.")
+                "the audio). How it was measured: benchmarks/README.md, Live race."
+            )
         race_state = gr.State(None, delete_callback=lambda race: race.stop() if race else None)
-    mic.stream(lambda chunk, race, backends, model: races.chunk(chunk, race, backends, model, choices.default_device),
-               [mic, race_state, live_backends, live_model], [race_state, message, *panels],
-               stream_every=1.0, time_limit=int(max_seconds), show_progress="hidden", concurrency_limit=None)
-    mic.stop_recording(races.stop, race_state, [race_state, message, *panels], show_progress="hidden",
-                       concurrency_limit=None)
+    mic.stream(
+        lambda chunk, race, backends, model: races.chunk(chunk, race, backends, model, choices.default_device),
+        [mic, race_state, live_backends, live_model],
+        [race_state, message, *panels],
+        stream_every=1.0,
+        time_limit=int(max_seconds),
+        show_progress="hidden",
+        concurrency_limit=None,
+    )
+    mic.stop_recording(
+        races.stop, race_state, [race_state, message, *panels], show_progress="hidden", concurrency_limit=None
+    )
+
     def player(path: str):
         def play(race, backends, model):  # a generator function, as Gradio streams only those
             started = False  # the browser plays the clip once its race has started
@@ -281,11 +317,21 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
                 starts = not started and update[0] is not None and update[0].playing == Path(path).name
                 started = started or starts
                 yield [*update, path if starts else gr.skip()]
+
         return play
 
     for button, path in plays:  # (the player emptied first: the same clip again plays again)
         button.click(lambda: None, outputs=speaker, show_progress="hidden", concurrency_limit=None).then(
-            player(path), [race_state, live_backends, live_model], [race_state, message, *panels, speaker],
-            show_progress="hidden", concurrency_limit=None)
-    live_backends.change(lambda backends: [gr.Column(visible=b in backends) for b in BACKENDS], live_backends, columns,
-                         show_progress="hidden", concurrency_limit=None)
+            player(path),
+            [race_state, live_backends, live_model],
+            [race_state, message, *panels, speaker],
+            show_progress="hidden",
+            concurrency_limit=None,
+        )
+    live_backends.change(
+        lambda backends: [gr.Column(visible=b in backends) for b in BACKENDS],
+        live_backends,
+        columns,
+        show_progress="hidden",
+        concurrency_limit=None,
+    )

