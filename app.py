@@ -24,9 +24,9 @@ register(*baselines.BACKENDS)  # a bare checkout (a Space) has no entry points; 
 use_persistent_storage()  # a Space's /data keeps MAX's compile cache: before max is imported
 
 from showcase.choices import Choices  # noqa: E402
-from showcase.page import build_demo, quiet_queue  # noqa: E402
 from showcase.examples import EXAMPLES_DIR  # noqa: E402
 from showcase.language_check import detector_for  # noqa: E402
+from showcase.page import build_demo, quiet_queue  # noqa: E402
 from showcase.tabs import checks as checks_tab  # noqa: E402
 from showcase.tabs.live import RACERS  # noqa: E402
 from showcase.transcriptions import LocalTranscriptions  # noqa: E402

@@ -25,12 +25,13 @@ import sys
 import time
 from pathlib import Path
 
+from maxwhisper_baselines.openai_backend import OpenAITranscriber
+
 from maxwhisper.audio import load_audio, log_mel_spectrogram
 from maxwhisper.bench.clips import audio_dir
 from maxwhisper.bench.machine import machine_info
 from maxwhisper.checkpoint import ModelDims, load_checkpoint
 from maxwhisper.graph.model import MaxWhisper
-from maxwhisper_baselines.openai_backend import OpenAITranscriber
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,15 +78,18 @@ def arguments(doc: str, precision: str, repeats: int) -> argparse.Namespace:
     return parser.parse_args()
 
 
+def max_encoder_seconds(ckpt, precision: str, mel, repeats: int) -> float:
+    net = MaxWhisper(ckpt, precision=precision)
+    return median_seconds(lambda: net.features_numpy(net.encode(mel)), repeats)
+
+
 def main() -> None:
     args = arguments(__doc__, "fp32", 9)
 
     ckpt = load_checkpoint(args.model)
     audio = load_audio(str(audio_dir() / "physicsworks.flac"))[: 30 * 16000]
     mel = log_mel_spectrogram(audio, ckpt.dims.n_mels)[None]
-    model = MaxWhisper(ckpt, precision=args.precision)
-    max_s = median_seconds(lambda: model.features_numpy(model.encode(mel)), args.repeats)
-    del model
+    max_s = max_encoder_seconds(ckpt, args.precision, mel, args.repeats)  # the model freed before the reference
     if args.precision in ("fp32", "bf16"):
         import torch
 

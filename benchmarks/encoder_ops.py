@@ -5,7 +5,8 @@ weights and activations of a 30 s window's shapes (random values of the encoder'
 `--repeats` calls after one; an op's share counts it as often as one window runs it. The whole
 encoder graph runs beside them, so the sum of the ops can be compared with the window it splits:
 
-    PYTHONPATH=. .venv/bin/python benchmarks/encoder_ops.py [--model tiny.en] [--precision int8|fp32|bf16] [--repeats 21]
+    PYTHONPATH=. .venv/bin/python benchmarks/encoder_ops.py [--model tiny.en] [--precision int8|fp32|bf16]
+        [--repeats 21]
 
 Prints a Markdown table; `benchmarks/results/encoder-gflops.md` keeps the splits.
 """
@@ -15,11 +16,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from encoder_gflops import arguments, median_seconds
 from max import driver
 from max.dtype import DType
 from max.graph import Graph, TensorType
 
-from encoder_gflops import arguments, median_seconds
 from maxwhisper.audio import N_FRAMES
 from maxwhisper.bench.machine import machine_info
 from maxwhisper.checkpoint import load_checkpoint

@@ -47,8 +47,8 @@ JFK, LECTURE = "jfk.flac", "physicsworks.flac"
 JFK_TEXT = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
 
 
-def say(*parts) -> None:
-    print(*parts, flush=True)
+def say(*parts, end: str = "\n") -> None:
+    print(*parts, end=end, flush=True)
 
 
 def compare(ours: list[int], reference: list[int], ours_text: str, reference_text: str) -> dict:
@@ -214,9 +214,8 @@ def check_precision(device: str, precision: str, audio: Path, reference: dict, r
         say(f"MAX {precision} {clip}: {out['clips'][clip]}")
     lecture = load_audio(audio / LECTURE)
     out["lecture_s"], out["lecture_runs"] = median_time(lambda: mx.transcribe(lecture, DecodeOptions()), runs)
-    say(
-        f"MAX {precision} lecture: median {out['lecture_s']} s of {out['lecture_runs']} (device graphs: {mx.net.captures})"
-    )
+    say(f"MAX {precision} lecture: median {out['lecture_s']} s of {out['lecture_runs']}", end=" ")
+    say(f"(device graphs: {mx.net.captures})")
     out["split"] = split(mx, lecture)
     say(f"MAX {precision} split: {out['split']}")
     out["step_loop"] = step_loop(mx, lecture)

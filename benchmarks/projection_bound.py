@@ -25,12 +25,12 @@ import itertools
 
 import numpy as np
 import whisper
+from maxwhisper_baselines.openai_backend import OpenAITranscriber
 from whisper.tokenizer import get_tokenizer
 
 from maxwhisper.audio import load_audio
 from maxwhisper.bench.clips import audio_dir
 from maxwhisper.bench.machine import machine_info
-from maxwhisper_baselines.openai_backend import OpenAITranscriber
 
 FORMATS = ((8, 384), (8, 64), (6, 32), (4, 64))  # (bits, weights per scale)
 SPANS = (0, 4, 8)  # logits below the largest lower bound down to which the second pass computes exactly
@@ -106,7 +106,8 @@ def main() -> None:
     ] = False
     machine = machine_info()
     lines = [
-        f"{machine['cpu']} ({machine['vector_isa']}); {args.clip}, tiny.en, {len(xs)} decoder calls of openai-whisper's greedy transcript; "
+        f"{machine['cpu']} ({machine['vector_isa']}); {args.clip}, tiny.en, "
+        f"{len(xs)} decoder calls of openai-whisper's greedy transcript; "
         f"fp16-stored rows: {w.size * 2 / 1e6:.1f} MB",
         "",
         "| first pass | MB read | exact rows median | p90 | max | logsumexp error median | max |",

@@ -2,7 +2,8 @@
 (or without), on the same hypotheses' timing from run to run, as `streaming_replay.py` does for a
 stream.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/realtime_replay.py [--clip jfk.flac] [--no-vad] [--precision int8] [--update-s 0.75]
+    PYTHONPATH=. .venv/bin/python benchmarks/realtime_replay.py [--clip jfk.flac] [--no-vad] [--precision int8]
+        [--update-s 0.75]
 
 The clip (the lecture by default) and TAIL_S of silence go to a `RealtimeSession` in 100 ms appends
 at 16 kHz, each when its audio would have been spoken, then a commit, as `bench --realtime` sends
@@ -107,7 +108,8 @@ def main() -> None:
         f"{args.clip}, UPDATE_S {session.UPDATE_S:g}, {'no VAD' if args.no_vad else 'server VAD'}: "
         f"{len(transcripts)} turns, {len(latencies)} words, latency median {quantile(latencies, 0.5):.2f} s, "
         f"p90 {quantile(latencies, 0.9):.2f} s, max {max(latencies):.2f} s, compute "
-        f"{spent[0] / len(audio) * SAMPLE_RATE:.2f} s per audio second; turns' first {FIRST_S:g} s: {len(first)} words, "
+        f"{spent[0] / len(audio) * SAMPLE_RATE:.2f} s per audio second; "
+        f"turns' first {FIRST_S:g} s: {len(first)} words, "
         f"median {quantile(first, 0.5):.2f} s, p90 {quantile(first, 0.9):.2f} s"
     )
     print(

@@ -13,7 +13,6 @@ other modules (selfcheck, bench, serve, gpu-compile, transcribe-many, warm) are 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import logging
 import math

@@ -29,7 +29,6 @@ from .audio import CHUNK_LENGTH
 from .checkpoint import ModelDims
 from .tokenizer import Tokenizer, tokenizer_for
 
-
 # --- the seam to the network -----------------------------------------------------------------
 
 
@@ -318,7 +317,7 @@ class MaximumLikelihoodRanker(SequenceRanker):
             return result
 
         lengths = [[len(t) for t in s] for s in tokens]
-        return [int(np.argmax(scores(p, l))) for p, l in zip(sum_logprobs, lengths)]
+        return [int(np.argmax(scores(p, n))) for p, n in zip(sum_logprobs, lengths)]
 
 
 # --- choosing the next token -----------------------------------------------------------------

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import tiktoken
 
-
 LANGUAGES = {
     "en": "english",
     "zh": "chinese",

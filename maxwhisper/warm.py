@@ -65,9 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from .api import BackendError
     from .checkpoint import check_model_name, load_checkpoint
+    from .cpu_features import use_cpu_level
     from .graph.kernel_package import start_kernel_library
     from .graph.model import MaxWhisper, check_precision, resolve_device
-    from .cpu_features import use_cpu_level
     from .registry import PRECISIONS
 
     if args.cpu_level:

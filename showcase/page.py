@@ -16,7 +16,8 @@ import gradio as gr
 from .choices import Choices
 from .examples import EXAMPLES_DIR
 from .remote import ServiceTranscriptions
-from .tabs import benchmarks, checks as checks_tab, compare, live, system
+from .tabs import benchmarks, compare, live, system
+from .tabs import checks as checks_tab
 from .transcriptions import Transcriptions
 from .turns import Turns
 

@@ -49,8 +49,8 @@ def max_tiny_en_int8():
 def max_tiny_en_bf16():
     """MAX with tiny.en in bf16 on the CPU (`--precision bf16`), where the CPU has AVX512_BF16: the
     one bf16 model of the session; None on a CPU without (the tests then check that MAX says so)."""
-    from maxwhisper.max_backend import MaxTranscriber
     from maxwhisper.cpu_features import has_bf16
+    from maxwhisper.max_backend import MaxTranscriber
 
     return MaxTranscriber("tiny.en", device="cpu", precision="bf16") if has_bf16() else None
 

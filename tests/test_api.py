@@ -7,9 +7,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import AUDIO
 
 import maxwhisper
-from conftest import AUDIO
 from maxwhisper.api import SAMPLE_RATE, DecodeOptions, OptionError
 from maxwhisper.audio import load_audio
 
@@ -89,13 +89,15 @@ NAN, INF = float("nan"), float("inf")
         (
             {"compression_ratio_threshold": NAN},
             "compression_ratio_threshold",
-            "compression_ratio_threshold must be a finite number above 0 (a gzip compression ratio), or None (off), got nan",
+            "compression_ratio_threshold must be a finite number above 0 (a gzip compression ratio), "
+            "or None (off), got nan",
         ),
         ({"compression_ratio_threshold": 0}, "compression_ratio_threshold", "above 0"),
         (
             {"logprob_threshold": -INF},
             "logprob_threshold",
-            "logprob_threshold must be a finite number of at most 0 (an average log probability), or None (off), got -inf",
+            "logprob_threshold must be a finite number of at most 0 (an average log probability), or "
+            "None (off), got -inf",
         ),
         ({"logprob_threshold": 0.5}, "logprob_threshold", "at most 0"),
         (
@@ -112,7 +114,8 @@ NAN, INF = float("nan"), float("inf")
         (
             {"suppress_tokens": "999999"},
             "suppress_tokens",
-            "suppress_tokens: 999999 is not a token id of any Whisper model (0 to 51865, or -1 for the non-speech symbols)",
+            "suppress_tokens: 999999 is not a token id of any Whisper model (0 to 51865, or -1 for "
+            "the non-speech symbols)",
         ),
         ({"suppress_tokens": "51866"}, "suppress_tokens", "51866 is not a token id of any Whisper model"),
         ({"suppress_tokens": "-2"}, "suppress_tokens", "-2 is not a token id of any Whisper model"),

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maxwhisper.api import CloseCall, DecodeOptions, Segment, Timings, TranscriptionResult
 import maxwhisper.registry
+from maxwhisper.api import CloseCall, DecodeOptions, Segment, Timings, TranscriptionResult
 from maxwhisper.bench.cli import start_spinner
 from maxwhisper.registry import BACKENDS, create_transcriber, create_warmed_up
 from maxwhisper.scoring import normalize
@@ -1293,6 +1293,7 @@ def test_system_report_shows_no_server_path(tmp_path, monkeypatch):
 
 def test_app_builds_with_the_examples():
     import gradio as gr
+
     from showcase.page import build_demo
 
     demo = build_demo(LocalTranscriptions(no_loading), max_seconds=60)

@@ -15,10 +15,10 @@ import av
 import numpy as np
 import pytest
 import soundfile
+from scripted import ScriptedTranscriber
 
 from maxwhisper.api import SAMPLE_RATE, DecodeOptions, MaxWhisperError, ModelError
 from maxwhisper.registry import BACKENDS
-from scripted import ScriptedTranscriber
 from showcase import live_session
 from showcase.live_session import LiveSession
 from showcase.tabs import live

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-
 from maxwhisper.api import AudioError, BackendError, DecodeOptions, MaxWhisperError
 from maxwhisper.checkpoint import load_checkpoint
 from maxwhisper.scoring import normalize
@@ -145,7 +144,6 @@ def test_bad_audio_and_options(request, backend):
 
 def test_openai_precision_and_device_errors():
     import torch
-
     from maxwhisper_baselines.openai_backend import OpenAITranscriber
 
     for precision in ("int8", "bf16", "fp16"):  # cpu: fp32 only
@@ -160,7 +158,6 @@ def test_openai_precision_and_device_errors():
 
 def test_faster_precision_and_device_errors():
     import ctranslate2
-
     from maxwhisper_baselines.faster_backend import FasterTranscriber
 
     if "float16" not in ctranslate2.get_supported_compute_types("cpu"):
@@ -177,7 +174,6 @@ def test_faster_on_a_gpu_without_cuda_12_s_libraries_says_so_at_load(monkeypatch
     # CTranslate2 sees the GPU but opens CUDA 12's cuBLAS only at the first transcription: the
     # backend looks for it first; "gpu" is refused in one line, "auto" takes the CPU
     import ctranslate2
-
     from maxwhisper_baselines import faster_backend
 
     monkeypatch.setattr(ctranslate2, "get_cuda_device_count", lambda: 1)
@@ -209,12 +205,11 @@ def test_the_cuda_12_library_check_asks_the_loader(monkeypatch):
 
 
 def test_faster_refuses_a_pt_checkpoint(tmp_path):
-    import torch
     from dataclasses import asdict
 
-    from whisper.model import ModelDimensions, Whisper
-
+    import torch
     from maxwhisper_baselines.faster_backend import FasterTranscriber
+    from whisper.model import ModelDimensions, Whisper
 
     dims = ModelDimensions(
         n_mels=80,
@@ -236,12 +231,11 @@ def test_faster_refuses_a_pt_checkpoint(tmp_path):
 def test_openai_runs_a_pt_checkpoint(tmp_path, jfk):
     """A random-weight multilingual .pt loads through the same path (the words are noise; the call
     must work, and language detection must report its probability)."""
-    import torch
     from dataclasses import asdict
 
-    from whisper.model import ModelDimensions, Whisper
-
+    import torch
     from maxwhisper_baselines.openai_backend import OpenAITranscriber
+    from whisper.model import ModelDimensions, Whisper
 
     dims = ModelDimensions(
         n_mels=80,
@@ -274,6 +268,7 @@ def test_openai_runs_a_pt_checkpoint(tmp_path, jfk):
 def test_registry_builds_both():
     from maxwhisper_baselines.faster_backend import FasterTranscriber
     from maxwhisper_baselines.openai_backend import OpenAITranscriber
+
     from maxwhisper.registry import available_backends, create_transcriber
 
     assert {"openai", "faster"} <= set(available_backends())

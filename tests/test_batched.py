@@ -10,13 +10,12 @@ import dataclasses
 
 import numpy as np
 import pytest
+from conftest import AUDIO
 
 from maxwhisper.api import BackendError, DecodeOptions, MaxWhisperError
 from maxwhisper.audio import N_FRAMES, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
 from maxwhisper.batched import CHUNK_SECONDS, SpeechTimeline, speech_chunks, transcribe_batched
 from maxwhisper.scoring import normalize, wer
-
-from conftest import AUDIO
 
 BATCHED = DecodeOptions(batch_size=2, temperature=(0.0,))  # text only per chunk: the batched default
 TIMESTAMPS = dataclasses.replace(BATCHED, without_timestamps=False)
@@ -134,9 +133,9 @@ def test_batched_default_loses_no_words_on_the_lecture(max_tiny_en):
     """Within 0.5 points of WER of the better of sequential MAX and faster-whisper's
     BatchedInferencePipeline in its default mode (text only; greedy, as every backend here), on the
     lecture against its whisper-medium transcript."""
-    from maxwhisper.audio import load_audio
-
     from maxwhisper_baselines.faster_backend import FasterTranscriber
+
+    from maxwhisper.audio import load_audio
 
     audio = load_audio(AUDIO / "physicsworks.flac")
     reference = (AUDIO / "physicsworks.whisper-medium.txt").read_text()

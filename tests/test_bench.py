@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maxwhisper.bench.cli import MODES, build_parser, spec_of, with_mode
 from maxwhisper.bench.bulk import bulk_markdown
+from maxwhisper.bench.cli import MODES, build_parser, spec_of, with_mode
 from maxwhisper.bench.clips import DEFAULT_CLIPS, LONG_FORM, REFERENCES, audio_dir, load_clip, parse_clip, resolve_clips
 from maxwhisper.bench.machine import device_tag, machine_info, slug
 from maxwhisper.bench.records import (
@@ -638,7 +638,8 @@ def test_streaming_results_state_the_command_that_runs_them_again(tmp_path, monk
     [
         (
             ["clips", "--devices", "cpu", "--models", "tiny.en,tiny.xx"],
-            "unknown model 'tiny.xx': use one of base, tiny.en, a CTranslate2 model folder, or an openai-whisper .pt file",
+            "unknown model 'tiny.xx': use one of base, tiny.en, a CTranslate2 model folder, or an "
+            "openai-whisper .pt file",
         ),
         (["--devices", "cpu", "--precisions", "fp64"], "unknown precision(s) fp64; valid: fp32, fp16, bf16, int8"),
         (
@@ -651,15 +652,18 @@ def test_streaming_results_state_the_command_that_runs_them_again(tmp_path, monk
         ),
         (
             ["batched", "--devices", "cpu", "--backends", "openai"],
-            "nothing to measure: none of the backends openai runs any precision on cpu in this mode (max and faster only)",
+            "nothing to measure: none of the backends openai runs any precision on cpu in this mode "
+            "(max and faster only)",
         ),
         (
             ["--throughput", "--devices", "cpu", "--backends", "openai"],
-            "nothing to measure: none of the backends openai runs any precision on cpu in this mode (max and faster only)",
+            "nothing to measure: none of the backends openai runs any precision on cpu in this mode "
+            "(max and faster only)",
         ),
         (
             ["bulk", "--backends", "openai"],
-            "nothing to measure: none of the backends openai runs any precision on cpu in this mode (max and faster only)",
+            "nothing to measure: none of the backends openai runs any precision on cpu in this mode "
+            "(max and faster only)",
         ),
         (
             ["realtime", "--backends", "openai"],

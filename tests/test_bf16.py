@@ -145,8 +145,8 @@ def test_encoder_attention_in_bf16_is_float32_sums_of_bfloat16_products(dh, t, a
     from max.dtype import DType
     from max.graph import DeviceRef, TensorType
 
-    from maxwhisper.graph.layers import MACHINE_TILE, encoder_attention
     from maxwhisper.cpu_features import amx_permitted
+    from maxwhisper.graph.layers import MACHINE_TILE, encoder_attention
 
     amx = amx and amx_permitted()
     b, h = 2, 2

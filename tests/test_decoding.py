@@ -14,17 +14,16 @@ import sys
 
 import numpy as np
 import pytest
+import torch as torch
+import whisper as whisper
+import whisper.decoding as wd
+from torch_reference import TorchModel, openai_transcribe, whisper_mel
 
 from maxwhisper import decoding as md
 from maxwhisper.api import DecodeOptions, MaxWhisperError
 from maxwhisper.checkpoint import Checkpoint, ModelDims, expected_shapes
 from maxwhisper.tokenizer import get_tokenizer
 from maxwhisper.transcribe import TranscribeOutput, transcribe
-
-import torch as torch
-import whisper as whisper
-import whisper.decoding as wd
-from torch_reference import TorchModel, openai_transcribe, whisper_mel
 
 GREEDY = DecodeOptions()  # beam_size 1: greedy at temperature 0, fallback schedule 0.0 ... 1.0
 

@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 import torch
 import whisper
+from conftest import each_plan
+from torch_reference import openai_transcribe, whisper_mel
 from whisper.timing import dtw_cpu
 from whisper.timing import median_filter as whisper_median_filter
 
@@ -33,8 +35,6 @@ from maxwhisper.formats import to_srt
 from maxwhisper.timing import default_alignment_heads, dtw, median_filter
 from maxwhisper.tokenizer import get_tokenizer
 from maxwhisper.transcribe import transcribe
-from conftest import each_plan
-from torch_reference import openai_transcribe, whisper_mel
 
 # a checkpoint in large-v3's layout (128 mel bins, 100 languages), but tiny
 RANDOM_DIMS = ModelDims(
@@ -416,9 +416,11 @@ def test_portable_fp16_runs_end_to_end_on_the_cpu(tmp_path, jfk_audio):
     2^-11 relative; the logits are checked within FP16_LOGIT_TOLERANCE of their largest value
     against openai-whisper in float32, and the greedy tokens up to the first place where the
     reference's two best logits lie closer than that (a near tie fp16 may decide either way)."""
+    from whisper.decoding import DecodingOptions
+    from whisper.decoding import decode as whisper_decode
+
     from maxwhisper.decoding import WindowOptions, decode
     from maxwhisper.max_backend import MaxTranscriber
-    from whisper.decoding import DecodingOptions, decode as whisper_decode
 
     path = write_random_pt(tmp_path, "float16")
     mx = MaxTranscriber(str(path), device="cpu", precision="fp16", kernels=False)

@@ -201,7 +201,8 @@ def test_captured_token_steps_give_the_tokens_of_plain_calls(
         assert max_tiny_en_portable.transcribe(jfk_audio, DecodeOptions()).tokens == plain[0]
     assert not net.captures
     assert [r.getMessage() for r in caplog.records] == [
-        "the GPU runs MAX's decoder steps one by one: capturing them failed (RuntimeError: capture is not supported here)"
+        "the GPU runs MAX's decoder steps one by one: capturing them failed (RuntimeError: capture "
+        "is not supported here)"
     ]
 
 

@@ -412,9 +412,9 @@ def test_packed_linear_int8_kernel_is_the_exact_int8_product():
     from max.dtype import DType
     from max.graph import DeviceRef, TensorType
 
+    from maxwhisper.cpu_features import amx_permitted
     from maxwhisper.graph.layers import MACHINE_TILE, WeightBank, packed_linear_int8
     from maxwhisper.graph.weights import quantize_int8
-    from maxwhisper.cpu_features import amx_permitted
 
     rng = np.random.default_rng(0)
     k, n, m = 1536, 48, 67
@@ -848,8 +848,8 @@ def test_compiled_cpu_graphs_are_kept_on_disk_and_the_next_load_uses_them(tmp_pa
     from max.engine import InferenceSession
     from max.graph import DeviceRef, Graph, Module, TensorType
 
-    from maxwhisper.graph import compiled
     from maxwhisper.cpu_features import CPU_LEVELS
+    from maxwhisper.graph import compiled
 
     monkeypatch.setattr(compiled, "cache_folder", lambda: tmp_path)
 

@@ -4,12 +4,12 @@ and pixi.toml (the project with every extra) follow it; the wheel's namespace is
 import re
 import subprocess
 import sys
-import tomllib
 import zipfile
 from importlib.metadata import PackageNotFoundError, distribution, packages_distributions
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 

@@ -11,11 +11,11 @@ import re
 
 import numpy as np
 import pytest
+from scripted import TurnScriptedTranscriber
 
 from maxwhisper.api import SAMPLE_RATE, MaxWhisperError
 from maxwhisper.realtime import EventError, Limits, RealtimeSession, run_session
 from maxwhisper.realtime.protocol import WORDS
-from scripted import TurnScriptedTranscriber
 
 SCRIPT = "one two three four five six seven eight nine ten"
 MANUAL_16K = {

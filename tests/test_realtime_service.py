@@ -13,9 +13,9 @@ import time
 
 import httpx
 import pytest
-
 from conftest import AUDIO
 from test_service import _free_port, _wav, replica_stats
+
 from maxwhisper.scoring import normalize, wer
 
 JFK = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."

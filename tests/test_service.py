@@ -20,8 +20,8 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import AUDIO
+
 from maxwhisper.scoring import normalize
 
 JFK = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
@@ -205,7 +205,6 @@ def test_bombs_and_an_endless_upload_are_refused_before_the_ingress_spends_memor
     import threading
 
     from ray import serve
-
     from test_service_inputs import flac_hours, wav_bomb
 
     assert not serve.status().proxies  # nothing else reads request bodies
@@ -670,7 +669,6 @@ def test_the_app_beside_the_api_transcribes_through_the_model_deployments(servic
     import re
 
     from playwright.sync_api import expect, sync_playwright
-
     from test_browser import CHROMIUM, CHROMIUM_ARGS, fake_microphone, open_tab, record_until_heard
 
     with sync_playwright() as p:

@@ -238,7 +238,7 @@ def test_encode_calls_of_another_length_wait_for_a_batch_of_their_own():
     def call(i):
         try:
             results[i] = encoder.encode(mels[i]).features
-        except Exception as e:  # reported by the assertion below
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
             errors.append(e)
 
     threads = [threading.Thread(target=call, args=(i,), daemon=True) for i in range(4)]

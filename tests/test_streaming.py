@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scripted import ScriptedTranscriber
 
 from maxwhisper.api import SAMPLE_RATE, DecodeOptions, Segment, Word
 from maxwhisper.audio import N_FRAMES, N_SAMPLES, STREAM_PADDING_S, heard_frames
@@ -23,16 +24,15 @@ from maxwhisper.streaming import (
     PAUSE_S,
     SETTLE_S,
     STEP_S,
+    WORD_CUT_CONTEXT_S,
     LocalAgreement,
     Streamer,
     StreamReport,
     StreamWord,
-    WORD_CUT_CONTEXT_S,
     fails_offline_rules,
     repeat_start,
     stream_audio,
 )
-from scripted import ScriptedTranscriber
 
 LECTURE = Path(__file__).resolve().parent / "audio" / "physicsworks.flac"
 

@@ -108,7 +108,6 @@ def openai_transcribe(module: Whisper, audio: np.ndarray, options: DecodeOptions
     """`whisper.transcribe` with the same options as `maxwhisper.transcribe.transcribe` gets, mapped
     as the openai backend maps them (`extra`: keyword arguments to override, e.g. clip_timestamps)."""
     import whisper
-
     from maxwhisper_baselines.openai_backend import transcribe_kwargs
 
     return whisper.transcribe(module, audio, **{**transcribe_kwargs(options, fp16=False), **extra})

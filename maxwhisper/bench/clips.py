@@ -10,7 +10,6 @@ from pathlib import Path
 
 from ..extras import checkout
 
-
 # --- reference transcripts, keyed by clip name (file name, "#left"/"#right" for one channel) ---
 # Quoted from tests/audio/MANIFEST.md. physicsworks.flac has no human reference (its
 # whisper-medium transcript is model output), so it gets agreement with openai-whisper, no WER.

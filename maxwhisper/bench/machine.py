@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..extras import checkout
 from ..cpu_features import cpu_field, host_cpu_flags
+from ..extras import checkout
 
 VERSION_PACKAGES = (
     "max",

@@ -13,7 +13,6 @@ from ..registry import BACKENDS
 from ..scoring import agreement, pooled_wer, wer
 from .clips import LONG_FORM, REFERENCES, pseudo_reference
 
-
 # (backend, precision) per device, in run order: each backend's precisions there, from the registry
 IMPLEMENTATIONS: dict[str, list[tuple[str, str]]] = {
     device: [(b.name, p) for b in BACKENDS.values() for p in b.precisions.get(device, ())]

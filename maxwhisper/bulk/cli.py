@@ -87,7 +87,8 @@ def main(args: argparse.Namespace) -> int:
     log.info(
         f"{summary.files} files: {summary.transcribed} transcribed, {summary.failed} failed, "
         f"{summary.skipped} already done; {audio_amount(summary.audio_s)} of audio in "
-        f"{summary.wall_s:.1f} s{rate} with {summary.workers} worker(s), after {summary.ray_start_s:.1f} s starting Ray; "
+        f"{summary.wall_s:.1f} s{rate} with {summary.workers} worker(s), "
+        f"after {summary.ray_start_s:.1f} s starting Ray; "
         f"results: {summary.results}"
     )
     return 1 if summary.failed else 0

@@ -137,7 +137,7 @@ def compile_graph(
         if path.exists():
             try:
                 return session.compile(str(path))
-            except Exception as error:  # an unreadable artifact (a damaged disk, a copied cache) is compiled again
+            except Exception as error:  # noqa: BLE001 - an unreadable artifact (a damaged disk, a copied cache) compiles again
                 logger.warning(
                     "MAX cannot load the compiled graph %s (%s): it compiles it again",
                     path.name,
@@ -151,7 +151,7 @@ def compile_graph(
     compiled = session.compile(unit, custom_extensions=library)
     try:
         _export(compiled, paths[0])
-    except Exception as error:  # a read-only or full cache: the next process compiles again
+    except Exception as error:  # noqa: BLE001 - a read-only or full cache: the next process compiles again
         name = unit.name if isinstance(unit, Graph) else "+".join(unit.top_level_graph_names())
         warnings.warn(f"could not keep the compiled graph {name} on disk: {error}", stacklevel=2)
     return compiled

@@ -23,7 +23,7 @@ from max import driver
 from max.dtype import DType
 
 from .inputs import TokenStepInputs, cache_shapes, cross_layout
-from .model import AudioFeatures, Choice, MaxChoosingInference, MaxWhisper, every_row_then_some
+from .model import AudioFeatures, MaxChoosingInference, MaxWhisper, every_row_then_some
 
 logger = logging.getLogger(__name__)
 _KEYS = itertools.count(1)  # capture keys, unique in the process

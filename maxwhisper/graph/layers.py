@@ -568,7 +568,8 @@ def greedy_choice_ops(logits: TensorValue, suppress: TensorValue, timestamp_begi
         return ops.min(ops.where(ops.equal(values, top), ops.unsqueeze(index, 0), past_end), axis=-1)
 
     def log_sum(values: TensorValue, top: TensorValue) -> TensorValue:
-        """log(sum(exp(values - top))): the difference in float32, exp and sum in float64, the log rounded to float32."""
+        """log(sum(exp(values - top))): the difference in float32, exp and sum in float64, the log
+        rounded to float32."""
         return ops.log(ops.sum(ops.exp((values - top).cast(DType.float64)), -1)).cast(DType.float32)
 
     ls = log_sum(x, m)

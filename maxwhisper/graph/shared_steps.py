@@ -57,7 +57,7 @@ class SharedEncoder:
     def _run(self, batch: list[_EncodeJob]) -> None:
         try:
             features = self.net.encode(np.concatenate([job.mel for job in batch]))
-        except BaseException as e:  # each caller sees the failure of the call it took part in
+        except BaseException as e:  # noqa: BLE001 - each caller sees the failure of the call it took part in
             for job in batch:
                 job.error, job.done = e, True
             return

@@ -33,7 +33,6 @@ from ..api import SAMPLE_RATE, MaxWhisperError, Transcriber
 from ..audio import StreamResampler
 from ..streaming import PROMPT_CHARS, Streamer, StreamWord
 from .protocol import (
-    DEFAULT_MODEL,
     QUOTED_CHARS,
     EventError,
     SessionConfig,

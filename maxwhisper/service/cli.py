@@ -212,8 +212,8 @@ def api_keys(args: argparse.Namespace) -> list[str]:
 def config_of(args: argparse.Namespace, device: str):
     """The ServiceConfig the arguments ask for, checked before anything starts."""
     from ..checkpoint import installed_models
-    from ..realtime import Limits
     from ..cpu_features import BF16_MISSING, has_bf16
+    from ..realtime import Limits
     from ..registry import BACKENDS, installed_backend
     from .access import AccessPolicy
     from .deployments import ServiceConfig, ui_entry_point
