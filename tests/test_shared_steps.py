@@ -64,7 +64,7 @@ def _check_shared_runs_keep_their_tokens(net, jobs: list[tuple[np.ndarray, Decod
             errors.append(e)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
-    with net._running:  # the encoder is busy: every transcription's first call waits, and they run together
+    with net.device_lock:  # the encoder is busy: every transcription's first call waits, and they run together
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 60
