@@ -40,6 +40,7 @@ from maxwhisper.api import (
 )
 from maxwhisper.audio import STREAM_PADDING_S, heard_frames
 from maxwhisper.checkpoint import load_checkpoint
+from maxwhisper.windows import stream_sample_len
 
 COMPUTE_TYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "int8"}
 
@@ -303,7 +304,8 @@ class FasterTranscriber:
                 hotwords=None,
                 multilingual=False,
                 chunk_length=None,
-                max_new_tokens=None,
+                # a stream's short window stops a repetition loop early, as MAX's (`windows.stream_sample_len`)
+                max_new_tokens=None if frames is None else stream_sample_len(len(audio) / SAMPLE_RATE),
                 language_detection_segments=1,
             )
             if options.batch_size is not None:  # Silero VAD chunks, its default VAD settings, first temperature only

@@ -27,6 +27,7 @@ from .windows import (
     is_silence,
     segments_of_window,
     silence_close_calls,
+    stream_sample_len,
     window_options,
 )
 
@@ -213,7 +214,9 @@ class _SeekLoop:
 
         prompt = tuple(self.all_tokens[self.prompt_reset_since :])
         start = seek * HOP_LENGTH / SAMPLE_RATE
-        result = self._decode_with_fallback(features, prompt, start, draft)
+        # a stream's short window stops a repetition loop early (`windows.stream_sample_len`)
+        sample_len = stream_sample_len(segment_size / FRAMES_PER_SECOND) if frames < N_FRAMES else None
+        result = self._decode_with_fallback(features, prompt, start, draft, sample_len)
         self.decoded = tuple(result.tokens)
         self.close_calls += silence_close_calls(result, self.options, self.model.dims.n_vocab, start)
         if is_silence(result, self.options):
@@ -261,12 +264,17 @@ class _SeekLoop:
         return next_seek
 
     def _decode_with_fallback(
-        self, features: Any, prompt: tuple[int, ...], start: float, draft: tuple[int, ...] = ()
+        self,
+        features: Any,
+        prompt: tuple[int, ...],
+        start: float,
+        draft: tuple[int, ...] = (),
+        sample_len: int | None = None,
     ) -> DecodingResult:
         """Decode at each temperature of the schedule in turn until the result is not a failure."""
         temperatures = self.options.temperature
         for i, temperature in enumerate(temperatures):
-            decoding = window_options(self.options, temperature, self.language, prompt, draft)
+            decoding = window_options(self.options, temperature, self.language, prompt, draft, sample_len)
             result = DecodingTask(self.model, decoding, self.rng).run(features)[0]
             if i == len(temperatures) - 1:
                 break  # the last temperature's result is kept, whatever it looks like

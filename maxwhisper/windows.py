@@ -8,6 +8,7 @@ live streaming (`streaming`) share them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Callable, Iterator
 
@@ -16,13 +17,27 @@ from .audio import HOP_LENGTH, SAMPLE_RATE
 from .decoding import DecodingResult, WindowOptions, logprob_tolerance, probability_tolerance
 from .tokenizer import Tokenizer
 
+# a stream's short window holds at most this many tokens per second of its audio, and this many more:
+# speech says fewer, so a longer decoding is a repetition loop (docs/streaming.md)
+STREAM_TOKENS_PER_S, STREAM_TOKENS_MORE = 10, 16
+
+
+def stream_sample_len(audio_s: float) -> int:
+    """The most tokens a stream's short window decodes, for `audio_s` seconds of audio in it."""
+    return STREAM_TOKENS_MORE + math.ceil(STREAM_TOKENS_PER_S * audio_s)
+
 
 def window_options(
-    options: DecodeOptions, temperature: float, language: str, prompt: tuple[int, ...], draft: tuple[int, ...] = ()
+    options: DecodeOptions,
+    temperature: float,
+    language: str,
+    prompt: tuple[int, ...],
+    draft: tuple[int, ...] = (),
+    sample_len: int | None = None,
 ) -> WindowOptions:
     """The decoding of one window at one temperature: beam search (beam_size > 1) only at
     temperature 0, best_of samples only above it; the `draft` (`WindowOptions.draft`) is checked by
-    greedy decoding only."""
+    greedy decoding only; at most `sample_len` tokens (None: the model's n_text_ctx // 2)."""
     greedy = temperature == 0
     beam = options.beam_size if greedy and options.beam_size > 1 else None
     return WindowOptions(
@@ -37,6 +52,7 @@ def window_options(
         suppress_blank=options.suppress_blank,
         without_timestamps=options.text_only,
         draft=draft,
+        sample_len=sample_len,
     )
 
 

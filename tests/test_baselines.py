@@ -326,3 +326,28 @@ def test_faster_window_encodes_its_audio_and_stream_padding_s_of_silence_not_30_
     assert model.shapes == [(1, 80, 1500), (1, 80, 3000), (1, 80, 3000)]
     normalise = EnglishTextNormalizer()
     assert normalise(short.text).startswith(normalise(whole.text)) and whole.text  # maybe more words at the end
+
+
+def test_faster_short_window_stops_at_the_stream_s_token_cap(faster_tiny, monkeypatch):
+    """As MAX's: jfk's first second and 5 s of silence loop, cut at `stream_sample_len` new tokens."""
+    from maxwhisper.audio import SAMPLE_RATE, load_audio
+    from maxwhisper.windows import stream_sample_len
+
+    class Recording:  # CTranslate2's model, each generate call's length limit recorded
+        def __init__(self, inner):
+            self.inner, self.limits = inner, []
+
+        def generate(self, features, prompts, **kwargs):
+            self.limits.append(kwargs["max_length"] - len(prompts[0]))
+            return self.inner.generate(features, prompts, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    audio = load_audio(AUDIO / "jfk.flac")[:SAMPLE_RATE]
+    model = Recording(faster_tiny.whisper.model)
+    monkeypatch.setattr(faster_tiny.whisper, "model", model)
+    looped, _ = faster_tiny.transcribe_window(audio, DecodeOptions(temperature=(0.0,)))
+    whole, _ = faster_tiny.transcribe_window(audio, DecodeOptions(temperature=(0.0,)), padding_s=None)
+    assert model.limits[0] == stream_sample_len(1.0) < model.limits[1]  # the 30 s window is not capped
+    assert looped.text.count("and so") < 8  # 37 without the cap

@@ -893,6 +893,19 @@ def test_max_window_encodes_its_audio_and_stream_padding_s_of_silence_not_30_s(m
     assert 0 <= short.segments[0].words[0].start and short.segments[-1].words[-1].end <= 10.0
 
 
+def test_a_short_window_s_repetition_loop_stops_at_the_stream_s_token_cap(max_tiny_en, jfk_audio):
+    """jfk's first second and STREAM_PADDING_S of silence loop "and so, and so, ...": 224 tokens
+    before the cap, which made a stream's first update cost seconds. The padded window stops at
+    `stream_sample_len`; the 30 s window is not capped, and hears "And so..."."""
+    from maxwhisper.windows import stream_sample_len
+
+    options = DecodeOptions(temperature=(0.0,))
+    _, looped = max_tiny_en.transcribe_window(jfk_audio[:SAMPLE_RATE], options)
+    whole, decoded = max_tiny_en.transcribe_window(jfk_audio[:SAMPLE_RATE], options, padding_s=None)
+    assert len(looped) == stream_sample_len(1.0) == 26
+    assert len(decoded) < 26 and whole.text.strip().startswith("And so")
+
+
 def test_max_int8_streams_jfk_hearing_my_not_am_i(max_tiny_en_int8, jfk_audio):
     """int8's hypotheses over 2.5-3 s of jfk within 30 s windows heard "so am I fellow" and agreed on
     it; over those seconds and STREAM_PADDING_S of silence they hear "so my fellow", as offline."""
