@@ -9,7 +9,9 @@
 3. the decode's split on the lecture: token steps (calls and device time, each waited for), copies
    to the device, prompts and encoder, reads back, and the host's work between them;
 4. openai-whisper and faster-whisper on CUDA on the same lecture, the same weights;
-5. optionally (`--selfcheck`) MAX's components against openai-whisper.
+5. eight transcriptions of the lecture's first 60 s at once, decoded together as a service replica
+   decodes its requests (`graph/shared_steps.py`), against one after another, tokens checked;
+6. optionally (`--selfcheck`) MAX's components against openai-whisper.
 
     python benchmarks/gpu_check.py [--device gpu] [--precisions fp32,fp16] [--runs 3]
         [--artifacts DIR] [--audio-dir DIR] [--selfcheck] [--out benchmarks/results]
@@ -38,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from maxwhisper.api import DecodeOptions  # noqa: E402
-from maxwhisper.audio import load_audio  # noqa: E402
+from maxwhisper.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from maxwhisper.bench.clips import audio_dir  # noqa: E402
 from maxwhisper.bench.machine import device_tag, machine_info, versions  # noqa: E402
 from maxwhisper.scoring import wer  # noqa: E402
@@ -196,6 +198,36 @@ def step_loop(mx, samples, n: int = 200) -> dict:
     return out
 
 
+def together(mx, samples, n: int = 8) -> dict:
+    """`n` transcriptions of `samples` from `n` threads, decoded together (`max_batch` n), against
+    the same one after another: seconds for all, and whether each kept the tokens it gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from maxwhisper.graph.shared_steps import SharedModel
+
+    alone = mx.transcribe(samples, DecodeOptions()).tokens
+    start = time.perf_counter()
+    for _ in range(n):
+        mx.transcribe(samples, DecodeOptions())
+    one_by_one = time.perf_counter() - start
+    mx.decoder_model = shared = SharedModel(mx.net, n)
+    try:
+        with ThreadPoolExecutor(n) as pool:
+            start = time.perf_counter()
+            results = list(pool.map(lambda _: mx.transcribe(samples, DecodeOptions()), range(n)))
+            at_once = time.perf_counter() - start
+    finally:
+        mx.decoder_model = mx.net
+    return {
+        "transcriptions": n,
+        "one_by_one_s": round(one_by_one, 3),
+        "together_s": round(at_once, 3),
+        "same_tokens": all(r.tokens == alone for r in results),
+        "shared_steps": shared.steps.steps,
+        "rows_stepped": shared.steps.rows_stepped,
+    }
+
+
 def check_precision(device: str, precision: str, audio: Path, reference: dict, runs: int) -> dict:
     from maxwhisper.max_backend import MaxTranscriber
 
@@ -220,6 +252,8 @@ def check_precision(device: str, precision: str, audio: Path, reference: dict, r
     say(f"MAX {precision} split: {out['split']}")
     out["step_loop"] = step_loop(mx, lecture)
     say(f"MAX {precision} token step alone: {out['step_loop']}")
+    out["together"] = together(mx, lecture[: 60 * SAMPLE_RATE])
+    say(f"MAX {precision} 8 at once: {out['together']}")
     if mx.net.captures:  # the same without device graphs
         mx.net.captures = False
         mx.net.__dict__.pop("step_buffers", None)
@@ -302,6 +336,9 @@ def markdown(run: dict) -> str:
         lines.append(
             f"- {p['precision']}: {json.dumps(p['split'])}; the token step alone: {json.dumps(p['step_loop'])}"
         )
+    lines += ["", "## Eight transcriptions of the lecture's first 60 s at once, decoded together", ""]
+    for p in run["precisions"]:
+        lines.append(f"- {p['precision']}: {json.dumps(p.get('together'))}")
     if any("selfcheck" in p for p in run["precisions"]):
         lines += ["", "## selfcheck (jfk.flac)", ""]
         for p in run["precisions"]:

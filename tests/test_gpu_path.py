@@ -160,7 +160,7 @@ def test_portable_token_steps_copy_only_what_changed(max_tiny_en_portable, opena
 
 
 def test_captured_token_steps_give_the_tokens_of_plain_calls(
-    max_tiny_en_portable, jfk_audio, lecture_60s_audio, monkeypatch, caplog
+    max_tiny_en_portable, jfk_audio, lecture_60s_audio, monkeypatch, caplog, request
 ):
     """A GPU captures each token step once per batch size and audio length, then replays it on the
     same buffers. Emulated on the CPU: a capture that also runs the graph (as it may on a GPU), a
@@ -171,24 +171,7 @@ def test_captured_token_steps_give_the_tokens_of_plain_calls(
 
     net = max_tiny_en_portable.net
     plain = [max_tiny_en_portable.transcribe(a, DecodeOptions()).tokens for a in (jfk_audio, lecture_60s_audio)]
-    captured, replays = {}, []
-
-    def capture(graph, key, inputs):
-        captured[key] = graph.execute(*inputs)
-        return captured[key]
-
-    def replay(graph, key, inputs):
-        replays.append(key)
-        outputs = graph.execute(*inputs)
-        for mine, new in zip(captured[key], outputs, strict=True):
-            mine.inplace_copy_from(new)
-        net.device.synchronize()  # the copies are queued: done before their sources go
-
-    monkeypatch.setattr(net, "captures", True)
-    monkeypatch.setattr(net, "capture", capture)
-    monkeypatch.setattr(net, "replay", replay)
-    monkeypatch.setattr(net, "release", lambda graph, key: captured.pop(key))
-    monkeypatch.setattr(net, "step_buffers", StepBufferPool(net))
+    captured, replays = request.getfixturevalue("emulated_device_graphs")
     assert [max_tiny_en_portable.transcribe(a, DecodeOptions()).tokens for a in (jfk_audio, lecture_60s_audio)] == plain
     assert len(captured) == 1 and len(replays) > 100  # every window has 30 s of audio: one shape
 

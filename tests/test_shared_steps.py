@@ -44,10 +44,31 @@ def test_int8_transcriptions_share_steps_and_keep_their_tokens(max_tiny_en_int8,
     _check_shared_runs_keep_their_tokens(max_tiny_en_int8.net, jobs)
 
 
-def _check_shared_runs_keep_their_tokens(net, jobs: list[tuple[np.ndarray, DecodeOptions]]) -> None:
+def test_portable_transcriptions_share_steps_on_the_device_and_keep_their_tokens(
+    max_tiny_en_portable, emulated_device_graphs, jfk_audio, lecture_60s_audio
+):
+    """The portable plan (a GPU's graphs) shares steps in a cache of step buffers on the device,
+    captured once as a device graph and replayed (emulated here as a GPU does it): greedy with and
+    without a prompt, and a window offset by 7 s, each with the tokens it gets alone."""
+    from maxwhisper.graph.shared_steps import DeviceRows
+
+    captured, replays = emulated_device_graphs
+    jobs = [
+        (jfk_audio, DecodeOptions()),
+        (lecture_60s_audio, DecodeOptions()),
+        (jfk_audio, DecodeOptions(initial_prompt="President Kennedy's inaugural address.")),
+        (lecture_60s_audio[7 * SAMPLE_RATE :], DecodeOptions()),
+    ]
+    shared = _check_shared_runs_keep_their_tokens(max_tiny_en_portable.net, jobs)
+    assert isinstance(shared.steps.store, DeviceRows)
+    assert shared.steps.store.buffers.key in captured  # the shared step: captured once, every step replayed
+    assert replays.count(shared.steps.store.buffers.key) == shared.steps.steps
+
+
+def _check_shared_runs_keep_their_tokens(net, jobs: list[tuple[np.ndarray, DecodeOptions]]):
     """The jobs (audio, options) at once on a SharedModel of 4 rows: each has its tokens and segment
     times from alone; encoder calls were batched, steps carried several sequences, and the shared
-    cache is empty afterwards."""
+    cache is empty afterwards. Returns the SharedModel."""
     from maxwhisper.graph.shared_steps import SharedModel
 
     shared = SharedModel(net, rows=4)
@@ -81,6 +102,7 @@ def _check_shared_runs_keep_their_tokens(net, jobs: list[tuple[np.ndarray, Decod
     assert max(shared.encoder.batches) >= 2  # windows of several transcriptions in one encoder call
     assert shared.steps.rows_stepped > shared.steps.steps  # some steps carried several sequences
     assert sorted(shared.steps._free) == [0, 1, 2, 3] and not shared.steps._members
+    return shared
 
 
 def test_more_sequences_than_rows_wait_for_free_rows(max_tiny_en, jfk_audio):
@@ -119,13 +141,14 @@ def test_a_lone_transcription_steps_on_its_own_rows(max_tiny_en, jfk_audio):
     assert (shared.steps.steps, shared.steps.decodings_alone) == (0, 2)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "int8", "portable"])
 def test_concurrent_streams_share_calls_and_keep_their_tokens(precision, request, jfk_audio, lecture_60s_audio):
     """Three live streams at once on one MaxTranscriber with max_batch 4 (a realtime service replica),
     each pushing 1 s chunks in step with the others: jfk, the lecture, and the lecture from 7 s on,
     starting 3 chunks later (its windows shorter than the others' in the same steps). Each update's
     committed and tentative words and its draft are those of the same stream alone on a model of
-    its own (fp32 and int8); encoder calls of equal windows ran together, steps carried several
+    its own (fp32, int8, and the portable plan, whose shared cache is on the device and takes a
+    shorter window's cross K/V zero-padded); encoder calls of equal windows ran together, steps carried several
     streams, windows were heard with 5 s of padding (30 s only where a hypothesis was held back), and
     the shared cache is empty afterwards. Two things are arranged rather than left to the threads'
     timing: at one step the third stream encodes first, so the others' equal windows queue behind it
@@ -134,8 +157,15 @@ def test_concurrent_streams_share_calls_and_keep_their_tokens(precision, request
     from maxwhisper.max_backend import MaxTranscriber
     from maxwhisper.streaming import Streamer
 
-    max_tiny_en = request.getfixturevalue("max_tiny_en" if precision == "fp32" else "max_tiny_en_int8")
-    shared = MaxTranscriber("tiny.en", device="cpu", precision=precision, max_batch=4)
+    fixture = {"fp32": "max_tiny_en", "int8": "max_tiny_en_int8", "portable": "max_tiny_en_portable"}[precision]
+    max_tiny_en = request.getfixturevalue(fixture)
+    shared = MaxTranscriber(
+        "tiny.en",
+        device="cpu",
+        precision="fp32" if precision == "portable" else precision,
+        kernels=precision != "portable",
+        max_batch=4,
+    )
     net = shared.decoder_model
     net.steps.go_alone = lambda: False
     clips = [

@@ -121,7 +121,7 @@ def _job(
         "workers": workers,
         "batch_size": options.batch_size,
         "nodes": 2 if address else 1,
-        "files_at_once": files_at_once(backend, options.batch_size, kernels=True, on_gpu=False),
+        "files_at_once": files_at_once(backend, options.batch_size),
         "files": summary.files,
         "failed": summary.failed,
         "audio_s": summary.audio_s,
@@ -262,7 +262,7 @@ def main_bulk(
                         precision=precision,
                         threads=cores,
                         files=tuple(str(f) for f in files),
-                        files_at_once=files_at_once(backend, batch, kernels=True, on_gpu=False),
+                        files_at_once=files_at_once(backend, batch),
                         options=options,
                     )
                     reference = run_worker(spec, run.timeout)
@@ -364,7 +364,7 @@ def bulk_targets(doc: dict) -> list[str]:
         r = _run(runs, ref["implementation"], 1, ref["batch_size"])
         # like with like: the reference takes as many files at once as the job's worker (older results
         # recorded neither: there MAX's sequential job took `files_at_once`'s, its reference one)
-        old_default = files_at_once(ref["backend"], ref["batch_size"], kernels=True, on_gpu=False)
+        old_default = files_at_once(ref["backend"], ref["batch_size"])
         if r and ref.get("files_at_once", 1) == r.get("files_at_once", old_default):
             overhead = r["wall_s"] / ref["wall_s"] - 1
             lines.append(

@@ -243,7 +243,7 @@ def _pipeline(files: list[InputFile], settings: JobSettings, workers: int):
     cpus, gpus = _worker_resources(settings.device, workers)
     threads = settings.threads or max(1, math.floor(cpus + READ_CPUS))
     # every backend's threads per worker: two workers on a node, each on every core, would fight over them
-    at_once = files_at_once(settings.backend, settings.options.batch_size, settings.kernels, on_gpu=gpus > 0)
+    at_once = files_at_once(settings.backend, settings.options.batch_size)
     settings = dataclasses.replace(settings, threads=threads, files_at_once=at_once)
     items = [{"path": f.path, "name": f.name, "output": f.relative} for f in handed_out(files, at_once)]
     dataset = (
@@ -300,12 +300,12 @@ def _worker_env(threads: int) -> dict[str, str]:
     return env
 
 
-def files_at_once(backend: str, batch_size: int | None, kernels: bool, on_gpu: bool) -> int:
+def files_at_once(backend: str, batch_size: int | None) -> int:
     """How many files a worker transcribes at once: FILES_AT_ONCE for the sequential loop (`batch_size`
-    None) of a backend that decodes them together (MAX), on the CPU with its kernels, else 1."""
+    None) of a backend that decodes them together (MAX, on either plan), else 1."""
     from ..registry import BACKENDS
 
-    shares_steps = backend in BACKENDS and BACKENDS[backend].decodes_together and kernels and not on_gpu
+    shares_steps = backend in BACKENDS and BACKENDS[backend].decodes_together
     return FILES_AT_ONCE if shares_steps and batch_size is None else 1
 
 

@@ -337,8 +337,12 @@ def portable_token_layers(
     at = ops.max(positions, ops.constant(0, DType.int64, device=dev))
     x = _embed(w, tokens, ops.reshape(at, [-1, 1]))
     slots = ops.range(0, S, 1, out_dim=S, device=dev, dtype=DType.int64)
-    row = ops.reshape(positions, [-1, 1, 1, 1])
-    key_slot, value_slot = ops.reshape(slots, [1, 1, S, 1]), ops.reshape(slots, [1, 1, 1, S])
+    value_slot = ops.reshape(slots, [1, 1, 1, S])
+    # each row's own slot, [B, 1, 1, S] for V^T and the same reshaped to [B, 1, S, 1] for K: compared
+    # as [1, 1, S, 1] against [B, 1, 1, 1] instead, MAX wrote every row's key at the first row's
+    # position (docs/design.md#decoding-requests-together)
+    written_v = ops.equal(value_slot, ops.reshape(positions, [-1, 1, 1, 1]))
+    written_k = ops.reshape(written_v, [-1, 1, S, 1])
     zero, neg_inf = (ops.constant(v, DType.float32, device=dev) for v in (0.0, -np.inf))
     self_mask = ops.where(value_slot <= ops.reshape(at, [-1, 1, 1, 1]), zero, neg_inf)  # [B, 1, 1, S]
     cross_k, cross_v_t = float_cross(cross)
@@ -348,8 +352,8 @@ def portable_token_layers(
 
     def cached(i: int) -> SelfKV:
         def store_and_load(k, v_t):  # k [B, H, 1, Dh], v_t [B, H, Dh, 1]
-            k_all = ops.where(ops.equal(key_slot, row), k, ops.buffer_load(caches[2 * i]))
-            v_t_all = ops.where(ops.equal(value_slot, row), v_t, ops.buffer_load(caches[2 * i + 1]))
+            k_all = ops.where(written_k, k, ops.buffer_load(caches[2 * i]))
+            v_t_all = ops.where(written_v, v_t, ops.buffer_load(caches[2 * i + 1]))
             ops.buffer_store(caches[2 * i], k_all)
             ops.buffer_store(caches[2 * i + 1], v_t_all)
             return k_all, v_t_all

@@ -16,6 +16,7 @@ import numpy as np
 from max import driver
 from max.dtype import DType
 
+from .device_steps import StepBuffers, run_step
 from .inputs import TokenStepInputs, cache_shapes, cross_layout
 from .model import AudioFeatures, MaxChoosingInference, MaxWhisper, every_row_then_some
 
@@ -96,31 +97,148 @@ class _Member:
     rows: list[int]
     cached: int  # tokens each row holds in the cache
     keys: int  # the audio positions its window has, the first of the cache's cross K/V
-    request: tuple | None = None  # (last tokens [b], suppress [b, V], timestamp_begin)
-    result: tuple | None = None  # (logits [b, 1, V], tokens [b], log probabilities [b])
+    request: tuple | None = None  # (last tokens [b], suppress [b, V], timestamp_begin, logits wanted)
+    result: tuple | None = None  # (logits [b, 1, V] or None, tokens [b], log probabilities [b])
     error: BaseException | None = field(default=None, repr=False)
 
 
-class SharedSteps:
-    """A KV cache of `rows` rows shared by the greedy decodings of several threads, stepped
-    together: a step runs once every decoding in it has handed in its next token (the last to
-    hand in, or to leave, runs it), so each call serves all of them. Its cross K/V hold 30 s of
-    audio positions per row; a shorter window fills the first of them."""
+class HostRows:
+    """The CPU kernels' shared cache: host memory, rows copied in with numpy; a step runs the token
+    step graph for the stepping rows only."""
 
     def __init__(self, net: MaxWhisper, rows: int):
-        if net.token_step is None or not net.plan.step_kernels:  # the buffers below are host memory, float32
-            raise ValueError("shared steps need the CPU kernels' token step graph")
-        self.net, self.capacity = net, rows
         d = net.dims
         layout = [(DType.float32, shape) for _ in range(d.n_text_layer) for shape in cache_shapes(d, rows)]
         cross = cross_layout(d, DType.float32, rows, d.n_audio_ctx, net.plan.cross_int8)
-        self._n_cross = len(cross)
+        self.net, self._n_cross = net, len(cross)
         self._buffers = [
             driver.Buffer(shape=shape, dtype=dtype, device=driver.CPU()) for dtype, shape in layout + cross
         ]
         self._views = [b.to_numpy() for b in self._buffers]  # the same memory: rows are copied in with numpy
         for view in self._views:
             view.fill(0)
+
+    def put(self, rows: list[int], private: MaxChoosingInference) -> None:
+        """The private decoding's caches and cross K/V into `rows`."""
+        n = self._n_cross
+        sources = [c.to_numpy() for c in private.cache] + [x.to_numpy() for x in private.cross]
+        for source, view in zip(sources[:-n], self._views[:-n]):  # the caches [rows, ...]
+            view[rows] = source
+        for source, view in zip(sources[-n:], self._views[-n:]):  # cross K/V (and scales) [L, rows, ...]
+            view[(slice(None), rows, *(slice(0, size) for size in source.shape[2:]))] = source
+
+    def step(
+        self, tokens, positions, keys, rows, suppress, timestamp_begin, logits_wanted: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One call for `rows` (ascending; the others sit at position -1): their logits, tokens and
+        log probabilities, in that order."""
+        net, n = self.net, self._n_cross
+        inputs = TokenStepInputs(
+            tokens,
+            positions,
+            keys,
+            rows,
+            suppress,
+            timestamp_begin,
+            cross=tuple(self._buffers[-n:]),
+            caches=tuple(self._buffers[:-n]),
+        )
+        flat = (a if isinstance(a, driver.Buffer) else net.to_device(a) for a in inputs.flat())
+        return tuple(o.to_numpy() for o in net.run(net.token_step, *flat)[:3])
+
+
+class DeviceRows:
+    """The portable plan's shared cache: step buffers on the model's device (`device_steps`) for
+    every row and 30 s of audio positions. A step runs every row, those sitting out at position -1,
+    so that a GPU captures it once and replays it; only the stepping rows' results are read."""
+
+    def __init__(self, net: MaxWhisper, rows: int):
+        self.net, self.capacity = net, rows
+        self.buffers = StepBuffers(net, rows, net.dims.n_audio_ctx)
+
+    def put(self, rows: list[int], private: MaxChoosingInference) -> None:
+        """The private decoding's caches and cross K/V into `rows`, a contiguous slab at a time: on
+        the device, or through the host with zeros after the audio positions of a shorter window."""
+        net, b = self.net, self.buffers.inputs
+        with net.device_lock:
+            net.device.synchronize()  # the step graph rewrites every row of the cache: its writes land first
+            for mine, theirs in zip(b.caches, private.cache, strict=True):  # [rows, H, ...]
+                for i, row in enumerate(rows):
+                    _part(mine, row).inplace_copy_from(_part(theirs, i))
+            padded = [self._padded(mine, theirs) for mine, theirs in zip(b.cross, private.cross, strict=True)]
+            for mine, theirs in zip(b.cross, padded):  # [L, rows, H, ...]
+                for layer in range(mine.shape[0]):
+                    for i, row in enumerate(rows):
+                        _part(mine, layer, row).inplace_copy_from(_part(theirs, layer, i))
+            net.device.synchronize()  # the copies are queued: done before their sources go
+
+    def _padded(self, mine: driver.Buffer, theirs: driver.Buffer) -> driver.Buffer:
+        """`theirs` as it is where its audio positions fill `mine`'s, else through the host, zero-padded."""
+        if list(theirs.shape[2:]) == list(mine.shape[2:]):
+            return theirs
+        source = self.net.to_numpy(theirs)
+        padded = np.zeros((*source.shape[:2], *mine.shape[2:]), source.dtype)
+        padded[tuple(slice(0, size) for size in source.shape)] = source
+        return driver.Buffer.from_numpy(padded)
+
+    def step(
+        self, tokens, positions, keys, rows, suppress, timestamp_begin, logits_wanted: bool
+    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        """As `HostRows.step`, the logits copied to the host only where wanted. A row sitting out
+        attends to nothing and chooses no valid token (n_vocab), so it is fed token 0, copied while
+        any row is free; it keeps the other inputs it held, so that only a change is copied."""
+        net, b = self.net, self.buffers
+        with net.device_lock:  # as `DeviceStepInference._token_step`
+            net.device.synchronize()  # the last step's writes to the tokens and positions land before these
+            copied = [
+                b.set(name, array)
+                for name, array in (
+                    ("tokens", tokens),
+                    ("positions", positions),
+                    ("cross_keys", self._held_but(rows, "cross_keys", keys[rows])),
+                    ("rows", np.arange(self.capacity, dtype=np.int64)),
+                    ("suppress", self._held_but(rows, "suppress", suppress)),
+                    ("timestamp_begin", self._held_but(rows, "timestamp_begin", timestamp_begin)),
+                )
+            ]
+            if any(copied):
+                net.device.synchronize()
+            try:
+                logits, chosen, logprobs = run_step(net, b)[:3]
+                chosen, logprobs = net.to_numpy(chosen), net.to_numpy(logprobs)
+                logits = net.to_numpy(logits)[rows] if logits_wanted else None
+            except BaseException:  # what the step wrote is unknown: the next one copies both again
+                b.held["tokens"] = b.held["positions"] = None
+                raise
+            b.advanced(chosen)
+        return logits, chosen[rows], logprobs[rows]
+
+    def _held_but(self, rows: np.ndarray, name: str, values: np.ndarray) -> np.ndarray:
+        """Input `name` for every row: `values` in `rows`, what it held (at first zeros) elsewhere."""
+        held = self.buffers.held[name]
+        inputs = getattr(self.buffers.inputs, name)
+        full = np.zeros(inputs.shape, values.dtype) if held is None else held.copy()
+        full[rows] = values
+        return full
+
+
+def _part(buffer: driver.Buffer, *index: int) -> driver.Buffer:
+    """buffer[index], a contiguous view: the leading axes fixed, the rest whole."""
+    return buffer[(*index, *[slice(None)] * (buffer.rank - len(index)))]
+
+
+class SharedSteps:
+    """A KV cache of `rows` rows shared by the greedy decodings of several threads, stepped
+    together: a step runs once every decoding in it has handed in its next token (the last to
+    hand in, or to leave, runs it), so each call serves all of them. Its cross K/V hold 30 s of
+    audio positions per row; a shorter window fills the first of them. The cache lives where the
+    plan's token step reads it: `HostRows` for the CPU kernels, `DeviceRows` for the portable plan."""
+
+    def __init__(self, net: MaxWhisper, rows: int):
+        if net.token_step is None:
+            raise ValueError("shared steps need a token step graph")
+        self.net, self.capacity = net, rows
+        self.store = HostRows(net, rows) if net.plan.step_kernels else DeviceRows(net, rows)
         self._cond = threading.Condition()
         self._free = list(range(rows))
         self._members: list[_Member] = []
@@ -149,28 +267,29 @@ class SharedSteps:
         b = private.cache[0].shape[0]
         if b > self.capacity:
             return None
-        sources = [c.to_numpy() for c in private.cache] + [x.to_numpy() for x in private.cross]
         with self._cond:
             self._cond.wait_for(lambda: len(self._free) >= b)
             rows, self._free = self._free[:b], self._free[b:]
-            n = self._n_cross
-            for source, view in zip(sources[:-n], self._views[:-n]):  # the caches [rows, ...]
-                view[rows] = source
-            for source, view in zip(sources[-n:], self._views[-n:]):  # cross K/V (and scales) [L, rows, ...]
-                view[(slice(None), rows, *(slice(0, size) for size in source.shape[2:]))] = source
+            self.store.put(rows, private)
             member = _Member(rows, private.cached, private.cross[0].shape[3])
             self._members.append(member)
         return member
 
     def step(
-        self, member: _Member, tokens: np.ndarray, suppress: np.ndarray, timestamp_begin: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self,
+        member: _Member,
+        tokens: np.ndarray,
+        suppress: np.ndarray,
+        timestamp_begin: int,
+        logits_wanted: bool = True,
+    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         """The member's next tokens: tokens int64 [b, n] (n = member.cached + 1), suppress float32
-        [b, n_vocab] -> (logits float32 [b, 1, n_vocab], tokens int64 [b], log probabilities [b])."""
+        [b, n_vocab] -> (logits float32 [b, 1, n_vocab] or None where not wanted, tokens int64 [b],
+        log probabilities [b])."""
         if tokens.shape != (len(member.rows), member.cached + 1):
             raise ValueError("a shared step takes one new token per row after those in the cache")
         with self._cond:
-            member.request = (tokens[:, -1], suppress, timestamp_begin)
+            member.request = (tokens[:, -1], suppress, timestamp_begin, logits_wanted)
             self._step_when_all_in()
             self._cond.wait_for(lambda: member.result is not None or member.error is not None)
             result, error, member.result, member.error = member.result, member.error, None, None
@@ -202,23 +321,10 @@ class SharedSteps:
         order = np.argsort(rows, kind="stable")  # the graph returns the rows in the order asked
         suppress = np.concatenate([m.request[1] for m in members])[order]
         timestamp_begin = np.concatenate([[m.request[2]] * len(m.rows) for m in members]).astype(np.int64)[order]
-        net = self.net
-        inputs = TokenStepInputs(
-            tokens,
-            positions,
-            keys,
-            rows[order],
-            suppress,
-            timestamp_begin,
-            cross=tuple(self._buffers[-self._n_cross :]),
-            caches=tuple(self._buffers[: -self._n_cross]),
-        )
+        wanted = [m for m in members if m.request[3]]
         try:
-            logits, chosen, logprobs = (
-                o.to_numpy()
-                for o in net.run(
-                    net.token_step, *(a if isinstance(a, driver.Buffer) else net.to_device(a) for a in inputs.flat())
-                )[:3]
+            logits, chosen, logprobs = self.store.step(
+                tokens, positions, keys, rows[order], suppress, timestamp_begin, bool(wanted)
             )
         except BaseException as e:  # noqa: BLE001 - every member of the step sees it
             for m in members:
@@ -232,7 +338,8 @@ class SharedSteps:
         first = 0
         for m in members:
             mine = where[first : first + len(m.rows)]
-            m.result, m.request = (logits[mine], chosen[mine], logprobs[mine]), None
+            mine_logits = logits[mine] if m.request[3] else None
+            m.result, m.request = (mine_logits, chosen[mine], logprobs[mine]), None
             first += len(m.rows)
         self._cond.notify_all()
 
@@ -243,7 +350,7 @@ class SharedInference:
     else private."""
 
     def __init__(self, net: MaxWhisper, steps: SharedSteps | None):
-        self.private = MaxChoosingInference(net)
+        self.private = net.inference()
         self.steps = steps
         self.member: _Member | None = None
         self.alone = False
@@ -269,7 +376,7 @@ class SharedInference:
         if not self.placed and self.private.cache is not None:  # a draft's check ran: its steps follow
             self._place()
         if self.member is not None:
-            return self.steps.step(self.member, tokens, suppress, timestamp_begin)
+            return self.steps.step(self.member, tokens, suppress, timestamp_begin, logits_wanted)
         out = self.private.logits_and_choice(
             tokens, audio_features, positions, suppress, timestamp_begin, logits_wanted=logits_wanted
         )
@@ -315,7 +422,7 @@ class SharedModel:
         self.dims, self.is_multilingual, self.num_languages = net.dims, net.is_multilingual, net.num_languages
         self.alignment_heads = net.alignment_heads
         self.encoder = SharedEncoder(net, rows)
-        self.steps = SharedSteps(net, rows) if net.token_step is not None and net.plan.step_kernels else None
+        self.steps = SharedSteps(net, rows) if net.token_step is not None else None
 
     def encode(self, mel: np.ndarray) -> AudioFeatures:
         return self.encoder.encode(mel)
