@@ -218,6 +218,7 @@ def together(mx, samples, n: int = 8) -> dict:
             at_once = time.perf_counter() - start
     finally:
         mx.decoder_model = mx.net
+        shared.close()
     return {
         "transcriptions": n,
         "one_by_one_s": round(one_by_one, 3),

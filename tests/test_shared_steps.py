@@ -45,12 +45,13 @@ def test_int8_transcriptions_share_steps_and_keep_their_tokens(max_tiny_en_int8,
 
 
 def test_portable_transcriptions_share_steps_on_the_device_and_keep_their_tokens(
-    max_tiny_en_portable, emulated_device_graphs, jfk_audio, lecture_60s_audio
+    max_tiny_en_portable, emulated_device_graphs, jfk_audio, lecture_60s_audio, monkeypatch
 ):
     """The portable plan (a GPU's graphs) shares steps in a cache of step buffers on the device,
     captured once as a device graph and replayed (emulated here as a GPU does it): greedy with and
     without a prompt, and a window offset by 7 s, each with the tokens it gets alone."""
-    from maxwhisper.graph.shared_steps import DeviceRows
+    from maxwhisper.graph.device_steps import StepBuffers
+    from maxwhisper.graph.shared_steps import DeviceRows, SharedSteps
 
     captured, replays = emulated_device_graphs
     jobs = [
@@ -59,8 +60,21 @@ def test_portable_transcriptions_share_steps_on_the_device_and_keep_their_tokens
         (jfk_audio, DecodeOptions(initial_prompt="President Kennedy's inaugural address.")),
         (lecture_60s_audio[7 * SAMPLE_RATE :], DecodeOptions()),
     ]
+    copied, joins = [], []
+    set_input, join = StepBuffers.set, SharedSteps.join
+
+    def counted_set(self, name, array):
+        changed = set_input(self, name, array)
+        if changed and self.inputs.tokens.shape[0] == 4:  # the shared cache's buffers
+            copied.append(name)
+        return changed
+
+    monkeypatch.setattr(StepBuffers, "set", counted_set)
+    monkeypatch.setattr(SharedSteps, "join", lambda self, private: joins.append(1) or join(self, private))
     shared = _check_shared_runs_keep_their_tokens(max_tiny_en_portable.net, jobs)
     assert isinstance(shared.steps.store, DeviceRows)
+    # the tokens are copied as a decoding joins (and after the capture), not each step: a free row keeps its token
+    assert 0 < copied.count("tokens") <= len(joins) + 1 < shared.steps.steps / 10
     assert shared.steps.store.buffers.key in captured  # the shared step: captured once, every step replayed
     assert replays.count(shared.steps.store.buffers.key) == shared.steps.steps
 
@@ -126,6 +140,28 @@ def test_more_sequences_than_rows_wait_for_free_rows(max_tiny_en, jfk_audio):
     assert all(r is not None and [s.tokens for s in r] == [s.tokens for s in expected] for r in results)
     assert shared.steps.rows_stepped == shared.steps.steps  # one sequence per step: the cache has one row
     assert shared.steps.decodings_alone >= 1  # the first past its prompt found the cache empty
+
+
+def test_a_move_into_the_shared_cache_that_fails_gives_its_rows_back(max_tiny_en, jfk_audio, monkeypatch):
+    """A decoding whose rows could not be copied into the shared cache fails, and the rows it had
+    taken are free again: the next transcription shares them and gets its tokens."""
+    from maxwhisper.graph.shared_steps import SharedModel
+
+    shared = SharedModel(max_tiny_en.net, rows=1)
+    shared.steps.go_alone = lambda: False  # every decoding moves into the shared cache
+    mel = _mel(jfk_audio)
+    expected = [s.tokens for s in transcribe(max_tiny_en.net, mel, DecodeOptions()).segments]
+
+    def broken(rows, private):
+        raise RuntimeError("out of device memory")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(shared.steps.store, "put", broken)
+        with pytest.raises(RuntimeError, match="out of device memory"):
+            transcribe(shared, mel, DecodeOptions())
+    assert shared.steps._free == [0] and not shared.steps._members
+    assert [s.tokens for s in transcribe(shared, mel, DecodeOptions()).segments] == expected
+    assert shared.steps.steps > 0
 
 
 def test_a_lone_transcription_steps_on_its_own_rows(max_tiny_en, jfk_audio):

@@ -309,10 +309,9 @@ def build_token_step_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, 
             )
         chosen, logprobs = plan.greedy_choice(logits, inputs.suppress.tensor, inputs.timestamp_begin.tensor)
         if advances:
-            ops.buffer_store(
-                inputs.tokens.buffer,
-                ops.scatter(tokens, ops.reshape(chosen, [-1, 1]), ops.reshape(rows, [-1, 1]), axis=0),
-            )
+            chosen_rows = ops.scatter(tokens, ops.reshape(chosen, [-1, 1]), ops.reshape(rows, [-1, 1]), axis=0)
+            # a row sitting out keeps its token: its choice (n_vocab, over no positions) is no token
+            ops.buffer_store(inputs.tokens.buffer, ops.where(ops.reshape(positions, [-1, 1]) < 0, tokens, chosen_rows))
             one = ops.constant(1, DType.int64, device=w.device)
             ops.buffer_store(inputs.positions.buffer, ops.where(positions < 0, positions, positions + one))
         graph.output(logits, chosen, logprobs)

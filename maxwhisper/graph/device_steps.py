@@ -63,15 +63,19 @@ class StepBuffers:
         held = self.held[name]
         if held is not None and np.array_equal(held, array):
             return False
-        self.held[name] = np.array(array, order="C")
-        getattr(self.inputs, name).inplace_copy_from(driver.Buffer.from_numpy(self.held[name]))
+        source = np.array(array, order="C")
+        getattr(self.inputs, name).inplace_copy_from(driver.Buffer.from_numpy(source))
+        self.held[name] = source  # (once the copy is queued; it also keeps the source alive)
         return True
 
     def advanced(self, chosen: np.ndarray) -> None:
-        """What the step graph wrote: the chosen tokens into every row, the positions on by one."""
-        self.held["tokens"] = chosen.reshape(-1, 1).astype(np.int64)
-        positions = self.held["positions"]
-        self.held["positions"] = np.where(positions < 0, positions, positions + 1)
+        """What the step graph wrote, every row asked for: the chosen tokens into the rows that
+        stepped, the positions on by one; a row sitting out keeps both."""
+        tokens, positions = self.held["tokens"], self.held["positions"]
+        stepped = positions >= 0
+        if tokens is not None:
+            self.held["tokens"] = np.where(stepped[:, None], chosen.reshape(-1, 1), tokens).astype(np.int64)
+        self.held["positions"] = np.where(stepped, positions + 1, positions)
 
 
 class StepBufferPool:

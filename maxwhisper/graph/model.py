@@ -335,7 +335,8 @@ class MaxWhisper:
     def release(self, graph, key: int) -> None:
         """Device graph `key` of `graph` and its memory freed (a key never captured: nothing)."""
         if not self.device_ref.is_cpu():
-            graph.release_captured_graph(key)
+            with self.device_lock:
+                graph.release_captured_graph(key)
 
     def load_graph(self, graph, weights_registry: dict[str, np.ndarray]):
         return self._loaded(graph, weights_registry, self.artifacts(graph))[graph.name]

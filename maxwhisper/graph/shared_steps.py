@@ -185,15 +185,13 @@ class DeviceRows:
         self, tokens, positions, keys, rows, suppress, timestamp_begin, logits_wanted: bool
     ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         """As `HostRows.step`, the logits copied to the host only where wanted. A row sitting out
-        attends to nothing and chooses no valid token (n_vocab), so it is fed token 0, copied while
-        any row is free; it keeps the other inputs it held, so that only a change is copied."""
+        keeps the inputs it held, so that only a change is copied."""
         net, b = self.net, self.buffers
         with net.device_lock:  # as `DeviceStepInference._token_step`
-            net.device.synchronize()  # the last step's writes to the tokens and positions land before these
             copied = [
                 b.set(name, array)
                 for name, array in (
-                    ("tokens", tokens),
+                    ("tokens", self._held_but(rows, "tokens", tokens[rows])),
                     ("positions", positions),
                     ("cross_keys", self._held_but(rows, "cross_keys", keys[rows])),
                     ("rows", np.arange(self.capacity, dtype=np.int64)),
@@ -212,6 +210,10 @@ class DeviceRows:
                 raise
             b.advanced(chosen)
         return logits, chosen[rows], logprobs[rows]
+
+    def close(self) -> None:
+        """The captured step (a GPU's) and its memory freed."""
+        self.net.release(self.net.token_step, self.buffers.key)
 
     def _held_but(self, rows: np.ndarray, name: str, values: np.ndarray) -> np.ndarray:
         """Input `name` for every row: `values` in `rows`, what it held (at first zeros) elsewhere."""
@@ -270,7 +272,12 @@ class SharedSteps:
         with self._cond:
             self._cond.wait_for(lambda: len(self._free) >= b)
             rows, self._free = self._free[:b], self._free[b:]
-            self.store.put(rows, private)
+            try:
+                self.store.put(rows, private)
+            except BaseException:
+                self._free += rows
+                self._cond.notify_all()
+                raise
             member = _Member(rows, private.cached, private.cross[0].shape[3])
             self._members.append(member)
         return member
@@ -432,3 +439,8 @@ class SharedModel:
 
     def alignment(self, tokens: np.ndarray, features: AudioFeatures) -> tuple[np.ndarray, np.ndarray]:
         return self.net.alignment(tokens, features)
+
+    def close(self) -> None:
+        """What the shared steps hold on the device beyond their buffers (a GPU's captured step) freed."""
+        if isinstance(getattr(self.steps, "store", None), DeviceRows):
+            self.steps.store.close()
