@@ -8,9 +8,9 @@
    the CPU, the lecture timed with the token steps replayed as captured device graphs and without;
 3. the decode's split on the lecture: token steps (calls and device time, each waited for), copies
    to the device, prompts and encoder, reads back, and the host's work between them;
-4. openai-whisper and faster-whisper on CUDA on the same lecture, the same weights;
-5. eight transcriptions of the lecture's first 60 s at once, decoded together as a service replica
+4. eight transcriptions of the lecture's first 60 s at once, decoded together as a service replica
    decodes its requests (`graph/shared_steps.py`), against one after another, tokens checked;
+5. openai-whisper and faster-whisper on CUDA on the same lecture, the same weights;
 6. optionally (`--selfcheck`) MAX's components against openai-whisper.
 
     python benchmarks/gpu_check.py [--device gpu] [--precisions fp32,fp16] [--runs 3]
