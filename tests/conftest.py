@@ -37,32 +37,36 @@ def max_tiny_en_portable():
 
 
 @pytest.fixture
-def emulated_device_graphs(max_tiny_en_portable, monkeypatch):
-    """The portable model's token steps captured and replayed as on a GPU, emulated on the CPU (which
-    cannot capture): a capture that also runs the graph, as it may on a GPU, and a replay that writes
-    into the captured outputs. Returns (the captured outputs by key, the keys replayed in turn)."""
+def emulated_device_graphs(monkeypatch):
+    """A function that makes a portable model capture and replay its token steps as on a GPU,
+    emulated on the CPU (which cannot capture): a capture that also runs the graph, as it may on a
+    GPU, and a replay that writes into the captured outputs. It returns (the captured outputs by
+    key, the keys replayed in turn)."""
     from maxwhisper.graph.device_steps import StepBufferPool
 
-    net = max_tiny_en_portable.net
-    captured, replays = {}, []
+    def emulate(net):
+        captured, replays = {}, []
 
-    def capture(graph, key, inputs):
-        captured[key] = graph.execute(*inputs)
-        return captured[key]
+        def capture(graph, key, inputs):
+            captured[key] = graph.execute(*inputs)
+            return captured[key]
 
-    def replay(graph, key, inputs):
-        replays.append(key)
-        outputs = graph.execute(*inputs)
-        for mine, new in zip(captured[key], outputs, strict=True):
-            mine.inplace_copy_from(new)
-        net.device.synchronize()  # the copies are queued: done before their sources go
+        def replay(graph, key, inputs):
+            replays.append(key)
+            outputs = graph.execute(*inputs)
+            for mine, new in zip(captured[key], outputs, strict=True):
+                mine.inplace_copy_from(new)
+            net.device.synchronize()  # the copies are queued: done before their sources go
 
-    monkeypatch.setattr(net, "captures", True)
-    monkeypatch.setattr(net, "capture", capture)
-    monkeypatch.setattr(net, "replay", replay)
-    monkeypatch.setattr(net, "release", lambda graph, key: captured.pop(key, None))
-    monkeypatch.setattr(net, "step_buffers", StepBufferPool(net))  # none captured yet
-    return captured, replays
+        monkeypatch.setattr(net, "captures", True)
+        monkeypatch.setattr(net, "capture", capture)
+        monkeypatch.setattr(net, "replay", replay)
+        # as MAX's: a key never captured frees nothing
+        monkeypatch.setattr(net, "release", lambda graph, key: captured.pop(key, None))
+        monkeypatch.setattr(net, "step_buffers", StepBufferPool(net))  # none captured yet
+        return captured, replays
+
+    return emulate
 
 
 @pytest.fixture(scope="session")

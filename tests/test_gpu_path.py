@@ -171,7 +171,7 @@ def test_captured_token_steps_give_the_tokens_of_plain_calls(
 
     net = max_tiny_en_portable.net
     plain = [max_tiny_en_portable.transcribe(a, DecodeOptions()).tokens for a in (jfk_audio, lecture_60s_audio)]
-    captured, replays = request.getfixturevalue("emulated_device_graphs")
+    captured, replays = request.getfixturevalue("emulated_device_graphs")(net)
     assert [max_tiny_en_portable.transcribe(a, DecodeOptions()).tokens for a in (jfk_audio, lecture_60s_audio)] == plain
     assert len(captured) == 1 and len(replays) > 100  # every window has 30 s of audio: one shape
 

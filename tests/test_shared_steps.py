@@ -53,7 +53,7 @@ def test_portable_transcriptions_share_steps_on_the_device_and_keep_their_tokens
     from maxwhisper.graph.device_steps import StepBuffers
     from maxwhisper.graph.shared_steps import DeviceRows, SharedSteps
 
-    captured, replays = emulated_device_graphs
+    captured, replays = emulated_device_graphs(max_tiny_en_portable.net)
     jobs = [
         (jfk_audio, DecodeOptions()),
         (lecture_60s_audio, DecodeOptions()),
@@ -183,12 +183,13 @@ def test_concurrent_streams_share_calls_and_keep_their_tokens(precision, request
     each pushing 1 s chunks in step with the others: jfk, the lecture, and the lecture from 7 s on,
     starting 3 chunks later (its windows shorter than the others' in the same steps). Each update's
     committed and tentative words and its draft are those of the same stream alone on a model of
-    its own (fp32, int8, and the portable plan, whose shared cache is on the device and takes a
-    shorter window's cross K/V zero-padded); encoder calls of equal windows ran together, steps carried several
-    streams, windows were heard with 5 s of padding (30 s only where a hypothesis was held back), and
-    the shared cache is empty afterwards. Two things are arranged rather than left to the threads'
-    timing: at one step the third stream encodes first, so the others' equal windows queue behind it
-    and run as one call; and no decoding goes alone, so decodings that overlap share steps."""
+    its own (fp32, int8, and the portable plan with its steps captured, whose shared cache is on the
+    device and takes a shorter window's cross K/V zero-padded); encoder calls of equal windows ran
+    together, steps carried several streams, windows were heard with 5 s of padding (30 s only where
+    a hypothesis was held back), and the shared cache is empty afterwards. Two things are arranged
+    rather than left to the threads' timing: at one step the third stream encodes first, so the
+    others' equal windows queue behind it and run as one call; and no decoding goes alone, so
+    decodings that overlap share steps."""
     from maxwhisper.audio import N_FRAMES, STREAM_PADDING_S, heard_frames
     from maxwhisper.max_backend import MaxTranscriber
     from maxwhisper.streaming import Streamer
@@ -202,6 +203,8 @@ def test_concurrent_streams_share_calls_and_keep_their_tokens(precision, request
         kernels=precision != "portable",
         max_batch=4,
     )
+    if precision == "portable":  # its steps captured and replayed, as a GPU runs them
+        request.getfixturevalue("emulated_device_graphs")(shared.net)
     net = shared.decoder_model
     net.steps.go_alone = lambda: False
     clips = [

@@ -104,9 +104,10 @@ class StepBufferPool:
             self._idle.move_to_end(shape)
             while sum(map(len, self._idle.values())) > self.keep:
                 oldest = next(iter(self._idle))
-                self.net.release(self.net.token_step, self._idle[oldest].pop(0).key)
+                evicted = self._idle[oldest].pop(0)
                 if not self._idle[oldest]:
                     del self._idle[oldest]
+                self.net.release(self.net.token_step, evicted.key)  # the pool is whole if this fails
 
 
 class DeviceStepInference(MaxChoosingInference):
