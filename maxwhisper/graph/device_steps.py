@@ -161,28 +161,17 @@ class DeviceStepInference(MaxChoosingInference):
         suppress: np.ndarray,
         timestamp_begin: np.ndarray,
     ) -> list[driver.Buffer]:
-        b, net = self.buffers, self.model
-        with net.device_lock:  # copies, the step and its read together: another thread's capture sees none
-            copied = [
-                b.set(name, array)
-                for name, array in (
-                    ("tokens", tokens),
-                    ("positions", positions),
-                    ("cross_keys", self._cross_keys(len(tokens))),
-                    ("rows", rows),
-                    ("suppress", suppress),
-                    ("timestamp_begin", timestamp_begin),
-                )
-            ]
-            if any(copied):
-                net.device.synchronize()
-            try:
-                logits, chosen, logprobs = run_step(net, b)[:3]
-                chosen = net.to_numpy(chosen)
-            except BaseException:  # what the step wrote is unknown: the next one copies both again
-                b.held["tokens"] = b.held["positions"] = None
-                raise
-            b.advanced(chosen)
+        net = self.model
+        logits, chosen, logprobs = step_on(
+            net,
+            self.buffers,
+            tokens=tokens,
+            positions=positions,
+            cross_keys=self._cross_keys(len(tokens)),
+            rows=rows,
+            suppress=suppress,
+            timestamp_begin=timestamp_begin,
+        )
         return [logits, driver.Buffer.from_numpy(chosen), logprobs]  # the tokens read once
 
     def cleanup_caching(self) -> None:
@@ -190,6 +179,23 @@ class DeviceStepInference(MaxChoosingInference):
             self.model.step_buffers.give_back(self.buffers)
             self.buffers = None
         super().cleanup_caching()
+
+
+def step_on(net: MaxWhisper, b: StepBuffers, **inputs: np.ndarray) -> tuple[driver.Buffer, np.ndarray, driver.Buffer]:
+    """The token step on `b` with `inputs` set (only a change copied): its logits and log
+    probabilities on the device, its chosen tokens read, what it wrote recorded (`advanced`).
+    Copies, the step and the read hold the device lock together: another thread's capture sees none."""
+    with net.device_lock:
+        if any([b.set(name, array) for name, array in inputs.items()]):
+            net.device.synchronize()
+        try:
+            logits, chosen, logprobs = run_step(net, b)[:3]
+            chosen = net.to_numpy(chosen)
+        except BaseException:  # what the step wrote is unknown: the next one copies both again
+            b.held["tokens"] = b.held["positions"] = None
+            raise
+        b.advanced(chosen)
+    return logits, chosen, logprobs
 
 
 def run_step(net: MaxWhisper, b: StepBuffers) -> list[driver.Buffer]:

@@ -16,7 +16,7 @@ import numpy as np
 from max import driver
 from max.dtype import DType
 
-from .device_steps import StepBuffers, run_step
+from .device_steps import StepBuffers, step_on
 from .inputs import TokenStepInputs, cache_shapes, cross_layout
 from .model import AudioFeatures, MaxChoosingInference, MaxWhisper, every_row_then_some
 
@@ -186,29 +186,20 @@ class DeviceRows:
     ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         """As `HostRows.step`, the logits copied to the host only where wanted. A row sitting out
         keeps the inputs it held, so that only a change is copied."""
-        net, b = self.net, self.buffers
-        with net.device_lock:  # as `DeviceStepInference._token_step`
-            copied = [
-                b.set(name, array)
-                for name, array in (
-                    ("tokens", self._held_but(rows, "tokens", tokens[rows])),
-                    ("positions", positions),
-                    ("cross_keys", self._held_but(rows, "cross_keys", keys[rows])),
-                    ("rows", np.arange(self.capacity, dtype=np.int64)),
-                    ("suppress", self._held_but(rows, "suppress", suppress)),
-                    ("timestamp_begin", self._held_but(rows, "timestamp_begin", timestamp_begin)),
-                )
-            ]
-            if any(copied):
-                net.device.synchronize()
-            try:
-                logits, chosen, logprobs = run_step(net, b)[:3]
-                chosen, logprobs = net.to_numpy(chosen), net.to_numpy(logprobs)
-                logits = net.to_numpy(logits)[rows] if logits_wanted else None
-            except BaseException:  # what the step wrote is unknown: the next one copies both again
-                b.held["tokens"] = b.held["positions"] = None
-                raise
-            b.advanced(chosen)
+        net = self.net
+        with net.device_lock:  # the step and its reads together
+            logits, chosen, logprobs = step_on(
+                net,
+                self.buffers,
+                tokens=self._held_but(rows, "tokens", tokens[rows]),
+                positions=positions,
+                cross_keys=self._held_but(rows, "cross_keys", keys[rows]),
+                rows=np.arange(self.capacity, dtype=np.int64),
+                suppress=self._held_but(rows, "suppress", suppress),
+                timestamp_begin=self._held_but(rows, "timestamp_begin", timestamp_begin),
+            )
+            logprobs = net.to_numpy(logprobs)
+            logits = net.to_numpy(logits)[rows] if logits_wanted else None
         return logits, chosen[rows], logprobs[rows]
 
     def close(self) -> None:
@@ -328,10 +319,9 @@ class SharedSteps:
         order = np.argsort(rows, kind="stable")  # the graph returns the rows in the order asked
         suppress = np.concatenate([m.request[1] for m in members])[order]
         timestamp_begin = np.concatenate([[m.request[2]] * len(m.rows) for m in members]).astype(np.int64)[order]
-        wanted = [m for m in members if m.request[3]]
         try:
             logits, chosen, logprobs = self.store.step(
-                tokens, positions, keys, rows[order], suppress, timestamp_begin, bool(wanted)
+                tokens, positions, keys, rows[order], suppress, timestamp_begin, any(m.request[3] for m in members)
             )
         except BaseException as e:  # noqa: BLE001 - every member of the step sees it
             for m in members:
