@@ -146,6 +146,9 @@ class HostRows:
         flat = (a if isinstance(a, driver.Buffer) else net.to_device(a) for a in inputs.flat())
         return tuple(o.to_numpy() for o in net.run(net.token_step, *flat)[:3])
 
+    def close(self) -> None:
+        """Nothing beyond host memory to free: the CPU captures no graph."""
+
 
 class DeviceRows:
     """The portable plan's shared cache: step buffers on the model's device (`device_steps`) for
@@ -432,5 +435,5 @@ class SharedModel:
 
     def close(self) -> None:
         """What the shared steps hold on the device beyond their buffers (a GPU's captured step) freed."""
-        if isinstance(getattr(self.steps, "store", None), DeviceRows):
+        if self.steps is not None:
             self.steps.store.close()
