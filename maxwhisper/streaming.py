@@ -66,15 +66,26 @@ def _key(text: str) -> str:
     return re.sub(r"[^\w']", "", text.lower())
 
 
+def _trailing_punctuation(text: str) -> tuple[str, str]:
+    """A word's text split before the punctuation that ends it: ("Americans", ".")."""
+    body = re.sub(r"[^\w\s']+$", "", text)
+    return body, text[len(body) :]
+
+
 class LocalAgreement:
     """LocalAgreement-2: a word is committed once two consecutive hypotheses agree on it and on
     every word before it, each of them having heard at least SETTLE_S of audio after it: a word heard
-    last is heard with little of what follows it, and two hypotheses can agree on it misheard."""
+    last is heard with little of what follows it, and two hypotheses can agree on it misheard.
+
+    The punctuation that ends the last committed word is committed with the next word, as the
+    hypothesis that commits that word writes it: a pause mid-sentence makes a window end it with a
+    period, which the words after the pause take back ("Americans, ask", not "Americans. ask")."""
 
     def __init__(self):
         self.committed: list[StreamWord] = []
         self.tentative: list[StreamWord] = []  # the previous hypothesis beyond the committed words
         self.tentative_heard_until = float("inf")  # stream time up to which the previous hypothesis heard
+        self.owed = ""  # the last committed word's ending punctuation, committed before the next word
 
     def update(
         self, hypothesis: list[StreamWord], heard_until: float = float("inf"), heard_from: float = float("-inf")
@@ -91,10 +102,9 @@ class LocalAgreement:
             ):
                 break
             agreed.append(word)
-        self.committed += agreed
         self.tentative = new[len(agreed) :]
         self.tentative_heard_until = heard_until
-        return agreed
+        return self._commit(agreed)
 
     def finish(
         self,
@@ -109,8 +119,23 @@ class LocalAgreement:
             self.tentative = self._beyond_committed(hypothesis, heard_from)
         n = next((i for i, w in enumerate(self.tentative) if w.end > before), len(self.tentative))
         done, self.tentative = self.tentative[:n], self.tentative[n:]
-        self.committed += done
-        return done
+        return self._commit(done, final=before == float("inf"))
+
+    def _commit(self, words: list[StreamWord], final: bool = False) -> list[StreamWord]:
+        """`words` committed: the first with the punctuation owed before it, the last without its
+        own, which is owed until the next commit (`final`: the stream's end, where nothing is owed)."""
+        if final and not words and self.owed and self.committed:
+            words = [StreamWord(self.committed[-1].end, self.committed[-1].end, "")]
+        if not words:
+            return []
+        words = [dataclasses.replace(words[0], text=self.owed + words[0].text), *words[1:]]
+        body, self.owed = _trailing_punctuation(words[-1].text)
+        if final:
+            self.owed = ""
+        else:
+            words[-1] = dataclasses.replace(words[-1], text=body)
+        self.committed += words
+        return words
 
     def _beyond_committed(self, hypothesis: list[StreamWord], heard_from: float) -> list[StreamWord]:
         """The hypothesis without what is committed already:
@@ -120,21 +145,27 @@ class LocalAgreement:
         - a repeat of the committed tail at its start, looked for where what is left begins within a
           second of the committed end, or where the hypothesis heard the last committed word's audio
           (from `heard_from`) and did not hear that word there (it moved later).
-        Ends are compared, not starts: word times move by tenths of a second between hypotheses."""
+        Ends are compared, not starts: word times move by tenths of a second between hypotheses.
+        Where it writes the last committed word, its punctuation after it becomes the one owed."""
         if not self.committed:
             return list(hypothesis)
         last = self.committed[-1]
         before = [w for w in hypothesis if w.end <= last.end]
         new = [w for w in hypothesis if w.end > last.end]
         heard_as_committed = bool(before) and _key(before[-1].text) == _key(last.text)
+        as_last = before[-1] if heard_as_committed else None  # the word this hypothesis writes for it
         moved = last.start >= heard_from and not heard_as_committed  # (not heard where it was committed)
         if new and (new[0].start + new[0].end) / 2 < last.end and not heard_as_committed:
-            new, moved = new[1:], False
+            as_last, new, moved = new[0], new[1:], False
         if new and (new[0].start - last.end < 1 or moved):
             tail = [_key(w.text) for w in self.committed[-OVERLAP_WORDS:]]
-            for n in range(min(len(tail), len(new)), 0, -1):
-                if tail[-n:] == [_key(w.text) for w in new[:n]]:
-                    return new[n:]
+            n = next(
+                (n for n in range(min(len(tail), len(new)), 0, -1) if tail[-n:] == [_key(w.text) for w in new[:n]]), 0
+            )
+            if n:
+                as_last, new = new[n - 1], new[n:]
+        if as_last is not None and _key(as_last.text) == _key(last.text):  # the punctuation owed, as written here
+            self.owed = _trailing_punctuation(as_last.text)[1]
         return new
 
 

@@ -55,6 +55,35 @@ def test_words_are_committed_once_two_hypotheses_agree():
     assert texts(policy.committed) == "Hello, world how are"
 
 
+def test_a_word_s_ending_punctuation_is_committed_with_the_next_word_as_its_hypothesis_writes_it():
+    """A pause after "Americans" ends two windows with a period; the words after the pause take it back.
+    The punctuation the last word is owed comes at the stream's end, alone where no word follows."""
+    policy = LocalAgreement()
+    policy.update(words("my fellow Americans."))
+    assert texts(policy.update(words("my fellow Americans. Ask"))) == "my fellow Americans"
+    assert [w.text for w in policy.update(words("my fellow Americans, ask not"))] == [", ask"]
+    assert [w.text for w in policy.update(words("my fellow Americans, ask not what."))] == [" not"]
+    assert texts(policy.committed) == "my fellow Americans, ask not"
+    assert [w.text for w in policy.finish()] == [" what."]
+    assert texts(policy.committed) == "my fellow Americans, ask not what." and policy.finish() == []
+
+    # as jfk streams: the words after the pause hear "Americans" without punctuation, ending a little
+    # after its committed end (a repeat of the committed word, not a new one)
+    policy = LocalAgreement()
+    policy.update(words("fellow Americans."))
+    policy.update(words("fellow Americans."))
+    later = [StreamWord(0.0, 0.5, " fellow"), StreamWord(0.5, 1.1, " Americans"), *words("ask not", start=1.1)]
+    assert [w.text for w in policy.update(later)] == []
+    assert [w.text for w in policy.update(later)] == [" ask", " not"]
+
+    policy = LocalAgreement()
+    policy.update(words("for your country."))
+    policy.update(words("for your country."))
+    last = policy.finish()
+    assert [(w.text, w.start, w.end) for w in last] == [(".", 1.5, 1.5)]
+    assert texts(policy.committed) == "for your country."
+
+
 def test_disagreement_commits_nothing_and_committed_text_never_changes():
     policy = LocalAgreement()
     policy.update(words("I scream"))
@@ -124,11 +153,11 @@ def test_a_committed_word_heard_again_with_moved_times_is_not_committed_twice():
 def test_the_committed_tail_heard_again_later_is_not_committed_twice_unless_heard_twice():
     policy = LocalAgreement()
     policy.update(words("3, 2, 1, 0."))
-    assert texts(policy.update(words("3, 2, 1, 0."))) == "3, 2, 1, 0."  # "0." ends at 2.0 s
+    assert texts(policy.update(words("3, 2, 1, 0."))) == "3, 2, 1, 0"  # "0." ends at 2.0 s; "." owed
     # the lecture's countdown after a cut: "0." heard 1.1 s after its committed end (a zero-length
     # word in the silence after it), the words before it as committed
     later = [*words("3, 2, 1,"), StreamWord(3.1, 3.12, " 0."), *words("Physics works", start=4.0)]
-    assert texts(policy.update(later) + policy.update(later)) == "Physics works"
+    assert texts(policy.update(later) + policy.update(later)) == ". Physics works"
     # the lecture's "Physics" committed 1.4 s before it was said (heard so by two hypotheses), then heard in
     # place by a hypothesis over a buffer from before it, which hears no word before its committed end
     policy = LocalAgreement()
@@ -150,7 +179,7 @@ def test_the_committed_tail_heard_again_later_is_not_committed_twice_unless_hear
         policy.update(words("3, 2, 1, 0."))
         policy.update(words("3, 2, 1, 0."))
         twice = [*words("3, 2, 1,"), *heard_again, *words("0. Physics", start=3.5)]
-        assert texts(policy.update(twice) + policy.update(twice)) == "0. Physics"
+        assert texts(policy.update(twice) + policy.update(twice)) == ". 0. Physics"
 
 
 def test_a_short_next_word_overlapping_the_committed_end_is_still_committed():
