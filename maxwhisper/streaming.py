@@ -60,6 +60,11 @@ class StreamWord:
     end: float
     text: str  # as the model wrote it, with its leading space
 
+    @property
+    def spoken(self) -> bool:
+        """A word, not the punctuation alone that a stream's end owes its last word: it has a latency."""
+        return bool(_key(self.text))
+
 
 def _key(text: str) -> str:
     """What two hypotheses must share for a word to count as agreed: case and punctuation aside."""
@@ -460,7 +465,7 @@ class StreamReport:
     @property
     def latencies(self) -> list[float]:
         """Per word: when it was committed minus when its audio ended."""
-        return [t - w.end for w, t in zip(self.words, self.commit_times)]
+        return [t - w.end for w, t in zip(self.words, self.commit_times) if w.spoken]
 
     def latency_quantile(self, q: float) -> float | None:
         """`quantile` of `latencies`; None when no word was committed."""

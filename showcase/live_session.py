@@ -188,7 +188,7 @@ class LiveSession:
     def _commit(self, words: list[StreamWord]) -> None:
         now = self._clock() - self.started if self.started is not None else 0.0
         self.committed += words
-        self.latencies += [now - w.end for w in words]
+        self.latencies += [now - w.end for w in words if w.spoken]
 
     def text_html(self) -> str:
         """The committed words, then the tentative tail in grey."""

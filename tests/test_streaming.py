@@ -80,8 +80,10 @@ def test_a_word_s_ending_punctuation_is_committed_with_the_next_word_as_its_hypo
     policy.update(words("for your country."))
     policy.update(words("for your country."))
     last = policy.finish()
-    assert [(w.text, w.start, w.end) for w in last] == [(".", 1.5, 1.5)]
+    assert [(w.text, w.start, w.end, w.spoken) for w in last] == [(".", 1.5, 1.5, False)]
     assert texts(policy.committed) == "for your country."
+    report = StreamReport(policy.committed, [2.0, 2.0, 2.0, 3.0], 1.0, 2.0, 2)
+    assert report.text == "for your country." and report.latencies == [1.5, 1.0, 0.5]  # no latency for "."
 
 
 def test_disagreement_commits_nothing_and_committed_text_never_changes():

@@ -389,7 +389,9 @@ class RealtimeSession:
         extra = {}
         if self.config.words:
             to_ms = lambda t: round(turn.start * 1000 / SAMPLE_RATE + t * 1000)  # noqa: E731
-            extra["words"] = [{"word": w.text, "start_ms": to_ms(w.start), "end_ms": to_ms(w.end)} for w in words]
+            extra["words"] = [
+                {"word": w.text, "start_ms": to_ms(w.start), "end_ms": to_ms(w.end)} for w in words if w.spoken
+            ]
         return [
             server_event(
                 "conversation.item.input_audio_transcription.delta",
