@@ -164,11 +164,10 @@ class LocalAgreement:
             as_last, new, moved = new[0], new[1:], False
         if new and (new[0].start - last.end < 1 or moved):
             tail = [_key(w.text) for w in self.committed[-OVERLAP_WORDS:]]
-            n = next(
-                (n for n in range(min(len(tail), len(new)), 0, -1) if tail[-n:] == [_key(w.text) for w in new[:n]]), 0
-            )
-            if n:
-                as_last, new = new[n - 1], new[n:]
+            for n in range(min(len(tail), len(new)), 0, -1):
+                if tail[-n:] == [_key(w.text) for w in new[:n]]:
+                    as_last, new = new[n - 1], new[n:]
+                    break
         if as_last is not None and _key(as_last.text) == _key(last.text):  # the punctuation owed, as written here
             self.owed = _trailing_punctuation(as_last.text)[1]
         return new
