@@ -93,11 +93,18 @@ class LocalAgreement:
         self.owed = ""  # the last committed word's ending punctuation, committed before the next word
 
     def update(
-        self, hypothesis: list[StreamWord], heard_until: float = float("inf"), heard_from: float = float("-inf")
+        self,
+        hypothesis: list[StreamWord],
+        heard_until: float = float("inf"),
+        heard_from: float = float("-inf"),
+        held_back: bool = False,
     ) -> list[StreamWord]:
         """A new hypothesis (words in stream time) over the audio heard from `heard_from` until
-        `heard_until` (stream time); returns the words it commits."""
+        `heard_until` (stream time); returns the words it commits. A hypothesis `held_back` before
+        any new word says nothing of the tentative words: they stay, for the next one or the end."""
         new = self._beyond_committed(hypothesis, heard_from)
+        if held_back and not new:
+            return []
         agreed = []
         for previous, word in zip(self.tentative, new):
             if (
@@ -116,12 +123,15 @@ class LocalAgreement:
         before: float = float("inf"),
         hypothesis: list[StreamWord] | None = None,
         heard_from: float = float("-inf"),
+        held_back: bool = False,
     ) -> list[StreamWord]:
         """The tentative words that end by `before` (all of them: the end of the stream) are
         committed as they stand; `hypothesis`: those of a last hypothesis (as `update`'s) beyond the
-        committed ones take the tentative ones' place first."""
+        committed ones take the tentative ones' place first, unless it is `held_back` before any."""
         if hypothesis is not None:
-            self.tentative = self._beyond_committed(hypothesis, heard_from)
+            new = self._beyond_committed(hypothesis, heard_from)
+            if new or not held_back:
+                self.tentative = new
         n = next((i for i, w in enumerate(self.tentative) if w.end > before), len(self.tentative))
         done, self.tentative = self.tentative[:n], self.tentative[n:]
         return self._commit(done, final=before == float("inf"))
@@ -293,7 +303,7 @@ class Streamer:
             words, held_back = self._hypothesis(result.segments, options)
         self.last_compute_s = timings.total_s
         heard_until = self.buffer_start + min(heard, self.audible or heard) / SAMPLE_RATE
-        committed = self.policy.update(words, heard_until, self.buffer_start)
+        committed = self.policy.update(words, heard_until, self.buffer_start, held_back=bool(held_back))
         if committed and self.options.language is None:  # detected once: a detection hears a 30 s window
             self.options = dataclasses.replace(self.options, language=result.language)
         committed += self._trim()
@@ -303,8 +313,8 @@ class Streamer:
         """The end of the stream: the tentative words are committed as they stand. Where the last
         hypothesis's window failed the rules the offline loop falls back on (`window_failed`), the
         buffer is first heard once more as that loop hears it (`transcribe`: every window, falling back
-        through the temperature schedule), and its words up to what it holds back take the tentative
-        ones' place: else the last words, which every window held back, are lost where the offline
+        through the temperature schedule), and its words up to what it holds back, if any, take the
+        tentative ones' place: else the last words, which every window held back, are lost where the offline
         transcript has them. (A hypothesis held back for a repeat or its own text is left so: the offline
         loop's first window decodes as the stream's 30 s window did.) A second call commits nothing."""
         if not self.window_failed:
@@ -315,7 +325,7 @@ class Streamer:
         self.window_failed = False
         end = self.buffer_start + len(self.buffer) / SAMPLE_RATE
         return StreamUpdate(
-            self.policy.finish(hypothesis=words, heard_from=self.buffer_start),
+            self.policy.finish(hypothesis=words, heard_from=self.buffer_start, held_back=bool(held_back)),
             [],
             result.timings.total_s,
             held_back,
