@@ -23,10 +23,11 @@ import os
 
 os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")
 
-from streaming_replay import costed_by_model, differences  # noqa: E402
+from streaming_replay import differences  # noqa: E402
 
 from maxwhisper.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from maxwhisper.bench.clips import audio_dir, pseudo_reference  # noqa: E402
+from maxwhisper.bench.cost_model import CostModelled  # noqa: E402
 from maxwhisper.bench.realtime import CHUNK_S, TAIL_S, pcm16  # noqa: E402
 from maxwhisper.realtime import RealtimeSession, session  # noqa: E402
 from maxwhisper.realtime.protocol import WORDS  # noqa: E402
@@ -52,7 +53,7 @@ def main() -> None:
         clock[0] += cost
         spent[0] += cost
 
-    costed_by_model(t, spend)
+    t = CostModelled(t, spend)
 
     audio = load_audio(audio_dir() / args.clip)
     data = pcm16(audio, SAMPLE_RATE) + bytes(round(TAIL_S * SAMPLE_RATE) * 2)

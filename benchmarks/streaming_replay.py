@@ -7,7 +7,7 @@ the machine's load, and its WER moves by a word or two between runs.
 
 Each offset streams the lecture as `bench --streaming` does (1 s chunks, the chunk boundaries
 shifted by the offset), MAX tiny.en on the CPU, an update's transcription counted as taking
-COST_S + COST_PER_S per second its window heard (about MAX fp32's on an AVX-512 Zen 4), the
+`maxwhisper.bench.cost_model`'s seconds (about MAX fp32's on an AVX-512 Zen 4), the
 stream's end hearing the buffer again (`Streamer.finish`) as one 30 s window. Prints the
 words wrong against the lecture's pseudo-reference (normalised, as the benchmark scores them), the
 offline transcript's first, then per offset with the latency, the segments held back, the loop ratio
@@ -17,7 +17,6 @@ and each difference (reference -> stream).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 
 os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")
@@ -25,13 +24,13 @@ os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")
 import jiwer  # noqa: E402
 
 from maxwhisper import streaming  # noqa: E402
-from maxwhisper.audio import N_SAMPLES, SAMPLE_RATE, load_audio  # noqa: E402
+from maxwhisper.audio import load_audio  # noqa: E402
 from maxwhisper.bench.clips import audio_dir, pseudo_reference  # noqa: E402
+from maxwhisper.bench.cost_model import CostModelled  # noqa: E402
 from maxwhisper.registry import create_transcriber  # noqa: E402
 from maxwhisper.scoring import normalize  # noqa: E402
 
 CLIP = "physicsworks.flac"
-COST_S, COST_PER_S = 0.04, 0.011
 
 
 def differences(reference: str, text: str) -> tuple[int, list[str]]:
@@ -44,25 +43,6 @@ def differences(reference: str, text: str) -> tuple[int, list[str]]:
         if c.type != "equal"
     ]
     return out.substitutions + out.deletions + out.insertions, shown
-
-
-def costed_by_model(t, on_cost=lambda cost: None) -> None:
-    """Makes transcriber `t` report each transcription's time from the cost model (COST_S + COST_PER_S
-    per second heard) instead of the clock; `on_cost` is told each cost."""
-    window, whole = t.transcribe_window, t.transcribe
-
-    def costed(result, heard_s: float):
-        cost = COST_S + COST_PER_S * heard_s
-        on_cost(cost)
-        return dataclasses.replace(result, timings=dataclasses.replace(result.timings, total_s=cost))
-
-    def costed_window(audio, options, draft=(), padding_s=streaming.STREAM_PADDING_S):
-        result, tokens = window(audio, options, draft, padding_s=padding_s)
-        heard = N_SAMPLES / SAMPLE_RATE if padding_s is None else min(30.0, len(audio) / SAMPLE_RATE + padding_s)
-        return costed(result, heard), tokens
-
-    t.transcribe_window = costed_window
-    t.transcribe = lambda audio, options, progress=None: costed(whole(audio, options, progress), 30.0)
 
 
 def main() -> None:
@@ -90,7 +70,7 @@ def main() -> None:
     reference = normalize(pseudo_reference(CLIP))
     n = len(reference.split())
     offline, _ = differences(reference, normalize(t.transcribe(audio).text))
-    costed_by_model(t)
+    t = CostModelled(t)
     print(f"offline: {offline} of {n} words wrong ({100 * offline / n:.2f} %)", flush=True)
     for offset in (float(x) for x in args.offsets.split(",")):
         report = streaming.stream_audio(t, audio, 1.0, offset_s=offset)
