@@ -66,9 +66,15 @@ class StreamWord:
         return bool(_key(self.text))
 
 
+# a number said alone, written as a word or as digits by different windows ("0." then "zero")
+_NUMBERS = {w: str(n) for n, w in enumerate("zero one two three four five six seven eight nine ten".split())}
+
+
 def _key(text: str) -> str:
-    """What two hypotheses must share for a word to count as agreed: case and punctuation aside."""
-    return re.sub(r"[^\w']", "", text.lower())
+    """What two hypotheses must share for a word to count as agreed: case, punctuation, and whether
+    a number up to ten is written in digits aside."""
+    key = re.sub(r"[^\w']", "", text.lower())
+    return _NUMBERS.get(key, key)
 
 
 def _trailing_punctuation(text: str) -> tuple[str, str]:

@@ -129,6 +129,18 @@ def test_a_repeat_of_the_committed_tail_is_not_committed_twice():
     assert texts(policy.committed) == "one two three four five"
 
 
+def test_a_number_written_as_a_word_agrees_with_its_digits_and_is_not_committed_twice():
+    """As the lecture's countdown streamed: "3 2 1 0" committed, then a window after a pause writes
+    "three two one zero physics", its "zero" ending past the committed "0"."""
+    policy = LocalAgreement()
+    policy.update(words("three, two, one, zero."))
+    assert texts(policy.update(words("3, 2, 1, 0."))) == "3, 2, 1, 0"  # as the committing one writes them
+    later = [StreamWord(1.5, 2.6, " zero"), *words("physics works", start=2.6)]
+    policy.update(later)
+    assert texts(policy.update(later)) == "physics works"
+    assert texts(policy.committed) == "3, 2, 1, 0 physics works"
+
+
 def test_a_word_whose_time_moved_earlier_is_still_committed():
     policy = LocalAgreement()
     policy.update(words("ask not"))
