@@ -108,8 +108,10 @@ class LocalAgreement:
         """A new hypothesis (words in stream time) over the audio heard from `heard_from` until
         `heard_until` (stream time); returns the words it commits. A hypothesis `held_back` before
         any new word says nothing of the tentative words: they stay, for the next one or the end."""
+        owed = self.owed
         new = self._beyond_committed(hypothesis, heard_from)
         if held_back and not new:
+            self.owed = owed  # nor of the punctuation owed
             return []
         agreed = []
         for previous, word in zip(self.tentative, new):
@@ -135,9 +137,12 @@ class LocalAgreement:
         committed as they stand; `hypothesis`: those of a last hypothesis (as `update`'s) beyond the
         committed ones take the tentative ones' place first, unless it is `held_back` before any."""
         if hypothesis is not None:
+            owed = self.owed
             new = self._beyond_committed(hypothesis, heard_from)
             if new or not held_back:
                 self.tentative = new
+            else:
+                self.owed = owed
         n = next((i for i, w in enumerate(self.tentative) if w.end > before), len(self.tentative))
         done, self.tentative = self.tentative[:n], self.tentative[n:]
         return self._commit(done, final=before == float("inf"))
@@ -453,8 +458,9 @@ class Streamer:
     def _cut_before_end(self, end: float) -> tuple[float, list[StreamWord]]:
         """Nothing committed in the buffer (silence, text that keeps changing, or updates slower than the
         audio): KEEP_S before its end, committing the tentative words before the cut rather than losing
-        them. A held-back segment is not passed; one at the buffer's start is cut away whole (never
-        committed: the audio after it is heard again). Returns the cut and the words committed."""
+        them. A held-back segment is not passed, but by tentative words that a hypothesis before it heard
+        there; one at the buffer's start is cut away whole (never committed: the audio after it is heard
+        again). Returns the cut and the words committed."""
         forced = self.policy.finish(before=end - KEEP_S)
         cut = forced[-1].end if forced else end - KEEP_S
         if self.held_back_span is not None and not forced:

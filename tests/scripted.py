@@ -15,7 +15,7 @@ class ScriptedTranscriber:
         self.script = script.split()
         self.calls: list[tuple[float, str | None]] = []
 
-    def transcribe(self, audio, options=DecodeOptions(), progress=None):
+    def transcribe(self, audio, options=DecodeOptions(), progress=None, on_segments=None):
         assert options.word_timestamps
         n = len(audio) / SAMPLE_RATE
         offset = round(audio[0], 3) if len(audio) else 0.0  # the test writes each sample's stream time
@@ -48,7 +48,7 @@ class TurnScriptedTranscriber:
         self.script, self.fail = script.split(), fail
         self.prompts: list[str | None] = []
 
-    def transcribe(self, audio, options=DecodeOptions(), progress=None):
+    def transcribe(self, audio, options=DecodeOptions(), progress=None, on_segments=None):
         if self.fail is not None:
             raise self.fail
         self.prompts.append(options.initial_prompt)

@@ -103,9 +103,11 @@ def test_a_hypothesis_held_back_before_any_new_word_leaves_the_tentative_words_a
     policy = LocalAgreement()
     policy.update(words("physics works enough"))
     assert texts(policy.update(words("physics works and I'm still alive."))) == "physics works"
-    assert policy.update(words("physics works"), held_back=True) == []  # the committed words, then held back
+    # the committed words, written with a period, then held back: no punctuation owed either
+    assert policy.update(words("physics works."), held_back=True) == []
     assert texts(policy.tentative) == "and I'm still alive."
-    assert texts(policy.finish(hypothesis=[], held_back=True)) == "and I'm still alive."
+    assert texts(policy.finish(hypothesis=words("physics works."), held_back=True)) == "and I'm still alive."
+    assert texts(policy.committed) == "physics works and I'm still alive."
     # a hypothesis with no words that holds nothing back (silence) takes them back, as before
     policy = LocalAgreement()
     policy.update(words("physics works"))
@@ -866,6 +868,29 @@ def test_stream_command_reports_the_median_and_p90_of_the_commit_latency(tmp_pat
     monkeypatch.setattr(cli, "load_transcriber", lambda args, backend, kernels=None: silent)
     assert cli.main(["stream", str(path)]) == 0
     assert f"{path}: 12.0 s in 12 updates; nothing was said; behind the stream median 0.00 s" in capsys.readouterr().err
+
+
+def test_a_cost_modelled_transcriber_reports_the_model_s_seconds_for_what_each_window_heard():
+    from maxwhisper.bench.cost_model import COST_PER_S, COST_S
+
+    class Windowed(ScriptedTranscriber):
+        def transcribe_window(self, audio, options=DecodeOptions(), draft=(), padding_s=STREAM_PADDING_S):
+            return self.transcribe(audio, options), (1, 2)
+
+    costs = []
+    model = CostModelled(Windowed("a b c d"), costs.append, speed_factor=2.0)
+    options = DecodeOptions(word_timestamps=True)
+    two_s = np.zeros(2 * SAMPLE_RATE, np.float32)
+    result, tokens = model.transcribe_window(two_s, options)  # 2 s and the padding heard
+    assert tokens == (1, 2) and result.text == " a b c d"
+    assert model.transcribe_window(two_s, options, padding_s=None)[0].timings.total_s == costs[-1]  # 30 s heard
+    model.transcribe(two_s, options)  # a seek loop: as one 30 s window
+    assert costs == pytest.approx(
+        [2 * (COST_S + COST_PER_S * (2 + STREAM_PADDING_S))] + [2 * (COST_S + COST_PER_S * 30)] * 2
+    )
+    assert result.timings.total_s == costs[0] and model.backend == "scripted"  # everything else is the transcriber's
+    with pytest.raises(TypeError, match="no single window"):
+        CostModelled(ScriptedTranscriber("a"))
 
 
 def test_max_streams_jfk(max_tiny_en, jfk_audio):

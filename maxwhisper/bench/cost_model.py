@@ -19,7 +19,7 @@ COST_S, COST_PER_S = 0.04, 0.011
 
 
 class CostModelled:
-    """`transcriber` reporting each transcription's `timings.total_s` from the cost model, times
+    """A `WindowTranscriber` reporting each transcription's `timings.total_s` from the cost model, times
     `speed_factor` (2: a machine twice as slow); a seek loop over the whole buffer counts as one
     30 s window. `on_cost` is told each cost. Everything else is the transcriber's."""
 
@@ -29,11 +29,15 @@ class CostModelled:
         on_cost: Callable[[float], None] = lambda cost: None,
         speed_factor: float = 1.0,
     ):
+        if not hasattr(transcriber, "transcribe_window"):
+            raise TypeError(f"{type(transcriber).__name__} hears no single window: a stream runs its whole seek loop")
         self.transcriber = transcriber
         self.on_cost = on_cost
         self.speed_factor = speed_factor
 
     def __getattr__(self, name: str):
+        if name == "transcriber":  # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
         return getattr(self.transcriber, name)
 
     def transcribe_window(
