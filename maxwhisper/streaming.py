@@ -108,10 +108,8 @@ class LocalAgreement:
         """A new hypothesis (words in stream time) over the audio heard from `heard_from` until
         `heard_until` (stream time); returns the words it commits. A hypothesis `held_back` before
         any new word says nothing of the tentative words: they stay, for the next one or the end."""
-        owed = self.owed
-        new = self._beyond_committed(hypothesis, heard_from)
-        if held_back and not new:
-            self.owed = owed  # nor of the punctuation owed
+        new = self._heard(hypothesis, heard_from, held_back)
+        if new is None:
             return []
         agreed = []
         for previous, word in zip(self.tentative, new):
@@ -136,13 +134,8 @@ class LocalAgreement:
         """The tentative words that end by `before` (all of them: the end of the stream) are
         committed as they stand; `hypothesis`: those of a last hypothesis (as `update`'s) beyond the
         committed ones take the tentative ones' place first, unless it is `held_back` before any."""
-        if hypothesis is not None:
-            owed = self.owed
-            new = self._beyond_committed(hypothesis, heard_from)
-            if new or not held_back:
-                self.tentative = new
-            else:
-                self.owed = owed
+        if hypothesis is not None and (new := self._heard(hypothesis, heard_from, held_back)) is not None:
+            self.tentative = new
         n = next((i for i, w in enumerate(self.tentative) if w.end > before), len(self.tentative))
         done, self.tentative = self.tentative[:n], self.tentative[n:]
         return self._commit(done, final=before == float("inf"))
@@ -163,7 +156,18 @@ class LocalAgreement:
         self.committed += words
         return words
 
-    def _beyond_committed(self, hypothesis: list[StreamWord], heard_from: float) -> list[StreamWord]:
+    def _heard(self, hypothesis: list[StreamWord], heard_from: float, held_back: bool) -> list[StreamWord] | None:
+        """The hypothesis's words beyond the committed ones, the punctuation it writes after the last
+        committed word becoming the one owed; None where it is `held_back` before any such word: it
+        says nothing of the tentative words nor of that punctuation."""
+        new, owed = self._beyond_committed(hypothesis, heard_from)
+        if held_back and not new:
+            return None
+        if owed is not None:
+            self.owed = owed
+        return new
+
+    def _beyond_committed(self, hypothesis: list[StreamWord], heard_from: float) -> tuple[list[StreamWord], str | None]:
         """The hypothesis without what is committed already:
         - the words that end by the last committed word's end;
         - a first word lying mostly before that end, unless the word before it is the last committed one
@@ -172,9 +176,9 @@ class LocalAgreement:
           second of the committed end, or where the hypothesis heard the last committed word's audio
           (from `heard_from`) and did not hear that word there (it moved later).
         Ends are compared, not starts: word times move by tenths of a second between hypotheses.
-        Where it writes the last committed word, its punctuation after it becomes the one owed."""
+        Also returns the punctuation it writes after the last committed word (None: it does not write it)."""
         if not self.committed:
-            return list(hypothesis)
+            return list(hypothesis), None
         last = self.committed[-1]
         before = [w for w in hypothesis if w.end <= last.end]
         new = [w for w in hypothesis if w.end > last.end]
@@ -190,8 +194,8 @@ class LocalAgreement:
                     as_last, new = new[n - 1], new[n:]
                     break
         if as_last is not None and _key(as_last.text) == _key(last.text):  # the punctuation owed, as written here
-            self.owed = _trailing_punctuation(as_last.text)[1]
-        return new
+            return new, _trailing_punctuation(as_last.text)[1]
+        return new, None
 
 
 def repeat_start(words: list[str], before: list[str]) -> int | None:

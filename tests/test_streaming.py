@@ -16,7 +16,7 @@ from scripted import ScriptedTranscriber
 
 from maxwhisper.api import SAMPLE_RATE, DecodeOptions, Segment, Word
 from maxwhisper.audio import N_FRAMES, N_SAMPLES, STREAM_PADDING_S, heard_frames
-from maxwhisper.bench.cost_model import CostModelled
+from maxwhisper.bench.cost_model import COST_PER_S, COST_S, CostModelled
 from maxwhisper.decoding import DecodingTask, compression_ratio
 from maxwhisper.streaming import (
     BUDGET,
@@ -871,8 +871,6 @@ def test_stream_command_reports_the_median_and_p90_of_the_commit_latency(tmp_pat
 
 
 def test_a_cost_modelled_transcriber_reports_the_model_s_seconds_for_what_each_window_heard():
-    from maxwhisper.bench.cost_model import COST_PER_S, COST_S
-
     class Windowed(ScriptedTranscriber):
         def transcribe_window(self, audio, options=DecodeOptions(), draft=(), padding_s=STREAM_PADDING_S):
             return self.transcribe(audio, options), (1, 2)
