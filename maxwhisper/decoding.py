@@ -93,6 +93,31 @@ class ChoosingInference(Inference, Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class RunRules:
+    """What a run of greedy steps in the graph needs of the logit filters and the tokens so far
+    (`RunningInference.greedy_run`): the graph applies `ApplyTimestampRules` itself from these."""
+
+    suppress: np.ndarray  # float32 [n_batch, n_vocab]: what the filters suppress at every step
+    timestamp_begin: int  # n_vocab: no timestamp rules
+    eot: int
+    previous: np.ndarray  # int64 [n_batch]: the token before the last (a timestamp: none sampled)
+    last_timestamp: np.ndarray  # int64 [n_batch]: the last sampled timestamp; -1: none
+
+
+class RunningInference(ChoosingInference, Protocol):
+    """A choosing inference that also takes several greedy steps in one call (MAX's token run
+    graph): the host then meets the device once a run instead of once a token."""
+
+    steps_per_call: int  # the steps of a run; 1: no runs
+
+    def greedy_run(self, tokens: np.ndarray, audio_features: Any, rules: RunRules) -> tuple[np.ndarray, np.ndarray]:
+        """The next `steps_per_call` greedy tokens of every row after tokens [n_batch, n], whose last
+        token is not in the KV cache yet, with the logit filters' choices: tokens int64 [n_batch, K]
+        and their log probabilities float32 [n_batch, K]. A row's steps after its eot are not read."""
+        ...
+
+
 class WhisperModel(Protocol):
     dims: ModelDims
     is_multilingual: bool
@@ -490,6 +515,11 @@ class LogitFilter:
         self.suppress(logits, tokens)
         return None
 
+    def suppress_at_every_step(self, logits: np.ndarray) -> None:
+        """What `suppress` writes at every step after the first whatever the tokens, for a run of
+        steps in the graph (`RunningInference`), whose own rules are `ApplyTimestampRules`'s."""
+        raise NotImplementedError
+
 
 class SuppressBlank(LogitFilter):
     """No blank (a space or eot) as the first sampled token."""
@@ -502,12 +532,18 @@ class SuppressBlank(LogitFilter):
         if tokens.shape[1] == self.sample_begin:
             logits[:, self.tokenizer.encode(" ") + [self.tokenizer.eot]] = -np.inf
 
+    def suppress_at_every_step(self, logits):
+        pass
+
 
 class SuppressTokens(LogitFilter):
     def __init__(self, suppress_tokens: Sequence[int]):
         self.suppress_tokens = list(suppress_tokens)
 
     def suppress(self, logits, tokens):
+        logits[:, self.suppress_tokens] = -np.inf
+
+    def suppress_at_every_step(self, logits):
         logits[:, self.suppress_tokens] = -np.inf
 
 
@@ -553,6 +589,9 @@ class ApplyTimestampRules(LogitFilter):
             if self.max_initial_timestamp_index is not None:
                 last_allowed = ts_begin + self.max_initial_timestamp_index
                 logits[:, last_allowed + 1 :] = -np.inf
+
+    def suppress_at_every_step(self, logits):
+        logits[:, self.tokenizer.no_timestamps] = -np.inf  # the rest: `graph.layers.timestamp_rules`
 
     def apply(self, logits, tokens):
         self.suppress(logits, tokens)
@@ -653,6 +692,8 @@ class DecodingTask:
             choose = None
         # where the "timestamps more probable than text" rule starts; n_vocab without timestamps
         timestamp_begin = self.model.dims.n_vocab if self.options.without_timestamps else self.tokenizer.timestamp_begin
+        steps_per_call = getattr(self.inference, "steps_per_call", 1) if choose else 1
+        queued: list[tuple[np.ndarray, np.ndarray]] = []  # a run's tokens and log probabilities, step by step
         try:
             first = 0
             if self._checks_draft(tokens):
@@ -660,6 +701,17 @@ class DecodingTask:
                 no_speech_probs = softmax(no_speech_logits)[:, self.tokenizer.no_speech].tolist()
                 first = self.sample_len if completed else tokens.shape[1] - self.sample_begin
             for i in range(first, self.sample_len):
+                if not queued and i > 0 and steps_per_call > 1 and tokens.shape[1] - 1 + steps_per_call <= self.n_ctx:
+                    chosen, logprobs = self.inference.greedy_run(
+                        tokens, audio_features, self._run_rules(tokens, timestamp_begin)
+                    )
+                    queued = list(zip(chosen.T, logprobs.T))
+                if queued:
+                    next_tokens, logprobs = queued.pop(0)
+                    tokens, completed = self.decoder.append(tokens, next_tokens.copy(), logprobs, sum_logprobs)
+                    if completed or tokens.shape[-1] > self.n_ctx:
+                        break
+                    continue
                 # the no-speech probability comes from the logits after sot, in the first call
                 positions = (self.sot_index, -1) if i == 0 else (-1,)
                 if choose:
@@ -743,6 +795,20 @@ class DecodingTask:
                 break
         self.inference.rewind(tokens.shape[1] - 1)
         return tokens, completed, logits[:, 0]
+
+    def _run_rules(self, tokens: np.ndarray, timestamp_begin: int) -> RunRules:
+        """What a run of greedy steps after `tokens` needs (`RunningInference.greedy_run`)."""
+        suppress = np.zeros((tokens.shape[0], self.model.dims.n_vocab), np.float32)
+        for logit_filter in self.logit_filters:
+            logit_filter.suppress_at_every_step(suppress)
+        sampled = tokens[:, self.sample_begin :]
+        previous = sampled[:, -2] if sampled.shape[1] >= 2 else np.full(len(tokens), timestamp_begin)
+        last_timestamp = np.full(len(tokens), -1, np.int64)
+        for row, seq in enumerate(sampled):
+            stamps = seq[seq >= timestamp_begin]
+            if stamps.size:
+                last_timestamp[row] = stamps[-1]
+        return RunRules(suppress, timestamp_begin, self.tokenizer.eot, previous.astype(np.int64), last_timestamp)
 
     def _suppression(self, tokens: np.ndarray) -> np.ndarray:
         """What the logit filters suppress before the next token: float32 [n_batch, n_vocab], 0 or -inf."""

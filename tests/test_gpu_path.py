@@ -17,7 +17,8 @@ from maxwhisper.graph.model import DTYPES, build_graph, graph_names
 from maxwhisper.graph.plan import make_plan
 from maxwhisper.graph.weights import graph_arrays
 
-GRAPHS = ("encoder", "decoder_step", "token_step", "alignment", "cache_reorder", "batch_repeat")
+GRAPHS = ("encoder", "decoder_step", "token_step", "token_run", "alignment", "cache_reorder", "batch_repeat")
+CPU_GRAPHS = tuple(name for name in GRAPHS if name != "token_run")  # one greedy step a call on the CPU
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def test_every_gpu_graph_builds_with_weights_of_its_dtype_and_shape(tiny_en_chec
     for name in graph_names(plan):
         graph, registry = build_graph(name, tiny_arrays, dims, plan, halves)  # registry() checks each array
         assert "mo.custom" not in str(graph)  # MAX's ops only: no Mojo kernel on the GPU
-        assert bool(registry) == (name in ("encoder", "decoder_step", "token_step", "alignment"))
+        assert bool(registry) == (name in ("encoder", "decoder_step", "token_step", "token_run", "alignment"))
         assert all(a.dtype == DTYPES[precision].to_numpy() and a.flags.c_contiguous for a in registry.values())
         on_host = [i for i, v in enumerate(graph.inputs) if v.type.device == DeviceRef.CPU()]
         # a prompt's cache offset is a slice bound, on the host; a token step reads nothing there (capturable)
@@ -81,7 +82,7 @@ def test_the_cpu_plan_runs_every_kernel_and_no_kernels_runs_the_gpu_s_graphs(tin
     tiles = make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims, int8=True, amx=True)
     assert tiles.amx_tiles and "AMX tiles" in tiles.describe() and not int8[True].amx_tiles
     assert not make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims, amx=True).amx_tiles
-    assert graph_names(cpu) == GRAPHS
+    assert graph_names(cpu) == CPU_GRAPHS and cpu.steps_per_call == 1
     portable = make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims, kernels=False)
     gpu = make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.GPU()), dims)
     assert (portable.name, graph_names(portable)) == (gpu.name, graph_names(gpu))
@@ -93,6 +94,79 @@ def test_the_cpu_plan_runs_every_kernel_and_no_kernels_runs_the_gpu_s_graphs(tin
     }  # decoder weights that are not float16 numbers
     plan = make_plan(WeightBank(not_half, DType.float32, DeviceRef.CPU()), dims)
     assert plan.step_kernels and not plan.step_linears_kernel and not plan.token_step
+
+
+def test_greedy_steps_a_call_come_from_the_plan_and_can_be_set(tiny_en_checkpoint, tiny_arrays, monkeypatch):
+    """A GPU's plan takes 8 greedy steps a call (the token run graph), the CPU kernels' one;
+    MAXWHISPER_STEPS_PER_CALL sets either, and a value that is not a count is refused."""
+    dims = tiny_en_checkpoint.dims
+
+    def plan(device, **kw):
+        return make_plan(WeightBank(tiny_arrays, DType.float32, device), dims, **kw)
+
+    assert plan(DeviceRef.GPU()).steps_per_call == 8 and "8 greedy steps a call" in plan(DeviceRef.GPU()).describe()
+    monkeypatch.setenv("MAXWHISPER_STEPS_PER_CALL", "4")
+    assert plan(DeviceRef.CPU()).steps_per_call == 4 and "token_run" in graph_names(plan(DeviceRef.CPU()))
+    monkeypatch.setenv("MAXWHISPER_STEPS_PER_CALL", "1")
+    assert graph_names(plan(DeviceRef.CPU(), kernels=False)) == CPU_GRAPHS
+    for wrong in ("0", "eight", "100"):
+        monkeypatch.setenv("MAXWHISPER_STEPS_PER_CALL", wrong)
+        with pytest.raises(ValueError, match="MAXWHISPER_STEPS_PER_CALL must be a whole number from 1 to 64"):
+            plan(DeviceRef.GPU())
+
+
+def test_the_graph_s_timestamp_rules_are_the_host_s(tiny_en_checkpoint):
+    """`layers.timestamp_rules`, what a run of steps in the graph forbids, against
+    `decoding.ApplyTimestampRules.suppress` on sampled sequences of every kind: no timestamp yet,
+    a pair open, a pair ended, text after a timestamp, one token sampled, no timestamp rules."""
+    from max import driver
+    from max.engine import InferenceSession
+    from max.graph import Graph, TensorType
+
+    from maxwhisper.decoding import ApplyTimestampRules
+    from maxwhisper.graph.layers import timestamp_rules
+    from maxwhisper.tokenizer import get_tokenizer
+
+    tokenizer = get_tokenizer(False)
+    v, ts, eot = tiny_en_checkpoint.dims.n_vocab, tokenizer.timestamp_begin, tokenizer.eot
+    column = TensorType(DType.int64, ["b"], device=DeviceRef.CPU())
+    with Graph("timestamp_rules_test", input_types=[column] * 5) as graph:
+        graph.output(timestamp_rules(v, *(x.tensor for x in graph.inputs)))
+    rules = InferenceSession(devices=[driver.CPU()]).load(graph)
+
+    sample_begin = 3
+    text = [400, 1000]
+    sequences = [
+        [ts],  # one token sampled: the pair is open
+        [ts, *text],
+        [ts, *text, ts + 50],
+        [ts, *text, ts + 50, ts + 50],
+        [ts + 10, ts + 10, 220],
+        [*text],  # no timestamp at all
+        [ts, 100, ts + 7, ts + 9, 500],
+    ]
+    for timestamps_on in (True, False):
+        begin = ts if timestamps_on else v
+        for seq in sequences:
+            tokens = np.array([[1, 2, 3, *seq]], np.int64)
+            expected = np.zeros((1, v), np.float32)
+            if timestamps_on:
+                ApplyTimestampRules(tokenizer, sample_begin, None).suppress(expected, tokens)
+                expected[:, tokenizer.no_timestamps] = 0  # the run's suppress input holds it
+            sampled = tokens[0, sample_begin:]
+            stamps = sampled[sampled >= begin]
+            row = [
+                np.array([x], np.int64)
+                for x in (
+                    sampled[-1],
+                    sampled[-2] if len(sampled) >= 2 else begin,
+                    stamps[-1] if stamps.size else -1,
+                    begin,
+                    eot,
+                )
+            ]
+            (mask,) = rules.execute(*row)
+            np.testing.assert_array_equal(mask.to_numpy(), expected, err_msg=f"{seq}, timestamps {timestamps_on}")
 
 
 def test_auto_falls_back_to_the_cpu_with_a_reason_when_max_cannot_use_the_gpu(monkeypatch):
@@ -137,26 +211,38 @@ def _copies(monkeypatch) -> dict:
     return counts
 
 
-def test_portable_token_steps_copy_only_what_changed(max_tiny_en_portable, openai_tiny_en, jfk_audio, monkeypatch):
-    """The token step graph advances its own tokens and positions: after a window's first steps
-    nothing but a changed suppression mask is copied to the device. The buffers outlive the
-    decoding: the next one borrows them again."""
+@pytest.mark.parametrize("runs", [True, False], ids=["runs", "steps"])
+def test_portable_token_steps_copy_only_what_changed(
+    max_tiny_en_portable, openai_tiny_en, jfk_audio, monkeypatch, runs
+):
+    """The token step and run graphs advance their own tokens and positions (a run its timestamp
+    rules' state too): after a window's first steps nothing but a changed suppression mask is
+    copied to the device. The buffers outlive the decoding: the next one borrows them again."""
     from maxwhisper.api import DecodeOptions
-    from maxwhisper.graph.device_steps import DeviceStepInference, run_step
+    from maxwhisper.graph.device_steps import DeviceStepInference, run_graph
 
     net = max_tiny_en_portable.net
     assert isinstance(net.inference(), DeviceStepInference) and not net.captures  # the CPU runs plain calls
-    steps = []
-    monkeypatch.setattr("maxwhisper.graph.device_steps.run_step", lambda n, b: steps.append(b) or run_step(n, b))
+    monkeypatch.setattr(net, "runs", runs)
+    calls = []
+    monkeypatch.setattr(
+        "maxwhisper.graph.device_steps.run_graph", lambda n, b, name: calls.append((b, name)) or run_graph(n, b, name)
+    )
     copies = _copies(monkeypatch)
     result = max_tiny_en_portable.transcribe(jfk_audio, DecodeOptions())
     assert result.tokens == openai_tiny_en.transcribe(jfk_audio, DecodeOptions()).tokens
-    assert len(steps) > 20 and len(set(map(id, steps))) == 1  # one window, one set of buffers
+    assert len({id(b) for b, _ in calls}) == 1  # one window, one set of buffers
     # the prompt's tokens run as token steps, then the graph feeds itself
-    assert copies["tokens"] <= 4 and copies["positions"] <= 4 and copies["rows"] == 1 == copies["cross_keys"]
-    assert copies["suppress"] < len(steps) / 2
+    assert copies["tokens"] <= 4 and copies["positions"] <= 4 and copies["rows"] <= 1 >= copies["cross_keys"]
+    names = [name for _, name in calls]
+    if runs:  # the first sampled token by a step, the rest 8 a call; each run's state was the graph's
+        assert 0 < names.count("token_run") <= len(result.tokens) // 8 + 1 and names.count("token_step") <= 4
+        assert copies["eot"] == 1 and copies["previous"] <= 1 and copies["last_timestamp"] <= 1
+        assert copies["suppress"] <= 3
+    else:
+        assert set(names) == {"token_step"} and len(names) > 20 and copies["suppress"] < len(names) / 2
     max_tiny_en_portable.transcribe(jfk_audio, DecodeOptions())
-    assert len(set(map(id, steps))) == 1  # lent again
+    assert len({id(b) for b, _ in calls}) == 1  # lent again
 
 
 def test_captured_token_steps_give_the_tokens_of_plain_calls(
@@ -173,7 +259,7 @@ def test_captured_token_steps_give_the_tokens_of_plain_calls(
     plain = [max_tiny_en_portable.transcribe(a, DecodeOptions()).tokens for a in (jfk_audio, lecture_60s_audio)]
     captured, replays = request.getfixturevalue("emulated_device_graphs")(net)
     assert [max_tiny_en_portable.transcribe(a, DecodeOptions()).tokens for a in (jfk_audio, lecture_60s_audio)] == plain
-    assert len(captured) == 1 and len(replays) > 100  # every window has 30 s of audio: one shape
+    assert len(captured) == 2 and len(replays) > 20  # every window has 30 s of audio: one step, one run
 
     def broken(graph, key, inputs):
         raise RuntimeError("capture is not supported here")

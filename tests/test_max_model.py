@@ -784,6 +784,39 @@ def test_choice_in_the_step_graph_equals_the_host_path(max_tiny_en, lecture_60s_
         assert a.avg_logprob == pytest.approx(b.avg_logprob, abs=1e-6)
 
 
+@pytest.mark.parametrize("plan", ["cpu-kernels", "portable"])
+def test_greedy_runs_give_the_tokens_of_one_step_a_call(plan, request, jfk_audio, lecture_60s_audio, monkeypatch):
+    """Greedy decoding in runs of steps (the token run graph, the logit filters' rules in it) gives
+    the tokens and log probabilities of one step a call, with timestamps and without. The CPU
+    kernels' plan takes runs where MAXWHISPER_STEPS_PER_CALL asks for them (4 here); the portable
+    plan, a GPU's, takes 8 by default."""
+    from maxwhisper.graph.model import MaxChoosingInference
+    from maxwhisper.max_backend import MaxTranscriber
+
+    if plan == "portable":
+        model = request.getfixturevalue("max_tiny_en_portable")
+    else:
+        monkeypatch.setenv("MAXWHISPER_STEPS_PER_CALL", "4")
+        model = MaxTranscriber("tiny.en", device="cpu")  # its other graphs from the disk cache
+    net = model.net
+    runs = []
+    original = MaxChoosingInference.greedy_run
+    monkeypatch.setattr(MaxChoosingInference, "greedy_run", lambda *a: runs.append(1) or original(*a))
+    for audio, options in (
+        (lecture_60s_audio, DecodeOptions()),
+        (jfk_audio, DecodeOptions(without_timestamps=True)),
+    ):
+        results = {}
+        for in_runs in (True, False):
+            monkeypatch.setattr(net, "runs", in_runs)
+            before = len(runs)
+            results[in_runs] = model.transcribe(audio, options)
+            assert (len(runs) > before) == in_runs
+        assert results[True].tokens == results[False].tokens
+        for a, b in zip(results[True].segments, results[False].segments, strict=True):
+            assert (a.text, a.avg_logprob, a.compression_ratio) == (b.text, b.avg_logprob, b.compression_ratio)
+
+
 def test_few_row_attention_is_used_only_where_the_kernel_fits():
     from maxwhisper.graph.layers import few_row_attention_fits
 

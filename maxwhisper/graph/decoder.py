@@ -19,7 +19,14 @@ from max.dtype import DType
 from max.graph import Graph, Module, TensorType, TensorValue, ops
 
 from ..checkpoint import ModelDims
-from .inputs import AlignmentInputs, BatchRepeatInputs, CacheReorderInputs, StepInputs, TokenStepInputs
+from .inputs import (
+    AlignmentInputs,
+    BatchRepeatInputs,
+    CacheReorderInputs,
+    StepInputs,
+    TokenRunInputs,
+    TokenStepInputs,
+)
 from .kernel_package import kernel_library
 from .layers import (
     MakeLinear,
@@ -39,6 +46,7 @@ from .layers import (
     packed_linear_bf16,
     packed_linear_int8,
     split_heads,
+    timestamp_rules,
     token_embedding,
     vocab_projection_int4,
 )
@@ -283,30 +291,10 @@ def build_token_step_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, 
         tokens, positions = (
             (ops.buffer_load(v.buffer) if advances else v.tensor) for v in (inputs.tokens, inputs.positions)
         )
-        cross_keys, rows = inputs.cross_keys.tensor, inputs.rows.tensor
+        rows = inputs.rows.tensor
         cross = [v.tensor for v in inputs.cross]
         caches = [v.buffer for v in inputs.caches]
-        if advances:
-            x = portable_token_layers(w, dims, tokens, positions, cross_keys, cross, caches)
-            logits = _logits(w, ops.gather(x, rows, axis=0))
-        else:
-            x = token_embedding(w, tokens, positions)
-            for i in range(dims.n_text_layer):
-                x = decoder_layer_step(
-                    w,
-                    f"decoder.blocks.{i}",
-                    x,
-                    caches[2 * i],
-                    caches[2 * i + 1],
-                    [c[i] for c in cross],
-                    positions,
-                    cross_keys,
-                    plan.int8,
-                )
-            x = layer_norm_gather(w, "decoder.ln", x, rows)
-            logits = ops.reshape(
-                projection_linear(plan)(w, "decoder.token_embedding")(x), [rows.shape[0], 1, dims.n_vocab]
-            )
+        logits = token_logits(w, dims, plan, tokens, positions, inputs.cross_keys.tensor, cross, caches, rows)
         chosen, logprobs = plan.greedy_choice(logits, inputs.suppress.tensor, inputs.timestamp_begin.tensor)
         if advances:
             chosen_rows = ops.scatter(tokens, ops.reshape(chosen, [-1, 1]), ops.reshape(rows, [-1, 1]), axis=0)
@@ -315,6 +303,84 @@ def build_token_step_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, 
             one = ops.constant(1, DType.int64, device=w.device)
             ops.buffer_store(inputs.positions.buffer, ops.where(positions < 0, positions, positions + one))
         graph.output(logits, chosen, logprobs)
+    return graph
+
+
+def token_logits(
+    w: WeightBank,
+    dims: ModelDims,
+    plan: ExecutionPlan,
+    tokens: TensorValue,
+    positions: TensorValue,
+    cross_keys: TensorValue,
+    cross: list[TensorValue],
+    caches: list,
+    rows: TensorValue,
+) -> TensorValue:
+    """One new token of each row through every layer into the cache (tokens [B, 1], positions [B],
+    as `TokenStepInputs`'): the logits float32 [k, 1, n_vocab] of the k `rows`. With the CPU kernels
+    one `decoder_layer_step` kernel a layer, elsewhere MAX's ops (`portable_token_layers`)."""
+    if not plan.step_kernels:
+        x = portable_token_layers(w, dims, tokens, positions, cross_keys, cross, caches)
+        return _logits(w, ops.gather(x, rows, axis=0))
+    x = token_embedding(w, tokens, positions)
+    for i in range(dims.n_text_layer):
+        x = decoder_layer_step(
+            w,
+            f"decoder.blocks.{i}",
+            x,
+            caches[2 * i],
+            caches[2 * i + 1],
+            [c[i] for c in cross],
+            positions,
+            cross_keys,
+            plan.int8,
+        )
+    x = layer_norm_gather(w, "decoder.ln", x, rows)
+    return ops.reshape(projection_linear(plan)(w, "decoder.token_embedding")(x), [rows.shape[0], 1, dims.n_vocab])
+
+
+def build_token_run_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, module: Module | None = None) -> Graph:
+    """`plan.steps_per_call` greedy one-token steps of every row in one call (`inputs.TokenRunInputs`),
+    so that the host sees the device once per run instead of once per token. The logit filters'
+    rules are in the graph: `suppress` what they forbid at every step, `layers.timestamp_rules` what
+    the tokens so far forbid. Rows at a negative position sit the call out.
+    Outputs: tokens int64 [B, K], log probabilities float32 [B, K]. The graph leaves its state
+    buffers (the last token, its position, the token before, the last timestamp) set for the next
+    call, so that a GPU can replay the call as a captured device graph."""
+    types = TokenRunInputs.types(dims, w.dtype, w.device, plan.cross_int8)
+    with Graph(
+        "whisper_token_run",
+        input_types=types.flat(),
+        custom_extensions=[kernel_library()] if plan.step_kernels else [],
+        module=module,
+    ) as graph:
+        inputs = types.like(graph.inputs)
+        state = (inputs.tokens, inputs.positions, inputs.previous, inputs.last_timestamp)
+        tokens, positions, previous, last_timestamp = (ops.buffer_load(v.buffer) for v in state)
+        timestamp_begin = inputs.timestamp_begin.tensor
+        cross = [v.tensor for v in inputs.cross]
+        caches = [v.buffer for v in inputs.caches]
+        b = tokens.shape[0]
+        rows = ops.range(0, dim_value(b), 1, out_dim=b, device=w.device, dtype=DType.int64)
+        one = ops.constant(1, DType.int64, device=w.device)
+        stepping = positions >= 0
+        chosen_all, logprobs_all = [], []
+        for _ in range(plan.steps_per_call):
+            logits = token_logits(w, dims, plan, tokens, positions, inputs.cross_keys.tensor, cross, caches, rows)
+            last = ops.reshape(tokens, [-1])
+            rules = timestamp_rules(dims.n_vocab, last, previous, last_timestamp, timestamp_begin, inputs.eot.tensor)
+            chosen, logprobs = plan.greedy_choice(logits, inputs.suppress.tensor + rules, timestamp_begin)
+            chosen_all.append(chosen)
+            logprobs_all.append(logprobs)
+            previous = ops.where(stepping, last, previous)
+            stamped = ops.logical_and(stepping, chosen >= timestamp_begin)
+            last_timestamp = ops.where(stamped, chosen, last_timestamp)
+            tokens = ops.where(ops.reshape(stepping, [-1, 1]), ops.reshape(chosen, [-1, 1]), tokens)
+            positions = ops.where(stepping, positions + one, positions)
+        for buffer, value in zip(state, (tokens, positions, previous, last_timestamp), strict=True):
+            ops.buffer_store(buffer.buffer, value)
+        graph.output(ops.stack(chosen_all, axis=1), ops.stack(logprobs_all, axis=1))
     return graph
 
 

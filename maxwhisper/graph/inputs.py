@@ -155,6 +155,43 @@ class TokenStepInputs(GraphInputs[T]):
 
 
 @dataclass(frozen=True)
+class TokenRunInputs(GraphInputs[T]):
+    """The token run graph's (`decoder.build_token_run_graph`): several greedy steps of every row.
+    The first four are buffers that the graph leaves set for the next call."""
+
+    tokens: T  # int64 [B, 1]: each row's last token, not in the cache yet
+    positions: T  # int64 [B]: its position; -1: the row sits the call out
+    previous: T  # int64 [B]: the token before it (a timestamp where the row has sampled one token only)
+    last_timestamp: T  # int64 [B]: the row's last sampled timestamp token; -1: none yet
+    cross_keys: T  # int64 [B], as `TokenStepInputs.cross_keys`
+    suppress: T  # float32 [B, n_vocab]: what the logit filters suppress at every step (0 or -inf)
+    timestamp_begin: T  # int64 [B]: the first timestamp token; n_vocab: no timestamp rules
+    eot: T  # int64 [B]: the end of text, the first token past the text tokens
+    cross: tuple[T, ...]
+    caches: tuple[T, ...]
+
+    @staticmethod
+    def types(
+        dims: ModelDims, dtype: DType, device: DeviceRef, cross_int8: bool
+    ) -> TokenRunInputs[TensorType | BufferType]:
+        def state(shape: list) -> BufferType:
+            return BufferType(DType.int64, shape, device=device)
+
+        return TokenRunInputs(
+            tokens=state(["batch", 1]),
+            positions=state(["batch"]),
+            previous=state(["batch"]),
+            last_timestamp=state(["batch"]),
+            cross_keys=_int64(["batch"], device),
+            suppress=TensorType(DType.float32, ["batch", dims.n_vocab], device=device),
+            timestamp_begin=_int64(["batch"], device),
+            eot=_int64(["batch"], device),
+            cross=cross_types(dims, dtype, device, "batch", cross_int8),
+            caches=cache_types(dims, dtype, device),
+        )
+
+
+@dataclass(frozen=True)
 class AlignmentInputs(GraphInputs[T]):
     tokens: T  # int64 [1, n], the whole sequence
     mask: T  # float32 [n, n], causal

@@ -587,6 +587,36 @@ def greedy_choice_ops(logits: TensorValue, suppress: TensorValue, timestamp_begi
     return [ops.reshape(chosen, [b]), ops.reshape(logprob, [b])]
 
 
+def timestamp_rules(
+    n_vocab: int,
+    last: TensorValue,
+    previous: TensorValue,
+    last_timestamp: TensorValue,
+    timestamp_begin: TensorValue,
+    eot: TensorValue,
+) -> TensorValue:
+    """What `decoding.ApplyTimestampRules.suppress` forbids once a row has sampled a token, in MAX's
+    ops: float32 [B, n_vocab], 0 or -inf. It reads of the sampled tokens only the last
+    two (last, previous: int64 [B]) and the last timestamp (-1: none); timestamp_begin n_vocab: no rule.
+    Timestamps come in pairs, then text; they never decrease; a segment is never empty."""
+    dev = last.device
+    index = ops.unsqueeze(ops.range(0, n_vocab, 1, out_dim=n_vocab, device=dev, dtype=DType.int64), 0)
+    columns = (timestamp_begin, last, previous, last_timestamp, eot)
+    ts, last, previous, stamp, eot = (ops.reshape(t, [-1, 1]) for t in columns)
+    one = ops.constant(1, DType.int64, device=dev)
+    is_timestamp = index >= ts
+    last_ts, previous_ts = last >= ts, previous >= ts
+    pair_ended = ops.logical_and(last_ts, previous_ts)  # no third timestamp
+    pair_open = ops.logical_and(last_ts, ops.logical_not(previous_ts))  # a timestamp or eot closes it
+    lowest = ops.where(pair_open, stamp, stamp + one)  # the smallest timestamp allowed next
+    earlier = ops.logical_and(stamp >= 0, ops.logical_and(is_timestamp, index < lowest))
+    forbidden = ops.logical_or(
+        ops.logical_or(ops.logical_and(pair_ended, is_timestamp), ops.logical_and(pair_open, index < eot)), earlier
+    )
+    zero, neg_inf = (ops.constant(v, DType.float32, device=dev) for v in (0.0, -np.inf))
+    return ops.where(forbidden, neg_inf, zero)
+
+
 def conv_stem_kernel(w: WeightBank, mel: TensorValue) -> TensorValue:
     """The encoder's two GELU convolutions and its positional embedding as one CPU kernel
     (`kernels/conv_stem.mojo`): mel float32 [B, n_mels, frames] -> [B, ceil(frames / 2), d]."""

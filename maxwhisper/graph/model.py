@@ -28,12 +28,14 @@ from max.graph import DeviceRef, Graph, Module
 from ..api import BackendError
 from ..checkpoint import Checkpoint, ModelDims
 from ..cpu_features import BF16_MISSING, amx_permitted, bf16_attention_pays, has_bf16
+from ..decoding import RunRules
 from .compiled import artifact_paths, compile_graph, custom_ops_unchecked, gpu_arch
 from .decoder import (
     build_alignment_graph,
     build_batch_repeat_graph,
     build_cache_reorder_graph,
     build_decoder_graph,
+    build_token_run_graph,
     build_token_step_graph,
 )
 from .encoder import build_encoder_graph
@@ -44,6 +46,7 @@ from .inputs import (
     EncoderInputs,
     GraphInputs,
     StepInputs,
+    TokenRunInputs,
     TokenStepInputs,
     cache_shapes,
 )
@@ -56,7 +59,7 @@ GPU_QUEUE = threading.RLock()  # `MaxWhisper.device_lock` on a GPU
 # int8: the weights; bf16: the encoder's and the prompts' linears; activations float32 between them
 DTYPES = {"fp32": DType.float32, "fp16": DType.float16, "int8": DType.float32, "bf16": DType.float32}
 # every graph a model may run: those of `first_graphs` are compiled together at load, the rest on first use
-GRAPHS = ("encoder", "decoder_step", "token_step", "alignment", "cache_reorder", "batch_repeat")
+GRAPHS = ("encoder", "decoder_step", "token_step", "token_run", "alignment", "cache_reorder", "batch_repeat")
 
 
 # MAX starts a thread at a process's first graph call that wakes every 0.5 ms on a timed wait, busy
@@ -90,8 +93,9 @@ def timer_slack(ns: int):
 
 
 def graph_names(plan: ExecutionPlan) -> tuple[str, ...]:
-    """The graphs a model runs under `plan` (the token step graph where the plan has one)."""
-    return tuple(name for name in GRAPHS if name != "token_step" or plan.token_step)
+    """The graphs a model runs under `plan` (the token step and run graphs where the plan has them)."""
+    has = {"token_step": plan.token_step, "token_run": plan.token_step and plan.steps_per_call > 1}
+    return tuple(name for name in GRAPHS if has.get(name, True))
 
 
 def first_graphs(plan: ExecutionPlan) -> tuple[str, ...]:
@@ -121,6 +125,7 @@ def build_graph(
         "encoder": lambda: build_encoder_graph(w, dims, plan, module),
         "decoder_step": lambda: build_decoder_graph(w, dims, plan, module),
         "token_step": lambda: build_token_step_graph(w, dims, plan, module),
+        "token_run": lambda: build_token_run_graph(w, dims, plan, module),
         "alignment": lambda: build_alignment_graph(w, dims, plan),
     }[name]()
     return graph, w.registry()
@@ -260,6 +265,8 @@ class MaxWhisper:
         self._ran = False  # a graph call has run (the first one starts MAX's polling thread)
         # a GPU replays the portable plan's token steps as captured device graphs (`device_steps`)
         self.captures = device == "gpu" and os.environ.get("MAXWHISPER_DEVICE_GRAPHS", "1") != "0"
+        # greedy decodings take runs of steps where the plan has the token run graph
+        self.runs = "token_run" in graph_names(self.plan)
 
     @property
     def encoder(self):
@@ -640,6 +647,41 @@ class MaxChoosingInference(MaxInference):
         logits, token, logprob = self._step(tokens, audio_features, positions, (suppress, timestamp_begin), rows)[:3]
         m = self.model
         return m.to_numpy(logits) if logits_wanted else None, m.to_numpy(token), m.to_numpy(logprob)
+
+    @property
+    def steps_per_call(self) -> int:
+        """`decoding.RunningInference.steps_per_call`: the plan's, where the model takes runs."""
+        return self.model.plan.steps_per_call if self.model.runs else 1
+
+    def greedy_run(
+        self, tokens: np.ndarray, audio_features: AudioFeatures, rules: RunRules
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`decoding.RunningInference.greedy_run`: one call of the token run graph."""
+        n, batch = tokens.shape[1], tokens.shape[0]
+        if self.cache is None or self.cached != n - 1:
+            raise ValueError("a run of steps follows a step: every token but the last is in the KV cache")
+        column = functools.partial(np.full, batch, dtype=np.int64)
+        chosen, logprobs = self._run(
+            TokenRunInputs(
+                tokens=tokens[:, -1:].astype(np.int64),
+                positions=column(n - 1),
+                previous=rules.previous,
+                last_timestamp=rules.last_timestamp,
+                cross_keys=self._cross_keys(batch),
+                suppress=rules.suppress,
+                timestamp_begin=column(rules.timestamp_begin),
+                eot=column(rules.eot),
+                cross=self.cross,
+                caches=self.cache,
+            )
+        )
+        self.cached = n - 1 + chosen.shape[1]
+        return chosen, logprobs
+
+    def _run(self, inputs: TokenRunInputs) -> tuple[np.ndarray, np.ndarray]:
+        """The token run graph on `inputs`, numpy arrays among them copied to the device: its outputs read."""
+        chosen, logprobs = self._call(self.model.lazy_graph("token_run"), inputs)
+        return self.model.to_numpy(chosen), self.model.to_numpy(logprobs)
 
 
 def every_row_then_some(

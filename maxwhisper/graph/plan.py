@@ -18,6 +18,7 @@ nothing on the host, so that a GPU can capture it (`decoder.portable_token_layer
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from max.dtype import DType
@@ -66,6 +67,8 @@ class ExecutionPlan:
     encoder_attention_bf16: bool = False
     # AMX tiles for int8's `packed_linear_int8` and its bfloat16 encoder attention (`cpu_features.amx_permitted`)
     amx_tiles: bool = False
+    # greedy steps per call of the token run graph (`decoder.build_token_run_graph`); 1: no such graph
+    steps_per_call: int = 1
 
     @property
     def layer_norm(self):
@@ -95,6 +98,7 @@ class ExecutionPlan:
         }
         kernels = ", ".join(name for name, used in parts.items() if used) or "none"
         kernels += "; AMX tiles" if self.amx_tiles else ""
+        kernels += f"; {self.steps_per_call} greedy steps a call" if self.steps_per_call > 1 else ""
         device = "cpu" if self.device.is_cpu() else "gpu"
         int8 = f"int8 weights{' and cross K/V' if self.cross_int8 else ''}, " if self.int8 else ""
         reduced = int8 or ("bf16 encoder and prompt linears, " if self.bf16 else "")
@@ -121,7 +125,9 @@ def make_plan(
     if not cpu_kernels:
         if int8 or bf16:
             raise ValueError(f"{'int8' if int8 else 'bf16'} linears need the CPU kernels, in float32 on the CPU")
-        return ExecutionPlan("portable", w.device, w.dtype, False, False, False, False, token_step=True)
+        return ExecutionPlan(
+            "portable", w.device, w.dtype, False, False, False, False, token_step=True, steps_per_call=steps_per_call(8)
+        )
     d_audio, d_text = dims.n_audio_state, dims.n_text_state
     head_dim = d_text // dims.n_text_head
     encoder_linear = all(map(packed_linear_fits, (d_audio, 3 * d_audio, 4 * d_audio, 2 * d_text)))
@@ -152,4 +158,16 @@ def make_plan(
         conv_stem_kernel=encoder_linear and conv_stem_kernel_fits(d_audio),
         encoder_attention_bf16=int8 and cpu_bf16 and attention,
         amx_tiles=int8 and amx,
+        steps_per_call=steps_per_call(1) if token_step else 1,
     )
+
+
+def steps_per_call(default: int) -> int:
+    """The greedy steps a token run graph takes per call: `MAXWHISPER_STEPS_PER_CALL` where set, else
+    `default` (the portable plan's 8: a GPU's host work is per call, docs/design.md#several-steps-a-call)."""
+    value = os.environ.get("MAXWHISPER_STEPS_PER_CALL", "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or not 1 <= int(value) <= 64:
+        raise ValueError(f"MAXWHISPER_STEPS_PER_CALL must be a whole number from 1 to 64, not {value!r}")
+    return int(value)

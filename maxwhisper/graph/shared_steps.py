@@ -207,7 +207,7 @@ class DeviceRows:
 
     def close(self) -> None:
         """The captured step (a GPU's) and its memory freed."""
-        self.net.release(self.net.token_step, self.buffers.key)
+        self.net.release(self.net.token_step, self.buffers.keys["token_step"])
 
     def _held_but(self, rows: np.ndarray, name: str, values: np.ndarray) -> np.ndarray:
         """Input `name` for every row: `values` in `rows`, what it held (at first zeros) elsewhere."""
