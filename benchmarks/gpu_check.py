@@ -5,9 +5,10 @@
    with `maxwhisper warm --device gpu --arch sm_90 --precision fp32,fp16`, which the rest of the
    run then loads too), the whole process timed;
 2. per precision: MAX's load, its tokens on jfk and the lecture against openai-whisper float32's on
-   the CPU, the lecture timed with the token steps replayed as captured device graphs and without;
-3. the decode's split on the lecture: token steps (calls and device time, each waited for), copies
-   to the device, prompts and encoder, reads back, and the host's work between them;
+   the CPU, the lecture timed as it runs (greedy runs of several steps a call, replayed as captured
+   device graphs), with one step a call, and without device graphs;
+3. the decode's split on the lecture: token calls (steps and runs, each waited for), copies to the
+   device, prompts and encoder, reads back, and the host's work between them, per token;
 4. eight transcriptions of the lecture's first 60 s at once, decoded together as a service replica
    decodes its requests (`graph/shared_steps.py`), against one after another, tokens checked;
 5. openai-whisper and faster-whisper on CUDA on the same lecture, the same weights;
@@ -107,20 +108,20 @@ def split(mx, samples) -> dict:
     from maxwhisper.graph import device_steps
 
     net = mx.net
-    spent = {"token_steps": [], "uploads": [], "graph_calls": [], "reads": []}
-    copies = [0]
-    run_step, set_input, run, to_numpy = device_steps.run_step, device_steps.StepBuffers.set, net.run, net.to_numpy
+    spent = {"token_calls": [], "uploads": [], "graph_calls": [], "reads": []}
+    copies, tokens = [0], [0]
+    run_graph, set_input, run, to_numpy = device_steps.run_graph, device_steps.StepBuffers.set, net.run, net.to_numpy
 
     inside = []  # a token step under way: its own graph call is not counted again
 
     def timed(kind, fn, *args):
         if inside:
             return fn(*args)
-        inside.append(kind == "token_steps")
+        inside.append(kind == "token_calls")
         start = time.perf_counter()
         try:
             out = fn(*args)
-            if kind in ("token_steps", "graph_calls") and not net.device_ref.is_cpu():
+            if kind in ("token_calls", "graph_calls") and not net.device_ref.is_cpu():
                 net.device.synchronize()
         finally:
             inside.pop()
@@ -132,7 +133,11 @@ def split(mx, samples) -> dict:
         copies[0] += copied
         return copied
 
-    device_steps.run_step = lambda n, b: timed("token_steps", run_step, n, b)
+    def token_call(n, b, name):
+        tokens[0] += 1 if name == "token_step" else net.plan.steps_per_call
+        return timed("token_calls", run_graph, n, b, name)
+
+    device_steps.run_graph = token_call
     device_steps.StepBuffers.set = counted_set
     net.run = lambda graph, *inputs: timed("graph_calls", run, graph, *inputs)
     net.to_numpy = lambda buffer: timed("reads", to_numpy, buffer)
@@ -141,15 +146,18 @@ def split(mx, samples) -> dict:
         mx.transcribe(samples, DecodeOptions())
         total = time.perf_counter() - start
     finally:
-        device_steps.run_step, device_steps.StepBuffers.set = run_step, set_input
+        device_steps.run_graph, device_steps.StepBuffers.set = run_graph, set_input
         del net.run, net.to_numpy
-    steps = spent["token_steps"]
+    calls = spent["token_calls"]
     host = total - sum(map(sum, spent.values()))
     out = {
         "total_s": round(total, 3),
-        "token_steps": len(steps),
-        "token_step_ms_median": round(1e3 * statistics.median(steps), 3) if steps else None,
-        "token_steps_s": round(sum(steps), 3),
+        "steps_per_call": net.plan.steps_per_call if net.runs else 1,
+        "token_calls": len(calls),
+        "tokens_stepped": tokens[0],
+        "token_call_ms_median": round(1e3 * statistics.median(calls), 3) if calls else None,
+        "token_calls_s": round(sum(calls), 3),
+        "device_ms_per_token": round(1e3 * sum(calls) / max(tokens[0], 1), 3),
         "device_copies": copies[0],
         "uploads_s": round(sum(spent["uploads"]), 3),
         "other_graph_calls": len(spent["graph_calls"]),
@@ -157,7 +165,7 @@ def split(mx, samples) -> dict:
         "reads": len(spent["reads"]),
         "reads_s": round(sum(spent["reads"]), 3),
         "host_s": round(host, 3),
-        "host_ms_per_token": round(1e3 * host / max(len(steps), 1), 3),
+        "host_ms_per_token": round(1e3 * host / max(tokens[0], 1), 3),
     }
     return out
 
@@ -190,7 +198,10 @@ def step_loop(mx, samples, n: int = 200) -> dict:
             b.held["positions"] = None  # the step moved the device's on: set again
             b.set("positions", np.full(len(b.held["tokens"]), 10, np.int64))
             start = time.perf_counter()
-            outputs = device_steps.run_step(net, b) if mode == "replayed" else net.run(net.token_step, *b.inputs.flat())
+            if mode == "replayed":
+                outputs = device_steps.run_graph(net, b, "token_step")
+            else:
+                outputs = net.run(net.token_step, *b.inputs.flat())
             net.to_numpy(outputs[1])
             times.append(time.perf_counter() - start)
         out[f"{mode}_ms_median"] = round(1e3 * statistics.median(times), 3)
@@ -251,6 +262,14 @@ def check_precision(device: str, precision: str, audio: Path, reference: dict, r
     say(f"(device graphs: {mx.net.captures})")
     out["split"] = split(mx, lecture)
     say(f"MAX {precision} split: {out['split']}")
+    if mx.net.runs:  # the same one step a call
+        mx.net.runs = False
+        out["lecture_steps_s"], runs_steps = median_time(lambda: mx.transcribe(lecture, DecodeOptions()), runs)
+        out["lecture_steps_same_tokens"] = mx.transcribe(lecture, DecodeOptions()).tokens == result.tokens
+        say(f"MAX {precision} lecture one step a call: median {out['lecture_steps_s']} s of {runs_steps}")
+        out["split_steps"] = split(mx, lecture)
+        say(f"MAX {precision} split, one step a call: {out['split_steps']}")
+        mx.net.runs = True
     out["step_loop"] = step_loop(mx, lecture)
     say(f"MAX {precision} token step alone: {out['step_loop']}")
     out["together"] = together(mx, lecture[: 60 * SAMPLE_RATE])
@@ -313,8 +332,8 @@ def markdown(run: dict) -> str:
         "Tokens: MAX's greedy transcript against openai-whisper float32 on the CPU. "
         f"Lecture: median of {run['runs']} runs after the first.",
         "",
-        "| precision | load s | jfk | lecture tokens | lecture s | without device graphs s |",
-        "|---|---:|---|---|---:|---:|",
+        "| precision | load s | jfk | lecture tokens | lecture s | one step a call s | without device graphs s |",
+        "|---|---:|---|---|---:|---:|---:|",
     ]
     for p in run["precisions"]:
 
@@ -327,7 +346,9 @@ def markdown(run: dict) -> str:
 
         lines.append(
             f"| {p['precision']} | {p['load_s']} | {verdict(p['clips'][JFK])} | {verdict(p['clips'][LECTURE])} "
-            f"| {p['lecture_s']} | {p.get('lecture_executed_s', '–')} |"
+            f"| {p['lecture_s']} | {p.get('lecture_steps_s', '–')}"
+            f"{'' if p.get('lecture_steps_same_tokens', True) else ' (other tokens)'} "
+            f"| {p.get('lecture_executed_s', '–')} |"
         )
     lines += ["", "| baseline | precision | lecture s |", "|---|---|---:|"]
     for b in run["baselines"]:
@@ -335,7 +356,8 @@ def markdown(run: dict) -> str:
     lines += ["", "## The decode's split (one lecture transcript, every graph call waited for)", ""]
     for p in run["precisions"]:
         lines.append(
-            f"- {p['precision']}: {json.dumps(p['split'])}; the token step alone: {json.dumps(p['step_loop'])}"
+            f"- {p['precision']}: {json.dumps(p['split'])}; one step a call: {json.dumps(p.get('split_steps'))}; "
+            f"the token step alone: {json.dumps(p['step_loop'])}"
         )
     lines += ["", "## Eight transcriptions of the lecture's first 60 s at once, decoded together", ""]
     for p in run["precisions"]:
@@ -406,8 +428,8 @@ def main() -> int:
 
     def write():
         kept = [{k: v for k, v in p.items() if k != "mx"} for p in run["precisions"]]
-        stem.with_suffix(".json").write_text(json.dumps({**run, "precisions": kept}, indent=1) + "\n")
-        stem.with_suffix(".md").write_text(markdown({**run, "precisions": kept}))
+        Path(f"{stem}.json").write_text(json.dumps({**run, "precisions": kept}, indent=1) + "\n")
+        Path(f"{stem}.md").write_text(markdown({**run, "precisions": kept}))
 
     for precision in precisions:
         run["precisions"].append(check_precision(args.device, precision, audio, reference, args.runs))
