@@ -29,8 +29,7 @@ from collections import defaultdict
 os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")
 
 import numpy as np  # noqa: E402
-from max.dtype import DType  # noqa: E402
-from max.graph import Graph, Module, TensorType  # noqa: E402
+from max.graph import Graph, Module  # noqa: E402
 
 from maxwhisper.api import DecodeOptions  # noqa: E402
 from maxwhisper.audio import N_SAMPLES, load_audio, log_mel_spectrogram  # noqa: E402
@@ -38,6 +37,7 @@ from maxwhisper.bench.clips import audio_dir  # noqa: E402
 from maxwhisper.bench.machine import machine_info  # noqa: E402
 from maxwhisper.graph import decoder, model  # noqa: E402
 from maxwhisper.graph.compiled import artifact_paths, compile_graph  # noqa: E402
+from maxwhisper.graph.inputs import TokenStepInputs  # noqa: E402
 from maxwhisper.graph.kernel_package import kernel_library  # noqa: E402
 from maxwhisper.graph.layers import (
     WeightBank,
@@ -112,21 +112,16 @@ def part_graph(net: model.MaxWhisper, part: str, module: Module, registry: dict)
 def _part_graph(w: WeightBank, dims, plan, part: str, module: Module) -> Graph:
     if part == "step":
         return decoder.build_token_step_graph(w, dims, plan, module)
-    dev = w.device
-    types = [
-        TensorType(DType.int64, ["batch", 1], device=dev),
-        TensorType(DType.int64, ["batch"], device=dev),
-        TensorType(DType.int64, ["batch"], device=dev),
-        TensorType(DType.int64, ["rows"], device=dev),
-        TensorType(DType.float32, ["rows", dims.n_vocab], device=dev),
-        TensorType(DType.int64, ["rows_or_1"], device=dev),
-    ]
-    cross_types = decoder._cross_types(dims, w.dtype, dev, "batch", plan.cross_int8)
-    types += cross_types + decoder._cache_types(dims, w.dtype, dev)
-    with Graph(f"step_to_{part}", input_types=types, custom_extensions=[kernel_library()], module=module) as graph:
-        tokens, positions, cross_keys, rows = (v.tensor for v in graph.inputs[:4])
-        cross = [v.tensor for v in graph.inputs[6 : 6 + len(cross_types)]]
-        caches = [v.buffer for v in graph.inputs[6 + len(cross_types) :]]
+    types = TokenStepInputs.types(dims, w.dtype, w.device, plan.cross_int8)
+    with Graph(
+        f"step_to_{part}", input_types=types.flat(), custom_extensions=[kernel_library()], module=module
+    ) as graph:
+        inputs = types.like(graph.inputs)
+        tokens, positions, cross_keys, rows = (
+            v.tensor for v in (inputs.tokens, inputs.positions, inputs.cross_keys, inputs.rows)
+        )
+        cross = [v.tensor for v in inputs.cross]
+        caches = [v.buffer for v in inputs.caches]
         x = token_embedding(w, tokens, positions)
         for i in range({"embed": 0, "layer1": 1}.get(part, dims.n_text_layer)):
             x = decoder.decoder_layer_step(

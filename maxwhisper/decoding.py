@@ -701,7 +701,7 @@ class DecodingTask:
                 no_speech_probs = softmax(no_speech_logits)[:, self.tokenizer.no_speech].tolist()
                 first = self.sample_len if completed else tokens.shape[1] - self.sample_begin
             for i in range(first, self.sample_len):
-                if not queued and i > 0 and steps_per_call > 1 and tokens.shape[1] - 1 + steps_per_call <= self.n_ctx:
+                if not queued and i > 0 and self._run_fits(i, tokens, steps_per_call):
                     chosen, logprobs = self.inference.greedy_run(
                         tokens, audio_features, self._run_rules(tokens, timestamp_begin)
                     )
@@ -795,6 +795,11 @@ class DecodingTask:
                 break
         self.inference.rewind(tokens.shape[1] - 1)
         return tokens, completed, logits[:, 0]
+
+    def _run_fits(self, i: int, tokens: np.ndarray, steps: int) -> bool:
+        """Whether a run of `steps` greedy steps fits before sample_len and the end of the KV cache
+        (the last token is not in it yet); single steps take the rest."""
+        return steps > 1 and i + steps <= self.sample_len and tokens.shape[1] - 1 + steps <= self.n_ctx
 
     def _run_rules(self, tokens: np.ndarray, timestamp_begin: int) -> RunRules:
         """What a run of greedy steps after `tokens` needs (`RunningInference.greedy_run`)."""

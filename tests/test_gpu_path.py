@@ -144,6 +144,7 @@ def test_the_graph_s_timestamp_rules_are_the_host_s(tiny_en_checkpoint):
         [ts + 10, ts + 10, 220],
         [*text],  # no timestamp at all
         [ts, 100, ts + 7, ts + 9, 500],
+        [ts + 3, ts + 3, 100, 200, 300],  # the last timestamp three tokens back
     ]
     for timestamps_on in (True, False):
         begin = ts if timestamps_on else v
@@ -233,11 +234,12 @@ def test_portable_token_steps_copy_only_what_changed(
     assert result.tokens == openai_tiny_en.transcribe(jfk_audio, DecodeOptions()).tokens
     assert len({id(b) for b, _ in calls}) == 1  # one window, one set of buffers
     # the prompt's tokens run as token steps, then the graph feeds itself
+    # rows and cross_keys once, or never where the pool lends buffers that hold them already
     assert copies["tokens"] <= 4 and copies["positions"] <= 4 and copies["rows"] <= 1 >= copies["cross_keys"]
     names = [name for _, name in calls]
     if runs:  # the first sampled token by a step, the rest 8 a call; each run's state was the graph's
         assert 0 < names.count("token_run") <= len(result.tokens) // 8 + 1 and names.count("token_step") <= 4
-        assert copies["eot"] == 1 and copies["previous"] <= 1 and copies["last_timestamp"] <= 1
+        assert copies["eot"] <= 1 and copies["previous"] <= 1 and copies["last_timestamp"] <= 1
         assert copies["suppress"] <= 3
     else:
         assert set(names) == {"token_step"} and len(names) > 20 and copies["suppress"] < len(names) / 2

@@ -817,6 +817,40 @@ def test_greedy_runs_give_the_tokens_of_one_step_a_call(plan, request, jfk_audio
             assert (a.text, a.avg_logprob, a.compression_ratio) == (b.text, b.avg_logprob, b.compression_ratio)
 
 
+def test_greedy_runs_end_where_single_steps_end(max_tiny_en_portable, jfk_audio, lecture_60s_audio, monkeypatch):
+    """Runs (the portable plan's 8 steps a call) in a batch whose rows end at different steps, under
+    a sample_len that is no multiple of 8, and after a draft checked in one pass (a stream's): the
+    tokens and log probabilities of one step a call."""
+    from maxwhisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram
+    from maxwhisper.decoding import decode
+
+    net = max_tiny_en_portable.net
+    mels = np.stack(
+        [log_mel_spectrogram(a, 80, padding=N_SAMPLES)[:, :N_FRAMES] for a in (jfk_audio, lecture_60s_audio)]
+    )
+    jfk = decode(net, mels[0], language="en").tokens
+    cases = {
+        "a batch": dict(mel=mels),
+        "sample_len 13": dict(mel=mels[1], sample_len=13),
+        "a draft": dict(mel=mels[0], draft=tuple(jfk[:10])),
+    }
+    from maxwhisper.graph.model import MaxChoosingInference
+
+    runs_taken = []
+    original = MaxChoosingInference.greedy_run
+    monkeypatch.setattr(MaxChoosingInference, "greedy_run", lambda *a: runs_taken.append(1) or original(*a))
+    for case, arguments in cases.items():
+        results = {}
+        for runs in (True, False):
+            monkeypatch.setattr(net, "runs", runs)
+            before = len(runs_taken)
+            out = decode(net, language="en", **arguments)
+            results[runs] = [(r.tokens, r.avg_logprob) for r in (out if isinstance(out, list) else [out])]
+            assert (len(runs_taken) > before) == runs, case
+        assert results[True] == results[False], case
+    assert results[True][0][0] == jfk  # the draft's tokens, then the rest
+
+
 def test_few_row_attention_is_used_only_where_the_kernel_fits():
     from maxwhisper.graph.layers import few_row_attention_fits
 
