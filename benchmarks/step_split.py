@@ -42,7 +42,6 @@ from maxwhisper.graph.kernel_package import kernel_library  # noqa: E402
 from maxwhisper.graph.layers import (
     WeightBank,
     layer_norm_gather,  # noqa: E402
-    token_embedding,
 )
 from maxwhisper.registry import create_transcriber  # noqa: E402
 
@@ -122,19 +121,8 @@ def _part_graph(w: WeightBank, dims, plan, part: str, module: Module) -> Graph:
         )
         cross = [v.tensor for v in inputs.cross]
         caches = [v.buffer for v in inputs.caches]
-        x = token_embedding(w, tokens, positions)
-        for i in range({"embed": 0, "layer1": 1}.get(part, dims.n_text_layer)):
-            x = decoder.decoder_layer_step(
-                w,
-                f"decoder.blocks.{i}",
-                x,
-                caches[2 * i],
-                caches[2 * i + 1],
-                [c[i] for c in cross],
-                positions,
-                cross_keys,
-                plan.int8,
-            )
+        layers = {"embed": 0, "layer1": 1}.get(part)  # None: all of them
+        x = decoder.kernel_token_layers(w, dims, plan, tokens, positions, cross_keys, cross, caches, layers)
         if part == "projection":
             x = decoder.projection_linear(plan)(w, "decoder.token_embedding")(
                 layer_norm_gather(w, "decoder.ln", x, rows)

@@ -693,6 +693,7 @@ class DecodingTask:
         # where the "timestamps more probable than text" rule starts; n_vocab without timestamps
         timestamp_begin = self.model.dims.n_vocab if self.options.without_timestamps else self.tokenizer.timestamp_begin
         steps_per_call = getattr(self.inference, "steps_per_call", 1) if choose else 1
+        every_step = self._every_step_suppression(n_batch) if steps_per_call > 1 else None  # the same all along
         queued: list[tuple[np.ndarray, np.ndarray]] = []  # a run's tokens and log probabilities, step by step
         try:
             first = 0
@@ -703,7 +704,7 @@ class DecodingTask:
             for i in range(first, self.sample_len):
                 if not queued and i > 0 and self._run_fits(i, tokens, steps_per_call):
                     chosen, logprobs = self.inference.greedy_run(
-                        tokens, audio_features, self._run_rules(tokens, timestamp_begin)
+                        tokens, audio_features, self._run_rules(tokens, timestamp_begin, every_step)
                     )
                     queued = list(zip(chosen.T, logprobs.T))
                 if queued:
@@ -801,11 +802,16 @@ class DecodingTask:
         (the last token is not in it yet); single steps take the rest."""
         return steps > 1 and i + steps <= self.sample_len and tokens.shape[1] - 1 + steps <= self.n_ctx
 
-    def _run_rules(self, tokens: np.ndarray, timestamp_begin: int) -> RunRules:
-        """What a run of greedy steps after `tokens` needs (`RunningInference.greedy_run`)."""
-        suppress = np.zeros((tokens.shape[0], self.model.dims.n_vocab), np.float32)
+    def _every_step_suppression(self, n_batch: int) -> np.ndarray:
+        """What the logit filters suppress at every step after the first: float32 [n_batch, n_vocab]."""
+        suppress = np.zeros((n_batch, self.model.dims.n_vocab), np.float32)
         for logit_filter in self.logit_filters:
             logit_filter.suppress_at_every_step(suppress)
+        return suppress
+
+    def _run_rules(self, tokens: np.ndarray, timestamp_begin: int, suppress: np.ndarray) -> RunRules:
+        """What a run of greedy steps after `tokens` needs (`RunningInference.greedy_run`); suppress:
+        `_every_step_suppression`'s."""
         sampled = tokens[:, self.sample_begin :]
         previous = sampled[:, -2] if sampled.shape[1] >= 2 else np.full(len(tokens), timestamp_begin)
         last_timestamp = np.full(len(tokens), -1, np.int64)

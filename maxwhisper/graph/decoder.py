@@ -323,8 +323,27 @@ def token_logits(
     if not plan.step_kernels:
         x = portable_token_layers(w, dims, tokens, positions, cross_keys, cross, caches)
         return _logits(w, ops.gather(x, rows, axis=0))
+    x = layer_norm_gather(
+        w, "decoder.ln", kernel_token_layers(w, dims, plan, tokens, positions, cross_keys, cross, caches), rows
+    )
+    return ops.reshape(projection_linear(plan)(w, "decoder.token_embedding")(x), [rows.shape[0], 1, dims.n_vocab])
+
+
+def kernel_token_layers(
+    w: WeightBank,
+    dims: ModelDims,
+    plan: ExecutionPlan,
+    tokens: TensorValue,
+    positions: TensorValue,
+    cross_keys: TensorValue,
+    cross: list[TensorValue],
+    caches: list,
+    layers: int | None = None,
+) -> TensorValue:
+    """The token embedding, then the first `layers` decoder layers (None: all) as CPU kernels, one
+    `decoder_layer_step` a layer, inputs as `token_logits`': x float32 [B, d]."""
     x = token_embedding(w, tokens, positions)
-    for i in range(dims.n_text_layer):
+    for i in range(dims.n_text_layer if layers is None else layers):
         x = decoder_layer_step(
             w,
             f"decoder.blocks.{i}",
@@ -336,8 +355,7 @@ def token_logits(
             cross_keys,
             plan.int8,
         )
-    x = layer_norm_gather(w, "decoder.ln", x, rows)
-    return ops.reshape(projection_linear(plan)(w, "decoder.token_embedding")(x), [rows.shape[0], 1, dims.n_vocab])
+    return x
 
 
 def build_token_run_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, module: Module | None = None) -> Graph:

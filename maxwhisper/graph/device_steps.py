@@ -65,7 +65,7 @@ class StepBuffers:
             caches=i.caches,
         )
         self.held: dict[str, np.ndarray | None] = {
-            f.name: None for f in fields(self.run_inputs) + fields(self.inputs) if f.name not in ("cross", "caches")
+            f.name: None for f in fields(self.run_inputs) + fields(self.inputs) if f.name not in _COPIED_ONCE
         }
         self.keys = {name: next(_KEYS) for name in ("token_step", "token_run")}  # their captured graphs on a GPU
         self.outputs: dict[str, list[driver.Buffer]] = {}  # a captured graph's outputs, rewritten by each replay
@@ -115,6 +115,7 @@ class StepBuffers:
 
 
 _RUN_STATE = ("previous", "last_timestamp", "eot")  # inputs of the token run graph alone
+_COPIED_ONCE = ("cross", "caches")  # the cross K/V copied in by `_setup`, the caches written by the graphs
 
 
 class StepBufferPool:
@@ -216,7 +217,7 @@ class DeviceStepInference(MaxChoosingInference):
         return [logits, driver.Buffer.from_numpy(chosen), logprobs]  # the tokens read once
 
     def _run(self, inputs: TokenRunInputs) -> tuple[np.ndarray, np.ndarray]:
-        given = {f.name: getattr(inputs, f.name) for f in fields(inputs) if f.name not in ("cross", "caches")}
+        given = {f.name: getattr(inputs, f.name) for f in fields(inputs) if f.name not in _COPIED_ONCE}
         return run_on(self.model, self.buffers, **given)
 
     def cleanup_caching(self) -> None:
