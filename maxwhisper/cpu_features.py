@@ -1,11 +1,13 @@
 """What this CPU can run, as the plans and the backends' precisions ask: /proc/cpuinfo's fields and
 feature flags, the x86-64 level the compiled code may be limited to (`use_cpu_level`, set once per
-process before anything compiles, by `maxwhisper warm --cpu-level`), bfloat16 dot products, and AMX
-tiles (their state requested from Linux once per process, `amx_permitted`)."""
+process before anything compiles: by `maxwhisper warm --cpu-level`, or MAXWHISPER_CPU_LEVEL in the
+environment), bfloat16 dot products, and AMX tiles (their state requested from Linux once per process,
+`amx_permitted`)."""
 
 from __future__ import annotations
 
 import ctypes
+import os
 from functools import cache
 from pathlib import Path
 
@@ -27,6 +29,7 @@ def cpu_field(name: str) -> str:
 # each requires ("abm" is how Linux names LZCNT)
 _V3 = frozenset("cx16 lahf_lm popcnt sse4_1 sse4_2 ssse3 avx avx2 bmi1 bmi2 f16c fma abm movbe xsave".split())
 CPU_LEVELS = {"x86-64-v3": _V3, "x86-64-v4": _V3 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}}
+CPU_LEVEL_ENV = "MAXWHISPER_CPU_LEVEL"  # a level every process compiles for, as an AVX2 machine on a newer one
 _level: str | None = None  # the level set by `use_cpu_level`
 
 
@@ -43,7 +46,10 @@ def use_cpu_level(level: str) -> None:
 
 
 def cpu_level() -> str | None:
-    """The level set by `use_cpu_level`, None when compiling for this CPU."""
+    """The level set by `use_cpu_level` or named by MAXWHISPER_CPU_LEVEL (set then, on first asking), None
+    when compiling for this CPU."""
+    if _level is None and (named := os.environ.get(CPU_LEVEL_ENV)):
+        use_cpu_level(named)
     return _level
 
 
@@ -55,7 +61,7 @@ def host_cpu_flags() -> frozenset[str]:
 
 def cpu_flags() -> frozenset[str]:
     """The flags the compiled code may use: this CPU's, or the level's (`use_cpu_level`)."""
-    return CPU_LEVELS[_level] if _level else host_cpu_flags()
+    return CPU_LEVELS[level] if (level := cpu_level()) else host_cpu_flags()
 
 
 BF16_MISSING = "--precision bf16 needs a CPU with AVX512_BF16 (vdpbf16ps), which this one has not: use fp32 or int8"

@@ -149,9 +149,15 @@ def test_names_of_outputs():
     assert device_tag("gpu", machine) == "gpu-nvidia-h100-80gb-hbm3"
     assert device_tag("cpu", {**machine, "vector_isa": "AVX-512 VNNI BF16"}) == "cpu-amd-epyc-avx512-vnni-bf16-2c"
     assert device_tag("cpu", {**machine, "vector_isa": "AVX2"}) == "cpu-amd-epyc-avx2-2c"
+    under_level = {
+        **machine,
+        "vector_isa": "AVX2 (x86-64-v3 code on an AVX-512 VNNI BF16 CPU)",
+        "cpu_level": "x86-64-v3",
+    }
+    assert device_tag("cpu", under_level) == "cpu-amd-epyc-x86-64-v3-2c"
 
 
-def test_vector_isa_names_the_dot_products(monkeypatch):
+def test_vector_isa_names_the_dot_products():
     from maxwhisper.bench import machine
 
     for flags, isa in (
@@ -161,8 +167,41 @@ def test_vector_isa_names_the_dot_products(monkeypatch):
         ({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, "AVX-512 VNNI BF16"),
         ({"avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8"}, "AVX-512 VNNI BF16 AMX"),
     ):
-        monkeypatch.setattr(machine, "host_cpu_flags", lambda flags=flags: frozenset(flags))
-        assert machine.vector_isa() == isa
+        assert machine.vector_isa(frozenset(flags)) == isa
+
+
+def test_a_cpu_level_reaches_every_implementation_and_the_machine_record(monkeypatch):
+    """`bench --cpu-level x86-64-v3` on an AVX-512 CPU: the workers inherit MAX's level and the other
+    libraries' ISA limits, and the record says which code ran on which CPU."""
+    from maxwhisper import cpu_features
+    from maxwhisper.bench import machine
+
+    host = cpu_features.CPU_LEVELS["x86-64-v4"] | {"avx512_vnni", "avx512_bf16"}
+    monkeypatch.setattr(cpu_features, "host_cpu_flags", lambda: host)
+    monkeypatch.setattr(machine, "host_cpu_flags", lambda: host)
+    monkeypatch.setattr(cpu_features, "_level", None)
+    monkeypatch.setattr(os, "environ", {"PATH": os.environ["PATH"]})  # the test's own, dropped after it
+    assert machine.machine_info()["vector_isa"] == "AVX-512 VNNI BF16"
+    machine.keep_to_cpu_level("x86-64-v3")
+    assert os.environ["MAXWHISPER_CPU_LEVEL"] == "x86-64-v3" and os.environ["CT2_FORCE_CPU_ISA"] == "AVX2"
+    info = machine.machine_info()
+    assert info["cpu_level"] == "x86-64-v3"
+    assert info["vector_isa"] == "AVX2 (x86-64-v3 code on an AVX-512 VNNI BF16 CPU)"
+    assert not cpu_features.bf16_attention_pays()
+
+
+def test_the_cpu_level_in_the_environment_is_checked_when_first_read(monkeypatch):
+    """MAXWHISPER_CPU_LEVEL names a level for every MAX process; one this CPU lacks is a clear error."""
+    from maxwhisper import cpu_features
+    from maxwhisper.api import BackendError
+
+    monkeypatch.setattr(cpu_features, "_level", None)
+    monkeypatch.setattr(cpu_features, "host_cpu_flags", lambda: cpu_features.CPU_LEVELS["x86-64-v3"])
+    monkeypatch.setenv("MAXWHISPER_CPU_LEVEL", "x86-64-v4")
+    with pytest.raises(BackendError, match="cannot run code compiled for x86-64-v4"):
+        cpu_features.cpu_flags()
+    monkeypatch.setenv("MAXWHISPER_CPU_LEVEL", "x86-64-v3")
+    assert cpu_features.cpu_flags() == cpu_features.CPU_LEVELS["x86-64-v3"] and cpu_features.cpu_level() == "x86-64-v3"
 
 
 # --- records, accuracy, targets, rendering (synthetic: no backend runs) ------------------------

@@ -25,10 +25,11 @@ from typing import Any
 from ..__main__ import finite_float, positive_seconds, show_messages, temperatures
 from ..api import BackendError, DecodeOptions, MaxWhisperError
 from ..checkpoint import check_model_name
+from ..cpu_features import CPU_LEVELS
 from ..extras import require
 from ..registry import BACKENDS, PRECISIONS
 from .clips import DEFAULT_CLIPS, LONG_FORM, Clip, audio_dir, parse_clip, resolve_clips
-from .machine import device_tag, gpus, machine_info, versions
+from .machine import device_tag, gpus, keep_to_cpu_level, machine_info, versions
 from .records import (
     IMPLEMENTATIONS,
     ClipResult,
@@ -110,6 +111,13 @@ def _run_options(p: argparse.ArgumentParser, html: bool = False) -> None:
         metavar="N",
         help="keep N cores busy with spinning processes while measuring (a shared machine); the "
         "output names get -loadN (default 0)",
+    )
+    g.add_argument(
+        "--cpu-level",
+        choices=list(CPU_LEVELS),
+        default=None,
+        help="every implementation runs code of this x86-64 level only (an AVX2 machine measured on a newer "
+        "CPU); the output names get the level in place of the CPU's ISA",
     )
     if html:
         g.add_argument("--no-html", dest="html", action="store_false", help="skip the Plotly chart")
@@ -732,6 +740,8 @@ def main(args: argparse.Namespace) -> int:
     for extra in mode.extras:
         require(extra, f"maxwhisper bench {args.mode}")
     run = spec_of(args)
+    if run.cpu_level:
+        keep_to_cpu_level(run.cpu_level)
     spinners = [start_spinner() for _ in range(run.background_load)]
     try:
         return mode.run(run)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cpu_features import cpu_field, host_cpu_flags
+from ..cpu_features import CPU_LEVEL_ENV, cpu_field, cpu_flags, cpu_level, host_cpu_flags, use_cpu_level
 from ..extras import checkout
 
 VERSION_PACKAGES = (
@@ -75,11 +75,10 @@ def gpus() -> list[dict[str, Any]]:
     return result
 
 
-def vector_isa() -> str | None:
-    """The widest x86 vector extension the CPU has (AVX-512, AVX2, AVX) and its dot products, from
-    /proc/cpuinfo's flags: VNNI (int8: AVX-512 VNNI or AVX-VNNI), BF16 (AVX-512 BF16), AMX (Intel's
-    int8 and bf16 matrix tiles, which MAX's kernels do not use and oneDNN may); e.g. "AVX-512 VNNI BF16"."""
-    flags = host_cpu_flags()
+def vector_isa(flags: frozenset[str]) -> str | None:
+    """The widest x86 vector extension among /proc/cpuinfo's `flags` (AVX-512, AVX2, AVX) and the dot
+    products: VNNI (int8: AVX-512 VNNI or AVX-VNNI), BF16 (AVX-512 BF16), AMX (Intel's int8 and bf16
+    matrix tiles); e.g. "AVX-512 VNNI BF16"."""
     if not flags:
         return None
     widest = next(
@@ -97,6 +96,39 @@ def vector_isa() -> str | None:
     return " ".join([widest, *dots]) if widest else None
 
 
+# what makes each library's code keep to an x86-64 level, as MAXWHISPER_CPU_LEVEL makes MAX's: CTranslate2's
+# own kernels, oneDNN's and MKL's (its GEMMs), PyTorch's
+LEVEL_ENV = {
+    "x86-64-v3": {
+        "CT2_FORCE_CPU_ISA": "AVX2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+        "ATEN_CPU_CAPABILITY": "avx2",
+    },
+    "x86-64-v4": {
+        "CT2_FORCE_CPU_ISA": "AVX512",
+        "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+        "ATEN_CPU_CAPABILITY": "avx512",
+    },
+}
+
+
+def keep_to_cpu_level(level: str) -> None:
+    """Every implementation this process starts from now on runs code of `level` only (`bench
+    --cpu-level`): an AVX2 machine measured on a newer CPU. Refused where this CPU lacks the level."""
+    use_cpu_level(level)
+    os.environ.update({CPU_LEVEL_ENV: level, **LEVEL_ENV[level]})
+
+
+def _isa_in_use() -> str | None:
+    """The vector ISA the implementations run: this CPU's, or under a level the level's, said so."""
+    isa = vector_isa(cpu_flags())
+    if not cpu_level() or isa is None:
+        return isa
+    return f"{isa} ({cpu_level()} code on an {vector_isa(host_cpu_flags())} CPU)"
+
+
 def machine_info() -> dict[str, Any]:
     try:
         import psutil
@@ -108,7 +140,8 @@ def machine_info() -> dict[str, Any]:
     return {
         "cpu": _cpu_model(),
         "cpu_family_model": _cpu_family_model(),
-        "vector_isa": vector_isa(),
+        "vector_isa": _isa_in_use(),
+        "cpu_level": cpu_level(),
         "cores": os.cpu_count(),
         "physical_cores": physical,
         "ram_gib": _ram_gib(),
@@ -157,12 +190,15 @@ def slug(text: str) -> str:
 
 def device_tag(device: str, machine: dict[str, Any]) -> str:
     """The device part of the output names: cpu-<cpu model>[-<vector ISA>]-<cores>c (e.g.
-    cpu-amd-epyc-avx512-vnni-bf16-2c), gpu-<gpu model>."""
+    cpu-amd-epyc-avx512-vnni-bf16-2c; under a level cpu-amd-epyc-x86-64-v3-2c), gpu-<gpu model>."""
     if device == "gpu" and machine.get("gpu"):
         return f"gpu-{slug(machine['gpus'][0]['name'])}"
     if device == "gpu":
         return "gpu-unknown"
-    isa = slug(machine["vector_isa"].replace("-", "")) + "-" if machine.get("vector_isa") else ""
+    if machine.get("cpu_level"):
+        isa = machine["cpu_level"] + "-"
+    else:
+        isa = slug(machine["vector_isa"].replace("-", "")) + "-" if machine.get("vector_isa") else ""
     return f"cpu-{slug(machine['cpu'])}-{isa}{machine['cores']}c"
 
 

@@ -119,6 +119,7 @@ def markdown_report(doc: dict) -> str:
         (
             f"Created {doc['created']}{' (quick mode)' if o.get('quick') else ''}. Machine: {m['cpu']}, "
             f"{m['cores']} logical cores, {m['ram_gib']} GiB RAM"
+            + (f", {m['vector_isa']}" if m.get("vector_isa") else "")
             + (f", GPU {m['gpu']}" if m.get("gpu") else "")
             + f"; load average at start {m.get('load_average')}."
         ),

@@ -19,6 +19,7 @@ class Run:
 
     out: Path | None  # None: the mode's default folder
     background_load: int  # cores kept busy by spinning processes (a shared machine); output names get -loadN
+    cpu_level: str | None  # every implementation keeps to this x86-64 level's code; None: the CPU's own
 
 
 @dataclass(frozen=True, kw_only=True)
