@@ -18,7 +18,7 @@ from maxwhisper.graph.plan import make_plan
 from maxwhisper.graph.weights import graph_arrays
 
 GRAPHS = ("encoder", "decoder_step", "token_step", "token_run", "alignment", "cache_reorder", "batch_repeat")
-CPU_GRAPHS = tuple(name for name in GRAPHS if name != "token_run")  # one greedy step a call on the CPU
+ONE_STEP_GRAPHS = tuple(name for name in GRAPHS if name != "token_run")  # MAXWHISPER_STEPS_PER_CALL=1
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_the_cpu_plan_runs_every_kernel_and_no_kernels_runs_the_gpu_s_graphs(tin
     tiles = make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims, int8=True, amx=True)
     assert tiles.amx_tiles and "AMX tiles" in tiles.describe() and not int8[True].amx_tiles
     assert not make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims, amx=True).amx_tiles
-    assert graph_names(cpu) == CPU_GRAPHS and cpu.steps_per_call == 1
+    assert graph_names(cpu) == GRAPHS and cpu.steps_per_call == 8
     portable = make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims, kernels=False)
     gpu = make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.GPU()), dims)
     assert (portable.name, graph_names(portable)) == (gpu.name, graph_names(gpu))
@@ -97,18 +97,19 @@ def test_the_cpu_plan_runs_every_kernel_and_no_kernels_runs_the_gpu_s_graphs(tin
 
 
 def test_greedy_steps_a_call_come_from_the_plan_and_can_be_set(tiny_en_checkpoint, tiny_arrays, monkeypatch):
-    """A GPU's plan takes 8 greedy steps a call (the token run graph), the CPU kernels' one;
-    MAXWHISPER_STEPS_PER_CALL sets either, and a value that is not a count is refused."""
+    """Both plans take 8 greedy steps a call (the token run graph); MAXWHISPER_STEPS_PER_CALL sets
+    the count of either (1: no run graph), and a value that is not a count is refused."""
     dims = tiny_en_checkpoint.dims
 
     def plan(device, **kw):
         return make_plan(WeightBank(tiny_arrays, DType.float32, device), dims, **kw)
 
     assert plan(DeviceRef.GPU()).steps_per_call == 8 and "8 greedy steps a call" in plan(DeviceRef.GPU()).describe()
+    assert plan(DeviceRef.CPU()).steps_per_call == 8 and plan(DeviceRef.CPU()).name == "cpu-kernels"
     monkeypatch.setenv("MAXWHISPER_STEPS_PER_CALL", "4")
     assert plan(DeviceRef.CPU()).steps_per_call == 4 and "token_run" in graph_names(plan(DeviceRef.CPU()))
     monkeypatch.setenv("MAXWHISPER_STEPS_PER_CALL", "1")
-    assert graph_names(plan(DeviceRef.CPU(), kernels=False)) == CPU_GRAPHS
+    assert graph_names(plan(DeviceRef.CPU(), kernels=False)) == ONE_STEP_GRAPHS == graph_names(plan(DeviceRef.CPU()))
     for wrong in ("0", "eight", "100"):
         monkeypatch.setenv("MAXWHISPER_STEPS_PER_CALL", wrong)
         with pytest.raises(ValueError, match="MAXWHISPER_STEPS_PER_CALL must be a whole number from 1 to 64"):

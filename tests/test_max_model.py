@@ -787,21 +787,22 @@ def test_choice_in_the_step_graph_equals_the_host_path(max_tiny_en, lecture_60s_
 @pytest.mark.parametrize("plan", ["cpu-kernels", "portable"])
 def test_greedy_runs_give_the_tokens_of_one_step_a_call(plan, request, jfk_audio, lecture_60s_audio, monkeypatch):
     """Greedy decoding in runs of steps (the token run graph, the logit filters' rules in it) gives
-    the tokens and log probabilities of one step a call, with timestamps and without. The CPU
-    kernels' plan takes runs where MAXWHISPER_STEPS_PER_CALL asks for them (4 here); the portable
-    plan, a GPU's, takes 8 by default."""
+    the tokens and log probabilities of one step a call, with timestamps and without. Both plans
+    take 8 steps a call; the CPU kernels' plan only once its run graph is ready (`compile_rest`), so
+    that its compile never falls on a transcription."""
     from maxwhisper.graph.model import MaxChoosingInference
     from maxwhisper.max_backend import MaxTranscriber
 
-    if plan == "portable":
-        model = request.getfixturevalue("max_tiny_en_portable")
-    else:
-        monkeypatch.setenv("MAXWHISPER_STEPS_PER_CALL", "4")
-        model = MaxTranscriber("tiny.en", device="cpu")  # its other graphs from the disk cache
+    # a model of its own: its compile_rest readies the run graph, which the session's model never has
+    model = request.getfixturevalue("max_tiny_en_portable") if plan == "portable" else MaxTranscriber("tiny.en")
     net = model.net
     runs = []
     original = MaxChoosingInference.greedy_run
     monkeypatch.setattr(MaxChoosingInference, "greedy_run", lambda *a: runs.append(1) or original(*a))
+    if plan == "cpu-kernels":
+        model.transcribe(jfk_audio, DecodeOptions())
+        assert not runs and "token_run" not in net.graphs
+        assert "token_run" in [name for name, _ in model.compile_rest()]
     for audio, options in (
         (lecture_60s_audio, DecodeOptions()),
         (jfk_audio, DecodeOptions(without_timestamps=True)),

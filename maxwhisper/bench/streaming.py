@@ -24,7 +24,7 @@ from .clips import REFERENCES, Clip, load_clip, pseudo_reference
 from .records import implementation_label
 from .report import _f, ratio_text, write_mode_report
 from .specs import StreamingRun, WorkerSpec, decode_json
-from .worker import run_worker
+from .worker import ready_transcriber, run_worker
 
 log = logging.getLogger(__name__)
 STREAMING_CLIPS = ("jfk.flac", "physicsworks.flac")
@@ -53,11 +53,7 @@ def stream_offsets(chunk_s: float, streams: int) -> list[float]:
 
 def streaming_worker(spec: WorkerSpec) -> dict[str, Any]:
     """In the worker process: per clip, the offline transcript, then the streams."""
-    from ..registry import create_transcriber
-
-    t = create_transcriber(
-        spec.backend, model=spec.model, device=spec.device, precision=spec.precision, threads=spec.threads
-    )
+    t = ready_transcriber(spec)
     options = spec.options
     label = f"[{spec.backend} {t.precision} {t.device} streaming]"
     log.info(f"{label} loaded {t.model}: load {t.load_s:.2f} s, compile {t.compile_s:.2f} s")

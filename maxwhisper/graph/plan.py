@@ -158,13 +158,13 @@ def make_plan(
         conv_stem_kernel=encoder_linear and conv_stem_kernel_fits(d_audio),
         encoder_attention_bf16=int8 and cpu_bf16 and attention,
         amx_tiles=int8 and amx,
-        steps_per_call=steps_per_call(1) if token_step else 1,
+        steps_per_call=steps_per_call(8) if token_step else 1,
     )
 
 
 def steps_per_call(default: int) -> int:
     """The greedy steps a token run graph takes per call: `MAXWHISPER_STEPS_PER_CALL` where set, else
-    `default` (the portable plan's 8: a GPU's host work is per call, docs/design.md#several-steps-a-call)."""
+    `default` (8: the host's work is per call, docs/design.md#several-steps-a-call)."""
     value = os.environ.get("MAXWHISPER_STEPS_PER_CALL", "").strip()
     if not value:
         return default
