@@ -48,7 +48,9 @@ def use_cpu_level(level: str) -> None:
 def cpu_level() -> str | None:
     """The level set by `use_cpu_level` or named by MAXWHISPER_CPU_LEVEL (set then, on first asking), None
     when compiling for this CPU."""
-    if _level is None and (named := os.environ.get(CPU_LEVEL_ENV)):
+    if _level is None and (named := os.environ.get(CPU_LEVEL_ENV, "").strip()):
+        if named not in CPU_LEVELS:
+            raise BackendError(f"{CPU_LEVEL_ENV}={named!r} is no CPU level; valid levels: {', '.join(CPU_LEVELS)}")
         use_cpu_level(named)
     return _level
 

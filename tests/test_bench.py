@@ -200,7 +200,10 @@ def test_the_cpu_level_in_the_environment_is_checked_when_first_read(monkeypatch
     monkeypatch.setenv("MAXWHISPER_CPU_LEVEL", "x86-64-v4")
     with pytest.raises(BackendError, match="cannot run code compiled for x86-64-v4"):
         cpu_features.cpu_flags()
-    monkeypatch.setenv("MAXWHISPER_CPU_LEVEL", "x86-64-v3")
+    monkeypatch.setenv("MAXWHISPER_CPU_LEVEL", "avx2")
+    with pytest.raises(BackendError, match="MAXWHISPER_CPU_LEVEL='avx2' is no CPU level; valid levels: x86-64-v3"):
+        cpu_features.cpu_flags()
+    monkeypatch.setenv("MAXWHISPER_CPU_LEVEL", " x86-64-v3\n")
     assert cpu_features.cpu_flags() == cpu_features.CPU_LEVELS["x86-64-v3"] and cpu_features.cpu_level() == "x86-64-v3"
 
 

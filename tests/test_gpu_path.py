@@ -106,6 +106,7 @@ def test_greedy_steps_a_call_come_from_the_plan_and_can_be_set(tiny_en_checkpoin
 
     assert plan(DeviceRef.GPU()).steps_per_call == 8 and "8 greedy steps a call" in plan(DeviceRef.GPU()).describe()
     assert plan(DeviceRef.CPU()).steps_per_call == 8 and plan(DeviceRef.CPU()).name == "cpu-kernels"
+    assert "8 greedy steps a call once compiled behind" in plan(DeviceRef.CPU()).describe()
     monkeypatch.setenv("MAXWHISPER_STEPS_PER_CALL", "4")
     assert plan(DeviceRef.CPU()).steps_per_call == 4 and "token_run" in graph_names(plan(DeviceRef.CPU()))
     monkeypatch.setenv("MAXWHISPER_STEPS_PER_CALL", "1")

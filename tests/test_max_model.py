@@ -794,7 +794,11 @@ def test_greedy_runs_give_the_tokens_of_one_step_a_call(plan, request, jfk_audio
     from maxwhisper.max_backend import MaxTranscriber
 
     # a model of its own: its compile_rest readies the run graph, which the session's model never has
-    model = request.getfixturevalue("max_tiny_en_portable") if plan == "portable" else MaxTranscriber("tiny.en")
+    model = (
+        request.getfixturevalue("max_tiny_en_portable")
+        if plan == "portable"
+        else MaxTranscriber("tiny.en", device="cpu")
+    )
     net = model.net
     runs = []
     original = MaxChoosingInference.greedy_run

@@ -25,7 +25,7 @@ from typing import Any
 from ..__main__ import finite_float, positive_seconds, show_messages, temperatures
 from ..api import BackendError, DecodeOptions, MaxWhisperError
 from ..checkpoint import check_model_name
-from ..cpu_features import CPU_LEVELS
+from ..cpu_features import CPU_LEVELS, cpu_level
 from ..extras import require
 from ..registry import BACKENDS, PRECISIONS
 from .clips import DEFAULT_CLIPS, LONG_FORM, Clip, audio_dir, parse_clip, resolve_clips
@@ -740,8 +740,8 @@ def main(args: argparse.Namespace) -> int:
     for extra in mode.extras:
         require(extra, f"maxwhisper bench {args.mode}")
     run = spec_of(args)
-    if run.cpu_level:
-        keep_to_cpu_level(run.cpu_level)
+    if level := run.cpu_level or cpu_level():  # MAXWHISPER_CPU_LEVEL alone limits the other libraries too
+        keep_to_cpu_level(level)
     spinners = [start_spinner() for _ in range(run.background_load)]
     try:
         return mode.run(run)

@@ -651,8 +651,8 @@ class MaxChoosingInference(MaxInference):
     @property
     def steps_per_call(self) -> int:
         """`decoding.RunningInference.steps_per_call`: the plan's, where the model takes runs. The CPU
-        kernels' plan takes them once its run graph is ready (`compile_rest`, the app's, the service's
-        and the benchmark's warm-up), so its compile never falls on a transcription; the portable
+        kernels' plan takes them once its run graph is ready (`compile_rest`: the app's and the
+        benchmark's warm-up), so its compile never falls on a transcription; the portable
         plan, a GPU's, loads or compiles it on first use (docs/design.md#several-steps-a-call)."""
         m = self.model
         ready = m.plan.name != "cpu-kernels" or "token_run" in m.graphs

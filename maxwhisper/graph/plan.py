@@ -98,7 +98,9 @@ class ExecutionPlan:
         }
         kernels = ", ".join(name for name, used in parts.items() if used) or "none"
         kernels += "; AMX tiles" if self.amx_tiles else ""
-        kernels += f"; {self.steps_per_call} greedy steps a call" if self.steps_per_call > 1 else ""
+        if self.steps_per_call > 1:
+            kernels += f"; {self.steps_per_call} greedy steps a call"
+            kernels += " once compiled behind" if self.name == "cpu-kernels" else ""
         device = "cpu" if self.device.is_cpu() else "gpu"
         int8 = f"int8 weights{' and cross K/V' if self.cross_int8 else ''}, " if self.int8 else ""
         reduced = int8 or ("bf16 encoder and prompt linears, " if self.bf16 else "")
