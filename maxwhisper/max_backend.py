@@ -56,8 +56,9 @@ class MaxTranscriber:
 
     def compile_rest(self) -> Iterator[tuple[str, float]]:
         """Every graph not compiled at load, compiled now or loaded from the cache: its name and
-        seconds as each is ready (`graph.model.MaxWhisper.compile_rest`)."""
-        return self.net.compile_rest()
+        seconds as each is ready (`graph.model.MaxWhisper.compile_rest`). Transcriptions that decode
+        together step one token a call (`graph.shared_steps`), so they leave the token run graph out."""
+        return self.net.compile_rest(leave_out=("token_run",) if self.max_batch > 1 else ())
 
     def transcribe(
         self,
