@@ -655,7 +655,7 @@ class MaxChoosingInference(MaxInference):
         benchmark's warm-up), so its compile never falls on a transcription; the portable
         plan, a GPU's, loads or compiles it on first use (docs/design.md#several-steps-a-call)."""
         m = self.model
-        ready = m.plan.name != "cpu-kernels" or "token_run" in m.graphs
+        ready = not m.plan.runs_wait_for_their_graph or "token_run" in m.graphs
         return m.plan.steps_per_call if m.runs and ready else 1
 
     def greedy_run(

@@ -71,6 +71,12 @@ class ExecutionPlan:
     steps_per_call: int = 1
 
     @property
+    def runs_wait_for_their_graph(self) -> bool:
+        """Whether greedy runs wait until `compile_rest` has readied the token run graph (the CPU
+        kernels', whose compile must not fall on a transcription) rather than load it on first use."""
+        return self.name == "cpu-kernels"
+
+    @property
     def layer_norm(self):
         """The graphs' layer norm, (weights, prefix, x) -> x: `layers.layer_norm_kernel` where the
         plan says so, MAX's op elsewhere."""
@@ -100,7 +106,7 @@ class ExecutionPlan:
         kernels += "; AMX tiles" if self.amx_tiles else ""
         if self.steps_per_call > 1:
             kernels += f"; {self.steps_per_call} greedy steps a call"
-            kernels += " once compiled behind" if self.name == "cpu-kernels" else ""
+            kernels += " once compiled behind" if self.runs_wait_for_their_graph else ""
         device = "cpu" if self.device.is_cpu() else "gpu"
         int8 = f"int8 weights{' and cross K/V' if self.cross_int8 else ''}, " if self.int8 else ""
         reduced = int8 or ("bf16 encoder and prompt linears, " if self.bf16 else "")
@@ -128,7 +134,7 @@ def make_plan(
         if int8 or bf16:
             raise ValueError(f"{'int8' if int8 else 'bf16'} linears need the CPU kernels, in float32 on the CPU")
         return ExecutionPlan(
-            "portable", w.device, w.dtype, False, False, False, False, token_step=True, steps_per_call=steps_per_call(8)
+            "portable", w.device, w.dtype, False, False, False, False, token_step=True, steps_per_call=steps_per_call()
         )
     d_audio, d_text = dims.n_audio_state, dims.n_text_state
     head_dim = d_text // dims.n_text_head
@@ -160,16 +166,16 @@ def make_plan(
         conv_stem_kernel=encoder_linear and conv_stem_kernel_fits(d_audio),
         encoder_attention_bf16=int8 and cpu_bf16 and attention,
         amx_tiles=int8 and amx,
-        steps_per_call=steps_per_call(8) if token_step else 1,
+        steps_per_call=steps_per_call() if token_step else 1,
     )
 
 
-def steps_per_call(default: int) -> int:
-    """The greedy steps a token run graph takes per call: `MAXWHISPER_STEPS_PER_CALL` where set, else
-    `default` (8: the host's work is per call, docs/design.md#several-steps-a-call)."""
+def steps_per_call() -> int:
+    """The greedy steps a token run graph takes per call: `MAXWHISPER_STEPS_PER_CALL` where set, else 8
+    (the host's work is per call, docs/design.md#several-steps-a-call)."""
     value = os.environ.get("MAXWHISPER_STEPS_PER_CALL", "").strip()
     if not value:
-        return default
+        return 8
     if not value.isdigit() or not 1 <= int(value) <= 64:
         raise ValueError(f"MAXWHISPER_STEPS_PER_CALL must be a whole number from 1 to 64, not {value!r}")
     return int(value)
