@@ -97,8 +97,9 @@ def test_the_cpu_plan_runs_every_kernel_and_no_kernels_runs_the_gpu_s_graphs(tin
 
 
 def test_greedy_steps_a_call_come_from_the_plan_and_can_be_set(tiny_en_checkpoint, tiny_arrays, monkeypatch):
-    """Both plans take 8 greedy steps a call (the token run graph); MAXWHISPER_STEPS_PER_CALL sets
-    the count of either (1: no run graph), and a value that is not a count is refused."""
+    """Both plans take 8 greedy steps a call (the token run graph), the CPU kernels' in float32
+    drafted from 4 bits and checked; MAXWHISPER_STEPS_PER_CALL sets the count of either (1: no run
+    graph), and a value that is not a count is refused."""
     dims = tiny_en_checkpoint.dims
 
     def plan(device, **kw):
@@ -106,7 +107,9 @@ def test_greedy_steps_a_call_come_from_the_plan_and_can_be_set(tiny_en_checkpoin
 
     assert plan(DeviceRef.GPU()).steps_per_call == 8 and "8 greedy steps a call" in plan(DeviceRef.GPU()).describe()
     assert plan(DeviceRef.CPU()).steps_per_call == 8 and plan(DeviceRef.CPU()).name == "cpu-kernels"
-    assert "8 greedy steps a call once compiled behind" in plan(DeviceRef.CPU()).describe()
+    assert "8 greedy steps a call once compiled behind, drafted" in plan(DeviceRef.CPU()).describe()
+    assert plan(DeviceRef.CPU()).drafts_runs and not plan(DeviceRef.CPU(), int8=True).drafts_runs
+    assert not plan(DeviceRef.GPU()).drafts_runs and not plan(DeviceRef.CPU(), kernels=False).drafts_runs
     monkeypatch.setenv("MAXWHISPER_STEPS_PER_CALL", "4")
     assert plan(DeviceRef.CPU()).steps_per_call == 4 and "token_run" in graph_names(plan(DeviceRef.CPU()))
     monkeypatch.setenv("MAXWHISPER_STEPS_PER_CALL", "1")

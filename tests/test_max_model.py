@@ -822,6 +822,58 @@ def test_greedy_runs_give_the_tokens_of_one_step_a_call(plan, request, jfk_audio
             assert (a.text, a.avg_logprob, a.compression_ratio) == (b.text, b.avg_logprob, b.compression_ratio)
 
 
+def test_a_drafted_run_keeps_its_steps_up_to_the_first_overruled_draft():
+    """`checked_steps`: every step where each live row's draft is its check; else up to the first
+    step a live row's check overruled, that one included (its check followed standing tokens). A row
+    whose last token was eot, or whose check was eot at an earlier step, has ended: its drafts after
+    that are not read."""
+    from maxwhisper.graph.model import checked_steps
+
+    eot = np.array([9, 9])
+    checked = np.array([[1, 2, 3, 4], [5, 9, 6, 7]])
+    assert checked_steps(checked.copy(), checked, np.array([0, 0]), eot) == 4
+    overruled = checked.copy()
+    overruled[0, 2] = 8
+    assert checked_steps(overruled, checked, np.array([0, 0]), eot) == 3
+    overruled[0, 0] = 8
+    assert checked_steps(overruled, checked, np.array([0, 0]), eot) == 1
+    after_the_end = checked.copy()
+    after_the_end[1, 3] = 8  # row 1 checked eot at step 1
+    assert checked_steps(after_the_end, checked, np.array([0, 0]), eot) == 4
+    assert checked_steps(overruled, checked, np.array([9, 0]), eot) == 4  # row 0 had ended before the run
+
+
+def test_drafts_overruled_at_every_step_still_give_the_tokens_of_one_step_a_call(jfk_audio, monkeypatch):
+    """The fp32 plan's runs draft from a 4-bit copy of the output projection and check the drafts
+    against the exact one (`ExecutionPlan.drafts_runs`). With a scrambled copy, nearly every draft is
+    wrong: the runs keep one checked step at a time and still give single steps' tokens and log
+    probabilities, with the timestamp rules."""
+    from maxwhisper.graph import layers
+    from maxwhisper.graph import model as graph_model
+    from maxwhisper.max_backend import MaxTranscriber
+
+    def scrambled(w, group):
+        q, scales = quantize(w, group)
+        return q, np.random.default_rng(0).permutation(scales)
+
+    quantize = layers.quantize_int4_groups
+    monkeypatch.setattr(layers, "quantize_int4_groups", scrambled)
+    kept = []
+    checked_steps = graph_model.checked_steps
+    monkeypatch.setattr(graph_model, "checked_steps", lambda *a: kept.append(checked_steps(*a)) or kept[-1])
+    model = MaxTranscriber("tiny.en", device="cpu")
+    assert model.net.plan.drafts_runs
+    list(model.compile_rest())
+    results = {}
+    for in_runs in (True, False):
+        monkeypatch.setattr(model.net, "runs", in_runs)
+        results[in_runs] = model.transcribe(jfk_audio, DecodeOptions())
+    assert results[True].tokens == results[False].tokens
+    for a, b in zip(results[True].segments, results[False].segments, strict=True):
+        assert (a.text, a.avg_logprob, a.compression_ratio) == (b.text, b.avg_logprob, b.compression_ratio)
+    assert len(kept) >= 10 and kept.count(1) >= 0.8 * len(kept)
+
+
 def test_greedy_runs_end_where_single_steps_end(max_tiny_en_portable, jfk_audio, lecture_60s_audio, monkeypatch):
     """Runs (the portable plan's 8 steps a call) in a batch whose rows end at different steps, under
     a sample_len that is no multiple of 8, and after a draft checked in one pass (a stream's): the

@@ -326,7 +326,12 @@ def token_logits(
     x = layer_norm_gather(
         w, "decoder.ln", kernel_token_layers(w, dims, plan, tokens, positions, cross_keys, cross, caches), rows
     )
-    return ops.reshape(projection_linear(plan)(w, "decoder.token_embedding")(x), [rows.shape[0], 1, dims.n_vocab])
+    return _as_logits(projection_linear(plan)(w, "decoder.token_embedding")(x), dims)
+
+
+def _as_logits(y: TensorValue, dims: ModelDims) -> TensorValue:
+    """A projection's rows [k, n_vocab] as the step graphs' logits [k, 1, n_vocab]."""
+    return ops.reshape(y, [y.shape[0], 1, dims.n_vocab])
 
 
 def kernel_token_layers(
@@ -365,7 +370,10 @@ def build_token_run_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, m
     the tokens so far forbid. Rows at a negative position sit the call out.
     Outputs: tokens int64 [B, K], log probabilities float32 [B, K]. The graph leaves its state
     buffers (the last token, its position, the token before, the last timestamp) set for the next
-    call, so that a GPU can replay the call as a captured device graph."""
+    call, so that a GPU can replay the call as a captured device graph.
+    Where the plan drafts runs, the steps pick from 4-bit logits and the outputs are the drafted
+    tokens, then `checked_choices`' tokens and log probabilities: the host keeps the steps up to the
+    first draft that differs from its check, that check included (`model.MaxChoosingInference`)."""
     types = TokenRunInputs.types(dims, w.dtype, w.device, plan.cross_int8)
     with Graph(
         "whisper_token_run",
@@ -383,12 +391,18 @@ def build_token_run_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, m
         rows = ops.range(0, dim_value(b), 1, out_dim=b, device=w.device, dtype=DType.int64)
         one = ops.constant(1, DType.int64, device=w.device)
         stepping = positions >= 0
-        chosen_all, logprobs_all = [], []
+        chosen_all, logprobs_all, states, masks = [], [], [], []
         for _ in range(plan.steps_per_call):
-            logits = token_logits(w, dims, plan, tokens, positions, inputs.cross_keys.tensor, cross, caches, rows)
+            if plan.drafts_runs:  # the final layer norm's output, projected in 4 bits
+                x = kernel_token_layers(w, dims, plan, tokens, positions, inputs.cross_keys.tensor, cross, caches)
+                states.append(layer_norm_gather(w, "decoder.ln", x, rows))
+                logits = _as_logits(vocab_projection_int4(w, "decoder.token_embedding")(states[-1]), dims)
+            else:
+                logits = token_logits(w, dims, plan, tokens, positions, inputs.cross_keys.tensor, cross, caches, rows)
             last = ops.reshape(tokens, [-1])
             rules = timestamp_rules(dims.n_vocab, last, previous, last_timestamp, timestamp_begin, inputs.eot.tensor)
-            chosen, logprobs = plan.greedy_choice(logits, inputs.suppress.tensor + rules, timestamp_begin)
+            masks.append(inputs.suppress.tensor + rules)
+            chosen, logprobs = plan.greedy_choice(logits, masks[-1], timestamp_begin)
             chosen_all.append(chosen)
             logprobs_all.append(logprobs)
             previous = ops.where(stepping, last, previous)
@@ -398,8 +412,34 @@ def build_token_run_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, m
             positions = ops.where(stepping, positions + one, positions)
         for buffer, value in zip(state, (tokens, positions, previous, last_timestamp), strict=True):
             ops.buffer_store(buffer.buffer, value)
-        graph.output(ops.stack(chosen_all, axis=1), ops.stack(logprobs_all, axis=1))
+        if plan.drafts_runs:
+            graph.output(ops.stack(chosen_all, axis=1), *checked_choices(w, dims, plan, states, masks, timestamp_begin))
+        else:
+            graph.output(ops.stack(chosen_all, axis=1), ops.stack(logprobs_all, axis=1))
     return graph
+
+
+def checked_choices(
+    w: WeightBank,
+    dims: ModelDims,
+    plan: ExecutionPlan,
+    states: list[TensorValue],
+    masks: list[TensorValue],
+    timestamp_begin: TensorValue,
+) -> list[TensorValue]:
+    """A drafted run's choices again from the exact projection: each step's final state [B, d] and
+    filter mask [B, n_vocab], projected all at once (`few_row_linear` computes each row as it would
+    alone, reading the float16 rows once for the run) -> tokens int64 [B, K] and their log
+    probabilities float32 [B, K], what single steps would pick after the same tokens."""
+    k, b = len(states), timestamp_begin.shape[0]
+
+    def step_major(values: list[TensorValue]) -> TensorValue:  # [B, n] each -> [K B, n]
+        return ops.reshape(ops.stack(values, 0), [k * b, values[0].shape[1]])
+
+    logits = _as_logits(projection_linear(plan)(w, "decoder.token_embedding")(step_major(states)), dims)
+    stamps = ops.reshape(step_major([ops.reshape(timestamp_begin, [b, 1])] * k), [k * b])
+    chosen, logprobs = plan.greedy_choice(logits, step_major(masks), stamps)
+    return [ops.transpose(ops.reshape(v, [k, b]), 0, 1) for v in (chosen, logprobs)]
 
 
 def portable_token_layers(

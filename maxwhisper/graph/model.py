@@ -684,9 +684,27 @@ class MaxChoosingInference(MaxInference):
         return chosen, logprobs
 
     def _run(self, inputs: TokenRunInputs) -> tuple[np.ndarray, np.ndarray]:
-        """The token run graph on `inputs`, numpy arrays among them copied to the device: its outputs read."""
-        chosen, logprobs = self._call(self.model.lazy_graph("token_run"), inputs)
-        return self.model.to_numpy(chosen), self.model.to_numpy(logprobs)
+        """The token run graph on `inputs`, numpy arrays among them copied to the device: its tokens
+        and log probabilities read; of a drafted run (`ExecutionPlan.drafts_runs`) the checked ones,
+        up to the first step whose draft its check overruled."""
+        outputs = [self.model.to_numpy(v) for v in self._call(self.model.lazy_graph("token_run"), inputs)]
+        if len(outputs) == 2:
+            return outputs[0], outputs[1]
+        drafted, chosen, logprobs = outputs
+        kept = checked_steps(drafted, chosen, inputs.tokens[:, 0], inputs.eot)
+        return chosen[:, :kept], logprobs[:, :kept]
+
+
+def checked_steps(drafted: np.ndarray, checked: np.ndarray, last: np.ndarray, eot: np.ndarray) -> int:
+    """How many steps of a drafted run stand: up to the first whose draft differs from its check in
+    a row that has not ended (its last token before the step eot), that step included, for its
+    check was chosen after tokens that all stand. drafted, checked int64 [B, K]; last, eot int64 [B]."""
+    ended = last == eot
+    for j in range(drafted.shape[1]):
+        if (drafted[~ended, j] != checked[~ended, j]).any():
+            return j + 1
+        ended |= checked[:, j] == eot
+    return drafted.shape[1]
 
 
 def every_row_then_some(

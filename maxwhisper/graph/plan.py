@@ -69,6 +69,10 @@ class ExecutionPlan:
     amx_tiles: bool = False
     # greedy steps per call of the token run graph (`decoder.build_token_run_graph`); 1: no such graph
     steps_per_call: int = 1
+    # a run's steps pick their tokens from `vocab_projection_int4`'s logits (a 4-bit pass, a quarter of
+    # the float16 rows' bytes), and the run checks every pick against the exact projection of all its
+    # steps at once: the float32 plan's tokens, a step reading far fewer bytes
+    drafts_runs: bool = False
 
     @property
     def runs_wait_for_their_graph(self) -> bool:
@@ -107,6 +111,7 @@ class ExecutionPlan:
         if self.steps_per_call > 1:
             kernels += f"; {self.steps_per_call} greedy steps a call"
             kernels += " once compiled behind" if self.runs_wait_for_their_graph else ""
+            kernels += ", drafted in 4 bits and checked" if self.drafts_runs else ""
         device = "cpu" if self.device.is_cpu() else "gpu"
         int8 = f"int8 weights{' and cross K/V' if self.cross_int8 else ''}, " if self.int8 else ""
         reduced = int8 or ("bf16 encoder and prompt linears, " if self.bf16 else "")
@@ -167,6 +172,7 @@ def make_plan(
         encoder_attention_bf16=int8 and cpu_bf16 and attention,
         amx_tiles=int8 and amx,
         steps_per_call=steps_per_call() if token_step else 1,
+        drafts_runs=token_step and not int8 and d_text % 64 == 0,  # `vocab_projection_int4`'s K
     )
 
 
