@@ -843,11 +843,15 @@ def test_a_drafted_run_keeps_its_steps_up_to_the_first_overruled_draft():
     assert checked_steps(overruled, checked, np.array([9, 0]), eot) == 4  # row 0 had ended before the run
 
 
-def test_drafts_overruled_at_every_step_still_give_the_tokens_of_one_step_a_call(jfk_audio, monkeypatch):
+def test_drafts_overruled_at_every_step_still_give_the_tokens_of_one_step_a_call(
+    jfk_audio, lecture_60s_audio, monkeypatch
+):
     """The fp32 plan's runs draft from a 4-bit copy of the output projection and check the drafts
     against the exact one (`ExecutionPlan.drafts_runs`). With a scrambled copy, nearly every draft is
     wrong: the runs keep one checked step at a time and still give single steps' tokens and log
-    probabilities, with the timestamp rules."""
+    probabilities, with the timestamp rules, and in a batch whose rows end apart."""
+    from maxwhisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram
+    from maxwhisper.decoding import decode
     from maxwhisper.graph import layers
     from maxwhisper.graph import model as graph_model
     from maxwhisper.max_backend import MaxTranscriber
@@ -864,14 +868,19 @@ def test_drafts_overruled_at_every_step_still_give_the_tokens_of_one_step_a_call
     model = MaxTranscriber("tiny.en", device="cpu")
     assert model.net.plan.drafts_runs
     list(model.compile_rest())
-    results = {}
+    mels = np.stack(
+        [log_mel_spectrogram(a, 80, padding=N_SAMPLES)[:, :N_FRAMES] for a in (jfk_audio, lecture_60s_audio)]
+    )
+    results, batch = {}, {}
     for in_runs in (True, False):
         monkeypatch.setattr(model.net, "runs", in_runs)
         results[in_runs] = model.transcribe(jfk_audio, DecodeOptions())
+        batch[in_runs] = [(r.tokens, r.avg_logprob) for r in decode(model.net, mels, language="en")]
     assert results[True].tokens == results[False].tokens
     for a, b in zip(results[True].segments, results[False].segments, strict=True):
         assert (a.text, a.avg_logprob, a.compression_ratio) == (b.text, b.avg_logprob, b.compression_ratio)
-    assert len(kept) >= 10 and kept.count(1) >= 0.8 * len(kept)
+    assert batch[True] == batch[False]
+    assert len(kept) >= 100 and kept.count(1) >= 0.8 * len(kept)  # the batch's window in runs too
 
 
 def test_greedy_runs_end_where_single_steps_end(max_tiny_en_portable, jfk_audio, lecture_60s_audio, monkeypatch):
