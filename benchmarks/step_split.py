@@ -1,12 +1,14 @@
 """Where a MAX decode's time goes, down to the parts of one one-token step (tiny.en, the CPU):
 
-    PYTHONPATH=. .venv/bin/python benchmarks/step_split.py [--precisions fp32,int8] [--clip physicsworks.flac]
+    PYTHONPATH=. .venv/bin/python benchmarks/step_split.py [--precisions fp32,int8] [--clip physicsworks.flac] [--runs]
 
 (PYTHONPATH=.: this checkout's maxwhisper, not the one installed in the venv.)
 
 1. The decode: one timed transcription of the clip after an untimed one, each graph call timed
    from Python. Prompts (the generic step graph, and a short prompt's token steps), token
-   steps, and the host between calls (the decode's seconds less its graph calls).
+   steps, and the host between calls (the decode's seconds less its graph calls). With --runs the
+   model readies every graph first (`compile_rest`), so greedy decoding takes runs of steps (the
+   token run graph, docs/design.md#several-steps-a-call): their calls are counted apart.
 2. Inside a step: graphs that stop part way through the token step graph, compiled together with it
    and called in turn at one position of the clip's first window (its real cross K/V): the token
    embedding alone (with the call itself), then one and four layers, then the final layer norm and
@@ -64,6 +66,8 @@ def decode_split(net: model.MaxWhisper, transcriber, audio: np.ndarray) -> dict:
             kind = (
                 "encoder"
                 if graph is net.encoder
+                else "run"
+                if graph is net.graphs.get("token_run")
                 else "prompt"
                 if graph is not net.token_step or getattr(prompt, "on", False)
                 else "step"
@@ -85,13 +89,17 @@ def decode_split(net: model.MaxWhisper, transcriber, audio: np.ndarray) -> dict:
         del net.run
         model.MaxInference._prompt_by_token_steps = by_steps
     decode_s = result.timings.decode_s
-    graph_s = sum(sum(calls[k]) for k in ("prompt", "step"))
+    graph_s = sum(sum(calls[k]) for k in ("prompt", "step", "run"))
     return {
         "decode_s": decode_s,
         "encode_s": result.timings.encode_s,
         "steps": len(calls["step"]),
         "step_s": sum(calls["step"]),
-        "step_median_ms": 1e3 * statistics.median(calls["step"]),
+        "step_median_ms": 1e3 * statistics.median(calls["step"] or [0.0]),
+        "runs": len(calls["run"]),
+        "run_s": sum(calls["run"]),
+        "run_median_ms": 1e3 * statistics.median(calls["run"] or [0.0]),
+        "calls": len(calls["step"]) + len(calls["run"]),
         "prompts": len(calls["prompt"]),
         "prompt_s": sum(calls["prompt"]),
         "prompt_median_ms": 1e3 * statistics.median(calls["prompt"]),
@@ -178,6 +186,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precisions", default="fp32,int8")
     parser.add_argument("--clip", default="physicsworks.flac")
+    parser.add_argument("--runs", action="store_true", help="ready the token run graph first: greedy runs")
     args = parser.parse_args()
     audio = load_audio(str(audio_dir() / args.clip))
     info = machine_info()
@@ -189,6 +198,8 @@ def main() -> None:
     for precision in args.precisions.split(","):
         transcriber = create_transcriber("max", "tiny.en", "cpu", precision)
         net = transcriber.net
+        if args.runs:
+            list(transcriber.compile_rest())
         split = decode_split(net, transcriber, audio)
         parts = step_parts(net, audio)
         mb = step_bytes(net)
@@ -196,9 +207,14 @@ def main() -> None:
         print(
             f"decode {split['decode_s']:.3f} s (encode {split['encode_s']:.3f} s apart): "
             f"{split['steps']} token steps {split['step_s']:.3f} s (median {split['step_median_ms']:.3f} ms), "
-            f"{split['prompts']} prompt calls {split['prompt_s']:.3f} s (median {split['prompt_median_ms']:.2f} ms), "
-            f"host between calls {split['host_s']:.3f} s ({1e3 * split['host_s'] / max(split['steps'], 1):.3f} ms "
-            "per step)"
+            + (
+                f"{split['runs']} runs {split['run_s']:.3f} s (median {split['run_median_ms']:.2f} ms), "
+                if split["runs"]
+                else ""
+            )
+            + f"{split['prompts']} prompt calls {split['prompt_s']:.3f} s (median {split['prompt_median_ms']:.2f} ms), "
+            f"host between calls {split['host_s']:.3f} s ({1e3 * split['host_s'] / max(split['calls'], 1):.3f} ms "
+            "per step or run call)"
         )
         step = parts["step"]
         layer = (parts["layers"] - parts["layer1"]) / (net.dims.n_text_layer - 1)
@@ -213,7 +229,7 @@ def main() -> None:
         for name, ms, read in rows:
             rate = f"  {read:5.1f} MB, {read / ms:5.1f} GB/s" if read else ""
             print(f"  {name:28s} {ms:7.3f} ms  {100 * ms / step:5.1f} %{rate}")
-        steps[precision] = (mb["step"], step, 1e3 * split["host_s"] / max(split["steps"], 1))
+        steps[precision] = (mb["step"], step, 1e3 * split["host_s"] / max(split["calls"], 1))
     if len(steps) == 2:  # a step's ms = fixed + MB / rate through both precisions' points
         (mb_a, ms_a, host_a), (mb_b, ms_b, host_b) = steps.values()
         per_mb = (ms_a - ms_b) / (mb_a - mb_b)
