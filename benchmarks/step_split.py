@@ -230,7 +230,7 @@ def main() -> None:
             rate = f"  {read:5.1f} MB, {read / ms:5.1f} GB/s" if read else ""
             print(f"  {name:28s} {ms:7.3f} ms  {100 * ms / step:5.1f} %{rate}")
         steps[precision] = (mb["step"], step, 1e3 * split["host_s"] / max(split["calls"], 1))
-    if len(steps) == 2:  # a step's ms = fixed + MB / rate through both precisions' points
+    if len(steps) == 2 and not args.runs:  # a step's ms = fixed + MB / rate through both precisions' points
         (mb_a, ms_a, host_a), (mb_b, ms_b, host_b) = steps.values()
         per_mb = (ms_a - ms_b) / (mb_a - mb_b)
         fixed = ms_a - mb_a * per_mb

@@ -825,22 +825,26 @@ def test_greedy_runs_give_the_tokens_of_one_step_a_call(plan, request, jfk_audio
 def test_a_drafted_run_keeps_its_steps_up_to_the_first_overruled_draft():
     """`checked_steps`: every step where each live row's draft is its check; else up to the first
     step a live row's check overruled, that one included (its check followed standing tokens). A row
-    whose last token was eot, or whose check was eot at an earlier step, has ended: its drafts after
-    that are not read."""
+    whose token before the run was eot, or whose check was eot at an earlier step, has ended: its
+    drafts after that are not read."""
     from maxwhisper.graph.model import checked_steps
 
-    eot = np.array([9, 9])
-    checked = np.array([[1, 2, 3, 4], [5, 9, 6, 7]])
-    assert checked_steps(checked.copy(), checked, np.array([0, 0]), eot) == 4
+    eot, live = 9, np.array([0, 0])
+    checked = np.array([[1, 2, 3, 4], [5, 9, 6, 7]])  # row 1 ends at step 1
+    assert checked_steps(checked.copy(), checked, live, eot) == 4
     overruled = checked.copy()
     overruled[0, 2] = 8
-    assert checked_steps(overruled, checked, np.array([0, 0]), eot) == 3
+    assert checked_steps(overruled, checked, live, eot) == 3
     overruled[0, 0] = 8
-    assert checked_steps(overruled, checked, np.array([0, 0]), eot) == 1
-    after_the_end = checked.copy()
-    after_the_end[1, 3] = 8  # row 1 checked eot at step 1
-    assert checked_steps(after_the_end, checked, np.array([0, 0]), eot) == 4
+    assert checked_steps(overruled, checked, live, eot) == 1
     assert checked_steps(overruled, checked, np.array([9, 0]), eot) == 4  # row 0 had ended before the run
+    after_the_end = checked.copy()
+    after_the_end[1, 3] = 8
+    assert checked_steps(after_the_end, checked, live, eot) == 4
+    for draft in (8, 9):  # an eot checked but not drafted, a text token checked where eot was drafted
+        wrong_end = checked.copy()
+        wrong_end[1, 1 if draft == 8 else 0] = draft
+        assert checked_steps(wrong_end, checked, live, eot) == (2 if draft == 8 else 1)
 
 
 def test_drafts_overruled_at_every_step_still_give_the_tokens_of_one_step_a_call(
@@ -862,9 +866,21 @@ def test_drafts_overruled_at_every_step_still_give_the_tokens_of_one_step_a_call
 
     quantize = layers.quantize_int4_groups
     monkeypatch.setattr(layers, "quantize_int4_groups", scrambled)
-    kept = []
+    kept, last_tokens, lasts = [], [], []
     checked_steps = graph_model.checked_steps
-    monkeypatch.setattr(graph_model, "checked_steps", lambda *a: kept.append(checked_steps(*a)) or kept[-1])
+
+    def counted(drafted, checked, last, eot):
+        lasts.append(last.copy())
+        kept.append(checked_steps(drafted, checked, last, eot))
+        return kept[-1]
+
+    def run(self, tokens, *args):
+        last_tokens.append(tokens[:, -1].copy())
+        return greedy_run(self, tokens, *args)
+
+    greedy_run = graph_model.MaxChoosingInference.greedy_run
+    monkeypatch.setattr(graph_model, "checked_steps", counted)
+    monkeypatch.setattr(graph_model.MaxChoosingInference, "greedy_run", run)
     model = MaxTranscriber("tiny.en", device="cpu")
     assert model.net.plan.drafts_runs
     list(model.compile_rest())
@@ -880,7 +896,9 @@ def test_drafts_overruled_at_every_step_still_give_the_tokens_of_one_step_a_call
     for a, b in zip(results[True].segments, results[False].segments, strict=True):
         assert (a.text, a.avg_logprob, a.compression_ratio) == (b.text, b.avg_logprob, b.compression_ratio)
     assert batch[True] == batch[False]
-    assert len(kept) >= 100 and kept.count(1) >= 0.8 * len(kept)  # the batch's window in runs too
+    assert len(kept) >= 100 and kept.count(1) >= 0.8 * len(kept)  # >= 100: the batch took runs too
+    # each check read the rows' tokens before the run, not what the run wrote into its inputs
+    assert all(np.array_equal(a, b) for a, b in zip(lasts, last_tokens, strict=True))
 
 
 def test_greedy_runs_end_where_single_steps_end(max_tiny_en_portable, jfk_audio, lecture_60s_audio, monkeypatch):

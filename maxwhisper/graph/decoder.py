@@ -371,9 +371,10 @@ def build_token_run_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, m
     Outputs: tokens int64 [B, K], log probabilities float32 [B, K]. The graph leaves its state
     buffers (the last token, its position, the token before, the last timestamp) set for the next
     call, so that a GPU can replay the call as a captured device graph.
-    Where the plan drafts runs, the steps pick from 4-bit logits and the outputs are the drafted
-    tokens, then `checked_choices`' tokens and log probabilities: the host keeps the steps up to the
-    first draft that differs from its check, that check included (`model.MaxChoosingInference`)."""
+    Where the plan drafts runs (the CPU's), the steps pick from 4-bit logits and the outputs are the
+    drafted tokens, then `checked_choices`' tokens and log probabilities: the host keeps the steps up
+    to the first draft that differs from its check, that check included (`model.checked_steps`), and
+    sets the state buffers itself each call (they end at the drafts' state)."""
     types = TokenRunInputs.types(dims, w.dtype, w.device, plan.cross_int8)
     with Graph(
         "whisper_token_run",

@@ -666,7 +666,7 @@ class MaxChoosingInference(MaxInference):
         if self.cache is None or self.cached != n - 1:
             raise ValueError("a run of steps follows a step: every token but the last is in the KV cache")
         column = functools.partial(np.full, batch, dtype=np.int64)
-        chosen, logprobs = self._run(
+        outputs = self._run(
             TokenRunInputs(
                 tokens=tokens[:, -1:].astype(np.int64),
                 positions=column(n - 1),
@@ -680,25 +680,26 @@ class MaxChoosingInference(MaxInference):
                 caches=self.cache,
             )
         )
+        if self.model.plan.drafts_runs:  # the checked steps up to the first overruled draft
+            drafted, chosen, logprobs = outputs
+            kept = checked_steps(drafted, chosen, tokens[:, -1], rules.eot)
+            chosen, logprobs = chosen[:, :kept], logprobs[:, :kept]
+        else:
+            chosen, logprobs = outputs
         self.cached = n - 1 + chosen.shape[1]
         return chosen, logprobs
 
-    def _run(self, inputs: TokenRunInputs) -> tuple[np.ndarray, np.ndarray]:
-        """The token run graph on `inputs`, numpy arrays among them copied to the device: its tokens
-        and log probabilities read; of a drafted run (`ExecutionPlan.drafts_runs`) the checked ones,
-        up to the first step whose draft its check overruled."""
-        outputs = [self.model.to_numpy(v) for v in self._call(self.model.lazy_graph("token_run"), inputs)]
-        if len(outputs) == 2:
-            return outputs[0], outputs[1]
-        drafted, chosen, logprobs = outputs
-        kept = checked_steps(drafted, chosen, inputs.tokens[:, 0], inputs.eot)
-        return chosen[:, :kept], logprobs[:, :kept]
+    def _run(self, inputs: TokenRunInputs) -> Sequence[np.ndarray]:
+        """The token run graph on `inputs`, numpy arrays among them copied to the device (the graph
+        writes its state into them): its outputs read."""
+        return [self.model.to_numpy(v) for v in self._call(self.model.lazy_graph("token_run"), inputs)]
 
 
-def checked_steps(drafted: np.ndarray, checked: np.ndarray, last: np.ndarray, eot: np.ndarray) -> int:
+def checked_steps(drafted: np.ndarray, checked: np.ndarray, last: np.ndarray, eot: int) -> int:
     """How many steps of a drafted run stand: up to the first whose draft differs from its check in
-    a row that has not ended (its last token before the step eot), that step included, for its
-    check was chosen after tokens that all stand. drafted, checked int64 [B, K]; last, eot int64 [B]."""
+    a live row, that step included, for its check was chosen after tokens that all stand. A row has
+    ended once its token before the step is eot: `last` before the first step, its check after.
+    drafted, checked int64 [B, K]; last int64 [B], each row's token before the run."""
     ended = last == eot
     for j in range(drafted.shape[1]):
         if (drafted[~ended, j] != checked[~ended, j]).any():
