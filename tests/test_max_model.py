@@ -46,6 +46,14 @@ def test_greedy_tokens_equal_on_lecture_first_windows(max_tiny_en_each_plan, ope
     assert [s.seek for s in ours.segments] == [s.seek for s in ref.segments]
 
 
+def _first_windows(*audios):
+    """The log-Mel spectrograms [len(audios), 80, 3000] of each audio's first 30 s window, as the seek
+    loop pads them."""
+    from maxwhisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram
+
+    return np.stack([log_mel_spectrogram(a, 80, padding=N_SAMPLES)[:, :N_FRAMES] for a in audios])
+
+
 def _kernel_graph(name, input_types, build, weights=None):
     """A one-op CPU graph around one of our Mojo kernels, compiled. The runner returns the outputs,
     then the contents of the buffer inputs after the call (what the op wrote into them)."""
@@ -854,7 +862,6 @@ def test_drafts_overruled_at_every_step_still_give_the_tokens_of_one_step_a_call
     against the exact one (`ExecutionPlan.drafts_runs`). With a scrambled copy, nearly every draft is
     wrong: the runs keep one checked step at a time and still give single steps' tokens and log
     probabilities, with the timestamp rules, and in a batch whose rows end apart."""
-    from maxwhisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram
     from maxwhisper.decoding import decode
     from maxwhisper.graph import layers
     from maxwhisper.graph import model as graph_model
@@ -884,9 +891,7 @@ def test_drafts_overruled_at_every_step_still_give_the_tokens_of_one_step_a_call
     model = MaxTranscriber("tiny.en", device="cpu")
     assert model.net.plan.drafts_runs
     list(model.compile_rest())
-    mels = np.stack(
-        [log_mel_spectrogram(a, 80, padding=N_SAMPLES)[:, :N_FRAMES] for a in (jfk_audio, lecture_60s_audio)]
-    )
+    mels = _first_windows(jfk_audio, lecture_60s_audio)
     results, batch = {}, {}
     for in_runs in (True, False):
         monkeypatch.setattr(model.net, "runs", in_runs)
@@ -905,13 +910,10 @@ def test_greedy_runs_end_where_single_steps_end(max_tiny_en_portable, jfk_audio,
     """Runs (the portable plan's 8 steps a call) in a batch whose rows end at different steps, under
     a sample_len that is no multiple of 8, and after a draft checked in one pass (a stream's): the
     tokens and log probabilities of one step a call."""
-    from maxwhisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram
     from maxwhisper.decoding import decode
 
     net = max_tiny_en_portable.net
-    mels = np.stack(
-        [log_mel_spectrogram(a, 80, padding=N_SAMPLES)[:, :N_FRAMES] for a in (jfk_audio, lecture_60s_audio)]
-    )
+    mels = _first_windows(jfk_audio, lecture_60s_audio)
     jfk = decode(net, mels[0], language="en").tokens
     cases = {
         "a batch": dict(mel=mels),
@@ -1118,12 +1120,9 @@ def _token_step_rows(net, monkeypatch) -> list[int]:
 def test_batched_greedy_windows_equal_their_single_decodes(max_tiny_en, jfk_audio, lecture_60s_audio, monkeypatch):
     """Two windows decoded as one batch (the step graph's choice per row; jfk ends first and pads
     with eot, sitting the later steps out) give each window's own tokens and log probability."""
-    from maxwhisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram
     from maxwhisper.decoding import decode
 
-    mels = np.stack(
-        [log_mel_spectrogram(a, 80, padding=N_SAMPLES)[:, :N_FRAMES] for a in (jfk_audio, lecture_60s_audio)]
-    )
+    mels = _first_windows(jfk_audio, lecture_60s_audio)
     rows = _token_step_rows(max_tiny_en.net, monkeypatch)
     batch = decode(max_tiny_en.net, mels, language="en")
     short = min(len(r.tokens) for r in batch)
@@ -1141,14 +1140,11 @@ def test_a_short_prompt_runs_as_token_steps(max_tiny_en, jfk_audio, lecture_60s_
     """A window's prompt without previous text (sot, [notimestamps]) runs as one-token steps of the
     token step graph instead of the generic step graph, with the same tokens, log probabilities
     and no-speech probabilities as there: a first window needs only the graphs compiled at load."""
-    from maxwhisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram
     from maxwhisper.decoding import decode
     from maxwhisper.graph import model
 
     net = max_tiny_en.net
-    mels = np.stack(
-        [log_mel_spectrogram(a, 80, padding=N_SAMPLES)[:, :N_FRAMES] for a in (jfk_audio, lecture_60s_audio)]
-    )
+    mels = _first_windows(jfk_audio, lecture_60s_audio)
     graphs, run = [], net.run
     monkeypatch.setattr(net, "run", lambda graph, *inputs: graphs.append(graph) or run(graph, *inputs))
     decode(net, mels, language="en")  # with timestamps the prompt is sot alone: one token step
@@ -1170,16 +1166,13 @@ def test_int8_short_prompts_run_as_token_steps(max_tiny_en_int8, jfk_audio, lect
     """int8's short prompts run as token steps too, so its first window needs only the encoder and
     the token step graph, compiled at load. Its token steps compute otherwise than its prompt graph
     (float32 activations against int8's quantized rows), so the tokens may differ, not the words."""
-    from maxwhisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram
     from maxwhisper.decoding import decode
     from maxwhisper.graph import model
     from maxwhisper.scoring import agreement
 
     net = max_tiny_en_int8.net
     assert model.first_graphs(net.plan) == ("encoder", "token_step")
-    mels = np.stack(
-        [log_mel_spectrogram(a, 80, padding=N_SAMPLES)[:, :N_FRAMES] for a in (jfk_audio, lecture_60s_audio)]
-    )
+    mels = _first_windows(jfk_audio, lecture_60s_audio)
     graphs, run = [], net.run
     monkeypatch.setattr(net, "run", lambda graph, *inputs: graphs.append(graph) or run(graph, *inputs))
     stepped = decode(net, mels, language="en", without_timestamps=True)
