@@ -10,7 +10,8 @@
 3. the decode's split on the lecture: token calls (steps and runs, each waited for), copies to the
    device, prompts and encoder, reads back, and the host's work between them, per token;
 4. eight transcriptions of the lecture's first 60 s at once, decoded together as a service replica
-   decodes its requests (`graph/shared_steps.py`), against one after another, tokens checked;
+   decodes its requests (`graph/shared_steps.py`), against one after another, tokens checked; and
+   the lecture in batched long-form (`--batch-size 16`);
 5. openai-whisper and faster-whisper on CUDA on the same lecture, the same weights;
 6. optionally (`--selfcheck`) MAX's components against openai-whisper.
 
@@ -47,6 +48,7 @@ from maxwhisper.bench.machine import device_tag, machine_info, versions  # noqa:
 from maxwhisper.scoring import wer  # noqa: E402
 
 JFK, LECTURE = "jfk.flac", "physicsworks.flac"
+BATCH = 16  # the batched long-form run's batch size (the issue's --batch-size 16 goal)
 JFK_TEXT = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
 
 
@@ -250,6 +252,24 @@ def together(mx, samples, n: int = 8) -> dict:
     }
 
 
+def batched(mx, lecture, runs: int) -> dict:
+    """The lecture in batched long-form (`--batch-size BATCH`): median seconds and times real time."""
+    options = DecodeOptions(batch_size=BATCH)
+    try:
+        first = mx.transcribe(lecture, options)
+        seconds, times = median_time(lambda: mx.transcribe(lecture, options), runs)
+    except Exception as e:  # noqa: BLE001 - what did not run is a result too
+        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+    real_time = round(len(lecture) / SAMPLE_RATE / seconds)
+    return {
+        "batch_size": BATCH,
+        "lecture_s": seconds,
+        "runs": times,
+        "x_real_time": real_time,
+        "tokens": len(first.tokens),
+    }
+
+
 def check_precision(device: str, precision: str, audio: Path, reference: dict, runs: int) -> dict:
     from maxwhisper.max_backend import MaxTranscriber
 
@@ -284,6 +304,8 @@ def check_precision(device: str, precision: str, audio: Path, reference: dict, r
     say(f"MAX {precision} token step alone: {out['step_loop']}")
     out["together"] = together(mx, lecture[: 60 * SAMPLE_RATE])
     say(f"MAX {precision} 8 at once: {out['together']}")
+    out["batched"] = batched(mx, lecture, runs)
+    say(f"MAX {precision} lecture --batch-size {BATCH}: {out['batched']}")
     if mx.net.captures:  # the same without device graphs
         mx.net.captures = False
         mx.net.__dict__.pop("step_buffers", None)
@@ -372,6 +394,9 @@ def markdown(run: dict) -> str:
     lines += ["", "## Eight transcriptions of the lecture's first 60 s at once, decoded together", ""]
     for p in run["precisions"]:
         lines.append(f"- {p['precision']}: {json.dumps(p.get('together'))}")
+    lines += ["", f"## The lecture in batched long-form (`--batch-size {BATCH}`)", ""]
+    for p in run["precisions"]:
+        lines.append(f"- {p['precision']}: {json.dumps(p.get('batched'))}")
     if any("selfcheck" in p for p in run["precisions"]):
         lines += ["", "## selfcheck (jfk.flac)", ""]
         for p in run["precisions"]:
