@@ -288,50 +288,82 @@ def _until(ready, timeout_s: float = 10) -> None:
         time.sleep(0.01)
 
 
-def test_encode_calls_of_another_length_wait_for_a_batch_of_their_own():
-    """Calls queued while the encoder runs: the first and those of its length run next as one batch,
-    one of another length after them (a stream's shorter window beside 30 s ones), each call
-    getting its own windows' features."""
-    from maxwhisper.graph.model import AudioFeatures
-    from maxwhisper.graph.shared_steps import SharedEncoder
+class _PlainEncoder:
+    """A SharedEncoder's network on plain arrays: features are the mel itself; the first call holds
+    the encoder until `release` is set, so that the others queue; `failing` fails every split."""
 
-    class Net:  # the encoder's calls on plain arrays: features are the mel itself
-        def __init__(self):
-            self.release = threading.Event()
+    def __init__(self, failing: bool = False):
+        self.release, self.failing = threading.Event(), failing
 
-        def encode(self, mel):
-            self.release.wait(30)  # the first call holds the encoder while the others queue
-            return AudioFeatures(mel.copy(), ())
+    def encode(self, mel):
+        from maxwhisper.graph.model import AudioFeatures
 
-        def to_device(self, array):
-            return array
+        self.release.wait(30)
+        return AudioFeatures(mel.copy(), ())
 
-        def lazy_graph(self, name):
-            return name
+    def to_device(self, array):
+        return array
 
-        def run(self, graph, index, features):
-            return (features[index],)
+    def lazy_graph(self, name):
+        return name
 
-    net = Net()
-    encoder = SharedEncoder(net, max_windows=4)
-    mels = [np.full((1, 80, frames), i, np.float32) for i, frames in enumerate((3000, 3000, 500, 3000))]
+    def run(self, graph, index, features):
+        if self.failing:
+            raise RuntimeError("batch_repeat failed")
+        return (features[index],)
+
+
+def _encode_queued(encoder, net, mels) -> tuple[dict, list]:
+    """`mels` encoded from a thread each, the first holding the encoder until the others queue in
+    order: (features by call, errors)."""
     results, errors = {}, []
 
     def call(i):
         try:
             results[i] = encoder.encode(mels[i]).features
-        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+        except Exception as e:  # noqa: BLE001 - the caller's assertions read them
             errors.append(e)
 
-    threads = [threading.Thread(target=call, args=(i,), daemon=True) for i in range(4)]
+    threads = [threading.Thread(target=call, args=(i,), daemon=True) for i in range(len(mels))]
     threads[0].start()
-    _until(lambda: encoder._running)  # the first call holds the encoder
-    for i in (1, 2, 3):  # the others queue in this order
+    _until(lambda: encoder._running)
+    for i in range(1, len(mels)):
         threads[i].start()
         _until(lambda: len(encoder._queue) == i)
     net.release.set()
     for thread in threads:
         thread.join(10)
+    assert not any(thread.is_alive() for thread in threads)
+    return results, errors
+
+
+def test_encode_calls_of_another_length_wait_for_a_batch_of_their_own():
+    """Calls queued while the encoder runs: the first and those of its length run next as one batch,
+    one of another length after them (a stream's shorter window beside 30 s ones), each call
+    getting its own windows' features."""
+    from maxwhisper.graph.shared_steps import SharedEncoder
+
+    net = _PlainEncoder()
+    encoder = SharedEncoder(net, max_windows=4)
+    mels = [np.full((1, 80, frames), i, np.float32) for i, frames in enumerate((3000, 3000, 500, 3000))]
+    results, errors = _encode_queued(encoder, net, mels)
     assert errors == []
     assert encoder.batches == [1, 2, 1]
     assert all(np.array_equal(results[i], mels[i]) for i in range(4))
+
+
+def test_a_batch_that_fails_after_its_encoder_call_fails_each_of_its_callers():
+    """Splitting a batch's features fails: each caller of that batch gets the failure itself (no
+    caller waits on, none sees another error), and the encoder serves the next calls."""
+    from maxwhisper.graph.shared_steps import SharedEncoder
+
+    net = _PlainEncoder(failing=True)
+    encoder = SharedEncoder(net, max_windows=4)
+    mels = [np.full((1, 80, 3000), i, np.float32) for i in range(3)]
+    results, errors = _encode_queued(encoder, net, mels)
+    assert list(results) == [0]  # the first call ran alone: nothing to split
+    assert [str(e) for e in errors] == ["batch_repeat failed"] * 2
+    assert encoder.batches == [1, 2]
+    assert not encoder._running and encoder._queue == []
+    net.failing = False
+    assert np.array_equal(encoder.encode(mels[2]).features, mels[2])

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 from max.dtype import DType
-from max.graph import DeviceRef, TensorType, TensorValue, Weight, ops
+from max.graph import DeviceRef, StaticDim, TensorType, TensorValue, Weight, ops
 
 from .weights import bfloat16_bits, quantize_int4_groups, quantize_int8
 
@@ -464,9 +464,22 @@ def attention_scores_few_rows(q: TensorValue, k: TensorValue) -> TensorValue:
 
     For decoder steps (n small, S up to 1500): k @ q^T streams the keys through MAX's
     matrix-vector product, like `linear_few_rows`; only the small [.., S, n] result is transposed.
+    One row (a token step): each key's products with q, summed (`_one_row`).
     """
-    scores = ops.transpose(ops.matmul(_widened(k), ops.transpose(_widened(q), -1, -2)), -1, -2)
+    if _one_row(q):  # a step: a row's products and sum, not a batched matrix product (`_one_row`)
+        b, h, s, dh = k.shape
+        scores = ops.reshape(ops.sum(_widened(k) * _widened(q), axis=-1), [b, h, 1, s])
+    else:
+        scores = ops.transpose(ops.matmul(_widened(k), ops.transpose(_widened(q), -1, -2)), -1, -2)
     return (scores * (int(q.shape[-1]) ** -0.5)).cast(DType.float32)
+
+
+def _one_row(x: TensorValue) -> bool:
+    """Whether x [B, H, n, ..] has one query row (n == 1, known when the graph is built). For one
+    row, elementwise products summed along the row replace MAX's batched matrix product, which a
+    GPU runs as a naive kernel (docs/design.md#on-a-gpu)."""
+    dim = x.shape[2]
+    return isinstance(dim, StaticDim) and int(dim) == 1
 
 
 def attend_few_rows(scores: TensorValue, v_t: TensorValue, mask: TensorValue | None = None) -> TensorValue:
@@ -475,6 +488,9 @@ def attend_few_rows(scores: TensorValue, v_t: TensorValue, mask: TensorValue | N
     if mask is not None:
         scores = scores + mask
     p = ops.softmax(scores)
+    if _one_row(p):
+        b, h, dh, s = v_t.shape
+        return ops.reshape(ops.sum(_widened(v_t) * p, axis=-1), [b, h, 1, dh]).cast(v_t.dtype)
     return ops.transpose(ops.matmul(_widened(v_t), ops.transpose(p, -1, -2)), -1, -2).cast(v_t.dtype)
 
 
@@ -658,16 +674,14 @@ def cross_layout_kernel(kv: TensorValue, layers: int, heads: int, int8: bool) ->
 
 
 def conv1d(w: WeightBank, prefix: str, x: TensorValue, stride: int) -> TensorValue:
-    """Kernel-3, padding-1 Conv1d as conv2d over an NHWC view with H = 1.
-
-    x [B, T, C_in] -> [B, T / stride, C_out]; `{prefix}.weight_rscf` is [1, 3, C_in, C_out].
-    """
+    """Kernel-3, padding-1 Conv1d as one matrix product over the three taps side by side: x
+    [B, T, C_in] -> [B, T / stride, C_out]; `{prefix}.weight_rscf` is [1, 3, C_in, C_out]. A GPU
+    runs MAX's conv2d op as a naive kernel, far slower than a product (docs/design.md#on-a-gpu)."""
     b, t, c = x.shape
-    y = ops.conv2d(
-        ops.reshape(x, [b, 1, t, c]),
-        w(f"{prefix}.weight_rscf"),
-        stride=(1, stride),
-        padding=(0, 0, 1, 1),
-        bias=w(f"{prefix}.bias"),
-    )
-    return ops.reshape(y, [b, y.shape[2], y.shape[3]])
+    weight = w(f"{prefix}.weight_rscf")
+    padded = ops.pad(x, [0, 0, 1, 1, 0, 0])
+    frames = (t + stride - 1) // stride
+    end = dim_value(frames) * stride
+    taps = [padded[:, (slice(k, end + k, stride), frames), :] for k in range(3)]
+    y = ops.matmul(ops.concat(taps, axis=-1), ops.reshape(weight, [3 * int(c), int(weight.shape[3])]))
+    return y + w(f"{prefix}.bias")

@@ -56,25 +56,27 @@ class SharedEncoder:
         return job.result()
 
     def _run(self, batch: list[_EncodeJob]) -> None:
+        """Encodes `batch` as one call and hands each job its windows' features; where anything
+        fails, every job not yet served gets that failure (a job left undone would wait forever)."""
         try:
             features = self.net.encode(np.concatenate([job.mel for job in batch]))
+            self.batches.append(sum(len(job.mel) for job in batch))
+            if len(batch) == 1:
+                batch[0].features, batch[0].done = features, True
+                return
+            first = 0
+            for job in batch:
+                index = self.net.to_device(np.arange(first, first + len(job.mel), dtype=np.int64))
+                repeated, *cross = self.net.run(
+                    self.net.lazy_graph("batch_repeat"), index, features.features, *features.cross
+                )
+                job.features = AudioFeatures(repeated, tuple(cross))
+                job.done = True
+                first += len(job.mel)
         except BaseException as e:  # noqa: BLE001 - each caller sees the failure of the call it took part in
             for job in batch:
-                job.error, job.done = e, True
-            return
-        self.batches.append(sum(len(job.mel) for job in batch))
-        if len(batch) == 1:
-            batch[0].features, batch[0].done = features, True
-            return
-        first = 0
-        for job in batch:
-            index = self.net.to_device(np.arange(first, first + len(job.mel), dtype=np.int64))
-            repeated, *cross = self.net.run(
-                self.net.lazy_graph("batch_repeat"), index, features.features, *features.cross
-            )
-            job.features = AudioFeatures(repeated, tuple(cross))
-            job.done = True
-            first += len(job.mel)
+                if not job.done:
+                    job.error, job.done = e, True
 
 
 @dataclass(eq=False)  # the queue removes jobs by identity: their mels do not compare
