@@ -4,12 +4,13 @@ On the GPU machine (the graphs loaded or compiled first, as `gpu_check.py` leave
 
     ncu --clock-control none --metrics gpu__time_duration.sum --launch-count 2500 --csv \\
         --log-file ncu.csv python3 benchmarks/gpu_kernels.py run
-    python3 benchmarks/gpu_kernels.py summary ncu.csv > benchmarks/results/gpu-<gpu>-kernels.md
+    python3 benchmarks/gpu_kernels.py summary ncu.csv --about "GPU, driver, MAX" \\
+        > benchmarks/results/gpu-<gpu>-kernels.md
     gzip -c ncu.csv > benchmarks/results/gpu-<gpu>-kernels.csv.gz
 
-`summary` splits the kernels into the encoder (those before the first decoder step) and the decoder
-steps (the launches from the first of the step's most frequent attention kernel, four a step:
-one per layer), and lists the
+`summary` splits the kernels into those before the first decoder step (the encoder and the prompt)
+and the decoder steps (from one launch of the output projection, the widest matrix-vector product,
+to the next, leaving out the spans that hold an encoder call or a prompt), and lists the
 kernels that take the most time in each, with their launch grids. Each kernel is timed alone by
 ncu, so the gaps between launches are not in the sums.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
+import statistics
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -50,39 +52,45 @@ def kernels(path: Path) -> list[tuple[str, str, float]]:
 
 
 def table(launches: list[tuple[str, str, float]], per: int, top: int = 12) -> list[str]:
-    """The `top` kernels by time, each one's microseconds per `per` (a step, a window) and launches."""
-    spent, count, grids = defaultdict(float), Counter(), {}
+    """The `top` kernels by time, by name and grid: microseconds and launches per `per` (a step, a window)."""
+    spent, count = defaultdict(float), Counter()
     for name, grid, us in launches:
-        spent[name] += us
-        count[name] += 1
-        grids[name] = grid
+        spent[name, grid] += us
+        count[name, grid] += 1
     total = sum(spent.values())
     lines = ["| kernel | grid | launches | µs | share |", "|---|---|---:|---:|---:|"]
-    for name, us in sorted(spent.items(), key=lambda kv: -kv[1])[:top]:
+    for (name, grid), us in sorted(spent.items(), key=lambda kv: -kv[1])[:top]:
         lines.append(
-            f"| `{name[:72]}` | {grids[name]} | {count[name] / per:g} | {us / per:.1f} | {100 * us / total:.0f} % |"
+            f"| `{name[:72]}` | {grid} | {count[name, grid] / per:g} | {us / per:.1f} | {100 * us / total:.0f} % |"
         )
     return lines
 
 
-def summary(path: Path) -> str:
+def summary(path: Path, about: str = "") -> str:
     launches = kernels(path)
     names = [name for name, _, _ in launches]
-    matmuls = Counter(n for n in names if "batched_matmul" in n)
-    marker = matmuls.most_common(1)[0][0]  # once per decoder layer per step
-    marks = [i for i, n in enumerate(names) if n == marker]
-    layers = 4  # tiny.en's decoder layers: the marker runs once per layer of a step
-    n_steps = (len(marks) - 1) // layers
+
+    def width(grid: str) -> int:
+        return int(grid.strip("()").split(",")[0])
+
+    # the output projection: the widest matrix-vector product, once a step
+    widest = max((grid for name, grid, _ in launches if "gemv" in name), key=width)
+    marks = [i for i, (name, grid, _) in enumerate(launches) if "gemv" in name and grid == widest]
+    spans = list(zip(marks, marks[1:]))
+    usual = statistics.median(b - a for a, b in spans)
+    spans = [(a, b) for a, b in spans if b - a <= 1.5 * usual]  # not those with an encoder call or a prompt
+    steps = [launch for a, b in spans for launch in launches[a:b]]
+    n_steps = len(spans)
     first_step = marks[0]
-    steps = launches[first_step : marks[n_steps * layers]]
     encoder = launches[:first_step]
-    windows = max(sum(1 for n in names[:first_step] if n.startswith("conv2d")) // 2, 1)  # two convolutions a window
+    windows = max(sum(1 for n in names[:first_step] if "conv" in n) // 2, 1)
     out = [
         "# Kernels of the GPU's graphs (tiny.en, fp32, portable plan)",
         "",
+        *([about, ""] if about else []),
         f"From `{path.name}`: {len(launches)} launches, each timed alone by ncu (`gpu__time_duration.sum`).",
         "",
-        f"## Before the first decoder step: the encoder and the first prompt (windows: {windows})",
+        f"## Up to the first step's output projection: the encoder, the prompt, a step (windows: {windows})",
         "",
         f"{sum(us for *_, us in encoder) / 1e3:.2f} ms in {len(encoder)} launches.",
         "",
@@ -101,12 +109,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="two jfk transcriptions, what ncu profiles").add_argument("--precision", default="fp32")
-    sub.add_parser("summary", help="an ncu --csv log summed").add_argument("csv", type=Path)
+    summed = sub.add_parser("summary", help="an ncu --csv log summed")
+    summed.add_argument("csv", type=Path)
+    summed.add_argument("--about", default="", help="a line under the title: the GPU, its driver, the code")
     args = parser.parse_args()
     if args.command == "run":
         run(args.precision)
     else:
-        print(summary(args.csv), end="")
+        print(summary(args.csv, args.about), end="")
 
 
 if __name__ == "__main__":

@@ -477,7 +477,7 @@ def attention_scores_few_rows(q: TensorValue, k: TensorValue) -> TensorValue:
 def _one_row(x: TensorValue) -> bool:
     """Whether x [B, H, n, ..] has one query row (n == 1, known when the graph is built). For one
     row, elementwise products summed along the row replace MAX's batched matrix product, which a
-    GPU runs as a naive kernel (docs/design.md#on-a-gpu)."""
+    GPU runs as a naive kernel (docs/design.md#where-a-gpus-time-goes)."""
     dim = x.shape[2]
     return isinstance(dim, StaticDim) and int(dim) == 1
 
@@ -676,7 +676,8 @@ def cross_layout_kernel(kv: TensorValue, layers: int, heads: int, int8: bool) ->
 def conv1d(w: WeightBank, prefix: str, x: TensorValue, stride: int) -> TensorValue:
     """Kernel-3, padding-1 Conv1d as one matrix product over the three taps side by side: x
     [B, T, C_in] -> [B, T / stride, C_out]; `{prefix}.weight_rscf` is [1, 3, C_in, C_out]. A GPU
-    runs MAX's conv2d op as a naive kernel, far slower than a product (docs/design.md#on-a-gpu)."""
+    runs MAX's conv2d op as a naive kernel, far slower than a matrix product
+    (docs/design.md#where-a-gpus-time-goes)."""
     b, t, c = x.shape
     weight = w(f"{prefix}.weight_rscf")
     padded = ops.pad(x, [0, 0, 1, 1, 0, 0])
