@@ -1,6 +1,7 @@
 """The GPU path without a GPU: the execution plans, every graph a GPU runs built for
 `DeviceRef.GPU()` (built, not compiled: seconds), the weights handed to MAX, and what happens
-on a machine whose GPU MAX cannot use. The portable graphs' tokens are tested on the CPU in
+on a machine whose GPU MAX cannot use, and the ops the portable plan writes for a GPU in place of
+MAX's naive GPU kernels against references. The portable graphs' tokens are tested on the CPU in
 tests/test_max_model.py; `gpu-compile` compiles them for virtual GPUs (tests/test_cli.py)."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from max.dtype import DType
-from max.graph import DeviceRef
+from max.graph import DeviceRef, TensorType, ops
 
 from maxwhisper.api import BackendError
 from maxwhisper.graph import model as graph_model
@@ -296,3 +297,77 @@ def test_the_step_buffer_pool_keeps_its_newest_idle_buffers(max_tiny_en_portable
         pool.give_back(buffers)
     pool.give_back(beams)
     assert pool.lend(2, 10) is beams and pool.lend(1, 10) is singles[-1] and pool.lend(1, 10) is not singles[0]
+
+
+def _run_on_cpu(name: str, input_types: list, build, *arrays: np.ndarray) -> np.ndarray:
+    """A small graph built by `build(*inputs)` run on the CPU: its one output."""
+    from max import driver
+    from max.engine import InferenceSession
+    from max.graph import Graph
+
+    with Graph(name, input_types=input_types) as graph:
+        graph.output(build(*(value.tensor for value in graph.inputs)))
+    model = InferenceSession(devices=[driver.CPU()]).load(graph)
+    return model.execute(*map(driver.Buffer.from_numpy, arrays))[0].to_numpy()
+
+
+@pytest.mark.parametrize("stride, frames", [(1, 7), (2, 3000), (2, 501)])
+def test_the_portable_convolution_is_pytorch_s_conv1d(stride, frames):
+    """`layers.conv1d`, one matrix product over the three taps (MAX's conv2d is a naive kernel on a
+    GPU), gives torch's Conv1d (kernel 3, padding 1) on symbolic frames, odd counts included."""
+    import torch
+
+    from maxwhisper.graph.layers import conv1d
+
+    rng = np.random.default_rng(stride + frames)
+    weight, bias = rng.standard_normal((24, 16, 3), np.float32), rng.standard_normal(24, np.float32)
+    x = rng.standard_normal((2, frames, 16), np.float32)
+    bank = {"conv.weight_rscf": weight.transpose(2, 1, 0)[None].copy(), "conv.bias": bias}
+
+    def w(name):
+        return ops.constant(bank[name], DType.float32, device=DeviceRef.CPU())
+
+    ours = _run_on_cpu(
+        "conv",
+        [TensorType(DType.float32, ["batch", "frames", 16], device=DeviceRef.CPU())],
+        lambda mel: conv1d(w, "conv", mel, stride),
+        x,
+    )
+    conv = torch.nn.functional.conv1d(
+        torch.from_numpy(x).transpose(1, 2), torch.from_numpy(weight), torch.from_numpy(bias), stride, 1
+    )
+    reference = conv.transpose(1, 2).numpy()
+    assert ours.shape == reference.shape
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_one_row_attention_is_softmax_of_the_scaled_scores_times_v():
+    """A step's attention for one query row (`layers._one_row`: products summed along each row
+    in place of a batched matrix product) against numpy's, with a mask that hides some keys."""
+    from maxwhisper.graph.layers import attend_few_rows, attention_scores_few_rows
+
+    rng = np.random.default_rng(0)
+    b, h, s, dh = 2, 6, 50, 64
+    q = rng.standard_normal((b, h, 1, dh), np.float32)
+    k = rng.standard_normal((b, h, s, dh), np.float32)
+    v_t = rng.standard_normal((b, h, dh, s), np.float32)
+    mask = np.where(np.arange(s) < 30, 0.0, -np.inf).astype(np.float32).reshape(1, 1, 1, s)
+    cpu = DeviceRef.CPU()
+    ours = _run_on_cpu(
+        "one_row_attention",
+        [
+            TensorType(DType.float32, ["batch", h, 1, dh], device=cpu),
+            TensorType(DType.float32, ["batch", h, s, dh], device=cpu),
+            TensorType(DType.float32, ["batch", h, dh, s], device=cpu),
+            TensorType(DType.float32, [1, 1, 1, s], device=cpu),
+        ],
+        lambda q, k, v_t, mask: attend_few_rows(attention_scores_few_rows(q, k), v_t, mask),
+        q,
+        k,
+        v_t,
+        mask,
+    )
+    scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(dh) + mask
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    np.testing.assert_allclose(ours, weights @ v_t.transpose(0, 1, 3, 2), rtol=1e-5, atol=1e-5)
