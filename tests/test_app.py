@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -1166,6 +1167,19 @@ def test_benchmarks_without_results(tmp_path):
     top, cpu_top, table, gpu_top, gpu, machines = benchmark_view(tmp_path / "missing")
     assert "No committed benchmark results yet" in top and table == gpu == [] and cpu_top == gpu_top == machines == ""
     assert f"This server: {this_server()}." in top
+
+
+def test_the_gpu_tab_names_the_gpu_of_the_run_it_charts(tmp_path):
+    """Two committed GPU runs: the tab's label names the newest run's GPU alone (the run its chart
+    shows), so that the label fits a phone's row of tabs; none, no name."""
+    from showcase.tabs.benchmarks import gpu_name
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    assert gpu_name(tmp_path) == ""
+    shutil.copy(results / "gpu-nvidia-h100-80gb-hbm3.json", tmp_path)
+    assert gpu_name(tmp_path) == "NVIDIA H100 80GB HBM3"
+    shutil.copy(results / "gpu-h200-naive-kernels" / "gpu-nvidia-h200.json", tmp_path)
+    assert gpu_name(tmp_path) == "NVIDIA H200"
 
 
 def test_benchmarks_read_older_files_that_name_rtfx_rtf(tmp_path):

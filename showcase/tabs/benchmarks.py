@@ -166,16 +166,17 @@ def benchmark_view(directory: Path) -> tuple[str, str, list[list], str, list[lis
     return top, cpu_top, cpu, gpu_top, gpu, "\n".join(details)
 
 
-def gpu_names(directory: Path) -> str:
-    """'NVIDIA H100 80GB HBM3': the GPUs of the committed results, for the GPU tab's label."""
+def gpu_name(directory: Path) -> str:
+    """'NVIDIA H100 80GB HBM3': the GPU of the newest committed GPU run, the one the GPU tab charts,
+    for the tab's label (one name, so that the label fits a phone's row of tabs)."""
     runs = [r for r in read_runs(directory)[0] if any(row["device"] == "gpu" for row in r.rows)]
-    return ", ".join(dict.fromkeys(machine_name(r.machine, "gpu") for r in runs))
+    return machine_name(max(runs, key=lambda r: r.created).machine, "gpu") if runs else ""
 
 
 def build() -> View:
     """The tab, inside the page's gr.Blocks: the page fills it when a visitor opens it. The CPUs'
     results and the GPUs' are a tab each, the GPUs' a click away."""
-    gpus = gpu_names(RESULTS_DIR)
+    gpu_label = gpu_name(RESULTS_DIR)
     with gr.Tab("Benchmarks"):
         top = gr.HTML(elem_id="benchmarks", min_height=0)
         with gr.Tabs():
@@ -188,7 +189,7 @@ def build() -> View:
                     elem_id="bench-table",
                     label="Every committed result on a CPU",
                 )
-            with gr.Tab(f"On a GPU ({gpus})" if gpus else "On a GPU", elem_id="bench-gpu-tab"):
+            with gr.Tab(f"On a GPU ({gpu_label})" if gpu_label else "On a GPU", elem_id="bench-gpu-tab"):
                 gpu_top = gr.HTML(elem_id="bench-gpu", min_height=0)
                 gpu = gr.Dataframe(
                     headers=list(BENCH_TABLE.values()),
