@@ -56,6 +56,11 @@ def say(*parts, end: str = "\n") -> None:
     print(*parts, end=end, flush=True)
 
 
+def failure(e: Exception) -> str:
+    """What did not run, in one line: the exception's type and its message's first line."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
 def compare(ours: list[int], reference: list[int], ours_text: str, reference_text: str) -> dict:
     """Tokens equal, or where they first differ and the word error rate of our text."""
     first = next((i for i, (a, b) in enumerate(zip(ours, reference)) if a != b), min(len(ours), len(reference)))
@@ -259,7 +264,7 @@ def batched(mx, lecture, runs: int) -> dict:
         first = mx.transcribe(lecture, options)
         seconds, times = median_time(lambda: mx.transcribe(lecture, options), runs)
     except Exception as e:  # noqa: BLE001 - what did not run is a result too
-        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+        return {"error": failure(e)}
     real_time = round(len(lecture) / SAMPLE_RATE / seconds)
     return {
         "batch_size": BATCH,
@@ -330,7 +335,7 @@ def baselines(device: str, audio: Path, runs: int) -> list[dict]:
                 t.transcribe(lecture, DecodeOptions())  # warm-up
                 row["lecture_s"], row["runs"] = median_time(lambda: t.transcribe(lecture, DecodeOptions()), runs)
             except Exception as e:  # noqa: BLE001 - what did not run is a result too
-                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                row["error"] = failure(e)
             say(f"{name} {precision}: {row}")
             rows.append(row)
     return rows

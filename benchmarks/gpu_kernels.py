@@ -8,11 +8,11 @@ On the GPU machine (the graphs loaded or compiled first, as `gpu_check.py` leave
         > benchmarks/results/gpu-<gpu>-kernels.md
     gzip -c ncu.csv > benchmarks/results/gpu-<gpu>-kernels.csv.gz
 
-`summary` splits the kernels into those before the first decoder step (the encoder and the prompt)
-and the decoder steps (from one launch of the output projection, the widest matrix-vector product,
-to the next, leaving out the spans that hold an encoder call or a prompt), and lists the
-kernels that take the most time in each, with their launch grids. Each kernel is timed alone by
-ncu, so the gaps between launches are not in the sums.
+`summary` splits the kernels into those up to the first step's output projection (jfk's one
+encoder window, the prompt, the first step) and the decoder steps (from one launch of the output
+projection, the widest matrix-vector product, to the next, leaving out the spans that hold an
+encoder call or a prompt), and lists the kernels that take the most time in each, with their launch
+grids. Each kernel is timed alone by ncu, so the gaps between launches are not in the sums.
 """
 
 from __future__ import annotations
@@ -68,7 +68,6 @@ def table(launches: list[tuple[str, str, float]], per: int, top: int = 12) -> li
 
 def summary(path: Path, about: str = "") -> str:
     launches = kernels(path)
-    names = [name for name, _, _ in launches]
 
     def width(grid: str) -> int:
         return int(grid.strip("()").split(",")[0])
@@ -83,14 +82,13 @@ def summary(path: Path, about: str = "") -> str:
     n_steps = len(spans)
     first_step = marks[0]
     encoder = launches[:first_step]
-    windows = max(sum(1 for n in names[:first_step] if "conv" in n) // 2, 1)
     out = [
         "# Kernels of the GPU's graphs (tiny.en, fp32, portable plan)",
         "",
         *([about, ""] if about else []),
         f"From `{path.name}`: {len(launches)} launches, each timed alone by ncu (`gpu__time_duration.sum`).",
         "",
-        f"## Up to the first step's output projection: the encoder, the prompt, a step (windows: {windows})",
+        "## Up to the first step's output projection: the encoder, the prompt, a step (one window)",
         "",
         f"{sum(us for *_, us in encoder) / 1e3:.2f} ms in {len(encoder)} launches.",
         "",
