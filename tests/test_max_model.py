@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import numpy as np
 import pytest
@@ -704,11 +705,12 @@ def test_vocab_projection_first_pass_uses_the_target_s_byte_dot_product(cpu, ins
     assert_byte_dot_products(_tile_assembly("vocab_int4_asm.mojo", cpu, tmp_path), instruction, register, count)
 
 
-@pytest.mark.parametrize("choice", ["greedy_choice", "greedy_choice_ops"])
+@pytest.mark.parametrize("choice", ["greedy_choice", "greedy_choice_ops", "draft"])
 def test_greedy_choice_equals_the_host_decoding_path(choice):
     """The token the step graph picks, by the CPU kernel (`greedy.mojo`) and by MAX's ops (the
     portable plan's, a GPU's), against decoding.py's own classes on the same logits: suppression
-    mask, ApplyTimestampRules' probability rule, GreedyDecoder at T=0."""
+    mask, ApplyTimestampRules' probability rule, GreedyDecoder at T=0. "draft": the kernel without
+    the log probability (a drafted run's steps): the same tokens, log probabilities 0."""
     from max.dtype import DType
     from max.graph import DeviceRef, TensorType
 
@@ -726,7 +728,7 @@ def test_greedy_choice_equals_the_host_decoding_path(choice):
             TensorType(DType.float32, ["b", v], device=cpu),
             TensorType(DType.int64, ["b"], device=cpu),
         ],
-        getattr(layers, choice),
+        partial(layers.greedy_choice, logprob=False) if choice == "draft" else getattr(layers, choice),
     )
 
     class ProbabilityRuleOnly(ApplyTimestampRules):  # the masks come from `suppress` here
@@ -755,7 +757,10 @@ def test_greedy_choice_equals_the_host_decoding_path(choice):
             np.zeros((b, 1), np.int64), x, expected_logprobs, parts
         )
         np.testing.assert_array_equal(tokens, expected[:, -1])
-        # the same float64 exp and sum, but another exp and order of addition than numpy's: an ulp at most
+        if choice == "draft":
+            assert (logprobs == 0).all()
+            continue
+        # the kernel's exps are float32's, summed in float64 as numpy's float64 exps are: an ulp or two
         np.testing.assert_allclose(logprobs, expected_logprobs, rtol=1e-6, atol=3e-7)
         ulps += int((logprobs != expected_logprobs).sum())
     assert rule_fired >= 10 and ulps < 60  # both branches ran; mostly bit-equal

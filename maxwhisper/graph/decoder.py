@@ -39,6 +39,7 @@ from .layers import (
     few_row_attention,
     few_row_linear,
     few_row_linear_int8,
+    greedy_choice,
     layer_norm,
     layer_norm_gather,
     linear_few_rows,
@@ -403,7 +404,10 @@ def build_token_run_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, m
             last = ops.reshape(tokens, [-1])
             rules = timestamp_rules(dims.n_vocab, last, previous, last_timestamp, timestamp_begin, inputs.eot.tensor)
             masks.append(inputs.suppress.tensor + rules)
-            chosen, logprobs = plan.greedy_choice(logits, masks[-1], timestamp_begin)
+            if plan.drafts_runs:  # a draft's token alone: the check gives the log probabilities
+                chosen, logprobs = greedy_choice(logits, masks[-1], timestamp_begin, logprob=False)
+            else:
+                chosen, logprobs = plan.greedy_choice(logits, masks[-1], timestamp_begin)
             chosen_all.append(chosen)
             logprobs_all.append(logprobs)
             previous = ops.where(stepping, last, previous)

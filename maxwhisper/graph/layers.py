@@ -552,19 +552,23 @@ def few_row_attention_fits(head_dim: int, max_keys: int) -> bool:
     return head_dim % 8 == 0 and max_keys <= 2048
 
 
-def greedy_choice(logits: TensorValue, suppress: TensorValue, timestamp_begin: TensorValue) -> list[TensorValue]:
+def greedy_choice(
+    logits: TensorValue, suppress: TensorValue, timestamp_begin: TensorValue, logprob: bool = True
+) -> list[TensorValue]:
     """The greedy token after the last of k positions, as `maxwhisper.decoding` picks it at
     temperature 0 (`kernels/greedy.mojo`): logits float32 [B, k, V], suppress float32 [B, V] (0 or
     -inf), timestamp_begin int64 [B] (V: no timestamp rule; negative: no choice, token -1) -> token
-    int64 [B], log prob float32 [B]."""
+    int64 [B], log prob float32 [B]. Without `logprob` the token alone, for drafts (log prob 0)."""
     b = logits.shape[0]
     out = [TensorType(DType.int64, [b], device=logits.device), TensorType(DType.float32, [b], device=logits.device)]
-    return [v.tensor for v in ops.custom("greedy_choice", logits.device, [logits, suppress, timestamp_begin], out)]
+    inputs = [logits, suppress, timestamp_begin]
+    parameters = {"with_logprob": logprob}
+    return [v.tensor for v in ops.custom("greedy_choice", logits.device, inputs, out, parameters=parameters)]
 
 
 def greedy_choice_ops(logits: TensorValue, suppress: TensorValue, timestamp_begin: TensorValue) -> list[TensorValue]:
-    """`greedy_choice` in MAX's ops, for any device: the kernel's arithmetic in its order (float32,
-    the exps and their sums in float64), the first index of equal maxima on every device (MAX's
+    """`greedy_choice` in MAX's ops, for any device: decoding.py's arithmetic (the differences in
+    float32, the exps and their sums in float64), the first index of equal maxima on every device (MAX's
     argmax may pick any on a GPU)."""
     b, _, v = logits.shape
     dev = logits.device

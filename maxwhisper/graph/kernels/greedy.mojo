@@ -3,7 +3,8 @@
 # between steps (which also let MAX's worker threads cool down).
 # It computes what `maxwhisper.decoding` does on the host for greedy decoding at temperature 0:
 # the suppression mask, openai's "timestamps more probable than any text token" rule, argmax,
-# and the float32 log probability with exp and its sum in float64, as the host computes them.
+# and the float32 log probability. The exps are float32's, eight lanes at a time, summed in float64:
+# within an ulp or two of the host's float64 exps at half the time (docs/design.md#numerics).
 import extensibility
 from extensibility import InputTensor, OutputTensor
 from max.algorithm import sync_parallelize
@@ -15,22 +16,22 @@ comptime W = 8  # float32 lanes per SIMD vector (AVX2)
 
 
 def exp_sum(row: UnsafePointer[Float32, ...], sup: UnsafePointer[Float32, ...], lo: Int, hi: Int, m: Float32) -> Float64:
-    """sum of exp(row + sup - m) over [lo, hi), x - m in float32, exp and sum in float64: exact
-    to float64 rounding, where a float32 sum over 51k terms loses up to ~1e-4 of it."""
+    """sum of exp(row + sup - s) over [lo, hi), x - s and exp in float32, the sum in float64: a
+    float32 sum over 51k terms loses up to ~1e-4 of it, this one an ulp of the exps'."""
     var acc = SIMD[DType.float64, W](0)
     var j = lo
     while j + W <= hi:
-        acc += exp((row.load[width=W](j) + sup.load[width=W](j) - m).cast[DType.float64]())
+        acc += exp(row.load[width=W](j) + sup.load[width=W](j) - m).cast[DType.float64]()
         j += W
     var total = acc.reduce_add()
     while j < hi:
-        total += exp(Float64(row[j] + sup[j] - m))
+        total += Float64(exp(row[j] + sup[j] - m))
         j += 1
     return total
 
 
 def log_sum(row: UnsafePointer[Float32, ...], sup: UnsafePointer[Float32, ...], lo: Int, hi: Int, m: Float32) -> Float32:
-    """log(sum(exp(x - m))) as decoding.py computes it: the float64 sum's log, rounded to float32."""
+    """log(sum(exp(x - m))): the float64 sum's log, rounded to float32."""
     return Float32(log(exp_sum(row, sup, lo, hi, m)))
 
 
@@ -71,11 +72,13 @@ struct GreedyChoice:
 
     logits float32 [B, k, V], suppress float32 [B, V], timestamp_begin int64 [B] (each sequence's
     own) or [1] (all the same) -> token int64 [B], logprob float32 [B]. A negative timestamp_begin
-    skips the choice (for calls that want only the logits; outputs -1 and 0). CPU only.
+    skips the choice (for calls that want only the logits; outputs -1 and 0). Without `with_logprob`
+    the token alone (logprob 0), for a draft that is checked later: no sum over the vocabulary,
+    so a near tie of the timestamp rule may go the other way. CPU only.
     """
 
     @staticmethod
-    def execute[target: StaticString](
+    def execute[target: StaticString, with_logprob: Bool](
         token: OutputTensor[dtype=DType.int64, rank=1, ...],
         logprob: OutputTensor[dtype=DType.float32, rank=1, ...],
         logits: InputTensor[dtype=DType.float32, rank=3, ...],
@@ -109,20 +112,21 @@ struct GreedyChoice:
             var ts_max = masked_max(row, sup, ts, v)
             var text_arg = first_index(row, sup, 0, ts, text_max)
             var ts_arg = first_index(row, sup, ts, v, ts_max)
+            var chosen = text_arg if text_max >= ts_max else ts_arg
+            var stamps = ts < v and ts_max > neg_inf[DType.float32]()
+            # the timestamps' logsumexp relative to their largest entry
+            var ts_ls = log_sum(row, sup, ts, v, ts_max) if stamps else Float32(0)
+            comptime if not with_logprob:  # the rule below without the log-softmax, which cancels from both sides
+                if stamps and ts_ls + ts_max > text_max:
+                    chosen = ts_arg
+                tp[b] = Int64(chosen)
+                op[b] = 0
+                return
             var m = max(text_max, ts_max)
             var ls = log_sum(row, sup, 0, v, m)
-            var chosen = text_arg if text_max >= ts_max else ts_arg
             var chosen_max = m
-            if ts < v and ts_max > neg_inf[DType.float32]():
-                # logsumexp of the timestamps' log probabilities, as decoding.logsumexp (float64 sum)
-                var top = (ts_max - m) - ls
-                var total = Float64(0)
-                for j in range(ts, v):
-                    total += exp(Float64(((row[j] + sup[j] - m) - ls) - top))
-                var timestamp_logprob = Float32(log(total)) + top
-                if timestamp_logprob > (text_max - m) - ls:  # sample a timestamp
-                    chosen, chosen_max = ts_arg, ts_max
-                    ls = log_sum(row, sup, ts, v, ts_max)
+            if stamps and ts_ls + ((ts_max - m) - ls) > (text_max - m) - ls:  # sample a timestamp
+                chosen, chosen_max, ls = ts_arg, ts_max, ts_ls
             tp[b] = Int64(chosen)
             op[b] = (row[chosen] + sup[chosen] - chosen_max) - ls
 
