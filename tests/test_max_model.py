@@ -181,42 +181,56 @@ def test_encoder_attention_kernel_matches_numpy(dh):
     np.testing.assert_allclose(out, expected, rtol=0, atol=2e-6)
 
 
+@pytest.mark.parametrize("int8", [False, True])
 @pytest.mark.parametrize("n", [5, 50])
-def test_cross_attention_int8_kernel_matches_numpy(n):
-    """`cross_attention_int8.mojo` (a prompt's cross-attention under --precision int8) against
-    float64 numpy over the same widened keys and values: batch 2, 3 heads of Dh 64, T = 37 frames
-    (its last 16-key panel partial), n = 5 query rows (one work item per head) or 50 (two, the last
-    partial); the AVX2 and AVX-512 tiles give the same numbers bit for bit."""
+def test_cross_attention_kernel_matches_numpy(n, int8):
+    """`cross_attention.mojo` (a prompt's cross-attention on the CPU kernels' plan) against float64
+    numpy over the same keys and values: float32 ones, or int8 ones with a scale per key and per
+    value (--precision int8), widened; batch 2, 3 heads of Dh 64, T = 37 frames (its last 16-key
+    panel partial), n = 5 query rows (one work item per head) or 50 (two, the last partial); the
+    AVX2 and AVX-512 tiles give the same numbers bit for bit."""
     from max.dtype import DType
     from max.graph import DeviceRef, TensorType
 
-    from maxwhisper.graph.layers import MACHINE_TILE, cross_attention_int8
+    from maxwhisper.graph.layers import MACHINE_TILE, cross_attention, cross_attention_int8
 
     b, h, t, dh = 2, 3, 37, 64
     rng = np.random.default_rng(n)
     q = rng.standard_normal((b, h, n, dh)).astype(np.float32)
-    k = rng.integers(-127, 128, (b, h, t, dh)).astype(np.int8)
-    v_t = rng.integers(-127, 128, (b, h, dh, t)).astype(np.int8)
-    k_scales, v_scales = (rng.uniform(0.001, 0.03, (b, h, t)).astype(np.float32) for _ in range(2))
     cpu = DeviceRef.CPU()
-    types = [
-        TensorType(DType.float32, [b, h, "n", dh], device=cpu),
-        TensorType(DType.int8, [b, h, t, dh], device=cpu),
-        TensorType(DType.int8, [b, h, dh, t], device=cpu),
-        TensorType(DType.float32, [b, h, t], device=cpu),
-        TensorType(DType.float32, [b, h, t], device=cpu),
-    ]
+    types = [TensorType(DType.float32, [b, h, "n", dh], device=cpu)]
+    if int8:
+        k = rng.integers(-127, 128, (b, h, t, dh)).astype(np.int8)
+        v_t = rng.integers(-127, 128, (b, h, dh, t)).astype(np.int8)
+        k_scales, v_scales = (rng.uniform(0.001, 0.03, (b, h, t)).astype(np.float32) for _ in range(2))
+        inputs = [q, k, v_t, k_scales, v_scales]
+        types += [
+            TensorType(DType.int8, [b, h, t, dh], device=cpu),
+            TensorType(DType.int8, [b, h, dh, t], device=cpu),
+            TensorType(DType.float32, [b, h, t], device=cpu),
+            TensorType(DType.float32, [b, h, t], device=cpu),
+        ]
+        keys = k.astype(np.float32) * k_scales[..., None]  # widened in float32, as the kernel does
+        values = v_t.astype(np.float32) * v_scales[..., None, :]
+    else:
+        keys = rng.standard_normal((b, h, t, dh)).astype(np.float32)
+        values = rng.standard_normal((b, h, dh, t)).astype(np.float32)
+        inputs = [q, keys, values]
+        types += [
+            TensorType(DType.float32, [b, h, t, dh], device=cpu),
+            TensorType(DType.float32, [b, h, dh, t], device=cpu),
+        ]
+    op = cross_attention_int8 if int8 else cross_attention
     run = _kernel_graph(
-        "cross_attention_int8_test",
+        f"cross_attention_test_{int8}",
         types,
-        lambda *x: [cross_attention_int8(*x, tile=tile) for tile in (MACHINE_TILE, (6, 1), (12, 2))],
+        lambda *x: [op(*x, tile=tile) for tile in (MACHINE_TILE, (6, 1), (12, 2))],
     )
-    out, avx2, avx512 = run(q, k, v_t, k_scales, v_scales)
+    out, avx2, avx512 = run(*inputs)
     np.testing.assert_array_equal(avx2, out)
     np.testing.assert_array_equal(avx512, out)
 
-    keys = (k.astype(np.float32) * k_scales[..., None]).astype(np.float64)  # widened in float32, as the kernel does
-    values = (v_t.astype(np.float32) * v_scales[..., None, :]).astype(np.float64).transpose(0, 1, 3, 2)
+    keys, values = keys.astype(np.float64), values.astype(np.float64).transpose(0, 1, 3, 2)
     scores = q.astype(np.float64) @ keys.transpose(0, 1, 3, 2) / np.sqrt(dh)
     p = np.exp(scores - scores.max(-1, keepdims=True))
     np.testing.assert_allclose(out, (p / p.sum(-1, keepdims=True)) @ values, rtol=0, atol=2e-6)

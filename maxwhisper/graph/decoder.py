@@ -34,6 +34,8 @@ from .layers import (
     attend_few_rows,
     attention,
     attention_scores_few_rows,
+    cross_attention,
+    cross_attention_fits,
     cross_attention_int8,
     dim_value,
     few_row_attention,
@@ -144,7 +146,7 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, mod
     """The step graph: a prompt, or one step of every row (`inputs.StepInputs`). Outputs: logits
     float32 [B, k, n_vocab], the greedy token int64 [B] after the last of the k positions and its
     log probability float32 [B] (`plan.greedy_choice`). module: as `encoder.build_encoder_graph`'s."""
-    L, dev = dims.n_text_layer, w.device
+    L, dev, dh = dims.n_text_layer, w.device, dims.n_text_state // dims.n_text_head
     use_kernel = plan.step_kernels
     types = StepInputs.types(dims, w.dtype, dev, plan.cross_int8)
     with Graph(
@@ -200,7 +202,9 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, mod
             return lambda q, k, v_t: cross_attention_int8(q, k, v_t, cross[2][i], cross[3][i])
 
         self_attend = step_attention(mask, lambda: positions + 1)
-        if not plan.cross_int8:
+        if plan.token_step and plan.step_kernels and cross_k.dtype == DType.float32 and cross_attention_fits(dh):
+            cross_attend = cross_attention  # prompts only: over every frame, as one kernel
+        elif not plan.cross_int8:
             cross_attend = step_attention(None, lambda: ops.broadcast_to(dim_value(cross_k.shape[3]).reshape([1]), [n]))
         for i in range(L):
             x = decoder_block(

@@ -515,6 +515,22 @@ def encoder_attention_fits(d: int, n_head: int) -> bool:
     return dh * n_head == d and dh % 16 == 0 and dh <= 128
 
 
+def cross_attention(
+    q: TensorValue, k: TensorValue, v_t: TensorValue, tile: tuple[int, int] = MACHINE_TILE
+) -> TensorValue:
+    """A prompt's cross-attention as one CPU kernel (`kernels/cross_attention.mojo`): q, k and v_t
+    float32 [B, H, n, Dh], [B, H, T, Dh] and [B, H, Dh, T] -> float32 [B, H, n, Dh]; Dh a multiple
+    of 16 up to 128 (`cross_attention_fits`). `tile` as `packed_linear`'s."""
+    out = TensorType(DType.float32, q.shape, device=q.device)
+    parameters = {"tile_rows": tile[0], "tile_panels": tile[1]}
+    return ops.custom("cross_attention", q.device, [q, k, v_t], [out], parameters=parameters)[0].tensor
+
+
+def cross_attention_fits(head_dim: int) -> bool:
+    """The kernel's limits (MAX_DH and the 16-wide panels in encoder_attention.mojo); every Whisper fits."""
+    return head_dim % 16 == 0 and head_dim <= 128
+
+
 def cross_attention_int8(
     q: TensorValue,
     k: TensorValue,
@@ -524,7 +540,7 @@ def cross_attention_int8(
     tile: tuple[int, int] = MACHINE_TILE,
 ) -> TensorValue:
     """A prompt's cross-attention over int8 keys and values with their scales, as one CPU kernel
-    (`kernels/cross_attention_int8.mojo`): q float32 [B, H, n, Dh], k int8 [B, H, T, Dh], v_t int8
+    (`kernels/cross_attention.mojo`): q float32 [B, H, n, Dh], k int8 [B, H, T, Dh], v_t int8
     [B, H, Dh, T], k_scales and v_scales float32 [B, H, T] (`decoder.cross_layout`) -> float32
     [B, H, n, Dh]. The keys and values are widened as `decoder.float_cross` widens them; `tile` as
     `packed_linear`'s."""
