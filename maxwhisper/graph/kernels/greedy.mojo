@@ -16,7 +16,7 @@ comptime W = 8  # float32 lanes per SIMD vector (AVX2)
 
 
 def exp_sum(row: UnsafePointer[Float32, ...], sup: UnsafePointer[Float32, ...], lo: Int, hi: Int, m: Float32) -> Float64:
-    """sum of exp(row + sup - s) over [lo, hi), x - s and exp in float32, the sum in float64: a
+    """sum of exp(row + sup - m) over [lo, hi), x - m and exp in float32, the sum in float64: a
     float32 sum over 51k terms loses up to ~1e-4 of it, this one an ulp of the exps'."""
     var acc = SIMD[DType.float64, W](0)
     var j = lo
