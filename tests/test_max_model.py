@@ -1014,6 +1014,48 @@ def test_the_shipped_kernel_package_is_what_the_kernels_compile_to(tmp_path):
     assert fresh.read_bytes() == (shipped / fresh.name).read_bytes(), again
 
 
+_FIRST_TRANSCRIPTS = """
+import re, sys
+from maxwhisper.audio import load_audio
+from maxwhisper.registry import create_transcriber
+
+for precision in sys.argv[2:]:
+    text = create_transcriber("max", "tiny.en", "cpu", precision).transcribe(load_audio(sys.argv[1])).text
+    print(precision, " ".join(re.sub(r"[^\\w\\s]", "", text.lower()).split()))
+"""
+
+
+def test_a_new_avx2_machine_compiles_none_of_the_shipped_first_graphs(tmp_path):
+    """On an empty cache, a process compiling for x86-64-v3 (an AVX2 machine's best level) loads
+    tiny.en's first graphs in fp32 and int8 from the artifacts shipped with the code: its cache gains
+    their copies and no graph of its own, and each transcribes jfk. A kernel or one of those graphs
+    changed without shipping them again fails here."""
+    import subprocess
+    import sys
+
+    from maxwhisper.cpu_features import CPU_LEVEL_ENV, CPU_LEVELS, host_cpu_flags
+    from maxwhisper.graph import compiled
+
+    if not CPU_LEVELS[compiled.SHIPPED_LEVEL] <= host_cpu_flags():
+        pytest.skip(f"this CPU cannot run code compiled for {compiled.SHIPPED_LEVEL}")
+    assert sorted(p.suffix for p in compiled.SHIPPED_GRAPHS.iterdir()) == [".mef"] * len(compiled.SHIPPED_PRECISIONS)
+    cache = tmp_path / "cache"
+    env = {**os.environ, CPU_LEVEL_ENV: compiled.SHIPPED_LEVEL, "MODULAR_CACHE_DIR": str(cache)}
+    jfk = os.path.join(os.path.dirname(__file__), "audio", "jfk.flac")
+    child = [sys.executable, "-c", _FIRST_TRANSCRIPTS, jfk, *compiled.SHIPPED_PRECISIONS]
+    done = subprocess.run(child, env=env, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-2000:]
+    sentence = (
+        "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
+    )
+    assert done.stdout.splitlines() == [f"{precision} {sentence}" for precision in compiled.SHIPPED_PRECISIONS]
+    in_cache = sorted(p.name for p in (cache / "maxwhisper" / "graphs").glob("*.mef"))
+    assert in_cache == sorted(p.name for p in compiled.SHIPPED_GRAPHS.iterdir()), (
+        "the shipped first graphs are not these graphs': ship them again with python -c 'from "
+        "maxwhisper.graph.compiled import ship_first_graphs; ship_first_graphs()'"
+    )  # copied into the cache, none compiled
+
+
 def test_compiled_cpu_graphs_are_kept_on_disk_and_the_next_load_uses_them(tmp_path, monkeypatch):
     from max import driver
     from max.dtype import DType
@@ -1069,7 +1111,8 @@ def test_compiled_cpu_graphs_are_kept_on_disk_and_the_next_load_uses_them(tmp_pa
     # a cache built for x86-64-v3 (`warm --cpu-level`), on a CPU with that level's flags: where this
     # CPU's own artifact is missing, the level's is loaded, and a process with the level writes it there
     monkeypatch.setattr(compiled, "host_cpu_flags", lambda: CPU_LEVELS["x86-64-v3"] | {"avx512f"})
-    host, level = compiled.artifact_paths(scale(2.0))
+    host, level, shipped = compiled.artifact_paths(scale(2.0))
+    assert shipped == compiled.SHIPPED_GRAPHS / level.name  # the shipped one last, for this CPU's best level
     os.replace(host, level)
     compiles.clear()
     from_level = compiled.compile_graph(session, scale(2.0))
@@ -1077,7 +1120,26 @@ def test_compiled_cpu_graphs_are_kept_on_disk_and_the_next_load_uses_them(tmp_pa
     assert np.array_equal(session.init(from_level).execute(driver.Buffer.from_numpy(x))[0].to_numpy(), 2 * x)
     monkeypatch.setattr(compiled, "cpu_level", lambda: "x86-64-v3")
     monkeypatch.setattr(compiled, "cpu_target", lambda: "x86-64-v3")
-    assert compiled.artifact_paths(scale(2.0)) == [level]
+    assert compiled.artifact_paths(scale(2.0)) == [level, shipped]
+
+    # a shipped artifact that cannot load is compiled past, and stays (it is not the cache's to remove)
+    monkeypatch.setattr(compiled, "SHIPPED_GRAPHS", tmp_path / "shipped")
+    level.unlink()
+    level, shipped = compiled.artifact_paths(scale(2.0))
+    shipped.parent.mkdir()
+    shipped.write_bytes(b"not an artifact")
+    compiled.compile_graph(session, scale(2.0))
+    assert level.exists() and shipped.read_bytes() == b"not an artifact"
+    os.replace(level, shipped)  # one that loads is copied into the cache, where any CPU of its level finds it
+    compiles.clear()
+    from_shipped = compiled.compile_graph(session, scale(2.0))
+    assert compiles == [str(shipped)] and level.read_bytes() == shipped.read_bytes()
+    assert np.array_equal(session.init(from_shipped).execute(driver.Buffer.from_numpy(x))[0].to_numpy(), 2 * x)
+    shipped.unlink()
+
+    # a level's key names the kernel package by its file name: the same wherever the cache lives
+    text = 'kernel_library_paths = ["/a/cache/maxwhisper/kernels_0123abcd.mojoc"]'
+    assert compiled._PACKAGE_PATH.sub(r"\1", text) == 'kernel_library_paths = ["kernels_0123abcd.mojoc"]'
 
     unwritable = tmp_path / "a file"  # a cache folder that cannot be written (even by root)
     unwritable.write_text("")

@@ -48,7 +48,11 @@ def cache_files(cache: Path) -> dict[str, int]:
 
 def test_warm_compiles_every_graph_and_then_a_transcription_compiles_nothing(warmed):
     """The artifacts are the level's, not this CPU's: a transcription, whose lookup tries this CPU's
-    first, finds the level's, and a process on the cache names both for the first window's graphs."""
+    first, finds the level's, and a process on the cache names both for the first window's graphs.
+    The first window's come shipped with the code for x86-64-v3 (`compiled.SHIPPED_GRAPHS`): warm
+    loads them and copies them into the cache."""
+    from maxwhisper.graph.compiled import SHIPPED_GRAPHS
+
     cache, env, done = warmed
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     rows = done.stdout.splitlines()
@@ -69,8 +73,10 @@ def test_warm_compiles_every_graph_and_then_a_transcription_compiles_nothing(war
         [sys.executable, "-c", FIRST_WINDOW_ARTIFACTS], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     assert names.returncode == 0, names.stderr[-3000:]
-    host, *levels = names.stdout.split()
-    assert host not in artifacts and levels[-1] in artifacts  # x86-64-v3: the last level tried
+    host, *levels, shipped = names.stdout.split()
+    assert host not in artifacts and levels[-1] in artifacts  # x86-64-v3: the last level tried in the cache
+    assert shipped == levels[0]  # then the one shipped for this CPU's best level, by the same name
+    assert (SHIPPED_GRAPHS / levels[-1]).read_bytes() == (cache / "maxwhisper" / "graphs" / levels[-1]).read_bytes()
 
 
 # the artifact names a process on this CPU looks up for tiny.en fp32's first window, this CPU's first

@@ -9,7 +9,8 @@ registry's, bound after loading), the MAX version, and the target:
   compiled for (the host and `kernel_package.cpu_target`, or an x86-64 level that any CPU having its
   features runs: a cache built elsewhere). Graphs compiled together go into one MAX `Module` and
   one artifact: a cold compile pays MAX's fixed cost per compile once for all of them
-  (docs/design.md, "Start-up");
+  (docs/design.md, "Start-up"). tiny.en's first graphs compiled for x86-64-v3 ship with the code
+  (`SHIPPED_GRAPHS`, `ship_first_graphs`): an AVX2 machine's first transcript compiles nothing;
 - on a GPU, its architecture (`gpu_arch`): an artifact compiled for a virtual GPU of that
   architecture on any machine, CPU-only ones included (`maxwhisper warm --device gpu --arch`),
   loads on a real one, where MAX's own cache from such a compile is not reused (docs/design.md#the-gpu).
@@ -24,6 +25,9 @@ import logging
 import os
 import platform
 import re
+import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import warnings
@@ -35,8 +39,12 @@ from max.engine import InferenceSession
 from max.graph import Graph, Module
 from max.graph.graph import KernelLibrary
 
-from ..cpu_features import CPU_LEVELS, cpu_level, host_cpu_flags
-from .kernel_package import cache_folder, cpu_target, kernel_library
+from ..cpu_features import CPU_LEVEL_ENV, CPU_LEVELS, cpu_level, host_cpu_flags
+from .kernel_package import SHIPPED_KERNELS, cache_folder, cpu_target, kernel_library
+
+SHIPPED_GRAPHS = SHIPPED_KERNELS / "graphs"  # artifacts shipped with the code, for SHIPPED_LEVEL
+SHIPPED_LEVEL = "x86-64-v3"  # AVX2: the best level of the CPUs a free Space or a laptop is likely to have
+SHIPPED_MODEL, SHIPPED_PRECISIONS = "tiny.en", ("fp32", "int8")  # the app's, the command's and the service's default
 
 logger = logging.getLogger(__name__)
 
@@ -62,26 +70,30 @@ def artifact_paths(graphs: Graph | Sequence[Graph], gpu: str | None = None) -> l
     """Where the artifact of `graphs` compiled together may live, the one this process writes first.
     On a GPU of architecture `gpu` ("sm_90", `gpu_arch`) one place. On the CPU: compiled for this
     CPU (or for the level it compiles for, `cpu_features.use_cpu_level`), then for each level this CPU
-    can run, the highest first (a cache that `maxwhisper warm --cpu-level` built on another machine)."""
+    can run, the highest first (a cache that `maxwhisper warm --cpu-level` built on another machine),
+    then the one shipped for the highest level (`SHIPPED_GRAPHS`): a CPU of a newer level than those
+    shipped compiles its own, whose code uses its extras."""
     graphs = [graphs] if isinstance(graphs, Graph) else list(graphs)
     name, texts = "+".join(g.name for g in graphs), [str(graph) for graph in graphs]
-    level_texts = [_COUNTER.sub("", text) for text in texts]
+    level_texts = [_PACKAGE_PATH.sub(r"\1", _COUNTER.sub("", text)) for text in texts]
     if gpu:
         return [_artifact_path(f"{name}.{gpu}", level_texts, "gpu", gpu)]
     if level := cpu_level():
-        return [_artifact_path(name, level_texts, level, cpu_target())]
+        cached = _artifact_path(name, level_texts, level, cpu_target())
+        return [cached, SHIPPED_GRAPHS / cached.name]
     host = host_cpu_flags()
     levels = [level for level, flags in reversed(CPU_LEVELS.items()) if flags <= host]
-    return [
-        _artifact_path(name, texts, _cpu(), cpu_target()),
-        *(_artifact_path(name, level_texts, level, level) for level in levels),
-    ]
+    cached = [_artifact_path(name, level_texts, level, level) for level in levels]
+    return [_artifact_path(name, texts, _cpu(), cpu_target()), *cached, *(SHIPPED_GRAPHS / p.name for p in cached[:1])]
 
 
 # each graph's text ends with a counter of MAX's that differs between a process compiling for a level
 # and one for its host; it names nothing the code depends on. Left in the host's key, which it always
 # was, so that caches already built stay valid
 _COUNTER = re.compile(r"\{counter = \d+ : i64\}")
+# the kernel package's path in a graph's text: a level's key names the package by its file name alone
+# (its digest is in the key), so that an artifact serves wherever the cache lives
+_PACKAGE_PATH = re.compile(r'[^"\s]*/(kernels_[0-9a-f]+\.mojoc)')
 
 
 def _artifact_path(name: str, texts: list[str], cpu: str, target: str) -> Path:
@@ -136,15 +148,21 @@ def compile_graph(
     for path in paths:
         if path.exists():
             try:
-                return session.compile(str(path))
+                loaded = session.compile(str(path))
             except Exception as error:  # noqa: BLE001 - an unreadable artifact (a damaged disk, a copied cache) compiles again
                 logger.warning(
                     "MAX cannot load the compiled graph %s (%s): it compiles it again",
                     path.name,
                     str(error).splitlines()[0] if str(error) else type(error).__name__,
                 )
+                if path.parent != SHIPPED_GRAPHS:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                continue
+            if path.parent == SHIPPED_GRAPHS:  # into the cache too, where it serves every CPU of its level
                 with contextlib.suppress(OSError):
-                    path.unlink()
+                    _place(path, cache_folder() / "graphs" / path.name)
+            return loaded
     unit = graph if isinstance(graph, Graph | Module) else graph()
     # a Module's graphs call the kernel package too, but only a Graph names it to the session itself
     library = [kernel_library()] if kernels and isinstance(unit, Module) else None
@@ -160,12 +178,65 @@ def compile_graph(
 def _export(compiled, path: Path) -> None:
     """`compiled`'s artifact written to `path`, under a name of its own and renamed into place:
     processes may race on a cold cache."""
+    _staged(compiled.export_mef, path)
+
+
+def _place(shipped: Path, path: Path) -> None:
+    """A shipped artifact copied to `path` in the cache, unless it is there already."""
+    if not path.exists():
+        _staged(lambda staged: shutil.copyfile(shipped, staged), path)
+
+
+def _staged(write: Callable[[str], object], path: Path) -> None:
+    """`write(staged)` to a file of this call's own beside `path`, then renamed to `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, staged = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
-        compiled.export_mef(staged)
+        write(staged)
         os.replace(staged, path)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(staged)
+
+
+_FIRST_GRAPHS_FOR_LEVEL = """
+import sys
+from maxwhisper.checkpoint import load_checkpoint
+from maxwhisper.graph.compiled import custom_ops_unchecked
+from maxwhisper.graph.model import MaxWhisper, first_graphs
+
+checkpoint = load_checkpoint(sys.argv[1])
+for precision in sys.argv[2:]:
+    net = MaxWhisper(checkpoint, "cpu", precision)
+    with custom_ops_unchecked():
+        graphs = [net.build(name)[0] for name in first_graphs(net.plan)]
+    print(next(path for path in net.artifacts(graphs) if path.exists()))
+"""
+
+
+def ship_first_graphs() -> list[Path]:
+    """SHIPPED_MODEL's first graphs (`model.first_graphs`) in each of SHIPPED_PRECISIONS compiled for
+    SHIPPED_LEVEL, into SHIPPED_GRAPHS in place of those shipped before: after changing a kernel or one
+    of those graphs (tests/test_max_model.py checks that a new AVX2 machine compiles none of them).
+    Compiled in a process of its own, with the level set and an empty cache; minutes."""
+    with tempfile.TemporaryDirectory(prefix="maxwhisper-ship-") as cache:
+        env = {**os.environ, CPU_LEVEL_ENV: SHIPPED_LEVEL, "MODULAR_CACHE_DIR": cache}
+        done = subprocess.run(
+            [sys.executable, "-c", _FIRST_GRAPHS_FOR_LEVEL, SHIPPED_MODEL, *SHIPPED_PRECISIONS],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"compiling the first graphs for {SHIPPED_LEVEL} failed:\n{done.stderr[-2000:]}")
+        built = [Path(line) for line in done.stdout.split()]
+        SHIPPED_GRAPHS.mkdir(parents=True, exist_ok=True)
+        for path in built:
+            if path.parent != SHIPPED_GRAPHS:
+                shutil.copyfile(path, SHIPPED_GRAPHS / path.name)
+    shipped = [SHIPPED_GRAPHS / path.name for path in built]
+    for old in SHIPPED_GRAPHS.glob("*.mef"):
+        if old not in shipped:
+            old.unlink()
+    return shipped
