@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -1140,6 +1141,13 @@ def test_compiled_cpu_graphs_are_kept_on_disk_and_the_next_load_uses_them(tmp_pa
     # a level's key names the kernel package by its file name: the same wherever the cache lives
     text = 'kernel_library_paths = ["/a/cache/maxwhisper/kernels_0123abcd.mojoc"]'
     assert compiled._PACKAGE_PATH.sub(r"\1", text) == 'kernel_library_paths = ["kernels_0123abcd.mojoc"]'
+    # the kernel package is in the key of a graph that calls it, and only there
+    keys = {}
+    for package in ("kernels_a.mojoc", "kernels_b.mojoc"):
+        monkeypatch.setattr(compiled, "kernel_library", lambda package=package: Path(package))
+        keys[package] = [compiled._artifact_path("g", [t], "cpu", "x86-64-v3") for t in ("ops", text)]
+    (portable_a, calling_a), (portable_b, calling_b) = keys.values()
+    assert portable_a == portable_b and calling_a != calling_b
 
     unwritable = tmp_path / "a file"  # a cache folder that cannot be written (even by root)
     unwritable.write_text("")

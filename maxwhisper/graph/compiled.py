@@ -98,7 +98,9 @@ _PACKAGE_PATH = re.compile(r'[^"\s]*/(kernels_[0-9a-f]+\.mojoc)')
 
 def _artifact_path(name: str, texts: list[str], cpu: str, target: str) -> Path:
     digest = hashlib.sha256()
-    kernels = kernel_library().name if cpu != "gpu" else ""  # the GPU's graphs call no Mojo kernel
+    # the kernel package only where a graph calls it (its text names it): a changed kernel compiles
+    # those graphs again, not the portable plan's or the GPU's
+    kernels = kernel_library().name if cpu != "gpu" and any(".mojoc" in text for text in texts) else ""
     for part in (importlib.metadata.version("max"), cpu, kernels, target, *texts):
         digest.update(part.encode() + b"\0")
     return cache_folder() / "graphs" / f"{name}_{digest.hexdigest()[:24]}.mef"
