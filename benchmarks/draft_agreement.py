@@ -1,8 +1,8 @@
 """How many of a drafted run's steps int8's decoder would keep, were it to draft fp32's runs
 (docs/design.md#headroom): fp32 transcribes the clip in greedy runs, and for each run int8 reads
-the same tokens (its own encoder's features of the same window), each position's raw argmax
-against fp32's raw argmax there. A run keeps its steps up to the first that differs, that one
-included (`model.checked_steps`).
+the same tokens (its own encoder's features of the same window) one token step a position, as a
+run's drafts would, each position's raw argmax against fp32's raw argmax there. A run keeps its
+steps up to the first that differs, that one included (`model.checked_steps`).
 
     PYTHONPATH=. .venv/bin/python benchmarks/draft_agreement.py [--clip physicsworks.flac]
 
@@ -51,9 +51,12 @@ def fp32_runs(fp32, audio: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.
 
 
 def argmaxes(net, tokens: np.ndarray, mel: np.ndarray, start: int) -> np.ndarray:
-    """The raw argmax after each prefix of `tokens` [1, n] from position `start` on."""
-    positions = list(range(start, tokens.shape[1]))
-    return net.inference().logits(tokens, net.encode(mel), positions)[0].argmax(-1)
+    """The raw argmax after each prefix of `tokens` [1, n] from position `start` on: the prefix up to
+    `start` as a prompt, then one token step a position, as a run's steps take them."""
+    inference, features = net.inference(), net.encode(mel)
+    return np.array(
+        [inference.logits(tokens[:, :n], features)[0, -1].argmax() for n in range(start + 1, tokens.shape[1] + 1)]
+    )
 
 
 def main() -> None:
@@ -70,7 +73,7 @@ def main() -> None:
     kept = []
     for tokens, chosen, mel in runs:
         sequence = np.concatenate([tokens, chosen], axis=1).astype(np.int64)[:, :-1]
-        start = tokens.shape[1] - 1  # the logits after the run's last token in predict its first step
+        start = tokens.shape[1] - 1  # the logits after the token before the run predict its first step
         ours, theirs = (argmaxes(t.net, sequence, mel, start) for t in (int8, fp32))
         differ = np.nonzero(ours != theirs)[0]
         same, total = same + int((ours == theirs).sum()), total + len(ours)

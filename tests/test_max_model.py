@@ -1026,7 +1026,7 @@ for precision in sys.argv[2:]:
 """
 
 
-def test_a_new_avx2_machine_compiles_none_of_the_shipped_first_graphs(tmp_path):
+def test_a_new_x86_64_v3_machine_compiles_none_of_the_shipped_first_graphs(tmp_path):
     """On an empty cache, a process compiling for x86-64-v3 (an AVX2 machine's best level) loads
     tiny.en's first graphs in fp32 and int8 from the artifacts shipped with the code: its cache gains
     their copies and no graph of its own, and each transcribes jfk. A kernel or one of those graphs
@@ -1119,6 +1119,12 @@ def test_compiled_cpu_graphs_are_kept_on_disk_and_the_next_load_uses_them(tmp_pa
     from_level = compiled.compile_graph(session, scale(2.0))
     assert compiles == [str(level)] and not host.exists()
     assert np.array_equal(session.init(from_level).execute(driver.Buffer.from_numpy(x))[0].to_numpy(), 2 * x)
+    # a CPU of a newer level, or with a feature the kernels use beyond the level, looks up no shipped v3 one
+    monkeypatch.setattr(compiled, "host_cpu_flags", lambda: CPU_LEVELS["x86-64-v4"])
+    _, v4, v3, shipped_v4 = compiled.artifact_paths(scale(2.0))
+    assert v3 == level and shipped_v4 == compiled.SHIPPED_GRAPHS / v4.name
+    monkeypatch.setattr(compiled, "host_cpu_flags", lambda: CPU_LEVELS["x86-64-v3"] | {"avx_vnni"})
+    assert compiled.artifact_paths(scale(2.0))[1:] == [level]
     monkeypatch.setattr(compiled, "cpu_level", lambda: "x86-64-v3")
     monkeypatch.setattr(compiled, "cpu_target", lambda: "x86-64-v3")
     assert compiled.artifact_paths(scale(2.0)) == [level, shipped]
@@ -1139,8 +1145,8 @@ def test_compiled_cpu_graphs_are_kept_on_disk_and_the_next_load_uses_them(tmp_pa
     shipped.unlink()
 
     # a level's key names the kernel package by its file name: the same wherever the cache lives
-    text = 'kernel_library_paths = ["/a/cache/maxwhisper/kernels_0123abcd.mojoc"]'
-    assert compiled._PACKAGE_PATH.sub(r"\1", text) == 'kernel_library_paths = ["kernels_0123abcd.mojoc"]'
+    text = '_kernel_library_paths = ["/a/my cache/maxwhisper/kernels_0123abcd.mojoc"]'
+    assert compiled._PACKAGE_PATH.sub(r'"\1"', text) == '_kernel_library_paths = ["kernels_0123abcd.mojoc"]'
     # the kernel package is in the key of a graph that calls it, and only there
     keys = {}
     for package in ("kernels_a.mojoc", "kernels_b.mojoc"):

@@ -163,8 +163,8 @@ def test_the_wheel_holds_the_package_under_names_of_its_own(tmp_path):
     kernels = {Path(n).name for n in names if n.startswith("maxwhisper/graph/kernels/")}
     assert kernels == {p.name for p in (ROOT / "maxwhisper" / "graph" / "kernels").glob("*.mojo")}
     shipped = {n.removeprefix("maxwhisper/graph/") for n in names if n.startswith("maxwhisper/graph/prebuilt/")}
-    prebuilt = ROOT / "maxwhisper" / "graph"
-    assert shipped == {str(p.relative_to(prebuilt)) for p in prebuilt.glob("prebuilt/**/*.*")}
+    graph = ROOT / "maxwhisper" / "graph"
+    assert shipped == {str(p.relative_to(graph)) for p in graph.glob("prebuilt/**/*.*")}
     assert {Path(n).suffix for n in shipped} == {".mojoc", ".mef"}  # the kernels, the first graphs for AVX2
     assert {"maxwhisper/assets/gpt2.tiktoken", "maxwhisper/assets/multilingual.tiktoken"} <= set(names)
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()

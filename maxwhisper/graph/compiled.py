@@ -10,7 +10,8 @@ registry's, bound after loading), the MAX version, and the target:
   features runs: a cache built elsewhere). Graphs compiled together go into one MAX `Module` and
   one artifact: a cold compile pays MAX's fixed cost per compile once for all of them
   (docs/design.md, "Start-up"). tiny.en's first graphs compiled for x86-64-v3 ship with the code
-  (`SHIPPED_GRAPHS`, `ship_first_graphs`): an AVX2 machine's first transcript compiles nothing;
+  (`SHIPPED_GRAPHS`, `ship_first_graphs`): on a CPU whose best level that is, a first transcript
+  compiles nothing;
 - on a GPU, its architecture (`gpu_arch`): an artifact compiled for a virtual GPU of that
   architecture on any machine, CPU-only ones included (`maxwhisper warm --device gpu --arch`),
   loads on a real one, where MAX's own cache from such a compile is not reused (docs/design.md#the-gpu).
@@ -45,6 +46,9 @@ from .kernel_package import SHIPPED_KERNELS, cache_folder, cpu_target, kernel_li
 SHIPPED_GRAPHS = SHIPPED_KERNELS / "graphs"  # artifacts shipped with the code, for SHIPPED_LEVEL
 SHIPPED_LEVEL = "x86-64-v3"  # AVX2: the best level of the CPUs a free Space or a laptop is likely to have
 SHIPPED_MODEL, SHIPPED_PRECISIONS = "tiny.en", ("fp32", "int8")  # the app's, the command's and the service's default
+# features beyond every level that the kernels use (AVX-VNNI's `vpdpbusd` on ymm): a CPU with one
+# compiles its own first graphs rather than load the shipped ones
+KERNEL_EXTRAS = frozenset({"avx_vnni"})
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +76,10 @@ def artifact_paths(graphs: Graph | Sequence[Graph], gpu: str | None = None) -> l
     CPU (or for the level it compiles for, `cpu_features.use_cpu_level`), then for each level this CPU
     can run, the highest first (a cache that `maxwhisper warm --cpu-level` built on another machine),
     then the one shipped for the highest level (`SHIPPED_GRAPHS`): a CPU of a newer level than those
-    shipped compiles its own, whose code uses its extras."""
+    shipped, or with one of KERNEL_EXTRAS, compiles its own, whose code uses its extras."""
     graphs = [graphs] if isinstance(graphs, Graph) else list(graphs)
     name, texts = "+".join(g.name for g in graphs), [str(graph) for graph in graphs]
-    level_texts = [_PACKAGE_PATH.sub(r"\1", _COUNTER.sub("", text)) for text in texts]
+    level_texts = [_PACKAGE_PATH.sub(r'"\1"', _COUNTER.sub("", text)) for text in texts]
     if gpu:
         return [_artifact_path(f"{name}.{gpu}", level_texts, "gpu", gpu)]
     if level := cpu_level():
@@ -84,7 +88,8 @@ def artifact_paths(graphs: Graph | Sequence[Graph], gpu: str | None = None) -> l
     host = host_cpu_flags()
     levels = [level for level, flags in reversed(CPU_LEVELS.items()) if flags <= host]
     cached = [_artifact_path(name, level_texts, level, level) for level in levels]
-    return [_artifact_path(name, texts, _cpu(), cpu_target()), *cached, *(SHIPPED_GRAPHS / p.name for p in cached[:1])]
+    shipped = [SHIPPED_GRAPHS / p.name for p in cached[:1]] if not host & KERNEL_EXTRAS else []
+    return [_artifact_path(name, texts, _cpu(), cpu_target()), *cached, *shipped]
 
 
 # each graph's text ends with a counter of MAX's that differs between a process compiling for a level
@@ -93,7 +98,7 @@ def artifact_paths(graphs: Graph | Sequence[Graph], gpu: str | None = None) -> l
 _COUNTER = re.compile(r"\{counter = \d+ : i64\}")
 # the kernel package's path in a graph's text: a level's key names the package by its file name alone
 # (its digest is in the key), so that an artifact serves wherever the cache lives
-_PACKAGE_PATH = re.compile(r'[^"\s]*/(kernels_[0-9a-f]+\.mojoc)')
+_PACKAGE_PATH = re.compile(r'"[^"]*/(kernels_[0-9a-f]+\.mojoc)"')
 
 
 def _artifact_path(name: str, texts: list[str], cpu: str, target: str) -> Path:
@@ -220,10 +225,11 @@ for precision in sys.argv[2:]:
 def ship_first_graphs() -> list[Path]:
     """SHIPPED_MODEL's first graphs (`model.first_graphs`) in each of SHIPPED_PRECISIONS compiled for
     SHIPPED_LEVEL, into SHIPPED_GRAPHS in place of those shipped before: after changing a kernel or one
-    of those graphs (tests/test_max_model.py checks that a new AVX2 machine compiles none of them).
-    Compiled in a process of its own, with the level set and an empty cache; minutes."""
+    of those graphs, or MAX or the Mojo compiler (tests/test_max_model.py checks that a new process
+    compiling for the level compiles none of them). Compiled in a process of its own, with the level
+    set and an empty cache, where a shipped one is not current (one that is stays); minutes."""
     with tempfile.TemporaryDirectory(prefix="maxwhisper-ship-") as cache:
-        env = {**os.environ, CPU_LEVEL_ENV: SHIPPED_LEVEL, "MODULAR_CACHE_DIR": cache}
+        env = {"MODULAR_TELEMETRY_ENABLED": "0", **os.environ, CPU_LEVEL_ENV: SHIPPED_LEVEL, "MODULAR_CACHE_DIR": cache}
         done = subprocess.run(
             [sys.executable, "-c", _FIRST_GRAPHS_FOR_LEVEL, SHIPPED_MODEL, *SHIPPED_PRECISIONS],
             env=env,
@@ -232,7 +238,9 @@ def ship_first_graphs() -> list[Path]:
         )
         if done.returncode != 0:
             raise RuntimeError(f"compiling the first graphs for {SHIPPED_LEVEL} failed:\n{done.stderr[-2000:]}")
-        built = [Path(line) for line in done.stdout.split()]
+        built = [Path(line) for line in done.stdout.splitlines() if line.endswith(".mef")]
+        if len(built) != len(SHIPPED_PRECISIONS):
+            raise RuntimeError(f"compiling the first graphs for {SHIPPED_LEVEL} named {len(built)} artifacts")
         SHIPPED_GRAPHS.mkdir(parents=True, exist_ok=True)
         for path in built:
             if path.parent != SHIPPED_GRAPHS:
