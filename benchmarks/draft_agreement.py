@@ -50,10 +50,10 @@ def fp32_runs(fp32, audio: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.
     return runs
 
 
-def argmaxes(net, tokens: np.ndarray, mel: np.ndarray, start: int) -> np.ndarray:
+def argmaxes(net, tokens: np.ndarray, features, start: int) -> np.ndarray:
     """The raw argmax after each prefix of `tokens` [1, n] from position `start` on: the prefix up to
     `start` as a prompt, then one token step a position, as a run's steps take them."""
-    inference, features = net.inference(), net.encode(mel)
+    inference = net.inference()
     return np.array(
         [inference.logits(tokens[:, :n], features)[0, -1].argmax() for n in range(start + 1, tokens.shape[1] + 1)]
     )
@@ -70,11 +70,14 @@ def main() -> None:
     list(fp32.compile_rest())  # greedy runs
     runs = fp32_runs(fp32, load_audio(str(audio_dir() / args.clip)))
     same = total = 0
-    kept = []
+    kept, features = [], {}  # each window's features by model, encoded once for all its runs
     for tokens, chosen, mel in runs:
         sequence = np.concatenate([tokens, chosen], axis=1).astype(np.int64)[:, :-1]
         start = tokens.shape[1] - 1  # the logits after the token before the run predict its first step
-        ours, theirs = (argmaxes(t.net, sequence, mel, start) for t in (int8, fp32))
+        for t in (int8, fp32):
+            if (t, id(mel)) not in features:
+                features[t, id(mel)] = t.net.encode(mel)
+        ours, theirs = (argmaxes(t.net, sequence, features[t, id(mel)], start) for t in (int8, fp32))
         differ = np.nonzero(ours != theirs)[0]
         same, total = same + int((ours == theirs).sum()), total + len(ours)
         kept.append(int(differ[0]) + 1 if len(differ) else len(ours))
