@@ -130,7 +130,7 @@ def _part_graph(w: WeightBank, dims, plan, part: str, module: Module) -> Graph:
         cross = [v.tensor for v in inputs.cross]
         caches = [v.buffer for v in inputs.caches]
         layers = {"embed": 0, "layer1": 1}.get(part)  # None: all of them
-        x = decoder.kernel_token_layers(w, dims, plan, tokens, positions, cross_keys, cross, caches, layers)
+        x = decoder.kernel_token_layers(w, dims, plan, tokens, positions, cross_keys, cross, caches, layers=layers)
         if part == "projection":
             x = decoder.projection_linear(plan)(w, "decoder.token_embedding")(
                 layer_norm_gather(w, "decoder.ln", x, rows)

@@ -12,7 +12,7 @@ from .audio import N_SAMPLES, SAMPLE_RATE, STREAM_PADDING_S, heard_frames, log_m
 from .batched import transcribe_batched
 from .checkpoint import load_checkpoint
 from .graph.kernel_package import start_kernel_library
-from .graph.model import MaxWhisper, resolve_device
+from .graph.model import RUN_GRAPHS, MaxWhisper, resolve_device
 from .graph.shared_steps import SharedModel
 from .transcribe import model_limits, transcribe
 
@@ -57,8 +57,8 @@ class MaxTranscriber:
     def compile_rest(self) -> Iterator[tuple[str, float]]:
         """Every graph not compiled at load, compiled now or loaded from the cache: its name and
         seconds as each is ready (`graph.model.MaxWhisper.compile_rest`). Transcriptions that decode
-        together step one token a call (`graph.shared_steps`), so they leave the token run graph out."""
-        return self.net.compile_rest(leave_out=("token_run",) if self.max_batch > 1 else ())
+        together step one token a call (`graph.shared_steps`), so they leave the run graphs out."""
+        return self.net.compile_rest(leave_out=RUN_GRAPHS if self.max_batch > 1 else ())
 
     def transcribe(
         self,

@@ -20,6 +20,7 @@ from maxwhisper.graph.weights import graph_arrays
 
 GRAPHS = ("encoder", "decoder_step", "token_step", "token_run", "alignment", "cache_reorder", "batch_repeat")
 ONE_STEP_GRAPHS = tuple(name for name in GRAPHS if name != "token_run")  # MAXWHISPER_STEPS_PER_CALL=1
+DRAFTED_GRAPHS = GRAPHS[:3] + ("draft_cross",) + GRAPHS[3:]  # the CPU's fp32 plan: its drafts' int8 cross K/V
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,7 @@ def test_the_cpu_plan_runs_every_kernel_and_no_kernels_runs_the_gpu_s_graphs(tin
     tiles = make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims, int8=True, amx=True)
     assert tiles.amx_tiles and "AMX tiles" in tiles.describe() and not int8[True].amx_tiles
     assert not make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims, amx=True).amx_tiles
-    assert graph_names(cpu) == GRAPHS and cpu.steps_per_call == 8
+    assert graph_names(cpu) == DRAFTED_GRAPHS and cpu.steps_per_call == 8
     portable = make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims, kernels=False)
     gpu = make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.GPU()), dims)
     assert (portable.name, graph_names(portable)) == (gpu.name, graph_names(gpu))
@@ -110,6 +111,8 @@ def test_greedy_steps_a_call_come_from_the_plan_and_can_be_set(tiny_en_checkpoin
     assert plan(DeviceRef.CPU()).steps_per_call == 8 and plan(DeviceRef.CPU()).name == "cpu-kernels"
     assert "8 greedy steps a call once compiled behind, drafted" in plan(DeviceRef.CPU()).describe()
     assert plan(DeviceRef.CPU()).drafts_runs and not plan(DeviceRef.CPU(), int8=True).drafts_runs
+    assert plan(DeviceRef.CPU()).int8_drafts and "drafted in int8 layers" in plan(DeviceRef.CPU()).describe()
+    assert not plan(DeviceRef.CPU(), int8=True).int8_drafts and not plan(DeviceRef.GPU()).int8_drafts
     assert not plan(DeviceRef.GPU()).drafts_runs and not plan(DeviceRef.CPU(), kernels=False).drafts_runs
     monkeypatch.setenv("MAXWHISPER_STEPS_PER_CALL", "4")
     assert plan(DeviceRef.CPU()).steps_per_call == 4 and "token_run" in graph_names(plan(DeviceRef.CPU()))

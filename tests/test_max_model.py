@@ -237,28 +237,11 @@ def test_cross_attention_kernel_matches_numpy(n, int8):
     np.testing.assert_allclose(out, (p / p.sum(-1, keepdims=True)) @ values, rtol=0, atol=2e-6)
 
 
-@pytest.mark.parametrize("int8", [False, True])
-def test_decoder_layer_step_kernel_matches_numpy(int8):
-    """`decoder_layer.mojo`, one whole decoder block for one new token of each of 3 sequences at
-    positions of their own, against float64 numpy: d 64 in 4 heads, caches whose unfilled
-    positions hold NaN (read, they would show), cross-attention over 45 frames, or over a row's
-    first 29 or 30 (a shorter window in a shared cache: the rest hold NaN). Each stepping row's
-    new key and value land in its cache at its position and nothing else there changes; a row at
-    a negative position sits the step out, its x and cache untouched. int8: the weights quantized
-    per output row (`quantize_int8`), and the cross K/V int8 with a scale per key and per value
-    (`decoder.cross_layout`), against numpy with those weights, keys and values."""
-    from math import erf
+def _decoder_layer_arrays(rng, d: int) -> dict[str, np.ndarray]:
+    """A decoder layer "blk" of width d as `decoder_layer_step` reads it: random weights that are
+    float16 numbers (exact in its float16 copies), layer norms near 1."""
+    from maxwhisper.graph.decoder import LAYER_STEP_VECTORS, LAYER_STEP_WEIGHTS
 
-    from max.dtype import DType
-    from max.graph import BufferType, DeviceRef, TensorType
-
-    from maxwhisper.graph.decoder import LAYER_STEP_VECTORS, LAYER_STEP_WEIGHTS, decoder_layer_step
-    from maxwhisper.graph.layers import WeightBank
-    from maxwhisper.graph.weights import quantize_int8
-
-    d, h, s, t, b = 64, 4, 32, 45, 3
-    dh = d // h
-    rng = np.random.default_rng(0)
     shapes = {
         "attn.qkv": (3 * d, d),
         "attn.out": (d, d),
@@ -277,6 +260,32 @@ def test_decoder_layer_step_kernel_matches_numpy(int8):
         arrays[f"blk.{n}"] = (rng.standard_normal(size) * 0.1 + (1 if n.endswith("ln.weight") else 0)).astype(
             np.float32
         )
+    return arrays
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_decoder_layer_step_kernel_matches_numpy(int8):
+    """`decoder_layer.mojo`, one whole decoder block for one new token of each of 3 sequences at
+    positions of their own, against float64 numpy: d 64 in 4 heads, caches whose unfilled
+    positions hold NaN (read, they would show), cross-attention over 45 frames, or over a row's
+    first 29 or 30 (a shorter window in a shared cache: the rest hold NaN). Each stepping row's
+    new key and value land in its cache at its position and nothing else there changes; a row at
+    a negative position sits the step out, its x and cache untouched. int8: the weights quantized
+    per output row (`quantize_int8`), and the cross K/V int8 with a scale per key and per value
+    (`decoder.cross_layout`), against numpy with those weights, keys and values."""
+    from math import erf
+
+    from max.dtype import DType
+    from max.graph import BufferType, DeviceRef, TensorType
+
+    from maxwhisper.graph.decoder import decoder_layer_step
+    from maxwhisper.graph.layers import WeightBank
+    from maxwhisper.graph.weights import quantize_int8
+
+    d, h, s, t, b = 64, 4, 32, 45, 3
+    dh = d // h
+    rng = np.random.default_rng(0)
+    arrays = _decoder_layer_arrays(rng, d)
     cpu = DeviceRef.CPU()
     w = WeightBank(arrays, DType.float32, cpu)
     kv = DType.int8 if int8 else DType.float32
@@ -354,6 +363,71 @@ def test_decoder_layer_step_kernel_matches_numpy(int8):
             others = np.arange(s) != pos  # the rest of the row's cache is as it was (NaN where unfilled)
             np.testing.assert_array_equal(ck_after[i, :, others], ck[i, :, others])
             np.testing.assert_array_equal(cv_after[i, ..., others], cv[i, ..., others])
+
+
+def test_decoder_layer_step_rows_sharing_a_cache_give_one_token_a_call():
+    """`decoder_layer_step` with 3 rows per cache row (a drafted run's exact pass: 3 new tokens of
+    each of 2 sequences, at consecutive positions, each attending to those before it) gives bit for
+    bit what one row a call gives each sequence alone: the same outputs and the same caches after
+    (their unfilled positions NaN, read they would show). A sequence whose rows all sit out is
+    untouched."""
+    from max.dtype import DType
+    from max.graph import BufferType, DeviceRef, TensorType
+
+    from maxwhisper.graph.decoder import decoder_layer_step
+    from maxwhisper.graph.layers import WeightBank
+
+    d, h, s, t, k = 64, 4, 32, 45, 3
+    dh = d // h
+    rng = np.random.default_rng(1)
+    cpu = DeviceRef.CPU()
+    w = WeightBank(_decoder_layer_arrays(rng, d), DType.float32, cpu)
+    types = [
+        TensorType(DType.float32, ["rows", d], device=cpu),
+        BufferType(DType.float32, ["c", h, s, dh], device=cpu),
+        BufferType(DType.float32, ["c", h, dh, s], device=cpu),
+        TensorType(DType.float32, ["c", h, t, dh], device=cpu),
+        TensorType(DType.float32, ["c", h, dh, t], device=cpu),
+        TensorType(DType.int64, ["rows"], device=cpu),
+        TensorType(DType.int64, ["rows"], device=cpu),
+    ]
+    run = _kernel_graph(
+        "decoder_layer_step_groups_test",
+        types,
+        lambda x, ck, cv, xk, xv, pos, keys: [decoder_layer_step(w, "blk", x, ck, cv, [xk, xv], pos, keys)],
+        w,
+    )
+    starts, attended = np.array([5, 0]), np.array([t, 29])
+    ck, cv = (
+        rng.standard_normal((2, h, s, dh)).astype(np.float32),
+        rng.standard_normal((2, h, dh, s)).astype(np.float32),
+    )
+    for c, start in enumerate(starts):
+        ck[c, :, start:], cv[c, ..., start:] = np.nan, np.nan
+    cross = [
+        rng.standard_normal((2, h, t, dh)).astype(np.float32),
+        rng.standard_normal((2, h, dh, t)).astype(np.float32),
+    ]
+    cross[0][1, :, 29:], cross[1][1, ..., 29:] = np.nan, np.nan
+    x = rng.standard_normal((2 * k, d)).astype(np.float32)  # row c k + j: sequence c's token j
+
+    positions = (starts[:, None] + np.arange(k)).ravel()
+    together, ck_together, cv_together = run(x, ck, cv, *cross, positions, np.repeat(attended, k))
+    for c in range(2):  # sequence c alone, one token a call
+        alone_k, alone_v, own = ck[c : c + 1], cv[c : c + 1], [a[c : c + 1] for a in cross]
+        for j in range(k):
+            position, keys = np.array([starts[c] + j]), attended[c : c + 1]
+            out, alone_k, alone_v = run(x[c * k + j : c * k + j + 1], alone_k, alone_v, *own, position, keys)
+            np.testing.assert_array_equal(together[c * k + j], out[0])
+        np.testing.assert_array_equal(ck_together[c], alone_k[0])
+        np.testing.assert_array_equal(cv_together[c], alone_v[0])
+
+    positions[k:] = -1
+    out, ck_after, cv_after = run(x, ck, cv, *cross, positions, np.repeat(attended, k))
+    np.testing.assert_array_equal(out[:k], together[:k])
+    np.testing.assert_array_equal(out[k:], x[k:])
+    np.testing.assert_array_equal(ck_after[1], ck[1])
+    np.testing.assert_array_equal(cv_after[1], cv[1])
 
 
 def test_packed_linear_kernel_matches_numpy():
@@ -592,11 +666,12 @@ def test_cross_layout_kernel_lays_out_and_quantizes_every_layers_keys_and_values
     """`cross_layout`, how the encoder graph stores the cross K/V from its one projection of every
     layer's keys and values: K [L, B, H, T, Dh] and V^T [L, B, H, Dh, T] as they are in float32; in
     int8 each key's and each value's Dh numbers as `quantize_int8` quantizes a row, its scale beside
-    it; an all-zero key is 0 with scale 1."""
+    it; an all-zero key is 0 with scale 1. `cross_int8` (a float32 plan's drafts' copy) makes the
+    same int8 numbers from the float32 layout."""
     from max.dtype import DType
     from max.graph import DeviceRef, TensorType
 
-    from maxwhisper.graph.layers import cross_layout_kernel
+    from maxwhisper.graph.layers import cross_int8_kernel, cross_layout_kernel
     from maxwhisper.graph.weights import quantize_int8
 
     layers, b, t, h, dh = 2, 2, 37, 3, 16
@@ -617,6 +692,10 @@ def test_cross_layout_kernel_lays_out_and_quantizes_every_layers_keys_and_values
         np.testing.assert_array_equal(scale.ravel(), expected_scale)
         np.testing.assert_array_equal(q.reshape(expected_q.shape), expected_q)
     assert s_key[1, 1, 0, 5] == 1 and (q_key[1, 1, 0, 5] == 0).all()
+    float_types = [TensorType(DType.float32, a.shape, device=DeviceRef.CPU()) for a in (k, v_t)]
+    copied = _kernel_graph("cross_int8_test", float_types, cross_int8_kernel)(k, v_t)
+    for ours, theirs in zip(copied, (q_key, q_value_t, s_key, s_value), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
 
 
 def _tile_assembly(program: str, cpu: str, tmp_path) -> str:

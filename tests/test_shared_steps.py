@@ -180,14 +180,14 @@ def test_a_lone_transcription_steps_on_its_own_rows(max_tiny_en, jfk_audio):
 
 def test_transcriptions_that_decode_together_leave_the_run_graph_out():
     """A model whose transcriptions share steps (a service replica's) steps one token a call, so its
-    `compile_rest` readies every other graph but never the token run graph."""
-    from maxwhisper.graph.model import graph_names
+    `compile_rest` readies every other graph but never the token run graph nor the drafts' cross K/V's."""
+    from maxwhisper.graph.model import RUN_GRAPHS, graph_names
     from maxwhisper.max_backend import MaxTranscriber
 
     shared = MaxTranscriber("tiny.en", device="cpu", max_batch=2)
     ready = [name for name, _ in shared.compile_rest()]
-    assert "token_run" in graph_names(shared.plan) and "token_run" not in shared.net.graphs
-    assert set(ready) | set(shared.net.graphs) == set(graph_names(shared.plan)) - {"token_run"}
+    assert set(RUN_GRAPHS) <= set(graph_names(shared.plan)) and not set(RUN_GRAPHS) & set(shared.net.graphs)
+    assert set(ready) | set(shared.net.graphs) == set(graph_names(shared.plan)) - set(RUN_GRAPHS)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8", "portable"])

@@ -16,7 +16,7 @@ from maxwhisper.__main__ import main
 ROOT = Path(__file__).resolve().parents[1]
 JFK = ROOT / "tests" / "audio" / "jfk.flac"
 # what a tiny.en fp32 model runs on the CPU: the first window's pair compiled as one unit, the rest one by one
-UNITS = ("encoder+token_step", "decoder_step", "token_run", "alignment", "cache_reorder", "batch_repeat")
+UNITS = ("encoder+token_step", "decoder_step", "draft_cross", "token_run", "alignment", "cache_reorder", "batch_repeat")
 
 
 def maxwhisper(env: dict, *args: str) -> subprocess.CompletedProcess:

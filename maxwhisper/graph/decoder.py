@@ -1,7 +1,8 @@
 """The decoder as graphs: the step graph (a prompt or a step against an in-place KV cache), the
 token step graph (one new token per sequence: on the CPU one Mojo op per layer, elsewhere MAX's ops
-with nothing on the host), the alignment graph (cross-attention scores for word timestamps), and the
-cache's reorder and repeat. Both step graphs pick the greedy token. Each graph's inputs are a
+with nothing on the host), the token run graph (several greedy steps a call) and its drafts' int8
+cross K/V, the alignment graph (cross-attention scores for word timestamps), and the cache's
+reorder and repeat. The step graphs pick the greedy token. Each graph's inputs are a
 record of `graph.inputs`.
 
 The caches and the cross K/V are laid out for matrix-vector reads (K [B, H, n_text_ctx, Dh] and
@@ -23,6 +24,7 @@ from .inputs import (
     AlignmentInputs,
     BatchRepeatInputs,
     CacheReorderInputs,
+    DraftCrossInputs,
     StepInputs,
     TokenRunInputs,
     TokenStepInputs,
@@ -37,6 +39,7 @@ from .layers import (
     cross_attention,
     cross_attention_fits,
     cross_attention_int8,
+    cross_int8_kernel,
     dim_value,
     few_row_attention,
     few_row_linear,
@@ -255,16 +258,20 @@ def decoder_layer_step(
     int8: bool = False,
 ) -> TensorValue:
     """One decoder block for one new token of each of B sequences as one CPU kernel: x [B, d]; the
-    cache buffers K [B, H, S, Dh] and V^T [B, H, Dh, S], row b holding positions 0 ..
-    positions[b] - 1 (the kernel writes the new key and value at positions[b]); cross: the layer's
-    cross K [B, H, T, Dh] and V^T [B, H, Dh, T], float32, or int8 followed by their scales [B, H, T]
-    (`cross_layout`); positions int64 [B], negative for a row left out; cross_keys int64 [B], the
-    first audio positions of the T that row b attends to -> x [B, d].
-    int8: the weights quantized per output row, their scales after the vectors."""
+    cache buffers K [C, H, S, Dh] and V^T [C, H, Dh, S], B a multiple of C, rows b of cache row
+    b / (B / C), which holds positions 0 .. positions[b] - 1 (the kernel writes the new key and
+    value at positions[b]; rows sharing a cache row step consecutive positions of one sequence, each
+    attending to those before it); cross: the layer's cross K [C, H, T, Dh] and V^T [C, H, Dh, T],
+    float32, or int8 followed by their scales [C, H, T] (`cross_layout`); positions int64 [B],
+    negative for a row left out; cross_keys int64 [B], the first audio positions of the T that row b
+    attends to -> x [B, d].
+    int8: the weights quantized per output row, their scales after the vectors (named apart from
+    the float16 copy, which a float32 plan's drafted runs also read)."""
     linears = [f"{p}.{n}.weight" for n in LAYER_STEP_WEIGHTS]
-    weights = w.flat(f"{p}.step_weights", linears, DType.int8 if int8 else DType.float16)
+    suffix = "_int8" if int8 else ""
+    weights = w.flat(f"{p}.step_weights{suffix}", linears, DType.int8 if int8 else DType.float16)
     scales = [f"{name}.int8_scales" for name in linears] if int8 else []
-    vectors = w.flat(f"{p}.step_vectors", [f"{p}.{n}" for n in LAYER_STEP_VECTORS] + scales, DType.float32)
+    vectors = w.flat(f"{p}.step_vectors{suffix}", [f"{p}.{n}" for n in LAYER_STEP_VECTORS] + scales, DType.float32)
     if len(cross) == 2:  # float32 cross K/V: no scales (the kernel reads none)
         cross = [*cross] + [ops.constant(np.zeros((0, 0, 0), np.float32), DType.float32, device=x.device)] * 2
     out = [TensorType(DType.float32, x.shape, device=x.device)]
@@ -348,10 +355,14 @@ def kernel_token_layers(
     cross_keys: TensorValue,
     cross: list[TensorValue],
     caches: list,
+    *,
     layers: int | None = None,
+    int8: bool | None = None,
 ) -> TensorValue:
     """The token embedding, then the first `layers` decoder layers (None: all) as CPU kernels, one
-    `decoder_layer_step` a layer, inputs as `token_logits`': x float32 [B, d]."""
+    `decoder_layer_step` a layer, inputs as `token_logits`' (the caches and cross K/V may serve
+    groups of rows, as `decoder_layer_step`'s): x float32 [B, d]. int8: the layers' int8 weights
+    (None: the plan's)."""
     x = token_embedding(w, tokens, positions)
     for i in range(dims.n_text_layer if layers is None else layers):
         x = decoder_layer_step(
@@ -363,7 +374,7 @@ def kernel_token_layers(
             [c[i] for c in cross],
             positions,
             cross_keys,
-            plan.int8,
+            plan.int8 if int8 is None else int8,
         )
     return x
 
@@ -376,11 +387,14 @@ def build_token_run_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, m
     Outputs: tokens int64 [B, K], log probabilities float32 [B, K]. The graph leaves its state
     buffers (the last token, its position, the token before, the last timestamp) set for the next
     call, so that a GPU can replay the call as a captured device graph.
-    Where the plan drafts runs (the CPU's), the steps pick from 4-bit logits and the outputs are the
-    drafted tokens, then `checked_choices`' tokens and log probabilities: the host keeps the steps up
-    to the first draft that differs from its check, that check included (`model.checked_steps`), and
-    sets the state buffers itself each call (they end at the drafts' state)."""
-    types = TokenRunInputs.types(dims, w.dtype, w.device, plan.cross_int8)
+    Where the plan drafts runs (the CPU's float32 one), each step drafts its token through the
+    layers' int8 weights over int8 cross K/V (`inputs.draft_cross`) and a 4-bit projection; then
+    `exact_run_states` runs the run's tokens through the exact layers at once, writing the cache
+    over the drafts' keys and values, and the outputs are the drafted tokens, then
+    `checked_choices`' tokens and log probabilities: the host keeps the steps up to the first draft
+    that differs from its check, that check included (`model.checked_steps`), and sets the state
+    buffers itself each call (they end at the drafts' state)."""
+    types = TokenRunInputs.types(dims, w.dtype, w.device, plan.cross_int8, plan.int8_drafts)
     with Graph(
         "whisper_token_run",
         input_types=types.flat(),
@@ -397,12 +411,25 @@ def build_token_run_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, m
         rows = ops.range(0, dim_value(b), 1, out_dim=b, device=w.device, dtype=DType.int64)
         one = ops.constant(1, DType.int64, device=w.device)
         stepping = positions >= 0
-        chosen_all, logprobs_all, states, masks = [], [], [], []
+        start = [tokens, positions]
+        chosen_all, logprobs_all, stepped, finals, masks = [], [], [], [], []
+        draft_cross = [v.tensor for v in inputs.draft_cross] if plan.int8_drafts else cross
         for _ in range(plan.steps_per_call):
-            if plan.drafts_runs:  # the final layer norm's output, projected in 4 bits
-                x = kernel_token_layers(w, dims, plan, tokens, positions, inputs.cross_keys.tensor, cross, caches)
-                states.append(layer_norm_gather(w, "decoder.ln", x, rows))
-                logits = _as_logits(vocab_projection_int4(w, "decoder.token_embedding")(states[-1]), dims)
+            stepped.append(tokens)
+            if plan.drafts_runs:  # the final layer norm's output projected in 4 bits
+                x = kernel_token_layers(
+                    w,
+                    dims,
+                    plan,
+                    tokens,
+                    positions,
+                    inputs.cross_keys.tensor,
+                    draft_cross,
+                    caches,
+                    int8=plan.int8_drafts,
+                )
+                finals.append(layer_norm_gather(w, "decoder.ln", x, rows))
+                logits = _as_logits(vocab_projection_int4(w, "decoder.token_embedding")(finals[-1]), dims)
             else:
                 logits = token_logits(w, dims, plan, tokens, positions, inputs.cross_keys.tensor, cross, caches, rows)
             last = ops.reshape(tokens, [-1])
@@ -422,30 +449,64 @@ def build_token_run_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, m
         for buffer, value in zip(state, (tokens, positions, previous, last_timestamp), strict=True):
             ops.buffer_store(buffer.buffer, value)
         if plan.drafts_runs:
+            if plan.int8_drafts:
+                run_tokens = ops.concat(stepped, axis=1)
+                states = exact_run_states(w, dims, plan, run_tokens, *start, inputs.cross_keys.tensor, cross, caches)
+            else:  # the drafts' own states, step-major
+                states = ops.reshape(ops.stack(finals, 0), [len(finals) * b, dims.n_text_state])
             graph.output(ops.stack(chosen_all, axis=1), *checked_choices(w, dims, plan, states, masks, timestamp_begin))
         else:
             graph.output(ops.stack(chosen_all, axis=1), ops.stack(logprobs_all, axis=1))
     return graph
 
 
+def exact_run_states(
+    w: WeightBank,
+    dims: ModelDims,
+    plan: ExecutionPlan,
+    tokens: TensorValue,
+    first_tokens: TensorValue,
+    positions: TensorValue,
+    cross_keys: TensorValue,
+    cross: list[TensorValue],
+    caches: list,
+) -> TensorValue:
+    """A drafted run's K steps in the exact float32 layers, all at once: tokens int64 [B, K], each
+    row's token before the run and its first K - 1 drafts, at positions p .. p + K - 1 of the row
+    (positions [B], as before the run; negative: the row sits out), as K rows that share the row's
+    cache and cross K/V, each writing its key and value over the draft's -> the final layer norm's
+    output of every step, step-major [K B, d]: what single steps after those tokens compute.
+    first_tokens [B, 1]: the run's input, whose shape gives B."""
+    b, k = first_tokens.shape[0], int(tokens.shape[1])
+    steps = ops.range(0, k, 1, out_dim=k, device=w.device, dtype=DType.int64)
+    column = ops.reshape(positions, [-1, 1])
+    at = ops.where(column >= 0, column + ops.reshape(steps, [1, k]), column)  # [B, K]
+    keys = ops.broadcast_to(ops.reshape(cross_keys, [-1, 1]), [b, k])
+    rows = [ops.reshape(v, [b * k]) for v in (at, keys)]
+    x = kernel_token_layers(w, dims, plan, ops.reshape(tokens, [b * k, 1]), *rows, cross, caches, int8=False)
+    every = ops.range(0, dim_value(b * k), 1, out_dim=b * k, device=w.device, dtype=DType.int64)
+    states = ops.reshape(layer_norm_gather(w, "decoder.ln", x, every), [b, k, dims.n_text_state])
+    return ops.reshape(ops.transpose(states, 0, 1), [k * b, dims.n_text_state])
+
+
 def checked_choices(
     w: WeightBank,
     dims: ModelDims,
     plan: ExecutionPlan,
-    states: list[TensorValue],
+    states: TensorValue,
     masks: list[TensorValue],
     timestamp_begin: TensorValue,
 ) -> list[TensorValue]:
-    """A drafted run's choices again from the exact projection: each step's final state [B, d] and
-    filter mask [B, n_vocab], projected all at once (`few_row_linear` computes each row as it would
-    alone, reading the float16 rows once for the run) -> tokens int64 [B, K] and their log
-    probabilities float32 [B, K], what single steps would pick after the same tokens."""
-    k, b = len(states), timestamp_begin.shape[0]
+    """A drafted run's choices again from the exact projection: each step's final state, step-major
+    [K B, d], and filter mask [B, n_vocab], projected all at once (`few_row_linear` computes each
+    row as it would alone, reading the float16 rows once for the run) -> tokens int64 [B, K] and
+    their log probabilities float32 [B, K], what single steps would pick after the same tokens."""
+    k, b = len(masks), timestamp_begin.shape[0]
 
     def step_major(values: list[TensorValue]) -> TensorValue:  # [B, n] each -> [K B, n]
         return ops.reshape(ops.stack(values, 0), [k * b, values[0].shape[1]])
 
-    logits = _as_logits(projection_linear(plan)(w, "decoder.token_embedding")(step_major(states)), dims)
+    logits = _as_logits(projection_linear(plan)(w, "decoder.token_embedding")(states), dims)
     stamps = ops.reshape(step_major([ops.reshape(timestamp_begin, [b, 1])] * k), [k * b])
     chosen, logprobs = plan.greedy_choice(logits, step_major(masks), stamps)
     return [ops.transpose(ops.reshape(v, [k, b]), 0, 1) for v in (chosen, logprobs)]
@@ -538,6 +599,16 @@ def build_alignment_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan) -
                 cross_v_t[i],
             )
         graph.output(_logits(w, x), ops.stack(all_scores))
+    return graph
+
+
+def build_draft_cross_graph(dims: ModelDims, device) -> Graph:
+    """The float32 plan's cross K/V in int8 (`inputs.DraftCrossInputs`), as the int8 plan's encoder
+    makes them (`layers.cross_int8_kernel`), for the drafts of its runs to read: a quarter of the
+    bytes. Once per decoding. Outputs: K, V^T and their scales (`inputs.cross_layout`)."""
+    types = DraftCrossInputs.types(dims, device)
+    with Graph("whisper_draft_cross", input_types=types.flat(), custom_extensions=[kernel_library()]) as graph:
+        graph.output(*cross_int8_kernel(*(v.tensor for v in types.like(graph.inputs).cross)))
     return graph
 
 

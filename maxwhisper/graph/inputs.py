@@ -169,10 +169,12 @@ class TokenRunInputs(GraphInputs[T]):
     eot: T  # int64 [B]: the end of text, the first token past the text tokens
     cross: tuple[T, ...]
     caches: tuple[T, ...]
+    # where the float32 plan drafts its runs: the cross K/V in int8 that the drafts read (`DraftCrossInputs`)
+    draft_cross: tuple[T, ...] = ()
 
     @staticmethod
     def types(
-        dims: ModelDims, dtype: DType, device: DeviceRef, cross_int8: bool
+        dims: ModelDims, dtype: DType, device: DeviceRef, cross_int8: bool, drafts: bool = False
     ) -> TokenRunInputs[TensorType | BufferType]:
         def state(shape: list) -> BufferType:
             return BufferType(DType.int64, shape, device=device)
@@ -188,7 +190,19 @@ class TokenRunInputs(GraphInputs[T]):
             eot=_int64(["batch"], device),
             cross=cross_types(dims, dtype, device, "batch", cross_int8),
             caches=cache_types(dims, dtype, device),
+            draft_cross=cross_types(dims, dtype, device, "batch", True) if drafts else (),
         )
+
+
+@dataclass(frozen=True)
+class DraftCrossInputs(GraphInputs[T]):
+    """The draft cross graph's (`decoder.build_draft_cross_graph`): float32 cross K/V to copy in int8."""
+
+    cross: tuple[T, ...]  # K [L, B, H, T, Dh] and V^T [L, B, H, Dh, T], float32
+
+    @staticmethod
+    def types(dims: ModelDims, device: DeviceRef) -> DraftCrossInputs[TensorType]:
+        return DraftCrossInputs(cross_types(dims, DType.float32, device, "batch", False))
 
 
 @dataclass(frozen=True)

@@ -693,6 +693,15 @@ def cross_layout_kernel(kv: TensorValue, layers: int, heads: int, int8: bool) ->
     return values if int8 else values[:2]
 
 
+def cross_int8_kernel(k: TensorValue, v_t: TensorValue) -> list[TensorValue]:
+    """float32 cross K [L, B, H, T, Dh] and V^T [L, B, H, Dh, T] (`cross_layout_kernel`'s) in int8
+    with their scales [L, B, H, T], as `cross_layout_kernel` quantizes them, one CPU kernel
+    (`kernels/cross_layout.mojo`)."""
+    scales = TensorType(DType.float32, list(k.shape)[:4], device=k.device)
+    out = [TensorType(DType.int8, k.shape, device=k.device), TensorType(DType.int8, v_t.shape, device=k.device)]
+    return [v.tensor for v in ops.custom("cross_int8", k.device, [k, v_t], [*out, scales, scales])]
+
+
 def conv1d(w: WeightBank, prefix: str, x: TensorValue, stride: int) -> TensorValue:
     """Kernel-3, padding-1 Conv1d as one matrix product over the three taps side by side: x
     [B, T, C_in] -> [B, T / stride, C_out]; `{prefix}.weight_rscf` is [1, 3, C_in, C_out]. A GPU

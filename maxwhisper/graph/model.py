@@ -35,6 +35,7 @@ from .decoder import (
     build_batch_repeat_graph,
     build_cache_reorder_graph,
     build_decoder_graph,
+    build_draft_cross_graph,
     build_token_run_graph,
     build_token_step_graph,
 )
@@ -43,6 +44,7 @@ from .inputs import (
     AlignmentInputs,
     BatchRepeatInputs,
     CacheReorderInputs,
+    DraftCrossInputs,
     EncoderInputs,
     GraphInputs,
     StepInputs,
@@ -59,7 +61,17 @@ GPU_QUEUE = threading.RLock()  # `MaxWhisper.device_lock` on a GPU
 # int8: the weights; bf16: the encoder's and the prompts' linears; activations float32 between them
 DTYPES = {"fp32": DType.float32, "fp16": DType.float16, "int8": DType.float32, "bf16": DType.float32}
 # every graph a model may run: those of `first_graphs` are compiled together at load, the rest on first use
-GRAPHS = ("encoder", "decoder_step", "token_step", "token_run", "alignment", "cache_reorder", "batch_repeat")
+GRAPHS = (
+    "encoder",
+    "decoder_step",
+    "token_step",
+    "draft_cross",
+    "token_run",
+    "alignment",
+    "cache_reorder",
+    "batch_repeat",
+)
+RUN_GRAPHS = ("draft_cross", "token_run")  # what greedy runs call (`MaxChoosingInference.greedy_run`)
 
 
 # MAX starts a thread at a process's first graph call that wakes every 0.5 ms on a timed wait, busy
@@ -93,8 +105,10 @@ def timer_slack(ns: int):
 
 
 def graph_names(plan: ExecutionPlan) -> tuple[str, ...]:
-    """The graphs a model runs under `plan` (the token step and run graphs where the plan has them)."""
-    has = {"token_step": plan.token_step, "token_run": plan.token_step and plan.steps_per_call > 1}
+    """The graphs a model runs under `plan` (the token step and run graphs where the plan has them,
+    the draft cross graph where it drafts its runs)."""
+    runs = plan.token_step and plan.steps_per_call > 1
+    has = {"token_step": plan.token_step, "token_run": runs, "draft_cross": runs and plan.int8_drafts}
     return tuple(name for name in GRAPHS if has.get(name, True))
 
 
@@ -120,6 +134,8 @@ def build_graph(
         return build_cache_reorder_graph(dims, plan.dtype, plan.device), {}
     if name == "batch_repeat":
         return build_batch_repeat_graph(dims, plan.dtype, plan.device, plan.cross_int8), {}
+    if name == "draft_cross":
+        return build_draft_cross_graph(dims, plan.device), {}
     w = WeightBank(arrays, plan.dtype, plan.device, copies)
     graph = {
         "encoder": lambda: build_encoder_graph(w, dims, plan, module),
@@ -455,6 +471,7 @@ class MaxInference:
         self.cache: tuple[driver.Buffer, ...] | None = None
         self.cached = 0  # tokens already in the cache
         self.cross: tuple[driver.Buffer, ...] | None = None
+        self.draft_cross: tuple[driver.Buffer, ...] = ()  # `cross` in int8 for drafted runs, made by the first
         self.np_dtype = np.float16 if model.precision == "fp16" else np.float32
 
     def _setup(self, batch: int, features: AudioFeatures):
@@ -465,6 +482,7 @@ class MaxInference:
             for shape in cache_shapes(d, batch)
         )
         self.cross = self._cross_for(batch, features)
+        self.draft_cross = ()
 
     def _cross_for(self, batch: int, features: AudioFeatures) -> tuple[driver.Buffer, ...]:
         """The features' cross K/V for `batch` rows: beam search and best-of repeat each window's
@@ -617,7 +635,7 @@ class MaxInference:
         self.cached = min(self.cached, n)
 
     def cleanup_caching(self) -> None:
-        self.cache, self.cross, self.cached = None, None, 0
+        self.cache, self.cross, self.cached, self.draft_cross = None, None, 0, ()
 
 
 class MaxChoosingInference(MaxInference):
@@ -655,7 +673,8 @@ class MaxChoosingInference(MaxInference):
         benchmark's warm-up), so its compile never falls on a transcription; the portable
         plan, a GPU's, loads or compiles it on first use (docs/design.md#several-steps-a-call)."""
         m = self.model
-        ready = not m.plan.runs_wait_for_their_graph or "token_run" in m.graphs
+        run_graphs = set(RUN_GRAPHS) & set(graph_names(m.plan))
+        ready = not m.plan.runs_wait_for_their_graph or run_graphs <= m.graphs.keys()
         return m.plan.steps_per_call if m.runs and ready else 1
 
     def greedy_run(
@@ -666,6 +685,9 @@ class MaxChoosingInference(MaxInference):
         if self.cache is None or self.cached != n - 1:
             raise ValueError("a run of steps follows a step: every token but the last is in the KV cache")
         column = functools.partial(np.full, batch, dtype=np.int64)
+        if self.model.plan.int8_drafts and not self.draft_cross:
+            graph = self.model.lazy_graph("draft_cross")
+            self.draft_cross = tuple(self._call(graph, DraftCrossInputs(self.cross)))
         outputs = self._run(
             TokenRunInputs(
                 tokens=tokens[:, -1:].astype(np.int64),
@@ -678,6 +700,7 @@ class MaxChoosingInference(MaxInference):
                 eot=column(rules.eot),
                 cross=self.cross,
                 caches=self.cache,
+                draft_cross=self.draft_cross,
             )
         )
         if self.model.plan.drafts_runs:  # the checked steps up to the first overruled draft

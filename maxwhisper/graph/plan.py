@@ -73,6 +73,10 @@ class ExecutionPlan:
     # the float16 rows' bytes), and the run checks every pick against the exact projection of all its
     # steps at once: the float32 plan's tokens, a step reading far fewer bytes
     drafts_runs: bool = False
+    # the drafts also run the layers' int8 copies over int8 cross K/V, and the check runs the exact
+    # layers over the run's tokens at once (`decoder.exact_run_states`); else the drafts' layers are
+    # the exact ones and the check projects their states (docs/design.md#drafted-runs)
+    int8_drafts: bool = False
 
     @property
     def runs_wait_for_their_graph(self) -> bool:
@@ -111,7 +115,8 @@ class ExecutionPlan:
         if self.steps_per_call > 1:
             kernels += f"; {self.steps_per_call} greedy steps a call"
             kernels += " once compiled behind" if self.runs_wait_for_their_graph else ""
-            kernels += ", drafted in 4 bits and checked" if self.drafts_runs else ""
+            drafts = "int8 layers and 4 bits" if self.int8_drafts else "4 bits"
+            kernels += f", drafted in {drafts} and checked" if self.drafts_runs else ""
         device = "cpu" if self.device.is_cpu() else "gpu"
         int8 = f"int8 weights{' and cross K/V' if self.cross_int8 else ''}, " if self.int8 else ""
         reduced = int8 or ("bf16 encoder and prompt linears, " if self.bf16 else "")
@@ -173,6 +178,7 @@ def make_plan(
         amx_tiles=int8 and amx,
         steps_per_call=steps_per_call() if token_step else 1,
         drafts_runs=token_step and not int8 and d_text % 64 == 0,  # `vocab_projection_int4`'s K
+        int8_drafts=token_step and not int8 and d_text % 64 == 0 and head_dim % 16 == 0,  # and `attend_int8`'s
     )
 
 

@@ -12,6 +12,7 @@ from std.sys import llvm_intrinsic
 from .threads import share_items
 
 comptime MAX_DH = 128
+comptime MAX_T = 2048  # audio positions `cross_int8` takes (large-v3's 1500 and room)
 comptime W = 16  # float32 lanes per step of a key or value
 comptime TB = 64  # keys per block of `head`: the values staged before their transposed write
 comptime F32P = UnsafePointer[Float32, MutAnyOrigin]
@@ -129,3 +130,53 @@ def copy_row[o: MutOrigin](x: F32P, n: Int, y: UnsafePointer[Float32, o]):
         i += W
     for j in range(i, n):
         y[j] = x[j]
+
+
+@extensibility.register("cross_int8")
+struct CrossInt8:
+    """float32 cross K [L, B, H, T, Dh] and V^T [L, B, H, Dh, T] (`cross_layout`'s) -> k and v_t in
+    int8 with their scales [L, B, H, T], the numbers `cross_layout` gives for int8 (a float32 plan's
+    drafted runs read these: a quarter of the bytes). T up to 2048. CPU only."""
+
+    @staticmethod
+    def execute[target: StaticString](
+        k: OutputTensor[dtype=DType.int8, rank=5, ...],
+        v_t: OutputTensor[dtype=DType.int8, rank=5, ...],
+        k_scales: OutputTensor[dtype=DType.float32, rank=4, ...],
+        v_scales: OutputTensor[dtype=DType.float32, rank=4, ...],
+        k_in: InputTensor[dtype=DType.float32, rank=5, ...],
+        v_t_in: InputTensor[dtype=DType.float32, rank=5, ...],
+        ctx: DeviceContext,
+    ) raises:
+        comptime if target != "cpu":
+            raise Error("cross_int8 runs on the CPU only")
+        var heads = k_in.dim_size(0) * k_in.dim_size(1) * k_in.dim_size(2)  # (l, b, h) flat
+        var t_len = k_in.dim_size(3)
+        var dh = k_in.dim_size(4)
+        if t_len > MAX_T or v_t_in.dim_size(3) != dh or v_t_in.dim_size(4) != t_len:
+            raise Error("cross_int8: K is not [L, B, H, T, Dh] and V^T [L, B, H, Dh, T], T up to 2048")
+        var kp = k_in.unsafe_ptr()
+        var vp = v_t_in.unsafe_ptr()
+        var kq = k.unsafe_ptr()
+        var vq = v_t.unsafe_ptr()
+        var ksp = k_scales.unsafe_ptr()
+        var vsp = v_scales.unsafe_ptr()
+
+        def head(item: Int) {var kp, var vp, var kq, var vq, var ksp, var vsp, var t_len, var dh}:
+            for t in range(item * t_len, (item + 1) * t_len):  # a key: a row of Dh
+                ksp[t] = scale_of(kp + t * dh, dh)
+                quantize_row(kp + t * dh, dh, ksp[t], kq + t * dh)
+            var values = vp + item * dh * t_len  # a value: a column of V^T [Dh, T]
+            var amax = stack_allocation[MAX_T, Float32]()
+            for t in range(t_len):
+                amax[t] = 0
+            for e in range(dh):
+                for t in range(t_len):
+                    amax[t] = max(amax[t], abs(values[e * t_len + t]))
+            var scales = vsp + item * t_len
+            for t in range(t_len):
+                scales[t] = amax[t] / 127 if amax[t] > 0 else Float32(1)
+            for e in range(dh):
+                for t in range(t_len):
+                    vq[item * dh * t_len + e * t_len + t] = quantized(values[e * t_len + t], scales[t])
+        share_items(heads, head)

@@ -76,74 +76,80 @@ def few_rows[wtype: DType](op: UnsafePointer[Float32, MutAnyOrigin], xp: F32P, m
     var per = rows_per_item(n)
 
     def block(item: Int) {var xp, var wp, var sp, var bp, var has_bias, var op, var n, var kd, var per, var m_rows}:
-        var hi = min((item + 1) * per, n)
-        comptime if wtype == DType.int8:  # every input row against a block of Q weight rows while it is in L1
-            for j in range(item * per, hi, Q):
-                var j1 = min(j + Q, hi)
-                for m in range(m_rows):
-                    dot_rows_int8(xp + m * kd, wp.bitcast[Int8](), kd, j, j1, op + m * n + j)
-                    for i in range(j, j1):
-                        op[m * n + i] = finish[wtype](op[m * n + i], sp, i, bp[i] if has_bias else Float32(0))
-            return
-        if m_rows == 1:  # the weights go straight from memory into the products
-            dot_rows(xp, wp, kd, item * per, hi, op + item * per)
-            for j in range(item * per, hi):
-                op[j] = finish[wtype](op[j], sp, j, bp[j] if has_bias else Float32(0))
-            return
-        var wide = stack_allocation[R * MAX_D_IN, Float32]()  # R weight rows widened to float32
-        var sums = stack_allocation[2 * R, Float32]()
-        var j = item * per
-        while j < hi:
-            var rows = min(R, hi - j)
-            for r in range(R):
-                for i in range(0, kd, W):
-                    var v = wp.load[width=W]((j + r) * kd + i).cast[DType.float32]() if r < rows else SIMD[DType.float32, W](0)
-                    wide.store(r * kd + i, v)
-            # two input rows at a time against the R widened weight rows
-            var m = 0
-            while m < m_rows:
-                var pair = m + 1 < m_rows
-                var x0 = xp + m * kd
-                var x1 = xp + (m + 1 if pair else m) * kd
-                var a0 = SIMD[DType.float32, W](0)
-                var a1 = SIMD[DType.float32, W](0)
-                var a2 = SIMD[DType.float32, W](0)
-                var a3 = SIMD[DType.float32, W](0)
-                var b0 = SIMD[DType.float32, W](0)
-                var b1 = SIMD[DType.float32, W](0)
-                var b2 = SIMD[DType.float32, W](0)
-                var b3 = SIMD[DType.float32, W](0)
-                for i in range(0, kd, W):
-                    var u = x0.load[width=W](i)
-                    var v = x1.load[width=W](i)
-                    var c0 = wide.load[width=W](i)
-                    var c1 = wide.load[width=W](kd + i)
-                    var c2 = wide.load[width=W](2 * kd + i)
-                    var c3 = wide.load[width=W](3 * kd + i)
-                    a0 += u * c0
-                    a1 += u * c1
-                    a2 += u * c2
-                    a3 += u * c3
-                    b0 += v * c0
-                    b1 += v * c1
-                    b2 += v * c2
-                    b3 += v * c3
-                sums[0] = a0.reduce_add()
-                sums[1] = a1.reduce_add()
-                sums[2] = a2.reduce_add()
-                sums[3] = a3.reduce_add()
-                sums[4] = b0.reduce_add()
-                sums[5] = b1.reduce_add()
-                sums[6] = b2.reduce_add()
-                sums[7] = b3.reduce_add()
-                for t in range(2 if pair else 1):
-                    for r in range(rows):
-                        op[(m + t) * n + j + r] = finish[wtype](sums[t * R + r], sp, j + r,
-                                                                bp[j + r] if has_bias else Float32(0))
-                m += 2
-            j += R
+        var lo = item * per
+        var hi = min(lo + per, n)
+        dot_rows_each(xp, m_rows, wp, kd, lo, hi, op + lo, n)
+        for m in range(m_rows):
+            for j in range(lo, hi):
+                op[m * n + j] = finish[wtype](op[m * n + j], sp, j, bp[j] if has_bias else Float32(0))
 
     share_items((n + per - 1) // per, block)
+
+
+def dot_rows_each[o: MutOrigin, wtype: DType](x: F32P, m_rows: Int, w: UnsafePointer[Scalar[wtype], ...], kd: Int,
+                                              j0: Int, j1: Int, dst: UnsafePointer[Float32, o], dst_stride: Int):
+    """dst[m dst_stride + j - j0] = x[m] . w[j] for each row m of x [m_rows, kd] and weight rows
+    j0 <= j < j1, each sum the one `dot_rows` gives the row alone. One row: `dot_rows`, the weights
+    straight from memory into the products; int8: every row against a block of Q weight rows while
+    it is in L1; float16: R weight rows widened once, then two input rows at a time against them."""
+    comptime if wtype == DType.int8:
+        for j in range(j0, j1, Q):
+            for m in range(m_rows):
+                dot_rows_int8(x + m * kd, w.bitcast[Int8](), kd, j, min(j + Q, j1), dst + m * dst_stride + j - j0)
+        return
+    if m_rows == 1:
+        dot_rows(x, w, kd, j0, j1, dst)
+        return
+    var wide = stack_allocation[R * MAX_D_IN, Float32]()  # R weight rows widened to float32
+    var sums = stack_allocation[2 * R, Float32]()
+    var j = j0
+    while j < j1:
+        var rows = min(R, j1 - j)
+        for r in range(R):
+            for i in range(0, kd, W):
+                var v = w.load[width=W]((j + r) * kd + i).cast[DType.float32]() if r < rows else SIMD[DType.float32, W](0)
+                wide.store(r * kd + i, v)
+        var m = 0
+        while m < m_rows:
+            var pair = m + 1 < m_rows
+            var x0 = x + m * kd
+            var x1 = x + (m + 1 if pair else m) * kd
+            var a0 = SIMD[DType.float32, W](0)
+            var a1 = SIMD[DType.float32, W](0)
+            var a2 = SIMD[DType.float32, W](0)
+            var a3 = SIMD[DType.float32, W](0)
+            var b0 = SIMD[DType.float32, W](0)
+            var b1 = SIMD[DType.float32, W](0)
+            var b2 = SIMD[DType.float32, W](0)
+            var b3 = SIMD[DType.float32, W](0)
+            for i in range(0, kd, W):
+                var u = x0.load[width=W](i)
+                var v = x1.load[width=W](i)
+                var c0 = wide.load[width=W](i)
+                var c1 = wide.load[width=W](kd + i)
+                var c2 = wide.load[width=W](2 * kd + i)
+                var c3 = wide.load[width=W](3 * kd + i)
+                a0 += u * c0
+                a1 += u * c1
+                a2 += u * c2
+                a3 += u * c3
+                b0 += v * c0
+                b1 += v * c1
+                b2 += v * c2
+                b3 += v * c3
+            sums[0] = a0.reduce_add()
+            sums[1] = a1.reduce_add()
+            sums[2] = a2.reduce_add()
+            sums[3] = a3.reduce_add()
+            sums[4] = b0.reduce_add()
+            sums[5] = b1.reduce_add()
+            sums[6] = b2.reduce_add()
+            sums[7] = b3.reduce_add()
+            for t in range(2 if pair else 1):
+                for r in range(rows):
+                    dst[(m + t) * dst_stride + j - j0 + r] = sums[t * R + r]
+            m += 2
+        j += R
 
 
 @always_inline
