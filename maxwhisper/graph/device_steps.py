@@ -115,7 +115,9 @@ class StepBuffers:
 
 
 _RUN_STATE = ("previous", "last_timestamp", "eot")  # inputs of the token run graph alone
-_COPIED_ONCE = ("cross", "caches")  # the cross K/V copied in by `_setup`, the caches written by the graphs
+# the cross K/V copied in by `_setup`, the caches written by the graphs; the portable plan's runs
+# have no draft cross K/V (the CPU's fp32 plan's drafts alone read them)
+_COPIED_ONCE = ("cross", "caches", "draft_cross")
 
 
 class StepBufferPool:
