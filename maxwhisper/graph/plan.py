@@ -160,6 +160,7 @@ def make_plan(
     step_linears = step_linears and (int8 or w.float16_exact("decoder."))
     attention = encoder_linear and encoder_attention_fits(d_audio, dims.n_audio_head)
     token_step = step_linears and d_text <= 1280 and head_dim % 8 == 0 and dims.n_audio_ctx <= 2048
+    drafts = token_step and not int8 and d_text % 64 == 0  # `vocab_projection_int4`'s K
     return ExecutionPlan(
         name="cpu-kernels",
         device=w.device,
@@ -177,8 +178,8 @@ def make_plan(
         encoder_attention_bf16=int8 and cpu_bf16 and attention,
         amx_tiles=int8 and amx,
         steps_per_call=steps_per_call() if token_step else 1,
-        drafts_runs=token_step and not int8 and d_text % 64 == 0,  # `vocab_projection_int4`'s K
-        int8_drafts=token_step and not int8 and d_text % 64 == 0 and head_dim % 16 == 0,  # and `attend_int8`'s
+        drafts_runs=drafts,
+        int8_drafts=drafts and head_dim % 16 == 0,  # `attend_int8`'s 16 lanes
     )
 
 
