@@ -3,7 +3,9 @@
 Each op of the encoder graph (`graph/encoder.py`) runs alone as a one-op graph over the model's own
 weights and activations of a 30 s window's shapes (random values of the encoder's scale), median of
 `--repeats` calls after one; an op's share counts it as often as one window runs it. The whole
-encoder graph runs beside them, so the sum of the ops can be compared with the window it splits:
+encoder graph runs beside them, so the sum of the ops can be compared with the window it splits.
+Where the plan's attention is not float32's (int8's in bfloat16 or in 16-bit integers), the
+attention and the whole graph run with float32's attention too, in turn with the plan's:
 
     PYTHONPATH=. .venv/bin/python benchmarks/encoder_ops.py [--model tiny.en] [--precision int8|fp32|bf16]
         [--repeats 21]
@@ -13,6 +15,9 @@ Prints a Markdown table; `benchmarks/results/encoder-gflops.md` keeps the splits
 
 from __future__ import annotations
 
+import dataclasses
+import statistics
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -54,7 +59,13 @@ def ops_of_a_window(model: MaxWhisper) -> tuple[list[tuple[str, int, list[Tensor
             "attention",
             layers,
             [rows(3 * d)],
-            lambda qkv: encoder_attention(qkv, dims.n_audio_head, bf16=plan.encoder_attention_bf16, amx=plan.amx_tiles),
+            lambda qkv: encoder_attention(
+                qkv,
+                dims.n_audio_head,
+                bf16=plan.encoder_attention_bf16,
+                amx=plan.amx_tiles,
+                int16=plan.encoder_attention_int16,
+            ),
         ),
         ("attention out linear + residual", layers, [rows(d), rows(d)], lambda x, r: linear(w, f"{p}.attn.out")(x, r)),
         ("MLP up linear + GELU", layers, [rows(d)], lambda x: linear(w, f"{p}.mlp.0", gelu=True)(x)),
@@ -73,26 +84,50 @@ def main() -> None:
     args = arguments(__doc__, "int8", 21)
 
     model = MaxWhisper(load_checkpoint(args.model), precision=args.precision)
+    plan = model.plan
+    float32 = dataclasses.replace(plan, encoder_attention_bf16=False, encoder_attention_int16=False)
     ops, w = ops_of_a_window(model)
+    if float32 != plan:  # the plan's attention beside float32's
+        model.plan = float32
+        ops.insert(4, ("attention, float32", 0, *ops_of_a_window(model)[0][3][2:]))
     rng = np.random.default_rng(0)
     timed = []
     for i, (name, count, types, build) in enumerate(ops):
-        with Graph(f"encoder_op_{i}", input_types=types, custom_extensions=extensions(model.plan)) as graph:
+        with Graph(f"encoder_op_{i}", input_types=types, custom_extensions=extensions(plan)) as graph:
             out = build(*(v.tensor for v in graph.inputs))
             graph.output(*(out if isinstance(out, list) else [out]))
         compiled = model.session.load(graph, weights_registry=w.registry())
         inputs = [driver.Buffer.from_numpy(rng.standard_normal(t.shape.static_dims, dtype=np.float32)) for t in types]
         timed.append((name, count, median_seconds(lambda: compiled.execute(*inputs), args.repeats)))
     mel = rng.standard_normal((1, model.dims.n_mels, N_FRAMES), dtype=np.float32)
-    window = median_seconds(lambda: model.encode(mel), args.repeats)
+    windows = {"": plan} if float32 == plan else {"": plan, ", float32 attention": float32}
+    encoders = {}
+    for label, p in windows.items():
+        model.plan = p
+        encoders[label] = model.built_and_loaded("encoder")[0]
+    model.plan = plan
+    window = {label: [] for label in encoders}
+    for encoder in encoders.values():
+        encoder.execute(mel)
+    for _ in range(args.repeats):  # the whole graph each way in turn
+        for label, encoder in encoders.items():
+            start = time.perf_counter()
+            encoder.execute(mel)
+            window[label].append(time.perf_counter() - start)
 
+    layers = model.dims.n_audio_layer
     machine = machine_info()
-    total = sum(count * s for _, count, s in timed)
+    total = sum(count * s for _, count, s in timed)  # the float32 attention beside the plan's counts 0 times
     print(f"{machine['cpu']}, {machine['cores']} cores, {machine['vector_isa']}; {args.model} {args.precision}\n")
     print("| op | per window | ms each | ms per window | share of the ops' sum |\n|---|---:|---:|---:|---:|")
     for name, count, s in timed:
-        print(f"| {name} | {count} | {1e3 * s:.2f} | {1e3 * count * s:.1f} | {100 * count * s / total:.0f} % |")
-    print(f"| sum of the ops | | | {1e3 * total:.1f} | |\n| the encoder graph, whole | 1 | | {1e3 * window:.1f} | |")
+        if count:
+            print(f"| {name} | {count} | {1e3 * s:.2f} | {1e3 * count * s:.1f} | {100 * count * s / total:.0f} % |")
+        else:  # beside the plan's, not in the sum
+            print(f"| {name} | – | {1e3 * s:.2f} | ({1e3 * layers * s:.1f}) | – |")
+    print(f"| sum of the ops | | | {1e3 * total:.1f} | |")
+    for label, seconds in window.items():
+        print(f"| the encoder graph, whole{label} | 1 | | {1e3 * statistics.median(seconds):.1f} | |")
 
 
 if __name__ == "__main__":

@@ -98,3 +98,11 @@ def bf16_attention_pays() -> bool:
     AVX512_BF16, and where AMX tiles run its products; elsewhere float32's is the faster
     (measured: docs/design.md, "int8 on the CPU")."""
     return has_bf16() and (cpu_field("vendor_id") == "AuthenticAMD" or amx_permitted())
+
+
+def int16_attention_pays() -> bool:
+    """Whether int8's encoder attention is faster on `vpmaddwd` over 12- and 16-bit integers than
+    in float32 here: where the vectors are AVX2's, not AVX-512's (measured on a Zen 3:
+    docs/design.md, "int8 on the CPU")."""
+    flags = cpu_flags()
+    return "avx2" in flags and "avx512f" not in flags

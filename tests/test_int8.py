@@ -8,7 +8,7 @@ import pytest
 
 from maxwhisper.api import DecodeOptions
 from maxwhisper.bench.clips import REFERENCES, audio_dir, load_clip, parse_clip
-from maxwhisper.cpu_features import amx_permitted, bf16_attention_pays
+from maxwhisper.cpu_features import amx_permitted, bf16_attention_pays, int16_attention_pays
 from maxwhisper.scoring import agreement, pooled_wer
 
 # int8 rounds every weight to 1 part in 254 of its row's largest and every encoder activation row to
@@ -23,6 +23,8 @@ def test_int8_plan_runs_every_linear_in_int8(max_tiny_en_int8):
     assert "int8 encoder linears" in plan.describe() and "int8 step linears" in plan.describe()
     assert plan.cross_int8 and "int8 weights and cross K/V" in plan.describe()
     assert plan.encoder_attention_bf16 == bf16_attention_pays()  # the encoder's attention in bfloat16 where it pays
+    # else in 12- and 16-bit integers where that pays
+    assert plan.encoder_attention_int16 == (int16_attention_pays() and not bf16_attention_pays())
     assert plan.amx_tiles == amx_permitted()  # its linears and bf16 attention on AMX tiles where it may
     assert max_tiny_en_int8.net.copies  # the quantized weights, made once at load
     assert {a.dtype for (kind, _), a in max_tiny_en_int8.net.copies.items() if kind == "int8"} == {np.dtype(np.int8)}
@@ -99,3 +101,52 @@ def test_cli_transcribes_jfk_in_int8(max_tiny_en_int8):
     assert_clean_error(
         cli("transcribe", JFK, "--backend", "max", "--precision", "int8", "--no-kernels"), "precision", "int8"
     )
+
+
+@pytest.mark.parametrize("dh", [64, 80])
+def test_encoder_attention_in_int16_is_exact_sums_of_quantized_numbers(dh):
+    """`encoder_attention` with int16 (int8's encoder attention on AVX2) against float64 numpy over
+    the numbers it quantizes: q per row and the keys per key to +-2047, the values per head dim to
+    +-32767 over the frames, exp(score - max) to +-32767 of its row's sum, p @ v divided by the
+    quantized weights' sum. Batch 2, 2 heads, T = 37 (partial panels and work items, an odd count of
+    keys); the tiles give the same bits (the int32 sums are exact); the quantization is what moves
+    it from float32 attention."""
+    from max.dtype import DType
+    from max.graph import DeviceRef, TensorType
+    from test_max_model import _kernel_graph
+
+    from maxwhisper.graph.layers import MACHINE_TILE, encoder_attention
+
+    b, t, h = 2, 37, 2
+    d = h * dh
+    rng = np.random.default_rng(0)
+    qkv = (rng.standard_normal((b, t, 3 * d)) * np.linspace(0.5, 3, 3 * d)).astype(np.float32)
+    run = _kernel_graph(
+        f"encoder_attention_int16_test_{dh}",
+        [TensorType(DType.float32, [b, "t", 3 * d], device=DeviceRef.CPU())],
+        lambda x: [encoder_attention(x, h, tile, int16=True) for tile in (MACHINE_TILE, (6, 1), (4, 2))],
+    )
+    out, small, paired = run(qkv)
+    np.testing.assert_array_equal(small, out)
+    np.testing.assert_array_equal(paired, out)
+
+    def heads(x):  # [B, T, d] -> [B, H, T, Dh] in float64
+        return x.astype(np.float64).reshape(b, t, h, dh).transpose(0, 2, 1, 3)
+
+    def quantized(x, axis, top):  # x ~ q s, |q| <= top: (q, s) with s over `axis`
+        s = np.abs(x).max(axis=axis, keepdims=True) / top
+        return np.round(x / s), s
+
+    q, k, v = (heads(part) for part in np.split(qkv, 3, axis=-1))
+    (qq, qs), (kq, ks), (vq, vs) = quantized(q, -1, 2047), quantized(k, -1, 2047), quantized(v, -2, 32767)
+    scores = (qq @ kq.transpose(0, 1, 3, 2)) * qs * ks.transpose(0, 1, 3, 2) / np.sqrt(dh)
+    exps = np.exp(scores - scores.max(-1, keepdims=True))
+    weights = np.round(exps * (32767 / exps.sum(-1, keepdims=True)))
+    expected = ((weights @ vq) * vs / weights.sum(-1, keepdims=True)).transpose(0, 2, 1, 3).reshape(b, t, d)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=2e-4)
+    qf, kf, vf = (heads(part) for part in (np.split(qkv, 3, axis=-1)))
+    exact = qf @ kf.transpose(0, 1, 3, 2) / np.sqrt(dh)
+    p = np.exp(exact - exact.max(-1, keepdims=True))
+    float_attention = ((p / p.sum(-1, keepdims=True)) @ vf).transpose(0, 2, 1, 3).reshape(b, t, d)
+    assert np.abs(out - float_attention).max() < 0.02
+    assert np.abs(out - float_attention).max() > 10 * np.abs(out - expected).max()

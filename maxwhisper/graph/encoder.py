@@ -2,7 +2,8 @@
 per window so that decoder steps never recompute them (under --precision int8 quantized to int8
 there, a scale per key and per value). With the CPU kernels (the execution plan's choice) its
 conv stem runs the `conv_stem` kernel, its linears `packed_linear` and its attention
-`encoder_attention` (int8: in bfloat16 where `plan.encoder_attention_bf16`); otherwise MAX's ops."""
+`encoder_attention` (int8: in bfloat16 where `plan.encoder_attention_bf16`, in 12- and 16-bit
+integers where `plan.encoder_attention_int16`); otherwise MAX's ops."""
 
 from __future__ import annotations
 
@@ -40,7 +41,9 @@ def self_attention(
     d = int(x.shape[-1])
     qkv = encoder_linear(plan)(w, f"{p}.attn.qkv")(plan.layer_norm(w, f"{p}.attn_ln", x))
     if plan.encoder_attention_kernel:
-        a = encoder_attention(qkv, n_head, bf16=plan.encoder_attention_bf16, amx=plan.amx_tiles)
+        a = encoder_attention(
+            qkv, n_head, bf16=plan.encoder_attention_bf16, amx=plan.amx_tiles, int16=plan.encoder_attention_int16
+        )
     else:
         q, k, v = ops.split(qkv, [d] * 3, axis=-1)
         heads = attention(split_heads(q, n_head), ops.transpose(split_heads(k, n_head), -1, -2), split_heads(v, n_head))

@@ -495,17 +495,23 @@ def attend_few_rows(scores: TensorValue, v_t: TensorValue, mask: TensorValue | N
 
 
 def encoder_attention(
-    qkv: TensorValue, n_head: int, tile: tuple[int, int] = MACHINE_TILE, bf16: bool = False, amx: bool = False
+    qkv: TensorValue,
+    n_head: int,
+    tile: tuple[int, int] = MACHINE_TILE,
+    bf16: bool = False,
+    amx: bool = False,
+    int16: bool = False,
 ) -> TensorValue:
     """`attention` of every head as one CPU kernel (`kernels/encoder_attention.mojo`), straight
     from the fused qkv linear: qkv float32 [B, T, 3d] -> [B, T, d] (heads merged, as
     `merge_heads` gives them); no head split, key transpose or merge ops around it. `tile` as
     `packed_linear`'s. bf16: both products' inputs rounded to bfloat16, `vdpbf16ps`, where the
     kernels compile for AVX512_BF16 (float32 elsewhere); amx: with bf16, the products on AMX tiles
-    where the kernels compile for them (the caller has `cpu_features.amx_permitted`)."""
+    where the kernels compile for them (the caller has `cpu_features.amx_permitted`); int16 (not with
+    bf16): q and the keys quantized to 12 bits, the values and the softmax's weights to 16, `vpmaddwd`."""
     b, t, d3 = qkv.shape
     out = TensorType(DType.float32, [b, t, int(d3) // 3], device=qkv.device)
-    parameters = {"heads": n_head, "tile_rows": tile[0], "tile_panels": tile[1], "bf16": bf16, "amx": amx}
+    parameters = {"heads": n_head, "tile_rows": tile[0], "tile_panels": tile[1], "bf16": bf16, "amx": amx, "int16": int16}
     return ops.custom("encoder_attention", qkv.device, [qkv], [out], parameters=parameters)[0].tensor
 
 

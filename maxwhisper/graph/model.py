@@ -27,7 +27,7 @@ from max.graph import DeviceRef, Graph, Module
 
 from ..api import BackendError
 from ..checkpoint import Checkpoint, ModelDims
-from ..cpu_features import BF16_MISSING, amx_permitted, bf16_attention_pays, has_bf16
+from ..cpu_features import BF16_MISSING, amx_permitted, bf16_attention_pays, has_bf16, int16_attention_pays
 from ..decoding import RunRules
 from .compiled import artifact_paths, compile_graph, custom_ops_unchecked, gpu_arch
 from .decoder import (
@@ -265,6 +265,7 @@ class MaxWhisper:
             int8=precision == "int8",
             bf16=precision == "bf16",
             cpu_bf16=cpu_int8 and bf16_attention_pays(),
+            cpu_int16=cpu_int8 and int16_attention_pays(),
             amx=cpu_int8 and amx_permitted(),
         )
         start = time.perf_counter()

@@ -65,6 +65,9 @@ class ExecutionPlan:
     # int8's encoder attention in bfloat16 (`encoder_attention` with bf16) where that is faster
     # (`cpu_features.bf16_attention_pays`): a third of the window's operations
     encoder_attention_bf16: bool = False
+    # int8's encoder attention on `vpmaddwd` over 12- and 16-bit integers (`encoder_attention` with
+    # int16) where the CPU has no AVX-512 (`cpu_features.int16_attention_pays`)
+    encoder_attention_int16: bool = False
     # AMX tiles for int8's `packed_linear_int8` and its bfloat16 encoder attention (`cpu_features.amx_permitted`)
     amx_tiles: bool = False
     # greedy steps per call of the token run graph (`decoder.build_token_run_graph`); 1: no such graph
@@ -100,7 +103,13 @@ class ExecutionPlan:
         """One line for people: the plan and what it runs."""
         weights = "int8" if self.int8 else "float16-stored"
         packed = "int8 " if self.int8 else "bf16 " if self.bf16 else ""
-        attention = "bf16 encoder attention" if self.encoder_attention_bf16 else "encoder attention"
+        attention = (
+            "bf16 encoder attention"
+            if self.encoder_attention_bf16
+            else "int16 encoder attention"
+            if self.encoder_attention_int16
+            else "encoder attention"
+        )
         parts = {
             "layer norms": self.layer_norm_kernel,
             "conv stem": self.conv_stem_kernel,
@@ -130,12 +139,14 @@ def make_plan(
     int8: bool = False,
     bf16: bool = False,
     cpu_bf16: bool = False,
+    cpu_int16: bool = False,
     amx: bool = False,
 ) -> ExecutionPlan:
     """The plan for a model whose weights `w` holds (on w.device, in w.dtype). kernels=False, or any
     device but the CPU, or a dtype but float32, gives the portable plan. int8: the CPU kernels'
     plan with int8 weights, its encoder attention in bfloat16 where `cpu_bf16` (the caller's check:
-    `cpu_features.bf16_attention_pays`), its packed linears and that attention on AMX tiles where `amx`
+    `cpu_features.bf16_attention_pays`), else in 12- and 16-bit integers where `cpu_int16`
+    (`cpu_features.int16_attention_pays`), its packed linears and that attention on AMX tiles where `amx`
     (`cpu_features.amx_permitted`); bf16: with bfloat16 encoder and prompt linears (ValueError where
     the kernels do not run or the shapes do not fit them; whether the CPU has AVX512_BF16 is the
     caller's to check)."""
@@ -176,6 +187,7 @@ def make_plan(
         layer_norm_kernel=d_audio % 8 == 0 and d_text % 8 == 0,
         conv_stem_kernel=encoder_linear and conv_stem_kernel_fits(d_audio),
         encoder_attention_bf16=int8 and cpu_bf16 and attention,
+        encoder_attention_int16=int8 and cpu_int16 and not cpu_bf16 and attention,
         amx_tiles=int8 and amx,
         steps_per_call=steps_per_call() if token_step else 1,
         drafts_runs=drafts,

@@ -10,20 +10,29 @@
 # `bf16` runs the float32 path: the Python side reads the host's flags, not the compiler's target.
 # With `amx` too (a CPU with AMX, its tiles permitted) both products run on AMX tiles instead, over
 # the same bfloat16 panels, which are the tiles' layouts.
+# With `int16` (the int8 plan without AVX-512: docs/design.md, "int8 on the CPU") q and the keys are
+# quantized to 12 bits per row and per key, the values to 16 bits per head dim, the softmax's
+# weights to 16 bits of their row's sum, and both products run `vpmaddwd`: two int16 products into
+# an int32 lane, twice the multiply-adds per instruction of float32's FMAs. The int32 sums are exact.
 import extensibility
 from extensibility import InputTensor, OutputTensor
 from max.gpu.host import DeviceContext
 from std.math import exp, sqrt
 from std.memory import alloc, stack_allocation
+from std.memory.unsafe import bitcast
 
 from .amx import AMX_BF16, configure_tiles, release_tiles, tile_dot_bf16, tile_load, tile_store, tile_zero
 from .attention import exp_sum, row_max
 from .linear import F32, MR, NR, TILE_PANELS, V16, accumulate
 from .linear_bf16 import B16, BF16
 from .linear_bf16 import accumulate as accumulate_bf16
+from .linear_int8 import I32V, LANES, madd
 from .threads import share_phases
 
 comptime MAX_DH = 128
+comptime QK_TOP = Float32(2047)  # q and the keys: a sum of 128 products stays within int32
+comptime PV_TOP = Float32(32767)  # the values, and the softmax's weights, whose sum is at most ~PV_TOP
+comptime S16 = UnsafePointer[Int16, MutAnyOrigin]
 
 
 @extensibility.register("encoder_attention")
@@ -38,16 +47,21 @@ struct EncoderAttention:
     `packed_linear`'s. `bf16`: the panels [T / 16, Dh / 2, 16, 2] and [Dh / 16, T_pad / 2, 16, 2] in
     bfloat16, pairs of consecutive dims, then of consecutive keys, side by side (`rows_bf16`).
     `amx`: with bf16, the products on AMX tiles where Dh is a multiple of 32, T_pad then a multiple of 32.
+    `int16` (not with bf16): the panels as bf16's in int16 (`pack_int16`), a scale per key and per
+    value dim beside them, and `rows_int16`.
     """
 
     @staticmethod
-    def execute[target: StaticString, heads: Int, tile_rows: Int, tile_panels: Int, bf16: Bool, amx: Bool](
+    def execute[
+        target: StaticString, heads: Int, tile_rows: Int, tile_panels: Int, bf16: Bool, amx: Bool, int16: Bool
+    ](
         output: OutputTensor[dtype=DType.float32, rank=3, ...],
         qkv: InputTensor[dtype=DType.float32, rank=3, ...],
         ctx: DeviceContext,
     ) raises:
         comptime if target != "cpu":
             raise Error("encoder_attention runs on the CPU only")
+        comptime assert not (int16 and bf16), "encoder_attention: int16 or bf16, not both"
         comptime mr = tile_rows if tile_rows else MR
         comptime np = tile_panels if tile_panels else TILE_PANELS
         comptime ROWS = 4 * mr  # query rows per work item
@@ -68,16 +82,24 @@ struct EncoderAttention:
         var dst = output.unsafe_ptr()
         var k_panels = alloc[Float32](batch * heads * t_pad * dh).unsafe_origin_cast[MutAnyOrigin]()
         var v_panels = alloc[Float32](batch * heads * t_pad * dh).unsafe_origin_cast[MutAnyOrigin]()
+        var k_scales = alloc[Float32](batch * heads * t_pad if int16 else 0).unsafe_origin_cast[MutAnyOrigin]()
+        var v_scales = alloc[Float32](batch * heads * dh if int16 else 0).unsafe_origin_cast[MutAnyOrigin]()
         var items = stack_allocation[2, Int]()
         items[0] = batch * heads
         items[1] = batch * heads * groups
 
-        def phase(p: Int, item: Int) {var src, var dst, var k_panels, var v_panels, var t_len, var d, var dh,
-                                       var t_pad, var n_panels, var groups, var scale, var on_tiles}:
+        def phase(p: Int, item: Int) {var src, var dst, var k_panels, var v_panels, var k_scales, var v_scales,
+                                       var t_len, var d, var dh, var t_pad, var n_panels, var groups, var scale,
+                                       var on_tiles}:
             if p == 0:
                 var b = item // heads
                 var h = item % heads
-                comptime if bf16 and BF16:
+                comptime if int16:
+                    pack_int16(src + b * t_len * 3 * d, h, t_len, t_pad, d, dh,
+                               k_panels.bitcast[Int16]() + item * t_pad * dh,
+                               v_panels.bitcast[Int16]() + item * t_pad * dh, k_scales + item * t_pad,
+                               v_scales + item * dh)
+                elif bf16 and BF16:
                     pack_bf16(src + b * t_len * 3 * d, h, t_len, t_pad, d, dh,
                               k_panels.bitcast[BFloat16]() + item * t_pad * dh,
                               v_panels.bitcast[BFloat16]() + item * t_pad * dh)
@@ -90,7 +112,17 @@ struct EncoderAttention:
             var h = head % heads
             var r0 = (item % groups) * ROWS
             var scratch = alloc[Float32](ROWS * (t_pad + 2 * MAX_DH + 1)).unsafe_origin_cast[MutAnyOrigin]()
-            comptime if bf16 and BF16:
+            comptime if int16:
+                var halves = alloc[Int16](ROWS * (t_pad + MAX_DH)).unsafe_origin_cast[MutAnyOrigin]()
+                rows_int16[mr, np](src + (b * t_len + r0) * 3 * d + h * dh, 3 * d, min(ROWS, t_len - r0),
+                                   k_panels.bitcast[Int16]() + head * t_pad * dh,
+                                   v_panels.bitcast[Int16]() + head * t_pad * dh, k_scales + head * t_pad,
+                                   v_scales + head * dh, dst + (b * t_len + r0) * d + h * dh, d, dh, t_len, t_pad,
+                                   n_panels, scale, scratch, halves)
+                halves.free()
+                scratch.free()
+                return
+            elif bf16 and BF16:
                 var halves = alloc[BFloat16](ROWS * (t_pad + MAX_DH)).unsafe_origin_cast[MutAnyOrigin]()
                 var q = src + (b * t_len + r0) * 3 * d + h * dh
                 var keys = k_panels.bitcast[BFloat16]() + head * t_pad * dh
@@ -116,6 +148,8 @@ struct EncoderAttention:
         share_phases(items, 2, phase)
         k_panels.free()
         v_panels.free()
+        k_scales.free()
+        v_scales.free()
 
 
 def pack(x: F32, h: Int, t_len: Int, d: Int, dh: Int, k_panels: F32, v_panels: F32):
@@ -360,3 +394,140 @@ def exp_to_bf16(row: F32, n: Int, t_pad: Int, dest: B16) -> Float32:
     for j in range(n, t_pad):
         dest[j] = BFloat16(0)
     return total
+
+
+def pack_int16(x: F32, h: Int, t_len: Int, t_pad: Int, d: Int, dh: Int, k_panels: S16, v_panels: S16,
+               k_scales: F32, v_scales: F32):
+    """`pack_bf16`'s layouts in int16: key t quantized to +-2047 over its Dh dims (k_scales[t]), value
+    dim e to +-32767 over the T keys (v_scales[e]); zero keys and values past T up to T_pad."""
+    var words = stack_allocation[MAX_DH // 2, Int32]()  # one key's int16 dims pairwise
+    var pairs = words.bitcast[Int16]()
+    for t in range(t_pad):
+        var key = x + t * 3 * d + d + h * dh
+        var top = V16(0)
+        if t < t_len:
+            for e in range(0, dh, NR):
+                top = max(top, abs(key.load[width=NR](e)))
+        var mx = top.reduce_max()
+        var s = mx / QK_TOP if mx > 0 else Float32(1)
+        k_scales[t] = s
+        for e in range(0, dh, NR):
+            var v = round(key.load[width=NR](e) * (1 / s)) if t < t_len else V16(0)
+            pairs.store(e, v.cast[DType.int16]())
+        var panel = k_panels.bitcast[Int32]() + (t // NR) * dh * NR // 2 + t % NR
+        for g in range(dh // 2):
+            panel[g * NR] = words[g]
+    var inv = stack_allocation[MAX_DH, Float32]()
+    for e in range(0, dh, NR):
+        var top = V16(0)
+        for t in range(t_len):
+            top = max(top, abs((x + t * 3 * d + 2 * d + h * dh).load[width=NR](e)))
+        var s = top / PV_TOP
+        s = s.eq(0).select(V16(1), s)
+        v_scales.store(e, s)
+        inv.store(e, 1 / s)
+    for t in range(0, t_pad, 2):  # keys t and t + 1 interleaved, 16 dims at a time
+        var first = x + t * 3 * d + 2 * d + h * dh
+        var second = first + 3 * d
+        for e in range(0, dh, NR):
+            var iv = inv.load[width=NR](e)
+            var a = round(first.load[width=NR](e) * iv) if t < t_len else V16(0)
+            var b = round(second.load[width=NR](e) * iv) if t + 1 < t_len else V16(0)
+            (v_panels + (e // NR) * t_pad * NR + t * NR).store(0, a.cast[DType.int16]().interleave(b.cast[DType.int16]()))
+
+
+def rows_int16[mr: Int, np: Int](
+    q: F32, ldq: Int, n_rows: Int, k_panels: S16, v_panels: S16, k_scales: F32, v_scales: F32, dst: F32, ldo: Int,
+    dh: Int, t_len: Int, t_pad: Int, n_panels: Int, scale: Float32, scratch: F32, halves: S16,
+):
+    """`rows` over `pack_int16`'s panels: each q row quantized to +-2047 (q_scale), a score
+    sum x q_scale x k_scale; exp(score - max) quantized to +-32767 of the row's sum; p @ v the sum x
+    v_scale / the quantized weights' sum."""
+    comptime ROWS = 4 * mr
+    var p = scratch  # the scores, then their exps [ROWS, T_pad]
+    var acc = p + ROWS * t_pad  # p @ v [ROWS, Dh]
+    var q_scale = acc + ROWS * MAX_DH  # then 1 / the sum of each row's quantized weights
+    var p_q = halves  # the weights in int16 [ROWS, T_pad] (zero past T)
+    var q_q = halves + ROWS * t_pad  # q quantized [ROWS, Dh]
+    var tiles = (n_rows + mr - 1) // mr  # of the 4, those with rows to compute
+    for i in range(tiles * mr):
+        var row = q + min(i, n_rows - 1) * ldq
+        var top = V16(0)
+        for e in range(0, dh, NR):
+            top = max(top, abs(row.load[width=NR](e)))
+        var mx = top.reduce_max()
+        var s = mx / QK_TOP if mx > 0 else Float32(1)
+        q_scale[i] = s * scale
+        for e in range(0, dh, NR):
+            (q_q + i * dh).store(e, round(row.load[width=NR](e) * (1 / s)).cast[DType.int16]())
+
+    var c = 0
+    while c < n_panels:  # scores: np panels of 16 keys (the panels left one at a time) against mr rows
+        var whole = c + np <= n_panels
+        for t in range(tiles):
+            var at = p + t * mr * t_pad + c * NR
+            if whole:
+                madd_rows[mr, np](q_q + t * mr * dh, dh, k_panels + c * dh * NR, dh * NR, dh // 2, q_scale + t * mr,
+                                  k_scales + c * NR, at, t_pad)
+            else:
+                madd_rows[mr, 1](q_q + t * mr * dh, dh, k_panels + c * dh * NR, dh * NR, dh // 2, q_scale + t * mr,
+                                 k_scales + c * NR, at, t_pad)
+        c += np if whole else 1
+
+    for i in range(tiles * mr):  # the weights in int16, and 1 / their sum
+        var row = p + i * t_pad
+        var norm = PV_TOP / exp_sum(row, t_len)
+        var total = SIMD[DType.int32, NR](0)
+        var full = t_len - t_len % NR
+        for j in range(0, full, NR):
+            var w = round(row.load[width=NR](j) * norm).cast[DType.int32]()
+            (p_q + i * t_pad).store(j, w.cast[DType.int16]())
+            total += w
+        var sum = total.reduce_add()
+        for j in range(full, t_pad):
+            var w = Int32(round(row[j] * norm)) if j < t_len else Int32(0)
+            p_q[i * t_pad + j] = Int16(w)
+            sum += w
+        q_scale[i] = 1 / Float32(sum)
+
+    for t in range(tiles):  # p @ v, np x 16 head dims at a time over every key pair
+        var e0 = 0
+        while e0 < dh:
+            var at = acc + t * mr * dh + e0
+            if e0 + np * NR <= dh:
+                madd_rows[mr, np](p_q + t * mr * t_pad, t_pad, v_panels + e0 * t_pad, t_pad * NR, t_pad // 2,
+                                  q_scale + t * mr, v_scales + e0, at, dh)
+                e0 += np * NR
+            else:
+                madd_rows[mr, 1](p_q + t * mr * t_pad, t_pad, v_panels + e0 * t_pad, t_pad * NR, t_pad // 2,
+                                 q_scale + t * mr, v_scales + e0, at, dh)
+                e0 += NR
+    for i in range(n_rows):
+        for e in range(0, dh, NR):
+            (dst + i * ldo).store(e, acc.load[width=NR](i * dh + e))
+
+
+@always_inline
+def madd_rows[mr: Int, np: Int](a: S16, lda: Int, panels: S16, ld_panel: Int, pairs: Int, row_scale: F32,
+                                col_scale: F32, dst: F32, ldd: Int):
+    """dst[r, 16 n + j] = (the int32 sum over k < pairs of a[r, 2k] b[n, k, j, 0] + a[r, 2k + 1]
+    b[n, k, j, 1]) x row_scale[r] x col_scale[16 n + j], for r < mr and n < np: `vpmaddwd` over np
+    panels b [pairs, 16, 2], ld_panel int16 apart."""
+    comptime V = NR // LANES  # vectors of int32 sums per panel
+    var acc = stack_allocation[mr * np * V, I32V]()
+    comptime for i in range(mr * np * V):
+        acc[i] = I32V(0)
+    for k in range(pairs):
+        comptime for r in range(mr):
+            var two = SIMD[DType.int32, LANES]((a + r * lda + 2 * k).bitcast[Int32]()[0])
+            comptime for n in range(np):
+                comptime for h in range(V):
+                    var b = (panels + n * ld_panel + k * 2 * NR + h * 2 * LANES).load[width=2 * LANES]()
+                    acc[(r * np + n) * V + h] = madd(acc[(r * np + n) * V + h], bitcast[DType.int16, 2 * LANES](two), b)
+    comptime for r in range(mr):
+        comptime for n in range(np):
+            var sums = SIMD[DType.int32, NR](0)
+            comptime for h in range(V):
+                sums = sums.insert[offset = h * LANES](acc[(r * np + n) * V + h])
+            var v = sums.cast[DType.float32]() * (col_scale.load[width=NR](n * NR) * row_scale[r])
+            dst.store(r * ldd + n * NR, v)
