@@ -1,10 +1,12 @@
 """Greedy decoding one step a graph call against runs of several steps a call (the token run
 graph, docs/design.md#several-steps-a-call): the same model, the two ways interleaved. With
 --drafts, fp32's runs drafted through the exact layers against drafts through their int8 copies
-(`ExecutionPlan.int8_drafts`, docs/design.md#drafted-runs): two models, in turn.
+(`ExecutionPlan.int8_drafts`, docs/design.md#drafted-runs): two models, in turn. With
+--int16-attention, int8's encoder attention in float32 against 16-bit integers
+(`ExecutionPlan.encoder_attention_int16`, docs/design.md#int8-on-the-cpu): two models, in turn.
 
     PYTHONPATH=. .venv/bin/python benchmarks/steps_per_call.py [--precision int8] [--steps 8]
-        [--device cpu] [--no-kernels] [--drafts] [--rounds 3] [--clip physicsworks.flac]
+        [--device cpu] [--no-kernels] [--drafts | --int16-attention] [--rounds 3] [--clip physicsworks.flac]
 
 One untimed transcription each way, then `--rounds` rounds of one timed transcription each way;
 prints the machine, each way's seconds and median (with --drafts also its run calls' median), each
@@ -29,6 +31,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-kernels", action="store_true", help="the portable plan (a GPU's graphs)")
     parser.add_argument("--drafts", action="store_true", help="fp32's runs: exact drafts against int8 drafts")
+    parser.add_argument(
+        "--int16-attention", action="store_true", help="int8's encoder attention: float32 against int16"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clip", default="physicsworks.flac")
     args = parser.parse_args()
@@ -44,17 +49,26 @@ def main() -> None:
     m = machine_info()
     print(f"{m['cpu']} ({m['vector_isa']}, {m['cores']} cores); {args.clip}, tiny.en")
 
-    def model_for(int8_drafts: bool | None = None) -> MaxTranscriber:
+    def model_for(**plan_fields: bool) -> MaxTranscriber:
         model = MaxTranscriber("tiny.en", device=args.device, precision=args.precision, kernels=not args.no_kernels)
-        if int8_drafts is not None:
-            model.net.plan = dataclasses.replace(model.net.plan, int8_drafts=int8_drafts)
+        if plan_fields:
+            model.net.plan = dataclasses.replace(model.net.plan, **plan_fields)
+            model.net.graphs["encoder"] = model.net.built_and_loaded("encoder")[0]  # built with the plan's fields
         start = time.perf_counter()
         list(model.net.compile_rest())
         print(f"{model.net.plan.describe()}; its graphs compiled or loaded in {time.perf_counter() - start:.1f} s")
         return model
 
     if args.drafts:  # (model, runs) each way
-        ways = {"exact drafts": (model_for(False), True), "int8 drafts": (model_for(True), True)}
+        ways = {
+            "exact drafts": (model_for(int8_drafts=False), True),
+            "int8 drafts": (model_for(int8_drafts=True), True),
+        }
+    elif args.int16_attention:
+        ways = {
+            "float32 attention": (model_for(encoder_attention_int16=False), True),
+            "int16 attention": (model_for(encoder_attention_int16=True), True),
+        }
     else:
         model = model_for()
         ways = {"one step a call": (model, False), f"{args.steps} steps a call": (model, True)}

@@ -91,7 +91,9 @@ def test_the_cpu_plan_runs_every_kernel_and_no_kernels_runs_the_gpu_s_graphs(tin
     assert int16[False].encoder_attention_int16 and "int16 encoder attention" in int16[False].describe()
     assert int16[True].encoder_attention_bf16 and not int16[True].encoder_attention_int16
     assert not int8[False].encoder_attention_int16
-    assert not make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims, cpu_int16=True).encoder_attention_int16
+    assert not make_plan(
+        WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims, cpu_int16=True
+    ).encoder_attention_int16
     # int8's packed linears and attention on AMX tiles where the caller may run them (`cpu_features.amx_permitted`)
     tiles = make_plan(WeightBank(tiny_arrays, DType.float32, DeviceRef.CPU()), dims, int8=True, amx=True)
     assert tiles.amx_tiles and "AMX tiles" in tiles.describe() and not int8[True].amx_tiles

@@ -511,7 +511,14 @@ def encoder_attention(
     bf16): q and the keys quantized to 12 bits, the values and the softmax's weights to 16, `vpmaddwd`."""
     b, t, d3 = qkv.shape
     out = TensorType(DType.float32, [b, t, int(d3) // 3], device=qkv.device)
-    parameters = {"heads": n_head, "tile_rows": tile[0], "tile_panels": tile[1], "bf16": bf16, "amx": amx, "int16": int16}
+    parameters = {
+        "heads": n_head,
+        "tile_rows": tile[0],
+        "tile_panels": tile[1],
+        "bf16": bf16,
+        "amx": amx,
+        "int16": int16,
+    }
     return ops.custom("encoder_attention", qkv.device, [qkv], [out], parameters=parameters)[0].tensor
 
 
