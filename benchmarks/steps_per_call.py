@@ -65,9 +65,11 @@ def main() -> None:
             "int8 drafts": (model_for(int8_drafts=True), True),
         }
     elif args.int16_attention:
-        ways = {
-            "float32 attention": (model_for(encoder_attention_int16=False), True),
-            "int16 attention": (model_for(encoder_attention_int16=True), True),
+        if args.precision != "int8":
+            parser.error("--int16-attention compares int8's encoder attention: use --precision int8")
+        ways = {  # bfloat16's attention off both ways, where the host would pick it
+            "float32 attention": (model_for(encoder_attention_int16=False, encoder_attention_bf16=False), True),
+            "int16 attention": (model_for(encoder_attention_int16=True, encoder_attention_bf16=False), True),
         }
     else:
         model = model_for()
