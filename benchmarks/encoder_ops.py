@@ -89,7 +89,8 @@ def main() -> None:
     ops, w = ops_of_a_window(model)
     if float32 != plan:  # the plan's attention beside float32's
         model.plan = float32
-        ops.insert(4, ("attention, float32", 0, *ops_of_a_window(model)[0][3][2:]))
+        _, _, types, build = next(op for op in ops_of_a_window(model)[0] if op[0] == "attention")
+        ops.insert(4, ("attention, float32", 0, types, build))
     rng = np.random.default_rng(0)
     timed = []
     for i, (name, count, types, build) in enumerate(ops):

@@ -144,9 +144,8 @@ def test_encoder_attention_in_int16_is_exact_sums_of_quantized_numbers(dh):
     weights = np.round(exps * (32767 / exps.sum(-1, keepdims=True)))
     expected = ((weights @ vq) * vs / weights.sum(-1, keepdims=True)).transpose(0, 2, 1, 3).reshape(b, t, d)
     np.testing.assert_allclose(out, expected, rtol=0, atol=2e-4)
-    qf, kf, vf = (heads(part) for part in (np.split(qkv, 3, axis=-1)))
-    exact = qf @ kf.transpose(0, 1, 3, 2) / np.sqrt(dh)
+    exact = q @ k.transpose(0, 1, 3, 2) / np.sqrt(dh)
     p = np.exp(exact - exact.max(-1, keepdims=True))
-    float_attention = ((p / p.sum(-1, keepdims=True)) @ vf).transpose(0, 2, 1, 3).reshape(b, t, d)
+    float_attention = ((p / p.sum(-1, keepdims=True)) @ v).transpose(0, 2, 1, 3).reshape(b, t, d)
     assert np.abs(out - float_attention).max() < 0.02
     assert np.abs(out - float_attention).max() > 10 * np.abs(out - expected).max()
