@@ -727,6 +727,27 @@ def _tile_assembly(program: str, cpu: str, tmp_path) -> str:
     return asm.read_text()
 
 
+def test_fast_exp_is_float32_exact_to_a_few_units():
+    """`exp_nonpositive`, the softmax exps of int8's attention kernels (tests/exp_accuracy.mojo, run):
+    over x in [-87, 0] within 1.2e-7 of float64's exp (float32 rounds to 6e-8), exp(0) exactly 1,
+    and x below -87 gives exp(-87), a normal float32."""
+    from pathlib import Path
+
+    from mojo.run import subprocess_run_mojo
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess_run_mojo(
+        ["run", "-I", str(root / "maxwhisper" / "graph"), str(root / "tests" / "exp_accuracy.mojo")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    worst, at_zero, below = (float(line) for line in done.stdout.split()[-3:])
+    assert worst < 1.2e-7
+    assert at_zero == 1.0
+    assert below == pytest.approx(np.exp(-87.0), rel=1e-6)
+
+
 SPILL = r"%[yz]mm\d+, -?\d*\(%r[sb]p\)|\(%r[sb]p\), %[yz]mm"  # a vector register stored to or loaded from the stack
 
 

@@ -78,7 +78,8 @@ def attend_frames[tile_rows: Int, tile_panels: Int, dt: DType, scaled: Bool](
     """The attention of `heads` heads' n query rows over T frames. Phase 1 puts each head's keys
     into panels [T / 16, Dh, 16] (zero past T) and its values into [Dh / 16, T, 16], times their
     scales where `scaled`; phase 2 runs `encoder_attention`'s rows, 4 tiles of query rows of one
-    head per work item. `tile_rows` and `tile_panels` as `packed_linear`'s."""
+    head per work item, with `exp_sum`'s fast exps over int8 keys. `tile_rows` and `tile_panels` as
+    `packed_linear`'s."""
     comptime mr = tile_rows if tile_rows else MR
     comptime np = tile_panels if tile_panels else TILE_PANELS
     comptime ROWS = 4 * mr  # query rows per work item
@@ -103,7 +104,7 @@ def attend_frames[tile_rows: Int, tile_panels: Int, dt: DType, scaled: Bool](
         var head = item // groups  # flat (batch, head) index
         var r0 = (item % groups) * ROWS
         var scratch = alloc[Float32](ROWS * (t_pad + 2 * MAX_DH + 1)).unsafe_origin_cast[MutAnyOrigin]()
-        rows[mr, np](qp + (head * n + r0) * dh, dh, min(ROWS, n - r0), k_panels + head * t_pad * dh,
+        rows[mr, np, dt == DType.int8](qp + (head * n + r0) * dh, dh, min(ROWS, n - r0), k_panels + head * t_pad * dh,
                      v_panels + head * t_len * dh, dst + (head * n + r0) * dh, dh, dh, t_len, t_pad, n_panels,
                      scale, scratch)
         scratch.free()

@@ -166,10 +166,12 @@ def pack(x: F32, h: Int, t_len: Int, d: Int, dh: Int, k_panels: F32, v_panels: F
             (v_panels + (e // NR) * t_len * NR + t * NR).store(0, value.load[width=NR](e))
 
 
-def rows[mr: Int, np: Int](q: F32, ldq: Int, n_rows: Int, k_panels: F32, v_panels: F32, dst: F32, ldo: Int,
-                           dh: Int, t_len: Int, t_pad: Int, n_panels: Int, scale: Float32, scratch: F32):
+def rows[mr: Int, np: Int, fast_exp: Bool = False](
+    q: F32, ldq: Int, n_rows: Int, k_panels: F32, v_panels: F32, dst: F32, ldo: Int, dh: Int, t_len: Int, t_pad: Int,
+    n_panels: Int, scale: Float32, scratch: F32,
+):
     """Attention of n_rows <= 4 mr query rows (ldq apart) of one head, written ldo apart at dst.
-    Rows past n_rows repeat the last one and are not stored."""
+    Rows past n_rows repeat the last one and are not stored. `fast_exp`: `exp_sum`'s fast exps."""
     comptime ROWS = 4 * mr
     var p = scratch  # scores, then exp(score - max) [ROWS, T_pad]
     var q_t = p + ROWS * t_pad  # per tile of mr rows, q transposed [Dh, mr] and scaled
@@ -192,7 +194,7 @@ def rows[mr: Int, np: Int](q: F32, ldq: Int, n_rows: Int, k_panels: F32, v_panel
         c += np if whole else 1
 
     for i in range(tiles * mr):  # exp(score - row max), and 1 / the row's sum
-        inv_sum[i] = 1 / exp_sum(p + i * t_pad, t_len)
+        inv_sum[i] = 1 / exp_sum[fast=fast_exp](p + i * t_pad, t_len)
 
     for t in range(tiles):  # p @ v, np x 16 head dims at a time over every key
         var e0 = 0
@@ -476,7 +478,7 @@ def rows_int16[mr: Int, np: Int](
 
     for i in range(tiles * mr):  # the weights in int16, and 1 / their sum
         var row = p + i * t_pad
-        var norm = PV_TOP / exp_sum(row, t_len)
+        var norm = PV_TOP / exp_sum[fast=True](row, t_len)
         var total = SIMD[DType.int32, NR](0)
         var full = t_len - t_len % NR
         for j in range(0, full, NR):
