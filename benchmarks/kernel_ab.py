@@ -1,0 +1,96 @@
+"""One attention kernel op from two or more compiled kernel packages, in turn in one process: a
+kernel change's effect on its op, which whole transcriptions on a shared machine cannot show
+(their spread is larger than a few % of the encoder).
+
+    PYTHONPATH=. .venv/bin/python benchmarks/kernel_ab.py PACKAGE PACKAGE [...] [--op encoder-int16]
+        [--rounds 9] [--calls 11]
+
+A PACKAGE is a compiled `kernels_*.mojoc`: a revision's shipped one (`maxwhisper/graph/prebuilt/`),
+or the one `kernel_package.kernel_library()` compiles into MAX's cache for a checkout. The ops, over
+random activations of tiny.en's shapes (6 heads of 64 dims):
+- encoder-int16, encoder-float32: `encoder_attention` of a 30 s window (1500 frames), int8's
+  16-bit integer path or the float32 one;
+- prompt-int8: `cross_attention_int8` of a 200-token prompt over a window's int8 keys and values.
+Each round calls each package's op `--calls` times in turn; prints each round's median per
+package, their medians, and the largest difference between the packages' outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("MODULAR_TELEMETRY_ENABLED", "0")
+
+import numpy as np  # noqa: E402
+from max import driver  # noqa: E402
+from max.dtype import DType  # noqa: E402
+from max.engine import InferenceSession  # noqa: E402
+from max.graph import DeviceRef, Graph, TensorType  # noqa: E402
+
+from maxwhisper.bench.machine import machine_info  # noqa: E402
+from maxwhisper.graph.kernel_package import cpu_target  # noqa: E402
+from maxwhisper.graph.layers import cross_attention_int8, encoder_attention  # noqa: E402
+
+HEADS, DH, FRAMES, PROMPT = 6, 64, 1500, 200
+
+
+def op_inputs(op: str, rng: np.random.Generator) -> tuple[list[np.ndarray], object]:
+    """The op's input arrays and a function of the graph's inputs that builds it."""
+    if op.startswith("encoder-"):
+        qkv = (rng.standard_normal((1, FRAMES, 3 * HEADS * DH)) * 1.5).astype(np.float32)
+        return [qkv], lambda x: encoder_attention(x, HEADS, int16=op == "encoder-int16")
+    q = rng.standard_normal((1, HEADS, PROMPT, DH)).astype(np.float32)
+    k = rng.integers(-127, 128, (1, HEADS, FRAMES, DH), dtype=np.int8)
+    v_t = rng.integers(-127, 128, (1, HEADS, DH, FRAMES), dtype=np.int8)
+    k_scales, v_scales = (rng.uniform(0.001, 0.03, (1, HEADS, FRAMES)).astype(np.float32) for _ in range(2))
+    return [q, k, v_t, k_scales, v_scales], cross_attention_int8
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("packages", nargs="+", type=Path)
+    parser.add_argument("--op", default="encoder-int16", choices=["encoder-int16", "encoder-float32", "prompt-int8"])
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--calls", type=int, default=11)
+    args = parser.parse_args()
+    if len(args.packages) < 2 or not all(p.is_file() for p in args.packages):
+        parser.error("give two or more compiled kernel packages (kernels_*.mojoc files)")
+    cpu_target()  # the CPU target the packages were compiled for, as the model sets it
+    arrays, build = op_inputs(args.op, np.random.default_rng(0))
+    cpu = DeviceRef.CPU()
+    ops = []
+    for i, package in enumerate(args.packages):
+        types = [TensorType(DType.from_numpy(a.dtype), a.shape, device=cpu) for a in arrays]
+        with Graph(f"kernel_ab_{i}", input_types=types, custom_extensions=[package]) as graph:
+            graph.output(build(*(v.tensor for v in graph.inputs)))
+        ops.append(InferenceSession(devices=[driver.CPU()]).load(graph))
+    inputs = [driver.Buffer.from_numpy(a) for a in arrays]
+    outputs = [op.execute(*inputs)[0].to_numpy() for op in ops]
+
+    m = machine_info()
+    print(f"{m['cpu']} ({m['vector_isa']}, {m['cores']} cores); {args.op}, ms per call")
+    rounds: list[list[float]] = [[] for _ in ops]
+    for _ in range(args.rounds):
+        for op, times in zip(ops, rounds):
+            calls = []
+            for _ in range(args.calls):
+                start = time.perf_counter()
+                op.execute(*inputs)
+                calls.append(time.perf_counter() - start)
+            times.append(statistics.median(calls) * 1000)
+    for package, times in zip(args.packages, rounds):
+        print(f"{package.name}: median {statistics.median(times):.2f} of {[round(t, 1) for t in times]}")
+    first = rounds[0]
+    for package, times in zip(args.packages[1:], rounds[1:]):
+        ratios = [round(b / a, 3) for a, b in zip(first, times)]
+        print(f"{package.name} against {args.packages[0].name}, round by round:", ratios)
+    largest = max(float(np.abs(out - outputs[0]).max()) for out in outputs)
+    print("largest difference from the first package's output:", largest)
+
+
+if __name__ == "__main__":
+    main()
