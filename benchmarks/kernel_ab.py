@@ -1,4 +1,4 @@
-"""One attention kernel op from two or more compiled kernel packages, in turn in one process: a
+"""One kernel op from two or more compiled kernel packages, in turn in one process: a
 kernel change's effect on its op, which whole transcriptions on a shared machine cannot show
 (their spread is larger than a few % of the encoder).
 
@@ -10,7 +10,9 @@ or the one `kernel_package.kernel_library()` compiles into MAX's cache for a che
 random activations of tiny.en's shapes (6 heads of 64 dims):
 - encoder-int16, encoder-float32: `encoder_attention` of a 30 s window (1500 frames), int8's
   16-bit integer path or the float32 one;
-- prompt-int8: `cross_attention_int8` of a 200-token prompt over a window's int8 keys and values.
+- prompt-int8: `cross_attention_int8` of a 200-token prompt over a window's int8 keys and values;
+- mlp-up-int8, mlp-down-int8: `packed_linear_int8` over a window's 1500 rows, the MLP's first
+  linear (384 -> 1536, GELU) or its second (1536 -> 384, the residual added).
 Each round calls each package's op `--calls` times in turn; prints each round's median per
 package, their medians, and the largest difference between the packages' outputs.
 """
@@ -33,41 +35,65 @@ from max.graph import DeviceRef, Graph, TensorType  # noqa: E402
 
 from maxwhisper.bench.machine import machine_info  # noqa: E402
 from maxwhisper.graph.kernel_package import cpu_target  # noqa: E402
-from maxwhisper.graph.layers import cross_attention_int8, encoder_attention  # noqa: E402
+from maxwhisper.graph.layers import (  # noqa: E402
+    WeightBank,
+    cross_attention_int8,
+    encoder_attention,
+    packed_linear_int8,
+)
 
 HEADS, DH, FRAMES, PROMPT = 6, 64, 1500, 200
+OPS = ["encoder-int16", "encoder-float32", "prompt-int8", "mlp-up-int8", "mlp-down-int8"]
 
 
 def op_inputs(op: str, rng: np.random.Generator) -> tuple[list[np.ndarray], object]:
-    """The op's input arrays and a function of the graph's inputs that builds it."""
+    """The op's input arrays, and a function that gives a builder of the op from the graph's inputs
+    and a function of the weights it loads with, once built (a graph's weights are its own: one call
+    per graph)."""
     if op.startswith("encoder-"):
         qkv = (rng.standard_normal((1, FRAMES, 3 * HEADS * DH)) * 1.5).astype(np.float32)
-        return [qkv], lambda x: encoder_attention(x, HEADS, int16=op == "encoder-int16")
+        return [qkv], lambda: (lambda x: encoder_attention(x, HEADS, int16=op == "encoder-int16"), dict)
+    if op.startswith("mlp-"):
+        d = HEADS * DH
+        k, n = (d, 4 * d) if op == "mlp-up-int8" else (4 * d, d)
+        weights = {
+            "lin.weight_t": (rng.standard_normal((k, n)) * 0.05).astype(np.float32),
+            "lin.bias": rng.standard_normal(n).astype(np.float32),
+        }
+        x = rng.standard_normal((FRAMES, k)).astype(np.float32)
+        residual = [] if op == "mlp-up-int8" else [rng.standard_normal((FRAMES, n)).astype(np.float32)]
+
+        def builder():
+            w = WeightBank(weights, DType.float32, DeviceRef.CPU())
+            return lambda x, *r: packed_linear_int8(w, "lin", gelu=not r)(x, *r), w.registry
+
+        return [x, *residual], builder
     q = rng.standard_normal((1, HEADS, PROMPT, DH)).astype(np.float32)
     k = rng.integers(-127, 128, (1, HEADS, FRAMES, DH), dtype=np.int8)
     v_t = rng.integers(-127, 128, (1, HEADS, DH, FRAMES), dtype=np.int8)
     k_scales, v_scales = (rng.uniform(0.001, 0.03, (1, HEADS, FRAMES)).astype(np.float32) for _ in range(2))
-    return [q, k, v_t, k_scales, v_scales], cross_attention_int8
+    return [q, k, v_t, k_scales, v_scales], lambda: (cross_attention_int8, dict)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("packages", nargs="+", type=Path)
-    parser.add_argument("--op", default="encoder-int16", choices=["encoder-int16", "encoder-float32", "prompt-int8"])
+    parser.add_argument("--op", default="encoder-int16", choices=OPS)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--calls", type=int, default=11)
     args = parser.parse_args()
     if len(args.packages) < 2 or not all(p.is_file() for p in args.packages):
         parser.error("give two or more compiled kernel packages (kernels_*.mojoc files)")
     cpu_target()  # the CPU target the packages were compiled for, as the model sets it
-    arrays, build = op_inputs(args.op, np.random.default_rng(0))
+    arrays, builder = op_inputs(args.op, np.random.default_rng(0))
     cpu = DeviceRef.CPU()
+    types = [TensorType(DType.from_numpy(a.dtype), a.shape, device=cpu) for a in arrays]
     ops = []
     for i, package in enumerate(args.packages):
-        types = [TensorType(DType.from_numpy(a.dtype), a.shape, device=cpu) for a in arrays]
+        build, registry = builder()
         with Graph(f"kernel_ab_{i}", input_types=types, custom_extensions=[package]) as graph:
             graph.output(build(*(v.tensor for v in graph.inputs)))
-        ops.append(InferenceSession(devices=[driver.CPU()]).load(graph))
+        ops.append(InferenceSession(devices=[driver.CPU()]).load(graph, weights_registry=registry()))
     inputs = [driver.Buffer.from_numpy(a) for a in arrays]
     outputs = [op.execute(*inputs)[0].to_numpy() for op in ops]
 
