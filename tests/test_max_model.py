@@ -698,32 +698,27 @@ def test_cross_layout_kernel_lays_out_and_quantizes_every_layers_keys_and_values
         np.testing.assert_array_equal(ours, theirs)
 
 
-def _tile_assembly(program: str, cpu: str, tmp_path) -> str:
-    """tests/`program` compiled to assembly for `cpu` (`mojo build --emit asm --target-cpu`; nothing
-    runs, so this machine's own ISA does not matter)."""
+def _mojo(command: str, program: str, *options: str) -> str:
+    """`mojo COMMAND OPTIONS -I maxwhisper/graph tests/PROGRAM` (asserting it succeeds): its stdout."""
     from pathlib import Path
 
     from mojo.run import subprocess_run_mojo
 
     root = Path(__file__).resolve().parents[1]
-    asm = tmp_path / f"{cpu}.s"
     done = subprocess_run_mojo(
-        [
-            "build",
-            "--emit",
-            "asm",
-            "--target-cpu",
-            cpu,
-            "-I",
-            str(root / "maxwhisper" / "graph"),
-            "-o",
-            str(asm),
-            str(root / "tests" / program),
-        ],
+        [command, *options, "-I", str(root / "maxwhisper" / "graph"), str(root / "tests" / program)],
         capture_output=True,
         text=True,
     )
     assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def _tile_assembly(program: str, cpu: str, tmp_path) -> str:
+    """tests/`program` compiled to assembly for `cpu` (`mojo build --emit asm --target-cpu`; nothing
+    runs, so this machine's own ISA does not matter)."""
+    asm = tmp_path / f"{cpu}.s"
+    _mojo("build", program, "--emit", "asm", "--target-cpu", cpu, "-o", str(asm))
     return asm.read_text()
 
 
@@ -731,18 +726,7 @@ def test_fast_exp_is_float32_exact_to_a_few_units():
     """`exp_nonpositive`, the softmax exps of int8's attention kernels (tests/exp_accuracy.mojo, run):
     over x in [-87, 0] within 1.2e-7 of float64's exp (float32 rounds to 6e-8), exp(0) exactly 1,
     and x below -87 gives exp(-87), a normal float32."""
-    from pathlib import Path
-
-    from mojo.run import subprocess_run_mojo
-
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess_run_mojo(
-        ["run", "-I", str(root / "maxwhisper" / "graph"), str(root / "tests" / "exp_accuracy.mojo")],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    worst, at_zero, below = (float(line) for line in done.stdout.split()[-3:])
+    worst, at_zero, below = (float(line) for line in _mojo("run", "exp_accuracy.mojo").split()[-3:])
     assert worst < 1.2e-7
     assert at_zero == 1.0
     assert below == pytest.approx(np.exp(-87.0), rel=1e-6)
