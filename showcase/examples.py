@@ -22,3 +22,9 @@ def example_rows(models: list[str], english: bool = False) -> list[tuple[str, st
         for name, button, model, text in EXAMPLES
         if (EXAMPLES_DIR / name).is_file() and (model.endswith(".en") or not english)
     ]
+
+
+def reference_for_new_audio(reference: str) -> str:
+    """The reference text once other audio is in the box: an example's text went with its clip, so
+    it goes; one the visitor typed stays."""
+    return "" if reference in {text for *_, text in EXAMPLES if text} else reference

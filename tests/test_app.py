@@ -1306,6 +1306,15 @@ def test_system_report_shows_no_server_path(tmp_path, monkeypatch):
     assert re.search(r"(?<![\w.:/])/\w", report) is None, report  # no absolute path at all
 
 
+def test_an_example_s_reference_text_goes_when_other_audio_comes():
+    """Other audio in the Compare tab's box (an upload, a recording, a video, the box cleared) takes
+    an example's reference text away with its clip, so no WER is scored against another clip's
+    words; a reference the visitor typed stays."""
+    assert examples.reference_for_new_audio(examples.JFK_TEXT) == ""
+    assert examples.reference_for_new_audio("what I said") == "what I said"
+    assert examples.reference_for_new_audio("") == ""
+
+
 def test_app_builds_with_the_examples():
     import gradio as gr
 

@@ -581,13 +581,18 @@ def record_until_heard(page, panel, console: list[str], tries: int = 3) -> None:
 
 def test_a_video_file_goes_into_the_audio_box(app):
     """The audio box silently drops a file the browser types video/* (a .webm, .mp4): the button in
-    the options takes such a file and puts it in the box, whose run decodes it with FFmpeg."""
+    the options takes such a file and puts it in the box, whose run decodes it with FFmpeg. The
+    example's reference text in the box as the page opens goes with its clip."""
     from playwright.sync_api import expect
+
+    from showcase.examples import JFK_TEXT
 
     with app_page(app[0], DESKTOP) as page:
         page.locator("#options").click()  # the options fold open
+        expect(page.locator("#reference textarea")).to_have_value(JFK_TEXT)
         button = "#video-upload input[type=file], input[type=file][accept*='video']"
         page.set_input_files(button, str(AUDIO / "physicsworks_audio.webm"))
         expect(page.locator("#audio a[href$='/physicsworks_audio.webm']").first).to_be_attached(timeout=60_000)
+        expect(page.locator("#reference textarea")).to_have_value("")
         page.set_input_files(button, str(AUDIO / "jfk.flac"))  # an audio file given to the button is not dropped
         expect(page.locator("#audio a[href$='/jfk.flac']").first).to_be_attached(timeout=60_000)

@@ -21,7 +21,7 @@ from ..charts import short_name, speed_value, stage_bars, time_bars
 from ..choices import Choices
 from ..comparison import Comparison, Panel, run_comparison, watch
 from ..cpu_load import BUSY_CORES, available_cores
-from ..examples import example_rows
+from ..examples import example_rows, reference_for_new_audio
 from ..formatting import label, panel_title
 from ..language_check import detector_for
 from ..results import RESULTS_DIR
@@ -139,7 +139,11 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
                         choices.precisions,
                         value="fp32",
                         label="Precision",
-                        info="int8 and bf16 are MAX's (int8: faster-whisper's too); openai-whisper stays fp32",
+                        info=(
+                            "int8 and bf16 are MAX's (int8: faster-whisper's too); openai-whisper stays fp32"
+                            if "bf16" in choices.precisions
+                            else "int8 is MAX's and faster-whisper's; openai-whisper stays fp32"
+                        ),
                     )
                     device = gr.Radio(
                         ["auto", "cpu", "gpu"] if choices.gpu else ["auto", "cpu"],
@@ -163,6 +167,7 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
                         first[3],
                         label="Reference text, for each implementation's WER",
                         lines=2,
+                        elem_id="reference",
                         placeholder="what is said in the audio",
                     )
                     beam_size = gr.Slider(1, 5, value=1, step=1, label="Beam size (1 = greedy)")
@@ -345,11 +350,30 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
         suggest.click(lambda: detector[1], outputs=model, concurrency_limit=None, show_progress="hidden").then(
             transcribe, run_inputs, results, concurrency_limit=RUNS_AT_ONCE, show_progress="hidden"
         )
-    video.upload(lambda path: path, inputs=video, outputs=audio, show_progress="hidden")
+    # other audio in the box: an example's reference text goes with its clip (a WER against it means nothing)
+    video.upload(
+        lambda path, text: (path, reference_for_new_audio(text)),
+        [video, reference_text],
+        [audio, reference_text],
+        show_progress="hidden",
+    )
     audio.upload(
-        lambda path: refusal(path, max_seconds), audio, message, show_progress="hidden", concurrency_limit=None
+        lambda path, text: (refusal(path, max_seconds), reference_for_new_audio(text)),
+        [audio, reference_text],
+        [message, reference_text],
+        show_progress="hidden",
+        concurrency_limit=None,
     )  # at once
-    audio.clear(lambda: "", outputs=message, show_progress="hidden", concurrency_limit=None)
+    audio.stop_recording(
+        reference_for_new_audio, reference_text, reference_text, show_progress="hidden", concurrency_limit=None
+    )
+    audio.clear(
+        lambda text: ("", reference_for_new_audio(text)),
+        reference_text,
+        [message, reference_text],
+        show_progress="hidden",
+        concurrency_limit=None,
+    )
     for button, path, example_model, text in example_buttons:  # (the message: an upload's refusal goes)
         button.click(
             lambda path=path, m=example_model, text=text: (path, m, text, ""),
