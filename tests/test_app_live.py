@@ -384,6 +384,11 @@ def test_a_race_ends_with_who_was_first():
         "they were said.</div><div>openai-whisper fell behind (7 s of speech waited at worst), its words final 5.0 s "
         "after they were said.</div><div>faster-whisper stopped: no memory</div></div>"
     )
+    slow = live.LiveRace({"max": session([3.5], behind=4.0), "faster": session([3.9], behind=4.2)})
+    assert live.race_result(slow).startswith(  # a first that fell behind does not read as one that kept up
+        "<div class='live-result'><div class='live-winner'>MAX was first, though it fell behind (4 s of speech "
+        "waited at worst), its words final 3.5 s after they were said.</div>"
+    )
     alone = live.LiveRace({"faster": session([2.0])})
     assert live.race_result(alone) == (
         "<div class='live-result'><div>faster-whisper kept up, its words final 2.0 s after they were said.</div></div>"

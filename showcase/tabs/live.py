@@ -100,7 +100,8 @@ def race_result(race: LiveRace) -> str:
         best = min(ranks.values())
         firsts = [b for b, rank in ranks.items() if rank == best]
         if len(firsts) == 1:
-            lines.append(f"{short_name(firsts[0])} was first: it {said.pop(firsts[0])}")
+            first = "was first, though it" if best[0] else "was first: it"  # every one fell behind
+            lines.append(f"{short_name(firsts[0])} {first} {said.pop(firsts[0])}")
         else:
             lines.append(
                 f"A tie: {' and '.join(short_name(b) for b in firsts)} "
