@@ -1,8 +1,8 @@
-"""One kernel op from two or more compiled kernel packages, in turn in one process: a
-kernel change's effect on its op, which whole transcriptions on a shared machine cannot show
-(their spread is larger than a few % of the encoder).
+"""Kernel ops from one or more compiled kernel packages, in turn in one process: a kernel
+change's effect on its op, which whole transcriptions on a shared machine cannot show (their spread
+is larger than a few % of the encoder), or two ways of one op.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/kernel_ab.py PACKAGE PACKAGE [...] [--op encoder-int16]
+    PYTHONPATH=. .venv/bin/python benchmarks/kernel_ab.py PACKAGE [PACKAGE ...] [--op encoder-int16[,OP ...]]
         [--rounds 9] [--calls 11]
 
 A PACKAGE is a compiled `kernels_*.mojoc`: a revision's shipped one (`maxwhisper/graph/prebuilt/`),
@@ -10,11 +10,12 @@ or the one `kernel_package.kernel_library()` compiles into MAX's cache for a che
 random activations of tiny.en's shapes (6 heads of 64 dims):
 - encoder-int16, encoder-float32: `encoder_attention` of a 30 s window (1500 frames), int8's
   16-bit integer path or the float32 one;
-- prompt-int8: `cross_attention_int8` of a 200-token prompt over a window's int8 keys and values;
+- prompt-int8, prompt-int8-int16: `cross_attention_int8` of a 200-token prompt over a window's int8
+  keys and values, widened to float32 or through `vpmaddwd` (`int16`);
 - mlp-up-int8, mlp-down-int8: `packed_linear_int8` over a window's 1500 rows, the MLP's first
   linear (384 -> 1536, GELU) or its second (1536 -> 384, the residual added).
-Each round calls each package's op `--calls` times in turn; prints each round's median per
-package, their medians, and the largest difference between the packages' outputs.
+Each round calls each package's ops `--calls` times in turn; prints each round's median per
+package and op, their medians, and the largest difference between their outputs.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from maxwhisper.graph.layers import (  # noqa: E402
 )
 
 HEADS, DH, FRAMES, PROMPT = 6, 64, 1500, 200
-OPS = ["encoder-int16", "encoder-float32", "prompt-int8", "mlp-up-int8", "mlp-down-int8"]
+OPS = ["encoder-int16", "encoder-float32", "prompt-int8", "prompt-int8-int16", "mlp-up-int8", "mlp-down-int8"]
 
 
 def op_inputs(op: str, rng: np.random.Generator) -> tuple[list[np.ndarray], object]:
@@ -72,33 +73,42 @@ def op_inputs(op: str, rng: np.random.Generator) -> tuple[list[np.ndarray], obje
     k = rng.integers(-127, 128, (1, HEADS, FRAMES, DH), dtype=np.int8)
     v_t = rng.integers(-127, 128, (1, HEADS, DH, FRAMES), dtype=np.int8)
     k_scales, v_scales = (rng.uniform(0.001, 0.03, (1, HEADS, FRAMES)).astype(np.float32) for _ in range(2))
-    return [q, k, v_t, k_scales, v_scales], lambda: (cross_attention_int8, dict)
+    int16 = op == "prompt-int8-int16"
+    return [q, k, v_t, k_scales, v_scales], lambda: (lambda *x: cross_attention_int8(*x, int16=int16), dict)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("packages", nargs="+", type=Path)
-    parser.add_argument("--op", default="encoder-int16", choices=OPS)
+    parser.add_argument("--op", default="encoder-int16", help=f"one or more of {', '.join(OPS)}, comma-separated")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--calls", type=int, default=11)
     args = parser.parse_args()
-    if len(args.packages) < 2 or not all(p.is_file() for p in args.packages):
-        parser.error("give two or more compiled kernel packages (kernels_*.mojoc files)")
+    names = args.op.split(",")
+    if not set(names) <= set(OPS):
+        parser.error(f"--op takes {', '.join(OPS)}")
+    if not all(p.is_file() for p in args.packages) or len(args.packages) * len(names) < 2:
+        parser.error("give compiled kernel packages (kernels_*.mojoc files): two or more, or one with two ops")
     cpu_target()  # the CPU target the packages were compiled for, as the model sets it
-    arrays, builder = op_inputs(args.op, np.random.default_rng(0))
+    made = [op_inputs(name, np.random.default_rng(0)) for name in names]
+    arrays = made[0][0]
+    if any([a.shape for a in other] != [a.shape for a in arrays] for other, _ in made):
+        parser.error("the ops compared take different inputs")
     cpu = DeviceRef.CPU()
     types = [TensorType(DType.from_numpy(a.dtype), a.shape, device=cpu) for a in arrays]
-    ops = []
-    for i, package in enumerate(args.packages):
-        build, registry = builder()
-        with Graph(f"kernel_ab_{i}", input_types=types, custom_extensions=[package]) as graph:
-            graph.output(build(*(v.tensor for v in graph.inputs)))
-        ops.append(InferenceSession(devices=[driver.CPU()]).load(graph, weights_registry=registry()))
+    labels, ops = [], []
+    for package in args.packages:
+        for name, (_, builder) in zip(names, made):
+            build, registry = builder()
+            with Graph(f"kernel_ab_{len(ops)}", input_types=types, custom_extensions=[package]) as graph:
+                graph.output(build(*(v.tensor for v in graph.inputs)))
+            ops.append(InferenceSession(devices=[driver.CPU()]).load(graph, weights_registry=registry()))
+            labels.append(f"{package.name} {name}")
     inputs = [driver.Buffer.from_numpy(a) for a in arrays]
     outputs = [op.execute(*inputs)[0].to_numpy() for op in ops]
 
     m = machine_info()
-    print(f"{m['cpu']} ({m['vector_isa']}, {m['cores']} cores); {args.op}, ms per call")
+    print(f"{m['cpu']} ({m['vector_isa']}, {m['cores']} cores); ms per call")
     rounds: list[list[float]] = [[] for _ in ops]
     for _ in range(args.rounds):
         for op, times in zip(ops, rounds):
@@ -108,14 +118,13 @@ def main() -> None:
                 op.execute(*inputs)
                 calls.append(time.perf_counter() - start)
             times.append(statistics.median(calls) * 1000)
-    for package, times in zip(args.packages, rounds):
-        print(f"{package.name}: median {statistics.median(times):.2f} of {[round(t, 1) for t in times]}")
-    first = rounds[0]
-    for package, times in zip(args.packages[1:], rounds[1:]):
-        ratios = [round(b / a, 3) for a, b in zip(first, times)]
-        print(f"{package.name} against {args.packages[0].name}, round by round:", ratios)
+    for label, times in zip(labels, rounds):
+        print(f"{label}: median {statistics.median(times):.2f} of {[round(t, 1) for t in times]}")
+    for label, times in zip(labels[1:], rounds[1:]):
+        ratios = [round(b / a, 3) for a, b in zip(rounds[0], times)]
+        print(f"{label} against {labels[0]}, round by round:", ratios)
     largest = max(float(np.abs(out - outputs[0]).max()) for out in outputs)
-    print("largest difference from the first package's output:", largest)
+    print(f"largest difference from {labels[0]}'s output:", largest)
 
 
 if __name__ == "__main__":

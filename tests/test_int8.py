@@ -103,6 +103,61 @@ def test_cli_transcribes_jfk_in_int8(max_tiny_en_int8):
     )
 
 
+@pytest.mark.parametrize("n", [5, 50])
+def test_prompt_cross_attention_in_int16_is_exact_sums_of_quantized_numbers(n):
+    """`cross_attention_int8` with int16 (int8's prompts on AVX2) against float64 numpy over the
+    numbers it quantizes: q per row to +-2047 against the int8 keys as they are, each value dim
+    (int8 value x its scale) requantized to +-32767 over the frames, the softmax's weights to +-32767
+    of their row's sum. Batch 2, 3 heads of Dh 64, T = 37 frames, n = 5 or 50 query rows; the tiles
+    give the same bits; within 1 % of the largest value of the float path's attention."""
+    from max.dtype import DType
+    from max.graph import DeviceRef, TensorType
+    from test_max_model import _kernel_graph
+
+    from maxwhisper.graph.layers import MACHINE_TILE, cross_attention_int8
+
+    b, h, t, dh = 2, 3, 37, 64
+    rng = np.random.default_rng(n)
+    q = (rng.standard_normal((b, h, n, dh)) * 2).astype(np.float32)
+    k = rng.integers(-127, 128, (b, h, t, dh)).astype(np.int8)
+    v_t = rng.integers(-127, 128, (b, h, dh, t)).astype(np.int8)
+    k_scales, v_scales = (rng.uniform(0.001, 0.03, (b, h, t)).astype(np.float32) for _ in range(2))
+    cpu = DeviceRef.CPU()
+    types = [
+        TensorType(DType.float32, [b, h, "n", dh], device=cpu),
+        TensorType(DType.int8, [b, h, t, dh], device=cpu),
+        TensorType(DType.int8, [b, h, dh, t], device=cpu),
+        TensorType(DType.float32, [b, h, t], device=cpu),
+        TensorType(DType.float32, [b, h, t], device=cpu),
+    ]
+    run = _kernel_graph(
+        "cross_attention_int16_test",
+        types,
+        lambda *x: (
+            [cross_attention_int8(*x, tile=tile, int16=True) for tile in (MACHINE_TILE, (6, 1), (4, 2))]
+            + [cross_attention_int8(*x)]
+        ),
+    )
+    out, small, paired, float_path = run(q, k, v_t, k_scales, v_scales)
+    np.testing.assert_array_equal(small, out)
+    np.testing.assert_array_equal(paired, out)
+
+    def quantized(x, axis, top):  # x ~ q s, |q| <= top, in float32 as the kernel rounds: (q, s) over `axis`
+        s = np.abs(x).max(axis=axis, keepdims=True) / np.float32(top)
+        return np.round(x * (np.float32(1) / s)).astype(np.float64), s.astype(np.float64)
+
+    values = (v_t.astype(np.float32) * v_scales[..., None, :]).transpose(0, 1, 3, 2)  # [B, H, T, Dh]
+    (qq, qs), (vq, vs) = quantized(q, -1, 2047), quantized(values, -2, 32767)
+    scores = (qq @ k.astype(np.float64).transpose(0, 1, 3, 2)) * qs * k_scales[..., None, :] / np.sqrt(dh)
+    exps = np.exp(scores - scores.max(-1, keepdims=True))
+    weights = np.round(exps * (32767 / exps.sum(-1, keepdims=True)))
+    expected = (weights @ vq) * vs / weights.sum(-1, keepdims=True)
+    top = np.abs(values).max()
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-4 * top)
+    assert np.abs(out - float_path).max() < 0.01 * top
+    assert np.abs(out - float_path).max() > 10 * np.abs(out - expected).max()  # the quantization is what moves it
+
+
 @pytest.mark.parametrize("dh", [64, 80])
 def test_encoder_attention_in_int16_is_exact_sums_of_quantized_numbers(dh):
     """`encoder_attention` with int16 (int8's encoder attention on AVX2) against float64 numpy over

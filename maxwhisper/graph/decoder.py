@@ -202,7 +202,9 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, mod
 
         def int8_cross_attention(i: int) -> Attend:
             """Layer i's cross-attention over the int8 keys and values as they are (`cross_attention_int8`)."""
-            return lambda q, k, v_t: cross_attention_int8(q, k, v_t, cross[2][i], cross[3][i])
+            return lambda q, k, v_t: cross_attention_int8(
+                q, k, v_t, cross[2][i], cross[3][i], int16=plan.encoder_attention_int16
+            )
 
         self_attend = step_attention(mask, lambda: positions + 1)
         if plan.token_step and plan.step_kernels and cross_k.dtype == DType.float32 and cross_attention_fits(dh):

@@ -551,19 +551,21 @@ def cross_attention_int8(
     k_scales: TensorValue,
     v_scales: TensorValue,
     tile: tuple[int, int] = MACHINE_TILE,
+    int16: bool = False,
 ) -> TensorValue:
     """A prompt's cross-attention over int8 keys and values with their scales, as one CPU kernel
     (`kernels/cross_attention.mojo`): q float32 [B, H, n, Dh], k int8 [B, H, T, Dh], v_t int8
     [B, H, Dh, T], k_scales and v_scales float32 [B, H, T] (`decoder.cross_layout`) -> float32
-    [B, H, n, Dh]. The keys and values are widened as `decoder.float_cross` widens them; `tile` as
-    `packed_linear`'s."""
+    [B, H, n, Dh]. The keys and values are widened as `decoder.float_cross` widens them, or with
+    `int16` (where `cpu_features.int16_attention_pays`) run through `vpmaddwd` as int8's encoder
+    attention is; `tile` as `packed_linear`'s."""
     out = TensorType(DType.float32, q.shape, device=q.device)
     return ops.custom(
         "cross_attention_int8",
         q.device,
         [q, k, v_t, k_scales, v_scales],
         [out],
-        parameters={"tile_rows": tile[0], "tile_panels": tile[1]},
+        parameters={"tile_rows": tile[0], "tile_panels": tile[1], "int16": int16},
     )[0].tensor
 
 

@@ -200,7 +200,7 @@ def exp_nonpositive[w: Int](x: SIMD[DType.float32, w]) -> SIMD[DType.float32, w]
     comptime V = SIMD[DType.float32, w]
     var xc = max(x, V(-87))
     var n = round(xc * 1.4426950408889634)
-    var r = n.fma(V(-0.693145751953125), xc)  # ln 2 in two parts: r exact to float32
+    var r = n.fma(V(-0.693145751953125), xc)  # ln 2 in two parts (Cody-Waite) keeps r accurate
     r = n.fma(V(-1.428606765330187e-06), r)
     var p = V(1.9875691500e-4).fma(r, V(1.3981999507e-3))
     p = p.fma(r, V(8.3334519073e-3))
@@ -211,6 +211,14 @@ def exp_nonpositive[w: Int](x: SIMD[DType.float32, w]) -> SIMD[DType.float32, w]
     return bitcast[DType.float32, w](bitcast[DType.int32, w](p) + (n.cast[DType.int32]() << 23))
 
 
+@always_inline
+def softmax_exp[w: Int, fast: Bool](x: SIMD[DType.float32, w]) -> SIMD[DType.float32, w]:
+    """exp(x) for a softmax's x - max: `exp_nonpositive` where `fast`, else `exp`."""
+    comptime if fast:
+        return exp_nonpositive[w](x)
+    return exp(x)
+
+
 def exp_sum[o: MutOrigin, fast: Bool = False](row: UnsafePointer[Float32, o], n: Int) -> Float32:
     """row[j] = exp(row[j] - max(row)) for j < n, in place; returns their sum (softmax's
     numerators and denominator). `fast`: `exp_nonpositive` (int8's paths; fp32 keeps `exp`)."""
@@ -218,22 +226,12 @@ def exp_sum[o: MutOrigin, fast: Bool = False](row: UnsafePointer[Float32, o], n:
     var m = row_max[W](row, n)
     var tv = SIMD[DType.float32, W](0)
     for j in range(0, full, W):
-        var x = row.load[width=W](j) - m
-        var e: SIMD[DType.float32, W]
-        comptime if fast:
-            e = exp_nonpositive[W](x)
-        else:
-            e = exp(x)
+        var e = softmax_exp[W, fast](row.load[width=W](j) - m)
         row.store(j, e)
         tv += e
     var total = tv.reduce_add()
     for j in range(full, n):
-        var x = row[j] - m
-        var e: Float32
-        comptime if fast:
-            e = exp_nonpositive[1](x)
-        else:
-            e = exp(x)
+        var e = softmax_exp[1, fast](row[j] - m)
         row[j] = e
         total += e
     return total

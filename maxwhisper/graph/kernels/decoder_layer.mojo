@@ -111,7 +111,7 @@ struct DecoderLayerStep:
             var v_ok = (cross_v_scales.dim_size(0) == n_cache and cross_v_scales.dim_size(1) == heads
                         and cross_v_scales.dim_size(2) == t_len)
             if not (k_ok and v_ok):
-                raise Error("decoder_layer_step: int8 cross K/V need scales [B, H, T]")
+                raise Error("decoder_layer_step: int8 cross K/V need scales [C, H, T]")
             if dh % W8 != 0:
                 raise Error("decoder_layer_step: int8 cross K/V need Dh a multiple of 16")
         elif ctype != DType.float32:

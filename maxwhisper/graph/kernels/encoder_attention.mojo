@@ -403,19 +403,14 @@ def pack_int16(x: F32, h: Int, t_len: Int, t_pad: Int, d: Int, dh: Int, k_panels
     """`pack_bf16`'s layouts in int16: key t quantized to +-2047 over its Dh dims (k_scales[t]), value
     dim e to +-32767 over the T keys (v_scales[e]); zero keys and values past T up to T_pad."""
     var words = stack_allocation[MAX_DH // 2, Int32]()  # one key's int16 dims pairwise
-    var pairs = words.bitcast[Int16]()
+    var pairs = words.bitcast[Int16]().unsafe_origin_cast[MutAnyOrigin]()
     for t in range(t_pad):
-        var key = x + t * 3 * d + d + h * dh
-        var top = V16(0)
         if t < t_len:
+            k_scales[t] = quantize_12_bits(x + t * 3 * d + d + h * dh, dh, pairs)
+        else:
+            k_scales[t] = 1
             for e in range(0, dh, NR):
-                top = max(top, abs(key.load[width=NR](e)))
-        var mx = top.reduce_max()
-        var s = mx / QK_TOP if mx > 0 else Float32(1)
-        k_scales[t] = s
-        for e in range(0, dh, NR):
-            var v = round(key.load[width=NR](e) * (1 / s)) if t < t_len else V16(0)
-            pairs.store(e, v.cast[DType.int16]())
+                pairs.store(e, SIMD[DType.int16, NR](0))
         var panel = k_panels.bitcast[Int32]() + (t // NR) * dh * NR // 2 + t % NR
         for g in range(dh // 2):
             panel[g * NR] = words[g]
@@ -438,6 +433,19 @@ def pack_int16(x: F32, h: Int, t_len: Int, t_pad: Int, d: Int, dh: Int, k_panels
             (v_panels + (e // NR) * t_pad * NR + t * NR).store(0, a.cast[DType.int16]().interleave(b.cast[DType.int16]()))
 
 
+def quantize_12_bits(x: F32, dh: Int, dst: S16) -> Float32:
+    """dst[:dh] = x[:dh] rounded to +-2047 of its largest |x| (a query row or a key); returns the
+    scale, x ~ dst x scale."""
+    var top = V16(0)
+    for e in range(0, dh, NR):
+        top = max(top, abs(x.load[width=NR](e)))
+    var mx = top.reduce_max()
+    var s = mx / QK_TOP if mx > 0 else Float32(1)
+    for e in range(0, dh, NR):
+        dst.store(e, round(x.load[width=NR](e) * (1 / s)).cast[DType.int16]())
+    return s
+
+
 def rows_int16[mr: Int, np: Int](
     q: F32, ldq: Int, n_rows: Int, k_panels: S16, v_panels: S16, k_scales: F32, v_scales: F32, dst: F32, ldo: Int,
     dh: Int, t_len: Int, t_pad: Int, n_panels: Int, scale: Float32, scratch: F32, halves: S16,
@@ -453,15 +461,7 @@ def rows_int16[mr: Int, np: Int](
     var q_q = halves + ROWS * t_pad  # q quantized [ROWS, Dh]
     var tiles = (n_rows + mr - 1) // mr  # of the 4, those with rows to compute
     for i in range(tiles * mr):
-        var row = q + min(i, n_rows - 1) * ldq
-        var top = V16(0)
-        for e in range(0, dh, NR):
-            top = max(top, abs(row.load[width=NR](e)))
-        var mx = top.reduce_max()
-        var s = mx / QK_TOP if mx > 0 else Float32(1)
-        q_scale[i] = s * scale
-        for e in range(0, dh, NR):
-            (q_q + i * dh).store(e, round(row.load[width=NR](e) * (1 / s)).cast[DType.int16]())
+        q_scale[i] = quantize_12_bits(q + min(i, n_rows - 1) * ldq, dh, q_q + i * dh) * scale
 
     var c = 0
     while c < n_panels:  # scores: np panels of 16 keys (the panels left one at a time) against mr rows
