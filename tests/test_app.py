@@ -204,6 +204,7 @@ def test_component_checks_wait_for_transcriptions(app_transcriptions):
         assert checks.start("tiny.en", "cpu") is None  # one run of the checks at a time
         time.sleep(1.0)  # ungated, the checks would have fetched their (already loaded) models by now
         assert checks.running() and loads == [] and checks.rows == []
+        assert checks.message == "The checks of tiny.en start once no comparison runs or waits…"  # not "when opened"
     thread.join(300)
     assert not thread.is_alive() and loads == ["max", "openai"]
     assert [r[0] for r in checks.rows] == ["encoder", "decoder_step"] and checks.message.startswith("**2/2 passed**")

@@ -114,6 +114,7 @@ class ComponentChecks:
             self._thread = threading.Thread(
                 target=self._run, args=(model, device, components), name="maxwhisper-checks", daemon=True
             )
+            self.message = f"The checks of {model} start once no comparison runs or waits…"  # until their turn
             self._thread.start()
             return self._thread
 
