@@ -28,7 +28,7 @@ from maxwhisper.scoring import word_diff
 
 from .audio_checks import cannot_use, check_audio
 from .formatting import error_message, label
-from .language_check import needs_check, other_language, spoken_language
+from .language_check import CHECK_S, needs_check, other_language, spoken_language
 from .models import backend_precision
 from .transcriptions import Cancelled, Transcription, Transcriptions
 
@@ -116,7 +116,7 @@ class Panel:
 class Comparison:
     message: str  # the request's problem ("⚠ …"), or "" while it runs
     suggestion: str = ""  # with a message: the model that can run this audio (the language check's)
-    checking: str = ""  # before the panels run: what is checked first ("Listening for the language…")
+    checking: str = ""  # before the panels run: what is checked first ("Checking the spoken language…")
     panels: dict[str, Panel] = field(default_factory=dict)  # backend -> panel, in the registry's order
     audio_s: float = 0.0
     model: str = ""
@@ -216,7 +216,10 @@ def _other_language(
     "", also where the check fails (the run goes on, as it would without a multilingual model)."""
 
     def say(fraction: float, what: str) -> None:
-        comparison.checking = f"Listening for the language with {detector[1]} first: {what}"
+        # the detector's own transcription is not the clip's: its progress reads as listening
+        listening = what.startswith(("transcribing", "transcribed"))
+        doing = f"listening to the first {CHECK_S:.0f} s" if listening else what
+        comparison.checking = f"Checking the spoken language with {detector[1]} first: {doing}"
         notify(_snapshot(comparison))
 
     say(0.0, "starting")

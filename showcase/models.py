@@ -120,14 +120,14 @@ class ModelCache:
         for key, transcriber in list(self._loaded.items()):
             if not hasattr(transcriber, "compile_rest"):
                 continue
-            ready = self._state[key]
             self._state[key] = ("compiling", time.monotonic())
             try:
                 for name, seconds in transcriber.compile_rest():
                     log.info("%s: %s ready in %.1f s", "/".join(key), name, seconds)
             except Exception:  # noqa: BLE001 - the graph's first use compiles it again and says what fails
                 log.exception("compiling the other graphs of %s failed", key)
-            self._state[key] = ready
+            # every graph's compile so far, as a run's timings give it (the Compare tab's Details)
+            self._state[key] = ("ready", load_text(transcriber.load_s, transcriber.compile_s))
 
     def busy(self) -> bool:
         return any(state in BUSY for state, _ in list(self._state.values()))

@@ -139,10 +139,12 @@ def build_demo(
         timer.tick(
             tick, outputs=[status, *checks_ui.view.outputs, timer], concurrency_limit=None, show_progress="hidden"
         )
+        # hidden: Gradio would print its queue text ("queue: 1/1 | 0.1/0.1s") over the badge
         demo.load(
             lambda: (badge(), *(value for view in views for value in view.values())),
             outputs=[status, *(output for view in views for output in view.outputs)],
             concurrency_limit=None,
+            show_progress="hidden",
         )
     return demo
 

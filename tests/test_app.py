@@ -151,7 +151,11 @@ def test_each_panel_shows_its_runs_as_they_go(jfk_run):
     turns = [b for i, b in enumerate(running) if i == 0 or running[i - 1] != b]
     assert turns == list(BACKENDS) * comparison.rounds
     # the language check first (an English-only model), every panel waiting; then MAX runs first
-    assert snapshots[0].checking.startswith("Listening for the language with base first")
+    checking = [s.checking for s in snapshots if s.checking]
+    assert checking[0] == "Checking the spoken language with base first: starting"
+    # base's transcription of the first window is not the clip's: it reads as listening, not transcribing
+    assert "Checking the spoken language with base first: listening to the first 30 s" in checking
+    assert not any("transcrib" in c for c in checking), checking
     assert all(p.state == "waiting" for s in snapshots if s.checking for p in s.panels.values())
     first = next(s for s in snapshots if not s.checking)
     assert first.panels["max"].state == "running" and first.panels["faster"].state == "waiting"
@@ -379,7 +383,7 @@ def test_an_english_only_model_refuses_another_language_it_hears():
         comparison.message,
     ), comparison.message
     assert comparison.suggestion == "base" and comparison.panels == {} and loaded == ["base"]
-    assert snapshots and snapshots[0].checking.startswith("Listening for the language with base first")
+    assert snapshots and snapshots[0].checking.startswith("Checking the spoken language with base first")
     assert compare.message_text(snapshots[0], 2.0).endswith(" · 2 s")
     assert verdict_html(comparison) == ""
 
@@ -1109,8 +1113,8 @@ def test_model_cache_does_not_keep_a_failed_load():
 def test_compile_rest_readies_each_model_s_other_graphs_saying_it_compiles_meanwhile():
     """`ModelCache.compile_rest` (after the app's warm-up): each loaded model with graphs its warm-up
     did not need compiles them while it answers, its state "compiling" meanwhile (busy, so a run
-    beside it says the CPU was shared; the badge and status say what it compiles), then as it was
-    before, also when a compile fails; a model without such graphs is untouched."""
+    beside it says the CPU was shared; the badge and status say what it compiles), then ready with
+    every graph's compile time, also when a compile fails; a model without such graphs is untouched."""
     seen = []
 
     class WithGraphs(FakeTranscriber):
@@ -1124,6 +1128,7 @@ def test_compile_rest_readies_each_model_s_other_graphs_saying_it_compiles_meanw
                     "compiling its other graphs" in cache.status(),
                 )
             )
+            self.compile_s += 1.5
             yield "decoder_step", 1.5
             if self.text == "fails":
                 raise RuntimeError("no memory")
@@ -1144,7 +1149,12 @@ def test_compile_rest_readies_each_model_s_other_graphs_saying_it_compiles_meanw
         and seen[0][4]
     )
     assert badge_html(seen[0][3]).startswith("<span class='badge ready'>")
-    assert not cache.busy() and cache.status() == ready and cache.badge() == ""
+    # then ready again, its compile time every graph's so far, as a run's Details give it
+    assert not cache.busy() and cache.badge() == ""
+    assert ready.count("(load 0.5 s)") == 3
+    status = cache.status()
+    assert status.count("fp32 (load 0.5 s + compile 1.5 s)") == 2, status
+    assert "faster-whisper (CTranslate2) · fake · cpu · fp32 (load 0.5 s)" in status
 
 
 def test_a_failed_warm_up_is_a_failed_load(monkeypatch):
@@ -1353,6 +1363,17 @@ def test_each_tab_is_a_small_module_that_imports_no_other_tab():
                 assert not any(a.name.startswith("showcase.tabs") for a in node.names), tab
     for path in [root / "app.py", *(root / "showcase").rglob("*.py")]:
         assert len(path.read_text().splitlines()) <= 400, path.name
+
+
+def test_no_event_prints_gradio_s_queue_text_over_the_status_badge():
+    """The badge's events (the page's load, the timer's ticks) hide Gradio's progress: during the
+    warm-up it would print "queue: 1/1 | 0.1/0.1s" over the badge's sentence."""
+    from showcase.page import build_demo
+
+    config = build_demo(LocalTranscriptions(no_loading), max_seconds=60).get_config_file()
+    badge = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "status")
+    events = [d for d in config["dependencies"] if badge in d["outputs"]]
+    assert len(events) == 2 and all(d["show_progress"] == "hidden" for d in events)
 
 
 def test_quiet_queue_without_gradio_s_private_queue(caplog):

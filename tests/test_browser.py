@@ -3,11 +3,11 @@ Playwright. At 1366x768: one click on Run races the example already in the box, 
 first lines of all three transcripts on screen after it with the options open or closed, under a
 busy background process the verdict counting CPU time; an English-only model refusing German and
 offering base; every text at WCAG AA contrast; errors in the results area, a second run clearing
-the first's results. At 390x844: input, Run, results in that order and nothing wider than the
-screen; the Benchmarks tab naming each row's machine, the GPU results a click away; "No microphone
-found" whole. The Live race through Chromium's fake microphone and an example played in the
-browser, ending with its result; a .webm through the video button; the other tabs; and the idle
-app's CPU.
+the first's results; the Component tests' and Benchmarks' tables whole on the screen. At 390x844:
+input, Run, results in that order and nothing wider than the screen; the Benchmarks tab naming
+each row's machine, the GPU results a click away; "No microphone found" whole. The Live race
+through Chromium's fake microphone and an example played in the browser, ending with its result;
+a .webm through the video button; the other tabs; and the idle app's CPU.
 
 Needs /usr/bin/chromium (`apt-get install -y chromium`); never `playwright install`. The app warms
 its models up at start-up: the first MAX compile takes minutes on a cold CPU cache, hence the long
@@ -112,6 +112,22 @@ SELECT_FITS_JS = """(s) => { const c = document.createElement('canvas').getConte
   const arrow = st.appearance === 'none' ? 0 : 20;
   return [text, c.measureText(text).width,
           s.clientWidth - parseFloat(st.paddingLeft) - parseFloat(st.paddingRight) - arrow]; }"""
+
+# a table's columns on screen without scrolling, and every header word wider than its column (a
+# break mid-word, "featur|es s"): [the table's scroll width, its visible width, the broken words]
+TABLE_FITS_JS = """(box) => { const view = box.querySelector('.virtual-table-viewport') || box, broken = [];
+  const probe = document.body.appendChild(document.createElement('span'));
+  for (const text of box.querySelectorAll('th span.header')) {
+    if (text.getBoundingClientRect().width === 0) continue;
+    const st = getComputedStyle(text);
+    probe.style.cssText = `position:absolute;visibility:hidden;white-space:nowrap;font:${st.font}`;
+    for (const word of text.innerText.split(/\\s+/).filter(Boolean)) {
+      probe.textContent = word;
+      if (probe.getBoundingClientRect().width > text.getBoundingClientRect().width + 0.5) broken.push(word);
+    }
+  }
+  probe.remove();
+  return [view.scrollWidth, view.clientWidth, broken]; }"""
 
 
 def free_port() -> int:
@@ -224,6 +240,16 @@ def lines_shown(page, selector: str, height: int) -> int:
         return Math.floor((h - top) / parseFloat(s.lineHeight)); }""",
         [selector, height],
     )
+
+
+def assert_table_fits(page, selector: str) -> None:
+    """The table shows every column at once, each header's words whole."""
+    from playwright.sync_api import expect
+
+    table = page.locator(selector)
+    expect(table.locator("[role=gridcell] >> visible=true").first).to_be_visible(timeout=30_000)
+    scroll_width, width, broken = table.evaluate(TABLE_FITS_JS)
+    assert scroll_width <= width and not broken, f"{selector}: {scroll_width} px in {width}, broken {broken}"
 
 
 def assert_contrast(page, where: str) -> None:
@@ -346,6 +372,11 @@ def test_one_click_to_a_verdict_that_holds_and_fits_the_screen(app):
         open_tab(page, "Component tests")  # opening the tab starts them
         expect(page.locator("#checks-message")).to_contain_text(re.compile(r"\d+/\d+ passed"), timeout=RUN_TIMEOUT_MS)
         assert_contrast(page, "Component tests")
+        assert_table_fits(page, "#checks-table")
+        open_tab(page, "Benchmarks")  # every column on the screen, no header broken mid-word
+        assert_table_fits(page, "#bench-table")
+        page.get_by_role("tab", name=re.compile("On a GPU")).click()
+        assert_table_fits(page, "#bench-gpu-table")
         idle = cpu_share(app_pid, 10)
         assert idle < 0.05, f"the idle app used {100 * idle:.1f} % of a core"
 

@@ -16,20 +16,20 @@ from ..charts import benchmark_bars, short_name
 from ..results import RESULTS_DIR, read_runs, reference_rows
 from ..views import View
 
+# column -> (header, width): the columns fit a 1366 px screen, each header's words whole; the stages
+# and one-time costs beyond encode, decode and compile are in each results file
 BENCH_TABLE = {
-    "audio": "clip",
-    "implementation": "implementation",
-    "machine": "machine",
-    "total_s_median": "median s",
-    "rtfx": "× real time",
-    "features_s": "features s",
-    "encode_s": "encode s",
-    "decode_s": "decode s",
-    "load_s": "load s",
-    "compile_s": "compile s",
-    "wer": "WER %",
-    "agreement": "agreement %",
-}  # column -> header; agreement: 1 - WER against openai-whisper
+    "audio": ("clip", "190px"),
+    "implementation": ("implementation", "140px"),
+    "machine": ("machine", "250px"),
+    "total_s_median": ("median s", "90px"),
+    "rtfx": ("× real time", "80px"),
+    "encode_s": ("encode s", "90px"),
+    "decode_s": ("decode s", "90px"),
+    "compile_s": ("compile s", "90px"),
+    "wer": ("WER %", "70px"),
+    "agreement": ("agreement %", "110px"),
+}  # agreement: 1 - WER against openai-whisper
 
 
 def _inline(d: dict, prefix: str = "") -> str:
@@ -183,7 +183,8 @@ def build() -> View:
             with gr.Tab("On CPUs", elem_id="bench-cpu-tab"):
                 cpu_top = gr.HTML(elem_id="bench-cpu", min_height=0)
                 cpu = gr.Dataframe(
-                    headers=list(BENCH_TABLE.values()),
+                    headers=[header for header, _ in BENCH_TABLE.values()],
+                    column_widths=[width for _, width in BENCH_TABLE.values()],
                     interactive=False,
                     wrap=True,
                     elem_id="bench-table",
@@ -192,7 +193,8 @@ def build() -> View:
             with gr.Tab(f"On a GPU ({gpu_label})" if gpu_label else "On a GPU", elem_id="bench-gpu-tab"):
                 gpu_top = gr.HTML(elem_id="bench-gpu", min_height=0)
                 gpu = gr.Dataframe(
-                    headers=list(BENCH_TABLE.values()),
+                    headers=[header for header, _ in BENCH_TABLE.values()],
+                    column_widths=[width for _, width in BENCH_TABLE.values()],
                     interactive=False,
                     wrap=True,
                     elem_id="bench-gpu-table",

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 REFERENCE_BACKEND = "openai"  # the PyTorch reference the MAX components are checked against
 
 CHECK_HEADERS = ["component", "result", "max |MAX - reference|", "relative error", "MAX time (ms)", "detail"]
+CHECK_WIDTHS = ["150px", "90px", "170px", "110px", "110px", "580px"]  # a 1366 px screen shows the detail whole
 
 
 def run_component_checks(
@@ -150,7 +151,14 @@ def build(checks: ComponentChecks, choices: Choices, model: gr.Dropdown, device:
             "same weights: the same inputs must give the same numbers, to float32 rounding."
         )
         checks_message = gr.Markdown(checks.message, elem_id="checks-message")
-        checks_table = gr.Dataframe(checks.rows or None, headers=CHECK_HEADERS, interactive=False, wrap=True)
+        checks_table = gr.Dataframe(
+            checks.rows or None,
+            headers=CHECK_HEADERS,
+            column_widths=CHECK_WIDTHS,
+            interactive=False,
+            wrap=True,
+            elem_id="checks-table",
+        )
         checks_again = gr.Button("Run the checks again")
         with gr.Accordion("About the checks", open=False):
             gr.Markdown(
