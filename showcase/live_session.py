@@ -222,8 +222,8 @@ class LiveSession:
         if self.received_s:
             behind = self.behind_s
             computing = f"{self.share:.2f} s of computing per second of speech"
-            if not self.pace():
-                parts.append(f"keeps up: {computing}")
+            if not self.pace():  # above 1 s a second it still keeps up, within SLOW, for now
+                parts.append(f"keeps up{', just' if self.share > 1 else ''}: {computing}")
             else:
                 parts.append(
                     f"falls behind: {behind:.0f} s of speech waiting"

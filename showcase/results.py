@@ -90,6 +90,15 @@ def _clip_rows(run: BenchmarkRun) -> tuple[str, list[dict]] | None:
     return clip, [r for r in rows if r["audio"] == clip]
 
 
+def machine_name(machine: dict, device: str) -> str:
+    """'NVIDIA H100 80GB HBM3' for a GPU's rows, 'AMD EPYC · AVX-512 VNNI BF16 · 2 cores' for a CPU's."""
+    if device == "gpu" and machine.get("gpu"):
+        return str(machine["gpu"])
+    cores = f"{machine['cores']} cores" if machine.get("cores") else None
+    parts = [machine.get("cpu"), machine.get("vector_isa"), cores]
+    return " · ".join(str(p) for p in parts if p) or "?"
+
+
 def reference_rows(runs: list[BenchmarkRun]) -> tuple[BenchmarkRun, str, list[dict]] | None:
     """What the app quotes of the committed results: the newest run with MAX on the CPU, its longest
     such clip and the rows on it (a row whose median is missing or not a positive number left out)."""

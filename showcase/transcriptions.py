@@ -132,10 +132,12 @@ class Transcriptions(Protocol):
 
 def progress_text(fraction: float, audio_s: float) -> str:
     """'window k of ~n' of a transcription in 30 s windows, estimated from the fraction of the audio done
-    (backends report it after each window, or each segment)."""
+    (backends report it after each window, or each segment); a clip of one window says just that."""
     if fraction >= 1:
         return "transcribed, finishing"
     expected = max(math.ceil(audio_s / WINDOW_S), 1)
+    if expected == 1:  # one window: no progress until it is done
+        return f"transcribing its {audio_s:.0f} s in one window"
     current = min(int(fraction * audio_s // WINDOW_S) + 1, expected)
     return f"transcribing, window {current} of ~{expected} ({fraction * audio_s:.0f} of {audio_s:.0f} s done)"
 

@@ -20,7 +20,7 @@ from maxwhisper.scoring import normalize, word_errors
 from .charts import short_name
 from .comparison import Comparison, Panel
 from .cpu_load import BUSY_CORES
-from .results import read_runs, reference_rows
+from .results import machine_name, read_runs, reference_rows
 
 SAME_WORDS = 0.1  # transcripts differing in more than this share of their words did not do the same work
 
@@ -179,6 +179,5 @@ def benchmark_note(directory: Path) -> str:
     times = ", ".join(f"{short_name(r['backend'])} {r['total_s_median']:.2f} s" for r in rows)
     return (
         f"For reference, the committed benchmark on a {rows[0]['audio_s']:.0f} s clip ({html.escape(clip)}) took "
-        f"{times} (fp32 medians on {html.escape(str(run.machine.get('cpu', 'a CPU')))}, "
-        f"{run.machine.get('cores', '?')} cores; the Benchmarks tab has them all)."
+        f"{times} (fp32 medians on {html.escape(machine_name(run.machine, 'cpu'))}; the Benchmarks tab has them all)."
     )

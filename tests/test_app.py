@@ -168,14 +168,14 @@ def test_each_panel_shows_its_runs_as_they_go(jfk_run):
         for count in {n for n, _, _ in run}:
             fractions = [f for n, f, _ in run if n == count]
             assert fractions == sorted(fractions)
-        assert any(d.startswith("transcribing, window 1 of ~1 (0 of 11 s done)") for _, _, d in run)
+        assert "transcribing its 11 s in one window" in [d for _, _, d in run]
         assert "transcribed, finishing" in [d for _, _, d in run]
     shown = [s for s in snapshots if s.panels["openai"].state == "running" and not s.panels["openai"].runs]
     assert shown and shown[0].panels["max"].text  # MAX's transcript is shown while openai-whisper runs
 
 
 def test_progress_text_estimates_the_window_from_the_fraction_done():
-    assert progress_text(0.0, 11.0) == "transcribing, window 1 of ~1 (0 of 11 s done)"
+    assert progress_text(0.0, 11.0) == "transcribing its 11 s in one window"
     assert progress_text(0.5, 200.0) == "transcribing, window 4 of ~7 (100 of 200 s done)"
     assert progress_text(1.0, 200.0) == "transcribed, finishing"
 
@@ -871,7 +871,8 @@ def test_committed_benchmark_note():
         f"For reference, the committed benchmark on a 203 s clip (physicsworks.flac) took MAX {lecture['max']:.2f} s, "
     )
     assert f"openai-whisper {lecture['openai']:.2f} s" in note and f"faster-whisper {lecture['faster']:.2f} s" in note
-    assert f"fp32 medians on {doc['machine']['cpu']}, {doc['machine']['cores']} cores" in note
+    machine = f"{doc['machine']['cpu']} · {doc['machine']['vector_isa']} · {doc['machine']['cores']} cores"
+    assert f"fp32 medians on {machine}; the Benchmarks tab" in note  # its vector ISA named, as the tab names it
 
 
 @pytest.mark.parametrize("median", [None, 0, "fast"])
@@ -967,7 +968,7 @@ def test_local_transcriptions_say_what_they_do_and_keep_streams_apart():
     thread.join(10)
     assert steps[0] == (0.0, "loading for fake on cpu (seconds)")
     assert (0.0, "waiting for its turn, 1 run ahead (another run)") in steps
-    assert steps[-1] == (0.1, "transcribing, window 1 of ~1 (0 of 1 s done)")
+    assert steps[-1] == (0.1, "transcribing its 1 s in one window")
     assert done[0].result.text == "hello world" and done[0].shared_cpu == ""
     assert transcriptions.loaded("openai", "fake", "cpu") and not transcriptions.busy()
 

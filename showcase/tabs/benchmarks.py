@@ -13,7 +13,7 @@ from pathlib import Path
 import gradio as gr
 
 from ..charts import benchmark_bars, short_name
-from ..results import RESULTS_DIR, read_runs, reference_rows
+from ..results import RESULTS_DIR, machine_name, read_runs, reference_rows
 from ..views import View
 
 # column -> (header, width): the columns fit a 1366 px screen, each header's words whole; the stages
@@ -57,15 +57,6 @@ def _cell(column: str, value):
     if column in ("wer", "agreement"):
         return _num(100 * value, 1) if isinstance(value, (int, float)) else value
     return _num(value)
-
-
-def machine_name(machine: dict, device: str) -> str:
-    """'NVIDIA H100 80GB HBM3' for a GPU's rows, 'AMD EPYC · AVX-512 VNNI BF16 · 2 cores' for a CPU's."""
-    if device == "gpu" and machine.get("gpu"):
-        return str(machine["gpu"])
-    cores = f"{machine['cores']} cores" if machine.get("cores") else None
-    parts = [machine.get("cpu"), machine.get("vector_isa"), cores]
-    return " · ".join(str(p) for p in parts if p) or "?"
 
 
 # what a failure's error means, for the GPU results' "what did not run and why"

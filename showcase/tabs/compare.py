@@ -19,7 +19,7 @@ from maxwhisper.tokenizer import LANGUAGES
 from ..audio_checks import refusal
 from ..charts import short_name, speed_value, stage_bars, time_bars
 from ..choices import Choices
-from ..comparison import Comparison, Panel, run_comparison, watch
+from ..comparison import ROUND_LIMIT_S, Comparison, Panel, run_comparison, watch
 from ..cpu_load import BUSY_CORES, available_cores
 from ..examples import example_rows, reference_for_new_audio
 from ..formatting import label, panel_title
@@ -33,7 +33,8 @@ ABOUT = (
     "for MAX and openai-whisper) and the same decoding options on the same audio; MAX must give openai-whisper's "
     "tokens, and the verdict says whether it did. They take turns on the CPU, one transcription at a time, other "
     "visitors' runs too. A clip of 30 s or less is run three times by each, in turns, and each one's best time "
-    "counts, so that a burst of other work does not decide the verdict; a longer clip is run once. During each run "
+    "counts, so that a burst of other work does not decide the verdict; a longer clip is run once, and so is one "
+    f"whose first round took over {ROUND_LIMIT_S:.0f} s (a larger model, beams, a busy machine). During each run "
     "the app measures its wall-clock time, the CPU seconds the run's own work took, and how much of the CPU other "
     "programs took. Where the CPU was otherwise quiet, the verdict compares wall-clock times; where other programs "
     "kept cores busy, which stretches wall-clock times by chance, it compares CPU time, and says so. Times leave "
