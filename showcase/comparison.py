@@ -28,7 +28,7 @@ from maxwhisper.scoring import word_diff
 
 from .audio_checks import cannot_use, check_audio
 from .formatting import error_message, label
-from .language_check import CHECK_S, needs_check, other_language, spoken_language
+from .language_check import CHECK_S, HeardLanguages, needs_check, other_language, spoken_language
 from .models import backend_precision
 from .transcriptions import Cancelled, Transcription, Transcriptions
 
@@ -151,6 +151,7 @@ def run_comparison(
     reference_text: str = "",
     out_dir: str | Path | None = None,
     detector: tuple[str, str] | None = None,
+    heard: HeardLanguages | None = None,
     on_change: Callable[[Comparison], None] | None = None,
 ) -> Comparison:
     """Transcribe `audio` (a path, bytes or `(rate, samples)`) with each backend in `backends`,
@@ -159,7 +160,8 @@ def run_comparison(
     implementation once per round, the implementations already loaded first in the first, so that
     they answer while another still loads or compiles (`rounds_for`: several rounds for a short clip).
     With `detector` (backend, multilingual model), an English-only model given another language is
-    refused first (`language_check`), the message suggesting the detector's model.
+    refused first (`language_check`), the message suggesting the detector's model; `heard` keeps what
+    the detector heard, so that a clip checked once is not checked again.
 
     `on_change` receives a snapshot of the comparison whenever a panel changes (a run starts, reports
     progress, ends); it may raise `Cancelled` (the visitor left), which stops the comparison.
@@ -184,7 +186,7 @@ def run_comparison(
     panels = {b: Panel(b, backend_precision(b, device, precision)) for b in backends}
     comparison = Comparison("", panels=panels, audio_s=len(samples) / SAMPLE_RATE, model=model, device=device)
     if detector and needs_check(model, options):
-        refused = _other_language(comparison, samples, detector, transcriptions, notify)
+        refused = _other_language(comparison, samples, detector, transcriptions, notify, heard)
         if refused:
             return Comparison(refused, suggestion=detector[1])
     order = sorted(backends, key=lambda b: not transcriptions.loaded(b, model, device, panels[b].precision))
@@ -211,9 +213,14 @@ def _other_language(
     detector: tuple[str, str],
     transcriptions: Transcriptions,
     notify: Callable[[Comparison], None],
+    heard: HeardLanguages | None,
 ) -> str:
     """The refusal where the detector hears another language than English (`language_check`), else
-    "", also where the check fails (the run goes on, as it would without a multilingual model)."""
+    "", also where the check fails (the run goes on, as it would without a multilingual model). A
+    clip in `heard` is not heard again."""
+    known = heard.get(samples, detector, comparison.device) if heard else None
+    if known is not None:
+        return other_language(comparison.model, known)
 
     def say(fraction: float, what: str) -> None:
         # the detector's own transcription is not the clip's: its progress reads as listening
@@ -224,7 +231,7 @@ def _other_language(
 
     say(0.0, "starting")
     try:
-        heard = spoken_language(samples, detector, comparison.device, transcriptions, say)
+        language = spoken_language(samples, detector, comparison.device, transcriptions, say)
     except Cancelled:
         raise
     except Exception:  # noqa: BLE001 - without the check the run goes on, as where base is not installed
@@ -232,7 +239,9 @@ def _other_language(
         return ""
     finally:
         comparison.checking = ""
-    return other_language(comparison.model, heard)
+    if heard is not None:
+        heard.add(samples, detector, comparison.device, language)
+    return other_language(comparison.model, language)
 
 
 def _run_once(

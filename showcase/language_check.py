@@ -3,10 +3,14 @@ made-up English in every implementation alike, and a speed verdict over such tra
 nothing: the Compare tab first has a multilingual model (`detector_for`: base where it is
 installed) say which language is spoken (`spoken_language`, through the page's `Transcriptions`,
 so it takes its turn), and refuses the run where it is another, naming the model that can
-transcribe it (`other_language`)."""
+transcribe it (`other_language`). A page remembers what was heard on each clip (`HeardLanguages`), so
+a clip run again is not heard again."""
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 
 import numpy as np
@@ -21,6 +25,34 @@ SURE = 0.5  # a language detected with at least this probability is taken as the
 DETECTORS = ("faster", "openai", "max")  # the quickest to load and run on a CPU first
 # one greedy pass over the first window: its language is what the model detected before decoding
 CHECK_OPTIONS = DecodeOptions(temperature=(0.0,), without_timestamps=True, condition_on_previous_text=False)
+REMEMBERED = 64  # the clips whose language a page keeps, the newest
+
+
+class HeardLanguages:
+    """What a detector heard on each clip checked (its first CHECK_S seconds, by hash), the newest
+    `size` of them. Thread-safe: the page's visitors share it."""
+
+    def __init__(self, size: int = REMEMBERED):
+        self._size = size
+        self._heard: OrderedDict[tuple, TranscriptionResult] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, samples: np.ndarray, detector: tuple[str, str], device: str) -> TranscriptionResult | None:
+        with self._lock:
+            return self._heard.get(_clip_key(samples, detector, device))
+
+    def add(self, samples: np.ndarray, detector: tuple[str, str], device: str, heard: TranscriptionResult) -> None:
+        key = _clip_key(samples, detector, device)
+        with self._lock:
+            self._heard[key] = heard
+            self._heard.move_to_end(key)
+            while len(self._heard) > self._size:
+                self._heard.popitem(last=False)
+
+
+def _clip_key(samples: np.ndarray, detector: tuple[str, str], device: str) -> tuple:
+    head = np.ascontiguousarray(samples[: int(CHECK_S * SAMPLE_RATE)])
+    return (*detector, device, hashlib.sha256(head.tobytes()).hexdigest())
 
 
 def detector_for(models: list[str], backends: list[str]) -> tuple[str, str] | None:

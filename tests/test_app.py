@@ -29,6 +29,7 @@ from showcase.charts import stage_bars, time_bars
 from showcase.comparison import Comparison, english_only_problem, rounds_for, run_comparison, watch
 from showcase.cpu_load import OtherWork, available_cores
 from showcase.formatting import error_message, hide_paths
+from showcase.language_check import HeardLanguages
 from showcase.models import LOAD_RECORD, ModelCache, load_record_path, use_persistent_storage
 from showcase.page import badge_html
 from showcase.tabs import compare
@@ -411,6 +412,48 @@ def test_an_unsure_or_failed_language_check_lets_the_run_go_on(heard, tmp_path):
         out_dir=tmp_path,
     )
     assert comparison.message == "" and comparison.finished and comparison.panels["max"].text == "hello world"
+
+
+def test_a_clip_s_language_is_heard_once(tmp_path):
+    """With `heard`, a clip run again skips the language check (no check shown, the detector not
+    called); the newest `size` clips are kept, an older one is heard again."""
+    calls = []
+    detector = FakeTranscriber("faster")
+    hear = detector.transcribe
+
+    def counted(audio, options=DecodeOptions(), progress=None, **kwargs):
+        calls.append(len(audio))
+        return hear(audio, options, progress)
+
+    detector.transcribe = counted
+    fakes = {"max": FakeTranscriber("max"), "openai": FakeTranscriber("openai"), "faster": detector}
+    transcriptions = LocalTranscriptions(
+        lambda backend, model, **kw: fakes[backend] if model == "tiny.en" or backend == "faster" else no_loading(),
+        meter=Quiet,
+    )
+    heard = HeardLanguages(size=2)
+
+    def checks_shown(level: int) -> list[str]:
+        snapshots = []
+        comparison = run_comparison(
+            (16000, np.full(16000, level, np.int16)),
+            ["max", "openai"],
+            "tiny.en",
+            "cpu",
+            DecodeOptions(),
+            transcriptions,
+            detector=("faster", "base"),
+            heard=heard,
+            on_change=snapshots.append,
+            out_dir=tmp_path,
+        )
+        assert comparison.finished and comparison.message == ""
+        return [s.checking for s in snapshots if s.checking]
+
+    assert checks_shown(1000) and len(calls) == 1
+    assert checks_shown(1000) == [] and len(calls) == 1  # the same clip: not heard again
+    assert checks_shown(2000) and checks_shown(3000) and len(calls) == 3
+    assert checks_shown(1000) and len(calls) == 4  # the oldest of three was let go
 
 
 def test_a_close_threshold_decision_is_shown(tmp_path):

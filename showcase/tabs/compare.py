@@ -23,7 +23,7 @@ from ..comparison import ROUND_LIMIT_S, Comparison, Panel, run_comparison, watch
 from ..cpu_load import BUSY_CORES, available_cores
 from ..examples import example_rows, reference_for_new_audio
 from ..formatting import label, panel_title
-from ..language_check import detector_for
+from ..language_check import HeardLanguages, detector_for
 from ..results import RESULTS_DIR
 from ..transcriptions import Transcriptions
 from ..verdict import benchmark_note, fair_measure, verdict_html
@@ -109,6 +109,7 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
     examples = example_rows(choices.models) if choices.models else []
     first = examples[0] if examples else (None, "", model0, "")  # in the box as the page opens: one click to a result
     detector = detector_for(choices.models, choices.backends)
+    heard = HeardLanguages()  # a clip run again is not heard again
     with gr.Tab("Compare"):
         with gr.Row(equal_height=False, elem_id="compare"):
             with gr.Column(scale=2, min_width=300, elem_id="inputs"):
@@ -312,6 +313,7 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
                 max_seconds=max_seconds,
                 reference_text=reference_text,
                 detector=detector,
+                heard=heard,
                 on_change=on_change,
             )
 
