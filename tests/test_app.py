@@ -389,20 +389,16 @@ def test_an_english_only_model_refuses_another_language_it_hears():
     assert verdict_html(comparison) == ""
 
 
-@pytest.mark.parametrize("heard", ["de 0.3", "error"])
-def test_an_unsure_or_failed_language_check_lets_the_run_go_on(heard, tmp_path):
-    detector = FakeTranscriber("faster", error=RuntimeError("no memory") if heard == "error" else None)
-    if heard != "error":
-        detector.transcribe = lambda audio, options, progress=None: dataclasses.replace(
-            FakeTranscriber("faster").transcribe(audio), language="de", language_probability=0.3
-        )
+def with_language_check(detector, tmp_path, level: int = 1000, **kwargs) -> Comparison:
+    """A race of stand-ins for MAX and openai-whisper on tiny.en over a 1 s clip of `level`, the
+    faster-whisper stand-in `detector` checking its language with base first."""
     fakes = {"max": FakeTranscriber("max"), "openai": FakeTranscriber("openai"), "faster": detector}
     transcriptions = LocalTranscriptions(
         lambda backend, model, **kw: fakes[backend] if model == "tiny.en" or backend == "faster" else no_loading(),
         meter=Quiet,
     )
-    comparison = run_comparison(
-        (16000, np.full(16000, 1000, np.int16)),
+    return run_comparison(
+        (16000, np.full(16000, level, np.int16)),
         ["max", "openai"],
         "tiny.en",
         "cpu",
@@ -410,7 +406,18 @@ def test_an_unsure_or_failed_language_check_lets_the_run_go_on(heard, tmp_path):
         transcriptions,
         detector=("faster", "base"),
         out_dir=tmp_path,
+        **kwargs,
     )
+
+
+@pytest.mark.parametrize("heard", ["de 0.3", "error"])
+def test_an_unsure_or_failed_language_check_lets_the_run_go_on(heard, tmp_path):
+    detector = FakeTranscriber("faster", error=RuntimeError("no memory") if heard == "error" else None)
+    if heard != "error":
+        detector.transcribe = lambda audio, options, progress=None: dataclasses.replace(
+            FakeTranscriber("faster").transcribe(audio), language="de", language_probability=0.3
+        )
+    comparison = with_language_check(detector, tmp_path)
     assert comparison.message == "" and comparison.finished and comparison.panels["max"].text == "hello world"
 
 
@@ -426,27 +433,11 @@ def test_a_clip_s_language_is_heard_once(tmp_path):
         return hear(audio, options, progress)
 
     detector.transcribe = counted
-    fakes = {"max": FakeTranscriber("max"), "openai": FakeTranscriber("openai"), "faster": detector}
-    transcriptions = LocalTranscriptions(
-        lambda backend, model, **kw: fakes[backend] if model == "tiny.en" or backend == "faster" else no_loading(),
-        meter=Quiet,
-    )
     heard = HeardLanguages(size=2)
 
     def checks_shown(level: int) -> list[str]:
         snapshots = []
-        comparison = run_comparison(
-            (16000, np.full(16000, level, np.int16)),
-            ["max", "openai"],
-            "tiny.en",
-            "cpu",
-            DecodeOptions(),
-            transcriptions,
-            detector=("faster", "base"),
-            heard=heard,
-            on_change=snapshots.append,
-            out_dir=tmp_path,
-        )
+        comparison = with_language_check(detector, tmp_path, level, heard=heard, on_change=snapshots.append)
         assert comparison.finished and comparison.message == ""
         return [s.checking for s in snapshots if s.checking]
 
