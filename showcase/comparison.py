@@ -218,7 +218,8 @@ def _other_language(
     """The refusal where the detector hears another language than English (`language_check`), else
     "", also where the check fails (the run goes on, as it would without a multilingual model). A
     clip in `heard` is not heard again."""
-    known = heard.get(samples, detector, comparison.device) if heard else None
+    key = HeardLanguages.key(samples, detector, comparison.device) if heard is not None else None
+    known = heard.get(key) if heard is not None else None
     if known is not None:
         return other_language(comparison.model, known)
 
@@ -240,7 +241,7 @@ def _other_language(
     finally:
         comparison.checking = ""
     if heard is not None:
-        heard.add(samples, detector, comparison.device, language)
+        heard.add(key, language)
     return other_language(comparison.model, language)
 
 

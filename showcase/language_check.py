@@ -37,22 +37,22 @@ class HeardLanguages:
         self._heard: OrderedDict[tuple, TranscriptionResult] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, samples: np.ndarray, detector: tuple[str, str], device: str) -> TranscriptionResult | None:
-        with self._lock:
-            return self._heard.get(_clip_key(samples, detector, device))
+    @staticmethod
+    def key(samples: np.ndarray, detector: tuple[str, str], device: str) -> tuple:
+        """A clip's key: the detector, the device and a hash of the clip's first CHECK_S seconds."""
+        head = np.ascontiguousarray(samples[: int(CHECK_S * SAMPLE_RATE)])
+        return (*detector, device, hashlib.sha256(head.tobytes()).hexdigest())
 
-    def add(self, samples: np.ndarray, detector: tuple[str, str], device: str, heard: TranscriptionResult) -> None:
-        key = _clip_key(samples, detector, device)
+    def get(self, key: tuple) -> TranscriptionResult | None:
+        with self._lock:
+            return self._heard.get(key)
+
+    def add(self, key: tuple, heard: TranscriptionResult) -> None:
         with self._lock:
             self._heard[key] = heard
             self._heard.move_to_end(key)
             while len(self._heard) > self._size:
                 self._heard.popitem(last=False)
-
-
-def _clip_key(samples: np.ndarray, detector: tuple[str, str], device: str) -> tuple:
-    head = np.ascontiguousarray(samples[: int(CHECK_S * SAMPLE_RATE)])
-    return (*detector, device, hashlib.sha256(head.tobytes()).hexdigest())
 
 
 def detector_for(models: list[str], backends: list[str]) -> tuple[str, str] | None:

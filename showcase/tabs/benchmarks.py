@@ -164,6 +164,18 @@ def gpu_name(directory: Path) -> str:
     return machine_name(max(runs, key=lambda r: r.created).machine, "gpu") if runs else ""
 
 
+def _results_table(elem_id: str, label: str) -> gr.Dataframe:
+    """A table of `BENCH_TABLE`'s columns at their widths."""
+    return gr.Dataframe(
+        headers=[header for header, _ in BENCH_TABLE.values()],
+        column_widths=[width for _, width in BENCH_TABLE.values()],
+        interactive=False,
+        wrap=True,
+        elem_id=elem_id,
+        label=label,
+    )
+
+
 def build() -> View:
     """The tab, inside the page's gr.Blocks: the page fills it when a visitor opens it. The CPUs'
     results and the GPUs' are a tab each, the GPUs' a click away."""
@@ -173,24 +185,10 @@ def build() -> View:
         with gr.Tabs():
             with gr.Tab("On CPUs", elem_id="bench-cpu-tab"):
                 cpu_top = gr.HTML(elem_id="bench-cpu", min_height=0)
-                cpu = gr.Dataframe(
-                    headers=[header for header, _ in BENCH_TABLE.values()],
-                    column_widths=[width for _, width in BENCH_TABLE.values()],
-                    interactive=False,
-                    wrap=True,
-                    elem_id="bench-table",
-                    label="Every committed result on a CPU",
-                )
+                cpu = _results_table("bench-table", "Every committed result on a CPU")
             with gr.Tab(f"On a GPU ({gpu_label})" if gpu_label else "On a GPU", elem_id="bench-gpu-tab"):
                 gpu_top = gr.HTML(elem_id="bench-gpu", min_height=0)
-                gpu = gr.Dataframe(
-                    headers=[header for header, _ in BENCH_TABLE.values()],
-                    column_widths=[width for _, width in BENCH_TABLE.values()],
-                    interactive=False,
-                    wrap=True,
-                    elem_id="bench-gpu-table",
-                    label="Every committed result on a GPU",
-                )
+                gpu = _results_table("bench-gpu-table", "Every committed result on a GPU")
         with gr.Accordion("Machines, versions and settings of each results file", open=False):
             machines = gr.Markdown(elem_id="bench-machines")
     return View([top, cpu_top, cpu, gpu_top, gpu, machines], lambda: benchmark_view(RESULTS_DIR))
