@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,10 +100,35 @@ def machine_name(machine: dict, device: str) -> str:
     return " · ".join(str(p) for p in parts if p) or "?"
 
 
-def reference_rows(runs: list[BenchmarkRun]) -> tuple[BenchmarkRun, str, list[dict]] | None:
-    """What the app quotes of the committed results: the newest run with MAX on the CPU, its longest
-    such clip and the rows on it (a row whose median is missing or not a positive number left out)."""
-    for run in sorted(runs, key=lambda r: r.created, reverse=True):
+@functools.cache
+def this_machine() -> dict:
+    """The machine the app runs on (`maxwhisper.bench.machine.machine_info`), read once."""
+    from maxwhisper.bench.machine import machine_info
+
+    return machine_info()
+
+
+def same_kind(machine: dict, like: dict) -> bool:
+    """Whether a results file's machine has `like`'s vector ISA: the CPUs whose figures apply."""
+    return bool(like.get("vector_isa")) and machine.get("vector_isa") == like.get("vector_isa")
+
+
+def quoted_machine(machine: dict, like: dict) -> str:
+    """A quoted run's machine and what it is to this server: 'AMD EPYC · AVX2 · 2 cores, a CPU like
+    this server's', or why another kind's figures are quoted (nothing where this server's vector ISA
+    is unknown)."""
+    name = machine_name(machine, "cpu")
+    if same_kind(machine, like):
+        return f"{name}, a CPU like this server's"
+    isa = like.get("vector_isa")
+    return f"{name} (no committed run is on this server's kind of CPU, {isa})" if isa else name
+
+
+def reference_rows(runs: list[BenchmarkRun], like: dict) -> tuple[BenchmarkRun, str, list[dict]] | None:
+    """What the app quotes of the committed results: the newest run with MAX on the CPU, of a machine
+    of `like`'s kind where one exists, its longest such clip and the rows on it (a row whose median is
+    missing or not a positive number left out)."""
+    for run in sorted(runs, key=lambda r: (same_kind(r.machine, like), r.created), reverse=True):
         found = _clip_rows(run)
         if found:
             return run, *found

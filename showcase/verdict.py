@@ -20,7 +20,7 @@ from maxwhisper.scoring import normalize, word_errors
 from .charts import short_name
 from .comparison import Comparison, Panel
 from .cpu_load import BUSY_CORES
-from .results import machine_name, read_runs, reference_rows
+from .results import quoted_machine, read_runs, reference_rows, this_machine
 
 SAME_WORDS = 0.1  # transcripts differing in more than this share of their words did not do the same work
 
@@ -171,7 +171,7 @@ def verdict_html(comparison: Comparison, cores: int | None = None) -> str:
 def benchmark_note(directory: Path) -> str:
     """One line: the fp32 medians of the committed benchmark's clip that the app quotes
     (`results.reference_rows`), fastest first, with its machine; "" without one."""
-    found = reference_rows(read_runs(directory)[0])
+    found = reference_rows(read_runs(directory)[0], this_machine())
     rows = sorted((r for r in found[2] if r["precision"] == "fp32"), key=lambda r: r["total_s_median"]) if found else []
     if len(rows) < 2 or not any(r["backend"] == "max" for r in rows):
         return ""
@@ -179,5 +179,6 @@ def benchmark_note(directory: Path) -> str:
     times = ", ".join(f"{short_name(r['backend'])} {r['total_s_median']:.2f} s" for r in rows)
     return (
         f"For reference, the committed benchmark on a {rows[0]['audio_s']:.0f} s clip ({html.escape(clip)}) took "
-        f"{times} (fp32 medians on {html.escape(machine_name(run.machine, 'cpu'))}; the Benchmarks tab has them all)."
+        f"{times} (fp32 medians on {html.escape(quoted_machine(run.machine, this_machine()))}"
+        "; the Benchmarks tab has them all)."
     )

@@ -7,6 +7,7 @@ cache, minutes cold); the error paths use fakes and load nothing.
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import os
 import re
@@ -25,7 +26,7 @@ from maxwhisper.registry import BACKENDS, create_transcriber, create_warmed_up
 from maxwhisper.scoring import normalize
 from showcase import examples
 from showcase.audio_checks import refusal
-from showcase.charts import stage_bars, time_bars
+from showcase.charts import short_name, stage_bars, time_bars
 from showcase.comparison import Comparison, english_only_problem, rounds_for, run_comparison, watch
 from showcase.cpu_load import OtherWork, available_cores
 from showcase.formatting import error_message, hide_paths
@@ -891,22 +892,58 @@ def test_other_work_is_measured_from_the_machine_s_busy_time(tmp_path, monkeypat
     assert unmeasured.cores is None and unmeasured.own_s == pytest.approx(0.2, abs=0.05)
 
 
-def test_committed_benchmark_note():
-    """The newest committed benchmark's longest clip, fp32 rows, fastest first."""
+@pytest.mark.parametrize("name", ["cpu-amd-epyc-avx512-vnni-bf16-2c.json", "cpu-amd-epyc-avx2-2c.json"])
+def test_committed_benchmark_note(name, monkeypatch):
+    """The newest committed benchmark of a CPU like this server's: its longest clip, fp32 rows,
+    fastest first, and its machine named with its vector ISA, as the Benchmarks tab names it."""
     results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
-    doc = json.loads((results / "cpu-amd-epyc-avx512-vnni-bf16-2c.json").read_text())
+    doc = json.loads((results / name).read_text())
+    monkeypatch.setattr("showcase.verdict.this_machine", lambda: doc["machine"])
     lecture = {
         r["backend"]: r["total_s_median"]
         for r in doc["results"]
         if r["audio"] == "physicsworks.flac" and r["precision"] == "fp32"
     }
     note = benchmark_note(results)
+    first, *others = sorted(lecture, key=lecture.get)
     assert note.startswith(
-        f"For reference, the committed benchmark on a 203 s clip (physicsworks.flac) took MAX {lecture['max']:.2f} s, "
+        f"For reference, the committed benchmark on a 203 s clip (physicsworks.flac) took "
+        f"{short_name(first)} {lecture[first]:.2f} s, "
     )
-    assert f"openai-whisper {lecture['openai']:.2f} s" in note and f"faster-whisper {lecture['faster']:.2f} s" in note
+    assert all(f"{short_name(b)} {lecture[b]:.2f} s" in note for b in others)
     machine = f"{doc['machine']['cpu']} · {doc['machine']['vector_isa']} · {doc['machine']['cores']} cores"
-    assert f"fp32 medians on {machine}; the Benchmarks tab" in note  # its vector ISA named, as the tab names it
+    assert f"fp32 medians on {html.escape(machine)}, a CPU like this server&#x27;s; the Benchmarks tab" in note
+
+
+def test_the_quoted_benchmark_is_of_a_cpu_like_this_server(tmp_path, monkeypatch):
+    """An AVX2 server's chart and reference line quote the newest AVX2 run, though an AVX-512 run is
+    newer; a server of a kind no run has gets the newest run, and says so."""
+    row = {"audio": "talk.flac", "audio_s": 200.0, "model": "tiny.en", "device": "cpu", "precision": "fp32"}
+    for isa, created, seconds in (("AVX2", "2026-01-01", 7.0), ("AVX-512 VNNI", "2026-02-01", 2.5)):
+        results = [
+            {**row, "backend": "max", "total_s_median": seconds},
+            {**row, "backend": "faster", "total_s_median": 9.0},
+        ]
+        doc = {"created": created, "machine": {"cpu": "EPYC", "cores": 2, "vector_isa": isa}, "results": results}
+        (tmp_path / f"cpu-{created}.json").write_text(json.dumps(doc))
+    for server, machine, seconds, kind in (
+        ("AVX2", "EPYC · AVX2 · 2 cores", "7.00", ", a CPU like this server's"),
+        ("AVX-512 VNNI", "EPYC · AVX-512 VNNI · 2 cores", "2.50", ", a CPU like this server's"),
+        (
+            "AVX-512 VNNI BF16 AMX",
+            "EPYC · AVX-512 VNNI · 2 cores",
+            "2.50",
+            " (no committed run is on this server's kind of CPU, AVX-512 VNNI BF16 AMX)",
+        ),
+    ):
+        for module in ("showcase.verdict", "showcase.tabs.benchmarks"):
+            monkeypatch.setattr(f"{module}.this_machine", lambda: {"cpu": "EPYC", "vector_isa": server})
+        chart = benchmark_view(tmp_path)[1]
+        assert f"on {html.escape(machine + kind)}: each implementation in turn" in chart
+        assert f"{seconds} s ·" in chart
+        assert f"took MAX {seconds} s, faster-whisper 9.00 s (fp32 medians on {html.escape(machine + kind)};" in (
+            benchmark_note(tmp_path)
+        )
 
 
 @pytest.mark.parametrize("median", [None, 0, "fast"])

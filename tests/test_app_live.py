@@ -357,8 +357,8 @@ def test_max_transcribes_jfk_from_browser_chunks(max_tiny_en, jfk_audio):
 
 
 def test_a_race_ends_with_who_was_first():
-    """The result names the implementation that kept up and made its words final soonest, then how
-    each other did: one that fell behind, one that failed."""
+    """The result names the implementation that kept up (or fell behind least) and made its words
+    final soonest, then how each other did: one that fell behind, one that failed."""
 
     def session(latencies, compute_s=4.0, behind=1.0, error=""):
         s = LiveSession(lambda: ScriptedTranscriber(SCRIPT))
@@ -388,6 +388,11 @@ def test_a_race_ends_with_who_was_first():
     assert live.race_result(slow).startswith(  # a first that fell behind does not read as one that kept up
         "<div class='live-result'><div class='live-winner'>MAX was first, though it fell behind (4 s of speech "
         "waited at worst), its words final 3.5 s after they were said.</div>"
+    )
+    behind_less = live.LiveRace({"max": session([3.5], behind=4.0), "faster": session([3.9], behind=3.4)})
+    assert live.race_result(behind_less).startswith(  # where all fell behind, who fell behind least was first
+        "<div class='live-result'><div class='live-winner'>faster-whisper was first, though it fell behind (3 s of "
+        "speech waited at worst), its words final 3.9 s after they were said.</div>"
     )
     alone = live.LiveRace({"faster": session([2.0])})
     assert live.race_result(alone) == (

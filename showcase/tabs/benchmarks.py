@@ -6,14 +6,13 @@ machine, versions and settings, folded."""
 
 from __future__ import annotations
 
-import functools
 import html
 from pathlib import Path
 
 import gradio as gr
 
 from ..charts import benchmark_bars, short_name
-from ..results import RESULTS_DIR, machine_name, read_runs, reference_rows
+from ..results import RESULTS_DIR, machine_name, quoted_machine, read_runs, reference_rows, this_machine
 from ..views import View
 
 # column -> (header, width): the columns fit a 1366 px screen, each header's words whole; the stages
@@ -66,12 +65,9 @@ KNOWN_CAUSES = {
 }
 
 
-@functools.cache
 def this_server() -> str:
     """The machine the app runs on, named as the rows name theirs."""
-    from maxwhisper.bench.machine import machine_info
-
-    return machine_name(machine_info(), "cpu")
+    return machine_name(this_machine(), "cpu")
 
 
 def _not_run(runs) -> str:
@@ -113,13 +109,14 @@ def benchmark_view(directory: Path) -> tuple[str, str, list[list], str, list[lis
             "\n".join(notes),
         )
     cpu_top = ""
-    found = reference_rows(runs)
+    found = reference_rows(runs, this_machine())
     if found:
         run, clip, rows = found
         cpu_top = (
             f"<p class='note'>{html.escape(rows[0]['model'] or '')} on a {rows[0]['audio_s']:.0f} s clip "
-            f"({html.escape(clip)}) on {html.escape(machine_name(run.machine, 'cpu'))}: each implementation "
-            f"in turn, medians of several runs, the same weights and decoding.</p>{benchmark_bars(rows)}"
+            f"({html.escape(clip)}) on {html.escape(quoted_machine(run.machine, this_machine()))}"
+            f": each implementation in turn, medians of several runs, the same weights and decoding.</p>"
+            f"{benchmark_bars(rows)}"
         )
 
     def cells(run, row: dict) -> list:

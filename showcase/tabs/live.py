@@ -79,9 +79,9 @@ class LiveRace:
 
 
 def race_result(race: LiveRace) -> str:
-    """HTML a room can read at the end of a race: who was first (kept up, and made its words final
-    soonest after they were said: the median, to a tenth of a second, a tie where two are equal),
-    then how each other implementation did."""
+    """HTML a room can read at the end of a race: who was first (kept up, or where none did, fell
+    behind the least, in whole seconds as shown; then made its words final soonest after they were
+    said: the median, to a tenth of a second; a tie where two are equal), then how each other did."""
     said, ranks = {}, {}
     for backend, s in race.sessions.items():
         if s.error:
@@ -91,7 +91,7 @@ def race_result(race: LiveRace) -> str:
         pace = "kept up" if kept_up else f"fell behind ({s.worst_behind_s:.0f} s of speech waited at worst)"
         if s.latencies:
             latency = round(statistics.median(s.latencies), 1)
-            ranks[backend] = (not kept_up, latency)
+            ranks[backend] = (not kept_up, 0 if kept_up else round(s.worst_behind_s), latency)
             said[backend] = f"{pace}, its words final {latency:.1f} s after they were said."
         else:
             said[backend] = f"{pace}, no word final."
@@ -105,7 +105,7 @@ def race_result(race: LiveRace) -> str:
         else:
             lines.append(
                 f"A tie: {' and '.join(short_name(b) for b in firsts)} "
-                f"{'fell behind' if best[0] else 'kept up'}, their words final {best[1]:.1f} s after they "
+                f"{'fell behind' if best[0] else 'kept up'}, their words final {best[2]:.1f} s after they "
                 f"were said."
             )
             for b in firsts:
