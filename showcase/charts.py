@@ -23,6 +23,7 @@ class Bar:
     name: str  # as the row says it: "MAX", "faster-whisper int8"
     parts: tuple[tuple[str, float], ...] = ()  # (colour, seconds) from the left; none: a failed row
     value: str = "failed"  # the text after the bar
+    detail: str = ""  # a line under the bar: its parts' seconds
 
 
 def short_name(backend: str, precision: str = "fp32", mixed: bool = False) -> str:
@@ -43,6 +44,8 @@ def bars_html(title: str, bars: list[Bar], elem_id: str = "", legend: str = "") 
         )
         bar = f"<span class='bar'>{fills}</span>" if b.parts else ""
         rows.append(f"<div class='bar-row'>{name}{bar}<span class='bar-value'>{b.value}</span></div>")
+        if b.detail:
+            rows.append(f"<div class='bar-detail'>{html.escape(b.detail)}</div>")
     ident = f" id='{elem_id}'" if elem_id else ""
     return f"<div class='bars'{ident}><div class='bars-title'>{title}</div>{''.join(rows)}{legend}</div>"
 
@@ -93,18 +96,26 @@ def stage_bars(comparison: Comparison) -> str:
     if not done:
         return ""
     mixed = any(p.precision != "fp32" for p in comparison.panels.values())
-    bars = [
-        Bar(
-            p.backend,
-            short_name(p.backend, p.precision, mixed),
-            tuple((STAGE_COLORS[stage], s) for stage, s in _stage_seconds(p.best.result).items()),
-            f"{load_text(p.best.result.timings.load_s, p.best.result.timings.compile_s)} (once)",
+    bars, shown = [], set()  # shown: the stages of a hundredth of a second or more, in some bar
+    for p in done:
+        stages = {stage: s for stage, s in _stage_seconds(p.best.result).items() if round(s, 2)}
+        shown |= set(stages)
+        bars.append(
+            Bar(
+                p.backend,
+                short_name(p.backend, p.precision, mixed),
+                tuple((STAGE_COLORS[stage], s) for stage, s in stages.items()),
+                f"{load_text(p.best.result.timings.load_s, p.best.result.timings.compile_s)} (once)",
+                " · ".join(f"{stage} {s:.2f} s" for stage, s in stages.items()),
+            )
         )
-        for p in done
-    ]
     legend = (
         "<div class='legend'>"
-        + " ".join(f"<span class='swatch' style='background:{c}'></span>{stage}" for stage, c in STAGE_COLORS.items())
+        + " ".join(
+            f"<span class='swatch' style='background:{c}'></span>{stage}"
+            for stage, c in STAGE_COLORS.items()
+            if stage in shown
+        )
         + "</div>"
     )
     return bars_html("Time by stage (the model's load and compile, once, apart)", bars, legend=legend)

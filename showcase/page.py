@@ -54,7 +54,9 @@ footer, footer * {color: #52525b}
 .bar-fill {display: block; height: 100%}
 .bar-value, .bar-failed {flex: 0 0 auto; white-space: nowrap}
 .bar-failed {color: #b91c1c}
+.bar-detail {margin: -.1rem 0 .3rem 11.5rem; color: var(--body-text-color-subdued); font-size: .8rem}
 .legend {margin-top: .3rem}
+.phone-only {display: none}
 .swatch {display: inline-block; width: .7rem; height: .7rem; margin: 0 .2rem 0 .6rem; border-radius: 2px}
 .panel-head {border-top: 4px solid; padding-top: .3rem}
 .panel-name {font-weight: 700}
@@ -79,6 +81,8 @@ footer, footer * {color: #52525b}
   #status {text-align: left}
   .bar-row {flex-wrap: wrap; row-gap: 0}
   .bar-name {flex-basis: 100%}
+  .bar-detail {margin-left: 0}
+  .phone-only {display: block}
 }
 """
 

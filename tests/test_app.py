@@ -97,6 +97,8 @@ def test_three_transcripts_of_jfk(jfk_run):
     ) in verdict
     assert all(run.cpu_s > 0 for p in comparison.panels.values() for run in p.runs)  # each run's CPU seconds
     assert "MAX" in time_bars(comparison) and "load " in stage_bars(comparison)
+    for p in comparison.panels.values():  # each best run's encode seconds under its bar
+        assert f"encode {p.best.result.timings.encode_s:.2f} s" in stage_bars(comparison)
 
 
 def test_word_timestamps_and_prompt_reach_the_panels(app_transcriptions, tmp_path):
@@ -493,7 +495,12 @@ def test_one_failing_implementation_does_not_hide_the_others(tmp_path):
     assert "<del" in panels["faster"].diff_html and "<ins" in panels["faster"].diff_html
     assert "Failed: MAX Graph" in compare.message_text(comparison, 3.0)
     assert "failed" in time_bars(comparison) and "faster-whisper" in time_bars(comparison)
-    assert "MAX" not in stage_bars(comparison) and "openai-whisper" in stage_bars(comparison)
+    stages = stage_bars(comparison)
+    assert "MAX" not in stages and "openai-whisper" in stages
+    # each bar's parts in seconds under it (the fakes time encode 0.1 s of 0.2); the legend names the stages shown
+    assert stages.count("<div class='bar-detail'>encode 0.10 s · other 0.10 s</div>") == 2
+    legend = stages[stages.index("class='legend'") :]
+    assert "encode" in legend and "other" in legend and "features" not in legend and "decode" not in legend
     assert "needs MAX and one other" in verdict_html(comparison)
 
 
@@ -1367,7 +1374,7 @@ def test_system_report():
     assert "### Devices MAX sees" in report and "- `cpu`" in report
     for package in ("max", "torch", "ctranslate2"):
         assert f"- {package}: `" in report
-    assert "**tiny.en**" in report and "PyPI" in report
+    assert "**tiny.en**" in report and "PyPI packages that other projects published under their own names" in report
     assert "MAX compile cache" in report and "MODULAR_CACHE_DIR" in report
 
 

