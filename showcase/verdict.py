@@ -164,7 +164,7 @@ def verdict_html(comparison: Comparison, cores: int | None = None) -> str:
         headline = f"No speed verdict {clip}: the transcripts are not the same words."
     if apart:
         headline += f" No speed verdict against {' and '.join(apart)}: they did not transcribe the same words."
-    times = f"Times: {what}, models already loaded: {_listed(done, mixed)}."
+    times = f"Times: {what}, their load and compile not counted: {_listed(done, mixed)}."
     return f"<div class='verdict'>{_sentence(headline)}</div><p class='note'>{tokens} {measure.why} {times}</p>"
 
 

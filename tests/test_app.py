@@ -553,7 +553,7 @@ def test_short_clips_are_timed_in_rounds_and_the_best_time_counts(tmp_path):
     verdict = verdict_html(comparison, 2)
     assert "MAX was <b>2.5× faster</b> than openai-whisper on this 1.0 s clip." in verdict
     assert (
-        "Times: best of 3 runs of each, taken in turns, models already loaded: MAX 0.20 s, openai-whisper "
+        "Times: best of 3 runs of each, taken in turns, their load and compile not counted: MAX 0.20 s, openai-whisper "
         "0.50 s." in verdict
     )
     assert "best of 3 runs" in time_bars(comparison) and "0.20 s" in time_bars(comparison)
@@ -569,7 +569,7 @@ def test_short_clips_are_timed_in_rounds_and_the_best_time_counts(tmp_path):
         out_dir=tmp_path,
         reference_text=None,
     )  # a textbox the browser has not shown yet gives None
-    assert long.rounds == 1 and "Times: one run of each, models already loaded: " in verdict_html(long, 2)
+    assert long.rounds == 1 and "Times: one run of each, their load and compile not counted: " in verdict_html(long, 2)
 
 
 def test_verdict_says_how_many_times_faster_and_whether_tokens_match(tmp_path):
@@ -594,7 +594,7 @@ def test_verdict_says_how_many_times_faster_and_whether_tokens_match(tmp_path):
         "on this 10.0 s clip."
     ) in verdict
     assert "Identical tokens to openai-whisper; other tokens than faster-whisper (1 word differs)." in verdict
-    assert "Times: best of 3 runs of each, taken in turns, models already loaded: " in verdict
+    assert "Times: best of 3 runs of each, taken in turns, their load and compile not counted: " in verdict
     assert (
         _times(1.004, "x") == "as fast as x"
         and _times(1.5, "x") == "<b>1.5× faster</b> than x"

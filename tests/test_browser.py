@@ -113,6 +113,12 @@ SELECT_FITS_JS = """(s) => { const c = document.createElement('canvas').getConte
   return [text, c.measureText(text).width,
           s.clientWidth - parseFloat(st.paddingLeft) - parseFloat(st.paddingRight) - arrow]; }"""
 
+# a label's text ends left of every button on its row (the audio box's buttons sit over its label)
+LABEL_CLEAR_JS = """(label) => { const r = label.getBoundingClientRect(), end = r.left + label.scrollWidth;
+  const row = [...label.closest('#audio').querySelectorAll('button')].map(b => b.getBoundingClientRect())
+    .filter(b => b.width > 0 && b.top < r.bottom && b.bottom > r.top);
+  return row.every(b => b.left >= end || b.right <= r.left); }"""
+
 # a table's columns on screen without scrolling, and every header word wider than its column (a
 # break mid-word, "featur|es s"): [the table's scroll width, its visible width, the broken words]
 TABLE_FITS_JS = """(box) => { const view = box.querySelector('.virtual-table-viewport') || box, broken = [];
@@ -375,6 +381,7 @@ def test_one_click_to_a_verdict_that_holds_and_fits_the_screen(app):
         assert_table_fits(page, "#checks-table")
         open_tab(page, "Benchmarks")  # every column on the screen, no header broken mid-word
         assert_table_fits(page, "#bench-table")
+        expect(page.locator("#bench-cpu .phone-only")).to_be_hidden()  # the phone's hint to scroll: not here
         page.get_by_role("tab", name=re.compile("On a GPU")).click()
         assert_table_fits(page, "#bench-gpu-table")
         idle = cpu_share(app_pid, 10)
@@ -415,6 +422,8 @@ def test_on_a_phone_input_run_results_and_nothing_too_wide(app):
 
     with app_page(app[0], PHONE) as page:
         shoot(page, "compare-phone-before")
+        label = page.locator("#audio [data-testid='block-label']")  # the audio box's label whole, left of its buttons
+        assert label.evaluate(LABEL_CLEAR_JS), label.inner_text()
         page.locator("#examples button", has_text="JFK").click()
         expect(page.locator("#audio a[href$='/jfk.flac']").first).to_be_attached(timeout=60_000)
         page.click("#run")
@@ -434,6 +443,7 @@ def test_on_a_phone_input_run_results_and_nothing_too_wide(app):
         width, wide = page.evaluate(TOO_WIDE_JS)
         assert width <= PHONE["width"] and not wide, wide
         assert_contrast(page, "Benchmarks, CPUs")
+        expect(page.locator("#bench-cpu .phone-only")).to_contain_text("scrolls sideways")  # two columns show
         shoot(page, "benchmarks-phone", full_page=True)
         page.get_by_role("tab", name=re.compile("On a GPU")).click()
         gpu = page.locator("#bench-gpu")

@@ -118,7 +118,7 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
                     sources=["upload", "microphone"],
                     type="filepath",
                     elem_id="audio",
-                    label=f"Audio, up to {max_seconds:g} s: upload, record or an example below",
+                    label=f"Audio (up to {max_seconds:g} s)",
                 )
                 with gr.Row(elem_id="examples", equal_height=True):
                     example_buttons = [
