@@ -8,8 +8,8 @@ is larger than a few % of the encoder), or two ways of one op.
 A PACKAGE is a compiled `kernels_*.mojoc`: a revision's shipped one (`maxwhisper/graph/prebuilt/`),
 or the one `kernel_package.kernel_library()` compiles into MAX's cache for a checkout. The ops, over
 random activations of tiny.en's shapes (6 heads of 64 dims):
-- encoder-int16, encoder-float32: `encoder_attention` of a 30 s window (1500 frames), int8's
-  16-bit integer path or the float32 one;
+- encoder-int16, encoder-bf16, encoder-float32: `encoder_attention` of a 30 s window (1500 frames),
+  int8's 16-bit integer path, its bfloat16 one (an AVX512_BF16 CPU) or the float32 one;
 - prompt-int8, prompt-int8-int16: `cross_attention_int8` of a 200-token prompt over a window's int8
   keys and values, widened to float32 or through `vpmaddwd` (`int16`);
 - mlp-up-int8, mlp-down-int8: `packed_linear_int8` over a window's 1500 rows, the MLP's first
@@ -44,7 +44,15 @@ from maxwhisper.graph.layers import (  # noqa: E402
 )
 
 HEADS, DH, FRAMES, PROMPT = 6, 64, 1500, 200
-OPS = ["encoder-int16", "encoder-float32", "prompt-int8", "prompt-int8-int16", "mlp-up-int8", "mlp-down-int8"]
+OPS = [
+    "encoder-int16",
+    "encoder-bf16",
+    "encoder-float32",
+    "prompt-int8",
+    "prompt-int8-int16",
+    "mlp-up-int8",
+    "mlp-down-int8",
+]
 
 
 def op_inputs(op: str, rng: np.random.Generator) -> tuple[list[np.ndarray], object]:
@@ -53,7 +61,8 @@ def op_inputs(op: str, rng: np.random.Generator) -> tuple[list[np.ndarray], obje
     per graph)."""
     if op.startswith("encoder-"):
         qkv = (rng.standard_normal((1, FRAMES, 3 * HEADS * DH)) * 1.5).astype(np.float32)
-        return [qkv], lambda: (lambda x: encoder_attention(x, HEADS, int16=op == "encoder-int16"), dict)
+        kind = {"bf16": op == "encoder-bf16", "int16": op == "encoder-int16"}
+        return [qkv], lambda: (lambda x: encoder_attention(x, HEADS, **kind), dict)
     if op.startswith("mlp-"):
         d = HEADS * DH
         k, n = (d, 4 * d) if op == "mlp-up-int8" else (4 * d, d)

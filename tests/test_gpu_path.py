@@ -388,3 +388,32 @@ def test_one_row_attention_is_softmax_of_the_scaled_scores_times_v():
     weights = np.exp(scores - scores.max(-1, keepdims=True))
     weights /= weights.sum(-1, keepdims=True)
     np.testing.assert_allclose(ours, weights @ v_t.transpose(0, 1, 3, 2), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("row_sums", [True, False])
+def test_the_portable_step_linear_is_x_times_w_transposed_plus_b(row_sums):
+    """`linear_few_rows` for one row a sequence (a token step) against numpy: each output's products
+    summed, MAX's row reduction in place of its matrix-vector product (12 blocks on a GPU for a
+    384-wide layer), or the matrix product without `row_sums` (the vocabulary's projection)."""
+    from max import driver
+    from max.engine import InferenceSession
+    from max.graph import Graph
+
+    from maxwhisper.graph.layers import linear_few_rows
+
+    rng = np.random.default_rng(0)
+    d_in, d_out = 384, 1536
+    arrays = {"lin.weight": rng.standard_normal((d_out, d_in), np.float32) * 0.05}
+    arrays["lin.bias"] = rng.standard_normal(d_out, np.float32)
+    x = rng.standard_normal((2, 1, d_in), np.float32)
+    w = WeightBank(arrays, DType.float32, DeviceRef.CPU())
+    with Graph(
+        f"step_linear_{row_sums}",
+        input_types=[TensorType(DType.float32, ["batch", 1, d_in], device=DeviceRef.CPU())],
+    ) as graph:
+        graph.output(linear_few_rows(w, "lin", row_sums=row_sums)(graph.inputs[0].tensor))
+    assert ("matmul" in str(graph)) is not row_sums
+    model = InferenceSession(devices=[driver.CPU()]).load(graph, weights_registry=w.registry())
+    ours = model.execute(driver.Buffer.from_numpy(x))[0].to_numpy()
+    expected = x.astype(np.float64) @ arrays["lin.weight"].T.astype(np.float64) + arrays["lin.bias"]
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)

@@ -131,8 +131,11 @@ def step_linear(plan: ExecutionPlan) -> MakeLinear:
 
 def projection_linear(plan: ExecutionPlan) -> MakeLinear:
     """The step graphs' output projection: with int8 weights `vocab_projection_int4` (a 4-bit pass
-    over the vocabulary, the logits near each row's largest again in int8), else `step_linear`'s."""
-    return vocab_projection_int4 if plan.int8 else step_linear(plan)
+    over the vocabulary, the logits near each row's largest again in int8), else `step_linear`'s
+    kernel, or MAX's matrix-vector product without `row_sums`: it has blocks enough for the vocabulary."""
+    if plan.int8:
+        return vocab_projection_int4
+    return step_linear(plan) if plan.step_linears_kernel else partial(linear_few_rows, row_sums=False)
 
 
 def block_linear(plan: ExecutionPlan) -> MakeLinear:
@@ -336,7 +339,7 @@ def token_logits(
     one `decoder_layer_step` kernel a layer, elsewhere MAX's ops (`portable_token_layers`)."""
     if not plan.step_kernels:
         x = portable_token_layers(w, dims, tokens, positions, cross_keys, cross, caches)
-        return _logits(w, ops.gather(x, rows, axis=0))
+        return _logits(w, ops.gather(x, rows, axis=0), projection_linear(plan))
     x = layer_norm_gather(
         w, "decoder.ln", kernel_token_layers(w, dims, plan, tokens, positions, cross_keys, cross, caches), rows
     )

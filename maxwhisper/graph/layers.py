@@ -235,18 +235,24 @@ def linear(w: WeightBank, prefix: str, gelu: bool = False) -> ResidualLinear:
     return apply
 
 
-def linear_few_rows(w: WeightBank, prefix: str) -> Linear:
+def linear_few_rows(w: WeightBank, prefix: str, row_sums: bool = True) -> Linear:
     """x [..., d_in] -> [..., d_out] as (W [d_out, d_in] @ x^T)^T + b, for decoder steps.
 
     With one or a few rows MAX streams W through a matrix-vector product faster this way than
-    x @ W^T, and a decoder step is bound by reading weights.
+    x @ W^T, and a decoder step is bound by reading weights. With `row_sums` and one row a sequence
+    (a token step's x [B, 1, d_in]), each output's products summed instead: MAX fuses them into one
+    row reduction over d_out rows, where a GPU's matrix-vector kernel gives a 384-wide layer 12
+    blocks (docs/design.md#where-a-gpus-time-goes).
     """
     weight, bias = w(f"{prefix}.weight"), w.arrays.get(f"{prefix}.bias")
     b = w(f"{prefix}.bias") if bias is not None else None
 
     def apply(x: TensorValue) -> TensorValue:
         *lead, d_in = x.shape
-        y = ops.transpose(ops.matmul(weight, ops.transpose(ops.reshape(x, [-1, d_in]), 0, 1)), 0, 1)
+        if row_sums and _static_one(x.shape[-2]):
+            y = ops.sum(weight * ops.unsqueeze(x, -2), axis=-1)
+        else:
+            y = ops.transpose(ops.matmul(weight, ops.transpose(ops.reshape(x, [-1, d_in]), 0, 1)), 0, 1)
         y = ops.reshape(y, [*lead, weight.shape[0]])
         return y + b if b is not None else y
 
@@ -478,7 +484,11 @@ def _one_row(x: TensorValue) -> bool:
     """Whether x [B, H, n, ..] has one query row (n == 1, known when the graph is built). For one
     row, elementwise products summed along the row replace MAX's batched matrix product, which a
     GPU runs as a naive kernel (docs/design.md#where-a-gpus-time-goes)."""
-    dim = x.shape[2]
+    return _static_one(x.shape[2])
+
+
+def _static_one(dim) -> bool:
+    """Whether a dimension is 1, known when the graph is built."""
     return isinstance(dim, StaticDim) and int(dim) == 1
 
 
