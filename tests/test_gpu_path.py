@@ -46,6 +46,20 @@ def test_every_gpu_graph_builds_with_weights_of_its_dtype_and_shape(tiny_en_chec
         assert on_host == ([2] if name == "decoder_step" else [])
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_batch_repeat_takes_and_gives_what_the_encoder_gives(tiny_en_checkpoint, tiny_arrays, precision):
+    """Windows encoded together are handed out by `batch_repeat` (a shared encoder call's callers, beam
+    groups): it takes the encoder's outputs as they are, float32 features in every precision. In
+    fp16 it asked for float16 features, and every shared encoder call of several callers failed."""
+    dims, halves = tiny_en_checkpoint.dims, {}
+    plan = make_plan(WeightBank(tiny_arrays, DTYPES[precision], DeviceRef.GPU(), halves), dims)
+    encoder = build_graph("encoder", tiny_arrays, dims, plan, halves)[0]
+    repeat = build_graph("batch_repeat", tiny_arrays, dims, plan, halves)[0]
+    encoded = [t.dtype for t in encoder.output_types]
+    assert encoded[0] == DType.float32
+    assert [v.type.dtype for v in repeat.inputs][1:] == encoded == [t.dtype for t in repeat.output_types]
+
+
 def test_a_graph_s_input_record_states_its_inputs_once():
     from maxwhisper.graph.inputs import CacheReorderInputs
 

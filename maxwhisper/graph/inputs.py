@@ -233,13 +233,13 @@ class CacheReorderInputs(GraphInputs[T]):
 @dataclass(frozen=True)
 class BatchRepeatInputs(GraphInputs[T]):
     audio_index: T  # int64 [B]: the window of each output row
-    features: T  # [n_audio, T, d]
+    features: T  # float32 [n_audio, T, d], as the encoder gives them in every precision
     cross: tuple[T, ...]
 
     @staticmethod
     def types(dims: ModelDims, dtype: DType, device: DeviceRef, cross_int8: bool) -> BatchRepeatInputs[TensorType]:
         return BatchRepeatInputs(
             _int64(["batch"], device),
-            TensorType(dtype, ["n_audio", "audio_ctx", dims.n_audio_state], device=device),
+            TensorType(DType.float32, ["n_audio", "audio_ctx", dims.n_audio_state], device=device),
             cross_types(dims, dtype, device, "n_audio", cross_int8),
         )
