@@ -223,7 +223,10 @@ class LiveSession:
             behind = self.behind_s
             computing = f"{self.share:.2f} s of computing per second of speech"
             if not self.pace():  # above 1 s a second it still keeps up, within SLOW, for now
-                parts.append(f"keeps up{', just' if self.share > 1 else ''}: {computing}")
+                again = self.worst_behind_s > BEHIND_S  # it fell behind before: the race's result says so
+                pace = " again" if again else ", just" if self.share > 1 else ""
+                worst = f", {self.worst_behind_s:.0f} s of speech waited at worst" if again else ""
+                parts.append(f"keeps up{pace}: {computing}{worst}")
             else:
                 parts.append(
                     f"falls behind: {behind:.0f} s of speech waiting"

@@ -147,6 +147,11 @@ def verdict_html(comparison: Comparison, cores: int | None = None) -> str:
             f"<div class='verdict'>No fair verdict this time: {measure.why}.</div>"
             f"<p class='note'>Run again for a fair ratio. {tokens} Times ({what}): {_listed(done, mixed)}.</p>"
         )
+    if not any(normalize(p.result.text).split() for p in done):
+        return (
+            f"<div class='verdict'>No speed verdict {clip}: none of them heard speech in it.</div>"
+            f"<p class='note'>Times ({what}): {_listed(done, mixed)}.</p>"
+        )
     compared, apart = [], []
     for p in others:
         same, differ = _same_words(mx, p)
@@ -160,6 +165,9 @@ def verdict_html(comparison: Comparison, cores: int | None = None) -> str:
     if compared:
         speed = f"{', '.join(compared[:-1])}{' and ' if len(compared) > 1 else ''}{compared[-1]}"
         headline = f"{lead}{mx_name} was {speed} {clip}."
+        if measure.kind == "cpu":
+            cpu = ", ".join(f"{short_name(p.backend, p.precision, mixed)} {p.cheapest.cpu_s:.2f}" for p in done)
+            headline += f" In CPU seconds: {cpu}; the wall-clock seconds shown were stretched by the other programs."
     else:
         headline = f"No speed verdict {clip}: the transcripts are not the same words."
     if apart:

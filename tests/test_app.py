@@ -709,7 +709,8 @@ def test_other_programs_busy_during_a_run_turn_the_verdict_to_cpu_time(tmp_path)
     verdict = verdict_html(comparison, 2)
     assert verdict.startswith(
         "<div class='verdict'>Counting CPU time, MAX was <b>1.5× faster</b> than openai-whisper "
-        "on this 1.0 s clip.</div>"
+        "on this 1.0 s clip. In CPU seconds: MAX 0.90, openai-whisper 1.35; the wall-clock seconds shown "
+        "were stretched by the other programs.</div>"
     )
     assert (
         "Other programs kept up to 1.4 of 2 cores busy during the runs, which stretches wall-clock times by "
@@ -767,6 +768,25 @@ def test_transcripts_that_are_not_the_same_words_get_no_speed_verdict(tmp_path):
         "No speed verdict against faster-whisper (5 of 5 words differ): they did not transcribe "
         "the same words.</div>"
     )
+
+
+def test_a_clip_in_which_none_heard_speech_gets_no_speed_verdict(tmp_path):
+    """Nothing transcribed: no one is named faster (a 0.1 s noise clip was once "1.05× faster")."""
+    fakes = {b: FakeTranscriber(b, "", tokens=(), times=(0.2 if b == "max" else 0.3,)) for b in BACKENDS}
+    comparison = run_comparison(
+        (16000, np.full(16000, 1000, np.int16)),
+        list(BACKENDS),
+        "fake",
+        "cpu",
+        DecodeOptions(),
+        fakes_in_turns(fakes),
+        out_dir=tmp_path,
+    )
+    verdict = verdict_html(comparison, 2)
+    assert verdict.startswith(
+        "<div class='verdict'>No speed verdict on this 1.0 s clip: none of them heard speech in it."
+    )
+    assert "faster" not in verdict.split("</div>")[0] and "MAX 0.20 s" in verdict
 
 
 def test_the_verdict_under_a_background_load(app_transcriptions, tmp_path):

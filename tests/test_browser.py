@@ -505,7 +505,7 @@ def test_live_races_max_and_faster_whisper_on_the_fake_microphone(app, tmp_path)
         for panel in panels.values():
             expect(panel).to_contain_text(
                 re.compile(
-                    r"keeps up(, just)?: [\d.]+ s of computing per second of speech|falls "
+                    r"keeps up( again|, just)?: [\d.]+ s of computing per second of speech|falls "
                     r"behind"
                 )
             )
