@@ -27,6 +27,13 @@ TITLE = """<div id='title'><h1>MAX-Whisper</h1><p>OpenAI's Whisper rebuilt on
 <a href='https://docs.modular.com/max/' target='_blank'>Modular's MAX Graph</a>: the same tokens as
 openai-whisper, faster than it and faster-whisper on a CPU.</p></div>"""
 
+# on a narrow screen the results come under the inputs: Run scrolls to them (not where they are beside)
+TO_RESULTS_JS = """document.addEventListener('click', (event) => {
+  const results = document.querySelector('#results');
+  if (event.target.closest('#run') && results && results.getBoundingClientRect().top > innerHeight / 2)
+    results.scrollIntoView({behavior: 'smooth'});
+});"""
+
 CSS = """
 /* WCAG AA contrast (4.5:1) in the light theme: Gradio's orange and light greys read at 2-3:1 on white */
 :root {--color-accent: #c2410c; --button-primary-background-fill: #c2410c; --button-primary-border-color: #c2410c;
@@ -117,7 +124,7 @@ def build_demo(
     with gr.Blocks(title="MAX-Whisper") as demo:
         with gr.Row(equal_height=True, elem_id="header"):
             with gr.Column(scale=4, min_width=320):
-                gr.HTML(f"<style>{CSS}</style>{TITLE}", min_height=0)
+                gr.HTML(f"<style>{CSS}</style>{TITLE}", min_height=0, js_on_load=TO_RESULTS_JS)
             with gr.Column(scale=1, min_width=240):
                 status = gr.HTML(badge(), elem_id="status", min_height=0)
         timer = gr.Timer(2.0)

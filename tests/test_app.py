@@ -709,8 +709,8 @@ def test_other_programs_busy_during_a_run_turn_the_verdict_to_cpu_time(tmp_path)
     verdict = verdict_html(comparison, 2)
     assert verdict.startswith(
         "<div class='verdict'>Counting CPU time, MAX was <b>1.5× faster</b> than openai-whisper "
-        "on this 1.0 s clip. In CPU seconds: MAX 0.90, openai-whisper 1.35; the wall-clock seconds shown "
-        "were stretched by the other programs.</div>"
+        "on this 1.0 s clip.</div><p class='note'><b>In CPU seconds: MAX 0.90, openai-whisper 1.35</b>; "
+        "the wall-clock seconds shown were stretched by other programs."
     )
     assert (
         "Other programs kept up to 1.4 of 2 cores busy during the runs, which stretches wall-clock times by "

@@ -427,6 +427,7 @@ def test_on_a_phone_input_run_results_and_nothing_too_wide(app):
         page.locator("#examples button", has_text="JFK").click()
         expect(page.locator("#audio a[href$='/jfk.flac']").first).to_be_attached(timeout=60_000)
         page.click("#run")
+        expect(page.locator("#results")).to_be_in_viewport()  # scrolled to the results at once, below the inputs
         expect(page.locator("#message")).to_contain_text("Finished: 11.0 s of audio", timeout=RUN_TIMEOUT_MS)
         expect(page.locator("#verdict")).to_contain_text("MAX was")
         tops = [page.locator(s).bounding_box()["y"] for s in ("#audio", "#run", "#message", "#verdict", "#text-max")]

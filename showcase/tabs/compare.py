@@ -1,9 +1,9 @@
 """The Compare tab: on the left a clip (the first example already in the box), the implementations
-to race, one Run button and the options, folded (Run folds them); on the right, beside them so that
-open options push nothing down, the results: the verdict, the speed chart and the transcripts side
-by side, each implementation's panel saying whether it waits, runs (how far) or is done. The details
-(timestamps, word differences, downloads, time by stage) fold away under them. `showcase.comparison`
-runs the race through the page's `Transcriptions`."""
+to race, one Run button and the options, folded (Run folds them and, on a phone, the page scrolls
+to the results); on the right, beside them so that open options push nothing down, the results: the verdict,
+the speed chart and the transcripts side by side, each panel saying whether it waits, runs (how far)
+or is done. The details (timestamps, word differences, downloads, time by stage) fold away under
+them. `showcase.comparison` runs the race through the page's `Transcriptions`."""
 
 from __future__ import annotations
 
@@ -38,9 +38,8 @@ ABOUT = (
     "the app measures its wall-clock time, the CPU seconds the run's own work took, and how much of the CPU other "
     "programs took. Where the CPU was otherwise quiet, the verdict compares wall-clock times; where other programs "
     "kept cores busy, which stretches wall-clock times by chance, it compares CPU time, and says so. Times leave "
-    "out loading and compiling the models, done once. An English-only model is not raced on another language: "
-    "the multilingual model hears the language first. The Benchmarks tab holds medians measured on quiet "
-    "machines; docs/app.md in the repository describes the page."
+    "out loading and compiling the models. An English-only model is not raced on another language: the multilingual "
+    "model hears it first. The Benchmarks tab holds medians of quiet machines; docs/app.md describes the page."
 )
 RUNS_AT_ONCE = 16  # requests inside the app at once: they take turns (`Transcriptions`) and see their place
 
@@ -189,8 +188,7 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
                         label="Batched long-form: speech chunks at a time",
                         info="MAX and faster-whisper only",
                     )
-                    # the audio box drops a file whose browser type is video/* (a .webm, .mp4) without a word;
-                    # the run decodes any file with FFmpeg, so this button puts a video's path in the box
+                    # the audio box drops a video/* file (.webm, .mp4) silently: this button puts its path there
                     video = gr.UploadButton(
                         "Upload a video file (its sound is transcribed)",
                         file_types=["video", "audio"],
@@ -346,9 +344,9 @@ def build(transcriptions: Transcriptions, choices: Choices, max_seconds: float) 
     run.click(transcribe, run_inputs, results, concurrency_limit=RUNS_AT_ONCE, show_progress="hidden").then(
         note, note_inputs, model_note, concurrency_limit=None, show_progress="hidden"
     )  # what the run loaded
-    run.click(
+    run.click(  # the results in sight on a narrow screen, where they come after the options
         lambda: gr.Accordion(open=False), outputs=options, concurrency_limit=None, show_progress="hidden"
-    )  # the results in sight on a narrow screen, where they come after the options
+    )
     if detector:  # the language check's suggestion: the multilingual model, then the run
         suggest.click(lambda: detector[1], outputs=model, concurrency_limit=None, show_progress="hidden").then(
             transcribe, run_inputs, results, concurrency_limit=RUNS_AT_ONCE, show_progress="hidden"
