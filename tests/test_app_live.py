@@ -398,6 +398,11 @@ def test_a_race_ends_with_who_was_first():
         "<div class='live-result'><div class='live-winner'>faster-whisper was first, though it fell behind (3 s of "
         "speech waited at worst), its words final 3.9 s after they were said.</div>"
     )
+    close = live.LiveRace({"max": session([2.9], behind=4.0), "faster": session([3.0], behind=4.2)})
+    assert live.race_result(close).startswith(  # 0.1 s apart: no one is first
+        "<div class='live-result'><div class='live-winner'>A tie: MAX and faster-whisper fell behind, their words "
+        "final 2.9 and 3.0 s after they were said.</div>"
+    )
     alone = live.LiveRace({"faster": session([2.0])})
     assert live.race_result(alone) == (
         "<div class='live-result'><div>faster-whisper kept up, its words final 2.0 s after they were said.</div></div>"

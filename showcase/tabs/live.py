@@ -37,6 +37,7 @@ from ..transcriptions import Transcriptions
 log = logging.getLogger(__name__)
 
 RACERS = ("max", "faster")  # raced by default (README's Live streaming: what keeps up on a 2-core CPU)
+TIE_S = 0.25  # latencies closer than this are a tie: a room cannot tell them apart
 STOP_WAIT_S = 120.0  # how long a stop shows the race catching up before leaving it to finish alone
 LATE_S = 2.0  # a chunk this soon after a stop is that recording's last one arriving late: it starts nothing
 PLAY_CHUNK_S = 0.5  # an example played as the microphone: its pieces, sent at the clip's own pace
@@ -81,7 +82,7 @@ class LiveRace:
 def race_result(race: LiveRace) -> str:
     """HTML a room can read at the end of a race: who was first (kept up, or where none did, fell
     behind the least, in whole seconds as shown; then made its words final soonest after they were
-    said: the median, to a tenth of a second; a tie where two are equal), then how each other did."""
+    said: the median, to a tenth of a second; a tie where two are within TIE_S), then how each other did."""
     said, ranks = {}, {}
     for backend, s in race.sessions.items():
         if s.error:
@@ -98,15 +99,15 @@ def race_result(race: LiveRace) -> str:
     lines = []
     if ranks and len(said) > 1:
         best = min(ranks.values())
-        firsts = [b for b, rank in ranks.items() if rank == best]
+        firsts = [b for b, rank in ranks.items() if rank[:2] == best[:2] and rank[2] - best[2] < TIE_S]
         if len(firsts) == 1:
             first = "was first, though it" if best[0] else "was first: it"  # every one fell behind
             lines.append(f"{short_name(firsts[0])} {first} {said.pop(firsts[0])}")
         else:
             lines.append(
                 f"A tie: {' and '.join(short_name(b) for b in firsts)} "
-                f"{'fell behind' if best[0] else 'kept up'}, their words final {best[2]:.1f} s after they "
-                f"were said."
+                f"{'fell behind' if best[0] else 'kept up'}, their words final "
+                f"{' and '.join(f'{t:.1f}' for t in sorted({ranks[b][2] for b in firsts}))} s after they were said."
             )
             for b in firsts:
                 said.pop(b)
