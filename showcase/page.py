@@ -35,6 +35,9 @@ TO_RESULTS_JS = """document.addEventListener('click', (event) => {
 });"""
 
 CSS = """
+/* Gradio's local Source Sans Pro SemiBold holds ~55 glyphs: semibold text fell back letter by letter ("MᴀX") */
+@font-face {font-family: 'Source Sans Pro'; font-weight: 600; font-style: normal;
+            src: url('static/fonts/SourceSansPro/SourceSansPro-Bold.woff2') format('woff2')}
 /* WCAG AA contrast (4.5:1) in the light theme: Gradio's orange and light greys read at 2-3:1 on white */
 :root {--color-accent: #c2410c; --button-primary-background-fill: #c2410c; --button-primary-border-color: #c2410c;
        --button-primary-background-fill-hover: #9a3412; --button-primary-border-color-hover: #9a3412;

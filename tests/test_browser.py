@@ -286,6 +286,7 @@ def test_one_click_to_a_verdict_that_holds_and_fits_the_screen(app):
         expect(verdict).to_contain_text("For reference, the committed benchmark")
         expect(page.locator("#audio a[href$='/jfk.flac']").first).to_be_attached(timeout=60_000)  # one click away
         shoot(page, "compare-desktop-before")
+        assert len(rendering_fonts(page, "#title h1")) == 1  # not Gradio's ~55-glyph SemiBold plus a fallback
 
         page.locator("#options").click()  # the options open: Run folds them
         expect(page.get_by_label("Model (installed)")).to_be_visible()
@@ -415,6 +416,16 @@ def test_an_english_only_model_says_it_cannot_transcribe_german(app):
         expect(page.locator("#options")).to_contain_text("Options: base")
         assert "Software" in page.locator("#text-faster textarea").input_value()
         expect(suggest).to_be_hidden()
+
+
+def rendering_fonts(page, selector: str) -> list[str]:
+    """The fonts Chromium drew the element's own text with (several: glyphs missing from the first)."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("DOM.enable")
+    cdp.send("CSS.enable")
+    root = cdp.send("DOM.getDocument")["root"]["nodeId"]
+    node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": selector})["nodeId"]
+    return [f["postScriptName"] for f in cdp.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"]]
 
 
 def test_on_a_phone_input_run_results_and_nothing_too_wide(app):
