@@ -116,10 +116,15 @@ def _listed(panels: list[Panel], mixed: bool) -> str:
     return ", ".join(one(p) for p in panels)
 
 
+def _heard_speech(panels: list[Panel]) -> bool:
+    """Whether any transcript has a word: where none has, no one is faster at transcribing it."""
+    return any(normalize(p.result.text).split() for p in panels)
+
+
 def winner(comparison: Comparison, cores: int | None = None) -> str | None:
     """The implementation the verdict finds fastest by its measure; None without a fair verdict."""
     done = [p for p in comparison.panels.values() if p.runs]
-    if not comparison.finished or comparison.message or len(done) < 2:
+    if not comparison.finished or comparison.message or len(done) < 2 or not _heard_speech(done):
         return None
     measure = fair_measure(done, cores)
     return min(done, key=measure.seconds).backend if measure.kind else None
@@ -147,7 +152,7 @@ def verdict_html(comparison: Comparison, cores: int | None = None) -> str:
             f"<div class='verdict'>No fair verdict this time: {measure.why}.</div>"
             f"<p class='note'>Run again for a fair ratio. {tokens} Times ({what}): {_listed(done, mixed)}.</p>"
         )
-    if not any(normalize(p.result.text).split() for p in done):
+    if not _heard_speech(done):
         return (
             f"<div class='verdict'>No speed verdict {clip}: none of them heard speech in it.</div>"
             f"<p class='note'>Times ({what}): {_listed(done, mixed)}.</p>"
