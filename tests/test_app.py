@@ -1272,7 +1272,8 @@ def test_a_failed_warm_up_is_a_failed_load(monkeypatch):
 
 def test_benchmarks_without_results(tmp_path):
     top, cpu_top, table, gpu_top, gpu, machines = benchmark_view(tmp_path / "missing")
-    assert "No committed benchmark results yet" in top and table == gpu == [] and cpu_top == gpu_top == machines == ""
+    assert "No committed benchmark results yet" in top and table.data.empty and gpu.data.empty
+    assert cpu_top == gpu_top == machines == ""
     assert f"This server: {this_server()}." in top
 
 
@@ -1304,13 +1305,15 @@ def test_benchmarks_read_older_files_that_name_rtfx_rtf(tmp_path):
     }
     (tmp_path / "cpu-old-2c.json").write_text(json.dumps({"results": [row]}))
     _, _, table, *_ = benchmark_view(tmp_path)
-    assert table[0][list(BENCH_TABLE).index("rtfx")] == 22.0
+    assert table.data.iloc[0, list(BENCH_TABLE).index("rtfx")] == 22.0
 
 
 def test_benchmarks_heading_chart_table_then_machines(tmp_path):
     """A heading, this server, one chart of the longest clip (MAX against the others, fp32 then int8,
     fastest first) on the machine it names, every CPU row in a table and the GPU's in another, with
     what did not run on the GPU and why; the machines and versions last."""
+    import gradio as gr
+
     row = {
         "audio": "talk.flac",
         "audio_s": 200.0,
@@ -1361,12 +1364,13 @@ def test_benchmarks_heading_chart_table_then_machines(tmp_path):
     }
     (tmp_path / "gpu-h100.json").write_text(json.dumps(gpu))
     (tmp_path / "broken.json").write_text("{not json")
-    top, chart, table, gpu_top, gpu_table, machines = benchmark_view(tmp_path)
+    top, chart, styled, gpu_top, gpu_styled, machines = benchmark_view(tmp_path)
+    table, gpu_table = styled.data.values.tolist(), gpu_styled.data.values.tolist()
     assert [r[1:3] for r in gpu_table] == [
         ["MAX fp32", "NVIDIA H100 · 2026-02-01"],
         ["openai-whisper fp32", "NVIDIA H100 · 2026-02-01"],
     ]
-    assert gpu_table[0][4] == 104
+    assert gr.Dataframe(interactive=False).postprocess(gpu_styled).metadata["display_value"][0][4] == "104"
     assert "On NVIDIA H100 (its host: Xeon · 16 cores), talk.flac, 200 s:" in gpu_top and "bench-gpu-chart" in gpu_top
     assert (
         "<b>faster-whisper</b> (fp16, fp32; 1 clip): CTranslate2, on which faster-whisper runs, is built for CUDA 12"
@@ -1377,10 +1381,23 @@ def test_benchmarks_heading_chart_table_then_machines(tmp_path):
     assert names == ["MAX fp32", "faster-whisper fp32", "openai-whisper fp32", "MAX int8", "faster-whisper int8"]
     assert "2.50 s · 80×" in chart and "jfk" not in chart
     assert len(table) == 6
-    assert table[0][:5] == ["talk.flac", "MAX fp32", "Xeon · AVX-512 · 2 cores · 2026-01-01", 2.5, 80.0]
+    assert table[0][:5] == ["talk", "MAX fp32", "Xeon · AVX-512 · 2 cores · 2026-01-01", 2.5, 80.0]
     column = {c: i for i, c in enumerate(BENCH_TABLE)}
     assert table[0][column["wer"]] == 0.0 and table[0][column["agreement"]] == 100.0  # percentages
     assert len(table[0]) == len(BENCH_TABLE)
+    # the longest clip first, its fp32 rows together, then its int8 ones
+    assert [r[:2] for r in table] == [
+        ["talk", "MAX fp32"],
+        ["talk", "openai-whisper fp32"],
+        ["talk", "faster-whisper fp32"],
+        ["talk", "MAX int8"],
+        ["talk", "faster-whisper int8"],
+        ["jfk", "MAX fp32"],
+    ]
+    # shown: each column to its own decimals, "–" where the file has no value; sorted on the numbers
+    shown = gr.Dataframe(interactive=False).postprocess(styled)
+    assert shown.metadata["display_value"][0][3:] == ["2.500", "80", "0.200", "–", "6.000", "0.0", "100.0"]
+    assert shown.data[0][column["total_s_median"]] == 2.5
     assert "`cpu-xeon-2c.json`" in machines and "cpu `Xeon`" in machines and "cores `2`" in machines
     assert "decode.beam_size `1`" in machines and "max `26.7.0`" in machines
     assert "`broken.json` could not be read" in machines

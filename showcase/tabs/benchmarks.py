@@ -10,6 +10,10 @@ import html
 from pathlib import Path
 
 import gradio as gr
+import pandas as pd
+from pandas.io.formats.style import Styler
+
+from maxwhisper.registry import BACKENDS
 
 from ..charts import benchmark_bars, short_name
 from ..results import RESULTS_DIR, machine_name, quoted_machine, read_runs, reference_rows, this_machine
@@ -29,6 +33,8 @@ BENCH_TABLE = {
     "wer": ("WER %", "70px"),
     "agreement": ("agreement %", "110px"),
 }  # agreement: 1 - WER against openai-whisper
+DIGITS = {"total_s_median": 3, "encode_s": 3, "decode_s": 3, "compile_s": 3, "rtfx": 0, "wer": 1, "agreement": 1}
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # a run's rows: each clip's fp32 rows together, then the others
 # under a chart, on a phone only: the table below it shows two of its columns there
 SCROLL_HINT = "<p class='note phone-only'>The table below scrolls sideways to its other columns.</p>"
 
@@ -47,17 +53,42 @@ def _inline(d: dict, prefix: str = "") -> str:
     return ", ".join(p for p in parts if p) or ("" if prefix else "-")
 
 
-def _num(x, digits: int = 3):
-    return round(x, digits) if isinstance(x, (int, float)) else x
-
-
 def _cell(column: str, value):
-    """A table cell: times to the millisecond, speeds whole, WER and agreement as percentages."""
-    if column == "rtfx":
-        return round(value) if isinstance(value, (int, float)) else value
-    if column in ("wer", "agreement"):
-        return _num(100 * value, 1) if isinstance(value, (int, float)) else value
-    return _num(value)
+    """A table cell: WER and agreement as percentages, other numbers as they are."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return 100 * value if number and column in ("wer", "agreement") else value
+
+
+def _shown(digits: int):
+    """A column's display: a number to `digits` decimals, anything else as it is."""
+    return lambda v: f"{v:.{digits}f}" if isinstance(v, (int, float)) else str(v)
+
+
+def _clip(audio: str) -> str:
+    """'stereo_diarization#left' for 'stereo_diarization.wav#left': the name without its extension,
+    so that it fits its column."""
+    name, _, channel = audio.partition("#")
+    return Path(name).stem + (f"#{channel}" if channel else "")
+
+
+def _row_order(row: dict) -> tuple:
+    """Within a run: the longest clip first, its fp32 rows together (MAX, openai-whisper,
+    faster-whisper), then its other precisions."""
+    backend, precision = row.get("backend"), row.get("precision")
+    return (
+        -(row.get("audio_s") or 0.0),
+        str(row.get("audio")),
+        PRECISIONS.index(precision) if precision in PRECISIONS else len(PRECISIONS),
+        list(BACKENDS).index(backend) if backend in BACKENDS else len(BACKENDS),
+    )
+
+
+def results_table(rows: list[list]) -> Styler:
+    """The rows under `BENCH_TABLE`'s headers, each column to its own decimals, "–" where a file
+    has no value (the sort by a header still sees the numbers)."""
+    frame = pd.DataFrame(rows, columns=[header for header, _ in BENCH_TABLE.values()])
+    digits = {BENCH_TABLE[c][0]: _shown(d) for c, d in DIGITS.items()}
+    return frame.style.format(digits, na_rep="–")
 
 
 # what a failure's error means, for the GPU results' "what did not run and why"
@@ -105,9 +136,9 @@ def benchmark_view(directory: Path) -> tuple[str, str, list[list], str, list[lis
             top + "<p class='note'>No committed benchmark results yet (<code>python -m maxwhisper bench</code> "
             "writes them).</p>",
             "",
-            [],
+            results_table([]),
             "",
-            [],
+            results_table([]),
             "\n".join(notes),
         )
     cpu_top = ""
@@ -125,15 +156,16 @@ def benchmark_view(directory: Path) -> tuple[str, str, list[list], str, list[lis
         when = run.created[:10]  # two runs on one machine class differ by their day
         named = {
             **row,
+            "audio": _clip(str(row["audio"])),
             "implementation": f"{short_name(row['backend'])} {row['precision']}",
             "machine": machine_name(run.machine, row["device"]) + (f" · {when}" if when else ""),
         }
         return [_cell(c, named[c]) for c in BENCH_TABLE]
 
     runs = sorted(runs, key=lambda r: r.created, reverse=True)  # the newest first
-    cpu = [cells(run, row) for run in runs for row in run.rows if row["device"] != "gpu"]
+    cpu = [cells(run, row) for run in runs for row in sorted(run.rows, key=_row_order) if row["device"] != "gpu"]
     gpu_runs = [run for run in runs if any(row["device"] == "gpu" for row in run.rows)]
-    gpu = [cells(run, row) for run in gpu_runs for row in run.rows if row["device"] == "gpu"]
+    gpu = [cells(run, row) for run in gpu_runs for row in sorted(run.rows, key=_row_order) if row["device"] == "gpu"]
     gpu_top = ""
     if gpu_runs:
         newest = gpu_runs[0]
@@ -153,7 +185,7 @@ def benchmark_view(directory: Path) -> tuple[str, str, list[list], str, list[lis
         f"  settings: {_inline(r.options)}"
         for r in runs
     ] + notes
-    return top, cpu_top, cpu, gpu_top, gpu, "\n".join(details)
+    return top, cpu_top, results_table(cpu), gpu_top, results_table(gpu), "\n".join(details)
 
 
 def gpu_name(directory: Path) -> str:
