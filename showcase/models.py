@@ -209,7 +209,7 @@ class ModelCache:
         return ""
 
     def status(self) -> str:
-        """One line of Markdown: what is loaded, loading or failed."""
+        """Markdown, a line and a list: what is loaded, loading or failed, one model an item."""
         if not self._state:
             return "No model loaded yet: the first run loads them."
         parts = []
@@ -229,5 +229,5 @@ class ModelCache:
                 parts.append(f"✓ {name} ({info})")
             else:
                 parts.append(f"✗ {name} failed: {info}")
-        prefix = "**Loading** (each implementation answers as soon as it is ready): " if self.busy() else "**Models:** "
-        return prefix + " · ".join(parts)
+        heading = "**Loading** (each implementation answers as soon as it is ready):" if self.busy() else "**Models:**"
+        return heading + "\n\n" + "\n".join(f"- {part}" for part in parts)

@@ -226,7 +226,7 @@ class LocalTranscriptions:
         return self.models.load_note(backends, model, device, precision)
 
     def status(self) -> str:
-        return "  \n".join(part for part in (self.models.status(), self.turns.status()) if part)
+        return "\n\n".join(part for part in (self.models.status(), self.turns.status()) if part)
 
     def badge(self) -> str:
         loading = self.models.badge()

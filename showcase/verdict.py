@@ -102,7 +102,7 @@ def _tokens(mx: Panel, others: list[Panel], mixed: bool) -> str:
                 if not errors or not errors[0]
                 else f"{errors[0]} word{'s differ' if errors[0] > 1 else ' differs'}"
             )
-            parts.append(f"other tokens than {short_name(p.backend, p.precision, mixed)} ({words})")
+            parts.append(f"different tokens from {short_name(p.backend, p.precision, mixed)} ({words})")
     return "; ".join(parts)
 
 

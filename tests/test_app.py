@@ -593,7 +593,7 @@ def test_verdict_says_how_many_times_faster_and_whether_tokens_match(tmp_path):
         "MAX was <b>8.0× faster</b> than openai-whisper and <b>slower</b> than faster-whisper (1.2× its time) "
         "on this 10.0 s clip."
     ) in verdict
-    assert "Identical tokens to openai-whisper; other tokens than faster-whisper (1 word differs)." in verdict
+    assert "Identical tokens to openai-whisper; different tokens from faster-whisper (1 word differs)." in verdict
     assert "Times: best of 3 runs of each, taken in turns, their load and compile not counted: " in verdict
     assert (
         _times(1.004, "x") == "as fast as x"
@@ -636,7 +636,8 @@ def test_int8_run_sets_max_int8_beside_faster_whisper_int8(tmp_path):
         "<div class='verdict'>MAX int8 was as fast as openai-whisper fp32 and as fast as "
         "faster-whisper int8 on this 1.0 s clip."
     )
-    assert "Identical tokens to faster-whisper int8; other tokens than openai-whisper fp32 (the same words)." in verdict
+    same = "Identical tokens to faster-whisper int8; different tokens from openai-whisper fp32 (the same words)."
+    assert same in verdict
     assert "· int8 ·" in compare.panel_head(comparison.panels["max"], "max")
 
 
@@ -655,7 +656,8 @@ def test_bf16_run_sets_max_bf16_beside_the_fp32_rows(tmp_path):
         verdict = verdict_html(comparison)
         assert verdict.startswith("<div class='verdict'>MAX bf16 was as fast as openai-whisper fp32")
         assert (
-            "Other tokens than openai-whisper fp32 (the same words); other tokens than faster-whisper fp32" in verdict
+            "Different tokens from openai-whisper fp32 (the same words); "
+            "different tokens from faster-whisper fp32" in verdict
         )
 
 
@@ -1188,6 +1190,10 @@ def test_model_cache_loads_each_key_once_across_threads():
     assert cache.badge() == ""
     cache.get("openai", "tiny.en", "gpu")  # another key: another load
     assert len(calls) == 2
+    assert cache.status().splitlines()[-2:] == [  # a list item a model, for the System tab
+        "- ✓ openai-whisper (PyTorch) · tiny.en · cpu · fp32 (load 0.5 s)",
+        "- ✓ openai-whisper (PyTorch) · tiny.en · gpu · fp32 (load 0.5 s)",
+    ]
 
 
 def test_model_cache_does_not_keep_a_failed_load():
@@ -1410,6 +1416,7 @@ def test_system_report():
         assert f"- {package}: `" in report
     assert "**tiny.en**" in report and "PyPI packages that other projects published under their own names" in report
     assert "MAX compile cache" in report and "MODULAR_CACHE_DIR" in report
+    assert "### In memory\nNo model loaded yet" in report
 
 
 def test_system_report_shows_no_server_path(tmp_path, monkeypatch):
