@@ -129,7 +129,9 @@ def build_demo(
             with gr.Column(scale=4, min_width=320):
                 gr.HTML(f"<style>{CSS}</style>{TITLE}", min_height=0, js_on_load=TO_RESULTS_JS)
             with gr.Column(scale=1, min_width=240):
-                status = gr.HTML(badge(), elem_id="status", min_height=0)
+                # empty until the page loads: a value given here is the one at the server's start,
+                # which every new page would show for a moment (a load long finished)
+                status = gr.HTML("", elem_id="status", min_height=0)
         timer = gr.Timer(2.0)
         compare_tab = compare.build(transcriptions, choices, max_seconds)
         live.build(transcriptions, choices, max_seconds)

@@ -1496,6 +1496,20 @@ def test_no_event_prints_gradio_s_queue_text_over_the_status_badge():
     assert len(events) == 2 and all(d["show_progress"] == "hidden" for d in events)
 
 
+def test_a_new_page_shows_no_badge_from_the_server_s_start():
+    """The badge is empty in the served page until its load fills it: a value given when the page
+    was built (the server's start, models loading) would show on every new page for a moment."""
+    from showcase.page import build_demo
+
+    class Loading(LocalTranscriptions):
+        def badge(self) -> str:
+            return "Loading the models: press Run now and each answers as it is ready"
+
+    config = build_demo(Loading(no_loading), max_seconds=60).get_config_file()
+    badge = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "status")
+    assert badge["props"]["value"] == ""
+
+
 def test_quiet_queue_without_gradio_s_private_queue(caplog):
     from showcase.page import build_demo, quiet_queue
 
