@@ -118,7 +118,8 @@ def stage_bars(comparison: Comparison) -> str:
         )
         + "</div>"
     )
-    return bars_html("Time by stage (the model's load and compile, once, apart)", bars, legend=legend)
+    title = "Wall-clock seconds by stage, best run (the model's load and compile, once, apart)"
+    return bars_html(title, bars, legend=legend)
 
 
 def benchmark_bars(

@@ -97,6 +97,7 @@ def test_three_transcripts_of_jfk(jfk_run):
     ) in verdict
     assert all(run.cpu_s > 0 for p in comparison.panels.values() for run in p.runs)  # each run's CPU seconds
     assert "MAX" in time_bars(comparison) and "load " in stage_bars(comparison)
+    assert "Wall-clock seconds by stage" in stage_bars(comparison)  # beside a chart that may be CPU seconds
     for p in comparison.panels.values():  # each best run's encode seconds under its bar
         assert f"encode {p.best.result.timings.encode_s:.2f} s" in stage_bars(comparison)
 
