@@ -375,6 +375,7 @@ def test_one_click_to_a_verdict_that_holds_and_fits_the_screen(app):
 
         open_tab(page, "System")
         expect(page.locator("#system")).to_contain_text("Devices MAX sees")
+        shoot(page, "system-desktop")
         assert_contrast(page, "System")
         open_tab(page, "Component tests")  # opening the tab starts them
         expect(page.locator("#checks-message")).to_contain_text(re.compile(r"\d+/\d+ passed"), timeout=RUN_TIMEOUT_MS)
@@ -382,6 +383,7 @@ def test_one_click_to_a_verdict_that_holds_and_fits_the_screen(app):
         assert_table_fits(page, "#checks-table")
         open_tab(page, "Benchmarks")  # every column on the screen, no header broken mid-word
         assert_table_fits(page, "#bench-table")
+        shoot(page, "benchmarks-desktop")
         expect(page.locator("#bench-cpu .phone-only")).to_be_hidden()  # the phone's hint to scroll: not here
         page.get_by_role("tab", name=re.compile("On a GPU")).click()
         assert_table_fits(page, "#bench-gpu-table")
