@@ -200,6 +200,13 @@ def shoot(page, name: str, full_page: bool = False) -> None:
     image.quantize(256).save(SHOTS / f"{name}.png", optimize=True)
 
 
+def badge_text(page) -> str:
+    """The status badge's sentence, "" before the page's load fills it; not Gradio's progress timer,
+    which the badge holds at opacity 0."""
+    badge = page.locator("#status .badge")
+    return badge.inner_text().strip() if badge.count() else ""
+
+
 @contextlib.contextmanager
 def app_page(url: str, viewport: dict, args: list[str] = CHROMIUM_ARGS):
     """A page of Debian's chromium on `url` at `viewport`, once its badge says the app is ready (every
@@ -213,7 +220,7 @@ def app_page(url: str, viewport: dict, args: list[str] = CHROMIUM_ARGS):
             page = browser.new_page(viewport=viewport)
             page.goto(url, timeout=120_000)
             deadline = time.monotonic() + RUN_TIMEOUT_MS / 1000
-            while (badge := page.locator("#status").inner_text().strip()) != "ready":
+            while (badge := badge_text(page)) != "ready":
                 assert time.monotonic() < deadline, f"the app is not ready: {badge!r}"
                 if badge and badge not in BADGES:
                     BADGES.append(badge)
