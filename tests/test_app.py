@@ -640,6 +640,10 @@ def test_int8_run_sets_max_int8_beside_faster_whisper_int8(tmp_path):
     same = "Identical tokens to faster-whisper int8; different tokens from openai-whisper fp32 (the same words)."
     assert same in verdict
     assert "· int8 ·" in compare.panel_head(comparison.panels["max"], "max")
+    # the state opens the line under the name: the longest name keeps its line
+    assert "</span><div class='meta'><span class='chip chip-done'>done</span> " in compare.panel_head(
+        comparison.panels["faster"], "faster"
+    )
 
 
 def test_bf16_run_sets_max_bf16_beside_the_fp32_rows(tmp_path):

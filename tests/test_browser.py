@@ -321,6 +321,8 @@ def test_one_click_to_a_verdict_that_holds_and_fits_the_screen(app):
             text = page.locator(f"#text-{backend} textarea").input_value()
             assert JFK in normalize(text), f"{backend}: {page.locator(f'#state-{backend}').inner_text()}"
             expect(page.locator(f"#state-{backend}")).to_contain_text("done")
+        tops = {b: round(page.locator(f"#text-{b} textarea").bounding_box()["y"]) for b in ("max", "openai", "faster")}
+        assert len(set(tops.values())) == 1, f"the transcripts start at different heights: {tops}"
 
         def on_screen(where: str) -> None:
             page.evaluate("window.scrollTo(0, 0)")

@@ -45,15 +45,16 @@ RUNS_AT_ONCE = 16  # requests inside the app at once: they take turns (`Transcri
 
 
 def panel_head(panel: Panel | None, backend: str, rounds: int = 1) -> str:
-    """HTML over an implementation's transcript: its name and state, then what it does (with a
-    progress bar) while it runs, its time once done, or why it failed."""
+    """HTML over an implementation's transcript: its name, then its state with what it does (and a
+    progress bar) while it runs, its time once done, or why it failed. The state opens the second
+    line, so that the longest name keeps one line and the three transcripts start level."""
     state = panel.state if panel else "waiting"
-    line = ""
+    chip = f"<span class='chip chip-{state}'>{state}</span> "
     if panel and state == "running":
         run = len(panel.runs) + 1
         doing = f"timing run {run} of {rounds}" if run > 1 else panel.doing
         line = (
-            f"<div class='meta'>{html.escape(doing)}</div>"
+            f"<div class='meta'>{chip}{html.escape(doing)}</div>"
             f"<div class='progress'><div style='width:{100 * panel.fraction:.0f}%'></div></div>"
         )
     elif panel and panel.runs:
@@ -61,12 +62,14 @@ def panel_head(panel: Panel | None, backend: str, rounds: int = 1) -> str:
         shared = best.shared_cpu or (best.other_cores or 0.0) >= BUSY_CORES
         cpu = f" · {panel.cheapest.cpu_s:.2f} CPU s" if panel.cheapest else ""
         line = (
-            f"<div class='meta'>{speed_value(best.seconds, r.audio_s)}{cpu} · "
+            f"<div class='meta'>{chip}{speed_value(best.seconds, r.audio_s)}{cpu} · "
             f"{r.precision} · {r.language}{' · ⚠ CPU shared' if shared else ''}</div>"
         )
     elif panel and panel.error:
-        line = f"<div class='meta error'>{html.escape(panel.error)}</div>"
-    return panel_title(backend, f" <span class='chip chip-{state}'>{state}</span>{line}")
+        line = f"<div class='meta error'>{chip}{html.escape(panel.error)}</div>"
+    else:
+        line = f"<div class='meta'>{chip}</div>"
+    return panel_title(backend, line)
 
 
 def message_text(comparison: Comparison | None, elapsed: float) -> str:
