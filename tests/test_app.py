@@ -288,6 +288,20 @@ def fakes_in_turns(fakes: dict, **kwargs) -> LocalTranscriptions:
     return LocalTranscriptions(lambda backend, **kw: fakes[backend], meter=Quiet, **kwargs)
 
 
+def one_second_race(transcriptions, tmp_path=None, backends: list[str] | None = None, **kwargs):
+    """The comparison of a 1 s clip with the model "fake" on the CPU: `transcriptions` a dict of fake
+    transcribers (run in turns; `backends` default: theirs) or a `Transcriptions` (default: every
+    backend); `kwargs` go to `run_comparison`."""
+    if isinstance(transcriptions, dict):
+        backends = backends or list(transcriptions)
+        transcriptions = fakes_in_turns(transcriptions)
+    audio = (16000, np.full(16000, 1000, np.int16))
+    options = DecodeOptions()
+    return run_comparison(
+        audio, backends or list(BACKENDS), "fake", "cpu", options, transcriptions, out_dir=tmp_path, **kwargs
+    )
+
+
 def no_loading(*args, **kwargs):
     raise AssertionError("a bad input must be refused before any model is loaded")
 
@@ -462,15 +476,7 @@ def test_a_close_threshold_decision_is_shown(tmp_path):
         decision="fell back to the next temperature",
     )
     fakes = {"max": FakeTranscriber("max", close_calls=(call,)), "openai": FakeTranscriber("openai")}
-    comparison = run_comparison(
-        (16000, np.full(16000, 1000, np.int16)),
-        ["max", "openai"],
-        "fake",
-        "cpu",
-        DecodeOptions(),
-        fakes_in_turns(fakes),
-        out_dir=tmp_path,
-    )
+    comparison = one_second_race(fakes, tmp_path)
     shown = comparison.panels["max"].diff_html
     assert "too close to call" in shown and "window at 30.00 s" in shown and "logprob_threshold -1" in shown
     assert "too close to call" not in comparison.panels["openai"].diff_html
@@ -483,10 +489,7 @@ def test_one_failing_implementation_does_not_hide_the_others(tmp_path):
         "faster": FakeTranscriber("faster", "hello word", tokens=(1, 3)),
     }
     transcriptions = fakes_in_turns(fakes)
-    audio = (16000, np.full(16000, 1000, np.int16))
-    comparison = run_comparison(
-        audio, ["faster", "max", "openai"], "fake", "cpu", DecodeOptions(), transcriptions, out_dir=tmp_path
-    )
+    comparison = one_second_race(transcriptions, tmp_path, backends=["faster", "max", "openai"])
     panels = comparison.panels
     assert list(panels) == ["max", "openai", "faster"]  # shown in the registry's order
     assert panels["max"].error == "RuntimeError: kernel exploded" and panels["max"].state == "failed"
@@ -512,16 +515,7 @@ def test_loaded_implementations_answer_first_and_show_before_the_rest(tmp_path):
     for backend in ("openai", "faster"):
         transcriptions.models.get(backend, "fake", "cpu")
     snapshots = []
-    comparison = run_comparison(
-        (16000, np.full(16000, 1000, np.int16)),
-        list(BACKENDS),
-        "fake",
-        "cpu",
-        DecodeOptions(),
-        transcriptions,
-        out_dir=tmp_path,
-        on_change=snapshots.append,
-    )
+    comparison = one_second_race(transcriptions, tmp_path, on_change=snapshots.append)
     started = [
         next(b for b, p in s.panels.items() if p.state == "running")
         for s in snapshots
@@ -540,15 +534,7 @@ def test_short_clips_are_timed_in_rounds_and_the_best_time_counts(tmp_path):
     """A burst of other work slows one of MAX's runs: its best time still counts, and the verdict says
     what the numbers are."""
     fakes = {"max": FakeTranscriber("max", times=(0.9, 0.2, 0.25)), "openai": FakeTranscriber("openai", times=(0.5,))}
-    comparison = run_comparison(
-        (16000, np.full(16000, 1000, np.int16)),
-        ["max", "openai"],
-        "fake",
-        "cpu",
-        DecodeOptions(),
-        fakes_in_turns(fakes),
-        out_dir=tmp_path,
-    )
+    comparison = one_second_race(fakes, tmp_path)
     assert comparison.rounds == 3 and [r.seconds for r in comparison.panels["max"].runs] == [0.9, 0.2, 0.25]
     assert comparison.panels["max"].best.seconds == 0.2
     verdict = verdict_html(comparison, 2)
@@ -614,16 +600,7 @@ def _run_in_precision(precision: str, tmp_path):
         fake.precision = precision
         return fake
 
-    comparison = run_comparison(
-        (16000, np.full(16000, 1000, np.int16)),
-        list(BACKENDS),
-        "fake",
-        "cpu",
-        DecodeOptions(),
-        LocalTranscriptions(create, meter=Quiet),
-        precision=precision,
-        out_dir=tmp_path,
-    )
+    comparison = one_second_race(LocalTranscriptions(create, meter=Quiet), tmp_path, precision=precision)
     return created, comparison
 
 
@@ -670,15 +647,7 @@ def test_background_work_during_a_run_is_flagged(tmp_path):
     fakes = {b: FakeTranscriber(b) for b in ("max", "openai")}
     turns = Turns()
     turns.claim_background("the component checks")
-    comparison = run_comparison(
-        (16000, np.full(16000, 1000, np.int16)),
-        ["max", "openai"],
-        "fake",
-        "cpu",
-        DecodeOptions(),
-        fakes_in_turns(fakes, turns=turns),
-        out_dir=tmp_path,
-    )
+    comparison = one_second_race(fakes_in_turns(fakes, turns=turns), tmp_path, backends=["max", "openai"])
     assert "⚠ CPU shared" in compare.panel_head(comparison.panels["max"], "max")
     verdict = verdict_html(comparison, 2)  # no fair measure: the app's own work inflates both times
     assert verdict.startswith(
@@ -704,15 +673,7 @@ def test_other_programs_busy_during_a_run_turn_the_verdict_to_cpu_time(tmp_path)
         def loaded(self, *args):
             return True
 
-    comparison = run_comparison(
-        (16000, np.full(16000, 1000, np.int16)),
-        ["max", "openai"],
-        "fake",
-        "cpu",
-        DecodeOptions(),
-        Busy(),
-        out_dir=tmp_path,
-    )
+    comparison = one_second_race(Busy(), tmp_path, backends=["max", "openai"])
     verdict = verdict_html(comparison, 2)
     assert verdict.startswith(
         "<div class='verdict'>Counting CPU time, MAX was <b>1.5× faster</b> than openai-whisper "
@@ -752,19 +713,6 @@ def test_other_programs_busy_during_a_run_turn_the_verdict_to_cpu_time(tmp_path)
         "up to 1.4 of 2 cores busy during the runs.</div>"
     )
     assert winner(unmeasured, 2) is None
-
-
-def one_second_race(fakes: dict, tmp_path):
-    """The comparison of a 1 s clip that `fakes` transcribed in turns."""
-    return run_comparison(
-        (16000, np.full(16000, 1000, np.int16)),
-        list(BACKENDS),
-        "fake",
-        "cpu",
-        DecodeOptions(),
-        fakes_in_turns(fakes),
-        out_dir=tmp_path,
-    )
 
 
 def test_transcripts_that_are_not_the_same_words_get_no_speed_verdict(tmp_path):
@@ -844,15 +792,7 @@ def test_a_load_during_a_run_is_flagged(tmp_path):
         assert (
             transcriptions.badge() == f"Loading the models: press Run now and each answers as it is ready, {compiles}"
         )
-        comparison = run_comparison(
-            (16000, np.full(16000, 1000, np.int16)),
-            ["openai"],
-            "fake",
-            "cpu",
-            DecodeOptions(),
-            transcriptions,
-            out_dir=tmp_path,
-        )
+        comparison = one_second_race(transcriptions, tmp_path, backends=["openai"])
         assert transcriptions.badge() == f"You can press Run now: openai-whisper answers at once, {compiles}"
         assert badge_html(transcriptions.badge()).startswith("<span class='badge busy'>")
     finally:
@@ -883,15 +823,7 @@ def test_the_live_tab_s_engines_loading_are_the_app_s_work_too(tmp_path):
             "ready: press Run. The Live tab's engines still load in the background; a "
             "run meanwhile says that it shared the CPU."
         )
-        comparison = run_comparison(
-            (16000, np.full(16000, 1000, np.int16)),
-            ["openai"],
-            "fake",
-            "cpu",
-            DecodeOptions(),
-            transcriptions,
-            out_dir=tmp_path,
-        )
+        comparison = one_second_race(transcriptions, tmp_path, backends=["openai"])
     finally:
         release.set()
         loading.join()
@@ -995,14 +927,7 @@ def test_committed_benchmark_note_with_bad_numbers(tmp_path, median):
 
 def test_no_speech_found_is_said():
     fakes = {b: FakeTranscriber(b, text="") for b in ("max", "openai")}
-    comparison = run_comparison(
-        (16000, np.full(16000, 1000, np.int16)),
-        ["max", "openai"],
-        "fake",
-        "cpu",
-        DecodeOptions(),
-        fakes_in_turns(fakes),
-    )
+    comparison = one_second_race(fakes)
     assert "No speech was found in this audio" in compare.message_text(comparison, 1.0)
 
 
