@@ -155,10 +155,12 @@ def build_demo(
         timer.tick(
             tick, outputs=[status, *checks_ui.view.outputs, timer], concurrency_limit=None, show_progress="hidden"
         )
-        # hidden: Gradio would print its queue text ("queue: 1/1 | 0.1/0.1s") over the badge
+        # hidden: Gradio would print its queue text ("queue: 1/1 | 0.1/0.1s") over the badge. The badge
+        # loads apart, so that it need not wait for the tabs' views (the System tab walks the cache)
+        demo.load(badge, outputs=status, concurrency_limit=None, show_progress="hidden")
         demo.load(
-            lambda: (badge(), *(value for view in views for value in view.values())),
-            outputs=[status, *(output for view in views for output in view.outputs)],
+            lambda: tuple(value for view in views for value in view.values()),
+            outputs=[output for view in views for output in view.outputs],
             concurrency_limit=None,
             show_progress="hidden",
         )

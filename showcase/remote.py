@@ -143,7 +143,7 @@ class ServiceTranscriptions:
             parts.append(f"✓ {name}" if up else f"{name}: loading, {waited:.0f} s so far…")
         return (
             f"**Service** ({self.config.replicas} replica(s) per model, MAX decoding up to "
-            f"{self.config.max_batch} requests together): " + " · ".join(parts)
+            f"{self.config.max_batch} requests together):\n\n" + "\n".join(f"- {part}" for part in parts)
         )
 
     def badge(self) -> str:

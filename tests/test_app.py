@@ -1268,13 +1268,14 @@ def test_benchmarks_heading_chart_table_then_machines(tmp_path):
         "agreement": 1.0,
         "extra": "ignored",
     }
-    rows = [
-        row,
-        {**row, "backend": "openai", "total_s_median": 8.0},
-        {**row, "backend": "faster", "total_s_median": 4.0},
-        {**row, "precision": "int8", "total_s_median": 1.5},
+    rows = [  # in no order: the table sorts them
+        {**row, "audio": "stereo.wav#left", "audio_s": 5.0, "total_s_median": 0.1},
         {**row, "backend": "faster", "precision": "int8", "total_s_median": 4.2},
         {**row, "audio": "jfk.flac", "audio_s": 11.0, "total_s_median": 0.2},
+        {**row, "precision": "int8", "total_s_median": 1.5},
+        {**row, "backend": "faster", "total_s_median": 4.0},
+        {**row, "backend": "openai", "total_s_median": 8.0},
+        row,
     ]
     doc = {
         "created": "2026-01-01 00:00:00 UTC",
@@ -1302,11 +1303,13 @@ def test_benchmarks_heading_chart_table_then_machines(tmp_path):
     (tmp_path / "broken.json").write_text("{not json")
     top, chart, styled, gpu_top, gpu_styled, machines = benchmark_view(tmp_path)
     table, gpu_table = styled.data.values.tolist(), gpu_styled.data.values.tolist()
-    assert [r[1:3] for r in gpu_table] == [
+    column = {c: i for i, c in enumerate(BENCH_TABLE)}
+    assert [[r[column["implementation"]], r[column["machine"]]] for r in gpu_table] == [
         ["MAX fp32", "NVIDIA H100 · 2026-02-01"],
         ["openai-whisper fp32", "NVIDIA H100 · 2026-02-01"],
     ]
-    assert gr.Dataframe(interactive=False).postprocess(gpu_styled).metadata["display_value"][0][4] == "104"
+    shown_gpu = gr.Dataframe(interactive=False).postprocess(gpu_styled).metadata["display_value"]
+    assert shown_gpu[0][column["rtfx"]] == "104"
     assert "On NVIDIA H100 (its host: Xeon · 16 cores), talk.flac, 200 s:" in gpu_top and "bench-gpu-chart" in gpu_top
     assert (
         "<b>faster-whisper</b> (fp16, fp32; 1 clip): CTranslate2, on which faster-whisper runs, is built for CUDA 12"
@@ -1316,23 +1319,34 @@ def test_benchmarks_heading_chart_table_then_machines(tmp_path):
     names = re.findall(r"class='bar-name'[^>]*>([^<]+)<", chart)
     assert names == ["MAX fp32", "faster-whisper fp32", "openai-whisper fp32", "MAX int8", "faster-whisper int8"]
     assert "2.50 s · 80×" in chart and "jfk" not in chart
-    assert len(table) == 6
-    assert table[0][:5] == ["talk", "MAX fp32", "Xeon · AVX-512 · 2 cores · 2026-01-01", 2.5, 80.0]
-    column = {c: i for i, c in enumerate(BENCH_TABLE)}
+    assert len(table) == 7
+    assert table[0][:5] == ["MAX fp32", 2.5, 80.0, "talk", "Xeon · AVX-512 · 2 cores · 2026-01-01"]
     assert table[0][column["wer"]] == 0.0 and table[0][column["agreement"]] == 100.0  # percentages
     assert len(table[0]) == len(BENCH_TABLE)
     # the longest clip first, its fp32 rows together, then its int8 ones
-    assert [r[:2] for r in table] == [
+    assert [[r[column["audio"]], r[column["implementation"]]] for r in table] == [
         ["talk", "MAX fp32"],
         ["talk", "openai-whisper fp32"],
         ["talk", "faster-whisper fp32"],
         ["talk", "MAX int8"],
         ["talk", "faster-whisper int8"],
         ["jfk", "MAX fp32"],
+        ["stereo#left", "MAX fp32"],  # a file's channel kept, its extension not
     ]
     # shown: each column to its own decimals, "–" where the file has no value; sorted on the numbers
     shown = gr.Dataframe(interactive=False).postprocess(styled)
-    assert shown.metadata["display_value"][0][3:] == ["2.500", "80", "0.200", "–", "6.000", "0.0", "100.0"]
+    assert shown.metadata["display_value"][0] == [
+        "MAX fp32",
+        "2.500",
+        "80",
+        "talk",
+        "Xeon · AVX-512 · 2 cores · 2026-01-01",
+        "0.200",
+        "–",
+        "6.000",
+        "0.0",
+        "100.0",
+    ]
     assert shown.data[0][column["total_s_median"]] == 2.5
     assert "`cpu-xeon-2c.json`" in machines and "cpu `Xeon`" in machines and "cores `2`" in machines
     assert "decode.beam_size `1`" in machines and "max `26.7.0`" in machines
@@ -1346,7 +1360,7 @@ def test_system_report():
         assert f"- {package}: `" in report
     assert "**tiny.en**" in report and "PyPI packages that other projects published under their own names" in report
     assert "MAX compile cache" in report and "MODULAR_CACHE_DIR" in report
-    assert "### In memory\nNo model loaded yet" in report
+    assert "### Models loaded\nNo model loaded yet" in report
 
 
 def test_system_report_shows_no_server_path(tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ import gradio as gr
 import pandas as pd
 from pandas.io.formats.style import Styler
 
-from maxwhisper.registry import BACKENDS
+from maxwhisper.registry import BACKENDS, PRECISIONS
 
 from ..charts import benchmark_bars, short_name
 from ..results import RESULTS_DIR, machine_name, quoted_machine, read_runs, reference_rows, this_machine
@@ -21,12 +21,12 @@ from ..views import View
 
 # column -> (header, width): the columns fit a 1366 px screen, each header's words whole; the stages
 # and one-time costs beyond encode, decode and compile are in each results file
-BENCH_TABLE = {
-    "audio": ("clip", "190px"),
+BENCH_TABLE = {  # what a phone shows first: the implementation and its time
     "implementation": ("implementation", "140px"),
-    "machine": ("machine", "250px"),
     "total_s_median": ("median s", "90px"),
     "rtfx": ("× real time", "80px"),
+    "audio": ("clip", "190px"),
+    "machine": ("machine", "250px"),
     "encode_s": ("encode s", "90px"),
     "decode_s": ("decode s", "90px"),
     "compile_s": ("compile s", "90px"),
@@ -34,7 +34,6 @@ BENCH_TABLE = {
     "agreement": ("agreement %", "110px"),
 }  # agreement: 1 - WER against openai-whisper
 DIGITS = {"total_s_median": 3, "encode_s": 3, "decode_s": 3, "compile_s": 3, "rtfx": 0, "wer": 1, "agreement": 1}
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # a run's rows: each clip's fp32 rows together, then the others
 # under a chart, on a phone only: the table below it shows two of its columns there
 SCROLL_HINT = "<p class='note phone-only'>The table below scrolls sideways to its other columns.</p>"
 
@@ -122,10 +121,10 @@ def _not_run(runs) -> str:
     return f"<p><b>What did not run on the GPU, and why</b></p><ul>{''.join(items)}</ul>" if items else ""
 
 
-def benchmark_view(directory: Path) -> tuple[str, str, list[list], str, list[list], str]:
-    """(HTML: the heading and this server; HTML: the CPU chart; the CPUs' rows; HTML: the GPU chart
-    and what did not run on the GPU; the GPUs' rows; Markdown: each file's machine, versions and
-    settings)."""
+def benchmark_view(directory: Path) -> tuple[str, str, Styler, str, Styler, str]:
+    """(HTML: the heading and this server; HTML: the CPU chart; the CPUs' rows (`results_table`);
+    HTML: the GPU chart and what did not run on the GPU; the GPUs' rows; Markdown: each file's
+    machine, versions and settings)."""
     runs, notes = read_runs(directory)
     top = (
         "<h2>What the committed benchmarks measured</h2><p class='note'>This server: "
@@ -156,7 +155,7 @@ def benchmark_view(directory: Path) -> tuple[str, str, list[list], str, list[lis
         when = run.created[:10]  # two runs on one machine class differ by their day
         named = {
             **row,
-            "audio": _clip(str(row["audio"])),
+            "audio": _clip(row["audio"]) if row.get("audio") else None,
             "implementation": f"{short_name(row['backend'])} {row['precision']}",
             "machine": machine_name(run.machine, row["device"]) + (f" · {when}" if when else ""),
         }

@@ -71,7 +71,7 @@ def system_report(transcriptions: Transcriptions) -> str:
                 else f"not installed (`pip install {requirement}`)"
             )
         )
-    lines += ["\n### In memory", transcriptions.status()]
+    lines += ["\n### Models loaded", transcriptions.status()]
     path = compile_cache_dir()
     if path.is_dir():
         n, size = _tree_size(path)
