@@ -22,6 +22,11 @@ def panel_title(backend: str, inner: str = "") -> str:
     )
 
 
+def markdown_list(heading: str, items: list[str]) -> str:
+    """Markdown: `heading` on a line of its own, then one list item per entry."""
+    return heading + "\n\n" + "\n".join(f"- {item}" for item in items)
+
+
 def hide_paths(text: str) -> str:
     """Absolute paths (the server's files) reduced to their file names; URLs kept."""
     return re.sub(r"(?<![\w.:/])/(?:[^\s/'\"]+/)+([^\s/'\"]+)", r"\1", text)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from maxwhisper.registry import BACKENDS, create_transcriber
 
-from .formatting import error_message, label, load_text
+from .formatting import error_message, label, load_text, markdown_list
 
 log = logging.getLogger(__name__)
 
@@ -230,4 +230,4 @@ class ModelCache:
             else:
                 parts.append(f"✗ {name} failed: {info}")
         heading = "**Loading** (each implementation answers as soon as it is ready):" if self.busy() else "**Models:**"
-        return heading + "\n\n" + "\n".join(f"- {part}" for part in parts)
+        return markdown_list(heading, parts)

@@ -21,7 +21,7 @@ from maxwhisper.registry import BACKENDS
 from maxwhisper.service.openai_api import ApiError
 from maxwhisper.service.realtime import remote_transcriber
 
-from .formatting import label
+from .formatting import label, markdown_list
 from .live_session import LiveSession
 from .transcriptions import Cancelled, ProgressCallback, Transcription, progress_text
 
@@ -141,10 +141,11 @@ class ServiceTranscriptions:
             up, waited = self.ingress.model_ready(backend, model)
             name = f"{label(backend)} · {model} · {self.config.device}"
             parts.append(f"✓ {name}" if up else f"{name}: loading, {waited:.0f} s so far…")
-        return (
+        heading = (
             f"**Service** ({self.config.replicas} replica(s) per model, MAX decoding up to "
-            f"{self.config.max_batch} requests together):\n\n" + "\n".join(f"- {part}" for part in parts)
+            f"{self.config.max_batch} requests together):"
         )
+        return markdown_list(heading, parts)
 
     def badge(self) -> str:
         loading = [
