@@ -3,7 +3,9 @@
 Each op of the encoder graph (`graph/encoder.py`) runs alone as a one-op graph over the model's own
 weights and activations of a 30 s window's shapes (random values of the encoder's scale), median of
 `--repeats` calls after one; an op's share counts it as often as one window runs it. The whole
-encoder graph runs beside them, so the sum of the ops can be compared with the window it splits.
+encoder graph runs beside them, so the sum of the ops can be compared with the window it splits:
+each repeat calls every op and the whole graph once, in turn, so that the machine's drift over
+minutes falls on all of them alike.
 Where the plan's attention is not float32's (int8's in bfloat16 or in 16-bit integers), the
 attention and the whole graph run with float32's attention too, in turn with the plan's:
 
@@ -16,12 +18,13 @@ Prints a Markdown table; `benchmarks/results/encoder-gflops.md` keeps the splits
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
 import time
 from collections.abc import Callable
 
 import numpy as np
-from encoder_gflops import arguments, median_seconds
+from encoder_gflops import arguments
 from max import driver
 from max.dtype import DType
 from max.graph import Graph, TensorType
@@ -92,29 +95,30 @@ def main() -> None:
         _, _, types, build = next(op for op in ops_of_a_window(model)[0] if op[0] == "attention")
         ops.insert(4, ("attention, float32", 0, types, build))
     rng = np.random.default_rng(0)
-    timed = []
+    calls = {}  # name -> (count, a call of it)
     for i, (name, count, types, build) in enumerate(ops):
         with Graph(f"encoder_op_{i}", input_types=types, custom_extensions=extensions(plan)) as graph:
             out = build(*(v.tensor for v in graph.inputs))
             graph.output(*(out if isinstance(out, list) else [out]))
         compiled = model.session.load(graph, weights_registry=w.registry())
         inputs = [driver.Buffer.from_numpy(rng.standard_normal(t.shape.static_dims, dtype=np.float32)) for t in types]
-        timed.append((name, count, median_seconds(lambda: compiled.execute(*inputs), args.repeats)))
-    mel = rng.standard_normal((1, model.dims.n_mels, N_FRAMES), dtype=np.float32)
+        calls[name] = (count, functools.partial(compiled.execute, *inputs))
+    mel = driver.Buffer.from_numpy(rng.standard_normal((1, model.dims.n_mels, N_FRAMES), dtype=np.float32))
     windows = {"": plan} if float32 == plan else {"": plan, ", float32 attention": float32}
-    encoders = {}
+    whole = {}
     for label, p in windows.items():
         model.plan = p
-        encoders[label] = model.built_and_loaded("encoder")[0]
+        whole[f"the encoder graph, whole{label}"] = functools.partial(model.built_and_loaded("encoder")[0].execute, mel)
     model.plan = plan
-    window = {label: [] for label in encoders}
-    for encoder in encoders.values():
-        encoder.execute(mel)
-    for _ in range(args.repeats):  # the whole graph each way in turn
-        for label, encoder in encoders.items():
+    runs = {name: call for name, (_, call) in calls.items()} | whole
+    seconds = {name: [] for name in runs}
+    for _ in range(args.repeats + 1):  # every op and the whole graph in turn, so that the machine's drift hits all
+        for name, run in runs.items():
             start = time.perf_counter()
-            encoder.execute(mel)
-            window[label].append(time.perf_counter() - start)
+            run()
+            seconds[name].append(time.perf_counter() - start)
+    timed = [(name, count, statistics.median(seconds[name][1:])) for name, (count, _) in calls.items()]
+    window = {name: statistics.median(seconds[name][1:]) for name in whole}
 
     layers = model.dims.n_audio_layer
     machine = machine_info()
@@ -127,8 +131,8 @@ def main() -> None:
         else:  # beside the plan's, not in the sum
             print(f"| {name} | – | {1e3 * s:.2f} | ({1e3 * layers * s:.1f}) | – |")
     print(f"| sum of the ops | | | {1e3 * total:.1f} | |")
-    for label, seconds in window.items():
-        print(f"| the encoder graph, whole{label} | 1 | | {1e3 * statistics.median(seconds):.1f} | |")
+    for name, s in window.items():
+        print(f"| {name} | 1 | | {1e3 * s:.1f} | |")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ random activations of tiny.en's shapes (6 heads of 64 dims):
 - prompt-int8, prompt-int8-int16: `cross_attention_int8` of a 200-token prompt over a window's int8
   keys and values, widened to float32 or through `vpmaddwd` (`int16`);
 - mlp-up-int8, mlp-down-int8: `packed_linear_int8` over a window's 1500 rows, the MLP's first
-  linear (384 -> 1536, GELU) or its second (1536 -> 384, the residual added).
+  linear (384 -> 1536, GELU) or its second (1536 -> 384, the residual added);
+- mlp-up-float32: `packed_linear`, float32, the MLP's first linear with its GELU.
 Each round calls each package's ops `--calls` times in turn; prints each round's median per
 package and op, their medians, and the largest difference between their outputs.
 """
@@ -40,6 +41,7 @@ from maxwhisper.graph.layers import (  # noqa: E402
     WeightBank,
     cross_attention_int8,
     encoder_attention,
+    packed_linear,
     packed_linear_int8,
 )
 
@@ -52,6 +54,7 @@ OPS = [
     "prompt-int8-int16",
     "mlp-up-int8",
     "mlp-down-int8",
+    "mlp-up-float32",
 ]
 
 
@@ -65,17 +68,19 @@ def op_inputs(op: str, rng: np.random.Generator) -> tuple[list[np.ndarray], obje
         return [qkv], lambda: (lambda x: encoder_attention(x, HEADS, **kind), dict)
     if op.startswith("mlp-"):
         d = HEADS * DH
-        k, n = (d, 4 * d) if op == "mlp-up-int8" else (4 * d, d)
+        up = op.startswith("mlp-up-")
+        k, n = (d, 4 * d) if up else (4 * d, d)
         weights = {
             "lin.weight_t": (rng.standard_normal((k, n)) * 0.05).astype(np.float32),
             "lin.bias": rng.standard_normal(n).astype(np.float32),
         }
         x = rng.standard_normal((FRAMES, k)).astype(np.float32)
-        residual = [] if op == "mlp-up-int8" else [rng.standard_normal((FRAMES, n)).astype(np.float32)]
+        residual = [] if up else [rng.standard_normal((FRAMES, n)).astype(np.float32)]
+        linear = packed_linear if op.endswith("-float32") else packed_linear_int8
 
         def builder():
             w = WeightBank(weights, DType.float32, DeviceRef.CPU())
-            return lambda x, *r: packed_linear_int8(w, "lin", gelu=not r)(x, *r), w.registry
+            return lambda x, *r: linear(w, "lin", gelu=not r)(x, *r), w.registry
 
         return [x, *residual], builder
     q = rng.standard_normal((1, HEADS, PROMPT, DH)).astype(np.float32)
