@@ -14,12 +14,11 @@
 import extensibility
 from extensibility import InputTensor, OutputTensor, _MutableInputTensor as MutableInputTensor
 from max.gpu.host import DeviceContext
-from std.math import erf
 from std.memory import alloc, stack_allocation
 
 from .attention import MAX_KEYS, W8, attend, attend_int8
 from .layer_norm import layer_norm
-from .linear import dot_rows_each, finish, rows_per_item
+from .linear import dot_rows_each, finish, gelu_erf, rows_per_item
 from .threads import share_phases
 
 comptime W = 8  # float32 lanes per SIMD vector (AVX2)
@@ -49,6 +48,17 @@ def rows_linear[wtype: DType, F: def(Int, Int, Float32) register_passable -> Non
             for j in range(j0, j1):
                 store(b + i, j, finish[wtype](y[i * (j1 - j0) + j - j0], scales, j, bias[j]))
         b += m
+
+
+def gelu_in_place(row: UnsafePointer[Float32, MutUntrackedOrigin], j0: Int, j1: Int):
+    """GELU in place over row[j0:j1]."""
+    var j = j0
+    while j + W <= j1:
+        row.store(j, gelu_erf[W](row.load[width=W](j)))
+        j += W
+    while j < j1:
+        row[j] = gelu_erf[1](row[j])
+        j += 1
 
 
 @extensibility.register("decoder_layer_step")
@@ -233,9 +243,9 @@ struct DecoderLayerStep:
                 attend(q + o, xk.bitcast[Float32]() + ch * t_len * dh, xv.bitcast[Float32]() + ch * dh * t_len,
                        keys, t_len, dh, q, q, False, att + o)
 
-        # 9. hidden = gelu(ln3(x) @ W_fc1^T + b)
+        # 9. hidden = gelu(ln3(x) @ W_fc1^T + b): the sums stored, then GELU over them W lanes at a time
         def store_hidden(b: Int, j: Int, v: Float32) {var hidden, var d}:
-            hidden[b * 4 * d + j] = 0.5 * v * (1 + erf(v * 0.7071067811865476))
+            hidden[b * 4 * d + j] = v
 
         def phase(p: Int, item: Int) {var xo, var store_qkv, var self_head, var add_to_x, var store_q,
                                        var cross_head, var store_hidden, var xn, var att, var hidden, var pp,
@@ -262,8 +272,12 @@ struct DecoderLayerStep:
                 rows_linear[wtype](att, d, pp, nb, w_cout, s_cout, b_cout, item * per, min(item * per + per, d),
                                    add_to_x)
             elif p == 9:
-                rows_linear[wtype](xn, d, pp, nb, w_fc1, s_fc1, b_fc1, item * per4,
-                                   min(item * per4 + per4, 4 * d), store_hidden)
+                var j0 = item * per4
+                var j1 = min(j0 + per4, 4 * d)
+                rows_linear[wtype](xn, d, pp, nb, w_fc1, s_fc1, b_fc1, j0, j1, store_hidden)
+                for b in range(nb):
+                    if pp[b] >= 0:
+                        gelu_in_place(hidden + b * 4 * d, j0, j1)
             else:
                 rows_linear[wtype](hidden, 4 * d, pp, nb, w_fc2, s_fc2, b_fc2, item * per, min(item * per + per, d),
                                    add_to_x)

@@ -346,32 +346,33 @@ def tile[gelu: Bool, mr: Int, np: Int](x: F32, ldx: Int, rows: Int, kd: Int, pan
 def store[gelu: Bool](v: V16, add: Bool, residual: F32, y: F32):
     var out = v
     comptime if gelu:
-        out = gelu_erf(v)
+        out = gelu_erf[NR](v)
     if add:
         out = residual.load[width=NR](0) + out
     y.store(0, out)
 
 
 @always_inline
-def gelu_erf(v: V16) -> V16:
-    """GELU in its erf form, every kernel's: the encoder's MLP and conv stem, float32 and int8."""
-    return 0.5 * v * (1 + rational_erf(v * 0.7071067811865476))
+def gelu_erf[w: Int](v: SIMD[DType.float32, w]) -> SIMD[DType.float32, w]:
+    """GELU in its erf form, every kernel's: the encoder's MLP and conv stem, the decoder's MLP."""
+    return 0.5 * v * (1 + rational_erf[w](v * 0.7071067811865476))
 
 
 @always_inline
-def rational_erf(v: V16) -> V16:
+def rational_erf[w: Int](v: SIMD[DType.float32, w]) -> SIMD[DType.float32, w]:
     """erf within 5e-7 (Eigen's float erf: an odd over an even polynomial on [-4, 4], +-1 beyond),
     cheaper than the standard library's (docs/design.md, "Encoder")."""
-    var x = min(max(v, V16(-4)), V16(4))
+    comptime V = SIMD[DType.float32, w]
+    var x = min(max(v, V(-4)), V(4))
     var x2 = x * x
-    var p = x2.fma(V16(-2.72614225801306e-10), V16(2.77068142495902e-08))
-    p = x2.fma(p, V16(-2.10102402082508e-06))
-    p = x2.fma(p, V16(-5.69250639462346e-05))
-    p = x2.fma(p, V16(-7.34990630326855e-04))
-    p = x2.fma(p, V16(-2.95459980854025e-03))
-    p = x2.fma(p, V16(-1.60960333262415e-02))
-    var q = x2.fma(V16(-1.45660718464996e-05), V16(-2.13374055278905e-04))
-    q = x2.fma(q, V16(-1.68282697438203e-03))
-    q = x2.fma(q, V16(-7.37332916720468e-03))
-    q = x2.fma(q, V16(-1.42647390514189e-02))
+    var p = x2.fma(V(-2.72614225801306e-10), V(2.77068142495902e-08))
+    p = x2.fma(p, V(-2.10102402082508e-06))
+    p = x2.fma(p, V(-5.69250639462346e-05))
+    p = x2.fma(p, V(-7.34990630326855e-04))
+    p = x2.fma(p, V(-2.95459980854025e-03))
+    p = x2.fma(p, V(-1.60960333262415e-02))
+    var q = x2.fma(V(-1.45660718464996e-05), V(-2.13374055278905e-04))
+    q = x2.fma(q, V(-1.68282697438203e-03))
+    q = x2.fma(q, V(-7.37332916720468e-03))
+    q = x2.fma(q, V(-1.42647390514189e-02))
     return x * p / q

@@ -359,5 +359,5 @@ def finish_row[gelu: Bool, np: Int](acc: I16P, row_scale: Float32, zero: Int32, 
         var v = exact.cast[DType.float32]() * (scale.load[width=NR](p * NR) * row_scale)
         v += bias.load[width=NR](p * NR)
         comptime if gelu:
-            v = gelu_erf(v)
+            v = gelu_erf[NR](v)
         store[False](v, add, residual + p * NR, y + p * NR)
