@@ -112,7 +112,7 @@ def main() -> None:
     model.plan = plan
     runs = {name: call for name, (_, call) in calls.items()} | whole
     seconds = {name: [] for name in runs}
-    for _ in range(args.repeats + 1):  # every op and the whole graph in turn, so that the machine's drift hits all
+    for _ in range(args.repeats + 1):  # the first call of each is not counted
         for name, run in runs.items():
             start = time.perf_counter()
             run()

@@ -1,6 +1,6 @@
 # What a decoder layer's GELU costs one thread in a token step: its half of tiny.en's 1536 hidden
-# values through the standard library's scalar erf (the decoder kernel before) and through
-# `gelu_erf`'s rational erf 8 lanes at a time (now). The best of 5 rounds of 20000 calls each.
+# values one at a time through the standard library's erf, and 8 lanes at a time through
+# `gelu_erf` (as `gelu_in_place` runs it). The best of 5 rounds of 20000 calls each.
 # Run: .venv/bin/mojo run -I maxwhisper/graph benchmarks/gelu_cost.mojo
 from kernels.linear import gelu_erf
 from std.math import erf

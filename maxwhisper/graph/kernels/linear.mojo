@@ -354,7 +354,7 @@ def store[gelu: Bool](v: V16, add: Bool, residual: F32, y: F32):
 
 @always_inline
 def gelu_erf[w: Int](v: SIMD[DType.float32, w]) -> SIMD[DType.float32, w]:
-    """GELU in its erf form, every kernel's: the encoder's MLP and conv stem, the decoder's MLP."""
+    """GELU in its erf form, every kernel's: the encoder's MLP and conv stem, `decoder_layer_step`'s MLP."""
     return 0.5 * v * (1 + rational_erf[w](v * 0.7071067811865476))
 
 
