@@ -80,8 +80,12 @@ def decoder_block(
     cross_v_t: TensorValue,
     make_linear: MakeLinear = linear_few_rows,
     norm=layer_norm,
+    keep: TensorValue | None = None,
 ) -> TensorValue:
-    """x [B, n, d] -> x [B, n, d]; norm: the layer norm (`plan.layer_norm`)"""
+    """x [B, n, d] -> x [B, n, d]; norm: the layer norm (`plan.layer_norm`). keep: int64 [k], the
+    only rows whose outputs are wanted (the last block before the logits): every row's key and value
+    still goes to the cache, the rest runs for those rows alone -> x [B, k, d]; self_attend then
+    takes those rows' queries."""
     d, h = dims.n_text_state, dims.n_text_head
 
     def linear(name: str):
@@ -89,6 +93,8 @@ def decoder_block(
 
     q, k, v = ops.split(linear("attn.qkv")(norm(w, f"{p}.attn_ln", x)), [d] * 3, axis=-1)
     k, v_t = self_kv(split_heads(k, h), ops.permute(split_heads(v, h), [0, 1, 3, 2]))
+    if keep is not None:
+        x, q = ops.gather(x, keep, axis=1), ops.gather(q, keep, axis=1)
     x = x + linear("attn.out")(merge_heads(self_attend(split_heads(q, h), k, v_t)))
 
     q = linear("cross_attn.query")(norm(w, f"{p}.cross_attn_ln", x))
@@ -171,12 +177,18 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, mod
         x = _embed(w, tokens, positions, plan.step_linears_kernel)
         n = x.shape[1]
         new = (slice(offset, offset + dim_value(n)), n)
+        # the keys written so far: the mask's causal rows attend to none past them
+        written = (slice(0, offset + dim_value(n)), "written")
+        mask = ops.slice_tensor(mask, [slice(None), written])
 
         def cached(i: int) -> SelfKV:
             def store_and_load(k, v_t):
                 ops.buffer_store_slice(caches[2 * i], k, [slice(None)] * 2 + [new, slice(None)])
                 ops.buffer_store_slice(caches[2 * i + 1], v_t, [slice(None)] * 3 + [new])
-                return ops.buffer_load(caches[2 * i]), ops.buffer_load(caches[2 * i + 1])
+                return (
+                    ops.slice_tensor(ops.buffer_load(caches[2 * i]), [slice(None)] * 2 + [written, slice(None)]),
+                    ops.slice_tensor(ops.buffer_load(caches[2 * i + 1]), [slice(None)] * 3 + [written]),
+                )
 
             return store_and_load
 
@@ -209,26 +221,32 @@ def build_decoder_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, mod
                 q, k, v_t, cross[2][i], cross[3][i], int16=plan.encoder_attention_int16
             )
 
+        # the last block runs past its keys and values for the logits' rows only (`decoder_block`'s keep)
+        last_self_attend = step_attention(
+            ops.gather(mask, logit_index, axis=0), lambda: ops.gather(positions, logit_index, axis=0) + 1
+        )
         self_attend = step_attention(mask, lambda: positions + 1)
         if plan.token_step and plan.step_kernels and cross_k.dtype == DType.float32 and cross_attention_fits(dh):
             cross_attend = cross_attention  # prompts only: over every frame, as one kernel
         elif not plan.cross_int8:
             cross_attend = step_attention(None, lambda: ops.broadcast_to(dim_value(cross_k.shape[3]).reshape([1]), [n]))
         for i in range(L):
+            last = i == L - 1
             x = decoder_block(
                 w,
                 f"decoder.blocks.{i}",
                 dims,
                 x,
                 cached(i),
-                self_attend,
+                last_self_attend if last else self_attend,
                 int8_cross_attention(i) if plan.cross_int8 else cross_attend,
                 cross_k[i],
                 cross_v_t[i],
                 block_linear(plan),
                 plan.layer_norm,
+                keep=logit_index if last else None,
             )
-        logits = _logits(w, ops.gather(x, logit_index, axis=1), projection_linear(plan), plan.layer_norm)
+        logits = _logits(w, x, projection_linear(plan), plan.layer_norm)
         graph.output(logits, *plan.greedy_choice(logits, inputs.suppress.tensor, inputs.timestamp_begin.tensor))
     return graph
 
