@@ -1362,3 +1362,24 @@ def test_int8_short_prompts_run_as_token_steps(max_tiny_en_int8, jfk_audio, lect
     assert graphs.count(net.decoder) == 1
     for a, b in zip(stepped, generic, strict=True):
         assert len(a.tokens) > 10 and agreement(a.text, b.text) >= 0.98, (a.text, b.text)
+
+
+@pytest.mark.parametrize("fixture", ["max_tiny_en", "max_tiny_en_portable"])
+def test_new_tokens_after_a_cached_prompt_give_the_logits_of_one_prompt(fixture, request, jfk_audio):
+    """New tokens after some already in the cache (a live stream's draft check) give, at each
+    position asked, the logits one prompt over all the tokens gives: the step graph's
+    self-attention reads every key written so far, and its last block runs the rows asked."""
+    from maxwhisper.decoding import decode
+
+    net = request.getfixturevalue(fixture).net
+    mel = _first_windows(jfk_audio)
+    text = decode(net, mel, language="en", without_timestamps=True)[0].tokens
+    tokens = np.array([[50257, 50362, *text[:14]]], np.int64)  # tiny.en's sot, notimestamps, 14 words' tokens
+    features, asked = net.encode(mel), (9, 11, 12, 15)
+    whole = net.inference().logits(tokens, features, asked)
+    after = net.inference()
+    after.logits(tokens[:, :9], features)  # the cache holds 9 tokens
+    split = after.logits(tokens, features, asked)
+    assert split.shape == whole.shape == (1, 4, net.dims.n_vocab)
+    np.testing.assert_allclose(split, whole, rtol=0, atol=1e-4 * np.abs(whole).max())
+    assert (split.argmax(-1)[0, :3] == tokens[0, [10, 12, 13]]).all()  # each row's own next token
