@@ -78,7 +78,9 @@ def main() -> None:
         print(f"{name}: median {total:.3f} s (encode {encode:.3f}, decode {decode:.3f}); decodes {decodes}")
     ratios = [a[2] / b[2] for a, b in zip(runs["after"], runs["before"], strict=True)]
     print(f"decode after / before, round by round: {', '.join(f'{x:.3f}' for x in ratios)}")
-    print(f"median {statistics.median(ratios):.3f}; the same tokens: {tokens['after'] == tokens['before']}")
+    same = tokens["after"] == tokens["before"]
+    counts = f"{len(tokens['after'])} and {len(tokens['before'])} tokens"
+    print(f"median {statistics.median(ratios):.3f}; the same tokens: {same} ({counts})")
 
 
 if __name__ == "__main__":
