@@ -931,6 +931,20 @@ def test_no_speech_found_is_said():
     assert "No speech was found in this audio" in compare.message_text(comparison, 1.0)
 
 
+def test_audio_left_untranscribed_at_the_end_is_said():
+    """A 40 s clip whose transcripts end at 0:01: the status line says what was left and, for an
+    English-only model, why it may be; a transcript that reaches the end says nothing of it."""
+    fakes = fakes_in_turns({b: FakeTranscriber(b) for b in ("max", "openai")})
+    audio = (16000, np.full(40 * 16000, 1000, np.int16))
+    comparison = run_comparison(audio, ["max", "openai"], "fake", "cpu", DecodeOptions(), fakes)
+    said = compare.message_text(comparison, 1.0)
+    assert "Nothing was transcribed after 0:01 (the last 39 s)" in said and "English only" not in said
+    comparison.model = "tiny.en"
+    assert "tiny.en hears English only" in compare.message_text(comparison, 1.0)
+    comparison.audio_s = 10.5
+    assert "Nothing was transcribed" not in compare.message_text(comparison, 1.0)
+
+
 def test_turns_first_come_first_served_and_each_waiter_knows_its_place():
     turns = Turns()
     order, seen = [], []
