@@ -130,6 +130,26 @@ class Comparison:
         return {b: p.result for b, p in self.panels.items() if p.result is not None}
 
 
+UNHEARD_TAIL_S = 10.0  # audio after every transcript's last words that the status line points out
+
+
+def unheard_tail(comparison: Comparison) -> str:
+    """Where every transcript ends UNHEARD_TAIL_S or more before the audio does, what was left
+    unheard and why it may be, else "": a clip whose second half is in another language than an
+    English-only model's loses it without a word from any implementation."""
+    ends = [s.end for r in comparison.results.values() for s in r.segments if s.text.strip()]
+    if not ends or comparison.audio_s - max(ends) < UNHEARD_TAIL_S:
+        return ""
+    last, gap = int(max(ends)), comparison.audio_s - max(ends)
+    text = (
+        f" Nothing was transcribed after {last // 60}:{last % 60:02d} (the last {gap:.0f} s):"
+        " silence, music or speech the model did not recognise."
+    )
+    if comparison.model.endswith(".en"):
+        text += f" {comparison.model} hears English only: for speech in another language, choose base."
+    return text
+
+
 def rounds_for(audio_s: float, first_round_s: float) -> int:
     """The rounds of a comparison of `audio_s` seconds of audio whose first round took `first_round_s`
     seconds of transcribing: several for a short clip, whose runs take a second or so and a burst of

@@ -19,7 +19,7 @@ from maxwhisper.tokenizer import LANGUAGES
 from ..audio_checks import refusal
 from ..charts import short_name, speed_value, stage_bars, time_bars
 from ..choices import Choices
-from ..comparison import ROUND_LIMIT_S, Comparison, Panel, run_comparison, watch
+from ..comparison import ROUND_LIMIT_S, Comparison, Panel, run_comparison, unheard_tail, watch
 from ..cpu_load import BUSY_CORES, available_cores
 from ..examples import example_rows, reference_for_new_audio
 from ..formatting import label, panel_title
@@ -91,26 +91,6 @@ def message_text(comparison: Comparison | None, elapsed: float) -> str:
     if comparison.results and not any(r.text.strip() for r in comparison.results.values()):
         text += " No speech was found in this audio: there was nothing to transcribe."
     return text + unheard_tail(comparison)
-
-
-UNHEARD_TAIL_S = 10.0  # audio after every transcript's last words that the status line points out
-
-
-def unheard_tail(comparison: Comparison) -> str:
-    """Where every transcript ends UNHEARD_TAIL_S or more before the audio does, what was left
-    unheard and why it may be, else "": a clip whose second half is in another language than an
-    English-only model's loses it without a word from any implementation."""
-    ends = [s.end for r in comparison.results.values() for s in r.segments if s.text.strip()]
-    if not ends or comparison.audio_s - max(ends) < UNHEARD_TAIL_S:
-        return ""
-    last, gap = int(max(ends)), comparison.audio_s - max(ends)
-    text = (
-        f" Nothing was transcribed after {last // 60}:{last % 60:02d} (the last {gap:.0f} s):"
-        " silence, music or speech the model did not recognise."
-    )
-    if comparison.model.endswith(".en"):
-        text += f" {comparison.model} hears English only: for speech in another language, choose base."
-    return text
 
 
 def options_label(model: str, precision: str, device: str, beam_size: int) -> str:
