@@ -648,6 +648,41 @@ def test_vocab_projection_int4_kernel_is_int8_near_the_top_and_the_4_bit_product
         np.testing.assert_array_equal(run(x[row : row + 1])[0][0], three[row])
 
 
+def test_vocab_draft_int4_searches_the_special_rows_and_the_nearest_clusters():
+    """`vocab_draft_int4` against `vocab_projection_int4` on a whole vocabulary's shape: a row's
+    finite logits are those of the special rows and of the DRAFT_CLUSTERS clusters whose centroids
+    score highest against it, -inf elsewhere; where the full projection's largest 4-bit logit lies
+    among them, they are the full projection's bit for bit, its argmax included."""
+    from max.dtype import DType
+    from max.graph import DeviceRef, TensorType
+
+    from maxwhisper.graph.layers import DRAFT_CLUSTERS, TEXT_TOKENS, WeightBank, vocab_draft_int4, vocab_projection_int4
+
+    rng = np.random.default_rng(1)
+    n, k = 51864, 384
+    arrays = {"proj.weight": (rng.standard_normal((n, k)) * 0.05).astype(np.float32)}
+    cpu = DeviceRef.CPU()
+    types = [TensorType(DType.float32, ["m", k], device=cpu)]
+    full_bank, draft_bank = WeightBank(arrays, DType.float32, cpu), WeightBank(arrays, DType.float32, cpu)
+    full = _kernel_graph("vocab_full_test", types, lambda x: [vocab_projection_int4(full_bank, "proj")(x)], full_bank)
+    draft = _kernel_graph("vocab_draft_test", types, lambda x: [vocab_draft_int4(draft_bank, "proj")(x)], draft_bank)
+    rows, starts, centroids, *_ = draft_bank.copies["clusters", "proj.weight"]
+    picks = [7, 20000, 50000, TEXT_TOKENS + 100]  # a state near each row: it is the top, in its group
+    x = (arrays["proj.weight"][picks] * 40 + rng.standard_normal((4, k)) * 0.5).astype(np.float32)
+    (exact,), (drafted,) = full(x), draft(x)
+    for r in range(4):
+        best = 1 + np.argsort(-(centroids[1:] @ x[r]), kind="stable")[:DRAFT_CLUSTERS]
+        searched = np.concatenate([rows[starts[g] * 16 : starts[g + 1] * 16] for g in [0, *best]])
+        searched = np.sort(searched[searched >= 0])
+        assert len(searched) == len(np.unique(searched))
+        np.testing.assert_array_equal(np.flatnonzero(np.isfinite(drafted[r])), searched)
+        assert exact[r].argmax() == picks[r] == drafted[r].argmax()
+        np.testing.assert_array_equal(drafted[r, searched], exact[r, searched])
+    assert (starts[1] - starts[0]) * 16 >= n - TEXT_TOKENS and set(rows[rows >= 0]) == set(range(n))
+    (alone,) = draft(x[2:3])
+    np.testing.assert_array_equal(alone[0], drafted[2])
+
+
 def test_int8_quantization_is_per_output_channel():
     """`quantize_int8`: each output channel's (row's) largest |w| becomes 127, every weight is
     within half a step of its scale, an all-zero row stays zero."""

@@ -54,6 +54,7 @@ from .layers import (
     split_heads,
     timestamp_rules,
     token_embedding,
+    vocab_draft_int4,
     vocab_projection_int4,
 )
 from .plan import ExecutionPlan
@@ -411,12 +412,13 @@ def build_token_run_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, m
     buffers (the last token, its position, the token before, the last timestamp) set for the next
     call, so that a GPU can replay the call as a captured device graph.
     Where the plan drafts runs (the CPU's float32 one), each step drafts its token through the
-    layers' int8 weights over int8 cross K/V (`inputs.draft_cross`) and a 4-bit projection; then
-    `exact_run_states` runs the run's tokens through the exact layers at once, writing the cache
-    over the drafts' keys and values, and the outputs are the drafted tokens, then
-    `checked_choices`' tokens and log probabilities: the host keeps the steps up to the first draft
-    that differs from its check, that check included (`model.checked_steps`), and sets the state
-    buffers itself each call (they end at the drafts' state)."""
+    layers' int8 weights over int8 cross K/V (`inputs.draft_cross`) and a 4-bit projection over the
+    rows nearest its state (`vocab_draft_int4`); then `exact_run_states` runs the run's tokens
+    through the exact layers at once, writing the cache over the drafts' keys and values, and the
+    outputs are the drafted tokens, then `checked_choices`' tokens and log probabilities: the host
+    keeps the steps up to the first draft that differs from its check, that check included
+    (`model.checked_steps`), and sets the state buffers itself each call (they end at the drafts'
+    state)."""
     types = TokenRunInputs.types(dims, w.dtype, w.device, plan.cross_int8, plan.int8_drafts)
     with Graph(
         "whisper_token_run",
@@ -439,7 +441,7 @@ def build_token_run_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, m
         draft_cross = [v.tensor for v in inputs.draft_cross] if plan.int8_drafts else cross
         for _ in range(plan.steps_per_call):
             stepped.append(tokens)
-            if plan.drafts_runs:  # the final layer norm's output projected in 4 bits
+            if plan.drafts_runs:  # the final layer norm's output projected over its nearest rows in 4 bits
                 x = kernel_token_layers(
                     w,
                     dims,
@@ -452,7 +454,7 @@ def build_token_run_graph(w: WeightBank, dims: ModelDims, plan: ExecutionPlan, m
                     int8=plan.int8_drafts,
                 )
                 finals.append(layer_norm_gather(w, "decoder.ln", x, rows))
-                logits = _as_logits(vocab_projection_int4(w, "decoder.token_embedding")(finals[-1]), dims)
+                logits = _as_logits(vocab_draft_int4(w, "decoder.token_embedding")(finals[-1]), dims)
             else:
                 logits = token_logits(w, dims, plan, tokens, positions, inputs.cross_keys.tensor, cross, caches, rows)
             last = ops.reshape(tokens, [-1])

@@ -11,11 +11,15 @@ import numpy as np
 from max.dtype import DType
 from max.graph import DeviceRef, StaticDim, TensorType, TensorValue, Weight, ops
 
-from .weights import bfloat16_bits, quantize_int4_groups, quantize_int8
+from .weights import bfloat16_bits, quantize_int4_groups, quantize_int8, vocab_cluster_panels, vocab_clusters
 
 LN_EPS = 1e-5
 PANEL = 16  # columns per panel of `packed_linear` weights (NR in linear.mojo)
 INT4_GROUP = 64  # weights per scale of `vocab_projection_int4`'s 4-bit copy (G4 in vocab_projection.mojo)
+TEXT_TOKENS = 50256  # GPT-2's byte-pair tokens come first in Whisper's vocabularies, the special ones after
+# a drafted run's projection searches the special rows and the DRAFT_CLUSTERS of VOCAB_CLUSTERS
+# clusters of text rows nearest each state (`vocab_draft_int4`; docs/design.md#drafted-runs)
+VOCAB_CLUSTERS, DRAFT_CLUSTERS = 256, 96
 MACHINE_TILE = (0, 0)  # the CPU kernels' register tile as they pick it for the machine's vector width
 
 
@@ -129,14 +133,44 @@ class WeightBank:
                 self.copies["int4 scales", name] = np.pad(scales, ((0, pad), (0, 0)), constant_values=1)
             return self.copies["int4", name], self.copies["int4 scales", name]
 
+        return self._int4_layout(f"{name}.int4", panels, k, padded)
+
+    def int4_clusters(self, name: str) -> tuple[Weight, ...]:
+        """The linear weight `name` W [N, K] for `vocab_draft_int4`: its rows in groups
+        (`vocab_clusters`: the special rows, then VOCAB_CLUSTERS clusters of the text rows), as
+        `int4_panels`' 4-bit copy of the rows in group order (P panels, a padding row zero);
+        each grouped row's vocabulary row int32 [16 P] (-1: padding); each group's first panel, then
+        P, int32 [G + 1]; the groups' centroids float32 [G, K]."""
+        n, k = self.arrays[name].shape
+
+        def grouped() -> tuple[np.ndarray, ...]:
+            if ("clusters", name) not in self.copies:
+                rows, starts, centroids = vocab_clusters(self.arrays[name], min(n, TEXT_TOKENS), VOCAB_CLUSTERS, PANEL)
+                q, scales = quantize_int4_groups(np.where(rows[:, None] >= 0, self.arrays[name][rows], 0), INT4_GROUP)
+                self.copies["clusters", name] = (rows, starts, centroids, q, scales)
+            return self.copies["clusters", name]
+
+        rows = vocab_cluster_panels(n, VOCAB_CLUSTERS, PANEL) * PANEL
+        groups = VOCAB_CLUSTERS + 1
+        return (
+            *self._int4_layout(f"{name}.int4_clustered", rows // PANEL, k, lambda: grouped()[3:]),
+            self._weight(f"{name}.cluster_rows", DType.int32, (rows,), lambda: grouped()[0]),
+            self._weight(f"{name}.cluster_starts", DType.int32, (groups + 1,), lambda: grouped()[1]),
+            self._weight(f"{name}.centroids", DType.float32, (groups, k), lambda: grouped()[2]),
+        )
+
+    def _int4_layout(self, name: str, panels: int, k: int, padded: Callable) -> tuple[Weight, Weight]:
+        """4-bit rows and their group scales (`padded()`: uint8 [16 P, K], float32 [16 P, K / 64])
+        as `vocab_projection_int4` reads them: nibbles [P, K / 8, 64], scales [P, K / 64, 16]."""
+
         def nibbles() -> np.ndarray:
             q = padded()[0].reshape(panels, PANEL, k // 8, 2, 4).transpose(0, 2, 1, 3, 4)
             return np.ascontiguousarray((q[:, :, :, 0] | (q[:, :, :, 1] << 4)).reshape(panels, k // 8, 4 * PANEL))
 
         return (
-            self._weight(f"{name}.int4_nibbles", DType.uint8, (panels, k // 8, 4 * PANEL), nibbles),
+            self._weight(f"{name}_nibbles", DType.uint8, (panels, k // 8, 4 * PANEL), nibbles),
             self._weight(
-                f"{name}.int4_scales",
+                f"{name}_scales",
                 DType.float32,
                 (panels, k // INT4_GROUP, PANEL),
                 lambda: np.ascontiguousarray(padded()[1].reshape(panels, PANEL, k // INT4_GROUP).transpose(0, 2, 1)),
@@ -284,6 +318,15 @@ def vocab_projection_int4(w: WeightBank, prefix: str) -> Linear:
     return _row_kernel("vocab_projection_int4", weight, weight[2].shape[0])  # d_out: the int8 rows'
 
 
+def vocab_draft_int4(w: WeightBank, prefix: str) -> Linear:
+    """A drafted run's projection (`kernels/vocab_projection.mojo`): `vocab_projection_int4` over the
+    special rows and the DRAFT_CLUSTERS clusters of text rows whose centroids score highest against
+    each row of x (`WeightBank.int4_clusters`), -inf for every other row: a quarter of the 4-bit
+    pass's bytes. float32 x only."""
+    weight = [*w.int4_clusters(f"{prefix}.weight"), *w.int8_rows(f"{prefix}.weight")]
+    return _row_kernel("vocab_draft_int4", weight, weight[-2].shape[0], {"searched": DRAFT_CLUSTERS})
+
+
 def _few_row_kernel(w: WeightBank, prefix: str, op: str, weight: list) -> Linear:
     if f"{prefix}.bias" in w.arrays:
         bias = w(f"{prefix}.bias")
@@ -292,14 +335,14 @@ def _few_row_kernel(w: WeightBank, prefix: str, op: str, weight: list) -> Linear
     return _row_kernel(op, [*weight, bias], weight[0].shape[0])
 
 
-def _row_kernel(op: str, inputs: list, d_out: int) -> Linear:
+def _row_kernel(op: str, inputs: list, d_out: int, parameters: dict | None = None) -> Linear:
     """x [..., d_in] -> op(x's rows, *inputs) [..., d_out]: the rows flattened for the kernel and back."""
 
     def apply(x: TensorValue) -> TensorValue:
         *lead, d_in = x.shape
         flat = ops.reshape(x, [-1, d_in])
         out = TensorType(DType.float32, [flat.shape[0], d_out], device=x.device)
-        y = ops.custom(op, x.device, [flat, *inputs], [out])[0].tensor
+        y = ops.custom(op, x.device, [flat, *inputs], [out], parameters=parameters)[0].tensor
         return ops.reshape(y, [*lead, d_out])
 
     return apply

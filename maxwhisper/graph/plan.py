@@ -26,6 +26,7 @@ from max.graph import DeviceRef
 
 from ..checkpoint import ModelDims
 from .layers import (
+    TEXT_TOKENS,
     WeightBank,
     conv_stem_kernel_fits,
     encoder_attention_fits,
@@ -72,9 +73,10 @@ class ExecutionPlan:
     amx_tiles: bool = False
     # greedy steps per call of the token run graph (`decoder.build_token_run_graph`); 1: no such graph
     steps_per_call: int = 1
-    # a run's steps pick their tokens from `vocab_projection_int4`'s logits (a 4-bit pass, a quarter of
-    # the float16 rows' bytes), and the run checks every pick against the exact projection of all its
-    # steps at once: the float32 plan's tokens, a step reading far fewer bytes
+    # a run's steps pick their tokens from `vocab_draft_int4`'s logits (a 4-bit pass over the rows
+    # of the clusters nearest the state, a tenth of the float16 rows' bytes), and the run checks
+    # every pick against the exact projection of all its steps at once: the float32 plan's tokens, a
+    # step reading far fewer bytes
     drafts_runs: bool = False
     # the drafts also run the layers' int8 copies over int8 cross K/V, and the check runs the exact
     # layers over the run's tokens at once (`decoder.exact_run_states`); else the drafts' layers are
@@ -171,7 +173,9 @@ def make_plan(
     step_linears = step_linears and (int8 or w.float16_exact("decoder."))
     attention = encoder_linear and encoder_attention_fits(d_audio, dims.n_audio_head)
     token_step = step_linears and d_text <= 1280 and head_dim % 8 == 0 and dims.n_audio_ctx <= 2048
-    drafts = token_step and not int8 and d_text % 64 == 0  # `vocab_projection_int4`'s K
+    # int8's own steps read the 4-bit pass already: drafts from a part of it did not pay for the check
+    # (docs/design.md#drafted-runs)
+    drafts = token_step and not int8 and d_text % 64 == 0 and dims.n_vocab > TEXT_TOKENS  # `vocab_draft_int4`
     return ExecutionPlan(
         name="cpu-kernels",
         device=w.device,

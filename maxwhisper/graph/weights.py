@@ -103,3 +103,43 @@ def bfloat16_bits(a: np.ndarray) -> np.ndarray:
     as the bits of each bfloat16, uint16 (numpy has no bfloat16 type). Finite values only."""
     bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
     return ((bits + np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))) >> 16).astype(np.uint16)
+
+
+def vocab_clusters(
+    w: np.ndarray, first_special: int, clusters: int, panel: int, iterations: int = 12
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The output projection's rows W [n_vocab, d] in groups for a drafted run's projection
+    (`layers.vocab_draft_int4`): group 0 the rows from `first_special` on (special tokens and
+    timestamps), then `clusters` k-means clusters of the text rows (seeded: a checkpoint always gets
+    the same ones). Each group is padded to whole panels of `panel` rows, and the whole to
+    `vocab_cluster_panels` panels, so that its size depends on W's shape only. -> rows int32 [R],
+    each grouped row's vocabulary row (-1: padding); starts int32 [clusters + 2], each group's first
+    panel, then the panels used; centroids float32 [clusters + 1, d], group 0's zero."""
+    text = np.ascontiguousarray(w[:first_special], dtype=np.float32)
+    centroids = text[np.random.default_rng(0).choice(len(text), clusters, replace=False)]
+
+    def nearest(c: np.ndarray) -> np.ndarray:
+        return ((c * c).sum(1) - 2 * text @ c.T).argmin(1)
+
+    for _ in range(iterations):
+        owner = nearest(centroids)
+        counts = np.bincount(owner, minlength=clusters)
+        order = np.argsort(owner, kind="stable")
+        # each cluster's first row in `order` (an empty cluster's sum is not used)
+        firsts = np.minimum(np.searchsorted(owner[order], np.arange(clusters)), len(text) - 1)
+        sums = np.add.reduceat(text[order], firsts, axis=0)
+        centroids = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centroids)
+        centroids = centroids.astype(np.float32)
+    owner = nearest(centroids)
+    groups = [np.arange(first_special, len(w))] + [np.flatnonzero(owner == c) for c in range(clusters)]
+    padded = [np.pad(g, (0, -len(g) % panel), constant_values=-1) for g in groups]
+    starts = np.concatenate([[0], np.cumsum([len(g) // panel for g in padded])])
+    rows = np.concatenate(padded)
+    rows = np.pad(rows, (0, vocab_cluster_panels(len(w), clusters, panel) * panel - len(rows)), constant_values=-1)
+    zero = np.zeros((1, w.shape[1]), np.float32)
+    return rows.astype(np.int32), starts.astype(np.int32), np.concatenate([zero, centroids])
+
+
+def vocab_cluster_panels(n_vocab: int, clusters: int, panel: int) -> int:
+    """The panels `vocab_clusters` fills, padding included: each of its groups pads at most one."""
+    return -(-n_vocab // panel) + clusters + 1

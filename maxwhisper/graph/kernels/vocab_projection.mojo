@@ -7,12 +7,14 @@
 # every logit the first put within MARGIN of the row's largest first-pass logit (before any
 # suppression), in `few_row_linear_int8`'s arithmetic: those logits are its numbers bit for bit, so
 # the row's int8 argmax is exact whenever it lies within MARGIN of that largest; the others keep
-# the first pass's 4-bit values.
+# the first pass's 4-bit values. `vocab_draft_int4` does the same over the rows of the clusters
+# nearest each row, for the float32 plan's drafted runs (docs/design.md#drafted-runs).
 import extensibility
 from extensibility import InputTensor, OutputTensor
 from max.gpu.host import DeviceContext
 from std.memory import alloc, stack_allocation
 from std.memory.unsafe import bitcast
+from std.utils.numerics import neg_inf
 
 from .linear import F32, LANES, NR, V16, dot_rows_int8, finish
 from .linear_int8 import B64, I8, I16, I32, dot4
@@ -176,3 +178,146 @@ def panel_sums[np: Int](xq: I8, group_sums: I32, nibbles: UnsafePointer[UInt8, .
         comptime for i in range(np):
             var s = group_scales.load[width=NR]((min(i, panels - 1) * groups + g) * NR)
             f[i] += (lo[i] + hi[i]).cast[DType.float32]() * s
+
+
+comptime DRAFT_ITEMS = 8  # work items a row's searched groups are dealt to
+
+
+@extensibility.register("vocab_draft_int4")
+struct VocabDraftInt4:
+    """A drafted run's projection: per row m of x, the rows of group 0 and of the `searched` groups
+    whose centroids score highest against x[m] get what `vocab_projection_int4` would give them if
+    they were the whole vocabulary (the 4-bit pass, then int8 within MARGIN of their largest);
+    every other logit is -inf. The groups come from `WeightBank.int4_clusters`: nibbles and
+    group_scales as `vocab_projection_int4`'s over the rows in group order, ids int32 [16 P] each
+    grouped row's vocabulary row (-1: padding), starts int32 [G + 1] each group's first panel,
+    centroids float32 [G, K]. x float32 [M, K] -> y float32 [M, N]. CPU only."""
+
+    @staticmethod
+    def execute[target: StaticString, searched: Int](
+        output: OutputTensor[dtype=DType.float32, rank=2, ...],
+        x: InputTensor[dtype=DType.float32, rank=2, ...],
+        nibbles: InputTensor[dtype=DType.uint8, rank=3, ...],
+        group_scales: InputTensor[dtype=DType.float32, rank=3, ...],
+        ids: InputTensor[dtype=DType.int32, rank=1, ...],
+        starts: InputTensor[dtype=DType.int32, rank=1, ...],
+        centroids: InputTensor[dtype=DType.float32, rank=2, ...],
+        w: InputTensor[dtype=DType.int8, rank=2, ...],
+        scales: InputTensor[dtype=DType.float32, rank=1, ...],
+        ctx: DeviceContext,
+    ) raises:
+        comptime if target != "cpu":
+            raise Error("vocab_draft_int4 runs on the CPU only")
+        var m = x.dim_size(0)
+        var kd = x.dim_size(1)
+        var n = w.dim_size(0)
+        var n_groups = centroids.dim_size(0)
+        var n_panels = nibbles.dim_size(0)
+        var groups = kd // G4
+        if kd % G4 != 0 or kd > 5120 or w.dim_size(1) != kd or scales.dim_size(0) != n or centroids.dim_size(1) != kd:
+            raise Error("vocab_draft_int4: K not a multiple of 64 up to 5120, or w, scales and centroids do not match x")
+        if starts.dim_size(0) != n_groups + 1 or ids.dim_size(0) != n_panels * NR or searched >= n_groups:
+            raise Error("vocab_draft_int4: starts, ids or searched do not match the groups")
+        if nibbles.dim_size(1) * 8 != kd or group_scales.dim_size(0) != n_panels or group_scales.dim_size(1) != groups:
+            raise Error("vocab_draft_int4: nibbles or group_scales do not match x")
+        var xp = x.unsafe_ptr()
+        var np_ = nibbles.unsafe_ptr()
+        var gp = group_scales.unsafe_ptr()
+        var idp = ids.unsafe_ptr()
+        var stp = starts.unsafe_ptr()
+        var cp = centroids.unsafe_ptr()
+        var wp = w.unsafe_ptr()
+        var sp = scales.unsafe_ptr()
+        var op = output.unsafe_ptr()
+        comptime chosen_per_row = searched + 1
+        var xq = alloc[Int8](m * kd).unsafe_origin_cast[MutAnyOrigin]()
+        var x_scale = alloc[Float32](m).unsafe_origin_cast[MutAnyOrigin]()
+        var group_sums = alloc[Int32](m * groups).unsafe_origin_cast[MutAnyOrigin]()
+        var chosen = alloc[Int](m * chosen_per_row).unsafe_origin_cast[MutAnyOrigin]()
+        var item_max = alloc[Float32](m * DRAFT_ITEMS).unsafe_origin_cast[MutAnyOrigin]()
+        var coarse_rows = alloc[Float32](m * n_panels * NR).unsafe_origin_cast[MutAnyOrigin]()
+        var items = stack_allocation[3, Int]()
+        items[0] = m
+        items[1] = m * DRAFT_ITEMS
+        items[2] = m * DRAFT_ITEMS
+
+        # 1. x's rows quantized, their logits -inf, their groups chosen; 2. the chosen groups' 4-bit
+        # pass, each item's largest; 3. the second pass over them
+        def phase(p: Int, item: Int) {var xp, var np_, var gp, var idp, var stp, var cp, var wp, var sp, var op,
+                                       var xq, var x_scale, var group_sums, var chosen, var item_max,
+                                       var coarse_rows, var kd, var n, var n_groups, var n_panels, var groups}:
+            if p == 0:
+                quantize_symmetric(xp + item * kd, kd, xq + item * kd, x_scale + item, group_sums + item * groups)
+                var row = op + item * n
+                var j = 0
+                while j + NR <= n:
+                    row.store(j, V16(neg_inf[DType.float32]()))
+                    j += NR
+                for i in range(j, n):
+                    row[i] = neg_inf[DType.float32]()
+                choose[searched](xp + item * kd, cp, kd, n_groups, chosen + item * chosen_per_row)
+                return
+            var r = item // DRAFT_ITEMS
+            var part = item % DRAFT_ITEMS
+            var row = op + r * n
+            var rc = coarse_rows + r * n_panels * NR
+            var mine = chosen + r * chosen_per_row
+            if p == 1:
+                var top = Float32(-3.0e38)
+                for c in range(part, chosen_per_row, DRAFT_ITEMS):
+                    var p0 = Int(stp[mine[c]])
+                    var p1 = Int(stp[mine[c] + 1])
+                    _ = coarse(xq + r * kd, x_scale[r], group_sums + r * groups, np_, gp, kd, groups, p0, p1,
+                               n_panels * NR, rc)
+                    for i in range(p0 * NR, p1 * NR):
+                        var j = Int(idp[i])
+                        if j >= 0:
+                            row[j] = rc[i]
+                            top = max(top, rc[i])
+                item_max[item] = top
+                return
+            var top = item_max[r * DRAFT_ITEMS]
+            for i in range(1, DRAFT_ITEMS):
+                top = max(top, item_max[r * DRAFT_ITEMS + i])
+            for c in range(part, chosen_per_row, DRAFT_ITEMS):
+                for i in range(Int(stp[mine[c]]) * NR, Int(stp[mine[c] + 1]) * NR):
+                    var j = Int(idp[i])
+                    if j >= 0 and row[j] >= top - MARGIN:
+                        dot_rows_int8(xp + r * kd, wp, kd, j, j + 1, row + j)
+                        row[j] = finish[DType.int8](row[j], sp, j, Float32(0))
+
+        share_phases(items, 3, phase)
+        xq.free()
+        x_scale.free()
+        group_sums.free()
+        chosen.free()
+        item_max.free()
+        coarse_rows.free()
+
+
+def choose[searched: Int](x: UnsafePointer[Float32, ...], centroids: UnsafePointer[Float32, ...], kd: Int,
+                          n_groups: Int, chosen: UnsafePointer[Int, MutAnyOrigin]):
+    """chosen[0] = group 0, then the `searched` groups g >= 1 whose centroids c_g score highest
+    (x . c_g), best first."""
+    var padded = (n_groups + NR - 1) // NR * NR
+    var score = alloc[Float32](padded)
+    score[0] = neg_inf[DType.float32]()
+    for g in range(1, n_groups):
+        var acc = V16(0)
+        for k in range(0, kd, NR):
+            acc = x.load[width=NR](k).fma(centroids.load[width=NR](g * kd + k), acc)
+        score[g] = acc.reduce_add()
+    for g in range(n_groups, padded):
+        score[g] = neg_inf[DType.float32]()
+    chosen[0] = 0
+    for c in range(1, searched + 1):
+        var top = V16(neg_inf[DType.float32]())
+        for g in range(0, padded, NR):
+            top = max(top, score.load[width=NR](g))
+        var best = top.reduce_max()
+        var g = 0
+        while g < padded - 1 and score[g] != best:  # NaN scores: the last
+            g += 1
+        chosen[c] = g
+        score[g] = neg_inf[DType.float32]()
+    score.free()
