@@ -146,7 +146,9 @@ class WeightBank:
         def grouped() -> tuple[np.ndarray, ...]:
             if ("clusters", name) not in self.copies:
                 rows, starts, centroids = vocab_clusters(self.arrays[name], min(n, TEXT_TOKENS), VOCAB_CLUSTERS, PANEL)
-                q, scales = quantize_int4_groups(np.where(rows[:, None] >= 0, self.arrays[name][rows], 0), INT4_GROUP)
+                q, scales = quantize_int4_groups(self.arrays[name], INT4_GROUP)
+                real = rows[:, None] >= 0  # a padding row's nibbles are zeros (stored + 8), its scales 1
+                q, scales = np.where(real, q[rows], np.uint8(8)), np.where(real, scales[rows], np.float32(1))
                 self.copies["clusters", name] = (rows, starts, centroids, q, scales)
             return self.copies["clusters", name]
 

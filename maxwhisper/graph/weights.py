@@ -116,20 +116,19 @@ def vocab_clusters(
     each grouped row's vocabulary row (-1: padding); starts int32 [clusters + 2], each group's first
     panel, then the panels used; centroids float32 [clusters + 1, d], group 0's zero."""
     text = np.ascontiguousarray(w[:first_special], dtype=np.float32)
-    centroids = text[np.random.default_rng(0).choice(len(text), clusters, replace=False)]
+    centroids = text[np.random.default_rng(0).choice(len(text), clusters, replace=False)]  # a copy
 
-    def nearest(c: np.ndarray) -> np.ndarray:
-        return ((c * c).sum(1) - 2 * text @ c.T).argmin(1)
+    def nearest(c: np.ndarray) -> np.ndarray:  # in blocks of rows: a few MB at a time
+        norms = (c * c).sum(1)
+        return np.concatenate([(norms - 2 * text[i : i + 4096] @ c.T).argmin(1) for i in range(0, len(text), 4096)])
 
     for _ in range(iterations):
         owner = nearest(centroids)
-        counts = np.bincount(owner, minlength=clusters)
         order = np.argsort(owner, kind="stable")
-        # each cluster's first row in `order` (an empty cluster's sum is not used)
-        firsts = np.minimum(np.searchsorted(owner[order], np.arange(clusters)), len(text) - 1)
-        sums = np.add.reduceat(text[order], firsts, axis=0)
-        centroids = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centroids)
-        centroids = centroids.astype(np.float32)
+        bounds = np.searchsorted(owner[order], np.arange(clusters + 1))
+        for c in range(clusters):
+            if bounds[c + 1] > bounds[c]:  # an empty cluster keeps its centroid
+                centroids[c] = text[order[bounds[c] : bounds[c + 1]]].mean(0)
     owner = nearest(centroids)
     groups = [np.arange(first_special, len(w))] + [np.flatnonzero(owner == c) for c in range(clusters)]
     padded = [np.pad(g, (0, -len(g) % panel), constant_values=-1) for g in groups]
