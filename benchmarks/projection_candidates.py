@@ -34,7 +34,7 @@ CLIPS = ("jfk.flac", "hotwords.mp3", "stereo_diarization.wav", "physicsworks.fla
 def quantized(rows: np.ndarray, bits: int, group: int) -> np.ndarray:
     grouped = rows.reshape(len(rows), -1, group)
     top = 2 ** (bits - 1) - 1
-    step = np.abs(grouped).max(-1, keepdims=True) / top
+    step = np.maximum(np.abs(grouped).max(-1, keepdims=True), 1e-30) / top
     return (np.clip(np.round(grouped / step), -top, top) * step).reshape(rows.shape)
 
 
@@ -52,7 +52,7 @@ def main() -> None:
     lines = [f"{machine_info()['cpu']}; tiny.en; openai-whisper's greedy steps: {steps}", ""]
 
     lines += [
-        "| clusters | searched | rows read (median) | MB (centroids, 4-bit rows) | "
+        "| clusters | searched | rows read, padding and special rows included (median) | MB (centroids, 4-bit rows) | "
         + " | ".join(f"{c}: top found" for c in acts)
         + " |",
         "|---|---:|---:|---:|" + "---:|" * len(acts),
@@ -63,13 +63,13 @@ def main() -> None:
         for g in range(k + 1):
             members = rows[starts[g] * 16 : starts[g + 1] * 16]
             group_of[members[members >= 0]] = g
-        sizes = np.bincount(group_of, minlength=k + 1)
+        sizes = np.diff(starts) * 16  # each group's rows as the kernel reads them, padding included
         for searched in (64, 96):
             found, read = [], []
             for clip, x in acts.items():
                 best = 1 + np.argsort(-(x @ centroids[1:].T), 1)[:, :searched]
                 found.append(np.mean([group_of[t] in b for t, b in zip(tops[clip], best, strict=True)]))
-                read += [int(sizes[b].sum()) for b in best]
+                read += [int(sizes[0] + sizes[b].sum()) for b in best]
             mb = (k * d * 4 + np.median(read) * (d / 2 + d / 64 * 4)) / 1e6
             found_text = " | ".join(f"{f:.1%}" for f in found)
             lines.append(f"| {k} | {searched} | {np.median(read):.0f} | {mb:.1f} | {found_text} |")
@@ -94,7 +94,7 @@ def main() -> None:
         basis = directions[:r].T
         low = (text - mean) @ basis
         approx = ranks(lambda x, basis=basis, low=low: (x @ basis) @ low.T + (x @ mean)[:, None])
-        lines.append(f"| rank {r}, int8 | {len(w) * r / 1e6:.1f} | {approx} |")
+        lines.append(f"| rank {r} (float; MB in int8) | {len(w) * r / 1e6:.1f} | {approx} |")
     for bits, group in ((4, 64), (3, 32), (2, 16)):
         copy = quantized(text, bits, group)
         mb = len(w) * (d * bits / 8 + d / group * 4) / 1e6

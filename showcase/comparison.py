@@ -140,7 +140,8 @@ def unheard_tail(comparison: Comparison) -> str:
     ends = [s.end for r in comparison.results.values() for s in r.segments if s.text.strip()]
     if not ends or comparison.audio_s - max(ends) < UNHEARD_TAIL_S:
         return ""
-    last, gap = int(max(ends)), comparison.audio_s - max(ends)
+    last = round(max(ends))
+    gap = comparison.audio_s - last
     text = (
         f" Nothing was transcribed after {last // 60}:{last % 60:02d} (the last {gap:.0f} s):"
         " silence, music or speech the model did not recognise."

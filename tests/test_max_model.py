@@ -675,12 +675,17 @@ def test_vocab_draft_int4_searches_the_special_rows_and_the_nearest_clusters():
         searched = np.concatenate([rows[starts[g] * 16 : starts[g + 1] * 16] for g in [0, *best]])
         searched = np.sort(searched[searched >= 0])
         assert len(searched) == len(np.unique(searched))
-        np.testing.assert_array_equal(np.flatnonzero(np.isfinite(drafted[r])), searched)
+        np.testing.assert_array_equal(np.flatnonzero(drafted[r] != -np.inf), searched)
+        assert np.isfinite(drafted[r, searched]).all()
         assert exact[r].argmax() == picks[r] == drafted[r].argmax()
         np.testing.assert_array_equal(drafted[r, searched], exact[r, searched])
     assert (starts[1] - starts[0]) * 16 >= n - TEXT_TOKENS and set(rows[rows >= 0]) == set(range(n))
     (alone,) = draft(x[2:3])
     np.testing.assert_array_equal(alone[0], drafted[2])
+    broken = x[:2].copy()
+    broken[1, 5] = np.nan  # a NaN state still searches distinct groups, and its neighbour is untouched
+    (with_nan,) = draft(broken)
+    np.testing.assert_array_equal(with_nan[0], drafted[0])
 
 
 def test_int8_quantization_is_per_output_channel():

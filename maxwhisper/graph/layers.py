@@ -140,7 +140,7 @@ class WeightBank:
         (`vocab_clusters`: the special rows, then VOCAB_CLUSTERS clusters of the text rows), as
         `int4_panels`' 4-bit copy of the rows in group order (P panels, a padding row zero);
         each grouped row's vocabulary row int32 [16 P] (-1: padding); each group's first panel, then
-        P, int32 [G + 1]; the groups' centroids float32 [G, K]."""
+        the panels used, int32 [G + 1]; the groups' centroids float32 [G, K]."""
         n, k = self.arrays[name].shape
 
         def grouped() -> tuple[np.ndarray, ...]:
@@ -323,8 +323,8 @@ def vocab_projection_int4(w: WeightBank, prefix: str) -> Linear:
 def vocab_draft_int4(w: WeightBank, prefix: str) -> Linear:
     """A drafted run's projection (`kernels/vocab_projection.mojo`): `vocab_projection_int4` over the
     special rows and the DRAFT_CLUSTERS clusters of text rows whose centroids score highest against
-    each row of x (`WeightBank.int4_clusters`), -inf for every other row: a quarter of the 4-bit
-    pass's bytes. float32 x only."""
+    each row of x (`WeightBank.int4_clusters`), -inf for every other row: about a third of the
+    4-bit pass's bytes. float32 x only."""
     weight = [*w.int4_clusters(f"{prefix}.weight"), *w.int8_rows(f"{prefix}.weight")]
     return _row_kernel("vocab_draft_int4", weight, weight[-2].shape[0], {"searched": DRAFT_CLUSTERS})
 

@@ -173,8 +173,7 @@ def make_plan(
     step_linears = step_linears and (int8 or w.float16_exact("decoder."))
     attention = encoder_linear and encoder_attention_fits(d_audio, dims.n_audio_head)
     token_step = step_linears and d_text <= 1280 and head_dim % 8 == 0 and dims.n_audio_ctx <= 2048
-    # int8's own steps read the 4-bit pass already: drafts from a part of it did not pay for the check
-    # (docs/design.md#drafted-runs)
+    # int8's own steps read the 4-bit pass already, so its runs do not draft (docs/design.md#drafted-runs)
     drafts = token_step and not int8 and d_text % 64 == 0 and dims.n_vocab > TEXT_TOKENS  # `vocab_draft_int4`
     return ExecutionPlan(
         name="cpu-kernels",

@@ -110,11 +110,12 @@ def vocab_clusters(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The output projection's rows W [n_vocab, d] in groups for a drafted run's projection
     (`layers.vocab_draft_int4`): group 0 the rows from `first_special` on (special tokens and
-    timestamps), then `clusters` k-means clusters of the text rows (seeded: a checkpoint always gets
-    the same ones). Each group is padded to whole panels of `panel` rows, and the whole to
-    `vocab_cluster_panels` panels, so that its size depends on W's shape only. -> rows int32 [R],
-    each grouped row's vocabulary row (-1: padding); starts int32 [clusters + 2], each group's first
-    panel, then the panels used; centroids float32 [clusters + 1, d], group 0's zero."""
+    timestamps), then `clusters` k-means clusters of the text rows, seeded (another machine's BLAS
+    may break a near tie otherwise, which moves a draft's speed, never a token). Each group is
+    padded to whole panels of `panel` rows, and the whole to `vocab_cluster_panels` panels, so that
+    its size depends on W's shape only. -> rows int32 [R], each grouped row's vocabulary row (-1:
+    padding); starts int32 [clusters + 2], each group's first panel, then the panels used;
+    centroids float32 [clusters + 1, d], group 0's zero."""
     text = np.ascontiguousarray(w[:first_special], dtype=np.float32)
     centroids = text[np.random.default_rng(0).choice(len(text), clusters, replace=False)]  # a copy
 

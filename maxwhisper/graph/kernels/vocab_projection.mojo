@@ -218,13 +218,18 @@ struct VocabDraftInt4:
             raise Error("vocab_draft_int4: K not a multiple of 64 up to 5120, or w, scales and centroids do not match x")
         if starts.dim_size(0) != n_groups + 1 or ids.dim_size(0) != n_panels * NR or searched >= n_groups:
             raise Error("vocab_draft_int4: starts, ids or searched do not match the groups")
-        if nibbles.dim_size(1) * 8 != kd or group_scales.dim_size(0) != n_panels or group_scales.dim_size(1) != groups:
-            raise Error("vocab_draft_int4: nibbles or group_scales do not match x")
+        if nibbles.dim_size(1) * 8 != kd or nibbles.dim_size(2) != 64:
+            raise Error("vocab_draft_int4: nibbles are not [P, K / 8, 64]")
+        if group_scales.dim_size(0) != n_panels or group_scales.dim_size(1) != groups or group_scales.dim_size(2) != NR:
+            raise Error("vocab_draft_int4: group_scales are not [P, K / 64, 16]")
+        var stp = starts.unsafe_ptr()
+        for g in range(n_groups):
+            if stp[g] < 0 or stp[g] > stp[g + 1] or Int(stp[g + 1]) > n_panels:
+                raise Error("vocab_draft_int4: starts do not rise within the panels")
         var xp = x.unsafe_ptr()
         var np_ = nibbles.unsafe_ptr()
         var gp = group_scales.unsafe_ptr()
         var idp = ids.unsafe_ptr()
-        var stp = starts.unsafe_ptr()
         var cp = centroids.unsafe_ptr()
         var wp = w.unsafe_ptr()
         var sp = scales.unsafe_ptr()
@@ -298,25 +303,26 @@ struct VocabDraftInt4:
 def choose[searched: Int](x: UnsafePointer[Float32, ...], centroids: UnsafePointer[Float32, ...], kd: Int,
                           n_groups: Int, chosen: UnsafePointer[Int, MutAnyOrigin]):
     """chosen[0] = group 0, then the `searched` groups g >= 1 whose centroids c_g score highest
-    (x . c_g), best first."""
+    (x . c_g), best first: distinct groups whatever x holds (a NaN score counts as the lowest)."""
+    comptime LOWEST = Float32(-3.0e38)  # an untaken group's least score; a taken one's is -inf
     var padded = (n_groups + NR - 1) // NR * NR
     var score = alloc[Float32](padded)
-    score[0] = neg_inf[DType.float32]()
+    for g in range(padded):
+        score[g] = neg_inf[DType.float32]()
     for g in range(1, n_groups):
         var acc = V16(0)
         for k in range(0, kd, NR):
             acc = x.load[width=NR](k).fma(centroids.load[width=NR](g * kd + k), acc)
-        score[g] = acc.reduce_add()
-    for g in range(n_groups, padded):
-        score[g] = neg_inf[DType.float32]()
+        var v = acc.reduce_add()
+        score[g] = v if v > LOWEST else LOWEST
     chosen[0] = 0
     for c in range(1, searched + 1):
         var top = V16(neg_inf[DType.float32]())
         for g in range(0, padded, NR):
             top = max(top, score.load[width=NR](g))
         var best = top.reduce_max()
-        var g = 0
-        while g < padded - 1 and score[g] != best:  # NaN scores: the last
+        var g = 1
+        while score[g] != best:  # an untaken group scores best (searched < n_groups)
             g += 1
         chosen[c] = g
         score[g] = neg_inf[DType.float32]()
