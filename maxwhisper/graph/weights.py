@@ -123,15 +123,17 @@ def vocab_clusters(
         norms = (c * c).sum(1)
         return np.concatenate([(norms - 2 * text[i : i + 4096] @ c.T).argmin(1) for i in range(0, len(text), 4096)])
 
-    for _ in range(iterations):
+    def members() -> list[np.ndarray]:  # each cluster's rows, in order, for the centroids now
         owner = nearest(centroids)
         order = np.argsort(owner, kind="stable")
         bounds = np.searchsorted(owner[order], np.arange(clusters + 1))
-        for c in range(clusters):
-            if bounds[c + 1] > bounds[c]:  # an empty cluster keeps its centroid
-                centroids[c] = text[order[bounds[c] : bounds[c + 1]]].mean(0)
-    owner = nearest(centroids)
-    groups = [np.arange(first_special, len(w))] + [np.flatnonzero(owner == c) for c in range(clusters)]
+        return [order[bounds[c] : bounds[c + 1]] for c in range(clusters)]
+
+    for _ in range(iterations):
+        for c, rows in enumerate(members()):
+            if len(rows):  # an empty cluster keeps its centroid
+                centroids[c] = text[rows].mean(0)
+    groups = [np.arange(first_special, len(w)), *members()]
     padded = [np.pad(g, (0, -len(g) % panel), constant_values=-1) for g in groups]
     starts = np.concatenate([[0], np.cumsum([len(g) // panel for g in padded])])
     rows = np.concatenate(padded)
